@@ -1,0 +1,871 @@
+"""DPPO: Diffusion Policy Policy Optimization (Ren et al. 2024), pre-training and fine-tuning.
+
+The denoising chain is a two-layer MDP (paper section 4): every fine-tuned denoising step is a
+Gaussian policy step whose likelihood is known in closed form, so PPO applies to it directly.
+
+    # fine-tune the bundled pre-trained diffusion policy
+    python cleandppo/dppo.py --env-id Hopper-v2 --ft-denoising-steps 10
+    # pre-train (behaviour cloning) on a dataset, then stop
+    python cleandppo/dppo.py --env-id Hopper-v2 --dataset hopper-medium-v2 --pretrain-only
+"""
+
+import copy
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+
+from cleandppo import envs
+
+
+@dataclass
+class Args:
+    # --- common contract (see the README) ---
+    env_id: str = "Hopper-v2"
+    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or a gymnasium v4/v5 id)"""
+    seed: int = 0
+    """seeds torch, numpy and every environment (env i gets seed + i)"""
+    num_envs: int = 40
+    """parallel environments (E)"""
+    total_timesteps: int = 1_000_000
+    """fine-tuning budget in environment steps"""
+    checkpoint: Optional[str] = None
+    """pre-trained diffusion policy to fine-tune, or a dppo run's checkpoint to resume; default: the bundled one"""
+    dataset: Optional[str] = None
+    """pre-training data: a D4RL name (hopper-medium-v2), a Minari id or an hdf5 path"""
+    pretrain_only: bool = False
+    """stop after pre-training"""
+    eval_only: bool = False
+    """only evaluate --checkpoint"""
+    eval_freq: int = 10
+    """evaluate every N iterations (and after the last one)"""
+    eval_episodes: int = 10
+    """episodes per evaluation"""
+    run_dir: Optional[str] = None
+    """where logs, checkpoints and summary.json go (default runs/<env>__dppo__<seed>__<time>)"""
+    save_freq: int = 10
+    """write checkpoint_<iter>.pt every N iterations (checkpoint_last.pt is written every iteration)"""
+    cuda: bool = True
+    """use CUDA when available"""
+    torch_deterministic: bool = True
+    """deterministic torch kernels"""
+    track: bool = False
+    """also log to Weights & Biases"""
+    capture_video: bool = False
+    """record one evaluation episode to the run dir at the end"""
+    async_envs: bool = False
+    """step environments in subprocesses (gymnasium AsyncVectorEnv)"""
+
+    # --- diffusion policy (paper 3, D.1) ---
+    backbone: Literal["mlp", "unet"] = "mlp"
+    """noise-prediction network: residual MLP or Chi et al.'s 1-D conditional UNet"""
+    denoising_steps: int = 20
+    """K: DDPM denoising steps (must equal the pre-trained model's)"""
+    horizon_steps: int = 4
+    """Tp: predicted action-chunk length (pre-training)"""
+    act_steps: int = 4
+    """Ta: executed actions per policy query; the UNet may execute fewer than it predicts"""
+    cond_steps: int = 1
+    """To: observation history length"""
+    time_dim: int = 16
+    """MLP: time-embedding width"""
+    mlp_dims: tuple[int, ...] = (512, 512, 512)
+    """MLP: hidden widths (one residual block)"""
+    activation: Literal["relu", "mish"] = "relu"
+    """MLP: activation (ReLU for Gym, Mish for Robomimic)"""
+    unet_dim: int = 40
+    """UNet: channels of the first level"""
+    unet_dim_mults: tuple[int, ...] = (1, 2)
+    """UNet: channel multipliers per level"""
+    unet_kernel_size: int = 5
+    """UNet: convolution kernel"""
+    unet_n_groups: int = 8
+    """UNet: GroupNorm groups"""
+    unet_step_embed_dim: int = 16
+    """UNet: diffusion-step embedding width"""
+    denoised_clip_value: float = 1.0
+    """clamp of the predicted clean chunk x0 at every step"""
+    randn_clip_value: float = 3.0
+    """clamp of the per-step Gaussian noise (in std units)"""
+
+    # --- pre-training (paper D.1; official Gym config) ---
+    pretrain_epochs: int = 200
+    """passes over the dataset"""
+    pretrain_batch_size: int = 128
+    """samples per gradient step"""
+    pretrain_lr: float = 1e-3
+    """peak learning rate (cosine decay to pretrain_min_lr, 1 warm-up epoch)"""
+    pretrain_min_lr: float = 1e-4
+    """final learning rate"""
+    pretrain_weight_decay: float = 1e-6
+    """AdamW weight decay"""
+    ema_decay: float = 0.995
+    """EMA decay of the weights saved for fine-tuning"""
+    ema_freq: int = 10
+    """EMA update every N gradient steps"""
+    ema_start_epoch: int = 20
+    """before this epoch the EMA copy just follows the live weights"""
+
+    # --- DPPO fine-tuning (paper 4, D.4; official Gym config) ---
+    ft_denoising_steps: int = 10
+    """K': number of last denoising steps that are fine-tuned (the rest stay frozen)"""
+    ddim_steps: Optional[int] = None
+    """fine-tune this many DDIM steps instead of DDPM (eta 1 in training, 0 in evaluation)"""
+    n_steps: int = 500
+    """policy queries per env per iteration (N)"""
+    gamma: float = 0.99
+    """environment discount per policy query"""
+    gae_lambda: float = 0.95
+    """GAE lambda over environment steps"""
+    gamma_denoising: float = 0.99
+    """denoising discount: the advantage of fine-tuned step j is scaled by gamma_denoising^(K'-1-j)"""
+    min_sampling_denoising_std: float = 0.1
+    """floor of the sampling std at every denoising step during training rollouts (exploration)"""
+    min_logprob_denoising_std: float = 0.1
+    """floor of the std in the Gaussian log-likelihood of a denoising step"""
+    clip_ploss_coef: float = 0.01
+    """PPO clip ratio at the last (cleanest) denoising step"""
+    clip_ploss_coef_base: float = 0.01
+    """PPO clip ratio at the noisiest fine-tuned step"""
+    clip_ploss_coef_rate: float = 3.0
+    """exponential rate of the clip schedule between the two"""
+    actor_lr: float = 1e-4
+    """actor learning rate (constant unless actor_min_lr is lower)"""
+    actor_min_lr: Optional[float] = None
+    """cosine-decay the actor learning rate to this value over training (None: constant)"""
+    critic_lr: float = 1e-3
+    """critic learning rate"""
+    critic_min_lr: Optional[float] = None
+    """cosine-decay the critic learning rate to this value over training (None: constant)"""
+    update_epochs: int = 5
+    """passes over each iteration's (env step, denoising step) pairs"""
+    batch_size: int = 50_000
+    """(env step, denoising step) pairs per minibatch"""
+    vf_coef: float = 0.5
+    """value-loss weight"""
+    target_kl: Optional[float] = 1.0
+    """stop the iteration's epochs when the approximate KL exceeds this"""
+    max_grad_norm: Optional[float] = None
+    """gradient-norm clip (None: off, as every official config)"""
+    reward_scale_running: bool = True
+    """divide rewards by the std of a running discounted return (gamma 0.99)"""
+    n_critic_warmup_itr: int = 0
+    """first iterations update only the critic"""
+    critic_dims: tuple[int, ...] = (256, 256, 256)
+    """critic hidden widths (residual, Mish)"""
+    logprob_batch_size: int = 10_000
+    """env-step samples per chunk when recomputing old log-probs (memory only)"""
+
+
+# ------------------------------------------------------------------------------------------------
+# Noise schedule and one denoising step (paper 3, eq. 3.3; DDIM eq. 4.9)
+# ------------------------------------------------------------------------------------------------
+def cosine_beta_schedule(K: int, s: float = 0.008) -> torch.Tensor:
+    """Nichol & Dhariwal cosine schedule: alpha_bar(i) = f(i)/f(0), f(i) = cos^2(((i/K)+s)/(1+s) pi/2)."""
+    i = np.arange(K + 1, dtype=np.float64)
+    f = np.cos(((i / K) + s) / (1 + s) * np.pi / 2) ** 2
+    alpha_bar = f / f[0]
+    betas = np.clip(1 - alpha_bar[1:] / alpha_bar[:-1], 0, 0.999)
+    return torch.tensor(betas, dtype=torch.float32)
+
+
+def make_schedule(K: int) -> dict:
+    """All per-step constants of the DDPM with K steps (t = 0 cleanest, K-1 noisiest)."""
+    betas = cosine_beta_schedule(K)
+    alphas = 1 - betas
+    alpha_bar = torch.cumprod(alphas, 0)
+    alpha_bar_prev = torch.cat([torch.ones(1), alpha_bar[:-1]])
+    return dict(
+        betas=betas, alphas=alphas, alpha_bar=alpha_bar, alpha_bar_prev=alpha_bar_prev,
+        # posterior q(x_{t-1} | x_t, x_0) (Ho et al. eq. 7)
+        posterior_var=betas * (1 - alpha_bar_prev) / (1 - alpha_bar),
+        coef_x0=betas * alpha_bar_prev.sqrt() / (1 - alpha_bar),
+        coef_xt=(1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar),
+    )
+
+
+def denoising_plan(K: int, ddim_steps: Optional[int]) -> list:
+    """Timesteps in execution order with their predecessors: [(t, t_prev), ...], t_prev = -1 at the end.
+
+    DDPM runs t = K-1, ..., 0. DDIM runs the uniform grid {0, r, ..., (S-1) r}, r = K // S, descending.
+    """
+    if ddim_steps is None:
+        return [(t, t - 1) for t in reversed(range(K))]
+    r = K // ddim_steps
+    grid = list(reversed(range(0, ddim_steps * r, r)))
+    return [(t, grid[i + 1] if i + 1 < len(grid) else -1) for i, t in enumerate(grid)]
+
+
+def step_mean_var(net, sched, x, obs, t, t_prev, ddim: bool, eta: float = 1.0, clip: float = 1.0):
+    """Mean and variance of x_{t_prev} given x_t for one reverse step; t, t_prev: (B,) long tensors.
+
+    DDPM (paper eq. 3.3; official 1.3): x0 = sqrt(1/ab) x - sqrt(1/ab - 1) eps, clamped to [-clip, clip];
+    mean = coef_x0 x0 + coef_xt x; variance = the posterior variance beta_t (1 - ab_prev)/(1 - ab).
+    DDIM (paper eq. 4.9; official 1.4): x0 as above and clamped, eps recomputed from the clamped x0,
+    sigma = eta sqrt((1 - ab_prev)/(1 - ab) (1 - ab/ab_prev)), mean = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps.
+    """
+    eps = net(x, t, obs)
+    ab = sched["alpha_bar"][t].view(-1, 1, 1)
+    x0 = ((1 / ab).sqrt() * x - (1 / ab - 1).sqrt() * eps).clamp(-clip, clip)
+    if not ddim:
+        mean = sched["coef_x0"][t].view(-1, 1, 1) * x0 + sched["coef_xt"][t].view(-1, 1, 1) * x
+        return mean, sched["posterior_var"][t].clamp(min=1e-20).view(-1, 1, 1).expand_as(mean)
+    ab_prev = torch.where(t_prev >= 0, sched["alpha_bar"][t_prev.clamp(min=0)], torch.ones_like(t_prev, dtype=x.dtype))
+    ab_prev = ab_prev.view(-1, 1, 1)
+    eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
+    sigma = (eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()).clamp(min=1e-10)
+    mean = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
+    return mean, (sigma**2).expand_as(mean)
+
+
+# ------------------------------------------------------------------------------------------------
+# Noise-prediction networks (paper D.1)
+# ------------------------------------------------------------------------------------------------
+class SinusoidalPosEmb(nn.Module):
+    """Transformer-style embedding of the integer denoising step: [sin(t f_k), cos(t f_k)]."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, t):
+        half = self.dim // 2
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / (half - 1))
+        args = t.float()[:, None] * freqs[None]
+        return torch.cat([args.sin(), args.cos()], dim=-1)
+
+
+class ResidualMLP(nn.Module):
+    """Linear -> one pre-activation residual block per extra pair of equal widths -> Linear."""
+
+    def __init__(self, dims, activation=nn.ReLU):
+        super().__init__()
+        hidden = dims[1:-1]
+        if len(hidden) % 2 != 1 or len(set(hidden)) != 1:
+            raise ValueError(f"residual MLP needs an odd number of equal hidden widths, got {hidden}")
+        self.inp = nn.Linear(dims[0], hidden[0])
+        self.blocks = nn.ModuleList(
+            nn.Sequential(activation(), nn.Linear(hidden[0], hidden[0]), activation(), nn.Linear(hidden[0], hidden[0]))
+            for _ in range((len(hidden) - 1) // 2))
+        self.out = nn.Linear(hidden[0], dims[-1])
+
+    def forward(self, x):
+        x = self.inp(x)
+        for block in self.blocks:
+            x = x + block(x)
+        return self.out(x)
+
+
+class DiffusionMLP(nn.Module):
+    """eps_theta(x_t, t, s): residual MLP on [flattened noisy chunk, time embedding, observation]."""
+
+    def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, time_dim=16, mlp_dims=(512, 512, 512),
+                 activation="relu"):
+        super().__init__()
+        act = {"relu": nn.ReLU, "mish": nn.Mish}[activation]
+        self.horizon_steps, self.action_dim = horizon_steps, action_dim
+        self.time_embedding = nn.Sequential(SinusoidalPosEmb(time_dim), nn.Linear(time_dim, 2 * time_dim), nn.Mish(),
+                                            nn.Linear(2 * time_dim, time_dim))
+        in_dim = horizon_steps * action_dim + time_dim + obs_dim * cond_steps
+        self.mlp = ResidualMLP([in_dim, *mlp_dims, horizon_steps * action_dim], act)
+
+    def forward(self, x, t, obs):
+        h = torch.cat([x.flatten(1), self.time_embedding(t), obs.flatten(1)], dim=-1)
+        return self.mlp(h).view(-1, self.horizon_steps, self.action_dim)
+
+
+class Conv1dBlock(nn.Module):
+    """Conv1d ('same' padding) -> GroupNorm -> Mish."""
+
+    def __init__(self, c_in, c_out, kernel, n_groups):
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2), nn.GroupNorm(n_groups, c_out), nn.Mish())
+
+    def forward(self, x):
+        return self.block(x)
+
+
+class FiLMResidualBlock(nn.Module):
+    """Two conv blocks with FiLM (per-channel scale and bias from the condition) between them."""
+
+    def __init__(self, c_in, c_out, cond_dim, kernel, n_groups):
+        super().__init__()
+        self.conv1, self.conv2 = Conv1dBlock(c_in, c_out, kernel, n_groups), Conv1dBlock(c_out, c_out, kernel, n_groups)
+        self.cond = nn.Sequential(nn.Linear(cond_dim, 2 * c_out), nn.Mish(), nn.Linear(2 * c_out, 2 * c_out), nn.Mish(),
+                                  nn.Linear(2 * c_out, 2 * c_out))
+        self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x, cond):
+        scale, bias = self.cond(cond)[:, :, None].chunk(2, dim=1)
+        return self.conv2(scale * self.conv1(x) + bias) + self.skip(x)
+
+
+class DiffusionUNet(nn.Module):
+    """Chi et al.'s 1-D conditional UNet: channels = action dims, length = chunk, FiLM conditioning."""
+
+    def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, dim=40, dim_mults=(1, 2), kernel_size=5,
+                 n_groups=8, step_embed_dim=16):
+        super().__init__()
+        if horizon_steps % (2 ** (len(dim_mults) - 1)):
+            raise ValueError(f"UNet needs horizon_steps divisible by {2 ** (len(dim_mults) - 1)}, got {horizon_steps}")
+        self.time_embedding = nn.Sequential(SinusoidalPosEmb(step_embed_dim), nn.Linear(step_embed_dim, 4 * step_embed_dim),
+                                            nn.Mish(), nn.Linear(4 * step_embed_dim, step_embed_dim))
+        cond_dim = step_embed_dim + obs_dim * cond_steps
+        widths = [action_dim] + [dim * m for m in dim_mults]
+        levels = list(zip(widths[:-1], widths[1:]))
+        self.down = nn.ModuleList()
+        for i, (c_in, c_out) in enumerate(levels):
+            last = i == len(levels) - 1
+            self.down.append(nn.ModuleList([FiLMResidualBlock(c_in, c_out, cond_dim, kernel_size, n_groups),
+                                            FiLMResidualBlock(c_out, c_out, cond_dim, kernel_size, n_groups),
+                                            nn.Identity() if last else nn.Conv1d(c_out, c_out, 3, 2, 1)]))
+        mid = widths[-1]
+        self.mid = nn.ModuleList([FiLMResidualBlock(mid, mid, cond_dim, kernel_size, n_groups) for _ in range(2)])
+        self.up = nn.ModuleList()
+        for c_in, c_out in reversed(levels[1:]):
+            self.up.append(nn.ModuleList([FiLMResidualBlock(2 * c_out, c_in, cond_dim, kernel_size, n_groups),
+                                          FiLMResidualBlock(c_in, c_in, cond_dim, kernel_size, n_groups),
+                                          nn.ConvTranspose1d(c_in, c_in, 4, 2, 1)]))
+        self.final = nn.Sequential(Conv1dBlock(dim, dim, kernel_size, n_groups), nn.Conv1d(dim, action_dim, 1))
+
+    def forward(self, x, t, obs):
+        cond = torch.cat([self.time_embedding(t), obs.flatten(1)], dim=-1)
+        h, skips = x.transpose(1, 2), []  # (B, Da, Tp)
+        for block1, block2, downsample in self.down:
+            h = block2(block1(h, cond), cond)
+            skips.append(h)
+            h = downsample(h)
+        for block in self.mid:
+            h = block(h, cond)
+        for block1, block2, upsample in self.up:
+            h = torch.cat([h, skips.pop()], dim=1)
+            h = upsample(block2(block1(h, cond), cond))
+        return self.final(h).transpose(1, 2)
+
+
+def build_network(kw: dict) -> nn.Module:
+    """Rebuild a noise-prediction network from a checkpoint's `model_kwargs`."""
+    common = dict(obs_dim=kw["obs_dim"], action_dim=kw["action_dim"], horizon_steps=kw["horizon_steps"],
+                  cond_steps=kw["cond_steps"])
+    if kw["backbone"] == "mlp":
+        return DiffusionMLP(**common, time_dim=kw["time_dim"], mlp_dims=tuple(kw["mlp_dims"]), activation=kw["activation"])
+    return DiffusionUNet(**common, dim=kw["unet_dim"], dim_mults=tuple(kw["unet_dim_mults"]), kernel_size=kw["unet_kernel_size"],
+                         n_groups=kw["unet_n_groups"], step_embed_dim=kw["unet_step_embed_dim"])
+
+
+def model_kwargs_from(args, obs_dim, action_dim) -> dict:
+    return dict(obs_dim=obs_dim, action_dim=action_dim, horizon_steps=args.horizon_steps, cond_steps=args.cond_steps,
+                denoising_steps=args.denoising_steps, backbone=args.backbone, time_dim=args.time_dim,
+                mlp_dims=tuple(args.mlp_dims), activation=args.activation, unet_dim=args.unet_dim,
+                unet_dim_mults=tuple(args.unet_dim_mults), unet_kernel_size=args.unet_kernel_size,
+                unet_n_groups=args.unet_n_groups, unet_step_embed_dim=args.unet_step_embed_dim)
+
+
+# ------------------------------------------------------------------------------------------------
+# Sampling with chain recording (paper 4.1-4.2)
+# ------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def sample(actor, actor_ft, sched, obs, plan, ft_steps, horizon_steps, action_dim, mode, min_sampling_std=0.1,
+           randn_clip=3.0, clip=1.0, generator=None):
+    """Run the reverse chain; return (action chunk, chain of the fine-tuned steps).
+
+    The last `ft_steps` executed steps use `actor_ft`, the earlier ones the frozen `actor`.
+    `mode`: "train" -> std floored at min_sampling_std at every step (exploration, paper 4.3);
+            "eval"  -> DDPM: natural std floored at 1e-3, none at the final step; DDIM: eta 0 (deterministic).
+    chain: (B, ft_steps + 1, Tp, Da); chain[:, 0] is the input of the first fine-tuned step.
+    """
+    ddim = any(t_prev != t - 1 for t, t_prev in plan)
+    B = obs.shape[0]
+    x = torch.randn(B, horizon_steps, action_dim, device=obs.device, generator=generator)
+    chain = []
+    n = len(plan)
+    for i, (t, t_prev) in enumerate(plan):
+        if i == n - ft_steps:
+            chain.append(x)
+        net = actor_ft if i >= n - ft_steps else actor
+        eta = 0.0 if (ddim and mode == "eval") else 1.0
+        t_b = torch.full((B,), t, dtype=torch.long, device=x.device)
+        mean, var = step_mean_var(net, sched, x, obs, t_b, torch.full_like(t_b, t_prev), ddim, eta, clip)
+        std = var.sqrt()
+        if mode == "train":
+            std = std.clamp(min=min_sampling_std)
+        elif ddim:
+            std = torch.zeros_like(std)
+        else:
+            std = std.clamp(min=1e-3) if t > 0 else torch.zeros_like(std)
+        noise = torch.randn(x.shape, device=x.device, generator=generator).clamp(-randn_clip, randn_clip)
+        x = mean + std * noise
+        if i >= n - ft_steps:
+            chain.append(x)
+    chain = torch.stack(chain, dim=1) if chain else x.new_zeros(B, 0, horizon_steps, action_dim)
+    return x, chain
+
+
+def pretrain_loss(net, sched, x0, obs, K):
+    """Denoising loss (paper eq. 3.2): MSE between the added noise and its prediction at a random step."""
+    t = torch.randint(0, K, (x0.shape[0],), device=x0.device)
+    eps = torch.randn_like(x0)
+    ab = sched["alpha_bar"][t].view(-1, 1, 1)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    return ((net(x_t, t, obs) - eps) ** 2).mean()
+
+
+# ------------------------------------------------------------------------------------------------
+# DPPO: likelihood of a denoising step and the PPO loss over (env step, denoising step) pairs
+# ------------------------------------------------------------------------------------------------
+def fine_tuned_timesteps(plan, ft_steps):
+    """(t, t_prev) tensors of the fine-tuned steps in execution order: index j = 0 is the noisiest."""
+    ft = plan[len(plan) - ft_steps:]
+    return torch.tensor([t for t, _ in ft]), torch.tensor([tp for _, tp in ft])
+
+
+def denoising_log_prob(actor_ft, sched, obs, x_in, x_out, t, t_prev, ddim, act_steps, min_logprob_std, clip=1.0):
+    """log pi(x_out | x_in, s) of one denoising step (paper eq. 4.3), per sample (B,).
+
+    The Gaussian std is floored at min_logprob_std (paper 4.3, sigma_min^prob). As the official
+    code: elementwise log-densities clamped to [-5, 2], only the first act_steps rows of the
+    chunk, averaged over (act_steps, action_dim).
+    """
+    mean, var = step_mean_var(actor_ft, sched, x_in, obs, t, t_prev, ddim, 1.0, clip)
+    std = var.sqrt().clamp(min=min_logprob_std)
+    elementwise = -((x_out - mean) ** 2) / (2 * std**2) - std.log() - 0.5 * math.log(2 * math.pi)
+    return elementwise.clamp(-5.0, 2.0)[:, :act_steps].mean(dim=(-2, -1))
+
+
+def clip_schedule(ft_steps, clip, clip_base, rate):
+    """PPO clip ratio per fine-tuned step j (paper D.4): exponential from clip_base (j=0) to clip (j=K'-1)."""
+    if ft_steps == 1:  # the official code divides by zero here
+        return torch.tensor([clip])
+    u = torch.arange(ft_steps, dtype=torch.float64) / (ft_steps - 1)
+    return (clip_base + (clip - clip_base) * (torch.exp(rate * u) - 1) / (math.exp(rate) - 1)).float()
+
+
+def denoising_discount(ft_steps, gamma_denoising):
+    """Advantage weight of fine-tuned step j: gamma_denoising^(K'-1-j) (paper 4.2, B.1)."""
+    return gamma_denoising ** torch.arange(ft_steps - 1, -1, -1, dtype=torch.float32)
+
+
+class Critic(nn.Module):
+    """V(s) of the environment observation only (paper 4.2; D.4): residual Mish MLP."""
+
+    def __init__(self, obs_dim, cond_steps, dims=(256, 256, 256)):
+        super().__init__()
+        self.net = ResidualMLP([obs_dim * cond_steps, *dims, 1], nn.Mish)
+
+    def forward(self, obs):
+        return self.net(obs.flatten(1)).squeeze(-1)
+
+
+class RunningRewardScaler:
+    """Divide rewards by the std of a running discounted return (official `reward_scale_running`).
+
+    R <- r + 0.99 (1 - first) R per env; running variance of all R (count init 1e-4, mean 0, var 1);
+    scaled reward = r / sqrt(var + 1e-8), clipped to +-10. No mean subtraction.
+    """
+
+    def __init__(self, num_envs, gamma=0.99):
+        self.gamma, self.ret = gamma, np.zeros(num_envs)
+        self.mean, self.var, self.count = 0.0, 1.0, 1e-4
+
+    def __call__(self, rewards, firsts):
+        returns = np.zeros_like(rewards)
+        for n in range(len(rewards)):
+            self.ret = rewards[n] + self.gamma * (1 - firsts[n]) * self.ret
+            returns[n] = self.ret
+        batch_mean, batch_var, batch_count = returns.mean(), returns.var(), returns.size
+        delta, total = batch_mean - self.mean, self.count + batch_count
+        m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
+        self.mean, self.var, self.count = self.mean + delta * batch_count / total, m2 / total, total
+        return np.clip(rewards / np.sqrt(self.var + 1e-8), -10, 10)
+
+    def state_dict(self):
+        return {"ret": self.ret, "mean": self.mean, "var": self.var, "count": self.count}
+
+    def load_state_dict(self, d):
+        self.ret, self.mean, self.var, self.count = d["ret"], d["mean"], d["var"], d["count"]
+
+
+def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
+    """GAE over environment (policy-query) steps; arrays (N, E). dones cut the recursion."""
+    advantages = np.zeros_like(rewards)
+    last = np.zeros(rewards.shape[1])
+    for n in reversed(range(len(rewards))):
+        delta = rewards[n] + gamma * next_values[n] * (1 - dones[n]) - values[n]
+        last = delta + gamma * gae_lambda * (1 - dones[n]) * last
+        advantages[n] = last
+    return advantages, advantages + values
+
+
+def ppo_update(actor_ft, critic, actor_opt, critic_opt, sched, batch, args, ft_t, ft_t_prev, ddim, update_actor=True,
+               generator=None):
+    """PPO epochs over the N*E*K' (env step, denoising step) pairs (paper 4.2; official 2.5-2.6)."""
+    K_ft = batch["chains"].shape[1] - 1
+    device = batch["obs"].device
+    num_pairs = batch["obs"].shape[0] * K_ft
+    mb = min(args.batch_size, num_pairs)
+    clips = clip_schedule(K_ft, args.clip_ploss_coef, args.clip_ploss_coef_base, args.clip_ploss_coef_rate).to(device)
+    discounts = denoising_discount(K_ft, args.gamma_denoising).to(device)
+    ft_t, ft_t_prev = ft_t.to(device), ft_t_prev.to(device)
+    stats, clipfracs = {}, []
+    for epoch in range(args.update_epochs):
+        perm = torch.randperm(num_pairs, generator=generator).to(device)
+        for start in range(0, num_pairs - mb + 1, mb):
+            flat = perm[start:start + mb]
+            i, j = flat // K_ft, flat % K_ft  # env-step sample, fine-tuned denoising index
+            obs = batch["obs"][i]
+            x_in, x_out = batch["chains"][i, j], batch["chains"][i, j + 1]
+            new_logp = denoising_log_prob(actor_ft, sched, obs, x_in, x_out, ft_t[j], ft_t_prev[j], ddim, args.act_steps,
+                                          args.min_logprob_denoising_std, args.denoised_clip_value)
+            old_logp = batch["logprobs"][i, j]
+            adv = batch["advantages"][i]
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            adv = adv * discounts[j]  # denoising discount, after normalization (official order)
+            ratio = (new_logp - old_logp).exp()
+            eps = clips[j]
+            pg_loss = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - eps, 1 + eps)).mean()
+            v_loss = 0.5 * ((critic(obs) - batch["returns"][i]) ** 2).mean()
+            loss = pg_loss + args.vf_coef * v_loss
+            actor_opt.zero_grad()
+            critic_opt.zero_grad()
+            loss.backward()
+            if args.max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(actor_ft.parameters(), args.max_grad_norm)
+                nn.utils.clip_grad_norm_(critic.parameters(), args.max_grad_norm)
+            if update_actor:
+                actor_opt.step()
+            critic_opt.step()
+            with torch.no_grad():
+                approx_kl = ((ratio - 1) - (new_logp - old_logp)).mean().item()  # k3 estimator
+                clipfracs.append(((ratio - 1).abs() > eps).float().mean().item())
+            stats = dict(policy_loss=pg_loss.item(), value_loss=v_loss.item(), approx_kl=approx_kl, ratio=ratio.mean().item())
+            if args.target_kl is not None and approx_kl > args.target_kl:
+                stats["clipfrac"] = float(np.mean(clipfracs))
+                return stats
+    stats["clipfrac"] = float(np.mean(clipfracs)) if clipfracs else 0.0
+    return stats
+
+
+# ------------------------------------------------------------------------------------------------
+# Pre-training (paper D.1): behaviour cloning with the denoising loss, EMA weights for fine-tuning
+# ------------------------------------------------------------------------------------------------
+def pretrain_lr(epoch, args):
+    """Linear warm-up over 1 epoch from the min LR, then cosine decay to the min LR (official 2.7)."""
+    lo, hi, warmup = args.pretrain_min_lr, args.pretrain_lr, 1
+    if epoch < warmup:
+        return lo + (hi - lo) * epoch / warmup
+    progress = (epoch - warmup) / max(1, args.pretrain_epochs - warmup)
+    return lo + (hi - lo) * (1 + math.cos(math.pi * progress)) / 2
+
+
+def pretrain(args, run_dir, writer, device):
+    data = envs.load_dataset(args.dataset, args.env_id)
+    norm = data["normalization"]
+    obs, actions, starts, firsts = envs.make_pretraining_samples(data["episodes"], norm, args.cond_steps, args.horizon_steps)
+    print(f"[pretrain] {len(data['episodes'])} episodes, {len(starts)} samples from {args.dataset}")
+    kw = model_kwargs_from(args, obs.shape[1], actions.shape[1])
+    net = build_network(kw).to(device)
+    ema = copy.deepcopy(net).requires_grad_(False)
+    sched = {k: v.to(device) for k, v in make_schedule(args.denoising_steps).items()}
+    opt = torch.optim.AdamW(net.parameters(), lr=args.pretrain_lr, weight_decay=args.pretrain_weight_decay)
+    obs_t, act_t = torch.as_tensor(obs, device=device), torch.as_tensor(actions, device=device)
+    steps_per_epoch, step, t0 = math.ceil(len(starts) / args.pretrain_batch_size), 0, time.time()
+    for epoch in range(args.pretrain_epochs):
+        for group in opt.param_groups:
+            group["lr"] = pretrain_lr(epoch, args)
+        perm = np.random.permutation(len(starts))
+        total = 0.0
+        for k in range(steps_per_epoch):
+            idx = perm[k * args.pretrain_batch_size:(k + 1) * args.pretrain_batch_size]
+            o_idx, a_idx = envs.gather_samples(np.arange(len(obs)), np.arange(len(actions)), starts, firsts, idx,
+                                               args.cond_steps, args.horizon_steps)
+            loss = pretrain_loss(net, sched, act_t[torch.as_tensor(a_idx)], obs_t[torch.as_tensor(o_idx)], args.denoising_steps)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            total += loss.item()
+            if step % args.ema_freq == 0:  # EMA (official 1.8): follow the weights until ema_start_epoch
+                with torch.no_grad():
+                    for p_ema, p in zip(ema.parameters(), net.parameters()):
+                        p_ema.copy_(p) if epoch < args.ema_start_epoch else p_ema.lerp_(p, 1 - args.ema_decay)
+        writer.add_scalar("pretrain/loss", total / steps_per_epoch, epoch)
+        writer.add_scalar("pretrain/learning_rate", opt.param_groups[0]["lr"], epoch)
+        if epoch % max(1, args.pretrain_epochs // 20) == 0 or epoch == args.pretrain_epochs - 1:
+            left = (time.time() - t0) / (epoch + 1) * (args.pretrain_epochs - epoch - 1)
+            print(f"[pretrain] epoch {epoch + 1}/{args.pretrain_epochs} | loss {total / steps_per_epoch:.4f} | "
+                  f"lr {opt.param_groups[0]['lr']:.2e} | {time.time() - t0:.0f}s | left {left / 60:.1f}m", flush=True)
+    ckpt = dict(algo="dppo", policy="diffusion", backbone=args.backbone, model=ema.state_dict(), model_kwargs=kw,
+                normalization=norm, env_id=args.env_id, args=asdict(args), iteration=0, env_steps=0,
+                dataset=args.dataset, pretrain_epochs=args.pretrain_epochs, pretrain_gradient_steps=step)
+    envs.save_checkpoint(ckpt, os.path.join(run_dir, "pretrained.pt"))
+    print(f"[pretrain] wrote {os.path.join(run_dir, 'pretrained.pt')}")
+    return ckpt
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation, checks, main
+# ------------------------------------------------------------------------------------------------
+def evaluate(actor, actor_ft, sched, plan, ft_steps, kw, args, normalization, device, episodes):
+    """Return over `episodes` episodes without exploration noise (paper D.1: DDPM noise kept except at
+    the last step; DDIM eta 0). The fine-tuned network runs the fine-tuned steps (official eval fix)."""
+
+    def act(obs):
+        chunk, _ = sample(actor, actor_ft, sched, torch.as_tensor(obs, device=device), plan, ft_steps,
+                          kw["horizon_steps"], kw["action_dim"], "eval", clip=args.denoised_clip_value,
+                          randn_clip=args.randn_clip_value)
+        return chunk.cpu().numpy()
+
+    returns, _ = envs.run_episodes(act, args.env_id, episodes, args.seed + 10_000, args.act_steps, args.cond_steps,
+                                   normalization, args.async_envs)
+    return float(np.mean(returns)), float(np.std(returns))
+
+
+def check_args(args):
+    for name in ("num_envs", "n_steps", "batch_size", "update_epochs", "eval_episodes", "eval_freq", "denoising_steps",
+                 "ft_denoising_steps"):
+        if getattr(args, name) < 1:
+            envs.fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.act_steps > args.horizon_steps:
+        envs.fail(f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps")
+    if args.ddim_steps is not None:
+        if args.ddim_steps < 1 or args.denoising_steps % args.ddim_steps:
+            envs.fail(f"--ddim-steps {args.ddim_steps} must divide --denoising-steps {args.denoising_steps}")
+        if args.ft_denoising_steps > args.ddim_steps:
+            envs.fail(f"--ft-denoising-steps {args.ft_denoising_steps} > --ddim-steps {args.ddim_steps}; fine-tune at most all DDIM steps")
+    elif args.ft_denoising_steps > args.denoising_steps:
+        envs.fail(f"--ft-denoising-steps {args.ft_denoising_steps} > --denoising-steps {args.denoising_steps}; "
+                  f"use at most {args.denoising_steps}")
+    if args.min_sampling_denoising_std < 0 or args.min_logprob_denoising_std <= 0:
+        envs.fail("--min-sampling-denoising-std must be >= 0 and --min-logprob-denoising-std > 0")
+
+
+def load_diffusion_checkpoint(path, args):
+    """Load a diffusion checkpoint and check it against the flags (one-line errors)."""
+    ckpt = envs.load_checkpoint(path, "diffusion", args.env_id)
+    kw = ckpt["model_kwargs"]
+    if kw["denoising_steps"] != args.denoising_steps:
+        envs.fail(f"{path} was pre-trained with {kw['denoising_steps']} denoising steps; pass --denoising-steps {kw['denoising_steps']}")
+    if kw["backbone"] != args.backbone:
+        envs.fail(f"{path} has backbone {kw['backbone']}; pass --backbone {kw['backbone']}")
+    if args.act_steps > kw["horizon_steps"] or kw["cond_steps"] != args.cond_steps:
+        envs.fail(f"{path} predicts chunks of {kw['horizon_steps']} from {kw['cond_steps']} observation(s); pass "
+                  f"--act-steps <= {kw['horizon_steps']} --horizon-steps {kw['horizon_steps']} --cond-steps {kw['cond_steps']}")
+    if kw["backbone"] == "mlp" and args.act_steps != kw["horizon_steps"]:
+        envs.fail(f"an MLP policy executes its whole chunk: pass --act-steps {kw['horizon_steps']} (the UNet may execute fewer)")
+    if ckpt.get("model_ft") is not None and ckpt.get("ft_denoising_steps") != args.ft_denoising_steps:
+        envs.fail(f"{path} fine-tuned {ckpt['ft_denoising_steps']} denoising steps; pass --ft-denoising-steps {ckpt['ft_denoising_steps']}")
+    return ckpt
+
+
+def main(args):
+    check_args(args)
+    envs.resolve_env_id(args.env_id)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    run_dir = args.run_dir or os.path.join("runs", f"{envs.env_slug(args.env_id)}__dppo__{args.seed}__{int(time.time())}")
+    os.makedirs(run_dir, exist_ok=True)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(run_dir)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    if args.track:
+        import wandb
+
+        wandb.init(project="cleandppo", config=vars(args), name=os.path.basename(run_dir), sync_tensorboard=True)
+
+    if args.dataset is not None and args.checkpoint is None:
+        ckpt = pretrain(args, run_dir, writer, device)
+    else:
+        path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", args.backbone)
+        ckpt = load_diffusion_checkpoint(path, args)
+        print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
+    kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
+    resume = ckpt if ckpt["algo"] == "dppo" and "critic" in ckpt else None
+    actor = build_network(kw).to(device)
+    actor.load_state_dict(ckpt["model"])
+    actor.requires_grad_(False)  # frozen copy for the early denoising steps (paper 4.3)
+    actor_ft = copy.deepcopy(actor).requires_grad_(True)
+    if ckpt.get("model_ft") is not None:
+        actor_ft.load_state_dict(ckpt["model_ft"])
+    sched = {k: v.to(device) for k, v in make_schedule(kw["denoising_steps"]).items()}
+    plan = denoising_plan(kw["denoising_steps"], args.ddim_steps)
+    ddim = args.ddim_steps is not None
+    K_ft = args.ft_denoising_steps
+    ft_t, ft_t_prev = fine_tuned_timesteps(plan, K_ft)
+    eval_ft_steps = K_ft if ckpt.get("model_ft") is not None or resume is not None else 0
+
+    if args.pretrain_only or args.eval_only:
+        ret, std = evaluate(actor, actor_ft, sched, plan, eval_ft_steps, kw, args, normalization, device, args.eval_episodes)
+        print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes")
+        write_summary(run_dir, args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret)
+        return
+
+    obs_dim, action_dim, Tp = kw["obs_dim"], kw["action_dim"], kw["horizon_steps"]
+    critic = Critic(obs_dim, args.cond_steps, args.critic_dims).to(device)  # fresh critic (official)
+    actor_opt = torch.optim.AdamW(actor_ft.parameters(), lr=args.actor_lr, weight_decay=0.0)
+    critic_opt = torch.optim.AdamW(critic.parameters(), lr=args.critic_lr, weight_decay=0.0)
+    scaler = RunningRewardScaler(args.num_envs)
+    steps_per_iter = args.num_envs * args.n_steps * args.act_steps
+    num_iters = max(1, args.total_timesteps // steps_per_iter)
+    actor_sched = torch.optim.lr_scheduler.CosineAnnealingLR(actor_opt, num_iters, args.actor_min_lr if args.actor_min_lr is not None else args.actor_lr)
+    critic_sched = torch.optim.lr_scheduler.CosineAnnealingLR(critic_opt, num_iters, args.critic_min_lr if args.critic_min_lr is not None else args.critic_lr)
+    start_iter, env_steps = 0, 0
+    if resume is not None:
+        critic.load_state_dict(resume["critic"])
+        actor_opt.load_state_dict(resume["actor_optimizer"])
+        critic_opt.load_state_dict(resume["critic_optimizer"])
+        actor_sched.load_state_dict(resume["actor_lr_schedule"])
+        critic_sched.load_state_dict(resume["critic_lr_schedule"])
+        scaler.load_state_dict(resume["reward_scaler"])
+        torch.set_rng_state(resume["torch_rng"])
+        np.random.set_state(resume["numpy_rng"])
+        start_iter, env_steps = resume["iteration"], resume["env_steps"]
+    pretrained_eval = resume["pretrained_eval_return"] if resume is not None else None
+    best_eval = resume["best_eval_return"] if resume is not None else -np.inf
+    last_eval = float("nan")
+    if pretrained_eval is None:
+        pretrained_eval, _ = evaluate(actor, actor_ft, sched, plan, 0, kw, args, normalization, device, args.eval_episodes)
+        last_eval = best_eval = pretrained_eval
+        writer.add_scalar("eval/episodic_return", pretrained_eval, env_steps)
+        print(f"[eval] pre-trained return {pretrained_eval:.1f}")
+
+    vec = envs.make_vec_env(args.env_id, args.num_envs, args.seed + start_iter * args.num_envs, args.act_steps,
+                            args.cond_steps, normalization, args.async_envs)
+    obs, _ = vec.reset(seed=args.seed + start_iter * args.num_envs)
+    firsts = np.ones(args.num_envs)
+    recent_returns, t_start, iteration = [], time.time(), start_iter
+
+    def save(it):
+        state = dict(algo="dppo", policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(),
+                     model_ft=actor_ft.state_dict(), ft_denoising_steps=K_ft, model_kwargs=kw, normalization=normalization,
+                     env_id=args.env_id, args=asdict(args), iteration=it, env_steps=env_steps, critic=critic.state_dict(),
+                     actor_optimizer=actor_opt.state_dict(), critic_optimizer=critic_opt.state_dict(),
+                     actor_lr_schedule=actor_sched.state_dict(), critic_lr_schedule=critic_sched.state_dict(),
+                     reward_scaler=scaler.state_dict(), torch_rng=torch.get_rng_state(), numpy_rng=np.random.get_state(),
+                     pretrained_eval_return=pretrained_eval, best_eval_return=best_eval)
+        envs.save_checkpoint(state, os.path.join(run_dir, "checkpoint_last.pt"))
+        if it % args.save_freq == 0 or it == num_iters:
+            envs.save_checkpoint(state, os.path.join(run_dir, f"checkpoint_{it}.pt"))
+
+    try:
+        while iteration < num_iters:
+            t_iter = time.time()
+            # ---- rollout: record the fine-tuned part of every denoising chain (paper 4.1) ----
+            N, E = args.n_steps, args.num_envs
+            buf_obs = np.zeros((N, E, args.cond_steps, obs_dim), np.float32)
+            buf_final = np.zeros_like(buf_obs)  # observation reached before any auto-reset
+            buf_chain = torch.zeros((N, E, K_ft + 1, Tp, action_dim), device=device)
+            buf_rew, buf_term, buf_timeout, buf_first = (np.zeros((N, E)) for _ in range(4))
+            for n in range(N):
+                chunk, chain = sample(actor, actor_ft, sched, torch.as_tensor(obs, device=device), plan, K_ft, Tp,
+                                      action_dim, "train", args.min_sampling_denoising_std, args.randn_clip_value,
+                                      args.denoised_clip_value)
+                next_obs, reward, term, trunc, infos = vec.step(chunk[:, :args.act_steps].cpu().numpy())
+                buf_obs[n], buf_chain[n], buf_rew[n], buf_first[n] = obs, chain, reward, firsts
+                buf_term[n], buf_timeout[n] = term, np.logical_and(trunc, np.logical_not(term))
+                buf_final[n] = envs.final_observations(next_obs, infos)
+                firsts = np.logical_or(term, trunc).astype(np.float64)
+                for r, length in zip(*envs.finished_episodes(infos)):
+                    recent_returns.append(r)
+                    writer.add_scalar("charts/episodic_return", r, env_steps)
+                    writer.add_scalar("charts/episodic_length", length, env_steps)
+                obs = next_obs
+                env_steps += E * args.act_steps
+            t_rollout = time.time() - t_iter
+
+            # ---- advantages over env steps (GAE), value of the env state only ----
+            t_update = time.time()
+            flat_obs = torch.as_tensor(buf_obs.reshape(N * E, args.cond_steps, obs_dim), device=device)
+            with torch.no_grad():
+                values = critic(flat_obs).cpu().numpy().reshape(N, E)
+                final_values = critic(torch.as_tensor(buf_final.reshape(N * E, args.cond_steps, obs_dim),
+                                                      device=device)).cpu().numpy().reshape(N, E)
+                last_value = critic(torch.as_tensor(obs, device=device)).cpu().numpy()
+            rewards = scaler(buf_rew, buf_first) if args.reward_scale_running else buf_rew
+            # a time-out is not a failure: bootstrap it with V(last obs) (the official code treats it as terminal)
+            rewards = rewards + args.gamma * final_values * buf_timeout
+            next_values = np.concatenate([values[1:], last_value[None]], 0)
+            advantages, returns = compute_gae(rewards, values, next_values, np.maximum(buf_term, buf_timeout),
+                                              args.gamma, args.gae_lambda)
+            # ---- old log-probs of every (env step, denoising step) pair ----
+            chains = buf_chain.reshape(N * E, K_ft + 1, Tp, action_dim)
+            old_logp = torch.zeros(N * E, K_ft, device=device)
+            with torch.no_grad():
+                for s0 in range(0, N * E, args.logprob_batch_size):
+                    sl = slice(s0, min(N * E, s0 + args.logprob_batch_size))
+                    for j in range(K_ft):
+                        n_sl = sl.stop - sl.start
+                        old_logp[sl, j] = denoising_log_prob(
+                            actor_ft, sched, flat_obs[sl], chains[sl, j], chains[sl, j + 1], ft_t[j].expand(n_sl).to(device),
+                            ft_t_prev[j].expand(n_sl).to(device), ddim, args.act_steps, args.min_logprob_denoising_std,
+                            args.denoised_clip_value)
+            batch = dict(obs=flat_obs, chains=chains, logprobs=old_logp,
+                         advantages=torch.as_tensor(advantages.reshape(-1), dtype=torch.float32, device=device),
+                         returns=torch.as_tensor(returns.reshape(-1), dtype=torch.float32, device=device))
+            stats = ppo_update(actor_ft, critic, actor_opt, critic_opt, sched, batch, args, ft_t, ft_t_prev, ddim,
+                               update_actor=iteration >= args.n_critic_warmup_itr)
+            if iteration >= args.n_critic_warmup_itr:
+                actor_sched.step()
+            critic_sched.step()
+            t_update = time.time() - t_update
+            iteration += 1
+
+            sps = int(steps_per_iter / (time.time() - t_iter))
+            for k, v in stats.items():
+                writer.add_scalar(f"losses/{k}", v, env_steps)
+            writer.add_scalar("losses/explained_variance", 1 - np.var(returns - values) / (np.var(returns) + 1e-8), env_steps)
+            writer.add_scalar("charts/SPS", sps, env_steps)
+            writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
+            writer.add_scalar("charts/critic_learning_rate", critic_opt.param_groups[0]["lr"], env_steps)
+            writer.add_scalar("time/rollout_s", t_rollout, env_steps)
+            writer.add_scalar("time/update_s", t_update, env_steps)
+            writer.add_scalar("charts/peak_memory_mb", peak_memory_mb(device), env_steps)
+            if iteration % args.eval_freq == 0 or iteration == num_iters:
+                last_eval, _ = evaluate(actor, actor_ft, sched, plan, K_ft, kw, args, normalization, device, args.eval_episodes)
+                best_eval = max(best_eval, last_eval)
+                writer.add_scalar("eval/episodic_return", last_eval, env_steps)
+            mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
+            left = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
+            print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
+                  f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | kl {stats['approx_kl']:.2e} "
+                  f"clipfrac {stats['clipfrac']:.3f} | left {left / 60:.1f}m", flush=True)
+            save(iteration)
+    except KeyboardInterrupt:
+        save(iteration)
+        print(f"[interrupted] checkpoint written to {os.path.join(run_dir, 'checkpoint_last.pt')}")
+        raise SystemExit(130)
+    vec.close()
+    write_summary(run_dir, args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval)
+    writer.close()
+
+
+def peak_memory_mb(device):
+    """Peak GPU memory on CUDA; peak resident memory of the process on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_summary(run_dir, args, env_steps, wall, pretrained, final, best):
+    summary = dict(algo="dppo", env_id=args.env_id, seed=args.seed, env_steps=int(env_steps), wall_time_s=wall,
+                   pretrained_eval_return=pretrained, final_eval_return=final, best_eval_return=best, args=asdict(args))
+    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2, default=str)
+    print(f"[done] summary in {os.path.join(run_dir, 'summary.json')}")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

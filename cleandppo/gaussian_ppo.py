@@ -1,0 +1,736 @@
+"""Gaussian policy over action chunks, trained with PPO (DPPO paper 5.2 and D.6).
+
+Three ways to run it:
+  * from scratch (plain PPO; how the project's "medium" datasets' behaviour policies are made):
+        python cleandppo/gaussian_ppo.py --env-id Hopper-v2 --from-scratch --total-timesteps 1000000
+  * behaviour-cloning pre-training from a dataset (fixed std):
+        python cleandppo/gaussian_ppo.py --env-id Hopper-v2 --dataset hopper-medium-v2 --pretrain-only
+  * PPO fine-tuning of a pre-trained checkpoint (default: the bundled one for --env-id):
+        python cleandppo/gaussian_ppo.py --env-id Hopper-v2
+A checkpoint can also be rolled out into a D4RL-format dataset with --record-dataset PATH.
+"""
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+
+from cleandppo import envs
+
+
+@dataclass
+class Args:
+    # --- common contract (see the README) ---
+    env_id: str = "Hopper-v2"
+    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or a gymnasium v4/v5 id)"""
+    seed: int = 0
+    """seeds torch, numpy and every environment (env i gets seed + i)"""
+    num_envs: int = 40
+    """parallel environments"""
+    total_timesteps: int = 1_000_000
+    """training budget in environment steps"""
+    checkpoint: Optional[str] = None
+    """pre-trained policy to fine-tune, or a run's checkpoint to resume; default: the bundled one"""
+    dataset: Optional[str] = None
+    """pre-training data: a D4RL name (hopper-medium-v2), a Minari id or an hdf5 path"""
+    pretrain_only: bool = False
+    """stop after behaviour-cloning pre-training"""
+    eval_only: bool = False
+    """only evaluate --checkpoint"""
+    from_scratch: bool = False
+    """plain PPO from a random policy (no dataset, no checkpoint)"""
+    record_dataset: Optional[str] = None
+    """roll out --checkpoint's stochastic policy and write a D4RL-format hdf5 to this path"""
+    record_transitions: int = 200_000
+    """with --record-dataset: number of transitions to record (whole episodes are kept)"""
+    target_return: Optional[float] = None
+    """stop once the stochastic policy's mean return over the last 50 training episodes reaches this
+    (how the 'medium' behaviour policies are made: the recorded data then has about this return)"""
+    eval_freq: int = 10
+    """evaluate every N iterations (and after the last one)"""
+    eval_episodes: int = 10
+    """episodes per evaluation (mean action, no exploration noise)"""
+    run_dir: Optional[str] = None
+    """where logs, checkpoints and summary.json go (default runs/<env>__gaussian_ppo__<seed>__<time>)"""
+    save_freq: int = 10
+    """write checkpoint_<iter>.pt every N iterations (checkpoint_last.pt is written every iteration)"""
+    cuda: bool = True
+    """use CUDA when available"""
+    torch_deterministic: bool = True
+    """deterministic torch kernels"""
+    track: bool = False
+    """also log to Weights & Biases"""
+    capture_video: bool = False
+    """record one evaluation episode to the run dir at the end"""
+    async_envs: bool = False
+    """step environments in subprocesses (gymnasium AsyncVectorEnv)"""
+
+    # --- policy (paper D.6) ---
+    backbone: Literal["mlp", "transformer"] = "mlp"
+    """network producing the chunk mean: residual MLP or decoder-only Transformer"""
+    horizon_steps: int = 4
+    """predicted action-chunk length Tp (paper: baselines use DPPO's chunk size)"""
+    act_steps: int = 4
+    """executed actions per policy query Ta (<= horizon_steps)"""
+    cond_steps: int = 1
+    """observation history length To"""
+    mlp_dims: tuple[int, ...] = (512, 512, 512)
+    """hidden widths of the MLP backbone (one residual block for three equal widths)"""
+    transformer_dim: int = 96
+    """Transformer embedding width"""
+    transformer_heads: int = 4
+    """Transformer attention heads"""
+    transformer_layers: int = 4
+    """Transformer decoder layers"""
+    fixed_std: float = 0.1
+    """std used in pre-training and the initial value of the learned std in fine-tuning"""
+    std_min: float = 0.01
+    """lower clip of the learned std"""
+    std_max: float = 0.2
+    """upper clip of the learned std"""
+    randn_clip_value: float = 3.0
+    """sampled actions are clipped to mean +- randn_clip_value * std"""
+
+    # --- pre-training ---
+    pretrain_epochs: int = 200
+    """passes over the dataset"""
+    pretrain_batch_size: int = 128
+    """samples per gradient step"""
+    pretrain_lr: float = 1e-4
+    """learning rate (constant, as the official Gym Gaussian config)"""
+    pretrain_weight_decay: float = 1e-6
+    """AdamW weight decay"""
+
+    # --- PPO fine-tuning (paper Gym defaults) ---
+    n_steps: int = 500
+    """policy queries per env per iteration (N)"""
+    gamma: float = 0.99
+    """discount per policy query"""
+    gae_lambda: float = 0.95
+    """GAE lambda"""
+    actor_lr: float = 1e-4
+    """actor learning rate"""
+    critic_lr: float = 1e-3
+    """critic learning rate"""
+    update_epochs: int = 5
+    """passes over each iteration's batch"""
+    batch_size: int = 5000
+    """policy queries per minibatch"""
+    clip_coef: float = 0.01
+    """PPO clip ratio epsilon"""
+    vf_coef: float = 0.5
+    """value-loss weight"""
+    ent_coef: float = 0.0
+    """entropy bonus weight"""
+    target_kl: Optional[float] = 1.0
+    """stop the iteration's epochs when the approximate KL exceeds this"""
+    max_grad_norm: Optional[float] = None
+    """gradient-norm clip for actor and critic (None: off, as every official config)"""
+    reward_scale_running: bool = True
+    """divide rewards by the std of a running discounted return (gamma 0.99)"""
+    n_critic_warmup_itr: int = 0
+    """first iterations update only the critic"""
+    critic_dims: tuple[int, ...] = (256, 256, 256)
+    """critic hidden widths (residual, Mish)"""
+
+
+# From-scratch PPO uses textbook settings (these replace the fine-tuning values above when
+# --from-scratch is given, unless the flag was set explicitly on the command line).
+SCRATCH_PRESET = dict(horizon_steps=1, act_steps=1, num_envs=16, n_steps=128, batch_size=256, update_epochs=10,
+                      clip_coef=0.2, actor_lr=3e-4, critic_lr=3e-4, fixed_std=1.0, std_min=0.01, std_max=1.0,
+                      mlp_dims=(256, 256), target_kl=None, max_grad_norm=0.5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Networks
+# ------------------------------------------------------------------------------------------------
+class ResidualMLP(nn.Module):
+    """Linear -> [x + L(act(L(act(x))))] per extra pair of widths -> Linear (official ResidualMLP).
+
+    With dims [d_in, h, h, h, d_out] there is exactly one residual block; with [d_in, h, h, d_out]
+    (an even number of hidden widths) the network is a plain MLP with activations between layers.
+    """
+
+    def __init__(self, dims, activation=nn.Mish):
+        super().__init__()
+        hidden = dims[1:-1]
+        self.residual = len(hidden) % 2 == 1 and len(set(hidden)) == 1
+        if self.residual:
+            self.inp = nn.Linear(dims[0], hidden[0])
+            self.blocks = nn.ModuleList(
+                nn.Sequential(activation(), nn.Linear(hidden[0], hidden[0]), activation(), nn.Linear(hidden[0], hidden[0]))
+                for _ in range((len(hidden) - 1) // 2))
+            self.out = nn.Linear(hidden[0], dims[-1])
+        else:
+            layers = []
+            for i in range(len(dims) - 2):
+                layers += [nn.Linear(dims[i], dims[i + 1]), activation()]
+            self.body = nn.Sequential(*layers)
+            self.out = nn.Linear(dims[-2], dims[-1])
+
+    def forward(self, x):
+        if self.residual:
+            x = self.inp(x)
+            for block in self.blocks:
+                x = x + block(x)
+            return self.out(x)
+        return self.out(self.body(x))
+
+
+class TransformerBackbone(nn.Module):
+    """Decoder-only Transformer (paper D.6): one observation token as memory, Tp learned query tokens.
+
+    Query tokens are learned positional embeddings over the chunk; no dropout, no causal mask.
+    """
+
+    def __init__(self, obs_in, out_per_step, horizon_steps, dim, heads, layers):
+        super().__init__()
+        self.obs_proj = nn.Linear(obs_in, dim)
+        self.obs_pos = nn.Parameter(torch.zeros(1, 1, dim))
+        self.encoder = nn.Sequential(nn.Linear(dim, 4 * dim), nn.Mish(), nn.Linear(4 * dim, dim))
+        self.query_pos = nn.Parameter(torch.zeros(1, horizon_steps, dim))
+        layer = nn.TransformerDecoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+        self.decoder = nn.TransformerDecoder(layer, layers)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, out_per_step)
+        for m in self.modules():  # GPT-style init (official 3.3)
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.obs_pos, 0.0, 0.02)
+        nn.init.normal_(self.query_pos, 0.0, 0.02)
+
+    def forward(self, obs_flat):
+        memory = self.encoder(self.obs_proj(obs_flat)[:, None] + self.obs_pos)
+        queries = self.query_pos.expand(obs_flat.shape[0], -1, -1)
+        return self.head(self.norm(self.decoder(queries, memory)))  # (B, Tp, out_per_step)
+
+
+class GaussianPolicy(nn.Module):
+    """Diagonal Gaussian over the flattened (Tp, Da) chunk with tanh mean (paper D.6).
+
+    The std is one learned value per action dimension, shared over the chunk, clipped to
+    [std_min, std_max]; pre-training keeps it at its initial value (`learn_std=False`).
+    """
+
+    def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, backbone="mlp", mlp_dims=(512, 512, 512),
+                 transformer_dim=96, transformer_heads=4, transformer_layers=4, init_std=0.1, std_min=0.01, std_max=0.2,
+                 activation="mish", obs_norm=False):
+        super().__init__()
+        self.action_dim, self.horizon_steps = action_dim, horizon_steps
+        self.std_min, self.std_max = std_min, std_max
+        obs_in = obs_dim * cond_steps
+        act = {"mish": nn.Mish, "relu": nn.ReLU, "tanh": nn.Tanh}[activation]
+        if backbone == "mlp":
+            self.net = ResidualMLP([obs_in, *mlp_dims, horizon_steps * action_dim], act)
+        else:
+            self.net = TransformerBackbone(obs_in, action_dim, horizon_steps, transformer_dim, transformer_heads, transformer_layers)
+        self.log_std = nn.Parameter(torch.full((action_dim,), math.log(init_std)))
+        # running observation statistics, only used (and updated) when training from scratch
+        self.obs_norm = obs_norm
+        self.register_buffer("obs_mean", torch.zeros(obs_in))
+        self.register_buffer("obs_var", torch.ones(obs_in))
+        self.register_buffer("obs_count", torch.tensor(1e-4))
+
+    def forward(self, obs):
+        """Mean (B, Tp, Da) and std (Da,) for observations (B, To, Do)."""
+        x = obs.flatten(1)
+        if self.obs_norm:
+            x = ((x - self.obs_mean) / torch.sqrt(self.obs_var + 1e-8)).clamp(-10, 10)
+        mean = torch.tanh(self.net(x).reshape(-1, self.horizon_steps, self.action_dim))
+        std = self.log_std.exp().clamp(self.std_min, self.std_max)
+        return mean, std
+
+    @torch.no_grad()
+    def update_obs_stats(self, obs):
+        x = obs.flatten(1)
+        batch_mean, batch_var, n = x.mean(0), x.var(0, unbiased=False), x.shape[0]
+        delta, total = batch_mean - self.obs_mean, self.obs_count + n
+        self.obs_var.copy_((self.obs_var * self.obs_count + batch_var * n + delta**2 * self.obs_count * n / total) / total)
+        self.obs_mean.add_(delta * n / total)
+        self.obs_count.copy_(total)
+
+
+def sample_action(mean, std, randn_clip_value, generator=None):
+    """Gaussian sample, clipped to mean +- randn_clip_value * std (paper D.6)."""
+    noise = torch.randn(mean.shape, generator=generator, device=mean.device).clamp(-randn_clip_value, randn_clip_value)
+    return mean + std * noise
+
+
+def log_prob(mean, std, actions):
+    """Per-dimension-mean Gaussian log-density of each chunk, clamped to [-5, 2] (official convention).
+
+    Averaging over the Tp*Da elements (instead of summing) is what the official PPO clip ranges
+    assume; the clamp only matters for far-off samples.
+    """
+    var = std**2
+    elementwise = -((actions - mean) ** 2) / (2 * var) - torch.log(std) - 0.5 * math.log(2 * math.pi)
+    return elementwise.mean(dim=(-2, -1)).clamp(-5.0, 2.0)
+
+
+def entropy(std):
+    """Mean elementwise entropy of N(., std^2): 0.5 log(2 pi e std^2)."""
+    return (0.5 * math.log(2 * math.pi * math.e) + torch.log(std)).mean()
+
+
+class Critic(nn.Module):
+    """V(s) on the observation only: residual Mish MLP [To*Do, 256, 256, 256, 1]."""
+
+    def __init__(self, obs_dim, cond_steps, dims=(256, 256, 256)):
+        super().__init__()
+        self.net = ResidualMLP([obs_dim * cond_steps, *dims, 1], nn.Mish)
+
+    def forward(self, obs):
+        return self.net(obs.flatten(1)).squeeze(-1)
+
+
+# ------------------------------------------------------------------------------------------------
+# PPO pieces
+# ------------------------------------------------------------------------------------------------
+class RunningRewardScaler:
+    """Divide rewards by the std of a running discounted return (official `reward_scale_running`).
+
+    R <- r + 0.99 * (1 - first) * R per env; running variance of all R (count init 1e-4, mean 0,
+    var 1); scaled reward = r / sqrt(var + 1e-8), clipped to +-10. No mean subtraction.
+    """
+
+    def __init__(self, num_envs, gamma=0.99):
+        self.gamma, self.ret = gamma, np.zeros(num_envs)
+        self.mean, self.var, self.count = 0.0, 1.0, 1e-4
+
+    def __call__(self, rewards, firsts):
+        """rewards, firsts: (N, E); firsts[n] marks that step n starts a new episode."""
+        returns = np.zeros_like(rewards)
+        for n in range(len(rewards)):
+            self.ret = rewards[n] + self.gamma * (1 - firsts[n]) * self.ret
+            returns[n] = self.ret
+        batch_mean, batch_var, batch_count = returns.mean(), returns.var(), returns.size
+        delta, total = batch_mean - self.mean, self.count + batch_count
+        m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
+        self.mean, self.var, self.count = self.mean + delta * batch_count / total, m2 / total, total
+        return np.clip(rewards / np.sqrt(self.var + 1e-8), -10, 10)
+
+    def state_dict(self):
+        return {"ret": self.ret, "mean": self.mean, "var": self.var, "count": self.count}
+
+    def load_state_dict(self, d):
+        self.ret, self.mean, self.var, self.count = d["ret"], d["mean"], d["var"], d["count"]
+
+
+def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
+    """GAE over policy queries (Schulman et al. 2016). All arrays (N, E).
+
+    next_values[n] is V of the state reached after step n (already the bootstrap at time-outs);
+    dones[n] = 1 cuts the recursion (episode ended: terminated or truncated).
+    Returns (advantages, returns = advantages + values).
+    """
+    advantages = np.zeros_like(rewards)
+    last = np.zeros(rewards.shape[1])
+    for n in reversed(range(len(rewards))):
+        delta = rewards[n] + gamma * next_values[n] * (1 - dones[n]) - values[n]
+        last = delta + gamma * gae_lambda * (1 - dones[n]) * last
+        advantages[n] = last
+    return advantages, advantages + values
+
+
+def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=True, generator=None):
+    """PPO epochs over one iteration's batch (paper 4, D.6). Returns the last minibatch's stats."""
+    n = len(batch["obs"])
+    mb = min(args.batch_size, n)
+    stats, clipfracs = {}, []
+    for epoch in range(args.update_epochs):
+        perm = torch.randperm(n, generator=generator)
+        for start in range(0, n - mb + 1, mb):
+            idx = perm[start:start + mb]
+            obs, actions, old_logp = batch["obs"][idx], batch["actions"][idx], batch["logprobs"][idx]
+            adv, ret = batch["advantages"][idx], batch["returns"][idx]
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            mean, std = policy(obs)
+            new_logp = log_prob(mean, std, actions)
+            ratio = (new_logp - old_logp).exp()
+            pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)).mean()
+            v_loss = 0.5 * ((critic(obs) - ret) ** 2).mean()
+            ent = entropy(std)
+            loss = pg_loss - args.ent_coef * ent + args.vf_coef * v_loss
+            actor_opt.zero_grad()
+            critic_opt.zero_grad()
+            loss.backward()
+            if args.max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm)
+                nn.utils.clip_grad_norm_(critic.parameters(), args.max_grad_norm)
+            if update_actor:
+                actor_opt.step()
+            critic_opt.step()
+            with torch.no_grad():
+                approx_kl = ((ratio - 1) - (new_logp - old_logp)).mean().item()  # k3 estimator
+                clipfracs.append(((ratio - 1).abs() > args.clip_coef).float().mean().item())
+            stats = dict(policy_loss=pg_loss.item(), value_loss=v_loss.item(), entropy=ent.item(), approx_kl=approx_kl,
+                         ratio=ratio.mean().item(), std=std.mean().item())
+            if args.target_kl is not None and approx_kl > args.target_kl:
+                stats["clipfrac"] = float(np.mean(clipfracs))
+                return stats
+    stats["clipfrac"] = float(np.mean(clipfracs)) if clipfracs else 0.0
+    return stats
+
+
+# ------------------------------------------------------------------------------------------------
+# Helpers around the loop
+# ------------------------------------------------------------------------------------------------
+def model_kwargs_from(args, obs_dim, action_dim, init_std, obs_norm=False):
+    return dict(obs_dim=obs_dim, action_dim=action_dim, horizon_steps=args.horizon_steps, cond_steps=args.cond_steps,
+                backbone=args.backbone, mlp_dims=tuple(args.mlp_dims), transformer_dim=args.transformer_dim,
+                transformer_heads=args.transformer_heads, transformer_layers=args.transformer_layers,
+                init_std=init_std, std_min=args.std_min, std_max=args.std_max,
+                activation="tanh" if args.from_scratch else "mish", obs_norm=obs_norm)
+
+
+def evaluate(policy, args, normalization, device, episodes):
+    """Mean-action returns over `episodes` episodes (paper: evaluation without exploration noise)."""
+    policy.eval()
+
+    def act(obs):
+        with torch.no_grad():
+            return policy(torch.as_tensor(obs, device=device))[0].cpu().numpy()
+
+    returns, _ = envs.run_episodes(act, args.env_id, episodes, args.seed + 10_000, args.act_steps, args.cond_steps,
+                                   normalization, args.async_envs)
+    policy.train()
+    return float(np.mean(returns)), float(np.std(returns))
+
+
+def make_checkpoint(policy, kwargs, normalization, args, iteration, env_steps, **extra):
+    return dict(algo="gaussian_ppo", policy="gaussian", backbone=args.backbone, model=policy.state_dict(),
+                model_kwargs=kwargs, normalization=normalization, env_id=args.env_id, args=asdict(args),
+                iteration=iteration, env_steps=env_steps, **extra)
+
+
+def pretrain(args, run_dir, writer, device):
+    """Behaviour cloning with fixed std: minimize the mean elementwise Gaussian NLL (= scaled MSE)."""
+    data = envs.load_dataset(args.dataset, args.env_id)
+    norm = data["normalization"]
+    obs, actions, starts, firsts = envs.make_pretraining_samples(data["episodes"], norm, args.cond_steps, args.horizon_steps)
+    print(f"[pretrain] {len(data['episodes'])} episodes, {len(starts)} samples from {args.dataset}")
+    obs_dim, action_dim = obs.shape[1], actions.shape[1]
+    kwargs = model_kwargs_from(args, obs_dim, action_dim, args.fixed_std)
+    policy = GaussianPolicy(**kwargs).to(device)
+    policy.log_std.requires_grad_(False)  # std fixed during pre-training (paper D.6)
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=args.pretrain_lr,
+                            weight_decay=args.pretrain_weight_decay)
+    steps_per_epoch = math.ceil(len(starts) / args.pretrain_batch_size)
+    t0, step = time.time(), 0
+    for epoch in range(args.pretrain_epochs):
+        perm = np.random.permutation(len(starts))
+        for k in range(steps_per_epoch):
+            idx = perm[k * args.pretrain_batch_size:(k + 1) * args.pretrain_batch_size]
+            o, a = envs.gather_samples(obs, actions, starts, firsts, idx, args.cond_steps, args.horizon_steps)
+            o, a = torch.as_tensor(o, device=device), torch.as_tensor(a, device=device)
+            mean, std = policy(o)
+            var = std**2
+            nll = (((a - mean) ** 2) / (2 * var) + torch.log(std) + 0.5 * math.log(2 * math.pi)).mean()
+            opt.zero_grad()
+            nll.backward()
+            opt.step()
+            step += 1
+        writer.add_scalar("pretrain/loss", nll.item(), epoch)
+        if epoch % max(1, args.pretrain_epochs // 20) == 0 or epoch == args.pretrain_epochs - 1:
+            print(f"[pretrain] epoch {epoch + 1}/{args.pretrain_epochs} | loss {nll.item():.4f} | {time.time() - t0:.0f}s")
+    ckpt = make_checkpoint(policy, kwargs, norm, args, 0, 0, dataset=args.dataset, pretrain_epochs=args.pretrain_epochs)
+    envs.save_checkpoint(ckpt, os.path.join(run_dir, "pretrained.pt"))
+    return ckpt
+
+
+def record_dataset(policy, args, normalization, device):
+    """Roll out the stochastic policy (chunks of 1) and save D4RL-format data in raw units."""
+    if args.act_steps != 1:
+        envs.fail("--record-dataset needs a checkpoint with act_steps 1 (train it with --from-scratch)")
+    e = envs.make_vec_env(args.env_id, args.num_envs, args.seed, 1, args.cond_steps, normalization)
+    obs, _ = e.reset(seed=args.seed)
+    keys = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")}
+    per_env = [{k: [] for k in keys} for _ in range(args.num_envs)]
+    episode_returns, count = [], 0
+    while count < args.record_transitions:
+        with torch.no_grad():
+            mean, std = policy(torch.as_tensor(obs, device=device))
+            chunk = sample_action(mean, std, args.randn_clip_value).cpu().numpy()
+        next_obs, reward, term, trunc, infos = e.step(chunk)
+        final_next = envs.final_observations(next_obs, infos)
+        for i in range(args.num_envs):
+            buf = per_env[i]
+            buf["observations"].append(envs.unnormalize_obs(obs[i, -1], normalization))
+            buf["actions"].append(envs.unnormalize_action(np.clip(chunk[i, 0], -1, 1), normalization))
+            buf["rewards"].append(reward[i])
+            buf["terminals"].append(term[i])
+            buf["timeouts"].append(trunc[i] and not term[i])
+            buf["next_observations"].append(envs.unnormalize_obs(final_next[i, -1], normalization))
+            if term[i] or trunc[i]:  # keep whole episodes only
+                for k in keys:
+                    keys[k].extend(buf[k])
+                count += len(buf["rewards"])
+                episode_returns.append(float(np.sum(buf["rewards"])))
+                per_env[i] = {k: [] for k in keys}
+        obs = next_obs
+    data = {k: np.asarray(v, dtype=np.float32 if k not in ("terminals", "timeouts") else bool) for k, v in keys.items()}
+    envs.write_d4rl_hdf5(args.record_dataset, data, attrs=dict(
+        env_id=args.env_id, source="cleandppo gaussian_ppo --record-dataset", behaviour_checkpoint=str(args.checkpoint),
+        mean_episode_return=float(np.mean(episode_returns)), episodes=len(episode_returns)))
+    print(f"[record] {len(data['rewards'])} transitions, {len(episode_returns)} episodes, "
+          f"mean return {np.mean(episode_returns):.1f} +- {np.std(episode_returns):.1f} -> {args.record_dataset}")
+
+
+def apply_scratch_preset(args, cli):
+    """Fill the from-scratch defaults for every field not set explicitly on the command line."""
+    for key, value in SCRATCH_PRESET.items():
+        if f"--{key.replace('_', '-')}" not in cli:
+            setattr(args, key, value)
+
+
+def check_args(args):
+    if args.act_steps > args.horizon_steps:
+        envs.fail(f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps")
+    if args.backbone == "transformer" and args.from_scratch:
+        envs.fail("--from-scratch supports --backbone mlp only")
+    if not (0 < args.std_min <= args.std_max):
+        envs.fail(f"need 0 < --std-min <= --std-max, got {args.std_min}, {args.std_max}")
+    for name in ("num_envs", "n_steps", "batch_size", "update_epochs", "eval_episodes", "eval_freq"):
+        if getattr(args, name) < 1:
+            envs.fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Main
+# ------------------------------------------------------------------------------------------------
+def main(args, cli=()):
+    if args.from_scratch:
+        apply_scratch_preset(args, cli)
+    check_args(args)
+    envs.resolve_env_id(args.env_id)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    run_dir = args.run_dir or os.path.join("runs", f"{envs.env_slug(args.env_id)}__gaussian_ppo__{args.seed}__{int(time.time())}")
+    os.makedirs(run_dir, exist_ok=True)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(run_dir)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    if args.track:
+        import wandb
+
+        wandb.init(project="cleandppo", config=vars(args), name=os.path.basename(run_dir), sync_tensorboard=True)
+    obs_dim, action_dim = envs.env_dims(args.env_id)
+
+    # ---- build or load the policy ----
+    start_iter, env_steps, resume = 0, 0, None
+    if args.from_scratch:
+        normalization = envs.identity_normalization(obs_dim, action_dim)
+        kwargs = model_kwargs_from(args, obs_dim, action_dim, args.fixed_std, obs_norm=True)
+        policy = GaussianPolicy(**kwargs).to(device)
+    elif args.dataset is not None and args.checkpoint is None:
+        ckpt = pretrain(args, run_dir, writer, device)
+        if args.pretrain_only:
+            mean_ret, std_ret = evaluate(_load_policy(ckpt, device), args, ckpt["normalization"], device, args.eval_episodes)
+            print(f"[pretrain] eval return {mean_ret:.1f} +- {std_ret:.1f} over {args.eval_episodes} episodes")
+            _write_summary(run_dir, args, 0, 0.0, mean_ret, mean_ret, mean_ret)
+            return
+        normalization, kwargs = ckpt["normalization"], ckpt["model_kwargs"]
+        policy = _load_policy(ckpt, device)
+    else:
+        path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "gaussian", args.backbone)
+        ckpt = envs.load_checkpoint(path, "gaussian", args.env_id, args.backbone)
+        kw = ckpt["model_kwargs"]
+        if kw["horizon_steps"] < args.act_steps or kw["cond_steps"] != args.cond_steps:
+            envs.fail(f"{path} predicts chunks of {kw['horizon_steps']} with history {kw['cond_steps']}; "
+                      f"pass --horizon-steps {kw['horizon_steps']} --act-steps <= {kw['horizon_steps']} --cond-steps {kw['cond_steps']}")
+        args.horizon_steps = kw["horizon_steps"]
+        normalization, kwargs = ckpt["normalization"], dict(kw)
+        if "critic" not in ckpt and not args.record_dataset and not args.eval_only:
+            kwargs.update(std_min=args.std_min, std_max=args.std_max)  # fine-tuning clips the learned std
+        policy = _load_policy(dict(ckpt, model_kwargs=kwargs), device)
+        if "critic" in ckpt:
+            resume = ckpt
+            start_iter, env_steps = ckpt["iteration"], ckpt["env_steps"]
+        print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
+
+    if args.record_dataset:
+        record_dataset(policy, args, normalization, device)
+        return
+    if args.eval_only:
+        mean_ret, std_ret = evaluate(policy, args, normalization, device, args.eval_episodes)
+        print(f"[eval] return {mean_ret:.1f} +- {std_ret:.1f} over {args.eval_episodes} episodes")
+        _write_summary(run_dir, args, env_steps, 0.0, mean_ret, mean_ret, mean_ret)
+        return
+
+    critic = Critic(obs_dim, args.cond_steps, args.critic_dims).to(device)  # fresh critic (official)
+    actor_opt = torch.optim.AdamW(policy.parameters(), lr=args.actor_lr, weight_decay=0.0)
+    critic_opt = torch.optim.AdamW(critic.parameters(), lr=args.critic_lr, weight_decay=0.0)
+    scaler = RunningRewardScaler(args.num_envs)
+    if resume is not None:
+        critic.load_state_dict(resume["critic"])
+        actor_opt.load_state_dict(resume["actor_optimizer"])
+        critic_opt.load_state_dict(resume["critic_optimizer"])
+        scaler.load_state_dict(resume["reward_scaler"])
+        torch.set_rng_state(resume["torch_rng"])
+        np.random.set_state(resume["numpy_rng"])
+
+    envs_ = envs.make_vec_env(args.env_id, args.num_envs, args.seed + start_iter * args.num_envs, args.act_steps,
+                              args.cond_steps, normalization, args.async_envs)
+    obs, _ = envs_.reset(seed=args.seed + start_iter * args.num_envs)
+    steps_per_iter = args.num_envs * args.n_steps * args.act_steps
+    num_iters = max(1, args.total_timesteps // steps_per_iter)
+    pretrained_eval = float(resume["pretrained_eval_return"]) if resume is not None else None
+    best_eval = float(resume.get("best_eval_return", -np.inf)) if resume is not None else -np.inf
+    last_eval = float("nan")
+    if pretrained_eval is None and not args.from_scratch:
+        pretrained_eval, _ = evaluate(policy, args, normalization, device, args.eval_episodes)
+        last_eval = best_eval = pretrained_eval
+        writer.add_scalar("eval/episodic_return", pretrained_eval, env_steps)
+        print(f"[eval] pre-trained return {pretrained_eval:.1f}")
+    firsts = np.ones(args.num_envs)
+    recent_returns, t_start = [], time.time()
+    iteration = start_iter
+
+    def save(tag_iter):
+        ckpt = make_checkpoint(policy, kwargs, normalization, args, tag_iter, env_steps, critic=critic.state_dict(),
+                               actor_optimizer=actor_opt.state_dict(), critic_optimizer=critic_opt.state_dict(),
+                               reward_scaler=scaler.state_dict(), torch_rng=torch.get_rng_state(),
+                               numpy_rng=np.random.get_state(), pretrained_eval_return=pretrained_eval,
+                               best_eval_return=best_eval)
+        envs.save_checkpoint(ckpt, os.path.join(run_dir, "checkpoint_last.pt"))
+        if tag_iter % args.save_freq == 0 or tag_iter == num_iters:
+            envs.save_checkpoint(ckpt, os.path.join(run_dir, f"checkpoint_{tag_iter}.pt"))
+
+    try:
+        while iteration < num_iters:
+            t_iter = time.time()
+            # ---- rollout ----
+            buf_obs = np.zeros((args.n_steps, args.num_envs, args.cond_steps, obs_dim), np.float32)
+            buf_act = np.zeros((args.n_steps, args.num_envs, args.horizon_steps, action_dim), np.float32)
+            buf_rew, buf_term, buf_timeout, buf_first = (np.zeros((args.n_steps, args.num_envs)) for _ in range(4))
+            buf_final = np.zeros_like(buf_obs)  # observation reached before any auto-reset
+            for n in range(args.n_steps):
+                obs_t = torch.as_tensor(obs, device=device)
+                if args.from_scratch:
+                    policy.update_obs_stats(obs_t)
+                with torch.no_grad():
+                    mean, std = policy(obs_t)
+                    chunk = sample_action(mean, std, args.randn_clip_value)
+                next_obs, reward, term, trunc, infos = envs_.step(chunk[:, :args.act_steps].cpu().numpy())
+                buf_obs[n], buf_act[n], buf_rew[n], buf_first[n] = obs, chunk.cpu().numpy(), reward, firsts
+                buf_term[n], buf_timeout[n] = term, np.logical_and(trunc, np.logical_not(term))
+                buf_final[n] = envs.final_observations(next_obs, infos)
+                firsts = np.logical_or(term, trunc).astype(np.float64)
+                for r, length in zip(*envs.finished_episodes(infos)):
+                    recent_returns.append(r)
+                    writer.add_scalar("charts/episodic_return", r, env_steps)
+                    writer.add_scalar("charts/episodic_length", length, env_steps)
+                obs = next_obs
+                env_steps += args.num_envs * args.act_steps
+            t_rollout = time.time() - t_iter
+
+            # ---- advantages ----
+            with torch.no_grad():
+                flat = lambda x: torch.as_tensor(x.reshape(-1, *x.shape[2:]), device=device)  # noqa: E731
+                values = critic(flat(buf_obs)).cpu().numpy().reshape(args.n_steps, args.num_envs)
+                final_values = critic(flat(buf_final)).cpu().numpy().reshape(args.n_steps, args.num_envs)
+                last_value = critic(torch.as_tensor(obs, device=device)).cpu().numpy()
+            rewards = scaler(buf_rew, buf_first) if args.reward_scale_running else buf_rew
+            # a time-out is not a failure: bootstrap it with V(last obs) (the official code treats it as terminal)
+            rewards = rewards + args.gamma * final_values * buf_timeout
+            dones = np.maximum(buf_term, buf_timeout)
+            next_values = np.concatenate([values[1:], last_value[None]], 0)
+            advantages, returns = compute_gae(rewards, values, next_values, dones, args.gamma, args.gae_lambda)
+            with torch.no_grad():
+                mean, std = policy(flat(buf_obs))
+                old_logp = log_prob(mean, std, flat(buf_act))
+            batch = dict(obs=flat(buf_obs), actions=flat(buf_act), logprobs=old_logp,
+                         advantages=torch.as_tensor(advantages.reshape(-1), dtype=torch.float32, device=device),
+                         returns=torch.as_tensor(returns.reshape(-1), dtype=torch.float32, device=device))
+
+            # ---- update ----
+            t_update = time.time()
+            stats = ppo_update(policy, critic, actor_opt, critic_opt, batch, args,
+                               update_actor=iteration >= args.n_critic_warmup_itr)
+            t_update = time.time() - t_update
+            iteration += 1
+            explained_var = 1 - np.var(returns - values) / (np.var(returns) + 1e-8)
+
+            sps = int(steps_per_iter / (time.time() - t_iter))
+            for k, v in stats.items():
+                writer.add_scalar(f"losses/{k}", v, env_steps)
+            writer.add_scalar("losses/explained_variance", explained_var, env_steps)
+            writer.add_scalar("charts/SPS", sps, env_steps)
+            writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
+            writer.add_scalar("time/rollout_s", t_rollout, env_steps)
+            writer.add_scalar("time/update_s", t_update, env_steps)
+
+            if iteration % args.eval_freq == 0 or iteration == num_iters:
+                last_eval, _ = evaluate(policy, args, normalization, device, args.eval_episodes)
+                best_eval = max(best_eval, last_eval)
+                writer.add_scalar("eval/episodic_return", last_eval, env_steps)
+            mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
+            eta = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
+            print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
+                  f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | kl {stats['approx_kl']:.4f} "
+                  f"clipfrac {stats['clipfrac']:.2f} std {stats['std']:.3f} | left {eta / 60:.1f}m", flush=True)
+            save(iteration)
+            if args.target_return is not None and len(recent_returns) >= 50 and mean_ret >= args.target_return:
+                print(f"[stop] mean training return {mean_ret:.1f} >= --target-return {args.target_return}")
+                break
+    except KeyboardInterrupt:
+        save(iteration)
+        print(f"[interrupted] checkpoint written to {os.path.join(run_dir, 'checkpoint_last.pt')}")
+        raise SystemExit(130)
+    envs_.close()
+    if args.capture_video:
+        _capture_video(policy, args, normalization, device, run_dir)
+    _write_summary(run_dir, args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval)
+    writer.close()
+
+
+def _load_policy(ckpt, device):
+    policy = GaussianPolicy(**ckpt["model_kwargs"]).to(device)
+    missing, unexpected = policy.load_state_dict(ckpt["model"], strict=False)
+    if unexpected or [m for m in missing if not m.startswith("obs_")]:
+        envs.fail(f"checkpoint does not fit the Gaussian {ckpt['model_kwargs']['backbone']} network "
+                  f"(missing {missing[:3]}, unexpected {unexpected[:3]}); it was written by another architecture")
+    return policy
+
+
+def _write_summary(run_dir, args, env_steps, wall, pretrained, final, best):
+    summary = dict(algo="gaussian_ppo", env_id=args.env_id, seed=args.seed, env_steps=int(env_steps), wall_time_s=wall,
+                   pretrained_eval_return=pretrained, final_eval_return=final, best_eval_return=best, args=asdict(args))
+    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2, default=str)
+    print(f"[done] summary in {os.path.join(run_dir, 'summary.json')}")
+
+
+def _capture_video(policy, args, normalization, device, run_dir):
+    import imageio
+
+    env = envs.make_env(args.env_id, args.act_steps, args.cond_steps, normalization, render_mode="rgb_array")
+    obs, _ = env.reset(seed=args.seed)
+    frames, done = [env.render()], False
+    while not done:
+        with torch.no_grad():
+            chunk = policy(torch.as_tensor(obs[None], device=device))[0][0, :args.act_steps].cpu().numpy()
+        obs, _, term, trunc, _ = env.step(chunk)
+        frames.append(env.render())
+        done = term or trunc
+    imageio.mimsave(os.path.join(run_dir, "eval.mp4"), frames, fps=30)
+
+
+if __name__ == "__main__":
+    import sys
+
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
+    main(tyro.cli(Args), cli=sys.argv[1:])
