@@ -665,6 +665,26 @@ def load_diffusion_checkpoint(path, args):
     return ckpt
 
 
+def build_actors(ckpt, ft_denoising_steps, device):
+    """(frozen actor, fine-tuned actor, fine-tuned steps to use in evaluation) from a checkpoint.
+
+    A pre-trained checkpoint gives two equal copies (evaluation uses the frozen one everywhere);
+    a DPPO fine-tuned one restores its `model_ft`, which then runs the last K' steps in evaluation
+    too (the official code's later eval fix: otherwise the fine-tuning is silently ignored).
+    """
+    actor = build_network(ckpt["model_kwargs"]).to(device)
+    try:
+        actor.load_state_dict(ckpt["model"])
+    except RuntimeError:
+        envs.fail("checkpoint weights do not fit the network its model_kwargs describe; it was written by another architecture")
+    actor.requires_grad_(False)  # frozen copy for the early denoising steps (paper 4.3)
+    actor_ft = copy.deepcopy(actor).requires_grad_(True)
+    if ckpt.get("model_ft") is None:
+        return actor, actor_ft, 0
+    actor_ft.load_state_dict(ckpt["model_ft"])
+    return actor, actor_ft, ft_denoising_steps
+
+
 def main(args):
     check_args(args)
     envs.resolve_env_id(args.env_id)
@@ -692,18 +712,12 @@ def main(args):
         print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
     kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
     resume = ckpt if ckpt["algo"] == "dppo" and "critic" in ckpt else None
-    actor = build_network(kw).to(device)
-    actor.load_state_dict(ckpt["model"])
-    actor.requires_grad_(False)  # frozen copy for the early denoising steps (paper 4.3)
-    actor_ft = copy.deepcopy(actor).requires_grad_(True)
-    if ckpt.get("model_ft") is not None:
-        actor_ft.load_state_dict(ckpt["model_ft"])
+    actor, actor_ft, eval_ft_steps = build_actors(ckpt, args.ft_denoising_steps, device)
     sched = {k: v.to(device) for k, v in make_schedule(kw["denoising_steps"]).items()}
     plan = denoising_plan(kw["denoising_steps"], args.ddim_steps)
     ddim = args.ddim_steps is not None
     K_ft = args.ft_denoising_steps
     ft_t, ft_t_prev = fine_tuned_timesteps(plan, K_ft)
-    eval_ft_steps = K_ft if ckpt.get("model_ft") is not None or resume is not None else 0
 
     if args.pretrain_only or args.eval_only:
         ret, std = evaluate(actor, actor_ft, sched, plan, eval_ft_steps, kw, args, normalization, device, args.eval_episodes)

@@ -7,6 +7,7 @@ Nothing algorithmic lives here. Read top to bottom:
   4. vector envs  -- sync or async, env i seeded with seed + i, episode statistics
   5. datasets     -- D4RL-format hdf5 read/write, download, Minari, pre-training samples
   6. checkpoints  -- atomic save, load with clear errors, bundled checkpoint paths
+  7. robomimic    -- lift/can/square/transport on robosuite 1.5, robomimic hdf5 read/write/download
 """
 
 from __future__ import annotations
@@ -24,6 +25,21 @@ import numpy as np
 # gymnasium warns on every v4 make that v5 exists; we pick v4 on purpose (see README), so the
 # warning says nothing new. Other warnings stay visible.
 warnings.filterwarnings("ignore", message=r".*is out of date\. You should consider upgrading.*")
+
+
+def _mujoco_warning(message: str):
+    # HalfCheetah-v4's model file uses `settotalmass`, which MuJoCo 3 flags at every compile (once per
+    # env made): harmless, and it floods the log. Every other MuJoCo warning is still printed.
+    if "settotalmass" not in message:
+        print(f"MuJoCo warning: {message}", file=sys.stderr)
+
+
+try:
+    import mujoco
+
+    mujoco.set_mju_user_warning(_mujoco_warning)
+except (ImportError, AttributeError):
+    pass
 
 
 def fail(message: str):
@@ -49,7 +65,9 @@ _announced = set()
 
 
 def resolve_env_id(env_id: str) -> str:
-    """Return the gymnasium id for a paper or modern id; one-line error for anything else."""
+    """Return the gymnasium id for a paper or modern id (robomimic: the task, e.g. 'can'); else one-line error."""
+    if is_robomimic(env_id):  # section 7
+        return _robomimic_task(env_id)
     paper = _ALIASES.get(env_id.lower(), env_id)
     if paper in PAPER_GYM_IDS:
         gym_id = PAPER_GYM_IDS[paper]
@@ -59,12 +77,14 @@ def resolve_env_id(env_id: str) -> str:
         return gym_id
     if env_id in MODERN_GYM_IDS:
         return env_id
-    known = ", ".join(list(PAPER_GYM_IDS) + MODERN_GYM_IDS)
+    known = ", ".join(list(PAPER_GYM_IDS) + MODERN_GYM_IDS + list(ROBOMIMIC_TASKS))
     fail(f"unknown --env-id {env_id!r}; known ids: {known}")
 
 
 def env_slug(env_id: str) -> str:
-    """Lower-case name used for file names, e.g. 'Walker2D-v2' -> 'walker2d-v2'."""
+    """Lower-case name used for file names, e.g. 'Walker2D-v2' -> 'walker2d-v2', 'PickPlaceCan' -> 'can'."""
+    if is_robomimic(env_id):
+        return _robomimic_task(env_id)
     paper = _ALIASES.get(env_id.lower(), env_id)
     return paper.lower()
 
@@ -121,7 +141,9 @@ class ChunkedEnv(gym.Wrapper):
     of the chunk is dropped. Observations are normalized and stacked over the last `cond_steps`
     steps (oldest first, the first observation repeated at an episode start). Info carries
     `env_steps` (sub-steps executed) and, when an episode ends, `episode_return`/`episode_length`
-    in raw reward units.
+    in raw reward units. When the inner env reports info["success"] (robomimic tasks), the info
+    also has `success` (last sub-step) and, at an episode's end, `episode_success` (True if any
+    sub-step of the episode succeeded; see finished_successes).
     """
 
     def __init__(self, env: gym.Env, act_steps: int, cond_steps: int, normalization: dict):
@@ -131,7 +153,7 @@ class ChunkedEnv(gym.Wrapper):
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (cond_steps, obs_dim), np.float32)
         self.action_space = gym.spaces.Box(-np.inf, np.inf, (act_steps, action_dim), np.float32)
         self.history = deque(maxlen=cond_steps)
-        self.episode_return, self.episode_length = 0.0, 0
+        self.episode_return, self.episode_length, self.episode_success = 0.0, 0, False
 
     def _stacked(self):
         return np.stack(self.history).astype(np.float32)
@@ -140,7 +162,7 @@ class ChunkedEnv(gym.Wrapper):
         obs, info = self.env.reset(seed=seed, options=options)
         self.history.clear()
         self.history.extend([normalize_obs(obs, self.norm)] * self.cond_steps)
-        self.episode_return, self.episode_length = 0.0, 0
+        self.episode_return, self.episode_length, self.episode_success = 0.0, 0, False
         return self._stacked(), info
 
     def step(self, chunk):
@@ -153,6 +175,7 @@ class ChunkedEnv(gym.Wrapper):
             self.history.append(normalize_obs(obs, self.norm))
             total_reward += float(reward)
             steps += 1
+            self.episode_success = self.episode_success or bool(info.get("success", False))
             if terminated or truncated:
                 break
         self.episode_return += total_reward
@@ -160,6 +183,8 @@ class ChunkedEnv(gym.Wrapper):
         info = dict(info, env_steps=steps)
         if terminated or truncated:
             info["episode_return"], info["episode_length"] = self.episode_return, self.episode_length
+            if "success" in info:
+                info["episode_success"] = self.episode_success
         return self._stacked(), total_reward, terminated, truncated, info
 
 
@@ -167,7 +192,10 @@ def make_env(env_id: str, act_steps: int = 1, cond_steps: int = 1, normalization
              render_mode: str | None = None) -> ChunkedEnv:
     """One chunked, normalized env. `normalization=None` means identity (training from scratch)."""
     gym_id = resolve_env_id(env_id)
-    env = gym.make(gym_id, max_episode_steps=GYM_MAX_EPISODE_STEPS, render_mode=render_mode)
+    if is_robomimic(env_id):  # section 7: robosuite task, truncated at its own max_episode_steps
+        env = make_robomimic_env(env_id, render_mode)
+    else:
+        env = gym.make(gym_id, max_episode_steps=GYM_MAX_EPISODE_STEPS, render_mode=render_mode)
     if normalization is None:
         normalization = identity_normalization(env.observation_space.shape[0], env.action_space.shape[0])
     return ChunkedEnv(env, act_steps, cond_steps, normalization)
@@ -220,6 +248,7 @@ def run_episodes(act_fn, env_id: str, episodes: int, seed: int, act_steps: int, 
 
     `act_fn(obs)` maps a (n, cond_steps, obs_dim) array to a (n, >= act_steps, action_dim) chunk.
     Each env plays exactly its first episode, so short episodes are not over-counted.
+    Robomimic tasks: an episode succeeded iff its return > 0 (success_rate(returns)).
     """
     envs = make_vec_env(env_id, episodes, seed, act_steps, cond_steps, normalization, asynchronous)
     obs, _ = envs.reset(seed=seed)
@@ -237,6 +266,9 @@ def run_episodes(act_fn, env_id: str, episodes: int, seed: int, act_steps: int, 
 
 def env_dims(env_id: str) -> tuple[int, int]:
     """(obs_dim, action_dim) of a task without keeping an env around."""
+    if is_robomimic(env_id):
+        spec = ROBOMIMIC_TASKS[_robomimic_task(env_id)]
+        return spec["obs_dim"], spec["action_dim"]
     env = gym.make(resolve_env_id(env_id))
     dims = env.observation_space.shape[0], env.action_space.shape[0]
     env.close()
@@ -312,10 +344,13 @@ def resolve_dataset(dataset: str) -> str:
     """
     if os.path.isfile(dataset):
         return dataset
+    if _robomimic_dataset_name(dataset):  # section 7: lift-mh, can-ph, square-scripted, ...
+        return resolve_robomimic_dataset(dataset)
     if dataset not in D4RL_NAMES:
         if dataset.endswith((".hdf5", ".h5")):
             fail(f"dataset file {dataset} does not exist")
-        fail(f"unknown --dataset {dataset!r}: give an hdf5 path, a Minari id (e.g. mujoco/hopper/medium-v0) or one of {sorted(D4RL_NAMES)}")
+        fail(f"unknown --dataset {dataset!r}: give an hdf5 path, a Minari id (e.g. mujoco/hopper/medium-v0), "
+             f"a robomimic name <lift|can|square|transport>-<mh|ph|scripted> or one of {sorted(D4RL_NAMES)}")
     path = os.path.join(data_dir(), f"{dataset}.hdf5")
     if os.path.isfile(path):
         return path
@@ -369,7 +404,7 @@ def load_minari(dataset_id: str) -> dict:
 
 
 def load_dataset(dataset: str, env_id: str | None = None) -> dict:
-    """Load --dataset (hdf5 path, D4RL name or Minari id) into flat arrays plus `episodes`.
+    """Load --dataset (hdf5 path, D4RL name, Minari id or robomimic file/name) into flat arrays plus `episodes`.
 
     Returns dict(observations, actions, rewards, terminals, timeouts, episodes, normalization).
     Normalization stats come from the whole raw dataset (official conversion).
@@ -378,6 +413,8 @@ def load_dataset(dataset: str, env_id: str | None = None) -> dict:
         data = load_minari(dataset)
     else:
         path = resolve_dataset(dataset)
+        if is_robomimic_hdf5(path):  # section 7
+            return load_robomimic_dataset(path, env_id)
         data = read_d4rl_hdf5(path)
         stored_env = data["attrs"].get("env_id")
         if env_id is not None and stored_env and not same_task(str(stored_env), env_id):
@@ -465,3 +502,486 @@ def load_checkpoint(path: str, policy: str, env_id: str, backbone: str | None = 
     if backbone is not None and ckpt.get("backbone") != backbone:
         fail(f"{path} has backbone {ckpt.get('backbone')}, not {backbone}; pass --backbone {ckpt.get('backbone')}")
     return ckpt
+
+
+# ------------------------------------------------------------------------------------------------
+# 7. Robomimic tasks (robosuite 1.5, state input; paper 5.1-5.2, D.5)
+# ------------------------------------------------------------------------------------------------
+# robomimic's low-dim setup rebuilt on robosuite 1.5 (PyPI's robomimic 0.3 imports mujoco_py, so it
+# is not used): OSC_POSE delta control with robomimic's limits, 20 Hz, sparse reward (1 on every
+# step at which the task is solved), episodes never terminate and are truncated at the task's
+# max_episode_steps. Observation = concatenation of `obs_keys` (robomimic's "object" is robosuite's
+# "object-state"). Datasets use robomimic's hdf5 layout: data/demo_<i>/{obs/<key>, actions,
+# rewards, dones[, next_obs, states]}, with the JSON env meta in the `env_args` attribute of `data`.
+ROBOMIMIC_TASKS = {  # task -> robosuite env and the paper's settings (dppo-facts 4.2)
+    "lift": dict(env_name="Lift", robots=["Panda"], obs_dim=19, action_dim=7, max_episode_steps=300, act_steps=4),
+    "can": dict(env_name="PickPlaceCan", robots=["Panda"], obs_dim=23, action_dim=7, max_episode_steps=300,
+                act_steps=4),
+    "square": dict(env_name="NutAssemblySquare", robots=["Panda"], obs_dim=23, action_dim=7, max_episode_steps=400,
+                   act_steps=4),
+    "transport": dict(env_name="TwoArmTransport", robots=["Panda", "Panda"], env_configuration="single-arm-opposed",
+                      obs_dim=59, action_dim=14, max_episode_steps=800, act_steps=8),
+}
+_ROBOT_KEYS = ("eef_pos", "eef_quat", "gripper_qpos")
+for _spec in ROBOMIMIC_TASKS.values():
+    _spec["obs_keys"] = [f"robot{i}_{k}" for i in range(len(_spec["robots"])) for k in _ROBOT_KEYS] + ["object"]
+# robomimic's "object" = robosuite's "object-state". robosuite 1.5 reordered it for Can and Square
+# (relative pose first); these lists restore the robosuite <= 1.4 order robomimic's datasets hold.
+ROBOMIMIC_TASKS["can"]["object_keys"] = ["Can_pos", "Can_quat", "Can_to_robot0_eef_pos", "Can_to_robot0_eef_quat"]
+ROBOMIMIC_TASKS["square"]["object_keys"] = ["SquareNut_pos", "SquareNut_quat", "SquareNut_to_robot0_eef_pos",
+                                            "SquareNut_to_robot0_eef_quat"]
+_ROBOMIMIC_ALIASES = {name.lower(): task for task, spec in ROBOMIMIC_TASKS.items() for name in (task, spec["env_name"])}
+# robomimic's OSC_POSE config (robosuite <= 1.4 key names, as stored in robomimic's datasets)
+ROBOMIMIC_CONTROLLER = {
+    "type": "OSC_POSE", "input_max": 1, "input_min": -1,
+    "output_max": [0.05, 0.05, 0.05, 0.5, 0.5, 0.5], "output_min": [-0.05, -0.05, -0.05, -0.5, -0.5, -0.5],
+    "kp": 150, "damping": 1, "impedance_mode": "fixed", "kp_limits": [0, 300], "damping_limits": [0, 10],
+    "position_limits": None, "orientation_limits": None, "uncouple_pos_ori": True, "control_delta": True,
+    "interpolation": None, "ramp_ratio": 0.2,
+}
+# kwargs every robomimic env gets whatever a dataset's env_args say (low-dim, sparse, no renderer)
+_ROBOMIMIC_FORCED = dict(has_renderer=False, use_camera_obs=False, use_object_obs=True, ignore_done=True,
+                         reward_shaping=False, hard_reset=False)
+ROBOMIMIC_URL = "http://downloads.cs.stanford.edu/downloads/rt_benchmark/{task}/{kind}/low_dim_v141.hdf5"
+ROBOMIMIC_DATASET_KINDS = ("mh", "ph", "scripted")  # multi-human, proficient-human (downloads), made here
+_robomimic_env_args = {}  # task -> env_args honoured by make_env (set by load_dataset or set_robomimic_env_args)
+_robosuite = None
+
+
+def is_robomimic(env_id) -> bool:
+    """True for lift, can, square, transport and robomimic's env names (Lift, PickPlaceCan, ...), any case."""
+    return isinstance(env_id, str) and env_id.lower() in _ROBOMIMIC_ALIASES
+
+
+def _robomimic_task(env_id: str) -> str:
+    return _ROBOMIMIC_ALIASES[env_id.lower()]
+
+
+def max_episode_steps(env_id: str) -> int:
+    """Episode length limit: 300/300/400/800 for lift/can/square/transport, 1000 for the Gym tasks."""
+    if is_robomimic(env_id):
+        return ROBOMIMIC_TASKS[_robomimic_task(env_id)]["max_episode_steps"]
+    resolve_env_id(env_id)
+    return GYM_MAX_EPISODE_STEPS
+
+
+def default_robomimic_env_args(env_id: str) -> dict:
+    """robomimic's env meta (env_name, type 1 = robosuite, env_kwargs) for the low-dim setup of a task."""
+    import json
+
+    spec = ROBOMIMIC_TASKS[_robomimic_task(env_id)]
+    controller = json.loads(json.dumps(ROBOMIMIC_CONTROLLER))  # a deep copy
+    kwargs = dict(robots=list(spec["robots"]), controller_configs=controller, control_freq=20, use_object_obs=True,
+                  use_camera_obs=False, has_renderer=False, has_offscreen_renderer=False, ignore_done=True,
+                  reward_shaping=False, camera_depths=False)
+    if "env_configuration" in spec:
+        kwargs["env_configuration"] = spec["env_configuration"]
+    return {"env_name": spec["env_name"], "type": 1, "env_kwargs": kwargs}
+
+
+def robomimic_env_args(env_id: str) -> dict:
+    """The env meta make_env uses for this task: a dataset's env_args once loaded, else the default."""
+    task = _robomimic_task(env_id)
+    return _robomimic_env_args.get(task) or default_robomimic_env_args(task)
+
+
+def set_robomimic_env_args(env_id: str, env_args: dict | None):
+    """Make later make_env calls of this task honour `env_args` (None restores the default).
+
+    load_dataset calls this with a robomimic file's env_args; a script that fine-tunes in a new
+    process can store robomimic_env_args(env_id) in its checkpoint and set it back with this.
+    """
+    task = _robomimic_task(env_id)
+    if env_args is None:
+        _robomimic_env_args.pop(task, None)
+        return
+    name = str(env_args.get("env_name", ""))
+    if _ROBOMIMIC_ALIASES.get(name.lower()) != task:
+        fail(f"env_args are for env {name!r}, not the {task} task ({ROBOMIMIC_TASKS[task]['env_name']}); "
+             f"pass a {task} dataset")
+    _robomimic_env_args[task] = env_args
+
+
+def _mujoco_version() -> tuple:
+    import mujoco
+
+    return tuple(int(x) for x in mujoco.__version__.split(".")[:2])
+
+
+def _patch_robosuite_for_new_mujoco():
+    """robosuite 1.5.2 was written for MuJoCo <= 3.9; three later API changes break it. Patch them.
+
+    (1) MuJoCo 3.10 changed `mj_fullM(m, dst, qM)` to `mj_fullM(m, d, dst)` and 3.11 removed
+    `MjData.qM`: the controller's mass-matrix call is routed to the new signature. (2) From 3.12
+    a numpy joint type no longer tests `in` a tuple of `mjtJoint` enums, which trips an assert in
+    robosuite's joint address look-ups: they are replaced by the same logic on plain ints.
+    Physics is untouched; with MuJoCo <= 3.9 nothing is patched.
+    """
+    import mujoco
+    from robosuite.controllers.parts import controller as rs_controller
+    from robosuite.utils import binding_utils
+
+    version = _mujoco_version()
+    if version >= (3, 10):
+        class _MujocoFullMCompat:  # the old argument order, for robosuite's one mj_fullM call
+            def __getattr__(self, name):
+                return getattr(mujoco, name)
+
+            @staticmethod
+            def mj_fullM(model, dst, data):
+                return mujoco.mj_fullM(model, data, dst)
+
+        rs_controller.mujoco = _MujocoFullMCompat()
+        binding_utils.MjData.qM = property(lambda self: self._data)  # hands the MjData to the call above
+    if version >= (3, 12):
+        def address(field, free_dims, ball_dims):
+            def get(self, name):
+                joint = self.joint_name2id(name)
+                kind, start = int(self.jnt_type[joint]), int(getattr(self, field)[joint])
+                dims = {int(mujoco.mjtJoint.mjJNT_FREE): free_dims, int(mujoco.mjtJoint.mjJNT_BALL): ball_dims}
+                n = dims.get(kind, 1)
+                return start if n == 1 else (start, start + n)
+            return get
+
+        binding_utils.MjModel.get_joint_qpos_addr = address("jnt_qposadr", 7, 4)
+        binding_utils.MjModel.get_joint_qvel_addr = address("jnt_dofadr", 6, 3)
+
+
+def import_robosuite():
+    """Import robosuite 1.5 once, quietly (its import-time warnings are about unused features)."""
+    global _robosuite
+    if _robosuite is not None:
+        return _robosuite
+    import logging
+
+    logging.disable(logging.WARNING)
+    try:
+        import robosuite
+    except ImportError as e:
+        fail(f"robomimic tasks need robosuite 1.5 ({e.__class__.__name__}: {e}); install it with: "
+             "pip install numba termcolor opencv-python-headless && pip install --no-deps robosuite==1.5.2")
+    finally:
+        logging.disable(logging.NOTSET)
+    if not robosuite.__version__.startswith("1.5"):
+        fail(f"robomimic tasks need robosuite 1.5, found {robosuite.__version__}: "
+             "pip install --no-deps robosuite==1.5.2")
+    from robosuite.utils.log_utils import ROBOSUITE_DEFAULT_LOGGER
+
+    ROBOSUITE_DEFAULT_LOGGER.setLevel(logging.ERROR)
+    _patch_robosuite_for_new_mujoco()
+    _robosuite = robosuite
+    return robosuite
+
+
+def _controller_configs(controller_configs, robots: list):
+    """robosuite 1.5 composite controller configs from robomimic's (<= 1.4) part config.
+
+    Old key names are translated (damping -> damping_ratio, control_delta -> input_type) and,
+    unless given, deltas are read in the world frame as robosuite <= 1.4 did (the 1.5 default,
+    the robot base frame, differs for Transport's rotated robots). Composite configs pass as is.
+    """
+    import copy
+
+    from robosuite.controllers.composite.composite_controller_factory import refactor_composite_controller_config
+
+    configs = controller_configs if isinstance(controller_configs, list) else [controller_configs] * len(robots)
+    out = []
+    for cfg, robot in zip(configs, robots):
+        cfg = copy.deepcopy(cfg)
+        if "body_parts" not in cfg:
+            for old, new in (("damping", "damping_ratio"), ("damping_limits", "damping_ratio_limits")):
+                if old in cfg:
+                    cfg.setdefault(new, cfg.pop(old))
+            if "control_delta" in cfg:
+                cfg.setdefault("input_type", "delta" if cfg.pop("control_delta") else "absolute")
+            cfg.setdefault("input_ref_frame", "world")
+            cfg = refactor_composite_controller_config(cfg, robot, ["right"])
+        out.append(cfg)
+    return out if len(out) > 1 else out[0]
+
+
+def _robosuite_kwargs(task: str, render: bool) -> dict:
+    """suite.make kwargs for a task from its env meta; keys robosuite 1.5 does not take are dropped."""
+    import inspect
+
+    suite = import_robosuite()
+    env_args = robomimic_env_args(task)
+    kwargs = dict(env_args.get("env_kwargs", {}))
+    kwargs.update(_ROBOMIMIC_FORCED, has_offscreen_renderer=render)
+    robots = kwargs.get("robots") or ROBOMIMIC_TASKS[task]["robots"]
+    kwargs["robots"] = robots = [robots] if isinstance(robots, str) else list(robots)
+    kwargs["controller_configs"] = _controller_configs(kwargs.get("controller_configs", ROBOMIMIC_CONTROLLER), robots)
+    env_cls = suite.environments.base.REGISTERED_ENVS[ROBOMIMIC_TASKS[task]["env_name"]]
+    accepted = set()  # subclasses such as PickPlaceCan pass **kwargs up: collect along the MRO
+    for cls in env_cls.__mro__:
+        if "__init__" in vars(cls):
+            accepted.update(inspect.signature(cls.__init__).parameters)
+    return {k: v for k, v in kwargs.items() if k in accepted}
+
+
+class RobomimicLowDimEnv(gym.Env):
+    """A robosuite task as robomimic's low-dim env, with the gymnasium API.
+
+    obs: float64 concatenation of the task's obs_keys; actions in [-1, 1] (OSC_POSE deltas and
+    gripper, per arm); reward: robosuite's sparse reward (1 on each step the task is solved, else 0);
+    terminated is always False; truncated at max_episode_steps. info["success"] is robosuite's
+    success check after the step. `rs_env` is the robosuite env (privileged state for scripted
+    demonstrations). reset(seed=s) reseeds robosuite's own generator (object placement, arm noise).
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+
+    def __init__(self, env_id: str, render_mode: str | None = None):
+        self.task = _robomimic_task(env_id)
+        spec = ROBOMIMIC_TASKS[self.task]
+        suite = import_robosuite()
+        if render_mode not in (None, "rgb_array"):
+            fail(f"render_mode {render_mode!r} is not supported for {self.task}; use rgb_array")
+        self.render_mode = render_mode
+        kwargs = _robosuite_kwargs(self.task, render=render_mode is not None)
+        try:
+            self.rs_env = suite.make(spec["env_name"], **kwargs)
+        except Exception as e:  # renderer set-up and bad env_args surface here
+            detail = str(e).splitlines()[0] if str(e) else ""
+            fail(f"cannot build robosuite {spec['env_name']} ({e.__class__.__name__}: {detail}); "
+                 "for rendering set MUJOCO_GL=egl or osmesa, otherwise check the dataset's env_args")
+        self.obs_keys, self.max_episode_steps = spec["obs_keys"], spec["max_episode_steps"]
+        self.object_keys = spec.get("object_keys")
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (spec["obs_dim"],), np.float32)
+        low, high = self.rs_env.action_spec
+        self.action_space = gym.spaces.Box(np.asarray(low, np.float32), np.asarray(high, np.float32))
+        self.steps, self.obs_dict = 0, None
+
+    def object_obs(self, obs_dict) -> np.ndarray:
+        """robomimic's "object" vector (robosuite <= 1.4 order)."""
+        if self.object_keys is None:
+            return np.asarray(obs_dict["object-state"])
+        return np.concatenate([np.ravel(obs_dict[k]) for k in self.object_keys])
+
+    def robomimic_obs(self, obs_dict) -> dict:
+        """The task's obs_keys as robomimic names them (what a robomimic hdf5 file stores)."""
+        return {k: self.object_obs(obs_dict) if k == "object" else np.asarray(obs_dict[k]) for k in self.obs_keys}
+
+    def flat_obs(self, obs_dict) -> np.ndarray:
+        return np.concatenate([np.ravel(v) for v in self.robomimic_obs(obs_dict).values()])
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        if seed is not None:  # in place: robosuite's placement samplers hold a reference to this generator
+            self.rs_env.rng.bit_generator.state = np.random.default_rng(seed).bit_generator.state
+        self.obs_dict = self.rs_env.reset()
+        self.steps = 0
+        return self.flat_obs(self.obs_dict), {}
+
+    def step(self, action):
+        self.obs_dict, reward, _, _ = self.rs_env.step(np.asarray(action, np.float64))
+        self.steps += 1
+        info = {"success": bool(self.rs_env._check_success())}
+        return self.flat_obs(self.obs_dict), float(reward), False, self.steps >= self.max_episode_steps, info
+
+    def render(self):
+        return self.rs_env.sim.render(camera_name="agentview", width=256, height=256)[::-1]
+
+    def close(self):
+        self.rs_env.close()
+
+
+def make_robomimic_env(env_id: str, render_mode: str | None = None) -> RobomimicLowDimEnv:
+    """One raw (unchunked, unnormalized) robomimic env."""
+    return RobomimicLowDimEnv(env_id, render_mode)
+
+
+def finished_successes(infos: dict) -> list:
+    """Success flags (bool) of the episodes that ended in this vector step, in finished_episodes order.
+
+    Only robomimic envs report `episode_success`; for them an episode succeeded iff its return > 0.
+    """
+    final = infos.get("final_info")
+    if not final or "episode_success" not in final:
+        return []
+    return [bool(s) for s in np.asarray(final["episode_success"])[final["_episode_success"]]]
+
+
+def success_rate(returns) -> float:
+    """Fraction of robomimic episodes that reached the goal (return > 0 under the sparse 0/1 reward)."""
+    returns = np.asarray(returns, dtype=float)
+    return float(np.mean(returns > 0)) if len(returns) else float("nan")
+
+
+def robomimic_demo_command(task: str) -> str:
+    return f"python scripts/make_robomimic_demos.py --task {task}"
+
+
+def _robomimic_dataset_name(dataset: str):
+    """(task, kind) for names like lift-mh, can-ph, square-scripted, PickPlaceCan-mh; else None."""
+    base, _, kind = dataset.rpartition("-")
+    if kind.lower() in ROBOMIMIC_DATASET_KINDS and base.lower() in _ROBOMIMIC_ALIASES:
+        return _ROBOMIMIC_ALIASES[base.lower()], kind.lower()
+    return None
+
+
+def resolve_robomimic_dataset(dataset: str) -> str:
+    """Path of a robomimic dataset name: cached in data_dir(), else downloaded (mh/ph).
+
+    `<task>-scripted` is the file made here by scripts/make_robomimic_demos.py. Offline, a missing
+    file fails in one line naming that command. $CLEANDPPO_ROBOMIMIC_URL overrides the address
+    pattern (fields {task} and {kind}).
+    """
+    task, kind = _robomimic_dataset_name(dataset)
+    path = os.path.join(data_dir(), f"{task}-{kind}.hdf5")
+    if os.path.isfile(path):
+        return path
+    if kind == "scripted":
+        fail(f"{task}-scripted is not in {data_dir()}; make it with: {robomimic_demo_command(task)}")
+    url = os.environ.get("CLEANDPPO_ROBOMIMIC_URL", ROBOMIMIC_URL).format(task=task, kind=kind)
+    print(f"[cleandppo] downloading {task}-{kind} from {url}")
+    try:
+        download(url, path)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        fail(f"{task}-{kind} is not in {data_dir()} and could not be downloaded ({e.__class__.__name__}); make "
+             f"demonstrations here with: {robomimic_demo_command(task)} (then --dataset {task}-scripted)")
+    return path
+
+
+def is_robomimic_hdf5(path: str) -> bool:
+    """True when an hdf5 file has robomimic's layout (a `data` group holding demo_* groups)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return "data" in f and isinstance(f["data"], h5py.Group) and any(k.startswith("demo_") for k in f["data"])
+    except OSError:
+        return False
+
+
+def _demo_order(names) -> list:
+    """demo_* group names in numeric order (demo_2 before demo_10)."""
+    def key(name):
+        suffix = name.split("_", 1)[1]
+        return (0, int(suffix), "") if suffix.isdigit() else (1, 0, suffix)
+
+    return sorted((n for n in names if n.startswith("demo_")), key=key)
+
+
+def read_robomimic_hdf5(path: str, obs_keys=None) -> dict:
+    """Read a robomimic-format file: dict(env_args, demos=[{obs: {key: array}, actions, rewards, dones}]).
+
+    Demos in numeric order. With `obs_keys`, only those keys are read, and a demo lacking one fails
+    in one line naming the fix.
+    """
+    import json
+
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if "data" not in f:
+                fail(f"{path} is not a robomimic-format dataset (no 'data' group); pass a robomimic low_dim file")
+            group = f["data"]
+            raw = group.attrs.get("env_args")
+            env_args = json.loads(raw) if raw is not None else None
+            demos = []
+            for name in _demo_order(group.keys()):
+                demo = group[name]
+                obs_group = demo["obs"] if "obs" in demo else {}
+                keys = list(obs_keys) if obs_keys is not None else list(obs_group.keys())
+                missing = [k for k in keys if k not in obs_group]
+                if missing or "actions" not in demo:
+                    have = sorted(obs_group.keys()) if obs_keys is not None else []
+                    lacks = f"obs keys {missing}" if missing else "actions"
+                    fail(f"{path}:data/{name} lacks {lacks} (has {have}); "
+                         f"it needs {keys}: use a robomimic low_dim file (not demo.hdf5, which holds only sim states) "
+                         f"or make one with scripts/make_robomimic_demos.py")
+                actions = demo["actions"][()]
+                n = len(actions)
+                demos.append({
+                    "name": name,
+                    "obs": {k: np.asarray(obs_group[k][()]).reshape(n, -1) for k in keys},
+                    "actions": actions,
+                    "rewards": demo["rewards"][()] if "rewards" in demo else np.zeros(n),
+                    "dones": demo["dones"][()] if "dones" in demo else (np.arange(n) == n - 1).astype(np.int64),
+                })
+    except OSError as e:
+        fail(f"cannot read dataset {path} ({e.__class__.__name__}: {str(e).splitlines()[0]}); delete it and regenerate it")
+    if not demos:
+        fail(f"{path} has no data/demo_* groups; pass a robomimic low_dim file")
+    return {"env_args": env_args, "demos": demos}
+
+
+def write_robomimic_hdf5(path: str, demos: list, env_args: dict, attrs: dict | None = None):
+    """Write demos in robomimic's layout, atomically.
+
+    Each demo: dict(obs={key: (T, d)}, actions (T, Da), rewards (T,), dones (T,), and optionally
+    next_obs={key: ...} and states (T, S)). `data` gets env_args (JSON) and total; `attrs` go there too.
+    """
+    import json
+
+    import h5py
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with h5py.File(tmp, "w") as f:
+        group = f.create_group("data")
+        total = 0
+        for i, demo in enumerate(demos):
+            g = group.create_group(f"demo_{i}")
+            for field in ("obs", "next_obs"):
+                for key, value in demo.get(field, {}).items():
+                    g.create_dataset(f"{field}/{key}", data=np.asarray(value), compression="gzip")
+            for key in ("actions", "rewards", "dones", "states"):
+                if key in demo:
+                    g.create_dataset(key, data=np.asarray(demo[key]), compression="gzip")
+            g.attrs["num_samples"] = len(demo["actions"])
+            total += len(demo["actions"])
+        group.attrs["env_args"] = json.dumps(env_args)
+        group.attrs["total"] = total
+        for key, value in (attrs or {}).items():
+            group.attrs[key] = value
+    os.replace(tmp, path)
+
+
+def load_robomimic_dataset(path: str, env_id: str | None = None) -> dict:
+    """load_dataset for robomimic files (official process_robomimic_dataset conversion).
+
+    Observation = hstack of the task's obs_keys; every demo kept (terminals all False, a timeout at
+    each demo's end); normalization over all demos. The file's env_args must name the task of
+    `env_id` and are registered for make_env (set_robomimic_env_args).
+    """
+    import json
+
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        raw = f["data"].attrs.get("env_args")
+    env_args = json.loads(raw) if raw is not None else None
+    stored = str(env_args.get("env_name", "")) if env_args else ""
+    stored_task = _ROBOMIMIC_ALIASES.get(stored.lower())
+    if env_id is not None and not is_robomimic(env_id):
+        fail(f"{path} holds robomimic demonstrations{f' of {stored}' if stored else ''}; pass --env-id "
+             f"{stored_task or 'lift|can|square|transport'} or a dataset of {env_id}")
+    task = _robomimic_task(env_id) if env_id is not None else stored_task
+    if task is None:
+        fail(f"{path} has no env_args naming a robomimic task; pass --env-id lift|can|square|transport")
+    if stored and stored_task != task:
+        fail(f"dataset {path} holds {stored} demonstrations ({stored_task or 'not a robomimic task'}), not {task}; "
+             f"pass a {task} dataset, e.g. --dataset {task}-mh or --dataset {task}-scripted")
+    spec = ROBOMIMIC_TASKS[task]
+    demos = read_robomimic_hdf5(path, spec["obs_keys"])["demos"]
+    episodes = []
+    for demo in demos:
+        obs = np.concatenate([demo["obs"][k] for k in spec["obs_keys"]], axis=1)
+        if obs.shape[1] != spec["obs_dim"] or demo["actions"].shape[1] != spec["action_dim"]:
+            fail(f"{path}:data/{demo['name']} has obs/action dims {obs.shape[1]}/{demo['actions'].shape[1]}, {task} needs "
+                 f"{spec['obs_dim']}/{spec['action_dim']}; pass a dataset of {task}")
+        n = len(obs)
+        episodes.append({"observations": obs.astype(np.float32), "actions": demo["actions"].astype(np.float32),
+                         "rewards": np.asarray(demo["rewards"], np.float32), "terminals": np.zeros(n, bool)})
+    if env_args:
+        set_robomimic_env_args(task, env_args)
+    data = {k: np.concatenate([ep[k] for ep in episodes]) for k in ("observations", "actions", "rewards", "terminals")}
+    data["timeouts"] = np.concatenate([np.arange(len(ep["actions"])) == len(ep["actions"]) - 1 for ep in episodes])
+    data["episodes"] = episodes
+    data["env_args"] = env_args or default_robomimic_env_args(task)
+    data["attrs"] = {"env_id": task}
+    data["normalization"] = compute_normalization(data["observations"], data["actions"])
+    return data

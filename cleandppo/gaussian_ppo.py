@@ -145,7 +145,7 @@ class Args:
 # From-scratch PPO uses textbook settings (these replace the fine-tuning values above when
 # --from-scratch is given, unless the flag was set explicitly on the command line).
 SCRATCH_PRESET = dict(horizon_steps=1, act_steps=1, num_envs=16, n_steps=128, batch_size=256, update_epochs=10,
-                      clip_coef=0.2, actor_lr=3e-4, critic_lr=3e-4, fixed_std=1.0, std_min=0.01, std_max=1.0,
+                      clip_coef=0.2, actor_lr=3e-4, critic_lr=3e-4, fixed_std=0.5, std_min=0.01, std_max=1.0,
                       mlp_dims=(256, 256), target_kl=None, max_grad_norm=0.5)
 
 
@@ -368,6 +368,10 @@ def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=
                 nn.utils.clip_grad_norm_(critic.parameters(), args.max_grad_norm)
             if update_actor:
                 actor_opt.step()
+                # keep the learned std inside its clip range; the official code lets the parameter drift
+                # past the clamp, where its gradient is zero and it can never come back
+                with torch.no_grad():
+                    policy.log_std.clamp_(math.log(policy.std_min), math.log(policy.std_max))
             critic_opt.step()
             with torch.no_grad():
                 approx_kl = ((ratio - 1) - (new_logp - old_logp)).mean().item()  # k3 estimator

@@ -1,0 +1,682 @@
+"""DAWR: diffusion advantage-weighted regression (DPPO paper, 5.1 and D.3), fine-tuning a diffusion policy.
+
+Off-policy in the spirit of AWR (Peng et al. 2019): every iteration adds fresh experience to a FIFO
+replay buffer, fits a state-value critic V(s) to TD(lambda) targets computed over the whole buffer,
+recomputes the advantages A = target - V with the updated critic, and fits the policy with the
+denoising loss weighted by w = min(exp(beta * A_norm), max_adv_weight), A standardised per minibatch.
+
+    python cleandppo/dawr.py --env-id Hopper-v2                      # bundled pre-trained policy
+    python cleandppo/dawr.py --checkpoint runs/.../checkpoint_last.pt  # resume a dawr run (buffer refills)
+"""
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+
+from cleandppo import envs
+
+
+@dataclass
+class Args:
+    # --- common contract (see the README) ---
+    env_id: str = "Hopper-v2"
+    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or a gymnasium v4/v5 id)"""
+    seed: int = 0
+    """seeds torch, numpy and every environment (env i gets seed + i)"""
+    num_envs: int = 40
+    """parallel environments (E)"""
+    total_timesteps: int = 1_000_000
+    """fine-tuning budget in environment steps"""
+    checkpoint: Optional[str] = None
+    """diffusion policy to fine-tune (made by any cleandppo diffusion script), or a dawr run's checkpoint to
+    resume (the replay buffer is not saved: it refills); default: the bundled pre-trained one for --env-id"""
+    eval_only: bool = False
+    """only evaluate --checkpoint"""
+    eval_freq: int = 10
+    """evaluate every N iterations (and after the last one)"""
+    eval_episodes: int = 10
+    """episodes per evaluation"""
+    run_dir: Optional[str] = None
+    """where logs, checkpoints and summary.json go (default runs/<env>__dawr__<seed>__<time>)"""
+    save_freq: int = 10
+    """write checkpoint_<iter>.pt every N iterations (checkpoint_last.pt is written every iteration)"""
+    cuda: bool = True
+    """use CUDA when available"""
+    torch_deterministic: bool = True
+    """deterministic torch kernels"""
+    track: bool = False
+    """also log to Weights & Biases"""
+    async_envs: bool = False
+    """step environments in subprocesses (gymnasium AsyncVectorEnv)"""
+
+    # --- diffusion policy (must match the checkpoint; paper D.1) ---
+    denoising_steps: int = 20
+    """K: DDPM denoising steps (must equal the pre-trained model's)"""
+    horizon_steps: int = 4
+    """Tp: predicted action-chunk length"""
+    act_steps: int = 4
+    """Ta: executed actions per policy query (an MLP executes its whole chunk; the UNet may execute fewer)"""
+    cond_steps: int = 1
+    """To: observation history length"""
+    min_sampling_denoising_std: float = 0.1
+    """floor of the sampling std at every denoising step during training rollouts (exploration)"""
+    randn_clip_value: float = 3.0
+    """clamp of the per-step Gaussian noise (in std units)"""
+    denoised_clip_value: float = 1.0
+    """clamp of the predicted clean chunk x0 at every step"""
+
+    # --- DAWR (paper D.3, Table A7 Gym column; official ft_awr_diffusion_mlp config) ---
+    n_steps: int = 500
+    """policy queries per env per iteration (N)"""
+    gamma: float = 0.99
+    """task discount per policy query (chunk step), used in TD(lambda) (the official code hard-codes 0.99)"""
+    td_lambda: float = 0.95
+    """lambda of the TD(lambda) value targets"""
+    td_alpha: float = 1.0
+    """scale of the TD errors in the TD(lambda) sum: 1 = the paper's TD(lambda); the official code uses 0.95"""
+    beta: float = 10.0
+    """beta: the weight is exp(beta * standardised advantage)"""
+    max_adv_weight: float = 100.0
+    """w_max: the exponentiated weight is clipped at this value"""
+    replay_ratio: int = 64
+    """actor replay ratio: actor gradient steps per iteration = N * E / batch_size * replay_ratio"""
+    critic_replay_ratio: int = 16
+    """critic replay ratio: critic steps = N * E / batch_size * this (official: actor steps / 4)"""
+    buffer_size: int = 200_000
+    """replay buffer capacity in transitions (FIFO; stored as buffer_size // num_envs vector steps)"""
+    batch_size: int = 1000
+    """transitions per minibatch, drawn uniformly with replacement from the whole buffer"""
+    scale_reward_factor: float = 0.01
+    """rewards are multiplied by this before they are stored"""
+    actor_lr: float = 1e-4
+    """actor learning rate (constant, as every official config)"""
+    critic_lr: float = 1e-3
+    """critic learning rate (constant)"""
+    actor_weight_decay: float = 0.0
+    """AdamW weight decay of the actor"""
+    critic_weight_decay: float = 0.0
+    """AdamW weight decay of the critic"""
+    n_critic_warmup_itr: int = 0
+    """first iterations update only the critic"""
+    critic_dims: tuple[int, ...] = (256, 256, 256)
+    """critic hidden widths (residual, Mish)"""
+    max_grad_norm: Optional[float] = None
+    """actor gradient-norm clip (None: off, as every official config)"""
+    value_batch_size: int = 50_000
+    """observations per critic forward pass when (re)computing V over the buffer (memory only)"""
+
+
+# ------------------------------------------------------------------------------------------------
+# Noise schedule and one DDPM step (copied from dppo.py; paper 3, eq. 3.3)
+# ------------------------------------------------------------------------------------------------
+def cosine_beta_schedule(K: int, s: float = 0.008) -> torch.Tensor:
+    """Nichol & Dhariwal cosine schedule: alpha_bar(i) = f(i)/f(0), f(i) = cos^2(((i/K)+s)/(1+s) pi/2)."""
+    i = np.arange(K + 1, dtype=np.float64)
+    f = np.cos(((i / K) + s) / (1 + s) * np.pi / 2) ** 2
+    alpha_bar = f / f[0]
+    betas = np.clip(1 - alpha_bar[1:] / alpha_bar[:-1], 0, 0.999)
+    return torch.tensor(betas, dtype=torch.float32)
+
+
+def make_schedule(K: int) -> dict:
+    """All per-step constants of the DDPM with K steps (t = 0 cleanest, K-1 noisiest)."""
+    betas = cosine_beta_schedule(K)
+    alphas = 1 - betas
+    alpha_bar = torch.cumprod(alphas, 0)
+    alpha_bar_prev = torch.cat([torch.ones(1), alpha_bar[:-1]])
+    return dict(
+        betas=betas, alphas=alphas, alpha_bar=alpha_bar, alpha_bar_prev=alpha_bar_prev,
+        # posterior q(x_{t-1} | x_t, x_0) (Ho et al. eq. 7)
+        posterior_var=betas * (1 - alpha_bar_prev) / (1 - alpha_bar),
+        coef_x0=betas * alpha_bar_prev.sqrt() / (1 - alpha_bar),
+        coef_xt=(1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar),
+    )
+
+
+def denoising_plan(K: int) -> list:
+    """DDPM timesteps in execution order with their predecessors: [(K-1, K-2), ..., (0, -1)]."""
+    return [(t, t - 1) for t in reversed(range(K))]
+
+
+def step_mean_var(net, sched, x, obs, t, clip: float = 1.0):
+    """Mean and variance of x_{t-1} given x_t (DDPM; paper eq. 3.3); t: (B,) long tensor.
+
+    x0 = sqrt(1/ab) x - sqrt(1/ab - 1) eps, clamped to [-clip, clip]; mean = coef_x0 x0 + coef_xt x;
+    variance = the posterior variance beta_t (1 - ab_prev) / (1 - ab).
+    """
+    eps = net(x, t, obs)
+    ab = sched["alpha_bar"][t].view(-1, 1, 1)
+    x0 = ((1 / ab).sqrt() * x - (1 / ab - 1).sqrt() * eps).clamp(-clip, clip)
+    mean = sched["coef_x0"][t].view(-1, 1, 1) * x0 + sched["coef_xt"][t].view(-1, 1, 1) * x
+    return mean, sched["posterior_var"][t].clamp(min=1e-20).view(-1, 1, 1).expand_as(mean)
+
+
+# ------------------------------------------------------------------------------------------------
+# Noise-prediction networks (copied from dppo.py; same state-dict keys, so checkpoints load across scripts)
+# ------------------------------------------------------------------------------------------------
+class SinusoidalPosEmb(nn.Module):
+    """Transformer-style embedding of the integer denoising step: [sin(t f_k), cos(t f_k)]."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, t):
+        half = self.dim // 2
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / (half - 1))
+        args = t.float()[:, None] * freqs[None]
+        return torch.cat([args.sin(), args.cos()], dim=-1)
+
+
+class ResidualMLP(nn.Module):
+    """Linear -> one pre-activation residual block per extra pair of equal widths -> Linear."""
+
+    def __init__(self, dims, activation=nn.ReLU):
+        super().__init__()
+        hidden = dims[1:-1]
+        if len(hidden) % 2 != 1 or len(set(hidden)) != 1:
+            raise ValueError(f"residual MLP needs an odd number of equal hidden widths, got {hidden}")
+        self.inp = nn.Linear(dims[0], hidden[0])
+        self.blocks = nn.ModuleList(
+            nn.Sequential(activation(), nn.Linear(hidden[0], hidden[0]), activation(), nn.Linear(hidden[0], hidden[0]))
+            for _ in range((len(hidden) - 1) // 2))
+        self.out = nn.Linear(hidden[0], dims[-1])
+
+    def forward(self, x):
+        x = self.inp(x)
+        for block in self.blocks:
+            x = x + block(x)
+        return self.out(x)
+
+
+class DiffusionMLP(nn.Module):
+    """eps_theta(x_t, t, s): residual MLP on [flattened noisy chunk, time embedding, observation]."""
+
+    def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, time_dim=16, mlp_dims=(512, 512, 512),
+                 activation="relu"):
+        super().__init__()
+        act = {"relu": nn.ReLU, "mish": nn.Mish}[activation]
+        self.horizon_steps, self.action_dim = horizon_steps, action_dim
+        self.time_embedding = nn.Sequential(SinusoidalPosEmb(time_dim), nn.Linear(time_dim, 2 * time_dim), nn.Mish(),
+                                            nn.Linear(2 * time_dim, time_dim))
+        in_dim = horizon_steps * action_dim + time_dim + obs_dim * cond_steps
+        self.mlp = ResidualMLP([in_dim, *mlp_dims, horizon_steps * action_dim], act)
+
+    def forward(self, x, t, obs):
+        h = torch.cat([x.flatten(1), self.time_embedding(t), obs.flatten(1)], dim=-1)
+        return self.mlp(h).view(-1, self.horizon_steps, self.action_dim)
+
+
+class Conv1dBlock(nn.Module):
+    """Conv1d ('same' padding) -> GroupNorm -> Mish."""
+
+    def __init__(self, c_in, c_out, kernel, n_groups):
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2), nn.GroupNorm(n_groups, c_out), nn.Mish())
+
+    def forward(self, x):
+        return self.block(x)
+
+
+class FiLMResidualBlock(nn.Module):
+    """Two conv blocks with FiLM (per-channel scale and bias from the condition) between them."""
+
+    def __init__(self, c_in, c_out, cond_dim, kernel, n_groups):
+        super().__init__()
+        self.conv1, self.conv2 = Conv1dBlock(c_in, c_out, kernel, n_groups), Conv1dBlock(c_out, c_out, kernel, n_groups)
+        self.cond = nn.Sequential(nn.Linear(cond_dim, 2 * c_out), nn.Mish(), nn.Linear(2 * c_out, 2 * c_out), nn.Mish(),
+                                  nn.Linear(2 * c_out, 2 * c_out))
+        self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x, cond):
+        scale, bias = self.cond(cond)[:, :, None].chunk(2, dim=1)
+        return self.conv2(scale * self.conv1(x) + bias) + self.skip(x)
+
+
+class DiffusionUNet(nn.Module):
+    """Chi et al.'s 1-D conditional UNet: channels = action dims, length = chunk, FiLM conditioning."""
+
+    def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, dim=40, dim_mults=(1, 2), kernel_size=5,
+                 n_groups=8, step_embed_dim=16):
+        super().__init__()
+        if horizon_steps % (2 ** (len(dim_mults) - 1)):
+            raise ValueError(f"UNet needs horizon_steps divisible by {2 ** (len(dim_mults) - 1)}, got {horizon_steps}")
+        self.time_embedding = nn.Sequential(SinusoidalPosEmb(step_embed_dim), nn.Linear(step_embed_dim, 4 * step_embed_dim),
+                                            nn.Mish(), nn.Linear(4 * step_embed_dim, step_embed_dim))
+        cond_dim = step_embed_dim + obs_dim * cond_steps
+        widths = [action_dim] + [dim * m for m in dim_mults]
+        levels = list(zip(widths[:-1], widths[1:]))
+        self.down = nn.ModuleList()
+        for i, (c_in, c_out) in enumerate(levels):
+            last = i == len(levels) - 1
+            self.down.append(nn.ModuleList([FiLMResidualBlock(c_in, c_out, cond_dim, kernel_size, n_groups),
+                                            FiLMResidualBlock(c_out, c_out, cond_dim, kernel_size, n_groups),
+                                            nn.Identity() if last else nn.Conv1d(c_out, c_out, 3, 2, 1)]))
+        mid = widths[-1]
+        self.mid = nn.ModuleList([FiLMResidualBlock(mid, mid, cond_dim, kernel_size, n_groups) for _ in range(2)])
+        self.up = nn.ModuleList()
+        for c_in, c_out in reversed(levels[1:]):
+            self.up.append(nn.ModuleList([FiLMResidualBlock(2 * c_out, c_in, cond_dim, kernel_size, n_groups),
+                                          FiLMResidualBlock(c_in, c_in, cond_dim, kernel_size, n_groups),
+                                          nn.ConvTranspose1d(c_in, c_in, 4, 2, 1)]))
+        self.final = nn.Sequential(Conv1dBlock(dim, dim, kernel_size, n_groups), nn.Conv1d(dim, action_dim, 1))
+
+    def forward(self, x, t, obs):
+        cond = torch.cat([self.time_embedding(t), obs.flatten(1)], dim=-1)
+        h, skips = x.transpose(1, 2), []  # (B, Da, Tp)
+        for block1, block2, downsample in self.down:
+            h = block2(block1(h, cond), cond)
+            skips.append(h)
+            h = downsample(h)
+        for block in self.mid:
+            h = block(h, cond)
+        for block1, block2, upsample in self.up:
+            h = torch.cat([h, skips.pop()], dim=1)
+            h = upsample(block2(block1(h, cond), cond))
+        return self.final(h).transpose(1, 2)
+
+
+def build_network(kw: dict) -> nn.Module:
+    """Rebuild a noise-prediction network from a checkpoint's `model_kwargs`."""
+    common = dict(obs_dim=kw["obs_dim"], action_dim=kw["action_dim"], horizon_steps=kw["horizon_steps"],
+                  cond_steps=kw["cond_steps"])
+    if kw["backbone"] == "mlp":
+        return DiffusionMLP(**common, time_dim=kw["time_dim"], mlp_dims=tuple(kw["mlp_dims"]), activation=kw["activation"])
+    return DiffusionUNet(**common, dim=kw["unet_dim"], dim_mults=tuple(kw["unet_dim_mults"]), kernel_size=kw["unet_kernel_size"],
+                         n_groups=kw["unet_n_groups"], step_embed_dim=kw["unet_step_embed_dim"])
+
+
+@torch.no_grad()
+def sample(net, sched, obs, horizon_steps, action_dim, mode, min_sampling_std=0.1, randn_clip=3.0, clip=1.0,
+           generator=None):
+    """Run the whole K-step reverse chain with one network (baselines fine-tune all steps; official 3.0).
+
+    `mode`: "train" -> std floored at min_sampling_std at every step (exploration, paper 4.3);
+            "eval"  -> natural DDPM std floored at 1e-3, none at the final step ("without extra noise").
+    """
+    B = obs.shape[0]
+    x = torch.randn(B, horizon_steps, action_dim, device=obs.device, generator=generator)
+    for t, _ in denoising_plan(len(sched["betas"])):
+        mean, var = step_mean_var(net, sched, x, obs, torch.full((B,), t, dtype=torch.long, device=x.device), clip)
+        std = var.sqrt()
+        if mode == "train":
+            std = std.clamp(min=min_sampling_std)
+        else:
+            std = std.clamp(min=1e-3) if t > 0 else torch.zeros_like(std)
+        noise = torch.randn(x.shape, device=x.device, generator=generator).clamp(-randn_clip, randn_clip)
+        x = mean + std * noise
+    return x
+
+
+def pretrain_loss(net, sched, x0, obs, K, weights=None, generator=None):
+    """Denoising loss (paper eq. 3.2) at a random step t per sample; with `weights` (B,) each sample's
+    mean-over-(Tp, Da) error is multiplied by its weight before the batch mean (paper eq. A1/A2)."""
+    t = torch.randint(0, K, (x0.shape[0],), device=x0.device, generator=generator)
+    eps = torch.randn(x0.shape, device=x0.device, generator=generator)
+    ab = sched["alpha_bar"][t].view(-1, 1, 1)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    per_sample = ((net(x_t, t, obs) - eps) ** 2).mean(dim=(1, 2))
+    return per_sample.mean() if weights is None else (per_sample * weights).mean()
+
+
+# ------------------------------------------------------------------------------------------------
+# DAWR: critic, replay buffer, TD(lambda) targets, weights (paper D.3, eqs. A2-A3)
+# ------------------------------------------------------------------------------------------------
+class Critic(nn.Module):
+    """V(s) of the environment observation (official CriticObs): residual Mish MLP; output (B,)."""
+
+    def __init__(self, obs_dim, cond_steps, dims=(256, 256, 256)):
+        super().__init__()
+        self.net = ResidualMLP([obs_dim * cond_steps, *dims, 1], nn.Mish)
+
+    def forward(self, obs):
+        return self.net(obs.flatten(1)).squeeze(-1)
+
+
+class ReplayBuffer:
+    """FIFO ring of `rows` vector steps x E envs: obs, executed-chunk sample, scaled reward, terminated,
+    truncated and the next observation (the pre-reset one when the episode ended)."""
+
+    def __init__(self, rows, num_envs, obs_shape, chunk_shape):
+        self.rows, self.E, self.ptr, self.size = rows, num_envs, 0, 0
+        self.obs = np.zeros((rows, num_envs, *obs_shape), np.float32)
+        self.next_obs = np.zeros_like(self.obs)
+        self.chunks = np.zeros((rows, num_envs, *chunk_shape), np.float32)
+        self.rewards, self.terminated, self.truncated = (np.zeros((rows, num_envs), np.float32) for _ in range(3))
+
+    def add(self, obs, chunk, reward, terminated, truncated, next_obs):
+        i = self.ptr
+        self.obs[i], self.chunks[i], self.rewards[i], self.next_obs[i] = obs, chunk, reward, next_obs
+        self.terminated[i], self.truncated[i] = terminated, truncated
+        self.ptr, self.size = (i + 1) % self.rows, min(self.size + 1, self.rows)
+
+    def order(self):
+        """Row indices oldest to newest."""
+        return (np.arange(self.size) + (self.ptr if self.size == self.rows else 0)) % self.rows
+
+    def sample_indices(self, batch_size, generator=None):
+        """Uniform with replacement over all size x E stored transitions (official: only the first rows)."""
+        flat = torch.randint(0, self.size * self.E, (batch_size,), generator=generator).numpy()
+        return flat // self.E, flat % self.E  # (position in chronological order, env)
+
+
+def td_lambda_targets(rewards, values, next_values, terminated, truncated, gamma, lam, alpha=1.0):
+    """TD(lambda) value targets over (T, E) arrays in time order (paper D.3, "calculated using TD(lambda)").
+
+    delta_n = r_n + gamma (1 - term_n) V(s'_n) - V(s_n), with s'_n the observation reached by step n (the
+    pre-reset one at a time-out, so time-outs are bootstrapped, not treated as failures);
+    G_n = alpha delta_n + gamma lam (1 - done_n) G_{n+1}, done = terminated or truncated (the next row is
+    another episode); G after the newest row is 0 (its target is the one-step TD target).
+    target_n = V(s_n) + G_n. alpha = 1 gives TD(lambda); the official code uses alpha = 0.95.
+    """
+    targets, G = np.zeros_like(values), np.zeros(values.shape[1:])
+    for n in reversed(range(len(rewards))):
+        delta = rewards[n] + gamma * (1 - terminated[n]) * next_values[n] - values[n]
+        G = alpha * delta + gamma * lam * (1 - np.maximum(terminated[n], truncated[n])) * G
+        targets[n] = values[n] + G
+    return targets
+
+
+def awr_weights(advantages, beta, max_weight):
+    """Per-minibatch w = min(exp(beta (A - mean) / (std + 1e-6)), max_weight), std unbiased (torch), detached."""
+    a = (advantages - advantages.mean()) / (advantages.std() + 1e-6)
+    return torch.exp(torch.clamp(beta * a, max=math.log(max_weight))).detach()  # = min(exp(.), w_max), no overflow
+
+
+def value_loss(critic, obs, targets):
+    """Mean squared error between V(s) (B,) and the targets (B,); the official code broadcast (B,1)-(B,) to B x B."""
+    return ((critic(obs) - targets) ** 2).mean()
+
+
+@torch.no_grad()
+def buffer_values(critic, buf, rows, batch, device):
+    """V(s) and V(s') for the buffer rows `rows` (chronological), in chunks of `batch` observations.
+
+    Inside an episode s' of row n is s of row n + 1, so V(s') is only evaluated where the episode ended
+    (terminated or truncated: the pre-reset observation) and on the newest row.
+    """
+
+    def v(flat):
+        return torch.cat([critic(torch.as_tensor(flat[i:i + batch], device=device))
+                          for i in range(0, len(flat), batch)] or [torch.zeros(0, device=device)]).cpu().numpy()
+
+    obs = buf.obs[rows]
+    values = v(obs.reshape(-1, *obs.shape[2:])).reshape(len(rows), buf.E)
+    next_values = np.concatenate([values[1:], np.zeros((1, buf.E), np.float32)])
+    fresh = np.maximum(buf.terminated[rows], buf.truncated[rows]) > 0
+    fresh[-1] = True
+    next_values[fresh] = v(buf.next_obs[rows][fresh])
+    return values, next_values
+
+
+def buffer_targets(critic, buf, args, device):
+    """(row order, V, TD(lambda) targets) over the whole buffer with the current critic."""
+    rows = buf.order()
+    values, next_values = buffer_values(critic, buf, rows, args.value_batch_size, device)
+    targets = td_lambda_targets(buf.rewards[rows], values, next_values, buf.terminated[rows], buf.truncated[rows],
+                                args.gamma, args.td_lambda, args.td_alpha)
+    return rows, values, targets
+
+
+def dawr_update(actor, critic, actor_opt, critic_opt, sched, buf, args, device, update_actor=True, generator=None):
+    """Critic steps on the TD(lambda) targets, then actor steps weighted by exp(beta A) (official 3.5, fixed)."""
+    num_batch = int(args.n_steps * args.num_envs / args.batch_size * args.replay_ratio)
+    num_critic = int(args.n_steps * args.num_envs / args.batch_size * args.critic_replay_ratio)
+    rows, _, targets = buffer_targets(critic, buf, args, device)
+    v_losses = []
+    for _ in range(num_critic):
+        pos, env = buf.sample_indices(args.batch_size, generator)
+        loss = value_loss(critic, torch.as_tensor(buf.obs[rows[pos], env], device=device),
+                          torch.as_tensor(targets[pos, env], device=device))
+        critic_opt.zero_grad()
+        loss.backward()
+        critic_opt.step()
+        v_losses.append(loss.item())
+    rows, values, targets = buffer_targets(critic, buf, args, device)  # advantages from the updated critic
+    advantages = targets - values
+    a_losses, w_means, clipped = [], [], []
+    for _ in range(num_batch):
+        pos, env = buf.sample_indices(args.batch_size, generator)
+        w = awr_weights(torch.as_tensor(advantages[pos, env], device=device), args.beta, args.max_adv_weight)
+        loss = pretrain_loss(actor, sched, torch.as_tensor(buf.chunks[rows[pos], env], device=device),
+                             torch.as_tensor(buf.obs[rows[pos], env], device=device), len(sched["betas"]), w)
+        actor_opt.zero_grad()
+        loss.backward()
+        if update_actor:  # during critic warm-up the loss is computed but not applied (official)
+            if args.max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(actor.parameters(), args.max_grad_norm)
+            actor_opt.step()
+        a_losses.append(loss.item())
+        w_means.append(w.mean().item())
+        clipped.append((w >= args.max_adv_weight * (1 - 1e-6)).float().mean().item())
+    return dict(value_loss=float(np.mean(v_losses)) if v_losses else float("nan"), actor_loss=float(np.mean(a_losses)),
+                weight_mean=float(np.mean(w_means)), weight_clipped_frac=float(np.mean(clipped)),
+                v_mean=float(values.mean()), target_mean=float(targets.mean()), advantage_std=float(advantages.std()),
+                explained_variance=float(1 - np.var(targets - values) / (np.var(targets) + 1e-8)),
+                actor_steps=num_batch, critic_steps=num_critic)
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation, checks, main
+# ------------------------------------------------------------------------------------------------
+def evaluate(actor, sched, kw, args, normalization, device):
+    """Mean and std of the return over --eval-episodes episodes without exploration noise (paper D.2)."""
+
+    def act(obs):
+        return sample(actor, sched, torch.as_tensor(obs, device=device), kw["horizon_steps"], kw["action_dim"], "eval",
+                      randn_clip=args.randn_clip_value, clip=args.denoised_clip_value).cpu().numpy()
+
+    returns, _ = envs.run_episodes(act, args.env_id, args.eval_episodes, args.seed + 10_000, args.act_steps,
+                                   args.cond_steps, normalization, args.async_envs)
+    return float(np.mean(returns)), float(np.std(returns))
+
+
+def check_args(args):
+    for name in ("num_envs", "n_steps", "batch_size", "buffer_size", "replay_ratio", "eval_episodes", "eval_freq",
+                 "save_freq", "denoising_steps", "total_timesteps", "value_batch_size"):
+        if getattr(args, name) < 1:
+            envs.fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.critic_replay_ratio < 0 or args.n_critic_warmup_itr < 0:
+        envs.fail("--critic-replay-ratio and --n-critic-warmup-itr must be >= 0")
+    if args.beta <= 0:
+        envs.fail(f"--beta must be > 0, got {args.beta} (the paper uses 10)")
+    if args.max_adv_weight <= 0:
+        envs.fail(f"--max-adv-weight must be > 0, got {args.max_adv_weight} (the paper uses 100)")
+    if not 0 < args.gamma <= 1 or not 0 <= args.td_lambda <= 1 or not 0 < args.td_alpha <= 1:
+        envs.fail(f"need 0 < --gamma <= 1, 0 <= --td-lambda <= 1, 0 < --td-alpha <= 1; got {args.gamma}, "
+                  f"{args.td_lambda}, {args.td_alpha}")
+    if args.actor_lr <= 0 or args.critic_lr <= 0:
+        envs.fail(f"--actor-lr and --critic-lr must be > 0, got {args.actor_lr} and {args.critic_lr}")
+    if args.act_steps > args.horizon_steps:
+        envs.fail(f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps")
+    if args.buffer_size < max(args.batch_size, args.num_envs):
+        envs.fail(f"--buffer-size {args.buffer_size} is smaller than --batch-size {args.batch_size} or --num-envs "
+                  f"{args.num_envs}; use a buffer of at least max(batch_size, num_envs) transitions")
+    if int(args.n_steps * args.num_envs / args.batch_size * args.replay_ratio) < 1:
+        envs.fail(f"n_steps x num_envs / batch_size x replay_ratio = "
+                  f"{args.n_steps * args.num_envs / args.batch_size * args.replay_ratio:.3g} actor steps per iteration; "
+                  f"raise --replay-ratio or lower --batch-size")
+    if args.min_sampling_denoising_std < 0:
+        envs.fail("--min-sampling-denoising-std must be >= 0")
+
+
+def load_diffusion_checkpoint(path, args):
+    """Load a diffusion checkpoint of any cleandppo script and check it against the flags (one-line errors)."""
+    ckpt = envs.load_checkpoint(path, "diffusion", args.env_id)
+    kw = ckpt["model_kwargs"]
+    if kw["denoising_steps"] != args.denoising_steps:
+        envs.fail(f"{path} was pre-trained with {kw['denoising_steps']} denoising steps; pass --denoising-steps {kw['denoising_steps']}")
+    if args.act_steps > kw["horizon_steps"] or kw["horizon_steps"] != args.horizon_steps or kw["cond_steps"] != args.cond_steps:
+        envs.fail(f"{path} predicts chunks of {kw['horizon_steps']} from {kw['cond_steps']} observation(s); pass "
+                  f"--act-steps <= {kw['horizon_steps']} --horizon-steps {kw['horizon_steps']} --cond-steps {kw['cond_steps']}")
+    if kw["backbone"] == "mlp" and args.act_steps != kw["horizon_steps"]:
+        envs.fail(f"an MLP policy executes its whole chunk: pass --act-steps {kw['horizon_steps']} (the UNet may execute fewer)")
+    if ckpt.get("model_ft") is not None:
+        print(f"[load] note: {path} is a DPPO fine-tuned checkpoint; DAWR starts from its base 'model' (not 'model_ft')")
+    if ckpt["algo"] == "dawr" and "critic" in ckpt and tuple(ckpt["args"]["critic_dims"]) != tuple(args.critic_dims):
+        envs.fail(f"{path} has critic dims {tuple(ckpt['args']['critic_dims'])}; pass --critic-dims "
+                  f"{' '.join(map(str, ckpt['args']['critic_dims']))}")
+    return ckpt
+
+
+def peak_memory_mb(device):
+    """Peak GPU memory on CUDA; peak resident memory of the process on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_summary(run_dir, args, env_steps, wall, pretrained, final, best):
+    summary = dict(algo="dawr", env_id=args.env_id, seed=args.seed, env_steps=int(env_steps), wall_time_s=wall,
+                   pretrained_eval_return=pretrained, final_eval_return=final, best_eval_return=best, args=asdict(args))
+    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2, default=str)
+    print(f"[done] summary in {os.path.join(run_dir, 'summary.json')}")
+
+
+def main(args):
+    check_args(args)
+    envs.resolve_env_id(args.env_id)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", "mlp")
+    ckpt = load_diffusion_checkpoint(path, args)
+    print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
+    resume = ckpt if ckpt["algo"] == "dawr" and "critic" in ckpt else None
+    run_dir = args.run_dir or os.path.join("runs", f"{envs.env_slug(args.env_id)}__dawr__{args.seed}__{int(time.time())}")
+    os.makedirs(run_dir, exist_ok=True)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(run_dir)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    if args.track:
+        import wandb
+
+        wandb.init(project="cleandppo", config=vars(args), name=os.path.basename(run_dir), sync_tensorboard=True)
+
+    kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
+    actor = build_network(kw).to(device)
+    try:
+        actor.load_state_dict(ckpt["model"])
+    except RuntimeError:
+        envs.fail("checkpoint weights do not fit the network its model_kwargs describe; it was written by another architecture")
+    sched = {k: v.to(device) for k, v in make_schedule(kw["denoising_steps"]).items()}
+    if args.eval_only:
+        ret, std = evaluate(actor, sched, kw, args, normalization, device)
+        print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes")
+        write_summary(run_dir, args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret)
+        return
+
+    obs_dim, action_dim, Tp = kw["obs_dim"], kw["action_dim"], kw["horizon_steps"]
+    critic = Critic(obs_dim, args.cond_steps, args.critic_dims).to(device)  # fresh critic (official)
+    actor_opt = torch.optim.AdamW(actor.parameters(), lr=args.actor_lr, weight_decay=args.actor_weight_decay)
+    critic_opt = torch.optim.AdamW(critic.parameters(), lr=args.critic_lr, weight_decay=args.critic_weight_decay)
+    N, E = args.n_steps, args.num_envs
+    buf = ReplayBuffer(args.buffer_size // E, E, (args.cond_steps, obs_dim), (Tp, action_dim))
+    steps_per_iter = E * N * args.act_steps
+    num_iters = max(1, args.total_timesteps // steps_per_iter)
+    start_iter, env_steps = 0, 0
+    if resume is not None:
+        critic.load_state_dict(resume["critic"])
+        actor_opt.load_state_dict(resume["actor_optimizer"])
+        critic_opt.load_state_dict(resume["critic_optimizer"])
+        torch.set_rng_state(resume["torch_rng"])
+        np.random.set_state(resume["numpy_rng"])
+        start_iter, env_steps = resume["iteration"], resume["env_steps"]
+        print(f"[resume] dawr run at iteration {start_iter}, {env_steps} env steps; the replay buffer starts empty")
+    pretrained_eval = resume["pretrained_eval_return"] if resume is not None else None
+    best_eval = resume["best_eval_return"] if resume is not None else -np.inf
+    last_eval = float("nan")
+    if pretrained_eval is None:
+        pretrained_eval, _ = evaluate(actor, sched, kw, args, normalization, device)
+        last_eval = best_eval = pretrained_eval
+        writer.add_scalar("eval/episodic_return", pretrained_eval, env_steps)
+        print(f"[eval] pre-trained return {pretrained_eval:.1f}")
+
+    vec = envs.make_vec_env(args.env_id, E, args.seed + start_iter * E, args.act_steps, args.cond_steps, normalization,
+                            args.async_envs)
+    obs, _ = vec.reset(seed=args.seed + start_iter * E)
+    recent_returns, t_start, iteration = [], time.time(), start_iter
+
+    def save(it):
+        state = dict(algo="dawr", policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(), model_kwargs=kw,
+                     normalization=normalization, env_id=args.env_id, args=asdict(args), iteration=it, env_steps=env_steps,
+                     critic=critic.state_dict(), actor_optimizer=actor_opt.state_dict(),
+                     critic_optimizer=critic_opt.state_dict(), torch_rng=torch.get_rng_state(),
+                     numpy_rng=np.random.get_state(), pretrained_eval_return=pretrained_eval, best_eval_return=best_eval)
+        envs.save_checkpoint(state, os.path.join(run_dir, "checkpoint_last.pt"))
+        if it % args.save_freq == 0 or it == num_iters:
+            envs.save_checkpoint(state, os.path.join(run_dir, f"checkpoint_{it}.pt"))
+
+    try:
+        while iteration < num_iters:
+            t_iter = time.time()
+            # ---- rollout into the FIFO buffer (scaled rewards; time-outs keep their pre-reset next obs) ----
+            for n in range(N):
+                chunk = sample(actor, sched, torch.as_tensor(obs, device=device), Tp, action_dim, "train",
+                               args.min_sampling_denoising_std, args.randn_clip_value, args.denoised_clip_value).cpu().numpy()
+                next_obs, reward, term, trunc, infos = vec.step(chunk[:, :args.act_steps])
+                buf.add(obs, chunk, reward * args.scale_reward_factor, term, np.logical_and(trunc, np.logical_not(term)),
+                        envs.final_observations(next_obs, infos))
+                for r, length in zip(*envs.finished_episodes(infos)):
+                    recent_returns.append(r)
+                    writer.add_scalar("charts/episodic_return", r, env_steps)
+                    writer.add_scalar("charts/episodic_length", length, env_steps)
+                obs = next_obs
+                env_steps += E * args.act_steps
+            t_rollout = time.time() - t_iter
+
+            # ---- critic on TD(lambda) targets, then advantage-weighted denoising loss ----
+            t_update = time.time()
+            stats = dawr_update(actor, critic, actor_opt, critic_opt, sched, buf, args, device,
+                                update_actor=iteration >= args.n_critic_warmup_itr)
+            t_update = time.time() - t_update
+            iteration += 1
+
+            sps = int(steps_per_iter / (time.time() - t_iter))
+            for key in ("value_loss", "actor_loss", "weight_mean", "weight_clipped_frac", "explained_variance"):
+                writer.add_scalar(f"losses/{key}", stats[key], env_steps)
+            for key in ("v_mean", "target_mean", "advantage_std"):
+                writer.add_scalar(f"values/{key}", stats[key], env_steps)
+            writer.add_scalar("charts/buffer_transitions", buf.size * E, env_steps)
+            writer.add_scalar("charts/SPS", sps, env_steps)
+            writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
+            writer.add_scalar("charts/critic_learning_rate", critic_opt.param_groups[0]["lr"], env_steps)
+            writer.add_scalar("time/rollout_s", t_rollout, env_steps)
+            writer.add_scalar("time/update_s", t_update, env_steps)
+            writer.add_scalar("charts/peak_memory_mb", peak_memory_mb(device), env_steps)
+            if iteration % args.eval_freq == 0 or iteration == num_iters:
+                last_eval, _ = evaluate(actor, sched, kw, args, normalization, device)
+                best_eval = max(best_eval, last_eval)
+                writer.add_scalar("eval/episodic_return", last_eval, env_steps)
+            mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
+            left = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
+            print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
+                  f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | v_loss {stats['value_loss']:.4f} "
+                  f"actor_loss {stats['actor_loss']:.4f} w_mean {stats['weight_mean']:.2f} | left {left / 60:.1f}m", flush=True)
+            save(iteration)
+    except KeyboardInterrupt:
+        save(iteration)
+        print(f"[interrupted] checkpoint written to {os.path.join(run_dir, 'checkpoint_last.pt')}")
+        raise SystemExit(130)
+    vec.close()
+    write_summary(run_dir, args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval)
+    writer.close()
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

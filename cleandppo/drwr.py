@@ -1,0 +1,582 @@
+"""DRWR: diffusion reward-weighted regression (DPPO paper, 5.1 and D.3), fine-tuning a diffusion policy.
+
+On-policy and critic-free: every iteration collects fresh episodes with the current policy, computes
+each chunk's discounted reward-to-go G inside its episode, standardises G over the iteration and
+fits the policy with the denoising loss weighted by w = min(exp(beta * G_norm), max_reward_weight).
+No buffer: the data of an iteration is used for `update_epochs` passes and then dropped.
+
+    python cleandppo/drwr.py --env-id Hopper-v2                      # bundled pre-trained policy
+    python cleandppo/drwr.py --checkpoint runs/.../checkpoint_last.pt  # resume a drwr run
+"""
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+
+from cleandppo import envs
+
+
+@dataclass
+class Args:
+    # --- common contract (see the README) ---
+    env_id: str = "Hopper-v2"
+    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or a gymnasium v4/v5 id)"""
+    seed: int = 0
+    """seeds torch, numpy and every environment (env i gets seed + i)"""
+    num_envs: int = 40
+    """parallel environments (E)"""
+    total_timesteps: int = 1_000_000
+    """fine-tuning budget in environment steps"""
+    checkpoint: Optional[str] = None
+    """diffusion policy to fine-tune (made by any cleandppo diffusion script), or a drwr run's checkpoint to
+    resume; default: the bundled pre-trained one for --env-id"""
+    eval_only: bool = False
+    """only evaluate --checkpoint"""
+    eval_freq: int = 10
+    """evaluate every N iterations (and after the last one)"""
+    eval_episodes: int = 10
+    """episodes per evaluation"""
+    run_dir: Optional[str] = None
+    """where logs, checkpoints and summary.json go (default runs/<env>__drwr__<seed>__<time>)"""
+    save_freq: int = 10
+    """write checkpoint_<iter>.pt every N iterations (checkpoint_last.pt is written every iteration)"""
+    cuda: bool = True
+    """use CUDA when available"""
+    torch_deterministic: bool = True
+    """deterministic torch kernels"""
+    track: bool = False
+    """also log to Weights & Biases"""
+    async_envs: bool = False
+    """step environments in subprocesses (gymnasium AsyncVectorEnv)"""
+
+    # --- diffusion policy (must match the checkpoint; paper D.1) ---
+    denoising_steps: int = 20
+    """K: DDPM denoising steps (must equal the pre-trained model's)"""
+    horizon_steps: int = 4
+    """Tp: predicted action-chunk length"""
+    act_steps: int = 4
+    """Ta: executed actions per policy query (an MLP executes its whole chunk; the UNet may execute fewer)"""
+    cond_steps: int = 1
+    """To: observation history length"""
+    min_sampling_denoising_std: float = 0.1
+    """floor of the sampling std at every denoising step during training rollouts (exploration)"""
+    randn_clip_value: float = 3.0
+    """clamp of the per-step Gaussian noise (in std units)"""
+    denoised_clip_value: float = 1.0
+    """clamp of the predicted clean chunk x0 at every step"""
+
+    # --- DRWR (paper D.3, Table A7 Gym column; official ft_rwr_diffusion_mlp config) ---
+    n_steps: int = 500
+    """policy queries per env per iteration (N); keep N * act_steps >= 2 x 1000 so whole episodes fit"""
+    gamma: float = 0.99
+    """discount per policy query (chunk step) of the reward-to-go"""
+    beta: float = 10.0
+    """beta: the weight is exp(beta * standardised reward-to-go)"""
+    max_reward_weight: float = 100.0
+    """w_max: the exponentiated weight is clipped at this value"""
+    update_epochs: int = 16
+    """replay ratio: passes over the iteration's samples"""
+    batch_size: int = 1000
+    """samples per minibatch (the last partial minibatch of an epoch is dropped)"""
+    actor_lr: float = 1e-4
+    """actor learning rate (constant, as every official config)"""
+    actor_weight_decay: float = 0.0
+    """AdamW weight decay"""
+    max_grad_norm: Optional[float] = None
+    """gradient-norm clip (None: off, as every official config)"""
+
+
+# ------------------------------------------------------------------------------------------------
+# Noise schedule and one DDPM step (copied from dppo.py; paper 3, eq. 3.3)
+# ------------------------------------------------------------------------------------------------
+def cosine_beta_schedule(K: int, s: float = 0.008) -> torch.Tensor:
+    """Nichol & Dhariwal cosine schedule: alpha_bar(i) = f(i)/f(0), f(i) = cos^2(((i/K)+s)/(1+s) pi/2)."""
+    i = np.arange(K + 1, dtype=np.float64)
+    f = np.cos(((i / K) + s) / (1 + s) * np.pi / 2) ** 2
+    alpha_bar = f / f[0]
+    betas = np.clip(1 - alpha_bar[1:] / alpha_bar[:-1], 0, 0.999)
+    return torch.tensor(betas, dtype=torch.float32)
+
+
+def make_schedule(K: int) -> dict:
+    """All per-step constants of the DDPM with K steps (t = 0 cleanest, K-1 noisiest)."""
+    betas = cosine_beta_schedule(K)
+    alphas = 1 - betas
+    alpha_bar = torch.cumprod(alphas, 0)
+    alpha_bar_prev = torch.cat([torch.ones(1), alpha_bar[:-1]])
+    return dict(
+        betas=betas, alphas=alphas, alpha_bar=alpha_bar, alpha_bar_prev=alpha_bar_prev,
+        # posterior q(x_{t-1} | x_t, x_0) (Ho et al. eq. 7)
+        posterior_var=betas * (1 - alpha_bar_prev) / (1 - alpha_bar),
+        coef_x0=betas * alpha_bar_prev.sqrt() / (1 - alpha_bar),
+        coef_xt=(1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar),
+    )
+
+
+def denoising_plan(K: int) -> list:
+    """DDPM timesteps in execution order with their predecessors: [(K-1, K-2), ..., (0, -1)]."""
+    return [(t, t - 1) for t in reversed(range(K))]
+
+
+def step_mean_var(net, sched, x, obs, t, clip: float = 1.0):
+    """Mean and variance of x_{t-1} given x_t (DDPM; paper eq. 3.3); t: (B,) long tensor.
+
+    x0 = sqrt(1/ab) x - sqrt(1/ab - 1) eps, clamped to [-clip, clip]; mean = coef_x0 x0 + coef_xt x;
+    variance = the posterior variance beta_t (1 - ab_prev) / (1 - ab).
+    """
+    eps = net(x, t, obs)
+    ab = sched["alpha_bar"][t].view(-1, 1, 1)
+    x0 = ((1 / ab).sqrt() * x - (1 / ab - 1).sqrt() * eps).clamp(-clip, clip)
+    mean = sched["coef_x0"][t].view(-1, 1, 1) * x0 + sched["coef_xt"][t].view(-1, 1, 1) * x
+    return mean, sched["posterior_var"][t].clamp(min=1e-20).view(-1, 1, 1).expand_as(mean)
+
+
+# ------------------------------------------------------------------------------------------------
+# Noise-prediction networks (copied from dppo.py; same state-dict keys, so checkpoints load across scripts)
+# ------------------------------------------------------------------------------------------------
+class SinusoidalPosEmb(nn.Module):
+    """Transformer-style embedding of the integer denoising step: [sin(t f_k), cos(t f_k)]."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, t):
+        half = self.dim // 2
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / (half - 1))
+        args = t.float()[:, None] * freqs[None]
+        return torch.cat([args.sin(), args.cos()], dim=-1)
+
+
+class ResidualMLP(nn.Module):
+    """Linear -> one pre-activation residual block per extra pair of equal widths -> Linear."""
+
+    def __init__(self, dims, activation=nn.ReLU):
+        super().__init__()
+        hidden = dims[1:-1]
+        if len(hidden) % 2 != 1 or len(set(hidden)) != 1:
+            raise ValueError(f"residual MLP needs an odd number of equal hidden widths, got {hidden}")
+        self.inp = nn.Linear(dims[0], hidden[0])
+        self.blocks = nn.ModuleList(
+            nn.Sequential(activation(), nn.Linear(hidden[0], hidden[0]), activation(), nn.Linear(hidden[0], hidden[0]))
+            for _ in range((len(hidden) - 1) // 2))
+        self.out = nn.Linear(hidden[0], dims[-1])
+
+    def forward(self, x):
+        x = self.inp(x)
+        for block in self.blocks:
+            x = x + block(x)
+        return self.out(x)
+
+
+class DiffusionMLP(nn.Module):
+    """eps_theta(x_t, t, s): residual MLP on [flattened noisy chunk, time embedding, observation]."""
+
+    def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, time_dim=16, mlp_dims=(512, 512, 512),
+                 activation="relu"):
+        super().__init__()
+        act = {"relu": nn.ReLU, "mish": nn.Mish}[activation]
+        self.horizon_steps, self.action_dim = horizon_steps, action_dim
+        self.time_embedding = nn.Sequential(SinusoidalPosEmb(time_dim), nn.Linear(time_dim, 2 * time_dim), nn.Mish(),
+                                            nn.Linear(2 * time_dim, time_dim))
+        in_dim = horizon_steps * action_dim + time_dim + obs_dim * cond_steps
+        self.mlp = ResidualMLP([in_dim, *mlp_dims, horizon_steps * action_dim], act)
+
+    def forward(self, x, t, obs):
+        h = torch.cat([x.flatten(1), self.time_embedding(t), obs.flatten(1)], dim=-1)
+        return self.mlp(h).view(-1, self.horizon_steps, self.action_dim)
+
+
+class Conv1dBlock(nn.Module):
+    """Conv1d ('same' padding) -> GroupNorm -> Mish."""
+
+    def __init__(self, c_in, c_out, kernel, n_groups):
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2), nn.GroupNorm(n_groups, c_out), nn.Mish())
+
+    def forward(self, x):
+        return self.block(x)
+
+
+class FiLMResidualBlock(nn.Module):
+    """Two conv blocks with FiLM (per-channel scale and bias from the condition) between them."""
+
+    def __init__(self, c_in, c_out, cond_dim, kernel, n_groups):
+        super().__init__()
+        self.conv1, self.conv2 = Conv1dBlock(c_in, c_out, kernel, n_groups), Conv1dBlock(c_out, c_out, kernel, n_groups)
+        self.cond = nn.Sequential(nn.Linear(cond_dim, 2 * c_out), nn.Mish(), nn.Linear(2 * c_out, 2 * c_out), nn.Mish(),
+                                  nn.Linear(2 * c_out, 2 * c_out))
+        self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x, cond):
+        scale, bias = self.cond(cond)[:, :, None].chunk(2, dim=1)
+        return self.conv2(scale * self.conv1(x) + bias) + self.skip(x)
+
+
+class DiffusionUNet(nn.Module):
+    """Chi et al.'s 1-D conditional UNet: channels = action dims, length = chunk, FiLM conditioning."""
+
+    def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, dim=40, dim_mults=(1, 2), kernel_size=5,
+                 n_groups=8, step_embed_dim=16):
+        super().__init__()
+        if horizon_steps % (2 ** (len(dim_mults) - 1)):
+            raise ValueError(f"UNet needs horizon_steps divisible by {2 ** (len(dim_mults) - 1)}, got {horizon_steps}")
+        self.time_embedding = nn.Sequential(SinusoidalPosEmb(step_embed_dim), nn.Linear(step_embed_dim, 4 * step_embed_dim),
+                                            nn.Mish(), nn.Linear(4 * step_embed_dim, step_embed_dim))
+        cond_dim = step_embed_dim + obs_dim * cond_steps
+        widths = [action_dim] + [dim * m for m in dim_mults]
+        levels = list(zip(widths[:-1], widths[1:]))
+        self.down = nn.ModuleList()
+        for i, (c_in, c_out) in enumerate(levels):
+            last = i == len(levels) - 1
+            self.down.append(nn.ModuleList([FiLMResidualBlock(c_in, c_out, cond_dim, kernel_size, n_groups),
+                                            FiLMResidualBlock(c_out, c_out, cond_dim, kernel_size, n_groups),
+                                            nn.Identity() if last else nn.Conv1d(c_out, c_out, 3, 2, 1)]))
+        mid = widths[-1]
+        self.mid = nn.ModuleList([FiLMResidualBlock(mid, mid, cond_dim, kernel_size, n_groups) for _ in range(2)])
+        self.up = nn.ModuleList()
+        for c_in, c_out in reversed(levels[1:]):
+            self.up.append(nn.ModuleList([FiLMResidualBlock(2 * c_out, c_in, cond_dim, kernel_size, n_groups),
+                                          FiLMResidualBlock(c_in, c_in, cond_dim, kernel_size, n_groups),
+                                          nn.ConvTranspose1d(c_in, c_in, 4, 2, 1)]))
+        self.final = nn.Sequential(Conv1dBlock(dim, dim, kernel_size, n_groups), nn.Conv1d(dim, action_dim, 1))
+
+    def forward(self, x, t, obs):
+        cond = torch.cat([self.time_embedding(t), obs.flatten(1)], dim=-1)
+        h, skips = x.transpose(1, 2), []  # (B, Da, Tp)
+        for block1, block2, downsample in self.down:
+            h = block2(block1(h, cond), cond)
+            skips.append(h)
+            h = downsample(h)
+        for block in self.mid:
+            h = block(h, cond)
+        for block1, block2, upsample in self.up:
+            h = torch.cat([h, skips.pop()], dim=1)
+            h = upsample(block2(block1(h, cond), cond))
+        return self.final(h).transpose(1, 2)
+
+
+def build_network(kw: dict) -> nn.Module:
+    """Rebuild a noise-prediction network from a checkpoint's `model_kwargs`."""
+    common = dict(obs_dim=kw["obs_dim"], action_dim=kw["action_dim"], horizon_steps=kw["horizon_steps"],
+                  cond_steps=kw["cond_steps"])
+    if kw["backbone"] == "mlp":
+        return DiffusionMLP(**common, time_dim=kw["time_dim"], mlp_dims=tuple(kw["mlp_dims"]), activation=kw["activation"])
+    return DiffusionUNet(**common, dim=kw["unet_dim"], dim_mults=tuple(kw["unet_dim_mults"]), kernel_size=kw["unet_kernel_size"],
+                         n_groups=kw["unet_n_groups"], step_embed_dim=kw["unet_step_embed_dim"])
+
+
+@torch.no_grad()
+def sample(net, sched, obs, horizon_steps, action_dim, mode, min_sampling_std=0.1, randn_clip=3.0, clip=1.0,
+           generator=None):
+    """Run the whole K-step reverse chain with one network (baselines fine-tune all steps; official 3.0).
+
+    `mode`: "train" -> std floored at min_sampling_std at every step (exploration, paper 4.3);
+            "eval"  -> natural DDPM std floored at 1e-3, none at the final step ("without extra noise").
+    """
+    B = obs.shape[0]
+    x = torch.randn(B, horizon_steps, action_dim, device=obs.device, generator=generator)
+    for t, _ in denoising_plan(len(sched["betas"])):
+        mean, var = step_mean_var(net, sched, x, obs, torch.full((B,), t, dtype=torch.long, device=x.device), clip)
+        std = var.sqrt()
+        if mode == "train":
+            std = std.clamp(min=min_sampling_std)
+        else:
+            std = std.clamp(min=1e-3) if t > 0 else torch.zeros_like(std)
+        noise = torch.randn(x.shape, device=x.device, generator=generator).clamp(-randn_clip, randn_clip)
+        x = mean + std * noise
+    return x
+
+
+def pretrain_loss(net, sched, x0, obs, K, weights=None, generator=None):
+    """Denoising loss (paper eq. 3.2) at a random step t per sample; with `weights` (B,) each sample's
+    mean-over-(Tp, Da) error is multiplied by its weight before the batch mean (paper eq. A1/A2)."""
+    t = torch.randint(0, K, (x0.shape[0],), device=x0.device, generator=generator)
+    eps = torch.randn(x0.shape, device=x0.device, generator=generator)
+    ab = sched["alpha_bar"][t].view(-1, 1, 1)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    per_sample = ((net(x_t, t, obs) - eps) ** 2).mean(dim=(1, 2))
+    return per_sample.mean() if weights is None else (per_sample * weights).mean()
+
+
+# ------------------------------------------------------------------------------------------------
+# DRWR: episodes of the iteration, reward-to-go, weights (paper D.3, eq. A1)
+# ------------------------------------------------------------------------------------------------
+def complete_episodes(firsts):
+    """(env, start, end) of every episode that both starts and ends inside the iteration; end exclusive.
+
+    firsts: (N + 1, E); firsts[n] = 1 when query n is the first of an episode (firsts[N] marks an episode
+    that ended at the last query). Episodes cut by the iteration's start or end are not complete.
+    """
+    out = []
+    for env in range(firsts.shape[1]):
+        marks = np.nonzero(firsts[:, env])[0]
+        out += [(env, int(a), int(b)) for a, b in zip(marks[:-1], marks[1:])]
+    return out
+
+
+def discounted_returns(rewards, gamma):
+    """Reward-to-go G_n = r_n + gamma G_{n+1} inside one episode (G after its last step is 0)."""
+    out, running = np.zeros(len(rewards)), 0.0
+    for n in reversed(range(len(rewards))):
+        running = rewards[n] + gamma * running
+        out[n] = running
+    return out
+
+
+def rwr_weights(returns, beta, max_weight):
+    """w = min(exp(beta (G - mean) / (std + 1e-3)), max_weight); std over all samples (numpy, ddof 0)."""
+    g = (returns - returns.mean()) / (returns.std() + 1e-3)
+    return np.exp(np.minimum(beta * g, math.log(max_weight)))  # = min(exp(.), w_max) without overflow
+
+
+def drwr_update(actor, opt, sched, obs, chunks, weights, args, generator=None):
+    """`update_epochs` passes over shuffled minibatches (the last partial one dropped; at least one)."""
+    n = obs.shape[0]
+    mb = min(args.batch_size, n)
+    losses = []
+    for _ in range(args.update_epochs):
+        perm = torch.randperm(n, generator=generator).to(obs.device)
+        for start in range(0, n - mb + 1, mb):
+            idx = perm[start:start + mb]
+            loss = pretrain_loss(actor, sched, chunks[idx], obs[idx], len(sched["betas"]), weights[idx])
+            opt.zero_grad()
+            loss.backward()
+            if args.max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(actor.parameters(), args.max_grad_norm)
+            opt.step()
+            losses.append(loss.item())
+    return float(np.mean(losses)), len(losses)
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation, checks, main
+# ------------------------------------------------------------------------------------------------
+def evaluate(actor, sched, kw, args, normalization, device):
+    """Mean and std of the return over --eval-episodes episodes without exploration noise (paper D.2)."""
+
+    def act(obs):
+        return sample(actor, sched, torch.as_tensor(obs, device=device), kw["horizon_steps"], kw["action_dim"], "eval",
+                      randn_clip=args.randn_clip_value, clip=args.denoised_clip_value).cpu().numpy()
+
+    returns, _ = envs.run_episodes(act, args.env_id, args.eval_episodes, args.seed + 10_000, args.act_steps,
+                                   args.cond_steps, normalization, args.async_envs)
+    return float(np.mean(returns)), float(np.std(returns))
+
+
+def check_args(args):
+    for name in ("num_envs", "n_steps", "batch_size", "update_epochs", "eval_episodes", "eval_freq", "save_freq",
+                 "denoising_steps", "total_timesteps"):
+        if getattr(args, name) < 1:
+            envs.fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.beta <= 0:
+        envs.fail(f"--beta must be > 0, got {args.beta} (the paper uses 10)")
+    if args.max_reward_weight <= 0:
+        envs.fail(f"--max-reward-weight must be > 0, got {args.max_reward_weight} (the paper uses 100)")
+    if not 0 < args.gamma <= 1:
+        envs.fail(f"--gamma must be in (0, 1], got {args.gamma}")
+    if args.actor_lr <= 0:
+        envs.fail(f"--actor-lr must be > 0, got {args.actor_lr}")
+    if args.act_steps > args.horizon_steps:
+        envs.fail(f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps")
+    if args.batch_size > args.num_envs * args.n_steps:
+        envs.fail(f"--batch-size {args.batch_size} > num_envs x n_steps = {args.num_envs * args.n_steps} samples an "
+                  f"iteration can collect; lower --batch-size or raise --n-steps/--num-envs")
+    if args.min_sampling_denoising_std < 0:
+        envs.fail("--min-sampling-denoising-std must be >= 0")
+
+
+def load_diffusion_checkpoint(path, args):
+    """Load a diffusion checkpoint of any cleandppo script and check it against the flags (one-line errors)."""
+    ckpt = envs.load_checkpoint(path, "diffusion", args.env_id)
+    kw = ckpt["model_kwargs"]
+    if kw["denoising_steps"] != args.denoising_steps:
+        envs.fail(f"{path} was pre-trained with {kw['denoising_steps']} denoising steps; pass --denoising-steps {kw['denoising_steps']}")
+    if args.act_steps > kw["horizon_steps"] or kw["horizon_steps"] != args.horizon_steps or kw["cond_steps"] != args.cond_steps:
+        envs.fail(f"{path} predicts chunks of {kw['horizon_steps']} from {kw['cond_steps']} observation(s); pass "
+                  f"--act-steps <= {kw['horizon_steps']} --horizon-steps {kw['horizon_steps']} --cond-steps {kw['cond_steps']}")
+    if kw["backbone"] == "mlp" and args.act_steps != kw["horizon_steps"]:
+        envs.fail(f"an MLP policy executes its whole chunk: pass --act-steps {kw['horizon_steps']} (the UNet may execute fewer)")
+    if ckpt.get("model_ft") is not None:
+        print(f"[load] note: {path} is a DPPO fine-tuned checkpoint; DRWR starts from its base 'model' (not 'model_ft')")
+    return ckpt
+
+
+def peak_memory_mb(device):
+    """Peak GPU memory on CUDA; peak resident memory of the process on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_summary(run_dir, args, env_steps, wall, pretrained, final, best):
+    summary = dict(algo="drwr", env_id=args.env_id, seed=args.seed, env_steps=int(env_steps), wall_time_s=wall,
+                   pretrained_eval_return=pretrained, final_eval_return=final, best_eval_return=best, args=asdict(args))
+    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2, default=str)
+    print(f"[done] summary in {os.path.join(run_dir, 'summary.json')}")
+
+
+def main(args):
+    check_args(args)
+    envs.resolve_env_id(args.env_id)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", "mlp")
+    ckpt = load_diffusion_checkpoint(path, args)
+    print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
+    resume = ckpt if ckpt["algo"] == "drwr" and "actor_optimizer" in ckpt else None
+    run_dir = args.run_dir or os.path.join("runs", f"{envs.env_slug(args.env_id)}__drwr__{args.seed}__{int(time.time())}")
+    os.makedirs(run_dir, exist_ok=True)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(run_dir)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    if args.track:
+        import wandb
+
+        wandb.init(project="cleandppo", config=vars(args), name=os.path.basename(run_dir), sync_tensorboard=True)
+
+    kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
+    actor = build_network(kw).to(device)
+    try:
+        actor.load_state_dict(ckpt["model"])
+    except RuntimeError:
+        envs.fail("checkpoint weights do not fit the network its model_kwargs describe; it was written by another architecture")
+    sched = {k: v.to(device) for k, v in make_schedule(kw["denoising_steps"]).items()}
+    if args.eval_only:
+        ret, std = evaluate(actor, sched, kw, args, normalization, device)
+        print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes")
+        write_summary(run_dir, args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret)
+        return
+
+    obs_dim, action_dim, Tp = kw["obs_dim"], kw["action_dim"], kw["horizon_steps"]
+    opt = torch.optim.AdamW(actor.parameters(), lr=args.actor_lr, weight_decay=args.actor_weight_decay)
+    N, E = args.n_steps, args.num_envs
+    steps_per_iter = E * N * args.act_steps
+    num_iters = max(1, args.total_timesteps // steps_per_iter)
+    start_iter, env_steps = 0, 0
+    if resume is not None:
+        opt.load_state_dict(resume["actor_optimizer"])
+        torch.set_rng_state(resume["torch_rng"])
+        np.random.set_state(resume["numpy_rng"])
+        start_iter, env_steps = resume["iteration"], resume["env_steps"]
+        print(f"[resume] drwr run at iteration {start_iter}, {env_steps} env steps")
+    pretrained_eval = resume["pretrained_eval_return"] if resume is not None else None
+    best_eval = resume["best_eval_return"] if resume is not None else -np.inf
+    last_eval = float("nan")
+    if pretrained_eval is None:
+        pretrained_eval, _ = evaluate(actor, sched, kw, args, normalization, device)
+        last_eval = best_eval = pretrained_eval
+        writer.add_scalar("eval/episodic_return", pretrained_eval, env_steps)
+        print(f"[eval] pre-trained return {pretrained_eval:.1f}")
+
+    vec = envs.make_vec_env(args.env_id, E, args.seed + start_iter * E, args.act_steps, args.cond_steps, normalization,
+                            args.async_envs)
+    obs, _ = vec.reset(seed=args.seed + start_iter * E)
+    done = np.ones(E)  # an episode starts at the first query of the run
+    recent_returns, t_start, iteration = [], time.time(), start_iter
+
+    def save(it):
+        state = dict(algo="drwr", policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(), model_kwargs=kw,
+                     normalization=normalization, env_id=args.env_id, args=asdict(args), iteration=it, env_steps=env_steps,
+                     actor_optimizer=opt.state_dict(), torch_rng=torch.get_rng_state(), numpy_rng=np.random.get_state(),
+                     pretrained_eval_return=pretrained_eval, best_eval_return=best_eval)
+        envs.save_checkpoint(state, os.path.join(run_dir, "checkpoint_last.pt"))
+        if it % args.save_freq == 0 or it == num_iters:
+            envs.save_checkpoint(state, os.path.join(run_dir, f"checkpoint_{it}.pt"))
+
+    try:
+        while iteration < num_iters:
+            t_iter = time.time()
+            # ---- rollout with the current policy (exploration floor on every denoising step) ----
+            buf_obs = np.zeros((N, E, args.cond_steps, obs_dim), np.float32)
+            buf_chunk = np.zeros((N, E, Tp, action_dim), np.float32)
+            buf_rew, firsts = np.zeros((N, E)), np.zeros((N + 1, E))
+            firsts[0] = done
+            for n in range(N):
+                chunk = sample(actor, sched, torch.as_tensor(obs, device=device), Tp, action_dim, "train",
+                               args.min_sampling_denoising_std, args.randn_clip_value, args.denoised_clip_value).cpu().numpy()
+                next_obs, reward, term, trunc, infos = vec.step(chunk[:, :args.act_steps])
+                buf_obs[n], buf_chunk[n], buf_rew[n] = obs, chunk, reward
+                done = np.logical_or(term, trunc).astype(np.float64)
+                firsts[n + 1] = done
+                for r, length in zip(*envs.finished_episodes(infos)):
+                    recent_returns.append(r)
+                    writer.add_scalar("charts/episodic_return", r, env_steps)
+                    writer.add_scalar("charts/episodic_length", length, env_steps)
+                obs = next_obs
+                env_steps += E * args.act_steps
+            t_rollout = time.time() - t_iter
+
+            # ---- reward-to-go of every complete episode, standardised, exponentiated and clipped ----
+            t_update = time.time()
+            episodes = complete_episodes(firsts)
+            stats = dict(num_episodes=len(episodes))
+            if episodes:
+                steps = np.concatenate([np.arange(a, b) for _, a, b in episodes])
+                env_idx = np.concatenate([np.full(b - a, e) for e, a, b in episodes])
+                returns = np.concatenate([discounted_returns(buf_rew[a:b, e], args.gamma) for e, a, b in episodes])
+                weights = rwr_weights(returns, args.beta, args.max_reward_weight)
+                loss, n_grad = drwr_update(actor, opt, sched, torch.as_tensor(buf_obs[steps, env_idx], device=device),
+                                           torch.as_tensor(buf_chunk[steps, env_idx], device=device),
+                                           torch.as_tensor(weights, dtype=torch.float32, device=device), args)
+                stats.update(actor_loss=loss, gradient_steps=n_grad, samples=len(steps), weight_mean=weights.mean(),
+                             weight_max=weights.max(), weight_clipped_frac=np.mean(weights >= args.max_reward_weight),
+                             return_to_go_mean=returns.mean())
+            else:  # the official code crashes here; we skip the update and say so
+                print(f"[note] iteration {iteration + 1}: no episode both started and ended inside it; update skipped "
+                      f"(raise --n-steps so that n_steps x act_steps covers whole episodes)")
+            t_update = time.time() - t_update
+            iteration += 1
+
+            sps = int(steps_per_iter / (time.time() - t_iter))
+            writer.add_scalar("charts/num_train_episodes", len(episodes), env_steps)
+            writer.add_scalar("charts/update_skipped", float(not episodes), env_steps)
+            if episodes:
+                writer.add_scalar("losses/actor_loss", stats["actor_loss"], env_steps)
+                for key in ("weight_mean", "weight_max", "weight_clipped_frac"):
+                    writer.add_scalar(f"losses/{key}", stats[key], env_steps)
+                writer.add_scalar("values/return_to_go_mean", stats["return_to_go_mean"], env_steps)
+                writer.add_scalar("charts/update_samples", stats["samples"], env_steps)
+            writer.add_scalar("charts/SPS", sps, env_steps)
+            writer.add_scalar("charts/learning_rate", opt.param_groups[0]["lr"], env_steps)
+            writer.add_scalar("time/rollout_s", t_rollout, env_steps)
+            writer.add_scalar("time/update_s", t_update, env_steps)
+            writer.add_scalar("charts/peak_memory_mb", peak_memory_mb(device), env_steps)
+            if iteration % args.eval_freq == 0 or iteration == num_iters:
+                last_eval, _ = evaluate(actor, sched, kw, args, normalization, device)
+                best_eval = max(best_eval, last_eval)
+                writer.add_scalar("eval/episodic_return", last_eval, env_steps)
+            mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
+            left = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
+            detail = (f"loss {stats['actor_loss']:.4f} w_mean {stats['weight_mean']:.2f}" if episodes else "update skipped")
+            print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
+                  f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | episodes {len(episodes)} {detail} | "
+                  f"left {left / 60:.1f}m", flush=True)
+            save(iteration)
+    except KeyboardInterrupt:
+        save(iteration)
+        print(f"[interrupted] checkpoint written to {os.path.join(run_dir, 'checkpoint_last.pt')}")
+        raise SystemExit(130)
+    vec.close()
+    write_summary(run_dir, args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval)
+    writer.close()
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

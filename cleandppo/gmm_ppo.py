@@ -1,0 +1,748 @@
+"""Gaussian-mixture policy over action chunks, pre-trained by BC and fine-tuned with PPO (DPPO paper 5.2, D.6).
+
+The paper's second non-diffusion parameterization: a mixture of `--num-modes` (5) diagonal
+Gaussians over the flattened (Tp, Da) action chunk, with mode weights from a separate head.
+    # behaviour-cloning pre-training (mixture negative log-likelihood, fixed std), then stop
+    python cleandppo/gmm_ppo.py --env-id Hopper-v2 --dataset hopper-medium-v2 --pretrain-only
+    # PPO fine-tuning of a pre-trained checkpoint (default: the bundled one for --env-id)
+    python cleandppo/gmm_ppo.py --env-id Hopper-v2
+    # what the official log-prob clamp would do on one rollout batch of a checkpoint
+    python cleandppo/gmm_ppo.py --env-id Hopper-v2 --checkpoint CKPT --report-official-clamp
+
+Log-probability (deviation from the official code, see docs/gmm_ppo.md): the exact mixture density
+by log-sum-exp over modes, divided by Tp*Da (per-dimension mean, the convention of gaussian_ppo.py
+and DPPO that the PPO clip ratio 0.01 assumes), then clamped to [-5, 2]. The official code clamps
+the *summed* log-density at 2, which saturates for almost every sample, so its ratio stays 1.
+"""
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+
+from cleandppo import envs
+
+
+@dataclass
+class Args:
+    # --- common contract (see the README) ---
+    env_id: str = "Hopper-v2"
+    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or a gymnasium v4/v5 id)"""
+    seed: int = 0
+    """seeds torch, numpy and every environment (env i gets seed + i)"""
+    num_envs: int = 40
+    """parallel environments"""
+    total_timesteps: int = 1_000_000
+    """fine-tuning budget in environment steps"""
+    checkpoint: Optional[str] = None
+    """pre-trained GMM policy to fine-tune, or a gmm_ppo run's checkpoint to resume; default: the bundled one"""
+    dataset: Optional[str] = None
+    """pre-training data: a D4RL name (hopper-medium-v2), a Minari id or an hdf5 path"""
+    pretrain_only: bool = False
+    """stop after behaviour-cloning pre-training"""
+    eval_only: bool = False
+    """only evaluate --checkpoint"""
+    report_official_clamp: bool = False
+    """roll out one fine-tuning batch (num-envs x n-steps queries) of --checkpoint and report the fraction
+    of samples whose summed log-prob the official clamp at 2 saturates; then stop"""
+    eval_freq: int = 10
+    """evaluate every N iterations (and after the last one)"""
+    eval_episodes: int = 10
+    """episodes per evaluation (mean of the most likely mode, no exploration noise)"""
+    run_dir: Optional[str] = None
+    """where logs, checkpoints and summary.json go (default runs/<env>__gmm_ppo__<seed>__<time>)"""
+    save_freq: int = 10
+    """write checkpoint_<iter>.pt every N iterations (checkpoint_last.pt is written every iteration)"""
+    cuda: bool = True
+    """use CUDA when available"""
+    torch_deterministic: bool = True
+    """deterministic torch kernels"""
+    track: bool = False
+    """also log to Weights & Biases"""
+    capture_video: bool = False
+    """record one evaluation episode to the run dir at the end"""
+    async_envs: bool = False
+    """step environments in subprocesses (gymnasium AsyncVectorEnv)"""
+
+    # --- policy (paper D.6) ---
+    backbone: Literal["mlp", "transformer"] = "mlp"
+    """network producing the mode means and weights: residual MLPs or decoder-only Transformer"""
+    num_modes: int = 5
+    """M: Gaussian components of the mixture (paper: 5)"""
+    horizon_steps: int = 4
+    """predicted action-chunk length Tp (paper: baselines use DPPO's chunk size)"""
+    act_steps: int = 4
+    """executed actions per policy query Ta (<= horizon_steps)"""
+    cond_steps: int = 1
+    """observation history length To"""
+    mlp_dims: tuple[int, ...] = (512, 512, 512)
+    """hidden widths of each MLP (means, mode logits); one residual block for three equal widths"""
+    transformer_dim: int = 96
+    """Transformer embedding width"""
+    transformer_heads: int = 4
+    """Transformer attention heads"""
+    transformer_layers: int = 4
+    """Transformer decoder layers"""
+    fixed_std: float = 0.1
+    """std of every mode in pre-training and the initial value of the learned std in fine-tuning"""
+    std_min: float = 0.01
+    """lower clip of the learned std"""
+    std_max: float = 0.2
+    """upper clip of the learned std"""
+
+    # --- pre-training ---
+    pretrain_epochs: int = 200
+    """passes over the dataset"""
+    pretrain_batch_size: int = 128
+    """samples per gradient step"""
+    pretrain_lr: float = 1e-4
+    """learning rate (constant, as the official Gym Gaussian config)"""
+    pretrain_weight_decay: float = 1e-6
+    """AdamW weight decay"""
+
+    # --- PPO fine-tuning (paper Gym defaults, same as gaussian_ppo.py) ---
+    n_steps: int = 500
+    """policy queries per env per iteration (N)"""
+    gamma: float = 0.99
+    """discount per policy query"""
+    gae_lambda: float = 0.95
+    """GAE lambda"""
+    actor_lr: float = 1e-4
+    """actor learning rate"""
+    critic_lr: float = 1e-3
+    """critic learning rate"""
+    update_epochs: int = 5
+    """passes over each iteration's batch"""
+    batch_size: int = 5000
+    """policy queries per minibatch"""
+    clip_coef: float = 0.01
+    """PPO clip ratio epsilon"""
+    vf_coef: float = 0.5
+    """value-loss weight"""
+    ent_coef: float = 0.0
+    """entropy bonus weight (entropy in the official units: summed over the chunk, see `entropy`)"""
+    target_kl: Optional[float] = 1.0
+    """stop the iteration's epochs when the approximate KL exceeds this"""
+    max_grad_norm: Optional[float] = None
+    """gradient-norm clip for actor and critic (None: off, as every official config)"""
+    reward_scale_running: bool = True
+    """divide rewards by the std of a running discounted return (gamma 0.99)"""
+    n_critic_warmup_itr: int = 0
+    """first iterations update only the critic"""
+    critic_dims: tuple[int, ...] = (256, 256, 256)
+    """critic hidden widths (residual, Mish)"""
+
+
+# ------------------------------------------------------------------------------------------------
+# Networks
+# ------------------------------------------------------------------------------------------------
+class ResidualMLP(nn.Module):
+    """Linear -> [x + L(act(L(act(x))))] per extra pair of widths -> Linear (official ResidualMLP).
+
+    With dims [d_in, h, h, h, d_out] there is exactly one residual block; with [d_in, h, h, d_out]
+    (an even number of hidden widths) the network is a plain MLP with activations between layers.
+    """
+
+    def __init__(self, dims, activation=nn.Mish):
+        super().__init__()
+        hidden = dims[1:-1]
+        self.residual = len(hidden) % 2 == 1 and len(set(hidden)) == 1
+        if self.residual:
+            self.inp = nn.Linear(dims[0], hidden[0])
+            self.blocks = nn.ModuleList(
+                nn.Sequential(activation(), nn.Linear(hidden[0], hidden[0]), activation(), nn.Linear(hidden[0], hidden[0]))
+                for _ in range((len(hidden) - 1) // 2))
+            self.out = nn.Linear(hidden[0], dims[-1])
+        else:
+            layers = []
+            for i in range(len(dims) - 2):
+                layers += [nn.Linear(dims[i], dims[i + 1]), activation()]
+            self.body = nn.Sequential(*layers)
+            self.out = nn.Linear(dims[-2], dims[-1])
+
+    def forward(self, x):
+        if self.residual:
+            x = self.inp(x)
+            for block in self.blocks:
+                x = x + block(x)
+            return self.out(x)
+        return self.out(self.body(x))
+
+
+class TransformerBackbone(nn.Module):
+    """Decoder-only Transformer (paper D.6): one observation token as memory, Tp learned query tokens.
+
+    Returns the final-LayerNorm token features (B, Tp, d); the GMM heads sit on top (official
+    `GMM_Transformer`: per-token mode means, mode logits from all Tp token features together).
+    """
+
+    def __init__(self, obs_in, horizon_steps, dim, heads, layers):
+        super().__init__()
+        self.obs_proj = nn.Linear(obs_in, dim)
+        self.obs_pos = nn.Parameter(torch.zeros(1, 1, dim))
+        self.encoder = nn.Sequential(nn.Linear(dim, 4 * dim), nn.Mish(), nn.Linear(4 * dim, dim))
+        self.query_pos = nn.Parameter(torch.zeros(1, horizon_steps, dim))
+        layer = nn.TransformerDecoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+        self.decoder = nn.TransformerDecoder(layer, layers)
+        self.norm = nn.LayerNorm(dim)
+        for m in self.modules():  # GPT-style init (official 3.3)
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.obs_pos, 0.0, 0.02)
+        nn.init.normal_(self.query_pos, 0.0, 0.02)
+
+    def forward(self, obs_flat):
+        memory = self.encoder(self.obs_proj(obs_flat)[:, None] + self.obs_pos)
+        queries = self.query_pos.expand(obs_flat.shape[0], -1, -1)
+        return self.norm(self.decoder(queries, memory))
+
+
+class GMMPolicy(nn.Module):
+    """Mixture of M diagonal Gaussians over the flattened (Tp, Da) chunk (paper 5.2, D.6).
+
+    forward(obs) -> means (B, M, Tp, Da) in [-1, 1] (tanh), std (M, Da), mode logits (B, M).
+    The std is one learned value per (mode, action dimension), shared over the chunk and clipped
+    to [std_min, std_max] (clipping kills its gradient outside, as the official clamp of log var);
+    pre-training keeps it at its initial value.
+    """
+
+    def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, num_modes=5, backbone="mlp",
+                 mlp_dims=(512, 512, 512), transformer_dim=96, transformer_heads=4, transformer_layers=4,
+                 init_std=0.1, std_min=0.01, std_max=0.2):
+        super().__init__()
+        self.action_dim, self.horizon_steps, self.num_modes = action_dim, horizon_steps, num_modes
+        self.std_min, self.std_max, self.backbone = std_min, std_max, backbone
+        obs_in = obs_dim * cond_steps
+        if backbone == "mlp":  # official GMM_MLP: separate networks for the means and the mode weights
+            self.mean_net = ResidualMLP([obs_in, *mlp_dims, num_modes * horizon_steps * action_dim], nn.Mish)
+            self.logits_net = ResidualMLP([obs_in, *mlp_dims, num_modes], nn.Mish)
+        else:
+            self.net = TransformerBackbone(obs_in, horizon_steps, transformer_dim, transformer_heads, transformer_layers)
+            self.mean_head = nn.Linear(transformer_dim, num_modes * action_dim)
+            nn.init.normal_(self.mean_head.weight, 0.0, 0.02)
+            nn.init.zeros_(self.mean_head.bias)
+            self.modes_head = nn.Linear(horizon_steps * transformer_dim, num_modes)
+        self.log_std = nn.Parameter(torch.full((num_modes, action_dim), math.log(init_std)))
+
+    def forward(self, obs):
+        B, M, Tp, Da = obs.shape[0], self.num_modes, self.horizon_steps, self.action_dim
+        x = obs.flatten(1)
+        if self.backbone == "mlp":
+            means = self.mean_net(x).view(B, M, Tp, Da)
+            logits = self.logits_net(x)
+        else:
+            h = self.net(x)  # (B, Tp, d)
+            means = self.mean_head(h).view(B, Tp, M, Da).transpose(1, 2)
+            logits = self.modes_head(h.reshape(B, -1))
+        std = self.log_std.exp().clamp(self.std_min, self.std_max)
+        return torch.tanh(means), std, logits
+
+
+# ------------------------------------------------------------------------------------------------
+# Mixture distribution
+# ------------------------------------------------------------------------------------------------
+def component_log_probs(means, std, actions):
+    """log N(a | mu_m, diag sigma_m^2) of each chunk under each mode, summed over Tp*Da: (B, M)."""
+    a, s = actions[:, None], std[None, :, None, :]
+    elementwise = -((a - means) ** 2) / (2 * s**2) - torch.log(s) - 0.5 * math.log(2 * math.pi)
+    return elementwise.sum(dim=(-2, -1))
+
+
+def mixture_log_prob(means, std, logits, actions):
+    """Exact mixture log-density log sum_m pi_m N(a | mu_m, sigma_m), summed over dims: (B,).
+
+    This is what the official code (and the pre-training loss) uses before its clamp.
+    """
+    return torch.logsumexp(torch.log_softmax(logits, -1) + component_log_probs(means, std, actions), dim=-1)
+
+
+def log_prob(means, std, logits, actions):
+    """PPO log-prob: mixture log-density / (Tp*Da), clamped to [-5, 2] (per-dimension convention)."""
+    return (mixture_log_prob(means, std, logits, actions) / actions[0].numel()).clamp(-5.0, 2.0)
+
+
+def official_log_prob(means, std, logits, actions):
+    """The official PPO_GMM log-prob: the *summed* mixture log-density clamped to [-5, 2] (facts 3.2)."""
+    return mixture_log_prob(means, std, logits, actions).clamp(-5.0, 2.0)
+
+
+def official_clamp_fraction(summed_logp):
+    """Fraction of samples the official clamp saturates (summed log-prob above 2: ratio fixed at 1)."""
+    return (summed_logp > 2.0).float().mean().item()
+
+
+def sample_action(means, std, logits, generator=None):
+    """Draw a mode from softmax(logits), then a Gaussian chunk around its mean (official: no clip)."""
+    B = logits.shape[0]
+    mode = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(-1)
+    noise = torch.randn(means.shape[0], *means.shape[2:], generator=generator, device=means.device)
+    return means[torch.arange(B, device=means.device), mode] + std[mode][:, None, :] * noise
+
+
+def mode_action(means, logits):
+    """Deterministic action: the mean of the most likely mode (official instead samples the mode)."""
+    return means[torch.arange(logits.shape[0], device=means.device), logits.argmax(-1)]
+
+
+def entropy(std, logits, horizon_steps):
+    """Official approximation: sum_m softmax(logits)_m * H(component m), averaged over the batch.
+
+    H(component m) is the entropy of the Tp*Da-dimensional diagonal Gaussian (summed over dims).
+    """
+    component = horizon_steps * (0.5 * math.log(2 * math.pi * math.e) + torch.log(std)).sum(-1)  # (M,)
+    return (torch.softmax(logits, -1) * component).sum(-1).mean()
+
+
+def mixture_std(std, logits):
+    """Logged std: the mode-weighted mean sigma (official)."""
+    return (torch.softmax(logits, -1) * std.mean(-1)).sum(-1).mean()
+
+
+def bc_loss(policy, obs, actions):
+    """Pre-training loss: mixture negative log-likelihood, summed over dims, averaged over the batch."""
+    means, std, logits = policy(obs)
+    return -mixture_log_prob(means, std, logits, actions).mean()
+
+
+class Critic(nn.Module):
+    """V(s) on the observation only: residual Mish MLP [To*Do, 256, 256, 256, 1]."""
+
+    def __init__(self, obs_dim, cond_steps, dims=(256, 256, 256)):
+        super().__init__()
+        self.net = ResidualMLP([obs_dim * cond_steps, *dims, 1], nn.Mish)
+
+    def forward(self, obs):
+        return self.net(obs.flatten(1)).squeeze(-1)
+
+
+# ------------------------------------------------------------------------------------------------
+# PPO pieces (same machinery as gaussian_ppo.py)
+# ------------------------------------------------------------------------------------------------
+class RunningRewardScaler:
+    """Divide rewards by the std of a running discounted return (official `reward_scale_running`).
+
+    R <- r + 0.99 * (1 - first) * R per env; running variance of all R (count init 1e-4, mean 0,
+    var 1); scaled reward = r / sqrt(var + 1e-8), clipped to +-10. No mean subtraction.
+    """
+
+    def __init__(self, num_envs, gamma=0.99):
+        self.gamma, self.ret = gamma, np.zeros(num_envs)
+        self.mean, self.var, self.count = 0.0, 1.0, 1e-4
+
+    def __call__(self, rewards, firsts):
+        """rewards, firsts: (N, E); firsts[n] marks that step n starts a new episode."""
+        returns = np.zeros_like(rewards)
+        for n in range(len(rewards)):
+            self.ret = rewards[n] + self.gamma * (1 - firsts[n]) * self.ret
+            returns[n] = self.ret
+        batch_mean, batch_var, batch_count = returns.mean(), returns.var(), returns.size
+        delta, total = batch_mean - self.mean, self.count + batch_count
+        m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
+        self.mean, self.var, self.count = self.mean + delta * batch_count / total, m2 / total, total
+        return np.clip(rewards / np.sqrt(self.var + 1e-8), -10, 10)
+
+    def state_dict(self):
+        return {"ret": self.ret, "mean": self.mean, "var": self.var, "count": self.count}
+
+    def load_state_dict(self, d):
+        self.ret, self.mean, self.var, self.count = d["ret"], d["mean"], d["var"], d["count"]
+
+
+def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
+    """GAE over policy queries (Schulman et al. 2016). All arrays (N, E).
+
+    next_values[n] is V of the state reached after step n (already the bootstrap at time-outs);
+    dones[n] = 1 cuts the recursion (episode ended: terminated or truncated).
+    Returns (advantages, returns = advantages + values).
+    """
+    advantages = np.zeros_like(rewards)
+    last = np.zeros(rewards.shape[1])
+    for n in reversed(range(len(rewards))):
+        delta = rewards[n] + gamma * next_values[n] * (1 - dones[n]) - values[n]
+        last = delta + gamma * gae_lambda * (1 - dones[n]) * last
+        advantages[n] = last
+    return advantages, advantages + values
+
+
+def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=True, generator=None):
+    """PPO epochs over one iteration's batch (paper 4, D.6). Returns the last minibatch's stats."""
+    n = len(batch["obs"])
+    mb = min(args.batch_size, n)
+    stats, clipfracs = {}, []
+    for epoch in range(args.update_epochs):
+        perm = torch.randperm(n, generator=generator)
+        for start in range(0, n - mb + 1, mb):
+            idx = perm[start:start + mb]
+            obs, actions, old_logp = batch["obs"][idx], batch["actions"][idx], batch["logprobs"][idx]
+            adv, ret = batch["advantages"][idx], batch["returns"][idx]
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            means, std, logits = policy(obs)
+            new_logp = log_prob(means, std, logits, actions)
+            ratio = (new_logp - old_logp).exp()
+            pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)).mean()
+            v_loss = 0.5 * ((critic(obs) - ret) ** 2).mean()
+            ent = entropy(std, logits, policy.horizon_steps)
+            loss = pg_loss - args.ent_coef * ent + args.vf_coef * v_loss
+            actor_opt.zero_grad()
+            critic_opt.zero_grad()
+            loss.backward()
+            if args.max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm)
+                nn.utils.clip_grad_norm_(critic.parameters(), args.max_grad_norm)
+            if update_actor:
+                actor_opt.step()
+            critic_opt.step()
+            with torch.no_grad():
+                approx_kl = ((ratio - 1) - (new_logp - old_logp)).mean().item()  # k3 estimator
+                clipfracs.append(((ratio - 1).abs() > args.clip_coef).float().mean().item())
+            stats = dict(policy_loss=pg_loss.item(), value_loss=v_loss.item(), entropy=ent.item(), approx_kl=approx_kl,
+                         ratio=ratio.mean().item(), std=mixture_std(std, logits).item())
+            if args.target_kl is not None and approx_kl > args.target_kl:
+                stats["clipfrac"] = float(np.mean(clipfracs))
+                return stats
+    stats["clipfrac"] = float(np.mean(clipfracs)) if clipfracs else 0.0
+    return stats
+
+
+# ------------------------------------------------------------------------------------------------
+# Helpers around the loop
+# ------------------------------------------------------------------------------------------------
+def model_kwargs_from(args, obs_dim, action_dim):
+    return dict(obs_dim=obs_dim, action_dim=action_dim, horizon_steps=args.horizon_steps, cond_steps=args.cond_steps,
+                num_modes=args.num_modes, backbone=args.backbone, mlp_dims=tuple(args.mlp_dims),
+                transformer_dim=args.transformer_dim, transformer_heads=args.transformer_heads,
+                transformer_layers=args.transformer_layers, init_std=args.fixed_std, std_min=args.std_min,
+                std_max=args.std_max)
+
+
+def evaluate(policy, args, normalization, device, episodes):
+    """Returns of the deterministic policy (mean of the most likely mode; paper: no exploration noise)."""
+    policy.eval()
+
+    def act(obs):
+        with torch.no_grad():
+            means, _, logits = policy(torch.as_tensor(obs, device=device))
+            return mode_action(means, logits).cpu().numpy()
+
+    returns, _ = envs.run_episodes(act, args.env_id, episodes, args.seed + 10_000, args.act_steps, args.cond_steps,
+                                   normalization, args.async_envs)
+    policy.train()
+    return float(np.mean(returns)), float(np.std(returns))
+
+
+def make_checkpoint(policy, kwargs, normalization, args, iteration, env_steps, **extra):
+    return dict(algo="gmm_ppo", policy="gmm", backbone=kwargs["backbone"], model=policy.state_dict(),
+                model_kwargs=kwargs, normalization=normalization, env_id=args.env_id, args=asdict(args),
+                iteration=iteration, env_steps=env_steps, **extra)
+
+
+def pretrain(args, run_dir, writer, device):
+    """Behaviour cloning with fixed std: minimize the mixture NLL of dataset chunks (paper D.6)."""
+    data = envs.load_dataset(args.dataset, args.env_id)
+    norm = data["normalization"]
+    obs, actions, starts, firsts = envs.make_pretraining_samples(data["episodes"], norm, args.cond_steps, args.horizon_steps)
+    print(f"[pretrain] {len(data['episodes'])} episodes, {len(starts)} samples from {args.dataset}")
+    kwargs = model_kwargs_from(args, obs.shape[1], actions.shape[1])
+    policy = GMMPolicy(**kwargs).to(device)
+    policy.log_std.requires_grad_(False)  # std fixed during pre-training (paper D.6)
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=args.pretrain_lr,
+                            weight_decay=args.pretrain_weight_decay)
+    steps_per_epoch = math.ceil(len(starts) / args.pretrain_batch_size)
+    t0 = time.time()
+    for epoch in range(args.pretrain_epochs):
+        perm = np.random.permutation(len(starts))
+        for k in range(steps_per_epoch):
+            idx = perm[k * args.pretrain_batch_size:(k + 1) * args.pretrain_batch_size]
+            o, a = envs.gather_samples(obs, actions, starts, firsts, idx, args.cond_steps, args.horizon_steps)
+            loss = bc_loss(policy, torch.as_tensor(o, device=device), torch.as_tensor(a, device=device))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        writer.add_scalar("pretrain/loss", loss.item(), epoch)
+        if epoch % max(1, args.pretrain_epochs // 20) == 0 or epoch == args.pretrain_epochs - 1:
+            print(f"[pretrain] epoch {epoch + 1}/{args.pretrain_epochs} | loss {loss.item():.4f} | {time.time() - t0:.0f}s")
+    policy.log_std.requires_grad_(True)
+    ckpt = make_checkpoint(policy, kwargs, norm, args, 0, 0, dataset=args.dataset, pretrain_epochs=args.pretrain_epochs)
+    envs.save_checkpoint(ckpt, os.path.join(run_dir, "pretrained.pt"))
+    return ckpt
+
+
+def report_official_clamp(policy, args, normalization, device, checkpoint):
+    """One rollout batch as a fine-tuning iteration collects it; how many samples the official clamp saturates.
+
+    The official PPO_GMM clamps the summed mixture log-density to [-5, 2]; every sample above 2 gets
+    log-prob exactly 2 before and after the update, so its ratio is 1 and its policy gradient is zero.
+    """
+    e = envs.make_vec_env(args.env_id, args.num_envs, args.seed, args.act_steps, args.cond_steps, normalization)
+    obs, _ = e.reset(seed=args.seed)
+    summed, ours = [], []
+    with torch.no_grad():
+        for _ in range(args.n_steps):
+            means, std, logits = policy(torch.as_tensor(obs, device=device))
+            chunk = sample_action(means, std, logits)
+            summed.append(mixture_log_prob(means, std, logits, chunk))
+            ours.append(summed[-1] / chunk[0].numel())
+            obs = e.step(chunk[:, :args.act_steps].cpu().numpy())[0]
+    e.close()
+    summed, ours = torch.cat(summed), torch.cat(ours)
+    report = dict(checkpoint=checkpoint, env_id=args.env_id, samples=len(summed), chunk_dims=int(chunk[0].numel()),
+                  summed_logprob_mean=summed.mean().item(), summed_logprob_min=summed.min().item(),
+                  official_saturated_fraction=official_clamp_fraction(summed),
+                  official_low_clamped_fraction=(summed < -5).float().mean().item(),
+                  per_dim_logprob_mean=ours.mean().item(),
+                  per_dim_clamped_fraction=((ours > 2) | (ours < -5)).float().mean().item())
+    print(f"[official-clamp] {report['samples']} samples of {args.env_id} (Tp*Da = {report['chunk_dims']}) from {checkpoint}")
+    print(f"[official-clamp] summed log-prob mean {report['summed_logprob_mean']:.2f} (min {report['summed_logprob_min']:.2f}); "
+          f"official clamp at 2 saturates {100 * report['official_saturated_fraction']:.1f}% of samples")
+    print(f"[official-clamp] per-dimension log-prob (this script) mean {report['per_dim_logprob_mean']:.3f}; "
+          f"outside [-5, 2]: {100 * report['per_dim_clamped_fraction']:.1f}%")
+    return report
+
+
+def check_args(args):
+    if args.num_modes < 1:
+        envs.fail(f"--num-modes must be >= 1, got {args.num_modes} (the paper uses 5)")
+    if args.act_steps > args.horizon_steps:
+        envs.fail(f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps")
+    if not (0 < args.std_min <= args.fixed_std <= args.std_max):
+        envs.fail(f"need 0 < --std-min <= --fixed-std <= --std-max, got {args.std_min}, {args.fixed_std}, {args.std_max}")
+    for name in ("num_envs", "n_steps", "batch_size", "update_epochs", "eval_episodes", "eval_freq", "pretrain_epochs"):
+        if getattr(args, name) < 1:
+            envs.fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Main
+# ------------------------------------------------------------------------------------------------
+def main(args):
+    check_args(args)
+    envs.resolve_env_id(args.env_id)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    run_dir = args.run_dir or os.path.join("runs", f"{envs.env_slug(args.env_id)}__gmm_ppo__{args.seed}__{int(time.time())}")
+    os.makedirs(run_dir, exist_ok=True)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(run_dir)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    if args.track:
+        import wandb
+
+        wandb.init(project="cleandppo", config=vars(args), name=os.path.basename(run_dir), sync_tensorboard=True)
+    obs_dim, action_dim = envs.env_dims(args.env_id)
+
+    # ---- build or load the policy ----
+    start_iter, env_steps, resume = 0, 0, None
+    if args.dataset is not None and args.checkpoint is None:
+        ckpt = pretrain(args, run_dir, writer, device)
+        path = os.path.join(run_dir, "pretrained.pt")
+        if args.pretrain_only:
+            mean_ret, std_ret = evaluate(_load_policy(ckpt, device), args, ckpt["normalization"], device, args.eval_episodes)
+            print(f"[pretrain] eval return {mean_ret:.1f} +- {std_ret:.1f} over {args.eval_episodes} episodes")
+            _write_summary(run_dir, args, 0, 0.0, mean_ret, mean_ret, mean_ret)
+            writer.close()
+            return
+        normalization, kwargs = ckpt["normalization"], ckpt["model_kwargs"]
+        policy = _load_policy(ckpt, device)
+    else:
+        path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "gmm", args.backbone)
+        ckpt = envs.load_checkpoint(path, "gmm", args.env_id, args.backbone)
+        kw = ckpt["model_kwargs"]
+        if kw["horizon_steps"] < args.act_steps or kw["cond_steps"] != args.cond_steps:
+            envs.fail(f"{path} predicts chunks of {kw['horizon_steps']} with history {kw['cond_steps']}; "
+                      f"pass --horizon-steps {kw['horizon_steps']} --act-steps <= {kw['horizon_steps']} --cond-steps {kw['cond_steps']}")
+        if kw["num_modes"] != args.num_modes:
+            print(f"[load] {path} has {kw['num_modes']} modes; using them (--num-modes {args.num_modes} ignored)")
+        args.horizon_steps, args.num_modes = kw["horizon_steps"], kw["num_modes"]
+        normalization, kwargs = ckpt["normalization"], dict(kw)
+        if "critic" not in ckpt and not args.eval_only:
+            kwargs.update(std_min=args.std_min, std_max=args.std_max)  # fine-tuning clips the learned std
+        policy = _load_policy(dict(ckpt, model_kwargs=kwargs), device)
+        if "critic" in ckpt:
+            resume = ckpt
+            start_iter, env_steps = ckpt["iteration"], ckpt["env_steps"]
+        print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
+
+    if args.report_official_clamp:
+        report = report_official_clamp(policy, args, normalization, device, path)
+        with open(os.path.join(run_dir, "official_clamp.json"), "w") as f:
+            json.dump(report, f, indent=2)
+        writer.close()
+        return
+    if args.eval_only:
+        mean_ret, std_ret = evaluate(policy, args, normalization, device, args.eval_episodes)
+        print(f"[eval] return {mean_ret:.1f} +- {std_ret:.1f} over {args.eval_episodes} episodes")
+        _write_summary(run_dir, args, env_steps, 0.0, mean_ret, mean_ret, mean_ret)
+        writer.close()
+        return
+
+    critic = Critic(obs_dim, args.cond_steps, args.critic_dims).to(device)  # fresh critic (official)
+    actor_opt = torch.optim.AdamW(policy.parameters(), lr=args.actor_lr, weight_decay=0.0)
+    critic_opt = torch.optim.AdamW(critic.parameters(), lr=args.critic_lr, weight_decay=0.0)
+    scaler = RunningRewardScaler(args.num_envs)
+    if resume is not None:
+        critic.load_state_dict(resume["critic"])
+        actor_opt.load_state_dict(resume["actor_optimizer"])
+        critic_opt.load_state_dict(resume["critic_optimizer"])
+        scaler.load_state_dict(resume["reward_scaler"])
+        torch.set_rng_state(resume["torch_rng"])
+        np.random.set_state(resume["numpy_rng"])
+
+    envs_ = envs.make_vec_env(args.env_id, args.num_envs, args.seed + start_iter * args.num_envs, args.act_steps,
+                              args.cond_steps, normalization, args.async_envs)
+    obs, _ = envs_.reset(seed=args.seed + start_iter * args.num_envs)
+    steps_per_iter = args.num_envs * args.n_steps * args.act_steps
+    num_iters = max(1, args.total_timesteps // steps_per_iter)
+    pretrained_eval = float(resume["pretrained_eval_return"]) if resume is not None else None
+    best_eval = float(resume.get("best_eval_return", -np.inf)) if resume is not None else -np.inf
+    last_eval = float("nan")
+    if pretrained_eval is None:
+        pretrained_eval, _ = evaluate(policy, args, normalization, device, args.eval_episodes)
+        last_eval = best_eval = pretrained_eval
+        writer.add_scalar("eval/episodic_return", pretrained_eval, env_steps)
+        print(f"[eval] pre-trained return {pretrained_eval:.1f}")
+    firsts = np.ones(args.num_envs)
+    recent_returns, t_start = [], time.time()
+    iteration = start_iter
+
+    def save(tag_iter):
+        ckpt = make_checkpoint(policy, kwargs, normalization, args, tag_iter, env_steps, critic=critic.state_dict(),
+                               actor_optimizer=actor_opt.state_dict(), critic_optimizer=critic_opt.state_dict(),
+                               reward_scaler=scaler.state_dict(), torch_rng=torch.get_rng_state(),
+                               numpy_rng=np.random.get_state(), pretrained_eval_return=pretrained_eval,
+                               best_eval_return=best_eval)
+        envs.save_checkpoint(ckpt, os.path.join(run_dir, "checkpoint_last.pt"))
+        if tag_iter % args.save_freq == 0 or tag_iter == num_iters:
+            envs.save_checkpoint(ckpt, os.path.join(run_dir, f"checkpoint_{tag_iter}.pt"))
+
+    try:
+        while iteration < num_iters:
+            t_iter = time.time()
+            # ---- rollout ----
+            buf_obs = np.zeros((args.n_steps, args.num_envs, args.cond_steps, obs_dim), np.float32)
+            buf_act = np.zeros((args.n_steps, args.num_envs, args.horizon_steps, action_dim), np.float32)
+            buf_rew, buf_term, buf_timeout, buf_first = (np.zeros((args.n_steps, args.num_envs)) for _ in range(4))
+            buf_final = np.zeros_like(buf_obs)  # observation reached before any auto-reset
+            for n in range(args.n_steps):
+                with torch.no_grad():
+                    chunk = sample_action(*policy(torch.as_tensor(obs, device=device)))
+                next_obs, reward, term, trunc, infos = envs_.step(chunk[:, :args.act_steps].cpu().numpy())
+                buf_obs[n], buf_act[n], buf_rew[n], buf_first[n] = obs, chunk.cpu().numpy(), reward, firsts
+                buf_term[n], buf_timeout[n] = term, np.logical_and(trunc, np.logical_not(term))
+                buf_final[n] = envs.final_observations(next_obs, infos)
+                firsts = np.logical_or(term, trunc).astype(np.float64)
+                for r, length in zip(*envs.finished_episodes(infos)):
+                    recent_returns.append(r)
+                    writer.add_scalar("charts/episodic_return", r, env_steps)
+                    writer.add_scalar("charts/episodic_length", length, env_steps)
+                obs = next_obs
+                env_steps += args.num_envs * args.act_steps
+            t_rollout = time.time() - t_iter
+
+            # ---- advantages ----
+            with torch.no_grad():
+                flat = lambda x: torch.as_tensor(x.reshape(-1, *x.shape[2:]), device=device)  # noqa: E731
+                values = critic(flat(buf_obs)).cpu().numpy().reshape(args.n_steps, args.num_envs)
+                final_values = critic(flat(buf_final)).cpu().numpy().reshape(args.n_steps, args.num_envs)
+                last_value = critic(torch.as_tensor(obs, device=device)).cpu().numpy()
+            rewards = scaler(buf_rew, buf_first) if args.reward_scale_running else buf_rew
+            # a time-out is not a failure: bootstrap it with V(last obs) (the official code treats it as terminal)
+            rewards = rewards + args.gamma * final_values * buf_timeout
+            dones = np.maximum(buf_term, buf_timeout)
+            next_values = np.concatenate([values[1:], last_value[None]], 0)
+            advantages, returns = compute_gae(rewards, values, next_values, dones, args.gamma, args.gae_lambda)
+            with torch.no_grad():
+                means, std, logits = policy(flat(buf_obs))
+                summed_logp = mixture_log_prob(means, std, logits, flat(buf_act))
+                old_logp = (summed_logp / (args.horizon_steps * action_dim)).clamp(-5.0, 2.0)  # = log_prob(...)
+            batch = dict(obs=flat(buf_obs), actions=flat(buf_act), logprobs=old_logp,
+                         advantages=torch.as_tensor(advantages.reshape(-1), dtype=torch.float32, device=device),
+                         returns=torch.as_tensor(returns.reshape(-1), dtype=torch.float32, device=device))
+
+            # ---- update ----
+            t_update = time.time()
+            stats = ppo_update(policy, critic, actor_opt, critic_opt, batch, args,
+                               update_actor=iteration >= args.n_critic_warmup_itr)
+            t_update = time.time() - t_update
+            iteration += 1
+            explained_var = 1 - np.var(returns - values) / (np.var(returns) + 1e-8)
+
+            sps = int(steps_per_iter / (time.time() - t_iter))
+            for k, v in stats.items():
+                writer.add_scalar(f"losses/{k}", v, env_steps)
+            writer.add_scalar("losses/explained_variance", explained_var, env_steps)
+            writer.add_scalar("charts/official_clamp_saturated", official_clamp_fraction(summed_logp), env_steps)
+            writer.add_scalar("charts/SPS", sps, env_steps)
+            writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
+            writer.add_scalar("time/rollout_s", t_rollout, env_steps)
+            writer.add_scalar("time/update_s", t_update, env_steps)
+
+            if iteration % args.eval_freq == 0 or iteration == num_iters:
+                last_eval, _ = evaluate(policy, args, normalization, device, args.eval_episodes)
+                best_eval = max(best_eval, last_eval)
+                writer.add_scalar("eval/episodic_return", last_eval, env_steps)
+            mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
+            eta = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
+            print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
+                  f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | kl {stats['approx_kl']:.4f} "
+                  f"clipfrac {stats['clipfrac']:.2f} std {stats['std']:.3f} | left {eta / 60:.1f}m", flush=True)
+            save(iteration)
+    except KeyboardInterrupt:
+        save(iteration)
+        print(f"[interrupted] checkpoint written to {os.path.join(run_dir, 'checkpoint_last.pt')}")
+        raise SystemExit(130)
+    envs_.close()
+    if args.capture_video:
+        _capture_video(policy, args, normalization, device, run_dir)
+    _write_summary(run_dir, args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval)
+    writer.close()
+
+
+def _load_policy(ckpt, device):
+    policy = GMMPolicy(**ckpt["model_kwargs"]).to(device)
+    missing, unexpected = policy.load_state_dict(ckpt["model"], strict=False)
+    if unexpected or missing:
+        envs.fail(f"checkpoint does not fit the GMM {ckpt['model_kwargs']['backbone']} network "
+                  f"(missing {missing[:3]}, unexpected {unexpected[:3]}); it was written by another architecture")
+    return policy
+
+
+def _write_summary(run_dir, args, env_steps, wall, pretrained, final, best):
+    summary = dict(algo="gmm_ppo", env_id=args.env_id, seed=args.seed, env_steps=int(env_steps), wall_time_s=wall,
+                   pretrained_eval_return=pretrained, final_eval_return=final, best_eval_return=best, args=asdict(args))
+    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2, default=str)
+    print(f"[done] summary in {os.path.join(run_dir, 'summary.json')}")
+
+
+def _capture_video(policy, args, normalization, device, run_dir):
+    import imageio
+
+    env = envs.make_env(args.env_id, args.act_steps, args.cond_steps, normalization, render_mode="rgb_array")
+    obs, _ = env.reset(seed=args.seed)
+    frames, done = [env.render()], False
+    while not done:
+        with torch.no_grad():
+            means, _, logits = policy(torch.as_tensor(obs[None], device=device))
+            chunk = mode_action(means, logits)[0, :args.act_steps].cpu().numpy()
+        obs, _, term, trunc, _ = env.step(chunk)
+        frames.append(env.render())
+        done = term or trunc
+    imageio.mimsave(os.path.join(run_dir, "eval.mp4"), frames, fps=30)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
+    main(tyro.cli(Args))

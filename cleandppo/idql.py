@@ -1,0 +1,689 @@
+"""IDQL: Implicit Diffusion Q-Learning (Hansen-Estruch et al. 2023), a baseline of DPPO (Ren et al. 2024, D.3).
+
+Online fine-tuning of a pre-trained diffusion policy with a replay buffer. The critic is IQL's: V(s)
+is an upper expectile of Q over the buffer actions (paper eq. A7), Q(s, a) regresses onto
+r + gamma V(s') (A8). The actor is fitted to all buffer actions with the plain denoising loss (A9);
+the critic acts only at action selection: several candidate chunks are sampled from the actor and
+one is picked, by Boltzmann sampling on the advantage Q - V in training and greedily under Q in
+evaluation (D.3).
+
+    python cleandppo/idql.py --env-id Hopper-v2
+    python cleandppo/idql.py --checkpoint runs/<run>/checkpoint_last.pt   # resume (the buffer refills)
+"""
+
+import copy
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+
+from cleandppo import envs
+
+
+@dataclass
+class Args:
+    # --- common contract (see the README) ---
+    env_id: str = "Hopper-v2"
+    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or a gymnasium v4/v5 id)"""
+    seed: int = 0
+    """seeds torch, numpy and every environment (env i gets seed + i)"""
+    num_envs: int = 40
+    """parallel environments (E)"""
+    total_timesteps: int = 1_000_000
+    """fine-tuning budget in environment steps"""
+    checkpoint: Optional[str] = None
+    """diffusion checkpoint to fine-tune (any cleandppo script's), or an idql checkpoint to resume; default: the bundled one"""
+    eval_only: bool = False
+    """only evaluate --checkpoint (greedy over candidates when it is an idql checkpoint with critics)"""
+    eval_freq: int = 10
+    """evaluate every N iterations (and after the last one)"""
+    eval_episodes: int = 10
+    """episodes per evaluation"""
+    run_dir: Optional[str] = None
+    """where logs, checkpoints and summary.json go (default runs/<env>__idql__<seed>__<time>)"""
+    save_freq: int = 10
+    """write checkpoint_<iter>.pt every N iterations (checkpoint_last.pt is written every iteration)"""
+    cuda: bool = True
+    """use CUDA when available"""
+    torch_deterministic: bool = True
+    """deterministic torch kernels"""
+    track: bool = False
+    """also log to Weights & Biases"""
+    async_envs: bool = False
+    """step environments in subprocesses (gymnasium AsyncVectorEnv)"""
+
+    # --- diffusion policy (must match the checkpoint) ---
+    denoising_steps: int = 20
+    """K: DDPM denoising steps (must equal the pre-trained model's)"""
+    horizon_steps: int = 4
+    """Tp: predicted action-chunk length (must equal the pre-trained model's)"""
+    act_steps: int = 4
+    """Ta: executed actions per policy query (an MLP executes its whole chunk)"""
+    cond_steps: int = 1
+    """To: observation history length"""
+    min_sampling_denoising_std: float = 0.1
+    """floor of the sampling std at every denoising step of the training candidates (exploration)"""
+    randn_clip_value: float = 3.0
+    """clamp of the per-step Gaussian noise (in std units)"""
+    denoised_clip_value: float = 1.0
+    """clamp of the predicted clean chunk x0 at every step"""
+
+    # --- IDQL (paper D.3, Table A8 Gym column; official Gym config) ---
+    n_steps: int = 500
+    """policy queries per env per iteration (N)"""
+    gamma: float = 0.99
+    """discount per policy query (chunk)"""
+    actor_lr: float = 1e-4
+    """actor learning rate (AdamW, no weight decay, constant)"""
+    critic_lr: float = 1e-3
+    """learning rate of the Q and the V critic (AdamW, no weight decay, constant)"""
+    batch_size: int = 256
+    """transitions per minibatch (paper Table A8; official config 1000)"""
+    replay_ratio: int = 16
+    """gradient steps per iteration = int(N * E / batch_size * replay_ratio) (paper Table A8; official config 128)"""
+    buffer_size: int = 200_000
+    """replay-buffer capacity in transitions (paper Table A8; official config 25000 vector steps = 1e6 transitions)"""
+    expectile: float = 0.8
+    """tau of the expectile loss that fits V to the target Q (0.5 would be the mean)"""
+    critic_tau: float = 0.001
+    """EMA rate of the target Q (updated after every minibatch)"""
+    num_candidates: int = 20
+    """action chunks sampled per state; the critic picks one"""
+    boltzmann_temperature: float = 0.1
+    """training pick ~ softmax((Q - V) / temperature) over the candidates (0+: greedy, large: plain actor sampling)"""
+    scale_reward_factor: float = 0.01
+    """rewards are multiplied by this before they enter the buffer"""
+    n_critic_warmup_itr: int = 5
+    """first iterations train only the critics (the actor is not stepped)"""
+    critic_dims: tuple[int, ...] = (256, 256, 256)
+    """Q and V hidden widths (residual, Mish; an odd number of equal widths)"""
+
+
+# ------------------------------------------------------------------------------------------------
+# Diffusion core (copied from dppo.py, DDPM only, one network for all steps)
+# ------------------------------------------------------------------------------------------------
+def cosine_beta_schedule(K: int, s: float = 0.008) -> torch.Tensor:
+    """Nichol & Dhariwal cosine schedule: alpha_bar(i) = f(i)/f(0), f(i) = cos^2(((i/K)+s)/(1+s) pi/2)."""
+    i = np.arange(K + 1, dtype=np.float64)
+    f = np.cos(((i / K) + s) / (1 + s) * np.pi / 2) ** 2
+    alpha_bar = f / f[0]
+    betas = np.clip(1 - alpha_bar[1:] / alpha_bar[:-1], 0, 0.999)
+    return torch.tensor(betas, dtype=torch.float32)
+
+
+def make_schedule(K: int) -> dict:
+    """All per-step constants of the DDPM with K steps (t = 0 cleanest, K-1 noisiest)."""
+    betas = cosine_beta_schedule(K)
+    alphas = 1 - betas
+    alpha_bar = torch.cumprod(alphas, 0)
+    alpha_bar_prev = torch.cat([torch.ones(1), alpha_bar[:-1]])
+    return dict(
+        betas=betas, alphas=alphas, alpha_bar=alpha_bar, alpha_bar_prev=alpha_bar_prev,
+        posterior_var=betas * (1 - alpha_bar_prev) / (1 - alpha_bar),
+        coef_x0=betas * alpha_bar_prev.sqrt() / (1 - alpha_bar),
+        coef_xt=(1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar),
+    )
+
+
+def denoising_plan(K: int) -> list:
+    """DDPM timesteps in execution order with their predecessors: [(K-1, K-2), ..., (0, -1)]."""
+    return [(t, t - 1) for t in reversed(range(K))]
+
+
+def step_mean_var(net, sched, x, obs, t, clip: float = 1.0):
+    """Mean and variance of x_{t-1} given x_t for one DDPM step (paper eq. 3.3); t: (B,) long tensor.
+
+    x0 = sqrt(1/ab) x - sqrt(1/ab - 1) eps, clamped to [-clip, clip]; mean = coef_x0 x0 + coef_xt x;
+    variance = the posterior variance beta_t (1 - ab_prev)/(1 - ab).
+    """
+    eps = net(x, t, obs)
+    ab = sched["alpha_bar"][t].view(-1, 1, 1)
+    x0 = ((1 / ab).sqrt() * x - (1 / ab - 1).sqrt() * eps).clamp(-clip, clip)
+    mean = sched["coef_x0"][t].view(-1, 1, 1) * x0 + sched["coef_xt"][t].view(-1, 1, 1) * x
+    return mean, sched["posterior_var"][t].clamp(min=1e-20).view(-1, 1, 1).expand_as(mean)
+
+
+class SinusoidalPosEmb(nn.Module):
+    """Transformer-style embedding of the integer denoising step: [sin(t f_k), cos(t f_k)]."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, t):
+        half = self.dim // 2
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / (half - 1))
+        args = t.float()[:, None] * freqs[None]
+        return torch.cat([args.sin(), args.cos()], dim=-1)
+
+
+class ResidualMLP(nn.Module):
+    """Linear -> one pre-activation residual block per extra pair of equal widths -> Linear."""
+
+    def __init__(self, dims, activation=nn.ReLU):
+        super().__init__()
+        hidden = dims[1:-1]
+        if len(hidden) % 2 != 1 or len(set(hidden)) != 1:
+            raise ValueError(f"residual MLP needs an odd number of equal hidden widths, got {hidden}")
+        self.inp = nn.Linear(dims[0], hidden[0])
+        self.blocks = nn.ModuleList(
+            nn.Sequential(activation(), nn.Linear(hidden[0], hidden[0]), activation(), nn.Linear(hidden[0], hidden[0]))
+            for _ in range((len(hidden) - 1) // 2))
+        self.out = nn.Linear(hidden[0], dims[-1])
+
+    def forward(self, x):
+        x = self.inp(x)
+        for block in self.blocks:
+            x = x + block(x)
+        return self.out(x)
+
+
+class DiffusionMLP(nn.Module):
+    """eps_theta(x_t, t, s): residual MLP on [flattened noisy chunk, time embedding, observation]."""
+
+    def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, time_dim=16, mlp_dims=(512, 512, 512),
+                 activation="relu"):
+        super().__init__()
+        act = {"relu": nn.ReLU, "mish": nn.Mish}[activation]
+        self.horizon_steps, self.action_dim = horizon_steps, action_dim
+        self.time_embedding = nn.Sequential(SinusoidalPosEmb(time_dim), nn.Linear(time_dim, 2 * time_dim), nn.Mish(),
+                                            nn.Linear(2 * time_dim, time_dim))
+        in_dim = horizon_steps * action_dim + time_dim + obs_dim * cond_steps
+        self.mlp = ResidualMLP([in_dim, *mlp_dims, horizon_steps * action_dim], act)
+
+    def forward(self, x, t, obs):
+        h = torch.cat([x.flatten(1), self.time_embedding(t), obs.flatten(1)], dim=-1)
+        return self.mlp(h).view(-1, self.horizon_steps, self.action_dim)
+
+
+class Conv1dBlock(nn.Module):
+    """Conv1d ('same' padding) -> GroupNorm -> Mish."""
+
+    def __init__(self, c_in, c_out, kernel, n_groups):
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2), nn.GroupNorm(n_groups, c_out), nn.Mish())
+
+    def forward(self, x):
+        return self.block(x)
+
+
+class FiLMResidualBlock(nn.Module):
+    """Two conv blocks with FiLM (per-channel scale and bias from the condition) between them."""
+
+    def __init__(self, c_in, c_out, cond_dim, kernel, n_groups):
+        super().__init__()
+        self.conv1, self.conv2 = Conv1dBlock(c_in, c_out, kernel, n_groups), Conv1dBlock(c_out, c_out, kernel, n_groups)
+        self.cond = nn.Sequential(nn.Linear(cond_dim, 2 * c_out), nn.Mish(), nn.Linear(2 * c_out, 2 * c_out), nn.Mish(),
+                                  nn.Linear(2 * c_out, 2 * c_out))
+        self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x, cond):
+        scale, bias = self.cond(cond)[:, :, None].chunk(2, dim=1)
+        return self.conv2(scale * self.conv1(x) + bias) + self.skip(x)
+
+
+class DiffusionUNet(nn.Module):
+    """Chi et al.'s 1-D conditional UNet: channels = action dims, length = chunk, FiLM conditioning."""
+
+    def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, dim=40, dim_mults=(1, 2), kernel_size=5,
+                 n_groups=8, step_embed_dim=16):
+        super().__init__()
+        if horizon_steps % (2 ** (len(dim_mults) - 1)):
+            raise ValueError(f"UNet needs horizon_steps divisible by {2 ** (len(dim_mults) - 1)}, got {horizon_steps}")
+        self.time_embedding = nn.Sequential(SinusoidalPosEmb(step_embed_dim), nn.Linear(step_embed_dim, 4 * step_embed_dim),
+                                            nn.Mish(), nn.Linear(4 * step_embed_dim, step_embed_dim))
+        cond_dim = step_embed_dim + obs_dim * cond_steps
+        widths = [action_dim] + [dim * m for m in dim_mults]
+        levels = list(zip(widths[:-1], widths[1:]))
+        self.down = nn.ModuleList()
+        for i, (c_in, c_out) in enumerate(levels):
+            last = i == len(levels) - 1
+            self.down.append(nn.ModuleList([FiLMResidualBlock(c_in, c_out, cond_dim, kernel_size, n_groups),
+                                            FiLMResidualBlock(c_out, c_out, cond_dim, kernel_size, n_groups),
+                                            nn.Identity() if last else nn.Conv1d(c_out, c_out, 3, 2, 1)]))
+        mid = widths[-1]
+        self.mid = nn.ModuleList([FiLMResidualBlock(mid, mid, cond_dim, kernel_size, n_groups) for _ in range(2)])
+        self.up = nn.ModuleList()
+        for c_in, c_out in reversed(levels[1:]):
+            self.up.append(nn.ModuleList([FiLMResidualBlock(2 * c_out, c_in, cond_dim, kernel_size, n_groups),
+                                          FiLMResidualBlock(c_in, c_in, cond_dim, kernel_size, n_groups),
+                                          nn.ConvTranspose1d(c_in, c_in, 4, 2, 1)]))
+        self.final = nn.Sequential(Conv1dBlock(dim, dim, kernel_size, n_groups), nn.Conv1d(dim, action_dim, 1))
+
+    def forward(self, x, t, obs):
+        cond = torch.cat([self.time_embedding(t), obs.flatten(1)], dim=-1)
+        h, skips = x.transpose(1, 2), []  # (B, Da, Tp)
+        for block1, block2, downsample in self.down:
+            h = block2(block1(h, cond), cond)
+            skips.append(h)
+            h = downsample(h)
+        for block in self.mid:
+            h = block(h, cond)
+        for block1, block2, upsample in self.up:
+            h = torch.cat([h, skips.pop()], dim=1)
+            h = upsample(block2(block1(h, cond), cond))
+        return self.final(h).transpose(1, 2)
+
+
+def build_network(kw: dict) -> nn.Module:
+    """Rebuild a noise-prediction network from a checkpoint's `model_kwargs`."""
+    common = dict(obs_dim=kw["obs_dim"], action_dim=kw["action_dim"], horizon_steps=kw["horizon_steps"],
+                  cond_steps=kw["cond_steps"])
+    if kw["backbone"] == "mlp":
+        return DiffusionMLP(**common, time_dim=kw["time_dim"], mlp_dims=tuple(kw["mlp_dims"]), activation=kw["activation"])
+    return DiffusionUNet(**common, dim=kw["unet_dim"], dim_mults=tuple(kw["unet_dim_mults"]), kernel_size=kw["unet_kernel_size"],
+                         n_groups=kw["unet_n_groups"], step_embed_dim=kw["unet_step_embed_dim"])
+
+
+@torch.no_grad()
+def sample(net, sched, obs, K, horizon_steps, action_dim, mode, min_sampling_std=0.1, randn_clip=3.0, clip=1.0,
+           generator=None):
+    """Run the full K-step reverse chain with one network; return the (B, Tp, Da) chunk.
+
+    `mode`: "train" -> std floored at min_sampling_std at every step (exploration, paper 4.3);
+            "eval"  -> natural DDPM std floored at 1e-3, none at the final step (no extra noise).
+    """
+    B = obs.shape[0]
+    x = torch.randn(B, horizon_steps, action_dim, device=obs.device, generator=generator)
+    for t, _ in denoising_plan(K):
+        t_b = torch.full((B,), t, dtype=torch.long, device=x.device)
+        mean, var = step_mean_var(net, sched, x, obs, t_b, clip)
+        std = var.sqrt()
+        if mode == "train":
+            std = std.clamp(min=min_sampling_std)
+        else:
+            std = std.clamp(min=1e-3) if t > 0 else torch.zeros_like(std)
+        noise = torch.randn(x.shape, device=x.device, generator=generator).clamp(-randn_clip, randn_clip)
+        x = mean + std * noise
+    return x
+
+
+def pretrain_loss(net, sched, x0, obs, K):
+    """Denoising loss (paper eq. 3.2): MSE between the added noise and its prediction at a random step."""
+    t = torch.randint(0, K, (x0.shape[0],), device=x0.device)
+    eps = torch.randn_like(x0)
+    ab = sched["alpha_bar"][t].view(-1, 1, 1)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    return ((net(x_t, t, obs) - eps) ** 2).mean()
+
+
+# ------------------------------------------------------------------------------------------------
+# Replay buffer, critics, IDQL update and action selection (paper D.3, eqs. A7-A9)
+# ------------------------------------------------------------------------------------------------
+class ReplayBuffer:
+    """FIFO ring buffer, one entry per env transition: obs, predicted chunk, scaled reward, next obs, terminated."""
+
+    def __init__(self, capacity, obs_shape, action_shape):
+        self.capacity, self.pos, self.size = capacity, 0, 0
+        self.obs = np.zeros((capacity, *obs_shape), np.float32)
+        self.next_obs = np.zeros((capacity, *obs_shape), np.float32)
+        self.actions = np.zeros((capacity, *action_shape), np.float32)
+        self.rewards = np.zeros(capacity, np.float32)
+        self.terminated = np.zeros(capacity, np.float32)
+
+    def add(self, obs, actions, rewards, next_obs, terminated):
+        """Append a batch of transitions (one per env); the oldest ones are overwritten when full."""
+        idx = (self.pos + np.arange(len(obs))) % self.capacity
+        self.obs[idx], self.actions[idx], self.rewards[idx] = obs, actions, rewards
+        self.next_obs[idx], self.terminated[idx] = next_obs, terminated
+        self.pos = int((self.pos + len(obs)) % self.capacity)
+        self.size = min(self.capacity, self.size + len(obs))
+
+    def sample_indices(self, batch_size):
+        """Uniform with replacement over the stored transitions (official)."""
+        return np.random.randint(0, self.size, batch_size)
+
+    def get(self, idx, device):
+        return {k: torch.as_tensor(getattr(self, k)[idx], device=device)
+                for k in ("obs", "actions", "rewards", "next_obs", "terminated")}
+
+
+class DoubleQCritic(nn.Module):
+    """Two independent Q(s, a) nets on [flattened obs, flattened executed chunk]: residual Mish MLPs (D.3).
+
+    The official CriticObsAct misspells its residual flag, so its Q nets are plain MLPs; we build
+    the residual ones the configs ask for. Only the first `act_steps` actions of a chunk are seen.
+    """
+
+    def __init__(self, obs_dim, cond_steps, action_dim, act_steps, dims=(256, 256, 256)):
+        super().__init__()
+        self.act_steps = act_steps
+        in_dim = obs_dim * cond_steps + action_dim * act_steps
+        self.q1 = ResidualMLP([in_dim, *dims, 1], nn.Mish)
+        self.q2 = ResidualMLP([in_dim, *dims, 1], nn.Mish)
+
+    def forward(self, obs, actions):
+        x = torch.cat([obs.flatten(1), actions[:, :self.act_steps].flatten(1)], dim=-1)
+        return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
+
+
+
+class ValueCritic(nn.Module):
+    """V(s) of the flattened observation: residual Mish MLP (official CriticObs)."""
+
+    def __init__(self, obs_dim, cond_steps, dims=(256, 256, 256)):
+        super().__init__()
+        self.net = ResidualMLP([obs_dim * cond_steps, *dims, 1], nn.Mish)
+
+    def forward(self, obs):
+        return self.net(obs.flatten(1)).squeeze(-1)
+
+
+def expectile_loss(diff, tau):
+    """IQL's expectile regression (eq. A7): mean(|tau - 1(diff < 0)| diff^2), diff = target - prediction.
+
+    A residual above the prediction weighs tau, one below weighs 1 - tau; tau = 0.5 is half the MSE
+    (fits the mean), tau > 0.5 an upper expectile (towards the best actions in the buffer).
+    """
+    weight = torch.where(diff > 0, torch.full_like(diff, tau), torch.full_like(diff, 1 - tau))
+    return (weight * diff**2).mean()
+
+
+def q_target_from_v(rewards, terminated, next_v, gamma):
+    """y = r + gamma (1 - terminated) V(s') (eq. A8); time-outs are not terminal."""
+    return rewards + gamma * (1 - terminated) * next_v
+
+
+def critic_loss(critic, obs, actions, target):
+    """MSE(Q1, y) + MSE(Q2, y); also returns (Q1, Q2) for logging."""
+    q1, q2 = critic(obs, actions)
+    return ((q1 - target) ** 2).mean() + ((q2 - target) ** 2).mean(), q1, q2
+
+
+@torch.no_grad()
+def ema_update(target, source, tau):
+    """target <- (1 - tau) target + tau source, parameter by parameter."""
+    for p_t, p in zip(target.parameters(), source.parameters()):
+        p_t.lerp_(p, tau)
+
+
+def boltzmann_choice(adv, temperature, generator=None):
+    """One candidate index per state drawn with probability softmax(adv / temperature); adv (B, S).
+
+    Returns (indices (B,), probabilities (B, S)). Adding any per-state constant to adv (e.g. V(s))
+    leaves the probabilities unchanged, so softmax((Q - V)/T) = softmax(Q/T).
+    """
+    probs = torch.softmax(adv / temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1), probs
+
+
+@torch.no_grad()
+def select_actions(actor, q_target, v_critic, sched, obs, kw, args, mode, generator=None):
+    """Sample `num_candidates` chunks per state and pick one (paper D.3); returns (chunks (B, Tp, Da), max prob).
+
+    mode "train": candidates from the exploration sampler, Boltzmann pick on A = min(Q1', Q2') - V.
+    mode "eval": candidates from the no-extra-noise sampler, the argmax of min(Q1', Q2') (greedy).
+    """
+    B, S = obs.shape[0], args.num_candidates
+    obs_rep = obs.repeat_interleave(S, dim=0)  # state-major: rows b*S .. b*S + S-1 belong to state b
+    cands = sample(actor, sched, obs_rep, kw["denoising_steps"], kw["horizon_steps"], kw["action_dim"], mode,
+                   args.min_sampling_denoising_std, args.randn_clip_value, args.denoised_clip_value, generator)
+    q = torch.minimum(*q_target(obs_rep, cands)).view(B, S)
+    cands = cands.view(B, S, *cands.shape[1:])
+    if mode == "eval":
+        return cands[torch.arange(B), q.argmax(-1)], 1.0
+    idx, probs = boltzmann_choice(q - v_critic(obs)[:, None], args.boltzmann_temperature, generator)
+    return cands[torch.arange(B), idx], probs.max(-1).values.mean().item()
+
+
+def idql_update(actor, q_critic, q_target, v_critic, actor_opt, q_opt, v_opt, sched, buffer, args, num_batch,
+                update_actor, device):
+    """One iteration of IDQL updates on minibatches of the buffer; returns the mean of each logged statistic."""
+    stats = {k: [] for k in ("v_loss", "q_loss", "actor_loss", "v_mean", "q1_mean", "q2_mean", "target_q_mean")}
+    for _ in range(num_batch):
+        b = buffer.get(buffer.sample_indices(args.batch_size), device)
+        # V <- upper expectile of the target Q's minimum at the buffer actions (A7)
+        with torch.no_grad():
+            target_q = torch.minimum(*q_target(b["obs"], b["actions"]))
+        v = v_critic(b["obs"])
+        v_loss = expectile_loss(target_q - v, args.expectile)
+        v_opt.zero_grad()
+        v_loss.backward()
+        v_opt.step()
+        # Q <- r + gamma V(s') with the updated V (A8), double Q, then the target Q follows slowly
+        with torch.no_grad():
+            y = q_target_from_v(b["rewards"], b["terminated"], v_critic(b["next_obs"]), args.gamma)
+        q_loss, q1, q2 = critic_loss(q_critic, b["obs"], b["actions"], y)
+        q_opt.zero_grad()
+        q_loss.backward()
+        q_opt.step()
+        ema_update(q_target, q_critic, args.critic_tau)
+        # actor <- plain denoising loss on the same buffer chunks (A9), no weighting
+        if update_actor:
+            actor_loss = pretrain_loss(actor, sched, b["actions"], b["obs"], args.denoising_steps)
+            actor_opt.zero_grad()
+            actor_loss.backward()
+            actor_opt.step()
+            stats["actor_loss"].append(actor_loss.item())
+        for k, x in (("v_loss", v_loss), ("q_loss", q_loss), ("v_mean", v.mean()), ("q1_mean", q1.mean()),
+                     ("q2_mean", q2.mean()), ("target_q_mean", target_q.mean())):
+            stats[k].append(x.item())
+    return {k: float(np.mean(v)) for k, v in stats.items() if v}
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation, checks, main
+# ------------------------------------------------------------------------------------------------
+def evaluate(actor, q_target, v_critic, sched, kw, args, normalization, device, episodes, use_critic):
+    """Mean and std of the return over `episodes` episodes without extra noise: greedy over candidates when
+    `use_critic`, else one sample of the actor (the pre-trained policy, before any critic is trained)."""
+
+    def act(obs):
+        obs = torch.as_tensor(obs, device=device)
+        if use_critic:
+            return select_actions(actor, q_target, v_critic, sched, obs, kw, args, "eval")[0].cpu().numpy()
+        return sample(actor, sched, obs, kw["denoising_steps"], kw["horizon_steps"], kw["action_dim"], "eval",
+                      randn_clip=args.randn_clip_value, clip=args.denoised_clip_value).cpu().numpy()
+
+    returns, _ = envs.run_episodes(act, args.env_id, episodes, args.seed + 10_000, args.act_steps, args.cond_steps,
+                                   normalization, args.async_envs)
+    return float(np.mean(returns)), float(np.std(returns))
+
+
+def check_args(args):
+    for name in ("num_envs", "n_steps", "batch_size", "replay_ratio", "buffer_size", "eval_episodes", "eval_freq",
+                 "save_freq", "denoising_steps", "horizon_steps", "act_steps", "cond_steps", "num_candidates"):
+        if getattr(args, name) < 1:
+            envs.fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.buffer_size < args.batch_size:
+        envs.fail(f"--buffer-size {args.buffer_size} is smaller than --batch-size {args.batch_size}; "
+                  f"raise --buffer-size or lower --batch-size")
+    if args.act_steps > args.horizon_steps:
+        envs.fail(f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps")
+    if not 0 < args.expectile < 1:
+        envs.fail(f"--expectile must be in (0, 1), got {args.expectile}")
+    if args.boltzmann_temperature <= 0 or args.actor_lr <= 0 or args.critic_lr <= 0:
+        envs.fail("--boltzmann-temperature, --actor-lr and --critic-lr must be > 0")
+    if not 0 < args.critic_tau <= 1 or args.min_sampling_denoising_std < 0:
+        envs.fail("--critic-tau must be in (0, 1] and --min-sampling-denoising-std >= 0")
+    if len(args.critic_dims) % 2 != 1 or len(set(args.critic_dims)) != 1:
+        envs.fail(f"--critic-dims needs an odd number of equal widths (e.g. 256 256 256), got {list(args.critic_dims)}")
+
+
+def load_diffusion_checkpoint(path, args):
+    """Load a diffusion checkpoint (any cleandppo script's) and check it against the flags (one-line errors)."""
+    ckpt = envs.load_checkpoint(path, "diffusion", args.env_id)
+    kw = ckpt["model_kwargs"]
+    if kw["denoising_steps"] != args.denoising_steps:
+        envs.fail(f"{path} was pre-trained with {kw['denoising_steps']} denoising steps; pass --denoising-steps {kw['denoising_steps']}")
+    if kw["horizon_steps"] != args.horizon_steps or kw["cond_steps"] != args.cond_steps:
+        envs.fail(f"{path} predicts chunks of {kw['horizon_steps']} from {kw['cond_steps']} observation(s); pass "
+                  f"--horizon-steps {kw['horizon_steps']} --cond-steps {kw['cond_steps']} --act-steps <= {kw['horizon_steps']}")
+    if kw["backbone"] == "mlp" and args.act_steps != kw["horizon_steps"]:
+        envs.fail(f"an MLP policy executes its whole chunk: pass --act-steps {kw['horizon_steps']} (the UNet may execute fewer)")
+    return ckpt
+
+
+def write_summary(run_dir, args, env_steps, wall, pretrained, final, best):
+    summary = dict(algo="idql", env_id=args.env_id, seed=args.seed, env_steps=int(env_steps), wall_time_s=wall,
+                   pretrained_eval_return=pretrained, final_eval_return=final, best_eval_return=best, args=asdict(args))
+    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2, default=str)
+    print(f"[done] summary in {os.path.join(run_dir, 'summary.json')}")
+
+
+
+def main(args):
+    check_args(args)
+    envs.resolve_env_id(args.env_id)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", "mlp")
+    ckpt = load_diffusion_checkpoint(path, args)
+    print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
+    kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
+    resume = ckpt if ckpt["algo"] == "idql" and "critic" in ckpt else None
+    if ckpt.get("model_ft") is not None:
+        print("[load] the checkpoint also holds a DPPO-fine-tuned network (model_ft); IDQL starts from the base 'model'")
+    actor = build_network(kw).to(device)
+    try:
+        actor.load_state_dict(ckpt["model"])
+    except RuntimeError:
+        envs.fail("checkpoint weights do not fit the network its model_kwargs describe; it was written by another architecture")
+    sched = {k: v.to(device) for k, v in make_schedule(kw["denoising_steps"]).items()}
+    obs_dim, action_dim, Tp = kw["obs_dim"], kw["action_dim"], kw["horizon_steps"]
+    q_critic = DoubleQCritic(obs_dim, args.cond_steps, action_dim, args.act_steps, args.critic_dims).to(device)
+    q_target = copy.deepcopy(q_critic).requires_grad_(False)
+    v_critic = ValueCritic(obs_dim, args.cond_steps, args.critic_dims).to(device)
+    if resume is not None:
+        q_critic.load_state_dict(resume["critic"])
+        q_target.load_state_dict(resume["target_critic"])
+        v_critic.load_state_dict(resume["value_critic"])
+
+    run_dir = args.run_dir or os.path.join("runs", f"{envs.env_slug(args.env_id)}__idql__{args.seed}__{int(time.time())}")
+    os.makedirs(run_dir, exist_ok=True)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(run_dir)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    if args.track:
+        import wandb
+
+        wandb.init(project="cleandppo", config=vars(args), name=os.path.basename(run_dir), sync_tensorboard=True)
+    if args.eval_only:
+        ret, std = evaluate(actor, q_target, v_critic, sched, kw, args, normalization, device, args.eval_episodes,
+                            use_critic=resume is not None)
+        print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes")
+        write_summary(run_dir, args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret)
+        writer.close()
+        return
+
+    actor_opt = torch.optim.AdamW(actor.parameters(), lr=args.actor_lr, weight_decay=0.0)
+    q_opt = torch.optim.AdamW(q_critic.parameters(), lr=args.critic_lr, weight_decay=0.0)
+    v_opt = torch.optim.AdamW(v_critic.parameters(), lr=args.critic_lr, weight_decay=0.0)
+    buffer = ReplayBuffer(args.buffer_size, (args.cond_steps, obs_dim), (Tp, action_dim))
+    N, E = args.n_steps, args.num_envs
+    steps_per_iter = N * E * args.act_steps
+    num_iters = max(1, args.total_timesteps // steps_per_iter)
+    num_batch = max(1, int(N * E / args.batch_size * args.replay_ratio))
+    start_iter, env_steps = 0, 0
+    if resume is not None:
+        actor_opt.load_state_dict(resume["actor_optimizer"])
+        q_opt.load_state_dict(resume["critic_optimizer"])
+        v_opt.load_state_dict(resume["value_optimizer"])
+        torch.set_rng_state(resume["torch_rng"])
+        np.random.set_state(resume["numpy_rng"])
+        start_iter, env_steps = resume["iteration"], resume["env_steps"]
+        print(f"[resume] iteration {start_iter}, {env_steps} env steps; the replay buffer starts empty and refills")
+    pretrained_eval = resume["pretrained_eval_return"] if resume is not None else None
+    best_eval = resume["best_eval_return"] if resume is not None else -np.inf
+    last_eval = float("nan")
+    if pretrained_eval is None:  # the pre-trained actor alone: the fresh critics carry no information yet
+        pretrained_eval, _ = evaluate(actor, q_target, v_critic, sched, kw, args, normalization, device,
+                                      args.eval_episodes, use_critic=False)
+        last_eval = best_eval = pretrained_eval
+        writer.add_scalar("eval/episodic_return", pretrained_eval, env_steps)
+        print(f"[eval] pre-trained return {pretrained_eval:.1f}")
+    print(f"[idql] {num_iters} iterations of {steps_per_iter} env steps, {num_batch} minibatches of {args.batch_size} each")
+
+    vec = envs.make_vec_env(args.env_id, E, args.seed + start_iter * E, args.act_steps, args.cond_steps, normalization,
+                            args.async_envs)
+    obs, _ = vec.reset(seed=args.seed + start_iter * E)
+    recent_returns, t_start, iteration = [], time.time(), start_iter
+
+    def save(it):
+        state = dict(algo="idql", policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(), model_kwargs=kw,
+                     normalization=normalization, env_id=args.env_id, args=asdict(args), iteration=it, env_steps=env_steps,
+                     critic=q_critic.state_dict(), target_critic=q_target.state_dict(), value_critic=v_critic.state_dict(),
+                     actor_optimizer=actor_opt.state_dict(), critic_optimizer=q_opt.state_dict(),
+                     value_optimizer=v_opt.state_dict(), torch_rng=torch.get_rng_state(), numpy_rng=np.random.get_state(),
+                     pretrained_eval_return=pretrained_eval, best_eval_return=best_eval)
+        envs.save_checkpoint(state, os.path.join(run_dir, "checkpoint_last.pt"))
+        if it % args.save_freq == 0 or it == num_iters:
+            envs.save_checkpoint(state, os.path.join(run_dir, f"checkpoint_{it}.pt"))
+
+    try:
+        while iteration < num_iters:
+            t_iter = time.time()
+            # ---- rollout: Boltzmann pick among candidate chunks; store the executed transitions ----
+            max_probs = []
+            for _ in range(N):
+                chunk, max_prob = select_actions(actor, q_target, v_critic, sched, torch.as_tensor(obs, device=device),
+                                                 kw, args, "train")
+                chunk = chunk.cpu().numpy()
+                max_probs.append(max_prob)
+                next_obs, reward, term, trunc, infos = vec.step(chunk[:, :args.act_steps])
+                # next state of a finished episode: its last observation (not the reset one); only
+                # termination cuts the bootstrap, a time-out does not
+                buffer.add(obs, chunk, reward * args.scale_reward_factor, envs.final_observations(next_obs, infos), term)
+                for r, length in zip(*envs.finished_episodes(infos)):
+                    recent_returns.append(r)
+                    writer.add_scalar("charts/episodic_return", r, env_steps)
+                    writer.add_scalar("charts/episodic_length", length, env_steps)
+                obs = next_obs
+                env_steps += E * args.act_steps
+            t_rollout = time.time() - t_iter
+
+            t_update = time.time()
+            stats = idql_update(actor, q_critic, q_target, v_critic, actor_opt, q_opt, v_opt, sched, buffer, args,
+                                num_batch, iteration >= args.n_critic_warmup_itr, device)
+            t_update = time.time() - t_update
+            iteration += 1
+
+            sps = int(steps_per_iter / (time.time() - t_iter))
+            for k in ("q_loss", "v_loss", "actor_loss"):
+                if k in stats:
+                    writer.add_scalar(f"losses/{k}", stats[k], env_steps)
+            for k in ("q1_mean", "q2_mean", "v_mean", "target_q_mean"):
+                writer.add_scalar(f"values/{k}", stats[k], env_steps)
+            writer.add_scalar("charts/boltzmann_max_prob", float(np.mean(max_probs)), env_steps)
+            writer.add_scalar("charts/SPS", sps, env_steps)
+            writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
+            writer.add_scalar("charts/buffer_size", buffer.size, env_steps)
+            writer.add_scalar("time/rollout_s", t_rollout, env_steps)
+            writer.add_scalar("time/update_s", t_update, env_steps)
+            if iteration % args.eval_freq == 0 or iteration == num_iters:
+                last_eval, _ = evaluate(actor, q_target, v_critic, sched, kw, args, normalization, device,
+                                        args.eval_episodes, use_critic=True)
+                best_eval = max(best_eval, last_eval)
+                writer.add_scalar("eval/episodic_return", last_eval, env_steps)
+            mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
+            left = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
+            actor_txt = f"{stats['actor_loss']:.3e}" if "actor_loss" in stats else "- (critic warm-up)"
+            print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
+                  f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | q_loss {stats['q_loss']:.3e} "
+                  f"v_loss {stats['v_loss']:.3e} actor_loss {actor_txt} | left {left / 60:.1f}m", flush=True)
+            save(iteration)
+    except KeyboardInterrupt:
+        save(iteration)
+        print(f"[interrupted] checkpoint written to {os.path.join(run_dir, 'checkpoint_last.pt')}")
+        raise SystemExit(130)
+    vec.close()
+    write_summary(run_dir, args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval)
+    writer.close()
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

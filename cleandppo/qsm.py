@@ -1,0 +1,670 @@
+"""QSM: Q-score matching (Psenka et al. 2023) as a fine-tuning baseline of the DPPO paper (5.1, D.3, A12-A13).
+
+A double-Q critic learns Bellman targets from a replay buffer of recent experience; the diffusion
+actor's score is aligned with the action gradient of Q: buffer chunks are noised to a random
+denoising step t, and the negated noise prediction -eps_theta(a_t, t, s) is regressed onto
+alpha * grad_a Q(s, a_t), the critic's action gradient at the noisy action.
+
+Sign convention: a DDPM reverse step moves x_t along -eps_theta (its mean is
+(x_t - beta_t / sqrt(1 - ab_t) eps_theta) / sqrt(alpha_t)), so -eps_theta plays the role of the score
+and aligning it with +grad Q makes every denoising step move the sample uphill in Q.
+
+    # fine-tune the bundled pre-trained diffusion policy (or any checkpoint dppo.py wrote)
+    python cleandppo/qsm.py --env-id Hopper-v2
+    # resume a run
+    python cleandppo/qsm.py --env-id Hopper-v2 --checkpoint runs/<run>/checkpoint_last.pt
+
+Deviations from the official code (see docs/qsm.md): the Q critics are residual MLPs as configured
+(the official constructor misspells the flag); the buffer size counts transitions, not vector steps;
+time-outs are not terminal.
+"""
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+
+from cleandppo import envs
+
+ALGO = "qsm"
+
+
+@dataclass
+class Args:
+    # --- common contract (see the README) ---
+    env_id: str = "Hopper-v2"
+    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or a gymnasium v4/v5 id)"""
+    seed: int = 0
+    """seeds torch, numpy and every environment (env i gets seed + i)"""
+    num_envs: int = 40
+    """parallel environments (E)"""
+    total_timesteps: int = 1_000_000
+    """fine-tuning budget in environment steps"""
+    checkpoint: Optional[str] = None
+    """diffusion checkpoint to fine-tune (any cleandppo diffusion script's), or a qsm run's checkpoint to
+    resume; default: the bundled cleandppo/pretrained/<env>-diffusion-mlp.pt"""
+    eval_only: bool = False
+    """only evaluate --checkpoint"""
+    eval_freq: int = 10
+    """evaluate every N iterations (and after the last one)"""
+    eval_episodes: int = 10
+    """episodes per evaluation (no exploration floor: DDPM noise except at the last step)"""
+    run_dir: Optional[str] = None
+    """where logs, checkpoints and summary.json go (default runs/<env>__qsm__<seed>__<time>)"""
+    save_freq: int = 10
+    """write checkpoint_<iter>.pt every N iterations (checkpoint_last.pt is written every iteration)"""
+    cuda: bool = True
+    """use CUDA when available"""
+    torch_deterministic: bool = True
+    """deterministic torch kernels"""
+    track: bool = False
+    """also log to Weights & Biases"""
+    async_envs: bool = False
+    """step environments in subprocesses (gymnasium AsyncVectorEnv)"""
+
+    # --- diffusion policy (must match the checkpoint) ---
+    denoising_steps: int = 20
+    """K: DDPM denoising steps (must equal the pre-trained model's)"""
+    horizon_steps: int = 4
+    """Tp: predicted action-chunk length (must equal the pre-trained model's)"""
+    act_steps: int = 4
+    """Ta: executed actions per policy query (= Tp for an MLP policy)"""
+    cond_steps: int = 1
+    """To: observation history length"""
+    min_sampling_denoising_std: float = 0.1
+    """floor of the sampling std at every denoising step in rollouts and Bellman-target actions (exploration)"""
+    randn_clip_value: float = 3.0
+    """clamp of the per-step Gaussian noise (in std units)"""
+    denoised_clip_value: float = 1.0
+    """clamp of the predicted clean chunk x0 at every step"""
+
+    # --- QSM (paper D.3 eq. A12-A13; official Gym config ft_qsm_diffusion_mlp) ---
+    n_steps: int = 500
+    """policy queries per env per iteration (N)"""
+    gamma: float = 0.99
+    """discount per policy query (one executed chunk)"""
+    q_grad_coeff: float = 10.0
+    """alpha: scale of grad_a Q in the score-matching target (code: 10; paper Table A8: 50)"""
+    buffer_size: int = 1_000_000
+    """replay buffer capacity in transitions (code: 25,000 vector steps x 40 envs = 1e6; paper Table A8: 200k)"""
+    batch_size: int = 1000
+    """transitions per gradient step (code: 1000; paper Table A8: 256)"""
+    replay_ratio: float = 16.0
+    """gradient steps per iteration = int(N * E / batch_size * replay_ratio) (code: 16; paper Table A8: 32)"""
+    critic_tau: float = 0.005
+    """tau: soft update of the target critic after every gradient step"""
+    actor_lr: float = 1e-4
+    """actor learning rate (constant, AdamW, no weight decay)"""
+    critic_lr: float = 1e-3
+    """critic learning rate (constant, AdamW, no weight decay)"""
+    scale_reward_factor: float = 0.01
+    """rewards are multiplied by this before they enter the buffer"""
+    n_critic_warmup_itr: int = 5
+    """first iterations update only the critic"""
+    critic_dims: tuple[int, ...] = (256, 256, 256)
+    """hidden widths of each Q network (residual, Mish; an odd number of equal widths)"""
+    max_grad_norm: Optional[float] = None
+    """actor gradient-norm clip (None: off, as the official config)"""
+
+
+# ------------------------------------------------------------------------------------------------
+# Noise schedule and one DDPM reverse step (copied from dppo.py; paper 3, eq. 3.3)
+# ------------------------------------------------------------------------------------------------
+def cosine_beta_schedule(K: int, s: float = 0.008) -> torch.Tensor:
+    """Nichol & Dhariwal cosine schedule: alpha_bar(i) = f(i)/f(0), f(i) = cos^2(((i/K)+s)/(1+s) pi/2)."""
+    i = np.arange(K + 1, dtype=np.float64)
+    f = np.cos(((i / K) + s) / (1 + s) * np.pi / 2) ** 2
+    alpha_bar = f / f[0]
+    betas = np.clip(1 - alpha_bar[1:] / alpha_bar[:-1], 0, 0.999)
+    return torch.tensor(betas, dtype=torch.float32)
+
+
+def make_schedule(K: int) -> dict:
+    """All per-step constants of the DDPM with K steps (t = 0 cleanest, K-1 noisiest)."""
+    betas = cosine_beta_schedule(K)
+    alphas = 1 - betas
+    alpha_bar = torch.cumprod(alphas, 0)
+    alpha_bar_prev = torch.cat([torch.ones(1), alpha_bar[:-1]])
+    return dict(
+        betas=betas, alphas=alphas, alpha_bar=alpha_bar, alpha_bar_prev=alpha_bar_prev,
+        # posterior q(x_{t-1} | x_t, x_0) (Ho et al. eq. 7)
+        posterior_var=betas * (1 - alpha_bar_prev) / (1 - alpha_bar),
+        coef_x0=betas * alpha_bar_prev.sqrt() / (1 - alpha_bar),
+        coef_xt=(1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar),
+    )
+
+
+def denoising_plan(K: int) -> list:
+    """DDPM timesteps in execution order with their predecessors: [(K-1, K-2), ..., (0, -1)]."""
+    return [(t, t - 1) for t in reversed(range(K))]
+
+
+def step_mean_var(net, sched, x, obs, t, clip: float = 1.0):
+    """Mean and variance of x_{t-1} given x_t for one DDPM reverse step; t: (B,) long tensor.
+
+    x0 = sqrt(1/ab) x - sqrt(1/ab - 1) eps, clamped to [-clip, clip]; mean = coef_x0 x0 + coef_xt x;
+    variance = the posterior variance beta_t (1 - ab_prev)/(1 - ab), floored at 1e-20.
+    """
+    eps = net(x, t, obs)
+    ab = sched["alpha_bar"][t].view(-1, 1, 1)
+    x0 = ((1 / ab).sqrt() * x - (1 / ab - 1).sqrt() * eps).clamp(-clip, clip)
+    mean = sched["coef_x0"][t].view(-1, 1, 1) * x0 + sched["coef_xt"][t].view(-1, 1, 1) * x
+    return mean, sched["posterior_var"][t].clamp(min=1e-20).view(-1, 1, 1).expand_as(mean)
+
+
+# ------------------------------------------------------------------------------------------------
+# Noise-prediction networks (copied from dppo.py; state-dict keys identical so checkpoints load)
+# ------------------------------------------------------------------------------------------------
+class SinusoidalPosEmb(nn.Module):
+    """Transformer-style embedding of the integer denoising step: [sin(t f_k), cos(t f_k)]."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, t):
+        half = self.dim // 2
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / (half - 1))
+        args = t.float()[:, None] * freqs[None]
+        return torch.cat([args.sin(), args.cos()], dim=-1)
+
+
+class ResidualMLP(nn.Module):
+    """Linear -> one pre-activation residual block per extra pair of equal widths -> Linear."""
+
+    def __init__(self, dims, activation=nn.ReLU):
+        super().__init__()
+        hidden = dims[1:-1]
+        if len(hidden) % 2 != 1 or len(set(hidden)) != 1:
+            raise ValueError(f"residual MLP needs an odd number of equal hidden widths, got {hidden}")
+        self.inp = nn.Linear(dims[0], hidden[0])
+        self.blocks = nn.ModuleList(
+            nn.Sequential(activation(), nn.Linear(hidden[0], hidden[0]), activation(), nn.Linear(hidden[0], hidden[0]))
+            for _ in range((len(hidden) - 1) // 2))
+        self.out = nn.Linear(hidden[0], dims[-1])
+
+    def forward(self, x):
+        x = self.inp(x)
+        for block in self.blocks:
+            x = x + block(x)
+        return self.out(x)
+
+
+class DiffusionMLP(nn.Module):
+    """eps_theta(x_t, t, s): residual MLP on [flattened noisy chunk, time embedding, observation]."""
+
+    def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, time_dim=16, mlp_dims=(512, 512, 512),
+                 activation="relu"):
+        super().__init__()
+        act = {"relu": nn.ReLU, "mish": nn.Mish}[activation]
+        self.horizon_steps, self.action_dim = horizon_steps, action_dim
+        self.time_embedding = nn.Sequential(SinusoidalPosEmb(time_dim), nn.Linear(time_dim, 2 * time_dim), nn.Mish(),
+                                            nn.Linear(2 * time_dim, time_dim))
+        in_dim = horizon_steps * action_dim + time_dim + obs_dim * cond_steps
+        self.mlp = ResidualMLP([in_dim, *mlp_dims, horizon_steps * action_dim], act)
+
+    def forward(self, x, t, obs):
+        h = torch.cat([x.flatten(1), self.time_embedding(t), obs.flatten(1)], dim=-1)
+        return self.mlp(h).view(-1, self.horizon_steps, self.action_dim)
+
+
+class Conv1dBlock(nn.Module):
+    """Conv1d ('same' padding) -> GroupNorm -> Mish."""
+
+    def __init__(self, c_in, c_out, kernel, n_groups):
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2), nn.GroupNorm(n_groups, c_out), nn.Mish())
+
+    def forward(self, x):
+        return self.block(x)
+
+
+class FiLMResidualBlock(nn.Module):
+    """Two conv blocks with FiLM (per-channel scale and bias from the condition) between them."""
+
+    def __init__(self, c_in, c_out, cond_dim, kernel, n_groups):
+        super().__init__()
+        self.conv1, self.conv2 = Conv1dBlock(c_in, c_out, kernel, n_groups), Conv1dBlock(c_out, c_out, kernel, n_groups)
+        self.cond = nn.Sequential(nn.Linear(cond_dim, 2 * c_out), nn.Mish(), nn.Linear(2 * c_out, 2 * c_out), nn.Mish(),
+                                  nn.Linear(2 * c_out, 2 * c_out))
+        self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x, cond):
+        scale, bias = self.cond(cond)[:, :, None].chunk(2, dim=1)
+        return self.conv2(scale * self.conv1(x) + bias) + self.skip(x)
+
+
+class DiffusionUNet(nn.Module):
+    """Chi et al.'s 1-D conditional UNet: channels = action dims, length = chunk, FiLM conditioning."""
+
+    def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, dim=40, dim_mults=(1, 2), kernel_size=5,
+                 n_groups=8, step_embed_dim=16):
+        super().__init__()
+        if horizon_steps % (2 ** (len(dim_mults) - 1)):
+            raise ValueError(f"UNet needs horizon_steps divisible by {2 ** (len(dim_mults) - 1)}, got {horizon_steps}")
+        self.time_embedding = nn.Sequential(SinusoidalPosEmb(step_embed_dim), nn.Linear(step_embed_dim, 4 * step_embed_dim),
+                                            nn.Mish(), nn.Linear(4 * step_embed_dim, step_embed_dim))
+        cond_dim = step_embed_dim + obs_dim * cond_steps
+        widths = [action_dim] + [dim * m for m in dim_mults]
+        levels = list(zip(widths[:-1], widths[1:]))
+        self.down = nn.ModuleList()
+        for i, (c_in, c_out) in enumerate(levels):
+            last = i == len(levels) - 1
+            self.down.append(nn.ModuleList([FiLMResidualBlock(c_in, c_out, cond_dim, kernel_size, n_groups),
+                                            FiLMResidualBlock(c_out, c_out, cond_dim, kernel_size, n_groups),
+                                            nn.Identity() if last else nn.Conv1d(c_out, c_out, 3, 2, 1)]))
+        mid = widths[-1]
+        self.mid = nn.ModuleList([FiLMResidualBlock(mid, mid, cond_dim, kernel_size, n_groups) for _ in range(2)])
+        self.up = nn.ModuleList()
+        for c_in, c_out in reversed(levels[1:]):
+            self.up.append(nn.ModuleList([FiLMResidualBlock(2 * c_out, c_in, cond_dim, kernel_size, n_groups),
+                                          FiLMResidualBlock(c_in, c_in, cond_dim, kernel_size, n_groups),
+                                          nn.ConvTranspose1d(c_in, c_in, 4, 2, 1)]))
+        self.final = nn.Sequential(Conv1dBlock(dim, dim, kernel_size, n_groups), nn.Conv1d(dim, action_dim, 1))
+
+    def forward(self, x, t, obs):
+        cond = torch.cat([self.time_embedding(t), obs.flatten(1)], dim=-1)
+        h, skips = x.transpose(1, 2), []  # (B, Da, Tp)
+        for block1, block2, downsample in self.down:
+            h = block2(block1(h, cond), cond)
+            skips.append(h)
+            h = downsample(h)
+        for block in self.mid:
+            h = block(h, cond)
+        for block1, block2, upsample in self.up:
+            h = torch.cat([h, skips.pop()], dim=1)
+            h = upsample(block2(block1(h, cond), cond))
+        return self.final(h).transpose(1, 2)
+
+
+def build_network(kw: dict) -> nn.Module:
+    """Rebuild a noise-prediction network from a checkpoint's `model_kwargs`."""
+    common = dict(obs_dim=kw["obs_dim"], action_dim=kw["action_dim"], horizon_steps=kw["horizon_steps"],
+                  cond_steps=kw["cond_steps"])
+    if kw["backbone"] == "mlp":
+        return DiffusionMLP(**common, time_dim=kw["time_dim"], mlp_dims=tuple(kw["mlp_dims"]), activation=kw["activation"])
+    return DiffusionUNet(**common, dim=kw["unet_dim"], dim_mults=tuple(kw["unet_dim_mults"]), kernel_size=kw["unet_kernel_size"],
+                         n_groups=kw["unet_n_groups"], step_embed_dim=kw["unet_step_embed_dim"])
+
+
+# ------------------------------------------------------------------------------------------------
+# Sampling (one network for all K steps) and the denoising loss
+# ------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def sample(actor, sched, obs, K, horizon_steps, action_dim, mode, min_sampling_std=0.1, randn_clip=3.0, clip=1.0):
+    """Run the whole K-step DDPM reverse chain and return the (B, Tp, Da) chunk.
+
+    `mode`: "train" -> std floored at min_sampling_std at every step (rollouts, Bellman-target actions);
+            "eval"  -> natural std floored at 1e-3, none at the final step (no exploration floor).
+    """
+    B = obs.shape[0]
+    x = torch.randn(B, horizon_steps, action_dim, device=obs.device)
+    for t, _ in denoising_plan(K):
+        t_b = torch.full((B,), t, dtype=torch.long, device=x.device)
+        mean, var = step_mean_var(actor, sched, x, obs, t_b, clip)
+        std = var.sqrt()
+        if mode == "train":
+            std = std.clamp(min=min_sampling_std)
+        else:
+            std = std.clamp(min=1e-3) if t > 0 else torch.zeros_like(std)
+        noise = torch.randn(x.shape, device=x.device).clamp(-randn_clip, randn_clip)
+        x = mean + std * noise
+    return x
+
+
+def pretrain_loss(net, sched, x0, obs, K):
+    """Denoising loss (paper eq. 3.2): MSE between the added noise and its prediction at a random step.
+
+    QSM's update does not use it (its actor loss replaces the target eps by -alpha grad Q); kept so
+    the diffusion core reads the same in every script."""
+    t = torch.randint(0, K, (x0.shape[0],), device=x0.device)
+    eps = torch.randn_like(x0)
+    ab = sched["alpha_bar"][t].view(-1, 1, 1)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    return ((net(x_t, t, obs) - eps) ** 2).mean()
+
+
+# ------------------------------------------------------------------------------------------------
+# Critic, replay buffer, Bellman targets
+# ------------------------------------------------------------------------------------------------
+class DoubleQCritic(nn.Module):
+    """Two independent Q(s, a) nets on concat(flattened obs history, flattened executed chunk).
+
+    Residual Mish MLPs [in, 256, 256, 256, 1] as the official configs ask for (`residual_style: True`);
+    the official constructor misspells the flag, so its Q nets are silently plain MLPs (docs/qsm.md).
+    """
+
+    def __init__(self, obs_dim, cond_steps, action_dim, act_steps, dims=(256, 256, 256)):
+        super().__init__()
+        in_dim = obs_dim * cond_steps + action_dim * act_steps
+        self.q1 = ResidualMLP([in_dim, *dims, 1], nn.Mish)
+        self.q2 = ResidualMLP([in_dim, *dims, 1], nn.Mish)
+
+    def forward(self, obs, action):
+        x = torch.cat([obs.flatten(1), action.flatten(1)], dim=-1)
+        return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
+
+
+class ReplayBuffer:
+    """FIFO buffer of the most recent `capacity` transitions (one entry per env transition).
+
+    Stores the whole sampled chunk (Tp actions; the critic sees its first Ta, the executed ones),
+    the scaled reward of the executed chunk, the pre-reset next observation and `terminated`.
+    """
+
+    def __init__(self, capacity, obs_shape, chunk_shape):
+        self.capacity, self.size, self.pos = capacity, 0, 0
+        self.obs = np.zeros((capacity, *obs_shape), np.float32)
+        self.next_obs = np.zeros((capacity, *obs_shape), np.float32)
+        self.chunks = np.zeros((capacity, *chunk_shape), np.float32)
+        self.rewards = np.zeros(capacity, np.float32)
+        self.terminated = np.zeros(capacity, np.float32)
+
+    def add(self, obs, chunks, rewards, next_obs, terminated):
+        """Add a batch of transitions (one per env), overwriting the oldest when full."""
+        for i in range(len(obs)):
+            self.obs[self.pos], self.chunks[self.pos], self.next_obs[self.pos] = obs[i], chunks[i], next_obs[i]
+            self.rewards[self.pos], self.terminated[self.pos] = rewards[i], terminated[i]
+            self.pos = (self.pos + 1) % self.capacity
+            self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, batch_size, device):
+        """Uniform minibatch drawn with replacement (official np.random.choice) as torch tensors."""
+        idx = np.random.randint(0, self.size, batch_size)
+        as_t = lambda a: torch.as_tensor(a[idx], device=device)  # noqa: E731
+        return dict(obs=as_t(self.obs), chunks=as_t(self.chunks), rewards=as_t(self.rewards),
+                    next_obs=as_t(self.next_obs), terminated=as_t(self.terminated))
+
+
+def bellman_target(rewards, terminated, next_q1, next_q2, gamma):
+    """y = r + gamma (1 - terminated) min(Q1', Q2')(s', a') (paper A11, double-Q minimum; time-outs bootstrap)."""
+    return rewards + gamma * (1 - terminated) * torch.min(next_q1, next_q2)
+
+
+def critic_loss(critic, target_critic, batch, next_actions, gamma, act_steps):
+    """MSE(Q1, y) + MSE(Q2, y) on buffer chunks; returns (loss, q1, q2, y)."""
+    with torch.no_grad():
+        next_q1, next_q2 = target_critic(batch["next_obs"], next_actions[:, :act_steps])
+        y = bellman_target(batch["rewards"], batch["terminated"], next_q1, next_q2, gamma)
+    q1, q2 = critic(batch["obs"], batch["chunks"][:, :act_steps])
+    return ((q1 - y) ** 2).mean() + ((q2 - y) ** 2).mean(), q1, q2, y
+
+
+@torch.no_grad()
+def soft_update(target, source, tau):
+    """theta_target <- (1 - tau) theta_target + tau theta."""
+    for p_t, p in zip(target.parameters(), source.parameters()):
+        p_t.lerp_(p, tau)
+
+
+# ------------------------------------------------------------------------------------------------
+# QSM actor loss (paper eq. A13)
+# ------------------------------------------------------------------------------------------------
+def qsm_actor_loss(actor, critic, sched, obs, chunks, K, act_steps, q_grad_coeff, t=None, eps=None):
+    """MSE(-eps_theta(a_t, t, s), alpha * grad_a Q(s, a_t)); returns (loss, grad_q).
+
+    a_t = sqrt(ab_t) a_0 + sqrt(1 - ab_t) eps noises the buffer chunk a_0 to a random step t (given
+    t and eps are used as they are). grad_q is the action gradient at the NOISY action, averaged over
+    Q1 and Q2 of the current critic, detached. The DDPM mean moves x_t along -eps_theta, so aligning
+    -eps_theta with +grad Q moves samples uphill. Only the executed first Ta rows enter the loss (all
+    rows when Tp = Ta, as in every MLP configuration).
+    """
+    B = chunks.shape[0]
+    t = torch.randint(0, K, (B,), device=chunks.device) if t is None else t
+    eps = torch.randn_like(chunks) if eps is None else eps
+    ab = sched["alpha_bar"][t].view(-1, 1, 1)
+    x_t = ab.sqrt() * chunks + (1 - ab).sqrt() * eps
+    a_exec = x_t[:, :act_steps].detach().requires_grad_(True)
+    q1, q2 = critic(obs, a_exec)
+    grad_q = torch.autograd.grad((q1.sum() + q2.sum()) / 2, a_exec)[0]  # inputs only: critic grads untouched
+    eps_hat = actor(x_t, t, obs)[:, :act_steps]
+    return ((-eps_hat - q_grad_coeff * grad_q) ** 2).mean(), grad_q
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation, checks, checkpoints, main
+# ------------------------------------------------------------------------------------------------
+def evaluate(actor, sched, kw, args, normalization, device, episodes):
+    """Mean and std of the return over `episodes` episodes without the exploration floor (paper D.2)."""
+
+    def act(obs):
+        chunk = sample(actor, sched, torch.as_tensor(obs, device=device), kw["denoising_steps"], kw["horizon_steps"],
+                       kw["action_dim"], "eval", randn_clip=args.randn_clip_value, clip=args.denoised_clip_value)
+        return chunk.cpu().numpy()
+
+    returns, _ = envs.run_episodes(act, args.env_id, episodes, args.seed + 10_000, args.act_steps, args.cond_steps,
+                                   normalization, args.async_envs)
+    return float(np.mean(returns)), float(np.std(returns))
+
+
+def num_gradient_steps(args):
+    """Official num_batch = int(N * E / batch_size * replay_ratio)."""
+    return int(args.n_steps * args.num_envs / args.batch_size * args.replay_ratio)
+
+
+def check_args(args):
+    for name in ("num_envs", "n_steps", "batch_size", "buffer_size", "eval_episodes", "eval_freq", "save_freq",
+                 "denoising_steps", "act_steps", "horizon_steps", "cond_steps"):
+        if getattr(args, name) < 1:
+            envs.fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.replay_ratio <= 0:
+        envs.fail(f"--replay-ratio must be > 0, got {args.replay_ratio}")
+    if args.buffer_size < args.batch_size:
+        envs.fail(f"--buffer-size {args.buffer_size} is smaller than --batch-size {args.batch_size}; "
+                  f"use a buffer of at least one batch")
+    if num_gradient_steps(args) < 1:
+        envs.fail(f"--replay-ratio {args.replay_ratio} gives 0 gradient steps per iteration "
+                  f"(int(n_steps * num_envs / batch_size * replay_ratio)); raise it or --n-steps")
+    if args.act_steps > args.horizon_steps:
+        envs.fail(f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps")
+    if not 0 < args.critic_tau <= 1 or not 0 < args.gamma <= 1:
+        envs.fail("--critic-tau and --gamma must be in (0, 1]")
+    if args.min_sampling_denoising_std < 0 or args.actor_lr <= 0 or args.critic_lr <= 0:
+        envs.fail("--min-sampling-denoising-std must be >= 0 and the learning rates > 0")
+    if len(args.critic_dims) % 2 != 1 or len(set(args.critic_dims)) != 1:
+        envs.fail(f"--critic-dims {args.critic_dims}: give an odd number of equal widths (e.g. 256 256 256)")
+
+
+def load_diffusion_checkpoint(path, args):
+    """Load a diffusion checkpoint and check it against the flags (one-line errors)."""
+    ckpt = envs.load_checkpoint(path, "diffusion", args.env_id)
+    kw = ckpt["model_kwargs"]
+    if kw["denoising_steps"] != args.denoising_steps:
+        envs.fail(f"{path} was pre-trained with {kw['denoising_steps']} denoising steps; pass --denoising-steps {kw['denoising_steps']}")
+    if args.act_steps > kw["horizon_steps"] or kw["cond_steps"] != args.cond_steps or kw["horizon_steps"] != args.horizon_steps:
+        envs.fail(f"{path} predicts chunks of {kw['horizon_steps']} from {kw['cond_steps']} observation(s); pass "
+                  f"--act-steps <= {kw['horizon_steps']} --horizon-steps {kw['horizon_steps']} --cond-steps {kw['cond_steps']}")
+    if kw["backbone"] == "mlp" and args.act_steps != kw["horizon_steps"]:
+        envs.fail(f"an MLP policy executes its whole chunk: pass --act-steps {kw['horizon_steps']} (the UNet may execute fewer)")
+    if ckpt["algo"] == ALGO and "critic" in ckpt and ckpt["critic_kwargs"]["act_steps"] != args.act_steps:
+        envs.fail(f"{path} has a critic for chunks of {ckpt['critic_kwargs']['act_steps']} actions; pass --act-steps "
+                  f"{ckpt['critic_kwargs']['act_steps']}")
+    return ckpt
+
+
+def write_summary(run_dir, args, env_steps, wall, pretrained, final, best):
+    summary = dict(algo=ALGO, env_id=args.env_id, seed=args.seed, env_steps=int(env_steps), wall_time_s=wall,
+                   pretrained_eval_return=pretrained, final_eval_return=final, best_eval_return=best, args=asdict(args))
+    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2, default=str)
+    print(f"[done] summary in {os.path.join(run_dir, 'summary.json')}")
+
+
+def main(args):
+    check_args(args)
+    envs.resolve_env_id(args.env_id)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", "mlp")
+    ckpt = load_diffusion_checkpoint(path, args)  # before anything is written: bad input leaves no trace
+    resume = ckpt if ckpt["algo"] == ALGO and "critic" in ckpt else None
+    print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']}){' -> resuming' if resume else ''}")
+    if ckpt.get("model_ft") is not None:
+        print("[load] the checkpoint also holds a DPPO-fine-tuned 'model_ft'; QSM starts from the base 'model'")
+    kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
+    run_dir = args.run_dir or os.path.join("runs", f"{envs.env_slug(args.env_id)}__{ALGO}__{args.seed}__{int(time.time())}")
+    os.makedirs(run_dir, exist_ok=True)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(run_dir)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    if args.track:
+        import wandb
+
+        wandb.init(project="cleandppo", config=vars(args), name=os.path.basename(run_dir), sync_tensorboard=True)
+
+    K, Tp, action_dim, obs_dim = kw["denoising_steps"], kw["horizon_steps"], kw["action_dim"], kw["obs_dim"]
+    actor = build_network(kw).to(device)
+    try:
+        actor.load_state_dict(ckpt["model"])
+    except RuntimeError:
+        envs.fail(f"{path}: weights do not fit the network its model_kwargs describe; it was written by another architecture")
+    sched = {k: v.to(device) for k, v in make_schedule(K).items()}
+    if args.eval_only:
+        ret, std = evaluate(actor, sched, kw, args, normalization, device, args.eval_episodes)
+        print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes")
+        write_summary(run_dir, args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret)
+        writer.close()
+        return
+
+    critic_kwargs = dict(obs_dim=obs_dim, cond_steps=args.cond_steps, action_dim=action_dim, act_steps=args.act_steps,
+                         dims=tuple(resume["critic_kwargs"]["dims"] if resume else args.critic_dims))
+    critic = DoubleQCritic(**critic_kwargs).to(device)  # fresh critic (official: nothing is pre-trained)
+    target_critic = DoubleQCritic(**critic_kwargs).to(device).requires_grad_(False)
+    target_critic.load_state_dict(critic.state_dict())
+    actor_opt = torch.optim.AdamW(actor.parameters(), lr=args.actor_lr, weight_decay=0.0)
+    critic_opt = torch.optim.AdamW(critic.parameters(), lr=args.critic_lr, weight_decay=0.0)
+    steps_per_iter = args.num_envs * args.n_steps * args.act_steps
+    num_iters = max(1, args.total_timesteps // steps_per_iter)
+    n_grad = num_gradient_steps(args)
+    start_iter, env_steps = 0, 0
+    if resume is not None:
+        critic.load_state_dict(resume["critic"])
+        target_critic.load_state_dict(resume["target_critic"])
+        actor_opt.load_state_dict(resume["actor_optimizer"])
+        critic_opt.load_state_dict(resume["critic_optimizer"])
+        torch.set_rng_state(resume["torch_rng"])
+        np.random.set_state(resume["numpy_rng"])
+        start_iter, env_steps = resume["iteration"], resume["env_steps"]
+        if tuple(args.critic_dims) != critic_kwargs["dims"]:
+            print(f"[load] using the checkpoint's critic dims {critic_kwargs['dims']} (--critic-dims ignored)")
+        print("[load] the replay buffer is not saved in checkpoints; it refills from new rollouts")
+    pretrained_eval = resume["pretrained_eval_return"] if resume is not None else None
+    best_eval = resume["best_eval_return"] if resume is not None else -np.inf
+    last_eval = float("nan")
+    if pretrained_eval is None:
+        pretrained_eval, _ = evaluate(actor, sched, kw, args, normalization, device, args.eval_episodes)
+        last_eval = best_eval = pretrained_eval
+        writer.add_scalar("eval/episodic_return", pretrained_eval, env_steps)
+        print(f"[eval] pre-trained return {pretrained_eval:.1f}")
+    print(f"[{ALGO}] {num_iters} iterations of {steps_per_iter} env steps, {n_grad} gradient steps each "
+          f"(batch {args.batch_size}, buffer {args.buffer_size} transitions)")
+
+    buffer = ReplayBuffer(args.buffer_size, (args.cond_steps, obs_dim), (Tp, action_dim))
+    vec = envs.make_vec_env(args.env_id, args.num_envs, args.seed + start_iter * args.num_envs, args.act_steps,
+                            args.cond_steps, normalization, args.async_envs)
+    obs, _ = vec.reset(seed=args.seed + start_iter * args.num_envs)
+    recent_returns, t_start, iteration = [], time.time(), start_iter
+
+    def save(it):
+        state = dict(algo=ALGO, policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(), model_kwargs=kw,
+                     normalization=normalization, env_id=args.env_id, args=asdict(args), iteration=it, env_steps=env_steps,
+                     critic=critic.state_dict(), target_critic=target_critic.state_dict(), critic_kwargs=critic_kwargs,
+                     actor_optimizer=actor_opt.state_dict(), critic_optimizer=critic_opt.state_dict(),
+                     torch_rng=torch.get_rng_state(), numpy_rng=np.random.get_state(),
+                     pretrained_eval_return=pretrained_eval, best_eval_return=best_eval)
+        envs.save_checkpoint(state, os.path.join(run_dir, "checkpoint_last.pt"))
+        if it % args.save_freq == 0 or it == num_iters:
+            envs.save_checkpoint(state, os.path.join(run_dir, f"checkpoint_{it}.pt"))
+
+    try:
+        while iteration < num_iters:
+            t_iter = time.time()
+            # ---- rollout: whole chain with the exploration floor; store every transition ----
+            for _ in range(args.n_steps):
+                chunk = sample(actor, sched, torch.as_tensor(obs, device=device), K, Tp, action_dim, "train",
+                               args.min_sampling_denoising_std, args.randn_clip_value, args.denoised_clip_value).cpu().numpy()
+                next_obs, reward, term, trunc, infos = vec.step(chunk[:, :args.act_steps])
+                buffer.add(obs, chunk, reward * args.scale_reward_factor, envs.final_observations(next_obs, infos), term)
+                for r, length in zip(*envs.finished_episodes(infos)):
+                    recent_returns.append(r)
+                    writer.add_scalar("charts/episodic_return", r, env_steps)
+                    writer.add_scalar("charts/episodic_length", length, env_steps)
+                obs = next_obs
+                env_steps += args.num_envs * args.act_steps
+            t_rollout = time.time() - t_iter
+
+            # ---- updates: critic, actor (after warm-up), target critic, per minibatch ----
+            t_update = time.time()
+            update_actor = iteration >= args.n_critic_warmup_itr
+            stats = {k: [] for k in ("q_loss", "actor_loss", "q_grad_norm", "q1_mean", "q2_mean", "target_q_mean")}
+            for _ in range(n_grad):
+                batch = buffer.sample(args.batch_size, device)
+                next_actions = sample(actor, sched, batch["next_obs"], K, Tp, action_dim, "train",
+                                      args.min_sampling_denoising_std, args.randn_clip_value, args.denoised_clip_value)
+                loss_q, q1, q2, y = critic_loss(critic, target_critic, batch, next_actions, args.gamma, args.act_steps)
+                critic_opt.zero_grad()
+                loss_q.backward()
+                critic_opt.step()
+                if update_actor:
+                    loss_a, grad_q = qsm_actor_loss(actor, critic, sched, batch["obs"], batch["chunks"], K,
+                                                    args.act_steps, args.q_grad_coeff)
+                    actor_opt.zero_grad()
+                    loss_a.backward()
+                    if args.max_grad_norm is not None:
+                        nn.utils.clip_grad_norm_(actor.parameters(), args.max_grad_norm)
+                    actor_opt.step()
+                    stats["actor_loss"].append(loss_a.item())
+                    stats["q_grad_norm"].append(grad_q.flatten(1).norm(dim=1).mean().item())
+                soft_update(target_critic, critic, args.critic_tau)
+                for k, v in (("q_loss", loss_q), ("q1_mean", q1.mean()), ("q2_mean", q2.mean()), ("target_q_mean", y.mean())):
+                    stats[k].append(v.item())
+            t_update = time.time() - t_update
+            iteration += 1
+
+            sps = int(steps_per_iter / (time.time() - t_iter))
+            stats = {k: float(np.mean(v)) for k, v in stats.items() if v}
+            for k in ("q_loss", "actor_loss"):
+                if k in stats:
+                    writer.add_scalar(f"losses/{k}", stats[k], env_steps)
+            for k in ("q1_mean", "q2_mean", "target_q_mean", "q_grad_norm"):
+                if k in stats:
+                    writer.add_scalar(f"values/{k}", stats[k], env_steps)
+            writer.add_scalar("charts/SPS", sps, env_steps)
+            writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
+            writer.add_scalar("charts/critic_learning_rate", critic_opt.param_groups[0]["lr"], env_steps)
+            writer.add_scalar("charts/buffer_size", buffer.size, env_steps)
+            writer.add_scalar("time/rollout_s", t_rollout, env_steps)
+            writer.add_scalar("time/update_s", t_update, env_steps)
+            if iteration % args.eval_freq == 0 or iteration == num_iters:
+                last_eval, _ = evaluate(actor, sched, kw, args, normalization, device, args.eval_episodes)
+                best_eval = max(best_eval, last_eval)
+                writer.add_scalar("eval/episodic_return", last_eval, env_steps)
+            mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
+            left = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
+            print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
+                  f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | q_loss {stats['q_loss']:.3e} "
+                  f"actor_loss {stats.get('actor_loss', float('nan')):.3e} | left {left / 60:.1f}m", flush=True)
+            save(iteration)
+    except KeyboardInterrupt:
+        save(iteration)
+        print(f"[interrupted] checkpoint written to {os.path.join(run_dir, 'checkpoint_last.pt')}")
+        raise SystemExit(130)
+    vec.close()
+    write_summary(run_dir, args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval)
+    writer.close()
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -1,0 +1,304 @@
+"""dppo.py against closed forms: schedule, DDPM posterior, DDIM, chain log-probs, PPO pieces, CLI."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from cleandppo import dppo
+from conftest import TINY_DIFFUSION, run_script
+
+
+class ConstantEps(nn.Module):
+    """A 'network' that predicts a fixed noise tensor (so each step's mean is known in closed form)."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.value = nn.Parameter(torch.as_tensor(value, dtype=torch.float32))
+
+    def forward(self, x, t, obs):
+        return self.value.expand_as(x)
+
+
+class LinearEps(nn.Module):
+    """eps = a * x + b * t: differentiable, cheap, and not constant across steps."""
+
+    def __init__(self, a=0.3, b=0.01):
+        super().__init__()
+        self.a, self.b = nn.Parameter(torch.tensor(a)), nn.Parameter(torch.tensor(b))
+
+    def forward(self, x, t, obs):
+        return self.a * x + self.b * t.float().view(-1, 1, 1)
+
+
+# ---- schedule -----------------------------------------------------------------------------------
+def test_cosine_schedule_matches_the_formula_and_reference_values():
+    K, s = 20, 0.008
+    f = [math.cos(((i / K) + s) / (1 + s) * math.pi / 2) ** 2 for i in range(K + 1)]
+    betas = [min(1 - (f[i + 1] / f[0]) / (f[i] / f[0]), 0.999) for i in range(K)]
+    np.testing.assert_allclose(dppo.cosine_beta_schedule(K).numpy(), betas, rtol=1e-5)
+    reference = [0.008, 0.0201, 0.0323, 0.0447, 0.0575, 0.071, 0.0852, 0.1005, 0.1173, 0.1359, 0.157, 0.1814, 0.2102,
+                 0.2454, 0.2897, 0.3481, 0.4294, 0.551, 0.7485, 0.999]  # official values, K = 20
+    np.testing.assert_allclose(dppo.cosine_beta_schedule(K).numpy(), reference, atol=6e-5)
+    sched = dppo.make_schedule(K)
+    np.testing.assert_allclose(sched["alpha_bar"].numpy(), np.cumprod(1 - np.array(betas)), rtol=1e-4)  # float32 product
+    assert sched["alpha_bar"][-1] < 1e-5
+
+
+def test_ddpm_step_matches_the_posterior_equations():
+    K, t = 20, 7
+    sched = dppo.make_schedule(K)
+    beta, ab, ab_prev = (sched[k][t].item() for k in ("betas", "alpha_bar", "alpha_bar_prev"))
+    x_t = torch.tensor([[[0.2, -0.4]]])
+    eps = torch.tensor([[[0.5, 0.1]]])
+    mean, var = dppo.step_mean_var(ConstantEps(eps), sched, x_t, torch.zeros(1, 1, 3), torch.tensor([t]),
+                                   torch.tensor([t - 1]), ddim=False)
+    x0 = (x_t - math.sqrt(1 - ab) * eps) / math.sqrt(ab)  # Ho et al. eq. 15
+    x0 = x0.clamp(-1, 1)
+    mu = math.sqrt(ab_prev) * beta / (1 - ab) * x0 + math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab) * x_t  # eq. 7
+    torch.testing.assert_close(mean, mu)
+    torch.testing.assert_close(var, torch.full_like(mean, (1 - ab_prev) / (1 - ab) * beta))
+
+
+def test_x0_is_clamped_before_the_posterior_mean():
+    sched = dppo.make_schedule(20)
+    x_t = torch.full((1, 1, 1), 3.0)
+    mean, _ = dppo.step_mean_var(ConstantEps(torch.zeros(1, 1, 1)), sched, x_t, torch.zeros(1, 1, 1), torch.tensor([0]),
+                                 torch.tensor([-1]), ddim=False)
+    assert mean.item() == pytest.approx(1.0, rel=1e-5)  # at t = 0 the mean is the clamped x0
+
+
+def test_ddim_eta1_has_ddpm_variance_and_eta0_is_deterministic():
+    sched = dppo.make_schedule(20)
+    x, obs = torch.randn(3, 4, 2), torch.zeros(3, 1, 5)
+    for t in (1, 5, 19):
+        tt = torch.full((3,), t)
+        _, var_ddim = dppo.step_mean_var(LinearEps(), sched, x, obs, tt, tt - 1, ddim=True, eta=1.0)
+        _, var_ddpm = dppo.step_mean_var(LinearEps(), sched, x, obs, tt, tt - 1, ddim=False)
+        torch.testing.assert_close(var_ddim, var_ddpm, rtol=1e-4, atol=1e-7)
+    plan = dppo.denoising_plan(20, 5)
+    assert plan == [(16, 12), (12, 8), (8, 4), (4, 0), (0, -1)]
+    net = LinearEps()
+    out, _ = dppo.sample(net, net, sched, obs, plan, 5, 4, 2, "eval", generator=torch.Generator().manual_seed(0))
+    # eta = 0: x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev) eps, no noise (Song et al. eq. 12), from the same x_K
+    x = torch.randn(3, 4, 2, generator=torch.Generator().manual_seed(0))
+    for t, t_prev in plan:
+        ab = sched["alpha_bar"][t]
+        ab_prev = sched["alpha_bar"][t_prev] if t_prev >= 0 else torch.tensor(1.0)
+        eps = 0.3 * x + 0.01 * t
+        x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-1, 1)
+        eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
+        x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
+    torch.testing.assert_close(out, x, rtol=1e-5, atol=1e-5)
+    train = [dppo.sample(net, net, sched, obs, plan, 5, 4, 2, "train", generator=torch.Generator().manual_seed(s))[0]
+             for s in (0, 1)]
+    assert not torch.allclose(train[0], train[1])
+
+
+# ---- chains and log-probs -----------------------------------------------------------------------
+def test_recorded_chain_log_prob_is_the_sum_of_independent_gaussian_steps():
+    K, K_ft, Tp, Da, min_std = 8, 5, 3, 2, 0.1
+    sched, plan = dppo.make_schedule(K), dppo.denoising_plan(K, None)
+    actor, actor_ft = LinearEps(0.2, 0.0), LinearEps(0.35, 0.02)
+    obs = torch.zeros(4, 1, 3)
+    _, chain = dppo.sample(actor, actor_ft, sched, obs, plan, K_ft, Tp, Da, "train", min_std,
+                           generator=torch.Generator().manual_seed(0))
+    assert chain.shape == (4, K_ft + 1, Tp, Da)
+    ft_t, ft_t_prev = dppo.fine_tuned_timesteps(plan, K_ft)
+    assert ft_t.tolist() == [4, 3, 2, 1, 0]  # j = 0 is the noisiest fine-tuned step
+    total = torch.zeros(4)
+    for j in range(K_ft):
+        t = ft_t[j].item()
+        lp = dppo.denoising_log_prob(actor_ft, sched, obs, chain[:, j], chain[:, j + 1], ft_t[j].expand(4),
+                                     ft_t_prev[j].expand(4), False, Tp, min_std)
+        total += lp * Tp * Da
+        # independent computation of the same step: DDPM posterior with x0 from eps = a x + b t
+        x = chain[:, j]
+        eps = 0.35 * x + 0.02 * t
+        ab, ab_prev, beta = sched["alpha_bar"][t], sched["alpha_bar_prev"][t], sched["betas"][t]
+        x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-1, 1)
+        mu = ab_prev.sqrt() * beta / (1 - ab) * x0 + (1 - beta).sqrt() * (1 - ab_prev) / (1 - ab) * x
+        std = max(math.sqrt(max(beta * (1 - ab_prev) / (1 - ab), 1e-20)), min_std)
+        expected = torch.distributions.Normal(mu, std).log_prob(chain[:, j + 1]).clamp(-5, 2).sum(dim=(1, 2))
+        torch.testing.assert_close(lp * Tp * Da, expected, rtol=1e-5, atol=1e-5)
+    assert torch.isfinite(total).all()
+
+
+def test_only_the_first_act_steps_count_in_the_log_prob():
+    sched = dppo.make_schedule(6)
+    x_in, obs = torch.randn(2, 4, 1), torch.zeros(2, 1, 1)
+    x_out = x_in.clone()
+    x_out[:, 2:] += 5.0  # far-off rows beyond act_steps = 2 must not matter
+    t = torch.tensor([3, 3])
+    a = dppo.denoising_log_prob(LinearEps(), sched, obs, x_in, x_out, t, t - 1, False, 2, 0.1)
+    b = dppo.denoising_log_prob(LinearEps(), sched, obs, x_in, x_in, t, t - 1, False, 2, 0.1)
+    torch.testing.assert_close(a, b)
+
+
+def test_clip_schedule_and_denoising_discount():
+    eps = dppo.clip_schedule(10, 0.01, 0.001, 3.0)
+    reference = [0.001, 0.00119, 0.00145, 0.00181, 0.00232, 0.00303, 0.00401, 0.00539, 0.00732, 0.01]  # official
+    np.testing.assert_allclose(eps.numpy(), reference, atol=6e-6)
+    assert dppo.clip_schedule(1, 0.01, 0.001, 3.0).tolist() == pytest.approx([0.01])  # no division by zero
+    assert torch.allclose(dppo.clip_schedule(5, 0.01, 0.01, 3.0), torch.full((5,), 0.01))
+    w = dppo.denoising_discount(10, 0.99)
+    assert w[-1] == 1.0 and w[0].item() == pytest.approx(0.99 ** 9) and w[3].item() == pytest.approx(0.99 ** 6)
+
+
+def _update_setup(K=6, K_ft=3, Tp=2, Da=2, n=24, seed=0):
+    torch.manual_seed(seed)
+    net = dppo.DiffusionMLP(3, Da, Tp, 1, time_dim=8, mlp_dims=(16, 16, 16))
+    critic = dppo.Critic(3, 1, (16, 16, 16))
+    sched, plan = dppo.make_schedule(K), dppo.denoising_plan(K, None)
+    ft_t, ft_t_prev = dppo.fine_tuned_timesteps(plan, K_ft)
+    obs = torch.randn(n, 1, 3, generator=torch.Generator().manual_seed(1))
+    _, chains = dppo.sample(net, net, sched, obs, plan, K_ft, Tp, Da, "train", generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        logp = torch.stack([dppo.denoising_log_prob(net, sched, obs, chains[:, j], chains[:, j + 1], ft_t[j].expand(n),
+                                                    ft_t_prev[j].expand(n), False, Tp, 0.1) for j in range(K_ft)], 1)
+    g = torch.Generator().manual_seed(3)
+    batch = dict(obs=obs, chains=chains, logprobs=logp, advantages=torch.randn(n, generator=g), returns=torch.randn(n, generator=g))
+    opts = (torch.optim.AdamW(net.parameters(), lr=1e-3), torch.optim.AdamW(critic.parameters(), lr=1e-3))
+    return net, critic, opts, sched, batch, ft_t, ft_t_prev
+
+
+def test_ppo_ratio_is_one_on_the_first_minibatch():
+    net, critic, (aopt, copt), sched, batch, ft_t, ft_t_prev = _update_setup()
+    args = dppo.Args(batch_size=72, update_epochs=1, act_steps=2)  # one minibatch of all 24 x 3 pairs
+    stats = dppo.ppo_update(net, critic, aopt, copt, sched, batch, args, ft_t, ft_t_prev, False)
+    assert stats["ratio"] == pytest.approx(1.0, abs=1e-6) and stats["approx_kl"] == pytest.approx(0.0, abs=1e-7)
+    assert stats["clipfrac"] == 0.0
+
+
+def test_resume_from_a_checkpoint_gives_the_same_next_update(tmp_path):
+    from cleandppo import envs
+
+    args = dppo.Args(batch_size=12, update_epochs=2, act_steps=2)
+    net, critic, (aopt, copt), sched, batch, ft_t, ft_t_prev = _update_setup()
+    dppo.ppo_update(net, critic, aopt, copt, sched, batch, args, ft_t, ft_t_prev, False, generator=torch.Generator().manual_seed(4))
+    envs.save_checkpoint(dict(model_ft=net.state_dict(), critic=critic.state_dict(), actor_optimizer=aopt.state_dict(),
+                              critic_optimizer=copt.state_dict()), str(tmp_path / "c.pt"))
+    dppo.ppo_update(net, critic, aopt, copt, sched, batch, args, ft_t, ft_t_prev, False, generator=torch.Generator().manual_seed(5))
+    ckpt = torch.load(str(tmp_path / "c.pt"), weights_only=False)
+    net2, critic2, (aopt2, copt2), *_ = _update_setup(seed=123)  # different init, overwritten by the checkpoint
+    net2.load_state_dict(ckpt["model_ft"])
+    critic2.load_state_dict(ckpt["critic"])
+    aopt2.load_state_dict(ckpt["actor_optimizer"])
+    copt2.load_state_dict(ckpt["critic_optimizer"])
+    dppo.ppo_update(net2, critic2, aopt2, copt2, sched, batch, args, ft_t, ft_t_prev, False, generator=torch.Generator().manual_seed(5))
+    for a, b in zip(list(net.parameters()) + list(critic.parameters()), list(net2.parameters()) + list(critic2.parameters())):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# ---- learning a two-mode distribution -------------------------------------------------------------
+def test_pretrained_diffusion_samples_both_modes_of_a_1d_toy():
+    torch.manual_seed(0)
+    K = 10
+    net = dppo.DiffusionMLP(1, 1, 1, 1, time_dim=8, mlp_dims=(64, 64, 64))
+    sched, opt = dppo.make_schedule(K), torch.optim.Adam(net.parameters(), lr=3e-3)
+    obs = torch.zeros(256, 1, 1)
+    for _ in range(800):
+        x0 = (torch.randint(0, 2, (256, 1, 1)) * 2 - 1).float() * 0.6 + 0.05 * torch.randn(256, 1, 1)  # modes +-0.6
+        loss = dppo.pretrain_loss(net, sched, x0, obs, K)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        samples, _ = dppo.sample(net, net, sched, torch.zeros(2000, 1, 1), dppo.denoising_plan(K, None), 0, 1, 1, "eval")
+    samples = samples.flatten()
+    near_pos, near_neg = ((samples - 0.6).abs() < 0.2).float().mean(), ((samples + 0.6).abs() < 0.2).float().mean()
+    assert near_pos > 0.3 and near_neg > 0.3 and near_pos + near_neg > 0.85
+
+
+# ---- evaluation uses the fine-tuned network ---------------------------------------------------------
+def test_evaluation_runs_the_fine_tuned_network_for_the_fine_tuned_steps(monkeypatch, tmp_path):
+    kw = dict(obs_dim=3, action_dim=1, horizon_steps=2, cond_steps=1, denoising_steps=6, backbone="mlp", time_dim=8,
+              mlp_dims=(8, 8, 8), activation="relu")
+    base = dppo.build_network(kw)
+    tuned = dppo.build_network(kw)
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.add_(torch.randn_like(p))
+    ckpt = dict(model_kwargs=kw, model=base.state_dict(), model_ft=tuned.state_dict(), ft_denoising_steps=3)
+    actor, actor_ft, eval_ft = dppo.build_actors(ckpt, 3, torch.device("cpu"))
+    assert eval_ft == 3
+    for p, q in zip(actor_ft.parameters(), tuned.parameters()):
+        assert torch.equal(p, q)
+    captured = {}
+
+    def fake_run_episodes(act_fn, *a, **k):
+        captured["act"] = act_fn
+        return [0.0], [1]
+
+    monkeypatch.setattr(dppo.envs, "run_episodes", fake_run_episodes)
+    args = dppo.Args(denoising_steps=6, act_steps=2, horizon_steps=2)
+    sched, plan = dppo.make_schedule(6), dppo.denoising_plan(6, None)
+    dppo.evaluate(actor, actor_ft, sched, plan, eval_ft, kw, args, None, torch.device("cpu"), 1)
+    obs = np.zeros((4, 1, 3), np.float32)
+    torch.manual_seed(0)
+    used = captured["act"](obs)
+    torch.manual_seed(0)
+    expected, _ = dppo.sample(actor, actor_ft, sched, torch.as_tensor(obs), plan, 3, 2, 1, "eval")
+    torch.manual_seed(0)
+    frozen_only, _ = dppo.sample(actor, actor, sched, torch.as_tensor(obs), plan, 0, 2, 1, "eval")
+    np.testing.assert_allclose(used, expected.numpy())
+    assert not np.allclose(used, frozen_only.numpy())  # it would fail if evaluation used the frozen copy
+    # a pre-trained checkpoint (no model_ft) evaluates with the frozen copy everywhere
+    assert dppo.build_actors(dict(model_kwargs=kw, model=base.state_dict()), 3, torch.device("cpu"))[2] == 0
+
+
+# ---- command line -------------------------------------------------------------------------------
+def test_cli_finetune_smoke_run(tiny_diffusion_checkpoint, tmp_path):
+    run = tmp_path / "ft"
+    proc = run_script("dppo.py", "--checkpoint", tiny_diffusion_checkpoint, "--run-dir", run, "--num-envs", "2",
+                      "--n-steps", "4", "--batch-size", "8", "--total-timesteps", "64", "--eval-episodes", "1",
+                      "--eval-freq", "1", "--save-freq", "1", *TINY_DIFFUSION)
+    assert "iter 2/2" in proc.stdout and "SPS" in proc.stdout and "left" in proc.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["algo"] == "dppo" and summary["env_steps"] == 64
+    for key in ("seed", "wall_time_s", "pretrained_eval_return", "final_eval_return", "best_eval_return", "args"):
+        assert key in summary
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    assert {"eval/episodic_return", "losses/policy_loss", "losses/value_loss", "losses/approx_kl", "losses/clipfrac",
+            "charts/SPS", "charts/learning_rate", "time/rollout_s", "time/update_s"} <= set(acc.Tags()["scalars"])
+    ckpt = torch.load(str(run / "checkpoint_last.pt"), weights_only=False)
+    assert ckpt["ft_denoising_steps"] == 3 and ckpt["iteration"] == 2 and "model_ft" in ckpt and "critic" in ckpt
+    # the fine-tuned checkpoint evaluates with its fine-tuned network
+    proc = run_script("dppo.py", "--checkpoint", run / "checkpoint_last.pt", "--eval-only", "--eval-episodes", "1",
+                      "--run-dir", tmp_path / "ev", *TINY_DIFFUSION)
+    assert "[eval] return" in proc.stdout
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--ft-denoising-steps", "30"], "--ft-denoising-steps 30 > --denoising-steps 20"),
+    (["--ddim-steps", "7"], "--ddim-steps 7 must divide --denoising-steps 20"),
+    (["--act-steps", "8"], "--act-steps 8 > --horizon-steps 4"),
+    (["--env-id", "Hopper-v9"], "unknown --env-id"),
+])
+def test_bad_flags_are_one_line(flags, expected, tmp_path):
+    proc = run_script("dppo.py", "--run-dir", tmp_path / "r", *flags, check=False)
+    assert proc.returncode != 0 and expected in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--env-id", "Walker2D-v2"], "trained on Hopper-v2"),
+    (["--horizon-steps", "8", "--act-steps", "8"], "predicts chunks of 4"),
+    (["--denoising-steps", "20", "--ft-denoising-steps", "3"], "pass --denoising-steps 6"),
+])
+def test_mismatched_checkpoint_is_one_line(tiny_diffusion_checkpoint, flags, expected, tmp_path):
+    base = [f for f in TINY_DIFFUSION if f not in ("--denoising-steps", "6")]
+    proc = run_script("dppo.py", "--checkpoint", tiny_diffusion_checkpoint, "--run-dir", tmp_path / "r", *base,
+                      *(["--denoising-steps", "6"] if "--denoising-steps" not in flags else []), *flags, check=False)
+    assert proc.returncode != 0 and expected in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_gaussian_checkpoint_is_refused(tiny_dataset, tmp_path):
+    run_script("gaussian_ppo.py", "--dataset", tiny_dataset, "--pretrain-only", "--pretrain-epochs", "1", "--run-dir",
+               tmp_path / "g", "--eval-episodes", "1", "--mlp-dims", "8", "8", "8")
+    proc = run_script("dppo.py", "--checkpoint", tmp_path / "g" / "pretrained.pt", "--run-dir", tmp_path / "r", check=False)
+    assert proc.returncode != 0 and "holds a gaussian policy" in proc.stderr and "Traceback" not in proc.stderr

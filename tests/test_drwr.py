@@ -1,0 +1,134 @@
+"""Tests for cleandppo/drwr.py: episodes, reward-to-go and weights against hand-worked numbers, CLI smoke + resume."""
+
+import json
+import math
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from cleandppo import drwr
+from conftest import run_script
+
+torch.set_num_threads(1)
+TINY = ["--denoising-steps", "6", "--num-envs", "2", "--n-steps", "40", "--batch-size", "8", "--update-epochs", "2",
+        "--eval-episodes", "1", "--eval-freq", "1"]
+
+
+def test_rwr_weights_hand_computed_with_clip():
+    G = np.array([0.0, 1.0, 2.0])  # mean 1, population std sqrt(2/3) = 0.816497 -> +-1 / (0.816497 + 1e-3) = +-1.223247
+    z = 1 / (math.sqrt(2 / 3) + 1e-3)
+    assert z == pytest.approx(1.223247, rel=1e-6)
+    np.testing.assert_allclose(drwr.rwr_weights(G, 1.0, 100.0), [math.exp(-z), 1.0, math.exp(z)], rtol=1e-12)
+    np.testing.assert_allclose(drwr.rwr_weights(G, 1.0, 3.0), [math.exp(-z), 1.0, 3.0], rtol=1e-12)  # 3.398 -> 3
+    # paper values beta 10, w_max 100: exp(12.23) = 2.05e5 is clipped, no overflow for huge returns
+    np.testing.assert_allclose(drwr.rwr_weights(G, 10.0, 100.0), [math.exp(-10 * z), 1.0, 100.0], rtol=1e-12)
+    np.testing.assert_allclose(drwr.rwr_weights(np.array([0.0, 1e6]), 10.0, 100.0), [math.exp(-10 * 5e5 / (5e5 + 1e-3)), 100.0],
+                               rtol=1e-6)
+    # one sample (std 0): weight exp(0) = 1
+    assert drwr.rwr_weights(np.array([5.0]), 10.0, 100.0).tolist() == [1.0]
+
+
+def test_reward_to_go_hand_worked():
+    # G2 = 2, G1 = 0 + 0.9 * 2 = 1.8, G0 = 1 + 0.9 * 1.8 = 2.62
+    np.testing.assert_allclose(drwr.discounted_returns(np.array([1.0, 0.0, 2.0]), 0.9), [2.62, 1.8, 2.0], rtol=1e-12)
+    np.testing.assert_allclose(drwr.discounted_returns(np.array([1.0, 1.0, 1.0]), 1.0), [3.0, 2.0, 1.0])
+
+
+def test_complete_episodes_only_inside_the_iteration():
+    firsts = np.zeros((7, 3))  # N = 6 queries, 3 envs
+    firsts[[0, 2, 5], 0] = 1  # env 0: episodes at queries 0-1 and 2-4; the one from 5 runs past the end
+    firsts[[3], 1] = 1  # env 1: started before the iteration, ends at query 2; the next one never ends
+    firsts[[0, 1, 2, 6], 2] = 1  # env 2: two one-query episodes, then queries 2-5
+    assert drwr.complete_episodes(firsts) == [(0, 0, 2), (0, 2, 5), (2, 0, 1), (2, 1, 2), (2, 2, 6)]
+    assert drwr.complete_episodes(np.zeros((5, 2))) == []
+
+
+def test_weighted_update_moves_policy_to_high_weight_actions():
+    torch.manual_seed(0)
+    sched = drwr.make_schedule(6)
+    net = drwr.DiffusionMLP(obs_dim=2, action_dim=1, horizon_steps=1, cond_steps=1, time_dim=8, mlp_dims=(32, 32, 32))
+    n = 64
+    obs = torch.zeros(n, 1, 2)  # one state, two equally frequent actions: +0.5 (high return) and -0.5 (low)
+    chunks = torch.where(torch.arange(n) % 2 == 0, 0.5, -0.5).view(n, 1, 1)
+    returns = np.where(np.arange(n) % 2 == 0, 10.0, 0.0)
+    weights = torch.as_tensor(drwr.rwr_weights(returns, 10.0, 100.0), dtype=torch.float32)
+    assert weights[0].item() == 100.0 and weights[1].item() < 1e-4
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    loss, steps = drwr.drwr_update(net, opt, sched, obs, chunks, weights, SimpleNamespace(batch_size=16, update_epochs=40,
+                                                                                         max_grad_norm=None))
+    assert steps == 40 * 4  # 4 minibatches of 16 per epoch
+    actions = drwr.sample(net, sched, torch.zeros(200, 1, 2), 1, 1, "eval")
+    assert (actions > 0).float().mean().item() > 0.9  # unweighted BC would give about half
+    _, steps = drwr.drwr_update(net, opt, sched, obs[:5], chunks[:5], weights[:5], SimpleNamespace(batch_size=16,
+                                                                                                  update_epochs=3,
+                                                                                                  max_grad_norm=None))
+    assert steps == 3  # fewer samples than a batch: one minibatch of all of them per epoch
+
+
+def test_no_complete_episode_skips_the_update(tiny_diffusion_checkpoint, tmp_path, capsys):
+    # 1 query of 4 steps per iteration: no episode can both start and end inside it (the official code crashes)
+    drwr.main(drwr.Args(checkpoint=tiny_diffusion_checkpoint, denoising_steps=6, num_envs=2, n_steps=1, batch_size=2,
+                        total_timesteps=16, eval_episodes=1, eval_freq=5, run_dir=str(tmp_path / "r")))
+    out = capsys.readouterr().out
+    assert "update skipped" in out and "iter 2/2" in out
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["env_steps"] == 16
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "r")).Reload()
+    assert [e.value for e in acc.Scalars("charts/update_skipped")] == [1.0, 1.0]
+
+
+def test_bad_inputs_fail_in_one_line(tmp_path, tiny_diffusion_checkpoint):
+    proc = run_script("drwr.py", "--checkpoint", tiny_diffusion_checkpoint, "--beta", "-1", "--run-dir", tmp_path / "b",
+                      check=False)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --beta must be > 0"), proc.stderr
+    assert not os.path.exists(tmp_path / "b")
+    gauss = str(tmp_path / "gmm.pt")
+    torch.save(dict(algo="gmm_ppo", policy="gmm", backbone="mlp", model={}, env_id="Hopper-v2"), gauss)
+    cases = [(dict(checkpoint=gauss), "holds a gmm policy"),
+             (dict(batch_size=0), "--batch-size must be >= 1"),
+             (dict(num_envs=2, n_steps=10, batch_size=100), "--batch-size 100 > num_envs x n_steps = 20"),
+             (dict(act_steps=5), "--act-steps 5 > --horizon-steps 4"),
+             (dict(max_reward_weight=0.0), "--max-reward-weight must be > 0"),
+             (dict(checkpoint=tiny_diffusion_checkpoint, horizon_steps=8, act_steps=8), "--horizon-steps 4")]
+    for kwargs, text in cases:
+        with pytest.raises(SystemExit) as e:
+            drwr.main(drwr.Args(run_dir=str(tmp_path / "r"), **{"denoising_steps": 6, **kwargs}))
+        assert str(e.value).startswith("error:") and text in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert not os.path.exists(tmp_path / "r")
+
+
+def test_cli_smoke_checkpoint_and_resume(tiny_diffusion_checkpoint, tmp_path):
+    run = tmp_path / "run"
+    proc = run_script("drwr.py", "--checkpoint", tiny_diffusion_checkpoint, "--total-timesteps", "640", "--run-dir", run,
+                      *TINY)
+    assert "iter 2/2" in proc.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ("algo", "env_id", "seed", "env_steps", "wall_time_s", "pretrained_eval_return", "final_eval_return",
+                "best_eval_return", "args"):
+        assert key in summary
+    assert summary["algo"] == "drwr" and summary["env_steps"] == 640
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run)).Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"charts/episodic_return", "charts/episodic_length", "eval/episodic_return", "charts/SPS",
+            "charts/learning_rate", "losses/actor_loss", "losses/weight_mean", "charts/num_train_episodes",
+            "time/rollout_s", "time/update_s", "charts/peak_memory_mb"} <= tags, tags
+    assert sum(e.value for e in acc.Scalars("charts/num_train_episodes")) > 0  # the update really ran
+    ckpt = torch.load(run / "checkpoint_last.pt", weights_only=False)
+    assert (ckpt["algo"], ckpt["policy"], ckpt["backbone"], ckpt["iteration"], ckpt["env_steps"]) == ("drwr", "diffusion", "mlp", 2, 640)
+    assert {"model", "model_kwargs", "normalization", "actor_optimizer", "torch_rng", "numpy_rng"} <= set(ckpt)
+    assert os.path.isfile(run / "checkpoint_2.pt")
+
+    args = drwr.Args(checkpoint=str(run / "checkpoint_last.pt"), denoising_steps=6, num_envs=2, n_steps=40, batch_size=8,
+                     update_epochs=2, total_timesteps=960, eval_episodes=1, eval_freq=1, run_dir=str(tmp_path / "resumed"))
+    drwr.main(args)
+    resumed = json.loads((tmp_path / "resumed" / "summary.json").read_text())
+    assert resumed["env_steps"] == 960 and resumed["pretrained_eval_return"] == summary["pretrained_eval_return"]
+    assert torch.load(tmp_path / "resumed" / "checkpoint_last.pt", weights_only=False)["iteration"] == 3

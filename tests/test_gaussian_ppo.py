@@ -1,0 +1,161 @@
+"""gaussian_ppo.py: log-prob/entropy closed forms, GAE by hand, resume, CLI smoke run, bad input."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from cleandppo import envs
+from cleandppo import gaussian_ppo as gp
+from conftest import run_script
+
+TINY_GAUSSIAN = ["--mlp-dims", "16", "16", "16", "--critic-dims", "16", "16", "16"]
+
+
+def test_log_prob_and_entropy_match_the_normal_closed_form():
+    torch.manual_seed(0)
+    mean, std = torch.randn(5, 4, 3) * 0.3, torch.tensor([0.1, 0.15, 0.2])
+    actions = mean + std * torch.randn(5, 4, 3)
+    expected = torch.distributions.Normal(mean, std).log_prob(actions).mean(dim=(-2, -1))
+    assert torch.all(expected < 2) and torch.all(expected > -5)  # inside the clamp
+    torch.testing.assert_close(gp.log_prob(mean, std, actions), expected)
+    torch.testing.assert_close(gp.entropy(std), torch.distributions.Normal(0, std).entropy().mean())
+    # per-dimension log-density at the mean with std 0.01 is log(1/(0.01 sqrt(2 pi))) = 3.69 -> clamped to 2
+    tiny = torch.full((3,), 0.01)
+    assert gp.log_prob(mean, tiny, mean).eq(2.0).all()
+
+
+def test_sampled_actions_stay_within_the_clip():
+    mean, std = torch.zeros(20000, 1, 1), torch.tensor([0.2])
+    a = gp.sample_action(mean, std, randn_clip_value=1.5, generator=torch.Generator().manual_seed(0))
+    assert a.abs().max() <= 0.3 + 1e-6 and a.std() > 0.1
+
+
+def test_gae_matches_a_hand_worked_example():
+    # one env, three steps, episode ends after step 1 (done), gamma 0.9, lambda 0.8
+    rewards = np.array([[1.0], [2.0], [3.0]])
+    values = np.array([[0.5], [1.0], [1.5]])
+    next_values = np.array([[1.0], [9.0], [2.0]])  # V(s1), V(after done: ignored), V(s3)
+    dones = np.array([[0.0], [1.0], [0.0]])
+    adv, ret = gp.compute_gae(rewards, values, next_values, dones, gamma=0.9, gae_lambda=0.8)
+    d2 = 3.0 + 0.9 * 2.0 - 1.5  # 3.3
+    d1 = 2.0 - 1.0  # 1.0, no bootstrap after done
+    d0 = 1.0 + 0.9 * 1.0 - 0.5  # 1.4
+    expected = np.array([[d0 + 0.9 * 0.8 * d1], [d1], [d2]])  # the recursion stops at the done
+    np.testing.assert_allclose(adv, expected)
+    np.testing.assert_allclose(ret, expected + values)
+
+
+def test_running_reward_scaler_divides_by_the_std_of_discounted_returns():
+    scaler = gp.RunningRewardScaler(num_envs=1, gamma=0.5)
+    rewards, firsts = np.array([[1.0], [1.0], [1.0]]), np.array([[1.0], [0.0], [0.0]])
+    out = scaler(rewards, firsts)
+    returns = np.array([1.0, 1.5, 1.75])  # R = r + 0.5 R
+    # merge prior (count 1e-4, mean 0, var 1) with the batch by the parallel-variance formula
+    c0, n = 1e-4, 3
+    mean = returns.mean() * n / (c0 + n)
+    var = (1.0 * c0 + returns.var() * n + returns.mean() ** 2 * c0 * n / (c0 + n)) / (c0 + n)
+    assert scaler.mean == pytest.approx(mean) and scaler.var == pytest.approx(var)
+    np.testing.assert_allclose(out, rewards / math.sqrt(var + 1e-8))
+
+
+def _tiny_setup(seed=0):
+    torch.manual_seed(seed)
+    policy = gp.GaussianPolicy(obs_dim=5, action_dim=2, horizon_steps=3, cond_steps=1, mlp_dims=(16, 16, 16))
+    critic = gp.Critic(5, 1, (16, 16, 16))
+    return policy, critic, torch.optim.AdamW(policy.parameters(), lr=1e-3), torch.optim.AdamW(critic.parameters(), lr=1e-3)
+
+
+def _tiny_batch(policy):
+    g = torch.Generator().manual_seed(1)
+    obs = torch.randn(64, 1, 5, generator=g)
+    with torch.no_grad():
+        mean, std = policy(obs)
+        actions = gp.sample_action(mean, std, 3.0, generator=g)
+        logp = gp.log_prob(mean, std, actions)
+    return dict(obs=obs, actions=actions, logprobs=logp, advantages=torch.randn(64, generator=g),
+                returns=torch.randn(64, generator=g))
+
+
+def test_resume_from_a_checkpoint_gives_the_same_next_update(tmp_path):
+    args = gp.Args(batch_size=16, update_epochs=2)
+    policy, critic, actor_opt, critic_opt = _tiny_setup()
+    batch = _tiny_batch(policy)
+    gp.ppo_update(policy, critic, actor_opt, critic_opt, batch, args, generator=torch.Generator().manual_seed(2))
+    kwargs = dict(obs_dim=5, action_dim=2, horizon_steps=3, cond_steps=1, mlp_dims=(16, 16, 16))
+    ckpt = gp.make_checkpoint(policy, kwargs, envs.identity_normalization(5, 2), args, 1, 100, critic=critic.state_dict(),
+                              actor_optimizer=actor_opt.state_dict(), critic_optimizer=critic_opt.state_dict())
+    envs.save_checkpoint(ckpt, str(tmp_path / "c.pt"))
+    # the run that keeps going
+    gp.ppo_update(policy, critic, actor_opt, critic_opt, batch, args, generator=torch.Generator().manual_seed(3))
+    # the run restored from disk
+    loaded = torch.load(str(tmp_path / "c.pt"), weights_only=False)
+    policy2, critic2, actor_opt2, critic_opt2 = _tiny_setup(seed=99)
+    policy2.load_state_dict(loaded["model"])
+    critic2.load_state_dict(loaded["critic"])
+    actor_opt2.load_state_dict(loaded["actor_optimizer"])
+    critic_opt2.load_state_dict(loaded["critic_optimizer"])
+    gp.ppo_update(policy2, critic2, actor_opt2, critic_opt2, batch, args, generator=torch.Generator().manual_seed(3))
+    for a, b in zip(list(policy.parameters()) + list(critic.parameters()), list(policy2.parameters()) + list(critic2.parameters())):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_first_minibatch_ratio_is_one():
+    args = gp.Args(batch_size=64, update_epochs=1)
+    policy, critic, actor_opt, critic_opt = _tiny_setup()
+    stats = gp.ppo_update(policy, critic, actor_opt, critic_opt, _tiny_batch(policy), args)
+    assert stats["ratio"] == pytest.approx(1.0, abs=1e-6) and stats["approx_kl"] == pytest.approx(0.0, abs=1e-7)
+
+
+def _tags(run_dir):
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    return set(acc.Tags()["scalars"])
+
+
+def test_cli_pretrain_then_finetune(tiny_dataset, tmp_path):
+    pre = tmp_path / "pre"
+    run_script("gaussian_ppo.py", "--dataset", tiny_dataset, "--pretrain-only", "--pretrain-epochs", "2", "--run-dir", pre,
+               "--eval-episodes", "1", *TINY_GAUSSIAN)
+    ckpt = torch.load(str(pre / "pretrained.pt"), weights_only=False)
+    assert ckpt["policy"] == "gaussian" and ckpt["model_kwargs"]["horizon_steps"] == 4 and ckpt["env_id"] == "Hopper-v2"
+    assert set(ckpt["normalization"]) == {"obs_min", "obs_max", "action_min", "action_max"}
+    ft = tmp_path / "ft"
+    proc = run_script("gaussian_ppo.py", "--checkpoint", pre / "pretrained.pt", "--run-dir", ft, "--num-envs", "2",
+                      "--n-steps", "4", "--batch-size", "4", "--total-timesteps", "64", "--eval-episodes", "1",
+                      "--eval-freq", "1", "--save-freq", "1", *TINY_GAUSSIAN)
+    assert "iter 2/2" in proc.stdout
+    summary = json.loads((ft / "summary.json").read_text())
+    for key in ("algo", "env_id", "seed", "env_steps", "wall_time_s", "pretrained_eval_return", "final_eval_return",
+                "best_eval_return", "args"):
+        assert key in summary
+    assert summary["env_steps"] == 64 and summary["algo"] == "gaussian_ppo"
+    assert {"eval/episodic_return", "losses/policy_loss", "losses/value_loss", "losses/approx_kl", "losses/clipfrac",
+            "charts/SPS", "time/rollout_s", "time/update_s"} <= _tags(ft)
+    assert (ft / "checkpoint_1.pt").exists() and (ft / "checkpoint_last.pt").exists()
+    # resume from the last checkpoint: it continues at iteration 2 of 3
+    proc = run_script("gaussian_ppo.py", "--checkpoint", ft / "checkpoint_last.pt", "--run-dir", tmp_path / "resumed",
+                      "--num-envs", "2", "--n-steps", "4", "--batch-size", "4", "--total-timesteps", "96",
+                      "--eval-episodes", "1", "--eval-freq", "5", *TINY_GAUSSIAN)
+    assert "iter 3/3" in proc.stdout and "iter 1/3" not in proc.stdout
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--env-id", "Hoper-v2"], "unknown --env-id"),
+    (["--num-envs", "0"], "--num-envs must be >= 1"),
+    (["--act-steps", "5"], "--act-steps 5 > --horizon-steps 4"),
+    (["--checkpoint", "/nonexistent/ckpt.pt"], "does not exist"),
+])
+def test_bad_input_is_one_line(flags, expected, tmp_path):
+    proc = run_script("gaussian_ppo.py", "--run-dir", tmp_path / "r", *flags, check=False)
+    assert proc.returncode != 0 and expected in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_diffusion_checkpoint_is_refused(tiny_diffusion_checkpoint, tmp_path):
+    proc = run_script("gaussian_ppo.py", "--checkpoint", tiny_diffusion_checkpoint, "--run-dir", tmp_path, check=False)
+    assert proc.returncode != 0 and "holds a diffusion policy" in proc.stderr and "Traceback" not in proc.stderr
