@@ -14,6 +14,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Literal, Optional
@@ -165,6 +166,27 @@ class Args:
     """env-step samples per chunk when recomputing old log-probs (memory only)"""
 
 
+ROBOMIMIC = dict(gamma=0.999, num_envs=50, activation="mish", clip_ploss_coef=0.01, clip_ploss_coef_base=0.001,
+                 actor_lr=1e-4, critic_lr=1e-3, n_critic_warmup_itr=2, eval_episodes=50)  # robomimic ids (dppo-facts 4.3)
+ROBOMIMIC_TASK = dict(  # per task: n_steps, batch_size, update_epochs, mlp_dims, time_dim
+    lift=(300, 7500, 10, (512,) * 3, 16), can=(300, 7500, 10, (512,) * 3, 16),
+    square=(400, 10_000, 10, (1024,) * 3, 32), transport=(400, 10_000, 5, (1024,) * 3, 32))
+
+
+def apply_task_defaults(args, cli):
+    """Robomimic ids: the tables above and act_steps = horizon_steps = Ta for each field not in `cli`, printed; True."""
+    if not envs.is_robomimic(args.env_id):
+        return False
+    task, keys = envs.resolve_env_id(args.env_id), ("n_steps", "batch_size", "update_epochs", "mlp_dims", "time_dim")
+    ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
+    table = dict(ROBOMIMIC, **dict(zip(keys, ROBOMIMIC_TASK[task])), act_steps=ta, horizon_steps=ta)
+    given = {a.split("=")[0].replace("_", "-") for a in cli}  # flags given explicitly keep their value
+    table = {k: v for k, v in table.items() if f"--{k.replace('_', '-')}" not in given}
+    vars(args).update(table)
+    print(f"[{task}] per-task defaults: " + ", ".join(f"{k}={v}" for k, v in table.items()))
+    return True
+
+
 # ------------------------------------------------------------------------------------------------
 # Noise schedule and one denoising step (paper 3, eq. 3.3; DDIM eq. 4.9)
 # ------------------------------------------------------------------------------------------------
@@ -183,20 +205,14 @@ def make_schedule(K: int) -> dict:
     alphas = 1 - betas
     alpha_bar = torch.cumprod(alphas, 0)
     alpha_bar_prev = torch.cat([torch.ones(1), alpha_bar[:-1]])
-    return dict(
-        betas=betas, alphas=alphas, alpha_bar=alpha_bar, alpha_bar_prev=alpha_bar_prev,
-        # posterior q(x_{t-1} | x_t, x_0) (Ho et al. eq. 7)
-        posterior_var=betas * (1 - alpha_bar_prev) / (1 - alpha_bar),
-        coef_x0=betas * alpha_bar_prev.sqrt() / (1 - alpha_bar),
-        coef_xt=(1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar),
-    )
+    return dict(betas=betas, alphas=alphas, alpha_bar=alpha_bar, alpha_bar_prev=alpha_bar_prev,  # posterior q(x_{t-1} | x_t, x_0):
+                posterior_var=betas * (1 - alpha_bar_prev) / (1 - alpha_bar), coef_x0=betas * alpha_bar_prev.sqrt() / (1 - alpha_bar),
+                coef_xt=(1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar))  # (Ho et al. eq. 7)
 
 
 def denoising_plan(K: int, ddim_steps: Optional[int]) -> list:
     """Timesteps in execution order with their predecessors: [(t, t_prev), ...], t_prev = -1 at the end.
-
-    DDPM runs t = K-1, ..., 0. DDIM runs the uniform grid {0, r, ..., (S-1) r}, r = K // S, descending.
-    """
+    DDPM runs t = K-1, ..., 0. DDIM runs the uniform grid {0, r, ..., (S-1) r}, r = K // S, descending."""
     if ddim_steps is None:
         return [(t, t - 1) for t in reversed(range(K))]
     r = K // ddim_steps
@@ -206,12 +222,10 @@ def denoising_plan(K: int, ddim_steps: Optional[int]) -> list:
 
 def step_mean_var(net, sched, x, obs, t, t_prev, ddim: bool, eta: float = 1.0, clip: float = 1.0):
     """Mean and variance of x_{t_prev} given x_t for one reverse step; t, t_prev: (B,) long tensors.
-
     DDPM (paper eq. 3.3; official 1.3): x0 = sqrt(1/ab) x - sqrt(1/ab - 1) eps, clamped to [-clip, clip];
     mean = coef_x0 x0 + coef_xt x; variance = the posterior variance beta_t (1 - ab_prev)/(1 - ab).
     DDIM (paper eq. 4.9; official 1.4): x0 as above and clamped, eps recomputed from the clamped x0,
-    sigma = eta sqrt((1 - ab_prev)/(1 - ab) (1 - ab/ab_prev)), mean = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps.
-    """
+    sigma = eta sqrt((1 - ab_prev)/(1 - ab) (1 - ab/ab_prev)), mean = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps."""
     eps = net(x, t, obs)
     ab = sched["alpha_bar"][t].view(-1, 1, 1)
     x0 = ((1 / ab).sqrt() * x - (1 / ab - 1).sqrt() * eps).clamp(-clip, clip)
@@ -353,8 +367,7 @@ class DiffusionUNet(nn.Module):
 
 def build_network(kw: dict) -> nn.Module:
     """Rebuild a noise-prediction network from a checkpoint's `model_kwargs`."""
-    common = dict(obs_dim=kw["obs_dim"], action_dim=kw["action_dim"], horizon_steps=kw["horizon_steps"],
-                  cond_steps=kw["cond_steps"])
+    common = dict(obs_dim=kw["obs_dim"], action_dim=kw["action_dim"], horizon_steps=kw["horizon_steps"], cond_steps=kw["cond_steps"])
     if kw["backbone"] == "mlp":
         return DiffusionMLP(**common, time_dim=kw["time_dim"], mlp_dims=tuple(kw["mlp_dims"]), activation=kw["activation"])
     return DiffusionUNet(**common, dim=kw["unet_dim"], dim_mults=tuple(kw["unet_dim_mults"]), kernel_size=kw["unet_kernel_size"],
@@ -375,13 +388,10 @@ def model_kwargs_from(args, obs_dim, action_dim) -> dict:
 @torch.no_grad()
 def sample(actor, actor_ft, sched, obs, plan, ft_steps, horizon_steps, action_dim, mode, min_sampling_std=0.1,
            randn_clip=3.0, clip=1.0, generator=None):
-    """Run the reverse chain; return (action chunk, chain of the fine-tuned steps).
-
-    The last `ft_steps` executed steps use `actor_ft`, the earlier ones the frozen `actor`.
+    """Run the reverse chain; return (action chunk, chain (B, ft_steps + 1, Tp, Da) of the fine-tuned steps; chain[:, 0]
+    is the input of the first). The last `ft_steps` executed steps use `actor_ft`, the earlier ones the frozen `actor`.
     `mode`: "train" -> std floored at min_sampling_std at every step (exploration, paper 4.3);
-            "eval"  -> DDPM: natural std floored at 1e-3, none at the final step; DDIM: eta 0 (deterministic).
-    chain: (B, ft_steps + 1, Tp, Da); chain[:, 0] is the input of the first fine-tuned step.
-    """
+            "eval"  -> DDPM: natural std floored at 1e-3, none at the final step; DDIM: eta 0 (deterministic)."""
     ddim = any(t_prev != t - 1 for t, t_prev in plan)
     B = obs.shape[0]
     x = torch.randn(B, horizon_steps, action_dim, device=obs.device, generator=generator)
@@ -428,12 +438,9 @@ def fine_tuned_timesteps(plan, ft_steps):
 
 
 def denoising_log_prob(actor_ft, sched, obs, x_in, x_out, t, t_prev, ddim, act_steps, min_logprob_std, clip=1.0):
-    """log pi(x_out | x_in, s) of one denoising step (paper eq. 4.3), per sample (B,).
-
-    The Gaussian std is floored at min_logprob_std (paper 4.3, sigma_min^prob). As the official
-    code: elementwise log-densities clamped to [-5, 2], only the first act_steps rows of the
-    chunk, averaged over (act_steps, action_dim).
-    """
+    """log pi(x_out | x_in, s) of one denoising step (paper eq. 4.3), per sample (B,). The Gaussian std is
+    floored at min_logprob_std (paper 4.3, sigma_min^prob). As the official code: elementwise log-densities
+    clamped to [-5, 2], only the first act_steps rows of the chunk, averaged over (act_steps, action_dim)."""
     mean, var = step_mean_var(actor_ft, sched, x_in, obs, t, t_prev, ddim, 1.0, clip)
     std = var.sqrt().clamp(min=min_logprob_std)
     elementwise = -((x_out - mean) ** 2) / (2 * std**2) - std.log() - 0.5 * math.log(2 * math.pi)
@@ -466,10 +473,8 @@ class Critic(nn.Module):
 
 class RunningRewardScaler:
     """Divide rewards by the std of a running discounted return (official `reward_scale_running`).
-
     R <- r + 0.99 (1 - first) R per env; running variance of all R (count init 1e-4, mean 0, var 1);
-    scaled reward = r / sqrt(var + 1e-8), clipped to +-10. No mean subtraction.
-    """
+    scaled reward = r / sqrt(var + 1e-8), clipped to +-10. No mean subtraction."""
 
     def __init__(self, num_envs, gamma=0.99):
         self.gamma, self.ret = gamma, np.zeros(num_envs)
@@ -604,7 +609,8 @@ def pretrain(args, run_dir, writer, device):
                   f"lr {opt.param_groups[0]['lr']:.2e} | {time.time() - t0:.0f}s | left {left / 60:.1f}m", flush=True)
     ckpt = dict(algo="dppo", policy="diffusion", backbone=args.backbone, model=ema.state_dict(), model_kwargs=kw,
                 normalization=norm, env_id=args.env_id, args=asdict(args), iteration=0, env_steps=0,
-                dataset=args.dataset, pretrain_epochs=args.pretrain_epochs, pretrain_gradient_steps=step)
+                dataset=args.dataset, pretrain_epochs=args.pretrain_epochs, pretrain_gradient_steps=step,
+                **({"robomimic_env_args": envs.robomimic_env_args(args.env_id)} if envs.is_robomimic(args.env_id) else {}))
     envs.save_checkpoint(ckpt, os.path.join(run_dir, "pretrained.pt"))
     print(f"[pretrain] wrote {os.path.join(run_dir, 'pretrained.pt')}")
     return ckpt
@@ -614,8 +620,8 @@ def pretrain(args, run_dir, writer, device):
 # Evaluation, checks, main
 # ------------------------------------------------------------------------------------------------
 def evaluate(actor, actor_ft, sched, plan, ft_steps, kw, args, normalization, device, episodes):
-    """Return over `episodes` episodes without exploration noise (paper D.1: DDPM noise kept except at
-    the last step; DDIM eta 0). The fine-tuned network runs the fine-tuned steps (official eval fix)."""
+    """Return (mean, std) and success rate (returns > 0) over `episodes` episodes without exploration noise (paper
+    D.1: DDPM noise kept except at the last step; DDIM eta 0). The fine-tuned network runs the fine-tuned steps."""
 
     def act(obs):
         chunk, _ = sample(actor, actor_ft, sched, torch.as_tensor(obs, device=device), plan, ft_steps,
@@ -625,12 +631,11 @@ def evaluate(actor, actor_ft, sched, plan, ft_steps, kw, args, normalization, de
 
     returns, _ = envs.run_episodes(act, args.env_id, episodes, args.seed + 10_000, args.act_steps, args.cond_steps,
                                    normalization, args.async_envs)
-    return float(np.mean(returns)), float(np.std(returns))
+    return float(np.mean(returns)), float(np.std(returns)), envs.success_rate(returns)
 
 
 def check_args(args):
-    for name in ("num_envs", "n_steps", "batch_size", "update_epochs", "eval_episodes", "eval_freq", "denoising_steps",
-                 "ft_denoising_steps"):
+    for name in ("num_envs", "n_steps", "batch_size", "update_epochs", "eval_episodes", "eval_freq", "denoising_steps", "ft_denoising_steps"):
         if getattr(args, name) < 1:
             envs.fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.act_steps > args.horizon_steps:
@@ -666,12 +671,9 @@ def load_diffusion_checkpoint(path, args):
 
 
 def build_actors(ckpt, ft_denoising_steps, device):
-    """(frozen actor, fine-tuned actor, fine-tuned steps to use in evaluation) from a checkpoint.
-
-    A pre-trained checkpoint gives two equal copies (evaluation uses the frozen one everywhere);
-    a DPPO fine-tuned one restores its `model_ft`, which then runs the last K' steps in evaluation
-    too (the official code's later eval fix: otherwise the fine-tuning is silently ignored).
-    """
+    """(frozen actor, fine-tuned actor, fine-tuned steps to use in evaluation) from a checkpoint. A pre-trained
+    checkpoint gives two equal copies (evaluation uses the frozen one everywhere); a DPPO fine-tuned one restores
+    its `model_ft`, which then runs the last K' steps in evaluation too (the official code's later eval fix)."""
     actor = build_network(ckpt["model_kwargs"]).to(device)
     try:
         actor.load_state_dict(ckpt["model"])
@@ -685,7 +687,8 @@ def build_actors(ckpt, ft_denoising_steps, device):
     return actor, actor_ft, ft_denoising_steps
 
 
-def main(args):
+def main(args, cli=()):
+    robo = apply_task_defaults(args, cli)
     check_args(args)
     envs.resolve_env_id(args.env_id)
     random.seed(args.seed)
@@ -710,6 +713,8 @@ def main(args):
         path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", args.backbone)
         ckpt = load_diffusion_checkpoint(path, args)
         print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
+        if robo and ckpt.get("robomimic_env_args"):
+            envs.set_robomimic_env_args(args.env_id, ckpt["robomimic_env_args"])
     kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
     resume = ckpt if ckpt["algo"] == "dppo" and "critic" in ckpt else None
     actor, actor_ft, eval_ft_steps = build_actors(ckpt, args.ft_denoising_steps, device)
@@ -720,9 +725,9 @@ def main(args):
     ft_t, ft_t_prev = fine_tuned_timesteps(plan, K_ft)
 
     if args.pretrain_only or args.eval_only:
-        ret, std = evaluate(actor, actor_ft, sched, plan, eval_ft_steps, kw, args, normalization, device, args.eval_episodes)
-        print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes")
-        write_summary(run_dir, args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret)
+        ret, std, succ = evaluate(actor, actor_ft, sched, plan, eval_ft_steps, kw, args, normalization, device, args.eval_episodes)
+        print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes" + (f", success {succ:.2f}" if robo else ""))
+        write_summary(run_dir, args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3)
         return
 
     obs_dim, action_dim, Tp = kw["obs_dim"], kw["action_dim"], kw["horizon_steps"]
@@ -747,12 +752,15 @@ def main(args):
         start_iter, env_steps = resume["iteration"], resume["env_steps"]
     pretrained_eval = resume["pretrained_eval_return"] if resume is not None else None
     best_eval = resume["best_eval_return"] if resume is not None else -np.inf
-    last_eval = float("nan")
+    pre_succ, best_succ = (resume or {}).get("pretrained_eval_success_rate"), (resume or {}).get("best_eval_success_rate", -np.inf)
+    last_eval = last_succ = float("nan")
     if pretrained_eval is None:
-        pretrained_eval, _ = evaluate(actor, actor_ft, sched, plan, 0, kw, args, normalization, device, args.eval_episodes)
-        last_eval = best_eval = pretrained_eval
+        pretrained_eval, _, pre_succ = evaluate(actor, actor_ft, sched, plan, 0, kw, args, normalization, device, args.eval_episodes)
+        last_eval, last_succ = best_eval, best_succ = pretrained_eval, pre_succ
         writer.add_scalar("eval/episodic_return", pretrained_eval, env_steps)
-        print(f"[eval] pre-trained return {pretrained_eval:.1f}")
+        if robo:
+            writer.add_scalar("eval/success_rate", pre_succ, env_steps)
+        print(f"[eval] pre-trained return {pretrained_eval:.1f}" + (f", success rate {pre_succ:.2f}" if robo else ""))
 
     vec = envs.make_vec_env(args.env_id, args.num_envs, args.seed + start_iter * args.num_envs, args.act_steps,
                             args.cond_steps, normalization, args.async_envs)
@@ -767,14 +775,15 @@ def main(args):
                      actor_optimizer=actor_opt.state_dict(), critic_optimizer=critic_opt.state_dict(),
                      actor_lr_schedule=actor_sched.state_dict(), critic_lr_schedule=critic_sched.state_dict(),
                      reward_scaler=scaler.state_dict(), torch_rng=torch.get_rng_state(), numpy_rng=np.random.get_state(),
-                     pretrained_eval_return=pretrained_eval, best_eval_return=best_eval)
+                     pretrained_eval_return=pretrained_eval, best_eval_return=best_eval, **(dict(pretrained_eval_success_rate=pre_succ,
+                     best_eval_success_rate=best_succ, robomimic_env_args=envs.robomimic_env_args(args.env_id)) if robo else {}))
         envs.save_checkpoint(state, os.path.join(run_dir, "checkpoint_last.pt"))
         if it % args.save_freq == 0 or it == num_iters:
             envs.save_checkpoint(state, os.path.join(run_dir, f"checkpoint_{it}.pt"))
 
     try:
         while iteration < num_iters:
-            t_iter = time.time()
+            t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
             # ---- rollout: record the fine-tuned part of every denoising chain (paper 4.1) ----
             N, E = args.n_steps, args.num_envs
             buf_obs = np.zeros((N, E, args.cond_steps, obs_dim), np.float32)
@@ -794,6 +803,7 @@ def main(args):
                     recent_returns.append(r)
                     writer.add_scalar("charts/episodic_return", r, env_steps)
                     writer.add_scalar("charts/episodic_length", length, env_steps)
+                successes += envs.finished_successes(infos)
                 obs = next_obs
                 env_steps += E * args.act_steps
             t_rollout = time.time() - t_iter
@@ -810,8 +820,7 @@ def main(args):
             # a time-out is not a failure: bootstrap it with V(last obs) (the official code treats it as terminal)
             rewards = rewards + args.gamma * final_values * buf_timeout
             next_values = np.concatenate([values[1:], last_value[None]], 0)
-            advantages, returns = compute_gae(rewards, values, next_values, np.maximum(buf_term, buf_timeout),
-                                              args.gamma, args.gae_lambda)
+            advantages, returns = compute_gae(rewards, values, next_values, np.maximum(buf_term, buf_timeout), args.gamma, args.gae_lambda)
             # ---- old log-probs of every (env step, denoising step) pair ----
             chains = buf_chain.reshape(N * E, K_ft + 1, Tp, action_dim)
             old_logp = torch.zeros(N * E, K_ft, device=device)
@@ -845,13 +854,18 @@ def main(args):
             writer.add_scalar("time/rollout_s", t_rollout, env_steps)
             writer.add_scalar("time/update_s", t_update, env_steps)
             writer.add_scalar("charts/peak_memory_mb", peak_memory_mb(device), env_steps)
+            if successes:
+                writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
             if iteration % args.eval_freq == 0 or iteration == num_iters:
-                last_eval, _ = evaluate(actor, actor_ft, sched, plan, K_ft, kw, args, normalization, device, args.eval_episodes)
-                best_eval = max(best_eval, last_eval)
+                last_eval, _, last_succ = evaluate(actor, actor_ft, sched, plan, K_ft, kw, args, normalization, device, args.eval_episodes)
+                best_eval, best_succ = max(best_eval, last_eval), max(best_succ, last_succ)
                 writer.add_scalar("eval/episodic_return", last_eval, env_steps)
+                if robo:
+                    writer.add_scalar("eval/success_rate", last_succ, env_steps)
             mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
             left = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
             print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
+                  + (f"success {envs.success_rate(successes):.2f} eval success {last_succ:.2f} | " if robo else "") +
                   f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | kl {stats['approx_kl']:.2e} "
                   f"clipfrac {stats['clipfrac']:.3f} | left {left / 60:.1f}m", flush=True)
             save(iteration)
@@ -860,26 +874,25 @@ def main(args):
         print(f"[interrupted] checkpoint written to {os.path.join(run_dir, 'checkpoint_last.pt')}")
         raise SystemExit(130)
     vec.close()
-    write_summary(run_dir, args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval)
+    write_summary(run_dir, args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval, robo and (pre_succ, last_succ, best_succ))
     writer.close()
 
 
 def peak_memory_mb(device):
     """Peak GPU memory on CUDA; peak resident memory of the process on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def write_summary(run_dir, args, env_steps, wall, pretrained, final, best):
+def write_summary(run_dir, args, env_steps, wall, pretrained, final, best, success=()):
     summary = dict(algo="dppo", env_id=args.env_id, seed=args.seed, env_steps=int(env_steps), wall_time_s=wall,
-                   pretrained_eval_return=pretrained, final_eval_return=final, best_eval_return=best, args=asdict(args))
+                   pretrained_eval_return=pretrained, final_eval_return=final, best_eval_return=best, args=asdict(args),
+                   **{f"{k}_eval_success_rate": v for k, v in zip(("pretrained", "final", "best"), success or ())})
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2, default=str)
     print(f"[done] summary in {os.path.join(run_dir, 'summary.json')}")
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(tyro.cli(Args), sys.argv[1:])

@@ -7,7 +7,7 @@ Nothing algorithmic lives here. Read top to bottom:
   4. vector envs  -- sync or async, env i seeded with seed + i, episode statistics
   5. datasets     -- D4RL-format hdf5 read/write, download, Minari, pre-training samples
   6. checkpoints  -- atomic save, load with clear errors, bundled checkpoint paths
-  7. robomimic    -- lift/can/square/transport on robosuite 1.5, robomimic hdf5 read/write/download
+  7. robomimic    -- lift/can/square/transport on robosuite 1.5, robomimic hdf5 read/download
 """
 
 from __future__ import annotations
@@ -507,12 +507,9 @@ def load_checkpoint(path: str, policy: str, env_id: str, backbone: str | None = 
 # ------------------------------------------------------------------------------------------------
 # 7. Robomimic tasks (robosuite 1.5, state input; paper 5.1-5.2, D.5)
 # ------------------------------------------------------------------------------------------------
-# robomimic's low-dim setup rebuilt on robosuite 1.5 (PyPI's robomimic 0.3 imports mujoco_py, so it
-# is not used): OSC_POSE delta control with robomimic's limits, 20 Hz, sparse reward (1 on every
-# step at which the task is solved), episodes never terminate and are truncated at the task's
-# max_episode_steps. Observation = concatenation of `obs_keys` (robomimic's "object" is robosuite's
-# "object-state"). Datasets use robomimic's hdf5 layout: data/demo_<i>/{obs/<key>, actions,
-# rewards, dones[, next_obs, states]}, with the JSON env meta in the `env_args` attribute of `data`.
+# robomimic's low-dim setup on robosuite 1.5 (PyPI's robomimic imports mujoco_py; not used): OSC_POSE
+# deltas, 20 Hz, sparse reward, no termination, truncation at max_episode_steps; obs = the obs_keys
+# concatenated. Files: robomimic's layout data/demo_<i>/{obs/<key>, actions, ...}, data.attrs["env_args"].
 ROBOMIMIC_TASKS = {  # task -> robosuite env and the paper's settings (dppo-facts 4.2)
     "lift": dict(env_name="Lift", robots=["Panda"], obs_dim=19, action_dim=7, max_episode_steps=300, act_steps=4),
     "can": dict(env_name="PickPlaceCan", robots=["Panda"], obs_dim=23, action_dim=7, max_episode_steps=300,
@@ -527,17 +524,15 @@ for _spec in ROBOMIMIC_TASKS.values():
     _spec["obs_keys"] = [f"robot{i}_{k}" for i in range(len(_spec["robots"])) for k in _ROBOT_KEYS] + ["object"]
 # robomimic's "object" = robosuite's "object-state". robosuite 1.5 reordered it for Can and Square
 # (relative pose first); these lists restore the robosuite <= 1.4 order robomimic's datasets hold.
-ROBOMIMIC_TASKS["can"]["object_keys"] = ["Can_pos", "Can_quat", "Can_to_robot0_eef_pos", "Can_to_robot0_eef_quat"]
-ROBOMIMIC_TASKS["square"]["object_keys"] = ["SquareNut_pos", "SquareNut_quat", "SquareNut_to_robot0_eef_pos",
-                                            "SquareNut_to_robot0_eef_quat"]
+for _task, _obj in (("can", "Can"), ("square", "SquareNut")):
+    ROBOMIMIC_TASKS[_task]["object_keys"] = [f"{_obj}_{k}" for k in ("pos", "quat", "to_robot0_eef_pos", "to_robot0_eef_quat")]
 _ROBOMIMIC_ALIASES = {name.lower(): task for task, spec in ROBOMIMIC_TASKS.items() for name in (task, spec["env_name"])}
 # robomimic's OSC_POSE config (robosuite <= 1.4 key names, as stored in robomimic's datasets)
 ROBOMIMIC_CONTROLLER = {
-    "type": "OSC_POSE", "input_max": 1, "input_min": -1,
-    "output_max": [0.05, 0.05, 0.05, 0.5, 0.5, 0.5], "output_min": [-0.05, -0.05, -0.05, -0.5, -0.5, -0.5],
-    "kp": 150, "damping": 1, "impedance_mode": "fixed", "kp_limits": [0, 300], "damping_limits": [0, 10],
-    "position_limits": None, "orientation_limits": None, "uncouple_pos_ori": True, "control_delta": True,
-    "interpolation": None, "ramp_ratio": 0.2,
+    "type": "OSC_POSE", "input_max": 1, "input_min": -1, "output_max": [0.05, 0.05, 0.05, 0.5, 0.5, 0.5],
+    "output_min": [-0.05, -0.05, -0.05, -0.5, -0.5, -0.5], "kp": 150, "damping": 1, "impedance_mode": "fixed",
+    "kp_limits": [0, 300], "damping_limits": [0, 10], "position_limits": None, "orientation_limits": None,
+    "uncouple_pos_ori": True, "control_delta": True, "interpolation": None, "ramp_ratio": 0.2,
 }
 # kwargs every robomimic env gets whatever a dataset's env_args say (low-dim, sparse, no renderer)
 _ROBOMIMIC_FORCED = dict(has_renderer=False, use_camera_obs=False, use_object_obs=True, ignore_done=True,
@@ -586,11 +581,7 @@ def robomimic_env_args(env_id: str) -> dict:
 
 
 def set_robomimic_env_args(env_id: str, env_args: dict | None):
-    """Make later make_env calls of this task honour `env_args` (None restores the default).
-
-    load_dataset calls this with a robomimic file's env_args; a script that fine-tunes in a new
-    process can store robomimic_env_args(env_id) in its checkpoint and set it back with this.
-    """
+    """Make later make_env calls of this task honour `env_args` (None: the default); load_dataset calls it."""
     task = _robomimic_task(env_id)
     if env_args is None:
         _robomimic_env_args.pop(task, None)
@@ -600,51 +591,6 @@ def set_robomimic_env_args(env_id: str, env_args: dict | None):
         fail(f"env_args are for env {name!r}, not the {task} task ({ROBOMIMIC_TASKS[task]['env_name']}); "
              f"pass a {task} dataset")
     _robomimic_env_args[task] = env_args
-
-
-def _mujoco_version() -> tuple:
-    import mujoco
-
-    return tuple(int(x) for x in mujoco.__version__.split(".")[:2])
-
-
-def _patch_robosuite_for_new_mujoco():
-    """robosuite 1.5.2 was written for MuJoCo <= 3.9; three later API changes break it. Patch them.
-
-    (1) MuJoCo 3.10 changed `mj_fullM(m, dst, qM)` to `mj_fullM(m, d, dst)` and 3.11 removed
-    `MjData.qM`: the controller's mass-matrix call is routed to the new signature. (2) From 3.12
-    a numpy joint type no longer tests `in` a tuple of `mjtJoint` enums, which trips an assert in
-    robosuite's joint address look-ups: they are replaced by the same logic on plain ints.
-    Physics is untouched; with MuJoCo <= 3.9 nothing is patched.
-    """
-    import mujoco
-    from robosuite.controllers.parts import controller as rs_controller
-    from robosuite.utils import binding_utils
-
-    version = _mujoco_version()
-    if version >= (3, 10):
-        class _MujocoFullMCompat:  # the old argument order, for robosuite's one mj_fullM call
-            def __getattr__(self, name):
-                return getattr(mujoco, name)
-
-            @staticmethod
-            def mj_fullM(model, dst, data):
-                return mujoco.mj_fullM(model, data, dst)
-
-        rs_controller.mujoco = _MujocoFullMCompat()
-        binding_utils.MjData.qM = property(lambda self: self._data)  # hands the MjData to the call above
-    if version >= (3, 12):
-        def address(field, free_dims, ball_dims):
-            def get(self, name):
-                joint = self.joint_name2id(name)
-                kind, start = int(self.jnt_type[joint]), int(getattr(self, field)[joint])
-                dims = {int(mujoco.mjtJoint.mjJNT_FREE): free_dims, int(mujoco.mjtJoint.mjJNT_BALL): ball_dims}
-                n = dims.get(kind, 1)
-                return start if n == 1 else (start, start + n)
-            return get
-
-        binding_utils.MjModel.get_joint_qpos_addr = address("jnt_qposadr", 7, 4)
-        binding_utils.MjModel.get_joint_qvel_addr = address("jnt_dofadr", 6, 3)
 
 
 def import_robosuite():
@@ -659,27 +605,26 @@ def import_robosuite():
         import robosuite
     except ImportError as e:
         fail(f"robomimic tasks need robosuite 1.5 ({e.__class__.__name__}: {e}); install it with: "
-             "pip install numba termcolor opencv-python-headless && pip install --no-deps robosuite==1.5.2")
+             "pip install -r requirements.txt && pip install --no-deps -r requirements-robomimic.txt")
     finally:
         logging.disable(logging.NOTSET)
     if not robosuite.__version__.startswith("1.5"):
         fail(f"robomimic tasks need robosuite 1.5, found {robosuite.__version__}: "
-             "pip install --no-deps robosuite==1.5.2")
+             "pip install --no-deps -r requirements-robomimic.txt")
+    import mujoco
+
+    if tuple(int(x) for x in mujoco.__version__.split(".")[:2]) >= (3, 10):  # robosuite 1.5.2 breaks on 3.10+
+        fail(f"robosuite 1.5.2 needs MuJoCo < 3.10, found {mujoco.__version__}: pip install 'mujoco>=3.2,<3.10'")
     from robosuite.utils.log_utils import ROBOSUITE_DEFAULT_LOGGER
 
     ROBOSUITE_DEFAULT_LOGGER.setLevel(logging.ERROR)
-    _patch_robosuite_for_new_mujoco()
     _robosuite = robosuite
     return robosuite
 
 
 def _controller_configs(controller_configs, robots: list):
-    """robosuite 1.5 composite controller configs from robomimic's (<= 1.4) part config.
-
-    Old key names are translated (damping -> damping_ratio, control_delta -> input_type) and,
-    unless given, deltas are read in the world frame as robosuite <= 1.4 did (the 1.5 default,
-    the robot base frame, differs for Transport's rotated robots). Composite configs pass as is.
-    """
+    """robosuite 1.5 composite controller configs from robomimic's (<= 1.4) part config: old key names
+    translated, deltas in the world frame unless given (as robosuite <= 1.4). Composite configs pass as is."""
     import copy
 
     from robosuite.controllers.composite.composite_controller_factory import refactor_composite_controller_config
@@ -720,14 +665,9 @@ def _robosuite_kwargs(task: str, render: bool) -> dict:
 
 
 class RobomimicLowDimEnv(gym.Env):
-    """A robosuite task as robomimic's low-dim env, with the gymnasium API.
-
-    obs: float64 concatenation of the task's obs_keys; actions in [-1, 1] (OSC_POSE deltas and
-    gripper, per arm); reward: robosuite's sparse reward (1 on each step the task is solved, else 0);
-    terminated is always False; truncated at max_episode_steps. info["success"] is robosuite's
-    success check after the step. `rs_env` is the robosuite env (privileged state for scripted
-    demonstrations). reset(seed=s) reseeds robosuite's own generator (object placement, arm noise).
-    """
+    """A robosuite task as robomimic's low-dim env (gymnasium API): obs = obs_keys concatenated, actions in
+    [-1, 1], sparse reward, never terminated, truncated at max_episode_steps, info["success"] after each
+    step. `rs_env` is the robosuite env; reset(seed=s) reseeds robosuite's own generator in place."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
 
@@ -792,10 +732,7 @@ def make_robomimic_env(env_id: str, render_mode: str | None = None) -> Robomimic
 
 
 def finished_successes(infos: dict) -> list:
-    """Success flags (bool) of the episodes that ended in this vector step, in finished_episodes order.
-
-    Only robomimic envs report `episode_success`; for them an episode succeeded iff its return > 0.
-    """
+    """Success flags of the episodes that ended in this vector step (finished_episodes order; robomimic only)."""
     final = infos.get("final_info")
     if not final or "episode_success" not in final:
         return []
@@ -821,12 +758,8 @@ def _robomimic_dataset_name(dataset: str):
 
 
 def resolve_robomimic_dataset(dataset: str) -> str:
-    """Path of a robomimic dataset name: cached in data_dir(), else downloaded (mh/ph).
-
-    `<task>-scripted` is the file made here by scripts/make_robomimic_demos.py. Offline, a missing
-    file fails in one line naming that command. $CLEANDPPO_ROBOMIMIC_URL overrides the address
-    pattern (fields {task} and {kind}).
-    """
+    """Path of a robomimic dataset name: cached in data_dir(), else downloaded (mh/ph; address pattern
+    $CLEANDPPO_ROBOMIMIC_URL); -scripted and failed downloads fail naming make_robomimic_demos.py."""
     task, kind = _robomimic_dataset_name(dataset)
     path = os.path.join(data_dir(), f"{task}-{kind}.hdf5")
     if os.path.isfile(path):
@@ -864,11 +797,8 @@ def _demo_order(names) -> list:
 
 
 def read_robomimic_hdf5(path: str, obs_keys=None) -> dict:
-    """Read a robomimic-format file: dict(env_args, demos=[{obs: {key: array}, actions, rewards, dones}]).
-
-    Demos in numeric order. With `obs_keys`, only those keys are read, and a demo lacking one fails
-    in one line naming the fix.
-    """
+    """Read a robomimic-format file: dict(env_args, demos=[{name, obs: {key: array}, actions, rewards, dones}]),
+    demos in numeric order; with `obs_keys` only those are read and a demo lacking one fails in one line."""
     import json
 
     import h5py
@@ -894,13 +824,9 @@ def read_robomimic_hdf5(path: str, obs_keys=None) -> dict:
                          f"or make one with scripts/make_robomimic_demos.py")
                 actions = demo["actions"][()]
                 n = len(actions)
-                demos.append({
-                    "name": name,
-                    "obs": {k: np.asarray(obs_group[k][()]).reshape(n, -1) for k in keys},
-                    "actions": actions,
-                    "rewards": demo["rewards"][()] if "rewards" in demo else np.zeros(n),
-                    "dones": demo["dones"][()] if "dones" in demo else (np.arange(n) == n - 1).astype(np.int64),
-                })
+                demos.append({"name": name, "obs": {k: np.asarray(obs_group[k][()]).reshape(n, -1) for k in keys},
+                              "actions": actions, "rewards": demo["rewards"][()] if "rewards" in demo else np.zeros(n),
+                              "dones": demo["dones"][()] if "dones" in demo else (np.arange(n) == n - 1).astype(int)})
     except OSError as e:
         fail(f"cannot read dataset {path} ({e.__class__.__name__}: {str(e).splitlines()[0]}); delete it and regenerate it")
     if not demos:
@@ -908,45 +834,9 @@ def read_robomimic_hdf5(path: str, obs_keys=None) -> dict:
     return {"env_args": env_args, "demos": demos}
 
 
-def write_robomimic_hdf5(path: str, demos: list, env_args: dict, attrs: dict | None = None):
-    """Write demos in robomimic's layout, atomically.
-
-    Each demo: dict(obs={key: (T, d)}, actions (T, Da), rewards (T,), dones (T,), and optionally
-    next_obs={key: ...} and states (T, S)). `data` gets env_args (JSON) and total; `attrs` go there too.
-    """
-    import json
-
-    import h5py
-
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with h5py.File(tmp, "w") as f:
-        group = f.create_group("data")
-        total = 0
-        for i, demo in enumerate(demos):
-            g = group.create_group(f"demo_{i}")
-            for field in ("obs", "next_obs"):
-                for key, value in demo.get(field, {}).items():
-                    g.create_dataset(f"{field}/{key}", data=np.asarray(value), compression="gzip")
-            for key in ("actions", "rewards", "dones", "states"):
-                if key in demo:
-                    g.create_dataset(key, data=np.asarray(demo[key]), compression="gzip")
-            g.attrs["num_samples"] = len(demo["actions"])
-            total += len(demo["actions"])
-        group.attrs["env_args"] = json.dumps(env_args)
-        group.attrs["total"] = total
-        for key, value in (attrs or {}).items():
-            group.attrs[key] = value
-    os.replace(tmp, path)
-
-
 def load_robomimic_dataset(path: str, env_id: str | None = None) -> dict:
-    """load_dataset for robomimic files (official process_robomimic_dataset conversion).
-
-    Observation = hstack of the task's obs_keys; every demo kept (terminals all False, a timeout at
-    each demo's end); normalization over all demos. The file's env_args must name the task of
-    `env_id` and are registered for make_env (set_robomimic_env_args).
-    """
+    """load_dataset for robomimic files (official process_robomimic_dataset): obs_keys stacked, every demo
+    kept (no terminals, a timeout at each end); the file's env_args must name the task and are registered."""
     import json
 
     import h5py

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Literal, Optional
@@ -139,6 +140,15 @@ class Args:
     """first iterations update only the critic"""
     critic_dims: tuple[int, ...] = (256, 256, 256)
     """critic hidden widths (residual, Mish)"""
+
+
+# Robomimic ids (lift, can, square, transport) get the official values (dppo-facts 4.3-4.4) for every flag not set
+# explicitly on the command line (printed at start), with act_steps = horizon_steps = the task's Ta; the Gym tasks
+# keep the defaults above. Per task: n_steps, batch_size, update_epochs, mlp_dims, transformer_dim.
+ROBOMIMIC = dict(gamma=0.999, num_envs=50, clip_coef=0.01, actor_lr=1e-4, critic_lr=1e-3, n_critic_warmup_itr=2,
+                 eval_episodes=50, fixed_std=0.1, std_min=0.01, std_max=0.2)
+ROBOMIMIC_TASK = dict(lift=(300, 7500, 10, (512,) * 3, 96), can=(300, 7500, 10, (512,) * 3, 96),
+                      square=(400, 10_000, 10, (1024,) * 3, 160), transport=(400, 10_000, 5, (1024,) * 3, 160))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -425,7 +435,8 @@ def model_kwargs_from(args, obs_dim, action_dim):
 
 
 def evaluate(policy, args, normalization, device, episodes):
-    """Returns of the deterministic policy (mean of the most likely mode; paper: no exploration noise)."""
+    """(mean, std) of the deterministic policy's return (mean of the most likely mode; paper: no exploration
+    noise) and its success rate (share of returns > 0, robomimic)."""
     policy.eval()
 
     def act(obs):
@@ -436,10 +447,12 @@ def evaluate(policy, args, normalization, device, episodes):
     returns, _ = envs.run_episodes(act, args.env_id, episodes, args.seed + 10_000, args.act_steps, args.cond_steps,
                                    normalization, args.async_envs)
     policy.train()
-    return float(np.mean(returns)), float(np.std(returns))
+    return float(np.mean(returns)), float(np.std(returns)), envs.success_rate(returns)
 
 
 def make_checkpoint(policy, kwargs, normalization, args, iteration, env_steps, **extra):
+    if envs.is_robomimic(args.env_id):  # the env meta in use (a dataset's env_args), restored when loading
+        extra["robomimic_env_args"] = envs.robomimic_env_args(args.env_id)
     return dict(algo="gmm_ppo", policy="gmm", backbone=kwargs["backbone"], model=policy.state_dict(),
                 model_kwargs=kwargs, normalization=normalization, env_id=args.env_id, args=asdict(args),
                 iteration=iteration, env_steps=env_steps, **extra)
@@ -508,6 +521,20 @@ def report_official_clamp(policy, args, normalization, device, checkpoint):
     return report
 
 
+def apply_task_defaults(args, cli):
+    """Fill the Robomimic table for every field not set explicitly on the command line; print what was set."""
+    task = envs.resolve_env_id(args.env_id)
+    keys = ("n_steps", "batch_size", "update_epochs", "mlp_dims", "transformer_dim")
+    ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
+    table = dict(ROBOMIMIC, **dict(zip(keys, ROBOMIMIC_TASK[task])), act_steps=ta, horizon_steps=ta)
+    if task == "transport" and args.backbone == "transformer":
+        table["fixed_std"] = 0.08  # the Transport Transformer configs start from std 0.08
+    given = {a.split("=")[0].replace("_", "-") for a in cli}
+    table = {k: v for k, v in table.items() if f"--{k.replace('_', '-')}" not in given}
+    vars(args).update(table)
+    print(f"[{task}] per-task defaults: " + ", ".join(f"{k}={v}" for k, v in table.items()))
+
+
 def check_args(args):
     if args.num_modes < 1:
         envs.fail(f"--num-modes must be >= 1, got {args.num_modes} (the paper uses 5)")
@@ -523,7 +550,10 @@ def check_args(args):
 # ------------------------------------------------------------------------------------------------
 # Main
 # ------------------------------------------------------------------------------------------------
-def main(args):
+def main(args, cli=()):
+    robo = envs.is_robomimic(args.env_id)
+    if robo:
+        apply_task_defaults(args, cli)
     check_args(args)
     envs.resolve_env_id(args.env_id)
     random.seed(args.seed)
@@ -549,9 +579,10 @@ def main(args):
         ckpt = pretrain(args, run_dir, writer, device)
         path = os.path.join(run_dir, "pretrained.pt")
         if args.pretrain_only:
-            mean_ret, std_ret = evaluate(_load_policy(ckpt, device), args, ckpt["normalization"], device, args.eval_episodes)
-            print(f"[pretrain] eval return {mean_ret:.1f} +- {std_ret:.1f} over {args.eval_episodes} episodes")
-            _write_summary(run_dir, args, 0, 0.0, mean_ret, mean_ret, mean_ret)
+            mean_ret, std_ret, succ = evaluate(_load_policy(ckpt, device), args, ckpt["normalization"], device, args.eval_episodes)
+            print(f"[pretrain] eval return {mean_ret:.1f} +- {std_ret:.1f} over {args.eval_episodes} episodes"
+                  + (f", success rate {succ:.2f}" if robo else ""))
+            _write_summary(run_dir, args, 0, 0.0, mean_ret, mean_ret, mean_ret, robo and (succ,) * 3)
             writer.close()
             return
         normalization, kwargs = ckpt["normalization"], ckpt["model_kwargs"]
@@ -574,6 +605,8 @@ def main(args):
             resume = ckpt
             start_iter, env_steps = ckpt["iteration"], ckpt["env_steps"]
         print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
+        if robo and ckpt.get("robomimic_env_args"):  # the env meta the policy was trained with
+            envs.set_robomimic_env_args(args.env_id, ckpt["robomimic_env_args"])
 
     if args.report_official_clamp:
         report = report_official_clamp(policy, args, normalization, device, path)
@@ -582,9 +615,10 @@ def main(args):
         writer.close()
         return
     if args.eval_only:
-        mean_ret, std_ret = evaluate(policy, args, normalization, device, args.eval_episodes)
-        print(f"[eval] return {mean_ret:.1f} +- {std_ret:.1f} over {args.eval_episodes} episodes")
-        _write_summary(run_dir, args, env_steps, 0.0, mean_ret, mean_ret, mean_ret)
+        mean_ret, std_ret, succ = evaluate(policy, args, normalization, device, args.eval_episodes)
+        print(f"[eval] return {mean_ret:.1f} +- {std_ret:.1f} over {args.eval_episodes} episodes"
+              + (f", success rate {succ:.2f}" if robo else ""))
+        _write_summary(run_dir, args, env_steps, 0.0, mean_ret, mean_ret, mean_ret, robo and (succ,) * 3)
         writer.close()
         return
 
@@ -607,12 +641,15 @@ def main(args):
     num_iters = max(1, args.total_timesteps // steps_per_iter)
     pretrained_eval = float(resume["pretrained_eval_return"]) if resume is not None else None
     best_eval = float(resume.get("best_eval_return", -np.inf)) if resume is not None else -np.inf
-    last_eval = float("nan")
+    pre_succ, best_succ = (resume or {}).get("pretrained_eval_success_rate"), (resume or {}).get("best_eval_success_rate", -np.inf)
+    last_eval = last_succ = float("nan")
     if pretrained_eval is None:
-        pretrained_eval, _ = evaluate(policy, args, normalization, device, args.eval_episodes)
-        last_eval = best_eval = pretrained_eval
+        pretrained_eval, _, pre_succ = evaluate(policy, args, normalization, device, args.eval_episodes)
+        last_eval, last_succ = best_eval, best_succ = pretrained_eval, pre_succ
         writer.add_scalar("eval/episodic_return", pretrained_eval, env_steps)
-        print(f"[eval] pre-trained return {pretrained_eval:.1f}")
+        if robo:
+            writer.add_scalar("eval/success_rate", pre_succ, env_steps)
+        print(f"[eval] pre-trained return {pretrained_eval:.1f}" + (f", success rate {pre_succ:.2f}" if robo else ""))
     firsts = np.ones(args.num_envs)
     recent_returns, t_start = [], time.time()
     iteration = start_iter
@@ -622,14 +659,15 @@ def main(args):
                                actor_optimizer=actor_opt.state_dict(), critic_optimizer=critic_opt.state_dict(),
                                reward_scaler=scaler.state_dict(), torch_rng=torch.get_rng_state(),
                                numpy_rng=np.random.get_state(), pretrained_eval_return=pretrained_eval,
-                               best_eval_return=best_eval)
+                               best_eval_return=best_eval,
+                               **(dict(pretrained_eval_success_rate=pre_succ, best_eval_success_rate=best_succ) if robo else {}))
         envs.save_checkpoint(ckpt, os.path.join(run_dir, "checkpoint_last.pt"))
         if tag_iter % args.save_freq == 0 or tag_iter == num_iters:
             envs.save_checkpoint(ckpt, os.path.join(run_dir, f"checkpoint_{tag_iter}.pt"))
 
     try:
         while iteration < num_iters:
-            t_iter = time.time()
+            t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
             # ---- rollout ----
             buf_obs = np.zeros((args.n_steps, args.num_envs, args.cond_steps, obs_dim), np.float32)
             buf_act = np.zeros((args.n_steps, args.num_envs, args.horizon_steps, action_dim), np.float32)
@@ -647,6 +685,7 @@ def main(args):
                     recent_returns.append(r)
                     writer.add_scalar("charts/episodic_return", r, env_steps)
                     writer.add_scalar("charts/episodic_length", length, env_steps)
+                successes += envs.finished_successes(infos)
                 obs = next_obs
                 env_steps += args.num_envs * args.act_steps
             t_rollout = time.time() - t_iter
@@ -688,14 +727,19 @@ def main(args):
             writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
             writer.add_scalar("time/rollout_s", t_rollout, env_steps)
             writer.add_scalar("time/update_s", t_update, env_steps)
+            if successes:
+                writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
 
             if iteration % args.eval_freq == 0 or iteration == num_iters:
-                last_eval, _ = evaluate(policy, args, normalization, device, args.eval_episodes)
-                best_eval = max(best_eval, last_eval)
+                last_eval, _, last_succ = evaluate(policy, args, normalization, device, args.eval_episodes)
+                best_eval, best_succ = max(best_eval, last_eval), max(best_succ, last_succ)
                 writer.add_scalar("eval/episodic_return", last_eval, env_steps)
+                if robo:
+                    writer.add_scalar("eval/success_rate", last_succ, env_steps)
             mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
             eta = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
             print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
+                  + (f"success {envs.success_rate(successes):.2f} eval success {last_succ:.2f} | " if robo else "") +
                   f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | kl {stats['approx_kl']:.4f} "
                   f"clipfrac {stats['clipfrac']:.2f} std {stats['std']:.3f} | left {eta / 60:.1f}m", flush=True)
             save(iteration)
@@ -706,7 +750,8 @@ def main(args):
     envs_.close()
     if args.capture_video:
         _capture_video(policy, args, normalization, device, run_dir)
-    _write_summary(run_dir, args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval)
+    _write_summary(run_dir, args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval,
+                   robo and (pre_succ, last_succ, best_succ))
     writer.close()
 
 
@@ -719,9 +764,11 @@ def _load_policy(ckpt, device):
     return policy
 
 
-def _write_summary(run_dir, args, env_steps, wall, pretrained, final, best):
+def _write_summary(run_dir, args, env_steps, wall, pretrained, final, best, success=()):
+    """summary.json; `success` (robomimic): the (pretrained, final, best) eval success rates."""
     summary = dict(algo="gmm_ppo", env_id=args.env_id, seed=args.seed, env_steps=int(env_steps), wall_time_s=wall,
-                   pretrained_eval_return=pretrained, final_eval_return=final, best_eval_return=best, args=asdict(args))
+                   pretrained_eval_return=pretrained, final_eval_return=final, best_eval_return=best, args=asdict(args),
+                   **{f"{k}_eval_success_rate": v for k, v in zip(("pretrained", "final", "best"), success or ())})
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2, default=str)
     print(f"[done] summary in {os.path.join(run_dir, 'summary.json')}")
@@ -745,4 +792,4 @@ def _capture_video(policy, args, normalization, device, run_dir):
 
 if __name__ == "__main__":
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
-    main(tyro.cli(Args))
+    main(tyro.cli(Args), sys.argv[1:])

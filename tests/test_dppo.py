@@ -274,31 +274,45 @@ def test_cli_finetune_smoke_run(tiny_diffusion_checkpoint, tmp_path):
     assert "[eval] return" in proc.stdout
 
 
-@pytest.mark.parametrize("flags, expected", [
-    (["--ft-denoising-steps", "30"], "--ft-denoising-steps 30 > --denoising-steps 20"),
-    (["--ddim-steps", "7"], "--ddim-steps 7 must divide --denoising-steps 20"),
-    (["--act-steps", "8"], "--act-steps 8 > --horizon-steps 4"),
-    (["--env-id", "Hopper-v9"], "unknown --env-id"),
-])
-def test_bad_flags_are_one_line(flags, expected, tmp_path):
-    proc = run_script("dppo.py", "--run-dir", tmp_path / "r", *flags, check=False)
-    assert proc.returncode != 0 and expected in proc.stderr and "Traceback" not in proc.stderr
+def test_bad_flags_are_one_line_on_stderr(tmp_path):
+    proc = run_script("dppo.py", "--run-dir", tmp_path / "r", "--ft-denoising-steps", "30", check=False)
+    assert proc.returncode != 0 and "--ft-denoising-steps 30 > --denoising-steps 20" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def _fails(expected, **flags):
+    with pytest.raises(SystemExit) as e:
+        dppo.main(dppo.Args(**flags))
+    assert expected in str(e.value) and str(e.value).startswith("error:") and "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("flags, expected", [
-    (["--env-id", "Walker2D-v2"], "trained on Hopper-v2"),
-    (["--horizon-steps", "8", "--act-steps", "8"], "predicts chunks of 4"),
-    (["--denoising-steps", "20", "--ft-denoising-steps", "3"], "pass --denoising-steps 6"),
+    (dict(ddim_steps=7), "--ddim-steps 7 must divide --denoising-steps 20"),
+    (dict(ddim_steps=5, ft_denoising_steps=6), "--ft-denoising-steps 6 > --ddim-steps 5"),
+    (dict(act_steps=8), "--act-steps 8 > --horizon-steps 4"),
+    (dict(env_id="Hopper-v9"), "unknown --env-id"),
+    (dict(num_envs=0), "--num-envs must be >= 1"),
 ])
-def test_mismatched_checkpoint_is_one_line(tiny_diffusion_checkpoint, flags, expected, tmp_path):
-    base = [f for f in TINY_DIFFUSION if f not in ("--denoising-steps", "6")]
-    proc = run_script("dppo.py", "--checkpoint", tiny_diffusion_checkpoint, "--run-dir", tmp_path / "r", *base,
-                      *(["--denoising-steps", "6"] if "--denoising-steps" not in flags else []), *flags, check=False)
-    assert proc.returncode != 0 and expected in proc.stderr and "Traceback" not in proc.stderr
+def test_bad_flags(flags, expected, tmp_path):
+    _fails(expected, run_dir=str(tmp_path / "r"), **flags)
 
 
-def test_gaussian_checkpoint_is_refused(tiny_dataset, tmp_path):
-    run_script("gaussian_ppo.py", "--dataset", tiny_dataset, "--pretrain-only", "--pretrain-epochs", "1", "--run-dir",
-               tmp_path / "g", "--eval-episodes", "1", "--mlp-dims", "8", "8", "8")
-    proc = run_script("dppo.py", "--checkpoint", tmp_path / "g" / "pretrained.pt", "--run-dir", tmp_path / "r", check=False)
-    assert proc.returncode != 0 and "holds a gaussian policy" in proc.stderr and "Traceback" not in proc.stderr
+@pytest.mark.parametrize("flags, expected", [
+    (dict(env_id="Walker2D-v2"), "trained on Hopper-v2"),
+    (dict(horizon_steps=8, act_steps=8), "predicts chunks of 4"),
+    (dict(act_steps=2), "an MLP policy executes its whole chunk"),
+    (dict(denoising_steps=20), "pass --denoising-steps 6"),
+    (dict(backbone="unet"), "has backbone mlp"),
+])
+def test_mismatched_checkpoint(tiny_diffusion_checkpoint, flags, expected, tmp_path):
+    base = dict(checkpoint=tiny_diffusion_checkpoint, run_dir=str(tmp_path / "r"), denoising_steps=6, ft_denoising_steps=3,
+                mlp_dims=(32, 32, 32), time_dim=8)
+    _fails(expected, **{**base, **flags})
+
+
+def test_gaussian_checkpoint_is_refused(tmp_path):
+    from cleandppo import envs
+
+    path = str(tmp_path / "g.pt")
+    envs.save_checkpoint(dict(algo="gaussian_ppo", policy="gaussian", backbone="mlp", model={}, env_id="Hopper-v2"), path)
+    _fails("holds a gaussian policy", checkpoint=path, run_dir=str(tmp_path / "r"))

@@ -144,18 +144,27 @@ def test_cli_pretrain_then_finetune(tiny_dataset, tmp_path):
     assert "iter 3/3" in proc.stdout and "iter 1/3" not in proc.stdout
 
 
-@pytest.mark.parametrize("flags, expected", [
-    (["--env-id", "Hoper-v2"], "unknown --env-id"),
-    (["--num-envs", "0"], "--num-envs must be >= 1"),
-    (["--act-steps", "5"], "--act-steps 5 > --horizon-steps 4"),
-    (["--checkpoint", "/nonexistent/ckpt.pt"], "does not exist"),
-])
-def test_bad_input_is_one_line(flags, expected, tmp_path):
-    proc = run_script("gaussian_ppo.py", "--run-dir", tmp_path / "r", *flags, check=False)
-    assert proc.returncode != 0 and expected in proc.stderr
+def test_bad_input_is_one_line_on_stderr(tmp_path):
+    proc = run_script("gaussian_ppo.py", "--run-dir", tmp_path / "r", "--env-id", "Hoper-v2", check=False)
+    assert proc.returncode != 0 and "unknown --env-id" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+def _fails(expected, **flags):
+    with pytest.raises(SystemExit) as e:
+        gp.main(gp.Args(**flags))
+    assert expected in str(e.value) and str(e.value).startswith("error:") and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (dict(num_envs=0), "--num-envs must be >= 1"),
+    (dict(act_steps=5), "--act-steps 5 > --horizon-steps 4"),
+    (dict(checkpoint="/nonexistent/ckpt.pt"), "does not exist"),
+    (dict(std_min=0.3, std_max=0.2), "--std-min <= --std-max"),
+])
+def test_bad_input(flags, expected, tmp_path):
+    _fails(expected, run_dir=str(tmp_path / "r"), **flags)
+
+
 def test_diffusion_checkpoint_is_refused(tiny_diffusion_checkpoint, tmp_path):
-    proc = run_script("gaussian_ppo.py", "--checkpoint", tiny_diffusion_checkpoint, "--run-dir", tmp_path, check=False)
-    assert proc.returncode != 0 and "holds a diffusion policy" in proc.stderr and "Traceback" not in proc.stderr
+    _fails("holds a diffusion policy", checkpoint=tiny_diffusion_checkpoint, run_dir=str(tmp_path / "r"))

@@ -1,0 +1,394 @@
+"""Scripted demonstrations for the robomimic tasks, written in robomimic's hdf5 layout.
+
+robomimic's human datasets cannot be downloaded here, so this script makes demonstrations with
+state-machine controllers that read privileged simulator state (object poses, target bins). To
+make the demos vary the way several human operators do, every attempt draws an "operator": speed,
+controller gain, approach height, grasp offset, waypoint tolerance, hesitation pauses, detours and
+action noise. Only successful attempts are written (ending at the first success step: reward 1
+and done 1 on that step, 0 before), with the same keys as robomimic's low_dim files
+(obs/<key>, next_obs/<key>, actions, rewards, dones, states) and robomimic's env_args.
+
+    python scripts/make_robomimic_demos.py --task lift                  # 100 demos -> <data dir>/lift-scripted.hdf5
+    python scripts/make_robomimic_demos.py --task can --num-demos 200 --out can.hdf5
+
+The data dir is $CLEANDPPO_DATA or ~/.cache/cleandppo/datasets; train on it with --dataset lift-scripted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from cleandppo import envs
+
+TASKS_WITH_CONTROLLER = ("lift", "can", "square")
+
+
+# ------------------------------------------------------------------------------------------------
+# Pose helpers (world frame; robomimic's OSC_POSE deltas are read in the world frame, see envs.py)
+# ------------------------------------------------------------------------------------------------
+def yaw_of(rot: np.ndarray) -> float:
+    """Heading of a frame's x axis in the world xy plane."""
+    return float(np.arctan2(rot[1, 0], rot[0, 0]))
+
+
+def down_rotation(yaw: float) -> np.ndarray:
+    """Gripper pointing straight down (z axis = -world z) with its x axis at heading `yaw`."""
+    x = np.array([np.cos(yaw), np.sin(yaw), 0.0])
+    z = np.array([0.0, 0.0, -1.0])
+    return np.stack([x, np.cross(z, x), z], axis=1)
+
+
+def closest_yaw(target: float, current: float, period: float) -> float:
+    """target + k * period closest to current (symmetric objects: cube pi/2, nut handle pi)."""
+    return target + period * np.round((current - target) / period)
+
+
+def wrap(angle: float) -> float:
+    return (angle + np.pi) % (2 * np.pi) - np.pi
+
+
+# ------------------------------------------------------------------------------------------------
+# Operators and the shared waypoint follower
+# ------------------------------------------------------------------------------------------------
+def sample_operator(rng: np.random.Generator) -> dict:
+    """One simulated human operator; each demo gets a fresh one."""
+    return dict(
+        speed=rng.uniform(0.3, 1.0),           # max |translation action| (1 = 5 cm per 50 ms step)
+        gain=rng.uniform(0.5, 1.2),            # proportional gain on the position error
+        rot_gain=rng.uniform(0.5, 1.0),        # proportional gain on the orientation error
+        noise=rng.uniform(0.0, 0.12),          # std of Gaussian noise added to the arm actions
+        tol=rng.uniform(0.006, 0.014),         # waypoint reached within this distance (m)
+        approach=rng.uniform(0.05, 0.13),      # hover height above the object before descending (m)
+        grasp_xy=rng.normal(0.0, 0.004, 2),    # grasp point offset from the object's centre (m)
+        grasp_dz=rng.uniform(-0.006, 0.008),   # grasp height offset (m)
+        close_steps=int(rng.integers(6, 13)),  # steps spent closing the gripper
+        open_steps=int(rng.integers(3, 9)),    # steps spent opening it
+        pause_p=rng.uniform(0.0, 0.5),         # chance of a hesitation at each phase change
+        detour_p=rng.uniform(0.0, 0.5),        # chance of an extra via-point on long moves
+        lift=rng.uniform(0.07, 0.2),           # lift height above the table/bin (m)
+        yaw_slop=rng.normal(0.0, 0.08),        # how carefully the gripper is aligned (rad)
+    )
+
+
+class Follower:
+    """Turns (target position, target rotation, gripper) into OSC_POSE delta actions, with noise."""
+
+    def __init__(self, env: envs.RobomimicLowDimEnv, op: dict, rng: np.random.Generator):
+        self.env, self.op, self.rng = env, op, rng
+        self.rs = env.rs_env
+        self.site = self.rs.robots[0].eef_site_id["right"]
+
+    def eef(self):
+        data = self.rs.sim.data
+        return np.array(data.site_xpos[self.site]), np.array(data.site_xmat[self.site]).reshape(3, 3)
+
+    def action(self, target_pos, target_rot, gripper: float) -> np.ndarray:
+        pos, rot = self.eef()
+        op = self.op
+        move = np.clip((target_pos - pos) / 0.05 * op["gain"] * 2.0, -op["speed"], op["speed"])
+        turn = np.clip(Rotation.from_matrix(target_rot @ rot.T).as_rotvec() / 0.5 * op["rot_gain"] * 2.0, -1, 1)
+        arm = np.concatenate([move, turn])
+        arm += self.rng.normal(0.0, op["noise"], 6) * np.array([1, 1, 1, 0.5, 0.5, 0.5])
+        return np.concatenate([np.clip(arm, -1, 1), [gripper]])
+
+    def reached(self, target_pos, tol=None) -> bool:
+        return float(np.linalg.norm(self.eef()[0] - target_pos)) < (tol or self.op["tol"])
+
+
+class ScriptedPolicy:
+    """A list of phases; each phase yields actions until it reports done. Subclasses build the plan."""
+
+    def __init__(self, env, op, rng):
+        self.env, self.op, self.rng = env, op, rng
+        self.f = Follower(env, op, rng)
+        self.rs = env.rs_env
+        self.phases = self.plan()
+        self.phase, self.phase_steps, self.pause = 0, 0, 0
+
+    def plan(self) -> list:
+        raise NotImplementedError
+
+    def __call__(self) -> np.ndarray:
+        while True:
+            if self.pause > 0:  # hesitation: hold still, keep the gripper as it is
+                self.pause -= 1
+                pos, rot = self.f.eef()
+                return self.f.action(pos, rot, self.gripper)
+            kind, *spec = self.phases[self.phase]
+            action, done = getattr(self, f"_{kind}")(*spec)
+            self.phase_steps += 1
+            if done and self.phase == len(self.phases) - 1 and action is None:
+                pos, rot = self.f.eef()  # plan finished without success: hold still until the time limit
+                return self.f.action(pos, rot, self.gripper)
+            if done and self.phase < len(self.phases) - 1:
+                self.phase, self.phase_steps = self.phase + 1, 0
+                if self.rng.random() < self.op["pause_p"]:
+                    self.pause = int(self.rng.integers(1, 6))
+            if action is not None:
+                return action
+
+    # phase kinds: each returns (action or None, done)
+    def _move(self, target_fn, rot_fn, gripper, tol=None):
+        target = target_fn()
+        if self.f.reached(target, tol):
+            return None, True
+        self.gripper = gripper
+        return self.f.action(target, rot_fn(), gripper), False
+
+    def _grip(self, value, steps_key, target_fn, rot_fn):
+        self.gripper = value
+        done = self.phase_steps >= self.op[steps_key]
+        return self.f.action(target_fn(), rot_fn(), value), done
+
+    gripper = -1.0
+
+
+def _via(rng, start, end, op):
+    """An optional detour point between two waypoints (operators rarely move in straight lines)."""
+    if rng.random() >= op["detour_p"]:
+        return None
+    mid = (np.asarray(start) + np.asarray(end)) / 2
+    return mid + np.array([*rng.normal(0.0, 0.04, 2), abs(rng.normal(0.0, 0.04))])
+
+
+class LiftPolicy(ScriptedPolicy):
+    """Hover above the cube, align with its faces, descend, close, lift."""
+
+    def plan(self):
+        rs, op = self.rs, self.op
+        cube = lambda: np.array(rs.sim.data.body_xpos[rs.cube_body_id])  # noqa: E731
+        cube_rot = lambda: np.array(rs.sim.data.body_xmat[rs.cube_body_id]).reshape(3, 3)  # noqa: E731
+        table_z = rs.model.mujoco_arena.table_offset[2]
+        yaw0 = yaw_of(self.f.eef()[1])
+        grasp_yaw = closest_yaw(yaw_of(cube_rot()), yaw0, np.pi / 2) + op["yaw_slop"]
+        rot = lambda: down_rotation(grasp_yaw)  # noqa: E731
+        offset = np.array([*op["grasp_xy"], op["grasp_dz"]])
+        above = lambda: cube() + offset + np.array([0, 0, op["approach"]])  # noqa: E731
+        grasp = lambda: cube() + offset  # noqa: E731
+        lifted = lambda: np.array([*self.f.eef()[0][:2], table_z + 0.04 + op["lift"]])  # noqa: E731
+        phases = []
+        via = _via(self.rng, self.f.eef()[0], above(), op)
+        if via is not None:
+            phases.append(("move", lambda: via, rot, -1.0, 0.03))
+        phases += [("move", above, rot, -1.0), ("move", grasp, rot, -1.0, 0.006),
+                   ("grip", 1.0, "close_steps", grasp, rot), ("move", lifted, rot, 1.0)]
+        return phases
+
+
+class CanPolicy(ScriptedPolicy):
+    """Pick the can from bin 1, carry it above its target compartment in bin 2, lower, release, retreat."""
+
+    def plan(self):
+        rs, op, rng = self.rs, self.op, self.rng
+        body = rs.obj_body_id[rs.obj_to_use]
+        can = lambda: np.array(rs.sim.data.body_xpos[body])  # noqa: E731
+        # the target compartment's corner nearest the robot (the far corners are at the arm's reach limit)
+        centre, half = rs.target_bin_placements[rs.object_id][:2], np.asarray(rs.bin_size[:2]) / 4
+        base_xy = np.asarray(rs.robots[0].base_pos)[:2]
+        corners = [centre + half * np.array([sx, sy]) for sx in (-1, 1) for sy in (-1, 1)]
+        corner = min(corners, key=lambda c: np.linalg.norm(c - base_xy))
+        target_xy = corner + np.sign(centre - corner) * rng.uniform(0.035, 0.08, 2)
+        bin_z = rs.bin2_pos[2]
+        yaw0 = yaw_of(self.f.eef()[1])
+        rot = lambda: down_rotation(yaw0 + op["yaw_slop"])  # noqa: E731
+        offset = np.array([*op["grasp_xy"], 0.01 + op["grasp_dz"]])
+        carry_z = bin_z + 0.15 + op["lift"] * 0.3
+        above = lambda: can() + offset + np.array([0, 0, op["approach"]])  # noqa: E731
+        grasp = lambda: can() + offset  # noqa: E731
+        hold = lambda: self.f.eef()[0]  # noqa: E731
+        self._hold = None
+
+        def held():
+            if self._hold is None:
+                self._hold = self.f.eef()[0]
+            return self._hold
+
+        up = lambda: np.array([*held()[:2], carry_z])  # noqa: E731
+        over = lambda: np.array([*target_xy, carry_z])  # noqa: E731
+        low_z = bin_z + rng.uniform(0.12, 0.17)
+        lower = lambda: np.array([*target_xy, low_z])  # noqa: E731
+        retreat = lambda: np.array([*target_xy, low_z + 0.15])  # noqa: E731
+        phases = [("move", above, rot, -1.0), ("move", grasp, rot, -1.0, 0.006),
+                  ("grip", 1.0, "close_steps", grasp, rot), ("move", up, rot, 1.0, 0.03)]
+        via = _via(rng, np.array([*target_xy, carry_z]) - np.array([0, 0.5, 0]), over(), op)
+        if via is not None:
+            phases.append(("move", lambda: np.array([via[0], via[1], carry_z]), rot, 1.0, 0.04))
+        phases += [("move", over, rot, 1.0, 0.02), ("move", lower, rot, 1.0, 0.015),
+                   ("grip", -1.0, "open_steps", hold, rot), ("move", retreat, rot, -1.0)]
+        return phases
+
+
+class SquarePolicy(ScriptedPolicy):
+    """Grasp the square nut by its handle, carry its centre above the square peg aligned, lower, release."""
+
+    def plan(self):
+        rs, op, rng = self.rs, self.op, self.rng
+        nut = rs.nuts[rs.nut_id]
+        body = rs.obj_body_id[nut.name]
+        handle_site = rs.sim.model.site_name2id(nut.important_sites["handle"])
+        nut_pos = lambda: np.array(rs.sim.data.body_xpos[body])  # noqa: E731
+        nut_rot = lambda: np.array(rs.sim.data.body_xmat[body]).reshape(3, 3)  # noqa: E731
+        handle = lambda: np.array(rs.sim.data.site_xpos[handle_site])  # noqa: E731
+        peg = np.array(rs.sim.data.body_xpos[rs.peg1_body_id])
+        table_z = rs.table_offset[2]
+        # handle direction in the xy plane
+        hdir = handle() - nut_pos()
+        handle_yaw = float(np.arctan2(hdir[1], hdir[0]))
+        yaw0 = yaw_of(self.f.eef()[1])
+        # the fingers close along the gripper's x axis: put it across the handle bar
+        grasp_yaw = closest_yaw(handle_yaw + np.pi / 2, yaw0, np.pi) + op["yaw_slop"] * 0.5
+        rot_grasp = lambda: down_rotation(grasp_yaw)  # noqa: E731
+        offset = np.array([*(op["grasp_xy"] * 0.5), 0.002 + abs(op["grasp_dz"]) * 0.5])  # the nut is 2 cm thin
+        above = lambda: handle() + offset + np.array([0, 0, op["approach"]])  # noqa: E731
+        grasp = lambda: handle() + offset  # noqa: E731
+        carry_z = table_z + 0.17 + op["lift"] * 0.3
+        self._goal_yaw = None
+
+        def goal_yaw():
+            """Square hole: any multiple of pi/2 fits the peg. Turn the handle (the nut's x axis)
+            towards the robot unless that is a large turn, else sideways (the far side is out of reach)."""
+            if self._goal_yaw is None:
+                nut_yaw = yaw_of(nut_rot())
+                self._goal_yaw = np.pi if abs(wrap(np.pi - nut_yaw)) <= 0.75 * np.pi else closest_yaw(np.pi / 2, nut_yaw, np.pi)
+            return self._goal_yaw
+
+        def servo(z):
+            """Closed loop on the held nut: move the gripper by the nut's offset from the peg."""
+            pos = self.f.eef()[0]  # 1.5x the error: the arm lags under the nut's weight
+            return np.array([*(pos[:2] + 1.5 * (peg[:2] - nut_pos()[:2])), z])
+
+        up = lambda: np.array([*self.f.eef()[0][:2], carry_z])  # noqa: E731
+        rot_place = lambda: down_rotation(yaw_of(self.f.eef()[1]) + wrap(goal_yaw() - yaw_of(nut_rot())))  # noqa: E731
+        over = lambda: servo(carry_z)  # noqa: E731
+        low_z = table_z + 0.08 + rng.uniform(0.0, 0.02)
+        low = lambda: servo(low_z)  # noqa: E731
+        hold = lambda: self.f.eef()[0]  # noqa: E731
+        retreat = lambda: hold() + np.array([0, 0, 0.05])  # noqa: E731
+        return [("move", above, rot_grasp, -1.0), ("move", grasp, rot_grasp, -1.0, 0.007),
+                ("grip", 1.0, "close_steps", grasp, rot_grasp), ("move", up, rot_grasp, 1.0, 0.03),
+                ("move", over, rot_place, 1.0, 0.004), ("move", low, rot_place, 1.0, 0.015),
+                ("grip", -1.0, "open_steps", hold, rot_place), ("move", retreat, rot_place, -1.0)]
+
+
+POLICIES = {"lift": LiftPolicy, "can": CanPolicy, "square": SquarePolicy}
+
+
+# ------------------------------------------------------------------------------------------------
+# Recording
+# ------------------------------------------------------------------------------------------------
+def record_attempt(env: envs.RobomimicLowDimEnv, seed: int, rng: np.random.Generator, max_steps: int):
+    """Run one operator on one seeded episode; return (demo dict or None, steps)."""
+    env.reset(seed=seed)
+    policy = POLICIES[env.task](env, sample_operator(rng), rng)
+    keys = {k: [] for k in ("actions", "rewards", "dones", "states")}
+    obs, next_obs = [], []
+    empty_grip = 0  # steps the gripper has been closed on nothing: the grasp missed, give up early
+    for t in range(max_steps):
+        obs.append(env.robomimic_obs(env.obs_dict))
+        keys["states"].append(np.array(env.rs_env.sim.get_state().flatten()))
+        action = policy()
+        _, reward, _, _, info = env.step(action)
+        next_obs.append(env.robomimic_obs(env.obs_dict))
+        keys["actions"].append(action)
+        keys["rewards"].append(float(reward))
+        keys["dones"].append(int(info["success"]))
+        gap = float(np.sum(np.abs(env.obs_dict["robot0_gripper_qpos"])))
+        empty_grip = empty_grip + 1 if action[-1] > 0 and gap < 0.004 else 0
+        if empty_grip >= 10:
+            return None, t + 1
+        if info["success"]:
+            demo = {k: np.asarray(v) for k, v in keys.items()}
+            demo["obs"] = {k: np.stack([o[k] for o in obs]) for k in obs[0]}
+            demo["next_obs"] = {k: np.stack([o[k] for o in next_obs]) for k in next_obs[0]}
+            return demo, t + 1
+    return None, max_steps
+
+
+def write_robomimic_hdf5(path: str, demos: list, env_args: dict, attrs: dict | None = None):
+    """Write demos in robomimic's layout, atomically (envs.read_robomimic_hdf5 / load_dataset read it back).
+
+    Each demo: dict(obs={key: (T, d)}, actions (T, Da), rewards (T,), dones (T,), and optionally
+    next_obs={key: ...} and states (T, S)). `data` gets env_args (JSON) and total; `attrs` go there too.
+    """
+    import h5py
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with h5py.File(tmp, "w") as f:
+        group = f.create_group("data")
+        total = 0
+        for i, demo in enumerate(demos):
+            g = group.create_group(f"demo_{i}")
+            for field in ("obs", "next_obs"):
+                for key, value in demo.get(field, {}).items():
+                    g.create_dataset(f"{field}/{key}", data=np.asarray(value), compression="gzip")
+            for key in ("actions", "rewards", "dones", "states"):
+                if key in demo:
+                    g.create_dataset(key, data=np.asarray(demo[key]), compression="gzip")
+            g.attrs["num_samples"] = len(demo["actions"])
+            total += len(demo["actions"])
+        group.attrs["env_args"] = json.dumps(env_args)
+        group.attrs["total"] = total
+        for key, value in (attrs or {}).items():
+            group.attrs[key] = value
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--task", required=True, help="lift, can or square (robomimic names accepted)")
+    parser.add_argument("--num-demos", type=int, default=100, help="successful demonstrations to write")
+    parser.add_argument("--out", default=None, help="output hdf5 (default: <data dir>/<task>-scripted.hdf5)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the operators and episode i's reset (seed + i)")
+    parser.add_argument("--max-attempts", type=int, default=None, help="give up after this many (default 3 x num-demos)")
+    args = parser.parse_args(argv)
+
+    if not envs.is_robomimic(args.task):
+        envs.fail(f"unknown --task {args.task!r}; scripted controllers exist for {', '.join(TASKS_WITH_CONTROLLER)}")
+    task = envs.resolve_env_id(args.task)
+    if task not in POLICIES:
+        envs.fail(f"no scripted controller for {task}; use --task {' or '.join(TASKS_WITH_CONTROLLER)} "
+                  f"(or --dataset {task}-mh when robomimic's download is reachable)")
+    if args.num_demos < 1:
+        envs.fail(f"--num-demos must be >= 1, got {args.num_demos}")
+    out = args.out or os.path.join(envs.data_dir(), f"{task}-scripted.hdf5")
+    max_attempts = args.max_attempts or 3 * args.num_demos
+    max_steps = envs.ROBOMIMIC_TASKS[task]["max_episode_steps"]
+
+    env = envs.make_robomimic_env(task)
+    rng = np.random.default_rng(args.seed)
+    demos, attempts, start = [], 0, time.time()
+    while len(demos) < args.num_demos and attempts < max_attempts:
+        demo, steps = record_attempt(env, args.seed + attempts, rng, max_steps)
+        attempts += 1
+        if demo is not None:
+            demos.append(demo)
+        print(f"[{task}] attempt {attempts}: {'success' if demo is not None else 'failure'} in {steps} steps; "
+              f"{len(demos)}/{args.num_demos} demos, success rate {len(demos) / attempts:.2f}, "
+              f"{time.time() - start:.0f}s", flush=True)
+    env.close()
+    if not demos:
+        envs.fail(f"the {task} controller succeeded in none of {attempts} attempts; nothing written")
+    rate = len(demos) / attempts
+    lengths = [len(d["actions"]) for d in demos]
+    info = dict(task=task, attempts=attempts, successes=len(demos), success_rate=rate, seed=args.seed,
+                command=" ".join(["python", "scripts/make_robomimic_demos.py", *(argv if argv is not None else sys.argv[1:])]),
+                controller=POLICIES[task].__name__)
+    write_robomimic_hdf5(out, demos, envs.default_robomimic_env_args(task),
+                         attrs={"cleandppo_generator": json.dumps(info)})
+    print(f"[{task}] wrote {len(demos)} demos ({sum(lengths)} steps, length mean {np.mean(lengths):.0f} "
+          f"min {min(lengths)} max {max(lengths)}) to {out}; controller success rate {rate:.3f} "
+          f"({len(demos)}/{attempts}) in {time.time() - start:.0f}s")
+    if len(demos) < args.num_demos:
+        envs.fail(f"only {len(demos)} of {args.num_demos} demos after {attempts} attempts; raise --max-attempts")
+
+
+if __name__ == "__main__":
+    main()
