@@ -696,6 +696,13 @@ def main(args, cli=()):
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    ckpt = None
+    if args.dataset is None or args.checkpoint is not None:  # check the checkpoint before writing anything
+        path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", args.backbone)
+        ckpt = load_diffusion_checkpoint(path, args)
+        print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
+        if robo and ckpt.get("robomimic_env_args"):
+            envs.set_robomimic_env_args(args.env_id, ckpt["robomimic_env_args"])
     run_dir = args.run_dir or os.path.join("runs", f"{envs.env_slug(args.env_id)}__dppo__{args.seed}__{int(time.time())}")
     os.makedirs(run_dir, exist_ok=True)
     from torch.utils.tensorboard import SummaryWriter
@@ -707,14 +714,8 @@ def main(args, cli=()):
 
         wandb.init(project="cleandppo", config=vars(args), name=os.path.basename(run_dir), sync_tensorboard=True)
 
-    if args.dataset is not None and args.checkpoint is None:
+    if ckpt is None:
         ckpt = pretrain(args, run_dir, writer, device)
-    else:
-        path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", args.backbone)
-        ckpt = load_diffusion_checkpoint(path, args)
-        print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
-        if robo and ckpt.get("robomimic_env_args"):
-            envs.set_robomimic_env_args(args.env_id, ckpt["robomimic_env_args"])
     kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
     resume = ckpt if ckpt["algo"] == "dppo" and "critic" in ckpt else None
     actor, actor_ft, eval_ft_steps = build_actors(ckpt, args.ft_denoising_steps, device)
@@ -888,6 +889,7 @@ def peak_memory_mb(device):
 def write_summary(run_dir, args, env_steps, wall, pretrained, final, best, success=()):
     summary = dict(algo="dppo", env_id=args.env_id, seed=args.seed, env_steps=int(env_steps), wall_time_s=wall,
                    pretrained_eval_return=pretrained, final_eval_return=final, best_eval_return=best, args=asdict(args),
+                   peak_memory_mb=peak_memory_mb(torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")),
                    **{f"{k}_eval_success_rate": v for k, v in zip(("pretrained", "final", "best"), success or ())})
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2, default=str)

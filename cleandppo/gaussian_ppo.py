@@ -550,35 +550,11 @@ def main(args, cli=()):
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    run_dir = args.run_dir or os.path.join("runs", f"{envs.env_slug(args.env_id)}__gaussian_ppo__{args.seed}__{int(time.time())}")
-    os.makedirs(run_dir, exist_ok=True)
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(run_dir)
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    if args.track:
-        import wandb
-
-        wandb.init(project="cleandppo", config=vars(args), name=os.path.basename(run_dir), sync_tensorboard=True)
     obs_dim, action_dim = envs.env_dims(args.env_id)
 
-    # ---- build or load the policy ----
-    start_iter, env_steps, resume = 0, 0, None
-    if args.from_scratch:
-        normalization = envs.identity_normalization(obs_dim, action_dim)
-        kwargs = model_kwargs_from(args, obs_dim, action_dim, args.fixed_std, obs_norm=True)
-        policy = GaussianPolicy(**kwargs).to(device)
-    elif args.dataset is not None and args.checkpoint is None:
-        ckpt = pretrain(args, run_dir, writer, device)
-        if args.pretrain_only:
-            mean_ret, std_ret, succ = evaluate(_load_policy(ckpt, device), args, ckpt["normalization"], device, args.eval_episodes)
-            print(f"[pretrain] eval return {mean_ret:.1f} +- {std_ret:.1f} over {args.eval_episodes} episodes"
-                  + (f", success rate {succ:.2f}" if robo else ""))
-            _write_summary(run_dir, args, 0, 0.0, mean_ret, mean_ret, mean_ret, robo and (succ,) * 3)
-            return
-        normalization, kwargs = ckpt["normalization"], ckpt["model_kwargs"]
-        policy = _load_policy(ckpt, device)
-    else:
+    # ---- load (and check) a checkpoint before writing anything, then build the policy ----
+    start_iter, env_steps, resume, ckpt = 0, 0, None, None
+    if not args.from_scratch and (args.dataset is None or args.checkpoint is not None):
         path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "gaussian", args.backbone)
         ckpt = envs.load_checkpoint(path, "gaussian", args.env_id, args.backbone)
         kw = ckpt["model_kwargs"]
@@ -596,6 +572,31 @@ def main(args, cli=()):
         print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
         if robo and ckpt.get("robomimic_env_args"):  # the env meta the policy was trained with
             envs.set_robomimic_env_args(args.env_id, ckpt["robomimic_env_args"])
+
+    run_dir = args.run_dir or os.path.join("runs", f"{envs.env_slug(args.env_id)}__gaussian_ppo__{args.seed}__{int(time.time())}")
+    os.makedirs(run_dir, exist_ok=True)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(run_dir)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    if args.track:
+        import wandb
+
+        wandb.init(project="cleandppo", config=vars(args), name=os.path.basename(run_dir), sync_tensorboard=True)
+    if args.from_scratch:
+        normalization = envs.identity_normalization(obs_dim, action_dim)
+        kwargs = model_kwargs_from(args, obs_dim, action_dim, args.fixed_std, obs_norm=True)
+        policy = GaussianPolicy(**kwargs).to(device)
+    elif ckpt is None:
+        ckpt = pretrain(args, run_dir, writer, device)
+        if args.pretrain_only:
+            mean_ret, std_ret, succ = evaluate(_load_policy(ckpt, device), args, ckpt["normalization"], device, args.eval_episodes)
+            print(f"[pretrain] eval return {mean_ret:.1f} +- {std_ret:.1f} over {args.eval_episodes} episodes"
+                  + (f", success rate {succ:.2f}" if robo else ""))
+            _write_summary(run_dir, args, 0, 0.0, mean_ret, mean_ret, mean_ret, robo and (succ,) * 3)
+            return
+        normalization, kwargs = ckpt["normalization"], ckpt["model_kwargs"]
+        policy = _load_policy(ckpt, device)
 
     if args.record_dataset:
         record_dataset(policy, args, normalization, device)

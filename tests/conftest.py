@@ -1,8 +1,13 @@
-"""Shared test fixtures: a tiny D4RL-format Hopper dataset and tiny pre-trained checkpoints.
+"""Shared test fixtures and helpers: a tiny D4RL-format Hopper dataset, tiny pre-trained checkpoints, and the
+checks every script's tests make (one-line errors, summary.json keys, TensorBoard tags, in-process CLI runs).
 
-Everything runs on CPU with one thread and tiny budgets; session-scoped so the suite pays once.
+Everything runs on CPU with one thread and tiny budgets; fixtures are session-scoped so the suite pays once.
+A subprocess run costs several seconds of imports, so tests keep one CLI smoke run per script (plus at most one
+stderr check) and run everything else in-process through `run_main`.
 """
 
+import inspect
+import json
 import os
 import subprocess
 import sys
@@ -11,11 +16,15 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
+import tyro
 
 from cleandppo import envs
 
 torch.set_num_threads(1)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUMMARY_KEYS = ("algo", "env_id", "seed", "env_steps", "wall_time_s", "pretrained_eval_return", "final_eval_return",
+                "best_eval_return", "args")
 TINY_DIFFUSION = ["--mlp-dims", "32", "32", "32", "--time-dim", "8", "--denoising-steps", "6", "--ft-denoising-steps", "3"]
 
 
@@ -27,6 +36,145 @@ def run_script(script, *flags, timeout=300, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def run_main(module, *flags):
+    """In-process `python cleandppo/<module>.py flags...`: tyro parses the flags as the CLI does, then main runs
+    (given the command line too where it takes one, for the per-task defaults)."""
+    flags = [str(f) for f in flags]
+    args = tyro.cli(module.Args, args=flags)
+    if len(inspect.signature(module.main).parameters) > 1:
+        return module.main(args, flags)
+    return module.main(args)
+
+
+def assert_one_line_error(message, *needles, prefix="error:"):
+    """`message` is one line starting with `prefix` and containing every needle; returns it."""
+    assert message.startswith(prefix) and "\n" not in message, message
+    for needle in needles:
+        assert needle in message, (needle, message)
+    return message
+
+
+def main_fails(module, args, *needles, prefix="error:", writes_nothing=True):
+    """`module.main(args)` stops with a one-line SystemExit (Python prints it as the only stderr line, exit code 1)
+    naming every needle, and, unless told otherwise, creates no run dir. Returns the message."""
+    with pytest.raises(SystemExit) as e:
+        module.main(args)
+    msg = assert_one_line_error(str(e.value), *needles, prefix=prefix)
+    if writes_nothing:
+        assert not os.path.exists(args.run_dir), args.run_dir
+    return msg
+
+
+def cli_fails(script, *flags, needles=(), prefix="error:", run_dir=None):
+    """`python cleandppo/<script> flags...` exits non-zero with exactly one stderr line (no traceback) that starts
+    with `prefix` and names every needle; `run_dir`, when given, is not created. Returns that line."""
+    proc = run_script(script, *flags, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
+    if run_dir is not None:
+        assert not os.path.exists(run_dir)
+    return assert_one_line_error(lines[0], *needles, prefix=prefix)
+
+
+def stub_checkpoint(path, policy, algo=None):
+    """An empty checkpoint of another policy family at `path` (for the "holds a <policy> policy" refusals)."""
+    algo = algo or {"gaussian": "gaussian_ppo", "gmm": "gmm_ppo", "diffusion": "dppo"}[policy]
+    torch.save(dict(algo=algo, policy=policy, backbone="mlp", model={}, env_id="Hopper-v2"), path)
+    return str(path)
+
+
+def _holds(record, keys, expected):
+    assert set(keys) <= set(record), set(keys) - set(record)
+    for key, value in expected.items():
+        assert record[key] == value, (key, record[key], value)
+    return record
+
+
+def read_summary(run_dir, keys=SUMMARY_KEYS, **expected):
+    """summary.json of a run: it holds every key in `keys` and the `expected` values; returns it."""
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        return _holds(json.load(f), keys, expected)
+
+
+def read_checkpoint(run_dir, keys=(), name="checkpoint_last.pt", **expected):
+    """A run's checkpoint: it holds every key in `keys` and the `expected` values; returns it."""
+    return _holds(torch.load(os.path.join(run_dir, name), weights_only=False), keys, expected)
+
+
+def event_accumulator(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    return EventAccumulator(str(run_dir)).Reload()
+
+
+def scalar_tags(run_dir):
+    """The set of TensorBoard scalar tags a run wrote."""
+    return set(event_accumulator(run_dir).Tags()["scalars"])
+
+
+def scalar_values(run_dir, tag):
+    """The logged values of one TensorBoard scalar, in step order."""
+    return [e.value for e in event_accumulator(run_dir).Scalars(tag)]
+
+
+class ConstEps(nn.Module):
+    """eps_theta = c_t for every input: c0 at t = 0, c1 at t >= 1 (learnable scalars)."""
+
+    def __init__(self, c0=0.0, c1=0.0):
+        super().__init__()
+        self.c0, self.c1 = nn.Parameter(torch.tensor(c0)), nn.Parameter(torch.tensor(c1))
+
+    def forward(self, x, t, obs):
+        c = torch.where(t == 0, self.c0, self.c1).view(-1, 1, 1)
+        return c.expand_as(x)
+
+
+class QuadraticQ(nn.Module):
+    """Q1 = -|a - a*|^2, Q2 = Q1 - offset (a stand-in critic with a known maximiser)."""
+
+    def __init__(self, a_star, offset=1.0):
+        super().__init__()
+        self.a_star, self.offset = a_star, offset
+
+    def forward(self, obs, a):
+        q = -((a - self.a_star) ** 2).flatten(1).sum(-1)
+        return q, q - self.offset
+
+
+def assert_actor_update_climbs_quadratic_q(module, actor_loss, iters):
+    """Behaviour-clone a tiny `module.DiffusionMLP` (K = 6, one 2-d action, zero states) around (-0.4, 0.4), then take
+    `iters` Adam steps on `actor_loss(actor, critic, sched, obs, data, K, i)` (data() draws a fresh BC batch) against
+    QuadraticQ with a* = (0.5, -0.3): the eval samples' Q must rise by > 0.5 and their mean halve its distance to a*."""
+    torch.manual_seed(0)
+    K, Da, n = 6, 2, 128
+    sched, a_star = module.make_schedule(K), torch.tensor([0.5, -0.3])
+    actor = module.DiffusionMLP(2, Da, 1, 1, time_dim=8, mlp_dims=(32, 32, 32))
+    obs = torch.zeros(n, 1, 2)
+    data = lambda: torch.tensor([-0.4, 0.4]) + 0.05 * torch.randn(n, 1, Da)  # noqa: E731
+    opt = torch.optim.Adam(actor.parameters(), lr=3e-3)
+    for _ in range(150):  # behaviour cloning around (-0.4, 0.4)
+        loss = module.pretrain_loss(actor, sched, data(), obs, K)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    critic = QuadraticQ(a_star)
+
+    def measure():
+        x = module.sample(actor, sched, torch.zeros(512, 1, 2), K, 1, Da, "eval")
+        return x.mean((0, 1)), critic(None, x)[0].mean().item()
+
+    mean0, q0 = measure()
+    opt = torch.optim.Adam(actor.parameters(), lr=1e-3)
+    for i in range(iters):
+        loss = actor_loss(actor, critic, sched, obs, data, K, i)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    mean1, q1 = measure()
+    assert q1 > q0 + 0.5, (q0, q1)
+    assert (mean1 - a_star).norm() < 0.5 * (mean0 - a_star).norm(), (mean0, mean1)
 
 
 def record_random_hopper(path, episodes=3, seed=0, max_steps=200):
@@ -59,8 +207,10 @@ def tiny_dataset(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_diffusion_checkpoint(tiny_dataset, tmp_path_factory):
-    """A diffusion checkpoint pre-trained by dppo.py for 2 epochs on the tiny dataset (K = 6)."""
+    """A diffusion checkpoint pre-trained by dppo.py (in-process) for 2 epochs on the tiny dataset (K = 6)."""
+    from cleandppo import dppo
+
     run = tmp_path_factory.mktemp("dppo_pre")
-    run_script("dppo.py", "--dataset", tiny_dataset, "--pretrain-only", "--pretrain-epochs", "2", "--run-dir", run,
-               "--eval-episodes", "1", *TINY_DIFFUSION)
+    run_main(dppo, "--dataset", tiny_dataset, "--pretrain-only", "--pretrain-epochs", "2", "--run-dir", run,
+             "--eval-episodes", "1", *TINY_DIFFUSION)
     return str(run / "pretrained.pt")

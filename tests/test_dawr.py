@@ -1,6 +1,5 @@
 """Tests for cleandppo/dawr.py: weights and TD(lambda) against hand-worked numbers, buffer, CLI smoke + resume."""
 
-import json
 import math
 import os
 
@@ -10,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from cleandppo import dawr
-from conftest import run_script
+from conftest import cli_fails, main_fails, read_checkpoint, read_summary, run_script, scalar_tags, stub_checkpoint
 
 torch.set_num_threads(1)
 TINY = ["--denoising-steps", "6", "--num-envs", "2", "--n-steps", "16", "--batch-size", "8", "--eval-episodes", "1",
@@ -121,14 +120,9 @@ def test_weighted_denoising_loss_closed_form():
 
 
 def test_bad_inputs_fail_in_one_line(tmp_path, tiny_diffusion_checkpoint):
-    proc = run_script("dawr.py", "--checkpoint", tiny_diffusion_checkpoint, "--beta", "0", "--run-dir", tmp_path / "b",
-                      check=False)
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: --beta must be > 0"), proc.stderr
-    assert not os.path.exists(tmp_path / "b")  # nothing written
-    gauss = str(tmp_path / "gauss.pt")
-    torch.save(dict(algo="gaussian_ppo", policy="gaussian", backbone="mlp", model={}, env_id="Hopper-v2"), gauss)
+    cli_fails("dawr.py", "--checkpoint", tiny_diffusion_checkpoint, "--beta", "0", "--run-dir", tmp_path / "b",
+              prefix="error: --beta must be > 0", run_dir=tmp_path / "b")  # nothing written
+    gauss = stub_checkpoint(tmp_path / "gauss.pt", "gaussian")
     cases = [(dict(checkpoint=gauss), "holds a gaussian policy"),
              (dict(buffer_size=100, batch_size=1000), "--buffer-size 100 is smaller than --batch-size"),
              (dict(batch_size=0), "--batch-size must be >= 1"),
@@ -136,10 +130,7 @@ def test_bad_inputs_fail_in_one_line(tmp_path, tiny_diffusion_checkpoint):
              (dict(max_adv_weight=-1.0), "--max-adv-weight must be > 0"),
              (dict(checkpoint=tiny_diffusion_checkpoint), "pass --denoising-steps 6")]
     for kwargs, text in cases:
-        with pytest.raises(SystemExit) as e:
-            dawr.main(dawr.Args(run_dir=str(tmp_path / "r"), **kwargs))
-        assert str(e.value).startswith("error:") and text in str(e.value) and "\n" not in str(e.value), str(e.value)
-    assert not os.path.exists(tmp_path / "r")
+        main_fails(dawr, dawr.Args(run_dir=str(tmp_path / "r"), **kwargs), text)
 
 
 def test_cli_smoke_checkpoint_and_resume(tiny_diffusion_checkpoint, tmp_path):
@@ -147,20 +138,14 @@ def test_cli_smoke_checkpoint_and_resume(tiny_diffusion_checkpoint, tmp_path):
     proc = run_script("dawr.py", "--checkpoint", tiny_diffusion_checkpoint, "--total-timesteps", "256", "--run-dir", run,
                       *TINY)
     assert "iter 2/2" in proc.stdout
-    summary = json.loads((run / "summary.json").read_text())
-    for key in ("algo", "env_id", "seed", "env_steps", "wall_time_s", "pretrained_eval_return", "final_eval_return",
-                "best_eval_return", "args"):
-        assert key in summary
-    assert summary["algo"] == "dawr" and summary["env_steps"] == 256 and summary["args"]["td_alpha"] == 1.0
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    tags = set(EventAccumulator(str(run)).Reload().Tags()["scalars"])
+    summary = read_summary(run, algo="dawr", env_steps=256)
+    assert summary["args"]["td_alpha"] == 1.0
+    tags = scalar_tags(run)
     assert {"charts/episodic_return", "charts/episodic_length", "eval/episodic_return", "charts/SPS",
             "charts/learning_rate", "losses/value_loss", "losses/actor_loss", "values/v_mean", "time/rollout_s",
             "time/update_s", "charts/peak_memory_mb"} <= tags, tags
-    ckpt = torch.load(run / "checkpoint_last.pt", weights_only=False)
-    assert (ckpt["algo"], ckpt["policy"], ckpt["backbone"], ckpt["iteration"], ckpt["env_steps"]) == ("dawr", "diffusion", "mlp", 2, 256)
-    assert {"model", "model_kwargs", "normalization", "critic", "actor_optimizer", "critic_optimizer", "torch_rng"} <= set(ckpt)
+    read_checkpoint(run, {"model", "model_kwargs", "normalization", "critic", "actor_optimizer", "critic_optimizer",
+                          "torch_rng"}, algo="dawr", policy="diffusion", backbone="mlp", iteration=2, env_steps=256)
     assert os.path.isfile(run / "checkpoint_2.pt")
 
     # resume in-process: the iteration count and env steps continue, the critic comes back
@@ -168,6 +153,5 @@ def test_cli_smoke_checkpoint_and_resume(tiny_diffusion_checkpoint, tmp_path):
                      total_timesteps=384, eval_episodes=1, eval_freq=1, critic_dims=(16, 16, 16), buffer_size=64,
                      replay_ratio=4, critic_replay_ratio=2, run_dir=str(tmp_path / "resumed"))
     dawr.main(args)
-    resumed = json.loads((tmp_path / "resumed" / "summary.json").read_text())
-    assert resumed["env_steps"] == 384 and resumed["pretrained_eval_return"] == summary["pretrained_eval_return"]
-    assert torch.load(tmp_path / "resumed" / "checkpoint_last.pt", weights_only=False)["iteration"] == 3
+    read_summary(tmp_path / "resumed", env_steps=384, pretrained_eval_return=summary["pretrained_eval_return"])
+    read_checkpoint(tmp_path / "resumed", iteration=3)

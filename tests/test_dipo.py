@@ -1,7 +1,6 @@
 """Tests for cleandppo/dipo.py: Bellman targets, double-Q minimum, action gradient on a quadratic critic,
 buffer write-back, CLI smoke run with resume, one-line errors."""
 
-import json
 import os
 from types import SimpleNamespace
 
@@ -11,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from cleandppo import dipo
-from conftest import run_script
+from conftest import cli_fails, main_fails, read_checkpoint, read_summary, run_script, scalar_tags, stub_checkpoint
 
 torch.set_num_threads(1)
 TINY = ["--denoising-steps", "6", "--num-envs", "2", "--n-steps", "4", "--batch-size", "8", "--eval-episodes", "1",
@@ -146,48 +145,30 @@ def test_cli_smoke_run_and_resume(tiny_diffusion_checkpoint, tmp_path):
     proc = run_script("dipo.py", "--checkpoint", tiny_diffusion_checkpoint, "--total-timesteps", "64",
                       "--n-critic-warmup-itr", "1", "--run-dir", run, *TINY)
     assert "iter 2/2" in proc.stdout and "critic warm-up" in proc.stdout
-    summary = json.loads((run / "summary.json").read_text())
-    for key in ("algo", "env_id", "seed", "env_steps", "wall_time_s", "pretrained_eval_return", "final_eval_return",
-                "best_eval_return", "args"):
-        assert key in summary
-    assert summary["algo"] == "dipo" and summary["env_steps"] == 64
-    ckpt = torch.load(run / "checkpoint_last.pt", weights_only=False)
-    assert (ckpt["algo"], ckpt["policy"], ckpt["iteration"]) == ("dipo", "diffusion", 2)
-    assert {"model", "target_actor", "critic", "target_critic", "actor_optimizer", "critic_optimizer",
-            "model_kwargs", "normalization"} <= set(ckpt)
+    summary = read_summary(run, algo="dipo", env_steps=64)
+    read_checkpoint(run, {"model", "target_actor", "critic", "target_critic", "actor_optimizer", "critic_optimizer",
+                          "model_kwargs", "normalization"}, algo="dipo", policy="diffusion", iteration=2)
     assert os.path.isfile(run / "checkpoint_2.pt")
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    tags = set(EventAccumulator(str(run)).Reload().Tags()["scalars"])
     assert {"eval/episodic_return", "losses/q_loss", "losses/actor_loss", "values/q1_mean", "values/target_q_mean",
-            "charts/SPS", "charts/learning_rate", "charts/action_q_gain", "time/rollout_s", "time/update_s"} <= tags
-    assert "charts/episodic_return" in tags and "charts/episodic_length" in tags
+            "charts/SPS", "charts/learning_rate", "charts/action_q_gain", "time/rollout_s", "time/update_s",
+            "charts/episodic_return", "charts/episodic_length"} <= scalar_tags(run)
 
     # resume in-process from the run's checkpoint: one more iteration, the pre-trained eval carried over
     args = dipo.Args(checkpoint=str(run / "checkpoint_last.pt"), total_timesteps=96, run_dir=str(tmp_path / "resumed"),
                      denoising_steps=6, num_envs=2, n_steps=4, batch_size=8, eval_episodes=1, eval_freq=1,
                      critic_dims=(16, 16, 16), buffer_size=64, replay_ratio=2)
     dipo.main(args)
-    resumed = json.loads((tmp_path / "resumed" / "summary.json").read_text())
-    assert resumed["env_steps"] == 96 and resumed["pretrained_eval_return"] == summary["pretrained_eval_return"]
+    read_summary(tmp_path / "resumed", env_steps=96, pretrained_eval_return=summary["pretrained_eval_return"])
 
 
 def test_bad_inputs_fail_in_one_line(tiny_diffusion_checkpoint, tmp_path):
-    gaussian = tmp_path / "gaussian.pt"
-    torch.save(dict(algo="gaussian_ppo", policy="gaussian", backbone="mlp", model={}, env_id="Hopper-v2"), gaussian)
-    proc = run_script("dipo.py", "--checkpoint", gaussian, "--run-dir", tmp_path / "g", check=False)
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and "diffusion" in lines[0]
-    assert not (tmp_path / "g").exists()  # nothing written
+    gaussian = stub_checkpoint(tmp_path / "gaussian.pt", "gaussian")
+    cli_fails("dipo.py", "--checkpoint", gaussian, "--run-dir", tmp_path / "g", needles=["diffusion"],
+              run_dir=tmp_path / "g")  # nothing written
     cases = [(dict(buffer_size=100, batch_size=1000), "--buffer-size 100 is smaller than --batch-size 1000"),
              (dict(batch_size=0), "--batch-size must be >= 1"),
              (dict(replay_ratio=0), "--replay-ratio must be >= 1"),
              (dict(act_steps=5), "--act-steps 5 > --horizon-steps 4"),
              (dict(denoising_steps=20), "pass --denoising-steps 6")]
     for i, (kw, text) in enumerate(cases):
-        with pytest.raises(SystemExit) as e:
-            dipo.main(dipo.Args(checkpoint=tiny_diffusion_checkpoint, run_dir=str(tmp_path / f"r{i}"), **kw))
-        msg = str(e.value)
-        assert msg.startswith("error:") and text in msg and "\n" not in msg, msg
-        assert not (tmp_path / f"r{i}").exists()
+        main_fails(dipo, dipo.Args(checkpoint=tiny_diffusion_checkpoint, run_dir=str(tmp_path / f"r{i}"), **kw), text)

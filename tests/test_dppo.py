@@ -1,16 +1,15 @@
 """dppo.py against closed forms: schedule, DDPM posterior, DDIM, chain log-probs, PPO pieces, CLI."""
 
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cleandppo import dppo
-from conftest import TINY_DIFFUSION, run_script
+from conftest import (TINY_DIFFUSION, cli_fails, main_fails, read_checkpoint, read_summary, run_main, run_script,
+                      scalar_tags, stub_checkpoint)
 
 
 class ConstantEps(nn.Module):
@@ -252,38 +251,26 @@ def test_evaluation_runs_the_fine_tuned_network_for_the_fine_tuned_steps(monkeyp
 
 
 # ---- command line -------------------------------------------------------------------------------
-def test_cli_finetune_smoke_run(tiny_diffusion_checkpoint, tmp_path):
+def test_cli_finetune_smoke_run(tiny_diffusion_checkpoint, tmp_path, capsys):
     run = tmp_path / "ft"
     proc = run_script("dppo.py", "--checkpoint", tiny_diffusion_checkpoint, "--run-dir", run, "--num-envs", "2",
                       "--n-steps", "4", "--batch-size", "8", "--total-timesteps", "64", "--eval-episodes", "1",
                       "--eval-freq", "1", "--save-freq", "1", *TINY_DIFFUSION)
     assert "iter 2/2" in proc.stdout and "SPS" in proc.stdout and "left" in proc.stdout
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["algo"] == "dppo" and summary["env_steps"] == 64
-    for key in ("seed", "wall_time_s", "pretrained_eval_return", "final_eval_return", "best_eval_return", "args"):
-        assert key in summary
-    acc = EventAccumulator(str(run))
-    acc.Reload()
+    read_summary(run, algo="dppo", env_steps=64)
     assert {"eval/episodic_return", "losses/policy_loss", "losses/value_loss", "losses/approx_kl", "losses/clipfrac",
-            "charts/SPS", "charts/learning_rate", "time/rollout_s", "time/update_s"} <= set(acc.Tags()["scalars"])
-    ckpt = torch.load(str(run / "checkpoint_last.pt"), weights_only=False)
-    assert ckpt["ft_denoising_steps"] == 3 and ckpt["iteration"] == 2 and "model_ft" in ckpt and "critic" in ckpt
-    # the fine-tuned checkpoint evaluates with its fine-tuned network
-    proc = run_script("dppo.py", "--checkpoint", run / "checkpoint_last.pt", "--eval-only", "--eval-episodes", "1",
-                      "--run-dir", tmp_path / "ev", *TINY_DIFFUSION)
-    assert "[eval] return" in proc.stdout
+            "charts/SPS", "charts/learning_rate", "time/rollout_s", "time/update_s"} <= scalar_tags(run)
+    read_checkpoint(run, {"model_ft", "critic"}, ft_denoising_steps=3, iteration=2)
+    # the fine-tuned checkpoint evaluates with its fine-tuned network (in-process, the same flags)
+    capsys.readouterr()
+    run_main(dppo, "--checkpoint", run / "checkpoint_last.pt", "--eval-only", "--eval-episodes", "1",
+             "--run-dir", tmp_path / "ev", *TINY_DIFFUSION)
+    assert "[eval] return" in capsys.readouterr().out
 
 
 def test_bad_flags_are_one_line_on_stderr(tmp_path):
-    proc = run_script("dppo.py", "--run-dir", tmp_path / "r", "--ft-denoising-steps", "30", check=False)
-    assert proc.returncode != 0 and "--ft-denoising-steps 30 > --denoising-steps 20" in proc.stderr
-    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-
-
-def _fails(expected, **flags):
-    with pytest.raises(SystemExit) as e:
-        dppo.main(dppo.Args(**flags))
-    assert expected in str(e.value) and str(e.value).startswith("error:") and "\n" not in str(e.value)
+    cli_fails("dppo.py", "--run-dir", tmp_path / "r", "--ft-denoising-steps", "30",
+              needles=["--ft-denoising-steps 30 > --denoising-steps 20"], run_dir=tmp_path / "r")
 
 
 @pytest.mark.parametrize("flags, expected", [
@@ -294,7 +281,7 @@ def _fails(expected, **flags):
     (dict(num_envs=0), "--num-envs must be >= 1"),
 ])
 def test_bad_flags(flags, expected, tmp_path):
-    _fails(expected, run_dir=str(tmp_path / "r"), **flags)
+    main_fails(dppo, dppo.Args(run_dir=str(tmp_path / "r"), **flags), expected)
 
 
 @pytest.mark.parametrize("flags, expected", [
@@ -307,12 +294,9 @@ def test_bad_flags(flags, expected, tmp_path):
 def test_mismatched_checkpoint(tiny_diffusion_checkpoint, flags, expected, tmp_path):
     base = dict(checkpoint=tiny_diffusion_checkpoint, run_dir=str(tmp_path / "r"), denoising_steps=6, ft_denoising_steps=3,
                 mlp_dims=(32, 32, 32), time_dim=8)
-    _fails(expected, **{**base, **flags})
+    main_fails(dppo, dppo.Args(**{**base, **flags}), expected)
 
 
 def test_gaussian_checkpoint_is_refused(tmp_path):
-    from cleandppo import envs
-
-    path = str(tmp_path / "g.pt")
-    envs.save_checkpoint(dict(algo="gaussian_ppo", policy="gaussian", backbone="mlp", model={}, env_id="Hopper-v2"), path)
-    _fails("holds a gaussian policy", checkpoint=path, run_dir=str(tmp_path / "r"))
+    path = stub_checkpoint(tmp_path / "g.pt", "gaussian")
+    main_fails(dppo, dppo.Args(checkpoint=path, run_dir=str(tmp_path / "r")), "holds a gaussian policy")

@@ -1,6 +1,5 @@
 """Tests for cleandppo/drwr.py: episodes, reward-to-go and weights against hand-worked numbers, CLI smoke + resume."""
 
-import json
 import math
 import os
 from types import SimpleNamespace
@@ -10,7 +9,8 @@ import pytest
 import torch
 
 from cleandppo import drwr
-from conftest import run_script
+from conftest import (cli_fails, main_fails, read_checkpoint, read_summary, run_script, scalar_tags, scalar_values,
+                      stub_checkpoint)
 
 torch.set_num_threads(1)
 TINY = ["--denoising-steps", "6", "--num-envs", "2", "--n-steps", "40", "--batch-size", "8", "--update-epochs", "2",
@@ -74,33 +74,22 @@ def test_no_complete_episode_skips_the_update(tiny_diffusion_checkpoint, tmp_pat
                         total_timesteps=16, eval_episodes=1, eval_freq=5, run_dir=str(tmp_path / "r")))
     out = capsys.readouterr().out
     assert "update skipped" in out and "iter 2/2" in out
-    assert json.loads((tmp_path / "r" / "summary.json").read_text())["env_steps"] == 16
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(tmp_path / "r")).Reload()
-    assert [e.value for e in acc.Scalars("charts/update_skipped")] == [1.0, 1.0]
+    assert read_summary(tmp_path / "r", keys=())["env_steps"] == 16
+    assert scalar_values(tmp_path / "r", "charts/update_skipped") == [1.0, 1.0]
 
 
 def test_bad_inputs_fail_in_one_line(tmp_path, tiny_diffusion_checkpoint):
-    proc = run_script("drwr.py", "--checkpoint", tiny_diffusion_checkpoint, "--beta", "-1", "--run-dir", tmp_path / "b",
-                      check=False)
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: --beta must be > 0"), proc.stderr
-    assert not os.path.exists(tmp_path / "b")
-    gauss = str(tmp_path / "gmm.pt")
-    torch.save(dict(algo="gmm_ppo", policy="gmm", backbone="mlp", model={}, env_id="Hopper-v2"), gauss)
-    cases = [(dict(checkpoint=gauss), "holds a gmm policy"),
+    cli_fails("drwr.py", "--checkpoint", tiny_diffusion_checkpoint, "--beta", "-1", "--run-dir", tmp_path / "b",
+              prefix="error: --beta must be > 0", run_dir=tmp_path / "b")
+    gmm = stub_checkpoint(tmp_path / "gmm.pt", "gmm")
+    cases = [(dict(checkpoint=gmm), "holds a gmm policy"),
              (dict(batch_size=0), "--batch-size must be >= 1"),
              (dict(num_envs=2, n_steps=10, batch_size=100), "--batch-size 100 > num_envs x n_steps = 20"),
              (dict(act_steps=5), "--act-steps 5 > --horizon-steps 4"),
              (dict(max_reward_weight=0.0), "--max-reward-weight must be > 0"),
              (dict(checkpoint=tiny_diffusion_checkpoint, horizon_steps=8, act_steps=8), "--horizon-steps 4")]
     for kwargs, text in cases:
-        with pytest.raises(SystemExit) as e:
-            drwr.main(drwr.Args(run_dir=str(tmp_path / "r"), **{"denoising_steps": 6, **kwargs}))
-        assert str(e.value).startswith("error:") and text in str(e.value) and "\n" not in str(e.value), str(e.value)
-    assert not os.path.exists(tmp_path / "r")
+        main_fails(drwr, drwr.Args(run_dir=str(tmp_path / "r"), **{"denoising_steps": 6, **kwargs}), text)
 
 
 def test_cli_smoke_checkpoint_and_resume(tiny_diffusion_checkpoint, tmp_path):
@@ -108,27 +97,18 @@ def test_cli_smoke_checkpoint_and_resume(tiny_diffusion_checkpoint, tmp_path):
     proc = run_script("drwr.py", "--checkpoint", tiny_diffusion_checkpoint, "--total-timesteps", "640", "--run-dir", run,
                       *TINY)
     assert "iter 2/2" in proc.stdout
-    summary = json.loads((run / "summary.json").read_text())
-    for key in ("algo", "env_id", "seed", "env_steps", "wall_time_s", "pretrained_eval_return", "final_eval_return",
-                "best_eval_return", "args"):
-        assert key in summary
-    assert summary["algo"] == "drwr" and summary["env_steps"] == 640
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run)).Reload()
-    tags = set(acc.Tags()["scalars"])
+    summary = read_summary(run, algo="drwr", env_steps=640)
+    tags = scalar_tags(run)
     assert {"charts/episodic_return", "charts/episodic_length", "eval/episodic_return", "charts/SPS",
             "charts/learning_rate", "losses/actor_loss", "losses/weight_mean", "charts/num_train_episodes",
             "time/rollout_s", "time/update_s", "charts/peak_memory_mb"} <= tags, tags
-    assert sum(e.value for e in acc.Scalars("charts/num_train_episodes")) > 0  # the update really ran
-    ckpt = torch.load(run / "checkpoint_last.pt", weights_only=False)
-    assert (ckpt["algo"], ckpt["policy"], ckpt["backbone"], ckpt["iteration"], ckpt["env_steps"]) == ("drwr", "diffusion", "mlp", 2, 640)
-    assert {"model", "model_kwargs", "normalization", "actor_optimizer", "torch_rng", "numpy_rng"} <= set(ckpt)
+    assert sum(scalar_values(run, "charts/num_train_episodes")) > 0  # the update really ran
+    read_checkpoint(run, {"model", "model_kwargs", "normalization", "actor_optimizer", "torch_rng", "numpy_rng"},
+                    algo="drwr", policy="diffusion", backbone="mlp", iteration=2, env_steps=640)
     assert os.path.isfile(run / "checkpoint_2.pt")
 
     args = drwr.Args(checkpoint=str(run / "checkpoint_last.pt"), denoising_steps=6, num_envs=2, n_steps=40, batch_size=8,
                      update_epochs=2, total_timesteps=960, eval_episodes=1, eval_freq=1, run_dir=str(tmp_path / "resumed"))
     drwr.main(args)
-    resumed = json.loads((tmp_path / "resumed" / "summary.json").read_text())
-    assert resumed["env_steps"] == 960 and resumed["pretrained_eval_return"] == summary["pretrained_eval_return"]
-    assert torch.load(tmp_path / "resumed" / "checkpoint_last.pt", weights_only=False)["iteration"] == 3
+    read_summary(tmp_path / "resumed", env_steps=960, pretrained_eval_return=summary["pretrained_eval_return"])
+    read_checkpoint(tmp_path / "resumed", iteration=3)

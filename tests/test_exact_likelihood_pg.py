@@ -9,7 +9,6 @@ Tolerances, per dimension (nats), measured in the docs page's table and stated h
 """
 
 import copy
-import json
 import math
 import os
 
@@ -17,7 +16,7 @@ import pytest
 import torch
 
 from cleandppo import exact_likelihood_pg as el
-from conftest import run_script
+from conftest import cli_fails, main_fails, read_checkpoint, read_summary, run_script, scalar_tags, stub_checkpoint
 
 torch.set_num_threads(1)
 K = 20
@@ -208,14 +207,9 @@ def test_cli_smoke_resume_and_bad_inputs(tiny_diffusion_checkpoint, tmp_path, ca
     proc = run_script("exact_likelihood_pg.py", "--checkpoint", tiny_diffusion_checkpoint, "--total-timesteps", "32",
                       "--hutchinson-probes", "2", "--sde-method", "euler", *common)
     assert "iter 1/1" in proc.stdout and "divergence Hutchinson, 2 Rademacher probes" in proc.stdout
-    summary = json.loads((run / "summary.json").read_text())
-    for key in ("algo", "env_id", "seed", "env_steps", "wall_time_s", "pretrained_eval_return", "final_eval_return",
-                "best_eval_return", "args"):
-        assert key in summary
-    assert summary["algo"] == "exact_likelihood_pg" and summary["env_steps"] == 32
-    ckpt = torch.load(run / "checkpoint_last.pt", weights_only=False)
-    assert (ckpt["algo"], ckpt["policy"], ckpt["iteration"], ckpt["ft_denoising_steps"]) == ("exact_likelihood_pg", "diffusion", 1, 3)
-    assert {"model", "model_ft", "critic", "actor_optimizer", "critic_optimizer", "torch_rng"} <= set(ckpt)
+    read_summary(run, algo="exact_likelihood_pg", env_steps=32)
+    read_checkpoint(run, {"model", "model_ft", "critic", "actor_optimizer", "critic_optimizer", "torch_rng"},
+                    algo="exact_likelihood_pg", policy="diffusion", iteration=1, ft_denoising_steps=3)
     assert os.path.isfile(run / "checkpoint_1.pt")
 
     # resume from our own checkpoint (in-process; the defaults: exact divergence, RK4): continues at iteration 2
@@ -224,22 +218,15 @@ def test_cli_smoke_resume_and_bad_inputs(tiny_diffusion_checkpoint, tmp_path, ca
                     eval_freq=1, critic_dims=(16, 16, 16), sde_step_size=0.17, run_dir=str(run)))
     out = capsys.readouterr().out
     assert "iter 2/2" in out and "pre-trained return" not in out and "PF-ODE rk4" in out and "divergence exact" in out
-    assert json.loads((run / "summary.json").read_text())["env_steps"] == 64
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    tags = set(EventAccumulator(str(run)).Reload().Tags()["scalars"])
+    read_summary(run, env_steps=64)
     assert {"eval/episodic_return", "losses/policy_loss", "losses/value_loss", "losses/approx_kl", "losses/clipfrac",
             "values/logprob_mean", "values/value_mean", "charts/SPS", "charts/learning_rate", "charts/peak_memory_mb",
-            "time/rollout_s", "time/update_s"} <= tags
+            "time/rollout_s", "time/update_s"} <= scalar_tags(run)
 
     # bad input: a non-diffusion checkpoint -> one line naming the fix, nothing written
-    gauss = tmp_path / "gaussian.pt"
-    torch.save(dict(algo="gaussian_ppo", policy="gaussian", backbone="mlp", model={}, env_id="Hopper-v2"), gauss)
-    bad = run_script("exact_likelihood_pg.py", "--checkpoint", gauss, "--run-dir", tmp_path / "bad", check=False)
-    assert bad.returncode != 0
-    last = bad.stderr.strip().splitlines()[-1]
-    assert last.startswith("error:") and "gaussian" in last and "diffusion" in last and "Traceback" not in bad.stderr
-    assert not (tmp_path / "bad").exists()
+    gauss = stub_checkpoint(tmp_path / "gaussian.pt", "gaussian")
+    cli_fails("exact_likelihood_pg.py", "--checkpoint", gauss, "--run-dir", tmp_path / "bad",
+              needles=["gaussian", "diffusion"], run_dir=tmp_path / "bad")
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -250,7 +237,4 @@ def test_cli_smoke_resume_and_bad_inputs(tiny_diffusion_checkpoint, tmp_path, ca
     (dict(batch_size=0), "--batch-size must be >= 1"),
 ])
 def test_bad_arguments_fail_in_one_line(flags, message, tmp_path):
-    with pytest.raises(SystemExit) as e:
-        el.main(el.Args(run_dir=str(tmp_path / "r"), **flags))
-    assert str(e.value).startswith("error: " + message) and "\n" not in str(e.value)
-    assert not (tmp_path / "r").exists()
+    main_fails(el, el.Args(run_dir=str(tmp_path / "r"), **flags), prefix="error: " + message)

@@ -9,7 +9,7 @@ import torch
 import torch.distributions as D
 
 from cleandppo import gmm_ppo
-from conftest import run_script
+from conftest import main_fails, read_summary, run_main, run_script, scalar_tags, stub_checkpoint
 
 torch.set_num_threads(1)
 TINY = ["--mlp-dims", "16", "16", "16"]
@@ -113,22 +113,17 @@ def test_bc_on_two_mode_toy_puts_weight_on_both_modes():
 
 
 def test_bad_inputs_fail_in_one_line(tmp_path):
-    with pytest.raises(SystemExit) as e:
-        gmm_ppo.main(gmm_ppo.Args(num_modes=0, run_dir=str(tmp_path / "r0")))
-    assert str(e.value).startswith("error: --num-modes must be >= 1") and "\n" not in str(e.value)
+    main_fails(gmm_ppo, gmm_ppo.Args(num_modes=0, run_dir=str(tmp_path / "r0")), prefix="error: --num-modes must be >= 1")
     for policy in ("diffusion", "gaussian"):
-        path = str(tmp_path / f"{policy}.pt")
-        torch.save(dict(algo="x", policy=policy, backbone="mlp", model={}, env_id="Hopper-v2"), path)
-        with pytest.raises(SystemExit) as e:
-            gmm_ppo.main(gmm_ppo.Args(checkpoint=path, eval_only=True, run_dir=str(tmp_path / policy)))
-        msg = str(e.value)
-        assert msg.startswith("error:") and f"holds a {policy} policy" in msg and "gmm" in msg and "\n" not in msg
+        path = stub_checkpoint(tmp_path / f"{policy}.pt", policy, algo="x")
+        main_fails(gmm_ppo, gmm_ppo.Args(checkpoint=path, eval_only=True, run_dir=str(tmp_path / policy)),
+                   f"holds a {policy} policy", "gmm", writes_nothing=False)
 
 
 def test_cli_pretrain_finetune_and_clamp_report(tiny_dataset, tmp_path):
-    pre, ft = tmp_path / "pre", tmp_path / "ft"
-    run_script("gmm_ppo.py", "--dataset", tiny_dataset, "--pretrain-only", "--pretrain-epochs", "1",
-               "--pretrain-batch-size", "32", "--eval-episodes", "1", "--run-dir", pre, *TINY)
+    pre, ft = tmp_path / "pre", tmp_path / "ft"  # pre-training in-process (tyro parses the same flags), fine-tuning
+    run_main(gmm_ppo, "--dataset", tiny_dataset, "--pretrain-only", "--pretrain-epochs", "1",  # through the CLI
+             "--pretrain-batch-size", "32", "--eval-episodes", "1", "--run-dir", pre, *TINY)
     ckpt = torch.load(pre / "pretrained.pt", weights_only=False)
     assert (ckpt["policy"], ckpt["algo"], ckpt["backbone"]) == ("gmm", "gmm_ppo", "mlp")
     assert ckpt["model_kwargs"]["num_modes"] == 5 and ckpt["model"]["log_std"].shape == (5, 3)
@@ -138,15 +133,9 @@ def test_cli_pretrain_finetune_and_clamp_report(tiny_dataset, tmp_path):
                       "--batch-size", "8", "--total-timesteps", "32", "--eval-episodes", "1", "--eval-freq", "1",
                       "--run-dir", ft)
     assert "iter 1/1" in proc.stdout
-    summary = json.loads((ft / "summary.json").read_text())
-    for key in ("algo", "env_id", "seed", "env_steps", "wall_time_s", "pretrained_eval_return", "final_eval_return",
-                "best_eval_return", "args"):
-        assert key in summary
-    assert summary["algo"] == "gmm_ppo" and summary["env_steps"] == 32
+    read_summary(ft, algo="gmm_ppo", env_steps=32)
     assert os.path.isfile(ft / "checkpoint_last.pt") and os.path.isfile(ft / "checkpoint_1.pt")
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    tags = set(EventAccumulator(str(ft)).Reload().Tags()["scalars"])
+    tags = scalar_tags(ft)
     assert {"charts/episodic_return", "eval/episodic_return"} & tags
     assert {"losses/policy_loss", "losses/value_loss", "losses/approx_kl", "losses/clipfrac", "losses/entropy",
             "charts/SPS", "charts/official_clamp_saturated"} <= tags

@@ -1,7 +1,6 @@
 """Tests for cleandppo/idql.py: expectile loss, Q targets from V, double-Q minimum in the greedy pick, Boltzmann
 choice frequencies, target-Q EMA, CLI smoke run with resume, one-line errors."""
 
-import json
 import math
 import os
 from types import SimpleNamespace
@@ -12,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from cleandppo import idql
-from conftest import run_script
+from conftest import cli_fails, main_fails, read_checkpoint, read_summary, run_script, scalar_tags, stub_checkpoint
 
 torch.set_num_threads(1)
 TINY = ["--denoising-steps", "6", "--num-envs", "2", "--n-steps", "4", "--batch-size", "8", "--eval-episodes", "1",
@@ -124,44 +123,28 @@ def test_cli_smoke_run_and_resume(tiny_diffusion_checkpoint, tmp_path):
     proc = run_script("idql.py", "--checkpoint", tiny_diffusion_checkpoint, "--total-timesteps", "64",
                       "--n-critic-warmup-itr", "1", "--run-dir", run, *TINY)
     assert "iter 2/2" in proc.stdout and "critic warm-up" in proc.stdout
-    summary = json.loads((run / "summary.json").read_text())
-    for key in ("algo", "env_id", "seed", "env_steps", "wall_time_s", "pretrained_eval_return", "final_eval_return",
-                "best_eval_return", "args"):
-        assert key in summary
-    assert summary["algo"] == "idql" and summary["env_steps"] == 64
-    ckpt = torch.load(run / "checkpoint_last.pt", weights_only=False)
-    assert (ckpt["algo"], ckpt["policy"], ckpt["iteration"]) == ("idql", "diffusion", 2)
-    assert {"model", "critic", "target_critic", "value_critic", "actor_optimizer", "critic_optimizer",
-            "value_optimizer", "model_kwargs", "normalization"} <= set(ckpt)
+    summary = read_summary(run, algo="idql", env_steps=64)
+    read_checkpoint(run, {"model", "critic", "target_critic", "value_critic", "actor_optimizer", "critic_optimizer",
+                          "value_optimizer", "model_kwargs", "normalization"}, algo="idql", policy="diffusion", iteration=2)
     assert os.path.isfile(run / "checkpoint_2.pt")
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    tags = set(EventAccumulator(str(run)).Reload().Tags()["scalars"])
     assert {"eval/episodic_return", "losses/q_loss", "losses/v_loss", "losses/actor_loss", "values/q1_mean",
             "values/v_mean", "charts/boltzmann_max_prob", "charts/SPS", "charts/learning_rate", "time/rollout_s",
-            "time/update_s"} <= tags
-    assert "charts/episodic_return" in tags and "charts/episodic_length" in tags
+            "time/update_s", "charts/episodic_return", "charts/episodic_length"} <= scalar_tags(run)
 
     # resume in-process; then --eval-only of the idql checkpoint (greedy over candidates)
     common = dict(denoising_steps=6, num_envs=2, n_steps=4, batch_size=8, eval_episodes=1, eval_freq=1,
                   critic_dims=(16, 16, 16), buffer_size=64, replay_ratio=2, num_candidates=3)
     idql.main(idql.Args(checkpoint=str(run / "checkpoint_last.pt"), total_timesteps=96,
                         run_dir=str(tmp_path / "resumed"), **common))
-    resumed = json.loads((tmp_path / "resumed" / "summary.json").read_text())
-    assert resumed["env_steps"] == 96 and resumed["pretrained_eval_return"] == summary["pretrained_eval_return"]
+    read_summary(tmp_path / "resumed", env_steps=96, pretrained_eval_return=summary["pretrained_eval_return"])
     idql.main(idql.Args(checkpoint=str(tmp_path / "resumed" / "checkpoint_last.pt"), eval_only=True,
                         run_dir=str(tmp_path / "eval"), **common))
-    assert json.loads((tmp_path / "eval" / "summary.json").read_text())["env_steps"] == 96
+    assert read_summary(tmp_path / "eval", keys=())["env_steps"] == 96
 
 
 def test_bad_inputs_fail_in_one_line(tiny_diffusion_checkpoint, tmp_path):
-    gmm = tmp_path / "gmm.pt"
-    torch.save(dict(algo="gmm_ppo", policy="gmm", backbone="mlp", model={}, env_id="Hopper-v2"), gmm)
-    proc = run_script("idql.py", "--checkpoint", gmm, "--run-dir", tmp_path / "g", check=False)
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and "diffusion" in lines[0]
-    assert not (tmp_path / "g").exists()
+    gmm = stub_checkpoint(tmp_path / "gmm.pt", "gmm")
+    cli_fails("idql.py", "--checkpoint", gmm, "--run-dir", tmp_path / "g", needles=["diffusion"], run_dir=tmp_path / "g")
     cases = [(dict(buffer_size=100, batch_size=256), "--buffer-size 100 is smaller than --batch-size 256"),
              (dict(buffer_size=0), "--buffer-size must be >= 1"),
              (dict(num_candidates=0), "--num-candidates must be >= 1"),
@@ -169,8 +152,4 @@ def test_bad_inputs_fail_in_one_line(tiny_diffusion_checkpoint, tmp_path):
              (dict(act_steps=5), "--act-steps 5 > --horizon-steps 4"),
              (dict(denoising_steps=20), "pass --denoising-steps 6")]
     for i, (kw, text) in enumerate(cases):
-        with pytest.raises(SystemExit) as e:
-            idql.main(idql.Args(checkpoint=tiny_diffusion_checkpoint, run_dir=str(tmp_path / f"r{i}"), **kw))
-        msg = str(e.value)
-        assert msg.startswith("error:") and text in msg and "\n" not in msg, msg
-        assert not (tmp_path / f"r{i}").exists()
+        main_fails(idql, idql.Args(checkpoint=tiny_diffusion_checkpoint, run_dir=str(tmp_path / f"r{i}"), **kw), text)

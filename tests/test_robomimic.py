@@ -13,12 +13,11 @@ import threading
 import numpy as np
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 pytest.importorskip("robosuite")
 
-from cleandppo import envs  # noqa: E402
-from conftest import TINY_DIFFUSION, run_script  # noqa: E402
+from cleandppo import dppo, envs  # noqa: E402
+from conftest import TINY_DIFFUSION, assert_one_line_error, read_summary, run_main, scalar_tags  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
@@ -26,14 +25,6 @@ import make_robomimic_demos  # noqa: E402
 from make_robomimic_demos import write_robomimic_hdf5  # noqa: E402
 
 EXPECTED = {"lift": (19, 7, 300, 4), "can": (23, 7, 300, 4), "square": (23, 7, 400, 4), "transport": (59, 14, 800, 8)}
-
-
-def one_line_error(excinfo, *needles):
-    msg = str(excinfo.value)
-    assert msg.startswith("error:") and "\n" not in msg, msg
-    for needle in needles:
-        assert needle in msg, (needle, msg)
-    return msg
 
 
 # ---- env factory --------------------------------------------------------------------------------
@@ -191,10 +182,10 @@ def test_demos_read_in_numeric_order(tmp_path):
 def test_unknown_task_is_one_line():
     with pytest.raises(SystemExit) as e:
         envs.resolve_env_id("lfit")
-    one_line_error(e, "lift", "transport")
+    assert_one_line_error(str(e.value), "lift", "transport")
     with pytest.raises(SystemExit) as e:
         make_robomimic_demos.main(["--task", "transport", "--num-demos", "1"])
-    one_line_error(e, "lift", "can")
+    assert_one_line_error(str(e.value), "lift", "can")
 
 
 def test_dataset_of_another_task_is_one_line(tmp_path):
@@ -202,10 +193,10 @@ def test_dataset_of_another_task_is_one_line(tmp_path):
     write_robomimic_hdf5(path, tiny_demos("can"), envs.default_robomimic_env_args("can"))
     with pytest.raises(SystemExit) as e:
         envs.load_dataset(path, "lift")
-    one_line_error(e, "PickPlaceCan", "pass a lift dataset")
+    assert_one_line_error(str(e.value), "PickPlaceCan", "pass a lift dataset")
     with pytest.raises(SystemExit) as e:
         envs.load_dataset(path, "Hopper-v2")
-    one_line_error(e, "--env-id can")
+    assert_one_line_error(str(e.value), "--env-id can")
 
 
 def test_demo_file_without_needed_obs_keys_is_one_line(tmp_path):
@@ -213,7 +204,7 @@ def test_demo_file_without_needed_obs_keys_is_one_line(tmp_path):
     write_robomimic_hdf5(path, tiny_demos(drop_key="object"), envs.default_robomimic_env_args("lift"))
     with pytest.raises(SystemExit) as e:
         envs.load_dataset(path, "lift")
-    one_line_error(e, "['object']", "make_robomimic_demos.py")
+    assert_one_line_error(str(e.value), "['object']", "make_robomimic_demos.py")
 
 
 @pytest.fixture
@@ -247,10 +238,10 @@ def test_offline_missing_dataset_names_the_generation_command(tmp_path, monkeypa
     monkeypatch.setenv("CLEANDPPO_ROBOMIMIC_URL", "http://127.0.0.1:9/{task}/{kind}.hdf5")  # discard port
     with pytest.raises(SystemExit) as e:
         envs.load_dataset("can-mh", "can")
-    one_line_error(e, "python scripts/make_robomimic_demos.py --task can", "can-scripted")
+    assert_one_line_error(str(e.value), "python scripts/make_robomimic_demos.py --task can", "can-scripted")
     with pytest.raises(SystemExit) as e:
         envs.resolve_dataset("square-scripted")
-    one_line_error(e, "python scripts/make_robomimic_demos.py --task square")
+    assert_one_line_error(str(e.value), "python scripts/make_robomimic_demos.py --task square")
 
 
 def test_gym_chunk_info_is_unchanged():
@@ -264,7 +255,7 @@ def test_gym_chunk_info_is_unchanged():
 def test_env_args_of_another_task_are_refused():
     with pytest.raises(SystemExit) as e:
         envs.set_robomimic_env_args("lift", json.loads(json.dumps(envs.default_robomimic_env_args("square"))))
-    one_line_error(e, "NutAssemblySquare", "lift")
+    assert_one_line_error(str(e.value), "NutAssemblySquare", "lift")
 
 
 # ---- per-task defaults of the PPO scripts --------------------------------------------------------
@@ -288,30 +279,36 @@ def test_per_task_defaults_keep_explicit_flags(module, capsys):
 
 
 # ---- dppo.py on lift: per-task defaults, success logging, env meta in checkpoints -------------------
-def test_dppo_smoke_run_on_lift_logs_success(tmp_path):
+def test_dppo_smoke_run_on_lift_logs_success(tmp_path, capsys, monkeypatch):
+    # in-process runs of `dppo.py <flags>` (tyro parses the flags, main sees them as the command line); the CLI smoke
+    # run of dppo.py itself is in test_dppo.py. The task -> env_args registry is process state: start empty, restore it
+    # afterwards, and empty it between the runs so that fine-tuning must take the env meta from the checkpoint.
+    monkeypatch.setattr(envs, "_robomimic_env_args", {})
     data = str(tmp_path / "lift-tiny.hdf5")
     env_args = envs.default_robomimic_env_args("lift")
     env_args["env_kwargs"]["cleandppo_marker"] = 7  # carried over by the checkpoints (robosuite never sees it)
     write_robomimic_hdf5(data, tiny_demos(lengths=(8, 9, 7)), env_args)
     pre, ft = tmp_path / "pre", tmp_path / "ft"
-    proc = run_script("dppo.py", "--env-id", "lift", "--dataset", data, "--pretrain-only", "--pretrain-epochs", "1",
-                      "--eval-episodes", "1", "--run-dir", pre, "--no-cuda", *TINY_DIFFUSION)
-    assert "[lift] per-task defaults: gamma=0.999" in proc.stdout and "num_envs=50" in proc.stdout
-    assert "eval_episodes" not in proc.stdout.split("per-task defaults:")[1].splitlines()[0]  # given explicitly
+    run_main(dppo, "--env-id", "lift", "--dataset", data, "--pretrain-only", "--pretrain-epochs", "1",
+             "--eval-episodes", "1", "--run-dir", pre, "--no-cuda", *TINY_DIFFUSION)
+    out = capsys.readouterr().out
+    assert "[lift] per-task defaults: gamma=0.999" in out and "num_envs=50" in out
+    assert "eval_episodes" not in out.split("per-task defaults:")[1].splitlines()[0]  # given explicitly
     ckpt = torch.load(pre / "pretrained.pt", weights_only=False)
     assert ckpt["robomimic_env_args"]["env_kwargs"]["cleandppo_marker"] == 7 and ckpt["model_kwargs"]["activation"] == "mish"
-    assert {"pretrained_eval_success_rate", "final_eval_success_rate", "best_eval_success_rate"} <= set(
-        json.loads((pre / "summary.json").read_text()))
+    read_summary(pre, keys=("pretrained_eval_success_rate", "final_eval_success_rate", "best_eval_success_rate"))
+    envs.set_robomimic_env_args("lift", None)
 
-    proc = run_script("dppo.py", "--env-id", "lift", "--checkpoint", pre / "pretrained.pt", "--num-envs", "2",
-                      "--n-steps", "2", "--batch-size", "8", "--logprob-batch-size", "8", "--total-timesteps", "16",
-                      "--eval-episodes", "1", "--eval-freq", "1", "--run-dir", ft, "--no-cuda", *TINY_DIFFUSION)
-    assert "iter 1/1" in proc.stdout and "success" in proc.stdout.split("iter 1/1")[1]
-    summary = json.loads((ft / "summary.json").read_text())
+    run_main(dppo, "--env-id", "lift", "--checkpoint", pre / "pretrained.pt", "--num-envs", "2", "--n-steps", "2",
+             "--batch-size", "8", "--logprob-batch-size", "8", "--total-timesteps", "16", "--eval-episodes", "1",
+             "--eval-freq", "1", "--run-dir", ft, "--no-cuda", *TINY_DIFFUSION)
+    out = capsys.readouterr().out
+    assert "iter 1/1" in out and "success" in out.split("iter 1/1")[1]
+    summary = read_summary(ft, keys=())
     for key in ("pretrained_eval_success_rate", "final_eval_success_rate", "best_eval_success_rate"):
         assert 0.0 <= summary[key] <= 1.0, (key, summary[key])
     assert summary["args"]["gamma"] == 0.999 and summary["args"]["num_envs"] == 2 and summary["env_steps"] == 16
-    tags = set(EventAccumulator(str(ft)).Reload().Tags()["scalars"])
+    tags = scalar_tags(ft)
     assert {"charts/success_rate", "eval/success_rate"} & tags and "eval/episodic_return" in tags
     last = torch.load(ft / "checkpoint_last.pt", weights_only=False)
     assert last["robomimic_env_args"]["env_kwargs"]["cleandppo_marker"] == 7 and "best_eval_success_rate" in last

@@ -1,0 +1,147 @@
+"""Tests of what dql.py and qsm.py share (each script carries its own copy of the same code): the schedule, Bellman
+targets with the double-Q minimum, the critic, the replay buffer, soft updates, dppo-compatible networks, input
+checks, and the CLI smoke run with resume. Every test runs once per script; the algorithm-specific parts are in
+test_dql.py and test_qsm.py."""
+
+import importlib
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from cleandppo import dppo
+from conftest import cli_fails, main_fails, read_checkpoint, read_summary, run_script, scalar_tags, stub_checkpoint
+
+torch.set_num_threads(1)
+TINY = ["--denoising-steps", "6", "--num-envs", "2", "--n-steps", "8", "--batch-size", "8", "--buffer-size", "64",
+        "--replay-ratio", "2", "--critic-dims", "16", "16", "16", "--eval-episodes", "1", "--eval-freq", "1",
+        "--n-critic-warmup-itr", "1"]
+ACTOR_TAG = {"dql": "losses/bc_loss", "qsm": "values/q_grad_norm"}  # the one logged scalar the two do not share
+
+
+@pytest.fixture(params=["dql", "qsm"])
+def algo(request):
+    return importlib.import_module(f"cleandppo.{request.param}")
+
+
+def test_schedule_matches_reference_values(algo):
+    # dppo-facts 1.1: cosine schedule, K = 20, last beta capped at 0.999
+    betas = algo.cosine_beta_schedule(20)
+    assert betas[:4].tolist() == pytest.approx([0.008, 0.0201, 0.0323, 0.0447], abs=2e-4)
+    assert betas[-1].item() == pytest.approx(0.999)
+    # K = 1: f(1) = cos^2(pi/2) = 0 -> beta 1 clipped to 0.999, alpha_bar_0 = 0.001
+    s1 = algo.make_schedule(1)
+    assert s1["alpha_bar"].item() == pytest.approx(0.001, rel=1e-4)
+    assert s1["coef_x0"].item() == pytest.approx(1.0) and s1["coef_xt"].item() == pytest.approx(0.0)
+
+
+def test_bellman_target_with_done_masks(algo):
+    r = torch.tensor([1.0, 2.0, 3.0, -1.0])
+    term = torch.tensor([0.0, 1.0, 0.0, 1.0])
+    q1 = torch.tensor([10.0, 5.0, 4.0, 100.0])
+    q2 = torch.tensor([8.0, 6.0, 7.0, -100.0])
+    # y = r + 0.9 (1 - term) min(q1, q2): [1 + 7.2, 2 (terminal), 3 + 3.6, -1 (terminal)]
+    y = algo.bellman_target(r, term, q1, q2, 0.9)
+    assert y.tolist() == pytest.approx([8.2, 2.0, 6.6, -1.0])
+
+
+def test_critic_loss_uses_double_q_minimum_of_the_target(algo):
+    class Fixed(nn.Module):
+        def __init__(self, q1, q2):
+            super().__init__()
+            self.q1, self.q2 = torch.tensor(q1), torch.tensor(q2)
+
+        def forward(self, obs, a):
+            return self.q1, self.q2
+
+    batch = dict(obs=torch.zeros(2, 1, 3), chunks=torch.zeros(2, 4, 3), next_obs=torch.zeros(2, 1, 3),
+                 rewards=torch.tensor([1.0, 0.5]), terminated=torch.tensor([0.0, 0.0]))
+    critic, target = Fixed([2.0, 1.0], [3.0, 0.0]), Fixed([4.0, -2.0], [2.0, 1.0])
+    loss, q1, q2, y = algo.critic_loss(critic, target, batch, torch.zeros(2, 4, 3), 0.5, act_steps=4)
+    # y = r + 0.5 min(target) = [1 + 1, 0.5 - 1] = [2, -0.5]
+    assert y.tolist() == pytest.approx([2.0, -0.5])
+    # MSE(q1, y) + MSE(q2, y) = (0 + 2.25)/2 + (1 + 0.25)/2
+    assert loss.item() == pytest.approx(1.125 + 0.625)
+
+
+def test_double_q_critic_is_residual_on_obs_and_executed_chunk(algo):
+    critic = algo.DoubleQCritic(obs_dim=11, cond_steps=2, action_dim=3, act_steps=4, dims=(256, 256, 256))
+    assert critic.q1.inp.in_features == 11 * 2 + 3 * 4
+    assert len(critic.q1.blocks) == 1 and isinstance(critic.q1.blocks[0][0], nn.Mish)  # residual, Mish
+    q1, q2 = critic(torch.randn(5, 2, 11), torch.randn(5, 4, 3))
+    assert q1.shape == q2.shape == (5,) and not torch.allclose(q1, q2)  # two independent nets
+
+
+def test_replay_buffer_is_fifo_in_transitions(algo):
+    buf = algo.ReplayBuffer(5, (1, 2), (4, 3))
+    for k in range(3):  # 3 vector steps of 2 envs = 6 transitions into 5 slots
+        obs = np.array([[[2 * k] * 2], [[2 * k + 1] * 2]], np.float32)  # (2 envs, To = 1, Do = 2)
+        buf.add(obs, np.zeros((2, 4, 3)), np.array([2 * k, 2 * k + 1]), obs + 100, np.array([0, 1]))
+    assert buf.size == 5 and buf.pos == 1
+    assert sorted(buf.rewards.tolist()) == [1, 2, 3, 4, 5]  # transition 0 was overwritten
+    assert buf.obs[0, 0, 0] == 5 and buf.next_obs[0, 0, 0] == 105 and buf.terminated[0] == 1
+    batch = buf.sample(16, "cpu")  # with replacement: more samples than stored transitions is fine
+    assert batch["chunks"].shape == (16, 4, 3) and batch["obs"].shape == (16, 1, 2)
+    torch.testing.assert_close(batch["next_obs"], batch["obs"] + 100)
+
+
+def test_soft_update(algo):
+    target, source = nn.Linear(1, 1, bias=False), nn.Linear(1, 1, bias=False)
+    nn.init.constant_(target.weight, 1.0)
+    nn.init.constant_(source.weight, 3.0)
+    algo.soft_update(target, source, 0.005)
+    assert target.weight.item() == pytest.approx(0.995 * 1.0 + 0.005 * 3.0)
+
+
+def test_networks_keep_dppo_state_dict_keys(algo):
+    for backbone in ("mlp", "unet"):
+        kw = dict(obs_dim=11, action_dim=3, horizon_steps=4, cond_steps=1, denoising_steps=6, backbone=backbone,
+                  time_dim=8, mlp_dims=(16, 16, 16), activation="relu", unet_dim=8, unet_dim_mults=(1, 2),
+                  unet_kernel_size=5, unet_n_groups=4, unet_step_embed_dim=8)
+        ours, theirs = algo.build_network(kw).state_dict(), dppo.build_network(kw).state_dict()
+        assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+
+
+def test_bad_inputs_fail_in_one_line_and_write_nothing(algo, tmp_path, tiny_diffusion_checkpoint):
+    cases = [
+        (dict(buffer_size=4, batch_size=8), "--buffer-size 4 is smaller than --batch-size 8"),
+        (dict(batch_size=0), "--batch-size must be >= 1"),
+        (dict(replay_ratio=0.0), "--replay-ratio must be > 0"),
+        (dict(buffer_size=-1), "--buffer-size must be >= 1"),
+        (dict(act_steps=5), "--act-steps 5 > --horizon-steps 4"),
+        (dict(denoising_steps=20), "pass --denoising-steps 6"),
+    ]
+    for i, (kw, expected) in enumerate(cases):
+        args = {"checkpoint": tiny_diffusion_checkpoint, "denoising_steps": 6, "run_dir": str(tmp_path / f"r{i}"), **kw}
+        main_fails(algo, algo.Args(**args), expected)
+    # a Gaussian checkpoint, through the CLI: non-zero exit, one "error:" line on stderr, no traceback
+    gauss = stub_checkpoint(tmp_path / "gauss.pt", "gaussian")
+    name = algo.__name__.rsplit(".", 1)[1]
+    cli_fails(f"{name}.py", "--checkpoint", gauss, "--run-dir", tmp_path / "g", needles=["diffusion"],
+              run_dir=tmp_path / "g")
+
+
+def test_cli_smoke_run_and_resume(algo, tiny_diffusion_checkpoint, tmp_path, capsys):
+    name, run = algo.__name__.rsplit(".", 1)[1], tmp_path / "run"
+    proc = run_script(f"{name}.py", "--checkpoint", tiny_diffusion_checkpoint, "--total-timesteps", "128", "--run-dir",
+                      run, *TINY)
+    assert "iter 2/2" in proc.stdout and "steps 128" in proc.stdout
+    read_summary(run, algo=name, env_steps=128)
+    read_checkpoint(run, {"model", "model_kwargs", "normalization", "critic", "target_critic", "actor_optimizer",
+                          "critic_optimizer", "torch_rng", "numpy_rng"},
+                    algo=name, policy="diffusion", iteration=2, env_steps=128)
+    assert {"charts/episodic_return", "charts/episodic_length", "eval/episodic_return", "charts/SPS",
+            "charts/learning_rate", "losses/q_loss", "losses/actor_loss", ACTOR_TAG[name], "values/q1_mean",
+            "values/target_q_mean", "time/rollout_s", "time/update_s"} <= scalar_tags(run)
+
+    # resume from the run's own checkpoint: continues at iteration 3 with its critic (critic dims from the checkpoint)
+    args = algo.Args(checkpoint=str(run / "checkpoint_last.pt"), total_timesteps=192, run_dir=str(tmp_path / "resume"),
+                     denoising_steps=6, num_envs=2, n_steps=8, batch_size=8, buffer_size=64, replay_ratio=2.0,
+                     eval_episodes=1, eval_freq=1, n_critic_warmup_itr=1)
+    algo.main(args)
+    out = capsys.readouterr().out
+    assert "resuming" in out and "iter 3/3" in out and "iter 1/" not in out
+    read_summary(tmp_path / "resume", env_steps=192)
+    assert os.path.isfile(tmp_path / "resume" / "checkpoint_3.pt")
