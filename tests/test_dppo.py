@@ -300,3 +300,34 @@ def test_mismatched_checkpoint(tiny_diffusion_checkpoint, flags, expected, tmp_p
 def test_gaussian_checkpoint_is_refused(tmp_path):
     path = stub_checkpoint(tmp_path / "g.pt", "gaussian")
     main_fails(dppo, dppo.Args(checkpoint=path, run_dir=str(tmp_path / "r")), "holds a gaussian policy")
+
+
+def test_ctrl_c_writes_a_checkpoint_then_resumes(tiny_diffusion_checkpoint, tmp_path):
+    """SIGINT during training writes checkpoint_last.pt (exit 130); passing it back resumes there."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    run = tmp_path / "run"
+    flags = ["--checkpoint", tiny_diffusion_checkpoint, "--run-dir", str(run), "--num-envs", "2", "--n-steps", "4",
+             "--batch-size", "8", "--total-timesteps", "100000", "--eval-episodes", "1", "--eval-freq", "1000", *TINY_DIFFUSION]
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "cleandppo", "dppo.py"), *flags], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    for line in proc.stdout:  # wait until the second iteration has finished
+        if line.startswith("iter 2/"):
+            break
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130 and "[interrupted] checkpoint written" in out
+    ckpt = torch.load(str(run / "checkpoint_last.pt"), weights_only=False)
+    assert ckpt["iteration"] >= 2 and ckpt["env_steps"] == ckpt["iteration"] * 2 * 4 * 4
+    done = ckpt["iteration"]
+    resumed = tmp_path / "resumed"
+    total = (done + 1) * 2 * 4 * 4
+    proc = run_script("dppo.py", "--checkpoint", run / "checkpoint_last.pt", "--run-dir", resumed,
+                      "--num-envs", "2", "--n-steps", "4", "--batch-size", "8", "--total-timesteps", total,
+                      "--eval-episodes", "1", "--eval-freq", "1000", *TINY_DIFFUSION)
+    assert f"iter {done + 1}/{done + 1}" in proc.stdout and "iter 1/" not in proc.stdout
