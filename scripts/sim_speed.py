@@ -5,8 +5,11 @@
 raw:     `num_envs` gymnasium envs (the v4 id the paper id maps to) stepped one by one in a Python
          loop with random actions, resetting ended episodes: the simulator plus gymnasium's own checks.
 wrapped: envs.make_vec_env (chunking, normalization, same-step auto-reset), random chunks.
-Both count environment (sub-)steps per second, single process. The training loop's own rollout
-steps/s is what dppo.py / gaussian_ppo.py log as charts/SPS and time/rollout_s.
+dppo / gaussian: the same envs driven by the training loop's rollout step, i.e. the script's own
+         sampler on the bundled checkpoint (DPPO: 20 denoising steps with chain recording, K' = 10)
+         followed by the vector-env step, as in dppo.py / gaussian_ppo.py.
+All count environment (sub-)steps per second, one after another in one process, so they share the
+machine's conditions and their ratios are meaningful even on a loaded machine.
 """
 
 import argparse
@@ -14,8 +17,9 @@ import time
 
 import gymnasium as gym
 import numpy as np
+import torch
 
-from cleandppo import envs
+from cleandppo import dppo, envs, gaussian_ppo
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--env-id", default="Hopper-v2")
@@ -37,13 +41,40 @@ while time.time() - t0 < args.seconds:
             e.reset()
 raw_sps = steps / (time.time() - t0)
 
-vec = envs.make_vec_env(args.env_id, args.num_envs, 0, args.act_steps)
-vec.reset(seed=0)
+
+
+def timed(act_fn, normalization):
+    """env steps/s of `act_fn(obs) -> chunk` plus the vector-env step, for args.seconds."""
+    vec = envs.make_vec_env(args.env_id, args.num_envs, 0, args.act_steps, 1, normalization)
+    obs, _ = vec.reset(seed=0)
+    steps, t0 = 0, time.time()
+    while time.time() - t0 < args.seconds:
+        obs, _, _, _, infos = vec.step(act_fn(obs)[:, :args.act_steps])
+        steps += int(np.sum(infos["env_steps"]))
+    vec.close()
+    return steps / (time.time() - t0)
+
+
 obs_dim, action_dim = envs.env_dims(args.env_id)
-steps, t0 = 0, time.time()
-while time.time() - t0 < args.seconds:
-    _, _, _, _, infos = vec.step(rng.uniform(-1, 1, (args.num_envs, args.act_steps, action_dim)) * 0.1)
-    steps += int(np.sum(infos["env_steps"]))
-wrapped_sps = steps / (time.time() - t0)
-print(f"{args.env_id} x {args.num_envs} envs: raw {raw_sps:.0f} steps/s | make_vec_env (chunks of {args.act_steps}) "
-      f"{wrapped_sps:.0f} steps/s | ratio {wrapped_sps / raw_sps:.2f}")
+wrapped_sps = timed(lambda obs: rng.uniform(-1, 1, (args.num_envs, args.act_steps, action_dim)) * 0.1, None)
+
+ckpt = envs.load_checkpoint(envs.bundled_checkpoint(args.env_id, "diffusion"), "diffusion", args.env_id)
+actor, actor_ft, _ = dppo.build_actors(ckpt, 10, torch.device("cpu"))
+sched, plan, kw = dppo.make_schedule(20), dppo.denoising_plan(20, None), ckpt["model_kwargs"]
+dppo_sps = timed(lambda obs: dppo.sample(actor, actor_ft, sched, torch.as_tensor(obs), plan, 10, kw["horizon_steps"],
+                                          kw["action_dim"], "train")[0].numpy(), ckpt["normalization"])
+
+ckpt = envs.load_checkpoint(envs.bundled_checkpoint(args.env_id, "gaussian"), "gaussian", args.env_id)
+policy = gaussian_ppo._load_policy(ckpt, torch.device("cpu"))
+
+
+def gaussian_act(obs):
+    with torch.no_grad():
+        mean, std = policy(torch.as_tensor(obs))
+        return gaussian_ppo.sample_action(mean, std, 3.0).numpy()
+
+
+gaussian_sps = timed(gaussian_act, ckpt["normalization"])
+print(f"{args.env_id} x {args.num_envs} envs, chunks of {args.act_steps} (env steps/s): raw simulator {raw_sps:.0f} | "
+      f"make_vec_env {wrapped_sps:.0f} ({wrapped_sps / raw_sps:.2f}x raw) | dppo rollout {dppo_sps:.0f} "
+      f"({dppo_sps / raw_sps:.2f}x) | gaussian_ppo rollout {gaussian_sps:.0f} ({gaussian_sps / raw_sps:.2f}x)")
