@@ -151,3 +151,24 @@ def test_bad_input(flags, expected, tmp_path):
 def test_diffusion_checkpoint_is_refused(tiny_diffusion_checkpoint, tmp_path):
     args = gp.Args(checkpoint=tiny_diffusion_checkpoint, run_dir=str(tmp_path / "r"))
     main_fails(gp, args, "holds a diffusion policy")
+
+
+def test_transformer_backbone_predicts_a_chunk_and_fits_a_target():
+    torch.manual_seed(0)
+    policy = gp.GaussianPolicy(obs_dim=5, action_dim=2, horizon_steps=3, cond_steps=2, backbone="transformer",
+                               transformer_dim=16, transformer_heads=2, transformer_layers=2)
+    assert not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in policy.modules())  # paper D.6: no dropout
+    obs = torch.randn(8, 2, 5)
+    mean, std = policy(obs)
+    assert mean.shape == (8, 3, 2) and std.shape == (2,) and mean.abs().max() < 1  # tanh mean
+    assert not torch.allclose(mean[:, 0], mean[:, 1])  # each chunk step has its own learned query token
+    target = torch.tanh(obs[:, -1, :2])[:, None].expand(8, 3, 2)  # a chunk that depends on the observation
+    opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(100):
+        loss = ((policy(obs)[0] - target) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0]
