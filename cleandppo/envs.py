@@ -355,12 +355,16 @@ def resolve_dataset(dataset: str) -> str:
     if os.path.isfile(path):
         return path
     url = os.environ.get("CLEANDPPO_D4RL_URL", D4RL_URL).format(name=D4RL_NAMES[dataset][1])
-    print(f"[cleandppo] downloading {dataset} from {url}")
+    return download_or_fail(dataset, url, path, f"make it locally with: {make_dataset_command(dataset)}")
+
+
+def download_or_fail(name: str, url: str, path: str, fix: str) -> str:
+    """Download `url` to `path`; offline (or any download error) stop with one line naming `fix`."""
+    print(f"[cleandppo] downloading {name} from {url}")
     try:
         download(url, path)
     except (urllib.error.URLError, OSError, ValueError) as e:
-        fail(f"{dataset} is not in {data_dir()} and could not be downloaded ({e.__class__.__name__}); "
-             f"make it locally with: {make_dataset_command(dataset)}")
+        fail(f"{name} is not in {data_dir()} and could not be downloaded ({e.__class__.__name__}); {fix}")
     return path
 
 
@@ -767,13 +771,8 @@ def resolve_robomimic_dataset(dataset: str) -> str:
     if kind == "scripted":
         fail(f"{task}-scripted is not in {data_dir()}; make it with: {robomimic_demo_command(task)}")
     url = os.environ.get("CLEANDPPO_ROBOMIMIC_URL", ROBOMIMIC_URL).format(task=task, kind=kind)
-    print(f"[cleandppo] downloading {task}-{kind} from {url}")
-    try:
-        download(url, path)
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        fail(f"{task}-{kind} is not in {data_dir()} and could not be downloaded ({e.__class__.__name__}); make "
-             f"demonstrations here with: {robomimic_demo_command(task)} (then --dataset {task}-scripted)")
-    return path
+    return download_or_fail(f"{task}-{kind}", url, path, f"make demonstrations here with: "
+                            f"{robomimic_demo_command(task)} (then --dataset {task}-scripted)")
 
 
 def is_robomimic_hdf5(path: str) -> bool:

@@ -666,8 +666,9 @@ def main(args, cli=()):
                 with torch.no_grad():
                     mean, std = policy(obs_t)
                     chunk = sample_action(mean, std, args.randn_clip_value)
-                next_obs, reward, term, trunc, infos = envs_.step(chunk[:, :args.act_steps].cpu().numpy())
-                buf_obs[n], buf_act[n], buf_rew[n], buf_first[n] = obs, chunk.cpu().numpy(), reward, firsts
+                chunk = chunk.cpu().numpy()
+                next_obs, reward, term, trunc, infos = envs_.step(chunk[:, :args.act_steps])
+                buf_obs[n], buf_act[n], buf_rew[n], buf_first[n] = obs, chunk, reward, firsts
                 buf_term[n], buf_timeout[n] = term, np.logical_and(trunc, np.logical_not(term))
                 buf_final[n] = envs.final_observations(next_obs, infos)
                 firsts = np.logical_or(term, trunc).astype(np.float64)
