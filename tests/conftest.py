@@ -214,3 +214,16 @@ def tiny_diffusion_checkpoint(tiny_dataset, tmp_path_factory):
     run_main(dppo, "--dataset", tiny_dataset, "--pretrain-only", "--pretrain-epochs", "2", "--run-dir", run,
              "--eval-episodes", "1", *TINY_DIFFUSION)
     return str(run / "pretrained.pt")
+
+
+def tiny_demos(task="lift", lengths=(5, 7, 4), drop_key=None, seed=0):
+    """Random robomimic-format demos (obs keys of `task`, 7-d actions, reward 1 and done on the last step) of `lengths`."""
+    rng = np.random.default_rng(seed)
+    dims = {"robot0_eef_pos": 3, "robot0_eef_quat": 4, "robot0_gripper_qpos": 2,
+            "object": envs.ROBOMIMIC_TASKS[task]["obs_dim"] - 9}
+    demos = []
+    for n in lengths:
+        obs = {k: rng.normal(size=(n, d)) for k, d in dims.items() if k != drop_key}
+        demos.append(dict(obs=obs, actions=rng.uniform(-1, 1, (n, 7)), rewards=np.eye(1, n, n - 1)[0],
+                          dones=np.eye(1, n, n - 1)[0].astype(int)))
+    return demos

@@ -17,7 +17,7 @@ import torch
 pytest.importorskip("robosuite")
 
 from cleandppo import dppo, envs  # noqa: E402
-from conftest import TINY_DIFFUSION, assert_one_line_error, read_summary, run_main, scalar_tags  # noqa: E402
+from conftest import TINY_DIFFUSION, assert_one_line_error, read_summary, run_main, scalar_tags, tiny_demos  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
@@ -136,16 +136,6 @@ def test_scripted_lift_demo_succeeds_and_writes_a_loadable_file(tmp_path):
 
 
 # ---- robomimic hdf5 reader ----------------------------------------------------------------------
-def tiny_demos(task="lift", lengths=(5, 7, 4), drop_key=None, seed=0):
-    rng = np.random.default_rng(seed)
-    dims = {"robot0_eef_pos": 3, "robot0_eef_quat": 4, "robot0_gripper_qpos": 2,
-            "object": envs.ROBOMIMIC_TASKS[task]["obs_dim"] - 9}
-    demos = []
-    for n in lengths:
-        obs = {k: rng.normal(size=(n, d)) for k, d in dims.items() if k != drop_key}
-        demos.append(dict(obs=obs, actions=rng.uniform(-1, 1, (n, 7)), rewards=np.eye(1, n, n - 1)[0],
-                          dones=np.eye(1, n, n - 1)[0].astype(int)))
-    return demos
 
 
 def test_reader_on_a_written_file_and_env_args_are_honoured(tmp_path):
