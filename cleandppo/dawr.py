@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -113,6 +114,28 @@ class Args:
     """actor gradient-norm clip (None: off, as every official config)"""
     value_batch_size: int = 50_000
     """observations per critic forward pass when (re)computing V over the buffer (memory only)"""
+
+
+ROBOMIMIC = dict(  # robomimic ids (dppo-facts 4.5, ft_awr_diffusion_mlp)
+    gamma=0.999, num_envs=50, actor_lr=1e-5, critic_lr=1e-3, batch_size=1000, scale_reward_factor=1.0, replay_ratio=64,
+    critic_replay_ratio=16,  # official critic_update_ratio 4: critic steps = actor steps / 4, i.e. 64 / 4 (3.5)
+    buffer_size=150_000,  # 3000 vector steps x 50 envs, in transitions
+    beta=10.0, max_adv_weight=100.0, n_critic_warmup_itr=2, eval_episodes=50)
+ROBOMIMIC_N_STEPS = dict(lift=300, can=300, square=400, transport=400)  # N = max_episode_steps / Ta (dppo-facts 4.5)
+
+
+def apply_task_defaults(args, cli):
+    """Robomimic ids: the tables above and act_steps = horizon_steps = Ta for each field not in `cli`, printed; True."""
+    if not envs.is_robomimic(args.env_id):
+        return False
+    task = envs.resolve_env_id(args.env_id)
+    ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
+    table = dict(ROBOMIMIC, n_steps=ROBOMIMIC_N_STEPS[task], act_steps=ta, horizon_steps=ta)
+    given = {a.split("=")[0].replace("_", "-") for a in cli}  # flags given explicitly keep their value
+    table = {k: v for k, v in table.items() if f"--{k.replace('_', '-')}" not in given}
+    vars(args).update(table)
+    print(f"[{task}] per-task defaults: " + ", ".join(f"{k}={v}" for k, v in table.items()))
+    return True
 
 
 # ------------------------------------------------------------------------------------------------
@@ -469,7 +492,8 @@ def dawr_update(actor, critic, actor_opt, critic_opt, sched, buf, args, device, 
 # Evaluation, checks, main
 # ------------------------------------------------------------------------------------------------
 def evaluate(actor, sched, kw, args, normalization, device):
-    """Mean and std of the return over --eval-episodes episodes without exploration noise (paper D.2)."""
+    """Mean and std of the return and the success rate (returns > 0; robomimic) over --eval-episodes episodes
+    without exploration noise (paper D.2)."""
 
     def act(obs):
         return sample(actor, sched, torch.as_tensor(obs, device=device), kw["horizon_steps"], kw["action_dim"], "eval",
@@ -477,7 +501,7 @@ def evaluate(actor, sched, kw, args, normalization, device):
 
     returns, _ = envs.run_episodes(act, args.env_id, args.eval_episodes, args.seed + 10_000, args.act_steps,
                                    args.cond_steps, normalization, args.async_envs)
-    return float(np.mean(returns)), float(np.std(returns))
+    return float(np.mean(returns)), float(np.std(returns)), envs.success_rate(returns)
 
 
 def check_args(args):
@@ -537,15 +561,17 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def write_summary(run_dir, args, env_steps, wall, pretrained, final, best):
+def write_summary(run_dir, args, env_steps, wall, pretrained, final, best, success=()):
     summary = dict(algo="dawr", env_id=args.env_id, seed=args.seed, env_steps=int(env_steps), wall_time_s=wall,
-                   pretrained_eval_return=pretrained, final_eval_return=final, best_eval_return=best, args=asdict(args))
+                   pretrained_eval_return=pretrained, final_eval_return=final, best_eval_return=best, args=asdict(args),
+                   **{f"{k}_eval_success_rate": v for k, v in zip(("pretrained", "final", "best"), success or ())})
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2, default=str)
     print(f"[done] summary in {os.path.join(run_dir, 'summary.json')}")
 
 
-def main(args):
+def main(args, cli=()):
+    robo = apply_task_defaults(args, cli)
     check_args(args)
     envs.resolve_env_id(args.env_id)
     random.seed(args.seed)
@@ -556,6 +582,8 @@ def main(args):
     path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", "mlp")
     ckpt = load_diffusion_checkpoint(path, args)
     print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
+    if robo and ckpt.get("robomimic_env_args"):  # the dataset's env meta, before any env is built
+        envs.set_robomimic_env_args(args.env_id, ckpt["robomimic_env_args"])
     resume = ckpt if ckpt["algo"] == "dawr" and "critic" in ckpt else None
     run_dir = args.run_dir or os.path.join("runs", f"{envs.env_slug(args.env_id)}__dawr__{args.seed}__{int(time.time())}")
     os.makedirs(run_dir, exist_ok=True)
@@ -576,9 +604,9 @@ def main(args):
         envs.fail("checkpoint weights do not fit the network its model_kwargs describe; it was written by another architecture")
     sched = {k: v.to(device) for k, v in make_schedule(kw["denoising_steps"]).items()}
     if args.eval_only:
-        ret, std = evaluate(actor, sched, kw, args, normalization, device)
-        print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes")
-        write_summary(run_dir, args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret)
+        ret, std, succ = evaluate(actor, sched, kw, args, normalization, device)
+        print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes" + (f", success {succ:.2f}" if robo else ""))
+        write_summary(run_dir, args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3)
         return
 
     obs_dim, action_dim, Tp = kw["obs_dim"], kw["action_dim"], kw["horizon_steps"]
@@ -600,12 +628,15 @@ def main(args):
         print(f"[resume] dawr run at iteration {start_iter}, {env_steps} env steps; the replay buffer starts empty")
     pretrained_eval = resume["pretrained_eval_return"] if resume is not None else None
     best_eval = resume["best_eval_return"] if resume is not None else -np.inf
-    last_eval = float("nan")
+    pre_succ, best_succ = (resume or {}).get("pretrained_eval_success_rate"), (resume or {}).get("best_eval_success_rate", -np.inf)
+    last_eval = last_succ = float("nan")
     if pretrained_eval is None:
-        pretrained_eval, _ = evaluate(actor, sched, kw, args, normalization, device)
-        last_eval = best_eval = pretrained_eval
+        pretrained_eval, _, pre_succ = evaluate(actor, sched, kw, args, normalization, device)
+        last_eval, last_succ = best_eval, best_succ = pretrained_eval, pre_succ
         writer.add_scalar("eval/episodic_return", pretrained_eval, env_steps)
-        print(f"[eval] pre-trained return {pretrained_eval:.1f}")
+        if robo:
+            writer.add_scalar("eval/success_rate", pre_succ, env_steps)
+        print(f"[eval] pre-trained return {pretrained_eval:.1f}" + (f", success rate {pre_succ:.2f}" if robo else ""))
 
     vec = envs.make_vec_env(args.env_id, E, args.seed + start_iter * E, args.act_steps, args.cond_steps, normalization,
                             args.async_envs)
@@ -617,14 +648,16 @@ def main(args):
                      normalization=normalization, env_id=args.env_id, args=asdict(args), iteration=it, env_steps=env_steps,
                      critic=critic.state_dict(), actor_optimizer=actor_opt.state_dict(),
                      critic_optimizer=critic_opt.state_dict(), torch_rng=torch.get_rng_state(),
-                     numpy_rng=np.random.get_state(), pretrained_eval_return=pretrained_eval, best_eval_return=best_eval)
+                     numpy_rng=np.random.get_state(), pretrained_eval_return=pretrained_eval, best_eval_return=best_eval,
+                     **(dict(pretrained_eval_success_rate=pre_succ, best_eval_success_rate=best_succ,
+                             robomimic_env_args=envs.robomimic_env_args(args.env_id)) if robo else {}))
         envs.save_checkpoint(state, os.path.join(run_dir, "checkpoint_last.pt"))
         if it % args.save_freq == 0 or it == num_iters:
             envs.save_checkpoint(state, os.path.join(run_dir, f"checkpoint_{it}.pt"))
 
     try:
         while iteration < num_iters:
-            t_iter = time.time()
+            t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
             # ---- rollout into the FIFO buffer (scaled rewards; time-outs keep their pre-reset next obs) ----
             for n in range(N):
                 chunk = sample(actor, sched, torch.as_tensor(obs, device=device), Tp, action_dim, "train",
@@ -636,6 +669,7 @@ def main(args):
                     recent_returns.append(r)
                     writer.add_scalar("charts/episodic_return", r, env_steps)
                     writer.add_scalar("charts/episodic_length", length, env_steps)
+                successes += envs.finished_successes(infos)
                 obs = next_obs
                 env_steps += E * args.act_steps
             t_rollout = time.time() - t_iter
@@ -659,13 +693,18 @@ def main(args):
             writer.add_scalar("time/rollout_s", t_rollout, env_steps)
             writer.add_scalar("time/update_s", t_update, env_steps)
             writer.add_scalar("charts/peak_memory_mb", peak_memory_mb(device), env_steps)
+            if successes:
+                writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
             if iteration % args.eval_freq == 0 or iteration == num_iters:
-                last_eval, _ = evaluate(actor, sched, kw, args, normalization, device)
-                best_eval = max(best_eval, last_eval)
+                last_eval, _, last_succ = evaluate(actor, sched, kw, args, normalization, device)
+                best_eval, best_succ = max(best_eval, last_eval), max(best_succ, last_succ)
                 writer.add_scalar("eval/episodic_return", last_eval, env_steps)
+                if robo:
+                    writer.add_scalar("eval/success_rate", last_succ, env_steps)
             mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
             left = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
             print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
+                  + (f"success {envs.success_rate(successes):.2f} eval success {last_succ:.2f} | " if robo else "") +
                   f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | v_loss {stats['value_loss']:.4f} "
                   f"actor_loss {stats['actor_loss']:.4f} w_mean {stats['weight_mean']:.2f} | left {left / 60:.1f}m", flush=True)
             save(iteration)
@@ -674,9 +713,10 @@ def main(args):
         print(f"[interrupted] checkpoint written to {os.path.join(run_dir, 'checkpoint_last.pt')}")
         raise SystemExit(130)
     vec.close()
-    write_summary(run_dir, args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval)
+    write_summary(run_dir, args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval,
+                  robo and (pre_succ, last_succ, best_succ))
     writer.close()
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(tyro.cli(Args), sys.argv[1:])

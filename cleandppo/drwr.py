@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -93,6 +94,25 @@ class Args:
     """AdamW weight decay"""
     max_grad_norm: Optional[float] = None
     """gradient-norm clip (None: off, as every official config)"""
+
+
+ROBOMIMIC = dict(gamma=0.999, num_envs=50, actor_lr=1e-5, batch_size=1000, update_epochs=16, beta=10.0,
+                 max_reward_weight=100.0, eval_episodes=50)  # robomimic ids (dppo-facts 4.5, ft_rwr_diffusion_mlp)
+ROBOMIMIC_N_STEPS = dict(lift=300, can=300, square=400, transport=400)  # N = max_episode_steps / Ta (dppo-facts 4.5)
+
+
+def apply_task_defaults(args, cli):
+    """Robomimic ids: the tables above and act_steps = horizon_steps = Ta for each field not in `cli`, printed; True."""
+    if not envs.is_robomimic(args.env_id):
+        return False
+    task = envs.resolve_env_id(args.env_id)
+    ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
+    table = dict(ROBOMIMIC, n_steps=ROBOMIMIC_N_STEPS[task], act_steps=ta, horizon_steps=ta)
+    given = {a.split("=")[0].replace("_", "-") for a in cli}  # flags given explicitly keep their value
+    table = {k: v for k, v in table.items() if f"--{k.replace('_', '-')}" not in given}
+    vars(args).update(table)
+    print(f"[{task}] per-task defaults: " + ", ".join(f"{k}={v}" for k, v in table.items()))
+    return True
 
 
 # ------------------------------------------------------------------------------------------------
@@ -362,7 +382,8 @@ def drwr_update(actor, opt, sched, obs, chunks, weights, args, generator=None):
 # Evaluation, checks, main
 # ------------------------------------------------------------------------------------------------
 def evaluate(actor, sched, kw, args, normalization, device):
-    """Mean and std of the return over --eval-episodes episodes without exploration noise (paper D.2)."""
+    """Mean and std of the return and the success rate (returns > 0; robomimic) over --eval-episodes episodes
+    without exploration noise (paper D.2)."""
 
     def act(obs):
         return sample(actor, sched, torch.as_tensor(obs, device=device), kw["horizon_steps"], kw["action_dim"], "eval",
@@ -370,7 +391,7 @@ def evaluate(actor, sched, kw, args, normalization, device):
 
     returns, _ = envs.run_episodes(act, args.env_id, args.eval_episodes, args.seed + 10_000, args.act_steps,
                                    args.cond_steps, normalization, args.async_envs)
-    return float(np.mean(returns)), float(np.std(returns))
+    return float(np.mean(returns)), float(np.std(returns)), envs.success_rate(returns)
 
 
 def check_args(args):
@@ -420,15 +441,17 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def write_summary(run_dir, args, env_steps, wall, pretrained, final, best):
+def write_summary(run_dir, args, env_steps, wall, pretrained, final, best, success=()):
     summary = dict(algo="drwr", env_id=args.env_id, seed=args.seed, env_steps=int(env_steps), wall_time_s=wall,
-                   pretrained_eval_return=pretrained, final_eval_return=final, best_eval_return=best, args=asdict(args))
+                   pretrained_eval_return=pretrained, final_eval_return=final, best_eval_return=best, args=asdict(args),
+                   **{f"{k}_eval_success_rate": v for k, v in zip(("pretrained", "final", "best"), success or ())})
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2, default=str)
     print(f"[done] summary in {os.path.join(run_dir, 'summary.json')}")
 
 
-def main(args):
+def main(args, cli=()):
+    robo = apply_task_defaults(args, cli)
     check_args(args)
     envs.resolve_env_id(args.env_id)
     random.seed(args.seed)
@@ -439,6 +462,8 @@ def main(args):
     path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", "mlp")
     ckpt = load_diffusion_checkpoint(path, args)
     print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
+    if robo and ckpt.get("robomimic_env_args"):  # the dataset's env meta, before any env is built
+        envs.set_robomimic_env_args(args.env_id, ckpt["robomimic_env_args"])
     resume = ckpt if ckpt["algo"] == "drwr" and "actor_optimizer" in ckpt else None
     run_dir = args.run_dir or os.path.join("runs", f"{envs.env_slug(args.env_id)}__drwr__{args.seed}__{int(time.time())}")
     os.makedirs(run_dir, exist_ok=True)
@@ -459,9 +484,9 @@ def main(args):
         envs.fail("checkpoint weights do not fit the network its model_kwargs describe; it was written by another architecture")
     sched = {k: v.to(device) for k, v in make_schedule(kw["denoising_steps"]).items()}
     if args.eval_only:
-        ret, std = evaluate(actor, sched, kw, args, normalization, device)
-        print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes")
-        write_summary(run_dir, args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret)
+        ret, std, succ = evaluate(actor, sched, kw, args, normalization, device)
+        print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes" + (f", success {succ:.2f}" if robo else ""))
+        write_summary(run_dir, args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3)
         return
 
     obs_dim, action_dim, Tp = kw["obs_dim"], kw["action_dim"], kw["horizon_steps"]
@@ -478,12 +503,15 @@ def main(args):
         print(f"[resume] drwr run at iteration {start_iter}, {env_steps} env steps")
     pretrained_eval = resume["pretrained_eval_return"] if resume is not None else None
     best_eval = resume["best_eval_return"] if resume is not None else -np.inf
-    last_eval = float("nan")
+    pre_succ, best_succ = (resume or {}).get("pretrained_eval_success_rate"), (resume or {}).get("best_eval_success_rate", -np.inf)
+    last_eval = last_succ = float("nan")
     if pretrained_eval is None:
-        pretrained_eval, _ = evaluate(actor, sched, kw, args, normalization, device)
-        last_eval = best_eval = pretrained_eval
+        pretrained_eval, _, pre_succ = evaluate(actor, sched, kw, args, normalization, device)
+        last_eval, last_succ = best_eval, best_succ = pretrained_eval, pre_succ
         writer.add_scalar("eval/episodic_return", pretrained_eval, env_steps)
-        print(f"[eval] pre-trained return {pretrained_eval:.1f}")
+        if robo:
+            writer.add_scalar("eval/success_rate", pre_succ, env_steps)
+        print(f"[eval] pre-trained return {pretrained_eval:.1f}" + (f", success rate {pre_succ:.2f}" if robo else ""))
 
     vec = envs.make_vec_env(args.env_id, E, args.seed + start_iter * E, args.act_steps, args.cond_steps, normalization,
                             args.async_envs)
@@ -495,14 +523,16 @@ def main(args):
         state = dict(algo="drwr", policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(), model_kwargs=kw,
                      normalization=normalization, env_id=args.env_id, args=asdict(args), iteration=it, env_steps=env_steps,
                      actor_optimizer=opt.state_dict(), torch_rng=torch.get_rng_state(), numpy_rng=np.random.get_state(),
-                     pretrained_eval_return=pretrained_eval, best_eval_return=best_eval)
+                     pretrained_eval_return=pretrained_eval, best_eval_return=best_eval,
+                     **(dict(pretrained_eval_success_rate=pre_succ, best_eval_success_rate=best_succ,
+                             robomimic_env_args=envs.robomimic_env_args(args.env_id)) if robo else {}))
         envs.save_checkpoint(state, os.path.join(run_dir, "checkpoint_last.pt"))
         if it % args.save_freq == 0 or it == num_iters:
             envs.save_checkpoint(state, os.path.join(run_dir, f"checkpoint_{it}.pt"))
 
     try:
         while iteration < num_iters:
-            t_iter = time.time()
+            t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
             # ---- rollout with the current policy (exploration floor on every denoising step) ----
             buf_obs = np.zeros((N, E, args.cond_steps, obs_dim), np.float32)
             buf_chunk = np.zeros((N, E, Tp, action_dim), np.float32)
@@ -519,6 +549,7 @@ def main(args):
                     recent_returns.append(r)
                     writer.add_scalar("charts/episodic_return", r, env_steps)
                     writer.add_scalar("charts/episodic_length", length, env_steps)
+                successes += envs.finished_successes(infos)
                 obs = next_obs
                 env_steps += E * args.act_steps
             t_rollout = time.time() - t_iter
@@ -558,14 +589,19 @@ def main(args):
             writer.add_scalar("time/rollout_s", t_rollout, env_steps)
             writer.add_scalar("time/update_s", t_update, env_steps)
             writer.add_scalar("charts/peak_memory_mb", peak_memory_mb(device), env_steps)
+            if successes:
+                writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
             if iteration % args.eval_freq == 0 or iteration == num_iters:
-                last_eval, _ = evaluate(actor, sched, kw, args, normalization, device)
-                best_eval = max(best_eval, last_eval)
+                last_eval, _, last_succ = evaluate(actor, sched, kw, args, normalization, device)
+                best_eval, best_succ = max(best_eval, last_eval), max(best_succ, last_succ)
                 writer.add_scalar("eval/episodic_return", last_eval, env_steps)
+                if robo:
+                    writer.add_scalar("eval/success_rate", last_succ, env_steps)
             mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
             left = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
             detail = (f"loss {stats['actor_loss']:.4f} w_mean {stats['weight_mean']:.2f}" if episodes else "update skipped")
             print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
+                  + (f"success {envs.success_rate(successes):.2f} eval success {last_succ:.2f} | " if robo else "") +
                   f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | episodes {len(episodes)} {detail} | "
                   f"left {left / 60:.1f}m", flush=True)
             save(iteration)
@@ -574,9 +610,10 @@ def main(args):
         print(f"[interrupted] checkpoint written to {os.path.join(run_dir, 'checkpoint_last.pt')}")
         raise SystemExit(130)
     vec.close()
-    write_summary(run_dir, args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval)
+    write_summary(run_dir, args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval,
+                  robo and (pre_succ, last_succ, best_succ))
     writer.close()
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(tyro.cli(Args), sys.argv[1:])

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Literal, Optional
@@ -37,7 +38,7 @@ ALGO = "exact_likelihood_pg"
 class Args:
     # --- common contract (see the README) ---
     env_id: str = "Hopper-v2"
-    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or a gymnasium v4/v5 id)"""
+    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or a gymnasium v4/v5 id), or a robomimic task: lift, can, square, transport"""
     seed: int = 0
     """seeds torch, numpy and every environment (env i gets seed + i)"""
     num_envs: int = 40
@@ -132,6 +133,29 @@ class Args:
     """samples per backward pass inside a minibatch (gradient accumulation: same gradient, less memory)"""
     logprob_batch_size: int = 10_000
     """samples per chunk when computing the old log-likelihoods after the rollout (memory only)"""
+
+
+# robomimic ids. The one official robomimic config of this method is Can's (ft_ppo_exact_diffusion_mlp.yaml, dppo-facts
+# 3.10): DPPO's Can settings (dppo-facts 4.3) with actor LR 1e-5. Lift, square and transport take DPPO's per-task
+# values the same way: our choice, not an official config (docs/exact_likelihood_pg.md).
+ROBOMIMIC = dict(num_envs=50, gamma=0.999, actor_lr=1e-5, critic_lr=1e-3, n_critic_warmup_itr=2, eval_episodes=50)
+ROBOMIMIC_TASK = dict(  # per task: n_steps, batch_size, update_epochs
+    lift=(300, 7500, 10), can=(300, 7500, 10), square=(400, 10_000, 10), transport=(400, 10_000, 5))
+
+
+def apply_task_defaults(args, cli):
+    """Robomimic ids: the tables above and act_steps = horizon_steps = Ta for each field not in `cli`, printed; True."""
+    if not envs.is_robomimic(args.env_id):
+        return False
+    task = envs.resolve_env_id(args.env_id)
+    ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
+    table = dict(ROBOMIMIC, **dict(zip(("n_steps", "batch_size", "update_epochs"), ROBOMIMIC_TASK[task])), act_steps=ta,
+                 horizon_steps=ta)
+    given = {a.split("=")[0].replace("_", "-") for a in cli}  # flags given explicitly keep their value
+    table = {k: v for k, v in table.items() if f"--{k.replace('_', '-')}" not in given}
+    vars(args).update(table)
+    print(f"[{task}] per-task defaults: " + ", ".join(f"{k}={v}" for k, v in table.items()))
+    return True
 
 
 # ------------------------------------------------------------------------------------------------
@@ -626,7 +650,8 @@ def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sde, batch, args,
 # Evaluation, checks, main
 # ------------------------------------------------------------------------------------------------
 def evaluate(actor, actor_ft, sched, plan, ft_steps, kw, args, normalization, device, episodes):
-    """Return over `episodes` episodes without the exploration floor (DDPM noise kept except at the last step)."""
+    """Return over `episodes` episodes without the exploration floor (DDPM noise kept except at the last step): mean,
+    std and the success rate (robomimic: return > 0)."""
 
     def act(obs):
         chunk, _ = sample(actor, actor_ft, sched, torch.as_tensor(obs, device=device), plan, ft_steps,
@@ -636,7 +661,7 @@ def evaluate(actor, actor_ft, sched, plan, ft_steps, kw, args, normalization, de
 
     returns, _ = envs.run_episodes(act, args.env_id, episodes, args.seed + 10_000, args.act_steps, args.cond_steps,
                                    normalization, args.async_envs)
-    return float(np.mean(returns)), float(np.std(returns))
+    return float(np.mean(returns)), float(np.std(returns)), envs.success_rate(returns)
 
 
 def check_args(args):
@@ -691,15 +716,17 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def write_summary(run_dir, args, env_steps, wall, pretrained, final, best):
+def write_summary(run_dir, args, env_steps, wall, pretrained, final, best, success=()):
     summary = dict(algo=ALGO, env_id=args.env_id, seed=args.seed, env_steps=int(env_steps), wall_time_s=wall,
-                   pretrained_eval_return=pretrained, final_eval_return=final, best_eval_return=best, args=asdict(args))
+                   pretrained_eval_return=pretrained, final_eval_return=final, best_eval_return=best, args=asdict(args),
+                   **{f"{k}_eval_success_rate": v for k, v in zip(("pretrained", "final", "best"), success or ())})
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2, default=str)
     print(f"[done] summary in {os.path.join(run_dir, 'summary.json')}")
 
 
-def main(args):
+def main(args, cli=()):
+    robo = apply_task_defaults(args, cli)
     check_args(args)
     envs.resolve_env_id(args.env_id)
     random.seed(args.seed)
@@ -711,6 +738,8 @@ def main(args):
     path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", args.backbone)
     ckpt = load_diffusion_checkpoint(path, args)  # before creating the run dir: a bad input writes nothing
     print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
+    if robo and ckpt.get("robomimic_env_args"):  # the env meta the policy was trained with, before any env is built
+        envs.set_robomimic_env_args(args.env_id, ckpt["robomimic_env_args"])
     own = ckpt["algo"] == ALGO
     resume = ckpt if own and "critic" in ckpt else None
     if ckpt.get("model_ft") is not None and not own:
@@ -742,9 +771,10 @@ def main(args):
     K_ft = args.ft_denoising_steps
 
     if args.eval_only:
-        ret, std = evaluate(actor, actor_ft, sched, plan, K_ft if own else 0, kw, args, normalization, device, args.eval_episodes)
-        print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes")
-        write_summary(run_dir, args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret)
+        ret, std, succ = evaluate(actor, actor_ft, sched, plan, K_ft if own else 0, kw, args, normalization, device,
+                                  args.eval_episodes)
+        print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes" + (f", success {succ:.2f}" if robo else ""))
+        write_summary(run_dir, args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3)
         return
 
     obs_dim, action_dim, Tp = kw["obs_dim"], kw["action_dim"], kw["horizon_steps"]
@@ -765,12 +795,15 @@ def main(args):
         start_iter, env_steps = resume["iteration"], resume["env_steps"]
     pretrained_eval = resume["pretrained_eval_return"] if resume is not None else None
     best_eval = resume["best_eval_return"] if resume is not None else -np.inf
-    last_eval = float("nan")
+    pre_succ, best_succ = (resume or {}).get("pretrained_eval_success_rate"), (resume or {}).get("best_eval_success_rate", -np.inf)
+    last_eval = last_succ = float("nan")
     if pretrained_eval is None:
-        pretrained_eval, _ = evaluate(actor, actor_ft, sched, plan, 0, kw, args, normalization, device, args.eval_episodes)
-        last_eval = best_eval = pretrained_eval
+        pretrained_eval, _, pre_succ = evaluate(actor, actor_ft, sched, plan, 0, kw, args, normalization, device, args.eval_episodes)
+        last_eval, last_succ = best_eval, best_succ = pretrained_eval, pre_succ
         writer.add_scalar("eval/episodic_return", pretrained_eval, env_steps)
-        print(f"[eval] pre-trained return {pretrained_eval:.1f}")
+        if robo:
+            writer.add_scalar("eval/success_rate", pre_succ, env_steps)
+        print(f"[eval] pre-trained return {pretrained_eval:.1f}" + (f", success rate {pre_succ:.2f}" if robo else ""))
     divergence = "exact" if args.hutchinson_probes == 0 else f"Hutchinson, {args.hutchinson_probes} Rademacher probes"
     print(f"[likelihood] PF-ODE {args.sde_method}, step {args.sde_step_size}, t from "
           f"{args.sde_eps if args.sde_eps is not None else 1 / sde.K:.4g} to 1, divergence {divergence}")
@@ -787,14 +820,16 @@ def main(args):
                      env_id=args.env_id, args=asdict(args), iteration=it, env_steps=env_steps, critic=critic.state_dict(),
                      actor_optimizer=actor_opt.state_dict(), critic_optimizer=critic_opt.state_dict(),
                      reward_scaler=scaler.state_dict(), torch_rng=torch.get_rng_state(), numpy_rng=np.random.get_state(),
-                     pretrained_eval_return=pretrained_eval, best_eval_return=best_eval)
+                     pretrained_eval_return=pretrained_eval, best_eval_return=best_eval,
+                     **(dict(pretrained_eval_success_rate=pre_succ, best_eval_success_rate=best_succ,
+                             robomimic_env_args=envs.robomimic_env_args(args.env_id)) if robo else {}))
         envs.save_checkpoint(state, os.path.join(run_dir, "checkpoint_last.pt"))
         if it % args.save_freq == 0 or it == num_iters:
             envs.save_checkpoint(state, os.path.join(run_dir, f"checkpoint_{it}.pt"))
 
     try:
         while iteration < num_iters:
-            t_iter = time.time()
+            t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             # ---- rollout with DPPO's sampler; only the executed-from chunk is kept (no chain) ----
@@ -815,6 +850,7 @@ def main(args):
                     recent_returns.append(r)
                     writer.add_scalar("charts/episodic_return", r, env_steps)
                     writer.add_scalar("charts/episodic_length", length, env_steps)
+                successes += envs.finished_successes(infos)
                 obs = next_obs
                 env_steps += E * args.act_steps
             t_rollout = time.time() - t_iter
@@ -868,13 +904,19 @@ def main(args):
             writer.add_scalar("time/old_logprob_s", t_logp, env_steps)
             mem = peak_memory_mb(device)
             writer.add_scalar("charts/peak_memory_mb", mem, env_steps)
+            if successes:
+                writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
             if iteration % args.eval_freq == 0 or iteration == num_iters:
-                last_eval, _ = evaluate(actor, actor_ft, sched, plan, K_ft, kw, args, normalization, device, args.eval_episodes)
-                best_eval = max(best_eval, last_eval)
+                last_eval, _, last_succ = evaluate(actor, actor_ft, sched, plan, K_ft, kw, args, normalization, device,
+                                                   args.eval_episodes)
+                best_eval, best_succ = max(best_eval, last_eval), max(best_succ, last_succ)
                 writer.add_scalar("eval/episodic_return", last_eval, env_steps)
+                if robo:
+                    writer.add_scalar("eval/success_rate", last_succ, env_steps)
             mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
             left = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
             print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
+                  + (f"success {envs.success_rate(successes):.2f} eval success {last_succ:.2f} | " if robo else "") +
                   f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | logp {old_logp.mean().item():.3f} "
                   f"kl {stats['approx_kl']:.2e} clipfrac {stats['clipfrac']:.3f} | mem {mem:.0f}MB | left {left / 60:.1f}m",
                   flush=True)
@@ -884,9 +926,10 @@ def main(args):
         print(f"[interrupted] checkpoint written to {os.path.join(run_dir, 'checkpoint_last.pt')}")
         raise SystemExit(130)
     vec.close()
-    write_summary(run_dir, args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval)
+    write_summary(run_dir, args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval,
+                  robo and (pre_succ, last_succ, best_succ))
     writer.close()
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(tyro.cli(Args), sys.argv[1:])

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -41,7 +42,7 @@ ALGO = "qsm"
 class Args:
     # --- common contract (see the README) ---
     env_id: str = "Hopper-v2"
-    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or a gymnasium v4/v5 id)"""
+    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or a gymnasium v4/v5 id), or a robomimic task: lift, can, square, transport"""
     seed: int = 0
     """seeds torch, numpy and every environment (env i gets seed + i)"""
     num_envs: int = 40
@@ -113,6 +114,29 @@ class Args:
     """hidden widths of each Q network (residual, Mish; an odd number of equal widths)"""
     max_grad_norm: Optional[float] = None
     """actor gradient-norm clip (None: off, as the official config)"""
+
+
+ROBOMIMIC = dict(num_envs=50, gamma=0.999, actor_lr=1e-5, critic_lr=1e-3, batch_size=1000, scale_reward_factor=1.0,
+                 replay_ratio=16.0, critic_tau=0.005, q_grad_coeff=10.0, n_critic_warmup_itr=5,
+                 eval_episodes=50)  # robomimic ids (official ft_qsm_diffusion_mlp configs, dppo-facts 4.5)
+ROBOMIMIC_N_STEPS = dict(lift=300, can=300, square=400, transport=400)  # N Ta = 4 episodes per env and iteration
+ROBOMIMIC_BUFFER_VECTOR_STEPS = 5000  # official buffer_size 5000 "* n_envs": transitions = 5000 x num_envs
+
+
+def apply_task_defaults(args, cli):
+    """Robomimic ids: the tables above and act_steps = horizon_steps = Ta for each field not in `cli`, printed; True."""
+    if not envs.is_robomimic(args.env_id):
+        return False
+    task = envs.resolve_env_id(args.env_id)
+    ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
+    given = {a.split("=")[0].replace("_", "-") for a in cli}  # flags given explicitly keep their value
+    num_envs = args.num_envs if "--num-envs" in given else ROBOMIMIC["num_envs"]
+    table = dict(ROBOMIMIC, n_steps=ROBOMIMIC_N_STEPS[task], buffer_size=ROBOMIMIC_BUFFER_VECTOR_STEPS * num_envs,
+                 act_steps=ta, horizon_steps=ta)
+    table = {k: v for k, v in table.items() if f"--{k.replace('_', '-')}" not in given}
+    vars(args).update(table)
+    print(f"[{task}] per-task defaults: " + ", ".join(f"{k}={v}" for k, v in table.items()))
+    return True
 
 
 # ------------------------------------------------------------------------------------------------
@@ -433,7 +457,8 @@ def qsm_actor_loss(actor, critic, sched, obs, chunks, K, act_steps, q_grad_coeff
 # Evaluation, checks, checkpoints, main
 # ------------------------------------------------------------------------------------------------
 def evaluate(actor, sched, kw, args, normalization, device, episodes):
-    """Mean and std of the return over `episodes` episodes without the exploration floor (paper D.2)."""
+    """Mean and std of the return over `episodes` episodes without the exploration floor (paper D.2), and the
+    success rate (robomimic: return > 0)."""
 
     def act(obs):
         chunk = sample(actor, sched, torch.as_tensor(obs, device=device), kw["denoising_steps"], kw["horizon_steps"],
@@ -442,7 +467,7 @@ def evaluate(actor, sched, kw, args, normalization, device, episodes):
 
     returns, _ = envs.run_episodes(act, args.env_id, episodes, args.seed + 10_000, args.act_steps, args.cond_steps,
                                    normalization, args.async_envs)
-    return float(np.mean(returns)), float(np.std(returns))
+    return float(np.mean(returns)), float(np.std(returns)), envs.success_rate(returns)
 
 
 def num_gradient_steps(args):
@@ -490,15 +515,17 @@ def load_diffusion_checkpoint(path, args):
     return ckpt
 
 
-def write_summary(run_dir, args, env_steps, wall, pretrained, final, best):
+def write_summary(run_dir, args, env_steps, wall, pretrained, final, best, success=()):
     summary = dict(algo=ALGO, env_id=args.env_id, seed=args.seed, env_steps=int(env_steps), wall_time_s=wall,
-                   pretrained_eval_return=pretrained, final_eval_return=final, best_eval_return=best, args=asdict(args))
+                   pretrained_eval_return=pretrained, final_eval_return=final, best_eval_return=best, args=asdict(args),
+                   **{f"{k}_eval_success_rate": v for k, v in zip(("pretrained", "final", "best"), success or ())})
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2, default=str)
     print(f"[done] summary in {os.path.join(run_dir, 'summary.json')}")
 
 
-def main(args):
+def main(args, cli=()):
+    robo = apply_task_defaults(args, cli)
     check_args(args)
     envs.resolve_env_id(args.env_id)
     random.seed(args.seed)
@@ -510,6 +537,8 @@ def main(args):
     ckpt = load_diffusion_checkpoint(path, args)  # before anything is written: bad input leaves no trace
     resume = ckpt if ckpt["algo"] == ALGO and "critic" in ckpt else None
     print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']}){' -> resuming' if resume else ''}")
+    if robo and ckpt.get("robomimic_env_args"):  # the env meta the policy was trained with, before any env is built
+        envs.set_robomimic_env_args(args.env_id, ckpt["robomimic_env_args"])
     if ckpt.get("model_ft") is not None:
         print("[load] the checkpoint also holds a DPPO-fine-tuned 'model_ft'; QSM starts from the base 'model'")
     kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
@@ -532,9 +561,9 @@ def main(args):
         envs.fail(f"{path}: weights do not fit the network its model_kwargs describe; it was written by another architecture")
     sched = {k: v.to(device) for k, v in make_schedule(K).items()}
     if args.eval_only:
-        ret, std = evaluate(actor, sched, kw, args, normalization, device, args.eval_episodes)
-        print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes")
-        write_summary(run_dir, args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret)
+        ret, std, succ = evaluate(actor, sched, kw, args, normalization, device, args.eval_episodes)
+        print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes" + (f", success {succ:.2f}" if robo else ""))
+        write_summary(run_dir, args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3)
         writer.close()
         return
 
@@ -562,12 +591,15 @@ def main(args):
         print("[load] the replay buffer is not saved in checkpoints; it refills from new rollouts")
     pretrained_eval = resume["pretrained_eval_return"] if resume is not None else None
     best_eval = resume["best_eval_return"] if resume is not None else -np.inf
-    last_eval = float("nan")
+    pre_succ, best_succ = (resume or {}).get("pretrained_eval_success_rate"), (resume or {}).get("best_eval_success_rate", -np.inf)
+    last_eval = last_succ = float("nan")
     if pretrained_eval is None:
-        pretrained_eval, _ = evaluate(actor, sched, kw, args, normalization, device, args.eval_episodes)
-        last_eval = best_eval = pretrained_eval
+        pretrained_eval, _, pre_succ = evaluate(actor, sched, kw, args, normalization, device, args.eval_episodes)
+        last_eval, last_succ = best_eval, best_succ = pretrained_eval, pre_succ
         writer.add_scalar("eval/episodic_return", pretrained_eval, env_steps)
-        print(f"[eval] pre-trained return {pretrained_eval:.1f}")
+        if robo:
+            writer.add_scalar("eval/success_rate", pre_succ, env_steps)
+        print(f"[eval] pre-trained return {pretrained_eval:.1f}" + (f", success rate {pre_succ:.2f}" if robo else ""))
     print(f"[{ALGO}] {num_iters} iterations of {steps_per_iter} env steps, {n_grad} gradient steps each "
           f"(batch {args.batch_size}, buffer {args.buffer_size} transitions)")
 
@@ -583,14 +615,16 @@ def main(args):
                      critic=critic.state_dict(), target_critic=target_critic.state_dict(), critic_kwargs=critic_kwargs,
                      actor_optimizer=actor_opt.state_dict(), critic_optimizer=critic_opt.state_dict(),
                      torch_rng=torch.get_rng_state(), numpy_rng=np.random.get_state(),
-                     pretrained_eval_return=pretrained_eval, best_eval_return=best_eval)
+                     pretrained_eval_return=pretrained_eval, best_eval_return=best_eval,
+                     **(dict(pretrained_eval_success_rate=pre_succ, best_eval_success_rate=best_succ,
+                             robomimic_env_args=envs.robomimic_env_args(args.env_id)) if robo else {}))
         envs.save_checkpoint(state, os.path.join(run_dir, "checkpoint_last.pt"))
         if it % args.save_freq == 0 or it == num_iters:
             envs.save_checkpoint(state, os.path.join(run_dir, f"checkpoint_{it}.pt"))
 
     try:
         while iteration < num_iters:
-            t_iter = time.time()
+            t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
             # ---- rollout: whole chain with the exploration floor; store every transition ----
             for _ in range(args.n_steps):
                 chunk = sample(actor, sched, torch.as_tensor(obs, device=device), K, Tp, action_dim, "train",
@@ -601,6 +635,7 @@ def main(args):
                     recent_returns.append(r)
                     writer.add_scalar("charts/episodic_return", r, env_steps)
                     writer.add_scalar("charts/episodic_length", length, env_steps)
+                successes += envs.finished_successes(infos)
                 obs = next_obs
                 env_steps += args.num_envs * args.act_steps
             t_rollout = time.time() - t_iter
@@ -647,24 +682,31 @@ def main(args):
             writer.add_scalar("charts/buffer_size", buffer.size, env_steps)
             writer.add_scalar("time/rollout_s", t_rollout, env_steps)
             writer.add_scalar("time/update_s", t_update, env_steps)
+            if successes:
+                writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
             if iteration % args.eval_freq == 0 or iteration == num_iters:
-                last_eval, _ = evaluate(actor, sched, kw, args, normalization, device, args.eval_episodes)
-                best_eval = max(best_eval, last_eval)
+                last_eval, _, last_succ = evaluate(actor, sched, kw, args, normalization, device, args.eval_episodes)
+                best_eval, best_succ = max(best_eval, last_eval), max(best_succ, last_succ)
                 writer.add_scalar("eval/episodic_return", last_eval, env_steps)
+                if robo:
+                    writer.add_scalar("eval/success_rate", last_succ, env_steps)
             mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
             left = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
+            actor_txt = f"{stats['actor_loss']:.3e}" if "actor_loss" in stats else "- (critic warm-up)"
             print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
+                  + (f"success {envs.success_rate(successes):.2f} eval success {last_succ:.2f} | " if robo else "") +
                   f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | q_loss {stats['q_loss']:.3e} "
-                  f"actor_loss {stats.get('actor_loss', float('nan')):.3e} | left {left / 60:.1f}m", flush=True)
+                  f"actor_loss {actor_txt} | left {left / 60:.1f}m", flush=True)
             save(iteration)
     except KeyboardInterrupt:
         save(iteration)
         print(f"[interrupted] checkpoint written to {os.path.join(run_dir, 'checkpoint_last.pt')}")
         raise SystemExit(130)
     vec.close()
-    write_summary(run_dir, args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval)
+    write_summary(run_dir, args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval,
+                  robo and (pre_succ, last_succ, best_succ))
     writer.close()
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(tyro.cli(Args), sys.argv[1:])
