@@ -121,7 +121,7 @@ ROBOMIMIC = dict(  # robomimic ids (dppo-facts 4.5, ft_awr_diffusion_mlp)
     critic_replay_ratio=16,  # official critic_update_ratio 4: critic steps = actor steps / 4, i.e. 64 / 4 (3.5)
     buffer_size=150_000,  # 3000 vector steps x 50 envs, in transitions
     beta=10.0, max_adv_weight=100.0, n_critic_warmup_itr=2, eval_episodes=50)
-ROBOMIMIC_N_STEPS = dict(lift=300, can=300, square=400, transport=400)  # N = max_episode_steps / Ta (dppo-facts 4.5)
+ROBOMIMIC_N_STEPS = dict(lift=300, can=300, square=400, transport=400)  # N Ta = 4 episodes per env and iteration (dppo-facts 4.5)
 
 
 def apply_task_defaults(args, cli):

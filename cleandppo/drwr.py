@@ -98,7 +98,7 @@ class Args:
 
 ROBOMIMIC = dict(gamma=0.999, num_envs=50, actor_lr=1e-5, batch_size=1000, update_epochs=16, beta=10.0,
                  max_reward_weight=100.0, eval_episodes=50)  # robomimic ids (dppo-facts 4.5, ft_rwr_diffusion_mlp)
-ROBOMIMIC_N_STEPS = dict(lift=300, can=300, square=400, transport=400)  # N = max_episode_steps / Ta (dppo-facts 4.5)
+ROBOMIMIC_N_STEPS = dict(lift=300, can=300, square=400, transport=400)  # N Ta = 4 episodes per env and iteration (dppo-facts 4.5)
 
 
 def apply_task_defaults(args, cli):

@@ -113,7 +113,7 @@ class Args:
 ROBOMIMIC = dict(num_envs=50, gamma=0.999, actor_lr=1e-5, critic_lr=1e-3, batch_size=1000, scale_reward_factor=1.0,
                  replay_ratio=128, buffer_size=250_000, critic_tau=0.001, num_candidates=10, n_critic_warmup_itr=5,
                  eval_episodes=50)
-ROBOMIMIC_N_STEPS = dict(lift=300, can=300, square=400, transport=400)  # max_episode_steps / Ta
+ROBOMIMIC_N_STEPS = dict(lift=300, can=300, square=400, transport=400)  # N Ta = 4 episodes per env and iteration
 
 
 def apply_task_defaults(args, cli):
