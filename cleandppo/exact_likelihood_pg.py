@@ -15,7 +15,6 @@ See docs/exact_likelihood_pg.md for the derivation of the SDE and every deviatio
 """
 
 import copy
-import json
 import math
 import os
 import random
@@ -149,8 +148,7 @@ def apply_task_defaults(args, cli):
         return False
     task = envs.resolve_env_id(args.env_id)
     ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
-    table = dict(ROBOMIMIC, **dict(zip(("n_steps", "batch_size", "update_epochs"), ROBOMIMIC_TASK[task])), act_steps=ta,
-                 horizon_steps=ta)
+    table = dict(ROBOMIMIC, **dict(zip(("n_steps", "batch_size", "update_epochs"), ROBOMIMIC_TASK[task])), act_steps=ta, horizon_steps=ta)
     given = {a.split("=")[0].replace("_", "-") for a in cli}  # flags given explicitly keep their value
     table = {k: v for k, v in table.items() if f"--{k.replace('_', '-')}" not in given}
     vars(args).update(table)
@@ -183,11 +181,6 @@ def make_schedule(K: int) -> dict:
         coef_x0=betas * alpha_bar_prev.sqrt() / (1 - alpha_bar),
         coef_xt=(1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar),
     )
-
-
-def denoising_plan(K: int) -> list:
-    """DDPM timesteps in execution order with their predecessors: [(K-1, K-2), ..., (0, -1)]."""
-    return [(t, t - 1) for t in reversed(range(K))]
 
 
 def step_mean_var(net, sched, x, obs, t, clip: float = 1.0):
@@ -372,15 +365,6 @@ def sample(actor, actor_ft, sched, obs, plan, ft_steps, horizon_steps, action_di
             chain.append(x)
     chain = torch.stack(chain, dim=1) if chain else x.new_zeros(B, 0, horizon_steps, action_dim)
     return x, chain
-
-
-def pretrain_loss(net, sched, x0, obs, K):
-    """Denoising loss (paper eq. 3.2): MSE between the added noise and its prediction at a random step."""
-    t = torch.randint(0, K, (x0.shape[0],), device=x0.device)
-    eps = torch.randn_like(x0)
-    ab = sched["alpha_bar"][t].view(-1, 1, 1)
-    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-    return ((net(x_t, t, obs) - eps) ** 2).mean()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -707,24 +691,6 @@ def load_diffusion_checkpoint(path, args):
     return ckpt
 
 
-def peak_memory_mb(device):
-    """Peak GPU memory since the last reset on CUDA; peak resident memory of the process on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def write_summary(run_dir, args, env_steps, wall, pretrained, final, best, success=()):
-    summary = dict(algo=ALGO, env_id=args.env_id, seed=args.seed, env_steps=int(env_steps), wall_time_s=wall,
-                   pretrained_eval_return=pretrained, final_eval_return=final, best_eval_return=best, args=asdict(args),
-                   **{f"{k}_eval_success_rate": v for k, v in zip(("pretrained", "final", "best"), success or ())})
-    with open(os.path.join(run_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=str)
-    print(f"[done] summary in {os.path.join(run_dir, 'summary.json')}")
-
-
 def main(args, cli=()):
     robo = apply_task_defaults(args, cli)
     check_args(args)
@@ -767,14 +733,14 @@ def main(args, cli=()):
         actor_ft.load_state_dict(ckpt["model_ft"])
     sched = {k: v.to(device) for k, v in make_schedule(kw["denoising_steps"]).items()}
     sde = VPSDE(make_schedule(kw["denoising_steps"])["betas"])
-    plan = denoising_plan(kw["denoising_steps"])
+    plan = [(t, t - 1) for t in reversed(range(kw["denoising_steps"]))]  # DDPM timesteps in order, with predecessors
     K_ft = args.ft_denoising_steps
 
     if args.eval_only:
         ret, std, succ = evaluate(actor, actor_ft, sched, plan, K_ft if own else 0, kw, args, normalization, device,
                                   args.eval_episodes)
         print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes" + (f", success {succ:.2f}" if robo else ""))
-        write_summary(run_dir, args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3)
+        envs.write_summary(run_dir, ALGO, args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3)
         return
 
     obs_dim, action_dim, Tp = kw["obs_dim"], kw["action_dim"], kw["horizon_steps"]
@@ -902,7 +868,7 @@ def main(args, cli=()):
             writer.add_scalar("time/rollout_s", t_rollout, env_steps)
             writer.add_scalar("time/update_s", t_update, env_steps)
             writer.add_scalar("time/old_logprob_s", t_logp, env_steps)
-            mem = peak_memory_mb(device)
+            mem = envs.peak_memory_mb(device)
             writer.add_scalar("charts/peak_memory_mb", mem, env_steps)
             if successes:
                 writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
@@ -926,8 +892,7 @@ def main(args, cli=()):
         print(f"[interrupted] checkpoint written to {os.path.join(run_dir, 'checkpoint_last.pt')}")
         raise SystemExit(130)
     vec.close()
-    write_summary(run_dir, args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval,
-                  robo and (pre_succ, last_succ, best_succ))
+    envs.write_summary(run_dir, ALGO, args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval, robo and (pre_succ, last_succ, best_succ))
     writer.close()
 
 
