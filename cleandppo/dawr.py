@@ -9,7 +9,6 @@ denoising loss weighted by w = min(exp(beta * A_norm), max_adv_weight), A standa
     python cleandppo/dawr.py --checkpoint runs/.../checkpoint_last.pt  # resume a dawr run (buffer refills)
 """
 
-import json
 import math
 import os
 import random
@@ -552,24 +551,6 @@ def load_diffusion_checkpoint(path, args):
     return ckpt
 
 
-def peak_memory_mb(device):
-    """Peak GPU memory on CUDA; peak resident memory of the process on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def write_summary(run_dir, args, env_steps, wall, pretrained, final, best, success=()):
-    summary = dict(algo="dawr", env_id=args.env_id, seed=args.seed, env_steps=int(env_steps), wall_time_s=wall,
-                   pretrained_eval_return=pretrained, final_eval_return=final, best_eval_return=best, args=asdict(args),
-                   **{f"{k}_eval_success_rate": v for k, v in zip(("pretrained", "final", "best"), success or ())})
-    with open(os.path.join(run_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=str)
-    print(f"[done] summary in {os.path.join(run_dir, 'summary.json')}")
-
-
 def main(args, cli=()):
     robo = apply_task_defaults(args, cli)
     check_args(args)
@@ -606,7 +587,7 @@ def main(args, cli=()):
     if args.eval_only:
         ret, std, succ = evaluate(actor, sched, kw, args, normalization, device)
         print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes" + (f", success {succ:.2f}" if robo else ""))
-        write_summary(run_dir, args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3)
+        envs.write_summary(run_dir, "dawr", args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3)
         return
 
     obs_dim, action_dim, Tp = kw["obs_dim"], kw["action_dim"], kw["horizon_steps"]
@@ -692,7 +673,7 @@ def main(args, cli=()):
             writer.add_scalar("charts/critic_learning_rate", critic_opt.param_groups[0]["lr"], env_steps)
             writer.add_scalar("time/rollout_s", t_rollout, env_steps)
             writer.add_scalar("time/update_s", t_update, env_steps)
-            writer.add_scalar("charts/peak_memory_mb", peak_memory_mb(device), env_steps)
+            writer.add_scalar("charts/peak_memory_mb", envs.peak_memory_mb(device), env_steps)
             if successes:
                 writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
             if iteration % args.eval_freq == 0 or iteration == num_iters:
@@ -713,7 +694,7 @@ def main(args, cli=()):
         print(f"[interrupted] checkpoint written to {os.path.join(run_dir, 'checkpoint_last.pt')}")
         raise SystemExit(130)
     vec.close()
-    write_summary(run_dir, args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval,
+    envs.write_summary(run_dir, "dawr", args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval,
                   robo and (pre_succ, last_succ, best_succ))
     writer.close()
 

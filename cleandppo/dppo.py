@@ -10,7 +10,6 @@ Gaussian policy step whose likelihood is known in closed form, so PPO applies to
 """
 
 import copy
-import json
 import math
 import os
 import random
@@ -728,7 +727,8 @@ def main(args, cli=()):
     if args.pretrain_only or args.eval_only:
         ret, std, succ = evaluate(actor, actor_ft, sched, plan, eval_ft_steps, kw, args, normalization, device, args.eval_episodes)
         print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes" + (f", success {succ:.2f}" if robo else ""))
-        write_summary(run_dir, args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3)
+        envs.write_summary(run_dir, "dppo", args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3,
+                           peak_memory_mb=envs.peak_memory_mb(device))
         return
 
     obs_dim, action_dim, Tp = kw["obs_dim"], kw["action_dim"], kw["horizon_steps"]
@@ -854,7 +854,7 @@ def main(args, cli=()):
             writer.add_scalar("charts/critic_learning_rate", critic_opt.param_groups[0]["lr"], env_steps)
             writer.add_scalar("time/rollout_s", t_rollout, env_steps)
             writer.add_scalar("time/update_s", t_update, env_steps)
-            writer.add_scalar("charts/peak_memory_mb", peak_memory_mb(device), env_steps)
+            writer.add_scalar("charts/peak_memory_mb", envs.peak_memory_mb(device), env_steps)
             if successes:
                 writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
             if iteration % args.eval_freq == 0 or iteration == num_iters:
@@ -875,25 +875,9 @@ def main(args, cli=()):
         print(f"[interrupted] checkpoint written to {os.path.join(run_dir, 'checkpoint_last.pt')}")
         raise SystemExit(130)
     vec.close()
-    write_summary(run_dir, args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval, robo and (pre_succ, last_succ, best_succ))
+    envs.write_summary(run_dir, "dppo", args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval,
+                       robo and (pre_succ, last_succ, best_succ), peak_memory_mb=envs.peak_memory_mb(device))
     writer.close()
-
-
-def peak_memory_mb(device):
-    """Peak GPU memory on CUDA; peak resident memory of the process on CPU."""
-    import resource
-
-    return torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def write_summary(run_dir, args, env_steps, wall, pretrained, final, best, success=()):
-    summary = dict(algo="dppo", env_id=args.env_id, seed=args.seed, env_steps=int(env_steps), wall_time_s=wall,
-                   pretrained_eval_return=pretrained, final_eval_return=final, best_eval_return=best, args=asdict(args),
-                   peak_memory_mb=peak_memory_mb(torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")),
-                   **{f"{k}_eval_success_rate": v for k, v in zip(("pretrained", "final", "best"), success or ())})
-    with open(os.path.join(run_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=str)
-    print(f"[done] summary in {os.path.join(run_dir, 'summary.json')}")
 
 
 if __name__ == "__main__":

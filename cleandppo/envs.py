@@ -487,14 +487,14 @@ def save_checkpoint(ckpt: dict, path: str):
     os.replace(tmp, path)
 
 
-def write_summary(run_dir: str, algo: str, args, env_steps: int, wall: float, pretrained, final, best, success=()):
+def write_summary(run_dir: str, algo: str, args, env_steps: int, wall: float, pretrained, final, best, success=(), **extra):
     """summary.json of a run (read by benchmark.sh, scripts/summarize.py); `success`: robomimic's three success rates."""
     import json
     from dataclasses import asdict
 
     summary = dict(algo=algo, env_id=args.env_id, seed=args.seed, env_steps=int(env_steps), wall_time_s=wall,
                    pretrained_eval_return=pretrained, final_eval_return=final, best_eval_return=best, args=asdict(args),
-                   **{f"{k}_eval_success_rate": v for k, v in zip(("pretrained", "final", "best"), success or ())})
+                   **extra, **{f"{k}_eval_success_rate": v for k, v in zip(("pretrained", "final", "best"), success or ())})
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2, default=str)
     print(f"[done] summary in {os.path.join(run_dir, 'summary.json')}")

@@ -19,7 +19,6 @@ Deviations from the official code (see docs/qsm.md): the Q critics are residual 
 time-outs are not terminal.
 """
 
-import json
 import math
 import os
 import random
@@ -515,15 +514,6 @@ def load_diffusion_checkpoint(path, args):
     return ckpt
 
 
-def write_summary(run_dir, args, env_steps, wall, pretrained, final, best, success=()):
-    summary = dict(algo=ALGO, env_id=args.env_id, seed=args.seed, env_steps=int(env_steps), wall_time_s=wall,
-                   pretrained_eval_return=pretrained, final_eval_return=final, best_eval_return=best, args=asdict(args),
-                   **{f"{k}_eval_success_rate": v for k, v in zip(("pretrained", "final", "best"), success or ())})
-    with open(os.path.join(run_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=str)
-    print(f"[done] summary in {os.path.join(run_dir, 'summary.json')}")
-
-
 def main(args, cli=()):
     robo = apply_task_defaults(args, cli)
     check_args(args)
@@ -563,7 +553,7 @@ def main(args, cli=()):
     if args.eval_only:
         ret, std, succ = evaluate(actor, sched, kw, args, normalization, device, args.eval_episodes)
         print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes" + (f", success {succ:.2f}" if robo else ""))
-        write_summary(run_dir, args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3)
+        envs.write_summary(run_dir, "qsm", args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3)
         writer.close()
         return
 
@@ -703,7 +693,7 @@ def main(args, cli=()):
         print(f"[interrupted] checkpoint written to {os.path.join(run_dir, 'checkpoint_last.pt')}")
         raise SystemExit(130)
     vec.close()
-    write_summary(run_dir, args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval,
+    envs.write_summary(run_dir, "qsm", args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval,
                   robo and (pre_succ, last_succ, best_succ))
     writer.close()
 
