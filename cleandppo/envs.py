@@ -8,6 +8,7 @@ Nothing algorithmic lives here. Read top to bottom:
   5. datasets     -- D4RL-format hdf5 read/write, download, Minari, pre-training samples
   6. checkpoints  -- atomic save, load with clear errors, bundled checkpoint paths
   7. robomimic    -- lift/can/square/transport on robosuite 1.5, robomimic hdf5 read/download
+  8. avoid        -- D3IL's Avoid task (cleandppo/avoid.py): ids avoid-m1/m2/m3, datasets, subsets
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from collections import deque
 
 import gymnasium as gym
 import numpy as np
+
+from cleandppo import avoid  # registers cleandppo/Avoid-v0 with gymnasium
 
 # gymnasium warns on every v4 make that v5 exists; we pick v4 on purpose (see README), so the
 # warning says nothing new. Other warnings stay visible.
@@ -68,6 +71,8 @@ def resolve_env_id(env_id: str) -> str:
     """Return the gymnasium id for a paper or modern id (robomimic: the task, e.g. 'can'); else one-line error."""
     if is_robomimic(env_id):  # section 7
         return _robomimic_task(env_id)
+    if is_avoid(env_id):  # section 8
+        return AVOID_GYM_ID
     paper = _ALIASES.get(env_id.lower(), env_id)
     if paper in PAPER_GYM_IDS:
         gym_id = PAPER_GYM_IDS[paper]
@@ -77,7 +82,7 @@ def resolve_env_id(env_id: str) -> str:
         return gym_id
     if env_id in MODERN_GYM_IDS:
         return env_id
-    known = ", ".join(list(PAPER_GYM_IDS) + MODERN_GYM_IDS + list(ROBOMIMIC_TASKS))
+    known = ", ".join(list(PAPER_GYM_IDS) + MODERN_GYM_IDS + list(ROBOMIMIC_TASKS) + list(AVOID_IDS))
     fail(f"unknown --env-id {env_id!r}; known ids: {known}")
 
 
@@ -85,6 +90,8 @@ def env_slug(env_id: str) -> str:
     """Lower-case name used for file names, e.g. 'Walker2D-v2' -> 'walker2d-v2', 'PickPlaceCan' -> 'can'."""
     if is_robomimic(env_id):
         return _robomimic_task(env_id)
+    if is_avoid(env_id):
+        return env_id.lower()
     paper = _ALIASES.get(env_id.lower(), env_id)
     return paper.lower()
 
@@ -195,7 +202,7 @@ def make_env(env_id: str, act_steps: int = 1, cond_steps: int = 1, normalization
     if is_robomimic(env_id):  # section 7: robosuite task, truncated at its own max_episode_steps
         env = make_robomimic_env(env_id, render_mode)
     else:
-        env = gym.make(gym_id, max_episode_steps=GYM_MAX_EPISODE_STEPS, render_mode=render_mode)
+        env = gym.make(gym_id, max_episode_steps=max_episode_steps(env_id), render_mode=render_mode)
     if normalization is None:
         normalization = identity_normalization(env.observation_space.shape[0], env.action_space.shape[0])
     return ChunkedEnv(env, act_steps, cond_steps, normalization)
@@ -346,6 +353,8 @@ def resolve_dataset(dataset: str) -> str:
         return dataset
     if _robomimic_dataset_name(dataset):  # section 7: lift-mh, can-ph, square-scripted, ...
         return resolve_robomimic_dataset(dataset)
+    if dataset.lower().startswith("avoid"):  # section 8: avoid-m1, avoid-d3il-m2, ...
+        return resolve_avoid_dataset(dataset)
     if dataset not in D4RL_NAMES:
         if dataset.endswith((".hdf5", ".h5")):
             fail(f"dataset file {dataset} does not exist")
@@ -474,6 +483,9 @@ PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretr
 
 def bundled_checkpoint(env_id: str, policy: str, backbone: str = "mlp") -> str:
     """Path of the bundled pre-trained checkpoint, e.g. pretrained/hopper-v2-diffusion-mlp.pt."""
+    if is_avoid(env_id) and AVOID_IDS[env_id.lower()] is None:
+        fail("--env-id avoid has one bundled pre-trained policy per data subset: pass --env-id avoid-m1, avoid-m2 "
+             "or avoid-m3 (or --checkpoint)")
     return os.path.join(PRETRAINED_DIR, f"{env_slug(env_id)}-{policy}-{backbone}.pt")
 
 
@@ -526,6 +538,9 @@ def load_checkpoint(path: str, policy: str, env_id: str, backbone: str | None = 
         fail(f"{path} holds a {ckpt['policy']} policy, this script needs a {policy} one; pass a {policy} checkpoint")
     if not same_task(ckpt["env_id"], env_id):
         fail(f"{path} was trained on {ckpt['env_id']}, not {env_id}; pass --env-id {ckpt['env_id']} or a checkpoint of {env_id}")
+    if is_avoid(env_id) and AVOID_IDS[env_id.lower()] and AVOID_IDS.get(ckpt["env_id"].lower()) != AVOID_IDS[env_id.lower()]:
+        fail(f"{path} was pre-trained on Avoid subset {ckpt['env_id']}, not {env_id}; pass --env-id {ckpt['env_id']} "
+             f"or a checkpoint of {env_id}")
     if backbone is not None and ckpt.get("backbone") != backbone:
         fail(f"{path} has backbone {ckpt.get('backbone')}, not {backbone}; pass --backbone {ckpt.get('backbone')}")
     return ckpt
@@ -580,9 +595,11 @@ def _robomimic_task(env_id: str) -> str:
 
 
 def max_episode_steps(env_id: str) -> int:
-    """Episode length limit: 300/300/400/800 for lift/can/square/transport, 1000 for the Gym tasks."""
+    """Episode length limit: 300/300/400/800 for lift/can/square/transport, 100 for avoid, 1000 for the Gym tasks."""
     if is_robomimic(env_id):
         return ROBOMIMIC_TASKS[_robomimic_task(env_id)]["max_episode_steps"]
+    if is_avoid(env_id):
+        return avoid.MAX_EPISODE_STEPS
     resolve_env_id(env_id)
     return GYM_MAX_EPISODE_STEPS
 
@@ -897,3 +914,38 @@ def load_robomimic_dataset(path: str, env_id: str | None = None) -> dict:
     data["attrs"] = {"env_id": task}
     data["normalization"] = compute_normalization(data["observations"], data["actions"])
     return data
+
+
+# ------------------------------------------------------------------------------------------------
+# 8. Avoid (D3IL, paper section 6): one simulator, three pre-training subsets (cleandppo/avoid.py)
+# ------------------------------------------------------------------------------------------------
+# `avoid-m1/-m2/-m3` name the task together with the data subset its pre-trained policy was cloned from
+# (M1: modes 5|6, M2: 5|7, M3: 5|8); all three run the same avoiding-m5 task. `avoid` is the task alone.
+AVOID_GYM_ID = "cleandppo/Avoid-v0"
+AVOID_IDS = {"avoid": None, "avoid-m1": "m1", "avoid-m2": "m2", "avoid-m3": "m3"}
+AVOID_DATA_COMMAND = "python scripts/make_avoid_data.py"
+
+
+def is_avoid(env_id) -> bool:
+    """True for avoid, avoid-m1, avoid-m2, avoid-m3 (any case); avoid-<other> is a one-line error."""
+    if not isinstance(env_id, str) or not env_id.lower().startswith("avoid"):
+        return False
+    if env_id.lower() not in AVOID_IDS:
+        fail(f"unknown Avoid subset in --env-id {env_id!r}; use one of {', '.join(AVOID_IDS)}")
+    return True
+
+
+def resolve_avoid_dataset(dataset: str) -> str:
+    """Path of avoid-m1/m2/m3 (scripted demos) or avoid-d3il-m1/m2/m3 (D3IL's demos, filtered) in data_dir()."""
+    name = dataset.lower()
+    scripted = [f"avoid-{s}" for s in avoid.SUBSETS] + ["avoid-all"]
+    d3il = [f"avoid-d3il-{s}" for s in avoid.SUBSETS] + ["avoid-d3il-all"]
+    if name not in scripted + d3il:
+        fail(f"unknown Avoid dataset {dataset!r}; use one of {', '.join(scripted + d3il)} or an hdf5 path")
+    path = os.path.join(data_dir(), f"{name}.hdf5")
+    if os.path.isfile(path):
+        return path
+    if name in d3il:
+        fail(f"{name} is not in {data_dir()}; convert D3IL's data/avoiding/data/*.pkl with: "
+             f"{AVOID_DATA_COMMAND} --d3il-dir <that directory>")
+    fail(f"{name} is not in {data_dir()}; make it (a few seconds) with: {AVOID_DATA_COMMAND}")
