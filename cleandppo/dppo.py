@@ -30,7 +30,7 @@ from cleandppo import envs
 class Args:
     # --- common contract (see the README) ---
     env_id: str = "Hopper-v2"
-    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or a gymnasium v4/v5 id)"""
+    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or a gymnasium v4/v5 id), lift/can/square/transport, avoid-m1/m2/m3"""
     seed: int = 0
     """seeds torch, numpy and every environment (env i gets seed + i)"""
     num_envs: int = 40
@@ -49,6 +49,8 @@ class Args:
     """evaluate every N iterations (and after the last one)"""
     eval_episodes: int = 10
     """episodes per evaluation"""
+    eval_sampling: Literal["eval", "train"] = "eval"
+    """"eval": no exploration noise (D.1: DDPM noise but none at the last step; DDIM eta 0); "train": as rollouts (D.8)"""
     run_dir: Optional[str] = None
     """where logs, checkpoints and summary.json go (default runs/<env>__dppo__<seed>__<time>)"""
     save_freq: int = 10
@@ -163,6 +165,8 @@ class Args:
     """critic hidden widths (residual, Mish)"""
     logprob_batch_size: int = 10_000
     """env-step samples per chunk when recomputing old log-probs (memory only)"""
+    train_action_noise: tuple[float, float] = (0.0, 0.0)
+    """[low, high] of uniform noise (random sign, normalized) on executed actions from iteration 5 (D.8, Fig. 10)"""
 
 
 ROBOMIMIC = dict(gamma=0.999, num_envs=50, activation="mish", clip_ploss_coef=0.01, clip_ploss_coef_base=0.001,
@@ -172,18 +176,29 @@ ROBOMIMIC_TASK = dict(  # per task: n_steps, batch_size, update_epochs, mlp_dims
     square=(400, 10_000, 10, (1024,) * 3, 32), transport=(400, 10_000, 5, (1024,) * 3, 32))
 
 
+# Avoid ids (official cfg/d3il/*/avoid_m*, paper D.8; fewer pre-training epochs than the paper: docs/avoid.md)
+AVOID = dict(num_envs=50, n_steps=25, total_timesteps=255_000, actor_lr=1e-5, critic_lr=1e-3, n_critic_warmup_itr=1,
+             update_epochs=10, gamma_denoising=0.95, clip_ploss_coef=0.1, clip_ploss_coef_base=0.1, clip_ploss_coef_rate=1.0,
+             eval_freq=5, eval_episodes=50, eval_sampling="train", pretrain_batch_size=16, pretrain_lr=1e-4,
+             pretrain_min_lr=1e-5, pretrain_epochs=300, ema_start_epoch=10)
+
+
 def apply_task_defaults(args, cli):
-    """Robomimic ids: the tables above and act_steps = horizon_steps = Ta for each field not in `cli`, printed; True."""
-    if not envs.is_robomimic(args.env_id):
+    """Robomimic/Avoid ids: the tables above for each field not in `cli`, printed; returns True for robomimic ids."""
+    robo, task = envs.is_robomimic(args.env_id), envs.env_slug(args.env_id)
+    if robo:
+        keys = ("n_steps", "batch_size", "update_epochs", "mlp_dims", "time_dim")
+        ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
+        table = dict(ROBOMIMIC, **dict(zip(keys, ROBOMIMIC_TASK[task])), act_steps=ta, horizon_steps=ta)
+    elif envs.is_avoid(args.env_id):  # minibatch: half of an iteration's (env step, denoising step) pairs
+        table = dict(AVOID, batch_size=round(AVOID["n_steps"] * AVOID["num_envs"] * args.ft_denoising_steps / 2))
+    else:
         return False
-    task, keys = envs.resolve_env_id(args.env_id), ("n_steps", "batch_size", "update_epochs", "mlp_dims", "time_dim")
-    ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
-    table = dict(ROBOMIMIC, **dict(zip(keys, ROBOMIMIC_TASK[task])), act_steps=ta, horizon_steps=ta)
     given = {a.split("=")[0].replace("_", "-") for a in cli}  # flags given explicitly keep their value
     table = {k: v for k, v in table.items() if f"--{k.replace('_', '-')}" not in given}
     vars(args).update(table)
     print(f"[{task}] per-task defaults: " + ", ".join(f"{k}={v}" for k, v in table.items()))
-    return True
+    return robo
 
 
 # ------------------------------------------------------------------------------------------------
@@ -619,13 +634,12 @@ def pretrain(args, run_dir, writer, device):
 # Evaluation, checks, main
 # ------------------------------------------------------------------------------------------------
 def evaluate(actor, actor_ft, sched, plan, ft_steps, kw, args, normalization, device, episodes):
-    """Return (mean, std) and success rate (returns > 0) over `episodes` episodes without exploration noise (paper
-    D.1: DDPM noise kept except at the last step; DDIM eta 0). The fine-tuned network runs the fine-tuned steps."""
+    """(mean, std) return and success rate (returns > 0) over `episodes` episodes, sampled as args.eval_sampling says."""
 
     def act(obs):
         chunk, _ = sample(actor, actor_ft, sched, torch.as_tensor(obs, device=device), plan, ft_steps,
-                          kw["horizon_steps"], kw["action_dim"], "eval", clip=args.denoised_clip_value,
-                          randn_clip=args.randn_clip_value)
+                          kw["horizon_steps"], kw["action_dim"], args.eval_sampling, args.min_sampling_denoising_std,
+                          clip=args.denoised_clip_value, randn_clip=args.randn_clip_value)
         return chunk.cpu().numpy()
 
     returns, _ = envs.run_episodes(act, args.env_id, episodes, args.seed + 10_000, args.act_steps, args.cond_steps,
@@ -795,7 +809,8 @@ def main(args, cli=()):
                 chunk, chain = sample(actor, actor_ft, sched, torch.as_tensor(obs, device=device), plan, K_ft, Tp,
                                       action_dim, "train", args.min_sampling_denoising_std, args.randn_clip_value,
                                       args.denoised_clip_value)
-                next_obs, reward, term, trunc, infos = vec.step(chunk[:, :args.act_steps].cpu().numpy())
+                executed = envs.add_action_noise(chunk[:, :args.act_steps].cpu().numpy(), iteration, args.train_action_noise)
+                next_obs, reward, term, trunc, infos = vec.step(executed)
                 buf_obs[n], buf_chain[n], buf_rew[n], buf_first[n] = obs, chain, reward, firsts
                 buf_term[n], buf_timeout[n] = term, np.logical_and(trunc, np.logical_not(term))
                 buf_final[n] = envs.final_observations(next_obs, infos)

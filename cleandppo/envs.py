@@ -224,6 +224,9 @@ def make_vec_env(env_id: str, num_envs: int, seed: int, act_steps: int = 1, cond
     if act_steps < 1 or cond_steps < 1:
         fail(f"--act-steps and --cond-steps must be >= 1, got {act_steps} and {cond_steps}")
     resolve_env_id(env_id)  # fail early, in this process, on an unknown id
+    if is_avoid(env_id):  # section 8: one batched numpy env, same contract, 50-100x faster
+        norm = normalization or identity_normalization(*env_dims(env_id))
+        return avoid.AvoidVectorEnv(num_envs, act_steps, cond_steps, norm)
     fns = [lambda: make_env(env_id, act_steps, cond_steps, normalization) for _ in range(num_envs)]
     vector_cls = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
     envs = vector_cls(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
@@ -949,3 +952,15 @@ def resolve_avoid_dataset(dataset: str) -> str:
         fail(f"{name} is not in {data_dir()}; convert D3IL's data/avoiding/data/*.pkl with: "
              f"{AVOID_DATA_COMMAND} --d3il-dir <that directory>")
     fail(f"{name} is not in {data_dir()}; make it (a few seconds) with: {AVOID_DATA_COMMAND}")
+
+
+def add_action_noise(actions: np.ndarray, iteration: int, limits, start_itr: int = 5, ramp_itrs: int = 5) -> np.ndarray:
+    """Executed (normalized) actions plus the fine-tuning noise of paper D.8 (Fig. 10 left): from iteration
+    `start_itr` on, magnitude uniform in [low, high] with a random sign per entry, the limits ramping
+    linearly from limits / ramp_itrs to `limits` over `ramp_itrs` iterations; unchanged before."""
+    low, high = limits
+    if high <= 0 or iteration < start_itr:
+        return actions
+    frac = min(1.0, (iteration - start_itr + 1) / ramp_itrs)
+    magnitude = np.random.uniform(low * frac, high * frac, actions.shape)
+    return actions + magnitude * np.random.choice([-1.0, 1.0], actions.shape)

@@ -31,7 +31,7 @@ from cleandppo import envs
 class Args:
     # --- common contract (see the README) ---
     env_id: str = "Hopper-v2"
-    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or a gymnasium v4/v5 id)"""
+    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or a gymnasium v4/v5 id), lift/can/square/transport, avoid-m1/m2/m3"""
     seed: int = 0
     """seeds torch, numpy and every environment (env i gets seed + i)"""
     num_envs: int = 40
@@ -58,7 +58,9 @@ class Args:
     eval_freq: int = 10
     """evaluate every N iterations (and after the last one)"""
     eval_episodes: int = 10
-    """episodes per evaluation (mean action, no exploration noise)"""
+    """episodes per evaluation"""
+    eval_sampling: Literal["eval", "train"] = "eval"
+    """"eval": the mean action, no exploration noise (paper 5); "train": sampled as in the rollouts (Avoid, D.8)"""
     run_dir: Optional[str] = None
     """where logs, checkpoints and summary.json go (default runs/<env>__gaussian_ppo__<seed>__<time>)"""
     save_freq: int = 10
@@ -141,6 +143,8 @@ class Args:
     """first iterations update only the critic"""
     critic_dims: tuple[int, ...] = (256, 256, 256)
     """critic hidden widths (residual, Mish)"""
+    train_action_noise: tuple[float, float] = (0.0, 0.0)
+    """[low, high] of uniform noise (random sign, normalized) on executed actions from iteration 5 (D.8, Fig. 10)"""
 
 
 # From-scratch PPO uses textbook settings (these replace the fine-tuning values above when
@@ -156,6 +160,11 @@ ROBOMIMIC = dict(gamma=0.999, num_envs=50, clip_coef=0.01, actor_lr=1e-4, critic
                  eval_episodes=50, fixed_std=0.1, std_min=0.01, std_max=0.2)
 ROBOMIMIC_TASK = dict(lift=(300, 7500, 10, (512,) * 3, 96), can=(300, 7500, 10, (512,) * 3, 96),
                       square=(400, 10_000, 10, (1024,) * 3, 160), transport=(400, 10_000, 5, (1024,) * 3, 160))
+# Avoid ids (official cfg/d3il/*/avoid_m*, paper D.8): std fixed at 0.1 in fine-tuning too (std_min = std_max)
+AVOID = dict(num_envs=50, n_steps=25, batch_size=625, update_epochs=10, total_timesteps=255_000, actor_lr=1e-5,
+             critic_lr=1e-3, n_critic_warmup_itr=1, clip_coef=0.1, fixed_std=0.1, std_min=0.1, std_max=0.1,
+             mlp_dims=(256, 256, 256), eval_freq=5, eval_episodes=50, eval_sampling="train", pretrain_batch_size=16,
+             pretrain_lr=1e-4, pretrain_epochs=200)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -406,13 +415,14 @@ def model_kwargs_from(args, obs_dim, action_dim, init_std, obs_norm=False):
 
 
 def evaluate(policy, args, normalization, device, episodes):
-    """(mean, std) of the mean-action return and the success rate (share of returns > 0, robomimic) over
-    `episodes` episodes (paper: evaluation without exploration noise)."""
+    """(mean, std) of the return and the success rate (share of returns > 0, robomimic) over `episodes` episodes,
+    with the mean action (paper: no exploration noise) or, for eval_sampling "train", sampled actions."""
     policy.eval()
 
     def act(obs):
         with torch.no_grad():
-            return policy(torch.as_tensor(obs, device=device))[0].cpu().numpy()
+            mean, std = policy(torch.as_tensor(obs, device=device))
+            return (mean if args.eval_sampling == "eval" else sample_action(mean, std, args.randn_clip_value)).cpu().numpy()
 
     returns, _ = envs.run_episodes(act, args.env_id, episodes, args.seed + 10_000, args.act_steps, args.cond_steps,
                                    normalization, args.async_envs)
@@ -502,11 +512,14 @@ def record_dataset(policy, args, normalization, device):
 
 
 def apply_task_defaults(args, cli):
-    """Fill the Robomimic table for every field not set explicitly on the command line; print what was set."""
-    task = envs.resolve_env_id(args.env_id)
-    keys = ("n_steps", "batch_size", "update_epochs", "mlp_dims", "transformer_dim")
-    ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
-    table = dict(ROBOMIMIC, **dict(zip(keys, ROBOMIMIC_TASK[task])), act_steps=ta, horizon_steps=ta)
+    """Fill the Robomimic or Avoid table for every field not set explicitly on the command line; print what was set."""
+    task = envs.env_slug(args.env_id)
+    if envs.is_avoid(args.env_id):
+        table = dict(AVOID)
+    else:
+        keys = ("n_steps", "batch_size", "update_epochs", "mlp_dims", "transformer_dim")
+        ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
+        table = dict(ROBOMIMIC, **dict(zip(keys, ROBOMIMIC_TASK[task])), act_steps=ta, horizon_steps=ta)
     if task == "transport" and args.backbone == "transformer":
         table["fixed_std"] = 0.08  # the Transport Transformer configs start from std 0.08
     given = {a.split("=")[0].replace("_", "-") for a in cli}
@@ -541,7 +554,7 @@ def main(args, cli=()):
     robo = envs.is_robomimic(args.env_id)
     if args.from_scratch:
         apply_scratch_preset(args, cli)
-    elif robo:
+    elif robo or envs.is_avoid(args.env_id):
         apply_task_defaults(args, cli)
     check_args(args)
     envs.resolve_env_id(args.env_id)
@@ -667,7 +680,8 @@ def main(args, cli=()):
                     mean, std = policy(obs_t)
                     chunk = sample_action(mean, std, args.randn_clip_value)
                 chunk = chunk.cpu().numpy()
-                next_obs, reward, term, trunc, infos = envs_.step(chunk[:, :args.act_steps])
+                executed = envs.add_action_noise(chunk[:, :args.act_steps], iteration, args.train_action_noise)
+                next_obs, reward, term, trunc, infos = envs_.step(executed)
                 buf_obs[n], buf_act[n], buf_rew[n], buf_first[n] = obs, chunk, reward, firsts
                 buf_term[n], buf_timeout[n] = term, np.logical_and(trunc, np.logical_not(term))
                 buf_final[n] = envs.final_observations(next_obs, infos)

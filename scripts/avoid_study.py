@@ -1,0 +1,263 @@
+"""Figures of the Avoid study (paper section 6; docs/avoid.md), from checkpoints and run directories.
+
+    # sampled trajectories (training noise) of checkpoints, one panel each; Fig. 9 is the pre-trained grid
+    python scripts/avoid_study.py trajectories --out docs/figures/avoid_fig9.png \
+        --checkpoints cleandppo/pretrained/avoid-m{1,2,3}-{diffusion,gaussian,gmm}-mlp.pt --columns 3
+    # learning curves: mean and min-max band over seeds of each run group (<group>__s<seed> directories)
+    python scripts/avoid_study.py curves --runs runs/avoid/a7 --out docs/figures/avoid_figA7.png
+    # robustness of fine-tuned policies (Fig. 12): added action noise, wider initial states
+    python scripts/avoid_study.py robustness --runs runs/avoid/a7 --subset m2 --out docs/figures/avoid_fig12.png
+
+Rollouts here call the scripts' own samplers (dppo.sample, gaussian_ppo.sample_action, gmm_ppo.sample_action)
+on the batched Avoid core (avoid.step_batch), with the same chunking and one-step-old observations as the
+training environments; `--episodes` episodes are run side by side.
+"""
+
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+
+import numpy as np
+import torch
+
+from cleandppo import avoid, dppo, envs, gaussian_ppo, gmm_ppo
+
+COLORS = {"dppo": "tab:red", "gaussian": "tab:blue", "gmm": "tab:green"}
+
+
+# ------------------------------------------------------------------------------------------------
+# Policies from checkpoints
+# ------------------------------------------------------------------------------------------------
+def load_sampler(path: str, mode: str = "train"):
+    """(act(obs_norm (n, To, 4)) -> normalized chunk (n, Tp, 2), checkpoint) for any of the three policy kinds.
+    mode "train": exploration noise as in fine-tuning rollouts (the paper's Avoid evaluation, D.8)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if ckpt["policy"] == "diffusion":
+        kw = ckpt["model_kwargs"]
+        ft_steps = ckpt.get("ft_denoising_steps") or 0
+        actor, actor_ft, eval_ft = dppo.build_actors(ckpt, ft_steps, torch.device("cpu"))
+        sched = dppo.make_schedule(kw["denoising_steps"])
+        plan = dppo.denoising_plan(kw["denoising_steps"], None)
+
+        def act(obs):
+            chunk, _ = dppo.sample(actor, actor_ft, sched, torch.as_tensor(obs), plan, eval_ft,
+                                   kw["horizon_steps"], kw["action_dim"], mode)
+            return chunk.numpy()
+
+    elif ckpt["policy"] == "gaussian":
+        policy = gaussian_ppo._load_policy(ckpt, torch.device("cpu"))
+
+        def act(obs):
+            mean, std = policy(torch.as_tensor(obs))
+            return (gaussian_ppo.sample_action(mean, std, 3.0) if mode == "train" else mean).numpy()
+
+    else:
+        policy = gmm_ppo._load_policy(ckpt, torch.device("cpu"))
+
+        def act(obs):
+            means, std, logits = policy(torch.as_tensor(obs))
+            chunk = gmm_ppo.sample_action(means, std, logits) if mode == "train" else gmm_ppo.mode_action(means, logits)
+            return chunk.numpy()
+
+    return act, ckpt
+
+
+@torch.no_grad()
+def rollout(path: str, episodes: int, seed: int, mode: str = "train", action_noise: float = 0.0,
+            init_noise: float = 0.0, act_steps: int | None = None) -> dict:
+    """Run `episodes` Avoid episodes of a checkpoint side by side. `action_noise`: uniform +- noise in normalized
+    action units added to every executed action; `init_noise`: start uniform within +- init_noise metres.
+    Returns paths (episodes, 101, 2) of the arm, returns (episodes,), success (mode 5 and goal line reached)."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    act, ckpt = load_sampler(path, mode)
+    norm, kw = ckpt["normalization"], ckpt["model_kwargs"]
+    act_steps = act_steps or kw["horizon_steps"]
+    cond_steps = kw["cond_steps"]
+    start = avoid.START_XY + rng.uniform(-init_noise, init_noise, (episodes, 2))
+    state = avoid.new_state(episodes, start)
+    obs = np.concatenate([state["desired"], state["current"]], axis=1)
+    history = [envs.normalize_obs(obs, norm)] * cond_steps
+    paths, returns = [state["current"].copy()], np.zeros(episodes)
+    for _ in range(avoid.MAX_EPISODE_STEPS // act_steps):
+        chunk = act(np.stack(history[-cond_steps:], axis=1).astype(np.float32))[:, :act_steps]
+        chunk = chunk + rng.uniform(-action_noise, action_noise, chunk.shape)
+        for k in range(act_steps):
+            obs, reward = avoid.step_batch(state, envs.unnormalize_action(chunk[:, k], norm))
+            history.append(envs.normalize_obs(obs, norm))
+            returns += reward
+            paths.append(state["current"].copy())
+    success = state["modes"][:, avoid.REWARD_MODE] & (state["current"][:, 1] > avoid.GOAL_Y) & ~state["collided"]
+    return {"paths": np.stack(paths, axis=1), "returns": returns, "success": success}
+
+
+# ------------------------------------------------------------------------------------------------
+# Figures
+# ------------------------------------------------------------------------------------------------
+def plt_module():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(fig, out: str):
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=110)
+    if out.endswith(".png"):
+        fig.savefig(out[:-4] + ".pdf")
+    print(f"figure -> {out}")
+
+
+def trajectories(args):
+    plt = plt_module()
+    n = len(args.checkpoints)
+    cols = args.columns or n
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 3.1 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax, path in zip(axes.flat, args.checkpoints):
+        out = rollout(path, args.episodes, args.seed, args.mode)
+        label = os.path.basename(path).replace(".pt", "") if not args.titles else args.titles.pop(0)
+        avoid.draw_scene(ax, f"{label}\nreturn {out['returns'].mean():.1f}, success {out['success'].mean():.2f}")
+        for p in out["paths"]:
+            ax.plot(p[:, 0], p[:, 1], lw=0.6, alpha=0.7, color="tab:red" if p[-1, 0] < 0.35 else "tab:gray")
+        print(f"{path}: return {out['returns'].mean():.2f} +- {out['returns'].std():.2f}, "
+              f"success {out['success'].mean():.2f}, left-gap share {np.mean(out['paths'][:, -1, 0] < 0.35):.2f}")
+    fig.tight_layout()
+    save(fig, args.out)
+
+
+def read_curve(run_dir: str, tag: str):
+    """(env steps, per-iteration mean of `tag`) from a run's TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+    acc.Reload()
+    if tag not in acc.Tags()["scalars"]:
+        return None
+    by_step = {}
+    for e in acc.Scalars(tag):
+        by_step.setdefault(e.step, []).append(e.value)
+    steps = np.array(sorted(by_step))
+    return steps, np.array([np.mean(by_step[s]) for s in steps])
+
+
+def group_runs(root: str) -> dict:
+    """{group: [run dirs]} for directories named <group>__s<seed> under root."""
+    groups = {}
+    for run in sorted(glob.glob(os.path.join(root, "*__s*"))):
+        groups.setdefault(re.sub(r"__s\d+$", "", os.path.basename(run)), []).append(run)
+    return groups
+
+
+def curves(args):
+    """One panel per subset (group names start with m1/m2/m3), one line per method, band = min..max over seeds."""
+    plt = plt_module()
+    groups = group_runs(args.runs)
+    if not groups:
+        envs.fail(f"no run directories named <group>__s<seed> in {args.runs}")
+    panels = sorted({g.split("__")[0] for g in groups})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    rows = []
+    for ax, panel in zip(axes[0], panels):
+        for group in sorted(g for g in groups if g.split("__")[0] == panel):
+            data = [read_curve(r, args.tag) for r in groups[group]]
+            data = [d for d in data if d is not None]
+            if not data:
+                continue
+            n = min(len(d[0]) for d in data)
+            steps, ys = data[0][0][:n], np.stack([d[1][:n] for d in data])
+            method = group.split("__", 1)[1]
+            color = COLORS.get(method.split("-")[0])
+            ax.plot(steps, ys.mean(0), label=f"{method} ({len(data)} seeds)", color=color,
+                    ls="-" if color is None or "k1" not in method else "--")
+            ax.fill_between(steps, ys.min(0), ys.max(0), alpha=0.15, color=ax.lines[-1].get_color())
+            rows += [dict(group=group, step=int(s), mean=float(m), min=float(lo), max=float(hi), seeds=len(data))
+                     for s, m, lo, hi in zip(steps, ys.mean(0), ys.min(0), ys.max(0))]
+        ax.set_title(f"{panel.upper()}" if re.fullmatch(r"m\d", panel) else panel)
+        ax.set_xlabel("environment steps")
+        ax.set_ylabel("episode return (training noise)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    save(fig, args.out)
+    with open(args.out[:-4] + ".csv", "w") as f:
+        f.write("group,step,mean,min,max,seeds\n")
+        for r in rows:
+            f.write(f"{r['group']},{r['step']},{r['mean']:.4f},{r['min']:.4f},{r['max']:.4f},{r['seeds']}\n")
+
+
+def robustness(args):
+    """Fig. 12: return of each fine-tuned policy (checkpoint_last.pt of every run of a subset) against added
+    action noise, and from wider initial states; mean over seeds, 50 episodes each, evaluation noise as D.8."""
+    plt = plt_module()
+    groups = {g: runs for g, runs in group_runs(args.runs).items() if g.split("__")[0] == args.subset}
+    if not groups:
+        envs.fail(f"no run directories of subset {args.subset} (<{args.subset}__method__s<seed>) in {args.runs}")
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.4))
+    table = {}
+    for group, runs in sorted(groups.items()):
+        method = group.split("__", 1)[1]
+        ckpts = [os.path.join(r, "checkpoint_last.pt") for r in runs if os.path.isfile(os.path.join(r, "checkpoint_last.pt"))]
+        for ax, key, levels in ((axes[0], "action_noise", args.action_noise), (axes[1], "init_noise", args.init_noise)):
+            means = [np.mean([rollout(c, args.episodes, args.seed, "train", **{key: lvl})["returns"].mean()
+                              for c in ckpts]) for lvl in levels]
+            table[(method, key)] = means
+            ax.plot(levels, means, marker="o", label=f"{method} ({len(ckpts)} seeds)",
+                    color=COLORS.get(method.split("-")[0]), ls="--" if "k1" in method else "-")
+    axes[0].set_xlabel("added action noise (uniform +-, normalized units)")
+    axes[1].set_xlabel("initial position: uniform +- (m) around the default start")
+    for ax in axes:
+        ax.set_ylabel("episode return")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Avoid {args.subset.upper()}: fine-tuned policies under perturbation")
+    fig.tight_layout()
+    save(fig, args.out)
+    with open(args.out[:-4] + ".json", "w") as f:
+        json.dump({f"{m}|{k}": v for (m, k), v in table.items()} | {"levels": dict(action_noise=args.action_noise,
+                                                                                     init_noise=args.init_noise)}, f,
+                  indent=1)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("trajectories", help="sampled trajectories of checkpoints")
+    p.add_argument("--checkpoints", nargs="+", required=True)
+    p.add_argument("--titles", nargs="+", default=None)
+    p.add_argument("--columns", type=int, default=None)
+    p.add_argument("--mode", choices=["train", "eval"], default="train")
+    p.add_argument("--episodes", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("curves", help="learning curves from run directories")
+    p.add_argument("--runs", required=True, help="directory holding <subset>__<method>__s<seed> run dirs")
+    p.add_argument("--tag", default="charts/episodic_return")
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("robustness", help="fine-tuned policies under action noise and wider initial states")
+    p.add_argument("--runs", required=True)
+    p.add_argument("--subset", default="m2")
+    p.add_argument("--action-noise", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.4])
+    p.add_argument("--init-noise", type=float, nargs="+", default=[0.0, 0.02, 0.04, 0.06, 0.08])
+    p.add_argument("--episodes", type=int, default=50)
+    p.add_argument("--seed", type=int, default=1000)
+    p.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.command == "trajectories":
+        for path in args.checkpoints:
+            if not os.path.isfile(path):
+                envs.fail(f"checkpoint {path} does not exist; make the bundled ones with: bash scripts/avoid_study.sh pretrain")
+        trajectories(args)
+    else:
+        globals()[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""The Avoid task (cleandppo/avoid.py) against hand-computed cases, its data, and the three PPO scripts on it."""
+
+import os
+import pickle
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from cleandppo import avoid, envs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def modes_of(*xy):
+    return [set(np.nonzero(row)[0]) for row in avoid.filter_modes(np.array(xy, dtype=float))]
+
+
+def test_filter_modes_each_row():
+    # row 1 (y = -0.1, band 0.01): left / right of the pillar at x = 0.5
+    assert modes_of((0.45, -0.105), (0.56, -0.092)) == [{0}, {1}]
+    # row 2 (y = 0.08): left of 0.425, between, right of 0.575
+    assert modes_of((0.40, 0.08), (0.50, 0.085), (0.60, 0.075)) == [{2}, {3}, {4}]
+    # row 3 counts at every y >= 0.26: < 0.35, 0.35-0.5, 0.5-0.65, >= 0.65
+    assert modes_of((0.30, 0.30), (0.40, 0.26), (0.55, 0.45), (0.70, 0.27)) == [{5}, {6}, {7}, {8}]
+    # outside the bands nothing counts; the official `elif x > 0.35` makes x == 0.5 a mode-8 point
+    assert modes_of((0.45, -0.08), (0.40, 0.095), (0.5, 0.3)) == [set(), set(), {8}]
+
+
+def test_env_modes_first_crossing_only():
+    state = avoid.new_state(1, avoid.START_XY)
+    state["current"] = np.array([[0.55, -0.125]])  # within 0.03 of row 1, right of the pillar
+    avoid.update_env_modes(state)
+    state["current"] = np.array([[0.45, -0.1]])  # row 1 again, now left: already decided, ignored
+    avoid.update_env_modes(state)
+    state["current"] = np.array([[0.30, 0.26]])  # row 3 reached left of 0.35
+    avoid.update_env_modes(state)
+    state["current"] = np.array([[0.55, 0.40]])  # later positions above row 3 do not count
+    avoid.update_env_modes(state)
+    assert set(np.nonzero(state["modes"][0])[0]) == {1, 5}
+
+
+def test_collision_radius():
+    x, y, r = avoid.OBSTACLES[0]  # row-1 pillar, radius 0.03, rod radius 0.01
+    inside = np.array([[x + r + avoid.ROD_RADIUS - 1e-4, y]])
+    outside = np.array([[x + r + avoid.ROD_RADIUS + 1e-4, y]])
+    assert avoid.collides(inside)[0] and not avoid.collides(outside)[0]
+    x, y, r = avoid.OBSTACLES[4]  # row-3 middle pillar, radius 0.025
+    assert avoid.collides(np.array([[x, y + 0.034]]))[0] and not avoid.collides(np.array([[x, y + 0.036]]))[0]
+
+
+def test_reward_goal_mode5_collision_and_table():
+    state = avoid.new_state(1, avoid.START_XY)
+    _, r = avoid.step_batch(state, np.zeros((1, 2)))
+    assert r[0] == 0.0
+    # beyond the goal line without mode 5: +1
+    state = avoid.new_state(1, np.array([0.55, 0.45]))
+    _, r = avoid.step_batch(state, np.zeros((1, 2)))
+    assert r[0] == 1.0
+    # mode 5 passed and beyond the goal line: 2 (the official success threshold)
+    state["modes"][0, 5] = True
+    _, r = avoid.step_batch(state, np.zeros((1, 2)))
+    assert r[0] == 2.0
+    # outside the table: -0.1 while outside only
+    state = avoid.new_state(1, np.array([0.85, 0.45]))
+    _, r = avoid.step_batch(state, np.zeros((1, 2)))
+    assert r[0] == pytest.approx(-0.1)
+    state["current"], state["velocity"], state["desired"] = np.array([[0.6, 0.45]]), np.zeros((1, 2)), np.array([[0.6, 0.45]])
+    _, r = avoid.step_batch(state, np.zeros((1, 2)))
+    assert r[0] == 1.0
+    # a collision is penalised for the rest of the episode, also once the arm is clear again
+    state = avoid.new_state(1, avoid.OBSTACLES[0, :2])
+    _, r = avoid.step_batch(state, np.zeros((1, 2)))
+    state["current"] = state["desired"] = np.array([[0.55, 0.45]])
+    state["modes"][0, 5] = True
+    _, r2 = avoid.step_batch(state, np.zeros((1, 2)))
+    assert r[0] == pytest.approx(-0.1) and r2[0] == pytest.approx(-0.1)
+
+
+def test_tracking_lag_and_stale_observation():
+    g, m = avoid.TRACK_GAIN, avoid.TRACK_MOMENTUM
+    state = avoid.new_state(1, np.array([0.5, -0.28]))
+    a = np.array([[0.01, 0.004]])
+    obs1, _ = avoid.step_batch(state, a)
+    # the returned observation is the state before the move (D3IL reads it before the physics runs)
+    np.testing.assert_allclose(obs1, [[0.5, -0.28, 0.5, -0.28]], atol=1e-7)
+    # v1 = g (d1 - c0); c1 = c0 + v1, with d1 = d0 + a
+    v1 = g * a[0]
+    np.testing.assert_allclose(state["current"][0], [0.5 + v1[0], -0.28 + v1[1]], atol=1e-12)
+    obs2, _ = avoid.step_batch(state, a)
+    np.testing.assert_allclose(obs2[0, 2:], [0.5 + v1[0], -0.28 + v1[1]], atol=1e-6)
+    v2 = m * v1 + g * (2 * a[0] - v1)
+    np.testing.assert_allclose(state["current"][0], [0.5 + v1[0] + v2[0], -0.28 + v1[1] + v2[1]], atol=1e-12)
+
+
+def test_gym_env_seeding_and_episode_length():
+    env = gym.make(envs.AVOID_GYM_ID, max_episode_steps=envs.max_episode_steps("avoid-m2"), init_noise=0.05)
+    starts = [env.reset(seed=s)[0][2:] for s in (3, 3, 4)]
+    np.testing.assert_array_equal(starts[0], starts[1])
+    assert not np.allclose(starts[0], starts[2])
+    steps, truncated = 0, False
+    while not truncated:
+        _, _, terminated, truncated, info = env.step(np.array([0.0, 0.01]))
+        assert not terminated
+        steps += 1
+    assert steps == 100 and set(info) >= {"modes", "collided", "success"}
+    frame = env.render() if env.render_mode else env.unwrapped.render()
+    assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
+    x, y, _ = avoid.OBSTACLES[0]  # the first pillar is drawn red at its pixel
+    row = int((avoid.VIEW_Y[1] - y) * 400)
+    col = int((x - avoid.VIEW_X[0]) * 400)
+    assert tuple(frame[row, col]) == (200, 40, 40)
+
+
+def test_env_state_round_trip():
+    env = avoid.AvoidEnv(action_noise=0.002)
+    env.reset(seed=0)
+    for _ in range(7):
+        env.step(np.array([0.003, 0.01]))
+    saved = env.get_state()
+    a = [env.step(np.array([0.0, 0.01]))[0] for _ in range(5)]
+    env.set_state(saved)
+    b = [env.step(np.array([0.0, 0.01]))[0] for _ in range(5)]
+    np.testing.assert_array_equal(np.array(a), np.array(b))
+
+
+def test_demonstrations_hold_exactly_the_subset_modes():
+    demos = avoid.make_demos(2, seed=5)
+    assert len(demos) == 2 * len(avoid.ROUTES)
+    for name, wanted in avoid.SUBSETS.items():
+        chosen = avoid.subset(demos, name)
+        assert chosen, name
+        top = set()
+        for ep in chosen:
+            modes = avoid.episode_modes(ep["observations"][:, :2])
+            assert modes[1] and modes[2] and not modes[0]
+            top |= {k for k in (5, 6, 7, 8) if modes[k]}
+            assert ep["rewards"].sum() > 0 and (ep["rewards"] >= 0).all()  # no collision, goal reached
+        assert top == set(wanted), (name, top)
+    with pytest.raises(ValueError):
+        avoid.subset(demos, "m4")
+
+
+def test_read_d3il_pickles(tmp_path):
+    # the layout of D3IL's data/avoiding/data/*.pkl: {"robot": {"des_c_pos": (T, 3), "c_pos": (T, 3), ...}}
+    des = np.stack([np.full(6, 0.525), np.linspace(-0.28, -0.23, 6), np.full(6, 0.12)], axis=1)
+    cur = des - np.array([0.0, 0.002, 0.0])
+    with open(tmp_path / "env_000_00.pkl", "wb") as f:
+        pickle.dump({"robot": {"des_c_pos": des, "c_pos": cur}}, f)
+    (ep,) = avoid.read_d3il_episodes(str(tmp_path))
+    np.testing.assert_allclose(ep["observations"], np.concatenate([des[:-1, :2], cur[:-1, :2]], 1), atol=1e-7)
+    np.testing.assert_allclose(ep["actions"], np.diff(des[:, :2], axis=0), atol=1e-7)
+    assert ep["rewards"].shape == (5,) and (ep["rewards"] == 0).all()
+
+
+def test_env_ids_and_datasets(tmp_path, monkeypatch):
+    assert envs.resolve_env_id("avoid-m2") == envs.AVOID_GYM_ID and envs.env_slug("AVOID-M1") == "avoid-m1"
+    assert envs.env_dims("avoid-m3") == (4, 2) and envs.max_episode_steps("avoid") == 100
+    with pytest.raises(SystemExit, match="avoid-m1, avoid-m2, avoid-m3"):
+        envs.resolve_env_id("avoid-m4")
+    with pytest.raises(SystemExit, match="one bundled pre-trained policy per data subset"):
+        envs.bundled_checkpoint("avoid", "diffusion")
+    monkeypatch.setenv("CLEANDPPO_DATA", str(tmp_path))
+    with pytest.raises(SystemExit, match="make it .* with: python scripts/make_avoid_data.py$"):
+        envs.load_dataset("avoid-m2", "avoid-m2")
+    with pytest.raises(SystemExit, match="--d3il-dir"):
+        envs.load_dataset("avoid-d3il-m2", "avoid-m2")
+    with pytest.raises(SystemExit, match="unknown Avoid dataset 'avoid-m9'"):
+        envs.load_dataset("avoid-m9", "avoid-m2")
+    # the file make_avoid_data.py writes is read back with its episodes and the subset's normalization
+    episodes = avoid.subset(avoid.make_demos(1, seed=2), "m2")
+    envs.write_d4rl_hdf5(str(tmp_path / "avoid-m2.hdf5"), avoid.to_d4rl(episodes), attrs={"env_id": "avoid"})
+    data = envs.load_dataset("avoid-m2", "avoid-m2")
+    assert len(data["episodes"]) == len(episodes) == 2
+    all_obs = np.concatenate([ep["observations"] for ep in episodes])
+    np.testing.assert_allclose(data["normalization"]["obs_max"], all_obs.max(0), rtol=1e-6)
+
+
+def test_action_noise_schedule():
+    np.random.seed(0)
+    zeros = np.zeros((2000, 4, 2))
+    assert (envs.add_action_noise(zeros, 4, (0.1, 0.2)) == 0).all()  # before iteration 5
+    first = np.abs(envs.add_action_noise(zeros, 5, (0.1, 0.2)))  # 1/5 of the limits
+    assert first.min() >= 0.02 - 1e-12 and first.max() <= 0.04 + 1e-12 and first.max() > 0.039
+    full = envs.add_action_noise(zeros, 30, (0.1, 0.2))
+    assert np.abs(full).min() >= 0.1 and np.abs(full).max() <= 0.2 and abs(np.mean(np.sign(full))) < 0.05
+
+
+def cli(script, *args, timeout=240):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, os.path.join(ROOT, "cleandppo", f"{script}.py"), *args],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+SHORT_RUN = ["--num-envs", "2", "--n-steps", "3", "--total-timesteps", "24", "--eval-episodes", "2", "--no-cuda"]
+
+
+@pytest.mark.parametrize("script,policy", [("dppo", "diffusion"), ("gaussian_ppo", "gaussian"), ("gmm_ppo", "gmm")])
+def test_bundled_checkpoint_fine_tunes_on_avoid(tmp_path, script, policy):
+    """One short fine-tuning iteration from the bundled M2 checkpoint, with the Avoid defaults otherwise."""
+    extra = ["--ft-denoising-steps", "2", "--batch-size", "6"] if script == "dppo" else ["--batch-size", "3"]
+    out = cli(script, "--env-id", "avoid-m2", *SHORT_RUN, *extra, "--run-dir", str(tmp_path / "run"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "[avoid-m2] per-task defaults" in out.stdout and "iter 1/1" in out.stdout
+    assert os.path.isfile(tmp_path / "run" / "summary.json")
+
+
+@pytest.mark.parametrize("script", ["dppo", "gaussian_ppo", "gmm_ppo"])
+def test_avoid_bad_input_is_one_line(tmp_path, script):
+    wrong_subset = cli(script, "--env-id", "avoid-m2", "--checkpoint",
+                       os.path.join(envs.PRETRAINED_DIR, f"avoid-m1-{ {'dppo': 'diffusion'}.get(script, script[:-4])}-mlp.pt"),
+                       "--run-dir", str(tmp_path / "a"))
+    assert wrong_subset.returncode != 0 and "pass --env-id avoid-m1" in wrong_subset.stderr
+    assert "Traceback" not in wrong_subset.stderr
+    unknown = cli(script, "--env-id", "avoid-m7", "--run-dir", str(tmp_path / "b"))
+    assert unknown.returncode != 0 and "unknown Avoid subset" in unknown.stderr and "Traceback" not in unknown.stderr
+    too_long = cli(script, "--env-id", "avoid-m2", "--act-steps", "8", "--run-dir", str(tmp_path / "c"))
+    assert too_long.returncode != 0 and "--act-steps" in too_long.stderr and "Traceback" not in too_long.stderr
+
+
+@pytest.mark.parametrize("act_steps,cond_steps", [(4, 1), (16, 2)])
+def test_vector_env_equals_sync_vector_env_of_chunked_envs(act_steps, cond_steps):
+    """make_vec_env's batched AvoidVectorEnv against gymnasium's SyncVectorEnv of ChunkedEnv(AvoidEnv), over two
+    episodes (Ta = 16 ends each episode inside a chunk)."""
+    norm = {"obs_min": np.array([0.2, -0.3, 0.2, -0.3], np.float32), "obs_max": np.array([0.8, 0.5, 0.8, 0.5], np.float32),
+            "action_min": np.array([-0.0125, 0.0], np.float32), "action_max": np.array([0.0125, 0.0125], np.float32)}
+    E = 3
+    fast = envs.make_vec_env("avoid-m2", E, 0, act_steps, cond_steps, norm)
+    assert isinstance(fast, avoid.AvoidVectorEnv)
+
+    def one():
+        return envs.ChunkedEnv(gym.make(envs.AVOID_GYM_ID, max_episode_steps=100), act_steps, cond_steps, norm)
+
+    ref = gym.vector.SyncVectorEnv([one] * E, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    obs_a, _ = fast.reset(seed=0)
+    obs_b, _ = ref.reset(seed=0)
+    np.testing.assert_allclose(obs_a, obs_b, atol=1e-6)
+    rng = np.random.default_rng(1)
+    ends = 0
+    for _ in range(2 * -(-100 // act_steps)):
+        chunk = rng.uniform(-0.9, 1.0, (E, act_steps, 2))
+        out_a, out_b = fast.step(chunk), ref.step(chunk)
+        for x, y in zip(out_a[:4], out_b[:4]):
+            np.testing.assert_allclose(x, y, atol=1e-6)
+        info_a, info_b = out_a[4], out_b[4]
+        assert set(info_a) == set(info_b)
+        for key in set(info_a) - {"final_info", "final_obs"}:
+            np.testing.assert_array_equal(info_a[key], info_b[key])
+        assert envs.finished_episodes(info_a)[1] == envs.finished_episodes(info_b)[1]
+        np.testing.assert_allclose(envs.finished_episodes(info_a)[0], envs.finished_episodes(info_b)[0], atol=1e-9)
+        assert envs.finished_successes(info_a) == envs.finished_successes(info_b)
+        np.testing.assert_allclose(envs.final_observations(out_a[0], info_a), envs.final_observations(out_b[0], info_b),
+                                   atol=1e-6)
+        ends += bool(out_a[3].any())
+    assert ends == 2
