@@ -45,7 +45,11 @@ run() {
     return 0
   fi
   local resume=()
-  [ -f "$dir/checkpoint_last.pt" ] && resume=(--checkpoint "$dir/checkpoint_last.pt")
+  if [ -f "$dir/checkpoint_last.pt" ]; then
+    resume=(--checkpoint "$dir/checkpoint_last.pt")
+  else
+    rm -rf "$dir" # died before its first checkpoint: nothing to keep
+  fi
   mkdir -p "$(dirname "$dir")"
   echo "[run] $dir"
   python "cleandppo/$script.py" "$@" "${resume[@]}" --run-dir "$dir" --save-freq 1000 >"$dir.log" 2>&1 ||

@@ -238,9 +238,15 @@ def test_vector_env_equals_sync_vector_env_of_chunked_envs(act_steps, cond_steps
     obs_b, _ = ref.reset(seed=0)
     np.testing.assert_allclose(obs_a, obs_b, atol=1e-6)
     rng = np.random.default_rng(1)
-    ends = 0
+    # env 0 succeeds along a demonstration through mode 5, then leaves the table: success is any sub-step's
+    demo = None
+    while demo is None:
+        demo = avoid.demonstrate((1, 2, 5), rng)
+    plan = envs.normalize_action(np.concatenate([demo["actions"], np.tile([[-0.0125, 0.0]], (120, 1))]), norm)
+    ends, t = 0, 0  # t: sub-steps into the current episode
     for _ in range(2 * -(-100 // act_steps)):
         chunk = rng.uniform(-0.9, 1.0, (E, act_steps, 2))
+        chunk[0] = plan[t : t + act_steps]
         out_a, out_b = fast.step(chunk), ref.step(chunk)
         for x, y in zip(out_a[:4], out_b[:4]):
             np.testing.assert_allclose(x, y, atol=1e-6)
@@ -253,5 +259,8 @@ def test_vector_env_equals_sync_vector_env_of_chunked_envs(act_steps, cond_steps
         assert envs.finished_successes(info_a) == envs.finished_successes(info_b)
         np.testing.assert_allclose(envs.final_observations(out_a[0], info_a), envs.final_observations(out_b[0], info_b),
                                    atol=1e-6)
+        t = 0 if out_a[3].any() else t + act_steps
         ends += bool(out_a[3].any())
+        if out_a[3].any():
+            assert envs.finished_successes(info_a)[0] and not info_a["final_info"]["success"][0]
     assert ends == 2
