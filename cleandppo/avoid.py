@@ -404,7 +404,8 @@ def to_d4rl(episodes: list[dict]) -> dict:
     data["terminals"] = np.zeros(sum(lengths), dtype=bool)
     data["timeouts"] = np.zeros(sum(lengths), dtype=bool)
     data["timeouts"][np.cumsum(lengths) - 1] = True
-    data["episode_routes"] = np.array([ep["route"] for ep in episodes])
+    if all("route" in ep for ep in episodes):  # scripted demos: the route each one took
+        data["episode_routes"] = np.array([ep["route"] for ep in episodes])
     return data
 
 

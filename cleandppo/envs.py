@@ -427,6 +427,8 @@ def load_dataset(dataset: str, env_id: str | None = None) -> dict:
     """
     if "/" in dataset and not dataset.endswith((".hdf5", ".h5")) and not os.path.exists(dataset):
         data = load_minari(dataset)
+    elif os.path.isdir(dataset):  # section 8: D3IL's per-episode pickles, filtered to the subset of --env-id
+        data = load_d3il_directory(dataset, env_id)
     else:
         path = resolve_dataset(dataset)
         if is_robomimic_hdf5(path):  # section 7
@@ -964,3 +966,18 @@ def add_action_noise(actions: np.ndarray, iteration: int, limits, start_itr: int
     frac = min(1.0, (iteration - start_itr + 1) / ramp_itrs)
     magnitude = np.random.uniform(low * frac, high * frac, actions.shape)
     return actions + magnitude * np.random.choice([-1.0, 1.0], actions.shape)
+
+
+def load_d3il_directory(directory: str, env_id: str | None) -> dict:
+    """D3IL's data/avoiding/data/*.pkl as flat D4RL-layout arrays, cut to the subset of `env_id` (avoid-m1/m2/m3)
+    by the official filter; `--env-id avoid` keeps every episode."""
+    if env_id is None or not is_avoid(env_id):
+        fail(f"--dataset {directory} is a directory: only D3IL Avoid pickles are read from one; pass --env-id avoid-m1|m2|m3")
+    episodes = avoid.read_d3il_episodes(directory)
+    if not episodes:
+        fail(f"no *.pkl episode in {directory}; pass D3IL's data/avoiding/data directory")
+    subset = AVOID_IDS[env_id.lower()]
+    if subset is not None:
+        episodes = avoid.subset(episodes, subset)
+    print(f"[d3il] {len(episodes)} episodes of {directory}" + (f" in subset {subset.upper()}" if subset else ""))
+    return avoid.to_d4rl(episodes)

@@ -21,18 +21,9 @@ from cleandppo import avoid, envs
 
 def write(name: str, episodes: list, source: str):
     path = os.path.join(envs.data_dir(), f"{name}.hdf5")
-    data = avoid.to_d4rl(episodes) if source == "scripted" else d3il_to_d4rl(episodes)
+    data = avoid.to_d4rl(episodes)
     envs.write_d4rl_hdf5(path, data, attrs={"env_id": "avoid", "source": source, "episodes": len(episodes)})
     print(f"{name}: {len(episodes)} episodes, {len(data['actions'])} transitions -> {path}")
-
-
-def d3il_to_d4rl(episodes: list) -> dict:
-    data = {k: np.concatenate([ep[k] for ep in episodes]) for k in ("observations", "actions", "rewards")}
-    lengths = [len(ep["actions"]) for ep in episodes]
-    data["terminals"] = np.zeros(sum(lengths), dtype=bool)
-    data["timeouts"] = np.zeros(sum(lengths), dtype=bool)
-    data["timeouts"][np.cumsum(lengths) - 1] = True
-    return data
 
 
 def stats(episodes: list) -> dict:

@@ -264,3 +264,23 @@ def test_vector_env_equals_sync_vector_env_of_chunked_envs(act_steps, cond_steps
         if out_a[3].any():
             assert envs.finished_successes(info_a)[0] and not info_a["final_info"]["success"][0]
     assert ends == 2
+
+
+def test_d3il_directory_as_dataset(tmp_path):
+    """--dataset <dir of D3IL pickles> with --env-id avoid-m2 keeps only the M2 episodes (official filter)."""
+    rng = np.random.default_rng(3)
+    for i, route in enumerate([(1, 2, 5), (1, 2, 7), (1, 2, 6), (0, 3, 7)]):
+        demo = None
+        while demo is None:
+            demo = avoid.demonstrate(route, rng)
+        desired = np.concatenate([demo["observations"][:, :2], demo["observations"][-1:, :2] + demo["actions"][-1:]])
+        current = np.concatenate([demo["observations"][:, 2:], demo["observations"][-1:, 2:]])
+        z = np.full((len(desired), 1), 0.12)
+        with open(tmp_path / f"env_{i:03d}_00.pkl", "wb") as f:
+            pickle.dump({"robot": {"des_c_pos": np.hstack([desired, z]), "c_pos": np.hstack([current, z])}}, f)
+    data = envs.load_dataset(str(tmp_path), "avoid-m2")
+    assert len(data["episodes"]) == 2  # routes through modes 5 and 7
+    everything = envs.load_dataset(str(tmp_path), "avoid")
+    assert len(everything["episodes"]) == 4
+    with pytest.raises(SystemExit, match="pass --env-id avoid-m1"):
+        envs.load_dataset(str(tmp_path), "Hopper-v2")
