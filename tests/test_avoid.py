@@ -209,15 +209,25 @@ def test_bundled_checkpoint_fine_tunes_on_avoid(tmp_path, script, policy):
 
 @pytest.mark.parametrize("script", ["dppo", "gaussian_ppo", "gmm_ppo"])
 def test_avoid_bad_input_is_one_line(tmp_path, script):
-    wrong_subset = cli(script, "--env-id", "avoid-m2", "--checkpoint",
-                       os.path.join(envs.PRETRAINED_DIR, f"avoid-m1-{ {'dppo': 'diffusion'}.get(script, script[:-4])}-mlp.pt"),
-                       "--run-dir", str(tmp_path / "a"))
-    assert wrong_subset.returncode != 0 and "pass --env-id avoid-m1" in wrong_subset.stderr
-    assert "Traceback" not in wrong_subset.stderr
-    unknown = cli(script, "--env-id", "avoid-m7", "--run-dir", str(tmp_path / "b"))
-    assert unknown.returncode != 0 and "unknown Avoid subset" in unknown.stderr and "Traceback" not in unknown.stderr
-    too_long = cli(script, "--env-id", "avoid-m2", "--act-steps", "8", "--run-dir", str(tmp_path / "c"))
-    assert too_long.returncode != 0 and "--act-steps" in too_long.stderr and "Traceback" not in too_long.stderr
+    """A checkpoint of another subset, an unknown subset, a Ta the checkpoint cannot execute: one line, no run dir."""
+    import importlib
+
+    import tyro
+
+    module = importlib.import_module(f"cleandppo.{script}")
+    policy = {"dppo": "diffusion", "gaussian_ppo": "gaussian", "gmm_ppo": "gmm"}[script]
+    other = os.path.join(envs.PRETRAINED_DIR, f"avoid-m1-{policy}-mlp.pt")
+    cases = [
+        (["--env-id", "avoid-m2", "--checkpoint", other], "pass --env-id avoid-m1 or a checkpoint of avoid-m2"),
+        (["--env-id", "avoid-m7"], "unknown Avoid subset in --env-id 'avoid-m7'"),
+        (["--env-id", "avoid-m2", "--act-steps", "8"], "--act-steps"),
+    ]
+    for argv, message in cases:
+        argv = [*argv, "--run-dir", str(tmp_path / "run")]
+        with pytest.raises(SystemExit) as stop:
+            module.main(tyro.cli(module.Args, args=argv), argv)
+        assert str(stop.value).startswith("error: ") and message in str(stop.value) and "\n" not in str(stop.value)
+        assert not os.path.exists(tmp_path / "run")
 
 
 @pytest.mark.parametrize("act_steps,cond_steps", [(4, 1), (16, 2)])
