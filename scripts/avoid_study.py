@@ -25,7 +25,12 @@ import torch
 
 from cleandppo import avoid, dppo, envs, gaussian_ppo, gmm_ppo
 
-COLORS = {"dppo": "tab:red", "gaussian": "tab:blue", "gmm": "tab:green"}
+COLORS = {"dppo-k10": "#8b0000", "dppo-k4": "#e0301e", "dppo-k1": "#f4a582", "gaussian": "tab:blue", "gmm": "tab:green"}
+
+
+def style(method: str) -> dict:
+    """One colour per method across every figure (DPPO: darker = more fine-tuned denoising steps)."""
+    return {"color": COLORS.get(method, "tab:gray"), "ls": "--" if method == "dppo-k1" else "-"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -175,15 +180,14 @@ def curves(args):
             n = min(len(d[0]) for d in data)
             steps, ys = data[0][0][:n], np.stack([d[1][:n] for d in data])
             method = group.split("__", 1)[1]
-            color = COLORS.get(method.split("-")[0])
-            ax.plot(steps, ys.mean(0), label=f"{method} ({len(data)} seeds)", color=color,
-                    ls="-" if color is None or "k1" not in method else "--")
-            ax.fill_between(steps, ys.min(0), ys.max(0), alpha=0.15, color=ax.lines[-1].get_color())
+            ax.plot(steps, ys.mean(0), label=f"{method} ({len(data)} seed{'s' * (len(data) > 1)})", **style(method))
+            ax.fill_between(steps, ys.min(0), ys.max(0), alpha=0.12, color=style(method)["color"])
             rows += [dict(group=group, step=int(s), mean=float(m), min=float(lo), max=float(hi), seeds=len(data))
                      for s, m, lo, hi in zip(steps, ys.mean(0), ys.min(0), ys.max(0))]
         ax.set_title(f"{panel.upper()}" if re.fullmatch(r"m\d", panel) else panel)
         ax.set_xlabel("environment steps")
-        ax.set_ylabel("episode return (training noise)")
+        ax.set_ylabel({"charts/episodic_return": "episode return", "charts/success_rate": "success rate"}.get(
+            args.tag, args.tag) + " (training noise)")
         ax.legend(fontsize=7)
     fig.tight_layout()
     save(fig, args.out)
@@ -209,8 +213,7 @@ def robustness(args):
             means = [np.mean([rollout(c, args.episodes, args.seed, "train", **{key: lvl})["returns"].mean()
                               for c in ckpts]) for lvl in levels]
             table[(method, key)] = means
-            ax.plot(levels, means, marker="o", label=f"{method} ({len(ckpts)} seeds)",
-                    color=COLORS.get(method.split("-")[0]), ls="--" if "k1" in method else "-")
+            ax.plot(levels, means, marker="o", label=f"{method} ({len(ckpts)} seeds)", **style(method))
     axes[0].set_xlabel("added action noise (uniform +-, normalized units)")
     axes[1].set_xlabel("initial position: uniform +- (m) around the default start")
     for ax in axes:

@@ -137,7 +137,10 @@ for stage in "${stages[@]}"; do
       --checkpoints $CKPT/avoid-m{1,2,3}-{diffusion,gaussian,gmm}-mlp.pt \
       --titles {M1,M2,M3}\ {diffusion,Gaussian,GMM}\ \(no\ noise\) | tee "$RUNS/pretrained_eval.txt"
     for exp in a7 noise chunk; do
-      [ -d "$RUNS/$exp" ] && python scripts/avoid_study.py curves --runs "$RUNS/$exp" --out "docs/figures/avoid_$exp.png"
+      [ -d "$RUNS/$exp" ] || continue
+      python scripts/avoid_study.py curves --runs "$RUNS/$exp" --out "docs/figures/avoid_$exp.png"
+      python scripts/avoid_study.py curves --runs "$RUNS/$exp" --tag charts/success_rate \
+        --out "docs/figures/avoid_${exp}_success.png"
     done
     [ -d "$RUNS/a7" ] && python scripts/avoid_study.py robustness --runs "$RUNS/a7" --subset m2 \
       --out docs/figures/avoid_fig12.png
