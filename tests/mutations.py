@@ -16,6 +16,7 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PPO, SHARED, OFF = "tests/test_ppo_updates.py", "tests/test_shared_copies.py", "tests/test_offpolicy_updates.py"
+LOOPS, DQL_QSM = "tests/test_loops.py", "tests/test_dql_qsm_shared.py"
 
 MUTATIONS = [
     # PPO losses
@@ -99,6 +100,33 @@ MUTATIONS = [
     ("DAWR time-outs not bootstrapped", "dawr.py", "delta = rewards[n] + gamma * (1 - terminated[n]) * next_values[n]",
      "delta = rewards[n] + gamma * (1 - np.maximum(terminated[n], truncated[n])) * next_values[n]", OFF),
     ("DRWR weights ignored", "drwr.py", "obs[idx], len(sched[\"betas\"]), weights[idx])", "obs[idx], len(sched[\"betas\"]))", OFF),
+    # training loops
+    ("time-out not bootstrapped (dppo)", "dppo.py", "rewards = rewards + args.gamma * final_values * buf_timeout",
+     "rewards = rewards", LOOPS),
+    ("time-out not bootstrapped (gaussian)", "gaussian_ppo.py", "rewards = rewards + args.gamma * final_values * buf_timeout",
+     "rewards = rewards", LOOPS),
+    ("time-out not bootstrapped (gmm)", "gmm_ppo.py", "rewards = rewards + args.gamma * final_values * buf_timeout",
+     "rewards = rewards", LOOPS),
+    ("time-out not bootstrapped (exact likelihood)", "exact_likelihood_pg.py",
+     "rewards = rewards + args.gamma * final_values * buf_timeout", "rewards = rewards", LOOPS),
+    ("time-out bootstrapped with V(next reset obs) (dppo)", "dppo.py", "rewards = rewards + args.gamma * final_values * buf_timeout",
+     "rewards = rewards + args.gamma * np.concatenate([values[1:], last_value[None]], 0) * buf_timeout", LOOPS),
+    ("GAE not cut at a time-out (dppo)", "dppo.py", "np.maximum(buf_term, buf_timeout), args.gamma, args.gae_lambda",
+     "buf_term, args.gamma, args.gae_lambda", LOOPS),
+    ("time-out stored as terminal (dql)", "dql.py", "envs.final_observations(next_obs, infos), term)",
+     "envs.final_observations(next_obs, infos), np.logical_or(term, trunc))", LOOPS),
+    ("time-out stored as terminal (idql)", "idql.py", "envs.final_observations(next_obs, infos), term)",
+     "envs.final_observations(next_obs, infos), np.logical_or(term, trunc))", LOOPS),
+    ("post-reset observation stored as s' (dipo)", "dipo.py", "envs.final_observations(next_obs, infos), term)",
+     "next_obs, term)", LOOPS),
+    ("time-out stored as terminal (qsm)", "qsm.py", "envs.final_observations(next_obs, infos), term)",
+     "envs.final_observations(next_obs, infos), np.logical_or(term, trunc))", LOOPS),
+    ("time-out not marked truncated (dawr)", "dawr.py", "term, np.logical_and(trunc, np.logical_not(term)),",
+     "np.logical_or(term, trunc), np.zeros_like(trunc),", LOOPS),
+    ("target critic ignores its rate in the loop (dql)", "dql.py", "soft_update(target_critic, critic, args.target_ema_rate)",
+     "soft_update(target_critic, critic, 0.005)", DQL_QSM),
+    ("target critic not updated in the loop (qsm)", "qsm.py", "                soft_update(target_critic, critic, args.critic_tau)\n",
+     "", DQL_QSM),
     ("IDQL V fit to the mean (tau 0.5)", "idql.py", "v_loss = expectile_loss(target_q - v, args.expectile)",
      "v_loss = expectile_loss(target_q - v, 0.5)", OFF),
 ]
