@@ -302,32 +302,45 @@ def test_gaussian_checkpoint_is_refused(tmp_path):
     main_fails(dppo, dppo.Args(checkpoint=path, run_dir=str(tmp_path / "r")), "holds a gaussian policy")
 
 
-def test_ctrl_c_writes_a_checkpoint_then_resumes(tiny_diffusion_checkpoint, tmp_path):
-    """SIGINT during training writes checkpoint_last.pt (exit 130); passing it back resumes there."""
-    import os
-    import signal
-    import subprocess
-    import sys
+def interrupt_in_second_update(monkeypatch, checkpoint, run, flags):
+    """Run dppo in-process and raise KeyboardInterrupt (what Python raises on SIGINT) inside the second update, i.e.
+    after the second rollout; returns the SystemExit."""
+    real_update, calls = dppo.ppo_update, []
 
-    from conftest import ROOT
+    def interrupted_update(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_update(*args, **kwargs)
 
+    monkeypatch.setattr(dppo, "ppo_update", interrupted_update)
+    with pytest.raises(SystemExit) as e:
+        run_main(dppo, "--checkpoint", checkpoint, "--run-dir", run, "--total-timesteps", "320", *flags)
+    monkeypatch.setattr(dppo, "ppo_update", real_update)
+    return e.value
+
+
+CTRL_C_FLAGS = ["--num-envs", "2", "--n-steps", "4", "--batch-size", "8", "--eval-episodes", "1", "--eval-freq", "1000",
+                *TINY_DIFFUSION]
+
+
+def test_ctrl_c_writes_a_checkpoint_then_resumes(tiny_diffusion_checkpoint, tmp_path, monkeypatch, capsys):
+    """Ctrl-C during training writes checkpoint_last.pt of the last finished iteration and exits with 130; passing
+    it back resumes there. In-process and event-driven: nothing waits on a subprocess or depends on machine load."""
     run = tmp_path / "run"
-    flags = ["--checkpoint", tiny_diffusion_checkpoint, "--run-dir", str(run), "--num-envs", "2", "--n-steps", "4",
-             "--batch-size", "8", "--total-timesteps", "100000", "--eval-episodes", "1", "--eval-freq", "1000", *TINY_DIFFUSION]
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "cleandppo", "dppo.py"), *flags], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    for line in proc.stdout:  # wait until the second iteration has finished
-        if line.startswith("iter 2/"):
-            break
-    proc.send_signal(signal.SIGINT)
-    out = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 130 and "[interrupted] checkpoint written" in out
-    ckpt = torch.load(str(run / "checkpoint_last.pt"), weights_only=False)
-    assert ckpt["iteration"] >= 2 and ckpt["env_steps"] == ckpt["iteration"] * 2 * 4 * 4
-    done = ckpt["iteration"]
-    resumed = tmp_path / "resumed"
-    total = (done + 1) * 2 * 4 * 4
-    proc = run_script("dppo.py", "--checkpoint", run / "checkpoint_last.pt", "--run-dir", resumed,
-                      "--num-envs", "2", "--n-steps", "4", "--batch-size", "8", "--total-timesteps", total,
-                      "--eval-episodes", "1", "--eval-freq", "1000", *TINY_DIFFUSION)
-    assert f"iter {done + 1}/{done + 1}" in proc.stdout and "iter 1/" not in proc.stdout
+    exit_ = interrupt_in_second_update(monkeypatch, tiny_diffusion_checkpoint, run, CTRL_C_FLAGS)
+    assert exit_.code == 130 and "[interrupted] checkpoint written" in capsys.readouterr().out
+    read_checkpoint(run, iteration=1)
+    run_main(dppo, "--checkpoint", run / "checkpoint_last.pt", "--run-dir", tmp_path / "resumed", "--total-timesteps",
+             2 * 2 * 4 * 4, *CTRL_C_FLAGS)
+    out = capsys.readouterr().out
+    assert "iter 2/2" in out and "iter 1/" not in out
+
+
+@pytest.mark.xfail(strict=True, reason="bug: the interrupt checkpoint counts the env steps of the unfinished "
+                   "iteration's rollout (64 instead of 32); fixed by the reliability pass (branch of /work/wt-rel) - "
+                   "remove this marker when merging it")
+def test_ctrl_c_checkpoint_counts_only_the_finished_iterations_env_steps(tiny_diffusion_checkpoint, tmp_path,
+                                                                         monkeypatch):
+    interrupt_in_second_update(monkeypatch, tiny_diffusion_checkpoint, tmp_path / "run", CTRL_C_FLAGS)
+    read_checkpoint(tmp_path / "run", iteration=1, env_steps=2 * 4 * 4)
