@@ -109,12 +109,10 @@ def test_recorded_chain_log_prob_is_the_sum_of_independent_gaussian_steps():
     assert chain.shape == (4, K_ft + 1, Tp, Da)
     ft_t, ft_t_prev = dppo.fine_tuned_timesteps(plan, K_ft)
     assert ft_t.tolist() == [4, 3, 2, 1, 0]  # j = 0 is the noisiest fine-tuned step
-    total = torch.zeros(4)
     for j in range(K_ft):
         t = ft_t[j].item()
         lp = dppo.denoising_log_prob(actor_ft, sched, obs, chain[:, j], chain[:, j + 1], ft_t[j].expand(4),
                                      ft_t_prev[j].expand(4), False, Tp, min_std)
-        total += lp * Tp * Da
         # independent computation of the same step: DDPM posterior with x0 from eps = a x + b t
         x = chain[:, j]
         eps = 0.35 * x + 0.02 * t
@@ -124,7 +122,6 @@ def test_recorded_chain_log_prob_is_the_sum_of_independent_gaussian_steps():
         std = max(math.sqrt(max(beta * (1 - ab_prev) / (1 - ab), 1e-20)), min_std)
         expected = torch.distributions.Normal(mu, std).log_prob(chain[:, j + 1]).clamp(-5, 2).sum(dim=(1, 2))
         torch.testing.assert_close(lp * Tp * Da, expected, rtol=1e-5, atol=1e-5)
-    assert torch.isfinite(total).all()
 
 
 def test_only_the_first_act_steps_count_in_the_log_prob():

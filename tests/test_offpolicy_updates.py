@@ -94,7 +94,7 @@ def filled_buffer(module, n, obs_dim=3, Tp=2, Da=2, seed=0):
 
 
 # ---- IDQL --------------------------------------------------------------------------------------------
-def test_idql_update_fits_v_by_expectile_then_q_on_the_updated_v_then_moves_the_target():
+def test_idql_update_fits_v_by_expectile_then_q_on_the_updated_v_then_moves_the_target_and_fits_the_actor():
     n, gamma, expectile, tau, lr_v = 8, 0.9, 0.8, 0.2, 0.5
     buf = filled_buffer(idql, n)
     b = {k: torch.as_tensor(getattr(buf, k)) for k in ("obs", "actions", "rewards", "next_obs", "terminated")}
@@ -106,8 +106,9 @@ def test_idql_update_fits_v_by_expectile_then_q_on_the_updated_v_then_moves_the_
     actor = ConstantNoise()
     args = SimpleNamespace(batch_size=n, gamma=gamma, expectile=expectile, critic_tau=tau, denoising_steps=4)
     v_opt = torch.optim.SGD(v_critic.parameters(), lr=lr_v)
-    stats = idql.idql_update(actor, q_critic, q_target, v_critic, zero_lr(actor), zero_lr(q_critic), v_opt,
-                             idql.make_schedule(4), buf, args, 1, False, "cpu")
+    sched = idql.make_schedule(4)
+    stats = idql.idql_update(actor, q_critic, q_target, v_critic, zero_lr(actor), zero_lr(q_critic), v_opt, sched, buf,
+                             args, 1, True, "cpu")
 
     # V: expectile regression of min(Q1', Q2')(s, a) with weight tau above V(s), 1 - tau below
     v_start, q_target_start = start["v"], start["q_target"]
@@ -127,6 +128,10 @@ def test_idql_update_fits_v_by_expectile_then_q_on_the_updated_v_then_moves_the_
     q_loss = ((q1 - y) ** 2).mean() + ((q2 - y) ** 2).mean()
     assert stats["q_loss"] == pytest.approx(q_loss.item(), rel=1e-5)
     assert_grads(q_critic, q_loss)
+    # actor: the plain (unweighted) denoising loss on the buffer chunks
+    per_sample = ((actor.c - recorded_noise(actor, sched, b["actions"])) ** 2).mean(dim=(1, 2))
+    assert stats["actor_loss"] == pytest.approx(per_sample.mean().item(), rel=1e-4)
+    assert_grads(actor, per_sample.mean())
     # target Q: (1 - tau) target + tau Q (Q did not move: zero learning rate)
     for p_t, p_t0, p0 in zip(q_target.parameters(), qt0, q0):
         torch.testing.assert_close(p_t, (1 - tau) * p_t0 + tau * p0)
