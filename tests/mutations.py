@@ -3,7 +3,8 @@
     python tests/mutations.py            # every mutation below (a few minutes on 2 cores)
     python tests/mutations.py gae ppo    # only those whose name contains one of the words
 
-Each entry is (name, script, the exact text of the line as it is, the broken text, the test file that must fail).
+Each entry is (name, script, the exact text of the line as it is, the broken text, the tests that must fail: a file,
+optionally with pytest's -k).
 Several lines can be broken together: give tuples of texts. Each text must occur exactly once in the script; when a script is edited and a line no longer matches, the runner
 says so (update the entry). Not collected by pytest (the file name does not start with test_).
 """
@@ -127,6 +128,12 @@ MUTATIONS = [
      "soft_update(target_critic, critic, 0.005)", DQL_QSM),
     ("target critic not updated in the loop (qsm)", "qsm.py", "                soft_update(target_critic, critic, args.critic_tau)\n",
      "", DQL_QSM),
+    ("pre-training EMA that never moves (dppo)", "dppo.py", "else p_ema.lerp_(p, 1 - args.ema_decay)",
+     "else p_ema.lerp_(p, 0.0)", "tests/test_dppo.py -k ema"),
+    ("pre-training EMA with decay and 1 - decay swapped (dppo)", "dppo.py", "else p_ema.lerp_(p, 1 - args.ema_decay)",
+     "else p_ema.lerp_(p, args.ema_decay)", "tests/test_dppo.py -k ema"),
+    ("pre-training EMA ignores its start epoch (dppo)", "dppo.py", "p_ema.copy_(p) if epoch < args.ema_start_epoch else",
+     "p_ema.copy_(p) if False else", "tests/test_dppo.py -k ema"),
     ("IDQL V fit to the mean (tau 0.5)", "idql.py", "v_loss = expectile_loss(target_q - v, args.expectile)",
      "v_loss = expectile_loss(target_q - v, 0.5)", OFF),
 ]
@@ -148,7 +155,7 @@ def run(name, script, old, new, test):
         with open(path, "w") as f:
             f.write(text)
         env = dict(os.environ, PYTHONPATH=scratch, OMP_NUM_THREADS="1")
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", test], cwd=scratch,
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *test.split()], cwd=scratch,
                               env=env, capture_output=True, text=True)
         failed = [line.split(" ")[1] for line in proc.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
         return f"{'CAUGHT' if proc.returncode else 'SURVIVED':9} {name}: {failed[0] if failed else ''}"

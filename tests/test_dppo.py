@@ -210,6 +210,45 @@ def test_pretrained_diffusion_samples_both_modes_of_a_1d_toy():
     assert near_pos > 0.3 and near_neg > 0.3 and near_pos + near_neg > 0.85
 
 
+# ---- pre-training: the saved weights are the EMA of the trained ones -----------------------------------
+def test_pretraining_saves_the_ema_of_the_weights(tiny_dataset, tmp_path, monkeypatch):
+    """Every ema_freq gradient steps: the EMA copy follows the weights before ema_start_epoch, afterwards
+    ema <- decay ema + (1 - decay) weights. The optimiser is wrapped to record the weights after every step."""
+    trajectory = []
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def __init__(self, params, **kw):
+            params = list(params)
+            super().__init__(params, **kw)
+            self.watched = params
+            trajectory.append([p.detach().clone() for p in params])  # the initial weights
+
+        def step(self, *a, **k):
+            out = super().step(*a, **k)
+            trajectory.append([p.detach().clone() for p in self.watched])
+            return out
+
+    monkeypatch.setattr(torch.optim, "AdamW", RecordingAdamW)
+    epochs, freq, start, decay = 4, 2, 2, 0.6
+    run_main(dppo, "--dataset", tiny_dataset, "--pretrain-only", "--pretrain-epochs", epochs, "--pretrain-batch-size",
+             "64", "--ema-freq", freq, "--ema-start-epoch", start, "--ema-decay", decay, "--run-dir", tmp_path / "pre",
+             "--eval-episodes", "1", *TINY_DIFFUSION)
+    steps = len(trajectory) - 1
+    per_epoch = steps // epochs
+    assert steps == per_epoch * epochs and per_epoch >= 3
+    ema = trajectory[0]
+    for step in range(1, steps + 1):
+        if step % freq == 0:
+            weights = trajectory[step]
+            ema = weights if (step - 1) // per_epoch < start else [decay * e + (1 - decay) * w for e, w in zip(ema, weights)]
+    ckpt = torch.load(str(tmp_path / "pre" / "pretrained.pt"), weights_only=False)
+    net = dppo.build_network(ckpt["model_kwargs"])
+    net.load_state_dict(ckpt["model"])
+    for p, e in zip(net.parameters(), ema):
+        torch.testing.assert_close(p, e, rtol=1e-5, atol=1e-6)
+    assert not all(torch.equal(p, w) for p, w in zip(net.parameters(), trajectory[-1]))  # not the last weights
+
+
 # ---- evaluation uses the fine-tuned network ---------------------------------------------------------
 def test_evaluation_runs_the_fine_tuned_network_for_the_fine_tuned_steps(monkeypatch, tmp_path):
     kw = dict(obs_dim=3, action_dim=1, horizon_steps=2, cond_steps=1, denoising_steps=6, backbone="mlp", time_dim=8,
