@@ -8,8 +8,17 @@ import torch
 import torch.nn as nn
 
 from cleandppo import dppo
-from conftest import (TINY_DIFFUSION, cli_fails, main_fails, read_checkpoint, read_summary, run_main, run_script,
-                      scalar_tags, stub_checkpoint)
+from conftest import (
+    TINY_DIFFUSION,
+    cli_fails,
+    main_fails,
+    read_checkpoint,
+    read_summary,
+    run_main,
+    run_script,
+    scalar_tags,
+    stub_checkpoint,
+)
 
 
 class ConstantEps(nn.Module):
@@ -186,7 +195,7 @@ def test_resume_from_a_checkpoint_gives_the_same_next_update(tmp_path):
     aopt2.load_state_dict(ckpt["actor_optimizer"])
     copt2.load_state_dict(ckpt["critic_optimizer"])
     dppo.ppo_update(net2, critic2, aopt2, copt2, sched, batch, args, ft_t, ft_t_prev, False, generator=torch.Generator().manual_seed(5))
-    for a, b in zip(list(net.parameters()) + list(critic.parameters()), list(net2.parameters()) + list(critic2.parameters())):
+    for a, b in zip(list(net.parameters()) + list(critic.parameters()), list(net2.parameters()) + list(critic2.parameters()), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
@@ -240,13 +249,13 @@ def test_pretraining_saves_the_ema_of_the_weights(tiny_dataset, tmp_path, monkey
     for step in range(1, steps + 1):
         if step % freq == 0:
             weights = trajectory[step]
-            ema = weights if (step - 1) // per_epoch < start else [decay * e + (1 - decay) * w for e, w in zip(ema, weights)]
+            ema = weights if (step - 1) // per_epoch < start else [decay * e + (1 - decay) * w for e, w in zip(ema, weights, strict=True)]
     ckpt = torch.load(str(tmp_path / "pre" / "pretrained.pt"), weights_only=False)
     net = dppo.build_network(ckpt["model_kwargs"])
     net.load_state_dict(ckpt["model"])
-    for p, e in zip(net.parameters(), ema):
+    for p, e in zip(net.parameters(), ema, strict=True):
         torch.testing.assert_close(p, e, rtol=1e-5, atol=1e-6)
-    assert not all(torch.equal(p, w) for p, w in zip(net.parameters(), trajectory[-1]))  # not the last weights
+    assert not all(torch.equal(p, w) for p, w in zip(net.parameters(), trajectory[-1], strict=True))  # not the last weights
 
 
 # ---- evaluation uses the fine-tuned network ---------------------------------------------------------
@@ -261,7 +270,7 @@ def test_evaluation_runs_the_fine_tuned_network_for_the_fine_tuned_steps(monkeyp
     ckpt = dict(model_kwargs=kw, model=base.state_dict(), model_ft=tuned.state_dict(), ft_denoising_steps=3)
     actor, actor_ft, eval_ft = dppo.build_actors(ckpt, 3, torch.device("cpu"))
     assert eval_ft == 3
-    for p, q in zip(actor_ft.parameters(), tuned.parameters()):
+    for p, q in zip(actor_ft.parameters(), tuned.parameters(), strict=True):
         assert torch.equal(p, q)
     captured = {}
 

@@ -12,8 +12,16 @@ import torch
 import torch.nn as nn
 
 from cleandppo import dppo
-from conftest import (cli_fails, main_fails, read_checkpoint, read_summary, run_main, run_script, scalar_tags,
-                      stub_checkpoint)
+from conftest import (
+    cli_fails,
+    main_fails,
+    read_checkpoint,
+    read_summary,
+    run_main,
+    run_script,
+    scalar_tags,
+    stub_checkpoint,
+)
 
 torch.set_num_threads(1)
 TINY = ["--denoising-steps", "6", "--num-envs", "2", "--n-steps", "8", "--batch-size", "8", "--buffer-size", "64",

@@ -39,7 +39,9 @@ class ForcedTimeout:
                 final = list(infos.get("final_obs", [None] * len(obs)))
                 final[0] = self.marker
                 infos["final_obs"] = np.array(final + [None], dtype=object)[:-1]  # an object array, as gymnasium's
-                infos["_final_obs"] = np.array(infos.get("_final_obs", np.zeros(len(obs), bool))) | (np.arange(len(obs)) == 0)
+                infos["_final_obs"] = np.array(infos.get("_final_obs", np.zeros(len(obs), bool))) | (
+                    np.arange(len(obs)) == 0
+                )
             self.rewards.append(np.array(reward, dtype=np.float64))
             return obs, reward, term, trunc, infos
 
@@ -61,21 +63,78 @@ def capture_critic(monkeypatch, module):
 
 
 PPO_RUNS = {
-    dppo: ["--num-envs", "2", "--n-steps", "4", "--batch-size", "8", "--update-epochs", "1", "--total-timesteps", "32",
-           *TINY_DIFFUSION],
-    exact_likelihood_pg: ["--num-envs", "2", "--n-steps", "4", "--batch-size", "8", "--grad-chunk-size", "8",
-                          "--update-epochs", "1", "--total-timesteps", "32", "--denoising-steps", "6",
-                          "--ft-denoising-steps", "3", "--sde-step-size", "0.17", "--sde-method", "euler",
-                          "--hutchinson-probes", "1", "--critic-dims", "8", "8", "8"],
-    gaussian_ppo: ["--num-envs", "2", "--n-steps", "4", "--batch-size", "8", "--update-epochs", "1",
-                   "--total-timesteps", "32"],  # the bundled Hopper checkpoint
-    gmm_ppo: ["--num-envs", "2", "--n-steps", "4", "--batch-size", "8", "--update-epochs", "1", "--total-timesteps", "32"],
+    dppo: [
+        "--num-envs",
+        "2",
+        "--n-steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--update-epochs",
+        "1",
+        "--total-timesteps",
+        "32",
+        *TINY_DIFFUSION,
+    ],
+    exact_likelihood_pg: [
+        "--num-envs",
+        "2",
+        "--n-steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--grad-chunk-size",
+        "8",
+        "--update-epochs",
+        "1",
+        "--total-timesteps",
+        "32",
+        "--denoising-steps",
+        "6",
+        "--ft-denoising-steps",
+        "3",
+        "--sde-step-size",
+        "0.17",
+        "--sde-method",
+        "euler",
+        "--hutchinson-probes",
+        "1",
+        "--critic-dims",
+        "8",
+        "8",
+        "8",
+    ],
+    gaussian_ppo: [
+        "--num-envs",
+        "2",
+        "--n-steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--update-epochs",
+        "1",
+        "--total-timesteps",
+        "32",
+    ],  # the bundled Hopper checkpoint
+    gmm_ppo: [
+        "--num-envs",
+        "2",
+        "--n-steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--update-epochs",
+        "1",
+        "--total-timesteps",
+        "32",
+    ],
 }
 
 
 @pytest.mark.parametrize("module", list(PPO_RUNS), ids=lambda m: m.__name__.rsplit(".", 1)[1])
-def test_ppo_loop_bootstraps_a_time_out_with_the_value_of_its_final_observation(module, monkeypatch, tmp_path,
-                                                                                tiny_diffusion_checkpoint):
+def test_ppo_loop_bootstraps_a_time_out_with_the_value_of_its_final_observation(
+    module, monkeypatch, tmp_path, tiny_diffusion_checkpoint
+):
     timeout = ForcedTimeout(monkeypatch)
     critics, seen = capture_critic(monkeypatch, module), []
     real_gae = module.compute_gae
@@ -88,9 +147,18 @@ def test_ppo_loop_bootstraps_a_time_out_with_the_value_of_its_final_observation(
 
     monkeypatch.setattr(module, "compute_gae", spy)
     ckpt = [] if module in (gaussian_ppo, gmm_ppo) else ["--checkpoint", tiny_diffusion_checkpoint]
-    run_main(module, *ckpt, "--run-dir", tmp_path / "r", "--eval-episodes", "1", "--no-reward-scale-running", *PPO_RUNS[module])
-    (rewards, dones, gamma, v_final), = seen
-    raw = np.stack(timeout.rewards[:len(rewards)])
+    run_main(
+        module,
+        *ckpt,
+        "--run-dir",
+        tmp_path / "r",
+        "--eval-episodes",
+        "1",
+        "--no-reward-scale-running",
+        *PPO_RUNS[module],
+    )
+    ((rewards, dones, gamma, v_final),) = seen
+    raw = np.stack(timeout.rewards[: len(rewards)])
     assert dones[AT, 0] == 1  # the recursion stops at the time-out ...
     assert rewards[AT, 0] == pytest.approx(raw[AT, 0] + gamma * v_final, rel=1e-5)  # ... which is bootstrapped
     others = np.ones_like(rewards, bool)
@@ -101,17 +169,42 @@ def test_ppo_loop_bootstraps_a_time_out_with_the_value_of_its_final_observation(
 OFF_POLICY_RUNS = {
     dql: ["--denoising-steps", "6", "--buffer-size", "64", "--replay-ratio", "1", "--critic-dims", "8", "8", "8"],
     qsm: ["--denoising-steps", "6", "--buffer-size", "64", "--replay-ratio", "1", "--critic-dims", "8", "8", "8"],
-    idql: ["--denoising-steps", "6", "--buffer-size", "64", "--replay-ratio", "1", "--critic-dims", "8", "8", "8",
-           "--num-candidates", "2"],
+    idql: [
+        "--denoising-steps",
+        "6",
+        "--buffer-size",
+        "64",
+        "--replay-ratio",
+        "1",
+        "--critic-dims",
+        "8",
+        "8",
+        "8",
+        "--num-candidates",
+        "2",
+    ],
     dipo: ["--denoising-steps", "6", "--buffer-size", "64", "--replay-ratio", "1", "--critic-dims", "8", "8", "8"],
-    dawr: ["--denoising-steps", "6", "--buffer-size", "64", "--replay-ratio", "1", "--critic-replay-ratio", "1",
-           "--critic-dims", "8", "8", "8"],
+    dawr: [
+        "--denoising-steps",
+        "6",
+        "--buffer-size",
+        "64",
+        "--replay-ratio",
+        "1",
+        "--critic-replay-ratio",
+        "1",
+        "--critic-dims",
+        "8",
+        "8",
+        "8",
+    ],
 }
 
 
 @pytest.mark.parametrize("module", list(OFF_POLICY_RUNS), ids=lambda m: m.__name__.rsplit(".", 1)[1])
-def test_off_policy_loop_stores_a_time_out_as_not_terminal_with_its_final_observation(module, monkeypatch, tmp_path,
-                                                                                      tiny_diffusion_checkpoint):
+def test_off_policy_loop_stores_a_time_out_as_not_terminal_with_its_final_observation(
+    module, monkeypatch, tmp_path, tiny_diffusion_checkpoint
+):
     timeout, added = ForcedTimeout(monkeypatch), []
     real_add = module.ReplayBuffer.add
 
@@ -120,8 +213,24 @@ def test_off_policy_loop_stores_a_time_out_as_not_terminal_with_its_final_observ
         return real_add(self, *args)
 
     monkeypatch.setattr(module.ReplayBuffer, "add", spy)
-    run_main(module, "--checkpoint", tiny_diffusion_checkpoint, "--run-dir", tmp_path / "r", "--eval-episodes", "1",
-             "--num-envs", "2", "--n-steps", "4", "--batch-size", "8", "--total-timesteps", "32", *OFF_POLICY_RUNS[module])
+    run_main(
+        module,
+        "--checkpoint",
+        tiny_diffusion_checkpoint,
+        "--run-dir",
+        tmp_path / "r",
+        "--eval-episodes",
+        "1",
+        "--num-envs",
+        "2",
+        "--n-steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--total-timesteps",
+        "32",
+        *OFF_POLICY_RUNS[module],
+    )
     if module is dawr:  # add(obs, chunk, reward, terminated, truncated, next_obs)
         _, _, _, terminated, truncated, next_obs = added[AT]
         assert truncated[0] == 1

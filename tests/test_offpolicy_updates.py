@@ -78,7 +78,7 @@ def clone_params(module):
 
 def assert_grads(module, loss, rtol=1e-4):
     expected = torch.autograd.grad(loss, list(module.parameters()))
-    for p, e in zip(module.parameters(), expected):
+    for p, e in zip(module.parameters(), expected, strict=True):
         torch.testing.assert_close(p.grad, e, rtol=rtol, atol=1e-6)
 
 
@@ -87,8 +87,13 @@ def filled_buffer(module, n, obs_dim=3, Tp=2, Da=2, seed=0):
     buf = module.ReplayBuffer(n, (1, obs_dim), (Tp, Da))
     term = np.zeros(n)
     term[[2, 5]] = 1
-    buf.add(rng.normal(size=(n, 1, obs_dim)), rng.uniform(-0.8, 0.8, (n, Tp, Da)), rng.normal(size=n),
-            rng.normal(size=(n, 1, obs_dim)), term)
+    buf.add(
+        rng.normal(size=(n, 1, obs_dim)),
+        rng.uniform(-0.8, 0.8, (n, Tp, Da)),
+        rng.normal(size=n),
+        rng.normal(size=(n, 1, obs_dim)),
+        term,
+    )
     buf.sample_indices = lambda batch_size: np.arange(batch_size)
     return buf
 
@@ -107,8 +112,9 @@ def test_idql_update_fits_v_by_expectile_then_q_on_the_updated_v_then_moves_the_
     args = SimpleNamespace(batch_size=n, gamma=gamma, expectile=expectile, critic_tau=tau, denoising_steps=4)
     v_opt = torch.optim.SGD(v_critic.parameters(), lr=lr_v)
     sched = idql.make_schedule(4)
-    stats = idql.idql_update(actor, q_critic, q_target, v_critic, zero_lr(actor), zero_lr(q_critic), v_opt, sched, buf,
-                             args, 1, True, "cpu")
+    stats = idql.idql_update(
+        actor, q_critic, q_target, v_critic, zero_lr(actor), zero_lr(q_critic), v_opt, sched, buf, args, 1, True, "cpu"
+    )
 
     # V: expectile regression of min(Q1', Q2')(s, a) with weight tau above V(s), 1 - tau below
     v_start, q_target_start = start["v"], start["q_target"]
@@ -119,7 +125,7 @@ def test_idql_update_fits_v_by_expectile_then_q_on_the_updated_v_then_moves_the_
     v_loss = (torch.where(diff > 0, expectile, 1 - expectile) * diff**2).mean()
     assert stats["v_loss"] == pytest.approx(v_loss.item(), rel=1e-5)
     v_grads = torch.autograd.grad(v_loss, list(v_start.parameters()))
-    for p, p0, g in zip(v_critic.parameters(), v0, v_grads):
+    for p, p0, g in zip(v_critic.parameters(), v0, v_grads, strict=True):
         torch.testing.assert_close(p, p0 - lr_v * g)
     # Q: r + gamma (1 - terminated) V_new(s'), with the V just updated; both heads regressed on it
     with torch.no_grad():
@@ -133,7 +139,7 @@ def test_idql_update_fits_v_by_expectile_then_q_on_the_updated_v_then_moves_the_
     assert stats["actor_loss"] == pytest.approx(per_sample.mean().item(), rel=1e-4)
     assert_grads(actor, per_sample.mean())
     # target Q: (1 - tau) target + tau Q (Q did not move: zero learning rate)
-    for p_t, p_t0, p0 in zip(q_target.parameters(), qt0, q0):
+    for p_t, p_t0, p0 in zip(q_target.parameters(), qt0, q0, strict=True):
         torch.testing.assert_close(p_t, (1 - tau) * p_t0 + tau * p0)
 
 
@@ -168,8 +174,9 @@ def test_idql_value_fit_lands_on_the_upper_expectile():
     args = SimpleNamespace(batch_size=n, gamma=0.9, expectile=tau, critic_tau=0.0, denoising_steps=2)
     actor = ConstantNoise()
     for _ in range(400):
-        idql.idql_update(actor, q, q, v_critic, zero_lr(actor), zero_lr(q), v_opt, idql.make_schedule(2), buf, args, 1,
-                         False, "cpu")
+        idql.idql_update(
+            actor, q, q, v_critic, zero_lr(actor), zero_lr(q), v_opt, idql.make_schedule(2), buf, args, 1, False, "cpu"
+        )
     lo, hi = q_values.min().item(), q_values.max().item()  # the expectile by bisection on its first-order condition
     for _ in range(60):
         mid = (lo + hi) / 2
@@ -196,12 +203,22 @@ def test_dipo_update_targets_from_the_target_networks_moves_actions_uphill_and_a
     target_critic = TwoQuadraticQ(3, 0.2, -0.5, c=(0.7, 0.4), w_scale=0.5)
     c0, tc0, ta0 = clone_params(critic), clone_params(target_critic), clone_params(target_actor)
     target_critic_start = copy.deepcopy(target_critic)
-    args = SimpleNamespace(denoising_steps=4, act_steps=act_steps, batch_size=n, gamma=gamma, min_sampling_denoising_std=0.1,
-                           randn_clip_value=3.0, denoised_clip_value=1.0, action_lr=0.05, action_gradient_steps=4,
-                           target_ema_rate=tau)
+    args = SimpleNamespace(
+        denoising_steps=4,
+        act_steps=act_steps,
+        batch_size=n,
+        gamma=gamma,
+        min_sampling_denoising_std=0.1,
+        randn_clip_value=3.0,
+        denoised_clip_value=1.0,
+        action_lr=0.05,
+        action_gradient_steps=4,
+        target_ema_rate=tau,
+    )
     sched = dipo.make_schedule(4)
-    stats = dipo.dipo_update(actor, target_actor, critic, target_critic, zero_lr(actor), zero_lr(critic), sched, buf,
-                             args, 1, True, "cpu")
+    stats = dipo.dipo_update(
+        actor, target_actor, critic, target_critic, zero_lr(actor), zero_lr(critic), sched, buf, args, 1, True, "cpu"
+    )
     assert sampled == ["train"]
 
     # critic: y = r + gamma (1 - term) min(Q1', Q2')(s', a'), a' from the TARGET actor (marker -0.3)
@@ -233,8 +250,12 @@ def test_dipo_update_targets_from_the_target_networks_moves_actions_uphill_and_a
     eps = recorded_noise(actor, sched, moved)
     assert stats["actor_loss"] == pytest.approx(((0.2 - eps) ** 2).mean().item(), rel=1e-4)
     # targets: (1 - tau) target + tau online, for the critic and the actor
-    for p_t, p_t0, p0 in zip(list(target_critic.parameters()) + list(target_actor.parameters()), tc0 + ta0,
-                             c0 + clone_params(actor)):
+    for p_t, p_t0, p0 in zip(
+        list(target_critic.parameters()) + list(target_actor.parameters()),
+        tc0 + ta0,
+        c0 + clone_params(actor),
+        strict=True,
+    ):
         torch.testing.assert_close(p_t, (1 - tau) * p_t0 + tau * p0)
 
 
@@ -275,27 +296,45 @@ def test_dawr_update_critic_on_td_lambda_then_actor_weighted_by_the_updated_adva
     buf.sample_indices = lambda batch_size, generator=None: (pos, env)
     critic, actor = LinearV(3, scale=0.5), ConstantNoise(0.1)
     v0 = clone_params(critic)
-    args = SimpleNamespace(n_steps=rows, num_envs=E, batch_size=rows * E, replay_ratio=1, critic_replay_ratio=1,
-                           gamma=0.9, td_lambda=0.7, td_alpha=0.95, beta=2.0, max_adv_weight=3.0, value_batch_size=4,
-                           max_grad_norm=None)
+    args = SimpleNamespace(
+        n_steps=rows,
+        num_envs=E,
+        batch_size=rows * E,
+        replay_ratio=1,
+        critic_replay_ratio=1,
+        gamma=0.9,
+        td_lambda=0.7,
+        td_alpha=0.95,
+        beta=2.0,
+        max_adv_weight=3.0,
+        value_batch_size=4,
+        max_grad_norm=None,
+    )
     sched = dawr.make_schedule(4)
-    stats = dawr.dawr_update(actor, critic, zero_lr(actor), torch.optim.SGD(critic.parameters(), lr=lr_c), sched, buf,
-                             args, "cpu")
+    stats = dawr.dawr_update(
+        actor, critic, zero_lr(actor), torch.optim.SGD(critic.parameters(), lr=lr_c), sched, buf, args, "cpu"
+    )
 
     obs, next_obs = torch.as_tensor(buf.obs), torch.as_tensor(buf.next_obs)
 
     def targets_with(params):
         v = LinearV(3)
-        v.load_state_dict(dict(zip(["lin.weight", "lin.bias"], params)))
+        v.load_state_dict(dict(zip(["lin.weight", "lin.bias"], params, strict=True)))
         with torch.no_grad():
             values = v(obs.flatten(0, 1)).view(rows, E).double().numpy()
             next_values = v(next_obs.flatten(0, 1)).view(rows, E).double().numpy()
-        return v, values, td_lambda_by_sums(buf.rewards, values, next_values, buf.terminated, buf.truncated, 0.9, 0.7, 0.95)
+        return (
+            v,
+            values,
+            td_lambda_by_sums(buf.rewards, values, next_values, buf.terminated, buf.truncated, 0.9, 0.7, 0.95),
+        )
 
     v_start, _, targets = targets_with(v0)
-    v_loss = ((v_start(torch.as_tensor(buf.obs[pos, env])) - torch.as_tensor(targets[pos, env], dtype=torch.float32)) ** 2).mean()
+    v_loss = (
+        (v_start(torch.as_tensor(buf.obs[pos, env])) - torch.as_tensor(targets[pos, env], dtype=torch.float32)) ** 2
+    ).mean()
     assert stats["value_loss"] == pytest.approx(v_loss.item(), rel=1e-5)
-    for p, p0, g in zip(critic.parameters(), v0, torch.autograd.grad(v_loss, list(v_start.parameters()))):
+    for p, p0, g in zip(critic.parameters(), v0, torch.autograd.grad(v_loss, list(v_start.parameters())), strict=True):
         torch.testing.assert_close(p, p0 - lr_c * g)
     # advantages from the UPDATED critic, standardised over the minibatch, w = min(exp(beta A), w_max)
     _, values, targets = targets_with(clone_params(critic))
@@ -321,12 +360,14 @@ def test_drwr_update_weights_each_sample_of_each_minibatch():
     opt = torch.optim.SGD(actor.parameters(), lr=0.1)
     args = SimpleNamespace(batch_size=batch_size, update_epochs=1, max_grad_norm=None)
     c = actor.c.item()
-    loss, steps = drwr.drwr_update(actor, opt, sched, obs, chunks, weights, args, generator=torch.Generator().manual_seed(5))
+    loss, steps = drwr.drwr_update(
+        actor, opt, sched, obs, chunks, weights, args, generator=torch.Generator().manual_seed(5)
+    )
     assert steps == 2
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(5))  # the minibatches the update drew
     losses = []
     for k, (x_t, t) in enumerate(actor.seen):
-        idx = perm[k * batch_size:(k + 1) * batch_size]
+        idx = perm[k * batch_size : (k + 1) * batch_size]
         ab = sched["alpha_bar"][t].view(-1, 1, 1)
         eps = (x_t - ab.sqrt() * chunks[idx]) / (1 - ab).sqrt()
         per_sample = ((c - eps) ** 2).mean(dim=(1, 2))

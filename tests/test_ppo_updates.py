@@ -49,13 +49,17 @@ def grads(module):
 
 
 def expected_grads(loss, module):
-    return [g if g is not None else torch.zeros_like(p)
-            for g, p in zip(torch.autograd.grad(loss, list(module.parameters()), allow_unused=True), module.parameters())]
+    return [
+        g if g is not None else torch.zeros_like(p)
+        for g, p in zip(
+            torch.autograd.grad(loss, list(module.parameters()), allow_unused=True), module.parameters(), strict=True
+        )
+    ]
 
 
 def assert_grads_close(actual, expected):
     assert len(actual) == len(expected)
-    for a, e in zip(actual, expected):
+    for a, e in zip(actual, expected, strict=True):
         torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-6)
 
 
@@ -99,16 +103,22 @@ def _gaussian_batch(n=16, Tp=2, Da=2, obs_dim=3):
     actions = torch.randn(n, Tp, Da, generator=g) * 0.3
     with torch.no_grad():
         old = gaussian_logp(policy, obs, actions) - spread_ratios(n)
-    batch = dict(obs=obs, actions=actions, logprobs=old, advantages=alternating_advantages(n),
-                 returns=torch.randn(n, generator=g))
+    batch = dict(
+        obs=obs,
+        actions=actions,
+        logprobs=old,
+        advantages=alternating_advantages(n),
+        returns=torch.randn(n, generator=g),
+    )
     return policy, critic, batch
 
 
 def test_gaussian_ppo_update_matches_the_clipped_surrogate_value_loss_and_entropy():
     policy, critic, batch = _gaussian_batch()
     n = len(batch["obs"])
-    args = gaussian_ppo.Args(batch_size=n, update_epochs=1, clip_coef=0.2, vf_coef=0.7, ent_coef=0.05, target_kl=None,
-                             max_grad_norm=None)
+    args = gaussian_ppo.Args(
+        batch_size=n, update_epochs=1, clip_coef=0.2, vf_coef=0.7, ent_coef=0.05, target_kl=None, max_grad_norm=None
+    )
     stats = gaussian_ppo.ppo_update(policy, critic, zero_lr_sgd(policy), zero_lr_sgd(critic), batch, args)
     got_actor, got_critic = grads(policy), grads(critic)
 
@@ -160,10 +170,16 @@ def test_gmm_ppo_update_matches_the_clipped_surrogate_value_loss_and_entropy():
     obs, actions = torch.randn(n, 1, obs_dim, generator=g), torch.randn(n, Tp, Da, generator=g) * 0.3
     with torch.no_grad():
         old = gmm_logp(policy, obs, actions) - spread_ratios(n)
-    batch = dict(obs=obs, actions=actions, logprobs=old, advantages=alternating_advantages(n, -0.4),
-                 returns=torch.randn(n, generator=g))
-    args = gmm_ppo.Args(batch_size=n, update_epochs=1, clip_coef=0.2, vf_coef=0.7, ent_coef=0.05, target_kl=None,
-                        max_grad_norm=None)
+    batch = dict(
+        obs=obs,
+        actions=actions,
+        logprobs=old,
+        advantages=alternating_advantages(n, -0.4),
+        returns=torch.randn(n, generator=g),
+    )
+    args = gmm_ppo.Args(
+        batch_size=n, update_epochs=1, clip_coef=0.2, vf_coef=0.7, ent_coef=0.05, target_kl=None, max_grad_norm=None
+    )
     stats = gmm_ppo.ppo_update(policy, critic, zero_lr_sgd(policy), zero_lr_sgd(critic), batch, args)
     got_actor, got_critic = grads(policy), grads(critic)
 
@@ -203,11 +219,21 @@ def _dppo_batch(n=8, K=6, K_ft=3, Tp=3, Da=2, obs_dim=3, act_steps=2):
     obs = torch.randn(n, 1, obs_dim, generator=g)
     chains = torch.randn(n, K_ft + 1, Tp, Da, generator=g) * 0.5
     with torch.no_grad():
-        current = torch.stack([stand_in_step_log_prob(net, chains[:, j], chains[:, j + 1], ft_t[j].expand(n), act_steps)
-                               for j in range(K_ft)], 1)
+        current = torch.stack(
+            [
+                stand_in_step_log_prob(net, chains[:, j], chains[:, j + 1], ft_t[j].expand(n), act_steps)
+                for j in range(K_ft)
+            ],
+            1,
+        )
     old = current - spread_ratios(n * K_ft).view(n, K_ft)
-    batch = dict(obs=obs, chains=chains, logprobs=old, advantages=alternating_advantages(n, 0.5),
-                 returns=torch.randn(n, generator=g))
+    batch = dict(
+        obs=obs,
+        chains=chains,
+        logprobs=old,
+        advantages=alternating_advantages(n, 0.5),
+        returns=torch.randn(n, generator=g),
+    )
     return net, critic, batch, ft_t, ft_t_prev
 
 
@@ -227,11 +253,21 @@ def test_dppo_update_uses_per_step_clip_denoising_discount_and_pair_normalized_a
     n, K_ft, act_steps = 8, 3, 2
     net, critic, batch, ft_t, ft_t_prev = _dppo_batch(n=n, K_ft=K_ft, act_steps=act_steps)
     clip, clip_base, rate, gamma_d = 0.3, 0.05, 3.0, 0.7
-    args = dppo.Args(batch_size=n * K_ft, update_epochs=1, act_steps=act_steps, clip_ploss_coef=clip,
-                     clip_ploss_coef_base=clip_base, clip_ploss_coef_rate=rate, gamma_denoising=gamma_d, vf_coef=0.7,
-                     target_kl=None, max_grad_norm=None)
-    stats = dppo.ppo_update(net, critic, zero_lr_sgd(net), zero_lr_sgd(critic), dppo.make_schedule(6), batch, args,
-                            ft_t, ft_t_prev, False)
+    args = dppo.Args(
+        batch_size=n * K_ft,
+        update_epochs=1,
+        act_steps=act_steps,
+        clip_ploss_coef=clip,
+        clip_ploss_coef_base=clip_base,
+        clip_ploss_coef_rate=rate,
+        gamma_denoising=gamma_d,
+        vf_coef=0.7,
+        target_kl=None,
+        max_grad_norm=None,
+    )
+    stats = dppo.ppo_update(
+        net, critic, zero_lr_sgd(net), zero_lr_sgd(critic), dppo.make_schedule(6), batch, args, ft_t, ft_t_prev, False
+    )
     got_actor, got_critic = grads(net), grads(critic)
     for t, t_prev in stand_in_denoising_log_prob:  # each pair's log-prob asked at its own (t, t_prev)
         assert ((t - t_prev) == 1).all() and set(t.tolist()) <= set(ft_t.tolist())
@@ -247,7 +283,7 @@ def test_dppo_update_uses_per_step_clip_denoising_discount_and_pair_normalized_a
             eps = clip_base + (clip - clip_base) * (math.exp(rate * u) - 1) / (math.exp(rate) - 1)
             adv = adv_pairs[i * K_ft + j] * gamma_d ** (K_ft - 1 - j)  # denoising discount after normalisation
             pg_terms.append(surrogate(adv, ratio, eps))
-            v_terms.append(0.5 * (critic(batch["obs"][i:i + 1])[0] - batch["returns"][i]) ** 2)
+            v_terms.append(0.5 * (critic(batch["obs"][i : i + 1])[0] - batch["returns"][i]) ** 2)
     pg, v = torch.stack(pg_terms).mean(), torch.stack(v_terms).mean()
     assert stats["policy_loss"] == pytest.approx(pg.item(), rel=1e-5)
     assert stats["value_loss"] == pytest.approx(v.item(), rel=1e-5)
@@ -260,7 +296,9 @@ def test_dppo_warmup_moves_the_critic_only(stand_in_denoising_log_prob):
     args = dppo.Args(batch_size=24, update_epochs=1, act_steps=2, target_kl=None)
     theta0, w0 = net.theta.detach().clone(), critic.lin.weight.detach().clone()
     aopt, copt = torch.optim.SGD(net.parameters(), lr=0.1), torch.optim.SGD(critic.parameters(), lr=0.1)
-    dppo.ppo_update(net, critic, aopt, copt, dppo.make_schedule(6), batch, args, ft_t, ft_t_prev, False, update_actor=False)
+    dppo.ppo_update(
+        net, critic, aopt, copt, dppo.make_schedule(6), batch, args, ft_t, ft_t_prev, False, update_actor=False
+    )
     assert torch.equal(net.theta, theta0)
     torch.testing.assert_close(critic.lin.weight, w0 - 0.1 * critic.lin.weight.grad)
 
@@ -287,19 +325,39 @@ def test_exact_likelihood_update_clamps_log_likelihoods_and_accumulates_pieces(m
     actor_ft, critic = ChunkShift(obs_dim, Da), LinearCritic(obs_dim)
     obs, chunks = torch.randn(n, 1, obs_dim, generator=g), torch.randn(n, Tp, Da, generator=g)
     chunks[:3] *= 4.0  # far chunks: log-likelihood below logprob_min, clamped (no gradient)
-    monkeypatch.setattr(exact_likelihood_pg, "action_log_likelihood",
-                        lambda actor, a_ft, ft, sde, o, c, args, probes=None, create_graph=False:
-                        stand_in_chunk_log_likelihood(a_ft, o, c))
+    monkeypatch.setattr(
+        exact_likelihood_pg,
+        "action_log_likelihood",
+        lambda actor, a_ft, ft, sde, o, c, args, probes=None, create_graph=False: stand_in_chunk_log_likelihood(
+            a_ft, o, c
+        ),
+    )
     lo, hi = -3.0, 2.0
     with torch.no_grad():
         old = stand_in_chunk_log_likelihood(actor_ft, obs, chunks) - spread_ratios(n)
     old[3] = -10.0  # an old log-likelihood below the range is clamped too
-    batch = dict(obs=obs, chunks=chunks, logprobs=old, advantages=alternating_advantages(n, -0.2),
-                 returns=torch.randn(n, generator=g), probes=None)
-    args = exact_likelihood_pg.Args(batch_size=n, grad_chunk_size=5, update_epochs=1, clip_ploss_coef=0.2, vf_coef=0.7,
-                                    logprob_min=lo, logprob_max=hi, target_kl=None, max_grad_norm=None)
-    stats = exact_likelihood_pg.ppo_update(None, actor_ft, critic, zero_lr_sgd(actor_ft), zero_lr_sgd(critic), None,
-                                           batch, args)
+    batch = dict(
+        obs=obs,
+        chunks=chunks,
+        logprobs=old,
+        advantages=alternating_advantages(n, -0.2),
+        returns=torch.randn(n, generator=g),
+        probes=None,
+    )
+    args = exact_likelihood_pg.Args(
+        batch_size=n,
+        grad_chunk_size=5,
+        update_epochs=1,
+        clip_ploss_coef=0.2,
+        vf_coef=0.7,
+        logprob_min=lo,
+        logprob_max=hi,
+        target_kl=None,
+        max_grad_norm=None,
+    )
+    stats = exact_likelihood_pg.ppo_update(
+        None, actor_ft, critic, zero_lr_sgd(actor_ft), zero_lr_sgd(critic), None, batch, args
+    )
     got_actor, got_critic = grads(actor_ft), grads(critic)
 
     new = stand_in_chunk_log_likelihood(actor_ft, obs, chunks)
@@ -326,7 +384,9 @@ def test_gaussian_update_raises_the_log_prob_of_the_positive_advantage_action():
         old = gaussian_ppo.log_prob(*policy(obs), actions)
     batch = dict(obs=obs, actions=actions, logprobs=old, advantages=torch.tensor([1.0, -1.0]), returns=torch.zeros(2))
     args = gaussian_ppo.Args(batch_size=2, update_epochs=1, clip_coef=0.2, target_kl=None)
-    gaussian_ppo.ppo_update(policy, critic, torch.optim.SGD(policy.parameters(), lr=1e-2), zero_lr_sgd(critic), batch, args)
+    gaussian_ppo.ppo_update(
+        policy, critic, torch.optim.SGD(policy.parameters(), lr=1e-2), zero_lr_sgd(critic), batch, args
+    )
     with torch.no_grad():
         new = gaussian_ppo.log_prob(*policy(obs), actions)
     assert new[0] > old[0] and new[1] < old[1], (old, new)
@@ -340,19 +400,53 @@ def test_dppo_update_raises_the_log_prob_of_the_positive_advantage_chain():
     sched, plan = dppo.make_schedule(K), dppo.denoising_plan(K, None)
     ft_t, ft_t_prev = dppo.fine_tuned_timesteps(plan, K_ft)
     obs = torch.zeros(n, 1, 3)
-    _, chains = dppo.sample(net, net, sched, obs, plan, K_ft, Tp, Da, "train", generator=torch.Generator().manual_seed(1))
+    _, chains = dppo.sample(
+        net, net, sched, obs, plan, K_ft, Tp, Da, "train", generator=torch.Generator().manual_seed(1)
+    )
 
     def logp():
         with torch.no_grad():
-            return torch.stack([dppo.denoising_log_prob(net, sched, obs, chains[:, j], chains[:, j + 1], ft_t[j].expand(n),
-                                                        ft_t_prev[j].expand(n), False, Tp, 0.1) for j in range(K_ft)], 1)
+            return torch.stack(
+                [
+                    dppo.denoising_log_prob(
+                        net,
+                        sched,
+                        obs,
+                        chains[:, j],
+                        chains[:, j + 1],
+                        ft_t[j].expand(n),
+                        ft_t_prev[j].expand(n),
+                        False,
+                        Tp,
+                        0.1,
+                    )
+                    for j in range(K_ft)
+                ],
+                1,
+            )
 
     old = logp()
     advantages = torch.tensor([1.0, -1.0, 1.0, -1.0])
     batch = dict(obs=obs, chains=chains, logprobs=old, advantages=advantages, returns=torch.zeros(n))
-    args = dppo.Args(batch_size=n * K_ft, update_epochs=1, act_steps=Tp, clip_ploss_coef=0.2, clip_ploss_coef_base=0.2,
-                     target_kl=None)
-    dppo.ppo_update(net, critic, torch.optim.SGD(net.parameters(), lr=1e-2), zero_lr_sgd(critic), sched, batch, args,
-                    ft_t, ft_t_prev, False)
+    args = dppo.Args(
+        batch_size=n * K_ft,
+        update_epochs=1,
+        act_steps=Tp,
+        clip_ploss_coef=0.2,
+        clip_ploss_coef_base=0.2,
+        target_kl=None,
+    )
+    dppo.ppo_update(
+        net,
+        critic,
+        torch.optim.SGD(net.parameters(), lr=1e-2),
+        zero_lr_sgd(critic),
+        sched,
+        batch,
+        args,
+        ft_t,
+        ft_t_prev,
+        False,
+    )
     change = (logp() - old).sum(1)  # summed over the fine-tuned steps of each chain
     assert (change[advantages > 0] > 0).all() and (change[advantages < 0] < 0).all(), change

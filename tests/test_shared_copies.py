@@ -86,9 +86,11 @@ def test_cosine_schedule_and_posterior_constants(name):
     np.testing.assert_allclose(module.cosine_beta_schedule(K).numpy(), betas, rtol=1e-5)
     sched = {k: v.double().numpy() for k, v in module.make_schedule(K).items()}
     np.testing.assert_allclose(sched["alpha_bar"], alpha_bar, rtol=1e-4)
-    for key, value in dict(posterior_var=betas * (1 - alpha_bar_prev) / (1 - alpha_bar),
-                           coef_x0=betas * np.sqrt(alpha_bar_prev) / (1 - alpha_bar),
-                           coef_xt=(1 - alpha_bar_prev) * np.sqrt(1 - betas) / (1 - alpha_bar)).items():
+    for key, value in dict(
+        posterior_var=betas * (1 - alpha_bar_prev) / (1 - alpha_bar),
+        coef_x0=betas * np.sqrt(alpha_bar_prev) / (1 - alpha_bar),
+        coef_xt=(1 - alpha_bar_prev) * np.sqrt(1 - betas) / (1 - alpha_bar),
+    ).items():
         np.testing.assert_allclose(sched[key], value, rtol=1e-4, atol=1e-7, err_msg=key)
 
 
@@ -144,7 +146,7 @@ def test_denoising_loss_is_the_noise_mse_at_the_forward_marginal(name):
     net = RecordingEps(0.3)
     torch.manual_seed(1)
     loss = module.pretrain_loss(net, sched, x0, torch.zeros(B, 1, 2), K)
-    (x_t, t), = net.seen
+    ((x_t, t),) = net.seen
     assert t.min() >= 0 and t.max() <= K - 1 and len(set(t.tolist())) > 3  # uniform over all K steps
     ab = sched["alpha_bar"][t].view(-1, 1, 1)
     eps = (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()  # x_t = sqrt(ab) x0 + sqrt(1 - ab) eps
@@ -160,7 +162,7 @@ def test_target_update_moves_tau_of_the_way(name):
     target, source = nn.Linear(3, 2), nn.Linear(3, 2)
     before = [p.detach().clone() for p in target.parameters()]
     update(target, source, 0.1)
-    for p_t, p0, p in zip(target.parameters(), before, source.parameters()):
+    for p_t, p0, p in zip(target.parameters(), before, source.parameters(), strict=True):
         torch.testing.assert_close(p_t, 0.9 * p0 + 0.1 * p)
     assert all(not p.requires_grad or p.grad is None for p in target.parameters())
 
