@@ -350,6 +350,58 @@ def test_dawr_update_critic_on_td_lambda_then_actor_weighted_by_the_updated_adva
     assert_grads(actor, actor_loss)
 
 
+def test_dawr_updates_move_the_policy_toward_the_higher_advantage_chunk():
+    """One state, two chunks (+0.5 with reward 1, -0.5 with reward 0), a critic that does not learn: the advantage
+    weights favour +0.5, so the actor, behaviour-cloned on both equally often, ends up sampling +0.5."""
+    torch.manual_seed(0)
+    rows, E = 4, 16
+    buf = dawr.ReplayBuffer(rows, E, (1, 2), (1, 1))
+    good = np.arange(E) % 2 == 0
+    for _ in range(rows):
+        chunk = np.where(good, 0.5, -0.5).reshape(E, 1, 1)
+        buf.add(np.zeros((E, 1, 2)), chunk, good.astype(float), np.ones(E), np.zeros(E), np.zeros((E, 1, 2)))
+
+    class Zero(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unused = nn.Parameter(torch.zeros(()))
+
+        def forward(self, obs):
+            return torch.zeros(obs.shape[0]) + 0 * self.unused
+
+    actor = dawr.DiffusionMLP(2, 1, 1, 1, time_dim=8, mlp_dims=(32, 32, 32))
+    sched = dawr.make_schedule(6)
+    args = SimpleNamespace(
+        n_steps=rows,
+        num_envs=E,
+        batch_size=16,
+        replay_ratio=40,
+        critic_replay_ratio=1,
+        gamma=0.9,
+        td_lambda=0.9,
+        td_alpha=1.0,
+        beta=10.0,
+        max_adv_weight=100.0,
+        value_batch_size=64,
+        max_grad_norm=None,
+    )
+    critic = Zero()
+    stats = dawr.dawr_update(
+        actor,
+        critic,
+        torch.optim.Adam(actor.parameters(), lr=3e-3),
+        zero_lr(critic),
+        sched,
+        buf,
+        args,
+        "cpu",
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert stats["actor_steps"] == 160
+    actions = dawr.sample(actor, sched, torch.zeros(200, 1, 2), 1, 1, "eval")
+    assert (actions > 0).float().mean().item() > 0.9  # unweighted behaviour cloning would give about half
+
+
 # ---- DRWR --------------------------------------------------------------------------------------------
 def test_drwr_update_weights_each_sample_of_each_minibatch():
     n, batch_size = 6, 3

@@ -392,6 +392,24 @@ def test_gaussian_update_raises_the_log_prob_of_the_positive_advantage_action():
     assert new[0] > old[0] and new[1] < old[1], (old, new)
 
 
+def test_gmm_update_raises_the_log_prob_of_the_positive_advantage_action():
+    torch.manual_seed(0)
+    policy = gmm_ppo.GMMPolicy(3, 2, 2, 1, num_modes=3, mlp_dims=(16, 16, 16))
+    critic = gmm_ppo.Critic(3, 1, (8, 8, 8))
+    obs = torch.zeros(2, 1, 3)
+    with torch.no_grad():
+        means, _, logits = policy(obs)
+    actions = gmm_ppo.mode_action(means, logits) + torch.tensor([0.05, -0.05]).view(2, 1, 1)
+    with torch.no_grad():
+        old = gmm_ppo.log_prob(*policy(obs), actions)
+    batch = dict(obs=obs, actions=actions, logprobs=old, advantages=torch.tensor([1.0, -1.0]), returns=torch.zeros(2))
+    args = gmm_ppo.Args(batch_size=2, update_epochs=1, clip_coef=0.2, target_kl=None)
+    gmm_ppo.ppo_update(policy, critic, torch.optim.SGD(policy.parameters(), lr=1e-2), zero_lr_sgd(critic), batch, args)
+    with torch.no_grad():
+        new = gmm_ppo.log_prob(*policy(obs), actions)
+    assert new[0] > old[0] and new[1] < old[1], (old, new)
+
+
 def test_dppo_update_raises_the_log_prob_of_the_positive_advantage_chain():
     torch.manual_seed(0)
     K, K_ft, Tp, Da, n = 6, 2, 2, 2, 4
