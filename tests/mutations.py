@@ -1,6 +1,6 @@
 """Break one algorithm line at a time in a scratch copy of the repository and check that its guarding test fails.
 
-    python tests/mutations.py            # every mutation below (about 10 minutes on 2 cores)
+    python tests/mutations.py            # every mutation below (about 15 minutes on 2 busy cores)
     python tests/mutations.py gae ppo    # only those whose name contains one of the words
 
 Each entry of MUTATIONS is a line `name | script in cleandppo/ | the tests that must fail (a file, optionally with
