@@ -52,7 +52,7 @@ if "gaussian" not in cli.skip:
         ab = sde.alpha_bar(1 / K)
         var = ab * s**2 + 1 - ab  # marginal N(sqrt(ab) mu, var I) at t_min
 
-        def eps_fn(y, t):
+        def eps_fn(y, t, s=s):  # s of this iteration (the closure is used inside it)
             a = sde.alpha_bar(t)
             return math.sqrt(1 - a) * (y - math.sqrt(a) * mu) / (a * s**2 + 1 - a)
 

@@ -188,7 +188,7 @@ def record_random_hopper(path, episodes=3, seed=0, max_steps=200):
             action = rng.uniform(-0.3, 0.3, 3).astype(np.float32)
             next_obs, reward, term, trunc, _ = env.step(action)
             timeout = t == max_steps - 1 and not term
-            for k, v in zip(keys, (obs, action, reward, term, timeout, next_obs)):
+            for k, v in zip(keys, (obs, action, reward, term, timeout, next_obs), strict=True):
                 keys[k].append(v)
             obs = next_obs
             if term or timeout:

@@ -77,7 +77,7 @@ def test_action_gradient_first_adam_step_and_ascent_on_quadratic_critic():
     assert critic.dummy.grad is None  # the critic's weights are untouched
     # more steps keep increasing Q and approach the maximiser
     qs = [critic(obs, dipo.action_gradient(critic, obs, actions, 0.05, k, 100.0))[0] for k in range(0, 8)]
-    for before, after in zip(qs, qs[1:]):
+    for before, after in zip(qs, qs[1:], strict=False):  # consecutive pairs
         assert (after >= before - 1e-6).all()
     assert (qs[-1] > qs[0]).all()
     # the maximiser outside [-1, 1]: actions stop at the bound
@@ -87,7 +87,7 @@ def test_action_gradient_first_adam_step_and_ascent_on_quadratic_critic():
 
 def test_ema_update_and_replay_buffer_fifo():
     target, source = nn.Linear(1, 1), nn.Linear(1, 1)
-    for p_t, p in zip(target.parameters(), source.parameters()):
+    for p_t, p in zip(target.parameters(), source.parameters(), strict=True):
         p_t.data.fill_(0.0)
         p.data.fill_(1.0)
     dipo.ema_update(target, source, 0.005)
@@ -127,7 +127,7 @@ def test_dipo_update_writes_moved_actions_back():
     stats = dipo.dipo_update(actor, target_actor, critic, target_critic, actor_opt, critic_opt, sched, buf, args, 1,
                              False, "cpu")
     assert "actor_loss" not in stats and np.array_equal(buf.actions, before)  # critic warm-up: nothing moves
-    assert all(torch.equal(a, b) for a, b in zip(actor_before, actor.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(actor_before, actor.parameters(), strict=True))
 
     stats = dipo.dipo_update(actor, target_actor, critic, target_critic, actor_opt, critic_opt, sched, buf, args, 1,
                              True, "cpu")
@@ -136,7 +136,7 @@ def test_dipo_update_writes_moved_actions_back():
     assert stats["action_q_gain"] > 0 and stats["action_shift"] > 0
     assert {"q_loss", "actor_loss", "q1_mean", "q2_mean", "target_q_mean"} <= set(stats)
     # target actor = EMA(0.5) of the actor after its step
-    for p_t, p, p0 in zip(target_actor.parameters(), actor.parameters(), actor_before):
+    for p_t, p, p0 in zip(target_actor.parameters(), actor.parameters(), actor_before, strict=True):
         torch.testing.assert_close(p_t, 0.5 * p0 + 0.5 * p)
 
 

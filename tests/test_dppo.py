@@ -8,8 +8,17 @@ import torch
 import torch.nn as nn
 
 from cleandppo import dppo
-from conftest import (TINY_DIFFUSION, cli_fails, main_fails, read_checkpoint, read_summary, run_main, run_script,
-                      scalar_tags, stub_checkpoint)
+from conftest import (
+    TINY_DIFFUSION,
+    cli_fails,
+    main_fails,
+    read_checkpoint,
+    read_summary,
+    run_main,
+    run_script,
+    scalar_tags,
+    stub_checkpoint,
+)
 
 
 class ConstantEps(nn.Module):
@@ -109,12 +118,10 @@ def test_recorded_chain_log_prob_is_the_sum_of_independent_gaussian_steps():
     assert chain.shape == (4, K_ft + 1, Tp, Da)
     ft_t, ft_t_prev = dppo.fine_tuned_timesteps(plan, K_ft)
     assert ft_t.tolist() == [4, 3, 2, 1, 0]  # j = 0 is the noisiest fine-tuned step
-    total = torch.zeros(4)
     for j in range(K_ft):
         t = ft_t[j].item()
         lp = dppo.denoising_log_prob(actor_ft, sched, obs, chain[:, j], chain[:, j + 1], ft_t[j].expand(4),
                                      ft_t_prev[j].expand(4), False, Tp, min_std)
-        total += lp * Tp * Da
         # independent computation of the same step: DDPM posterior with x0 from eps = a x + b t
         x = chain[:, j]
         eps = 0.35 * x + 0.02 * t
@@ -124,7 +131,6 @@ def test_recorded_chain_log_prob_is_the_sum_of_independent_gaussian_steps():
         std = max(math.sqrt(max(beta * (1 - ab_prev) / (1 - ab), 1e-20)), min_std)
         expected = torch.distributions.Normal(mu, std).log_prob(chain[:, j + 1]).clamp(-5, 2).sum(dim=(1, 2))
         torch.testing.assert_close(lp * Tp * Da, expected, rtol=1e-5, atol=1e-5)
-    assert torch.isfinite(total).all()
 
 
 def test_only_the_first_act_steps_count_in_the_log_prob():
@@ -189,7 +195,7 @@ def test_resume_from_a_checkpoint_gives_the_same_next_update(tmp_path):
     aopt2.load_state_dict(ckpt["actor_optimizer"])
     copt2.load_state_dict(ckpt["critic_optimizer"])
     dppo.ppo_update(net2, critic2, aopt2, copt2, sched, batch, args, ft_t, ft_t_prev, False, generator=torch.Generator().manual_seed(5))
-    for a, b in zip(list(net.parameters()) + list(critic.parameters()), list(net2.parameters()) + list(critic2.parameters())):
+    for a, b in zip(list(net.parameters()) + list(critic.parameters()), list(net2.parameters()) + list(critic2.parameters()), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
@@ -213,6 +219,45 @@ def test_pretrained_diffusion_samples_both_modes_of_a_1d_toy():
     assert near_pos > 0.3 and near_neg > 0.3 and near_pos + near_neg > 0.85
 
 
+# ---- pre-training: the saved weights are the EMA of the trained ones -----------------------------------
+def test_pretraining_saves_the_ema_of_the_weights(tiny_dataset, tmp_path, monkeypatch):
+    """Every ema_freq gradient steps: the EMA copy follows the weights before ema_start_epoch, afterwards
+    ema <- decay ema + (1 - decay) weights. The optimiser is wrapped to record the weights after every step."""
+    trajectory = []
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def __init__(self, params, **kw):
+            params = list(params)
+            super().__init__(params, **kw)
+            self.watched = params
+            trajectory.append([p.detach().clone() for p in params])  # the initial weights
+
+        def step(self, *a, **k):
+            out = super().step(*a, **k)
+            trajectory.append([p.detach().clone() for p in self.watched])
+            return out
+
+    monkeypatch.setattr(torch.optim, "AdamW", RecordingAdamW)
+    epochs, freq, start, decay = 4, 2, 2, 0.6
+    run_main(dppo, "--dataset", tiny_dataset, "--pretrain-only", "--pretrain-epochs", epochs, "--pretrain-batch-size",
+             "64", "--ema-freq", freq, "--ema-start-epoch", start, "--ema-decay", decay, "--run-dir", tmp_path / "pre",
+             "--eval-episodes", "1", *TINY_DIFFUSION)
+    steps = len(trajectory) - 1
+    per_epoch = steps // epochs
+    assert steps == per_epoch * epochs and per_epoch >= 3
+    ema = trajectory[0]
+    for step in range(1, steps + 1):
+        if step % freq == 0:
+            weights = trajectory[step]
+            ema = weights if (step - 1) // per_epoch < start else [decay * e + (1 - decay) * w for e, w in zip(ema, weights, strict=True)]
+    ckpt = torch.load(str(tmp_path / "pre" / "pretrained.pt"), weights_only=False)
+    net = dppo.build_network(ckpt["model_kwargs"])
+    net.load_state_dict(ckpt["model"])
+    for p, e in zip(net.parameters(), ema, strict=True):
+        torch.testing.assert_close(p, e, rtol=1e-5, atol=1e-6)
+    assert not all(torch.equal(p, w) for p, w in zip(net.parameters(), trajectory[-1], strict=True))  # not the last weights
+
+
 # ---- evaluation uses the fine-tuned network ---------------------------------------------------------
 def test_evaluation_runs_the_fine_tuned_network_for_the_fine_tuned_steps(monkeypatch, tmp_path):
     kw = dict(obs_dim=3, action_dim=1, horizon_steps=2, cond_steps=1, denoising_steps=6, backbone="mlp", time_dim=8,
@@ -225,7 +270,7 @@ def test_evaluation_runs_the_fine_tuned_network_for_the_fine_tuned_steps(monkeyp
     ckpt = dict(model_kwargs=kw, model=base.state_dict(), model_ft=tuned.state_dict(), ft_denoising_steps=3)
     actor, actor_ft, eval_ft = dppo.build_actors(ckpt, 3, torch.device("cpu"))
     assert eval_ft == 3
-    for p, q in zip(actor_ft.parameters(), tuned.parameters()):
+    for p, q in zip(actor_ft.parameters(), tuned.parameters(), strict=True):
         assert torch.equal(p, q)
     captured = {}
 
@@ -302,32 +347,45 @@ def test_gaussian_checkpoint_is_refused(tmp_path):
     main_fails(dppo, dppo.Args(checkpoint=path, run_dir=str(tmp_path / "r")), "holds a gaussian policy")
 
 
-def test_ctrl_c_writes_a_checkpoint_then_resumes(tiny_diffusion_checkpoint, tmp_path):
-    """SIGINT during training writes checkpoint_last.pt (exit 130); passing it back resumes there."""
-    import os
-    import signal
-    import subprocess
-    import sys
+def interrupt_in_second_update(monkeypatch, checkpoint, run, flags):
+    """Run dppo in-process and raise KeyboardInterrupt (what Python raises on SIGINT) inside the second update, i.e.
+    after the second rollout; returns the SystemExit."""
+    real_update, calls = dppo.ppo_update, []
 
-    from conftest import ROOT
+    def interrupted_update(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_update(*args, **kwargs)
 
+    monkeypatch.setattr(dppo, "ppo_update", interrupted_update)
+    with pytest.raises(SystemExit) as e:
+        run_main(dppo, "--checkpoint", checkpoint, "--run-dir", run, "--total-timesteps", "320", *flags)
+    monkeypatch.setattr(dppo, "ppo_update", real_update)
+    return e.value
+
+
+CTRL_C_FLAGS = ["--num-envs", "2", "--n-steps", "4", "--batch-size", "8", "--eval-episodes", "1", "--eval-freq", "1000",
+                *TINY_DIFFUSION]
+
+
+def test_ctrl_c_writes_a_checkpoint_then_resumes(tiny_diffusion_checkpoint, tmp_path, monkeypatch, capsys):
+    """Ctrl-C during training writes checkpoint_last.pt of the last finished iteration and exits with 130; passing
+    it back resumes there. In-process and event-driven: nothing waits on a subprocess or depends on machine load."""
     run = tmp_path / "run"
-    flags = ["--checkpoint", tiny_diffusion_checkpoint, "--run-dir", str(run), "--num-envs", "2", "--n-steps", "4",
-             "--batch-size", "8", "--total-timesteps", "100000", "--eval-episodes", "1", "--eval-freq", "1000", *TINY_DIFFUSION]
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "cleandppo", "dppo.py"), *flags], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    for line in proc.stdout:  # wait until the second iteration has finished
-        if line.startswith("iter 2/"):
-            break
-    proc.send_signal(signal.SIGINT)
-    out = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 130 and "[interrupted] checkpoint written" in out
-    ckpt = torch.load(str(run / "checkpoint_last.pt"), weights_only=False)
-    assert ckpt["iteration"] >= 2 and ckpt["env_steps"] == ckpt["iteration"] * 2 * 4 * 4
-    done = ckpt["iteration"]
-    resumed = tmp_path / "resumed"
-    total = (done + 1) * 2 * 4 * 4
-    proc = run_script("dppo.py", "--checkpoint", run / "checkpoint_last.pt", "--run-dir", resumed,
-                      "--num-envs", "2", "--n-steps", "4", "--batch-size", "8", "--total-timesteps", total,
-                      "--eval-episodes", "1", "--eval-freq", "1000", *TINY_DIFFUSION)
-    assert f"iter {done + 1}/{done + 1}" in proc.stdout and "iter 1/" not in proc.stdout
+    exit_ = interrupt_in_second_update(monkeypatch, tiny_diffusion_checkpoint, run, CTRL_C_FLAGS)
+    assert exit_.code == 130 and "[interrupted] checkpoint written" in capsys.readouterr().out
+    read_checkpoint(run, iteration=1)
+    run_main(dppo, "--checkpoint", run / "checkpoint_last.pt", "--run-dir", tmp_path / "resumed", "--total-timesteps",
+             2 * 2 * 4 * 4, *CTRL_C_FLAGS)
+    out = capsys.readouterr().out
+    assert "iter 2/2" in out and "iter 1/" not in out
+
+
+@pytest.mark.xfail(strict=True, reason="bug: the interrupt checkpoint counts the env steps of the unfinished "
+                   "iteration's rollout (64 instead of 32); fixed by the reliability pass (branch of /work/wt-rel) - "
+                   "remove this marker when merging it")
+def test_ctrl_c_checkpoint_counts_only_the_finished_iterations_env_steps(tiny_diffusion_checkpoint, tmp_path,
+                                                                         monkeypatch):
+    interrupt_in_second_update(monkeypatch, tiny_diffusion_checkpoint, tmp_path / "run", CTRL_C_FLAGS)
+    read_checkpoint(tmp_path / "run", iteration=1, env_steps=2 * 4 * 4)

@@ -65,3 +65,36 @@ def test_actor_update_moves_samples_up_a_quadratic_q():
         return dql.dql_actor_loss(actor, critic, sched, obs, data(), K, 1, 1.0, i % 2 == 0)[0]
 
     assert_actor_update_climbs_quadratic_q(dql, loss, iters=25)
+
+
+@pytest.mark.parametrize("use_q1", [True, False])
+def test_actor_loss_is_bc_plus_eta_times_the_normalised_q_of_the_sampled_executed_actions(use_q1, monkeypatch):
+    """L = L_bc(buffer chunks) + eta * (-mean Q_a(s, a_new[:Ta]) / mean |Q_b|), (a, b) = (1, 2) or (2, 1) by the coin.
+    The sampler is a stand-in whose chunk depends on the actor's constant c (so the chain's gradient is known)."""
+    calls = []
+
+    def fake_sample(actor, sched, obs, K, horizon_steps, action_dim, mode, *rest, grad=False, **kw):
+        calls.append((mode, grad))
+        base = torch.linspace(-0.5, 0.5, horizon_steps * action_dim).view(1, horizon_steps, action_dim)
+        return actor.c1 * 2.0 + base.expand(obs.shape[0], -1, -1)
+
+    monkeypatch.setattr(dql, "sample", fake_sample)
+
+    class TwoHeads(nn.Module):  # Q1 = -|a - 0.3|^2 - 1, Q2 = -2 |a + 0.1|^2 - 3 (both negative, different)
+        def forward(self, obs, a):
+            return -((a - 0.3) ** 2).flatten(1).sum(-1) - 1, -2 * ((a + 0.1) ** 2).flatten(1).sum(-1) - 3
+
+    sched, eta, Ta = dql.make_schedule(4), 2.5, 2
+    actor, obs, chunks = ConstEps(0.1, 0.2), torch.zeros(5, 1, 2), torch.rand(5, 3, 2) - 0.5
+    loss, bc, q_term = dql.dql_actor_loss(actor, TwoHeads(), sched, obs, chunks, 4, Ta, eta, use_q1)
+    assert calls == [("train", True)]  # bc: test_bc_term_is_computed_on_buffer_actions
+    c1 = torch.tensor(0.2, requires_grad=True)
+    a_new = (c1 * 2.0 + torch.linspace(-0.5, 0.5, 6).view(1, 3, 2).expand(5, -1, -1))[:, :Ta]
+    q1, q2 = TwoHeads()(obs, a_new)
+    qa, qb = (q1, q2) if use_q1 else (q2, q1)
+    expected_q = -qa.mean() / qb.abs().mean().detach()
+    assert q_term.item() == pytest.approx(expected_q.item(), rel=1e-6)
+    assert loss.item() == pytest.approx(bc.item() + eta * expected_q.item(), rel=1e-6)
+    actor.c0.grad = actor.c1.grad = None
+    (loss - bc).backward()  # the Q term's gradient alone reaches c1 through the sampled chunk
+    assert actor.c1.grad.item() == pytest.approx(eta * torch.autograd.grad(expected_q, c1)[0].item(), rel=1e-5)

@@ -12,7 +12,16 @@ import torch
 import torch.nn as nn
 
 from cleandppo import dppo
-from conftest import cli_fails, main_fails, read_checkpoint, read_summary, run_script, scalar_tags, stub_checkpoint
+from conftest import (
+    cli_fails,
+    main_fails,
+    read_checkpoint,
+    read_summary,
+    run_main,
+    run_script,
+    scalar_tags,
+    stub_checkpoint,
+)
 
 torch.set_num_threads(1)
 TINY = ["--denoising-steps", "6", "--num-envs", "2", "--n-steps", "8", "--batch-size", "8", "--buffer-size", "64",
@@ -87,12 +96,21 @@ def test_replay_buffer_is_fifo_in_transitions(algo):
     torch.testing.assert_close(batch["next_obs"], batch["obs"] + 100)
 
 
-def test_soft_update(algo):
-    target, source = nn.Linear(1, 1, bias=False), nn.Linear(1, 1, bias=False)
-    nn.init.constant_(target.weight, 1.0)
-    nn.init.constant_(source.weight, 3.0)
-    algo.soft_update(target, source, 0.005)
-    assert target.weight.item() == pytest.approx(0.995 * 1.0 + 0.005 * 3.0)
+def test_the_loop_soft_updates_the_target_critic_at_its_rate_after_every_gradient_step(algo, tiny_diffusion_checkpoint,
+                                                                                      tmp_path, monkeypatch):
+    """The soft update itself is tested in test_shared_copies.py; here: main calls it with --target-ema-rate /
+    --critic-tau on (target critic, critic) once per gradient step."""
+    calls, real = [], algo.soft_update
+
+    def spy(target, source, tau):
+        calls.append((type(target).__name__, target is not source, tau))
+        real(target, source, tau)
+
+    monkeypatch.setattr(algo, "soft_update", spy)
+    rate_flag = "--target-ema-rate" if algo.__name__.endswith("dql") else "--critic-tau"
+    run_main(algo, "--checkpoint", tiny_diffusion_checkpoint, "--total-timesteps", "64", "--run-dir", tmp_path / "r",
+             *TINY, rate_flag, "0.37")
+    assert calls == [("DoubleQCritic", True, 0.37)] * 4  # 8 steps x 2 envs / batch 8 x replay ratio 2
 
 
 def test_networks_keep_dppo_state_dict_keys(algo):

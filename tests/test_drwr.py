@@ -9,8 +9,16 @@ import pytest
 import torch
 
 from cleandppo import drwr
-from conftest import (cli_fails, main_fails, read_checkpoint, read_summary, run_script, scalar_tags, scalar_values,
-                      stub_checkpoint)
+from conftest import (
+    cli_fails,
+    main_fails,
+    read_checkpoint,
+    read_summary,
+    run_script,
+    scalar_tags,
+    scalar_values,
+    stub_checkpoint,
+)
 
 torch.set_num_threads(1)
 TINY = ["--denoising-steps", "6", "--num-envs", "2", "--n-steps", "40", "--batch-size", "8", "--update-epochs", "2",

@@ -97,7 +97,7 @@ def test_resume_from_a_checkpoint_gives_the_same_next_update(tmp_path):
     actor_opt2.load_state_dict(loaded["actor_optimizer"])
     critic_opt2.load_state_dict(loaded["critic_optimizer"])
     gp.ppo_update(policy2, critic2, actor_opt2, critic_opt2, batch, args, generator=torch.Generator().manual_seed(3))
-    for a, b in zip(list(policy.parameters()) + list(critic.parameters()), list(policy2.parameters()) + list(critic2.parameters())):
+    for a, b in zip(list(policy.parameters()) + list(critic.parameters()), list(policy2.parameters()) + list(critic2.parameters()), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 

@@ -145,4 +145,7 @@ def test_cli_pretrain_finetune_and_clamp_report(tiny_dataset, tmp_path):
                               run_dir=str(tmp_path / "clamp")))
     report = json.loads((tmp_path / "clamp" / "official_clamp.json").read_text())
     assert report["samples"] == 6 and report["chunk_dims"] == 12
-    assert 0.0 <= report["official_saturated_fraction"] <= 1.0
+    frac = report["official_saturated_fraction"]
+    assert frac * 6 == pytest.approx(round(frac * 6))  # a count of the 6 samples
+    assert (frac == 1.0) == (report["summed_logprob_min"] > 2.0)  # all saturated iff even the least likely is above 2
+    assert report["per_dim_logprob_mean"] * 12 == pytest.approx(report["summed_logprob_mean"], rel=1e-5)

@@ -1,7 +1,6 @@
 """Tests for cleandppo/idql.py: expectile loss, Q targets from V, double-Q minimum in the greedy pick, Boltzmann
 choice frequencies, target-Q EMA, CLI smoke run with resume, one-line errors."""
 
-import math
 import os
 from types import SimpleNamespace
 
@@ -109,13 +108,10 @@ def test_idql_update_soft_updates_target_q_and_respects_warmup():
     actor0 = [p.clone() for p in actor.parameters()]
     stats = idql.idql_update(actor, q_critic, q_target, v_critic, *opts, idql.make_schedule(4), buf, args, 1, False, "cpu")
     assert "actor_loss" not in stats and {"v_loss", "q_loss", "v_mean", "q1_mean", "target_q_mean"} <= set(stats)
-    assert all(torch.equal(a, b) for a, b in zip(actor0, actor.parameters()))  # warm-up: actor not stepped
-    for p_t, p_t0, p, p0 in zip(q_target.parameters(), t0, q_critic.parameters(), q0):
-        assert not torch.equal(p, p0)
+    assert all(torch.equal(a, b) for a, b in zip(actor0, actor.parameters(), strict=True))  # warm-up: actor not stepped
+    for p_t, p_t0, p, p0 in zip(q_target.parameters(), t0, q_critic.parameters(), q0, strict=True):
+        assert not torch.equal(p, p0)  # Q moved, so the check below can tell the rate apart
         torch.testing.assert_close(p_t, 0.75 * p_t0 + 0.25 * p)  # target <- (1 - tau) target + tau Q
-    stats = idql.idql_update(actor, q_critic, q_target, v_critic, *opts, idql.make_schedule(4), buf, args, 1, True, "cpu")
-    assert math.isfinite(stats["actor_loss"])
-    assert not all(torch.equal(a, b) for a, b in zip(actor0, actor.parameters()))
 
 
 def test_cli_smoke_run_and_resume(tiny_diffusion_checkpoint, tmp_path):

@@ -59,14 +59,24 @@ def test_qsm_gradient_is_taken_at_the_noisy_action():
     assert abs(g - 0.6) > 0.5
 
 
-def test_qsm_loss_leaves_critic_gradients_untouched():
-    critic = qsm.DoubleQCritic(3, 1, 2, 4, dims=(8, 8, 8))
-    actor = ConstEps(0.1, 0.1)
-    loss, _ = qsm.qsm_actor_loss(actor, critic, qsm.make_schedule(6), torch.randn(5, 1, 3), torch.randn(5, 4, 2), 6, 4,
-                                 10.0)
+def test_qsm_loss_gradient_reaches_the_actor_only():
+    torch.manual_seed(0)
+    critic = qsm.DoubleQCritic(3, 1, 2, 2, dims=(8, 8, 8))
+    actor, sched, alpha = ConstEps(0.1, -0.2), qsm.make_schedule(6), 10.0
+    obs, chunks, eps = torch.randn(5, 1, 3), torch.randn(5, 4, 2), torch.randn(5, 4, 2)
+    t = torch.tensor([0, 3, 0, 5, 1])
+    loss, _ = qsm.qsm_actor_loss(actor, critic, sched, obs, chunks, 6, 2, alpha, t=t, eps=eps)
     loss.backward()
     assert all(p.grad is None for p in critic.parameters())
-    assert actor.c0.grad is not None or actor.c1.grad is not None
+    # independent: grad of mean((-c_t - alpha (dQ1/da + dQ2/da)/2)^2) over the executed rows at the noisy action
+    ab = sched["alpha_bar"][t].view(-1, 1, 1)
+    a = (ab.sqrt() * chunks + (1 - ab).sqrt() * eps)[:, :2].detach().requires_grad_(True)
+    g = torch.autograd.grad(sum(q.sum() for q in critic(obs, a)) / 2, a)[0]
+    c0, c1 = torch.tensor(0.1, requires_grad=True), torch.tensor(-0.2, requires_grad=True)
+    c = torch.where(t == 0, c0, c1).view(-1, 1, 1)
+    expected = torch.autograd.grad(((-c - alpha * g) ** 2).mean(), (c0, c1))
+    assert actor.c0.grad.item() == pytest.approx(expected[0].item(), rel=1e-5)
+    assert actor.c1.grad.item() == pytest.approx(expected[1].item(), rel=1e-5)
 
 
 def test_qsm_update_moves_samples_toward_the_maximum_of_a_quadratic_q():

@@ -9,9 +9,10 @@ import pytest
 
 pytest.importorskip("robosuite")
 
+from test_robomimic import write_robomimic_hdf5  # noqa: E402
+
 from cleandppo import dppo, envs  # noqa: E402
 from conftest import TINY_DIFFUSION, read_checkpoint, read_summary, run_main, scalar_tags, tiny_demos  # noqa: E402
-from test_robomimic import write_robomimic_hdf5  # noqa: E402
 
 # Per script: flags that make 2 envs x 2 chunks (16 env steps, one iteration) fit, and what its robomimic table must
 # set for Lift when these flags are given (dppo-facts 4.5; common: gamma 0.999, actor LR 1e-5, act_steps 4).

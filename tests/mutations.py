@@ -1,0 +1,285 @@
+"""Break one algorithm line at a time in a scratch copy of the repository and check that its guarding test fails.
+
+    python tests/mutations.py            # every mutation below (about 15 minutes on 2 busy cores)
+    python tests/mutations.py gae ppo    # only those whose name contains one of the words
+
+Each entry of MUTATIONS is a line `name | script in cleandppo/ | the tests that must fail (a file, optionally with
+pytest's -k)`, then one or more pairs of lines `- text as it is` / `+ broken text` (a backslash-n stands for a line
+break; `+` alone deletes the text). Each text must occur exactly once in the script; when a script is edited and a
+text no longer matches, the runner says STALE (update the entry). Not collected by pytest (no test_ prefix).
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+MUTATIONS = r"""
+# PPO losses
+ppo clip on the wrong side (gaussian) | gaussian_ppo.py | tests/test_ppo_updates.py
+- torch.max(-adv * ratio, -adv * ratio.clamp
++ torch.min(-adv * ratio, -adv * ratio.clamp
+ppo clip on the wrong side (gmm) | gmm_ppo.py | tests/test_ppo_updates.py
+- torch.max(-adv * ratio, -adv * ratio.clamp
++ torch.min(-adv * ratio, -adv * ratio.clamp
+ppo clip on the wrong side (dppo) | dppo.py | tests/test_ppo_updates.py
+- pg_loss = torch.max(-adv * ratio,
++ pg_loss = torch.min(-adv * ratio,
+ppo clip on the wrong side (exact likelihood) | exact_likelihood_pg.py | tests/test_ppo_updates.py
+- pg_loss = torch.max(-adv * ratio,
++ pg_loss = torch.min(-adv * ratio,
+ppo advantage sign flipped (gaussian) | gaussian_ppo.py | tests/test_ppo_updates.py
+- pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp
++ pg_loss = torch.max(adv * ratio, adv * ratio.clamp
+ppo no advantage normalisation (gmm) | gmm_ppo.py | tests/test_ppo_updates.py
+- adv = (adv - adv.mean()) / (adv.std() + 1e-8)
++ adv = adv
+ppo no advantage normalisation (exact likelihood) | exact_likelihood_pg.py | tests/test_ppo_updates.py
+- adv_mb = (adv_mb - adv_mb.mean()) / (adv_mb.std() + 1e-8)
++ adv_mb = adv_mb
+ppo entropy bonus sign (gaussian) | gaussian_ppo.py | tests/test_ppo_updates.py
+- loss = pg_loss - args.ent_coef * ent
++ loss = pg_loss + args.ent_coef * ent
+ppo value loss without vf_coef (gmm) | gmm_ppo.py | tests/test_ppo_updates.py
+- + args.vf_coef * v_loss
++ + v_loss
+dppo no denoising discount | dppo.py | tests/test_ppo_updates.py
+- adv = adv * discounts[j]
++ adv = adv
+dppo one clip ratio for every denoising step | dppo.py | tests/test_ppo_updates.py
+- eps = clips[j]
++ eps = clips[-1]
+dppo clip schedule runs the wrong way | dppo.py | tests/test_ppo_updates.py
+- torch.arange(ft_steps, dtype=torch.float64) / (ft_steps - 1)
++ torch.arange(ft_steps - 1, -1, -1, dtype=torch.float64) / (ft_steps - 1)
+dppo discount applied before normalisation | dppo.py | tests/test_ppo_updates.py
+- adv = (adv - adv.mean()) / (adv.std() + 1e-8)\n            adv = adv * discounts[j]
++ adv = adv * discounts[j]\n            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+dppo log-prob at the wrong denoising step | dppo.py | tests/test_ppo_updates.py
+- ft_t[j], ft_t_prev[j], ddim, args.act_steps
++ ft_t[K_ft - 1 - j], ft_t_prev[K_ft - 1 - j], ddim, args.act_steps
+dppo actor stepped during critic warm-up | dppo.py | tests/test_ppo_updates.py
+-             if update_actor:\n                actor_opt.step()
++             if True:\n                actor_opt.step()
+exact likelihood: pieces averaged instead of summed | exact_likelihood_pg.py | tests/test_ppo_updates.py
+- torch.clamp(ratio, 1 - eps, 1 + eps)).sum() / mb
++ torch.clamp(ratio, 1 - eps, 1 + eps)).mean()
+exact likelihood: new log-likelihood not clamped | exact_likelihood_pg.py | tests/test_ppo_updates.py
+- create_graph=update_actor).clamp(lo, hi)
++ create_graph=update_actor)
+
+# shared copies
+GAE without lambda (gaussian) | gaussian_ppo.py | tests/test_shared_copies.py
+- last = delta + gamma * gae_lambda * (1 - dones[n]) * last
++ last = delta + gamma * (1 - dones[n]) * last
+GAE not cut at episode ends (dppo) | dppo.py | tests/test_shared_copies.py
+- last = delta + gamma * gae_lambda * (1 - dones[n]) * last
++ last = delta + gamma * gae_lambda * last
+reward scaler subtracts the mean (dppo) | dppo.py | tests/test_shared_copies.py
+- return np.clip(rewards / np.sqrt(self.var + 1e-8), -10, 10)
++ return np.clip((rewards - self.mean) / np.sqrt(self.var + 1e-8), -10, 10)
+reward scaler without clip (gmm) | gmm_ppo.py | tests/test_shared_copies.py
+- return np.clip(rewards / np.sqrt(self.var + 1e-8), -10, 10)
++ return rewards / np.sqrt(self.var + 1e-8)
+reward scaler ignores episode starts (exact likelihood) | exact_likelihood_pg.py | tests/test_shared_copies.py
+- self.ret = rewards[n] + self.gamma * (1 - firsts[n]) * self.ret
++ self.ret = rewards[n] + self.gamma * self.ret
+soft update ignores tau (dql) | dql.py | tests/test_shared_copies.py
+-         p_t.lerp_(p, tau)
++         p_t.lerp_(p, 1.0)
+EMA that never moves (idql) | idql.py | tests/test_shared_copies.py
+-         p_t.lerp_(p, tau)
++         p_t.lerp_(p, 0.0)
+EMA with 1 - tau (dipo) | dipo.py | tests/test_shared_copies.py
+-         p_t.lerp_(p, tau)
++         p_t.lerp_(p, 1 - tau)
+Bellman target with max (qsm) | qsm.py | tests/test_shared_copies.py
+- gamma * (1 - terminated) * torch.min(next_q1, next_q2)
++ gamma * (1 - terminated) * torch.max(next_q1, next_q2)
+denoising loss noises with ab instead of sqrt(ab) (dawr) | dawr.py | tests/test_shared_copies.py
+-     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
++     x_t = ab * x0 + (1 - ab).sqrt() * eps
+DDPM posterior mean coefficient (idql) | idql.py | tests/test_shared_copies.py
+- coef_xt=(1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar)
++ coef_xt=(1 - alpha_bar_prev) * alphas / (1 - alpha_bar)
+
+# off-policy updates
+IDQL expectile inverted | idql.py | tests/test_offpolicy_updates.py
+- weight = torch.where(diff > 0, torch.full_like(diff, tau), torch.full_like(diff, 1 - tau))
++ weight = torch.where(diff > 0, torch.full_like(diff, 1 - tau), torch.full_like(diff, tau))
+IDQL V fit to Q1 only | idql.py | tests/test_offpolicy_updates.py
+- target_q = torch.minimum(*q_target(b["obs"], b["actions"]))
++ target_q = q_target(b["obs"], b["actions"])[0]
+IDQL Q target ignores terminated | idql.py | tests/test_offpolicy_updates.py
+- return rewards + gamma * (1 - terminated) * next_v
++ return rewards + gamma * next_v
+IDQL target Q ignores critic_tau | idql.py | tests/test_offpolicy_updates.py
+- ema_update(q_target, q_critic, args.critic_tau)
++ ema_update(q_target, q_critic, 1.0)
+DIPO next action from the online actor | dipo.py | tests/test_offpolicy_updates.py
+- next_a = sample(target_actor, sched,
++ next_a = sample(actor, sched,
+DIPO action gradient descends | dipo.py | tests/test_offpolicy_updates.py
+- (a.grad,) = torch.autograd.grad(-torch.minimum(q1, q2).sum(), a)
++ (a.grad,) = torch.autograd.grad(torch.minimum(q1, q2).sum(), a)
+DIPO action gradient not clipped | dipo.py | tests/test_offpolicy_updates.py
+-         nn.utils.clip_grad_norm_([a], max_norm)\n
++
+DIPO actor fit to the unmoved actions | dipo.py | tests/test_offpolicy_updates.py
+- actor_loss = pretrain_loss(actor, sched, moved, obs, K)
++ actor_loss = pretrain_loss(actor, sched, actions, obs, K)
+DIPO target actor ignores the EMA rate | dipo.py | tests/test_offpolicy_updates.py
+- ema_update(target_actor, actor, args.target_ema_rate)
++ ema_update(target_actor, actor, 1.0)
+DAWR advantages from the critic before its update | dawr.py | tests/test_offpolicy_updates.py
+- rows, _, targets = buffer_targets(critic, buf, args, device)\n
++ stale = rows, _, targets = buffer_targets(critic, buf, args, device)\n
+- rows, values, targets = buffer_targets(critic, buf, args, device)  # advantages from the updated critic
++ rows, values, targets = stale  # advantages from the updated critic
+DAWR advantage sign flipped | dawr.py | tests/test_offpolicy_updates.py
+- advantages = targets - values
++ advantages = values - targets
+DAWR weights not clipped | dawr.py | tests/test_offpolicy_updates.py
+- torch.clamp(beta * a, max=math.log(max_weight))
++ beta * a
+DAWR TD(lambda) without alpha | dawr.py | tests/test_offpolicy_updates.py
+- G = alpha * delta + gamma
++ G = delta + gamma
+DAWR time-outs not bootstrapped | dawr.py | tests/test_offpolicy_updates.py
+- delta = rewards[n] + gamma * (1 - terminated[n]) * next_values[n]
++ delta = rewards[n] + gamma * (1 - np.maximum(terminated[n], truncated[n])) * next_values[n]
+DRWR weights ignored | drwr.py | tests/test_offpolicy_updates.py
+- obs[idx], len(sched["betas"]), weights[idx])
++ obs[idx], len(sched["betas"]))
+
+# training loops
+time-out not bootstrapped (dppo) | dppo.py | tests/test_loops.py
+- rewards = rewards + args.gamma * final_values * buf_timeout
++ rewards = rewards
+time-out not bootstrapped (gaussian) | gaussian_ppo.py | tests/test_loops.py
+- rewards = rewards + args.gamma * final_values * buf_timeout
++ rewards = rewards
+time-out not bootstrapped (gmm) | gmm_ppo.py | tests/test_loops.py
+- rewards = rewards + args.gamma * final_values * buf_timeout
++ rewards = rewards
+time-out not bootstrapped (exact likelihood) | exact_likelihood_pg.py | tests/test_loops.py
+- rewards = rewards + args.gamma * final_values * buf_timeout
++ rewards = rewards
+time-out bootstrapped with V(next reset obs) (dppo) | dppo.py | tests/test_loops.py
+- rewards = rewards + args.gamma * final_values * buf_timeout
++ rewards = rewards + args.gamma * np.concatenate([values[1:], last_value[None]], 0) * buf_timeout
+GAE not cut at a time-out (dppo) | dppo.py | tests/test_loops.py
+- np.maximum(buf_term, buf_timeout), args.gamma, args.gae_lambda
++ buf_term, args.gamma, args.gae_lambda
+time-out stored as terminal (dql) | dql.py | tests/test_loops.py
+- envs.final_observations(next_obs, infos), term)
++ envs.final_observations(next_obs, infos), np.logical_or(term, trunc))
+time-out stored as terminal (idql) | idql.py | tests/test_loops.py
+- envs.final_observations(next_obs, infos), term)
++ envs.final_observations(next_obs, infos), np.logical_or(term, trunc))
+post-reset observation stored as s' (dipo) | dipo.py | tests/test_loops.py
+- envs.final_observations(next_obs, infos), term)
++ next_obs, term)
+time-out stored as terminal (qsm) | qsm.py | tests/test_loops.py
+- envs.final_observations(next_obs, infos), term)
++ envs.final_observations(next_obs, infos), np.logical_or(term, trunc))
+time-out not marked truncated (dawr) | dawr.py | tests/test_loops.py
+- term, np.logical_and(trunc, np.logical_not(term)),
++ np.logical_or(term, trunc), np.zeros_like(trunc),
+target critic ignores its rate in the loop (dql) | dql.py | tests/test_dql_qsm_shared.py
+- soft_update(target_critic, critic, args.target_ema_rate)
++ soft_update(target_critic, critic, 0.005)
+target critic not updated in the loop (qsm) | qsm.py | tests/test_dql_qsm_shared.py
+-                 soft_update(target_critic, critic, args.critic_tau)\n
++
+
+# pre-training
+pre-training EMA that never moves (dppo) | dppo.py | tests/test_dppo.py -k ema
+- else p_ema.lerp_(p, 1 - args.ema_decay)
++ else p_ema.lerp_(p, 0.0)
+pre-training EMA with decay and 1 - decay swapped (dppo) | dppo.py | tests/test_dppo.py -k ema
+- else p_ema.lerp_(p, 1 - args.ema_decay)
++ else p_ema.lerp_(p, args.ema_decay)
+pre-training EMA ignores its start epoch (dppo) | dppo.py | tests/test_dppo.py -k ema
+- p_ema.copy_(p) if epoch < args.ema_start_epoch else
++ p_ema.copy_(p) if False else
+DQL actor loss without eta | dql.py | tests/test_dql.py
+- return bc + eta * q_loss, bc, q_loss
++ return bc + q_loss, bc, q_loss
+DQL Q heads swapped | dql.py | tests/test_dql.py
+- normalized_q_loss(q1, q2) if use_q1 else normalized_q_loss(q2, q1)
++ normalized_q_loss(q2, q1) if use_q1 else normalized_q_loss(q1, q2)
+DQL Q term sees the unexecuted actions | dql.py | tests/test_dql.py
+- randn_clip, clip, grad=True)[:, :act_steps]
++ randn_clip, clip, grad=True)
+QSM score target without its coefficient | qsm.py | tests/test_qsm.py
+- ((-eps_hat - q_grad_coeff * grad_q) ** 2).mean()
++ ((-eps_hat - grad_q) ** 2).mean()
+QSM gradient of Q1 only | qsm.py | tests/test_qsm.py
+- torch.autograd.grad((q1.sum() + q2.sum()) / 2, a_exec)
++ torch.autograd.grad(q1.sum(), a_exec)
+
+# off-policy updates (continued)
+IDQL V fit to the mean (tau 0.5) | idql.py | tests/test_offpolicy_updates.py
+- v_loss = expectile_loss(target_q - v, args.expectile)
++ v_loss = expectile_loss(target_q - v, 0.5)
+"""
+
+
+def parse(text):
+    """[(name, script, [(old, new), ...], test), ...] from the MUTATIONS table."""
+    entries = []
+
+    def unescape(s):
+        return s.replace("\\\\", "\0").replace("\\n", "\n").replace("\0", "\\")
+
+    for line in text.splitlines():
+        if line.startswith("- "):
+            entries[-1][2].append([unescape(line[2:]), None])
+        elif line.startswith("+"):
+            entries[-1][2][-1][1] = unescape(line[2:])
+        elif line.strip() and not line.startswith("#"):
+            name, script, test = (part.strip() for part in line.split("|"))
+            entries.append((name, script, [], test))
+    return entries
+
+
+def run(name, script, edits, test):
+    scratch = tempfile.mkdtemp(prefix="mutation-")
+    try:
+        for sub in ("cleandppo", "tests"):
+            shutil.copytree(
+                os.path.join(ROOT, sub), os.path.join(scratch, sub), ignore=shutil.ignore_patterns("__pycache__")
+            )
+        path = os.path.join(scratch, "cleandppo", script)
+        with open(path) as f:
+            text = f.read()
+        for o, n in edits:
+            if text.count(o) != 1:
+                return f"STALE     {name}: the line occurs {text.count(o)} times in {script}"
+            text = text.replace(o, n)
+        with open(path, "w") as f:
+            f.write(text)
+        env = dict(os.environ, PYTHONPATH=scratch, OMP_NUM_THREADS="1")
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *test.split()],
+            cwd=scratch,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        failed = [line.split(" ")[1] for line in proc.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+        return f"{'CAUGHT' if proc.returncode else 'SURVIVED':9} {name}: {failed[0] if failed else ''}"
+    finally:
+        shutil.rmtree(scratch)
+
+
+if __name__ == "__main__":
+    words = sys.argv[1:]
+    chosen = [m for m in parse(MUTATIONS) if not words or any(w.lower() in m[0].lower() for w in words)]
+    results = [run(*m) for m in chosen]
+    print("\n".join(results))
+    sys.exit(any(not r.startswith("CAUGHT") for r in results))

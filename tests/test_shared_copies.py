@@ -1,0 +1,176 @@
+"""Building blocks that several scripts each carry a copy of, tested once against a computation written here and
+parametrised over every module that has a copy: GAE and the running reward scaler (the four PPO scripts), the
+cosine schedule, the DDPM step and the denoising loss (the eight diffusion scripts), the soft/EMA target update and
+the Bellman targets (the off-policy scripts). A copy that drifts from the others fails here under its own name."""
+
+import importlib
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+torch.set_num_threads(1)
+PPO = ["dppo", "gaussian_ppo", "gmm_ppo", "exact_likelihood_pg"]
+DIFFUSION = ["dppo", "dawr", "drwr", "dipo", "idql", "dql", "qsm", "exact_likelihood_pg"]
+TARGET_UPDATE = {"dipo": "ema_update", "idql": "ema_update", "dql": "soft_update", "qsm": "soft_update"}
+
+
+def load(name):
+    return importlib.import_module(f"cleandppo.{name}")
+
+
+def episodes_and_values(seed=0, N=9, E=3):
+    rng = np.random.default_rng(seed)
+    rewards, values, next_values = rng.normal(size=(N, E)), rng.normal(size=(N, E)), rng.normal(size=(N, E))
+    dones = np.zeros((N, E))
+    dones[2, 0] = dones[6, 0] = dones[4, 1] = dones[N - 1, 2] = 1
+    return rewards, values, next_values, dones
+
+
+# ---- GAE ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", PPO)
+def test_gae_is_the_discounted_sum_of_td_errors_inside_each_episode(name):
+    gamma, lam = 0.9, 0.8
+    rewards, values, next_values, dones = episodes_and_values()
+    advantages, returns = load(name).compute_gae(rewards, values, next_values, dones, gamma, lam)
+    N, E = rewards.shape
+    for e in range(E):
+        for n in range(N):
+            # A_n = sum_{k >= n} (gamma lam)^(k - n) delta_k, up to and including the step that ends the episode
+            total, k = 0.0, n
+            while k < N:
+                delta = rewards[k, e] + gamma * next_values[k, e] * (1 - dones[k, e]) - values[k, e]
+                total += (gamma * lam) ** (k - n) * delta
+                if dones[k, e]:
+                    break
+                k += 1
+            assert advantages[n, e] == pytest.approx(total, rel=1e-10, abs=1e-12), (n, e)
+    np.testing.assert_allclose(returns, advantages + values)
+
+
+# ---- running reward scaler ----------------------------------------------------------------------------
+@pytest.mark.parametrize("name", PPO)
+def test_reward_scaler_divides_by_the_running_std_of_discounted_returns(name):
+    gamma = 0.9
+    rng = np.random.default_rng(1)
+    scaler = load(name).RunningRewardScaler(2, gamma)
+    running, seen = np.zeros(2), []
+    spike = np.zeros((200, 2))
+    spike[-1, 0] = 30.0  # one large reward after a long quiet stretch: scaled far beyond 10, so clipped
+    for rewards in (*rng.normal(2.0, 1.5, size=(3, 5, 2)), spike):  # a non-zero mean: subtracting it would show
+        firsts = (rng.uniform(size=rewards.shape) < 0.3).astype(float)  # episodes restarting now and then
+        scaled = scaler(rewards, firsts)
+        for n in range(len(rewards)):
+            running = rewards[n] + gamma * (1 - firsts[n]) * running
+            seen.append(running.copy())
+        # variance of every discounted return so far, with the prior of weight 1e-4 at mean 0, variance 1
+        data = np.concatenate(seen)
+        count = 1e-4 + data.size
+        mean = data.sum() / count
+        var = (1e-4 * 1.0 + (data**2).sum()) / count - mean**2
+        np.testing.assert_allclose(scaled, np.clip(rewards / np.sqrt(var + 1e-8), -10, 10), rtol=1e-9)
+    assert scaled[-1, 0] == 10.0
+
+
+# ---- diffusion schedule, DDPM step, denoising loss ----------------------------------------------------
+@pytest.mark.parametrize("name", DIFFUSION)
+def test_cosine_schedule_and_posterior_constants(name):
+    K, s = 12, 0.008
+    f = [math.cos(((i / K) + s) / (1 + s) * math.pi / 2) ** 2 for i in range(K + 1)]
+    betas = np.array([min(1 - f[i + 1] / f[i], 0.999) for i in range(K)])
+    alpha_bar = np.cumprod(1 - betas)
+    alpha_bar_prev = np.concatenate([[1.0], alpha_bar[:-1]])
+    module = load(name)
+    np.testing.assert_allclose(module.cosine_beta_schedule(K).numpy(), betas, rtol=1e-5)
+    sched = {k: v.double().numpy() for k, v in module.make_schedule(K).items()}
+    np.testing.assert_allclose(sched["alpha_bar"], alpha_bar, rtol=1e-4)
+    for key, value in dict(
+        posterior_var=betas * (1 - alpha_bar_prev) / (1 - alpha_bar),
+        coef_x0=betas * np.sqrt(alpha_bar_prev) / (1 - alpha_bar),
+        coef_xt=(1 - alpha_bar_prev) * np.sqrt(1 - betas) / (1 - alpha_bar),
+    ).items():
+        np.testing.assert_allclose(sched[key], value, rtol=1e-4, atol=1e-7, err_msg=key)
+
+
+class AffineEps(nn.Module):
+    """eps = a x + b t (differentiable, differs across steps)."""
+
+    def forward(self, x, t, obs):
+        return 0.4 * x + 0.05 * t.float().view(-1, 1, 1)
+
+
+@pytest.mark.parametrize("name", DIFFUSION)
+def test_ddpm_step_mean_and_variance(name):
+    module = load(name)
+    K = 8
+    sched = module.make_schedule(K)
+    x, obs = torch.randn(4, 3, 2, generator=torch.Generator().manual_seed(0)) * 1.5, torch.zeros(4, 1, 3)
+    t = torch.tensor([0, 3, 5, 7])
+    if name == "dppo":
+        mean, var = module.step_mean_var(AffineEps(), sched, x, obs, t, t - 1, False)
+    else:
+        mean, var = module.step_mean_var(AffineEps(), sched, x, obs, t)
+    betas = module.cosine_beta_schedule(K).double()
+    ab = torch.cumprod(1 - betas, 0)
+    for b in range(4):
+        k = t[b].item()
+        ab_t, ab_prev, beta = ab[k], (ab[k - 1] if k > 0 else torch.tensor(1.0, dtype=torch.float64)), betas[k]
+        xb = x[b].double()
+        x0 = ((xb - (1 - ab_t).sqrt() * (0.4 * xb + 0.05 * k)) / ab_t.sqrt()).clamp(-1, 1)
+        mu = ab_prev.sqrt() * beta / (1 - ab_t) * x0 + (1 - beta).sqrt() * (1 - ab_prev) / (1 - ab_t) * xb
+        torch.testing.assert_close(mean[b].double(), mu, rtol=1e-4, atol=1e-5)
+        post_var = float(beta * (1 - ab_prev) / (1 - ab_t))
+        assert var[b].flatten()[0].item() == pytest.approx(max(post_var, 1e-20), rel=1e-4, abs=1e-12)
+
+
+class RecordingEps(nn.Module):
+    """Predicts a constant c and records (x_t, t) so the test can recover the noise the loss drew."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.c, self.seen = c, []
+
+    def forward(self, x, t, obs):
+        self.seen.append((x.detach().clone(), t.clone()))
+        return torch.full_like(x, self.c)
+
+
+@pytest.mark.parametrize("name", [n for n in DIFFUSION if n != "exact_likelihood_pg"])  # it fine-tunes only
+def test_denoising_loss_is_the_noise_mse_at_the_forward_marginal(name):
+    module = load(name)
+    K, B = 10, 64
+    sched = module.make_schedule(K)
+    x0 = torch.rand(B, 3, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    net = RecordingEps(0.3)
+    torch.manual_seed(1)
+    loss = module.pretrain_loss(net, sched, x0, torch.zeros(B, 1, 2), K)
+    ((x_t, t),) = net.seen
+    assert t.min() >= 0 and t.max() <= K - 1 and len(set(t.tolist())) > 3  # uniform over all K steps
+    ab = sched["alpha_bar"][t].view(-1, 1, 1)
+    eps = (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()  # x_t = sqrt(ab) x0 + sqrt(1 - ab) eps
+    assert eps.std().item() == pytest.approx(1.0, abs=0.15)  # the noise is standard normal
+    assert loss.item() == pytest.approx(((0.3 - eps) ** 2).mean().item(), rel=1e-4)
+
+
+# ---- target networks: soft / EMA update ---------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(TARGET_UPDATE))
+def test_target_update_moves_tau_of_the_way(name):
+    update = getattr(load(name), TARGET_UPDATE[name])
+    torch.manual_seed(0)
+    target, source = nn.Linear(3, 2), nn.Linear(3, 2)
+    before = [p.detach().clone() for p in target.parameters()]
+    update(target, source, 0.1)
+    for p_t, p0, p in zip(target.parameters(), before, source.parameters(), strict=True):
+        torch.testing.assert_close(p_t, 0.9 * p0 + 0.1 * p)
+    assert all(not p.requires_grad or p.grad is None for p in target.parameters())
+
+
+# ---- Bellman targets ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["dipo", "dql", "qsm"])
+def test_bellman_target_bootstraps_the_double_q_minimum_unless_terminated(name):
+    r, term = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.0, 1.0, 0.0])
+    q1, q2 = torch.tensor([3.0, 7.0, -1.0]), torch.tensor([4.0, 5.0, -3.0])
+    y = load(name).bellman_target(r, term, q1, q2, 0.8)
+    assert y.tolist() == pytest.approx([1.0 + 0.8 * 3.0, -2.0, 0.5 + 0.8 * -3.0])
