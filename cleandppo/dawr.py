@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import tyro
 
-from cleandppo import envs
+from cleandppo import envs, runs
 
 
 @dataclass
@@ -587,7 +587,7 @@ def main(args, cli=()):
     if args.eval_only:
         ret, std, succ = evaluate(actor, sched, kw, args, normalization, device)
         print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes" + (f", success {succ:.2f}" if robo else ""))
-        envs.write_summary(run_dir, "dawr", args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3)
+        runs.write_summary(run_dir, "dawr", args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3)
         return
 
     obs_dim, action_dim, Tp = kw["obs_dim"], kw["action_dim"], kw["horizon_steps"]
@@ -673,7 +673,7 @@ def main(args, cli=()):
             writer.add_scalar("charts/critic_learning_rate", critic_opt.param_groups[0]["lr"], env_steps)
             writer.add_scalar("time/rollout_s", t_rollout, env_steps)
             writer.add_scalar("time/update_s", t_update, env_steps)
-            writer.add_scalar("charts/peak_memory_mb", envs.peak_memory_mb(device), env_steps)
+            writer.add_scalar("charts/peak_memory_mb", runs.peak_memory_mb(device), env_steps)
             if successes:
                 writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
             if iteration % args.eval_freq == 0 or iteration == num_iters:
@@ -694,7 +694,7 @@ def main(args, cli=()):
         print(f"[interrupted] checkpoint written to {os.path.join(run_dir, 'checkpoint_last.pt')}")
         raise SystemExit(130)
     vec.close()
-    envs.write_summary(run_dir, "dawr", args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval,
+    runs.write_summary(run_dir, "dawr", args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval,
                   robo and (pre_succ, last_succ, best_succ))
     writer.close()
 

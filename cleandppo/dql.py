@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import tyro
 
-from cleandppo import envs
+from cleandppo import envs, runs
 
 ALGO = "dql"
 
@@ -545,7 +545,7 @@ def main(args, cli=()):
     if args.eval_only:
         ret, std, succ = evaluate(actor, sched, kw, args, normalization, device, args.eval_episodes)
         print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes" + (f", success {succ:.2f}" if robo else ""))
-        envs.write_summary(run_dir, "dql", args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3)
+        runs.write_summary(run_dir, "dql", args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3)
         writer.close()
         return
 
@@ -688,7 +688,7 @@ def main(args, cli=()):
         print(f"[interrupted] checkpoint written to {os.path.join(run_dir, 'checkpoint_last.pt')}")
         raise SystemExit(130)
     vec.close()
-    envs.write_summary(run_dir, "dql", args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval,
+    runs.write_summary(run_dir, "dql", args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval,
                   robo and (pre_succ, last_succ, best_succ))
     writer.close()
 

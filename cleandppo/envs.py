@@ -28,8 +28,7 @@ warnings.filterwarnings("ignore", message=r".*is out of date\. You should consid
 
 
 def _mujoco_warning(message: str):
-    # HalfCheetah-v4's model file uses `settotalmass`, which MuJoCo 3 flags at every compile (once per
-    # env made): harmless, and it floods the log. Every other MuJoCo warning is still printed.
+    """Print MuJoCo warnings but `settotalmass`, which HalfCheetah-v4's model raises at every compile (harmless)."""
     if "settotalmass" not in message:
         print(f"MuJoCo warning: {message}", file=sys.stderr)
 
@@ -39,7 +38,7 @@ try:
 
     mujoco.set_mju_user_warning(_mujoco_warning)
 except (ImportError, AttributeError):
-    pass
+    mujoco = None
 
 
 def fail(message: str):
@@ -109,9 +108,8 @@ def compute_normalization(observations: np.ndarray, actions: np.ndarray) -> dict
 
 def identity_normalization(obs_dim: int, action_dim: int) -> dict:
     """Normalization that leaves values (almost) unchanged; used for training from scratch."""
-    lo = lambda d: -np.ones(d, np.float32)  # noqa: E731
-    hi = lambda d: np.ones(d, np.float32)  # noqa: E731
-    return {"obs_min": lo(obs_dim), "obs_max": hi(obs_dim), "action_min": lo(action_dim), "action_max": hi(action_dim)}
+    ones = {"obs": np.ones(obs_dim, np.float32), "action": np.ones(action_dim, np.float32)}
+    return {f"{k}_{end}": sign * v for k, v in ones.items() for end, sign in (("min", -1), ("max", 1))}
 
 
 def normalize_obs(obs, norm: dict):
@@ -187,6 +185,30 @@ class ChunkedEnv(gym.Wrapper):
                 info["episode_success"] = self.episode_success
         return self._stacked(), total_reward, terminated, truncated, info
 
+    @property
+    def run_state(self) -> dict:
+        """What continuing this env needs (runs.vec_env_state): history, episode progress, RNGs, time limit and MuJoCo
+        integration state (robosuite: its MjSim state and step count; not its controllers' internal state)."""
+        base, state = self.env.unwrapped, dict(history=list(self.history), rng=self.env.np_random.bit_generator.state)
+        state["episode"] = self.episode_return, self.episode_length, self.episode_success
+        if isinstance(base, RobomimicLowDimEnv):
+            return dict(state, steps=base.steps, rs_rng=base.rs_env.rng.bit_generator.state, sim=base.rs_env.sim.get_state())
+        state["sim"] = np.empty(mujoco.mj_stateSize(base.model, mujoco.mjtState.mjSTATE_INTEGRATION))
+        mujoco.mj_getState(base.model, base.data, state["sim"], mujoco.mjtState.mjSTATE_INTEGRATION)
+        return dict(state, elapsed=self.env.get_wrapper_attr("_elapsed_steps"))
+
+    @run_state.setter
+    def run_state(self, state: dict):
+        base, self.history = self.env.unwrapped, deque(state["history"], maxlen=self.cond_steps)
+        self.episode_return, self.episode_length, self.episode_success = state["episode"]
+        self.env.np_random.bit_generator.state = state["rng"]
+        if isinstance(base, RobomimicLowDimEnv):
+            base.steps, base.rs_env.rng.bit_generator.state = state["steps"], state["rs_rng"]
+            return base.rs_env.sim.set_state(state["sim"])
+        mujoco.mj_setState(base.model, base.data, state["sim"], mujoco.mjtState.mjSTATE_INTEGRATION)
+        mujoco.mj_forward(base.model, base.data)
+        self.env.set_wrapper_attr("_elapsed_steps", state["elapsed"])
+
 
 def make_env(env_id: str, act_steps: int = 1, cond_steps: int = 1, normalization: dict | None = None,
              render_mode: str | None = None) -> ChunkedEnv:
@@ -214,8 +236,6 @@ def make_vec_env(env_id: str, num_envs: int, seed: int, act_steps: int = 1, cond
     """
     if num_envs < 1:
         fail(f"--num-envs must be >= 1, got {num_envs}")
-    if act_steps < 1 or cond_steps < 1:
-        fail(f"--act-steps and --cond-steps must be >= 1, got {act_steps} and {cond_steps}")
     resolve_env_id(env_id)  # fail early, in this process, on an unknown id
     fns = [lambda: make_env(env_id, act_steps, cond_steps, normalization) for _ in range(num_envs)]
     vector_cls = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
@@ -244,23 +264,24 @@ def final_observations(next_obs: np.ndarray, infos: dict) -> np.ndarray:
 
 def run_episodes(act_fn, env_id: str, episodes: int, seed: int, act_steps: int, cond_steps: int,
                  normalization: dict | None, asynchronous: bool = False) -> tuple[list, list]:
-    """Run `episodes` episodes, one per env, and return their (returns, lengths).
-
-    `act_fn(obs)` maps a (n, cond_steps, obs_dim) array to a (n, >= act_steps, action_dim) chunk.
-    Each env plays exactly its first episode, so short episodes are not over-counted.
-    Robomimic tasks: an episode succeeded iff its return > 0 (success_rate(returns)).
-    """
+    """Run `episodes` episodes, one per env (its first only: short episodes are not over-counted), bounded by the
+    time limit; return their (returns, lengths). `act_fn(obs)` maps a (n, cond_steps, obs_dim) array to a
+    (n, >= act_steps, action_dim) chunk. Robomimic: an episode succeeded iff its return > 0 (success_rate)."""
     envs = make_vec_env(env_id, episodes, seed, act_steps, cond_steps, normalization, asynchronous)
     obs, _ = envs.reset(seed=seed)
-    returns, lengths = np.full(episodes, np.nan), np.zeros(episodes, int)
-    while np.isnan(returns).any():
-        obs, _, _, _, infos = envs.step(np.asarray(act_fn(obs))[:, :act_steps])
+    returns, lengths, done = np.zeros(episodes), np.zeros(episodes, int), np.zeros(episodes, bool)
+    for _ in range(max_episode_steps(env_id) // act_steps + 1):  # the time limit ends every episode by then
+        obs, reward, _, _, infos = envs.step(np.asarray(act_fn(obs))[:, :act_steps])
+        if not (np.isfinite(reward).all() and np.isfinite(obs).all()):
+            fail(f"an evaluation episode of {env_id} got a non-finite reward or observation; check the environment")
         final = infos.get("final_info", {})
-        if "episode_return" in final:
-            for i in np.nonzero(final["_episode_return"])[0]:
-                if np.isnan(returns[i]):
-                    returns[i], lengths[i] = final["episode_return"][i], final["episode_length"][i]
+        for i in np.nonzero(np.logical_and(final.get("_episode_return", False), ~done))[0]:
+            returns[i], lengths[i], done[i] = final["episode_return"][i], final["episode_length"][i], True
+        if done.all():
+            break
     envs.close()
+    if not done.all():  # only a broken time limit gets here
+        fail(f"{int((~done).sum())} evaluation episodes of {env_id} did not end within its time limit")
     return list(returns), list(lengths)
 
 
@@ -388,11 +409,11 @@ def load_minari(dataset_id: str) -> dict:
     try:
         import minari
     except ImportError:
-        fail(f"{dataset_id} looks like a Minari id but `minari` is not installed: pip install minari")
+        fail(f"{dataset_id} looks like a Minari id but `minari` is not installed: pip install 'minari[hf]>=0.5,<0.6'")
     try:
         ds = minari.load_dataset(dataset_id, download=True)
-    except Exception as e:  # minari raises several types for a missing dataset
-        fail(f"cannot load Minari dataset {dataset_id} ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+    except Exception as e:  # minari raises several types for a missing dataset; downloads need its [hf] extra
+        fail(f"cannot load Minari dataset {dataset_id} ({e.__class__.__name__}); check the id and pip install 'minari[hf]'")
     keys = {k: [] for k in D4RL_KEYS}
     for ep in ds.iterate_episodes():
         n = len(ep.actions)
@@ -485,29 +506,6 @@ def save_checkpoint(ckpt: dict, path: str):
     tmp = path + ".tmp"
     torch.save(ckpt, tmp)
     os.replace(tmp, path)
-
-
-def write_summary(run_dir: str, algo: str, args, env_steps: int, wall: float, pretrained, final, best, success=(), **extra):
-    """summary.json of a run (read by benchmark.sh, scripts/summarize.py); `success`: robomimic's three success rates."""
-    import json
-    from dataclasses import asdict
-
-    summary = dict(algo=algo, env_id=args.env_id, seed=args.seed, env_steps=int(env_steps), wall_time_s=wall,
-                   pretrained_eval_return=pretrained, final_eval_return=final, best_eval_return=best, args=asdict(args),
-                   **extra, **{f"{k}_eval_success_rate": v for k, v in zip(("pretrained", "final", "best"), success or ())})
-    with open(os.path.join(run_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=str)
-    print(f"[done] summary in {os.path.join(run_dir, 'summary.json')}")
-
-
-def peak_memory_mb(device) -> float:
-    """Peak GPU memory (MB) since the last reset on CUDA; peak resident memory of the process on CPU."""
-    import resource
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def load_checkpoint(path: str, policy: str, env_id: str, backbone: str | None = None) -> dict:
@@ -772,8 +770,10 @@ def success_rate(returns) -> float:
     return float(np.mean(returns > 0)) if len(returns) else float("nan")
 
 
-def robomimic_demo_command(task: str) -> str:
-    return f"python scripts/make_robomimic_demos.py --task {task}"
+def robomimic_demo_fix(task: str) -> str:
+    if task in ("lift", "can", "square"):  # the tasks scripts/make_robomimic_demos.py has a controller for
+        return f"make demos here with: python scripts/make_robomimic_demos.py --task {task} (then --dataset {task}-scripted)"
+    return f"download --dataset {task}-mh when online or pass a {task} robomimic low_dim hdf5 path"
 
 
 def _robomimic_dataset_name(dataset: str):
@@ -786,16 +786,15 @@ def _robomimic_dataset_name(dataset: str):
 
 def resolve_robomimic_dataset(dataset: str) -> str:
     """Path of a robomimic dataset name: cached in data_dir(), else downloaded (mh/ph; address pattern
-    $CLEANDPPO_ROBOMIMIC_URL); -scripted and failed downloads fail naming make_robomimic_demos.py."""
+    $CLEANDPPO_ROBOMIMIC_URL); a missing -scripted file and a failed download fail naming robomimic_demo_fix."""
     task, kind = _robomimic_dataset_name(dataset)
     path = os.path.join(data_dir(), f"{task}-{kind}.hdf5")
     if os.path.isfile(path):
         return path
     if kind == "scripted":
-        fail(f"{task}-scripted is not in {data_dir()}; make it with: {robomimic_demo_command(task)}")
+        fail(f"{task}-scripted is not in {data_dir()}; {robomimic_demo_fix(task)}")
     url = os.environ.get("CLEANDPPO_ROBOMIMIC_URL", ROBOMIMIC_URL).format(task=task, kind=kind)
-    return download_or_fail(f"{task}-{kind}", url, path, f"make demonstrations here with: "
-                            f"{robomimic_demo_command(task)} (then --dataset {task}-scripted)")
+    return download_or_fail(f"{task}-{kind}", url, path, robomimic_demo_fix(task))
 
 
 def is_robomimic_hdf5(path: str) -> bool:
@@ -842,8 +841,8 @@ def read_robomimic_hdf5(path: str, obs_keys=None) -> dict:
                     have = sorted(obs_group.keys()) if obs_keys is not None else []
                     lacks = f"obs keys {missing}" if missing else "actions"
                     fail(f"{path}:data/{name} lacks {lacks} (has {have}); "
-                         f"it needs {keys}: use a robomimic low_dim file (not demo.hdf5, which holds only sim states) "
-                         f"or make one with scripts/make_robomimic_demos.py")
+                         f"it needs {keys}: use a robomimic low_dim file (not demo.hdf5, which holds only sim states), "
+                         "e.g. --dataset lift-mh, or make one with scripts/make_robomimic_demos.py --task lift")
                 actions = demo["actions"][()]
                 n = len(actions)
                 demos.append({"name": name, "obs": {k: np.asarray(obs_group[k][()]).reshape(n, -1) for k in keys},

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import tyro
 
-from cleandppo import envs
+from cleandppo import envs, runs
 
 ALGO = "exact_likelihood_pg"
 
@@ -740,7 +740,7 @@ def main(args, cli=()):
         ret, std, succ = evaluate(actor, actor_ft, sched, plan, K_ft if own else 0, kw, args, normalization, device,
                                   args.eval_episodes)
         print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes" + (f", success {succ:.2f}" if robo else ""))
-        envs.write_summary(run_dir, ALGO, args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3)
+        runs.write_summary(run_dir, ALGO, args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3)
         return
 
     obs_dim, action_dim, Tp = kw["obs_dim"], kw["action_dim"], kw["horizon_steps"]
@@ -868,7 +868,7 @@ def main(args, cli=()):
             writer.add_scalar("time/rollout_s", t_rollout, env_steps)
             writer.add_scalar("time/update_s", t_update, env_steps)
             writer.add_scalar("time/old_logprob_s", t_logp, env_steps)
-            mem = envs.peak_memory_mb(device)
+            mem = runs.peak_memory_mb(device)
             writer.add_scalar("charts/peak_memory_mb", mem, env_steps)
             if successes:
                 writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
@@ -892,7 +892,7 @@ def main(args, cli=()):
         print(f"[interrupted] checkpoint written to {os.path.join(run_dir, 'checkpoint_last.pt')}")
         raise SystemExit(130)
     vec.close()
-    envs.write_summary(run_dir, ALGO, args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval, robo and (pre_succ, last_succ, best_succ))
+    runs.write_summary(run_dir, ALGO, args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval, robo and (pre_succ, last_succ, best_succ))
     writer.close()
 
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import tyro
 
-from cleandppo import envs
+from cleandppo import envs, runs
 
 
 @dataclass

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import tyro
 
-from cleandppo import envs
+from cleandppo import envs, runs
 
 
 @dataclass

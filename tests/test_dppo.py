@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 
 from cleandppo import dppo
-from conftest import (TINY_DIFFUSION, cli_fails, main_fails, read_checkpoint, read_summary, run_main, run_script,
-                      scalar_tags, stub_checkpoint)
+from conftest import (TINY_DIFFUSION, assert_one_line_error, cli_fails, main_fails, read_checkpoint, read_summary,
+                      run_main, run_script, scalar_tags, stub_checkpoint)
 
 
 class ConstantEps(nn.Module):
@@ -302,8 +302,9 @@ def test_gaussian_checkpoint_is_refused(tmp_path):
     main_fails(dppo, dppo.Args(checkpoint=path, run_dir=str(tmp_path / "r")), "holds a gaussian policy")
 
 
-def test_ctrl_c_writes_a_checkpoint_then_resumes(tiny_diffusion_checkpoint, tmp_path):
-    """SIGINT during training writes checkpoint_last.pt (exit 130); passing it back resumes there."""
+def test_ctrl_c_keeps_the_last_finished_iteration_then_resumes_in_place(tiny_diffusion_checkpoint, tmp_path):
+    """SIGINT during training drops the unfinished iteration (checkpoint_last.pt holds the last finished one, its env
+    steps match its iteration) and ends in one line (exit 130); passing that checkpoint back resumes in the same dir."""
     import os
     import signal
     import subprocess
@@ -312,22 +313,23 @@ def test_ctrl_c_writes_a_checkpoint_then_resumes(tiny_diffusion_checkpoint, tmp_
     from conftest import ROOT
 
     run = tmp_path / "run"
-    flags = ["--checkpoint", tiny_diffusion_checkpoint, "--run-dir", str(run), "--num-envs", "2", "--n-steps", "4",
-             "--batch-size", "8", "--total-timesteps", "100000", "--eval-episodes", "1", "--eval-freq", "1000", *TINY_DIFFUSION]
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "cleandppo", "dppo.py"), *flags], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    flags = ["--num-envs", "2", "--n-steps", "4", "--batch-size", "8", "--eval-episodes", "1", "--eval-freq", "1000",
+             *TINY_DIFFUSION]
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "cleandppo", "dppo.py"), "--checkpoint",
+                             tiny_diffusion_checkpoint, "--run-dir", str(run), "--total-timesteps", "100000", *flags],
+                            cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
     for line in proc.stdout:  # wait until the second iteration has finished
         if line.startswith("iter 2/"):
             break
     proc.send_signal(signal.SIGINT)
-    out = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 130 and "[interrupted] checkpoint written" in out
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert_one_line_error(err.strip(), f"resume with --checkpoint {run / 'checkpoint_last.pt'}", prefix="interrupted:")
     ckpt = torch.load(str(run / "checkpoint_last.pt"), weights_only=False)
-    assert ckpt["iteration"] >= 2 and ckpt["env_steps"] == ckpt["iteration"] * 2 * 4 * 4
+    assert ckpt["iteration"] >= 1 and ckpt["env_steps"] == ckpt["iteration"] * 2 * 4 * 4
     done = ckpt["iteration"]
-    resumed = tmp_path / "resumed"
     total = (done + 1) * 2 * 4 * 4
-    proc = run_script("dppo.py", "--checkpoint", run / "checkpoint_last.pt", "--run-dir", resumed,
-                      "--num-envs", "2", "--n-steps", "4", "--batch-size", "8", "--total-timesteps", total,
-                      "--eval-episodes", "1", "--eval-freq", "1000", *TINY_DIFFUSION)
+    proc = run_script("dppo.py", "--checkpoint", run / "checkpoint_last.pt", "--total-timesteps", total, *flags)
     assert f"iter {done + 1}/{done + 1}" in proc.stdout and "iter 1/" not in proc.stdout
+    read_summary(run, env_steps=total)
