@@ -779,14 +779,15 @@ def _capture_video(policy, args, normalization, device, run_dir):
 
     env = envs.make_env(args.env_id, args.act_steps, args.cond_steps, normalization, render_mode="rgb_array")
     obs, _ = env.reset(seed=args.seed)
-    frames, done = [env.render()], False
-    while not done:
+    frames = [env.render()]
+    for _ in range(envs.max_episode_steps(args.env_id)):  # the time limit ends the episode by then
         with torch.no_grad():
             means, _, logits = policy(torch.as_tensor(obs[None], device=device))
             chunk = mode_action(means, logits)[0, :args.act_steps].cpu().numpy()
         obs, _, term, trunc, _ = env.step(chunk)
         frames.append(env.render())
-        done = term or trunc
+        if term or trunc:
+            break
     imageio.mimsave(os.path.join(run_dir, "eval.mp4"), frames, fps=30)
 
 

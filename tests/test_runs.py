@@ -73,3 +73,20 @@ def test_dppo_kill_and_resume_is_bit_identical(tiny_diffusion_checkpoint, tmp_pa
     flags = ["--checkpoint", tiny_diffusion_checkpoint, *DPPO_TINY, "--total-timesteps", "160"]
     # 4 vector steps per iteration: the kill lands in the middle of iteration 3
     assert_kill_and_resume_is_exact(dppo, flags, 2 * 4 + 2, tmp_path, monkeypatch)
+
+
+def pretrained(module, tiny_dataset, run_dir, *flags):
+    """A tiny checkpoint pre-trained by `module` for one epoch on the tiny dataset."""
+    run_main(module, "--dataset", tiny_dataset, "--pretrain-only", "--pretrain-epochs", "1", "--eval-episodes", "1",
+             "--run-dir", run_dir, *flags)
+    return run_dir / "pretrained.pt"
+
+
+def test_gaussian_ppo_kill_and_resume_is_bit_identical(tiny_dataset, tmp_path, monkeypatch):
+    from cleandppo import gaussian_ppo
+
+    tiny = ["--mlp-dims", "16", "16", "16", "--critic-dims", "16", "16", "16"]
+    ckpt = pretrained(gaussian_ppo, tiny_dataset, tmp_path / "pre", *tiny)
+    flags = ["--checkpoint", ckpt, *tiny, "--num-envs", "2", "--n-steps", "4", "--batch-size", "4",
+             "--eval-episodes", "1", "--eval-freq", "2", "--total-timesteps", "160"]
+    assert_kill_and_resume_is_exact(gaussian_ppo, flags, 2 * 4 + 3, tmp_path, monkeypatch)
