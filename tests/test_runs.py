@@ -90,3 +90,13 @@ def test_gaussian_ppo_kill_and_resume_is_bit_identical(tiny_dataset, tmp_path, m
     flags = ["--checkpoint", ckpt, *tiny, "--num-envs", "2", "--n-steps", "4", "--batch-size", "4",
              "--eval-episodes", "1", "--eval-freq", "2", "--total-timesteps", "160"]
     assert_kill_and_resume_is_exact(gaussian_ppo, flags, 2 * 4 + 3, tmp_path, monkeypatch)
+
+
+def test_gmm_ppo_kill_and_resume_is_bit_identical(tiny_dataset, tmp_path, monkeypatch):
+    from cleandppo import gmm_ppo
+
+    tiny = ["--mlp-dims", "16", "16", "16", "--critic-dims", "16", "16", "16"]
+    ckpt = pretrained(gmm_ppo, tiny_dataset, tmp_path / "pre", *tiny)
+    flags = ["--checkpoint", ckpt, *tiny, "--num-envs", "2", "--n-steps", "4", "--batch-size", "8",
+             "--eval-episodes", "1", "--eval-freq", "2", "--total-timesteps", "160"]
+    assert_kill_and_resume_is_exact(gmm_ppo, flags, 2 * 4 + 3, tmp_path, monkeypatch)
