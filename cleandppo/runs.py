@@ -31,11 +31,12 @@ from cleandppo import envs
 POSITIVE = (0.0, False, None, False)
 NON_NEGATIVE = (0.0, True, None, False)
 UNIT = (0.0, True, 1.0, True)
+RATE = (0.0, False, 1.0, True)
 OPEN_UNIT = (0.0, False, 1.0, False)
 ANY = (None, False, None, False)
 FLOAT_RANGES = {
-    **dict.fromkeys(("gamma", "gae_lambda", "gamma_denoising", "td_lambda", "td_alpha", "ema_decay", "critic_tau",
-                     "target_ema_rate"), UNIT),
+    **dict.fromkeys(("gae_lambda", "td_lambda", "ema_decay"), UNIT),
+    **dict.fromkeys(("gamma", "gamma_denoising", "td_alpha", "critic_tau", "target_ema_rate", "sde_step_size"), RATE),
     **dict.fromkeys(("expectile", "sde_eps"), OPEN_UNIT),
     **dict.fromkeys(("min_sampling_denoising_std", "std_min", "ent_coef", "vf_coef", "clip_ploss_coef_rate",
                      "q_grad_coeff", "eta", "actor_weight_decay", "critic_weight_decay", "pretrain_weight_decay",
@@ -47,7 +48,8 @@ FLOAT_RANGES = {
                      "clip_ploss_coef", "clip_ploss_coef_base"), POSITIVE),
     **dict.fromkeys(("logprob_min", "logprob_max", "target_return"), ANY),
 }
-INT_FROM_ZERO = ("seed", "n_critic_warmup_itr", "ema_start_epoch", "record_transitions", "hutchinson_probes")
+INT_FROM_ZERO = ("seed", "n_critic_warmup_itr", "ema_start_epoch", "record_transitions", "hutchinson_probes",
+                 "critic_replay_ratio", "action_gradient_steps")
 ORDERED_PAIRS = (("std_min", "std_max"), ("actor_min_lr", "actor_lr"), ("critic_min_lr", "critic_lr"),
                  ("pretrain_min_lr", "pretrain_lr"), ("logprob_min", "logprob_max"))
 
@@ -136,6 +138,7 @@ def prepare_run_dir(args, algo: str, resume_path: str | None = None) -> str:
     """The run dir of this run, checked but not created. `resume_path`: the checkpoint this run resumes (its own
     algo's, with training state); its dir is the default run dir and may hold a run. Any other dir that holds a
     run is refused unless --overwrite. --track needs wandb. Call before loading data; open_run creates the dir."""
+    resume_path = None if getattr(args, "eval_only", False) else resume_path  # an evaluation writes a run of its own
     resume_dir = os.path.dirname(os.path.abspath(resume_path)) if resume_path else None
     run_dir = args.run_dir or resume_dir
     if run_dir is None:
@@ -162,6 +165,7 @@ def open_run(run_dir: str, args, resume_step: int | None = None):
     A fresh run with --overwrite first deletes the old run's files."""
     from torch.utils.tensorboard import SummaryWriter
 
+    resume_step = None if getattr(args, "eval_only", False) else resume_step
     if resume_step is None and getattr(args, "overwrite", False) and holds_run(run_dir):
         for name in os.listdir(run_dir):
             if name in RUN_FILES or name.startswith(("events.out.tfevents", "checkpoint_")):
@@ -258,12 +262,31 @@ def restore_run(resume: dict, vec, obs, firsts):
     return resume["obs"], resume["firsts"], list(resume["recent_returns"])
 
 
-def save_iteration(state: dict, run_dir: str, iteration: int, save_freq: int, num_iters: int, writer=None):
-    """At an iteration boundary: flush the curves, then write checkpoint_last.pt (and checkpoint_<iteration>.pt every
-    `save_freq` iterations and at the end), each atomically, so a kill leaves the last finished iteration."""
+def buffer_state(buffer) -> dict:
+    """A replay buffer's counters and the filled rows of its arrays (every buffer here keeps rows along axis 0)."""
+    return {k: v[: buffer.size].copy() if isinstance(v, np.ndarray) else v for k, v in vars(buffer).items()}
+
+
+def restore_buffer(buffer, resume: dict):
+    """Refill `buffer` from checkpoint_last.pt's replay_buffer; other checkpoints hold none: it starts empty."""
+    if "replay_buffer" not in resume:
+        print("[resume] this checkpoint holds no replay buffer (only checkpoint_last.pt does): it starts empty")
+        return
+    for key, value in resume["replay_buffer"].items():
+        if isinstance(value, np.ndarray):
+            getattr(buffer, key)[: len(value)] = value
+        else:
+            setattr(buffer, key, value)
+
+
+def save_iteration(state: dict, run_dir: str, iteration: int, save_freq: int, num_iters: int, writer=None,
+                   last_only: dict | None = None):
+    """At an iteration boundary: flush the curves, then write checkpoint_last.pt (with `last_only` too, e.g. the replay
+    buffer) and checkpoint_<iteration>.pt every `save_freq` iterations and at the end, each atomically: a kill
+    leaves the last finished iteration."""
     if writer is not None:
         writer.flush()
-    envs.save_checkpoint(state, os.path.join(run_dir, "checkpoint_last.pt"))
+    envs.save_checkpoint(dict(state, **(last_only or {})), os.path.join(run_dir, "checkpoint_last.pt"))
     if iteration % save_freq == 0 or iteration == num_iters:
         envs.save_checkpoint(state, os.path.join(run_dir, f"checkpoint_{iteration}.pt"))
 
