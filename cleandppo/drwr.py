@@ -484,7 +484,7 @@ def main(args, cli=()):
     def save(it):
         state = dict(algo="drwr", policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(), model_kwargs=kw,
                      normalization=normalization, env_id=args.env_id, args=asdict(args), iteration=it, env_steps=env_steps,
-                     actor_optimizer=opt.state_dict(), **runs.run_state(vec, obs, done, recent_returns), 
+                     actor_optimizer=opt.state_dict(), **runs.run_state(vec, obs, done, recent_returns),
                      pretrained_eval_return=pretrained_eval, best_eval_return=best_eval,
                      **(dict(pretrained_eval_success_rate=pre_succ, best_eval_success_rate=best_succ,
                              robomimic_env_args=envs.robomimic_env_args(args.env_id)) if robo else {}))
@@ -502,6 +502,7 @@ def main(args, cli=()):
                            args.min_sampling_denoising_std, args.randn_clip_value, args.denoised_clip_value).cpu().numpy()
             next_obs, reward, term, trunc, infos = vec.step(chunk[:, :args.act_steps])
             runs.check_finite(iteration, reward=reward, observation=next_obs)
+            env_steps += E * args.act_steps  # episodes that end here are logged at this count
             buf_obs[n], buf_chunk[n], buf_rew[n] = obs, chunk, reward
             done = np.logical_or(term, trunc).astype(np.float64)
             firsts[n + 1] = done
@@ -511,7 +512,6 @@ def main(args, cli=()):
                 writer.add_scalar("charts/episodic_length", length, env_steps)
             successes += envs.finished_successes(infos)
             obs = next_obs
-            env_steps += E * args.act_steps
         t_rollout = time.time() - t_iter
 
         # ---- reward-to-go of every complete episode, standardised, exponentiated and clipped ----

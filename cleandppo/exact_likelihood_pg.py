@@ -789,6 +789,7 @@ def main(args, cli=()):
                               "train", args.min_sampling_denoising_std, args.randn_clip_value, args.denoised_clip_value)
             next_obs, reward, term, trunc, infos = vec.step(chunk[:, :args.act_steps].cpu().numpy())
             runs.check_finite(iteration, reward=reward, observation=next_obs)
+            env_steps += E * args.act_steps  # episodes that end here are logged at this count
             buf_obs[n], buf_chunk[n], buf_rew[n], buf_first[n] = obs, chunk, reward, firsts
             buf_term[n], buf_timeout[n] = term, np.logical_and(trunc, np.logical_not(term))
             buf_final[n] = envs.final_observations(next_obs, infos)
@@ -799,7 +800,6 @@ def main(args, cli=()):
                 writer.add_scalar("charts/episodic_length", length, env_steps)
             successes += envs.finished_successes(infos)
             obs = next_obs
-            env_steps += E * args.act_steps
         t_rollout = time.time() - t_iter
 
         # ---- advantages over env steps (GAE), value of the env state only ----

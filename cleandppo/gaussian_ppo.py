@@ -657,6 +657,7 @@ def main(args, cli=()):
             chunk = chunk.cpu().numpy()
             next_obs, reward, term, trunc, infos = envs_.step(chunk[:, :args.act_steps])
             runs.check_finite(iteration, reward=reward, observation=next_obs)
+            env_steps += args.num_envs * args.act_steps  # episodes that end here are logged at this count
             buf_obs[n], buf_act[n], buf_rew[n], buf_first[n] = obs, chunk, reward, firsts
             buf_term[n], buf_timeout[n] = term, np.logical_and(trunc, np.logical_not(term))
             buf_final[n] = envs.final_observations(next_obs, infos)
@@ -667,7 +668,6 @@ def main(args, cli=()):
                 writer.add_scalar("charts/episodic_length", length, env_steps)
             successes += envs.finished_successes(infos)
             obs = next_obs
-            env_steps += args.num_envs * args.act_steps
         t_rollout = time.time() - t_iter
 
         # ---- advantages ----

@@ -643,6 +643,7 @@ def main(args, cli=()):
             max_probs.append(max_prob)
             next_obs, reward, term, trunc, infos = vec.step(chunk[:, :args.act_steps])
             runs.check_finite(iteration, reward=reward, observation=next_obs)
+            env_steps += E * args.act_steps  # episodes that end here are logged at this count
             # next state of a finished episode: its last observation (not the reset one); only
             # termination cuts the bootstrap, a time-out does not
             buffer.add(obs, chunk, reward * args.scale_reward_factor, envs.final_observations(next_obs, infos), term)
@@ -652,7 +653,6 @@ def main(args, cli=()):
                 writer.add_scalar("charts/episodic_length", length, env_steps)
             successes += envs.finished_successes(infos)
             obs = next_obs
-            env_steps += E * args.act_steps
         t_rollout = time.time() - t_iter
 
         t_update = time.time()

@@ -604,6 +604,7 @@ def main(args, cli=()):
                            args.min_sampling_denoising_std, args.randn_clip_value, args.denoised_clip_value).cpu().numpy()
             next_obs, reward, term, trunc, infos = vec.step(chunk[:, :args.act_steps])
             runs.check_finite(iteration, reward=reward, observation=next_obs)
+            env_steps += args.num_envs * args.act_steps  # episodes that end here are logged at this count
             buffer.add(obs, chunk, reward * args.scale_reward_factor, envs.final_observations(next_obs, infos), term)
             for r, length in zip(*envs.finished_episodes(infos)):
                 recent_returns.append(r)
@@ -611,7 +612,6 @@ def main(args, cli=()):
                 writer.add_scalar("charts/episodic_length", length, env_steps)
             successes += envs.finished_successes(infos)
             obs = next_obs
-            env_steps += args.num_envs * args.act_steps
         t_rollout = time.time() - t_iter
 
         # ---- updates: critic, actor (after warm-up), target critic, per minibatch ----

@@ -43,7 +43,7 @@ def kill_at_vector_step(monkeypatch, calls):
 def curves(run_dir):
     """Every TensorBoard scalar of a run but the timing ones: {tag: [(step, value), ...]}."""
     acc = event_accumulator(run_dir)
-    tags = [t for t in acc.Tags()["scalars"] if t not in TIMING_TAGS]
+    tags = [t for t in acc.Tags()["scalars"] if t not in TIMING_TAGS and not t.startswith("time/")]
     return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in tags}
 
 
@@ -100,3 +100,29 @@ def test_gmm_ppo_kill_and_resume_is_bit_identical(tiny_dataset, tmp_path, monkey
     flags = ["--checkpoint", ckpt, *tiny, "--num-envs", "2", "--n-steps", "4", "--batch-size", "8",
              "--eval-episodes", "1", "--eval-freq", "2", "--total-timesteps", "160"]
     assert_kill_and_resume_is_exact(gmm_ppo, flags, 2 * 4 + 3, tmp_path, monkeypatch)
+
+
+BASE = ["--denoising-steps", "6", "--num-envs", "2", "--batch-size", "8", "--eval-episodes", "1", "--eval-freq", "2",
+        "--critic-dims", "16", "16", "16"]
+OFF_POLICY = [*BASE, "--buffer-size", "64", "--n-steps", "4"]
+FAMILIES = {  # script -> (n_steps, flags): weighted regression, off-policy, exact-likelihood PPO
+    "dawr": (8, [*OFF_POLICY[:-2], "--n-steps", "8", "--replay-ratio", "2", "--critic-replay-ratio", "1"]),
+    "drwr": (40, [*BASE[:-4], "--n-steps", "40", "--update-epochs", "1"]),
+    "dipo": (4, [*OFF_POLICY, "--replay-ratio", "2", "--action-gradient-steps", "2"]),
+    "idql": (4, [*OFF_POLICY, "--replay-ratio", "2", "--num-candidates", "3"]),
+    "dql": (4, [*OFF_POLICY, "--replay-ratio", "2"]),
+    "qsm": (4, [*OFF_POLICY, "--replay-ratio", "2"]),
+    "exact_likelihood_pg": (4, [*BASE, "--n-steps", "4", "--ft-denoising-steps", "3", "--grad-chunk-size", "8",
+                                "--sde-step-size", "0.17", "--sde-method", "euler", "--hutchinson-probes", "1"]),
+}
+
+
+@pytest.mark.parametrize("script", sorted(FAMILIES))
+def test_baseline_kill_and_resume_is_bit_identical(script, tiny_diffusion_checkpoint, tmp_path, monkeypatch):
+    """Off-policy scripts resume with their replay buffer (checkpoint_last.pt holds it), DAWR with its buffer of
+    recent iterations, DRWR and exact-likelihood PG with the envs mid-episode: every scalar matches."""
+    module = importlib.import_module(f"cleandppo.{script}")
+    n_steps, flags = FAMILIES[script]
+    total = 5 * 2 * n_steps * 4
+    flags = ["--checkpoint", tiny_diffusion_checkpoint, *flags, "--total-timesteps", str(total)]
+    assert_kill_and_resume_is_exact(module, flags, 2 * n_steps + 2, tmp_path, monkeypatch)
