@@ -126,3 +126,242 @@ def test_baseline_kill_and_resume_is_bit_identical(script, tiny_diffusion_checkp
     total = 5 * 2 * n_steps * 4
     flags = ["--checkpoint", tiny_diffusion_checkpoint, *flags, "--total-timesteps", str(total)]
     assert_kill_and_resume_is_exact(module, flags, 2 * n_steps + 2, tmp_path, monkeypatch)
+
+
+# ---- item 1: a non-finite reward stops the run in one line; nothing waits forever -------------------------------
+class PoisonedReward(gym.Wrapper):
+    """Returns a NaN reward from every step once `switch["on"]` is set (the env itself is unchanged)."""
+
+    def __init__(self, env, switch):
+        super().__init__(env)
+        self.switch = switch
+
+    def step(self, action):
+        obs, reward, term, trunc, info = self.env.step(action)
+        return obs, float("nan") if self.switch["on"] else reward, term, trunc, info
+
+
+def poison_rewards(monkeypatch, switch):
+    make = gym.make
+    monkeypatch.setattr(gym, "make", lambda *a, **k: PoisonedReward(make(*a, **k), switch))
+
+
+def test_nan_reward_stops_the_run_in_one_line_and_keeps_the_last_good_checkpoint(tiny_diffusion_checkpoint, tmp_path,
+                                                                                  monkeypatch):
+    from cleandppo import dppo
+
+    switch, finished, count = {"on": False}, envs.finished_episodes, [0]
+    poison_rewards(monkeypatch, switch)
+
+    def poison_in_iteration_3(infos):  # vector steps 1-8 are iterations 1 and 2
+        count[0] += 1
+        switch["on"] = count[0] >= 10
+        return finished(infos)
+
+    monkeypatch.setattr(envs, "finished_episodes", poison_in_iteration_3)
+    run = tmp_path / "run"
+    args = dppo.Args(checkpoint=tiny_diffusion_checkpoint, run_dir=str(run), total_timesteps=160, eval_freq=100,
+                     **dict(zip(("num_envs", "n_steps", "batch_size", "eval_episodes"), (2, 4, 8, 1))),
+                     mlp_dims=(32, 32, 32), time_dim=8, denoising_steps=6, ft_denoising_steps=3, critic_dims=(16,) * 3)
+    main_fails(dppo, args, "non-finite reward in iteration 3", f"{run / 'checkpoint_last.pt'} is the last good",
+               writes_nothing=False)
+    assert torch.load(run / "checkpoint_last.pt", weights_only=False)["iteration"] == 2
+    assert runs.all_finite(torch.load(run / "checkpoint_last.pt", weights_only=False)["critic"])
+    assert not os.path.exists(run / "checkpoint_3.pt")
+
+
+def test_evaluation_with_a_nan_reward_or_no_episode_end_stops_in_one_line(monkeypatch):
+    act = lambda obs: np.zeros((len(obs), 4, 3))  # noqa: E731
+    with monkeypatch.context() as patch:
+        poison_rewards(patch, {"on": True})
+        with pytest.raises(SystemExit) as e:
+            envs.run_episodes(act, "Hopper-v2", 2, 0, 4, 1, None)
+        assert_one_line_error(str(e.value), "non-finite reward")
+    monkeypatch.setattr(envs, "max_episode_steps", lambda env_id: 8)  # a bound the episode cannot meet
+    with pytest.raises(SystemExit) as e:
+        envs.run_episodes(act, "Hopper-v2", 2, 0, 4, 1, None)
+    assert_one_line_error(str(e.value), "did not end within its time limit")
+
+
+def test_non_finite_losses_and_weights_are_named():
+    net = torch.nn.Linear(2, 2)
+    runs.check_finite(0, policy_loss=0.5, critic_weights=net, reward=np.ones(3))
+    with torch.no_grad():
+        net.weight[0, 0] = float("inf")
+    with pytest.raises(SystemExit) as e:
+        runs.check_finite(4, policy_loss=0.5, critic_weights=net)
+    assert_one_line_error(str(e.value), "non-finite critic weights in iteration 5")
+    with pytest.raises(SystemExit) as e:
+        runs.check_finite(0, value_loss=float("nan"))
+    assert_one_line_error(str(e.value), "non-finite value loss in iteration 1")
+
+
+# ---- item 2: a run dir that holds a run is refused unless resumed or overwritten -------------------------------
+def tiny_dppo_args(run_dir, checkpoint, **flags):
+    from cleandppo import dppo
+
+    tiny = dict(num_envs=2, n_steps=4, batch_size=8, eval_episodes=1, mlp_dims=(32, 32, 32), time_dim=8,
+                denoising_steps=6, ft_denoising_steps=3, critic_dims=(16, 16, 16), total_timesteps=32)
+    return dppo.Args(checkpoint=checkpoint, run_dir=str(run_dir), **{**tiny, **flags})
+
+
+def test_a_run_dir_holding_a_run_is_refused_then_overwritten_on_request(tiny_diffusion_checkpoint, tmp_path):
+    from cleandppo import dppo
+
+    run = tmp_path / "run"
+    dppo.main(tiny_dppo_args(run, tiny_diffusion_checkpoint))
+    before = {name: os.path.getmtime(run / name) for name in os.listdir(run)}
+    last = run / "checkpoint_last.pt"
+    main_fails(dppo, tiny_dppo_args(run, tiny_diffusion_checkpoint), "already holds a run",
+               f"resume it with --checkpoint {last}", "--overwrite", writes_nothing=False)
+    assert {name: os.path.getmtime(run / name) for name in os.listdir(run)} == before  # nothing touched
+    dppo.main(tiny_dppo_args(run, tiny_diffusion_checkpoint, overwrite=True))
+    assert len([n for n in os.listdir(run) if n.startswith("events.out")]) == 1  # the old curves are gone
+
+
+def test_a_pretraining_run_dir_is_refused_without_a_resume_hint(tmp_path):
+    from cleandppo import dppo
+
+    (tmp_path / "pre").mkdir()
+    (tmp_path / "pre" / "pretrained.pt").write_bytes(b"")
+    msg = main_fails(dppo, dppo.Args(run_dir=str(tmp_path / "pre")), "already holds a run", "--overwrite",
+                     writes_nothing=False)
+    assert "--checkpoint" not in msg
+
+
+# ---- item 3: Ctrl-C keeps the last finished iteration, in one line ------------------------------------------------
+def interrupt_at_vector_step(monkeypatch, calls):
+    finished, count = envs.finished_episodes, [0]
+
+    def counting(infos):
+        count[0] += 1
+        if count[0] == calls:
+            raise KeyboardInterrupt()
+        return finished(infos)
+
+    monkeypatch.setattr(envs, "finished_episodes", counting)
+
+
+@pytest.mark.parametrize("vector_step, finished", [(10, 2), (2, 0)])
+def test_ctrl_c_mid_iteration_keeps_the_last_finished_one(vector_step, finished, tiny_diffusion_checkpoint, tmp_path,
+                                                           monkeypatch, capsys):
+    from cleandppo import dppo
+
+    run = tmp_path / "run"
+    interrupt_at_vector_step(monkeypatch, vector_step)
+    with pytest.raises(SystemExit) as e:
+        runs.run_cli(dppo.main, tiny_dppo_args(run, tiny_diffusion_checkpoint, total_timesteps=160, eval_freq=100))
+    assert e.value.code == 130
+    err = capsys.readouterr().err.strip()
+    if finished:
+        assert_one_line_error(err, f"resume with --checkpoint {run / 'checkpoint_last.pt'}", prefix="interrupted:")
+        ckpt = torch.load(run / "checkpoint_last.pt", weights_only=False)
+        assert (ckpt["iteration"], ckpt["env_steps"]) == (finished, finished * 2 * 4 * 4)
+    else:
+        assert_one_line_error(err, "nothing to resume", prefix="interrupted:")
+    assert sorted(n for n in os.listdir(run) if n.startswith("checkpoint")) == (["checkpoint_last.pt"] if finished else [])
+
+
+def test_ctrl_c_in_the_pre_trained_evaluation_is_one_line(tiny_diffusion_checkpoint, tmp_path, monkeypatch, capsys):
+    from cleandppo import dppo
+
+    def interrupted(self, chunk):
+        raise KeyboardInterrupt()
+
+    monkeypatch.setattr(envs.ChunkedEnv, "step", interrupted)
+    with pytest.raises(SystemExit) as e:
+        runs.run_cli(dppo.main, tiny_dppo_args(tmp_path / "run", tiny_diffusion_checkpoint))
+    assert e.value.code == 130
+    assert_one_line_error(capsys.readouterr().err.strip(), "nothing to resume", prefix="interrupted:")
+
+
+# ---- item 5: a run dir that cannot be written, a bad checkpoint or dataset: one line, no run dir left ---------------
+@pytest.mark.parametrize("where, needle", [("file", "is a file"), ("below_file", "lies below the file"),
+                                           ("read_only", "cannot write under")])
+def test_unwritable_run_dirs_are_one_line(where, needle, tmp_path):
+    from cleandppo import dppo
+
+    (tmp_path / "file").write_text("")
+    run_dir = {"file": tmp_path / "file", "below_file": tmp_path / "file" / "run",
+               "read_only": "/proc/cleandppo-run"}[where]  # /proc: read-only even for root
+    with pytest.raises(SystemExit) as e:
+        dppo.main(dppo.Args(run_dir=str(run_dir)))
+    assert_one_line_error(str(e.value), needle, "--run-dir")
+
+
+@pytest.mark.parametrize("script", ["dppo", "gaussian_ppo", "gmm_ppo"])
+def test_a_bad_dataset_or_checkpoint_leaves_no_run_dir(script, tmp_path):
+    module = importlib.import_module(f"cleandppo.{script}")
+    main_fails(module, module.Args(dataset=str(tmp_path / "missing.hdf5"), run_dir=str(tmp_path / "a")), "does not exist")
+    main_fails(module, module.Args(checkpoint=str(tmp_path / "missing.pt"), run_dir=str(tmp_path / "b")),
+               "does not exist")
+
+
+# ---- item 6: every flag's range, with the same rules in every script -------------------------------------------------
+def numeric_fields(module):
+    for field in dataclasses.fields(module.Args):
+        value = getattr(module.Args(), field.name)
+        if isinstance(value, (int, float, tuple)) and not isinstance(value, bool) or "float" in str(field.type):
+            yield field.name, value
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_numeric_flag_has_a_rule_and_out_of_range_values_are_one_line(script):
+    module = importlib.import_module(f"cleandppo.{script}")
+    for name, value in numeric_fields(module):
+        if isinstance(value, float) or value is None:
+            assert name in runs.FLOAT_RANGES, f"{script}: --{name} has no range in runs.FLOAT_RANGES"
+            low, low_in, high, high_in = runs.FLOAT_RANGES[name]
+            bad = [float("nan")] + ([low - 1.0 if low_in else low] if low is not None else [])
+            bad += [high + 1.0 if high_in else high] if high is not None else []
+        else:
+            bad = [-1] if name in runs.INT_FROM_ZERO else [0]
+            bad = [tuple(bad * len(value))] if isinstance(value, tuple) else bad
+        for v in bad:
+            with pytest.raises(SystemExit) as e:
+                runs.check_ranges(module.Args(**{name: v}))
+            assert_one_line_error(str(e.value), runs.flag(name))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("flags, needle", [(dict(gamma=1.5), "--gamma must be in (0, 1], got 1.5"),
+                                           (dict(total_timesteps=0), "--total-timesteps must be >= 1"),
+                                           (dict(total_timesteps=5000), "below one iteration"),
+                                           (dict(actor_lr=-1.0), "--actor-lr must be > 0, got -1.0")])
+def test_every_script_checks_ranges_and_the_budget(script, flags, needle, tmp_path):
+    module = importlib.import_module(f"cleandppo.{script}")
+    main_fails(module, module.Args(run_dir=str(tmp_path / "r"), **flags), needle)
+
+
+def test_a_bad_learning_rate_is_one_line_on_the_command_line(tmp_path):
+    cli_fails("gmm_ppo.py", "--actor-lr", "-1", "--run-dir", tmp_path / "r", needles=["--actor-lr must be > 0"],
+              run_dir=tmp_path / "r")
+
+
+# ---- item 7: every error that names a command names one that works -------------------------------------------------
+def test_transport_datasets_do_not_send_users_to_the_demo_script(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLEANDPPO_DATA", str(tmp_path))
+    monkeypatch.setenv("CLEANDPPO_ROBOMIMIC_URL", "http://127.0.0.1:9/{task}/{kind}.hdf5")  # refused: offline
+    for name in ("transport-scripted", "transport-mh"):
+        with pytest.raises(SystemExit) as e:
+            envs.resolve_dataset(name)
+        msg = assert_one_line_error(str(e.value), "transport")
+        assert "make_robomimic_demos" not in msg and "--dataset transport-mh" in msg, msg
+
+
+def test_track_without_wandb_and_minari_downloads_name_the_install(tmp_path, monkeypatch):
+    from cleandppo import dppo
+
+    monkeypatch.setitem(__import__("sys").modules, "wandb", None)  # import wandb raises ImportError
+    main_fails(dppo, dppo.Args(track=True, run_dir=str(tmp_path / "r")), "pip install wandb")
+    with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "requirements.txt")) as f:
+        assert "minari[hf]" in f.read()  # downloads from the Hugging Face hub need the extra
+    minari = pytest.importorskip("minari")
+
+    def offline(*args, **kwargs):
+        raise ValueError("no such dataset")
+
+    monkeypatch.setattr(minari, "load_dataset", offline)
+    with pytest.raises(SystemExit) as e:
+        envs.load_dataset("mujoco/hopper/medium-v0")
+    assert_one_line_error(str(e.value), "pip install 'minari[hf]'")
