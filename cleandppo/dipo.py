@@ -579,7 +579,7 @@ def main(args, cli=()):
                      env_id=args.env_id, args=asdict(args), iteration=it, env_steps=env_steps, critic=critic.state_dict(),
                      target_critic=target_critic.state_dict(), actor_optimizer=actor_opt.state_dict(),
                      critic_optimizer=critic_opt.state_dict(), **runs.run_state(vec, obs, None, recent_returns),
-                      pretrained_eval_return=pretrained_eval, best_eval_return=best_eval,
+                     pretrained_eval_return=pretrained_eval, best_eval_return=best_eval,
                      **(dict(pretrained_eval_success_rate=pre_succ, best_eval_success_rate=best_succ,
                              robomimic_env_args=envs.robomimic_env_args(args.env_id)) if robo else {}))
         runs.save_iteration(state, run_dir, it, args.save_freq, num_iters, writer,

@@ -770,8 +770,8 @@ def main(args, cli=()):
                      env_id=args.env_id, args=asdict(args), iteration=it, env_steps=env_steps, critic=critic.state_dict(),
                      actor_optimizer=actor_opt.state_dict(), critic_optimizer=critic_opt.state_dict(),
                      actor_lr_schedule=actor_sched.state_dict(), critic_lr_schedule=critic_sched.state_dict(),
-                     reward_scaler=scaler.state_dict(), pretrained_eval_return=pretrained_eval, best_eval_return=best_eval,
-                     **runs.run_state(vec, obs, firsts, recent_returns))
+                     reward_scaler=scaler.state_dict(), pretrained_eval_return=pretrained_eval,
+                     best_eval_return=best_eval, **runs.run_state(vec, obs, firsts, recent_returns))
         if robo:
             state.update(pretrained_eval_success_rate=pre_succ, best_eval_success_rate=best_succ,
                          robomimic_env_args=envs.robomimic_env_args(args.env_id))

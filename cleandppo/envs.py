@@ -192,7 +192,8 @@ class ChunkedEnv(gym.Wrapper):
         base, state = self.env.unwrapped, dict(history=list(self.history), rng=self.env.np_random.bit_generator.state)
         state["episode"] = self.episode_return, self.episode_length, self.episode_success
         if isinstance(base, RobomimicLowDimEnv):
-            return dict(state, steps=base.steps, rs_rng=base.rs_env.rng.bit_generator.state, sim=base.rs_env.sim.get_state())
+            state.update(steps=base.steps, rs_rng=base.rs_env.rng.bit_generator.state)
+            return dict(state, sim=base.rs_env.sim.get_state())
         state["sim"] = np.empty(mujoco.mj_stateSize(base.model, mujoco.mjtState.mjSTATE_INTEGRATION))
         mujoco.mj_getState(base.model, base.data, state["sim"], mujoco.mjtState.mjSTATE_INTEGRATION)
         return dict(state, elapsed=self.env.get_wrapper_attr("_elapsed_steps"))
@@ -413,7 +414,7 @@ def load_minari(dataset_id: str) -> dict:
     try:
         ds = minari.load_dataset(dataset_id, download=True)
     except Exception as e:  # minari raises several types for a missing dataset; downloads need its [hf] extra
-        fail(f"cannot load Minari dataset {dataset_id} ({e.__class__.__name__}); check the id and pip install 'minari[hf]'")
+        fail(f"cannot load Minari dataset {dataset_id} ({type(e).__name__}); check the id, pip install 'minari[hf]'")
     keys = {k: [] for k in D4RL_KEYS}
     for ep in ds.iterate_episodes():
         n = len(ep.actions)
@@ -772,7 +773,7 @@ def success_rate(returns) -> float:
 
 def robomimic_demo_fix(task: str) -> str:
     if task in ("lift", "can", "square"):  # the tasks scripts/make_robomimic_demos.py has a controller for
-        return f"make demos here with: python scripts/make_robomimic_demos.py --task {task} (then --dataset {task}-scripted)"
+        return f"make demos with: python scripts/make_robomimic_demos.py --task {task} (then --dataset {task}-scripted)"
     return f"download --dataset {task}-mh when online or pass a {task} robomimic low_dim hdf5 path"
 
 

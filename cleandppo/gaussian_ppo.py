@@ -60,7 +60,7 @@ class Args:
     eval_episodes: int = 10
     """episodes per evaluation (mean action, no exploration noise)"""
     run_dir: Optional[str] = None
-    """where logs, checkpoints and summary.json go (default runs/<env>__gaussian_ppo__<seed>__<time>; a resume: its own dir)"""
+    """where logs, checkpoints, summary.json go (default runs/<env>__gaussian_ppo__<seed>__<time>; resume: its dir)"""
     overwrite: bool = False
     """replace the run already in --run-dir (without it such a dir is refused unless this run resumes it)"""
     save_freq: int = 10

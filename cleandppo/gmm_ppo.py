@@ -59,7 +59,7 @@ class Args:
     eval_episodes: int = 10
     """episodes per evaluation (mean of the most likely mode, no exploration noise)"""
     run_dir: Optional[str] = None
-    """where logs, checkpoints and summary.json go (default runs/<env>__gmm_ppo__<seed>__<time>; a resume: its own dir)"""
+    """where logs, checkpoints and summary.json go (default runs/<env>__gmm_ppo__<seed>__<time>; a resume: its dir)"""
     overwrite: bool = False
     """replace the run already in --run-dir (without it such a dir is refused unless this run resumes it)"""
     save_freq: int = 10
@@ -461,7 +461,7 @@ def make_checkpoint(policy, kwargs, normalization, args, iteration, env_steps, *
 
 
 def pretrain(args, data, run_dir, writer, device):
-    """Behaviour cloning on `data` (envs.load_dataset) with fixed std: minimize the mixture NLL of chunks (paper D.6)."""
+    """Behaviour cloning on `data` (envs.load_dataset), std fixed: minimize the mixture NLL of chunks (paper D.6)."""
     norm = data["normalization"]
     obs, actions, starts, firsts = envs.make_pretraining_samples(data["episodes"], norm, args.cond_steps, args.horizon_steps)
     print(f"[pretrain] {len(data['episodes'])} episodes, {len(starts)} samples from {args.dataset}")

@@ -247,7 +247,8 @@ def restore_vec_env(vec, state: dict):
 
 def run_state(vec, obs, firsts, recent_returns) -> dict:
     """The checkpoint entries restore_run reads: every RNG, the envs mid-episode, the rollout's carry-over."""
-    return dict(rng=rng_state(), vec_env=vec_env_state(vec), obs=obs, firsts=firsts, recent_returns=recent_returns[-50:])
+    state = dict(rng=rng_state(), vec_env=vec_env_state(vec), obs=obs, firsts=firsts)
+    return dict(state, recent_returns=recent_returns[-50:])
 
 
 def restore_run(resume: dict, vec, obs, firsts):
@@ -309,7 +310,7 @@ def run_cli(main, *main_args):
 # ------------------------------------------------------------------------------------------------
 def write_summary(run_dir: str, algo: str, args, env_steps: int, wall: float, pretrained, final, best, success=(),
                   **extra):
-    """summary.json of a run (read by benchmark.sh, scripts/summarize.py); `success`: robomimic's three success rates."""
+    """summary.json of a run (read by benchmark.sh, scripts/summarize.py); `success`: robomimic's 3 success rates."""
     rates = {f"{k}_eval_success_rate": v for k, v in zip(("pretrained", "final", "best"), success or ())}
     summary = dict(algo=algo, env_id=args.env_id, seed=args.seed, env_steps=int(env_steps), wall_time_s=wall,
                    pretrained_eval_return=pretrained, final_eval_return=final, best_eval_return=best, args=asdict(args),

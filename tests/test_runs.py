@@ -259,7 +259,8 @@ def test_ctrl_c_mid_iteration_keeps_the_last_finished_one(vector_step, finished,
         assert (ckpt["iteration"], ckpt["env_steps"]) == (finished, finished * 2 * 4 * 4)
     else:
         assert_one_line_error(err, "nothing to resume", prefix="interrupted:")
-    assert sorted(n for n in os.listdir(run) if n.startswith("checkpoint")) == (["checkpoint_last.pt"] if finished else [])
+    checkpoints = sorted(n for n in os.listdir(run) if n.startswith("checkpoint"))
+    assert checkpoints == (["checkpoint_last.pt"] if finished else [])
 
 
 def test_ctrl_c_in_the_pre_trained_evaluation_is_one_line(tiny_diffusion_checkpoint, tmp_path, monkeypatch, capsys):
@@ -292,7 +293,8 @@ def test_unwritable_run_dirs_are_one_line(where, needle, tmp_path):
 @pytest.mark.parametrize("script", ["dppo", "gaussian_ppo", "gmm_ppo"])
 def test_a_bad_dataset_or_checkpoint_leaves_no_run_dir(script, tmp_path):
     module = importlib.import_module(f"cleandppo.{script}")
-    main_fails(module, module.Args(dataset=str(tmp_path / "missing.hdf5"), run_dir=str(tmp_path / "a")), "does not exist")
+    main_fails(module, module.Args(dataset=str(tmp_path / "missing.hdf5"), run_dir=str(tmp_path / "a")),
+               "does not exist")
     main_fails(module, module.Args(checkpoint=str(tmp_path / "missing.pt"), run_dir=str(tmp_path / "b")),
                "does not exist")
 
