@@ -38,7 +38,7 @@ try:
 
     mujoco.set_mju_user_warning(_mujoco_warning)
 except (ImportError, AttributeError):
-    mujoco = None
+    pass
 
 
 def fail(message: str):
@@ -187,28 +187,16 @@ class ChunkedEnv(gym.Wrapper):
 
     @property
     def run_state(self) -> dict:
-        """What continuing this env needs (runs.vec_env_state): history, episode progress, RNGs, time limit and MuJoCo
-        integration state (robosuite: its MjSim state and step count; not its controllers' internal state)."""
-        base, state = self.env.unwrapped, dict(history=list(self.history), rng=self.env.np_random.bit_generator.state)
-        state["episode"] = self.episode_return, self.episode_length, self.episode_success
-        if isinstance(base, RobomimicLowDimEnv):
-            state.update(steps=base.steps, rs_rng=base.rs_env.rng.bit_generator.state)
-            return dict(state, sim=base.rs_env.sim.get_state())
-        state["sim"] = np.empty(mujoco.mj_stateSize(base.model, mujoco.mjtState.mjSTATE_INTEGRATION))
-        mujoco.mj_getState(base.model, base.data, state["sim"], mujoco.mjtState.mjSTATE_INTEGRATION)
-        return dict(state, elapsed=self.env.get_wrapper_attr("_elapsed_steps"))
+        """What continuing this env needs (runs.env_state); vector envs read and assign it by name."""
+        from cleandppo import runs
+
+        return runs.env_state(self)
 
     @run_state.setter
     def run_state(self, state: dict):
-        base, self.history = self.env.unwrapped, deque(state["history"], maxlen=self.cond_steps)
-        self.episode_return, self.episode_length, self.episode_success = state["episode"]
-        self.env.np_random.bit_generator.state = state["rng"]
-        if isinstance(base, RobomimicLowDimEnv):
-            base.steps, base.rs_env.rng.bit_generator.state = state["steps"], state["rs_rng"]
-            return base.rs_env.sim.set_state(state["sim"])
-        mujoco.mj_setState(base.model, base.data, state["sim"], mujoco.mjtState.mjSTATE_INTEGRATION)
-        mujoco.mj_forward(base.model, base.data)
-        self.env.set_wrapper_attr("_elapsed_steps", state["elapsed"])
+        from cleandppo import runs
+
+        runs.set_env_state(self, state)
 
 
 def make_env(env_id: str, act_steps: int = 1, cond_steps: int = 1, normalization: dict | None = None,
