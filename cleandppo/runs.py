@@ -162,14 +162,17 @@ def prepare_run_dir(args, algo: str, resume_path: str | None = None) -> str:
 def open_run(run_dir: str, args, resume_step: int | None = None):
     """Create the run dir and return its TensorBoard writer. A resume (`resume_step`: the checkpoint's env steps)
     appends to the run's curves: events a killed run logged after its checkpoint are dropped (purge_step).
-    A fresh run with --overwrite first deletes the old run's files."""
+    A fresh run with --overwrite first deletes the old run's files (but the --checkpoint it starts from)."""
     from torch.utils.tensorboard import SummaryWriter
 
     resume_step = None if getattr(args, "eval_only", False) else resume_step
     if resume_step is None and getattr(args, "overwrite", False) and holds_run(run_dir):
+        loaded = os.path.abspath(args.checkpoint) if getattr(args, "checkpoint", None) else None
         for name in os.listdir(run_dir):
+            path = os.path.join(run_dir, name)
             if name in RUN_FILES or name.startswith(("events.out.tfevents", "checkpoint_")):
-                os.remove(os.path.join(run_dir, name))
+                if os.path.abspath(path) != loaded:  # never the checkpoint this run starts from
+                    os.remove(path)
         shutil.rmtree(os.path.join(run_dir, "wandb"), ignore_errors=True)
     os.makedirs(run_dir, exist_ok=True)
     writer = SummaryWriter(run_dir, purge_step=None if resume_step is None else resume_step + 1)

@@ -367,3 +367,16 @@ def test_track_without_wandb_and_minari_downloads_name_the_install(tmp_path, mon
     with pytest.raises(SystemExit) as e:
         envs.load_dataset("mujoco/hopper/medium-v0")
     assert_one_line_error(str(e.value), "pip install 'minari[hf]'")
+
+
+def test_overwrite_keeps_the_checkpoint_the_run_starts_from(tiny_diffusion_checkpoint, tmp_path):
+    import shutil
+
+    from cleandppo import dppo
+
+    run = tmp_path / "pre"  # a pre-training run dir, fine-tuned from its own pretrained.pt with --overwrite
+    run.mkdir()
+    shutil.copy(tiny_diffusion_checkpoint, run / "pretrained.pt")
+    (run / "summary.json").write_text("{}")
+    dppo.main(tiny_dppo_args(run, str(run / "pretrained.pt"), overwrite=True))
+    assert (run / "pretrained.pt").is_file() and (run / "checkpoint_last.pt").is_file()
