@@ -554,7 +554,7 @@ def main(args, cli=()):
 
     # ---- load (and check) a checkpoint before writing anything, then build the policy ----
     start_iter, env_steps, resume, ckpt = 0, 0, None, None
-    if not args.from_scratch and (args.dataset is None or args.checkpoint is not None):
+    if args.checkpoint is not None or (not args.from_scratch and args.dataset is None):
         path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "gaussian", args.backbone)
         ckpt = envs.load_checkpoint(path, "gaussian", args.env_id, args.backbone)
         kw = ckpt["model_kwargs"]
@@ -572,11 +572,14 @@ def main(args, cli=()):
         print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
         if robo and ckpt.get("robomimic_env_args"):  # the env meta the policy was trained with
             envs.set_robomimic_env_args(args.env_id, ckpt["robomimic_env_args"])
+        if args.from_scratch and resume is None:
+            envs.fail(f"--from-scratch --checkpoint resumes a from-scratch run, and {path} is none; pass that run's "
+                      "checkpoint_last.pt, or drop --from-scratch to fine-tune this checkpoint")
 
     run_dir = runs.prepare_run_dir(args, "gaussian_ppo", resume and path)
     data = envs.load_dataset(args.dataset, args.env_id) if ckpt is None and not args.from_scratch else None
     writer = runs.open_run(run_dir, args, resume and env_steps)
-    if args.from_scratch:
+    if args.from_scratch and resume is None:
         normalization = envs.identity_normalization(obs_dim, action_dim)
         kwargs = model_kwargs_from(args, obs_dim, action_dim, args.fixed_std, obs_norm=True)
         policy = GaussianPolicy(**kwargs).to(device)
@@ -616,7 +619,7 @@ def main(args, cli=()):
     obs, _ = envs_.reset(seed=args.seed + start_iter * args.num_envs)
     steps_per_iter = args.num_envs * args.n_steps * args.act_steps
     num_iters = max(1, args.total_timesteps // steps_per_iter)
-    pretrained_eval = float(resume["pretrained_eval_return"]) if resume is not None else None
+    pretrained_eval = (resume or {}).get("pretrained_eval_return")  # None from scratch
     best_eval = float(resume.get("best_eval_return", -np.inf)) if resume is not None else -np.inf
     pre_succ, best_succ = (resume or {}).get("pretrained_eval_success_rate"), (resume or {}).get("best_eval_success_rate", -np.inf)
     last_eval = last_succ = float("nan")

@@ -57,7 +57,7 @@ def assert_kill_and_resume_is_exact(module, flags, kill_call, tmp_path, monkeypa
         with pytest.raises(Killed):
             run_main(module, *flags, "--run-dir", killed)
     assert torch.load(killed / "checkpoint_last.pt", weights_only=False)["iteration"] == 2
-    resume_flags = [f for f in flags]
+    resume_flags = list(flags) if "--checkpoint" in flags else [*flags, "--checkpoint", None]
     resume_flags[resume_flags.index("--checkpoint") + 1] = killed / "checkpoint_last.pt"
     run_main(module, *resume_flags)  # no --run-dir: a resume continues in the checkpoint's own dir
     expected, got = curves(whole), curves(killed)
@@ -90,6 +90,15 @@ def test_gaussian_ppo_kill_and_resume_is_bit_identical(tiny_dataset, tmp_path, m
     flags = ["--checkpoint", ckpt, *tiny, "--num-envs", "2", "--n-steps", "4", "--batch-size", "4",
              "--eval-episodes", "1", "--eval-freq", "2", "--total-timesteps", "160"]
     assert_kill_and_resume_is_exact(gaussian_ppo, flags, 2 * 4 + 3, tmp_path, monkeypatch)
+
+
+def test_gaussian_ppo_from_scratch_kill_and_resume_is_bit_identical(tmp_path, monkeypatch):
+    from cleandppo import gaussian_ppo
+
+    flags = ["--from-scratch", "--mlp-dims", "16", "16", "--critic-dims", "16", "16", "16", "--num-envs", "2",
+             "--n-steps", "8", "--batch-size", "8", "--update-epochs", "1", "--eval-episodes", "1", "--eval-freq", "2",
+             "--total-timesteps", "80"]
+    assert_kill_and_resume_is_exact(gaussian_ppo, flags, 2 * 8 + 3, tmp_path, monkeypatch)
 
 
 def test_gmm_ppo_kill_and_resume_is_bit_identical(tiny_dataset, tmp_path, monkeypatch):
