@@ -43,8 +43,7 @@ FLOAT_RANGES = {
                      "actor_min_lr", "critic_min_lr", "pretrain_min_lr"), NON_NEGATIVE),
     **dict.fromkeys(("actor_lr", "critic_lr", "pretrain_lr", "action_lr", "std_max", "fixed_std",
                      "min_logprob_denoising_std", "denoised_clip_value", "randn_clip_value", "beta",
-                     "boltzmann_temperature", "max_adv_weight", "max_reward_weight", "sde_step_size",
-                     "scale_reward_factor", "replay_ratio", "target_kl", "max_grad_norm", "clip_coef",
+                     "boltzmann_temperature", "max_adv_weight", "max_reward_weight", "scale_reward_factor", "replay_ratio", "target_kl", "max_grad_norm", "clip_coef",
                      "clip_ploss_coef", "clip_ploss_coef_base"), POSITIVE),
     **dict.fromkeys(("logprob_min", "logprob_max", "target_return"), ANY),
 }

@@ -344,6 +344,13 @@ def test_every_script_checks_ranges_and_the_budget(script, flags, needle, tmp_pa
     main_fails(module, module.Args(run_dir=str(tmp_path / "r"), **flags), needle)
 
 
+def test_each_flag_has_one_rule():
+    names = [name for group in (runs.FLOAT_RANGES, runs.INT_FROM_ZERO) for name in group]
+    assert len(runs.FLOAT_RANGES) + len(runs.INT_FROM_ZERO) == len(set(names))
+    with pytest.raises(SystemExit, match="--sde-step-size must be in"):
+        runs.check_ranges(importlib.import_module("cleandppo.exact_likelihood_pg").Args(sde_step_size=2.0))
+
+
 def test_a_bad_learning_rate_is_one_line_on_the_command_line(tmp_path):
     cli_fails("gmm_ppo.py", "--actor-lr", "-1", "--run-dir", tmp_path / "r", needles=["--actor-lr must be > 0"],
               run_dir=tmp_path / "r")
