@@ -396,3 +396,29 @@ def test_overwrite_keeps_the_checkpoint_the_run_starts_from(tiny_diffusion_check
     (run / "summary.json").write_text("{}")
     dppo.main(tiny_dppo_args(run, str(run / "pretrained.pt"), overwrite=True))
     assert (run / "pretrained.pt").is_file() and (run / "checkpoint_last.pt").is_file()
+
+
+def test_dppo_kill_9_then_resume_is_bit_identical(tiny_diffusion_checkpoint, tmp_path):
+    """The real thing: SIGKILL a dppo process once it has printed its second iteration (whatever it was doing then),
+    resume its checkpoint_last.pt in-process with the same flags: the run's curves equal the uninterrupted run's."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from cleandppo import dppo
+
+    flags = [*DPPO_TINY, "--total-timesteps", "160"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    run_main(dppo, "--checkpoint", tiny_diffusion_checkpoint, *flags, "--run-dir", whole)
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "cleandppo", "dppo.py"), "--checkpoint",
+                             tiny_diffusion_checkpoint, *flags, "--run-dir", str(killed)], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    for line in proc.stdout:
+        if line.startswith("iter 2/"):
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert torch.load(killed / "checkpoint_last.pt", weights_only=False)["iteration"] in (1, 2)
+    run_main(dppo, "--checkpoint", killed / "checkpoint_last.pt", *flags)
+    assert curves(killed) == curves(whole)
