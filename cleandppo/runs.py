@@ -180,8 +180,8 @@ def open_run(run_dir: str, args, resume_step: int | None = None):
     if args.track:
         import wandb
 
-        wandb.init(project="cleandppo", config=vars(args), name=os.path.basename(run_dir), sync_tensorboard=True,
-                   resume="allow" if resume_step is not None else None)
+        # a resumed run is a new W&B run; TensorBoard's files in run_dir hold the continued curves
+        wandb.init(project="cleandppo", config=vars(args), name=os.path.basename(run_dir), sync_tensorboard=True)
     return writer
 
 
