@@ -422,3 +422,25 @@ def test_dppo_kill_9_then_resume_is_bit_identical(tiny_diffusion_checkpoint, tmp
     assert torch.load(killed / "checkpoint_last.pt", weights_only=False)["iteration"] in (1, 2)
     run_main(dppo, "--checkpoint", killed / "checkpoint_last.pt", *flags)
     assert curves(killed) == curves(whole)
+
+
+@pytest.mark.parametrize("script", [*sorted(FAMILIES), "gaussian_ppo"])
+def test_every_rollout_stops_at_a_nan_reward(script, tiny_diffusion_checkpoint, tmp_path, monkeypatch):
+    module = importlib.import_module(f"cleandppo.{script}")
+    switch, finished = {"on": False}, envs.finished_episodes
+    poison_rewards(monkeypatch, switch)
+
+    def poison_after_the_first_vector_step(infos):
+        switch["on"] = True
+        return finished(infos)
+
+    monkeypatch.setattr(envs, "finished_episodes", poison_after_the_first_vector_step)
+    if script == "gaussian_ppo":
+        flags = ["--from-scratch", "--mlp-dims", "16", "16", "--num-envs", "2", "--n-steps", "8", "--batch-size", "8",
+                 "--eval-episodes", "1", "--total-timesteps", "16"]
+    else:
+        n_steps, flags = FAMILIES[script]
+        flags = ["--checkpoint", tiny_diffusion_checkpoint, *flags, "--total-timesteps", str(2 * n_steps * 4)]
+    with pytest.raises(SystemExit) as e:
+        run_main(module, *flags, "--run-dir", tmp_path / "run")
+    assert_one_line_error(str(e.value), "non-finite reward in iteration 1", "no checkpoint was written")
