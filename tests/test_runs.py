@@ -444,3 +444,31 @@ def test_every_rollout_stops_at_a_nan_reward(script, tiny_diffusion_checkpoint, 
     with pytest.raises(SystemExit) as e:
         run_main(module, *flags, "--run-dir", tmp_path / "run")
     assert_one_line_error(str(e.value), "non-finite reward in iteration 1", "no checkpoint was written")
+
+
+@pytest.mark.parametrize("env_id, asynchronous", [("Hopper-v2", False), ("Walker2D-v2", False),
+                                                  ("HalfCheetah-v2", False), ("Hopper-v2", True)])
+def test_a_restored_vector_env_continues_bit_identically(env_id, asynchronous, monkeypatch):
+    """Envs restored from vec_env_state (mid-episode, across terminations, time-outs and auto-resets) step exactly as
+    the originals: one action per step and a 3-step history, so the history carried over is read."""
+    monkeypatch.setattr(envs, "GYM_MAX_EPISODE_STEPS", 25)  # time-outs (HalfCheetah never terminates) come quickly
+    action_dim = envs.env_dims(env_id)[1]
+    actions = np.random.default_rng(0).uniform(-1, 1, (120, 2, 1, action_dim))
+
+    def make():
+        vec = envs.make_vec_env(env_id, 2, 0, 1, 3, None, asynchronous)
+        vec.reset(seed=0)
+        return vec
+
+    original = make()
+    for chunk in actions[:37]:
+        original.step(chunk)
+    restored = make()
+    runs.restore_vec_env(restored, runs.vec_env_state(original))
+    for chunk in actions[37:]:
+        a, b = original.step(chunk), restored.step(chunk)
+        for x, y in zip(a[:4], b[:4]):
+            np.testing.assert_array_equal(x, y)
+        assert envs.finished_episodes(a[4]) == envs.finished_episodes(b[4])  # returns and lengths of ended episodes
+    original.close()
+    restored.close()
