@@ -169,9 +169,9 @@ def open_run(run_dir: str, args, resume_step: int | None = None):
         loaded = os.path.abspath(args.checkpoint) if getattr(args, "checkpoint", None) else None
         for name in os.listdir(run_dir):
             path = os.path.join(run_dir, name)
-            if name in RUN_FILES or name.startswith(("events.out.tfevents", "checkpoint_")):
-                if os.path.abspath(path) != loaded:  # never the checkpoint this run starts from
-                    os.remove(path)
+            run_file = name in RUN_FILES or name.startswith(("events.out.tfevents", "checkpoint_"))
+            if run_file and os.path.abspath(path) != loaded:  # never the checkpoint this run starts from
+                os.remove(path)
         shutil.rmtree(os.path.join(run_dir, "wandb"), ignore_errors=True)
     os.makedirs(run_dir, exist_ok=True)
     writer = SummaryWriter(run_dir, purge_step=None if resume_step is None else resume_step + 1)
