@@ -28,7 +28,8 @@ warnings.filterwarnings("ignore", message=r".*is out of date\. You should consid
 
 
 def _mujoco_warning(message: str):
-    """Print MuJoCo warnings but `settotalmass`, which HalfCheetah-v4's model raises at every compile (harmless)."""
+    # HalfCheetah-v4's model file uses `settotalmass`, which MuJoCo 3 flags at every compile (once per
+    # env made): harmless, and it floods the log. Every other MuJoCo warning is still printed.
     if "settotalmass" not in message:
         print(f"MuJoCo warning: {message}", file=sys.stderr)
 
@@ -108,8 +109,9 @@ def compute_normalization(observations: np.ndarray, actions: np.ndarray) -> dict
 
 def identity_normalization(obs_dim: int, action_dim: int) -> dict:
     """Normalization that leaves values (almost) unchanged; used for training from scratch."""
-    ones = {"obs": np.ones(obs_dim, np.float32), "action": np.ones(action_dim, np.float32)}
-    return {f"{k}_{end}": sign * v for k, v in ones.items() for end, sign in (("min", -1), ("max", 1))}
+    lo = lambda d: -np.ones(d, np.float32)  # noqa: E731
+    hi = lambda d: np.ones(d, np.float32)  # noqa: E731
+    return {"obs_min": lo(obs_dim), "obs_max": hi(obs_dim), "action_min": lo(action_dim), "action_max": hi(action_dim)}
 
 
 def normalize_obs(obs, norm: dict):

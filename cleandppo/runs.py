@@ -317,7 +317,7 @@ def restore_run(resume: dict, vec, obs, firsts):
 
 def buffer_state(buffer) -> dict:
     """A replay buffer's counters and the filled rows of its arrays (every buffer here keeps rows along axis 0)."""
-    return {k: v[: buffer.size].copy() if isinstance(v, np.ndarray) else v for k, v in vars(buffer).items()}
+    return {k: v[: buffer.size] if isinstance(v, np.ndarray) else v for k, v in vars(buffer).items()}
 
 
 def restore_buffer(buffer, resume: dict):
