@@ -174,6 +174,11 @@ def open_run(run_dir: str, args, resume_step: int | None = None):
                 os.remove(path)
         shutil.rmtree(os.path.join(run_dir, "wandb"), ignore_errors=True)
     os.makedirs(run_dir, exist_ok=True)
+    if resume_step is not None:  # TensorBoard reads event files in name order: the new one must sort last
+        names = [n.split(".") for n in os.listdir(run_dir) if n.startswith("events.out.tfevents.")]
+        latest = max((int(n[3]) for n in names if n[3].isdigit()), default=0)  # the file's creation second
+        while int(time.time()) <= latest:
+            time.sleep(0.05)
     writer = SummaryWriter(run_dir, purge_step=None if resume_step is None else resume_step + 1)
     table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)

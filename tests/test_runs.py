@@ -492,3 +492,12 @@ def test_a_restored_robomimic_env_holds_the_simulator_state():
     assert a.rs_env.rng.random() == b.rs_env.rng.random()
     original.close()
     restored.close()
+
+
+def test_a_resume_in_the_same_second_still_reads_in_order(tmp_path, monkeypatch):
+    """Event files are named events.out.tfevents.<second>.<host>.<pid>.<counter> and read in name order: a resume
+    within the killed run's second whose counter goes from 9 to 10 would sort first. open_run waits for a new second."""
+    from tensorboard.summary.writer import event_file_writer
+
+    monkeypatch.setattr(event_file_writer, "_global_uid", event_file_writer.AtomicCounter(8))  # killed 9, resumed 10
+    test_gaussian_ppo_from_scratch_kill_and_resume_is_bit_identical(tmp_path, monkeypatch)
