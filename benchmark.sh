@@ -10,6 +10,8 @@
 # 20k env steps per iteration for the PPO methods (paper: 80k), 4k for the off-policy ones.
 # For paper-scale runs on a GPU, set BUDGET (paper Gym DPPO: 72M) and PAPER_SIZES=1 to use each
 # script's own defaults (the paper's values) instead.
+# BUDGET must cover one iteration of every algorithm (20k env steps with these sizes); a smaller
+# one stops each script with one line. Rerunning skips finished runs and resumes interrupted ones.
 # Results: runs/benchmark/<env>__<algo>__<seed>/summary.json; a table is printed at the end.
 set -uo pipefail
 ALGOS=${ALGOS:-"dppo gaussian_ppo gmm_ppo drwr dawr dipo idql dql qsm exact_likelihood_pg"}
@@ -38,8 +40,12 @@ for seed in $SEEDS; do
       echo "+ $cmd"
       [ "${DRY_RUN:-0}" = 1 ] && continue
       if [ -f "$run/summary.json" ]; then echo "  (done already: $run/summary.json)"; continue; fi
+      if [ -f "$run/checkpoint_last.pt" ]; then  # an interrupted run: resume it in place
+        cmd="$cmd --checkpoint $run/checkpoint_last.pt"
+        echo "  (resuming $run/checkpoint_last.pt)"
+      fi
       mkdir -p "$run"
-      $cmd > "$run/stdout.log" 2>&1 || echo "  FAILED (exit $?), see $run/stdout.log"
+      $cmd >> "$run/stdout.log" 2>&1 || echo "  FAILED (exit $?): $(tail -n 1 "$run/stdout.log")"
     done
   done
 done

@@ -6,7 +6,7 @@ recomputes the advantages A = target - V with the updated critic, and fits the p
 denoising loss weighted by w = min(exp(beta * A_norm), max_adv_weight), A standardised per minibatch.
 
     python cleandppo/dawr.py --env-id Hopper-v2                      # bundled pre-trained policy
-    python cleandppo/dawr.py --checkpoint runs/.../checkpoint_last.pt  # resume a dawr run (buffer refills)
+    python cleandppo/dawr.py --checkpoint runs/.../checkpoint_last.pt  # resume a dawr run in place
 """
 
 import math
@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import tyro
 
-from cleandppo import envs
+from cleandppo import envs, runs
 
 
 @dataclass
@@ -38,7 +38,7 @@ class Args:
     """fine-tuning budget in environment steps"""
     checkpoint: Optional[str] = None
     """diffusion policy to fine-tune (made by any cleandppo diffusion script), or a dawr run's checkpoint to
-    resume (the replay buffer is not saved: it refills); default: the bundled pre-trained one for --env-id"""
+    resume (checkpoint_last.pt also holds the replay buffer); default: the bundled pre-trained one for --env-id"""
     eval_only: bool = False
     """only evaluate --checkpoint"""
     eval_freq: int = 10
@@ -47,6 +47,8 @@ class Args:
     """episodes per evaluation"""
     run_dir: Optional[str] = None
     """where logs, checkpoints and summary.json go (default runs/<env>__dawr__<seed>__<time>)"""
+    overwrite: bool = False
+    """replace the run already in --run-dir (without it such a dir is refused unless this run resumes it)"""
     save_freq: int = 10
     """write checkpoint_<iter>.pt every N iterations (checkpoint_last.pt is written every iteration)"""
     cuda: bool = True
@@ -504,21 +506,7 @@ def evaluate(actor, sched, kw, args, normalization, device):
 
 
 def check_args(args):
-    for name in ("num_envs", "n_steps", "batch_size", "buffer_size", "replay_ratio", "eval_episodes", "eval_freq",
-                 "save_freq", "denoising_steps", "total_timesteps", "value_batch_size"):
-        if getattr(args, name) < 1:
-            envs.fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.critic_replay_ratio < 0 or args.n_critic_warmup_itr < 0:
-        envs.fail("--critic-replay-ratio and --n-critic-warmup-itr must be >= 0")
-    if args.beta <= 0:
-        envs.fail(f"--beta must be > 0, got {args.beta} (the paper uses 10)")
-    if args.max_adv_weight <= 0:
-        envs.fail(f"--max-adv-weight must be > 0, got {args.max_adv_weight} (the paper uses 100)")
-    if not 0 < args.gamma <= 1 or not 0 <= args.td_lambda <= 1 or not 0 < args.td_alpha <= 1:
-        envs.fail(f"need 0 < --gamma <= 1, 0 <= --td-lambda <= 1, 0 < --td-alpha <= 1; got {args.gamma}, "
-                  f"{args.td_lambda}, {args.td_alpha}")
-    if args.actor_lr <= 0 or args.critic_lr <= 0:
-        envs.fail(f"--actor-lr and --critic-lr must be > 0, got {args.actor_lr} and {args.critic_lr}")
+    runs.check_ranges(args, None if args.eval_only else args.num_envs * args.n_steps * args.act_steps)
     if args.act_steps > args.horizon_steps:
         envs.fail(f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps")
     if args.buffer_size < max(args.batch_size, args.num_envs):
@@ -528,8 +516,6 @@ def check_args(args):
         envs.fail(f"n_steps x num_envs / batch_size x replay_ratio = "
                   f"{args.n_steps * args.num_envs / args.batch_size * args.replay_ratio:.3g} actor steps per iteration; "
                   f"raise --replay-ratio or lower --batch-size")
-    if args.min_sampling_denoising_std < 0:
-        envs.fail("--min-sampling-denoising-std must be >= 0")
 
 
 def load_diffusion_checkpoint(path, args):
@@ -566,16 +552,8 @@ def main(args, cli=()):
     if robo and ckpt.get("robomimic_env_args"):  # the dataset's env meta, before any env is built
         envs.set_robomimic_env_args(args.env_id, ckpt["robomimic_env_args"])
     resume = ckpt if ckpt["algo"] == "dawr" and "critic" in ckpt else None
-    run_dir = args.run_dir or os.path.join("runs", f"{envs.env_slug(args.env_id)}__dawr__{args.seed}__{int(time.time())}")
-    os.makedirs(run_dir, exist_ok=True)
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(run_dir)
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    if args.track:
-        import wandb
-
-        wandb.init(project="cleandppo", config=vars(args), name=os.path.basename(run_dir), sync_tensorboard=True)
+    run_dir = runs.prepare_run_dir(args, "dawr", resume and path)
+    writer = runs.open_run(run_dir, args, resume and resume["env_steps"])
 
     kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
     actor = build_network(kw).to(device)
@@ -587,7 +565,7 @@ def main(args, cli=()):
     if args.eval_only:
         ret, std, succ = evaluate(actor, sched, kw, args, normalization, device)
         print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes" + (f", success {succ:.2f}" if robo else ""))
-        envs.write_summary(run_dir, "dawr", args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3)
+        runs.write_summary(run_dir, "dawr", args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3)
         return
 
     obs_dim, action_dim, Tp = kw["obs_dim"], kw["action_dim"], kw["horizon_steps"]
@@ -603,10 +581,8 @@ def main(args, cli=()):
         critic.load_state_dict(resume["critic"])
         actor_opt.load_state_dict(resume["actor_optimizer"])
         critic_opt.load_state_dict(resume["critic_optimizer"])
-        torch.set_rng_state(resume["torch_rng"])
-        np.random.set_state(resume["numpy_rng"])
         start_iter, env_steps = resume["iteration"], resume["env_steps"]
-        print(f"[resume] dawr run at iteration {start_iter}, {env_steps} env steps; the replay buffer starts empty")
+        print(f"[resume] dawr run at iteration {start_iter}, {env_steps} env steps")
     pretrained_eval = resume["pretrained_eval_return"] if resume is not None else None
     best_eval = resume["best_eval_return"] if resume is not None else -np.inf
     pre_succ, best_succ = (resume or {}).get("pretrained_eval_success_rate"), (resume or {}).get("best_eval_success_rate", -np.inf)
@@ -623,81 +599,81 @@ def main(args, cli=()):
                             args.async_envs)
     obs, _ = vec.reset(seed=args.seed + start_iter * E)
     recent_returns, t_start, iteration = [], time.time(), start_iter
+    if resume is not None:  # continue exactly where the checkpoint stopped: envs mid-episode, every RNG, the buffer
+        obs, _, recent_returns = runs.restore_run(resume, vec, obs, None)
+        runs.restore_buffer(buf, resume)
 
     def save(it):
         state = dict(algo="dawr", policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(), model_kwargs=kw,
                      normalization=normalization, env_id=args.env_id, args=asdict(args), iteration=it, env_steps=env_steps,
                      critic=critic.state_dict(), actor_optimizer=actor_opt.state_dict(),
-                     critic_optimizer=critic_opt.state_dict(), torch_rng=torch.get_rng_state(),
-                     numpy_rng=np.random.get_state(), pretrained_eval_return=pretrained_eval, best_eval_return=best_eval,
+                     critic_optimizer=critic_opt.state_dict(), **runs.run_state(vec, obs, None, recent_returns),
+                     pretrained_eval_return=pretrained_eval, best_eval_return=best_eval,
                      **(dict(pretrained_eval_success_rate=pre_succ, best_eval_success_rate=best_succ,
                              robomimic_env_args=envs.robomimic_env_args(args.env_id)) if robo else {}))
-        envs.save_checkpoint(state, os.path.join(run_dir, "checkpoint_last.pt"))
-        if it % args.save_freq == 0 or it == num_iters:
-            envs.save_checkpoint(state, os.path.join(run_dir, f"checkpoint_{it}.pt"))
+        runs.save_iteration(state, run_dir, it, args.save_freq, num_iters, writer,
+                            last_only=dict(replay_buffer=runs.buffer_state(buf)))
 
-    try:
-        while iteration < num_iters:
-            t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
-            # ---- rollout into the FIFO buffer (scaled rewards; time-outs keep their pre-reset next obs) ----
-            for n in range(N):
-                chunk = sample(actor, sched, torch.as_tensor(obs, device=device), Tp, action_dim, "train",
-                               args.min_sampling_denoising_std, args.randn_clip_value, args.denoised_clip_value).cpu().numpy()
-                next_obs, reward, term, trunc, infos = vec.step(chunk[:, :args.act_steps])
-                buf.add(obs, chunk, reward * args.scale_reward_factor, term, np.logical_and(trunc, np.logical_not(term)),
-                        envs.final_observations(next_obs, infos))
-                for r, length in zip(*envs.finished_episodes(infos)):
-                    recent_returns.append(r)
-                    writer.add_scalar("charts/episodic_return", r, env_steps)
-                    writer.add_scalar("charts/episodic_length", length, env_steps)
-                successes += envs.finished_successes(infos)
-                obs = next_obs
-                env_steps += E * args.act_steps
-            t_rollout = time.time() - t_iter
+    while iteration < num_iters:
+        t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
+        # ---- rollout into the FIFO buffer (scaled rewards; time-outs keep their pre-reset next obs) ----
+        for n in range(N):
+            chunk = sample(actor, sched, torch.as_tensor(obs, device=device), Tp, action_dim, "train",
+                           args.min_sampling_denoising_std, args.randn_clip_value, args.denoised_clip_value).cpu().numpy()
+            next_obs, reward, term, trunc, infos = vec.step(chunk[:, :args.act_steps])
+            runs.check_finite(iteration, reward=reward, observation=next_obs)
+            env_steps += E * args.act_steps  # episodes that end here are logged at this count
+            buf.add(obs, chunk, reward * args.scale_reward_factor, term, np.logical_and(trunc, np.logical_not(term)),
+                    envs.final_observations(next_obs, infos))
+            for r, length in zip(*envs.finished_episodes(infos)):
+                recent_returns.append(r)
+                writer.add_scalar("charts/episodic_return", r, env_steps)
+                writer.add_scalar("charts/episodic_length", length, env_steps)
+            successes += envs.finished_successes(infos)
+            obs = next_obs
+        t_rollout = time.time() - t_iter
 
-            # ---- critic on TD(lambda) targets, then advantage-weighted denoising loss ----
-            t_update = time.time()
-            stats = dawr_update(actor, critic, actor_opt, critic_opt, sched, buf, args, device,
-                                update_actor=iteration >= args.n_critic_warmup_itr)
-            t_update = time.time() - t_update
-            iteration += 1
+        # ---- critic on TD(lambda) targets, then advantage-weighted denoising loss ----
+        t_update = time.time()
+        stats = dawr_update(actor, critic, actor_opt, critic_opt, sched, buf, args, device,
+                            update_actor=iteration >= args.n_critic_warmup_itr)
+        t_update = time.time() - t_update
+        # value_loss is NaN by design when no critic step ran; the critic's weights stand for it
+        runs.check_finite(iteration, actor_loss=stats["actor_loss"], actor_weights=actor, critic_weights=critic)
+        iteration += 1
 
-            sps = int(steps_per_iter / (time.time() - t_iter))
-            for key in ("value_loss", "actor_loss", "weight_mean", "weight_clipped_frac", "explained_variance"):
-                writer.add_scalar(f"losses/{key}", stats[key], env_steps)
-            for key in ("v_mean", "target_mean", "advantage_std"):
-                writer.add_scalar(f"values/{key}", stats[key], env_steps)
-            writer.add_scalar("charts/buffer_transitions", buf.size * E, env_steps)
-            writer.add_scalar("charts/SPS", sps, env_steps)
-            writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
-            writer.add_scalar("charts/critic_learning_rate", critic_opt.param_groups[0]["lr"], env_steps)
-            writer.add_scalar("time/rollout_s", t_rollout, env_steps)
-            writer.add_scalar("time/update_s", t_update, env_steps)
-            writer.add_scalar("charts/peak_memory_mb", envs.peak_memory_mb(device), env_steps)
-            if successes:
-                writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
-            if iteration % args.eval_freq == 0 or iteration == num_iters:
-                last_eval, _, last_succ = evaluate(actor, sched, kw, args, normalization, device)
-                best_eval, best_succ = max(best_eval, last_eval), max(best_succ, last_succ)
-                writer.add_scalar("eval/episodic_return", last_eval, env_steps)
-                if robo:
-                    writer.add_scalar("eval/success_rate", last_succ, env_steps)
-            mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
-            left = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
-            print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
-                  + (f"success {envs.success_rate(successes):.2f} eval success {last_succ:.2f} | " if robo else "") +
-                  f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | v_loss {stats['value_loss']:.4f} "
-                  f"actor_loss {stats['actor_loss']:.4f} w_mean {stats['weight_mean']:.2f} | left {left / 60:.1f}m", flush=True)
-            save(iteration)
-    except KeyboardInterrupt:
+        sps = int(steps_per_iter / (time.time() - t_iter))
+        for key in ("value_loss", "actor_loss", "weight_mean", "weight_clipped_frac", "explained_variance"):
+            writer.add_scalar(f"losses/{key}", stats[key], env_steps)
+        for key in ("v_mean", "target_mean", "advantage_std"):
+            writer.add_scalar(f"values/{key}", stats[key], env_steps)
+        writer.add_scalar("charts/buffer_transitions", buf.size * E, env_steps)
+        writer.add_scalar("charts/SPS", sps, env_steps)
+        writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
+        writer.add_scalar("charts/critic_learning_rate", critic_opt.param_groups[0]["lr"], env_steps)
+        writer.add_scalar("time/rollout_s", t_rollout, env_steps)
+        writer.add_scalar("time/update_s", t_update, env_steps)
+        writer.add_scalar("charts/peak_memory_mb", runs.peak_memory_mb(device), env_steps)
+        if successes:
+            writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
+        if iteration % args.eval_freq == 0 or iteration == num_iters:
+            last_eval, _, last_succ = evaluate(actor, sched, kw, args, normalization, device)
+            best_eval, best_succ = max(best_eval, last_eval), max(best_succ, last_succ)
+            writer.add_scalar("eval/episodic_return", last_eval, env_steps)
+            if robo:
+                writer.add_scalar("eval/success_rate", last_succ, env_steps)
+        mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
+        left = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
+        print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
+              + (f"success {envs.success_rate(successes):.2f} eval success {last_succ:.2f} | " if robo else "") +
+              f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | v_loss {stats['value_loss']:.4f} "
+              f"actor_loss {stats['actor_loss']:.4f} w_mean {stats['weight_mean']:.2f} | left {left / 60:.1f}m", flush=True)
         save(iteration)
-        print(f"[interrupted] checkpoint written to {os.path.join(run_dir, 'checkpoint_last.pt')}")
-        raise SystemExit(130)
     vec.close()
-    envs.write_summary(run_dir, "dawr", args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval,
+    runs.write_summary(run_dir, "dawr", args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval,
                   robo and (pre_succ, last_succ, best_succ))
     writer.close()
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args), sys.argv[1:])
+    runs.run_cli(main, tyro.cli(Args), sys.argv[1:])

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import tyro
 
-from cleandppo import envs
+from cleandppo import envs, runs
 
 
 @dataclass
@@ -52,7 +52,9 @@ class Args:
     eval_sampling: Literal["eval", "train"] = "eval"
     """"eval": no exploration noise (D.1: DDPM noise but none at the last step; DDIM eta 0); "train": as rollouts (D.8)"""
     run_dir: Optional[str] = None
-    """where logs, checkpoints and summary.json go (default runs/<env>__dppo__<seed>__<time>)"""
+    """where logs, checkpoints and summary.json go (default runs/<env>__dppo__<seed>__<time>; a resume: its own dir)"""
+    overwrite: bool = False
+    """replace the run already in --run-dir (without it such a dir is refused unless this run resumes it)"""
     save_freq: int = 10
     """write checkpoint_<iter>.pt every N iterations (checkpoint_last.pt is written every iteration)"""
     cuda: bool = True
@@ -584,8 +586,8 @@ def pretrain_lr(epoch, args):
     return lo + (hi - lo) * (1 + math.cos(math.pi * progress)) / 2
 
 
-def pretrain(args, run_dir, writer, device):
-    data = envs.load_dataset(args.dataset, args.env_id)
+def pretrain(args, data, run_dir, writer, device):
+    """Behaviour cloning on `data` (envs.load_dataset); writes run_dir/pretrained.pt and returns it."""
     norm = data["normalization"]
     obs, actions, starts, firsts = envs.make_pretraining_samples(data["episodes"], norm, args.cond_steps, args.horizon_steps)
     print(f"[pretrain] {len(data['episodes'])} episodes, {len(starts)} samples from {args.dataset}")
@@ -661,8 +663,8 @@ def check_args(args):
     elif args.ft_denoising_steps > args.denoising_steps:
         envs.fail(f"--ft-denoising-steps {args.ft_denoising_steps} > --denoising-steps {args.denoising_steps}; "
                   f"use at most {args.denoising_steps}")
-    if args.min_sampling_denoising_std < 0 or args.min_logprob_denoising_std <= 0:
-        envs.fail("--min-sampling-denoising-std must be >= 0 and --min-logprob-denoising-std > 0")
+    fine_tuning = not (args.eval_only or args.pretrain_only)
+    runs.check_ranges(args, args.num_envs * args.n_steps * args.act_steps if fine_tuning else None)
 
 
 def load_diffusion_checkpoint(path, args):
@@ -709,28 +711,22 @@ def main(args, cli=()):
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    ckpt = None
+    ckpt = data = resume = None
     if args.dataset is None or args.checkpoint is not None:  # check the checkpoint before writing anything
         path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", args.backbone)
         ckpt = load_diffusion_checkpoint(path, args)
         print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
         if robo and ckpt.get("robomimic_env_args"):
             envs.set_robomimic_env_args(args.env_id, ckpt["robomimic_env_args"])
-    run_dir = args.run_dir or os.path.join("runs", f"{envs.env_slug(args.env_id)}__dppo__{args.seed}__{int(time.time())}")
-    os.makedirs(run_dir, exist_ok=True)
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(run_dir)
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    if args.track:
-        import wandb
-
-        wandb.init(project="cleandppo", config=vars(args), name=os.path.basename(run_dir), sync_tensorboard=True)
+        resume = ckpt if ckpt["algo"] == "dppo" and "critic" in ckpt and not args.eval_only else None
+    run_dir = runs.prepare_run_dir(args, "dppo", resume and path)
+    if ckpt is None:
+        data = envs.load_dataset(args.dataset, args.env_id)
+    writer = runs.open_run(run_dir, args, resume and resume["env_steps"])
 
     if ckpt is None:
-        ckpt = pretrain(args, run_dir, writer, device)
+        ckpt = pretrain(args, data, run_dir, writer, device)
     kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
-    resume = ckpt if ckpt["algo"] == "dppo" and "critic" in ckpt else None
     actor, actor_ft, eval_ft_steps = build_actors(ckpt, args.ft_denoising_steps, device)
     sched = {k: v.to(device) for k, v in make_schedule(kw["denoising_steps"]).items()}
     plan = denoising_plan(kw["denoising_steps"], args.ddim_steps)
@@ -741,8 +737,8 @@ def main(args, cli=()):
     if args.pretrain_only or args.eval_only:
         ret, std, succ = evaluate(actor, actor_ft, sched, plan, eval_ft_steps, kw, args, normalization, device, args.eval_episodes)
         print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes" + (f", success {succ:.2f}" if robo else ""))
-        envs.write_summary(run_dir, "dppo", args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3,
-                           peak_memory_mb=envs.peak_memory_mb(device))
+        runs.write_summary(run_dir, "dppo", args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3,
+                           peak_memory_mb=runs.peak_memory_mb(device))
         return
 
     obs_dim, action_dim, Tp = kw["obs_dim"], kw["action_dim"], kw["horizon_steps"]
@@ -762,8 +758,6 @@ def main(args, cli=()):
         actor_sched.load_state_dict(resume["actor_lr_schedule"])
         critic_sched.load_state_dict(resume["critic_lr_schedule"])
         scaler.load_state_dict(resume["reward_scaler"])
-        torch.set_rng_state(resume["torch_rng"])
-        np.random.set_state(resume["numpy_rng"])
         start_iter, env_steps = resume["iteration"], resume["env_steps"]
     pretrained_eval = resume["pretrained_eval_return"] if resume is not None else None
     best_eval = resume["best_eval_return"] if resume is not None else -np.inf
@@ -780,8 +774,9 @@ def main(args, cli=()):
     vec = envs.make_vec_env(args.env_id, args.num_envs, args.seed + start_iter * args.num_envs, args.act_steps,
                             args.cond_steps, normalization, args.async_envs)
     obs, _ = vec.reset(seed=args.seed + start_iter * args.num_envs)
-    firsts = np.ones(args.num_envs)
-    recent_returns, t_start, iteration = [], time.time(), start_iter
+    firsts, recent_returns, t_start, iteration = np.ones(args.num_envs), [], time.time(), start_iter
+    if resume is not None:  # continue exactly where the checkpoint stopped: envs mid-episode, every RNG
+        obs, firsts, recent_returns = runs.restore_run(resume, vec, obs, firsts)
 
     def save(it):
         state = dict(algo="dppo", policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(),
@@ -789,111 +784,108 @@ def main(args, cli=()):
                      env_id=args.env_id, args=asdict(args), iteration=it, env_steps=env_steps, critic=critic.state_dict(),
                      actor_optimizer=actor_opt.state_dict(), critic_optimizer=critic_opt.state_dict(),
                      actor_lr_schedule=actor_sched.state_dict(), critic_lr_schedule=critic_sched.state_dict(),
-                     reward_scaler=scaler.state_dict(), torch_rng=torch.get_rng_state(), numpy_rng=np.random.get_state(),
-                     pretrained_eval_return=pretrained_eval, best_eval_return=best_eval, **(dict(pretrained_eval_success_rate=pre_succ,
-                     best_eval_success_rate=best_succ, robomimic_env_args=envs.robomimic_env_args(args.env_id)) if robo else {}))
-        envs.save_checkpoint(state, os.path.join(run_dir, "checkpoint_last.pt"))
-        if it % args.save_freq == 0 or it == num_iters:
-            envs.save_checkpoint(state, os.path.join(run_dir, f"checkpoint_{it}.pt"))
+                     reward_scaler=scaler.state_dict(), pretrained_eval_return=pretrained_eval,
+                     best_eval_return=best_eval, **runs.run_state(vec, obs, firsts, recent_returns))
+        if robo:
+            state.update(pretrained_eval_success_rate=pre_succ, best_eval_success_rate=best_succ,
+                         robomimic_env_args=envs.robomimic_env_args(args.env_id))
+        runs.save_iteration(state, run_dir, it, args.save_freq, num_iters, writer)
 
-    try:
-        while iteration < num_iters:
-            t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
-            # ---- rollout: record the fine-tuned part of every denoising chain (paper 4.1) ----
-            N, E = args.n_steps, args.num_envs
-            buf_obs = np.zeros((N, E, args.cond_steps, obs_dim), np.float32)
-            buf_final = np.zeros_like(buf_obs)  # observation reached before any auto-reset
-            buf_chain = torch.zeros((N, E, K_ft + 1, Tp, action_dim), device=device)
-            buf_rew, buf_term, buf_timeout, buf_first = (np.zeros((N, E)) for _ in range(4))
-            for n in range(N):
-                chunk, chain = sample(actor, actor_ft, sched, torch.as_tensor(obs, device=device), plan, K_ft, Tp,
-                                      action_dim, "train", args.min_sampling_denoising_std, args.randn_clip_value,
-                                      args.denoised_clip_value)
-                executed = envs.add_action_noise(chunk[:, :args.act_steps].cpu().numpy(), iteration, args.train_action_noise)
-                next_obs, reward, term, trunc, infos = vec.step(executed)
-                buf_obs[n], buf_chain[n], buf_rew[n], buf_first[n] = obs, chain, reward, firsts
-                buf_term[n], buf_timeout[n] = term, np.logical_and(trunc, np.logical_not(term))
-                buf_final[n] = envs.final_observations(next_obs, infos)
-                firsts = np.logical_or(term, trunc).astype(np.float64)
-                for r, length in zip(*envs.finished_episodes(infos)):
-                    recent_returns.append(r)
-                    writer.add_scalar("charts/episodic_return", r, env_steps)
-                    writer.add_scalar("charts/episodic_length", length, env_steps)
-                successes += envs.finished_successes(infos)
-                obs = next_obs
-                env_steps += E * args.act_steps
-            t_rollout = time.time() - t_iter
+    while iteration < num_iters:
+        t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
+        # ---- rollout: record the fine-tuned part of every denoising chain (paper 4.1) ----
+        N, E = args.n_steps, args.num_envs
+        buf_obs = np.zeros((N, E, args.cond_steps, obs_dim), np.float32)
+        buf_final = np.zeros_like(buf_obs)  # observation reached before any auto-reset
+        buf_chain = torch.zeros((N, E, K_ft + 1, Tp, action_dim), device=device)
+        buf_rew, buf_term, buf_timeout, buf_first = (np.zeros((N, E)) for _ in range(4))
+        for n in range(N):
+            chunk, chain = sample(actor, actor_ft, sched, torch.as_tensor(obs, device=device), plan, K_ft, Tp,
+                                  action_dim, "train", args.min_sampling_denoising_std, args.randn_clip_value,
+                                  args.denoised_clip_value)
+            executed = envs.add_action_noise(chunk[:, :args.act_steps].cpu().numpy(), iteration, args.train_action_noise)
+            next_obs, reward, term, trunc, infos = vec.step(executed)
+            runs.check_finite(iteration, reward=reward, observation=next_obs)
+            env_steps += E * args.act_steps  # episodes that end here are logged at this count
+            buf_obs[n], buf_chain[n], buf_rew[n], buf_first[n] = obs, chain, reward, firsts
+            buf_term[n], buf_timeout[n] = term, np.logical_and(trunc, np.logical_not(term))
+            buf_final[n] = envs.final_observations(next_obs, infos)
+            firsts = np.logical_or(term, trunc).astype(np.float64)
+            for r, length in zip(*envs.finished_episodes(infos)):
+                recent_returns.append(r)
+                writer.add_scalar("charts/episodic_return", r, env_steps)
+                writer.add_scalar("charts/episodic_length", length, env_steps)
+            successes += envs.finished_successes(infos)
+            obs = next_obs
+        t_rollout = time.time() - t_iter
 
-            # ---- advantages over env steps (GAE), value of the env state only ----
-            t_update = time.time()
-            flat_obs = torch.as_tensor(buf_obs.reshape(N * E, args.cond_steps, obs_dim), device=device)
-            with torch.no_grad():
-                values = critic(flat_obs).cpu().numpy().reshape(N, E)
-                final_values = critic(torch.as_tensor(buf_final.reshape(N * E, args.cond_steps, obs_dim),
-                                                      device=device)).cpu().numpy().reshape(N, E)
-                last_value = critic(torch.as_tensor(obs, device=device)).cpu().numpy()
-            rewards = scaler(buf_rew, buf_first) if args.reward_scale_running else buf_rew
-            # a time-out is not a failure: bootstrap it with V(last obs) (the official code treats it as terminal)
-            rewards = rewards + args.gamma * final_values * buf_timeout
-            next_values = np.concatenate([values[1:], last_value[None]], 0)
-            advantages, returns = compute_gae(rewards, values, next_values, np.maximum(buf_term, buf_timeout), args.gamma, args.gae_lambda)
-            # ---- old log-probs of every (env step, denoising step) pair ----
-            chains = buf_chain.reshape(N * E, K_ft + 1, Tp, action_dim)
-            old_logp = torch.zeros(N * E, K_ft, device=device)
-            with torch.no_grad():
-                for s0 in range(0, N * E, args.logprob_batch_size):
-                    sl = slice(s0, min(N * E, s0 + args.logprob_batch_size))
-                    for j in range(K_ft):
-                        n_sl = sl.stop - sl.start
-                        old_logp[sl, j] = denoising_log_prob(
-                            actor_ft, sched, flat_obs[sl], chains[sl, j], chains[sl, j + 1], ft_t[j].expand(n_sl).to(device),
-                            ft_t_prev[j].expand(n_sl).to(device), ddim, args.act_steps, args.min_logprob_denoising_std,
-                            args.denoised_clip_value)
-            batch = dict(obs=flat_obs, chains=chains, logprobs=old_logp,
-                         advantages=torch.as_tensor(advantages.reshape(-1), dtype=torch.float32, device=device),
-                         returns=torch.as_tensor(returns.reshape(-1), dtype=torch.float32, device=device))
-            stats = ppo_update(actor_ft, critic, actor_opt, critic_opt, sched, batch, args, ft_t, ft_t_prev, ddim,
-                               update_actor=iteration >= args.n_critic_warmup_itr)
-            if iteration >= args.n_critic_warmup_itr:
-                actor_sched.step()
-            critic_sched.step()
-            t_update = time.time() - t_update
-            iteration += 1
+        # ---- advantages over env steps (GAE), value of the env state only ----
+        t_update = time.time()
+        flat_obs = torch.as_tensor(buf_obs.reshape(N * E, args.cond_steps, obs_dim), device=device)
+        with torch.no_grad():
+            values = critic(flat_obs).cpu().numpy().reshape(N, E)
+            final_values = critic(torch.as_tensor(buf_final.reshape(N * E, args.cond_steps, obs_dim),
+                                                  device=device)).cpu().numpy().reshape(N, E)
+            last_value = critic(torch.as_tensor(obs, device=device)).cpu().numpy()
+        rewards = scaler(buf_rew, buf_first) if args.reward_scale_running else buf_rew
+        # a time-out is not a failure: bootstrap it with V(last obs) (the official code treats it as terminal)
+        rewards = rewards + args.gamma * final_values * buf_timeout
+        next_values = np.concatenate([values[1:], last_value[None]], 0)
+        advantages, returns = compute_gae(rewards, values, next_values, np.maximum(buf_term, buf_timeout), args.gamma, args.gae_lambda)
+        # ---- old log-probs of every (env step, denoising step) pair ----
+        chains = buf_chain.reshape(N * E, K_ft + 1, Tp, action_dim)
+        old_logp = torch.zeros(N * E, K_ft, device=device)
+        with torch.no_grad():
+            for s0 in range(0, N * E, args.logprob_batch_size):
+                sl = slice(s0, min(N * E, s0 + args.logprob_batch_size))
+                for j in range(K_ft):
+                    n_sl = sl.stop - sl.start
+                    old_logp[sl, j] = denoising_log_prob(
+                        actor_ft, sched, flat_obs[sl], chains[sl, j], chains[sl, j + 1], ft_t[j].expand(n_sl).to(device),
+                        ft_t_prev[j].expand(n_sl).to(device), ddim, args.act_steps, args.min_logprob_denoising_std,
+                        args.denoised_clip_value)
+        batch = dict(obs=flat_obs, chains=chains, logprobs=old_logp,
+                     advantages=torch.as_tensor(advantages.reshape(-1), dtype=torch.float32, device=device),
+                     returns=torch.as_tensor(returns.reshape(-1), dtype=torch.float32, device=device))
+        stats = ppo_update(actor_ft, critic, actor_opt, critic_opt, sched, batch, args, ft_t, ft_t_prev, ddim,
+                           update_actor=iteration >= args.n_critic_warmup_itr)
+        runs.check_finite(iteration, **stats, actor_weights=actor_ft, critic_weights=critic)
+        if iteration >= args.n_critic_warmup_itr:
+            actor_sched.step()
+        critic_sched.step()
+        t_update = time.time() - t_update
+        iteration += 1
 
-            sps = int(steps_per_iter / (time.time() - t_iter))
-            for k, v in stats.items():
-                writer.add_scalar(f"losses/{k}", v, env_steps)
-            writer.add_scalar("losses/explained_variance", 1 - np.var(returns - values) / (np.var(returns) + 1e-8), env_steps)
-            writer.add_scalar("charts/SPS", sps, env_steps)
-            writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
-            writer.add_scalar("charts/critic_learning_rate", critic_opt.param_groups[0]["lr"], env_steps)
-            writer.add_scalar("time/rollout_s", t_rollout, env_steps)
-            writer.add_scalar("time/update_s", t_update, env_steps)
-            writer.add_scalar("charts/peak_memory_mb", envs.peak_memory_mb(device), env_steps)
-            if successes:
-                writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
-            if iteration % args.eval_freq == 0 or iteration == num_iters:
-                last_eval, _, last_succ = evaluate(actor, actor_ft, sched, plan, K_ft, kw, args, normalization, device, args.eval_episodes)
-                best_eval, best_succ = max(best_eval, last_eval), max(best_succ, last_succ)
-                writer.add_scalar("eval/episodic_return", last_eval, env_steps)
-                if robo:
-                    writer.add_scalar("eval/success_rate", last_succ, env_steps)
-            mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
-            left = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
-            print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
-                  + (f"success {envs.success_rate(successes):.2f} eval success {last_succ:.2f} | " if robo else "") +
-                  f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | kl {stats['approx_kl']:.2e} "
-                  f"clipfrac {stats['clipfrac']:.3f} | left {left / 60:.1f}m", flush=True)
-            save(iteration)
-    except KeyboardInterrupt:
+        sps = int(steps_per_iter / (time.time() - t_iter))
+        for k, v in stats.items():
+            writer.add_scalar(f"losses/{k}", v, env_steps)
+        writer.add_scalar("losses/explained_variance", 1 - np.var(returns - values) / (np.var(returns) + 1e-8), env_steps)
+        writer.add_scalar("charts/SPS", sps, env_steps)
+        writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
+        writer.add_scalar("charts/critic_learning_rate", critic_opt.param_groups[0]["lr"], env_steps)
+        writer.add_scalar("time/rollout_s", t_rollout, env_steps)
+        writer.add_scalar("time/update_s", t_update, env_steps)
+        writer.add_scalar("charts/peak_memory_mb", runs.peak_memory_mb(device), env_steps)
+        if successes:
+            writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
+        if iteration % args.eval_freq == 0 or iteration == num_iters:
+            last_eval, _, last_succ = evaluate(actor, actor_ft, sched, plan, K_ft, kw, args, normalization, device, args.eval_episodes)
+            best_eval, best_succ = max(best_eval, last_eval), max(best_succ, last_succ)
+            writer.add_scalar("eval/episodic_return", last_eval, env_steps)
+            if robo:
+                writer.add_scalar("eval/success_rate", last_succ, env_steps)
+        mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
+        left = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
+        print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
+              + (f"success {envs.success_rate(successes):.2f} eval success {last_succ:.2f} | " if robo else "") +
+              f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | kl {stats['approx_kl']:.2e} "
+              f"clipfrac {stats['clipfrac']:.3f} | left {left / 60:.1f}m", flush=True)
         save(iteration)
-        print(f"[interrupted] checkpoint written to {os.path.join(run_dir, 'checkpoint_last.pt')}")
-        raise SystemExit(130)
     vec.close()
-    envs.write_summary(run_dir, "dppo", args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval,
-                       robo and (pre_succ, last_succ, best_succ), peak_memory_mb=envs.peak_memory_mb(device))
+    runs.write_summary(run_dir, "dppo", args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval,
+                       robo and (pre_succ, last_succ, best_succ), peak_memory_mb=runs.peak_memory_mb(device))
     writer.close()
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args), sys.argv[1:])
+    runs.run_cli(main, tyro.cli(Args), sys.argv[1:])

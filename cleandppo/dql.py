@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import tyro
 
-from cleandppo import envs
+from cleandppo import envs, runs
 
 ALGO = "dql"
 
@@ -55,6 +55,8 @@ class Args:
     """episodes per evaluation (no exploration floor: DDPM noise except at the last step)"""
     run_dir: Optional[str] = None
     """where logs, checkpoints and summary.json go (default runs/<env>__dql__<seed>__<time>)"""
+    overwrite: bool = False
+    """replace the run already in --run-dir (without it such a dir is refused unless this run resumes it)"""
     save_freq: int = 10
     """write checkpoint_<iter>.pt every N iterations (checkpoint_last.pt is written every iteration)"""
     cuda: bool = True
@@ -467,12 +469,7 @@ def num_gradient_steps(args):
 
 
 def check_args(args):
-    for name in ("num_envs", "n_steps", "batch_size", "buffer_size", "eval_episodes", "eval_freq", "save_freq",
-                 "denoising_steps", "act_steps", "horizon_steps", "cond_steps"):
-        if getattr(args, name) < 1:
-            envs.fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.replay_ratio <= 0:
-        envs.fail(f"--replay-ratio must be > 0, got {args.replay_ratio}")
+    runs.check_ranges(args, None if args.eval_only else args.num_envs * args.n_steps * args.act_steps)
     if args.buffer_size < args.batch_size:
         envs.fail(f"--buffer-size {args.buffer_size} is smaller than --batch-size {args.batch_size}; "
                   f"use a buffer of at least one batch")
@@ -481,10 +478,6 @@ def check_args(args):
                   f"(int(n_steps * num_envs / batch_size * replay_ratio)); raise it or --n-steps")
     if args.act_steps > args.horizon_steps:
         envs.fail(f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps")
-    if not 0 < args.target_ema_rate <= 1 or not 0 < args.gamma <= 1:
-        envs.fail("--target-ema-rate and --gamma must be in (0, 1]")
-    if args.min_sampling_denoising_std < 0 or args.actor_lr <= 0 or args.critic_lr <= 0:
-        envs.fail("--min-sampling-denoising-std must be >= 0 and the learning rates > 0")
     if len(args.critic_dims) % 2 != 1 or len(set(args.critic_dims)) != 1:
         envs.fail(f"--critic-dims {args.critic_dims}: give an odd number of equal widths (e.g. 256 256 256)")
 
@@ -524,16 +517,8 @@ def main(args, cli=()):
     if ckpt.get("model_ft") is not None:
         print("[load] the checkpoint also holds a DPPO-fine-tuned 'model_ft'; DQL starts from the base 'model'")
     kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
-    run_dir = args.run_dir or os.path.join("runs", f"{envs.env_slug(args.env_id)}__{ALGO}__{args.seed}__{int(time.time())}")
-    os.makedirs(run_dir, exist_ok=True)
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(run_dir)
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    if args.track:
-        import wandb
-
-        wandb.init(project="cleandppo", config=vars(args), name=os.path.basename(run_dir), sync_tensorboard=True)
+    run_dir = runs.prepare_run_dir(args, ALGO, resume and path)
+    writer = runs.open_run(run_dir, args, resume and resume["env_steps"])
 
     K, Tp, action_dim, obs_dim = kw["denoising_steps"], kw["horizon_steps"], kw["action_dim"], kw["obs_dim"]
     actor = build_network(kw).to(device)
@@ -545,7 +530,7 @@ def main(args, cli=()):
     if args.eval_only:
         ret, std, succ = evaluate(actor, sched, kw, args, normalization, device, args.eval_episodes)
         print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes" + (f", success {succ:.2f}" if robo else ""))
-        envs.write_summary(run_dir, "dql", args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3)
+        runs.write_summary(run_dir, "dql", args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3)
         writer.close()
         return
 
@@ -565,12 +550,9 @@ def main(args, cli=()):
         target_critic.load_state_dict(resume["target_critic"])
         actor_opt.load_state_dict(resume["actor_optimizer"])
         critic_opt.load_state_dict(resume["critic_optimizer"])
-        torch.set_rng_state(resume["torch_rng"])
-        np.random.set_state(resume["numpy_rng"])
         start_iter, env_steps = resume["iteration"], resume["env_steps"]
         if tuple(args.critic_dims) != critic_kwargs["dims"]:
             print(f"[load] using the checkpoint's critic dims {critic_kwargs['dims']} (--critic-dims ignored)")
-        print("[load] the replay buffer is not saved in checkpoints; it refills from new rollouts")
     pretrained_eval = resume["pretrained_eval_return"] if resume is not None else None
     best_eval = resume["best_eval_return"] if resume is not None else -np.inf
     pre_succ, best_succ = (resume or {}).get("pretrained_eval_success_rate"), (resume or {}).get("best_eval_success_rate", -np.inf)
@@ -590,108 +572,107 @@ def main(args, cli=()):
                             args.cond_steps, normalization, args.async_envs)
     obs, _ = vec.reset(seed=args.seed + start_iter * args.num_envs)
     recent_returns, t_start, iteration = [], time.time(), start_iter
+    if resume is not None:  # continue exactly where the checkpoint stopped: envs mid-episode, every RNG, the buffer
+        obs, _, recent_returns = runs.restore_run(resume, vec, obs, None)
+        runs.restore_buffer(buffer, resume)
 
     def save(it):
         state = dict(algo=ALGO, policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(), model_kwargs=kw,
                      normalization=normalization, env_id=args.env_id, args=asdict(args), iteration=it, env_steps=env_steps,
                      critic=critic.state_dict(), target_critic=target_critic.state_dict(), critic_kwargs=critic_kwargs,
                      actor_optimizer=actor_opt.state_dict(), critic_optimizer=critic_opt.state_dict(),
-                     torch_rng=torch.get_rng_state(), numpy_rng=np.random.get_state(),
+                     **runs.run_state(vec, obs, None, recent_returns), 
                      pretrained_eval_return=pretrained_eval, best_eval_return=best_eval,
                      **(dict(pretrained_eval_success_rate=pre_succ, best_eval_success_rate=best_succ,
                              robomimic_env_args=envs.robomimic_env_args(args.env_id)) if robo else {}))
-        envs.save_checkpoint(state, os.path.join(run_dir, "checkpoint_last.pt"))
-        if it % args.save_freq == 0 or it == num_iters:
-            envs.save_checkpoint(state, os.path.join(run_dir, f"checkpoint_{it}.pt"))
+        runs.save_iteration(state, run_dir, it, args.save_freq, num_iters, writer,
+                            last_only=dict(replay_buffer=runs.buffer_state(buffer)))
 
-    try:
-        while iteration < num_iters:
-            t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
-            # ---- rollout: whole chain with the exploration floor; store every transition ----
-            for _ in range(args.n_steps):
-                chunk = sample(actor, sched, torch.as_tensor(obs, device=device), K, Tp, action_dim, "train",
-                               args.min_sampling_denoising_std, args.randn_clip_value, args.denoised_clip_value).cpu().numpy()
-                next_obs, reward, term, trunc, infos = vec.step(chunk[:, :args.act_steps])
-                buffer.add(obs, chunk, reward * args.scale_reward_factor, envs.final_observations(next_obs, infos), term)
-                for r, length in zip(*envs.finished_episodes(infos)):
-                    recent_returns.append(r)
-                    writer.add_scalar("charts/episodic_return", r, env_steps)
-                    writer.add_scalar("charts/episodic_length", length, env_steps)
-                successes += envs.finished_successes(infos)
-                obs = next_obs
-                env_steps += args.num_envs * args.act_steps
-            t_rollout = time.time() - t_iter
+    while iteration < num_iters:
+        t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
+        # ---- rollout: whole chain with the exploration floor; store every transition ----
+        for _ in range(args.n_steps):
+            chunk = sample(actor, sched, torch.as_tensor(obs, device=device), K, Tp, action_dim, "train",
+                           args.min_sampling_denoising_std, args.randn_clip_value, args.denoised_clip_value).cpu().numpy()
+            next_obs, reward, term, trunc, infos = vec.step(chunk[:, :args.act_steps])
+            runs.check_finite(iteration, reward=reward, observation=next_obs)
+            env_steps += args.num_envs * args.act_steps  # episodes that end here are logged at this count
+            buffer.add(obs, chunk, reward * args.scale_reward_factor, envs.final_observations(next_obs, infos), term)
+            for r, length in zip(*envs.finished_episodes(infos)):
+                recent_returns.append(r)
+                writer.add_scalar("charts/episodic_return", r, env_steps)
+                writer.add_scalar("charts/episodic_length", length, env_steps)
+            successes += envs.finished_successes(infos)
+            obs = next_obs
+        t_rollout = time.time() - t_iter
 
-            # ---- updates: critic, actor (after warm-up), target critic, per minibatch ----
-            t_update = time.time()
-            update_actor = iteration >= args.n_critic_warmup_itr
-            stats = {k: [] for k in ("q_loss", "actor_loss", "bc_loss", "q_term", "q1_mean", "q2_mean", "target_q_mean")}
-            for _ in range(n_grad):
-                batch = buffer.sample(args.batch_size, device)
-                next_actions = sample(actor, sched, batch["next_obs"], K, Tp, action_dim, "train",
-                                      args.min_sampling_denoising_std, args.randn_clip_value, args.denoised_clip_value)
-                loss_q, q1, q2, y = critic_loss(critic, target_critic, batch, next_actions, args.gamma, args.act_steps)
-                critic_opt.zero_grad()
-                loss_q.backward()
-                critic_opt.step()
-                if update_actor:
-                    critic.requires_grad_(False)  # the Q term only moves the actor
-                    loss_a, bc, q_term = dql_actor_loss(actor, critic, sched, batch["obs"], batch["chunks"], K,
-                                                        args.act_steps, args.eta, np.random.uniform() > 0.5,
-                                                        args.min_sampling_denoising_std, args.randn_clip_value,
-                                                        args.denoised_clip_value)
-                    critic.requires_grad_(True)
-                    actor_opt.zero_grad()
-                    loss_a.backward()
-                    if args.max_grad_norm is not None:
-                        nn.utils.clip_grad_norm_(actor.parameters(), args.max_grad_norm)
-                    actor_opt.step()
-                    for k, v in (("actor_loss", loss_a), ("bc_loss", bc), ("q_term", q_term)):
-                        stats[k].append(v.item())
-                soft_update(target_critic, critic, args.target_ema_rate)
-                for k, v in (("q_loss", loss_q), ("q1_mean", q1.mean()), ("q2_mean", q2.mean()), ("target_q_mean", y.mean())):
+        # ---- updates: critic, actor (after warm-up), target critic, per minibatch ----
+        t_update = time.time()
+        update_actor = iteration >= args.n_critic_warmup_itr
+        stats = {k: [] for k in ("q_loss", "actor_loss", "bc_loss", "q_term", "q1_mean", "q2_mean", "target_q_mean")}
+        for _ in range(n_grad):
+            batch = buffer.sample(args.batch_size, device)
+            next_actions = sample(actor, sched, batch["next_obs"], K, Tp, action_dim, "train",
+                                  args.min_sampling_denoising_std, args.randn_clip_value, args.denoised_clip_value)
+            loss_q, q1, q2, y = critic_loss(critic, target_critic, batch, next_actions, args.gamma, args.act_steps)
+            critic_opt.zero_grad()
+            loss_q.backward()
+            critic_opt.step()
+            if update_actor:
+                critic.requires_grad_(False)  # the Q term only moves the actor
+                loss_a, bc, q_term = dql_actor_loss(actor, critic, sched, batch["obs"], batch["chunks"], K,
+                                                    args.act_steps, args.eta, np.random.uniform() > 0.5,
+                                                    args.min_sampling_denoising_std, args.randn_clip_value,
+                                                    args.denoised_clip_value)
+                critic.requires_grad_(True)
+                actor_opt.zero_grad()
+                loss_a.backward()
+                if args.max_grad_norm is not None:
+                    nn.utils.clip_grad_norm_(actor.parameters(), args.max_grad_norm)
+                actor_opt.step()
+                for k, v in (("actor_loss", loss_a), ("bc_loss", bc), ("q_term", q_term)):
                     stats[k].append(v.item())
-            t_update = time.time() - t_update
-            iteration += 1
+            soft_update(target_critic, critic, args.target_ema_rate)
+            for k, v in (("q_loss", loss_q), ("q1_mean", q1.mean()), ("q2_mean", q2.mean()), ("target_q_mean", y.mean())):
+                stats[k].append(v.item())
+        t_update = time.time() - t_update
+        iteration += 1
 
-            sps = int(steps_per_iter / (time.time() - t_iter))
-            stats = {k: float(np.mean(v)) for k, v in stats.items() if v}
-            for k in ("q_loss", "actor_loss", "bc_loss", "q_term"):
-                if k in stats:
-                    writer.add_scalar(f"losses/{k}", stats[k], env_steps)
-            for k in ("q1_mean", "q2_mean", "target_q_mean"):
-                writer.add_scalar(f"values/{k}", stats[k], env_steps)
-            writer.add_scalar("charts/SPS", sps, env_steps)
-            writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
-            writer.add_scalar("charts/critic_learning_rate", critic_opt.param_groups[0]["lr"], env_steps)
-            writer.add_scalar("charts/buffer_size", buffer.size, env_steps)
-            writer.add_scalar("time/rollout_s", t_rollout, env_steps)
-            writer.add_scalar("time/update_s", t_update, env_steps)
-            if successes:
-                writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
-            if iteration % args.eval_freq == 0 or iteration == num_iters:
-                last_eval, _, last_succ = evaluate(actor, sched, kw, args, normalization, device, args.eval_episodes)
-                best_eval, best_succ = max(best_eval, last_eval), max(best_succ, last_succ)
-                writer.add_scalar("eval/episodic_return", last_eval, env_steps)
-                if robo:
-                    writer.add_scalar("eval/success_rate", last_succ, env_steps)
-            mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
-            left = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
-            actor_txt = f"{stats['actor_loss']:.3e}" if "actor_loss" in stats else "- (critic warm-up)"
-            print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
-                  + (f"success {envs.success_rate(successes):.2f} eval success {last_succ:.2f} | " if robo else "") +
-                  f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | q_loss {stats['q_loss']:.3e} "
-                  f"actor_loss {actor_txt} | left {left / 60:.1f}m", flush=True)
-            save(iteration)
-    except KeyboardInterrupt:
+        sps = int(steps_per_iter / (time.time() - t_iter))
+        stats = {k: float(np.mean(v)) for k, v in stats.items() if v}
+        runs.check_finite(iteration - 1, **stats, actor_weights=actor, critic_weights=critic)
+        for k in ("q_loss", "actor_loss", "bc_loss", "q_term"):
+            if k in stats:
+                writer.add_scalar(f"losses/{k}", stats[k], env_steps)
+        for k in ("q1_mean", "q2_mean", "target_q_mean"):
+            writer.add_scalar(f"values/{k}", stats[k], env_steps)
+        writer.add_scalar("charts/SPS", sps, env_steps)
+        writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
+        writer.add_scalar("charts/critic_learning_rate", critic_opt.param_groups[0]["lr"], env_steps)
+        writer.add_scalar("charts/buffer_size", buffer.size, env_steps)
+        writer.add_scalar("time/rollout_s", t_rollout, env_steps)
+        writer.add_scalar("time/update_s", t_update, env_steps)
+        if successes:
+            writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
+        if iteration % args.eval_freq == 0 or iteration == num_iters:
+            last_eval, _, last_succ = evaluate(actor, sched, kw, args, normalization, device, args.eval_episodes)
+            best_eval, best_succ = max(best_eval, last_eval), max(best_succ, last_succ)
+            writer.add_scalar("eval/episodic_return", last_eval, env_steps)
+            if robo:
+                writer.add_scalar("eval/success_rate", last_succ, env_steps)
+        mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
+        left = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
+        actor_txt = f"{stats['actor_loss']:.3e}" if "actor_loss" in stats else "- (critic warm-up)"
+        print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
+              + (f"success {envs.success_rate(successes):.2f} eval success {last_succ:.2f} | " if robo else "") +
+              f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | q_loss {stats['q_loss']:.3e} "
+              f"actor_loss {actor_txt} | left {left / 60:.1f}m", flush=True)
         save(iteration)
-        print(f"[interrupted] checkpoint written to {os.path.join(run_dir, 'checkpoint_last.pt')}")
-        raise SystemExit(130)
     vec.close()
-    envs.write_summary(run_dir, "dql", args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval,
+    runs.write_summary(run_dir, "dql", args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval,
                   robo and (pre_succ, last_succ, best_succ))
     writer.close()
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args), sys.argv[1:])
+    runs.run_cli(main, tyro.cli(Args), sys.argv[1:])

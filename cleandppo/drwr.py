@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import tyro
 
-from cleandppo import envs
+from cleandppo import envs, runs
 
 
 @dataclass
@@ -47,6 +47,8 @@ class Args:
     """episodes per evaluation"""
     run_dir: Optional[str] = None
     """where logs, checkpoints and summary.json go (default runs/<env>__drwr__<seed>__<time>)"""
+    overwrite: bool = False
+    """replace the run already in --run-dir (without it such a dir is refused unless this run resumes it)"""
     save_freq: int = 10
     """write checkpoint_<iter>.pt every N iterations (checkpoint_last.pt is written every iteration)"""
     cuda: bool = True
@@ -394,25 +396,12 @@ def evaluate(actor, sched, kw, args, normalization, device):
 
 
 def check_args(args):
-    for name in ("num_envs", "n_steps", "batch_size", "update_epochs", "eval_episodes", "eval_freq", "save_freq",
-                 "denoising_steps", "total_timesteps"):
-        if getattr(args, name) < 1:
-            envs.fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.beta <= 0:
-        envs.fail(f"--beta must be > 0, got {args.beta} (the paper uses 10)")
-    if args.max_reward_weight <= 0:
-        envs.fail(f"--max-reward-weight must be > 0, got {args.max_reward_weight} (the paper uses 100)")
-    if not 0 < args.gamma <= 1:
-        envs.fail(f"--gamma must be in (0, 1], got {args.gamma}")
-    if args.actor_lr <= 0:
-        envs.fail(f"--actor-lr must be > 0, got {args.actor_lr}")
+    runs.check_ranges(args, None if args.eval_only else args.num_envs * args.n_steps * args.act_steps)
     if args.act_steps > args.horizon_steps:
         envs.fail(f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps")
     if args.batch_size > args.num_envs * args.n_steps:
         envs.fail(f"--batch-size {args.batch_size} > num_envs x n_steps = {args.num_envs * args.n_steps} samples an "
                   f"iteration can collect; lower --batch-size or raise --n-steps/--num-envs")
-    if args.min_sampling_denoising_std < 0:
-        envs.fail("--min-sampling-denoising-std must be >= 0")
 
 
 def load_diffusion_checkpoint(path, args):
@@ -446,16 +435,8 @@ def main(args, cli=()):
     if robo and ckpt.get("robomimic_env_args"):  # the dataset's env meta, before any env is built
         envs.set_robomimic_env_args(args.env_id, ckpt["robomimic_env_args"])
     resume = ckpt if ckpt["algo"] == "drwr" and "actor_optimizer" in ckpt else None
-    run_dir = args.run_dir or os.path.join("runs", f"{envs.env_slug(args.env_id)}__drwr__{args.seed}__{int(time.time())}")
-    os.makedirs(run_dir, exist_ok=True)
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(run_dir)
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    if args.track:
-        import wandb
-
-        wandb.init(project="cleandppo", config=vars(args), name=os.path.basename(run_dir), sync_tensorboard=True)
+    run_dir = runs.prepare_run_dir(args, "drwr", resume and path)
+    writer = runs.open_run(run_dir, args, resume and resume["env_steps"])
 
     kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
     actor = build_network(kw).to(device)
@@ -467,7 +448,7 @@ def main(args, cli=()):
     if args.eval_only:
         ret, std, succ = evaluate(actor, sched, kw, args, normalization, device)
         print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes" + (f", success {succ:.2f}" if robo else ""))
-        envs.write_summary(run_dir, "drwr", args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3)
+        runs.write_summary(run_dir, "drwr", args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3)
         return
 
     obs_dim, action_dim, Tp = kw["obs_dim"], kw["action_dim"], kw["horizon_steps"]
@@ -478,8 +459,6 @@ def main(args, cli=()):
     start_iter, env_steps = 0, 0
     if resume is not None:
         opt.load_state_dict(resume["actor_optimizer"])
-        torch.set_rng_state(resume["torch_rng"])
-        np.random.set_state(resume["numpy_rng"])
         start_iter, env_steps = resume["iteration"], resume["env_steps"]
         print(f"[resume] drwr run at iteration {start_iter}, {env_steps} env steps")
     pretrained_eval = resume["pretrained_eval_return"] if resume is not None else None
@@ -499,102 +478,99 @@ def main(args, cli=()):
     obs, _ = vec.reset(seed=args.seed + start_iter * E)
     done = np.ones(E)  # an episode starts at the first query of the run
     recent_returns, t_start, iteration = [], time.time(), start_iter
+    if resume is not None:  # continue exactly where the checkpoint stopped: envs mid-episode, every RNG
+        obs, done, recent_returns = runs.restore_run(resume, vec, obs, done)
 
     def save(it):
         state = dict(algo="drwr", policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(), model_kwargs=kw,
                      normalization=normalization, env_id=args.env_id, args=asdict(args), iteration=it, env_steps=env_steps,
-                     actor_optimizer=opt.state_dict(), torch_rng=torch.get_rng_state(), numpy_rng=np.random.get_state(),
+                     actor_optimizer=opt.state_dict(), **runs.run_state(vec, obs, done, recent_returns),
                      pretrained_eval_return=pretrained_eval, best_eval_return=best_eval,
                      **(dict(pretrained_eval_success_rate=pre_succ, best_eval_success_rate=best_succ,
                              robomimic_env_args=envs.robomimic_env_args(args.env_id)) if robo else {}))
-        envs.save_checkpoint(state, os.path.join(run_dir, "checkpoint_last.pt"))
-        if it % args.save_freq == 0 or it == num_iters:
-            envs.save_checkpoint(state, os.path.join(run_dir, f"checkpoint_{it}.pt"))
+        runs.save_iteration(state, run_dir, it, args.save_freq, num_iters, writer)
 
-    try:
-        while iteration < num_iters:
-            t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
-            # ---- rollout with the current policy (exploration floor on every denoising step) ----
-            buf_obs = np.zeros((N, E, args.cond_steps, obs_dim), np.float32)
-            buf_chunk = np.zeros((N, E, Tp, action_dim), np.float32)
-            buf_rew, firsts = np.zeros((N, E)), np.zeros((N + 1, E))
-            firsts[0] = done
-            for n in range(N):
-                chunk = sample(actor, sched, torch.as_tensor(obs, device=device), Tp, action_dim, "train",
-                               args.min_sampling_denoising_std, args.randn_clip_value, args.denoised_clip_value).cpu().numpy()
-                next_obs, reward, term, trunc, infos = vec.step(chunk[:, :args.act_steps])
-                buf_obs[n], buf_chunk[n], buf_rew[n] = obs, chunk, reward
-                done = np.logical_or(term, trunc).astype(np.float64)
-                firsts[n + 1] = done
-                for r, length in zip(*envs.finished_episodes(infos)):
-                    recent_returns.append(r)
-                    writer.add_scalar("charts/episodic_return", r, env_steps)
-                    writer.add_scalar("charts/episodic_length", length, env_steps)
-                successes += envs.finished_successes(infos)
-                obs = next_obs
-                env_steps += E * args.act_steps
-            t_rollout = time.time() - t_iter
+    while iteration < num_iters:
+        t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
+        # ---- rollout with the current policy (exploration floor on every denoising step) ----
+        buf_obs = np.zeros((N, E, args.cond_steps, obs_dim), np.float32)
+        buf_chunk = np.zeros((N, E, Tp, action_dim), np.float32)
+        buf_rew, firsts = np.zeros((N, E)), np.zeros((N + 1, E))
+        firsts[0] = done
+        for n in range(N):
+            chunk = sample(actor, sched, torch.as_tensor(obs, device=device), Tp, action_dim, "train",
+                           args.min_sampling_denoising_std, args.randn_clip_value, args.denoised_clip_value).cpu().numpy()
+            next_obs, reward, term, trunc, infos = vec.step(chunk[:, :args.act_steps])
+            runs.check_finite(iteration, reward=reward, observation=next_obs)
+            env_steps += E * args.act_steps  # episodes that end here are logged at this count
+            buf_obs[n], buf_chunk[n], buf_rew[n] = obs, chunk, reward
+            done = np.logical_or(term, trunc).astype(np.float64)
+            firsts[n + 1] = done
+            for r, length in zip(*envs.finished_episodes(infos)):
+                recent_returns.append(r)
+                writer.add_scalar("charts/episodic_return", r, env_steps)
+                writer.add_scalar("charts/episodic_length", length, env_steps)
+            successes += envs.finished_successes(infos)
+            obs = next_obs
+        t_rollout = time.time() - t_iter
 
-            # ---- reward-to-go of every complete episode, standardised, exponentiated and clipped ----
-            t_update = time.time()
-            episodes = complete_episodes(firsts)
-            stats = dict(num_episodes=len(episodes))
-            if episodes:
-                steps = np.concatenate([np.arange(a, b) for _, a, b in episodes])
-                env_idx = np.concatenate([np.full(b - a, e) for e, a, b in episodes])
-                returns = np.concatenate([discounted_returns(buf_rew[a:b, e], args.gamma) for e, a, b in episodes])
-                weights = rwr_weights(returns, args.beta, args.max_reward_weight)
-                loss, n_grad = drwr_update(actor, opt, sched, torch.as_tensor(buf_obs[steps, env_idx], device=device),
-                                           torch.as_tensor(buf_chunk[steps, env_idx], device=device),
-                                           torch.as_tensor(weights, dtype=torch.float32, device=device), args)
-                stats.update(actor_loss=loss, gradient_steps=n_grad, samples=len(steps), weight_mean=weights.mean(),
-                             weight_max=weights.max(), weight_clipped_frac=np.mean(weights >= args.max_reward_weight),
-                             return_to_go_mean=returns.mean())
-            else:  # the official code crashes here; we skip the update and say so
-                print(f"[note] iteration {iteration + 1}: no episode both started and ended inside it; update skipped "
-                      f"(raise --n-steps so that n_steps x act_steps covers whole episodes)")
-            t_update = time.time() - t_update
-            iteration += 1
+        # ---- reward-to-go of every complete episode, standardised, exponentiated and clipped ----
+        t_update = time.time()
+        episodes = complete_episodes(firsts)
+        stats = dict(num_episodes=len(episodes))
+        if episodes:
+            steps = np.concatenate([np.arange(a, b) for _, a, b in episodes])
+            env_idx = np.concatenate([np.full(b - a, e) for e, a, b in episodes])
+            returns = np.concatenate([discounted_returns(buf_rew[a:b, e], args.gamma) for e, a, b in episodes])
+            weights = rwr_weights(returns, args.beta, args.max_reward_weight)
+            loss, n_grad = drwr_update(actor, opt, sched, torch.as_tensor(buf_obs[steps, env_idx], device=device),
+                                       torch.as_tensor(buf_chunk[steps, env_idx], device=device),
+                                       torch.as_tensor(weights, dtype=torch.float32, device=device), args)
+            stats.update(actor_loss=loss, gradient_steps=n_grad, samples=len(steps), weight_mean=weights.mean(),
+                         weight_max=weights.max(), weight_clipped_frac=np.mean(weights >= args.max_reward_weight),
+                         return_to_go_mean=returns.mean())
+        else:  # the official code crashes here; we skip the update and say so
+            print(f"[note] iteration {iteration + 1}: no episode both started and ended inside it; update skipped "
+                  f"(raise --n-steps so that n_steps x act_steps covers whole episodes)")
+        runs.check_finite(iteration, **stats, actor_weights=actor)
+        t_update = time.time() - t_update
+        iteration += 1
 
-            sps = int(steps_per_iter / (time.time() - t_iter))
-            writer.add_scalar("charts/num_train_episodes", len(episodes), env_steps)
-            writer.add_scalar("charts/update_skipped", float(not episodes), env_steps)
-            if episodes:
-                writer.add_scalar("losses/actor_loss", stats["actor_loss"], env_steps)
-                for key in ("weight_mean", "weight_max", "weight_clipped_frac"):
-                    writer.add_scalar(f"losses/{key}", stats[key], env_steps)
-                writer.add_scalar("values/return_to_go_mean", stats["return_to_go_mean"], env_steps)
-                writer.add_scalar("charts/update_samples", stats["samples"], env_steps)
-            writer.add_scalar("charts/SPS", sps, env_steps)
-            writer.add_scalar("charts/learning_rate", opt.param_groups[0]["lr"], env_steps)
-            writer.add_scalar("time/rollout_s", t_rollout, env_steps)
-            writer.add_scalar("time/update_s", t_update, env_steps)
-            writer.add_scalar("charts/peak_memory_mb", envs.peak_memory_mb(device), env_steps)
-            if successes:
-                writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
-            if iteration % args.eval_freq == 0 or iteration == num_iters:
-                last_eval, _, last_succ = evaluate(actor, sched, kw, args, normalization, device)
-                best_eval, best_succ = max(best_eval, last_eval), max(best_succ, last_succ)
-                writer.add_scalar("eval/episodic_return", last_eval, env_steps)
-                if robo:
-                    writer.add_scalar("eval/success_rate", last_succ, env_steps)
-            mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
-            left = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
-            detail = (f"loss {stats['actor_loss']:.4f} w_mean {stats['weight_mean']:.2f}" if episodes else "update skipped")
-            print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
-                  + (f"success {envs.success_rate(successes):.2f} eval success {last_succ:.2f} | " if robo else "") +
-                  f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | episodes {len(episodes)} {detail} | "
-                  f"left {left / 60:.1f}m", flush=True)
-            save(iteration)
-    except KeyboardInterrupt:
+        sps = int(steps_per_iter / (time.time() - t_iter))
+        writer.add_scalar("charts/num_train_episodes", len(episodes), env_steps)
+        writer.add_scalar("charts/update_skipped", float(not episodes), env_steps)
+        if episodes:
+            writer.add_scalar("losses/actor_loss", stats["actor_loss"], env_steps)
+            for key in ("weight_mean", "weight_max", "weight_clipped_frac"):
+                writer.add_scalar(f"losses/{key}", stats[key], env_steps)
+            writer.add_scalar("values/return_to_go_mean", stats["return_to_go_mean"], env_steps)
+            writer.add_scalar("charts/update_samples", stats["samples"], env_steps)
+        writer.add_scalar("charts/SPS", sps, env_steps)
+        writer.add_scalar("charts/learning_rate", opt.param_groups[0]["lr"], env_steps)
+        writer.add_scalar("time/rollout_s", t_rollout, env_steps)
+        writer.add_scalar("time/update_s", t_update, env_steps)
+        writer.add_scalar("charts/peak_memory_mb", runs.peak_memory_mb(device), env_steps)
+        if successes:
+            writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
+        if iteration % args.eval_freq == 0 or iteration == num_iters:
+            last_eval, _, last_succ = evaluate(actor, sched, kw, args, normalization, device)
+            best_eval, best_succ = max(best_eval, last_eval), max(best_succ, last_succ)
+            writer.add_scalar("eval/episodic_return", last_eval, env_steps)
+            if robo:
+                writer.add_scalar("eval/success_rate", last_succ, env_steps)
+        mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
+        left = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
+        detail = (f"loss {stats['actor_loss']:.4f} w_mean {stats['weight_mean']:.2f}" if episodes else "update skipped")
+        print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
+              + (f"success {envs.success_rate(successes):.2f} eval success {last_succ:.2f} | " if robo else "") +
+              f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | episodes {len(episodes)} {detail} | "
+              f"left {left / 60:.1f}m", flush=True)
         save(iteration)
-        print(f"[interrupted] checkpoint written to {os.path.join(run_dir, 'checkpoint_last.pt')}")
-        raise SystemExit(130)
     vec.close()
-    envs.write_summary(run_dir, "drwr", args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval,
+    runs.write_summary(run_dir, "drwr", args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval,
                   robo and (pre_succ, last_succ, best_succ))
     writer.close()
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args), sys.argv[1:])
+    runs.run_cli(main, tyro.cli(Args), sys.argv[1:])

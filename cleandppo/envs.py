@@ -194,6 +194,19 @@ class ChunkedEnv(gym.Wrapper):
                 info["episode_success"] = self.episode_success
         return self._stacked(), total_reward, terminated, truncated, info
 
+    @property
+    def run_state(self) -> dict:
+        """What continuing this env needs (runs.env_state); vector envs read and assign it by name."""
+        from cleandppo import runs
+
+        return runs.env_state(self)
+
+    @run_state.setter
+    def run_state(self, state: dict):
+        from cleandppo import runs
+
+        runs.set_env_state(self, state)
+
 
 def make_env(env_id: str, act_steps: int = 1, cond_steps: int = 1, normalization: dict | None = None,
              render_mode: str | None = None) -> ChunkedEnv:
@@ -221,8 +234,6 @@ def make_vec_env(env_id: str, num_envs: int, seed: int, act_steps: int = 1, cond
     """
     if num_envs < 1:
         fail(f"--num-envs must be >= 1, got {num_envs}")
-    if act_steps < 1 or cond_steps < 1:
-        fail(f"--act-steps and --cond-steps must be >= 1, got {act_steps} and {cond_steps}")
     resolve_env_id(env_id)  # fail early, in this process, on an unknown id
     if is_avoid(env_id):  # section 8: one batched numpy env, same contract, 50-100x faster
         norm = normalization or identity_normalization(*env_dims(env_id))
@@ -254,23 +265,24 @@ def final_observations(next_obs: np.ndarray, infos: dict) -> np.ndarray:
 
 def run_episodes(act_fn, env_id: str, episodes: int, seed: int, act_steps: int, cond_steps: int,
                  normalization: dict | None, asynchronous: bool = False) -> tuple[list, list]:
-    """Run `episodes` episodes, one per env, and return their (returns, lengths).
-
-    `act_fn(obs)` maps a (n, cond_steps, obs_dim) array to a (n, >= act_steps, action_dim) chunk.
-    Each env plays exactly its first episode, so short episodes are not over-counted.
-    Robomimic tasks: an episode succeeded iff its return > 0 (success_rate(returns)).
-    """
+    """Run `episodes` episodes, one per env (its first only: short episodes are not over-counted), bounded by the
+    time limit; return their (returns, lengths). `act_fn(obs)` maps a (n, cond_steps, obs_dim) array to a
+    (n, >= act_steps, action_dim) chunk. Robomimic: an episode succeeded iff its return > 0 (success_rate)."""
     envs = make_vec_env(env_id, episodes, seed, act_steps, cond_steps, normalization, asynchronous)
     obs, _ = envs.reset(seed=seed)
-    returns, lengths = np.full(episodes, np.nan), np.zeros(episodes, int)
-    while np.isnan(returns).any():
-        obs, _, _, _, infos = envs.step(np.asarray(act_fn(obs))[:, :act_steps])
+    returns, lengths, done = np.zeros(episodes), np.zeros(episodes, int), np.zeros(episodes, bool)
+    for _ in range(max_episode_steps(env_id) // act_steps + 1):  # the time limit ends every episode by then
+        obs, reward, _, _, infos = envs.step(np.asarray(act_fn(obs))[:, :act_steps])
+        if not (np.isfinite(reward).all() and np.isfinite(obs).all()):
+            fail(f"an evaluation episode of {env_id} got a non-finite reward or observation; check the environment")
         final = infos.get("final_info", {})
-        if "episode_return" in final:
-            for i in np.nonzero(final["_episode_return"])[0]:
-                if np.isnan(returns[i]):
-                    returns[i], lengths[i] = final["episode_return"][i], final["episode_length"][i]
+        for i in np.nonzero(np.logical_and(final.get("_episode_return", False), ~done))[0]:
+            returns[i], lengths[i], done[i] = final["episode_return"][i], final["episode_length"][i], True
+        if done.all():
+            break
     envs.close()
+    if not done.all():  # only a broken time limit gets here
+        fail(f"{int((~done).sum())} evaluation episodes of {env_id} did not end within its time limit")
     return list(returns), list(lengths)
 
 
@@ -400,11 +412,11 @@ def load_minari(dataset_id: str) -> dict:
     try:
         import minari
     except ImportError:
-        fail(f"{dataset_id} looks like a Minari id but `minari` is not installed: pip install minari")
+        fail(f"{dataset_id} looks like a Minari id but `minari` is not installed: pip install 'minari[hf]>=0.5,<0.6'")
     try:
         ds = minari.load_dataset(dataset_id, download=True)
-    except Exception as e:  # minari raises several types for a missing dataset
-        fail(f"cannot load Minari dataset {dataset_id} ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+    except Exception as e:  # minari raises several types for a missing dataset; downloads need its [hf] extra
+        fail(f"cannot load Minari dataset {dataset_id} ({type(e).__name__}); check the id, pip install 'minari[hf]'")
     keys = {k: [] for k in D4RL_KEYS}
     for ep in ds.iterate_episodes():
         n = len(ep.actions)
@@ -502,29 +514,6 @@ def save_checkpoint(ckpt: dict, path: str):
     tmp = path + ".tmp"
     torch.save(ckpt, tmp)
     os.replace(tmp, path)
-
-
-def write_summary(run_dir: str, algo: str, args, env_steps: int, wall: float, pretrained, final, best, success=(), **extra):
-    """summary.json of a run (read by benchmark.sh, scripts/summarize.py); `success`: robomimic's three success rates."""
-    import json
-    from dataclasses import asdict
-
-    summary = dict(algo=algo, env_id=args.env_id, seed=args.seed, env_steps=int(env_steps), wall_time_s=wall,
-                   pretrained_eval_return=pretrained, final_eval_return=final, best_eval_return=best, args=asdict(args),
-                   **extra, **{f"{k}_eval_success_rate": v for k, v in zip(("pretrained", "final", "best"), success or ())})
-    with open(os.path.join(run_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=str)
-    print(f"[done] summary in {os.path.join(run_dir, 'summary.json')}")
-
-
-def peak_memory_mb(device) -> float:
-    """Peak GPU memory (MB) since the last reset on CUDA; peak resident memory of the process on CPU."""
-    import resource
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def load_checkpoint(path: str, policy: str, env_id: str, backbone: str | None = None) -> dict:
@@ -794,8 +783,10 @@ def success_rate(returns) -> float:
     return float(np.mean(returns > 0)) if len(returns) else float("nan")
 
 
-def robomimic_demo_command(task: str) -> str:
-    return f"python scripts/make_robomimic_demos.py --task {task}"
+def robomimic_demo_fix(task: str) -> str:
+    if task in ("lift", "can", "square"):  # the tasks scripts/make_robomimic_demos.py has a controller for
+        return f"make demos with: python scripts/make_robomimic_demos.py --task {task} (then --dataset {task}-scripted)"
+    return f"download --dataset {task}-mh when online or pass a {task} robomimic low_dim hdf5 path"
 
 
 def _robomimic_dataset_name(dataset: str):
@@ -808,16 +799,15 @@ def _robomimic_dataset_name(dataset: str):
 
 def resolve_robomimic_dataset(dataset: str) -> str:
     """Path of a robomimic dataset name: cached in data_dir(), else downloaded (mh/ph; address pattern
-    $CLEANDPPO_ROBOMIMIC_URL); -scripted and failed downloads fail naming make_robomimic_demos.py."""
+    $CLEANDPPO_ROBOMIMIC_URL); a missing -scripted file and a failed download fail naming robomimic_demo_fix."""
     task, kind = _robomimic_dataset_name(dataset)
     path = os.path.join(data_dir(), f"{task}-{kind}.hdf5")
     if os.path.isfile(path):
         return path
     if kind == "scripted":
-        fail(f"{task}-scripted is not in {data_dir()}; make it with: {robomimic_demo_command(task)}")
+        fail(f"{task}-scripted is not in {data_dir()}; {robomimic_demo_fix(task)}")
     url = os.environ.get("CLEANDPPO_ROBOMIMIC_URL", ROBOMIMIC_URL).format(task=task, kind=kind)
-    return download_or_fail(f"{task}-{kind}", url, path, f"make demonstrations here with: "
-                            f"{robomimic_demo_command(task)} (then --dataset {task}-scripted)")
+    return download_or_fail(f"{task}-{kind}", url, path, robomimic_demo_fix(task))
 
 
 def is_robomimic_hdf5(path: str) -> bool:
@@ -864,8 +854,8 @@ def read_robomimic_hdf5(path: str, obs_keys=None) -> dict:
                     have = sorted(obs_group.keys()) if obs_keys is not None else []
                     lacks = f"obs keys {missing}" if missing else "actions"
                     fail(f"{path}:data/{name} lacks {lacks} (has {have}); "
-                         f"it needs {keys}: use a robomimic low_dim file (not demo.hdf5, which holds only sim states) "
-                         f"or make one with scripts/make_robomimic_demos.py")
+                         f"it needs {keys}: use a robomimic low_dim file (not demo.hdf5, which holds only sim states), "
+                         "e.g. --dataset lift-mh, or make one with scripts/make_robomimic_demos.py --task lift")
                 actions = demo["actions"][()]
                 n = len(actions)
                 demos.append({"name": name, "obs": {k: np.asarray(obs_group[k][()]).reshape(n, -1) for k in keys},

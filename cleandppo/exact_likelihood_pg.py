@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import tyro
 
-from cleandppo import envs
+from cleandppo import envs, runs
 
 ALGO = "exact_likelihood_pg"
 
@@ -54,6 +54,8 @@ class Args:
     """episodes per evaluation"""
     run_dir: Optional[str] = None
     """where logs, checkpoints and summary.json go (default runs/<env>__exact_likelihood_pg__<seed>__<time>)"""
+    overwrite: bool = False
+    """replace the run already in --run-dir (without it such a dir is refused unless this run resumes it)"""
     save_freq: int = 10
     """write checkpoint_<iter>.pt every N iterations (checkpoint_last.pt is written every iteration)"""
     cuda: bool = True
@@ -649,12 +651,7 @@ def evaluate(actor, actor_ft, sched, plan, ft_steps, kw, args, normalization, de
 
 
 def check_args(args):
-    for name in ("num_envs", "n_steps", "batch_size", "update_epochs", "eval_episodes", "eval_freq", "save_freq",
-                 "denoising_steps", "ft_denoising_steps", "grad_chunk_size", "logprob_batch_size"):
-        if getattr(args, name) < 1:
-            envs.fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.hutchinson_probes < 0:
-        envs.fail(f"--hutchinson-probes must be >= 0 (0 = exact divergence), got {args.hutchinson_probes}")
+    runs.check_ranges(args, None if args.eval_only else args.num_envs * args.n_steps * args.act_steps)
     if args.act_steps > args.horizon_steps:
         envs.fail(f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps")
     if args.ft_denoising_steps > args.denoising_steps:
@@ -663,14 +660,8 @@ def check_args(args):
     if not args.eval_only and args.batch_size > args.num_envs * args.n_steps:
         envs.fail(f"--batch-size {args.batch_size} > the {args.num_envs * args.n_steps} samples of an iteration "
                   f"(--num-envs x --n-steps); pass --batch-size <= {args.num_envs * args.n_steps} or more envs/steps")
-    if not 0 < args.sde_step_size <= 1:
-        envs.fail(f"--sde-step-size must be in (0, 1], got {args.sde_step_size}")
-    if args.sde_eps is not None and not 0 < args.sde_eps < 1:
-        envs.fail(f"--sde-eps must be in (0, 1) (the score is singular at t = 0), got {args.sde_eps}")
     if args.logprob_min >= args.logprob_max:
         envs.fail(f"--logprob-min {args.logprob_min} must be below --logprob-max {args.logprob_max}")
-    if args.min_sampling_denoising_std < 0:
-        envs.fail("--min-sampling-denoising-std must be >= 0")
 
 
 def load_diffusion_checkpoint(path, args):
@@ -710,16 +701,8 @@ def main(args, cli=()):
     resume = ckpt if own and "critic" in ckpt else None
     if ckpt.get("model_ft") is not None and not own:
         print(f"[note] {path} also holds a fine-tuned copy ('model_ft', {ckpt['algo']}); this run starts from the base 'model'")
-    run_dir = args.run_dir or os.path.join("runs", f"{envs.env_slug(args.env_id)}__{ALGO}__{args.seed}__{int(time.time())}")
-    os.makedirs(run_dir, exist_ok=True)
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(run_dir)
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    if args.track:
-        import wandb
-
-        wandb.init(project="cleandppo", config=vars(args), name=os.path.basename(run_dir), sync_tensorboard=True)
+    run_dir = runs.prepare_run_dir(args, ALGO, resume and path)
+    writer = runs.open_run(run_dir, args, resume and resume["env_steps"])
 
     kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
     actor = build_network(kw).to(device)
@@ -740,7 +723,7 @@ def main(args, cli=()):
         ret, std, succ = evaluate(actor, actor_ft, sched, plan, K_ft if own else 0, kw, args, normalization, device,
                                   args.eval_episodes)
         print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes" + (f", success {succ:.2f}" if robo else ""))
-        envs.write_summary(run_dir, ALGO, args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3)
+        runs.write_summary(run_dir, ALGO, args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3)
         return
 
     obs_dim, action_dim, Tp = kw["obs_dim"], kw["action_dim"], kw["horizon_steps"]
@@ -756,8 +739,6 @@ def main(args, cli=()):
         actor_opt.load_state_dict(resume["actor_optimizer"])
         critic_opt.load_state_dict(resume["critic_optimizer"])
         scaler.load_state_dict(resume["reward_scaler"])
-        torch.set_rng_state(resume["torch_rng"])
-        np.random.set_state(resume["numpy_rng"])
         start_iter, env_steps = resume["iteration"], resume["env_steps"]
     pretrained_eval = resume["pretrained_eval_return"] if resume is not None else None
     best_eval = resume["best_eval_return"] if resume is not None else -np.inf
@@ -777,124 +758,121 @@ def main(args, cli=()):
     vec = envs.make_vec_env(args.env_id, args.num_envs, args.seed + start_iter * args.num_envs, args.act_steps,
                             args.cond_steps, normalization, args.async_envs)
     obs, _ = vec.reset(seed=args.seed + start_iter * args.num_envs)
-    firsts = np.ones(args.num_envs)
-    recent_returns, t_start, iteration = [], time.time(), start_iter
+    firsts, recent_returns, t_start, iteration = np.ones(args.num_envs), [], time.time(), start_iter
+    if resume is not None:  # continue exactly where the checkpoint stopped: envs mid-episode, every RNG
+        obs, firsts, recent_returns = runs.restore_run(resume, vec, obs, firsts)
 
     def save(it):
         state = dict(algo=ALGO, policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(),
                      model_ft=actor_ft.state_dict(), ft_denoising_steps=K_ft, model_kwargs=kw, normalization=normalization,
                      env_id=args.env_id, args=asdict(args), iteration=it, env_steps=env_steps, critic=critic.state_dict(),
                      actor_optimizer=actor_opt.state_dict(), critic_optimizer=critic_opt.state_dict(),
-                     reward_scaler=scaler.state_dict(), torch_rng=torch.get_rng_state(), numpy_rng=np.random.get_state(),
-                     pretrained_eval_return=pretrained_eval, best_eval_return=best_eval,
-                     **(dict(pretrained_eval_success_rate=pre_succ, best_eval_success_rate=best_succ,
-                             robomimic_env_args=envs.robomimic_env_args(args.env_id)) if robo else {}))
-        envs.save_checkpoint(state, os.path.join(run_dir, "checkpoint_last.pt"))
-        if it % args.save_freq == 0 or it == num_iters:
-            envs.save_checkpoint(state, os.path.join(run_dir, f"checkpoint_{it}.pt"))
+                     reward_scaler=scaler.state_dict(), pretrained_eval_return=pretrained_eval,
+                     best_eval_return=best_eval, **runs.run_state(vec, obs, firsts, recent_returns))
+        if robo:
+            state.update(pretrained_eval_success_rate=pre_succ, best_eval_success_rate=best_succ,
+                         robomimic_env_args=envs.robomimic_env_args(args.env_id))
+        runs.save_iteration(state, run_dir, it, args.save_freq, num_iters, writer)
 
-    try:
-        while iteration < num_iters:
-            t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            # ---- rollout with DPPO's sampler; only the executed-from chunk is kept (no chain) ----
-            N, E = args.n_steps, args.num_envs
-            buf_obs = np.zeros((N, E, args.cond_steps, obs_dim), np.float32)
-            buf_final = np.zeros_like(buf_obs)  # observation reached before any auto-reset
-            buf_chunk = torch.zeros((N, E, Tp, action_dim), device=device)
-            buf_rew, buf_term, buf_timeout, buf_first = (np.zeros((N, E)) for _ in range(4))
-            for n in range(N):
-                chunk, _ = sample(actor, actor_ft, sched, torch.as_tensor(obs, device=device), plan, K_ft, Tp, action_dim,
-                                  "train", args.min_sampling_denoising_std, args.randn_clip_value, args.denoised_clip_value)
-                next_obs, reward, term, trunc, infos = vec.step(chunk[:, :args.act_steps].cpu().numpy())
-                buf_obs[n], buf_chunk[n], buf_rew[n], buf_first[n] = obs, chunk, reward, firsts
-                buf_term[n], buf_timeout[n] = term, np.logical_and(trunc, np.logical_not(term))
-                buf_final[n] = envs.final_observations(next_obs, infos)
-                firsts = np.logical_or(term, trunc).astype(np.float64)
-                for r, length in zip(*envs.finished_episodes(infos)):
-                    recent_returns.append(r)
-                    writer.add_scalar("charts/episodic_return", r, env_steps)
-                    writer.add_scalar("charts/episodic_length", length, env_steps)
-                successes += envs.finished_successes(infos)
-                obs = next_obs
-                env_steps += E * args.act_steps
-            t_rollout = time.time() - t_iter
+    while iteration < num_iters:
+        t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        # ---- rollout with DPPO's sampler; only the executed-from chunk is kept (no chain) ----
+        N, E = args.n_steps, args.num_envs
+        buf_obs = np.zeros((N, E, args.cond_steps, obs_dim), np.float32)
+        buf_final = np.zeros_like(buf_obs)  # observation reached before any auto-reset
+        buf_chunk = torch.zeros((N, E, Tp, action_dim), device=device)
+        buf_rew, buf_term, buf_timeout, buf_first = (np.zeros((N, E)) for _ in range(4))
+        for n in range(N):
+            chunk, _ = sample(actor, actor_ft, sched, torch.as_tensor(obs, device=device), plan, K_ft, Tp, action_dim,
+                              "train", args.min_sampling_denoising_std, args.randn_clip_value, args.denoised_clip_value)
+            next_obs, reward, term, trunc, infos = vec.step(chunk[:, :args.act_steps].cpu().numpy())
+            runs.check_finite(iteration, reward=reward, observation=next_obs)
+            env_steps += E * args.act_steps  # episodes that end here are logged at this count
+            buf_obs[n], buf_chunk[n], buf_rew[n], buf_first[n] = obs, chunk, reward, firsts
+            buf_term[n], buf_timeout[n] = term, np.logical_and(trunc, np.logical_not(term))
+            buf_final[n] = envs.final_observations(next_obs, infos)
+            firsts = np.logical_or(term, trunc).astype(np.float64)
+            for r, length in zip(*envs.finished_episodes(infos)):
+                recent_returns.append(r)
+                writer.add_scalar("charts/episodic_return", r, env_steps)
+                writer.add_scalar("charts/episodic_length", length, env_steps)
+            successes += envs.finished_successes(infos)
+            obs = next_obs
+        t_rollout = time.time() - t_iter
 
-            # ---- advantages over env steps (GAE), value of the env state only ----
-            t_update = time.time()
-            flat_obs = torch.as_tensor(buf_obs.reshape(N * E, args.cond_steps, obs_dim), device=device)
-            with torch.no_grad():
-                values = critic(flat_obs).cpu().numpy().reshape(N, E)
-                final_values = critic(torch.as_tensor(buf_final.reshape(N * E, args.cond_steps, obs_dim),
-                                                      device=device)).cpu().numpy().reshape(N, E)
-                last_value = critic(torch.as_tensor(obs, device=device)).cpu().numpy()
-            rewards = scaler(buf_rew, buf_first) if args.reward_scale_running else buf_rew
-            # a time-out is not a failure: bootstrap it with V(last obs) (the official code treats it as terminal)
-            rewards = rewards + args.gamma * final_values * buf_timeout
-            next_values = np.concatenate([values[1:], last_value[None]], 0)
-            advantages, returns = compute_gae(rewards, values, next_values, np.maximum(buf_term, buf_timeout),
-                                              args.gamma, args.gae_lambda)
-            # ---- old exact log-likelihoods (no graph); Hutchinson probes are drawn once per sample ----
-            chunks = buf_chunk.reshape(N * E, Tp, action_dim)
-            probes = (rademacher((N * E, args.hutchinson_probes, Tp * action_dim), device=device)
-                      if args.hutchinson_probes > 0 else None)
-            old_logp = torch.zeros(N * E, device=device)
-            t_logp = time.time()
-            with torch.no_grad():
-                for s0 in range(0, N * E, args.logprob_batch_size):
-                    sl = slice(s0, min(N * E, s0 + args.logprob_batch_size))
-                    old_logp[sl] = action_log_likelihood(actor, actor_ft, K_ft, sde, flat_obs[sl], chunks[sl], args,
-                                                         None if probes is None else probes[sl])
-            t_logp = time.time() - t_logp
-            batch = dict(obs=flat_obs, chunks=chunks, logprobs=old_logp, probes=probes,
-                         advantages=torch.as_tensor(advantages.reshape(-1), dtype=torch.float32, device=device),
-                         returns=torch.as_tensor(returns.reshape(-1), dtype=torch.float32, device=device))
-            stats = ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sde, batch, args,
-                               update_actor=iteration >= args.n_critic_warmup_itr)
-            t_update = time.time() - t_update
-            iteration += 1
+        # ---- advantages over env steps (GAE), value of the env state only ----
+        t_update = time.time()
+        flat_obs = torch.as_tensor(buf_obs.reshape(N * E, args.cond_steps, obs_dim), device=device)
+        with torch.no_grad():
+            values = critic(flat_obs).cpu().numpy().reshape(N, E)
+            final_values = critic(torch.as_tensor(buf_final.reshape(N * E, args.cond_steps, obs_dim),
+                                                  device=device)).cpu().numpy().reshape(N, E)
+            last_value = critic(torch.as_tensor(obs, device=device)).cpu().numpy()
+        rewards = scaler(buf_rew, buf_first) if args.reward_scale_running else buf_rew
+        # a time-out is not a failure: bootstrap it with V(last obs) (the official code treats it as terminal)
+        rewards = rewards + args.gamma * final_values * buf_timeout
+        next_values = np.concatenate([values[1:], last_value[None]], 0)
+        advantages, returns = compute_gae(rewards, values, next_values, np.maximum(buf_term, buf_timeout),
+                                          args.gamma, args.gae_lambda)
+        # ---- old exact log-likelihoods (no graph); Hutchinson probes are drawn once per sample ----
+        chunks = buf_chunk.reshape(N * E, Tp, action_dim)
+        probes = (rademacher((N * E, args.hutchinson_probes, Tp * action_dim), device=device)
+                  if args.hutchinson_probes > 0 else None)
+        old_logp = torch.zeros(N * E, device=device)
+        t_logp = time.time()
+        with torch.no_grad():
+            for s0 in range(0, N * E, args.logprob_batch_size):
+                sl = slice(s0, min(N * E, s0 + args.logprob_batch_size))
+                old_logp[sl] = action_log_likelihood(actor, actor_ft, K_ft, sde, flat_obs[sl], chunks[sl], args,
+                                                     None if probes is None else probes[sl])
+        t_logp = time.time() - t_logp
+        batch = dict(obs=flat_obs, chunks=chunks, logprobs=old_logp, probes=probes,
+                     advantages=torch.as_tensor(advantages.reshape(-1), dtype=torch.float32, device=device),
+                     returns=torch.as_tensor(returns.reshape(-1), dtype=torch.float32, device=device))
+        stats = ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sde, batch, args,
+                           update_actor=iteration >= args.n_critic_warmup_itr)
+        t_update = time.time() - t_update
+        runs.check_finite(iteration, **stats, actor_weights=actor_ft, critic_weights=critic)
+        iteration += 1
 
-            sps = int(steps_per_iter / (time.time() - t_iter))
-            for k, v in stats.items():
-                writer.add_scalar(f"losses/{k}", v, env_steps)
-            writer.add_scalar("losses/explained_variance", 1 - np.var(returns - values) / (np.var(returns) + 1e-8), env_steps)
-            writer.add_scalar("values/value_mean", float(values.mean()), env_steps)
-            writer.add_scalar("values/logprob_mean", old_logp.mean().item(), env_steps)
-            clamped = ((old_logp < args.logprob_min) | (old_logp > args.logprob_max)).float().mean().item()
-            writer.add_scalar("values/logprob_clamped_frac", clamped, env_steps)
-            writer.add_scalar("charts/SPS", sps, env_steps)
-            writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
-            writer.add_scalar("time/rollout_s", t_rollout, env_steps)
-            writer.add_scalar("time/update_s", t_update, env_steps)
-            writer.add_scalar("time/old_logprob_s", t_logp, env_steps)
-            mem = envs.peak_memory_mb(device)
-            writer.add_scalar("charts/peak_memory_mb", mem, env_steps)
-            if successes:
-                writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
-            if iteration % args.eval_freq == 0 or iteration == num_iters:
-                last_eval, _, last_succ = evaluate(actor, actor_ft, sched, plan, K_ft, kw, args, normalization, device,
-                                                   args.eval_episodes)
-                best_eval, best_succ = max(best_eval, last_eval), max(best_succ, last_succ)
-                writer.add_scalar("eval/episodic_return", last_eval, env_steps)
-                if robo:
-                    writer.add_scalar("eval/success_rate", last_succ, env_steps)
-            mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
-            left = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
-            print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
-                  + (f"success {envs.success_rate(successes):.2f} eval success {last_succ:.2f} | " if robo else "") +
-                  f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | logp {old_logp.mean().item():.3f} "
-                  f"kl {stats['approx_kl']:.2e} clipfrac {stats['clipfrac']:.3f} | mem {mem:.0f}MB | left {left / 60:.1f}m",
-                  flush=True)
-            save(iteration)
-    except KeyboardInterrupt:
+        sps = int(steps_per_iter / (time.time() - t_iter))
+        for k, v in stats.items():
+            writer.add_scalar(f"losses/{k}", v, env_steps)
+        writer.add_scalar("losses/explained_variance", 1 - np.var(returns - values) / (np.var(returns) + 1e-8), env_steps)
+        writer.add_scalar("values/value_mean", float(values.mean()), env_steps)
+        writer.add_scalar("values/logprob_mean", old_logp.mean().item(), env_steps)
+        clamped = ((old_logp < args.logprob_min) | (old_logp > args.logprob_max)).float().mean().item()
+        writer.add_scalar("values/logprob_clamped_frac", clamped, env_steps)
+        writer.add_scalar("charts/SPS", sps, env_steps)
+        writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
+        writer.add_scalar("time/rollout_s", t_rollout, env_steps)
+        writer.add_scalar("time/update_s", t_update, env_steps)
+        writer.add_scalar("time/old_logprob_s", t_logp, env_steps)
+        mem = runs.peak_memory_mb(device)
+        writer.add_scalar("charts/peak_memory_mb", mem, env_steps)
+        if successes:
+            writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
+        if iteration % args.eval_freq == 0 or iteration == num_iters:
+            last_eval, _, last_succ = evaluate(actor, actor_ft, sched, plan, K_ft, kw, args, normalization, device,
+                                               args.eval_episodes)
+            best_eval, best_succ = max(best_eval, last_eval), max(best_succ, last_succ)
+            writer.add_scalar("eval/episodic_return", last_eval, env_steps)
+            if robo:
+                writer.add_scalar("eval/success_rate", last_succ, env_steps)
+        mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
+        left = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
+        print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
+              + (f"success {envs.success_rate(successes):.2f} eval success {last_succ:.2f} | " if robo else "") +
+              f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | logp {old_logp.mean().item():.3f} "
+              f"kl {stats['approx_kl']:.2e} clipfrac {stats['clipfrac']:.3f} | mem {mem:.0f}MB | left {left / 60:.1f}m",
+              flush=True)
         save(iteration)
-        print(f"[interrupted] checkpoint written to {os.path.join(run_dir, 'checkpoint_last.pt')}")
-        raise SystemExit(130)
     vec.close()
-    envs.write_summary(run_dir, ALGO, args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval, robo and (pre_succ, last_succ, best_succ))
+    runs.write_summary(run_dir, ALGO, args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval, robo and (pre_succ, last_succ, best_succ))
     writer.close()
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args), sys.argv[1:])
+    runs.run_cli(main, tyro.cli(Args), sys.argv[1:])

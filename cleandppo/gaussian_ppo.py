@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import tyro
 
-from cleandppo import envs
+from cleandppo import envs, runs
 
 
 @dataclass
@@ -62,7 +62,9 @@ class Args:
     eval_sampling: Literal["eval", "train"] = "eval"
     """"eval": the mean action, no exploration noise (paper 5); "train": sampled as in the rollouts (Avoid, D.8)"""
     run_dir: Optional[str] = None
-    """where logs, checkpoints and summary.json go (default runs/<env>__gaussian_ppo__<seed>__<time>)"""
+    """where logs, checkpoints, summary.json go (default runs/<env>__gaussian_ppo__<seed>__<time>; resume: its dir)"""
+    overwrite: bool = False
+    """replace the run already in --run-dir (without it such a dir is refused unless this run resumes it)"""
     save_freq: int = 10
     """write checkpoint_<iter>.pt every N iterations (checkpoint_last.pt is written every iteration)"""
     cuda: bool = True
@@ -438,9 +440,8 @@ def make_checkpoint(policy, kwargs, normalization, args, iteration, env_steps, *
                 iteration=iteration, env_steps=env_steps, **extra)
 
 
-def pretrain(args, run_dir, writer, device):
-    """Behaviour cloning with fixed std: minimize the mean elementwise Gaussian NLL (= scaled MSE)."""
-    data = envs.load_dataset(args.dataset, args.env_id)
+def pretrain(args, data, run_dir, writer, device):
+    """Behaviour cloning on `data` (envs.load_dataset) with fixed std: minimize the mean elementwise Gaussian NLL."""
     norm = data["normalization"]
     obs, actions, starts, firsts = envs.make_pretraining_samples(data["episodes"], norm, args.cond_steps, args.horizon_steps)
     print(f"[pretrain] {len(data['episodes'])} episodes, {len(starts)} samples from {args.dataset}")
@@ -540,11 +541,10 @@ def check_args(args):
         envs.fail(f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps")
     if args.backbone == "transformer" and args.from_scratch:
         envs.fail("--from-scratch supports --backbone mlp only")
-    if not (0 < args.std_min <= args.std_max):
-        envs.fail(f"need 0 < --std-min <= --std-max, got {args.std_min}, {args.std_max}")
-    for name in ("num_envs", "n_steps", "batch_size", "update_epochs", "eval_episodes", "eval_freq"):
-        if getattr(args, name) < 1:
-            envs.fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.std_min <= 0:
+        envs.fail(f"--std-min must be > 0, got {args.std_min}; pass e.g. --std-min 0.01")
+    fine_tuning = not (args.eval_only or args.pretrain_only or args.record_dataset)
+    runs.check_ranges(args, args.num_envs * args.n_steps * args.act_steps if fine_tuning else None)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -567,7 +567,7 @@ def main(args, cli=()):
 
     # ---- load (and check) a checkpoint before writing anything, then build the policy ----
     start_iter, env_steps, resume, ckpt = 0, 0, None, None
-    if not args.from_scratch and (args.dataset is None or args.checkpoint is not None):
+    if args.checkpoint is not None or (not args.from_scratch and args.dataset is None):
         path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "gaussian", args.backbone)
         ckpt = envs.load_checkpoint(path, "gaussian", args.env_id, args.backbone)
         kw = ckpt["model_kwargs"]
@@ -579,29 +579,25 @@ def main(args, cli=()):
         if "critic" not in ckpt and not args.record_dataset and not args.eval_only:
             kwargs.update(std_min=args.std_min, std_max=args.std_max)  # fine-tuning clips the learned std
         policy = _load_policy(dict(ckpt, model_kwargs=kwargs), device)
-        if "critic" in ckpt:
+        if "critic" in ckpt and not args.eval_only and not args.record_dataset:
             resume = ckpt
             start_iter, env_steps = ckpt["iteration"], ckpt["env_steps"]
         print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
         if robo and ckpt.get("robomimic_env_args"):  # the env meta the policy was trained with
             envs.set_robomimic_env_args(args.env_id, ckpt["robomimic_env_args"])
+        if args.from_scratch and resume is None:
+            envs.fail(f"--from-scratch --checkpoint resumes a from-scratch run, and {path} is none; pass that run's "
+                      "checkpoint_last.pt, or drop --from-scratch to fine-tune this checkpoint")
 
-    run_dir = args.run_dir or os.path.join("runs", f"{envs.env_slug(args.env_id)}__gaussian_ppo__{args.seed}__{int(time.time())}")
-    os.makedirs(run_dir, exist_ok=True)
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(run_dir)
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    if args.track:
-        import wandb
-
-        wandb.init(project="cleandppo", config=vars(args), name=os.path.basename(run_dir), sync_tensorboard=True)
-    if args.from_scratch:
+    run_dir = runs.prepare_run_dir(args, "gaussian_ppo", resume and path)
+    data = envs.load_dataset(args.dataset, args.env_id) if ckpt is None and not args.from_scratch else None
+    writer = runs.open_run(run_dir, args, resume and env_steps)
+    if args.from_scratch and resume is None:
         normalization = envs.identity_normalization(obs_dim, action_dim)
         kwargs = model_kwargs_from(args, obs_dim, action_dim, args.fixed_std, obs_norm=True)
         policy = GaussianPolicy(**kwargs).to(device)
     elif ckpt is None:
-        ckpt = pretrain(args, run_dir, writer, device)
+        ckpt = pretrain(args, data, run_dir, writer, device)
         if args.pretrain_only:
             mean_ret, std_ret, succ = evaluate(_load_policy(ckpt, device), args, ckpt["normalization"], device, args.eval_episodes)
             print(f"[pretrain] eval return {mean_ret:.1f} +- {std_ret:.1f} over {args.eval_episodes} episodes"
@@ -630,15 +626,13 @@ def main(args, cli=()):
         actor_opt.load_state_dict(resume["actor_optimizer"])
         critic_opt.load_state_dict(resume["critic_optimizer"])
         scaler.load_state_dict(resume["reward_scaler"])
-        torch.set_rng_state(resume["torch_rng"])
-        np.random.set_state(resume["numpy_rng"])
 
     envs_ = envs.make_vec_env(args.env_id, args.num_envs, args.seed + start_iter * args.num_envs, args.act_steps,
                               args.cond_steps, normalization, args.async_envs)
     obs, _ = envs_.reset(seed=args.seed + start_iter * args.num_envs)
     steps_per_iter = args.num_envs * args.n_steps * args.act_steps
     num_iters = max(1, args.total_timesteps // steps_per_iter)
-    pretrained_eval = float(resume["pretrained_eval_return"]) if resume is not None else None
+    pretrained_eval = (resume or {}).get("pretrained_eval_return")  # None from scratch
     best_eval = float(resume.get("best_eval_return", -np.inf)) if resume is not None else -np.inf
     pre_succ, best_succ = (resume or {}).get("pretrained_eval_success_rate"), (resume or {}).get("best_eval_success_rate", -np.inf)
     last_eval = last_succ = float("nan")
@@ -649,110 +643,105 @@ def main(args, cli=()):
         if robo:
             writer.add_scalar("eval/success_rate", pre_succ, env_steps)
         print(f"[eval] pre-trained return {pretrained_eval:.1f}" + (f", success rate {pre_succ:.2f}" if robo else ""))
-    firsts = np.ones(args.num_envs)
-    recent_returns, t_start = [], time.time()
-    iteration = start_iter
+    firsts, recent_returns, t_start, iteration = np.ones(args.num_envs), [], time.time(), start_iter
+    if resume is not None:  # continue exactly where the checkpoint stopped: envs mid-episode, every RNG
+        obs, firsts, recent_returns = runs.restore_run(resume, envs_, obs, firsts)
 
     def save(tag_iter):
         ckpt = make_checkpoint(policy, kwargs, normalization, args, tag_iter, env_steps, critic=critic.state_dict(),
                                actor_optimizer=actor_opt.state_dict(), critic_optimizer=critic_opt.state_dict(),
-                               reward_scaler=scaler.state_dict(), torch_rng=torch.get_rng_state(),
-                               numpy_rng=np.random.get_state(), pretrained_eval_return=pretrained_eval,
-                               best_eval_return=best_eval,
-                               **(dict(pretrained_eval_success_rate=pre_succ, best_eval_success_rate=best_succ) if robo else {}))
-        envs.save_checkpoint(ckpt, os.path.join(run_dir, "checkpoint_last.pt"))
-        if tag_iter % args.save_freq == 0 or tag_iter == num_iters:
-            envs.save_checkpoint(ckpt, os.path.join(run_dir, f"checkpoint_{tag_iter}.pt"))
+                               reward_scaler=scaler.state_dict(), pretrained_eval_return=pretrained_eval,
+                               best_eval_return=best_eval, **runs.run_state(envs_, obs, firsts, recent_returns))
+        if robo:
+            ckpt.update(pretrained_eval_success_rate=pre_succ, best_eval_success_rate=best_succ)
+        runs.save_iteration(ckpt, run_dir, tag_iter, args.save_freq, num_iters, writer)
 
-    try:
-        while iteration < num_iters:
-            t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
-            # ---- rollout ----
-            buf_obs = np.zeros((args.n_steps, args.num_envs, args.cond_steps, obs_dim), np.float32)
-            buf_act = np.zeros((args.n_steps, args.num_envs, args.horizon_steps, action_dim), np.float32)
-            buf_rew, buf_term, buf_timeout, buf_first = (np.zeros((args.n_steps, args.num_envs)) for _ in range(4))
-            buf_final = np.zeros_like(buf_obs)  # observation reached before any auto-reset
-            for n in range(args.n_steps):
-                obs_t = torch.as_tensor(obs, device=device)
-                if args.from_scratch:
-                    policy.update_obs_stats(obs_t)
-                with torch.no_grad():
-                    mean, std = policy(obs_t)
-                    chunk = sample_action(mean, std, args.randn_clip_value)
-                chunk = chunk.cpu().numpy()
-                executed = envs.add_action_noise(chunk[:, :args.act_steps], iteration, args.train_action_noise)
-                next_obs, reward, term, trunc, infos = envs_.step(executed)
-                buf_obs[n], buf_act[n], buf_rew[n], buf_first[n] = obs, chunk, reward, firsts
-                buf_term[n], buf_timeout[n] = term, np.logical_and(trunc, np.logical_not(term))
-                buf_final[n] = envs.final_observations(next_obs, infos)
-                firsts = np.logical_or(term, trunc).astype(np.float64)
-                for r, length in zip(*envs.finished_episodes(infos)):
-                    recent_returns.append(r)
-                    writer.add_scalar("charts/episodic_return", r, env_steps)
-                    writer.add_scalar("charts/episodic_length", length, env_steps)
-                successes += envs.finished_successes(infos)
-                obs = next_obs
-                env_steps += args.num_envs * args.act_steps
-            t_rollout = time.time() - t_iter
-
-            # ---- advantages ----
+    while iteration < num_iters:
+        t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
+        # ---- rollout ----
+        buf_obs = np.zeros((args.n_steps, args.num_envs, args.cond_steps, obs_dim), np.float32)
+        buf_act = np.zeros((args.n_steps, args.num_envs, args.horizon_steps, action_dim), np.float32)
+        buf_rew, buf_term, buf_timeout, buf_first = (np.zeros((args.n_steps, args.num_envs)) for _ in range(4))
+        buf_final = np.zeros_like(buf_obs)  # observation reached before any auto-reset
+        for n in range(args.n_steps):
+            obs_t = torch.as_tensor(obs, device=device)
+            if args.from_scratch:
+                policy.update_obs_stats(obs_t)
             with torch.no_grad():
-                flat = lambda x: torch.as_tensor(x.reshape(-1, *x.shape[2:]), device=device)  # noqa: E731
-                values = critic(flat(buf_obs)).cpu().numpy().reshape(args.n_steps, args.num_envs)
-                final_values = critic(flat(buf_final)).cpu().numpy().reshape(args.n_steps, args.num_envs)
-                last_value = critic(torch.as_tensor(obs, device=device)).cpu().numpy()
-            rewards = scaler(buf_rew, buf_first) if args.reward_scale_running else buf_rew
-            # a time-out is not a failure: bootstrap it with V(last obs) (the official code treats it as terminal)
-            rewards = rewards + args.gamma * final_values * buf_timeout
-            dones = np.maximum(buf_term, buf_timeout)
-            next_values = np.concatenate([values[1:], last_value[None]], 0)
-            advantages, returns = compute_gae(rewards, values, next_values, dones, args.gamma, args.gae_lambda)
-            with torch.no_grad():
-                mean, std = policy(flat(buf_obs))
-                old_logp = log_prob(mean, std, flat(buf_act))
-            batch = dict(obs=flat(buf_obs), actions=flat(buf_act), logprobs=old_logp,
-                         advantages=torch.as_tensor(advantages.reshape(-1), dtype=torch.float32, device=device),
-                         returns=torch.as_tensor(returns.reshape(-1), dtype=torch.float32, device=device))
+                mean, std = policy(obs_t)
+                chunk = sample_action(mean, std, args.randn_clip_value)
+            chunk = chunk.cpu().numpy()
+            executed = envs.add_action_noise(chunk[:, :args.act_steps], iteration, args.train_action_noise)
+            next_obs, reward, term, trunc, infos = envs_.step(executed)
+            runs.check_finite(iteration, reward=reward, observation=next_obs)
+            env_steps += args.num_envs * args.act_steps  # episodes that end here are logged at this count
+            buf_obs[n], buf_act[n], buf_rew[n], buf_first[n] = obs, chunk, reward, firsts
+            buf_term[n], buf_timeout[n] = term, np.logical_and(trunc, np.logical_not(term))
+            buf_final[n] = envs.final_observations(next_obs, infos)
+            firsts = np.logical_or(term, trunc).astype(np.float64)
+            for r, length in zip(*envs.finished_episodes(infos)):
+                recent_returns.append(r)
+                writer.add_scalar("charts/episodic_return", r, env_steps)
+                writer.add_scalar("charts/episodic_length", length, env_steps)
+            successes += envs.finished_successes(infos)
+            obs = next_obs
+        t_rollout = time.time() - t_iter
 
-            # ---- update ----
-            t_update = time.time()
-            stats = ppo_update(policy, critic, actor_opt, critic_opt, batch, args,
-                               update_actor=iteration >= args.n_critic_warmup_itr)
-            t_update = time.time() - t_update
-            iteration += 1
-            explained_var = 1 - np.var(returns - values) / (np.var(returns) + 1e-8)
+        # ---- advantages ----
+        with torch.no_grad():
+            flat = lambda x: torch.as_tensor(x.reshape(-1, *x.shape[2:]), device=device)  # noqa: E731
+            values = critic(flat(buf_obs)).cpu().numpy().reshape(args.n_steps, args.num_envs)
+            final_values = critic(flat(buf_final)).cpu().numpy().reshape(args.n_steps, args.num_envs)
+            last_value = critic(torch.as_tensor(obs, device=device)).cpu().numpy()
+        rewards = scaler(buf_rew, buf_first) if args.reward_scale_running else buf_rew
+        # a time-out is not a failure: bootstrap it with V(last obs) (the official code treats it as terminal)
+        rewards = rewards + args.gamma * final_values * buf_timeout
+        dones = np.maximum(buf_term, buf_timeout)
+        next_values = np.concatenate([values[1:], last_value[None]], 0)
+        advantages, returns = compute_gae(rewards, values, next_values, dones, args.gamma, args.gae_lambda)
+        with torch.no_grad():
+            mean, std = policy(flat(buf_obs))
+            old_logp = log_prob(mean, std, flat(buf_act))
+        batch = dict(obs=flat(buf_obs), actions=flat(buf_act), logprobs=old_logp,
+                     advantages=torch.as_tensor(advantages.reshape(-1), dtype=torch.float32, device=device),
+                     returns=torch.as_tensor(returns.reshape(-1), dtype=torch.float32, device=device))
 
-            sps = int(steps_per_iter / (time.time() - t_iter))
-            for k, v in stats.items():
-                writer.add_scalar(f"losses/{k}", v, env_steps)
-            writer.add_scalar("losses/explained_variance", explained_var, env_steps)
-            writer.add_scalar("charts/SPS", sps, env_steps)
-            writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
-            writer.add_scalar("time/rollout_s", t_rollout, env_steps)
-            writer.add_scalar("time/update_s", t_update, env_steps)
-            if successes:
-                writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
+        # ---- update ----
+        t_update = time.time()
+        stats = ppo_update(policy, critic, actor_opt, critic_opt, batch, args,
+                           update_actor=iteration >= args.n_critic_warmup_itr)
+        runs.check_finite(iteration, **stats, policy_weights=policy, critic_weights=critic)
+        t_update = time.time() - t_update
+        iteration += 1
+        explained_var = 1 - np.var(returns - values) / (np.var(returns) + 1e-8)
 
-            if iteration % args.eval_freq == 0 or iteration == num_iters:
-                last_eval, _, last_succ = evaluate(policy, args, normalization, device, args.eval_episodes)
-                best_eval, best_succ = max(best_eval, last_eval), max(best_succ, last_succ)
-                writer.add_scalar("eval/episodic_return", last_eval, env_steps)
-                if robo:
-                    writer.add_scalar("eval/success_rate", last_succ, env_steps)
-            mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
-            eta = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
-            print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
-                  + (f"success {envs.success_rate(successes):.2f} eval success {last_succ:.2f} | " if robo else "") +
-                  f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | kl {stats['approx_kl']:.4f} "
-                  f"clipfrac {stats['clipfrac']:.2f} std {stats['std']:.3f} | left {eta / 60:.1f}m", flush=True)
-            save(iteration)
-            if args.target_return is not None and len(recent_returns) >= 50 and mean_ret >= args.target_return:
-                print(f"[stop] mean training return {mean_ret:.1f} >= --target-return {args.target_return}")
-                break
-    except KeyboardInterrupt:
+        sps = int(steps_per_iter / (time.time() - t_iter))
+        for k, v in stats.items():
+            writer.add_scalar(f"losses/{k}", v, env_steps)
+        writer.add_scalar("losses/explained_variance", explained_var, env_steps)
+        writer.add_scalar("charts/SPS", sps, env_steps)
+        writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
+        writer.add_scalar("time/rollout_s", t_rollout, env_steps)
+        writer.add_scalar("time/update_s", t_update, env_steps)
+        if successes:
+            writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
+
+        if iteration % args.eval_freq == 0 or iteration == num_iters:
+            last_eval, _, last_succ = evaluate(policy, args, normalization, device, args.eval_episodes)
+            best_eval, best_succ = max(best_eval, last_eval), max(best_succ, last_succ)
+            writer.add_scalar("eval/episodic_return", last_eval, env_steps)
+            if robo:
+                writer.add_scalar("eval/success_rate", last_succ, env_steps)
+        mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
+        eta = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
+        print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
+              + (f"success {envs.success_rate(successes):.2f} eval success {last_succ:.2f} | " if robo else "") +
+              f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | kl {stats['approx_kl']:.4f} "
+              f"clipfrac {stats['clipfrac']:.2f} std {stats['std']:.3f} | left {eta / 60:.1f}m", flush=True)
         save(iteration)
-        print(f"[interrupted] checkpoint written to {os.path.join(run_dir, 'checkpoint_last.pt')}")
-        raise SystemExit(130)
+        if args.target_return is not None and len(recent_returns) >= 50 and mean_ret >= args.target_return:
+            print(f"[stop] mean training return {mean_ret:.1f} >= --target-return {args.target_return}")
+            break
     envs_.close()
     if args.capture_video:
         _capture_video(policy, args, normalization, device, run_dir)
@@ -785,16 +774,17 @@ def _capture_video(policy, args, normalization, device, run_dir):
 
     env = envs.make_env(args.env_id, args.act_steps, args.cond_steps, normalization, render_mode="rgb_array")
     obs, _ = env.reset(seed=args.seed)
-    frames, done = [env.render()], False
-    while not done:
+    frames = [env.render()]
+    for _ in range(envs.max_episode_steps(args.env_id)):  # the time limit ends the episode by then
         with torch.no_grad():
             chunk = policy(torch.as_tensor(obs[None], device=device))[0][0, :args.act_steps].cpu().numpy()
         obs, _, term, trunc, _ = env.step(chunk)
         frames.append(env.render())
-        done = term or trunc
+        if term or trunc:
+            break
     imageio.mimsave(os.path.join(run_dir, "eval.mp4"), frames, fps=30)
 
 
 if __name__ == "__main__":
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
-    main(tyro.cli(Args), cli=sys.argv[1:])
+    runs.run_cli(main, tyro.cli(Args), sys.argv[1:])

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import tyro
 
-from cleandppo import envs
+from cleandppo import envs, runs
 
 
 @dataclass
@@ -61,7 +61,9 @@ class Args:
     eval_sampling: Literal["eval", "train"] = "eval"
     """"eval": mean of the most likely mode (no exploration noise); "train": sampled as in the rollouts (Avoid, D.8)"""
     run_dir: Optional[str] = None
-    """where logs, checkpoints and summary.json go (default runs/<env>__gmm_ppo__<seed>__<time>)"""
+    """where logs, checkpoints and summary.json go (default runs/<env>__gmm_ppo__<seed>__<time>; a resume: its dir)"""
+    overwrite: bool = False
+    """replace the run already in --run-dir (without it such a dir is refused unless this run resumes it)"""
     save_freq: int = 10
     """write checkpoint_<iter>.pt every N iterations (checkpoint_last.pt is written every iteration)"""
     cuda: bool = True
@@ -468,9 +470,8 @@ def make_checkpoint(policy, kwargs, normalization, args, iteration, env_steps, *
                 iteration=iteration, env_steps=env_steps, **extra)
 
 
-def pretrain(args, run_dir, writer, device):
-    """Behaviour cloning with fixed std: minimize the mixture NLL of dataset chunks (paper D.6)."""
-    data = envs.load_dataset(args.dataset, args.env_id)
+def pretrain(args, data, run_dir, writer, device):
+    """Behaviour cloning on `data` (envs.load_dataset), std fixed: minimize the mixture NLL of chunks (paper D.6)."""
     norm = data["normalization"]
     obs, actions, starts, firsts = envs.make_pretraining_samples(data["episodes"], norm, args.cond_steps, args.horizon_steps)
     print(f"[pretrain] {len(data['episodes'])} episodes, {len(starts)} samples from {args.dataset}")
@@ -549,15 +550,12 @@ def apply_task_defaults(args, cli):
 
 
 def check_args(args):
-    if args.num_modes < 1:
-        envs.fail(f"--num-modes must be >= 1, got {args.num_modes} (the paper uses 5)")
     if args.act_steps > args.horizon_steps:
         envs.fail(f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps")
     if not (0 < args.std_min <= args.fixed_std <= args.std_max):
         envs.fail(f"need 0 < --std-min <= --fixed-std <= --std-max, got {args.std_min}, {args.fixed_std}, {args.std_max}")
-    for name in ("num_envs", "n_steps", "batch_size", "update_epochs", "eval_episodes", "eval_freq", "pretrain_epochs"):
-        if getattr(args, name) < 1:
-            envs.fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    fine_tuning = not (args.eval_only or args.pretrain_only or args.report_official_clamp)
+    runs.check_ranges(args, args.num_envs * args.n_steps * args.act_steps if fine_tuning else None)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -574,32 +572,12 @@ def main(args, cli=()):
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    run_dir = args.run_dir or os.path.join("runs", f"{envs.env_slug(args.env_id)}__gmm_ppo__{args.seed}__{int(time.time())}")
-    os.makedirs(run_dir, exist_ok=True)
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(run_dir)
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    if args.track:
-        import wandb
-
-        wandb.init(project="cleandppo", config=vars(args), name=os.path.basename(run_dir), sync_tensorboard=True)
     obs_dim, action_dim = envs.env_dims(args.env_id)
 
-    # ---- build or load the policy ----
-    start_iter, env_steps, resume = 0, 0, None
+    # ---- load (and check) the dataset or checkpoint before writing anything, then build the policy ----
+    start_iter, env_steps, resume, ckpt, data = 0, 0, None, None, None
     if args.dataset is not None and args.checkpoint is None:
-        ckpt = pretrain(args, run_dir, writer, device)
-        path = os.path.join(run_dir, "pretrained.pt")
-        if args.pretrain_only:
-            mean_ret, std_ret, succ = evaluate(_load_policy(ckpt, device), args, ckpt["normalization"], device, args.eval_episodes)
-            print(f"[pretrain] eval return {mean_ret:.1f} +- {std_ret:.1f} over {args.eval_episodes} episodes"
-                  + (f", success rate {succ:.2f}" if robo else ""))
-            _write_summary(run_dir, args, 0, 0.0, mean_ret, mean_ret, mean_ret, robo and (succ,) * 3)
-            writer.close()
-            return
-        normalization, kwargs = ckpt["normalization"], ckpt["model_kwargs"]
-        policy = _load_policy(ckpt, device)
+        data = envs.load_dataset(args.dataset, args.env_id)
     else:
         path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "gmm", args.backbone)
         ckpt = envs.load_checkpoint(path, "gmm", args.env_id, args.backbone)
@@ -614,12 +592,26 @@ def main(args, cli=()):
         if "critic" not in ckpt and not args.eval_only:
             kwargs.update(std_min=args.std_min, std_max=args.std_max)  # fine-tuning clips the learned std
         policy = _load_policy(dict(ckpt, model_kwargs=kwargs), device)
-        if "critic" in ckpt:
+        if "critic" in ckpt and not args.eval_only and not args.report_official_clamp:
             resume = ckpt
             start_iter, env_steps = ckpt["iteration"], ckpt["env_steps"]
         print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
         if robo and ckpt.get("robomimic_env_args"):  # the env meta the policy was trained with
             envs.set_robomimic_env_args(args.env_id, ckpt["robomimic_env_args"])
+    run_dir = runs.prepare_run_dir(args, "gmm_ppo", resume and path)
+    writer = runs.open_run(run_dir, args, resume and env_steps)
+    if ckpt is None:
+        ckpt = pretrain(args, data, run_dir, writer, device)
+        path = os.path.join(run_dir, "pretrained.pt")
+        if args.pretrain_only:
+            mean_ret, std_ret, succ = evaluate(_load_policy(ckpt, device), args, ckpt["normalization"], device, args.eval_episodes)
+            print(f"[pretrain] eval return {mean_ret:.1f} +- {std_ret:.1f} over {args.eval_episodes} episodes"
+                  + (f", success rate {succ:.2f}" if robo else ""))
+            _write_summary(run_dir, args, 0, 0.0, mean_ret, mean_ret, mean_ret, robo and (succ,) * 3)
+            writer.close()
+            return
+        normalization, kwargs = ckpt["normalization"], ckpt["model_kwargs"]
+        policy = _load_policy(ckpt, device)
 
     if args.report_official_clamp:
         report = report_official_clamp(policy, args, normalization, device, path)
@@ -644,8 +636,6 @@ def main(args, cli=()):
         actor_opt.load_state_dict(resume["actor_optimizer"])
         critic_opt.load_state_dict(resume["critic_optimizer"])
         scaler.load_state_dict(resume["reward_scaler"])
-        torch.set_rng_state(resume["torch_rng"])
-        np.random.set_state(resume["numpy_rng"])
 
     envs_ = envs.make_vec_env(args.env_id, args.num_envs, args.seed + start_iter * args.num_envs, args.act_steps,
                               args.cond_steps, normalization, args.async_envs)
@@ -663,104 +653,99 @@ def main(args, cli=()):
         if robo:
             writer.add_scalar("eval/success_rate", pre_succ, env_steps)
         print(f"[eval] pre-trained return {pretrained_eval:.1f}" + (f", success rate {pre_succ:.2f}" if robo else ""))
-    firsts = np.ones(args.num_envs)
-    recent_returns, t_start = [], time.time()
-    iteration = start_iter
+    firsts, recent_returns, t_start, iteration = np.ones(args.num_envs), [], time.time(), start_iter
+    if resume is not None:  # continue exactly where the checkpoint stopped: envs mid-episode, every RNG
+        obs, firsts, recent_returns = runs.restore_run(resume, envs_, obs, firsts)
 
     def save(tag_iter):
         ckpt = make_checkpoint(policy, kwargs, normalization, args, tag_iter, env_steps, critic=critic.state_dict(),
                                actor_optimizer=actor_opt.state_dict(), critic_optimizer=critic_opt.state_dict(),
-                               reward_scaler=scaler.state_dict(), torch_rng=torch.get_rng_state(),
-                               numpy_rng=np.random.get_state(), pretrained_eval_return=pretrained_eval,
-                               best_eval_return=best_eval,
-                               **(dict(pretrained_eval_success_rate=pre_succ, best_eval_success_rate=best_succ) if robo else {}))
-        envs.save_checkpoint(ckpt, os.path.join(run_dir, "checkpoint_last.pt"))
-        if tag_iter % args.save_freq == 0 or tag_iter == num_iters:
-            envs.save_checkpoint(ckpt, os.path.join(run_dir, f"checkpoint_{tag_iter}.pt"))
+                               reward_scaler=scaler.state_dict(), pretrained_eval_return=pretrained_eval,
+                               best_eval_return=best_eval, **runs.run_state(envs_, obs, firsts, recent_returns))
+        if robo:
+            ckpt.update(pretrained_eval_success_rate=pre_succ, best_eval_success_rate=best_succ)
+        runs.save_iteration(ckpt, run_dir, tag_iter, args.save_freq, num_iters, writer)
 
-    try:
-        while iteration < num_iters:
-            t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
-            # ---- rollout ----
-            buf_obs = np.zeros((args.n_steps, args.num_envs, args.cond_steps, obs_dim), np.float32)
-            buf_act = np.zeros((args.n_steps, args.num_envs, args.horizon_steps, action_dim), np.float32)
-            buf_rew, buf_term, buf_timeout, buf_first = (np.zeros((args.n_steps, args.num_envs)) for _ in range(4))
-            buf_final = np.zeros_like(buf_obs)  # observation reached before any auto-reset
-            for n in range(args.n_steps):
-                with torch.no_grad():
-                    chunk = sample_action(*policy(torch.as_tensor(obs, device=device)))
-                executed = envs.add_action_noise(chunk[:, :args.act_steps].cpu().numpy(), iteration, args.train_action_noise)
-                next_obs, reward, term, trunc, infos = envs_.step(executed)
-                buf_obs[n], buf_act[n], buf_rew[n], buf_first[n] = obs, chunk.cpu().numpy(), reward, firsts
-                buf_term[n], buf_timeout[n] = term, np.logical_and(trunc, np.logical_not(term))
-                buf_final[n] = envs.final_observations(next_obs, infos)
-                firsts = np.logical_or(term, trunc).astype(np.float64)
-                for r, length in zip(*envs.finished_episodes(infos)):
-                    recent_returns.append(r)
-                    writer.add_scalar("charts/episodic_return", r, env_steps)
-                    writer.add_scalar("charts/episodic_length", length, env_steps)
-                successes += envs.finished_successes(infos)
-                obs = next_obs
-                env_steps += args.num_envs * args.act_steps
-            t_rollout = time.time() - t_iter
-
-            # ---- advantages ----
+    while iteration < num_iters:
+        t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
+        # ---- rollout ----
+        buf_obs = np.zeros((args.n_steps, args.num_envs, args.cond_steps, obs_dim), np.float32)
+        buf_act = np.zeros((args.n_steps, args.num_envs, args.horizon_steps, action_dim), np.float32)
+        buf_rew, buf_term, buf_timeout, buf_first = (np.zeros((args.n_steps, args.num_envs)) for _ in range(4))
+        buf_final = np.zeros_like(buf_obs)  # observation reached before any auto-reset
+        for n in range(args.n_steps):
             with torch.no_grad():
-                flat = lambda x: torch.as_tensor(x.reshape(-1, *x.shape[2:]), device=device)  # noqa: E731
-                values = critic(flat(buf_obs)).cpu().numpy().reshape(args.n_steps, args.num_envs)
-                final_values = critic(flat(buf_final)).cpu().numpy().reshape(args.n_steps, args.num_envs)
-                last_value = critic(torch.as_tensor(obs, device=device)).cpu().numpy()
-            rewards = scaler(buf_rew, buf_first) if args.reward_scale_running else buf_rew
-            # a time-out is not a failure: bootstrap it with V(last obs) (the official code treats it as terminal)
-            rewards = rewards + args.gamma * final_values * buf_timeout
-            dones = np.maximum(buf_term, buf_timeout)
-            next_values = np.concatenate([values[1:], last_value[None]], 0)
-            advantages, returns = compute_gae(rewards, values, next_values, dones, args.gamma, args.gae_lambda)
-            with torch.no_grad():
-                means, std, logits = policy(flat(buf_obs))
-                summed_logp = mixture_log_prob(means, std, logits, flat(buf_act))
-                old_logp = (summed_logp / (args.horizon_steps * action_dim)).clamp(-5.0, 2.0)  # = log_prob(...)
-            batch = dict(obs=flat(buf_obs), actions=flat(buf_act), logprobs=old_logp,
-                         advantages=torch.as_tensor(advantages.reshape(-1), dtype=torch.float32, device=device),
-                         returns=torch.as_tensor(returns.reshape(-1), dtype=torch.float32, device=device))
+                chunk = sample_action(*policy(torch.as_tensor(obs, device=device)))
+            executed = envs.add_action_noise(chunk[:, :args.act_steps].cpu().numpy(), iteration, args.train_action_noise)
+            next_obs, reward, term, trunc, infos = envs_.step(executed)
+            runs.check_finite(iteration, reward=reward, observation=next_obs)
+            env_steps += args.num_envs * args.act_steps  # episodes that end here are logged at this count
+            buf_obs[n], buf_act[n], buf_rew[n], buf_first[n] = obs, chunk.cpu().numpy(), reward, firsts
+            buf_term[n], buf_timeout[n] = term, np.logical_and(trunc, np.logical_not(term))
+            buf_final[n] = envs.final_observations(next_obs, infos)
+            firsts = np.logical_or(term, trunc).astype(np.float64)
+            for r, length in zip(*envs.finished_episodes(infos)):
+                recent_returns.append(r)
+                writer.add_scalar("charts/episodic_return", r, env_steps)
+                writer.add_scalar("charts/episodic_length", length, env_steps)
+            successes += envs.finished_successes(infos)
+            obs = next_obs
+        t_rollout = time.time() - t_iter
 
-            # ---- update ----
-            t_update = time.time()
-            stats = ppo_update(policy, critic, actor_opt, critic_opt, batch, args,
-                               update_actor=iteration >= args.n_critic_warmup_itr)
-            t_update = time.time() - t_update
-            iteration += 1
-            explained_var = 1 - np.var(returns - values) / (np.var(returns) + 1e-8)
+        # ---- advantages ----
+        with torch.no_grad():
+            flat = lambda x: torch.as_tensor(x.reshape(-1, *x.shape[2:]), device=device)  # noqa: E731
+            values = critic(flat(buf_obs)).cpu().numpy().reshape(args.n_steps, args.num_envs)
+            final_values = critic(flat(buf_final)).cpu().numpy().reshape(args.n_steps, args.num_envs)
+            last_value = critic(torch.as_tensor(obs, device=device)).cpu().numpy()
+        rewards = scaler(buf_rew, buf_first) if args.reward_scale_running else buf_rew
+        # a time-out is not a failure: bootstrap it with V(last obs) (the official code treats it as terminal)
+        rewards = rewards + args.gamma * final_values * buf_timeout
+        dones = np.maximum(buf_term, buf_timeout)
+        next_values = np.concatenate([values[1:], last_value[None]], 0)
+        advantages, returns = compute_gae(rewards, values, next_values, dones, args.gamma, args.gae_lambda)
+        with torch.no_grad():
+            means, std, logits = policy(flat(buf_obs))
+            summed_logp = mixture_log_prob(means, std, logits, flat(buf_act))
+            old_logp = (summed_logp / (args.horizon_steps * action_dim)).clamp(-5.0, 2.0)  # = log_prob(...)
+        batch = dict(obs=flat(buf_obs), actions=flat(buf_act), logprobs=old_logp,
+                     advantages=torch.as_tensor(advantages.reshape(-1), dtype=torch.float32, device=device),
+                     returns=torch.as_tensor(returns.reshape(-1), dtype=torch.float32, device=device))
 
-            sps = int(steps_per_iter / (time.time() - t_iter))
-            for k, v in stats.items():
-                writer.add_scalar(f"losses/{k}", v, env_steps)
-            writer.add_scalar("losses/explained_variance", explained_var, env_steps)
-            writer.add_scalar("charts/official_clamp_saturated", official_clamp_fraction(summed_logp), env_steps)
-            writer.add_scalar("charts/SPS", sps, env_steps)
-            writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
-            writer.add_scalar("time/rollout_s", t_rollout, env_steps)
-            writer.add_scalar("time/update_s", t_update, env_steps)
-            if successes:
-                writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
+        # ---- update ----
+        t_update = time.time()
+        stats = ppo_update(policy, critic, actor_opt, critic_opt, batch, args,
+                           update_actor=iteration >= args.n_critic_warmup_itr)
+        runs.check_finite(iteration, **stats, policy_weights=policy, critic_weights=critic)
+        t_update = time.time() - t_update
+        iteration += 1
+        explained_var = 1 - np.var(returns - values) / (np.var(returns) + 1e-8)
 
-            if iteration % args.eval_freq == 0 or iteration == num_iters:
-                last_eval, _, last_succ = evaluate(policy, args, normalization, device, args.eval_episodes)
-                best_eval, best_succ = max(best_eval, last_eval), max(best_succ, last_succ)
-                writer.add_scalar("eval/episodic_return", last_eval, env_steps)
-                if robo:
-                    writer.add_scalar("eval/success_rate", last_succ, env_steps)
-            mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
-            eta = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
-            print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
-                  + (f"success {envs.success_rate(successes):.2f} eval success {last_succ:.2f} | " if robo else "") +
-                  f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | kl {stats['approx_kl']:.4f} "
-                  f"clipfrac {stats['clipfrac']:.2f} std {stats['std']:.3f} | left {eta / 60:.1f}m", flush=True)
-            save(iteration)
-    except KeyboardInterrupt:
+        sps = int(steps_per_iter / (time.time() - t_iter))
+        for k, v in stats.items():
+            writer.add_scalar(f"losses/{k}", v, env_steps)
+        writer.add_scalar("losses/explained_variance", explained_var, env_steps)
+        writer.add_scalar("charts/official_clamp_saturated", official_clamp_fraction(summed_logp), env_steps)
+        writer.add_scalar("charts/SPS", sps, env_steps)
+        writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
+        writer.add_scalar("time/rollout_s", t_rollout, env_steps)
+        writer.add_scalar("time/update_s", t_update, env_steps)
+        if successes:
+            writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
+
+        if iteration % args.eval_freq == 0 or iteration == num_iters:
+            last_eval, _, last_succ = evaluate(policy, args, normalization, device, args.eval_episodes)
+            best_eval, best_succ = max(best_eval, last_eval), max(best_succ, last_succ)
+            writer.add_scalar("eval/episodic_return", last_eval, env_steps)
+            if robo:
+                writer.add_scalar("eval/success_rate", last_succ, env_steps)
+        mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
+        eta = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
+        print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
+              + (f"success {envs.success_rate(successes):.2f} eval success {last_succ:.2f} | " if robo else "") +
+              f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | kl {stats['approx_kl']:.4f} "
+              f"clipfrac {stats['clipfrac']:.2f} std {stats['std']:.3f} | left {eta / 60:.1f}m", flush=True)
         save(iteration)
-        print(f"[interrupted] checkpoint written to {os.path.join(run_dir, 'checkpoint_last.pt')}")
-        raise SystemExit(130)
     envs_.close()
     if args.capture_video:
         _capture_video(policy, args, normalization, device, run_dir)
@@ -793,17 +778,18 @@ def _capture_video(policy, args, normalization, device, run_dir):
 
     env = envs.make_env(args.env_id, args.act_steps, args.cond_steps, normalization, render_mode="rgb_array")
     obs, _ = env.reset(seed=args.seed)
-    frames, done = [env.render()], False
-    while not done:
+    frames = [env.render()]
+    for _ in range(envs.max_episode_steps(args.env_id)):  # the time limit ends the episode by then
         with torch.no_grad():
             means, _, logits = policy(torch.as_tensor(obs[None], device=device))
             chunk = mode_action(means, logits)[0, :args.act_steps].cpu().numpy()
         obs, _, term, trunc, _ = env.step(chunk)
         frames.append(env.render())
-        done = term or trunc
+        if term or trunc:
+            break
     imageio.mimsave(os.path.join(run_dir, "eval.mp4"), frames, fps=30)
 
 
 if __name__ == "__main__":
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
-    main(tyro.cli(Args), sys.argv[1:])
+    runs.run_cli(main, tyro.cli(Args), sys.argv[1:])

@@ -8,7 +8,7 @@ one is picked, by Boltzmann sampling on the advantage Q - V in training and gree
 evaluation (D.3).
 
     python cleandppo/idql.py --env-id Hopper-v2
-    python cleandppo/idql.py --checkpoint runs/<run>/checkpoint_last.pt   # resume (the buffer refills)
+    python cleandppo/idql.py --checkpoint runs/<run>/checkpoint_last.pt   # resume in place, replay buffer included
 """
 
 import copy
@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import tyro
 
-from cleandppo import envs
+from cleandppo import envs, runs
 
 
 @dataclass
@@ -49,6 +49,8 @@ class Args:
     """episodes per evaluation"""
     run_dir: Optional[str] = None
     """where logs, checkpoints and summary.json go (default runs/<env>__idql__<seed>__<time>)"""
+    overwrite: bool = False
+    """replace the run already in --run-dir (without it such a dir is refused unless this run resumes it)"""
     save_freq: int = 10
     """write checkpoint_<iter>.pt every N iterations (checkpoint_last.pt is written every iteration)"""
     cuda: bool = True
@@ -512,21 +514,12 @@ def evaluate(actor, q_target, v_critic, sched, kw, args, normalization, device, 
 
 
 def check_args(args):
-    for name in ("num_envs", "n_steps", "batch_size", "replay_ratio", "buffer_size", "eval_episodes", "eval_freq",
-                 "save_freq", "denoising_steps", "horizon_steps", "act_steps", "cond_steps", "num_candidates"):
-        if getattr(args, name) < 1:
-            envs.fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    runs.check_ranges(args, None if args.eval_only else args.num_envs * args.n_steps * args.act_steps)
     if args.buffer_size < args.batch_size:
         envs.fail(f"--buffer-size {args.buffer_size} is smaller than --batch-size {args.batch_size}; "
                   f"raise --buffer-size or lower --batch-size")
     if args.act_steps > args.horizon_steps:
         envs.fail(f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps")
-    if not 0 < args.expectile < 1:
-        envs.fail(f"--expectile must be in (0, 1), got {args.expectile}")
-    if args.boltzmann_temperature <= 0 or args.actor_lr <= 0 or args.critic_lr <= 0:
-        envs.fail("--boltzmann-temperature, --actor-lr and --critic-lr must be > 0")
-    if not 0 < args.critic_tau <= 1 or args.min_sampling_denoising_std < 0:
-        envs.fail("--critic-tau must be in (0, 1] and --min-sampling-denoising-std >= 0")
     if len(args.critic_dims) % 2 != 1 or len(set(args.critic_dims)) != 1:
         envs.fail(f"--critic-dims needs an odd number of equal widths (e.g. 256 256 256), got {list(args.critic_dims)}")
 
@@ -580,21 +573,13 @@ def main(args, cli=()):
         q_target.load_state_dict(resume["target_critic"])
         v_critic.load_state_dict(resume["value_critic"])
 
-    run_dir = args.run_dir or os.path.join("runs", f"{envs.env_slug(args.env_id)}__idql__{args.seed}__{int(time.time())}")
-    os.makedirs(run_dir, exist_ok=True)
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(run_dir)
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    if args.track:
-        import wandb
-
-        wandb.init(project="cleandppo", config=vars(args), name=os.path.basename(run_dir), sync_tensorboard=True)
+    run_dir = runs.prepare_run_dir(args, "idql", resume and path)
+    writer = runs.open_run(run_dir, args, resume and resume["env_steps"])
     if args.eval_only:
         ret, std, succ = evaluate(actor, q_target, v_critic, sched, kw, args, normalization, device, args.eval_episodes,
                                   use_critic=resume is not None)
         print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes" + (f", success {succ:.2f}" if robo else ""))
-        envs.write_summary(run_dir, "idql", args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3)
+        runs.write_summary(run_dir, "idql", args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3)
         writer.close()
         return
 
@@ -611,10 +596,8 @@ def main(args, cli=()):
         actor_opt.load_state_dict(resume["actor_optimizer"])
         q_opt.load_state_dict(resume["critic_optimizer"])
         v_opt.load_state_dict(resume["value_optimizer"])
-        torch.set_rng_state(resume["torch_rng"])
-        np.random.set_state(resume["numpy_rng"])
         start_iter, env_steps = resume["iteration"], resume["env_steps"]
-        print(f"[resume] iteration {start_iter}, {env_steps} env steps; the replay buffer starts empty and refills")
+        print(f"[resume] iteration {start_iter}, {env_steps} env steps")
     pretrained_eval = resume["pretrained_eval_return"] if resume is not None else None
     best_eval = resume["best_eval_return"] if resume is not None else -np.inf
     pre_succ, best_succ = (resume or {}).get("pretrained_eval_success_rate"), (resume or {}).get("best_eval_success_rate", -np.inf)
@@ -633,87 +616,86 @@ def main(args, cli=()):
                             args.async_envs)
     obs, _ = vec.reset(seed=args.seed + start_iter * E)
     recent_returns, t_start, iteration = [], time.time(), start_iter
+    if resume is not None:  # continue exactly where the checkpoint stopped: envs mid-episode, every RNG, the buffer
+        obs, _, recent_returns = runs.restore_run(resume, vec, obs, None)
+        runs.restore_buffer(buffer, resume)
 
     def save(it):
         state = dict(algo="idql", policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(), model_kwargs=kw,
                      normalization=normalization, env_id=args.env_id, args=asdict(args), iteration=it, env_steps=env_steps,
                      critic=q_critic.state_dict(), target_critic=q_target.state_dict(), value_critic=v_critic.state_dict(),
                      actor_optimizer=actor_opt.state_dict(), critic_optimizer=q_opt.state_dict(),
-                     value_optimizer=v_opt.state_dict(), torch_rng=torch.get_rng_state(), numpy_rng=np.random.get_state(),
+                     value_optimizer=v_opt.state_dict(), **runs.run_state(vec, obs, None, recent_returns), 
                      pretrained_eval_return=pretrained_eval, best_eval_return=best_eval,
                      **(dict(pretrained_eval_success_rate=pre_succ, best_eval_success_rate=best_succ,
                              robomimic_env_args=envs.robomimic_env_args(args.env_id)) if robo else {}))
-        envs.save_checkpoint(state, os.path.join(run_dir, "checkpoint_last.pt"))
-        if it % args.save_freq == 0 or it == num_iters:
-            envs.save_checkpoint(state, os.path.join(run_dir, f"checkpoint_{it}.pt"))
+        runs.save_iteration(state, run_dir, it, args.save_freq, num_iters, writer,
+                            last_only=dict(replay_buffer=runs.buffer_state(buffer)))
 
-    try:
-        while iteration < num_iters:
-            t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
-            # ---- rollout: Boltzmann pick among candidate chunks; store the executed transitions ----
-            max_probs = []
-            for _ in range(N):
-                chunk, max_prob = select_actions(actor, q_target, v_critic, sched, torch.as_tensor(obs, device=device),
-                                                 kw, args, "train")
-                chunk = chunk.cpu().numpy()
-                max_probs.append(max_prob)
-                next_obs, reward, term, trunc, infos = vec.step(chunk[:, :args.act_steps])
-                # next state of a finished episode: its last observation (not the reset one); only
-                # termination cuts the bootstrap, a time-out does not
-                buffer.add(obs, chunk, reward * args.scale_reward_factor, envs.final_observations(next_obs, infos), term)
-                for r, length in zip(*envs.finished_episodes(infos)):
-                    recent_returns.append(r)
-                    writer.add_scalar("charts/episodic_return", r, env_steps)
-                    writer.add_scalar("charts/episodic_length", length, env_steps)
-                successes += envs.finished_successes(infos)
-                obs = next_obs
-                env_steps += E * args.act_steps
-            t_rollout = time.time() - t_iter
+    while iteration < num_iters:
+        t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
+        # ---- rollout: Boltzmann pick among candidate chunks; store the executed transitions ----
+        max_probs = []
+        for _ in range(N):
+            chunk, max_prob = select_actions(actor, q_target, v_critic, sched, torch.as_tensor(obs, device=device),
+                                             kw, args, "train")
+            chunk = chunk.cpu().numpy()
+            max_probs.append(max_prob)
+            next_obs, reward, term, trunc, infos = vec.step(chunk[:, :args.act_steps])
+            runs.check_finite(iteration, reward=reward, observation=next_obs)
+            env_steps += E * args.act_steps  # episodes that end here are logged at this count
+            # next state of a finished episode: its last observation (not the reset one); only
+            # termination cuts the bootstrap, a time-out does not
+            buffer.add(obs, chunk, reward * args.scale_reward_factor, envs.final_observations(next_obs, infos), term)
+            for r, length in zip(*envs.finished_episodes(infos)):
+                recent_returns.append(r)
+                writer.add_scalar("charts/episodic_return", r, env_steps)
+                writer.add_scalar("charts/episodic_length", length, env_steps)
+            successes += envs.finished_successes(infos)
+            obs = next_obs
+        t_rollout = time.time() - t_iter
 
-            t_update = time.time()
-            stats = idql_update(actor, q_critic, q_target, v_critic, actor_opt, q_opt, v_opt, sched, buffer, args,
-                                num_batch, iteration >= args.n_critic_warmup_itr, device)
-            t_update = time.time() - t_update
-            iteration += 1
+        t_update = time.time()
+        stats = idql_update(actor, q_critic, q_target, v_critic, actor_opt, q_opt, v_opt, sched, buffer, args,
+                            num_batch, iteration >= args.n_critic_warmup_itr, device)
+        t_update = time.time() - t_update
+        runs.check_finite(iteration, **stats, actor_weights=actor, q_weights=q_critic, v_weights=v_critic)
+        iteration += 1
 
-            sps = int(steps_per_iter / (time.time() - t_iter))
-            for k in ("q_loss", "v_loss", "actor_loss"):
-                if k in stats:
-                    writer.add_scalar(f"losses/{k}", stats[k], env_steps)
-            for k in ("q1_mean", "q2_mean", "v_mean", "target_q_mean"):
-                writer.add_scalar(f"values/{k}", stats[k], env_steps)
-            writer.add_scalar("charts/boltzmann_max_prob", float(np.mean(max_probs)), env_steps)
-            writer.add_scalar("charts/SPS", sps, env_steps)
-            writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
-            writer.add_scalar("charts/buffer_size", buffer.size, env_steps)
-            writer.add_scalar("time/rollout_s", t_rollout, env_steps)
-            writer.add_scalar("time/update_s", t_update, env_steps)
-            if successes:
-                writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
-            if iteration % args.eval_freq == 0 or iteration == num_iters:
-                last_eval, _, last_succ = evaluate(actor, q_target, v_critic, sched, kw, args, normalization, device,
-                                                   args.eval_episodes, use_critic=True)
-                best_eval, best_succ = max(best_eval, last_eval), max(best_succ, last_succ)
-                writer.add_scalar("eval/episodic_return", last_eval, env_steps)
-                if robo:
-                    writer.add_scalar("eval/success_rate", last_succ, env_steps)
-            mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
-            left = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
-            actor_txt = f"{stats['actor_loss']:.3e}" if "actor_loss" in stats else "- (critic warm-up)"
-            print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
-                  + (f"success {envs.success_rate(successes):.2f} eval success {last_succ:.2f} | " if robo else "") +
-                  f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | q_loss {stats['q_loss']:.3e} "
-                  f"v_loss {stats['v_loss']:.3e} actor_loss {actor_txt} | left {left / 60:.1f}m", flush=True)
-            save(iteration)
-    except KeyboardInterrupt:
+        sps = int(steps_per_iter / (time.time() - t_iter))
+        for k in ("q_loss", "v_loss", "actor_loss"):
+            if k in stats:
+                writer.add_scalar(f"losses/{k}", stats[k], env_steps)
+        for k in ("q1_mean", "q2_mean", "v_mean", "target_q_mean"):
+            writer.add_scalar(f"values/{k}", stats[k], env_steps)
+        writer.add_scalar("charts/boltzmann_max_prob", float(np.mean(max_probs)), env_steps)
+        writer.add_scalar("charts/SPS", sps, env_steps)
+        writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
+        writer.add_scalar("charts/buffer_size", buffer.size, env_steps)
+        writer.add_scalar("time/rollout_s", t_rollout, env_steps)
+        writer.add_scalar("time/update_s", t_update, env_steps)
+        if successes:
+            writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
+        if iteration % args.eval_freq == 0 or iteration == num_iters:
+            last_eval, _, last_succ = evaluate(actor, q_target, v_critic, sched, kw, args, normalization, device,
+                                               args.eval_episodes, use_critic=True)
+            best_eval, best_succ = max(best_eval, last_eval), max(best_succ, last_succ)
+            writer.add_scalar("eval/episodic_return", last_eval, env_steps)
+            if robo:
+                writer.add_scalar("eval/success_rate", last_succ, env_steps)
+        mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
+        left = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
+        actor_txt = f"{stats['actor_loss']:.3e}" if "actor_loss" in stats else "- (critic warm-up)"
+        print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
+              + (f"success {envs.success_rate(successes):.2f} eval success {last_succ:.2f} | " if robo else "") +
+              f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | q_loss {stats['q_loss']:.3e} "
+              f"v_loss {stats['v_loss']:.3e} actor_loss {actor_txt} | left {left / 60:.1f}m", flush=True)
         save(iteration)
-        print(f"[interrupted] checkpoint written to {os.path.join(run_dir, 'checkpoint_last.pt')}")
-        raise SystemExit(130)
     vec.close()
-    envs.write_summary(run_dir, "idql", args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval,
+    runs.write_summary(run_dir, "idql", args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval,
                   robo and (pre_succ, last_succ, best_succ))
     writer.close()
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args), sys.argv[1:])
+    runs.run_cli(main, tyro.cli(Args), sys.argv[1:])

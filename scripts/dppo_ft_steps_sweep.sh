@@ -8,7 +8,7 @@ for k in "${@:-5 10 20}"; do
   for kk in $k; do
     run=runs/ft-steps-sweep/k$kk
     python cleandppo/dppo.py --env-id Hopper-v2 --ft-denoising-steps "$kk" --total-timesteps 20000 --num-envs 40 \
-      --n-steps 125 --batch-size 12500 --eval-episodes 1 --eval-freq 100 --run-dir "$run" > "$run.log" 2>&1 || { mkdir -p "$(dirname "$run")"; cat "$run.log"; exit 1; }
+      --n-steps 125 --batch-size 12500 --eval-episodes 1 --eval-freq 100 --run-dir "$run" --overwrite > "$run.log" 2>&1 || { mkdir -p "$(dirname "$run")"; cat "$run.log"; exit 1; }
     python - "$run" "$kk" <<'PY'
 import json, sys
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -17,8 +17,10 @@ case "$env_id" in
 esac
 data_dir=${CLEANDPPO_DATA:-$HOME/.cache/cleandppo/datasets}
 run=runs/behaviour-$name-$seed
-python cleandppo/gaussian_ppo.py --env-id "$env_id" --seed "$seed" --from-scratch --total-timesteps "$budget" \
-  --target-return "$target" --eval-freq 10 --eval-episodes 10 --run-dir "$run"
+if [ ! -f "$run/summary.json" ]; then  # a finished behaviour run is reused
+  python cleandppo/gaussian_ppo.py --env-id "$env_id" --seed "$seed" --from-scratch --total-timesteps "$budget" \
+    --target-return "$target" --eval-freq 10 --eval-episodes 10 --run-dir "$run"
+fi
 python cleandppo/gaussian_ppo.py --env-id "$env_id" --seed "$seed" --checkpoint "$run/checkpoint_last.pt" \
   --record-dataset "$data_dir/$name-medium-v2.hdf5" --record-transitions 200000 --num-envs 10 \
-  --horizon-steps 1 --act-steps 1 --run-dir "$run/record"
+  --horizon-steps 1 --act-steps 1 --run-dir "$run/record" --overwrite

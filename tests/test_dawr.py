@@ -145,7 +145,8 @@ def test_cli_smoke_checkpoint_and_resume(tiny_diffusion_checkpoint, tmp_path):
             "charts/learning_rate", "losses/value_loss", "losses/actor_loss", "values/v_mean", "time/rollout_s",
             "time/update_s", "charts/peak_memory_mb"} <= tags, tags
     read_checkpoint(run, {"model", "model_kwargs", "normalization", "critic", "actor_optimizer", "critic_optimizer",
-                          "torch_rng"}, algo="dawr", policy="diffusion", backbone="mlp", iteration=2, env_steps=256)
+                          "rng", "vec_env", "replay_buffer"},
+                    algo="dawr", policy="diffusion", backbone="mlp", iteration=2, env_steps=256)
     assert os.path.isfile(run / "checkpoint_2.pt")
 
     # resume in-process: the iteration count and env steps continue, the critic comes back

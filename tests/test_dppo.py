@@ -10,6 +10,7 @@ import torch.nn as nn
 from cleandppo import dppo
 from conftest import (
     TINY_DIFFUSION,
+    assert_one_line_error,
     cli_fails,
     main_fails,
     read_checkpoint,
@@ -347,45 +348,34 @@ def test_gaussian_checkpoint_is_refused(tmp_path):
     main_fails(dppo, dppo.Args(checkpoint=path, run_dir=str(tmp_path / "r")), "holds a gaussian policy")
 
 
-def interrupt_in_second_update(monkeypatch, checkpoint, run, flags):
-    """Run dppo in-process and raise KeyboardInterrupt (what Python raises on SIGINT) inside the second update, i.e.
-    after the second rollout; returns the SystemExit."""
-    real_update, calls = dppo.ppo_update, []
+def test_ctrl_c_keeps_the_last_finished_iteration_then_resumes_in_place(tiny_diffusion_checkpoint, tmp_path):
+    """SIGINT during training drops the unfinished iteration (checkpoint_last.pt holds the last finished one, its env
+    steps match its iteration) and ends in one line (exit 130); passing that checkpoint back resumes in the same dir."""
+    import os
+    import signal
+    import subprocess
+    import sys
 
-    def interrupted_update(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_update(*args, **kwargs)
+    from conftest import ROOT
 
-    monkeypatch.setattr(dppo, "ppo_update", interrupted_update)
-    with pytest.raises(SystemExit) as e:
-        run_main(dppo, "--checkpoint", checkpoint, "--run-dir", run, "--total-timesteps", "320", *flags)
-    monkeypatch.setattr(dppo, "ppo_update", real_update)
-    return e.value
-
-
-CTRL_C_FLAGS = ["--num-envs", "2", "--n-steps", "4", "--batch-size", "8", "--eval-episodes", "1", "--eval-freq", "1000",
-                *TINY_DIFFUSION]
-
-
-def test_ctrl_c_writes_a_checkpoint_then_resumes(tiny_diffusion_checkpoint, tmp_path, monkeypatch, capsys):
-    """Ctrl-C during training writes checkpoint_last.pt of the last finished iteration and exits with 130; passing
-    it back resumes there. In-process and event-driven: nothing waits on a subprocess or depends on machine load."""
     run = tmp_path / "run"
-    exit_ = interrupt_in_second_update(monkeypatch, tiny_diffusion_checkpoint, run, CTRL_C_FLAGS)
-    assert exit_.code == 130 and "[interrupted] checkpoint written" in capsys.readouterr().out
-    read_checkpoint(run, iteration=1)
-    run_main(dppo, "--checkpoint", run / "checkpoint_last.pt", "--run-dir", tmp_path / "resumed", "--total-timesteps",
-             2 * 2 * 4 * 4, *CTRL_C_FLAGS)
-    out = capsys.readouterr().out
-    assert "iter 2/2" in out and "iter 1/" not in out
-
-
-@pytest.mark.xfail(strict=True, reason="bug: the interrupt checkpoint counts the env steps of the unfinished "
-                   "iteration's rollout (64 instead of 32); fixed by the reliability pass (branch of /work/wt-rel) - "
-                   "remove this marker when merging it")
-def test_ctrl_c_checkpoint_counts_only_the_finished_iterations_env_steps(tiny_diffusion_checkpoint, tmp_path,
-                                                                         monkeypatch):
-    interrupt_in_second_update(monkeypatch, tiny_diffusion_checkpoint, tmp_path / "run", CTRL_C_FLAGS)
-    read_checkpoint(tmp_path / "run", iteration=1, env_steps=2 * 4 * 4)
+    flags = ["--num-envs", "2", "--n-steps", "4", "--batch-size", "8", "--eval-episodes", "1", "--eval-freq", "1000",
+             *TINY_DIFFUSION]
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "cleandppo", "dppo.py"), "--checkpoint",
+                             tiny_diffusion_checkpoint, "--run-dir", str(run), "--total-timesteps", "100000", *flags],
+                            cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    for line in proc.stdout:  # wait until the second iteration has finished
+        if line.startswith("iter 2/"):
+            break
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert_one_line_error(err.strip(), f"resume with --checkpoint {run / 'checkpoint_last.pt'}", prefix="interrupted:")
+    ckpt = torch.load(str(run / "checkpoint_last.pt"), weights_only=False)
+    assert ckpt["iteration"] >= 1 and ckpt["env_steps"] == ckpt["iteration"] * 2 * 4 * 4
+    done = ckpt["iteration"]
+    total = (done + 1) * 2 * 4 * 4
+    proc = run_script("dppo.py", "--checkpoint", run / "checkpoint_last.pt", "--total-timesteps", total, *flags)
+    assert f"iter {done + 1}/{done + 1}" in proc.stdout and "iter 1/" not in proc.stdout
+    read_summary(run, env_steps=total)

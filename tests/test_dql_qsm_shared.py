@@ -148,7 +148,7 @@ def test_cli_smoke_run_and_resume(algo, tiny_diffusion_checkpoint, tmp_path, cap
     assert "iter 2/2" in proc.stdout and "steps 128" in proc.stdout
     read_summary(run, algo=name, env_steps=128)
     read_checkpoint(run, {"model", "model_kwargs", "normalization", "critic", "target_critic", "actor_optimizer",
-                          "critic_optimizer", "torch_rng", "numpy_rng"},
+                          "critic_optimizer", "rng", "vec_env"},
                     algo=name, policy="diffusion", iteration=2, env_steps=128)
     assert {"charts/episodic_return", "charts/episodic_length", "eval/episodic_return", "charts/SPS",
             "charts/learning_rate", "losses/q_loss", "losses/actor_loss", ACTOR_TAG[name], "values/q1_mean",

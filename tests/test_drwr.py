@@ -111,7 +111,7 @@ def test_cli_smoke_checkpoint_and_resume(tiny_diffusion_checkpoint, tmp_path):
             "charts/learning_rate", "losses/actor_loss", "losses/weight_mean", "charts/num_train_episodes",
             "time/rollout_s", "time/update_s", "charts/peak_memory_mb"} <= tags, tags
     assert sum(scalar_values(run, "charts/num_train_episodes")) > 0  # the update really ran
-    read_checkpoint(run, {"model", "model_kwargs", "normalization", "actor_optimizer", "torch_rng", "numpy_rng"},
+    read_checkpoint(run, {"model", "model_kwargs", "normalization", "actor_optimizer", "rng", "vec_env"},
                     algo="drwr", policy="diffusion", backbone="mlp", iteration=2, env_steps=640)
     assert os.path.isfile(run / "checkpoint_2.pt")
 

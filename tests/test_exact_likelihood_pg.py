@@ -215,7 +215,7 @@ def test_cli_smoke_resume_and_bad_inputs(tiny_diffusion_checkpoint, tmp_path, ca
                       "--hutchinson-probes", "2", "--sde-method", "euler", *common)
     assert "iter 1/1" in proc.stdout and "divergence Hutchinson, 2 Rademacher probes" in proc.stdout
     read_summary(run, algo="exact_likelihood_pg", env_steps=32)
-    read_checkpoint(run, {"model", "model_ft", "critic", "actor_optimizer", "critic_optimizer", "torch_rng"},
+    read_checkpoint(run, {"model", "model_ft", "critic", "actor_optimizer", "critic_optimizer", "rng"},
                     algo="exact_likelihood_pg", policy="diffusion", iteration=1, ft_denoising_steps=3)
     assert os.path.isfile(run / "checkpoint_1.pt")
 

@@ -1,0 +1,394 @@
+"""Run plumbing every cleandppo script shares (envs.py holds the environments and data).
+
+Nothing algorithmic lives here. Read top to bottom:
+  1. flag ranges  -- one rule per flag name, the same in every script; a budget of at least one iteration
+  2. run dir      -- checked before anything is written; an existing run is resumed in place or refused
+  3. non-finite   -- rewards, observations, losses and weights; the run stops in one line, the last
+                     good checkpoint stays
+  4. checkpoints  -- the state an exact resume needs (envs, RNGs); what Ctrl-C does
+  5. summary      -- summary.json and peak memory
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, fields
+
+import numpy as np
+
+from cleandppo import avoid, envs
+
+# ------------------------------------------------------------------------------------------------
+# 1. Flag ranges: (low, low included, high, high included); None = unbounded. Every int flag is
+#    >= 1 unless named in INT_FROM_ZERO; a float flag must be finite and in the range its name has.
+# ------------------------------------------------------------------------------------------------
+POSITIVE = (0.0, False, None, False)
+NON_NEGATIVE = (0.0, True, None, False)
+UNIT = (0.0, True, 1.0, True)
+RATE = (0.0, False, 1.0, True)
+OPEN_UNIT = (0.0, False, 1.0, False)
+ANY = (None, False, None, False)
+FLOAT_RANGES = {
+    **dict.fromkeys(("gae_lambda", "td_lambda", "ema_decay"), UNIT),
+    **dict.fromkeys(("gamma", "gamma_denoising", "td_alpha", "critic_tau", "target_ema_rate", "sde_step_size"), RATE),
+    **dict.fromkeys(("expectile", "sde_eps"), OPEN_UNIT),
+    **dict.fromkeys(("min_sampling_denoising_std", "std_min", "ent_coef", "vf_coef", "clip_ploss_coef_rate", "train_action_noise",
+                     "q_grad_coeff", "eta", "actor_weight_decay", "critic_weight_decay", "pretrain_weight_decay",
+                     "actor_min_lr", "critic_min_lr", "pretrain_min_lr"), NON_NEGATIVE),
+    **dict.fromkeys(("actor_lr", "critic_lr", "pretrain_lr", "action_lr", "std_max", "fixed_std",
+                     "min_logprob_denoising_std", "denoised_clip_value", "randn_clip_value", "beta",
+                     "boltzmann_temperature", "max_adv_weight", "max_reward_weight", "scale_reward_factor", "replay_ratio", "target_kl", "max_grad_norm", "clip_coef",
+                     "clip_ploss_coef", "clip_ploss_coef_base"), POSITIVE),
+    **dict.fromkeys(("logprob_min", "logprob_max", "target_return"), ANY),
+}
+INT_FROM_ZERO = ("seed", "n_critic_warmup_itr", "ema_start_epoch", "record_transitions", "hutchinson_probes",
+                 "critic_replay_ratio", "action_gradient_steps")
+ORDERED_PAIRS = (("std_min", "std_max"), ("actor_min_lr", "actor_lr"), ("critic_min_lr", "critic_lr"),
+                 ("pretrain_min_lr", "pretrain_lr"), ("logprob_min", "logprob_max"))
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def range_text(rule) -> str:
+    low, low_in, high, high_in = rule
+    if high is None:
+        return "finite" if low is None else f"{'>=' if low_in else '>'} {low:g}"
+    return f"in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+
+
+def in_range(value: float, rule) -> bool:
+    low, low_in, high, high_in = rule
+    if not np.isfinite(value):
+        return False
+    above = low is None or value > low or (low_in and value == low)
+    below = high is None or value < high or (high_in and value == high)
+    return above and below
+
+
+def check_ranges(args, steps_per_iter: int | None = None):
+    """Check every numeric flag of `args` against its rule (one line naming the flag, its range and its
+    default); with `steps_per_iter`, --total-timesteps must cover at least one iteration."""
+    defaults = type(args)()
+    for field in fields(args):
+        value, default = getattr(args, field.name), getattr(defaults, field.name)
+        if value is None or isinstance(value, (bool, str)):
+            continue
+        values = value if isinstance(value, tuple) else (value,)
+        if not all(isinstance(v, (int, float)) for v in values):
+            continue
+        if all(isinstance(v, int) for v in values):
+            rule = NON_NEGATIVE if field.name in INT_FROM_ZERO else (1, True, None, False)
+        else:
+            rule = FLOAT_RANGES.get(field.name, ANY)
+        for v in values:
+            if not in_range(v, rule):
+                example = " ".join(map(str, default)) if isinstance(default, tuple) else default
+                fix = f"e.g. {flag(field.name)} {example} (the default)" if default is not None else "a value in range"
+                envs.fail(f"{flag(field.name)} must be {range_text(rule)}, got {v}; pass {fix}")
+    for low, high in ORDERED_PAIRS:
+        a, b = getattr(args, low, None), getattr(args, high, None)
+        if a is not None and b is not None and a > b:
+            envs.fail(f"{flag(low)} {a} is above {flag(high)} {b}; pass {flag(low)} <= {flag(high)}")
+    if steps_per_iter is not None and args.total_timesteps < steps_per_iter:
+        envs.fail(f"--total-timesteps {args.total_timesteps} is below one iteration ({steps_per_iter} env steps = "
+                  f"--num-envs x --n-steps x --act-steps); pass --total-timesteps {steps_per_iter} or more")
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. Run dir: checked first, created only once every input is checked (open_run)
+# ------------------------------------------------------------------------------------------------
+RUN_FILES = ("checkpoint_last.pt", "summary.json", "pretrained.pt")
+_run = {"dir": None, "resume_from": None}  # what the Ctrl-C message names (run_cli)
+
+
+def holds_run(path: str) -> bool:
+    """True when `path` holds a run's checkpoint, summary or TensorBoard events."""
+    if not os.path.isdir(path):
+        return False
+    names = os.listdir(path)
+    return any(n in RUN_FILES or n.startswith("events.out.tfevents") for n in names)
+
+
+def check_writable(run_dir: str):
+    """One-line errors for a run dir that is a file, lies below a file, or under a read-only directory."""
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        envs.fail(f"--run-dir {run_dir} is a file; pass a directory path, e.g. --run-dir {run_dir}.d")
+    parent = os.path.abspath(run_dir)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        envs.fail(f"--run-dir {run_dir} lies below the file {parent}; pass a path under a directory")
+    fallback = os.path.join(tempfile.gettempdir(), os.path.basename(os.path.normpath(run_dir)))
+    try:  # os.access says yes to root on a read-only file system: try it
+        os.rmdir(tempfile.mkdtemp(dir=parent))
+    except OSError as e:
+        envs.fail(f"cannot write under {parent} ({e.strerror}); pass a writable --run-dir, e.g. --run-dir {fallback}")
+
+
+def prepare_run_dir(args, algo: str, resume_path: str | None = None) -> str:
+    """The run dir of this run, checked but not created. `resume_path`: the checkpoint this run resumes (its own
+    algo's, with training state); its dir is the default run dir and may hold a run. Any other dir that holds a
+    run is refused unless --overwrite. --track needs wandb. Call before loading data; open_run creates the dir."""
+    resume_path = None if getattr(args, "eval_only", False) else resume_path  # an evaluation writes a run of its own
+    resume_dir = os.path.dirname(os.path.abspath(resume_path)) if resume_path else None
+    run_dir = args.run_dir or resume_dir
+    if run_dir is None:
+        run_dir = os.path.join("runs", f"{envs.env_slug(args.env_id)}__{algo}__{args.seed}__{int(time.time())}")
+    check_writable(run_dir)
+    resuming_here = resume_dir is not None and os.path.abspath(run_dir) == resume_dir
+    if holds_run(run_dir) and not resuming_here and not getattr(args, "overwrite", False):
+        last = os.path.join(run_dir, "checkpoint_last.pt")
+        resume = f"resume it with --checkpoint {last}, " if os.path.isfile(last) else ""
+        envs.fail(f"--run-dir {run_dir} already holds a run; {resume}pass --overwrite to replace it, "
+                  "or pick another --run-dir")
+    if getattr(args, "track", False):
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            envs.fail("--track needs Weights & Biases: pip install wandb (or run without --track)")
+    _run.update(dir=run_dir, resume_from=resume_path)
+    return run_dir
+
+
+def open_run(run_dir: str, args, resume_step: int | None = None):
+    """Create the run dir and return its TensorBoard writer. A resume (`resume_step`: the checkpoint's env steps)
+    appends to the run's curves: events a killed run logged after its checkpoint are dropped (purge_step).
+    A fresh run with --overwrite first deletes the old run's files (but the --checkpoint it starts from)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    resume_step = None if getattr(args, "eval_only", False) else resume_step
+    if resume_step is None and getattr(args, "overwrite", False) and holds_run(run_dir):
+        loaded = os.path.abspath(args.checkpoint) if getattr(args, "checkpoint", None) else None
+        for name in os.listdir(run_dir):
+            path = os.path.join(run_dir, name)
+            run_file = name in RUN_FILES or name.startswith(("events.out.tfevents", "checkpoint_"))
+            if run_file and os.path.abspath(path) != loaded:  # never the checkpoint this run starts from
+                os.remove(path)
+        shutil.rmtree(os.path.join(run_dir, "wandb"), ignore_errors=True)
+    os.makedirs(run_dir, exist_ok=True)
+    if resume_step is not None:  # TensorBoard reads event files in name order: the new one must sort last
+        names = [n.split(".") for n in os.listdir(run_dir) if n.startswith("events.out.tfevents.")]
+        latest = max((int(n[3]) for n in names if n[3].isdigit()), default=0)  # the file's creation second
+        while int(time.time()) <= latest:
+            time.sleep(0.05)
+    writer = SummaryWriter(run_dir, purge_step=None if resume_step is None else resume_step + 1)
+    table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
+    if args.track:
+        import wandb
+
+        # a resumed run is a new W&B run; TensorBoard's files in run_dir hold the continued curves
+        wandb.init(project="cleandppo", config=vars(args), name=os.path.basename(run_dir), sync_tensorboard=True)
+    return writer
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. Non-finite values: stop where they enter, keep the last good checkpoint
+# ------------------------------------------------------------------------------------------------
+def all_finite(value) -> bool:
+    """True when every number in `value` (array, tensor, float, module's weights, dict of these) is finite."""
+    import torch
+
+    if isinstance(value, dict):
+        return all(all_finite(v) for v in value.values())
+    if isinstance(value, torch.nn.Module):
+        return all(bool(torch.isfinite(p).all()) for p in value.parameters())
+    if isinstance(value, torch.Tensor):
+        return bool(torch.isfinite(value).all())
+    return bool(np.isfinite(np.asarray(value, dtype=np.float64)).all())
+
+
+def check_finite(iteration: int, **values):
+    """Stop in one line when one of `values` (name=value) holds a NaN or an infinity; `iteration`: the loop's
+    0-based counter of the iteration under way. Nothing is saved, so checkpoint_last.pt stays the last good one."""
+    for name, value in values.items():
+        if all_finite(value):
+            continue
+        last = os.path.join(_run["dir"] or ".", "checkpoint_last.pt")
+        kept = f"{last} is the last good checkpoint" if os.path.isfile(last) else "no checkpoint was written"
+        envs.fail(f"non-finite {name.replace('_', ' ')} in iteration {iteration + 1}; the run stopped and {kept}; "
+                  "check the environment's rewards and observations, or lower the learning rates")
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. Checkpoints at iteration boundaries; Ctrl-C
+# ------------------------------------------------------------------------------------------------
+def rng_state() -> dict:
+    """Every random generator a script draws from: Python, numpy's global, torch CPU (and CUDA)."""
+    import torch
+
+    state = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict):
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def env_state(env) -> dict:
+    """What continuing an envs.ChunkedEnv needs: observation history, episode return/length/success, the env's RNG,
+    and the simulator: MuJoCo's integration state (qpos, qvel, activations, warm start, controls, time) and the time
+    limit's step count; robosuite's sim state, step count and RNG (not its controllers' internal state); any other
+    env (no MuJoCo model) its attributes, copied."""
+    import copy
+
+    base = env.env.unwrapped
+    state = dict(history=list(env.history), rng=env.env.np_random.bit_generator.state)
+    state["episode"] = env.episode_return, env.episode_length, env.episode_success
+    if isinstance(base, envs.RobomimicLowDimEnv):
+        state.update(steps=base.steps, rs_rng=base.rs_env.rng.bit_generator.state)
+        return dict(state, sim=base.rs_env.sim.get_state())
+    try:
+        state["elapsed"] = env.env.get_wrapper_attr("_elapsed_steps")
+    except AttributeError:  # no gymnasium TimeLimit around this env
+        pass
+    if not hasattr(base, "model") or not hasattr(base, "data"):
+        return dict(state, attributes=copy.deepcopy(vars(base)))
+    import mujoco
+
+    spec = mujoco.mjtState.mjSTATE_INTEGRATION
+    state["sim"] = np.empty(mujoco.mj_stateSize(base.model, spec))
+    mujoco.mj_getState(base.model, base.data, state["sim"], spec)
+    return state
+
+
+def set_env_state(env, state: dict):
+    """Put an envs.ChunkedEnv back in the state env_state recorded."""
+    from collections import deque
+
+    base = env.env.unwrapped
+    env.history = deque(state["history"], maxlen=env.cond_steps)
+    env.episode_return, env.episode_length, env.episode_success = state["episode"]
+    env.env.np_random.bit_generator.state = state["rng"]
+    if isinstance(base, envs.RobomimicLowDimEnv):
+        base.steps, base.rs_env.rng.bit_generator.state = state["steps"], state["rs_rng"]
+        base.rs_env.sim.set_state(state["sim"])
+        return
+    if "elapsed" in state:
+        env.env.set_wrapper_attr("_elapsed_steps", state["elapsed"])
+    if "attributes" in state:
+        vars(base).update(state["attributes"])
+        return
+    import mujoco
+
+    mujoco.mj_setState(base.model, base.data, state["sim"], mujoco.mjtState.mjSTATE_INTEGRATION)
+    mujoco.mj_forward(base.model, base.data)
+
+
+def vec_env_state(vec) -> dict:
+    """What continuing a vector env needs: each env's envs.ChunkedEnv.run_state and the action-space RNG (Avoid's
+    batched AvoidVectorEnv: its own state arrays)."""
+    if isinstance(vec, avoid.AvoidVectorEnv):
+        return dict(avoid=vec.get_state())
+    return dict(envs=list(vec.get_attr("run_state")), action_rng=vec.action_space.np_random.bit_generator.state)
+
+
+def restore_vec_env(vec, state: dict):
+    """Put a (freshly reset) vector env back in the state vec_env_state recorded."""
+    if "avoid" in state:
+        vec.set_state(state["avoid"])
+        return
+    vec.set_attr("run_state", list(state["envs"]))
+    vec.action_space.np_random.bit_generator.state = state["action_rng"]
+
+
+def run_state(vec, obs, firsts, recent_returns) -> dict:
+    """The checkpoint entries restore_run reads: every RNG, the envs mid-episode, the rollout's carry-over."""
+    state = dict(rng=rng_state(), vec_env=vec_env_state(vec), obs=obs, firsts=firsts)
+    return dict(state, recent_returns=recent_returns[-50:])
+
+
+def restore_run(resume: dict, vec, obs, firsts):
+    """Continue exactly where checkpoint `resume` stopped (run_state's entries); returns (obs, firsts, recent_returns).
+    A checkpoint without them (cleandppo before exact resume) restores the global RNGs and keeps the fresh envs."""
+    if "vec_env" not in resume:
+        print("[resume] this checkpoint holds no env state: the environments restart from fresh episodes")
+        set_rng_state(dict(python=random.getstate(), numpy=resume["numpy_rng"], torch=resume["torch_rng"]))
+        return obs, firsts, []
+    restore_vec_env(vec, resume["vec_env"])
+    set_rng_state(resume["rng"])
+    return resume["obs"], resume["firsts"], list(resume["recent_returns"])
+
+
+def buffer_state(buffer) -> dict:
+    """A replay buffer's counters and the filled rows of its arrays (every buffer here keeps rows along axis 0)."""
+    return {k: v[: buffer.size] if isinstance(v, np.ndarray) else v for k, v in vars(buffer).items()}
+
+
+def restore_buffer(buffer, resume: dict):
+    """Refill `buffer` from checkpoint_last.pt's replay_buffer; other checkpoints hold none: it starts empty."""
+    if "replay_buffer" not in resume:
+        print("[resume] this checkpoint holds no replay buffer (only checkpoint_last.pt does): it starts empty")
+        return
+    for key, value in resume["replay_buffer"].items():
+        if isinstance(value, np.ndarray):
+            getattr(buffer, key)[: len(value)] = value
+        else:
+            setattr(buffer, key, value)
+
+
+def save_iteration(state: dict, run_dir: str, iteration: int, save_freq: int, num_iters: int, writer=None,
+                   last_only: dict | None = None):
+    """At an iteration boundary: flush the curves, then write checkpoint_last.pt (with `last_only` too, e.g. the replay
+    buffer) and checkpoint_<iteration>.pt every `save_freq` iterations and at the end, each atomically: a kill
+    leaves the last finished iteration."""
+    if writer is not None:
+        writer.flush()
+    envs.save_checkpoint(dict(state, **(last_only or {})), os.path.join(run_dir, "checkpoint_last.pt"))
+    if iteration % save_freq == 0 or iteration == num_iters:
+        envs.save_checkpoint(state, os.path.join(run_dir, f"checkpoint_{iteration}.pt"))
+
+
+def run_cli(main, *main_args):
+    """Run a script's main; Ctrl-C drops the unfinished iteration and ends in one line naming the checkpoint to
+    resume from (checkpoint_last.pt holds the last finished iteration), exit code 130."""
+    try:
+        main(*main_args)
+    except KeyboardInterrupt:
+        last = os.path.join(_run["dir"] or ".", "checkpoint_last.pt")
+        resume = last if _run["dir"] and os.path.isfile(last) else _run["resume_from"]
+        where = f"resume with --checkpoint {resume}" if resume else "no iteration finished, nothing to resume"
+        print(f"interrupted: the unfinished iteration was dropped; {where}", file=sys.stderr)
+        raise SystemExit(130)
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. Summary
+# ------------------------------------------------------------------------------------------------
+def write_summary(run_dir: str, algo: str, args, env_steps: int, wall: float, pretrained, final, best, success=(),
+                  **extra):
+    """summary.json of a run (read by benchmark.sh, scripts/summarize.py); `success`: robomimic's 3 success rates."""
+    rates = {f"{k}_eval_success_rate": v for k, v in zip(("pretrained", "final", "best"), success or ())}
+    summary = dict(algo=algo, env_id=args.env_id, seed=args.seed, env_steps=int(env_steps), wall_time_s=wall,
+                   pretrained_eval_return=pretrained, final_eval_return=final, best_eval_return=best, args=asdict(args),
+                   **extra, **rates)
+    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2, default=str)
+    print(f"[done] summary in {os.path.join(run_dir, 'summary.json')}")
+
+
+def peak_memory_mb(device) -> float:
+    """Peak GPU memory (MB) since the last reset on CUDA; peak resident memory of the process on CPU."""
+    import resource
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
