@@ -294,3 +294,38 @@ def test_d3il_directory_as_dataset(tmp_path):
     assert len(everything["episodes"]) == 4
     with pytest.raises(SystemExit, match="pass --env-id avoid-m1"):
         envs.load_dataset(str(tmp_path), "Hopper-v2")
+
+
+def test_a_restored_avoid_vector_env_continues_bit_identically():
+    """runs.vec_env_state / restore_vec_env on the batched Avoid env, mid-episode and across a time-out."""
+    from cleandppo import runs
+
+    norm = envs.identity_normalization(4, 2)
+    rng = np.random.default_rng(0)  # upward drift: pillars are hit (negative rewards) before the restore
+    actions = np.stack([rng.uniform(-0.004, 0.004, (90, 3, 2)), rng.uniform(0.006, 0.012, (90, 3, 2))], axis=-1)
+    original = envs.make_vec_env("avoid-m2", 3, 0, 2, 3, norm)  # 2 actions per chunk: the 3-step history carries over
+    original.reset(seed=0)
+    for chunk in actions[:35]:
+        original.step(chunk)
+    assert (original.episode_return < 0).any()
+    restored = envs.make_vec_env("avoid-m2", 3, 0, 2, 3, norm)
+    restored.reset(seed=0)
+    runs.restore_vec_env(restored, runs.vec_env_state(original))
+    for chunk in actions[35:]:
+        a, b = original.step(chunk), restored.step(chunk)
+        for x, y in zip(a[:4], b[:4]):
+            np.testing.assert_array_equal(x, y)
+        assert envs.finished_episodes(a[4]) == envs.finished_episodes(b[4])
+
+
+def test_dppo_on_avoid_kill_and_resume_is_bit_identical(tmp_path, monkeypatch):
+    """A DPPO run on Avoid killed inside its third iteration (mid-episode) and resumed logs the uninterrupted run's
+    scalars bit for bit (tests/test_runs.py's check, on the built-in task)."""
+    from test_runs import assert_kill_and_resume_is_exact
+
+    from cleandppo import dppo
+
+    flags = ["--env-id", "avoid-m2", "--checkpoint", os.path.join(envs.PRETRAINED_DIR, "avoid-m2-diffusion-mlp.pt"),
+             "--num-envs", "2", "--n-steps", "4", "--ft-denoising-steps", "2", "--batch-size", "8", "--update-epochs",
+             "2", "--eval-episodes", "2", "--eval-freq", "2", "--total-timesteps", "128", "--no-cuda"]
+    assert_kill_and_resume_is_exact(dppo, flags, 2 * 4 + 2, tmp_path, monkeypatch)
