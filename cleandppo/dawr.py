@@ -10,7 +10,6 @@ denoising loss weighted by w = min(exp(beta * A_norm), max_adv_weight), A standa
 """
 
 import math
-import os
 import random
 import sys
 import time
@@ -617,7 +616,7 @@ def main(args, cli=()):
     while iteration < num_iters:
         t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
         # ---- rollout into the FIFO buffer (scaled rewards; time-outs keep their pre-reset next obs) ----
-        for n in range(N):
+        for _n in range(N):
             chunk = sample(actor, sched, torch.as_tensor(obs, device=device), Tp, action_dim, "train",
                            args.min_sampling_denoising_std, args.randn_clip_value, args.denoised_clip_value).cpu().numpy()
             next_obs, reward, term, trunc, infos = vec.step(chunk[:, :args.act_steps])

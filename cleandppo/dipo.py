@@ -12,7 +12,6 @@ the actor (official code).
 
 import copy
 import math
-import os
 import random
 import sys
 import time

@@ -536,7 +536,7 @@ def ppo_update(actor_ft, critic, actor_opt, critic_opt, sched, batch, args, ft_t
     discounts = denoising_discount(K_ft, args.gamma_denoising).to(device)
     ft_t, ft_t_prev = ft_t.to(device), ft_t_prev.to(device)
     stats, clipfracs = {}, []
-    for epoch in range(args.update_epochs):
+    for _epoch in range(args.update_epochs):
         perm = torch.randperm(num_pairs, generator=generator).to(device)
         for start in range(0, num_pairs - mb + 1, mb):
             flat = perm[start:start + mb]

@@ -16,7 +16,6 @@ residual MLPs as configured (the official constructor misspells the flag); time-
 """
 
 import math
-import os
 import random
 import sys
 import time
@@ -581,7 +580,7 @@ def main(args, cli=()):
                      normalization=normalization, env_id=args.env_id, args=asdict(args), iteration=it, env_steps=env_steps,
                      critic=critic.state_dict(), target_critic=target_critic.state_dict(), critic_kwargs=critic_kwargs,
                      actor_optimizer=actor_opt.state_dict(), critic_optimizer=critic_opt.state_dict(),
-                     **runs.run_state(vec, obs, None, recent_returns), 
+                     **runs.run_state(vec, obs, None, recent_returns),
                      pretrained_eval_return=pretrained_eval, best_eval_return=best_eval,
                      **(dict(pretrained_eval_success_rate=pre_succ, best_eval_success_rate=best_succ,
                              robomimic_env_args=envs.robomimic_env_args(args.env_id)) if robo else {}))

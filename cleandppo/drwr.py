@@ -10,7 +10,6 @@ No buffer: the data of an iteration is used for `update_epochs` passes and then 
 """
 
 import math
-import os
 import random
 import sys
 import time

@@ -16,7 +16,6 @@ See docs/exact_likelihood_pg.md for the derivation of the SDE and every deviatio
 
 import copy
 import math
-import os
 import random
 import sys
 import time
@@ -467,7 +466,7 @@ def pf_ode_log_likelihood(eps_fn, sde, x0, t_min, step_size, method="euler", pro
     B, D = x.shape
     delta = x.new_zeros(B)
     for t, h, beta in ode_time_grid(sde, t_min, step_size):
-        f = lambda y, s: drift_and_divergence(eps_fn, sde, y, s, beta, probes, create_graph)  # noqa: E731
+        f = lambda y, s, beta=beta: drift_and_divergence(eps_fn, sde, y, s, beta, probes, create_graph)  # noqa: E731
         if method == "euler":
             dx, dd = f(x, t)
         else:  # classic 4th-order Runge-Kutta on the augmented state [x, delta]
@@ -592,7 +591,7 @@ def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sde, batch, args,
     lo, hi, eps = args.logprob_min, args.logprob_max, args.clip_ploss_coef
     old_all = batch["logprobs"].clamp(lo, hi)
     stats, clipfracs = {}, []
-    for epoch in range(args.update_epochs):
+    for _epoch in range(args.update_epochs):
         perm = torch.randperm(num).to(device)
         for start in range(0, num - mb + 1, mb):
             idx = perm[start:start + mb]

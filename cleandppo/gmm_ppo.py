@@ -399,7 +399,7 @@ def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=
     n = len(batch["obs"])
     mb = min(args.batch_size, n)
     stats, clipfracs = {}, []
-    for epoch in range(args.update_epochs):
+    for _epoch in range(args.update_epochs):
         perm = torch.randperm(n, generator=generator)
         for start in range(0, n - mb + 1, mb):
             idx = perm[start:start + mb]

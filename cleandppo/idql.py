@@ -13,7 +13,6 @@ evaluation (D.3).
 
 import copy
 import math
-import os
 import random
 import sys
 import time
@@ -625,7 +624,7 @@ def main(args, cli=()):
                      normalization=normalization, env_id=args.env_id, args=asdict(args), iteration=it, env_steps=env_steps,
                      critic=q_critic.state_dict(), target_critic=q_target.state_dict(), value_critic=v_critic.state_dict(),
                      actor_optimizer=actor_opt.state_dict(), critic_optimizer=q_opt.state_dict(),
-                     value_optimizer=v_opt.state_dict(), **runs.run_state(vec, obs, None, recent_returns), 
+                     value_optimizer=v_opt.state_dict(), **runs.run_state(vec, obs, None, recent_returns),
                      pretrained_eval_return=pretrained_eval, best_eval_return=best_eval,
                      **(dict(pretrained_eval_success_rate=pre_succ, best_eval_success_rate=best_succ,
                              robomimic_env_args=envs.robomimic_env_args(args.env_id)) if robo else {}))

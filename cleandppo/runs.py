@@ -365,7 +365,7 @@ def run_cli(main, *main_args):
         resume = last if _run["dir"] and os.path.isfile(last) else _run["resume_from"]
         where = f"resume with --checkpoint {resume}" if resume else "no iteration finished, nothing to resume"
         print(f"interrupted: the unfinished iteration was dropped; {where}", file=sys.stderr)
-        raise SystemExit(130)
+        raise SystemExit(130) from None
 
 
 # ------------------------------------------------------------------------------------------------

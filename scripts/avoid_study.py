@@ -48,8 +48,9 @@ def load_sampler(path: str, mode: str = "train"):
         plan = dppo.denoising_plan(kw["denoising_steps"], None)
 
         def act(obs):
-            chunk, _ = dppo.sample(actor, actor_ft, sched, torch.as_tensor(obs), plan, eval_ft,
-                                   kw["horizon_steps"], kw["action_dim"], mode)
+            chunk, _ = dppo.sample(
+                actor, actor_ft, sched, torch.as_tensor(obs), plan, eval_ft, kw["horizon_steps"], kw["action_dim"], mode
+            )
             return chunk.numpy()
 
     elif ckpt["policy"] == "gaussian":
@@ -71,8 +72,15 @@ def load_sampler(path: str, mode: str = "train"):
 
 
 @torch.no_grad()
-def rollout(path: str, episodes: int, seed: int, mode: str = "train", action_noise: float = 0.0,
-            init_noise: float = 0.0, act_steps: int | None = None) -> dict:
+def rollout(
+    path: str,
+    episodes: int,
+    seed: int,
+    mode: str = "train",
+    action_noise: float = 0.0,
+    init_noise: float = 0.0,
+    act_steps: int | None = None,
+) -> dict:
     """Run `episodes` Avoid episodes of a checkpoint side by side. `action_noise`: uniform +- noise in normalized
     action units added to every executed action; `init_noise`: start uniform within +- init_noise metres.
     Returns paths (episodes, 101, 2) of the arm, returns (episodes,), success (mode 5 and goal line reached)."""
@@ -133,8 +141,10 @@ def trajectories(args):
         avoid.draw_scene(ax, f"{label}\nreturn {out['returns'].mean():.1f}, success {out['success'].mean():.2f}")
         for p in out["paths"]:
             ax.plot(p[:, 0], p[:, 1], lw=0.6, alpha=0.7, color="tab:red" if p[-1, 0] < 0.35 else "tab:gray")
-        print(f"{path}: return {out['returns'].mean():.2f} +- {out['returns'].std():.2f}, "
-              f"success {out['success'].mean():.2f}, left-gap share {np.mean(out['paths'][:, -1, 0] < 0.35):.2f}")
+        print(
+            f"{path}: return {out['returns'].mean():.2f} +- {out['returns'].std():.2f}, "
+            f"success {out['success'].mean():.2f}, left-gap share {np.mean(out['paths'][:, -1, 0] < 0.35):.2f}"
+        )
     fig.tight_layout()
     save(fig, args.out)
 
@@ -182,12 +192,16 @@ def curves(args):
             method = group.split("__", 1)[1]
             ax.plot(steps, ys.mean(0), label=f"{method} ({len(data)} seed{'s' * (len(data) > 1)})", **style(method))
             ax.fill_between(steps, ys.min(0), ys.max(0), alpha=0.12, color=style(method)["color"])
-            rows += [dict(group=group, step=int(s), mean=float(m), min=float(lo), max=float(hi), seeds=len(data))
-                     for s, m, lo, hi in zip(steps, ys.mean(0), ys.min(0), ys.max(0))]
+            rows += [
+                dict(group=group, step=int(s), mean=float(m), min=float(lo), max=float(hi), seeds=len(data))
+                for s, m, lo, hi in zip(steps, ys.mean(0), ys.min(0), ys.max(0))
+            ]
         ax.set_title(f"{panel.upper()}" if re.fullmatch(r"m\d", panel) else panel)
         ax.set_xlabel("environment steps")
-        ax.set_ylabel({"charts/episodic_return": "episode return", "charts/success_rate": "success rate"}.get(
-            args.tag, args.tag) + " (training noise)")
+        ax.set_ylabel(
+            {"charts/episodic_return": "episode return", "charts/success_rate": "success rate"}.get(args.tag, args.tag)
+            + " (training noise)"
+        )
         ax.legend(fontsize=7)
     fig.tight_layout()
     save(fig, args.out)
@@ -208,10 +222,14 @@ def robustness(args):
     table = {}
     for group, runs in sorted(groups.items()):
         method = group.split("__", 1)[1]
-        ckpts = [os.path.join(r, "checkpoint_last.pt") for r in runs if os.path.isfile(os.path.join(r, "checkpoint_last.pt"))]
+        ckpts = [
+            os.path.join(r, "checkpoint_last.pt") for r in runs if os.path.isfile(os.path.join(r, "checkpoint_last.pt"))
+        ]
         for ax, key, levels in ((axes[0], "action_noise", args.action_noise), (axes[1], "init_noise", args.init_noise)):
-            means = [np.mean([rollout(c, args.episodes, args.seed, "train", **{key: lvl})["returns"].mean()
-                              for c in ckpts]) for lvl in levels]
+            means = [
+                np.mean([rollout(c, args.episodes, args.seed, "train", **{key: lvl})["returns"].mean() for c in ckpts])
+                for lvl in levels
+            ]
             table[(method, key)] = means
             ax.plot(levels, means, marker="o", label=f"{method} ({len(ckpts)} seeds)", **style(method))
     axes[0].set_xlabel("added action noise (uniform +-, normalized units)")
@@ -223,9 +241,12 @@ def robustness(args):
     fig.tight_layout()
     save(fig, args.out)
     with open(args.out[:-4] + ".json", "w") as f:
-        json.dump({f"{m}|{k}": v for (m, k), v in table.items()} | {"levels": dict(action_noise=args.action_noise,
-                                                                                     init_noise=args.init_noise)}, f,
-                  indent=1)
+        json.dump(
+            {f"{m}|{k}": v for (m, k), v in table.items()}
+            | {"levels": dict(action_noise=args.action_noise, init_noise=args.init_noise)},
+            f,
+            indent=1,
+        )
 
 
 def main(argv=None):
@@ -256,7 +277,9 @@ def main(argv=None):
     if args.command == "trajectories":
         for path in args.checkpoints:
             if not os.path.isfile(path):
-                envs.fail(f"checkpoint {path} does not exist; make the bundled ones with: bash scripts/avoid_study.sh pretrain")
+                envs.fail(
+                    f"checkpoint {path} does not exist; make the bundled ones with: bash scripts/avoid_study.sh pretrain"
+                )
         trajectories(args)
     else:
         globals()[args.command](args)

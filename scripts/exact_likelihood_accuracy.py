@@ -35,9 +35,11 @@ torch.manual_seed(cli.seed)
 K = 20
 sde = el.VPSDE(el.make_schedule(K)["betas"])
 betas = el.make_schedule(K)["betas"].double()
-print(f"(0) K = {K}: beta(t) {sde.rates[0]:.4g} on the first interval, {sde.rates[-1]:.4g} on the last; "
-      f"ab(1) = {sde.alpha_bar(1.0):.2g}, -log ab(1) = {-math.log(sde.alpha_bar(1.0)):.3g}; unscaled sum(beta_i)/K = "
-      f"{betas.sum().item() / K:.3g}; sqrt(1 - ab_0) = {math.sqrt(1 - sde.alpha_bar(1 / K)):.3g}\n")
+print(
+    f"(0) K = {K}: beta(t) {sde.rates[0]:.4g} on the first interval, {sde.rates[-1]:.4g} on the last; "
+    f"ab(1) = {sde.alpha_bar(1.0):.2g}, -log ab(1) = {-math.log(sde.alpha_bar(1.0)):.3g}; unscaled sum(beta_i)/K = "
+    f"{betas.sum().item() / K:.3g}; sqrt(1 - ab_0) = {math.sqrt(1 - sde.alpha_bar(1 / K)):.3g}\n"
+)
 
 # ---- (a) Gaussian data, closed-form eps (as tests/test_exact_likelihood_pg.py) ----
 if "gaussian" not in cli.skip:
@@ -45,7 +47,9 @@ if "gaussian" not in cli.skip:
     g = torch.Generator().manual_seed(cli.seed)
     mu = (torch.rand(D, generator=g, dtype=torch.float64) > 0.5).double() * 0.6 - 0.3
     solvers = [("euler", 0.05), ("euler", 0.01), ("euler", 0.001), ("rk4", 0.05), ("rk4", 0.01)]
-    print(f"(a) Gaussian N(mu, s^2 I), D = {D}, mu = +-0.3, t_min = 1/K, {cli.points} points: mean |error| (max) nats/dim")
+    print(
+        f"(a) Gaussian N(mu, s^2 I), D = {D}, mu = +-0.3, t_min = 1/K, {cli.points} points: mean |error| (max) nats/dim"
+    )
     print("| s | " + " | ".join(f"{m} {h}" for m, h in solvers) + " |")
     for s in (0.05, 0.1, 0.3):
         x = mu + s * torch.randn(cli.points, D, generator=g, dtype=torch.float64)
@@ -83,20 +87,36 @@ def loglik(obs, chunks, method, step, probes=None, create_graph=False):
 if "hopper" not in cli.skip or "timing" not in cli.skip:
     # rollout chunks: DPPO's training sampler (exploration floor) on E seeded envs for a few steps
     sched, plan = el.make_schedule(K), el.denoising_plan(K)
-    vec = envs.make_vec_env(targs.env_id, cli.num_envs, cli.seed, targs.act_steps, targs.cond_steps, ckpt["normalization"])
+    vec = envs.make_vec_env(
+        targs.env_id, cli.num_envs, cli.seed, targs.act_steps, targs.cond_steps, ckpt["normalization"]
+    )
     o, _ = vec.reset(seed=cli.seed)
     all_obs, all_chunks = [], []
     with torch.no_grad():
         for _ in range(cli.rollout_steps):
             obs_t = torch.as_tensor(o, dtype=torch.float32)
-            chunk, _ = el.sample(actor, actor_ft, sched, obs_t, plan, K_ft, Tp, Da, "train",
-                                 targs.min_sampling_denoising_std, targs.randn_clip_value, targs.denoised_clip_value)
+            chunk, _ = el.sample(
+                actor,
+                actor_ft,
+                sched,
+                obs_t,
+                plan,
+                K_ft,
+                Tp,
+                Da,
+                "train",
+                targs.min_sampling_denoising_std,
+                targs.randn_clip_value,
+                targs.denoised_clip_value,
+            )
             all_obs.append(obs_t)
             all_chunks.append(chunk)
-            o, *_ = vec.step(chunk[:, :targs.act_steps].numpy())
+            o, *_ = vec.step(chunk[:, : targs.act_steps].numpy())
     vec.close()
     obs, chunks = torch.cat(all_obs), torch.cat(all_chunks)
-    print(f"\n[checkpoint] {path}: {len(chunks)} rollout chunks ({cli.num_envs} envs x {cli.rollout_steps} steps, seed {cli.seed})")
+    print(
+        f"\n[checkpoint] {path}: {len(chunks)} rollout chunks ({cli.num_envs} envs x {cli.rollout_steps} steps, seed {cli.seed})"
+    )
 
 # ---- (b) solver error on the pre-trained Hopper policy ----
 if "hopper" not in cli.skip:
@@ -104,13 +124,18 @@ if "hopper" not in cli.skip:
     with torch.no_grad():
         ref = loglik(obs, chunks, "rk4", 0.0125)
     clamped = ((ref < targs.logprob_min) | (ref > targs.logprob_max)).float().mean().item()
-    print(f"(b) reference RK4 0.0125, exact divergence ({time.time() - t0:.0f} s): log-lik mean {ref.mean():.3f}, "
-          f"range [{ref.min():.3f}, {ref.max():.3f}] nats/dim, clamped fraction {clamped:.2f}")
+    print(
+        f"(b) reference RK4 0.0125, exact divergence ({time.time() - t0:.0f} s): log-lik mean {ref.mean():.3f}, "
+        f"range [{ref.min():.3f}, {ref.max():.3f}] nats/dim, clamped fraction {clamped:.2f}"
+    )
     probes = el.rademacher((len(chunks), 2, Tp * Da), generator=torch.Generator().manual_seed(cli.seed))
     print("| solver | mean |error| (nats/dim) | max |error| | correlation with the reference |")
-    for name, m, h, pr in [("RK4 0.05 (default)", "rk4", 0.05, None), ("Euler 0.0125", "euler", 0.0125, None),
-                           ("Euler 0.05 (official)", "euler", 0.05, None),
-                           ("Euler 0.05, 2 probes (official)", "euler", 0.05, probes)]:
+    for name, m, h, pr in [
+        ("RK4 0.05 (default)", "rk4", 0.05, None),
+        ("Euler 0.0125", "euler", 0.0125, None),
+        ("Euler 0.05 (official)", "euler", 0.05, None),
+        ("Euler 0.05, 2 probes (official)", "euler", 0.05, probes),
+    ]:
         with torch.no_grad():
             lp = loglik(obs, chunks, m, h, pr)
         err = (lp - ref).abs()
@@ -122,10 +147,16 @@ if "timing" not in cli.skip:
     B = min(cli.timing_batch, len(chunks))
     ob, ch = obs[:B], chunks[:B]
     pr = el.rademacher((B, 2, Tp * Da), generator=torch.Generator().manual_seed(cli.seed))
-    print(f"\n(c) ms per chunk, batches of {B}, median of {cli.timing_repeats}, {torch.get_num_threads()} thread(s), step 0.05")
+    print(
+        f"\n(c) ms per chunk, batches of {B}, median of {cli.timing_repeats}, {torch.get_num_threads()} thread(s), step 0.05"
+    )
     print("| solver | old log-lik (no graph) | training forward + backward |")
-    for name, m, probes in [("RK4, exact (default)", "rk4", None), ("RK4, 2 probes", "rk4", pr),
-                            ("Euler, exact", "euler", None), ("Euler, 2 probes (official)", "euler", pr)]:
+    for name, m, probes in [
+        ("RK4, exact (default)", "rk4", None),
+        ("RK4, 2 probes", "rk4", pr),
+        ("Euler, exact", "euler", None),
+        ("Euler, 2 probes (official)", "euler", pr),
+    ]:
         old, train = [], []
         for _ in range(cli.timing_repeats):
             t0 = time.perf_counter()

@@ -60,20 +60,20 @@ def wrap(angle: float) -> float:
 def sample_operator(rng: np.random.Generator) -> dict:
     """One simulated human operator; each demo gets a fresh one."""
     return dict(
-        speed=rng.uniform(0.3, 1.0),           # max |translation action| (1 = 5 cm per 50 ms step)
-        gain=rng.uniform(0.5, 1.2),            # proportional gain on the position error
-        rot_gain=rng.uniform(0.5, 1.0),        # proportional gain on the orientation error
-        noise=rng.uniform(0.0, 0.12),          # std of Gaussian noise added to the arm actions
-        tol=rng.uniform(0.006, 0.014),         # waypoint reached within this distance (m)
-        approach=rng.uniform(0.05, 0.13),      # hover height above the object before descending (m)
-        grasp_xy=rng.normal(0.0, 0.004, 2),    # grasp point offset from the object's centre (m)
-        grasp_dz=rng.uniform(-0.006, 0.008),   # grasp height offset (m)
+        speed=rng.uniform(0.3, 1.0),  # max |translation action| (1 = 5 cm per 50 ms step)
+        gain=rng.uniform(0.5, 1.2),  # proportional gain on the position error
+        rot_gain=rng.uniform(0.5, 1.0),  # proportional gain on the orientation error
+        noise=rng.uniform(0.0, 0.12),  # std of Gaussian noise added to the arm actions
+        tol=rng.uniform(0.006, 0.014),  # waypoint reached within this distance (m)
+        approach=rng.uniform(0.05, 0.13),  # hover height above the object before descending (m)
+        grasp_xy=rng.normal(0.0, 0.004, 2),  # grasp point offset from the object's centre (m)
+        grasp_dz=rng.uniform(-0.006, 0.008),  # grasp height offset (m)
         close_steps=int(rng.integers(6, 13)),  # steps spent closing the gripper
-        open_steps=int(rng.integers(3, 9)),    # steps spent opening it
-        pause_p=rng.uniform(0.0, 0.5),         # chance of a hesitation at each phase change
-        detour_p=rng.uniform(0.0, 0.5),        # chance of an extra via-point on long moves
-        lift=rng.uniform(0.07, 0.2),           # lift height above the table/bin (m)
-        yaw_slop=rng.normal(0.0, 0.08),        # how carefully the gripper is aligned (rad)
+        open_steps=int(rng.integers(3, 9)),  # steps spent opening it
+        pause_p=rng.uniform(0.0, 0.5),  # chance of a hesitation at each phase change
+        detour_p=rng.uniform(0.0, 0.5),  # chance of an extra via-point on long moves
+        lift=rng.uniform(0.07, 0.2),  # lift height above the table/bin (m)
+        yaw_slop=rng.normal(0.0, 0.08),  # how carefully the gripper is aligned (rad)
     )
 
 
@@ -177,8 +177,12 @@ class LiftPolicy(ScriptedPolicy):
         via = _via(self.rng, self.f.eef()[0], above(), op)
         if via is not None:
             phases.append(("move", lambda: via, rot, -1.0, 0.03))
-        phases += [("move", above, rot, -1.0), ("move", grasp, rot, -1.0, 0.006),
-                   ("grip", 1.0, "close_steps", grasp, rot), ("move", lifted, rot, 1.0)]
+        phases += [
+            ("move", above, rot, -1.0),
+            ("move", grasp, rot, -1.0, 0.006),
+            ("grip", 1.0, "close_steps", grasp, rot),
+            ("move", lifted, rot, 1.0),
+        ]
         return phases
 
 
@@ -215,13 +219,21 @@ class CanPolicy(ScriptedPolicy):
         low_z = bin_z + rng.uniform(0.12, 0.17)
         lower = lambda: np.array([*target_xy, low_z])  # noqa: E731
         retreat = lambda: np.array([*target_xy, low_z + 0.15])  # noqa: E731
-        phases = [("move", above, rot, -1.0), ("move", grasp, rot, -1.0, 0.006),
-                  ("grip", 1.0, "close_steps", grasp, rot), ("move", up, rot, 1.0, 0.03)]
+        phases = [
+            ("move", above, rot, -1.0),
+            ("move", grasp, rot, -1.0, 0.006),
+            ("grip", 1.0, "close_steps", grasp, rot),
+            ("move", up, rot, 1.0, 0.03),
+        ]
         via = _via(rng, np.array([*target_xy, carry_z]) - np.array([0, 0.5, 0]), over(), op)
         if via is not None:
             phases.append(("move", lambda: np.array([via[0], via[1], carry_z]), rot, 1.0, 0.04))
-        phases += [("move", over, rot, 1.0, 0.02), ("move", lower, rot, 1.0, 0.015),
-                   ("grip", -1.0, "open_steps", hold, rot), ("move", retreat, rot, -1.0)]
+        phases += [
+            ("move", over, rot, 1.0, 0.02),
+            ("move", lower, rot, 1.0, 0.015),
+            ("grip", -1.0, "open_steps", hold, rot),
+            ("move", retreat, rot, -1.0),
+        ]
         return phases
 
 
@@ -256,7 +268,9 @@ class SquarePolicy(ScriptedPolicy):
             towards the robot unless that is a large turn, else sideways (the far side is out of reach)."""
             if self._goal_yaw is None:
                 nut_yaw = yaw_of(nut_rot())
-                self._goal_yaw = np.pi if abs(wrap(np.pi - nut_yaw)) <= 0.75 * np.pi else closest_yaw(np.pi / 2, nut_yaw, np.pi)
+                self._goal_yaw = (
+                    np.pi if abs(wrap(np.pi - nut_yaw)) <= 0.75 * np.pi else closest_yaw(np.pi / 2, nut_yaw, np.pi)
+                )
             return self._goal_yaw
 
         def servo(z):
@@ -271,10 +285,16 @@ class SquarePolicy(ScriptedPolicy):
         low = lambda: servo(low_z)  # noqa: E731
         hold = lambda: self.f.eef()[0]  # noqa: E731
         retreat = lambda: hold() + np.array([0, 0, 0.05])  # noqa: E731
-        return [("move", above, rot_grasp, -1.0), ("move", grasp, rot_grasp, -1.0, 0.007),
-                ("grip", 1.0, "close_steps", grasp, rot_grasp), ("move", up, rot_grasp, 1.0, 0.03),
-                ("move", over, rot_place, 1.0, 0.004), ("move", low, rot_place, 1.0, 0.015),
-                ("grip", -1.0, "open_steps", hold, rot_place), ("move", retreat, rot_place, -1.0)]
+        return [
+            ("move", above, rot_grasp, -1.0),
+            ("move", grasp, rot_grasp, -1.0, 0.007),
+            ("grip", 1.0, "close_steps", grasp, rot_grasp),
+            ("move", up, rot_grasp, 1.0, 0.03),
+            ("move", over, rot_place, 1.0, 0.004),
+            ("move", low, rot_place, 1.0, 0.015),
+            ("grip", -1.0, "open_steps", hold, rot_place),
+            ("move", retreat, rot_place, -1.0),
+        ]
 
 
 POLICIES = {"lift": LiftPolicy, "can": CanPolicy, "square": SquarePolicy}
@@ -347,15 +367,19 @@ def main(argv=None):
     parser.add_argument("--num-demos", type=int, default=100, help="successful demonstrations to write")
     parser.add_argument("--out", default=None, help="output hdf5 (default: <data dir>/<task>-scripted.hdf5)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the operators and episode i's reset (seed + i)")
-    parser.add_argument("--max-attempts", type=int, default=None, help="give up after this many (default 3 x num-demos)")
+    parser.add_argument(
+        "--max-attempts", type=int, default=None, help="give up after this many (default 3 x num-demos)"
+    )
     args = parser.parse_args(argv)
 
     if not envs.is_robomimic(args.task):
         envs.fail(f"unknown --task {args.task!r}; scripted controllers exist for {', '.join(TASKS_WITH_CONTROLLER)}")
     task = envs.resolve_env_id(args.task)
     if task not in POLICIES:
-        envs.fail(f"no scripted controller for {task}; use --task {' or '.join(TASKS_WITH_CONTROLLER)} "
-                  f"(or --dataset {task}-mh when robomimic's download is reachable)")
+        envs.fail(
+            f"no scripted controller for {task}; use --task {' or '.join(TASKS_WITH_CONTROLLER)} "
+            f"(or --dataset {task}-mh when robomimic's download is reachable)"
+        )
     if args.num_demos < 1:
         envs.fail(f"--num-demos must be >= 1, got {args.num_demos}")
     out = args.out or os.path.join(envs.data_dir(), f"{task}-scripted.hdf5")
@@ -370,22 +394,34 @@ def main(argv=None):
         attempts += 1
         if demo is not None:
             demos.append(demo)
-        print(f"[{task}] attempt {attempts}: {'success' if demo is not None else 'failure'} in {steps} steps; "
-              f"{len(demos)}/{args.num_demos} demos, success rate {len(demos) / attempts:.2f}, "
-              f"{time.time() - start:.0f}s", flush=True)
+        print(
+            f"[{task}] attempt {attempts}: {'success' if demo is not None else 'failure'} in {steps} steps; "
+            f"{len(demos)}/{args.num_demos} demos, success rate {len(demos) / attempts:.2f}, "
+            f"{time.time() - start:.0f}s",
+            flush=True,
+        )
     env.close()
     if not demos:
         envs.fail(f"the {task} controller succeeded in none of {attempts} attempts; nothing written")
     rate = len(demos) / attempts
     lengths = [len(d["actions"]) for d in demos]
-    info = dict(task=task, attempts=attempts, successes=len(demos), success_rate=rate, seed=args.seed,
-                command=" ".join(["python", "scripts/make_robomimic_demos.py", *(argv if argv is not None else sys.argv[1:])]),
-                controller=POLICIES[task].__name__)
-    write_robomimic_hdf5(out, demos, envs.default_robomimic_env_args(task),
-                         attrs={"cleandppo_generator": json.dumps(info)})
-    print(f"[{task}] wrote {len(demos)} demos ({sum(lengths)} steps, length mean {np.mean(lengths):.0f} "
-          f"min {min(lengths)} max {max(lengths)}) to {out}; controller success rate {rate:.3f} "
-          f"({len(demos)}/{attempts}) in {time.time() - start:.0f}s")
+    info = dict(
+        task=task,
+        attempts=attempts,
+        successes=len(demos),
+        success_rate=rate,
+        seed=args.seed,
+        command=" ".join(["python", "scripts/make_robomimic_demos.py", *(argv if argv is not None else sys.argv[1:])]),
+        controller=POLICIES[task].__name__,
+    )
+    write_robomimic_hdf5(
+        out, demos, envs.default_robomimic_env_args(task), attrs={"cleandppo_generator": json.dumps(info)}
+    )
+    print(
+        f"[{task}] wrote {len(demos)} demos ({sum(lengths)} steps, length mean {np.mean(lengths):.0f} "
+        f"min {min(lengths)} max {max(lengths)}) to {out}; controller success rate {rate:.3f} "
+        f"({len(demos)}/{attempts}) in {time.time() - start:.0f}s"
+    )
     if len(demos) < args.num_demos:
         envs.fail(f"only {len(demos)} of {args.num_demos} demos after {attempts} attempts; raise --max-attempts")
 

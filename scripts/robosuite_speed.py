@@ -83,11 +83,15 @@ def main():
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average {load:.1f}")
     raw, resets, first = raw_speed(task, args.steps, args.seed)
-    print(f"{task}: raw robosuite {raw:.0f} steps/s, {resets:.0f} resets/s (hard_reset off); "
-          f"{first:.1f} s to the first env (import, numba, build)")
+    print(
+        f"{task}: raw robosuite {raw:.0f} steps/s, {resets:.0f} resets/s (hard_reset off); "
+        f"{first:.1f} s to the first env (import, numba, build)"
+    )
     rate, build, memory = rollout_speed(task, args.steps, args.num_envs, args.seed)
-    print(f"{task}: make_vec_env rollout ({args.num_envs} envs, act_steps {envs.ROBOMIMIC_TASKS[task]['act_steps']}) "
-          f"{rate:.0f} env steps/s; {build:.1f} s and {memory:.0f} MB per env")
+    print(
+        f"{task}: make_vec_env rollout ({args.num_envs} envs, act_steps {envs.ROBOMIMIC_TASKS[task]['act_steps']}) "
+        f"{rate:.0f} env steps/s; {build:.1f} s and {memory:.0f} MB per env"
+    )
 
 
 if __name__ == "__main__":

@@ -42,14 +42,13 @@ while time.time() - t0 < args.seconds:
 raw_sps = steps / (time.time() - t0)
 
 
-
 def timed(act_fn, normalization):
     """env steps/s of `act_fn(obs) -> chunk` plus the vector-env step, for args.seconds."""
     vec = envs.make_vec_env(args.env_id, args.num_envs, 0, args.act_steps, 1, normalization)
     obs, _ = vec.reset(seed=0)
     steps, t0 = 0, time.time()
     while time.time() - t0 < args.seconds:
-        obs, _, _, _, infos = vec.step(act_fn(obs)[:, :args.act_steps])
+        obs, _, _, _, infos = vec.step(act_fn(obs)[:, : args.act_steps])
         steps += int(np.sum(infos["env_steps"]))
     vec.close()
     return steps / (time.time() - t0)
@@ -61,8 +60,12 @@ wrapped_sps = timed(lambda obs: rng.uniform(-1, 1, (args.num_envs, args.act_step
 ckpt = envs.load_checkpoint(envs.bundled_checkpoint(args.env_id, "diffusion"), "diffusion", args.env_id)
 actor, actor_ft, _ = dppo.build_actors(ckpt, 10, torch.device("cpu"))
 sched, plan, kw = dppo.make_schedule(20), dppo.denoising_plan(20, None), ckpt["model_kwargs"]
-dppo_sps = timed(lambda obs: dppo.sample(actor, actor_ft, sched, torch.as_tensor(obs), plan, 10, kw["horizon_steps"],
-                                          kw["action_dim"], "train")[0].numpy(), ckpt["normalization"])
+dppo_sps = timed(
+    lambda obs: dppo.sample(
+        actor, actor_ft, sched, torch.as_tensor(obs), plan, 10, kw["horizon_steps"], kw["action_dim"], "train"
+    )[0].numpy(),
+    ckpt["normalization"],
+)
 
 ckpt = envs.load_checkpoint(envs.bundled_checkpoint(args.env_id, "gaussian"), "gaussian", args.env_id)
 policy = gaussian_ppo._load_policy(ckpt, torch.device("cpu"))
@@ -75,6 +78,8 @@ def gaussian_act(obs):
 
 
 gaussian_sps = timed(gaussian_act, ckpt["normalization"])
-print(f"{args.env_id} x {args.num_envs} envs, chunks of {args.act_steps} (env steps/s): raw simulator {raw_sps:.0f} | "
-      f"make_vec_env {wrapped_sps:.0f} ({wrapped_sps / raw_sps:.2f}x raw) | dppo rollout {dppo_sps:.0f} "
-      f"({dppo_sps / raw_sps:.2f}x) | gaussian_ppo rollout {gaussian_sps:.0f} ({gaussian_sps / raw_sps:.2f}x)")
+print(
+    f"{args.env_id} x {args.num_envs} envs, chunks of {args.act_steps} (env steps/s): raw simulator {raw_sps:.0f} | "
+    f"make_vec_env {wrapped_sps:.0f} ({wrapped_sps / raw_sps:.2f}x raw) | dppo rollout {dppo_sps:.0f} "
+    f"({dppo_sps / raw_sps:.2f}x) | gaussian_ppo rollout {gaussian_sps:.0f} ({gaussian_sps / raw_sps:.2f}x)"
+)

@@ -27,7 +27,9 @@ def scalars(acc, tag):
 
 fmt = lambda x, f=".1f": "-" if x is None else format(x, f)  # noqa: E731
 at = f"eval at {cli.at // 1000}k" if cli.at else "final eval"
-print(f"| env | algo | seed | env steps | pre-trained eval | {at} | best eval | wall per 100k steps (min) | peak memory (MB) |")
+print(
+    f"| env | algo | seed | env steps | pre-trained eval | {at} | best eval | wall per 100k steps (min) | peak memory (MB) |"
+)
 print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for path in sorted(glob.glob(os.path.join(cli.root, "**", "summary.json"), recursive=True)):
     with open(path) as f:
@@ -39,5 +41,7 @@ for path in sorted(glob.glob(os.path.join(cli.root, "**", "summary.json"), recur
     mem = max((v for _, v in scalars(acc, "charts/peak_memory_mb")), default=None)
     wall = s["wall_time_s"] / 60 * 100_000 / s["env_steps"] if s.get("env_steps") else None
     steps = min(s["env_steps"], cli.at) if cli.at else s["env_steps"]
-    print(f"| {s['env_id']} | {s['algo']} | {s['seed']} | {steps} | {fmt(pre)} | {fmt(last)} | {fmt(best)} | "
-          f"{fmt(wall, '.2f')} | {fmt(mem, '.0f')} |")
+    print(
+        f"| {s['env_id']} | {s['algo']} | {s['seed']} | {steps} | {fmt(pre)} | {fmt(last)} | {fmt(best)} | "
+        f"{fmt(wall, '.2f')} | {fmt(mem, '.0f')} |"
+    )

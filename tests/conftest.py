@@ -23,16 +23,42 @@ from cleandppo import envs
 
 torch.set_num_threads(1)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SUMMARY_KEYS = ("algo", "env_id", "seed", "env_steps", "wall_time_s", "pretrained_eval_return", "final_eval_return",
-                "best_eval_return", "args")
-TINY_DIFFUSION = ["--mlp-dims", "32", "32", "32", "--time-dim", "8", "--denoising-steps", "6", "--ft-denoising-steps", "3"]
+SUMMARY_KEYS = (
+    "algo",
+    "env_id",
+    "seed",
+    "env_steps",
+    "wall_time_s",
+    "pretrained_eval_return",
+    "final_eval_return",
+    "best_eval_return",
+    "args",
+)
+TINY_DIFFUSION = [
+    "--mlp-dims",
+    "32",
+    "32",
+    "32",
+    "--time-dim",
+    "8",
+    "--denoising-steps",
+    "6",
+    "--ft-denoising-steps",
+    "3",
+]
 
 
 def run_script(script, *flags, timeout=300, check=True):
     """Run `python cleandppo/<script> flags...` in a subprocess; return the CompletedProcess."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "cleandppo", script), *map(str, flags)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "cleandppo", script), *map(str, flags)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -211,19 +237,40 @@ def tiny_diffusion_checkpoint(tiny_dataset, tmp_path_factory):
     from cleandppo import dppo
 
     run = tmp_path_factory.mktemp("dppo_pre")
-    run_main(dppo, "--dataset", tiny_dataset, "--pretrain-only", "--pretrain-epochs", "2", "--run-dir", run,
-             "--eval-episodes", "1", *TINY_DIFFUSION)
+    run_main(
+        dppo,
+        "--dataset",
+        tiny_dataset,
+        "--pretrain-only",
+        "--pretrain-epochs",
+        "2",
+        "--run-dir",
+        run,
+        "--eval-episodes",
+        "1",
+        *TINY_DIFFUSION,
+    )
     return str(run / "pretrained.pt")
 
 
 def tiny_demos(task="lift", lengths=(5, 7, 4), drop_key=None, seed=0):
     """Random robomimic-format demos (obs keys of `task`, 7-d actions, reward 1 and done on the last step) of `lengths`."""
     rng = np.random.default_rng(seed)
-    dims = {"robot0_eef_pos": 3, "robot0_eef_quat": 4, "robot0_gripper_qpos": 2,
-            "object": envs.ROBOMIMIC_TASKS[task]["obs_dim"] - 9}
+    dims = {
+        "robot0_eef_pos": 3,
+        "robot0_eef_quat": 4,
+        "robot0_gripper_qpos": 2,
+        "object": envs.ROBOMIMIC_TASKS[task]["obs_dim"] - 9,
+    }
     demos = []
     for n in lengths:
         obs = {k: rng.normal(size=(n, d)) for k, d in dims.items() if k != drop_key}
-        demos.append(dict(obs=obs, actions=rng.uniform(-1, 1, (n, 7)), rewards=np.eye(1, n, n - 1)[0],
-                          dones=np.eye(1, n, n - 1)[0].astype(int)))
+        demos.append(
+            dict(
+                obs=obs,
+                actions=rng.uniform(-1, 1, (n, 7)),
+                rewards=np.eye(1, n, n - 1)[0],
+                dones=np.eye(1, n, n - 1)[0].astype(int),
+            )
+        )
     return demos

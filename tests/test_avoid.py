@@ -67,7 +67,11 @@ def test_reward_goal_mode5_collision_and_table():
     state = avoid.new_state(1, np.array([0.85, 0.45]))
     _, r = avoid.step_batch(state, np.zeros((1, 2)))
     assert r[0] == pytest.approx(-0.1)
-    state["current"], state["velocity"], state["desired"] = np.array([[0.6, 0.45]]), np.zeros((1, 2)), np.array([[0.6, 0.45]])
+    state["current"], state["velocity"], state["desired"] = (
+        np.array([[0.6, 0.45]]),
+        np.zeros((1, 2)),
+        np.array([[0.6, 0.45]]),
+    )
     _, r = avoid.step_batch(state, np.zeros((1, 2)))
     assert r[0] == 1.0
     # a collision is penalised for the rest of the episode, also once the arm is clear again
@@ -190,8 +194,14 @@ def test_action_noise_schedule():
 
 def cli(script, *args, timeout=240):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, os.path.join(ROOT, "cleandppo", f"{script}.py"), *args],
-                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "cleandppo", f"{script}.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+    )
 
 
 SHORT_RUN = ["--num-envs", "2", "--n-steps", "3", "--total-timesteps", "24", "--eval-episodes", "2", "--no-cuda"]
@@ -234,8 +244,12 @@ def test_avoid_bad_input_is_one_line(tmp_path, script):
 def test_vector_env_equals_sync_vector_env_of_chunked_envs(act_steps, cond_steps):
     """make_vec_env's batched AvoidVectorEnv against gymnasium's SyncVectorEnv of ChunkedEnv(AvoidEnv), over two
     episodes (Ta = 16 ends each episode inside a chunk)."""
-    norm = {"obs_min": np.array([0.2, -0.3, 0.2, -0.3], np.float32), "obs_max": np.array([0.8, 0.5, 0.8, 0.5], np.float32),
-            "action_min": np.array([-0.0125, 0.0], np.float32), "action_max": np.array([0.0125, 0.0125], np.float32)}
+    norm = {
+        "obs_min": np.array([0.2, -0.3, 0.2, -0.3], np.float32),
+        "obs_max": np.array([0.8, 0.5, 0.8, 0.5], np.float32),
+        "action_min": np.array([-0.0125, 0.0], np.float32),
+        "action_max": np.array([0.0125, 0.0125], np.float32),
+    }
     E = 3
     fast = envs.make_vec_env("avoid-m2", E, 0, act_steps, cond_steps, norm)
     assert isinstance(fast, avoid.AvoidVectorEnv)
@@ -258,7 +272,7 @@ def test_vector_env_equals_sync_vector_env_of_chunked_envs(act_steps, cond_steps
         chunk = rng.uniform(-0.9, 1.0, (E, act_steps, 2))
         chunk[0] = plan[t : t + act_steps]
         out_a, out_b = fast.step(chunk), ref.step(chunk)
-        for x, y in zip(out_a[:4], out_b[:4]):
+        for x, y in zip(out_a[:4], out_b[:4], strict=True):
             np.testing.assert_allclose(x, y, atol=1e-6)
         info_a, info_b = out_a[4], out_b[4]
         assert set(info_a) == set(info_b)
@@ -267,8 +281,9 @@ def test_vector_env_equals_sync_vector_env_of_chunked_envs(act_steps, cond_steps
         assert envs.finished_episodes(info_a)[1] == envs.finished_episodes(info_b)[1]
         np.testing.assert_allclose(envs.finished_episodes(info_a)[0], envs.finished_episodes(info_b)[0], atol=1e-9)
         assert envs.finished_successes(info_a) == envs.finished_successes(info_b)
-        np.testing.assert_allclose(envs.final_observations(out_a[0], info_a), envs.final_observations(out_b[0], info_b),
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            envs.final_observations(out_a[0], info_a), envs.final_observations(out_b[0], info_b), atol=1e-6
+        )
         t = 0 if out_a[3].any() else t + act_steps
         ends += bool(out_a[3].any())
         if out_a[3].any():
@@ -313,7 +328,7 @@ def test_a_restored_avoid_vector_env_continues_bit_identically():
     runs.restore_vec_env(restored, runs.vec_env_state(original))
     for chunk in actions[35:]:
         a, b = original.step(chunk), restored.step(chunk)
-        for x, y in zip(a[:4], b[:4]):
+        for x, y in zip(a[:4], b[:4], strict=True):
             np.testing.assert_array_equal(x, y)
         assert envs.finished_episodes(a[4]) == envs.finished_episodes(b[4])
 
@@ -325,7 +340,27 @@ def test_dppo_on_avoid_kill_and_resume_is_bit_identical(tmp_path, monkeypatch):
 
     from cleandppo import dppo
 
-    flags = ["--env-id", "avoid-m2", "--checkpoint", os.path.join(envs.PRETRAINED_DIR, "avoid-m2-diffusion-mlp.pt"),
-             "--num-envs", "2", "--n-steps", "4", "--ft-denoising-steps", "2", "--batch-size", "8", "--update-epochs",
-             "2", "--eval-episodes", "2", "--eval-freq", "2", "--total-timesteps", "128", "--no-cuda"]
+    flags = [
+        "--env-id",
+        "avoid-m2",
+        "--checkpoint",
+        os.path.join(envs.PRETRAINED_DIR, "avoid-m2-diffusion-mlp.pt"),
+        "--num-envs",
+        "2",
+        "--n-steps",
+        "4",
+        "--ft-denoising-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--update-epochs",
+        "2",
+        "--eval-episodes",
+        "2",
+        "--eval-freq",
+        "2",
+        "--total-timesteps",
+        "128",
+        "--no-cuda",
+    ]
     assert_kill_and_resume_is_exact(dppo, flags, 2 * 4 + 2, tmp_path, monkeypatch)

@@ -12,9 +12,30 @@ from cleandppo import dawr
 from conftest import cli_fails, main_fails, read_checkpoint, read_summary, run_script, scalar_tags, stub_checkpoint
 
 torch.set_num_threads(1)
-TINY = ["--denoising-steps", "6", "--num-envs", "2", "--n-steps", "16", "--batch-size", "8", "--eval-episodes", "1",
-        "--eval-freq", "1", "--critic-dims", "16", "16", "16", "--buffer-size", "64", "--replay-ratio", "4",
-        "--critic-replay-ratio", "2"]
+TINY = [
+    "--denoising-steps",
+    "6",
+    "--num-envs",
+    "2",
+    "--n-steps",
+    "16",
+    "--batch-size",
+    "8",
+    "--eval-episodes",
+    "1",
+    "--eval-freq",
+    "1",
+    "--critic-dims",
+    "16",
+    "16",
+    "16",
+    "--buffer-size",
+    "64",
+    "--replay-ratio",
+    "4",
+    "--critic-replay-ratio",
+    "2",
+]
 
 
 def test_awr_weights_hand_computed_with_clip():
@@ -26,14 +47,17 @@ def test_awr_weights_hand_computed_with_clip():
     w = dawr.awr_weights(adv, beta=10.0, max_weight=100.0)  # paper values: exp(10) = 22026 -> 100
     torch.testing.assert_close(w, torch.tensor([math.exp(-10), 1.0, 100.0]), rtol=1e-4, atol=0)
     # scaling the advantages (e.g. the official alpha = 0.95) leaves the standardised weights unchanged
-    torch.testing.assert_close(dawr.awr_weights(0.95 * adv, 1.0, 100.0), dawr.awr_weights(adv, 1.0, 100.0), rtol=1e-5, atol=0)
+    torch.testing.assert_close(
+        dawr.awr_weights(0.95 * adv, 1.0, 100.0), dawr.awr_weights(adv, 1.0, 100.0), rtol=1e-5, atol=0
+    )
     assert not dawr.awr_weights(adv.requires_grad_(), 1.0, 100.0).requires_grad
 
 
 def td(rewards, values, next_values, term=(0, 0, 0), trunc=(0, 0, 0), alpha=1.0):
     col = lambda x: np.asarray(x, np.float64)[:, None]  # noqa: E731  one env
-    return dawr.td_lambda_targets(col(rewards), col(values), col(next_values), col(term), col(trunc),
-                                  gamma=0.9, lam=0.5, alpha=alpha)[:, 0]
+    return dawr.td_lambda_targets(
+        col(rewards), col(values), col(next_values), col(term), col(trunc), gamma=0.9, lam=0.5, alpha=alpha
+    )[:, 0]
 
 
 def test_td_lambda_hand_worked_trajectory():
@@ -49,8 +73,9 @@ def test_td_lambda_hand_worked_trajectory():
     # time-out after row 1 with V(pre-reset obs) = 5: bootstrapped (0 + .9 * 5), the next episode not mixed in
     np.testing.assert_allclose(td(r, v, (1, 5, 3), trunc=(0, 1, 0)), [0.5 + 1.4 + 0.45 * 3.5, 4.5, 4.7], rtol=1e-12)
     # the official alpha = 0.95 shrinks every TD(lambda) correction by 5 %
-    np.testing.assert_allclose(td(r, v, v_next, alpha=0.95), [0.5 + 0.95 * 2.30675, 1 + 0.95 * 2.015, 2 + 0.95 * 2.7],
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        td(r, v, v_next, alpha=0.95), [0.5 + 0.95 * 2.30675, 1 + 0.95 * 2.015, 2 + 0.95 * 2.7], rtol=1e-12
+    )
     # lambda = 1, no bootstrap at the end (V' = 0 at a terminal): Monte-Carlo discounted return
     col = lambda x: np.asarray(x, np.float64)[:, None]  # noqa: E731
     mc = dawr.td_lambda_targets(col(r), col(v), col(v_next), col((0, 0, 1)), col((0, 0, 0)), 0.9, 1.0)[:, 0]
@@ -70,8 +95,14 @@ def test_value_loss_is_elementwise_mse_not_broadcast():
 def test_buffer_fifo_order_and_uniform_sampling_over_all_transitions():
     buf = dawr.ReplayBuffer(rows=3, num_envs=2, obs_shape=(1, 1), chunk_shape=(1, 1))
     for step in range(5):
-        buf.add(np.full((2, 1, 1), step), np.zeros((2, 1, 1)), np.array([step, step]), np.zeros(2), np.zeros(2),
-                np.full((2, 1, 1), step + 1))
+        buf.add(
+            np.full((2, 1, 1), step),
+            np.zeros((2, 1, 1)),
+            np.array([step, step]),
+            np.zeros(2),
+            np.zeros(2),
+            np.full((2, 1, 1), step + 1),
+        )
     rows = buf.order()
     assert buf.rewards[rows, 0].tolist() == [2, 3, 4]  # oldest two steps dropped, oldest first
     pos, env = buf.sample_indices(6000, torch.Generator().manual_seed(0))
@@ -120,39 +151,89 @@ def test_weighted_denoising_loss_closed_form():
 
 
 def test_bad_inputs_fail_in_one_line(tmp_path, tiny_diffusion_checkpoint):
-    cli_fails("dawr.py", "--checkpoint", tiny_diffusion_checkpoint, "--beta", "0", "--run-dir", tmp_path / "b",
-              prefix="error: --beta must be > 0", run_dir=tmp_path / "b")  # nothing written
+    cli_fails(
+        "dawr.py",
+        "--checkpoint",
+        tiny_diffusion_checkpoint,
+        "--beta",
+        "0",
+        "--run-dir",
+        tmp_path / "b",
+        prefix="error: --beta must be > 0",
+        run_dir=tmp_path / "b",
+    )  # nothing written
     gauss = stub_checkpoint(tmp_path / "gauss.pt", "gaussian")
-    cases = [(dict(checkpoint=gauss), "holds a gaussian policy"),
-             (dict(buffer_size=100, batch_size=1000), "--buffer-size 100 is smaller than --batch-size"),
-             (dict(batch_size=0), "--batch-size must be >= 1"),
-             (dict(act_steps=8), "--act-steps 8 > --horizon-steps 4"),
-             (dict(max_adv_weight=-1.0), "--max-adv-weight must be > 0"),
-             (dict(checkpoint=tiny_diffusion_checkpoint), "pass --denoising-steps 6")]
+    cases = [
+        (dict(checkpoint=gauss), "holds a gaussian policy"),
+        (dict(buffer_size=100, batch_size=1000), "--buffer-size 100 is smaller than --batch-size"),
+        (dict(batch_size=0), "--batch-size must be >= 1"),
+        (dict(act_steps=8), "--act-steps 8 > --horizon-steps 4"),
+        (dict(max_adv_weight=-1.0), "--max-adv-weight must be > 0"),
+        (dict(checkpoint=tiny_diffusion_checkpoint), "pass --denoising-steps 6"),
+    ]
     for kwargs, text in cases:
         main_fails(dawr, dawr.Args(run_dir=str(tmp_path / "r"), **kwargs), text)
 
 
 def test_cli_smoke_checkpoint_and_resume(tiny_diffusion_checkpoint, tmp_path):
     run = tmp_path / "run"
-    proc = run_script("dawr.py", "--checkpoint", tiny_diffusion_checkpoint, "--total-timesteps", "256", "--run-dir", run,
-                      *TINY)
+    proc = run_script(
+        "dawr.py", "--checkpoint", tiny_diffusion_checkpoint, "--total-timesteps", "256", "--run-dir", run, *TINY
+    )
     assert "iter 2/2" in proc.stdout
     summary = read_summary(run, algo="dawr", env_steps=256)
     assert summary["args"]["td_alpha"] == 1.0
     tags = scalar_tags(run)
-    assert {"charts/episodic_return", "charts/episodic_length", "eval/episodic_return", "charts/SPS",
-            "charts/learning_rate", "losses/value_loss", "losses/actor_loss", "values/v_mean", "time/rollout_s",
-            "time/update_s", "charts/peak_memory_mb"} <= tags, tags
-    read_checkpoint(run, {"model", "model_kwargs", "normalization", "critic", "actor_optimizer", "critic_optimizer",
-                          "rng", "vec_env", "replay_buffer"},
-                    algo="dawr", policy="diffusion", backbone="mlp", iteration=2, env_steps=256)
+    assert {
+        "charts/episodic_return",
+        "charts/episodic_length",
+        "eval/episodic_return",
+        "charts/SPS",
+        "charts/learning_rate",
+        "losses/value_loss",
+        "losses/actor_loss",
+        "values/v_mean",
+        "time/rollout_s",
+        "time/update_s",
+        "charts/peak_memory_mb",
+    } <= tags, tags
+    read_checkpoint(
+        run,
+        {
+            "model",
+            "model_kwargs",
+            "normalization",
+            "critic",
+            "actor_optimizer",
+            "critic_optimizer",
+            "rng",
+            "vec_env",
+            "replay_buffer",
+        },
+        algo="dawr",
+        policy="diffusion",
+        backbone="mlp",
+        iteration=2,
+        env_steps=256,
+    )
     assert os.path.isfile(run / "checkpoint_2.pt")
 
     # resume in-process: the iteration count and env steps continue, the critic comes back
-    args = dawr.Args(checkpoint=str(run / "checkpoint_last.pt"), denoising_steps=6, num_envs=2, n_steps=16, batch_size=8,
-                     total_timesteps=384, eval_episodes=1, eval_freq=1, critic_dims=(16, 16, 16), buffer_size=64,
-                     replay_ratio=4, critic_replay_ratio=2, run_dir=str(tmp_path / "resumed"))
+    args = dawr.Args(
+        checkpoint=str(run / "checkpoint_last.pt"),
+        denoising_steps=6,
+        num_envs=2,
+        n_steps=16,
+        batch_size=8,
+        total_timesteps=384,
+        eval_episodes=1,
+        eval_freq=1,
+        critic_dims=(16, 16, 16),
+        buffer_size=64,
+        replay_ratio=4,
+        critic_replay_ratio=2,
+        run_dir=str(tmp_path / "resumed"),
+    )
     dawr.main(args)
     read_summary(tmp_path / "resumed", env_steps=384, pretrained_eval_return=summary["pretrained_eval_return"])
     read_checkpoint(tmp_path / "resumed", iteration=3)

@@ -13,8 +13,28 @@ from cleandppo import dipo
 from conftest import cli_fails, main_fails, read_checkpoint, read_summary, run_script, scalar_tags, stub_checkpoint
 
 torch.set_num_threads(1)
-TINY = ["--denoising-steps", "6", "--num-envs", "2", "--n-steps", "4", "--batch-size", "8", "--eval-episodes", "1",
-        "--eval-freq", "1", "--critic-dims", "16", "16", "16", "--buffer-size", "64", "--replay-ratio", "4"]
+TINY = [
+    "--denoising-steps",
+    "6",
+    "--num-envs",
+    "2",
+    "--n-steps",
+    "4",
+    "--batch-size",
+    "8",
+    "--eval-episodes",
+    "1",
+    "--eval-freq",
+    "1",
+    "--critic-dims",
+    "16",
+    "16",
+    "16",
+    "--buffer-size",
+    "64",
+    "--replay-ratio",
+    "4",
+]
 
 
 class QuadraticCritic(nn.Module):
@@ -26,7 +46,7 @@ class QuadraticCritic(nn.Module):
         self.dummy = nn.Parameter(torch.zeros(1))  # a weight that must receive no gradient
 
     def forward(self, obs, actions):
-        q1 = -((actions[:, :self.act_steps] - self.c) ** 2).flatten(1).sum(-1) + 0 * self.dummy
+        q1 = -((actions[:, : self.act_steps] - self.c) ** 2).flatten(1).sum(-1) + 0 * self.dummy
         return q1, q1 + 1
 
 
@@ -107,9 +127,18 @@ def test_ema_update_and_replay_buffer_fifo():
 def test_dipo_update_writes_moved_actions_back():
     torch.manual_seed(0)
     np.random.seed(0)
-    args = SimpleNamespace(denoising_steps=4, act_steps=2, batch_size=8, gamma=0.99, min_sampling_denoising_std=0.1,
-                           randn_clip_value=3.0, denoised_clip_value=1.0, action_lr=0.05, action_gradient_steps=3,
-                           target_ema_rate=0.5)
+    args = SimpleNamespace(
+        denoising_steps=4,
+        act_steps=2,
+        batch_size=8,
+        gamma=0.99,
+        min_sampling_denoising_std=0.1,
+        randn_clip_value=3.0,
+        denoised_clip_value=1.0,
+        action_lr=0.05,
+        action_gradient_steps=3,
+        target_ema_rate=0.5,
+    )
     actor = dipo.DiffusionMLP(3, 2, 2, 1, time_dim=4, mlp_dims=(8, 8, 8))
     target_actor = dipo.DiffusionMLP(3, 2, 2, 1, time_dim=4, mlp_dims=(8, 8, 8))
     target_actor.load_state_dict(actor.state_dict())
@@ -118,19 +147,26 @@ def test_dipo_update_writes_moved_actions_back():
     target_critic.load_state_dict(critic.state_dict())
     sched = dipo.make_schedule(4)
     buf = dipo.ReplayBuffer(16, (1, 3), (2, 2))
-    buf.add(np.random.randn(16, 1, 3), np.random.uniform(-1.2, 1.2, (16, 2, 2)), np.random.randn(16),
-            np.random.randn(16, 1, 3), np.zeros(16))
+    buf.add(
+        np.random.randn(16, 1, 3),
+        np.random.uniform(-1.2, 1.2, (16, 2, 2)),
+        np.random.randn(16),
+        np.random.randn(16, 1, 3),
+        np.zeros(16),
+    )
     actor_opt = torch.optim.AdamW(actor.parameters(), lr=1e-3)
     critic_opt = torch.optim.AdamW(critic.parameters(), lr=1e-3)
 
     before, actor_before = buf.actions.copy(), [p.clone() for p in actor.parameters()]
-    stats = dipo.dipo_update(actor, target_actor, critic, target_critic, actor_opt, critic_opt, sched, buf, args, 1,
-                             False, "cpu")
+    stats = dipo.dipo_update(
+        actor, target_actor, critic, target_critic, actor_opt, critic_opt, sched, buf, args, 1, False, "cpu"
+    )
     assert "actor_loss" not in stats and np.array_equal(buf.actions, before)  # critic warm-up: nothing moves
     assert all(torch.equal(a, b) for a, b in zip(actor_before, actor.parameters(), strict=True))
 
-    stats = dipo.dipo_update(actor, target_actor, critic, target_critic, actor_opt, critic_opt, sched, buf, args, 1,
-                             True, "cpu")
+    stats = dipo.dipo_update(
+        actor, target_actor, critic, target_critic, actor_opt, critic_opt, sched, buf, args, 1, True, "cpu"
+    )
     rows = np.nonzero(np.any(buf.actions != before, axis=(1, 2)))[0]
     assert len(rows) > 0 and np.abs(buf.actions[rows]).max() <= 1.0  # moved chunks written back, clamped
     assert stats["action_q_gain"] > 0 and stats["action_shift"] > 0
@@ -142,33 +178,82 @@ def test_dipo_update_writes_moved_actions_back():
 
 def test_cli_smoke_run_and_resume(tiny_diffusion_checkpoint, tmp_path):
     run = tmp_path / "run"
-    proc = run_script("dipo.py", "--checkpoint", tiny_diffusion_checkpoint, "--total-timesteps", "64",
-                      "--n-critic-warmup-itr", "1", "--run-dir", run, *TINY)
+    proc = run_script(
+        "dipo.py",
+        "--checkpoint",
+        tiny_diffusion_checkpoint,
+        "--total-timesteps",
+        "64",
+        "--n-critic-warmup-itr",
+        "1",
+        "--run-dir",
+        run,
+        *TINY,
+    )
     assert "iter 2/2" in proc.stdout and "critic warm-up" in proc.stdout
     summary = read_summary(run, algo="dipo", env_steps=64)
-    read_checkpoint(run, {"model", "target_actor", "critic", "target_critic", "actor_optimizer", "critic_optimizer",
-                          "model_kwargs", "normalization"}, algo="dipo", policy="diffusion", iteration=2)
+    read_checkpoint(
+        run,
+        {
+            "model",
+            "target_actor",
+            "critic",
+            "target_critic",
+            "actor_optimizer",
+            "critic_optimizer",
+            "model_kwargs",
+            "normalization",
+        },
+        algo="dipo",
+        policy="diffusion",
+        iteration=2,
+    )
     assert os.path.isfile(run / "checkpoint_2.pt")
-    assert {"eval/episodic_return", "losses/q_loss", "losses/actor_loss", "values/q1_mean", "values/target_q_mean",
-            "charts/SPS", "charts/learning_rate", "charts/action_q_gain", "time/rollout_s", "time/update_s",
-            "charts/episodic_return", "charts/episodic_length"} <= scalar_tags(run)
+    assert {
+        "eval/episodic_return",
+        "losses/q_loss",
+        "losses/actor_loss",
+        "values/q1_mean",
+        "values/target_q_mean",
+        "charts/SPS",
+        "charts/learning_rate",
+        "charts/action_q_gain",
+        "time/rollout_s",
+        "time/update_s",
+        "charts/episodic_return",
+        "charts/episodic_length",
+    } <= scalar_tags(run)
 
     # resume in-process from the run's checkpoint: one more iteration, the pre-trained eval carried over
-    args = dipo.Args(checkpoint=str(run / "checkpoint_last.pt"), total_timesteps=96, run_dir=str(tmp_path / "resumed"),
-                     denoising_steps=6, num_envs=2, n_steps=4, batch_size=8, eval_episodes=1, eval_freq=1,
-                     critic_dims=(16, 16, 16), buffer_size=64, replay_ratio=2)
+    args = dipo.Args(
+        checkpoint=str(run / "checkpoint_last.pt"),
+        total_timesteps=96,
+        run_dir=str(tmp_path / "resumed"),
+        denoising_steps=6,
+        num_envs=2,
+        n_steps=4,
+        batch_size=8,
+        eval_episodes=1,
+        eval_freq=1,
+        critic_dims=(16, 16, 16),
+        buffer_size=64,
+        replay_ratio=2,
+    )
     dipo.main(args)
     read_summary(tmp_path / "resumed", env_steps=96, pretrained_eval_return=summary["pretrained_eval_return"])
 
 
 def test_bad_inputs_fail_in_one_line(tiny_diffusion_checkpoint, tmp_path):
     gaussian = stub_checkpoint(tmp_path / "gaussian.pt", "gaussian")
-    cli_fails("dipo.py", "--checkpoint", gaussian, "--run-dir", tmp_path / "g", needles=["diffusion"],
-              run_dir=tmp_path / "g")  # nothing written
-    cases = [(dict(buffer_size=100, batch_size=1000), "--buffer-size 100 is smaller than --batch-size 1000"),
-             (dict(batch_size=0), "--batch-size must be >= 1"),
-             (dict(replay_ratio=0), "--replay-ratio must be >= 1"),
-             (dict(act_steps=5), "--act-steps 5 > --horizon-steps 4"),
-             (dict(denoising_steps=20), "pass --denoising-steps 6")]
+    cli_fails(
+        "dipo.py", "--checkpoint", gaussian, "--run-dir", tmp_path / "g", needles=["diffusion"], run_dir=tmp_path / "g"
+    )  # nothing written
+    cases = [
+        (dict(buffer_size=100, batch_size=1000), "--buffer-size 100 is smaller than --batch-size 1000"),
+        (dict(batch_size=0), "--batch-size must be >= 1"),
+        (dict(replay_ratio=0), "--replay-ratio must be >= 1"),
+        (dict(act_steps=5), "--act-steps 5 > --horizon-steps 4"),
+        (dict(denoising_steps=20), "pass --denoising-steps 6"),
+    ]
     for i, (kw, text) in enumerate(cases):
         main_fails(dipo, dipo.Args(checkpoint=tiny_diffusion_checkpoint, run_dir=str(tmp_path / f"r{i}"), **kw), text)

@@ -50,11 +50,33 @@ def test_cosine_schedule_matches_the_formula_and_reference_values():
     f = [math.cos(((i / K) + s) / (1 + s) * math.pi / 2) ** 2 for i in range(K + 1)]
     betas = [min(1 - (f[i + 1] / f[0]) / (f[i] / f[0]), 0.999) for i in range(K)]
     np.testing.assert_allclose(dppo.cosine_beta_schedule(K).numpy(), betas, rtol=1e-5)
-    reference = [0.008, 0.0201, 0.0323, 0.0447, 0.0575, 0.071, 0.0852, 0.1005, 0.1173, 0.1359, 0.157, 0.1814, 0.2102,
-                 0.2454, 0.2897, 0.3481, 0.4294, 0.551, 0.7485, 0.999]  # official values, K = 20
+    reference = [
+        0.008,
+        0.0201,
+        0.0323,
+        0.0447,
+        0.0575,
+        0.071,
+        0.0852,
+        0.1005,
+        0.1173,
+        0.1359,
+        0.157,
+        0.1814,
+        0.2102,
+        0.2454,
+        0.2897,
+        0.3481,
+        0.4294,
+        0.551,
+        0.7485,
+        0.999,
+    ]  # official values, K = 20
     np.testing.assert_allclose(dppo.cosine_beta_schedule(K).numpy(), reference, atol=6e-5)
     sched = dppo.make_schedule(K)
-    np.testing.assert_allclose(sched["alpha_bar"].numpy(), np.cumprod(1 - np.array(betas)), rtol=1e-4)  # float32 product
+    np.testing.assert_allclose(
+        sched["alpha_bar"].numpy(), np.cumprod(1 - np.array(betas)), rtol=1e-4
+    )  # float32 product
     assert sched["alpha_bar"][-1] < 1e-5
 
 
@@ -64,8 +86,9 @@ def test_ddpm_step_matches_the_posterior_equations():
     beta, ab, ab_prev = (sched[k][t].item() for k in ("betas", "alpha_bar", "alpha_bar_prev"))
     x_t = torch.tensor([[[0.2, -0.4]]])
     eps = torch.tensor([[[0.5, 0.1]]])
-    mean, var = dppo.step_mean_var(ConstantEps(eps), sched, x_t, torch.zeros(1, 1, 3), torch.tensor([t]),
-                                   torch.tensor([t - 1]), ddim=False)
+    mean, var = dppo.step_mean_var(
+        ConstantEps(eps), sched, x_t, torch.zeros(1, 1, 3), torch.tensor([t]), torch.tensor([t - 1]), ddim=False
+    )
     x0 = (x_t - math.sqrt(1 - ab) * eps) / math.sqrt(ab)  # Ho et al. eq. 15
     x0 = x0.clamp(-1, 1)
     mu = math.sqrt(ab_prev) * beta / (1 - ab) * x0 + math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab) * x_t  # eq. 7
@@ -76,8 +99,15 @@ def test_ddpm_step_matches_the_posterior_equations():
 def test_x0_is_clamped_before_the_posterior_mean():
     sched = dppo.make_schedule(20)
     x_t = torch.full((1, 1, 1), 3.0)
-    mean, _ = dppo.step_mean_var(ConstantEps(torch.zeros(1, 1, 1)), sched, x_t, torch.zeros(1, 1, 1), torch.tensor([0]),
-                                 torch.tensor([-1]), ddim=False)
+    mean, _ = dppo.step_mean_var(
+        ConstantEps(torch.zeros(1, 1, 1)),
+        sched,
+        x_t,
+        torch.zeros(1, 1, 1),
+        torch.tensor([0]),
+        torch.tensor([-1]),
+        ddim=False,
+    )
     assert mean.item() == pytest.approx(1.0, rel=1e-5)  # at t = 0 the mean is the clamped x0
 
 
@@ -103,8 +133,10 @@ def test_ddim_eta1_has_ddpm_variance_and_eta0_is_deterministic():
         eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
         x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
     torch.testing.assert_close(out, x, rtol=1e-5, atol=1e-5)
-    train = [dppo.sample(net, net, sched, obs, plan, 5, 4, 2, "train", generator=torch.Generator().manual_seed(s))[0]
-             for s in (0, 1)]
+    train = [
+        dppo.sample(net, net, sched, obs, plan, 5, 4, 2, "train", generator=torch.Generator().manual_seed(s))[0]
+        for s in (0, 1)
+    ]
     assert not torch.allclose(train[0], train[1])
 
 
@@ -114,15 +146,26 @@ def test_recorded_chain_log_prob_is_the_sum_of_independent_gaussian_steps():
     sched, plan = dppo.make_schedule(K), dppo.denoising_plan(K, None)
     actor, actor_ft = LinearEps(0.2, 0.0), LinearEps(0.35, 0.02)
     obs = torch.zeros(4, 1, 3)
-    _, chain = dppo.sample(actor, actor_ft, sched, obs, plan, K_ft, Tp, Da, "train", min_std,
-                           generator=torch.Generator().manual_seed(0))
+    _, chain = dppo.sample(
+        actor, actor_ft, sched, obs, plan, K_ft, Tp, Da, "train", min_std, generator=torch.Generator().manual_seed(0)
+    )
     assert chain.shape == (4, K_ft + 1, Tp, Da)
     ft_t, ft_t_prev = dppo.fine_tuned_timesteps(plan, K_ft)
     assert ft_t.tolist() == [4, 3, 2, 1, 0]  # j = 0 is the noisiest fine-tuned step
     for j in range(K_ft):
         t = ft_t[j].item()
-        lp = dppo.denoising_log_prob(actor_ft, sched, obs, chain[:, j], chain[:, j + 1], ft_t[j].expand(4),
-                                     ft_t_prev[j].expand(4), False, Tp, min_std)
+        lp = dppo.denoising_log_prob(
+            actor_ft,
+            sched,
+            obs,
+            chain[:, j],
+            chain[:, j + 1],
+            ft_t[j].expand(4),
+            ft_t_prev[j].expand(4),
+            False,
+            Tp,
+            min_std,
+        )
         # independent computation of the same step: DDPM posterior with x0 from eps = a x + b t
         x = chain[:, j]
         eps = 0.35 * x + 0.02 * t
@@ -152,7 +195,7 @@ def test_clip_schedule_and_denoising_discount():
     assert dppo.clip_schedule(1, 0.01, 0.001, 3.0).tolist() == pytest.approx([0.01])  # no division by zero
     assert torch.allclose(dppo.clip_schedule(5, 0.01, 0.01, 3.0), torch.full((5,), 0.01))
     w = dppo.denoising_discount(10, 0.99)
-    assert w[-1] == 1.0 and w[0].item() == pytest.approx(0.99 ** 9) and w[3].item() == pytest.approx(0.99 ** 6)
+    assert w[-1] == 1.0 and w[0].item() == pytest.approx(0.99**9) and w[3].item() == pytest.approx(0.99**6)
 
 
 def _update_setup(K=6, K_ft=3, Tp=2, Da=2, n=24, seed=0):
@@ -162,12 +205,36 @@ def _update_setup(K=6, K_ft=3, Tp=2, Da=2, n=24, seed=0):
     sched, plan = dppo.make_schedule(K), dppo.denoising_plan(K, None)
     ft_t, ft_t_prev = dppo.fine_tuned_timesteps(plan, K_ft)
     obs = torch.randn(n, 1, 3, generator=torch.Generator().manual_seed(1))
-    _, chains = dppo.sample(net, net, sched, obs, plan, K_ft, Tp, Da, "train", generator=torch.Generator().manual_seed(2))
+    _, chains = dppo.sample(
+        net, net, sched, obs, plan, K_ft, Tp, Da, "train", generator=torch.Generator().manual_seed(2)
+    )
     with torch.no_grad():
-        logp = torch.stack([dppo.denoising_log_prob(net, sched, obs, chains[:, j], chains[:, j + 1], ft_t[j].expand(n),
-                                                    ft_t_prev[j].expand(n), False, Tp, 0.1) for j in range(K_ft)], 1)
+        logp = torch.stack(
+            [
+                dppo.denoising_log_prob(
+                    net,
+                    sched,
+                    obs,
+                    chains[:, j],
+                    chains[:, j + 1],
+                    ft_t[j].expand(n),
+                    ft_t_prev[j].expand(n),
+                    False,
+                    Tp,
+                    0.1,
+                )
+                for j in range(K_ft)
+            ],
+            1,
+        )
     g = torch.Generator().manual_seed(3)
-    batch = dict(obs=obs, chains=chains, logprobs=logp, advantages=torch.randn(n, generator=g), returns=torch.randn(n, generator=g))
+    batch = dict(
+        obs=obs,
+        chains=chains,
+        logprobs=logp,
+        advantages=torch.randn(n, generator=g),
+        returns=torch.randn(n, generator=g),
+    )
     opts = (torch.optim.AdamW(net.parameters(), lr=1e-3), torch.optim.AdamW(critic.parameters(), lr=1e-3))
     return net, critic, opts, sched, batch, ft_t, ft_t_prev
 
@@ -185,18 +252,45 @@ def test_resume_from_a_checkpoint_gives_the_same_next_update(tmp_path):
 
     args = dppo.Args(batch_size=12, update_epochs=2, act_steps=2)
     net, critic, (aopt, copt), sched, batch, ft_t, ft_t_prev = _update_setup()
-    dppo.ppo_update(net, critic, aopt, copt, sched, batch, args, ft_t, ft_t_prev, False, generator=torch.Generator().manual_seed(4))
-    envs.save_checkpoint(dict(model_ft=net.state_dict(), critic=critic.state_dict(), actor_optimizer=aopt.state_dict(),
-                              critic_optimizer=copt.state_dict()), str(tmp_path / "c.pt"))
-    dppo.ppo_update(net, critic, aopt, copt, sched, batch, args, ft_t, ft_t_prev, False, generator=torch.Generator().manual_seed(5))
+    dppo.ppo_update(
+        net, critic, aopt, copt, sched, batch, args, ft_t, ft_t_prev, False, generator=torch.Generator().manual_seed(4)
+    )
+    envs.save_checkpoint(
+        dict(
+            model_ft=net.state_dict(),
+            critic=critic.state_dict(),
+            actor_optimizer=aopt.state_dict(),
+            critic_optimizer=copt.state_dict(),
+        ),
+        str(tmp_path / "c.pt"),
+    )
+    dppo.ppo_update(
+        net, critic, aopt, copt, sched, batch, args, ft_t, ft_t_prev, False, generator=torch.Generator().manual_seed(5)
+    )
     ckpt = torch.load(str(tmp_path / "c.pt"), weights_only=False)
     net2, critic2, (aopt2, copt2), *_ = _update_setup(seed=123)  # different init, overwritten by the checkpoint
     net2.load_state_dict(ckpt["model_ft"])
     critic2.load_state_dict(ckpt["critic"])
     aopt2.load_state_dict(ckpt["actor_optimizer"])
     copt2.load_state_dict(ckpt["critic_optimizer"])
-    dppo.ppo_update(net2, critic2, aopt2, copt2, sched, batch, args, ft_t, ft_t_prev, False, generator=torch.Generator().manual_seed(5))
-    for a, b in zip(list(net.parameters()) + list(critic.parameters()), list(net2.parameters()) + list(critic2.parameters()), strict=True):
+    dppo.ppo_update(
+        net2,
+        critic2,
+        aopt2,
+        copt2,
+        sched,
+        batch,
+        args,
+        ft_t,
+        ft_t_prev,
+        False,
+        generator=torch.Generator().manual_seed(5),
+    )
+    for a, b in zip(
+        list(net.parameters()) + list(critic.parameters()),
+        list(net2.parameters()) + list(critic2.parameters()),
+        strict=True,
+    ):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
@@ -214,7 +308,9 @@ def test_pretrained_diffusion_samples_both_modes_of_a_1d_toy():
         loss.backward()
         opt.step()
     with torch.no_grad():
-        samples, _ = dppo.sample(net, net, sched, torch.zeros(2000, 1, 1), dppo.denoising_plan(K, None), 0, 1, 1, "eval")
+        samples, _ = dppo.sample(
+            net, net, sched, torch.zeros(2000, 1, 1), dppo.denoising_plan(K, None), 0, 1, 1, "eval"
+        )
     samples = samples.flatten()
     near_pos, near_neg = ((samples - 0.6).abs() < 0.2).float().mean(), ((samples + 0.6).abs() < 0.2).float().mean()
     assert near_pos > 0.3 and near_neg > 0.3 and near_pos + near_neg > 0.85
@@ -240,9 +336,27 @@ def test_pretraining_saves_the_ema_of_the_weights(tiny_dataset, tmp_path, monkey
 
     monkeypatch.setattr(torch.optim, "AdamW", RecordingAdamW)
     epochs, freq, start, decay = 4, 2, 2, 0.6
-    run_main(dppo, "--dataset", tiny_dataset, "--pretrain-only", "--pretrain-epochs", epochs, "--pretrain-batch-size",
-             "64", "--ema-freq", freq, "--ema-start-epoch", start, "--ema-decay", decay, "--run-dir", tmp_path / "pre",
-             "--eval-episodes", "1", *TINY_DIFFUSION)
+    run_main(
+        dppo,
+        "--dataset",
+        tiny_dataset,
+        "--pretrain-only",
+        "--pretrain-epochs",
+        epochs,
+        "--pretrain-batch-size",
+        "64",
+        "--ema-freq",
+        freq,
+        "--ema-start-epoch",
+        start,
+        "--ema-decay",
+        decay,
+        "--run-dir",
+        tmp_path / "pre",
+        "--eval-episodes",
+        "1",
+        *TINY_DIFFUSION,
+    )
     steps = len(trajectory) - 1
     per_epoch = steps // epochs
     assert steps == per_epoch * epochs and per_epoch >= 3
@@ -250,19 +364,34 @@ def test_pretraining_saves_the_ema_of_the_weights(tiny_dataset, tmp_path, monkey
     for step in range(1, steps + 1):
         if step % freq == 0:
             weights = trajectory[step]
-            ema = weights if (step - 1) // per_epoch < start else [decay * e + (1 - decay) * w for e, w in zip(ema, weights, strict=True)]
+            ema = (
+                weights
+                if (step - 1) // per_epoch < start
+                else [decay * e + (1 - decay) * w for e, w in zip(ema, weights, strict=True)]
+            )
     ckpt = torch.load(str(tmp_path / "pre" / "pretrained.pt"), weights_only=False)
     net = dppo.build_network(ckpt["model_kwargs"])
     net.load_state_dict(ckpt["model"])
     for p, e in zip(net.parameters(), ema, strict=True):
         torch.testing.assert_close(p, e, rtol=1e-5, atol=1e-6)
-    assert not all(torch.equal(p, w) for p, w in zip(net.parameters(), trajectory[-1], strict=True))  # not the last weights
+    assert not all(
+        torch.equal(p, w) for p, w in zip(net.parameters(), trajectory[-1], strict=True)
+    )  # not the last weights
 
 
 # ---- evaluation uses the fine-tuned network ---------------------------------------------------------
 def test_evaluation_runs_the_fine_tuned_network_for_the_fine_tuned_steps(monkeypatch, tmp_path):
-    kw = dict(obs_dim=3, action_dim=1, horizon_steps=2, cond_steps=1, denoising_steps=6, backbone="mlp", time_dim=8,
-              mlp_dims=(8, 8, 8), activation="relu")
+    kw = dict(
+        obs_dim=3,
+        action_dim=1,
+        horizon_steps=2,
+        cond_steps=1,
+        denoising_steps=6,
+        backbone="mlp",
+        time_dim=8,
+        mlp_dims=(8, 8, 8),
+        activation="relu",
+    )
     base = dppo.build_network(kw)
     tuned = dppo.build_network(kw)
     with torch.no_grad():
@@ -299,47 +428,103 @@ def test_evaluation_runs_the_fine_tuned_network_for_the_fine_tuned_steps(monkeyp
 # ---- command line -------------------------------------------------------------------------------
 def test_cli_finetune_smoke_run(tiny_diffusion_checkpoint, tmp_path, capsys):
     run = tmp_path / "ft"
-    proc = run_script("dppo.py", "--checkpoint", tiny_diffusion_checkpoint, "--run-dir", run, "--num-envs", "2",
-                      "--n-steps", "4", "--batch-size", "8", "--total-timesteps", "64", "--eval-episodes", "1",
-                      "--eval-freq", "1", "--save-freq", "1", *TINY_DIFFUSION)
+    proc = run_script(
+        "dppo.py",
+        "--checkpoint",
+        tiny_diffusion_checkpoint,
+        "--run-dir",
+        run,
+        "--num-envs",
+        "2",
+        "--n-steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--total-timesteps",
+        "64",
+        "--eval-episodes",
+        "1",
+        "--eval-freq",
+        "1",
+        "--save-freq",
+        "1",
+        *TINY_DIFFUSION,
+    )
     assert "iter 2/2" in proc.stdout and "SPS" in proc.stdout and "left" in proc.stdout
     read_summary(run, algo="dppo", env_steps=64)
-    assert {"eval/episodic_return", "losses/policy_loss", "losses/value_loss", "losses/approx_kl", "losses/clipfrac",
-            "charts/SPS", "charts/learning_rate", "time/rollout_s", "time/update_s"} <= scalar_tags(run)
+    assert {
+        "eval/episodic_return",
+        "losses/policy_loss",
+        "losses/value_loss",
+        "losses/approx_kl",
+        "losses/clipfrac",
+        "charts/SPS",
+        "charts/learning_rate",
+        "time/rollout_s",
+        "time/update_s",
+    } <= scalar_tags(run)
     read_checkpoint(run, {"model_ft", "critic"}, ft_denoising_steps=3, iteration=2)
     # the fine-tuned checkpoint evaluates with its fine-tuned network (in-process, the same flags)
     capsys.readouterr()
-    run_main(dppo, "--checkpoint", run / "checkpoint_last.pt", "--eval-only", "--eval-episodes", "1",
-             "--run-dir", tmp_path / "ev", *TINY_DIFFUSION)
+    run_main(
+        dppo,
+        "--checkpoint",
+        run / "checkpoint_last.pt",
+        "--eval-only",
+        "--eval-episodes",
+        "1",
+        "--run-dir",
+        tmp_path / "ev",
+        *TINY_DIFFUSION,
+    )
     assert "[eval] return" in capsys.readouterr().out
 
 
 def test_bad_flags_are_one_line_on_stderr(tmp_path):
-    cli_fails("dppo.py", "--run-dir", tmp_path / "r", "--ft-denoising-steps", "30",
-              needles=["--ft-denoising-steps 30 > --denoising-steps 20"], run_dir=tmp_path / "r")
+    cli_fails(
+        "dppo.py",
+        "--run-dir",
+        tmp_path / "r",
+        "--ft-denoising-steps",
+        "30",
+        needles=["--ft-denoising-steps 30 > --denoising-steps 20"],
+        run_dir=tmp_path / "r",
+    )
 
 
-@pytest.mark.parametrize("flags, expected", [
-    (dict(ddim_steps=7), "--ddim-steps 7 must divide --denoising-steps 20"),
-    (dict(ddim_steps=5, ft_denoising_steps=6), "--ft-denoising-steps 6 > --ddim-steps 5"),
-    (dict(act_steps=8), "--act-steps 8 > --horizon-steps 4"),
-    (dict(env_id="Hopper-v9"), "unknown --env-id"),
-    (dict(num_envs=0), "--num-envs must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (dict(ddim_steps=7), "--ddim-steps 7 must divide --denoising-steps 20"),
+        (dict(ddim_steps=5, ft_denoising_steps=6), "--ft-denoising-steps 6 > --ddim-steps 5"),
+        (dict(act_steps=8), "--act-steps 8 > --horizon-steps 4"),
+        (dict(env_id="Hopper-v9"), "unknown --env-id"),
+        (dict(num_envs=0), "--num-envs must be >= 1"),
+    ],
+)
 def test_bad_flags(flags, expected, tmp_path):
     main_fails(dppo, dppo.Args(run_dir=str(tmp_path / "r"), **flags), expected)
 
 
-@pytest.mark.parametrize("flags, expected", [
-    (dict(env_id="Walker2D-v2"), "trained on Hopper-v2"),
-    (dict(horizon_steps=8, act_steps=8), "predicts chunks of 4"),
-    (dict(act_steps=2), "an MLP policy executes its whole chunk"),
-    (dict(denoising_steps=20), "pass --denoising-steps 6"),
-    (dict(backbone="unet"), "has backbone mlp"),
-])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (dict(env_id="Walker2D-v2"), "trained on Hopper-v2"),
+        (dict(horizon_steps=8, act_steps=8), "predicts chunks of 4"),
+        (dict(act_steps=2), "an MLP policy executes its whole chunk"),
+        (dict(denoising_steps=20), "pass --denoising-steps 6"),
+        (dict(backbone="unet"), "has backbone mlp"),
+    ],
+)
 def test_mismatched_checkpoint(tiny_diffusion_checkpoint, flags, expected, tmp_path):
-    base = dict(checkpoint=tiny_diffusion_checkpoint, run_dir=str(tmp_path / "r"), denoising_steps=6, ft_denoising_steps=3,
-                mlp_dims=(32, 32, 32), time_dim=8)
+    base = dict(
+        checkpoint=tiny_diffusion_checkpoint,
+        run_dir=str(tmp_path / "r"),
+        denoising_steps=6,
+        ft_denoising_steps=3,
+        mlp_dims=(32, 32, 32),
+        time_dim=8,
+    )
     main_fails(dppo, dppo.Args(**{**base, **flags}), expected)
 
 
@@ -359,12 +544,37 @@ def test_ctrl_c_keeps_the_last_finished_iteration_then_resumes_in_place(tiny_dif
     from conftest import ROOT
 
     run = tmp_path / "run"
-    flags = ["--num-envs", "2", "--n-steps", "4", "--batch-size", "8", "--eval-episodes", "1", "--eval-freq", "1000",
-             *TINY_DIFFUSION]
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "cleandppo", "dppo.py"), "--checkpoint",
-                             tiny_diffusion_checkpoint, "--run-dir", str(run), "--total-timesteps", "100000", *flags],
-                            cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    flags = [
+        "--num-envs",
+        "2",
+        "--n-steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--eval-episodes",
+        "1",
+        "--eval-freq",
+        "1000",
+        *TINY_DIFFUSION,
+    ]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            os.path.join(ROOT, "cleandppo", "dppo.py"),
+            "--checkpoint",
+            tiny_diffusion_checkpoint,
+            "--run-dir",
+            str(run),
+            "--total-timesteps",
+            "100000",
+            *flags,
+        ],
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     for line in proc.stdout:  # wait until the second iteration has finished
         if line.startswith("iter 2/"):
             break

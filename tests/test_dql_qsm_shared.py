@@ -24,9 +24,30 @@ from conftest import (
 )
 
 torch.set_num_threads(1)
-TINY = ["--denoising-steps", "6", "--num-envs", "2", "--n-steps", "8", "--batch-size", "8", "--buffer-size", "64",
-        "--replay-ratio", "2", "--critic-dims", "16", "16", "16", "--eval-episodes", "1", "--eval-freq", "1",
-        "--n-critic-warmup-itr", "1"]
+TINY = [
+    "--denoising-steps",
+    "6",
+    "--num-envs",
+    "2",
+    "--n-steps",
+    "8",
+    "--batch-size",
+    "8",
+    "--buffer-size",
+    "64",
+    "--replay-ratio",
+    "2",
+    "--critic-dims",
+    "16",
+    "16",
+    "16",
+    "--eval-episodes",
+    "1",
+    "--eval-freq",
+    "1",
+    "--n-critic-warmup-itr",
+    "1",
+]
 ACTOR_TAG = {"dql": "losses/bc_loss", "qsm": "values/q_grad_norm"}  # the one logged scalar the two do not share
 
 
@@ -65,8 +86,13 @@ def test_critic_loss_uses_double_q_minimum_of_the_target(algo):
         def forward(self, obs, a):
             return self.q1, self.q2
 
-    batch = dict(obs=torch.zeros(2, 1, 3), chunks=torch.zeros(2, 4, 3), next_obs=torch.zeros(2, 1, 3),
-                 rewards=torch.tensor([1.0, 0.5]), terminated=torch.tensor([0.0, 0.0]))
+    batch = dict(
+        obs=torch.zeros(2, 1, 3),
+        chunks=torch.zeros(2, 4, 3),
+        next_obs=torch.zeros(2, 1, 3),
+        rewards=torch.tensor([1.0, 0.5]),
+        terminated=torch.tensor([0.0, 0.0]),
+    )
     critic, target = Fixed([2.0, 1.0], [3.0, 0.0]), Fixed([4.0, -2.0], [2.0, 1.0])
     loss, q1, q2, y = algo.critic_loss(critic, target, batch, torch.zeros(2, 4, 3), 0.5, act_steps=4)
     # y = r + 0.5 min(target) = [1 + 1, 0.5 - 1] = [2, -0.5]
@@ -96,8 +122,9 @@ def test_replay_buffer_is_fifo_in_transitions(algo):
     torch.testing.assert_close(batch["next_obs"], batch["obs"] + 100)
 
 
-def test_the_loop_soft_updates_the_target_critic_at_its_rate_after_every_gradient_step(algo, tiny_diffusion_checkpoint,
-                                                                                      tmp_path, monkeypatch):
+def test_the_loop_soft_updates_the_target_critic_at_its_rate_after_every_gradient_step(
+    algo, tiny_diffusion_checkpoint, tmp_path, monkeypatch
+):
     """The soft update itself is tested in test_shared_copies.py; here: main calls it with --target-ema-rate /
     --critic-tau on (target critic, critic) once per gradient step."""
     calls, real = [], algo.soft_update
@@ -108,16 +135,39 @@ def test_the_loop_soft_updates_the_target_critic_at_its_rate_after_every_gradien
 
     monkeypatch.setattr(algo, "soft_update", spy)
     rate_flag = "--target-ema-rate" if algo.__name__.endswith("dql") else "--critic-tau"
-    run_main(algo, "--checkpoint", tiny_diffusion_checkpoint, "--total-timesteps", "64", "--run-dir", tmp_path / "r",
-             *TINY, rate_flag, "0.37")
+    run_main(
+        algo,
+        "--checkpoint",
+        tiny_diffusion_checkpoint,
+        "--total-timesteps",
+        "64",
+        "--run-dir",
+        tmp_path / "r",
+        *TINY,
+        rate_flag,
+        "0.37",
+    )
     assert calls == [("DoubleQCritic", True, 0.37)] * 4  # 8 steps x 2 envs / batch 8 x replay ratio 2
 
 
 def test_networks_keep_dppo_state_dict_keys(algo):
     for backbone in ("mlp", "unet"):
-        kw = dict(obs_dim=11, action_dim=3, horizon_steps=4, cond_steps=1, denoising_steps=6, backbone=backbone,
-                  time_dim=8, mlp_dims=(16, 16, 16), activation="relu", unet_dim=8, unet_dim_mults=(1, 2),
-                  unet_kernel_size=5, unet_n_groups=4, unet_step_embed_dim=8)
+        kw = dict(
+            obs_dim=11,
+            action_dim=3,
+            horizon_steps=4,
+            cond_steps=1,
+            denoising_steps=6,
+            backbone=backbone,
+            time_dim=8,
+            mlp_dims=(16, 16, 16),
+            activation="relu",
+            unet_dim=8,
+            unet_dim_mults=(1, 2),
+            unet_kernel_size=5,
+            unet_n_groups=4,
+            unet_step_embed_dim=8,
+        )
         ours, theirs = algo.build_network(kw).state_dict(), dppo.build_network(kw).state_dict()
         assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
 
@@ -137,27 +187,66 @@ def test_bad_inputs_fail_in_one_line_and_write_nothing(algo, tmp_path, tiny_diff
     # a Gaussian checkpoint, through the CLI: non-zero exit, one "error:" line on stderr, no traceback
     gauss = stub_checkpoint(tmp_path / "gauss.pt", "gaussian")
     name = algo.__name__.rsplit(".", 1)[1]
-    cli_fails(f"{name}.py", "--checkpoint", gauss, "--run-dir", tmp_path / "g", needles=["diffusion"],
-              run_dir=tmp_path / "g")
+    cli_fails(
+        f"{name}.py", "--checkpoint", gauss, "--run-dir", tmp_path / "g", needles=["diffusion"], run_dir=tmp_path / "g"
+    )
 
 
 def test_cli_smoke_run_and_resume(algo, tiny_diffusion_checkpoint, tmp_path, capsys):
     name, run = algo.__name__.rsplit(".", 1)[1], tmp_path / "run"
-    proc = run_script(f"{name}.py", "--checkpoint", tiny_diffusion_checkpoint, "--total-timesteps", "128", "--run-dir",
-                      run, *TINY)
+    proc = run_script(
+        f"{name}.py", "--checkpoint", tiny_diffusion_checkpoint, "--total-timesteps", "128", "--run-dir", run, *TINY
+    )
     assert "iter 2/2" in proc.stdout and "steps 128" in proc.stdout
     read_summary(run, algo=name, env_steps=128)
-    read_checkpoint(run, {"model", "model_kwargs", "normalization", "critic", "target_critic", "actor_optimizer",
-                          "critic_optimizer", "rng", "vec_env"},
-                    algo=name, policy="diffusion", iteration=2, env_steps=128)
-    assert {"charts/episodic_return", "charts/episodic_length", "eval/episodic_return", "charts/SPS",
-            "charts/learning_rate", "losses/q_loss", "losses/actor_loss", ACTOR_TAG[name], "values/q1_mean",
-            "values/target_q_mean", "time/rollout_s", "time/update_s"} <= scalar_tags(run)
+    read_checkpoint(
+        run,
+        {
+            "model",
+            "model_kwargs",
+            "normalization",
+            "critic",
+            "target_critic",
+            "actor_optimizer",
+            "critic_optimizer",
+            "rng",
+            "vec_env",
+        },
+        algo=name,
+        policy="diffusion",
+        iteration=2,
+        env_steps=128,
+    )
+    assert {
+        "charts/episodic_return",
+        "charts/episodic_length",
+        "eval/episodic_return",
+        "charts/SPS",
+        "charts/learning_rate",
+        "losses/q_loss",
+        "losses/actor_loss",
+        ACTOR_TAG[name],
+        "values/q1_mean",
+        "values/target_q_mean",
+        "time/rollout_s",
+        "time/update_s",
+    } <= scalar_tags(run)
 
     # resume from the run's own checkpoint: continues at iteration 3 with its critic (critic dims from the checkpoint)
-    args = algo.Args(checkpoint=str(run / "checkpoint_last.pt"), total_timesteps=192, run_dir=str(tmp_path / "resume"),
-                     denoising_steps=6, num_envs=2, n_steps=8, batch_size=8, buffer_size=64, replay_ratio=2.0,
-                     eval_episodes=1, eval_freq=1, n_critic_warmup_itr=1)
+    args = algo.Args(
+        checkpoint=str(run / "checkpoint_last.pt"),
+        total_timesteps=192,
+        run_dir=str(tmp_path / "resume"),
+        denoising_steps=6,
+        num_envs=2,
+        n_steps=8,
+        batch_size=8,
+        buffer_size=64,
+        replay_ratio=2.0,
+        eval_episodes=1,
+        eval_freq=1,
+        n_critic_warmup_itr=1,
+    )
     algo.main(args)
     out = capsys.readouterr().out
     assert "resuming" in out and "iter 3/3" in out and "iter 1/" not in out

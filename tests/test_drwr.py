@@ -21,8 +21,22 @@ from conftest import (
 )
 
 torch.set_num_threads(1)
-TINY = ["--denoising-steps", "6", "--num-envs", "2", "--n-steps", "40", "--batch-size", "8", "--update-epochs", "2",
-        "--eval-episodes", "1", "--eval-freq", "1"]
+TINY = [
+    "--denoising-steps",
+    "6",
+    "--num-envs",
+    "2",
+    "--n-steps",
+    "40",
+    "--batch-size",
+    "8",
+    "--update-epochs",
+    "2",
+    "--eval-episodes",
+    "1",
+    "--eval-freq",
+    "1",
+]
 
 
 def test_rwr_weights_hand_computed_with_clip():
@@ -33,8 +47,9 @@ def test_rwr_weights_hand_computed_with_clip():
     np.testing.assert_allclose(drwr.rwr_weights(G, 1.0, 3.0), [math.exp(-z), 1.0, 3.0], rtol=1e-12)  # 3.398 -> 3
     # paper values beta 10, w_max 100: exp(12.23) = 2.05e5 is clipped, no overflow for huge returns
     np.testing.assert_allclose(drwr.rwr_weights(G, 10.0, 100.0), [math.exp(-10 * z), 1.0, 100.0], rtol=1e-12)
-    np.testing.assert_allclose(drwr.rwr_weights(np.array([0.0, 1e6]), 10.0, 100.0), [math.exp(-10 * 5e5 / (5e5 + 1e-3)), 100.0],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        drwr.rwr_weights(np.array([0.0, 1e6]), 10.0, 100.0), [math.exp(-10 * 5e5 / (5e5 + 1e-3)), 100.0], rtol=1e-6
+    )
     # one sample (std 0): weight exp(0) = 1
     assert drwr.rwr_weights(np.array([5.0]), 10.0, 100.0).tolist() == [1.0]
 
@@ -65,21 +80,39 @@ def test_weighted_update_moves_policy_to_high_weight_actions():
     weights = torch.as_tensor(drwr.rwr_weights(returns, 10.0, 100.0), dtype=torch.float32)
     assert weights[0].item() == 100.0 and weights[1].item() < 1e-4
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    loss, steps = drwr.drwr_update(net, opt, sched, obs, chunks, weights, SimpleNamespace(batch_size=16, update_epochs=40,
-                                                                                         max_grad_norm=None))
+    loss, steps = drwr.drwr_update(
+        net, opt, sched, obs, chunks, weights, SimpleNamespace(batch_size=16, update_epochs=40, max_grad_norm=None)
+    )
     assert steps == 40 * 4  # 4 minibatches of 16 per epoch
     actions = drwr.sample(net, sched, torch.zeros(200, 1, 2), 1, 1, "eval")
     assert (actions > 0).float().mean().item() > 0.9  # unweighted BC would give about half
-    _, steps = drwr.drwr_update(net, opt, sched, obs[:5], chunks[:5], weights[:5], SimpleNamespace(batch_size=16,
-                                                                                                  update_epochs=3,
-                                                                                                  max_grad_norm=None))
+    _, steps = drwr.drwr_update(
+        net,
+        opt,
+        sched,
+        obs[:5],
+        chunks[:5],
+        weights[:5],
+        SimpleNamespace(batch_size=16, update_epochs=3, max_grad_norm=None),
+    )
     assert steps == 3  # fewer samples than a batch: one minibatch of all of them per epoch
 
 
 def test_no_complete_episode_skips_the_update(tiny_diffusion_checkpoint, tmp_path, capsys):
     # 1 query of 4 steps per iteration: no episode can both start and end inside it (the official code crashes)
-    drwr.main(drwr.Args(checkpoint=tiny_diffusion_checkpoint, denoising_steps=6, num_envs=2, n_steps=1, batch_size=2,
-                        total_timesteps=16, eval_episodes=1, eval_freq=5, run_dir=str(tmp_path / "r")))
+    drwr.main(
+        drwr.Args(
+            checkpoint=tiny_diffusion_checkpoint,
+            denoising_steps=6,
+            num_envs=2,
+            n_steps=1,
+            batch_size=2,
+            total_timesteps=16,
+            eval_episodes=1,
+            eval_freq=5,
+            run_dir=str(tmp_path / "r"),
+        )
+    )
     out = capsys.readouterr().out
     assert "update skipped" in out and "iter 2/2" in out
     assert read_summary(tmp_path / "r", keys=())["env_steps"] == 16
@@ -87,36 +120,75 @@ def test_no_complete_episode_skips_the_update(tiny_diffusion_checkpoint, tmp_pat
 
 
 def test_bad_inputs_fail_in_one_line(tmp_path, tiny_diffusion_checkpoint):
-    cli_fails("drwr.py", "--checkpoint", tiny_diffusion_checkpoint, "--beta", "-1", "--run-dir", tmp_path / "b",
-              prefix="error: --beta must be > 0", run_dir=tmp_path / "b")
+    cli_fails(
+        "drwr.py",
+        "--checkpoint",
+        tiny_diffusion_checkpoint,
+        "--beta",
+        "-1",
+        "--run-dir",
+        tmp_path / "b",
+        prefix="error: --beta must be > 0",
+        run_dir=tmp_path / "b",
+    )
     gmm = stub_checkpoint(tmp_path / "gmm.pt", "gmm")
-    cases = [(dict(checkpoint=gmm), "holds a gmm policy"),
-             (dict(batch_size=0), "--batch-size must be >= 1"),
-             (dict(num_envs=2, n_steps=10, batch_size=100), "--batch-size 100 > num_envs x n_steps = 20"),
-             (dict(act_steps=5), "--act-steps 5 > --horizon-steps 4"),
-             (dict(max_reward_weight=0.0), "--max-reward-weight must be > 0"),
-             (dict(checkpoint=tiny_diffusion_checkpoint, horizon_steps=8, act_steps=8), "--horizon-steps 4")]
+    cases = [
+        (dict(checkpoint=gmm), "holds a gmm policy"),
+        (dict(batch_size=0), "--batch-size must be >= 1"),
+        (dict(num_envs=2, n_steps=10, batch_size=100), "--batch-size 100 > num_envs x n_steps = 20"),
+        (dict(act_steps=5), "--act-steps 5 > --horizon-steps 4"),
+        (dict(max_reward_weight=0.0), "--max-reward-weight must be > 0"),
+        (dict(checkpoint=tiny_diffusion_checkpoint, horizon_steps=8, act_steps=8), "--horizon-steps 4"),
+    ]
     for kwargs, text in cases:
         main_fails(drwr, drwr.Args(run_dir=str(tmp_path / "r"), **{"denoising_steps": 6, **kwargs}), text)
 
 
 def test_cli_smoke_checkpoint_and_resume(tiny_diffusion_checkpoint, tmp_path):
     run = tmp_path / "run"
-    proc = run_script("drwr.py", "--checkpoint", tiny_diffusion_checkpoint, "--total-timesteps", "640", "--run-dir", run,
-                      *TINY)
+    proc = run_script(
+        "drwr.py", "--checkpoint", tiny_diffusion_checkpoint, "--total-timesteps", "640", "--run-dir", run, *TINY
+    )
     assert "iter 2/2" in proc.stdout
     summary = read_summary(run, algo="drwr", env_steps=640)
     tags = scalar_tags(run)
-    assert {"charts/episodic_return", "charts/episodic_length", "eval/episodic_return", "charts/SPS",
-            "charts/learning_rate", "losses/actor_loss", "losses/weight_mean", "charts/num_train_episodes",
-            "time/rollout_s", "time/update_s", "charts/peak_memory_mb"} <= tags, tags
+    assert {
+        "charts/episodic_return",
+        "charts/episodic_length",
+        "eval/episodic_return",
+        "charts/SPS",
+        "charts/learning_rate",
+        "losses/actor_loss",
+        "losses/weight_mean",
+        "charts/num_train_episodes",
+        "time/rollout_s",
+        "time/update_s",
+        "charts/peak_memory_mb",
+    } <= tags, tags
     assert sum(scalar_values(run, "charts/num_train_episodes")) > 0  # the update really ran
-    read_checkpoint(run, {"model", "model_kwargs", "normalization", "actor_optimizer", "rng", "vec_env"},
-                    algo="drwr", policy="diffusion", backbone="mlp", iteration=2, env_steps=640)
+    read_checkpoint(
+        run,
+        {"model", "model_kwargs", "normalization", "actor_optimizer", "rng", "vec_env"},
+        algo="drwr",
+        policy="diffusion",
+        backbone="mlp",
+        iteration=2,
+        env_steps=640,
+    )
     assert os.path.isfile(run / "checkpoint_2.pt")
 
-    args = drwr.Args(checkpoint=str(run / "checkpoint_last.pt"), denoising_steps=6, num_envs=2, n_steps=40, batch_size=8,
-                     update_epochs=2, total_timesteps=960, eval_episodes=1, eval_freq=1, run_dir=str(tmp_path / "resumed"))
+    args = drwr.Args(
+        checkpoint=str(run / "checkpoint_last.pt"),
+        denoising_steps=6,
+        num_envs=2,
+        n_steps=40,
+        batch_size=8,
+        update_epochs=2,
+        total_timesteps=960,
+        eval_episodes=1,
+        eval_freq=1,
+        run_dir=str(tmp_path / "resumed"),
+    )
     drwr.main(args)
     read_summary(tmp_path / "resumed", env_steps=960, pretrained_eval_return=summary["pretrained_eval_return"])
     read_checkpoint(tmp_path / "resumed", iteration=3)

@@ -53,8 +53,12 @@ class CountingEnv(gym.Env):
 
 
 def test_chunk_sums_rewards_and_ends_inside_a_chunk():
-    norm = {"obs_min": np.array([-1.0]), "obs_max": np.array([1.0]), "action_min": np.array([-2.0]),
-            "action_max": np.array([2.0])}
+    norm = {
+        "obs_min": np.array([-1.0]),
+        "obs_max": np.array([1.0]),
+        "action_min": np.array([-2.0]),
+        "action_max": np.array([2.0]),
+    }
     env = envs.ChunkedEnv(CountingEnv(horizon=6), act_steps=4, cond_steps=2, normalization=norm)
     obs, _ = env.reset()
     assert obs.shape == (2, 1) and obs[0, 0] == obs[1, 0]  # history padded with the first observation
@@ -113,10 +117,13 @@ def test_normalization_maps_min_max_to_unit_interval_and_round_trips():
 def write_two_episode_file(path):
     """Episode A: 5 steps ending in a terminal; episode B: 3 steps ending in a time-out; 2-step tail."""
     n = 10
-    data = {"observations": np.arange(n * 2, dtype=np.float32).reshape(n, 2),
-            "actions": np.arange(n, dtype=np.float32).reshape(n, 1) / 10,
-            "rewards": np.ones(n, np.float32),
-            "terminals": np.zeros(n, bool), "timeouts": np.zeros(n, bool)}
+    data = {
+        "observations": np.arange(n * 2, dtype=np.float32).reshape(n, 2),
+        "actions": np.arange(n, dtype=np.float32).reshape(n, 1) / 10,
+        "rewards": np.ones(n, np.float32),
+        "terminals": np.zeros(n, bool),
+        "timeouts": np.zeros(n, bool),
+    }
     data["terminals"][4] = True
     data["timeouts"][7] = True
     envs.write_d4rl_hdf5(path, data)
@@ -129,8 +136,12 @@ def test_reader_splits_episodes_and_pads_like_the_official_dataset(tmp_path):
     data = envs.read_d4rl_hdf5(path)
     episodes = envs.split_episodes(data)
     assert [len(ep["actions"]) for ep in episodes] == [5, 3]  # the unfinished tail is dropped
-    norm = {"obs_min": np.array([0.0, 1.0]), "obs_max": np.array([18.0, 19.0]), "action_min": np.array([0.0]),
-            "action_max": np.array([0.9])}
+    norm = {
+        "obs_min": np.array([0.0, 1.0]),
+        "obs_max": np.array([18.0, 19.0]),
+        "action_min": np.array([0.0]),
+        "action_max": np.array([0.9]),
+    }
     obs, actions, starts, firsts = envs.make_pretraining_samples(episodes, norm, cond_steps=2, horizon_steps=2)
     # valid starts: s + Tp <= episode length -> 4 in A, 2 in B; no sample starts at an episode's last step
     assert list(starts) == [0, 1, 2, 3, 5, 6]
@@ -228,7 +239,9 @@ def test_minari_dataset_recorded_with_datacollector(tmp_path, monkeypatch):
 # ---- checkpoints --------------------------------------------------------------------------------
 def test_checkpoint_checks_policy_env_and_backbone(tmp_path):
     path = str(tmp_path / "c.pt")
-    envs.save_checkpoint({"policy": "gaussian", "model": {}, "env_id": "Hopper-v2", "backbone": "mlp", "algo": "x"}, path)
+    envs.save_checkpoint(
+        {"policy": "gaussian", "model": {}, "env_id": "Hopper-v2", "backbone": "mlp", "algo": "x"}, path
+    )
     assert not os.path.exists(path + ".tmp")
     assert envs.load_checkpoint(path, "gaussian", "Hopper-v4")["policy"] == "gaussian"
     with pytest.raises(SystemExit, match="holds a gaussian policy"):

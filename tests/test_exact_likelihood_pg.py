@@ -56,7 +56,9 @@ def test_vp_sde_reproduces_the_ddpm_schedule(sde):
         assert sde.alpha_bar((k + 1) / K) == pytest.approx(ab_discrete[k].item(), rel=1e-6)
     # log ab is linear in between: beta(t) = -d log ab / dt
     t, dt = 7.3 / K, 1e-6
-    assert -(math.log(sde.alpha_bar(t + dt)) - math.log(sde.alpha_bar(t - dt))) / (2 * dt) == pytest.approx(sde.rates[7])
+    assert -(math.log(sde.alpha_bar(t + dt)) - math.log(sde.alpha_bar(t - dt))) / (2 * dt) == pytest.approx(
+        sde.rates[7]
+    )
     # position between training levels: t = (k+1)/K -> (k, 0); halfway -> w = 0.5; clamped at both ends
     assert sde.step_interp(4 / K) == (3, 0.0)
     k, w = sde.step_interp(4.5 / K)
@@ -176,8 +178,17 @@ def float64_default():
 
 def test_gradient_goes_through_the_ode_and_the_divergence(float64_default):
     torch.manual_seed(0)
-    kw = dict(obs_dim=3, action_dim=2, horizon_steps=2, cond_steps=1, denoising_steps=6, backbone="mlp", time_dim=4,
-              mlp_dims=(8, 8, 8), activation="mish")
+    kw = dict(
+        obs_dim=3,
+        action_dim=2,
+        horizon_steps=2,
+        cond_steps=1,
+        denoising_steps=6,
+        backbone="mlp",
+        time_dim=4,
+        mlp_dims=(8, 8, 8),
+        activation="mish",
+    )
     actor = el.build_network(kw).requires_grad_(False)
     actor_ft = copy.deepcopy(actor).requires_grad_(True)
     sde6 = el.VPSDE(el.make_schedule(6)["betas"])
@@ -208,40 +219,114 @@ def test_gradient_goes_through_the_ode_and_the_divergence(float64_default):
 
 def test_cli_smoke_resume_and_bad_inputs(tiny_diffusion_checkpoint, tmp_path, capsys):
     run = tmp_path / "run"
-    common = ["--denoising-steps", "6", "--ft-denoising-steps", "3", "--num-envs", "2", "--n-steps", "4",
-              "--batch-size", "8", "--grad-chunk-size", "3", "--eval-episodes", "1", "--eval-freq", "1",
-              "--critic-dims", "16", "16", "16", "--sde-step-size", "0.17", "--run-dir", run]  # one ODE step per DDPM step
-    proc = run_script("exact_likelihood_pg.py", "--checkpoint", tiny_diffusion_checkpoint, "--total-timesteps", "32",
-                      "--hutchinson-probes", "2", "--sde-method", "euler", *common)
+    common = [
+        "--denoising-steps",
+        "6",
+        "--ft-denoising-steps",
+        "3",
+        "--num-envs",
+        "2",
+        "--n-steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--grad-chunk-size",
+        "3",
+        "--eval-episodes",
+        "1",
+        "--eval-freq",
+        "1",
+        "--critic-dims",
+        "16",
+        "16",
+        "16",
+        "--sde-step-size",
+        "0.17",
+        "--run-dir",
+        run,
+    ]  # one ODE step per DDPM step
+    proc = run_script(
+        "exact_likelihood_pg.py",
+        "--checkpoint",
+        tiny_diffusion_checkpoint,
+        "--total-timesteps",
+        "32",
+        "--hutchinson-probes",
+        "2",
+        "--sde-method",
+        "euler",
+        *common,
+    )
     assert "iter 1/1" in proc.stdout and "divergence Hutchinson, 2 Rademacher probes" in proc.stdout
     read_summary(run, algo="exact_likelihood_pg", env_steps=32)
-    read_checkpoint(run, {"model", "model_ft", "critic", "actor_optimizer", "critic_optimizer", "rng"},
-                    algo="exact_likelihood_pg", policy="diffusion", iteration=1, ft_denoising_steps=3)
+    read_checkpoint(
+        run,
+        {"model", "model_ft", "critic", "actor_optimizer", "critic_optimizer", "rng"},
+        algo="exact_likelihood_pg",
+        policy="diffusion",
+        iteration=1,
+        ft_denoising_steps=3,
+    )
     assert os.path.isfile(run / "checkpoint_1.pt")
 
     # resume from our own checkpoint (in-process; the defaults: exact divergence, RK4): continues at iteration 2
-    el.main(el.Args(checkpoint=str(run / "checkpoint_last.pt"), total_timesteps=64, denoising_steps=6,
-                    ft_denoising_steps=3, num_envs=2, n_steps=4, batch_size=8, grad_chunk_size=3, eval_episodes=1,
-                    eval_freq=1, critic_dims=(16, 16, 16), sde_step_size=0.17, run_dir=str(run)))
+    el.main(
+        el.Args(
+            checkpoint=str(run / "checkpoint_last.pt"),
+            total_timesteps=64,
+            denoising_steps=6,
+            ft_denoising_steps=3,
+            num_envs=2,
+            n_steps=4,
+            batch_size=8,
+            grad_chunk_size=3,
+            eval_episodes=1,
+            eval_freq=1,
+            critic_dims=(16, 16, 16),
+            sde_step_size=0.17,
+            run_dir=str(run),
+        )
+    )
     out = capsys.readouterr().out
     assert "iter 2/2" in out and "pre-trained return" not in out and "PF-ODE rk4" in out and "divergence exact" in out
     read_summary(run, env_steps=64)
-    assert {"eval/episodic_return", "losses/policy_loss", "losses/value_loss", "losses/approx_kl", "losses/clipfrac",
-            "values/logprob_mean", "values/value_mean", "charts/SPS", "charts/learning_rate", "charts/peak_memory_mb",
-            "time/rollout_s", "time/update_s"} <= scalar_tags(run)
+    assert {
+        "eval/episodic_return",
+        "losses/policy_loss",
+        "losses/value_loss",
+        "losses/approx_kl",
+        "losses/clipfrac",
+        "values/logprob_mean",
+        "values/value_mean",
+        "charts/SPS",
+        "charts/learning_rate",
+        "charts/peak_memory_mb",
+        "time/rollout_s",
+        "time/update_s",
+    } <= scalar_tags(run)
 
     # bad input: a non-diffusion checkpoint -> one line naming the fix, nothing written
     gauss = stub_checkpoint(tmp_path / "gaussian.pt", "gaussian")
-    cli_fails("exact_likelihood_pg.py", "--checkpoint", gauss, "--run-dir", tmp_path / "bad",
-              needles=["gaussian", "diffusion"], run_dir=tmp_path / "bad")
+    cli_fails(
+        "exact_likelihood_pg.py",
+        "--checkpoint",
+        gauss,
+        "--run-dir",
+        tmp_path / "bad",
+        needles=["gaussian", "diffusion"],
+        run_dir=tmp_path / "bad",
+    )
 
 
-@pytest.mark.parametrize("flags,message", [
-    (dict(batch_size=5000, num_envs=2, n_steps=4), "--batch-size 5000 > the 8 samples"),
-    (dict(act_steps=5), "--act-steps 5 > --horizon-steps 4"),
-    (dict(hutchinson_probes=-1), "--hutchinson-probes must be >= 0"),
-    (dict(sde_eps=0.0), "--sde-eps must be in (0, 1)"),
-    (dict(batch_size=0), "--batch-size must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (dict(batch_size=5000, num_envs=2, n_steps=4), "--batch-size 5000 > the 8 samples"),
+        (dict(act_steps=5), "--act-steps 5 > --horizon-steps 4"),
+        (dict(hutchinson_probes=-1), "--hutchinson-probes must be >= 0"),
+        (dict(sde_eps=0.0), "--sde-eps must be in (0, 1)"),
+        (dict(batch_size=0), "--batch-size must be >= 1"),
+    ],
+)
 def test_bad_arguments_fail_in_one_line(flags, message, tmp_path):
     main_fails(el, el.Args(run_dir=str(tmp_path / "r"), **flags), prefix="error: " + message)

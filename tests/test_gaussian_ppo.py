@@ -64,7 +64,12 @@ def _tiny_setup(seed=0):
     torch.manual_seed(seed)
     policy = gp.GaussianPolicy(obs_dim=5, action_dim=2, horizon_steps=3, cond_steps=1, mlp_dims=(16, 16, 16))
     critic = gp.Critic(5, 1, (16, 16, 16))
-    return policy, critic, torch.optim.AdamW(policy.parameters(), lr=1e-3), torch.optim.AdamW(critic.parameters(), lr=1e-3)
+    return (
+        policy,
+        critic,
+        torch.optim.AdamW(policy.parameters(), lr=1e-3),
+        torch.optim.AdamW(critic.parameters(), lr=1e-3),
+    )
 
 
 def _tiny_batch(policy):
@@ -74,8 +79,13 @@ def _tiny_batch(policy):
         mean, std = policy(obs)
         actions = gp.sample_action(mean, std, 3.0, generator=g)
         logp = gp.log_prob(mean, std, actions)
-    return dict(obs=obs, actions=actions, logprobs=logp, advantages=torch.randn(64, generator=g),
-                returns=torch.randn(64, generator=g))
+    return dict(
+        obs=obs,
+        actions=actions,
+        logprobs=logp,
+        advantages=torch.randn(64, generator=g),
+        returns=torch.randn(64, generator=g),
+    )
 
 
 def test_resume_from_a_checkpoint_gives_the_same_next_update(tmp_path):
@@ -84,8 +94,17 @@ def test_resume_from_a_checkpoint_gives_the_same_next_update(tmp_path):
     batch = _tiny_batch(policy)
     gp.ppo_update(policy, critic, actor_opt, critic_opt, batch, args, generator=torch.Generator().manual_seed(2))
     kwargs = dict(obs_dim=5, action_dim=2, horizon_steps=3, cond_steps=1, mlp_dims=(16, 16, 16))
-    ckpt = gp.make_checkpoint(policy, kwargs, envs.identity_normalization(5, 2), args, 1, 100, critic=critic.state_dict(),
-                              actor_optimizer=actor_opt.state_dict(), critic_optimizer=critic_opt.state_dict())
+    ckpt = gp.make_checkpoint(
+        policy,
+        kwargs,
+        envs.identity_normalization(5, 2),
+        args,
+        1,
+        100,
+        critic=critic.state_dict(),
+        actor_optimizer=actor_opt.state_dict(),
+        critic_optimizer=critic_opt.state_dict(),
+    )
     envs.save_checkpoint(ckpt, str(tmp_path / "c.pt"))
     # the run that keeps going
     gp.ppo_update(policy, critic, actor_opt, critic_opt, batch, args, generator=torch.Generator().manual_seed(3))
@@ -97,7 +116,11 @@ def test_resume_from_a_checkpoint_gives_the_same_next_update(tmp_path):
     actor_opt2.load_state_dict(loaded["actor_optimizer"])
     critic_opt2.load_state_dict(loaded["critic_optimizer"])
     gp.ppo_update(policy2, critic2, actor_opt2, critic_opt2, batch, args, generator=torch.Generator().manual_seed(3))
-    for a, b in zip(list(policy.parameters()) + list(critic.parameters()), list(policy2.parameters()) + list(critic2.parameters()), strict=True):
+    for a, b in zip(
+        list(policy.parameters()) + list(critic.parameters()),
+        list(policy2.parameters()) + list(critic2.parameters()),
+        strict=True,
+    ):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
@@ -110,40 +133,105 @@ def test_first_minibatch_ratio_is_one():
 
 def test_cli_pretrain_then_finetune(tiny_dataset, tmp_path, capsys):
     pre = tmp_path / "pre"  # pre-training in-process (tyro parses the same flags), fine-tuning through the CLI
-    run_main(gp, "--dataset", tiny_dataset, "--pretrain-only", "--pretrain-epochs", "2", "--run-dir", pre,
-             "--eval-episodes", "1", *TINY_GAUSSIAN)
+    run_main(
+        gp,
+        "--dataset",
+        tiny_dataset,
+        "--pretrain-only",
+        "--pretrain-epochs",
+        "2",
+        "--run-dir",
+        pre,
+        "--eval-episodes",
+        "1",
+        *TINY_GAUSSIAN,
+    )
     ckpt = torch.load(str(pre / "pretrained.pt"), weights_only=False)
     assert ckpt["policy"] == "gaussian" and ckpt["model_kwargs"]["horizon_steps"] == 4 and ckpt["env_id"] == "Hopper-v2"
     assert set(ckpt["normalization"]) == {"obs_min", "obs_max", "action_min", "action_max"}
     ft = tmp_path / "ft"
-    proc = run_script("gaussian_ppo.py", "--checkpoint", pre / "pretrained.pt", "--run-dir", ft, "--num-envs", "2",
-                      "--n-steps", "4", "--batch-size", "4", "--total-timesteps", "64", "--eval-episodes", "1",
-                      "--eval-freq", "1", "--save-freq", "1", *TINY_GAUSSIAN)
+    proc = run_script(
+        "gaussian_ppo.py",
+        "--checkpoint",
+        pre / "pretrained.pt",
+        "--run-dir",
+        ft,
+        "--num-envs",
+        "2",
+        "--n-steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--total-timesteps",
+        "64",
+        "--eval-episodes",
+        "1",
+        "--eval-freq",
+        "1",
+        "--save-freq",
+        "1",
+        *TINY_GAUSSIAN,
+    )
     assert "iter 2/2" in proc.stdout
     read_summary(ft, algo="gaussian_ppo", env_steps=64)
-    assert {"eval/episodic_return", "losses/policy_loss", "losses/value_loss", "losses/approx_kl", "losses/clipfrac",
-            "charts/SPS", "time/rollout_s", "time/update_s"} <= scalar_tags(ft)
+    assert {
+        "eval/episodic_return",
+        "losses/policy_loss",
+        "losses/value_loss",
+        "losses/approx_kl",
+        "losses/clipfrac",
+        "charts/SPS",
+        "time/rollout_s",
+        "time/update_s",
+    } <= scalar_tags(ft)
     assert (ft / "checkpoint_1.pt").exists() and (ft / "checkpoint_last.pt").exists()
     # resume from the last checkpoint (in-process): it continues at iteration 2 of 3
     capsys.readouterr()
-    run_main(gp, "--checkpoint", ft / "checkpoint_last.pt", "--run-dir", tmp_path / "resumed", "--num-envs", "2",
-             "--n-steps", "4", "--batch-size", "4", "--total-timesteps", "96", "--eval-episodes", "1", "--eval-freq",
-             "5", *TINY_GAUSSIAN)
+    run_main(
+        gp,
+        "--checkpoint",
+        ft / "checkpoint_last.pt",
+        "--run-dir",
+        tmp_path / "resumed",
+        "--num-envs",
+        "2",
+        "--n-steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--total-timesteps",
+        "96",
+        "--eval-episodes",
+        "1",
+        "--eval-freq",
+        "5",
+        *TINY_GAUSSIAN,
+    )
     out = capsys.readouterr().out
     assert "iter 3/3" in out and "iter 1/3" not in out
 
 
 def test_bad_input_is_one_line_on_stderr(tmp_path):
-    cli_fails("gaussian_ppo.py", "--run-dir", tmp_path / "r", "--env-id", "Hoper-v2", needles=["unknown --env-id"],
-              run_dir=tmp_path / "r")
+    cli_fails(
+        "gaussian_ppo.py",
+        "--run-dir",
+        tmp_path / "r",
+        "--env-id",
+        "Hoper-v2",
+        needles=["unknown --env-id"],
+        run_dir=tmp_path / "r",
+    )
 
 
-@pytest.mark.parametrize("flags, expected", [
-    (dict(num_envs=0), "--num-envs must be >= 1"),
-    (dict(act_steps=5), "--act-steps 5 > --horizon-steps 4"),
-    (dict(checkpoint="/nonexistent/ckpt.pt"), "does not exist"),
-    (dict(std_min=0.3, std_max=0.2), "--std-min <= --std-max"),
-])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (dict(num_envs=0), "--num-envs must be >= 1"),
+        (dict(act_steps=5), "--act-steps 5 > --horizon-steps 4"),
+        (dict(checkpoint="/nonexistent/ckpt.pt"), "does not exist"),
+        (dict(std_min=0.3, std_max=0.2), "--std-min <= --std-max"),
+    ],
+)
 def test_bad_input(flags, expected, tmp_path):
     main_fails(gp, gp.Args(run_dir=str(tmp_path / "r"), **flags), expected, writes_nothing="checkpoint" not in flags)
 
@@ -155,8 +243,16 @@ def test_diffusion_checkpoint_is_refused(tiny_diffusion_checkpoint, tmp_path):
 
 def test_transformer_backbone_predicts_a_chunk_and_fits_a_target():
     torch.manual_seed(0)
-    policy = gp.GaussianPolicy(obs_dim=5, action_dim=2, horizon_steps=3, cond_steps=2, backbone="transformer",
-                               transformer_dim=16, transformer_heads=2, transformer_layers=2)
+    policy = gp.GaussianPolicy(
+        obs_dim=5,
+        action_dim=2,
+        horizon_steps=3,
+        cond_steps=2,
+        backbone="transformer",
+        transformer_dim=16,
+        transformer_heads=2,
+        transformer_layers=2,
+    )
     assert not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in policy.modules())  # paper D.6: no dropout
     obs = torch.randn(8, 2, 5)
     mean, std = policy(obs)

@@ -28,8 +28,9 @@ def test_mixture_log_prob_matches_mixture_same_family():
     actions = torch.rand(B, Tp, Da, generator=g) * 2 - 1
     # reference: official layout, the chunk flattened to one Tp*Da event, std repeated over the chunk
     scale = std[None, :, None, :].expand(B, M, Tp, Da).reshape(B, M, Tp * Da)
-    ref = D.MixtureSameFamily(D.Categorical(logits=logits),
-                              D.Independent(D.Normal(means.reshape(B, M, Tp * Da), scale), 1))
+    ref = D.MixtureSameFamily(
+        D.Categorical(logits=logits), D.Independent(D.Normal(means.reshape(B, M, Tp * Da), scale), 1)
+    )
     expected = ref.log_prob(actions.reshape(B, Tp * Da))
     torch.testing.assert_close(gmm_ppo.mixture_log_prob(means, std, logits, actions), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(gmm_ppo.log_prob(means, std, logits, actions), (expected / (Tp * Da)).clamp(-5, 2))
@@ -113,36 +114,86 @@ def test_bc_on_two_mode_toy_puts_weight_on_both_modes():
 
 
 def test_bad_inputs_fail_in_one_line(tmp_path):
-    main_fails(gmm_ppo, gmm_ppo.Args(num_modes=0, run_dir=str(tmp_path / "r0")), prefix="error: --num-modes must be >= 1")
+    main_fails(
+        gmm_ppo, gmm_ppo.Args(num_modes=0, run_dir=str(tmp_path / "r0")), prefix="error: --num-modes must be >= 1"
+    )
     for policy in ("diffusion", "gaussian"):
         path = stub_checkpoint(tmp_path / f"{policy}.pt", policy, algo="x")
-        main_fails(gmm_ppo, gmm_ppo.Args(checkpoint=path, eval_only=True, run_dir=str(tmp_path / policy)),
-                   f"holds a {policy} policy", "gmm", writes_nothing=False)
+        main_fails(
+            gmm_ppo,
+            gmm_ppo.Args(checkpoint=path, eval_only=True, run_dir=str(tmp_path / policy)),
+            f"holds a {policy} policy",
+            "gmm",
+            writes_nothing=False,
+        )
 
 
 def test_cli_pretrain_finetune_and_clamp_report(tiny_dataset, tmp_path):
     pre, ft = tmp_path / "pre", tmp_path / "ft"  # pre-training in-process (tyro parses the same flags), fine-tuning
-    run_main(gmm_ppo, "--dataset", tiny_dataset, "--pretrain-only", "--pretrain-epochs", "1",  # through the CLI
-             "--pretrain-batch-size", "32", "--eval-episodes", "1", "--run-dir", pre, *TINY)
+    run_main(
+        gmm_ppo,
+        "--dataset",
+        tiny_dataset,
+        "--pretrain-only",
+        "--pretrain-epochs",
+        "1",  # through the CLI
+        "--pretrain-batch-size",
+        "32",
+        "--eval-episodes",
+        "1",
+        "--run-dir",
+        pre,
+        *TINY,
+    )
     ckpt = torch.load(pre / "pretrained.pt", weights_only=False)
     assert (ckpt["policy"], ckpt["algo"], ckpt["backbone"]) == ("gmm", "gmm_ppo", "mlp")
     assert ckpt["model_kwargs"]["num_modes"] == 5 and ckpt["model"]["log_std"].shape == (5, 3)
     assert set(ckpt["normalization"]) == {"obs_min", "obs_max", "action_min", "action_max"}
 
-    proc = run_script("gmm_ppo.py", "--checkpoint", pre / "pretrained.pt", "--num-envs", "2", "--n-steps", "4",
-                      "--batch-size", "8", "--total-timesteps", "32", "--eval-episodes", "1", "--eval-freq", "1",
-                      "--run-dir", ft)
+    proc = run_script(
+        "gmm_ppo.py",
+        "--checkpoint",
+        pre / "pretrained.pt",
+        "--num-envs",
+        "2",
+        "--n-steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--total-timesteps",
+        "32",
+        "--eval-episodes",
+        "1",
+        "--eval-freq",
+        "1",
+        "--run-dir",
+        ft,
+    )
     assert "iter 1/1" in proc.stdout
     read_summary(ft, algo="gmm_ppo", env_steps=32)
     assert os.path.isfile(ft / "checkpoint_last.pt") and os.path.isfile(ft / "checkpoint_1.pt")
     tags = scalar_tags(ft)
     assert {"charts/episodic_return", "eval/episodic_return"} & tags
-    assert {"losses/policy_loss", "losses/value_loss", "losses/approx_kl", "losses/clipfrac", "losses/entropy",
-            "charts/SPS", "charts/official_clamp_saturated"} <= tags
+    assert {
+        "losses/policy_loss",
+        "losses/value_loss",
+        "losses/approx_kl",
+        "losses/clipfrac",
+        "losses/entropy",
+        "charts/SPS",
+        "charts/official_clamp_saturated",
+    } <= tags
 
     # the documented clamp report, in-process on the same checkpoint
-    gmm_ppo.main(gmm_ppo.Args(checkpoint=str(pre / "pretrained.pt"), report_official_clamp=True, num_envs=2, n_steps=3,
-                              run_dir=str(tmp_path / "clamp")))
+    gmm_ppo.main(
+        gmm_ppo.Args(
+            checkpoint=str(pre / "pretrained.pt"),
+            report_official_clamp=True,
+            num_envs=2,
+            n_steps=3,
+            run_dir=str(tmp_path / "clamp"),
+        )
+    )
     report = json.loads((tmp_path / "clamp" / "official_clamp.json").read_text())
     assert report["samples"] == 6 and report["chunk_dims"] == 12
     frac = report["official_saturated_fraction"]

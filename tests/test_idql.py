@@ -13,9 +13,30 @@ from cleandppo import idql
 from conftest import cli_fails, main_fails, read_checkpoint, read_summary, run_script, scalar_tags, stub_checkpoint
 
 torch.set_num_threads(1)
-TINY = ["--denoising-steps", "6", "--num-envs", "2", "--n-steps", "4", "--batch-size", "8", "--eval-episodes", "1",
-        "--eval-freq", "1", "--critic-dims", "16", "16", "16", "--buffer-size", "64", "--replay-ratio", "4",
-        "--num-candidates", "3"]
+TINY = [
+    "--denoising-steps",
+    "6",
+    "--num-envs",
+    "2",
+    "--n-steps",
+    "4",
+    "--batch-size",
+    "8",
+    "--eval-episodes",
+    "1",
+    "--eval-freq",
+    "1",
+    "--critic-dims",
+    "16",
+    "16",
+    "16",
+    "--buffer-size",
+    "64",
+    "--replay-ratio",
+    "4",
+    "--num-candidates",
+    "3",
+]
 
 
 def test_expectile_loss_half_mse_at_tau_half_and_asymmetric_otherwise():
@@ -37,8 +58,9 @@ def test_expectile_minimiser_is_the_closed_form_expectile():
 
 
 def test_q_target_from_v_with_done_mask():
-    y = idql.q_target_from_v(torch.tensor([1.0, 0.5, 0.0]), torch.tensor([0.0, 1.0, 0.0]),
-                             torch.tensor([2.0, 9.0, -1.0]), 0.99)
+    y = idql.q_target_from_v(
+        torch.tensor([1.0, 0.5, 0.0]), torch.tensor([0.0, 1.0, 0.0]), torch.tensor([2.0, 9.0, -1.0]), 0.99
+    )
     torch.testing.assert_close(y, torch.tensor([1.0 + 0.99 * 2.0, 0.5, -0.99]))
 
 
@@ -75,15 +97,22 @@ def test_select_actions_greedy_uses_min_q_and_keeps_states_apart():
     actor = idql.DiffusionMLP(2, 1, 2, 1, time_dim=4, mlp_dims=(8, 8, 8))
     sched = idql.make_schedule(4)
     kw = dict(denoising_steps=4, horizon_steps=2, action_dim=1)
-    args = SimpleNamespace(num_candidates=7, min_sampling_denoising_std=0.1, randn_clip_value=3.0,
-                           denoised_clip_value=1.0, boltzmann_temperature=1e-6)
+    args = SimpleNamespace(
+        num_candidates=7,
+        min_sampling_denoising_std=0.1,
+        randn_clip_value=3.0,
+        denoised_clip_value=1.0,
+        boltzmann_temperature=1e-6,
+    )
     obs = torch.tensor([[[1.0, 0.0]], [[-2.0, 0.0]]])  # two states with different Q landscapes
     for mode in ("eval", "train"):  # train with temperature 1e-6 is greedy too
-        chosen, _ = idql.select_actions(actor, StubQ(), StubV(), sched, obs, kw, args, mode,
-                                        generator=torch.Generator().manual_seed(3))
+        chosen, _ = idql.select_actions(
+            actor, StubQ(), StubV(), sched, obs, kw, args, mode, generator=torch.Generator().manual_seed(3)
+        )
         # the same candidates, regenerated from the same generator state (state-major layout)
-        cands = idql.sample(actor, sched, obs.repeat_interleave(7, 0), 4, 2, 1, mode, 0.1, 3.0, 1.0,
-                            torch.Generator().manual_seed(3)).view(2, 7, 2, 1)
+        cands = idql.sample(
+            actor, sched, obs.repeat_interleave(7, 0), 4, 2, 1, mode, 0.1, 3.0, 1.0, torch.Generator().manual_seed(3)
+        ).view(2, 7, 2, 1)
         for b in range(2):
             x = cands[b, :, 0, 0] * obs[b, 0, 0]
             best = torch.minimum(x, 1 - x).argmax()
@@ -101,12 +130,19 @@ def test_idql_update_soft_updates_target_q_and_respects_warmup():
     q_target = idql.DoubleQCritic(3, 1, 2, 2, (8, 8, 8))
     q_target.load_state_dict(q_critic.state_dict())
     buf = idql.ReplayBuffer(16, (1, 3), (2, 2))
-    buf.add(np.random.randn(16, 1, 3), np.random.uniform(-1, 1, (16, 2, 2)), np.random.randn(16),
-            np.random.randn(16, 1, 3), np.zeros(16))
+    buf.add(
+        np.random.randn(16, 1, 3),
+        np.random.uniform(-1, 1, (16, 2, 2)),
+        np.random.randn(16),
+        np.random.randn(16, 1, 3),
+        np.zeros(16),
+    )
     opts = [torch.optim.AdamW(m.parameters(), lr=1e-2) for m in (actor, q_critic, v_critic)]
     q0, t0 = [p.clone() for p in q_critic.parameters()], [p.clone() for p in q_target.parameters()]
     actor0 = [p.clone() for p in actor.parameters()]
-    stats = idql.idql_update(actor, q_critic, q_target, v_critic, *opts, idql.make_schedule(4), buf, args, 1, False, "cpu")
+    stats = idql.idql_update(
+        actor, q_critic, q_target, v_critic, *opts, idql.make_schedule(4), buf, args, 1, False, "cpu"
+    )
     assert "actor_loss" not in stats and {"v_loss", "q_loss", "v_mean", "q1_mean", "target_q_mean"} <= set(stats)
     assert all(torch.equal(a, b) for a, b in zip(actor0, actor.parameters(), strict=True))  # warm-up: actor not stepped
     for p_t, p_t0, p, p0 in zip(q_target.parameters(), t0, q_critic.parameters(), q0, strict=True):
@@ -116,36 +152,96 @@ def test_idql_update_soft_updates_target_q_and_respects_warmup():
 
 def test_cli_smoke_run_and_resume(tiny_diffusion_checkpoint, tmp_path):
     run = tmp_path / "run"
-    proc = run_script("idql.py", "--checkpoint", tiny_diffusion_checkpoint, "--total-timesteps", "64",
-                      "--n-critic-warmup-itr", "1", "--run-dir", run, *TINY)
+    proc = run_script(
+        "idql.py",
+        "--checkpoint",
+        tiny_diffusion_checkpoint,
+        "--total-timesteps",
+        "64",
+        "--n-critic-warmup-itr",
+        "1",
+        "--run-dir",
+        run,
+        *TINY,
+    )
     assert "iter 2/2" in proc.stdout and "critic warm-up" in proc.stdout
     summary = read_summary(run, algo="idql", env_steps=64)
-    read_checkpoint(run, {"model", "critic", "target_critic", "value_critic", "actor_optimizer", "critic_optimizer",
-                          "value_optimizer", "model_kwargs", "normalization"}, algo="idql", policy="diffusion", iteration=2)
+    read_checkpoint(
+        run,
+        {
+            "model",
+            "critic",
+            "target_critic",
+            "value_critic",
+            "actor_optimizer",
+            "critic_optimizer",
+            "value_optimizer",
+            "model_kwargs",
+            "normalization",
+        },
+        algo="idql",
+        policy="diffusion",
+        iteration=2,
+    )
     assert os.path.isfile(run / "checkpoint_2.pt")
-    assert {"eval/episodic_return", "losses/q_loss", "losses/v_loss", "losses/actor_loss", "values/q1_mean",
-            "values/v_mean", "charts/boltzmann_max_prob", "charts/SPS", "charts/learning_rate", "time/rollout_s",
-            "time/update_s", "charts/episodic_return", "charts/episodic_length"} <= scalar_tags(run)
+    assert {
+        "eval/episodic_return",
+        "losses/q_loss",
+        "losses/v_loss",
+        "losses/actor_loss",
+        "values/q1_mean",
+        "values/v_mean",
+        "charts/boltzmann_max_prob",
+        "charts/SPS",
+        "charts/learning_rate",
+        "time/rollout_s",
+        "time/update_s",
+        "charts/episodic_return",
+        "charts/episodic_length",
+    } <= scalar_tags(run)
 
     # resume in-process; then --eval-only of the idql checkpoint (greedy over candidates)
-    common = dict(denoising_steps=6, num_envs=2, n_steps=4, batch_size=8, eval_episodes=1, eval_freq=1,
-                  critic_dims=(16, 16, 16), buffer_size=64, replay_ratio=2, num_candidates=3)
-    idql.main(idql.Args(checkpoint=str(run / "checkpoint_last.pt"), total_timesteps=96,
-                        run_dir=str(tmp_path / "resumed"), **common))
+    common = dict(
+        denoising_steps=6,
+        num_envs=2,
+        n_steps=4,
+        batch_size=8,
+        eval_episodes=1,
+        eval_freq=1,
+        critic_dims=(16, 16, 16),
+        buffer_size=64,
+        replay_ratio=2,
+        num_candidates=3,
+    )
+    idql.main(
+        idql.Args(
+            checkpoint=str(run / "checkpoint_last.pt"), total_timesteps=96, run_dir=str(tmp_path / "resumed"), **common
+        )
+    )
     read_summary(tmp_path / "resumed", env_steps=96, pretrained_eval_return=summary["pretrained_eval_return"])
-    idql.main(idql.Args(checkpoint=str(tmp_path / "resumed" / "checkpoint_last.pt"), eval_only=True,
-                        run_dir=str(tmp_path / "eval"), **common))
+    idql.main(
+        idql.Args(
+            checkpoint=str(tmp_path / "resumed" / "checkpoint_last.pt"),
+            eval_only=True,
+            run_dir=str(tmp_path / "eval"),
+            **common,
+        )
+    )
     assert read_summary(tmp_path / "eval", keys=())["env_steps"] == 96
 
 
 def test_bad_inputs_fail_in_one_line(tiny_diffusion_checkpoint, tmp_path):
     gmm = stub_checkpoint(tmp_path / "gmm.pt", "gmm")
-    cli_fails("idql.py", "--checkpoint", gmm, "--run-dir", tmp_path / "g", needles=["diffusion"], run_dir=tmp_path / "g")
-    cases = [(dict(buffer_size=100, batch_size=256), "--buffer-size 100 is smaller than --batch-size 256"),
-             (dict(buffer_size=0), "--buffer-size must be >= 1"),
-             (dict(num_candidates=0), "--num-candidates must be >= 1"),
-             (dict(expectile=1.0), "--expectile must be in (0, 1)"),
-             (dict(act_steps=5), "--act-steps 5 > --horizon-steps 4"),
-             (dict(denoising_steps=20), "pass --denoising-steps 6")]
+    cli_fails(
+        "idql.py", "--checkpoint", gmm, "--run-dir", tmp_path / "g", needles=["diffusion"], run_dir=tmp_path / "g"
+    )
+    cases = [
+        (dict(buffer_size=100, batch_size=256), "--buffer-size 100 is smaller than --batch-size 256"),
+        (dict(buffer_size=0), "--buffer-size must be >= 1"),
+        (dict(num_candidates=0), "--num-candidates must be >= 1"),
+        (dict(expectile=1.0), "--expectile must be in (0, 1)"),
+        (dict(act_steps=5), "--act-steps 5 > --horizon-steps 4"),
+        (dict(denoising_steps=20), "pass --denoising-steps 6"),
+    ]
     for i, (kw, text) in enumerate(cases):
         main_fails(idql, idql.Args(checkpoint=tiny_diffusion_checkpoint, run_dir=str(tmp_path / f"r{i}"), **kw), text)

@@ -22,11 +22,13 @@ def test_qsm_loss_closed_form_with_linear_q():
             return (a * w1).flatten(1).sum(-1), (a * w2).flatten(1).sum(-1)
 
     sched, alpha, c = qsm.make_schedule(6), 10.0, 0.5
-    loss, grad_q = qsm.qsm_actor_loss(ConstEps(c, c), LinearQ(), sched, torch.zeros(8, 1, 3), torch.randn(8, 4, 2), 6,
-                                      4, alpha)
+    loss, grad_q = qsm.qsm_actor_loss(
+        ConstEps(c, c), LinearQ(), sched, torch.zeros(8, 1, 3), torch.randn(8, 4, 2), 6, 4, alpha
+    )
     assert grad_q.shape == (8, 4, 2)
     torch.testing.assert_close(grad_q, torch.tensor([2.0, -1.0]).expand(8, 4, 2))
     assert loss.item() == pytest.approx(((-c - alpha * 2.0) ** 2 + (-c + alpha * 1.0) ** 2) / 2)
+
     # sign convention: eps_theta = -alpha grad Q is the minimiser (the DDPM mean then moves along +grad Q);
     # the opposite sign costs (2 alpha grad Q)^2
     class Eps(nn.Module):
@@ -50,9 +52,18 @@ def test_qsm_gradient_is_taken_at_the_noisy_action():
     ab1 = (1 - beta[0]) * (1 - beta[1])
     a_t = math.sqrt(ab1) * 0.2 + math.sqrt(1 - ab1) * 1.0
     g = -2 * (a_t - 0.5)  # both Qs have the same action gradient
-    loss, grad_q = qsm.qsm_actor_loss(ConstEps(), QuadraticQ(torch.tensor(0.5)), qsm.make_schedule(K),
-                                      torch.zeros(1, 1, 1), torch.full((1, 1, 1), 0.2), K, 1, 3.0,
-                                      t=torch.tensor([1]), eps=torch.ones(1, 1, 1))
+    loss, grad_q = qsm.qsm_actor_loss(
+        ConstEps(),
+        QuadraticQ(torch.tensor(0.5)),
+        qsm.make_schedule(K),
+        torch.zeros(1, 1, 1),
+        torch.full((1, 1, 1), 0.2),
+        K,
+        1,
+        3.0,
+        t=torch.tensor([1]),
+        eps=torch.ones(1, 1, 1),
+    )
     assert grad_q.item() == pytest.approx(g, rel=1e-5)
     assert loss.item() == pytest.approx((3.0 * g) ** 2, rel=1e-5)
     # the gradient at the clean buffer action a_0 would differ: -2 (0.2 - 0.5) = 0.6

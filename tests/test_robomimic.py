@@ -45,9 +45,13 @@ def test_env_dims_steps_and_chunking_per_task(task):
 
 def test_robomimic_names_and_slugs():
     assert envs.resolve_env_id("PickPlaceCan") == "can" and envs.resolve_env_id("Lift") == "lift"
-    assert envs.resolve_env_id("NutAssemblySquare") == "square" and envs.resolve_env_id("TwoArmTransport") == "transport"
+    assert (
+        envs.resolve_env_id("NutAssemblySquare") == "square" and envs.resolve_env_id("TwoArmTransport") == "transport"
+    )
     assert envs.same_task("can", "PickPlaceCan") and not envs.same_task("can", "lift")
-    assert envs.env_slug("PickPlaceCan") == "can" and envs.bundled_checkpoint("Lift", "diffusion").endswith("lift-diffusion-mlp.pt")
+    assert envs.env_slug("PickPlaceCan") == "can" and envs.bundled_checkpoint("Lift", "diffusion").endswith(
+        "lift-diffusion-mlp.pt"
+    )
     assert envs.is_robomimic("transport") and not envs.is_robomimic("Hopper-v2")
     assert envs.max_episode_steps("Hopper-v2") == 1000 and envs.env_dims("Hopper-v2") == (11, 3)
 
@@ -57,8 +61,17 @@ def test_obs_is_robomimic_key_concatenation_and_seeded():
     obs, _ = env.reset(seed=3)
     od = env.obs_dict
     # robomimic's (robosuite <= 1.4) order of the object vector: pose first, then relative pose
-    expected = np.concatenate([od["robot0_eef_pos"], od["robot0_eef_quat"], od["robot0_gripper_qpos"],
-                               od["Can_pos"], od["Can_quat"], od["Can_to_robot0_eef_pos"], od["Can_to_robot0_eef_quat"]])
+    expected = np.concatenate(
+        [
+            od["robot0_eef_pos"],
+            od["robot0_eef_quat"],
+            od["robot0_gripper_qpos"],
+            od["Can_pos"],
+            od["Can_quat"],
+            od["Can_to_robot0_eef_pos"],
+            od["Can_to_robot0_eef_quat"],
+        ]
+    )
     np.testing.assert_array_equal(obs, expected)
     again, _ = env.reset(seed=3)
     other, _ = env.reset(seed=4)
@@ -149,7 +162,9 @@ def test_reader_on_a_written_file_and_env_args_are_honoured(tmp_path):
         data = envs.load_dataset(path, "lift")
         assert [len(ep["actions"]) for ep in data["episodes"]] == [5, 7, 4]
         first = demos[0]["obs"]
-        expected = np.concatenate([first[k] for k in ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object")], 1)
+        expected = np.concatenate(
+            [first[k] for k in ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object")], 1
+        )
         np.testing.assert_allclose(data["episodes"][0]["observations"], expected, rtol=1e-6)
         assert data["observations"].shape == (16, 19) and not data["terminals"].any()
         assert list(np.nonzero(data["timeouts"])[0]) == [4, 11, 15]
@@ -201,8 +216,9 @@ def test_demo_file_without_needed_obs_keys_is_one_line(tmp_path):
 def loopback_server(tmp_path):
     served = tmp_path / "served"
     (served / "lift" / "mh").mkdir(parents=True)
-    write_robomimic_hdf5(str(served / "lift" / "mh" / "low_dim_v141.hdf5"), tiny_demos(),
-                              envs.default_robomimic_env_args("lift"))
+    write_robomimic_hdf5(
+        str(served / "lift" / "mh" / "low_dim_v141.hdf5"), tiny_demos(), envs.default_robomimic_env_args("lift")
+    )
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
     http.server.SimpleHTTPRequestHandler.log_message = lambda *a: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -257,7 +273,13 @@ def test_per_task_defaults_keep_explicit_flags(module, capsys):
     args = mod.Args(env_id="TwoArmTransport", num_envs=3)
     mod.apply_task_defaults(args, ["--env-id", "TwoArmTransport", "--num-envs", "3", "--gamma=0.9"])
     assert args.num_envs == 3 and args.gamma == mod.Args().gamma  # given on the command line: kept
-    assert (args.n_steps, args.batch_size, args.update_epochs, args.act_steps, args.horizon_steps) == (400, 10_000, 5, 8, 8)
+    assert (args.n_steps, args.batch_size, args.update_epochs, args.act_steps, args.horizon_steps) == (
+        400,
+        10_000,
+        5,
+        8,
+        8,
+    )
     assert args.eval_episodes == 50 and args.actor_lr == 1e-4 and args.n_critic_warmup_itr == 2
     assert "[transport] per-task defaults:" in capsys.readouterr().out
     if module == "dppo":
@@ -279,19 +301,58 @@ def test_dppo_smoke_run_on_lift_logs_success(tmp_path, capsys, monkeypatch):
     env_args["env_kwargs"]["cleandppo_marker"] = 7  # carried over by the checkpoints (robosuite never sees it)
     write_robomimic_hdf5(data, tiny_demos(lengths=(8, 9, 7)), env_args)
     pre, ft = tmp_path / "pre", tmp_path / "ft"
-    run_main(dppo, "--env-id", "lift", "--dataset", data, "--pretrain-only", "--pretrain-epochs", "1",
-             "--eval-episodes", "1", "--run-dir", pre, "--no-cuda", *TINY_DIFFUSION)
+    run_main(
+        dppo,
+        "--env-id",
+        "lift",
+        "--dataset",
+        data,
+        "--pretrain-only",
+        "--pretrain-epochs",
+        "1",
+        "--eval-episodes",
+        "1",
+        "--run-dir",
+        pre,
+        "--no-cuda",
+        *TINY_DIFFUSION,
+    )
     out = capsys.readouterr().out
     assert "[lift] per-task defaults: gamma=0.999" in out and "num_envs=50" in out
     assert "eval_episodes" not in out.split("per-task defaults:")[1].splitlines()[0]  # given explicitly
     ckpt = torch.load(pre / "pretrained.pt", weights_only=False)
-    assert ckpt["robomimic_env_args"]["env_kwargs"]["cleandppo_marker"] == 7 and ckpt["model_kwargs"]["activation"] == "mish"
+    assert (
+        ckpt["robomimic_env_args"]["env_kwargs"]["cleandppo_marker"] == 7
+        and ckpt["model_kwargs"]["activation"] == "mish"
+    )
     read_summary(pre, keys=("pretrained_eval_success_rate", "final_eval_success_rate", "best_eval_success_rate"))
     envs.set_robomimic_env_args("lift", None)
 
-    run_main(dppo, "--env-id", "lift", "--checkpoint", pre / "pretrained.pt", "--num-envs", "2", "--n-steps", "2",
-             "--batch-size", "8", "--logprob-batch-size", "8", "--total-timesteps", "16", "--eval-episodes", "1",
-             "--eval-freq", "1", "--run-dir", ft, "--no-cuda", *TINY_DIFFUSION)
+    run_main(
+        dppo,
+        "--env-id",
+        "lift",
+        "--checkpoint",
+        pre / "pretrained.pt",
+        "--num-envs",
+        "2",
+        "--n-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--logprob-batch-size",
+        "8",
+        "--total-timesteps",
+        "16",
+        "--eval-episodes",
+        "1",
+        "--eval-freq",
+        "1",
+        "--run-dir",
+        ft,
+        "--no-cuda",
+        *TINY_DIFFUSION,
+    )
     out = capsys.readouterr().out
     assert "iter 1/1" in out and "success" in out.split("iter 1/1")[1]
     summary = read_summary(ft, keys=())

@@ -23,8 +23,18 @@ SMALL = {
     "idql": ["--batch-size", "4", "--buffer-size", "8", "--n-critic-warmup-itr", "0"],
     "dql": ["--batch-size", "4", "--buffer-size", "8", "--n-critic-warmup-itr", "0"],
     "qsm": ["--batch-size", "4", "--buffer-size", "8", "--n-critic-warmup-itr", "0"],
-    "exact_likelihood_pg": ["--batch-size", "4", "--hutchinson-probes", "1", "--sde-method", "euler",
-                            "--ft-denoising-steps", "3", "--n-critic-warmup-itr", "0"],
+    "exact_likelihood_pg": [
+        "--batch-size",
+        "4",
+        "--hutchinson-probes",
+        "1",
+        "--sde-method",
+        "euler",
+        "--ft-denoising-steps",
+        "3",
+        "--n-critic-warmup-itr",
+        "0",
+    ],
 }
 TABLE = {  # entries the Lift table must print (besides gamma=0.999 and act_steps=4, checked for all)
     "drwr": ["actor_lr=1e-05", "update_epochs=16"],
@@ -44,8 +54,22 @@ def lift_checkpoint(tmp_path_factory):
     env_args = envs.default_robomimic_env_args("lift")
     env_args["env_kwargs"]["cleandppo_marker"] = 7  # carried by the checkpoints (robosuite never sees it)
     write_robomimic_hdf5(str(tmp / "lift-tiny.hdf5"), tiny_demos(lengths=(8, 9, 7)), env_args)
-    run_main(dppo, "--env-id", "lift", "--dataset", tmp / "lift-tiny.hdf5", "--pretrain-only", "--pretrain-epochs",
-             "1", "--eval-episodes", "1", "--run-dir", tmp / "pre", "--no-cuda", *TINY_DIFFUSION)
+    run_main(
+        dppo,
+        "--env-id",
+        "lift",
+        "--dataset",
+        tmp / "lift-tiny.hdf5",
+        "--pretrain-only",
+        "--pretrain-epochs",
+        "1",
+        "--eval-episodes",
+        "1",
+        "--run-dir",
+        tmp / "pre",
+        "--no-cuda",
+        *TINY_DIFFUSION,
+    )
     envs.set_robomimic_env_args("lift", None)
     return str(tmp / "pre" / "pretrained.pt")
 
@@ -55,9 +79,29 @@ def test_baseline_on_lift_uses_the_table_and_logs_success(name, lift_checkpoint,
     module = importlib.import_module(f"cleandppo.{name}")
     monkeypatch.setattr(envs, "_robomimic_env_args", {})  # the env meta must come from the checkpoint
     run = tmp_path / "ft"
-    run_main(module, "--env-id", "lift", "--checkpoint", lift_checkpoint, "--num-envs", "2", "--n-steps", "2",
-             "--total-timesteps", "16", "--eval-episodes", "1", "--eval-freq", "1", "--run-dir", run, "--no-cuda",
-             "--denoising-steps", "6", *SMALL[name])
+    run_main(
+        module,
+        "--env-id",
+        "lift",
+        "--checkpoint",
+        lift_checkpoint,
+        "--num-envs",
+        "2",
+        "--n-steps",
+        "2",
+        "--total-timesteps",
+        "16",
+        "--eval-episodes",
+        "1",
+        "--eval-freq",
+        "1",
+        "--run-dir",
+        run,
+        "--no-cuda",
+        "--denoising-steps",
+        "6",
+        *SMALL[name],
+    )
     out = capsys.readouterr().out
     table = out.split("[lift] per-task defaults: ")[1].splitlines()[0]
     for entry in ["gamma=0.999", "act_steps=4", *TABLE[name]]:

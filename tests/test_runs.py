@@ -18,8 +18,23 @@ from conftest import TINY_DIFFUSION, assert_one_line_error, cli_fails, event_acc
 torch.set_num_threads(1)
 SCRIPTS = ("dppo", "gaussian_ppo", "gmm_ppo", "dawr", "drwr", "dipo", "idql", "dql", "qsm", "exact_likelihood_pg")
 TIMING_TAGS = ("charts/SPS", "time/rollout_s", "time/update_s", "charts/peak_memory_mb")
-DPPO_TINY = [*TINY_DIFFUSION, "--num-envs", "2", "--n-steps", "4", "--batch-size", "8", "--eval-episodes", "1",
-             "--eval-freq", "2", "--critic-dims", "16", "16", "16"]
+DPPO_TINY = [
+    *TINY_DIFFUSION,
+    "--num-envs",
+    "2",
+    "--n-steps",
+    "4",
+    "--batch-size",
+    "8",
+    "--eval-episodes",
+    "1",
+    "--eval-freq",
+    "2",
+    "--critic-dims",
+    "16",
+    "16",
+    "16",
+]
 
 
 class Killed(BaseException):
@@ -77,8 +92,19 @@ def test_dppo_kill_and_resume_is_bit_identical(tiny_diffusion_checkpoint, tmp_pa
 
 def pretrained(module, tiny_dataset, run_dir, *flags):
     """A tiny checkpoint pre-trained by `module` for one epoch on the tiny dataset."""
-    run_main(module, "--dataset", tiny_dataset, "--pretrain-only", "--pretrain-epochs", "1", "--eval-episodes", "1",
-             "--run-dir", run_dir, *flags)
+    run_main(
+        module,
+        "--dataset",
+        tiny_dataset,
+        "--pretrain-only",
+        "--pretrain-epochs",
+        "1",
+        "--eval-episodes",
+        "1",
+        "--run-dir",
+        run_dir,
+        *flags,
+    )
     return run_dir / "pretrained.pt"
 
 
@@ -87,17 +113,53 @@ def test_gaussian_ppo_kill_and_resume_is_bit_identical(tiny_dataset, tmp_path, m
 
     tiny = ["--mlp-dims", "16", "16", "16", "--critic-dims", "16", "16", "16"]
     ckpt = pretrained(gaussian_ppo, tiny_dataset, tmp_path / "pre", *tiny)
-    flags = ["--checkpoint", ckpt, *tiny, "--num-envs", "2", "--n-steps", "4", "--batch-size", "4",
-             "--eval-episodes", "1", "--eval-freq", "2", "--total-timesteps", "160"]
+    flags = [
+        "--checkpoint",
+        ckpt,
+        *tiny,
+        "--num-envs",
+        "2",
+        "--n-steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--eval-episodes",
+        "1",
+        "--eval-freq",
+        "2",
+        "--total-timesteps",
+        "160",
+    ]
     assert_kill_and_resume_is_exact(gaussian_ppo, flags, 2 * 4 + 3, tmp_path, monkeypatch)
 
 
 def test_gaussian_ppo_from_scratch_kill_and_resume_is_bit_identical(tmp_path, monkeypatch):
     from cleandppo import gaussian_ppo
 
-    flags = ["--from-scratch", "--mlp-dims", "16", "16", "--critic-dims", "16", "16", "16", "--num-envs", "2",
-             "--n-steps", "8", "--batch-size", "8", "--update-epochs", "1", "--eval-episodes", "1", "--eval-freq", "2",
-             "--total-timesteps", "80"]
+    flags = [
+        "--from-scratch",
+        "--mlp-dims",
+        "16",
+        "16",
+        "--critic-dims",
+        "16",
+        "16",
+        "16",
+        "--num-envs",
+        "2",
+        "--n-steps",
+        "8",
+        "--batch-size",
+        "8",
+        "--update-epochs",
+        "1",
+        "--eval-episodes",
+        "1",
+        "--eval-freq",
+        "2",
+        "--total-timesteps",
+        "80",
+    ]
     assert_kill_and_resume_is_exact(gaussian_ppo, flags, 2 * 8 + 3, tmp_path, monkeypatch)
 
 
@@ -106,13 +168,42 @@ def test_gmm_ppo_kill_and_resume_is_bit_identical(tiny_dataset, tmp_path, monkey
 
     tiny = ["--mlp-dims", "16", "16", "16", "--critic-dims", "16", "16", "16"]
     ckpt = pretrained(gmm_ppo, tiny_dataset, tmp_path / "pre", *tiny)
-    flags = ["--checkpoint", ckpt, *tiny, "--num-envs", "2", "--n-steps", "4", "--batch-size", "8",
-             "--eval-episodes", "1", "--eval-freq", "2", "--total-timesteps", "160"]
+    flags = [
+        "--checkpoint",
+        ckpt,
+        *tiny,
+        "--num-envs",
+        "2",
+        "--n-steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--eval-episodes",
+        "1",
+        "--eval-freq",
+        "2",
+        "--total-timesteps",
+        "160",
+    ]
     assert_kill_and_resume_is_exact(gmm_ppo, flags, 2 * 4 + 3, tmp_path, monkeypatch)
 
 
-BASE = ["--denoising-steps", "6", "--num-envs", "2", "--batch-size", "8", "--eval-episodes", "1", "--eval-freq", "2",
-        "--critic-dims", "16", "16", "16"]
+BASE = [
+    "--denoising-steps",
+    "6",
+    "--num-envs",
+    "2",
+    "--batch-size",
+    "8",
+    "--eval-episodes",
+    "1",
+    "--eval-freq",
+    "2",
+    "--critic-dims",
+    "16",
+    "16",
+    "16",
+]
 OFF_POLICY = [*BASE, "--buffer-size", "64", "--n-steps", "4"]
 FAMILIES = {  # script -> (n_steps, flags): weighted regression, off-policy, exact-likelihood PPO
     "dawr": (8, [*OFF_POLICY[:-2], "--n-steps", "8", "--replay-ratio", "2", "--critic-replay-ratio", "1"]),
@@ -121,8 +212,24 @@ FAMILIES = {  # script -> (n_steps, flags): weighted regression, off-policy, exa
     "idql": (4, [*OFF_POLICY, "--replay-ratio", "2", "--num-candidates", "3"]),
     "dql": (4, [*OFF_POLICY, "--replay-ratio", "2"]),
     "qsm": (4, [*OFF_POLICY, "--replay-ratio", "2"]),
-    "exact_likelihood_pg": (4, [*BASE, "--n-steps", "4", "--ft-denoising-steps", "3", "--grad-chunk-size", "8",
-                                "--sde-step-size", "0.17", "--sde-method", "euler", "--hutchinson-probes", "1"]),
+    "exact_likelihood_pg": (
+        4,
+        [
+            *BASE,
+            "--n-steps",
+            "4",
+            "--ft-denoising-steps",
+            "3",
+            "--grad-chunk-size",
+            "8",
+            "--sde-step-size",
+            "0.17",
+            "--sde-method",
+            "euler",
+            "--hutchinson-probes",
+            "1",
+        ],
+    ),
 }
 
 
@@ -155,8 +262,9 @@ def poison_rewards(monkeypatch, switch):
     monkeypatch.setattr(gym, "make", lambda *a, **k: PoisonedReward(make(*a, **k), switch))
 
 
-def test_nan_reward_stops_the_run_in_one_line_and_keeps_the_last_good_checkpoint(tiny_diffusion_checkpoint, tmp_path,
-                                                                                  monkeypatch):
+def test_nan_reward_stops_the_run_in_one_line_and_keeps_the_last_good_checkpoint(
+    tiny_diffusion_checkpoint, tmp_path, monkeypatch
+):
     from cleandppo import dppo
 
     switch, finished, count = {"on": False}, envs.finished_episodes, [0]
@@ -169,11 +277,25 @@ def test_nan_reward_stops_the_run_in_one_line_and_keeps_the_last_good_checkpoint
 
     monkeypatch.setattr(envs, "finished_episodes", poison_in_iteration_3)
     run = tmp_path / "run"
-    args = dppo.Args(checkpoint=tiny_diffusion_checkpoint, run_dir=str(run), total_timesteps=160, eval_freq=100,
-                     **dict(zip(("num_envs", "n_steps", "batch_size", "eval_episodes"), (2, 4, 8, 1))),
-                     mlp_dims=(32, 32, 32), time_dim=8, denoising_steps=6, ft_denoising_steps=3, critic_dims=(16,) * 3)
-    main_fails(dppo, args, "non-finite reward in iteration 3", f"{run / 'checkpoint_last.pt'} is the last good",
-               writes_nothing=False)
+    args = dppo.Args(
+        checkpoint=tiny_diffusion_checkpoint,
+        run_dir=str(run),
+        total_timesteps=160,
+        eval_freq=100,
+        **dict(zip(("num_envs", "n_steps", "batch_size", "eval_episodes"), (2, 4, 8, 1), strict=True)),
+        mlp_dims=(32, 32, 32),
+        time_dim=8,
+        denoising_steps=6,
+        ft_denoising_steps=3,
+        critic_dims=(16,) * 3,
+    )
+    main_fails(
+        dppo,
+        args,
+        "non-finite reward in iteration 3",
+        f"{run / 'checkpoint_last.pt'} is the last good",
+        writes_nothing=False,
+    )
     assert torch.load(run / "checkpoint_last.pt", weights_only=False)["iteration"] == 2
     assert runs.all_finite(torch.load(run / "checkpoint_last.pt", weights_only=False)["critic"])
     assert not os.path.exists(run / "checkpoint_3.pt")
@@ -209,8 +331,18 @@ def test_non_finite_losses_and_weights_are_named():
 def tiny_dppo_args(run_dir, checkpoint, **flags):
     from cleandppo import dppo
 
-    tiny = dict(num_envs=2, n_steps=4, batch_size=8, eval_episodes=1, mlp_dims=(32, 32, 32), time_dim=8,
-                denoising_steps=6, ft_denoising_steps=3, critic_dims=(16, 16, 16), total_timesteps=32)
+    tiny = dict(
+        num_envs=2,
+        n_steps=4,
+        batch_size=8,
+        eval_episodes=1,
+        mlp_dims=(32, 32, 32),
+        time_dim=8,
+        denoising_steps=6,
+        ft_denoising_steps=3,
+        critic_dims=(16, 16, 16),
+        total_timesteps=32,
+    )
     return dppo.Args(checkpoint=checkpoint, run_dir=str(run_dir), **{**tiny, **flags})
 
 
@@ -221,8 +353,14 @@ def test_a_run_dir_holding_a_run_is_refused_then_overwritten_on_request(tiny_dif
     dppo.main(tiny_dppo_args(run, tiny_diffusion_checkpoint))
     before = {name: os.path.getmtime(run / name) for name in os.listdir(run)}
     last = run / "checkpoint_last.pt"
-    main_fails(dppo, tiny_dppo_args(run, tiny_diffusion_checkpoint), "already holds a run",
-               f"resume it with --checkpoint {last}", "--overwrite", writes_nothing=False)
+    main_fails(
+        dppo,
+        tiny_dppo_args(run, tiny_diffusion_checkpoint),
+        "already holds a run",
+        f"resume it with --checkpoint {last}",
+        "--overwrite",
+        writes_nothing=False,
+    )
     assert {name: os.path.getmtime(run / name) for name in os.listdir(run)} == before  # nothing touched
     dppo.main(tiny_dppo_args(run, tiny_diffusion_checkpoint, overwrite=True))
     assert len([n for n in os.listdir(run) if n.startswith("events.out")]) == 1  # the old curves are gone
@@ -233,8 +371,9 @@ def test_a_pretraining_run_dir_is_refused_without_a_resume_hint(tmp_path):
 
     (tmp_path / "pre").mkdir()
     (tmp_path / "pre" / "pretrained.pt").write_bytes(b"")
-    msg = main_fails(dppo, dppo.Args(run_dir=str(tmp_path / "pre")), "already holds a run", "--overwrite",
-                     writes_nothing=False)
+    msg = main_fails(
+        dppo, dppo.Args(run_dir=str(tmp_path / "pre")), "already holds a run", "--overwrite", writes_nothing=False
+    )
     assert "--checkpoint" not in msg
 
 
@@ -252,8 +391,9 @@ def interrupt_at_vector_step(monkeypatch, calls):
 
 
 @pytest.mark.parametrize("vector_step, finished", [(10, 2), (2, 0)])
-def test_ctrl_c_mid_iteration_keeps_the_last_finished_one(vector_step, finished, tiny_diffusion_checkpoint, tmp_path,
-                                                           monkeypatch, capsys):
+def test_ctrl_c_mid_iteration_keeps_the_last_finished_one(
+    vector_step, finished, tiny_diffusion_checkpoint, tmp_path, monkeypatch, capsys
+):
     from cleandppo import dppo
 
     run = tmp_path / "run"
@@ -286,14 +426,16 @@ def test_ctrl_c_in_the_pre_trained_evaluation_is_one_line(tiny_diffusion_checkpo
 
 
 # ---- item 5: a run dir that cannot be written, a bad checkpoint or dataset: one line, no run dir left ---------------
-@pytest.mark.parametrize("where, needle", [("file", "is a file"), ("below_file", "lies below the file"),
-                                           ("read_only", "cannot write under")])
+@pytest.mark.parametrize(
+    "where, needle", [("file", "is a file"), ("below_file", "lies below the file"), ("read_only", "cannot write under")]
+)
 def test_unwritable_run_dirs_are_one_line(where, needle, tmp_path):
     from cleandppo import dppo
 
     (tmp_path / "file").write_text("")
-    run_dir = {"file": tmp_path / "file", "below_file": tmp_path / "file" / "run",
-               "read_only": "/proc/cleandppo-run"}[where]  # /proc: read-only even for root
+    run_dir = {"file": tmp_path / "file", "below_file": tmp_path / "file" / "run", "read_only": "/proc/cleandppo-run"}[
+        where
+    ]  # /proc: read-only even for root
     with pytest.raises(SystemExit) as e:
         dppo.main(dppo.Args(run_dir=str(run_dir)))
     assert_one_line_error(str(e.value), needle, "--run-dir")
@@ -302,10 +444,12 @@ def test_unwritable_run_dirs_are_one_line(where, needle, tmp_path):
 @pytest.mark.parametrize("script", ["dppo", "gaussian_ppo", "gmm_ppo"])
 def test_a_bad_dataset_or_checkpoint_leaves_no_run_dir(script, tmp_path):
     module = importlib.import_module(f"cleandppo.{script}")
-    main_fails(module, module.Args(dataset=str(tmp_path / "missing.hdf5"), run_dir=str(tmp_path / "a")),
-               "does not exist")
-    main_fails(module, module.Args(checkpoint=str(tmp_path / "missing.pt"), run_dir=str(tmp_path / "b")),
-               "does not exist")
+    main_fails(
+        module, module.Args(dataset=str(tmp_path / "missing.hdf5"), run_dir=str(tmp_path / "a")), "does not exist"
+    )
+    main_fails(
+        module, module.Args(checkpoint=str(tmp_path / "missing.pt"), run_dir=str(tmp_path / "b")), "does not exist"
+    )
 
 
 # ---- item 6: every flag's range, with the same rules in every script -------------------------------------------------
@@ -337,10 +481,15 @@ def test_every_numeric_flag_has_a_rule_and_out_of_range_values_are_one_line(scri
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-@pytest.mark.parametrize("flags, needle", [(dict(gamma=1.5), "--gamma must be in (0, 1], got 1.5"),
-                                           (dict(total_timesteps=0), "--total-timesteps must be >= 1"),
-                                           (dict(total_timesteps=5000), "below one iteration"),
-                                           (dict(actor_lr=-1.0), "--actor-lr must be > 0, got -1.0")])
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (dict(gamma=1.5), "--gamma must be in (0, 1], got 1.5"),
+        (dict(total_timesteps=0), "--total-timesteps must be >= 1"),
+        (dict(total_timesteps=5000), "below one iteration"),
+        (dict(actor_lr=-1.0), "--actor-lr must be > 0, got -1.0"),
+    ],
+)
 def test_every_script_checks_ranges_and_the_budget(script, flags, needle, tmp_path):
     module = importlib.import_module(f"cleandppo.{script}")
     main_fails(module, module.Args(run_dir=str(tmp_path / "r"), **flags), needle)
@@ -354,8 +503,15 @@ def test_each_flag_has_one_rule():
 
 
 def test_a_bad_learning_rate_is_one_line_on_the_command_line(tmp_path):
-    cli_fails("gmm_ppo.py", "--actor-lr", "-1", "--run-dir", tmp_path / "r", needles=["--actor-lr must be > 0"],
-              run_dir=tmp_path / "r")
+    cli_fails(
+        "gmm_ppo.py",
+        "--actor-lr",
+        "-1",
+        "--run-dir",
+        tmp_path / "r",
+        needles=["--actor-lr must be > 0"],
+        run_dir=tmp_path / "r",
+    )
 
 
 # ---- item 7: every error that names a command names one that works -------------------------------------------------
@@ -407,15 +563,28 @@ def test_dppo_kill_9_then_resume_is_bit_identical(tiny_diffusion_checkpoint, tmp
     import subprocess
     import sys
 
-    from conftest import ROOT
     from cleandppo import dppo
+    from conftest import ROOT
 
     flags = [*DPPO_TINY, "--total-timesteps", "160"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     run_main(dppo, "--checkpoint", tiny_diffusion_checkpoint, *flags, "--run-dir", whole)
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "cleandppo", "dppo.py"), "--checkpoint",
-                             tiny_diffusion_checkpoint, *flags, "--run-dir", str(killed)], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            os.path.join(ROOT, "cleandppo", "dppo.py"),
+            "--checkpoint",
+            tiny_diffusion_checkpoint,
+            *flags,
+            "--run-dir",
+            str(killed),
+        ],
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     for line in proc.stdout:
         if line.startswith("iter 2/"):
             break
@@ -438,8 +607,22 @@ def test_every_rollout_stops_at_a_nan_reward(script, tiny_diffusion_checkpoint, 
 
     monkeypatch.setattr(envs, "finished_episodes", poison_after_the_first_vector_step)
     if script == "gaussian_ppo":
-        flags = ["--from-scratch", "--mlp-dims", "16", "16", "--num-envs", "2", "--n-steps", "8", "--batch-size", "8",
-                 "--eval-episodes", "1", "--total-timesteps", "16"]
+        flags = [
+            "--from-scratch",
+            "--mlp-dims",
+            "16",
+            "16",
+            "--num-envs",
+            "2",
+            "--n-steps",
+            "8",
+            "--batch-size",
+            "8",
+            "--eval-episodes",
+            "1",
+            "--total-timesteps",
+            "16",
+        ]
     else:
         n_steps, flags = FAMILIES[script]
         flags = ["--checkpoint", tiny_diffusion_checkpoint, *flags, "--total-timesteps", str(2 * n_steps * 4)]
@@ -448,8 +631,10 @@ def test_every_rollout_stops_at_a_nan_reward(script, tiny_diffusion_checkpoint, 
     assert_one_line_error(str(e.value), "non-finite reward in iteration 1", "no checkpoint was written")
 
 
-@pytest.mark.parametrize("env_id, asynchronous", [("Hopper-v2", False), ("Walker2D-v2", False),
-                                                  ("HalfCheetah-v2", False), ("Hopper-v2", True)])
+@pytest.mark.parametrize(
+    "env_id, asynchronous",
+    [("Hopper-v2", False), ("Walker2D-v2", False), ("HalfCheetah-v2", False), ("Hopper-v2", True)],
+)
 def test_a_restored_vector_env_continues_bit_identically(env_id, asynchronous, monkeypatch):
     """Envs restored from vec_env_state (mid-episode, across terminations, time-outs and auto-resets) step exactly as
     the originals: one action per step and a 3-step history, so the history carried over is read."""
@@ -469,7 +654,7 @@ def test_a_restored_vector_env_continues_bit_identically(env_id, asynchronous, m
     runs.restore_vec_env(restored, runs.vec_env_state(original))
     for chunk in actions[37:]:
         a, b = original.step(chunk), restored.step(chunk)
-        for x, y in zip(a[:4], b[:4]):
+        for x, y in zip(a[:4], b[:4], strict=True):
             np.testing.assert_array_equal(x, y)
         assert envs.finished_episodes(a[4]) == envs.finished_episodes(b[4])  # returns and lengths of ended episodes
     original.close()
