@@ -215,7 +215,8 @@ def make_env(env_id: str, act_steps: int = 1, cond_steps: int = 1, normalization
     if is_robomimic(env_id):  # section 7: robosuite task, truncated at its own max_episode_steps
         env = make_robomimic_env(env_id, render_mode)
     else:
-        env = gym.make(gym_id, max_episode_steps=max_episode_steps(env_id), render_mode=render_mode)
+        limit = avoid.MAX_EPISODE_STEPS if is_avoid(env_id) else GYM_MAX_EPISODE_STEPS
+        env = gym.make(gym_id, max_episode_steps=limit, render_mode=render_mode)
     if normalization is None:
         normalization = identity_normalization(env.observation_space.shape[0], env.action_space.shape[0])
     return ChunkedEnv(env, act_steps, cond_steps, normalization)

@@ -574,6 +574,9 @@ def test_ctrl_c_keeps_the_last_finished_iteration_then_resumes_in_place(tiny_dif
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=dict(os.environ, OMP_NUM_THREADS="1"),
+        # a shell that starts the tests in the background makes them ignore SIGINT, and Python keeps an ignored
+        # SIGINT ignored: give the child the default disposition so Ctrl-C reaches it as KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     for line in proc.stdout:  # wait until the second iteration has finished
         if line.startswith("iter 2/"):
