@@ -12,6 +12,7 @@ Read top to bottom:
   3. drawing            -- RGB frames without OpenGL
   4. demonstrations     -- a scripted multi-route demonstrator and the paper's subsets M1, M2, M3
   5. D3IL's own files   -- reader for its pickled per-episode dicts
+  6. ids and datasets   -- what envs.py asks of this task: avoid-m1/m2/m3, dataset names, checkpoint checks
 """
 
 from __future__ import annotations
@@ -208,7 +209,8 @@ class AvoidEnv(gym.Env):
         return draw_frame(np.array(self.trail), self.state["desired"][0])
 
 
-gym.register(id="cleandppo/Avoid-v0", entry_point=AvoidEnv, max_episode_steps=MAX_EPISODE_STEPS)
+GYM_ID = "cleandppo/Avoid-v0"
+gym.register(id=GYM_ID, entry_point=AvoidEnv, max_episode_steps=MAX_EPISODE_STEPS)
 
 
 class AvoidVectorEnv:
@@ -450,3 +452,88 @@ def replay_reward(current: np.ndarray) -> np.ndarray:
         r = float(state["modes"][0, REWARD_MODE]) + float(xy[1] > GOAL_Y)
         rewards[t] = -0.1 if (state["collided"][0] or outside) else r
     return rewards
+
+
+def add_action_noise(actions: np.ndarray, iteration: int, limits, start_itr: int = 5, ramp_itrs: int = 5) -> np.ndarray:
+    """Executed (normalized) actions plus the fine-tuning noise of paper D.8 (Fig. 10 left): from iteration
+    `start_itr` on, magnitude uniform in [low, high] with a random sign per entry, the limits ramping
+    linearly from limits / ramp_itrs to `limits` over `ramp_itrs` iterations; unchanged before."""
+    low, high = limits
+    if high <= 0 or iteration < start_itr:
+        return actions
+    frac = min(1.0, (iteration - start_itr + 1) / ramp_itrs)
+    magnitude = np.random.uniform(low * frac, high * frac, actions.shape)
+    return actions + magnitude * np.random.choice([-1.0, 1.0], actions.shape)
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. Ids and datasets (envs.py dispatches here): one simulator, three pre-training subsets
+# ------------------------------------------------------------------------------------------------
+# `avoid-m1/-m2/-m3` name the task together with the data subset its pre-trained policy was cloned from
+# (M1: modes 5|6, M2: 5|7, M3: 5|8); all three run the same avoiding-m5 task. `avoid` is the task alone.
+ENV_IDS = {"avoid": None, "avoid-m1": "m1", "avoid-m2": "m2", "avoid-m3": "m3"}
+DATA_COMMAND = "python scripts/make_avoid_data.py"
+
+
+def fail(message: str):
+    from cleandppo import envs  # envs imports this module at its top
+
+    envs.fail(message)
+
+
+def is_avoid(env_id) -> bool:
+    """True for avoid, avoid-m1, avoid-m2, avoid-m3 (any case); avoid-<other> is a one-line error."""
+    if not isinstance(env_id, str) or not env_id.lower().startswith("avoid"):
+        return False
+    if env_id.lower() not in ENV_IDS:
+        fail(f"unknown Avoid subset in --env-id {env_id!r}; use one of {', '.join(ENV_IDS)}")
+    return True
+
+
+def check_bundled(env_id: str):
+    """`avoid` alone has no bundled policy: one line naming the three that exist."""
+    if is_avoid(env_id) and ENV_IDS[env_id.lower()] is None:
+        fail("--env-id avoid has one bundled pre-trained policy per data subset: pass --env-id avoid-m1, avoid-m2 "
+             "or avoid-m3 (or --checkpoint)")
+
+
+def check_subset(path: str, checkpoint_env: str, env_id: str):
+    """A checkpoint cloned from another subset than --env-id names: one line."""
+    wanted = ENV_IDS.get(env_id.lower()) if is_avoid(env_id) else None
+    if wanted and ENV_IDS.get(checkpoint_env.lower()) != wanted:
+        fail(f"{path} was pre-trained on Avoid subset {checkpoint_env}, not {env_id}; pass --env-id {checkpoint_env} "
+             f"or a checkpoint of {env_id}")
+
+
+def resolve_dataset(dataset: str) -> str:
+    """Path of avoid-m1/m2/m3 (scripted demos) or avoid-d3il-m1/m2/m3 (D3IL's demos, filtered) in the data dir."""
+    from cleandppo import envs
+
+    name = dataset.lower()
+    scripted = [f"avoid-{s}" for s in SUBSETS] + ["avoid-all"]
+    d3il = [f"avoid-d3il-{s}" for s in SUBSETS] + ["avoid-d3il-all"]
+    if name not in scripted + d3il:
+        fail(f"unknown Avoid dataset {dataset!r}; use one of {', '.join(scripted + d3il)} or an hdf5 path")
+    path = os.path.join(envs.data_dir(), f"{name}.hdf5")
+    if os.path.isfile(path):
+        return path
+    if name in d3il:
+        fail(f"{name} is not in {envs.data_dir()}; convert D3IL's data/avoiding/data/*.pkl with: "
+             f"{DATA_COMMAND} --d3il-dir <that directory>")
+    fail(f"{name} is not in {envs.data_dir()}; make it (a few seconds) with: {DATA_COMMAND}")
+
+
+def load_d3il_directory(directory: str, env_id: str | None) -> dict:
+    """D3IL's data/avoiding/data/*.pkl as flat D4RL-layout arrays, cut to the subset of `env_id` (avoid-m1/m2/m3)
+    by the official filter; `--env-id avoid` keeps every episode."""
+    if env_id is None or not is_avoid(env_id):
+        fail(f"--dataset {directory} is a directory: only D3IL Avoid pickles are read from one; "
+             "pass --env-id avoid-m1|m2|m3")
+    episodes = read_d3il_episodes(directory)
+    if not episodes:
+        fail(f"no *.pkl episode in {directory}; pass D3IL's data/avoiding/data directory")
+    name = ENV_IDS[env_id.lower()]
+    if name is not None:
+        episodes = subset(episodes, name)
+    print(f"[d3il] {len(episodes)} episodes of {directory}" + (f" in subset {name.upper()}" if name else ""))
+    return to_d4rl(episodes)

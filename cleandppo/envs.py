@@ -8,7 +8,7 @@ Nothing algorithmic lives here. Read top to bottom:
   5. datasets     -- D4RL-format hdf5 read/write, download, Minari, pre-training samples
   6. checkpoints  -- atomic save, load with clear errors, bundled checkpoint paths
   7. robomimic    -- lift/can/square/transport on robosuite 1.5, robomimic hdf5 read/download
-  8. avoid        -- D3IL's Avoid task (cleandppo/avoid.py): ids avoid-m1/m2/m3, datasets, subsets
+  8. avoid        -- D3IL's Avoid task: its ids, data and vector env live in cleandppo/avoid.py
 """
 
 from __future__ import annotations
@@ -23,7 +23,10 @@ from collections import deque
 import gymnasium as gym
 import numpy as np
 
-from cleandppo import avoid  # registers cleandppo/Avoid-v0 with gymnasium
+from cleandppo import avoid  # section 8: registers cleandppo/Avoid-v0 with gymnasium
+
+is_avoid = avoid.is_avoid  # avoid, avoid-m1, avoid-m2, avoid-m3
+add_action_noise = avoid.add_action_noise  # paper D.8: noise on the executed actions while fine-tuning (Fig. 10)
 
 # gymnasium warns on every v4 make that v5 exists; we pick v4 on purpose (see README), so the
 # warning says nothing new. Other warnings stay visible.
@@ -72,7 +75,7 @@ def resolve_env_id(env_id: str) -> str:
     if is_robomimic(env_id):  # section 7
         return _robomimic_task(env_id)
     if is_avoid(env_id):  # section 8
-        return AVOID_GYM_ID
+        return avoid.GYM_ID
     paper = _ALIASES.get(env_id.lower(), env_id)
     if paper in PAPER_GYM_IDS:
         gym_id = PAPER_GYM_IDS[paper]
@@ -82,7 +85,7 @@ def resolve_env_id(env_id: str) -> str:
         return gym_id
     if env_id in MODERN_GYM_IDS:
         return env_id
-    known = ", ".join(list(PAPER_GYM_IDS) + MODERN_GYM_IDS + list(ROBOMIMIC_TASKS) + list(AVOID_IDS))
+    known = ", ".join(list(PAPER_GYM_IDS) + MODERN_GYM_IDS + list(ROBOMIMIC_TASKS) + list(avoid.ENV_IDS))
     fail(f"unknown --env-id {env_id!r}; known ids: {known}")
 
 
@@ -237,8 +240,7 @@ def make_vec_env(env_id: str, num_envs: int, seed: int, act_steps: int = 1, cond
         fail(f"--num-envs must be >= 1, got {num_envs}")
     resolve_env_id(env_id)  # fail early, in this process, on an unknown id
     if is_avoid(env_id):  # section 8: one batched numpy env, same contract, 50-100x faster
-        norm = normalization or identity_normalization(*env_dims(env_id))
-        return avoid.AvoidVectorEnv(num_envs, act_steps, cond_steps, norm)
+        return avoid.AvoidVectorEnv(num_envs, act_steps, cond_steps, normalization or identity_normalization(4, 2))
     fns = [lambda: make_env(env_id, act_steps, cond_steps, normalization) for _ in range(num_envs)]
     vector_cls = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
     envs = vector_cls(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
@@ -370,7 +372,7 @@ def resolve_dataset(dataset: str) -> str:
     if _robomimic_dataset_name(dataset):  # section 7: lift-mh, can-ph, square-scripted, ...
         return resolve_robomimic_dataset(dataset)
     if dataset.lower().startswith("avoid"):  # section 8: avoid-m1, avoid-d3il-m2, ...
-        return resolve_avoid_dataset(dataset)
+        return avoid.resolve_dataset(dataset)
     if dataset not in D4RL_NAMES:
         if dataset.endswith((".hdf5", ".h5")):
             fail(f"dataset file {dataset} does not exist")
@@ -441,7 +443,7 @@ def load_dataset(dataset: str, env_id: str | None = None) -> dict:
     if "/" in dataset and not dataset.endswith((".hdf5", ".h5")) and not os.path.exists(dataset):
         data = load_minari(dataset)
     elif os.path.isdir(dataset):  # section 8: D3IL's per-episode pickles, filtered to the subset of --env-id
-        data = load_d3il_directory(dataset, env_id)
+        data = avoid.load_d3il_directory(dataset, env_id)
     else:
         path = resolve_dataset(dataset)
         if is_robomimic_hdf5(path):  # section 7
@@ -501,9 +503,7 @@ PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretr
 
 def bundled_checkpoint(env_id: str, policy: str, backbone: str = "mlp") -> str:
     """Path of the bundled pre-trained checkpoint, e.g. pretrained/hopper-v2-diffusion-mlp.pt."""
-    if is_avoid(env_id) and AVOID_IDS[env_id.lower()] is None:
-        fail("--env-id avoid has one bundled pre-trained policy per data subset: pass --env-id avoid-m1, avoid-m2 "
-             "or avoid-m3 (or --checkpoint)")
+    avoid.check_bundled(env_id)
     return os.path.join(PRETRAINED_DIR, f"{env_slug(env_id)}-{policy}-{backbone}.pt")
 
 
@@ -533,9 +533,7 @@ def load_checkpoint(path: str, policy: str, env_id: str, backbone: str | None = 
         fail(f"{path} holds a {ckpt['policy']} policy, this script needs a {policy} one; pass a {policy} checkpoint")
     if not same_task(ckpt["env_id"], env_id):
         fail(f"{path} was trained on {ckpt['env_id']}, not {env_id}; pass --env-id {ckpt['env_id']} or a checkpoint of {env_id}")
-    if is_avoid(env_id) and AVOID_IDS[env_id.lower()] and AVOID_IDS.get(ckpt["env_id"].lower()) != AVOID_IDS[env_id.lower()]:
-        fail(f"{path} was pre-trained on Avoid subset {ckpt['env_id']}, not {env_id}; pass --env-id {ckpt['env_id']} "
-             f"or a checkpoint of {env_id}")
+    avoid.check_subset(path, ckpt["env_id"], env_id)
     if backbone is not None and ckpt.get("backbone") != backbone:
         fail(f"{path} has backbone {ckpt.get('backbone')}, not {backbone}; pass --backbone {ckpt.get('backbone')}")
     return ckpt
@@ -910,65 +908,3 @@ def load_robomimic_dataset(path: str, env_id: str | None = None) -> dict:
     data["attrs"] = {"env_id": task}
     data["normalization"] = compute_normalization(data["observations"], data["actions"])
     return data
-
-
-# ------------------------------------------------------------------------------------------------
-# 8. Avoid (D3IL, paper section 6): one simulator, three pre-training subsets (cleandppo/avoid.py)
-# ------------------------------------------------------------------------------------------------
-# `avoid-m1/-m2/-m3` name the task together with the data subset its pre-trained policy was cloned from
-# (M1: modes 5|6, M2: 5|7, M3: 5|8); all three run the same avoiding-m5 task. `avoid` is the task alone.
-AVOID_GYM_ID = "cleandppo/Avoid-v0"
-AVOID_IDS = {"avoid": None, "avoid-m1": "m1", "avoid-m2": "m2", "avoid-m3": "m3"}
-AVOID_DATA_COMMAND = "python scripts/make_avoid_data.py"
-
-
-def is_avoid(env_id) -> bool:
-    """True for avoid, avoid-m1, avoid-m2, avoid-m3 (any case); avoid-<other> is a one-line error."""
-    if not isinstance(env_id, str) or not env_id.lower().startswith("avoid"):
-        return False
-    if env_id.lower() not in AVOID_IDS:
-        fail(f"unknown Avoid subset in --env-id {env_id!r}; use one of {', '.join(AVOID_IDS)}")
-    return True
-
-
-def resolve_avoid_dataset(dataset: str) -> str:
-    """Path of avoid-m1/m2/m3 (scripted demos) or avoid-d3il-m1/m2/m3 (D3IL's demos, filtered) in data_dir()."""
-    name = dataset.lower()
-    scripted = [f"avoid-{s}" for s in avoid.SUBSETS] + ["avoid-all"]
-    d3il = [f"avoid-d3il-{s}" for s in avoid.SUBSETS] + ["avoid-d3il-all"]
-    if name not in scripted + d3il:
-        fail(f"unknown Avoid dataset {dataset!r}; use one of {', '.join(scripted + d3il)} or an hdf5 path")
-    path = os.path.join(data_dir(), f"{name}.hdf5")
-    if os.path.isfile(path):
-        return path
-    if name in d3il:
-        fail(f"{name} is not in {data_dir()}; convert D3IL's data/avoiding/data/*.pkl with: "
-             f"{AVOID_DATA_COMMAND} --d3il-dir <that directory>")
-    fail(f"{name} is not in {data_dir()}; make it (a few seconds) with: {AVOID_DATA_COMMAND}")
-
-
-def add_action_noise(actions: np.ndarray, iteration: int, limits, start_itr: int = 5, ramp_itrs: int = 5) -> np.ndarray:
-    """Executed (normalized) actions plus the fine-tuning noise of paper D.8 (Fig. 10 left): from iteration
-    `start_itr` on, magnitude uniform in [low, high] with a random sign per entry, the limits ramping
-    linearly from limits / ramp_itrs to `limits` over `ramp_itrs` iterations; unchanged before."""
-    low, high = limits
-    if high <= 0 or iteration < start_itr:
-        return actions
-    frac = min(1.0, (iteration - start_itr + 1) / ramp_itrs)
-    magnitude = np.random.uniform(low * frac, high * frac, actions.shape)
-    return actions + magnitude * np.random.choice([-1.0, 1.0], actions.shape)
-
-
-def load_d3il_directory(directory: str, env_id: str | None) -> dict:
-    """D3IL's data/avoiding/data/*.pkl as flat D4RL-layout arrays, cut to the subset of `env_id` (avoid-m1/m2/m3)
-    by the official filter; `--env-id avoid` keeps every episode."""
-    if env_id is None or not is_avoid(env_id):
-        fail(f"--dataset {directory} is a directory: only D3IL Avoid pickles are read from one; pass --env-id avoid-m1|m2|m3")
-    episodes = avoid.read_d3il_episodes(directory)
-    if not episodes:
-        fail(f"no *.pkl episode in {directory}; pass D3IL's data/avoiding/data directory")
-    subset = AVOID_IDS[env_id.lower()]
-    if subset is not None:
-        episodes = avoid.subset(episodes, subset)
-    print(f"[d3il] {len(episodes)} episodes of {directory}" + (f" in subset {subset.upper()}" if subset else ""))
-    return avoid.to_d4rl(episodes)

@@ -100,7 +100,7 @@ def test_tracking_lag_and_stale_observation():
 
 
 def test_gym_env_seeding_and_episode_length():
-    env = gym.make(envs.AVOID_GYM_ID, max_episode_steps=envs.max_episode_steps("avoid-m2"), init_noise=0.05)
+    env = gym.make(avoid.GYM_ID, max_episode_steps=envs.max_episode_steps("avoid-m2"), init_noise=0.05)
     starts = [env.reset(seed=s)[0][2:] for s in (3, 3, 4)]
     np.testing.assert_array_equal(starts[0], starts[1])
     assert not np.allclose(starts[0], starts[2])
@@ -160,7 +160,7 @@ def test_read_d3il_pickles(tmp_path):
 
 
 def test_env_ids_and_datasets(tmp_path, monkeypatch):
-    assert envs.resolve_env_id("avoid-m2") == envs.AVOID_GYM_ID and envs.env_slug("AVOID-M1") == "avoid-m1"
+    assert envs.resolve_env_id("avoid-m2") == avoid.GYM_ID and envs.env_slug("AVOID-M1") == "avoid-m1"
     assert envs.env_dims("avoid-m3") == (4, 2) and envs.max_episode_steps("avoid") == 100
     with pytest.raises(SystemExit, match="avoid-m1, avoid-m2, avoid-m3"):
         envs.resolve_env_id("avoid-m4")
@@ -255,7 +255,7 @@ def test_vector_env_equals_sync_vector_env_of_chunked_envs(act_steps, cond_steps
     assert isinstance(fast, avoid.AvoidVectorEnv)
 
     def one():
-        return envs.ChunkedEnv(gym.make(envs.AVOID_GYM_ID, max_episode_steps=100), act_steps, cond_steps, norm)
+        return envs.ChunkedEnv(gym.make(avoid.GYM_ID, max_episode_steps=100), act_steps, cond_steps, norm)
 
     ref = gym.vector.SyncVectorEnv([one] * E, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     obs_a, _ = fast.reset(seed=0)
