@@ -51,6 +51,8 @@ class Args:
     """stop after behaviour-cloning pre-training"""
     eval_only: bool = False
     """only evaluate --checkpoint"""
+    official_summed_logprob: bool = False
+    """PPO on the official PPO_GMM log-prob (summed density clamped to [-5, 2], which saturates; docs/gmm_ppo.md)"""
     report_official_clamp: bool = False
     """roll out one fine-tuning batch (num-envs x n-steps queries) of --checkpoint and report the fraction
     of samples whose summed log-prob the official clamp at 2 saturates; then stop"""
@@ -405,7 +407,7 @@ def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=
             adv, ret = batch["advantages"][idx], batch["returns"][idx]
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
             means, std, logits = policy(obs)
-            new_logp = log_prob(means, std, logits, actions)
+            new_logp = (official_log_prob if args.official_summed_logprob else log_prob)(means, std, logits, actions)
             ratio = (new_logp - old_logp).exp()
             pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)).mean()
             v_loss = 0.5 * ((critic(obs) - ret) ** 2).mean()
@@ -719,7 +721,8 @@ def main(args, cli=()):
             with torch.no_grad():
                 means, std, logits = policy(flat(buf_obs))
                 summed_logp = mixture_log_prob(means, std, logits, flat(buf_act))
-                old_logp = (summed_logp / (args.horizon_steps * action_dim)).clamp(-5.0, 2.0)  # = log_prob(...)
+                scale = 1 if args.official_summed_logprob else args.horizon_steps * action_dim
+                old_logp = (summed_logp / scale).clamp(-5.0, 2.0)  # = (official_)log_prob(...)
             batch = dict(obs=flat(buf_obs), actions=flat(buf_act), logprobs=old_logp,
                          advantages=torch.as_tensor(advantages.reshape(-1), dtype=torch.float32, device=device),
                          returns=torch.as_tensor(returns.reshape(-1), dtype=torch.float32, device=device))
