@@ -158,6 +158,8 @@ def group_runs(root: str) -> dict:
     """{group: [run dirs]} for directories named <group>__s<seed> under root."""
     groups = {}
     for run in sorted(glob.glob(os.path.join(root, "*__s*"))):
+        if not os.path.isdir(run):  # <run>.log files sit beside the run dirs
+            continue
         groups.setdefault(re.sub(r"__s\d+$", "", os.path.basename(run)), []).append(run)
     return groups
 
