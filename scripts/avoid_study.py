@@ -164,10 +164,15 @@ def read_curve(run_dir: str, tag: str):
     return steps, np.array([np.mean(by_step[s]) for s in steps])
 
 
-def group_runs(root: str) -> dict:
-    """{group: [run dirs]} for directories named <group>__s<seed> under root."""
+def group_runs(roots) -> dict:
+    """{group: [run dirs]} for directories named <group>__s<seed> under root (or each of several roots)."""
     groups = {}
-    for run in sorted(glob.glob(os.path.join(root, "*__s*"))):
+    runs = [
+        run for root in ([roots] if isinstance(roots, str) else roots) for run in glob.glob(os.path.join(root, "*__s*"))
+    ]
+    for run in sorted(runs):
+        if not os.path.isdir(run):  # <run>.log files sit beside the run dirs
+            continue
         groups.setdefault(re.sub(r"__s\d+$", "", os.path.basename(run)), []).append(run)
     return groups
 
@@ -175,7 +180,7 @@ def group_runs(root: str) -> dict:
 def curves(args):
     """One panel per subset (group names start with m1/m2/m3), one line per method, band = min..max over seeds."""
     plt = plt_module()
-    groups = group_runs(args.runs)
+    groups = {g: r for g, r in group_runs(args.runs).items() if not args.only or any(o in g for o in args.only)}
     if not groups:
         envs.fail(f"no run directories named <group>__s<seed> in {args.runs}")
     panels = sorted({g.split("__")[0] for g in groups})
@@ -261,8 +266,9 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p = sub.add_parser("curves", help="learning curves from run directories")
-    p.add_argument("--runs", required=True, help="directory holding <subset>__<method>__s<seed> run dirs")
+    p.add_argument("--runs", required=True, nargs="+", help="directories holding <subset>__<method>__s<seed> run dirs")
     p.add_argument("--tag", default="charts/episodic_return")
+    p.add_argument("--only", nargs="+", default=None, help="keep the run groups whose name contains one of these")
     p.add_argument("--out", required=True)
     p = sub.add_parser("robustness", help="fine-tuned policies under action noise and wider initial states")
     p.add_argument("--runs", required=True)
