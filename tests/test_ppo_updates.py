@@ -468,3 +468,32 @@ def test_dppo_update_raises_the_log_prob_of_the_positive_advantage_chain():
     )
     change = (logp() - old).sum(1)  # summed over the fine-tuned steps of each chain
     assert (change[advantages > 0] > 0).all() and (change[advantages < 0] < 0).all(), change
+
+
+def test_gmm_official_summed_logprob_gives_no_gradient_to_saturated_samples():
+    """--official-summed-logprob: the summed chunk density clamped at 2 (official PPO_GMM) leaves every sample above
+    2 with ratio 1, so an update on such samples moves no actor weight; the per-dimension log-prob does move them."""
+    torch.manual_seed(0)
+    policy = gmm_ppo.GMMPolicy(3, 2, 2, 1, num_modes=3, mlp_dims=(16, 16, 16), init_std=0.1)
+    critic = gmm_ppo.Critic(3, 1, (8, 8, 8))
+    obs = torch.zeros(2, 1, 3)
+    with torch.no_grad():
+        means, std, logits = policy(obs)
+        # near a mode's mean: the summed log-density is about 4 * 1.38 > 2
+        actions = gmm_ppo.mode_action(means, logits) + torch.tensor([0.02, -0.03]).view(2, 1, 1)
+        summed = gmm_ppo.mixture_log_prob(means, std, logits, actions)
+    assert (summed > 2).all()
+    for official, moves in ((True, False), (False, True)):
+        copy = gmm_ppo.GMMPolicy(3, 2, 2, 1, num_modes=3, mlp_dims=(16, 16, 16), init_std=0.1)
+        copy.load_state_dict(policy.state_dict())
+        old = (summed if official else summed / 4).clamp(-5.0, 2.0)
+        batch = dict(
+            obs=obs, actions=actions, logprobs=old, advantages=torch.tensor([1.0, -1.0]), returns=torch.zeros(2)
+        )
+        args = gmm_ppo.Args(
+            batch_size=2, update_epochs=1, clip_coef=0.2, target_kl=None, official_summed_logprob=official
+        )
+        before = [p.detach().clone() for p in copy.parameters()]
+        gmm_ppo.ppo_update(copy, critic, torch.optim.SGD(copy.parameters(), lr=1e-2), zero_lr_sgd(critic), batch, args)
+        changed = any(not torch.equal(b, p) for b, p in zip(before, copy.parameters(), strict=True))
+        assert changed == moves, official
