@@ -137,7 +137,9 @@ def trajectories(args):
         ax.axis("off")
     for ax, path in zip(axes.flat, args.checkpoints):
         out = rollout(path, args.episodes, args.seed, args.mode)
-        label = os.path.basename(path).replace(".pt", "") if not args.titles else args.titles.pop(0)
+        name = os.path.basename(path).replace(".pt", "")
+        name = os.path.basename(os.path.dirname(path)) if name.startswith("checkpoint") else name  # the run's name
+        label = name if not args.titles else args.titles.pop(0)
         avoid.draw_scene(ax, f"{label}\nreturn {out['returns'].mean():.1f}, success {out['success'].mean():.2f}")
         for p in out["paths"]:
             ax.plot(p[:, 0], p[:, 1], lw=0.6, alpha=0.7, color="tab:red" if p[-1, 0] < 0.35 else "tab:gray")
@@ -254,6 +256,26 @@ def robustness(args):
         )
 
 
+def summaries(args):
+    """One CSV row per run: the numbers of its summary.json (and of summary_iter20.json, where a run was continued)."""
+    keys = ("pretrained_eval_return", "final_eval_return", "best_eval_return", "env_steps", "wall_time_s")
+    with open(args.out, "w") as f:
+        f.write("experiment,run,seed," + ",".join(keys) + ",final_eval_return_at_iteration_20\n")
+        for root in args.runs:
+            for group, runs in sorted(group_runs(root).items()):
+                for run in runs:
+                    path = os.path.join(run, "summary.json")
+                    if not os.path.isfile(path):
+                        continue
+                    with open(path) as g:
+                        summary = json.load(g)
+                    early = os.path.join(run, "summary_iter20.json")
+                    at20 = json.load(open(early))["final_eval_return"] if os.path.isfile(early) else ""
+                    values = ",".join(f"{summary[k]:.4g}" if isinstance(summary[k], float) else str(summary[k]) for k in keys)
+                    f.write(f"{os.path.basename(root)},{group},{summary['seed']},{values},{at20}\n")
+    print(f"table -> {args.out}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -269,6 +291,9 @@ def main(argv=None):
     p.add_argument("--runs", required=True, nargs="+", help="directories holding <subset>__<method>__s<seed> run dirs")
     p.add_argument("--tag", default="charts/episodic_return")
     p.add_argument("--only", nargs="+", default=None, help="keep the run groups whose name contains one of these")
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("summaries", help="one CSV row per finished run (its summary.json)")
+    p.add_argument("--runs", required=True, nargs="+")
     p.add_argument("--out", required=True)
     p = sub.add_parser("robustness", help="fine-tuned policies under action noise and wider initial states")
     p.add_argument("--runs", required=True)
