@@ -271,7 +271,9 @@ def summaries(args):
                         summary = json.load(g)
                     early = os.path.join(run, "summary_iter20.json")
                     at20 = json.load(open(early))["final_eval_return"] if os.path.isfile(early) else ""
-                    values = ",".join(f"{summary[k]:.4g}" if isinstance(summary[k], float) else str(summary[k]) for k in keys)
+                    values = ",".join(
+                        f"{summary[k]:.4g}" if isinstance(summary[k], float) else str(summary[k]) for k in keys
+                    )
                     f.write(f"{os.path.basename(root)},{group},{summary['seed']},{values},{at20}\n")
     print(f"table -> {args.out}")
 
