@@ -6,8 +6,9 @@
 #   bash scripts/avoid_study.sh a7 figures      # only some stages
 #
 # Stages: data, pretrain (remakes the bundled cleandppo/pretrained/avoid-m*-*.pt), a7 (Fig. A7: M1-M3,
-# DPPO with K' = 1, 4, 10, Gaussian, GMM), noise (Fig. 10 left: M2 with action noise from iteration 5),
-# chunk (Fig. 10 right: M2 with Ta = 16), figures (Fig. 9, A7, 10, 12 and the pre-training figure).
+# DPPO with K' = 1, 4, 10, Gaussian, GMM), gmmclamp (M2 GMM with the official saturating log-prob),
+# noise (Fig. 10 left: M2 with action noise from iteration 5), chunk (Fig. 10 right: M2 with Ta = 16),
+# figures (Fig. 9, A7, 10, 12, the pre-training figure and a table of every run's summary).
 # Knobs (environment variables):
 #   ITERS=51        fine-tuning iterations (the official configs run 51; docs/avoid.md says what we ran)
 #   SEEDS="0 1 2"   seeds of every curve
@@ -27,10 +28,10 @@ SUBSETS=${SUBSETS:-"m2 m1 m3"}
 CKPT=cleandppo/pretrained
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(data pretrain a7 noise chunk figures)
+[ ${#stages[@]} -gt 0 ] || stages=(data pretrain a7 gmmclamp noise chunk figures)
 for s in "${stages[@]}"; do
-  case "$s" in data | pretrain | a7 | noise | chunk | figures) ;; *)
-    echo "error: unknown stage '$s'; use data, pretrain, a7, noise, chunk, figures" >&2
+  case "$s" in data | pretrain | a7 | gmmclamp | noise | chunk | figures) ;; *)
+    echo "error: unknown stage '$s'; use data, pretrain, a7, gmmclamp, noise, chunk, figures" >&2
     exit 2
     ;;
   esac
@@ -100,6 +101,12 @@ for stage in "${stages[@]}"; do
       done
     done | jobs_run
     ;;
+  gmmclamp)
+    for seed in $SEEDS; do
+      echo "$RUNS/a7x/m2__gmm-official-clamp__s$seed gmm_ppo --env-id avoid-m2 --official-summed-logprob --seed $seed" \
+        "--total-timesteps $((ITERS * 5000))"
+    done | jobs_run
+    ;;
   noise)
     for seed in $SEEDS; do
       methods m2 "--train-action-noise 0.1 0.2" | while read -r name script args; do
@@ -142,8 +149,14 @@ for stage in "${stages[@]}"; do
       python scripts/avoid_study.py curves --runs "$RUNS/$exp" --tag charts/success_rate \
         --out "docs/figures/avoid_${exp}_success.png"
     done
+    [ -d "$RUNS/a7x" ] && python scripts/avoid_study.py curves --runs "$RUNS/a7x" "$RUNS/a7" \
+      --only m2__gmm m2__dppo-k10 --out docs/figures/avoid_gmm_official_clamp.png
     [ -d "$RUNS/a7" ] && python scripts/avoid_study.py robustness --runs "$RUNS/a7" --subset m2 \
       --out docs/figures/avoid_fig12.png
+    [ -d "$RUNS/a7" ] && python scripts/avoid_study.py trajectories --columns 3 --episodes 30 \
+      --out docs/figures/avoid_m1_collapse.png --checkpoints "$RUNS"/a7/m1__{dppo-k10,gmm}__s{0,1,2}/checkpoint_last.pt
+    python scripts/avoid_study.py summaries --out docs/figures/avoid_runs.csv \
+      --runs "$RUNS"/a7 "$RUNS"/a7x "$RUNS"/noise "$RUNS"/chunk
     ;;
   esac
 done
