@@ -7,7 +7,8 @@
 #
 # Stages: data, pretrain (remakes the bundled cleandppo/pretrained/avoid-m*-*.pt), a7 (Fig. A7: M1-M3,
 # DPPO with K' = 1, 4, 10, Gaussian, GMM), gmmclamp (M2 GMM with the official saturating log-prob),
-# noise (Fig. 10 left: M2 with action noise from iteration 5), chunk (Fig. 10 right: M2 with Ta = 16),
+# wall (M1 DPPO with the desired position kept on the table), noise (Fig. 10 left: M2 with action noise from
+# iteration 5), chunk (Fig. 10 right: M2 with Ta = 16),
 # figures (Fig. 9, A7, 10, 12, the pre-training figure and a table of every run's summary).
 # Knobs (environment variables):
 #   ITERS=51        fine-tuning iterations (the official configs run 51; docs/avoid.md says what we ran)
@@ -26,12 +27,12 @@ RUNS=${RUNS:-runs/avoid}
 KPRIMES=${KPRIMES:-"10 4 1"}
 SUBSETS=${SUBSETS:-"m2 m1 m3"}
 CKPT=cleandppo/pretrained
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 ITERS
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(data pretrain a7 gmmclamp noise chunk figures)
+[ ${#stages[@]} -gt 0 ] || stages=(data pretrain a7 gmmclamp wall noise chunk figures)
 for s in "${stages[@]}"; do
-  case "$s" in data | pretrain | a7 | gmmclamp | noise | chunk | figures) ;; *)
-    echo "error: unknown stage '$s'; use data, pretrain, a7, gmmclamp, noise, chunk, figures" >&2
+  case "$s" in data | pretrain | a7 | gmmclamp | wall | noise | chunk | figures) ;; *)
+    echo "error: unknown stage '$s'; use data, pretrain, a7, gmmclamp, wall, noise, chunk, figures" >&2
     exit 2
     ;;
   esac
@@ -107,6 +108,15 @@ for stage in "${stages[@]}"; do
         "--total-timesteps $((ITERS * 5000))"
     done | jobs_run
     ;;
+  wall)
+    for seed in $SEEDS; do
+      d=$RUNS/wall/m1__dppo-k10-on-table__s$seed
+      [ -f "$d/summary.json" ] && continue
+      rm -rf "$d" && mkdir -p "$RUNS/wall"
+      echo "$d $seed"
+    done | xargs -P "$WORKERS" -L 1 bash -c 'python scripts/avoid_wall_check.py --env-id avoid-m1 --ft-denoising-steps 10 \
+      --seed $1 --total-timesteps $((ITERS * 5000)) --save-freq 1000 --run-dir $0 > $0.log 2>&1 || echo "[failed] $0"'
+    ;;
   noise)
     for seed in $SEEDS; do
       methods m2 "--train-action-noise 0.1 0.2" | while read -r name script args; do
@@ -155,8 +165,10 @@ for stage in "${stages[@]}"; do
       --out docs/figures/avoid_fig12.png
     [ -d "$RUNS/a7" ] && python scripts/avoid_study.py trajectories --columns 3 --episodes 30 \
       --out docs/figures/avoid_m1_collapse.png --checkpoints "$RUNS"/a7/m1__{dppo-k10,gmm}__s{0,1,2}/checkpoint_last.pt
+    [ -d "$RUNS/wall" ] && python scripts/avoid_study.py curves --runs "$RUNS/wall" "$RUNS/a7" --only m1__dppo-k10 \
+      --out docs/figures/avoid_m1_on_table.png
     python scripts/avoid_study.py summaries --out docs/figures/avoid_runs.csv \
-      --runs "$RUNS"/a7 "$RUNS"/a7x "$RUNS"/noise "$RUNS"/chunk
+      --runs "$RUNS"/a7 "$RUNS"/a7x "$RUNS"/wall "$RUNS"/noise "$RUNS"/chunk
     ;;
   esac
 done
