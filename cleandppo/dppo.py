@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import tyro
 
-from cleandppo import envs, runs
+from cleandppo import avoid, envs, runs
 
 
 @dataclass
@@ -192,7 +192,7 @@ def apply_task_defaults(args, cli):
         keys = ("n_steps", "batch_size", "update_epochs", "mlp_dims", "time_dim")
         ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
         table = dict(ROBOMIMIC, **dict(zip(keys, ROBOMIMIC_TASK[task])), act_steps=ta, horizon_steps=ta)
-    elif envs.is_avoid(args.env_id):  # minibatch: half of an iteration's (env step, denoising step) pairs
+    elif avoid.is_avoid(args.env_id):  # minibatch: half of an iteration's (env step, denoising step) pairs
         table = dict(AVOID, batch_size=round(AVOID["n_steps"] * AVOID["num_envs"] * args.ft_denoising_steps / 2))
     else:
         return False
@@ -803,7 +803,7 @@ def main(args, cli=()):
             chunk, chain = sample(actor, actor_ft, sched, torch.as_tensor(obs, device=device), plan, K_ft, Tp,
                                   action_dim, "train", args.min_sampling_denoising_std, args.randn_clip_value,
                                   args.denoised_clip_value)
-            executed = envs.add_action_noise(chunk[:, :args.act_steps].cpu().numpy(), iteration, args.train_action_noise)
+            executed = avoid.add_action_noise(chunk[:, :args.act_steps].cpu().numpy(), iteration, args.train_action_noise)
             next_obs, reward, term, trunc, infos = vec.step(executed)
             runs.check_finite(iteration, reward=reward, observation=next_obs)
             env_steps += E * args.act_steps  # episodes that end here are logged at this count

@@ -25,9 +25,6 @@ import numpy as np
 
 from cleandppo import avoid  # section 8: registers cleandppo/Avoid-v0 with gymnasium
 
-is_avoid = avoid.is_avoid  # avoid, avoid-m1, avoid-m2, avoid-m3
-add_action_noise = avoid.add_action_noise  # paper D.8: noise on the executed actions while fine-tuning (Fig. 10)
-
 # gymnasium warns on every v4 make that v5 exists; we pick v4 on purpose (see README), so the
 # warning says nothing new. Other warnings stay visible.
 warnings.filterwarnings("ignore", message=r".*is out of date\. You should consider upgrading.*")
@@ -74,7 +71,7 @@ def resolve_env_id(env_id: str) -> str:
     """Return the gymnasium id for a paper or modern id (robomimic: the task, e.g. 'can'); else one-line error."""
     if is_robomimic(env_id):  # section 7
         return _robomimic_task(env_id)
-    if is_avoid(env_id):  # section 8
+    if avoid.is_avoid(env_id):  # section 8
         return avoid.GYM_ID
     paper = _ALIASES.get(env_id.lower(), env_id)
     if paper in PAPER_GYM_IDS:
@@ -93,8 +90,6 @@ def env_slug(env_id: str) -> str:
     """Lower-case name used for file names, e.g. 'Walker2D-v2' -> 'walker2d-v2', 'PickPlaceCan' -> 'can'."""
     if is_robomimic(env_id):
         return _robomimic_task(env_id)
-    if is_avoid(env_id):
-        return env_id.lower()
     paper = _ALIASES.get(env_id.lower(), env_id)
     return paper.lower()
 
@@ -218,7 +213,7 @@ def make_env(env_id: str, act_steps: int = 1, cond_steps: int = 1, normalization
     if is_robomimic(env_id):  # section 7: robosuite task, truncated at its own max_episode_steps
         env = make_robomimic_env(env_id, render_mode)
     else:
-        limit = avoid.MAX_EPISODE_STEPS if is_avoid(env_id) else GYM_MAX_EPISODE_STEPS
+        limit = avoid.MAX_EPISODE_STEPS if avoid.is_avoid(env_id) else GYM_MAX_EPISODE_STEPS
         env = gym.make(gym_id, max_episode_steps=limit, render_mode=render_mode)
     if normalization is None:
         normalization = identity_normalization(env.observation_space.shape[0], env.action_space.shape[0])
@@ -239,7 +234,7 @@ def make_vec_env(env_id: str, num_envs: int, seed: int, act_steps: int = 1, cond
     if num_envs < 1:
         fail(f"--num-envs must be >= 1, got {num_envs}")
     resolve_env_id(env_id)  # fail early, in this process, on an unknown id
-    if is_avoid(env_id):  # section 8: one batched numpy env, same contract, 50-100x faster
+    if avoid.is_avoid(env_id):  # section 8: one batched numpy env, same contract, 50-100x faster
         return avoid.AvoidVectorEnv(num_envs, act_steps, cond_steps, normalization or identity_normalization(4, 2))
     fns = [lambda: make_env(env_id, act_steps, cond_steps, normalization) for _ in range(num_envs)]
     vector_cls = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
@@ -317,11 +312,6 @@ def data_dir() -> str:
     return os.environ.get("CLEANDPPO_DATA", os.path.join(os.path.expanduser("~"), ".cache", "cleandppo", "datasets"))
 
 
-def make_dataset_command(name: str) -> str:
-    env_id = D4RL_NAMES[name][0] if name in D4RL_NAMES else "Hopper-v2"
-    return f"bash scripts/make_dataset.sh {env_id}"
-
-
 def write_d4rl_hdf5(path: str, data: dict, attrs: dict | None = None):
     """Write a D4RL-format file (observations, actions, rewards, terminals, timeouts, next_observations)."""
     import h5py
@@ -382,7 +372,7 @@ def resolve_dataset(dataset: str) -> str:
     if os.path.isfile(path):
         return path
     url = os.environ.get("CLEANDPPO_D4RL_URL", D4RL_URL).format(name=D4RL_NAMES[dataset][1])
-    return download_or_fail(dataset, url, path, f"make it locally with: {make_dataset_command(dataset)}")
+    return download_or_fail(dataset, url, path, f"make it locally with: bash scripts/make_dataset.sh {D4RL_NAMES[dataset][0]}")
 
 
 def download_or_fail(name: str, url: str, path: str, fix: str) -> str:
@@ -591,7 +581,7 @@ def max_episode_steps(env_id: str) -> int:
     """Episode length limit: 300/300/400/800 for lift/can/square/transport, 100 for avoid, 1000 for the Gym tasks."""
     if is_robomimic(env_id):
         return ROBOMIMIC_TASKS[_robomimic_task(env_id)]["max_episode_steps"]
-    if is_avoid(env_id):
+    if avoid.is_avoid(env_id):
         return avoid.MAX_EPISODE_STEPS
     resolve_env_id(env_id)
     return GYM_MAX_EPISODE_STEPS

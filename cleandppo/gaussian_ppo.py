@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import tyro
 
-from cleandppo import envs, runs
+from cleandppo import avoid, envs, runs
 
 
 @dataclass
@@ -515,7 +515,7 @@ def record_dataset(policy, args, normalization, device):
 def apply_task_defaults(args, cli):
     """Fill the Robomimic or Avoid table for every field not set explicitly on the command line; print what was set."""
     task = envs.env_slug(args.env_id)
-    if envs.is_avoid(args.env_id):
+    if avoid.is_avoid(args.env_id):
         table = dict(AVOID)
     else:
         keys = ("n_steps", "batch_size", "update_epochs", "mlp_dims", "transformer_dim")
@@ -554,7 +554,7 @@ def main(args, cli=()):
     robo = envs.is_robomimic(args.env_id)
     if args.from_scratch:
         apply_scratch_preset(args, cli)
-    elif robo or envs.is_avoid(args.env_id):
+    elif robo or avoid.is_avoid(args.env_id):
         apply_task_defaults(args, cli)
     check_args(args)
     envs.resolve_env_id(args.env_id)
@@ -671,7 +671,7 @@ def main(args, cli=()):
                 mean, std = policy(obs_t)
                 chunk = sample_action(mean, std, args.randn_clip_value)
             chunk = chunk.cpu().numpy()
-            executed = envs.add_action_noise(chunk[:, :args.act_steps], iteration, args.train_action_noise)
+            executed = avoid.add_action_noise(chunk[:, :args.act_steps], iteration, args.train_action_noise)
             next_obs, reward, term, trunc, infos = envs_.step(executed)
             runs.check_finite(iteration, reward=reward, observation=next_obs)
             env_steps += args.num_envs * args.act_steps  # episodes that end here are logged at this count

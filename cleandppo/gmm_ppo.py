@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import tyro
 
-from cleandppo import envs, runs
+from cleandppo import avoid, envs, runs
 
 
 @dataclass
@@ -537,7 +537,7 @@ def report_official_clamp(policy, args, normalization, device, checkpoint):
 def apply_task_defaults(args, cli):
     """Fill the Robomimic or Avoid table for every field not set explicitly on the command line; print what was set."""
     task = envs.env_slug(args.env_id)
-    if envs.is_avoid(args.env_id):
+    if avoid.is_avoid(args.env_id):
         table = dict(AVOID)
     else:
         keys = ("n_steps", "batch_size", "update_epochs", "mlp_dims", "transformer_dim")
@@ -565,7 +565,7 @@ def check_args(args):
 # ------------------------------------------------------------------------------------------------
 def main(args, cli=()):
     robo = envs.is_robomimic(args.env_id)
-    if robo or envs.is_avoid(args.env_id):
+    if robo or avoid.is_avoid(args.env_id):
         apply_task_defaults(args, cli)
     check_args(args)
     envs.resolve_env_id(args.env_id)
@@ -678,7 +678,7 @@ def main(args, cli=()):
         for n in range(args.n_steps):
             with torch.no_grad():
                 chunk = sample_action(*policy(torch.as_tensor(obs, device=device)))
-            executed = envs.add_action_noise(chunk[:, :args.act_steps].cpu().numpy(), iteration, args.train_action_noise)
+            executed = avoid.add_action_noise(chunk[:, :args.act_steps].cpu().numpy(), iteration, args.train_action_noise)
             next_obs, reward, term, trunc, infos = envs_.step(executed)
             runs.check_finite(iteration, reward=reward, observation=next_obs)
             env_steps += args.num_envs * args.act_steps  # episodes that end here are logged at this count

@@ -185,10 +185,10 @@ def test_env_ids_and_datasets(tmp_path, monkeypatch):
 def test_action_noise_schedule():
     np.random.seed(0)
     zeros = np.zeros((2000, 4, 2))
-    assert (envs.add_action_noise(zeros, 4, (0.1, 0.2)) == 0).all()  # before iteration 5
-    first = np.abs(envs.add_action_noise(zeros, 5, (0.1, 0.2)))  # 1/5 of the limits
+    assert (avoid.add_action_noise(zeros, 4, (0.1, 0.2)) == 0).all()  # before iteration 5
+    first = np.abs(avoid.add_action_noise(zeros, 5, (0.1, 0.2)))  # 1/5 of the limits
     assert first.min() >= 0.02 - 1e-12 and first.max() <= 0.04 + 1e-12 and first.max() > 0.039
-    full = envs.add_action_noise(zeros, 30, (0.1, 0.2))
+    full = avoid.add_action_noise(zeros, 30, (0.1, 0.2))
     assert np.abs(full).min() >= 0.1 and np.abs(full).max() <= 0.2 and abs(np.mean(np.sign(full))) < 0.05
 
 
