@@ -22,7 +22,7 @@ from dataclasses import asdict, fields
 
 import numpy as np
 
-from cleandppo import avoid, envs
+from cleandppo import avoid, envs, robomimic_tasks
 
 # ------------------------------------------------------------------------------------------------
 # 1. Flag ranges: (low, low included, high, high included); None = unbounded. Every int flag is
@@ -251,7 +251,7 @@ def env_state(env) -> dict:
     base = env.env.unwrapped
     state = dict(history=list(env.history), rng=env.env.np_random.bit_generator.state)
     state["episode"] = env.episode_return, env.episode_length, env.episode_success
-    if isinstance(base, envs.RobomimicLowDimEnv):
+    if isinstance(base, robomimic_tasks.RobomimicLowDimEnv):
         state.update(steps=base.steps, rs_rng=base.rs_env.rng.bit_generator.state)
         return dict(state, sim=base.rs_env.sim.get_state())
     try:
@@ -276,7 +276,7 @@ def set_env_state(env, state: dict):
     env.history = deque(state["history"], maxlen=env.cond_steps)
     env.episode_return, env.episode_length, env.episode_success = state["episode"]
     env.env.np_random.bit_generator.state = state["rng"]
-    if isinstance(base, envs.RobomimicLowDimEnv):
+    if isinstance(base, robomimic_tasks.RobomimicLowDimEnv):
         base.steps, base.rs_env.rng.bit_generator.state = state["steps"], state["rs_rng"]
         base.rs_env.sim.set_state(state["sim"])
         return

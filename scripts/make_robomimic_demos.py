@@ -25,7 +25,7 @@ import time
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from cleandppo import envs
+from cleandppo import envs, robomimic_tasks
 
 TASKS_WITH_CONTROLLER = ("lift", "can", "square")
 
@@ -80,7 +80,7 @@ def sample_operator(rng: np.random.Generator) -> dict:
 class Follower:
     """Turns (target position, target rotation, gripper) into OSC_POSE delta actions, with noise."""
 
-    def __init__(self, env: envs.RobomimicLowDimEnv, op: dict, rng: np.random.Generator):
+    def __init__(self, env: robomimic_tasks.RobomimicLowDimEnv, op: dict, rng: np.random.Generator):
         self.env, self.op, self.rng = env, op, rng
         self.rs = env.rs_env
         self.site = self.rs.robots[0].eef_site_id["right"]
@@ -303,7 +303,7 @@ POLICIES = {"lift": LiftPolicy, "can": CanPolicy, "square": SquarePolicy}
 # ------------------------------------------------------------------------------------------------
 # Recording
 # ------------------------------------------------------------------------------------------------
-def record_attempt(env: envs.RobomimicLowDimEnv, seed: int, rng: np.random.Generator, max_steps: int):
+def record_attempt(env: robomimic_tasks.RobomimicLowDimEnv, seed: int, rng: np.random.Generator, max_steps: int):
     """Run one operator on one seeded episode; return (demo dict or None, steps)."""
     env.reset(seed=seed)
     policy = POLICIES[env.task](env, sample_operator(rng), rng)
@@ -332,7 +332,7 @@ def record_attempt(env: envs.RobomimicLowDimEnv, seed: int, rng: np.random.Gener
 
 
 def write_robomimic_hdf5(path: str, demos: list, env_args: dict, attrs: dict | None = None):
-    """Write demos in robomimic's layout, atomically (envs.read_robomimic_hdf5 / load_dataset read it back).
+    """Write demos in robomimic's layout, atomically (robomimic_tasks.read_robomimic_hdf5 / load_dataset read it back).
 
     Each demo: dict(obs={key: (T, d)}, actions (T, Da), rewards (T,), dones (T,), and optionally
     next_obs={key: ...} and states (T, S)). `data` gets env_args (JSON) and total; `attrs` go there too.
@@ -386,7 +386,7 @@ def main(argv=None):
     max_attempts = args.max_attempts or 3 * args.num_demos
     max_steps = envs.ROBOMIMIC_TASKS[task]["max_episode_steps"]
 
-    env = envs.make_robomimic_env(task)
+    env = robomimic_tasks.make_robomimic_env(task)
     rng = np.random.default_rng(args.seed)
     demos, attempts, start = [], 0, time.time()
     while len(demos) < args.num_demos and attempts < max_attempts:
@@ -415,7 +415,7 @@ def main(argv=None):
         controller=POLICIES[task].__name__,
     )
     write_robomimic_hdf5(
-        out, demos, envs.default_robomimic_env_args(task), attrs={"cleandppo_generator": json.dumps(info)}
+        out, demos, robomimic_tasks.default_robomimic_env_args(task), attrs={"cleandppo_generator": json.dumps(info)}
     )
     print(
         f"[{task}] wrote {len(demos)} demos ({sum(lengths)} steps, length mean {np.mean(lengths):.0f} "

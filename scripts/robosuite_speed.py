@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from cleandppo import envs
+from cleandppo import envs, robomimic_tasks
 
 
 def rss_mb() -> float:
@@ -31,7 +31,7 @@ def rss_mb() -> float:
 def raw_speed(task: str, steps: int, seed: int) -> tuple[float, float, float]:
     """(steps/s, reset/s, seconds to the first env) of the bare robosuite env."""
     start = time.perf_counter()
-    env = envs.make_robomimic_env(task)
+    env = robomimic_tasks.make_robomimic_env(task)
     env.reset(seed=seed)
     first = time.perf_counter() - start
     rs = env.rs_env

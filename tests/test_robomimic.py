@@ -16,7 +16,7 @@ import torch
 
 pytest.importorskip("robosuite")
 
-from cleandppo import dppo, envs  # noqa: E402
+from cleandppo import dppo, envs, robomimic_tasks  # noqa: E402
 from conftest import TINY_DIFFUSION, assert_one_line_error, read_summary, run_main, scalar_tags, tiny_demos  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,7 +57,7 @@ def test_robomimic_names_and_slugs():
 
 
 def test_obs_is_robomimic_key_concatenation_and_seeded():
-    env = envs.make_robomimic_env("can")
+    env = robomimic_tasks.make_robomimic_env("can")
     obs, _ = env.reset(seed=3)
     od = env.obs_dict
     # robomimic's (robosuite <= 1.4) order of the object vector: pose first, then relative pose
@@ -108,7 +108,7 @@ def test_lift_success_reward_and_episode_success():
 
 
 def test_can_success_in_target_compartment():
-    env = envs.make_robomimic_env("can")
+    env = robomimic_tasks.make_robomimic_env("can")
     env.reset(seed=0)
     rs = env.rs_env
     obj = rs.objects[rs.object_id]
@@ -142,7 +142,7 @@ def test_scripted_lift_demo_succeeds_and_writes_a_loadable_file(tmp_path):
     assert len(data["episodes"]) == 2 and data["observations"].shape[1] == 19 and data["actions"].shape[1] == 7
     for ep in data["episodes"]:
         assert ep["rewards"][-1] == 1.0 and ep["rewards"][:-1].sum() == 0 and len(ep["actions"]) < 300
-    raw = envs.read_robomimic_hdf5(str(out))
+    raw = robomimic_tasks.read_robomimic_hdf5(str(out))
     assert {"robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object"} <= set(raw["demos"][0]["obs"])
     assert raw["env_args"]["env_name"] == "Lift"
     envs.set_robomimic_env_args("lift", None)
@@ -154,10 +154,10 @@ def test_scripted_lift_demo_succeeds_and_writes_a_loadable_file(tmp_path):
 def test_reader_on_a_written_file_and_env_args_are_honoured(tmp_path):
     path = str(tmp_path / "tiny.hdf5")
     demos = tiny_demos()
-    env_args = envs.default_robomimic_env_args("lift")
+    env_args = robomimic_tasks.default_robomimic_env_args("lift")
     env_args["env_kwargs"]["control_freq"] = 10  # a non-default setting the env must pick up
     write_robomimic_hdf5(path, demos, env_args)
-    assert envs.is_robomimic_hdf5(path)
+    assert robomimic_tasks.is_robomimic_hdf5(path)
     try:
         data = envs.load_dataset(path, "lift")
         assert [len(ep["actions"]) for ep in data["episodes"]] == [5, 7, 4]
@@ -170,7 +170,7 @@ def test_reader_on_a_written_file_and_env_args_are_honoured(tmp_path):
         assert list(np.nonzero(data["timeouts"])[0]) == [4, 11, 15]
         np.testing.assert_allclose(data["normalization"]["obs_max"], data["observations"].max(0))
         assert envs.robomimic_env_args("lift")["env_kwargs"]["control_freq"] == 10
-        assert envs.make_robomimic_env("lift").rs_env.control_freq == 10
+        assert robomimic_tasks.make_robomimic_env("lift").rs_env.control_freq == 10
     finally:
         envs.set_robomimic_env_args("lift", None)
     assert envs.robomimic_env_args("lift")["env_kwargs"]["control_freq"] == 20
@@ -178,8 +178,8 @@ def test_reader_on_a_written_file_and_env_args_are_honoured(tmp_path):
 
 def test_demos_read_in_numeric_order(tmp_path):
     path = str(tmp_path / "order.hdf5")
-    write_robomimic_hdf5(path, tiny_demos(lengths=[3] * 11), envs.default_robomimic_env_args("lift"))
-    names = [d["name"] for d in envs.read_robomimic_hdf5(path)["demos"]]
+    write_robomimic_hdf5(path, tiny_demos(lengths=[3] * 11), robomimic_tasks.default_robomimic_env_args("lift"))
+    names = [d["name"] for d in robomimic_tasks.read_robomimic_hdf5(path)["demos"]]
     assert names == [f"demo_{i}" for i in range(11)]
 
 
@@ -195,7 +195,7 @@ def test_unknown_task_is_one_line():
 
 def test_dataset_of_another_task_is_one_line(tmp_path):
     path = str(tmp_path / "can.hdf5")
-    write_robomimic_hdf5(path, tiny_demos("can"), envs.default_robomimic_env_args("can"))
+    write_robomimic_hdf5(path, tiny_demos("can"), robomimic_tasks.default_robomimic_env_args("can"))
     with pytest.raises(SystemExit) as e:
         envs.load_dataset(path, "lift")
     assert_one_line_error(str(e.value), "PickPlaceCan", "pass a lift dataset")
@@ -206,7 +206,7 @@ def test_dataset_of_another_task_is_one_line(tmp_path):
 
 def test_demo_file_without_needed_obs_keys_is_one_line(tmp_path):
     path = str(tmp_path / "no-object.hdf5")
-    write_robomimic_hdf5(path, tiny_demos(drop_key="object"), envs.default_robomimic_env_args("lift"))
+    write_robomimic_hdf5(path, tiny_demos(drop_key="object"), robomimic_tasks.default_robomimic_env_args("lift"))
     with pytest.raises(SystemExit) as e:
         envs.load_dataset(path, "lift")
     assert_one_line_error(str(e.value), "['object']", "make_robomimic_demos.py")
@@ -217,7 +217,9 @@ def loopback_server(tmp_path):
     served = tmp_path / "served"
     (served / "lift" / "mh").mkdir(parents=True)
     write_robomimic_hdf5(
-        str(served / "lift" / "mh" / "low_dim_v141.hdf5"), tiny_demos(), envs.default_robomimic_env_args("lift")
+        str(served / "lift" / "mh" / "low_dim_v141.hdf5"),
+        tiny_demos(),
+        robomimic_tasks.default_robomimic_env_args("lift"),
     )
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
     http.server.SimpleHTTPRequestHandler.log_message = lambda *a: None
@@ -260,7 +262,9 @@ def test_gym_chunk_info_is_unchanged():
 
 def test_env_args_of_another_task_are_refused():
     with pytest.raises(SystemExit) as e:
-        envs.set_robomimic_env_args("lift", json.loads(json.dumps(envs.default_robomimic_env_args("square"))))
+        envs.set_robomimic_env_args(
+            "lift", json.loads(json.dumps(robomimic_tasks.default_robomimic_env_args("square")))
+        )
     assert_one_line_error(str(e.value), "NutAssemblySquare", "lift")
 
 
@@ -297,7 +301,7 @@ def test_dppo_smoke_run_on_lift_logs_success(tmp_path, capsys, monkeypatch):
     # afterwards, and empty it between the runs so that fine-tuning must take the env meta from the checkpoint.
     monkeypatch.setattr(envs, "_robomimic_env_args", {})
     data = str(tmp_path / "lift-tiny.hdf5")
-    env_args = envs.default_robomimic_env_args("lift")
+    env_args = robomimic_tasks.default_robomimic_env_args("lift")
     env_args["env_kwargs"]["cleandppo_marker"] = 7  # carried over by the checkpoints (robosuite never sees it)
     write_robomimic_hdf5(data, tiny_demos(lengths=(8, 9, 7)), env_args)
     pre, ft = tmp_path / "pre", tmp_path / "ft"

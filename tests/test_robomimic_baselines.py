@@ -11,7 +11,7 @@ pytest.importorskip("robosuite")
 
 from test_robomimic import write_robomimic_hdf5  # noqa: E402
 
-from cleandppo import dppo, envs  # noqa: E402
+from cleandppo import dppo, envs, robomimic_tasks  # noqa: E402
 from conftest import TINY_DIFFUSION, read_checkpoint, read_summary, run_main, scalar_tags, tiny_demos  # noqa: E402
 
 # Per script: flags that make 2 envs x 2 chunks (16 env steps, one iteration) fit, and what its robomimic table must
@@ -51,7 +51,7 @@ TABLE = {  # entries the Lift table must print (besides gamma=0.999 and act_step
 def lift_checkpoint(tmp_path_factory):
     """A tiny diffusion checkpoint pre-trained by dppo.py on 3 random Lift demos whose env meta carries a marker."""
     tmp = tmp_path_factory.mktemp("lift")
-    env_args = envs.default_robomimic_env_args("lift")
+    env_args = robomimic_tasks.default_robomimic_env_args("lift")
     env_args["env_kwargs"]["cleandppo_marker"] = 7  # carried by the checkpoints (robosuite never sees it)
     write_robomimic_hdf5(str(tmp / "lift-tiny.hdf5"), tiny_demos(lengths=(8, 9, 7)), env_args)
     run_main(

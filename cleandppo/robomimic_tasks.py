@@ -1,0 +1,366 @@
+"""Robomimic tasks on robosuite 1.5 (paper 5.1-5.2, D.5): the robosuite env behind `envs.make_env` for
+lift/can/square/transport, and robomimic's hdf5 files behind `envs.load_dataset`.
+
+The task table (`envs.ROBOMIMIC_TASKS`), the id checks and the success accounting stay in envs.py, which
+every script reads; this module holds what only robosuite and robomimic files need. Read top to bottom:
+robomimic's controller and env meta, importing robosuite, the gymnasium env, then the dataset files.
+"""
+
+from __future__ import annotations
+
+import os
+
+import gymnasium as gym
+import numpy as np
+
+from cleandppo import envs
+
+# robomimic's OSC_POSE config (robosuite <= 1.4 key names, as stored in robomimic's datasets)
+ROBOMIMIC_CONTROLLER = {
+    "type": "OSC_POSE",
+    "input_max": 1,
+    "input_min": -1,
+    "output_max": [0.05, 0.05, 0.05, 0.5, 0.5, 0.5],
+    "output_min": [-0.05, -0.05, -0.05, -0.5, -0.5, -0.5],
+    "kp": 150,
+    "damping": 1,
+    "impedance_mode": "fixed",
+    "kp_limits": [0, 300],
+    "damping_limits": [0, 10],
+    "position_limits": None,
+    "orientation_limits": None,
+    "uncouple_pos_ori": True,
+    "control_delta": True,
+    "interpolation": None,
+    "ramp_ratio": 0.2,
+}
+# kwargs every robomimic env gets whatever a dataset's env_args say (low-dim, sparse, no renderer)
+_ROBOMIMIC_FORCED = dict(
+    has_renderer=False,
+    use_camera_obs=False,
+    use_object_obs=True,
+    ignore_done=True,
+    reward_shaping=False,
+    hard_reset=False,
+)
+ROBOMIMIC_URL = "http://downloads.cs.stanford.edu/downloads/rt_benchmark/{task}/{kind}/low_dim_v141.hdf5"
+ROBOMIMIC_DATASET_KINDS = ("mh", "ph", "scripted")  # multi-human, proficient-human (downloads), made here
+_robosuite = None
+
+
+def default_robomimic_env_args(env_id: str) -> dict:
+    """robomimic's env meta (env_name, type 1 = robosuite, env_kwargs) for the low-dim setup of a task."""
+    import json
+
+    spec = envs.ROBOMIMIC_TASKS[envs._robomimic_task(env_id)]
+    controller = json.loads(json.dumps(ROBOMIMIC_CONTROLLER))  # a deep copy
+    kwargs = dict(
+        robots=list(spec["robots"]),
+        controller_configs=controller,
+        control_freq=20,
+        use_object_obs=True,
+        use_camera_obs=False,
+        has_renderer=False,
+        has_offscreen_renderer=False,
+        ignore_done=True,
+        reward_shaping=False,
+        camera_depths=False,
+    )
+    if "env_configuration" in spec:
+        kwargs["env_configuration"] = spec["env_configuration"]
+    return {"env_name": spec["env_name"], "type": 1, "env_kwargs": kwargs}
+
+
+def import_robosuite():
+    """Import robosuite 1.5 once, quietly (its import-time warnings are about unused features)."""
+    global _robosuite
+    if _robosuite is not None:
+        return _robosuite
+    import logging
+
+    logging.disable(logging.WARNING)
+    try:
+        import robosuite
+    except ImportError as e:
+        envs.fail(
+            f"robomimic tasks need robosuite 1.5 ({e.__class__.__name__}: {e}); install it with: "
+            "pip install -r requirements.txt && pip install --no-deps -r requirements-robomimic.txt"
+        )
+    finally:
+        logging.disable(logging.NOTSET)
+    if not robosuite.__version__.startswith("1.5"):
+        envs.fail(
+            f"robomimic tasks need robosuite 1.5, found {robosuite.__version__}: "
+            "pip install --no-deps -r requirements-robomimic.txt"
+        )
+    import mujoco
+
+    if tuple(int(x) for x in mujoco.__version__.split(".")[:2]) >= (3, 10):  # robosuite 1.5.2 breaks on 3.10+
+        envs.fail(f"robosuite 1.5.2 needs MuJoCo < 3.10, found {mujoco.__version__}: pip install 'mujoco>=3.2,<3.10'")
+    from robosuite.utils.log_utils import ROBOSUITE_DEFAULT_LOGGER
+
+    ROBOSUITE_DEFAULT_LOGGER.setLevel(logging.ERROR)
+    _robosuite = robosuite
+    return robosuite
+
+
+def _controller_configs(controller_configs, robots: list):
+    """robosuite 1.5 composite controller configs from robomimic's (<= 1.4) part config: old key names
+    translated, deltas in the world frame unless given (as robosuite <= 1.4). Composite configs pass as is."""
+    import copy
+
+    from robosuite.controllers.composite.composite_controller_factory import refactor_composite_controller_config
+
+    configs = controller_configs if isinstance(controller_configs, list) else [controller_configs] * len(robots)
+    out = []
+    for cfg, robot in zip(configs, robots):
+        cfg = copy.deepcopy(cfg)
+        if "body_parts" not in cfg:
+            for old, new in (("damping", "damping_ratio"), ("damping_limits", "damping_ratio_limits")):
+                if old in cfg:
+                    cfg.setdefault(new, cfg.pop(old))
+            if "control_delta" in cfg:
+                cfg.setdefault("input_type", "delta" if cfg.pop("control_delta") else "absolute")
+            cfg.setdefault("input_ref_frame", "world")
+            cfg = refactor_composite_controller_config(cfg, robot, ["right"])
+        out.append(cfg)
+    return out if len(out) > 1 else out[0]
+
+
+def _robosuite_kwargs(task: str, render: bool) -> dict:
+    """suite.make kwargs for a task from its env meta; keys robosuite 1.5 does not take are dropped."""
+    import inspect
+
+    suite = import_robosuite()
+    env_args = envs.robomimic_env_args(task)
+    kwargs = dict(env_args.get("env_kwargs", {}))
+    kwargs.update(_ROBOMIMIC_FORCED, has_offscreen_renderer=render)
+    robots = kwargs.get("robots") or envs.ROBOMIMIC_TASKS[task]["robots"]
+    kwargs["robots"] = robots = [robots] if isinstance(robots, str) else list(robots)
+    kwargs["controller_configs"] = _controller_configs(kwargs.get("controller_configs", ROBOMIMIC_CONTROLLER), robots)
+    env_cls = suite.environments.base.REGISTERED_ENVS[envs.ROBOMIMIC_TASKS[task]["env_name"]]
+    accepted = set()  # subclasses such as PickPlaceCan pass **kwargs up: collect along the MRO
+    for cls in env_cls.__mro__:
+        if "__init__" in vars(cls):
+            accepted.update(inspect.signature(cls.__init__).parameters)
+    return {k: v for k, v in kwargs.items() if k in accepted}
+
+
+class RobomimicLowDimEnv(gym.Env):
+    """A robosuite task as robomimic's low-dim env (gymnasium API): obs = obs_keys concatenated, actions in
+    [-1, 1], sparse reward, never terminated, truncated at max_episode_steps, info["success"] after each
+    step. `rs_env` is the robosuite env; reset(seed=s) reseeds robosuite's own generator in place."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+
+    def __init__(self, env_id: str, render_mode: str | None = None):
+        self.task = envs._robomimic_task(env_id)
+        spec = envs.ROBOMIMIC_TASKS[self.task]
+        suite = import_robosuite()
+        if render_mode not in (None, "rgb_array"):
+            envs.fail(f"render_mode {render_mode!r} is not supported for {self.task}; use rgb_array")
+        self.render_mode = render_mode
+        kwargs = _robosuite_kwargs(self.task, render=render_mode is not None)
+        try:
+            self.rs_env = suite.make(spec["env_name"], **kwargs)
+        except Exception as e:  # renderer set-up and bad env_args surface here
+            detail = str(e).splitlines()[0] if str(e) else ""
+            envs.fail(
+                f"cannot build robosuite {spec['env_name']} ({e.__class__.__name__}: {detail}); "
+                "for rendering set MUJOCO_GL=egl or osmesa, otherwise check the dataset's env_args"
+            )
+        self.obs_keys, self.max_episode_steps = spec["obs_keys"], spec["max_episode_steps"]
+        self.object_keys = spec.get("object_keys")
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (spec["obs_dim"],), np.float32)
+        low, high = self.rs_env.action_spec
+        self.action_space = gym.spaces.Box(np.asarray(low, np.float32), np.asarray(high, np.float32))
+        self.steps, self.obs_dict = 0, None
+
+    def object_obs(self, obs_dict) -> np.ndarray:
+        """robomimic's "object" vector (robosuite <= 1.4 order)."""
+        if self.object_keys is None:
+            return np.asarray(obs_dict["object-state"])
+        return np.concatenate([np.ravel(obs_dict[k]) for k in self.object_keys])
+
+    def robomimic_obs(self, obs_dict) -> dict:
+        """The task's obs_keys as robomimic names them (what a robomimic hdf5 file stores)."""
+        return {k: self.object_obs(obs_dict) if k == "object" else np.asarray(obs_dict[k]) for k in self.obs_keys}
+
+    def flat_obs(self, obs_dict) -> np.ndarray:
+        return np.concatenate([np.ravel(v) for v in self.robomimic_obs(obs_dict).values()])
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        if seed is not None:  # in place: robosuite's placement samplers hold a reference to this generator
+            self.rs_env.rng.bit_generator.state = np.random.default_rng(seed).bit_generator.state
+        self.obs_dict = self.rs_env.reset()
+        self.steps = 0
+        return self.flat_obs(self.obs_dict), {}
+
+    def step(self, action):
+        self.obs_dict, reward, _, _ = self.rs_env.step(np.asarray(action, np.float64))
+        self.steps += 1
+        info = {"success": bool(self.rs_env._check_success())}
+        return self.flat_obs(self.obs_dict), float(reward), False, self.steps >= self.max_episode_steps, info
+
+    def render(self):
+        return self.rs_env.sim.render(camera_name="agentview", width=256, height=256)[::-1]
+
+    def close(self):
+        self.rs_env.close()
+
+
+def make_robomimic_env(env_id: str, render_mode: str | None = None) -> RobomimicLowDimEnv:
+    """One raw (unchunked, unnormalized) robomimic env."""
+    return RobomimicLowDimEnv(env_id, render_mode)
+
+
+def robomimic_demo_fix(task: str) -> str:
+    if task in ("lift", "can", "square"):  # the tasks scripts/make_robomimic_demos.py has a controller for
+        return f"make demos with: python scripts/make_robomimic_demos.py --task {task} (then --dataset {task}-scripted)"
+    return f"download --dataset {task}-mh when online or pass a {task} robomimic low_dim hdf5 path"
+
+
+def _robomimic_dataset_name(dataset: str):
+    """(task, kind) for names like lift-mh, can-ph, square-scripted, PickPlaceCan-mh; else None."""
+    base, _, kind = dataset.rpartition("-")
+    if kind.lower() in ROBOMIMIC_DATASET_KINDS and base.lower() in envs._ROBOMIMIC_ALIASES:
+        return envs._ROBOMIMIC_ALIASES[base.lower()], kind.lower()
+    return None
+
+
+def resolve_robomimic_dataset(dataset: str) -> str:
+    """Path of a robomimic dataset name: cached in data_dir(), else downloaded (mh/ph; address pattern
+    $CLEANDPPO_ROBOMIMIC_URL); a missing -scripted file and a failed download fail naming robomimic_demo_fix."""
+    task, kind = _robomimic_dataset_name(dataset)
+    path = os.path.join(envs.data_dir(), f"{task}-{kind}.hdf5")
+    if os.path.isfile(path):
+        return path
+    if kind == "scripted":
+        envs.fail(f"{task}-scripted is not in {envs.data_dir()}; {robomimic_demo_fix(task)}")
+    url = os.environ.get("CLEANDPPO_ROBOMIMIC_URL", ROBOMIMIC_URL).format(task=task, kind=kind)
+    return envs.download_or_fail(f"{task}-{kind}", url, path, robomimic_demo_fix(task))
+
+
+def is_robomimic_hdf5(path: str) -> bool:
+    """True when an hdf5 file has robomimic's layout (a `data` group holding demo_* groups)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return "data" in f and isinstance(f["data"], h5py.Group) and any(k.startswith("demo_") for k in f["data"])
+    except OSError:
+        return False
+
+
+def _demo_order(names) -> list:
+    """demo_* group names in numeric order (demo_2 before demo_10)."""
+
+    def key(name):
+        suffix = name.split("_", 1)[1]
+        return (0, int(suffix), "") if suffix.isdigit() else (1, 0, suffix)
+
+    return sorted((n for n in names if n.startswith("demo_")), key=key)
+
+
+def read_robomimic_hdf5(path: str, obs_keys=None) -> dict:
+    """Read a robomimic-format file: dict(env_args, demos=[{name, obs: {key: array}, actions, rewards, dones}]),
+    demos in numeric order; with `obs_keys` only those are read and a demo lacking one fails in one line."""
+    import json
+
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if "data" not in f:
+                envs.fail(f"{path} is not a robomimic-format dataset (no 'data' group); pass a robomimic low_dim file")
+            group = f["data"]
+            raw = group.attrs.get("env_args")
+            env_args = json.loads(raw) if raw is not None else None
+            demos = []
+            for name in _demo_order(group.keys()):
+                demo = group[name]
+                obs_group = demo["obs"] if "obs" in demo else {}
+                keys = list(obs_keys) if obs_keys is not None else list(obs_group.keys())
+                missing = [k for k in keys if k not in obs_group]
+                if missing or "actions" not in demo:
+                    have = sorted(obs_group.keys()) if obs_keys is not None else []
+                    lacks = f"obs keys {missing}" if missing else "actions"
+                    envs.fail(
+                        f"{path}:data/{name} lacks {lacks} (has {have}); "
+                        f"it needs {keys}: use a robomimic low_dim file (not demo.hdf5, which holds only sim states), "
+                        "e.g. --dataset lift-mh, or make one with scripts/make_robomimic_demos.py --task lift"
+                    )
+                actions = demo["actions"][()]
+                n = len(actions)
+                demos.append(
+                    {
+                        "name": name,
+                        "obs": {k: np.asarray(obs_group[k][()]).reshape(n, -1) for k in keys},
+                        "actions": actions,
+                        "rewards": demo["rewards"][()] if "rewards" in demo else np.zeros(n),
+                        "dones": demo["dones"][()] if "dones" in demo else (np.arange(n) == n - 1).astype(int),
+                    }
+                )
+    except OSError as e:
+        envs.fail(
+            f"cannot read dataset {path} ({e.__class__.__name__}: {str(e).splitlines()[0]}); delete it and regenerate it"
+        )
+    if not demos:
+        envs.fail(f"{path} has no data/demo_* groups; pass a robomimic low_dim file")
+    return {"env_args": env_args, "demos": demos}
+
+
+def load_robomimic_dataset(path: str, env_id: str | None = None) -> dict:
+    """load_dataset for robomimic files (official process_robomimic_dataset): obs_keys stacked, every demo
+    kept (no terminals, a timeout at each end); the file's env_args must name the task and are registered."""
+    import json
+
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        raw = f["data"].attrs.get("env_args")
+    env_args = json.loads(raw) if raw is not None else None
+    stored = str(env_args.get("env_name", "")) if env_args else ""
+    stored_task = envs._ROBOMIMIC_ALIASES.get(stored.lower())
+    if env_id is not None and not envs.is_robomimic(env_id):
+        envs.fail(
+            f"{path} holds robomimic demonstrations{f' of {stored}' if stored else ''}; pass --env-id "
+            f"{stored_task or 'lift|can|square|transport'} or a dataset of {env_id}"
+        )
+    task = envs._robomimic_task(env_id) if env_id is not None else stored_task
+    if task is None:
+        envs.fail(f"{path} has no env_args naming a robomimic task; pass --env-id lift|can|square|transport")
+    if stored and stored_task != task:
+        envs.fail(
+            f"dataset {path} holds {stored} demonstrations ({stored_task or 'not a robomimic task'}), not {task}; "
+            f"pass a {task} dataset, e.g. --dataset {task}-mh or --dataset {task}-scripted"
+        )
+    spec = envs.ROBOMIMIC_TASKS[task]
+    demos = read_robomimic_hdf5(path, spec["obs_keys"])["demos"]
+    episodes = []
+    for demo in demos:
+        obs = np.concatenate([demo["obs"][k] for k in spec["obs_keys"]], axis=1)
+        if obs.shape[1] != spec["obs_dim"] or demo["actions"].shape[1] != spec["action_dim"]:
+            envs.fail(
+                f"{path}:data/{demo['name']} has obs/action dims {obs.shape[1]}/{demo['actions'].shape[1]}, {task} needs "
+                f"{spec['obs_dim']}/{spec['action_dim']}; pass a dataset of {task}"
+            )
+        n = len(obs)
+        episodes.append(
+            {
+                "observations": obs.astype(np.float32),
+                "actions": demo["actions"].astype(np.float32),
+                "rewards": np.asarray(demo["rewards"], np.float32),
+                "terminals": np.zeros(n, bool),
+            }
+        )
+    if env_args:
+        envs.set_robomimic_env_args(task, env_args)
+    data = {k: np.concatenate([ep[k] for ep in episodes]) for k in ("observations", "actions", "rewards", "terminals")}
+    data["timeouts"] = np.concatenate([np.arange(len(ep["actions"])) == len(ep["actions"]) - 1 for ep in episodes])
+    data["episodes"] = episodes
+    data["env_args"] = env_args or default_robomimic_env_args(task)
+    data["attrs"] = {"env_id": task}
+    data["normalization"] = envs.compute_normalization(data["observations"], data["actions"])
+    return data
