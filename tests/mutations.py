@@ -226,6 +226,19 @@ QSM gradient of Q1 only | qsm.py | tests/test_qsm.py
 IDQL V fit to the mean (tau 0.5) | idql.py | tests/test_offpolicy_updates.py
 - v_loss = expectile_loss(target_q - v, args.expectile)
 + v_loss = expectile_loss(target_q - v, 0.5)
+# run plumbing shared by every script (runs.py section 6)
+presets override explicit flags | runs.py | tests/test_runs_cli.py
+- args = tyro.cli(args_cls, args=argv, default=dataclasses.replace(args_cls(), **table))
++ args = dataclasses.replace(first, **table)
+resume forgets the best evaluation | runs.py | tests/test_runs_cli.py
+- self.pretrained, self.best = state["pretrained_eval_return"], state["best_eval_return"]
++ self.pretrained = state["pretrained_eval_return"]
+every evaluation counted as the pre-trained one | runs.py | tests/test_runs_cli.py
+- if self.pretrained is None:
++ if True:
+progress rate counts resumed steps | runs.py | tests/test_runs_cli.py
+- sps = (env_steps - self.start)
++ sps = env_steps
 """
 
 
