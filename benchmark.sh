@@ -15,7 +15,7 @@
 # A BUDGET below one iteration of an algorithm stops here, in one line naming the minimum.
 # Rerunning skips finished runs and resumes interrupted ones (from <run>/checkpoint_last.pt).
 # Results: $OUT/<env>__<algo>__<seed>/ (summary.json, TensorBoard events, stdout.log); a table is printed at the end
-# and the figures go to $OUT/figures (scripts/plot_results.py).
+# and the figures go to $OUT/figures (scripts/plot_results.py; PLOT_ARGS adds its options, e.g. --reference).
 #
 # Local: WORKERS=N runs N at a time, each with OMP_NUM_THREADS=1 (unless set); Ctrl-C stops them all, each leaving
 # its last finished iteration to resume from.
@@ -109,5 +109,5 @@ if [ "${SLURM:-0}" = 1 ]; then
   [ "${WAIT:-0}" = 1 ] || exit 0
 fi
 $PYTHON scripts/summarize.py "$OUT"
-$PYTHON scripts/plot_results.py "$OUT" --out "$OUT/figures" > "$OUT/figures.log" 2>&1 \
+$PYTHON scripts/plot_results.py "$OUT" --out "$OUT/figures" ${PLOT_ARGS:-} > "$OUT/figures.log" 2>&1 \
   && echo "figures: $OUT/figures (log: $OUT/figures.log)" || echo "figures FAILED: $(tail -n 1 "$OUT/figures.log")"
