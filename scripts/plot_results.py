@@ -202,9 +202,17 @@ def curve_figures(runs: dict, tasks: list, algos: list, score_metric: dict, out:
         ax.set_title(task)
     for ax in axes.flat[len(tasks) :]:
         ax.axis("off")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    labels = [label.split(" (")[0] for label in labels]  # seed counts differ by task: in curves_<task>
-    fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), bbox_to_anchor=(0.5, -0.08 * grid_rows))
+    legend = {}  # every algorithm of any panel; seed counts differ by task: they are in curves_<task>
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label.split(" (")[0], handle)
+    fig.legend(
+        legend.values(),
+        legend.keys(),
+        loc="lower center",
+        ncol=min(5, len(legend)),
+        bbox_to_anchor=(0.5, -0.08 * grid_rows),
+    )
     fig.tight_layout()
     save(fig, out, "grid")
     with open(os.path.join(out, "curves.csv"), "w", newline="") as f:
