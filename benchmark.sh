@@ -13,7 +13,8 @@
 # transport: 8). SIZES_<algo>="--num-envs 4 --n-steps 25" replaces one algorithm's sizes. For paper-scale runs on
 # a GPU, set BUDGET (paper Gym DPPO: 72M) and PAPER_SIZES=1 to use each script's own defaults (the paper's values).
 # A BUDGET below one iteration of an algorithm stops here, in one line naming the minimum.
-# Rerunning skips finished runs and resumes interrupted ones (from <run>/checkpoint_last.pt).
+# Rerunning skips finished runs and resumes interrupted ones (from <run>/checkpoint_last.pt; one stopped before
+# its first iteration ended starts again with --overwrite).
 # Results: $OUT/<env>__<algo>__<seed>/ (summary.json, TensorBoard events, stdout.log); a table is printed at the end
 # and the figures go to $OUT/figures (scripts/plot_results.py; PLOT_ARGS adds its options, e.g. --reference).
 #
@@ -78,6 +79,9 @@ run_one() {  # run_one RUN_DIR COMMAND: skip a finished run, resume an interrupt
   if [ -f "$run/checkpoint_last.pt" ]; then  # an interrupted run: resume it in place
     cmd="$cmd --checkpoint $run/checkpoint_last.pt"
     echo "  (resuming $run/checkpoint_last.pt)"
+  elif compgen -G "$run/events.out.tfevents.*" > /dev/null; then  # stopped before its first iteration ended
+    cmd="$cmd --overwrite"
+    echo "  (restarting $run: no iteration had finished)"
   fi
   mkdir -p "$run"
   $cmd >> "$run/stdout.log" 2>&1 || { echo "  FAILED (exit $?): $run: $(tail -n 1 "$run/stdout.log")"; return; }

@@ -8,11 +8,13 @@ the folder this script was started in, with OMP_NUM_THREADS = --cpus, appending 
 run does; submitit's own logs go to <grid.tsv's folder>/logs.
 
 Resubmitting is safe. A run with summary.json is not submitted, nor one whose last job (<run dir>/slurm_job_id) Slurm
-still lists; an interrupted run resumes from <run dir>/checkpoint_last.pt, as benchmark.sh does locally. A task that
+still lists; an interrupted run resumes from <run dir>/checkpoint_last.pt, as benchmark.sh does locally (one stopped before its first iteration ended
+starts again with --overwrite). A task that
 reaches its time limit is requeued by submitit (Checkpointable) and resumes the same way.
 """
 
 import argparse
+import glob
 import os
 import shlex
 import subprocess
@@ -48,6 +50,8 @@ class GridRun(submitit.helpers.Checkpointable):
         last = os.path.join(run_dir, "checkpoint_last.pt")
         if os.path.isfile(last):  # an interrupted run: resume it in place
             argv += ["--checkpoint", last]
+        elif glob.glob(os.path.join(run_dir, "events.out.tfevents.*")):  # stopped before its first iteration ended
+            argv += ["--overwrite"]
         os.makedirs(run_dir, exist_ok=True)
         log_path = os.path.join(run_dir, "stdout.log")
         with open(log_path, "a") as log:
