@@ -154,7 +154,7 @@ def prepare_run_dir(args, algo: str, resume_path: str | None = None) -> str:
         try:
             import wandb  # noqa: F401
         except ImportError:
-            envs.fail("--track needs Weights & Biases: pip install wandb (or run without --track)")
+            envs.fail("--track needs Weights & Biases: pip install -r requirements-wandb.txt (or run without --track)")
     _run.update(dir=run_dir, resume_from=resume_path)
     return run_dir
 
@@ -180,14 +180,16 @@ def open_run(run_dir: str, args, resume_step: int | None = None):
         latest = max((int(n[3]) for n in names if n[3].isdigit()), default=0)  # the file's creation second
         while int(time.time()) <= latest:
             time.sleep(0.05)
+    if args.track:  # before the writer: W&B syncs the TensorBoard writers created after its init
+        import wandb
+
+        # a resumed run is a new W&B run; TensorBoard's files in run_dir hold the continued curves. W&B's own files go
+        # to <run_dir>/wandb (with WANDB_MODE=offline: `wandb sync <run_dir>/wandb/offline-run-*` uploads them later)
+        wandb.init(project="cleandppo", config=vars(args), name=os.path.basename(run_dir), sync_tensorboard=True,
+                   dir=run_dir)
     writer = SummaryWriter(run_dir, purge_step=None if resume_step is None else resume_step + 1)
     table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
-    if args.track:
-        import wandb
-
-        # a resumed run is a new W&B run; TensorBoard's files in run_dir hold the continued curves
-        wandb.init(project="cleandppo", config=vars(args), name=os.path.basename(run_dir), sync_tensorboard=True)
     return writer
 
 

@@ -529,7 +529,7 @@ def test_track_without_wandb_and_minari_downloads_name_the_install(tmp_path, mon
     from cleandppo import dppo
 
     monkeypatch.setitem(__import__("sys").modules, "wandb", None)  # import wandb raises ImportError
-    main_fails(dppo, dppo.Args(track=True, run_dir=str(tmp_path / "r")), "pip install wandb")
+    main_fails(dppo, dppo.Args(track=True, run_dir=str(tmp_path / "r")), "pip install -r requirements-wandb.txt")
     with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "requirements.txt")) as f:
         assert "minari[hf]" in f.read()  # downloads from the Hugging Face hub need the extra
     minari = pytest.importorskip("minari")
