@@ -240,11 +240,11 @@ def step_mean_var(net, sched, x, obs, t, t_prev, ddim: bool, eta: float = 1.0, c
     """Mean and variance of x_{t_prev} given x_t for one reverse step; t, t_prev: (B,) long tensors.
     DDPM (paper eq. 3.3; official 1.3): x0 = sqrt(1/ab) x - sqrt(1/ab - 1) eps, clamped to [-clip, clip];
     mean = coef_x0 x0 + coef_xt x; variance = the posterior variance beta_t (1 - ab_prev)/(1 - ab).
-    DDIM (paper eq. 4.9; official 1.4): x0 as above and clamped, eps recomputed from the clamped x0,
+    DDIM (paper eq. 4.9; official 1.4): x0 = (x - sqrt(1 - ab) eps)/sqrt(ab) (official form), clamped, eps recomputed,
     sigma = eta sqrt((1 - ab_prev)/(1 - ab) (1 - ab/ab_prev)), mean = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps."""
     eps = net(x, t, obs)
     ab = sched["alpha_bar"][t].view(-1, 1, 1)
-    x0 = ((1 / ab).sqrt() * x - (1 / ab - 1).sqrt() * eps).clamp(-clip, clip)
+    x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt() if ddim else (1 / ab).sqrt() * x - (1 / ab - 1).sqrt() * eps).clamp(-clip, clip)
     if not ddim:
         mean = sched["coef_x0"][t].view(-1, 1, 1) * x0 + sched["coef_xt"][t].view(-1, 1, 1) * x
         return mean, sched["posterior_var"][t].clamp(min=1e-20).view(-1, 1, 1).expand_as(mean)
