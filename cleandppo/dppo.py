@@ -169,6 +169,8 @@ class Args:
     """env-step samples per chunk when recomputing old log-probs (memory only)"""
     train_action_noise: tuple[float, float] = (0.0, 0.0)
     """[low, high] of uniform noise (random sign, normalized) on executed actions from iteration 5 (D.8, Fig. 10)"""
+    official_normalization: Optional[str] = None
+    """normalization.npz of an official DPPO --checkpoint (default: found next to it; docs/checkpoints.md)"""
 
 
 ROBOMIMIC = dict(gamma=0.999, num_envs=50, activation="mish", clip_ploss_coef=0.01, clip_ploss_coef_base=0.001,
@@ -669,7 +671,7 @@ def check_args(args):
 
 def load_diffusion_checkpoint(path, args):
     """Load a diffusion checkpoint and check it against the flags (one-line errors)."""
-    ckpt = envs.load_checkpoint(path, "diffusion", args.env_id)
+    ckpt = envs.load_checkpoint(path, "diffusion", args.env_id, hints=vars(args))
     kw = ckpt["model_kwargs"]
     if kw["denoising_steps"] != args.denoising_steps:
         envs.fail(f"{path} was pre-trained with {kw['denoising_steps']} denoising steps; pass --denoising-steps {kw['denoising_steps']}")

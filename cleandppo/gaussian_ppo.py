@@ -147,6 +147,8 @@ class Args:
     """critic hidden widths (residual, Mish)"""
     train_action_noise: tuple[float, float] = (0.0, 0.0)
     """[low, high] of uniform noise (random sign, normalized) on executed actions from iteration 5 (D.8, Fig. 10)"""
+    official_normalization: Optional[str] = None
+    """normalization.npz of an official DPPO --checkpoint (default: found next to it; docs/checkpoints.md)"""
 
 
 # From-scratch PPO uses textbook settings (these replace the fine-tuning values above when
@@ -253,7 +255,7 @@ class GaussianPolicy(nn.Module):
             self.net = ResidualMLP([obs_in, *mlp_dims, horizon_steps * action_dim], act)
         else:
             self.net = TransformerBackbone(obs_in, action_dim, horizon_steps, transformer_dim, transformer_heads, transformer_layers)
-        self.log_std = nn.Parameter(torch.full((action_dim,), math.log(init_std)))
+        self.logvar = nn.Parameter(torch.full((action_dim,), 2 * math.log(init_std)))  # log sigma^2, as the official
         # running observation statistics, only used (and updated) when training from scratch
         self.obs_norm = obs_norm
         self.register_buffer("obs_mean", torch.zeros(obs_in))
@@ -266,7 +268,7 @@ class GaussianPolicy(nn.Module):
         if self.obs_norm:
             x = ((x - self.obs_mean) / torch.sqrt(self.obs_var + 1e-8)).clamp(-10, 10)
         mean = torch.tanh(self.net(x).reshape(-1, self.horizon_steps, self.action_dim))
-        std = self.log_std.exp().clamp(self.std_min, self.std_max)
+        std = (0.5 * self.logvar).exp().clamp(self.std_min, self.std_max)
         return mean, std
 
     @torch.no_grad()
@@ -391,7 +393,7 @@ def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=
                 # keep the learned std inside its clip range; the official code lets the parameter drift
                 # past the clamp, where its gradient is zero and it can never come back
                 with torch.no_grad():
-                    policy.log_std.clamp_(math.log(policy.std_min), math.log(policy.std_max))
+                    policy.logvar.clamp_(2 * math.log(policy.std_min), 2 * math.log(policy.std_max))
             critic_opt.step()
             with torch.no_grad():
                 approx_kl = ((ratio - 1) - (new_logp - old_logp)).mean().item()  # k3 estimator
@@ -448,7 +450,7 @@ def pretrain(args, data, run_dir, writer, device):
     obs_dim, action_dim = obs.shape[1], actions.shape[1]
     kwargs = model_kwargs_from(args, obs_dim, action_dim, args.fixed_std)
     policy = GaussianPolicy(**kwargs).to(device)
-    policy.log_std.requires_grad_(False)  # std fixed during pre-training (paper D.6)
+    policy.logvar.requires_grad_(False)  # std fixed during pre-training (paper D.6)
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=args.pretrain_lr,
                             weight_decay=args.pretrain_weight_decay)
     steps_per_epoch = math.ceil(len(starts) / args.pretrain_batch_size)
@@ -569,7 +571,7 @@ def main(args, cli=()):
     start_iter, env_steps, resume, ckpt = 0, 0, None, None
     if args.checkpoint is not None or (not args.from_scratch and args.dataset is None):
         path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "gaussian", args.backbone)
-        ckpt = envs.load_checkpoint(path, "gaussian", args.env_id, args.backbone)
+        ckpt = envs.load_checkpoint(path, "gaussian", args.env_id, args.backbone, hints=vars(args))
         kw = ckpt["model_kwargs"]
         if kw["horizon_steps"] < args.act_steps or kw["cond_steps"] != args.cond_steps:
             envs.fail(f"{path} predicts chunks of {kw['horizon_steps']} with history {kw['cond_steps']}; "
