@@ -171,9 +171,12 @@ def _unet(state, env_id, hints):
 def _std_kwargs(state, hints, logvar_shape):
     """Std range from the official logvar_min/logvar_max; the learned log variance if the network has one (fine-tuned
     or learn_fixed_std), else the fixed std (pre-training) as its start value."""
+    import torch
+
     std_min, std_max = (float(np.exp(0.5 * state[k].item())) for k in ("logvar_min", "logvar_max"))
-    model = {"logvar": state["logvar"].reshape(logvar_shape)} if "logvar" in state else {}
-    return model, dict(init_std=_hint(hints, "fixed_std", TABLE["fixed_std"]), std_min=std_min, std_max=std_max)
+    init_std = float(_hint(hints, "fixed_std", TABLE["fixed_std"]))
+    logvar = state["logvar"].reshape(logvar_shape) if "logvar" in state else torch.full(logvar_shape, 2 * np.log(init_std))
+    return {"logvar": logvar.float()}, dict(init_std=init_std, std_min=std_min, std_max=std_max)
 
 
 def _transformer(state, dst):
