@@ -381,3 +381,42 @@ def test_pixel_train_npz_is_refused_in_one_line(tmp_path):
     with pytest.raises(SystemExit) as e:
         envs.load_dataset(path, ENV)
     assert_one_line_error(str(e.value), "state-only")
+
+
+# ---- where we follow the official code (issue #16, part 2) -------------------------------------------------
+def test_ddim_x0_uses_the_official_form_accurate_near_alpha_bar_one():
+    """Official DDIM: x0 = (x - sqrt(1 - a) eps) / sqrt(a). At K = 100, t = 0 (a = 0.99937) the final DDIM step's mean
+    is that x0; sqrt(1/a) x - sqrt(1/a - 1) eps in float32 is off by up to 9.5e-7 there, this form by 3.4e-7."""
+    sched = dppo.make_schedule(100)
+    x, eps = torch.linspace(-3, 3, 6001).view(-1, 1, 1), torch.linspace(2, -2, 6001).view(-1, 1, 1)
+
+    class ConstantEps(torch.nn.Module):
+        def forward(self, x_t, t, obs):
+            return eps
+
+    t = torch.zeros(len(x), dtype=torch.long)
+    mean, _ = dppo.step_mean_var(ConstantEps(), sched, x, None, t, t - 1, ddim=True, clip=100.0)
+    a = sched["alpha_bar"][0].double()
+    reference = (x.double() - (1 - a).sqrt() * eps.double()) / a.sqrt()
+    assert (mean.double() - reference).abs().max() < 5e-7
+
+
+@pytest.mark.parametrize("module", [gaussian_ppo, gmm_ppo])
+def test_learned_std_is_parametrised_by_log_variance(module, tmp_path):
+    """Official Gaussian/GMM networks learn log sigma^2: Adam's first step (size lr per parameter) moves log sigma by
+    lr / 2. A checkpoint from before (log sigma, `log_std`) loads with the same std."""
+    torch.manual_seed(0)
+    policy = module.GaussianPolicy(OBS, ACT, 4, 1, mlp_dims=(16, 16, 16)) if module is gaussian_ppo else \
+        module.GMMPolicy(OBS, ACT, 4, 1, num_modes=2, mlp_dims=(16, 16, 16))
+    obs = torch.randn(3, 1, OBS)
+    std_before = policy(obs)[1].detach()
+    opt = torch.optim.Adam([policy.logvar], lr=0.01)
+    (-policy(obs)[1].log().sum()).backward()  # raise the std
+    opt.step()
+    torch.testing.assert_close(policy(obs)[1].detach().log() - std_before.log(), torch.full_like(std_before, 0.005))
+    old_state = {("log_std" if k == "logvar" else k): (v / 2 if k == "logvar" else v) for k, v in policy.state_dict().items()}
+    ckpt = dict(algo=module.__name__.split(".")[-1], policy="gmm" if module is gmm_ppo else "gaussian", backbone="mlp",
+                env_id=ENV, model=old_state, model_kwargs={})
+    torch.save(ckpt, tmp_path / "old.pt")
+    loaded = envs.load_checkpoint(str(tmp_path / "old.pt"), ckpt["policy"], ENV)["model"]
+    torch.testing.assert_close(loaded["logvar"], policy.logvar.detach())
