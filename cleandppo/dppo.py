@@ -171,6 +171,8 @@ class Args:
     """[low, high] of uniform noise (random sign, normalized) on executed actions from iteration 5 (D.8, Fig. 10)"""
     official_normalization: Optional[str] = None
     """normalization.npz of an official DPPO --checkpoint (default: found next to it; docs/checkpoints.md)"""
+    bc_loss_coeff: float = 0.0
+    """weight of the BC regulariser: -log-prob under the fine-tuned network of the frozen policy's chains (D.7; 0: off)"""
 
 
 ROBOMIMIC = dict(gamma=0.999, num_envs=50, activation="mish", clip_ploss_coef=0.01, clip_ploss_coef_base=0.001,
@@ -250,8 +252,7 @@ def step_mean_var(net, sched, x, obs, t, t_prev, ddim: bool, eta: float = 1.0, c
     if not ddim:
         mean = sched["coef_x0"][t].view(-1, 1, 1) * x0 + sched["coef_xt"][t].view(-1, 1, 1) * x
         return mean, sched["posterior_var"][t].clamp(min=1e-20).view(-1, 1, 1).expand_as(mean)
-    ab_prev = torch.where(t_prev >= 0, sched["alpha_bar"][t_prev.clamp(min=0)], torch.ones_like(t_prev, dtype=x.dtype))
-    ab_prev = ab_prev.view(-1, 1, 1)
+    ab_prev = torch.where(t_prev >= 0, sched["alpha_bar"][t_prev.clamp(min=0)], torch.ones_like(t_prev, dtype=x.dtype)).view(-1, 1, 1)
     eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
     sigma = (eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()).clamp(min=1e-10)
     mean = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
@@ -528,7 +529,7 @@ def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
 
 
 def ppo_update(actor_ft, critic, actor_opt, critic_opt, sched, batch, args, ft_t, ft_t_prev, ddim, update_actor=True,
-               generator=None):
+               generator=None, actor=None):
     """PPO epochs over the N*E*K' (env step, denoising step) pairs (paper 4.2; official 2.5-2.6)."""
     K_ft = batch["chains"].shape[1] - 1
     device = batch["obs"].device
@@ -556,6 +557,12 @@ def ppo_update(actor_ft, critic, actor_opt, critic_opt, sched, batch, args, ft_t
             pg_loss = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - eps, 1 + eps)).mean()
             v_loss = 0.5 * ((critic(obs) - batch["returns"][i]) ** 2).mean()
             loss = pg_loss + args.vf_coef * v_loss
+            if args.bc_loss_coeff:  # BC regulariser (D.7, official use_bc_loss): -log-prob under actor_ft of frozen-actor chains
+                _, bc = sample(actor, actor, sched, obs, denoising_plan(args.denoising_steps, args.ddim_steps), K_ft, *x_in.shape[1:],
+                               "train", args.min_sampling_denoising_std, args.randn_clip_value, args.denoised_clip_value)
+                loss = loss - args.bc_loss_coeff * denoising_log_prob(  # every chunk row, all K' steps (official)
+                    actor_ft, sched, obs.repeat_interleave(K_ft, 0), bc[:, :-1].flatten(0, 1), bc[:, 1:].flatten(0, 1), ft_t.repeat(len(obs)),
+                    ft_t_prev.repeat(len(obs)), ddim, x_in.shape[1], args.min_logprob_denoising_std, args.denoised_clip_value).mean()
             actor_opt.zero_grad()
             critic_opt.zero_grad()
             loss.backward()
@@ -850,7 +857,7 @@ def main(args, cli=()):
                      advantages=torch.as_tensor(advantages.reshape(-1), dtype=torch.float32, device=device),
                      returns=torch.as_tensor(returns.reshape(-1), dtype=torch.float32, device=device))
         stats = ppo_update(actor_ft, critic, actor_opt, critic_opt, sched, batch, args, ft_t, ft_t_prev, ddim,
-                           update_actor=iteration >= args.n_critic_warmup_itr)
+                           update_actor=iteration >= args.n_critic_warmup_itr, actor=actor)
         runs.check_finite(iteration, **stats, actor_weights=actor_ft, critic_weights=critic)
         if iteration >= args.n_critic_warmup_itr:
             actor_sched.step()

@@ -10,6 +10,7 @@ Three ways to run it:
 A checkpoint can also be rolled out into a D4RL-format dataset with --record-dataset PATH.
 """
 
+import copy
 import json
 import math
 import os
@@ -149,6 +150,8 @@ class Args:
     """[low, high] of uniform noise (random sign, normalized) on executed actions from iteration 5 (D.8, Fig. 10)"""
     official_normalization: Optional[str] = None
     """normalization.npz of an official DPPO --checkpoint (default: found next to it; docs/checkpoints.md)"""
+    bc_loss_coeff: float = 0.0
+    """weight of the BC regulariser: -log-prob under the policy of the frozen pre-trained policy's samples (D.7; 0: off)"""
 
 
 # From-scratch PPO uses textbook settings (these replace the fine-tuning values above when
@@ -363,7 +366,7 @@ def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
     return advantages, advantages + values
 
 
-def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=True, generator=None):
+def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=True, generator=None, base_policy=None):
     """PPO epochs over one iteration's batch (paper 4, D.6). Returns the last minibatch's stats."""
     n = len(batch["obs"])
     mb = min(args.batch_size, n)
@@ -382,6 +385,8 @@ def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=
             v_loss = 0.5 * ((critic(obs) - ret) ** 2).mean()
             ent = entropy(std)
             loss = pg_loss - args.ent_coef * ent + args.vf_coef * v_loss
+            if args.bc_loss_coeff:  # BC regulariser (D.7, official use_bc_loss): -log-prob of the frozen policy's samples
+                loss = loss - args.bc_loss_coeff * log_prob(mean, std, sample_action(*base_policy(obs), args.randn_clip_value)).mean()
             actor_opt.zero_grad()
             critic_opt.zero_grad()
             loss.backward()
@@ -620,6 +625,7 @@ def main(args, cli=()):
         return
 
     critic = Critic(obs_dim, args.cond_steps, args.critic_dims).to(device)  # fresh critic (official)
+    base_policy = copy.deepcopy(policy).requires_grad_(False) if args.bc_loss_coeff else None  # teacher of the BC term
     actor_opt = torch.optim.AdamW(policy.parameters(), lr=args.actor_lr, weight_decay=0.0)
     critic_opt = torch.optim.AdamW(critic.parameters(), lr=args.critic_lr, weight_decay=0.0)
     scaler = RunningRewardScaler(args.num_envs)
@@ -711,7 +717,7 @@ def main(args, cli=()):
         # ---- update ----
         t_update = time.time()
         stats = ppo_update(policy, critic, actor_opt, critic_opt, batch, args,
-                           update_actor=iteration >= args.n_critic_warmup_itr)
+                           update_actor=iteration >= args.n_critic_warmup_itr, base_policy=base_policy)
         runs.check_finite(iteration, **stats, policy_weights=policy, critic_weights=critic)
         t_update = time.time() - t_update
         iteration += 1

@@ -5,6 +5,7 @@ network our loader builds must reproduce a forward pass of the official architec
 torch ops on the same tensors (dppo-facts 1.5-1.7, 3.1-3.3).
 """
 
+import copy
 import math
 
 import numpy as np
@@ -420,3 +421,95 @@ def test_learned_std_is_parametrised_by_log_variance(module, tmp_path):
     torch.save(ckpt, tmp_path / "old.pt")
     loaded = envs.load_checkpoint(str(tmp_path / "old.pt"), ckpt["policy"], ENV)["model"]
     torch.testing.assert_close(loaded["logvar"], policy.logvar.detach())
+
+
+# ---- BC regulariser (paper D.7; official use_bc_loss / bc_loss_coeff) ---------------------------------------
+def _grads_of_update(update, module, coeff, **kw):
+    for p in module.parameters():
+        p.grad = None
+    torch.manual_seed(7)  # the BC term's samples come from the global generator; the minibatch order from `generator`
+    update(coeff, generator=torch.Generator().manual_seed(3), **kw)
+    return [p.grad.clone() for p in module.parameters()]
+
+
+def _perturbed_copy(module, scale=0.2):
+    other = copy.deepcopy(module)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return other
+
+
+def test_dppo_bc_term_is_minus_the_finetuned_log_prob_of_frozen_actor_chains(monkeypatch):
+    """Official PPODiffusion.loss: chains sampled from the frozen actor for the minibatch observations (training
+    noise), log-probs of all K' transitions under actor_ft (std floor, elementwise clamp, mean over every chunk row),
+    loss + coeff * (-mean)."""
+    torch.manual_seed(0)
+    K, K_ft, Tp, Da, Do, n = 4, 2, 2, 2, 3, 5
+    actor = dppo.DiffusionMLP(Do, Da, Tp, 1, time_dim=4, mlp_dims=(8, 8, 8)).requires_grad_(False)
+    actor_ft = _perturbed_copy(actor).requires_grad_(True)
+    critic = dppo.Critic(Do, 1, (8, 8, 8))
+    sched, plan = dppo.make_schedule(K), dppo.denoising_plan(K, None)
+    ft_t, ft_t_prev = dppo.fine_tuned_timesteps(plan, K_ft)
+    obs = torch.randn(n, 1, Do)
+    batch = dict(obs=obs, chains=0.5 * torch.randn(n, K_ft + 1, Tp, Da), logprobs=torch.zeros(n, K_ft),
+                 advantages=torch.randn(n), returns=torch.randn(n))
+
+    def update(coeff, generator):
+        args = dppo.Args(denoising_steps=K, ft_denoising_steps=K_ft, horizon_steps=Tp, act_steps=1, batch_size=n * K_ft,
+                         update_epochs=1, target_kl=None, bc_loss_coeff=coeff)
+        dppo.ppo_update(actor_ft, critic, torch.optim.SGD(actor_ft.parameters(), lr=0.0),
+                        torch.optim.SGD(critic.parameters(), lr=0.0), sched, batch, args, ft_t, ft_t_prev, False,
+                        generator=generator, actor=actor)
+
+    sample = dppo.sample
+    with monkeypatch.context() as m:  # coefficient 0: nothing is sampled, the update is the plain PPO one
+        m.setattr(dppo, "sample", lambda *a, **k: pytest.fail("sampled with bc_loss_coeff 0"))
+        plain = _grads_of_update(update, actor_ft, 0.0)
+    with_bc = _grads_of_update(update, actor_ft, 0.5)
+    pairs = torch.randperm(n * K_ft, generator=torch.Generator().manual_seed(3))
+    mb_obs = obs[pairs // K_ft]  # one observation per (env step, denoising step) pair, in the update's order
+    torch.manual_seed(7)
+    _, chain = sample(actor, actor, sched, mb_obs, plan, K_ft, Tp, Da, "train", 0.1, 3.0, 1.0)
+    logp = [dppo.denoising_log_prob(actor_ft, sched, mb_obs[b:b + 1], chain[b:b + 1, j], chain[b:b + 1, j + 1],
+                                    ft_t[j:j + 1], ft_t_prev[j:j + 1], False, Tp, 0.1)
+            for b in range(len(mb_obs)) for j in range(K_ft)]
+    bc = -torch.cat(logp).mean()
+    expected = torch.autograd.grad(0.5 * bc, list(actor_ft.parameters()))
+    for got, base, exp in zip(with_bc, plain, expected, strict=True):
+        torch.testing.assert_close(got - base, exp, rtol=1e-4, atol=1e-6)
+
+
+def test_gaussian_bc_term_is_minus_the_log_prob_of_frozen_policy_samples(monkeypatch):
+    """Official PPO_Gaussian.loss: actions sampled (clipped at 3 sigma) from the frozen base policy, their
+    per-dimension-mean log-prob under the policy clamped to [-5, 2], loss + coeff * (-mean)."""
+    torch.manual_seed(1)
+    n, Tp = 6, 2
+    policy = gaussian_ppo.GaussianPolicy(OBS, ACT, Tp, 1, mlp_dims=(8, 8, 8), init_std=0.15)
+    base = _perturbed_copy(policy).requires_grad_(False)
+    critic = gaussian_ppo.Critic(OBS, 1, (8, 8, 8))
+    obs = torch.randn(n, 1, OBS)
+    with torch.no_grad():
+        actions = policy(obs)[0] + 0.1 * torch.randn(n, Tp, ACT)
+    batch = dict(obs=obs, actions=actions, logprobs=torch.zeros(n), advantages=torch.randn(n), returns=torch.randn(n))
+
+    def update(coeff, generator):
+        args = gaussian_ppo.Args(batch_size=n, update_epochs=1, target_kl=None, bc_loss_coeff=coeff)
+        gaussian_ppo.ppo_update(policy, critic, torch.optim.SGD(policy.parameters(), lr=0.0),
+                                torch.optim.SGD(critic.parameters(), lr=0.0), batch, args, generator=generator,
+                                base_policy=base)
+
+    with monkeypatch.context() as m:
+        m.setattr(gaussian_ppo, "sample_action", lambda *a, **k: pytest.fail("sampled with bc_loss_coeff 0"))
+        plain = _grads_of_update(update, policy, 0.0)
+    with_bc = _grads_of_update(update, policy, 0.3)
+    mb_obs = obs[torch.randperm(n, generator=torch.Generator().manual_seed(3))]
+    torch.manual_seed(7)
+    with torch.no_grad():
+        base_mean, base_std = base(mb_obs)
+        teacher = base_mean + base_std * torch.randn(base_mean.shape).clamp(-3, 3)
+    mean, std = policy(mb_obs)
+    logp = torch.distributions.Normal(mean, std.expand_as(mean)).log_prob(teacher).mean(dim=(1, 2)).clamp(-5, 2)
+    expected = torch.autograd.grad(-0.3 * logp.mean(), list(policy.parameters()), allow_unused=True)
+    for got, plain_g, exp in zip(with_bc, plain, expected, strict=True):
+        torch.testing.assert_close(got - plain_g, torch.zeros_like(got) if exp is None else exp, rtol=1e-4, atol=1e-6)
