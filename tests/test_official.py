@@ -513,3 +513,32 @@ def test_gaussian_bc_term_is_minus_the_log_prob_of_frozen_policy_samples(monkeyp
     expected = torch.autograd.grad(-0.3 * logp.mean(), list(policy.parameters()), allow_unused=True)
     for got, plain_g, exp in zip(with_bc, plain, expected, strict=True):
         torch.testing.assert_close(got - plain_g, torch.zeros_like(got) if exp is None else exp, rtol=1e-4, atol=1e-6)
+
+
+# ---- DAWR TD(lambda) against the official td_values ---------------------------------------------------------
+def official_td_values(rewards, values, terminated, gamma=0.99, alpha=0.95, lam=0.95):
+    """Official TrainAWRDiffusionAgent's td_values, written out: V of the next stored row (V of the newest row for
+    the newest), zeroed where terminated; G <- alpha delta + gamma lam (1 - term) G; target = V + G."""
+    targets, g = np.zeros_like(values), np.zeros(values.shape[1])
+    for i in reversed(range(len(values))):
+        next_value = values[min(i + 1, len(values) - 1)] * (1 - terminated[i])
+        g = alpha * (rewards[i] + gamma * next_value - values[i]) + gamma * lam * (1 - terminated[i]) * g
+        targets[i] = values[i] + g
+    return targets
+
+
+def test_dawr_td_lambda_reproduces_the_official_targets_under_its_conventions():
+    """docs/dawr.md: on identical inputs our targets differ from the official ones only through alpha (default 1),
+    time-outs and the newest row's next value; with those set as the official code has them they are equal."""
+    from cleandppo import dawr
+
+    rng = np.random.default_rng(0)
+    T, E = 50, 3
+    rewards, values = rng.normal(0.03, 0.01, (T, E)), rng.normal(2.0, 0.3, (T, E))
+    terminated = rng.uniform(size=(T, E)) < 0.05
+    next_values = np.where(terminated, rng.normal(size=(T, E)), np.concatenate([values[1:], values[-1:]]))  # V' zeroed there
+    no_timeouts = np.zeros((T, E), bool)
+    ours = dawr.td_lambda_targets(rewards, values, next_values, terminated, no_timeouts, 0.99, 0.95, alpha=0.95)
+    np.testing.assert_allclose(ours, official_td_values(rewards, values, terminated.astype(float)), rtol=1e-12)
+    default = dawr.td_lambda_targets(rewards, values, next_values, terminated, no_timeouts, 0.99, 0.95)  # alpha 1
+    assert np.abs(default - ours).mean() > 1e-3  # what the doc's first row measures
