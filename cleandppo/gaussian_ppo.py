@@ -184,10 +184,10 @@ class ResidualMLP(nn.Module):
     (an even number of hidden widths) the network is a plain MLP with activations between layers.
     """
 
-    def __init__(self, dims, activation=nn.Mish):
+    def __init__(self, dims, activation=nn.Mish, residual=None):
         super().__init__()
-        hidden = dims[1:-1]
-        self.residual = len(hidden) % 2 == 1 and len(set(hidden)) == 1
+        hidden = dims[1:-1]  # residual=False: a plain MLP whatever the widths (official residual_style False)
+        self.residual = (len(hidden) % 2 == 1 and len(set(hidden)) == 1) if residual is None else residual
         if self.residual:
             self.inp = nn.Linear(dims[0], hidden[0])
             self.blocks = nn.ModuleList(
@@ -248,14 +248,14 @@ class GaussianPolicy(nn.Module):
 
     def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, backbone="mlp", mlp_dims=(512, 512, 512),
                  transformer_dim=96, transformer_heads=4, transformer_layers=4, init_std=0.1, std_min=0.01, std_max=0.2,
-                 activation="mish", obs_norm=False):
+                 activation="mish", obs_norm=False, residual=None):
         super().__init__()
         self.action_dim, self.horizon_steps = action_dim, horizon_steps
         self.std_min, self.std_max = std_min, std_max
         obs_in = obs_dim * cond_steps
         act = {"mish": nn.Mish, "relu": nn.ReLU, "tanh": nn.Tanh}[activation]
         if backbone == "mlp":
-            self.net = ResidualMLP([obs_in, *mlp_dims, horizon_steps * action_dim], act)
+            self.net = ResidualMLP([obs_in, *mlp_dims, horizon_steps * action_dim], act, residual)
         else:
             self.net = TransformerBackbone(obs_in, action_dim, horizon_steps, transformer_dim, transformer_heads, transformer_layers)
         self.logvar = nn.Parameter(torch.full((action_dim,), 2 * math.log(init_std)))  # log sigma^2, as the official

@@ -75,16 +75,6 @@ def _plain_mlp(state, src, dst):
     return out, dims + [out[f"{dst}.out.weight"].shape[0]]
 
 
-def _mlp(state, src, dst):
-    """Either official MLP flavour; refuses a plain MLP our ResidualMLP would build as a residual one."""
-    if f"{src}.layers.0.weight" in state:
-        return _residual_mlp(state, src, dst)
-    out, dims = _plain_mlp(state, src, dst)
-    hidden = dims[1:-1]
-    if len(hidden) % 2 == 1 and len(set(hidden)) == 1:
-        envs.fail(f"the official {src} is a plain (residual_style False) MLP with widths {hidden}; this project builds "
-                  "residual MLPs for an odd number of equal widths, so it cannot hold these weights")
-    return out, dims
 
 
 def _split_obs(env_id, feature_dim, what):
@@ -203,8 +193,10 @@ def _gaussian(state, env_id, hints):
         feature_dim, backbone, mlp_dims = state["transformer.cond_obs_emb.weight"].shape[1], "transformer", (512, 512, 512)
         kw["transformer_heads"] = _hint(hints, "transformer_heads", 4)  # not in the tensors: the flag (official 4)
     else:
-        model, dims = _mlp(state, "mlp_mean", "net")
-        horizon_steps, feature_dim, backbone, mlp_dims, kw = dims[-1] // action_dim, dims[0], "mlp", tuple(dims[1:-1]), {}
+        residual = "mlp_mean.layers.0.weight" in state  # official residual_style
+        model, dims = (_residual_mlp if residual else _plain_mlp)(state, "mlp_mean", "net")
+        horizon_steps, feature_dim, backbone, mlp_dims = dims[-1] // action_dim, dims[0], "mlp", tuple(dims[1:-1])
+        kw = dict(residual=residual)
     _, _, cond_steps = _split_obs(env_id, feature_dim, "Gaussian network")
     std_model, std_kw = _std_kwargs(state, hints, (action_dim,))
     model.update(std_model)

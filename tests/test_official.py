@@ -542,3 +542,30 @@ def test_dawr_td_lambda_reproduces_the_official_targets_under_its_conventions():
     np.testing.assert_allclose(ours, official_td_values(rewards, values, terminated.astype(float)), rtol=1e-12)
     default = dawr.td_lambda_targets(rewards, values, next_values, terminated, no_timeouts, 0.99, 0.95)  # alpha 1
     assert np.abs(default - ours).mean() > 1e-3  # what the doc's first row measures
+
+
+def plain_mlp_sd(prefix, dims):
+    return {k: v for i in range(len(dims) - 1) for k, v in linear(f"{prefix}.moduleList.{i}.linear_1", dims[i], dims[i + 1]).items()}
+
+
+def test_gym_gaussian_checkpoint_plain_mlp_loads_and_finetunes_one_iteration(tmp_path):
+    """Official Gym Gaussian pre-training (pre_gaussian_mlp, Hopper): a plain MLP (residual_style False) of three
+    equal widths, Mish, fixed std 0.1, Tp = 1. Our policy builds it plain (not residual) and gaussian_ppo fine-tunes
+    from it."""
+    torch.manual_seed(8)
+    sd = plain_mlp_sd("mlp_mean", [OBS, 16, 16, 16, ACT]) | std_range_sd(0.01, 1.0)
+    path = write_official(tmp_path, dict(epoch=200, model=prefixed(sd, "network."), ema=prefixed(sd, "network.")))
+    ckpt = envs.load_checkpoint(path, "gaussian", ENV, "mlp")
+    policy = gaussian_ppo.GaussianPolicy(**ckpt["model_kwargs"])
+    policy.load_state_dict(ckpt["model"], strict=False)
+    obs = torch.randn(6, 1, OBS)
+    h = obs.flatten(1)
+    for i in range(3):  # Linear -> Mish, then the Identity output layer, then tanh (official Gaussian_MLP)
+        h = mish(lin(h, sd, f"mlp_mean.moduleList.{i}.linear_1"))
+    expected = torch.tanh(lin(h, sd, "mlp_mean.moduleList.3.linear_1"))
+    torch.testing.assert_close(policy(obs)[0].flatten(1), expected)
+    run = tmp_path / "ft"
+    run_main(gaussian_ppo, "--checkpoint", path, "--run-dir", run, "--horizon-steps", "1", "--act-steps", "1",
+             "--num-envs", "2", "--n-steps", "4", "--batch-size", "4", "--total-timesteps", "8", "--eval-episodes", "1")
+    saved = torch.load(run / "checkpoint_last.pt", weights_only=False)
+    assert saved["iteration"] == 1 and saved["model_kwargs"]["residual"] is False
