@@ -275,7 +275,7 @@ gaussian BC samples from the trained policy | gaussian_ppo.py | tests/test_offic
 gaussian BC always on | gaussian_ppo.py | tests/test_official.py -k gaussian_bc_term
 - if args.bc_loss_coeff:  # BC
 + if True:  # BC
-DAWR TD(lambda) without alpha | dawr.py | tests/test_official.py -k dawr
+DAWR TD(lambda) without alpha, against the official targets | dawr.py | tests/test_official.py -k dawr
 - G = alpha * delta + gamma * lam
 + G = delta + gamma * lam
 """
