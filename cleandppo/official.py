@@ -85,22 +85,38 @@ def _split_obs(env_id, feature_dim, what):
     return obs_dim, action_dim, feature_dim // obs_dim
 
 
+def supports_cond_mlp() -> bool:
+    """Whether our DiffusionMLP has the optional observation encoder `cond_mlp` (Linear, act, ..., Linear)."""
+    import inspect
+
+    from cleandppo import dppo
+
+    return "cond_mlp_dims" in inspect.signature(dppo.DiffusionMLP.__init__).parameters
+
+
 def _diffusion_mlp(state, env_id, hints):
-    if "cond_mlp.moduleList.0.linear_1.weight" in state:
-        envs.fail("the official checkpoint has a cond_mlp observation encoder (Square config); this project's "
-                  "DiffusionMLP has none yet, so it cannot be loaded")
+    cond_mlp = {}
+    if "cond_mlp.moduleList.0.linear_1.weight" in state:  # official Square: MLP [To*Do, 512, 64], Identity output
+        if not supports_cond_mlp():
+            envs.fail("the official checkpoint has a cond_mlp observation encoder (Square config); this project's "
+                      "DiffusionMLP has none yet, so it cannot be loaded")
+        cond_mlp, cond_dims = _plain_mlp(state, "cond_mlp", "cond_mlp")
+        cond_mlp = {k.replace(".out.", f".{2 * (len(cond_dims) - 2)}.").replace(".body.", "."): v for k, v in cond_mlp.items()}
     if "mlp_mean.layers.0.weight" not in state:
         envs.fail("the official DiffusionMLP is not residual (residual_style False); this project's DiffusionMLP is")
     time_dim = state["time_embedding.1.weight"].shape[1]
     model, dims = _residual_mlp(state, "mlp_mean", "mlp")
     obs_dim, action_dim = envs.env_dims(env_id)
     horizon_steps = dims[-1] // action_dim
-    _, _, cond_steps = _split_obs(env_id, dims[0] - horizon_steps * action_dim - time_dim, "DiffusionMLP")
-    model.update({k: v for k, v in state.items() if k.startswith("time_embedding.")})
+    obs_features = cond_dims[0] if cond_mlp else dims[0] - horizon_steps * action_dim - time_dim
+    _, _, cond_steps = _split_obs(env_id, obs_features, "DiffusionMLP")
+    model.update({k: v for k, v in state.items() if k.startswith("time_embedding.")}, **cond_mlp)
     kw = dict(obs_dim=obs_dim, action_dim=action_dim, horizon_steps=horizon_steps, cond_steps=cond_steps,
               backbone="mlp", time_dim=time_dim, mlp_dims=tuple(dims[1:-1]),
               activation=_hint(hints, "activation", _default_activation(env_id, "diffusion")),
               unet_dim=40, unet_dim_mults=(1, 2), unet_kernel_size=5, unet_n_groups=8, unet_step_embed_dim=16)
+    if cond_mlp:
+        kw["cond_mlp_dims"] = tuple(cond_dims[1:])
     return model, kw
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cleandppo import dppo, envs, gaussian_ppo, gmm_ppo
+from cleandppo import dppo, envs, gaussian_ppo, gmm_ppo, official
 from conftest import TINY_DIFFUSION, assert_one_line_error, run_main
 
 OBS, ACT = 11, 3  # Hopper
@@ -47,10 +47,15 @@ def residual_mlp(x, sd, prefix, act):
 
 
 def diffusion_mlp(sd, x, t, obs, act):
-    """Official DiffusionMLP: [flat chunk, time MLP(sinusoidal), flat obs] -> ResidualMLP -> (B, Tp, Da)."""
+    """Official DiffusionMLP: [flat chunk, time MLP(sinusoidal), obs features] -> ResidualMLP -> (B, Tp, Da); the obs
+    features are the flat obs, or the optional cond_mlp of it (MLP: Linear, act, ..., Linear)."""
     time_dim = sd["time_embedding.1.weight"].shape[1]
     temb = lin(mish(lin(sinusoidal(t, time_dim), sd, "time_embedding.1")), sd, "time_embedding.3")
-    return residual_mlp(torch.cat([x.flatten(1), temb, obs.flatten(1)], -1), sd, "mlp_mean", act).view(x.shape)
+    feat, i = obs.flatten(1), 0
+    while f"cond_mlp.moduleList.{i}.linear_1.weight" in sd:
+        feat = lin(act(feat) if i else feat, sd, f"cond_mlp.moduleList.{i}.linear_1")
+        i += 1
+    return residual_mlp(torch.cat([x.flatten(1), temb, feat], -1), sd, "mlp_mean", act).view(x.shape)
 
 
 def unet(sd, x, t, obs, groups=8):
@@ -308,7 +313,6 @@ def test_transformer_checkpoints_match_the_official_transformer(tmp_path):
 @pytest.mark.parametrize(
     "policy, state, needle",
     [
-        ("diffusion", prefixed(diffusion_mlp_sd() | linear("cond_mlp.moduleList.0.linear_1", OBS, 8), "network."), "cond_mlp"),
         ("diffusion", {"network.backbone.x.weight": torch.zeros(1), "network.time_embedding.1.weight": torch.zeros(1)}, "state-only"),
         ("gaussian", prefixed(linear("mlp_base.moduleList.0.linear_1", OBS, 8) | std_range_sd(), "network."), "state-dependent std"),
         ("gaussian", prefixed(diffusion_mlp_sd(), "network."), "holds an official diffusion policy"),
@@ -319,6 +323,27 @@ def test_what_has_no_counterpart_is_refused_in_one_line(tmp_path, policy, state,
     with pytest.raises(SystemExit) as e:
         envs.load_checkpoint(path, policy, ENV)
     assert_one_line_error(str(e.value), needle)
+
+
+def test_square_cond_mlp_loads_where_our_network_has_one(tmp_path):
+    """Official Square DiffusionMLP has cond_mlp [To*Do, 512, 64]; refused in one line while our DiffusionMLP has no
+    such encoder, reproduced once it has (`cond_mlp_dims`)."""
+    torch.manual_seed(9)
+    sd = linear("time_embedding.1", 8, 16) | linear("time_embedding.3", 16, 8)
+    sd |= linear("cond_mlp.moduleList.0.linear_1", OBS, 16) | linear("cond_mlp.moduleList.1.linear_1", 16, 6)
+    sd |= residual_mlp_sd("mlp_mean", [4 * ACT + 8 + 6, 32, 32, 32, 4 * ACT])
+    path = write_official(tmp_path, dict(epoch=1, model=prefixed(sd, "network."), ema=prefixed(sd, "network.")))
+    if not official.supports_cond_mlp():
+        with pytest.raises(SystemExit) as e:
+            envs.load_checkpoint(path, "diffusion", ENV)
+        assert_one_line_error(str(e.value), "cond_mlp")
+        return
+    ckpt = envs.load_checkpoint(path, "diffusion", ENV, hints=dict(activation="mish"))
+    assert ckpt["model_kwargs"]["cond_mlp_dims"] == (16, 6)
+    net = dppo.build_network(ckpt["model_kwargs"])
+    net.load_state_dict(ckpt["model"])
+    x, t, obs = torch.randn(5, 4, ACT), torch.tensor([0, 1, 2, 5, 3]), torch.randn(5, 1, OBS)
+    torch.testing.assert_close(net(x, t, obs), diffusion_mlp(sd, x, t, obs, mish))
 
 
 def test_missing_normalization_names_the_flag(tmp_path):
