@@ -47,7 +47,7 @@ def _strip(state, prefix):
 def _residual_mlp(state, src, dst):
     """Official ResidualMLP `src.layers.{0, 1..n, n+1}` (input Linear, n two-Linear blocks, output Linear) mapped onto
     our ResidualMLP `dst.{inp, blocks.i.{1,3}, out}`; returns (mapped tensors, widths [d_in, h, ..., d_out])."""
-    n_blocks = len({k.split(".")[2] for k in state if re.match(rf"{re.escape(src)}\.layers\.\d+\.l1\.", k)})
+    n_blocks = len({m.group(1) for k in state if (m := re.match(rf"{re.escape(src)}\.layers\.(\d+)\.l1\.", k))})
     if any(re.match(rf"{re.escape(src)}\.layers\.\d+\.norm", k) for k in state):
         envs.fail(f"the official {src} uses LayerNorm (use_layernorm), which this project's networks do not have")
     out = {f"{dst}.inp.{w}": state[f"{src}.layers.0.{w}"] for w in ("weight", "bias")}
@@ -293,6 +293,14 @@ def read_normalization(path):
 
 def convert_checkpoint(raw, path, policy, env_id, hints=None) -> dict:
     """An official checkpoint as a cleandppo checkpoint dict (the network weights under our parameter names)."""
+    try:
+        return _convert(raw, path, policy, env_id, hints)
+    except KeyError as e:
+        envs.fail(f"{path} holds an official {policy} network of a kind this project does not map (no {e}); "
+                  "docs/checkpoints.md lists the ones that load")
+
+
+def _convert(raw, path, policy, env_id, hints):
     state, frozen, entry = _network_state(raw, policy)
     if any(k.startswith(("backbone.", "compress")) for k in state):
         envs.fail(f"{path} is an official pixel (image) policy; these scripts are state-only")

@@ -594,3 +594,12 @@ def test_gym_gaussian_checkpoint_plain_mlp_loads_and_finetunes_one_iteration(tmp
              "--num-envs", "2", "--n-steps", "4", "--batch-size", "4", "--total-timesteps", "8", "--eval-episodes", "1")
     saved = torch.load(run / "checkpoint_last.pt", weights_only=False)
     assert saved["iteration"] == 1 and saved["model_kwargs"]["residual"] is False
+
+
+def test_an_unknown_official_network_is_one_line(tmp_path):
+    state = prefixed(diffusion_mlp_sd(), "network.")
+    del state["network.mlp_mean.layers.2.weight"]  # the output layer of an unexpected shape of network
+    path = write_official(tmp_path, dict(epoch=1, model=state, ema=state))
+    with pytest.raises(SystemExit) as e:
+        envs.load_checkpoint(path, "diffusion", ENV)
+    assert_one_line_error(str(e.value), "does not map", "docs/checkpoints.md")
