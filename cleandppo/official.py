@@ -75,8 +75,6 @@ def _plain_mlp(state, src, dst):
     return out, dims + [out[f"{dst}.out.weight"].shape[0]]
 
 
-
-
 def _split_obs(env_id, feature_dim, what):
     obs_dim, action_dim = envs.env_dims(env_id)
     if feature_dim % obs_dim:
