@@ -365,7 +365,7 @@ def test_dppo_finetunes_one_iteration_from_an_official_checkpoint(tmp_path):
     path = write_official(tmp_path, dict(epoch=10, model=prefixed(diffusion_mlp_sd(), "network."), ema=prefixed(ema, "network.")))
     run = tmp_path / "ft"
     run_main(dppo, "--checkpoint", path, "--run-dir", run, "--num-envs", "2", "--n-steps", "4", "--batch-size", "8",
-             "--total-timesteps", "32", "--eval-episodes", "1", *TINY_DIFFUSION)
+             "--total-timesteps", "32", "--eval-episodes", "1", "--bc-loss-coeff", "0.1", *TINY_DIFFUSION)  # BC wired in main
     saved = torch.load(run / "checkpoint_last.pt", weights_only=False)
     assert saved["iteration"] == 1 and saved["algo"] == "dppo"
     for k, v in saved["model"].items():  # the frozen network is the official EMA network
@@ -591,7 +591,8 @@ def test_gym_gaussian_checkpoint_plain_mlp_loads_and_finetunes_one_iteration(tmp
     torch.testing.assert_close(policy(obs)[0].flatten(1), expected)
     run = tmp_path / "ft"
     run_main(gaussian_ppo, "--checkpoint", path, "--run-dir", run, "--horizon-steps", "1", "--act-steps", "1",
-             "--num-envs", "2", "--n-steps", "4", "--batch-size", "4", "--total-timesteps", "8", "--eval-episodes", "1")
+             "--num-envs", "2", "--n-steps", "4", "--batch-size", "4", "--total-timesteps", "8", "--eval-episodes", "1",
+             "--bc-loss-coeff", "0.1")  # the frozen copy reaches the update
     saved = torch.load(run / "checkpoint_last.pt", weights_only=False)
     assert saved["iteration"] == 1 and saved["model_kwargs"]["residual"] is False
 
