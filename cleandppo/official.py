@@ -267,10 +267,13 @@ def _network_state(raw, policy):
 
 
 def find_normalization(path, hints=None, name="normalization.npz"):
-    """`--official-normalization` if given, else `name` in the checkpoint's folder or up to three folders above."""
-    given = (hints or {}).get("official_normalization")
+    """`--official-normalization` if given; else `name` beside an official `--dataset` train.npz, in the checkpoint's
+    folder or up to three folders above."""
+    given, dataset = (hints or {}).get("official_normalization"), str((hints or {}).get("dataset") or "")
     if given:
         return given
+    if dataset.endswith("train.npz") and os.path.isfile(dataset.replace("train.npz", name)):
+        return dataset.replace("train.npz", name)
     folder = os.path.dirname(os.path.abspath(path))
     for _ in range(4):
         if os.path.isfile(os.path.join(folder, name)):

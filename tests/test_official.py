@@ -357,6 +357,8 @@ def test_missing_normalization_names_the_flag(tmp_path):
     write_official(tmp_path, {}, "unused.pt")
     ckpt = envs.load_checkpoint(str(path), "diffusion", ENV, hints=dict(official_normalization=str(tmp_path / "normalization.npz")))
     assert ckpt["normalization"]["obs_min"].shape == (OBS,)
+    ckpt = envs.load_checkpoint(str(path), "diffusion", ENV, hints=dict(dataset=str(tmp_path / "train.npz")))  # beside it
+    assert ckpt["normalization"]["obs_min"].shape == (OBS,)
 
 
 def test_dppo_finetunes_one_iteration_from_an_official_checkpoint(tmp_path):
