@@ -513,6 +513,15 @@ def save_checkpoint(ckpt: dict, path: str):
     os.replace(tmp, path)
 
 
+def upgrade_checkpoint(ckpt):
+    """Older cleandppo checkpoints in today's layout: the Gaussian/GMM std was learned as log sigma (`log_std`) before
+    issue #16, as log sigma^2 (`logvar`, the official parametrisation) since."""
+    for key in ("model", "model_ft"):
+        if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict) and "log_std" in ckpt[key]:
+            ckpt[key] = {("logvar" if k == "log_std" else k): (2 * v if k == "log_std" else v) for k, v in ckpt[key].items()}
+    return ckpt
+
+
 def load_checkpoint(path: str, policy: str, env_id: str, backbone: str | None = None, hints: dict | None = None) -> dict:
     """Load and check a checkpoint: it must exist, hold a `policy` policy, and match env and backbone.
     An official DPPO checkpoint is converted (cleandppo/official.py; `hints`: the script's flags, for what its
@@ -529,9 +538,7 @@ def load_checkpoint(path: str, policy: str, env_id: str, backbone: str | None = 
         fail(f"cannot read checkpoint {path} ({e.__class__.__name__}); pass a file written by a cleandppo script")
     if official.is_official_checkpoint(ckpt):
         ckpt = official.convert_checkpoint(ckpt, path, policy, env_id, hints)
-    for key in ("model", "model_ft"):  # Gaussian/GMM std learned as log sigma before issue #16, as log sigma^2 since
-        if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict) and "log_std" in ckpt[key]:
-            ckpt[key] = {("logvar" if k == "log_std" else k): (2 * v if k == "log_std" else v) for k, v in ckpt[key].items()}
+    ckpt = upgrade_checkpoint(ckpt)
     if not isinstance(ckpt, dict) or "policy" not in ckpt or "model" not in ckpt:
         fail(f"{path} is not a cleandppo checkpoint (no 'policy'/'model' entries)")
     if ckpt["policy"] != policy:
