@@ -242,14 +242,15 @@ class GMMPolicy(nn.Module):
 
     def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, num_modes=5, backbone="mlp",
                  mlp_dims=(512, 512, 512), transformer_dim=96, transformer_heads=4, transformer_layers=4,
-                 init_std=0.1, std_min=0.01, std_max=0.2):
+                 init_std=0.1, std_min=0.01, std_max=0.2, activation="mish"):
         super().__init__()
         self.action_dim, self.horizon_steps, self.num_modes = action_dim, horizon_steps, num_modes
         self.std_min, self.std_max, self.backbone = std_min, std_max, backbone
         obs_in = obs_dim * cond_steps
         if backbone == "mlp":  # official GMM_MLP: separate networks for the means and the mode weights
-            self.mean_net = ResidualMLP([obs_in, *mlp_dims, num_modes * horizon_steps * action_dim], nn.Mish)
-            self.logits_net = ResidualMLP([obs_in, *mlp_dims, num_modes], nn.Mish)
+            act = {"mish": nn.Mish, "relu": nn.ReLU}[activation]  # official Avoid GMM: ReLU
+            self.mean_net = ResidualMLP([obs_in, *mlp_dims, num_modes * horizon_steps * action_dim], act)
+            self.logits_net = ResidualMLP([obs_in, *mlp_dims, num_modes], act)
         else:
             self.net = TransformerBackbone(obs_in, horizon_steps, transformer_dim, transformer_heads, transformer_layers)
             self.mean_head = nn.Linear(transformer_dim, num_modes * action_dim)

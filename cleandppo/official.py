@@ -226,8 +226,6 @@ def _gmm(state, env_id, hints):
     if any(k.startswith("mlp_logvar.") for k in state) or (head is not None and head.shape[0] != state["modes_head.weight"].shape[0] * action_dim):
         envs.fail("the official GMM network predicts state-dependent stds (fixed_std null); this project's GMM policy "
                   "learns one std per mode and action dimension")
-    if avoid.is_avoid(env_id):
-        envs.fail("the official Avoid GMM uses ReLU; this project's GMM policy is Mish only, so it cannot be loaded")
     if head is not None:
         num_modes = state["modes_head.weight"].shape[0]
         model, kw = _transformer(state, "net")
@@ -236,14 +234,18 @@ def _gmm(state, env_id, hints):
         horizon_steps, feature_dim = state["transformer.pos_emb"].shape[1], state["transformer.cond_obs_emb.weight"].shape[1]
         kw.update(backbone="transformer", mlp_dims=(512, 512, 512), transformer_heads=_hint(hints, "transformer_heads", 4))
     else:
-        if "mlp_mean.layers.0.weight" not in state:
-            envs.fail("the official GMM network is not residual (residual_style False); this project's GMM MLP is")
-        model, dims = _residual_mlp(state, "mlp_mean", "mean_net")
-        weights, wdims = _residual_mlp(state, "mlp_weights", "logits_net")
+        mlp = _residual_mlp if "mlp_mean.layers.0.weight" in state else _plain_mlp  # official residual_style
+        model, dims = mlp(state, "mlp_mean", "mean_net")
+        weights, wdims = mlp(state, "mlp_weights", "logits_net")
         model.update(weights)
+        hidden = dims[1:-1]
+        if mlp is _plain_mlp and len(hidden) % 2 == 1 and len(set(hidden)) == 1:
+            envs.fail(f"the official GMM MLPs are plain (residual_style False) with widths {hidden}; this project's GMM "
+                      "policy builds those widths as residual MLPs, so it cannot hold these weights")
         num_modes = wdims[-1]
         horizon_steps, feature_dim = dims[-1] // (num_modes * action_dim), dims[0]
-        kw = dict(backbone="mlp", mlp_dims=tuple(dims[1:-1]), transformer_dim=96, transformer_heads=4, transformer_layers=4)
+        kw = dict(backbone="mlp", mlp_dims=tuple(hidden), transformer_dim=96, transformer_heads=4, transformer_layers=4,
+                  activation=_default_activation(env_id, "gmm"))
     _, _, cond_steps = _split_obs(env_id, feature_dim, "GMM network")
     std_model, std_kw = _std_kwargs(state, hints, (num_modes, action_dim))
     model.update(std_model)

@@ -606,3 +606,29 @@ def test_an_unknown_official_network_is_one_line(tmp_path):
     with pytest.raises(SystemExit) as e:
         envs.load_checkpoint(path, "diffusion", ENV)
     assert_one_line_error(str(e.value), "does not map", "docs/checkpoints.md")
+
+
+def test_avoid_gmm_checkpoint_plain_relu_mlps_load(tmp_path):
+    """Official Avoid GMM (cfg/d3il/*/ft_ppo_gmm_mlp): plain MLPs [256, 256] with ReLU, fixed std 0.1."""
+    torch.manual_seed(10)
+    obs_dim, act_dim, modes, tp = 4, 2, 3, 4
+    sd = plain_mlp_sd("mlp_mean", [obs_dim, 16, 16, modes * tp * act_dim]) | plain_mlp_sd("mlp_weights", [obs_dim, 16, 16, modes])
+    sd |= std_range_sd()
+    np.savez(tmp_path / "normalization.npz", obs_min=-np.ones(obs_dim), obs_max=np.ones(obs_dim), action_min=-np.ones(act_dim),
+             action_max=np.ones(act_dim))
+    torch.save(dict(epoch=5, model=prefixed(sd, "network."), ema=prefixed(sd, "network.")), tmp_path / "state_5.pt")
+    ckpt = envs.load_checkpoint(str(tmp_path / "state_5.pt"), "gmm", "avoid-m2", "mlp")
+    assert ckpt["model_kwargs"]["activation"] == "relu"
+    policy = gmm_ppo.GMMPolicy(**ckpt["model_kwargs"])
+    policy.load_state_dict(ckpt["model"])
+    obs = torch.randn(5, 1, obs_dim)
+
+    def plain(prefix):
+        h = obs.flatten(1)
+        for i in range(2):
+            h = F.relu(lin(h, sd, f"{prefix}.moduleList.{i}.linear_1"))
+        return lin(h, sd, f"{prefix}.moduleList.2.linear_1")
+
+    means, std, logits = policy(obs)
+    torch.testing.assert_close(means.flatten(2), torch.tanh(plain("mlp_mean")).view(5, modes, tp * act_dim))
+    torch.testing.assert_close(logits, plain("mlp_weights"))
