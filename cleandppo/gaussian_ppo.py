@@ -634,6 +634,8 @@ def main(args, cli=()):
         actor_opt.load_state_dict(resume["actor_optimizer"])
         critic_opt.load_state_dict(resume["critic_optimizer"])
         scaler.load_state_dict(resume["reward_scaler"])
+        if base_policy is not None:  # the BC teacher stays the policy the fine-tuning started from
+            base_policy.load_state_dict(resume.get("base_model") or base_policy.state_dict())
 
     envs_ = envs.make_vec_env(args.env_id, args.num_envs, args.seed + start_iter * args.num_envs, args.act_steps,
                               args.cond_steps, normalization, args.async_envs)
@@ -659,7 +661,8 @@ def main(args, cli=()):
         ckpt = make_checkpoint(policy, kwargs, normalization, args, tag_iter, env_steps, critic=critic.state_dict(),
                                actor_optimizer=actor_opt.state_dict(), critic_optimizer=critic_opt.state_dict(),
                                reward_scaler=scaler.state_dict(), pretrained_eval_return=pretrained_eval,
-                               best_eval_return=best_eval, **runs.run_state(envs_, obs, firsts, recent_returns))
+                               best_eval_return=best_eval, **runs.run_state(envs_, obs, firsts, recent_returns),
+                               base_model=None if base_policy is None else base_policy.state_dict())
         if robo:
             ckpt.update(pretrained_eval_success_rate=pre_succ, best_eval_success_rate=best_succ)
         runs.save_iteration(ckpt, run_dir, tag_iter, args.save_freq, num_iters, writer)

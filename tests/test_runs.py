@@ -108,7 +108,8 @@ def pretrained(module, tiny_dataset, run_dir, *flags):
     return run_dir / "pretrained.pt"
 
 
-def test_gaussian_ppo_kill_and_resume_is_bit_identical(tiny_dataset, tmp_path, monkeypatch):
+@pytest.mark.parametrize("bc", [[], ["--bc-loss-coeff", "0.5"]], ids=["plain", "bc"])  # bc: the teacher is restored
+def test_gaussian_ppo_kill_and_resume_is_bit_identical(tiny_dataset, tmp_path, monkeypatch, bc):
     from cleandppo import gaussian_ppo
 
     tiny = ["--mlp-dims", "16", "16", "16", "--critic-dims", "16", "16", "16"]
@@ -130,6 +131,7 @@ def test_gaussian_ppo_kill_and_resume_is_bit_identical(tiny_dataset, tmp_path, m
         "--total-timesteps",
         "160",
     ]
+    flags += bc
     assert_kill_and_resume_is_exact(gaussian_ppo, flags, 2 * 4 + 3, tmp_path, monkeypatch)
 
 
