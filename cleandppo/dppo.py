@@ -169,6 +169,10 @@ class Args:
     """env-step samples per chunk when recomputing old log-probs (memory only)"""
     train_action_noise: tuple[float, float] = (0.0, 0.0)
     """[low, high] of uniform noise (random sign, normalized) on executed actions from iteration 5 (D.8, Fig. 10)"""
+    official_normalization: Optional[str] = None
+    """normalization.npz of an official DPPO --checkpoint (default: found next to it; docs/checkpoints.md)"""
+    bc_loss_coeff: float = 0.0
+    """weight of the BC regulariser: -log-prob under the fine-tuned network of the frozen policy's chains (D.7; 0: off)"""
 
 
 ROBOMIMIC = dict(gamma=0.999, num_envs=50, activation="mish", clip_ploss_coef=0.01, clip_ploss_coef_base=0.001,
@@ -240,16 +244,15 @@ def step_mean_var(net, sched, x, obs, t, t_prev, ddim: bool, eta: float = 1.0, c
     """Mean and variance of x_{t_prev} given x_t for one reverse step; t, t_prev: (B,) long tensors.
     DDPM (paper eq. 3.3; official 1.3): x0 = sqrt(1/ab) x - sqrt(1/ab - 1) eps, clamped to [-clip, clip];
     mean = coef_x0 x0 + coef_xt x; variance = the posterior variance beta_t (1 - ab_prev)/(1 - ab).
-    DDIM (paper eq. 4.9; official 1.4): x0 as above and clamped, eps recomputed from the clamped x0,
+    DDIM (paper eq. 4.9; official 1.4): x0 = (x - sqrt(1 - ab) eps)/sqrt(ab) (official form), clamped, eps recomputed,
     sigma = eta sqrt((1 - ab_prev)/(1 - ab) (1 - ab/ab_prev)), mean = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps."""
     eps = net(x, t, obs)
     ab = sched["alpha_bar"][t].view(-1, 1, 1)
-    x0 = ((1 / ab).sqrt() * x - (1 / ab - 1).sqrt() * eps).clamp(-clip, clip)
+    x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt() if ddim else (1 / ab).sqrt() * x - (1 / ab - 1).sqrt() * eps).clamp(-clip, clip)
     if not ddim:
         mean = sched["coef_x0"][t].view(-1, 1, 1) * x0 + sched["coef_xt"][t].view(-1, 1, 1) * x
         return mean, sched["posterior_var"][t].clamp(min=1e-20).view(-1, 1, 1).expand_as(mean)
-    ab_prev = torch.where(t_prev >= 0, sched["alpha_bar"][t_prev.clamp(min=0)], torch.ones_like(t_prev, dtype=x.dtype))
-    ab_prev = ab_prev.view(-1, 1, 1)
+    ab_prev = torch.where(t_prev >= 0, sched["alpha_bar"][t_prev.clamp(min=0)], torch.ones_like(t_prev, dtype=x.dtype)).view(-1, 1, 1)
     eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
     sigma = (eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()).clamp(min=1e-10)
     mean = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
@@ -489,7 +492,7 @@ class Critic(nn.Module):
 
 class RunningRewardScaler:
     """Divide rewards by the std of a running discounted return (official `reward_scale_running`).
-    R <- r + 0.99 (1 - first) R per env; running variance of all R (count init 1e-4, mean 0, var 1);
+    R <- r + 0.99 (1 - first) R per env; running variance M2/(n - 1) of all R (count init 1e-4, mean 0, var 1);
     scaled reward = r / sqrt(var + 1e-8), clipped to +-10. No mean subtraction."""
 
     def __init__(self, num_envs, gamma=0.99):
@@ -504,7 +507,7 @@ class RunningRewardScaler:
         batch_mean, batch_var, batch_count = returns.mean(), returns.var(), returns.size
         delta, total = batch_mean - self.mean, self.count + batch_count
         m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
-        self.mean, self.var, self.count = self.mean + delta * batch_count / total, m2 / total, total
+        self.mean, self.var, self.count = self.mean + delta * batch_count / total, m2 / (total - 1), total
         return np.clip(rewards / np.sqrt(self.var + 1e-8), -10, 10)
 
     def state_dict(self):
@@ -526,7 +529,7 @@ def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
 
 
 def ppo_update(actor_ft, critic, actor_opt, critic_opt, sched, batch, args, ft_t, ft_t_prev, ddim, update_actor=True,
-               generator=None):
+               generator=None, actor=None):
     """PPO epochs over the N*E*K' (env step, denoising step) pairs (paper 4.2; official 2.5-2.6)."""
     K_ft = batch["chains"].shape[1] - 1
     device = batch["obs"].device
@@ -554,6 +557,12 @@ def ppo_update(actor_ft, critic, actor_opt, critic_opt, sched, batch, args, ft_t
             pg_loss = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - eps, 1 + eps)).mean()
             v_loss = 0.5 * ((critic(obs) - batch["returns"][i]) ** 2).mean()
             loss = pg_loss + args.vf_coef * v_loss
+            if args.bc_loss_coeff:  # BC regulariser (D.7, official use_bc_loss): -log-prob under actor_ft of frozen-actor chains
+                _, bc = sample(actor, actor, sched, obs, denoising_plan(args.denoising_steps, args.ddim_steps), K_ft, *x_in.shape[1:],
+                               "train", args.min_sampling_denoising_std, args.randn_clip_value, args.denoised_clip_value)
+                loss = loss - args.bc_loss_coeff * denoising_log_prob(  # every chunk row, all K' steps (official)
+                    actor_ft, sched, obs.repeat_interleave(K_ft, 0), bc[:, :-1].flatten(0, 1), bc[:, 1:].flatten(0, 1), ft_t.repeat(len(obs)),
+                    ft_t_prev.repeat(len(obs)), ddim, x_in.shape[1], args.min_logprob_denoising_std, args.denoised_clip_value).mean()
             actor_opt.zero_grad()
             critic_opt.zero_grad()
             loss.backward()
@@ -669,7 +678,7 @@ def check_args(args):
 
 def load_diffusion_checkpoint(path, args):
     """Load a diffusion checkpoint and check it against the flags (one-line errors)."""
-    ckpt = envs.load_checkpoint(path, "diffusion", args.env_id)
+    ckpt = envs.load_checkpoint(path, "diffusion", args.env_id, hints=vars(args))
     kw = ckpt["model_kwargs"]
     if kw["denoising_steps"] != args.denoising_steps:
         envs.fail(f"{path} was pre-trained with {kw['denoising_steps']} denoising steps; pass --denoising-steps {kw['denoising_steps']}")
@@ -848,7 +857,7 @@ def main(args, cli=()):
                      advantages=torch.as_tensor(advantages.reshape(-1), dtype=torch.float32, device=device),
                      returns=torch.as_tensor(returns.reshape(-1), dtype=torch.float32, device=device))
         stats = ppo_update(actor_ft, critic, actor_opt, critic_opt, sched, batch, args, ft_t, ft_t_prev, ddim,
-                           update_actor=iteration >= args.n_critic_warmup_itr)
+                           update_actor=iteration >= args.n_critic_warmup_itr, actor=actor)
         runs.check_finite(iteration, **stats, actor_weights=actor_ft, critic_weights=critic)
         if iteration >= args.n_critic_warmup_itr:
             actor_sched.step()

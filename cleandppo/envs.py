@@ -432,6 +432,10 @@ def load_dataset(dataset: str, env_id: str | None = None) -> dict:
     Returns dict(observations, actions, rewards, terminals, timeouts, episodes, normalization).
     Normalization stats come from the whole raw dataset (official conversion).
     """
+    if dataset.endswith(".npz"):  # the official processed train.npz (cleandppo/official.py)
+        from cleandppo import official
+
+        return official.load_npz_dataset(dataset, env_id)
     if "/" in dataset and not dataset.endswith((".hdf5", ".h5")) and not os.path.exists(dataset):
         data = load_minari(dataset)
     elif os.path.isdir(dataset):  # section 8: D3IL's per-episode pickles, filtered to the subset of --env-id
@@ -509,9 +513,22 @@ def save_checkpoint(ckpt: dict, path: str):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str, policy: str, env_id: str, backbone: str | None = None) -> dict:
-    """Load and check a checkpoint: it must exist, hold a `policy` policy, and match env and backbone."""
+def upgrade_checkpoint(ckpt):
+    """Older cleandppo checkpoints in today's layout: the Gaussian/GMM std was learned as log sigma (`log_std`) before
+    issue #16, as log sigma^2 (`logvar`, the official parametrisation) since."""
+    for key in ("model", "model_ft"):
+        if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict) and "log_std" in ckpt[key]:
+            ckpt[key] = {("logvar" if k == "log_std" else k): (2 * v if k == "log_std" else v) for k, v in ckpt[key].items()}
+    return ckpt
+
+
+def load_checkpoint(path: str, policy: str, env_id: str, backbone: str | None = None, hints: dict | None = None) -> dict:
+    """Load and check a checkpoint: it must exist, hold a `policy` policy, and match env and backbone.
+    An official DPPO checkpoint is converted (cleandppo/official.py; `hints`: the script's flags, for what its
+    tensors do not show)."""
     import torch
+
+    from cleandppo import official
 
     if not os.path.isfile(path):
         fail(f"checkpoint {path} does not exist; pre-train one with --pretrain-only --dataset ... or pass --checkpoint")
@@ -519,6 +536,9 @@ def load_checkpoint(path: str, policy: str, env_id: str, backbone: str | None = 
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         fail(f"cannot read checkpoint {path} ({e.__class__.__name__}); pass a file written by a cleandppo script")
+    if official.is_official_checkpoint(ckpt):
+        ckpt = official.convert_checkpoint(ckpt, path, policy, env_id, hints)
+    ckpt = upgrade_checkpoint(ckpt)
     if not isinstance(ckpt, dict) or "policy" not in ckpt or "model" not in ckpt:
         fail(f"{path} is not a cleandppo checkpoint (no 'policy'/'model' entries)")
     if ckpt["policy"] != policy:

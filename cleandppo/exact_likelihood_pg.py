@@ -541,7 +541,7 @@ class Critic(nn.Module):
 class RunningRewardScaler:
     """Divide rewards by the std of a running discounted return (official `reward_scale_running`).
 
-    R <- r + 0.99 (1 - first) R per env; running variance of all R (count init 1e-4, mean 0, var 1);
+    R <- r + 0.99 (1 - first) R per env; running variance M2/(n - 1) of all R (count init 1e-4, mean 0, var 1);
     scaled reward = r / sqrt(var + 1e-8), clipped to +-10. No mean subtraction.
     """
 
@@ -557,7 +557,7 @@ class RunningRewardScaler:
         batch_mean, batch_var, batch_count = returns.mean(), returns.var(), returns.size
         delta, total = batch_mean - self.mean, self.count + batch_count
         m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
-        self.mean, self.var, self.count = self.mean + delta * batch_count / total, m2 / total, total
+        self.mean, self.var, self.count = self.mean + delta * batch_count / total, m2 / (total - 1), total
         return np.clip(rewards / np.sqrt(self.var + 1e-8), -10, 10)
 
     def state_dict(self):

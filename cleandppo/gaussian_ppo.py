@@ -10,6 +10,7 @@ Three ways to run it:
 A checkpoint can also be rolled out into a D4RL-format dataset with --record-dataset PATH.
 """
 
+import copy
 import json
 import math
 import os
@@ -147,6 +148,10 @@ class Args:
     """critic hidden widths (residual, Mish)"""
     train_action_noise: tuple[float, float] = (0.0, 0.0)
     """[low, high] of uniform noise (random sign, normalized) on executed actions from iteration 5 (D.8, Fig. 10)"""
+    official_normalization: Optional[str] = None
+    """normalization.npz of an official DPPO --checkpoint (default: found next to it; docs/checkpoints.md)"""
+    bc_loss_coeff: float = 0.0
+    """weight of the BC regulariser: -log-prob under the policy of the frozen pre-trained policy's samples (D.7; 0: off)"""
 
 
 # From-scratch PPO uses textbook settings (these replace the fine-tuning values above when
@@ -179,10 +184,10 @@ class ResidualMLP(nn.Module):
     (an even number of hidden widths) the network is a plain MLP with activations between layers.
     """
 
-    def __init__(self, dims, activation=nn.Mish):
+    def __init__(self, dims, activation=nn.Mish, residual=None):
         super().__init__()
-        hidden = dims[1:-1]
-        self.residual = len(hidden) % 2 == 1 and len(set(hidden)) == 1
+        hidden = dims[1:-1]  # residual=False: a plain MLP whatever the widths (official residual_style False)
+        self.residual = (len(hidden) % 2 == 1 and len(set(hidden)) == 1) if residual is None else residual
         if self.residual:
             self.inp = nn.Linear(dims[0], hidden[0])
             self.blocks = nn.ModuleList(
@@ -243,17 +248,17 @@ class GaussianPolicy(nn.Module):
 
     def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, backbone="mlp", mlp_dims=(512, 512, 512),
                  transformer_dim=96, transformer_heads=4, transformer_layers=4, init_std=0.1, std_min=0.01, std_max=0.2,
-                 activation="mish", obs_norm=False):
+                 activation="mish", obs_norm=False, residual=None):
         super().__init__()
         self.action_dim, self.horizon_steps = action_dim, horizon_steps
         self.std_min, self.std_max = std_min, std_max
         obs_in = obs_dim * cond_steps
         act = {"mish": nn.Mish, "relu": nn.ReLU, "tanh": nn.Tanh}[activation]
         if backbone == "mlp":
-            self.net = ResidualMLP([obs_in, *mlp_dims, horizon_steps * action_dim], act)
+            self.net = ResidualMLP([obs_in, *mlp_dims, horizon_steps * action_dim], act, residual)
         else:
             self.net = TransformerBackbone(obs_in, action_dim, horizon_steps, transformer_dim, transformer_heads, transformer_layers)
-        self.log_std = nn.Parameter(torch.full((action_dim,), math.log(init_std)))
+        self.logvar = nn.Parameter(torch.full((action_dim,), 2 * math.log(init_std)))  # log sigma^2, as the official
         # running observation statistics, only used (and updated) when training from scratch
         self.obs_norm = obs_norm
         self.register_buffer("obs_mean", torch.zeros(obs_in))
@@ -266,7 +271,7 @@ class GaussianPolicy(nn.Module):
         if self.obs_norm:
             x = ((x - self.obs_mean) / torch.sqrt(self.obs_var + 1e-8)).clamp(-10, 10)
         mean = torch.tanh(self.net(x).reshape(-1, self.horizon_steps, self.action_dim))
-        std = self.log_std.exp().clamp(self.std_min, self.std_max)
+        std = (0.5 * self.logvar).exp().clamp(self.std_min, self.std_max)
         return mean, std
 
     @torch.no_grad()
@@ -318,7 +323,7 @@ class Critic(nn.Module):
 class RunningRewardScaler:
     """Divide rewards by the std of a running discounted return (official `reward_scale_running`).
 
-    R <- r + 0.99 * (1 - first) * R per env; running variance of all R (count init 1e-4, mean 0,
+    R <- r + 0.99 * (1 - first) * R per env; running variance M2/(n - 1) of all R (count init 1e-4, mean 0,
     var 1); scaled reward = r / sqrt(var + 1e-8), clipped to +-10. No mean subtraction.
     """
 
@@ -335,7 +340,7 @@ class RunningRewardScaler:
         batch_mean, batch_var, batch_count = returns.mean(), returns.var(), returns.size
         delta, total = batch_mean - self.mean, self.count + batch_count
         m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
-        self.mean, self.var, self.count = self.mean + delta * batch_count / total, m2 / total, total
+        self.mean, self.var, self.count = self.mean + delta * batch_count / total, m2 / (total - 1), total
         return np.clip(rewards / np.sqrt(self.var + 1e-8), -10, 10)
 
     def state_dict(self):
@@ -361,7 +366,7 @@ def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
     return advantages, advantages + values
 
 
-def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=True, generator=None):
+def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=True, generator=None, base_policy=None):
     """PPO epochs over one iteration's batch (paper 4, D.6). Returns the last minibatch's stats."""
     n = len(batch["obs"])
     mb = min(args.batch_size, n)
@@ -380,6 +385,8 @@ def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=
             v_loss = 0.5 * ((critic(obs) - ret) ** 2).mean()
             ent = entropy(std)
             loss = pg_loss - args.ent_coef * ent + args.vf_coef * v_loss
+            if args.bc_loss_coeff:  # BC regulariser (D.7, official use_bc_loss): -log-prob of the frozen policy's samples
+                loss = loss - args.bc_loss_coeff * log_prob(mean, std, sample_action(*base_policy(obs), args.randn_clip_value)).mean()
             actor_opt.zero_grad()
             critic_opt.zero_grad()
             loss.backward()
@@ -391,7 +398,7 @@ def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=
                 # keep the learned std inside its clip range; the official code lets the parameter drift
                 # past the clamp, where its gradient is zero and it can never come back
                 with torch.no_grad():
-                    policy.log_std.clamp_(math.log(policy.std_min), math.log(policy.std_max))
+                    policy.logvar.clamp_(2 * math.log(policy.std_min), 2 * math.log(policy.std_max))
             critic_opt.step()
             with torch.no_grad():
                 approx_kl = ((ratio - 1) - (new_logp - old_logp)).mean().item()  # k3 estimator
@@ -448,7 +455,7 @@ def pretrain(args, data, run_dir, writer, device):
     obs_dim, action_dim = obs.shape[1], actions.shape[1]
     kwargs = model_kwargs_from(args, obs_dim, action_dim, args.fixed_std)
     policy = GaussianPolicy(**kwargs).to(device)
-    policy.log_std.requires_grad_(False)  # std fixed during pre-training (paper D.6)
+    policy.logvar.requires_grad_(False)  # std fixed during pre-training (paper D.6)
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=args.pretrain_lr,
                             weight_decay=args.pretrain_weight_decay)
     steps_per_epoch = math.ceil(len(starts) / args.pretrain_batch_size)
@@ -569,7 +576,7 @@ def main(args, cli=()):
     start_iter, env_steps, resume, ckpt = 0, 0, None, None
     if args.checkpoint is not None or (not args.from_scratch and args.dataset is None):
         path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "gaussian", args.backbone)
-        ckpt = envs.load_checkpoint(path, "gaussian", args.env_id, args.backbone)
+        ckpt = envs.load_checkpoint(path, "gaussian", args.env_id, args.backbone, hints=vars(args))
         kw = ckpt["model_kwargs"]
         if kw["horizon_steps"] < args.act_steps or kw["cond_steps"] != args.cond_steps:
             envs.fail(f"{path} predicts chunks of {kw['horizon_steps']} with history {kw['cond_steps']}; "
@@ -618,6 +625,7 @@ def main(args, cli=()):
         return
 
     critic = Critic(obs_dim, args.cond_steps, args.critic_dims).to(device)  # fresh critic (official)
+    base_policy = copy.deepcopy(policy).requires_grad_(False) if args.bc_loss_coeff else None  # teacher of the BC term
     actor_opt = torch.optim.AdamW(policy.parameters(), lr=args.actor_lr, weight_decay=0.0)
     critic_opt = torch.optim.AdamW(critic.parameters(), lr=args.critic_lr, weight_decay=0.0)
     scaler = RunningRewardScaler(args.num_envs)
@@ -626,6 +634,8 @@ def main(args, cli=()):
         actor_opt.load_state_dict(resume["actor_optimizer"])
         critic_opt.load_state_dict(resume["critic_optimizer"])
         scaler.load_state_dict(resume["reward_scaler"])
+        if base_policy is not None:  # the BC teacher stays the policy the fine-tuning started from
+            base_policy.load_state_dict(resume.get("base_model") or base_policy.state_dict())
 
     envs_ = envs.make_vec_env(args.env_id, args.num_envs, args.seed + start_iter * args.num_envs, args.act_steps,
                               args.cond_steps, normalization, args.async_envs)
@@ -651,7 +661,8 @@ def main(args, cli=()):
         ckpt = make_checkpoint(policy, kwargs, normalization, args, tag_iter, env_steps, critic=critic.state_dict(),
                                actor_optimizer=actor_opt.state_dict(), critic_optimizer=critic_opt.state_dict(),
                                reward_scaler=scaler.state_dict(), pretrained_eval_return=pretrained_eval,
-                               best_eval_return=best_eval, **runs.run_state(envs_, obs, firsts, recent_returns))
+                               best_eval_return=best_eval, **runs.run_state(envs_, obs, firsts, recent_returns),
+                               base_model=None if base_policy is None else base_policy.state_dict())
         if robo:
             ckpt.update(pretrained_eval_success_rate=pre_succ, best_eval_success_rate=best_succ)
         runs.save_iteration(ckpt, run_dir, tag_iter, args.save_freq, num_iters, writer)
@@ -709,7 +720,7 @@ def main(args, cli=()):
         # ---- update ----
         t_update = time.time()
         stats = ppo_update(policy, critic, actor_opt, critic_opt, batch, args,
-                           update_actor=iteration >= args.n_critic_warmup_itr)
+                           update_actor=iteration >= args.n_critic_warmup_itr, base_policy=base_policy)
         runs.check_finite(iteration, **stats, policy_weights=policy, critic_weights=critic)
         t_update = time.time() - t_update
         iteration += 1

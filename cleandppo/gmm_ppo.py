@@ -148,6 +148,8 @@ class Args:
     """critic hidden widths (residual, Mish)"""
     train_action_noise: tuple[float, float] = (0.0, 0.0)
     """[low, high] of uniform noise (random sign, normalized) on executed actions from iteration 5 (D.8, Fig. 10)"""
+    official_normalization: Optional[str] = None
+    """normalization.npz of an official DPPO --checkpoint (default: found next to it; docs/checkpoints.md)"""
 
 
 # Robomimic ids (lift, can, square, transport) get the official values (dppo-facts 4.3-4.4) for every flag not set
@@ -240,21 +242,22 @@ class GMMPolicy(nn.Module):
 
     def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, num_modes=5, backbone="mlp",
                  mlp_dims=(512, 512, 512), transformer_dim=96, transformer_heads=4, transformer_layers=4,
-                 init_std=0.1, std_min=0.01, std_max=0.2):
+                 init_std=0.1, std_min=0.01, std_max=0.2, activation="mish"):
         super().__init__()
         self.action_dim, self.horizon_steps, self.num_modes = action_dim, horizon_steps, num_modes
         self.std_min, self.std_max, self.backbone = std_min, std_max, backbone
         obs_in = obs_dim * cond_steps
         if backbone == "mlp":  # official GMM_MLP: separate networks for the means and the mode weights
-            self.mean_net = ResidualMLP([obs_in, *mlp_dims, num_modes * horizon_steps * action_dim], nn.Mish)
-            self.logits_net = ResidualMLP([obs_in, *mlp_dims, num_modes], nn.Mish)
+            act = {"mish": nn.Mish, "relu": nn.ReLU}[activation]  # official Avoid GMM: ReLU
+            self.mean_net = ResidualMLP([obs_in, *mlp_dims, num_modes * horizon_steps * action_dim], act)
+            self.logits_net = ResidualMLP([obs_in, *mlp_dims, num_modes], act)
         else:
             self.net = TransformerBackbone(obs_in, horizon_steps, transformer_dim, transformer_heads, transformer_layers)
             self.mean_head = nn.Linear(transformer_dim, num_modes * action_dim)
             nn.init.normal_(self.mean_head.weight, 0.0, 0.02)
             nn.init.zeros_(self.mean_head.bias)
             self.modes_head = nn.Linear(horizon_steps * transformer_dim, num_modes)
-        self.log_std = nn.Parameter(torch.full((num_modes, action_dim), math.log(init_std)))
+        self.logvar = nn.Parameter(torch.full((num_modes, action_dim), 2 * math.log(init_std)))  # log sigma^2 (official)
 
     def forward(self, obs):
         B, M, Tp, Da = obs.shape[0], self.num_modes, self.horizon_steps, self.action_dim
@@ -266,7 +269,7 @@ class GMMPolicy(nn.Module):
             h = self.net(x)  # (B, Tp, d)
             means = self.mean_head(h).view(B, Tp, M, Da).transpose(1, 2)
             logits = self.modes_head(h.reshape(B, -1))
-        std = self.log_std.exp().clamp(self.std_min, self.std_max)
+        std = (0.5 * self.logvar).exp().clamp(self.std_min, self.std_max)
         return torch.tanh(means), std, logits
 
 
@@ -353,7 +356,7 @@ class Critic(nn.Module):
 class RunningRewardScaler:
     """Divide rewards by the std of a running discounted return (official `reward_scale_running`).
 
-    R <- r + 0.99 * (1 - first) * R per env; running variance of all R (count init 1e-4, mean 0,
+    R <- r + 0.99 * (1 - first) * R per env; running variance M2/(n - 1) of all R (count init 1e-4, mean 0,
     var 1); scaled reward = r / sqrt(var + 1e-8), clipped to +-10. No mean subtraction.
     """
 
@@ -370,7 +373,7 @@ class RunningRewardScaler:
         batch_mean, batch_var, batch_count = returns.mean(), returns.var(), returns.size
         delta, total = batch_mean - self.mean, self.count + batch_count
         m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
-        self.mean, self.var, self.count = self.mean + delta * batch_count / total, m2 / total, total
+        self.mean, self.var, self.count = self.mean + delta * batch_count / total, m2 / (total - 1), total
         return np.clip(rewards / np.sqrt(self.var + 1e-8), -10, 10)
 
     def state_dict(self):
@@ -479,7 +482,7 @@ def pretrain(args, data, run_dir, writer, device):
     print(f"[pretrain] {len(data['episodes'])} episodes, {len(starts)} samples from {args.dataset}")
     kwargs = model_kwargs_from(args, obs.shape[1], actions.shape[1])
     policy = GMMPolicy(**kwargs).to(device)
-    policy.log_std.requires_grad_(False)  # std fixed during pre-training (paper D.6)
+    policy.logvar.requires_grad_(False)  # std fixed during pre-training (paper D.6)
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=args.pretrain_lr,
                             weight_decay=args.pretrain_weight_decay)
     steps_per_epoch = math.ceil(len(starts) / args.pretrain_batch_size)
@@ -496,7 +499,7 @@ def pretrain(args, data, run_dir, writer, device):
         writer.add_scalar("pretrain/loss", loss.item(), epoch)
         if epoch % max(1, args.pretrain_epochs // 20) == 0 or epoch == args.pretrain_epochs - 1:
             print(f"[pretrain] epoch {epoch + 1}/{args.pretrain_epochs} | loss {loss.item():.4f} | {time.time() - t0:.0f}s")
-    policy.log_std.requires_grad_(True)
+    policy.logvar.requires_grad_(True)
     ckpt = make_checkpoint(policy, kwargs, norm, args, 0, 0, dataset=args.dataset, pretrain_epochs=args.pretrain_epochs)
     envs.save_checkpoint(ckpt, os.path.join(run_dir, "pretrained.pt"))
     return ckpt
@@ -582,7 +585,7 @@ def main(args, cli=()):
         data = envs.load_dataset(args.dataset, args.env_id)
     else:
         path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "gmm", args.backbone)
-        ckpt = envs.load_checkpoint(path, "gmm", args.env_id, args.backbone)
+        ckpt = envs.load_checkpoint(path, "gmm", args.env_id, args.backbone, hints=vars(args))
         kw = ckpt["model_kwargs"]
         if kw["horizon_steps"] < args.act_steps or kw["cond_steps"] != args.cond_steps:
             envs.fail(f"{path} predicts chunks of {kw['horizon_steps']} with history {kw['cond_steps']}; "

@@ -40,7 +40,7 @@ FLOAT_RANGES = {
     **dict.fromkeys(("gamma", "gamma_denoising", "td_alpha", "critic_tau", "target_ema_rate", "sde_step_size"), RATE),
     **dict.fromkeys(("expectile", "sde_eps"), OPEN_UNIT),
     **dict.fromkeys(("min_sampling_denoising_std", "std_min", "ent_coef", "vf_coef", "clip_ploss_coef_rate", "train_action_noise",
-                     "q_grad_coeff", "eta", "actor_weight_decay", "critic_weight_decay", "pretrain_weight_decay",
+                     "q_grad_coeff", "eta", "bc_loss_coeff", "actor_weight_decay", "critic_weight_decay", "pretrain_weight_decay",
                      "actor_min_lr", "critic_min_lr", "pretrain_min_lr"), NON_NEGATIVE),
     **dict.fromkeys(("actor_lr", "critic_lr", "pretrain_lr", "action_lr", "std_max", "fixed_std",
                      "min_logprob_denoising_std", "denoised_clip_value", "randn_clip_value", "beta",

@@ -239,6 +239,61 @@ every evaluation counted as the pre-trained one | runs.py | tests/test_runs_cli.
 progress rate counts resumed steps | runs.py | tests/test_runs_cli.py
 - sps = (env_steps - self.start)
 + sps = env_steps
+# issue #16: official formats and the points where we follow the official code
+official diffusion checkpoint takes model, not ema | official.py | tests/test_official.py -k ema_weights
+- entry = "ema" if policy == "diffusion" and "ema" in raw else "model"
++ entry = "model"
+official Gaussian/GMM checkpoint takes ema | official.py | tests/test_official.py -k gmm_mlp
+- entry = "ema" if policy == "diffusion" and "ema" in raw else "model"
++ entry = "ema" if "ema" in raw else "model"
+official residual block l1/l2 swapped | official.py | tests/test_official.py -k ema_weights
+- out[f"{dst}.blocks.{i}.3.{w}"] = state[f"{src}.layers.{i + 1}.l2.{w}"]
++ out[f"{dst}.blocks.{i}.3.{w}"] = state[f"{src}.layers.{i + 1}.l1.{w}"]
+official UNet GroupNorm of the wrong conv block | official.py | tests/test_official.py -k unet
+- out[f"{dst}.conv{j + 1}.block.1.{w}"] = state[f"{src}.blocks.{j}.block.2.{w}"]
++ out[f"{dst}.conv{j + 1}.block.1.{w}"] = state[f"{src}.blocks.{1 - j}.block.2.{w}"]
+official fine-tuned checkpoint: frozen network from actor_ft | official.py | tests/test_official.py -k finetuning_checkpoint
+- frozen = _strip(state, "actor.") if policy
++ frozen = _strip(state, "actor_ft.") if policy
+official train.npz left normalized | official.py | tests/test_official.py -k npz
+- states = envs.unnormalize_obs(states, norm)
++ pass
+reward scaler variance M2/n (gmm) | gmm_ppo.py | tests/test_shared_copies.py -k reward_scaler
+- m2 / (total - 1), total
++ m2 / total, total
+reward scaler variance M2/n (dppo) | dppo.py | tests/test_shared_copies.py -k reward_scaler
+- m2 / (total - 1), total
++ m2 / total, total
+DDIM x0 in the DDPM form | dppo.py | tests/test_official.py -k ddim
+- x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt() if ddim else
++ x0 = ((1 / ab).sqrt() * x - (1 / ab - 1).sqrt() * eps if ddim else
+Gaussian std parametrised by log sigma | gaussian_ppo.py | tests/test_official.py -k log_variance
+- std = (0.5 * self.logvar).exp().clamp
++ std = self.logvar.exp().clamp
+old log_std checkpoints not converted | envs.py | tests/test_official.py -k log_variance
+- (2 * v if k == "log_std" else v)
++ (v if k == "log_std" else v)
+dppo BC chains from the fine-tuned network | dppo.py | tests/test_official.py -k dppo_bc_term
+- _, bc = sample(actor, actor, sched
++ _, bc = sample(actor_ft, actor_ft, sched
+dppo BC over the executed rows only | dppo.py | tests/test_official.py -k dppo_bc_term
+- ddim, x_in.shape[1], args.min_logprob_denoising_std, args.denoised_clip_value).mean()
++ ddim, args.act_steps, args.min_logprob_denoising_std, args.denoised_clip_value).mean()
+dppo BC sign | dppo.py | tests/test_official.py -k dppo_bc_term
+- loss = loss - args.bc_loss_coeff * denoising_log_prob(
++ loss = loss + args.bc_loss_coeff * denoising_log_prob(
+gaussian BC samples from the trained policy | gaussian_ppo.py | tests/test_official.py -k gaussian_bc_term
+- sample_action(*base_policy(obs), args.randn_clip_value)
++ sample_action(*policy(obs), args.randn_clip_value)
+gaussian BC always on | gaussian_ppo.py | tests/test_official.py -k gaussian_bc_term
+- if args.bc_loss_coeff:  # BC
++ if True:  # BC
+DAWR TD(lambda) without alpha, against the official targets | dawr.py | tests/test_official.py -k dawr
+- G = alpha * delta + gamma * lam
++ G = delta + gamma * lam
+gaussian BC teacher not restored on resume | gaussian_ppo.py | tests/test_runs.py -k gaussian_ppo_kill_and_resume
+- base_policy.load_state_dict(resume.get("base_model") or base_policy.state_dict())
++ pass
 """
 
 

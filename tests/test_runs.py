@@ -82,10 +82,11 @@ def assert_kill_and_resume_is_exact(module, flags, kill_call, tmp_path, monkeypa
 
 
 # ---- item 4: a run killed at any point and resumed gives the uninterrupted run's scalars ------------------------
-def test_dppo_kill_and_resume_is_bit_identical(tiny_diffusion_checkpoint, tmp_path, monkeypatch):
+@pytest.mark.parametrize("bc", [[], ["--bc-loss-coeff", "0.5"]], ids=["plain", "bc"])  # bc: sampling inside the update
+def test_dppo_kill_and_resume_is_bit_identical(tiny_diffusion_checkpoint, tmp_path, monkeypatch, bc):
     from cleandppo import dppo
 
-    flags = ["--checkpoint", tiny_diffusion_checkpoint, *DPPO_TINY, "--total-timesteps", "160"]
+    flags = ["--checkpoint", tiny_diffusion_checkpoint, *DPPO_TINY, "--total-timesteps", "160", *bc]
     # 4 vector steps per iteration: the kill lands in the middle of iteration 3
     assert_kill_and_resume_is_exact(dppo, flags, 2 * 4 + 2, tmp_path, monkeypatch)
 
@@ -108,7 +109,8 @@ def pretrained(module, tiny_dataset, run_dir, *flags):
     return run_dir / "pretrained.pt"
 
 
-def test_gaussian_ppo_kill_and_resume_is_bit_identical(tiny_dataset, tmp_path, monkeypatch):
+@pytest.mark.parametrize("bc", [[], ["--bc-loss-coeff", "0.5"]], ids=["plain", "bc"])  # bc: the teacher is restored
+def test_gaussian_ppo_kill_and_resume_is_bit_identical(tiny_dataset, tmp_path, monkeypatch, bc):
     from cleandppo import gaussian_ppo
 
     tiny = ["--mlp-dims", "16", "16", "16", "--critic-dims", "16", "16", "16"]
@@ -130,6 +132,7 @@ def test_gaussian_ppo_kill_and_resume_is_bit_identical(tiny_dataset, tmp_path, m
         "--total-timesteps",
         "160",
     ]
+    flags += bc
     assert_kill_and_resume_is_exact(gaussian_ppo, flags, 2 * 4 + 3, tmp_path, monkeypatch)
 
 
