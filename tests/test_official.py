@@ -68,10 +68,16 @@ def unet(sd, x, t, obs, groups=8):
 
     def block(h, cond, p):
         out = conv_block(h, f"{p}.blocks.0")
-        film = lin(mish(lin(mish(lin(cond, sd, f"{p}.cond_encoder.0")), sd, f"{p}.cond_encoder.2")), sd, f"{p}.cond_encoder.4")
+        film = lin(
+            mish(lin(mish(lin(cond, sd, f"{p}.cond_encoder.0")), sd, f"{p}.cond_encoder.2")), sd, f"{p}.cond_encoder.4"
+        )
         film = film.view(len(h), 2, out.shape[1], 1)
         out = conv_block(film[:, 0] * out + film[:, 1], f"{p}.blocks.1")
-        skip = F.conv1d(h, sd[f"{p}.residual_conv.weight"], sd[f"{p}.residual_conv.bias"]) if f"{p}.residual_conv.weight" in sd else h
+        skip = (
+            F.conv1d(h, sd[f"{p}.residual_conv.weight"], sd[f"{p}.residual_conv.bias"])
+            if f"{p}.residual_conv.weight" in sd
+            else h
+        )
         return out + skip
 
     dsed = sd["time_mlp.1.weight"].shape[1]
@@ -82,12 +88,16 @@ def unet(sd, x, t, obs, groups=8):
         h = block(block(h, cond, f"down_modules.{i}.0"), cond, f"down_modules.{i}.1")
         skips.append(h)
         if i < levels - 1:
-            h = F.conv1d(h, sd[f"down_modules.{i}.2.conv.weight"], sd[f"down_modules.{i}.2.conv.bias"], stride=2, padding=1)
+            h = F.conv1d(
+                h, sd[f"down_modules.{i}.2.conv.weight"], sd[f"down_modules.{i}.2.conv.bias"], stride=2, padding=1
+            )
     h = block(block(h, cond, "mid_modules.0"), cond, "mid_modules.1")
     for i in range(levels - 1):
         h = torch.cat([h, skips.pop()], dim=1)
         h = block(block(h, cond, f"up_modules.{i}.0"), cond, f"up_modules.{i}.1")
-        h = F.conv_transpose1d(h, sd[f"up_modules.{i}.2.conv.weight"], sd[f"up_modules.{i}.2.conv.bias"], stride=2, padding=1)
+        h = F.conv_transpose1d(
+            h, sd[f"up_modules.{i}.2.conv.weight"], sd[f"up_modules.{i}.2.conv.bias"], stride=2, padding=1
+        )
     h = conv_block(h, "final_conv.0")
     return F.conv1d(h, sd["final_conv.1.weight"], sd["final_conv.1.bias"]).transpose(1, 2)
 
@@ -95,7 +105,7 @@ def unet(sd, x, t, obs, groups=8):
 def attention(q_in, kv_in, sd, p, heads):
     d = q_in.shape[-1]
     w, b = sd[f"{p}.in_proj_weight"], sd[f"{p}.in_proj_bias"]
-    q, k, v = (y @ w[i * d:(i + 1) * d].T + b[i * d:(i + 1) * d] for i, y in enumerate((q_in, kv_in, kv_in)))
+    q, k, v = (y @ w[i * d : (i + 1) * d].T + b[i * d : (i + 1) * d] for i, y in enumerate((q_in, kv_in, kv_in)))
     split = lambda y: y.view(y.shape[0], y.shape[1], heads, d // heads).transpose(1, 2)  # noqa: E731
     weights = torch.softmax(split(q) @ split(k).transpose(-1, -2) / math.sqrt(d // heads), dim=-1)
     return lin((weights @ split(v)).transpose(1, 2).reshape(q_in.shape), sd, f"{p}.out_proj")
@@ -133,7 +143,9 @@ def residual_mlp_sd(prefix, dims):
     sd = linear(f"{prefix}.layers.0", dims[0], dims[1])
     blocks = (len(dims) - 3) // 2
     for i in range(1, blocks + 1):
-        sd.update(linear(f"{prefix}.layers.{i}.l1", dims[1], dims[1]) | linear(f"{prefix}.layers.{i}.l2", dims[1], dims[1]))
+        sd.update(
+            linear(f"{prefix}.layers.{i}.l1", dims[1], dims[1]) | linear(f"{prefix}.layers.{i}.l2", dims[1], dims[1])
+        )
     return sd | linear(f"{prefix}.layers.{blocks + 1}", dims[1], dims[-1])
 
 
@@ -146,8 +158,12 @@ def unet_sd(dim=8, mults=(1, 2), kernel=3, dsed=8):
     def block(p, c_in, c_out):
         sd = {}
         for j, c in enumerate((c_in, c_out)):
-            sd |= {f"{p}.blocks.{j}.block.0.weight": rand(c_out, c, kernel), f"{p}.blocks.{j}.block.0.bias": rand(c_out),
-                   f"{p}.blocks.{j}.block.2.weight": 1 + rand(c_out), f"{p}.blocks.{j}.block.2.bias": rand(c_out)}
+            sd |= {
+                f"{p}.blocks.{j}.block.0.weight": rand(c_out, c, kernel),
+                f"{p}.blocks.{j}.block.0.bias": rand(c_out),
+                f"{p}.blocks.{j}.block.2.weight": 1 + rand(c_out),
+                f"{p}.blocks.{j}.block.2.bias": rand(c_out),
+            }
         sd |= linear(f"{p}.cond_encoder.0", dsed + OBS, 2 * c_out) | linear(f"{p}.cond_encoder.2", 2 * c_out, 2 * c_out)
         sd |= linear(f"{p}.cond_encoder.4", 2 * c_out, 2 * c_out)
         if c_in != c_out:
@@ -160,13 +176,20 @@ def unet_sd(dim=8, mults=(1, 2), kernel=3, dsed=8):
     for i, (c_in, c_out) in enumerate(levels):
         sd |= block(f"down_modules.{i}.0", c_in, c_out) | block(f"down_modules.{i}.1", c_out, c_out)
         if i < len(levels) - 1:
-            sd |= {f"down_modules.{i}.2.conv.weight": rand(c_out, c_out, 3), f"down_modules.{i}.2.conv.bias": rand(c_out)}
+            sd |= {
+                f"down_modules.{i}.2.conv.weight": rand(c_out, c_out, 3),
+                f"down_modules.{i}.2.conv.bias": rand(c_out),
+            }
     sd |= block("mid_modules.0", widths[-1], widths[-1]) | block("mid_modules.1", widths[-1], widths[-1])
     for i, (c_in, c_out) in enumerate(reversed(levels[1:])):
         sd |= block(f"up_modules.{i}.0", 2 * c_out, c_in) | block(f"up_modules.{i}.1", c_in, c_in)
         sd |= {f"up_modules.{i}.2.conv.weight": rand(c_in, c_in, 4), f"up_modules.{i}.2.conv.bias": rand(c_in)}
-    sd |= {"final_conv.0.block.0.weight": rand(dim, dim, kernel), "final_conv.0.block.0.bias": rand(dim),
-           "final_conv.0.block.2.weight": 1 + rand(dim), "final_conv.0.block.2.bias": rand(dim)}
+    sd |= {
+        "final_conv.0.block.0.weight": rand(dim, dim, kernel),
+        "final_conv.0.block.0.bias": rand(dim),
+        "final_conv.0.block.2.weight": 1 + rand(dim),
+        "final_conv.0.block.2.bias": rand(dim),
+    }
     return sd | {"final_conv.1.weight": rand(ACT, dim, 1), "final_conv.1.bias": rand(ACT)}
 
 
@@ -197,7 +220,9 @@ def prefixed(sd, prefix):
 def write_official(tmp_path, ckpt, name="state_10.pt"):
     """An official checkpoint with the official data folder's normalization.npz beside it."""
     lo = -1 - np.random.default_rng(0).random(OBS)
-    np.savez(tmp_path / "normalization.npz", obs_min=lo, obs_max=lo + 3, action_min=-np.ones(ACT), action_max=np.ones(ACT))
+    np.savez(
+        tmp_path / "normalization.npz", obs_min=lo, obs_max=lo + 3, action_min=-np.ones(ACT), action_max=np.ones(ACT)
+    )
     torch.save(ckpt, tmp_path / name)
     return str(tmp_path / name)
 
@@ -209,11 +234,19 @@ def test_diffusion_mlp_pretraining_checkpoint_loads_its_ema_weights(tmp_path):
     path = write_official(tmp_path, dict(epoch=10, model=prefixed(live, "network."), ema=prefixed(ema, "network.")))
     ckpt = envs.load_checkpoint(path, "diffusion", ENV, hints=dict(denoising_steps=6, activation="relu"))
     kw = ckpt["model_kwargs"]
-    assert (kw["horizon_steps"], kw["cond_steps"], kw["time_dim"], kw["mlp_dims"], kw["denoising_steps"]) == (4, 1, 8, (32,) * 3, 6)
+    assert (kw["horizon_steps"], kw["cond_steps"], kw["time_dim"], kw["mlp_dims"], kw["denoising_steps"]) == (
+        4,
+        1,
+        8,
+        (32,) * 3,
+        6,
+    )
     net = dppo.build_network(kw)
     net.load_state_dict(ckpt["model"])
     x, t, obs = torch.randn(5, 4, ACT), torch.tensor([0, 1, 2, 5, 3]), torch.randn(5, 1, OBS)
-    torch.testing.assert_close(net(x, t, obs), diffusion_mlp(ema, x, t, obs, F.relu))  # the EMA, as official fine-tuning
+    torch.testing.assert_close(
+        net(x, t, obs), diffusion_mlp(ema, x, t, obs, F.relu)
+    )  # the EMA, as official fine-tuning
     np.testing.assert_allclose(ckpt["normalization"]["obs_max"] - ckpt["normalization"]["obs_min"], 3.0, rtol=1e-6)
     # robomimic configs leave the class default Mish: the activation follows the task (or the flag)
     mish_kw = envs.load_checkpoint(path, "diffusion", ENV, hints=dict(activation="mish"))["model_kwargs"]
@@ -228,7 +261,13 @@ def test_diffusion_unet_checkpoint_matches_the_official_unet(tmp_path):
     path = write_official(tmp_path, dict(epoch=3, model=prefixed(sd, "network."), ema=prefixed(sd, "network.")))
     ckpt = envs.load_checkpoint(path, "diffusion", ENV, hints=dict(horizon_steps=4))
     kw = ckpt["model_kwargs"]
-    assert (kw["backbone"], kw["unet_dim"], kw["unet_dim_mults"], kw["unet_kernel_size"], kw["unet_step_embed_dim"]) == ("unet", 8, (1, 2), 3, 8)
+    assert (
+        kw["backbone"],
+        kw["unet_dim"],
+        kw["unet_dim_mults"],
+        kw["unet_kernel_size"],
+        kw["unet_step_embed_dim"],
+    ) == ("unet", 8, (1, 2), 3, 8)
     net = dppo.build_network(kw)
     net.load_state_dict(ckpt["model"])
     x, t, obs = torch.randn(5, 4, ACT), torch.tensor([0, 1, 2, 5, 3]), torch.randn(5, 1, OBS)
@@ -252,7 +291,10 @@ def test_dppo_finetuning_checkpoint_gives_frozen_and_finetuned_networks(tmp_path
 
 def test_gaussian_mlp_finetuning_checkpoint_loads_actor_ft_with_its_learned_std(tmp_path):
     torch.manual_seed(3)
-    tuned, base = residual_mlp_sd("mlp_mean", [OBS, 32, 32, 32, 4 * ACT]), residual_mlp_sd("mlp_mean", [OBS, 32, 32, 32, 4 * ACT])
+    tuned, base = (
+        residual_mlp_sd("mlp_mean", [OBS, 32, 32, 32, 4 * ACT]),
+        residual_mlp_sd("mlp_mean", [OBS, 32, 32, 32, 4 * ACT]),
+    )
     tuned |= std_range_sd() | {"logvar": torch.log(torch.tensor([0.05, 0.1, 0.5]) ** 2)}  # 0.5 is past std_max
     base |= std_range_sd()
     state = prefixed(tuned, "network.") | prefixed(tuned, "actor_ft.") | prefixed(base, "actor.")
@@ -287,8 +329,13 @@ def test_gmm_mlp_pretraining_checkpoint_uses_its_model_weights_and_fixed_std(tmp
 def test_transformer_checkpoints_match_the_official_transformer(tmp_path):
     torch.manual_seed(5)
     sd = transformer_sd(ACT) | std_range_sd() | {"logvar": torch.log(torch.tensor([0.08, 0.1, 0.12]) ** 2)}
-    ckpt = envs.load_checkpoint(write_official(tmp_path, dict(epoch=1, model=prefixed(sd, "network."))), "gaussian", ENV,
-                                "transformer", hints=dict(transformer_heads=2))
+    ckpt = envs.load_checkpoint(
+        write_official(tmp_path, dict(epoch=1, model=prefixed(sd, "network."))),
+        "gaussian",
+        ENV,
+        "transformer",
+        hints=dict(transformer_heads=2),
+    )
     policy = gaussian_ppo.GaussianPolicy(**ckpt["model_kwargs"])
     policy.load_state_dict(ckpt["model"], strict=False)
     obs = torch.randn(6, 1, OBS)
@@ -299,8 +346,13 @@ def test_transformer_checkpoints_match_the_official_transformer(tmp_path):
     modes = 2
     sd = transformer_sd(modes * ACT) | linear("modes_head", 4 * 16, modes) | std_range_sd()
     sd["logvar"] = torch.log(torch.linspace(0.05, 0.15, modes * ACT) ** 2)
-    ckpt = envs.load_checkpoint(write_official(tmp_path, dict(itr=1, model=prefixed(sd, "actor_ft."))), "gmm", ENV,
-                                "transformer", hints=dict(transformer_heads=2))
+    ckpt = envs.load_checkpoint(
+        write_official(tmp_path, dict(itr=1, model=prefixed(sd, "actor_ft."))),
+        "gmm",
+        ENV,
+        "transformer",
+        hints=dict(transformer_heads=2),
+    )
     policy = gmm_ppo.GMMPolicy(**ckpt["model_kwargs"])
     policy.load_state_dict(ckpt["model"])
     means, std, logits = policy(obs)
@@ -313,8 +365,16 @@ def test_transformer_checkpoints_match_the_official_transformer(tmp_path):
 @pytest.mark.parametrize(
     "policy, state, needle",
     [
-        ("diffusion", {"network.backbone.x.weight": torch.zeros(1), "network.time_embedding.1.weight": torch.zeros(1)}, "state-only"),
-        ("gaussian", prefixed(linear("mlp_base.moduleList.0.linear_1", OBS, 8) | std_range_sd(), "network."), "state-dependent std"),
+        (
+            "diffusion",
+            {"network.backbone.x.weight": torch.zeros(1), "network.time_embedding.1.weight": torch.zeros(1)},
+            "state-only",
+        ),
+        (
+            "gaussian",
+            prefixed(linear("mlp_base.moduleList.0.linear_1", OBS, 8) | std_range_sd(), "network."),
+            "state-dependent std",
+        ),
         ("gaussian", prefixed(diffusion_mlp_sd(), "network."), "holds an official diffusion policy"),
     ],
 )
@@ -355,23 +415,49 @@ def test_missing_normalization_names_the_flag(tmp_path):
         envs.load_checkpoint(str(path), "diffusion", ENV)
     assert_one_line_error(str(e.value), "--official-normalization")
     write_official(tmp_path, {}, "unused.pt")
-    ckpt = envs.load_checkpoint(str(path), "diffusion", ENV, hints=dict(official_normalization=str(tmp_path / "normalization.npz")))
+    ckpt = envs.load_checkpoint(
+        str(path), "diffusion", ENV, hints=dict(official_normalization=str(tmp_path / "normalization.npz"))
+    )
     assert ckpt["normalization"]["obs_min"].shape == (OBS,)
-    ckpt = envs.load_checkpoint(str(path), "diffusion", ENV, hints=dict(dataset=str(tmp_path / "train.npz")))  # beside it
+    ckpt = envs.load_checkpoint(
+        str(path), "diffusion", ENV, hints=dict(dataset=str(tmp_path / "train.npz"))
+    )  # beside it
     assert ckpt["normalization"]["obs_min"].shape == (OBS,)
 
 
 def test_dppo_finetunes_one_iteration_from_an_official_checkpoint(tmp_path):
     torch.manual_seed(6)
     ema = diffusion_mlp_sd()
-    path = write_official(tmp_path, dict(epoch=10, model=prefixed(diffusion_mlp_sd(), "network."), ema=prefixed(ema, "network.")))
+    path = write_official(
+        tmp_path, dict(epoch=10, model=prefixed(diffusion_mlp_sd(), "network."), ema=prefixed(ema, "network."))
+    )
     run = tmp_path / "ft"
-    run_main(dppo, "--checkpoint", path, "--run-dir", run, "--num-envs", "2", "--n-steps", "4", "--batch-size", "8",
-             "--total-timesteps", "32", "--eval-episodes", "1", "--bc-loss-coeff", "0.1", *TINY_DIFFUSION)  # BC wired in main
+    run_main(
+        dppo,
+        "--checkpoint",
+        path,
+        "--run-dir",
+        run,
+        "--num-envs",
+        "2",
+        "--n-steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--total-timesteps",
+        "32",
+        "--eval-episodes",
+        "1",
+        "--bc-loss-coeff",
+        "0.1",
+        *TINY_DIFFUSION,
+    )  # BC wired in main
     saved = torch.load(run / "checkpoint_last.pt", weights_only=False)
     assert saved["iteration"] == 1 and saved["algo"] == "dppo"
     for k, v in saved["model"].items():  # the frozen network is the official EMA network
-        torch.testing.assert_close(v, envs.load_checkpoint(path, "diffusion", ENV, hints=dict(denoising_steps=6))["model"][k])
+        torch.testing.assert_close(
+            v, envs.load_checkpoint(path, "diffusion", ENV, hints=dict(denoising_steps=6))["model"][k]
+        )
 
 
 # ---- datasets ----------------------------------------------------------------------------------------------
@@ -385,8 +471,15 @@ def write_npz_dataset(tmp_path, normalize=True, **extra):
         stored = 2 * (states - lo) / (hi - lo + 1e-6) - 1, 2 * (actions - alo) / (ahi - alo + 1e-6) - 1
     else:  # process_robomimic_dataset.py without --normalize
         stored = states, actions
-    np.savez_compressed(tmp_path / "train.npz", states=stored[0], actions=stored[1], rewards=rng.normal(size=16),
-                        terminals=np.arange(16) == 4, traj_lengths=lengths, **extra)
+    np.savez_compressed(
+        tmp_path / "train.npz",
+        states=stored[0],
+        actions=stored[1],
+        rewards=rng.normal(size=16),
+        terminals=np.arange(16) == 4,
+        traj_lengths=lengths,
+        **extra,
+    )
     return str(tmp_path / "train.npz"), states, actions, lengths
 
 
@@ -434,17 +527,28 @@ def test_learned_std_is_parametrised_by_log_variance(module, tmp_path):
     """Official Gaussian/GMM networks learn log sigma^2: Adam's first step (size lr per parameter) moves log sigma by
     lr / 2. A checkpoint from before (log sigma, `log_std`) loads with the same std."""
     torch.manual_seed(0)
-    policy = module.GaussianPolicy(OBS, ACT, 4, 1, mlp_dims=(16, 16, 16)) if module is gaussian_ppo else \
-        module.GMMPolicy(OBS, ACT, 4, 1, num_modes=2, mlp_dims=(16, 16, 16))
+    policy = (
+        module.GaussianPolicy(OBS, ACT, 4, 1, mlp_dims=(16, 16, 16))
+        if module is gaussian_ppo
+        else module.GMMPolicy(OBS, ACT, 4, 1, num_modes=2, mlp_dims=(16, 16, 16))
+    )
     obs = torch.randn(3, 1, OBS)
     std_before = policy(obs)[1].detach()
     opt = torch.optim.Adam([policy.logvar], lr=0.01)
     (-policy(obs)[1].log().sum()).backward()  # raise the std
     opt.step()
     torch.testing.assert_close(policy(obs)[1].detach().log() - std_before.log(), torch.full_like(std_before, 0.005))
-    old_state = {("log_std" if k == "logvar" else k): (v / 2 if k == "logvar" else v) for k, v in policy.state_dict().items()}
-    ckpt = dict(algo=module.__name__.split(".")[-1], policy="gmm" if module is gmm_ppo else "gaussian", backbone="mlp",
-                env_id=ENV, model=old_state, model_kwargs={})
+    old_state = {
+        ("log_std" if k == "logvar" else k): (v / 2 if k == "logvar" else v) for k, v in policy.state_dict().items()
+    }
+    ckpt = dict(
+        algo=module.__name__.split(".")[-1],
+        policy="gmm" if module is gmm_ppo else "gaussian",
+        backbone="mlp",
+        env_id=ENV,
+        model=old_state,
+        model_kwargs={},
+    )
     torch.save(ckpt, tmp_path / "old.pt")
     loaded = envs.load_checkpoint(str(tmp_path / "old.pt"), ckpt["policy"], ENV)["model"]
     torch.testing.assert_close(loaded["logvar"], policy.logvar.detach())
@@ -479,15 +583,39 @@ def test_dppo_bc_term_is_minus_the_finetuned_log_prob_of_frozen_actor_chains(mon
     sched, plan = dppo.make_schedule(K), dppo.denoising_plan(K, None)
     ft_t, ft_t_prev = dppo.fine_tuned_timesteps(plan, K_ft)
     obs = torch.randn(n, 1, Do)
-    batch = dict(obs=obs, chains=0.5 * torch.randn(n, K_ft + 1, Tp, Da), logprobs=torch.zeros(n, K_ft),
-                 advantages=torch.randn(n), returns=torch.randn(n))
+    batch = dict(
+        obs=obs,
+        chains=0.5 * torch.randn(n, K_ft + 1, Tp, Da),
+        logprobs=torch.zeros(n, K_ft),
+        advantages=torch.randn(n),
+        returns=torch.randn(n),
+    )
 
     def update(coeff, generator):
-        args = dppo.Args(denoising_steps=K, ft_denoising_steps=K_ft, horizon_steps=Tp, act_steps=1, batch_size=n * K_ft,
-                         update_epochs=1, target_kl=None, bc_loss_coeff=coeff)
-        dppo.ppo_update(actor_ft, critic, torch.optim.SGD(actor_ft.parameters(), lr=0.0),
-                        torch.optim.SGD(critic.parameters(), lr=0.0), sched, batch, args, ft_t, ft_t_prev, False,
-                        generator=generator, actor=actor)
+        args = dppo.Args(
+            denoising_steps=K,
+            ft_denoising_steps=K_ft,
+            horizon_steps=Tp,
+            act_steps=1,
+            batch_size=n * K_ft,
+            update_epochs=1,
+            target_kl=None,
+            bc_loss_coeff=coeff,
+        )
+        dppo.ppo_update(
+            actor_ft,
+            critic,
+            torch.optim.SGD(actor_ft.parameters(), lr=0.0),
+            torch.optim.SGD(critic.parameters(), lr=0.0),
+            sched,
+            batch,
+            args,
+            ft_t,
+            ft_t_prev,
+            False,
+            generator=generator,
+            actor=actor,
+        )
 
     sample = dppo.sample
     with monkeypatch.context() as m:  # coefficient 0: nothing is sampled, the update is the plain PPO one
@@ -498,9 +626,22 @@ def test_dppo_bc_term_is_minus_the_finetuned_log_prob_of_frozen_actor_chains(mon
     mb_obs = obs[pairs // K_ft]  # one observation per (env step, denoising step) pair, in the update's order
     torch.manual_seed(7)
     _, chain = sample(actor, actor, sched, mb_obs, plan, K_ft, Tp, Da, "train", 0.1, 3.0, 1.0)
-    logp = [dppo.denoising_log_prob(actor_ft, sched, mb_obs[b:b + 1], chain[b:b + 1, j], chain[b:b + 1, j + 1],
-                                    ft_t[j:j + 1], ft_t_prev[j:j + 1], False, Tp, 0.1)
-            for b in range(len(mb_obs)) for j in range(K_ft)]
+    logp = [
+        dppo.denoising_log_prob(
+            actor_ft,
+            sched,
+            mb_obs[b : b + 1],
+            chain[b : b + 1, j],
+            chain[b : b + 1, j + 1],
+            ft_t[j : j + 1],
+            ft_t_prev[j : j + 1],
+            False,
+            Tp,
+            0.1,
+        )
+        for b in range(len(mb_obs))
+        for j in range(K_ft)
+    ]
     bc = -torch.cat(logp).mean()
     expected = torch.autograd.grad(0.5 * bc, list(actor_ft.parameters()))
     for got, base, exp in zip(with_bc, plain, expected, strict=True):
@@ -522,9 +663,16 @@ def test_gaussian_bc_term_is_minus_the_log_prob_of_frozen_policy_samples(monkeyp
 
     def update(coeff, generator):
         args = gaussian_ppo.Args(batch_size=n, update_epochs=1, target_kl=None, bc_loss_coeff=coeff)
-        gaussian_ppo.ppo_update(policy, critic, torch.optim.SGD(policy.parameters(), lr=0.0),
-                                torch.optim.SGD(critic.parameters(), lr=0.0), batch, args, generator=generator,
-                                base_policy=base)
+        gaussian_ppo.ppo_update(
+            policy,
+            critic,
+            torch.optim.SGD(policy.parameters(), lr=0.0),
+            torch.optim.SGD(critic.parameters(), lr=0.0),
+            batch,
+            args,
+            generator=generator,
+            base_policy=base,
+        )
 
     with monkeypatch.context() as m:
         m.setattr(gaussian_ppo, "sample_action", lambda *a, **k: pytest.fail("sampled with bc_loss_coeff 0"))
@@ -563,7 +711,9 @@ def test_dawr_td_lambda_reproduces_the_official_targets_under_its_conventions():
     T, E = 50, 3
     rewards, values = rng.normal(0.03, 0.01, (T, E)), rng.normal(2.0, 0.3, (T, E))
     terminated = rng.uniform(size=(T, E)) < 0.05
-    next_values = np.where(terminated, rng.normal(size=(T, E)), np.concatenate([values[1:], values[-1:]]))  # V' zeroed there
+    next_values = np.where(
+        terminated, rng.normal(size=(T, E)), np.concatenate([values[1:], values[-1:]])
+    )  # V' zeroed there
     no_timeouts = np.zeros((T, E), bool)
     ours = dawr.td_lambda_targets(rewards, values, next_values, terminated, no_timeouts, 0.99, 0.95, alpha=0.95)
     np.testing.assert_allclose(ours, official_td_values(rewards, values, terminated.astype(float)), rtol=1e-12)
@@ -572,7 +722,11 @@ def test_dawr_td_lambda_reproduces_the_official_targets_under_its_conventions():
 
 
 def plain_mlp_sd(prefix, dims):
-    return {k: v for i in range(len(dims) - 1) for k, v in linear(f"{prefix}.moduleList.{i}.linear_1", dims[i], dims[i + 1]).items()}
+    return {
+        k: v
+        for i in range(len(dims) - 1)
+        for k, v in linear(f"{prefix}.moduleList.{i}.linear_1", dims[i], dims[i + 1]).items()
+    }
 
 
 def test_gym_gaussian_checkpoint_plain_mlp_loads_and_finetunes_one_iteration(tmp_path):
@@ -592,9 +746,29 @@ def test_gym_gaussian_checkpoint_plain_mlp_loads_and_finetunes_one_iteration(tmp
     expected = torch.tanh(lin(h, sd, "mlp_mean.moduleList.3.linear_1"))
     torch.testing.assert_close(policy(obs)[0].flatten(1), expected)
     run = tmp_path / "ft"
-    run_main(gaussian_ppo, "--checkpoint", path, "--run-dir", run, "--horizon-steps", "1", "--act-steps", "1",
-             "--num-envs", "2", "--n-steps", "4", "--batch-size", "4", "--total-timesteps", "8", "--eval-episodes", "1",
-             "--bc-loss-coeff", "0.1")  # the frozen copy reaches the update
+    run_main(
+        gaussian_ppo,
+        "--checkpoint",
+        path,
+        "--run-dir",
+        run,
+        "--horizon-steps",
+        "1",
+        "--act-steps",
+        "1",
+        "--num-envs",
+        "2",
+        "--n-steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--total-timesteps",
+        "8",
+        "--eval-episodes",
+        "1",
+        "--bc-loss-coeff",
+        "0.1",
+    )  # the frozen copy reaches the update
     saved = torch.load(run / "checkpoint_last.pt", weights_only=False)
     assert saved["iteration"] == 1 and saved["model_kwargs"]["residual"] is False
 
@@ -612,10 +786,17 @@ def test_avoid_gmm_checkpoint_plain_relu_mlps_load(tmp_path):
     """Official Avoid GMM (cfg/d3il/*/ft_ppo_gmm_mlp): plain MLPs [256, 256] with ReLU, fixed std 0.1."""
     torch.manual_seed(10)
     obs_dim, act_dim, modes, tp = 4, 2, 3, 4
-    sd = plain_mlp_sd("mlp_mean", [obs_dim, 16, 16, modes * tp * act_dim]) | plain_mlp_sd("mlp_weights", [obs_dim, 16, 16, modes])
+    sd = plain_mlp_sd("mlp_mean", [obs_dim, 16, 16, modes * tp * act_dim]) | plain_mlp_sd(
+        "mlp_weights", [obs_dim, 16, 16, modes]
+    )
     sd |= std_range_sd()
-    np.savez(tmp_path / "normalization.npz", obs_min=-np.ones(obs_dim), obs_max=np.ones(obs_dim), action_min=-np.ones(act_dim),
-             action_max=np.ones(act_dim))
+    np.savez(
+        tmp_path / "normalization.npz",
+        obs_min=-np.ones(obs_dim),
+        obs_max=np.ones(obs_dim),
+        action_min=-np.ones(act_dim),
+        action_max=np.ones(act_dim),
+    )
     torch.save(dict(epoch=5, model=prefixed(sd, "network."), ema=prefixed(sd, "network.")), tmp_path / "state_5.pt")
     ckpt = envs.load_checkpoint(str(tmp_path / "state_5.pt"), "gmm", "avoid-m2", "mlp")
     assert ckpt["model_kwargs"]["activation"] == "relu"
