@@ -28,7 +28,7 @@ from cleandppo import envs, runs
 class Args:
     # --- common contract (see the README) ---
     env_id: str = "Hopper-v2"
-    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or a gymnasium v4/v5 id)"""
+    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or a gymnasium v4/v5 id), lift/can/square/transport, avoid-m1/m2/m3"""
     seed: int = 0
     """seeds torch, numpy and every environment (env i gets seed + i)"""
     num_envs: int = 40
@@ -36,8 +36,8 @@ class Args:
     total_timesteps: int = 1_000_000
     """fine-tuning budget in environment steps"""
     checkpoint: Optional[str] = None
-    """diffusion policy to fine-tune (made by any cleandppo diffusion script), or a dawr run's checkpoint to
-    resume (checkpoint_last.pt also holds the replay buffer); default: the bundled pre-trained one for --env-id"""
+    """pre-trained diffusion policy to fine-tune (any cleandppo diffusion script's), or a run's checkpoint of this
+    script to resume; default: the bundled one"""
     eval_only: bool = False
     """only evaluate --checkpoint"""
     eval_freq: int = 10
@@ -45,7 +45,7 @@ class Args:
     eval_episodes: int = 10
     """episodes per evaluation"""
     run_dir: Optional[str] = None
-    """where logs, checkpoints and summary.json go (default runs/<env>__dawr__<seed>__<time>)"""
+    """where logs, checkpoints and summary.json go (default runs/<env>__<algo>__<seed>__<time>; a resume: its own dir)"""
     overwrite: bool = False
     """replace the run already in --run-dir (without it such a dir is refused unless this run resumes it)"""
     save_freq: int = 10
@@ -56,6 +56,8 @@ class Args:
     """deterministic torch kernels"""
     track: bool = False
     """also log to Weights & Biases"""
+    capture_video: bool = False
+    """record one evaluation episode to the run dir as an mp4 at the end (runs.capture_video)"""
     async_envs: bool = False
     """step environments in subprocesses (gymnasium AsyncVectorEnv)"""
 
