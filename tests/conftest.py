@@ -47,6 +47,31 @@ TINY_DIFFUSION = [
     "3",
 ]
 
+# Per script: the flags that make a fine-tuning run of tiny_diffusion_checkpoint (K = 6, Hopper) take seconds
+TINY_RUN = "--denoising-steps 6 --num-envs 2 --batch-size 8 --eval-episodes 1 --eval-freq 1"
+TINY_CRITIC = "--critic-dims 16 16 16 --buffer-size 64"
+TINY_FLAGS = {
+    name: f"{TINY_RUN} {flags}".split()
+    for name, flags in {
+        "dawr": f"{TINY_CRITIC} --n-steps 16 --replay-ratio 4 --critic-replay-ratio 2",
+        "drwr": "--n-steps 40 --update-epochs 2",
+        "dipo": f"{TINY_CRITIC} --n-steps 4 --replay-ratio 4",
+        "idql": f"{TINY_CRITIC} --n-steps 4 --replay-ratio 4 --num-candidates 3",
+        "dql": f"{TINY_CRITIC} --n-steps 8 --replay-ratio 2 --n-critic-warmup-itr 1",
+        "qsm": f"{TINY_CRITIC} --n-steps 8 --replay-ratio 2 --n-critic-warmup-itr 1",
+    }.items()
+}
+
+
+def tiny_args(module, *flags, **fields):
+    """`module.Args` as `python cleandppo/<module>.py <TINY_FLAGS of the script> flags...` resolves it (through
+    runs.parse_args, so the script's task_defaults apply), then with `fields` set."""
+    import dataclasses
+
+    name = module.__name__.rsplit(".", 1)[1]
+    args = runs.parse_args(module.Args, module.task_defaults, [*TINY_FLAGS[name], *map(str, flags)])
+    return dataclasses.replace(args, **fields)
+
 
 def run_script(script, *flags, timeout=300, check=True):
     """Run `python cleandppo/<script> flags...` in a subprocess; return the CompletedProcess."""

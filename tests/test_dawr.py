@@ -9,33 +9,20 @@ import torch
 import torch.nn as nn
 
 from cleandppo import dawr
-from conftest import cli_fails, main_fails, read_checkpoint, read_summary, run_script, scalar_tags, stub_checkpoint
+from conftest import (
+    TINY_FLAGS,
+    cli_fails,
+    main_fails,
+    read_checkpoint,
+    read_summary,
+    run_script,
+    scalar_tags,
+    stub_checkpoint,
+    tiny_args,
+)
 
 torch.set_num_threads(1)
-TINY = [
-    "--denoising-steps",
-    "6",
-    "--num-envs",
-    "2",
-    "--n-steps",
-    "16",
-    "--batch-size",
-    "8",
-    "--eval-episodes",
-    "1",
-    "--eval-freq",
-    "1",
-    "--critic-dims",
-    "16",
-    "16",
-    "16",
-    "--buffer-size",
-    "64",
-    "--replay-ratio",
-    "4",
-    "--critic-replay-ratio",
-    "2",
-]
+TINY = TINY_FLAGS["dawr"]
 
 
 def test_awr_weights_hand_computed_with_clip():
@@ -105,7 +92,7 @@ def test_buffer_fifo_order_and_uniform_sampling_over_all_transitions():
         )
     rows = buf.order()
     assert buf.rewards[rows, 0].tolist() == [2, 3, 4]  # oldest two steps dropped, oldest first
-    pos, env = buf.sample_indices(6000, torch.Generator().manual_seed(0))
+    pos, env = buf.sample(6000, torch.Generator().manual_seed(0))
     counts = np.zeros((3, 2))
     np.add.at(counts, (pos, env), 1)
     # every stored transition, the newest included, drawn about 1/6 of the time (the official indexing drew
@@ -219,20 +206,8 @@ def test_cli_smoke_checkpoint_and_resume(tiny_diffusion_checkpoint, tmp_path):
     assert os.path.isfile(run / "checkpoint_2.pt")
 
     # resume in-process: the iteration count and env steps continue, the critic comes back
-    args = dawr.Args(
-        checkpoint=str(run / "checkpoint_last.pt"),
-        denoising_steps=6,
-        num_envs=2,
-        n_steps=16,
-        batch_size=8,
-        total_timesteps=384,
-        eval_episodes=1,
-        eval_freq=1,
-        critic_dims=(16, 16, 16),
-        buffer_size=64,
-        replay_ratio=4,
-        critic_replay_ratio=2,
-        run_dir=str(tmp_path / "resumed"),
+    args = tiny_args(
+        dawr, checkpoint=str(run / "checkpoint_last.pt"), total_timesteps=384, run_dir=str(tmp_path / "resumed")
     )
     dawr.main(args)
     read_summary(tmp_path / "resumed", env_steps=384, pretrained_eval_return=summary["pretrained_eval_return"])

@@ -10,31 +10,20 @@ import torch
 import torch.nn as nn
 
 from cleandppo import dipo
-from conftest import cli_fails, main_fails, read_checkpoint, read_summary, run_script, scalar_tags, stub_checkpoint
+from conftest import (
+    TINY_FLAGS,
+    cli_fails,
+    main_fails,
+    read_checkpoint,
+    read_summary,
+    run_script,
+    scalar_tags,
+    stub_checkpoint,
+    tiny_args,
+)
 
 torch.set_num_threads(1)
-TINY = [
-    "--denoising-steps",
-    "6",
-    "--num-envs",
-    "2",
-    "--n-steps",
-    "4",
-    "--batch-size",
-    "8",
-    "--eval-episodes",
-    "1",
-    "--eval-freq",
-    "1",
-    "--critic-dims",
-    "16",
-    "16",
-    "16",
-    "--buffer-size",
-    "64",
-    "--replay-ratio",
-    "4",
-]
+TINY = TINY_FLAGS["dipo"]
 
 
 class QuadraticCritic(nn.Module):
@@ -105,13 +94,13 @@ def test_action_gradient_first_adam_step_and_ascent_on_quadratic_critic():
     torch.testing.assert_close(far[:, :2], torch.ones(6, 2, 2))
 
 
-def test_ema_update_and_replay_buffer_fifo():
+def test_soft_update_and_replay_buffer_fifo():
     target, source = nn.Linear(1, 1), nn.Linear(1, 1)
     for p_t, p in zip(target.parameters(), source.parameters(), strict=True):
         p_t.data.fill_(0.0)
         p.data.fill_(1.0)
-    dipo.ema_update(target, source, 0.005)
-    dipo.ema_update(target, source, 0.005)
+    dipo.soft_update(target, source, 0.005)
+    dipo.soft_update(target, source, 0.005)
     assert target.weight.item() == pytest.approx(1 - 0.995**2)
 
     buf = dipo.ReplayBuffer(5, (1, 1), (1, 1))
@@ -225,19 +214,8 @@ def test_cli_smoke_run_and_resume(tiny_diffusion_checkpoint, tmp_path):
     } <= scalar_tags(run)
 
     # resume in-process from the run's checkpoint: one more iteration, the pre-trained eval carried over
-    args = dipo.Args(
-        checkpoint=str(run / "checkpoint_last.pt"),
-        total_timesteps=96,
-        run_dir=str(tmp_path / "resumed"),
-        denoising_steps=6,
-        num_envs=2,
-        n_steps=4,
-        batch_size=8,
-        eval_episodes=1,
-        eval_freq=1,
-        critic_dims=(16, 16, 16),
-        buffer_size=64,
-        replay_ratio=2,
+    args = tiny_args(
+        dipo, checkpoint=str(run / "checkpoint_last.pt"), total_timesteps=96, run_dir=str(tmp_path / "resumed")
     )
     dipo.main(args)
     read_summary(tmp_path / "resumed", env_steps=96, pretrained_eval_return=summary["pretrained_eval_return"])

@@ -10,6 +10,7 @@ import torch
 
 from cleandppo import drwr
 from conftest import (
+    TINY_FLAGS,
     cli_fails,
     main_fails,
     read_checkpoint,
@@ -18,25 +19,11 @@ from conftest import (
     scalar_tags,
     scalar_values,
     stub_checkpoint,
+    tiny_args,
 )
 
 torch.set_num_threads(1)
-TINY = [
-    "--denoising-steps",
-    "6",
-    "--num-envs",
-    "2",
-    "--n-steps",
-    "40",
-    "--batch-size",
-    "8",
-    "--update-epochs",
-    "2",
-    "--eval-episodes",
-    "1",
-    "--eval-freq",
-    "1",
-]
+TINY = TINY_FLAGS["drwr"]
 
 
 def test_rwr_weights_hand_computed_with_clip():
@@ -177,17 +164,8 @@ def test_cli_smoke_checkpoint_and_resume(tiny_diffusion_checkpoint, tmp_path):
     )
     assert os.path.isfile(run / "checkpoint_2.pt")
 
-    args = drwr.Args(
-        checkpoint=str(run / "checkpoint_last.pt"),
-        denoising_steps=6,
-        num_envs=2,
-        n_steps=40,
-        batch_size=8,
-        update_epochs=2,
-        total_timesteps=960,
-        eval_episodes=1,
-        eval_freq=1,
-        run_dir=str(tmp_path / "resumed"),
+    args = tiny_args(
+        drwr, checkpoint=str(run / "checkpoint_last.pt"), total_timesteps=960, run_dir=str(tmp_path / "resumed")
     )
     drwr.main(args)
     read_summary(tmp_path / "resumed", env_steps=960, pretrained_eval_return=summary["pretrained_eval_return"])

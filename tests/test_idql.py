@@ -10,33 +10,20 @@ import torch
 import torch.nn as nn
 
 from cleandppo import idql
-from conftest import cli_fails, main_fails, read_checkpoint, read_summary, run_script, scalar_tags, stub_checkpoint
+from conftest import (
+    TINY_FLAGS,
+    cli_fails,
+    main_fails,
+    read_checkpoint,
+    read_summary,
+    run_script,
+    scalar_tags,
+    stub_checkpoint,
+    tiny_args,
+)
 
 torch.set_num_threads(1)
-TINY = [
-    "--denoising-steps",
-    "6",
-    "--num-envs",
-    "2",
-    "--n-steps",
-    "4",
-    "--batch-size",
-    "8",
-    "--eval-episodes",
-    "1",
-    "--eval-freq",
-    "1",
-    "--critic-dims",
-    "16",
-    "16",
-    "16",
-    "--buffer-size",
-    "64",
-    "--replay-ratio",
-    "4",
-    "--num-candidates",
-    "3",
-]
+TINY = TINY_FLAGS["idql"]
 
 
 def test_expectile_loss_half_mse_at_tau_half_and_asymmetric_otherwise():
@@ -201,32 +188,13 @@ def test_cli_smoke_run_and_resume(tiny_diffusion_checkpoint, tmp_path):
     } <= scalar_tags(run)
 
     # resume in-process; then --eval-only of the idql checkpoint (greedy over candidates)
-    common = dict(
-        denoising_steps=6,
-        num_envs=2,
-        n_steps=4,
-        batch_size=8,
-        eval_episodes=1,
-        eval_freq=1,
-        critic_dims=(16, 16, 16),
-        buffer_size=64,
-        replay_ratio=2,
-        num_candidates=3,
+    resumed = tmp_path / "resumed"
+    idql.main(tiny_args(idql, checkpoint=str(run / "checkpoint_last.pt"), total_timesteps=96, run_dir=str(resumed)))
+    read_summary(resumed, env_steps=96, pretrained_eval_return=summary["pretrained_eval_return"])
+    evaluation = tiny_args(
+        idql, checkpoint=str(resumed / "checkpoint_last.pt"), eval_only=True, run_dir=str(tmp_path / "eval")
     )
-    idql.main(
-        idql.Args(
-            checkpoint=str(run / "checkpoint_last.pt"), total_timesteps=96, run_dir=str(tmp_path / "resumed"), **common
-        )
-    )
-    read_summary(tmp_path / "resumed", env_steps=96, pretrained_eval_return=summary["pretrained_eval_return"])
-    idql.main(
-        idql.Args(
-            checkpoint=str(tmp_path / "resumed" / "checkpoint_last.pt"),
-            eval_only=True,
-            run_dir=str(tmp_path / "eval"),
-            **common,
-        )
-    )
+    idql.main(evaluation)
     assert read_summary(tmp_path / "eval", keys=())["env_steps"] == 96
 
 
