@@ -13,6 +13,7 @@ import inspect
 import json
 import os
 
+import imageio
 import pytest
 import torch
 
@@ -117,8 +118,8 @@ def test_only_runs_reads_the_command_line(script):
 
 @pytest.fixture(scope="session")
 def avoid_run(tmp_path_factory):
-    """run(script) -> the run dir of one tiny fine-tuning run of the script on avoid-m2, made once per session. The
-    script's ALGO is renamed for the run: the summary and the checkpoint must name what ALGO says."""
+    """run(script) -> the run dir of one tiny fine-tuning run of the script on avoid-m2 with --capture-video, made once
+    per session. The script's ALGO is renamed for the run: the summary and the checkpoint must name what ALGO says."""
     made = {}
 
     def run(script):
@@ -126,7 +127,8 @@ def avoid_run(tmp_path_factory):
             module, run_dir = load(script), tmp_path_factory.mktemp(f"avoid-{script}") / "run"
             with pytest.MonkeyPatch.context() as patch:
                 patch.setattr(module, "ALGO", f"{script}-renamed")
-                run_main(module, *ONE_ITERATION.split(), *SMALL[script].split(), "--no-cuda", "--run-dir", run_dir)
+                flags = [*ONE_ITERATION.split(), *SMALL[script].split(), "--capture-video", "--no-cuda"]
+                run_main(module, *flags, "--run-dir", run_dir)
             made[script] = run_dir
         return made[script]
 
@@ -152,3 +154,33 @@ def test_a_tiny_run_writes_the_summary_and_checkpoint_under_its_algo(script, avo
     assert summary["peak_memory_mb"] > 0
     checkpoint = torch.load(os.path.join(run_dir, "checkpoint_last.pt"), weights_only=False)
     assert checkpoint["algo"] == f"{script}-renamed"
+
+
+def assert_video(run_dir):
+    """run_dir/eval.mp4 holds a recorded episode (more than its first frame) next to summary.json."""
+    frames = imageio.mimread(os.path.join(run_dir, "eval.mp4"))
+    assert len(frames) > 1 and frames[0].ndim == 3, len(frames)
+    assert os.path.isfile(os.path.join(run_dir, "summary.json"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_capture_video_records_an_evaluation_episode_at_the_end(script, avoid_run):
+    assert_video(avoid_run(script))
+
+
+@pytest.mark.parametrize("script", ["dql"])
+def test_capture_video_with_eval_only(script, tmp_path):
+    run_dir = tmp_path / "eval"
+    run_main(
+        load(script),
+        "--env-id",
+        "avoid-m2",
+        "--eval-only",
+        "--eval-episodes",
+        "1",
+        "--capture-video",
+        "--no-cuda",
+        "--run-dir",
+        run_dir,
+    )
+    assert_video(run_dir)
