@@ -545,8 +545,8 @@ def main(args):
     N, E = args.n_steps, args.num_envs
     steps_per_iter = E * N * args.act_steps
     num_iters = max(1, args.total_timesteps // steps_per_iter)
-    print(f"[start] {ALGO} on {args.env_id}: " + ("evaluation only" if args.eval_only else
-          f"{num_iters} iterations of {steps_per_iter} env steps"), flush=True)
+    plan = "evaluation only" if args.eval_only else f"{num_iters} iterations of {steps_per_iter} env steps"
+    print(f"[start] {ALGO} on {args.env_id}: {plan}", flush=True)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)

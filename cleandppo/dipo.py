@@ -507,9 +507,9 @@ def main(args):
     steps_per_iter = N * E * args.act_steps
     num_iters = max(1, args.total_timesteps // steps_per_iter)
     num_batch = max(1, int(N * E / args.batch_size * args.replay_ratio))
-    print(f"[start] {ALGO} on {args.env_id}: " + ("evaluation only" if args.eval_only else
-          f"{num_iters} iterations of {steps_per_iter} env steps, {num_batch} minibatches of {args.batch_size} each"),
-          flush=True)
+    plan = "evaluation only" if args.eval_only else (f"{num_iters} iterations of {steps_per_iter} env steps, "
+                                                    f"{num_batch} minibatches of {args.batch_size} each")
+    print(f"[start] {ALGO} on {args.env_id}: {plan}", flush=True)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)

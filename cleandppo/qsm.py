@@ -513,9 +513,10 @@ def main(args):
     steps_per_iter = args.num_envs * args.n_steps * args.act_steps
     num_iters = max(1, args.total_timesteps // steps_per_iter)
     n_grad = num_gradient_steps(args)
-    print(f"[start] {ALGO} on {args.env_id}: " + ("evaluation only" if args.eval_only else
-          f"{num_iters} iterations of {steps_per_iter} env steps, {n_grad} gradient steps each (batch "
-          f"{args.batch_size}, buffer {args.buffer_size} transitions)"), flush=True)
+    plan = "evaluation only" if args.eval_only else (f"{num_iters} iterations of {steps_per_iter} env steps, "
+                                                    f"{n_grad} gradient steps each (batch {args.batch_size}, "
+                                                    f"buffer {args.buffer_size} transitions)")
+    print(f"[start] {ALGO} on {args.env_id}: {plan}", flush=True)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)

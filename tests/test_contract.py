@@ -17,27 +17,14 @@ import imageio
 import pytest
 import torch
 
+import conftest
 from conftest import run_main, scalar_tags
 
 torch.set_num_threads(1)
 SCRIPTS = ("dppo", "gaussian_ppo", "gmm_ppo", "exact_likelihood_pg", "dawr", "drwr", "dipo", "idql", "dql", "qsm")
-COMMON_FIELDS = (
-    "env_id",
-    "seed",
-    "num_envs",
-    "total_timesteps",
-    "checkpoint",
-    "eval_only",
-    "eval_freq",
-    "eval_episodes",
-    "run_dir",
-    "overwrite",
-    "save_freq",
-    "cuda",
-    "torch_deterministic",
-    "track",
-    "capture_video",
-    "async_envs",
+COMMON_FIELDS = tuple(  # spec item 2, in this order
+    "env_id seed num_envs total_timesteps checkpoint eval_only eval_freq eval_episodes run_dir overwrite save_freq "
+    "cuda torch_deterministic track capture_video async_envs".split()
 )
 ONE_ITERATION = "--env-id avoid-m2 --num-envs 2 --n-steps 25 --total-timesteps 200 --eval-episodes 1 --eval-freq 1"
 SMALL = {  # per script: what makes its one iteration take a second or two
@@ -57,29 +44,12 @@ SMALL = {  # per script: what makes its one iteration take a second or two
 }
 REPLAY_BUFFER = ("dawr", "dipo", "idql", "dql", "qsm")
 PPO = ("dppo", "gaussian_ppo", "gmm_ppo", "exact_likelihood_pg")
-TAGS = (
-    "charts/episodic_return",
-    "charts/episodic_length",
-    "charts/SPS",
-    "charts/learning_rate",
-    "charts/peak_memory_mb",
-    "eval/episodic_return",
-    "time/rollout_s",
-    "time/update_s",
+TAGS = tuple(  # spec item 6: every fine-tuning run
+    "charts/episodic_return charts/episodic_length charts/SPS charts/learning_rate charts/peak_memory_mb "
+    "eval/episodic_return time/rollout_s time/update_s".split()
 )
-PPO_TAGS = ("losses/policy_loss", "losses/value_loss", "losses/approx_kl", "losses/clipfrac")
-SUMMARY_KEYS = (
-    "algo",
-    "env_id",
-    "seed",
-    "env_steps",
-    "wall_time_s",
-    "pretrained_eval_return",
-    "final_eval_return",
-    "best_eval_return",
-    "args",
-    "peak_memory_mb",
-)
+PPO_TAGS = ("losses/policy_loss", "losses/value_loss", "losses/approx_kl", "losses/clipfrac")  # spec item 6
+SUMMARY_KEYS = (*conftest.SUMMARY_KEYS, "peak_memory_mb")  # spec item 7
 
 
 def load(script):
@@ -105,6 +75,20 @@ def test_task_defaults_return_args_fields(script):
     for env_id in ("lift", "square", "avoid-m2"):
         table = module.task_defaults(module.Args(env_id=env_id))
         assert isinstance(table, dict) and set(table) <= fields, (env_id, set(table) - fields)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("spelling", [["--num-envs=3"], ["--num-envs", "3"]])
+def test_the_task_table_fills_every_field_but_the_flags_given(script, spelling):
+    from cleandppo import runs
+
+    module = load(script)
+    table = module.task_defaults(module.Args(env_id="lift", num_envs=3))  # (qsm sizes its buffer by num_envs)
+    args = runs.parse_args(module.Args, module.task_defaults, ["--env-id", "lift", *spelling])
+    assert args.num_envs == 3 and table.get("num_envs", 3) != 3  # given: kept (the table would set another value)
+    assert {k: getattr(args, k) for k in table if k != "num_envs"} == {
+        k: v for k, v in table.items() if k != "num_envs"
+    }
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
