@@ -585,12 +585,13 @@ def main(args):
 
     run_dir = runs.prepare_run_dir(args, ALGO, resume and path)
     writer = runs.open_run(run_dir, args, resume and resume["env_steps"])
-    # greedy over candidates once the critics are trained; the pre-trained actor alone before (fresh critics)
-    act = eval_policy(actor, q_target, v_critic, sched, kw, args, device, use_critic=True)
+    # evaluation: the actor alone while the critics are fresh (the pre-trained policy), greedy over candidates after
     act_pretrained = eval_policy(actor, q_target, v_critic, sched, kw, args, device, use_critic=False)
+    act = eval_policy(actor, q_target, v_critic, sched, kw, args, device, use_critic=True)
+    act = act_pretrained if args.eval_only and resume is None else act
     evals, env_steps, t_start = runs.Evaluations(writer, robo), ckpt.get("env_steps", 0), time.time()
 
-    def finish(act):
+    def finish():
         runs.write_summary(run_dir, ALGO, args, env_steps, time.time() - t_start, **evals.summary(),
                            peak_memory_mb=runs.peak_memory_mb(device))
         if args.capture_video:
@@ -598,11 +599,10 @@ def main(args):
         writer.close()
 
     if args.eval_only:
-        act = act if resume is not None else act_pretrained
         print(f"[eval] evaluating {path} ({args.eval_episodes} episodes)...", flush=True)
         evals.add(env_steps, *evaluate(act, args, normalization))
         print(f"[eval] return {evals.last:.1f}" + (f", success rate {evals.last_success:.2f}" if robo else ""))
-        return finish(act)
+        return finish()
 
     actor_opt = torch.optim.AdamW(actor.parameters(), lr=args.actor_lr, weight_decay=0.0)
     q_opt = torch.optim.AdamW(q_critic.parameters(), lr=args.critic_lr, weight_decay=0.0)
@@ -693,7 +693,7 @@ def main(args):
         save(iteration)
     progress.close()
     vec.close()
-    finish(act)
+    finish()
 
 
 if __name__ == "__main__":

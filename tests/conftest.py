@@ -172,6 +172,26 @@ def scalar_values(run_dir, tag):
     return [e.value for e in event_accumulator(run_dir).Scalars(tag)]
 
 
+CHECKPOINT_KEYS = "algo policy backbone model model_kwargs normalization env_id args iteration env_steps rng vec_env"
+
+
+def cli_smoke_run(script, checkpoint, run_dir, total_timesteps, *flags, keys="", tags=""):
+    """`python cleandppo/<script>.py --checkpoint .. --total-timesteps .. --run-dir .. <TINY_FLAGS[script]> flags`, two
+    iterations long: its output reaches "iter 2/2"; summary.json, checkpoint_2.pt and checkpoint_last.pt (with
+    CHECKPOINT_KEYS and `keys`) are written; the scalar `tags` are logged (the common ones: test_contract.py).
+    `keys` and `tags` are space-separated. Returns (stdout, summary)."""
+    flags = ["--total-timesteps", total_timesteps, "--run-dir", run_dir, *TINY_FLAGS[script], *flags]
+    proc = run_script(f"{script}.py", "--checkpoint", checkpoint, *flags)
+    assert "iter 2/2" in proc.stdout, proc.stdout[-2000:]
+    summary = read_summary(run_dir, algo=script, env_steps=total_timesteps)
+    expected = dict(algo=script, policy="diffusion", iteration=2, env_steps=total_timesteps)
+    read_checkpoint(run_dir, {*CHECKPOINT_KEYS.split(), *keys.split()}, **expected)
+    assert os.path.isfile(os.path.join(run_dir, "checkpoint_2.pt"))
+    missing = set(tags.split()) - scalar_tags(run_dir)
+    assert not missing, sorted(missing)
+    return proc.stdout, summary
+
+
 class ConstEps(nn.Module):
     """eps_theta = c_t for every input: c0 at t = 0, c1 at t >= 1 (learnable scalars)."""
 

@@ -1,7 +1,6 @@
 """Tests for cleandppo/dawr.py: weights and TD(lambda) against hand-worked numbers, buffer, CLI smoke + resume."""
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -10,19 +9,16 @@ import torch.nn as nn
 
 from cleandppo import dawr
 from conftest import (
-    TINY_FLAGS,
     cli_fails,
+    cli_smoke_run,
     main_fails,
     read_checkpoint,
     read_summary,
-    run_script,
-    scalar_tags,
     stub_checkpoint,
     tiny_args,
 )
 
 torch.set_num_threads(1)
-TINY = TINY_FLAGS["dawr"]
 
 
 def test_awr_weights_hand_computed_with_clip():
@@ -164,46 +160,15 @@ def test_bad_inputs_fail_in_one_line(tmp_path, tiny_diffusion_checkpoint):
 
 def test_cli_smoke_checkpoint_and_resume(tiny_diffusion_checkpoint, tmp_path):
     run = tmp_path / "run"
-    proc = run_script(
-        "dawr.py", "--checkpoint", tiny_diffusion_checkpoint, "--total-timesteps", "256", "--run-dir", run, *TINY
-    )
-    assert "iter 2/2" in proc.stdout
-    summary = read_summary(run, algo="dawr", env_steps=256)
-    assert summary["args"]["td_alpha"] == 1.0
-    tags = scalar_tags(run)
-    assert {
-        "charts/episodic_return",
-        "charts/episodic_length",
-        "eval/episodic_return",
-        "charts/SPS",
-        "charts/learning_rate",
-        "losses/value_loss",
-        "losses/actor_loss",
-        "values/v_mean",
-        "time/rollout_s",
-        "time/update_s",
-        "charts/peak_memory_mb",
-    } <= tags, tags
-    read_checkpoint(
+    _, summary = cli_smoke_run(
+        "dawr",
+        tiny_diffusion_checkpoint,
         run,
-        {
-            "model",
-            "model_kwargs",
-            "normalization",
-            "critic",
-            "actor_optimizer",
-            "critic_optimizer",
-            "rng",
-            "vec_env",
-            "replay_buffer",
-        },
-        algo="dawr",
-        policy="diffusion",
-        backbone="mlp",
-        iteration=2,
-        env_steps=256,
+        256,
+        keys="critic actor_optimizer critic_optimizer replay_buffer",
+        tags="losses/value_loss losses/actor_loss values/v_mean charts/buffer_size",
     )
-    assert os.path.isfile(run / "checkpoint_2.pt")
+    assert summary["args"]["td_alpha"] == 1.0
 
     # resume in-process: the iteration count and env steps continue, the critic comes back
     args = tiny_args(

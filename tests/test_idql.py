@@ -1,7 +1,6 @@
 """Tests for cleandppo/idql.py: expectile loss, Q targets from V, double-Q minimum in the greedy pick, Boltzmann
 choice frequencies, target-Q EMA, CLI smoke run with resume, one-line errors."""
 
-import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,19 +10,15 @@ import torch.nn as nn
 
 from cleandppo import idql
 from conftest import (
-    TINY_FLAGS,
     cli_fails,
+    cli_smoke_run,
     main_fails,
-    read_checkpoint,
     read_summary,
-    run_script,
-    scalar_tags,
     stub_checkpoint,
     tiny_args,
 )
 
 torch.set_num_threads(1)
-TINY = TINY_FLAGS["idql"]
 
 
 def test_expectile_loss_half_mse_at_tau_half_and_asymmetric_otherwise():
@@ -139,53 +134,17 @@ def test_idql_update_soft_updates_target_q_and_respects_warmup():
 
 def test_cli_smoke_run_and_resume(tiny_diffusion_checkpoint, tmp_path):
     run = tmp_path / "run"
-    proc = run_script(
-        "idql.py",
-        "--checkpoint",
+    out, summary = cli_smoke_run(
+        "idql",
         tiny_diffusion_checkpoint,
-        "--total-timesteps",
-        "64",
+        run,
+        64,
         "--n-critic-warmup-itr",
         "1",
-        "--run-dir",
-        run,
-        *TINY,
+        keys="critic target_critic value_critic actor_optimizer critic_optimizer value_optimizer replay_buffer",
+        tags="losses/q_loss losses/v_loss losses/actor_loss values/q1_mean values/v_mean charts/boltzmann_max_prob",
     )
-    assert "iter 2/2" in proc.stdout and "critic warm-up" in proc.stdout
-    summary = read_summary(run, algo="idql", env_steps=64)
-    read_checkpoint(
-        run,
-        {
-            "model",
-            "critic",
-            "target_critic",
-            "value_critic",
-            "actor_optimizer",
-            "critic_optimizer",
-            "value_optimizer",
-            "model_kwargs",
-            "normalization",
-        },
-        algo="idql",
-        policy="diffusion",
-        iteration=2,
-    )
-    assert os.path.isfile(run / "checkpoint_2.pt")
-    assert {
-        "eval/episodic_return",
-        "losses/q_loss",
-        "losses/v_loss",
-        "losses/actor_loss",
-        "values/q1_mean",
-        "values/v_mean",
-        "charts/boltzmann_max_prob",
-        "charts/SPS",
-        "charts/learning_rate",
-        "time/rollout_s",
-        "time/update_s",
-        "charts/episodic_return",
-        "charts/episodic_length",
-    } <= scalar_tags(run)
+    assert "critic warm-up" in out
 
     # resume in-process; then --eval-only of the idql checkpoint (greedy over candidates)
     resumed = tmp_path / "resumed"
