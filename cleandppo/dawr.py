@@ -665,7 +665,7 @@ def main(args):
         if robo:
             shown.update(success=envs.success_rate(successes), eval_success=evals.last_success)
         progress.update(iteration, num_iters, env_steps, **shown, v_loss=stats["value_loss"],
-                        actor_loss=stats["actor_loss"], w_mean=stats["weight_mean"])
+                        actor_loss=stats["actor_loss"])
         save(iteration)
     progress.close()
     vec.close()

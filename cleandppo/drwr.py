@@ -559,8 +559,8 @@ def main(args):
         shown = {"return": np.mean(recent_returns[-50:]) if recent_returns else float("nan"), "eval": evals.last}
         if robo:
             shown.update(success=envs.success_rate(successes), eval_success=evals.last_success)
-        detail = dict(loss=stats["actor_loss"], w_mean=stats["weight_mean"]) if episodes else dict(update="skipped")
-        progress.update(iteration, num_iters, env_steps, **shown, episodes=len(episodes), **detail)
+        progress.update(iteration, num_iters, env_steps, **shown, episodes=len(episodes),
+                        actor_loss=stats.get("actor_loss", "- (update skipped)"))
         save(iteration)
     progress.close()
     vec.close()

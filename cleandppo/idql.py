@@ -688,7 +688,7 @@ def main(args):
         shown = {"return": np.mean(recent_returns[-50:]) if recent_returns else float("nan"), "eval": evals.last}
         if robo:
             shown.update(success=envs.success_rate(successes), eval_success=evals.last_success)
-        progress.update(iteration, num_iters, env_steps, **shown, q_loss=stats["q_loss"], v_loss=stats["v_loss"],
+        progress.update(iteration, num_iters, env_steps, **shown, q_loss=stats["q_loss"],
                         actor_loss=stats.get("actor_loss", "- (critic warm-up)"))
         save(iteration)
     progress.close()

@@ -90,12 +90,12 @@ def run_script(script, *flags, timeout=300, check=True):
 
 
 def run_main(module, *flags):
-    """In-process `python cleandppo/<module>.py flags...`: runs.parse_args resolves the flags as the CLI does (the
-    script's task_defaults, then the flags given), then main runs."""
+    """In-process `python cleandppo/<module>.py flags...`: the flags are parsed as the CLI does (runs.parse_args with
+    the script's task_defaults where it has them; main takes the command line too where it still does)."""
     flags = [str(f) for f in flags]
     if hasattr(module, "task_defaults"):
-        return module.main(runs.parse_args(module.Args, module.task_defaults, flags))
-    args = tyro.cli(module.Args, args=flags)  # a script not yet on runs.parse_args (issue #13)
+        return module.main(runs.parse_args(module.Args, module.task_defaults, argv=flags))
+    args = tyro.cli(module.Args, args=flags)
     if len(inspect.signature(module.main).parameters) > 1:
         return module.main(args, flags)
     return module.main(args)
