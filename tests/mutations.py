@@ -193,7 +193,7 @@ target critic ignores its rate in the loop (dql) | dql.py | tests/test_dql_qsm_s
 - soft_update(target_critic, critic, args.target_ema_rate)
 + soft_update(target_critic, critic, 0.005)
 target critic not updated in the loop (qsm) | qsm.py | tests/test_dql_qsm_shared.py
--                 soft_update(target_critic, critic, args.critic_tau)\n
+-             soft_update(target_critic, critic, args.critic_tau)\n
 +
 
 # pre-training
