@@ -117,8 +117,8 @@ IDQL Q target ignores terminated | idql.py | tests/test_offpolicy_updates.py
 - return rewards + gamma * (1 - terminated) * next_v
 + return rewards + gamma * next_v
 IDQL target Q ignores critic_tau | idql.py | tests/test_offpolicy_updates.py
-- ema_update(q_target, q_critic, args.critic_tau)
-+ ema_update(q_target, q_critic, 1.0)
+- soft_update(q_target, q_critic, args.critic_tau)
++ soft_update(q_target, q_critic, 1.0)
 DIPO next action from the online actor | dipo.py | tests/test_offpolicy_updates.py
 - next_a = sample(target_actor, sched,
 + next_a = sample(actor, sched,
@@ -132,8 +132,8 @@ DIPO actor fit to the unmoved actions | dipo.py | tests/test_offpolicy_updates.p
 - actor_loss = pretrain_loss(actor, sched, moved, obs, K)
 + actor_loss = pretrain_loss(actor, sched, actions, obs, K)
 DIPO target actor ignores the EMA rate | dipo.py | tests/test_offpolicy_updates.py
-- ema_update(target_actor, actor, args.target_ema_rate)
-+ ema_update(target_actor, actor, 1.0)
+- soft_update(target_actor, actor, args.target_ema_rate)
++ soft_update(target_actor, actor, 1.0)
 DAWR advantages from the critic before its update | dawr.py | tests/test_offpolicy_updates.py
 - rows, _, targets = buffer_targets(critic, buf, args, device)\n
 + stale = rows, _, targets = buffer_targets(critic, buf, args, device)\n
@@ -193,7 +193,7 @@ target critic ignores its rate in the loop (dql) | dql.py | tests/test_dql_qsm_s
 - soft_update(target_critic, critic, args.target_ema_rate)
 + soft_update(target_critic, critic, 0.005)
 target critic not updated in the loop (qsm) | qsm.py | tests/test_dql_qsm_shared.py
--                 soft_update(target_critic, critic, args.critic_tau)\n
+-             soft_update(target_critic, critic, args.critic_tau)\n
 +
 
 # pre-training

@@ -20,20 +20,7 @@ SCRIPTS = ("dppo", "gaussian_ppo", "gmm_ppo", "dawr", "drwr", "dipo", "idql", "d
 TIMING_TAGS = ("charts/SPS", "time/rollout_s", "time/update_s", "charts/peak_memory_mb")
 DPPO_TINY = [
     *TINY_DIFFUSION,
-    "--num-envs",
-    "2",
-    "--n-steps",
-    "4",
-    "--batch-size",
-    "8",
-    "--eval-episodes",
-    "1",
-    "--eval-freq",
-    "2",
-    "--critic-dims",
-    "16",
-    "16",
-    "16",
+    *"--num-envs 2 --n-steps 4 --batch-size 8 --eval-episodes 1 --eval-freq 2 --critic-dims 16 16 16".split(),
 ]
 
 
@@ -119,18 +106,7 @@ def test_gaussian_ppo_kill_and_resume_is_bit_identical(tiny_dataset, tmp_path, m
         "--checkpoint",
         ckpt,
         *tiny,
-        "--num-envs",
-        "2",
-        "--n-steps",
-        "4",
-        "--batch-size",
-        "4",
-        "--eval-episodes",
-        "1",
-        "--eval-freq",
-        "2",
-        "--total-timesteps",
-        "160",
+        *"--num-envs 2 --n-steps 4 --batch-size 4 --eval-episodes 1 --eval-freq 2 --total-timesteps 160".split(),
     ]
     flags += bc
     assert_kill_and_resume_is_exact(gaussian_ppo, flags, 2 * 4 + 3, tmp_path, monkeypatch)
@@ -139,30 +115,8 @@ def test_gaussian_ppo_kill_and_resume_is_bit_identical(tiny_dataset, tmp_path, m
 def test_gaussian_ppo_from_scratch_kill_and_resume_is_bit_identical(tmp_path, monkeypatch):
     from cleandppo import gaussian_ppo
 
-    flags = [
-        "--from-scratch",
-        "--mlp-dims",
-        "16",
-        "16",
-        "--critic-dims",
-        "16",
-        "16",
-        "16",
-        "--num-envs",
-        "2",
-        "--n-steps",
-        "8",
-        "--batch-size",
-        "8",
-        "--update-epochs",
-        "1",
-        "--eval-episodes",
-        "1",
-        "--eval-freq",
-        "2",
-        "--total-timesteps",
-        "80",
-    ]
+    flags = "--from-scratch --mlp-dims 16 16 --critic-dims 16 16 16 --num-envs 2 --n-steps 8 --batch-size 8".split()
+    flags += "--update-epochs 1 --eval-episodes 1 --eval-freq 2 --total-timesteps 80".split()
     assert_kill_and_resume_is_exact(gaussian_ppo, flags, 2 * 8 + 3, tmp_path, monkeypatch)
 
 
@@ -175,38 +129,12 @@ def test_gmm_ppo_kill_and_resume_is_bit_identical(tiny_dataset, tmp_path, monkey
         "--checkpoint",
         ckpt,
         *tiny,
-        "--num-envs",
-        "2",
-        "--n-steps",
-        "4",
-        "--batch-size",
-        "8",
-        "--eval-episodes",
-        "1",
-        "--eval-freq",
-        "2",
-        "--total-timesteps",
-        "160",
+        *"--num-envs 2 --n-steps 4 --batch-size 8 --eval-episodes 1 --eval-freq 2 --total-timesteps 160".split(),
     ]
     assert_kill_and_resume_is_exact(gmm_ppo, flags, 2 * 4 + 3, tmp_path, monkeypatch)
 
 
-BASE = [
-    "--denoising-steps",
-    "6",
-    "--num-envs",
-    "2",
-    "--batch-size",
-    "8",
-    "--eval-episodes",
-    "1",
-    "--eval-freq",
-    "2",
-    "--critic-dims",
-    "16",
-    "16",
-    "16",
-]
+BASE = "--denoising-steps 6 --num-envs 2 --batch-size 8 --eval-episodes 1 --eval-freq 2 --critic-dims 16 16 16".split()
 OFF_POLICY = [*BASE, "--buffer-size", "64", "--n-steps", "4"]
 FAMILIES = {  # script -> (n_steps, flags): weighted regression, off-policy, exact-likelihood PPO
     "dawr": (8, [*OFF_POLICY[:-2], "--n-steps", "8", "--replay-ratio", "2", "--critic-replay-ratio", "1"]),
@@ -219,19 +147,9 @@ FAMILIES = {  # script -> (n_steps, flags): weighted regression, off-policy, exa
         4,
         [
             *BASE,
-            "--n-steps",
-            "4",
-            "--ft-denoising-steps",
-            "3",
-            "--grad-chunk-size",
-            "8",
-            "--sde-step-size",
-            "0.17",
-            "--sde-method",
-            "euler",
-            "--hutchinson-probes",
-            "1",
-        ],
+            *"--n-steps 4 --ft-denoising-steps 3 --grad-chunk-size 8 --sde-step-size 0.17 --sde-method euler".split(),
+        ]
+        + ["--hutchinson-probes", "1"],
     ),
 }
 
@@ -610,22 +528,8 @@ def test_every_rollout_stops_at_a_nan_reward(script, tiny_diffusion_checkpoint, 
 
     monkeypatch.setattr(envs, "finished_episodes", poison_after_the_first_vector_step)
     if script == "gaussian_ppo":
-        flags = [
-            "--from-scratch",
-            "--mlp-dims",
-            "16",
-            "16",
-            "--num-envs",
-            "2",
-            "--n-steps",
-            "8",
-            "--batch-size",
-            "8",
-            "--eval-episodes",
-            "1",
-            "--total-timesteps",
-            "16",
-        ]
+        flags = "--from-scratch --mlp-dims 16 16 --num-envs 2 --n-steps 8 --batch-size 8 --eval-episodes 1".split()
+        flags += ["--total-timesteps", "16"]
     else:
         n_steps, flags = FAMILIES[script]
         flags = ["--checkpoint", tiny_diffusion_checkpoint, *flags, "--total-timesteps", str(2 * n_steps * 4)]
