@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import tyro
 
-from cleandppo import envs
+from cleandppo import envs, runs
 
 torch.set_num_threads(1)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,9 +65,11 @@ def run_script(script, *flags, timeout=300, check=True):
 
 
 def run_main(module, *flags):
-    """In-process `python cleandppo/<module>.py flags...`: tyro parses the flags as the CLI does, then main runs
-    (given the command line too where it takes one, for the per-task defaults)."""
+    """In-process `python cleandppo/<module>.py flags...`: the flags are parsed as the CLI does (runs.parse_args with
+    the script's task_defaults where it has them; main takes the command line too where it still does)."""
     flags = [str(f) for f in flags]
+    if hasattr(module, "task_defaults"):
+        return module.main(runs.parse_args(module.Args, module.task_defaults, argv=flags))
     args = tyro.cli(module.Args, args=flags)
     if len(inspect.signature(module.main).parameters) > 1:
         return module.main(args, flags)
