@@ -288,7 +288,12 @@ def test_cli_smoke_resume_and_bad_inputs(tiny_diffusion_checkpoint, tmp_path, ca
         )
     )
     out = capsys.readouterr().out
-    assert "iter 2/2" in out and "pre-trained return" not in out and "PF-ODE rk4" in out and "divergence exact" in out
+    assert (
+        "iter 2/2" in out
+        and "evaluating the pre-trained" not in out
+        and "PF-ODE rk4" in out
+        and "divergence exact" in out
+    )
     read_summary(run, env_steps=64)
     assert {
         "eval/episodic_return",
