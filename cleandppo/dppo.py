@@ -732,8 +732,7 @@ def main(args):
     robo = envs.is_robomimic(args.env_id)
     steps_per_iter = args.num_envs * args.n_steps * args.act_steps
     num_iters = max(1, args.total_timesteps // steps_per_iter)
-    print(f"[start] {ALGO} on {args.env_id}: {num_iters} iterations of {steps_per_iter} env steps "
-          f"({args.num_envs} envs x {args.n_steps} queries x {args.act_steps} actions)", flush=True)
+    print(f"[start] {ALGO} on {args.env_id}: {num_iters} iterations of {steps_per_iter} env steps", flush=True)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -768,7 +767,8 @@ def main(args):
     if args.pretrain_only or args.eval_only:
         act = eval_act(actor, actor_ft, sched, plan, eval_ft_steps, kw, args, device)
         ret, std, succ = evaluate(act, args, normalization)
-        print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes" + (f", success {succ:.2f}" if robo else ""))
+        success = f", success rate {succ:.2f}" if robo else ""
+        print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes{success}")
         evals.add(ckpt.get("env_steps", 0), ret, succ)
         if args.capture_video:
             runs.capture_video(run_dir, args.env_id, act, args.act_steps, args.cond_steps, normalization, args.seed)

@@ -555,8 +555,7 @@ def main(args):
     robo = envs.is_robomimic(args.env_id)
     steps_per_iter = args.num_envs * args.n_steps * args.act_steps
     num_iters = max(1, args.total_timesteps // steps_per_iter)
-    print(f"[start] {ALGO} on {args.env_id}: {num_iters} iterations of {steps_per_iter} env steps "
-          f"({args.num_envs} envs x {args.n_steps} queries x {args.act_steps} actions)", flush=True)
+    print(f"[start] {ALGO} on {args.env_id}: {num_iters} iterations of {steps_per_iter} env steps", flush=True)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -605,12 +604,12 @@ def main(args):
         record_dataset(policy, args, normalization, device)
         return
     if args.eval_only or args.pretrain_only:
-        ret, std, succ = evaluate(eval_act(policy, args, device), args, normalization)
-        print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes"
-              + (f", success rate {succ:.2f}" if robo else ""))
+        act = eval_act(policy, args, device)
+        ret, std, succ = evaluate(act, args, normalization)
+        success = f", success rate {succ:.2f}" if robo else ""
+        print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes{success}")
         evals.add(env_steps, ret, succ)
         if args.capture_video:
-            act = eval_act(policy, args, device)
             runs.capture_video(run_dir, args.env_id, act, args.act_steps, args.cond_steps, normalization, args.seed)
         mem = runs.peak_memory_mb(device)
         runs.write_summary(run_dir, ALGO, args, env_steps, 0.0, **evals.summary(), peak_memory_mb=mem)
