@@ -172,8 +172,8 @@ time-out bootstrapped with V(next reset obs) (dppo) | dppo.py | tests/test_loops
 - rewards = rewards + args.gamma * final_values * buf_timeout
 + rewards = rewards + args.gamma * np.concatenate([values[1:], last_value[None]], 0) * buf_timeout
 GAE not cut at a time-out (dppo) | dppo.py | tests/test_loops.py
-- np.maximum(buf_term, buf_timeout), args.gamma, args.gae_lambda
-+ buf_term, args.gamma, args.gae_lambda
+- dones = np.maximum(buf_term, buf_timeout)
++ dones = buf_term
 time-out stored as terminal (dql) | dql.py | tests/test_loops.py
 - envs.final_observations(next_obs, infos), term)
 + envs.final_observations(next_obs, infos), np.logical_or(term, trunc))

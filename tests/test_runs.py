@@ -595,3 +595,81 @@ def test_a_resume_in_the_same_second_still_reads_in_order(tmp_path, monkeypatch)
 
     monkeypatch.setattr(event_file_writer, "_global_uid", event_file_writer.AtomicCounter(8))  # killed 9, resumed 10
     test_gaussian_ppo_from_scratch_kill_and_resume_is_bit_identical(tmp_path, monkeypatch)
+
+
+# ---- per-task defaults and presets of the PPO scripts (runs.parse_args; parsing builds no env) ------------
+PPO_SCRIPTS = ["dppo", "gaussian_ppo", "gmm_ppo", "exact_likelihood_pg"]
+
+
+@pytest.mark.parametrize("module", PPO_SCRIPTS)
+def test_per_task_defaults_keep_explicit_flags(module, capsys):
+    import importlib
+
+    mod = importlib.import_module(f"cleandppo.{module}")
+    argv = ["--env-id", "TwoArmTransport", "--num-envs", "3", "--gamma=0.9"]
+    args = runs.parse_args(mod.Args, mod.task_defaults, argv=argv)
+    assert args.num_envs == 3 and args.gamma == 0.9  # given on the command line, in either spelling: kept
+    assert (args.n_steps, args.batch_size, args.update_epochs, args.act_steps, args.horizon_steps) == (
+        400,
+        10_000,
+        5,
+        8,
+        8,
+    )
+    assert args.eval_episodes == 50 and args.n_critic_warmup_itr == 2
+    assert "[TwoArmTransport] defaults for this task:" in capsys.readouterr().out
+    if module == "dppo":
+        assert args.clip_ploss_coef_base == 0.001 and args.activation == "mish" and args.actor_lr == 1e-4
+    elif module == "exact_likelihood_pg":
+        assert args.actor_lr == 1e-5
+    else:
+        assert args.clip_coef == 0.01 and (args.std_min, args.std_max) == (0.01, 0.2) and args.actor_lr == 1e-4
+    assert mod.task_defaults(mod.Args()) == {}  # the Gym tasks keep the Args defaults
+    assert runs.parse_args(mod.Args, mod.task_defaults, argv=[]) == mod.Args()
+
+
+@pytest.mark.parametrize("module", PPO_SCRIPTS)
+@pytest.mark.parametrize("spelling", [["--n-steps=7"], ["--n-steps", "7"]])
+def test_lift_defaults_apply_but_an_explicit_flag_wins(module, spelling):
+    """`--env-id lift --n-steps=7`: n_steps stays 7, every other lift default applies (parsing builds no env)."""
+    import importlib
+
+    mod = importlib.import_module(f"cleandppo.{module}")
+    args = runs.parse_args(mod.Args, mod.task_defaults, argv=["--env-id", "lift", *spelling])
+    table = mod.task_defaults(mod.Args(env_id="lift"))
+    assert table["n_steps"] == 300 and args.n_steps == 7
+    assert {k: getattr(args, k) for k in table if k != "n_steps"} == {k: v for k, v in table.items() if k != "n_steps"}
+    assert (args.gamma, args.num_envs, args.batch_size, args.act_steps, args.horizon_steps) == (0.999, 50, 7500, 4, 4)
+
+
+@pytest.mark.parametrize("module", ["dppo", "gaussian_ppo"])
+@pytest.mark.parametrize("spelling", [["--num-envs=8"], ["--num-envs", "8"]])
+def test_from_scratch_preset_keeps_explicit_flags(module, spelling):
+    """--from-scratch: the official cfg/gym/scratch values (budget per task), but an explicit --num-envs stays."""
+    mod = importlib.import_module(f"cleandppo.{module}")
+    args = runs.parse_args(mod.Args, mod.task_defaults, argv=["--from-scratch", *spelling])
+    preset = mod.task_defaults(mod.Args(from_scratch=True))
+    assert preset["num_envs"] == 10 and args.num_envs == 8
+    assert {k: getattr(args, k) for k in preset if k != "num_envs"} == {
+        k: v for k, v in preset.items() if k != "num_envs"
+    }
+    assert (args.horizon_steps, args.act_steps, args.n_steps, args.update_epochs) == (1, 1, 1000, 10)
+    assert args.total_timesteps == 301 * 10 * 1000  # Hopper: 301 iterations of 10 envs x 1000 steps
+    walker = runs.parse_args(mod.Args, mod.task_defaults, argv=["--from-scratch", "--env-id", "Walker2D-v2"])
+    assert walker.total_timesteps == 501 * 10 * 1000 and walker.num_envs == 10
+    if module == "dppo":
+        assert (args.denoising_steps, args.ft_denoising_steps, args.gamma_denoising) == (10, 10, 1.0)
+        assert (args.clip_ploss_coef, args.clip_ploss_coef_base, args.batch_size, args.actor_lr) == (
+            0.1,
+            0.1,
+            5000,
+            1e-4,
+        )
+    else:
+        assert (args.batch_size, args.clip_coef, args.mlp_dims, args.std_max, args.actor_lr) == (
+            500,
+            0.1,
+            (512, 512, 512),
+            1.0,
+            1e-4,
+        )
