@@ -528,7 +528,19 @@ def load_checkpoint(path: str, policy: str, env_id: str, backbone: str | None = 
     avoid.check_subset(path, ckpt["env_id"], env_id)
     if backbone is not None and ckpt.get("backbone") != backbone:
         fail(f"{path} has backbone {ckpt.get('backbone')}, not {backbone}; pass --backbone {ckpt.get('backbone')}")
+    if policy == "diffusion" and ckpt.get("backbone") == "mlp":
+        check_cond_mlp(path, ckpt)
     return ckpt
+
+
+def check_cond_mlp(path: str, ckpt: dict):
+    """A diffusion MLP's observation encoder: the widths its weights have must be the `cond_mlp_dims` its config says."""
+    has = tuple(int(v.shape[0]) for k, v in ckpt["model"].items() if k.startswith("cond_mlp.") and k.endswith(".weight"))
+    says = tuple(ckpt.get("model_kwargs", {}).get("cond_mlp_dims") or ())
+    if has != says:
+        weights = f"a cond_mlp of widths {has}" if has else "no cond_mlp"
+        fail(f"{path}: its weights have {weights} but its model_kwargs say cond_mlp_dims {says}; set "
+             f"ckpt['model_kwargs']['cond_mlp_dims'] = {has} and re-save it, or pre-train again (dppo.py --cond-mlp-dims)")
 
 
 # ------------------------------------------------------------------------------------------------
