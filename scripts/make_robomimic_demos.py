@@ -333,6 +333,13 @@ class ArmScript(ScriptedPolicy):
         self.flags[flag] = True
         return None, True
 
+    def _retry(self, check, phase):
+        """Go back to phase `phase` (a new grasp) unless `check()` holds (the object came up with the gripper)."""
+        if check():
+            return None, True
+        self.phase, self.phase_steps = phase, 0
+        return None, False
+
 
 def _frozen(fn):
     """fn() evaluated once, at the first call (a target fixed when its phase starts)."""
@@ -383,7 +390,7 @@ class TransportPolicy:
         rot_hammer = _frozen(lambda: down_rotation(self.across_handle(yaw_of(f.eef()[1]))))
         grasp = lambda: self.handle_point(-1) + np.array([0, 0, 0.002])  # noqa: E731
         above = lambda: grasp() + np.array([0, 0, op["approach"] + 0.05])  # noqa: E731
-        up = _frozen(lambda: np.array([*f.eef()[0][:2], 1.02]))
+        up = lambda: np.array([*f.eef()[0][:2], 1.02])  # noqa: E731
         out = lambda: f.eef()[0] + (self.HANDOVER - self.centre())  # noqa: E731  closed loop on the hammer
         hold = _frozen(here)
         back = _frozen(lambda: f.eef()[0] + np.array([0, -0.15, 0.06]))
@@ -398,8 +405,9 @@ class TransportPolicy:
             ("move", lambda: lid_down() + np.array([0, 0, 0.12]), rot_lid, -1.0, 0.03),
             ("move", above, rot_hammer, -1.0, 0.02),
             ("move", grasp, rot_hammer, -1.0, 0.006),
-            ("grip", 1.0, "close_steps", grasp, rot_hammer),
+            ("grip", 1.0, "close_steps", here, rot_hammer),
             ("move", up, rot_hammer, 1.0, 0.03),
+            ("retry", lambda: self.centre()[2] > 0.95, 8),  # the hammer was not lifted: grasp it again
             ("move", out, rot_hammer, 1.0, 0.01),
             ("flag", "hammer_out"),
             ("wait", "robot1_holds", hold, rot_hammer),
@@ -437,8 +445,9 @@ class TransportPolicy:
             ("move", lambda: np.array([*(trash() + offset)[:2], carry_z]), rot_trash, -1.0, 0.02),  # above the walls
             ("move", lambda: trash() + offset + np.array([0, 0, op["approach"] * 0.5]), rot_trash, -1.0),
             ("move", lambda: trash() + offset, rot_trash, -1.0, 0.006),
-            ("grip", 1.0, "close_steps", lambda: trash() + offset, rot_trash),
-            ("move", _frozen(lambda: np.array([*f.eef()[0][:2], carry_z])), rot_trash, 1.0, 0.03),
+            ("grip", 1.0, "close_steps", here, rot_trash),
+            ("move", lambda: np.array([*f.eef()[0][:2], carry_z]), rot_trash, 1.0, 0.03),
+            ("retry", lambda: trash()[2] > 0.95, 0),  # the trash slipped out: grasp it again
             ("move", over_trash_bin, rot_trash, 1.0, 0.03),
             ("grip", -1.0, "open_steps", here, rot_trash),
             ("move", wait_at, rot_wait, -1.0, 0.03),
