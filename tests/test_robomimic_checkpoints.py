@@ -54,6 +54,14 @@ def test_cond_mlp_weights_and_config_that_disagree_are_one_line(tmp_path):
     assert_one_line_error(str(e.value), "no cond_mlp", "['cond_mlp_dims'] = ()")
 
 
+def test_dppo_stores_cond_mlp_dims_in_model_kwargs_and_rebuilds_it():
+    from cleandppo import dppo
+
+    kw = dppo.model_kwargs_from(dppo.Args(env_id="square", cond_mlp_dims=(16, 4), mlp_dims=(8, 8, 8)), 23, 7)
+    assert tuple(kw["cond_mlp_dims"]) == (16, 4)
+    assert [layer.out_features for layer in dppo.build_network(kw).cond_mlp if hasattr(layer, "out_features")] == [16, 4]
+
+
 def test_dppo_cond_mlp_flag_that_disagrees_with_the_checkpoint_is_one_line():
     from cleandppo import dppo
 
