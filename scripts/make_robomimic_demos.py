@@ -534,7 +534,7 @@ def write_robomimic_hdf5(path: str, demos: list, env_args: dict, attrs: dict | N
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--task", required=True, help="lift, can or square (robomimic names accepted)")
+    parser.add_argument("--task", required=True, help="lift, can, square or transport (robomimic names accepted)")
     parser.add_argument("--num-demos", type=int, default=100, help="successful demonstrations to write")
     parser.add_argument("--out", default=None, help="output hdf5 (default: <data dir>/<task>-scripted.hdf5)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the operators and episode i's reset (seed + i)")
