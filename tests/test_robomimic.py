@@ -208,8 +208,8 @@ def test_unknown_task_is_one_line():
         envs.resolve_env_id("lfit")
     assert_one_line_error(str(e.value), "lift", "transport")
     with pytest.raises(SystemExit) as e:
-        make_robomimic_demos.main(["--task", "transport", "--num-demos", "1"])
-    assert_one_line_error(str(e.value), "lift", "can")
+        make_robomimic_demos.main(["--task", "lfit", "--num-demos", "1"])  # every robomimic task has a controller
+    assert_one_line_error(str(e.value), "lift", "can", "square", "transport")
 
 
 def test_dataset_of_another_task_is_one_line(tmp_path):
