@@ -516,9 +516,10 @@ def load_checkpoint(path: str, policy: str, env_id: str, backbone: str | None = 
     if not os.path.isfile(path):
         if is_robomimic(env_id) and os.path.dirname(os.path.abspath(path)) == os.path.abspath(PRETRAINED_DIR):
             task, script = env_slug(env_id), {"diffusion": "dppo", "gaussian": "gaussian_ppo", "gmm": "gmm_ppo"}[policy]
+            encoder = " --cond-mlp-dims 512 64" if (task, policy) == ("square", "diffusion") else ""  # official Square MLP
             fail(f"no bundled {policy} checkpoint for {task} ({path}); make one with: python scripts/make_robomimic_demos.py "
-                 f"--task {task} && python cleandppo/{script}.py --env-id {task} --dataset {task}-scripted --pretrain-only "
-                 "(then pass --checkpoint <run-dir>/pretrained.pt)")
+                 f"--task {task} && python cleandppo/{script}.py --env-id {task} --dataset {task}-scripted --pretrain-only"
+                 f"{encoder} (then pass --checkpoint <run-dir>/pretrained.pt)")
         fail(f"checkpoint {path} does not exist; pre-train one with --pretrain-only --dataset ... or pass --checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
