@@ -361,7 +361,10 @@ class TransportPolicy:
         self.centre = lambda: np.array(data.geom_xpos[handle])  # noqa: E731
         self.axis = lambda: np.array(data.geom_xmat[handle]).reshape(3, 3)[:, 2]  # noqa: E731  handle direction
         flags = {}
-        self.arms = [ArmScript(env, op, rng, 0, self.plan_robot0, flags), ArmScript(env, op, rng, 1, self.plan_robot1, flags)]
+        self.arms = [
+            ArmScript(env, op, rng, 0, self.plan_robot0, flags),
+            ArmScript(env, op, rng, 1, self.plan_robot1, flags),
+        ]
 
     def handle_point(self, side: float) -> np.ndarray:
         """Point on the handle towards robot 0 (side -1, lower y) or robot 1 (side +1)."""
@@ -436,8 +439,12 @@ class TransportPolicy:
         held = _frozen(lambda: (f.eef()[0], down_rotation(yaw_of(f.eef()[1]))))
         # carrying: turn the hammer to lie along x (the bin's inner width fits it either way; along x keeps the arm
         # away from its base) and servo the hammer's centre over the bin's centre, then lower it
-        turn = _frozen(lambda: wrap(closest_yaw(0.0, float(np.arctan2(self.axis()[1], self.axis()[0])), np.pi)
-                                    - float(np.arctan2(self.axis()[1], self.axis()[0]))))
+        turn = _frozen(
+            lambda: wrap(
+                closest_yaw(0.0, float(np.arctan2(self.axis()[1], self.axis()[0])), np.pi)
+                - float(np.arctan2(self.axis()[1], self.axis()[0]))
+            )
+        )
         rot_carry = _frozen(lambda: down_rotation(yaw_of(f.eef()[1]) + turn()))
         target = lambda z: f.eef()[0] + (np.array([*bin_xy("target_bin_pos"), z]) - self.centre())  # noqa: E731
         place_z = t.target_bin_pos[2] + 0.06 + rng.uniform(0.0, 0.02)

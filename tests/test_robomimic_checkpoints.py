@@ -9,9 +9,9 @@ import importlib
 
 import pytest
 import torch
-from conftest import assert_one_line_error
 
 from cleandppo import envs
+from conftest import assert_one_line_error
 
 torch.set_num_threads(1)
 DIFFUSION = ["dppo", "dawr", "drwr", "dipo", "idql", "dql", "qsm", "exact_likelihood_pg"]
@@ -59,7 +59,10 @@ def test_dppo_stores_cond_mlp_dims_in_model_kwargs_and_rebuilds_it():
 
     kw = dppo.model_kwargs_from(dppo.Args(env_id="square", cond_mlp_dims=(16, 4), mlp_dims=(8, 8, 8)), 23, 7)
     assert tuple(kw["cond_mlp_dims"]) == (16, 4)
-    assert [layer.out_features for layer in dppo.build_network(kw).cond_mlp if hasattr(layer, "out_features")] == [16, 4]
+    assert [layer.out_features for layer in dppo.build_network(kw).cond_mlp if hasattr(layer, "out_features")] == [
+        16,
+        4,
+    ]
 
 
 def test_dppo_cond_mlp_flag_that_disagrees_with_the_checkpoint_is_one_line():

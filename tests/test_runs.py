@@ -522,7 +522,9 @@ def test_transport_datasets_send_users_to_the_transport_demo_script(tmp_path, mo
         with pytest.raises(SystemExit) as e:
             envs.resolve_dataset(name)
         msg = assert_one_line_error(str(e.value), "transport")
-        assert "python scripts/make_robomimic_demos.py --task transport" in msg and "--dataset transport-scripted" in msg, msg
+        assert (
+            "python scripts/make_robomimic_demos.py --task transport" in msg and "--dataset transport-scripted" in msg
+        ), msg
 
 
 def test_track_without_wandb_and_minari_downloads_name_the_install(tmp_path, monkeypatch):

@@ -190,8 +190,18 @@ def test_square_diffusion_mlp_with_cond_mlp_has_the_official_parameter_count(nam
     cond_mlp = linear(obs_dim, 512) + linear(512, 64)  # plain MLP, activation between, Identity output
     head_in = Tp * action_dim + time_dim + 64  # noisy chunk, time embedding, encoded observation
     head = linear(head_in, width) + 2 * linear(width, width) + linear(width, Tp * action_dim)  # one residual block
-    kw = dict(obs_dim=obs_dim, action_dim=action_dim, horizon_steps=Tp, cond_steps=1, denoising_steps=20, backbone="mlp",
-              time_dim=time_dim, mlp_dims=(width,) * 3, activation="mish", cond_mlp_dims=(512, 64))
+    kw = dict(
+        obs_dim=obs_dim,
+        action_dim=action_dim,
+        horizon_steps=Tp,
+        cond_steps=1,
+        denoising_steps=20,
+        backbone="mlp",
+        time_dim=time_dim,
+        mlp_dims=(width,) * 3,
+        activation="mish",
+        cond_mlp_dims=(512, 64),
+    )
     net = load(name).build_network(kw)  # rebuilt from a checkpoint's model_kwargs
     assert sum(p.numel() for p in net.parameters()) == time_embedding + cond_mlp + head == 2_305_212
     without = load(name).build_network(dict(kw, cond_mlp_dims=()))
@@ -200,8 +210,18 @@ def test_square_diffusion_mlp_with_cond_mlp_has_the_official_parameter_count(nam
 
 @pytest.mark.parametrize("name", DIFFUSION)
 def test_cond_mlp_is_what_the_head_sees_of_the_observation(name):
-    kw = dict(obs_dim=5, action_dim=2, horizon_steps=4, cond_steps=2, denoising_steps=5, backbone="mlp", time_dim=8,
-              mlp_dims=(16,) * 3, activation="mish", cond_mlp_dims=(12, 3))
+    kw = dict(
+        obs_dim=5,
+        action_dim=2,
+        horizon_steps=4,
+        cond_steps=2,
+        denoising_steps=5,
+        backbone="mlp",
+        time_dim=8,
+        mlp_dims=(16,) * 3,
+        activation="mish",
+        cond_mlp_dims=(12, 3),
+    )
     torch.manual_seed(0)
     net = load(name).build_network(kw)
     x, t, obs = torch.randn(6, 4, 2), torch.arange(6) % 5, torch.randn(6, 2, 5)
