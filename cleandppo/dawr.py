@@ -222,17 +222,24 @@ class DiffusionMLP(nn.Module):
     """eps_theta(x_t, t, s): residual MLP on [flattened noisy chunk, time embedding, observation]."""
 
     def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, time_dim=16, mlp_dims=(512, 512, 512),
-                 activation="relu"):
+                 activation="relu", cond_mlp_dims=()):
         super().__init__()
         act = {"relu": nn.ReLU, "mish": nn.Mish}[activation]
         self.horizon_steps, self.action_dim = horizon_steps, action_dim
         self.time_embedding = nn.Sequential(SinusoidalPosEmb(time_dim), nn.Linear(time_dim, 2 * time_dim), nn.Mish(),
                                             nn.Linear(2 * time_dim, time_dim))
-        in_dim = horizon_steps * action_dim + time_dim + obs_dim * cond_steps
+        self.cond_mlp = None  # optional observation encoder: plain MLP, activation between layers (official Square: 512, 64)
+        if cond_mlp_dims:
+            dims = [obs_dim * cond_steps, *cond_mlp_dims]
+            layers = [m for i, o in zip(dims[:-1], dims[1:]) for m in (nn.Linear(i, o), act())][:-1]
+            self.cond_mlp = nn.Sequential(*layers)
+        obs_features = cond_mlp_dims[-1] if cond_mlp_dims else obs_dim * cond_steps
+        in_dim = horizon_steps * action_dim + time_dim + obs_features
         self.mlp = ResidualMLP([in_dim, *mlp_dims, horizon_steps * action_dim], act)
 
     def forward(self, x, t, obs):
-        h = torch.cat([x.flatten(1), self.time_embedding(t), obs.flatten(1)], dim=-1)
+        obs = obs.flatten(1) if self.cond_mlp is None else self.cond_mlp(obs.flatten(1))
+        h = torch.cat([x.flatten(1), self.time_embedding(t), obs], dim=-1)
         return self.mlp(h).view(-1, self.horizon_steps, self.action_dim)
 
 
@@ -310,7 +317,8 @@ def build_network(kw: dict) -> nn.Module:
     common = dict(obs_dim=kw["obs_dim"], action_dim=kw["action_dim"], horizon_steps=kw["horizon_steps"],
                   cond_steps=kw["cond_steps"])
     if kw["backbone"] == "mlp":
-        return DiffusionMLP(**common, time_dim=kw["time_dim"], mlp_dims=tuple(kw["mlp_dims"]), activation=kw["activation"])
+        return DiffusionMLP(**common, time_dim=kw["time_dim"], mlp_dims=tuple(kw["mlp_dims"]), activation=kw["activation"],
+                            cond_mlp_dims=tuple(kw.get("cond_mlp_dims") or ()))
     return DiffusionUNet(**common, dim=kw["unet_dim"], dim_mults=tuple(kw["unet_dim_mults"]), kernel_size=kw["unet_kernel_size"],
                          n_groups=kw["unet_n_groups"], step_embed_dim=kw["unet_step_embed_dim"])
 

@@ -87,6 +87,8 @@ class Args:
     """MLP: hidden widths (one residual block)"""
     activation: Literal["relu", "mish"] = "relu"
     """MLP: activation (ReLU for Gym, Mish for Robomimic)"""
+    cond_mlp_dims: tuple[int, ...] = ()
+    """MLP: widths of the optional observation encoder cond_mlp (official Square: 512 64); fine-tuning uses the checkpoint's"""
     unet_dim: int = 40
     """UNet: channels of the first level"""
     unet_dim_mults: tuple[int, ...] = (1, 2)
@@ -311,17 +313,24 @@ class DiffusionMLP(nn.Module):
     """eps_theta(x_t, t, s): residual MLP on [flattened noisy chunk, time embedding, observation]."""
 
     def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, time_dim=16, mlp_dims=(512, 512, 512),
-                 activation="relu"):
+                 activation="relu", cond_mlp_dims=()):
         super().__init__()
         act = {"relu": nn.ReLU, "mish": nn.Mish}[activation]
         self.horizon_steps, self.action_dim = horizon_steps, action_dim
         self.time_embedding = nn.Sequential(SinusoidalPosEmb(time_dim), nn.Linear(time_dim, 2 * time_dim), nn.Mish(),
                                             nn.Linear(2 * time_dim, time_dim))
-        in_dim = horizon_steps * action_dim + time_dim + obs_dim * cond_steps
+        self.cond_mlp = None  # optional observation encoder: plain MLP, activation between layers (official Square: 512, 64)
+        if cond_mlp_dims:
+            dims = [obs_dim * cond_steps, *cond_mlp_dims]
+            layers = [m for i, o in zip(dims[:-1], dims[1:]) for m in (nn.Linear(i, o), act())][:-1]
+            self.cond_mlp = nn.Sequential(*layers)
+        obs_features = cond_mlp_dims[-1] if cond_mlp_dims else obs_dim * cond_steps
+        in_dim = horizon_steps * action_dim + time_dim + obs_features
         self.mlp = ResidualMLP([in_dim, *mlp_dims, horizon_steps * action_dim], act)
 
     def forward(self, x, t, obs):
-        h = torch.cat([x.flatten(1), self.time_embedding(t), obs.flatten(1)], dim=-1)
+        obs = obs.flatten(1) if self.cond_mlp is None else self.cond_mlp(obs.flatten(1))
+        h = torch.cat([x.flatten(1), self.time_embedding(t), obs], dim=-1)
         return self.mlp(h).view(-1, self.horizon_steps, self.action_dim)
 
 
@@ -398,7 +407,8 @@ def build_network(kw: dict) -> nn.Module:
     """Rebuild a noise-prediction network from a checkpoint's `model_kwargs`."""
     common = dict(obs_dim=kw["obs_dim"], action_dim=kw["action_dim"], horizon_steps=kw["horizon_steps"], cond_steps=kw["cond_steps"])
     if kw["backbone"] == "mlp":
-        return DiffusionMLP(**common, time_dim=kw["time_dim"], mlp_dims=tuple(kw["mlp_dims"]), activation=kw["activation"])
+        return DiffusionMLP(**common, time_dim=kw["time_dim"], mlp_dims=tuple(kw["mlp_dims"]), activation=kw["activation"],
+                            cond_mlp_dims=tuple(kw.get("cond_mlp_dims") or ()))
     return DiffusionUNet(**common, dim=kw["unet_dim"], dim_mults=tuple(kw["unet_dim_mults"]), kernel_size=kw["unet_kernel_size"],
                          n_groups=kw["unet_n_groups"], step_embed_dim=kw["unet_step_embed_dim"])
 
@@ -406,8 +416,8 @@ def build_network(kw: dict) -> nn.Module:
 def model_kwargs_from(args, obs_dim, action_dim) -> dict:
     return dict(obs_dim=obs_dim, action_dim=action_dim, horizon_steps=args.horizon_steps, cond_steps=args.cond_steps,
                 denoising_steps=args.denoising_steps, backbone=args.backbone, time_dim=args.time_dim,
-                mlp_dims=tuple(args.mlp_dims), activation=args.activation, unet_dim=args.unet_dim,
-                unet_dim_mults=tuple(args.unet_dim_mults), unet_kernel_size=args.unet_kernel_size,
+                mlp_dims=tuple(args.mlp_dims), activation=args.activation, cond_mlp_dims=tuple(args.cond_mlp_dims),
+                unet_dim=args.unet_dim, unet_dim_mults=tuple(args.unet_dim_mults), unet_kernel_size=args.unet_kernel_size,
                 unet_n_groups=args.unet_n_groups, unet_step_embed_dim=args.unet_step_embed_dim)
 
 
@@ -705,6 +715,9 @@ def load_diffusion_checkpoint(path, args):
                   f"--act-steps <= {kw['horizon_steps']} --horizon-steps {kw['horizon_steps']} --cond-steps {kw['cond_steps']}")
     if kw["backbone"] == "mlp" and args.act_steps != kw["horizon_steps"]:
         envs.fail(f"an MLP policy executes its whole chunk: pass --act-steps {kw['horizon_steps']} (the UNet may execute fewer)")
+    if args.cond_mlp_dims and tuple(args.cond_mlp_dims) != tuple(kw.get("cond_mlp_dims") or ()):
+        envs.fail(f"{path} has cond_mlp_dims {tuple(kw.get('cond_mlp_dims') or ())}, not {tuple(args.cond_mlp_dims)}; "
+                  "drop --cond-mlp-dims (fine-tuning uses the checkpoint's) or pre-train one with those widths")
     if ckpt.get("model_ft") is not None and ckpt.get("ft_denoising_steps") != args.ft_denoising_steps:
         envs.fail(f"{path} fine-tuned {ckpt['ft_denoising_steps']} denoising steps; pass --ft-denoising-steps {ckpt['ft_denoising_steps']}")
     return ckpt

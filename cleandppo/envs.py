@@ -531,6 +531,12 @@ def load_checkpoint(path: str, policy: str, env_id: str, backbone: str | None = 
     from cleandppo import official
 
     if not os.path.isfile(path):
+        if is_robomimic(env_id) and os.path.dirname(os.path.abspath(path)) == os.path.abspath(PRETRAINED_DIR):
+            task, script = env_slug(env_id), {"diffusion": "dppo", "gaussian": "gaussian_ppo", "gmm": "gmm_ppo"}[policy]
+            encoder = " --cond-mlp-dims 512 64" if (task, policy) == ("square", "diffusion") else ""  # official Square MLP
+            fail(f"no bundled {policy} checkpoint for {task} ({path}); make one with: python scripts/make_robomimic_demos.py "
+                 f"--task {task} && python cleandppo/{script}.py --env-id {task} --dataset {task}-scripted --pretrain-only"
+                 f"{encoder} (then pass --checkpoint <run-dir>/pretrained.pt)")
         fail(f"checkpoint {path} does not exist; pre-train one with --pretrain-only --dataset ... or pass --checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
@@ -548,7 +554,19 @@ def load_checkpoint(path: str, policy: str, env_id: str, backbone: str | None = 
     avoid.check_subset(path, ckpt["env_id"], env_id)
     if backbone is not None and ckpt.get("backbone") != backbone:
         fail(f"{path} has backbone {ckpt.get('backbone')}, not {backbone}; pass --backbone {ckpt.get('backbone')}")
+    if policy == "diffusion" and ckpt.get("backbone") == "mlp":
+        check_cond_mlp(path, ckpt)
     return ckpt
+
+
+def check_cond_mlp(path: str, ckpt: dict):
+    """A diffusion MLP's observation encoder: the widths its weights have must be the `cond_mlp_dims` its config says."""
+    has = tuple(int(v.shape[0]) for k, v in ckpt["model"].items() if k.startswith("cond_mlp.") and k.endswith(".weight"))
+    says = tuple(ckpt.get("model_kwargs", {}).get("cond_mlp_dims") or ())
+    if has != says:
+        weights = f"a cond_mlp of widths {has}" if has else "no cond_mlp"
+        fail(f"{path}: its weights have {weights} but its model_kwargs say cond_mlp_dims {says}; set "
+             f"ckpt['model_kwargs']['cond_mlp_dims'] = {has} and re-save it, or pre-train again (dppo.py --cond-mlp-dims)")
 
 
 # ------------------------------------------------------------------------------------------------

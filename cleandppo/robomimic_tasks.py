@@ -216,7 +216,7 @@ def make_robomimic_env(env_id: str, render_mode: str | None = None) -> Robomimic
 
 
 def robomimic_demo_fix(task: str) -> str:
-    if task in ("lift", "can", "square"):  # the tasks scripts/make_robomimic_demos.py has a controller for
+    if task in ("lift", "can", "square", "transport"):  # the tasks scripts/make_robomimic_demos.py has a controller for
         return f"make demos with: python scripts/make_robomimic_demos.py --task {task} (then --dataset {task}-scripted)"
     return f"download --dataset {task}-mh when online or pass a {task} robomimic low_dim hdf5 path"
 

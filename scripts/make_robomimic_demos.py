@@ -301,6 +301,184 @@ POLICIES = {"lift": LiftPolicy, "can": CanPolicy, "square": SquarePolicy}
 
 
 # ------------------------------------------------------------------------------------------------
+# Transport (two arms): robot 0 clears the lid and hands the hammer over, robot 1 bins the trash and
+# places the hammer. robosuite's TwoArmTransport succeeds when the payload (hammer) touches the target
+# bin's floor and the trash touches the trash bin's floor. The tables are 0.6 m apart, out of reach of
+# the other arm, so the hammer changes hands in the air between them.
+# ------------------------------------------------------------------------------------------------
+class ArmFollower(Follower):
+    """Follower of one arm of a two-arm env (its end-effector site; a 7-dim arm + gripper action)."""
+
+    def __init__(self, env, op, rng, arm: int):
+        super().__init__(env, op, rng)
+        self.site = self.rs.robots[arm].eef_site_id["right"]
+
+
+class ArmScript(ScriptedPolicy):
+    """The phase list of one arm; the arms share `flags` to wait for each other (phase kinds wait, flag)."""
+
+    def __init__(self, env, op, rng, arm: int, plan_fn, flags: dict):
+        self.env, self.op, self.rng, self.rs, self.flags = env, op, rng, env.rs_env, flags
+        self.f = ArmFollower(env, op, rng, arm)
+        self.phases = plan_fn(self)
+        self.phase, self.phase_steps, self.pause = 0, 0, 0
+
+    def _wait(self, flag, target_fn, rot_fn):
+        """Hold `target_fn()` (gripper unchanged) until the other arm sets `flag`."""
+        if self.flags.get(flag):
+            return None, True
+        return self.f.action(target_fn(), rot_fn(), self.gripper), False
+
+    def _flag(self, flag):
+        self.flags[flag] = True
+        return None, True
+
+    def _retry(self, check, phase):
+        """Go back to phase `phase` (a new grasp) unless `check()` holds (the object came up with the gripper)."""
+        if check():
+            return None, True
+        self.phase, self.phase_steps = phase, 0
+        return None, False
+
+
+def _frozen(fn):
+    """fn() evaluated once, at the first call (a target fixed when its phase starts)."""
+    cache = []
+    return lambda: cache[0] if cache else (cache.append(fn()) or cache[0])
+
+
+class TransportPolicy:
+    """Two ArmScripts stepped together; the action is [robot 0 arm, gripper, robot 1 arm, gripper]."""
+
+    HANDOVER = np.array([0.0, 0.0, 1.12])  # hammer centre during the handover, midway between the tables
+    GRASP_FROM_CENTRE = 0.075  # each gripper holds the handle this far from its centre (handle half-length 0.1 m)
+
+    def __init__(self, env, op, rng):
+        self.rs = env.rs_env
+        op = dict(op, noise=op["noise"] * 0.5)  # the handover needs both grippers within a few mm
+        t, model, data = self.rs.transport, self.rs.sim.model, self.rs.sim.data
+        handle = model.geom_name2id(t.payload.handle_geoms[0])
+        self.centre = lambda: np.array(data.geom_xpos[handle])  # noqa: E731
+        self.axis = lambda: np.array(data.geom_xmat[handle]).reshape(3, 3)[:, 2]  # noqa: E731  handle direction
+        flags = {}
+        self.arms = [
+            ArmScript(env, op, rng, 0, self.plan_robot0, flags),
+            ArmScript(env, op, rng, 1, self.plan_robot1, flags),
+        ]
+
+    def handle_point(self, side: float) -> np.ndarray:
+        """Point on the handle towards robot 0 (side -1, lower y) or robot 1 (side +1)."""
+        axis = self.axis()
+        axis = axis if axis[1] * side >= 0 else -axis
+        return self.centre() + self.GRASP_FROM_CENTRE * axis
+
+    def across_handle(self, current_yaw: float) -> float:
+        """Gripper heading with the fingers closing across the handle (closest to the current one)."""
+        axis = self.axis()
+        return closest_yaw(float(np.arctan2(axis[1], axis[0])) + np.pi / 2, current_yaw, np.pi)
+
+    def plan_robot0(self, arm: ArmScript) -> list:
+        """Lift the lid off the start bin and set it down beside it, pick the hammer, hold it out, let go."""
+        t, op, rng, f = self.rs.transport, arm.op, arm.rng, arm.f
+        table_z = self.rs.table_offsets[0][2]
+        lid = lambda: np.array(t.lid_handle_pos)  # noqa: E731
+        rot_lid = lambda: down_rotation(closest_yaw(0.0, yaw_of(f.eef()[1]), np.pi) + op["yaw_slop"] * 0.5)  # noqa: E731
+        rot_lid = _frozen(rot_lid)
+        lid_grasp = lambda: lid() + np.array([0, 0, 0.003])  # noqa: E731
+        lid_up = _frozen(lambda: lid() + np.array([0, 0, 0.1 + op["lift"] * 0.3]))
+        aside = lambda: np.array([lid_up()[0] - rng.uniform(0.36, 0.4), lid_up()[1], lid_up()[2]])  # noqa: E731
+        aside = _frozen(aside)
+        lid_down = lambda: np.array([*aside()[:2], table_z + 0.06])  # noqa: E731
+        here = lambda: f.eef()[0]  # noqa: E731
+        rot_hammer = _frozen(lambda: down_rotation(self.across_handle(yaw_of(f.eef()[1]))))
+        grasp = lambda: self.handle_point(-1) + np.array([0, 0, 0.002])  # noqa: E731
+        above = lambda: grasp() + np.array([0, 0, op["approach"] + 0.05])  # noqa: E731
+        up = lambda: np.array([*f.eef()[0][:2], 1.02])  # noqa: E731
+        out = lambda: f.eef()[0] + (self.HANDOVER - self.centre())  # noqa: E731  closed loop on the hammer
+        hold = _frozen(here)
+        back = _frozen(lambda: f.eef()[0] + np.array([0, -0.15, 0.06]))
+        return [
+            ("move", lambda: lid_grasp() + np.array([0, 0, op["approach"]]), rot_lid, -1.0),
+            ("move", lid_grasp, rot_lid, -1.0, 0.006),
+            ("grip", 1.0, "close_steps", lid_grasp, rot_lid),
+            ("move", lid_up, rot_lid, 1.0, 0.02),
+            ("move", aside, rot_lid, 1.0, 0.03),
+            ("move", lid_down, rot_lid, 1.0, 0.02),
+            ("grip", -1.0, "open_steps", here, rot_lid),
+            ("move", lambda: lid_down() + np.array([0, 0, 0.12]), rot_lid, -1.0, 0.03),
+            ("move", above, rot_hammer, -1.0, 0.02),
+            ("move", grasp, rot_hammer, -1.0, 0.006),
+            ("grip", 1.0, "close_steps", here, rot_hammer),
+            ("move", up, rot_hammer, 1.0, 0.03),
+            ("retry", lambda: self.centre()[2] > 0.95, 8),  # the hammer was not lifted: grasp it again
+            ("move", out, rot_hammer, 1.0, 0.01),
+            ("flag", "hammer_out"),
+            ("wait", "robot1_holds", hold, rot_hammer),
+            ("grip", -1.0, "open_steps", hold, rot_hammer),
+            ("flag", "robot0_let_go"),
+            ("move", back, rot_hammer, -1.0, 0.03),
+        ]
+
+    def plan_robot1(self, arm: ArmScript) -> list:
+        """Move the trash to the trash bin, take the hammer by the other end of its handle, lay it in the target bin."""
+        t, op, rng, f = self.rs.transport, arm.op, arm.rng, arm.f
+        trash = lambda: np.array(t.trash_pos)  # noqa: E731
+        trash_rot = np.array(self.rs.sim.data.body_xmat[t.trash_body_id]).reshape(3, 3)
+        rot_trash = _frozen(lambda: down_rotation(closest_yaw(yaw_of(trash_rot), yaw_of(f.eef()[1]), np.pi / 2)))
+        offset = np.array([*(op["grasp_xy"] * 0.5), 0.0])
+        carry_z = 1.06 + op["lift"] * 0.2  # above the bins' walls (floor 0.81 m, walls 0.15 m)
+        bin_xy = lambda name: np.array(getattr(t, name))[:2]  # noqa: E731
+        jitter = rng.uniform(-0.05, 0.05, 2)  # where over the trash bin the trash is let go
+        over_trash_bin = lambda: np.array([*(bin_xy("trash_bin_pos") + jitter), carry_z])  # noqa: E731
+        here = lambda: f.eef()[0]  # noqa: E731
+        wait_at = _frozen(lambda: np.array([self.HANDOVER[0], 0.22, self.HANDOVER[2] + 0.08]))
+        rot_wait = _frozen(lambda: down_rotation(closest_yaw(0.0, yaw_of(f.eef()[1]), np.pi)))
+        rot_hammer = lambda: down_rotation(self.across_handle(yaw_of(f.eef()[1])))  # noqa: E731  follows the handle
+        grasp = lambda: self.handle_point(+1) + np.array([0, 0, 0.002])  # noqa: E731
+        above = lambda: grasp() + np.array([0, 0, 0.07])  # noqa: E731
+        held = _frozen(lambda: (f.eef()[0], down_rotation(yaw_of(f.eef()[1]))))
+        # carrying: turn the hammer to lie along x (the bin's inner width fits it either way; along x keeps the arm
+        # away from its base) and servo the hammer's centre over the bin's centre, then lower it
+        turn = _frozen(
+            lambda: wrap(
+                closest_yaw(0.0, float(np.arctan2(self.axis()[1], self.axis()[0])), np.pi)
+                - float(np.arctan2(self.axis()[1], self.axis()[0]))
+            )
+        )
+        rot_carry = _frozen(lambda: down_rotation(yaw_of(f.eef()[1]) + turn()))
+        target = lambda z: f.eef()[0] + (np.array([*bin_xy("target_bin_pos"), z]) - self.centre())  # noqa: E731
+        place_z = t.target_bin_pos[2] + 0.06 + rng.uniform(0.0, 0.02)
+        return [
+            ("move", lambda: np.array([*(trash() + offset)[:2], carry_z]), rot_trash, -1.0, 0.02),  # above the walls
+            ("move", lambda: trash() + offset + np.array([0, 0, op["approach"] * 0.5]), rot_trash, -1.0),
+            ("move", lambda: trash() + offset, rot_trash, -1.0, 0.006),
+            ("grip", 1.0, "close_steps", here, rot_trash),
+            ("move", lambda: np.array([*f.eef()[0][:2], carry_z]), rot_trash, 1.0, 0.03),
+            ("retry", lambda: trash()[2] > 0.95, 0),  # the trash slipped out: grasp it again
+            ("move", over_trash_bin, rot_trash, 1.0, 0.03),
+            ("grip", -1.0, "open_steps", here, rot_trash),
+            ("move", wait_at, rot_wait, -1.0, 0.03),
+            ("wait", "hammer_out", wait_at, rot_wait),
+            ("move", above, rot_hammer, -1.0, 0.01),
+            ("move", grasp, rot_hammer, -1.0, 0.006),
+            ("grip", 1.0, "close_steps", grasp, rot_hammer),
+            ("flag", "robot1_holds"),
+            ("wait", "robot0_let_go", lambda: held()[0], lambda: held()[1]),
+            ("move", lambda: target(carry_z), rot_carry, 1.0, 0.02),
+            ("move", lambda: target(place_z), rot_carry, 1.0, 0.01),
+            ("grip", -1.0, "open_steps", here, rot_carry),
+            ("move", _frozen(lambda: f.eef()[0] + np.array([0, 0, 0.12])), rot_carry, -1.0),
+        ]
+
+    def __call__(self) -> np.ndarray:
+        return np.concatenate([arm() for arm in self.arms])
+
+
+POLICIES["transport"] = TransportPolicy
+TASKS_WITH_CONTROLLER += ("transport",)
+
+
+# ------------------------------------------------------------------------------------------------
 # Recording
 # ------------------------------------------------------------------------------------------------
 def record_attempt(env: robomimic_tasks.RobomimicLowDimEnv, seed: int, rng: np.random.Generator, max_steps: int):
@@ -363,7 +541,7 @@ def write_robomimic_hdf5(path: str, demos: list, env_args: dict, attrs: dict | N
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--task", required=True, help="lift, can or square (robomimic names accepted)")
+    parser.add_argument("--task", required=True, help="lift, can, square or transport (robomimic names accepted)")
     parser.add_argument("--num-demos", type=int, default=100, help="successful demonstrations to write")
     parser.add_argument("--out", default=None, help="output hdf5 (default: <data dir>/<task>-scripted.hdf5)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the operators and episode i's reset (seed + i)")

@@ -294,6 +294,26 @@ DAWR TD(lambda) without alpha, against the official targets | dawr.py | tests/te
 gaussian BC teacher not restored on resume | gaussian_ppo.py | tests/test_runs.py -k gaussian_ppo_kill_and_resume
 - base_policy.load_state_dict(resume.get("base_model") or base_policy.state_dict())
 + pass
+
+# observation encoder cond_mlp (Square) and its checkpoint config
+cond_mlp ends with an activation (dawr) | dawr.py | tests/test_shared_copies.py -k cond_mlp
+- for m in (nn.Linear(i, o), act())][:-1]
++ for m in (nn.Linear(i, o), act())]
+cond_mlp built but the head sees the raw observation (qsm) | qsm.py | tests/test_shared_copies.py -k cond_mlp
+- obs = obs.flatten(1) if self.cond_mlp is None else self.cond_mlp(obs.flatten(1))
++ obs = obs.flatten(1)
+cond_mlp dropped when rebuilding from model_kwargs (idql) | idql.py | tests/test_shared_copies.py -k cond_mlp
+- cond_mlp_dims=tuple(kw.get("cond_mlp_dims") or ()))
++ cond_mlp_dims=())
+cond_mlp_dims not stored in the checkpoint (dppo) | dppo.py | tests/test_robomimic_checkpoints.py -k stores
+- cond_mlp_dims=tuple(args.cond_mlp_dims),
++
+--cond-mlp-dims that disagrees with the checkpoint accepted (dppo) | dppo.py | tests/test_robomimic_checkpoints.py -k flag
+- if args.cond_mlp_dims and tuple(args.cond_mlp_dims) != tuple(kw.get("cond_mlp_dims") or ()):
++ if False:
+cond_mlp weights and config that disagree accepted | envs.py | tests/test_robomimic_checkpoints.py -k disagree
+- if has != says:
++ if False:
 """
 
 

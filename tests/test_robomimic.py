@@ -148,6 +148,25 @@ def test_scripted_lift_demo_succeeds_and_writes_a_loadable_file(tmp_path):
     envs.set_robomimic_env_args("lift", None)
 
 
+def test_scripted_transport_controller_succeeds_and_its_demos_load(tmp_path):
+    """Two seeded resets (about 400-500 steps each): robot 0 clears the lid and hands the hammer over, robot 1 bins the
+    trash and lays the hammer in the target bin; robosuite's own check (both objects on their bins' floors) ends each."""
+    env = robomimic_tasks.make_robomimic_env("transport")
+    rng = np.random.default_rng(1)
+    demos = [make_robomimic_demos.record_attempt(env, seed, rng, 800)[0] for seed in (0, 1)]
+    transport = env.rs_env.transport
+    assert transport.payload_in_target_bin and transport.trash_in_trash_bin  # the last demo's final state
+    env.close()
+    assert all(demo is not None for demo in demos)
+    out = str(tmp_path / "transport-scripted.hdf5")
+    write_robomimic_hdf5(out, demos, robomimic_tasks.default_robomimic_env_args("transport"))
+    data = envs.load_dataset(out, "transport")
+    assert data["observations"].shape[1] == 59 and data["actions"].shape[1] == 14
+    for ep in data["episodes"]:
+        assert ep["rewards"][-1] == 1.0 and ep["rewards"][:-1].sum() == 0 and len(ep["actions"]) < 800
+    envs.set_robomimic_env_args("transport", None)
+
+
 # ---- robomimic hdf5 reader ----------------------------------------------------------------------
 
 
@@ -189,8 +208,8 @@ def test_unknown_task_is_one_line():
         envs.resolve_env_id("lfit")
     assert_one_line_error(str(e.value), "lift", "transport")
     with pytest.raises(SystemExit) as e:
-        make_robomimic_demos.main(["--task", "transport", "--num-demos", "1"])
-    assert_one_line_error(str(e.value), "lift", "can")
+        make_robomimic_demos.main(["--task", "lfit", "--num-demos", "1"])  # every robomimic task has a controller
+    assert_one_line_error(str(e.value), "lift", "can", "square", "transport")
 
 
 def test_dataset_of_another_task_is_one_line(tmp_path):

@@ -436,14 +436,16 @@ def test_a_bad_learning_rate_is_one_line_on_the_command_line(tmp_path):
 
 
 # ---- item 7: every error that names a command names one that works -------------------------------------------------
-def test_transport_datasets_do_not_send_users_to_the_demo_script(tmp_path, monkeypatch):
+def test_transport_datasets_send_users_to_the_transport_demo_script(tmp_path, monkeypatch):
     monkeypatch.setenv("CLEANDPPO_DATA", str(tmp_path))
     monkeypatch.setenv("CLEANDPPO_ROBOMIMIC_URL", "http://127.0.0.1:9/{task}/{kind}.hdf5")  # refused: offline
     for name in ("transport-scripted", "transport-mh"):
         with pytest.raises(SystemExit) as e:
             envs.resolve_dataset(name)
         msg = assert_one_line_error(str(e.value), "transport")
-        assert "make_robomimic_demos" not in msg and "--dataset transport-mh" in msg, msg
+        assert (
+            "python scripts/make_robomimic_demos.py --task transport" in msg and "--dataset transport-scripted" in msg
+        ), msg
 
 
 def test_track_without_wandb_and_minari_downloads_name_the_install(tmp_path, monkeypatch):

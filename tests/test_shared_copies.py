@@ -177,3 +177,58 @@ def test_bellman_target_bootstraps_the_double_q_minimum_unless_terminated(name):
     q1, q2 = torch.tensor([3.0, 7.0, -1.0]), torch.tensor([4.0, 5.0, -3.0])
     y = load(name).bellman_target(r, term, q1, q2, 0.8)
     assert y.tolist() == pytest.approx([1.0 + 0.8 * 3.0, -2.0, 0.5 + 0.8 * -3.0])
+
+
+# ---- observation encoder cond_mlp (official Square diffusion MLP) ---------------------------------------
+def linear(n_in, n_out):
+    return n_in * n_out + n_out  # weights + biases
+
+
+@pytest.mark.parametrize("name", DIFFUSION)
+def test_square_diffusion_mlp_with_cond_mlp_has_the_official_parameter_count(name):
+    """Official Square config (cfg/robomimic/pretrain/square/pre_diffusion_mlp.yaml): obs 23, action 7, Tp 4, time_dim 32,
+    mlp_dims [1024]*3 residual, cond_mlp_dims [512, 64], Mish; no LayerNorm. dppo-facts 1.6: about 2.31M parameters."""
+    obs_dim, action_dim, Tp, time_dim, width = 23, 7, 4, 32, 1024
+    time_embedding = linear(time_dim, 2 * time_dim) + linear(2 * time_dim, time_dim)
+    cond_mlp = linear(obs_dim, 512) + linear(512, 64)  # plain MLP, activation between, Identity output
+    head_in = Tp * action_dim + time_dim + 64  # noisy chunk, time embedding, encoded observation
+    head = linear(head_in, width) + 2 * linear(width, width) + linear(width, Tp * action_dim)  # one residual block
+    kw = dict(
+        obs_dim=obs_dim,
+        action_dim=action_dim,
+        horizon_steps=Tp,
+        cond_steps=1,
+        denoising_steps=20,
+        backbone="mlp",
+        time_dim=time_dim,
+        mlp_dims=(width,) * 3,
+        activation="mish",
+        cond_mlp_dims=(512, 64),
+    )
+    net = load(name).build_network(kw)  # rebuilt from a checkpoint's model_kwargs
+    assert sum(p.numel() for p in net.parameters()) == time_embedding + cond_mlp + head == 2_305_212
+    without = load(name).build_network(dict(kw, cond_mlp_dims=()))
+    assert sum(p.numel() for p in without.parameters()) == time_embedding + head + (obs_dim - 64) * width
+
+
+@pytest.mark.parametrize("name", DIFFUSION)
+def test_cond_mlp_is_what_the_head_sees_of_the_observation(name):
+    kw = dict(
+        obs_dim=5,
+        action_dim=2,
+        horizon_steps=4,
+        cond_steps=2,
+        denoising_steps=5,
+        backbone="mlp",
+        time_dim=8,
+        mlp_dims=(16,) * 3,
+        activation="mish",
+        cond_mlp_dims=(12, 3),
+    )
+    torch.manual_seed(0)
+    net = load(name).build_network(kw)
+    x, t, obs = torch.randn(6, 4, 2), torch.arange(6) % 5, torch.randn(6, 2, 5)
+    h = nn.functional.mish(obs.flatten(1) @ net.cond_mlp[0].weight.T + net.cond_mlp[0].bias)
+    encoded = h @ net.cond_mlp[2].weight.T + net.cond_mlp[2].bias  # Identity output
+    expected = net.mlp(torch.cat([x.flatten(1), net.time_embedding(t), encoded], dim=-1)).view(6, 4, 2)
+    torch.testing.assert_close(net(x, t, obs), expected)

@@ -1,0 +1,89 @@
+"""The bundled Square and Transport diffusion checkpoints, and the observation encoder cond_mlp in checkpoints.
+
+Each diffusion script rebuilds the network from a checkpoint's model_kwargs with its own copy of the network code;
+a checkpoint whose weights and config disagree about cond_mlp, or a --cond-mlp-dims that disagrees with the
+checkpoint, fails in one line naming the fix. No robosuite needed: nothing here builds an environment.
+"""
+
+import importlib
+
+import pytest
+import torch
+
+from cleandppo import envs
+from conftest import assert_one_line_error
+
+torch.set_num_threads(1)
+DIFFUSION = ["dppo", "dawr", "drwr", "dipo", "idql", "dql", "qsm", "exact_likelihood_pg"]
+BUNDLED = {"square": (4, (512, 64)), "transport": (8, ())}  # task: (Ta = Tp, cond_mlp_dims)
+
+
+@pytest.mark.parametrize("task", list(BUNDLED))
+@pytest.mark.parametrize("name", DIFFUSION)
+def test_bundled_checkpoint_loads_in_every_diffusion_script(name, task):
+    module = importlib.import_module(f"cleandppo.{name}")
+    Ta, cond_mlp_dims = BUNDLED[task]
+    args = module.Args(env_id=task, act_steps=Ta, horizon_steps=Ta)
+    ckpt = module.load_diffusion_checkpoint(envs.bundled_checkpoint(task, "diffusion"), args)
+    kw = ckpt["model_kwargs"]
+    assert tuple(kw["cond_mlp_dims"]) == cond_mlp_dims and (kw["time_dim"], tuple(kw["mlp_dims"])) == (32, (1024,) * 3)
+    net = module.build_network(kw)
+    net.load_state_dict(ckpt["model"])  # strict: every weight has its place, cond_mlp included
+    assert (net.cond_mlp is not None) == bool(cond_mlp_dims)
+    obs_dim, action_dim = envs.env_dims(task)
+    out = net(torch.zeros(2, Ta, action_dim), torch.tensor([0, 19]), torch.zeros(2, 1, obs_dim))
+    assert out.shape == (2, Ta, action_dim) and torch.isfinite(out).all()
+
+
+def resaved(tmp_path, task, **model_kwargs):
+    ckpt = torch.load(envs.bundled_checkpoint(task, "diffusion"), weights_only=False)
+    ckpt["model_kwargs"] = dict(ckpt["model_kwargs"], **model_kwargs)
+    path = str(tmp_path / f"{task}.pt")
+    torch.save(ckpt, path)
+    return path
+
+
+def test_cond_mlp_weights_and_config_that_disagree_are_one_line(tmp_path):
+    path = resaved(tmp_path, "square", cond_mlp_dims=())  # weights with cond_mlp, config without
+    with pytest.raises(SystemExit) as e:
+        envs.load_checkpoint(path, "diffusion", "square")
+    assert_one_line_error(str(e.value), "a cond_mlp of widths (512, 64)", "['cond_mlp_dims'] = (512, 64)")
+    path = resaved(tmp_path, "transport", cond_mlp_dims=(512, 64))  # config with cond_mlp, weights without
+    with pytest.raises(SystemExit) as e:
+        envs.load_checkpoint(path, "diffusion", "transport")
+    assert_one_line_error(str(e.value), "no cond_mlp", "['cond_mlp_dims'] = ()")
+
+
+def test_dppo_stores_cond_mlp_dims_in_model_kwargs_and_rebuilds_it():
+    from cleandppo import dppo
+
+    kw = dppo.model_kwargs_from(dppo.Args(env_id="square", cond_mlp_dims=(16, 4), mlp_dims=(8, 8, 8)), 23, 7)
+    assert tuple(kw["cond_mlp_dims"]) == (16, 4)
+    assert [layer.out_features for layer in dppo.build_network(kw).cond_mlp if hasattr(layer, "out_features")] == [
+        16,
+        4,
+    ]
+
+
+def test_dppo_cond_mlp_flag_that_disagrees_with_the_checkpoint_is_one_line():
+    from cleandppo import dppo
+
+    for task, flag in (("transport", (512, 64)), ("square", (256, 64))):
+        Ta = BUNDLED[task][0]
+        args = dppo.Args(env_id=task, act_steps=Ta, horizon_steps=Ta, cond_mlp_dims=flag)
+        with pytest.raises(SystemExit) as e:
+            dppo.load_diffusion_checkpoint(envs.bundled_checkpoint(task, "diffusion"), args)
+        assert_one_line_error(str(e.value), f"not {flag}", "drop --cond-mlp-dims")
+    args = dppo.Args(env_id="square", cond_mlp_dims=(512, 64))  # the same widths are fine
+    assert dppo.load_diffusion_checkpoint(envs.bundled_checkpoint("square", "diffusion"), args)["model_kwargs"]
+
+
+def test_a_missing_bundled_robomimic_checkpoint_names_the_commands_that_make_one():
+    for policy, script in (("gaussian", "gaussian_ppo"), ("gmm", "gmm_ppo")):
+        with pytest.raises(SystemExit) as e:
+            envs.load_checkpoint(envs.bundled_checkpoint("transport", policy), policy, "transport")
+        assert_one_line_error(
+            str(e.value),
+            "python scripts/make_robomimic_demos.py --task transport && "
+            f"python cleandppo/{script}.py --env-id transport --dataset transport-scripted --pretrain-only",
+        )
