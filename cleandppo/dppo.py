@@ -12,7 +12,6 @@ Gaussian policy step whose likelihood is known in closed form, so PPO applies to
 import copy
 import math
 import os
-import random
 import time
 from dataclasses import asdict, dataclass
 from typing import Literal, Optional
@@ -678,13 +677,6 @@ def eval_act(actor, actor_ft, sched, plan, ft_steps, kw, args, device):
     return act
 
 
-def evaluate(act, args, normalization):
-    """(mean, std) return and success rate (returns > 0) of `act` over --eval-episodes episodes."""
-    returns, _ = envs.run_episodes(act, args.env_id, args.eval_episodes, args.seed + 10_000, args.act_steps,
-                                   args.cond_steps, normalization, args.async_envs)
-    return float(np.mean(returns)), float(np.std(returns)), envs.success_rate(returns)
-
-
 def check_args(args):
     if args.act_steps > args.horizon_steps:
         envs.fail(f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps")
@@ -704,20 +696,7 @@ def check_args(args):
 
 def load_diffusion_checkpoint(path, args):
     """Load a diffusion checkpoint and check it against the flags (one-line errors)."""
-    ckpt = envs.load_checkpoint(path, "diffusion", args.env_id, hints=vars(args))
-    kw = ckpt["model_kwargs"]
-    if kw["denoising_steps"] != args.denoising_steps:
-        envs.fail(f"{path} was pre-trained with {kw['denoising_steps']} denoising steps; pass --denoising-steps {kw['denoising_steps']}")
-    if kw["backbone"] != args.backbone:
-        envs.fail(f"{path} has backbone {kw['backbone']}; pass --backbone {kw['backbone']}")
-    if args.act_steps > kw["horizon_steps"] or kw["cond_steps"] != args.cond_steps:
-        envs.fail(f"{path} predicts chunks of {kw['horizon_steps']} from {kw['cond_steps']} observation(s); pass "
-                  f"--act-steps <= {kw['horizon_steps']} --horizon-steps {kw['horizon_steps']} --cond-steps {kw['cond_steps']}")
-    if kw["backbone"] == "mlp" and args.act_steps != kw["horizon_steps"]:
-        envs.fail(f"an MLP policy executes its whole chunk: pass --act-steps {kw['horizon_steps']} (the UNet may execute fewer)")
-    if args.cond_mlp_dims and tuple(args.cond_mlp_dims) != tuple(kw.get("cond_mlp_dims") or ()):
-        envs.fail(f"{path} has cond_mlp_dims {tuple(kw.get('cond_mlp_dims') or ())}, not {tuple(args.cond_mlp_dims)}; "
-                  "drop --cond-mlp-dims (fine-tuning uses the checkpoint's) or pre-train one with those widths")
+    ckpt = envs.load_diffusion_checkpoint(path, args, same_horizon=False)
     if ckpt.get("model_ft") is not None and ckpt.get("ft_denoising_steps") != args.ft_denoising_steps:
         envs.fail(f"{path} fine-tuned {ckpt['ft_denoising_steps']} denoising steps; pass --ft-denoising-steps {ckpt['ft_denoising_steps']}")
     return ckpt
@@ -755,11 +734,7 @@ def main(args):
     steps_per_iter = args.num_envs * args.n_steps * args.act_steps
     num_iters = max(1, args.total_timesteps // steps_per_iter)
     print(f"[start] {ALGO} on {args.env_id}: {num_iters} iterations of {steps_per_iter} env steps", flush=True)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    device = runs.seed_everything(args)
     ckpt = data = resume = path = None
     if args.from_scratch and args.checkpoint is None:
         ckpt = scratch_checkpoint(args)
@@ -788,14 +763,10 @@ def main(args):
 
     if args.pretrain_only or args.eval_only:
         act = eval_act(actor, actor_ft, sched, plan, eval_ft_steps, kw, args, device)
-        ret, std, succ = evaluate(act, args, normalization)
+        ret, std, succ = evals.run(ckpt.get("env_steps", 0), act, args, normalization)
         success = f", success rate {succ:.2f}" if robo else ""
         print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes{success}")
-        evals.add(ckpt.get("env_steps", 0), ret, succ)
-        if args.capture_video:
-            runs.capture_video(run_dir, args.env_id, act, args.act_steps, args.cond_steps, normalization, args.seed)
-        mem = runs.peak_memory_mb(device)
-        runs.write_summary(run_dir, ALGO, args, ckpt.get("env_steps", 0), 0.0, **evals.summary(), peak_memory_mb=mem)
+        runs.finish_run(run_dir, ALGO, args, ckpt.get("env_steps", 0), 0.0, evals, device, writer, act, normalization)
         return
 
     obs_dim, action_dim, Tp = kw["obs_dim"], kw["action_dim"], kw["horizon_steps"]
@@ -820,8 +791,7 @@ def main(args):
     else:
         which = "initial" if args.from_scratch else "pre-trained"
         print(f"[eval] evaluating the {which} policy ({args.eval_episodes} episodes)...", flush=True)
-        ret, _, succ = evaluate(eval_act(actor, actor_ft, sched, plan, 0, kw, args, device), args, normalization)
-        evals.add(env_steps, ret, succ)
+        evals.run(env_steps, eval_act(actor, actor_ft, sched, plan, 0, kw, args, device), args, normalization)
 
     seed = args.seed + start_iter * args.num_envs
     vec = envs.make_vec_env(args.env_id, args.num_envs, seed, args.act_steps, args.cond_steps, normalization, args.async_envs)
@@ -910,30 +880,17 @@ def main(args):
             writer.add_scalar(f"losses/{k}", v, env_steps)
         explained_var = 1 - np.var(returns - values) / (np.var(returns) + 1e-8)
         writer.add_scalar("losses/explained_variance", explained_var, env_steps)
-        writer.add_scalar("charts/SPS", int(steps_per_iter / (time.time() - t_iter)), env_steps)
+        runs.log_iteration(writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes)
         writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
         writer.add_scalar("charts/critic_learning_rate", critic_opt.param_groups[0]["lr"], env_steps)
-        writer.add_scalar("time/rollout_s", t_rollout, env_steps)
-        writer.add_scalar("time/update_s", t_update, env_steps)
-        writer.add_scalar("charts/peak_memory_mb", runs.peak_memory_mb(device), env_steps)
-        if successes:
-            writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
         if iteration % args.eval_freq == 0 or iteration == num_iters:
-            ret, _, succ = evaluate(eval_act(actor, actor_ft, sched, plan, K_ft, kw, args, device), args, normalization)
-            evals.add(env_steps, ret, succ)
-        numbers = {"return": np.mean(recent_returns[-50:]) if recent_returns else float("nan"), "eval": evals.last}
-        if robo:
-            numbers.update(success=envs.success_rate(successes), eval_success=evals.last_success)
-        progress.update(iteration, num_iters, env_steps, **numbers, kl=stats["approx_kl"], clipfrac=stats["clipfrac"])
+            evals.run(env_steps, eval_act(actor, actor_ft, sched, plan, K_ft, kw, args, device), args, normalization)
+        progress.update(iteration, num_iters, env_steps, recent_returns, evals, successes, kl=stats["approx_kl"], clipfrac=stats["clipfrac"])
         save(iteration)
     progress.close()
     vec.close()
-    if args.capture_video:
-        act = eval_act(actor, actor_ft, sched, plan, K_ft, kw, args, device)
-        runs.capture_video(run_dir, args.env_id, act, args.act_steps, args.cond_steps, normalization, args.seed)
-    wall, mem = time.time() - t_start, runs.peak_memory_mb(device)
-    runs.write_summary(run_dir, ALGO, args, env_steps, wall, **evals.summary(), peak_memory_mb=mem)
-    writer.close()
+    act = eval_act(actor, actor_ft, sched, plan, K_ft, kw, args, device)
+    runs.finish_run(run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ residual MLPs as configured (the official constructor misspells the flag); time-
 """
 
 import math
-import random
 import time
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -462,13 +461,6 @@ def eval_policy(actor, sched, kw, args, device):
     return act
 
 
-def evaluate(act, args, normalization):
-    """Mean return and success rate (robomimic: return > 0) of `act` over --eval-episodes episodes."""
-    returns, _ = envs.run_episodes(act, args.env_id, args.eval_episodes, args.seed + 10_000, args.act_steps,
-                                   args.cond_steps, normalization, args.async_envs)
-    return float(np.mean(returns)), envs.success_rate(returns)
-
-
 def num_gradient_steps(args):
     """Official num_batch = int(N * E / batch_size * replay_ratio)."""
     return int(args.n_steps * args.num_envs / args.batch_size * args.replay_ratio)
@@ -490,15 +482,7 @@ def check_args(args):
 
 def load_diffusion_checkpoint(path, args):
     """Load a diffusion checkpoint and check it against the flags (one-line errors)."""
-    ckpt = envs.load_checkpoint(path, "diffusion", args.env_id)
-    kw = ckpt["model_kwargs"]
-    if kw["denoising_steps"] != args.denoising_steps:
-        envs.fail(f"{path} was pre-trained with {kw['denoising_steps']} denoising steps; pass --denoising-steps {kw['denoising_steps']}")
-    if args.act_steps > kw["horizon_steps"] or kw["cond_steps"] != args.cond_steps or kw["horizon_steps"] != args.horizon_steps:
-        envs.fail(f"{path} predicts chunks of {kw['horizon_steps']} from {kw['cond_steps']} observation(s); pass "
-                  f"--act-steps <= {kw['horizon_steps']} --horizon-steps {kw['horizon_steps']} --cond-steps {kw['cond_steps']}")
-    if kw["backbone"] == "mlp" and args.act_steps != kw["horizon_steps"]:
-        envs.fail(f"an MLP policy executes its whole chunk: pass --act-steps {kw['horizon_steps']} (the UNet may execute fewer)")
+    ckpt = envs.load_diffusion_checkpoint(path, args)
     if ckpt["algo"] == ALGO and "critic" in ckpt and ckpt["critic_kwargs"]["act_steps"] != args.act_steps:
         envs.fail(f"{path} has a critic for chunks of {ckpt['critic_kwargs']['act_steps']} actions; pass --act-steps "
                   f"{ckpt['critic_kwargs']['act_steps']}")
@@ -516,11 +500,7 @@ def main(args):
                                                     f"{n_grad} gradient steps each (batch {args.batch_size}, "
                                                     f"buffer {args.buffer_size} transitions)")
     print(f"[start] {ALGO} on {args.env_id}: {plan}", flush=True)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    device = runs.seed_everything(args)
     path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", "mlp")
     ckpt = load_diffusion_checkpoint(path, args)  # before anything is written: bad input leaves no trace
     resume = ckpt if ckpt["algo"] == ALGO and "critic" in ckpt else None
@@ -544,15 +524,11 @@ def main(args):
     evals, env_steps, t_start = runs.Evaluations(writer, robo), ckpt.get("env_steps", 0), time.time()
 
     def finish():
-        runs.write_summary(run_dir, ALGO, args, env_steps, time.time() - t_start, **evals.summary(),
-                           peak_memory_mb=runs.peak_memory_mb(device))
-        if args.capture_video:
-            runs.capture_video(run_dir, args.env_id, act, args.act_steps, args.cond_steps, normalization, args.seed)
-        writer.close()
+        runs.finish_run(run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization)
 
     if args.eval_only:
         print(f"[eval] evaluating {path} ({args.eval_episodes} episodes)...", flush=True)
-        evals.add(env_steps, *evaluate(act, args, normalization))
+        evals.run(env_steps, act, args, normalization)
         print(f"[eval] return {evals.last:.1f}" + (f", success rate {evals.last_success:.2f}" if robo else ""))
         return finish()
 
@@ -575,7 +551,7 @@ def main(args):
             print(f"[load] using the checkpoint's critic dims {critic_kwargs['dims']} (--critic-dims ignored)")
     else:
         print(f"[eval] evaluating the pre-trained policy ({args.eval_episodes} episodes)...", flush=True)
-        evals.add(env_steps, *evaluate(act, args, normalization))
+        evals.run(env_steps, act, args, normalization)
 
     buffer = ReplayBuffer(args.buffer_size, (args.cond_steps, obs_dim), (Tp, action_dim))
     vec = envs.make_vec_env(args.env_id, args.num_envs, args.seed + start_iter * args.num_envs, args.act_steps,
@@ -652,21 +628,13 @@ def main(args):
                 writer.add_scalar(f"losses/{k}", stats[k], env_steps)
         for k in ("q1_mean", "q2_mean", "target_q_mean"):
             writer.add_scalar(f"values/{k}", stats[k], env_steps)
-        writer.add_scalar("charts/SPS", int(steps_per_iter / (time.time() - t_iter)), env_steps)
+        runs.log_iteration(writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes)
         writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
         writer.add_scalar("charts/critic_learning_rate", critic_opt.param_groups[0]["lr"], env_steps)
         writer.add_scalar("charts/buffer_size", buffer.size, env_steps)
-        writer.add_scalar("charts/peak_memory_mb", runs.peak_memory_mb(device), env_steps)
-        writer.add_scalar("time/rollout_s", t_rollout, env_steps)
-        writer.add_scalar("time/update_s", t_update, env_steps)
-        if successes:
-            writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
         if iteration % args.eval_freq == 0 or iteration == num_iters:
-            evals.add(env_steps, *evaluate(act, args, normalization))
-        shown = {"return": np.mean(recent_returns[-50:]) if recent_returns else float("nan"), "eval": evals.last}
-        if robo:
-            shown.update(success=envs.success_rate(successes), eval_success=evals.last_success)
-        progress.update(iteration, num_iters, env_steps, **shown, q_loss=stats["q_loss"],
+            evals.run(env_steps, act, args, normalization)
+        progress.update(iteration, num_iters, env_steps, recent_returns, evals, successes, q_loss=stats["q_loss"],
                         actor_loss=stats.get("actor_loss", "- (critic warm-up)"))
         save(iteration)
     progress.close()

@@ -10,7 +10,6 @@ No buffer: the data of an iteration is used for `update_epochs` passes and then 
 """
 
 import math
-import random
 import time
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -396,13 +395,6 @@ def eval_policy(actor, sched, kw, args, device):
     return act
 
 
-def evaluate(act, args, normalization):
-    """Mean return and success rate (robomimic: return > 0) of `act` over --eval-episodes episodes."""
-    returns, _ = envs.run_episodes(act, args.env_id, args.eval_episodes, args.seed + 10_000, args.act_steps,
-                                   args.cond_steps, normalization, args.async_envs)
-    return float(np.mean(returns)), envs.success_rate(returns)
-
-
 def check_args(args):
     runs.check_ranges(args, None if args.eval_only else args.num_envs * args.n_steps * args.act_steps)
     if args.act_steps > args.horizon_steps:
@@ -414,15 +406,7 @@ def check_args(args):
 
 def load_diffusion_checkpoint(path, args):
     """Load a diffusion checkpoint of any cleandppo script and check it against the flags (one-line errors)."""
-    ckpt = envs.load_checkpoint(path, "diffusion", args.env_id)
-    kw = ckpt["model_kwargs"]
-    if kw["denoising_steps"] != args.denoising_steps:
-        envs.fail(f"{path} was pre-trained with {kw['denoising_steps']} denoising steps; pass --denoising-steps {kw['denoising_steps']}")
-    if args.act_steps > kw["horizon_steps"] or kw["horizon_steps"] != args.horizon_steps or kw["cond_steps"] != args.cond_steps:
-        envs.fail(f"{path} predicts chunks of {kw['horizon_steps']} from {kw['cond_steps']} observation(s); pass "
-                  f"--act-steps <= {kw['horizon_steps']} --horizon-steps {kw['horizon_steps']} --cond-steps {kw['cond_steps']}")
-    if kw["backbone"] == "mlp" and args.act_steps != kw["horizon_steps"]:
-        envs.fail(f"an MLP policy executes its whole chunk: pass --act-steps {kw['horizon_steps']} (the UNet may execute fewer)")
+    ckpt = envs.load_diffusion_checkpoint(path, args)
     if ckpt.get("model_ft") is not None:
         print(f"[load] note: {path} is a DPPO fine-tuned checkpoint; DRWR starts from its base 'model' (not 'model_ft')")
     return ckpt
@@ -437,11 +421,7 @@ def main(args):
     num_iters = max(1, args.total_timesteps // steps_per_iter)
     plan = "evaluation only" if args.eval_only else f"{num_iters} iterations of {steps_per_iter} env steps"
     print(f"[start] {ALGO} on {args.env_id}: {plan}", flush=True)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    device = runs.seed_everything(args)
     path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", "mlp")
     ckpt = load_diffusion_checkpoint(path, args)
     print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
@@ -462,15 +442,11 @@ def main(args):
     evals, env_steps, t_start = runs.Evaluations(writer, robo), ckpt.get("env_steps", 0), time.time()
 
     def finish():
-        runs.write_summary(run_dir, ALGO, args, env_steps, time.time() - t_start, **evals.summary(),
-                           peak_memory_mb=runs.peak_memory_mb(device))
-        if args.capture_video:
-            runs.capture_video(run_dir, args.env_id, act, args.act_steps, args.cond_steps, normalization, args.seed)
-        writer.close()
+        runs.finish_run(run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization)
 
     if args.eval_only:
         print(f"[eval] evaluating {path} ({args.eval_episodes} episodes)...", flush=True)
-        evals.add(env_steps, *evaluate(act, args, normalization))
+        evals.run(env_steps, act, args, normalization)
         print(f"[eval] return {evals.last:.1f}" + (f", success rate {evals.last_success:.2f}" if robo else ""))
         return finish()
 
@@ -484,7 +460,7 @@ def main(args):
         print(f"[resume] {ALGO} run at iteration {start_iter}, {env_steps} env steps")
     else:
         print(f"[eval] evaluating the pre-trained policy ({args.eval_episodes} episodes)...", flush=True)
-        evals.add(env_steps, *evaluate(act, args, normalization))
+        evals.run(env_steps, act, args, normalization)
 
     vec = envs.make_vec_env(args.env_id, E, args.seed + start_iter * E, args.act_steps, args.cond_steps, normalization,
                             args.async_envs)
@@ -555,19 +531,11 @@ def main(args):
                 writer.add_scalar(f"losses/{key}", stats[key], env_steps)
             writer.add_scalar("values/return_to_go_mean", stats["return_to_go_mean"], env_steps)
             writer.add_scalar("charts/update_samples", stats["samples"], env_steps)
-        writer.add_scalar("charts/SPS", int(steps_per_iter / (time.time() - t_iter)), env_steps)
+        runs.log_iteration(writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes)
         writer.add_scalar("charts/learning_rate", opt.param_groups[0]["lr"], env_steps)
-        writer.add_scalar("charts/peak_memory_mb", runs.peak_memory_mb(device), env_steps)
-        writer.add_scalar("time/rollout_s", t_rollout, env_steps)
-        writer.add_scalar("time/update_s", t_update, env_steps)
-        if successes:
-            writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
         if iteration % args.eval_freq == 0 or iteration == num_iters:
-            evals.add(env_steps, *evaluate(act, args, normalization))
-        shown = {"return": np.mean(recent_returns[-50:]) if recent_returns else float("nan"), "eval": evals.last}
-        if robo:
-            shown.update(success=envs.success_rate(successes), eval_success=evals.last_success)
-        progress.update(iteration, num_iters, env_steps, **shown, episodes=len(episodes),
+            evals.run(env_steps, act, args, normalization)
+        progress.update(iteration, num_iters, env_steps, recent_returns, evals, successes, episodes=len(episodes),
                         actor_loss=stats.get("actor_loss", "- (update skipped)"))
         save(iteration)
     progress.close()

@@ -559,6 +559,29 @@ def load_checkpoint(path: str, policy: str, env_id: str, backbone: str | None = 
     return ckpt
 
 
+def load_diffusion_checkpoint(path: str, args, same_horizon: bool = True) -> dict:
+    """Load a diffusion checkpoint for a script and check its flags against it, each mismatch one line naming the flag
+    to pass: denoising steps K, backbone and --cond-mlp-dims (where the script has them), chunk and observation
+    lengths (the chunk length too when `same_horizon`), and that an MLP policy executes its whole chunk."""
+    ckpt = load_checkpoint(path, "diffusion", args.env_id, hints=vars(args))
+    kw = ckpt["model_kwargs"]
+    h, c = kw["horizon_steps"], kw["cond_steps"]
+    if kw["denoising_steps"] != args.denoising_steps:
+        fail(f"{path} was pre-trained with {kw['denoising_steps']} denoising steps; pass --denoising-steps {kw['denoising_steps']}")
+    if getattr(args, "backbone", kw["backbone"]) != kw["backbone"]:
+        fail(f"{path} has backbone {kw['backbone']}; pass --backbone {kw['backbone']}")
+    if args.act_steps > h or c != args.cond_steps or (same_horizon and h != args.horizon_steps):
+        fail(f"{path} predicts chunks of {h} from {c} observation(s); pass --act-steps <= {h} --horizon-steps {h} "
+             f"--cond-steps {c}")
+    if kw["backbone"] == "mlp" and args.act_steps != h:
+        fail(f"an MLP policy executes its whole chunk: pass --act-steps {h} (the UNet may execute fewer)")
+    wanted, has = tuple(getattr(args, "cond_mlp_dims", ())), tuple(kw.get("cond_mlp_dims") or ())
+    if wanted and wanted != has:
+        fail(f"{path} has cond_mlp_dims {has}, not {wanted}; drop --cond-mlp-dims (fine-tuning uses the checkpoint's) "
+             "or pre-train one with those widths")
+    return ckpt
+
+
 def check_cond_mlp(path: str, ckpt: dict):
     """A diffusion MLP's observation encoder: the widths its weights have must be the `cond_mlp_dims` its config says."""
     has = tuple(int(v.shape[0]) for k, v in ckpt["model"].items() if k.startswith("cond_mlp.") and k.endswith(".weight"))

@@ -16,7 +16,6 @@ See docs/exact_likelihood_pg.md for the derivation of the SDE and every deviatio
 
 import copy
 import math
-import random
 import time
 from dataclasses import asdict, dataclass
 from typing import Literal, Optional
@@ -651,13 +650,6 @@ def eval_act(actor, actor_ft, sched, plan, ft_steps, kw, args, device):
     return act
 
 
-def evaluate(act, args, normalization):
-    """(mean, std) return and success rate (returns > 0, robomimic) of `act` over --eval-episodes episodes."""
-    returns, _ = envs.run_episodes(act, args.env_id, args.eval_episodes, args.seed + 10_000, args.act_steps,
-                                   args.cond_steps, normalization, args.async_envs)
-    return float(np.mean(returns)), float(np.std(returns)), envs.success_rate(returns)
-
-
 def check_args(args):
     runs.check_ranges(args, None if args.eval_only else args.num_envs * args.n_steps * args.act_steps)
     if args.act_steps > args.horizon_steps:
@@ -674,17 +666,7 @@ def check_args(args):
 
 def load_diffusion_checkpoint(path, args):
     """Load a diffusion checkpoint and check it against the flags (one-line errors)."""
-    ckpt = envs.load_checkpoint(path, "diffusion", args.env_id)
-    kw = ckpt["model_kwargs"]
-    if kw["denoising_steps"] != args.denoising_steps:
-        envs.fail(f"{path} was pre-trained with {kw['denoising_steps']} denoising steps; pass --denoising-steps {kw['denoising_steps']}")
-    if kw["backbone"] != args.backbone:
-        envs.fail(f"{path} has backbone {kw['backbone']}; pass --backbone {kw['backbone']}")
-    if args.act_steps > kw["horizon_steps"] or kw["cond_steps"] != args.cond_steps or kw["horizon_steps"] != args.horizon_steps:
-        envs.fail(f"{path} predicts chunks of {kw['horizon_steps']} from {kw['cond_steps']} observation(s); pass "
-                  f"--act-steps <= {kw['horizon_steps']} --horizon-steps {kw['horizon_steps']} --cond-steps {kw['cond_steps']}")
-    if kw["backbone"] == "mlp" and args.act_steps != kw["horizon_steps"]:
-        envs.fail(f"an MLP policy executes its whole chunk: pass --act-steps {kw['horizon_steps']} (the UNet may execute fewer)")
+    ckpt = envs.load_diffusion_checkpoint(path, args)
     if ckpt["algo"] == ALGO and ckpt.get("ft_denoising_steps") != args.ft_denoising_steps:
         envs.fail(f"{path} fine-tuned {ckpt['ft_denoising_steps']} denoising steps; pass --ft-denoising-steps {ckpt['ft_denoising_steps']}")
     return ckpt
@@ -697,11 +679,7 @@ def main(args):
     steps_per_iter = args.num_envs * args.n_steps * args.act_steps
     num_iters = max(1, args.total_timesteps // steps_per_iter)
     print(f"[start] {ALGO} on {args.env_id}: {num_iters} iterations of {steps_per_iter} env steps", flush=True)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    device = runs.seed_everything(args)
 
     path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", args.backbone)
     ckpt = load_diffusion_checkpoint(path, args)  # before creating the run dir: a bad input writes nothing
@@ -733,14 +711,10 @@ def main(args):
 
     if args.eval_only:
         act = eval_act(actor, actor_ft, sched, plan, K_ft if own else 0, kw, args, device)
-        ret, std, succ = evaluate(act, args, normalization)
+        ret, std, succ = evals.run(ckpt.get("env_steps", 0), act, args, normalization)
         success = f", success rate {succ:.2f}" if robo else ""
         print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes{success}")
-        evals.add(ckpt.get("env_steps", 0), ret, succ)
-        if args.capture_video:
-            runs.capture_video(run_dir, args.env_id, act, args.act_steps, args.cond_steps, normalization, args.seed)
-        mem = runs.peak_memory_mb(device)
-        runs.write_summary(run_dir, ALGO, args, ckpt.get("env_steps", 0), 0.0, **evals.summary(), peak_memory_mb=mem)
+        runs.finish_run(run_dir, ALGO, args, ckpt.get("env_steps", 0), 0.0, evals, device, writer, act, normalization)
         return
 
     obs_dim, action_dim, Tp = kw["obs_dim"], kw["action_dim"], kw["horizon_steps"]
@@ -758,8 +732,7 @@ def main(args):
         start_iter, env_steps = resume["iteration"], resume["env_steps"]
     else:
         print(f"[eval] evaluating the pre-trained policy ({args.eval_episodes} episodes)...", flush=True)
-        ret, _, succ = evaluate(eval_act(actor, actor_ft, sched, plan, 0, kw, args, device), args, normalization)
-        evals.add(env_steps, ret, succ)
+        evals.run(env_steps, eval_act(actor, actor_ft, sched, plan, 0, kw, args, device), args, normalization)
     divergence = "exact" if args.hutchinson_probes == 0 else f"Hutchinson, {args.hutchinson_probes} Rademacher probes"
     print(f"[likelihood] PF-ODE {args.sde_method}, step {args.sde_step_size}, t from "
           f"{args.sde_eps if args.sde_eps is not None else 1 / sde.K:.4g} to 1, divergence {divergence}")
@@ -852,30 +825,17 @@ def main(args):
         writer.add_scalar("values/logprob_mean", old_logp.mean().item(), env_steps)
         clamped = ((old_logp < args.logprob_min) | (old_logp > args.logprob_max)).float().mean().item()
         writer.add_scalar("values/logprob_clamped_frac", clamped, env_steps)
-        writer.add_scalar("charts/SPS", int(steps_per_iter / (time.time() - t_iter)), env_steps)
+        runs.log_iteration(writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes)
         writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
-        writer.add_scalar("time/rollout_s", t_rollout, env_steps)
-        writer.add_scalar("time/update_s", t_update, env_steps)
         writer.add_scalar("time/old_logprob_s", t_logp, env_steps)
-        writer.add_scalar("charts/peak_memory_mb", runs.peak_memory_mb(device), env_steps)
-        if successes:
-            writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
         if iteration % args.eval_freq == 0 or iteration == num_iters:
-            ret, _, succ = evaluate(eval_act(actor, actor_ft, sched, plan, K_ft, kw, args, device), args, normalization)
-            evals.add(env_steps, ret, succ)
-        numbers = {"return": np.mean(recent_returns[-50:]) if recent_returns else float("nan"), "eval": evals.last}
-        if robo:
-            numbers.update(success=envs.success_rate(successes), eval_success=evals.last_success)
-        progress.update(iteration, num_iters, env_steps, **numbers, logp=old_logp.mean().item(), kl=stats["approx_kl"])
+            evals.run(env_steps, eval_act(actor, actor_ft, sched, plan, K_ft, kw, args, device), args, normalization)
+        progress.update(iteration, num_iters, env_steps, recent_returns, evals, successes, logp=old_logp.mean().item(), kl=stats["approx_kl"])
         save(iteration)
     progress.close()
     vec.close()
-    if args.capture_video:
-        act = eval_act(actor, actor_ft, sched, plan, K_ft, kw, args, device)
-        runs.capture_video(run_dir, args.env_id, act, args.act_steps, args.cond_steps, normalization, args.seed)
-    wall, mem = time.time() - t_start, runs.peak_memory_mb(device)
-    runs.write_summary(run_dir, ALGO, args, env_steps, wall, **evals.summary(), peak_memory_mb=mem)
-    writer.close()
+    act = eval_act(actor, actor_ft, sched, plan, K_ft, kw, args, device)
+    runs.finish_run(run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization)
 
 
 if __name__ == "__main__":

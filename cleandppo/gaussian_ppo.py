@@ -13,7 +13,6 @@ A checkpoint can also be rolled out into a D4RL-format dataset with --record-dat
 import copy
 import math
 import os
-import random
 import time
 from dataclasses import asdict, dataclass
 from typing import Literal, Optional
@@ -437,13 +436,6 @@ def eval_act(policy, args, device):
     return act
 
 
-def evaluate(act, args, normalization):
-    """(mean, std) return and success rate (returns > 0, robomimic) of `act` over --eval-episodes episodes."""
-    returns, _ = envs.run_episodes(act, args.env_id, args.eval_episodes, args.seed + 10_000, args.act_steps,
-                                   args.cond_steps, normalization, args.async_envs)
-    return float(np.mean(returns)), float(np.std(returns)), envs.success_rate(returns)
-
-
 def make_checkpoint(policy, kwargs, normalization, args, iteration, env_steps, **extra):
     if envs.is_robomimic(args.env_id):  # the env meta in use (a dataset's env_args), restored when loading
         extra["robomimic_env_args"] = envs.robomimic_env_args(args.env_id)
@@ -564,11 +556,7 @@ def main(args):
     steps_per_iter = args.num_envs * args.n_steps * args.act_steps
     num_iters = max(1, args.total_timesteps // steps_per_iter)
     print(f"[start] {ALGO} on {args.env_id}: {num_iters} iterations of {steps_per_iter} env steps", flush=True)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    device = runs.seed_everything(args)
     obs_dim, action_dim = envs.env_dims(args.env_id)
 
     # ---- load (and check) a checkpoint before writing anything, then build the policy ----
@@ -613,14 +601,10 @@ def main(args):
         return
     if args.eval_only or args.pretrain_only:
         act = eval_act(policy, args, device)
-        ret, std, succ = evaluate(act, args, normalization)
+        ret, std, succ = evals.run(env_steps, act, args, normalization)
         success = f", success rate {succ:.2f}" if robo else ""
         print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes{success}")
-        evals.add(env_steps, ret, succ)
-        if args.capture_video:
-            runs.capture_video(run_dir, args.env_id, act, args.act_steps, args.cond_steps, normalization, args.seed)
-        mem = runs.peak_memory_mb(device)
-        runs.write_summary(run_dir, ALGO, args, env_steps, 0.0, **evals.summary(), peak_memory_mb=mem)
+        runs.finish_run(run_dir, ALGO, args, env_steps, 0.0, evals, device, writer, act, normalization)
         return
 
     critic = Critic(obs_dim, args.cond_steps, args.critic_dims).to(device)  # fresh critic (official)
@@ -639,8 +623,7 @@ def main(args):
     else:
         which = "initial" if args.from_scratch else "pre-trained"
         print(f"[eval] evaluating the {which} policy ({args.eval_episodes} episodes)...", flush=True)
-        ret, _, succ = evaluate(eval_act(policy, args, device), args, normalization)
-        evals.add(env_steps, ret, succ)
+        evals.run(env_steps, eval_act(policy, args, device), args, normalization)
 
     seed = args.seed + start_iter * args.num_envs
     vec = envs.make_vec_env(args.env_id, args.num_envs, seed, args.act_steps, args.cond_steps, normalization, args.async_envs)
@@ -717,33 +700,20 @@ def main(args):
             writer.add_scalar(f"losses/{k}", v, env_steps)
         explained_var = 1 - np.var(returns - values) / (np.var(returns) + 1e-8)
         writer.add_scalar("losses/explained_variance", explained_var, env_steps)
-        writer.add_scalar("charts/SPS", int(steps_per_iter / (time.time() - t_iter)), env_steps)
+        runs.log_iteration(writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes)
         writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
-        writer.add_scalar("time/rollout_s", t_rollout, env_steps)
-        writer.add_scalar("time/update_s", t_update, env_steps)
-        writer.add_scalar("charts/peak_memory_mb", runs.peak_memory_mb(device), env_steps)
-        if successes:
-            writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
         if iteration % args.eval_freq == 0 or iteration == num_iters:
-            ret, _, succ = evaluate(eval_act(policy, args, device), args, normalization)
-            evals.add(env_steps, ret, succ)
+            evals.run(env_steps, eval_act(policy, args, device), args, normalization)
         mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
-        numbers = {"return": mean_ret, "eval": evals.last}
-        if robo:
-            numbers.update(success=envs.success_rate(successes), eval_success=evals.last_success)
-        progress.update(iteration, num_iters, env_steps, **numbers, kl=stats["approx_kl"], std=stats["std"])
+        progress.update(iteration, num_iters, env_steps, recent_returns, evals, successes, kl=stats["approx_kl"], std=stats["std"])
         save(iteration)
         if args.target_return is not None and len(recent_returns) >= 50 and mean_ret >= args.target_return:
             print(f"[stop] mean training return {mean_ret:.1f} >= --target-return {args.target_return}")
             break
     progress.close()
     vec.close()
-    if args.capture_video:
-        act = eval_act(policy, args, device)
-        runs.capture_video(run_dir, args.env_id, act, args.act_steps, args.cond_steps, normalization, args.seed)
-    wall, mem = time.time() - t_start, runs.peak_memory_mb(device)
-    runs.write_summary(run_dir, ALGO, args, env_steps, wall, **evals.summary(), peak_memory_mb=mem)
-    writer.close()
+    act = eval_act(policy, args, device)
+    runs.finish_run(run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization)
 
 
 def _load_policy(ckpt, device):

@@ -386,6 +386,16 @@ def write_summary(run_dir: str, algo: str, args, env_steps: int, wall: float, pr
     print(f"[done] summary in {os.path.join(run_dir, 'summary.json')}")
 
 
+def finish_run(run_dir: str, algo: str, args, env_steps: int, wall: float, evals, device, writer, act, normalization):
+    """End a run: summary.json first (the evaluations, peak memory), then with --capture-video one evaluation episode
+    of `act` as an mp4 (a task that cannot render says so in one line and the summary is kept), then close the
+    TensorBoard writer."""
+    write_summary(run_dir, algo, args, env_steps, wall, **evals.summary(), peak_memory_mb=peak_memory_mb(device))
+    if args.capture_video:
+        capture_video(run_dir, args.env_id, act, args.act_steps, args.cond_steps, normalization, args.seed)
+    writer.close()
+
+
 def peak_memory_mb(device) -> float:
     """Peak GPU memory (MB) since the last reset on CUDA; peak resident memory of the process on CPU."""
     import resource
@@ -438,10 +448,14 @@ class Progress:
             self.bar = tqdm(total=total_steps, initial=done_steps, desc=desc, unit="step", unit_scale=True,
                             dynamic_ncols=True)
 
-    def update(self, iteration: int, num_iters: int, env_steps: int, **numbers):
-        """Report the end of `iteration`; `numbers` (return, eval, success, kl, ...) are shown as given, NaN ones
-        omitted."""
-        shown = {k: v for k, v in numbers.items() if not (isinstance(v, float) and np.isnan(v))}
+    def update(self, iteration: int, num_iters: int, env_steps: int, recent_returns, evals, successes, **numbers):
+        """Report the end of `iteration`: the mean return of the last 50 training episodes, the last evaluation,
+        on robomimic tasks the iteration's and the last evaluation's success rates, then the script's own `numbers`
+        (kl, q_loss, ...) as given; NaN ones are omitted."""
+        shown = {"return": np.mean(recent_returns[-50:]) if recent_returns else float("nan"), "eval": evals.last}
+        if evals.robomimic:
+            shown.update(success=envs.success_rate(successes), eval_success=evals.last_success)
+        shown = {k: v for k, v in dict(shown, **numbers).items() if not (isinstance(v, float) and np.isnan(v))}
         text = " | ".join(f"{k} {_number(v)}" for k, v in shown.items())
         if self.bar is not None:
             self.bar.update(env_steps - self.bar.n)
@@ -478,6 +492,16 @@ class Evaluations:
         if self.robomimic:
             self.writer.add_scalar("eval/success_rate", success, env_steps)
 
+    def run(self, env_steps: int, act, args, normalization) -> tuple[float, float, float]:
+        """Evaluate the action function `act` over --eval-episodes episodes (envs.run_episodes; env i seeded with
+        --seed + 10000 + i), record the result at `env_steps` and return (mean return, its std, success rate:
+        the fraction of returns > 0, meaningful on robomimic's 0/1 reward)."""
+        returns, _ = envs.run_episodes(act, args.env_id, args.eval_episodes, args.seed + 10_000, args.act_steps,
+                                       args.cond_steps, normalization, args.async_envs)
+        mean, std, success = float(np.mean(returns)), float(np.std(returns)), envs.success_rate(returns)
+        self.add(env_steps, mean, success)
+        return mean, std, success
+
     def state_dict(self) -> dict:
         state = dict(pretrained_eval_return=self.pretrained, best_eval_return=self.best)
         if self.robomimic:
@@ -493,6 +517,30 @@ class Evaluations:
         """write_summary's pretrained/final/best and success arguments."""
         success = (self.pretrained_success, self.last_success, self.best_success) if self.robomimic else ()
         return dict(pretrained=self.pretrained, final=self.last, best=self.best, success=success)
+
+
+def seed_everything(args):
+    """Seed Python, numpy and torch with --seed, make cuDNN deterministic as --torch-deterministic says, and return
+    the device: CUDA when it is available and --cuda, else the CPU."""
+    import torch
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    return torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+
+def log_iteration(writer, env_steps: int, steps_per_second: float, t_rollout: float, t_update: float, device,
+                  successes: list):
+    """The charts every script logs after an iteration: charts/SPS, time/rollout_s, time/update_s,
+    charts/peak_memory_mb and, when episodes reported success (robomimic), charts/success_rate."""
+    writer.add_scalar("charts/SPS", int(steps_per_second), env_steps)
+    writer.add_scalar("time/rollout_s", t_rollout, env_steps)
+    writer.add_scalar("time/update_s", t_update, env_steps)
+    writer.add_scalar("charts/peak_memory_mb", peak_memory_mb(device), env_steps)
+    if successes:
+        writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
 
 
 def log_episodes(writer, infos: dict, env_steps: int, recent_returns: list, successes: list):

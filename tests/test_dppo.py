@@ -2,6 +2,7 @@
 
 import math
 import os
+import types
 
 import numpy as np
 import pytest
@@ -412,7 +413,9 @@ def test_evaluation_runs_the_fine_tuned_network_for_the_fine_tuned_steps(monkeyp
     monkeypatch.setattr(dppo.envs, "run_episodes", fake_run_episodes)
     args = dppo.Args(denoising_steps=6, act_steps=2, horizon_steps=2)
     sched, plan = dppo.make_schedule(6), dppo.denoising_plan(6, None)
-    dppo.evaluate(dppo.eval_act(actor, actor_ft, sched, plan, eval_ft, kw, args, torch.device("cpu")), args, None)
+    dppo.runs.Evaluations(types.SimpleNamespace(add_scalar=lambda *a: None), False).run(
+        0, dppo.eval_act(actor, actor_ft, sched, plan, eval_ft, kw, args, torch.device("cpu")), args, None
+    )
     obs = np.zeros((4, 1, 3), np.float32)
     torch.manual_seed(0)
     used = captured["act"](obs)

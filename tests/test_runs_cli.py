@@ -51,10 +51,22 @@ def test_progress_plain_line_counts_steps_and_time_left(capsys, monkeypatch):
     clock = iter([100.0, 110.0])  # started at t=100, first report at t=110
     monkeypatch.setattr(runs.time, "time", lambda: next(clock))
     progress = runs.Progress(total_steps=1000, done_steps=200)  # pytest's stderr is not a terminal: plain lines
-    progress.update(3, 10, 400, ret=12.5, eval=float("nan"), kl=0.00123)
+    evals = runs.Evaluations(Writer(), robomimic=True)
+    evals.add(0, 3.0, 0.25)
+    recent = [100.0] * 10 + [1.0] * 50  # only the last 50 episodes count
+    progress.update(3, 10, 400, recent, evals, [True, False, False, False], kl=0.00123, q=float("nan"))
     line = capsys.readouterr().out.strip()
     # 200 steps in 10 s = 20 SPS; 600 steps left = 30 s = 0.5 min; NaN numbers are left out
-    assert line == "iter 3/10 | steps 400/1000 | ret 12.5 | kl 0.00123 | SPS 20 | left 0.5m"
+    assert line == (
+        "iter 3/10 | steps 400/1000 | return 1 | eval 3 | success 0.25 | eval_success 0.25 | kl 0.00123 | SPS 20 | "
+        "left 0.5m"
+    )
+
+
+def test_progress_line_has_no_success_outside_robomimic(capsys):
+    evals = runs.Evaluations(Writer(), robomimic=False)
+    runs.Progress(total_steps=10).update(1, 1, 10, [], evals, [])
+    assert "success" not in capsys.readouterr().out
 
 
 class Writer:
