@@ -1,4 +1,4 @@
-"""The contract all ten scripts keep (issue #13, "one skeleton"; docs/conventions): the ALGO constant, the common
+"""The contract all ten scripts keep (issue #13, "one skeleton"; docs/contract.md): the ALGO constant, the common
 Args fields in their order, task_defaults, no command-line parsing outside runs.parse_args, and what one tiny
 fine-tuning run on avoid-m2 leaves behind (TensorBoard tags, summary.json keys). Every test runs once per script, so
 a script that breaks the contract fails under its own name.
@@ -22,7 +22,7 @@ from conftest import run_main, scalar_tags
 
 torch.set_num_threads(1)
 SCRIPTS = ("dppo", "gaussian_ppo", "gmm_ppo", "exact_likelihood_pg", "dawr", "drwr", "dipo", "idql", "dql", "qsm")
-COMMON_FIELDS = tuple(  # spec item 2, in this order
+COMMON_FIELDS = tuple(  # docs/contract.md item 2, in this order
     "env_id seed num_envs total_timesteps checkpoint eval_only eval_freq eval_episodes run_dir overwrite save_freq "
     "cuda torch_deterministic track capture_video async_envs".split()
 )
@@ -44,12 +44,12 @@ SMALL = {  # per script: what makes its one iteration take a second or two
 }
 REPLAY_BUFFER = ("dawr", "dipo", "idql", "dql", "qsm")
 PPO = ("dppo", "gaussian_ppo", "gmm_ppo", "exact_likelihood_pg")
-TAGS = tuple(  # spec item 6: every fine-tuning run
+TAGS = tuple(  # docs/contract.md item 6: every fine-tuning run
     "charts/episodic_return charts/episodic_length charts/SPS charts/learning_rate charts/peak_memory_mb "
     "eval/episodic_return time/rollout_s time/update_s".split()
 )
-PPO_TAGS = ("losses/policy_loss", "losses/value_loss", "losses/approx_kl", "losses/clipfrac")  # spec item 6
-SUMMARY_KEYS = (*conftest.SUMMARY_KEYS, "peak_memory_mb")  # spec item 7
+PPO_TAGS = ("losses/policy_loss", "losses/value_loss", "losses/approx_kl", "losses/clipfrac")  # docs/contract.md item 6
+SUMMARY_KEYS = (*conftest.SUMMARY_KEYS, "peak_memory_mb")  # docs/contract.md item 7
 
 
 def load(script):
