@@ -2,6 +2,7 @@
 
     python tests/mutations.py            # every mutation below (about 15 minutes on 2 busy cores)
     python tests/mutations.py gae ppo    # only those whose name contains one of the words
+    python tests/mutations.py --check    # only list the entries whose text no longer occurs once (seconds)
 
 Each entry of MUTATIONS is a line `name | script in cleandppo/ | the tests that must fail (a file, optionally with
 pytest's -k)`, then one or more pairs of lines `- text as it is` / `+ broken text` (a backslash-n stands for a line
@@ -239,6 +240,21 @@ every evaluation counted as the pre-trained one | runs.py | tests/test_runs_cli.
 progress rate counts resumed steps | runs.py | tests/test_runs_cli.py
 - sps = (env_steps - self.start)
 + sps = env_steps
+diffusion checkpoint chunk length not checked | envs.py | tests/test_envs.py -k load_diffusion_checkpoint
+- or (same_horizon and h != args.horizon_steps)
++ or False
+diffusion checkpoint backbone not checked | envs.py | tests/test_envs.py -k load_diffusion_checkpoint
+- if getattr(args, "backbone", kw["backbone"]) != kw["backbone"]:
++ if False:
+an iteration without its update time | runs.py | tests/test_contract.py -k tags
+- writer.add_scalar("time/update_s", t_update, env_steps)
++ pass
+an evaluation that is not recorded | runs.py | tests/test_runs_cli.py
+- self.add(env_steps, mean, success)
++ pass
+evaluation envs seeded like the training envs | runs.py | tests/test_runs_cli.py
+- args.seed + 10_000, args.act_steps,
++ args.seed, args.act_steps,
 # issue #16: official formats and the points where we follow the official code
 official diffusion checkpoint takes model, not ema | official.py | tests/test_official.py -k ema_weights
 - entry = "ema" if policy == "diffusion" and "ema" in raw else "model"
@@ -308,8 +324,8 @@ cond_mlp dropped when rebuilding from model_kwargs (idql) | idql.py | tests/test
 cond_mlp_dims not stored in the checkpoint (dppo) | dppo.py | tests/test_robomimic_checkpoints.py -k stores
 - cond_mlp_dims=tuple(args.cond_mlp_dims),
 +
---cond-mlp-dims that disagrees with the checkpoint accepted (dppo) | dppo.py | tests/test_robomimic_checkpoints.py -k flag
-- if args.cond_mlp_dims and tuple(args.cond_mlp_dims) != tuple(kw.get("cond_mlp_dims") or ()):
+--cond-mlp-dims that disagrees with the checkpoint accepted | envs.py | tests/test_robomimic_checkpoints.py -k flag
+- if wanted and wanted != has:
 + if False:
 cond_mlp weights and config that disagree accepted | envs.py | tests/test_robomimic_checkpoints.py -k disagree
 - if has != says:
@@ -365,9 +381,21 @@ def run(name, script, edits, test):
         shutil.rmtree(scratch)
 
 
+def stale(name, script, edits, test):
+    """Without running anything: None when every text of the entry occurs exactly once in its script."""
+    with open(os.path.join(ROOT, "cleandppo", script)) as f:
+        text = f.read()
+    counts = [text.count(o) for o, _ in edits]
+    return None if all(c == 1 for c in counts) else f"STALE     {name}: occurrences {counts} in {script}"
+
+
 if __name__ == "__main__":
-    words = sys.argv[1:]
+    words = [w for w in sys.argv[1:] if w != "--check"]
     chosen = [m for m in parse(MUTATIONS) if not words or any(w.lower() in m[0].lower() for w in words)]
+    if "--check" in sys.argv:  # only say which entries no longer match their script (after an edit or a reformat)
+        problems = [r for r in map(lambda m: stale(*m), chosen) if r]
+        print("\n".join(problems) or f"all {len(chosen)} entries match their scripts")
+        sys.exit(bool(problems))
     results = [run(*m) for m in chosen]
     print("\n".join(results))
     sys.exit(any(not r.startswith("CAUGHT") for r in results))

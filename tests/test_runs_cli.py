@@ -119,3 +119,25 @@ def test_log_episodes_logs_only_the_finished_ones():
         ("charts/episodic_return", 30.0, 64),
         ("charts/episodic_length", 7, 64),
     ]
+
+
+def test_evaluations_run_records_mean_std_and_success(monkeypatch):
+    calls = []
+
+    def fake_run_episodes(act, env_id, episodes, seed, act_steps, cond_steps, normalization, asynchronous):
+        calls.append((env_id, episodes, seed, act_steps, cond_steps))
+        return [0.0, 2.0, 4.0, 0.0], [10, 10, 10, 10]
+
+    monkeypatch.setattr(runs.envs, "run_episodes", fake_run_episodes)
+    args = dataclasses.make_dataclass(
+        "A", [("env_id", str), ("eval_episodes", int), ("seed", int), ("act_steps", int), ("cond_steps", int)]
+    )("lift", 4, 3, 4, 1)
+    args.async_envs = False
+    writer = Writer()
+    evals = runs.Evaluations(writer, robomimic=True)
+    mean, std, success = evals.run(500, None, args, None)
+    # returns 0, 2, 4, 0: mean 1.5, population std sqrt((2.25 + 0.25 + 6.25 + 2.25) / 4), two of four > 0
+    assert (mean, success) == (1.5, 0.5) and std == pytest.approx((11 / 4) ** 0.5)
+    assert calls == [("lift", 4, 10_003, 4, 1)]  # evaluation envs are seeded apart from the training envs
+    assert writer.scalars == [("eval/episodic_return", 1.5, 500), ("eval/success_rate", 0.5, 500)]
+    assert evals.summary()["pretrained"] == 1.5
