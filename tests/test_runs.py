@@ -394,7 +394,7 @@ def test_every_numeric_flag_has_a_rule_and_out_of_range_values_are_one_line(scri
             bad = [(b,) * len(value) for b in bad] if floats else bad
         else:
             bad = [-1] if name in runs.INT_FROM_ZERO else [0]
-            bad = [tuple(bad * len(value))] if isinstance(value, tuple) else bad
+            bad = [tuple(bad * max(1, len(value)))] if isinstance(value, tuple) else bad  # () too: (0,)
         for v in bad:
             with pytest.raises(SystemExit) as e:
                 runs.check_ranges(module.Args(**{name: v}))
