@@ -727,4 +727,5 @@ def _load_policy(ckpt, device):
 
 if __name__ == "__main__":
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
+    # tyro parses Args from the command line, starting from the task_defaults values (runs.parse_args)
     runs.run_cli(main, runs.parse_args(Args, task_defaults))

@@ -649,4 +649,5 @@ def main(args):
 
 
 if __name__ == "__main__":
+    # tyro parses Args from the command line, starting from the task_defaults values (runs.parse_args)
     runs.run_cli(main, runs.parse_args(Args, task_defaults))
