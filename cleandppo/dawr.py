@@ -10,8 +10,6 @@ denoising loss weighted by w = min(exp(beta * A_norm), max_adv_weight), A standa
 """
 
 import math
-import random
-import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -19,16 +17,17 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn as nn
-import tyro
 
 from cleandppo import envs, runs
+
+ALGO = "dawr"
 
 
 @dataclass
 class Args:
     # --- common contract (see the README) ---
     env_id: str = "Hopper-v2"
-    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or a gymnasium v4/v5 id)"""
+    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or a gymnasium v4/v5 id), lift/can/square/transport, avoid-m1/m2/m3"""
     seed: int = 0
     """seeds torch, numpy and every environment (env i gets seed + i)"""
     num_envs: int = 40
@@ -36,8 +35,8 @@ class Args:
     total_timesteps: int = 1_000_000
     """fine-tuning budget in environment steps"""
     checkpoint: Optional[str] = None
-    """diffusion policy to fine-tune (made by any cleandppo diffusion script), or a dawr run's checkpoint to
-    resume (checkpoint_last.pt also holds the replay buffer); default: the bundled pre-trained one for --env-id"""
+    """pre-trained diffusion policy to fine-tune (any cleandppo diffusion script's), or a run's checkpoint of this
+    script to resume; default: the bundled one"""
     eval_only: bool = False
     """only evaluate --checkpoint"""
     eval_freq: int = 10
@@ -45,7 +44,7 @@ class Args:
     eval_episodes: int = 10
     """episodes per evaluation"""
     run_dir: Optional[str] = None
-    """where logs, checkpoints and summary.json go (default runs/<env>__dawr__<seed>__<time>)"""
+    """where logs, checkpoints and summary.json go (default runs/<env>__<algo>__<seed>__<time>; a resume: its own dir)"""
     overwrite: bool = False
     """replace the run already in --run-dir (without it such a dir is refused unless this run resumes it)"""
     save_freq: int = 10
@@ -56,6 +55,8 @@ class Args:
     """deterministic torch kernels"""
     track: bool = False
     """also log to Weights & Biases"""
+    capture_video: bool = False
+    """record one evaluation episode to the run dir as an mp4 at the end (runs.capture_video)"""
     async_envs: bool = False
     """step environments in subprocesses (gymnasium AsyncVectorEnv)"""
 
@@ -124,18 +125,13 @@ ROBOMIMIC = dict(  # robomimic ids (dppo-facts 4.5, ft_awr_diffusion_mlp)
 ROBOMIMIC_N_STEPS = dict(lift=300, can=300, square=400, transport=400)  # N Ta = 4 episodes per env and iteration (dppo-facts 4.5)
 
 
-def apply_task_defaults(args, cli):
-    """Robomimic ids: the tables above and act_steps = horizon_steps = Ta for each field not in `cli`, printed; True."""
+def task_defaults(args) -> dict:
+    """Robomimic ids: the tables above with act_steps = horizon_steps = Ta; {} (the Gym defaults) otherwise."""
     if not envs.is_robomimic(args.env_id):
-        return False
+        return {}
     task = envs.resolve_env_id(args.env_id)
     ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
-    table = dict(ROBOMIMIC, n_steps=ROBOMIMIC_N_STEPS[task], act_steps=ta, horizon_steps=ta)
-    given = {a.split("=")[0].replace("_", "-") for a in cli}  # flags given explicitly keep their value
-    table = {k: v for k, v in table.items() if f"--{k.replace('_', '-')}" not in given}
-    vars(args).update(table)
-    print(f"[{task}] per-task defaults: " + ", ".join(f"{k}={v}" for k, v in table.items()))
-    return True
+    return dict(ROBOMIMIC, n_steps=ROBOMIMIC_N_STEPS[task], act_steps=ta, horizon_steps=ta)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -394,8 +390,9 @@ class ReplayBuffer:
         """Row indices oldest to newest."""
         return (np.arange(self.size) + (self.ptr if self.size == self.rows else 0)) % self.rows
 
-    def sample_indices(self, batch_size, generator=None):
-        """Uniform with replacement over all size x E stored transitions (official: only the first rows)."""
+    def sample(self, batch_size, generator=None):
+        """Indices of a minibatch drawn uniformly with replacement over all size x E stored transitions (official:
+        only the first rows)."""
         flat = torch.randint(0, self.size * self.E, (batch_size,), generator=generator).numpy()
         return flat // self.E, flat % self.E  # (position in chronological order, env)
 
@@ -465,7 +462,7 @@ def dawr_update(actor, critic, actor_opt, critic_opt, sched, buf, args, device, 
     rows, _, targets = buffer_targets(critic, buf, args, device)
     v_losses = []
     for _ in range(num_critic):
-        pos, env = buf.sample_indices(args.batch_size, generator)
+        pos, env = buf.sample(args.batch_size, generator)
         loss = value_loss(critic, torch.as_tensor(buf.obs[rows[pos], env], device=device),
                           torch.as_tensor(targets[pos, env], device=device))
         critic_opt.zero_grad()
@@ -476,7 +473,7 @@ def dawr_update(actor, critic, actor_opt, critic_opt, sched, buf, args, device, 
     advantages = targets - values
     a_losses, w_means, clipped = [], [], []
     for _ in range(num_batch):
-        pos, env = buf.sample_indices(args.batch_size, generator)
+        pos, env = buf.sample(args.batch_size, generator)
         w = awr_weights(torch.as_tensor(advantages[pos, env], device=device), args.beta, args.max_adv_weight)
         loss = pretrain_loss(actor, sched, torch.as_tensor(buf.chunks[rows[pos], env], device=device),
                              torch.as_tensor(buf.obs[rows[pos], env], device=device), len(sched["betas"]), w)
@@ -499,17 +496,14 @@ def dawr_update(actor, critic, actor_opt, critic_opt, sched, buf, args, device, 
 # ------------------------------------------------------------------------------------------------
 # Evaluation, checks, main
 # ------------------------------------------------------------------------------------------------
-def evaluate(actor, sched, kw, args, normalization, device):
-    """Mean and std of the return and the success rate (returns > 0; robomimic) over --eval-episodes episodes
-    without exploration noise (paper D.2)."""
+def eval_policy(actor, sched, kw, args, device):
+    """The deterministic evaluation action function: no exploration noise (paper D.2)."""
 
     def act(obs):
         return sample(actor, sched, torch.as_tensor(obs, device=device), kw["horizon_steps"], kw["action_dim"], "eval",
                       randn_clip=args.randn_clip_value, clip=args.denoised_clip_value).cpu().numpy()
 
-    returns, _ = envs.run_episodes(act, args.env_id, args.eval_episodes, args.seed + 10_000, args.act_steps,
-                                   args.cond_steps, normalization, args.async_envs)
-    return float(np.mean(returns)), float(np.std(returns)), envs.success_rate(returns)
+    return act
 
 
 def check_args(args):
@@ -527,39 +521,32 @@ def check_args(args):
 
 def load_diffusion_checkpoint(path, args):
     """Load a diffusion checkpoint of any cleandppo script and check it against the flags (one-line errors)."""
-    ckpt = envs.load_checkpoint(path, "diffusion", args.env_id)
-    kw = ckpt["model_kwargs"]
-    if kw["denoising_steps"] != args.denoising_steps:
-        envs.fail(f"{path} was pre-trained with {kw['denoising_steps']} denoising steps; pass --denoising-steps {kw['denoising_steps']}")
-    if args.act_steps > kw["horizon_steps"] or kw["horizon_steps"] != args.horizon_steps or kw["cond_steps"] != args.cond_steps:
-        envs.fail(f"{path} predicts chunks of {kw['horizon_steps']} from {kw['cond_steps']} observation(s); pass "
-                  f"--act-steps <= {kw['horizon_steps']} --horizon-steps {kw['horizon_steps']} --cond-steps {kw['cond_steps']}")
-    if kw["backbone"] == "mlp" and args.act_steps != kw["horizon_steps"]:
-        envs.fail(f"an MLP policy executes its whole chunk: pass --act-steps {kw['horizon_steps']} (the UNet may execute fewer)")
+    ckpt = envs.load_diffusion_checkpoint(path, args)
     if ckpt.get("model_ft") is not None:
         print(f"[load] note: {path} is a DPPO fine-tuned checkpoint; DAWR starts from its base 'model' (not 'model_ft')")
-    if ckpt["algo"] == "dawr" and "critic" in ckpt and tuple(ckpt["args"]["critic_dims"]) != tuple(args.critic_dims):
+    if ckpt["algo"] == ALGO and "critic" in ckpt and tuple(ckpt["args"]["critic_dims"]) != tuple(args.critic_dims):
         envs.fail(f"{path} has critic dims {tuple(ckpt['args']['critic_dims'])}; pass --critic-dims "
                   f"{' '.join(map(str, ckpt['args']['critic_dims']))}")
     return ckpt
 
 
-def main(args, cli=()):
-    robo = apply_task_defaults(args, cli)
+def main(args):
+    robo = envs.is_robomimic(args.env_id)
     check_args(args)
     envs.resolve_env_id(args.env_id)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    N, E = args.n_steps, args.num_envs
+    steps_per_iter = E * N * args.act_steps
+    num_iters = max(1, args.total_timesteps // steps_per_iter)
+    plan = "evaluation only" if args.eval_only else f"{num_iters} iterations of {steps_per_iter} env steps"
+    print(f"[start] {ALGO} on {args.env_id}: {plan}", flush=True)
+    device = runs.seed_everything(args)
     path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", "mlp")
     ckpt = load_diffusion_checkpoint(path, args)
     print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
     if robo and ckpt.get("robomimic_env_args"):  # the dataset's env meta, before any env is built
         envs.set_robomimic_env_args(args.env_id, ckpt["robomimic_env_args"])
-    resume = ckpt if ckpt["algo"] == "dawr" and "critic" in ckpt else None
-    run_dir = runs.prepare_run_dir(args, "dawr", resume and path)
+    resume = ckpt if ckpt["algo"] == ALGO and "critic" in ckpt else None
+    run_dir = runs.prepare_run_dir(args, ALGO, resume and path)
     writer = runs.open_run(run_dir, args, resume and resume["env_steps"])
 
     kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
@@ -569,58 +556,55 @@ def main(args, cli=()):
     except RuntimeError:
         envs.fail("checkpoint weights do not fit the network its model_kwargs describe; it was written by another architecture")
     sched = {k: v.to(device) for k, v in make_schedule(kw["denoising_steps"]).items()}
+    act = eval_policy(actor, sched, kw, args, device)
+    evals, env_steps, t_start = runs.Evaluations(writer, robo), ckpt.get("env_steps", 0), time.time()
+
+    def finish():
+        runs.finish_run(run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization)
+
     if args.eval_only:
-        ret, std, succ = evaluate(actor, sched, kw, args, normalization, device)
-        print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes" + (f", success {succ:.2f}" if robo else ""))
-        runs.write_summary(run_dir, "dawr", args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3)
-        return
+        print(f"[eval] evaluating {path} ({args.eval_episodes} episodes)...", flush=True)
+        evals.run(env_steps, act, args, normalization)
+        print(f"[eval] return {evals.last:.1f}" + (f", success rate {evals.last_success:.2f}" if robo else ""))
+        return finish()
 
     obs_dim, action_dim, Tp = kw["obs_dim"], kw["action_dim"], kw["horizon_steps"]
     critic = Critic(obs_dim, args.cond_steps, args.critic_dims).to(device)  # fresh critic (official)
     actor_opt = torch.optim.AdamW(actor.parameters(), lr=args.actor_lr, weight_decay=args.actor_weight_decay)
     critic_opt = torch.optim.AdamW(critic.parameters(), lr=args.critic_lr, weight_decay=args.critic_weight_decay)
-    N, E = args.n_steps, args.num_envs
     buf = ReplayBuffer(args.buffer_size // E, E, (args.cond_steps, obs_dim), (Tp, action_dim))
-    steps_per_iter = E * N * args.act_steps
-    num_iters = max(1, args.total_timesteps // steps_per_iter)
     start_iter, env_steps = 0, 0
     if resume is not None:
         critic.load_state_dict(resume["critic"])
         actor_opt.load_state_dict(resume["actor_optimizer"])
         critic_opt.load_state_dict(resume["critic_optimizer"])
         start_iter, env_steps = resume["iteration"], resume["env_steps"]
-        print(f"[resume] dawr run at iteration {start_iter}, {env_steps} env steps")
-    pretrained_eval = resume["pretrained_eval_return"] if resume is not None else None
-    best_eval = resume["best_eval_return"] if resume is not None else -np.inf
-    pre_succ, best_succ = (resume or {}).get("pretrained_eval_success_rate"), (resume or {}).get("best_eval_success_rate", -np.inf)
-    last_eval = last_succ = float("nan")
-    if pretrained_eval is None:
-        pretrained_eval, _, pre_succ = evaluate(actor, sched, kw, args, normalization, device)
-        last_eval, last_succ = best_eval, best_succ = pretrained_eval, pre_succ
-        writer.add_scalar("eval/episodic_return", pretrained_eval, env_steps)
-        if robo:
-            writer.add_scalar("eval/success_rate", pre_succ, env_steps)
-        print(f"[eval] pre-trained return {pretrained_eval:.1f}" + (f", success rate {pre_succ:.2f}" if robo else ""))
+        evals.load_state_dict(resume)
+        print(f"[resume] {ALGO} run at iteration {start_iter}, {env_steps} env steps")
+    else:
+        print(f"[eval] evaluating the pre-trained policy ({args.eval_episodes} episodes)...", flush=True)
+        evals.run(env_steps, act, args, normalization)
 
     vec = envs.make_vec_env(args.env_id, E, args.seed + start_iter * E, args.act_steps, args.cond_steps, normalization,
                             args.async_envs)
     obs, _ = vec.reset(seed=args.seed + start_iter * E)
-    recent_returns, t_start, iteration = [], time.time(), start_iter
+    recent_returns, iteration = [], start_iter
     if resume is not None:  # continue exactly where the checkpoint stopped: envs mid-episode, every RNG, the buffer
         obs, _, recent_returns = runs.restore_run(resume, vec, obs, None)
         runs.restore_buffer(buf, resume)
 
     def save(it):
-        state = dict(algo="dawr", policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(), model_kwargs=kw,
+        state = dict(algo=ALGO, policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(), model_kwargs=kw,
                      normalization=normalization, env_id=args.env_id, args=asdict(args), iteration=it, env_steps=env_steps,
                      critic=critic.state_dict(), actor_optimizer=actor_opt.state_dict(),
-                     critic_optimizer=critic_opt.state_dict(), **runs.run_state(vec, obs, None, recent_returns),
-                     pretrained_eval_return=pretrained_eval, best_eval_return=best_eval,
-                     **(dict(pretrained_eval_success_rate=pre_succ, best_eval_success_rate=best_succ,
-                             robomimic_env_args=envs.robomimic_env_args(args.env_id)) if robo else {}))
+                     critic_optimizer=critic_opt.state_dict(), **evals.state_dict(),
+                     **runs.run_state(vec, obs, None, recent_returns))
+        if robo:
+            state["robomimic_env_args"] = envs.robomimic_env_args(args.env_id)
         runs.save_iteration(state, run_dir, it, args.save_freq, num_iters, writer,
                             last_only=dict(replay_buffer=runs.buffer_state(buf)))
 
+    progress = runs.Progress(num_iters * steps_per_iter, env_steps, ALGO)
     while iteration < num_iters:
         t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
         # ---- rollout into the FIFO buffer (scaled rewards; time-outs keep their pre-reset next obs) ----
@@ -632,11 +616,7 @@ def main(args, cli=()):
             env_steps += E * args.act_steps  # episodes that end here are logged at this count
             buf.add(obs, chunk, reward * args.scale_reward_factor, term, np.logical_and(trunc, np.logical_not(term)),
                     envs.final_observations(next_obs, infos))
-            for r, length in zip(*envs.finished_episodes(infos)):
-                recent_returns.append(r)
-                writer.add_scalar("charts/episodic_return", r, env_steps)
-                writer.add_scalar("charts/episodic_length", length, env_steps)
-            successes += envs.finished_successes(infos)
+            runs.log_episodes(writer, infos, env_steps, recent_returns, successes)
             obs = next_obs
         t_rollout = time.time() - t_iter
 
@@ -649,38 +629,24 @@ def main(args, cli=()):
         runs.check_finite(iteration, actor_loss=stats["actor_loss"], actor_weights=actor, critic_weights=critic)
         iteration += 1
 
-        sps = int(steps_per_iter / (time.time() - t_iter))
+        # ---- logging, evaluation, checkpoint ----
         for key in ("value_loss", "actor_loss", "weight_mean", "weight_clipped_frac", "explained_variance"):
             writer.add_scalar(f"losses/{key}", stats[key], env_steps)
         for key in ("v_mean", "target_mean", "advantage_std"):
             writer.add_scalar(f"values/{key}", stats[key], env_steps)
-        writer.add_scalar("charts/buffer_transitions", buf.size * E, env_steps)
-        writer.add_scalar("charts/SPS", sps, env_steps)
+        runs.log_iteration(writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes)
         writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
         writer.add_scalar("charts/critic_learning_rate", critic_opt.param_groups[0]["lr"], env_steps)
-        writer.add_scalar("time/rollout_s", t_rollout, env_steps)
-        writer.add_scalar("time/update_s", t_update, env_steps)
-        writer.add_scalar("charts/peak_memory_mb", runs.peak_memory_mb(device), env_steps)
-        if successes:
-            writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
+        writer.add_scalar("charts/buffer_size", buf.size * E, env_steps)  # in transitions (buf.size: vector steps)
         if iteration % args.eval_freq == 0 or iteration == num_iters:
-            last_eval, _, last_succ = evaluate(actor, sched, kw, args, normalization, device)
-            best_eval, best_succ = max(best_eval, last_eval), max(best_succ, last_succ)
-            writer.add_scalar("eval/episodic_return", last_eval, env_steps)
-            if robo:
-                writer.add_scalar("eval/success_rate", last_succ, env_steps)
-        mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
-        left = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
-        print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
-              + (f"success {envs.success_rate(successes):.2f} eval success {last_succ:.2f} | " if robo else "") +
-              f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | v_loss {stats['value_loss']:.4f} "
-              f"actor_loss {stats['actor_loss']:.4f} w_mean {stats['weight_mean']:.2f} | left {left / 60:.1f}m", flush=True)
+            evals.run(env_steps, act, args, normalization)
+        progress.update(iteration, num_iters, env_steps, recent_returns, evals, successes, v_loss=stats["value_loss"],
+                        actor_loss=stats["actor_loss"])
         save(iteration)
+    progress.close()
     vec.close()
-    runs.write_summary(run_dir, "dawr", args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval,
-                  robo and (pre_succ, last_succ, best_succ))
-    writer.close()
+    finish()
 
 
 if __name__ == "__main__":
-    runs.run_cli(main, tyro.cli(Args), sys.argv[1:])
+    runs.run_cli(main, runs.parse_args(Args, task_defaults))

@@ -12,8 +12,6 @@ the actor (official code).
 
 import copy
 import math
-import random
-import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -21,16 +19,17 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn as nn
-import tyro
 
 from cleandppo import envs, runs
+
+ALGO = "dipo"
 
 
 @dataclass
 class Args:
     # --- common contract (see the README) ---
     env_id: str = "Hopper-v2"
-    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or a gymnasium v4/v5 id); robomimic: lift, can, square, transport"""
+    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or a gymnasium v4/v5 id), lift/can/square/transport, avoid-m1/m2/m3"""
     seed: int = 0
     """seeds torch, numpy and every environment (env i gets seed + i)"""
     num_envs: int = 40
@@ -38,7 +37,8 @@ class Args:
     total_timesteps: int = 1_000_000
     """fine-tuning budget in environment steps"""
     checkpoint: Optional[str] = None
-    """diffusion checkpoint to fine-tune (any cleandppo script's), or a dipo checkpoint to resume; default: the bundled one"""
+    """pre-trained diffusion policy to fine-tune (any cleandppo diffusion script's), or a run's checkpoint of this
+    script to resume; default: the bundled one"""
     eval_only: bool = False
     """only evaluate --checkpoint"""
     eval_freq: int = 10
@@ -46,7 +46,7 @@ class Args:
     eval_episodes: int = 10
     """episodes per evaluation"""
     run_dir: Optional[str] = None
-    """where logs, checkpoints and summary.json go (default runs/<env>__dipo__<seed>__<time>)"""
+    """where logs, checkpoints and summary.json go (default runs/<env>__<algo>__<seed>__<time>; a resume: its own dir)"""
     overwrite: bool = False
     """replace the run already in --run-dir (without it such a dir is refused unless this run resumes it)"""
     save_freq: int = 10
@@ -57,6 +57,8 @@ class Args:
     """deterministic torch kernels"""
     track: bool = False
     """also log to Weights & Biases"""
+    capture_video: bool = False
+    """record one evaluation episode to the run dir as an mp4 at the end (runs.capture_video)"""
     async_envs: bool = False
     """step environments in subprocesses (gymnasium AsyncVectorEnv)"""
 
@@ -111,19 +113,14 @@ ROBOMIMIC = dict(num_envs=50, gamma=0.999, actor_lr=1e-5, critic_lr=1e-3, batch_
 ROBOMIMIC_TASK = dict(lift=(300, 5), can=(300, 2), square=(400, 2), transport=(400, 2))  # n_steps, n_critic_warmup_itr
 
 
-def apply_task_defaults(args, cli):
-    """Robomimic ids: the tables above and act_steps = horizon_steps = Ta for each field not in `cli`, printed; True."""
+def task_defaults(args) -> dict:
+    """Robomimic ids: the tables above with act_steps = horizon_steps = Ta; {} (the Gym defaults) otherwise."""
     if not envs.is_robomimic(args.env_id):
-        return False
+        return {}
     task = envs.resolve_env_id(args.env_id)
     ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
-    table = dict(ROBOMIMIC, **dict(zip(("n_steps", "n_critic_warmup_itr"), ROBOMIMIC_TASK[task])), act_steps=ta,
-                 horizon_steps=ta)
-    given = {a.split("=")[0].replace("_", "-") for a in cli}  # flags given explicitly keep their value
-    table = {k: v for k, v in table.items() if f"--{k.replace('_', '-')}" not in given}
-    vars(args).update(table)
-    print(f"[{task}] per-task defaults: " + ", ".join(f"{k}={v}" for k, v in table.items()))
-    return True
+    return dict(ROBOMIMIC, **dict(zip(("n_steps", "n_critic_warmup_itr"), ROBOMIMIC_TASK[task])), act_steps=ta,
+                horizon_steps=ta)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -364,13 +361,15 @@ class ReplayBuffer:
         self.pos = int((self.pos + len(obs)) % self.capacity)
         self.size = min(self.capacity, self.size + len(obs))
 
-    def sample_indices(self, batch_size):
-        """Uniform with replacement over the stored transitions (official)."""
-        return np.random.randint(0, self.size, batch_size)
+    def sample(self, batch_size, device):
+        """A minibatch drawn uniformly with replacement over the stored transitions (official), as get() returns it."""
+        return self.get(np.random.randint(0, self.size, batch_size), device)
 
     def get(self, idx, device):
-        return {k: torch.as_tensor(getattr(self, k)[idx], device=device)
-                for k in ("obs", "actions", "rewards", "next_obs", "terminated")}
+        """Transitions `idx` as torch tensors, and `idx` itself."""
+        batch = {k: torch.as_tensor(getattr(self, k)[idx], device=device)
+                 for k in ("obs", "actions", "rewards", "next_obs", "terminated")}
+        return dict(batch, idx=idx)
 
 
 class DoubleQCritic(nn.Module):
@@ -419,8 +418,8 @@ def action_gradient(critic, obs, actions, lr, steps, max_norm):
 
 
 @torch.no_grad()
-def ema_update(target, source, tau):
-    """target <- (1 - tau) target + tau source, parameter by parameter."""
+def soft_update(target, source, tau):
+    """theta_target <- (1 - tau) theta_target + tau theta."""
     for p_t, p in zip(target.parameters(), source.parameters()):
         p_t.lerp_(p, tau)
 
@@ -432,7 +431,7 @@ def dipo_update(actor, target_actor, critic, target_critic, actor_opt, critic_op
     max_norm = 0.1 * Da * args.act_steps  # official action-gradient norm clip
     stats = {k: [] for k in ("q_loss", "q1_mean", "q2_mean", "target_q_mean", "actor_loss", "action_q_gain", "action_shift")}
     for _ in range(num_batch):
-        b = buffer.get(buffer.sample_indices(args.batch_size), device)
+        b = buffer.sample(args.batch_size, device)
         with torch.no_grad():  # next chunk from the target actor with the exploration floor (official)
             next_a = sample(target_actor, sched, b["next_obs"], K, Tp, Da, "train", args.min_sampling_denoising_std,
                             args.randn_clip_value, args.denoised_clip_value)
@@ -444,10 +443,10 @@ def dipo_update(actor, target_actor, critic, target_critic, actor_opt, critic_op
         for k, v in (("q_loss", loss), ("q1_mean", q1.mean()), ("q2_mean", q2.mean()), ("target_q_mean", y.mean())):
             stats[k].append(v.item())
         if update_actor:  # a fresh minibatch: move its actions, write them back, fit the actor to them
-            idx = buffer.sample_indices(args.batch_size)
-            obs, actions = (torch.as_tensor(x[idx], device=device) for x in (buffer.obs, buffer.actions))
+            fresh = buffer.sample(args.batch_size, device)
+            obs, actions = fresh["obs"], fresh["actions"]
             moved = action_gradient(critic, obs, actions, args.action_lr, args.action_gradient_steps, max_norm)
-            buffer.actions[idx] = moved.cpu().numpy()
+            buffer.actions[fresh["idx"]] = moved.cpu().numpy()
             actor_loss = pretrain_loss(actor, sched, moved, obs, K)
             actor_opt.zero_grad()
             actor_loss.backward()
@@ -457,25 +456,22 @@ def dipo_update(actor, target_actor, critic, target_critic, actor_opt, critic_op
             stats["actor_loss"].append(actor_loss.item())
             stats["action_q_gain"].append(gain.mean().item())
             stats["action_shift"].append((moved - actions).abs().mean().item())
-        ema_update(target_critic, critic, args.target_ema_rate)
-        ema_update(target_actor, actor, args.target_ema_rate)
+        soft_update(target_critic, critic, args.target_ema_rate)
+        soft_update(target_actor, actor, args.target_ema_rate)
     return {k: float(np.mean(v)) for k, v in stats.items() if v}
 
 
 # ------------------------------------------------------------------------------------------------
 # Evaluation, checks, main
 # ------------------------------------------------------------------------------------------------
-def evaluate(net, sched, kw, args, normalization, device, episodes):
-    """Mean and std of the return over `episodes` episodes without extra noise (DDPM noise kept except at t = 0),
-    and the success rate (robomimic: return > 0)."""
+def eval_policy(actor, sched, kw, args, device):
+    """The deterministic evaluation action function: no extra noise (DDPM noise kept except at t = 0, paper D.2)."""
 
     def act(obs):
-        return sample(net, sched, torch.as_tensor(obs, device=device), kw["denoising_steps"], kw["horizon_steps"],
+        return sample(actor, sched, torch.as_tensor(obs, device=device), kw["denoising_steps"], kw["horizon_steps"],
                       kw["action_dim"], "eval", randn_clip=args.randn_clip_value, clip=args.denoised_clip_value).cpu().numpy()
 
-    returns, _ = envs.run_episodes(act, args.env_id, episodes, args.seed + 10_000, args.act_steps, args.cond_steps,
-                                   normalization, args.async_envs)
-    return float(np.mean(returns)), float(np.std(returns)), envs.success_rate(returns)
+    return act
 
 
 def check_args(args):
@@ -491,27 +487,22 @@ def check_args(args):
 
 def load_diffusion_checkpoint(path, args):
     """Load a diffusion checkpoint (any cleandppo script's) and check it against the flags (one-line errors)."""
-    ckpt = envs.load_checkpoint(path, "diffusion", args.env_id)
-    kw = ckpt["model_kwargs"]
-    if kw["denoising_steps"] != args.denoising_steps:
-        envs.fail(f"{path} was pre-trained with {kw['denoising_steps']} denoising steps; pass --denoising-steps {kw['denoising_steps']}")
-    if kw["horizon_steps"] != args.horizon_steps or kw["cond_steps"] != args.cond_steps:
-        envs.fail(f"{path} predicts chunks of {kw['horizon_steps']} from {kw['cond_steps']} observation(s); pass "
-                  f"--horizon-steps {kw['horizon_steps']} --cond-steps {kw['cond_steps']} --act-steps <= {kw['horizon_steps']}")
-    if kw["backbone"] == "mlp" and args.act_steps != kw["horizon_steps"]:
-        envs.fail(f"an MLP policy executes its whole chunk: pass --act-steps {kw['horizon_steps']} (the UNet may execute fewer)")
+    ckpt = envs.load_diffusion_checkpoint(path, args)
     return ckpt
 
 
-def main(args, cli=()):
-    robo = apply_task_defaults(args, cli)
+def main(args):
+    robo = envs.is_robomimic(args.env_id)
     check_args(args)
     envs.resolve_env_id(args.env_id)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    N, E = args.n_steps, args.num_envs
+    steps_per_iter = N * E * args.act_steps
+    num_iters = max(1, args.total_timesteps // steps_per_iter)
+    num_batch = max(1, int(N * E / args.batch_size * args.replay_ratio))
+    plan = "evaluation only" if args.eval_only else (f"{num_iters} iterations of {steps_per_iter} env steps, "
+                                                    f"{num_batch} minibatches of {args.batch_size} each")
+    print(f"[start] {ALGO} on {args.env_id}: {plan}", flush=True)
+    device = runs.seed_everything(args)
 
     path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", "mlp")
     ckpt = load_diffusion_checkpoint(path, args)
@@ -519,7 +510,7 @@ def main(args, cli=()):
     if robo and ckpt.get("robomimic_env_args"):  # the env meta the policy was trained with, before any env is built
         envs.set_robomimic_env_args(args.env_id, ckpt["robomimic_env_args"])
     kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
-    resume = ckpt if ckpt["algo"] == "dipo" and "critic" in ckpt else None
+    resume = ckpt if ckpt["algo"] == ALGO and "critic" in ckpt else None
     if ckpt.get("model_ft") is not None:
         print("[load] the checkpoint also holds a DPPO-fine-tuned network (model_ft); DIPO starts from the base 'model'")
     actor = build_network(kw).to(device)
@@ -532,14 +523,19 @@ def main(args, cli=()):
         target_actor.load_state_dict(resume["target_actor"])
     sched = {k: v.to(device) for k, v in make_schedule(kw["denoising_steps"]).items()}
 
-    run_dir = runs.prepare_run_dir(args, "dipo", resume and path)
+    run_dir = runs.prepare_run_dir(args, ALGO, resume and path)
     writer = runs.open_run(run_dir, args, resume and resume["env_steps"])
+    act = eval_policy(target_actor, sched, kw, args, device)
+    evals, env_steps, t_start = runs.Evaluations(writer, robo), ckpt.get("env_steps", 0), time.time()
+
+    def finish():
+        runs.finish_run(run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization)
+
     if args.eval_only:
-        ret, std, succ = evaluate(target_actor, sched, kw, args, normalization, device, args.eval_episodes)
-        print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes" + (f", success {succ:.2f}" if robo else ""))
-        runs.write_summary(run_dir, "dipo", args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3)
-        writer.close()
-        return
+        print(f"[eval] evaluating {path} ({args.eval_episodes} episodes)...", flush=True)
+        evals.run(env_steps, act, args, normalization)
+        print(f"[eval] return {evals.last:.1f}" + (f", success rate {evals.last_success:.2f}" if robo else ""))
+        return finish()
 
     obs_dim, action_dim, Tp = kw["obs_dim"], kw["action_dim"], kw["horizon_steps"]
     critic = DoubleQCritic(obs_dim, args.cond_steps, action_dim, args.act_steps, args.critic_dims).to(device)
@@ -547,10 +543,6 @@ def main(args, cli=()):
     actor_opt = torch.optim.AdamW(actor.parameters(), lr=args.actor_lr, weight_decay=0.0)
     critic_opt = torch.optim.AdamW(critic.parameters(), lr=args.critic_lr, weight_decay=0.0)
     buffer = ReplayBuffer(args.buffer_size, (args.cond_steps, obs_dim), (Tp, action_dim))
-    N, E = args.n_steps, args.num_envs
-    steps_per_iter = N * E * args.act_steps
-    num_iters = max(1, args.total_timesteps // steps_per_iter)
-    num_batch = max(1, int(N * E / args.batch_size * args.replay_ratio))
     start_iter, env_steps = 0, 0
     if resume is not None:
         critic.load_state_dict(resume["critic"])
@@ -558,40 +550,33 @@ def main(args, cli=()):
         actor_opt.load_state_dict(resume["actor_optimizer"])
         critic_opt.load_state_dict(resume["critic_optimizer"])
         start_iter, env_steps = resume["iteration"], resume["env_steps"]
+        evals.load_state_dict(resume)
         print(f"[resume] iteration {start_iter}, {env_steps} env steps")
-    pretrained_eval = resume["pretrained_eval_return"] if resume is not None else None
-    best_eval = resume["best_eval_return"] if resume is not None else -np.inf
-    pre_succ, best_succ = (resume or {}).get("pretrained_eval_success_rate"), (resume or {}).get("best_eval_success_rate", -np.inf)
-    last_eval = last_succ = float("nan")
-    if pretrained_eval is None:
-        pretrained_eval, _, pre_succ = evaluate(target_actor, sched, kw, args, normalization, device, args.eval_episodes)
-        last_eval, last_succ = best_eval, best_succ = pretrained_eval, pre_succ
-        writer.add_scalar("eval/episodic_return", pretrained_eval, env_steps)
-        if robo:
-            writer.add_scalar("eval/success_rate", pre_succ, env_steps)
-        print(f"[eval] pre-trained return {pretrained_eval:.1f}" + (f", success rate {pre_succ:.2f}" if robo else ""))
-    print(f"[dipo] {num_iters} iterations of {steps_per_iter} env steps, {num_batch} minibatches of {args.batch_size} each")
+    else:
+        print(f"[eval] evaluating the pre-trained policy ({args.eval_episodes} episodes)...", flush=True)
+        evals.run(env_steps, act, args, normalization)
 
     vec = envs.make_vec_env(args.env_id, E, args.seed + start_iter * E, args.act_steps, args.cond_steps, normalization,
                             args.async_envs)
     obs, _ = vec.reset(seed=args.seed + start_iter * E)
-    recent_returns, t_start, iteration = [], time.time(), start_iter
+    recent_returns, iteration = [], start_iter
     if resume is not None:  # continue exactly where the checkpoint stopped: envs mid-episode, every RNG, the buffer
         obs, _, recent_returns = runs.restore_run(resume, vec, obs, None)
         runs.restore_buffer(buffer, resume)
 
     def save(it):
-        state = dict(algo="dipo", policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(),
+        state = dict(algo=ALGO, policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(),
                      target_actor=target_actor.state_dict(), model_kwargs=kw, normalization=normalization,
                      env_id=args.env_id, args=asdict(args), iteration=it, env_steps=env_steps, critic=critic.state_dict(),
                      target_critic=target_critic.state_dict(), actor_optimizer=actor_opt.state_dict(),
-                     critic_optimizer=critic_opt.state_dict(), **runs.run_state(vec, obs, None, recent_returns),
-                     pretrained_eval_return=pretrained_eval, best_eval_return=best_eval,
-                     **(dict(pretrained_eval_success_rate=pre_succ, best_eval_success_rate=best_succ,
-                             robomimic_env_args=envs.robomimic_env_args(args.env_id)) if robo else {}))
+                     critic_optimizer=critic_opt.state_dict(), **evals.state_dict(),
+                     **runs.run_state(vec, obs, None, recent_returns))
+        if robo:
+            state["robomimic_env_args"] = envs.robomimic_env_args(args.env_id)
         runs.save_iteration(state, run_dir, it, args.save_freq, num_iters, writer,
                             last_only=dict(replay_buffer=runs.buffer_state(buffer)))
 
+    progress = runs.Progress(num_iters * steps_per_iter, env_steps, ALGO)
     while iteration < num_iters:
         t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
         # ---- rollout with the target actor and the exploration floor; store transitions ----
@@ -605,14 +590,11 @@ def main(args, cli=()):
             # next state of a finished episode: its last observation (not the reset one); only
             # termination cuts the bootstrap, a time-out does not
             buffer.add(obs, chunk, reward * args.scale_reward_factor, envs.final_observations(next_obs, infos), term)
-            for r, length in zip(*envs.finished_episodes(infos)):
-                recent_returns.append(r)
-                writer.add_scalar("charts/episodic_return", r, env_steps)
-                writer.add_scalar("charts/episodic_length", length, env_steps)
-            successes += envs.finished_successes(infos)
+            runs.log_episodes(writer, infos, env_steps, recent_returns, successes)
             obs = next_obs
         t_rollout = time.time() - t_iter
 
+        # ---- critic, action gradient, actor, target networks (dipo_update) ----
         t_update = time.time()
         stats = dipo_update(actor, target_actor, critic, target_critic, actor_opt, critic_opt, sched, buffer, args,
                             num_batch, iteration >= args.n_critic_warmup_itr, device)
@@ -620,7 +602,7 @@ def main(args, cli=()):
         runs.check_finite(iteration, **stats, actor_weights=actor, critic_weights=critic)
         iteration += 1
 
-        sps = int(steps_per_iter / (time.time() - t_iter))
+        # ---- logging, evaluation, checkpoint ----
         for k in ("q_loss", "actor_loss"):
             if k in stats:
                 writer.add_scalar(f"losses/{k}", stats[k], env_steps)
@@ -629,32 +611,18 @@ def main(args, cli=()):
         for k in ("action_q_gain", "action_shift"):
             if k in stats:
                 writer.add_scalar(f"charts/{k}", stats[k], env_steps)
-        writer.add_scalar("charts/SPS", sps, env_steps)
+        runs.log_iteration(writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes)
         writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
         writer.add_scalar("charts/buffer_size", buffer.size, env_steps)
-        writer.add_scalar("time/rollout_s", t_rollout, env_steps)
-        writer.add_scalar("time/update_s", t_update, env_steps)
-        if successes:
-            writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
         if iteration % args.eval_freq == 0 or iteration == num_iters:
-            last_eval, _, last_succ = evaluate(target_actor, sched, kw, args, normalization, device, args.eval_episodes)
-            best_eval, best_succ = max(best_eval, last_eval), max(best_succ, last_succ)
-            writer.add_scalar("eval/episodic_return", last_eval, env_steps)
-            if robo:
-                writer.add_scalar("eval/success_rate", last_succ, env_steps)
-        mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
-        left = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
-        actor_txt = f"{stats['actor_loss']:.3e}" if "actor_loss" in stats else "- (critic warm-up)"
-        print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
-              + (f"success {envs.success_rate(successes):.2f} eval success {last_succ:.2f} | " if robo else "") +
-              f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | q_loss {stats['q_loss']:.3e} "
-              f"actor_loss {actor_txt} | left {left / 60:.1f}m", flush=True)
+            evals.run(env_steps, act, args, normalization)
+        progress.update(iteration, num_iters, env_steps, recent_returns, evals, successes, q_loss=stats["q_loss"],
+                        actor_loss=stats.get("actor_loss", "- (critic warm-up)"))
         save(iteration)
+    progress.close()
     vec.close()
-    runs.write_summary(run_dir, "dipo", args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval,
-                  robo and (pre_succ, last_succ, best_succ))
-    writer.close()
+    finish()
 
 
 if __name__ == "__main__":
-    runs.run_cli(main, tyro.cli(Args), sys.argv[1:])
+    runs.run_cli(main, runs.parse_args(Args, task_defaults))

@@ -12,8 +12,6 @@ Gaussian policy step whose likelihood is known in closed form, so PPO applies to
 import copy
 import math
 import os
-import random
-import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Literal, Optional
@@ -21,9 +19,10 @@ from typing import Literal, Optional
 import numpy as np
 import torch
 import torch.nn as nn
-import tyro
 
 from cleandppo import avoid, envs, runs
+
+ALGO = "dppo"
 
 
 @dataclass
@@ -38,21 +37,15 @@ class Args:
     total_timesteps: int = 1_000_000
     """fine-tuning budget in environment steps"""
     checkpoint: Optional[str] = None
-    """pre-trained diffusion policy to fine-tune, or a dppo run's checkpoint to resume; default: the bundled one"""
-    dataset: Optional[str] = None
-    """pre-training data: a D4RL name (hopper-medium-v2), a Minari id or an hdf5 path"""
-    pretrain_only: bool = False
-    """stop after pre-training"""
+    """pre-trained policy to fine-tune, or a run's checkpoint of this script to resume; default: the bundled one"""
     eval_only: bool = False
     """only evaluate --checkpoint"""
     eval_freq: int = 10
     """evaluate every N iterations (and after the last one)"""
     eval_episodes: int = 10
     """episodes per evaluation"""
-    eval_sampling: Literal["eval", "train"] = "eval"
-    """"eval": no exploration noise (D.1: DDPM noise but none at the last step; DDIM eta 0); "train": as rollouts (D.8)"""
     run_dir: Optional[str] = None
-    """where logs, checkpoints and summary.json go (default runs/<env>__dppo__<seed>__<time>; a resume: its own dir)"""
+    """where logs, checkpoints and summary.json go (default runs/<env>__<algo>__<seed>__<time>; a resume: its own dir)"""
     overwrite: bool = False
     """replace the run already in --run-dir (without it such a dir is refused unless this run resumes it)"""
     save_freq: int = 10
@@ -64,9 +57,17 @@ class Args:
     track: bool = False
     """also log to Weights & Biases"""
     capture_video: bool = False
-    """record one evaluation episode to the run dir at the end"""
+    """record one evaluation episode to the run dir as an mp4 at the end (runs.capture_video)"""
     async_envs: bool = False
     """step environments in subprocesses (gymnasium AsyncVectorEnv)"""
+    dataset: Optional[str] = None
+    """pre-training data: a D4RL name (hopper-medium-v2), a Minari id or an hdf5 path"""
+    pretrain_only: bool = False
+    """stop after pre-training"""
+    eval_sampling: Literal["eval", "train"] = "eval"
+    """"eval": no exploration noise (D.1: DDPM noise but none at the last step; DDIM eta 0); "train": as rollouts (D.8)"""
+    from_scratch: bool = False
+    """DPPO from a freshly initialised network (paper B.2): no dataset or checkpoint, the official scratch preset"""
 
     # --- diffusion policy (paper 3, D.1) ---
     backbone: Literal["mlp", "unet"] = "mlp"
@@ -171,6 +172,10 @@ class Args:
     """env-step samples per chunk when recomputing old log-probs (memory only)"""
     train_action_noise: tuple[float, float] = (0.0, 0.0)
     """[low, high] of uniform noise (random sign, normalized) on executed actions from iteration 5 (D.8, Fig. 10)"""
+    official_normalization: Optional[str] = None
+    """normalization.npz of an official DPPO --checkpoint (default: found next to it; docs/checkpoints.md)"""
+    bc_loss_coeff: float = 0.0
+    """weight of the BC regulariser: -log-prob under the fine-tuned network of the frozen policy's chains (D.7; 0: off)"""
 
 
 ROBOMIMIC = dict(gamma=0.999, num_envs=50, activation="mish", clip_ploss_coef=0.01, clip_ploss_coef_base=0.001,
@@ -187,22 +192,30 @@ AVOID = dict(num_envs=50, n_steps=25, total_timesteps=255_000, actor_lr=1e-5, cr
              pretrain_min_lr=1e-5, pretrain_epochs=300, ema_start_epoch=10)
 
 
-def apply_task_defaults(args, cli):
-    """Robomimic/Avoid ids: the tables above for each field not in `cli`, printed; returns True for robomimic ids."""
-    robo, task = envs.is_robomimic(args.env_id), envs.env_slug(args.env_id)
-    if robo:
+# --from-scratch (paper B.2; official cfg/gym/scratch/*/ppo_diffusion_mlp.yaml): single-action chunks, all 10 denoising
+# steps fine-tuned, 10 envs x 1000 steps, clip 0.1 at every step, no denoising discount. The budget differs per task:
+# 301 iterations on Hopper, 501 on Walker2d and HalfCheetah (SCRATCH_ITERATIONS).
+SCRATCH = dict(denoising_steps=10, ft_denoising_steps=10, horizon_steps=1, act_steps=1, cond_steps=1, num_envs=10,
+               n_steps=1000, batch_size=5000, update_epochs=10, gamma_denoising=1.0, clip_ploss_coef=0.1,
+               clip_ploss_coef_base=0.1, clip_ploss_coef_rate=3.0, actor_lr=1e-4, critic_lr=1e-3, time_dim=16,
+               mlp_dims=(512, 512, 512), activation="relu")
+SCRATCH_ITERATIONS = {"hopper-v2": 301}  # other Gym tasks: 501
+
+
+def task_defaults(args) -> dict:
+    """Defaults that differ from the Gym fine-tuning values above: --from-scratch's preset, the robomimic and Avoid
+    tables; {} for the Gym tasks."""
+    task = envs.env_slug(args.env_id)
+    if args.from_scratch:
+        iterations = SCRATCH_ITERATIONS.get(task, 501)
+        return dict(SCRATCH, total_timesteps=iterations * SCRATCH["num_envs"] * SCRATCH["n_steps"])
+    if envs.is_robomimic(args.env_id):
         keys = ("n_steps", "batch_size", "update_epochs", "mlp_dims", "time_dim")
         ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
-        table = dict(ROBOMIMIC, **dict(zip(keys, ROBOMIMIC_TASK[task])), act_steps=ta, horizon_steps=ta)
-    elif avoid.is_avoid(args.env_id):  # minibatch: half of an iteration's (env step, denoising step) pairs
-        table = dict(AVOID, batch_size=round(AVOID["n_steps"] * AVOID["num_envs"] * args.ft_denoising_steps / 2))
-    else:
-        return False
-    given = {a.split("=")[0].replace("_", "-") for a in cli}  # flags given explicitly keep their value
-    table = {k: v for k, v in table.items() if f"--{k.replace('_', '-')}" not in given}
-    vars(args).update(table)
-    print(f"[{task}] per-task defaults: " + ", ".join(f"{k}={v}" for k, v in table.items()))
-    return robo
+        return dict(ROBOMIMIC, **dict(zip(keys, ROBOMIMIC_TASK[task])), act_steps=ta, horizon_steps=ta)
+    if avoid.is_avoid(args.env_id):  # minibatch: half of an iteration's (env step, denoising step) pairs
+        return dict(AVOID, batch_size=round(AVOID["n_steps"] * AVOID["num_envs"] * args.ft_denoising_steps / 2))
+    return {}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -242,16 +255,15 @@ def step_mean_var(net, sched, x, obs, t, t_prev, ddim: bool, eta: float = 1.0, c
     """Mean and variance of x_{t_prev} given x_t for one reverse step; t, t_prev: (B,) long tensors.
     DDPM (paper eq. 3.3; official 1.3): x0 = sqrt(1/ab) x - sqrt(1/ab - 1) eps, clamped to [-clip, clip];
     mean = coef_x0 x0 + coef_xt x; variance = the posterior variance beta_t (1 - ab_prev)/(1 - ab).
-    DDIM (paper eq. 4.9; official 1.4): x0 as above and clamped, eps recomputed from the clamped x0,
+    DDIM (paper eq. 4.9; official 1.4): x0 = (x - sqrt(1 - ab) eps)/sqrt(ab) (official form), clamped, eps recomputed,
     sigma = eta sqrt((1 - ab_prev)/(1 - ab) (1 - ab/ab_prev)), mean = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps."""
     eps = net(x, t, obs)
     ab = sched["alpha_bar"][t].view(-1, 1, 1)
-    x0 = ((1 / ab).sqrt() * x - (1 / ab - 1).sqrt() * eps).clamp(-clip, clip)
+    x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt() if ddim else (1 / ab).sqrt() * x - (1 / ab - 1).sqrt() * eps).clamp(-clip, clip)
     if not ddim:
         mean = sched["coef_x0"][t].view(-1, 1, 1) * x0 + sched["coef_xt"][t].view(-1, 1, 1) * x
         return mean, sched["posterior_var"][t].clamp(min=1e-20).view(-1, 1, 1).expand_as(mean)
-    ab_prev = torch.where(t_prev >= 0, sched["alpha_bar"][t_prev.clamp(min=0)], torch.ones_like(t_prev, dtype=x.dtype))
-    ab_prev = ab_prev.view(-1, 1, 1)
+    ab_prev = torch.where(t_prev >= 0, sched["alpha_bar"][t_prev.clamp(min=0)], torch.ones_like(t_prev, dtype=x.dtype)).view(-1, 1, 1)
     eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
     sigma = (eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()).clamp(min=1e-10)
     mean = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
@@ -499,7 +511,7 @@ class Critic(nn.Module):
 
 class RunningRewardScaler:
     """Divide rewards by the std of a running discounted return (official `reward_scale_running`).
-    R <- r + 0.99 (1 - first) R per env; running variance of all R (count init 1e-4, mean 0, var 1);
+    R <- r + 0.99 (1 - first) R per env; running variance M2/(n - 1) of all R (count init 1e-4, mean 0, var 1);
     scaled reward = r / sqrt(var + 1e-8), clipped to +-10. No mean subtraction."""
 
     def __init__(self, num_envs, gamma=0.99):
@@ -514,7 +526,7 @@ class RunningRewardScaler:
         batch_mean, batch_var, batch_count = returns.mean(), returns.var(), returns.size
         delta, total = batch_mean - self.mean, self.count + batch_count
         m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
-        self.mean, self.var, self.count = self.mean + delta * batch_count / total, m2 / total, total
+        self.mean, self.var, self.count = self.mean + delta * batch_count / total, m2 / (total - 1), total
         return np.clip(rewards / np.sqrt(self.var + 1e-8), -10, 10)
 
     def state_dict(self):
@@ -536,7 +548,7 @@ def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
 
 
 def ppo_update(actor_ft, critic, actor_opt, critic_opt, sched, batch, args, ft_t, ft_t_prev, ddim, update_actor=True,
-               generator=None):
+               generator=None, actor=None):
     """PPO epochs over the N*E*K' (env step, denoising step) pairs (paper 4.2; official 2.5-2.6)."""
     K_ft = batch["chains"].shape[1] - 1
     device = batch["obs"].device
@@ -564,6 +576,12 @@ def ppo_update(actor_ft, critic, actor_opt, critic_opt, sched, batch, args, ft_t
             pg_loss = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - eps, 1 + eps)).mean()
             v_loss = 0.5 * ((critic(obs) - batch["returns"][i]) ** 2).mean()
             loss = pg_loss + args.vf_coef * v_loss
+            if args.bc_loss_coeff:  # BC regulariser (D.7, official use_bc_loss): -log-prob under actor_ft of frozen-actor chains
+                _, bc = sample(actor, actor, sched, obs, denoising_plan(args.denoising_steps, args.ddim_steps), K_ft, *x_in.shape[1:],
+                               "train", args.min_sampling_denoising_std, args.randn_clip_value, args.denoised_clip_value)
+                loss = loss - args.bc_loss_coeff * denoising_log_prob(  # every chunk row, all K' steps (official)
+                    actor_ft, sched, obs.repeat_interleave(K_ft, 0), bc[:, :-1].flatten(0, 1), bc[:, 1:].flatten(0, 1), ft_t.repeat(len(obs)),
+                    ft_t_prev.repeat(len(obs)), ddim, x_in.shape[1], args.min_logprob_denoising_std, args.denoised_clip_value).mean()
             actor_opt.zero_grad()
             critic_opt.zero_grad()
             loss.backward()
@@ -633,10 +651,11 @@ def pretrain(args, data, run_dir, writer, device):
             left = (time.time() - t0) / (epoch + 1) * (args.pretrain_epochs - epoch - 1)
             print(f"[pretrain] epoch {epoch + 1}/{args.pretrain_epochs} | loss {total / steps_per_epoch:.4f} | "
                   f"lr {opt.param_groups[0]['lr']:.2e} | {time.time() - t0:.0f}s | left {left / 60:.1f}m", flush=True)
-    ckpt = dict(algo="dppo", policy="diffusion", backbone=args.backbone, model=ema.state_dict(), model_kwargs=kw,
+    ckpt = dict(algo=ALGO, policy="diffusion", backbone=args.backbone, model=ema.state_dict(), model_kwargs=kw,
                 normalization=norm, env_id=args.env_id, args=asdict(args), iteration=0, env_steps=0,
-                dataset=args.dataset, pretrain_epochs=args.pretrain_epochs, pretrain_gradient_steps=step,
-                **({"robomimic_env_args": envs.robomimic_env_args(args.env_id)} if envs.is_robomimic(args.env_id) else {}))
+                dataset=args.dataset, pretrain_epochs=args.pretrain_epochs, pretrain_gradient_steps=step)
+    if envs.is_robomimic(args.env_id):
+        ckpt["robomimic_env_args"] = envs.robomimic_env_args(args.env_id)
     envs.save_checkpoint(ckpt, os.path.join(run_dir, "pretrained.pt"))
     print(f"[pretrain] wrote {os.path.join(run_dir, 'pretrained.pt')}")
     return ckpt
@@ -645,8 +664,9 @@ def pretrain(args, data, run_dir, writer, device):
 # ------------------------------------------------------------------------------------------------
 # Evaluation, checks, main
 # ------------------------------------------------------------------------------------------------
-def evaluate(actor, actor_ft, sched, plan, ft_steps, kw, args, normalization, device, episodes):
-    """(mean, std) return and success rate (returns > 0) over `episodes` episodes, sampled as args.eval_sampling says."""
+def eval_act(actor, actor_ft, sched, plan, ft_steps, kw, args, device):
+    """The evaluation action function obs -> chunk (envs.run_episodes, runs.capture_video), sampled as
+    args.eval_sampling says; the last `ft_steps` denoising steps run the fine-tuned network."""
 
     def act(obs):
         chunk, _ = sample(actor, actor_ft, sched, torch.as_tensor(obs, device=device), plan, ft_steps,
@@ -654,45 +674,29 @@ def evaluate(actor, actor_ft, sched, plan, ft_steps, kw, args, normalization, de
                           clip=args.denoised_clip_value, randn_clip=args.randn_clip_value)
         return chunk.cpu().numpy()
 
-    returns, _ = envs.run_episodes(act, args.env_id, episodes, args.seed + 10_000, args.act_steps, args.cond_steps,
-                                   normalization, args.async_envs)
-    return float(np.mean(returns)), float(np.std(returns)), envs.success_rate(returns)
+    return act
 
 
 def check_args(args):
-    for name in ("num_envs", "n_steps", "batch_size", "update_epochs", "eval_episodes", "eval_freq", "denoising_steps", "ft_denoising_steps"):
-        if getattr(args, name) < 1:
-            envs.fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.act_steps > args.horizon_steps:
         envs.fail(f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps")
     if args.ddim_steps is not None:
-        if args.ddim_steps < 1 or args.denoising_steps % args.ddim_steps:
+        if args.denoising_steps % args.ddim_steps:
             envs.fail(f"--ddim-steps {args.ddim_steps} must divide --denoising-steps {args.denoising_steps}")
         if args.ft_denoising_steps > args.ddim_steps:
             envs.fail(f"--ft-denoising-steps {args.ft_denoising_steps} > --ddim-steps {args.ddim_steps}; fine-tune at most all DDIM steps")
     elif args.ft_denoising_steps > args.denoising_steps:
         envs.fail(f"--ft-denoising-steps {args.ft_denoising_steps} > --denoising-steps {args.denoising_steps}; "
                   f"use at most {args.denoising_steps}")
+    if args.from_scratch and (args.dataset or args.pretrain_only):
+        envs.fail("--from-scratch starts from a fresh network: drop --dataset/--pretrain-only (or --from-scratch)")
     fine_tuning = not (args.eval_only or args.pretrain_only)
     runs.check_ranges(args, args.num_envs * args.n_steps * args.act_steps if fine_tuning else None)
 
 
 def load_diffusion_checkpoint(path, args):
     """Load a diffusion checkpoint and check it against the flags (one-line errors)."""
-    ckpt = envs.load_checkpoint(path, "diffusion", args.env_id)
-    kw = ckpt["model_kwargs"]
-    if kw["denoising_steps"] != args.denoising_steps:
-        envs.fail(f"{path} was pre-trained with {kw['denoising_steps']} denoising steps; pass --denoising-steps {kw['denoising_steps']}")
-    if kw["backbone"] != args.backbone:
-        envs.fail(f"{path} has backbone {kw['backbone']}; pass --backbone {kw['backbone']}")
-    if args.act_steps > kw["horizon_steps"] or kw["cond_steps"] != args.cond_steps:
-        envs.fail(f"{path} predicts chunks of {kw['horizon_steps']} from {kw['cond_steps']} observation(s); pass "
-                  f"--act-steps <= {kw['horizon_steps']} --horizon-steps {kw['horizon_steps']} --cond-steps {kw['cond_steps']}")
-    if kw["backbone"] == "mlp" and args.act_steps != kw["horizon_steps"]:
-        envs.fail(f"an MLP policy executes its whole chunk: pass --act-steps {kw['horizon_steps']} (the UNet may execute fewer)")
-    if args.cond_mlp_dims and tuple(args.cond_mlp_dims) != tuple(kw.get("cond_mlp_dims") or ()):
-        envs.fail(f"{path} has cond_mlp_dims {tuple(kw.get('cond_mlp_dims') or ())}, not {tuple(args.cond_mlp_dims)}; "
-                  "drop --cond-mlp-dims (fine-tuning uses the checkpoint's) or pre-train one with those widths")
+    ckpt = envs.load_diffusion_checkpoint(path, args, same_horizon=False)
     if ckpt.get("model_ft") is not None and ckpt.get("ft_denoising_steps") != args.ft_denoising_steps:
         envs.fail(f"{path} fine-tuned {ckpt['ft_denoising_steps']} denoising steps; pass --ft-denoising-steps {ckpt['ft_denoising_steps']}")
     return ckpt
@@ -715,27 +719,37 @@ def build_actors(ckpt, ft_denoising_steps, device):
     return actor, actor_ft, ft_denoising_steps
 
 
-def main(args, cli=()):
-    robo = apply_task_defaults(args, cli)
+def scratch_checkpoint(args):
+    """--from-scratch: a freshly initialised network as a pre-trained checkpoint, on identity normalization."""
+    obs_dim, action_dim = envs.env_dims(args.env_id)
+    kw = model_kwargs_from(args, obs_dim, action_dim)
+    return dict(algo=ALGO, model=build_network(kw).state_dict(), model_kwargs=kw, iteration=0, env_steps=0,
+                normalization=envs.identity_normalization(obs_dim, action_dim))
+
+
+def main(args):
     check_args(args)
     envs.resolve_env_id(args.env_id)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    ckpt = data = resume = None
-    if args.dataset is None or args.checkpoint is not None:  # check the checkpoint before writing anything
+    robo = envs.is_robomimic(args.env_id)
+    steps_per_iter = args.num_envs * args.n_steps * args.act_steps
+    num_iters = max(1, args.total_timesteps // steps_per_iter)
+    print(f"[start] {ALGO} on {args.env_id}: {num_iters} iterations of {steps_per_iter} env steps", flush=True)
+    device = runs.seed_everything(args)
+    ckpt = data = resume = path = None
+    if args.from_scratch and args.checkpoint is None:
+        ckpt = scratch_checkpoint(args)
+    elif args.dataset is None or args.checkpoint is not None:  # check the checkpoint before writing anything
         path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", args.backbone)
         ckpt = load_diffusion_checkpoint(path, args)
         print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
         if robo and ckpt.get("robomimic_env_args"):
             envs.set_robomimic_env_args(args.env_id, ckpt["robomimic_env_args"])
-        resume = ckpt if ckpt["algo"] == "dppo" and "critic" in ckpt and not args.eval_only else None
-    run_dir = runs.prepare_run_dir(args, "dppo", resume and path)
+        resume = ckpt if ckpt["algo"] == ALGO and "critic" in ckpt and not args.eval_only else None
+    run_dir = runs.prepare_run_dir(args, ALGO, resume and path)
     if ckpt is None:
         data = envs.load_dataset(args.dataset, args.env_id)
     writer = runs.open_run(run_dir, args, resume and resume["env_steps"])
+    evals = runs.Evaluations(writer, robo)
 
     if ckpt is None:
         ckpt = pretrain(args, data, run_dir, writer, device)
@@ -748,21 +762,22 @@ def main(args, cli=()):
     ft_t, ft_t_prev = fine_tuned_timesteps(plan, K_ft)
 
     if args.pretrain_only or args.eval_only:
-        ret, std, succ = evaluate(actor, actor_ft, sched, plan, eval_ft_steps, kw, args, normalization, device, args.eval_episodes)
-        print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes" + (f", success {succ:.2f}" if robo else ""))
-        runs.write_summary(run_dir, "dppo", args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3,
-                           peak_memory_mb=runs.peak_memory_mb(device))
+        act = eval_act(actor, actor_ft, sched, plan, eval_ft_steps, kw, args, device)
+        ret, std, succ = evals.run(ckpt.get("env_steps", 0), act, args, normalization)
+        success = f", success rate {succ:.2f}" if robo else ""
+        print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes{success}")
+        runs.finish_run(run_dir, ALGO, args, ckpt.get("env_steps", 0), 0.0, evals, device, writer, act, normalization)
         return
 
     obs_dim, action_dim, Tp = kw["obs_dim"], kw["action_dim"], kw["horizon_steps"]
     critic = Critic(obs_dim, args.cond_steps, args.critic_dims).to(device)  # fresh critic (official)
     actor_opt = torch.optim.AdamW(actor_ft.parameters(), lr=args.actor_lr, weight_decay=0.0)
     critic_opt = torch.optim.AdamW(critic.parameters(), lr=args.critic_lr, weight_decay=0.0)
+    actor_min_lr = args.actor_lr if args.actor_min_lr is None else args.actor_min_lr
+    critic_min_lr = args.critic_lr if args.critic_min_lr is None else args.critic_min_lr
+    actor_sched = torch.optim.lr_scheduler.CosineAnnealingLR(actor_opt, num_iters, actor_min_lr)
+    critic_sched = torch.optim.lr_scheduler.CosineAnnealingLR(critic_opt, num_iters, critic_min_lr)
     scaler = RunningRewardScaler(args.num_envs)
-    steps_per_iter = args.num_envs * args.n_steps * args.act_steps
-    num_iters = max(1, args.total_timesteps // steps_per_iter)
-    actor_sched = torch.optim.lr_scheduler.CosineAnnealingLR(actor_opt, num_iters, args.actor_min_lr if args.actor_min_lr is not None else args.actor_lr)
-    critic_sched = torch.optim.lr_scheduler.CosineAnnealingLR(critic_opt, num_iters, args.critic_min_lr if args.critic_min_lr is not None else args.critic_lr)
     start_iter, env_steps = 0, 0
     if resume is not None:
         critic.load_state_dict(resume["critic"])
@@ -771,38 +786,32 @@ def main(args, cli=()):
         actor_sched.load_state_dict(resume["actor_lr_schedule"])
         critic_sched.load_state_dict(resume["critic_lr_schedule"])
         scaler.load_state_dict(resume["reward_scaler"])
+        evals.load_state_dict(resume)
         start_iter, env_steps = resume["iteration"], resume["env_steps"]
-    pretrained_eval = resume["pretrained_eval_return"] if resume is not None else None
-    best_eval = resume["best_eval_return"] if resume is not None else -np.inf
-    pre_succ, best_succ = (resume or {}).get("pretrained_eval_success_rate"), (resume or {}).get("best_eval_success_rate", -np.inf)
-    last_eval = last_succ = float("nan")
-    if pretrained_eval is None:
-        pretrained_eval, _, pre_succ = evaluate(actor, actor_ft, sched, plan, 0, kw, args, normalization, device, args.eval_episodes)
-        last_eval, last_succ = best_eval, best_succ = pretrained_eval, pre_succ
-        writer.add_scalar("eval/episodic_return", pretrained_eval, env_steps)
-        if robo:
-            writer.add_scalar("eval/success_rate", pre_succ, env_steps)
-        print(f"[eval] pre-trained return {pretrained_eval:.1f}" + (f", success rate {pre_succ:.2f}" if robo else ""))
+    else:
+        which = "initial" if args.from_scratch else "pre-trained"
+        print(f"[eval] evaluating the {which} policy ({args.eval_episodes} episodes)...", flush=True)
+        evals.run(env_steps, eval_act(actor, actor_ft, sched, plan, 0, kw, args, device), args, normalization)
 
-    vec = envs.make_vec_env(args.env_id, args.num_envs, args.seed + start_iter * args.num_envs, args.act_steps,
-                            args.cond_steps, normalization, args.async_envs)
-    obs, _ = vec.reset(seed=args.seed + start_iter * args.num_envs)
+    seed = args.seed + start_iter * args.num_envs
+    vec = envs.make_vec_env(args.env_id, args.num_envs, seed, args.act_steps, args.cond_steps, normalization, args.async_envs)
+    obs, _ = vec.reset(seed=seed)
     firsts, recent_returns, t_start, iteration = np.ones(args.num_envs), [], time.time(), start_iter
     if resume is not None:  # continue exactly where the checkpoint stopped: envs mid-episode, every RNG
         obs, firsts, recent_returns = runs.restore_run(resume, vec, obs, firsts)
+    progress = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO)
 
-    def save(it):
-        state = dict(algo="dppo", policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(),
+    def save(iteration):
+        state = dict(algo=ALGO, policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(),
                      model_ft=actor_ft.state_dict(), ft_denoising_steps=K_ft, model_kwargs=kw, normalization=normalization,
-                     env_id=args.env_id, args=asdict(args), iteration=it, env_steps=env_steps, critic=critic.state_dict(),
-                     actor_optimizer=actor_opt.state_dict(), critic_optimizer=critic_opt.state_dict(),
-                     actor_lr_schedule=actor_sched.state_dict(), critic_lr_schedule=critic_sched.state_dict(),
-                     reward_scaler=scaler.state_dict(), pretrained_eval_return=pretrained_eval,
-                     best_eval_return=best_eval, **runs.run_state(vec, obs, firsts, recent_returns))
+                     env_id=args.env_id, args=asdict(args), iteration=iteration, env_steps=env_steps,
+                     critic=critic.state_dict(), actor_optimizer=actor_opt.state_dict(),
+                     critic_optimizer=critic_opt.state_dict(), actor_lr_schedule=actor_sched.state_dict(),
+                     critic_lr_schedule=critic_sched.state_dict(), reward_scaler=scaler.state_dict(),
+                     **evals.state_dict(), **runs.run_state(vec, obs, firsts, recent_returns))
         if robo:
-            state.update(pretrained_eval_success_rate=pre_succ, best_eval_success_rate=best_succ,
-                         robomimic_env_args=envs.robomimic_env_args(args.env_id))
-        runs.save_iteration(state, run_dir, it, args.save_freq, num_iters, writer)
+            state.update(robomimic_env_args=envs.robomimic_env_args(args.env_id))
+        runs.save_iteration(state, run_dir, iteration, args.save_freq, num_iters, writer)
 
     while iteration < num_iters:
         t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
@@ -824,27 +833,24 @@ def main(args, cli=()):
             buf_term[n], buf_timeout[n] = term, np.logical_and(trunc, np.logical_not(term))
             buf_final[n] = envs.final_observations(next_obs, infos)
             firsts = np.logical_or(term, trunc).astype(np.float64)
-            for r, length in zip(*envs.finished_episodes(infos)):
-                recent_returns.append(r)
-                writer.add_scalar("charts/episodic_return", r, env_steps)
-                writer.add_scalar("charts/episodic_length", length, env_steps)
-            successes += envs.finished_successes(infos)
+            runs.log_episodes(writer, infos, env_steps, recent_returns, successes)
             obs = next_obs
         t_rollout = time.time() - t_iter
 
         # ---- advantages over env steps (GAE), value of the env state only ----
         t_update = time.time()
-        flat_obs = torch.as_tensor(buf_obs.reshape(N * E, args.cond_steps, obs_dim), device=device)
+        flat = lambda x: torch.as_tensor(x.reshape(-1, *x.shape[2:]), device=device)  # noqa: E731
+        flat_obs = flat(buf_obs)
         with torch.no_grad():
             values = critic(flat_obs).cpu().numpy().reshape(N, E)
-            final_values = critic(torch.as_tensor(buf_final.reshape(N * E, args.cond_steps, obs_dim),
-                                                  device=device)).cpu().numpy().reshape(N, E)
+            final_values = critic(flat(buf_final)).cpu().numpy().reshape(N, E)
             last_value = critic(torch.as_tensor(obs, device=device)).cpu().numpy()
         rewards = scaler(buf_rew, buf_first) if args.reward_scale_running else buf_rew
         # a time-out is not a failure: bootstrap it with V(last obs) (the official code treats it as terminal)
         rewards = rewards + args.gamma * final_values * buf_timeout
+        dones = np.maximum(buf_term, buf_timeout)
         next_values = np.concatenate([values[1:], last_value[None]], 0)
-        advantages, returns = compute_gae(rewards, values, next_values, np.maximum(buf_term, buf_timeout), args.gamma, args.gae_lambda)
+        advantages, returns = compute_gae(rewards, values, next_values, dones, args.gamma, args.gae_lambda)
         # ---- old log-probs of every (env step, denoising step) pair ----
         chains = buf_chain.reshape(N * E, K_ft + 1, Tp, action_dim)
         old_logp = torch.zeros(N * E, K_ft, device=device)
@@ -860,45 +866,32 @@ def main(args, cli=()):
         batch = dict(obs=flat_obs, chains=chains, logprobs=old_logp,
                      advantages=torch.as_tensor(advantages.reshape(-1), dtype=torch.float32, device=device),
                      returns=torch.as_tensor(returns.reshape(-1), dtype=torch.float32, device=device))
-        stats = ppo_update(actor_ft, critic, actor_opt, critic_opt, sched, batch, args, ft_t, ft_t_prev, ddim,
-                           update_actor=iteration >= args.n_critic_warmup_itr)
+        warm = iteration >= args.n_critic_warmup_itr  # critic warm-up over: the actor updates too
+        stats = ppo_update(actor_ft, critic, actor_opt, critic_opt, sched, batch, args, ft_t, ft_t_prev, ddim, warm, actor=actor)
         runs.check_finite(iteration, **stats, actor_weights=actor_ft, critic_weights=critic)
-        if iteration >= args.n_critic_warmup_itr:
+        if warm:
             actor_sched.step()
         critic_sched.step()
         t_update = time.time() - t_update
         iteration += 1
 
-        sps = int(steps_per_iter / (time.time() - t_iter))
+        # ---- logging, evaluation, checkpoint ----
         for k, v in stats.items():
             writer.add_scalar(f"losses/{k}", v, env_steps)
-        writer.add_scalar("losses/explained_variance", 1 - np.var(returns - values) / (np.var(returns) + 1e-8), env_steps)
-        writer.add_scalar("charts/SPS", sps, env_steps)
+        explained_var = 1 - np.var(returns - values) / (np.var(returns) + 1e-8)
+        writer.add_scalar("losses/explained_variance", explained_var, env_steps)
+        runs.log_iteration(writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes)
         writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
         writer.add_scalar("charts/critic_learning_rate", critic_opt.param_groups[0]["lr"], env_steps)
-        writer.add_scalar("time/rollout_s", t_rollout, env_steps)
-        writer.add_scalar("time/update_s", t_update, env_steps)
-        writer.add_scalar("charts/peak_memory_mb", runs.peak_memory_mb(device), env_steps)
-        if successes:
-            writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
         if iteration % args.eval_freq == 0 or iteration == num_iters:
-            last_eval, _, last_succ = evaluate(actor, actor_ft, sched, plan, K_ft, kw, args, normalization, device, args.eval_episodes)
-            best_eval, best_succ = max(best_eval, last_eval), max(best_succ, last_succ)
-            writer.add_scalar("eval/episodic_return", last_eval, env_steps)
-            if robo:
-                writer.add_scalar("eval/success_rate", last_succ, env_steps)
-        mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
-        left = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
-        print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
-              + (f"success {envs.success_rate(successes):.2f} eval success {last_succ:.2f} | " if robo else "") +
-              f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | kl {stats['approx_kl']:.2e} "
-              f"clipfrac {stats['clipfrac']:.3f} | left {left / 60:.1f}m", flush=True)
+            evals.run(env_steps, eval_act(actor, actor_ft, sched, plan, K_ft, kw, args, device), args, normalization)
+        progress.update(iteration, num_iters, env_steps, recent_returns, evals, successes, kl=stats["approx_kl"], clipfrac=stats["clipfrac"])
         save(iteration)
+    progress.close()
     vec.close()
-    runs.write_summary(run_dir, "dppo", args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval,
-                       robo and (pre_succ, last_succ, best_succ), peak_memory_mb=runs.peak_memory_mb(device))
-    writer.close()
+    act = eval_act(actor, actor_ft, sched, plan, K_ft, kw, args, device)
+    runs.finish_run(run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization)
 
 
 if __name__ == "__main__":
-    runs.run_cli(main, tyro.cli(Args), sys.argv[1:])
+    runs.run_cli(main, runs.parse_args(Args, task_defaults))

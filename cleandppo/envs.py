@@ -432,6 +432,10 @@ def load_dataset(dataset: str, env_id: str | None = None) -> dict:
     Returns dict(observations, actions, rewards, terminals, timeouts, episodes, normalization).
     Normalization stats come from the whole raw dataset (official conversion).
     """
+    if dataset.endswith(".npz"):  # the official processed train.npz (cleandppo/official.py)
+        from cleandppo import official
+
+        return official.load_npz_dataset(dataset, env_id)
     if "/" in dataset and not dataset.endswith((".hdf5", ".h5")) and not os.path.exists(dataset):
         data = load_minari(dataset)
     elif os.path.isdir(dataset):  # section 8: D3IL's per-episode pickles, filtered to the subset of --env-id
@@ -509,9 +513,22 @@ def save_checkpoint(ckpt: dict, path: str):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str, policy: str, env_id: str, backbone: str | None = None) -> dict:
-    """Load and check a checkpoint: it must exist, hold a `policy` policy, and match env and backbone."""
+def upgrade_checkpoint(ckpt):
+    """Older cleandppo checkpoints in today's layout: the Gaussian/GMM std was learned as log sigma (`log_std`) before
+    issue #16, as log sigma^2 (`logvar`, the official parametrisation) since."""
+    for key in ("model", "model_ft"):
+        if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict) and "log_std" in ckpt[key]:
+            ckpt[key] = {("logvar" if k == "log_std" else k): (2 * v if k == "log_std" else v) for k, v in ckpt[key].items()}
+    return ckpt
+
+
+def load_checkpoint(path: str, policy: str, env_id: str, backbone: str | None = None, hints: dict | None = None) -> dict:
+    """Load and check a checkpoint: it must exist, hold a `policy` policy, and match env and backbone.
+    An official DPPO checkpoint is converted (cleandppo/official.py; `hints`: the script's flags, for what its
+    tensors do not show)."""
     import torch
+
+    from cleandppo import official
 
     if not os.path.isfile(path):
         if is_robomimic(env_id) and os.path.dirname(os.path.abspath(path)) == os.path.abspath(PRETRAINED_DIR):
@@ -525,6 +542,9 @@ def load_checkpoint(path: str, policy: str, env_id: str, backbone: str | None = 
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         fail(f"cannot read checkpoint {path} ({e.__class__.__name__}); pass a file written by a cleandppo script")
+    if official.is_official_checkpoint(ckpt):
+        ckpt = official.convert_checkpoint(ckpt, path, policy, env_id, hints)
+    ckpt = upgrade_checkpoint(ckpt)
     if not isinstance(ckpt, dict) or "policy" not in ckpt or "model" not in ckpt:
         fail(f"{path} is not a cleandppo checkpoint (no 'policy'/'model' entries)")
     if ckpt["policy"] != policy:
@@ -536,6 +556,29 @@ def load_checkpoint(path: str, policy: str, env_id: str, backbone: str | None = 
         fail(f"{path} has backbone {ckpt.get('backbone')}, not {backbone}; pass --backbone {ckpt.get('backbone')}")
     if policy == "diffusion" and ckpt.get("backbone") == "mlp":
         check_cond_mlp(path, ckpt)
+    return ckpt
+
+
+def load_diffusion_checkpoint(path: str, args, same_horizon: bool = True) -> dict:
+    """Load a diffusion checkpoint for a script and check its flags against it, each mismatch one line naming the flag
+    to pass: denoising steps K, backbone and --cond-mlp-dims (where the script has them), chunk and observation
+    lengths (the chunk length too when `same_horizon`), and that an MLP policy executes its whole chunk."""
+    ckpt = load_checkpoint(path, "diffusion", args.env_id, hints=vars(args))
+    kw = ckpt["model_kwargs"]
+    h, c = kw["horizon_steps"], kw["cond_steps"]
+    if kw["denoising_steps"] != args.denoising_steps:
+        fail(f"{path} was pre-trained with {kw['denoising_steps']} denoising steps; pass --denoising-steps {kw['denoising_steps']}")
+    if getattr(args, "backbone", kw["backbone"]) != kw["backbone"]:
+        fail(f"{path} has backbone {kw['backbone']}; pass --backbone {kw['backbone']}")
+    if args.act_steps > h or c != args.cond_steps or (same_horizon and h != args.horizon_steps):
+        fail(f"{path} predicts chunks of {h} from {c} observation(s); pass --act-steps <= {h} --horizon-steps {h} "
+             f"--cond-steps {c}")
+    if kw["backbone"] == "mlp" and args.act_steps != h:
+        fail(f"an MLP policy executes its whole chunk: pass --act-steps {h} (the UNet may execute fewer)")
+    wanted, has = tuple(getattr(args, "cond_mlp_dims", ())), tuple(kw.get("cond_mlp_dims") or ())
+    if wanted and wanted != has:
+        fail(f"{path} has cond_mlp_dims {has}, not {wanted}; drop --cond-mlp-dims (fine-tuning uses the checkpoint's) "
+             "or pre-train one with those widths")
     return ckpt
 
 

@@ -16,8 +16,6 @@ See docs/exact_likelihood_pg.md for the derivation of the SDE and every deviatio
 
 import copy
 import math
-import random
-import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Literal, Optional
@@ -25,7 +23,6 @@ from typing import Literal, Optional
 import numpy as np
 import torch
 import torch.nn as nn
-import tyro
 
 from cleandppo import envs, runs
 
@@ -44,7 +41,7 @@ class Args:
     total_timesteps: int = 1_000_000
     """fine-tuning budget in environment steps"""
     checkpoint: Optional[str] = None
-    """pre-trained diffusion policy to fine-tune, or a run's checkpoint of this script to resume; default: the bundled one"""
+    """pre-trained policy to fine-tune, or a run's checkpoint of this script to resume; default: the bundled one"""
     eval_only: bool = False
     """only evaluate --checkpoint"""
     eval_freq: int = 10
@@ -52,7 +49,7 @@ class Args:
     eval_episodes: int = 10
     """episodes per evaluation"""
     run_dir: Optional[str] = None
-    """where logs, checkpoints and summary.json go (default runs/<env>__exact_likelihood_pg__<seed>__<time>)"""
+    """where logs, checkpoints and summary.json go (default runs/<env>__<algo>__<seed>__<time>; a resume: its own dir)"""
     overwrite: bool = False
     """replace the run already in --run-dir (without it such a dir is refused unless this run resumes it)"""
     save_freq: int = 10
@@ -63,6 +60,8 @@ class Args:
     """deterministic torch kernels"""
     track: bool = False
     """also log to Weights & Biases"""
+    capture_video: bool = False
+    """record one evaluation episode to the run dir as an mp4 at the end (runs.capture_video)"""
     async_envs: bool = False
     """step environments in subprocesses (gymnasium AsyncVectorEnv)"""
 
@@ -143,18 +142,14 @@ ROBOMIMIC_TASK = dict(  # per task: n_steps, batch_size, update_epochs
     lift=(300, 7500, 10), can=(300, 7500, 10), square=(400, 10_000, 10), transport=(400, 10_000, 5))
 
 
-def apply_task_defaults(args, cli):
-    """Robomimic ids: the tables above and act_steps = horizon_steps = Ta for each field not in `cli`, printed; True."""
+def task_defaults(args) -> dict:
+    """Defaults that differ from the Gym values above: the robomimic table; {} for the Gym tasks."""
     if not envs.is_robomimic(args.env_id):
-        return False
-    task = envs.resolve_env_id(args.env_id)
+        return {}
+    task = envs.env_slug(args.env_id)
     ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
-    table = dict(ROBOMIMIC, **dict(zip(("n_steps", "batch_size", "update_epochs"), ROBOMIMIC_TASK[task])), act_steps=ta, horizon_steps=ta)
-    given = {a.split("=")[0].replace("_", "-") for a in cli}  # flags given explicitly keep their value
-    table = {k: v for k, v in table.items() if f"--{k.replace('_', '-')}" not in given}
-    vars(args).update(table)
-    print(f"[{task}] per-task defaults: " + ", ".join(f"{k}={v}" for k, v in table.items()))
-    return True
+    per_task = dict(zip(("n_steps", "batch_size", "update_epochs"), ROBOMIMIC_TASK[task]))
+    return dict(ROBOMIMIC, **per_task, act_steps=ta, horizon_steps=ta)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -549,7 +544,7 @@ class Critic(nn.Module):
 class RunningRewardScaler:
     """Divide rewards by the std of a running discounted return (official `reward_scale_running`).
 
-    R <- r + 0.99 (1 - first) R per env; running variance of all R (count init 1e-4, mean 0, var 1);
+    R <- r + 0.99 (1 - first) R per env; running variance M2/(n - 1) of all R (count init 1e-4, mean 0, var 1);
     scaled reward = r / sqrt(var + 1e-8), clipped to +-10. No mean subtraction.
     """
 
@@ -565,7 +560,7 @@ class RunningRewardScaler:
         batch_mean, batch_var, batch_count = returns.mean(), returns.var(), returns.size
         delta, total = batch_mean - self.mean, self.count + batch_count
         m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
-        self.mean, self.var, self.count = self.mean + delta * batch_count / total, m2 / total, total
+        self.mean, self.var, self.count = self.mean + delta * batch_count / total, m2 / (total - 1), total
         return np.clip(rewards / np.sqrt(self.var + 1e-8), -10, 10)
 
     def state_dict(self):
@@ -642,9 +637,9 @@ def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sde, batch, args,
 # ------------------------------------------------------------------------------------------------
 # Evaluation, checks, main
 # ------------------------------------------------------------------------------------------------
-def evaluate(actor, actor_ft, sched, plan, ft_steps, kw, args, normalization, device, episodes):
-    """Return over `episodes` episodes without the exploration floor (DDPM noise kept except at the last step): mean,
-    std and the success rate (robomimic: return > 0)."""
+def eval_act(actor, actor_ft, sched, plan, ft_steps, kw, args, device):
+    """The evaluation action function obs -> chunk (envs.run_episodes, runs.capture_video): no exploration floor (DDPM
+    noise kept except at the last step); the last `ft_steps` denoising steps run the fine-tuned network."""
 
     def act(obs):
         chunk, _ = sample(actor, actor_ft, sched, torch.as_tensor(obs, device=device), plan, ft_steps,
@@ -652,9 +647,7 @@ def evaluate(actor, actor_ft, sched, plan, ft_steps, kw, args, normalization, de
                           randn_clip=args.randn_clip_value)
         return chunk.cpu().numpy()
 
-    returns, _ = envs.run_episodes(act, args.env_id, episodes, args.seed + 10_000, args.act_steps, args.cond_steps,
-                                   normalization, args.async_envs)
-    return float(np.mean(returns)), float(np.std(returns)), envs.success_rate(returns)
+    return act
 
 
 def check_args(args):
@@ -673,31 +666,20 @@ def check_args(args):
 
 def load_diffusion_checkpoint(path, args):
     """Load a diffusion checkpoint and check it against the flags (one-line errors)."""
-    ckpt = envs.load_checkpoint(path, "diffusion", args.env_id)
-    kw = ckpt["model_kwargs"]
-    if kw["denoising_steps"] != args.denoising_steps:
-        envs.fail(f"{path} was pre-trained with {kw['denoising_steps']} denoising steps; pass --denoising-steps {kw['denoising_steps']}")
-    if kw["backbone"] != args.backbone:
-        envs.fail(f"{path} has backbone {kw['backbone']}; pass --backbone {kw['backbone']}")
-    if args.act_steps > kw["horizon_steps"] or kw["cond_steps"] != args.cond_steps or kw["horizon_steps"] != args.horizon_steps:
-        envs.fail(f"{path} predicts chunks of {kw['horizon_steps']} from {kw['cond_steps']} observation(s); pass "
-                  f"--act-steps <= {kw['horizon_steps']} --horizon-steps {kw['horizon_steps']} --cond-steps {kw['cond_steps']}")
-    if kw["backbone"] == "mlp" and args.act_steps != kw["horizon_steps"]:
-        envs.fail(f"an MLP policy executes its whole chunk: pass --act-steps {kw['horizon_steps']} (the UNet may execute fewer)")
+    ckpt = envs.load_diffusion_checkpoint(path, args)
     if ckpt["algo"] == ALGO and ckpt.get("ft_denoising_steps") != args.ft_denoising_steps:
         envs.fail(f"{path} fine-tuned {ckpt['ft_denoising_steps']} denoising steps; pass --ft-denoising-steps {ckpt['ft_denoising_steps']}")
     return ckpt
 
 
-def main(args, cli=()):
-    robo = apply_task_defaults(args, cli)
+def main(args):
     check_args(args)
     envs.resolve_env_id(args.env_id)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    robo = envs.is_robomimic(args.env_id)
+    steps_per_iter = args.num_envs * args.n_steps * args.act_steps
+    num_iters = max(1, args.total_timesteps // steps_per_iter)
+    print(f"[start] {ALGO} on {args.env_id}: {num_iters} iterations of {steps_per_iter} env steps", flush=True)
+    device = runs.seed_everything(args)
 
     path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", args.backbone)
     ckpt = load_diffusion_checkpoint(path, args)  # before creating the run dir: a bad input writes nothing
@@ -710,6 +692,7 @@ def main(args, cli=()):
         print(f"[note] {path} also holds a fine-tuned copy ('model_ft', {ckpt['algo']}); this run starts from the base 'model'")
     run_dir = runs.prepare_run_dir(args, ALGO, resume and path)
     writer = runs.open_run(run_dir, args, resume and resume["env_steps"])
+    evals = runs.Evaluations(writer, robo)
 
     kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
     actor = build_network(kw).to(device)
@@ -727,10 +710,11 @@ def main(args, cli=()):
     K_ft = args.ft_denoising_steps
 
     if args.eval_only:
-        ret, std, succ = evaluate(actor, actor_ft, sched, plan, K_ft if own else 0, kw, args, normalization, device,
-                                  args.eval_episodes)
-        print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes" + (f", success {succ:.2f}" if robo else ""))
-        runs.write_summary(run_dir, ALGO, args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3)
+        act = eval_act(actor, actor_ft, sched, plan, K_ft if own else 0, kw, args, device)
+        ret, std, succ = evals.run(ckpt.get("env_steps", 0), act, args, normalization)
+        success = f", success rate {succ:.2f}" if robo else ""
+        print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes{success}")
+        runs.finish_run(run_dir, ALGO, args, ckpt.get("env_steps", 0), 0.0, evals, device, writer, act, normalization)
         return
 
     obs_dim, action_dim, Tp = kw["obs_dim"], kw["action_dim"], kw["horizon_steps"]
@@ -738,48 +722,39 @@ def main(args, cli=()):
     actor_opt = torch.optim.AdamW(actor_ft.parameters(), lr=args.actor_lr, weight_decay=0.0)
     critic_opt = torch.optim.AdamW(critic.parameters(), lr=args.critic_lr, weight_decay=0.0)
     scaler = RunningRewardScaler(args.num_envs)
-    steps_per_iter = args.num_envs * args.n_steps * args.act_steps
-    num_iters = max(1, args.total_timesteps // steps_per_iter)
     start_iter, env_steps = 0, 0
     if resume is not None:
         critic.load_state_dict(resume["critic"])
         actor_opt.load_state_dict(resume["actor_optimizer"])
         critic_opt.load_state_dict(resume["critic_optimizer"])
         scaler.load_state_dict(resume["reward_scaler"])
+        evals.load_state_dict(resume)
         start_iter, env_steps = resume["iteration"], resume["env_steps"]
-    pretrained_eval = resume["pretrained_eval_return"] if resume is not None else None
-    best_eval = resume["best_eval_return"] if resume is not None else -np.inf
-    pre_succ, best_succ = (resume or {}).get("pretrained_eval_success_rate"), (resume or {}).get("best_eval_success_rate", -np.inf)
-    last_eval = last_succ = float("nan")
-    if pretrained_eval is None:
-        pretrained_eval, _, pre_succ = evaluate(actor, actor_ft, sched, plan, 0, kw, args, normalization, device, args.eval_episodes)
-        last_eval, last_succ = best_eval, best_succ = pretrained_eval, pre_succ
-        writer.add_scalar("eval/episodic_return", pretrained_eval, env_steps)
-        if robo:
-            writer.add_scalar("eval/success_rate", pre_succ, env_steps)
-        print(f"[eval] pre-trained return {pretrained_eval:.1f}" + (f", success rate {pre_succ:.2f}" if robo else ""))
+    else:
+        print(f"[eval] evaluating the pre-trained policy ({args.eval_episodes} episodes)...", flush=True)
+        evals.run(env_steps, eval_act(actor, actor_ft, sched, plan, 0, kw, args, device), args, normalization)
     divergence = "exact" if args.hutchinson_probes == 0 else f"Hutchinson, {args.hutchinson_probes} Rademacher probes"
     print(f"[likelihood] PF-ODE {args.sde_method}, step {args.sde_step_size}, t from "
           f"{args.sde_eps if args.sde_eps is not None else 1 / sde.K:.4g} to 1, divergence {divergence}")
 
-    vec = envs.make_vec_env(args.env_id, args.num_envs, args.seed + start_iter * args.num_envs, args.act_steps,
-                            args.cond_steps, normalization, args.async_envs)
-    obs, _ = vec.reset(seed=args.seed + start_iter * args.num_envs)
+    seed = args.seed + start_iter * args.num_envs
+    vec = envs.make_vec_env(args.env_id, args.num_envs, seed, args.act_steps, args.cond_steps, normalization, args.async_envs)
+    obs, _ = vec.reset(seed=seed)
     firsts, recent_returns, t_start, iteration = np.ones(args.num_envs), [], time.time(), start_iter
     if resume is not None:  # continue exactly where the checkpoint stopped: envs mid-episode, every RNG
         obs, firsts, recent_returns = runs.restore_run(resume, vec, obs, firsts)
+    progress = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO)
 
-    def save(it):
+    def save(iteration):
         state = dict(algo=ALGO, policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(),
                      model_ft=actor_ft.state_dict(), ft_denoising_steps=K_ft, model_kwargs=kw, normalization=normalization,
-                     env_id=args.env_id, args=asdict(args), iteration=it, env_steps=env_steps, critic=critic.state_dict(),
-                     actor_optimizer=actor_opt.state_dict(), critic_optimizer=critic_opt.state_dict(),
-                     reward_scaler=scaler.state_dict(), pretrained_eval_return=pretrained_eval,
-                     best_eval_return=best_eval, **runs.run_state(vec, obs, firsts, recent_returns))
+                     env_id=args.env_id, args=asdict(args), iteration=iteration, env_steps=env_steps,
+                     critic=critic.state_dict(), actor_optimizer=actor_opt.state_dict(),
+                     critic_optimizer=critic_opt.state_dict(), reward_scaler=scaler.state_dict(),
+                     **evals.state_dict(), **runs.run_state(vec, obs, firsts, recent_returns))
         if robo:
-            state.update(pretrained_eval_success_rate=pre_succ, best_eval_success_rate=best_succ,
-                         robomimic_env_args=envs.robomimic_env_args(args.env_id))
-        runs.save_iteration(state, run_dir, it, args.save_freq, num_iters, writer)
+            state.update(robomimic_env_args=envs.robomimic_env_args(args.env_id))
+        runs.save_iteration(state, run_dir, iteration, args.save_freq, num_iters, writer)
 
     while iteration < num_iters:
         t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
@@ -801,32 +776,29 @@ def main(args, cli=()):
             buf_term[n], buf_timeout[n] = term, np.logical_and(trunc, np.logical_not(term))
             buf_final[n] = envs.final_observations(next_obs, infos)
             firsts = np.logical_or(term, trunc).astype(np.float64)
-            for r, length in zip(*envs.finished_episodes(infos)):
-                recent_returns.append(r)
-                writer.add_scalar("charts/episodic_return", r, env_steps)
-                writer.add_scalar("charts/episodic_length", length, env_steps)
-            successes += envs.finished_successes(infos)
+            runs.log_episodes(writer, infos, env_steps, recent_returns, successes)
             obs = next_obs
         t_rollout = time.time() - t_iter
 
         # ---- advantages over env steps (GAE), value of the env state only ----
         t_update = time.time()
-        flat_obs = torch.as_tensor(buf_obs.reshape(N * E, args.cond_steps, obs_dim), device=device)
+        flat = lambda x: torch.as_tensor(x.reshape(-1, *x.shape[2:]), device=device)  # noqa: E731
+        flat_obs = flat(buf_obs)
         with torch.no_grad():
             values = critic(flat_obs).cpu().numpy().reshape(N, E)
-            final_values = critic(torch.as_tensor(buf_final.reshape(N * E, args.cond_steps, obs_dim),
-                                                  device=device)).cpu().numpy().reshape(N, E)
+            final_values = critic(flat(buf_final)).cpu().numpy().reshape(N, E)
             last_value = critic(torch.as_tensor(obs, device=device)).cpu().numpy()
         rewards = scaler(buf_rew, buf_first) if args.reward_scale_running else buf_rew
         # a time-out is not a failure: bootstrap it with V(last obs) (the official code treats it as terminal)
         rewards = rewards + args.gamma * final_values * buf_timeout
+        dones = np.maximum(buf_term, buf_timeout)
         next_values = np.concatenate([values[1:], last_value[None]], 0)
-        advantages, returns = compute_gae(rewards, values, next_values, np.maximum(buf_term, buf_timeout),
-                                          args.gamma, args.gae_lambda)
+        advantages, returns = compute_gae(rewards, values, next_values, dones, args.gamma, args.gae_lambda)
         # ---- old exact log-likelihoods (no graph); Hutchinson probes are drawn once per sample ----
         chunks = buf_chunk.reshape(N * E, Tp, action_dim)
-        probes = (rademacher((N * E, args.hutchinson_probes, Tp * action_dim), device=device)
-                  if args.hutchinson_probes > 0 else None)
+        probes = None
+        if args.hutchinson_probes > 0:
+            probes = rademacher((N * E, args.hutchinson_probes, Tp * action_dim), device=device)
         old_logp = torch.zeros(N * E, device=device)
         t_logp = time.time()
         with torch.no_grad():
@@ -838,48 +810,33 @@ def main(args, cli=()):
         batch = dict(obs=flat_obs, chunks=chunks, logprobs=old_logp, probes=probes,
                      advantages=torch.as_tensor(advantages.reshape(-1), dtype=torch.float32, device=device),
                      returns=torch.as_tensor(returns.reshape(-1), dtype=torch.float32, device=device))
-        stats = ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sde, batch, args,
-                           update_actor=iteration >= args.n_critic_warmup_itr)
+        warm = iteration >= args.n_critic_warmup_itr  # critic warm-up over: the actor updates too
+        stats = ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sde, batch, args, update_actor=warm)
         t_update = time.time() - t_update
         runs.check_finite(iteration, **stats, actor_weights=actor_ft, critic_weights=critic)
         iteration += 1
 
-        sps = int(steps_per_iter / (time.time() - t_iter))
+        # ---- logging, evaluation, checkpoint ----
         for k, v in stats.items():
             writer.add_scalar(f"losses/{k}", v, env_steps)
-        writer.add_scalar("losses/explained_variance", 1 - np.var(returns - values) / (np.var(returns) + 1e-8), env_steps)
+        explained_var = 1 - np.var(returns - values) / (np.var(returns) + 1e-8)
+        writer.add_scalar("losses/explained_variance", explained_var, env_steps)
         writer.add_scalar("values/value_mean", float(values.mean()), env_steps)
         writer.add_scalar("values/logprob_mean", old_logp.mean().item(), env_steps)
         clamped = ((old_logp < args.logprob_min) | (old_logp > args.logprob_max)).float().mean().item()
         writer.add_scalar("values/logprob_clamped_frac", clamped, env_steps)
-        writer.add_scalar("charts/SPS", sps, env_steps)
+        runs.log_iteration(writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes)
         writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
-        writer.add_scalar("time/rollout_s", t_rollout, env_steps)
-        writer.add_scalar("time/update_s", t_update, env_steps)
         writer.add_scalar("time/old_logprob_s", t_logp, env_steps)
-        mem = runs.peak_memory_mb(device)
-        writer.add_scalar("charts/peak_memory_mb", mem, env_steps)
-        if successes:
-            writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
         if iteration % args.eval_freq == 0 or iteration == num_iters:
-            last_eval, _, last_succ = evaluate(actor, actor_ft, sched, plan, K_ft, kw, args, normalization, device,
-                                               args.eval_episodes)
-            best_eval, best_succ = max(best_eval, last_eval), max(best_succ, last_succ)
-            writer.add_scalar("eval/episodic_return", last_eval, env_steps)
-            if robo:
-                writer.add_scalar("eval/success_rate", last_succ, env_steps)
-        mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
-        left = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
-        print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
-              + (f"success {envs.success_rate(successes):.2f} eval success {last_succ:.2f} | " if robo else "") +
-              f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | logp {old_logp.mean().item():.3f} "
-              f"kl {stats['approx_kl']:.2e} clipfrac {stats['clipfrac']:.3f} | mem {mem:.0f}MB | left {left / 60:.1f}m",
-              flush=True)
+            evals.run(env_steps, eval_act(actor, actor_ft, sched, plan, K_ft, kw, args, device), args, normalization)
+        progress.update(iteration, num_iters, env_steps, recent_returns, evals, successes, logp=old_logp.mean().item(), kl=stats["approx_kl"])
         save(iteration)
+    progress.close()
     vec.close()
-    runs.write_summary(run_dir, ALGO, args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval, robo and (pre_succ, last_succ, best_succ))
-    writer.close()
+    act = eval_act(actor, actor_ft, sched, plan, K_ft, kw, args, device)
+    runs.finish_run(run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization)
 
 
 if __name__ == "__main__":
-    runs.run_cli(main, tyro.cli(Args), sys.argv[1:])
+    runs.run_cli(main, runs.parse_args(Args, task_defaults))

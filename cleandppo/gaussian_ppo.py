@@ -10,11 +10,9 @@ Three ways to run it:
 A checkpoint can also be rolled out into a D4RL-format dataset with --record-dataset PATH.
 """
 
-import json
+import copy
 import math
 import os
-import random
-import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Literal, Optional
@@ -22,9 +20,10 @@ from typing import Literal, Optional
 import numpy as np
 import torch
 import torch.nn as nn
-import tyro
 
 from cleandppo import avoid, envs, runs
+
+ALGO = "gaussian_ppo"
 
 
 @dataclass
@@ -35,34 +34,19 @@ class Args:
     seed: int = 0
     """seeds torch, numpy and every environment (env i gets seed + i)"""
     num_envs: int = 40
-    """parallel environments"""
+    """parallel environments (E)"""
     total_timesteps: int = 1_000_000
-    """training budget in environment steps"""
+    """fine-tuning budget in environment steps"""
     checkpoint: Optional[str] = None
-    """pre-trained policy to fine-tune, or a run's checkpoint to resume; default: the bundled one"""
-    dataset: Optional[str] = None
-    """pre-training data: a D4RL name (hopper-medium-v2), a Minari id or an hdf5 path"""
-    pretrain_only: bool = False
-    """stop after behaviour-cloning pre-training"""
+    """pre-trained policy to fine-tune, or a run's checkpoint of this script to resume; default: the bundled one"""
     eval_only: bool = False
     """only evaluate --checkpoint"""
-    from_scratch: bool = False
-    """plain PPO from a random policy (no dataset, no checkpoint)"""
-    record_dataset: Optional[str] = None
-    """roll out --checkpoint's stochastic policy and write a D4RL-format hdf5 to this path"""
-    record_transitions: int = 200_000
-    """with --record-dataset: number of transitions to record (whole episodes are kept)"""
-    target_return: Optional[float] = None
-    """stop once the stochastic policy's mean return over the last 50 training episodes reaches this
-    (how the 'medium' behaviour policies are made: the recorded data then has about this return)"""
     eval_freq: int = 10
     """evaluate every N iterations (and after the last one)"""
     eval_episodes: int = 10
     """episodes per evaluation"""
-    eval_sampling: Literal["eval", "train"] = "eval"
-    """"eval": the mean action, no exploration noise (paper 5); "train": sampled as in the rollouts (Avoid, D.8)"""
     run_dir: Optional[str] = None
-    """where logs, checkpoints, summary.json go (default runs/<env>__gaussian_ppo__<seed>__<time>; resume: its dir)"""
+    """where logs, checkpoints and summary.json go (default runs/<env>__<algo>__<seed>__<time>; a resume: its own dir)"""
     overwrite: bool = False
     """replace the run already in --run-dir (without it such a dir is refused unless this run resumes it)"""
     save_freq: int = 10
@@ -74,9 +58,24 @@ class Args:
     track: bool = False
     """also log to Weights & Biases"""
     capture_video: bool = False
-    """record one evaluation episode to the run dir at the end"""
+    """record one evaluation episode to the run dir as an mp4 at the end (runs.capture_video)"""
     async_envs: bool = False
     """step environments in subprocesses (gymnasium AsyncVectorEnv)"""
+    dataset: Optional[str] = None
+    """pre-training data: a D4RL name (hopper-medium-v2), a Minari id or an hdf5 path"""
+    pretrain_only: bool = False
+    """stop after behaviour-cloning pre-training"""
+    eval_sampling: Literal["eval", "train"] = "eval"
+    """"eval": the mean action, no exploration noise (paper 5); "train": sampled as in the rollouts (Avoid, D.8)"""
+    from_scratch: bool = False
+    """PPO from a random policy (no dataset, no checkpoint), the official scratch preset"""
+    record_dataset: Optional[str] = None
+    """roll out --checkpoint's stochastic policy and write a D4RL-format hdf5 to this path"""
+    record_transitions: int = 200_000
+    """with --record-dataset: number of transitions to record (whole episodes are kept)"""
+    target_return: Optional[float] = None
+    """stop once the stochastic policy's mean return over the last 50 training episodes reaches this
+    (how the 'medium' behaviour policies are made: the recorded data then has about this return)"""
 
     # --- policy (paper D.6) ---
     backbone: Literal["mlp", "transformer"] = "mlp"
@@ -147,13 +146,19 @@ class Args:
     """critic hidden widths (residual, Mish)"""
     train_action_noise: tuple[float, float] = (0.0, 0.0)
     """[low, high] of uniform noise (random sign, normalized) on executed actions from iteration 5 (D.8, Fig. 10)"""
+    official_normalization: Optional[str] = None
+    """normalization.npz of an official DPPO --checkpoint (default: found next to it; docs/checkpoints.md)"""
+    bc_loss_coeff: float = 0.0
+    """weight of the BC regulariser: -log-prob under the policy of the frozen pre-trained policy's samples (D.7; 0: off)"""
 
 
-# From-scratch PPO uses textbook settings (these replace the fine-tuning values above when
-# --from-scratch is given, unless the flag was set explicitly on the command line).
-SCRATCH_PRESET = dict(horizon_steps=1, act_steps=1, num_envs=16, n_steps=128, batch_size=256, update_epochs=10,
-                      clip_coef=0.2, actor_lr=3e-4, critic_lr=3e-4, fixed_std=0.5, std_min=0.01, std_max=1.0,
-                      mlp_dims=(256, 256), target_kl=None, max_grad_norm=0.5)
+# --from-scratch: the official cfg/gym/scratch/*/ppo_gaussian_mlp.yaml values: single actions, 10 envs x 1000 steps,
+# minibatch 500, 10 epochs, clip 0.1, a plain (not residual) ReLU MLP [512, 512, 512], std in [0.01, 1]. The budget
+# differs per task: 301 iterations on Hopper, 501 on Walker2d and HalfCheetah (SCRATCH_ITERATIONS).
+SCRATCH = dict(horizon_steps=1, act_steps=1, cond_steps=1, num_envs=10, n_steps=1000, batch_size=500, update_epochs=10,
+               clip_coef=0.1, actor_lr=1e-4, critic_lr=1e-3, target_kl=1.0, fixed_std=1.0, std_min=0.01, std_max=1.0,
+               mlp_dims=(512, 512, 512))
+SCRATCH_ITERATIONS = {"hopper-v2": 301}  # other Gym tasks: 501
 
 # Robomimic ids (lift, can, square, transport) get the official values (dppo-facts 4.3-4.4) for every flag not set
 # explicitly on the command line (printed at start), with act_steps = horizon_steps = the task's Ta; the Gym tasks
@@ -176,13 +181,13 @@ class ResidualMLP(nn.Module):
     """Linear -> [x + L(act(L(act(x))))] per extra pair of widths -> Linear (official ResidualMLP).
 
     With dims [d_in, h, h, h, d_out] there is exactly one residual block; with [d_in, h, h, d_out]
-    (an even number of hidden widths) the network is a plain MLP with activations between layers.
+    (an even number of hidden widths) or residual=False the network is a plain MLP with activations between layers.
     """
 
-    def __init__(self, dims, activation=nn.Mish):
+    def __init__(self, dims, activation=nn.Mish, residual=None):
         super().__init__()
-        hidden = dims[1:-1]
-        self.residual = len(hidden) % 2 == 1 and len(set(hidden)) == 1
+        hidden = dims[1:-1]  # residual=False: a plain MLP whatever the widths (official residual_style False)
+        self.residual = (len(hidden) % 2 == 1 and len(set(hidden)) == 1) if residual is None else residual
         if self.residual:
             self.inp = nn.Linear(dims[0], hidden[0])
             self.blocks = nn.ModuleList(
@@ -243,17 +248,17 @@ class GaussianPolicy(nn.Module):
 
     def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, backbone="mlp", mlp_dims=(512, 512, 512),
                  transformer_dim=96, transformer_heads=4, transformer_layers=4, init_std=0.1, std_min=0.01, std_max=0.2,
-                 activation="mish", obs_norm=False):
+                 activation="mish", obs_norm=False, residual=None):
         super().__init__()
         self.action_dim, self.horizon_steps = action_dim, horizon_steps
         self.std_min, self.std_max = std_min, std_max
         obs_in = obs_dim * cond_steps
         act = {"mish": nn.Mish, "relu": nn.ReLU, "tanh": nn.Tanh}[activation]
         if backbone == "mlp":
-            self.net = ResidualMLP([obs_in, *mlp_dims, horizon_steps * action_dim], act)
+            self.net = ResidualMLP([obs_in, *mlp_dims, horizon_steps * action_dim], act, residual)
         else:
             self.net = TransformerBackbone(obs_in, action_dim, horizon_steps, transformer_dim, transformer_heads, transformer_layers)
-        self.log_std = nn.Parameter(torch.full((action_dim,), math.log(init_std)))
+        self.logvar = nn.Parameter(torch.full((action_dim,), 2 * math.log(init_std)))  # log sigma^2, as the official
         # running observation statistics, only used (and updated) when training from scratch
         self.obs_norm = obs_norm
         self.register_buffer("obs_mean", torch.zeros(obs_in))
@@ -266,7 +271,7 @@ class GaussianPolicy(nn.Module):
         if self.obs_norm:
             x = ((x - self.obs_mean) / torch.sqrt(self.obs_var + 1e-8)).clamp(-10, 10)
         mean = torch.tanh(self.net(x).reshape(-1, self.horizon_steps, self.action_dim))
-        std = self.log_std.exp().clamp(self.std_min, self.std_max)
+        std = (0.5 * self.logvar).exp().clamp(self.std_min, self.std_max)
         return mean, std
 
     @torch.no_grad()
@@ -318,7 +323,7 @@ class Critic(nn.Module):
 class RunningRewardScaler:
     """Divide rewards by the std of a running discounted return (official `reward_scale_running`).
 
-    R <- r + 0.99 * (1 - first) * R per env; running variance of all R (count init 1e-4, mean 0,
+    R <- r + 0.99 * (1 - first) * R per env; running variance M2/(n - 1) of all R (count init 1e-4, mean 0,
     var 1); scaled reward = r / sqrt(var + 1e-8), clipped to +-10. No mean subtraction.
     """
 
@@ -335,7 +340,7 @@ class RunningRewardScaler:
         batch_mean, batch_var, batch_count = returns.mean(), returns.var(), returns.size
         delta, total = batch_mean - self.mean, self.count + batch_count
         m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
-        self.mean, self.var, self.count = self.mean + delta * batch_count / total, m2 / total, total
+        self.mean, self.var, self.count = self.mean + delta * batch_count / total, m2 / (total - 1), total
         return np.clip(rewards / np.sqrt(self.var + 1e-8), -10, 10)
 
     def state_dict(self):
@@ -361,7 +366,7 @@ def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
     return advantages, advantages + values
 
 
-def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=True, generator=None):
+def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=True, generator=None, base_policy=None):
     """PPO epochs over one iteration's batch (paper 4, D.6). Returns the last minibatch's stats."""
     n = len(batch["obs"])
     mb = min(args.batch_size, n)
@@ -380,6 +385,8 @@ def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=
             v_loss = 0.5 * ((critic(obs) - ret) ** 2).mean()
             ent = entropy(std)
             loss = pg_loss - args.ent_coef * ent + args.vf_coef * v_loss
+            if args.bc_loss_coeff:  # BC regulariser (D.7, official use_bc_loss): -log-prob of the frozen policy's samples
+                loss = loss - args.bc_loss_coeff * log_prob(mean, std, sample_action(*base_policy(obs), args.randn_clip_value)).mean()
             actor_opt.zero_grad()
             critic_opt.zero_grad()
             loss.backward()
@@ -391,7 +398,7 @@ def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=
                 # keep the learned std inside its clip range; the official code lets the parameter drift
                 # past the clamp, where its gradient is zero and it can never come back
                 with torch.no_grad():
-                    policy.log_std.clamp_(math.log(policy.std_min), math.log(policy.std_max))
+                    policy.logvar.clamp_(2 * math.log(policy.std_min), 2 * math.log(policy.std_max))
             critic_opt.step()
             with torch.no_grad():
                 approx_kl = ((ratio - 1) - (new_logp - old_logp)).mean().item()  # k3 estimator
@@ -413,29 +420,26 @@ def model_kwargs_from(args, obs_dim, action_dim, init_std, obs_norm=False):
                 backbone=args.backbone, mlp_dims=tuple(args.mlp_dims), transformer_dim=args.transformer_dim,
                 transformer_heads=args.transformer_heads, transformer_layers=args.transformer_layers,
                 init_std=init_std, std_min=args.std_min, std_max=args.std_max,
-                activation="tanh" if args.from_scratch else "mish", obs_norm=obs_norm)
+                activation="relu" if args.from_scratch else "mish", obs_norm=obs_norm,
+                residual=False if args.from_scratch else None)
 
 
-def evaluate(policy, args, normalization, device, episodes):
-    """(mean, std) of the return and the success rate (share of returns > 0, robomimic) over `episodes` episodes,
-    with the mean action (paper: no exploration noise) or, for eval_sampling "train", sampled actions."""
-    policy.eval()
+def eval_act(policy, args, device):
+    """The evaluation action function obs -> chunk (envs.run_episodes, runs.capture_video): the mean action (paper: no
+    exploration noise) or, for eval_sampling "train", sampled actions."""
 
     def act(obs):
         with torch.no_grad():
             mean, std = policy(torch.as_tensor(obs, device=device))
             return (mean if args.eval_sampling == "eval" else sample_action(mean, std, args.randn_clip_value)).cpu().numpy()
 
-    returns, _ = envs.run_episodes(act, args.env_id, episodes, args.seed + 10_000, args.act_steps, args.cond_steps,
-                                   normalization, args.async_envs)
-    policy.train()
-    return float(np.mean(returns)), float(np.std(returns)), envs.success_rate(returns)
+    return act
 
 
 def make_checkpoint(policy, kwargs, normalization, args, iteration, env_steps, **extra):
     if envs.is_robomimic(args.env_id):  # the env meta in use (a dataset's env_args), restored when loading
         extra["robomimic_env_args"] = envs.robomimic_env_args(args.env_id)
-    return dict(algo="gaussian_ppo", policy="gaussian", backbone=args.backbone, model=policy.state_dict(),
+    return dict(algo=ALGO, policy="gaussian", backbone=args.backbone, model=policy.state_dict(),
                 model_kwargs=kwargs, normalization=normalization, env_id=args.env_id, args=asdict(args),
                 iteration=iteration, env_steps=env_steps, **extra)
 
@@ -448,7 +452,7 @@ def pretrain(args, data, run_dir, writer, device):
     obs_dim, action_dim = obs.shape[1], actions.shape[1]
     kwargs = model_kwargs_from(args, obs_dim, action_dim, args.fixed_std)
     policy = GaussianPolicy(**kwargs).to(device)
-    policy.log_std.requires_grad_(False)  # std fixed during pre-training (paper D.6)
+    policy.logvar.requires_grad_(False)  # std fixed during pre-training (paper D.6)
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=args.pretrain_lr,
                             weight_decay=args.pretrain_weight_decay)
     steps_per_epoch = math.ceil(len(starts) / args.pretrain_batch_size)
@@ -512,28 +516,23 @@ def record_dataset(policy, args, normalization, device):
           f"mean return {np.mean(episode_returns):.1f} +- {np.std(episode_returns):.1f} -> {args.record_dataset}")
 
 
-def apply_task_defaults(args, cli):
-    """Fill the Robomimic or Avoid table for every field not set explicitly on the command line; print what was set."""
+def task_defaults(args) -> dict:
+    """Defaults that differ from the Gym fine-tuning values above: --from-scratch's preset, the robomimic and Avoid
+    tables; {} for the Gym tasks."""
     task = envs.env_slug(args.env_id)
+    if args.from_scratch:
+        iterations = SCRATCH_ITERATIONS.get(task, 501)
+        return dict(SCRATCH, total_timesteps=iterations * SCRATCH["num_envs"] * SCRATCH["n_steps"])
     if avoid.is_avoid(args.env_id):
-        table = dict(AVOID)
-    else:
-        keys = ("n_steps", "batch_size", "update_epochs", "mlp_dims", "transformer_dim")
-        ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
-        table = dict(ROBOMIMIC, **dict(zip(keys, ROBOMIMIC_TASK[task])), act_steps=ta, horizon_steps=ta)
+        return dict(AVOID)
+    if not envs.is_robomimic(args.env_id):
+        return {}
+    keys = ("n_steps", "batch_size", "update_epochs", "mlp_dims", "transformer_dim")
+    ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
+    table = dict(ROBOMIMIC, **dict(zip(keys, ROBOMIMIC_TASK[task])), act_steps=ta, horizon_steps=ta)
     if task == "transport" and args.backbone == "transformer":
         table["fixed_std"] = 0.08  # the Transport Transformer configs start from std 0.08
-    given = {a.split("=")[0].replace("_", "-") for a in cli}
-    table = {k: v for k, v in table.items() if f"--{k.replace('_', '-')}" not in given}
-    vars(args).update(table)
-    print(f"[{task}] per-task defaults: " + ", ".join(f"{k}={v}" for k, v in table.items()))
-
-
-def apply_scratch_preset(args, cli):
-    """Fill the from-scratch defaults for every field not set explicitly on the command line."""
-    for key, value in SCRATCH_PRESET.items():
-        if f"--{key.replace('_', '-')}" not in cli:
-            setattr(args, key, value)
+    return table
 
 
 def check_args(args):
@@ -550,26 +549,21 @@ def check_args(args):
 # ------------------------------------------------------------------------------------------------
 # Main
 # ------------------------------------------------------------------------------------------------
-def main(args, cli=()):
-    robo = envs.is_robomimic(args.env_id)
-    if args.from_scratch:
-        apply_scratch_preset(args, cli)
-    elif robo or avoid.is_avoid(args.env_id):
-        apply_task_defaults(args, cli)
+def main(args):
     check_args(args)
     envs.resolve_env_id(args.env_id)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    robo = envs.is_robomimic(args.env_id)
+    steps_per_iter = args.num_envs * args.n_steps * args.act_steps
+    num_iters = max(1, args.total_timesteps // steps_per_iter)
+    print(f"[start] {ALGO} on {args.env_id}: {num_iters} iterations of {steps_per_iter} env steps", flush=True)
+    device = runs.seed_everything(args)
     obs_dim, action_dim = envs.env_dims(args.env_id)
 
     # ---- load (and check) a checkpoint before writing anything, then build the policy ----
-    start_iter, env_steps, resume, ckpt = 0, 0, None, None
+    start_iter, env_steps, resume, ckpt, path = 0, 0, None, None, None
     if args.checkpoint is not None or (not args.from_scratch and args.dataset is None):
         path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "gaussian", args.backbone)
-        ckpt = envs.load_checkpoint(path, "gaussian", args.env_id, args.backbone)
+        ckpt = envs.load_checkpoint(path, "gaussian", args.env_id, args.backbone, hints=vars(args))
         kw = ckpt["model_kwargs"]
         if kw["horizon_steps"] < args.act_steps or kw["cond_steps"] != args.cond_steps:
             envs.fail(f"{path} predicts chunks of {kw['horizon_steps']} with history {kw['cond_steps']}; "
@@ -589,35 +583,32 @@ def main(args, cli=()):
             envs.fail(f"--from-scratch --checkpoint resumes a from-scratch run, and {path} is none; pass that run's "
                       "checkpoint_last.pt, or drop --from-scratch to fine-tune this checkpoint")
 
-    run_dir = runs.prepare_run_dir(args, "gaussian_ppo", resume and path)
+    run_dir = runs.prepare_run_dir(args, ALGO, resume and path)
     data = envs.load_dataset(args.dataset, args.env_id) if ckpt is None and not args.from_scratch else None
     writer = runs.open_run(run_dir, args, resume and env_steps)
+    evals = runs.Evaluations(writer, robo)
     if args.from_scratch and resume is None:
         normalization = envs.identity_normalization(obs_dim, action_dim)
         kwargs = model_kwargs_from(args, obs_dim, action_dim, args.fixed_std, obs_norm=True)
         policy = GaussianPolicy(**kwargs).to(device)
     elif ckpt is None:
         ckpt = pretrain(args, data, run_dir, writer, device)
-        if args.pretrain_only:
-            mean_ret, std_ret, succ = evaluate(_load_policy(ckpt, device), args, ckpt["normalization"], device, args.eval_episodes)
-            print(f"[pretrain] eval return {mean_ret:.1f} +- {std_ret:.1f} over {args.eval_episodes} episodes"
-                  + (f", success rate {succ:.2f}" if robo else ""))
-            _write_summary(run_dir, args, 0, 0.0, mean_ret, mean_ret, mean_ret, robo and (succ,) * 3)
-            return
         normalization, kwargs = ckpt["normalization"], ckpt["model_kwargs"]
         policy = _load_policy(ckpt, device)
 
     if args.record_dataset:
         record_dataset(policy, args, normalization, device)
         return
-    if args.eval_only:
-        mean_ret, std_ret, succ = evaluate(policy, args, normalization, device, args.eval_episodes)
-        print(f"[eval] return {mean_ret:.1f} +- {std_ret:.1f} over {args.eval_episodes} episodes"
-              + (f", success rate {succ:.2f}" if robo else ""))
-        _write_summary(run_dir, args, env_steps, 0.0, mean_ret, mean_ret, mean_ret, robo and (succ,) * 3)
+    if args.eval_only or args.pretrain_only:
+        act = eval_act(policy, args, device)
+        ret, std, succ = evals.run(env_steps, act, args, normalization)
+        success = f", success rate {succ:.2f}" if robo else ""
+        print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes{success}")
+        runs.finish_run(run_dir, ALGO, args, env_steps, 0.0, evals, device, writer, act, normalization)
         return
 
     critic = Critic(obs_dim, args.cond_steps, args.critic_dims).to(device)  # fresh critic (official)
+    base_policy = copy.deepcopy(policy).requires_grad_(False) if args.bc_loss_coeff else None  # teacher of the BC term
     actor_opt = torch.optim.AdamW(policy.parameters(), lr=args.actor_lr, weight_decay=0.0)
     critic_opt = torch.optim.AdamW(critic.parameters(), lr=args.critic_lr, weight_decay=0.0)
     scaler = RunningRewardScaler(args.num_envs)
@@ -626,35 +617,29 @@ def main(args, cli=()):
         actor_opt.load_state_dict(resume["actor_optimizer"])
         critic_opt.load_state_dict(resume["critic_optimizer"])
         scaler.load_state_dict(resume["reward_scaler"])
+        evals.load_state_dict(resume)
+        if base_policy is not None:  # the BC teacher stays the policy the fine-tuning started from
+            base_policy.load_state_dict(resume.get("base_model") or base_policy.state_dict())
+    else:
+        which = "initial" if args.from_scratch else "pre-trained"
+        print(f"[eval] evaluating the {which} policy ({args.eval_episodes} episodes)...", flush=True)
+        evals.run(env_steps, eval_act(policy, args, device), args, normalization)
 
-    envs_ = envs.make_vec_env(args.env_id, args.num_envs, args.seed + start_iter * args.num_envs, args.act_steps,
-                              args.cond_steps, normalization, args.async_envs)
-    obs, _ = envs_.reset(seed=args.seed + start_iter * args.num_envs)
-    steps_per_iter = args.num_envs * args.n_steps * args.act_steps
-    num_iters = max(1, args.total_timesteps // steps_per_iter)
-    pretrained_eval = (resume or {}).get("pretrained_eval_return")  # None from scratch
-    best_eval = float(resume.get("best_eval_return", -np.inf)) if resume is not None else -np.inf
-    pre_succ, best_succ = (resume or {}).get("pretrained_eval_success_rate"), (resume or {}).get("best_eval_success_rate", -np.inf)
-    last_eval = last_succ = float("nan")
-    if pretrained_eval is None and not args.from_scratch:
-        pretrained_eval, _, pre_succ = evaluate(policy, args, normalization, device, args.eval_episodes)
-        last_eval, last_succ = best_eval, best_succ = pretrained_eval, pre_succ
-        writer.add_scalar("eval/episodic_return", pretrained_eval, env_steps)
-        if robo:
-            writer.add_scalar("eval/success_rate", pre_succ, env_steps)
-        print(f"[eval] pre-trained return {pretrained_eval:.1f}" + (f", success rate {pre_succ:.2f}" if robo else ""))
+    seed = args.seed + start_iter * args.num_envs
+    vec = envs.make_vec_env(args.env_id, args.num_envs, seed, args.act_steps, args.cond_steps, normalization, args.async_envs)
+    obs, _ = vec.reset(seed=seed)
     firsts, recent_returns, t_start, iteration = np.ones(args.num_envs), [], time.time(), start_iter
     if resume is not None:  # continue exactly where the checkpoint stopped: envs mid-episode, every RNG
-        obs, firsts, recent_returns = runs.restore_run(resume, envs_, obs, firsts)
+        obs, firsts, recent_returns = runs.restore_run(resume, vec, obs, firsts)
+    progress = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO)
 
-    def save(tag_iter):
-        ckpt = make_checkpoint(policy, kwargs, normalization, args, tag_iter, env_steps, critic=critic.state_dict(),
-                               actor_optimizer=actor_opt.state_dict(), critic_optimizer=critic_opt.state_dict(),
-                               reward_scaler=scaler.state_dict(), pretrained_eval_return=pretrained_eval,
-                               best_eval_return=best_eval, **runs.run_state(envs_, obs, firsts, recent_returns))
-        if robo:
-            ckpt.update(pretrained_eval_success_rate=pre_succ, best_eval_success_rate=best_succ)
-        runs.save_iteration(ckpt, run_dir, tag_iter, args.save_freq, num_iters, writer)
+    def save(iteration):
+        state = make_checkpoint(policy, kwargs, normalization, args, iteration, env_steps, critic=critic.state_dict(),
+                                actor_optimizer=actor_opt.state_dict(), critic_optimizer=critic_opt.state_dict(),
+                                reward_scaler=scaler.state_dict(), **evals.state_dict(),
+                                **runs.run_state(vec, obs, firsts, recent_returns),
+                                base_model=None if base_policy is None else base_policy.state_dict())
+        runs.save_iteration(state, run_dir, iteration, args.save_freq, num_iters, writer)
 
     while iteration < num_iters:
         t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
@@ -672,18 +657,14 @@ def main(args, cli=()):
                 chunk = sample_action(mean, std, args.randn_clip_value)
             chunk = chunk.cpu().numpy()
             executed = avoid.add_action_noise(chunk[:, :args.act_steps], iteration, args.train_action_noise)
-            next_obs, reward, term, trunc, infos = envs_.step(executed)
+            next_obs, reward, term, trunc, infos = vec.step(executed)
             runs.check_finite(iteration, reward=reward, observation=next_obs)
             env_steps += args.num_envs * args.act_steps  # episodes that end here are logged at this count
             buf_obs[n], buf_act[n], buf_rew[n], buf_first[n] = obs, chunk, reward, firsts
             buf_term[n], buf_timeout[n] = term, np.logical_and(trunc, np.logical_not(term))
             buf_final[n] = envs.final_observations(next_obs, infos)
             firsts = np.logical_or(term, trunc).astype(np.float64)
-            for r, length in zip(*envs.finished_episodes(infos)):
-                recent_returns.append(r)
-                writer.add_scalar("charts/episodic_return", r, env_steps)
-                writer.add_scalar("charts/episodic_length", length, env_steps)
-            successes += envs.finished_successes(infos)
+            runs.log_episodes(writer, infos, env_steps, recent_returns, successes)
             obs = next_obs
         t_rollout = time.time() - t_iter
 
@@ -708,46 +689,31 @@ def main(args, cli=()):
 
         # ---- update ----
         t_update = time.time()
-        stats = ppo_update(policy, critic, actor_opt, critic_opt, batch, args,
-                           update_actor=iteration >= args.n_critic_warmup_itr)
+        warm = iteration >= args.n_critic_warmup_itr  # critic warm-up over: the actor updates too
+        stats = ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=warm, base_policy=base_policy)
         runs.check_finite(iteration, **stats, policy_weights=policy, critic_weights=critic)
         t_update = time.time() - t_update
         iteration += 1
-        explained_var = 1 - np.var(returns - values) / (np.var(returns) + 1e-8)
 
-        sps = int(steps_per_iter / (time.time() - t_iter))
+        # ---- logging, evaluation, checkpoint ----
         for k, v in stats.items():
             writer.add_scalar(f"losses/{k}", v, env_steps)
+        explained_var = 1 - np.var(returns - values) / (np.var(returns) + 1e-8)
         writer.add_scalar("losses/explained_variance", explained_var, env_steps)
-        writer.add_scalar("charts/SPS", sps, env_steps)
+        runs.log_iteration(writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes)
         writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
-        writer.add_scalar("time/rollout_s", t_rollout, env_steps)
-        writer.add_scalar("time/update_s", t_update, env_steps)
-        if successes:
-            writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
-
         if iteration % args.eval_freq == 0 or iteration == num_iters:
-            last_eval, _, last_succ = evaluate(policy, args, normalization, device, args.eval_episodes)
-            best_eval, best_succ = max(best_eval, last_eval), max(best_succ, last_succ)
-            writer.add_scalar("eval/episodic_return", last_eval, env_steps)
-            if robo:
-                writer.add_scalar("eval/success_rate", last_succ, env_steps)
+            evals.run(env_steps, eval_act(policy, args, device), args, normalization)
         mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
-        eta = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
-        print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
-              + (f"success {envs.success_rate(successes):.2f} eval success {last_succ:.2f} | " if robo else "") +
-              f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | kl {stats['approx_kl']:.4f} "
-              f"clipfrac {stats['clipfrac']:.2f} std {stats['std']:.3f} | left {eta / 60:.1f}m", flush=True)
+        progress.update(iteration, num_iters, env_steps, recent_returns, evals, successes, kl=stats["approx_kl"], std=stats["std"])
         save(iteration)
         if args.target_return is not None and len(recent_returns) >= 50 and mean_ret >= args.target_return:
             print(f"[stop] mean training return {mean_ret:.1f} >= --target-return {args.target_return}")
             break
-    envs_.close()
-    if args.capture_video:
-        _capture_video(policy, args, normalization, device, run_dir)
-    _write_summary(run_dir, args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval,
-                   robo and (pre_succ, last_succ, best_succ))
-    writer.close()
+    progress.close()
+    vec.close()
+    act = eval_act(policy, args, device)
+    runs.finish_run(run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization)
 
 
 def _load_policy(ckpt, device):
@@ -759,32 +725,6 @@ def _load_policy(ckpt, device):
     return policy
 
 
-def _write_summary(run_dir, args, env_steps, wall, pretrained, final, best, success=()):
-    """summary.json; `success` (robomimic): the (pretrained, final, best) eval success rates."""
-    summary = dict(algo="gaussian_ppo", env_id=args.env_id, seed=args.seed, env_steps=int(env_steps), wall_time_s=wall,
-                   pretrained_eval_return=pretrained, final_eval_return=final, best_eval_return=best, args=asdict(args),
-                   **{f"{k}_eval_success_rate": v for k, v in zip(("pretrained", "final", "best"), success or ())})
-    with open(os.path.join(run_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=str)
-    print(f"[done] summary in {os.path.join(run_dir, 'summary.json')}")
-
-
-def _capture_video(policy, args, normalization, device, run_dir):
-    import imageio
-
-    env = envs.make_env(args.env_id, args.act_steps, args.cond_steps, normalization, render_mode="rgb_array")
-    obs, _ = env.reset(seed=args.seed)
-    frames = [env.render()]
-    for _ in range(envs.max_episode_steps(args.env_id)):  # the time limit ends the episode by then
-        with torch.no_grad():
-            chunk = policy(torch.as_tensor(obs[None], device=device))[0][0, :args.act_steps].cpu().numpy()
-        obs, _, term, trunc, _ = env.step(chunk)
-        frames.append(env.render())
-        if term or trunc:
-            break
-    imageio.mimsave(os.path.join(run_dir, "eval.mp4"), frames, fps=30)
-
-
 if __name__ == "__main__":
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
-    runs.run_cli(main, tyro.cli(Args), sys.argv[1:])
+    runs.run_cli(main, runs.parse_args(Args, task_defaults))

@@ -18,8 +18,6 @@ the *summed* log-density at 2, which saturates for almost every sample, so its r
 import json
 import math
 import os
-import random
-import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Literal, Optional
@@ -27,9 +25,10 @@ from typing import Literal, Optional
 import numpy as np
 import torch
 import torch.nn as nn
-import tyro
 
 from cleandppo import avoid, envs, runs
+
+ALGO = "gmm_ppo"
 
 
 @dataclass
@@ -40,30 +39,19 @@ class Args:
     seed: int = 0
     """seeds torch, numpy and every environment (env i gets seed + i)"""
     num_envs: int = 40
-    """parallel environments"""
+    """parallel environments (E)"""
     total_timesteps: int = 1_000_000
     """fine-tuning budget in environment steps"""
     checkpoint: Optional[str] = None
-    """pre-trained GMM policy to fine-tune, or a gmm_ppo run's checkpoint to resume; default: the bundled one"""
-    dataset: Optional[str] = None
-    """pre-training data: a D4RL name (hopper-medium-v2), a Minari id or an hdf5 path"""
-    pretrain_only: bool = False
-    """stop after behaviour-cloning pre-training"""
+    """pre-trained policy to fine-tune, or a run's checkpoint of this script to resume; default: the bundled one"""
     eval_only: bool = False
     """only evaluate --checkpoint"""
-    official_summed_logprob: bool = False
-    """PPO on the official PPO_GMM log-prob (summed density clamped to [-5, 2], which saturates; docs/gmm_ppo.md)"""
-    report_official_clamp: bool = False
-    """roll out one fine-tuning batch (num-envs x n-steps queries) of --checkpoint and report the fraction
-    of samples whose summed log-prob the official clamp at 2 saturates; then stop"""
     eval_freq: int = 10
     """evaluate every N iterations (and after the last one)"""
     eval_episodes: int = 10
     """episodes per evaluation"""
-    eval_sampling: Literal["eval", "train"] = "eval"
-    """"eval": mean of the most likely mode (no exploration noise); "train": sampled as in the rollouts (Avoid, D.8)"""
     run_dir: Optional[str] = None
-    """where logs, checkpoints and summary.json go (default runs/<env>__gmm_ppo__<seed>__<time>; a resume: its dir)"""
+    """where logs, checkpoints and summary.json go (default runs/<env>__<algo>__<seed>__<time>; a resume: its own dir)"""
     overwrite: bool = False
     """replace the run already in --run-dir (without it such a dir is refused unless this run resumes it)"""
     save_freq: int = 10
@@ -75,9 +63,20 @@ class Args:
     track: bool = False
     """also log to Weights & Biases"""
     capture_video: bool = False
-    """record one evaluation episode to the run dir at the end"""
+    """record one evaluation episode to the run dir as an mp4 at the end (runs.capture_video)"""
     async_envs: bool = False
     """step environments in subprocesses (gymnasium AsyncVectorEnv)"""
+    dataset: Optional[str] = None
+    """pre-training data: a D4RL name (hopper-medium-v2), a Minari id or an hdf5 path"""
+    pretrain_only: bool = False
+    """stop after behaviour-cloning pre-training"""
+    eval_sampling: Literal["eval", "train"] = "eval"
+    """"eval": mean of the most likely mode (no exploration noise); "train": sampled as in the rollouts (Avoid, D.8)"""
+    official_summed_logprob: bool = False
+    """PPO on the official PPO_GMM log-prob (summed density clamped to [-5, 2], which saturates; docs/gmm_ppo.md)"""
+    report_official_clamp: bool = False
+    """roll out one fine-tuning batch (num-envs x n-steps queries) of --checkpoint and report the fraction
+    of samples whose summed log-prob the official clamp at 2 saturates; then stop"""
 
     # --- policy (paper D.6) ---
     backbone: Literal["mlp", "transformer"] = "mlp"
@@ -148,6 +147,8 @@ class Args:
     """critic hidden widths (residual, Mish)"""
     train_action_noise: tuple[float, float] = (0.0, 0.0)
     """[low, high] of uniform noise (random sign, normalized) on executed actions from iteration 5 (D.8, Fig. 10)"""
+    official_normalization: Optional[str] = None
+    """normalization.npz of an official DPPO --checkpoint (default: found next to it; docs/checkpoints.md)"""
 
 
 # Robomimic ids (lift, can, square, transport) get the official values (dppo-facts 4.3-4.4) for every flag not set
@@ -240,21 +241,22 @@ class GMMPolicy(nn.Module):
 
     def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, num_modes=5, backbone="mlp",
                  mlp_dims=(512, 512, 512), transformer_dim=96, transformer_heads=4, transformer_layers=4,
-                 init_std=0.1, std_min=0.01, std_max=0.2):
+                 init_std=0.1, std_min=0.01, std_max=0.2, activation="mish"):
         super().__init__()
         self.action_dim, self.horizon_steps, self.num_modes = action_dim, horizon_steps, num_modes
         self.std_min, self.std_max, self.backbone = std_min, std_max, backbone
         obs_in = obs_dim * cond_steps
         if backbone == "mlp":  # official GMM_MLP: separate networks for the means and the mode weights
-            self.mean_net = ResidualMLP([obs_in, *mlp_dims, num_modes * horizon_steps * action_dim], nn.Mish)
-            self.logits_net = ResidualMLP([obs_in, *mlp_dims, num_modes], nn.Mish)
+            act = {"mish": nn.Mish, "relu": nn.ReLU}[activation]  # official Avoid GMM: ReLU
+            self.mean_net = ResidualMLP([obs_in, *mlp_dims, num_modes * horizon_steps * action_dim], act)
+            self.logits_net = ResidualMLP([obs_in, *mlp_dims, num_modes], act)
         else:
             self.net = TransformerBackbone(obs_in, horizon_steps, transformer_dim, transformer_heads, transformer_layers)
             self.mean_head = nn.Linear(transformer_dim, num_modes * action_dim)
             nn.init.normal_(self.mean_head.weight, 0.0, 0.02)
             nn.init.zeros_(self.mean_head.bias)
             self.modes_head = nn.Linear(horizon_steps * transformer_dim, num_modes)
-        self.log_std = nn.Parameter(torch.full((num_modes, action_dim), math.log(init_std)))
+        self.logvar = nn.Parameter(torch.full((num_modes, action_dim), 2 * math.log(init_std)))  # log sigma^2 (official)
 
     def forward(self, obs):
         B, M, Tp, Da = obs.shape[0], self.num_modes, self.horizon_steps, self.action_dim
@@ -266,7 +268,7 @@ class GMMPolicy(nn.Module):
             h = self.net(x)  # (B, Tp, d)
             means = self.mean_head(h).view(B, Tp, M, Da).transpose(1, 2)
             logits = self.modes_head(h.reshape(B, -1))
-        std = self.log_std.exp().clamp(self.std_min, self.std_max)
+        std = (0.5 * self.logvar).exp().clamp(self.std_min, self.std_max)
         return torch.tanh(means), std, logits
 
 
@@ -353,7 +355,7 @@ class Critic(nn.Module):
 class RunningRewardScaler:
     """Divide rewards by the std of a running discounted return (official `reward_scale_running`).
 
-    R <- r + 0.99 * (1 - first) * R per env; running variance of all R (count init 1e-4, mean 0,
+    R <- r + 0.99 * (1 - first) * R per env; running variance M2/(n - 1) of all R (count init 1e-4, mean 0,
     var 1); scaled reward = r / sqrt(var + 1e-8), clipped to +-10. No mean subtraction.
     """
 
@@ -370,7 +372,7 @@ class RunningRewardScaler:
         batch_mean, batch_var, batch_count = returns.mean(), returns.var(), returns.size
         delta, total = batch_mean - self.mean, self.count + batch_count
         m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
-        self.mean, self.var, self.count = self.mean + delta * batch_count / total, m2 / total, total
+        self.mean, self.var, self.count = self.mean + delta * batch_count / total, m2 / (total - 1), total
         return np.clip(rewards / np.sqrt(self.var + 1e-8), -10, 10)
 
     def state_dict(self):
@@ -447,10 +449,9 @@ def model_kwargs_from(args, obs_dim, action_dim):
                 std_max=args.std_max)
 
 
-def evaluate(policy, args, normalization, device, episodes):
-    """(mean, std) of the return (mean of the most likely mode, paper: no exploration noise; or sampled, for
-    eval_sampling "train") and the success rate (share of returns > 0, robomimic)."""
-    policy.eval()
+def eval_act(policy, args, device):
+    """The evaluation action function obs -> chunk (envs.run_episodes, runs.capture_video): the mean of the most likely
+    mode (paper: no exploration noise) or, for eval_sampling "train", sampled actions."""
 
     def act(obs):
         with torch.no_grad():
@@ -458,16 +459,13 @@ def evaluate(policy, args, normalization, device, episodes):
             chunk = mode_action(means, logits) if args.eval_sampling == "eval" else sample_action(means, std, logits)
             return chunk.cpu().numpy()
 
-    returns, _ = envs.run_episodes(act, args.env_id, episodes, args.seed + 10_000, args.act_steps, args.cond_steps,
-                                   normalization, args.async_envs)
-    policy.train()
-    return float(np.mean(returns)), float(np.std(returns)), envs.success_rate(returns)
+    return act
 
 
 def make_checkpoint(policy, kwargs, normalization, args, iteration, env_steps, **extra):
     if envs.is_robomimic(args.env_id):  # the env meta in use (a dataset's env_args), restored when loading
         extra["robomimic_env_args"] = envs.robomimic_env_args(args.env_id)
-    return dict(algo="gmm_ppo", policy="gmm", backbone=kwargs["backbone"], model=policy.state_dict(),
+    return dict(algo=ALGO, policy="gmm", backbone=kwargs["backbone"], model=policy.state_dict(),
                 model_kwargs=kwargs, normalization=normalization, env_id=args.env_id, args=asdict(args),
                 iteration=iteration, env_steps=env_steps, **extra)
 
@@ -479,7 +477,7 @@ def pretrain(args, data, run_dir, writer, device):
     print(f"[pretrain] {len(data['episodes'])} episodes, {len(starts)} samples from {args.dataset}")
     kwargs = model_kwargs_from(args, obs.shape[1], actions.shape[1])
     policy = GMMPolicy(**kwargs).to(device)
-    policy.log_std.requires_grad_(False)  # std fixed during pre-training (paper D.6)
+    policy.logvar.requires_grad_(False)  # std fixed during pre-training (paper D.6)
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=args.pretrain_lr,
                             weight_decay=args.pretrain_weight_decay)
     steps_per_epoch = math.ceil(len(starts) / args.pretrain_batch_size)
@@ -496,7 +494,7 @@ def pretrain(args, data, run_dir, writer, device):
         writer.add_scalar("pretrain/loss", loss.item(), epoch)
         if epoch % max(1, args.pretrain_epochs // 20) == 0 or epoch == args.pretrain_epochs - 1:
             print(f"[pretrain] epoch {epoch + 1}/{args.pretrain_epochs} | loss {loss.item():.4f} | {time.time() - t0:.0f}s")
-    policy.log_std.requires_grad_(True)
+    policy.logvar.requires_grad_(True)
     ckpt = make_checkpoint(policy, kwargs, norm, args, 0, 0, dataset=args.dataset, pretrain_epochs=args.pretrain_epochs)
     envs.save_checkpoint(ckpt, os.path.join(run_dir, "pretrained.pt"))
     return ckpt
@@ -534,21 +532,20 @@ def report_official_clamp(policy, args, normalization, device, checkpoint):
     return report
 
 
-def apply_task_defaults(args, cli):
-    """Fill the Robomimic or Avoid table for every field not set explicitly on the command line; print what was set."""
+def task_defaults(args) -> dict:
+    """Defaults that differ from the Gym fine-tuning values above: the robomimic and Avoid tables; {} for the Gym
+    tasks."""
     task = envs.env_slug(args.env_id)
     if avoid.is_avoid(args.env_id):
-        table = dict(AVOID)
-    else:
-        keys = ("n_steps", "batch_size", "update_epochs", "mlp_dims", "transformer_dim")
-        ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
-        table = dict(ROBOMIMIC, **dict(zip(keys, ROBOMIMIC_TASK[task])), act_steps=ta, horizon_steps=ta)
+        return dict(AVOID)
+    if not envs.is_robomimic(args.env_id):
+        return {}
+    keys = ("n_steps", "batch_size", "update_epochs", "mlp_dims", "transformer_dim")
+    ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
+    table = dict(ROBOMIMIC, **dict(zip(keys, ROBOMIMIC_TASK[task])), act_steps=ta, horizon_steps=ta)
     if task == "transport" and args.backbone == "transformer":
         table["fixed_std"] = 0.08  # the Transport Transformer configs start from std 0.08
-    given = {a.split("=")[0].replace("_", "-") for a in cli}
-    table = {k: v for k, v in table.items() if f"--{k.replace('_', '-')}" not in given}
-    vars(args).update(table)
-    print(f"[{task}] per-task defaults: " + ", ".join(f"{k}={v}" for k, v in table.items()))
+    return table
 
 
 def check_args(args):
@@ -563,17 +560,14 @@ def check_args(args):
 # ------------------------------------------------------------------------------------------------
 # Main
 # ------------------------------------------------------------------------------------------------
-def main(args, cli=()):
-    robo = envs.is_robomimic(args.env_id)
-    if robo or avoid.is_avoid(args.env_id):
-        apply_task_defaults(args, cli)
+def main(args):
     check_args(args)
     envs.resolve_env_id(args.env_id)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    robo = envs.is_robomimic(args.env_id)
+    steps_per_iter = args.num_envs * args.n_steps * args.act_steps
+    num_iters = max(1, args.total_timesteps // steps_per_iter)
+    print(f"[start] {ALGO} on {args.env_id}: {num_iters} iterations of {steps_per_iter} env steps", flush=True)
+    device = runs.seed_everything(args)
     obs_dim, action_dim = envs.env_dims(args.env_id)
 
     # ---- load (and check) the dataset or checkpoint before writing anything, then build the policy ----
@@ -582,7 +576,7 @@ def main(args, cli=()):
         data = envs.load_dataset(args.dataset, args.env_id)
     else:
         path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "gmm", args.backbone)
-        ckpt = envs.load_checkpoint(path, "gmm", args.env_id, args.backbone)
+        ckpt = envs.load_checkpoint(path, "gmm", args.env_id, args.backbone, hints=vars(args))
         kw = ckpt["model_kwargs"]
         if kw["horizon_steps"] < args.act_steps or kw["cond_steps"] != args.cond_steps:
             envs.fail(f"{path} predicts chunks of {kw['horizon_steps']} with history {kw['cond_steps']}; "
@@ -600,18 +594,12 @@ def main(args, cli=()):
         print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
         if robo and ckpt.get("robomimic_env_args"):  # the env meta the policy was trained with
             envs.set_robomimic_env_args(args.env_id, ckpt["robomimic_env_args"])
-    run_dir = runs.prepare_run_dir(args, "gmm_ppo", resume and path)
+    run_dir = runs.prepare_run_dir(args, ALGO, resume and path)
     writer = runs.open_run(run_dir, args, resume and env_steps)
+    evals = runs.Evaluations(writer, robo)
     if ckpt is None:
         ckpt = pretrain(args, data, run_dir, writer, device)
         path = os.path.join(run_dir, "pretrained.pt")
-        if args.pretrain_only:
-            mean_ret, std_ret, succ = evaluate(_load_policy(ckpt, device), args, ckpt["normalization"], device, args.eval_episodes)
-            print(f"[pretrain] eval return {mean_ret:.1f} +- {std_ret:.1f} over {args.eval_episodes} episodes"
-                  + (f", success rate {succ:.2f}" if robo else ""))
-            _write_summary(run_dir, args, 0, 0.0, mean_ret, mean_ret, mean_ret, robo and (succ,) * 3)
-            writer.close()
-            return
         normalization, kwargs = ckpt["normalization"], ckpt["model_kwargs"]
         policy = _load_policy(ckpt, device)
 
@@ -621,12 +609,12 @@ def main(args, cli=()):
             json.dump(report, f, indent=2)
         writer.close()
         return
-    if args.eval_only:
-        mean_ret, std_ret, succ = evaluate(policy, args, normalization, device, args.eval_episodes)
-        print(f"[eval] return {mean_ret:.1f} +- {std_ret:.1f} over {args.eval_episodes} episodes"
-              + (f", success rate {succ:.2f}" if robo else ""))
-        _write_summary(run_dir, args, env_steps, 0.0, mean_ret, mean_ret, mean_ret, robo and (succ,) * 3)
-        writer.close()
+    if args.eval_only or args.pretrain_only:
+        act = eval_act(policy, args, device)
+        ret, std, succ = evals.run(env_steps, act, args, normalization)
+        success = f", success rate {succ:.2f}" if robo else ""
+        print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes{success}")
+        runs.finish_run(run_dir, ALGO, args, env_steps, 0.0, evals, device, writer, act, normalization)
         return
 
     critic = Critic(obs_dim, args.cond_steps, args.critic_dims).to(device)  # fresh critic (official)
@@ -638,35 +626,25 @@ def main(args, cli=()):
         actor_opt.load_state_dict(resume["actor_optimizer"])
         critic_opt.load_state_dict(resume["critic_optimizer"])
         scaler.load_state_dict(resume["reward_scaler"])
+        evals.load_state_dict(resume)
+    else:
+        print(f"[eval] evaluating the pre-trained policy ({args.eval_episodes} episodes)...", flush=True)
+        evals.run(env_steps, eval_act(policy, args, device), args, normalization)
 
-    envs_ = envs.make_vec_env(args.env_id, args.num_envs, args.seed + start_iter * args.num_envs, args.act_steps,
-                              args.cond_steps, normalization, args.async_envs)
-    obs, _ = envs_.reset(seed=args.seed + start_iter * args.num_envs)
-    steps_per_iter = args.num_envs * args.n_steps * args.act_steps
-    num_iters = max(1, args.total_timesteps // steps_per_iter)
-    pretrained_eval = float(resume["pretrained_eval_return"]) if resume is not None else None
-    best_eval = float(resume.get("best_eval_return", -np.inf)) if resume is not None else -np.inf
-    pre_succ, best_succ = (resume or {}).get("pretrained_eval_success_rate"), (resume or {}).get("best_eval_success_rate", -np.inf)
-    last_eval = last_succ = float("nan")
-    if pretrained_eval is None:
-        pretrained_eval, _, pre_succ = evaluate(policy, args, normalization, device, args.eval_episodes)
-        last_eval, last_succ = best_eval, best_succ = pretrained_eval, pre_succ
-        writer.add_scalar("eval/episodic_return", pretrained_eval, env_steps)
-        if robo:
-            writer.add_scalar("eval/success_rate", pre_succ, env_steps)
-        print(f"[eval] pre-trained return {pretrained_eval:.1f}" + (f", success rate {pre_succ:.2f}" if robo else ""))
+    seed = args.seed + start_iter * args.num_envs
+    vec = envs.make_vec_env(args.env_id, args.num_envs, seed, args.act_steps, args.cond_steps, normalization, args.async_envs)
+    obs, _ = vec.reset(seed=seed)
     firsts, recent_returns, t_start, iteration = np.ones(args.num_envs), [], time.time(), start_iter
     if resume is not None:  # continue exactly where the checkpoint stopped: envs mid-episode, every RNG
-        obs, firsts, recent_returns = runs.restore_run(resume, envs_, obs, firsts)
+        obs, firsts, recent_returns = runs.restore_run(resume, vec, obs, firsts)
+    progress = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO)
 
-    def save(tag_iter):
-        ckpt = make_checkpoint(policy, kwargs, normalization, args, tag_iter, env_steps, critic=critic.state_dict(),
-                               actor_optimizer=actor_opt.state_dict(), critic_optimizer=critic_opt.state_dict(),
-                               reward_scaler=scaler.state_dict(), pretrained_eval_return=pretrained_eval,
-                               best_eval_return=best_eval, **runs.run_state(envs_, obs, firsts, recent_returns))
-        if robo:
-            ckpt.update(pretrained_eval_success_rate=pre_succ, best_eval_success_rate=best_succ)
-        runs.save_iteration(ckpt, run_dir, tag_iter, args.save_freq, num_iters, writer)
+    def save(iteration):
+        state = make_checkpoint(policy, kwargs, normalization, args, iteration, env_steps, critic=critic.state_dict(),
+                                actor_optimizer=actor_opt.state_dict(), critic_optimizer=critic_opt.state_dict(),
+                                reward_scaler=scaler.state_dict(), **evals.state_dict(),
+                                **runs.run_state(vec, obs, firsts, recent_returns))
+        runs.save_iteration(state, run_dir, iteration, args.save_freq, num_iters, writer)
 
     while iteration < num_iters:
         t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
@@ -679,18 +657,14 @@ def main(args, cli=()):
             with torch.no_grad():
                 chunk = sample_action(*policy(torch.as_tensor(obs, device=device)))
             executed = avoid.add_action_noise(chunk[:, :args.act_steps].cpu().numpy(), iteration, args.train_action_noise)
-            next_obs, reward, term, trunc, infos = envs_.step(executed)
+            next_obs, reward, term, trunc, infos = vec.step(executed)
             runs.check_finite(iteration, reward=reward, observation=next_obs)
             env_steps += args.num_envs * args.act_steps  # episodes that end here are logged at this count
             buf_obs[n], buf_act[n], buf_rew[n], buf_first[n] = obs, chunk.cpu().numpy(), reward, firsts
             buf_term[n], buf_timeout[n] = term, np.logical_and(trunc, np.logical_not(term))
             buf_final[n] = envs.final_observations(next_obs, infos)
             firsts = np.logical_or(term, trunc).astype(np.float64)
-            for r, length in zip(*envs.finished_episodes(infos)):
-                recent_returns.append(r)
-                writer.add_scalar("charts/episodic_return", r, env_steps)
-                writer.add_scalar("charts/episodic_length", length, env_steps)
-            successes += envs.finished_successes(infos)
+            runs.log_episodes(writer, infos, env_steps, recent_returns, successes)
             obs = next_obs
         t_rollout = time.time() - t_iter
 
@@ -717,44 +691,28 @@ def main(args, cli=()):
 
         # ---- update ----
         t_update = time.time()
-        stats = ppo_update(policy, critic, actor_opt, critic_opt, batch, args,
-                           update_actor=iteration >= args.n_critic_warmup_itr)
+        warm = iteration >= args.n_critic_warmup_itr  # critic warm-up over: the actor updates too
+        stats = ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=warm)
         runs.check_finite(iteration, **stats, policy_weights=policy, critic_weights=critic)
         t_update = time.time() - t_update
         iteration += 1
-        explained_var = 1 - np.var(returns - values) / (np.var(returns) + 1e-8)
 
-        sps = int(steps_per_iter / (time.time() - t_iter))
+        # ---- logging, evaluation, checkpoint ----
         for k, v in stats.items():
             writer.add_scalar(f"losses/{k}", v, env_steps)
+        explained_var = 1 - np.var(returns - values) / (np.var(returns) + 1e-8)
         writer.add_scalar("losses/explained_variance", explained_var, env_steps)
         writer.add_scalar("charts/official_clamp_saturated", official_clamp_fraction(summed_logp), env_steps)
-        writer.add_scalar("charts/SPS", sps, env_steps)
+        runs.log_iteration(writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes)
         writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
-        writer.add_scalar("time/rollout_s", t_rollout, env_steps)
-        writer.add_scalar("time/update_s", t_update, env_steps)
-        if successes:
-            writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
-
         if iteration % args.eval_freq == 0 or iteration == num_iters:
-            last_eval, _, last_succ = evaluate(policy, args, normalization, device, args.eval_episodes)
-            best_eval, best_succ = max(best_eval, last_eval), max(best_succ, last_succ)
-            writer.add_scalar("eval/episodic_return", last_eval, env_steps)
-            if robo:
-                writer.add_scalar("eval/success_rate", last_succ, env_steps)
-        mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
-        eta = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
-        print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
-              + (f"success {envs.success_rate(successes):.2f} eval success {last_succ:.2f} | " if robo else "") +
-              f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | kl {stats['approx_kl']:.4f} "
-              f"clipfrac {stats['clipfrac']:.2f} std {stats['std']:.3f} | left {eta / 60:.1f}m", flush=True)
+            evals.run(env_steps, eval_act(policy, args, device), args, normalization)
+        progress.update(iteration, num_iters, env_steps, recent_returns, evals, successes, kl=stats["approx_kl"], std=stats["std"])
         save(iteration)
-    envs_.close()
-    if args.capture_video:
-        _capture_video(policy, args, normalization, device, run_dir)
-    _write_summary(run_dir, args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval,
-                   robo and (pre_succ, last_succ, best_succ))
-    writer.close()
+    progress.close()
+    vec.close()
+    act = eval_act(policy, args, device)
+    runs.finish_run(run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization)
 
 
 def _load_policy(ckpt, device):
@@ -766,33 +724,6 @@ def _load_policy(ckpt, device):
     return policy
 
 
-def _write_summary(run_dir, args, env_steps, wall, pretrained, final, best, success=()):
-    """summary.json; `success` (robomimic): the (pretrained, final, best) eval success rates."""
-    summary = dict(algo="gmm_ppo", env_id=args.env_id, seed=args.seed, env_steps=int(env_steps), wall_time_s=wall,
-                   pretrained_eval_return=pretrained, final_eval_return=final, best_eval_return=best, args=asdict(args),
-                   **{f"{k}_eval_success_rate": v for k, v in zip(("pretrained", "final", "best"), success or ())})
-    with open(os.path.join(run_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=str)
-    print(f"[done] summary in {os.path.join(run_dir, 'summary.json')}")
-
-
-def _capture_video(policy, args, normalization, device, run_dir):
-    import imageio
-
-    env = envs.make_env(args.env_id, args.act_steps, args.cond_steps, normalization, render_mode="rgb_array")
-    obs, _ = env.reset(seed=args.seed)
-    frames = [env.render()]
-    for _ in range(envs.max_episode_steps(args.env_id)):  # the time limit ends the episode by then
-        with torch.no_grad():
-            means, _, logits = policy(torch.as_tensor(obs[None], device=device))
-            chunk = mode_action(means, logits)[0, :args.act_steps].cpu().numpy()
-        obs, _, term, trunc, _ = env.step(chunk)
-        frames.append(env.render())
-        if term or trunc:
-            break
-    imageio.mimsave(os.path.join(run_dir, "eval.mp4"), frames, fps=30)
-
-
 if __name__ == "__main__":
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
-    runs.run_cli(main, tyro.cli(Args), sys.argv[1:])
+    runs.run_cli(main, runs.parse_args(Args, task_defaults))

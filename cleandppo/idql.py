@@ -13,8 +13,6 @@ evaluation (D.3).
 
 import copy
 import math
-import random
-import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -22,16 +20,17 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn as nn
-import tyro
 
 from cleandppo import envs, runs
+
+ALGO = "idql"
 
 
 @dataclass
 class Args:
     # --- common contract (see the README) ---
     env_id: str = "Hopper-v2"
-    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or a gymnasium v4/v5 id); robomimic: lift, can, square, transport"""
+    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or a gymnasium v4/v5 id), lift/can/square/transport, avoid-m1/m2/m3"""
     seed: int = 0
     """seeds torch, numpy and every environment (env i gets seed + i)"""
     num_envs: int = 40
@@ -39,15 +38,16 @@ class Args:
     total_timesteps: int = 1_000_000
     """fine-tuning budget in environment steps"""
     checkpoint: Optional[str] = None
-    """diffusion checkpoint to fine-tune (any cleandppo script's), or an idql checkpoint to resume; default: the bundled one"""
+    """pre-trained diffusion policy to fine-tune (any cleandppo diffusion script's), or a run's checkpoint of this
+    script to resume; default: the bundled one"""
     eval_only: bool = False
-    """only evaluate --checkpoint (greedy over candidates when it is an idql checkpoint with critics)"""
+    """only evaluate --checkpoint"""
     eval_freq: int = 10
     """evaluate every N iterations (and after the last one)"""
     eval_episodes: int = 10
     """episodes per evaluation"""
     run_dir: Optional[str] = None
-    """where logs, checkpoints and summary.json go (default runs/<env>__idql__<seed>__<time>)"""
+    """where logs, checkpoints and summary.json go (default runs/<env>__<algo>__<seed>__<time>; a resume: its own dir)"""
     overwrite: bool = False
     """replace the run already in --run-dir (without it such a dir is refused unless this run resumes it)"""
     save_freq: int = 10
@@ -58,6 +58,8 @@ class Args:
     """deterministic torch kernels"""
     track: bool = False
     """also log to Weights & Biases"""
+    capture_video: bool = False
+    """record one evaluation episode to the run dir as an mp4 at the end (runs.capture_video)"""
     async_envs: bool = False
     """step environments in subprocesses (gymnasium AsyncVectorEnv)"""
 
@@ -116,18 +118,13 @@ ROBOMIMIC = dict(num_envs=50, gamma=0.999, actor_lr=1e-5, critic_lr=1e-3, batch_
 ROBOMIMIC_N_STEPS = dict(lift=300, can=300, square=400, transport=400)  # N Ta = 4 episodes per env and iteration
 
 
-def apply_task_defaults(args, cli):
-    """Robomimic ids: the tables above and act_steps = horizon_steps = Ta for each field not in `cli`, printed; True."""
+def task_defaults(args) -> dict:
+    """Robomimic ids: the tables above with act_steps = horizon_steps = Ta; {} (the Gym defaults) otherwise."""
     if not envs.is_robomimic(args.env_id):
-        return False
+        return {}
     task = envs.resolve_env_id(args.env_id)
     ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
-    table = dict(ROBOMIMIC, n_steps=ROBOMIMIC_N_STEPS[task], act_steps=ta, horizon_steps=ta)
-    given = {a.split("=")[0].replace("_", "-") for a in cli}  # flags given explicitly keep their value
-    table = {k: v for k, v in table.items() if f"--{k.replace('_', '-')}" not in given}
-    vars(args).update(table)
-    print(f"[{task}] per-task defaults: " + ", ".join(f"{k}={v}" for k, v in table.items()))
-    return True
+    return dict(ROBOMIMIC, n_steps=ROBOMIMIC_N_STEPS[task], act_steps=ta, horizon_steps=ta)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -368,13 +365,15 @@ class ReplayBuffer:
         self.pos = int((self.pos + len(obs)) % self.capacity)
         self.size = min(self.capacity, self.size + len(obs))
 
-    def sample_indices(self, batch_size):
-        """Uniform with replacement over the stored transitions (official)."""
-        return np.random.randint(0, self.size, batch_size)
+    def sample(self, batch_size, device):
+        """A minibatch drawn uniformly with replacement over the stored transitions (official), as get() returns it."""
+        return self.get(np.random.randint(0, self.size, batch_size), device)
 
     def get(self, idx, device):
-        return {k: torch.as_tensor(getattr(self, k)[idx], device=device)
-                for k in ("obs", "actions", "rewards", "next_obs", "terminated")}
+        """Transitions `idx` as torch tensors, and `idx` itself."""
+        batch = {k: torch.as_tensor(getattr(self, k)[idx], device=device)
+                 for k in ("obs", "actions", "rewards", "next_obs", "terminated")}
+        return dict(batch, idx=idx)
 
 
 class DoubleQCritic(nn.Module):
@@ -430,8 +429,8 @@ def critic_loss(critic, obs, actions, target):
 
 
 @torch.no_grad()
-def ema_update(target, source, tau):
-    """target <- (1 - tau) target + tau source, parameter by parameter."""
+def soft_update(target, source, tau):
+    """theta_target <- (1 - tau) theta_target + tau theta."""
     for p_t, p in zip(target.parameters(), source.parameters()):
         p_t.lerp_(p, tau)
 
@@ -470,7 +469,7 @@ def idql_update(actor, q_critic, q_target, v_critic, actor_opt, q_opt, v_opt, sc
     """One iteration of IDQL updates on minibatches of the buffer; returns the mean of each logged statistic."""
     stats = {k: [] for k in ("v_loss", "q_loss", "actor_loss", "v_mean", "q1_mean", "q2_mean", "target_q_mean")}
     for _ in range(num_batch):
-        b = buffer.get(buffer.sample_indices(args.batch_size), device)
+        b = buffer.sample(args.batch_size, device)
         # V <- upper expectile of the target Q's minimum at the buffer actions (A7)
         with torch.no_grad():
             target_q = torch.minimum(*q_target(b["obs"], b["actions"]))
@@ -486,7 +485,7 @@ def idql_update(actor, q_critic, q_target, v_critic, actor_opt, q_opt, v_opt, sc
         q_opt.zero_grad()
         q_loss.backward()
         q_opt.step()
-        ema_update(q_target, q_critic, args.critic_tau)
+        soft_update(q_target, q_critic, args.critic_tau)
         # actor <- plain denoising loss on the same buffer chunks (A9), no weighting
         if update_actor:
             actor_loss = pretrain_loss(actor, sched, b["actions"], b["obs"], args.denoising_steps)
@@ -503,10 +502,9 @@ def idql_update(actor, q_critic, q_target, v_critic, actor_opt, q_opt, v_opt, sc
 # ------------------------------------------------------------------------------------------------
 # Evaluation, checks, main
 # ------------------------------------------------------------------------------------------------
-def evaluate(actor, q_target, v_critic, sched, kw, args, normalization, device, episodes, use_critic):
-    """Mean and std of the return over `episodes` episodes without extra noise: greedy over candidates when
-    `use_critic`, else one sample of the actor (the pre-trained policy, before any critic is trained); and the
-    success rate (robomimic: return > 0)."""
+def eval_policy(actor, q_target, v_critic, sched, kw, args, device, use_critic):
+    """The deterministic evaluation action function, without extra noise: greedy over candidates when
+    `use_critic`, else one sample of the actor (the pre-trained policy, before any critic is trained)."""
 
     def act(obs):
         obs = torch.as_tensor(obs, device=device)
@@ -515,9 +513,7 @@ def evaluate(actor, q_target, v_critic, sched, kw, args, normalization, device, 
         return sample(actor, sched, obs, kw["denoising_steps"], kw["horizon_steps"], kw["action_dim"], "eval",
                       randn_clip=args.randn_clip_value, clip=args.denoised_clip_value).cpu().numpy()
 
-    returns, _ = envs.run_episodes(act, args.env_id, episodes, args.seed + 10_000, args.act_steps, args.cond_steps,
-                                   normalization, args.async_envs)
-    return float(np.mean(returns)), float(np.std(returns)), envs.success_rate(returns)
+    return act
 
 
 def check_args(args):
@@ -533,28 +529,23 @@ def check_args(args):
 
 def load_diffusion_checkpoint(path, args):
     """Load a diffusion checkpoint (any cleandppo script's) and check it against the flags (one-line errors)."""
-    ckpt = envs.load_checkpoint(path, "diffusion", args.env_id)
-    kw = ckpt["model_kwargs"]
-    if kw["denoising_steps"] != args.denoising_steps:
-        envs.fail(f"{path} was pre-trained with {kw['denoising_steps']} denoising steps; pass --denoising-steps {kw['denoising_steps']}")
-    if kw["horizon_steps"] != args.horizon_steps or kw["cond_steps"] != args.cond_steps:
-        envs.fail(f"{path} predicts chunks of {kw['horizon_steps']} from {kw['cond_steps']} observation(s); pass "
-                  f"--horizon-steps {kw['horizon_steps']} --cond-steps {kw['cond_steps']} --act-steps <= {kw['horizon_steps']}")
-    if kw["backbone"] == "mlp" and args.act_steps != kw["horizon_steps"]:
-        envs.fail(f"an MLP policy executes its whole chunk: pass --act-steps {kw['horizon_steps']} (the UNet may execute fewer)")
+    ckpt = envs.load_diffusion_checkpoint(path, args)
     return ckpt
 
 
 
-def main(args, cli=()):
-    robo = apply_task_defaults(args, cli)
+def main(args):
+    robo = envs.is_robomimic(args.env_id)
     check_args(args)
     envs.resolve_env_id(args.env_id)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    N, E = args.n_steps, args.num_envs
+    steps_per_iter = N * E * args.act_steps
+    num_iters = max(1, args.total_timesteps // steps_per_iter)
+    num_batch = max(1, int(N * E / args.batch_size * args.replay_ratio))
+    plan = "evaluation only" if args.eval_only else (f"{num_iters} iterations of {steps_per_iter} env steps, "
+                                                    f"{num_batch} minibatches of {args.batch_size} each")
+    print(f"[start] {ALGO} on {args.env_id}: {plan}", flush=True)
+    device = runs.seed_everything(args)
 
     path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", "mlp")
     ckpt = load_diffusion_checkpoint(path, args)
@@ -562,7 +553,7 @@ def main(args, cli=()):
     if robo and ckpt.get("robomimic_env_args"):  # the env meta the policy was trained with, before any env is built
         envs.set_robomimic_env_args(args.env_id, ckpt["robomimic_env_args"])
     kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
-    resume = ckpt if ckpt["algo"] == "idql" and "critic" in ckpt else None
+    resume = ckpt if ckpt["algo"] == ALGO and "critic" in ckpt else None
     if ckpt.get("model_ft") is not None:
         print("[load] the checkpoint also holds a DPPO-fine-tuned network (model_ft); IDQL starts from the base 'model'")
     actor = build_network(kw).to(device)
@@ -580,65 +571,60 @@ def main(args, cli=()):
         q_target.load_state_dict(resume["target_critic"])
         v_critic.load_state_dict(resume["value_critic"])
 
-    run_dir = runs.prepare_run_dir(args, "idql", resume and path)
+    run_dir = runs.prepare_run_dir(args, ALGO, resume and path)
     writer = runs.open_run(run_dir, args, resume and resume["env_steps"])
+    # evaluation: the actor alone while the critics are fresh (the pre-trained policy), greedy over candidates after
+    act_pretrained = eval_policy(actor, q_target, v_critic, sched, kw, args, device, use_critic=False)
+    act = eval_policy(actor, q_target, v_critic, sched, kw, args, device, use_critic=True)
+    act = act_pretrained if args.eval_only and resume is None else act
+    evals, env_steps, t_start = runs.Evaluations(writer, robo), ckpt.get("env_steps", 0), time.time()
+
+    def finish():
+        runs.finish_run(run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization)
+
     if args.eval_only:
-        ret, std, succ = evaluate(actor, q_target, v_critic, sched, kw, args, normalization, device, args.eval_episodes,
-                                  use_critic=resume is not None)
-        print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes" + (f", success {succ:.2f}" if robo else ""))
-        runs.write_summary(run_dir, "idql", args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3)
-        writer.close()
-        return
+        print(f"[eval] evaluating {path} ({args.eval_episodes} episodes)...", flush=True)
+        evals.run(env_steps, act, args, normalization)
+        print(f"[eval] return {evals.last:.1f}" + (f", success rate {evals.last_success:.2f}" if robo else ""))
+        return finish()
 
     actor_opt = torch.optim.AdamW(actor.parameters(), lr=args.actor_lr, weight_decay=0.0)
     q_opt = torch.optim.AdamW(q_critic.parameters(), lr=args.critic_lr, weight_decay=0.0)
     v_opt = torch.optim.AdamW(v_critic.parameters(), lr=args.critic_lr, weight_decay=0.0)
     buffer = ReplayBuffer(args.buffer_size, (args.cond_steps, obs_dim), (Tp, action_dim))
-    N, E = args.n_steps, args.num_envs
-    steps_per_iter = N * E * args.act_steps
-    num_iters = max(1, args.total_timesteps // steps_per_iter)
-    num_batch = max(1, int(N * E / args.batch_size * args.replay_ratio))
     start_iter, env_steps = 0, 0
     if resume is not None:
         actor_opt.load_state_dict(resume["actor_optimizer"])
         q_opt.load_state_dict(resume["critic_optimizer"])
         v_opt.load_state_dict(resume["value_optimizer"])
         start_iter, env_steps = resume["iteration"], resume["env_steps"]
+        evals.load_state_dict(resume)
         print(f"[resume] iteration {start_iter}, {env_steps} env steps")
-    pretrained_eval = resume["pretrained_eval_return"] if resume is not None else None
-    best_eval = resume["best_eval_return"] if resume is not None else -np.inf
-    pre_succ, best_succ = (resume or {}).get("pretrained_eval_success_rate"), (resume or {}).get("best_eval_success_rate", -np.inf)
-    last_eval = last_succ = float("nan")
-    if pretrained_eval is None:  # the pre-trained actor alone: the fresh critics carry no information yet
-        pretrained_eval, _, pre_succ = evaluate(actor, q_target, v_critic, sched, kw, args, normalization, device,
-                                                args.eval_episodes, use_critic=False)
-        last_eval, last_succ = best_eval, best_succ = pretrained_eval, pre_succ
-        writer.add_scalar("eval/episodic_return", pretrained_eval, env_steps)
-        if robo:
-            writer.add_scalar("eval/success_rate", pre_succ, env_steps)
-        print(f"[eval] pre-trained return {pretrained_eval:.1f}" + (f", success rate {pre_succ:.2f}" if robo else ""))
-    print(f"[idql] {num_iters} iterations of {steps_per_iter} env steps, {num_batch} minibatches of {args.batch_size} each")
+    else:
+        print(f"[eval] evaluating the pre-trained policy ({args.eval_episodes} episodes)...", flush=True)
+        evals.run(env_steps, act_pretrained, args, normalization)
 
     vec = envs.make_vec_env(args.env_id, E, args.seed + start_iter * E, args.act_steps, args.cond_steps, normalization,
                             args.async_envs)
     obs, _ = vec.reset(seed=args.seed + start_iter * E)
-    recent_returns, t_start, iteration = [], time.time(), start_iter
+    recent_returns, iteration = [], start_iter
     if resume is not None:  # continue exactly where the checkpoint stopped: envs mid-episode, every RNG, the buffer
         obs, _, recent_returns = runs.restore_run(resume, vec, obs, None)
         runs.restore_buffer(buffer, resume)
 
     def save(it):
-        state = dict(algo="idql", policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(), model_kwargs=kw,
+        state = dict(algo=ALGO, policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(), model_kwargs=kw,
                      normalization=normalization, env_id=args.env_id, args=asdict(args), iteration=it, env_steps=env_steps,
                      critic=q_critic.state_dict(), target_critic=q_target.state_dict(), value_critic=v_critic.state_dict(),
                      actor_optimizer=actor_opt.state_dict(), critic_optimizer=q_opt.state_dict(),
-                     value_optimizer=v_opt.state_dict(), **runs.run_state(vec, obs, None, recent_returns),
-                     pretrained_eval_return=pretrained_eval, best_eval_return=best_eval,
-                     **(dict(pretrained_eval_success_rate=pre_succ, best_eval_success_rate=best_succ,
-                             robomimic_env_args=envs.robomimic_env_args(args.env_id)) if robo else {}))
+                     value_optimizer=v_opt.state_dict(), **evals.state_dict(),
+                     **runs.run_state(vec, obs, None, recent_returns))
+        if robo:
+            state["robomimic_env_args"] = envs.robomimic_env_args(args.env_id)
         runs.save_iteration(state, run_dir, it, args.save_freq, num_iters, writer,
                             last_only=dict(replay_buffer=runs.buffer_state(buffer)))
 
+    progress = runs.Progress(num_iters * steps_per_iter, env_steps, ALGO)
     while iteration < num_iters:
         t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
         # ---- rollout: Boltzmann pick among candidate chunks; store the executed transitions ----
@@ -654,14 +640,11 @@ def main(args, cli=()):
             # next state of a finished episode: its last observation (not the reset one); only
             # termination cuts the bootstrap, a time-out does not
             buffer.add(obs, chunk, reward * args.scale_reward_factor, envs.final_observations(next_obs, infos), term)
-            for r, length in zip(*envs.finished_episodes(infos)):
-                recent_returns.append(r)
-                writer.add_scalar("charts/episodic_return", r, env_steps)
-                writer.add_scalar("charts/episodic_length", length, env_steps)
-            successes += envs.finished_successes(infos)
+            runs.log_episodes(writer, infos, env_steps, recent_returns, successes)
             obs = next_obs
         t_rollout = time.time() - t_iter
 
+        # ---- V by expectile, Q on V(s'), target Q, actor (idql_update) ----
         t_update = time.time()
         stats = idql_update(actor, q_critic, q_target, v_critic, actor_opt, q_opt, v_opt, sched, buffer, args,
                             num_batch, iteration >= args.n_critic_warmup_itr, device)
@@ -669,40 +652,25 @@ def main(args, cli=()):
         runs.check_finite(iteration, **stats, actor_weights=actor, q_weights=q_critic, v_weights=v_critic)
         iteration += 1
 
-        sps = int(steps_per_iter / (time.time() - t_iter))
+        # ---- logging, evaluation, checkpoint ----
         for k in ("q_loss", "v_loss", "actor_loss"):
             if k in stats:
                 writer.add_scalar(f"losses/{k}", stats[k], env_steps)
         for k in ("q1_mean", "q2_mean", "v_mean", "target_q_mean"):
             writer.add_scalar(f"values/{k}", stats[k], env_steps)
         writer.add_scalar("charts/boltzmann_max_prob", float(np.mean(max_probs)), env_steps)
-        writer.add_scalar("charts/SPS", sps, env_steps)
+        runs.log_iteration(writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes)
         writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
         writer.add_scalar("charts/buffer_size", buffer.size, env_steps)
-        writer.add_scalar("time/rollout_s", t_rollout, env_steps)
-        writer.add_scalar("time/update_s", t_update, env_steps)
-        if successes:
-            writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
         if iteration % args.eval_freq == 0 or iteration == num_iters:
-            last_eval, _, last_succ = evaluate(actor, q_target, v_critic, sched, kw, args, normalization, device,
-                                               args.eval_episodes, use_critic=True)
-            best_eval, best_succ = max(best_eval, last_eval), max(best_succ, last_succ)
-            writer.add_scalar("eval/episodic_return", last_eval, env_steps)
-            if robo:
-                writer.add_scalar("eval/success_rate", last_succ, env_steps)
-        mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
-        left = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
-        actor_txt = f"{stats['actor_loss']:.3e}" if "actor_loss" in stats else "- (critic warm-up)"
-        print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
-              + (f"success {envs.success_rate(successes):.2f} eval success {last_succ:.2f} | " if robo else "") +
-              f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | q_loss {stats['q_loss']:.3e} "
-              f"v_loss {stats['v_loss']:.3e} actor_loss {actor_txt} | left {left / 60:.1f}m", flush=True)
+            evals.run(env_steps, act, args, normalization)
+        progress.update(iteration, num_iters, env_steps, recent_returns, evals, successes, q_loss=stats["q_loss"],
+                        actor_loss=stats.get("actor_loss", "- (critic warm-up)"))
         save(iteration)
+    progress.close()
     vec.close()
-    runs.write_summary(run_dir, "idql", args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval,
-                  robo and (pre_succ, last_succ, best_succ))
-    writer.close()
+    finish()
 
 
 if __name__ == "__main__":
-    runs.run_cli(main, tyro.cli(Args), sys.argv[1:])
+    runs.run_cli(main, runs.parse_args(Args, task_defaults))

@@ -20,8 +20,6 @@ time-outs are not terminal.
 """
 
 import math
-import random
-import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -29,7 +27,6 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn as nn
-import tyro
 
 from cleandppo import envs, runs
 
@@ -40,7 +37,7 @@ ALGO = "qsm"
 class Args:
     # --- common contract (see the README) ---
     env_id: str = "Hopper-v2"
-    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or a gymnasium v4/v5 id), or a robomimic task: lift, can, square, transport"""
+    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or a gymnasium v4/v5 id), lift/can/square/transport, avoid-m1/m2/m3"""
     seed: int = 0
     """seeds torch, numpy and every environment (env i gets seed + i)"""
     num_envs: int = 40
@@ -48,16 +45,16 @@ class Args:
     total_timesteps: int = 1_000_000
     """fine-tuning budget in environment steps"""
     checkpoint: Optional[str] = None
-    """diffusion checkpoint to fine-tune (any cleandppo diffusion script's), or a qsm run's checkpoint to
-    resume; default: the bundled cleandppo/pretrained/<env>-diffusion-mlp.pt"""
+    """pre-trained diffusion policy to fine-tune (any cleandppo diffusion script's), or a run's checkpoint of this
+    script to resume; default: the bundled one"""
     eval_only: bool = False
     """only evaluate --checkpoint"""
     eval_freq: int = 10
     """evaluate every N iterations (and after the last one)"""
     eval_episodes: int = 10
-    """episodes per evaluation (no exploration floor: DDPM noise except at the last step)"""
+    """episodes per evaluation"""
     run_dir: Optional[str] = None
-    """where logs, checkpoints and summary.json go (default runs/<env>__qsm__<seed>__<time>)"""
+    """where logs, checkpoints and summary.json go (default runs/<env>__<algo>__<seed>__<time>; a resume: its own dir)"""
     overwrite: bool = False
     """replace the run already in --run-dir (without it such a dir is refused unless this run resumes it)"""
     save_freq: int = 10
@@ -68,6 +65,8 @@ class Args:
     """deterministic torch kernels"""
     track: bool = False
     """also log to Weights & Biases"""
+    capture_video: bool = False
+    """record one evaluation episode to the run dir as an mp4 at the end (runs.capture_video)"""
     async_envs: bool = False
     """step environments in subprocesses (gymnasium AsyncVectorEnv)"""
 
@@ -123,20 +122,16 @@ ROBOMIMIC_N_STEPS = dict(lift=300, can=300, square=400, transport=400)  # N Ta =
 ROBOMIMIC_BUFFER_VECTOR_STEPS = 5000  # official buffer_size 5000 "* n_envs": transitions = 5000 x num_envs
 
 
-def apply_task_defaults(args, cli):
-    """Robomimic ids: the tables above and act_steps = horizon_steps = Ta for each field not in `cli`, printed; True."""
+def task_defaults(args) -> dict:
+    """Robomimic ids: the tables above with act_steps = horizon_steps = Ta and a buffer of 5000 vector steps of the
+    run's envs; {} (the Gym defaults) otherwise."""
     if not envs.is_robomimic(args.env_id):
-        return False
+        return {}
     task = envs.resolve_env_id(args.env_id)
     ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
-    given = {a.split("=")[0].replace("_", "-") for a in cli}  # flags given explicitly keep their value
-    num_envs = args.num_envs if "--num-envs" in given else ROBOMIMIC["num_envs"]
-    table = dict(ROBOMIMIC, n_steps=ROBOMIMIC_N_STEPS[task], buffer_size=ROBOMIMIC_BUFFER_VECTOR_STEPS * num_envs,
-                 act_steps=ta, horizon_steps=ta)
-    table = {k: v for k, v in table.items() if f"--{k.replace('_', '-')}" not in given}
-    vars(args).update(table)
-    print(f"[{task}] per-task defaults: " + ", ".join(f"{k}={v}" for k, v in table.items()))
-    return True
+    num_envs = ROBOMIMIC["num_envs"] if args.num_envs == Args.num_envs else args.num_envs  # --num-envs given: its value
+    return dict(ROBOMIMIC, n_steps=ROBOMIMIC_N_STEPS[task], buffer_size=ROBOMIMIC_BUFFER_VECTOR_STEPS * num_envs,
+                act_steps=ta, horizon_steps=ta)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -464,18 +459,15 @@ def qsm_actor_loss(actor, critic, sched, obs, chunks, K, act_steps, q_grad_coeff
 # ------------------------------------------------------------------------------------------------
 # Evaluation, checks, checkpoints, main
 # ------------------------------------------------------------------------------------------------
-def evaluate(actor, sched, kw, args, normalization, device, episodes):
-    """Mean and std of the return over `episodes` episodes without the exploration floor (paper D.2), and the
-    success rate (robomimic: return > 0)."""
+def eval_policy(actor, sched, kw, args, device):
+    """The deterministic evaluation action function: the whole chain without the exploration floor (paper D.2)."""
 
     def act(obs):
         chunk = sample(actor, sched, torch.as_tensor(obs, device=device), kw["denoising_steps"], kw["horizon_steps"],
                        kw["action_dim"], "eval", randn_clip=args.randn_clip_value, clip=args.denoised_clip_value)
         return chunk.cpu().numpy()
 
-    returns, _ = envs.run_episodes(act, args.env_id, episodes, args.seed + 10_000, args.act_steps, args.cond_steps,
-                                   normalization, args.async_envs)
-    return float(np.mean(returns)), float(np.std(returns)), envs.success_rate(returns)
+    return act
 
 
 def num_gradient_steps(args):
@@ -499,30 +491,25 @@ def check_args(args):
 
 def load_diffusion_checkpoint(path, args):
     """Load a diffusion checkpoint and check it against the flags (one-line errors)."""
-    ckpt = envs.load_checkpoint(path, "diffusion", args.env_id)
-    kw = ckpt["model_kwargs"]
-    if kw["denoising_steps"] != args.denoising_steps:
-        envs.fail(f"{path} was pre-trained with {kw['denoising_steps']} denoising steps; pass --denoising-steps {kw['denoising_steps']}")
-    if args.act_steps > kw["horizon_steps"] or kw["cond_steps"] != args.cond_steps or kw["horizon_steps"] != args.horizon_steps:
-        envs.fail(f"{path} predicts chunks of {kw['horizon_steps']} from {kw['cond_steps']} observation(s); pass "
-                  f"--act-steps <= {kw['horizon_steps']} --horizon-steps {kw['horizon_steps']} --cond-steps {kw['cond_steps']}")
-    if kw["backbone"] == "mlp" and args.act_steps != kw["horizon_steps"]:
-        envs.fail(f"an MLP policy executes its whole chunk: pass --act-steps {kw['horizon_steps']} (the UNet may execute fewer)")
+    ckpt = envs.load_diffusion_checkpoint(path, args)
     if ckpt["algo"] == ALGO and "critic" in ckpt and ckpt["critic_kwargs"]["act_steps"] != args.act_steps:
         envs.fail(f"{path} has a critic for chunks of {ckpt['critic_kwargs']['act_steps']} actions; pass --act-steps "
                   f"{ckpt['critic_kwargs']['act_steps']}")
     return ckpt
 
 
-def main(args, cli=()):
-    robo = apply_task_defaults(args, cli)
+def main(args):
+    robo = envs.is_robomimic(args.env_id)
     check_args(args)
     envs.resolve_env_id(args.env_id)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    steps_per_iter = args.num_envs * args.n_steps * args.act_steps
+    num_iters = max(1, args.total_timesteps // steps_per_iter)
+    n_grad = num_gradient_steps(args)
+    plan = "evaluation only" if args.eval_only else (f"{num_iters} iterations of {steps_per_iter} env steps, "
+                                                    f"{n_grad} gradient steps each (batch {args.batch_size}, "
+                                                    f"buffer {args.buffer_size} transitions)")
+    print(f"[start] {ALGO} on {args.env_id}: {plan}", flush=True)
+    device = runs.seed_everything(args)
     path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", "mlp")
     ckpt = load_diffusion_checkpoint(path, args)  # before anything is written: bad input leaves no trace
     resume = ckpt if ckpt["algo"] == ALGO and "critic" in ckpt else None
@@ -542,12 +529,17 @@ def main(args, cli=()):
     except RuntimeError:
         envs.fail(f"{path}: weights do not fit the network its model_kwargs describe; it was written by another architecture")
     sched = {k: v.to(device) for k, v in make_schedule(K).items()}
+    act = eval_policy(actor, sched, kw, args, device)
+    evals, env_steps, t_start = runs.Evaluations(writer, robo), ckpt.get("env_steps", 0), time.time()
+
+    def finish():
+        runs.finish_run(run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization)
+
     if args.eval_only:
-        ret, std, succ = evaluate(actor, sched, kw, args, normalization, device, args.eval_episodes)
-        print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes" + (f", success {succ:.2f}" if robo else ""))
-        runs.write_summary(run_dir, "qsm", args, ckpt.get("env_steps", 0), 0.0, ret, ret, ret, robo and (succ,) * 3)
-        writer.close()
-        return
+        print(f"[eval] evaluating {path} ({args.eval_episodes} episodes)...", flush=True)
+        evals.run(env_steps, act, args, normalization)
+        print(f"[eval] return {evals.last:.1f}" + (f", success rate {evals.last_success:.2f}" if robo else ""))
+        return finish()
 
     critic_kwargs = dict(obs_dim=obs_dim, cond_steps=args.cond_steps, action_dim=action_dim, act_steps=args.act_steps,
                          dims=tuple(resume["critic_kwargs"]["dims"] if resume else args.critic_dims))
@@ -556,9 +548,6 @@ def main(args, cli=()):
     target_critic.load_state_dict(critic.state_dict())
     actor_opt = torch.optim.AdamW(actor.parameters(), lr=args.actor_lr, weight_decay=0.0)
     critic_opt = torch.optim.AdamW(critic.parameters(), lr=args.critic_lr, weight_decay=0.0)
-    steps_per_iter = args.num_envs * args.n_steps * args.act_steps
-    num_iters = max(1, args.total_timesteps // steps_per_iter)
-    n_grad = num_gradient_steps(args)
     start_iter, env_steps = 0, 0
     if resume is not None:
         critic.load_state_dict(resume["critic"])
@@ -566,27 +555,18 @@ def main(args, cli=()):
         actor_opt.load_state_dict(resume["actor_optimizer"])
         critic_opt.load_state_dict(resume["critic_optimizer"])
         start_iter, env_steps = resume["iteration"], resume["env_steps"]
+        evals.load_state_dict(resume)
         if tuple(args.critic_dims) != critic_kwargs["dims"]:
             print(f"[load] using the checkpoint's critic dims {critic_kwargs['dims']} (--critic-dims ignored)")
-    pretrained_eval = resume["pretrained_eval_return"] if resume is not None else None
-    best_eval = resume["best_eval_return"] if resume is not None else -np.inf
-    pre_succ, best_succ = (resume or {}).get("pretrained_eval_success_rate"), (resume or {}).get("best_eval_success_rate", -np.inf)
-    last_eval = last_succ = float("nan")
-    if pretrained_eval is None:
-        pretrained_eval, _, pre_succ = evaluate(actor, sched, kw, args, normalization, device, args.eval_episodes)
-        last_eval, last_succ = best_eval, best_succ = pretrained_eval, pre_succ
-        writer.add_scalar("eval/episodic_return", pretrained_eval, env_steps)
-        if robo:
-            writer.add_scalar("eval/success_rate", pre_succ, env_steps)
-        print(f"[eval] pre-trained return {pretrained_eval:.1f}" + (f", success rate {pre_succ:.2f}" if robo else ""))
-    print(f"[{ALGO}] {num_iters} iterations of {steps_per_iter} env steps, {n_grad} gradient steps each "
-          f"(batch {args.batch_size}, buffer {args.buffer_size} transitions)")
+    else:
+        print(f"[eval] evaluating the pre-trained policy ({args.eval_episodes} episodes)...", flush=True)
+        evals.run(env_steps, act, args, normalization)
 
     buffer = ReplayBuffer(args.buffer_size, (args.cond_steps, obs_dim), (Tp, action_dim))
     vec = envs.make_vec_env(args.env_id, args.num_envs, args.seed + start_iter * args.num_envs, args.act_steps,
                             args.cond_steps, normalization, args.async_envs)
     obs, _ = vec.reset(seed=args.seed + start_iter * args.num_envs)
-    recent_returns, t_start, iteration = [], time.time(), start_iter
+    recent_returns, iteration = [], start_iter
     if resume is not None:  # continue exactly where the checkpoint stopped: envs mid-episode, every RNG, the buffer
         obs, _, recent_returns = runs.restore_run(resume, vec, obs, None)
         runs.restore_buffer(buffer, resume)
@@ -596,13 +576,13 @@ def main(args, cli=()):
                      normalization=normalization, env_id=args.env_id, args=asdict(args), iteration=it, env_steps=env_steps,
                      critic=critic.state_dict(), target_critic=target_critic.state_dict(), critic_kwargs=critic_kwargs,
                      actor_optimizer=actor_opt.state_dict(), critic_optimizer=critic_opt.state_dict(),
-                     **runs.run_state(vec, obs, None, recent_returns),
-                     pretrained_eval_return=pretrained_eval, best_eval_return=best_eval,
-                     **(dict(pretrained_eval_success_rate=pre_succ, best_eval_success_rate=best_succ,
-                             robomimic_env_args=envs.robomimic_env_args(args.env_id)) if robo else {}))
+                     **evals.state_dict(), **runs.run_state(vec, obs, None, recent_returns))
+        if robo:
+            state["robomimic_env_args"] = envs.robomimic_env_args(args.env_id)
         runs.save_iteration(state, run_dir, it, args.save_freq, num_iters, writer,
                             last_only=dict(replay_buffer=runs.buffer_state(buffer)))
 
+    progress = runs.Progress(num_iters * steps_per_iter, env_steps, ALGO)
     while iteration < num_iters:
         t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
         # ---- rollout: whole chain with the exploration floor; store every transition ----
@@ -613,11 +593,7 @@ def main(args, cli=()):
             runs.check_finite(iteration, reward=reward, observation=next_obs)
             env_steps += args.num_envs * args.act_steps  # episodes that end here are logged at this count
             buffer.add(obs, chunk, reward * args.scale_reward_factor, envs.final_observations(next_obs, infos), term)
-            for r, length in zip(*envs.finished_episodes(infos)):
-                recent_returns.append(r)
-                writer.add_scalar("charts/episodic_return", r, env_steps)
-                writer.add_scalar("charts/episodic_length", length, env_steps)
-            successes += envs.finished_successes(infos)
+            runs.log_episodes(writer, infos, env_steps, recent_returns, successes)
             obs = next_obs
         t_rollout = time.time() - t_iter
 
@@ -649,7 +625,7 @@ def main(args, cli=()):
         t_update = time.time() - t_update
         iteration += 1
 
-        sps = int(steps_per_iter / (time.time() - t_iter))
+        # ---- logging, evaluation, checkpoint ----
         stats = {k: float(np.mean(v)) for k, v in stats.items() if v}
         runs.check_finite(iteration - 1, **stats, actor_weights=actor, critic_weights=critic)
         for k in ("q_loss", "actor_loss"):
@@ -658,33 +634,19 @@ def main(args, cli=()):
         for k in ("q1_mean", "q2_mean", "target_q_mean", "q_grad_norm"):
             if k in stats:
                 writer.add_scalar(f"values/{k}", stats[k], env_steps)
-        writer.add_scalar("charts/SPS", sps, env_steps)
+        runs.log_iteration(writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes)
         writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
         writer.add_scalar("charts/critic_learning_rate", critic_opt.param_groups[0]["lr"], env_steps)
         writer.add_scalar("charts/buffer_size", buffer.size, env_steps)
-        writer.add_scalar("time/rollout_s", t_rollout, env_steps)
-        writer.add_scalar("time/update_s", t_update, env_steps)
-        if successes:
-            writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
         if iteration % args.eval_freq == 0 or iteration == num_iters:
-            last_eval, _, last_succ = evaluate(actor, sched, kw, args, normalization, device, args.eval_episodes)
-            best_eval, best_succ = max(best_eval, last_eval), max(best_succ, last_succ)
-            writer.add_scalar("eval/episodic_return", last_eval, env_steps)
-            if robo:
-                writer.add_scalar("eval/success_rate", last_succ, env_steps)
-        mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
-        left = (time.time() - t_start) / (iteration - start_iter) * (num_iters - iteration)
-        actor_txt = f"{stats['actor_loss']:.3e}" if "actor_loss" in stats else "- (critic warm-up)"
-        print(f"iter {iteration}/{num_iters} | steps {env_steps} | return {mean_ret:.1f} | eval {last_eval:.1f} | "
-              + (f"success {envs.success_rate(successes):.2f} eval success {last_succ:.2f} | " if robo else "") +
-              f"SPS {sps} | rollout {t_rollout:.1f}s update {t_update:.1f}s | q_loss {stats['q_loss']:.3e} "
-              f"actor_loss {actor_txt} | left {left / 60:.1f}m", flush=True)
+            evals.run(env_steps, act, args, normalization)
+        progress.update(iteration, num_iters, env_steps, recent_returns, evals, successes, q_loss=stats["q_loss"],
+                        actor_loss=stats.get("actor_loss", "- (critic warm-up)"))
         save(iteration)
+    progress.close()
     vec.close()
-    runs.write_summary(run_dir, "qsm", args, env_steps, time.time() - t_start, pretrained_eval, last_eval, best_eval,
-                  robo and (pre_succ, last_succ, best_succ))
-    writer.close()
+    finish()
 
 
 if __name__ == "__main__":
-    runs.run_cli(main, tyro.cli(Args), sys.argv[1:])
+    runs.run_cli(main, runs.parse_args(Args, task_defaults))

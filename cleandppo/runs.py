@@ -7,6 +7,7 @@ Nothing algorithmic lives here. Read top to bottom:
                      good checkpoint stays
   4. checkpoints  -- the state an exact resume needs (envs, RNGs); what Ctrl-C does
   5. summary      -- summary.json and peak memory
+  6. command line, progress, evaluations, video -- the same calls in every script's `main`
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ FLOAT_RANGES = {
     **dict.fromkeys(("gamma", "gamma_denoising", "td_alpha", "critic_tau", "target_ema_rate", "sde_step_size"), RATE),
     **dict.fromkeys(("expectile", "sde_eps"), OPEN_UNIT),
     **dict.fromkeys(("min_sampling_denoising_std", "std_min", "ent_coef", "vf_coef", "clip_ploss_coef_rate", "train_action_noise",
-                     "q_grad_coeff", "eta", "actor_weight_decay", "critic_weight_decay", "pretrain_weight_decay",
+                     "q_grad_coeff", "eta", "bc_loss_coeff", "actor_weight_decay", "critic_weight_decay", "pretrain_weight_decay",
                      "actor_min_lr", "critic_min_lr", "pretrain_min_lr"), NON_NEGATIVE),
     **dict.fromkeys(("actor_lr", "critic_lr", "pretrain_lr", "action_lr", "std_max", "fixed_std",
                      "min_logprob_denoising_std", "denoised_clip_value", "randn_clip_value", "beta",
@@ -153,7 +154,7 @@ def prepare_run_dir(args, algo: str, resume_path: str | None = None) -> str:
         try:
             import wandb  # noqa: F401
         except ImportError:
-            envs.fail("--track needs Weights & Biases: pip install wandb (or run without --track)")
+            envs.fail("--track needs Weights & Biases: pip install -r requirements-wandb.txt (or run without --track)")
     _run.update(dir=run_dir, resume_from=resume_path)
     return run_dir
 
@@ -179,14 +180,16 @@ def open_run(run_dir: str, args, resume_step: int | None = None):
         latest = max((int(n[3]) for n in names if n[3].isdigit()), default=0)  # the file's creation second
         while int(time.time()) <= latest:
             time.sleep(0.05)
+    if args.track:  # before the writer: W&B syncs the TensorBoard writers created after its init
+        import wandb
+
+        # a resumed run is a new W&B run; TensorBoard's files in run_dir hold the continued curves. W&B's own files go
+        # to <run_dir>/wandb (with WANDB_MODE=offline: `wandb sync <run_dir>/wandb/offline-run-*` uploads them later)
+        wandb.init(project="cleandppo", config=vars(args), name=os.path.basename(run_dir), sync_tensorboard=True,
+                   dir=run_dir)
     writer = SummaryWriter(run_dir, purge_step=None if resume_step is None else resume_step + 1)
     table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
-    if args.track:
-        import wandb
-
-        # a resumed run is a new W&B run; TensorBoard's files in run_dir hold the continued curves
-        wandb.init(project="cleandppo", config=vars(args), name=os.path.basename(run_dir), sync_tensorboard=True)
     return writer
 
 
@@ -383,6 +386,16 @@ def write_summary(run_dir: str, algo: str, args, env_steps: int, wall: float, pr
     print(f"[done] summary in {os.path.join(run_dir, 'summary.json')}")
 
 
+def finish_run(run_dir: str, algo: str, args, env_steps: int, wall: float, evals, device, writer, act, normalization):
+    """End a run: summary.json first (the evaluations, peak memory), then with --capture-video one evaluation episode
+    of `act` as an mp4 (a task that cannot render says so in one line and the summary is kept), then close the
+    TensorBoard writer."""
+    write_summary(run_dir, algo, args, env_steps, wall, **evals.summary(), peak_memory_mb=peak_memory_mb(device))
+    if args.capture_video:
+        capture_video(run_dir, args.env_id, act, args.act_steps, args.cond_steps, normalization, args.seed)
+    writer.close()
+
+
 def peak_memory_mb(device) -> float:
     """Peak GPU memory (MB) since the last reset on CUDA; peak resident memory of the process on CPU."""
     import resource
@@ -392,3 +405,187 @@ def peak_memory_mb(device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. Command line, progress, evaluations, video
+# ------------------------------------------------------------------------------------------------
+def parse_args(args_cls, task_defaults, argv=None):
+    """Parse the command line with tyro in two passes. The first reads the fields that choose defaults (--env-id,
+    --from-scratch, --backbone); `task_defaults(args)` returns the per-task or preset values for them; the second
+    parse starts from those values, so a flag given on the command line, in any spelling, always wins."""
+    import dataclasses
+
+    import tyro
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    first = tyro.cli(args_cls, args=[a for a in argv if a not in ("-h", "--help")])
+    table = task_defaults(first)
+    if not table:
+        return tyro.cli(args_cls, args=argv)
+    args = tyro.cli(args_cls, args=argv, default=dataclasses.replace(args_cls(), **table))
+    kept = ", ".join(f"{k}={v}" for k, v in table.items() if getattr(args, k) == v)
+    print(f"[{args.env_id}] defaults for this task: {kept}", flush=True)
+    return args
+
+
+def _number(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+class Progress:
+    """A run's progress over env steps. On a terminal: a tqdm bar with rate, ETA and the latest numbers as postfix.
+    Otherwise (log files, CI): one plain line per iteration with the same numbers and the time left."""
+
+    def __init__(self, total_steps: int, done_steps: int = 0, desc: str = ""):
+        from tqdm import tqdm
+
+        self.total, self.start, self.t0 = total_steps, done_steps, time.time()
+        self.bar = None
+        if sys.stderr.isatty():
+            self.bar = tqdm(total=total_steps, initial=done_steps, desc=desc, unit="step", unit_scale=True,
+                            dynamic_ncols=True)
+
+    def update(self, iteration: int, num_iters: int, env_steps: int, recent_returns, evals, successes, **numbers):
+        """Report the end of `iteration`: the mean return of the last 50 training episodes, the last evaluation,
+        on robomimic tasks the iteration's and the last evaluation's success rates, then the script's own `numbers`
+        (kl, q_loss, ...) as given; NaN ones are omitted."""
+        shown = {"return": np.mean(recent_returns[-50:]) if recent_returns else float("nan"), "eval": evals.last}
+        if evals.robomimic:
+            shown.update(success=envs.success_rate(successes), eval_success=evals.last_success)
+        shown = {k: v for k, v in dict(shown, **numbers).items() if not (isinstance(v, float) and np.isnan(v))}
+        text = " | ".join(f"{k} {_number(v)}" for k, v in shown.items())
+        if self.bar is not None:
+            self.bar.update(env_steps - self.bar.n)
+            self.bar.set_postfix_str(f"iter {iteration}/{num_iters} | {text}", refresh=True)
+            return
+        elapsed = time.time() - self.t0
+        sps = (env_steps - self.start) / max(elapsed, 1e-9)
+        left = (self.total - env_steps) / sps if sps > 0 else float("nan")
+        print(f"iter {iteration}/{num_iters} | steps {env_steps}/{self.total} | {text} | SPS {sps:.0f} | "
+              f"left {left / 60:.1f}m", flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Evaluations:
+    """The evaluations of a run: the pre-trained policy's (first), the last and the best, of the return and, on
+    robomimic tasks, of the success rate. Logged as eval/episodic_return and eval/success_rate at env steps; kept
+    in the checkpoint (state_dict) so a resumed run reports the same summary."""
+
+    def __init__(self, writer, robomimic: bool):
+        self.writer, self.robomimic = writer, robomimic
+        self.pretrained = self.pretrained_success = None
+        self.last = self.last_success = float("nan")
+        self.best = self.best_success = -np.inf
+
+    def add(self, env_steps: int, mean_return: float, success: float):
+        if self.pretrained is None:
+            self.pretrained, self.pretrained_success = mean_return, success
+        self.last, self.last_success = mean_return, success
+        self.best, self.best_success = max(self.best, mean_return), max(self.best_success, success)
+        self.writer.add_scalar("eval/episodic_return", mean_return, env_steps)
+        if self.robomimic:
+            self.writer.add_scalar("eval/success_rate", success, env_steps)
+
+    def run(self, env_steps: int, act, args, normalization) -> tuple[float, float, float]:
+        """Evaluate the action function `act` over --eval-episodes episodes (envs.run_episodes; env i seeded with
+        --seed + 10000 + i), record the result at `env_steps` and return (mean return, its std, success rate:
+        the fraction of returns > 0, meaningful on robomimic's 0/1 reward)."""
+        returns, _ = envs.run_episodes(act, args.env_id, args.eval_episodes, args.seed + 10_000, args.act_steps,
+                                       args.cond_steps, normalization, args.async_envs)
+        mean, std, success = float(np.mean(returns)), float(np.std(returns)), envs.success_rate(returns)
+        self.add(env_steps, mean, success)
+        return mean, std, success
+
+    def state_dict(self) -> dict:
+        state = dict(pretrained_eval_return=self.pretrained, best_eval_return=self.best)
+        if self.robomimic:
+            state.update(pretrained_eval_success_rate=self.pretrained_success, best_eval_success_rate=self.best_success)
+        return state
+
+    def load_state_dict(self, state: dict):
+        self.pretrained, self.best = state["pretrained_eval_return"], state["best_eval_return"]
+        self.pretrained_success = state.get("pretrained_eval_success_rate")
+        self.best_success = state.get("best_eval_success_rate", -np.inf)
+
+    def summary(self) -> dict:
+        """write_summary's pretrained/final/best and success arguments."""
+        success = (self.pretrained_success, self.last_success, self.best_success) if self.robomimic else ()
+        return dict(pretrained=self.pretrained, final=self.last, best=self.best, success=success)
+
+
+def seed_everything(args):
+    """Seed Python, numpy and torch with --seed, make cuDNN deterministic as --torch-deterministic says, and return
+    the device: CUDA when it is available and --cuda, else the CPU."""
+    import torch
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    return torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+
+def log_iteration(writer, env_steps: int, steps_per_second: float, t_rollout: float, t_update: float, device,
+                  successes: list):
+    """The charts every script logs after an iteration: charts/SPS, time/rollout_s, time/update_s,
+    charts/peak_memory_mb and, when episodes reported success (robomimic), charts/success_rate."""
+    writer.add_scalar("charts/SPS", int(steps_per_second), env_steps)
+    writer.add_scalar("time/rollout_s", t_rollout, env_steps)
+    writer.add_scalar("time/update_s", t_update, env_steps)
+    writer.add_scalar("charts/peak_memory_mb", peak_memory_mb(device), env_steps)
+    if successes:
+        writer.add_scalar("charts/success_rate", np.mean(successes), env_steps)
+
+
+def log_episodes(writer, infos: dict, env_steps: int, recent_returns: list, successes: list):
+    """Log the episodes that ended in this vector step (charts/episodic_return and _length at `env_steps`) and
+    append their returns to `recent_returns` and, on robomimic tasks, their success flags to `successes`."""
+    for r, length in zip(*envs.finished_episodes(infos)):
+        recent_returns.append(r)
+        writer.add_scalar("charts/episodic_return", r, env_steps)
+        writer.add_scalar("charts/episodic_length", length, env_steps)
+    successes += envs.finished_successes(infos)
+
+
+GL_FIX = ("no OpenGL backend works here; install one and select it, e.g. apt-get install libosmesa6 and "
+          "MUJOCO_GL=osmesa (CPU), or apt-get install libegl1 and MUJOCO_GL=egl (GPU)")
+
+
+def capture_video(run_dir: str, env_id: str, act_fn, act_steps: int, cond_steps: int, normalization, seed: int,
+                  name: str = "eval.mp4") -> str | None:
+    """Run one evaluation episode of `act_fn` (as envs.run_episodes takes it) and write it to run_dir/name as an mp4
+    (imageio-ffmpeg, no system ffmpeg needed); return the path. MuJoCo tasks render through OpenGL: where no
+    backend works this prints one line naming the fix and returns None, and the run goes on. Avoid draws with
+    numpy and records everywhere."""
+    import warnings
+
+    import imageio
+
+    try:
+        with warnings.catch_warnings():  # GLFW warns before it fails; the one line below says what to do
+            warnings.simplefilter("ignore")
+            env = envs.make_env(env_id, act_steps, cond_steps, normalization, render_mode="rgb_array")
+            obs, _ = env.reset(seed=seed)
+            frames = [env.render()]
+    except Exception as e:  # mujoco.FatalError, GLFW/EGL/OSMesa errors: which one depends on MUJOCO_GL
+        detail = str(e).splitlines()[0][:100] if str(e) else ""
+        print(f"--capture-video: {env_id} cannot render ({e.__class__.__name__}: {detail}); {GL_FIX}; no video "
+              "written", file=sys.stderr, flush=True)
+        return None
+    for _ in range(envs.max_episode_steps(env_id) // act_steps + 1):  # the time limit ends the episode by then
+        obs, _, term, trunc, _ = env.step(np.asarray(act_fn(obs[None]))[0, :act_steps])
+        frames.append(env.render())
+        if term or trunc:
+            break
+    env.close()
+    fps = env.metadata.get("render_fps", 30) / act_steps  # one frame per executed chunk
+    path = os.path.join(run_dir, name)
+    imageio.mimsave(path, frames, fps=fps, macro_block_size=1)
+    print(f"[video] {path} ({len(frames)} frames)", flush=True)
+    return path

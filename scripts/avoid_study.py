@@ -39,7 +39,7 @@ def style(method: str) -> dict:
 def load_sampler(path: str, mode: str = "train"):
     """(act(obs_norm (n, To, 4)) -> normalized chunk (n, Tp, 2), checkpoint) for any of the three policy kinds.
     mode "train": exploration noise as in fine-tuning rollouts (the paper's Avoid evaluation, D.8)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = envs.upgrade_checkpoint(torch.load(path, map_location="cpu", weights_only=False))
     if ckpt["policy"] == "diffusion":
         kw = ckpt["model_kwargs"]
         ft_steps = ckpt.get("ft_denoising_steps") or 0

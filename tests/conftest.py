@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import tyro
 
-from cleandppo import envs
+from cleandppo import envs, runs
 
 torch.set_num_threads(1)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,6 +47,31 @@ TINY_DIFFUSION = [
     "3",
 ]
 
+# Per script: the flags that make a fine-tuning run of tiny_diffusion_checkpoint (K = 6, Hopper) take seconds
+TINY_RUN = "--denoising-steps 6 --num-envs 2 --batch-size 8 --eval-episodes 1 --eval-freq 1"
+TINY_CRITIC = "--critic-dims 16 16 16 --buffer-size 64"
+TINY_FLAGS = {
+    name: f"{TINY_RUN} {flags}".split()
+    for name, flags in {
+        "dawr": f"{TINY_CRITIC} --n-steps 16 --replay-ratio 4 --critic-replay-ratio 2",
+        "drwr": "--n-steps 40 --update-epochs 2",
+        "dipo": f"{TINY_CRITIC} --n-steps 4 --replay-ratio 4",
+        "idql": f"{TINY_CRITIC} --n-steps 4 --replay-ratio 4 --num-candidates 3",
+        "dql": f"{TINY_CRITIC} --n-steps 8 --replay-ratio 2 --n-critic-warmup-itr 1",
+        "qsm": f"{TINY_CRITIC} --n-steps 8 --replay-ratio 2 --n-critic-warmup-itr 1",
+    }.items()
+}
+
+
+def tiny_args(module, *flags, **fields):
+    """`module.Args` as `python cleandppo/<module>.py <TINY_FLAGS of the script> flags...` resolves it (through
+    runs.parse_args, so the script's task_defaults apply), then with `fields` set."""
+    import dataclasses
+
+    name = module.__name__.rsplit(".", 1)[1]
+    args = runs.parse_args(module.Args, module.task_defaults, [*TINY_FLAGS[name], *map(str, flags)])
+    return dataclasses.replace(args, **fields)
+
 
 def run_script(script, *flags, timeout=300, check=True):
     """Run `python cleandppo/<script> flags...` in a subprocess; return the CompletedProcess."""
@@ -65,9 +90,11 @@ def run_script(script, *flags, timeout=300, check=True):
 
 
 def run_main(module, *flags):
-    """In-process `python cleandppo/<module>.py flags...`: tyro parses the flags as the CLI does, then main runs
-    (given the command line too where it takes one, for the per-task defaults)."""
+    """In-process `python cleandppo/<module>.py flags...`: the flags are parsed as the CLI does (runs.parse_args with
+    the script's task_defaults where it has them; main takes the command line too where it still does)."""
     flags = [str(f) for f in flags]
+    if hasattr(module, "task_defaults"):
+        return module.main(runs.parse_args(module.Args, module.task_defaults, argv=flags))
     args = tyro.cli(module.Args, args=flags)
     if len(inspect.signature(module.main).parameters) > 1:
         return module.main(args, flags)
@@ -143,6 +170,26 @@ def scalar_tags(run_dir):
 def scalar_values(run_dir, tag):
     """The logged values of one TensorBoard scalar, in step order."""
     return [e.value for e in event_accumulator(run_dir).Scalars(tag)]
+
+
+CHECKPOINT_KEYS = "algo policy backbone model model_kwargs normalization env_id args iteration env_steps rng vec_env"
+
+
+def cli_smoke_run(script, checkpoint, run_dir, total_timesteps, *flags, keys="", tags=""):
+    """`python cleandppo/<script>.py --checkpoint .. --total-timesteps .. --run-dir .. <TINY_FLAGS[script]> flags`, two
+    iterations long: its output reaches "iter 2/2"; summary.json, checkpoint_2.pt and checkpoint_last.pt (with
+    CHECKPOINT_KEYS and `keys`) are written; the scalar `tags` are logged (the common ones: test_contract.py).
+    `keys` and `tags` are space-separated. Returns (stdout, summary)."""
+    flags = ["--total-timesteps", total_timesteps, "--run-dir", run_dir, *TINY_FLAGS[script], *flags]
+    proc = run_script(f"{script}.py", "--checkpoint", checkpoint, *flags)
+    assert "iter 2/2" in proc.stdout, proc.stdout[-2000:]
+    summary = read_summary(run_dir, algo=script, env_steps=total_timesteps)
+    expected = dict(algo=script, policy="diffusion", iteration=2, env_steps=total_timesteps)
+    read_checkpoint(run_dir, {*CHECKPOINT_KEYS.split(), *keys.split()}, **expected)
+    assert os.path.isfile(os.path.join(run_dir, "checkpoint_2.pt"))
+    missing = set(tags.split()) - scalar_tags(run_dir)
+    assert not missing, sorted(missing)
+    return proc.stdout, summary
 
 
 class ConstEps(nn.Module):

@@ -2,6 +2,7 @@
 
     python tests/mutations.py            # every mutation below (about 15 minutes on 2 busy cores)
     python tests/mutations.py gae ppo    # only those whose name contains one of the words
+    python tests/mutations.py --check    # only list the entries whose text no longer occurs once (seconds)
 
 Each entry of MUTATIONS is a line `name | script in cleandppo/ | the tests that must fail (a file, optionally with
 pytest's -k)`, then one or more pairs of lines `- text as it is` / `+ broken text` (a backslash-n stands for a line
@@ -117,8 +118,8 @@ IDQL Q target ignores terminated | idql.py | tests/test_offpolicy_updates.py
 - return rewards + gamma * (1 - terminated) * next_v
 + return rewards + gamma * next_v
 IDQL target Q ignores critic_tau | idql.py | tests/test_offpolicy_updates.py
-- ema_update(q_target, q_critic, args.critic_tau)
-+ ema_update(q_target, q_critic, 1.0)
+- soft_update(q_target, q_critic, args.critic_tau)
++ soft_update(q_target, q_critic, 1.0)
 DIPO next action from the online actor | dipo.py | tests/test_offpolicy_updates.py
 - next_a = sample(target_actor, sched,
 + next_a = sample(actor, sched,
@@ -132,8 +133,8 @@ DIPO actor fit to the unmoved actions | dipo.py | tests/test_offpolicy_updates.p
 - actor_loss = pretrain_loss(actor, sched, moved, obs, K)
 + actor_loss = pretrain_loss(actor, sched, actions, obs, K)
 DIPO target actor ignores the EMA rate | dipo.py | tests/test_offpolicy_updates.py
-- ema_update(target_actor, actor, args.target_ema_rate)
-+ ema_update(target_actor, actor, 1.0)
+- soft_update(target_actor, actor, args.target_ema_rate)
++ soft_update(target_actor, actor, 1.0)
 DAWR advantages from the critic before its update | dawr.py | tests/test_offpolicy_updates.py
 - rows, _, targets = buffer_targets(critic, buf, args, device)\n
 + stale = rows, _, targets = buffer_targets(critic, buf, args, device)\n
@@ -172,8 +173,8 @@ time-out bootstrapped with V(next reset obs) (dppo) | dppo.py | tests/test_loops
 - rewards = rewards + args.gamma * final_values * buf_timeout
 + rewards = rewards + args.gamma * np.concatenate([values[1:], last_value[None]], 0) * buf_timeout
 GAE not cut at a time-out (dppo) | dppo.py | tests/test_loops.py
-- np.maximum(buf_term, buf_timeout), args.gamma, args.gae_lambda
-+ buf_term, args.gamma, args.gae_lambda
+- dones = np.maximum(buf_term, buf_timeout)
++ dones = buf_term
 time-out stored as terminal (dql) | dql.py | tests/test_loops.py
 - envs.final_observations(next_obs, infos), term)
 + envs.final_observations(next_obs, infos), np.logical_or(term, trunc))
@@ -193,7 +194,7 @@ target critic ignores its rate in the loop (dql) | dql.py | tests/test_dql_qsm_s
 - soft_update(target_critic, critic, args.target_ema_rate)
 + soft_update(target_critic, critic, 0.005)
 target critic not updated in the loop (qsm) | qsm.py | tests/test_dql_qsm_shared.py
--                 soft_update(target_critic, critic, args.critic_tau)\n
+-             soft_update(target_critic, critic, args.critic_tau)\n
 +
 
 # pre-training
@@ -226,6 +227,89 @@ QSM gradient of Q1 only | qsm.py | tests/test_qsm.py
 IDQL V fit to the mean (tau 0.5) | idql.py | tests/test_offpolicy_updates.py
 - v_loss = expectile_loss(target_q - v, args.expectile)
 + v_loss = expectile_loss(target_q - v, 0.5)
+# run plumbing shared by every script (runs.py section 6)
+presets override explicit flags | runs.py | tests/test_runs_cli.py
+- args = tyro.cli(args_cls, args=argv, default=dataclasses.replace(args_cls(), **table))
++ args = dataclasses.replace(first, **table)
+resume forgets the best evaluation | runs.py | tests/test_runs_cli.py
+- self.pretrained, self.best = state["pretrained_eval_return"], state["best_eval_return"]
++ self.pretrained = state["pretrained_eval_return"]
+every evaluation counted as the pre-trained one | runs.py | tests/test_runs_cli.py
+- if self.pretrained is None:
++ if True:
+progress rate counts resumed steps | runs.py | tests/test_runs_cli.py
+- sps = (env_steps - self.start)
++ sps = env_steps
+diffusion checkpoint chunk length not checked | envs.py | tests/test_envs.py -k load_diffusion_checkpoint
+- or (same_horizon and h != args.horizon_steps)
++ or False
+diffusion checkpoint backbone not checked | envs.py | tests/test_envs.py -k load_diffusion_checkpoint
+- if getattr(args, "backbone", kw["backbone"]) != kw["backbone"]:
++ if False:
+an iteration without its update time | runs.py | tests/test_contract.py -k tags
+- writer.add_scalar("time/update_s", t_update, env_steps)
++ pass
+an evaluation that is not recorded | runs.py | tests/test_runs_cli.py
+- self.add(env_steps, mean, success)
++ pass
+evaluation envs seeded like the training envs | runs.py | tests/test_runs_cli.py
+- args.seed + 10_000, args.act_steps,
++ args.seed, args.act_steps,
+# issue #16: official formats and the points where we follow the official code
+official diffusion checkpoint takes model, not ema | official.py | tests/test_official.py -k ema_weights
+- entry = "ema" if policy == "diffusion" and "ema" in raw else "model"
++ entry = "model"
+official Gaussian/GMM checkpoint takes ema | official.py | tests/test_official.py -k gmm_mlp
+- entry = "ema" if policy == "diffusion" and "ema" in raw else "model"
++ entry = "ema" if "ema" in raw else "model"
+official residual block l1/l2 swapped | official.py | tests/test_official.py -k ema_weights
+- out[f"{dst}.blocks.{i}.3.{w}"] = state[f"{src}.layers.{i + 1}.l2.{w}"]
++ out[f"{dst}.blocks.{i}.3.{w}"] = state[f"{src}.layers.{i + 1}.l1.{w}"]
+official UNet GroupNorm of the wrong conv block | official.py | tests/test_official.py -k unet
+- out[f"{dst}.conv{j + 1}.block.1.{w}"] = state[f"{src}.blocks.{j}.block.2.{w}"]
++ out[f"{dst}.conv{j + 1}.block.1.{w}"] = state[f"{src}.blocks.{1 - j}.block.2.{w}"]
+official fine-tuned checkpoint: frozen network from actor_ft | official.py | tests/test_official.py -k finetuning_checkpoint
+- frozen = _strip(state, "actor.") if policy
++ frozen = _strip(state, "actor_ft.") if policy
+official train.npz left normalized | official.py | tests/test_official.py -k npz
+- states = envs.unnormalize_obs(states, norm)
++ pass
+reward scaler variance M2/n (gmm) | gmm_ppo.py | tests/test_shared_copies.py -k reward_scaler
+- m2 / (total - 1), total
++ m2 / total, total
+reward scaler variance M2/n (dppo) | dppo.py | tests/test_shared_copies.py -k reward_scaler
+- m2 / (total - 1), total
++ m2 / total, total
+DDIM x0 in the DDPM form | dppo.py | tests/test_official.py -k ddim
+- x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt() if ddim else
++ x0 = ((1 / ab).sqrt() * x - (1 / ab - 1).sqrt() * eps if ddim else
+Gaussian std parametrised by log sigma | gaussian_ppo.py | tests/test_official.py -k log_variance
+- std = (0.5 * self.logvar).exp().clamp
++ std = self.logvar.exp().clamp
+old log_std checkpoints not converted | envs.py | tests/test_official.py -k log_variance
+- (2 * v if k == "log_std" else v)
++ (v if k == "log_std" else v)
+dppo BC chains from the fine-tuned network | dppo.py | tests/test_official.py -k dppo_bc_term
+- _, bc = sample(actor, actor, sched
++ _, bc = sample(actor_ft, actor_ft, sched
+dppo BC over the executed rows only | dppo.py | tests/test_official.py -k dppo_bc_term
+- ddim, x_in.shape[1], args.min_logprob_denoising_std, args.denoised_clip_value).mean()
++ ddim, args.act_steps, args.min_logprob_denoising_std, args.denoised_clip_value).mean()
+dppo BC sign | dppo.py | tests/test_official.py -k dppo_bc_term
+- loss = loss - args.bc_loss_coeff * denoising_log_prob(
++ loss = loss + args.bc_loss_coeff * denoising_log_prob(
+gaussian BC samples from the trained policy | gaussian_ppo.py | tests/test_official.py -k gaussian_bc_term
+- sample_action(*base_policy(obs), args.randn_clip_value)
++ sample_action(*policy(obs), args.randn_clip_value)
+gaussian BC always on | gaussian_ppo.py | tests/test_official.py -k gaussian_bc_term
+- if args.bc_loss_coeff:  # BC
++ if True:  # BC
+DAWR TD(lambda) without alpha, against the official targets | dawr.py | tests/test_official.py -k dawr
+- G = alpha * delta + gamma * lam
++ G = delta + gamma * lam
+gaussian BC teacher not restored on resume | gaussian_ppo.py | tests/test_runs.py -k gaussian_ppo_kill_and_resume
+- base_policy.load_state_dict(resume.get("base_model") or base_policy.state_dict())
++ pass
 
 # observation encoder cond_mlp (Square) and its checkpoint config
 cond_mlp ends with an activation (dawr) | dawr.py | tests/test_shared_copies.py -k cond_mlp
@@ -240,8 +324,8 @@ cond_mlp dropped when rebuilding from model_kwargs (idql) | idql.py | tests/test
 cond_mlp_dims not stored in the checkpoint (dppo) | dppo.py | tests/test_robomimic_checkpoints.py -k stores
 - cond_mlp_dims=tuple(args.cond_mlp_dims),
 +
---cond-mlp-dims that disagrees with the checkpoint accepted (dppo) | dppo.py | tests/test_robomimic_checkpoints.py -k flag
-- if args.cond_mlp_dims and tuple(args.cond_mlp_dims) != tuple(kw.get("cond_mlp_dims") or ()):
+--cond-mlp-dims that disagrees with the checkpoint accepted | envs.py | tests/test_robomimic_checkpoints.py -k flag
+- if wanted and wanted != has:
 + if False:
 cond_mlp weights and config that disagree accepted | envs.py | tests/test_robomimic_checkpoints.py -k disagree
 - if has != says:
@@ -297,9 +381,21 @@ def run(name, script, edits, test):
         shutil.rmtree(scratch)
 
 
+def stale(name, script, edits, test):
+    """Without running anything: None when every text of the entry occurs exactly once in its script."""
+    with open(os.path.join(ROOT, "cleandppo", script)) as f:
+        text = f.read()
+    counts = [text.count(o) for o, _ in edits]
+    return None if all(c == 1 for c in counts) else f"STALE     {name}: occurrences {counts} in {script}"
+
+
 if __name__ == "__main__":
-    words = sys.argv[1:]
+    words = [w for w in sys.argv[1:] if w != "--check"]
     chosen = [m for m in parse(MUTATIONS) if not words or any(w.lower() in m[0].lower() for w in words)]
+    if "--check" in sys.argv:  # only say which entries no longer match their script (after an edit or a reformat)
+        problems = [r for r in map(lambda m: stale(*m), chosen) if r]
+        print("\n".join(problems) or f"all {len(chosen)} entries match their scripts")
+        sys.exit(bool(problems))
     results = [run(*m) for m in chosen]
     print("\n".join(results))
     sys.exit(any(not r.startswith("CAUGHT") for r in results))

@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from cleandppo import avoid, envs
+from cleandppo import avoid, envs, runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -209,20 +209,23 @@ SHORT_RUN = ["--num-envs", "2", "--n-steps", "3", "--total-timesteps", "24", "--
 
 @pytest.mark.parametrize("script,policy", [("dppo", "diffusion"), ("gaussian_ppo", "gaussian"), ("gmm_ppo", "gmm")])
 def test_bundled_checkpoint_fine_tunes_on_avoid(tmp_path, script, policy):
-    """One short fine-tuning iteration from the bundled M2 checkpoint, with the Avoid defaults otherwise."""
+    """One short fine-tuning iteration from the bundled M2 checkpoint, with the Avoid defaults otherwise; with
+    --capture-video the last policy's evaluation episode is recorded (Avoid draws with numpy: no GL needed)."""
+    import imageio
+
     extra = ["--ft-denoising-steps", "2", "--batch-size", "6"] if script == "dppo" else ["--batch-size", "3"]
-    out = cli(script, "--env-id", "avoid-m2", *SHORT_RUN, *extra, "--run-dir", str(tmp_path / "run"))
+    out = cli(script, "--env-id", "avoid-m2", *SHORT_RUN, *extra, "--capture-video", "--run-dir", str(tmp_path / "run"))
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "[avoid-m2] per-task defaults" in out.stdout and "iter 1/1" in out.stdout
+    assert "[avoid-m2] defaults for this task" in out.stdout and "iter 1/1" in out.stdout
     assert os.path.isfile(tmp_path / "run" / "summary.json")
+    frames = imageio.mimread(tmp_path / "run" / "eval.mp4")
+    assert len(frames) > 1 and frames[0].ndim == 3 and f"[video] {tmp_path / 'run' / 'eval.mp4'}" in out.stdout
 
 
 @pytest.mark.parametrize("script", ["dppo", "gaussian_ppo", "gmm_ppo"])
 def test_avoid_bad_input_is_one_line(tmp_path, script):
     """A checkpoint of another subset, an unknown subset, a Ta the checkpoint cannot execute: one line, no run dir."""
     import importlib
-
-    import tyro
 
     module = importlib.import_module(f"cleandppo.{script}")
     policy = {"dppo": "diffusion", "gaussian_ppo": "gaussian", "gmm_ppo": "gmm"}[script]
@@ -235,7 +238,7 @@ def test_avoid_bad_input_is_one_line(tmp_path, script):
     for argv, message in cases:
         argv = [*argv, "--run-dir", str(tmp_path / "run")]
         with pytest.raises(SystemExit) as stop:
-            module.main(tyro.cli(module.Args, args=argv), argv)
+            module.main(runs.parse_args(module.Args, module.task_defaults, argv=argv))
         assert str(stop.value).startswith("error: ") and message in str(stop.value) and "\n" not in str(stop.value)
         assert not os.path.exists(tmp_path / "run")
 

@@ -1,7 +1,6 @@
 """Tests for cleandppo/dawr.py: weights and TD(lambda) against hand-worked numbers, buffer, CLI smoke + resume."""
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -9,33 +8,17 @@ import torch
 import torch.nn as nn
 
 from cleandppo import dawr
-from conftest import cli_fails, main_fails, read_checkpoint, read_summary, run_script, scalar_tags, stub_checkpoint
+from conftest import (
+    cli_fails,
+    cli_smoke_run,
+    main_fails,
+    read_checkpoint,
+    read_summary,
+    stub_checkpoint,
+    tiny_args,
+)
 
 torch.set_num_threads(1)
-TINY = [
-    "--denoising-steps",
-    "6",
-    "--num-envs",
-    "2",
-    "--n-steps",
-    "16",
-    "--batch-size",
-    "8",
-    "--eval-episodes",
-    "1",
-    "--eval-freq",
-    "1",
-    "--critic-dims",
-    "16",
-    "16",
-    "16",
-    "--buffer-size",
-    "64",
-    "--replay-ratio",
-    "4",
-    "--critic-replay-ratio",
-    "2",
-]
 
 
 def test_awr_weights_hand_computed_with_clip():
@@ -105,7 +88,7 @@ def test_buffer_fifo_order_and_uniform_sampling_over_all_transitions():
         )
     rows = buf.order()
     assert buf.rewards[rows, 0].tolist() == [2, 3, 4]  # oldest two steps dropped, oldest first
-    pos, env = buf.sample_indices(6000, torch.Generator().manual_seed(0))
+    pos, env = buf.sample(6000, torch.Generator().manual_seed(0))
     counts = np.zeros((3, 2))
     np.add.at(counts, (pos, env), 1)
     # every stored transition, the newest included, drawn about 1/6 of the time (the official indexing drew
@@ -177,62 +160,19 @@ def test_bad_inputs_fail_in_one_line(tmp_path, tiny_diffusion_checkpoint):
 
 def test_cli_smoke_checkpoint_and_resume(tiny_diffusion_checkpoint, tmp_path):
     run = tmp_path / "run"
-    proc = run_script(
-        "dawr.py", "--checkpoint", tiny_diffusion_checkpoint, "--total-timesteps", "256", "--run-dir", run, *TINY
-    )
-    assert "iter 2/2" in proc.stdout
-    summary = read_summary(run, algo="dawr", env_steps=256)
-    assert summary["args"]["td_alpha"] == 1.0
-    tags = scalar_tags(run)
-    assert {
-        "charts/episodic_return",
-        "charts/episodic_length",
-        "eval/episodic_return",
-        "charts/SPS",
-        "charts/learning_rate",
-        "losses/value_loss",
-        "losses/actor_loss",
-        "values/v_mean",
-        "time/rollout_s",
-        "time/update_s",
-        "charts/peak_memory_mb",
-    } <= tags, tags
-    read_checkpoint(
+    _, summary = cli_smoke_run(
+        "dawr",
+        tiny_diffusion_checkpoint,
         run,
-        {
-            "model",
-            "model_kwargs",
-            "normalization",
-            "critic",
-            "actor_optimizer",
-            "critic_optimizer",
-            "rng",
-            "vec_env",
-            "replay_buffer",
-        },
-        algo="dawr",
-        policy="diffusion",
-        backbone="mlp",
-        iteration=2,
-        env_steps=256,
+        256,
+        keys="critic actor_optimizer critic_optimizer replay_buffer",
+        tags="losses/value_loss losses/actor_loss values/v_mean charts/buffer_size",
     )
-    assert os.path.isfile(run / "checkpoint_2.pt")
+    assert summary["args"]["td_alpha"] == 1.0
 
     # resume in-process: the iteration count and env steps continue, the critic comes back
-    args = dawr.Args(
-        checkpoint=str(run / "checkpoint_last.pt"),
-        denoising_steps=6,
-        num_envs=2,
-        n_steps=16,
-        batch_size=8,
-        total_timesteps=384,
-        eval_episodes=1,
-        eval_freq=1,
-        critic_dims=(16, 16, 16),
-        buffer_size=64,
-        replay_ratio=4,
-        critic_replay_ratio=2,
-        run_dir=str(tmp_path / "resumed"),
+    args = tiny_args(
+        dawr, checkpoint=str(run / "checkpoint_last.pt"), total_timesteps=384, run_dir=str(tmp_path / "resumed")
     )
     dawr.main(args)
     read_summary(tmp_path / "resumed", env_steps=384, pretrained_eval_return=summary["pretrained_eval_return"])

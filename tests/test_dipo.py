@@ -1,7 +1,6 @@
 """Tests for cleandppo/dipo.py: Bellman targets, double-Q minimum, action gradient on a quadratic critic,
 buffer write-back, CLI smoke run with resume, one-line errors."""
 
-import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,31 +9,16 @@ import torch
 import torch.nn as nn
 
 from cleandppo import dipo
-from conftest import cli_fails, main_fails, read_checkpoint, read_summary, run_script, scalar_tags, stub_checkpoint
+from conftest import (
+    cli_fails,
+    cli_smoke_run,
+    main_fails,
+    read_summary,
+    stub_checkpoint,
+    tiny_args,
+)
 
 torch.set_num_threads(1)
-TINY = [
-    "--denoising-steps",
-    "6",
-    "--num-envs",
-    "2",
-    "--n-steps",
-    "4",
-    "--batch-size",
-    "8",
-    "--eval-episodes",
-    "1",
-    "--eval-freq",
-    "1",
-    "--critic-dims",
-    "16",
-    "16",
-    "16",
-    "--buffer-size",
-    "64",
-    "--replay-ratio",
-    "4",
-]
 
 
 class QuadraticCritic(nn.Module):
@@ -105,13 +89,13 @@ def test_action_gradient_first_adam_step_and_ascent_on_quadratic_critic():
     torch.testing.assert_close(far[:, :2], torch.ones(6, 2, 2))
 
 
-def test_ema_update_and_replay_buffer_fifo():
+def test_soft_update_and_replay_buffer_fifo():
     target, source = nn.Linear(1, 1), nn.Linear(1, 1)
     for p_t, p in zip(target.parameters(), source.parameters(), strict=True):
         p_t.data.fill_(0.0)
         p.data.fill_(1.0)
-    dipo.ema_update(target, source, 0.005)
-    dipo.ema_update(target, source, 0.005)
+    dipo.soft_update(target, source, 0.005)
+    dipo.soft_update(target, source, 0.005)
     assert target.weight.item() == pytest.approx(1 - 0.995**2)
 
     buf = dipo.ReplayBuffer(5, (1, 1), (1, 1))
@@ -178,66 +162,21 @@ def test_dipo_update_writes_moved_actions_back():
 
 def test_cli_smoke_run_and_resume(tiny_diffusion_checkpoint, tmp_path):
     run = tmp_path / "run"
-    proc = run_script(
-        "dipo.py",
-        "--checkpoint",
+    out, summary = cli_smoke_run(
+        "dipo",
         tiny_diffusion_checkpoint,
-        "--total-timesteps",
-        "64",
+        run,
+        64,
         "--n-critic-warmup-itr",
         "1",
-        "--run-dir",
-        run,
-        *TINY,
+        keys="target_actor critic target_critic actor_optimizer critic_optimizer replay_buffer",
+        tags="losses/q_loss losses/actor_loss values/q1_mean values/target_q_mean charts/action_q_gain",
     )
-    assert "iter 2/2" in proc.stdout and "critic warm-up" in proc.stdout
-    summary = read_summary(run, algo="dipo", env_steps=64)
-    read_checkpoint(
-        run,
-        {
-            "model",
-            "target_actor",
-            "critic",
-            "target_critic",
-            "actor_optimizer",
-            "critic_optimizer",
-            "model_kwargs",
-            "normalization",
-        },
-        algo="dipo",
-        policy="diffusion",
-        iteration=2,
-    )
-    assert os.path.isfile(run / "checkpoint_2.pt")
-    assert {
-        "eval/episodic_return",
-        "losses/q_loss",
-        "losses/actor_loss",
-        "values/q1_mean",
-        "values/target_q_mean",
-        "charts/SPS",
-        "charts/learning_rate",
-        "charts/action_q_gain",
-        "time/rollout_s",
-        "time/update_s",
-        "charts/episodic_return",
-        "charts/episodic_length",
-    } <= scalar_tags(run)
+    assert "critic warm-up" in out
 
     # resume in-process from the run's checkpoint: one more iteration, the pre-trained eval carried over
-    args = dipo.Args(
-        checkpoint=str(run / "checkpoint_last.pt"),
-        total_timesteps=96,
-        run_dir=str(tmp_path / "resumed"),
-        denoising_steps=6,
-        num_envs=2,
-        n_steps=4,
-        batch_size=8,
-        eval_episodes=1,
-        eval_freq=1,
-        critic_dims=(16, 16, 16),
-        buffer_size=64,
-        replay_ratio=2,
+    args = tiny_args(
+        dipo, checkpoint=str(run / "checkpoint_last.pt"), total_timesteps=96, run_dir=str(tmp_path / "resumed")
     )
     dipo.main(args)
     read_summary(tmp_path / "resumed", env_steps=96, pretrained_eval_return=summary["pretrained_eval_return"])

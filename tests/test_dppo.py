@@ -1,6 +1,8 @@
 """dppo.py against closed forms: schedule, DDPM posterior, DDIM, chain log-probs, PPO pieces, CLI."""
 
 import math
+import os
+import types
 
 import numpy as np
 import pytest
@@ -411,7 +413,9 @@ def test_evaluation_runs_the_fine_tuned_network_for_the_fine_tuned_steps(monkeyp
     monkeypatch.setattr(dppo.envs, "run_episodes", fake_run_episodes)
     args = dppo.Args(denoising_steps=6, act_steps=2, horizon_steps=2)
     sched, plan = dppo.make_schedule(6), dppo.denoising_plan(6, None)
-    dppo.evaluate(actor, actor_ft, sched, plan, eval_ft, kw, args, None, torch.device("cpu"), 1)
+    dppo.runs.Evaluations(types.SimpleNamespace(add_scalar=lambda *a: None), False).run(
+        0, dppo.eval_act(actor, actor_ft, sched, plan, eval_ft, kw, args, torch.device("cpu")), args, None
+    )
     obs = np.zeros((4, 1, 3), np.float32)
     torch.manual_seed(0)
     used = captured["act"](obs)
@@ -425,11 +429,33 @@ def test_evaluation_runs_the_fine_tuned_network_for_the_fine_tuned_steps(monkeyp
     assert dppo.build_actors(dict(model_kwargs=kw, model=base.state_dict()), 3, torch.device("cpu"))[2] == 0
 
 
+# ---- from scratch (paper B.2) -------------------------------------------------------------------------
+def test_one_tiny_iteration_from_scratch(tmp_path):
+    """--from-scratch: a fresh network on identity normalization, no checkpoint or dataset; the preset's single-action
+    chunks and all denoising steps fine-tuned, sizes made tiny."""
+    run = tmp_path / "scratch"
+    tiny = ["--mlp-dims", "16", "16", "16", "--critic-dims", "8", "8", "8", "--denoising-steps", "4"]
+    flags = ["--ft-denoising-steps", "4", "--num-envs", "2", "--n-steps", "3", "--batch-size", "12"]
+    run_main(dppo, "--from-scratch", *tiny, *flags, "--total-timesteps", "6", "--eval-episodes", "1", "--run-dir", run)
+    summary = read_summary(run, algo="dppo", env_steps=6)
+    assert (
+        summary["args"]["from_scratch"] and summary["args"]["n_steps"] == 3 and summary["args"]["gamma_denoising"] == 1
+    )
+    ckpt = read_checkpoint(run, {"model_ft", "critic"}, iteration=1, ft_denoising_steps=4)
+    assert ckpt["model_kwargs"]["horizon_steps"] == 1 and ckpt["model_kwargs"]["denoising_steps"] == 4
+    assert ckpt["normalization"]["obs_max"].tolist() == [1.0] * 11  # identity normalization
+
+
 # ---- command line -------------------------------------------------------------------------------
-def test_cli_finetune_smoke_run(tiny_diffusion_checkpoint, tmp_path, capsys):
+def test_cli_finetune_smoke_run(tiny_diffusion_checkpoint, tmp_path, capsys, monkeypatch):
+    """Two iterations from the command line; --capture-video where MuJoCo has no GL backend (no MUJOCO_GL, no
+    display): one stderr line naming the fix, no video, and the run still ends with its summary."""
+    monkeypatch.delenv("MUJOCO_GL", raising=False)
+    monkeypatch.delenv("DISPLAY", raising=False)
     run = tmp_path / "ft"
     proc = run_script(
         "dppo.py",
+        "--capture-video",
         "--checkpoint",
         tiny_diffusion_checkpoint,
         "--run-dir",
@@ -452,6 +478,9 @@ def test_cli_finetune_smoke_run(tiny_diffusion_checkpoint, tmp_path, capsys):
     )
     assert "iter 2/2" in proc.stdout and "SPS" in proc.stdout and "left" in proc.stdout
     read_summary(run, algo="dppo", env_steps=64)
+    gl = [line for line in proc.stderr.splitlines() if line.startswith("--capture-video:")]
+    assert len(gl) == 1 and "Hopper-v2 cannot render" in gl[0] and "MUJOCO_GL=osmesa" in gl[0], proc.stderr
+    assert not os.path.exists(run / "eval.mp4")
     assert {
         "eval/episodic_return",
         "losses/policy_loss",

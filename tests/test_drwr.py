@@ -1,7 +1,6 @@
 """Tests for cleandppo/drwr.py: episodes, reward-to-go and weights against hand-worked numbers, CLI smoke + resume."""
 
 import math
-import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,32 +10,16 @@ import torch
 from cleandppo import drwr
 from conftest import (
     cli_fails,
+    cli_smoke_run,
     main_fails,
     read_checkpoint,
     read_summary,
-    run_script,
-    scalar_tags,
     scalar_values,
     stub_checkpoint,
+    tiny_args,
 )
 
 torch.set_num_threads(1)
-TINY = [
-    "--denoising-steps",
-    "6",
-    "--num-envs",
-    "2",
-    "--n-steps",
-    "40",
-    "--batch-size",
-    "8",
-    "--update-epochs",
-    "2",
-    "--eval-episodes",
-    "1",
-    "--eval-freq",
-    "1",
-]
 
 
 def test_rwr_weights_hand_computed_with_clip():
@@ -146,48 +129,18 @@ def test_bad_inputs_fail_in_one_line(tmp_path, tiny_diffusion_checkpoint):
 
 def test_cli_smoke_checkpoint_and_resume(tiny_diffusion_checkpoint, tmp_path):
     run = tmp_path / "run"
-    proc = run_script(
-        "drwr.py", "--checkpoint", tiny_diffusion_checkpoint, "--total-timesteps", "640", "--run-dir", run, *TINY
-    )
-    assert "iter 2/2" in proc.stdout
-    summary = read_summary(run, algo="drwr", env_steps=640)
-    tags = scalar_tags(run)
-    assert {
-        "charts/episodic_return",
-        "charts/episodic_length",
-        "eval/episodic_return",
-        "charts/SPS",
-        "charts/learning_rate",
-        "losses/actor_loss",
-        "losses/weight_mean",
-        "charts/num_train_episodes",
-        "time/rollout_s",
-        "time/update_s",
-        "charts/peak_memory_mb",
-    } <= tags, tags
-    assert sum(scalar_values(run, "charts/num_train_episodes")) > 0  # the update really ran
-    read_checkpoint(
+    _, summary = cli_smoke_run(
+        "drwr",
+        tiny_diffusion_checkpoint,
         run,
-        {"model", "model_kwargs", "normalization", "actor_optimizer", "rng", "vec_env"},
-        algo="drwr",
-        policy="diffusion",
-        backbone="mlp",
-        iteration=2,
-        env_steps=640,
+        640,
+        keys="actor_optimizer",
+        tags="losses/actor_loss losses/weight_mean charts/num_train_episodes",
     )
-    assert os.path.isfile(run / "checkpoint_2.pt")
+    assert sum(scalar_values(run, "charts/num_train_episodes")) > 0  # the update really ran
 
-    args = drwr.Args(
-        checkpoint=str(run / "checkpoint_last.pt"),
-        denoising_steps=6,
-        num_envs=2,
-        n_steps=40,
-        batch_size=8,
-        update_epochs=2,
-        total_timesteps=960,
-        eval_episodes=1,
-        eval_freq=1,
-        run_dir=str(tmp_path / "resumed"),
+    args = tiny_args(
+        drwr, checkpoint=str(run / "checkpoint_last.pt"), total_timesteps=960, run_dir=str(tmp_path / "resumed")
     )
     drwr.main(args)
     read_summary(tmp_path / "resumed", env_steps=960, pretrained_eval_return=summary["pretrained_eval_return"])

@@ -3,7 +3,9 @@
 import functools
 import http.server
 import os
+import re
 import threading
+import types
 
 import gymnasium as gym
 import h5py
@@ -255,3 +257,29 @@ def test_checkpoint_checks_policy_env_and_backbone(tmp_path):
     torch.save([1, 2], str(tmp_path / "list.pt"))
     with pytest.raises(SystemExit, match="not a cleandppo checkpoint"):
         envs.load_checkpoint(str(tmp_path / "list.pt"), "gaussian", "Hopper-v2")
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (dict(denoising_steps=20), "pass --denoising-steps 6"),
+        (dict(backbone="unet"), "pass --backbone mlp"),
+        (dict(horizon_steps=8), "predicts chunks of 4 from 1 observation(s)"),  # the chunk length must match
+        (dict(cond_steps=2), "predicts chunks of 4 from 1 observation(s)"),
+        (dict(act_steps=2), "an MLP policy executes its whole chunk: pass --act-steps 4"),
+        (dict(cond_mlp_dims=(8,)), "has cond_mlp_dims (), not (8,)"),
+    ],
+)
+def test_load_diffusion_checkpoint_names_the_flag_that_disagrees(tiny_diffusion_checkpoint, flags, message):
+    # the tiny checkpoint: K = 6, MLP, chunks of 4 actions from 1 observation, no observation encoder
+    fields = dict(env_id="Hopper-v2", denoising_steps=6, backbone="mlp", horizon_steps=4, act_steps=4, cond_steps=1)
+    args = types.SimpleNamespace(**dict(fields, **flags))
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        envs.load_diffusion_checkpoint(tiny_diffusion_checkpoint, args)
+
+
+def test_load_diffusion_checkpoint_can_leave_the_chunk_length_to_the_checkpoint(tiny_diffusion_checkpoint):
+    # dppo.py fine-tunes with the checkpoint's chunk length whatever --horizon-steps says (same_horizon=False)
+    args = types.SimpleNamespace(env_id="Hopper-v2", denoising_steps=6, horizon_steps=8, act_steps=4, cond_steps=1)
+    ckpt = envs.load_diffusion_checkpoint(tiny_diffusion_checkpoint, args, same_horizon=False)
+    assert ckpt["model_kwargs"]["horizon_steps"] == 4

@@ -217,7 +217,9 @@ def test_gradient_goes_through_the_ode_and_the_divergence(float64_default):
     assert abs(w.grad[0, 0].item()) > 1e-4  # a gradient that is there, not a zero matched by a zero
 
 
-def test_cli_smoke_resume_and_bad_inputs(tiny_diffusion_checkpoint, tmp_path, capsys):
+def test_cli_smoke_resume_and_bad_inputs(tiny_diffusion_checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MUJOCO_GL", raising=False)  # --capture-video below: no GL backend, one line, the run goes on
+    monkeypatch.delenv("DISPLAY", raising=False)
     run = tmp_path / "run"
     common = [
         "--denoising-steps",
@@ -255,10 +257,12 @@ def test_cli_smoke_resume_and_bad_inputs(tiny_diffusion_checkpoint, tmp_path, ca
         "2",
         "--sde-method",
         "euler",
+        "--capture-video",
         *common,
     )
     assert "iter 1/1" in proc.stdout and "divergence Hutchinson, 2 Rademacher probes" in proc.stdout
     read_summary(run, algo="exact_likelihood_pg", env_steps=32)
+    assert "--capture-video: Hopper-v2 cannot render" in proc.stderr and not os.path.exists(run / "eval.mp4")
     read_checkpoint(
         run,
         {"model", "model_ft", "critic", "actor_optimizer", "critic_optimizer", "rng"},
@@ -288,7 +292,12 @@ def test_cli_smoke_resume_and_bad_inputs(tiny_diffusion_checkpoint, tmp_path, ca
         )
     )
     out = capsys.readouterr().out
-    assert "iter 2/2" in out and "pre-trained return" not in out and "PF-ODE rk4" in out and "divergence exact" in out
+    assert (
+        "iter 2/2" in out
+        and "evaluating the pre-trained" not in out
+        and "PF-ODE rk4" in out
+        and "divergence exact" in out
+    )
     read_summary(run, env_steps=64)
     assert {
         "eval/episodic_return",

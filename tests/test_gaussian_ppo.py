@@ -55,7 +55,7 @@ def test_running_reward_scaler_divides_by_the_std_of_discounted_returns():
     # merge prior (count 1e-4, mean 0, var 1) with the batch by the parallel-variance formula
     c0, n = 1e-4, 3
     mean = returns.mean() * n / (c0 + n)
-    var = (1.0 * c0 + returns.var() * n + returns.mean() ** 2 * c0 * n / (c0 + n)) / (c0 + n)
+    var = (1.0 * c0 + returns.var() * n + returns.mean() ** 2 * c0 * n / (c0 + n)) / (c0 + n - 1)  # official: M2/(n-1)
     assert scaler.mean == pytest.approx(mean) and scaler.var == pytest.approx(var)
     np.testing.assert_allclose(out, rewards / math.sqrt(var + 1e-8))
 

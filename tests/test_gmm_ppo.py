@@ -92,7 +92,7 @@ def test_bc_on_two_mode_toy_puts_weight_on_both_modes():
     sign = torch.where(torch.rand(n) < 0.5, 1.0, -1.0)
     actions = sign[:, None, None] * torch.full((n, Tp, Da), 0.5) + 0.05 * torch.randn(n, Tp, Da)
     policy = gmm_ppo.GMMPolicy(3, Da, Tp, 1, num_modes=5, mlp_dims=(32, 32, 32), init_std=0.1)
-    policy.log_std.requires_grad_(False)  # fixed std, as in pre-training
+    policy.logvar.requires_grad_(False)  # fixed std, as in pre-training
     opt = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=3e-3)
     for _ in range(300):
         idx = torch.randint(0, n, (128,))
@@ -147,7 +147,7 @@ def test_cli_pretrain_finetune_and_clamp_report(tiny_dataset, tmp_path):
     )
     ckpt = torch.load(pre / "pretrained.pt", weights_only=False)
     assert (ckpt["policy"], ckpt["algo"], ckpt["backbone"]) == ("gmm", "gmm_ppo", "mlp")
-    assert ckpt["model_kwargs"]["num_modes"] == 5 and ckpt["model"]["log_std"].shape == (5, 3)
+    assert ckpt["model_kwargs"]["num_modes"] == 5 and ckpt["model"]["logvar"].shape == (5, 3)
     assert set(ckpt["normalization"]) == {"obs_min", "obs_max", "action_min", "action_max"}
 
     proc = run_script(

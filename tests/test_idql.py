@@ -1,7 +1,6 @@
 """Tests for cleandppo/idql.py: expectile loss, Q targets from V, double-Q minimum in the greedy pick, Boltzmann
 choice frequencies, target-Q EMA, CLI smoke run with resume, one-line errors."""
 
-import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,33 +9,16 @@ import torch
 import torch.nn as nn
 
 from cleandppo import idql
-from conftest import cli_fails, main_fails, read_checkpoint, read_summary, run_script, scalar_tags, stub_checkpoint
+from conftest import (
+    cli_fails,
+    cli_smoke_run,
+    main_fails,
+    read_summary,
+    stub_checkpoint,
+    tiny_args,
+)
 
 torch.set_num_threads(1)
-TINY = [
-    "--denoising-steps",
-    "6",
-    "--num-envs",
-    "2",
-    "--n-steps",
-    "4",
-    "--batch-size",
-    "8",
-    "--eval-episodes",
-    "1",
-    "--eval-freq",
-    "1",
-    "--critic-dims",
-    "16",
-    "16",
-    "16",
-    "--buffer-size",
-    "64",
-    "--replay-ratio",
-    "4",
-    "--num-candidates",
-    "3",
-]
 
 
 def test_expectile_loss_half_mse_at_tau_half_and_asymmetric_otherwise():
@@ -152,81 +134,26 @@ def test_idql_update_soft_updates_target_q_and_respects_warmup():
 
 def test_cli_smoke_run_and_resume(tiny_diffusion_checkpoint, tmp_path):
     run = tmp_path / "run"
-    proc = run_script(
-        "idql.py",
-        "--checkpoint",
+    out, summary = cli_smoke_run(
+        "idql",
         tiny_diffusion_checkpoint,
-        "--total-timesteps",
-        "64",
+        run,
+        64,
         "--n-critic-warmup-itr",
         "1",
-        "--run-dir",
-        run,
-        *TINY,
+        keys="critic target_critic value_critic actor_optimizer critic_optimizer value_optimizer replay_buffer",
+        tags="losses/q_loss losses/v_loss losses/actor_loss values/q1_mean values/v_mean charts/boltzmann_max_prob",
     )
-    assert "iter 2/2" in proc.stdout and "critic warm-up" in proc.stdout
-    summary = read_summary(run, algo="idql", env_steps=64)
-    read_checkpoint(
-        run,
-        {
-            "model",
-            "critic",
-            "target_critic",
-            "value_critic",
-            "actor_optimizer",
-            "critic_optimizer",
-            "value_optimizer",
-            "model_kwargs",
-            "normalization",
-        },
-        algo="idql",
-        policy="diffusion",
-        iteration=2,
-    )
-    assert os.path.isfile(run / "checkpoint_2.pt")
-    assert {
-        "eval/episodic_return",
-        "losses/q_loss",
-        "losses/v_loss",
-        "losses/actor_loss",
-        "values/q1_mean",
-        "values/v_mean",
-        "charts/boltzmann_max_prob",
-        "charts/SPS",
-        "charts/learning_rate",
-        "time/rollout_s",
-        "time/update_s",
-        "charts/episodic_return",
-        "charts/episodic_length",
-    } <= scalar_tags(run)
+    assert "critic warm-up" in out
 
     # resume in-process; then --eval-only of the idql checkpoint (greedy over candidates)
-    common = dict(
-        denoising_steps=6,
-        num_envs=2,
-        n_steps=4,
-        batch_size=8,
-        eval_episodes=1,
-        eval_freq=1,
-        critic_dims=(16, 16, 16),
-        buffer_size=64,
-        replay_ratio=2,
-        num_candidates=3,
+    resumed = tmp_path / "resumed"
+    idql.main(tiny_args(idql, checkpoint=str(run / "checkpoint_last.pt"), total_timesteps=96, run_dir=str(resumed)))
+    read_summary(resumed, env_steps=96, pretrained_eval_return=summary["pretrained_eval_return"])
+    evaluation = tiny_args(
+        idql, checkpoint=str(resumed / "checkpoint_last.pt"), eval_only=True, run_dir=str(tmp_path / "eval")
     )
-    idql.main(
-        idql.Args(
-            checkpoint=str(run / "checkpoint_last.pt"), total_timesteps=96, run_dir=str(tmp_path / "resumed"), **common
-        )
-    )
-    read_summary(tmp_path / "resumed", env_steps=96, pretrained_eval_return=summary["pretrained_eval_return"])
-    idql.main(
-        idql.Args(
-            checkpoint=str(tmp_path / "resumed" / "checkpoint_last.pt"),
-            eval_only=True,
-            run_dir=str(tmp_path / "eval"),
-            **common,
-        )
-    )
+    idql.main(evaluation)
     assert read_summary(tmp_path / "eval", keys=())["env_steps"] == 96
 
 

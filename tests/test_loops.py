@@ -166,38 +166,13 @@ def test_ppo_loop_bootstraps_a_time_out_with_the_value_of_its_final_observation(
     np.testing.assert_allclose(rewards[others], raw[others], rtol=1e-6)  # no other reward changed
 
 
+OFF_POLICY_CRITIC = "--denoising-steps 6 --buffer-size 64 --replay-ratio 1 --critic-dims 8 8 8"
 OFF_POLICY_RUNS = {
-    dql: ["--denoising-steps", "6", "--buffer-size", "64", "--replay-ratio", "1", "--critic-dims", "8", "8", "8"],
-    qsm: ["--denoising-steps", "6", "--buffer-size", "64", "--replay-ratio", "1", "--critic-dims", "8", "8", "8"],
-    idql: [
-        "--denoising-steps",
-        "6",
-        "--buffer-size",
-        "64",
-        "--replay-ratio",
-        "1",
-        "--critic-dims",
-        "8",
-        "8",
-        "8",
-        "--num-candidates",
-        "2",
-    ],
-    dipo: ["--denoising-steps", "6", "--buffer-size", "64", "--replay-ratio", "1", "--critic-dims", "8", "8", "8"],
-    dawr: [
-        "--denoising-steps",
-        "6",
-        "--buffer-size",
-        "64",
-        "--replay-ratio",
-        "1",
-        "--critic-replay-ratio",
-        "1",
-        "--critic-dims",
-        "8",
-        "8",
-        "8",
-    ],
+    dql: OFF_POLICY_CRITIC.split(),
+    qsm: OFF_POLICY_CRITIC.split(),
+    idql: f"{OFF_POLICY_CRITIC} --num-candidates 2".split(),
+    dipo: OFF_POLICY_CRITIC.split(),
+    dawr: f"{OFF_POLICY_CRITIC} --critic-replay-ratio 1".split(),
 }
 
 
@@ -221,14 +196,7 @@ def test_off_policy_loop_stores_a_time_out_as_not_terminal_with_its_final_observ
         tmp_path / "r",
         "--eval-episodes",
         "1",
-        "--num-envs",
-        "2",
-        "--n-steps",
-        "4",
-        "--batch-size",
-        "8",
-        "--total-timesteps",
-        "32",
+        *"--num-envs 2 --n-steps 4 --batch-size 8 --total-timesteps 32".split(),
         *OFF_POLICY_RUNS[module],
     )
     if module is dawr:  # add(obs, chunk, reward, terminated, truncated, next_obs)

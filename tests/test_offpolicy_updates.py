@@ -1,6 +1,6 @@
 """The update steps of idql, dipo, dawr and drwr against a computation written here, on small fixed batches.
 
-Minibatch sampling is pinned (the buffer's `sample_indices` returns fixed rows), the networks are small stand-ins
+Minibatch sampling is pinned (the buffer's `sample` returns fixed rows), the networks are small stand-ins
 whose outputs have a closed form, and optimisers are plain SGD (zero learning rate where the test reads `.grad`),
 so every loss value, gradient and parameter change of one update is known. The diffusion actor is replaced by a
 constant-noise predictor that records its inputs: its denoising loss can then be recomputed from the recorded noisy
@@ -94,7 +94,7 @@ def filled_buffer(module, n, obs_dim=3, Tp=2, Da=2, seed=0):
         rng.normal(size=(n, 1, obs_dim)),
         term,
     )
-    buf.sample_indices = lambda batch_size: np.arange(batch_size)
+    buf.sample = lambda batch_size, device: buf.get(np.arange(batch_size), device)
     return buf
 
 
@@ -168,7 +168,7 @@ def test_idql_value_fit_lands_on_the_upper_expectile():
 
     buf = idql.ReplayBuffer(n, (1, 1), (1, 1))
     buf.add(np.zeros((n, 1, 1)), q_values.numpy().reshape(n, 1, 1), np.zeros(n), np.zeros((n, 1, 1)), np.ones(n))
-    buf.sample_indices = lambda batch_size: np.arange(n)
+    buf.sample = lambda batch_size, device: buf.get(np.arange(n), device)
     v_critic, q = ConstV(), TableQ()
     v_opt = torch.optim.Adam(v_critic.parameters(), lr=0.1)
     args = SimpleNamespace(batch_size=n, gamma=0.9, expectile=tau, critic_tau=0.0, denoising_steps=2)
@@ -293,7 +293,7 @@ def test_dawr_update_critic_on_td_lambda_then_actor_weighted_by_the_updated_adva
     rows, E, lr_c = 5, 2, 0.2
     buf = _dawr_buffer(rows, E)
     pos, env = np.repeat(np.arange(rows), E), np.tile(np.arange(E), rows)  # every transition once, fixed order
-    buf.sample_indices = lambda batch_size, generator=None: (pos, env)
+    buf.sample = lambda batch_size, generator=None: (pos, env)
     critic, actor = LinearV(3, scale=0.5), ConstantNoise(0.1)
     v0 = clone_params(critic)
     args = SimpleNamespace(

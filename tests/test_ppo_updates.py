@@ -77,17 +77,17 @@ class LinearCritic(nn.Module):
 
 # ---- Gaussian PPO ---------------------------------------------------------------------------------
 class LinearGaussian(nn.Module):
-    """mean = tanh(W obs), std = exp(log_std) per action dim (clamped like GaussianPolicy)."""
+    """mean = tanh(W obs), std = exp(logvar / 2) per action dim (log variance, clamped like GaussianPolicy)."""
 
     def __init__(self, obs_dim, Tp, Da):
         super().__init__()
         self.horizon_steps, self.action_dim, self.std_min, self.std_max = Tp, Da, 0.01, 1.0
         self.lin = nn.Linear(obs_dim, Tp * Da)
-        self.log_std = nn.Parameter(torch.log(torch.linspace(0.2, 0.4, Da)))
+        self.logvar = nn.Parameter(2 * torch.log(torch.linspace(0.2, 0.4, Da)))
 
     def forward(self, obs):
         mean = torch.tanh(self.lin(obs.flatten(1))).view(-1, self.horizon_steps, self.action_dim)
-        return mean, self.log_std.exp().clamp(self.std_min, self.std_max)
+        return mean, (0.5 * self.logvar).exp().clamp(self.std_min, self.std_max)
 
 
 def gaussian_logp(policy, obs, actions):

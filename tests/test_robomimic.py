@@ -287,32 +287,6 @@ def test_env_args_of_another_task_are_refused():
     assert_one_line_error(str(e.value), "NutAssemblySquare", "lift")
 
 
-# ---- per-task defaults of the PPO scripts --------------------------------------------------------
-@pytest.mark.parametrize("module", ["dppo", "gaussian_ppo", "gmm_ppo"])
-def test_per_task_defaults_keep_explicit_flags(module, capsys):
-    import importlib
-
-    mod = importlib.import_module(f"cleandppo.{module}")
-    args = mod.Args(env_id="TwoArmTransport", num_envs=3)
-    mod.apply_task_defaults(args, ["--env-id", "TwoArmTransport", "--num-envs", "3", "--gamma=0.9"])
-    assert args.num_envs == 3 and args.gamma == mod.Args().gamma  # given on the command line: kept
-    assert (args.n_steps, args.batch_size, args.update_epochs, args.act_steps, args.horizon_steps) == (
-        400,
-        10_000,
-        5,
-        8,
-        8,
-    )
-    assert args.eval_episodes == 50 and args.actor_lr == 1e-4 and args.n_critic_warmup_itr == 2
-    assert "[transport] per-task defaults:" in capsys.readouterr().out
-    if module == "dppo":
-        assert args.clip_ploss_coef_base == 0.001 and args.activation == "mish"
-        gym_args = mod.Args()
-        assert mod.apply_task_defaults(gym_args, []) is False and gym_args == mod.Args()
-    else:
-        assert args.clip_coef == 0.01 and (args.std_min, args.std_max) == (0.01, 0.2)
-
-
 # ---- dppo.py on lift: per-task defaults, success logging, env meta in checkpoints -------------------
 def test_dppo_smoke_run_on_lift_logs_success(tmp_path, capsys, monkeypatch):
     # in-process runs of `dppo.py <flags>` (tyro parses the flags, main sees them as the command line); the CLI smoke
@@ -341,8 +315,8 @@ def test_dppo_smoke_run_on_lift_logs_success(tmp_path, capsys, monkeypatch):
         *TINY_DIFFUSION,
     )
     out = capsys.readouterr().out
-    assert "[lift] per-task defaults: gamma=0.999" in out and "num_envs=50" in out
-    assert "eval_episodes" not in out.split("per-task defaults:")[1].splitlines()[0]  # given explicitly
+    assert "[lift] defaults for this task: gamma=0.999" in out and "num_envs=50" in out
+    assert "eval_episodes" not in out.split("defaults for this task:")[1].splitlines()[0]  # given explicitly
     ckpt = torch.load(pre / "pretrained.pt", weights_only=False)
     assert (
         ckpt["robomimic_env_args"]["env_kwargs"]["cleandppo_marker"] == 7

@@ -103,7 +103,7 @@ def test_baseline_on_lift_uses_the_table_and_logs_success(name, lift_checkpoint,
         *SMALL[name],
     )
     out = capsys.readouterr().out
-    table = out.split("[lift] per-task defaults: ")[1].splitlines()[0]
+    table = out.split("[lift] defaults for this task: ")[1].splitlines()[0]
     for entry in ["gamma=0.999", "act_steps=4", *TABLE[name]]:
         assert entry in table.split(", "), (entry, table)
     for given in ("num_envs", "n_steps", "batch_size", "eval_episodes"):  # flags on the command line keep their value

@@ -20,20 +20,7 @@ SCRIPTS = ("dppo", "gaussian_ppo", "gmm_ppo", "dawr", "drwr", "dipo", "idql", "d
 TIMING_TAGS = ("charts/SPS", "time/rollout_s", "time/update_s", "charts/peak_memory_mb")
 DPPO_TINY = [
     *TINY_DIFFUSION,
-    "--num-envs",
-    "2",
-    "--n-steps",
-    "4",
-    "--batch-size",
-    "8",
-    "--eval-episodes",
-    "1",
-    "--eval-freq",
-    "2",
-    "--critic-dims",
-    "16",
-    "16",
-    "16",
+    *"--num-envs 2 --n-steps 4 --batch-size 8 --eval-episodes 1 --eval-freq 2 --critic-dims 16 16 16".split(),
 ]
 
 
@@ -82,10 +69,11 @@ def assert_kill_and_resume_is_exact(module, flags, kill_call, tmp_path, monkeypa
 
 
 # ---- item 4: a run killed at any point and resumed gives the uninterrupted run's scalars ------------------------
-def test_dppo_kill_and_resume_is_bit_identical(tiny_diffusion_checkpoint, tmp_path, monkeypatch):
+@pytest.mark.parametrize("bc", [[], ["--bc-loss-coeff", "0.5"]], ids=["plain", "bc"])  # bc: sampling inside the update
+def test_dppo_kill_and_resume_is_bit_identical(tiny_diffusion_checkpoint, tmp_path, monkeypatch, bc):
     from cleandppo import dppo
 
-    flags = ["--checkpoint", tiny_diffusion_checkpoint, *DPPO_TINY, "--total-timesteps", "160"]
+    flags = ["--checkpoint", tiny_diffusion_checkpoint, *DPPO_TINY, "--total-timesteps", "160", *bc]
     # 4 vector steps per iteration: the kill lands in the middle of iteration 3
     assert_kill_and_resume_is_exact(dppo, flags, 2 * 4 + 2, tmp_path, monkeypatch)
 
@@ -108,7 +96,8 @@ def pretrained(module, tiny_dataset, run_dir, *flags):
     return run_dir / "pretrained.pt"
 
 
-def test_gaussian_ppo_kill_and_resume_is_bit_identical(tiny_dataset, tmp_path, monkeypatch):
+@pytest.mark.parametrize("bc", [[], ["--bc-loss-coeff", "0.5"]], ids=["plain", "bc"])  # bc: the teacher is restored
+def test_gaussian_ppo_kill_and_resume_is_bit_identical(tiny_dataset, tmp_path, monkeypatch, bc):
     from cleandppo import gaussian_ppo
 
     tiny = ["--mlp-dims", "16", "16", "16", "--critic-dims", "16", "16", "16"]
@@ -117,49 +106,17 @@ def test_gaussian_ppo_kill_and_resume_is_bit_identical(tiny_dataset, tmp_path, m
         "--checkpoint",
         ckpt,
         *tiny,
-        "--num-envs",
-        "2",
-        "--n-steps",
-        "4",
-        "--batch-size",
-        "4",
-        "--eval-episodes",
-        "1",
-        "--eval-freq",
-        "2",
-        "--total-timesteps",
-        "160",
+        *"--num-envs 2 --n-steps 4 --batch-size 4 --eval-episodes 1 --eval-freq 2 --total-timesteps 160".split(),
     ]
+    flags += bc
     assert_kill_and_resume_is_exact(gaussian_ppo, flags, 2 * 4 + 3, tmp_path, monkeypatch)
 
 
 def test_gaussian_ppo_from_scratch_kill_and_resume_is_bit_identical(tmp_path, monkeypatch):
     from cleandppo import gaussian_ppo
 
-    flags = [
-        "--from-scratch",
-        "--mlp-dims",
-        "16",
-        "16",
-        "--critic-dims",
-        "16",
-        "16",
-        "16",
-        "--num-envs",
-        "2",
-        "--n-steps",
-        "8",
-        "--batch-size",
-        "8",
-        "--update-epochs",
-        "1",
-        "--eval-episodes",
-        "1",
-        "--eval-freq",
-        "2",
-        "--total-timesteps",
-        "80",
-    ]
+    flags = "--from-scratch --mlp-dims 16 16 --critic-dims 16 16 16 --num-envs 2 --n-steps 8 --batch-size 8".split()
+    flags += "--update-epochs 1 --eval-episodes 1 --eval-freq 2 --total-timesteps 80".split()
     assert_kill_and_resume_is_exact(gaussian_ppo, flags, 2 * 8 + 3, tmp_path, monkeypatch)
 
 
@@ -172,38 +129,12 @@ def test_gmm_ppo_kill_and_resume_is_bit_identical(tiny_dataset, tmp_path, monkey
         "--checkpoint",
         ckpt,
         *tiny,
-        "--num-envs",
-        "2",
-        "--n-steps",
-        "4",
-        "--batch-size",
-        "8",
-        "--eval-episodes",
-        "1",
-        "--eval-freq",
-        "2",
-        "--total-timesteps",
-        "160",
+        *"--num-envs 2 --n-steps 4 --batch-size 8 --eval-episodes 1 --eval-freq 2 --total-timesteps 160".split(),
     ]
     assert_kill_and_resume_is_exact(gmm_ppo, flags, 2 * 4 + 3, tmp_path, monkeypatch)
 
 
-BASE = [
-    "--denoising-steps",
-    "6",
-    "--num-envs",
-    "2",
-    "--batch-size",
-    "8",
-    "--eval-episodes",
-    "1",
-    "--eval-freq",
-    "2",
-    "--critic-dims",
-    "16",
-    "16",
-    "16",
-]
+BASE = "--denoising-steps 6 --num-envs 2 --batch-size 8 --eval-episodes 1 --eval-freq 2 --critic-dims 16 16 16".split()
 OFF_POLICY = [*BASE, "--buffer-size", "64", "--n-steps", "4"]
 FAMILIES = {  # script -> (n_steps, flags): weighted regression, off-policy, exact-likelihood PPO
     "dawr": (8, [*OFF_POLICY[:-2], "--n-steps", "8", "--replay-ratio", "2", "--critic-replay-ratio", "1"]),
@@ -216,19 +147,9 @@ FAMILIES = {  # script -> (n_steps, flags): weighted regression, off-policy, exa
         4,
         [
             *BASE,
-            "--n-steps",
-            "4",
-            "--ft-denoising-steps",
-            "3",
-            "--grad-chunk-size",
-            "8",
-            "--sde-step-size",
-            "0.17",
-            "--sde-method",
-            "euler",
-            "--hutchinson-probes",
-            "1",
-        ],
+            *"--n-steps 4 --ft-denoising-steps 3 --grad-chunk-size 8 --sde-step-size 0.17 --sde-method euler".split(),
+        ]
+        + ["--hutchinson-probes", "1"],
     ),
 }
 
@@ -473,7 +394,7 @@ def test_every_numeric_flag_has_a_rule_and_out_of_range_values_are_one_line(scri
             bad = [(b,) * len(value) for b in bad] if floats else bad
         else:
             bad = [-1] if name in runs.INT_FROM_ZERO else [0]
-            bad = [tuple(bad * len(value))] if isinstance(value, tuple) else bad
+            bad = [tuple(bad * max(1, len(value)))] if isinstance(value, tuple) else bad  # () too: (0,)
         for v in bad:
             with pytest.raises(SystemExit) as e:
                 runs.check_ranges(module.Args(**{name: v}))
@@ -531,7 +452,7 @@ def test_track_without_wandb_and_minari_downloads_name_the_install(tmp_path, mon
     from cleandppo import dppo
 
     monkeypatch.setitem(__import__("sys").modules, "wandb", None)  # import wandb raises ImportError
-    main_fails(dppo, dppo.Args(track=True, run_dir=str(tmp_path / "r")), "pip install wandb")
+    main_fails(dppo, dppo.Args(track=True, run_dir=str(tmp_path / "r")), "pip install -r requirements-wandb.txt")
     with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "requirements.txt")) as f:
         assert "minari[hf]" in f.read()  # downloads from the Hugging Face hub need the extra
     minari = pytest.importorskip("minari")
@@ -609,22 +530,8 @@ def test_every_rollout_stops_at_a_nan_reward(script, tiny_diffusion_checkpoint, 
 
     monkeypatch.setattr(envs, "finished_episodes", poison_after_the_first_vector_step)
     if script == "gaussian_ppo":
-        flags = [
-            "--from-scratch",
-            "--mlp-dims",
-            "16",
-            "16",
-            "--num-envs",
-            "2",
-            "--n-steps",
-            "8",
-            "--batch-size",
-            "8",
-            "--eval-episodes",
-            "1",
-            "--total-timesteps",
-            "16",
-        ]
+        flags = "--from-scratch --mlp-dims 16 16 --num-envs 2 --n-steps 8 --batch-size 8 --eval-episodes 1".split()
+        flags += ["--total-timesteps", "16"]
     else:
         n_steps, flags = FAMILIES[script]
         flags = ["--checkpoint", tiny_diffusion_checkpoint, *flags, "--total-timesteps", str(2 * n_steps * 4)]
@@ -690,3 +597,81 @@ def test_a_resume_in_the_same_second_still_reads_in_order(tmp_path, monkeypatch)
 
     monkeypatch.setattr(event_file_writer, "_global_uid", event_file_writer.AtomicCounter(8))  # killed 9, resumed 10
     test_gaussian_ppo_from_scratch_kill_and_resume_is_bit_identical(tmp_path, monkeypatch)
+
+
+# ---- per-task defaults and presets of the PPO scripts (runs.parse_args; parsing builds no env) ------------
+PPO_SCRIPTS = ["dppo", "gaussian_ppo", "gmm_ppo", "exact_likelihood_pg"]
+
+
+@pytest.mark.parametrize("module", PPO_SCRIPTS)
+def test_per_task_defaults_keep_explicit_flags(module, capsys):
+    import importlib
+
+    mod = importlib.import_module(f"cleandppo.{module}")
+    argv = ["--env-id", "TwoArmTransport", "--num-envs", "3", "--gamma=0.9"]
+    args = runs.parse_args(mod.Args, mod.task_defaults, argv=argv)
+    assert args.num_envs == 3 and args.gamma == 0.9  # given on the command line, in either spelling: kept
+    assert (args.n_steps, args.batch_size, args.update_epochs, args.act_steps, args.horizon_steps) == (
+        400,
+        10_000,
+        5,
+        8,
+        8,
+    )
+    assert args.eval_episodes == 50 and args.n_critic_warmup_itr == 2
+    assert "[TwoArmTransport] defaults for this task:" in capsys.readouterr().out
+    if module == "dppo":
+        assert args.clip_ploss_coef_base == 0.001 and args.activation == "mish" and args.actor_lr == 1e-4
+    elif module == "exact_likelihood_pg":
+        assert args.actor_lr == 1e-5
+    else:
+        assert args.clip_coef == 0.01 and (args.std_min, args.std_max) == (0.01, 0.2) and args.actor_lr == 1e-4
+    assert mod.task_defaults(mod.Args()) == {}  # the Gym tasks keep the Args defaults
+    assert runs.parse_args(mod.Args, mod.task_defaults, argv=[]) == mod.Args()
+
+
+@pytest.mark.parametrize("module", PPO_SCRIPTS)
+@pytest.mark.parametrize("spelling", [["--n-steps=7"], ["--n-steps", "7"]])
+def test_lift_defaults_apply_but_an_explicit_flag_wins(module, spelling):
+    """`--env-id lift --n-steps=7`: n_steps stays 7, every other lift default applies (parsing builds no env)."""
+    import importlib
+
+    mod = importlib.import_module(f"cleandppo.{module}")
+    args = runs.parse_args(mod.Args, mod.task_defaults, argv=["--env-id", "lift", *spelling])
+    table = mod.task_defaults(mod.Args(env_id="lift"))
+    assert table["n_steps"] == 300 and args.n_steps == 7
+    assert {k: getattr(args, k) for k in table if k != "n_steps"} == {k: v for k, v in table.items() if k != "n_steps"}
+    assert (args.gamma, args.num_envs, args.batch_size, args.act_steps, args.horizon_steps) == (0.999, 50, 7500, 4, 4)
+
+
+@pytest.mark.parametrize("module", ["dppo", "gaussian_ppo"])
+@pytest.mark.parametrize("spelling", [["--num-envs=8"], ["--num-envs", "8"]])
+def test_from_scratch_preset_keeps_explicit_flags(module, spelling):
+    """--from-scratch: the official cfg/gym/scratch values (budget per task), but an explicit --num-envs stays."""
+    mod = importlib.import_module(f"cleandppo.{module}")
+    args = runs.parse_args(mod.Args, mod.task_defaults, argv=["--from-scratch", *spelling])
+    preset = mod.task_defaults(mod.Args(from_scratch=True))
+    assert preset["num_envs"] == 10 and args.num_envs == 8
+    assert {k: getattr(args, k) for k in preset if k != "num_envs"} == {
+        k: v for k, v in preset.items() if k != "num_envs"
+    }
+    assert (args.horizon_steps, args.act_steps, args.n_steps, args.update_epochs) == (1, 1, 1000, 10)
+    assert args.total_timesteps == 301 * 10 * 1000  # Hopper: 301 iterations of 10 envs x 1000 steps
+    walker = runs.parse_args(mod.Args, mod.task_defaults, argv=["--from-scratch", "--env-id", "Walker2D-v2"])
+    assert walker.total_timesteps == 501 * 10 * 1000 and walker.num_envs == 10
+    if module == "dppo":
+        assert (args.denoising_steps, args.ft_denoising_steps, args.gamma_denoising) == (10, 10, 1.0)
+        assert (args.clip_ploss_coef, args.clip_ploss_coef_base, args.batch_size, args.actor_lr) == (
+            0.1,
+            0.1,
+            5000,
+            1e-4,
+        )
+    else:
+        assert (args.batch_size, args.clip_coef, args.mlp_dims, args.std_max, args.actor_lr) == (
+            500,
+            0.1,
+            (512, 512, 512),
+            1.0,
+            1e-4,
+        )

@@ -14,7 +14,7 @@ import torch.nn as nn
 torch.set_num_threads(1)
 PPO = ["dppo", "gaussian_ppo", "gmm_ppo", "exact_likelihood_pg"]
 DIFFUSION = ["dppo", "dawr", "drwr", "dipo", "idql", "dql", "qsm", "exact_likelihood_pg"]
-TARGET_UPDATE = {"dipo": "ema_update", "idql": "ema_update", "dql": "soft_update", "qsm": "soft_update"}
+TARGET_UPDATE = ("dipo", "idql", "dql", "qsm")  # soft_update(target, source, tau) in each
 
 
 def load(name):
@@ -56,20 +56,23 @@ def test_reward_scaler_divides_by_the_running_std_of_discounted_returns(name):
     gamma = 0.9
     rng = np.random.default_rng(1)
     scaler = load(name).RunningRewardScaler(2, gamma)
-    running, seen = np.zeros(2), []
+    running, mean, var, count = np.zeros(2), 0.0, 1.0, 1e-4  # prior of weight 1e-4 at mean 0, variance 1
     spike = np.zeros((200, 2))
     spike[-1, 0] = 30.0  # one large reward after a long quiet stretch: scaled far beyond 10, so clipped
     for rewards in (*rng.normal(2.0, 1.5, size=(3, 5, 2)), spike):  # a non-zero mean: subtracting it would show
         firsts = (rng.uniform(size=rewards.shape) < 0.3).astype(float)  # episodes restarting now and then
         scaled = scaler(rewards, firsts)
+        batch = []
         for n in range(len(rewards)):
             running = rewards[n] + gamma * (1 - firsts[n]) * running
-            seen.append(running.copy())
-        # variance of every discounted return so far, with the prior of weight 1e-4 at mean 0, variance 1
-        data = np.concatenate(seen)
-        count = 1e-4 + data.size
-        mean = data.sum() / count
-        var = (1e-4 * 1.0 + (data**2).sum()) / count - mean**2
+            batch.append(running.copy())
+        # the official RunningMeanStd (dppo-facts 2.4): this iteration's returns merged into the running moments,
+        # the pooled sum of squared deviations divided by (count - 1)
+        batch = np.concatenate(batch)
+        total = count + batch.size
+        new_mean = (count * mean + batch.sum()) / total
+        sq_dev = count * (var + (mean - new_mean) ** 2) + ((batch - new_mean) ** 2).sum()
+        mean, var, count = new_mean, sq_dev / (total - 1), total
         np.testing.assert_allclose(scaled, np.clip(rewards / np.sqrt(var + 1e-8), -10, 10), rtol=1e-9)
     assert scaled[-1, 0] == 10.0
 
@@ -155,9 +158,9 @@ def test_denoising_loss_is_the_noise_mse_at_the_forward_marginal(name):
 
 
 # ---- target networks: soft / EMA update ---------------------------------------------------------------
-@pytest.mark.parametrize("name", sorted(TARGET_UPDATE))
+@pytest.mark.parametrize("name", TARGET_UPDATE)
 def test_target_update_moves_tau_of_the_way(name):
-    update = getattr(load(name), TARGET_UPDATE[name])
+    update = load(name).soft_update
     torch.manual_seed(0)
     target, source = nn.Linear(3, 2), nn.Linear(3, 2)
     before = [p.detach().clone() for p in target.parameters()]

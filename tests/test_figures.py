@@ -1,0 +1,118 @@
+"""scripts/plot_results.py on synthetic runs with known evaluations: the curves' means, the normalized scores and the
+interquartile mean, computed here by hand, and the figure files.
+
+Two tasks x two algorithms x two seeds. task-a logs returns only (min-max normalized over its evaluations: 10..30),
+task-b also success rates (its score, as is). Half the runs are named <env>__<algo>__<seed>, the other half carry their
+identity in summary.json only.
+"""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+from torch.utils.tensorboard import SummaryWriter
+
+from conftest import ROOT
+
+STEPS = (0, 100, 200)
+RETURNS = {  # task-a: (algo, seed) -> eval/episodic_return at STEPS
+    ("dppo", 0): (10, 15, 20),
+    ("dppo", 1): (10, 25, 30),
+    ("drwr", 0): (10, 12, 14),
+    ("drwr", 1): (10, 16, 18),
+}
+SUCCESS = {  # task-b: eval/success_rate at STEPS (its returns: 100 x the rate)
+    ("dppo", 0): (0.1, 0.2, 0.3),
+    ("dppo", 1): (0.1, 0.5, 0.7),
+    ("drwr", 0): (0.0, 0.6, 0.9),
+    ("drwr", 1): (0.2, 0.2, 0.1),
+}
+
+
+def write_run(root, task, algo, seed, returns, success=None):
+    name = f"{task}__{algo}__{seed}" if seed == 0 else f"run-{task}-{algo}-{seed}"
+    run_dir = os.path.join(root, name)
+    writer = SummaryWriter(run_dir)
+    for i, step in enumerate(STEPS):
+        writer.add_scalar("eval/episodic_return", returns[i], step)
+        writer.add_scalar("charts/episodic_return", -1000.0, step)  # not an evaluation: never read
+        if success is not None:
+            writer.add_scalar("eval/success_rate", success[i], step)
+    writer.close()
+    if seed != 0:  # identity from summary.json (the folder name says nothing)
+        with open(os.path.join(run_dir, "summary.json"), "w") as f:
+            json.dump(dict(algo=algo, env_id=task, seed=seed, env_steps=STEPS[-1]), f)
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_plot_results_curves_scores_iqm(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "figures"
+    for (algo, seed), returns in RETURNS.items():
+        write_run(runs, "task-a", algo, seed, returns)
+    for (algo, seed), rates in SUCCESS.items():
+        write_run(runs, "task-b", algo, seed, [100 * r for r in rates], rates)
+    (runs / "not-a-run").mkdir()  # no events: ignored
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "scripts", "plot_results.py"),
+            str(runs),
+            "--out",
+            str(out),
+            "--reps",
+            "300",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    # curves: mean, min and max over the two seeds at each step (task-a dppo at 100: 15 and 25)
+    curves = {(r["task"], r["algo"], r["metric"], int(r["env_step"])): r for r in read_csv(out / "curves.csv")}
+    row = curves[("task-a", "dppo", "return", 100)]
+    assert (int(row["seeds"]), float(row["mean"]), float(row["min"]), float(row["max"])) == (2, 20.0, 15.0, 25.0)
+    assert float(curves[("task-a", "drwr", "return", 200)]["mean"]) == 16.0  # (14 + 18) / 2
+    assert abs(float(curves[("task-b", "drwr", "success", 100)]["mean"]) - 0.4) < 1e-6  # (0.6 + 0.2) / 2 in float32
+    assert ("task-a", "dppo", "success", 0) not in curves  # task-a logs no success rate
+    assert len(curves) == 2 * 3 + 2 * 2 * 3  # task-a: returns; task-b: returns and success, 3 steps each
+
+    # scores: the last evaluation; task-a normalized by min-max over all its evaluations (10 and 30), task-b's rate
+    scores = {(r["task"], r["algo"], int(r["seed"])): float(r["score"]) for r in read_csv(out / "scores.csv")}
+    expected = {
+        ("task-a", "dppo", 0): (20 - 10) / 20,
+        ("task-a", "dppo", 1): (30 - 10) / 20,
+        ("task-a", "drwr", 0): (14 - 10) / 20,
+        ("task-a", "drwr", 1): (18 - 10) / 20,
+        ("task-b", "dppo", 0): 0.3,
+        ("task-b", "dppo", 1): 0.7,
+        ("task-b", "drwr", 0): 0.9,
+        ("task-b", "drwr", 1): 0.1,
+    }
+    assert scores.keys() == expected.keys()
+    for key, value in expected.items():
+        assert abs(scores[key] - value) < 1e-6, key
+
+    # IQM of 4 scores = mean of the middle two: dppo {0.3, 0.5, 0.7, 1.0} -> 0.6, drwr {0.1, 0.2, 0.4, 0.9} -> 0.3
+    aggregate = {(r["algo"], r["metric"]): r for r in read_csv(out / "aggregate.csv")}
+    for algo, iqm, mean in (("dppo", 0.6, 2.5 / 4), ("drwr", 0.3, 1.6 / 4)):
+        row = aggregate[(algo, "IQM")]
+        assert abs(float(row["estimate"]) - iqm) < 1e-6
+        assert float(row["ci_low"]) <= iqm <= float(row["ci_high"])
+        assert float(row["ci_low"]) < float(row["ci_high"])  # seeds differ: the bootstrap spreads
+        assert abs(float(aggregate[(algo, "Mean")]["estimate"]) - mean) < 1e-6
+
+    # performance profile at tau = 0.5: fraction of the 4 runs scoring above it (dppo: 0.7, 1.0; drwr: 0.9)
+    profile = {(r["algo"], round(float(r["tau"]), 6)): float(r["fraction"]) for r in read_csv(out / "profile.csv")}
+    assert profile[("dppo", 0.5)] == 0.5 and profile[("drwr", 0.5)] == 0.25
+
+    for name in ("curves_task-a", "curves_task-b", "grid", "aggregate", "profile"):
+        for ext in ("png", "pdf"):
+            assert (out / f"{name}.{ext}").stat().st_size > 1000, f"{name}.{ext}"
