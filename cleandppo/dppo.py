@@ -180,9 +180,9 @@ class Args:
 
 ROBOMIMIC = dict(gamma=0.999, num_envs=50, activation="mish", clip_ploss_coef=0.01, clip_ploss_coef_base=0.001,
                  actor_lr=1e-4, critic_lr=1e-3, n_critic_warmup_itr=2, eval_episodes=50)  # robomimic ids (dppo-facts 4.3)
-ROBOMIMIC_TASK = dict(  # per task: n_steps, batch_size, update_epochs, mlp_dims, time_dim
-    lift=(300, 7500, 10, (512,) * 3, 16), can=(300, 7500, 10, (512,) * 3, 16),
-    square=(400, 10_000, 10, (1024,) * 3, 32), transport=(400, 10_000, 5, (1024,) * 3, 32))
+ROBOMIMIC_TASK = dict(  # per task: n_steps, batch_size, update_epochs, mlp_dims, time_dim, cond_mlp_dims
+    lift=(300, 7500, 10, (512,) * 3, 16, ()), can=(300, 7500, 10, (512,) * 3, 16, ()),
+    square=(400, 10_000, 10, (1024,) * 3, 32, (512, 64)), transport=(400, 10_000, 5, (1024,) * 3, 32, ()))
 
 
 # Avoid ids (official cfg/d3il/*/avoid_m*, paper D.8; fewer pre-training epochs than the paper: docs/avoid.md)
@@ -210,7 +210,7 @@ def task_defaults(args) -> dict:
         iterations = SCRATCH_ITERATIONS.get(task, 501)
         return dict(SCRATCH, total_timesteps=iterations * SCRATCH["num_envs"] * SCRATCH["n_steps"])
     if envs.is_robomimic(args.env_id):
-        keys = ("n_steps", "batch_size", "update_epochs", "mlp_dims", "time_dim")
+        keys = ("n_steps", "batch_size", "update_epochs", "mlp_dims", "time_dim", "cond_mlp_dims")
         ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
         return dict(ROBOMIMIC, **dict(zip(keys, ROBOMIMIC_TASK[task])), act_steps=ta, horizon_steps=ta)
     if avoid.is_avoid(args.env_id):  # minibatch: half of an iteration's (env step, denoising step) pairs

@@ -577,8 +577,9 @@ def load_diffusion_checkpoint(path: str, args, same_horizon: bool = True) -> dic
         fail(f"an MLP policy executes its whole chunk: pass --act-steps {h} (the UNet may execute fewer)")
     wanted, has = tuple(getattr(args, "cond_mlp_dims", ())), tuple(kw.get("cond_mlp_dims") or ())
     if wanted and wanted != has:
-        fail(f"{path} has cond_mlp_dims {has}, not {wanted}; drop --cond-mlp-dims (fine-tuning uses the checkpoint's) "
-             "or pre-train one with those widths")
+        flag = f"--cond-mlp-dims {' '.join(map(str, has))}" if has else "--cond-mlp-dims with no value (no encoder)"
+        fail(f"{path} has cond_mlp_dims {has}, not {wanted} (the flag or the task's default); fine-tuning keeps the "
+             f"checkpoint's network: pass {flag}")
     return ckpt
 
 

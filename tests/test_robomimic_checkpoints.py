@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from cleandppo import envs
+from cleandppo import envs, runs
 from conftest import assert_one_line_error
 
 torch.set_num_threads(1)
@@ -81,13 +81,20 @@ def test_dppo_stores_cond_mlp_dims_in_model_kwargs_and_rebuilds_it():
 def test_dppo_cond_mlp_flag_that_disagrees_with_the_checkpoint_is_one_line():
     from cleandppo import dppo
 
-    for task, flag in (("can", (512, 64)), ("square", (256, 64))):
+    for task, flag, fix in (
+        ("can", (512, 64), "pass --cond-mlp-dims with no value (no encoder)"),
+        ("square", (256, 64), "pass --cond-mlp-dims 512 64"),
+    ):
         Ta = BUNDLED[task][0]
         args = dppo.Args(env_id=task, act_steps=Ta, horizon_steps=Ta, cond_mlp_dims=flag)
         with pytest.raises(SystemExit) as e:
             dppo.load_diffusion_checkpoint(envs.bundled_checkpoint(task, "diffusion"), args)
-        assert_one_line_error(str(e.value), f"not {flag}", "drop --cond-mlp-dims")
+        assert_one_line_error(str(e.value), f"not {flag}", fix)
     args = dppo.Args(env_id="square", cond_mlp_dims=(512, 64))  # the same widths are fine
+    assert dppo.load_diffusion_checkpoint(envs.bundled_checkpoint("square", "diffusion"), args)["model_kwargs"]
+    # Square's task table brings the official encoder, so the bundled checkpoint loads with no flag given
+    args = runs.parse_args(dppo.Args, dppo.task_defaults, argv=["--env-id", "square"])
+    assert args.cond_mlp_dims == (512, 64)
     assert dppo.load_diffusion_checkpoint(envs.bundled_checkpoint("square", "diffusion"), args)["model_kwargs"]
 
 
