@@ -101,7 +101,7 @@ MH_HABITS = {  # key: (better, okay, worse) ranges
     "stall_p": ((0.0, 0.0), (0.005, 0.015), (0.02, 0.04)),  # hesitation at any step
     "detour_p": ((0.0, 0.1), (0.2, 0.5), (0.4, 0.8)),
     "overshoot_p": ((0.0, 0.1), (0.2, 0.4), (0.5, 0.8)),  # aims beside the hover point first, then corrects
-    "miss_p": ((0.0, 0.05), (0.1, 0.25), (0.3, 0.5)),  # first grasp misjudged by 2.5-4 cm: regrasp
+    "miss_p": ((0.0, 0.05), (0.1, 0.25), (0.3, 0.5)),  # first grasp closed 3.5-5 cm too high: regrasp
 }
 MH_SITUATION = {  # per demo, scaled by proficiency: spread of grasp offsets and alignment
     "grasp_xy_std": (0.002, 0.004, 0.006),
@@ -181,10 +181,9 @@ class ScriptedPolicy:
 
     def _misjudge(self):
         """Draw this grasp attempt's errors (MH operators only; the first attempt errs with miss_p)."""
-        direction = self.rng.uniform(0, 2 * np.pi)
         miss = self.attempt == 0 and self.rng.random() < self.op["miss_p"]
-        size = self.rng.uniform(0.025, 0.04) if miss else 0.0
-        self.grasp_error = np.array([size * np.cos(direction), size * np.sin(direction), 0.0])
+        # closes too early, above the object (a lateral miss would land a finger on the object and stall)
+        self.grasp_error = np.array([*self.rng.normal(0.0, 0.005, 2), self.rng.uniform(0.035, 0.05)]) * miss
         over = self.rng.random() < self.op["overshoot_p"]
         self.overshoot = np.array([*self.rng.normal(0.0, 0.03, 2), self.rng.uniform(0.0, 0.03)]) * over
 

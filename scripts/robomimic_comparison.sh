@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Issue #14 (Lift part): the paper's robomimic comparison (Fig. 5 bottom, 6, A8) from weak policies
+# pre-trained on MH-like demonstrations: DPPO, Gaussian-PPO, GMM-PPO and DRWR at the same env-step budget.
+#
+#   bash scripts/robomimic_comparison.sh                  # all stages below, in order
+#   bash scripts/robomimic_comparison.sh compare figure   # only some stages
+#
+# Stages:
+#   data      scripts/make_robomimic_demos.py --task lift --operators mh  -> <data dir>/lift-mhsim.hdf5
+#   pretrain  the weak bundled checkpoints cleandppo/pretrained/lift-mhsim-{diffusion,gaussian,gmm}-mlp.pt
+#   eval      their 50-episode success (--eval-only), logs in $RUNS/pretrained_eval_<policy>.log
+#   compare   4 algorithms x $SEEDS fine-tuning runs, each followed by a 50-episode evaluation of its
+#             checkpoint_last.pt ($RUNS/<algo>__s<seed>/ and $RUNS/<algo>__s<seed>_final50/)
+#   figure    docs/figures/robomimic_lift_comparison.{png,csv} (scripts/robomimic_comparison_figure.py)
+# Knobs (environment variables):
+#   SEEDS="0 1 2"   seeds of every algorithm
+#   BUDGET=6000     fine-tuning env steps per run
+#   NUM_ENVS=5      training envs; one iteration = NUM_ENVS x 75 chunks x 4 = one 300-step episode per env
+#   EVAL_FREQ=2     in-run evaluation every N iterations (and after the last), EVAL_EPISODES episodes each
+#   EVAL_EPISODES=10
+#   WORKERS=2       runs at a time (one torch thread each)
+#   LAUNCH=""       prefix of every heavy command (this project's shared machine: LAUNCH=/work/heavy/heavy.sh)
+#   RUNS=runs/robomimic_lift_comparison (finished runs, those with a final50 summary.json, are skipped)
+# Everything not given below is each script's per-task (lift) table (docs/robomimic.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SEEDS=${SEEDS:-"0 1 2"}
+BUDGET=${BUDGET:-6000}
+NUM_ENVS=${NUM_ENVS:-5}
+EVAL_FREQ=${EVAL_FREQ:-2}
+EVAL_EPISODES=${EVAL_EPISODES:-10}
+WORKERS=${WORKERS:-2}
+LAUNCH=${LAUNCH:-}
+RUNS=${RUNS:-runs/robomimic_lift_comparison}
+CKPT=cleandppo/pretrained
+export PYTHONPATH=$PWD OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+export BUDGET NUM_ENVS EVAL_FREQ EVAL_EPISODES LAUNCH RUNS CKPT
+stages=("$@")
+[ ${#stages[@]} -gt 0 ] || stages=(data pretrain eval compare figure)
+mkdir -p "$RUNS"
+
+# the weak pre-training: short budgets on the MH-like data (docs/checkpoints.md)
+PRETRAIN_DIFFUSION="python cleandppo/dppo.py --env-id lift --dataset lift-mhsim --pretrain-only --pretrain-epochs 30 --ema-start-epoch 5 --eval-episodes 20 --no-cuda"
+PRETRAIN_GAUSSIAN="python cleandppo/gaussian_ppo.py --env-id lift --dataset lift-mhsim --pretrain-only --pretrain-epochs 20 --pretrain-lr 1e-3 --eval-episodes 20 --no-cuda"
+PRETRAIN_GMM="python cleandppo/gmm_ppo.py --env-id lift --dataset lift-mhsim --pretrain-only --pretrain-epochs 20 --pretrain-lr 1e-3 --eval-episodes 20 --no-cuda"
+
+# algorithm -> (script, policy); the PPO variants get one critic warm-up iteration instead of the table's 2
+# (a run has only BUDGET / (NUM_ENVS x 300) iterations)
+script_of() { case $1 in dppo) echo dppo ;; gaussian) echo gaussian_ppo ;; gmm) echo gmm_ppo ;; drwr) echo drwr ;; esac; }
+policy_of() { case $1 in dppo | drwr) echo diffusion ;; gaussian) echo gaussian ;; gmm) echo gmm ;; esac; }
+extra_of() { case $1 in dppo | gaussian | gmm) echo "--n-critic-warmup-itr 1" ;; drwr) echo "" ;; esac; }
+export -f script_of policy_of extra_of
+
+# One run: fine-tune, then evaluate checkpoint_last.pt over 50 episodes (one heavy job for both).
+run_one() {
+  local algo=$1 seed=$2
+  local dir=$RUNS/${algo}__s$seed script policy
+  script=$(script_of "$algo")
+  policy=$(policy_of "$algo")
+  if [ -f "${dir}_final50/summary.json" ]; then
+    echo "[skip] $dir (finished)"
+    return 0
+  fi
+  rm -rf "$dir" "${dir}_final50"
+  local ft="python cleandppo/$script.py --env-id lift --checkpoint $CKPT/lift-mhsim-$policy-mlp.pt --seed $seed
+    --num-envs $NUM_ENVS --n-steps 75 --total-timesteps $BUDGET $(extra_of "$algo") --eval-freq $EVAL_FREQ
+    --eval-episodes $EVAL_EPISODES --save-freq 1000 --no-cuda --run-dir $dir"
+  local final="python cleandppo/$script.py --env-id lift --eval-only --eval-episodes 50 --seed $seed --no-cuda
+    --checkpoint $dir/checkpoint_last.pt --run-dir ${dir}_final50"
+  echo "[run] $(date +%H:%M:%S) $algo seed $seed"
+  echo "$ft" | tr -s ' \n' ' ' >"$dir.cmd"
+  echo >>"$dir.cmd"
+  echo "$final" | tr -s ' \n' ' ' >>"$dir.cmd"
+  $LAUNCH bash -c "$ft > $dir.log 2>&1 && $final > ${dir}_final50.log 2>&1" ||
+    { echo "[failed] $dir: see $dir.log / ${dir}_final50.log" >&2; return 1; }
+  echo "[done] $(date +%H:%M:%S) $algo seed $seed: $(tail -1 "${dir}_final50.log")"
+}
+export -f run_one
+
+for s in "${stages[@]}"; do
+  case "$s" in
+  data)
+    $LAUNCH python scripts/make_robomimic_demos.py --task lift --operators mh
+    ;;
+  pretrain)
+    for p in diffusion gaussian gmm; do
+      var=PRETRAIN_${p^^}
+      rm -rf "$RUNS/pretrain_$p"
+      $LAUNCH ${!var} --run-dir "$RUNS/pretrain_$p" >"$RUNS/pretrain_$p.log" 2>&1 &
+    done
+    wait
+    for p in diffusion gaussian gmm; do cp "$RUNS/pretrain_$p/pretrained.pt" "$CKPT/lift-mhsim-$p-mlp.pt"; done
+    ;;
+  eval)
+    for p in diffusion gaussian gmm; do
+      script=$(script_of "$([ $p = diffusion ] && echo dppo || echo $p)")
+      rm -rf "$RUNS/pretrained_eval_$p"
+      $LAUNCH python "cleandppo/$script.py" --env-id lift --eval-only --eval-episodes 50 --no-cuda \
+        --checkpoint "$CKPT/lift-mhsim-$p-mlp.pt" --run-dir "$RUNS/pretrained_eval_$p" >"$RUNS/pretrained_eval_$p.log" 2>&1 &
+    done
+    wait
+    grep -h "\[eval\]" "$RUNS"/pretrained_eval_*.log
+    ;;
+  compare)
+    for seed in $SEEDS; do for algo in dppo gaussian gmm drwr; do echo "$algo $seed"; done; done |
+      xargs -P "$WORKERS" -L 1 bash -c 'run_one "$0" "$1"'
+    ;;
+  figure)
+    python scripts/robomimic_comparison_figure.py --runs "$RUNS" --out docs/figures/robomimic_lift_comparison
+    ;;
+  *)
+    echo "error: unknown stage '$s'; use data, pretrain, eval, compare, figure" >&2
+    exit 2
+    ;;
+  esac
+done
