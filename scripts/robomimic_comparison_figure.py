@@ -5,7 +5,8 @@
 Lines: the in-run evaluations (TensorBoard eval/success_rate, the first point is the pre-trained policy; their
 episode count is the run's --eval-episodes), mean over seeds with a band from the lowest to the highest seed.
 Markers at the last step: the 50-episode evaluation of each run's checkpoint_last.pt (mean over seeds, error bar
-min-max). The CSV holds every point (algo, seed, env_steps, success_rate, episodes, kind) and the table printed
+min-max). The CSV holds every point (algo, seed, env_steps, success_rate, episodes, kind: in-run, final50, or train =
+the share of an iteration's training episodes, with exploration noise, that succeeded) and the table printed
 to stdout is the final 50-episode success per algorithm and seed.
 """
 
@@ -45,6 +46,9 @@ for algo in ALGOS:
         points = [(e.step, e.value) for e in acc.Scalars("eval/success_rate")]
         curves.setdefault(algo, {})[seed] = points
         rows += [dict(algo=algo, seed=seed, env_steps=s, success_rate=v, episodes=episodes, kind="in-run") for s, v in points]
+        if "charts/success_rate" in acc.Tags()["scalars"]:  # training episodes (with exploration noise), not plotted
+            train = [(e.step, e.value) for e in acc.Scalars("charts/success_rate")]
+            rows += [dict(algo=algo, seed=seed, env_steps=s, success_rate=v, episodes=None, kind="train") for s, v in train]
         final_path = os.path.join(f"{run}_final50", "summary.json")
         if os.path.exists(final_path) and os.path.exists(summary_path):
             final = json.load(open(final_path))["final_eval_success_rate"]
