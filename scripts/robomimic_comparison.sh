@@ -7,8 +7,8 @@
 #
 # Stages:
 #   data      scripts/make_robomimic_demos.py --task lift --operators mh  -> <data dir>/lift-mhsim.hdf5
-#   pretrain  the weak bundled checkpoints cleandppo/pretrained/lift-mhsim-{diffusion,gaussian,gmm}-mlp.pt
-#   eval      their 50-episode success (--eval-only), logs in $RUNS/pretrained_eval_<policy>.log
+#   pretrain  the weak bundled checkpoints cleandppo/pretrained/lift-mhsim-{diffusion,gaussian,gmm}-mlp.pt; each
+#             pre-training command ends with the checkpoint's 50-episode evaluation ($RUNS/pretrain_<policy>.log)
 #   compare   4 algorithms x $SEEDS fine-tuning runs, each followed by a 50-episode evaluation of its
 #             checkpoint_last.pt ($RUNS/<algo>__s<seed>/ and $RUNS/<algo>__s<seed>_final50/)
 #   figure    docs/figures/robomimic_lift_comparison.{png,csv} (scripts/robomimic_comparison_figure.py)
@@ -36,13 +36,13 @@ CKPT=cleandppo/pretrained
 export PYTHONPATH=$PWD OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 export BUDGET NUM_ENVS EVAL_FREQ EVAL_EPISODES LAUNCH RUNS CKPT
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(data pretrain eval compare figure)
+[ ${#stages[@]} -gt 0 ] || stages=(data pretrain compare figure)
 mkdir -p "$RUNS"
 
 # the weak pre-training: short budgets on the MH-like data (docs/checkpoints.md)
-PRETRAIN_DIFFUSION="python cleandppo/dppo.py --env-id lift --dataset lift-mhsim --pretrain-only --pretrain-epochs 30 --ema-start-epoch 5 --eval-episodes 20 --no-cuda"
-PRETRAIN_GAUSSIAN="python cleandppo/gaussian_ppo.py --env-id lift --dataset lift-mhsim --pretrain-only --pretrain-epochs 20 --pretrain-lr 1e-3 --eval-episodes 20 --no-cuda"
-PRETRAIN_GMM="python cleandppo/gmm_ppo.py --env-id lift --dataset lift-mhsim --pretrain-only --pretrain-epochs 20 --pretrain-lr 1e-3 --eval-episodes 20 --no-cuda"
+PRETRAIN_DIFFUSION="python cleandppo/dppo.py --env-id lift --dataset lift-mhsim --pretrain-only --pretrain-epochs 30 --ema-start-epoch 5 --eval-episodes 50 --no-cuda"
+PRETRAIN_GAUSSIAN="python cleandppo/gaussian_ppo.py --env-id lift --dataset lift-mhsim --pretrain-only --pretrain-epochs 20 --pretrain-lr 1e-3 --eval-episodes 50 --no-cuda"
+PRETRAIN_GMM="python cleandppo/gmm_ppo.py --env-id lift --dataset lift-mhsim --pretrain-only --pretrain-epochs 20 --pretrain-lr 1e-3 --eval-episodes 50 --no-cuda"
 
 # algorithm -> (script, policy); the PPO variants get one critic warm-up iteration instead of the table's 2
 # (a run has only BUDGET / (NUM_ENVS x 300) iterations)
@@ -51,7 +51,7 @@ policy_of() { case $1 in dppo | drwr) echo diffusion ;; gaussian) echo gaussian 
 extra_of() { case $1 in dppo | gaussian | gmm) echo "--n-critic-warmup-itr 1" ;; drwr) echo "" ;; esac; }
 export -f script_of policy_of extra_of
 
-# One run: fine-tune, then evaluate checkpoint_last.pt over 50 episodes (one heavy job for both).
+# One run: fine-tune, then evaluate checkpoint_last.pt over 50 episodes.
 run_one() {
   local algo=$1 seed=$2
   local dir=$RUNS/${algo}__s$seed script policy
@@ -68,14 +68,26 @@ run_one() {
   local final="python cleandppo/$script.py --env-id lift --eval-only --eval-episodes 50 --seed $seed --no-cuda
     --checkpoint $dir/checkpoint_last.pt --run-dir ${dir}_final50"
   echo "[run] $(date +%H:%M:%S) $algo seed $seed"
-  echo "$ft" | tr -s ' \n' ' ' >"$dir.cmd"
-  echo >>"$dir.cmd"
-  echo "$final" | tr -s ' \n' ' ' >>"$dir.cmd"
-  $LAUNCH bash -c "$ft > $dir.log 2>&1 && $final > ${dir}_final50.log 2>&1" ||
+  { echo "$ft" | tr -s ' \n' ' '; echo; echo "$final" | tr -s ' \n' ' '; echo; } >"$dir.cmd"
+  { $ft >"$dir.log" 2>&1 && $final >"${dir}_final50.log" 2>&1; } ||
     { echo "[failed] $dir: see $dir.log / ${dir}_final50.log" >&2; return 1; }
-  echo "[done] $(date +%H:%M:%S) $algo seed $seed: $(tail -1 "${dir}_final50.log")"
+  echo "[done] $(date +%H:%M:%S) $algo seed $seed: $(grep '\[eval\]' "${dir}_final50.log" | tail -1)"
 }
 export -f run_one
+
+# A lane holds one heavy-job slot ($LAUNCH) for all its runs and takes the next unclaimed run of the
+# seed-major order (seed 0 of every algorithm first) until none is left, so the lanes stay balanced.
+lane() {
+  local algo seed
+  for seed in $SEEDS; do
+    for algo in dppo gaussian gmm drwr; do
+      mkdir "$RUNS/claims/${algo}__s$seed" 2>/dev/null || continue
+      run_one "$algo" "$seed" || true
+    done
+  done
+}
+export -f lane
+export SEEDS
 
 for s in "${stages[@]}"; do
   case "$s" in
@@ -83,27 +95,23 @@ for s in "${stages[@]}"; do
     $LAUNCH python scripts/make_robomimic_demos.py --task lift --operators mh
     ;;
   pretrain)
-    for p in diffusion gaussian gmm; do
-      var=PRETRAIN_${p^^}
-      rm -rf "$RUNS/pretrain_$p"
-      $LAUNCH ${!var} --run-dir "$RUNS/pretrain_$p" >"$RUNS/pretrain_$p.log" 2>&1 &
-    done
+    pre() { rm -rf "$RUNS/pretrain_$1" && $2 --run-dir "$RUNS/pretrain_$1" >"$RUNS/pretrain_$1.log" 2>&1; }
+    export -f pre
+    export PRETRAIN_DIFFUSION PRETRAIN_GAUSSIAN PRETRAIN_GMM
+    $LAUNCH bash -c 'pre diffusion "$PRETRAIN_DIFFUSION"' &
+    $LAUNCH bash -c 'pre gaussian "$PRETRAIN_GAUSSIAN" && pre gmm "$PRETRAIN_GMM"' &
     wait
     for p in diffusion gaussian gmm; do cp "$RUNS/pretrain_$p/pretrained.pt" "$CKPT/lift-mhsim-$p-mlp.pt"; done
-    ;;
-  eval)
-    for p in diffusion gaussian gmm; do
-      script=$(script_of "$([ $p = diffusion ] && echo dppo || echo $p)")
-      rm -rf "$RUNS/pretrained_eval_$p"
-      $LAUNCH python "cleandppo/$script.py" --env-id lift --eval-only --eval-episodes 50 --no-cuda \
-        --checkpoint "$CKPT/lift-mhsim-$p-mlp.pt" --run-dir "$RUNS/pretrained_eval_$p" >"$RUNS/pretrained_eval_$p.log" 2>&1 &
-    done
-    wait
-    grep -h "\[eval\]" "$RUNS"/pretrained_eval_*.log
+    grep -H "\[eval\]" "$RUNS"/pretrain_*.log
     ;;
   compare)
-    for seed in $SEEDS; do for algo in dppo gaussian gmm drwr; do echo "$algo $seed"; done; done |
-      xargs -P "$WORKERS" -L 1 bash -c 'run_one "$0" "$1"'
+    rm -rf "$RUNS/claims" && mkdir -p "$RUNS/claims"
+    for i in $(seq "$WORKERS"); do
+      $LAUNCH bash -c lane >"$RUNS/lane$i.log" 2>&1 &
+      sleep 1
+    done
+    wait
+    cat "$RUNS"/lane*.log
     ;;
   figure)
     python scripts/robomimic_comparison_figure.py --runs "$RUNS" --out docs/figures/robomimic_lift_comparison
