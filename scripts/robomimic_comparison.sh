@@ -12,12 +12,14 @@
 #   compare   4 algorithms x $SEEDS fine-tuning runs, each followed by a 50-episode evaluation of its
 #             checkpoint_last.pt ($RUNS/<algo>__s<seed>/ and $RUNS/<algo>__s<seed>_final50/)
 #   figure    docs/figures/robomimic_lift_comparison.{png,csv} (scripts/robomimic_comparison_figure.py)
+#   lane      (not in "all") one lane of compare in this process, for a caller that already holds a slot
+#   one       (not in "all") ALGO=<algo> SEED=<seed>: one run of compare in this process
 # Knobs (environment variables):
 #   SEEDS="0 1 2"   seeds of every algorithm
-#   BUDGET=6000     fine-tuning env steps per run
+#   BUDGET=3000     fine-tuning env steps per run
 #   NUM_ENVS=5      training envs; one iteration = NUM_ENVS x 75 chunks x 4 = one 300-step episode per env
 #   EVAL_FREQ=2     in-run evaluation every N iterations (and after the last), EVAL_EPISODES episodes each
-#   EVAL_EPISODES=10
+#   EVAL_EPISODES=5
 #   WORKERS=2       runs at a time (one torch thread each)
 #   LAUNCH=""       prefix of every heavy command (this project's shared machine: LAUNCH=/work/heavy/heavy.sh)
 #   RUNS=runs/robomimic_lift_comparison (finished runs, those with a final50 summary.json, are skipped)
@@ -25,10 +27,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEEDS=${SEEDS:-"0 1 2"}
-BUDGET=${BUDGET:-6000}
+BUDGET=${BUDGET:-3000}
 NUM_ENVS=${NUM_ENVS:-5}
 EVAL_FREQ=${EVAL_FREQ:-2}
-EVAL_EPISODES=${EVAL_EPISODES:-10}
+EVAL_EPISODES=${EVAL_EPISODES:-5}
 WORKERS=${WORKERS:-2}
 LAUNCH=${LAUNCH:-}
 RUNS=${RUNS:-runs/robomimic_lift_comparison}
@@ -44,11 +46,11 @@ PRETRAIN_DIFFUSION="python cleandppo/dppo.py --env-id lift --dataset lift-mhsim 
 PRETRAIN_GAUSSIAN="python cleandppo/gaussian_ppo.py --env-id lift --dataset lift-mhsim --pretrain-only --pretrain-epochs 20 --pretrain-lr 1e-3 --eval-episodes 50 --no-cuda"
 PRETRAIN_GMM="python cleandppo/gmm_ppo.py --env-id lift --dataset lift-mhsim --pretrain-only --pretrain-epochs 20 --pretrain-lr 1e-3 --eval-episodes 50 --no-cuda"
 
-# algorithm -> (script, policy); the PPO variants get one critic warm-up iteration instead of the table's 2
-# (a run has only BUDGET / (NUM_ENVS x 300) iterations)
+# algorithm -> (script, policy); the PPO variants get no critic warm-up iteration instead of the table's 2
+# (a run has only BUDGET / (NUM_ENVS x 300) = 2 iterations)
 script_of() { case $1 in dppo) echo dppo ;; gaussian) echo gaussian_ppo ;; gmm) echo gmm_ppo ;; drwr) echo drwr ;; esac; }
 policy_of() { case $1 in dppo | drwr) echo diffusion ;; gaussian) echo gaussian ;; gmm) echo gmm ;; esac; }
-extra_of() { case $1 in dppo | gaussian | gmm) echo "--n-critic-warmup-itr 1" ;; drwr) echo "" ;; esac; }
+extra_of() { case $1 in dppo | gaussian | gmm) echo "--n-critic-warmup-itr 0" ;; drwr) echo "" ;; esac; }
 export -f script_of policy_of extra_of
 
 # One run: fine-tune, then evaluate checkpoint_last.pt over 50 episodes.
@@ -103,6 +105,14 @@ for s in "${stages[@]}"; do
     wait
     for p in diffusion gaussian gmm; do cp "$RUNS/pretrain_$p/pretrained.pt" "$CKPT/lift-mhsim-$p-mlp.pt"; done
     grep -H "\[eval\]" "$RUNS"/pretrain_*.log
+    ;;
+  one)  # ALGO=<dppo|gaussian|gmm|drwr> SEED=<n>: that run alone, in this process (claimed, so lanes skip it)
+    mkdir -p "$RUNS/claims/${ALGO}__s$SEED"
+    run_one "$ALGO" "$SEED"
+    ;;
+  lane)  # one lane in the current process (for a slot already held); claims persist: rm -r $RUNS/claims to redo
+    mkdir -p "$RUNS/claims"
+    lane
     ;;
   compare)
     rm -rf "$RUNS/claims" && mkdir -p "$RUNS/claims"

@@ -11,6 +11,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("robosuite")
 
@@ -105,7 +106,7 @@ def fake_run_episodes(seen):
 
     def run_episodes(act_fn, env_id, episodes, seed, act_steps, cond_steps, normalization, asynchronous=False):
         chunk = np.asarray(act_fn(np.zeros((episodes, cond_steps, 19), np.float32)))
-        seen.append(chunk)
+        seen.append((chunk, normalization))
         return [1.0] * episodes, [300] * episodes
 
     return run_episodes
@@ -122,14 +123,17 @@ def test_weak_lift_checkpoint_loads_and_acts_in_every_script(module, policy, tmp
     monkeypatch.setattr(envs, "run_episodes", fake_run_episodes(seen))
     run = str(tmp_path / "run")
     run_main(module, "--env-id", "lift", "--eval-only", "--eval-episodes", "2", "--checkpoint", path, "--run-dir", run, "--no-cuda")
-    assert len(seen) == 1 and seen[0].shape[0] == 2 and seen[0].shape[1] >= 4 and seen[0].shape[2] == 7
-    assert np.isfinite(seen[0]).all() and np.abs(seen[0]).max() <= 1.0 + 1e-6
+    assert len(seen) == 1
+    chunk, normalization = seen[0]
+    assert chunk.shape[0] == 2 and chunk.shape[1] >= 4 and chunk.shape[2] == 7
+    assert np.isfinite(chunk).all() and np.abs(chunk).max() <= 1.0 + 1e-6
+    expected = torch.load(path, map_location="cpu", weights_only=False)["normalization"]  # this file's data, not lift-scripted's
+    for key in ("obs_min", "obs_max", "action_min", "action_max"):
+        np.testing.assert_array_equal(np.asarray(normalization[key]), np.asarray(expected[key]))
     assert read_summary(run)["final_eval_success_rate"] == 1.0
 
 
 def test_weak_lift_checkpoints_record_their_data():
-    import torch
-
     for policy in ("diffusion", "gaussian", "gmm"):
         ckpt = torch.load(os.path.join(PRETRAINED, f"lift-mhsim-{policy}-mlp.pt"), map_location="cpu", weights_only=False)
         assert ckpt["policy"] == policy and ckpt["env_id"] == "lift" and ckpt["dataset"] == "lift-mhsim"
