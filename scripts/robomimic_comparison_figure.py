@@ -4,7 +4,8 @@
 
 Lines: the in-run evaluations (TensorBoard eval/success_rate, the first point is the pre-trained policy; their
 episode count is the run's --eval-episodes), mean over seeds with a band from the lowest to the highest seed.
-Markers at the last step: the 50-episode evaluation of each run's checkpoint_last.pt (mean over seeds, error bar
+Hollow markers at 0: the pre-trained checkpoints' 50-episode success (--pretrained). Filled markers at the last
+step: the 50-episode evaluation of each run's checkpoint_last.pt (mean over seeds, error bar
 min-max). The CSV holds every point (algo, seed, env_steps, success_rate, episodes, kind: in-run, final50, or train =
 the share of an iteration's training episodes, with exploration noise, that succeeded) and the table printed
 to stdout is the final 50-episode success per algorithm and seed.
@@ -30,6 +31,12 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--runs", default="runs/robomimic_lift_comparison")
 parser.add_argument("--out", default="docs/figures/robomimic_lift_comparison")
 parser.add_argument("--title", default="Lift from weak policies pre-trained on lift-mhsim")
+parser.add_argument(
+    "--pretrained",
+    nargs="*",
+    default=["dppo=0.32", "drwr=0.32", "gaussian=0.38", "gmm=0.60"],
+    help="algo=success: the starting checkpoint's 50-episode success (docs/checkpoints.md), hollow markers at 0",
+)
 cli = parser.parse_args()
 
 rows, curves, finals = [], {}, {}
@@ -76,11 +83,18 @@ for i, (algo, by_seed) in enumerate(curves.items()):
         x = f_steps.mean() + (i - 1.5) * 0.01 * f_steps.mean()  # side by side at the last step
         err = [[f_vals.mean() - f_vals.min()], [f_vals.max() - f_vals.mean()]]
         ax.errorbar(x, f_vals.mean(), yerr=err, fmt="D", color=COLORS[algo], capsize=3, markersize=6)
-ax.plot([], [], "kD", label="50-episode eval of the last checkpoint")
+for i, item in enumerate(cli.pretrained):
+    algo, value = item.split("=")
+    if algo in curves:
+        x = (i - 1.5) * 0.01 * max(s for f in finals.values() for s, _ in f.values()) if finals else 0
+        ax.plot(x, float(value), "D", mfc="none", color=COLORS[algo], markersize=6)
+ax.plot([], [], "kD", label="50-episode eval of the last checkpoint (mean, min-max)")
+ax.plot([], [], "kD", mfc="none", label="50-episode eval of the pre-trained checkpoint")
 ax.set_xlabel("fine-tuning env steps")
 ax.set_ylabel("success rate (no exploration noise)")
 ax.set_ylim(-0.02, 1.02)
-ax.set_title(cli.title, fontsize=10)
+episodes = sorted({r["episodes"] for r in rows if r["kind"] == "in-run" and r["episodes"]})
+ax.set_title(f"{cli.title}\nlines: in-run evals ({'/'.join(map(str, episodes))} episodes), mean and min-max band over seeds", fontsize=9)
 ax.grid(alpha=0.3)
 ax.legend(fontsize=8, loc="lower right")
 fig.tight_layout()
