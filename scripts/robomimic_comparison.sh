@@ -47,10 +47,11 @@ PRETRAIN_GAUSSIAN="python cleandppo/gaussian_ppo.py --env-id lift --dataset lift
 PRETRAIN_GMM="python cleandppo/gmm_ppo.py --env-id lift --dataset lift-mhsim --pretrain-only --pretrain-epochs 12 --pretrain-lr 1e-3 --eval-episodes 50 --no-cuda"
 
 # algorithm -> (script, policy); the PPO variants get no critic warm-up iteration instead of the table's 2
-# (a run has only BUDGET / (NUM_ENVS x 300) = 2 iterations)
+# (a run has only BUDGET / (NUM_ENVS x 300) = 2 iterations); DRWR's minibatch is an iteration's 375 chunks
+# (its table's 1000 is more than an iteration collects, which drwr.py refuses; the PPO scripts cap it themselves)
 script_of() { case $1 in dppo) echo dppo ;; gaussian) echo gaussian_ppo ;; gmm) echo gmm_ppo ;; drwr) echo drwr ;; esac; }
 policy_of() { case $1 in dppo | drwr) echo diffusion ;; gaussian) echo gaussian ;; gmm) echo gmm ;; esac; }
-extra_of() { case $1 in dppo | gaussian | gmm) echo "--n-critic-warmup-itr 0" ;; drwr) echo "" ;; esac; }
+extra_of() { case $1 in dppo | gaussian | gmm) echo "--n-critic-warmup-itr 0" ;; drwr) echo "--batch-size 375" ;; esac; }
 export -f script_of policy_of extra_of
 
 # One run: fine-tune, then evaluate checkpoint_last.pt over 50 episodes.
