@@ -493,6 +493,12 @@ def main(argv=None):
     parser.add_argument(
         "--max-attempts", type=int, default=None, help="give up after this many (default 3 x num-demos)"
     )
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="longest demo (default: the task's max episode steps; slow MH operators on Can need more)",
+    )
     args = parser.parse_args(argv)
 
     if not envs.is_robomimic(args.task):
@@ -510,7 +516,7 @@ def main(argv=None):
         envs.fail(f"--num-demos must be >= 1, got {args.num_demos}")
     out = args.out or os.path.join(envs.data_dir(), f"{task}-{'mhsim' if mh else 'scripted'}.hdf5")
     max_attempts = args.max_attempts or 3 * args.num_demos
-    max_steps = envs.ROBOMIMIC_TASKS[task]["max_episode_steps"]
+    max_steps = args.max_steps or envs.ROBOMIMIC_TASKS[task]["max_episode_steps"]
 
     env = robomimic_tasks.make_robomimic_env(task)
     rng = np.random.default_rng(args.seed)
