@@ -369,7 +369,7 @@ def resolve_dataset(dataset: str) -> str:
         if dataset.endswith((".hdf5", ".h5")):
             fail(f"dataset file {dataset} does not exist")
         fail(f"unknown --dataset {dataset!r}: give an hdf5 path, a Minari id (e.g. mujoco/hopper/medium-v0), "
-             f"a robomimic name <lift|can|square|transport>-<mh|ph|scripted> or one of {sorted(D4RL_NAMES)}")
+             f"a robomimic name <lift|can|square|transport>-<mh|ph|scripted|mhsim> or one of {sorted(D4RL_NAMES)}")
     path = os.path.join(data_dir(), f"{dataset}.hdf5")
     if os.path.isfile(path):
         return path

@@ -44,7 +44,8 @@ _ROBOMIMIC_FORCED = dict(
     hard_reset=False,
 )
 ROBOMIMIC_URL = "http://downloads.cs.stanford.edu/downloads/rt_benchmark/{task}/{kind}/low_dim_v141.hdf5"
-ROBOMIMIC_DATASET_KINDS = ("mh", "ph", "scripted")  # multi-human, proficient-human (downloads), made here
+ROBOMIMIC_DATASET_KINDS = ("mh", "ph", "scripted", "mhsim")  # multi-human, proficient-human (downloads), made here
+MADE_HERE = {"scripted": "", "mhsim": " --operators mh"}  # kinds scripts/make_robomimic_demos.py writes
 _robosuite = None
 
 
@@ -215,14 +216,16 @@ def make_robomimic_env(env_id: str, render_mode: str | None = None) -> Robomimic
     return RobomimicLowDimEnv(env_id, render_mode)
 
 
-def robomimic_demo_fix(task: str) -> str:
+def robomimic_demo_fix(task: str, kind: str = "scripted") -> str:
     if task in ("lift", "can", "square", "transport"):  # the tasks scripts/make_robomimic_demos.py has a controller for
-        return f"make demos with: python scripts/make_robomimic_demos.py --task {task} (then --dataset {task}-scripted)"
+        flag = MADE_HERE.get(kind, "")
+        return (f"make demos with: python scripts/make_robomimic_demos.py --task {task}{flag} "
+                f"(then --dataset {task}-{kind if kind in MADE_HERE else 'scripted'})")
     return f"download --dataset {task}-mh when online or pass a {task} robomimic low_dim hdf5 path"
 
 
 def _robomimic_dataset_name(dataset: str):
-    """(task, kind) for names like lift-mh, can-ph, square-scripted, PickPlaceCan-mh; else None."""
+    """(task, kind) for names like lift-mh, can-ph, square-scripted, lift-mhsim, PickPlaceCan-mh; else None."""
     base, _, kind = dataset.rpartition("-")
     if kind.lower() in ROBOMIMIC_DATASET_KINDS and base.lower() in envs._ROBOMIMIC_ALIASES:
         return envs._ROBOMIMIC_ALIASES[base.lower()], kind.lower()
@@ -231,13 +234,13 @@ def _robomimic_dataset_name(dataset: str):
 
 def resolve_robomimic_dataset(dataset: str) -> str:
     """Path of a robomimic dataset name: cached in data_dir(), else downloaded (mh/ph; address pattern
-    $CLEANDPPO_ROBOMIMIC_URL); a missing -scripted file and a failed download fail naming robomimic_demo_fix."""
+    $CLEANDPPO_ROBOMIMIC_URL); a missing -scripted/-mhsim file and a failed download fail naming robomimic_demo_fix."""
     task, kind = _robomimic_dataset_name(dataset)
     path = os.path.join(envs.data_dir(), f"{task}-{kind}.hdf5")
     if os.path.isfile(path):
         return path
-    if kind == "scripted":
-        envs.fail(f"{task}-scripted is not in {envs.data_dir()}; {robomimic_demo_fix(task)}")
+    if kind in MADE_HERE:
+        envs.fail(f"{task}-{kind} is not in {envs.data_dir()}; {robomimic_demo_fix(task, kind)}")
     url = os.environ.get("CLEANDPPO_ROBOMIMIC_URL", ROBOMIMIC_URL).format(task=task, kind=kind)
     return envs.download_or_fail(f"{task}-{kind}", url, path, robomimic_demo_fix(task))
 

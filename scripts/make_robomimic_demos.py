@@ -8,10 +8,19 @@ action noise. Only successful attempts are written (ending at the first success 
 and done 1 on that step, 0 before), with the same keys as robomimic's low_dim files
 (obs/<key>, next_obs/<key>, actions, rewards, dones, states) and robomimic's env_args.
 
+`--operators mh` imitates robomimic's multi-human (MH) files instead: six fixed operators, two each of
+proficiency "better", "okay" and "worse" (robomimic's MH operator groups), take turns. Worse operators are
+slower and wobblier (correlated drift), hesitate more and longer, overshoot and correct, and misjudge their
+first grasp more often, after which they open, back off and regrasp. Each demo records its operator
+(data/demo_i attrs `operator`, `proficiency`) and the file holds robomimic's `mask/<group>` lists
+(better, okay, worse, better_operator_1, ...).
+
     python scripts/make_robomimic_demos.py --task lift                  # 100 demos -> <data dir>/lift-scripted.hdf5
     python scripts/make_robomimic_demos.py --task can --num-demos 200 --out can.hdf5
+    python scripts/make_robomimic_demos.py --task lift --operators mh   # 120 demos -> <data dir>/lift-mhsim.hdf5
 
-The data dir is $CLEANDPPO_DATA or ~/.cache/cleandppo/datasets; train on it with --dataset lift-scripted.
+The data dir is $CLEANDPPO_DATA or ~/.cache/cleandppo/datasets; train on it with --dataset lift-scripted
+(or --dataset lift-mhsim).
 """
 
 from __future__ import annotations
@@ -77,6 +86,55 @@ def sample_operator(rng: np.random.Generator) -> dict:
     )
 
 
+# robomimic's MH files: 6 operators, 2 per proficiency. Per proficiency: (low, high) ranges of the operator's
+# fixed habits, drawn once per operator, and of the per-demo situation, drawn for every demo.
+MH_OPERATORS = [f"{p}_operator_{i}" for p in ("better", "okay", "worse") for i in (1, 2)]
+MH_HABITS = {  # key: (better, okay, worse) ranges
+    "speed": ((0.7, 1.0), (0.45, 0.75), (0.25, 0.45)),
+    "gain": ((0.9, 1.2), (0.6, 1.0), (0.4, 0.7)),
+    "rot_gain": ((0.8, 1.0), (0.6, 0.9), (0.4, 0.7)),
+    "noise": ((0.0, 0.03), (0.03, 0.08), (0.06, 0.12)),  # white noise on the arm actions
+    "wobble": ((0.0, 0.02), (0.03, 0.08), (0.08, 0.16)),  # std of a slow drift (AR(1), 0.9) on the arm actions
+    "tol": ((0.006, 0.009), (0.008, 0.012), (0.01, 0.014)),
+    "pause_p": ((0.0, 0.1), (0.2, 0.5), (0.5, 0.8)),  # hesitation at a phase change
+    "pause_max": ((2, 4), (4, 10), (10, 25)),  # its longest length (steps)
+    "stall_p": ((0.0, 0.0), (0.005, 0.015), (0.02, 0.04)),  # hesitation at any step
+    "detour_p": ((0.0, 0.1), (0.2, 0.5), (0.4, 0.8)),
+    "overshoot_p": ((0.0, 0.1), (0.2, 0.4), (0.5, 0.8)),  # aims beside the hover point first, then corrects
+    "miss_p": ((0.0, 0.05), (0.1, 0.25), (0.3, 0.5)),  # first grasp closed 3.5-5 cm too high: regrasp
+}
+MH_SITUATION = {  # per demo, scaled by proficiency: spread of grasp offsets and alignment
+    "grasp_xy_std": (0.002, 0.004, 0.006),
+    "yaw_slop_std": (0.03, 0.08, 0.15),
+}
+
+
+def sample_mh_habits(rng: np.random.Generator, name: str) -> dict:
+    """The fixed habits of one MH operator (e.g. "worse_operator_2")."""
+    level = ("better", "okay", "worse").index(name.split("_")[0])
+    habits = {key: rng.uniform(*ranges[level]) for key, ranges in MH_HABITS.items()}
+    habits["pause_max"] = int(round(habits["pause_max"]))
+    habits.update(operator=name, proficiency=name.split("_")[0], level=level, regrasp=True)
+    return habits
+
+
+def sample_mh_operator(rng: np.random.Generator, habits: dict) -> dict:
+    """One demo of an MH operator: its habits plus this demo's grasp offset, heights and alignment."""
+    level = habits["level"]
+    op = dict(habits)
+    op.update(
+        approach=rng.uniform(0.05, 0.13),
+        grasp_xy=rng.normal(0.0, MH_SITUATION["grasp_xy_std"][level], 2),
+        grasp_dz=rng.uniform(-0.006, 0.008),
+        close_steps=int(rng.integers(6, 13)),
+        open_steps=int(rng.integers(3, 9)),
+        lift=rng.uniform(0.07, 0.2),
+        yaw_slop=rng.normal(0.0, MH_SITUATION["yaw_slop_std"][level]),
+        pause_len=(1, op["pause_max"] + 1),
+    )
+    return op
+
+
 class Follower:
     """Turns (target position, target rotation, gripper) into OSC_POSE delta actions, with noise."""
 
@@ -84,6 +142,7 @@ class Follower:
         self.env, self.op, self.rng = env, op, rng
         self.rs = env.rs_env
         self.site = self.rs.robots[0].eef_site_id["right"]
+        self.drift = np.zeros(6)  # MH operators: slow wobble
 
     def eef(self):
         data = self.rs.sim.data
@@ -96,6 +155,9 @@ class Follower:
         turn = np.clip(Rotation.from_matrix(target_rot @ rot.T).as_rotvec() / 0.5 * op["rot_gain"] * 2.0, -1, 1)
         arm = np.concatenate([move, turn])
         arm += self.rng.normal(0.0, op["noise"], 6) * np.array([1, 1, 1, 0.5, 0.5, 0.5])
+        if op.get("wobble"):  # correlated over ~10 steps: the hand drifts, unlike white noise
+            self.drift = 0.9 * self.drift + np.sqrt(1 - 0.9**2) * self.rng.normal(0.0, op["wobble"], 6)
+            arm += self.drift * np.array([1, 1, 1, 0.5, 0.5, 0.5])
         return np.concatenate([np.clip(arm, -1, 1), [gripper]])
 
     def reached(self, target_pos, tol=None) -> bool:
@@ -109,13 +171,46 @@ class ScriptedPolicy:
         self.env, self.op, self.rng = env, op, rng
         self.f = Follower(env, op, rng)
         self.rs = env.rs_env
+        self.grasp_error = np.zeros(3)  # MH operators: a misjudged first grasp, then a regrasp
+        self.overshoot = np.zeros(3)  # MH operators: first aim beside the hover point, then correct
+        self.attempt, self.empty_grip = 0, 0
+        if op.get("regrasp"):
+            self._misjudge()
         self.phases = self.plan()
         self.phase, self.phase_steps, self.pause = 0, 0, 0
+
+    def _misjudge(self):
+        """Draw this grasp attempt's errors (MH operators only; the first attempt errs with miss_p)."""
+        miss = self.attempt == 0 and self.rng.random() < self.op["miss_p"]
+        # closes too early, above the object (a lateral miss would land a finger on the object and stall)
+        self.grasp_error = np.array([*self.rng.normal(0.0, 0.005, 2), self.rng.uniform(0.035, 0.05)]) * miss
+        over = self.rng.random() < self.op["overshoot_p"]
+        self.overshoot = np.array([*self.rng.normal(0.0, 0.03, 2), self.rng.uniform(0.0, 0.03)]) * over
+
+    def _retry(self):
+        """MH operators after a failed grasp or a plan that ended without success: open, back off, replan."""
+        self.attempt += 1
+        self._misjudge()
+        pos, rot = self.f.eef()
+        back = pos + np.array([0.0, 0.0, 0.08])
+        self.phases = [
+            ("grip", -1.0, "open_steps", lambda: pos, lambda: rot),
+            ("move", lambda: back, lambda: rot, -1.0, 0.02),
+        ]
+        self.phases += self.plan()
+        self.phase, self.phase_steps, self.empty_grip = 0, 0, 0
 
     def plan(self) -> list:
         raise NotImplementedError
 
     def __call__(self) -> np.ndarray:
+        if self.op.get("regrasp"):
+            gap = float(np.sum(np.abs(self.env.obs_dict["robot0_gripper_qpos"])))
+            self.empty_grip = self.empty_grip + 1 if self.gripper > 0 and gap < 0.004 else 0
+            if self.empty_grip >= 6 and self.attempt < 3:  # closed on nothing: the grasp missed
+                self._retry()
+            if self.op["stall_p"] and self.pause == 0 and self.rng.random() < self.op["stall_p"]:
+                self.pause = int(self.rng.integers(*self.op["pause_len"]))
         while True:
             if self.pause > 0:  # hesitation: hold still, keep the gripper as it is
                 self.pause -= 1
@@ -125,12 +220,15 @@ class ScriptedPolicy:
             action, done = getattr(self, f"_{kind}")(*spec)
             self.phase_steps += 1
             if done and self.phase == len(self.phases) - 1 and action is None:
+                if self.op.get("regrasp") and self.attempt < 3:
+                    self._retry()
+                    continue
                 pos, rot = self.f.eef()  # plan finished without success: hold still until the time limit
                 return self.f.action(pos, rot, self.gripper)
             if done and self.phase < len(self.phases) - 1:
                 self.phase, self.phase_steps = self.phase + 1, 0
                 if self.rng.random() < self.op["pause_p"]:
-                    self.pause = int(self.rng.integers(1, 6))
+                    self.pause = int(self.rng.integers(*self.op.get("pause_len", (1, 6))))
             if action is not None:
                 return action
 
@@ -146,6 +244,13 @@ class ScriptedPolicy:
         self.gripper = value
         done = self.phase_steps >= self.op[steps_key]
         return self.f.action(target_fn(), rot_fn(), value), done
+
+    def overshoot_phase(self, target_fn, rot_fn, gripper) -> list:
+        """MH operators: a first move to a point beside the target, corrected by the next phase (none otherwise)."""
+        if not np.any(self.overshoot):
+            return []
+        miss = self.overshoot.copy()
+        return [("move", lambda: target_fn() + miss, rot_fn, gripper, 0.02)]
 
     gripper = -1.0
 
@@ -169,7 +274,7 @@ class LiftPolicy(ScriptedPolicy):
         yaw0 = yaw_of(self.f.eef()[1])
         grasp_yaw = closest_yaw(yaw_of(cube_rot()), yaw0, np.pi / 2) + op["yaw_slop"]
         rot = lambda: down_rotation(grasp_yaw)  # noqa: E731
-        offset = np.array([*op["grasp_xy"], op["grasp_dz"]])
+        offset = np.array([*op["grasp_xy"], op["grasp_dz"]]) + self.grasp_error
         above = lambda: cube() + offset + np.array([0, 0, op["approach"]])  # noqa: E731
         grasp = lambda: cube() + offset  # noqa: E731
         lifted = lambda: np.array([*self.f.eef()[0][:2], table_z + 0.04 + op["lift"]])  # noqa: E731
@@ -177,6 +282,7 @@ class LiftPolicy(ScriptedPolicy):
         via = _via(self.rng, self.f.eef()[0], above(), op)
         if via is not None:
             phases.append(("move", lambda: via, rot, -1.0, 0.03))
+        phases += self.overshoot_phase(above, rot, -1.0)
         phases += [
             ("move", above, rot, -1.0),
             ("move", grasp, rot, -1.0, 0.006),
@@ -202,7 +308,7 @@ class CanPolicy(ScriptedPolicy):
         bin_z = rs.bin2_pos[2]
         yaw0 = yaw_of(self.f.eef()[1])
         rot = lambda: down_rotation(yaw0 + op["yaw_slop"])  # noqa: E731
-        offset = np.array([*op["grasp_xy"], 0.01 + op["grasp_dz"]])
+        offset = np.array([*op["grasp_xy"], 0.01 + op["grasp_dz"]]) + self.grasp_error
         carry_z = bin_z + 0.15 + op["lift"] * 0.3
         above = lambda: can() + offset + np.array([0, 0, op["approach"]])  # noqa: E731
         grasp = lambda: can() + offset  # noqa: E731
@@ -219,7 +325,7 @@ class CanPolicy(ScriptedPolicy):
         low_z = bin_z + rng.uniform(0.12, 0.17)
         lower = lambda: np.array([*target_xy, low_z])  # noqa: E731
         retreat = lambda: np.array([*target_xy, low_z + 0.15])  # noqa: E731
-        phases = [
+        phases = self.overshoot_phase(above, rot, -1.0) + [
             ("move", above, rot, -1.0),
             ("move", grasp, rot, -1.0, 0.006),
             ("grip", 1.0, "close_steps", grasp, rot),
@@ -481,10 +587,18 @@ TASKS_WITH_CONTROLLER += ("transport",)
 # ------------------------------------------------------------------------------------------------
 # Recording
 # ------------------------------------------------------------------------------------------------
-def record_attempt(env: robomimic_tasks.RobomimicLowDimEnv, seed: int, rng: np.random.Generator, max_steps: int):
-    """Run one operator on one seeded episode; return (demo dict or None, steps)."""
+def record_attempt(
+    env: robomimic_tasks.RobomimicLowDimEnv,
+    seed: int,
+    rng: np.random.Generator,
+    max_steps: int,
+    habits: dict | None = None,
+):
+    """Run one operator on one seeded episode; return (demo dict or None, steps). Without `habits` a fresh
+    scripted operator; with an MH operator's habits, that operator (recorded in demo["attrs"])."""
     env.reset(seed=seed)
-    policy = POLICIES[env.task](env, sample_operator(rng), rng)
+    op = sample_operator(rng) if habits is None else sample_mh_operator(rng, habits)
+    policy = POLICIES[env.task](env, op, rng)
     keys = {k: [] for k in ("actions", "rewards", "dones", "states")}
     obs, next_obs = [], []
     empty_grip = 0  # steps the gripper has been closed on nothing: the grasp missed, give up early
@@ -499,21 +613,24 @@ def record_attempt(env: robomimic_tasks.RobomimicLowDimEnv, seed: int, rng: np.r
         keys["dones"].append(int(info["success"]))
         gap = float(np.sum(np.abs(env.obs_dict["robot0_gripper_qpos"])))
         empty_grip = empty_grip + 1 if action[-1] > 0 and gap < 0.004 else 0
-        if empty_grip >= 10:
+        if empty_grip >= 10 and not op.get("regrasp"):  # MH operators regrasp instead
             return None, t + 1
         if info["success"]:
             demo = {k: np.asarray(v) for k, v in keys.items()}
+            if habits is not None:
+                demo["attrs"] = dict(operator=op["operator"], proficiency=op["proficiency"], regrasps=policy.attempt)
             demo["obs"] = {k: np.stack([o[k] for o in obs]) for k in obs[0]}
             demo["next_obs"] = {k: np.stack([o[k] for o in next_obs]) for k in next_obs[0]}
             return demo, t + 1
     return None, max_steps
 
 
-def write_robomimic_hdf5(path: str, demos: list, env_args: dict, attrs: dict | None = None):
+def write_robomimic_hdf5(path: str, demos: list, env_args: dict, attrs: dict | None = None, masks: dict | None = None):
     """Write demos in robomimic's layout, atomically (robomimic_tasks.read_robomimic_hdf5 / load_dataset read it back).
 
     Each demo: dict(obs={key: (T, d)}, actions (T, Da), rewards (T,), dones (T,), and optionally
-    next_obs={key: ...} and states (T, S)). `data` gets env_args (JSON) and total; `attrs` go there too.
+    next_obs={key: ...}, states (T, S) and attrs (its group's attributes)). `data` gets env_args (JSON)
+    and total; `attrs` go there too. `masks` ({group: [demo indices]}) become robomimic's mask/<group>.
     """
     import h5py
 
@@ -531,22 +648,42 @@ def write_robomimic_hdf5(path: str, demos: list, env_args: dict, attrs: dict | N
                 if key in demo:
                     g.create_dataset(key, data=np.asarray(demo[key]), compression="gzip")
             g.attrs["num_samples"] = len(demo["actions"])
+            for key, value in demo.get("attrs", {}).items():
+                g.attrs[key] = value
             total += len(demo["actions"])
         group.attrs["env_args"] = json.dumps(env_args)
         group.attrs["total"] = total
         for key, value in (attrs or {}).items():
             group.attrs[key] = value
+        for name, indices in (masks or {}).items():  # robomimic: mask/<group> = the group's demo names (bytes)
+            f.create_dataset(f"mask/{name}", data=np.array([f"demo_{i}".encode() for i in indices], dtype="S"))
     os.replace(tmp, path)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--task", required=True, help="lift, can, square or transport (robomimic names accepted)")
-    parser.add_argument("--num-demos", type=int, default=100, help="successful demonstrations to write")
-    parser.add_argument("--out", default=None, help="output hdf5 (default: <data dir>/<task>-scripted.hdf5)")
+    parser.add_argument(
+        "--operators",
+        choices=("scripted", "mh"),
+        default="scripted",
+        help="scripted: a fresh random operator per attempt; mh: six operators of three proficiencies take turns",
+    )
+    parser.add_argument(
+        "--num-demos", type=int, default=None, help="successful demonstrations to write (default 100; mh: 120)"
+    )
+    parser.add_argument(
+        "--out", default=None, help="output hdf5 (default: <data dir>/<task>-scripted.hdf5; mh: <task>-mhsim.hdf5)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds the operators and episode i's reset (seed + i)")
     parser.add_argument(
         "--max-attempts", type=int, default=None, help="give up after this many (default 3 x num-demos)"
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="longest demo (default: the task's max episode steps; slow MH operators on Can need more)",
     )
     args = parser.parse_args(argv)
 
@@ -558,22 +695,36 @@ def main(argv=None):
             f"no scripted controller for {task}; use --task {' or '.join(TASKS_WITH_CONTROLLER)} "
             f"(or --dataset {task}-mh when robomimic's download is reachable)"
         )
+    mh = args.operators == "mh"
+    if args.num_demos is None:
+        args.num_demos = 120 if mh else 100
     if args.num_demos < 1:
         envs.fail(f"--num-demos must be >= 1, got {args.num_demos}")
-    out = args.out or os.path.join(envs.data_dir(), f"{task}-scripted.hdf5")
+    out = args.out or os.path.join(envs.data_dir(), f"{task}-{'mhsim' if mh else 'scripted'}.hdf5")
     max_attempts = args.max_attempts or 3 * args.num_demos
-    max_steps = envs.ROBOMIMIC_TASKS[task]["max_episode_steps"]
+    max_steps = args.max_steps or envs.ROBOMIMIC_TASKS[task]["max_episode_steps"]
 
     env = robomimic_tasks.make_robomimic_env(task)
     rng = np.random.default_rng(args.seed)
+    operators = {}  # mh: name -> habits, drawn from their own stream (the scripted stream stays as it was)
+    if mh:
+        habits_rng = np.random.default_rng([args.seed, 1])
+        operators = {name: sample_mh_habits(habits_rng, name) for name in MH_OPERATORS}
+    made = {name: 0 for name in operators}
+    tried = {name: 0 for name in operators}
     demos, attempts, start = [], 0, time.time()
     while len(demos) < args.num_demos and attempts < max_attempts:
-        demo, steps = record_attempt(env, args.seed + attempts, rng, max_steps)
+        name = min(made, key=made.get) if mh else None  # the operator with the fewest demos takes the next turn
+        demo, steps = record_attempt(env, args.seed + attempts, rng, max_steps, operators.get(name))
         attempts += 1
         if demo is not None:
             demos.append(demo)
+        if mh:
+            tried[name] += 1
+            made[name] += demo is not None
         print(
-            f"[{task}] attempt {attempts}: {'success' if demo is not None else 'failure'} in {steps} steps; "
+            f"[{task}] attempt {attempts}{f' ({name})' if mh else ''}: "
+            f"{'success' if demo is not None else 'failure'} in {steps} steps; "
             f"{len(demos)}/{args.num_demos} demos, success rate {len(demos) / attempts:.2f}, "
             f"{time.time() - start:.0f}s",
             flush=True,
@@ -592,8 +743,24 @@ def main(argv=None):
         command=" ".join(["python", "scripts/make_robomimic_demos.py", *(argv if argv is not None else sys.argv[1:])]),
         controller=POLICIES[task].__name__,
     )
+    masks = None
+    if mh:
+        info["operators"] = {
+            name: dict(demos=made[name], attempts=tried[name], **{k: operators[name][k] for k in MH_HABITS})
+            for name in MH_OPERATORS
+        }
+        masks = {}
+        for i, demo in enumerate(demos):
+            for group in (demo["attrs"]["proficiency"], demo["attrs"]["operator"]):
+                masks.setdefault(group, []).append(i)
+        per_operator = ", ".join(f"{n} {made[n]}/{tried[n]}" for n in MH_OPERATORS)
+        print(f"[{task}] operators (demos/attempts): {per_operator}")
     write_robomimic_hdf5(
-        out, demos, robomimic_tasks.default_robomimic_env_args(task), attrs={"cleandppo_generator": json.dumps(info)}
+        out,
+        demos,
+        robomimic_tasks.default_robomimic_env_args(task),
+        attrs={"cleandppo_generator": json.dumps(info)},
+        masks=masks,
     )
     print(
         f"[{task}] wrote {len(demos)} demos ({sum(lengths)} steps, length mean {np.mean(lengths):.0f} "
