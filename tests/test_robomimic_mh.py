@@ -60,9 +60,9 @@ def test_mh_file_has_every_operator_and_robomimic_masks(mh_file):
     assert sorted(operators) == sorted(demos_script.MH_OPERATORS)  # every operator exactly once
     assert [p for p in proficiency] == [o.split("_")[0] for o in operators]
     for level in ("better", "okay", "worse"):
-        expected = sorted(n for n, p in zip(names, proficiency) if p == level)
+        expected = sorted(n for n, p in zip(names, proficiency, strict=True) if p == level)
         assert masks[level] == expected and len(expected) == 2
-    for name, op in zip(names, operators):
+    for name, op in zip(names, operators, strict=True):
         assert masks[op] == [name]
     assert set(info["operators"]) == set(demos_script.MH_OPERATORS)
 
