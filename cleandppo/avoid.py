@@ -197,8 +197,11 @@ class AvoidEnv(gym.Env):
 
     def get_state(self) -> dict:
         """Everything that continues this episode exactly (for checkpoints)."""
-        return {"state": {k: v.copy() for k, v in self.state.items()}, "trail": list(self.trail),
-                "rng": self.np_random.bit_generator.state}
+        return {
+            "state": {k: v.copy() for k, v in self.state.items()},
+            "trail": list(self.trail),
+            "rng": self.np_random.bit_generator.state,
+        }
 
     def set_state(self, saved: dict):
         self.state = {k: v.copy() for k, v in saved["state"].items()}
@@ -261,22 +264,39 @@ class AvoidVectorEnv:
                 break
         self.episode_return += total
         ones = np.ones(self.num_envs, dtype=bool)
-        info = {"modes": self.state["modes"].copy(), "_modes": ones, "collided": self.state["collided"].copy(),
-                "_collided": ones, "success": reward >= 2.0, "_success": ones,
-                "env_steps": np.full(self.num_envs, steps), "_env_steps": ones}
+        info = {
+            "modes": self.state["modes"].copy(),
+            "_modes": ones,
+            "collided": self.state["collided"].copy(),
+            "_collided": ones,
+            "success": reward >= 2.0,
+            "_success": ones,
+            "env_steps": np.full(self.num_envs, steps),
+            "_env_steps": ones,
+        }
         truncated = np.full(self.num_envs, self.state["t"][0] >= MAX_EPISODE_STEPS)
         if truncated[0]:
-            final = dict(info, episode_return=self.episode_return.copy(), _episode_return=ones,
-                         episode_length=self.state["t"].copy(), _episode_length=ones,
-                         episode_success=self.episode_success.copy(), _episode_success=ones)
+            final = dict(
+                info,
+                episode_return=self.episode_return.copy(),
+                _episode_return=ones,
+                episode_length=self.state["t"].copy(),
+                _episode_length=ones,
+                episode_success=self.episode_success.copy(),
+                _episode_success=ones,
+            )
             info = dict(final_obs=self._stacked(), _final_obs=ones, final_info=final, _final_info=ones)
             return self._first_obs(), total, np.zeros(self.num_envs, dtype=bool), truncated, info
         return self._stacked(), total, np.zeros(self.num_envs, dtype=bool), truncated, info
 
     def get_state(self) -> dict:
         """Everything that continues the episodes exactly (for checkpoints)."""
-        return {"state": {k: v.copy() for k, v in self.state.items()}, "history": [h.copy() for h in self.history],
-                "episode_return": self.episode_return.copy(), "episode_success": self.episode_success.copy()}
+        return {
+            "state": {k: v.copy() for k, v in self.state.items()},
+            "history": [h.copy() for h in self.history],
+            "episode_return": self.episode_return.copy(),
+            "episode_success": self.episode_success.copy(),
+        }
 
     def set_state(self, saved: dict):
         self.state = {k: v.copy() for k, v in saved["state"].items()}
@@ -381,8 +401,12 @@ def demonstrate(route: tuple, rng: np.random.Generator, max_steps: int = 150) ->
             break
     else:
         return None
-    return {"observations": np.array(obs, np.float32), "actions": np.array(actions, np.float32),
-            "rewards": np.array(rewards, np.float32), "route": np.array(route)}
+    return {
+        "observations": np.array(obs, np.float32),
+        "actions": np.array(actions, np.float32),
+        "rewards": np.array(rewards, np.float32),
+        "route": np.array(route),
+    }
 
 
 def make_demos(demos_per_route: int, seed: int) -> list[dict]:
@@ -434,8 +458,14 @@ def read_d3il_episodes(directory: str) -> list[dict]:
         current = np.asarray(robot["c_pos"])[:, :2]
         obs = np.concatenate([desired, current], axis=1)[:-1].astype(np.float32)
         actions = (desired[1:] - desired[:-1]).astype(np.float32)
-        episodes.append({"observations": obs, "actions": actions, "rewards": replay_reward(current[:-1]),
-                         "file": os.path.basename(path)})
+        episodes.append(
+            {
+                "observations": obs,
+                "actions": actions,
+                "rewards": replay_reward(current[:-1]),
+                "file": os.path.basename(path),
+            }
+        )
     return episodes
 
 
@@ -493,16 +523,20 @@ def is_avoid(env_id) -> bool:
 def check_bundled(env_id: str):
     """`avoid` alone has no bundled policy: one line naming the three that exist."""
     if is_avoid(env_id) and ENV_IDS[env_id.lower()] is None:
-        fail("--env-id avoid has one bundled pre-trained policy per data subset: pass --env-id avoid-m1, avoid-m2 "
-             "or avoid-m3 (or --checkpoint)")
+        fail(
+            "--env-id avoid has one bundled pre-trained policy per data subset: pass --env-id avoid-m1, avoid-m2 "
+            "or avoid-m3 (or --checkpoint)"
+        )
 
 
 def check_subset(path: str, checkpoint_env: str, env_id: str):
     """A checkpoint cloned from another subset than --env-id names: one line."""
     wanted = ENV_IDS.get(env_id.lower()) if is_avoid(env_id) else None
     if wanted and ENV_IDS.get(checkpoint_env.lower()) != wanted:
-        fail(f"{path} was pre-trained on Avoid subset {checkpoint_env}, not {env_id}; pass --env-id {checkpoint_env} "
-             f"or a checkpoint of {env_id}")
+        fail(
+            f"{path} was pre-trained on Avoid subset {checkpoint_env}, not {env_id}; pass --env-id {checkpoint_env} "
+            f"or a checkpoint of {env_id}"
+        )
 
 
 def resolve_dataset(dataset: str) -> str:
@@ -518,8 +552,10 @@ def resolve_dataset(dataset: str) -> str:
     if os.path.isfile(path):
         return path
     if name in d3il:
-        fail(f"{name} is not in {envs.data_dir()}; convert D3IL's data/avoiding/data/*.pkl with: "
-             f"{DATA_COMMAND} --d3il-dir <that directory>")
+        fail(
+            f"{name} is not in {envs.data_dir()}; convert D3IL's data/avoiding/data/*.pkl with: "
+            f"{DATA_COMMAND} --d3il-dir <that directory>"
+        )
     fail(f"{name} is not in {envs.data_dir()}; make it (a few seconds) with: {DATA_COMMAND}")
 
 
@@ -527,8 +563,10 @@ def load_d3il_directory(directory: str, env_id: str | None) -> dict:
     """D3IL's data/avoiding/data/*.pkl as flat D4RL-layout arrays, cut to the subset of `env_id` (avoid-m1/m2/m3)
     by the official filter; `--env-id avoid` keeps every episode."""
     if env_id is None or not is_avoid(env_id):
-        fail(f"--dataset {directory} is a directory: only D3IL Avoid pickles are read from one; "
-             "pass --env-id avoid-m1|m2|m3")
+        fail(
+            f"--dataset {directory} is a directory: only D3IL Avoid pickles are read from one; "
+            "pass --env-id avoid-m1|m2|m3"
+        )
     episodes = read_d3il_episodes(directory)
     if not episodes:
         fail(f"no *.pkl episode in {directory}; pass D3IL's data/avoiding/data directory")

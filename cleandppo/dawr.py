@@ -118,11 +118,23 @@ class Args:
 
 
 ROBOMIMIC = dict(  # robomimic ids (dppo-facts 4.5, ft_awr_diffusion_mlp)
-    gamma=0.999, num_envs=50, actor_lr=1e-5, critic_lr=1e-3, batch_size=1000, scale_reward_factor=1.0, replay_ratio=64,
+    gamma=0.999,
+    num_envs=50,
+    actor_lr=1e-5,
+    critic_lr=1e-3,
+    batch_size=1000,
+    scale_reward_factor=1.0,
+    replay_ratio=64,
     critic_replay_ratio=16,  # official critic_update_ratio 4: critic steps = actor steps / 4, i.e. 64 / 4 (3.5)
     buffer_size=150_000,  # 3000 vector steps x 50 envs, in transitions
-    beta=10.0, max_adv_weight=100.0, n_critic_warmup_itr=2, eval_episodes=50)
-ROBOMIMIC_N_STEPS = dict(lift=300, can=300, square=400, transport=400)  # N Ta = 4 episodes per env and iteration (dppo-facts 4.5)
+    beta=10.0,
+    max_adv_weight=100.0,
+    n_critic_warmup_itr=2,
+    eval_episodes=50,
+)
+ROBOMIMIC_N_STEPS = dict(
+    lift=300, can=300, square=400, transport=400
+)  # N Ta = 4 episodes per env and iteration (dppo-facts 4.5)
 
 
 def task_defaults(args) -> dict:
@@ -153,7 +165,10 @@ def make_schedule(K: int) -> dict:
     alpha_bar = torch.cumprod(alphas, 0)
     alpha_bar_prev = torch.cat([torch.ones(1), alpha_bar[:-1]])
     return dict(
-        betas=betas, alphas=alphas, alpha_bar=alpha_bar, alpha_bar_prev=alpha_bar_prev,
+        betas=betas,
+        alphas=alphas,
+        alpha_bar=alpha_bar,
+        alpha_bar_prev=alpha_bar_prev,
         # posterior q(x_{t-1} | x_t, x_0) (Ho et al. eq. 7)
         posterior_var=betas * (1 - alpha_bar_prev) / (1 - alpha_bar),
         coef_x0=betas * alpha_bar_prev.sqrt() / (1 - alpha_bar),
@@ -207,7 +222,8 @@ class ResidualMLP(nn.Module):
         self.inp = nn.Linear(dims[0], hidden[0])
         self.blocks = nn.ModuleList(
             nn.Sequential(activation(), nn.Linear(hidden[0], hidden[0]), activation(), nn.Linear(hidden[0], hidden[0]))
-            for _ in range((len(hidden) - 1) // 2))
+            for _ in range((len(hidden) - 1) // 2)
+        )
         self.out = nn.Linear(hidden[0], dims[-1])
 
     def forward(self, x):
@@ -220,14 +236,26 @@ class ResidualMLP(nn.Module):
 class DiffusionMLP(nn.Module):
     """eps_theta(x_t, t, s): residual MLP on [flattened noisy chunk, time embedding, observation]."""
 
-    def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, time_dim=16, mlp_dims=(512, 512, 512),
-                 activation="relu", cond_mlp_dims=()):
+    def __init__(
+        self,
+        obs_dim,
+        action_dim,
+        horizon_steps,
+        cond_steps,
+        time_dim=16,
+        mlp_dims=(512, 512, 512),
+        activation="relu",
+        cond_mlp_dims=(),
+    ):
         super().__init__()
         act = {"relu": nn.ReLU, "mish": nn.Mish}[activation]
         self.horizon_steps, self.action_dim = horizon_steps, action_dim
-        self.time_embedding = nn.Sequential(SinusoidalPosEmb(time_dim), nn.Linear(time_dim, 2 * time_dim), nn.Mish(),
-                                            nn.Linear(2 * time_dim, time_dim))
-        self.cond_mlp = None  # optional observation encoder: plain MLP, activation between layers (official Square: 512, 64)
+        self.time_embedding = nn.Sequential(
+            SinusoidalPosEmb(time_dim), nn.Linear(time_dim, 2 * time_dim), nn.Mish(), nn.Linear(2 * time_dim, time_dim)
+        )
+        self.cond_mlp = (
+            None  # optional observation encoder: plain MLP, activation between layers (official Square: 512, 64)
+        )
         if cond_mlp_dims:
             dims = [obs_dim * cond_steps, *cond_mlp_dims]
             layers = [m for i, o in zip(dims[:-1], dims[1:]) for m in (nn.Linear(i, o), act())][:-1]
@@ -247,7 +275,9 @@ class Conv1dBlock(nn.Module):
 
     def __init__(self, c_in, c_out, kernel, n_groups):
         super().__init__()
-        self.block = nn.Sequential(nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2), nn.GroupNorm(n_groups, c_out), nn.Mish())
+        self.block = nn.Sequential(
+            nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2), nn.GroupNorm(n_groups, c_out), nn.Mish()
+        )
 
     def forward(self, x):
         return self.block(x)
@@ -259,8 +289,13 @@ class FiLMResidualBlock(nn.Module):
     def __init__(self, c_in, c_out, cond_dim, kernel, n_groups):
         super().__init__()
         self.conv1, self.conv2 = Conv1dBlock(c_in, c_out, kernel, n_groups), Conv1dBlock(c_out, c_out, kernel, n_groups)
-        self.cond = nn.Sequential(nn.Linear(cond_dim, 2 * c_out), nn.Mish(), nn.Linear(2 * c_out, 2 * c_out), nn.Mish(),
-                                  nn.Linear(2 * c_out, 2 * c_out))
+        self.cond = nn.Sequential(
+            nn.Linear(cond_dim, 2 * c_out),
+            nn.Mish(),
+            nn.Linear(2 * c_out, 2 * c_out),
+            nn.Mish(),
+            nn.Linear(2 * c_out, 2 * c_out),
+        )
         self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x, cond):
@@ -271,29 +306,55 @@ class FiLMResidualBlock(nn.Module):
 class DiffusionUNet(nn.Module):
     """Chi et al.'s 1-D conditional UNet: channels = action dims, length = chunk, FiLM conditioning."""
 
-    def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, dim=40, dim_mults=(1, 2), kernel_size=5,
-                 n_groups=8, step_embed_dim=16):
+    def __init__(
+        self,
+        obs_dim,
+        action_dim,
+        horizon_steps,
+        cond_steps,
+        dim=40,
+        dim_mults=(1, 2),
+        kernel_size=5,
+        n_groups=8,
+        step_embed_dim=16,
+    ):
         super().__init__()
         if horizon_steps % (2 ** (len(dim_mults) - 1)):
             raise ValueError(f"UNet needs horizon_steps divisible by {2 ** (len(dim_mults) - 1)}, got {horizon_steps}")
-        self.time_embedding = nn.Sequential(SinusoidalPosEmb(step_embed_dim), nn.Linear(step_embed_dim, 4 * step_embed_dim),
-                                            nn.Mish(), nn.Linear(4 * step_embed_dim, step_embed_dim))
+        self.time_embedding = nn.Sequential(
+            SinusoidalPosEmb(step_embed_dim),
+            nn.Linear(step_embed_dim, 4 * step_embed_dim),
+            nn.Mish(),
+            nn.Linear(4 * step_embed_dim, step_embed_dim),
+        )
         cond_dim = step_embed_dim + obs_dim * cond_steps
         widths = [action_dim] + [dim * m for m in dim_mults]
         levels = list(zip(widths[:-1], widths[1:]))
         self.down = nn.ModuleList()
         for i, (c_in, c_out) in enumerate(levels):
             last = i == len(levels) - 1
-            self.down.append(nn.ModuleList([FiLMResidualBlock(c_in, c_out, cond_dim, kernel_size, n_groups),
-                                            FiLMResidualBlock(c_out, c_out, cond_dim, kernel_size, n_groups),
-                                            nn.Identity() if last else nn.Conv1d(c_out, c_out, 3, 2, 1)]))
+            self.down.append(
+                nn.ModuleList(
+                    [
+                        FiLMResidualBlock(c_in, c_out, cond_dim, kernel_size, n_groups),
+                        FiLMResidualBlock(c_out, c_out, cond_dim, kernel_size, n_groups),
+                        nn.Identity() if last else nn.Conv1d(c_out, c_out, 3, 2, 1),
+                    ]
+                )
+            )
         mid = widths[-1]
         self.mid = nn.ModuleList([FiLMResidualBlock(mid, mid, cond_dim, kernel_size, n_groups) for _ in range(2)])
         self.up = nn.ModuleList()
         for c_in, c_out in reversed(levels[1:]):
-            self.up.append(nn.ModuleList([FiLMResidualBlock(2 * c_out, c_in, cond_dim, kernel_size, n_groups),
-                                          FiLMResidualBlock(c_in, c_in, cond_dim, kernel_size, n_groups),
-                                          nn.ConvTranspose1d(c_in, c_in, 4, 2, 1)]))
+            self.up.append(
+                nn.ModuleList(
+                    [
+                        FiLMResidualBlock(2 * c_out, c_in, cond_dim, kernel_size, n_groups),
+                        FiLMResidualBlock(c_in, c_in, cond_dim, kernel_size, n_groups),
+                        nn.ConvTranspose1d(c_in, c_in, 4, 2, 1),
+                    ]
+                )
+            )
         self.final = nn.Sequential(Conv1dBlock(dim, dim, kernel_size, n_groups), nn.Conv1d(dim, action_dim, 1))
 
     def forward(self, x, t, obs):
@@ -313,18 +374,34 @@ class DiffusionUNet(nn.Module):
 
 def build_network(kw: dict) -> nn.Module:
     """Rebuild a noise-prediction network from a checkpoint's `model_kwargs`."""
-    common = dict(obs_dim=kw["obs_dim"], action_dim=kw["action_dim"], horizon_steps=kw["horizon_steps"],
-                  cond_steps=kw["cond_steps"])
+    common = dict(
+        obs_dim=kw["obs_dim"],
+        action_dim=kw["action_dim"],
+        horizon_steps=kw["horizon_steps"],
+        cond_steps=kw["cond_steps"],
+    )
     if kw["backbone"] == "mlp":
-        return DiffusionMLP(**common, time_dim=kw["time_dim"], mlp_dims=tuple(kw["mlp_dims"]), activation=kw["activation"],
-                            cond_mlp_dims=tuple(kw.get("cond_mlp_dims") or ()))
-    return DiffusionUNet(**common, dim=kw["unet_dim"], dim_mults=tuple(kw["unet_dim_mults"]), kernel_size=kw["unet_kernel_size"],
-                         n_groups=kw["unet_n_groups"], step_embed_dim=kw["unet_step_embed_dim"])
+        return DiffusionMLP(
+            **common,
+            time_dim=kw["time_dim"],
+            mlp_dims=tuple(kw["mlp_dims"]),
+            activation=kw["activation"],
+            cond_mlp_dims=tuple(kw.get("cond_mlp_dims") or ()),
+        )
+    return DiffusionUNet(
+        **common,
+        dim=kw["unet_dim"],
+        dim_mults=tuple(kw["unet_dim_mults"]),
+        kernel_size=kw["unet_kernel_size"],
+        n_groups=kw["unet_n_groups"],
+        step_embed_dim=kw["unet_step_embed_dim"],
+    )
 
 
 @torch.no_grad()
-def sample(net, sched, obs, horizon_steps, action_dim, mode, min_sampling_std=0.1, randn_clip=3.0, clip=1.0,
-           generator=None):
+def sample(
+    net, sched, obs, horizon_steps, action_dim, mode, min_sampling_std=0.1, randn_clip=3.0, clip=1.0, generator=None
+):
     """Run the whole K-step reverse chain with one network (baselines fine-tune all steps; official 3.0).
 
     `mode`: "train" -> std floored at min_sampling_std at every step (exploration, paper 4.3);
@@ -434,8 +511,14 @@ def buffer_values(critic, buf, rows, batch, device):
     """
 
     def v(flat):
-        return torch.cat([critic(torch.as_tensor(flat[i:i + batch], device=device))
-                          for i in range(0, len(flat), batch)] or [torch.zeros(0, device=device)]).cpu().numpy()
+        return (
+            torch.cat(
+                [critic(torch.as_tensor(flat[i : i + batch], device=device)) for i in range(0, len(flat), batch)]
+                or [torch.zeros(0, device=device)]
+            )
+            .cpu()
+            .numpy()
+        )
 
     obs = buf.obs[rows]
     values = v(obs.reshape(-1, *obs.shape[2:])).reshape(len(rows), buf.E)
@@ -450,8 +533,16 @@ def buffer_targets(critic, buf, args, device):
     """(row order, V, TD(lambda) targets) over the whole buffer with the current critic."""
     rows = buf.order()
     values, next_values = buffer_values(critic, buf, rows, args.value_batch_size, device)
-    targets = td_lambda_targets(buf.rewards[rows], values, next_values, buf.terminated[rows], buf.truncated[rows],
-                                args.gamma, args.td_lambda, args.td_alpha)
+    targets = td_lambda_targets(
+        buf.rewards[rows],
+        values,
+        next_values,
+        buf.terminated[rows],
+        buf.truncated[rows],
+        args.gamma,
+        args.td_lambda,
+        args.td_alpha,
+    )
     return rows, values, targets
 
 
@@ -463,8 +554,11 @@ def dawr_update(actor, critic, actor_opt, critic_opt, sched, buf, args, device, 
     v_losses = []
     for _ in range(num_critic):
         pos, env = buf.sample(args.batch_size, generator)
-        loss = value_loss(critic, torch.as_tensor(buf.obs[rows[pos], env], device=device),
-                          torch.as_tensor(targets[pos, env], device=device))
+        loss = value_loss(
+            critic,
+            torch.as_tensor(buf.obs[rows[pos], env], device=device),
+            torch.as_tensor(targets[pos, env], device=device),
+        )
         critic_opt.zero_grad()
         loss.backward()
         critic_opt.step()
@@ -475,8 +569,14 @@ def dawr_update(actor, critic, actor_opt, critic_opt, sched, buf, args, device, 
     for _ in range(num_batch):
         pos, env = buf.sample(args.batch_size, generator)
         w = awr_weights(torch.as_tensor(advantages[pos, env], device=device), args.beta, args.max_adv_weight)
-        loss = pretrain_loss(actor, sched, torch.as_tensor(buf.chunks[rows[pos], env], device=device),
-                             torch.as_tensor(buf.obs[rows[pos], env], device=device), len(sched["betas"]), w)
+        loss = pretrain_loss(
+            actor,
+            sched,
+            torch.as_tensor(buf.chunks[rows[pos], env], device=device),
+            torch.as_tensor(buf.obs[rows[pos], env], device=device),
+            len(sched["betas"]),
+            w,
+        )
         actor_opt.zero_grad()
         loss.backward()
         if update_actor:  # during critic warm-up the loss is computed but not applied (official)
@@ -486,11 +586,18 @@ def dawr_update(actor, critic, actor_opt, critic_opt, sched, buf, args, device, 
         a_losses.append(loss.item())
         w_means.append(w.mean().item())
         clipped.append((w >= args.max_adv_weight * (1 - 1e-6)).float().mean().item())
-    return dict(value_loss=float(np.mean(v_losses)) if v_losses else float("nan"), actor_loss=float(np.mean(a_losses)),
-                weight_mean=float(np.mean(w_means)), weight_clipped_frac=float(np.mean(clipped)),
-                v_mean=float(values.mean()), target_mean=float(targets.mean()), advantage_std=float(advantages.std()),
-                explained_variance=float(1 - np.var(targets - values) / (np.var(targets) + 1e-8)),
-                actor_steps=num_batch, critic_steps=num_critic)
+    return dict(
+        value_loss=float(np.mean(v_losses)) if v_losses else float("nan"),
+        actor_loss=float(np.mean(a_losses)),
+        weight_mean=float(np.mean(w_means)),
+        weight_clipped_frac=float(np.mean(clipped)),
+        v_mean=float(values.mean()),
+        target_mean=float(targets.mean()),
+        advantage_std=float(advantages.std()),
+        explained_variance=float(1 - np.var(targets - values) / (np.var(targets) + 1e-8)),
+        actor_steps=num_batch,
+        critic_steps=num_critic,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -500,8 +607,20 @@ def eval_policy(actor, sched, kw, args, device):
     """The deterministic evaluation action function: no exploration noise (paper D.2)."""
 
     def act(obs):
-        return sample(actor, sched, torch.as_tensor(obs, device=device), kw["horizon_steps"], kw["action_dim"], "eval",
-                      randn_clip=args.randn_clip_value, clip=args.denoised_clip_value).cpu().numpy()
+        return (
+            sample(
+                actor,
+                sched,
+                torch.as_tensor(obs, device=device),
+                kw["horizon_steps"],
+                kw["action_dim"],
+                "eval",
+                randn_clip=args.randn_clip_value,
+                clip=args.denoised_clip_value,
+            )
+            .cpu()
+            .numpy()
+        )
 
     return act
 
@@ -509,24 +628,34 @@ def eval_policy(actor, sched, kw, args, device):
 def check_args(args):
     runs.check_ranges(args, None if args.eval_only else args.num_envs * args.n_steps * args.act_steps)
     if args.act_steps > args.horizon_steps:
-        envs.fail(f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps")
+        envs.fail(
+            f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps"
+        )
     if args.buffer_size < max(args.batch_size, args.num_envs):
-        envs.fail(f"--buffer-size {args.buffer_size} is smaller than --batch-size {args.batch_size} or --num-envs "
-                  f"{args.num_envs}; use a buffer of at least max(batch_size, num_envs) transitions")
+        envs.fail(
+            f"--buffer-size {args.buffer_size} is smaller than --batch-size {args.batch_size} or --num-envs "
+            f"{args.num_envs}; use a buffer of at least max(batch_size, num_envs) transitions"
+        )
     if int(args.n_steps * args.num_envs / args.batch_size * args.replay_ratio) < 1:
-        envs.fail(f"n_steps x num_envs / batch_size x replay_ratio = "
-                  f"{args.n_steps * args.num_envs / args.batch_size * args.replay_ratio:.3g} actor steps per iteration; "
-                  f"raise --replay-ratio or lower --batch-size")
+        envs.fail(
+            f"n_steps x num_envs / batch_size x replay_ratio = "
+            f"{args.n_steps * args.num_envs / args.batch_size * args.replay_ratio:.3g} actor steps per iteration; "
+            f"raise --replay-ratio or lower --batch-size"
+        )
 
 
 def load_diffusion_checkpoint(path, args):
     """Load a diffusion checkpoint of any cleandppo script and check it against the flags (one-line errors)."""
     ckpt = envs.load_diffusion_checkpoint(path, args)
     if ckpt.get("model_ft") is not None:
-        print(f"[load] note: {path} is a DPPO fine-tuned checkpoint; DAWR starts from its base 'model' (not 'model_ft')")
+        print(
+            f"[load] note: {path} is a DPPO fine-tuned checkpoint; DAWR starts from its base 'model' (not 'model_ft')"
+        )
     if ckpt["algo"] == ALGO and "critic" in ckpt and tuple(ckpt["args"]["critic_dims"]) != tuple(args.critic_dims):
-        envs.fail(f"{path} has critic dims {tuple(ckpt['args']['critic_dims'])}; pass --critic-dims "
-                  f"{' '.join(map(str, ckpt['args']['critic_dims']))}")
+        envs.fail(
+            f"{path} has critic dims {tuple(ckpt['args']['critic_dims'])}; pass --critic-dims "
+            f"{' '.join(map(str, ckpt['args']['critic_dims']))}"
+        )
     return ckpt
 
 
@@ -554,13 +683,17 @@ def main(args):
     try:
         actor.load_state_dict(ckpt["model"])
     except RuntimeError:
-        envs.fail("checkpoint weights do not fit the network its model_kwargs describe; it was written by another architecture")
+        envs.fail(
+            "checkpoint weights do not fit the network its model_kwargs describe; it was written by another architecture"
+        )
     sched = {k: v.to(device) for k, v in make_schedule(kw["denoising_steps"]).items()}
     act = eval_policy(actor, sched, kw, args, device)
     evals, env_steps, t_start = runs.Evaluations(writer, robo), ckpt.get("env_steps", 0), time.time()
 
     def finish():
-        runs.finish_run(run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization)
+        runs.finish_run(
+            run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization
+        )
 
     if args.eval_only:
         print(f"[eval] evaluating {path} ({args.eval_episodes} episodes)...", flush=True)
@@ -585,8 +718,9 @@ def main(args):
         print(f"[eval] evaluating the pre-trained policy ({args.eval_episodes} episodes)...", flush=True)
         evals.run(env_steps, act, args, normalization)
 
-    vec = envs.make_vec_env(args.env_id, E, args.seed + start_iter * E, args.act_steps, args.cond_steps, normalization,
-                            args.async_envs)
+    vec = envs.make_vec_env(
+        args.env_id, E, args.seed + start_iter * E, args.act_steps, args.cond_steps, normalization, args.async_envs
+    )
     obs, _ = vec.reset(seed=args.seed + start_iter * E)
     recent_returns, iteration = [], start_iter
     if resume is not None:  # continue exactly where the checkpoint stopped: envs mid-episode, every RNG, the buffer
@@ -594,36 +728,77 @@ def main(args):
         runs.restore_buffer(buf, resume)
 
     def save(it):
-        state = dict(algo=ALGO, policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(), model_kwargs=kw,
-                     normalization=normalization, env_id=args.env_id, args=asdict(args), iteration=it, env_steps=env_steps,
-                     critic=critic.state_dict(), actor_optimizer=actor_opt.state_dict(),
-                     critic_optimizer=critic_opt.state_dict(), **evals.state_dict(),
-                     **runs.run_state(vec, obs, None, recent_returns))
+        state = dict(
+            algo=ALGO,
+            policy="diffusion",
+            backbone=kw["backbone"],
+            model=actor.state_dict(),
+            model_kwargs=kw,
+            normalization=normalization,
+            env_id=args.env_id,
+            args=asdict(args),
+            iteration=it,
+            env_steps=env_steps,
+            critic=critic.state_dict(),
+            actor_optimizer=actor_opt.state_dict(),
+            critic_optimizer=critic_opt.state_dict(),
+            **evals.state_dict(),
+            **runs.run_state(vec, obs, None, recent_returns),
+        )
         if robo:
             state["robomimic_env_args"] = envs.robomimic_env_args(args.env_id)
-        runs.save_iteration(state, run_dir, it, args.save_freq, num_iters, writer,
-                            last_only=dict(replay_buffer=runs.buffer_state(buf)))
+        runs.save_iteration(
+            state, run_dir, it, args.save_freq, num_iters, writer, last_only=dict(replay_buffer=runs.buffer_state(buf))
+        )
 
     progress = runs.Progress(num_iters * steps_per_iter, env_steps, ALGO)
     while iteration < num_iters:
         t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
         # ---- rollout into the FIFO buffer (scaled rewards; time-outs keep their pre-reset next obs) ----
         for _n in range(N):
-            chunk = sample(actor, sched, torch.as_tensor(obs, device=device), Tp, action_dim, "train",
-                           args.min_sampling_denoising_std, args.randn_clip_value, args.denoised_clip_value).cpu().numpy()
-            next_obs, reward, term, trunc, infos = vec.step(chunk[:, :args.act_steps])
+            chunk = (
+                sample(
+                    actor,
+                    sched,
+                    torch.as_tensor(obs, device=device),
+                    Tp,
+                    action_dim,
+                    "train",
+                    args.min_sampling_denoising_std,
+                    args.randn_clip_value,
+                    args.denoised_clip_value,
+                )
+                .cpu()
+                .numpy()
+            )
+            next_obs, reward, term, trunc, infos = vec.step(chunk[:, : args.act_steps])
             runs.check_finite(iteration, reward=reward, observation=next_obs)
             env_steps += E * args.act_steps  # episodes that end here are logged at this count
-            buf.add(obs, chunk, reward * args.scale_reward_factor, term, np.logical_and(trunc, np.logical_not(term)),
-                    envs.final_observations(next_obs, infos))
+            buf.add(
+                obs,
+                chunk,
+                reward * args.scale_reward_factor,
+                term,
+                np.logical_and(trunc, np.logical_not(term)),
+                envs.final_observations(next_obs, infos),
+            )
             runs.log_episodes(writer, infos, env_steps, recent_returns, successes)
             obs = next_obs
         t_rollout = time.time() - t_iter
 
         # ---- critic on TD(lambda) targets, then advantage-weighted denoising loss ----
         t_update = time.time()
-        stats = dawr_update(actor, critic, actor_opt, critic_opt, sched, buf, args, device,
-                            update_actor=iteration >= args.n_critic_warmup_itr)
+        stats = dawr_update(
+            actor,
+            critic,
+            actor_opt,
+            critic_opt,
+            sched,
+            buf,
+            args,
+            device,
+            update_actor=iteration >= args.n_critic_warmup_itr,
+        )
         t_update = time.time() - t_update
         # value_loss is NaN by design when no critic step ran; the critic's weights stand for it
         runs.check_finite(iteration, actor_loss=stats["actor_loss"], actor_weights=actor, critic_weights=critic)
@@ -634,14 +809,24 @@ def main(args):
             writer.add_scalar(f"losses/{key}", stats[key], env_steps)
         for key in ("v_mean", "target_mean", "advantage_std"):
             writer.add_scalar(f"values/{key}", stats[key], env_steps)
-        runs.log_iteration(writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes)
+        runs.log_iteration(
+            writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes
+        )
         writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
         writer.add_scalar("charts/critic_learning_rate", critic_opt.param_groups[0]["lr"], env_steps)
         writer.add_scalar("charts/buffer_size", buf.size * E, env_steps)  # in transitions (buf.size: vector steps)
         if iteration % args.eval_freq == 0 or iteration == num_iters:
             evals.run(env_steps, act, args, normalization)
-        progress.update(iteration, num_iters, env_steps, recent_returns, evals, successes, v_loss=stats["value_loss"],
-                        actor_loss=stats["actor_loss"])
+        progress.update(
+            iteration,
+            num_iters,
+            env_steps,
+            recent_returns,
+            evals,
+            successes,
+            v_loss=stats["value_loss"],
+            actor_loss=stats["actor_loss"],
+        )
         save(iteration)
     progress.close()
     vec.close()

@@ -107,9 +107,20 @@ class Args:
     """Q-critic hidden widths (residual, Mish; an odd number of equal widths)"""
 
 
-ROBOMIMIC = dict(num_envs=50, gamma=0.999, actor_lr=1e-5, critic_lr=1e-3, batch_size=1000, scale_reward_factor=1.0,
-                 replay_ratio=16, buffer_size=1_000_000, target_ema_rate=0.005, action_lr=1e-4, action_gradient_steps=10,
-                 eval_episodes=50)  # robomimic ids (official ft_dipo_diffusion_mlp configs, dppo-facts 4.5)
+ROBOMIMIC = dict(
+    num_envs=50,
+    gamma=0.999,
+    actor_lr=1e-5,
+    critic_lr=1e-3,
+    batch_size=1000,
+    scale_reward_factor=1.0,
+    replay_ratio=16,
+    buffer_size=1_000_000,
+    target_ema_rate=0.005,
+    action_lr=1e-4,
+    action_gradient_steps=10,
+    eval_episodes=50,
+)  # robomimic ids (official ft_dipo_diffusion_mlp configs, dppo-facts 4.5)
 ROBOMIMIC_TASK = dict(lift=(300, 5), can=(300, 2), square=(400, 2), transport=(400, 2))  # n_steps, n_critic_warmup_itr
 
 
@@ -119,8 +130,9 @@ def task_defaults(args) -> dict:
         return {}
     task = envs.resolve_env_id(args.env_id)
     ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
-    return dict(ROBOMIMIC, **dict(zip(("n_steps", "n_critic_warmup_itr"), ROBOMIMIC_TASK[task])), act_steps=ta,
-                horizon_steps=ta)
+    return dict(
+        ROBOMIMIC, **dict(zip(("n_steps", "n_critic_warmup_itr"), ROBOMIMIC_TASK[task])), act_steps=ta, horizon_steps=ta
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -142,7 +154,10 @@ def make_schedule(K: int) -> dict:
     alpha_bar = torch.cumprod(alphas, 0)
     alpha_bar_prev = torch.cat([torch.ones(1), alpha_bar[:-1]])
     return dict(
-        betas=betas, alphas=alphas, alpha_bar=alpha_bar, alpha_bar_prev=alpha_bar_prev,
+        betas=betas,
+        alphas=alphas,
+        alpha_bar=alpha_bar,
+        alpha_bar_prev=alpha_bar_prev,
         posterior_var=betas * (1 - alpha_bar_prev) / (1 - alpha_bar),
         coef_x0=betas * alpha_bar_prev.sqrt() / (1 - alpha_bar),
         coef_xt=(1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar),
@@ -192,7 +207,8 @@ class ResidualMLP(nn.Module):
         self.inp = nn.Linear(dims[0], hidden[0])
         self.blocks = nn.ModuleList(
             nn.Sequential(activation(), nn.Linear(hidden[0], hidden[0]), activation(), nn.Linear(hidden[0], hidden[0]))
-            for _ in range((len(hidden) - 1) // 2))
+            for _ in range((len(hidden) - 1) // 2)
+        )
         self.out = nn.Linear(hidden[0], dims[-1])
 
     def forward(self, x):
@@ -205,14 +221,26 @@ class ResidualMLP(nn.Module):
 class DiffusionMLP(nn.Module):
     """eps_theta(x_t, t, s): residual MLP on [flattened noisy chunk, time embedding, observation]."""
 
-    def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, time_dim=16, mlp_dims=(512, 512, 512),
-                 activation="relu", cond_mlp_dims=()):
+    def __init__(
+        self,
+        obs_dim,
+        action_dim,
+        horizon_steps,
+        cond_steps,
+        time_dim=16,
+        mlp_dims=(512, 512, 512),
+        activation="relu",
+        cond_mlp_dims=(),
+    ):
         super().__init__()
         act = {"relu": nn.ReLU, "mish": nn.Mish}[activation]
         self.horizon_steps, self.action_dim = horizon_steps, action_dim
-        self.time_embedding = nn.Sequential(SinusoidalPosEmb(time_dim), nn.Linear(time_dim, 2 * time_dim), nn.Mish(),
-                                            nn.Linear(2 * time_dim, time_dim))
-        self.cond_mlp = None  # optional observation encoder: plain MLP, activation between layers (official Square: 512, 64)
+        self.time_embedding = nn.Sequential(
+            SinusoidalPosEmb(time_dim), nn.Linear(time_dim, 2 * time_dim), nn.Mish(), nn.Linear(2 * time_dim, time_dim)
+        )
+        self.cond_mlp = (
+            None  # optional observation encoder: plain MLP, activation between layers (official Square: 512, 64)
+        )
         if cond_mlp_dims:
             dims = [obs_dim * cond_steps, *cond_mlp_dims]
             layers = [m for i, o in zip(dims[:-1], dims[1:]) for m in (nn.Linear(i, o), act())][:-1]
@@ -232,7 +260,9 @@ class Conv1dBlock(nn.Module):
 
     def __init__(self, c_in, c_out, kernel, n_groups):
         super().__init__()
-        self.block = nn.Sequential(nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2), nn.GroupNorm(n_groups, c_out), nn.Mish())
+        self.block = nn.Sequential(
+            nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2), nn.GroupNorm(n_groups, c_out), nn.Mish()
+        )
 
     def forward(self, x):
         return self.block(x)
@@ -244,8 +274,13 @@ class FiLMResidualBlock(nn.Module):
     def __init__(self, c_in, c_out, cond_dim, kernel, n_groups):
         super().__init__()
         self.conv1, self.conv2 = Conv1dBlock(c_in, c_out, kernel, n_groups), Conv1dBlock(c_out, c_out, kernel, n_groups)
-        self.cond = nn.Sequential(nn.Linear(cond_dim, 2 * c_out), nn.Mish(), nn.Linear(2 * c_out, 2 * c_out), nn.Mish(),
-                                  nn.Linear(2 * c_out, 2 * c_out))
+        self.cond = nn.Sequential(
+            nn.Linear(cond_dim, 2 * c_out),
+            nn.Mish(),
+            nn.Linear(2 * c_out, 2 * c_out),
+            nn.Mish(),
+            nn.Linear(2 * c_out, 2 * c_out),
+        )
         self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x, cond):
@@ -256,29 +291,55 @@ class FiLMResidualBlock(nn.Module):
 class DiffusionUNet(nn.Module):
     """Chi et al.'s 1-D conditional UNet: channels = action dims, length = chunk, FiLM conditioning."""
 
-    def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, dim=40, dim_mults=(1, 2), kernel_size=5,
-                 n_groups=8, step_embed_dim=16):
+    def __init__(
+        self,
+        obs_dim,
+        action_dim,
+        horizon_steps,
+        cond_steps,
+        dim=40,
+        dim_mults=(1, 2),
+        kernel_size=5,
+        n_groups=8,
+        step_embed_dim=16,
+    ):
         super().__init__()
         if horizon_steps % (2 ** (len(dim_mults) - 1)):
             raise ValueError(f"UNet needs horizon_steps divisible by {2 ** (len(dim_mults) - 1)}, got {horizon_steps}")
-        self.time_embedding = nn.Sequential(SinusoidalPosEmb(step_embed_dim), nn.Linear(step_embed_dim, 4 * step_embed_dim),
-                                            nn.Mish(), nn.Linear(4 * step_embed_dim, step_embed_dim))
+        self.time_embedding = nn.Sequential(
+            SinusoidalPosEmb(step_embed_dim),
+            nn.Linear(step_embed_dim, 4 * step_embed_dim),
+            nn.Mish(),
+            nn.Linear(4 * step_embed_dim, step_embed_dim),
+        )
         cond_dim = step_embed_dim + obs_dim * cond_steps
         widths = [action_dim] + [dim * m for m in dim_mults]
         levels = list(zip(widths[:-1], widths[1:]))
         self.down = nn.ModuleList()
         for i, (c_in, c_out) in enumerate(levels):
             last = i == len(levels) - 1
-            self.down.append(nn.ModuleList([FiLMResidualBlock(c_in, c_out, cond_dim, kernel_size, n_groups),
-                                            FiLMResidualBlock(c_out, c_out, cond_dim, kernel_size, n_groups),
-                                            nn.Identity() if last else nn.Conv1d(c_out, c_out, 3, 2, 1)]))
+            self.down.append(
+                nn.ModuleList(
+                    [
+                        FiLMResidualBlock(c_in, c_out, cond_dim, kernel_size, n_groups),
+                        FiLMResidualBlock(c_out, c_out, cond_dim, kernel_size, n_groups),
+                        nn.Identity() if last else nn.Conv1d(c_out, c_out, 3, 2, 1),
+                    ]
+                )
+            )
         mid = widths[-1]
         self.mid = nn.ModuleList([FiLMResidualBlock(mid, mid, cond_dim, kernel_size, n_groups) for _ in range(2)])
         self.up = nn.ModuleList()
         for c_in, c_out in reversed(levels[1:]):
-            self.up.append(nn.ModuleList([FiLMResidualBlock(2 * c_out, c_in, cond_dim, kernel_size, n_groups),
-                                          FiLMResidualBlock(c_in, c_in, cond_dim, kernel_size, n_groups),
-                                          nn.ConvTranspose1d(c_in, c_in, 4, 2, 1)]))
+            self.up.append(
+                nn.ModuleList(
+                    [
+                        FiLMResidualBlock(2 * c_out, c_in, cond_dim, kernel_size, n_groups),
+                        FiLMResidualBlock(c_in, c_in, cond_dim, kernel_size, n_groups),
+                        nn.ConvTranspose1d(c_in, c_in, 4, 2, 1),
+                    ]
+                )
+            )
         self.final = nn.Sequential(Conv1dBlock(dim, dim, kernel_size, n_groups), nn.Conv1d(dim, action_dim, 1))
 
     def forward(self, x, t, obs):
@@ -298,18 +359,34 @@ class DiffusionUNet(nn.Module):
 
 def build_network(kw: dict) -> nn.Module:
     """Rebuild a noise-prediction network from a checkpoint's `model_kwargs`."""
-    common = dict(obs_dim=kw["obs_dim"], action_dim=kw["action_dim"], horizon_steps=kw["horizon_steps"],
-                  cond_steps=kw["cond_steps"])
+    common = dict(
+        obs_dim=kw["obs_dim"],
+        action_dim=kw["action_dim"],
+        horizon_steps=kw["horizon_steps"],
+        cond_steps=kw["cond_steps"],
+    )
     if kw["backbone"] == "mlp":
-        return DiffusionMLP(**common, time_dim=kw["time_dim"], mlp_dims=tuple(kw["mlp_dims"]), activation=kw["activation"],
-                            cond_mlp_dims=tuple(kw.get("cond_mlp_dims") or ()))
-    return DiffusionUNet(**common, dim=kw["unet_dim"], dim_mults=tuple(kw["unet_dim_mults"]), kernel_size=kw["unet_kernel_size"],
-                         n_groups=kw["unet_n_groups"], step_embed_dim=kw["unet_step_embed_dim"])
+        return DiffusionMLP(
+            **common,
+            time_dim=kw["time_dim"],
+            mlp_dims=tuple(kw["mlp_dims"]),
+            activation=kw["activation"],
+            cond_mlp_dims=tuple(kw.get("cond_mlp_dims") or ()),
+        )
+    return DiffusionUNet(
+        **common,
+        dim=kw["unet_dim"],
+        dim_mults=tuple(kw["unet_dim_mults"]),
+        kernel_size=kw["unet_kernel_size"],
+        n_groups=kw["unet_n_groups"],
+        step_embed_dim=kw["unet_step_embed_dim"],
+    )
 
 
 @torch.no_grad()
-def sample(net, sched, obs, K, horizon_steps, action_dim, mode, min_sampling_std=0.1, randn_clip=3.0, clip=1.0,
-           generator=None):
+def sample(
+    net, sched, obs, K, horizon_steps, action_dim, mode, min_sampling_std=0.1, randn_clip=3.0, clip=1.0, generator=None
+):
     """Run the full K-step reverse chain with one network; return the (B, Tp, Da) chunk.
 
     `mode`: "train" -> std floored at min_sampling_std at every step (exploration, paper 4.3);
@@ -367,8 +444,10 @@ class ReplayBuffer:
 
     def get(self, idx, device):
         """Transitions `idx` as torch tensors, and `idx` itself."""
-        batch = {k: torch.as_tensor(getattr(self, k)[idx], device=device)
-                 for k in ("obs", "actions", "rewards", "next_obs", "terminated")}
+        batch = {
+            k: torch.as_tensor(getattr(self, k)[idx], device=device)
+            for k in ("obs", "actions", "rewards", "next_obs", "terminated")
+        }
         return dict(batch, idx=idx)
 
 
@@ -387,7 +466,7 @@ class DoubleQCritic(nn.Module):
         self.q2 = ResidualMLP([in_dim, *dims, 1], nn.Mish)
 
     def forward(self, obs, actions):
-        x = torch.cat([obs.flatten(1), actions[:, :self.act_steps].flatten(1)], dim=-1)
+        x = torch.cat([obs.flatten(1), actions[:, : self.act_steps].flatten(1)], dim=-1)
         return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
 
 
@@ -424,17 +503,41 @@ def soft_update(target, source, tau):
         p_t.lerp_(p, tau)
 
 
-def dipo_update(actor, target_actor, critic, target_critic, actor_opt, critic_opt, sched, buffer, args, num_batch,
-                update_actor, device):
+def dipo_update(
+    actor,
+    target_actor,
+    critic,
+    target_critic,
+    actor_opt,
+    critic_opt,
+    sched,
+    buffer,
+    args,
+    num_batch,
+    update_actor,
+    device,
+):
     """One iteration of DIPO updates; returns the mean of each logged statistic."""
     K, (Tp, Da) = args.denoising_steps, buffer.actions.shape[1:]
     max_norm = 0.1 * Da * args.act_steps  # official action-gradient norm clip
-    stats = {k: [] for k in ("q_loss", "q1_mean", "q2_mean", "target_q_mean", "actor_loss", "action_q_gain", "action_shift")}
+    stats = {
+        k: [] for k in ("q_loss", "q1_mean", "q2_mean", "target_q_mean", "actor_loss", "action_q_gain", "action_shift")
+    }
     for _ in range(num_batch):
         b = buffer.sample(args.batch_size, device)
         with torch.no_grad():  # next chunk from the target actor with the exploration floor (official)
-            next_a = sample(target_actor, sched, b["next_obs"], K, Tp, Da, "train", args.min_sampling_denoising_std,
-                            args.randn_clip_value, args.denoised_clip_value)
+            next_a = sample(
+                target_actor,
+                sched,
+                b["next_obs"],
+                K,
+                Tp,
+                Da,
+                "train",
+                args.min_sampling_denoising_std,
+                args.randn_clip_value,
+                args.denoised_clip_value,
+            )
             y = bellman_target(b["rewards"], b["terminated"], *target_critic(b["next_obs"], next_a), args.gamma)
         loss, q1, q2 = critic_loss(critic, b["obs"], b["actions"], y)
         critic_opt.zero_grad()
@@ -468,8 +571,21 @@ def eval_policy(actor, sched, kw, args, device):
     """The deterministic evaluation action function: no extra noise (DDPM noise kept except at t = 0, paper D.2)."""
 
     def act(obs):
-        return sample(actor, sched, torch.as_tensor(obs, device=device), kw["denoising_steps"], kw["horizon_steps"],
-                      kw["action_dim"], "eval", randn_clip=args.randn_clip_value, clip=args.denoised_clip_value).cpu().numpy()
+        return (
+            sample(
+                actor,
+                sched,
+                torch.as_tensor(obs, device=device),
+                kw["denoising_steps"],
+                kw["horizon_steps"],
+                kw["action_dim"],
+                "eval",
+                randn_clip=args.randn_clip_value,
+                clip=args.denoised_clip_value,
+            )
+            .cpu()
+            .numpy()
+        )
 
     return act
 
@@ -477,10 +593,14 @@ def eval_policy(actor, sched, kw, args, device):
 def check_args(args):
     runs.check_ranges(args, None if args.eval_only else args.num_envs * args.n_steps * args.act_steps)
     if args.buffer_size < args.batch_size:
-        envs.fail(f"--buffer-size {args.buffer_size} is smaller than --batch-size {args.batch_size}; "
-                  f"raise --buffer-size or lower --batch-size")
+        envs.fail(
+            f"--buffer-size {args.buffer_size} is smaller than --batch-size {args.batch_size}; "
+            f"raise --buffer-size or lower --batch-size"
+        )
     if args.act_steps > args.horizon_steps:
-        envs.fail(f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps")
+        envs.fail(
+            f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps"
+        )
     if len(args.critic_dims) % 2 != 1 or len(set(args.critic_dims)) != 1:
         envs.fail(f"--critic-dims needs an odd number of equal widths (e.g. 256 256 256), got {list(args.critic_dims)}")
 
@@ -499,8 +619,13 @@ def main(args):
     steps_per_iter = N * E * args.act_steps
     num_iters = max(1, args.total_timesteps // steps_per_iter)
     num_batch = max(1, int(N * E / args.batch_size * args.replay_ratio))
-    plan = "evaluation only" if args.eval_only else (f"{num_iters} iterations of {steps_per_iter} env steps, "
-                                                    f"{num_batch} minibatches of {args.batch_size} each")
+    plan = (
+        "evaluation only"
+        if args.eval_only
+        else (
+            f"{num_iters} iterations of {steps_per_iter} env steps, {num_batch} minibatches of {args.batch_size} each"
+        )
+    )
     print(f"[start] {ALGO} on {args.env_id}: {plan}", flush=True)
     device = runs.seed_everything(args)
 
@@ -512,12 +637,16 @@ def main(args):
     kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
     resume = ckpt if ckpt["algo"] == ALGO and "critic" in ckpt else None
     if ckpt.get("model_ft") is not None:
-        print("[load] the checkpoint also holds a DPPO-fine-tuned network (model_ft); DIPO starts from the base 'model'")
+        print(
+            "[load] the checkpoint also holds a DPPO-fine-tuned network (model_ft); DIPO starts from the base 'model'"
+        )
     actor = build_network(kw).to(device)
     try:
         actor.load_state_dict(ckpt["model"])
     except RuntimeError:
-        envs.fail("checkpoint weights do not fit the network its model_kwargs describe; it was written by another architecture")
+        envs.fail(
+            "checkpoint weights do not fit the network its model_kwargs describe; it was written by another architecture"
+        )
     target_actor = copy.deepcopy(actor).requires_grad_(False)  # acts in rollouts, Bellman targets and evaluation
     if resume is not None:
         target_actor.load_state_dict(resume["target_actor"])
@@ -529,7 +658,9 @@ def main(args):
     evals, env_steps, t_start = runs.Evaluations(writer, robo), ckpt.get("env_steps", 0), time.time()
 
     def finish():
-        runs.finish_run(run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization)
+        runs.finish_run(
+            run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization
+        )
 
     if args.eval_only:
         print(f"[eval] evaluating {path} ({args.eval_episodes} episodes)...", flush=True)
@@ -556,8 +687,9 @@ def main(args):
         print(f"[eval] evaluating the pre-trained policy ({args.eval_episodes} episodes)...", flush=True)
         evals.run(env_steps, act, args, normalization)
 
-    vec = envs.make_vec_env(args.env_id, E, args.seed + start_iter * E, args.act_steps, args.cond_steps, normalization,
-                            args.async_envs)
+    vec = envs.make_vec_env(
+        args.env_id, E, args.seed + start_iter * E, args.act_steps, args.cond_steps, normalization, args.async_envs
+    )
     obs, _ = vec.reset(seed=args.seed + start_iter * E)
     recent_returns, iteration = [], start_iter
     if resume is not None:  # continue exactly where the checkpoint stopped: envs mid-episode, every RNG, the buffer
@@ -565,26 +697,59 @@ def main(args):
         runs.restore_buffer(buffer, resume)
 
     def save(it):
-        state = dict(algo=ALGO, policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(),
-                     target_actor=target_actor.state_dict(), model_kwargs=kw, normalization=normalization,
-                     env_id=args.env_id, args=asdict(args), iteration=it, env_steps=env_steps, critic=critic.state_dict(),
-                     target_critic=target_critic.state_dict(), actor_optimizer=actor_opt.state_dict(),
-                     critic_optimizer=critic_opt.state_dict(), **evals.state_dict(),
-                     **runs.run_state(vec, obs, None, recent_returns))
+        state = dict(
+            algo=ALGO,
+            policy="diffusion",
+            backbone=kw["backbone"],
+            model=actor.state_dict(),
+            target_actor=target_actor.state_dict(),
+            model_kwargs=kw,
+            normalization=normalization,
+            env_id=args.env_id,
+            args=asdict(args),
+            iteration=it,
+            env_steps=env_steps,
+            critic=critic.state_dict(),
+            target_critic=target_critic.state_dict(),
+            actor_optimizer=actor_opt.state_dict(),
+            critic_optimizer=critic_opt.state_dict(),
+            **evals.state_dict(),
+            **runs.run_state(vec, obs, None, recent_returns),
+        )
         if robo:
             state["robomimic_env_args"] = envs.robomimic_env_args(args.env_id)
-        runs.save_iteration(state, run_dir, it, args.save_freq, num_iters, writer,
-                            last_only=dict(replay_buffer=runs.buffer_state(buffer)))
+        runs.save_iteration(
+            state,
+            run_dir,
+            it,
+            args.save_freq,
+            num_iters,
+            writer,
+            last_only=dict(replay_buffer=runs.buffer_state(buffer)),
+        )
 
     progress = runs.Progress(num_iters * steps_per_iter, env_steps, ALGO)
     while iteration < num_iters:
         t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
         # ---- rollout with the target actor and the exploration floor; store transitions ----
         for _ in range(N):
-            chunk = sample(target_actor, sched, torch.as_tensor(obs, device=device), kw["denoising_steps"], Tp,
-                           action_dim, "train", args.min_sampling_denoising_std, args.randn_clip_value,
-                           args.denoised_clip_value).cpu().numpy()
-            next_obs, reward, term, trunc, infos = vec.step(chunk[:, :args.act_steps])
+            chunk = (
+                sample(
+                    target_actor,
+                    sched,
+                    torch.as_tensor(obs, device=device),
+                    kw["denoising_steps"],
+                    Tp,
+                    action_dim,
+                    "train",
+                    args.min_sampling_denoising_std,
+                    args.randn_clip_value,
+                    args.denoised_clip_value,
+                )
+                .cpu()
+                .numpy()
+            )
+            next_obs, reward, term, trunc, infos = vec.step(chunk[:, : args.act_steps])
             runs.check_finite(iteration, reward=reward, observation=next_obs)
             env_steps += E * args.act_steps  # episodes that end here are logged at this count
             # next state of a finished episode: its last observation (not the reset one); only
@@ -596,8 +761,20 @@ def main(args):
 
         # ---- critic, action gradient, actor, target networks (dipo_update) ----
         t_update = time.time()
-        stats = dipo_update(actor, target_actor, critic, target_critic, actor_opt, critic_opt, sched, buffer, args,
-                            num_batch, iteration >= args.n_critic_warmup_itr, device)
+        stats = dipo_update(
+            actor,
+            target_actor,
+            critic,
+            target_critic,
+            actor_opt,
+            critic_opt,
+            sched,
+            buffer,
+            args,
+            num_batch,
+            iteration >= args.n_critic_warmup_itr,
+            device,
+        )
         t_update = time.time() - t_update
         runs.check_finite(iteration, **stats, actor_weights=actor, critic_weights=critic)
         iteration += 1
@@ -611,13 +788,23 @@ def main(args):
         for k in ("action_q_gain", "action_shift"):
             if k in stats:
                 writer.add_scalar(f"charts/{k}", stats[k], env_steps)
-        runs.log_iteration(writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes)
+        runs.log_iteration(
+            writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes
+        )
         writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
         writer.add_scalar("charts/buffer_size", buffer.size, env_steps)
         if iteration % args.eval_freq == 0 or iteration == num_iters:
             evals.run(env_steps, act, args, normalization)
-        progress.update(iteration, num_iters, env_steps, recent_returns, evals, successes, q_loss=stats["q_loss"],
-                        actor_loss=stats.get("actor_loss", "- (critic warm-up)"))
+        progress.update(
+            iteration,
+            num_iters,
+            env_steps,
+            recent_returns,
+            evals,
+            successes,
+            q_loss=stats["q_loss"],
+            actor_loss=stats.get("actor_loss", "- (critic warm-up)"),
+        )
         save(iteration)
     progress.close()
     vec.close()

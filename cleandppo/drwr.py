@@ -97,9 +97,19 @@ class Args:
     """gradient-norm clip (None: off, as every official config)"""
 
 
-ROBOMIMIC = dict(gamma=0.999, num_envs=50, actor_lr=1e-5, batch_size=1000, update_epochs=16, beta=10.0,
-                 max_reward_weight=100.0, eval_episodes=50)  # robomimic ids (dppo-facts 4.5, ft_rwr_diffusion_mlp)
-ROBOMIMIC_N_STEPS = dict(lift=300, can=300, square=400, transport=400)  # N Ta = 4 episodes per env and iteration (dppo-facts 4.5)
+ROBOMIMIC = dict(
+    gamma=0.999,
+    num_envs=50,
+    actor_lr=1e-5,
+    batch_size=1000,
+    update_epochs=16,
+    beta=10.0,
+    max_reward_weight=100.0,
+    eval_episodes=50,
+)  # robomimic ids (dppo-facts 4.5, ft_rwr_diffusion_mlp)
+ROBOMIMIC_N_STEPS = dict(
+    lift=300, can=300, square=400, transport=400
+)  # N Ta = 4 episodes per env and iteration (dppo-facts 4.5)
 
 
 def task_defaults(args) -> dict:
@@ -130,7 +140,10 @@ def make_schedule(K: int) -> dict:
     alpha_bar = torch.cumprod(alphas, 0)
     alpha_bar_prev = torch.cat([torch.ones(1), alpha_bar[:-1]])
     return dict(
-        betas=betas, alphas=alphas, alpha_bar=alpha_bar, alpha_bar_prev=alpha_bar_prev,
+        betas=betas,
+        alphas=alphas,
+        alpha_bar=alpha_bar,
+        alpha_bar_prev=alpha_bar_prev,
         # posterior q(x_{t-1} | x_t, x_0) (Ho et al. eq. 7)
         posterior_var=betas * (1 - alpha_bar_prev) / (1 - alpha_bar),
         coef_x0=betas * alpha_bar_prev.sqrt() / (1 - alpha_bar),
@@ -184,7 +197,8 @@ class ResidualMLP(nn.Module):
         self.inp = nn.Linear(dims[0], hidden[0])
         self.blocks = nn.ModuleList(
             nn.Sequential(activation(), nn.Linear(hidden[0], hidden[0]), activation(), nn.Linear(hidden[0], hidden[0]))
-            for _ in range((len(hidden) - 1) // 2))
+            for _ in range((len(hidden) - 1) // 2)
+        )
         self.out = nn.Linear(hidden[0], dims[-1])
 
     def forward(self, x):
@@ -197,14 +211,26 @@ class ResidualMLP(nn.Module):
 class DiffusionMLP(nn.Module):
     """eps_theta(x_t, t, s): residual MLP on [flattened noisy chunk, time embedding, observation]."""
 
-    def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, time_dim=16, mlp_dims=(512, 512, 512),
-                 activation="relu", cond_mlp_dims=()):
+    def __init__(
+        self,
+        obs_dim,
+        action_dim,
+        horizon_steps,
+        cond_steps,
+        time_dim=16,
+        mlp_dims=(512, 512, 512),
+        activation="relu",
+        cond_mlp_dims=(),
+    ):
         super().__init__()
         act = {"relu": nn.ReLU, "mish": nn.Mish}[activation]
         self.horizon_steps, self.action_dim = horizon_steps, action_dim
-        self.time_embedding = nn.Sequential(SinusoidalPosEmb(time_dim), nn.Linear(time_dim, 2 * time_dim), nn.Mish(),
-                                            nn.Linear(2 * time_dim, time_dim))
-        self.cond_mlp = None  # optional observation encoder: plain MLP, activation between layers (official Square: 512, 64)
+        self.time_embedding = nn.Sequential(
+            SinusoidalPosEmb(time_dim), nn.Linear(time_dim, 2 * time_dim), nn.Mish(), nn.Linear(2 * time_dim, time_dim)
+        )
+        self.cond_mlp = (
+            None  # optional observation encoder: plain MLP, activation between layers (official Square: 512, 64)
+        )
         if cond_mlp_dims:
             dims = [obs_dim * cond_steps, *cond_mlp_dims]
             layers = [m for i, o in zip(dims[:-1], dims[1:]) for m in (nn.Linear(i, o), act())][:-1]
@@ -224,7 +250,9 @@ class Conv1dBlock(nn.Module):
 
     def __init__(self, c_in, c_out, kernel, n_groups):
         super().__init__()
-        self.block = nn.Sequential(nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2), nn.GroupNorm(n_groups, c_out), nn.Mish())
+        self.block = nn.Sequential(
+            nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2), nn.GroupNorm(n_groups, c_out), nn.Mish()
+        )
 
     def forward(self, x):
         return self.block(x)
@@ -236,8 +264,13 @@ class FiLMResidualBlock(nn.Module):
     def __init__(self, c_in, c_out, cond_dim, kernel, n_groups):
         super().__init__()
         self.conv1, self.conv2 = Conv1dBlock(c_in, c_out, kernel, n_groups), Conv1dBlock(c_out, c_out, kernel, n_groups)
-        self.cond = nn.Sequential(nn.Linear(cond_dim, 2 * c_out), nn.Mish(), nn.Linear(2 * c_out, 2 * c_out), nn.Mish(),
-                                  nn.Linear(2 * c_out, 2 * c_out))
+        self.cond = nn.Sequential(
+            nn.Linear(cond_dim, 2 * c_out),
+            nn.Mish(),
+            nn.Linear(2 * c_out, 2 * c_out),
+            nn.Mish(),
+            nn.Linear(2 * c_out, 2 * c_out),
+        )
         self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x, cond):
@@ -248,29 +281,55 @@ class FiLMResidualBlock(nn.Module):
 class DiffusionUNet(nn.Module):
     """Chi et al.'s 1-D conditional UNet: channels = action dims, length = chunk, FiLM conditioning."""
 
-    def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, dim=40, dim_mults=(1, 2), kernel_size=5,
-                 n_groups=8, step_embed_dim=16):
+    def __init__(
+        self,
+        obs_dim,
+        action_dim,
+        horizon_steps,
+        cond_steps,
+        dim=40,
+        dim_mults=(1, 2),
+        kernel_size=5,
+        n_groups=8,
+        step_embed_dim=16,
+    ):
         super().__init__()
         if horizon_steps % (2 ** (len(dim_mults) - 1)):
             raise ValueError(f"UNet needs horizon_steps divisible by {2 ** (len(dim_mults) - 1)}, got {horizon_steps}")
-        self.time_embedding = nn.Sequential(SinusoidalPosEmb(step_embed_dim), nn.Linear(step_embed_dim, 4 * step_embed_dim),
-                                            nn.Mish(), nn.Linear(4 * step_embed_dim, step_embed_dim))
+        self.time_embedding = nn.Sequential(
+            SinusoidalPosEmb(step_embed_dim),
+            nn.Linear(step_embed_dim, 4 * step_embed_dim),
+            nn.Mish(),
+            nn.Linear(4 * step_embed_dim, step_embed_dim),
+        )
         cond_dim = step_embed_dim + obs_dim * cond_steps
         widths = [action_dim] + [dim * m for m in dim_mults]
         levels = list(zip(widths[:-1], widths[1:]))
         self.down = nn.ModuleList()
         for i, (c_in, c_out) in enumerate(levels):
             last = i == len(levels) - 1
-            self.down.append(nn.ModuleList([FiLMResidualBlock(c_in, c_out, cond_dim, kernel_size, n_groups),
-                                            FiLMResidualBlock(c_out, c_out, cond_dim, kernel_size, n_groups),
-                                            nn.Identity() if last else nn.Conv1d(c_out, c_out, 3, 2, 1)]))
+            self.down.append(
+                nn.ModuleList(
+                    [
+                        FiLMResidualBlock(c_in, c_out, cond_dim, kernel_size, n_groups),
+                        FiLMResidualBlock(c_out, c_out, cond_dim, kernel_size, n_groups),
+                        nn.Identity() if last else nn.Conv1d(c_out, c_out, 3, 2, 1),
+                    ]
+                )
+            )
         mid = widths[-1]
         self.mid = nn.ModuleList([FiLMResidualBlock(mid, mid, cond_dim, kernel_size, n_groups) for _ in range(2)])
         self.up = nn.ModuleList()
         for c_in, c_out in reversed(levels[1:]):
-            self.up.append(nn.ModuleList([FiLMResidualBlock(2 * c_out, c_in, cond_dim, kernel_size, n_groups),
-                                          FiLMResidualBlock(c_in, c_in, cond_dim, kernel_size, n_groups),
-                                          nn.ConvTranspose1d(c_in, c_in, 4, 2, 1)]))
+            self.up.append(
+                nn.ModuleList(
+                    [
+                        FiLMResidualBlock(2 * c_out, c_in, cond_dim, kernel_size, n_groups),
+                        FiLMResidualBlock(c_in, c_in, cond_dim, kernel_size, n_groups),
+                        nn.ConvTranspose1d(c_in, c_in, 4, 2, 1),
+                    ]
+                )
+            )
         self.final = nn.Sequential(Conv1dBlock(dim, dim, kernel_size, n_groups), nn.Conv1d(dim, action_dim, 1))
 
     def forward(self, x, t, obs):
@@ -290,18 +349,34 @@ class DiffusionUNet(nn.Module):
 
 def build_network(kw: dict) -> nn.Module:
     """Rebuild a noise-prediction network from a checkpoint's `model_kwargs`."""
-    common = dict(obs_dim=kw["obs_dim"], action_dim=kw["action_dim"], horizon_steps=kw["horizon_steps"],
-                  cond_steps=kw["cond_steps"])
+    common = dict(
+        obs_dim=kw["obs_dim"],
+        action_dim=kw["action_dim"],
+        horizon_steps=kw["horizon_steps"],
+        cond_steps=kw["cond_steps"],
+    )
     if kw["backbone"] == "mlp":
-        return DiffusionMLP(**common, time_dim=kw["time_dim"], mlp_dims=tuple(kw["mlp_dims"]), activation=kw["activation"],
-                            cond_mlp_dims=tuple(kw.get("cond_mlp_dims") or ()))
-    return DiffusionUNet(**common, dim=kw["unet_dim"], dim_mults=tuple(kw["unet_dim_mults"]), kernel_size=kw["unet_kernel_size"],
-                         n_groups=kw["unet_n_groups"], step_embed_dim=kw["unet_step_embed_dim"])
+        return DiffusionMLP(
+            **common,
+            time_dim=kw["time_dim"],
+            mlp_dims=tuple(kw["mlp_dims"]),
+            activation=kw["activation"],
+            cond_mlp_dims=tuple(kw.get("cond_mlp_dims") or ()),
+        )
+    return DiffusionUNet(
+        **common,
+        dim=kw["unet_dim"],
+        dim_mults=tuple(kw["unet_dim_mults"]),
+        kernel_size=kw["unet_kernel_size"],
+        n_groups=kw["unet_n_groups"],
+        step_embed_dim=kw["unet_step_embed_dim"],
+    )
 
 
 @torch.no_grad()
-def sample(net, sched, obs, horizon_steps, action_dim, mode, min_sampling_std=0.1, randn_clip=3.0, clip=1.0,
-           generator=None):
+def sample(
+    net, sched, obs, horizon_steps, action_dim, mode, min_sampling_std=0.1, randn_clip=3.0, clip=1.0, generator=None
+):
     """Run the whole K-step reverse chain with one network (baselines fine-tune all steps; official 3.0).
 
     `mode`: "train" -> std floored at min_sampling_std at every step (exploration, paper 4.3);
@@ -371,7 +446,7 @@ def drwr_update(actor, opt, sched, obs, chunks, weights, args, generator=None):
     for _ in range(args.update_epochs):
         perm = torch.randperm(n, generator=generator).to(obs.device)
         for start in range(0, n - mb + 1, mb):
-            idx = perm[start:start + mb]
+            idx = perm[start : start + mb]
             loss = pretrain_loss(actor, sched, chunks[idx], obs[idx], len(sched["betas"]), weights[idx])
             opt.zero_grad()
             loss.backward()
@@ -389,8 +464,20 @@ def eval_policy(actor, sched, kw, args, device):
     """The deterministic evaluation action function: no exploration noise (paper D.2)."""
 
     def act(obs):
-        return sample(actor, sched, torch.as_tensor(obs, device=device), kw["horizon_steps"], kw["action_dim"], "eval",
-                      randn_clip=args.randn_clip_value, clip=args.denoised_clip_value).cpu().numpy()
+        return (
+            sample(
+                actor,
+                sched,
+                torch.as_tensor(obs, device=device),
+                kw["horizon_steps"],
+                kw["action_dim"],
+                "eval",
+                randn_clip=args.randn_clip_value,
+                clip=args.denoised_clip_value,
+            )
+            .cpu()
+            .numpy()
+        )
 
     return act
 
@@ -398,17 +485,23 @@ def eval_policy(actor, sched, kw, args, device):
 def check_args(args):
     runs.check_ranges(args, None if args.eval_only else args.num_envs * args.n_steps * args.act_steps)
     if args.act_steps > args.horizon_steps:
-        envs.fail(f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps")
+        envs.fail(
+            f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps"
+        )
     if args.batch_size > args.num_envs * args.n_steps:
-        envs.fail(f"--batch-size {args.batch_size} > num_envs x n_steps = {args.num_envs * args.n_steps} samples an "
-                  f"iteration can collect; lower --batch-size or raise --n-steps/--num-envs")
+        envs.fail(
+            f"--batch-size {args.batch_size} > num_envs x n_steps = {args.num_envs * args.n_steps} samples an "
+            f"iteration can collect; lower --batch-size or raise --n-steps/--num-envs"
+        )
 
 
 def load_diffusion_checkpoint(path, args):
     """Load a diffusion checkpoint of any cleandppo script and check it against the flags (one-line errors)."""
     ckpt = envs.load_diffusion_checkpoint(path, args)
     if ckpt.get("model_ft") is not None:
-        print(f"[load] note: {path} is a DPPO fine-tuned checkpoint; DRWR starts from its base 'model' (not 'model_ft')")
+        print(
+            f"[load] note: {path} is a DPPO fine-tuned checkpoint; DRWR starts from its base 'model' (not 'model_ft')"
+        )
     return ckpt
 
 
@@ -436,13 +529,17 @@ def main(args):
     try:
         actor.load_state_dict(ckpt["model"])
     except RuntimeError:
-        envs.fail("checkpoint weights do not fit the network its model_kwargs describe; it was written by another architecture")
+        envs.fail(
+            "checkpoint weights do not fit the network its model_kwargs describe; it was written by another architecture"
+        )
     sched = {k: v.to(device) for k, v in make_schedule(kw["denoising_steps"]).items()}
     act = eval_policy(actor, sched, kw, args, device)
     evals, env_steps, t_start = runs.Evaluations(writer, robo), ckpt.get("env_steps", 0), time.time()
 
     def finish():
-        runs.finish_run(run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization)
+        runs.finish_run(
+            run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization
+        )
 
     if args.eval_only:
         print(f"[eval] evaluating {path} ({args.eval_episodes} episodes)...", flush=True)
@@ -462,8 +559,9 @@ def main(args):
         print(f"[eval] evaluating the pre-trained policy ({args.eval_episodes} episodes)...", flush=True)
         evals.run(env_steps, act, args, normalization)
 
-    vec = envs.make_vec_env(args.env_id, E, args.seed + start_iter * E, args.act_steps, args.cond_steps, normalization,
-                            args.async_envs)
+    vec = envs.make_vec_env(
+        args.env_id, E, args.seed + start_iter * E, args.act_steps, args.cond_steps, normalization, args.async_envs
+    )
     obs, _ = vec.reset(seed=args.seed + start_iter * E)
     done = np.ones(E)  # an episode starts at the first query of the run
     recent_returns, iteration = [], start_iter
@@ -471,10 +569,21 @@ def main(args):
         obs, done, recent_returns = runs.restore_run(resume, vec, obs, done)
 
     def save(it):
-        state = dict(algo=ALGO, policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(), model_kwargs=kw,
-                     normalization=normalization, env_id=args.env_id, args=asdict(args), iteration=it, env_steps=env_steps,
-                     actor_optimizer=opt.state_dict(), **evals.state_dict(),
-                     **runs.run_state(vec, obs, done, recent_returns))
+        state = dict(
+            algo=ALGO,
+            policy="diffusion",
+            backbone=kw["backbone"],
+            model=actor.state_dict(),
+            model_kwargs=kw,
+            normalization=normalization,
+            env_id=args.env_id,
+            args=asdict(args),
+            iteration=it,
+            env_steps=env_steps,
+            actor_optimizer=opt.state_dict(),
+            **evals.state_dict(),
+            **runs.run_state(vec, obs, done, recent_returns),
+        )
         if robo:
             state["robomimic_env_args"] = envs.robomimic_env_args(args.env_id)
         runs.save_iteration(state, run_dir, it, args.save_freq, num_iters, writer)
@@ -488,9 +597,22 @@ def main(args):
         buf_rew, firsts = np.zeros((N, E)), np.zeros((N + 1, E))
         firsts[0] = done
         for n in range(N):
-            chunk = sample(actor, sched, torch.as_tensor(obs, device=device), Tp, action_dim, "train",
-                           args.min_sampling_denoising_std, args.randn_clip_value, args.denoised_clip_value).cpu().numpy()
-            next_obs, reward, term, trunc, infos = vec.step(chunk[:, :args.act_steps])
+            chunk = (
+                sample(
+                    actor,
+                    sched,
+                    torch.as_tensor(obs, device=device),
+                    Tp,
+                    action_dim,
+                    "train",
+                    args.min_sampling_denoising_std,
+                    args.randn_clip_value,
+                    args.denoised_clip_value,
+                )
+                .cpu()
+                .numpy()
+            )
+            next_obs, reward, term, trunc, infos = vec.step(chunk[:, : args.act_steps])
             runs.check_finite(iteration, reward=reward, observation=next_obs)
             env_steps += E * args.act_steps  # episodes that end here are logged at this count
             buf_obs[n], buf_chunk[n], buf_rew[n] = obs, chunk, reward
@@ -509,15 +631,29 @@ def main(args):
             env_idx = np.concatenate([np.full(b - a, e) for e, a, b in episodes])
             returns = np.concatenate([discounted_returns(buf_rew[a:b, e], args.gamma) for e, a, b in episodes])
             weights = rwr_weights(returns, args.beta, args.max_reward_weight)
-            loss, n_grad = drwr_update(actor, opt, sched, torch.as_tensor(buf_obs[steps, env_idx], device=device),
-                                       torch.as_tensor(buf_chunk[steps, env_idx], device=device),
-                                       torch.as_tensor(weights, dtype=torch.float32, device=device), args)
-            stats.update(actor_loss=loss, gradient_steps=n_grad, samples=len(steps), weight_mean=weights.mean(),
-                         weight_max=weights.max(), weight_clipped_frac=np.mean(weights >= args.max_reward_weight),
-                         return_to_go_mean=returns.mean())
+            loss, n_grad = drwr_update(
+                actor,
+                opt,
+                sched,
+                torch.as_tensor(buf_obs[steps, env_idx], device=device),
+                torch.as_tensor(buf_chunk[steps, env_idx], device=device),
+                torch.as_tensor(weights, dtype=torch.float32, device=device),
+                args,
+            )
+            stats.update(
+                actor_loss=loss,
+                gradient_steps=n_grad,
+                samples=len(steps),
+                weight_mean=weights.mean(),
+                weight_max=weights.max(),
+                weight_clipped_frac=np.mean(weights >= args.max_reward_weight),
+                return_to_go_mean=returns.mean(),
+            )
         else:  # the official code crashes here; we skip the update and say so
-            print(f"[note] iteration {iteration + 1}: no episode both started and ended inside it; update skipped "
-                  f"(raise --n-steps so that n_steps x act_steps covers whole episodes)")
+            print(
+                f"[note] iteration {iteration + 1}: no episode both started and ended inside it; update skipped "
+                f"(raise --n-steps so that n_steps x act_steps covers whole episodes)"
+            )
         runs.check_finite(iteration, **stats, actor_weights=actor)
         t_update = time.time() - t_update
         iteration += 1
@@ -531,12 +667,22 @@ def main(args):
                 writer.add_scalar(f"losses/{key}", stats[key], env_steps)
             writer.add_scalar("values/return_to_go_mean", stats["return_to_go_mean"], env_steps)
             writer.add_scalar("charts/update_samples", stats["samples"], env_steps)
-        runs.log_iteration(writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes)
+        runs.log_iteration(
+            writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes
+        )
         writer.add_scalar("charts/learning_rate", opt.param_groups[0]["lr"], env_steps)
         if iteration % args.eval_freq == 0 or iteration == num_iters:
             evals.run(env_steps, act, args, normalization)
-        progress.update(iteration, num_iters, env_steps, recent_returns, evals, successes, episodes=len(episodes),
-                        actor_loss=stats.get("actor_loss", "- (update skipped)"))
+        progress.update(
+            iteration,
+            num_iters,
+            env_steps,
+            recent_returns,
+            evals,
+            successes,
+            episodes=len(episodes),
+            actor_loss=stats.get("actor_loss", "- (update skipped)"),
+        )
         save(iteration)
     progress.close()
     vec.close()

@@ -79,7 +79,9 @@ def resolve_env_id(env_id: str) -> str:
     if paper in PAPER_GYM_IDS:
         gym_id = PAPER_GYM_IDS[paper]
         if paper not in _announced:
-            print(f"[cleandppo] {env_id} -> gymnasium {gym_id} (paper gym -v2 ids map to the maintained v4 environments)")
+            print(
+                f"[cleandppo] {env_id} -> gymnasium {gym_id} (paper gym -v2 ids map to the maintained v4 environments)"
+            )
             _announced.add(paper)
         return gym_id
     if env_id in MODERN_GYM_IDS:
@@ -208,8 +210,13 @@ class ChunkedEnv(gym.Wrapper):
         runs.set_env_state(self, state)
 
 
-def make_env(env_id: str, act_steps: int = 1, cond_steps: int = 1, normalization: dict | None = None,
-             render_mode: str | None = None) -> ChunkedEnv:
+def make_env(
+    env_id: str,
+    act_steps: int = 1,
+    cond_steps: int = 1,
+    normalization: dict | None = None,
+    render_mode: str | None = None,
+) -> ChunkedEnv:
     """One chunked, normalized env. `normalization=None` means identity (training from scratch)."""
     gym_id = resolve_env_id(env_id)
     if is_robomimic(env_id):  # section 7: robosuite task, truncated at its own max_episode_steps
@@ -225,8 +232,15 @@ def make_env(env_id: str, act_steps: int = 1, cond_steps: int = 1, normalization
 # ------------------------------------------------------------------------------------------------
 # 4. Vector envs and episode statistics
 # ------------------------------------------------------------------------------------------------
-def make_vec_env(env_id: str, num_envs: int, seed: int, act_steps: int = 1, cond_steps: int = 1,
-                 normalization: dict | None = None, asynchronous: bool = False):
+def make_vec_env(
+    env_id: str,
+    num_envs: int,
+    seed: int,
+    act_steps: int = 1,
+    cond_steps: int = 1,
+    normalization: dict | None = None,
+    asynchronous: bool = False,
+):
     """`num_envs` chunked envs; env i is seeded with seed + i at the first reset.
 
     Same-step auto-reset: when a chunk ends an episode, the returned observation is already the
@@ -263,8 +277,16 @@ def final_observations(next_obs: np.ndarray, infos: dict) -> np.ndarray:
     return out
 
 
-def run_episodes(act_fn, env_id: str, episodes: int, seed: int, act_steps: int, cond_steps: int,
-                 normalization: dict | None, asynchronous: bool = False) -> tuple[list, list]:
+def run_episodes(
+    act_fn,
+    env_id: str,
+    episodes: int,
+    seed: int,
+    act_steps: int,
+    cond_steps: int,
+    normalization: dict | None,
+    asynchronous: bool = False,
+) -> tuple[list, list]:
     """Run `episodes` episodes, one per env (its first only: short episodes are not over-counted), bounded by the
     time limit; return their (returns, lengths). `act_fn(obs)` maps a (n, cond_steps, obs_dim) array to a
     (n, >= act_steps, action_dim) chunk. Robomimic: an episode succeeded iff its return > 0 (success_rate)."""
@@ -336,11 +358,15 @@ def read_d4rl_hdf5(path: str) -> dict:
         with h5py.File(path, "r") as f:
             missing = [k for k in D4RL_KEYS if k not in f]
             if missing:
-                fail(f"{path} is not a D4RL-format dataset (missing {missing}); regenerate it or pass another --dataset")
+                fail(
+                    f"{path} is not a D4RL-format dataset (missing {missing}); regenerate it or pass another --dataset"
+                )
             data = {k: f[k][()] for k in D4RL_KEYS}
             data["attrs"] = dict(f.attrs)
     except OSError as e:
-        fail(f"cannot read dataset {path} ({e.__class__.__name__}: {str(e).splitlines()[0]}); delete it and regenerate it")
+        fail(
+            f"cannot read dataset {path} ({e.__class__.__name__}: {str(e).splitlines()[0]}); delete it and regenerate it"
+        )
     return data
 
 
@@ -368,13 +394,17 @@ def resolve_dataset(dataset: str) -> str:
     if dataset not in D4RL_NAMES:
         if dataset.endswith((".hdf5", ".h5")):
             fail(f"dataset file {dataset} does not exist")
-        fail(f"unknown --dataset {dataset!r}: give an hdf5 path, a Minari id (e.g. mujoco/hopper/medium-v0), "
-             f"a robomimic name <lift|can|square|transport>-<mh|ph|scripted|mhsim> or one of {sorted(D4RL_NAMES)}")
+        fail(
+            f"unknown --dataset {dataset!r}: give an hdf5 path, a Minari id (e.g. mujoco/hopper/medium-v0), "
+            f"a robomimic name <lift|can|square|transport>-<mh|ph|scripted|mhsim> or one of {sorted(D4RL_NAMES)}"
+        )
     path = os.path.join(data_dir(), f"{dataset}.hdf5")
     if os.path.isfile(path):
         return path
     url = os.environ.get("CLEANDPPO_D4RL_URL", D4RL_URL).format(name=D4RL_NAMES[dataset][1])
-    return download_or_fail(dataset, url, path, f"make it locally with: bash scripts/make_dataset.sh {D4RL_NAMES[dataset][0]}")
+    return download_or_fail(
+        dataset, url, path, f"make it locally with: bash scripts/make_dataset.sh {D4RL_NAMES[dataset][0]}"
+    )
 
 
 def download_or_fail(name: str, url: str, path: str, fix: str) -> str:
@@ -451,8 +481,10 @@ def load_dataset(dataset: str, env_id: str | None = None) -> dict:
     if env_id is not None:
         obs_dim, action_dim = env_dims(env_id)
         if data["observations"].shape[1] != obs_dim or data["actions"].shape[1] != action_dim:
-            fail(f"dataset {dataset} has obs/action dims {data['observations'].shape[1]}/{data['actions'].shape[1]}, "
-                 f"{env_id} needs {obs_dim}/{action_dim}; pass a dataset of {env_id}")
+            fail(
+                f"dataset {dataset} has obs/action dims {data['observations'].shape[1]}/{data['actions'].shape[1]}, "
+                f"{env_id} needs {obs_dim}/{action_dim}; pass a dataset of {env_id}"
+            )
     data["episodes"] = split_episodes(data)
     if not data["episodes"]:
         fail(f"dataset {dataset} has no complete episode with positive return")
@@ -518,11 +550,15 @@ def upgrade_checkpoint(ckpt):
     issue #16, as log sigma^2 (`logvar`, the official parametrisation) since."""
     for key in ("model", "model_ft"):
         if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict) and "log_std" in ckpt[key]:
-            ckpt[key] = {("logvar" if k == "log_std" else k): (2 * v if k == "log_std" else v) for k, v in ckpt[key].items()}
+            ckpt[key] = {
+                ("logvar" if k == "log_std" else k): (2 * v if k == "log_std" else v) for k, v in ckpt[key].items()
+            }
     return ckpt
 
 
-def load_checkpoint(path: str, policy: str, env_id: str, backbone: str | None = None, hints: dict | None = None) -> dict:
+def load_checkpoint(
+    path: str, policy: str, env_id: str, backbone: str | None = None, hints: dict | None = None
+) -> dict:
     """Load and check a checkpoint: it must exist, hold a `policy` policy, and match env and backbone.
     An official DPPO checkpoint is converted (cleandppo/official.py; `hints`: the script's flags, for what its
     tensors do not show)."""
@@ -533,10 +569,14 @@ def load_checkpoint(path: str, policy: str, env_id: str, backbone: str | None = 
     if not os.path.isfile(path):
         if is_robomimic(env_id) and os.path.dirname(os.path.abspath(path)) == os.path.abspath(PRETRAINED_DIR):
             task, script = env_slug(env_id), {"diffusion": "dppo", "gaussian": "gaussian_ppo", "gmm": "gmm_ppo"}[policy]
-            encoder = " --cond-mlp-dims 512 64" if (task, policy) == ("square", "diffusion") else ""  # official Square MLP
-            fail(f"no bundled {policy} checkpoint for {task} ({path}); make one with: python scripts/make_robomimic_demos.py "
-                 f"--task {task} && python cleandppo/{script}.py --env-id {task} --dataset {task}-scripted --pretrain-only"
-                 f"{encoder} (then pass --checkpoint <run-dir>/pretrained.pt)")
+            encoder = (
+                " --cond-mlp-dims 512 64" if (task, policy) == ("square", "diffusion") else ""
+            )  # official Square MLP
+            fail(
+                f"no bundled {policy} checkpoint for {task} ({path}); make one with: python scripts/make_robomimic_demos.py "
+                f"--task {task} && python cleandppo/{script}.py --env-id {task} --dataset {task}-scripted --pretrain-only"
+                f"{encoder} (then pass --checkpoint <run-dir>/pretrained.pt)"
+            )
         fail(f"checkpoint {path} does not exist; pre-train one with --pretrain-only --dataset ... or pass --checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
@@ -550,7 +590,9 @@ def load_checkpoint(path: str, policy: str, env_id: str, backbone: str | None = 
     if ckpt["policy"] != policy:
         fail(f"{path} holds a {ckpt['policy']} policy, this script needs a {policy} one; pass a {policy} checkpoint")
     if not same_task(ckpt["env_id"], env_id):
-        fail(f"{path} was trained on {ckpt['env_id']}, not {env_id}; pass --env-id {ckpt['env_id']} or a checkpoint of {env_id}")
+        fail(
+            f"{path} was trained on {ckpt['env_id']}, not {env_id}; pass --env-id {ckpt['env_id']} or a checkpoint of {env_id}"
+        )
     avoid.check_subset(path, ckpt["env_id"], env_id)
     if backbone is not None and ckpt.get("backbone") != backbone:
         fail(f"{path} has backbone {ckpt.get('backbone')}, not {backbone}; pass --backbone {ckpt.get('backbone')}")
@@ -567,30 +609,40 @@ def load_diffusion_checkpoint(path: str, args, same_horizon: bool = True) -> dic
     kw = ckpt["model_kwargs"]
     h, c = kw["horizon_steps"], kw["cond_steps"]
     if kw["denoising_steps"] != args.denoising_steps:
-        fail(f"{path} was pre-trained with {kw['denoising_steps']} denoising steps; pass --denoising-steps {kw['denoising_steps']}")
+        fail(
+            f"{path} was pre-trained with {kw['denoising_steps']} denoising steps; pass --denoising-steps {kw['denoising_steps']}"
+        )
     if getattr(args, "backbone", kw["backbone"]) != kw["backbone"]:
         fail(f"{path} has backbone {kw['backbone']}; pass --backbone {kw['backbone']}")
     if args.act_steps > h or c != args.cond_steps or (same_horizon and h != args.horizon_steps):
-        fail(f"{path} predicts chunks of {h} from {c} observation(s); pass --act-steps <= {h} --horizon-steps {h} "
-             f"--cond-steps {c}")
+        fail(
+            f"{path} predicts chunks of {h} from {c} observation(s); pass --act-steps <= {h} --horizon-steps {h} "
+            f"--cond-steps {c}"
+        )
     if kw["backbone"] == "mlp" and args.act_steps != h:
         fail(f"an MLP policy executes its whole chunk: pass --act-steps {h} (the UNet may execute fewer)")
     wanted, has = tuple(getattr(args, "cond_mlp_dims", ())), tuple(kw.get("cond_mlp_dims") or ())
     if wanted and wanted != has:
         flag = f"--cond-mlp-dims {' '.join(map(str, has))}" if has else "--cond-mlp-dims with no value (no encoder)"
-        fail(f"{path} has cond_mlp_dims {has}, not {wanted} (the flag or the task's default); fine-tuning keeps the "
-             f"checkpoint's network: pass {flag}")
+        fail(
+            f"{path} has cond_mlp_dims {has}, not {wanted} (the flag or the task's default); fine-tuning keeps the "
+            f"checkpoint's network: pass {flag}"
+        )
     return ckpt
 
 
 def check_cond_mlp(path: str, ckpt: dict):
     """A diffusion MLP's observation encoder: the widths its weights have must be the `cond_mlp_dims` its config says."""
-    has = tuple(int(v.shape[0]) for k, v in ckpt["model"].items() if k.startswith("cond_mlp.") and k.endswith(".weight"))
+    has = tuple(
+        int(v.shape[0]) for k, v in ckpt["model"].items() if k.startswith("cond_mlp.") and k.endswith(".weight")
+    )
     says = tuple(ckpt.get("model_kwargs", {}).get("cond_mlp_dims") or ())
     if has != says:
         weights = f"a cond_mlp of widths {has}" if has else "no cond_mlp"
-        fail(f"{path}: its weights have {weights} but its model_kwargs say cond_mlp_dims {says}; set "
-             f"ckpt['model_kwargs']['cond_mlp_dims'] = {has} and re-save it, or pre-train again (dppo.py --cond-mlp-dims)")
+        fail(
+            f"{path}: its weights have {weights} but its model_kwargs say cond_mlp_dims {says}; set "
+            f"ckpt['model_kwargs']['cond_mlp_dims'] = {has} and re-save it, or pre-train again (dppo.py --cond-mlp-dims)"
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -602,12 +654,21 @@ def check_cond_mlp(path: str, ckpt: dict):
 # The robosuite env and the file readers are in cleandppo/robomimic_tasks.py; the table and id checks stay here.
 ROBOMIMIC_TASKS = {  # task -> robosuite env and the paper's settings (dppo-facts 4.2)
     "lift": dict(env_name="Lift", robots=["Panda"], obs_dim=19, action_dim=7, max_episode_steps=300, act_steps=4),
-    "can": dict(env_name="PickPlaceCan", robots=["Panda"], obs_dim=23, action_dim=7, max_episode_steps=300,
-                act_steps=4),
-    "square": dict(env_name="NutAssemblySquare", robots=["Panda"], obs_dim=23, action_dim=7, max_episode_steps=400,
-                   act_steps=4),
-    "transport": dict(env_name="TwoArmTransport", robots=["Panda", "Panda"], env_configuration="single-arm-opposed",
-                      obs_dim=59, action_dim=14, max_episode_steps=800, act_steps=8),
+    "can": dict(
+        env_name="PickPlaceCan", robots=["Panda"], obs_dim=23, action_dim=7, max_episode_steps=300, act_steps=4
+    ),
+    "square": dict(
+        env_name="NutAssemblySquare", robots=["Panda"], obs_dim=23, action_dim=7, max_episode_steps=400, act_steps=4
+    ),
+    "transport": dict(
+        env_name="TwoArmTransport",
+        robots=["Panda", "Panda"],
+        env_configuration="single-arm-opposed",
+        obs_dim=59,
+        action_dim=14,
+        max_episode_steps=800,
+        act_steps=8,
+    ),
 }
 _ROBOT_KEYS = ("eef_pos", "eef_quat", "gripper_qpos")
 for _spec in ROBOMIMIC_TASKS.values():
@@ -615,11 +676,15 @@ for _spec in ROBOMIMIC_TASKS.values():
 # robomimic's "object" = robosuite's "object-state". robosuite 1.5 reordered it for Can and Square
 # (relative pose first); these lists restore the robosuite <= 1.4 order robomimic's datasets hold.
 for _task, _obj in (("can", "Can"), ("square", "SquareNut")):
-    ROBOMIMIC_TASKS[_task]["object_keys"] = [f"{_obj}_{k}" for k in ("pos", "quat", "to_robot0_eef_pos", "to_robot0_eef_quat")]
+    ROBOMIMIC_TASKS[_task]["object_keys"] = [
+        f"{_obj}_{k}" for k in ("pos", "quat", "to_robot0_eef_pos", "to_robot0_eef_quat")
+    ]
 _ROBOMIMIC_ALIASES = {name.lower(): task for task, spec in ROBOMIMIC_TASKS.items() for name in (task, spec["env_name"])}
 
 
 _robomimic_env_args = {}  # task -> env_args honoured by make_env (set by load_dataset or set_robomimic_env_args)
+
+
 def is_robomimic(env_id) -> bool:
     """True for lift, can, square, transport and robomimic's env names (Lift, PickPlaceCan, ...), any case."""
     return isinstance(env_id, str) and env_id.lower() in _ROBOMIMIC_ALIASES
@@ -653,8 +718,10 @@ def set_robomimic_env_args(env_id: str, env_args: dict | None):
         return
     name = str(env_args.get("env_name", ""))
     if _ROBOMIMIC_ALIASES.get(name.lower()) != task:
-        fail(f"env_args are for env {name!r}, not the {task} task ({ROBOMIMIC_TASKS[task]['env_name']}); "
-             f"pass a {task} dataset")
+        fail(
+            f"env_args are for env {name!r}, not the {task} task ({ROBOMIMIC_TASKS[task]['env_name']}); "
+            f"pass a {task} dataset"
+        )
     _robomimic_env_args[task] = env_args
 
 

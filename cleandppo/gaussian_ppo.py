@@ -155,23 +155,68 @@ class Args:
 # --from-scratch: the official cfg/gym/scratch/*/ppo_gaussian_mlp.yaml values: single actions, 10 envs x 1000 steps,
 # minibatch 500, 10 epochs, clip 0.1, a plain (not residual) ReLU MLP [512, 512, 512], std in [0.01, 1]. The budget
 # differs per task: 301 iterations on Hopper, 501 on Walker2d and HalfCheetah (SCRATCH_ITERATIONS).
-SCRATCH = dict(horizon_steps=1, act_steps=1, cond_steps=1, num_envs=10, n_steps=1000, batch_size=500, update_epochs=10,
-               clip_coef=0.1, actor_lr=1e-4, critic_lr=1e-3, target_kl=1.0, fixed_std=1.0, std_min=0.01, std_max=1.0,
-               mlp_dims=(512, 512, 512))
+SCRATCH = dict(
+    horizon_steps=1,
+    act_steps=1,
+    cond_steps=1,
+    num_envs=10,
+    n_steps=1000,
+    batch_size=500,
+    update_epochs=10,
+    clip_coef=0.1,
+    actor_lr=1e-4,
+    critic_lr=1e-3,
+    target_kl=1.0,
+    fixed_std=1.0,
+    std_min=0.01,
+    std_max=1.0,
+    mlp_dims=(512, 512, 512),
+)
 SCRATCH_ITERATIONS = {"hopper-v2": 301}  # other Gym tasks: 501
 
 # Robomimic ids (lift, can, square, transport) get the official values (dppo-facts 4.3-4.4) for every flag not set
 # explicitly on the command line (printed at start), with act_steps = horizon_steps = the task's Ta; the Gym tasks
 # keep the defaults above. Per task: n_steps, batch_size, update_epochs, mlp_dims, transformer_dim.
-ROBOMIMIC = dict(gamma=0.999, num_envs=50, clip_coef=0.01, actor_lr=1e-4, critic_lr=1e-3, n_critic_warmup_itr=2,
-                 eval_episodes=50, fixed_std=0.1, std_min=0.01, std_max=0.2)
-ROBOMIMIC_TASK = dict(lift=(300, 7500, 10, (512,) * 3, 96), can=(300, 7500, 10, (512,) * 3, 96),
-                      square=(400, 10_000, 10, (1024,) * 3, 160), transport=(400, 10_000, 5, (1024,) * 3, 160))
+ROBOMIMIC = dict(
+    gamma=0.999,
+    num_envs=50,
+    clip_coef=0.01,
+    actor_lr=1e-4,
+    critic_lr=1e-3,
+    n_critic_warmup_itr=2,
+    eval_episodes=50,
+    fixed_std=0.1,
+    std_min=0.01,
+    std_max=0.2,
+)
+ROBOMIMIC_TASK = dict(
+    lift=(300, 7500, 10, (512,) * 3, 96),
+    can=(300, 7500, 10, (512,) * 3, 96),
+    square=(400, 10_000, 10, (1024,) * 3, 160),
+    transport=(400, 10_000, 5, (1024,) * 3, 160),
+)
 # Avoid ids (official cfg/d3il/*/avoid_m*, paper D.8): std fixed at 0.1 in fine-tuning too (std_min = std_max)
-AVOID = dict(num_envs=50, n_steps=25, batch_size=625, update_epochs=10, total_timesteps=255_000, actor_lr=1e-5,
-             critic_lr=1e-3, n_critic_warmup_itr=1, clip_coef=0.1, fixed_std=0.1, std_min=0.1, std_max=0.1,
-             mlp_dims=(256, 256, 256), eval_freq=5, eval_episodes=50, eval_sampling="train", pretrain_batch_size=16,
-             pretrain_lr=1e-4, pretrain_epochs=200)
+AVOID = dict(
+    num_envs=50,
+    n_steps=25,
+    batch_size=625,
+    update_epochs=10,
+    total_timesteps=255_000,
+    actor_lr=1e-5,
+    critic_lr=1e-3,
+    n_critic_warmup_itr=1,
+    clip_coef=0.1,
+    fixed_std=0.1,
+    std_min=0.1,
+    std_max=0.1,
+    mlp_dims=(256, 256, 256),
+    eval_freq=5,
+    eval_episodes=50,
+    eval_sampling="train",
+    pretrain_batch_size=16,
+    pretrain_lr=1e-4,
+    pretrain_epochs=200,
+)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -191,8 +236,11 @@ class ResidualMLP(nn.Module):
         if self.residual:
             self.inp = nn.Linear(dims[0], hidden[0])
             self.blocks = nn.ModuleList(
-                nn.Sequential(activation(), nn.Linear(hidden[0], hidden[0]), activation(), nn.Linear(hidden[0], hidden[0]))
-                for _ in range((len(hidden) - 1) // 2))
+                nn.Sequential(
+                    activation(), nn.Linear(hidden[0], hidden[0]), activation(), nn.Linear(hidden[0], hidden[0])
+                )
+                for _ in range((len(hidden) - 1) // 2)
+            )
             self.out = nn.Linear(hidden[0], dims[-1])
         else:
             layers = []
@@ -222,7 +270,9 @@ class TransformerBackbone(nn.Module):
         self.obs_pos = nn.Parameter(torch.zeros(1, 1, dim))
         self.encoder = nn.Sequential(nn.Linear(dim, 4 * dim), nn.Mish(), nn.Linear(4 * dim, dim))
         self.query_pos = nn.Parameter(torch.zeros(1, horizon_steps, dim))
-        layer = nn.TransformerDecoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+        layer = nn.TransformerDecoderLayer(
+            dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
         self.decoder = nn.TransformerDecoder(layer, layers)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, out_per_step)
@@ -246,9 +296,24 @@ class GaussianPolicy(nn.Module):
     [std_min, std_max]; pre-training keeps it at its initial value (`learn_std=False`).
     """
 
-    def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, backbone="mlp", mlp_dims=(512, 512, 512),
-                 transformer_dim=96, transformer_heads=4, transformer_layers=4, init_std=0.1, std_min=0.01, std_max=0.2,
-                 activation="mish", obs_norm=False, residual=None):
+    def __init__(
+        self,
+        obs_dim,
+        action_dim,
+        horizon_steps,
+        cond_steps,
+        backbone="mlp",
+        mlp_dims=(512, 512, 512),
+        transformer_dim=96,
+        transformer_heads=4,
+        transformer_layers=4,
+        init_std=0.1,
+        std_min=0.01,
+        std_max=0.2,
+        activation="mish",
+        obs_norm=False,
+        residual=None,
+    ):
         super().__init__()
         self.action_dim, self.horizon_steps = action_dim, horizon_steps
         self.std_min, self.std_max = std_min, std_max
@@ -257,7 +322,9 @@ class GaussianPolicy(nn.Module):
         if backbone == "mlp":
             self.net = ResidualMLP([obs_in, *mlp_dims, horizon_steps * action_dim], act, residual)
         else:
-            self.net = TransformerBackbone(obs_in, action_dim, horizon_steps, transformer_dim, transformer_heads, transformer_layers)
+            self.net = TransformerBackbone(
+                obs_in, action_dim, horizon_steps, transformer_dim, transformer_heads, transformer_layers
+            )
         self.logvar = nn.Parameter(torch.full((action_dim,), 2 * math.log(init_std)))  # log sigma^2, as the official
         # running observation statistics, only used (and updated) when training from scratch
         self.obs_norm = obs_norm
@@ -279,7 +346,9 @@ class GaussianPolicy(nn.Module):
         x = obs.flatten(1)
         batch_mean, batch_var, n = x.mean(0), x.var(0, unbiased=False), x.shape[0]
         delta, total = batch_mean - self.obs_mean, self.obs_count + n
-        self.obs_var.copy_((self.obs_var * self.obs_count + batch_var * n + delta**2 * self.obs_count * n / total) / total)
+        self.obs_var.copy_(
+            (self.obs_var * self.obs_count + batch_var * n + delta**2 * self.obs_count * n / total) / total
+        )
         self.obs_mean.add_(delta * n / total)
         self.obs_count.copy_(total)
 
@@ -374,7 +443,7 @@ def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=
     for _epoch in range(args.update_epochs):
         perm = torch.randperm(n, generator=generator)
         for start in range(0, n - mb + 1, mb):
-            idx = perm[start:start + mb]
+            idx = perm[start : start + mb]
             obs, actions, old_logp = batch["obs"][idx], batch["actions"][idx], batch["logprobs"][idx]
             adv, ret = batch["advantages"][idx], batch["returns"][idx]
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
@@ -385,8 +454,9 @@ def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=
             v_loss = 0.5 * ((critic(obs) - ret) ** 2).mean()
             ent = entropy(std)
             loss = pg_loss - args.ent_coef * ent + args.vf_coef * v_loss
-            if args.bc_loss_coeff:  # BC regulariser (D.7, official use_bc_loss): -log-prob of the frozen policy's samples
-                loss = loss - args.bc_loss_coeff * log_prob(mean, std, sample_action(*base_policy(obs), args.randn_clip_value)).mean()
+            if args.bc_loss_coeff:  # BC regulariser (D.7, official use_bc_loss)
+                teacher = sample_action(*base_policy(obs), args.randn_clip_value)  # the frozen policy's samples
+                loss = loss - args.bc_loss_coeff * log_prob(mean, std, teacher).mean()
             actor_opt.zero_grad()
             critic_opt.zero_grad()
             loss.backward()
@@ -403,8 +473,14 @@ def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=
             with torch.no_grad():
                 approx_kl = ((ratio - 1) - (new_logp - old_logp)).mean().item()  # k3 estimator
                 clipfracs.append(((ratio - 1).abs() > args.clip_coef).float().mean().item())
-            stats = dict(policy_loss=pg_loss.item(), value_loss=v_loss.item(), entropy=ent.item(), approx_kl=approx_kl,
-                         ratio=ratio.mean().item(), std=std.mean().item())
+            stats = dict(
+                policy_loss=pg_loss.item(),
+                value_loss=v_loss.item(),
+                entropy=ent.item(),
+                approx_kl=approx_kl,
+                ratio=ratio.mean().item(),
+                std=std.mean().item(),
+            )
             if args.target_kl is not None and approx_kl > args.target_kl:
                 stats["clipfrac"] = float(np.mean(clipfracs))
                 return stats
@@ -416,12 +492,23 @@ def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=
 # Helpers around the loop
 # ------------------------------------------------------------------------------------------------
 def model_kwargs_from(args, obs_dim, action_dim, init_std, obs_norm=False):
-    return dict(obs_dim=obs_dim, action_dim=action_dim, horizon_steps=args.horizon_steps, cond_steps=args.cond_steps,
-                backbone=args.backbone, mlp_dims=tuple(args.mlp_dims), transformer_dim=args.transformer_dim,
-                transformer_heads=args.transformer_heads, transformer_layers=args.transformer_layers,
-                init_std=init_std, std_min=args.std_min, std_max=args.std_max,
-                activation="relu" if args.from_scratch else "mish", obs_norm=obs_norm,
-                residual=False if args.from_scratch else None)
+    return dict(
+        obs_dim=obs_dim,
+        action_dim=action_dim,
+        horizon_steps=args.horizon_steps,
+        cond_steps=args.cond_steps,
+        backbone=args.backbone,
+        mlp_dims=tuple(args.mlp_dims),
+        transformer_dim=args.transformer_dim,
+        transformer_heads=args.transformer_heads,
+        transformer_layers=args.transformer_layers,
+        init_std=init_std,
+        std_min=args.std_min,
+        std_max=args.std_max,
+        activation="relu" if args.from_scratch else "mish",
+        obs_norm=obs_norm,
+        residual=False if args.from_scratch else None,
+    )
 
 
 def eval_act(policy, args, device):
@@ -431,7 +518,11 @@ def eval_act(policy, args, device):
     def act(obs):
         with torch.no_grad():
             mean, std = policy(torch.as_tensor(obs, device=device))
-            return (mean if args.eval_sampling == "eval" else sample_action(mean, std, args.randn_clip_value)).cpu().numpy()
+            return (
+                (mean if args.eval_sampling == "eval" else sample_action(mean, std, args.randn_clip_value))
+                .cpu()
+                .numpy()
+            )
 
     return act
 
@@ -439,28 +530,43 @@ def eval_act(policy, args, device):
 def make_checkpoint(policy, kwargs, normalization, args, iteration, env_steps, **extra):
     if envs.is_robomimic(args.env_id):  # the env meta in use (a dataset's env_args), restored when loading
         extra["robomimic_env_args"] = envs.robomimic_env_args(args.env_id)
-    return dict(algo=ALGO, policy="gaussian", backbone=args.backbone, model=policy.state_dict(),
-                model_kwargs=kwargs, normalization=normalization, env_id=args.env_id, args=asdict(args),
-                iteration=iteration, env_steps=env_steps, **extra)
+    return dict(
+        algo=ALGO,
+        policy="gaussian",
+        backbone=args.backbone,
+        model=policy.state_dict(),
+        model_kwargs=kwargs,
+        normalization=normalization,
+        env_id=args.env_id,
+        args=asdict(args),
+        iteration=iteration,
+        env_steps=env_steps,
+        **extra,
+    )
 
 
 def pretrain(args, data, run_dir, writer, device):
     """Behaviour cloning on `data` (envs.load_dataset) with fixed std: minimize the mean elementwise Gaussian NLL."""
     norm = data["normalization"]
-    obs, actions, starts, firsts = envs.make_pretraining_samples(data["episodes"], norm, args.cond_steps, args.horizon_steps)
+    obs, actions, starts, firsts = envs.make_pretraining_samples(
+        data["episodes"], norm, args.cond_steps, args.horizon_steps
+    )
     print(f"[pretrain] {len(data['episodes'])} episodes, {len(starts)} samples from {args.dataset}")
     obs_dim, action_dim = obs.shape[1], actions.shape[1]
     kwargs = model_kwargs_from(args, obs_dim, action_dim, args.fixed_std)
     policy = GaussianPolicy(**kwargs).to(device)
     policy.logvar.requires_grad_(False)  # std fixed during pre-training (paper D.6)
-    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=args.pretrain_lr,
-                            weight_decay=args.pretrain_weight_decay)
+    opt = torch.optim.AdamW(
+        [p for p in policy.parameters() if p.requires_grad],
+        lr=args.pretrain_lr,
+        weight_decay=args.pretrain_weight_decay,
+    )
     steps_per_epoch = math.ceil(len(starts) / args.pretrain_batch_size)
     t0, step = time.time(), 0
     for epoch in range(args.pretrain_epochs):
         perm = np.random.permutation(len(starts))
         for k in range(steps_per_epoch):
-            idx = perm[k * args.pretrain_batch_size:(k + 1) * args.pretrain_batch_size]
+            idx = perm[k * args.pretrain_batch_size : (k + 1) * args.pretrain_batch_size]
             o, a = envs.gather_samples(obs, actions, starts, firsts, idx, args.cond_steps, args.horizon_steps)
             o, a = torch.as_tensor(o, device=device), torch.as_tensor(a, device=device)
             mean, std = policy(o)
@@ -472,7 +578,9 @@ def pretrain(args, data, run_dir, writer, device):
             step += 1
         writer.add_scalar("pretrain/loss", nll.item(), epoch)
         if epoch % max(1, args.pretrain_epochs // 20) == 0 or epoch == args.pretrain_epochs - 1:
-            print(f"[pretrain] epoch {epoch + 1}/{args.pretrain_epochs} | loss {nll.item():.4f} | {time.time() - t0:.0f}s")
+            print(
+                f"[pretrain] epoch {epoch + 1}/{args.pretrain_epochs} | loss {nll.item():.4f} | {time.time() - t0:.0f}s"
+            )
     ckpt = make_checkpoint(policy, kwargs, norm, args, 0, 0, dataset=args.dataset, pretrain_epochs=args.pretrain_epochs)
     envs.save_checkpoint(ckpt, os.path.join(run_dir, "pretrained.pt"))
     return ckpt
@@ -509,11 +617,21 @@ def record_dataset(policy, args, normalization, device):
                 per_env[i] = {k: [] for k in keys}
         obs = next_obs
     data = {k: np.asarray(v, dtype=np.float32 if k not in ("terminals", "timeouts") else bool) for k, v in keys.items()}
-    envs.write_d4rl_hdf5(args.record_dataset, data, attrs=dict(
-        env_id=args.env_id, source="cleandppo gaussian_ppo --record-dataset", behaviour_checkpoint=str(args.checkpoint),
-        mean_episode_return=float(np.mean(episode_returns)), episodes=len(episode_returns)))
-    print(f"[record] {len(data['rewards'])} transitions, {len(episode_returns)} episodes, "
-          f"mean return {np.mean(episode_returns):.1f} +- {np.std(episode_returns):.1f} -> {args.record_dataset}")
+    envs.write_d4rl_hdf5(
+        args.record_dataset,
+        data,
+        attrs=dict(
+            env_id=args.env_id,
+            source="cleandppo gaussian_ppo --record-dataset",
+            behaviour_checkpoint=str(args.checkpoint),
+            mean_episode_return=float(np.mean(episode_returns)),
+            episodes=len(episode_returns),
+        ),
+    )
+    print(
+        f"[record] {len(data['rewards'])} transitions, {len(episode_returns)} episodes, "
+        f"mean return {np.mean(episode_returns):.1f} +- {np.std(episode_returns):.1f} -> {args.record_dataset}"
+    )
 
 
 def task_defaults(args) -> dict:
@@ -537,7 +655,9 @@ def task_defaults(args) -> dict:
 
 def check_args(args):
     if args.act_steps > args.horizon_steps:
-        envs.fail(f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps")
+        envs.fail(
+            f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps"
+        )
     if args.backbone == "transformer" and args.from_scratch:
         envs.fail("--from-scratch supports --backbone mlp only")
     if args.std_min <= 0:
@@ -566,8 +686,10 @@ def main(args):
         ckpt = envs.load_checkpoint(path, "gaussian", args.env_id, args.backbone, hints=vars(args))
         kw = ckpt["model_kwargs"]
         if kw["horizon_steps"] < args.act_steps or kw["cond_steps"] != args.cond_steps:
-            envs.fail(f"{path} predicts chunks of {kw['horizon_steps']} with history {kw['cond_steps']}; "
-                      f"pass --horizon-steps {kw['horizon_steps']} --act-steps <= {kw['horizon_steps']} --cond-steps {kw['cond_steps']}")
+            envs.fail(
+                f"{path} predicts chunks of {kw['horizon_steps']} with history {kw['cond_steps']}; "
+                f"pass --horizon-steps {kw['horizon_steps']} --act-steps <= {kw['horizon_steps']} --cond-steps {kw['cond_steps']}"
+            )
         args.horizon_steps = kw["horizon_steps"]
         normalization, kwargs = ckpt["normalization"], dict(kw)
         if "critic" not in ckpt and not args.record_dataset and not args.eval_only:
@@ -580,8 +702,10 @@ def main(args):
         if robo and ckpt.get("robomimic_env_args"):  # the env meta the policy was trained with
             envs.set_robomimic_env_args(args.env_id, ckpt["robomimic_env_args"])
         if args.from_scratch and resume is None:
-            envs.fail(f"--from-scratch --checkpoint resumes a from-scratch run, and {path} is none; pass that run's "
-                      "checkpoint_last.pt, or drop --from-scratch to fine-tune this checkpoint")
+            envs.fail(
+                f"--from-scratch --checkpoint resumes a from-scratch run, and {path} is none; pass that run's "
+                "checkpoint_last.pt, or drop --from-scratch to fine-tune this checkpoint"
+            )
 
     run_dir = runs.prepare_run_dir(args, ALGO, resume and path)
     data = envs.load_dataset(args.dataset, args.env_id) if ckpt is None and not args.from_scratch else None
@@ -626,7 +750,9 @@ def main(args):
         evals.run(env_steps, eval_act(policy, args, device), args, normalization)
 
     seed = args.seed + start_iter * args.num_envs
-    vec = envs.make_vec_env(args.env_id, args.num_envs, seed, args.act_steps, args.cond_steps, normalization, args.async_envs)
+    vec = envs.make_vec_env(
+        args.env_id, args.num_envs, seed, args.act_steps, args.cond_steps, normalization, args.async_envs
+    )
     obs, _ = vec.reset(seed=seed)
     firsts, recent_returns, t_start, iteration = np.ones(args.num_envs), [], time.time(), start_iter
     if resume is not None:  # continue exactly where the checkpoint stopped: envs mid-episode, every RNG
@@ -634,11 +760,21 @@ def main(args):
     progress = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO)
 
     def save(iteration):
-        state = make_checkpoint(policy, kwargs, normalization, args, iteration, env_steps, critic=critic.state_dict(),
-                                actor_optimizer=actor_opt.state_dict(), critic_optimizer=critic_opt.state_dict(),
-                                reward_scaler=scaler.state_dict(), **evals.state_dict(),
-                                **runs.run_state(vec, obs, firsts, recent_returns),
-                                base_model=None if base_policy is None else base_policy.state_dict())
+        state = make_checkpoint(
+            policy,
+            kwargs,
+            normalization,
+            args,
+            iteration,
+            env_steps,
+            critic=critic.state_dict(),
+            actor_optimizer=actor_opt.state_dict(),
+            critic_optimizer=critic_opt.state_dict(),
+            reward_scaler=scaler.state_dict(),
+            **evals.state_dict(),
+            **runs.run_state(vec, obs, firsts, recent_returns),
+            base_model=None if base_policy is None else base_policy.state_dict(),
+        )
         runs.save_iteration(state, run_dir, iteration, args.save_freq, num_iters, writer)
 
     while iteration < num_iters:
@@ -656,7 +792,7 @@ def main(args):
                 mean, std = policy(obs_t)
                 chunk = sample_action(mean, std, args.randn_clip_value)
             chunk = chunk.cpu().numpy()
-            executed = avoid.add_action_noise(chunk[:, :args.act_steps], iteration, args.train_action_noise)
+            executed = avoid.add_action_noise(chunk[:, : args.act_steps], iteration, args.train_action_noise)
             next_obs, reward, term, trunc, infos = vec.step(executed)
             runs.check_finite(iteration, reward=reward, observation=next_obs)
             env_steps += args.num_envs * args.act_steps  # episodes that end here are logged at this count
@@ -683,14 +819,20 @@ def main(args):
         with torch.no_grad():
             mean, std = policy(flat(buf_obs))
             old_logp = log_prob(mean, std, flat(buf_act))
-        batch = dict(obs=flat(buf_obs), actions=flat(buf_act), logprobs=old_logp,
-                     advantages=torch.as_tensor(advantages.reshape(-1), dtype=torch.float32, device=device),
-                     returns=torch.as_tensor(returns.reshape(-1), dtype=torch.float32, device=device))
+        batch = dict(
+            obs=flat(buf_obs),
+            actions=flat(buf_act),
+            logprobs=old_logp,
+            advantages=torch.as_tensor(advantages.reshape(-1), dtype=torch.float32, device=device),
+            returns=torch.as_tensor(returns.reshape(-1), dtype=torch.float32, device=device),
+        )
 
         # ---- update ----
         t_update = time.time()
         warm = iteration >= args.n_critic_warmup_itr  # critic warm-up over: the actor updates too
-        stats = ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=warm, base_policy=base_policy)
+        stats = ppo_update(
+            policy, critic, actor_opt, critic_opt, batch, args, update_actor=warm, base_policy=base_policy
+        )
         runs.check_finite(iteration, **stats, policy_weights=policy, critic_weights=critic)
         t_update = time.time() - t_update
         iteration += 1
@@ -700,12 +842,16 @@ def main(args):
             writer.add_scalar(f"losses/{k}", v, env_steps)
         explained_var = 1 - np.var(returns - values) / (np.var(returns) + 1e-8)
         writer.add_scalar("losses/explained_variance", explained_var, env_steps)
-        runs.log_iteration(writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes)
+        runs.log_iteration(
+            writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes
+        )
         writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
         if iteration % args.eval_freq == 0 or iteration == num_iters:
             evals.run(env_steps, eval_act(policy, args, device), args, normalization)
         mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
-        progress.update(iteration, num_iters, env_steps, recent_returns, evals, successes, kl=stats["approx_kl"], std=stats["std"])
+        progress.update(
+            iteration, num_iters, env_steps, recent_returns, evals, successes, kl=stats["approx_kl"], std=stats["std"]
+        )
         save(iteration)
         if args.target_return is not None and len(recent_returns) >= 50 and mean_ret >= args.target_return:
             print(f"[stop] mean training return {mean_ret:.1f} >= --target-return {args.target_return}")
@@ -720,8 +866,10 @@ def _load_policy(ckpt, device):
     policy = GaussianPolicy(**ckpt["model_kwargs"]).to(device)
     missing, unexpected = policy.load_state_dict(ckpt["model"], strict=False)
     if unexpected or [m for m in missing if not m.startswith("obs_")]:
-        envs.fail(f"checkpoint does not fit the Gaussian {ckpt['model_kwargs']['backbone']} network "
-                  f"(missing {missing[:3]}, unexpected {unexpected[:3]}); it was written by another architecture")
+        envs.fail(
+            f"checkpoint does not fit the Gaussian {ckpt['model_kwargs']['backbone']} network "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}); it was written by another architecture"
+        )
     return policy
 
 

@@ -154,15 +154,46 @@ class Args:
 # Robomimic ids (lift, can, square, transport) get the official values (dppo-facts 4.3-4.4) for every flag not set
 # explicitly on the command line (printed at start), with act_steps = horizon_steps = the task's Ta; the Gym tasks
 # keep the defaults above. Per task: n_steps, batch_size, update_epochs, mlp_dims, transformer_dim.
-ROBOMIMIC = dict(gamma=0.999, num_envs=50, clip_coef=0.01, actor_lr=1e-4, critic_lr=1e-3, n_critic_warmup_itr=2,
-                 eval_episodes=50, fixed_std=0.1, std_min=0.01, std_max=0.2)
-ROBOMIMIC_TASK = dict(lift=(300, 7500, 10, (512,) * 3, 96), can=(300, 7500, 10, (512,) * 3, 96),
-                      square=(400, 10_000, 10, (1024,) * 3, 160), transport=(400, 10_000, 5, (1024,) * 3, 160))
+ROBOMIMIC = dict(
+    gamma=0.999,
+    num_envs=50,
+    clip_coef=0.01,
+    actor_lr=1e-4,
+    critic_lr=1e-3,
+    n_critic_warmup_itr=2,
+    eval_episodes=50,
+    fixed_std=0.1,
+    std_min=0.01,
+    std_max=0.2,
+)
+ROBOMIMIC_TASK = dict(
+    lift=(300, 7500, 10, (512,) * 3, 96),
+    can=(300, 7500, 10, (512,) * 3, 96),
+    square=(400, 10_000, 10, (1024,) * 3, 160),
+    transport=(400, 10_000, 5, (1024,) * 3, 160),
+)
 # Avoid ids (official cfg/d3il/*/avoid_m*, paper D.8): std fixed at 0.1 in fine-tuning too (std_min = std_max)
-AVOID = dict(num_envs=50, n_steps=25, batch_size=625, update_epochs=10, total_timesteps=255_000, actor_lr=1e-5,
-             critic_lr=1e-3, n_critic_warmup_itr=1, clip_coef=0.1, fixed_std=0.1, std_min=0.1, std_max=0.1,
-             mlp_dims=(256, 256), eval_freq=5, eval_episodes=50, eval_sampling="train", pretrain_batch_size=16,
-             pretrain_lr=1e-4, pretrain_epochs=200)
+AVOID = dict(
+    num_envs=50,
+    n_steps=25,
+    batch_size=625,
+    update_epochs=10,
+    total_timesteps=255_000,
+    actor_lr=1e-5,
+    critic_lr=1e-3,
+    n_critic_warmup_itr=1,
+    clip_coef=0.1,
+    fixed_std=0.1,
+    std_min=0.1,
+    std_max=0.1,
+    mlp_dims=(256, 256),
+    eval_freq=5,
+    eval_episodes=50,
+    eval_sampling="train",
+    pretrain_batch_size=16,
+    pretrain_lr=1e-4,
+    pretrain_epochs=200,
+)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -182,8 +213,11 @@ class ResidualMLP(nn.Module):
         if self.residual:
             self.inp = nn.Linear(dims[0], hidden[0])
             self.blocks = nn.ModuleList(
-                nn.Sequential(activation(), nn.Linear(hidden[0], hidden[0]), activation(), nn.Linear(hidden[0], hidden[0]))
-                for _ in range((len(hidden) - 1) // 2))
+                nn.Sequential(
+                    activation(), nn.Linear(hidden[0], hidden[0]), activation(), nn.Linear(hidden[0], hidden[0])
+                )
+                for _ in range((len(hidden) - 1) // 2)
+            )
             self.out = nn.Linear(hidden[0], dims[-1])
         else:
             layers = []
@@ -214,7 +248,9 @@ class TransformerBackbone(nn.Module):
         self.obs_pos = nn.Parameter(torch.zeros(1, 1, dim))
         self.encoder = nn.Sequential(nn.Linear(dim, 4 * dim), nn.Mish(), nn.Linear(4 * dim, dim))
         self.query_pos = nn.Parameter(torch.zeros(1, horizon_steps, dim))
-        layer = nn.TransformerDecoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+        layer = nn.TransformerDecoderLayer(
+            dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
         self.decoder = nn.TransformerDecoder(layer, layers)
         self.norm = nn.LayerNorm(dim)
         for m in self.modules():  # GPT-style init (official 3.3)
@@ -239,9 +275,23 @@ class GMMPolicy(nn.Module):
     pre-training keeps it at its initial value.
     """
 
-    def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, num_modes=5, backbone="mlp",
-                 mlp_dims=(512, 512, 512), transformer_dim=96, transformer_heads=4, transformer_layers=4,
-                 init_std=0.1, std_min=0.01, std_max=0.2, activation="mish"):
+    def __init__(
+        self,
+        obs_dim,
+        action_dim,
+        horizon_steps,
+        cond_steps,
+        num_modes=5,
+        backbone="mlp",
+        mlp_dims=(512, 512, 512),
+        transformer_dim=96,
+        transformer_heads=4,
+        transformer_layers=4,
+        init_std=0.1,
+        std_min=0.01,
+        std_max=0.2,
+        activation="mish",
+    ):
         super().__init__()
         self.action_dim, self.horizon_steps, self.num_modes = action_dim, horizon_steps, num_modes
         self.std_min, self.std_max, self.backbone = std_min, std_max, backbone
@@ -251,12 +301,16 @@ class GMMPolicy(nn.Module):
             self.mean_net = ResidualMLP([obs_in, *mlp_dims, num_modes * horizon_steps * action_dim], act)
             self.logits_net = ResidualMLP([obs_in, *mlp_dims, num_modes], act)
         else:
-            self.net = TransformerBackbone(obs_in, horizon_steps, transformer_dim, transformer_heads, transformer_layers)
+            self.net = TransformerBackbone(
+                obs_in, horizon_steps, transformer_dim, transformer_heads, transformer_layers
+            )
             self.mean_head = nn.Linear(transformer_dim, num_modes * action_dim)
             nn.init.normal_(self.mean_head.weight, 0.0, 0.02)
             nn.init.zeros_(self.mean_head.bias)
             self.modes_head = nn.Linear(horizon_steps * transformer_dim, num_modes)
-        self.logvar = nn.Parameter(torch.full((num_modes, action_dim), 2 * math.log(init_std)))  # log sigma^2 (official)
+        self.logvar = nn.Parameter(
+            torch.full((num_modes, action_dim), 2 * math.log(init_std))
+        )  # log sigma^2 (official)
 
     def forward(self, obs):
         B, M, Tp, Da = obs.shape[0], self.num_modes, self.horizon_steps, self.action_dim
@@ -406,7 +460,7 @@ def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=
     for _epoch in range(args.update_epochs):
         perm = torch.randperm(n, generator=generator)
         for start in range(0, n - mb + 1, mb):
-            idx = perm[start:start + mb]
+            idx = perm[start : start + mb]
             obs, actions, old_logp = batch["obs"][idx], batch["actions"][idx], batch["logprobs"][idx]
             adv, ret = batch["advantages"][idx], batch["returns"][idx]
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
@@ -429,8 +483,14 @@ def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=
             with torch.no_grad():
                 approx_kl = ((ratio - 1) - (new_logp - old_logp)).mean().item()  # k3 estimator
                 clipfracs.append(((ratio - 1).abs() > args.clip_coef).float().mean().item())
-            stats = dict(policy_loss=pg_loss.item(), value_loss=v_loss.item(), entropy=ent.item(), approx_kl=approx_kl,
-                         ratio=ratio.mean().item(), std=mixture_std(std, logits).item())
+            stats = dict(
+                policy_loss=pg_loss.item(),
+                value_loss=v_loss.item(),
+                entropy=ent.item(),
+                approx_kl=approx_kl,
+                ratio=ratio.mean().item(),
+                std=mixture_std(std, logits).item(),
+            )
             if args.target_kl is not None and approx_kl > args.target_kl:
                 stats["clipfrac"] = float(np.mean(clipfracs))
                 return stats
@@ -442,11 +502,21 @@ def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=
 # Helpers around the loop
 # ------------------------------------------------------------------------------------------------
 def model_kwargs_from(args, obs_dim, action_dim):
-    return dict(obs_dim=obs_dim, action_dim=action_dim, horizon_steps=args.horizon_steps, cond_steps=args.cond_steps,
-                num_modes=args.num_modes, backbone=args.backbone, mlp_dims=tuple(args.mlp_dims),
-                transformer_dim=args.transformer_dim, transformer_heads=args.transformer_heads,
-                transformer_layers=args.transformer_layers, init_std=args.fixed_std, std_min=args.std_min,
-                std_max=args.std_max)
+    return dict(
+        obs_dim=obs_dim,
+        action_dim=action_dim,
+        horizon_steps=args.horizon_steps,
+        cond_steps=args.cond_steps,
+        num_modes=args.num_modes,
+        backbone=args.backbone,
+        mlp_dims=tuple(args.mlp_dims),
+        transformer_dim=args.transformer_dim,
+        transformer_heads=args.transformer_heads,
+        transformer_layers=args.transformer_layers,
+        init_std=args.fixed_std,
+        std_min=args.std_min,
+        std_max=args.std_max,
+    )
 
 
 def eval_act(policy, args, device):
@@ -465,27 +535,42 @@ def eval_act(policy, args, device):
 def make_checkpoint(policy, kwargs, normalization, args, iteration, env_steps, **extra):
     if envs.is_robomimic(args.env_id):  # the env meta in use (a dataset's env_args), restored when loading
         extra["robomimic_env_args"] = envs.robomimic_env_args(args.env_id)
-    return dict(algo=ALGO, policy="gmm", backbone=kwargs["backbone"], model=policy.state_dict(),
-                model_kwargs=kwargs, normalization=normalization, env_id=args.env_id, args=asdict(args),
-                iteration=iteration, env_steps=env_steps, **extra)
+    return dict(
+        algo=ALGO,
+        policy="gmm",
+        backbone=kwargs["backbone"],
+        model=policy.state_dict(),
+        model_kwargs=kwargs,
+        normalization=normalization,
+        env_id=args.env_id,
+        args=asdict(args),
+        iteration=iteration,
+        env_steps=env_steps,
+        **extra,
+    )
 
 
 def pretrain(args, data, run_dir, writer, device):
     """Behaviour cloning on `data` (envs.load_dataset), std fixed: minimize the mixture NLL of chunks (paper D.6)."""
     norm = data["normalization"]
-    obs, actions, starts, firsts = envs.make_pretraining_samples(data["episodes"], norm, args.cond_steps, args.horizon_steps)
+    obs, actions, starts, firsts = envs.make_pretraining_samples(
+        data["episodes"], norm, args.cond_steps, args.horizon_steps
+    )
     print(f"[pretrain] {len(data['episodes'])} episodes, {len(starts)} samples from {args.dataset}")
     kwargs = model_kwargs_from(args, obs.shape[1], actions.shape[1])
     policy = GMMPolicy(**kwargs).to(device)
     policy.logvar.requires_grad_(False)  # std fixed during pre-training (paper D.6)
-    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=args.pretrain_lr,
-                            weight_decay=args.pretrain_weight_decay)
+    opt = torch.optim.AdamW(
+        [p for p in policy.parameters() if p.requires_grad],
+        lr=args.pretrain_lr,
+        weight_decay=args.pretrain_weight_decay,
+    )
     steps_per_epoch = math.ceil(len(starts) / args.pretrain_batch_size)
     t0 = time.time()
     for epoch in range(args.pretrain_epochs):
         perm = np.random.permutation(len(starts))
         for k in range(steps_per_epoch):
-            idx = perm[k * args.pretrain_batch_size:(k + 1) * args.pretrain_batch_size]
+            idx = perm[k * args.pretrain_batch_size : (k + 1) * args.pretrain_batch_size]
             o, a = envs.gather_samples(obs, actions, starts, firsts, idx, args.cond_steps, args.horizon_steps)
             loss = bc_loss(policy, torch.as_tensor(o, device=device), torch.as_tensor(a, device=device))
             opt.zero_grad()
@@ -493,7 +578,9 @@ def pretrain(args, data, run_dir, writer, device):
             opt.step()
         writer.add_scalar("pretrain/loss", loss.item(), epoch)
         if epoch % max(1, args.pretrain_epochs // 20) == 0 or epoch == args.pretrain_epochs - 1:
-            print(f"[pretrain] epoch {epoch + 1}/{args.pretrain_epochs} | loss {loss.item():.4f} | {time.time() - t0:.0f}s")
+            print(
+                f"[pretrain] epoch {epoch + 1}/{args.pretrain_epochs} | loss {loss.item():.4f} | {time.time() - t0:.0f}s"
+            )
     policy.logvar.requires_grad_(True)
     ckpt = make_checkpoint(policy, kwargs, norm, args, 0, 0, dataset=args.dataset, pretrain_epochs=args.pretrain_epochs)
     envs.save_checkpoint(ckpt, os.path.join(run_dir, "pretrained.pt"))
@@ -515,20 +602,32 @@ def report_official_clamp(policy, args, normalization, device, checkpoint):
             chunk = sample_action(means, std, logits)
             summed.append(mixture_log_prob(means, std, logits, chunk))
             ours.append(summed[-1] / chunk[0].numel())
-            obs = e.step(chunk[:, :args.act_steps].cpu().numpy())[0]
+            obs = e.step(chunk[:, : args.act_steps].cpu().numpy())[0]
     e.close()
     summed, ours = torch.cat(summed), torch.cat(ours)
-    report = dict(checkpoint=checkpoint, env_id=args.env_id, samples=len(summed), chunk_dims=int(chunk[0].numel()),
-                  summed_logprob_mean=summed.mean().item(), summed_logprob_min=summed.min().item(),
-                  official_saturated_fraction=official_clamp_fraction(summed),
-                  official_low_clamped_fraction=(summed < -5).float().mean().item(),
-                  per_dim_logprob_mean=ours.mean().item(),
-                  per_dim_clamped_fraction=((ours > 2) | (ours < -5)).float().mean().item())
-    print(f"[official-clamp] {report['samples']} samples of {args.env_id} (Tp*Da = {report['chunk_dims']}) from {checkpoint}")
-    print(f"[official-clamp] summed log-prob mean {report['summed_logprob_mean']:.2f} (min {report['summed_logprob_min']:.2f}); "
-          f"official clamp at 2 saturates {100 * report['official_saturated_fraction']:.1f}% of samples")
-    print(f"[official-clamp] per-dimension log-prob (this script) mean {report['per_dim_logprob_mean']:.3f}; "
-          f"outside [-5, 2]: {100 * report['per_dim_clamped_fraction']:.1f}%")
+    report = dict(
+        checkpoint=checkpoint,
+        env_id=args.env_id,
+        samples=len(summed),
+        chunk_dims=int(chunk[0].numel()),
+        summed_logprob_mean=summed.mean().item(),
+        summed_logprob_min=summed.min().item(),
+        official_saturated_fraction=official_clamp_fraction(summed),
+        official_low_clamped_fraction=(summed < -5).float().mean().item(),
+        per_dim_logprob_mean=ours.mean().item(),
+        per_dim_clamped_fraction=((ours > 2) | (ours < -5)).float().mean().item(),
+    )
+    print(
+        f"[official-clamp] {report['samples']} samples of {args.env_id} (Tp*Da = {report['chunk_dims']}) from {checkpoint}"
+    )
+    print(
+        f"[official-clamp] summed log-prob mean {report['summed_logprob_mean']:.2f} (min {report['summed_logprob_min']:.2f}); "
+        f"official clamp at 2 saturates {100 * report['official_saturated_fraction']:.1f}% of samples"
+    )
+    print(
+        f"[official-clamp] per-dimension log-prob (this script) mean {report['per_dim_logprob_mean']:.3f}; "
+        f"outside [-5, 2]: {100 * report['per_dim_clamped_fraction']:.1f}%"
+    )
     return report
 
 
@@ -550,9 +649,13 @@ def task_defaults(args) -> dict:
 
 def check_args(args):
     if args.act_steps > args.horizon_steps:
-        envs.fail(f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps")
+        envs.fail(
+            f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps"
+        )
     if not (0 < args.std_min <= args.fixed_std <= args.std_max):
-        envs.fail(f"need 0 < --std-min <= --fixed-std <= --std-max, got {args.std_min}, {args.fixed_std}, {args.std_max}")
+        envs.fail(
+            f"need 0 < --std-min <= --fixed-std <= --std-max, got {args.std_min}, {args.fixed_std}, {args.std_max}"
+        )
     fine_tuning = not (args.eval_only or args.pretrain_only or args.report_official_clamp)
     runs.check_ranges(args, args.num_envs * args.n_steps * args.act_steps if fine_tuning else None)
 
@@ -579,8 +682,10 @@ def main(args):
         ckpt = envs.load_checkpoint(path, "gmm", args.env_id, args.backbone, hints=vars(args))
         kw = ckpt["model_kwargs"]
         if kw["horizon_steps"] < args.act_steps or kw["cond_steps"] != args.cond_steps:
-            envs.fail(f"{path} predicts chunks of {kw['horizon_steps']} with history {kw['cond_steps']}; "
-                      f"pass --horizon-steps {kw['horizon_steps']} --act-steps <= {kw['horizon_steps']} --cond-steps {kw['cond_steps']}")
+            envs.fail(
+                f"{path} predicts chunks of {kw['horizon_steps']} with history {kw['cond_steps']}; "
+                f"pass --horizon-steps {kw['horizon_steps']} --act-steps <= {kw['horizon_steps']} --cond-steps {kw['cond_steps']}"
+            )
         if kw["num_modes"] != args.num_modes:
             print(f"[load] {path} has {kw['num_modes']} modes; using them (--num-modes {args.num_modes} ignored)")
         args.horizon_steps, args.num_modes = kw["horizon_steps"], kw["num_modes"]
@@ -632,7 +737,9 @@ def main(args):
         evals.run(env_steps, eval_act(policy, args, device), args, normalization)
 
     seed = args.seed + start_iter * args.num_envs
-    vec = envs.make_vec_env(args.env_id, args.num_envs, seed, args.act_steps, args.cond_steps, normalization, args.async_envs)
+    vec = envs.make_vec_env(
+        args.env_id, args.num_envs, seed, args.act_steps, args.cond_steps, normalization, args.async_envs
+    )
     obs, _ = vec.reset(seed=seed)
     firsts, recent_returns, t_start, iteration = np.ones(args.num_envs), [], time.time(), start_iter
     if resume is not None:  # continue exactly where the checkpoint stopped: envs mid-episode, every RNG
@@ -640,10 +747,20 @@ def main(args):
     progress = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO)
 
     def save(iteration):
-        state = make_checkpoint(policy, kwargs, normalization, args, iteration, env_steps, critic=critic.state_dict(),
-                                actor_optimizer=actor_opt.state_dict(), critic_optimizer=critic_opt.state_dict(),
-                                reward_scaler=scaler.state_dict(), **evals.state_dict(),
-                                **runs.run_state(vec, obs, firsts, recent_returns))
+        state = make_checkpoint(
+            policy,
+            kwargs,
+            normalization,
+            args,
+            iteration,
+            env_steps,
+            critic=critic.state_dict(),
+            actor_optimizer=actor_opt.state_dict(),
+            critic_optimizer=critic_opt.state_dict(),
+            reward_scaler=scaler.state_dict(),
+            **evals.state_dict(),
+            **runs.run_state(vec, obs, firsts, recent_returns),
+        )
         runs.save_iteration(state, run_dir, iteration, args.save_freq, num_iters, writer)
 
     while iteration < num_iters:
@@ -656,7 +773,9 @@ def main(args):
         for n in range(args.n_steps):
             with torch.no_grad():
                 chunk = sample_action(*policy(torch.as_tensor(obs, device=device)))
-            executed = avoid.add_action_noise(chunk[:, :args.act_steps].cpu().numpy(), iteration, args.train_action_noise)
+            executed = avoid.add_action_noise(
+                chunk[:, : args.act_steps].cpu().numpy(), iteration, args.train_action_noise
+            )
             next_obs, reward, term, trunc, infos = vec.step(executed)
             runs.check_finite(iteration, reward=reward, observation=next_obs)
             env_steps += args.num_envs * args.act_steps  # episodes that end here are logged at this count
@@ -685,9 +804,13 @@ def main(args):
             summed_logp = mixture_log_prob(means, std, logits, flat(buf_act))
             scale = 1 if args.official_summed_logprob else args.horizon_steps * action_dim
             old_logp = (summed_logp / scale).clamp(-5.0, 2.0)  # = (official_)log_prob(...)
-        batch = dict(obs=flat(buf_obs), actions=flat(buf_act), logprobs=old_logp,
-                     advantages=torch.as_tensor(advantages.reshape(-1), dtype=torch.float32, device=device),
-                     returns=torch.as_tensor(returns.reshape(-1), dtype=torch.float32, device=device))
+        batch = dict(
+            obs=flat(buf_obs),
+            actions=flat(buf_act),
+            logprobs=old_logp,
+            advantages=torch.as_tensor(advantages.reshape(-1), dtype=torch.float32, device=device),
+            returns=torch.as_tensor(returns.reshape(-1), dtype=torch.float32, device=device),
+        )
 
         # ---- update ----
         t_update = time.time()
@@ -703,11 +826,15 @@ def main(args):
         explained_var = 1 - np.var(returns - values) / (np.var(returns) + 1e-8)
         writer.add_scalar("losses/explained_variance", explained_var, env_steps)
         writer.add_scalar("charts/official_clamp_saturated", official_clamp_fraction(summed_logp), env_steps)
-        runs.log_iteration(writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes)
+        runs.log_iteration(
+            writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes
+        )
         writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
         if iteration % args.eval_freq == 0 or iteration == num_iters:
             evals.run(env_steps, eval_act(policy, args, device), args, normalization)
-        progress.update(iteration, num_iters, env_steps, recent_returns, evals, successes, kl=stats["approx_kl"], std=stats["std"])
+        progress.update(
+            iteration, num_iters, env_steps, recent_returns, evals, successes, kl=stats["approx_kl"], std=stats["std"]
+        )
         save(iteration)
     progress.close()
     vec.close()
@@ -719,8 +846,10 @@ def _load_policy(ckpt, device):
     policy = GMMPolicy(**ckpt["model_kwargs"]).to(device)
     missing, unexpected = policy.load_state_dict(ckpt["model"], strict=False)
     if unexpected or missing:
-        envs.fail(f"checkpoint does not fit the GMM {ckpt['model_kwargs']['backbone']} network "
-                  f"(missing {missing[:3]}, unexpected {unexpected[:3]}); it was written by another architecture")
+        envs.fail(
+            f"checkpoint does not fit the GMM {ckpt['model_kwargs']['backbone']} network "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}); it was written by another architecture"
+        )
     return policy
 
 

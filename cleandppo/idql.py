@@ -112,9 +112,20 @@ class Args:
 
 # robomimic ids (official ft_idql_diffusion_mlp configs, dppo-facts 4.5); their buffer of 5000 vector steps of 50 envs
 # is 250k transitions here
-ROBOMIMIC = dict(num_envs=50, gamma=0.999, actor_lr=1e-5, critic_lr=1e-3, batch_size=1000, scale_reward_factor=1.0,
-                 replay_ratio=128, buffer_size=250_000, critic_tau=0.001, num_candidates=10, n_critic_warmup_itr=5,
-                 eval_episodes=50)
+ROBOMIMIC = dict(
+    num_envs=50,
+    gamma=0.999,
+    actor_lr=1e-5,
+    critic_lr=1e-3,
+    batch_size=1000,
+    scale_reward_factor=1.0,
+    replay_ratio=128,
+    buffer_size=250_000,
+    critic_tau=0.001,
+    num_candidates=10,
+    n_critic_warmup_itr=5,
+    eval_episodes=50,
+)
 ROBOMIMIC_N_STEPS = dict(lift=300, can=300, square=400, transport=400)  # N Ta = 4 episodes per env and iteration
 
 
@@ -146,7 +157,10 @@ def make_schedule(K: int) -> dict:
     alpha_bar = torch.cumprod(alphas, 0)
     alpha_bar_prev = torch.cat([torch.ones(1), alpha_bar[:-1]])
     return dict(
-        betas=betas, alphas=alphas, alpha_bar=alpha_bar, alpha_bar_prev=alpha_bar_prev,
+        betas=betas,
+        alphas=alphas,
+        alpha_bar=alpha_bar,
+        alpha_bar_prev=alpha_bar_prev,
         posterior_var=betas * (1 - alpha_bar_prev) / (1 - alpha_bar),
         coef_x0=betas * alpha_bar_prev.sqrt() / (1 - alpha_bar),
         coef_xt=(1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar),
@@ -196,7 +210,8 @@ class ResidualMLP(nn.Module):
         self.inp = nn.Linear(dims[0], hidden[0])
         self.blocks = nn.ModuleList(
             nn.Sequential(activation(), nn.Linear(hidden[0], hidden[0]), activation(), nn.Linear(hidden[0], hidden[0]))
-            for _ in range((len(hidden) - 1) // 2))
+            for _ in range((len(hidden) - 1) // 2)
+        )
         self.out = nn.Linear(hidden[0], dims[-1])
 
     def forward(self, x):
@@ -209,14 +224,26 @@ class ResidualMLP(nn.Module):
 class DiffusionMLP(nn.Module):
     """eps_theta(x_t, t, s): residual MLP on [flattened noisy chunk, time embedding, observation]."""
 
-    def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, time_dim=16, mlp_dims=(512, 512, 512),
-                 activation="relu", cond_mlp_dims=()):
+    def __init__(
+        self,
+        obs_dim,
+        action_dim,
+        horizon_steps,
+        cond_steps,
+        time_dim=16,
+        mlp_dims=(512, 512, 512),
+        activation="relu",
+        cond_mlp_dims=(),
+    ):
         super().__init__()
         act = {"relu": nn.ReLU, "mish": nn.Mish}[activation]
         self.horizon_steps, self.action_dim = horizon_steps, action_dim
-        self.time_embedding = nn.Sequential(SinusoidalPosEmb(time_dim), nn.Linear(time_dim, 2 * time_dim), nn.Mish(),
-                                            nn.Linear(2 * time_dim, time_dim))
-        self.cond_mlp = None  # optional observation encoder: plain MLP, activation between layers (official Square: 512, 64)
+        self.time_embedding = nn.Sequential(
+            SinusoidalPosEmb(time_dim), nn.Linear(time_dim, 2 * time_dim), nn.Mish(), nn.Linear(2 * time_dim, time_dim)
+        )
+        self.cond_mlp = (
+            None  # optional observation encoder: plain MLP, activation between layers (official Square: 512, 64)
+        )
         if cond_mlp_dims:
             dims = [obs_dim * cond_steps, *cond_mlp_dims]
             layers = [m for i, o in zip(dims[:-1], dims[1:]) for m in (nn.Linear(i, o), act())][:-1]
@@ -236,7 +263,9 @@ class Conv1dBlock(nn.Module):
 
     def __init__(self, c_in, c_out, kernel, n_groups):
         super().__init__()
-        self.block = nn.Sequential(nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2), nn.GroupNorm(n_groups, c_out), nn.Mish())
+        self.block = nn.Sequential(
+            nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2), nn.GroupNorm(n_groups, c_out), nn.Mish()
+        )
 
     def forward(self, x):
         return self.block(x)
@@ -248,8 +277,13 @@ class FiLMResidualBlock(nn.Module):
     def __init__(self, c_in, c_out, cond_dim, kernel, n_groups):
         super().__init__()
         self.conv1, self.conv2 = Conv1dBlock(c_in, c_out, kernel, n_groups), Conv1dBlock(c_out, c_out, kernel, n_groups)
-        self.cond = nn.Sequential(nn.Linear(cond_dim, 2 * c_out), nn.Mish(), nn.Linear(2 * c_out, 2 * c_out), nn.Mish(),
-                                  nn.Linear(2 * c_out, 2 * c_out))
+        self.cond = nn.Sequential(
+            nn.Linear(cond_dim, 2 * c_out),
+            nn.Mish(),
+            nn.Linear(2 * c_out, 2 * c_out),
+            nn.Mish(),
+            nn.Linear(2 * c_out, 2 * c_out),
+        )
         self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x, cond):
@@ -260,29 +294,55 @@ class FiLMResidualBlock(nn.Module):
 class DiffusionUNet(nn.Module):
     """Chi et al.'s 1-D conditional UNet: channels = action dims, length = chunk, FiLM conditioning."""
 
-    def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, dim=40, dim_mults=(1, 2), kernel_size=5,
-                 n_groups=8, step_embed_dim=16):
+    def __init__(
+        self,
+        obs_dim,
+        action_dim,
+        horizon_steps,
+        cond_steps,
+        dim=40,
+        dim_mults=(1, 2),
+        kernel_size=5,
+        n_groups=8,
+        step_embed_dim=16,
+    ):
         super().__init__()
         if horizon_steps % (2 ** (len(dim_mults) - 1)):
             raise ValueError(f"UNet needs horizon_steps divisible by {2 ** (len(dim_mults) - 1)}, got {horizon_steps}")
-        self.time_embedding = nn.Sequential(SinusoidalPosEmb(step_embed_dim), nn.Linear(step_embed_dim, 4 * step_embed_dim),
-                                            nn.Mish(), nn.Linear(4 * step_embed_dim, step_embed_dim))
+        self.time_embedding = nn.Sequential(
+            SinusoidalPosEmb(step_embed_dim),
+            nn.Linear(step_embed_dim, 4 * step_embed_dim),
+            nn.Mish(),
+            nn.Linear(4 * step_embed_dim, step_embed_dim),
+        )
         cond_dim = step_embed_dim + obs_dim * cond_steps
         widths = [action_dim] + [dim * m for m in dim_mults]
         levels = list(zip(widths[:-1], widths[1:]))
         self.down = nn.ModuleList()
         for i, (c_in, c_out) in enumerate(levels):
             last = i == len(levels) - 1
-            self.down.append(nn.ModuleList([FiLMResidualBlock(c_in, c_out, cond_dim, kernel_size, n_groups),
-                                            FiLMResidualBlock(c_out, c_out, cond_dim, kernel_size, n_groups),
-                                            nn.Identity() if last else nn.Conv1d(c_out, c_out, 3, 2, 1)]))
+            self.down.append(
+                nn.ModuleList(
+                    [
+                        FiLMResidualBlock(c_in, c_out, cond_dim, kernel_size, n_groups),
+                        FiLMResidualBlock(c_out, c_out, cond_dim, kernel_size, n_groups),
+                        nn.Identity() if last else nn.Conv1d(c_out, c_out, 3, 2, 1),
+                    ]
+                )
+            )
         mid = widths[-1]
         self.mid = nn.ModuleList([FiLMResidualBlock(mid, mid, cond_dim, kernel_size, n_groups) for _ in range(2)])
         self.up = nn.ModuleList()
         for c_in, c_out in reversed(levels[1:]):
-            self.up.append(nn.ModuleList([FiLMResidualBlock(2 * c_out, c_in, cond_dim, kernel_size, n_groups),
-                                          FiLMResidualBlock(c_in, c_in, cond_dim, kernel_size, n_groups),
-                                          nn.ConvTranspose1d(c_in, c_in, 4, 2, 1)]))
+            self.up.append(
+                nn.ModuleList(
+                    [
+                        FiLMResidualBlock(2 * c_out, c_in, cond_dim, kernel_size, n_groups),
+                        FiLMResidualBlock(c_in, c_in, cond_dim, kernel_size, n_groups),
+                        nn.ConvTranspose1d(c_in, c_in, 4, 2, 1),
+                    ]
+                )
+            )
         self.final = nn.Sequential(Conv1dBlock(dim, dim, kernel_size, n_groups), nn.Conv1d(dim, action_dim, 1))
 
     def forward(self, x, t, obs):
@@ -302,18 +362,34 @@ class DiffusionUNet(nn.Module):
 
 def build_network(kw: dict) -> nn.Module:
     """Rebuild a noise-prediction network from a checkpoint's `model_kwargs`."""
-    common = dict(obs_dim=kw["obs_dim"], action_dim=kw["action_dim"], horizon_steps=kw["horizon_steps"],
-                  cond_steps=kw["cond_steps"])
+    common = dict(
+        obs_dim=kw["obs_dim"],
+        action_dim=kw["action_dim"],
+        horizon_steps=kw["horizon_steps"],
+        cond_steps=kw["cond_steps"],
+    )
     if kw["backbone"] == "mlp":
-        return DiffusionMLP(**common, time_dim=kw["time_dim"], mlp_dims=tuple(kw["mlp_dims"]), activation=kw["activation"],
-                            cond_mlp_dims=tuple(kw.get("cond_mlp_dims") or ()))
-    return DiffusionUNet(**common, dim=kw["unet_dim"], dim_mults=tuple(kw["unet_dim_mults"]), kernel_size=kw["unet_kernel_size"],
-                         n_groups=kw["unet_n_groups"], step_embed_dim=kw["unet_step_embed_dim"])
+        return DiffusionMLP(
+            **common,
+            time_dim=kw["time_dim"],
+            mlp_dims=tuple(kw["mlp_dims"]),
+            activation=kw["activation"],
+            cond_mlp_dims=tuple(kw.get("cond_mlp_dims") or ()),
+        )
+    return DiffusionUNet(
+        **common,
+        dim=kw["unet_dim"],
+        dim_mults=tuple(kw["unet_dim_mults"]),
+        kernel_size=kw["unet_kernel_size"],
+        n_groups=kw["unet_n_groups"],
+        step_embed_dim=kw["unet_step_embed_dim"],
+    )
 
 
 @torch.no_grad()
-def sample(net, sched, obs, K, horizon_steps, action_dim, mode, min_sampling_std=0.1, randn_clip=3.0, clip=1.0,
-           generator=None):
+def sample(
+    net, sched, obs, K, horizon_steps, action_dim, mode, min_sampling_std=0.1, randn_clip=3.0, clip=1.0, generator=None
+):
     """Run the full K-step reverse chain with one network; return the (B, Tp, Da) chunk.
 
     `mode`: "train" -> std floored at min_sampling_std at every step (exploration, paper 4.3);
@@ -371,8 +447,10 @@ class ReplayBuffer:
 
     def get(self, idx, device):
         """Transitions `idx` as torch tensors, and `idx` itself."""
-        batch = {k: torch.as_tensor(getattr(self, k)[idx], device=device)
-                 for k in ("obs", "actions", "rewards", "next_obs", "terminated")}
+        batch = {
+            k: torch.as_tensor(getattr(self, k)[idx], device=device)
+            for k in ("obs", "actions", "rewards", "next_obs", "terminated")
+        }
         return dict(batch, idx=idx)
 
 
@@ -391,9 +469,8 @@ class DoubleQCritic(nn.Module):
         self.q2 = ResidualMLP([in_dim, *dims, 1], nn.Mish)
 
     def forward(self, obs, actions):
-        x = torch.cat([obs.flatten(1), actions[:, :self.act_steps].flatten(1)], dim=-1)
+        x = torch.cat([obs.flatten(1), actions[:, : self.act_steps].flatten(1)], dim=-1)
         return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
-
 
 
 class ValueCritic(nn.Module):
@@ -454,8 +531,19 @@ def select_actions(actor, q_target, v_critic, sched, obs, kw, args, mode, genera
     """
     B, S = obs.shape[0], args.num_candidates
     obs_rep = obs.repeat_interleave(S, dim=0)  # state-major: rows b*S .. b*S + S-1 belong to state b
-    cands = sample(actor, sched, obs_rep, kw["denoising_steps"], kw["horizon_steps"], kw["action_dim"], mode,
-                   args.min_sampling_denoising_std, args.randn_clip_value, args.denoised_clip_value, generator)
+    cands = sample(
+        actor,
+        sched,
+        obs_rep,
+        kw["denoising_steps"],
+        kw["horizon_steps"],
+        kw["action_dim"],
+        mode,
+        args.min_sampling_denoising_std,
+        args.randn_clip_value,
+        args.denoised_clip_value,
+        generator,
+    )
     q = torch.minimum(*q_target(obs_rep, cands)).view(B, S)
     cands = cands.view(B, S, *cands.shape[1:])
     if mode == "eval":
@@ -464,8 +552,9 @@ def select_actions(actor, q_target, v_critic, sched, obs, kw, args, mode, genera
     return cands[torch.arange(B), idx], probs.max(-1).values.mean().item()
 
 
-def idql_update(actor, q_critic, q_target, v_critic, actor_opt, q_opt, v_opt, sched, buffer, args, num_batch,
-                update_actor, device):
+def idql_update(
+    actor, q_critic, q_target, v_critic, actor_opt, q_opt, v_opt, sched, buffer, args, num_batch, update_actor, device
+):
     """One iteration of IDQL updates on minibatches of the buffer; returns the mean of each logged statistic."""
     stats = {k: [] for k in ("v_loss", "q_loss", "actor_loss", "v_mean", "q1_mean", "q2_mean", "target_q_mean")}
     for _ in range(num_batch):
@@ -493,8 +582,14 @@ def idql_update(actor, q_critic, q_target, v_critic, actor_opt, q_opt, v_opt, sc
             actor_loss.backward()
             actor_opt.step()
             stats["actor_loss"].append(actor_loss.item())
-        for k, x in (("v_loss", v_loss), ("q_loss", q_loss), ("v_mean", v.mean()), ("q1_mean", q1.mean()),
-                     ("q2_mean", q2.mean()), ("target_q_mean", target_q.mean())):
+        for k, x in (
+            ("v_loss", v_loss),
+            ("q_loss", q_loss),
+            ("v_mean", v.mean()),
+            ("q1_mean", q1.mean()),
+            ("q2_mean", q2.mean()),
+            ("target_q_mean", target_q.mean()),
+        ):
             stats[k].append(x.item())
     return {k: float(np.mean(v)) for k, v in stats.items() if v}
 
@@ -510,8 +605,21 @@ def eval_policy(actor, q_target, v_critic, sched, kw, args, device, use_critic):
         obs = torch.as_tensor(obs, device=device)
         if use_critic:
             return select_actions(actor, q_target, v_critic, sched, obs, kw, args, "eval")[0].cpu().numpy()
-        return sample(actor, sched, obs, kw["denoising_steps"], kw["horizon_steps"], kw["action_dim"], "eval",
-                      randn_clip=args.randn_clip_value, clip=args.denoised_clip_value).cpu().numpy()
+        return (
+            sample(
+                actor,
+                sched,
+                obs,
+                kw["denoising_steps"],
+                kw["horizon_steps"],
+                kw["action_dim"],
+                "eval",
+                randn_clip=args.randn_clip_value,
+                clip=args.denoised_clip_value,
+            )
+            .cpu()
+            .numpy()
+        )
 
     return act
 
@@ -519,10 +627,14 @@ def eval_policy(actor, q_target, v_critic, sched, kw, args, device, use_critic):
 def check_args(args):
     runs.check_ranges(args, None if args.eval_only else args.num_envs * args.n_steps * args.act_steps)
     if args.buffer_size < args.batch_size:
-        envs.fail(f"--buffer-size {args.buffer_size} is smaller than --batch-size {args.batch_size}; "
-                  f"raise --buffer-size or lower --batch-size")
+        envs.fail(
+            f"--buffer-size {args.buffer_size} is smaller than --batch-size {args.batch_size}; "
+            f"raise --buffer-size or lower --batch-size"
+        )
     if args.act_steps > args.horizon_steps:
-        envs.fail(f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps")
+        envs.fail(
+            f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps"
+        )
     if len(args.critic_dims) % 2 != 1 or len(set(args.critic_dims)) != 1:
         envs.fail(f"--critic-dims needs an odd number of equal widths (e.g. 256 256 256), got {list(args.critic_dims)}")
 
@@ -533,7 +645,6 @@ def load_diffusion_checkpoint(path, args):
     return ckpt
 
 
-
 def main(args):
     robo = envs.is_robomimic(args.env_id)
     check_args(args)
@@ -542,8 +653,13 @@ def main(args):
     steps_per_iter = N * E * args.act_steps
     num_iters = max(1, args.total_timesteps // steps_per_iter)
     num_batch = max(1, int(N * E / args.batch_size * args.replay_ratio))
-    plan = "evaluation only" if args.eval_only else (f"{num_iters} iterations of {steps_per_iter} env steps, "
-                                                    f"{num_batch} minibatches of {args.batch_size} each")
+    plan = (
+        "evaluation only"
+        if args.eval_only
+        else (
+            f"{num_iters} iterations of {steps_per_iter} env steps, {num_batch} minibatches of {args.batch_size} each"
+        )
+    )
     print(f"[start] {ALGO} on {args.env_id}: {plan}", flush=True)
     device = runs.seed_everything(args)
 
@@ -555,12 +671,16 @@ def main(args):
     kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
     resume = ckpt if ckpt["algo"] == ALGO and "critic" in ckpt else None
     if ckpt.get("model_ft") is not None:
-        print("[load] the checkpoint also holds a DPPO-fine-tuned network (model_ft); IDQL starts from the base 'model'")
+        print(
+            "[load] the checkpoint also holds a DPPO-fine-tuned network (model_ft); IDQL starts from the base 'model'"
+        )
     actor = build_network(kw).to(device)
     try:
         actor.load_state_dict(ckpt["model"])
     except RuntimeError:
-        envs.fail("checkpoint weights do not fit the network its model_kwargs describe; it was written by another architecture")
+        envs.fail(
+            "checkpoint weights do not fit the network its model_kwargs describe; it was written by another architecture"
+        )
     sched = {k: v.to(device) for k, v in make_schedule(kw["denoising_steps"]).items()}
     obs_dim, action_dim, Tp = kw["obs_dim"], kw["action_dim"], kw["horizon_steps"]
     q_critic = DoubleQCritic(obs_dim, args.cond_steps, action_dim, args.act_steps, args.critic_dims).to(device)
@@ -580,7 +700,9 @@ def main(args):
     evals, env_steps, t_start = runs.Evaluations(writer, robo), ckpt.get("env_steps", 0), time.time()
 
     def finish():
-        runs.finish_run(run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization)
+        runs.finish_run(
+            run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization
+        )
 
     if args.eval_only:
         print(f"[eval] evaluating {path} ({args.eval_episodes} episodes)...", flush=True)
@@ -604,8 +726,9 @@ def main(args):
         print(f"[eval] evaluating the pre-trained policy ({args.eval_episodes} episodes)...", flush=True)
         evals.run(env_steps, act_pretrained, args, normalization)
 
-    vec = envs.make_vec_env(args.env_id, E, args.seed + start_iter * E, args.act_steps, args.cond_steps, normalization,
-                            args.async_envs)
+    vec = envs.make_vec_env(
+        args.env_id, E, args.seed + start_iter * E, args.act_steps, args.cond_steps, normalization, args.async_envs
+    )
     obs, _ = vec.reset(seed=args.seed + start_iter * E)
     recent_returns, iteration = [], start_iter
     if resume is not None:  # continue exactly where the checkpoint stopped: envs mid-episode, every RNG, the buffer
@@ -613,16 +736,37 @@ def main(args):
         runs.restore_buffer(buffer, resume)
 
     def save(it):
-        state = dict(algo=ALGO, policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(), model_kwargs=kw,
-                     normalization=normalization, env_id=args.env_id, args=asdict(args), iteration=it, env_steps=env_steps,
-                     critic=q_critic.state_dict(), target_critic=q_target.state_dict(), value_critic=v_critic.state_dict(),
-                     actor_optimizer=actor_opt.state_dict(), critic_optimizer=q_opt.state_dict(),
-                     value_optimizer=v_opt.state_dict(), **evals.state_dict(),
-                     **runs.run_state(vec, obs, None, recent_returns))
+        state = dict(
+            algo=ALGO,
+            policy="diffusion",
+            backbone=kw["backbone"],
+            model=actor.state_dict(),
+            model_kwargs=kw,
+            normalization=normalization,
+            env_id=args.env_id,
+            args=asdict(args),
+            iteration=it,
+            env_steps=env_steps,
+            critic=q_critic.state_dict(),
+            target_critic=q_target.state_dict(),
+            value_critic=v_critic.state_dict(),
+            actor_optimizer=actor_opt.state_dict(),
+            critic_optimizer=q_opt.state_dict(),
+            value_optimizer=v_opt.state_dict(),
+            **evals.state_dict(),
+            **runs.run_state(vec, obs, None, recent_returns),
+        )
         if robo:
             state["robomimic_env_args"] = envs.robomimic_env_args(args.env_id)
-        runs.save_iteration(state, run_dir, it, args.save_freq, num_iters, writer,
-                            last_only=dict(replay_buffer=runs.buffer_state(buffer)))
+        runs.save_iteration(
+            state,
+            run_dir,
+            it,
+            args.save_freq,
+            num_iters,
+            writer,
+            last_only=dict(replay_buffer=runs.buffer_state(buffer)),
+        )
 
     progress = runs.Progress(num_iters * steps_per_iter, env_steps, ALGO)
     while iteration < num_iters:
@@ -630,11 +774,12 @@ def main(args):
         # ---- rollout: Boltzmann pick among candidate chunks; store the executed transitions ----
         max_probs = []
         for _ in range(N):
-            chunk, max_prob = select_actions(actor, q_target, v_critic, sched, torch.as_tensor(obs, device=device),
-                                             kw, args, "train")
+            chunk, max_prob = select_actions(
+                actor, q_target, v_critic, sched, torch.as_tensor(obs, device=device), kw, args, "train"
+            )
             chunk = chunk.cpu().numpy()
             max_probs.append(max_prob)
-            next_obs, reward, term, trunc, infos = vec.step(chunk[:, :args.act_steps])
+            next_obs, reward, term, trunc, infos = vec.step(chunk[:, : args.act_steps])
             runs.check_finite(iteration, reward=reward, observation=next_obs)
             env_steps += E * args.act_steps  # episodes that end here are logged at this count
             # next state of a finished episode: its last observation (not the reset one); only
@@ -646,8 +791,21 @@ def main(args):
 
         # ---- V by expectile, Q on V(s'), target Q, actor (idql_update) ----
         t_update = time.time()
-        stats = idql_update(actor, q_critic, q_target, v_critic, actor_opt, q_opt, v_opt, sched, buffer, args,
-                            num_batch, iteration >= args.n_critic_warmup_itr, device)
+        stats = idql_update(
+            actor,
+            q_critic,
+            q_target,
+            v_critic,
+            actor_opt,
+            q_opt,
+            v_opt,
+            sched,
+            buffer,
+            args,
+            num_batch,
+            iteration >= args.n_critic_warmup_itr,
+            device,
+        )
         t_update = time.time() - t_update
         runs.check_finite(iteration, **stats, actor_weights=actor, q_weights=q_critic, v_weights=v_critic)
         iteration += 1
@@ -659,13 +817,23 @@ def main(args):
         for k in ("q1_mean", "q2_mean", "v_mean", "target_q_mean"):
             writer.add_scalar(f"values/{k}", stats[k], env_steps)
         writer.add_scalar("charts/boltzmann_max_prob", float(np.mean(max_probs)), env_steps)
-        runs.log_iteration(writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes)
+        runs.log_iteration(
+            writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes
+        )
         writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
         writer.add_scalar("charts/buffer_size", buffer.size, env_steps)
         if iteration % args.eval_freq == 0 or iteration == num_iters:
             evals.run(env_steps, act, args, normalization)
-        progress.update(iteration, num_iters, env_steps, recent_returns, evals, successes, q_loss=stats["q_loss"],
-                        actor_loss=stats.get("actor_loss", "- (critic warm-up)"))
+        progress.update(
+            iteration,
+            num_iters,
+            env_steps,
+            recent_returns,
+            evals,
+            successes,
+            q_loss=stats["q_loss"],
+            actor_loss=stats.get("actor_loss", "- (critic warm-up)"),
+        )
         save(iteration)
     progress.close()
     vec.close()

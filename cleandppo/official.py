@@ -24,7 +24,12 @@ TABLE = dict(denoising_steps=20, ft_denoising_steps=10, fixed_std=0.1, unet_n_gr
 
 def is_official_checkpoint(ckpt) -> bool:
     """An official checkpoint: a dict with `model` and `epoch`/`ema` (pre-training) or `itr` (fine-tuning)."""
-    return isinstance(ckpt, dict) and "model" in ckpt and "policy" not in ckpt and bool({"ema", "epoch", "itr"} & set(ckpt))
+    return (
+        isinstance(ckpt, dict)
+        and "model" in ckpt
+        and "policy" not in ckpt
+        and bool({"ema", "epoch", "itr"} & set(ckpt))
+    )
 
 
 def _hint(hints, key, default):
@@ -41,7 +46,7 @@ def _default_activation(env_id, policy):
 
 
 def _strip(state, prefix):
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def _residual_mlp(state, src, dst):
@@ -78,8 +83,10 @@ def _plain_mlp(state, src, dst):
 def _split_obs(env_id, feature_dim, what):
     obs_dim, action_dim = envs.env_dims(env_id)
     if feature_dim % obs_dim:
-        envs.fail(f"the official {what} takes {feature_dim} observation features, not a multiple of {env_id}'s "
-                  f"{obs_dim}; pass the --env-id it was trained on")
+        envs.fail(
+            f"the official {what} takes {feature_dim} observation features, not a multiple of {env_id}'s "
+            f"{obs_dim}; pass the --env-id it was trained on"
+        )
     return obs_dim, action_dim, feature_dim // obs_dim
 
 
@@ -96,10 +103,14 @@ def _diffusion_mlp(state, env_id, hints):
     cond_mlp = {}
     if "cond_mlp.moduleList.0.linear_1.weight" in state:  # official Square: MLP [To*Do, 512, 64], Identity output
         if not supports_cond_mlp():
-            envs.fail("the official checkpoint has a cond_mlp observation encoder (Square config); this project's "
-                      "DiffusionMLP has none yet, so it cannot be loaded")
+            envs.fail(
+                "the official checkpoint has a cond_mlp observation encoder (Square config); this project's "
+                "DiffusionMLP has none yet, so it cannot be loaded"
+            )
         cond_mlp, cond_dims = _plain_mlp(state, "cond_mlp", "cond_mlp")
-        cond_mlp = {k.replace(".out.", f".{2 * (len(cond_dims) - 2)}.").replace(".body.", "."): v for k, v in cond_mlp.items()}
+        cond_mlp = {
+            k.replace(".out.", f".{2 * (len(cond_dims) - 2)}.").replace(".body.", "."): v for k, v in cond_mlp.items()
+        }
     if "mlp_mean.layers.0.weight" not in state:
         envs.fail("the official DiffusionMLP is not residual (residual_style False); this project's DiffusionMLP is")
     time_dim = state["time_embedding.1.weight"].shape[1]
@@ -109,10 +120,21 @@ def _diffusion_mlp(state, env_id, hints):
     obs_features = cond_dims[0] if cond_mlp else dims[0] - horizon_steps * action_dim - time_dim
     _, _, cond_steps = _split_obs(env_id, obs_features, "DiffusionMLP")
     model.update({k: v for k, v in state.items() if k.startswith("time_embedding.")}, **cond_mlp)
-    kw = dict(obs_dim=obs_dim, action_dim=action_dim, horizon_steps=horizon_steps, cond_steps=cond_steps,
-              backbone="mlp", time_dim=time_dim, mlp_dims=tuple(dims[1:-1]),
-              activation=_hint(hints, "activation", _default_activation(env_id, "diffusion")),
-              unet_dim=40, unet_dim_mults=(1, 2), unet_kernel_size=5, unet_n_groups=8, unet_step_embed_dim=16)
+    kw = dict(
+        obs_dim=obs_dim,
+        action_dim=action_dim,
+        horizon_steps=horizon_steps,
+        cond_steps=cond_steps,
+        backbone="mlp",
+        time_dim=time_dim,
+        mlp_dims=tuple(dims[1:-1]),
+        activation=_hint(hints, "activation", _default_activation(env_id, "diffusion")),
+        unet_dim=40,
+        unet_dim_mults=(1, 2),
+        unet_kernel_size=5,
+        unet_n_groups=8,
+        unet_step_embed_dim=16,
+    )
     if cond_mlp:
         kw["cond_mlp_dims"] = tuple(cond_dims[1:])
     return model, kw
@@ -121,8 +143,10 @@ def _diffusion_mlp(state, env_id, hints):
 def _unet_block(state, src, dst):
     """Official ResidualBlock1D -> our FiLMResidualBlock (conv blocks: GroupNorm moves from index 2 to 1)."""
     if f"{src}.cond_encoder.4.weight" not in state:
-        envs.fail("the official UNet uses the small condition encoder or a cond_mlp; this project's UNet has the "
-                  "large FiLM encoder only (smaller_encoder False, no cond_mlp)")
+        envs.fail(
+            "the official UNet uses the small condition encoder or a cond_mlp; this project's UNet has the "
+            "large FiLM encoder only (smaller_encoder False, no cond_mlp)"
+        )
     out = {}
     for w in ("weight", "bias"):
         for j in (0, 1):
@@ -134,8 +158,10 @@ def _unet_block(state, src, dst):
             out[f"{dst}.skip.{w}"] = state[f"{src}.residual_conv.{w}"]
     channels = out[f"{dst}.conv1.block.0.weight"].shape[0]
     if out[f"{dst}.cond.4.weight"].shape[0] != 2 * channels:
-        envs.fail("the official UNet predicts a FiLM bias only (cond_predict_scale False); this project's UNet "
-                  "predicts scale and bias")
+        envs.fail(
+            "the official UNet predicts a FiLM bias only (cond_predict_scale False); this project's UNet "
+            "predicts scale and bias"
+        )
     return out
 
 
@@ -164,11 +190,21 @@ def _unet(state, env_id, hints):
     obs_dim, action_dim, cond_steps = _split_obs(env_id, cond_dim - step_dim, "UNet")
     dim = widths[0]
     default_tp = envs.ROBOMIMIC_TASKS[envs.env_slug(env_id)]["act_steps"] if envs.is_robomimic(env_id) else 4
-    kw = dict(obs_dim=obs_dim, action_dim=action_dim, cond_steps=cond_steps, backbone="unet",
-              horizon_steps=_hint(hints, "horizon_steps", default_tp),  # convolutions do not fix the chunk length
-              time_dim=16, mlp_dims=(512, 512, 512), activation="mish", unet_dim=dim,
-              unet_dim_mults=tuple(w // dim for w in widths), unet_kernel_size=state["final_conv.0.block.0.weight"].shape[2],
-              unet_n_groups=TABLE["unet_n_groups"], unet_step_embed_dim=step_dim)
+    kw = dict(
+        obs_dim=obs_dim,
+        action_dim=action_dim,
+        cond_steps=cond_steps,
+        backbone="unet",
+        horizon_steps=_hint(hints, "horizon_steps", default_tp),  # convolutions do not fix the chunk length
+        time_dim=16,
+        mlp_dims=(512, 512, 512),
+        activation="mish",
+        unet_dim=dim,
+        unet_dim_mults=tuple(w // dim for w in widths),
+        unet_kernel_size=state["final_conv.0.block.0.weight"].shape[2],
+        unet_n_groups=TABLE["unet_n_groups"],
+        unet_step_embed_dim=step_dim,
+    )
     return model, kw
 
 
@@ -179,14 +215,23 @@ def _std_kwargs(state, hints, logvar_shape):
 
     std_min, std_max = (float(np.exp(0.5 * state[k].item())) for k in ("logvar_min", "logvar_max"))
     init_std = float(_hint(hints, "fixed_std", TABLE["fixed_std"]))
-    logvar = state["logvar"].reshape(logvar_shape) if "logvar" in state else torch.full(logvar_shape, 2 * np.log(init_std))
+    logvar = (
+        state["logvar"].reshape(logvar_shape) if "logvar" in state else torch.full(logvar_shape, 2 * np.log(init_std))
+    )
     return {"logvar": logvar.float()}, dict(init_std=init_std, std_min=std_min, std_max=std_max)
 
 
 def _transformer(state, dst):
     """Official Transformer (under `transformer.`) -> our TransformerBackbone `dst`: the same decoder layers."""
-    names = dict(cond_obs_emb="obs_proj", cond_pos_emb="obs_pos", pos_emb="query_pos", ln_f="norm", encoder="encoder",
-                 decoder="decoder", head="head")
+    names = dict(
+        cond_obs_emb="obs_proj",
+        cond_pos_emb="obs_pos",
+        pos_emb="query_pos",
+        ln_f="norm",
+        encoder="encoder",
+        decoder="decoder",
+        head="head",
+    )
     out = {}
     for k, v in _strip(state, "transformer.").items():
         first, _, rest = k.partition(".")
@@ -198,13 +243,21 @@ def _transformer(state, dst):
 def _gaussian(state, env_id, hints):
     obs_dim, action_dim = envs.env_dims(env_id)
     head = state.get("transformer.head.weight")
-    if any(k.startswith(("mlp_base.", "mlp_logvar.")) for k in state) or (head is not None and head.shape[0] != action_dim):
-        envs.fail("the official Gaussian network predicts a state-dependent std (fixed_std null); this project's "
-                  "Gaussian policy learns one std per action dimension")
+    if any(k.startswith(("mlp_base.", "mlp_logvar.")) for k in state) or (
+        head is not None and head.shape[0] != action_dim
+    ):
+        envs.fail(
+            "the official Gaussian network predicts a state-dependent std (fixed_std null); this project's "
+            "Gaussian policy learns one std per action dimension"
+        )
     if head is not None:
         model, kw = _transformer(state, "net")
         horizon_steps = state["transformer.pos_emb"].shape[1]
-        feature_dim, backbone, mlp_dims = state["transformer.cond_obs_emb.weight"].shape[1], "transformer", (512, 512, 512)
+        feature_dim, backbone, mlp_dims = (
+            state["transformer.cond_obs_emb.weight"].shape[1],
+            "transformer",
+            (512, 512, 512),
+        )
         kw["transformer_heads"] = _hint(hints, "transformer_heads", 4)  # not in the tensors: the flag (official 4)
     else:
         residual = "mlp_mean.layers.0.weight" in state  # official residual_style
@@ -215,24 +268,42 @@ def _gaussian(state, env_id, hints):
     std_model, std_kw = _std_kwargs(state, hints, (action_dim,))
     model.update(std_model)
     kw = dict(dict(transformer_dim=96, transformer_heads=4, transformer_layers=4), **kw)
-    return model, dict(obs_dim=obs_dim, action_dim=action_dim, horizon_steps=horizon_steps, cond_steps=cond_steps,
-                       backbone=backbone, mlp_dims=mlp_dims, **kw, **std_kw,
-                       activation=_default_activation(env_id, "gaussian"), obs_norm=False)
+    return model, dict(
+        obs_dim=obs_dim,
+        action_dim=action_dim,
+        horizon_steps=horizon_steps,
+        cond_steps=cond_steps,
+        backbone=backbone,
+        mlp_dims=mlp_dims,
+        **kw,
+        **std_kw,
+        activation=_default_activation(env_id, "gaussian"),
+        obs_norm=False,
+    )
 
 
 def _gmm(state, env_id, hints):
     obs_dim, action_dim = envs.env_dims(env_id)
     head = state.get("transformer.head.weight")
-    if any(k.startswith("mlp_logvar.") for k in state) or (head is not None and head.shape[0] != state["modes_head.weight"].shape[0] * action_dim):
-        envs.fail("the official GMM network predicts state-dependent stds (fixed_std null); this project's GMM policy "
-                  "learns one std per mode and action dimension")
+    if any(k.startswith("mlp_logvar.") for k in state) or (
+        head is not None and head.shape[0] != state["modes_head.weight"].shape[0] * action_dim
+    ):
+        envs.fail(
+            "the official GMM network predicts state-dependent stds (fixed_std null); this project's GMM policy "
+            "learns one std per mode and action dimension"
+        )
     if head is not None:
         num_modes = state["modes_head.weight"].shape[0]
         model, kw = _transformer(state, "net")
         model["mean_head.weight"], model["mean_head.bias"] = model.pop("net.head.weight"), model.pop("net.head.bias")
         model.update({f"modes_head.{w}": state[f"modes_head.{w}"] for w in ("weight", "bias")})
-        horizon_steps, feature_dim = state["transformer.pos_emb"].shape[1], state["transformer.cond_obs_emb.weight"].shape[1]
-        kw.update(backbone="transformer", mlp_dims=(512, 512, 512), transformer_heads=_hint(hints, "transformer_heads", 4))
+        horizon_steps, feature_dim = (
+            state["transformer.pos_emb"].shape[1],
+            state["transformer.cond_obs_emb.weight"].shape[1],
+        )
+        kw.update(
+            backbone="transformer", mlp_dims=(512, 512, 512), transformer_heads=_hint(hints, "transformer_heads", 4)
+        )
     else:
         mlp = _residual_mlp if "mlp_mean.layers.0.weight" in state else _plain_mlp  # official residual_style
         model, dims = mlp(state, "mlp_mean", "mean_net")
@@ -240,17 +311,32 @@ def _gmm(state, env_id, hints):
         model.update(weights)
         hidden = dims[1:-1]
         if mlp is _plain_mlp and len(hidden) % 2 == 1 and len(set(hidden)) == 1:
-            envs.fail(f"the official GMM MLPs are plain (residual_style False) with widths {hidden}; this project's GMM "
-                      "policy builds those widths as residual MLPs, so it cannot hold these weights")
+            envs.fail(
+                f"the official GMM MLPs are plain (residual_style False) with widths {hidden}; this project's GMM "
+                "policy builds those widths as residual MLPs, so it cannot hold these weights"
+            )
         num_modes = wdims[-1]
         horizon_steps, feature_dim = dims[-1] // (num_modes * action_dim), dims[0]
-        kw = dict(backbone="mlp", mlp_dims=tuple(hidden), transformer_dim=96, transformer_heads=4, transformer_layers=4,
-                  activation=_default_activation(env_id, "gmm"))
+        kw = dict(
+            backbone="mlp",
+            mlp_dims=tuple(hidden),
+            transformer_dim=96,
+            transformer_heads=4,
+            transformer_layers=4,
+            activation=_default_activation(env_id, "gmm"),
+        )
     _, _, cond_steps = _split_obs(env_id, feature_dim, "GMM network")
     std_model, std_kw = _std_kwargs(state, hints, (num_modes, action_dim))
     model.update(std_model)
-    return model, dict(obs_dim=obs_dim, action_dim=action_dim, horizon_steps=horizon_steps, cond_steps=cond_steps,
-                       num_modes=num_modes, **kw, **std_kw)
+    return model, dict(
+        obs_dim=obs_dim,
+        action_dim=action_dim,
+        horizon_steps=horizon_steps,
+        cond_steps=cond_steps,
+        num_modes=num_modes,
+        **kw,
+        **std_kw,
+    )
 
 
 def _network_state(raw, policy):
@@ -281,7 +367,9 @@ def find_normalization(path, hints=None, name="normalization.npz"):
         if os.path.isfile(os.path.join(folder, name)):
             return os.path.join(folder, name)
         folder = os.path.dirname(folder)
-    envs.fail(f"no {name} next to {path}; pass --official-normalization PATH (the official data folder's normalization.npz)")
+    envs.fail(
+        f"no {name} next to {path}; pass --official-normalization PATH (the official data folder's normalization.npz)"
+    )
 
 
 def read_normalization(path):
@@ -299,8 +387,10 @@ def convert_checkpoint(raw, path, policy, env_id, hints=None) -> dict:
     try:
         return _convert(raw, path, policy, env_id, hints)
     except KeyError as e:
-        envs.fail(f"{path} holds an official {policy} network of a kind this project does not map (no {e}); "
-                  "docs/checkpoints.md lists the ones that load")
+        envs.fail(
+            f"{path} holds an official {policy} network of a kind this project does not map (no {e}); "
+            "docs/checkpoints.md lists the ones that load"
+        )
 
 
 def _convert(raw, path, policy, env_id, hints):
@@ -309,19 +399,27 @@ def _convert(raw, path, policy, env_id, hints):
         envs.fail(f"{path} is an official pixel (image) policy; these scripts are state-only")
     if "time_embedding.1.weight" in state or "time_mlp.1.weight" in state:
         found = "diffusion"
-    elif "modes_head.weight" in state or "mlp_weights.layers.0.weight" in state or "mlp_weights.moduleList.0.linear_1.weight" in state:
+    elif (
+        "modes_head.weight" in state
+        or "mlp_weights.layers.0.weight" in state
+        or "mlp_weights.moduleList.0.linear_1.weight" in state
+    ):
         found = "gmm"
     else:
         found = "gaussian"
     if found != policy:
-        envs.fail(f"{path} holds an official {found} policy, this script needs a {policy} one; pass a {policy} checkpoint")
+        envs.fail(
+            f"{path} holds an official {found} policy, this script needs a {policy} one; pass a {policy} checkpoint"
+        )
     if policy == "diffusion":
         convert = _unet if "time_mlp.1.weight" in state else _diffusion_mlp
         model, kw = convert(state, env_id, hints)
         kw["denoising_steps"] = int(_hint(hints, "denoising_steps", TABLE["denoising_steps"]))
         extra = {}
         if frozen is not None:  # DPPO fine-tuned: frozen `actor` for the early steps, `actor_ft` for the last K'
-            extra = dict(model_ft=model, ft_denoising_steps=int(_hint(hints, "ft_denoising_steps", TABLE["ft_denoising_steps"])))
+            extra = dict(
+                model_ft=model, ft_denoising_steps=int(_hint(hints, "ft_denoising_steps", TABLE["ft_denoising_steps"]))
+            )
             model, _ = convert(frozen, env_id, hints)
     else:
         model, kw = (_gaussian if policy == "gaussian" else _gmm)(state, env_id, hints)
@@ -329,11 +427,24 @@ def _convert(raw, path, policy, env_id, hints):
     norm = read_normalization(find_normalization(path, hints))
     obs_dim, action_dim = envs.env_dims(env_id)
     if norm["obs_min"].shape != (obs_dim,) or norm["action_min"].shape != (action_dim,):
-        envs.fail(f"the normalization file has obs/action dims {norm['obs_min'].shape[0]}/{norm['action_min'].shape[0]}, "
-                  f"{env_id} needs {obs_dim}/{action_dim}; pass the normalization.npz of this task's data")
-    return dict(algo="official", policy=policy, backbone=kw["backbone"], model=model, model_kwargs=kw, normalization=norm,
-                env_id=env_id, args={}, iteration=0, env_steps=0, official_source=dict(path=path, weights=entry,
-                epoch=raw.get("epoch"), itr=raw.get("itr")), **extra)
+        envs.fail(
+            f"the normalization file has obs/action dims {norm['obs_min'].shape[0]}/{norm['action_min'].shape[0]}, "
+            f"{env_id} needs {obs_dim}/{action_dim}; pass the normalization.npz of this task's data"
+        )
+    return dict(
+        algo="official",
+        policy=policy,
+        backbone=kw["backbone"],
+        model=model,
+        model_kwargs=kw,
+        normalization=norm,
+        env_id=env_id,
+        args={},
+        iteration=0,
+        env_steps=0,
+        official_source=dict(path=path, weights=entry, epoch=raw.get("epoch"), itr=raw.get("itr")),
+        **extra,
+    )
 
 
 def load_npz_dataset(path, env_id=None) -> dict:
@@ -343,37 +454,57 @@ def load_npz_dataset(path, env_id=None) -> dict:
     they are (the official conversion already dropped the ones it drops)."""
     with np.load(path) as f:
         if "images" in f.files:
-            envs.fail(f"{path} holds images (a pixel dataset); these scripts are state-only: process the data without cameras")
+            envs.fail(
+                f"{path} holds images (a pixel dataset); these scripts are state-only: process the data without cameras"
+            )
         missing = {"states", "actions", "traj_lengths"} - set(f.files)
         if missing:
             envs.fail(f"{path} lacks {sorted(missing)}; pass an official train.npz (script/dataset/*)")
         data = {k: f[k] for k in f.files}
     folder, base = os.path.split(os.path.abspath(path))
-    norm = read_normalization(os.path.join(folder, base.replace("train.npz", "normalization.npz")
-                                           if base.endswith("train.npz") else "normalization.npz"))
+    norm = read_normalization(
+        os.path.join(
+            folder,
+            base.replace("train.npz", "normalization.npz") if base.endswith("train.npz") else "normalization.npz",
+        )
+    )
     states, actions = data["states"].astype(np.float64), data["actions"].astype(np.float64)
     if _looks_normalized(states, norm["obs_min"], norm["obs_max"]):  # robomimic's --normalize is optional
         states = envs.unnormalize_obs(states, norm)
         actions = (actions + 1.0) / 2.0 * (norm["action_max"] - norm["action_min"] + 1e-6) + norm["action_min"]
     lengths = np.asarray(data["traj_lengths"], dtype=int)
     if lengths.sum() != len(states):
-        envs.fail(f"{path}: traj_lengths sum to {lengths.sum()} but there are {len(states)} states; pass an unmodified train.npz")
+        envs.fail(
+            f"{path}: traj_lengths sum to {lengths.sum()} but there are {len(states)} states; pass an unmodified train.npz"
+        )
     n = len(states)
     rewards = np.asarray(data.get("rewards", np.zeros(n)), dtype=np.float64).reshape(n)
     terminals = np.asarray(data.get("terminals", np.zeros(n)), dtype=bool).reshape(n)
     timeouts = np.zeros(n, dtype=bool)
     timeouts[np.cumsum(lengths) - 1] = True
     timeouts &= ~terminals
-    out = dict(observations=states.astype(np.float32), actions=actions.astype(np.float32), rewards=rewards,
-               terminals=terminals, timeouts=timeouts, normalization=norm, attrs={"source": path})
+    out = dict(
+        observations=states.astype(np.float32),
+        actions=actions.astype(np.float32),
+        rewards=rewards,
+        terminals=terminals,
+        timeouts=timeouts,
+        normalization=norm,
+        attrs={"source": path},
+    )
     if env_id is not None:
         obs_dim, action_dim = envs.env_dims(env_id)
         if states.shape[1] != obs_dim or actions.shape[1] != action_dim:
-            envs.fail(f"dataset {path} has obs/action dims {states.shape[1]}/{actions.shape[1]}, {env_id} needs "
-                      f"{obs_dim}/{action_dim}; pass a dataset of {env_id}")
+            envs.fail(
+                f"dataset {path} has obs/action dims {states.shape[1]}/{actions.shape[1]}, {env_id} needs "
+                f"{obs_dim}/{action_dim}; pass a dataset of {env_id}"
+            )
     bounds = np.concatenate([[0], np.cumsum(lengths)])
-    out["episodes"] = [{k: out[k][a:b] for k in ("observations", "actions", "rewards", "terminals")}
-                       for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    out["episodes"] = [
+        {k: out[k][a:b] for k in ("observations", "actions", "rewards", "terminals")}
+        for a, b in zip(bounds[:-1], bounds[1:])
+        if b > a
+    ]
     return out
 
 

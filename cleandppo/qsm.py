@@ -115,9 +115,19 @@ class Args:
     """actor gradient-norm clip (None: off, as the official config)"""
 
 
-ROBOMIMIC = dict(num_envs=50, gamma=0.999, actor_lr=1e-5, critic_lr=1e-3, batch_size=1000, scale_reward_factor=1.0,
-                 replay_ratio=16.0, critic_tau=0.005, q_grad_coeff=10.0, n_critic_warmup_itr=5,
-                 eval_episodes=50)  # robomimic ids (official ft_qsm_diffusion_mlp configs, dppo-facts 4.5)
+ROBOMIMIC = dict(
+    num_envs=50,
+    gamma=0.999,
+    actor_lr=1e-5,
+    critic_lr=1e-3,
+    batch_size=1000,
+    scale_reward_factor=1.0,
+    replay_ratio=16.0,
+    critic_tau=0.005,
+    q_grad_coeff=10.0,
+    n_critic_warmup_itr=5,
+    eval_episodes=50,
+)  # robomimic ids (official ft_qsm_diffusion_mlp configs, dppo-facts 4.5)
 ROBOMIMIC_N_STEPS = dict(lift=300, can=300, square=400, transport=400)  # N Ta = 4 episodes per env and iteration
 ROBOMIMIC_BUFFER_VECTOR_STEPS = 5000  # official buffer_size 5000 "* n_envs": transitions = 5000 x num_envs
 
@@ -130,8 +140,13 @@ def task_defaults(args) -> dict:
     task = envs.resolve_env_id(args.env_id)
     ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
     num_envs = ROBOMIMIC["num_envs"] if args.num_envs == Args.num_envs else args.num_envs  # --num-envs given: its value
-    return dict(ROBOMIMIC, n_steps=ROBOMIMIC_N_STEPS[task], buffer_size=ROBOMIMIC_BUFFER_VECTOR_STEPS * num_envs,
-                act_steps=ta, horizon_steps=ta)
+    return dict(
+        ROBOMIMIC,
+        n_steps=ROBOMIMIC_N_STEPS[task],
+        buffer_size=ROBOMIMIC_BUFFER_VECTOR_STEPS * num_envs,
+        act_steps=ta,
+        horizon_steps=ta,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -153,7 +168,10 @@ def make_schedule(K: int) -> dict:
     alpha_bar = torch.cumprod(alphas, 0)
     alpha_bar_prev = torch.cat([torch.ones(1), alpha_bar[:-1]])
     return dict(
-        betas=betas, alphas=alphas, alpha_bar=alpha_bar, alpha_bar_prev=alpha_bar_prev,
+        betas=betas,
+        alphas=alphas,
+        alpha_bar=alpha_bar,
+        alpha_bar_prev=alpha_bar_prev,
         # posterior q(x_{t-1} | x_t, x_0) (Ho et al. eq. 7)
         posterior_var=betas * (1 - alpha_bar_prev) / (1 - alpha_bar),
         coef_x0=betas * alpha_bar_prev.sqrt() / (1 - alpha_bar),
@@ -207,7 +225,8 @@ class ResidualMLP(nn.Module):
         self.inp = nn.Linear(dims[0], hidden[0])
         self.blocks = nn.ModuleList(
             nn.Sequential(activation(), nn.Linear(hidden[0], hidden[0]), activation(), nn.Linear(hidden[0], hidden[0]))
-            for _ in range((len(hidden) - 1) // 2))
+            for _ in range((len(hidden) - 1) // 2)
+        )
         self.out = nn.Linear(hidden[0], dims[-1])
 
     def forward(self, x):
@@ -220,14 +239,26 @@ class ResidualMLP(nn.Module):
 class DiffusionMLP(nn.Module):
     """eps_theta(x_t, t, s): residual MLP on [flattened noisy chunk, time embedding, observation]."""
 
-    def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, time_dim=16, mlp_dims=(512, 512, 512),
-                 activation="relu", cond_mlp_dims=()):
+    def __init__(
+        self,
+        obs_dim,
+        action_dim,
+        horizon_steps,
+        cond_steps,
+        time_dim=16,
+        mlp_dims=(512, 512, 512),
+        activation="relu",
+        cond_mlp_dims=(),
+    ):
         super().__init__()
         act = {"relu": nn.ReLU, "mish": nn.Mish}[activation]
         self.horizon_steps, self.action_dim = horizon_steps, action_dim
-        self.time_embedding = nn.Sequential(SinusoidalPosEmb(time_dim), nn.Linear(time_dim, 2 * time_dim), nn.Mish(),
-                                            nn.Linear(2 * time_dim, time_dim))
-        self.cond_mlp = None  # optional observation encoder: plain MLP, activation between layers (official Square: 512, 64)
+        self.time_embedding = nn.Sequential(
+            SinusoidalPosEmb(time_dim), nn.Linear(time_dim, 2 * time_dim), nn.Mish(), nn.Linear(2 * time_dim, time_dim)
+        )
+        self.cond_mlp = (
+            None  # optional observation encoder: plain MLP, activation between layers (official Square: 512, 64)
+        )
         if cond_mlp_dims:
             dims = [obs_dim * cond_steps, *cond_mlp_dims]
             layers = [m for i, o in zip(dims[:-1], dims[1:]) for m in (nn.Linear(i, o), act())][:-1]
@@ -247,7 +278,9 @@ class Conv1dBlock(nn.Module):
 
     def __init__(self, c_in, c_out, kernel, n_groups):
         super().__init__()
-        self.block = nn.Sequential(nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2), nn.GroupNorm(n_groups, c_out), nn.Mish())
+        self.block = nn.Sequential(
+            nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2), nn.GroupNorm(n_groups, c_out), nn.Mish()
+        )
 
     def forward(self, x):
         return self.block(x)
@@ -259,8 +292,13 @@ class FiLMResidualBlock(nn.Module):
     def __init__(self, c_in, c_out, cond_dim, kernel, n_groups):
         super().__init__()
         self.conv1, self.conv2 = Conv1dBlock(c_in, c_out, kernel, n_groups), Conv1dBlock(c_out, c_out, kernel, n_groups)
-        self.cond = nn.Sequential(nn.Linear(cond_dim, 2 * c_out), nn.Mish(), nn.Linear(2 * c_out, 2 * c_out), nn.Mish(),
-                                  nn.Linear(2 * c_out, 2 * c_out))
+        self.cond = nn.Sequential(
+            nn.Linear(cond_dim, 2 * c_out),
+            nn.Mish(),
+            nn.Linear(2 * c_out, 2 * c_out),
+            nn.Mish(),
+            nn.Linear(2 * c_out, 2 * c_out),
+        )
         self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x, cond):
@@ -271,29 +309,55 @@ class FiLMResidualBlock(nn.Module):
 class DiffusionUNet(nn.Module):
     """Chi et al.'s 1-D conditional UNet: channels = action dims, length = chunk, FiLM conditioning."""
 
-    def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, dim=40, dim_mults=(1, 2), kernel_size=5,
-                 n_groups=8, step_embed_dim=16):
+    def __init__(
+        self,
+        obs_dim,
+        action_dim,
+        horizon_steps,
+        cond_steps,
+        dim=40,
+        dim_mults=(1, 2),
+        kernel_size=5,
+        n_groups=8,
+        step_embed_dim=16,
+    ):
         super().__init__()
         if horizon_steps % (2 ** (len(dim_mults) - 1)):
             raise ValueError(f"UNet needs horizon_steps divisible by {2 ** (len(dim_mults) - 1)}, got {horizon_steps}")
-        self.time_embedding = nn.Sequential(SinusoidalPosEmb(step_embed_dim), nn.Linear(step_embed_dim, 4 * step_embed_dim),
-                                            nn.Mish(), nn.Linear(4 * step_embed_dim, step_embed_dim))
+        self.time_embedding = nn.Sequential(
+            SinusoidalPosEmb(step_embed_dim),
+            nn.Linear(step_embed_dim, 4 * step_embed_dim),
+            nn.Mish(),
+            nn.Linear(4 * step_embed_dim, step_embed_dim),
+        )
         cond_dim = step_embed_dim + obs_dim * cond_steps
         widths = [action_dim] + [dim * m for m in dim_mults]
         levels = list(zip(widths[:-1], widths[1:]))
         self.down = nn.ModuleList()
         for i, (c_in, c_out) in enumerate(levels):
             last = i == len(levels) - 1
-            self.down.append(nn.ModuleList([FiLMResidualBlock(c_in, c_out, cond_dim, kernel_size, n_groups),
-                                            FiLMResidualBlock(c_out, c_out, cond_dim, kernel_size, n_groups),
-                                            nn.Identity() if last else nn.Conv1d(c_out, c_out, 3, 2, 1)]))
+            self.down.append(
+                nn.ModuleList(
+                    [
+                        FiLMResidualBlock(c_in, c_out, cond_dim, kernel_size, n_groups),
+                        FiLMResidualBlock(c_out, c_out, cond_dim, kernel_size, n_groups),
+                        nn.Identity() if last else nn.Conv1d(c_out, c_out, 3, 2, 1),
+                    ]
+                )
+            )
         mid = widths[-1]
         self.mid = nn.ModuleList([FiLMResidualBlock(mid, mid, cond_dim, kernel_size, n_groups) for _ in range(2)])
         self.up = nn.ModuleList()
         for c_in, c_out in reversed(levels[1:]):
-            self.up.append(nn.ModuleList([FiLMResidualBlock(2 * c_out, c_in, cond_dim, kernel_size, n_groups),
-                                          FiLMResidualBlock(c_in, c_in, cond_dim, kernel_size, n_groups),
-                                          nn.ConvTranspose1d(c_in, c_in, 4, 2, 1)]))
+            self.up.append(
+                nn.ModuleList(
+                    [
+                        FiLMResidualBlock(2 * c_out, c_in, cond_dim, kernel_size, n_groups),
+                        FiLMResidualBlock(c_in, c_in, cond_dim, kernel_size, n_groups),
+                        nn.ConvTranspose1d(c_in, c_in, 4, 2, 1),
+                    ]
+                )
+            )
         self.final = nn.Sequential(Conv1dBlock(dim, dim, kernel_size, n_groups), nn.Conv1d(dim, action_dim, 1))
 
     def forward(self, x, t, obs):
@@ -313,13 +377,28 @@ class DiffusionUNet(nn.Module):
 
 def build_network(kw: dict) -> nn.Module:
     """Rebuild a noise-prediction network from a checkpoint's `model_kwargs`."""
-    common = dict(obs_dim=kw["obs_dim"], action_dim=kw["action_dim"], horizon_steps=kw["horizon_steps"],
-                  cond_steps=kw["cond_steps"])
+    common = dict(
+        obs_dim=kw["obs_dim"],
+        action_dim=kw["action_dim"],
+        horizon_steps=kw["horizon_steps"],
+        cond_steps=kw["cond_steps"],
+    )
     if kw["backbone"] == "mlp":
-        return DiffusionMLP(**common, time_dim=kw["time_dim"], mlp_dims=tuple(kw["mlp_dims"]), activation=kw["activation"],
-                            cond_mlp_dims=tuple(kw.get("cond_mlp_dims") or ()))
-    return DiffusionUNet(**common, dim=kw["unet_dim"], dim_mults=tuple(kw["unet_dim_mults"]), kernel_size=kw["unet_kernel_size"],
-                         n_groups=kw["unet_n_groups"], step_embed_dim=kw["unet_step_embed_dim"])
+        return DiffusionMLP(
+            **common,
+            time_dim=kw["time_dim"],
+            mlp_dims=tuple(kw["mlp_dims"]),
+            activation=kw["activation"],
+            cond_mlp_dims=tuple(kw.get("cond_mlp_dims") or ()),
+        )
+    return DiffusionUNet(
+        **common,
+        dim=kw["unet_dim"],
+        dim_mults=tuple(kw["unet_dim_mults"]),
+        kernel_size=kw["unet_kernel_size"],
+        n_groups=kw["unet_n_groups"],
+        step_embed_dim=kw["unet_step_embed_dim"],
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -407,8 +486,13 @@ class ReplayBuffer:
         """Uniform minibatch drawn with replacement (official np.random.choice) as torch tensors."""
         idx = np.random.randint(0, self.size, batch_size)
         as_t = lambda a: torch.as_tensor(a[idx], device=device)  # noqa: E731
-        return dict(obs=as_t(self.obs), chunks=as_t(self.chunks), rewards=as_t(self.rewards),
-                    next_obs=as_t(self.next_obs), terminated=as_t(self.terminated))
+        return dict(
+            obs=as_t(self.obs),
+            chunks=as_t(self.chunks),
+            rewards=as_t(self.rewards),
+            next_obs=as_t(self.next_obs),
+            terminated=as_t(self.terminated),
+        )
 
 
 def bellman_target(rewards, terminated, next_q1, next_q2, gamma):
@@ -463,8 +547,17 @@ def eval_policy(actor, sched, kw, args, device):
     """The deterministic evaluation action function: the whole chain without the exploration floor (paper D.2)."""
 
     def act(obs):
-        chunk = sample(actor, sched, torch.as_tensor(obs, device=device), kw["denoising_steps"], kw["horizon_steps"],
-                       kw["action_dim"], "eval", randn_clip=args.randn_clip_value, clip=args.denoised_clip_value)
+        chunk = sample(
+            actor,
+            sched,
+            torch.as_tensor(obs, device=device),
+            kw["denoising_steps"],
+            kw["horizon_steps"],
+            kw["action_dim"],
+            "eval",
+            randn_clip=args.randn_clip_value,
+            clip=args.denoised_clip_value,
+        )
         return chunk.cpu().numpy()
 
     return act
@@ -478,13 +571,19 @@ def num_gradient_steps(args):
 def check_args(args):
     runs.check_ranges(args, None if args.eval_only else args.num_envs * args.n_steps * args.act_steps)
     if args.buffer_size < args.batch_size:
-        envs.fail(f"--buffer-size {args.buffer_size} is smaller than --batch-size {args.batch_size}; "
-                  f"use a buffer of at least one batch")
+        envs.fail(
+            f"--buffer-size {args.buffer_size} is smaller than --batch-size {args.batch_size}; "
+            f"use a buffer of at least one batch"
+        )
     if num_gradient_steps(args) < 1:
-        envs.fail(f"--replay-ratio {args.replay_ratio} gives 0 gradient steps per iteration "
-                  f"(int(n_steps * num_envs / batch_size * replay_ratio)); raise it or --n-steps")
+        envs.fail(
+            f"--replay-ratio {args.replay_ratio} gives 0 gradient steps per iteration "
+            f"(int(n_steps * num_envs / batch_size * replay_ratio)); raise it or --n-steps"
+        )
     if args.act_steps > args.horizon_steps:
-        envs.fail(f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps")
+        envs.fail(
+            f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps"
+        )
     if len(args.critic_dims) % 2 != 1 or len(set(args.critic_dims)) != 1:
         envs.fail(f"--critic-dims {args.critic_dims}: give an odd number of equal widths (e.g. 256 256 256)")
 
@@ -493,8 +592,10 @@ def load_diffusion_checkpoint(path, args):
     """Load a diffusion checkpoint and check it against the flags (one-line errors)."""
     ckpt = envs.load_diffusion_checkpoint(path, args)
     if ckpt["algo"] == ALGO and "critic" in ckpt and ckpt["critic_kwargs"]["act_steps"] != args.act_steps:
-        envs.fail(f"{path} has a critic for chunks of {ckpt['critic_kwargs']['act_steps']} actions; pass --act-steps "
-                  f"{ckpt['critic_kwargs']['act_steps']}")
+        envs.fail(
+            f"{path} has a critic for chunks of {ckpt['critic_kwargs']['act_steps']} actions; pass --act-steps "
+            f"{ckpt['critic_kwargs']['act_steps']}"
+        )
     return ckpt
 
 
@@ -505,9 +606,15 @@ def main(args):
     steps_per_iter = args.num_envs * args.n_steps * args.act_steps
     num_iters = max(1, args.total_timesteps // steps_per_iter)
     n_grad = num_gradient_steps(args)
-    plan = "evaluation only" if args.eval_only else (f"{num_iters} iterations of {steps_per_iter} env steps, "
-                                                    f"{n_grad} gradient steps each (batch {args.batch_size}, "
-                                                    f"buffer {args.buffer_size} transitions)")
+    plan = (
+        "evaluation only"
+        if args.eval_only
+        else (
+            f"{num_iters} iterations of {steps_per_iter} env steps, "
+            f"{n_grad} gradient steps each (batch {args.batch_size}, "
+            f"buffer {args.buffer_size} transitions)"
+        )
+    )
     print(f"[start] {ALGO} on {args.env_id}: {plan}", flush=True)
     device = runs.seed_everything(args)
     path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", "mlp")
@@ -527,13 +634,17 @@ def main(args):
     try:
         actor.load_state_dict(ckpt["model"])
     except RuntimeError:
-        envs.fail(f"{path}: weights do not fit the network its model_kwargs describe; it was written by another architecture")
+        envs.fail(
+            f"{path}: weights do not fit the network its model_kwargs describe; it was written by another architecture"
+        )
     sched = {k: v.to(device) for k, v in make_schedule(K).items()}
     act = eval_policy(actor, sched, kw, args, device)
     evals, env_steps, t_start = runs.Evaluations(writer, robo), ckpt.get("env_steps", 0), time.time()
 
     def finish():
-        runs.finish_run(run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization)
+        runs.finish_run(
+            run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization
+        )
 
     if args.eval_only:
         print(f"[eval] evaluating {path} ({args.eval_episodes} episodes)...", flush=True)
@@ -541,8 +652,13 @@ def main(args):
         print(f"[eval] return {evals.last:.1f}" + (f", success rate {evals.last_success:.2f}" if robo else ""))
         return finish()
 
-    critic_kwargs = dict(obs_dim=obs_dim, cond_steps=args.cond_steps, action_dim=action_dim, act_steps=args.act_steps,
-                         dims=tuple(resume["critic_kwargs"]["dims"] if resume else args.critic_dims))
+    critic_kwargs = dict(
+        obs_dim=obs_dim,
+        cond_steps=args.cond_steps,
+        action_dim=action_dim,
+        act_steps=args.act_steps,
+        dims=tuple(resume["critic_kwargs"]["dims"] if resume else args.critic_dims),
+    )
     critic = DoubleQCritic(**critic_kwargs).to(device)  # fresh critic (official: nothing is pre-trained)
     target_critic = DoubleQCritic(**critic_kwargs).to(device).requires_grad_(False)
     target_critic.load_state_dict(critic.state_dict())
@@ -563,8 +679,15 @@ def main(args):
         evals.run(env_steps, act, args, normalization)
 
     buffer = ReplayBuffer(args.buffer_size, (args.cond_steps, obs_dim), (Tp, action_dim))
-    vec = envs.make_vec_env(args.env_id, args.num_envs, args.seed + start_iter * args.num_envs, args.act_steps,
-                            args.cond_steps, normalization, args.async_envs)
+    vec = envs.make_vec_env(
+        args.env_id,
+        args.num_envs,
+        args.seed + start_iter * args.num_envs,
+        args.act_steps,
+        args.cond_steps,
+        normalization,
+        args.async_envs,
+    )
     obs, _ = vec.reset(seed=args.seed + start_iter * args.num_envs)
     recent_returns, iteration = [], start_iter
     if resume is not None:  # continue exactly where the checkpoint stopped: envs mid-episode, every RNG, the buffer
@@ -572,24 +695,59 @@ def main(args):
         runs.restore_buffer(buffer, resume)
 
     def save(it):
-        state = dict(algo=ALGO, policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(), model_kwargs=kw,
-                     normalization=normalization, env_id=args.env_id, args=asdict(args), iteration=it, env_steps=env_steps,
-                     critic=critic.state_dict(), target_critic=target_critic.state_dict(), critic_kwargs=critic_kwargs,
-                     actor_optimizer=actor_opt.state_dict(), critic_optimizer=critic_opt.state_dict(),
-                     **evals.state_dict(), **runs.run_state(vec, obs, None, recent_returns))
+        state = dict(
+            algo=ALGO,
+            policy="diffusion",
+            backbone=kw["backbone"],
+            model=actor.state_dict(),
+            model_kwargs=kw,
+            normalization=normalization,
+            env_id=args.env_id,
+            args=asdict(args),
+            iteration=it,
+            env_steps=env_steps,
+            critic=critic.state_dict(),
+            target_critic=target_critic.state_dict(),
+            critic_kwargs=critic_kwargs,
+            actor_optimizer=actor_opt.state_dict(),
+            critic_optimizer=critic_opt.state_dict(),
+            **evals.state_dict(),
+            **runs.run_state(vec, obs, None, recent_returns),
+        )
         if robo:
             state["robomimic_env_args"] = envs.robomimic_env_args(args.env_id)
-        runs.save_iteration(state, run_dir, it, args.save_freq, num_iters, writer,
-                            last_only=dict(replay_buffer=runs.buffer_state(buffer)))
+        runs.save_iteration(
+            state,
+            run_dir,
+            it,
+            args.save_freq,
+            num_iters,
+            writer,
+            last_only=dict(replay_buffer=runs.buffer_state(buffer)),
+        )
 
     progress = runs.Progress(num_iters * steps_per_iter, env_steps, ALGO)
     while iteration < num_iters:
         t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
         # ---- rollout: whole chain with the exploration floor; store every transition ----
         for _ in range(args.n_steps):
-            chunk = sample(actor, sched, torch.as_tensor(obs, device=device), K, Tp, action_dim, "train",
-                           args.min_sampling_denoising_std, args.randn_clip_value, args.denoised_clip_value).cpu().numpy()
-            next_obs, reward, term, trunc, infos = vec.step(chunk[:, :args.act_steps])
+            chunk = (
+                sample(
+                    actor,
+                    sched,
+                    torch.as_tensor(obs, device=device),
+                    K,
+                    Tp,
+                    action_dim,
+                    "train",
+                    args.min_sampling_denoising_std,
+                    args.randn_clip_value,
+                    args.denoised_clip_value,
+                )
+                .cpu()
+                .numpy()
+            )
+            next_obs, reward, term, trunc, infos = vec.step(chunk[:, : args.act_steps])
             runs.check_finite(iteration, reward=reward, observation=next_obs)
             env_steps += args.num_envs * args.act_steps  # episodes that end here are logged at this count
             buffer.add(obs, chunk, reward * args.scale_reward_factor, envs.final_observations(next_obs, infos), term)
@@ -603,15 +761,26 @@ def main(args):
         stats = {k: [] for k in ("q_loss", "actor_loss", "q_grad_norm", "q1_mean", "q2_mean", "target_q_mean")}
         for _ in range(n_grad):
             batch = buffer.sample(args.batch_size, device)
-            next_actions = sample(actor, sched, batch["next_obs"], K, Tp, action_dim, "train",
-                                  args.min_sampling_denoising_std, args.randn_clip_value, args.denoised_clip_value)
+            next_actions = sample(
+                actor,
+                sched,
+                batch["next_obs"],
+                K,
+                Tp,
+                action_dim,
+                "train",
+                args.min_sampling_denoising_std,
+                args.randn_clip_value,
+                args.denoised_clip_value,
+            )
             loss_q, q1, q2, y = critic_loss(critic, target_critic, batch, next_actions, args.gamma, args.act_steps)
             critic_opt.zero_grad()
             loss_q.backward()
             critic_opt.step()
             if update_actor:
-                loss_a, grad_q = qsm_actor_loss(actor, critic, sched, batch["obs"], batch["chunks"], K,
-                                                args.act_steps, args.q_grad_coeff)
+                loss_a, grad_q = qsm_actor_loss(
+                    actor, critic, sched, batch["obs"], batch["chunks"], K, args.act_steps, args.q_grad_coeff
+                )
                 actor_opt.zero_grad()
                 loss_a.backward()
                 if args.max_grad_norm is not None:
@@ -620,7 +789,12 @@ def main(args):
                 stats["actor_loss"].append(loss_a.item())
                 stats["q_grad_norm"].append(grad_q.flatten(1).norm(dim=1).mean().item())
             soft_update(target_critic, critic, args.critic_tau)
-            for k, v in (("q_loss", loss_q), ("q1_mean", q1.mean()), ("q2_mean", q2.mean()), ("target_q_mean", y.mean())):
+            for k, v in (
+                ("q_loss", loss_q),
+                ("q1_mean", q1.mean()),
+                ("q2_mean", q2.mean()),
+                ("target_q_mean", y.mean()),
+            ):
                 stats[k].append(v.item())
         t_update = time.time() - t_update
         iteration += 1
@@ -634,14 +808,24 @@ def main(args):
         for k in ("q1_mean", "q2_mean", "target_q_mean", "q_grad_norm"):
             if k in stats:
                 writer.add_scalar(f"values/{k}", stats[k], env_steps)
-        runs.log_iteration(writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes)
+        runs.log_iteration(
+            writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes
+        )
         writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
         writer.add_scalar("charts/critic_learning_rate", critic_opt.param_groups[0]["lr"], env_steps)
         writer.add_scalar("charts/buffer_size", buffer.size, env_steps)
         if iteration % args.eval_freq == 0 or iteration == num_iters:
             evals.run(env_steps, act, args, normalization)
-        progress.update(iteration, num_iters, env_steps, recent_returns, evals, successes, q_loss=stats["q_loss"],
-                        actor_loss=stats.get("actor_loss", "- (critic warm-up)"))
+        progress.update(
+            iteration,
+            num_iters,
+            env_steps,
+            recent_returns,
+            evals,
+            successes,
+            q_loss=stats["q_loss"],
+            actor_loss=stats.get("actor_loss", "- (critic warm-up)"),
+        )
         save(iteration)
     progress.close()
     vec.close()

@@ -219,8 +219,10 @@ def make_robomimic_env(env_id: str, render_mode: str | None = None) -> Robomimic
 def robomimic_demo_fix(task: str, kind: str = "scripted") -> str:
     if task in ("lift", "can", "square", "transport"):  # the tasks scripts/make_robomimic_demos.py has a controller for
         flag = MADE_HERE.get(kind, "")
-        return (f"make demos with: python scripts/make_robomimic_demos.py --task {task}{flag} "
-                f"(then --dataset {task}-{kind if kind in MADE_HERE else 'scripted'})")
+        return (
+            f"make demos with: python scripts/make_robomimic_demos.py --task {task}{flag} "
+            f"(then --dataset {task}-{kind if kind in MADE_HERE else 'scripted'})"
+        )
     return f"download --dataset {task}-mh when online or pass a {task} robomimic low_dim hdf5 path"
 
 

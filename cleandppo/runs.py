@@ -39,19 +39,69 @@ FLOAT_RANGES = {
     **dict.fromkeys(("gae_lambda", "td_lambda", "ema_decay"), UNIT),
     **dict.fromkeys(("gamma", "gamma_denoising", "td_alpha", "critic_tau", "target_ema_rate", "sde_step_size"), RATE),
     **dict.fromkeys(("expectile", "sde_eps"), OPEN_UNIT),
-    **dict.fromkeys(("min_sampling_denoising_std", "std_min", "ent_coef", "vf_coef", "clip_ploss_coef_rate", "train_action_noise",
-                     "q_grad_coeff", "eta", "bc_loss_coeff", "actor_weight_decay", "critic_weight_decay", "pretrain_weight_decay",
-                     "actor_min_lr", "critic_min_lr", "pretrain_min_lr"), NON_NEGATIVE),
-    **dict.fromkeys(("actor_lr", "critic_lr", "pretrain_lr", "action_lr", "std_max", "fixed_std",
-                     "min_logprob_denoising_std", "denoised_clip_value", "randn_clip_value", "beta",
-                     "boltzmann_temperature", "max_adv_weight", "max_reward_weight", "scale_reward_factor", "replay_ratio", "target_kl", "max_grad_norm", "clip_coef",
-                     "clip_ploss_coef", "clip_ploss_coef_base"), POSITIVE),
+    **dict.fromkeys(
+        (
+            "min_sampling_denoising_std",
+            "std_min",
+            "ent_coef",
+            "vf_coef",
+            "clip_ploss_coef_rate",
+            "train_action_noise",
+            "q_grad_coeff",
+            "eta",
+            "bc_loss_coeff",
+            "actor_weight_decay",
+            "critic_weight_decay",
+            "pretrain_weight_decay",
+            "actor_min_lr",
+            "critic_min_lr",
+            "pretrain_min_lr",
+        ),
+        NON_NEGATIVE,
+    ),
+    **dict.fromkeys(
+        (
+            "actor_lr",
+            "critic_lr",
+            "pretrain_lr",
+            "action_lr",
+            "std_max",
+            "fixed_std",
+            "min_logprob_denoising_std",
+            "denoised_clip_value",
+            "randn_clip_value",
+            "beta",
+            "boltzmann_temperature",
+            "max_adv_weight",
+            "max_reward_weight",
+            "scale_reward_factor",
+            "replay_ratio",
+            "target_kl",
+            "max_grad_norm",
+            "clip_coef",
+            "clip_ploss_coef",
+            "clip_ploss_coef_base",
+        ),
+        POSITIVE,
+    ),
     **dict.fromkeys(("logprob_min", "logprob_max", "target_return"), ANY),
 }
-INT_FROM_ZERO = ("seed", "n_critic_warmup_itr", "ema_start_epoch", "record_transitions", "hutchinson_probes",
-                 "critic_replay_ratio", "action_gradient_steps")
-ORDERED_PAIRS = (("std_min", "std_max"), ("actor_min_lr", "actor_lr"), ("critic_min_lr", "critic_lr"),
-                 ("pretrain_min_lr", "pretrain_lr"), ("logprob_min", "logprob_max"))
+INT_FROM_ZERO = (
+    "seed",
+    "n_critic_warmup_itr",
+    "ema_start_epoch",
+    "record_transitions",
+    "hutchinson_probes",
+    "critic_replay_ratio",
+    "action_gradient_steps",
+)
+ORDERED_PAIRS = (
+    ("std_min", "std_max"),
+    ("actor_min_lr", "actor_lr"),
+    ("critic_min_lr", "critic_lr"),
+    ("pretrain_min_lr", "pretrain_lr"),
+    ("logprob_min", "logprob_max"),
+)
 
 
 def flag(name: str) -> str:
@@ -99,8 +149,10 @@ def check_ranges(args, steps_per_iter: int | None = None):
         if a is not None and b is not None and a > b:
             envs.fail(f"{flag(low)} {a} is above {flag(high)} {b}; pass {flag(low)} <= {flag(high)}")
     if steps_per_iter is not None and args.total_timesteps < steps_per_iter:
-        envs.fail(f"--total-timesteps {args.total_timesteps} is below one iteration ({steps_per_iter} env steps = "
-                  f"--num-envs x --n-steps x --act-steps); pass --total-timesteps {steps_per_iter} or more")
+        envs.fail(
+            f"--total-timesteps {args.total_timesteps} is below one iteration ({steps_per_iter} env steps = "
+            f"--num-envs x --n-steps x --act-steps); pass --total-timesteps {steps_per_iter} or more"
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -148,8 +200,10 @@ def prepare_run_dir(args, algo: str, resume_path: str | None = None) -> str:
     if holds_run(run_dir) and not resuming_here and not getattr(args, "overwrite", False):
         last = os.path.join(run_dir, "checkpoint_last.pt")
         resume = f"resume it with --checkpoint {last}, " if os.path.isfile(last) else ""
-        envs.fail(f"--run-dir {run_dir} already holds a run; {resume}pass --overwrite to replace it, "
-                  "or pick another --run-dir")
+        envs.fail(
+            f"--run-dir {run_dir} already holds a run; {resume}pass --overwrite to replace it, "
+            "or pick another --run-dir"
+        )
     if getattr(args, "track", False):
         try:
             import wandb  # noqa: F401
@@ -185,8 +239,9 @@ def open_run(run_dir: str, args, resume_step: int | None = None):
 
         # a resumed run is a new W&B run; TensorBoard's files in run_dir hold the continued curves. W&B's own files go
         # to <run_dir>/wandb (with WANDB_MODE=offline: `wandb sync <run_dir>/wandb/offline-run-*` uploads them later)
-        wandb.init(project="cleandppo", config=vars(args), name=os.path.basename(run_dir), sync_tensorboard=True,
-                   dir=run_dir)
+        wandb.init(
+            project="cleandppo", config=vars(args), name=os.path.basename(run_dir), sync_tensorboard=True, dir=run_dir
+        )
     writer = SummaryWriter(run_dir, purge_step=None if resume_step is None else resume_step + 1)
     table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
@@ -217,8 +272,10 @@ def check_finite(iteration: int, **values):
             continue
         last = os.path.join(_run["dir"] or ".", "checkpoint_last.pt")
         kept = f"{last} is the last good checkpoint" if os.path.isfile(last) else "no checkpoint was written"
-        envs.fail(f"non-finite {name.replace('_', ' ')} in iteration {iteration + 1}; the run stopped and {kept}; "
-                  "check the environment's rewards and observations, or lower the learning rates")
+        envs.fail(
+            f"non-finite {name.replace('_', ' ')} in iteration {iteration + 1}; the run stopped and {kept}; "
+            "check the environment's rewards and observations, or lower the learning rates"
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -346,8 +403,15 @@ def restore_buffer(buffer, resume: dict):
             setattr(buffer, key, value)
 
 
-def save_iteration(state: dict, run_dir: str, iteration: int, save_freq: int, num_iters: int, writer=None,
-                   last_only: dict | None = None):
+def save_iteration(
+    state: dict,
+    run_dir: str,
+    iteration: int,
+    save_freq: int,
+    num_iters: int,
+    writer=None,
+    last_only: dict | None = None,
+):
     """At an iteration boundary: flush the curves, then write checkpoint_last.pt (with `last_only` too, e.g. the replay
     buffer) and checkpoint_<iteration>.pt every `save_freq` iterations and at the end, each atomically: a kill
     leaves the last finished iteration."""
@@ -374,13 +438,24 @@ def run_cli(main, *main_args):
 # ------------------------------------------------------------------------------------------------
 # 5. Summary
 # ------------------------------------------------------------------------------------------------
-def write_summary(run_dir: str, algo: str, args, env_steps: int, wall: float, pretrained, final, best, success=(),
-                  **extra):
+def write_summary(
+    run_dir: str, algo: str, args, env_steps: int, wall: float, pretrained, final, best, success=(), **extra
+):
     """summary.json of a run (read by benchmark.sh, scripts/summarize.py); `success`: robomimic's 3 success rates."""
     rates = {f"{k}_eval_success_rate": v for k, v in zip(("pretrained", "final", "best"), success or ())}
-    summary = dict(algo=algo, env_id=args.env_id, seed=args.seed, env_steps=int(env_steps), wall_time_s=wall,
-                   pretrained_eval_return=pretrained, final_eval_return=final, best_eval_return=best, args=asdict(args),
-                   **extra, **rates)
+    summary = dict(
+        algo=algo,
+        env_id=args.env_id,
+        seed=args.seed,
+        env_steps=int(env_steps),
+        wall_time_s=wall,
+        pretrained_eval_return=pretrained,
+        final_eval_return=final,
+        best_eval_return=best,
+        args=asdict(args),
+        **extra,
+        **rates,
+    )
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2, default=str)
     print(f"[done] summary in {os.path.join(run_dir, 'summary.json')}")
@@ -445,8 +520,9 @@ class Progress:
         self.total, self.start, self.t0 = total_steps, done_steps, time.time()
         self.bar = None
         if sys.stderr.isatty():
-            self.bar = tqdm(total=total_steps, initial=done_steps, desc=desc, unit="step", unit_scale=True,
-                            dynamic_ncols=True)
+            self.bar = tqdm(
+                total=total_steps, initial=done_steps, desc=desc, unit="step", unit_scale=True, dynamic_ncols=True
+            )
 
     def update(self, iteration: int, num_iters: int, env_steps: int, recent_returns, evals, successes, **numbers):
         """Report the end of `iteration`: the mean return of the last 50 training episodes, the last evaluation,
@@ -464,8 +540,11 @@ class Progress:
         elapsed = time.time() - self.t0
         sps = (env_steps - self.start) / max(elapsed, 1e-9)
         left = (self.total - env_steps) / sps if sps > 0 else float("nan")
-        print(f"iter {iteration}/{num_iters} | steps {env_steps}/{self.total} | {text} | SPS {sps:.0f} | "
-              f"left {left / 60:.1f}m", flush=True)
+        print(
+            f"iter {iteration}/{num_iters} | steps {env_steps}/{self.total} | {text} | SPS {sps:.0f} | "
+            f"left {left / 60:.1f}m",
+            flush=True,
+        )
 
     def close(self):
         if self.bar is not None:
@@ -496,8 +575,16 @@ class Evaluations:
         """Evaluate the action function `act` over --eval-episodes episodes (envs.run_episodes; env i seeded with
         --seed + 10000 + i), record the result at `env_steps` and return (mean return, its std, success rate:
         the fraction of returns > 0, meaningful on robomimic's 0/1 reward)."""
-        returns, _ = envs.run_episodes(act, args.env_id, args.eval_episodes, args.seed + 10_000, args.act_steps,
-                                       args.cond_steps, normalization, args.async_envs)
+        returns, _ = envs.run_episodes(
+            act,
+            args.env_id,
+            args.eval_episodes,
+            args.seed + 10_000,
+            args.act_steps,
+            args.cond_steps,
+            normalization,
+            args.async_envs,
+        )
         mean, std, success = float(np.mean(returns)), float(np.std(returns)), envs.success_rate(returns)
         self.add(env_steps, mean, success)
         return mean, std, success
@@ -531,8 +618,9 @@ def seed_everything(args):
     return torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
 
-def log_iteration(writer, env_steps: int, steps_per_second: float, t_rollout: float, t_update: float, device,
-                  successes: list):
+def log_iteration(
+    writer, env_steps: int, steps_per_second: float, t_rollout: float, t_update: float, device, successes: list
+):
     """The charts every script logs after an iteration: charts/SPS, time/rollout_s, time/update_s,
     charts/peak_memory_mb and, when episodes reported success (robomimic), charts/success_rate."""
     writer.add_scalar("charts/SPS", int(steps_per_second), env_steps)
@@ -553,12 +641,15 @@ def log_episodes(writer, infos: dict, env_steps: int, recent_returns: list, succ
     successes += envs.finished_successes(infos)
 
 
-GL_FIX = ("no OpenGL backend works here; install one and select it, e.g. apt-get install libosmesa6 and "
-          "MUJOCO_GL=osmesa (CPU), or apt-get install libegl1 and MUJOCO_GL=egl (GPU)")
+GL_FIX = (
+    "no OpenGL backend works here; install one and select it, e.g. apt-get install libosmesa6 and "
+    "MUJOCO_GL=osmesa (CPU), or apt-get install libegl1 and MUJOCO_GL=egl (GPU)"
+)
 
 
-def capture_video(run_dir: str, env_id: str, act_fn, act_steps: int, cond_steps: int, normalization, seed: int,
-                  name: str = "eval.mp4") -> str | None:
+def capture_video(
+    run_dir: str, env_id: str, act_fn, act_steps: int, cond_steps: int, normalization, seed: int, name: str = "eval.mp4"
+) -> str | None:
     """Run one evaluation episode of `act_fn` (as envs.run_episodes takes it) and write it to run_dir/name as an mp4
     (imageio-ffmpeg, no system ffmpeg needed); return the path. MuJoCo tasks render through OpenGL: where no
     backend works this prints one line naming the fix and returns None, and the run goes on. Avoid draws with
@@ -575,8 +666,11 @@ def capture_video(run_dir: str, env_id: str, act_fn, act_steps: int, cond_steps:
             frames = [env.render()]
     except Exception as e:  # mujoco.FatalError, GLFW/EGL/OSMesa errors: which one depends on MUJOCO_GL
         detail = str(e).splitlines()[0][:100] if str(e) else ""
-        print(f"--capture-video: {env_id} cannot render ({e.__class__.__name__}: {detail}); {GL_FIX}; no video "
-              "written", file=sys.stderr, flush=True)
+        print(
+            f"--capture-video: {env_id} cannot render ({e.__class__.__name__}: {detail}); {GL_FIX}; no video written",
+            file=sys.stderr,
+            flush=True,
+        )
         return None
     for _ in range(envs.max_episode_steps(env_id) // act_steps + 1):  # the time limit ends the episode by then
         obs, _, term, trunc, _ = env.step(np.asarray(act_fn(obs[None]))[0, :act_steps])

@@ -121,8 +121,8 @@ IDQL target Q ignores critic_tau | idql.py | tests/test_offpolicy_updates.py
 - soft_update(q_target, q_critic, args.critic_tau)
 + soft_update(q_target, q_critic, 1.0)
 DIPO next action from the online actor | dipo.py | tests/test_offpolicy_updates.py
-- next_a = sample(target_actor, sched,
-+ next_a = sample(actor, sched,
+- next_a = sample(\n                target_actor,
++ next_a = sample(\n                actor,
 DIPO action gradient descends | dipo.py | tests/test_offpolicy_updates.py
 - (a.grad,) = torch.autograd.grad(-torch.minimum(q1, q2).sum(), a)
 + (a.grad,) = torch.autograd.grad(torch.minimum(q1, q2).sum(), a)
@@ -188,8 +188,8 @@ time-out stored as terminal (qsm) | qsm.py | tests/test_loops.py
 - envs.final_observations(next_obs, infos), term)
 + envs.final_observations(next_obs, infos), np.logical_or(term, trunc))
 time-out not marked truncated (dawr) | dawr.py | tests/test_loops.py
-- term, np.logical_and(trunc, np.logical_not(term)),
-+ np.logical_or(term, trunc), np.zeros_like(trunc),
+- term,\n                np.logical_and(trunc, np.logical_not(term)),
++ np.logical_or(term, trunc),\n                np.zeros_like(trunc),
 target critic ignores its rate in the loop (dql) | dql.py | tests/test_dql_qsm_shared.py
 - soft_update(target_critic, critic, args.target_ema_rate)
 + soft_update(target_critic, critic, 0.005)
@@ -214,8 +214,8 @@ DQL Q heads swapped | dql.py | tests/test_dql.py
 - normalized_q_loss(q1, q2) if use_q1 else normalized_q_loss(q2, q1)
 + normalized_q_loss(q2, q1) if use_q1 else normalized_q_loss(q1, q2)
 DQL Q term sees the unexecuted actions | dql.py | tests/test_dql.py
-- randn_clip, clip, grad=True)[:, :act_steps]
-+ randn_clip, clip, grad=True)
+- grad=True,\n    )[:, :act_steps]
++ grad=True,\n    )
 QSM score target without its coefficient | qsm.py | tests/test_qsm.py
 - ((-eps_hat - q_grad_coeff * grad_q) ** 2).mean()
 + ((-eps_hat - grad_q) ** 2).mean()
@@ -253,8 +253,8 @@ an evaluation that is not recorded | runs.py | tests/test_runs_cli.py
 - self.add(env_steps, mean, success)
 + pass
 evaluation envs seeded like the training envs | runs.py | tests/test_runs_cli.py
-- args.seed + 10_000, args.act_steps,
-+ args.seed, args.act_steps,
+- args.seed + 10_000,
++ args.seed,
 # issue #16: official formats and the points where we follow the official code
 official diffusion checkpoint takes model, not ema | official.py | tests/test_official.py -k ema_weights
 - entry = "ema" if policy == "diffusion" and "ema" in raw else "model"
@@ -319,8 +319,8 @@ cond_mlp built but the head sees the raw observation (qsm) | qsm.py | tests/test
 - obs = obs.flatten(1) if self.cond_mlp is None else self.cond_mlp(obs.flatten(1))
 + obs = obs.flatten(1)
 cond_mlp dropped when rebuilding from model_kwargs (idql) | idql.py | tests/test_shared_copies.py -k cond_mlp
-- cond_mlp_dims=tuple(kw.get("cond_mlp_dims") or ()))
-+ cond_mlp_dims=())
+- cond_mlp_dims=tuple(kw.get("cond_mlp_dims") or ()),
++ cond_mlp_dims=(),
 cond_mlp_dims not stored in the checkpoint (dppo) | dppo.py | tests/test_robomimic_checkpoints.py -k stores
 - cond_mlp_dims=tuple(args.cond_mlp_dims),
 +
