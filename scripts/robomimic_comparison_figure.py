@@ -96,7 +96,7 @@ ax.set_ylim(-0.02, 1.02)
 episodes = sorted({r["episodes"] for r in rows if r["kind"] == "in-run" and r["episodes"]})
 ax.set_title(f"{cli.title}\nlines: in-run evals ({'/'.join(map(str, episodes))} episodes), mean and min-max band over seeds", fontsize=9)
 ax.grid(alpha=0.3)
-ax.legend(fontsize=8, loc="lower right")
+ax.legend(fontsize=7, loc="lower left")
 fig.tight_layout()
 fig.savefig(cli.out + ".png", dpi=120)
 
