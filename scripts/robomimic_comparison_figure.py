@@ -103,7 +103,7 @@ ax.set_title(
     fontsize=9,
 )
 ax.grid(alpha=0.3)
-ax.legend(fontsize=8, loc="lower right")
+ax.legend(fontsize=7, loc="lower left")
 fig.tight_layout()
 fig.savefig(cli.out + ".png", dpi=120)
 
