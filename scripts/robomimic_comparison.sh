@@ -21,7 +21,7 @@
 #   EVAL_FREQ=2     in-run evaluation every N iterations (and after the last), EVAL_EPISODES episodes each
 #   EVAL_EPISODES=5
 #   WORKERS=2       runs at a time (one torch thread each)
-#   LAUNCH=""       prefix of every heavy command (this project's shared machine: LAUNCH=/work/heavy/heavy.sh)
+#   LAUNCH=""       prefix of every heavy command (e.g. a wrapper that waits for a free CPU slot)
 #   RUNS=runs/robomimic_lift_comparison (finished runs, those with a final50 summary.json, are skipped)
 # Everything not given below is each script's per-task (lift) table (docs/robomimic.md).
 set -euo pipefail
