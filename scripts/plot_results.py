@@ -82,23 +82,31 @@ def parse_args():
     )
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples of the confidence intervals")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    parser.add_argument(
+        "--names-from-folders",
+        action="store_true",
+        help="take task, algorithm and seed from the folder names <task>__<algo>__<seed> (seed may read s0) even "
+        "where summary.json exists, e.g. to tell apart runs of one script with different flags (dppo-k10, dppo-k4)",
+    )
     return parser.parse_args()
 
 
 # ------------------------------------------------------------------------------------------------
 # Runs: identity and evaluation curves
 # ------------------------------------------------------------------------------------------------
-def run_identity(run_dir: str):
-    """(task, algo, seed) of a run: summary.json's keys, else the folder name <env>__<algo>__<seed>; None if neither."""
+def run_identity(run_dir: str, from_folder: bool = False):
+    """(task, algo, seed) of a run: summary.json's keys, else (or with `from_folder`) the folder name
+    <env>__<algo>__<seed>, the seed optionally written s<seed>; None if neither."""
     path = os.path.join(run_dir, "summary.json")
-    if os.path.isfile(path):
+    if os.path.isfile(path) and not from_folder:
         with open(path) as f:
             summary = json.load(f)
         if all(k in summary for k in ("env_id", "algo", "seed")):
             return summary["env_id"].lower(), summary["algo"], int(summary["seed"])
     parts = os.path.basename(os.path.normpath(run_dir)).split("__")
-    if len(parts) >= 3 and parts[2].isdigit():
-        return parts[0].lower(), parts[1], int(parts[2])
+    seed = parts[2].removeprefix("s") if len(parts) >= 3 else ""
+    if seed.isdigit():
+        return parts[0].lower(), parts[1], int(seed)
     return None
 
 
@@ -109,14 +117,14 @@ def read_curves(run_dir: str) -> dict:
     return {m: {e.step: e.value for e in acc.Scalars(tag)} for m, tag in METRICS.items() if tag in tags}
 
 
-def load_runs(root: str) -> dict:
+def load_runs(root: str, from_folders: bool = False) -> dict:
     """{(task, algo): {seed: {metric: {env_step: value}}}} of every run folder under `root`."""
     runs = defaultdict(dict)
     folders = sorted(
         {os.path.dirname(p) for p in glob.glob(os.path.join(root, "**", "events.out.tfevents.*"), recursive=True)}
     )
     for run_dir in folders:
-        identity = run_identity(run_dir)
+        identity = run_identity(run_dir, from_folders)
         curves = read_curves(run_dir) if identity else {}
         if not curves.get("return"):
             print(
@@ -343,7 +351,7 @@ def main():
         task, _, bounds = ref.partition("=")
         low, high = map(float, bounds.split(","))
         references[task.lower()] = (low, high)
-    runs = load_runs(cli.root)
+    runs = load_runs(cli.root, cli.names_from_folders)
     if not runs:
         raise SystemExit(f"no run with evaluations under {cli.root}; pass the folder benchmark.sh wrote (its OUT)")
     os.makedirs(out, exist_ok=True)

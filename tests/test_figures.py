@@ -116,3 +116,21 @@ def test_plot_results_curves_scores_iqm(tmp_path):
     for name in ("curves_task-a", "curves_task-b", "grid", "aggregate", "profile"):
         for ext in ("png", "pdf"):
             assert (out / f"{name}.{ext}").stat().st_size > 1000, f"{name}.{ext}"
+
+
+def test_run_identity_from_summary_or_folder_name(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("plot_results", os.path.join(ROOT, "scripts", "plot_results.py"))
+    plot_results = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot_results)
+    run = tmp_path / "m2__dppo-k10__s1"
+    run.mkdir()
+    assert plot_results.run_identity(str(run)) == ("m2", "dppo-k10", 1)  # no summary: the folder name, s<seed> too
+    (run / "summary.json").write_text(json.dumps(dict(env_id="avoid-m2", algo="dppo", seed=1)))
+    assert plot_results.run_identity(str(run)) == ("avoid-m2", "dppo", 1)  # summary.json wins by default
+    assert plot_results.run_identity(str(run), from_folder=True) == ("m2", "dppo-k10", 1)
+    default_dir = tmp_path / "hopper-v2__dppo__0__1795770000"  # a script's default run dir name
+    default_dir.mkdir()
+    assert plot_results.run_identity(str(default_dir)) == ("hopper-v2", "dppo", 0)
+    assert plot_results.run_identity(str(tmp_path)) is None
