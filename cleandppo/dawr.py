@@ -603,7 +603,7 @@ def dawr_update(actor, critic, actor_opt, critic_opt, sched, buf, args, device, 
 # ------------------------------------------------------------------------------------------------
 # Evaluation, checks, main
 # ------------------------------------------------------------------------------------------------
-def eval_policy(actor, sched, kw, args, device):
+def eval_act(actor, sched, kw, args, device):
     """The deterministic evaluation action function: no exploration noise (paper D.2)."""
 
     def act(obs):
@@ -687,7 +687,7 @@ def main(args):
             "checkpoint weights do not fit the network its model_kwargs describe; it was written by another architecture"
         )
     sched = {k: v.to(device) for k, v in make_schedule(kw["denoising_steps"]).items()}
-    act = eval_policy(actor, sched, kw, args, device)
+    act = eval_act(actor, sched, kw, args, device)
     evals, env_steps, t_start = runs.Evaluations(writer, robo), ckpt.get("env_steps", 0), time.time()
 
     def finish():

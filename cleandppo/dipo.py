@@ -567,7 +567,7 @@ def dipo_update(
 # ------------------------------------------------------------------------------------------------
 # Evaluation, checks, main
 # ------------------------------------------------------------------------------------------------
-def eval_policy(actor, sched, kw, args, device):
+def eval_act(actor, sched, kw, args, device):
     """The deterministic evaluation action function: no extra noise (DDPM noise kept except at t = 0, paper D.2)."""
 
     def act(obs):
@@ -654,7 +654,7 @@ def main(args):
 
     run_dir = runs.prepare_run_dir(args, ALGO, resume and path)
     writer = runs.open_run(run_dir, args, resume and resume["env_steps"])
-    act = eval_policy(target_actor, sched, kw, args, device)
+    act = eval_act(target_actor, sched, kw, args, device)
     evals, env_steps, t_start = runs.Evaluations(writer, robo), ckpt.get("env_steps", 0), time.time()
 
     def finish():

@@ -597,7 +597,7 @@ def idql_update(
 # ------------------------------------------------------------------------------------------------
 # Evaluation, checks, main
 # ------------------------------------------------------------------------------------------------
-def eval_policy(actor, q_target, v_critic, sched, kw, args, device, use_critic):
+def eval_act(actor, q_target, v_critic, sched, kw, args, device, use_critic):
     """The deterministic evaluation action function, without extra noise: greedy over candidates when
     `use_critic`, else one sample of the actor (the pre-trained policy, before any critic is trained)."""
 
@@ -694,8 +694,8 @@ def main(args):
     run_dir = runs.prepare_run_dir(args, ALGO, resume and path)
     writer = runs.open_run(run_dir, args, resume and resume["env_steps"])
     # evaluation: the actor alone while the critics are fresh (the pre-trained policy), greedy over candidates after
-    act_pretrained = eval_policy(actor, q_target, v_critic, sched, kw, args, device, use_critic=False)
-    act = eval_policy(actor, q_target, v_critic, sched, kw, args, device, use_critic=True)
+    act_pretrained = eval_act(actor, q_target, v_critic, sched, kw, args, device, use_critic=False)
+    act = eval_act(actor, q_target, v_critic, sched, kw, args, device, use_critic=True)
     act = act_pretrained if args.eval_only and resume is None else act
     evals, env_steps, t_start = runs.Evaluations(writer, robo), ckpt.get("env_steps", 0), time.time()
 

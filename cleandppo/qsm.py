@@ -543,7 +543,7 @@ def qsm_actor_loss(actor, critic, sched, obs, chunks, K, act_steps, q_grad_coeff
 # ------------------------------------------------------------------------------------------------
 # Evaluation, checks, checkpoints, main
 # ------------------------------------------------------------------------------------------------
-def eval_policy(actor, sched, kw, args, device):
+def eval_act(actor, sched, kw, args, device):
     """The deterministic evaluation action function: the whole chain without the exploration floor (paper D.2)."""
 
     def act(obs):
@@ -638,7 +638,7 @@ def main(args):
             f"{path}: weights do not fit the network its model_kwargs describe; it was written by another architecture"
         )
     sched = {k: v.to(device) for k, v in make_schedule(K).items()}
-    act = eval_policy(actor, sched, kw, args, device)
+    act = eval_act(actor, sched, kw, args, device)
     evals, env_steps, t_start = runs.Evaluations(writer, robo), ckpt.get("env_steps", 0), time.time()
 
     def finish():

@@ -62,6 +62,13 @@ def test_algo_constant_names_the_script(script):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
+def test_the_same_helpers_have_the_same_names(script):
+    module = load(script)  # docs/contract.md items 3-5
+    for name in ("task_defaults", "check_args", "eval_act", "main"):
+        assert callable(getattr(module, name, None)), f"{script} has no {name}"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_args_start_with_the_common_fields_in_order(script):
     names = tuple(field.name for field in dataclasses.fields(load(script).Args))
     assert names[: len(COMMON_FIELDS)] == COMMON_FIELDS, names[: len(COMMON_FIELDS)]
