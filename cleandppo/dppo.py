@@ -367,6 +367,7 @@ class DiffusionUNet(nn.Module):
         super().__init__()
         if horizon_steps % (2 ** (len(dim_mults) - 1)):
             raise ValueError(f"UNet needs horizon_steps divisible by {2 ** (len(dim_mults) - 1)}, got {horizon_steps}")
+        self.horizon_steps, self.action_dim = horizon_steps, action_dim
         self.time_embedding = nn.Sequential(SinusoidalPosEmb(step_embed_dim), nn.Linear(step_embed_dim, 4 * step_embed_dim),
                                             nn.Mish(), nn.Linear(4 * step_embed_dim, step_embed_dim))
         cond_dim = step_embed_dim + obs_dim * cond_steps
@@ -424,15 +425,16 @@ def model_kwargs_from(args, obs_dim, action_dim) -> dict:
 # Sampling with chain recording (paper 4.1-4.2)
 # ------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def sample(actor, actor_ft, sched, obs, plan, ft_steps, horizon_steps, action_dim, mode, min_sampling_std=0.1,
-           randn_clip=3.0, clip=1.0, generator=None):
+def sample(actor, actor_ft, sched, obs, plan, ft_steps, mode, args, generator=None):
     """Run the reverse chain; return (action chunk, chain (B, ft_steps + 1, Tp, Da) of the fine-tuned steps; chain[:, 0]
     is the input of the first). The last `ft_steps` executed steps use `actor_ft`, the earlier ones the frozen `actor`.
-    `mode`: "train" -> std floored at min_sampling_std at every step (exploration, paper 4.3);
-            "eval"  -> DDPM: natural std floored at 1e-3, none at the final step; DDIM: eta 0 (deterministic)."""
+    `mode`: "train" -> std floored at args.min_sampling_denoising_std at every step (exploration, paper 4.3);
+            "eval"  -> DDPM: natural std floored at 1e-3, none at the final step; DDIM: eta 0 (deterministic).
+    Every step clamps x0 to args.denoised_clip_value and the noise to args.randn_clip_value std."""
     ddim = any(t_prev != t - 1 for t, t_prev in plan)
     B = obs.shape[0]
-    x = torch.randn(B, horizon_steps, action_dim, device=obs.device, generator=generator)
+    shape = (B, actor.horizon_steps, actor.action_dim)
+    x = torch.randn(shape, device=obs.device, generator=generator)
     chain = []
     n = len(plan)
     for i, (t, t_prev) in enumerate(plan):
@@ -441,19 +443,20 @@ def sample(actor, actor_ft, sched, obs, plan, ft_steps, horizon_steps, action_di
         net = actor_ft if i >= n - ft_steps else actor
         eta = 0.0 if (ddim and mode == "eval") else 1.0
         t_b = torch.full((B,), t, dtype=torch.long, device=x.device)
-        mean, var = step_mean_var(net, sched, x, obs, t_b, torch.full_like(t_b, t_prev), ddim, eta, clip)
+        t_prev_b = torch.full_like(t_b, t_prev)
+        mean, var = step_mean_var(net, sched, x, obs, t_b, t_prev_b, ddim, eta, args.denoised_clip_value)
         std = var.sqrt()
         if mode == "train":
-            std = std.clamp(min=min_sampling_std)
+            std = std.clamp(min=args.min_sampling_denoising_std)
         elif ddim:
             std = torch.zeros_like(std)
         else:
             std = std.clamp(min=1e-3) if t > 0 else torch.zeros_like(std)
-        noise = torch.randn(x.shape, device=x.device, generator=generator).clamp(-randn_clip, randn_clip)
-        x = mean + std * noise
+        noise = torch.randn(shape, device=x.device, generator=generator)
+        x = mean + std * noise.clamp(-args.randn_clip_value, args.randn_clip_value)
         if i >= n - ft_steps:
             chain.append(x)
-    chain = torch.stack(chain, dim=1) if chain else x.new_zeros(B, 0, horizon_steps, action_dim)
+    chain = torch.stack(chain, dim=1) if chain else x.new_zeros(B, 0, *shape[1:])
     return x, chain
 
 
@@ -475,14 +478,31 @@ def fine_tuned_timesteps(plan, ft_steps):
     return torch.tensor([t for t, _ in ft]), torch.tensor([tp for _, tp in ft])
 
 
-def denoising_log_prob(actor_ft, sched, obs, x_in, x_out, t, t_prev, ddim, act_steps, min_logprob_std, clip=1.0):
-    """log pi(x_out | x_in, s) of one denoising step (paper eq. 4.3), per sample (B,). The Gaussian std is
-    floored at min_logprob_std (paper 4.3, sigma_min^prob). As the official code: elementwise log-densities
-    clamped to [-5, 2], only the first act_steps rows of the chunk, averaged over (act_steps, action_dim)."""
-    mean, var = step_mean_var(actor_ft, sched, x_in, obs, t, t_prev, ddim, 1.0, clip)
-    std = var.sqrt().clamp(min=min_logprob_std)
+def denoising_log_prob(actor_ft, sched, obs, x_in, x_out, t, t_prev, args, rows=None):
+    """log pi(x_out | x_in, s) of one denoising step (paper eq. 4.3), per sample (B,); DDIM when args.ddim_steps.
+    The Gaussian std is floored at args.min_logprob_denoising_std (paper 4.3, sigma_min^prob). As the official code:
+    elementwise log-densities clamped to [-5, 2], only the first `rows` rows of the chunk (default args.act_steps),
+    averaged over (rows, action_dim)."""
+    ddim = args.ddim_steps is not None
+    mean, var = step_mean_var(actor_ft, sched, x_in, obs, t, t_prev, ddim, 1.0, args.denoised_clip_value)
+    std = var.sqrt().clamp(min=args.min_logprob_denoising_std)
     elementwise = -((x_out - mean) ** 2) / (2 * std**2) - std.log() - 0.5 * math.log(2 * math.pi)
-    return elementwise.clamp(-5.0, 2.0)[:, :act_steps].mean(dim=(-2, -1))
+    rows = args.act_steps if rows is None else rows
+    return elementwise.clamp(-5.0, 2.0)[:, :rows].mean(dim=(-2, -1))
+
+
+def chain_log_probs(actor_ft, sched, obs, chains, args, rows=None):
+    """log-probs (B, K') of every fine-tuned step of recorded chains (B, K' + 1, Tp, Da): all (sample, step) pairs
+    in one batch, as the official get_logprobs."""
+    B = chains.shape[0]
+    K_ft = chains.shape[1] - 1
+    ft_t, ft_t_prev = fine_tuned_timesteps(denoising_plan(len(sched["betas"]), args.ddim_steps), K_ft)
+    x_in = chains[:, :-1].flatten(0, 1)
+    x_out = chains[:, 1:].flatten(0, 1)
+    t = ft_t.repeat(B).to(obs.device)
+    t_prev = ft_t_prev.repeat(B).to(obs.device)
+    logp = denoising_log_prob(actor_ft, sched, obs.repeat_interleave(K_ft, 0), x_in, x_out, t, t_prev, args, rows)
+    return logp.view(B, K_ft)
 
 
 def clip_schedule(ft_steps, clip, clip_base, rate):
@@ -547,16 +567,17 @@ def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
     return advantages, advantages + values
 
 
-def ppo_update(actor_ft, critic, actor_opt, critic_opt, sched, batch, args, ft_t, ft_t_prev, ddim, update_actor=True,
-               generator=None, actor=None):
-    """PPO epochs over the N*E*K' (env step, denoising step) pairs (paper 4.2; official 2.5-2.6)."""
+def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, args, update_actor=True, generator=None):
+    """PPO epochs over the N*E*K' (env step, denoising step) pairs (paper 4.2; official 2.5-2.6). `actor` (frozen)
+    only samples the chains of the BC regulariser."""
     K_ft = batch["chains"].shape[1] - 1
     device = batch["obs"].device
     num_pairs = batch["obs"].shape[0] * K_ft
     mb = min(args.batch_size, num_pairs)
     clips = clip_schedule(K_ft, args.clip_ploss_coef, args.clip_ploss_coef_base, args.clip_ploss_coef_rate).to(device)
     discounts = denoising_discount(K_ft, args.gamma_denoising).to(device)
-    ft_t, ft_t_prev = ft_t.to(device), ft_t_prev.to(device)
+    plan = denoising_plan(len(sched["betas"]), args.ddim_steps)
+    ft_t, ft_t_prev = (t.to(device) for t in fine_tuned_timesteps(plan, K_ft))
     stats, clipfracs = {}, []
     for _epoch in range(args.update_epochs):
         perm = torch.randperm(num_pairs, generator=generator).to(device)
@@ -565,8 +586,7 @@ def ppo_update(actor_ft, critic, actor_opt, critic_opt, sched, batch, args, ft_t
             i, j = flat // K_ft, flat % K_ft  # env-step sample, fine-tuned denoising index
             obs = batch["obs"][i]
             x_in, x_out = batch["chains"][i, j], batch["chains"][i, j + 1]
-            new_logp = denoising_log_prob(actor_ft, sched, obs, x_in, x_out, ft_t[j], ft_t_prev[j], ddim, args.act_steps,
-                                          args.min_logprob_denoising_std, args.denoised_clip_value)
+            new_logp = denoising_log_prob(actor_ft, sched, obs, x_in, x_out, ft_t[j], ft_t_prev[j], args)
             old_logp = batch["logprobs"][i, j]
             adv = batch["advantages"][i]
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
@@ -576,12 +596,10 @@ def ppo_update(actor_ft, critic, actor_opt, critic_opt, sched, batch, args, ft_t
             pg_loss = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - eps, 1 + eps)).mean()
             v_loss = 0.5 * ((critic(obs) - batch["returns"][i]) ** 2).mean()
             loss = pg_loss + args.vf_coef * v_loss
-            if args.bc_loss_coeff:  # BC regulariser (D.7, official use_bc_loss): -log-prob under actor_ft of frozen-actor chains
-                _, bc = sample(actor, actor, sched, obs, denoising_plan(args.denoising_steps, args.ddim_steps), K_ft, *x_in.shape[1:],
-                               "train", args.min_sampling_denoising_std, args.randn_clip_value, args.denoised_clip_value)
-                loss = loss - args.bc_loss_coeff * denoising_log_prob(  # every chunk row, all K' steps (official)
-                    actor_ft, sched, obs.repeat_interleave(K_ft, 0), bc[:, :-1].flatten(0, 1), bc[:, 1:].flatten(0, 1), ft_t.repeat(len(obs)),
-                    ft_t_prev.repeat(len(obs)), ddim, x_in.shape[1], args.min_logprob_denoising_std, args.denoised_clip_value).mean()
+            if args.bc_loss_coeff:  # BC regulariser (D.7, official use_bc_loss): chains of the frozen actor...
+                _, bc_chains = sample(actor, actor, sched, obs, plan, K_ft, "train", args)
+                bc_logp = chain_log_probs(actor_ft, sched, obs, bc_chains, args, rows=bc_chains.shape[2])
+                loss = loss - args.bc_loss_coeff * bc_logp.mean()  # ...made likely under actor_ft: every row, all K' steps
             actor_opt.zero_grad()
             critic_opt.zero_grad()
             loss.backward()
@@ -664,14 +682,13 @@ def pretrain(args, data, run_dir, writer, device):
 # ------------------------------------------------------------------------------------------------
 # Evaluation, checks, main
 # ------------------------------------------------------------------------------------------------
-def eval_act(actor, actor_ft, sched, plan, ft_steps, kw, args, device):
+def eval_act(actor, actor_ft, sched, plan, ft_steps, args, device):
     """The evaluation action function obs -> chunk (envs.run_episodes, runs.capture_video), sampled as
     args.eval_sampling says; the last `ft_steps` denoising steps run the fine-tuned network."""
 
     def act(obs):
-        chunk, _ = sample(actor, actor_ft, sched, torch.as_tensor(obs, device=device), plan, ft_steps,
-                          kw["horizon_steps"], kw["action_dim"], args.eval_sampling, args.min_sampling_denoising_std,
-                          clip=args.denoised_clip_value, randn_clip=args.randn_clip_value)
+        obs = torch.as_tensor(obs, device=device)
+        chunk, _ = sample(actor, actor_ft, sched, obs, plan, ft_steps, args.eval_sampling, args)
         return chunk.cpu().numpy()
 
     return act
@@ -757,12 +774,10 @@ def main(args):
     actor, actor_ft, eval_ft_steps = build_actors(ckpt, args.ft_denoising_steps, device)
     sched = {k: v.to(device) for k, v in make_schedule(kw["denoising_steps"]).items()}
     plan = denoising_plan(kw["denoising_steps"], args.ddim_steps)
-    ddim = args.ddim_steps is not None
     K_ft = args.ft_denoising_steps
-    ft_t, ft_t_prev = fine_tuned_timesteps(plan, K_ft)
 
     if args.pretrain_only or args.eval_only:
-        act = eval_act(actor, actor_ft, sched, plan, eval_ft_steps, kw, args, device)
+        act = eval_act(actor, actor_ft, sched, plan, eval_ft_steps, args, device)
         ret, std, succ = evals.run(ckpt.get("env_steps", 0), act, args, normalization)
         success = f", success rate {succ:.2f}" if robo else ""
         print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes{success}")
@@ -791,7 +806,7 @@ def main(args):
     else:
         which = "initial" if args.from_scratch else "pre-trained"
         print(f"[eval] evaluating the {which} policy ({args.eval_episodes} episodes)...", flush=True)
-        evals.run(env_steps, eval_act(actor, actor_ft, sched, plan, 0, kw, args, device), args, normalization)
+        evals.run(env_steps, eval_act(actor, actor_ft, sched, plan, 0, args, device), args, normalization)
 
     seed = args.seed + start_iter * args.num_envs
     vec = envs.make_vec_env(args.env_id, args.num_envs, seed, args.act_steps, args.cond_steps, normalization, args.async_envs)
@@ -822,9 +837,8 @@ def main(args):
         buf_chain = torch.zeros((N, E, K_ft + 1, Tp, action_dim), device=device)
         buf_rew, buf_term, buf_timeout, buf_first = (np.zeros((N, E)) for _ in range(4))
         for n in range(N):
-            chunk, chain = sample(actor, actor_ft, sched, torch.as_tensor(obs, device=device), plan, K_ft, Tp,
-                                  action_dim, "train", args.min_sampling_denoising_std, args.randn_clip_value,
-                                  args.denoised_clip_value)
+            obs_t = torch.as_tensor(obs, device=device)
+            chunk, chain = sample(actor, actor_ft, sched, obs_t, plan, K_ft, "train", args)
             executed = avoid.add_action_noise(chunk[:, :args.act_steps].cpu().numpy(), iteration, args.train_action_noise)
             next_obs, reward, term, trunc, infos = vec.step(executed)
             runs.check_finite(iteration, reward=reward, observation=next_obs)
@@ -856,18 +870,13 @@ def main(args):
         old_logp = torch.zeros(N * E, K_ft, device=device)
         with torch.no_grad():
             for s0 in range(0, N * E, args.logprob_batch_size):
-                sl = slice(s0, min(N * E, s0 + args.logprob_batch_size))
-                for j in range(K_ft):
-                    n_sl = sl.stop - sl.start
-                    old_logp[sl, j] = denoising_log_prob(
-                        actor_ft, sched, flat_obs[sl], chains[sl, j], chains[sl, j + 1], ft_t[j].expand(n_sl).to(device),
-                        ft_t_prev[j].expand(n_sl).to(device), ddim, args.act_steps, args.min_logprob_denoising_std,
-                        args.denoised_clip_value)
+                sl = slice(s0, s0 + args.logprob_batch_size)
+                old_logp[sl] = chain_log_probs(actor_ft, sched, flat_obs[sl], chains[sl], args)
         batch = dict(obs=flat_obs, chains=chains, logprobs=old_logp,
                      advantages=torch.as_tensor(advantages.reshape(-1), dtype=torch.float32, device=device),
                      returns=torch.as_tensor(returns.reshape(-1), dtype=torch.float32, device=device))
         warm = iteration >= args.n_critic_warmup_itr  # critic warm-up over: the actor updates too
-        stats = ppo_update(actor_ft, critic, actor_opt, critic_opt, sched, batch, args, ft_t, ft_t_prev, ddim, warm, actor=actor)
+        stats = ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, args, update_actor=warm)
         runs.check_finite(iteration, **stats, actor_weights=actor_ft, critic_weights=critic)
         if warm:
             actor_sched.step()
@@ -884,12 +893,12 @@ def main(args):
         writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
         writer.add_scalar("charts/critic_learning_rate", critic_opt.param_groups[0]["lr"], env_steps)
         if iteration % args.eval_freq == 0 or iteration == num_iters:
-            evals.run(env_steps, eval_act(actor, actor_ft, sched, plan, K_ft, kw, args, device), args, normalization)
+            evals.run(env_steps, eval_act(actor, actor_ft, sched, plan, K_ft, args, device), args, normalization)
         progress.update(iteration, num_iters, env_steps, recent_returns, evals, successes, kl=stats["approx_kl"], clipfrac=stats["clipfrac"])
         save(iteration)
     progress.close()
     vec.close()
-    act = eval_act(actor, actor_ft, sched, plan, K_ft, kw, args, device)
+    act = eval_act(actor, actor_ft, sched, plan, K_ft, args, device)
     runs.finish_run(run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization)
 
 
