@@ -29,7 +29,7 @@ ALGO = "dppo"
 class Args:
     # --- common contract (see the README) ---
     env_id: str = "Hopper-v2"
-    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or a gymnasium v4/v5 id), lift/can/square/transport, avoid-m1/m2/m3"""
+    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or gymnasium v4/v5 ids), lift/can/square/transport, avoid-m1/2/3"""
     seed: int = 0
     """seeds torch, numpy and every environment (env i gets seed + i)"""
     num_envs: int = 40
@@ -45,7 +45,7 @@ class Args:
     eval_episodes: int = 10
     """episodes per evaluation"""
     run_dir: Optional[str] = None
-    """where logs, checkpoints and summary.json go (default runs/<env>__<algo>__<seed>__<time>; a resume: its own dir)"""
+    """where logs, checkpoints and summary.json go (default runs/<env>__<algo>__<seed>__<time>; a resume: its dir)"""
     overwrite: bool = False
     """replace the run already in --run-dir (without it such a dir is refused unless this run resumes it)"""
     save_freq: int = 10
@@ -65,10 +65,9 @@ class Args:
     pretrain_only: bool = False
     """stop after pre-training"""
     eval_sampling: Literal["eval", "train"] = "eval"
-    """"eval": no exploration noise (D.1: DDPM noise but none at the last step; DDIM eta 0); "train": as rollouts (D.8)"""
+    """eval: no exploration noise (D.1: DDPM noise but none at the last step; DDIM eta 0); train: as rollouts (D.8)"""
     from_scratch: bool = False
     """DPPO from a freshly initialised network (paper B.2): no dataset or checkpoint, the official scratch preset"""
-
     # --- diffusion policy (paper 3, D.1) ---
     backbone: Literal["mlp", "unet"] = "mlp"
     """noise-prediction network: residual MLP or Chi et al.'s 1-D conditional UNet"""
@@ -87,7 +86,7 @@ class Args:
     activation: Literal["relu", "mish"] = "relu"
     """MLP: activation (ReLU for Gym, Mish for Robomimic)"""
     cond_mlp_dims: tuple[int, ...] = ()
-    """MLP: widths of the optional observation encoder cond_mlp (official Square: 512 64); fine-tuning uses the checkpoint's"""
+    """MLP: widths of the optional observation encoder cond_mlp (official Square: 512 64); fine-tuning: checkpoint's"""
     unet_dim: int = 40
     """UNet: channels of the first level"""
     unet_dim_mults: tuple[int, ...] = (1, 2)
@@ -102,7 +101,6 @@ class Args:
     """clamp of the predicted clean chunk x0 at every step"""
     randn_clip_value: float = 3.0
     """clamp of the per-step Gaussian noise (in std units)"""
-
     # --- pre-training (paper D.1; official Gym config) ---
     pretrain_epochs: int = 200
     """passes over the dataset"""
@@ -120,7 +118,6 @@ class Args:
     """EMA update every N gradient steps"""
     ema_start_epoch: int = 20
     """before this epoch the EMA copy just follows the live weights"""
-
     # --- DPPO fine-tuning (paper 4, D.4; official Gym config) ---
     ft_denoising_steps: int = 10
     """K': number of last denoising steps that are fine-tuned (the rest stay frozen)"""
@@ -175,36 +172,36 @@ class Args:
     official_normalization: Optional[str] = None
     """normalization.npz of an official DPPO --checkpoint (default: found next to it; docs/checkpoints.md)"""
     bc_loss_coeff: float = 0.0
-    """weight of the BC regulariser: -log-prob under the fine-tuned network of the frozen policy's chains (D.7; 0: off)"""
+    """weight of the BC regulariser: -log-prob under the fine-tuned network of the frozen actor's chains (D.7; 0 off)"""
 
 
-ROBOMIMIC = dict(gamma=0.999, num_envs=50, activation="mish", clip_ploss_coef=0.01, clip_ploss_coef_base=0.001,
-                 actor_lr=1e-4, critic_lr=1e-3, n_critic_warmup_itr=2, eval_episodes=50)  # robomimic ids (dppo-facts 4.3)
-ROBOMIMIC_TASK = dict(  # per task: n_steps, batch_size, update_epochs, mlp_dims, time_dim, cond_mlp_dims
-    lift=(300, 7500, 10, (512,) * 3, 16, ()), can=(300, 7500, 10, (512,) * 3, 16, ()),
-    square=(400, 10_000, 10, (1024,) * 3, 32, (512, 64)), transport=(400, 10_000, 5, (1024,) * 3, 32, ()))
+ROBOMIMIC = dict(gamma=0.999, num_envs=50, activation="mish", eval_episodes=50, n_critic_warmup_itr=2)
+ROBOMIMIC |= dict(clip_ploss_coef=0.01, clip_ploss_coef_base=0.001, actor_lr=1e-4, critic_lr=1e-3)  # robomimic ids
+ROBOMIMIC_TASK = {  # (dppo-facts 4.3) n_steps, batch_size, update_epochs, mlp_dims, time_dim, cond_mlp_dims
+    "lift": (300, 7500, 10, (512,) * 3, 16, ()),
+    "can": (300, 7500, 10, (512,) * 3, 16, ()),
+    "square": (400, 10_000, 10, (1024,) * 3, 32, (512, 64)),
+    "transport": (400, 10_000, 5, (1024,) * 3, 32, ()),
+}
 
 
 # Avoid ids (official cfg/d3il/*/avoid_m*, paper D.8; fewer pre-training epochs than the paper: docs/avoid.md)
-AVOID = dict(num_envs=50, n_steps=25, total_timesteps=255_000, actor_lr=1e-5, critic_lr=1e-3, n_critic_warmup_itr=1,
-             update_epochs=10, gamma_denoising=0.95, clip_ploss_coef=0.1, clip_ploss_coef_base=0.1, clip_ploss_coef_rate=1.0,
-             eval_freq=5, eval_episodes=50, eval_sampling="train", pretrain_batch_size=16, pretrain_lr=1e-4,
-             pretrain_min_lr=1e-5, pretrain_epochs=300, ema_start_epoch=10)
+AVOID = dict(num_envs=50, n_steps=25, total_timesteps=255_000, eval_freq=5, eval_episodes=50, eval_sampling="train")
+AVOID |= dict(actor_lr=1e-5, critic_lr=1e-3, n_critic_warmup_itr=1, update_epochs=10, gamma_denoising=0.95)
+AVOID |= dict(clip_ploss_coef=0.1, clip_ploss_coef_base=0.1, clip_ploss_coef_rate=1.0)
+AVOID |= dict(pretrain_batch_size=16, pretrain_lr=1e-4, pretrain_min_lr=1e-5, pretrain_epochs=300, ema_start_epoch=10)
 
 
-# --from-scratch (paper B.2; official cfg/gym/scratch/*/ppo_diffusion_mlp.yaml): single-action chunks, all 10 denoising
-# steps fine-tuned, 10 envs x 1000 steps, clip 0.1 at every step, no denoising discount. The budget differs per task:
-# 301 iterations on Hopper, 501 on Walker2d and HalfCheetah (SCRATCH_ITERATIONS).
-SCRATCH = dict(denoising_steps=10, ft_denoising_steps=10, horizon_steps=1, act_steps=1, cond_steps=1, num_envs=10,
-               n_steps=1000, batch_size=5000, update_epochs=10, gamma_denoising=1.0, clip_ploss_coef=0.1,
-               clip_ploss_coef_base=0.1, clip_ploss_coef_rate=3.0, actor_lr=1e-4, critic_lr=1e-3, time_dim=16,
-               mlp_dims=(512, 512, 512), activation="relu")
-SCRATCH_ITERATIONS = {"hopper-v2": 301}  # other Gym tasks: 501
+# --from-scratch (paper B.2; official cfg/gym/scratch/*/ppo_diffusion_mlp.yaml; the network: the Gym defaults): single-
+# action chunks, all 10 denoising steps fine-tuned, 10 envs x 1000 steps, clip 0.1 at every step, no denoising discount.
+SCRATCH = dict(denoising_steps=10, ft_denoising_steps=10, horizon_steps=1, act_steps=1, cond_steps=1)
+SCRATCH |= dict(num_envs=10, n_steps=1000, batch_size=5000, update_epochs=10, actor_lr=1e-4, critic_lr=1e-3)
+SCRATCH |= dict(gamma_denoising=1.0, clip_ploss_coef=0.1, clip_ploss_coef_base=0.1, clip_ploss_coef_rate=3.0)
+SCRATCH_ITERATIONS = {"hopper-v2": 301}  # the budget: 501 iterations on Walker2d and HalfCheetah
 
 
 def task_defaults(args) -> dict:
-    """Defaults that differ from the Gym fine-tuning values above: --from-scratch's preset, the robomimic and Avoid
-    tables; {} for the Gym tasks."""
+    """Defaults that differ from the Gym values above: the --from-scratch, robomimic and Avoid tables; {} on Gym."""
     task = envs.env_slug(args.env_id)
     if args.from_scratch:
         iterations = SCRATCH_ITERATIONS.get(task, 501)
@@ -218,9 +215,7 @@ def task_defaults(args) -> dict:
     return {}
 
 
-# ------------------------------------------------------------------------------------------------
-# Noise schedule and one denoising step (paper 3, eq. 3.3; DDIM eq. 4.9)
-# ------------------------------------------------------------------------------------------------
+# ---- Noise schedule and one denoising step (paper 3, eq. 3.3; DDIM eq. 4.9) ------------------------------------------
 def cosine_beta_schedule(K: int, s: float = 0.008) -> torch.Tensor:
     """Nichol & Dhariwal cosine schedule: alpha_bar(i) = f(i)/f(0), f(i) = cos^2(((i/K)+s)/(1+s) pi/2)."""
     i = np.arange(K + 1, dtype=np.float64)
@@ -236,19 +231,19 @@ def make_schedule(K: int) -> dict:
     alphas = 1 - betas
     alpha_bar = torch.cumprod(alphas, 0)
     alpha_bar_prev = torch.cat([torch.ones(1), alpha_bar[:-1]])
-    return dict(betas=betas, alphas=alphas, alpha_bar=alpha_bar, alpha_bar_prev=alpha_bar_prev,  # posterior q(x_{t-1} | x_t, x_0):
-                posterior_var=betas * (1 - alpha_bar_prev) / (1 - alpha_bar), coef_x0=betas * alpha_bar_prev.sqrt() / (1 - alpha_bar),
-                coef_xt=(1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar))  # (Ho et al. eq. 7)
+    sched = dict(betas=betas, alphas=alphas, alpha_bar=alpha_bar, alpha_bar_prev=alpha_bar_prev)
+    sched["posterior_var"] = betas * (1 - alpha_bar_prev) / (1 - alpha_bar)  # q(x_{t-1} | x_t, x_0), Ho et al. eq. 7
+    sched["coef_x0"] = betas * alpha_bar_prev.sqrt() / (1 - alpha_bar)
+    sched["coef_xt"] = (1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar)
+    return sched
 
 
 def denoising_plan(K: int, ddim_steps: Optional[int]) -> list:
     """Timesteps in execution order with their predecessors: [(t, t_prev), ...], t_prev = -1 at the end.
     DDPM runs t = K-1, ..., 0. DDIM runs the uniform grid {0, r, ..., (S-1) r}, r = K // S, descending."""
-    if ddim_steps is None:
-        return [(t, t - 1) for t in reversed(range(K))]
-    r = K // ddim_steps
-    grid = list(reversed(range(0, ddim_steps * r, r)))
-    return [(t, grid[i + 1] if i + 1 < len(grid) else -1) for i, t in enumerate(grid)]
+    r, S = (1, K) if ddim_steps is None else (K // ddim_steps, ddim_steps)
+    grid = list(range(0, S * r, r))[::-1]
+    return list(zip(grid, grid[1:] + [-1]))
 
 
 def step_mean_var(net, sched, x, obs, t, t_prev, ddim: bool, eta: float = 1.0, clip: float = 1.0):
@@ -256,23 +251,24 @@ def step_mean_var(net, sched, x, obs, t, t_prev, ddim: bool, eta: float = 1.0, c
     DDPM (paper eq. 3.3; official 1.3): x0 = sqrt(1/ab) x - sqrt(1/ab - 1) eps, clamped to [-clip, clip];
     mean = coef_x0 x0 + coef_xt x; variance = the posterior variance beta_t (1 - ab_prev)/(1 - ab).
     DDIM (paper eq. 4.9; official 1.4): x0 = (x - sqrt(1 - ab) eps)/sqrt(ab) (official form), clamped, eps recomputed,
-    sigma = eta sqrt((1 - ab_prev)/(1 - ab) (1 - ab/ab_prev)), mean = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps."""
+    sigma = eta sqrt((1 - ab_prev)/(1 - ab) (1 - ab/ab_prev)); mean = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps
+    """
     eps = net(x, t, obs)
     ab = sched["alpha_bar"][t].view(-1, 1, 1)
-    x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt() if ddim else (1 / ab).sqrt() * x - (1 / ab - 1).sqrt() * eps).clamp(-clip, clip)
+    x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt() if ddim else (1 / ab).sqrt() * x - (1 / ab - 1).sqrt() * eps).clamp(
+        -clip, clip
+    )
     if not ddim:
         mean = sched["coef_x0"][t].view(-1, 1, 1) * x0 + sched["coef_xt"][t].view(-1, 1, 1) * x
         return mean, sched["posterior_var"][t].clamp(min=1e-20).view(-1, 1, 1).expand_as(mean)
-    ab_prev = torch.where(t_prev >= 0, sched["alpha_bar"][t_prev.clamp(min=0)], torch.ones_like(t_prev, dtype=x.dtype)).view(-1, 1, 1)
+    ab_prev = sched["alpha_bar"][t_prev.clamp(min=0)].where(t_prev >= 0, 1.0).view(-1, 1, 1)  # 1 after the last step
     eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
     sigma = (eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()).clamp(min=1e-10)
     mean = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
     return mean, (sigma**2).expand_as(mean)
 
 
-# ------------------------------------------------------------------------------------------------
-# Noise-prediction networks (paper D.1)
-# ------------------------------------------------------------------------------------------------
+# ---- Noise-prediction networks (paper D.1) ---------------------------------------------------------------------------
 class SinusoidalPosEmb(nn.Module):
     """Transformer-style embedding of the integer denoising step: [sin(t f_k), cos(t f_k)]."""
 
@@ -298,7 +294,8 @@ class ResidualMLP(nn.Module):
         self.inp = nn.Linear(dims[0], hidden[0])
         self.blocks = nn.ModuleList(
             nn.Sequential(activation(), nn.Linear(hidden[0], hidden[0]), activation(), nn.Linear(hidden[0], hidden[0]))
-            for _ in range((len(hidden) - 1) // 2))
+            for _ in range((len(hidden) - 1) // 2)
+        )
         self.out = nn.Linear(hidden[0], dims[-1])
 
     def forward(self, x):
@@ -311,14 +308,16 @@ class ResidualMLP(nn.Module):
 class DiffusionMLP(nn.Module):
     """eps_theta(x_t, t, s): residual MLP on [flattened noisy chunk, time embedding, observation]."""
 
-    def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, time_dim=16, mlp_dims=(512, 512, 512),
-                 activation="relu", cond_mlp_dims=()):
+    def __init__(
+        self, obs_dim, action_dim, horizon_steps, cond_steps, time_dim, mlp_dims, activation, cond_mlp_dims=()
+    ):
         super().__init__()
         act = {"relu": nn.ReLU, "mish": nn.Mish}[activation]
         self.horizon_steps, self.action_dim = horizon_steps, action_dim
-        self.time_embedding = nn.Sequential(SinusoidalPosEmb(time_dim), nn.Linear(time_dim, 2 * time_dim), nn.Mish(),
-                                            nn.Linear(2 * time_dim, time_dim))
-        self.cond_mlp = None  # optional observation encoder: plain MLP, activation between layers (official Square: 512, 64)
+        self.time_embedding = nn.Sequential(
+            SinusoidalPosEmb(time_dim), nn.Linear(time_dim, 2 * time_dim), nn.Mish(), nn.Linear(2 * time_dim, time_dim)
+        )
+        self.cond_mlp = None  # optional observation encoder, activation between layers (official Square: 512, 64)
         if cond_mlp_dims:
             dims = [obs_dim * cond_steps, *cond_mlp_dims]
             layers = [m for i, o in zip(dims[:-1], dims[1:]) for m in (nn.Linear(i, o), act())][:-1]
@@ -338,7 +337,8 @@ class Conv1dBlock(nn.Module):
 
     def __init__(self, c_in, c_out, kernel, n_groups):
         super().__init__()
-        self.block = nn.Sequential(nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2), nn.GroupNorm(n_groups, c_out), nn.Mish())
+        conv = nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2)
+        self.block = nn.Sequential(conv, nn.GroupNorm(n_groups, c_out), nn.Mish())
 
     def forward(self, x):
         return self.block(x)
@@ -350,8 +350,8 @@ class FiLMResidualBlock(nn.Module):
     def __init__(self, c_in, c_out, cond_dim, kernel, n_groups):
         super().__init__()
         self.conv1, self.conv2 = Conv1dBlock(c_in, c_out, kernel, n_groups), Conv1dBlock(c_out, c_out, kernel, n_groups)
-        self.cond = nn.Sequential(nn.Linear(cond_dim, 2 * c_out), nn.Mish(), nn.Linear(2 * c_out, 2 * c_out), nn.Mish(),
-                                  nn.Linear(2 * c_out, 2 * c_out))
+        h = 2 * c_out  # a scale and a bias per output channel
+        self.cond = nn.Sequential(nn.Linear(cond_dim, h), nn.Mish(), nn.Linear(h, h), nn.Mish(), nn.Linear(h, h))
         self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x, cond):
@@ -362,31 +362,30 @@ class FiLMResidualBlock(nn.Module):
 class DiffusionUNet(nn.Module):
     """Chi et al.'s 1-D conditional UNet: channels = action dims, length = chunk, FiLM conditioning."""
 
-    def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, dim=40, dim_mults=(1, 2), kernel_size=5,
-                 n_groups=8, step_embed_dim=16):
+    def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, dim, dim_mults, kernel, n_groups, embed_dim):
         super().__init__()
         if horizon_steps % (2 ** (len(dim_mults) - 1)):
             raise ValueError(f"UNet needs horizon_steps divisible by {2 ** (len(dim_mults) - 1)}, got {horizon_steps}")
         self.horizon_steps, self.action_dim = horizon_steps, action_dim
-        self.time_embedding = nn.Sequential(SinusoidalPosEmb(step_embed_dim), nn.Linear(step_embed_dim, 4 * step_embed_dim),
-                                            nn.Mish(), nn.Linear(4 * step_embed_dim, step_embed_dim))
-        cond_dim = step_embed_dim + obs_dim * cond_steps
+        e = embed_dim
+        self.time_embedding = nn.Sequential(SinusoidalPosEmb(e), nn.Linear(e, 4 * e), nn.Mish(), nn.Linear(4 * e, e))
+        cond_dim = embed_dim + obs_dim * cond_steps
+
+        def film(c_in, c_out):
+            return FiLMResidualBlock(c_in, c_out, cond_dim, kernel, n_groups)
+
         widths = [action_dim] + [dim * m for m in dim_mults]
         levels = list(zip(widths[:-1], widths[1:]))
         self.down = nn.ModuleList()
         for i, (c_in, c_out) in enumerate(levels):
-            last = i == len(levels) - 1
-            self.down.append(nn.ModuleList([FiLMResidualBlock(c_in, c_out, cond_dim, kernel_size, n_groups),
-                                            FiLMResidualBlock(c_out, c_out, cond_dim, kernel_size, n_groups),
-                                            nn.Identity() if last else nn.Conv1d(c_out, c_out, 3, 2, 1)]))
-        mid = widths[-1]
-        self.mid = nn.ModuleList([FiLMResidualBlock(mid, mid, cond_dim, kernel_size, n_groups) for _ in range(2)])
+            downsample = nn.Identity() if i == len(levels) - 1 else nn.Conv1d(c_out, c_out, 3, 2, 1)
+            self.down.append(nn.ModuleList([film(c_in, c_out), film(c_out, c_out), downsample]))
+        self.mid = nn.ModuleList([film(widths[-1], widths[-1]) for _ in range(2)])
         self.up = nn.ModuleList()
         for c_in, c_out in reversed(levels[1:]):
-            self.up.append(nn.ModuleList([FiLMResidualBlock(2 * c_out, c_in, cond_dim, kernel_size, n_groups),
-                                          FiLMResidualBlock(c_in, c_in, cond_dim, kernel_size, n_groups),
-                                          nn.ConvTranspose1d(c_in, c_in, 4, 2, 1)]))
-        self.final = nn.Sequential(Conv1dBlock(dim, dim, kernel_size, n_groups), nn.Conv1d(dim, action_dim, 1))
+            upsample = nn.ConvTranspose1d(c_in, c_in, 4, 2, 1)
+            self.up.append(nn.ModuleList([film(2 * c_out, c_in), film(c_in, c_in), upsample]))
+        self.final = nn.Sequential(Conv1dBlock(dim, dim, kernel, n_groups), nn.Conv1d(dim, action_dim, 1))
 
     def forward(self, x, t, obs):
         cond = torch.cat([self.time_embedding(t), obs.flatten(1)], dim=-1)
@@ -405,25 +404,26 @@ class DiffusionUNet(nn.Module):
 
 def build_network(kw: dict) -> nn.Module:
     """Rebuild a noise-prediction network from a checkpoint's `model_kwargs`."""
-    common = dict(obs_dim=kw["obs_dim"], action_dim=kw["action_dim"], horizon_steps=kw["horizon_steps"], cond_steps=kw["cond_steps"])
+    shape = (kw["obs_dim"], kw["action_dim"], kw["horizon_steps"], kw["cond_steps"])
     if kw["backbone"] == "mlp":
-        return DiffusionMLP(**common, time_dim=kw["time_dim"], mlp_dims=tuple(kw["mlp_dims"]), activation=kw["activation"],
-                            cond_mlp_dims=tuple(kw.get("cond_mlp_dims") or ()))
-    return DiffusionUNet(**common, dim=kw["unet_dim"], dim_mults=tuple(kw["unet_dim_mults"]), kernel_size=kw["unet_kernel_size"],
-                         n_groups=kw["unet_n_groups"], step_embed_dim=kw["unet_step_embed_dim"])
+        cond_mlp_dims = tuple(kw.get("cond_mlp_dims") or ())
+        return DiffusionMLP(*shape, kw["time_dim"], tuple(kw["mlp_dims"]), kw["activation"], cond_mlp_dims)
+    unet = (kw["unet_dim"], tuple(kw["unet_dim_mults"]), kw["unet_kernel_size"], kw["unet_n_groups"])
+    return DiffusionUNet(*shape, *unet, kw["unet_step_embed_dim"])
 
 
 def model_kwargs_from(args, obs_dim, action_dim) -> dict:
-    return dict(obs_dim=obs_dim, action_dim=action_dim, horizon_steps=args.horizon_steps, cond_steps=args.cond_steps,
-                denoising_steps=args.denoising_steps, backbone=args.backbone, time_dim=args.time_dim,
-                mlp_dims=tuple(args.mlp_dims), activation=args.activation, cond_mlp_dims=tuple(args.cond_mlp_dims),
-                unet_dim=args.unet_dim, unet_dim_mults=tuple(args.unet_dim_mults), unet_kernel_size=args.unet_kernel_size,
-                unet_n_groups=args.unet_n_groups, unet_step_embed_dim=args.unet_step_embed_dim)
+    """The network description a checkpoint stores (`model_kwargs`, the keys build_network reads)."""
+    keys = ["horizon_steps", "cond_steps", "denoising_steps", "backbone", "time_dim", "mlp_dims", "activation"]
+    keys += ["cond_mlp_dims", "unet_dim", "unet_dim_mults", "unet_kernel_size", "unet_n_groups"]
+    kw = dict(obs_dim=obs_dim, action_dim=action_dim)
+    for key in [*keys, "unet_step_embed_dim"]:
+        value = getattr(args, key)
+        kw[key] = tuple(value) if isinstance(value, list) else value
+    return kw
 
 
-# ------------------------------------------------------------------------------------------------
-# Sampling with chain recording (paper 4.1-4.2)
-# ------------------------------------------------------------------------------------------------
+# ---- Sampling with chain recording (paper 4.1-4.2) -------------------------------------------------------------------
 @torch.no_grad()
 def sample(actor, actor_ft, sched, obs, plan, ft_steps, mode, args, generator=None):
     """Run the reverse chain; return (action chunk, chain (B, ft_steps + 1, Tp, Da) of the fine-tuned steps; chain[:, 0]
@@ -469,12 +469,10 @@ def pretrain_loss(net, sched, x0, obs, K):
     return ((net(x_t, t, obs) - eps) ** 2).mean()
 
 
-# ------------------------------------------------------------------------------------------------
-# DPPO: likelihood of a denoising step and the PPO loss over (env step, denoising step) pairs
-# ------------------------------------------------------------------------------------------------
+# ---- DPPO: likelihood of a denoising step and the PPO loss over (env step, denoising step) pairs ---------------------
 def fine_tuned_timesteps(plan, ft_steps):
     """(t, t_prev) tensors of the fine-tuned steps in execution order: index j = 0 is the noisiest."""
-    ft = plan[len(plan) - ft_steps:]
+    ft = plan[len(plan) - ft_steps :]
     return torch.tensor([t for t, _ in ft]), torch.tensor([tp for _, tp in ft])
 
 
@@ -494,13 +492,10 @@ def denoising_log_prob(actor_ft, sched, obs, x_in, x_out, t, t_prev, args, rows=
 def chain_log_probs(actor_ft, sched, obs, chains, args, rows=None):
     """log-probs (B, K') of every fine-tuned step of recorded chains (B, K' + 1, Tp, Da): all (sample, step) pairs
     in one batch, as the official get_logprobs."""
-    B = chains.shape[0]
-    K_ft = chains.shape[1] - 1
+    B, K_ft = chains.shape[0], chains.shape[1] - 1
     ft_t, ft_t_prev = fine_tuned_timesteps(denoising_plan(len(sched["betas"]), args.ddim_steps), K_ft)
-    x_in = chains[:, :-1].flatten(0, 1)
-    x_out = chains[:, 1:].flatten(0, 1)
-    t = ft_t.repeat(B).to(obs.device)
-    t_prev = ft_t_prev.repeat(B).to(obs.device)
+    x_in, x_out = chains[:, :-1].flatten(0, 1), chains[:, 1:].flatten(0, 1)  # (B K', Tp, Da), sample-major
+    t, t_prev = ft_t.repeat(B).to(obs.device), ft_t_prev.repeat(B).to(obs.device)
     logp = denoising_log_prob(actor_ft, sched, obs.repeat_interleave(K_ft, 0), x_in, x_out, t, t_prev, args, rows)
     return logp.view(B, K_ft)
 
@@ -582,7 +577,7 @@ def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, arg
     for _epoch in range(args.update_epochs):
         perm = torch.randperm(num_pairs, generator=generator).to(device)
         for start in range(0, num_pairs - mb + 1, mb):
-            flat = perm[start:start + mb]
+            flat = perm[start : start + mb]
             i, j = flat // K_ft, flat % K_ft  # env-step sample, fine-tuned denoising index
             obs = batch["obs"][i]
             x_in, x_out = batch["chains"][i, j], batch["chains"][i, j + 1]
@@ -596,10 +591,10 @@ def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, arg
             pg_loss = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - eps, 1 + eps)).mean()
             v_loss = 0.5 * ((critic(obs) - batch["returns"][i]) ** 2).mean()
             loss = pg_loss + args.vf_coef * v_loss
-            if args.bc_loss_coeff:  # BC regulariser (D.7, official use_bc_loss): chains of the frozen actor...
-                _, bc_chains = sample(actor, actor, sched, obs, plan, K_ft, "train", args)
+            if args.bc_loss_coeff:  # BC regulariser (D.7, official use_bc_loss): chains of the frozen actor made
+                _, bc_chains = sample(actor, actor, sched, obs, plan, K_ft, "train", args)  # likely under actor_ft
                 bc_logp = chain_log_probs(actor_ft, sched, obs, bc_chains, args, rows=bc_chains.shape[2])
-                loss = loss - args.bc_loss_coeff * bc_logp.mean()  # ...made likely under actor_ft: every row, all K' steps
+                loss = loss - args.bc_loss_coeff * bc_logp.mean()  # every chunk row, all K' steps (official)
             actor_opt.zero_grad()
             critic_opt.zero_grad()
             loss.backward()
@@ -612,7 +607,8 @@ def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, arg
             with torch.no_grad():
                 approx_kl = ((ratio - 1) - (new_logp - old_logp)).mean().item()  # k3 estimator
                 clipfracs.append(((ratio - 1).abs() > eps).float().mean().item())
-            stats = dict(policy_loss=pg_loss.item(), value_loss=v_loss.item(), approx_kl=approx_kl, ratio=ratio.mean().item())
+            stats = dict(policy_loss=pg_loss.item(), value_loss=v_loss.item(), approx_kl=approx_kl)
+            stats["ratio"] = ratio.mean().item()
             if args.target_kl is not None and approx_kl > args.target_kl:
                 stats["clipfrac"] = float(np.mean(clipfracs))
                 return stats
@@ -620,9 +616,17 @@ def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, arg
     return stats
 
 
-# ------------------------------------------------------------------------------------------------
-# Pre-training (paper D.1): behaviour cloning with the denoising loss, EMA weights for fine-tuning
-# ------------------------------------------------------------------------------------------------
+# ---- Pre-training (paper D.1): behaviour cloning with the denoising loss, EMA weights for fine-tuning ----------------
+def make_checkpoint(actor, kw, normalization, args, iteration, env_steps, **extra):
+    """What every checkpoint of this script holds (pre-trained, from scratch, fine-tuned): the frozen network, its
+    description, the normalization and the run's flags; on robomimic the env meta in use, restored when loading."""
+    if envs.is_robomimic(args.env_id):
+        extra["robomimic_env_args"] = envs.robomimic_env_args(args.env_id)
+    ckpt = dict(algo=ALGO, policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(), model_kwargs=kw)
+    ckpt |= dict(normalization=normalization, env_id=args.env_id, args=asdict(args))
+    return ckpt | dict(iteration=iteration, env_steps=env_steps, **extra)
+
+
 def pretrain_lr(epoch, args):
     """Linear warm-up over 1 epoch from the min LR, then cosine decay to the min LR (official 2.7)."""
     lo, hi, warmup = args.pretrain_min_lr, args.pretrain_lr, 1
@@ -635,7 +639,8 @@ def pretrain_lr(epoch, args):
 def pretrain(args, data, run_dir, writer, device):
     """Behaviour cloning on `data` (envs.load_dataset); writes run_dir/pretrained.pt and returns it."""
     norm = data["normalization"]
-    obs, actions, starts, firsts = envs.make_pretraining_samples(data["episodes"], norm, args.cond_steps, args.horizon_steps)
+    samples = envs.make_pretraining_samples(data["episodes"], norm, args.cond_steps, args.horizon_steps)
+    obs, actions, starts, firsts = samples
     print(f"[pretrain] {len(data['episodes'])} episodes, {len(starts)} samples from {args.dataset}")
     kw = model_kwargs_from(args, obs.shape[1], actions.shape[1])
     net = build_network(kw).to(device)
@@ -643,6 +648,7 @@ def pretrain(args, data, run_dir, writer, device):
     sched = {k: v.to(device) for k, v in make_schedule(args.denoising_steps).items()}
     opt = torch.optim.AdamW(net.parameters(), lr=args.pretrain_lr, weight_decay=args.pretrain_weight_decay)
     obs_t, act_t = torch.as_tensor(obs, device=device), torch.as_tensor(actions, device=device)
+    obs_rows, act_rows = np.arange(len(obs)), np.arange(len(actions))  # gathered as indices, then looked up on device
     steps_per_epoch, step, t0 = math.ceil(len(starts) / args.pretrain_batch_size), 0, time.time()
     for epoch in range(args.pretrain_epochs):
         for group in opt.param_groups:
@@ -650,10 +656,12 @@ def pretrain(args, data, run_dir, writer, device):
         perm = np.random.permutation(len(starts))
         total = 0.0
         for k in range(steps_per_epoch):
-            idx = perm[k * args.pretrain_batch_size:(k + 1) * args.pretrain_batch_size]
-            o_idx, a_idx = envs.gather_samples(np.arange(len(obs)), np.arange(len(actions)), starts, firsts, idx,
-                                               args.cond_steps, args.horizon_steps)
-            loss = pretrain_loss(net, sched, act_t[torch.as_tensor(a_idx)], obs_t[torch.as_tensor(o_idx)], args.denoising_steps)
+            idx = perm[k * args.pretrain_batch_size : (k + 1) * args.pretrain_batch_size]
+            o_idx, a_idx = envs.gather_samples(
+                obs_rows, act_rows, starts, firsts, idx, args.cond_steps, args.horizon_steps
+            )
+            x0, o = act_t[torch.as_tensor(a_idx)], obs_t[torch.as_tensor(o_idx)]
+            loss = pretrain_loss(net, sched, x0, o, args.denoising_steps)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -666,22 +674,17 @@ def pretrain(args, data, run_dir, writer, device):
         writer.add_scalar("pretrain/loss", total / steps_per_epoch, epoch)
         writer.add_scalar("pretrain/learning_rate", opt.param_groups[0]["lr"], epoch)
         if epoch % max(1, args.pretrain_epochs // 20) == 0 or epoch == args.pretrain_epochs - 1:
-            left = (time.time() - t0) / (epoch + 1) * (args.pretrain_epochs - epoch - 1)
-            print(f"[pretrain] epoch {epoch + 1}/{args.pretrain_epochs} | loss {total / steps_per_epoch:.4f} | "
-                  f"lr {opt.param_groups[0]['lr']:.2e} | {time.time() - t0:.0f}s | left {left / 60:.1f}m", flush=True)
-    ckpt = dict(algo=ALGO, policy="diffusion", backbone=args.backbone, model=ema.state_dict(), model_kwargs=kw,
-                normalization=norm, env_id=args.env_id, args=asdict(args), iteration=0, env_steps=0,
-                dataset=args.dataset, pretrain_epochs=args.pretrain_epochs, pretrain_gradient_steps=step)
-    if envs.is_robomimic(args.env_id):
-        ckpt["robomimic_env_args"] = envs.robomimic_env_args(args.env_id)
+            left = (time.time() - t0) / (epoch + 1) * (args.pretrain_epochs - epoch - 1) / 60
+            lr, done = opt.param_groups[0]["lr"], f"{epoch + 1}/{args.pretrain_epochs}"
+            print(f"[pretrain] epoch {done} | loss {total / steps_per_epoch:.4f} | lr {lr:.2e} | left {left:.1f}m")
+    info = dict(dataset=args.dataset, pretrain_epochs=args.pretrain_epochs, pretrain_gradient_steps=step)
+    ckpt = make_checkpoint(ema, kw, norm, args, 0, 0, **info)
     envs.save_checkpoint(ckpt, os.path.join(run_dir, "pretrained.pt"))
     print(f"[pretrain] wrote {os.path.join(run_dir, 'pretrained.pt')}")
     return ckpt
 
 
-# ------------------------------------------------------------------------------------------------
-# Evaluation, checks, main
-# ------------------------------------------------------------------------------------------------
+# ---- Evaluation, checks, main ----------------------------------------------------------------------------------------
 def eval_act(actor, actor_ft, sched, plan, ft_steps, args, device):
     """The evaluation action function obs -> chunk (envs.run_episodes, runs.capture_video), sampled as
     args.eval_sampling says; the last `ft_steps` denoising steps run the fine-tuned network."""
@@ -696,52 +699,37 @@ def eval_act(actor, actor_ft, sched, plan, ft_steps, args, device):
 
 def check_args(args):
     if args.act_steps > args.horizon_steps:
-        envs.fail(f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps")
+        envs.fail(f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use --act-steps <= it")
     if args.ddim_steps is not None:
         if args.denoising_steps % args.ddim_steps:
             envs.fail(f"--ddim-steps {args.ddim_steps} must divide --denoising-steps {args.denoising_steps}")
         if args.ft_denoising_steps > args.ddim_steps:
-            envs.fail(f"--ft-denoising-steps {args.ft_denoising_steps} > --ddim-steps {args.ddim_steps}; fine-tune at most all DDIM steps")
+            envs.fail(
+                f"--ft-denoising-steps {args.ft_denoising_steps} > --ddim-steps {args.ddim_steps}; use at most that"
+            )
     elif args.ft_denoising_steps > args.denoising_steps:
-        envs.fail(f"--ft-denoising-steps {args.ft_denoising_steps} > --denoising-steps {args.denoising_steps}; "
-                  f"use at most {args.denoising_steps}")
+        K = args.denoising_steps
+        envs.fail(f"--ft-denoising-steps {args.ft_denoising_steps} > --denoising-steps {K}; use at most {K}")
     if args.from_scratch and (args.dataset or args.pretrain_only):
         envs.fail("--from-scratch starts from a fresh network: drop --dataset/--pretrain-only (or --from-scratch)")
     fine_tuning = not (args.eval_only or args.pretrain_only)
     runs.check_ranges(args, args.num_envs * args.n_steps * args.act_steps if fine_tuning else None)
 
 
-def load_diffusion_checkpoint(path, args):
-    """Load a diffusion checkpoint and check it against the flags (one-line errors)."""
-    ckpt = envs.load_diffusion_checkpoint(path, args, same_horizon=False)
-    if ckpt.get("model_ft") is not None and ckpt.get("ft_denoising_steps") != args.ft_denoising_steps:
-        envs.fail(f"{path} fine-tuned {ckpt['ft_denoising_steps']} denoising steps; pass --ft-denoising-steps {ckpt['ft_denoising_steps']}")
-    return ckpt
-
-
 def build_actors(ckpt, ft_denoising_steps, device):
-    """(frozen actor, fine-tuned actor, fine-tuned steps to use in evaluation) from a checkpoint. A pre-trained
-    checkpoint gives two equal copies (evaluation uses the frozen one everywhere); a DPPO fine-tuned one restores
-    its `model_ft`, which then runs the last K' steps in evaluation too (the official code's later eval fix)."""
+    """(frozen actor, fine-tuned actor, fine-tuned steps run in evaluation): two equal copies of a pre-trained network
+    (0), or a DPPO checkpoint's `model_ft` for the last K' steps (K', the official code's later eval fix)."""
     actor = build_network(ckpt["model_kwargs"]).to(device)
     try:
         actor.load_state_dict(ckpt["model"])
     except RuntimeError:
-        envs.fail("checkpoint weights do not fit the network its model_kwargs describe; it was written by another architecture")
+        envs.fail("checkpoint weights do not fit the network its model_kwargs describe; another architecture wrote it")
     actor.requires_grad_(False)  # frozen copy for the early denoising steps (paper 4.3)
     actor_ft = copy.deepcopy(actor).requires_grad_(True)
     if ckpt.get("model_ft") is None:
         return actor, actor_ft, 0
     actor_ft.load_state_dict(ckpt["model_ft"])
     return actor, actor_ft, ft_denoising_steps
-
-
-def scratch_checkpoint(args):
-    """--from-scratch: a freshly initialised network as a pre-trained checkpoint, on identity normalization."""
-    obs_dim, action_dim = envs.env_dims(args.env_id)
-    kw = model_kwargs_from(args, obs_dim, action_dim)
-    return dict(algo=ALGO, model=build_network(kw).state_dict(), model_kwargs=kw, iteration=0, env_steps=0,
-                normalization=envs.identity_normalization(obs_dim, action_dim))
 
 
 def main(args):
@@ -753,14 +741,14 @@ def main(args):
     print(f"[start] {ALGO} on {args.env_id}: {num_iters} iterations of {steps_per_iter} env steps", flush=True)
     device = runs.seed_everything(args)
     ckpt = data = resume = path = None
-    if args.from_scratch and args.checkpoint is None:
-        ckpt = scratch_checkpoint(args)
+    if args.from_scratch and args.checkpoint is None:  # a fresh network on identity normalization (paper B.2)
+        obs_dim, action_dim = envs.env_dims(args.env_id)
+        kw = model_kwargs_from(args, obs_dim, action_dim)
+        ckpt = make_checkpoint(build_network(kw), kw, envs.identity_normalization(obs_dim, action_dim), args, 0, 0)
     elif args.dataset is None or args.checkpoint is not None:  # check the checkpoint before writing anything
         path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", args.backbone)
-        ckpt = load_diffusion_checkpoint(path, args)
+        ckpt = envs.load_diffusion_checkpoint(path, args, same_horizon=False)
         print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
-        if robo and ckpt.get("robomimic_env_args"):
-            envs.set_robomimic_env_args(args.env_id, ckpt["robomimic_env_args"])
         resume = ckpt if ckpt["algo"] == ALGO and "critic" in ckpt and not args.eval_only else None
     run_dir = runs.prepare_run_dir(args, ALGO, resume and path)
     if ckpt is None:
@@ -793,14 +781,13 @@ def main(args):
     actor_sched = torch.optim.lr_scheduler.CosineAnnealingLR(actor_opt, num_iters, actor_min_lr)
     critic_sched = torch.optim.lr_scheduler.CosineAnnealingLR(critic_opt, num_iters, critic_min_lr)
     scaler = RunningRewardScaler(args.num_envs)
+    # what a checkpoint saves besides the networks and a resume restores, by checkpoint key
+    trained = dict(critic=critic, actor_optimizer=actor_opt, critic_optimizer=critic_opt, reward_scaler=scaler)
+    trained |= dict(actor_lr_schedule=actor_sched, critic_lr_schedule=critic_sched)
     start_iter, env_steps = 0, 0
     if resume is not None:
-        critic.load_state_dict(resume["critic"])
-        actor_opt.load_state_dict(resume["actor_optimizer"])
-        critic_opt.load_state_dict(resume["critic_optimizer"])
-        actor_sched.load_state_dict(resume["actor_lr_schedule"])
-        critic_sched.load_state_dict(resume["critic_lr_schedule"])
-        scaler.load_state_dict(resume["reward_scaler"])
+        for key, part in trained.items():
+            part.load_state_dict(resume[key])
         evals.load_state_dict(resume)
         start_iter, env_steps = resume["iteration"], resume["env_steps"]
     else:
@@ -809,7 +796,9 @@ def main(args):
         evals.run(env_steps, eval_act(actor, actor_ft, sched, plan, 0, args, device), args, normalization)
 
     seed = args.seed + start_iter * args.num_envs
-    vec = envs.make_vec_env(args.env_id, args.num_envs, seed, args.act_steps, args.cond_steps, normalization, args.async_envs)
+    vec = envs.make_vec_env(
+        args.env_id, args.num_envs, seed, args.act_steps, args.cond_steps, normalization, args.async_envs
+    )
     obs, _ = vec.reset(seed=seed)
     firsts, recent_returns, t_start, iteration = np.ones(args.num_envs), [], time.time(), start_iter
     if resume is not None:  # continue exactly where the checkpoint stopped: envs mid-episode, every RNG
@@ -817,15 +806,10 @@ def main(args):
     progress = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO)
 
     def save(iteration):
-        state = dict(algo=ALGO, policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(),
-                     model_ft=actor_ft.state_dict(), ft_denoising_steps=K_ft, model_kwargs=kw, normalization=normalization,
-                     env_id=args.env_id, args=asdict(args), iteration=iteration, env_steps=env_steps,
-                     critic=critic.state_dict(), actor_optimizer=actor_opt.state_dict(),
-                     critic_optimizer=critic_opt.state_dict(), actor_lr_schedule=actor_sched.state_dict(),
-                     critic_lr_schedule=critic_sched.state_dict(), reward_scaler=scaler.state_dict(),
-                     **evals.state_dict(), **runs.run_state(vec, obs, firsts, recent_returns))
-        if robo:
-            state.update(robomimic_env_args=envs.robomimic_env_args(args.env_id))
+        tuned = dict(model_ft=actor_ft.state_dict(), ft_denoising_steps=K_ft)
+        state = make_checkpoint(actor, kw, normalization, args, iteration, env_steps, **tuned)
+        state |= {key: part.state_dict() for key, part in trained.items()}
+        state |= evals.state_dict() | runs.run_state(vec, obs, firsts, recent_returns)
         runs.save_iteration(state, run_dir, iteration, args.save_freq, num_iters, writer)
 
     while iteration < num_iters:
@@ -839,7 +823,8 @@ def main(args):
         for n in range(N):
             obs_t = torch.as_tensor(obs, device=device)
             chunk, chain = sample(actor, actor_ft, sched, obs_t, plan, K_ft, "train", args)
-            executed = avoid.add_action_noise(chunk[:, :args.act_steps].cpu().numpy(), iteration, args.train_action_noise)
+            executed = chunk[:, : args.act_steps].cpu().numpy()
+            executed = avoid.add_action_noise(executed, iteration, args.train_action_noise)
             next_obs, reward, term, trunc, infos = vec.step(executed)
             runs.check_finite(iteration, reward=reward, observation=next_obs)
             env_steps += E * args.act_steps  # episodes that end here are logged at this count
@@ -872,9 +857,8 @@ def main(args):
             for s0 in range(0, N * E, args.logprob_batch_size):
                 sl = slice(s0, s0 + args.logprob_batch_size)
                 old_logp[sl] = chain_log_probs(actor_ft, sched, flat_obs[sl], chains[sl], args)
-        batch = dict(obs=flat_obs, chains=chains, logprobs=old_logp,
-                     advantages=torch.as_tensor(advantages.reshape(-1), dtype=torch.float32, device=device),
-                     returns=torch.as_tensor(returns.reshape(-1), dtype=torch.float32, device=device))
+        targets = dict(advantages=flat(advantages.astype(np.float32)), returns=flat(returns.astype(np.float32)))
+        batch = dict(obs=flat_obs, chains=chains, logprobs=old_logp, **targets)
         warm = iteration >= args.n_critic_warmup_itr  # critic warm-up over: the actor updates too
         stats = ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, args, update_actor=warm)
         runs.check_finite(iteration, **stats, actor_weights=actor_ft, critic_weights=critic)
@@ -889,12 +873,14 @@ def main(args):
             writer.add_scalar(f"losses/{k}", v, env_steps)
         explained_var = 1 - np.var(returns - values) / (np.var(returns) + 1e-8)
         writer.add_scalar("losses/explained_variance", explained_var, env_steps)
-        runs.log_iteration(writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes)
+        sps = steps_per_iter / (time.time() - t_iter)
+        runs.log_iteration(writer, env_steps, sps, t_rollout, t_update, device, successes)
         writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
         writer.add_scalar("charts/critic_learning_rate", critic_opt.param_groups[0]["lr"], env_steps)
         if iteration % args.eval_freq == 0 or iteration == num_iters:
             evals.run(env_steps, eval_act(actor, actor_ft, sched, plan, K_ft, args, device), args, normalization)
-        progress.update(iteration, num_iters, env_steps, recent_returns, evals, successes, kl=stats["approx_kl"], clipfrac=stats["clipfrac"])
+        shown = dict(kl=stats["approx_kl"], clipfrac=stats["clipfrac"])
+        progress.update(iteration, num_iters, env_steps, recent_returns, evals, successes, **shown)
         save(iteration)
     progress.close()
     vec.close()

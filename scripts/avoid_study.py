@@ -48,9 +48,7 @@ def load_sampler(path: str, mode: str = "train"):
         plan = dppo.denoising_plan(kw["denoising_steps"], None)
 
         def act(obs):
-            chunk, _ = dppo.sample(
-                actor, actor_ft, sched, torch.as_tensor(obs), plan, eval_ft, kw["horizon_steps"], kw["action_dim"], mode
-            )
+            chunk, _ = dppo.sample(actor, actor_ft, sched, torch.as_tensor(obs), plan, eval_ft, mode, dppo.Args())
             return chunk.numpy()
 
     elif ckpt["policy"] == "gaussian":

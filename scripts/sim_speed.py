@@ -59,11 +59,9 @@ wrapped_sps = timed(lambda obs: rng.uniform(-1, 1, (args.num_envs, args.act_step
 
 ckpt = envs.load_checkpoint(envs.bundled_checkpoint(args.env_id, "diffusion"), "diffusion", args.env_id)
 actor, actor_ft, _ = dppo.build_actors(ckpt, 10, torch.device("cpu"))
-sched, plan, kw = dppo.make_schedule(20), dppo.denoising_plan(20, None), ckpt["model_kwargs"]
+sched, plan = dppo.make_schedule(20), dppo.denoising_plan(20, None)
 dppo_sps = timed(
-    lambda obs: dppo.sample(
-        actor, actor_ft, sched, torch.as_tensor(obs), plan, 10, kw["horizon_steps"], kw["action_dim"], "train"
-    )[0].numpy(),
+    lambda obs: dppo.sample(actor, actor_ft, sched, torch.as_tensor(obs), plan, 10, "train", dppo.Args())[0].numpy(),
     ckpt["normalization"],
 )
 

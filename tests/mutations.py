@@ -60,8 +60,14 @@ dppo discount applied before normalisation | dppo.py | tests/test_ppo_updates.py
 - adv = (adv - adv.mean()) / (adv.std() + 1e-8)\n            adv = adv * discounts[j]
 + adv = adv * discounts[j]\n            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
 dppo log-prob at the wrong denoising step | dppo.py | tests/test_ppo_updates.py
-- ft_t[j], ft_t_prev[j], ddim, args.act_steps
-+ ft_t[K_ft - 1 - j], ft_t_prev[K_ft - 1 - j], ddim, args.act_steps
+- obs, x_in, x_out, ft_t[j], ft_t_prev[j], args)
++ obs, x_in, x_out, ft_t[K_ft - 1 - j], ft_t_prev[K_ft - 1 - j], args)
+dppo old log-probs at the wrong denoising steps | dppo.py | tests/test_dppo.py -k "chain_log_probs or recorded"
+- t, t_prev = ft_t.repeat(B).to(obs.device), ft_t_prev.repeat(B).to(obs.device)
++ t, t_prev = ft_t.flip(0).repeat(B).to(obs.device), ft_t_prev.flip(0).repeat(B).to(obs.device)
+dppo old log-probs with another sample's observation | dppo.py | tests/test_dppo.py -k chain_log_probs
+- obs.repeat_interleave(K_ft, 0), x_in
++ obs.repeat(K_ft, 1, 1), x_in
 dppo actor stepped during critic warm-up | dppo.py | tests/test_ppo_updates.py
 -             if update_actor:\n                actor_opt.step()
 +             if True:\n                actor_opt.step()
@@ -290,14 +296,14 @@ old log_std checkpoints not converted | envs.py | tests/test_official.py -k log_
 - (2 * v if k == "log_std" else v)
 + (v if k == "log_std" else v)
 dppo BC chains from the fine-tuned network | dppo.py | tests/test_official.py -k dppo_bc_term
-- _, bc = sample(actor, actor, sched
-+ _, bc = sample(actor_ft, actor_ft, sched
+- _, bc_chains = sample(actor, actor, sched
++ _, bc_chains = sample(actor_ft, actor_ft, sched
 dppo BC over the executed rows only | dppo.py | tests/test_official.py -k dppo_bc_term
-- ddim, x_in.shape[1], args.min_logprob_denoising_std, args.denoised_clip_value).mean()
-+ ddim, args.act_steps, args.min_logprob_denoising_std, args.denoised_clip_value).mean()
+- bc_chains, args, rows=bc_chains.shape[2])
++ bc_chains, args)
 dppo BC sign | dppo.py | tests/test_official.py -k dppo_bc_term
-- loss = loss - args.bc_loss_coeff * denoising_log_prob(
-+ loss = loss + args.bc_loss_coeff * denoising_log_prob(
+- loss = loss - args.bc_loss_coeff * bc_logp.mean()
++ loss = loss + args.bc_loss_coeff * bc_logp.mean()
 gaussian BC samples from the trained policy | gaussian_ppo.py | tests/test_official.py -k gaussian_bc_term
 - sample_action(*base_policy(obs), args.randn_clip_value)
 + sample_action(*policy(obs), args.randn_clip_value)
@@ -322,8 +328,8 @@ cond_mlp dropped when rebuilding from model_kwargs (idql) | idql.py | tests/test
 - cond_mlp_dims=tuple(kw.get("cond_mlp_dims") or ()),
 + cond_mlp_dims=(),
 cond_mlp_dims not stored in the checkpoint (dppo) | dppo.py | tests/test_robomimic_checkpoints.py -k stores
-- cond_mlp_dims=tuple(args.cond_mlp_dims),
-+
+- keys += ["cond_mlp_dims", "unet_dim"
++ keys += ["unet_dim"
 --cond-mlp-dims that disagrees with the checkpoint accepted | envs.py | tests/test_robomimic_checkpoints.py -k flag
 - if wanted and wanted != has:
 + if False:

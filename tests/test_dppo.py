@@ -36,11 +36,12 @@ class ConstantEps(nn.Module):
 
 
 class LinearEps(nn.Module):
-    """eps = a * x + b * t: differentiable, cheap, and not constant across steps."""
+    """eps = a * x + b * t: differentiable, cheap, and not constant across steps; chunks of Tp x Da."""
 
-    def __init__(self, a=0.3, b=0.01):
+    def __init__(self, a=0.3, b=0.01, Tp=4, Da=2):
         super().__init__()
         self.a, self.b = nn.Parameter(torch.tensor(a)), nn.Parameter(torch.tensor(b))
+        self.horizon_steps, self.action_dim = Tp, Da
 
     def forward(self, x, t, obs):
         return self.a * x + self.b * t.float().view(-1, 1, 1)
@@ -124,7 +125,8 @@ def test_ddim_eta1_has_ddpm_variance_and_eta0_is_deterministic():
     plan = dppo.denoising_plan(20, 5)
     assert plan == [(16, 12), (12, 8), (8, 4), (4, 0), (0, -1)]
     net = LinearEps()
-    out, _ = dppo.sample(net, net, sched, obs, plan, 5, 4, 2, "eval", generator=torch.Generator().manual_seed(0))
+    args = dppo.Args(ddim_steps=5)
+    out, _ = dppo.sample(net, net, sched, obs, plan, 5, "eval", args, generator=torch.Generator().manual_seed(0))
     # eta = 0: x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev) eps, no noise (Song et al. eq. 12), from the same x_K
     x = torch.randn(3, 4, 2, generator=torch.Generator().manual_seed(0))
     for t, t_prev in plan:
@@ -136,7 +138,7 @@ def test_ddim_eta1_has_ddpm_variance_and_eta0_is_deterministic():
         x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
     torch.testing.assert_close(out, x, rtol=1e-5, atol=1e-5)
     train = [
-        dppo.sample(net, net, sched, obs, plan, 5, 4, 2, "train", generator=torch.Generator().manual_seed(s))[0]
+        dppo.sample(net, net, sched, obs, plan, 5, "train", args, generator=torch.Generator().manual_seed(s))[0]
         for s in (0, 1)
     ]
     assert not torch.allclose(train[0], train[1])
@@ -146,28 +148,18 @@ def test_ddim_eta1_has_ddpm_variance_and_eta0_is_deterministic():
 def test_recorded_chain_log_prob_is_the_sum_of_independent_gaussian_steps():
     K, K_ft, Tp, Da, min_std = 8, 5, 3, 2, 0.1
     sched, plan = dppo.make_schedule(K), dppo.denoising_plan(K, None)
-    actor, actor_ft = LinearEps(0.2, 0.0), LinearEps(0.35, 0.02)
+    actor, actor_ft = LinearEps(0.2, 0.0, Tp, Da), LinearEps(0.35, 0.02, Tp, Da)
     obs = torch.zeros(4, 1, 3)
-    _, chain = dppo.sample(
-        actor, actor_ft, sched, obs, plan, K_ft, Tp, Da, "train", min_std, generator=torch.Generator().manual_seed(0)
-    )
+    # every chunk row counts (act_steps = Tp); the std floor min_std when sampling and in the log-prob
+    args = dppo.Args(act_steps=Tp, min_sampling_denoising_std=min_std, min_logprob_denoising_std=min_std)
+    _, chain = dppo.sample(actor, actor_ft, sched, obs, plan, K_ft, "train", args, torch.Generator().manual_seed(0))
     assert chain.shape == (4, K_ft + 1, Tp, Da)
     ft_t, ft_t_prev = dppo.fine_tuned_timesteps(plan, K_ft)
     assert ft_t.tolist() == [4, 3, 2, 1, 0]  # j = 0 is the noisiest fine-tuned step
     for j in range(K_ft):
         t = ft_t[j].item()
-        lp = dppo.denoising_log_prob(
-            actor_ft,
-            sched,
-            obs,
-            chain[:, j],
-            chain[:, j + 1],
-            ft_t[j].expand(4),
-            ft_t_prev[j].expand(4),
-            False,
-            Tp,
-            min_std,
-        )
+        t_b, t_prev_b = ft_t[j].expand(4), ft_t_prev[j].expand(4)
+        lp = dppo.denoising_log_prob(actor_ft, sched, obs, chain[:, j], chain[:, j + 1], t_b, t_prev_b, args)
         # independent computation of the same step: DDPM posterior with x0 from eps = a x + b t
         x = chain[:, j]
         eps = 0.35 * x + 0.02 * t
@@ -179,14 +171,45 @@ def test_recorded_chain_log_prob_is_the_sum_of_independent_gaussian_steps():
         torch.testing.assert_close(lp * Tp * Da, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_chain_log_probs_give_each_pair_its_own_observation_and_denoising_step():
+    """chain_log_probs batches all (sample, fine-tuned step) pairs: entry (i, j) must be the log-prob of step j of
+    chain i under observation i, at step j's (t, t_prev), as one pair alone gives it; `rows` counts chunk rows."""
+    K, K_ft, Tp, Da, n = 6, 3, 2, 2, 5
+    torch.manual_seed(0)
+    net = dppo.DiffusionMLP(3, Da, Tp, 1, time_dim=8, mlp_dims=(16, 16, 16), activation="relu")
+    sched, plan = dppo.make_schedule(K), dppo.denoising_plan(K, None)
+    obs = torch.randn(n, 1, 3)
+    chains = torch.randn(n, K_ft + 1, Tp, Da)
+    args = dppo.Args(act_steps=1)
+    ft_steps = plan[K - K_ft :]  # the last K' steps of the chain, noisiest first
+    for rows in (None, Tp):
+        batched = dppo.chain_log_probs(net, sched, obs, chains, args, rows)
+        assert batched.shape == (n, K_ft)
+        for i in range(n):
+            for j, (t, t_prev) in enumerate(ft_steps):
+                one = dppo.denoising_log_prob(
+                    net,
+                    sched,
+                    obs[i : i + 1],
+                    chains[i : i + 1, j],
+                    chains[i : i + 1, j + 1],
+                    torch.tensor([t]),
+                    torch.tensor([t_prev]),
+                    args,
+                    rows,
+                )
+                torch.testing.assert_close(batched[i, j], one[0], rtol=1e-5, atol=1e-6)
+
+
 def test_only_the_first_act_steps_count_in_the_log_prob():
     sched = dppo.make_schedule(6)
     x_in, obs = torch.randn(2, 4, 1), torch.zeros(2, 1, 1)
     x_out = x_in.clone()
     x_out[:, 2:] += 5.0  # far-off rows beyond act_steps = 2 must not matter
     t = torch.tensor([3, 3])
-    a = dppo.denoising_log_prob(LinearEps(), sched, obs, x_in, x_out, t, t - 1, False, 2, 0.1)
-    b = dppo.denoising_log_prob(LinearEps(), sched, obs, x_in, x_in, t, t - 1, False, 2, 0.1)
+    args = dppo.Args(act_steps=2, min_logprob_denoising_std=0.1)
+    a = dppo.denoising_log_prob(LinearEps(), sched, obs, x_in, x_out, t, t - 1, args)
+    b = dppo.denoising_log_prob(LinearEps(), sched, obs, x_in, x_in, t, t - 1, args)
     torch.testing.assert_close(a, b)
 
 
@@ -202,33 +225,20 @@ def test_clip_schedule_and_denoising_discount():
 
 def _update_setup(K=6, K_ft=3, Tp=2, Da=2, n=24, seed=0):
     torch.manual_seed(seed)
-    net = dppo.DiffusionMLP(3, Da, Tp, 1, time_dim=8, mlp_dims=(16, 16, 16))
+    net = dppo.DiffusionMLP(3, Da, Tp, 1, time_dim=8, mlp_dims=(16, 16, 16), activation="relu")
     critic = dppo.Critic(3, 1, (16, 16, 16))
     sched, plan = dppo.make_schedule(K), dppo.denoising_plan(K, None)
     ft_t, ft_t_prev = dppo.fine_tuned_timesteps(plan, K_ft)
+    t, t_prev = ft_t[:, None].expand(K_ft, n), ft_t_prev[:, None].expand(K_ft, n)  # per sample
     obs = torch.randn(n, 1, 3, generator=torch.Generator().manual_seed(1))
-    _, chains = dppo.sample(
-        net, net, sched, obs, plan, K_ft, Tp, Da, "train", generator=torch.Generator().manual_seed(2)
-    )
+    args = dppo.Args(act_steps=Tp)
+    _, chains = dppo.sample(net, net, sched, obs, plan, K_ft, "train", args, torch.Generator().manual_seed(2))
     with torch.no_grad():
-        logp = torch.stack(
-            [
-                dppo.denoising_log_prob(
-                    net,
-                    sched,
-                    obs,
-                    chains[:, j],
-                    chains[:, j + 1],
-                    ft_t[j].expand(n),
-                    ft_t_prev[j].expand(n),
-                    False,
-                    Tp,
-                    0.1,
-                )
-                for j in range(K_ft)
-            ],
-            1,
-        )
+        logp = [
+            dppo.denoising_log_prob(net, sched, obs, chains[:, j], chains[:, j + 1], t[j], t_prev[j], args)
+            for j in range(K_ft)
+        ]
+        logp = torch.stack(logp, 1)
     g = torch.Generator().manual_seed(3)
     batch = dict(
         obs=obs,
@@ -238,13 +248,13 @@ def _update_setup(K=6, K_ft=3, Tp=2, Da=2, n=24, seed=0):
         returns=torch.randn(n, generator=g),
     )
     opts = (torch.optim.AdamW(net.parameters(), lr=1e-3), torch.optim.AdamW(critic.parameters(), lr=1e-3))
-    return net, critic, opts, sched, batch, ft_t, ft_t_prev
+    return net, critic, opts, sched, batch
 
 
 def test_ppo_ratio_is_one_on_the_first_minibatch():
-    net, critic, (aopt, copt), sched, batch, ft_t, ft_t_prev = _update_setup()
+    net, critic, (aopt, copt), sched, batch = _update_setup()
     args = dppo.Args(batch_size=72, update_epochs=1, act_steps=2)  # one minibatch of all 24 x 3 pairs
-    stats = dppo.ppo_update(net, critic, aopt, copt, sched, batch, args, ft_t, ft_t_prev, False)
+    stats = dppo.ppo_update(net, net, critic, aopt, copt, sched, batch, args)
     assert stats["ratio"] == pytest.approx(1.0, abs=1e-6) and stats["approx_kl"] == pytest.approx(0.0, abs=1e-7)
     assert stats["clipfrac"] == 0.0
 
@@ -253,10 +263,8 @@ def test_resume_from_a_checkpoint_gives_the_same_next_update(tmp_path):
     from cleandppo import envs
 
     args = dppo.Args(batch_size=12, update_epochs=2, act_steps=2)
-    net, critic, (aopt, copt), sched, batch, ft_t, ft_t_prev = _update_setup()
-    dppo.ppo_update(
-        net, critic, aopt, copt, sched, batch, args, ft_t, ft_t_prev, False, generator=torch.Generator().manual_seed(4)
-    )
+    net, critic, (aopt, copt), sched, batch = _update_setup()
+    dppo.ppo_update(net, net, critic, aopt, copt, sched, batch, args, generator=torch.Generator().manual_seed(4))
     envs.save_checkpoint(
         dict(
             model_ft=net.state_dict(),
@@ -266,28 +274,14 @@ def test_resume_from_a_checkpoint_gives_the_same_next_update(tmp_path):
         ),
         str(tmp_path / "c.pt"),
     )
-    dppo.ppo_update(
-        net, critic, aopt, copt, sched, batch, args, ft_t, ft_t_prev, False, generator=torch.Generator().manual_seed(5)
-    )
+    dppo.ppo_update(net, net, critic, aopt, copt, sched, batch, args, generator=torch.Generator().manual_seed(5))
     ckpt = torch.load(str(tmp_path / "c.pt"), weights_only=False)
     net2, critic2, (aopt2, copt2), *_ = _update_setup(seed=123)  # different init, overwritten by the checkpoint
     net2.load_state_dict(ckpt["model_ft"])
     critic2.load_state_dict(ckpt["critic"])
     aopt2.load_state_dict(ckpt["actor_optimizer"])
     copt2.load_state_dict(ckpt["critic_optimizer"])
-    dppo.ppo_update(
-        net2,
-        critic2,
-        aopt2,
-        copt2,
-        sched,
-        batch,
-        args,
-        ft_t,
-        ft_t_prev,
-        False,
-        generator=torch.Generator().manual_seed(5),
-    )
+    dppo.ppo_update(net2, net2, critic2, aopt2, copt2, sched, batch, args, generator=torch.Generator().manual_seed(5))
     for a, b in zip(
         list(net.parameters()) + list(critic.parameters()),
         list(net2.parameters()) + list(critic2.parameters()),
@@ -300,7 +294,7 @@ def test_resume_from_a_checkpoint_gives_the_same_next_update(tmp_path):
 def test_pretrained_diffusion_samples_both_modes_of_a_1d_toy():
     torch.manual_seed(0)
     K = 10
-    net = dppo.DiffusionMLP(1, 1, 1, 1, time_dim=8, mlp_dims=(64, 64, 64))
+    net = dppo.DiffusionMLP(1, 1, 1, 1, time_dim=8, mlp_dims=(64, 64, 64), activation="relu")
     sched, opt = dppo.make_schedule(K), torch.optim.Adam(net.parameters(), lr=3e-3)
     obs = torch.zeros(256, 1, 1)
     for _ in range(800):
@@ -310,9 +304,8 @@ def test_pretrained_diffusion_samples_both_modes_of_a_1d_toy():
         loss.backward()
         opt.step()
     with torch.no_grad():
-        samples, _ = dppo.sample(
-            net, net, sched, torch.zeros(2000, 1, 1), dppo.denoising_plan(K, None), 0, 1, 1, "eval"
-        )
+        plan = dppo.denoising_plan(K, None)
+        samples, _ = dppo.sample(net, net, sched, torch.zeros(2000, 1, 1), plan, 0, "eval", dppo.Args())
     samples = samples.flatten()
     near_pos, near_neg = ((samples - 0.6).abs() < 0.2).float().mean(), ((samples + 0.6).abs() < 0.2).float().mean()
     assert near_pos > 0.3 and near_neg > 0.3 and near_pos + near_neg > 0.85
@@ -414,15 +407,15 @@ def test_evaluation_runs_the_fine_tuned_network_for_the_fine_tuned_steps(monkeyp
     args = dppo.Args(denoising_steps=6, act_steps=2, horizon_steps=2)
     sched, plan = dppo.make_schedule(6), dppo.denoising_plan(6, None)
     dppo.runs.Evaluations(types.SimpleNamespace(add_scalar=lambda *a: None), False).run(
-        0, dppo.eval_act(actor, actor_ft, sched, plan, eval_ft, kw, args, torch.device("cpu")), args, None
+        0, dppo.eval_act(actor, actor_ft, sched, plan, eval_ft, args, torch.device("cpu")), args, None
     )
     obs = np.zeros((4, 1, 3), np.float32)
     torch.manual_seed(0)
     used = captured["act"](obs)
     torch.manual_seed(0)
-    expected, _ = dppo.sample(actor, actor_ft, sched, torch.as_tensor(obs), plan, 3, 2, 1, "eval")
+    expected, _ = dppo.sample(actor, actor_ft, sched, torch.as_tensor(obs), plan, 3, "eval", args)
     torch.manual_seed(0)
-    frozen_only, _ = dppo.sample(actor, actor, sched, torch.as_tensor(obs), plan, 0, 2, 1, "eval")
+    frozen_only, _ = dppo.sample(actor, actor, sched, torch.as_tensor(obs), plan, 0, "eval", args)
     np.testing.assert_allclose(used, expected.numpy())
     assert not np.allclose(used, frozen_only.numpy())  # it would fail if evaluation used the frozen copy
     # a pre-trained checkpoint (no model_ft) evaluates with the frozen copy everywhere

@@ -577,7 +577,7 @@ def test_dppo_bc_term_is_minus_the_finetuned_log_prob_of_frozen_actor_chains(mon
     loss + coeff * (-mean)."""
     torch.manual_seed(0)
     K, K_ft, Tp, Da, Do, n = 4, 2, 2, 2, 3, 5
-    actor = dppo.DiffusionMLP(Do, Da, Tp, 1, time_dim=4, mlp_dims=(8, 8, 8)).requires_grad_(False)
+    actor = dppo.DiffusionMLP(Do, Da, Tp, 1, time_dim=4, mlp_dims=(8, 8, 8), activation="relu").requires_grad_(False)
     actor_ft = _perturbed_copy(actor).requires_grad_(True)
     critic = dppo.Critic(Do, 1, (8, 8, 8))
     sched, plan = dppo.make_schedule(K), dppo.denoising_plan(K, None)
@@ -602,20 +602,8 @@ def test_dppo_bc_term_is_minus_the_finetuned_log_prob_of_frozen_actor_chains(mon
             target_kl=None,
             bc_loss_coeff=coeff,
         )
-        dppo.ppo_update(
-            actor_ft,
-            critic,
-            torch.optim.SGD(actor_ft.parameters(), lr=0.0),
-            torch.optim.SGD(critic.parameters(), lr=0.0),
-            sched,
-            batch,
-            args,
-            ft_t,
-            ft_t_prev,
-            False,
-            generator=generator,
-            actor=actor,
-        )
+        opts = (torch.optim.SGD(actor_ft.parameters(), lr=0.0), torch.optim.SGD(critic.parameters(), lr=0.0))
+        dppo.ppo_update(actor, actor_ft, critic, *opts, sched, batch, args, generator=generator)
 
     sample = dppo.sample
     with monkeypatch.context() as m:  # coefficient 0: nothing is sampled, the update is the plain PPO one
@@ -625,7 +613,8 @@ def test_dppo_bc_term_is_minus_the_finetuned_log_prob_of_frozen_actor_chains(mon
     pairs = torch.randperm(n * K_ft, generator=torch.Generator().manual_seed(3))
     mb_obs = obs[pairs // K_ft]  # one observation per (env step, denoising step) pair, in the update's order
     torch.manual_seed(7)
-    _, chain = sample(actor, actor, sched, mb_obs, plan, K_ft, Tp, Da, "train", 0.1, 3.0, 1.0)
+    every_row = dppo.Args(act_steps=Tp)  # std floors 0.1, noise clip 3, x0 clip 1
+    _, chain = sample(actor, actor, sched, mb_obs, plan, K_ft, "train", every_row)
     logp = [
         dppo.denoising_log_prob(
             actor_ft,
@@ -635,9 +624,7 @@ def test_dppo_bc_term_is_minus_the_finetuned_log_prob_of_frozen_actor_chains(mon
             chain[b : b + 1, j + 1],
             ft_t[j : j + 1],
             ft_t_prev[j : j + 1],
-            False,
-            Tp,
-            0.1,
+            every_row,
         )
         for b in range(len(mb_obs))
         for j in range(K_ft)

@@ -241,9 +241,9 @@ def _dppo_batch(n=8, K=6, K_ft=3, Tp=3, Da=2, obs_dim=3, act_steps=2):
 def stand_in_denoising_log_prob(monkeypatch):
     calls = []
 
-    def fake(actor_ft, sched, obs, x_in, x_out, t, t_prev, ddim, act_steps, min_logprob_std, clip=1.0):
+    def fake(actor_ft, sched, obs, x_in, x_out, t, t_prev, args, rows=None):
         calls.append((t.clone(), t_prev.clone()))
-        return stand_in_step_log_prob(actor_ft, x_in, x_out, t, act_steps)
+        return stand_in_step_log_prob(actor_ft, x_in, x_out, t, args.act_steps)
 
     monkeypatch.setattr(dppo, "denoising_log_prob", fake)
     return calls
@@ -265,9 +265,8 @@ def test_dppo_update_uses_per_step_clip_denoising_discount_and_pair_normalized_a
         target_kl=None,
         max_grad_norm=None,
     )
-    stats = dppo.ppo_update(
-        net, critic, zero_lr_sgd(net), zero_lr_sgd(critic), dppo.make_schedule(6), batch, args, ft_t, ft_t_prev, False
-    )
+    sched = dppo.make_schedule(6)
+    stats = dppo.ppo_update(net, net, critic, zero_lr_sgd(net), zero_lr_sgd(critic), sched, batch, args)
     got_actor, got_critic = grads(net), grads(critic)
     for t, t_prev in stand_in_denoising_log_prob:  # each pair's log-prob asked at its own (t, t_prev)
         assert ((t - t_prev) == 1).all() and set(t.tolist()) <= set(ft_t.tolist())
@@ -296,9 +295,7 @@ def test_dppo_warmup_moves_the_critic_only(stand_in_denoising_log_prob):
     args = dppo.Args(batch_size=24, update_epochs=1, act_steps=2, target_kl=None)
     theta0, w0 = net.theta.detach().clone(), critic.lin.weight.detach().clone()
     aopt, copt = torch.optim.SGD(net.parameters(), lr=0.1), torch.optim.SGD(critic.parameters(), lr=0.1)
-    dppo.ppo_update(
-        net, critic, aopt, copt, dppo.make_schedule(6), batch, args, ft_t, ft_t_prev, False, update_actor=False
-    )
+    dppo.ppo_update(net, net, critic, aopt, copt, dppo.make_schedule(6), batch, args, update_actor=False)
     assert torch.equal(net.theta, theta0)
     torch.testing.assert_close(critic.lin.weight, w0 - 0.1 * critic.lin.weight.grad)
 
@@ -413,59 +410,29 @@ def test_gmm_update_raises_the_log_prob_of_the_positive_advantage_action():
 def test_dppo_update_raises_the_log_prob_of_the_positive_advantage_chain():
     torch.manual_seed(0)
     K, K_ft, Tp, Da, n = 6, 2, 2, 2, 4
-    net = dppo.DiffusionMLP(3, Da, Tp, 1, time_dim=8, mlp_dims=(16, 16, 16))
+    net = dppo.DiffusionMLP(3, Da, Tp, 1, time_dim=8, mlp_dims=(16, 16, 16), activation="relu")
     critic = dppo.Critic(3, 1, (8, 8, 8))
     sched, plan = dppo.make_schedule(K), dppo.denoising_plan(K, None)
     ft_t, ft_t_prev = dppo.fine_tuned_timesteps(plan, K_ft)
+    t, t_prev = ft_t[:, None].expand(K_ft, n), ft_t_prev[:, None].expand(K_ft, n)  # per sample
     obs = torch.zeros(n, 1, 3)
-    _, chains = dppo.sample(
-        net, net, sched, obs, plan, K_ft, Tp, Da, "train", generator=torch.Generator().manual_seed(1)
-    )
+    args = dppo.Args(batch_size=n * K_ft, update_epochs=1, act_steps=Tp, target_kl=None)
+    args.clip_ploss_coef = args.clip_ploss_coef_base = 0.2
+    _, chains = dppo.sample(net, net, sched, obs, plan, K_ft, "train", args, torch.Generator().manual_seed(1))
 
     def logp():
         with torch.no_grad():
-            return torch.stack(
-                [
-                    dppo.denoising_log_prob(
-                        net,
-                        sched,
-                        obs,
-                        chains[:, j],
-                        chains[:, j + 1],
-                        ft_t[j].expand(n),
-                        ft_t_prev[j].expand(n),
-                        False,
-                        Tp,
-                        0.1,
-                    )
-                    for j in range(K_ft)
-                ],
-                1,
-            )
+            steps = [
+                dppo.denoising_log_prob(net, sched, obs, chains[:, j], chains[:, j + 1], t[j], t_prev[j], args)
+                for j in range(K_ft)
+            ]
+            return torch.stack(steps, 1)
 
     old = logp()
     advantages = torch.tensor([1.0, -1.0, 1.0, -1.0])
     batch = dict(obs=obs, chains=chains, logprobs=old, advantages=advantages, returns=torch.zeros(n))
-    args = dppo.Args(
-        batch_size=n * K_ft,
-        update_epochs=1,
-        act_steps=Tp,
-        clip_ploss_coef=0.2,
-        clip_ploss_coef_base=0.2,
-        target_kl=None,
-    )
-    dppo.ppo_update(
-        net,
-        critic,
-        torch.optim.SGD(net.parameters(), lr=1e-2),
-        zero_lr_sgd(critic),
-        sched,
-        batch,
-        args,
-        ft_t,
-        ft_t_prev,
-        False,
-    )
+    actor_opt = torch.optim.SGD(net.parameters(), lr=1e-2)
+    dppo.ppo_update(net, net, critic, actor_opt, zero_lr_sgd(critic), sched, batch, args)
     change = (logp() - old).sum(1)  # summed over the fine-tuned steps of each chain
     assert (change[advantages > 0] > 0).all() and (change[advantages < 0] < 0).all(), change
 
