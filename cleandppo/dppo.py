@@ -175,9 +175,10 @@ class Args:
     """weight of the BC regulariser: -log-prob under the fine-tuned network of the frozen actor's chains (D.7; 0 off)"""
 
 
+# robomimic ids (dppo-facts 4.3): every task, then per task
 ROBOMIMIC = dict(gamma=0.999, num_envs=50, activation="mish", eval_episodes=50, n_critic_warmup_itr=2)
-ROBOMIMIC |= dict(clip_ploss_coef=0.01, clip_ploss_coef_base=0.001, actor_lr=1e-4, critic_lr=1e-3)  # robomimic ids
-ROBOMIMIC_TASK = {  # (dppo-facts 4.3) n_steps, batch_size, update_epochs, mlp_dims, time_dim, cond_mlp_dims
+ROBOMIMIC |= dict(clip_ploss_coef=0.01, clip_ploss_coef_base=0.001, actor_lr=1e-4, critic_lr=1e-3)
+ROBOMIMIC_TASK = {  # n_steps, batch_size, update_epochs, mlp_dims, time_dim, cond_mlp_dims
     "lift": (300, 7500, 10, (512,) * 3, 16, ()),
     "can": (300, 7500, 10, (512,) * 3, 16, ()),
     "square": (400, 10_000, 10, (1024,) * 3, 32, (512, 64)),
@@ -671,12 +672,13 @@ def pretrain(args, data, run_dir, writer, device):
                 with torch.no_grad():
                     for p_ema, p in zip(ema.parameters(), net.parameters()):
                         p_ema.copy_(p) if epoch < args.ema_start_epoch else p_ema.lerp_(p, 1 - args.ema_decay)
-        writer.add_scalar("pretrain/loss", total / steps_per_epoch, epoch)
+        mean_loss = total / steps_per_epoch
+        writer.add_scalar("pretrain/loss", mean_loss, epoch)
         writer.add_scalar("pretrain/learning_rate", opt.param_groups[0]["lr"], epoch)
         if epoch % max(1, args.pretrain_epochs // 20) == 0 or epoch == args.pretrain_epochs - 1:
             left = (time.time() - t0) / (epoch + 1) * (args.pretrain_epochs - epoch - 1) / 60
             lr, done = opt.param_groups[0]["lr"], f"{epoch + 1}/{args.pretrain_epochs}"
-            print(f"[pretrain] epoch {done} | loss {total / steps_per_epoch:.4f} | lr {lr:.2e} | left {left:.1f}m")
+            print(f"[pretrain] epoch {done} | loss {mean_loss:.4f} | lr {lr:.2e} | left {left:.1f}m", flush=True)
     info = dict(dataset=args.dataset, pretrain_epochs=args.pretrain_epochs, pretrain_gradient_steps=step)
     ckpt = make_checkpoint(ema, kw, norm, args, 0, 0, **info)
     envs.save_checkpoint(ckpt, os.path.join(run_dir, "pretrained.pt"))

@@ -17,6 +17,16 @@ from conftest import assert_one_line_error
 torch.set_num_threads(1)
 DIFFUSION = ["dppo", "dawr", "drwr", "dipo", "idql", "dql", "qsm", "exact_likelihood_pg"]
 BUNDLED = {"square": (4, (512, 64)), "transport": (8, ()), "can": (4, ())}  # task: (Ta = Tp, cond_mlp_dims)
+
+
+def load_in(module, path, args):
+    """A diffusion checkpoint as `module` loads it: its load_diffusion_checkpoint, or dppo's call of the envs one
+    (dppo's UNet may execute fewer actions than it predicts, so any chunk length)."""
+    if module.__name__ == "cleandppo.dppo":
+        return envs.load_diffusion_checkpoint(path, args, same_horizon=False)
+    return module.load_diffusion_checkpoint(path, args)
+
+
 TRANSPORT_MISSING = not os.path.isfile(envs.bundled_checkpoint("transport", "diffusion"))
 
 
@@ -34,7 +44,7 @@ def test_bundled_checkpoint_loads_in_every_diffusion_script(name, task):
     module = importlib.import_module(f"cleandppo.{name}")
     Ta, cond_mlp_dims = BUNDLED[task]
     args = module.Args(env_id=task, act_steps=Ta, horizon_steps=Ta)
-    ckpt = module.load_diffusion_checkpoint(envs.bundled_checkpoint(task, "diffusion"), args)
+    ckpt = load_in(module, envs.bundled_checkpoint(task, "diffusion"), args)
     kw = ckpt["model_kwargs"]
     assert tuple(kw.get("cond_mlp_dims") or ()) == cond_mlp_dims and (kw["time_dim"], tuple(kw["mlp_dims"])) == (
         32,
@@ -88,14 +98,14 @@ def test_dppo_cond_mlp_flag_that_disagrees_with_the_checkpoint_is_one_line():
         Ta = BUNDLED[task][0]
         args = dppo.Args(env_id=task, act_steps=Ta, horizon_steps=Ta, cond_mlp_dims=flag)
         with pytest.raises(SystemExit) as e:
-            dppo.load_diffusion_checkpoint(envs.bundled_checkpoint(task, "diffusion"), args)
+            load_in(dppo, envs.bundled_checkpoint(task, "diffusion"), args)
         assert_one_line_error(str(e.value), f"not {flag}", fix)
     args = dppo.Args(env_id="square", cond_mlp_dims=(512, 64))  # the same widths are fine
-    assert dppo.load_diffusion_checkpoint(envs.bundled_checkpoint("square", "diffusion"), args)["model_kwargs"]
+    assert load_in(dppo, envs.bundled_checkpoint("square", "diffusion"), args)["model_kwargs"]
     # Square's task table brings the official encoder, so the bundled checkpoint loads with no flag given
     args = runs.parse_args(dppo.Args, dppo.task_defaults, argv=["--env-id", "square"])
     assert args.cond_mlp_dims == (512, 64)
-    assert dppo.load_diffusion_checkpoint(envs.bundled_checkpoint("square", "diffusion"), args)["model_kwargs"]
+    assert load_in(dppo, envs.bundled_checkpoint("square", "diffusion"), args)["model_kwargs"]
 
 
 def test_a_missing_bundled_robomimic_checkpoint_names_the_commands_that_make_one():
