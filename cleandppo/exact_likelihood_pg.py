@@ -138,9 +138,8 @@ class Args:
 # 3.10): DPPO's Can settings (dppo-facts 4.3) with actor LR 1e-5. Lift, square and transport take DPPO's per-task
 # values the same way: our choice, not an official config (docs/exact_likelihood_pg.md).
 ROBOMIMIC = dict(num_envs=50, gamma=0.999, actor_lr=1e-5, critic_lr=1e-3, n_critic_warmup_itr=2, eval_episodes=50)
-ROBOMIMIC_TASK = dict(  # per task: n_steps, batch_size, update_epochs
-    lift=(300, 7500, 10), can=(300, 7500, 10), square=(400, 10_000, 10), transport=(400, 10_000, 5)
-)
+# per task: n_steps, batch_size, update_epochs
+ROBOMIMIC_TASK = dict(lift=(300, 7500, 10), can=(300, 7500, 10), square=(400, 10_000, 10), transport=(400, 10_000, 5))
 
 
 def task_defaults(args) -> dict:
@@ -171,16 +170,12 @@ def make_schedule(K: int) -> dict:
     alphas = 1 - betas
     alpha_bar = torch.cumprod(alphas, 0)
     alpha_bar_prev = torch.cat([torch.ones(1), alpha_bar[:-1]])
-    return dict(
-        betas=betas,
-        alphas=alphas,
-        alpha_bar=alpha_bar,
-        alpha_bar_prev=alpha_bar_prev,
-        # posterior q(x_{t-1} | x_t, x_0) (Ho et al. eq. 7)
-        posterior_var=betas * (1 - alpha_bar_prev) / (1 - alpha_bar),
-        coef_x0=betas * alpha_bar_prev.sqrt() / (1 - alpha_bar),
-        coef_xt=(1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar),
-    )
+    sched = dict(betas=betas, alphas=alphas, alpha_bar=alpha_bar, alpha_bar_prev=alpha_bar_prev)
+    # posterior q(x_{t-1} | x_t, x_0) (Ho et al. eq. 7)
+    sched["posterior_var"] = betas * (1 - alpha_bar_prev) / (1 - alpha_bar)
+    sched["coef_x0"] = betas * alpha_bar_prev.sqrt() / (1 - alpha_bar)
+    sched["coef_xt"] = (1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar)
+    return sched
 
 
 def step_mean_var(net, sched, x, obs, t, clip: float = 1.0):
@@ -252,12 +247,10 @@ class DiffusionMLP(nn.Module):
         super().__init__()
         act = {"relu": nn.ReLU, "mish": nn.Mish}[activation]
         self.horizon_steps, self.action_dim = horizon_steps, action_dim
-        self.time_embedding = nn.Sequential(
-            SinusoidalPosEmb(time_dim), nn.Linear(time_dim, 2 * time_dim), nn.Mish(), nn.Linear(2 * time_dim, time_dim)
-        )
-        self.cond_mlp = (
-            None  # optional observation encoder: plain MLP, activation between layers (official Square: 512, 64)
-        )
+        d = time_dim
+        self.time_embedding = nn.Sequential(SinusoidalPosEmb(d), nn.Linear(d, 2 * d), nn.Mish(), nn.Linear(2 * d, d))
+        # optional observation encoder: plain MLP, activation between layers (official Square: 512, 64)
+        self.cond_mlp = None
         if cond_mlp_dims:
             dims = [obs_dim * cond_steps, *cond_mlp_dims]
             layers = [m for i, o in zip(dims[:-1], dims[1:]) for m in (nn.Linear(i, o), act())][:-1]
@@ -277,9 +270,8 @@ class Conv1dBlock(nn.Module):
 
     def __init__(self, c_in, c_out, kernel, n_groups):
         super().__init__()
-        self.block = nn.Sequential(
-            nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2), nn.GroupNorm(n_groups, c_out), nn.Mish()
-        )
+        conv = nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2)
+        self.block = nn.Sequential(conv, nn.GroupNorm(n_groups, c_out), nn.Mish())
 
     def forward(self, x):
         return self.block(x)
@@ -291,13 +283,8 @@ class FiLMResidualBlock(nn.Module):
     def __init__(self, c_in, c_out, cond_dim, kernel, n_groups):
         super().__init__()
         self.conv1, self.conv2 = Conv1dBlock(c_in, c_out, kernel, n_groups), Conv1dBlock(c_out, c_out, kernel, n_groups)
-        self.cond = nn.Sequential(
-            nn.Linear(cond_dim, 2 * c_out),
-            nn.Mish(),
-            nn.Linear(2 * c_out, 2 * c_out),
-            nn.Mish(),
-            nn.Linear(2 * c_out, 2 * c_out),
-        )
+        w = 2 * c_out  # a scale and a bias per output channel
+        self.cond = nn.Sequential(nn.Linear(cond_dim, w), nn.Mish(), nn.Linear(w, w), nn.Mish(), nn.Linear(w, w))
         self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x, cond):
@@ -324,39 +311,23 @@ class DiffusionUNet(nn.Module):
         if horizon_steps % (2 ** (len(dim_mults) - 1)):
             raise ValueError(f"UNet needs horizon_steps divisible by {2 ** (len(dim_mults) - 1)}, got {horizon_steps}")
         self.horizon_steps, self.action_dim = horizon_steps, action_dim
-        self.time_embedding = nn.Sequential(
-            SinusoidalPosEmb(step_embed_dim),
-            nn.Linear(step_embed_dim, 4 * step_embed_dim),
-            nn.Mish(),
-            nn.Linear(4 * step_embed_dim, step_embed_dim),
-        )
+        d = step_embed_dim
+        self.time_embedding = nn.Sequential(SinusoidalPosEmb(d), nn.Linear(d, 4 * d), nn.Mish(), nn.Linear(4 * d, d))
         cond_dim = step_embed_dim + obs_dim * cond_steps
         widths = [action_dim] + [dim * m for m in dim_mults]
         levels = list(zip(widths[:-1], widths[1:]))
+        film = lambda c_in, c_out: FiLMResidualBlock(c_in, c_out, cond_dim, kernel_size, n_groups)  # noqa: E731
         self.down = nn.ModuleList()
         for i, (c_in, c_out) in enumerate(levels):
-            last = i == len(levels) - 1
-            self.down.append(
-                nn.ModuleList(
-                    [
-                        FiLMResidualBlock(c_in, c_out, cond_dim, kernel_size, n_groups),
-                        FiLMResidualBlock(c_out, c_out, cond_dim, kernel_size, n_groups),
-                        nn.Identity() if last else nn.Conv1d(c_out, c_out, 3, 2, 1),
-                    ]
-                )
-            )
+            blocks = [film(c_in, c_out), film(c_out, c_out)]
+            blocks.append(nn.Identity() if i == len(levels) - 1 else nn.Conv1d(c_out, c_out, 3, 2, 1))  # downsample
+            self.down.append(nn.ModuleList(blocks))
         mid = widths[-1]
-        self.mid = nn.ModuleList([FiLMResidualBlock(mid, mid, cond_dim, kernel_size, n_groups) for _ in range(2)])
+        self.mid = nn.ModuleList([film(mid, mid) for _ in range(2)])
         self.up = nn.ModuleList()
         for c_in, c_out in reversed(levels[1:]):
             self.up.append(
-                nn.ModuleList(
-                    [
-                        FiLMResidualBlock(2 * c_out, c_in, cond_dim, kernel_size, n_groups),
-                        FiLMResidualBlock(c_in, c_in, cond_dim, kernel_size, n_groups),
-                        nn.ConvTranspose1d(c_in, c_in, 4, 2, 1),
-                    ]
-                )
+                nn.ModuleList([film(2 * c_out, c_in), film(c_in, c_in), nn.ConvTranspose1d(c_in, c_in, 4, 2, 1)])
             )
         self.final = nn.Sequential(Conv1dBlock(dim, dim, kernel_size, n_groups), nn.Conv1d(dim, action_dim, 1))
 
@@ -377,28 +348,12 @@ class DiffusionUNet(nn.Module):
 
 def build_network(kw: dict) -> nn.Module:
     """Rebuild a noise-prediction network from a checkpoint's `model_kwargs`."""
-    common = dict(
-        obs_dim=kw["obs_dim"],
-        action_dim=kw["action_dim"],
-        horizon_steps=kw["horizon_steps"],
-        cond_steps=kw["cond_steps"],
-    )
+    common = {key: kw[key] for key in ("obs_dim", "action_dim", "horizon_steps", "cond_steps")}
     if kw["backbone"] == "mlp":
-        return DiffusionMLP(
-            **common,
-            time_dim=kw["time_dim"],
-            mlp_dims=tuple(kw["mlp_dims"]),
-            activation=kw["activation"],
-            cond_mlp_dims=tuple(kw.get("cond_mlp_dims") or ()),
-        )
-    return DiffusionUNet(
-        **common,
-        dim=kw["unet_dim"],
-        dim_mults=tuple(kw["unet_dim_mults"]),
-        kernel_size=kw["unet_kernel_size"],
-        n_groups=kw["unet_n_groups"],
-        step_embed_dim=kw["unet_step_embed_dim"],
-    )
+        mlp = dict(time_dim=kw["time_dim"], mlp_dims=tuple(kw["mlp_dims"]), activation=kw["activation"])
+        return DiffusionMLP(**common, **mlp, cond_mlp_dims=tuple(kw.get("cond_mlp_dims") or ()))
+    unet = dict(dim=kw["unet_dim"], dim_mults=tuple(kw["unet_dim_mults"]), kernel_size=kw["unet_kernel_size"])
+    return DiffusionUNet(**common, **unet, n_groups=kw["unet_n_groups"], step_embed_dim=kw["unet_step_embed_dim"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -887,9 +842,8 @@ def main(args):
         with torch.no_grad():
             for s0 in range(0, N * E, args.logprob_batch_size):
                 sl = slice(s0, min(N * E, s0 + args.logprob_batch_size))
-                old_logp[sl] = action_log_likelihood(
-                    actor, actor_ft, sde, flat_obs[sl], chunks[sl], args, None if probes is None else probes[sl]
-                )
+                probes_sl = None if probes is None else probes[sl]
+                old_logp[sl] = action_log_likelihood(actor, actor_ft, sde, flat_obs[sl], chunks[sl], args, probes_sl)
         t_logp = time.time() - t_logp
         adv_t = torch.as_tensor(advantages.reshape(-1), dtype=torch.float32, device=device)
         ret_t = torch.as_tensor(returns.reshape(-1), dtype=torch.float32, device=device)
@@ -910,9 +864,8 @@ def main(args):
         writer.add_scalar("values/logprob_mean", logp_mean, env_steps)
         clamped = ((old_logp < args.logprob_min) | (old_logp > args.logprob_max)).float().mean().item()
         writer.add_scalar("values/logprob_clamped_frac", clamped, env_steps)
-        runs.log_iteration(
-            writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes
-        )
+        sps = steps_per_iter / (time.time() - t_iter)
+        runs.log_iteration(writer, env_steps, sps, t_rollout, t_update, device, successes)
         writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
         writer.add_scalar("time/old_logprob_s", t_logp, env_steps)
         if iteration % args.eval_freq == 0 or iteration == num_iters:
