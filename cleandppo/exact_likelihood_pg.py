@@ -138,8 +138,8 @@ class Args:
 # 3.10): DPPO's Can settings (dppo-facts 4.3) with actor LR 1e-5. Lift, square and transport take DPPO's per-task
 # values the same way: our choice, not an official config (docs/exact_likelihood_pg.md).
 ROBOMIMIC = dict(num_envs=50, gamma=0.999, actor_lr=1e-5, critic_lr=1e-3, n_critic_warmup_itr=2, eval_episodes=50)
-ROBOMIMIC_TASK = dict(  # per task: n_steps, batch_size, update_epochs
-    lift=(300, 7500, 10), can=(300, 7500, 10), square=(400, 10_000, 10), transport=(400, 10_000, 5))
+# per task: n_steps, batch_size, update_epochs
+ROBOMIMIC_TASK = dict(lift=(300, 7500, 10), can=(300, 7500, 10), square=(400, 10_000, 10), transport=(400, 10_000, 5))
 
 
 def task_defaults(args) -> dict:
@@ -170,13 +170,12 @@ def make_schedule(K: int) -> dict:
     alphas = 1 - betas
     alpha_bar = torch.cumprod(alphas, 0)
     alpha_bar_prev = torch.cat([torch.ones(1), alpha_bar[:-1]])
-    return dict(
-        betas=betas, alphas=alphas, alpha_bar=alpha_bar, alpha_bar_prev=alpha_bar_prev,
-        # posterior q(x_{t-1} | x_t, x_0) (Ho et al. eq. 7)
-        posterior_var=betas * (1 - alpha_bar_prev) / (1 - alpha_bar),
-        coef_x0=betas * alpha_bar_prev.sqrt() / (1 - alpha_bar),
-        coef_xt=(1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar),
-    )
+    sched = dict(betas=betas, alphas=alphas, alpha_bar=alpha_bar, alpha_bar_prev=alpha_bar_prev)
+    # posterior q(x_{t-1} | x_t, x_0) (Ho et al. eq. 7)
+    sched["posterior_var"] = betas * (1 - alpha_bar_prev) / (1 - alpha_bar)
+    sched["coef_x0"] = betas * alpha_bar_prev.sqrt() / (1 - alpha_bar)
+    sched["coef_xt"] = (1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar)
+    return sched
 
 
 def step_mean_var(net, sched, x, obs, t, clip: float = 1.0):
@@ -220,7 +219,8 @@ class ResidualMLP(nn.Module):
         self.inp = nn.Linear(dims[0], hidden[0])
         self.blocks = nn.ModuleList(
             nn.Sequential(activation(), nn.Linear(hidden[0], hidden[0]), activation(), nn.Linear(hidden[0], hidden[0]))
-            for _ in range((len(hidden) - 1) // 2))
+            for _ in range((len(hidden) - 1) // 2)
+        )
         self.out = nn.Linear(hidden[0], dims[-1])
 
     def forward(self, x):
@@ -233,14 +233,24 @@ class ResidualMLP(nn.Module):
 class DiffusionMLP(nn.Module):
     """eps_theta(x_t, t, s): residual MLP on [flattened noisy chunk, time embedding, observation]."""
 
-    def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, time_dim=16, mlp_dims=(512, 512, 512),
-                 activation="relu", cond_mlp_dims=()):
+    def __init__(
+        self,
+        obs_dim,
+        action_dim,
+        horizon_steps,
+        cond_steps,
+        time_dim=16,
+        mlp_dims=(512, 512, 512),
+        activation="relu",
+        cond_mlp_dims=(),
+    ):
         super().__init__()
         act = {"relu": nn.ReLU, "mish": nn.Mish}[activation]
         self.horizon_steps, self.action_dim = horizon_steps, action_dim
-        self.time_embedding = nn.Sequential(SinusoidalPosEmb(time_dim), nn.Linear(time_dim, 2 * time_dim), nn.Mish(),
-                                            nn.Linear(2 * time_dim, time_dim))
-        self.cond_mlp = None  # optional observation encoder: plain MLP, activation between layers (official Square: 512, 64)
+        d = time_dim
+        self.time_embedding = nn.Sequential(SinusoidalPosEmb(d), nn.Linear(d, 2 * d), nn.Mish(), nn.Linear(2 * d, d))
+        # optional observation encoder: plain MLP, activation between layers (official Square: 512, 64)
+        self.cond_mlp = None
         if cond_mlp_dims:
             dims = [obs_dim * cond_steps, *cond_mlp_dims]
             layers = [m for i, o in zip(dims[:-1], dims[1:]) for m in (nn.Linear(i, o), act())][:-1]
@@ -260,7 +270,8 @@ class Conv1dBlock(nn.Module):
 
     def __init__(self, c_in, c_out, kernel, n_groups):
         super().__init__()
-        self.block = nn.Sequential(nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2), nn.GroupNorm(n_groups, c_out), nn.Mish())
+        conv = nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2)
+        self.block = nn.Sequential(conv, nn.GroupNorm(n_groups, c_out), nn.Mish())
 
     def forward(self, x):
         return self.block(x)
@@ -272,8 +283,8 @@ class FiLMResidualBlock(nn.Module):
     def __init__(self, c_in, c_out, cond_dim, kernel, n_groups):
         super().__init__()
         self.conv1, self.conv2 = Conv1dBlock(c_in, c_out, kernel, n_groups), Conv1dBlock(c_out, c_out, kernel, n_groups)
-        self.cond = nn.Sequential(nn.Linear(cond_dim, 2 * c_out), nn.Mish(), nn.Linear(2 * c_out, 2 * c_out), nn.Mish(),
-                                  nn.Linear(2 * c_out, 2 * c_out))
+        w = 2 * c_out  # a scale and a bias per output channel
+        self.cond = nn.Sequential(nn.Linear(cond_dim, w), nn.Mish(), nn.Linear(w, w), nn.Mish(), nn.Linear(w, w))
         self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x, cond):
@@ -284,29 +295,40 @@ class FiLMResidualBlock(nn.Module):
 class DiffusionUNet(nn.Module):
     """Chi et al.'s 1-D conditional UNet: channels = action dims, length = chunk, FiLM conditioning."""
 
-    def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, dim=40, dim_mults=(1, 2), kernel_size=5,
-                 n_groups=8, step_embed_dim=16):
+    def __init__(
+        self,
+        obs_dim,
+        action_dim,
+        horizon_steps,
+        cond_steps,
+        dim=40,
+        dim_mults=(1, 2),
+        kernel_size=5,
+        n_groups=8,
+        step_embed_dim=16,
+    ):
         super().__init__()
         if horizon_steps % (2 ** (len(dim_mults) - 1)):
             raise ValueError(f"UNet needs horizon_steps divisible by {2 ** (len(dim_mults) - 1)}, got {horizon_steps}")
-        self.time_embedding = nn.Sequential(SinusoidalPosEmb(step_embed_dim), nn.Linear(step_embed_dim, 4 * step_embed_dim),
-                                            nn.Mish(), nn.Linear(4 * step_embed_dim, step_embed_dim))
+        self.horizon_steps, self.action_dim = horizon_steps, action_dim
+        d = step_embed_dim
+        self.time_embedding = nn.Sequential(SinusoidalPosEmb(d), nn.Linear(d, 4 * d), nn.Mish(), nn.Linear(4 * d, d))
         cond_dim = step_embed_dim + obs_dim * cond_steps
         widths = [action_dim] + [dim * m for m in dim_mults]
         levels = list(zip(widths[:-1], widths[1:]))
+        film = lambda c_in, c_out: FiLMResidualBlock(c_in, c_out, cond_dim, kernel_size, n_groups)  # noqa: E731
         self.down = nn.ModuleList()
         for i, (c_in, c_out) in enumerate(levels):
-            last = i == len(levels) - 1
-            self.down.append(nn.ModuleList([FiLMResidualBlock(c_in, c_out, cond_dim, kernel_size, n_groups),
-                                            FiLMResidualBlock(c_out, c_out, cond_dim, kernel_size, n_groups),
-                                            nn.Identity() if last else nn.Conv1d(c_out, c_out, 3, 2, 1)]))
+            blocks = [film(c_in, c_out), film(c_out, c_out)]
+            blocks.append(nn.Identity() if i == len(levels) - 1 else nn.Conv1d(c_out, c_out, 3, 2, 1))  # downsample
+            self.down.append(nn.ModuleList(blocks))
         mid = widths[-1]
-        self.mid = nn.ModuleList([FiLMResidualBlock(mid, mid, cond_dim, kernel_size, n_groups) for _ in range(2)])
+        self.mid = nn.ModuleList([film(mid, mid) for _ in range(2)])
         self.up = nn.ModuleList()
         for c_in, c_out in reversed(levels[1:]):
-            self.up.append(nn.ModuleList([FiLMResidualBlock(2 * c_out, c_in, cond_dim, kernel_size, n_groups),
-                                          FiLMResidualBlock(c_in, c_in, cond_dim, kernel_size, n_groups),
-                                          nn.ConvTranspose1d(c_in, c_in, 4, 2, 1)]))
+            self.up.append(
+                nn.ModuleList([film(2 * c_out, c_in), film(c_in, c_in), nn.ConvTranspose1d(c_in, c_in, 4, 2, 1)])
+            )
         self.final = nn.Sequential(Conv1dBlock(dim, dim, kernel_size, n_groups), nn.Conv1d(dim, action_dim, 1))
 
     def forward(self, x, t, obs):
@@ -326,30 +348,30 @@ class DiffusionUNet(nn.Module):
 
 def build_network(kw: dict) -> nn.Module:
     """Rebuild a noise-prediction network from a checkpoint's `model_kwargs`."""
-    common = dict(obs_dim=kw["obs_dim"], action_dim=kw["action_dim"], horizon_steps=kw["horizon_steps"],
-                  cond_steps=kw["cond_steps"])
+    common = {key: kw[key] for key in ("obs_dim", "action_dim", "horizon_steps", "cond_steps")}
     if kw["backbone"] == "mlp":
-        return DiffusionMLP(**common, time_dim=kw["time_dim"], mlp_dims=tuple(kw["mlp_dims"]), activation=kw["activation"],
-                            cond_mlp_dims=tuple(kw.get("cond_mlp_dims") or ()))
-    return DiffusionUNet(**common, dim=kw["unet_dim"], dim_mults=tuple(kw["unet_dim_mults"]), kernel_size=kw["unet_kernel_size"],
-                         n_groups=kw["unet_n_groups"], step_embed_dim=kw["unet_step_embed_dim"])
+        mlp = dict(time_dim=kw["time_dim"], mlp_dims=tuple(kw["mlp_dims"]), activation=kw["activation"])
+        return DiffusionMLP(**common, **mlp, cond_mlp_dims=tuple(kw.get("cond_mlp_dims") or ()))
+    unet = dict(dim=kw["unet_dim"], dim_mults=tuple(kw["unet_dim_mults"]), kernel_size=kw["unet_kernel_size"])
+    return DiffusionUNet(**common, **unet, n_groups=kw["unet_n_groups"], step_embed_dim=kw["unet_step_embed_dim"])
 
 
 # ------------------------------------------------------------------------------------------------
 # DPPO's sampler, used for the rollouts (paper 4.1-4.3)
 # ------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def sample(actor, actor_ft, sched, obs, plan, ft_steps, horizon_steps, action_dim, mode, min_sampling_std=0.1,
-           randn_clip=3.0, clip=1.0, generator=None):
+def sample(actor, actor_ft, sched, obs, plan, ft_steps, mode, args, generator=None):
     """Run the reverse chain; return (action chunk, chain of the fine-tuned steps).
 
     The last `ft_steps` executed steps use `actor_ft`, the earlier ones the frozen `actor`.
-    `mode`: "train" -> std floored at min_sampling_std at every step (exploration, paper 4.3);
+    `mode`: "train" -> std floored at args.min_sampling_denoising_std at every step (exploration, paper 4.3);
             "eval"  -> natural std floored at 1e-3, none at the final step.
+    Every step clamps x0 to args.denoised_clip_value and the noise to args.randn_clip_value std.
     chain: (B, ft_steps + 1, Tp, Da); chain[:, 0] is the input of the first fine-tuned step.
     """
     B = obs.shape[0]
-    x = torch.randn(B, horizon_steps, action_dim, device=obs.device, generator=generator)
+    shape = (B, actor.horizon_steps, actor.action_dim)
+    x = torch.randn(shape, device=obs.device, generator=generator)
     chain = []
     n = len(plan)
     for i, (t, _) in enumerate(plan):
@@ -357,17 +379,17 @@ def sample(actor, actor_ft, sched, obs, plan, ft_steps, horizon_steps, action_di
             chain.append(x)
         net = actor_ft if i >= n - ft_steps else actor
         t_b = torch.full((B,), t, dtype=torch.long, device=x.device)
-        mean, var = step_mean_var(net, sched, x, obs, t_b, clip)
+        mean, var = step_mean_var(net, sched, x, obs, t_b, args.denoised_clip_value)
         std = var.sqrt()
         if mode == "train":
-            std = std.clamp(min=min_sampling_std)
+            std = std.clamp(min=args.min_sampling_denoising_std)
         else:
             std = std.clamp(min=1e-3) if t > 0 else torch.zeros_like(std)
-        noise = torch.randn(x.shape, device=x.device, generator=generator).clamp(-randn_clip, randn_clip)
-        x = mean + std * noise
+        noise = torch.randn(shape, device=x.device, generator=generator)
+        x = mean + std * noise.clamp(-args.randn_clip_value, args.randn_clip_value)
         if i >= n - ft_steps:
             chain.append(x)
-    chain = torch.stack(chain, dim=1) if chain else x.new_zeros(B, 0, horizon_steps, action_dim)
+    chain = torch.stack(chain, dim=1) if chain else x.new_zeros(B, 0, *shape[1:])
     return x, chain
 
 
@@ -483,7 +505,7 @@ def pf_ode_log_likelihood(eps_fn, sde, x0, t_min, step_size, method="euler", pro
     return prior + delta
 
 
-def policy_eps_fn(actor, actor_ft, ft_steps, sde, obs, horizon_steps, action_dim, clip=None):
+def policy_eps_fn(actor, actor_ft, ft_steps, sde, obs, clip=None):
     """eps(x, t) of the diffusion policy in continuous time, for the ODE.
 
     The network was trained only at the DDPM noise levels t = (k+1)/K (step index k). Between two
@@ -493,16 +515,17 @@ def policy_eps_fn(actor, actor_ft, ft_steps, sde, obs, horizon_steps, action_dim
     ones DPPO's sampler runs with the fine-tuned copy) use actor_ft, the others the frozen actor, for
     drift and divergence alike. With clip, the implied clean chunk is clamped to [-clip, clip] and eps
     recomputed from it, as the sampler does (this keeps the ODE from blowing up where the network
-    extrapolates). x may hold several replicas of the batch; obs is tiled to match.
+    extrapolates). x may hold several replicas of the batch; obs is tiled to match. The chunk shape is the
+    networks' (actor.horizon_steps, actor.action_dim).
     """
-    B = obs.shape[0]
+    B, Tp, Da = obs.shape[0], actor.horizon_steps, actor.action_dim
 
     def net_out(k, x):
         net = actor_ft if k < ft_steps else actor
         reps = x.shape[0] // B
         o = obs if reps == 1 else obs.repeat(reps, *([1] * (obs.dim() - 1)))
         k_b = torch.full((x.shape[0],), k, dtype=torch.long, device=x.device)
-        return net(x.view(-1, horizon_steps, action_dim), k_b, o).flatten(1)
+        return net(x.view(-1, Tp, Da), k_b, o).flatten(1)
 
     def eps_fn(x, t):
         k, w = sde.step_interp(t)
@@ -518,10 +541,11 @@ def policy_eps_fn(actor, actor_ft, ft_steps, sde, obs, horizon_steps, action_dim
     return eps_fn
 
 
-def action_log_likelihood(actor, actor_ft, ft_steps, sde, obs, chunks, args, probes=None, create_graph=False):
-    """Per-dimension log-likelihood (nats, log p / (Tp*Da)) of action chunks (B, Tp, Da) given obs, (B,)."""
+def action_log_likelihood(actor, actor_ft, sde, obs, chunks, args, probes=None, create_graph=False):
+    """Per-dimension log-likelihood (nats, log p / (Tp*Da)) of action chunks (B, Tp, Da) given obs, (B,); the last
+    args.ft_denoising_steps denoising steps run actor_ft."""
     Tp, Da = chunks.shape[1], chunks.shape[2]
-    eps_fn = policy_eps_fn(actor, actor_ft, ft_steps, sde, obs, Tp, Da, args.denoised_clip_value)
+    eps_fn = policy_eps_fn(actor, actor_ft, args.ft_denoising_steps, sde, obs, args.denoised_clip_value)
     t_min = args.sde_eps if args.sde_eps is not None else 1.0 / sde.K
     logp = pf_ode_log_likelihood(eps_fn, sde, chunks, t_min, args.sde_step_size, args.sde_method, probes, create_graph)
     return logp / (Tp * Da)
@@ -597,17 +621,18 @@ def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sde, batch, args,
     for _epoch in range(args.update_epochs):
         perm = torch.randperm(num).to(device)
         for start in range(0, num - mb + 1, mb):
-            idx = perm[start:start + mb]
+            idx = perm[start : start + mb]
             adv_mb = batch["advantages"][idx]
             adv_mb = (adv_mb - adv_mb.mean()) / (adv_mb.std() + 1e-8)
             actor_opt.zero_grad()
             critic_opt.zero_grad()
             sums = dict(policy_loss=0.0, value_loss=0.0, approx_kl=0.0, ratio=0.0, clipfrac=0.0)
             for c0 in range(0, mb, gcs):
-                c, adv = idx[c0:c0 + gcs], adv_mb[c0:c0 + gcs]
+                c, adv = idx[c0 : c0 + gcs], adv_mb[c0 : c0 + gcs]
                 probes = batch["probes"][c] if batch["probes"] is not None else None
-                new_logp = action_log_likelihood(actor, actor_ft, args.ft_denoising_steps, sde, batch["obs"][c],
-                                                 batch["chunks"][c], args, probes, create_graph=update_actor).clamp(lo, hi)
+                new_logp = action_log_likelihood(
+                    actor, actor_ft, sde, batch["obs"][c], batch["chunks"][c], args, probes, create_graph=update_actor
+                ).clamp(lo, hi)
                 logratio = new_logp - old_all[c]
                 ratio = logratio.exp()
                 pg_loss = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - eps, 1 + eps)).sum() / mb
@@ -637,14 +662,12 @@ def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sde, batch, args,
 # ------------------------------------------------------------------------------------------------
 # Evaluation, checks, main
 # ------------------------------------------------------------------------------------------------
-def eval_act(actor, actor_ft, sched, plan, ft_steps, kw, args, device):
+def eval_act(actor, actor_ft, sched, plan, ft_steps, args, device):
     """The evaluation action function obs -> chunk (envs.run_episodes, runs.capture_video): no exploration floor (DDPM
     noise kept except at the last step); the last `ft_steps` denoising steps run the fine-tuned network."""
 
     def act(obs):
-        chunk, _ = sample(actor, actor_ft, sched, torch.as_tensor(obs, device=device), plan, ft_steps,
-                          kw["horizon_steps"], kw["action_dim"], "eval", clip=args.denoised_clip_value,
-                          randn_clip=args.randn_clip_value)
+        chunk, _ = sample(actor, actor_ft, sched, torch.as_tensor(obs, device=device), plan, ft_steps, "eval", args)
         return chunk.cpu().numpy()
 
     return act
@@ -653,13 +676,19 @@ def eval_act(actor, actor_ft, sched, plan, ft_steps, kw, args, device):
 def check_args(args):
     runs.check_ranges(args, None if args.eval_only else args.num_envs * args.n_steps * args.act_steps)
     if args.act_steps > args.horizon_steps:
-        envs.fail(f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps")
+        envs.fail(
+            f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps"
+        )
     if args.ft_denoising_steps > args.denoising_steps:
-        envs.fail(f"--ft-denoising-steps {args.ft_denoising_steps} > --denoising-steps {args.denoising_steps}; "
-                  f"use at most {args.denoising_steps}")
+        envs.fail(
+            f"--ft-denoising-steps {args.ft_denoising_steps} > --denoising-steps {args.denoising_steps}; "
+            f"use at most {args.denoising_steps}"
+        )
     if not args.eval_only and args.batch_size > args.num_envs * args.n_steps:
-        envs.fail(f"--batch-size {args.batch_size} > the {args.num_envs * args.n_steps} samples of an iteration "
-                  f"(--num-envs x --n-steps); pass --batch-size <= {args.num_envs * args.n_steps} or more envs/steps")
+        envs.fail(
+            f"--batch-size {args.batch_size} > the {args.num_envs * args.n_steps} samples of an iteration "
+            f"(--num-envs x --n-steps); pass --batch-size <= {args.num_envs * args.n_steps} or more envs/steps"
+        )
     if args.logprob_min >= args.logprob_max:
         envs.fail(f"--logprob-min {args.logprob_min} must be below --logprob-max {args.logprob_max}")
 
@@ -668,7 +697,9 @@ def load_diffusion_checkpoint(path, args):
     """Load a diffusion checkpoint and check it against the flags (one-line errors)."""
     ckpt = envs.load_diffusion_checkpoint(path, args)
     if ckpt["algo"] == ALGO and ckpt.get("ft_denoising_steps") != args.ft_denoising_steps:
-        envs.fail(f"{path} fine-tuned {ckpt['ft_denoising_steps']} denoising steps; pass --ft-denoising-steps {ckpt['ft_denoising_steps']}")
+        envs.fail(
+            f"{path} fine-tuned {ckpt['ft_denoising_steps']} denoising steps; pass --ft-denoising-steps {ckpt['ft_denoising_steps']}"
+        )
     return ckpt
 
 
@@ -689,7 +720,9 @@ def main(args):
     own = ckpt["algo"] == ALGO
     resume = ckpt if own and "critic" in ckpt else None
     if ckpt.get("model_ft") is not None and not own:
-        print(f"[note] {path} also holds a fine-tuned copy ('model_ft', {ckpt['algo']}); this run starts from the base 'model'")
+        print(
+            f"[note] {path} also holds a fine-tuned copy ('model_ft', {ckpt['algo']}); this run starts from the base 'model'"
+        )
     run_dir = runs.prepare_run_dir(args, ALGO, resume and path)
     writer = runs.open_run(run_dir, args, resume and resume["env_steps"])
     evals = runs.Evaluations(writer, robo)
@@ -699,7 +732,9 @@ def main(args):
     try:
         actor.load_state_dict(ckpt["model"])
     except RuntimeError:
-        envs.fail(f"{path}: weights do not fit the network its model_kwargs describe; it was written by another architecture")
+        envs.fail(
+            f"{path}: weights do not fit the network its model_kwargs describe; it was written by another architecture"
+        )
     actor.requires_grad_(False)  # frozen network for the noisier steps (as DPPO)
     actor_ft = copy.deepcopy(actor).requires_grad_(True)
     if own:
@@ -710,7 +745,7 @@ def main(args):
     K_ft = args.ft_denoising_steps
 
     if args.eval_only:
-        act = eval_act(actor, actor_ft, sched, plan, K_ft if own else 0, kw, args, device)
+        act = eval_act(actor, actor_ft, sched, plan, K_ft if own else 0, args, device)
         ret, std, succ = evals.run(ckpt.get("env_steps", 0), act, args, normalization)
         success = f", success rate {succ:.2f}" if robo else ""
         print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes{success}")
@@ -732,13 +767,17 @@ def main(args):
         start_iter, env_steps = resume["iteration"], resume["env_steps"]
     else:
         print(f"[eval] evaluating the pre-trained policy ({args.eval_episodes} episodes)...", flush=True)
-        evals.run(env_steps, eval_act(actor, actor_ft, sched, plan, 0, kw, args, device), args, normalization)
+        evals.run(env_steps, eval_act(actor, actor_ft, sched, plan, 0, args, device), args, normalization)
     divergence = "exact" if args.hutchinson_probes == 0 else f"Hutchinson, {args.hutchinson_probes} Rademacher probes"
-    print(f"[likelihood] PF-ODE {args.sde_method}, step {args.sde_step_size}, t from "
-          f"{args.sde_eps if args.sde_eps is not None else 1 / sde.K:.4g} to 1, divergence {divergence}")
+    print(
+        f"[likelihood] PF-ODE {args.sde_method}, step {args.sde_step_size}, t from "
+        f"{args.sde_eps if args.sde_eps is not None else 1 / sde.K:.4g} to 1, divergence {divergence}"
+    )
 
     seed = args.seed + start_iter * args.num_envs
-    vec = envs.make_vec_env(args.env_id, args.num_envs, seed, args.act_steps, args.cond_steps, normalization, args.async_envs)
+    vec = envs.make_vec_env(
+        args.env_id, args.num_envs, seed, args.act_steps, args.cond_steps, normalization, args.async_envs
+    )
     obs, _ = vec.reset(seed=seed)
     firsts, recent_returns, t_start, iteration = np.ones(args.num_envs), [], time.time(), start_iter
     if resume is not None:  # continue exactly where the checkpoint stopped: envs mid-episode, every RNG
@@ -746,12 +785,12 @@ def main(args):
     progress = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO)
 
     def save(iteration):
-        state = dict(algo=ALGO, policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(),
-                     model_ft=actor_ft.state_dict(), ft_denoising_steps=K_ft, model_kwargs=kw, normalization=normalization,
-                     env_id=args.env_id, args=asdict(args), iteration=iteration, env_steps=env_steps,
-                     critic=critic.state_dict(), actor_optimizer=actor_opt.state_dict(),
-                     critic_optimizer=critic_opt.state_dict(), reward_scaler=scaler.state_dict(),
-                     **evals.state_dict(), **runs.run_state(vec, obs, firsts, recent_returns))
+        state = dict(algo=ALGO, policy="diffusion", backbone=kw["backbone"], model=actor.state_dict())
+        state.update(model_ft=actor_ft.state_dict(), ft_denoising_steps=K_ft, model_kwargs=kw)
+        state.update(normalization=normalization, env_id=args.env_id, args=asdict(args), iteration=iteration)
+        state.update(env_steps=env_steps, critic=critic.state_dict(), actor_optimizer=actor_opt.state_dict())
+        state.update(critic_optimizer=critic_opt.state_dict(), reward_scaler=scaler.state_dict())
+        state.update(**evals.state_dict(), **runs.run_state(vec, obs, firsts, recent_returns))
         if robo:
             state.update(robomimic_env_args=envs.robomimic_env_args(args.env_id))
         runs.save_iteration(state, run_dir, iteration, args.save_freq, num_iters, writer)
@@ -767,9 +806,8 @@ def main(args):
         buf_chunk = torch.zeros((N, E, Tp, action_dim), device=device)
         buf_rew, buf_term, buf_timeout, buf_first = (np.zeros((N, E)) for _ in range(4))
         for n in range(N):
-            chunk, _ = sample(actor, actor_ft, sched, torch.as_tensor(obs, device=device), plan, K_ft, Tp, action_dim,
-                              "train", args.min_sampling_denoising_std, args.randn_clip_value, args.denoised_clip_value)
-            next_obs, reward, term, trunc, infos = vec.step(chunk[:, :args.act_steps].cpu().numpy())
+            chunk, _ = sample(actor, actor_ft, sched, torch.as_tensor(obs, device=device), plan, K_ft, "train", args)
+            next_obs, reward, term, trunc, infos = vec.step(chunk[:, : args.act_steps].cpu().numpy())
             runs.check_finite(iteration, reward=reward, observation=next_obs)
             env_steps += E * args.act_steps  # episodes that end here are logged at this count
             buf_obs[n], buf_chunk[n], buf_rew[n], buf_first[n] = obs, chunk, reward, firsts
@@ -804,12 +842,12 @@ def main(args):
         with torch.no_grad():
             for s0 in range(0, N * E, args.logprob_batch_size):
                 sl = slice(s0, min(N * E, s0 + args.logprob_batch_size))
-                old_logp[sl] = action_log_likelihood(actor, actor_ft, K_ft, sde, flat_obs[sl], chunks[sl], args,
-                                                     None if probes is None else probes[sl])
+                probes_sl = None if probes is None else probes[sl]
+                old_logp[sl] = action_log_likelihood(actor, actor_ft, sde, flat_obs[sl], chunks[sl], args, probes_sl)
         t_logp = time.time() - t_logp
-        batch = dict(obs=flat_obs, chunks=chunks, logprobs=old_logp, probes=probes,
-                     advantages=torch.as_tensor(advantages.reshape(-1), dtype=torch.float32, device=device),
-                     returns=torch.as_tensor(returns.reshape(-1), dtype=torch.float32, device=device))
+        adv_t = torch.as_tensor(advantages.reshape(-1), dtype=torch.float32, device=device)
+        ret_t = torch.as_tensor(returns.reshape(-1), dtype=torch.float32, device=device)
+        batch = dict(obs=flat_obs, chunks=chunks, logprobs=old_logp, probes=probes, advantages=adv_t, returns=ret_t)
         warm = iteration >= args.n_critic_warmup_itr  # critic warm-up over: the actor updates too
         stats = ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sde, batch, args, update_actor=warm)
         t_update = time.time() - t_update
@@ -822,19 +860,23 @@ def main(args):
         explained_var = 1 - np.var(returns - values) / (np.var(returns) + 1e-8)
         writer.add_scalar("losses/explained_variance", explained_var, env_steps)
         writer.add_scalar("values/value_mean", float(values.mean()), env_steps)
-        writer.add_scalar("values/logprob_mean", old_logp.mean().item(), env_steps)
+        logp_mean = old_logp.mean().item()
+        writer.add_scalar("values/logprob_mean", logp_mean, env_steps)
         clamped = ((old_logp < args.logprob_min) | (old_logp > args.logprob_max)).float().mean().item()
         writer.add_scalar("values/logprob_clamped_frac", clamped, env_steps)
-        runs.log_iteration(writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes)
+        sps = steps_per_iter / (time.time() - t_iter)
+        runs.log_iteration(writer, env_steps, sps, t_rollout, t_update, device, successes)
         writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
         writer.add_scalar("time/old_logprob_s", t_logp, env_steps)
         if iteration % args.eval_freq == 0 or iteration == num_iters:
-            evals.run(env_steps, eval_act(actor, actor_ft, sched, plan, K_ft, kw, args, device), args, normalization)
-        progress.update(iteration, num_iters, env_steps, recent_returns, evals, successes, logp=old_logp.mean().item(), kl=stats["approx_kl"])
+            evals.run(env_steps, eval_act(actor, actor_ft, sched, plan, K_ft, args, device), args, normalization)
+        progress.update(
+            iteration, num_iters, env_steps, recent_returns, evals, successes, logp=logp_mean, kl=stats["approx_kl"]
+        )
         save(iteration)
     progress.close()
     vec.close()
-    act = eval_act(actor, actor_ft, sched, plan, K_ft, kw, args, device)
+    act = eval_act(actor, actor_ft, sched, plan, K_ft, args, device)
     runs.finish_run(run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization)
 
 

@@ -81,12 +81,13 @@ K_ft, Tp, Da = targs.ft_denoising_steps, kw["horizon_steps"], kw["action_dim"]
 
 def loglik(obs, chunks, method, step, probes=None, create_graph=False):
     a = dataclasses.replace(targs, sde_method=method, sde_step_size=step)
-    return el.action_log_likelihood(actor, actor_ft, K_ft, sde, obs, chunks, a, probes, create_graph)
+    return el.action_log_likelihood(actor, actor_ft, sde, obs, chunks, a, probes, create_graph)
 
 
 if "hopper" not in cli.skip or "timing" not in cli.skip:
     # rollout chunks: DPPO's training sampler (exploration floor) on E seeded envs for a few steps
-    sched, plan = el.make_schedule(K), el.denoising_plan(K)
+    sched = el.make_schedule(K)
+    plan = [(t, t - 1) for t in reversed(range(K))]  # DDPM timesteps in order, as exact_likelihood_pg.main
     vec = envs.make_vec_env(
         targs.env_id, cli.num_envs, cli.seed, targs.act_steps, targs.cond_steps, ckpt["normalization"]
     )
@@ -95,20 +96,7 @@ if "hopper" not in cli.skip or "timing" not in cli.skip:
     with torch.no_grad():
         for _ in range(cli.rollout_steps):
             obs_t = torch.as_tensor(o, dtype=torch.float32)
-            chunk, _ = el.sample(
-                actor,
-                actor_ft,
-                sched,
-                obs_t,
-                plan,
-                K_ft,
-                Tp,
-                Da,
-                "train",
-                targs.min_sampling_denoising_std,
-                targs.randn_clip_value,
-                targs.denoised_clip_value,
-            )
+            chunk, _ = el.sample(actor, actor_ft, sched, obs_t, plan, K_ft, "train", targs)
             all_obs.append(obs_t)
             all_chunks.append(chunk)
             o, *_ = vec.step(chunk[:, : targs.act_steps].numpy())

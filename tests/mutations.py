@@ -75,8 +75,8 @@ exact likelihood: pieces averaged instead of summed | exact_likelihood_pg.py | t
 - torch.clamp(ratio, 1 - eps, 1 + eps)).sum() / mb
 + torch.clamp(ratio, 1 - eps, 1 + eps)).mean()
 exact likelihood: new log-likelihood not clamped | exact_likelihood_pg.py | tests/test_ppo_updates.py
-- create_graph=update_actor).clamp(lo, hi)
-+ create_graph=update_actor)
+- ).clamp(lo, hi)
++ )
 
 # shared copies
 GAE without lambda (gaussian) | gaussian_ppo.py | tests/test_shared_copies.py

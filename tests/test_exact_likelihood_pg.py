@@ -139,11 +139,12 @@ def test_full_covariance_gaussian_exact_and_hutchinson(sde):
 
 
 class StepConstant(torch.nn.Module):
-    """A stand-in network that outputs value + k at step k (ignores x and obs)."""
+    """A stand-in network that outputs value + k at step k (ignores x and obs); chunks of 2 steps x 1 action dim."""
 
     def __init__(self, value):
         super().__init__()
         self.value = value
+        self.horizon_steps, self.action_dim = 2, 1
 
     def forward(self, x, t, obs):
         return torch.zeros_like(x) + self.value + t.float().view(-1, 1, 1)
@@ -153,7 +154,7 @@ def test_policy_eps_interpolates_between_levels_and_splits_networks():
     sde6 = el.VPSDE(el.make_schedule(6)["betas"])
     frozen, ft = StepConstant(100.0), StepConstant(0.0)
     obs = torch.zeros(2, 1, 3)
-    eps_fn = el.policy_eps_fn(frozen, ft, 3, sde6, obs, 2, 1)  # steps 0, 1, 2 fine-tuned
+    eps_fn = el.policy_eps_fn(frozen, ft, 3, sde6, obs)  # steps 0, 1, 2 fine-tuned
     x = torch.zeros(2, 2)
     assert eps_fn(x, 1 / 6)[0, 0].item() == 0.0  # step 0, fine-tuned net
     assert eps_fn(x, 3 / 6)[0, 0].item() == 2.0  # step 2, fine-tuned
@@ -162,7 +163,7 @@ def test_policy_eps_interpolates_between_levels_and_splits_networks():
     assert eps_fn(x, 3.25 / 6)[0, 0].item() == pytest.approx(0.75 * 2 + 0.25 * 103)  # across the split
     assert eps_fn(torch.zeros(6, 2), 0.5 / 6).shape == (6, 2)  # replicas of the batch tile obs
     # with the x0 clamp (as the sampler): x0 = (x - sigma eps) / sqrt(ab); eps = (x - sqrt(ab) clamp(x0)) / sigma
-    clipped = el.policy_eps_fn(frozen, StepConstant(0.0), 6, sde6, obs, 2, 1, clip=1.0)  # eps = 0 at step 0
+    clipped = el.policy_eps_fn(frozen, StepConstant(0.0), 6, sde6, obs, clip=1.0)  # eps = 0 at step 0
     ab = sde6.alpha_bar(1 / 6)
     out = clipped(torch.tensor([[0.5, 2.0], [-3.0, 0.0]]), 1 / 6)
     expected = [[0.0, (2.0 - math.sqrt(ab)) / math.sqrt(1 - ab)], [(-3.0 + math.sqrt(ab)) / math.sqrt(1 - ab), 0.0]]
@@ -194,24 +195,24 @@ def test_gradient_goes_through_the_ode_and_the_divergence(float64_default):
     sde6 = el.VPSDE(el.make_schedule(6)["betas"])
     args = el.Args(denoising_steps=6, ft_denoising_steps=3)
     obs, chunk = torch.randn(2, 1, 3, dtype=torch.float64), torch.rand(2, 2, 2, dtype=torch.float64) - 0.5
-    logp = el.action_log_likelihood(actor, actor_ft, 3, sde6, obs, chunk, args, create_graph=True).sum()
+    logp = el.action_log_likelihood(actor, actor_ft, sde6, obs, chunk, args, create_graph=True).sum()
     logp.backward()
     assert all(p.grad is None for p in actor.parameters())
     p = actor_ft.mlp.out.bias
     for i in range(2):  # autograd against central finite differences of the whole ODE solve
         with torch.no_grad():
             p[i] += 1e-5
-            up = el.action_log_likelihood(actor, actor_ft, 3, sde6, obs, chunk, args).sum()
+            up = el.action_log_likelihood(actor, actor_ft, sde6, obs, chunk, args).sum()
             p[i] -= 2e-5
-            down = el.action_log_likelihood(actor, actor_ft, 3, sde6, obs, chunk, args).sum()
+            down = el.action_log_likelihood(actor, actor_ft, sde6, obs, chunk, args).sum()
             p[i] += 1e-5
         assert p.grad[i].item() == pytest.approx(((up - down) / 2e-5).item(), rel=1e-4, abs=1e-7)
     w = actor_ft.mlp.inp.weight  # the output bias only moves x; this weight also changes the Jacobian trace
     with torch.no_grad():
         w[0, 0] += 1e-5
-        up = el.action_log_likelihood(actor, actor_ft, 3, sde6, obs, chunk, args).sum()
+        up = el.action_log_likelihood(actor, actor_ft, sde6, obs, chunk, args).sum()
         w[0, 0] -= 2e-5
-        down = el.action_log_likelihood(actor, actor_ft, 3, sde6, obs, chunk, args).sum()
+        down = el.action_log_likelihood(actor, actor_ft, sde6, obs, chunk, args).sum()
         w[0, 0] += 1e-5
     assert w.grad[0, 0].item() == pytest.approx(((up - down) / 2e-5).item(), rel=1e-4, abs=1e-7)
     assert abs(w.grad[0, 0].item()) > 1e-4  # a gradient that is there, not a zero matched by a zero

@@ -325,9 +325,7 @@ def test_exact_likelihood_update_clamps_log_likelihoods_and_accumulates_pieces(m
     monkeypatch.setattr(
         exact_likelihood_pg,
         "action_log_likelihood",
-        lambda actor, a_ft, ft, sde, o, c, args, probes=None, create_graph=False: stand_in_chunk_log_likelihood(
-            a_ft, o, c
-        ),
+        lambda actor, a_ft, sde, o, c, args, probes=None, create_graph=False: stand_in_chunk_log_likelihood(a_ft, o, c),
     )
     lo, hi = -3.0, 2.0
     with torch.no_grad():
