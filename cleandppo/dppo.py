@@ -677,8 +677,9 @@ def pretrain(args, data, run_dir, writer, device):
         writer.add_scalar("pretrain/learning_rate", opt.param_groups[0]["lr"], epoch)
         if epoch % max(1, args.pretrain_epochs // 20) == 0 or epoch == args.pretrain_epochs - 1:
             left = (time.time() - t0) / (epoch + 1) * (args.pretrain_epochs - epoch - 1) / 60
-            lr, done = opt.param_groups[0]["lr"], f"{epoch + 1}/{args.pretrain_epochs}"
-            print(f"[pretrain] epoch {done} | loss {mean_loss:.4f} | lr {lr:.2e} | left {left:.1f}m", flush=True)
+            lr = opt.param_groups[0]["lr"]
+            done = f"epoch {epoch + 1}/{args.pretrain_epochs}"
+            print(f"[pretrain] {done} | loss {mean_loss:.4f} | lr {lr:.2e} | left {left:.1f}m", flush=True)
     info = dict(dataset=args.dataset, pretrain_epochs=args.pretrain_epochs, pretrain_gradient_steps=step)
     ckpt = make_checkpoint(ema, kw, norm, args, 0, 0, **info)
     envs.save_checkpoint(ckpt, os.path.join(run_dir, "pretrained.pt"))
