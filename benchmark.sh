@@ -43,7 +43,8 @@ sizes() {  # reduced per-iteration sizes for one algorithm
   case "$1" in
     dppo) echo "--num-envs 40 --n-steps 125 --batch-size 12500 --eval-freq 5" ;;
     gaussian_ppo|gmm_ppo) echo "--num-envs 40 --n-steps 125 --batch-size 1250 --eval-freq 5" ;;
-    exact_likelihood_pg) echo "--num-envs 10 --n-steps 100 --batch-size 250 --hutchinson-probes 2 --sde-method euler --eval-freq 5" ;;
+    exact_likelihood_pg)
+      echo "--num-envs 10 --n-steps 100 --batch-size 250 --hutchinson-probes 2 --sde-method euler --eval-freq 5" ;;
     drwr) echo "--num-envs 10 --n-steps 500 --eval-freq 5" ;;
     *) echo "--num-envs 10 --n-steps 100 --eval-freq 25" ;;
   esac
@@ -63,12 +64,14 @@ if [ "${PAPER_SIZES:-0}" != 1 ]; then
     for algo in $ALGOS; do
       act=4; [ "$(echo "$task" | tr 'A-Z' 'a-z')" = transport ] && act=8
       set -- $(sizes "$algo")
-      iteration=$(( $(flag_value --num-envs 0 "$@") * $(flag_value --n-steps 0 "$@") * $(flag_value --act-steps $act "$@") ))
+      iteration=$(( $(flag_value --num-envs 0 "$@") * $(flag_value --n-steps 0 "$@") \
+        * $(flag_value --act-steps $act "$@") ))
       [ "$iteration" -gt "$need" ] && { need=$iteration; largest="$algo on $task"; }
     done
   done
   if [ "$BUDGET" -lt "$need" ]; then
-    echo "BUDGET=$BUDGET is below one iteration of $largest ($need env steps = --num-envs x --n-steps x act steps); set BUDGET=$need or more" >&2
+    echo "BUDGET=$BUDGET is below one iteration of $largest ($need env steps = --num-envs x --n-steps x act steps);" \
+      "set BUDGET=$need or more" >&2
     exit 2
   fi
 fi
@@ -95,7 +98,8 @@ for seed in $SEEDS; do
   for task in $TASKS; do
     for algo in $ALGOS; do
       run="$OUT/$(echo "$task" | tr 'A-Z' 'a-z')__${algo}__${seed}"
-      cmd="$PYTHON cleandppo/$algo.py --env-id $task --seed $seed --total-timesteps $BUDGET --eval-episodes 10 $(sizes "$algo") --run-dir $run"
+      cmd="$PYTHON cleandppo/$algo.py --env-id $task --seed $seed --total-timesteps $BUDGET --eval-episodes 10"
+      cmd="$cmd $(sizes "$algo") --run-dir $run"
       while [ "$(jobs -rp | wc -l)" -ge "$WORKERS" ]; do wait -n; done  # a free worker
       echo "+ $cmd"
       [ "${DRY_RUN:-0}" = 1 ] && continue

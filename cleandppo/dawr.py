@@ -27,7 +27,7 @@ ALGO = "dawr"
 class Args:
     # --- common contract (see the README) ---
     env_id: str = "Hopper-v2"
-    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or a gymnasium v4/v5 id), lift/can/square/transport, avoid-m1/m2/m3"""
+    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or gymnasium v4/v5 ids), lift/can/square/transport, avoid-m1/2/3"""
     seed: int = 0
     """seeds torch, numpy and every environment (env i gets seed + i)"""
     num_envs: int = 40
@@ -44,7 +44,7 @@ class Args:
     eval_episodes: int = 10
     """episodes per evaluation"""
     run_dir: Optional[str] = None
-    """where logs, checkpoints and summary.json go (default runs/<env>__<algo>__<seed>__<time>; a resume: its own dir)"""
+    """where logs, checkpoints and summary.json go (default runs/<env>__<algo>__<seed>__<time>; a resume: its dir)"""
     overwrite: bool = False
     """replace the run already in --run-dir (without it such a dir is refused unless this run resumes it)"""
     save_freq: int = 10
@@ -684,7 +684,8 @@ def main(args):
         actor.load_state_dict(ckpt["model"])
     except RuntimeError:
         envs.fail(
-            "checkpoint weights do not fit the network its model_kwargs describe; it was written by another architecture"
+            "checkpoint weights do not fit the network its model_kwargs describe; "
+            "it was written by another architecture"
         )
     sched = {k: v.to(device) for k, v in make_schedule(kw["denoising_steps"]).items()}
     act = eval_act(actor, sched, kw, args, device)

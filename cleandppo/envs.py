@@ -365,7 +365,8 @@ def read_d4rl_hdf5(path: str) -> dict:
             data["attrs"] = dict(f.attrs)
     except OSError as e:
         fail(
-            f"cannot read dataset {path} ({e.__class__.__name__}: {str(e).splitlines()[0]}); delete it and regenerate it"
+            f"cannot read dataset {path} ({e.__class__.__name__}: {str(e).splitlines()[0]}); "
+            "delete it and regenerate it"
         )
     return data
 
@@ -573,8 +574,9 @@ def load_checkpoint(
                 " --cond-mlp-dims 512 64" if (task, policy) == ("square", "diffusion") else ""
             )  # official Square MLP
             fail(
-                f"no bundled {policy} checkpoint for {task} ({path}); make one with: python scripts/make_robomimic_demos.py "
-                f"--task {task} && python cleandppo/{script}.py --env-id {task} --dataset {task}-scripted --pretrain-only"
+                f"no bundled {policy} checkpoint for {task} ({path}); make one with: "
+                f"python scripts/make_robomimic_demos.py --task {task} && "
+                f"python cleandppo/{script}.py --env-id {task} --dataset {task}-scripted --pretrain-only"
                 f"{encoder} (then pass --checkpoint <run-dir>/pretrained.pt)"
             )
         fail(f"checkpoint {path} does not exist; pre-train one with --pretrain-only --dataset ... or pass --checkpoint")
@@ -591,7 +593,8 @@ def load_checkpoint(
         fail(f"{path} holds a {ckpt['policy']} policy, this script needs a {policy} one; pass a {policy} checkpoint")
     if not same_task(ckpt["env_id"], env_id):
         fail(
-            f"{path} was trained on {ckpt['env_id']}, not {env_id}; pass --env-id {ckpt['env_id']} or a checkpoint of {env_id}"
+            f"{path} was trained on {ckpt['env_id']}, not {env_id}; "
+            f"pass --env-id {ckpt['env_id']} or a checkpoint of {env_id}"
         )
     avoid.check_subset(path, ckpt["env_id"], env_id)
     if backbone is not None and ckpt.get("backbone") != backbone:
@@ -611,7 +614,8 @@ def load_diffusion_checkpoint(path: str, args, same_horizon: bool = True) -> dic
     h, c = kw["horizon_steps"], kw["cond_steps"]
     if kw["denoising_steps"] != args.denoising_steps:
         fail(
-            f"{path} was pre-trained with {kw['denoising_steps']} denoising steps; pass --denoising-steps {kw['denoising_steps']}"
+            f"{path} was pre-trained with {kw['denoising_steps']} denoising steps; "
+            f"pass --denoising-steps {kw['denoising_steps']}"
         )
     if getattr(args, "backbone", kw["backbone"]) != kw["backbone"]:
         fail(f"{path} has backbone {kw['backbone']}; pass --backbone {kw['backbone']}")
@@ -638,7 +642,7 @@ def load_diffusion_checkpoint(path: str, args, same_horizon: bool = True) -> dic
 
 
 def check_cond_mlp(path: str, ckpt: dict):
-    """A diffusion MLP's observation encoder: the widths its weights have must be the `cond_mlp_dims` its config says."""
+    """A diffusion MLP's observation encoder: its weights' widths must be the `cond_mlp_dims` its config says."""
     has = tuple(
         int(v.shape[0]) for k, v in ckpt["model"].items() if k.startswith("cond_mlp.") and k.endswith(".weight")
     )
@@ -646,8 +650,9 @@ def check_cond_mlp(path: str, ckpt: dict):
     if has != says:
         weights = f"a cond_mlp of widths {has}" if has else "no cond_mlp"
         fail(
-            f"{path}: its weights have {weights} but its model_kwargs say cond_mlp_dims {says}; set "
-            f"ckpt['model_kwargs']['cond_mlp_dims'] = {has} and re-save it, or pre-train again (dppo.py --cond-mlp-dims)"
+            f"{path}: its weights have {weights} but its model_kwargs say cond_mlp_dims {says}; "
+            f"set ckpt['model_kwargs']['cond_mlp_dims'] = {has} and re-save it, "
+            "or pre-train again (dppo.py --cond-mlp-dims)"
         )
 
 

@@ -33,7 +33,7 @@ ALGO = "exact_likelihood_pg"
 class Args:
     # --- common contract (see the README) ---
     env_id: str = "Hopper-v2"
-    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or a gymnasium v4/v5 id), or a robomimic task: lift, can, square, transport"""
+    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or gymnasium v4/v5 ids), robomimic lift/can/square/transport"""
     seed: int = 0
     """seeds torch, numpy and every environment (env i gets seed + i)"""
     num_envs: int = 40
@@ -49,7 +49,7 @@ class Args:
     eval_episodes: int = 10
     """episodes per evaluation"""
     run_dir: Optional[str] = None
-    """where logs, checkpoints and summary.json go (default runs/<env>__<algo>__<seed>__<time>; a resume: its own dir)"""
+    """where logs, checkpoints and summary.json go (default runs/<env>__<algo>__<seed>__<time>; a resume: its dir)"""
     overwrite: bool = False
     """replace the run already in --run-dir (without it such a dir is refused unless this run resumes it)"""
     save_freq: int = 10
@@ -698,7 +698,8 @@ def load_diffusion_checkpoint(path, args):
     ckpt = envs.load_diffusion_checkpoint(path, args)
     if ckpt["algo"] == ALGO and ckpt.get("ft_denoising_steps") != args.ft_denoising_steps:
         envs.fail(
-            f"{path} fine-tuned {ckpt['ft_denoising_steps']} denoising steps; pass --ft-denoising-steps {ckpt['ft_denoising_steps']}"
+            f"{path} fine-tuned {ckpt['ft_denoising_steps']} denoising steps; "
+            f"pass --ft-denoising-steps {ckpt['ft_denoising_steps']}"
         )
     return ckpt
 
@@ -721,7 +722,8 @@ def main(args):
     resume = ckpt if own and "critic" in ckpt else None
     if ckpt.get("model_ft") is not None and not own:
         print(
-            f"[note] {path} also holds a fine-tuned copy ('model_ft', {ckpt['algo']}); this run starts from the base 'model'"
+            f"[note] {path} also holds a fine-tuned copy ('model_ft', {ckpt['algo']}); "
+            "this run starts from the base 'model'"
         )
     run_dir = runs.prepare_run_dir(args, ALGO, resume and path)
     writer = runs.open_run(run_dir, args, resume and resume["env_steps"])

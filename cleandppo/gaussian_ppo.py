@@ -30,7 +30,7 @@ ALGO = "gaussian_ppo"
 class Args:
     # --- common contract (see the README) ---
     env_id: str = "Hopper-v2"
-    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or a gymnasium v4/v5 id), lift/can/square/transport, avoid-m1/m2/m3"""
+    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or gymnasium v4/v5 ids), lift/can/square/transport, avoid-m1/2/3"""
     seed: int = 0
     """seeds torch, numpy and every environment (env i gets seed + i)"""
     num_envs: int = 40
@@ -46,7 +46,7 @@ class Args:
     eval_episodes: int = 10
     """episodes per evaluation"""
     run_dir: Optional[str] = None
-    """where logs, checkpoints and summary.json go (default runs/<env>__<algo>__<seed>__<time>; a resume: its own dir)"""
+    """where logs, checkpoints and summary.json go (default runs/<env>__<algo>__<seed>__<time>; a resume: its dir)"""
     overwrite: bool = False
     """replace the run already in --run-dir (without it such a dir is refused unless this run resumes it)"""
     save_freq: int = 10
@@ -149,7 +149,7 @@ class Args:
     official_normalization: Optional[str] = None
     """normalization.npz of an official DPPO --checkpoint (default: found next to it; docs/checkpoints.md)"""
     bc_loss_coeff: float = 0.0
-    """weight of the BC regulariser: -log-prob under the policy of the frozen pre-trained policy's samples (D.7; 0: off)"""
+    """BC regulariser weight: -log-prob under the policy of the frozen pre-trained policy's samples (D.7; 0: off)"""
 
 
 # --from-scratch: the official cfg/gym/scratch/*/ppo_gaussian_mlp.yaml values: single actions, 10 envs x 1000 steps,
@@ -688,7 +688,8 @@ def main(args):
         if kw["horizon_steps"] < args.act_steps or kw["cond_steps"] != args.cond_steps:
             envs.fail(
                 f"{path} predicts chunks of {kw['horizon_steps']} with history {kw['cond_steps']}; "
-                f"pass --horizon-steps {kw['horizon_steps']} --act-steps <= {kw['horizon_steps']} --cond-steps {kw['cond_steps']}"
+                f"pass --horizon-steps {kw['horizon_steps']} --act-steps <= {kw['horizon_steps']} "
+                f"--cond-steps {kw['cond_steps']}"
             )
         args.horizon_steps = kw["horizon_steps"]
         normalization, kwargs = ckpt["normalization"], dict(kw)

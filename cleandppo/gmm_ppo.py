@@ -35,7 +35,7 @@ ALGO = "gmm_ppo"
 class Args:
     # --- common contract (see the README) ---
     env_id: str = "Hopper-v2"
-    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or a gymnasium v4/v5 id), lift/can/square/transport, avoid-m1/m2/m3"""
+    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or gymnasium v4/v5 ids), lift/can/square/transport, avoid-m1/2/3"""
     seed: int = 0
     """seeds torch, numpy and every environment (env i gets seed + i)"""
     num_envs: int = 40
@@ -51,7 +51,7 @@ class Args:
     eval_episodes: int = 10
     """episodes per evaluation"""
     run_dir: Optional[str] = None
-    """where logs, checkpoints and summary.json go (default runs/<env>__<algo>__<seed>__<time>; a resume: its own dir)"""
+    """where logs, checkpoints and summary.json go (default runs/<env>__<algo>__<seed>__<time>; a resume: its dir)"""
     overwrite: bool = False
     """replace the run already in --run-dir (without it such a dir is refused unless this run resumes it)"""
     save_freq: int = 10
@@ -579,7 +579,8 @@ def pretrain(args, data, run_dir, writer, device):
         writer.add_scalar("pretrain/loss", loss.item(), epoch)
         if epoch % max(1, args.pretrain_epochs // 20) == 0 or epoch == args.pretrain_epochs - 1:
             print(
-                f"[pretrain] epoch {epoch + 1}/{args.pretrain_epochs} | loss {loss.item():.4f} | {time.time() - t0:.0f}s"
+                f"[pretrain] epoch {epoch + 1}/{args.pretrain_epochs} | loss {loss.item():.4f} | "
+                f"{time.time() - t0:.0f}s"
             )
     policy.logvar.requires_grad_(True)
     ckpt = make_checkpoint(policy, kwargs, norm, args, 0, 0, dataset=args.dataset, pretrain_epochs=args.pretrain_epochs)
@@ -618,10 +619,12 @@ def report_official_clamp(policy, args, normalization, device, checkpoint):
         per_dim_clamped_fraction=((ours > 2) | (ours < -5)).float().mean().item(),
     )
     print(
-        f"[official-clamp] {report['samples']} samples of {args.env_id} (Tp*Da = {report['chunk_dims']}) from {checkpoint}"
+        f"[official-clamp] {report['samples']} samples of {args.env_id} (Tp*Da = {report['chunk_dims']}) "
+        f"from {checkpoint}"
     )
     print(
-        f"[official-clamp] summed log-prob mean {report['summed_logprob_mean']:.2f} (min {report['summed_logprob_min']:.2f}); "
+        f"[official-clamp] summed log-prob mean {report['summed_logprob_mean']:.2f} "
+        f"(min {report['summed_logprob_min']:.2f}); "
         f"official clamp at 2 saturates {100 * report['official_saturated_fraction']:.1f}% of samples"
     )
     print(
@@ -684,7 +687,8 @@ def main(args):
         if kw["horizon_steps"] < args.act_steps or kw["cond_steps"] != args.cond_steps:
             envs.fail(
                 f"{path} predicts chunks of {kw['horizon_steps']} with history {kw['cond_steps']}; "
-                f"pass --horizon-steps {kw['horizon_steps']} --act-steps <= {kw['horizon_steps']} --cond-steps {kw['cond_steps']}"
+                f"pass --horizon-steps {kw['horizon_steps']} --act-steps <= {kw['horizon_steps']} "
+                f"--cond-steps {kw['cond_steps']}"
             )
         if kw["num_modes"] != args.num_modes:
             print(f"[load] {path} has {kw['num_modes']} modes; using them (--num-modes {args.num_modes} ignored)")

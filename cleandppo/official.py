@@ -475,7 +475,8 @@ def load_npz_dataset(path, env_id=None) -> dict:
     lengths = np.asarray(data["traj_lengths"], dtype=int)
     if lengths.sum() != len(states):
         envs.fail(
-            f"{path}: traj_lengths sum to {lengths.sum()} but there are {len(states)} states; pass an unmodified train.npz"
+            f"{path}: traj_lengths sum to {lengths.sum()} but there are {len(states)} states; "
+            "pass an unmodified train.npz"
         )
     n = len(states)
     rewards = np.asarray(data.get("rewards", np.zeros(n)), dtype=np.float64).reshape(n)

@@ -309,7 +309,8 @@ def read_robomimic_hdf5(path: str, obs_keys=None) -> dict:
                 )
     except OSError as e:
         envs.fail(
-            f"cannot read dataset {path} ({e.__class__.__name__}: {str(e).splitlines()[0]}); delete it and regenerate it"
+            f"cannot read dataset {path} ({e.__class__.__name__}: {str(e).splitlines()[0]}); "
+            "delete it and regenerate it"
         )
     if not demos:
         envs.fail(f"{path} has no data/demo_* groups; pass a robomimic low_dim file")
@@ -348,7 +349,8 @@ def load_robomimic_dataset(path: str, env_id: str | None = None) -> dict:
         obs = np.concatenate([demo["obs"][k] for k in spec["obs_keys"]], axis=1)
         if obs.shape[1] != spec["obs_dim"] or demo["actions"].shape[1] != spec["action_dim"]:
             envs.fail(
-                f"{path}:data/{demo['name']} has obs/action dims {obs.shape[1]}/{demo['actions'].shape[1]}, {task} needs "
+                f"{path}:data/{demo['name']} has obs/action dims {obs.shape[1]}/{demo['actions'].shape[1]}, "
+                f"{task} needs "
                 f"{spec['obs_dim']}/{spec['action_dim']}; pass a dataset of {task}"
             )
         n = len(obs)

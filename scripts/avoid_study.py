@@ -309,7 +309,8 @@ def main(argv=None):
         for path in args.checkpoints:
             if not os.path.isfile(path):
                 envs.fail(
-                    f"checkpoint {path} does not exist; make the bundled ones with: bash scripts/avoid_study.sh pretrain"
+                    f"checkpoint {path} does not exist; "
+                    "make the bundled ones with: bash scripts/avoid_study.sh pretrain"
                 )
         trajectories(args)
     else:

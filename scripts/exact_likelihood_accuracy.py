@@ -103,7 +103,8 @@ if "hopper" not in cli.skip or "timing" not in cli.skip:
     vec.close()
     obs, chunks = torch.cat(all_obs), torch.cat(all_chunks)
     print(
-        f"\n[checkpoint] {path}: {len(chunks)} rollout chunks ({cli.num_envs} envs x {cli.rollout_steps} steps, seed {cli.seed})"
+        f"\n[checkpoint] {path}: {len(chunks)} rollout chunks "
+        f"({cli.num_envs} envs x {cli.rollout_steps} steps, seed {cli.seed})"
     )
 
 # ---- (b) solver error on the pre-trained Hopper policy ----
@@ -136,7 +137,8 @@ if "timing" not in cli.skip:
     ob, ch = obs[:B], chunks[:B]
     pr = el.rademacher((B, 2, Tp * Da), generator=torch.Generator().manual_seed(cli.seed))
     print(
-        f"\n(c) ms per chunk, batches of {B}, median of {cli.timing_repeats}, {torch.get_num_threads()} thread(s), step 0.05"
+        f"\n(c) ms per chunk, batches of {B}, median of {cli.timing_repeats}, "
+        f"{torch.get_num_threads()} thread(s), step 0.05"
     )
     print("| solver | old log-lik (no graph) | training forward + backward |")
     for name, m, probes in [

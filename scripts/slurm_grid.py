@@ -8,9 +8,9 @@ the folder this script was started in, with OMP_NUM_THREADS = --cpus, appending 
 run does; submitit's own logs go to <grid.tsv's folder>/logs.
 
 Resubmitting is safe. A run with summary.json is not submitted, nor one whose last job (<run dir>/slurm_job_id) Slurm
-still lists; an interrupted run resumes from <run dir>/checkpoint_last.pt, as benchmark.sh does locally (one stopped before its first iteration ended
-starts again with --overwrite). A task that
-reaches its time limit is requeued by submitit (Checkpointable) and resumes the same way.
+still lists; an interrupted run resumes from <run dir>/checkpoint_last.pt, as benchmark.sh does locally (one stopped
+before its first iteration ended starts again with --overwrite). A task that reaches its time limit is requeued by
+submitit (Checkpointable) and resumes the same way.
 """
 
 import argparse

@@ -28,7 +28,8 @@ def scalars(acc, tag):
 fmt = lambda x, f=".1f": "-" if x is None else format(x, f)  # noqa: E731
 at = f"eval at {cli.at // 1000}k" if cli.at else "final eval"
 print(
-    f"| env | algo | seed | env steps | pre-trained eval | {at} | best eval | wall per 100k steps (min) | peak memory (MB) |"
+    f"| env | algo | seed | env steps | pre-trained eval | {at} | best eval | "
+    "wall per 100k steps (min) | peak memory (MB) |"
 )
 print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for path in sorted(glob.glob(os.path.join(cli.root, "**", "summary.json"), recursive=True)):

@@ -301,7 +301,7 @@ def tiny_diffusion_checkpoint(tiny_dataset, tmp_path_factory):
 
 
 def tiny_demos(task="lift", lengths=(5, 7, 4), drop_key=None, seed=0):
-    """Random robomimic-format demos (obs keys of `task`, 7-d actions, reward 1 and done on the last step) of `lengths`."""
+    """Random robomimic-format demos of `lengths` (obs keys of `task`, 7-d actions, reward 1, done on the last step)."""
     rng = np.random.default_rng(seed)
     dims = {
         "robot0_eef_pos": 3,

@@ -274,7 +274,7 @@ official residual block l1/l2 swapped | official.py | tests/test_official.py -k 
 official UNet GroupNorm of the wrong conv block | official.py | tests/test_official.py -k unet
 - out[f"{dst}.conv{j + 1}.block.1.{w}"] = state[f"{src}.blocks.{j}.block.2.{w}"]
 + out[f"{dst}.conv{j + 1}.block.1.{w}"] = state[f"{src}.blocks.{1 - j}.block.2.{w}"]
-official fine-tuned checkpoint: frozen network from actor_ft | official.py | tests/test_official.py -k finetuning_checkpoint
+official fine-tuned checkpoint: frozen net from actor_ft | official.py | tests/test_official.py -k finetuning_checkpoint
 - frozen = _strip(state, "actor.") if policy
 + frozen = _strip(state, "actor_ft.") if policy
 official train.npz left normalized | official.py | tests/test_official.py -k npz

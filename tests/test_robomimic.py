@@ -17,7 +17,14 @@ import torch
 pytest.importorskip("robosuite")
 
 from cleandppo import dppo, envs, robomimic_tasks  # noqa: E402
-from conftest import TINY_DIFFUSION, assert_one_line_error, read_summary, run_main, scalar_tags, tiny_demos  # noqa: E402
+from conftest import (
+    TINY_DIFFUSION,
+    assert_one_line_error,
+    read_summary,
+    run_main,
+    scalar_tags,
+    tiny_demos,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
@@ -149,8 +156,9 @@ def test_scripted_lift_demo_succeeds_and_writes_a_loadable_file(tmp_path):
 
 
 def test_scripted_transport_controller_succeeds_and_its_demos_load(tmp_path):
-    """Two seeded resets (about 400-500 steps each): robot 0 clears the lid and hands the hammer over, robot 1 bins the
-    trash and lays the hammer in the target bin; robosuite's own check (both objects on their bins' floors) ends each."""
+    """Two seeded resets (about 400-500 steps each): robot 0 clears the lid and hands the hammer over, robot 1 bins
+    the trash and lays the hammer in the target bin; robosuite's own check (both objects on their bins' floors) ends
+    each."""
     env = robomimic_tasks.make_robomimic_env("transport")
     rng = np.random.default_rng(1)
     demos = [make_robomimic_demos.record_attempt(env, seed, rng, 800)[0] for seed in (0, 1)]

@@ -186,8 +186,9 @@ def linear(n_in, n_out):
 
 @pytest.mark.parametrize("name", DIFFUSION)
 def test_square_diffusion_mlp_with_cond_mlp_has_the_official_parameter_count(name):
-    """Official Square config (cfg/robomimic/pretrain/square/pre_diffusion_mlp.yaml): obs 23, action 7, Tp 4, time_dim 32,
-    mlp_dims [1024]*3 residual, cond_mlp_dims [512, 64], Mish; no LayerNorm. dppo-facts 1.6: about 2.31M parameters."""
+    """Official Square config (cfg/robomimic/pretrain/square/pre_diffusion_mlp.yaml): obs 23, action 7, Tp 4,
+    time_dim 32, mlp_dims [1024]*3 residual, cond_mlp_dims [512, 64], Mish; no LayerNorm. dppo-facts 1.6: about 2.31M
+    parameters."""
     obs_dim, action_dim, Tp, time_dim, width = 23, 7, 4, 32, 1024
     time_embedding = linear(time_dim, 2 * time_dim) + linear(2 * time_dim, time_dim)
     cond_mlp = linear(obs_dim, 512) + linear(512, 64)  # plain MLP, activation between, Identity output
