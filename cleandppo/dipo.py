@@ -222,15 +222,7 @@ class DiffusionMLP(nn.Module):
     """eps_theta(x_t, t, s): residual MLP on [flattened noisy chunk, time embedding, observation]."""
 
     def __init__(
-        self,
-        obs_dim,
-        action_dim,
-        horizon_steps,
-        cond_steps,
-        time_dim=16,
-        mlp_dims=(512, 512, 512),
-        activation="relu",
-        cond_mlp_dims=(),
+        self, obs_dim, action_dim, horizon_steps, cond_steps, time_dim, mlp_dims, activation, cond_mlp_dims=()
     ):
         super().__init__()
         act = {"relu": nn.ReLU, "mish": nn.Mish}[activation]
@@ -238,9 +230,7 @@ class DiffusionMLP(nn.Module):
         self.time_embedding = nn.Sequential(
             SinusoidalPosEmb(time_dim), nn.Linear(time_dim, 2 * time_dim), nn.Mish(), nn.Linear(2 * time_dim, time_dim)
         )
-        self.cond_mlp = (
-            None  # optional observation encoder: plain MLP, activation between layers (official Square: 512, 64)
-        )
+        self.cond_mlp = None  # optional observation encoder, activation between layers (official Square: 512, 64)
         if cond_mlp_dims:
             dims = [obs_dim * cond_steps, *cond_mlp_dims]
             layers = [m for i, o in zip(dims[:-1], dims[1:]) for m in (nn.Linear(i, o), act())][:-1]
@@ -260,9 +250,8 @@ class Conv1dBlock(nn.Module):
 
     def __init__(self, c_in, c_out, kernel, n_groups):
         super().__init__()
-        self.block = nn.Sequential(
-            nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2), nn.GroupNorm(n_groups, c_out), nn.Mish()
-        )
+        conv = nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2)
+        self.block = nn.Sequential(conv, nn.GroupNorm(n_groups, c_out), nn.Mish())
 
     def forward(self, x):
         return self.block(x)
@@ -274,13 +263,8 @@ class FiLMResidualBlock(nn.Module):
     def __init__(self, c_in, c_out, cond_dim, kernel, n_groups):
         super().__init__()
         self.conv1, self.conv2 = Conv1dBlock(c_in, c_out, kernel, n_groups), Conv1dBlock(c_out, c_out, kernel, n_groups)
-        self.cond = nn.Sequential(
-            nn.Linear(cond_dim, 2 * c_out),
-            nn.Mish(),
-            nn.Linear(2 * c_out, 2 * c_out),
-            nn.Mish(),
-            nn.Linear(2 * c_out, 2 * c_out),
-        )
+        h = 2 * c_out  # a scale and a bias per output channel
+        self.cond = nn.Sequential(nn.Linear(cond_dim, h), nn.Mish(), nn.Linear(h, h), nn.Mish(), nn.Linear(h, h))
         self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x, cond):
@@ -291,56 +275,30 @@ class FiLMResidualBlock(nn.Module):
 class DiffusionUNet(nn.Module):
     """Chi et al.'s 1-D conditional UNet: channels = action dims, length = chunk, FiLM conditioning."""
 
-    def __init__(
-        self,
-        obs_dim,
-        action_dim,
-        horizon_steps,
-        cond_steps,
-        dim=40,
-        dim_mults=(1, 2),
-        kernel_size=5,
-        n_groups=8,
-        step_embed_dim=16,
-    ):
+    def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, dim, dim_mults, kernel, n_groups, embed_dim):
         super().__init__()
         if horizon_steps % (2 ** (len(dim_mults) - 1)):
             raise ValueError(f"UNet needs horizon_steps divisible by {2 ** (len(dim_mults) - 1)}, got {horizon_steps}")
-        self.time_embedding = nn.Sequential(
-            SinusoidalPosEmb(step_embed_dim),
-            nn.Linear(step_embed_dim, 4 * step_embed_dim),
-            nn.Mish(),
-            nn.Linear(4 * step_embed_dim, step_embed_dim),
-        )
-        cond_dim = step_embed_dim + obs_dim * cond_steps
+        self.horizon_steps, self.action_dim = horizon_steps, action_dim
+        e = embed_dim
+        self.time_embedding = nn.Sequential(SinusoidalPosEmb(e), nn.Linear(e, 4 * e), nn.Mish(), nn.Linear(4 * e, e))
+        cond_dim = embed_dim + obs_dim * cond_steps
+
+        def film(c_in, c_out):
+            return FiLMResidualBlock(c_in, c_out, cond_dim, kernel, n_groups)
+
         widths = [action_dim] + [dim * m for m in dim_mults]
         levels = list(zip(widths[:-1], widths[1:]))
         self.down = nn.ModuleList()
         for i, (c_in, c_out) in enumerate(levels):
-            last = i == len(levels) - 1
-            self.down.append(
-                nn.ModuleList(
-                    [
-                        FiLMResidualBlock(c_in, c_out, cond_dim, kernel_size, n_groups),
-                        FiLMResidualBlock(c_out, c_out, cond_dim, kernel_size, n_groups),
-                        nn.Identity() if last else nn.Conv1d(c_out, c_out, 3, 2, 1),
-                    ]
-                )
-            )
-        mid = widths[-1]
-        self.mid = nn.ModuleList([FiLMResidualBlock(mid, mid, cond_dim, kernel_size, n_groups) for _ in range(2)])
+            downsample = nn.Identity() if i == len(levels) - 1 else nn.Conv1d(c_out, c_out, 3, 2, 1)
+            self.down.append(nn.ModuleList([film(c_in, c_out), film(c_out, c_out), downsample]))
+        self.mid = nn.ModuleList([film(widths[-1], widths[-1]) for _ in range(2)])
         self.up = nn.ModuleList()
         for c_in, c_out in reversed(levels[1:]):
-            self.up.append(
-                nn.ModuleList(
-                    [
-                        FiLMResidualBlock(2 * c_out, c_in, cond_dim, kernel_size, n_groups),
-                        FiLMResidualBlock(c_in, c_in, cond_dim, kernel_size, n_groups),
-                        nn.ConvTranspose1d(c_in, c_in, 4, 2, 1),
-                    ]
-                )
-            )
-        self.final = nn.Sequential(Conv1dBlock(dim, dim, kernel_size, n_groups), nn.Conv1d(dim, action_dim, 1))
+            upsample = nn.ConvTranspose1d(c_in, c_in, 4, 2, 1)
+            self.up.append(nn.ModuleList([film(2 * c_out, c_in), film(c_in, c_in), upsample]))
+        self.final = nn.Sequential(Conv1dBlock(dim, dim, kernel, n_groups), nn.Conv1d(dim, action_dim, 1))
 
     def forward(self, x, t, obs):
         cond = torch.cat([self.time_embedding(t), obs.flatten(1)], dim=-1)
@@ -359,28 +317,12 @@ class DiffusionUNet(nn.Module):
 
 def build_network(kw: dict) -> nn.Module:
     """Rebuild a noise-prediction network from a checkpoint's `model_kwargs`."""
-    common = dict(
-        obs_dim=kw["obs_dim"],
-        action_dim=kw["action_dim"],
-        horizon_steps=kw["horizon_steps"],
-        cond_steps=kw["cond_steps"],
-    )
+    shape = (kw["obs_dim"], kw["action_dim"], kw["horizon_steps"], kw["cond_steps"])
     if kw["backbone"] == "mlp":
-        return DiffusionMLP(
-            **common,
-            time_dim=kw["time_dim"],
-            mlp_dims=tuple(kw["mlp_dims"]),
-            activation=kw["activation"],
-            cond_mlp_dims=tuple(kw.get("cond_mlp_dims") or ()),
-        )
-    return DiffusionUNet(
-        **common,
-        dim=kw["unet_dim"],
-        dim_mults=tuple(kw["unet_dim_mults"]),
-        kernel_size=kw["unet_kernel_size"],
-        n_groups=kw["unet_n_groups"],
-        step_embed_dim=kw["unet_step_embed_dim"],
-    )
+        cond_mlp_dims = tuple(kw.get("cond_mlp_dims") or ())
+        return DiffusionMLP(*shape, kw["time_dim"], tuple(kw["mlp_dims"]), kw["activation"], cond_mlp_dims)
+    unet = (kw["unet_dim"], tuple(kw["unet_dim_mults"]), kw["unet_kernel_size"], kw["unet_n_groups"])
+    return DiffusionUNet(*shape, *unet, kw["unet_step_embed_dim"])
 
 
 @torch.no_grad()

@@ -750,7 +750,7 @@ def main(args):
         ckpt = make_checkpoint(build_network(kw), kw, envs.identity_normalization(obs_dim, action_dim), args, 0, 0)
     elif args.dataset is None or args.checkpoint is not None:  # check the checkpoint before writing anything
         path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", args.backbone)
-        ckpt = envs.load_diffusion_checkpoint(path, args, same_horizon=False)
+        ckpt = envs.load_diffusion_checkpoint(path, args, same_horizon=False, continues_ft=True)
         print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
         resume = ckpt if ckpt["algo"] == ALGO and "critic" in ckpt and not args.eval_only else None
     run_dir = runs.prepare_run_dir(args, ALGO, resume and path)

@@ -604,11 +604,12 @@ def load_checkpoint(
     return ckpt
 
 
-def load_diffusion_checkpoint(path: str, args, same_horizon: bool = True) -> dict:
+def load_diffusion_checkpoint(path: str, args, same_horizon: bool = True, continues_ft: bool = False) -> dict:
     """Load a diffusion checkpoint for a script and check its flags against it, each mismatch one line naming the flag
-    to pass: denoising steps K, backbone, --cond-mlp-dims and fine-tuned steps K' (where the script has them), chunk
-    and observation lengths (the chunk length too when `same_horizon`), and that an MLP policy executes its whole
-    chunk. On robomimic it restores the env meta the checkpoint stores (set_robomimic_env_args)."""
+    to pass: denoising steps K, backbone and --cond-mlp-dims (where the script has them), chunk and observation
+    lengths (the chunk length too when `same_horizon`), that an MLP policy executes its whole chunk, and K' when the
+    script goes on with the checkpoint's fine-tuned network (`continues_ft`). On robomimic it restores the env meta
+    the checkpoint stores (set_robomimic_env_args)."""
     ckpt = load_checkpoint(path, "diffusion", args.env_id, hints=vars(args))
     kw = ckpt["model_kwargs"]
     h, c = kw["horizon_steps"], kw["cond_steps"]
@@ -636,7 +637,7 @@ def load_diffusion_checkpoint(path: str, args, same_horizon: bool = True) -> dic
     if is_robomimic(args.env_id) and ckpt.get("robomimic_env_args"):  # the env meta the policy was made in
         set_robomimic_env_args(args.env_id, ckpt["robomimic_env_args"])
     tuned = ckpt.get("ft_denoising_steps")  # a fine-tuned network (model_ft) continues with the K' it was tuned for
-    if ckpt.get("model_ft") is not None and hasattr(args, "ft_denoising_steps") and tuned != args.ft_denoising_steps:
+    if continues_ft and ckpt.get("model_ft") is not None and tuned != args.ft_denoising_steps:
         fail(f"{path} fine-tuned {tuned} denoising steps; pass --ft-denoising-steps {tuned}")
     return ckpt
 

@@ -234,23 +234,15 @@ class DiffusionMLP(nn.Module):
     """eps_theta(x_t, t, s): residual MLP on [flattened noisy chunk, time embedding, observation]."""
 
     def __init__(
-        self,
-        obs_dim,
-        action_dim,
-        horizon_steps,
-        cond_steps,
-        time_dim=16,
-        mlp_dims=(512, 512, 512),
-        activation="relu",
-        cond_mlp_dims=(),
+        self, obs_dim, action_dim, horizon_steps, cond_steps, time_dim, mlp_dims, activation, cond_mlp_dims=()
     ):
         super().__init__()
         act = {"relu": nn.ReLU, "mish": nn.Mish}[activation]
         self.horizon_steps, self.action_dim = horizon_steps, action_dim
-        d = time_dim
-        self.time_embedding = nn.Sequential(SinusoidalPosEmb(d), nn.Linear(d, 2 * d), nn.Mish(), nn.Linear(2 * d, d))
-        # optional observation encoder: plain MLP, activation between layers (official Square: 512, 64)
-        self.cond_mlp = None
+        self.time_embedding = nn.Sequential(
+            SinusoidalPosEmb(time_dim), nn.Linear(time_dim, 2 * time_dim), nn.Mish(), nn.Linear(2 * time_dim, time_dim)
+        )
+        self.cond_mlp = None  # optional observation encoder, activation between layers (official Square: 512, 64)
         if cond_mlp_dims:
             dims = [obs_dim * cond_steps, *cond_mlp_dims]
             layers = [m for i, o in zip(dims[:-1], dims[1:]) for m in (nn.Linear(i, o), act())][:-1]
@@ -283,8 +275,8 @@ class FiLMResidualBlock(nn.Module):
     def __init__(self, c_in, c_out, cond_dim, kernel, n_groups):
         super().__init__()
         self.conv1, self.conv2 = Conv1dBlock(c_in, c_out, kernel, n_groups), Conv1dBlock(c_out, c_out, kernel, n_groups)
-        w = 2 * c_out  # a scale and a bias per output channel
-        self.cond = nn.Sequential(nn.Linear(cond_dim, w), nn.Mish(), nn.Linear(w, w), nn.Mish(), nn.Linear(w, w))
+        h = 2 * c_out  # a scale and a bias per output channel
+        self.cond = nn.Sequential(nn.Linear(cond_dim, h), nn.Mish(), nn.Linear(h, h), nn.Mish(), nn.Linear(h, h))
         self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x, cond):
@@ -295,41 +287,30 @@ class FiLMResidualBlock(nn.Module):
 class DiffusionUNet(nn.Module):
     """Chi et al.'s 1-D conditional UNet: channels = action dims, length = chunk, FiLM conditioning."""
 
-    def __init__(
-        self,
-        obs_dim,
-        action_dim,
-        horizon_steps,
-        cond_steps,
-        dim=40,
-        dim_mults=(1, 2),
-        kernel_size=5,
-        n_groups=8,
-        step_embed_dim=16,
-    ):
+    def __init__(self, obs_dim, action_dim, horizon_steps, cond_steps, dim, dim_mults, kernel, n_groups, embed_dim):
         super().__init__()
         if horizon_steps % (2 ** (len(dim_mults) - 1)):
             raise ValueError(f"UNet needs horizon_steps divisible by {2 ** (len(dim_mults) - 1)}, got {horizon_steps}")
         self.horizon_steps, self.action_dim = horizon_steps, action_dim
-        d = step_embed_dim
-        self.time_embedding = nn.Sequential(SinusoidalPosEmb(d), nn.Linear(d, 4 * d), nn.Mish(), nn.Linear(4 * d, d))
-        cond_dim = step_embed_dim + obs_dim * cond_steps
+        e = embed_dim
+        self.time_embedding = nn.Sequential(SinusoidalPosEmb(e), nn.Linear(e, 4 * e), nn.Mish(), nn.Linear(4 * e, e))
+        cond_dim = embed_dim + obs_dim * cond_steps
+
+        def film(c_in, c_out):
+            return FiLMResidualBlock(c_in, c_out, cond_dim, kernel, n_groups)
+
         widths = [action_dim] + [dim * m for m in dim_mults]
         levels = list(zip(widths[:-1], widths[1:]))
-        film = lambda c_in, c_out: FiLMResidualBlock(c_in, c_out, cond_dim, kernel_size, n_groups)  # noqa: E731
         self.down = nn.ModuleList()
         for i, (c_in, c_out) in enumerate(levels):
-            blocks = [film(c_in, c_out), film(c_out, c_out)]
-            blocks.append(nn.Identity() if i == len(levels) - 1 else nn.Conv1d(c_out, c_out, 3, 2, 1))  # downsample
-            self.down.append(nn.ModuleList(blocks))
-        mid = widths[-1]
-        self.mid = nn.ModuleList([film(mid, mid) for _ in range(2)])
+            downsample = nn.Identity() if i == len(levels) - 1 else nn.Conv1d(c_out, c_out, 3, 2, 1)
+            self.down.append(nn.ModuleList([film(c_in, c_out), film(c_out, c_out), downsample]))
+        self.mid = nn.ModuleList([film(widths[-1], widths[-1]) for _ in range(2)])
         self.up = nn.ModuleList()
         for c_in, c_out in reversed(levels[1:]):
-            self.up.append(
-                nn.ModuleList([film(2 * c_out, c_in), film(c_in, c_in), nn.ConvTranspose1d(c_in, c_in, 4, 2, 1)])
-            )
-        self.final = nn.Sequential(Conv1dBlock(dim, dim, kernel_size, n_groups), nn.Conv1d(dim, action_dim, 1))
+            upsample = nn.ConvTranspose1d(c_in, c_in, 4, 2, 1)
+            self.up.append(nn.ModuleList([film(2 * c_out, c_in), film(c_in, c_in), upsample]))
+        self.final = nn.Sequential(Conv1dBlock(dim, dim, kernel, n_groups), nn.Conv1d(dim, action_dim, 1))
 
     def forward(self, x, t, obs):
         cond = torch.cat([self.time_embedding(t), obs.flatten(1)], dim=-1)
@@ -348,12 +329,12 @@ class DiffusionUNet(nn.Module):
 
 def build_network(kw: dict) -> nn.Module:
     """Rebuild a noise-prediction network from a checkpoint's `model_kwargs`."""
-    common = {key: kw[key] for key in ("obs_dim", "action_dim", "horizon_steps", "cond_steps")}
+    shape = (kw["obs_dim"], kw["action_dim"], kw["horizon_steps"], kw["cond_steps"])
     if kw["backbone"] == "mlp":
-        mlp = dict(time_dim=kw["time_dim"], mlp_dims=tuple(kw["mlp_dims"]), activation=kw["activation"])
-        return DiffusionMLP(**common, **mlp, cond_mlp_dims=tuple(kw.get("cond_mlp_dims") or ()))
-    unet = dict(dim=kw["unet_dim"], dim_mults=tuple(kw["unet_dim_mults"]), kernel_size=kw["unet_kernel_size"])
-    return DiffusionUNet(**common, **unet, n_groups=kw["unet_n_groups"], step_embed_dim=kw["unet_step_embed_dim"])
+        cond_mlp_dims = tuple(kw.get("cond_mlp_dims") or ())
+        return DiffusionMLP(*shape, kw["time_dim"], tuple(kw["mlp_dims"]), kw["activation"], cond_mlp_dims)
+    unet = (kw["unet_dim"], tuple(kw["unet_dim_mults"]), kw["unet_kernel_size"], kw["unet_n_groups"])
+    return DiffusionUNet(*shape, *unet, kw["unet_step_embed_dim"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -716,8 +697,6 @@ def main(args):
     path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", args.backbone)
     ckpt = load_diffusion_checkpoint(path, args)  # before creating the run dir: a bad input writes nothing
     print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
-    if robo and ckpt.get("robomimic_env_args"):  # the env meta the policy was trained with, before any env is built
-        envs.set_robomimic_env_args(args.env_id, ckpt["robomimic_env_args"])
     own = ckpt["algo"] == ALGO
     resume = ckpt if own and "critic" in ckpt else None
     if ckpt.get("model_ft") is not None and not own:
@@ -759,12 +738,12 @@ def main(args):
     actor_opt = torch.optim.AdamW(actor_ft.parameters(), lr=args.actor_lr, weight_decay=0.0)
     critic_opt = torch.optim.AdamW(critic.parameters(), lr=args.critic_lr, weight_decay=0.0)
     scaler = RunningRewardScaler(args.num_envs)
+    # what a checkpoint saves besides the networks and a resume restores, by checkpoint key
+    trained = dict(critic=critic, actor_optimizer=actor_opt, critic_optimizer=critic_opt, reward_scaler=scaler)
     start_iter, env_steps = 0, 0
     if resume is not None:
-        critic.load_state_dict(resume["critic"])
-        actor_opt.load_state_dict(resume["actor_optimizer"])
-        critic_opt.load_state_dict(resume["critic_optimizer"])
-        scaler.load_state_dict(resume["reward_scaler"])
+        for key, part in trained.items():
+            part.load_state_dict(resume[key])
         evals.load_state_dict(resume)
         start_iter, env_steps = resume["iteration"], resume["env_steps"]
     else:
@@ -787,12 +766,11 @@ def main(args):
     progress = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO)
 
     def save(iteration):
-        state = dict(algo=ALGO, policy="diffusion", backbone=kw["backbone"], model=actor.state_dict())
-        state.update(model_ft=actor_ft.state_dict(), ft_denoising_steps=K_ft, model_kwargs=kw)
-        state.update(normalization=normalization, env_id=args.env_id, args=asdict(args), iteration=iteration)
-        state.update(env_steps=env_steps, critic=critic.state_dict(), actor_optimizer=actor_opt.state_dict())
-        state.update(critic_optimizer=critic_opt.state_dict(), reward_scaler=scaler.state_dict())
-        state.update(**evals.state_dict(), **runs.run_state(vec, obs, firsts, recent_returns))
+        state = dict(algo=ALGO, policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(), model_kwargs=kw)
+        state |= dict(model_ft=actor_ft.state_dict(), ft_denoising_steps=K_ft, normalization=normalization)
+        state |= dict(env_id=args.env_id, args=asdict(args), iteration=iteration, env_steps=env_steps)
+        state |= {key: part.state_dict() for key, part in trained.items()}
+        state |= evals.state_dict() | runs.run_state(vec, obs, firsts, recent_returns)
         if robo:
             state.update(robomimic_env_args=envs.robomimic_env_args(args.env_id))
         runs.save_iteration(state, run_dir, iteration, args.save_freq, num_iters, writer)

@@ -223,7 +223,7 @@ def assert_actor_update_climbs_quadratic_q(module, actor_loss, iters):
     torch.manual_seed(0)
     K, Da, n = 6, 2, 128
     sched, a_star = module.make_schedule(K), torch.tensor([0.5, -0.3])
-    actor = module.DiffusionMLP(2, Da, 1, 1, time_dim=8, mlp_dims=(32, 32, 32))
+    actor = module.DiffusionMLP(2, Da, 1, 1, time_dim=8, mlp_dims=(32, 32, 32), activation="relu")
     obs = torch.zeros(n, 1, 2)
     data = lambda: torch.tensor([-0.4, 0.4]) + 0.05 * torch.randn(n, 1, Da)  # noqa: E731
     opt = torch.optim.Adam(actor.parameters(), lr=3e-3)

@@ -325,8 +325,8 @@ cond_mlp built but the head sees the raw observation (qsm) | qsm.py | tests/test
 - obs = obs.flatten(1) if self.cond_mlp is None else self.cond_mlp(obs.flatten(1))
 + obs = obs.flatten(1)
 cond_mlp dropped when rebuilding from model_kwargs (idql) | idql.py | tests/test_shared_copies.py -k cond_mlp
-- cond_mlp_dims=tuple(kw.get("cond_mlp_dims") or ()),
-+ cond_mlp_dims=(),
+- cond_mlp_dims = tuple(kw.get("cond_mlp_dims") or ())
++ cond_mlp_dims = ()
 cond_mlp_dims not stored in the checkpoint (dppo) | dppo.py | tests/test_robomimic_checkpoints.py -k stores
 - keys += ["cond_mlp_dims", "unet_dim"
 + keys += ["unet_dim"

@@ -123,8 +123,8 @@ def test_dipo_update_writes_moved_actions_back():
         action_gradient_steps=3,
         target_ema_rate=0.5,
     )
-    actor = dipo.DiffusionMLP(3, 2, 2, 1, time_dim=4, mlp_dims=(8, 8, 8))
-    target_actor = dipo.DiffusionMLP(3, 2, 2, 1, time_dim=4, mlp_dims=(8, 8, 8))
+    actor = dipo.DiffusionMLP(3, 2, 2, 1, time_dim=4, mlp_dims=(8, 8, 8), activation="relu")
+    target_actor = dipo.DiffusionMLP(3, 2, 2, 1, time_dim=4, mlp_dims=(8, 8, 8), activation="relu")
     target_actor.load_state_dict(actor.state_dict())
     critic = dipo.DoubleQCritic(3, 1, 2, 2, (8, 8, 8))
     target_critic = dipo.DoubleQCritic(3, 1, 2, 2, (8, 8, 8))

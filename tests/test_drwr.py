@@ -55,7 +55,9 @@ def test_complete_episodes_only_inside_the_iteration():
 def test_weighted_update_moves_policy_to_high_weight_actions():
     torch.manual_seed(0)
     sched = drwr.make_schedule(6)
-    net = drwr.DiffusionMLP(obs_dim=2, action_dim=1, horizon_steps=1, cond_steps=1, time_dim=8, mlp_dims=(32, 32, 32))
+    net = drwr.DiffusionMLP(
+        obs_dim=2, action_dim=1, horizon_steps=1, cond_steps=1, time_dim=8, mlp_dims=(32, 32, 32), activation="relu"
+    )
     n = 64
     obs = torch.zeros(n, 1, 2)  # one state, two equally frequent actions: +0.5 (high return) and -0.5 (low)
     chunks = torch.where(torch.arange(n) % 2 == 0, 0.5, -0.5).view(n, 1, 1)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from cleandppo import envs
+from conftest import assert_one_line_error
 
 
 # ---- env ids ------------------------------------------------------------------------------------
@@ -283,3 +284,21 @@ def test_load_diffusion_checkpoint_can_leave_the_chunk_length_to_the_checkpoint(
     args = types.SimpleNamespace(env_id="Hopper-v2", denoising_steps=6, horizon_steps=8, act_steps=4, cond_steps=1)
     ckpt = envs.load_diffusion_checkpoint(tiny_diffusion_checkpoint, args, same_horizon=False)
     assert ckpt["model_kwargs"]["horizon_steps"] == 4
+
+
+def test_load_diffusion_checkpoint_keeps_the_fine_tuned_steps_of_a_model_ft_it_continues(
+    tiny_diffusion_checkpoint, tmp_path
+):
+    # a DPPO-fine-tuned checkpoint (model_ft, K' = 3): dppo.py goes on with model_ft, so --ft-denoising-steps must be 3;
+    # a script that starts from the base 'model' (continues_ft=False) may use any K'
+    ckpt = torch.load(tiny_diffusion_checkpoint, weights_only=False)
+    tuned = str(tmp_path / "tuned.pt")
+    envs.save_checkpoint(dict(ckpt, model_ft=ckpt["model"], ft_denoising_steps=3), tuned)
+    fields = dict(env_id="Hopper-v2", denoising_steps=6, horizon_steps=4, act_steps=4, cond_steps=1)
+    args = types.SimpleNamespace(**fields, ft_denoising_steps=5)
+    with pytest.raises(SystemExit) as e:
+        envs.load_diffusion_checkpoint(tuned, args, continues_ft=True)
+    assert_one_line_error(str(e.value), "fine-tuned 3 denoising steps", "pass --ft-denoising-steps 3")
+    assert envs.load_diffusion_checkpoint(tuned, args)["ft_denoising_steps"] == 3  # starts from 'model': no check
+    args.ft_denoising_steps = 3
+    assert envs.load_diffusion_checkpoint(tuned, args, continues_ft=True)["model_ft"] is not None

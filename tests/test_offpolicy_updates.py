@@ -369,7 +369,7 @@ def test_dawr_updates_move_the_policy_toward_the_higher_advantage_chunk():
         def forward(self, obs):
             return torch.zeros(obs.shape[0]) + 0 * self.unused
 
-    actor = dawr.DiffusionMLP(2, 1, 1, 1, time_dim=8, mlp_dims=(32, 32, 32))
+    actor = dawr.DiffusionMLP(2, 1, 1, 1, time_dim=8, mlp_dims=(32, 32, 32), activation="relu")
     sched = dawr.make_schedule(6)
     args = SimpleNamespace(
         n_steps=rows,
