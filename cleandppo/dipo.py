@@ -290,14 +290,15 @@ class DiffusionUNet(nn.Module):
         widths = [action_dim] + [dim * m for m in dim_mults]
         levels = list(zip(widths[:-1], widths[1:]))
         self.down = nn.ModuleList()
-        for i, (c_in, c_out) in enumerate(levels):
-            downsample = nn.Identity() if i == len(levels) - 1 else nn.Conv1d(c_out, c_out, 3, 2, 1)
-            self.down.append(nn.ModuleList([film(c_in, c_out), film(c_out, c_out), downsample]))
+        for i, (c_in, c_out) in enumerate(levels):  # (the modules are made in the order of their parameters)
+            blocks = [film(c_in, c_out), film(c_out, c_out)]
+            blocks.append(nn.Identity() if i == len(levels) - 1 else nn.Conv1d(c_out, c_out, 3, 2, 1))  # downsample
+            self.down.append(nn.ModuleList(blocks))
         self.mid = nn.ModuleList([film(widths[-1], widths[-1]) for _ in range(2)])
         self.up = nn.ModuleList()
         for c_in, c_out in reversed(levels[1:]):
-            upsample = nn.ConvTranspose1d(c_in, c_in, 4, 2, 1)
-            self.up.append(nn.ModuleList([film(2 * c_out, c_in), film(c_in, c_in), upsample]))
+            blocks = [film(2 * c_out, c_in), film(c_in, c_in)]
+            self.up.append(nn.ModuleList([*blocks, nn.ConvTranspose1d(c_in, c_in, 4, 2, 1)]))  # then upsample
         self.final = nn.Sequential(Conv1dBlock(dim, dim, kernel, n_groups), nn.Conv1d(dim, action_dim, 1))
 
     def forward(self, x, t, obs):
