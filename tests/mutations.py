@@ -327,6 +327,12 @@ cond_mlp built but the head sees the raw observation (qsm) | qsm.py | tests/test
 cond_mlp dropped when rebuilding from model_kwargs (idql) | idql.py | tests/test_shared_copies.py -k cond_mlp
 - cond_mlp_dims = tuple(kw.get("cond_mlp_dims") or ())
 + cond_mlp_dims = ()
+K' of a continued model_ft not checked | envs.py | tests/test_envs.py -k keeps_the_fine_tuned_steps
+- if continues_ft and ckpt.get("model_ft") is not None and tuned != args.ft_denoising_steps:
++ if False:
+K' checked although the run starts from the base model | envs.py | tests/test_envs.py -k keeps_the_fine_tuned_steps
+- if continues_ft and ckpt.get("model_ft") is not None
++ if ckpt.get("model_ft") is not None
 cond_mlp_dims not stored in the checkpoint (dppo) | dppo.py | tests/test_robomimic_checkpoints.py -k stores
 - keys += ["cond_mlp_dims", "unet_dim"
 + keys += ["unet_dim"
