@@ -486,6 +486,7 @@ class TransportPolicy:
     # and 12.8 cm from robot 0's hand (the hands are 6.4 cm thick along the handle and must not touch).
     GRASP_OFFSETS = (0.078, -0.05)  # robot 0's, robot 1's grasp point: this far along the handle towards the head
     HANDOVER = np.array([0.0, 0.015, 1.12])  # hammer centre at the handover (the hands either side of y = 0)
+    CARRY_SPEEDS = (0.5, 0.5)  # robot 1's caps on its translation and rotation actions while it carries the hammer
 
     def __init__(self, env, op, rng):
         self.rs = env.rs_env
@@ -622,8 +623,8 @@ class TransportPolicy:
             ("wait", "robot0_let_go", lambda: held()[0], lambda: held()[1]),
             ("wait", "robot0_clear", lambda: held()[0], lambda: held()[1]),
             # slowly: a jerk swung the hammer about the fingers until it dropped out
-            ("carry", lambda: target(carry_z), rot_carry, 1.0, 0.02, 0.3, 0.3),
-            ("carry", lambda: target(place_z), rot_carry, 1.0, 0.01, 0.3, 0.3),
+            ("carry", lambda: target(carry_z), rot_carry, 1.0, 0.02, *self.CARRY_SPEEDS),
+            ("carry", lambda: target(place_z), rot_carry, 1.0, 0.01, *self.CARRY_SPEEDS),
             ("grip", -1.0, "open_steps", here, rot_carry),
             ("move", _frozen(lambda: f.eef()[0] + np.array([0, 0, 0.12])), rot_carry, -1.0),
         ]
