@@ -525,7 +525,7 @@ class TransportPolicy:
         return closest_yaw(float(np.arctan2(axis[1], axis[0])) + np.pi / 2, current_yaw, np.pi)
 
     def plan_robot0(self, arm: ArmScript) -> list:
-        """Lift the lid off the start bin and set it down beside it, pick the hammer, hold it out, let go."""
+        """Set the lid aside, pick the hammer next to its head, turn the head towards robot 0, hold it out, let go."""
         t, op, rng, f = self.rs.transport, arm.op, arm.rng, arm.f
         table_z = self.rs.table_offsets[0][2]
         lid = lambda: np.array(t.lid_handle_pos)  # noqa: E731
@@ -577,7 +577,7 @@ class TransportPolicy:
         ]
 
     def plan_robot1(self, arm: ArmScript) -> list:
-        """Move the trash to the trash bin, take the hammer by the other end of its handle, lay it in the target bin."""
+        """Move the trash to the trash bin, take the hammer by its handle's free part, lay it in the target bin."""
         t, op, rng, f = self.rs.transport, arm.op, arm.rng, arm.f
         trash = lambda: np.array(t.trash_pos)  # noqa: E731
         trash_rot = np.array(self.rs.sim.data.body_xmat[t.trash_body_id]).reshape(3, 3)
