@@ -148,11 +148,14 @@ class Follower:
         data = self.rs.sim.data
         return np.array(data.site_xpos[self.site]), np.array(data.site_xmat[self.site]).reshape(3, 3)
 
-    def action(self, target_pos, target_rot, gripper: float) -> np.ndarray:
+    def action(self, target_pos, target_rot, gripper: float, speed: float = 1.0, rot_speed: float = 1.0) -> np.ndarray:
+        """`speed`, `rot_speed`: caps on |translation| (besides the operator's speed) and |rotation| actions."""
         pos, rot = self.eef()
         op = self.op
-        move = np.clip((target_pos - pos) / 0.05 * op["gain"] * 2.0, -op["speed"], op["speed"])
-        turn = np.clip(Rotation.from_matrix(target_rot @ rot.T).as_rotvec() / 0.5 * op["rot_gain"] * 2.0, -1, 1)
+        speed = min(op["speed"], speed)
+        move = np.clip((target_pos - pos) / 0.05 * op["gain"] * 2.0, -speed, speed)
+        turn = Rotation.from_matrix(target_rot @ rot.T).as_rotvec() / 0.5 * op["rot_gain"] * 2.0
+        turn = np.clip(turn, -rot_speed, rot_speed)
         arm = np.concatenate([move, turn])
         arm += self.rng.normal(0.0, op["noise"], 6) * np.array([1, 1, 1, 0.5, 0.5, 0.5])
         if op.get("wobble"):  # correlated over ~10 steps: the hand drifts, unlike white noise
@@ -426,6 +429,8 @@ class ArmScript(ScriptedPolicy):
     def __init__(self, env, op, rng, arm: int, plan_fn, flags: dict):
         self.env, self.op, self.rng, self.rs, self.flags = env, op, rng, env.rs_env, flags
         self.f = ArmFollower(env, op, rng, arm)
+        # MH operators: pauses, stalls and wobble as on the other tasks; their regrasps are the plans' retry phases
+        self.attempt, self.empty_grip = 3, 0  # (ScriptedPolicy's own regrasp never triggers)
         self.phases = plan_fn(self)
         self.phase, self.phase_steps, self.pause = 0, 0, 0
 
@@ -446,6 +451,23 @@ class ArmScript(ScriptedPolicy):
         self.phase, self.phase_steps = phase, 0
         return None, False
 
+    def _turn(self, target_fn, rot_fn, gripper, tol=0.06, max_steps=80):
+        """Hold `target_fn()` and turn the gripper to `rot_fn()`, done within `tol` rad (or after `max_steps`)."""
+        rot = rot_fn()
+        error = Rotation.from_matrix(rot @ self.f.eef()[1].T).magnitude()
+        if error < tol or self.phase_steps >= max_steps:
+            return None, True
+        self.gripper = gripper
+        return self.f.action(target_fn(), rot, gripper), False
+
+    def _carry(self, target_fn, rot_fn, gripper, tol, speed, rot_speed):
+        """A move at capped speeds (`Follower.action`), gentle on a load held off its centre of mass."""
+        target = target_fn()
+        if self.f.reached(target, tol):
+            return None, True
+        self.gripper = gripper
+        return self.f.action(target, rot_fn(), gripper, speed, rot_speed), False
+
 
 def _frozen(fn):
     """fn() evaluated once, at the first call (a target fixed when its phase starts)."""
@@ -456,8 +478,15 @@ def _frozen(fn):
 class TransportPolicy:
     """Two ArmScripts stepped together; the action is [robot 0 arm, gripper, robot 1 arm, gripper]."""
 
-    HANDOVER = np.array([0.0, 0.0, 1.12])  # hammer centre during the handover, midway between the tables
-    GRASP_FROM_CENTRE = 0.075  # each gripper holds the handle this far from its centre (handle half-length 0.1 m)
+    # The hammer's head (0.1-0.134 m from the handle's centre) holds most of its mass: its centre of mass lies
+    # 0.054 m from the handle's centre towards the head. Held far from it, the box handle turns between the
+    # fingers, spreads them and can drop out. So robot 0 holds the handle on the head's side, 2.4 cm past the
+    # centre of mass (its fingers, 2.8 cm wide along the handle, end 8 mm short of the head), and turns the hammer
+    # to point the head at itself before the handover; robot 1 takes the handle's free part, 5 cm from its centre
+    # and 12.8 cm from robot 0's hand (the hands are 6.4 cm thick along the handle and must not touch).
+    GRASP_OFFSETS = (0.078, -0.05)  # robot 0's, robot 1's grasp point: this far along the handle towards the head
+    HANDOVER = np.array([0.0, 0.015, 1.12])  # hammer centre at the handover (the hands either side of y = 0)
+    CARRY_SPEEDS = (0.5, 0.5)  # robot 1's caps on its translation and rotation actions while it carries the hammer
 
     def __init__(self, env, op, rng):
         self.rs = env.rs_env
@@ -465,18 +494,30 @@ class TransportPolicy:
         t, model, data = self.rs.transport, self.rs.sim.model, self.rs.sim.data
         handle = model.geom_name2id(t.payload.handle_geoms[0])
         self.centre = lambda: np.array(data.geom_xpos[handle])  # noqa: E731
-        self.axis = lambda: np.array(data.geom_xmat[handle]).reshape(3, 3)[:, 2]  # noqa: E731  handle direction
+        # handle direction, from its centre towards the head (robosuite's hammer: head at +z of the handle)
+        self.axis = lambda: np.array(data.geom_xmat[handle]).reshape(3, 3)[:, 2]  # noqa: E731
+        self.wrist = self.rs.robots[0]._ref_joint_pos_indexes[-1]  # robot 0's last joint (turns the gripper)
         flags = {}
         self.arms = [
             ArmScript(env, op, rng, 0, self.plan_robot0, flags),
             ArmScript(env, op, rng, 1, self.plan_robot1, flags),
         ]
 
-    def handle_point(self, side: float) -> np.ndarray:
-        """Point on the handle towards robot 0 (side -1, lower y) or robot 1 (side +1)."""
+    def handle_point(self, arm: int) -> np.ndarray:
+        """Robot `arm`'s grasp point on the handle."""
+        return self.centre() + self.GRASP_OFFSETS[arm] * self.axis()
+
+    def head_turn(self) -> float:
+        """Robot 0's turn of the hammer (yaw, rad) before the handover: none when the head already points towards
+        robot 0, else the turn that points it closest to robot 0 (-y) while robot 0's last joint, which turns the
+        gripper by -yaw, stays within 2.6 of its +-2.90 rad: up to half a turn, at least about a quarter."""
         axis = self.axis()
-        axis = axis if axis[1] * side >= 0 else -axis
-        return self.centre() + self.GRASP_FROM_CENTRE * axis
+        if axis[1] <= 0:
+            return 0.0
+        q7 = float(self.rs.sim.data.qpos[self.wrist])
+        need = wrap(-np.pi / 2 - float(np.arctan2(axis[1], axis[0])))  # in (-pi, pi]
+        turns = [np.clip(need, q7 - 2.6, q7 + 2.6), np.clip(need - 2 * np.pi * np.sign(need), q7 - 2.6, q7 + 2.6)]
+        return float(min(turns, key=lambda turn: abs(wrap(need - turn))))
 
     def across_handle(self, current_yaw: float) -> float:
         """Gripper heading with the fingers closing across the handle (closest to the current one)."""
@@ -484,12 +525,11 @@ class TransportPolicy:
         return closest_yaw(float(np.arctan2(axis[1], axis[0])) + np.pi / 2, current_yaw, np.pi)
 
     def plan_robot0(self, arm: ArmScript) -> list:
-        """Lift the lid off the start bin and set it down beside it, pick the hammer, hold it out, let go."""
+        """Set the lid aside, pick the hammer next to its head, turn the head towards robot 0, hold it out, let go."""
         t, op, rng, f = self.rs.transport, arm.op, arm.rng, arm.f
         table_z = self.rs.table_offsets[0][2]
         lid = lambda: np.array(t.lid_handle_pos)  # noqa: E731
-        rot_lid = lambda: down_rotation(closest_yaw(0.0, yaw_of(f.eef()[1]), np.pi) + op["yaw_slop"] * 0.5)  # noqa: E731
-        rot_lid = _frozen(rot_lid)
+        rot_lid = _frozen(lambda: down_rotation(closest_yaw(0.0, yaw_of(f.eef()[1]), np.pi) + op["yaw_slop"] * 0.5))
         lid_grasp = lambda: lid() + np.array([0, 0, 0.003])  # noqa: E731
         lid_up = _frozen(lambda: lid() + np.array([0, 0, 0.1 + op["lift"] * 0.3]))
         aside = lambda: np.array([lid_up()[0] - rng.uniform(0.36, 0.4), lid_up()[1], lid_up()[2]])  # noqa: E731
@@ -497,12 +537,18 @@ class TransportPolicy:
         lid_down = lambda: np.array([*aside()[:2], table_z + 0.06])  # noqa: E731
         here = lambda: f.eef()[0]  # noqa: E731
         rot_hammer = _frozen(lambda: down_rotation(self.across_handle(yaw_of(f.eef()[1]))))
-        grasp = lambda: self.handle_point(-1) + np.array([0, 0, 0.002])  # noqa: E731
+        grasp = lambda: self.handle_point(0) + np.array([0, 0, 0.002])  # noqa: E731
         above = lambda: grasp() + np.array([0, 0, op["approach"] + 0.05])  # noqa: E731
+        over = lambda: np.array([*above()[:2], max(above()[2], 1.03)])  # noqa: E731  bin walls' top: 0.96 m
         up = lambda: np.array([*f.eef()[0][:2], 1.02])  # noqa: E731
+        # where the turn clears the bin's walls, out of the arm's base (a head-side grasp can be near it)
+        high = _frozen(lambda: np.array([f.eef()[0][0], max(f.eef()[0][1], -0.42), self.HANDOVER[2]]))
+        turn = _frozen(self.head_turn)
+        turned = [_frozen(lambda k=k: down_rotation(yaw_of(rot_hammer()) + turn() * k / 3)) for k in (1, 2, 3)]
         out = lambda: f.eef()[0] + (self.HANDOVER - self.centre())  # noqa: E731  closed loop on the hammer
         hold = _frozen(here)
-        back = _frozen(lambda: f.eef()[0] + np.array([0, -0.15, 0.06]))
+        lift_off = _frozen(lambda: f.eef()[0] + np.array([0, 0, 0.07]))  # straight up: backing off dragged the head
+        back = _frozen(lambda: f.eef()[0] + np.array([0, -0.15, 0.0]))
         return [
             ("move", lambda: lid_grasp() + np.array([0, 0, op["approach"]]), rot_lid, -1.0),
             ("move", lid_grasp, rot_lid, -1.0, 0.006),
@@ -512,26 +558,31 @@ class TransportPolicy:
             ("move", lid_down, rot_lid, 1.0, 0.02),
             ("grip", -1.0, "open_steps", here, rot_lid),
             ("move", lambda: lid_down() + np.array([0, 0, 0.12]), rot_lid, -1.0, 0.03),
+            ("move", over, rot_hammer, -1.0, 0.03),  # over the start bin's wall (a low approach caught on it)
             ("move", above, rot_hammer, -1.0, 0.02),
             ("move", grasp, rot_hammer, -1.0, 0.006),
             ("grip", 1.0, "close_steps", here, rot_hammer),
             ("move", up, rot_hammer, 1.0, 0.03),
-            ("retry", lambda: self.centre()[2] > 0.95, 8),  # the hammer was not lifted: grasp it again
-            ("move", out, rot_hammer, 1.0, 0.01),
+            ("retry", lambda: self.centre()[2] > 0.95, 9),  # the hammer was not lifted: grasp it again
+            ("move", high, rot_hammer, 1.0, 0.03),
+            *[("turn", high, rot, 1.0) for rot in turned],  # head towards robot 1: turn it away, in thirds
+            ("move", out, turned[-1], 1.0, 0.01),
             ("flag", "hammer_out"),
-            ("wait", "robot1_holds", hold, rot_hammer),
-            ("grip", -1.0, "open_steps", hold, rot_hammer),
+            ("wait", "robot1_holds", hold, turned[-1]),
+            ("grip", -1.0, "open_steps", hold, turned[-1]),
             ("flag", "robot0_let_go"),
-            ("move", back, rot_hammer, -1.0, 0.03),
+            ("move", lift_off, turned[-1], -1.0, 0.02),
+            ("flag", "robot0_clear"),
+            ("move", back, turned[-1], -1.0, 0.03),
         ]
 
     def plan_robot1(self, arm: ArmScript) -> list:
-        """Move the trash to the trash bin, take the hammer by the other end of its handle, lay it in the target bin."""
+        """Move the trash to the trash bin, take the hammer by its handle's free part, lay it in the target bin."""
         t, op, rng, f = self.rs.transport, arm.op, arm.rng, arm.f
         trash = lambda: np.array(t.trash_pos)  # noqa: E731
         trash_rot = np.array(self.rs.sim.data.body_xmat[t.trash_body_id]).reshape(3, 3)
         rot_trash = _frozen(lambda: down_rotation(closest_yaw(yaw_of(trash_rot), yaw_of(f.eef()[1]), np.pi / 2)))
-        offset = np.array([*(op["grasp_xy"] * 0.5), 0.0])
+        offset = np.array([*(op["grasp_xy"] * 0.5), 0.006])  # fingertips clear of the bin's floor
         carry_z = 1.06 + op["lift"] * 0.2  # above the bins' walls (floor 0.81 m, walls 0.15 m)
         bin_xy = lambda name: np.array(getattr(t, name))[:2]  # noqa: E731
         jitter = rng.uniform(-0.05, 0.05, 2)  # where over the trash bin the trash is let go
@@ -540,7 +591,7 @@ class TransportPolicy:
         wait_at = _frozen(lambda: np.array([self.HANDOVER[0], 0.22, self.HANDOVER[2] + 0.08]))
         rot_wait = _frozen(lambda: down_rotation(closest_yaw(0.0, yaw_of(f.eef()[1]), np.pi)))
         rot_hammer = lambda: down_rotation(self.across_handle(yaw_of(f.eef()[1])))  # noqa: E731  follows the handle
-        grasp = lambda: self.handle_point(+1) + np.array([0, 0, 0.002])  # noqa: E731
+        grasp = lambda: self.handle_point(1) + np.array([0, 0, 0.002])  # noqa: E731
         above = lambda: grasp() + np.array([0, 0, 0.07])  # noqa: E731
         held = _frozen(lambda: (f.eef()[0], down_rotation(yaw_of(f.eef()[1]))))
         # carrying: turn the hammer to lie along x (the bin's inner width fits it either way; along x keeps the arm
@@ -558,7 +609,7 @@ class TransportPolicy:
             ("move", lambda: np.array([*(trash() + offset)[:2], carry_z]), rot_trash, -1.0, 0.02),  # above the walls
             ("move", lambda: trash() + offset + np.array([0, 0, op["approach"] * 0.5]), rot_trash, -1.0),
             ("move", lambda: trash() + offset, rot_trash, -1.0, 0.006),
-            ("grip", 1.0, "close_steps", here, rot_trash),
+            ("grip", 1.0, "close_steps", lambda: trash() + offset, rot_trash),  # holding "here" drifted off the cube
             ("move", lambda: np.array([*f.eef()[0][:2], carry_z]), rot_trash, 1.0, 0.03),
             ("retry", lambda: trash()[2] > 0.95, 0),  # the trash slipped out: grasp it again
             ("move", over_trash_bin, rot_trash, 1.0, 0.03),
@@ -570,11 +621,15 @@ class TransportPolicy:
             ("grip", 1.0, "close_steps", grasp, rot_hammer),
             ("flag", "robot1_holds"),
             ("wait", "robot0_let_go", lambda: held()[0], lambda: held()[1]),
-            ("move", lambda: target(carry_z), rot_carry, 1.0, 0.02),
-            ("move", lambda: target(place_z), rot_carry, 1.0, 0.01),
+            ("wait", "robot0_clear", lambda: held()[0], lambda: held()[1]),
+            # slowly: a jerk swung the hammer about the fingers until it dropped out
+            ("carry", lambda: target(carry_z), rot_carry, 1.0, 0.02, *self.CARRY_SPEEDS),
+            ("carry", lambda: target(place_z), rot_carry, 1.0, 0.01, *self.CARRY_SPEEDS),
             ("grip", -1.0, "open_steps", here, rot_carry),
             ("move", _frozen(lambda: f.eef()[0] + np.array([0, 0, 0.12])), rot_carry, -1.0),
         ]
+
+    attempt = 0  # record_attempt's `regrasps` for MH operators (retries are phases here)
 
     def __call__(self) -> np.ndarray:
         return np.concatenate([arm() for arm in self.arms])

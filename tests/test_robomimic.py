@@ -156,12 +156,15 @@ def test_scripted_lift_demo_succeeds_and_writes_a_loadable_file(tmp_path):
 
 
 def test_scripted_transport_controller_succeeds_and_its_demos_load(tmp_path):
-    """Two seeded resets (about 400-500 steps each): robot 0 clears the lid and hands the hammer over, robot 1 bins
-    the trash and lays the hammer in the target bin; robosuite's own check (both objects on their bins' floors) ends
-    each."""
+    """Two seeded resets (535 and 548 steps): robot 0 clears the lid and hands the hammer over, robot 1 bins the
+    trash and lays the hammer in the target bin; robosuite's own check (both objects on their bins' floors) ends
+    each. robosuite's start-up differs slightly between processes (object placement by ~0.5 mm), so each attempt
+    draws its operator from its own generator (with one shared generator, the second operator depended on the first
+    episode's length). The controller succeeds in 19 of 20 attempts (docs/datasets.md), and these two succeeded
+    with the same lengths with the hammer and the trash nudged by ~0.5 mm after the reset (the controller follows
+    the objects' poses in closed loop)."""
     env = robomimic_tasks.make_robomimic_env("transport")
-    rng = np.random.default_rng(1)
-    demos = [make_robomimic_demos.record_attempt(env, seed, rng, 800)[0] for seed in (0, 1)]
+    demos = [make_robomimic_demos.record_attempt(env, seed, np.random.default_rng(seed), 800)[0] for seed in (0, 1)]
     transport = env.rs_env.transport
     assert transport.payload_in_target_bin and transport.trash_in_trash_bin  # the last demo's final state
     env.close()
