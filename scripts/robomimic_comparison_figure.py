@@ -1,6 +1,7 @@
 """Figure and CSV of scripts/robomimic_comparison.sh: success rate against env steps, one line per algorithm.
 
     python scripts/robomimic_comparison_figure.py --runs runs/robomimic_lift_comparison --out docs/figures/robomimic_lift_comparison
+    python scripts/robomimic_comparison_figure.py --task can --runs runs/robomimic_can_comparison --out docs/figures/robomimic_can_comparison
 
 Lines: the in-run evaluations (TensorBoard eval/success_rate, the first point is the pre-trained policy; their
 episode count is the run's --eval-episodes), mean over seeds with a band from the lowest to the highest seed.
@@ -26,18 +27,29 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 ALGOS = {"dppo": "DPPO", "gaussian": "Gaussian-PPO", "gmm": "GMM-PPO", "drwr": "DRWR"}
 COLORS = {"dppo": "tab:red", "gaussian": "tab:blue", "gmm": "tab:green", "drwr": "tab:purple"}
+# task -> the starting checkpoints' 50-episode success (docs/checkpoints.md, weak Lift / weak Can checkpoints)
+PRETRAINED = {
+    "lift": ["dppo=0.32", "drwr=0.32", "gaussian=0.38", "gmm=0.60"],
+    "can": ["dppo=CAN_DIFF", "drwr=CAN_DIFF", "gaussian=CAN_GAUSS", "gmm=CAN_GMM"],
+}
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--runs", default="runs/robomimic_lift_comparison")
-parser.add_argument("--out", default="docs/figures/robomimic_lift_comparison")
-parser.add_argument("--title", default="Lift from weak policies pre-trained on lift-mhsim")
+parser.add_argument("--task", default="lift", choices=sorted(PRETRAINED), help="sets the defaults of the flags below")
+parser.add_argument("--runs", default=None, help="default runs/robomimic_<task>_comparison")
+parser.add_argument("--out", default=None, help="default docs/figures/robomimic_<task>_comparison")
+parser.add_argument("--title", default=None, help="default '<Task> from weak policies pre-trained on <task>-mhsim'")
 parser.add_argument(
     "--pretrained",
     nargs="*",
-    default=["dppo=0.32", "drwr=0.32", "gaussian=0.38", "gmm=0.60"],
-    help="algo=success: the starting checkpoint's 50-episode success (docs/checkpoints.md), hollow markers at 0",
+    default=None,
+    help="algo=success: the starting checkpoint's 50-episode success (default: the task's, docs/checkpoints.md), "
+    "hollow markers at 0",
 )
 cli = parser.parse_args()
+cli.runs = cli.runs or f"runs/robomimic_{cli.task}_comparison"
+cli.out = cli.out or f"docs/figures/robomimic_{cli.task}_comparison"
+cli.title = cli.title or f"{cli.task.capitalize()} from weak policies pre-trained on {cli.task}-mhsim"
+cli.pretrained = PRETRAINED[cli.task] if cli.pretrained is None else cli.pretrained
 
 rows, curves, finals = [], {}, {}
 for algo in ALGOS:
