@@ -89,9 +89,10 @@ def test_mh_operators_differ_in_proficiency():
         assert min(h[key] for h in worse) >= max(h[key] for h in better), key
 
 
-def test_a_missed_grasp_is_followed_by_a_regrasp_and_success():
-    """An operator who always misjudges the first grasp opens, backs off, regrasps and still lifts the cube."""
-    env = robomimic_tasks.make_robomimic_env("lift")
+@pytest.mark.parametrize("task", ["lift", "can"])  # Can: about 7 s
+def test_a_missed_grasp_is_followed_by_a_regrasp_and_success(task):
+    """An operator who always misjudges the first grasp opens, backs off, regrasps and still solves the task."""
+    env = robomimic_tasks.make_robomimic_env(task)
     rng = np.random.default_rng(0)
     habits = demos_script.sample_mh_habits(rng, "okay_operator_1")
     habits.update(miss_p=1.0, pause_p=0.0, stall_p=0.0, overshoot_p=0.0, detour_p=0.0)
