@@ -9,7 +9,8 @@ Hollow markers at 0: the pre-trained checkpoints' 50-episode success (--pretrain
 step: the 50-episode evaluation of each run's checkpoint_last.pt (mean over seeds, error bar
 min-max). The CSV holds every point (algo, seed, env_steps, success_rate, episodes, kind: in-run, final50, or train =
 the share of an iteration's training episodes, with exploration noise, that succeeded) and the table printed
-to stdout is the final 50-episode success per algorithm and seed.
+to stdout is the final 50-episode success per algorithm and seed, with the change of the mean from the start
+and a two-sided Fisher exact test of the pooled final episodes against the start's 50.
 """
 
 import argparse
@@ -23,6 +24,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from scipy.stats import fisher_exact  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 ALGOS = {"dppo": "DPPO", "gaussian": "Gaussian-PPO", "gmm": "GMM-PPO", "drwr": "DRWR"}
@@ -119,7 +121,13 @@ ax.legend(fontsize=7, loc="lower left")
 fig.tight_layout()
 fig.savefig(cli.out + ".png", dpi=120)
 
-print("| algorithm | " + " | ".join(f"seed {s}" for s in sorted({s for f in finals.values() for s in f})) + " | mean |")
+# change from the start: two-sided Fisher exact test of the pooled final episodes (50 per seed) against the start's 50
+start = {algo: float(value) for algo, value in (item.split("=") for item in cli.pretrained)}
+seeds = sorted({s for f in finals.values() for s in f})
+print("| algorithm | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | change from start (p) |")
 for algo, by_seed in finals.items():
     vals = [by_seed[s][1] for s in sorted(by_seed)]
-    print(f"| {ALGOS[algo]} | " + " | ".join(f"{v:.2f}" for v in vals) + f" | {np.mean(vals):.3f} |")
+    wins, start_wins = round(50 * sum(vals)), round(50 * start[algo])
+    p = fisher_exact([[wins, 50 * len(vals) - wins], [start_wins, 50 - start_wins]])[1]
+    change = f"{np.mean(vals) - start[algo]:+.2f} (p = {p:.2g})"
+    print(f"| {ALGOS[algo]} | " + " | ".join(f"{v:.2f}" for v in vals) + f" | {np.mean(vals):.3f} | {change} |")
