@@ -3,7 +3,8 @@
     python scripts/mhsim_stats.py can-mhsim      # a dataset name (data dir) or a path
 
 Prints demos, attempts (controller success rate), and per proficiency: demos (of attempts when some failed), mean
-length (min-max) and demos with a regrasp; then the total number of samples. The generator's wall time is only in its
+length (min-max) and demos with a regrasp; the total number of samples; the demos longer than an evaluation
+episode and the worse operators' share of the samples. The generator's wall time is only in its
 own output (its last line).
 """
 
@@ -33,3 +34,7 @@ print(
     f"| {info['successes']} | {info['attempts']} ({info['success_rate']:.0%}) | {'; '.join(cells)} "
     f"| {sum(d['num_samples'] for d in demos):,} |"
 )
+limit = envs.ROBOMIMIC_TASKS[info["task"]]["max_episode_steps"]
+worse = sum(d["num_samples"] for d in demos if d["proficiency"] == "worse") / sum(d["num_samples"] for d in demos)
+print(f"demos longer than an evaluation episode ({limit} steps): {sum(d['num_samples'] > limit for d in demos)}")
+print(f"the worse operators' share of the samples: {worse:.0%}")
