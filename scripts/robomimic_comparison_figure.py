@@ -32,7 +32,7 @@ COLORS = {"dppo": "tab:red", "gaussian": "tab:blue", "gmm": "tab:green", "drwr":
 # task -> the starting checkpoints' 50-episode success (docs/checkpoints.md, weak Lift / weak Can checkpoints)
 PRETRAINED = {
     "lift": ["dppo=0.32", "drwr=0.32", "gaussian=0.38", "gmm=0.60"],
-    "can": ["dppo=CAN_DIFF", "drwr=CAN_DIFF", "gaussian=CAN_GAUSS", "gmm=CAN_GMM"],
+    "can": ["dppo=0.18", "drwr=0.18", "gaussian=0.38", "gmm=0.40"],
 }
 
 parser = argparse.ArgumentParser()
