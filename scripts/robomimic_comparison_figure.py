@@ -130,4 +130,5 @@ for algo, by_seed in finals.items():
     wins, start_wins = round(50 * sum(vals)), round(50 * start[algo])
     p = fisher_exact([[wins, 50 * len(vals) - wins], [start_wins, 50 - start_wins]])[1]
     change = f"{np.mean(vals) - start[algo]:+.2f} (p = {p:.2g})"
-    print(f"| {ALGOS[algo]} | " + " | ".join(f"{v:.2f}" for v in vals) + f" | {np.mean(vals):.3f} | {change} |")
+    cells = [f"{by_seed[s][1]:.2f}" if s in by_seed else "–" for s in seeds]  # – : a seed this algorithm lacks
+    print(f"| {ALGOS[algo]} | " + " | ".join(cells) + f" | {np.mean(vals):.3f} | {change} |")
