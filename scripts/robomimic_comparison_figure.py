@@ -56,14 +56,14 @@ cli.pretrained = PRETRAINED[cli.task] if cli.pretrained is None else cli.pretrai
 rows, curves, finals = [], {}, {}
 for algo in ALGOS:
     for run in sorted(glob.glob(os.path.join(cli.runs, f"{algo}__s*"))):
-        if not os.path.isdir(run) or run.endswith("_final50"):
-            continue
+        if not os.path.isdir(run) or run.endswith("_final50") or not os.path.exists(os.path.join(run, "summary.json")):
+            continue  # a final evaluation, or a run still in progress (it writes summary.json at its end)
         seed = int(run.rsplit("__s", 1)[1])
         acc = EventAccumulator(run).Reload()
         if "eval/success_rate" not in acc.Tags()["scalars"]:
             continue
         summary_path = os.path.join(run, "summary.json")
-        episodes = json.load(open(summary_path))["args"]["eval_episodes"] if os.path.exists(summary_path) else None
+        episodes = json.load(open(summary_path))["args"]["eval_episodes"]
         points = [(e.step, e.value) for e in acc.Scalars("eval/success_rate")]
         curves.setdefault(algo, {})[seed] = points
         rows += [
@@ -75,7 +75,7 @@ for algo in ALGOS:
                 dict(algo=algo, seed=seed, env_steps=s, success_rate=v, episodes=None, kind="train") for s, v in train
             ]
         final_path = os.path.join(f"{run}_final50", "summary.json")
-        if os.path.exists(final_path) and os.path.exists(summary_path):
+        if os.path.exists(final_path):
             final = json.load(open(final_path))["final_eval_success_rate"]
             steps = json.load(open(summary_path))["env_steps"]
             finals.setdefault(algo, {})[seed] = (steps, final)
