@@ -18,6 +18,7 @@ first grasp more often, after which they open, back off and regrasp. Each demo r
     python scripts/make_robomimic_demos.py --task lift                  # 100 demos -> <data dir>/lift-scripted.hdf5
     python scripts/make_robomimic_demos.py --task can --num-demos 200 --out can.hdf5
     python scripts/make_robomimic_demos.py --task lift --operators mh   # 120 demos -> <data dir>/lift-mhsim.hdf5
+    python scripts/make_robomimic_demos.py --task can --operators mh --max-steps 600   # 120 demos -> can-mhsim.hdf5
 
 The data dir is $CLEANDPPO_DATA or ~/.cache/cleandppo/datasets; train on it with --dataset lift-scripted
 (or --dataset lift-mhsim).

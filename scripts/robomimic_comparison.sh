@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
-# Issue #14 (Lift part): the paper's robomimic comparison (Fig. 5 bottom, 6, A8) from weak policies
+# Issue #14 (Lift and Can): the paper's robomimic comparison (Fig. 5 bottom, 6, A8) from weak policies
 # pre-trained on MH-like demonstrations: DPPO, Gaussian-PPO, GMM-PPO and DRWR at the same env-step budget.
 #
-#   bash scripts/robomimic_comparison.sh                  # all stages below, in order
+#   bash scripts/robomimic_comparison.sh                  # all stages below, in order, on Lift
 #   bash scripts/robomimic_comparison.sh compare figure   # only some stages
+#   TASK=can bash scripts/robomimic_comparison.sh         # the same on Can
 #
 # Stages:
-#   data      scripts/make_robomimic_demos.py --task lift --operators mh  -> <data dir>/lift-mhsim.hdf5
-#   pretrain  the weak bundled checkpoints cleandppo/pretrained/lift-mhsim-{diffusion,gaussian,gmm}-mlp.pt; each
+#   data      scripts/make_robomimic_demos.py --task $TASK --operators mh  -> <data dir>/$TASK-mhsim.hdf5
+#             (Can: --max-steps 600, the worse operators need longer demos; evaluation keeps 300 steps)
+#   pretrain  the weak bundled checkpoints cleandppo/pretrained/$TASK-mhsim-{diffusion,gaussian,gmm}-mlp.pt; each
 #             pre-training command ends with the checkpoint's 50-episode evaluation ($RUNS/pretrain_<policy>.log)
 #   compare   4 algorithms x $SEEDS fine-tuning runs, each followed by a 50-episode evaluation of its
 #             checkpoint_last.pt ($RUNS/<algo>__s<seed>/ and $RUNS/<algo>__s<seed>_final50/)
-#   figure    docs/figures/robomimic_lift_comparison.{png,csv} (scripts/robomimic_comparison_figure.py)
+#   figure    docs/figures/robomimic_${TASK}_comparison.{png,csv} (scripts/robomimic_comparison_figure.py)
 #   lane      (not in "all") one lane of compare in this process, for a caller that already holds a slot
 #   one       (not in "all") ALGO=<algo> SEED=<seed>: one run of compare in this process
 # Knobs (environment variables):
+#   TASK=lift       lift or can
 #   SEEDS="0 1 2"   seeds of every algorithm
 #   BUDGET=3000     fine-tuning env steps per run
 #   NUM_ENVS=5      training envs; one iteration = NUM_ENVS x 75 chunks x 4 = one 300-step episode per env
@@ -22,10 +25,11 @@
 #   EVAL_EPISODES=5
 #   WORKERS=2       runs at a time (one torch thread each)
 #   LAUNCH=""       prefix of every heavy command (e.g. a wrapper that waits for a free CPU slot)
-#   RUNS=runs/robomimic_lift_comparison (finished runs, those with a final50 summary.json, are skipped)
-# Everything not given below is each script's per-task (lift) table (docs/robomimic.md).
+#   RUNS=runs/robomimic_${TASK}_comparison (finished runs, those with a final50 summary.json, are skipped)
+# Everything not given below is each script's per-task table (docs/robomimic.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+TASK=${TASK:-lift}
 SEEDS=${SEEDS:-"0 1 2"}
 BUDGET=${BUDGET:-3000}
 NUM_ENVS=${NUM_ENVS:-5}
@@ -33,18 +37,33 @@ EVAL_FREQ=${EVAL_FREQ:-2}
 EVAL_EPISODES=${EVAL_EPISODES:-5}
 WORKERS=${WORKERS:-2}
 LAUNCH=${LAUNCH:-}
-RUNS=${RUNS:-runs/robomimic_lift_comparison}
+RUNS=${RUNS:-runs/robomimic_${TASK}_comparison}
 CKPT=cleandppo/pretrained
 export PYTHONPATH=$PWD OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-export BUDGET NUM_ENVS EVAL_FREQ EVAL_EPISODES LAUNCH RUNS CKPT
+export TASK BUDGET NUM_ENVS EVAL_FREQ EVAL_EPISODES LAUNCH RUNS CKPT
 stages=("$@")
 [ ${#stages[@]} -gt 0 ] || stages=(data pretrain compare figure)
-mkdir -p "$RUNS"
 
 # the weak pre-training: short budgets on the MH-like data (docs/checkpoints.md: the budgets tried and their success)
-PRETRAIN_DIFFUSION="python cleandppo/dppo.py --env-id lift --dataset lift-mhsim --pretrain-only --pretrain-epochs 4 --ema-start-epoch 4 --eval-episodes 50 --no-cuda"
-PRETRAIN_GAUSSIAN="python cleandppo/gaussian_ppo.py --env-id lift --dataset lift-mhsim --pretrain-only --pretrain-epochs 20 --pretrain-lr 1e-3 --eval-episodes 50 --no-cuda"
-PRETRAIN_GMM="python cleandppo/gmm_ppo.py --env-id lift --dataset lift-mhsim --pretrain-only --pretrain-epochs 12 --pretrain-lr 1e-3 --eval-episodes 50 --no-cuda"
+case $TASK in
+lift)
+  DATA="python scripts/make_robomimic_demos.py --task lift --operators mh"
+  PRETRAIN_DIFFUSION="python cleandppo/dppo.py --env-id lift --dataset lift-mhsim --pretrain-only --pretrain-epochs 4 --ema-start-epoch 4 --eval-episodes 50 --no-cuda"
+  PRETRAIN_GAUSSIAN="python cleandppo/gaussian_ppo.py --env-id lift --dataset lift-mhsim --pretrain-only --pretrain-epochs 20 --pretrain-lr 1e-3 --eval-episodes 50 --no-cuda"
+  PRETRAIN_GMM="python cleandppo/gmm_ppo.py --env-id lift --dataset lift-mhsim --pretrain-only --pretrain-epochs 12 --pretrain-lr 1e-3 --eval-episodes 50 --no-cuda"
+  ;;
+can)
+  DATA="python scripts/make_robomimic_demos.py --task can --operators mh --max-steps 600"
+  PRETRAIN_DIFFUSION="python cleandppo/dppo.py --env-id can --dataset can-mhsim --pretrain-only --pretrain-epochs 20 --ema-start-epoch 20 --eval-episodes 50 --no-cuda"
+  PRETRAIN_GAUSSIAN="python cleandppo/gaussian_ppo.py --env-id can --dataset can-mhsim --pretrain-only --pretrain-epochs 40 --pretrain-lr 1e-3 --eval-episodes 50 --no-cuda"
+  PRETRAIN_GMM="python cleandppo/gmm_ppo.py --env-id can --dataset can-mhsim --pretrain-only --pretrain-epochs 50 --pretrain-lr 1e-3 --eval-episodes 50 --no-cuda"
+  ;;
+*)
+  echo "error: unknown TASK '$TASK'; use lift or can" >&2
+  exit 2
+  ;;
+esac
+mkdir -p "$RUNS"
 
 # algorithm -> (script, policy); the PPO variants get no critic warm-up iteration instead of the table's 2
 # (a run has only BUDGET / (NUM_ENVS x 300) = 2 iterations); DRWR's minibatch is an iteration's 375 chunks
@@ -65,10 +84,10 @@ run_one() {
     return 0
   fi
   rm -rf "$dir" "${dir}_final50"
-  local ft="python cleandppo/$script.py --env-id lift --checkpoint $CKPT/lift-mhsim-$policy-mlp.pt --seed $seed
+  local ft="python cleandppo/$script.py --env-id $TASK --checkpoint $CKPT/$TASK-mhsim-$policy-mlp.pt --seed $seed
     --num-envs $NUM_ENVS --n-steps 75 --total-timesteps $BUDGET $(extra_of "$algo") --eval-freq $EVAL_FREQ
     --eval-episodes $EVAL_EPISODES --save-freq 1000 --no-cuda --run-dir $dir"
-  local final="python cleandppo/$script.py --env-id lift --eval-only --eval-episodes 50 --seed $seed --no-cuda
+  local final="python cleandppo/$script.py --env-id $TASK --eval-only --eval-episodes 50 --seed $seed --no-cuda
     --checkpoint $dir/checkpoint_last.pt --run-dir ${dir}_final50"
   echo "[run] $(date +%H:%M:%S) $algo seed $seed"
   { echo "$ft" | tr -s ' \n' ' '; echo; echo "$final" | tr -s ' \n' ' '; echo; } >"$dir.cmd"
@@ -95,7 +114,7 @@ export SEEDS
 for s in "${stages[@]}"; do
   case "$s" in
   data)
-    $LAUNCH python scripts/make_robomimic_demos.py --task lift --operators mh
+    $LAUNCH $DATA
     ;;
   pretrain)
     pre() { rm -rf "$RUNS/pretrain_$1" && $2 --run-dir "$RUNS/pretrain_$1" >"$RUNS/pretrain_$1.log" 2>&1; }
@@ -104,7 +123,7 @@ for s in "${stages[@]}"; do
     $LAUNCH bash -c 'pre diffusion "$PRETRAIN_DIFFUSION"' &
     $LAUNCH bash -c 'pre gaussian "$PRETRAIN_GAUSSIAN" && pre gmm "$PRETRAIN_GMM"' &
     wait
-    for p in diffusion gaussian gmm; do cp "$RUNS/pretrain_$p/pretrained.pt" "$CKPT/lift-mhsim-$p-mlp.pt"; done
+    for p in diffusion gaussian gmm; do cp "$RUNS/pretrain_$p/pretrained.pt" "$CKPT/$TASK-mhsim-$p-mlp.pt"; done
     grep -H "\[eval\]" "$RUNS"/pretrain_*.log
     ;;
   one)  # ALGO=<dppo|gaussian|gmm|drwr> SEED=<n>: that run alone, in this process (claimed, so lanes skip it)
@@ -125,7 +144,7 @@ for s in "${stages[@]}"; do
     cat "$RUNS"/lane*.log
     ;;
   figure)
-    python scripts/robomimic_comparison_figure.py --runs "$RUNS" --out docs/figures/robomimic_lift_comparison
+    python scripts/robomimic_comparison_figure.py --task "$TASK" --runs "$RUNS" --out "docs/figures/robomimic_${TASK}_comparison"
     ;;
   *)
     echo "error: unknown stage '$s'; use data, pretrain, eval, compare, figure" >&2

@@ -1,6 +1,7 @@
 """Figure and CSV of scripts/robomimic_comparison.sh: success rate against env steps, one line per algorithm.
 
     python scripts/robomimic_comparison_figure.py --runs runs/robomimic_lift_comparison --out docs/figures/robomimic_lift_comparison
+    python scripts/robomimic_comparison_figure.py --task can --runs runs/robomimic_can_comparison --out docs/figures/robomimic_can_comparison
 
 Lines: the in-run evaluations (TensorBoard eval/success_rate, the first point is the pre-trained policy; their
 episode count is the run's --eval-episodes), mean over seeds with a band from the lowest to the highest seed.
@@ -8,7 +9,8 @@ Hollow markers at 0: the pre-trained checkpoints' 50-episode success (--pretrain
 step: the 50-episode evaluation of each run's checkpoint_last.pt (mean over seeds, error bar
 min-max). The CSV holds every point (algo, seed, env_steps, success_rate, episodes, kind: in-run, final50, or train =
 the share of an iteration's training episodes, with exploration noise, that succeeded) and the table printed
-to stdout is the final 50-episode success per algorithm and seed.
+to stdout is the final 50-episode success per algorithm and seed, with the change of the mean from the start
+and a two-sided Fisher exact test of the pooled final episodes against the start's 50.
 """
 
 import argparse
@@ -22,34 +24,46 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from scipy.stats import fisher_exact  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 ALGOS = {"dppo": "DPPO", "gaussian": "Gaussian-PPO", "gmm": "GMM-PPO", "drwr": "DRWR"}
 COLORS = {"dppo": "tab:red", "gaussian": "tab:blue", "gmm": "tab:green", "drwr": "tab:purple"}
+# task -> the starting checkpoints' 50-episode success (docs/checkpoints.md, weak Lift / weak Can checkpoints)
+PRETRAINED = {
+    "lift": ["dppo=0.32", "drwr=0.32", "gaussian=0.38", "gmm=0.60"],
+    "can": ["dppo=0.18", "drwr=0.18", "gaussian=0.38", "gmm=0.40"],
+}
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--runs", default="runs/robomimic_lift_comparison")
-parser.add_argument("--out", default="docs/figures/robomimic_lift_comparison")
-parser.add_argument("--title", default="Lift from weak policies pre-trained on lift-mhsim")
+parser.add_argument("--task", default="lift", choices=sorted(PRETRAINED), help="sets the defaults of the flags below")
+parser.add_argument("--runs", default=None, help="default runs/robomimic_<task>_comparison")
+parser.add_argument("--out", default=None, help="default docs/figures/robomimic_<task>_comparison")
+parser.add_argument("--title", default=None, help="default '<Task> from weak policies pre-trained on <task>-mhsim'")
 parser.add_argument(
     "--pretrained",
     nargs="*",
-    default=["dppo=0.32", "drwr=0.32", "gaussian=0.38", "gmm=0.60"],
-    help="algo=success: the starting checkpoint's 50-episode success (docs/checkpoints.md), hollow markers at 0",
+    default=None,
+    help="algo=success: the starting checkpoint's 50-episode success (default: the task's, docs/checkpoints.md), "
+    "hollow markers at 0",
 )
 cli = parser.parse_args()
+cli.runs = cli.runs or f"runs/robomimic_{cli.task}_comparison"
+cli.out = cli.out or f"docs/figures/robomimic_{cli.task}_comparison"
+cli.title = cli.title or f"{cli.task.capitalize()} from weak policies pre-trained on {cli.task}-mhsim"
+cli.pretrained = PRETRAINED[cli.task] if cli.pretrained is None else cli.pretrained
 
 rows, curves, finals = [], {}, {}
 for algo in ALGOS:
     for run in sorted(glob.glob(os.path.join(cli.runs, f"{algo}__s*"))):
-        if not os.path.isdir(run) or run.endswith("_final50"):
-            continue
+        if not os.path.isdir(run) or run.endswith("_final50") or not os.path.exists(os.path.join(run, "summary.json")):
+            continue  # a final evaluation, or a run still in progress (it writes summary.json at its end)
         seed = int(run.rsplit("__s", 1)[1])
         acc = EventAccumulator(run).Reload()
         if "eval/success_rate" not in acc.Tags()["scalars"]:
             continue
         summary_path = os.path.join(run, "summary.json")
-        episodes = json.load(open(summary_path))["args"]["eval_episodes"] if os.path.exists(summary_path) else None
+        episodes = json.load(open(summary_path))["args"]["eval_episodes"]
         points = [(e.step, e.value) for e in acc.Scalars("eval/success_rate")]
         curves.setdefault(algo, {})[seed] = points
         rows += [
@@ -61,7 +75,7 @@ for algo in ALGOS:
                 dict(algo=algo, seed=seed, env_steps=s, success_rate=v, episodes=None, kind="train") for s, v in train
             ]
         final_path = os.path.join(f"{run}_final50", "summary.json")
-        if os.path.exists(final_path) and os.path.exists(summary_path):
+        if os.path.exists(final_path):
             final = json.load(open(final_path))["final_eval_success_rate"]
             steps = json.load(open(summary_path))["env_steps"]
             finals.setdefault(algo, {})[seed] = (steps, final)
@@ -107,7 +121,14 @@ ax.legend(fontsize=7, loc="lower left")
 fig.tight_layout()
 fig.savefig(cli.out + ".png", dpi=120)
 
-print("| algorithm | " + " | ".join(f"seed {s}" for s in sorted({s for f in finals.values() for s in f})) + " | mean |")
+# change from the start: two-sided Fisher exact test of the pooled final episodes (50 per seed) against the start's 50
+start = {algo: float(value) for algo, value in (item.split("=") for item in cli.pretrained)}
+seeds = sorted({s for f in finals.values() for s in f})
+print("| algorithm | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | change from start (p) |")
 for algo, by_seed in finals.items():
     vals = [by_seed[s][1] for s in sorted(by_seed)]
-    print(f"| {ALGOS[algo]} | " + " | ".join(f"{v:.2f}" for v in vals) + f" | {np.mean(vals):.3f} |")
+    wins, start_wins = round(50 * sum(vals)), round(50 * start[algo])
+    p = fisher_exact([[wins, 50 * len(vals) - wins], [start_wins, 50 - start_wins]])[1]
+    change = f"{np.mean(vals) - start[algo]:+.2f} (p = {p:.2g})"
+    cells = [f"{by_seed[s][1]:.2f}" if s in by_seed else "–" for s in seeds]  # – : a seed this algorithm lacks
+    print(f"| {ALGOS[algo]} | " + " | ".join(cells) + f" | {np.mean(vals):.3f} | {change} |")

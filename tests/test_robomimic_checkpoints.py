@@ -1,4 +1,4 @@
-"""The bundled Square and Transport diffusion checkpoints, and the observation encoder cond_mlp in checkpoints.
+"""Bundled Square, Transport and weak Can diffusion checkpoints, and the observation encoder cond_mlp in checkpoints.
 
 Each diffusion script rebuilds the network from a checkpoint's model_kwargs with its own copy of the network code;
 a checkpoint whose weights and config disagree about cond_mlp, or a --cond-mlp-dims that disagrees with the
@@ -23,33 +23,40 @@ def load_in(module, path, args):
     """A diffusion checkpoint as `module` loads it: its load_diffusion_checkpoint, or dppo's call of the envs one
     (dppo's UNet may execute fewer actions than it predicts, so any chunk length)."""
     if module.__name__ == "cleandppo.dppo":
-        return envs.load_diffusion_checkpoint(path, args, same_horizon=False)
+        return envs.load_diffusion_checkpoint(path, args, same_horizon=False, continues_ft=True)
     return module.load_diffusion_checkpoint(path, args)
 
 
-TRANSPORT_MISSING = not os.path.isfile(envs.bundled_checkpoint("transport", "diffusion"))
+# checkpoint -> (task, its file, time_dim, MLP width): the Square and Transport tables (docs/robomimic.md) and the weak
+# can-mhsim checkpoint (Can's table, docs/checkpoints.md)
+CHECKPOINTS = {
+    "square": ("square", envs.bundled_checkpoint("square", "diffusion"), 32, 1024),
+    "transport": ("transport", envs.bundled_checkpoint("transport", "diffusion"), 32, 1024),
+    "can-mhsim": ("can", os.path.join(envs.PRETRAINED_DIR, "can-mhsim-diffusion-mlp.pt"), 16, 512),
+}
+TRANSPORT_MISSING = not os.path.isfile(CHECKPOINTS["transport"][1])
 
 
 @pytest.mark.parametrize(
-    "task",
+    "checkpoint",
     [
         "square",
         pytest.param(  # its pre-training job did not get a CPU slot in time: docs/checkpoints.md has the command
             "transport", marks=pytest.mark.skipif(TRANSPORT_MISSING, reason="transport-diffusion-mlp.pt not made yet")
         ),
+        "can-mhsim",
     ],
 )
 @pytest.mark.parametrize("name", DIFFUSION)
-def test_bundled_checkpoint_loads_in_every_diffusion_script(name, task):
+def test_bundled_checkpoint_loads_in_every_diffusion_script(name, checkpoint):
     module = importlib.import_module(f"cleandppo.{name}")
+    task, path, time_dim, width = CHECKPOINTS[checkpoint]
     Ta, cond_mlp_dims = BUNDLED[task]
     args = module.Args(env_id=task, act_steps=Ta, horizon_steps=Ta)
-    ckpt = load_in(module, envs.bundled_checkpoint(task, "diffusion"), args)
+    ckpt = load_in(module, path, args)
     kw = ckpt["model_kwargs"]
-    assert tuple(kw.get("cond_mlp_dims") or ()) == cond_mlp_dims and (kw["time_dim"], tuple(kw["mlp_dims"])) == (
-        32,
-        (1024,) * 3,
-    )
+    assert tuple(kw.get("cond_mlp_dims") or ()) == cond_mlp_dims
+    assert (kw["time_dim"], tuple(kw["mlp_dims"])) == (time_dim, (width,) * 3)
     net = module.build_network(kw)
     net.load_state_dict(ckpt["model"])  # strict: every weight has its place, cond_mlp included
     assert (net.cond_mlp is not None) == bool(cond_mlp_dims)

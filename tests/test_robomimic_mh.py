@@ -1,5 +1,6 @@
 """MH-like robomimic demonstrations (scripts/make_robomimic_demos.py --operators mh, --dataset <task>-mhsim) and the
-weak bundled Lift checkpoints pre-trained on them (cleandppo/pretrained/lift-mhsim-*-mlp.pt, docs/checkpoints.md).
+weak bundled Lift and Can checkpoints pre-trained on them (cleandppo/pretrained/{lift,can}-mhsim-*-mlp.pt,
+docs/checkpoints.md).
 
 Skipped as a whole when robosuite is not installed (see docs/robomimic.md for the install line).
 """
@@ -88,9 +89,10 @@ def test_mh_operators_differ_in_proficiency():
         assert min(h[key] for h in worse) >= max(h[key] for h in better), key
 
 
-def test_a_missed_grasp_is_followed_by_a_regrasp_and_success():
-    """An operator who always misjudges the first grasp opens, backs off, regrasps and still lifts the cube."""
-    env = robomimic_tasks.make_robomimic_env("lift")
+@pytest.mark.parametrize("task", ["lift", "can"])  # Can: about 7 s
+def test_a_missed_grasp_is_followed_by_a_regrasp_and_success(task):
+    """An operator who always misjudges the first grasp opens, backs off, regrasps and still solves the task."""
+    env = robomimic_tasks.make_robomimic_env(task)
     rng = np.random.default_rng(0)
     habits = demos_script.sample_mh_habits(rng, "okay_operator_1")
     habits.update(miss_p=1.0, pause_p=0.0, stall_p=0.0, overshoot_p=0.0, detour_p=0.0)
@@ -114,32 +116,37 @@ def test_mhsim_dataset_name_resolves_in_the_data_dir(mh_file, monkeypatch, tmp_p
     )
 
 
-# ---- the weak bundled Lift checkpoints ---------------------------------------------------------------
+# ---- the weak bundled Lift and Can checkpoints ---------------------------------------------------------
+WEAK = {"lift": "Lift", "can": "PickPlaceCan"}  # task: robosuite env name in the checkpoint's env meta
+
+
 def fake_run_episodes(seen):
     """Stands in for envs.run_episodes: one policy query on the normalized obs midpoint, success counted 1."""
 
     def run_episodes(act_fn, env_id, episodes, seed, act_steps, cond_steps, normalization, asynchronous=False):
-        chunk = np.asarray(act_fn(np.zeros((episodes, cond_steps, 19), np.float32)))
+        obs_dim = envs.env_dims(env_id)[0]
+        chunk = np.asarray(act_fn(np.zeros((episodes, cond_steps, obs_dim), np.float32)))
         seen.append((chunk, normalization))
         return [1.0] * episodes, [300] * episodes
 
     return run_episodes
 
 
+@pytest.mark.parametrize("task", sorted(WEAK))
 @pytest.mark.parametrize(
     "module, policy",
     [(m, "diffusion") for m in DIFFUSION_SCRIPTS] + [(gaussian_ppo, "gaussian"), (gmm_ppo, "gmm")],
     ids=lambda x: x.__name__.split(".")[-1] if hasattr(x, "__name__") else x,
 )
-def test_weak_lift_checkpoint_loads_and_acts_in_every_script(module, policy, tmp_path, monkeypatch):
-    path = os.path.join(PRETRAINED, f"lift-mhsim-{policy}-mlp.pt")
+def test_weak_checkpoint_loads_and_acts_in_every_script(module, policy, task, tmp_path, monkeypatch):
+    path = os.path.join(PRETRAINED, f"{task}-mhsim-{policy}-mlp.pt")
     seen = []
     monkeypatch.setattr(envs, "run_episodes", fake_run_episodes(seen))
     run = str(tmp_path / "run")
     run_main(
         module,
         "--env-id",
-        "lift",
+        task,
         "--eval-only",
         "--eval-episodes",
         "2",
@@ -155,16 +162,17 @@ def test_weak_lift_checkpoint_loads_and_acts_in_every_script(module, policy, tmp
     assert np.isfinite(chunk).all() and np.abs(chunk).max() <= 1.0 + 1e-6
     expected = torch.load(path, map_location="cpu", weights_only=False)[
         "normalization"
-    ]  # this file's data, not lift-scripted's
+    ]  # this file's data, not <task>-scripted's
     for key in ("obs_min", "obs_max", "action_min", "action_max"):
         np.testing.assert_array_equal(np.asarray(normalization[key]), np.asarray(expected[key]))
     assert read_summary(run)["final_eval_success_rate"] == 1.0
 
 
-def test_weak_lift_checkpoints_record_their_data():
+@pytest.mark.parametrize("task", sorted(WEAK))
+def test_weak_checkpoints_record_their_data(task):
     for policy in ("diffusion", "gaussian", "gmm"):
         ckpt = torch.load(
-            os.path.join(PRETRAINED, f"lift-mhsim-{policy}-mlp.pt"), map_location="cpu", weights_only=False
+            os.path.join(PRETRAINED, f"{task}-mhsim-{policy}-mlp.pt"), map_location="cpu", weights_only=False
         )
-        assert ckpt["policy"] == policy and ckpt["env_id"] == "lift" and ckpt["dataset"] == "lift-mhsim"
-        assert ckpt["robomimic_env_args"]["env_name"] == "Lift"
+        assert ckpt["policy"] == policy and ckpt["env_id"] == task and ckpt["dataset"] == f"{task}-mhsim"
+        assert ckpt["robomimic_env_args"]["env_name"] == WEAK[task]
