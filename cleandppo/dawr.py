@@ -615,8 +615,6 @@ def main(args):
     path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", "mlp")
     ckpt = load_diffusion_checkpoint(path, args)
     print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
-    if robo and ckpt.get("robomimic_env_args"):  # the dataset's env meta, before any env is built
-        envs.set_robomimic_env_args(args.env_id, ckpt["robomimic_env_args"])
     resume = ckpt if ckpt["algo"] == ALGO and "critic" in ckpt else None
     run_dir = runs.prepare_run_dir(args, ALGO, resume and path)
     writer = runs.open_run(run_dir, args, resume and resume["env_steps"])

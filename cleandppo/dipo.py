@@ -575,8 +575,6 @@ def main(args):
     path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", "mlp")
     ckpt = load_diffusion_checkpoint(path, args)
     print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
-    if robo and ckpt.get("robomimic_env_args"):  # the env meta the policy was trained with, before any env is built
-        envs.set_robomimic_env_args(args.env_id, ckpt["robomimic_env_args"])
     kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
     resume = ckpt if ckpt["algo"] == ALGO and "critic" in ckpt else None
     if ckpt.get("model_ft") is not None:

@@ -564,8 +564,6 @@ def main(args):
     ckpt = load_diffusion_checkpoint(path, args)  # before anything is written: bad input leaves no trace
     resume = ckpt if ckpt["algo"] == ALGO and "critic" in ckpt else None
     print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']}){' -> resuming' if resume else ''}")
-    if robo and ckpt.get("robomimic_env_args"):  # the env meta the policy was trained with, before any env is built
-        envs.set_robomimic_env_args(args.env_id, ckpt["robomimic_env_args"])
     if ckpt.get("model_ft") is not None:
         print("[load] the checkpoint also holds a DPPO-fine-tuned 'model_ft'; DQL starts from the base 'model'")
     kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
