@@ -463,6 +463,12 @@ def load_dataset(dataset: str, env_id: str | None = None) -> dict:
     Returns dict(observations, actions, rewards, terminals, timeouts, episodes, normalization).
     Normalization stats come from the whole raw dataset (official conversion).
     """
+    if ":" in dataset:  # a robomimic file or name with filter keys (its mask/<key> demo lists): can-mhsim:better,okay
+        name, _, filter_key = dataset.rpartition(":")
+        path = resolve_dataset(name)
+        if not robomimic_tasks.is_robomimic_hdf5(path):
+            fail(f"{name} is not a robomimic file, so it has no filter keys; drop ':{filter_key}' from --dataset")
+        return robomimic_tasks.load_robomimic_dataset(path, env_id, filter_key)
     if dataset.endswith(".npz"):  # the official processed train.npz (cleandppo/official.py)
         from cleandppo import official
 

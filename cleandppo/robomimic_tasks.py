@@ -317,15 +317,24 @@ def read_robomimic_hdf5(path: str, obs_keys=None) -> dict:
     return {"env_args": env_args, "demos": demos}
 
 
-def load_robomimic_dataset(path: str, env_id: str | None = None) -> dict:
+def load_robomimic_dataset(path: str, env_id: str | None = None, filter_key: str | None = None) -> dict:
     """load_dataset for robomimic files (official process_robomimic_dataset): obs_keys stacked, every demo
-    kept (no terminals, a timeout at each end); the file's env_args must name the task and are registered."""
+    kept (no terminals, a timeout at each end); the file's env_args must name the task and are registered.
+    `filter_key`: comma-separated names of the file's mask/<key> demo lists (robomimic's filter keys, e.g. the
+    MH operator groups `better,okay`); only the demos they list are kept."""
     import json
 
     import h5py
 
     with h5py.File(path, "r") as f:
         raw = f["data"].attrs.get("env_args")
+        masks = {key: {n.decode() for n in f["mask"][key][()]} for key in f["mask"]} if "mask" in f else {}
+    keep = None
+    if filter_key is not None:
+        unknown = [key for key in filter_key.split(",") if key not in masks]
+        if unknown:
+            envs.fail(f"{path} has no filter key {unknown} (mask/<key>); use one of {sorted(masks) or 'none: drop it'}")
+        keep = set().union(*(masks[key] for key in filter_key.split(",")))
     env_args = json.loads(raw) if raw is not None else None
     stored = str(env_args.get("env_name", "")) if env_args else ""
     stored_task = envs._ROBOMIMIC_ALIASES.get(stored.lower())
@@ -344,6 +353,7 @@ def load_robomimic_dataset(path: str, env_id: str | None = None) -> dict:
         )
     spec = envs.ROBOMIMIC_TASKS[task]
     demos = read_robomimic_hdf5(path, spec["obs_keys"])["demos"]
+    demos = [demo for demo in demos if keep is None or demo["name"] in keep]
     episodes = []
     for demo in demos:
         obs = np.concatenate([demo["obs"][k] for k in spec["obs_keys"]], axis=1)

@@ -345,6 +345,9 @@ cond_mlp_dims not stored in the checkpoint (dppo) | dppo.py | tests/test_robomim
 cond_mlp weights and config that disagree accepted | envs.py | tests/test_robomimic_checkpoints.py -k disagree
 - if has != says:
 + if False:
+robomimic filter keys ignored | robomimic_tasks.py | tests/test_robomimic_mh.py -k filter_key
+- demos = [demo for demo in demos if keep is None or demo["name"] in keep]
++ demos = list(demos)
 """
 
 

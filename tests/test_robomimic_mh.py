@@ -116,6 +116,30 @@ def test_mhsim_dataset_name_resolves_in_the_data_dir(mh_file, monkeypatch, tmp_p
     )
 
 
+def test_a_filter_key_keeps_only_the_demos_of_its_masks(mh_file, monkeypatch):
+    """`--dataset <file or name>:better,okay` (robomimic's filter keys): the demos of mask/better and mask/okay, in
+    file order, and nothing else; a key the file lacks, or a filter on a D4RL file, fails in one line."""
+    with h5py.File(mh_file, "r") as f:
+        names = sorted(f["data"], key=lambda n: int(n.split("_")[1]))
+        kept = [n for n in names if f["data"][n].attrs["proficiency"] in ("better", "okay")]
+        expected = [f["data"][n]["actions"][()].astype(np.float32) for n in kept]
+    monkeypatch.setenv("CLEANDPPO_DATA", os.path.dirname(mh_file))
+    for dataset in (f"{mh_file}:better,okay", "lift-mhsim:okay,better"):
+        data = envs.load_dataset(dataset, "lift")
+        assert len(data["episodes"]) == 4
+        for episode, actions in zip(data["episodes"], expected, strict=True):
+            np.testing.assert_array_equal(episode["actions"], actions)
+        np.testing.assert_array_equal(data["normalization"]["action_max"], np.concatenate(expected).max(0))
+    with pytest.raises(SystemExit) as e:
+        envs.load_dataset("lift-mhsim:best", "lift")
+    assert_one_line_error(str(e.value), "no filter key ['best']", "better_operator_1", "worse")
+    d4rl = os.path.join(os.path.dirname(mh_file), "hopper.hdf5")
+    envs.write_d4rl_hdf5(d4rl, {k: np.zeros((2, 1), np.float32) for k in envs.D4RL_KEYS})
+    with pytest.raises(SystemExit) as e:
+        envs.load_dataset(f"{d4rl}:better")
+    assert_one_line_error(str(e.value), "not a robomimic file", "drop ':better'")
+
+
 # ---- the weak bundled Lift and Can checkpoints ---------------------------------------------------------
 WEAK = {"lift": "Lift", "can": "PickPlaceCan"}  # task: robosuite env name in the checkpoint's env meta
 
