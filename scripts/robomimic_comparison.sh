@@ -54,7 +54,8 @@ lift)
   ;;
 can)
   DATA="python scripts/make_robomimic_demos.py --task can --operators mh --max-steps 600"
-  PRETRAIN_DIFFUSION="python cleandppo/dppo.py --env-id can --dataset can-mhsim --pretrain-only --pretrain-epochs 20 --ema-start-epoch 20 --eval-episodes 50 --no-cuda"
+  # diffusion: the better and okay operators' 80 demos only (filter keys; from all 120 it stayed at 0.00-0.18)
+  PRETRAIN_DIFFUSION="python cleandppo/dppo.py --env-id can --dataset can-mhsim:better,okay --pretrain-only --pretrain-epochs 30 --ema-start-epoch 30 --eval-episodes 50 --no-cuda"
   PRETRAIN_GAUSSIAN="python cleandppo/gaussian_ppo.py --env-id can --dataset can-mhsim --pretrain-only --pretrain-epochs 40 --pretrain-lr 1e-3 --eval-episodes 50 --no-cuda"
   PRETRAIN_GMM="python cleandppo/gmm_ppo.py --env-id can --dataset can-mhsim --pretrain-only --pretrain-epochs 50 --pretrain-lr 1e-3 --eval-episodes 50 --no-cuda"
   ;;

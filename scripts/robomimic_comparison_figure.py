@@ -32,7 +32,7 @@ COLORS = {"dppo": "tab:red", "gaussian": "tab:blue", "gmm": "tab:green", "drwr":
 # task -> the starting checkpoints' 50-episode success (docs/checkpoints.md, weak Lift / weak Can checkpoints)
 PRETRAINED = {
     "lift": ["dppo=0.32", "drwr=0.32", "gaussian=0.38", "gmm=0.60"],
-    "can": ["dppo=0.18", "drwr=0.18", "gaussian=0.38", "gmm=0.40"],
+    "can": ["dppo=0.38", "drwr=0.38", "gaussian=0.38", "gmm=0.40"],
 }
 
 parser = argparse.ArgumentParser()
