@@ -50,7 +50,10 @@ parser.add_argument(
 cli = parser.parse_args()
 cli.runs = cli.runs or f"runs/robomimic_{cli.task}_comparison"
 cli.out = cli.out or f"docs/figures/robomimic_{cli.task}_comparison"
-cli.title = cli.title or f"{cli.task.capitalize()} from weak policies pre-trained on {cli.task}-mhsim"
+DATA = {"can": "can-mhsim (diffusion: its better and okay demos)"}  # docs/checkpoints.md, weak Can checkpoints
+cli.title = (
+    cli.title or f"{cli.task.capitalize()} from weak policies pre-trained on {DATA.get(cli.task, cli.task + '-mhsim')}"
+)
 cli.pretrained = PRETRAINED[cli.task] if cli.pretrained is None else cli.pretrained
 
 rows, curves, finals = [], {}, {}
