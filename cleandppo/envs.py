@@ -461,7 +461,8 @@ def load_dataset(dataset: str, env_id: str | None = None) -> dict:
     """Load --dataset (hdf5 path, D4RL name, Minari id or robomimic file/name) into flat arrays plus `episodes`.
 
     Returns dict(observations, actions, rewards, terminals, timeouts, episodes, normalization).
-    Normalization stats come from the whole raw dataset (official conversion).
+    Normalization stats come from the whole raw dataset (official conversion), or from the demos that a robomimic
+    file's filter keys keep (`can-mhsim:better,okay`).
     """
     if ":" in dataset:  # a robomimic file or name with filter keys (its mask/<key> demo lists): can-mhsim:better,okay
         name, _, filter_key = dataset.rpartition(":")
