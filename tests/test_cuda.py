@@ -17,35 +17,23 @@ from conftest import read_summary, run_main
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-CRITIC = ["--critic-dims", "16", "16", "16", "--buffer-size", "64"]
 PPO = ["--n-steps", "4", "--batch-size", "8", "--update-epochs", "2", "--total-timesteps", "96"]
+OFF = ["--critic-dims", "16", "16", "16", "--buffer-size", "64", "--batch-size", "8", "--total-timesteps", "96"]
+OFF += ["--n-steps", "4", "--replay-ratio", "2"]
+ELPG = ["--sde-method", "euler", "--hutchinson-probes", "1", "--grad-chunk-size", "8"]
 # per script: the flags of a run of three short iterations (the policy: which bundled avoid-m2 checkpoint)
 RUNS = {
     dppo: ("diffusion", [*PPO, "--ft-denoising-steps", "2"]),
-    exact_likelihood_pg: (
-        "diffusion",
-        [
-            *PPO,
-            "--ft-denoising-steps",
-            "2",
-            "--sde-method",
-            "euler",
-            "--hutchinson-probes",
-            "1",
-            "--grad-chunk-size",
-            "8",
-        ],
-    ),
+    exact_likelihood_pg: ("diffusion", [*PPO, "--ft-denoising-steps", "2", *ELPG]),
     gaussian_ppo: ("gaussian", PPO),
     gmm_ppo: ("gmm", PPO),
     drwr: ("diffusion", ["--n-steps", "40", "--update-epochs", "1", "--batch-size", "8", "--total-timesteps", "960"]),
-    dawr: ("diffusion", [*CRITIC, "--n-steps", "4", "--replay-ratio", "2", "--critic-replay-ratio", "2"]),
-    dipo: ("diffusion", [*CRITIC, "--n-steps", "4", "--replay-ratio", "2"]),
-    idql: ("diffusion", [*CRITIC, "--n-steps", "4", "--replay-ratio", "2", "--num-candidates", "3"]),
-    dql: ("diffusion", [*CRITIC, "--n-steps", "4", "--replay-ratio", "2", "--n-critic-warmup-itr", "1"]),
-    qsm: ("diffusion", [*CRITIC, "--n-steps", "4", "--replay-ratio", "2", "--n-critic-warmup-itr", "1"]),
+    dawr: ("diffusion", [*OFF, "--critic-replay-ratio", "2"]),
+    dipo: ("diffusion", OFF),
+    idql: ("diffusion", [*OFF, "--num-candidates", "3"]),
+    dql: ("diffusion", [*OFF, "--n-critic-warmup-itr", "1"]),
+    qsm: ("diffusion", [*OFF, "--n-critic-warmup-itr", "1"]),
 }
-OFF_POLICY_BUDGET = ["--batch-size", "8", "--total-timesteps", "96"]
 
 
 def name(module):
@@ -55,9 +43,8 @@ def name(module):
 def flags_for(module):
     """The command line of a three-iteration avoid-m2 run of `module` (device flag not included)."""
     policy, flags = RUNS[module]
-    budget = [] if "--total-timesteps" in flags else OFF_POLICY_BUDGET
     ckpt = os.path.join(envs.PRETRAINED_DIR, f"avoid-m2-{policy}-mlp.pt")
-    return ["--env-id", "avoid-m2", "--checkpoint", ckpt, "--num-envs", "2", "--eval-episodes", "1", *flags, *budget]
+    return ["--env-id", "avoid-m2", "--checkpoint", ckpt, "--num-envs", "2", "--eval-episodes", "1", *flags]
 
 
 @pytest.mark.parametrize("module", list(RUNS), ids=name)
