@@ -42,7 +42,9 @@ OBSTACLES = np.array(
 ROD_RADIUS = 0.01  # the rod the arm holds (panda_rod_invisible.xml)
 START_XY = np.array([0.525, -0.28])  # D3IL init_end_eff_pos; no randomisation in the original
 GOAL_Y = 0.4  # avoiding-m5 rewards y > 0.4 (D3IL's unused check_success uses 0.35)
-TABLE_X = (0.2, 0.8)  # outside this band every step is penalised
+# the rewarded band of x: outside it every step costs -0.1 (D3IL reward). Not the table, which spans x = -0.09 to
+# 0.89 (lab_surrounding.xml) in front of the robot's base at x = 0; nothing keeps the arm inside the band
+BAND_X = (0.2, 0.8)
 MAX_EPISODE_STEPS = 100  # paper D.8, no early termination
 REWARD_MODE = 5  # avoiding-m5: +1 per step once the top row was crossed left of x = 0.35
 # End-effector tracking of the desired position, fitted to the 96 D3IL demonstrations (docs/avoid.md):
@@ -142,12 +144,12 @@ def step_batch(state: dict, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray
     physics runs, then the arm moves toward desired + action, then the modes are updated. So the reward
     of step t scores the position reached after step t - 1, and the returned observation is one step old.
     avoiding-m5 reward: -0.1 from the first collision to the end of the episode; else -0.1 while outside
-    the table (x < 0.2 or x > 0.8); else +1 once mode 5 was passed, plus +1 while beyond the goal line.
+    the band 0.2 <= x <= 0.8; else +1 once mode 5 was passed, plus +1 while beyond the goal line.
     """
     current = state["current"]
     obs = np.concatenate([state["desired"], current], axis=1).astype(np.float32)
     state["collided"] |= collides(current)
-    outside = (current[:, 0] < TABLE_X[0]) | (current[:, 0] > TABLE_X[1])
+    outside = (current[:, 0] < BAND_X[0]) | (current[:, 0] > BAND_X[1])
     reward = state["modes"][:, REWARD_MODE].astype(np.float64) + (current[:, 1] > GOAL_Y)
     reward = np.where(state["collided"] | outside, -0.1, reward)
     state["desired"] = state["desired"] + actions
@@ -315,13 +317,13 @@ VIEW_X, VIEW_Y = (0.15, 0.85), (-0.32, 0.48)  # world window drawn in frames and
 
 
 def draw_frame(trail: np.ndarray, desired: np.ndarray, px_per_m: int = 400) -> np.ndarray:
-    """RGB uint8 frame: table band, pillars, goal line, the arm's path so far, desired point (cross)."""
+    """RGB uint8 frame: rewarded x band, pillars, goal line, the arm's path so far, desired point (cross)."""
     w, h = int((VIEW_X[1] - VIEW_X[0]) * px_per_m), int((VIEW_Y[1] - VIEW_Y[0]) * px_per_m)
     img = np.full((h, w, 3), 235, np.uint8)
     xs = VIEW_X[0] + (np.arange(w) + 0.5) / px_per_m
     ys = VIEW_Y[1] - (np.arange(h) + 0.5) / px_per_m  # row 0 is the top (far side of the table)
     gx, gy = np.meshgrid(xs, ys)
-    img[(gx >= TABLE_X[0]) & (gx <= TABLE_X[1])] = 255
+    img[(gx >= BAND_X[0]) & (gx <= BAND_X[1])] = 255
     img[np.abs(gy - GOAL_Y) < 1.5 / px_per_m] = (40, 160, 60)
     for x, y, r in OBSTACLES:
         img[(gx - x) ** 2 + (gy - y) ** 2 < r**2] = (200, 40, 40)
@@ -341,7 +343,7 @@ def draw_frame(trail: np.ndarray, desired: np.ndarray, px_per_m: int = 400) -> n
 
 
 def draw_scene(ax, title: str | None = None):
-    """Pillars, goal line and table edges on a matplotlib axis, in world metres (as the official plots)."""
+    """Pillars, goal line and the rewarded x band's edges on a matplotlib axis, in world metres (as the official plots)."""
     import matplotlib.patches as patches
 
     for x, y, r in OBSTACLES:
@@ -367,7 +369,7 @@ ROUTES = [(a, b, c) for a in (0, 1) for b in (2, 3, 4) for c in (5, 6, 7, 8)]
 
 
 def demonstrate(route: tuple, rng: np.random.Generator, max_steps: int = 150) -> dict | None:
-    """One scripted demonstration along `route`, or None if it collided or left the table.
+    """One scripted demonstration along `route`, or None if it collided or left the rewarded x band.
 
     The desired position heads for the next waypoint (the gap's x at each row, then straight on to the goal)
     at an operator speed drawn per demo, each axis clipped to 0.0125 per step as in D3IL's data, with a
@@ -478,7 +480,7 @@ def replay_reward(current: np.ndarray) -> np.ndarray:
         if t > 0:  # the env updates the modes after each move, before the next reward
             update_env_modes(state)
         state["collided"] |= collides(state["current"])
-        outside = (xy[0] < TABLE_X[0]) | (xy[0] > TABLE_X[1])
+        outside = (xy[0] < BAND_X[0]) | (xy[0] > BAND_X[1])
         r = float(state["modes"][0, REWARD_MODE]) + float(xy[1] > GOAL_Y)
         rewards[t] = -0.1 if (state["collided"][0] or outside) else r
     return rewards

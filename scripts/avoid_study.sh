@@ -7,7 +7,7 @@
 #
 # Stages: data, pretrain (remakes the bundled cleandppo/pretrained/avoid-m*-*.pt), a7 (Fig. A7: M1-M3,
 # DPPO with K' = 1, 4, 10, Gaussian, GMM), gmmclamp (M2 GMM with the official saturating log-prob),
-# wall (M1 DPPO with the desired position kept on the table), noise (Fig. 10 left: M2 with action noise from
+# wall (M1 DPPO with the desired x kept in the rewarded band 0.2-0.8), noise (Fig. 10 left: M2 with action noise from
 # iteration 5), chunk (Fig. 10 right: M2 with Ta = 16),
 # figures (Fig. 9, A7, 10, 12, the pre-training figure and a table of every run's summary).
 # Knobs (environment variables):
