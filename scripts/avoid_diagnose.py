@@ -1,7 +1,8 @@
 """Where the episodes of Avoid checkpoints go (docs/avoid.md, M1 at 51 iterations): per checkpoint, from the
 arm's paths of `avoid_study.rollout` (training noise, as every Avoid evaluation), the share of episodes that hit a
-pillar and that leave the table (with the median step it first happens), the median x where the arm first reaches
-row 3 (y = 0.26; mode 5 = left of 0.35, the rewarded gap), and the share that ends beyond the goal line.
+pillar and that leave the rewarded x band 0.2-0.8 (with the median step it first happens), the median x where the
+arm first reaches row 3 (y = 0.26; mode 5 = left of 0.35, the rewarded gap), and the share that ends beyond the
+goal line.
 
     python scripts/avoid_diagnose.py runs/avoid/a7/m1__{dppo-k10,dppo-k1,gaussian,gmm}__s{0,1,2}/checkpoint_last.pt
 """
@@ -37,13 +38,13 @@ def main(argv=None):
         paths = out["paths"]  # (episodes, steps + 1, 2): the arm
         n, t, _ = paths.shape
         hit, hit_step = first(avoid.collides(paths.reshape(-1, 2)).reshape(n, t))
-        off, off_step = first((paths[..., 0] < avoid.TABLE_X[0]) | (paths[..., 0] > avoid.TABLE_X[1]))
+        off, off_step = first((paths[..., 0] < avoid.BAND_X[0]) | (paths[..., 0] > avoid.BAND_X[1]))
         row3 = paths[..., 1] >= 0.26
         x3 = np.where(row3.any(1), paths[np.arange(n), row3.argmax(1), 0], np.nan)
         name = os.path.join(os.path.basename(os.path.dirname(path)), os.path.basename(path))
         print(
             f"{name}: return {out['returns'].mean():.1f}, success {out['success'].mean():.2f}; "
-            f"hit a pillar {hit:.2f} (step {hit_step:.0f}), off the table {off:.2f} (step {off_step:.0f}); "
+            f"hit a pillar {hit:.2f} (step {hit_step:.0f}), left the band {off:.2f} (step {off_step:.0f}); "
             f"reach row 3 {np.isfinite(x3).mean():.2f}, at x {np.nanmedian(x3) if np.isfinite(x3).any() else np.nan:.3f} "
             f"(left of 0.35: {np.mean(x3 < 0.35):.2f}); end beyond the goal line {np.mean(paths[:, -1, 1] > avoid.GOAL_Y):.2f}"
         )

@@ -29,7 +29,10 @@ COLORS = {"dppo-k10": "#8b0000", "dppo-k4": "#e0301e", "dppo-k1": "#f4a582", "ga
 
 
 def style(method: str) -> dict:
-    """One colour per method across every figure (DPPO: darker = more fine-tuned denoising steps)."""
+    """One colour per method across every figure (DPPO: darker = more fine-tuned denoising steps); the diagnostic
+    variant <method>-noisy-logprob (scripts/avoid_noise_logprob_check.py) in its method's colour, dotted."""
+    if method.endswith("-noisy-logprob"):
+        return {"color": COLORS.get(method.removesuffix("-noisy-logprob"), "tab:gray"), "ls": ":"}
     return {"color": COLORS.get(method, "tab:gray"), "ls": "--" if method == "dppo-k1" else "-"}
 
 

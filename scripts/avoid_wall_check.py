@@ -9,12 +9,9 @@ diagnostic, not a task variant: it patches avoid.step_batch. (Its run dirs and f
 "on-table".)
 """
 
-import sys
-
 import numpy as np
-import tyro
 
-from cleandppo import avoid, dppo
+from cleandppo import avoid, dppo, runs
 
 free_step = avoid.step_batch
 
@@ -29,5 +26,4 @@ def step_in_band(state: dict, actions: np.ndarray):
 
 if __name__ == "__main__":
     avoid.step_batch = step_in_band  # AvoidVectorEnv.step looks the function up in the module at every call
-    argv = sys.argv[1:]
-    dppo.main(tyro.cli(dppo.Args, args=argv), argv)
+    runs.run_cli(dppo.main, runs.parse_args(dppo.Args, dppo.task_defaults))
