@@ -42,11 +42,13 @@ def main(argv=None):
         row3 = paths[..., 1] >= 0.26
         x3 = np.where(row3.any(1), paths[np.arange(n), row3.argmax(1), 0], np.nan)
         name = os.path.join(os.path.basename(os.path.dirname(path)), os.path.basename(path))
+        x3_median = np.nanmedian(x3) if np.isfinite(x3).any() else np.nan
+        goal = np.mean(paths[:, -1, 1] > avoid.GOAL_Y)
         print(
             f"{name}: return {out['returns'].mean():.1f}, success {out['success'].mean():.2f}; "
             f"hit a pillar {hit:.2f} (step {hit_step:.0f}), left the band {off:.2f} (step {off_step:.0f}); "
-            f"reach row 3 {np.isfinite(x3).mean():.2f}, at x {np.nanmedian(x3) if np.isfinite(x3).any() else np.nan:.3f} "
-            f"(left of 0.35: {np.mean(x3 < 0.35):.2f}); end beyond the goal line {np.mean(paths[:, -1, 1] > avoid.GOAL_Y):.2f}"
+            f"reach row 3 {np.isfinite(x3).mean():.2f}, at x {x3_median:.3f} "
+            f"(left of 0.35: {np.mean(x3 < 0.35):.2f}); end beyond the goal line {goal:.2f}"
         )
 
 
