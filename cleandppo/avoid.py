@@ -343,7 +343,7 @@ def draw_frame(trail: np.ndarray, desired: np.ndarray, px_per_m: int = 400) -> n
 
 
 def draw_scene(ax, title: str | None = None):
-    """Pillars, goal line and the rewarded x band's edges on a matplotlib axis, in world metres (as the official plots)."""
+    """Pillars, goal line and the rewarded x band's edges on a matplotlib axis, in metres (as the official plots)."""
     import matplotlib.patches as patches
 
     for x, y, r in OBSTACLES:

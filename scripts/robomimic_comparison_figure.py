@@ -1,7 +1,7 @@
 """Figure and CSV of scripts/robomimic_comparison.sh: success rate against env steps, one line per algorithm.
 
-    python scripts/robomimic_comparison_figure.py --runs runs/robomimic_lift_comparison --out docs/figures/robomimic_lift_comparison
-    python scripts/robomimic_comparison_figure.py --task can --runs runs/robomimic_can_comparison --out docs/figures/robomimic_can_comparison
+    python scripts/robomimic_comparison_figure.py              # runs/robomimic_lift_comparison -> docs/figures/...
+    python scripts/robomimic_comparison_figure.py --task can   # runs/robomimic_can_comparison -> docs/figures/...
 
 Lines: the in-run evaluations (TensorBoard eval/success_rate, the first point is the pre-trained policy; their
 episode count is the run's --eval-episodes), mean over seeds with a band from the lowest to the highest seed.
