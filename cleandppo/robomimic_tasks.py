@@ -331,10 +331,11 @@ def load_robomimic_dataset(path: str, env_id: str | None = None, filter_key: str
         masks = {key: {n.decode() for n in f["mask"][key][()]} for key in f["mask"]} if "mask" in f else {}
     keep = None
     if filter_key is not None:
-        unknown = [key for key in filter_key.split(",") if key not in masks]
+        keys = filter_key.split(",")
+        unknown = [key for key in keys if key not in masks]
         if unknown:
             envs.fail(f"{path} has no filter key {unknown} (mask/<key>); use one of {sorted(masks) or 'none: drop it'}")
-        keep = set().union(*(masks[key] for key in filter_key.split(",")))
+        keep = set().union(*(masks[key] for key in keys))
     env_args = json.loads(raw) if raw is not None else None
     stored = str(env_args.get("env_name", "")) if env_args else ""
     stored_task = envs._ROBOMIMIC_ALIASES.get(stored.lower())

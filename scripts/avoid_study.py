@@ -85,7 +85,7 @@ def rollout(
     """Run `episodes` Avoid episodes of a checkpoint side by side. `action_noise`: uniform +- noise in normalized
     action units added to every executed action; `init_noise`: start uniform within +- init_noise metres.
     Returns paths (episodes, 101, 2) of the arm, returns (episodes,), success (a step with reward 2, as the env
-    counts it: mode 5 passed, beyond the goal line, on the table, no collision)."""
+    counts it: mode 5 passed, beyond the goal line, in the rewarded x band, no collision)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     act, ckpt = load_sampler(path, mode)
@@ -104,7 +104,7 @@ def rollout(
             obs, reward = avoid.step_batch(state, envs.unnormalize_action(chunk[:, k], norm))
             history.append(envs.normalize_obs(obs, norm))
             returns += reward
-            # the env's success: a step with reward 2 (mode 5, beyond the goal line, on the table)
+            # the env's success: a step with reward 2 (mode 5, beyond the goal line, in the x band)
             success |= reward >= 2
             paths.append(state["current"].copy())
     return {"paths": np.stack(paths, axis=1), "returns": returns, "success": success}

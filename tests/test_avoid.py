@@ -367,3 +367,35 @@ def test_dppo_on_avoid_kill_and_resume_is_bit_identical(tmp_path, monkeypatch):
         "--no-cuda",
     ]
     assert_kill_and_resume_is_exact(dppo, flags, 2 * 4 + 2, tmp_path, monkeypatch)
+
+
+def test_study_rollout_success_is_a_step_with_reward_2(monkeypatch):
+    """scripts/avoid_study.rollout counts an episode a success as the env does (a step with reward 2: mode 5
+    passed, beyond the goal line, in the rewarded x band, no collision). Two scripted episodes go left, then
+    straight up past the goal line, crossing row 3 left of x = 0.35 (mode 5): one at x = 0.1, outside the band the
+    whole way up (never rewarded), one at x = 0.3, inside it. Returns are checked against avoid.replay_reward."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    import avoid_study
+
+    left = np.array([-0.425, -0.225]) / 20  # per step, for 20 steps: desired x 0.525 -> 0.1 and -> 0.3
+    steps = []
+
+    def act(obs):  # actions in metres: the normalization below maps [-1, 1] onto itself
+        chunk = np.zeros((2, 4, 2))
+        for k in range(4):
+            t = len(steps)
+            steps.append(t)
+            chunk[:, k] = np.stack([left, np.zeros(2)], 1) if t < 20 else [0.0, 0.02]
+        return chunk
+
+    ones = np.ones(4)
+    norm = dict(obs_min=-ones, obs_max=ones, action_min=-ones[:2], action_max=ones[:2])
+    fake = {"normalization": norm, "model_kwargs": {"horizon_steps": 4, "cond_steps": 1}}
+    monkeypatch.setattr(avoid_study, "load_sampler", lambda path, mode: (act, fake))
+    out = avoid_study.rollout("scripted", 2, 0)
+    paths = out["paths"]
+    assert paths[0, 30:, 0].max() < avoid.BAND_X[0] < paths[1, 30:, 0].min()  # outside / inside the band
+    assert (paths[:, -1, 1] > avoid.GOAL_Y).all() and (paths[:, :, 1].min(1) < 0.26).all()
+    rewards = np.stack([avoid.replay_reward(p[:-1]) for p in paths])
+    np.testing.assert_allclose(out["returns"], rewards.sum(1), atol=1e-4)
+    assert list(out["success"]) == [False, True] == list((rewards >= 2).any(1))
