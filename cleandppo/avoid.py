@@ -24,6 +24,8 @@ import pickle
 import gymnasium as gym
 import numpy as np
 
+from cleandppo.common import data_dir, fail, normalize_obs, unnormalize_action
+
 # ------------------------------------------------------------------------------------------------
 # 1. Geometry and modes (D3IL avoiding_objects.py; official script/dataset/filter_d3il_avoid_data.py)
 # ------------------------------------------------------------------------------------------------
@@ -230,9 +232,6 @@ class AvoidVectorEnv:
     """
 
     def __init__(self, num_envs: int, act_steps: int, cond_steps: int, normalization: dict):
-        from cleandppo import envs  # envs imports this module at its top
-
-        self.normalize_obs, self.unnormalize_action = envs.normalize_obs, envs.unnormalize_action
         self.num_envs, self.act_steps, self.cond_steps, self.norm = num_envs, act_steps, cond_steps, normalization
         self.state = new_state(num_envs, START_XY)
         self.history = []
@@ -242,7 +241,7 @@ class AvoidVectorEnv:
     def _first_obs(self):
         self.state = new_state(self.num_envs, START_XY)
         obs = np.concatenate([self.state["desired"], self.state["current"]], axis=1)
-        self.history = [self.normalize_obs(obs, self.norm)] * self.cond_steps
+        self.history = [normalize_obs(obs, self.norm)] * self.cond_steps
         self.episode_return[:] = 0.0
         self.episode_success[:] = False
         return self._stacked()
@@ -257,8 +256,8 @@ class AvoidVectorEnv:
         chunk = np.asarray(chunk, dtype=np.float64).reshape(self.num_envs, -1, 2)
         total, steps = np.zeros(self.num_envs), 0
         for k in range(self.act_steps):
-            obs, reward = step_batch(self.state, self.unnormalize_action(chunk[:, k], self.norm))
-            self.history = self.history[-self.cond_steps :] + [self.normalize_obs(obs, self.norm)]
+            obs, reward = step_batch(self.state, unnormalize_action(chunk[:, k], self.norm))
+            self.history = self.history[-self.cond_steps :] + [normalize_obs(obs, self.norm)]
             total += reward
             self.episode_success |= reward >= 2.0
             steps += 1
@@ -507,12 +506,6 @@ ENV_IDS = {"avoid": None, "avoid-m1": "m1", "avoid-m2": "m2", "avoid-m3": "m3"}
 DATA_COMMAND = "python scripts/make_avoid_data.py"
 
 
-def fail(message: str):
-    from cleandppo import envs  # envs imports this module at its top
-
-    envs.fail(message)
-
-
 def is_avoid(env_id) -> bool:
     """True for avoid, avoid-m1, avoid-m2, avoid-m3 (any case); avoid-<other> is a one-line error."""
     if not isinstance(env_id, str) or not env_id.lower().startswith("avoid"):
@@ -543,22 +536,20 @@ def check_subset(path: str, checkpoint_env: str, env_id: str):
 
 def resolve_dataset(dataset: str) -> str:
     """Path of avoid-m1/m2/m3 (scripted demos) or avoid-d3il-m1/m2/m3 (D3IL's demos, filtered) in the data dir."""
-    from cleandppo import envs
-
     name = dataset.lower()
     scripted = [f"avoid-{s}" for s in SUBSETS] + ["avoid-all"]
     d3il = [f"avoid-d3il-{s}" for s in SUBSETS] + ["avoid-d3il-all"]
     if name not in scripted + d3il:
         fail(f"unknown Avoid dataset {dataset!r}; use one of {', '.join(scripted + d3il)} or an hdf5 path")
-    path = os.path.join(envs.data_dir(), f"{name}.hdf5")
+    path = os.path.join(data_dir(), f"{name}.hdf5")
     if os.path.isfile(path):
         return path
     if name in d3il:
         fail(
-            f"{name} is not in {envs.data_dir()}; convert D3IL's data/avoiding/data/*.pkl with: "
+            f"{name} is not in {data_dir()}; convert D3IL's data/avoiding/data/*.pkl with: "
             f"{DATA_COMMAND} --d3il-dir <that directory>"
         )
-    fail(f"{name} is not in {envs.data_dir()}; make it (a few seconds) with: {DATA_COMMAND}")
+    fail(f"{name} is not in {data_dir()}; make it (a few seconds) with: {DATA_COMMAND}")
 
 
 def load_d3il_directory(directory: str, env_id: str | None) -> dict:

@@ -1,101 +1,71 @@
-"""The one module every cleandppo script shares: environments, datasets, normalization.
+"""The env and dataset factory every cleandppo script calls: it turns --env-id and --dataset into environments,
+datasets and checkpoints, whichever task family they name.
 
-Nothing algorithmic lives here. Read top to bottom:
-  1. env ids      -- paper ids (Hopper-v2, ...) mapped to gymnasium MuJoCo environments
-  2. normalization -- dataset min/max to [-1, 1] (paper D.2)
-  3. action chunks -- the multi-step wrapper (execute act_steps of a horizon_steps chunk)
-  4. vector envs  -- sync or async, env i seeded with seed + i, episode statistics
-  5. datasets     -- D4RL-format hdf5 read/write, download, Minari, pre-training samples
-  6. checkpoints  -- atomic save, load with clear errors, bundled checkpoint paths
-  7. robomimic    -- lift/can/square/transport: ids and table here, robosuite env and hdf5 files in
-                     cleandppo/robomimic_tasks.py
-  8. avoid        -- D3IL's Avoid task: its ids, data and vector env live in cleandppo/avoid.py
+Nothing algorithmic lives here, and nothing task-specific: each task family has its module below this one
+(cleandppo/gym_tasks.py, avoid.py, robomimic_tasks.py), official checkpoints are converted by official.py, and the
+foundation (errors, data dir, normalization) is common.py. Scripts reach all of them through this module, so the
+names they use are imported here. Read top to bottom:
+  1. env ids      -- which task family an id names, and its gymnasium id
+  2. action chunks -- the multi-step wrapper (execute act_steps of a horizon_steps chunk), its resumable state
+  3. vector envs  -- sync or async, env i seeded with seed + i, episode statistics
+  4. datasets     -- --dataset resolved to a file and read, Minari, pre-training samples
+  5. checkpoints  -- atomic save, load with clear errors, bundled checkpoint paths
+  6. episodes     -- time limits and success accounting
 """
 
 from __future__ import annotations
 
 import os
-import sys
-import urllib.error
-import urllib.request
-import warnings
 from collections import deque
 
 import gymnasium as gym
 import numpy as np
 
-# section 7 (robosuite env, robomimic files) and section 8 (registers cleandppo/Avoid-v0 with gymnasium)
-from cleandppo import avoid, robomimic_tasks
-
-# gymnasium warns on every v4 make that v5 exists; we pick v4 on purpose (see README), so the
-# warning says nothing new. Other warnings stay visible.
-warnings.filterwarnings("ignore", message=r".*is out of date\. You should consider upgrading.*")
-
-
-def _mujoco_warning(message: str):
-    # HalfCheetah-v4's model file uses `settotalmass`, which MuJoCo 3 flags at every compile (once per
-    # env made): harmless, and it floods the log. Every other MuJoCo warning is still printed.
-    if "settotalmass" not in message:
-        print(f"MuJoCo warning: {message}", file=sys.stderr)
-
-
-try:
-    import mujoco
-
-    mujoco.set_mju_user_warning(_mujoco_warning)
-except (ImportError, AttributeError):
-    pass
-
-
-def fail(message: str):
-    """Stop with one line that names the fix (no traceback for user mistakes)."""
-    raise SystemExit(f"error: {message}")
+# avoid registers cleandppo/Avoid-v0 with gymnasium on import
+from cleandppo import avoid, gym_tasks, official, robomimic_tasks
+from cleandppo.common import (  # noqa: F401 (the scripts' names for the foundation)
+    D4RL_KEYS,
+    compute_normalization,
+    data_dir,
+    fail,
+    identity_normalization,
+    normalize_action,
+    normalize_obs,
+    read_d4rl_hdf5,
+    unnormalize_action,
+    unnormalize_obs,
+    write_d4rl_hdf5,
+)
+from cleandppo.robomimic_tasks import (  # noqa: F401 (the scripts' names for the robomimic tasks)
+    ROBOMIMIC_TASKS,
+    is_robomimic,
+    robomimic_env_args,
+    robomimic_task,
+    set_robomimic_env_args,
+)
 
 
 # ------------------------------------------------------------------------------------------------
 # 1. Environment ids
 # ------------------------------------------------------------------------------------------------
-# The paper used gym 0.2x MuJoCo "-v2" ids (mujoco-py). They map to gymnasium's "-v4" versions:
-# same model files, observations and rewards as the v3 environments D4RL recorded with, on the
-# maintained `mujoco` bindings. (v5 changes Walker2d's foot friction and other details.)
-PAPER_GYM_IDS = {
-    "Hopper-v2": "Hopper-v4",
-    "Walker2D-v2": "Walker2d-v4",
-    "HalfCheetah-v2": "HalfCheetah-v4",
-}
-_ALIASES = {"walker2d-v2": "Walker2D-v2", "hopper-v2": "Hopper-v2", "halfcheetah-v2": "HalfCheetah-v2"}
-MODERN_GYM_IDS = [f"{name}-v{v}" for name in ("Hopper", "Walker2d", "HalfCheetah") for v in (4, 5)]
-GYM_MAX_EPISODE_STEPS = 1000
-_announced = set()
-
-
 def resolve_env_id(env_id: str) -> str:
     """Return the gymnasium id for a paper or modern id (robomimic: the task, e.g. 'can'); else one-line error."""
-    if is_robomimic(env_id):  # section 7
-        return _robomimic_task(env_id)
-    if avoid.is_avoid(env_id):  # section 8
+    if is_robomimic(env_id):
+        return robomimic_task(env_id)
+    if avoid.is_avoid(env_id):
         return avoid.GYM_ID
-    paper = _ALIASES.get(env_id.lower(), env_id)
-    if paper in PAPER_GYM_IDS:
-        gym_id = PAPER_GYM_IDS[paper]
-        if paper not in _announced:
-            print(
-                f"[cleandppo] {env_id} -> gymnasium {gym_id} (paper gym -v2 ids map to the maintained v4 environments)"
-            )
-            _announced.add(paper)
+    gym_id = gym_tasks.gymnasium_id(env_id)
+    if gym_id is not None:
         return gym_id
-    if env_id in MODERN_GYM_IDS:
-        return env_id
-    known = ", ".join(list(PAPER_GYM_IDS) + MODERN_GYM_IDS + list(ROBOMIMIC_TASKS) + list(avoid.ENV_IDS))
-    fail(f"unknown --env-id {env_id!r}; known ids: {known}")
+    ids = list(gym_tasks.PAPER_GYM_IDS) + gym_tasks.MODERN_GYM_IDS + list(ROBOMIMIC_TASKS) + list(avoid.ENV_IDS)
+    fail(f"unknown --env-id {env_id!r}; known ids: {', '.join(ids)}")
 
 
 def env_slug(env_id: str) -> str:
     """Lower-case name used for file names, e.g. 'Walker2D-v2' -> 'walker2d-v2', 'PickPlaceCan' -> 'can'."""
     if is_robomimic(env_id):
-        return _robomimic_task(env_id)
-    paper = _ALIASES.get(env_id.lower(), env_id)
-    return paper.lower()
+        return robomimic_task(env_id)
+    return gym_tasks.paper_id(env_id).lower()
 
 
 def same_task(env_a: str, env_b: str) -> bool:
@@ -104,44 +74,7 @@ def same_task(env_a: str, env_b: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------
-# 2. Normalization (paper D.2): x_norm = 2 (x - min) / (max - min + 1e-6) - 1, per dimension
-# ------------------------------------------------------------------------------------------------
-def compute_normalization(observations: np.ndarray, actions: np.ndarray) -> dict:
-    """Per-dimension min/max over the whole dataset, stored in every checkpoint."""
-    return {
-        "obs_min": observations.min(0).astype(np.float32),
-        "obs_max": observations.max(0).astype(np.float32),
-        "action_min": actions.min(0).astype(np.float32),
-        "action_max": actions.max(0).astype(np.float32),
-    }
-
-
-def identity_normalization(obs_dim: int, action_dim: int) -> dict:
-    """Normalization that leaves values (almost) unchanged; used for training from scratch."""
-    lo = lambda d: -np.ones(d, np.float32)  # noqa: E731
-    hi = lambda d: np.ones(d, np.float32)  # noqa: E731
-    return {"obs_min": lo(obs_dim), "obs_max": hi(obs_dim), "action_min": lo(action_dim), "action_max": hi(action_dim)}
-
-
-def normalize_obs(obs, norm: dict):
-    return 2.0 * (obs - norm["obs_min"]) / (norm["obs_max"] - norm["obs_min"] + 1e-6) - 1.0
-
-
-def unnormalize_obs(obs_norm, norm: dict):
-    return (obs_norm + 1.0) / 2.0 * (norm["obs_max"] - norm["obs_min"] + 1e-6) + norm["obs_min"]
-
-
-def normalize_action(action, norm: dict):
-    return 2.0 * (action - norm["action_min"]) / (norm["action_max"] - norm["action_min"] + 1e-6) - 1.0
-
-
-def unnormalize_action(action_norm, norm: dict):
-    # the official inverse omits the 1e-6 of the forward map; the difference is below 1e-6 relative
-    return (action_norm + 1.0) / 2.0 * (norm["action_max"] - norm["action_min"]) + norm["action_min"]
-
-
-# ------------------------------------------------------------------------------------------------
-# 3. Action chunks (paper 4.3; official MultiStep wrapper)
+# 2. Action chunks (paper 4.3; official MultiStep wrapper)
 # ------------------------------------------------------------------------------------------------
 class ChunkedEnv(gym.Wrapper):
     """Takes a normalized (act_steps, action_dim) chunk, executes it, returns summed reward.
@@ -198,16 +131,60 @@ class ChunkedEnv(gym.Wrapper):
 
     @property
     def run_state(self) -> dict:
-        """What continuing this env needs (runs.env_state); vector envs read and assign it by name."""
-        from cleandppo import runs
-
-        return runs.env_state(self)
+        """What continuing this env needs (get_run_state); vector envs read and assign it by name."""
+        return get_run_state(self)
 
     @run_state.setter
     def run_state(self, state: dict):
-        from cleandppo import runs
+        set_run_state(self, state)
 
-        runs.set_env_state(self, state)
+
+def get_run_state(env) -> dict:
+    """What continuing a ChunkedEnv needs: observation history, episode return/length/success, the env's RNG,
+    and the simulator: MuJoCo's integration state (qpos, qvel, activations, warm start, controls, time) and the time
+    limit's step count; robosuite's sim state, step count and RNG (not its controllers' internal state); any other
+    env (no MuJoCo model) its attributes, copied."""
+    import copy
+
+    base = env.env.unwrapped
+    state = dict(history=list(env.history), rng=env.env.np_random.bit_generator.state)
+    state["episode"] = env.episode_return, env.episode_length, env.episode_success
+    if isinstance(base, robomimic_tasks.RobomimicLowDimEnv):
+        state.update(steps=base.steps, rs_rng=base.rs_env.rng.bit_generator.state)
+        return dict(state, sim=base.rs_env.sim.get_state())
+    try:
+        state["elapsed"] = env.env.get_wrapper_attr("_elapsed_steps")
+    except AttributeError:  # no gymnasium TimeLimit around this env
+        pass
+    if not hasattr(base, "model") or not hasattr(base, "data"):
+        return dict(state, attributes=copy.deepcopy(vars(base)))
+    import mujoco
+
+    spec = mujoco.mjtState.mjSTATE_INTEGRATION
+    state["sim"] = np.empty(mujoco.mj_stateSize(base.model, spec))
+    mujoco.mj_getState(base.model, base.data, state["sim"], spec)
+    return state
+
+
+def set_run_state(env, state: dict):
+    """Put a ChunkedEnv back in the state get_run_state recorded."""
+    base = env.env.unwrapped
+    env.history = deque(state["history"], maxlen=env.cond_steps)
+    env.episode_return, env.episode_length, env.episode_success = state["episode"]
+    env.env.np_random.bit_generator.state = state["rng"]
+    if isinstance(base, robomimic_tasks.RobomimicLowDimEnv):
+        base.steps, base.rs_env.rng.bit_generator.state = state["steps"], state["rs_rng"]
+        base.rs_env.sim.set_state(state["sim"])
+        return
+    if "elapsed" in state:
+        env.env.set_wrapper_attr("_elapsed_steps", state["elapsed"])
+    if "attributes" in state:
+        vars(base).update(state["attributes"])
+        return
+    import mujoco
+
+    mujoco.mj_setState(base.model, base.data, state["sim"], mujoco.mjtState.mjSTATE_INTEGRATION)
+    mujoco.mj_forward(base.model, base.data)
 
 
 def make_env(
@@ -219,10 +196,10 @@ def make_env(
 ) -> ChunkedEnv:
     """One chunked, normalized env. `normalization=None` means identity (training from scratch)."""
     gym_id = resolve_env_id(env_id)
-    if is_robomimic(env_id):  # section 7: robosuite task, truncated at its own max_episode_steps
+    if is_robomimic(env_id):  # robosuite task, truncated at its own max_episode_steps
         env = robomimic_tasks.make_robomimic_env(env_id, render_mode)
     else:
-        limit = avoid.MAX_EPISODE_STEPS if avoid.is_avoid(env_id) else GYM_MAX_EPISODE_STEPS
+        limit = avoid.MAX_EPISODE_STEPS if avoid.is_avoid(env_id) else gym_tasks.GYM_MAX_EPISODE_STEPS
         env = gym.make(gym_id, max_episode_steps=limit, render_mode=render_mode)
     if normalization is None:
         normalization = identity_normalization(env.observation_space.shape[0], env.action_space.shape[0])
@@ -230,7 +207,7 @@ def make_env(
 
 
 # ------------------------------------------------------------------------------------------------
-# 4. Vector envs and episode statistics
+# 3. Vector envs and episode statistics
 # ------------------------------------------------------------------------------------------------
 def make_vec_env(
     env_id: str,
@@ -250,7 +227,7 @@ def make_vec_env(
     if num_envs < 1:
         fail(f"--num-envs must be >= 1, got {num_envs}")
     resolve_env_id(env_id)  # fail early, in this process, on an unknown id
-    if avoid.is_avoid(env_id):  # section 8: one batched numpy env, same contract, 50-100x faster
+    if avoid.is_avoid(env_id):  # one batched numpy env, same contract, 50-100x faster
         return avoid.AvoidVectorEnv(num_envs, act_steps, cond_steps, normalization or identity_normalization(4, 2))
     fns = [lambda: make_env(env_id, act_steps, cond_steps, normalization) for _ in range(num_envs)]
     vector_cls = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
@@ -311,7 +288,7 @@ def run_episodes(
 def env_dims(env_id: str) -> tuple[int, int]:
     """(obs_dim, action_dim) of a task without keeping an env around."""
     if is_robomimic(env_id):
-        spec = ROBOMIMIC_TASKS[_robomimic_task(env_id)]
+        spec = ROBOMIMIC_TASKS[robomimic_task(env_id)]
         return spec["obs_dim"], spec["action_dim"]
     env = gym.make(resolve_env_id(env_id))
     dims = env.observation_space.shape[0], env.action_space.shape[0]
@@ -320,67 +297,8 @@ def env_dims(env_id: str) -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------------------------------------
-# 5. Datasets
+# 4. Datasets
 # ------------------------------------------------------------------------------------------------
-D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{name}.hdf5"
-D4RL_NAMES = {  # dataset name -> (env id, D4RL file name)
-    f"{task}-{kind}-v2": (paper, f"{task}_{kind.replace('-', '_')}-v2")
-    for task, paper in (("hopper", "Hopper-v2"), ("walker2d", "Walker2D-v2"), ("halfcheetah", "HalfCheetah-v2"))
-    for kind in ("medium", "medium-replay", "medium-expert", "expert", "random")
-}
-D4RL_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
-
-
-def data_dir() -> str:
-    """Where datasets are cached: $CLEANDPPO_DATA, else ~/.cache/cleandppo/datasets."""
-    return os.environ.get("CLEANDPPO_DATA", os.path.join(os.path.expanduser("~"), ".cache", "cleandppo", "datasets"))
-
-
-def write_d4rl_hdf5(path: str, data: dict, attrs: dict | None = None):
-    """Write a D4RL-format file (observations, actions, rewards, terminals, timeouts, next_observations)."""
-    import h5py
-
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with h5py.File(tmp, "w") as f:
-        for key, value in data.items():
-            f.create_dataset(key, data=value, compression="gzip")
-        for key, value in (attrs or {}).items():
-            f.attrs[key] = value
-    os.replace(tmp, path)
-
-
-def read_d4rl_hdf5(path: str) -> dict:
-    """Read the D4RL keys from an hdf5 file; one-line error when the file is broken or incomplete."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            missing = [k for k in D4RL_KEYS if k not in f]
-            if missing:
-                fail(
-                    f"{path} is not a D4RL-format dataset (missing {missing}); regenerate it or pass another --dataset"
-                )
-            data = {k: f[k][()] for k in D4RL_KEYS}
-            data["attrs"] = dict(f.attrs)
-    except OSError as e:
-        fail(
-            f"cannot read dataset {path} ({e.__class__.__name__}: {str(e).splitlines()[0]}); "
-            "delete it and regenerate it"
-        )
-    return data
-
-
-def download(url: str, path: str, timeout: float = 20.0):
-    """Download to `path` atomically (a partial file never takes the final name)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".part"
-    with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
-        while chunk := response.read(1 << 20):
-            out.write(chunk)
-    os.replace(tmp, path)
-
-
 def resolve_dataset(dataset: str) -> str:
     """A path for --dataset: an existing file, or a D4RL name found in the cache or downloaded.
 
@@ -388,34 +306,18 @@ def resolve_dataset(dataset: str) -> str:
     """
     if os.path.isfile(dataset):
         return dataset
-    if robomimic_tasks._robomimic_dataset_name(dataset):  # section 7: lift-mh, can-ph, square-scripted, ...
+    if robomimic_tasks.robomimic_dataset_name(dataset):  # lift-mh, can-ph, square-scripted, ...
         return robomimic_tasks.resolve_robomimic_dataset(dataset)
-    if dataset.lower().startswith("avoid"):  # section 8: avoid-m1, avoid-d3il-m2, ...
+    if dataset.lower().startswith("avoid"):  # avoid-m1, avoid-d3il-m2, ...
         return avoid.resolve_dataset(dataset)
-    if dataset not in D4RL_NAMES:
+    if dataset not in gym_tasks.D4RL_NAMES:
         if dataset.endswith((".hdf5", ".h5")):
             fail(f"dataset file {dataset} does not exist")
         fail(
             f"unknown --dataset {dataset!r}: give an hdf5 path, a Minari id (e.g. mujoco/hopper/medium-v0), "
-            f"a robomimic name <lift|can|square|transport>-<mh|ph|scripted|mhsim> or one of {sorted(D4RL_NAMES)}"
+            f"a robomimic name <lift|can|square|transport>-<mh|ph|scripted|mhsim> or one of {sorted(gym_tasks.D4RL_NAMES)}"
         )
-    path = os.path.join(data_dir(), f"{dataset}.hdf5")
-    if os.path.isfile(path):
-        return path
-    url = os.environ.get("CLEANDPPO_D4RL_URL", D4RL_URL).format(name=D4RL_NAMES[dataset][1])
-    return download_or_fail(
-        dataset, url, path, f"make it locally with: bash scripts/make_dataset.sh {D4RL_NAMES[dataset][0]}"
-    )
-
-
-def download_or_fail(name: str, url: str, path: str, fix: str) -> str:
-    """Download `url` to `path`; offline (or any download error) stop with one line naming `fix`."""
-    print(f"[cleandppo] downloading {name} from {url}")
-    try:
-        download(url, path)
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        fail(f"{name} is not in {data_dir()} and could not be downloaded ({e.__class__.__name__}); {fix}")
-    return path
+    return gym_tasks.resolve_d4rl_dataset(dataset)
 
 
 def split_episodes(data: dict) -> list[dict]:
@@ -471,16 +373,14 @@ def load_dataset(dataset: str, env_id: str | None = None) -> dict:
             fail(f"{name} is not a robomimic file, so it has no filter keys; drop ':{filter_key}' from --dataset")
         return robomimic_tasks.load_robomimic_dataset(path, env_id, filter_key)
     if dataset.endswith(".npz"):  # the official processed train.npz (cleandppo/official.py)
-        from cleandppo import official
-
-        return official.load_npz_dataset(dataset, env_id)
+        return official.load_npz_dataset(dataset, env_id, env_dims(env_id) if env_id is not None else None)
     if "/" in dataset and not dataset.endswith((".hdf5", ".h5")) and not os.path.exists(dataset):
         data = load_minari(dataset)
-    elif os.path.isdir(dataset):  # section 8: D3IL's per-episode pickles, filtered to the subset of --env-id
+    elif os.path.isdir(dataset):  # D3IL's per-episode pickles, filtered to the subset of --env-id
         data = avoid.load_d3il_directory(dataset, env_id)
     else:
         path = resolve_dataset(dataset)
-        if robomimic_tasks.is_robomimic_hdf5(path):  # section 7
+        if robomimic_tasks.is_robomimic_hdf5(path):
             return robomimic_tasks.load_robomimic_dataset(path, env_id)
         data = read_d4rl_hdf5(path)
         stored_env = data["attrs"].get("env_id")
@@ -532,7 +432,7 @@ def gather_samples(obs, actions, starts, firsts, idx, cond_steps: int, horizon_s
 
 
 # ------------------------------------------------------------------------------------------------
-# 6. Checkpoints
+# 5. Checkpoints
 # ------------------------------------------------------------------------------------------------
 PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
 
@@ -554,8 +454,8 @@ def save_checkpoint(ckpt: dict, path: str):
 
 
 def upgrade_checkpoint(ckpt):
-    """Older cleandppo checkpoints in today's layout: the Gaussian/GMM std was learned as log sigma (`log_std`) before
-    issue #16, as log sigma^2 (`logvar`, the official parametrisation) since."""
+    """Older cleandppo checkpoints in today's layout: the Gaussian/GMM std was once learned as log sigma (`log_std`),
+    now as log sigma^2 (`logvar`, the parametrisation of the official `Gaussian_MLP` and `GMM_MLP`)."""
     for key in ("model", "model_ft"):
         if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict) and "log_std" in ckpt[key]:
             ckpt[key] = {
@@ -571,8 +471,6 @@ def load_checkpoint(
     An official DPPO checkpoint is converted (cleandppo/official.py; `hints`: the script's flags, for what its
     tensors do not show)."""
     import torch
-
-    from cleandppo import official
 
     if not os.path.isfile(path):
         if is_robomimic(env_id) and os.path.dirname(os.path.abspath(path)) == os.path.abspath(PRETRAINED_DIR):
@@ -592,7 +490,7 @@ def load_checkpoint(
     except Exception as e:
         fail(f"cannot read checkpoint {path} ({e.__class__.__name__}); pass a file written by a cleandppo script")
     if official.is_official_checkpoint(ckpt):
-        ckpt = official.convert_checkpoint(ckpt, path, policy, env_id, hints)
+        ckpt = official.convert_checkpoint(ckpt, path, policy, env_id, env_dims(env_id), hints)
     ckpt = upgrade_checkpoint(ckpt)
     if not isinstance(ckpt, dict) or "policy" not in ckpt or "model" not in ckpt:
         fail(f"{path} is not a cleandppo checkpoint (no 'policy'/'model' entries)")
@@ -665,83 +563,16 @@ def check_cond_mlp(path: str, ckpt: dict):
 
 
 # ------------------------------------------------------------------------------------------------
-# 7. Robomimic tasks (robosuite 1.5, state input; paper 5.1-5.2, D.5)
+# 6. Episodes: time limits and success
 # ------------------------------------------------------------------------------------------------
-# robomimic's low-dim setup on robosuite 1.5 (PyPI's robomimic imports mujoco_py; not used): OSC_POSE
-# deltas, 20 Hz, sparse reward, no termination, truncation at max_episode_steps; obs = the obs_keys
-# concatenated. Files: robomimic's layout data/demo_<i>/{obs/<key>, actions, ...}, data.attrs["env_args"].
-# The robosuite env and the file readers are in cleandppo/robomimic_tasks.py; the table and id checks stay here.
-ROBOMIMIC_TASKS = {  # task -> robosuite env and the paper's settings (dppo-facts 4.2)
-    "lift": dict(env_name="Lift", robots=["Panda"], obs_dim=19, action_dim=7, max_episode_steps=300, act_steps=4),
-    "can": dict(
-        env_name="PickPlaceCan", robots=["Panda"], obs_dim=23, action_dim=7, max_episode_steps=300, act_steps=4
-    ),
-    "square": dict(
-        env_name="NutAssemblySquare", robots=["Panda"], obs_dim=23, action_dim=7, max_episode_steps=400, act_steps=4
-    ),
-    "transport": dict(
-        env_name="TwoArmTransport",
-        robots=["Panda", "Panda"],
-        env_configuration="single-arm-opposed",
-        obs_dim=59,
-        action_dim=14,
-        max_episode_steps=800,
-        act_steps=8,
-    ),
-}
-_ROBOT_KEYS = ("eef_pos", "eef_quat", "gripper_qpos")
-for _spec in ROBOMIMIC_TASKS.values():
-    _spec["obs_keys"] = [f"robot{i}_{k}" for i in range(len(_spec["robots"])) for k in _ROBOT_KEYS] + ["object"]
-# robomimic's "object" = robosuite's "object-state". robosuite 1.5 reordered it for Can and Square
-# (relative pose first); these lists restore the robosuite <= 1.4 order robomimic's datasets hold.
-for _task, _obj in (("can", "Can"), ("square", "SquareNut")):
-    ROBOMIMIC_TASKS[_task]["object_keys"] = [
-        f"{_obj}_{k}" for k in ("pos", "quat", "to_robot0_eef_pos", "to_robot0_eef_quat")
-    ]
-_ROBOMIMIC_ALIASES = {name.lower(): task for task, spec in ROBOMIMIC_TASKS.items() for name in (task, spec["env_name"])}
-
-
-_robomimic_env_args = {}  # task -> env_args honoured by make_env (set by load_dataset or set_robomimic_env_args)
-
-
-def is_robomimic(env_id) -> bool:
-    """True for lift, can, square, transport and robomimic's env names (Lift, PickPlaceCan, ...), any case."""
-    return isinstance(env_id, str) and env_id.lower() in _ROBOMIMIC_ALIASES
-
-
-def _robomimic_task(env_id: str) -> str:
-    return _ROBOMIMIC_ALIASES[env_id.lower()]
-
-
 def max_episode_steps(env_id: str) -> int:
     """Episode length limit: 300/300/400/800 for lift/can/square/transport, 100 for avoid, 1000 for the Gym tasks."""
     if is_robomimic(env_id):
-        return ROBOMIMIC_TASKS[_robomimic_task(env_id)]["max_episode_steps"]
+        return ROBOMIMIC_TASKS[robomimic_task(env_id)]["max_episode_steps"]
     if avoid.is_avoid(env_id):
         return avoid.MAX_EPISODE_STEPS
     resolve_env_id(env_id)
-    return GYM_MAX_EPISODE_STEPS
-
-
-def robomimic_env_args(env_id: str) -> dict:
-    """The env meta make_env uses for this task: a dataset's env_args once loaded, else the default."""
-    task = _robomimic_task(env_id)
-    return _robomimic_env_args.get(task) or robomimic_tasks.default_robomimic_env_args(task)
-
-
-def set_robomimic_env_args(env_id: str, env_args: dict | None):
-    """Make later make_env calls of this task honour `env_args` (None: the default); load_dataset calls it."""
-    task = _robomimic_task(env_id)
-    if env_args is None:
-        _robomimic_env_args.pop(task, None)
-        return
-    name = str(env_args.get("env_name", ""))
-    if _ROBOMIMIC_ALIASES.get(name.lower()) != task:
-        fail(
-            f"env_args are for env {name!r}, not the {task} task ({ROBOMIMIC_TASKS[task]['env_name']}); "
-            f"pass a {task} dataset"
-        )
-    _robomimic_env_args[task] = env_args
+    return gym_tasks.GYM_MAX_EPISODE_STEPS
 
 
 def finished_successes(infos: dict) -> list:

@@ -16,9 +16,11 @@ import re
 
 import numpy as np
 
-from cleandppo import avoid, envs
+from cleandppo import avoid, robomimic_tasks
+from cleandppo.common import fail, unnormalize_obs
 
-# What the official state-input configs use where no tensor tells (dppo-facts 1.6, 1.7, 3.1, 4.x).
+# What the official state-input configs use where no tensor tells (cfg/gym/finetune/*/ft_ppo_*_mlp.yaml,
+# cfg/robomimic/finetune/*/ft_ppo_*.yaml).
 TABLE = dict(denoising_steps=20, ft_denoising_steps=10, fixed_std=0.1, unet_n_groups=8)
 
 
@@ -41,7 +43,7 @@ def _default_activation(env_id, policy):
     """Official configs: diffusion ReLU on Gym and Avoid, Mish (the class default) on robomimic; Gaussian/GMM Mish
     except the Avoid ones (ReLU)."""
     if policy == "diffusion":
-        return "mish" if envs.is_robomimic(env_id) else "relu"
+        return "mish" if robomimic_tasks.is_robomimic(env_id) else "relu"
     return "relu" if avoid.is_avoid(env_id) else "mish"
 
 
@@ -54,7 +56,7 @@ def _residual_mlp(state, src, dst):
     our ResidualMLP `dst.{inp, blocks.i.{1,3}, out}`; returns (mapped tensors, widths [d_in, h, ..., d_out])."""
     n_blocks = len({m.group(1) for k in state if (m := re.match(rf"{re.escape(src)}\.layers\.(\d+)\.l1\.", k))})
     if any(re.match(rf"{re.escape(src)}\.layers\.\d+\.norm", k) for k in state):
-        envs.fail(f"the official {src} uses LayerNorm (use_layernorm), which this project's networks do not have")
+        fail(f"the official {src} uses LayerNorm (use_layernorm), which this project's networks do not have")
     out = {f"{dst}.inp.{w}": state[f"{src}.layers.0.{w}"] for w in ("weight", "bias")}
     for i in range(n_blocks):
         for w in ("weight", "bias"):
@@ -70,7 +72,7 @@ def _plain_mlp(state, src, dst):
     """Official MLP `src.moduleList.i.linear_1` mapped onto our non-residual ResidualMLP `dst.{body.2i, out}`."""
     n = len({k for k in state if re.match(rf"{re.escape(src)}\.moduleList\.\d+\.linear_1\.weight", k)})
     if any(re.match(rf"{re.escape(src)}\.moduleList\.\d+\.norm_1", k) for k in state):
-        envs.fail(f"the official {src} uses LayerNorm (use_layernorm), which this project's networks do not have")
+        fail(f"the official {src} uses LayerNorm (use_layernorm), which this project's networks do not have")
     out, dims = {}, []
     for i in range(n):
         name = f"{dst}.out" if i == n - 1 else f"{dst}.body.{2 * i}"
@@ -80,45 +82,31 @@ def _plain_mlp(state, src, dst):
     return out, dims + [out[f"{dst}.out.weight"].shape[0]]
 
 
-def _split_obs(env_id, feature_dim, what):
-    obs_dim, action_dim = envs.env_dims(env_id)
+def _split_obs(env_id, task_dims, feature_dim, what):
+    obs_dim, action_dim = task_dims
     if feature_dim % obs_dim:
-        envs.fail(
+        fail(
             f"the official {what} takes {feature_dim} observation features, not a multiple of {env_id}'s "
             f"{obs_dim}; pass the --env-id it was trained on"
         )
     return obs_dim, action_dim, feature_dim // obs_dim
 
 
-def supports_cond_mlp() -> bool:
-    """Whether our DiffusionMLP has the optional observation encoder `cond_mlp` (Linear, act, ..., Linear)."""
-    import inspect
-
-    from cleandppo import dppo
-
-    return "cond_mlp_dims" in inspect.signature(dppo.DiffusionMLP.__init__).parameters
-
-
-def _diffusion_mlp(state, env_id, hints):
+def _diffusion_mlp(state, env_id, task_dims, hints):
     cond_mlp = {}
     if "cond_mlp.moduleList.0.linear_1.weight" in state:  # official Square: MLP [To*Do, 512, 64], Identity output
-        if not supports_cond_mlp():
-            envs.fail(
-                "the official checkpoint has a cond_mlp observation encoder (Square config); this project's "
-                "DiffusionMLP has none yet, so it cannot be loaded"
-            )
         cond_mlp, cond_dims = _plain_mlp(state, "cond_mlp", "cond_mlp")
         cond_mlp = {
             k.replace(".out.", f".{2 * (len(cond_dims) - 2)}.").replace(".body.", "."): v for k, v in cond_mlp.items()
         }
     if "mlp_mean.layers.0.weight" not in state:
-        envs.fail("the official DiffusionMLP is not residual (residual_style False); this project's DiffusionMLP is")
+        fail("the official DiffusionMLP is not residual (residual_style False); this project's DiffusionMLP is")
     time_dim = state["time_embedding.1.weight"].shape[1]
-    model, dims = _residual_mlp(state, "mlp_mean", "mlp")
-    obs_dim, action_dim = envs.env_dims(env_id)
-    horizon_steps = dims[-1] // action_dim
-    obs_features = cond_dims[0] if cond_mlp else dims[0] - horizon_steps * action_dim - time_dim
-    _, _, cond_steps = _split_obs(env_id, obs_features, "DiffusionMLP")
+    model, widths = _residual_mlp(state, "mlp_mean", "mlp")
+    obs_dim, action_dim = task_dims
+    horizon_steps = widths[-1] // action_dim
+    obs_features = cond_dims[0] if cond_mlp else widths[0] - horizon_steps * action_dim - time_dim
+    _, _, cond_steps = _split_obs(env_id, task_dims, obs_features, "DiffusionMLP")
     model.update({k: v for k, v in state.items() if k.startswith("time_embedding.")}, **cond_mlp)
     kw = dict(
         obs_dim=obs_dim,
@@ -127,7 +115,7 @@ def _diffusion_mlp(state, env_id, hints):
         cond_steps=cond_steps,
         backbone="mlp",
         time_dim=time_dim,
-        mlp_dims=tuple(dims[1:-1]),
+        mlp_dims=tuple(widths[1:-1]),
         activation=_hint(hints, "activation", _default_activation(env_id, "diffusion")),
         unet_dim=40,
         unet_dim_mults=(1, 2),
@@ -143,7 +131,7 @@ def _diffusion_mlp(state, env_id, hints):
 def _unet_block(state, src, dst):
     """Official ResidualBlock1D -> our FiLMResidualBlock (conv blocks: GroupNorm moves from index 2 to 1)."""
     if f"{src}.cond_encoder.4.weight" not in state:
-        envs.fail(
+        fail(
             "the official UNet uses the small condition encoder or a cond_mlp; this project's UNet has the "
             "large FiLM encoder only (smaller_encoder False, no cond_mlp)"
         )
@@ -158,14 +146,14 @@ def _unet_block(state, src, dst):
             out[f"{dst}.skip.{w}"] = state[f"{src}.residual_conv.{w}"]
     channels = out[f"{dst}.conv1.block.0.weight"].shape[0]
     if out[f"{dst}.cond.4.weight"].shape[0] != 2 * channels:
-        envs.fail(
+        fail(
             "the official UNet predicts a FiLM bias only (cond_predict_scale False); this project's UNet "
             "predicts scale and bias"
         )
     return out
 
 
-def _unet(state, env_id, hints):
+def _unet(state, env_id, task_dims, hints):
     n_levels = len({k.split(".")[1] for k in state if k.startswith("down_modules.")})
     model = {f"time_embedding.{i}.{w}": state[f"time_mlp.{i}.{w}"] for i in (1, 3) for w in ("weight", "bias")}
     widths = []
@@ -187,9 +175,12 @@ def _unet(state, env_id, hints):
         model[f"final.1.{w}"] = state[f"final_conv.1.{w}"]
     step_dim = state["time_mlp.1.weight"].shape[1]
     cond_dim = state["down_modules.0.0.cond_encoder.0.weight"].shape[1]
-    obs_dim, action_dim, cond_steps = _split_obs(env_id, cond_dim - step_dim, "UNet")
+    obs_dim, action_dim, cond_steps = _split_obs(env_id, task_dims, cond_dim - step_dim, "UNet")
     dim = widths[0]
-    default_tp = envs.ROBOMIMIC_TASKS[envs.env_slug(env_id)]["act_steps"] if envs.is_robomimic(env_id) else 4
+    is_robomimic = robomimic_tasks.is_robomimic(env_id)
+    default_tp = (
+        robomimic_tasks.ROBOMIMIC_TASKS[robomimic_tasks.robomimic_task(env_id)]["act_steps"] if is_robomimic else 4
+    )
     kw = dict(
         obs_dim=obs_dim,
         action_dim=action_dim,
@@ -240,13 +231,13 @@ def _transformer(state, dst):
     return out, dict(transformer_dim=out[f"{dst}.obs_proj.weight"].shape[0], transformer_layers=layers)
 
 
-def _gaussian(state, env_id, hints):
-    obs_dim, action_dim = envs.env_dims(env_id)
+def _gaussian(state, env_id, task_dims, hints):
+    obs_dim, action_dim = task_dims
     head = state.get("transformer.head.weight")
     if any(k.startswith(("mlp_base.", "mlp_logvar.")) for k in state) or (
         head is not None and head.shape[0] != action_dim
     ):
-        envs.fail(
+        fail(
             "the official Gaussian network predicts a state-dependent std (fixed_std null); this project's "
             "Gaussian policy learns one std per action dimension"
         )
@@ -264,7 +255,7 @@ def _gaussian(state, env_id, hints):
         model, dims = (_residual_mlp if residual else _plain_mlp)(state, "mlp_mean", "net")
         horizon_steps, feature_dim, backbone, mlp_dims = dims[-1] // action_dim, dims[0], "mlp", tuple(dims[1:-1])
         kw = dict(residual=residual)
-    _, _, cond_steps = _split_obs(env_id, feature_dim, "Gaussian network")
+    _, _, cond_steps = _split_obs(env_id, task_dims, feature_dim, "Gaussian network")
     std_model, std_kw = _std_kwargs(state, hints, (action_dim,))
     model.update(std_model)
     kw = dict(dict(transformer_dim=96, transformer_heads=4, transformer_layers=4), **kw)
@@ -282,13 +273,13 @@ def _gaussian(state, env_id, hints):
     )
 
 
-def _gmm(state, env_id, hints):
-    obs_dim, action_dim = envs.env_dims(env_id)
+def _gmm(state, env_id, task_dims, hints):
+    obs_dim, action_dim = task_dims
     head = state.get("transformer.head.weight")
     if any(k.startswith("mlp_logvar.") for k in state) or (
         head is not None and head.shape[0] != state["modes_head.weight"].shape[0] * action_dim
     ):
-        envs.fail(
+        fail(
             "the official GMM network predicts state-dependent stds (fixed_std null); this project's GMM policy "
             "learns one std per mode and action dimension"
         )
@@ -311,7 +302,7 @@ def _gmm(state, env_id, hints):
         model.update(weights)
         hidden = dims[1:-1]
         if mlp is _plain_mlp and len(hidden) % 2 == 1 and len(set(hidden)) == 1:
-            envs.fail(
+            fail(
                 f"the official GMM MLPs are plain (residual_style False) with widths {hidden}; this project's GMM "
                 "policy builds those widths as residual MLPs, so it cannot hold these weights"
             )
@@ -325,7 +316,7 @@ def _gmm(state, env_id, hints):
             transformer_layers=4,
             activation=_default_activation(env_id, "gmm"),
         )
-    _, _, cond_steps = _split_obs(env_id, feature_dim, "GMM network")
+    _, _, cond_steps = _split_obs(env_id, task_dims, feature_dim, "GMM network")
     std_model, std_kw = _std_kwargs(state, hints, (num_modes, action_dim))
     model.update(std_model)
     return model, dict(
@@ -347,7 +338,7 @@ def _network_state(raw, policy):
     if "itr" in raw:
         state = raw["model"]
         if not any(k.startswith("actor_ft.") for k in state):
-            envs.fail("the official fine-tuning checkpoint has no actor_ft weights; pass a PPO fine-tuning checkpoint")
+            fail("the official fine-tuning checkpoint has no actor_ft weights; pass a PPO fine-tuning checkpoint")
         frozen = _strip(state, "actor.") if policy == "diffusion" else None
         return _strip(state, "actor_ft."), frozen, "model/actor_ft"
     entry = "ema" if policy == "diffusion" and "ema" in raw else "model"
@@ -367,36 +358,35 @@ def find_normalization(path, hints=None, name="normalization.npz"):
         if os.path.isfile(os.path.join(folder, name)):
             return os.path.join(folder, name)
         folder = os.path.dirname(folder)
-    envs.fail(
-        f"no {name} next to {path}; pass --official-normalization PATH (the official data folder's normalization.npz)"
-    )
+    fail(f"no {name} next to {path}; pass --official-normalization PATH (the official data folder's normalization.npz)")
 
 
 def read_normalization(path):
     if not os.path.isfile(path):
-        envs.fail(f"normalization file {path} does not exist; pass the official data folder's normalization.npz")
+        fail(f"normalization file {path} does not exist; pass the official data folder's normalization.npz")
     with np.load(path) as f:
         missing = {"obs_min", "obs_max", "action_min", "action_max"} - set(f.files)
         if missing:
-            envs.fail(f"{path} lacks {sorted(missing)}; pass an official normalization.npz")
+            fail(f"{path} lacks {sorted(missing)}; pass an official normalization.npz")
         return {k: f[k].astype(np.float32) for k in ("obs_min", "obs_max", "action_min", "action_max")}
 
 
-def convert_checkpoint(raw, path, policy, env_id, hints=None) -> dict:
-    """An official checkpoint as a cleandppo checkpoint dict (the network weights under our parameter names)."""
+def convert_checkpoint(raw, path, policy, env_id, task_dims, hints=None) -> dict:
+    """An official checkpoint as a cleandppo checkpoint dict (the network weights under our parameter names) for the
+    task `env_id`, whose (obs_dim, action_dim) are `task_dims`."""
     try:
-        return _convert(raw, path, policy, env_id, hints)
+        return _convert(raw, path, policy, env_id, task_dims, hints)
     except KeyError as e:
-        envs.fail(
+        fail(
             f"{path} holds an official {policy} network of a kind this project does not map (no {e}); "
             "docs/checkpoints.md lists the ones that load"
         )
 
 
-def _convert(raw, path, policy, env_id, hints):
+def _convert(raw, path, policy, env_id, task_dims, hints):
     state, frozen, entry = _network_state(raw, policy)
     if any(k.startswith(("backbone.", "compress")) for k in state):
-        envs.fail(f"{path} is an official pixel (image) policy; these scripts are state-only")
+        fail(f"{path} is an official pixel (image) policy; these scripts are state-only")
     if "time_embedding.1.weight" in state or "time_mlp.1.weight" in state:
         found = "diffusion"
     elif (
@@ -408,26 +398,24 @@ def _convert(raw, path, policy, env_id, hints):
     else:
         found = "gaussian"
     if found != policy:
-        envs.fail(
-            f"{path} holds an official {found} policy, this script needs a {policy} one; pass a {policy} checkpoint"
-        )
+        fail(f"{path} holds an official {found} policy, this script needs a {policy} one; pass a {policy} checkpoint")
     if policy == "diffusion":
         convert = _unet if "time_mlp.1.weight" in state else _diffusion_mlp
-        model, kw = convert(state, env_id, hints)
+        model, kw = convert(state, env_id, task_dims, hints)
         kw["denoising_steps"] = int(_hint(hints, "denoising_steps", TABLE["denoising_steps"]))
         extra = {}
         if frozen is not None:  # DPPO fine-tuned: frozen `actor` for the early steps, `actor_ft` for the last K'
             extra = dict(
                 model_ft=model, ft_denoising_steps=int(_hint(hints, "ft_denoising_steps", TABLE["ft_denoising_steps"]))
             )
-            model, _ = convert(frozen, env_id, hints)
+            model, _ = convert(frozen, env_id, task_dims, hints)
     else:
-        model, kw = (_gaussian if policy == "gaussian" else _gmm)(state, env_id, hints)
+        model, kw = (_gaussian if policy == "gaussian" else _gmm)(state, env_id, task_dims, hints)
         extra = {}
     norm = read_normalization(find_normalization(path, hints))
-    obs_dim, action_dim = envs.env_dims(env_id)
+    obs_dim, action_dim = task_dims
     if norm["obs_min"].shape != (obs_dim,) or norm["action_min"].shape != (action_dim,):
-        envs.fail(
+        fail(
             f"the normalization file has obs/action dims {norm['obs_min'].shape[0]}/{norm['action_min'].shape[0]}, "
             f"{env_id} needs {obs_dim}/{action_dim}; pass the normalization.npz of this task's data"
         )
@@ -447,19 +435,19 @@ def _convert(raw, path, policy, env_id, hints):
     )
 
 
-def load_npz_dataset(path, env_id=None) -> dict:
+def load_npz_dataset(path, env_id=None, task_dims=None) -> dict:
     """An official processed dataset (script/dataset/*: `states`, `actions`, `traj_lengths`, optional `rewards`,
     `terminals`, `images`) with the `normalization.npz` of the same prefix beside it. States and actions come back
     in raw units (the official files hold them normalized to [-1, 1]); episodes are the traj_lengths slices, taken as
     they are (the official conversion already dropped the ones it drops)."""
     with np.load(path) as f:
         if "images" in f.files:
-            envs.fail(
+            fail(
                 f"{path} holds images (a pixel dataset); these scripts are state-only: process the data without cameras"
             )
         missing = {"states", "actions", "traj_lengths"} - set(f.files)
         if missing:
-            envs.fail(f"{path} lacks {sorted(missing)}; pass an official train.npz (script/dataset/*)")
+            fail(f"{path} lacks {sorted(missing)}; pass an official train.npz (script/dataset/*)")
         data = {k: f[k] for k in f.files}
     folder, base = os.path.split(os.path.abspath(path))
     norm = read_normalization(
@@ -470,11 +458,11 @@ def load_npz_dataset(path, env_id=None) -> dict:
     )
     states, actions = data["states"].astype(np.float64), data["actions"].astype(np.float64)
     if _looks_normalized(states, norm["obs_min"], norm["obs_max"]):  # robomimic's --normalize is optional
-        states = envs.unnormalize_obs(states, norm)
+        states = unnormalize_obs(states, norm)
         actions = (actions + 1.0) / 2.0 * (norm["action_max"] - norm["action_min"] + 1e-6) + norm["action_min"]
     lengths = np.asarray(data["traj_lengths"], dtype=int)
     if lengths.sum() != len(states):
-        envs.fail(
+        fail(
             f"{path}: traj_lengths sum to {lengths.sum()} but there are {len(states)} states; "
             "pass an unmodified train.npz"
         )
@@ -494,9 +482,9 @@ def load_npz_dataset(path, env_id=None) -> dict:
         attrs={"source": path},
     )
     if env_id is not None:
-        obs_dim, action_dim = envs.env_dims(env_id)
+        obs_dim, action_dim = task_dims
         if states.shape[1] != obs_dim or actions.shape[1] != action_dim:
-            envs.fail(
+            fail(
                 f"dataset {path} has obs/action dims {states.shape[1]}/{actions.shape[1]}, {env_id} needs "
                 f"{obs_dim}/{action_dim}; pass a dataset of {env_id}"
             )

@@ -1,9 +1,8 @@
-"""Robomimic tasks on robosuite 1.5 (paper 5.1-5.2, D.5): the robosuite env behind `envs.make_env` for
-lift/can/square/transport, and robomimic's hdf5 files behind `envs.load_dataset`.
+"""Robomimic tasks on robosuite 1.5 (paper 5.1-5.2, D.5): lift/can/square/transport from state.
 
-The task table (`envs.ROBOMIMIC_TASKS`), the id checks and the success accounting stay in envs.py, which
-every script reads; this module holds what only robosuite and robomimic files need. Read top to bottom:
-robomimic's controller and env meta, importing robosuite, the gymnasium env, then the dataset files.
+What envs.py asks of this task family: the task table and its ids, the robosuite env behind `envs.make_env`, and
+robomimic's hdf5 files behind `envs.load_dataset`. Read top to bottom: the task table and ids, robomimic's
+controller and env meta, importing robosuite, the gymnasium env, then the dataset files.
 """
 
 from __future__ import annotations
@@ -13,8 +12,82 @@ import os
 import gymnasium as gym
 import numpy as np
 
-from cleandppo import envs
+from cleandppo.common import compute_normalization, data_dir, download_or_fail, fail
 
+# ------------------------------------------------------------------------------------------------
+# The tasks: ids, robosuite env names and the paper's settings
+# ------------------------------------------------------------------------------------------------
+# robomimic's low-dim setup on robosuite 1.5 (PyPI's robomimic imports mujoco_py; not used): OSC_POSE
+# deltas, 20 Hz, sparse reward, no termination, truncation at max_episode_steps; obs = the obs_keys
+# concatenated. Files: robomimic's layout data/demo_<i>/{obs/<key>, actions, ...}, data.attrs["env_args"].
+# task -> robosuite env and the paper's settings (paper D.5; official cfg/robomimic/finetune/<task>/*.yaml)
+ROBOMIMIC_TASKS = {
+    "lift": dict(env_name="Lift", robots=["Panda"], obs_dim=19, action_dim=7, max_episode_steps=300, act_steps=4),
+    "can": dict(
+        env_name="PickPlaceCan", robots=["Panda"], obs_dim=23, action_dim=7, max_episode_steps=300, act_steps=4
+    ),
+    "square": dict(
+        env_name="NutAssemblySquare", robots=["Panda"], obs_dim=23, action_dim=7, max_episode_steps=400, act_steps=4
+    ),
+    "transport": dict(
+        env_name="TwoArmTransport",
+        robots=["Panda", "Panda"],
+        env_configuration="single-arm-opposed",
+        obs_dim=59,
+        action_dim=14,
+        max_episode_steps=800,
+        act_steps=8,
+    ),
+}
+_ROBOT_KEYS = ("eef_pos", "eef_quat", "gripper_qpos")
+for _spec in ROBOMIMIC_TASKS.values():
+    _spec["obs_keys"] = [f"robot{i}_{k}" for i in range(len(_spec["robots"])) for k in _ROBOT_KEYS] + ["object"]
+# robomimic's "object" = robosuite's "object-state". robosuite 1.5 reordered it for Can and Square
+# (relative pose first); these lists restore the robosuite <= 1.4 order robomimic's datasets hold.
+for _task, _obj in (("can", "Can"), ("square", "SquareNut")):
+    ROBOMIMIC_TASKS[_task]["object_keys"] = [
+        f"{_obj}_{k}" for k in ("pos", "quat", "to_robot0_eef_pos", "to_robot0_eef_quat")
+    ]
+_ROBOMIMIC_ALIASES = {name.lower(): task for task, spec in ROBOMIMIC_TASKS.items() for name in (task, spec["env_name"])}
+
+
+_robomimic_env_args = {}  # task -> env_args honoured by make_env (set by load_dataset or set_robomimic_env_args)
+
+
+def is_robomimic(env_id) -> bool:
+    """True for lift, can, square, transport and robomimic's env names (Lift, PickPlaceCan, ...), any case."""
+    return isinstance(env_id, str) and env_id.lower() in _ROBOMIMIC_ALIASES
+
+
+def robomimic_task(env_id: str) -> str:
+    """The task name ('can') of a robomimic id in any spelling ('PickPlaceCan', 'CAN')."""
+    return _ROBOMIMIC_ALIASES[env_id.lower()]
+
+
+def robomimic_env_args(env_id: str) -> dict:
+    """The env meta make_env uses for this task: a dataset's env_args once loaded, else the default."""
+    task = robomimic_task(env_id)
+    return _robomimic_env_args.get(task) or default_robomimic_env_args(task)
+
+
+def set_robomimic_env_args(env_id: str, env_args: dict | None):
+    """Make later make_env calls of this task honour `env_args` (None: the default); load_dataset calls it."""
+    task = robomimic_task(env_id)
+    if env_args is None:
+        _robomimic_env_args.pop(task, None)
+        return
+    name = str(env_args.get("env_name", ""))
+    if _ROBOMIMIC_ALIASES.get(name.lower()) != task:
+        fail(
+            f"env_args are for env {name!r}, not the {task} task ({ROBOMIMIC_TASKS[task]['env_name']}); "
+            f"pass a {task} dataset"
+        )
+    _robomimic_env_args[task] = env_args
+
+
+# ------------------------------------------------------------------------------------------------
+# robomimic's controller and env meta
+# ------------------------------------------------------------------------------------------------
 # robomimic's OSC_POSE config (robosuite <= 1.4 key names, as stored in robomimic's datasets)
 ROBOMIMIC_CONTROLLER = {
     "type": "OSC_POSE",
@@ -53,7 +126,7 @@ def default_robomimic_env_args(env_id: str) -> dict:
     """robomimic's env meta (env_name, type 1 = robosuite, env_kwargs) for the low-dim setup of a task."""
     import json
 
-    spec = envs.ROBOMIMIC_TASKS[envs._robomimic_task(env_id)]
+    spec = ROBOMIMIC_TASKS[robomimic_task(env_id)]
     controller = json.loads(json.dumps(ROBOMIMIC_CONTROLLER))  # a deep copy
     kwargs = dict(
         robots=list(spec["robots"]),
@@ -83,21 +156,21 @@ def import_robosuite():
     try:
         import robosuite
     except ImportError as e:
-        envs.fail(
+        fail(
             f"robomimic tasks need robosuite 1.5 ({e.__class__.__name__}: {e}); install it with: "
             "pip install -r requirements.txt && pip install --no-deps -r requirements-robomimic.txt"
         )
     finally:
         logging.disable(logging.NOTSET)
     if not robosuite.__version__.startswith("1.5"):
-        envs.fail(
+        fail(
             f"robomimic tasks need robosuite 1.5, found {robosuite.__version__}: "
             "pip install --no-deps -r requirements-robomimic.txt"
         )
     import mujoco
 
     if tuple(int(x) for x in mujoco.__version__.split(".")[:2]) >= (3, 10):  # robosuite 1.5.2 breaks on 3.10+
-        envs.fail(f"robosuite 1.5.2 needs MuJoCo < 3.10, found {mujoco.__version__}: pip install 'mujoco>=3.2,<3.10'")
+        fail(f"robosuite 1.5.2 needs MuJoCo < 3.10, found {mujoco.__version__}: pip install 'mujoco>=3.2,<3.10'")
     from robosuite.utils.log_utils import ROBOSUITE_DEFAULT_LOGGER
 
     ROBOSUITE_DEFAULT_LOGGER.setLevel(logging.ERROR)
@@ -133,13 +206,13 @@ def _robosuite_kwargs(task: str, render: bool) -> dict:
     import inspect
 
     suite = import_robosuite()
-    env_args = envs.robomimic_env_args(task)
+    env_args = robomimic_env_args(task)
     kwargs = dict(env_args.get("env_kwargs", {}))
     kwargs.update(_ROBOMIMIC_FORCED, has_offscreen_renderer=render)
-    robots = kwargs.get("robots") or envs.ROBOMIMIC_TASKS[task]["robots"]
+    robots = kwargs.get("robots") or ROBOMIMIC_TASKS[task]["robots"]
     kwargs["robots"] = robots = [robots] if isinstance(robots, str) else list(robots)
     kwargs["controller_configs"] = _controller_configs(kwargs.get("controller_configs", ROBOMIMIC_CONTROLLER), robots)
-    env_cls = suite.environments.base.REGISTERED_ENVS[envs.ROBOMIMIC_TASKS[task]["env_name"]]
+    env_cls = suite.environments.base.REGISTERED_ENVS[ROBOMIMIC_TASKS[task]["env_name"]]
     accepted = set()  # subclasses such as PickPlaceCan pass **kwargs up: collect along the MRO
     for cls in env_cls.__mro__:
         if "__init__" in vars(cls):
@@ -155,18 +228,18 @@ class RobomimicLowDimEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
 
     def __init__(self, env_id: str, render_mode: str | None = None):
-        self.task = envs._robomimic_task(env_id)
-        spec = envs.ROBOMIMIC_TASKS[self.task]
+        self.task = robomimic_task(env_id)
+        spec = ROBOMIMIC_TASKS[self.task]
         suite = import_robosuite()
         if render_mode not in (None, "rgb_array"):
-            envs.fail(f"render_mode {render_mode!r} is not supported for {self.task}; use rgb_array")
+            fail(f"render_mode {render_mode!r} is not supported for {self.task}; use rgb_array")
         self.render_mode = render_mode
         kwargs = _robosuite_kwargs(self.task, render=render_mode is not None)
         try:
             self.rs_env = suite.make(spec["env_name"], **kwargs)
         except Exception as e:  # renderer set-up and bad env_args surface here
             detail = str(e).splitlines()[0] if str(e) else ""
-            envs.fail(
+            fail(
                 f"cannot build robosuite {spec['env_name']} ({e.__class__.__name__}: {detail}); "
                 "for rendering set MUJOCO_GL=egl or osmesa, otherwise check the dataset's env_args"
             )
@@ -226,25 +299,25 @@ def robomimic_demo_fix(task: str, kind: str = "scripted") -> str:
     return f"download --dataset {task}-mh when online or pass a {task} robomimic low_dim hdf5 path"
 
 
-def _robomimic_dataset_name(dataset: str):
+def robomimic_dataset_name(dataset: str):
     """(task, kind) for names like lift-mh, can-ph, square-scripted, lift-mhsim, PickPlaceCan-mh; else None."""
     base, _, kind = dataset.rpartition("-")
-    if kind.lower() in ROBOMIMIC_DATASET_KINDS and base.lower() in envs._ROBOMIMIC_ALIASES:
-        return envs._ROBOMIMIC_ALIASES[base.lower()], kind.lower()
+    if kind.lower() in ROBOMIMIC_DATASET_KINDS and base.lower() in _ROBOMIMIC_ALIASES:
+        return _ROBOMIMIC_ALIASES[base.lower()], kind.lower()
     return None
 
 
 def resolve_robomimic_dataset(dataset: str) -> str:
     """Path of a robomimic dataset name: cached in data_dir(), else downloaded (mh/ph; address pattern
     $CLEANDPPO_ROBOMIMIC_URL); a missing -scripted/-mhsim file and a failed download fail naming robomimic_demo_fix."""
-    task, kind = _robomimic_dataset_name(dataset)
-    path = os.path.join(envs.data_dir(), f"{task}-{kind}.hdf5")
+    task, kind = robomimic_dataset_name(dataset)
+    path = os.path.join(data_dir(), f"{task}-{kind}.hdf5")
     if os.path.isfile(path):
         return path
     if kind in MADE_HERE:
-        envs.fail(f"{task}-{kind} is not in {envs.data_dir()}; {robomimic_demo_fix(task, kind)}")
+        fail(f"{task}-{kind} is not in {data_dir()}; {robomimic_demo_fix(task, kind)}")
     url = os.environ.get("CLEANDPPO_ROBOMIMIC_URL", ROBOMIMIC_URL).format(task=task, kind=kind)
-    return envs.download_or_fail(f"{task}-{kind}", url, path, robomimic_demo_fix(task))
+    return download_or_fail(f"{task}-{kind}", url, path, robomimic_demo_fix(task))
 
 
 def is_robomimic_hdf5(path: str) -> bool:
@@ -278,7 +351,7 @@ def read_robomimic_hdf5(path: str, obs_keys=None) -> dict:
     try:
         with h5py.File(path, "r") as f:
             if "data" not in f:
-                envs.fail(f"{path} is not a robomimic-format dataset (no 'data' group); pass a robomimic low_dim file")
+                fail(f"{path} is not a robomimic-format dataset (no 'data' group); pass a robomimic low_dim file")
             group = f["data"]
             raw = group.attrs.get("env_args")
             env_args = json.loads(raw) if raw is not None else None
@@ -291,7 +364,7 @@ def read_robomimic_hdf5(path: str, obs_keys=None) -> dict:
                 if missing or "actions" not in demo:
                     have = sorted(obs_group.keys()) if obs_keys is not None else []
                     lacks = f"obs keys {missing}" if missing else "actions"
-                    envs.fail(
+                    fail(
                         f"{path}:data/{name} lacks {lacks} (has {have}); "
                         f"it needs {keys}: use a robomimic low_dim file (not demo.hdf5, which holds only sim states), "
                         "e.g. --dataset lift-mh, or make one with scripts/make_robomimic_demos.py --task lift"
@@ -308,12 +381,12 @@ def read_robomimic_hdf5(path: str, obs_keys=None) -> dict:
                     }
                 )
     except OSError as e:
-        envs.fail(
+        fail(
             f"cannot read dataset {path} ({e.__class__.__name__}: {str(e).splitlines()[0]}); "
             "delete it and regenerate it"
         )
     if not demos:
-        envs.fail(f"{path} has no data/demo_* groups; pass a robomimic low_dim file")
+        fail(f"{path} has no data/demo_* groups; pass a robomimic low_dim file")
     return {"env_args": env_args, "demos": demos}
 
 
@@ -334,32 +407,32 @@ def load_robomimic_dataset(path: str, env_id: str | None = None, filter_key: str
         keys = filter_key.split(",")
         unknown = [key for key in keys if key not in masks]
         if unknown:
-            envs.fail(f"{path} has no filter key {unknown} (mask/<key>); use one of {sorted(masks) or 'none: drop it'}")
+            fail(f"{path} has no filter key {unknown} (mask/<key>); use one of {sorted(masks) or 'none: drop it'}")
         keep = set().union(*(masks[key] for key in keys))
     env_args = json.loads(raw) if raw is not None else None
     stored = str(env_args.get("env_name", "")) if env_args else ""
-    stored_task = envs._ROBOMIMIC_ALIASES.get(stored.lower())
-    if env_id is not None and not envs.is_robomimic(env_id):
-        envs.fail(
+    stored_task = _ROBOMIMIC_ALIASES.get(stored.lower())
+    if env_id is not None and not is_robomimic(env_id):
+        fail(
             f"{path} holds robomimic demonstrations{f' of {stored}' if stored else ''}; pass --env-id "
             f"{stored_task or 'lift|can|square|transport'} or a dataset of {env_id}"
         )
-    task = envs._robomimic_task(env_id) if env_id is not None else stored_task
+    task = robomimic_task(env_id) if env_id is not None else stored_task
     if task is None:
-        envs.fail(f"{path} has no env_args naming a robomimic task; pass --env-id lift|can|square|transport")
+        fail(f"{path} has no env_args naming a robomimic task; pass --env-id lift|can|square|transport")
     if stored and stored_task != task:
-        envs.fail(
+        fail(
             f"dataset {path} holds {stored} demonstrations ({stored_task or 'not a robomimic task'}), not {task}; "
             f"pass a {task} dataset, e.g. --dataset {task}-mh or --dataset {task}-scripted"
         )
-    spec = envs.ROBOMIMIC_TASKS[task]
+    spec = ROBOMIMIC_TASKS[task]
     demos = read_robomimic_hdf5(path, spec["obs_keys"])["demos"]
     demos = [demo for demo in demos if keep is None or demo["name"] in keep]
     episodes = []
     for demo in demos:
         obs = np.concatenate([demo["obs"][k] for k in spec["obs_keys"]], axis=1)
         if obs.shape[1] != spec["obs_dim"] or demo["actions"].shape[1] != spec["action_dim"]:
-            envs.fail(
+            fail(
                 f"{path}:data/{demo['name']} has obs/action dims {obs.shape[1]}/{demo['actions'].shape[1]}, "
                 f"{task} needs "
                 f"{spec['obs_dim']}/{spec['action_dim']}; pass a dataset of {task}"
@@ -374,11 +447,11 @@ def load_robomimic_dataset(path: str, env_id: str | None = None, filter_key: str
             }
         )
     if env_args:
-        envs.set_robomimic_env_args(task, env_args)
+        set_robomimic_env_args(task, env_args)
     data = {k: np.concatenate([ep[k] for ep in episodes]) for k in ("observations", "actions", "rewards", "terminals")}
     data["timeouts"] = np.concatenate([np.arange(len(ep["actions"])) == len(ep["actions"]) - 1 for ep in episodes])
     data["episodes"] = episodes
     data["env_args"] = env_args or default_robomimic_env_args(task)
     data["attrs"] = {"env_id": task}
-    data["normalization"] = envs.compute_normalization(data["observations"], data["actions"])
+    data["normalization"] = compute_normalization(data["observations"], data["actions"])
     return data

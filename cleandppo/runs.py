@@ -23,7 +23,7 @@ from dataclasses import asdict, fields
 
 import numpy as np
 
-from cleandppo import avoid, envs, robomimic_tasks
+from cleandppo import avoid, envs
 
 # ------------------------------------------------------------------------------------------------
 # 1. Flag ranges: (low, low included, high, high included); None = unbounded. Every int flag is
@@ -299,56 +299,6 @@ def set_rng_state(state: dict):
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def env_state(env) -> dict:
-    """What continuing an envs.ChunkedEnv needs: observation history, episode return/length/success, the env's RNG,
-    and the simulator: MuJoCo's integration state (qpos, qvel, activations, warm start, controls, time) and the time
-    limit's step count; robosuite's sim state, step count and RNG (not its controllers' internal state); any other
-    env (no MuJoCo model) its attributes, copied."""
-    import copy
-
-    base = env.env.unwrapped
-    state = dict(history=list(env.history), rng=env.env.np_random.bit_generator.state)
-    state["episode"] = env.episode_return, env.episode_length, env.episode_success
-    if isinstance(base, robomimic_tasks.RobomimicLowDimEnv):
-        state.update(steps=base.steps, rs_rng=base.rs_env.rng.bit_generator.state)
-        return dict(state, sim=base.rs_env.sim.get_state())
-    try:
-        state["elapsed"] = env.env.get_wrapper_attr("_elapsed_steps")
-    except AttributeError:  # no gymnasium TimeLimit around this env
-        pass
-    if not hasattr(base, "model") or not hasattr(base, "data"):
-        return dict(state, attributes=copy.deepcopy(vars(base)))
-    import mujoco
-
-    spec = mujoco.mjtState.mjSTATE_INTEGRATION
-    state["sim"] = np.empty(mujoco.mj_stateSize(base.model, spec))
-    mujoco.mj_getState(base.model, base.data, state["sim"], spec)
-    return state
-
-
-def set_env_state(env, state: dict):
-    """Put an envs.ChunkedEnv back in the state env_state recorded."""
-    from collections import deque
-
-    base = env.env.unwrapped
-    env.history = deque(state["history"], maxlen=env.cond_steps)
-    env.episode_return, env.episode_length, env.episode_success = state["episode"]
-    env.env.np_random.bit_generator.state = state["rng"]
-    if isinstance(base, robomimic_tasks.RobomimicLowDimEnv):
-        base.steps, base.rs_env.rng.bit_generator.state = state["steps"], state["rs_rng"]
-        base.rs_env.sim.set_state(state["sim"])
-        return
-    if "elapsed" in state:
-        env.env.set_wrapper_attr("_elapsed_steps", state["elapsed"])
-    if "attributes" in state:
-        vars(base).update(state["attributes"])
-        return
-    import mujoco
-
-    mujoco.mj_setState(base.model, base.data, state["sim"], mujoco.mjtState.mjSTATE_INTEGRATION)
-    mujoco.mj_forward(base.model, base.data)
 
 
 def vec_env_state(vec) -> dict:

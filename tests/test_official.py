@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cleandppo import dppo, envs, gaussian_ppo, gmm_ppo, official
+from cleandppo import dppo, envs, gaussian_ppo, gmm_ppo
 from conftest import TINY_DIFFUSION, assert_one_line_error, run_main
 
 OBS, ACT = 11, 3  # Hopper
@@ -385,19 +385,14 @@ def test_what_has_no_counterpart_is_refused_in_one_line(tmp_path, policy, state,
     assert_one_line_error(str(e.value), needle)
 
 
-def test_square_cond_mlp_loads_where_our_network_has_one(tmp_path):
-    """Official Square DiffusionMLP has cond_mlp [To*Do, 512, 64]; refused in one line while our DiffusionMLP has no
-    such encoder, reproduced once it has (`cond_mlp_dims`)."""
+def test_square_cond_mlp_loads_into_our_network(tmp_path):
+    """Official Square DiffusionMLP has an observation encoder cond_mlp [To*Do, 512, 64]: it loads as our
+    `cond_mlp_dims` and the network computes what the official one does."""
     torch.manual_seed(9)
     sd = linear("time_embedding.1", 8, 16) | linear("time_embedding.3", 16, 8)
     sd |= linear("cond_mlp.moduleList.0.linear_1", OBS, 16) | linear("cond_mlp.moduleList.1.linear_1", 16, 6)
     sd |= residual_mlp_sd("mlp_mean", [4 * ACT + 8 + 6, 32, 32, 32, 4 * ACT])
     path = write_official(tmp_path, dict(epoch=1, model=prefixed(sd, "network."), ema=prefixed(sd, "network.")))
-    if not official.supports_cond_mlp():
-        with pytest.raises(SystemExit) as e:
-            envs.load_checkpoint(path, "diffusion", ENV)
-        assert_one_line_error(str(e.value), "cond_mlp")
-        return
     ckpt = envs.load_checkpoint(path, "diffusion", ENV, hints=dict(activation="mish"))
     assert ckpt["model_kwargs"]["cond_mlp_dims"] == (16, 6)
     net = dppo.build_network(ckpt["model_kwargs"])

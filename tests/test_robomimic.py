@@ -303,7 +303,7 @@ def test_dppo_smoke_run_on_lift_logs_success(tmp_path, capsys, monkeypatch):
     # in-process runs of `dppo.py <flags>` (tyro parses the flags, main sees them as the command line); the CLI smoke
     # run of dppo.py itself is in test_dppo.py. The task -> env_args registry is process state: start empty, restore it
     # afterwards, and empty it between the runs so that fine-tuning must take the env meta from the checkpoint.
-    monkeypatch.setattr(envs, "_robomimic_env_args", {})
+    monkeypatch.setattr(robomimic_tasks, "_robomimic_env_args", {})
     data = str(tmp_path / "lift-tiny.hdf5")
     env_args = robomimic_tasks.default_robomimic_env_args("lift")
     env_args["env_kwargs"]["cleandppo_marker"] = 7  # carried over by the checkpoints (robosuite never sees it)

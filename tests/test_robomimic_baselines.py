@@ -77,7 +77,7 @@ def lift_checkpoint(tmp_path_factory):
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_baseline_on_lift_uses_the_table_and_logs_success(name, lift_checkpoint, tmp_path, capsys, monkeypatch):
     module = importlib.import_module(f"cleandppo.{name}")
-    monkeypatch.setattr(envs, "_robomimic_env_args", {})  # the env meta must come from the checkpoint
+    monkeypatch.setattr(robomimic_tasks, "_robomimic_env_args", {})  # the env meta must come from the checkpoint
     run = tmp_path / "ft"
     run_main(
         module,

@@ -104,7 +104,7 @@ def test_a_missed_grasp_is_followed_by_a_regrasp_and_success(task):
 
 def test_mhsim_dataset_name_resolves_in_the_data_dir(mh_file, monkeypatch, tmp_path):
     monkeypatch.setenv("CLEANDPPO_DATA", os.path.dirname(mh_file))
-    assert robomimic_tasks._robomimic_dataset_name("lift-mhsim") == ("lift", "mhsim")
+    assert robomimic_tasks.robomimic_dataset_name("lift-mhsim") == ("lift", "mhsim")
     assert envs.resolve_dataset("lift-mhsim") == mh_file
     data = envs.load_dataset("lift-mhsim", "lift")
     assert data["observations"].shape[1] == 19 and len(data["episodes"]) == 6

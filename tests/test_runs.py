@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from cleandppo import envs, runs
+from cleandppo import envs, gym_tasks, runs
 from conftest import TINY_DIFFUSION, assert_one_line_error, cli_fails, event_accumulator, main_fails, run_main
 
 torch.set_num_threads(1)
@@ -547,7 +547,7 @@ def test_every_rollout_stops_at_a_nan_reward(script, tiny_diffusion_checkpoint, 
 def test_a_restored_vector_env_continues_bit_identically(env_id, asynchronous, monkeypatch):
     """Envs restored from vec_env_state (mid-episode, across terminations, time-outs and auto-resets) step exactly as
     the originals: one action per step and a 3-step history, so the history carried over is read."""
-    monkeypatch.setattr(envs, "GYM_MAX_EPISODE_STEPS", 25)  # time-outs (HalfCheetah never terminates) come quickly
+    monkeypatch.setattr(gym_tasks, "GYM_MAX_EPISODE_STEPS", 25)  # time-outs (HalfCheetah never terminates) come quickly
     action_dim = envs.env_dims(env_id)[1]
     actions = np.random.default_rng(0).uniform(-1, 1, (120, 2, 1, action_dim))
 
