@@ -2,13 +2,15 @@
 # Peak memory and time per iteration of dppo.py for several --ft-denoising-steps (docs/benchmarks.md).
 # One fine-tuning iteration each at the benchmark's per-iteration size (40 envs x 125 queries x 4
 # actions = 20k env steps, 12.5k pairs per minibatch), from the bundled Hopper checkpoint.
-# Usage: bash scripts/dppo_ft_steps_sweep.sh [K' values...]   (default: 5 10 20)
+# Usage: bash experiments/dppo_ft_steps_sweep/dppo_ft_steps_sweep.sh [K' values...]   (default: 5 10 20)
 set -euo pipefail
+cd "$(dirname "$0")/../.."
 for k in "${@:-5 10 20}"; do
   for kk in $k; do
     run=runs/ft-steps-sweep/k$kk
+    mkdir -p "$(dirname "$run")"
     python cleandppo/dppo.py --env-id Hopper-v2 --ft-denoising-steps "$kk" --total-timesteps 20000 --num-envs 40 \
-      --n-steps 125 --batch-size 12500 --eval-episodes 1 --eval-freq 100 --run-dir "$run" --overwrite > "$run.log" 2>&1 || { mkdir -p "$(dirname "$run")"; cat "$run.log"; exit 1; }
+      --n-steps 125 --batch-size 12500 --eval-episodes 1 --eval-freq 100 --run-dir "$run" --overwrite > "$run.log" 2>&1 || { cat "$run.log"; exit 1; }
     python - "$run" "$kk" <<'PY'
 import json, sys
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -1,6 +1,7 @@
 """What-if for the M1 collapse of docs/avoid.md: DPPO fine-tuning with the arm's desired x kept in the rewarded band.
 
-    python scripts/avoid_wall_check.py --env-id avoid-m1 --seed 0 --total-timesteps 100000 --run-dir runs/avoid/wall/...
+    python experiments/avoid/avoid_wall_check.py --env-id avoid-m1 --seed 0 --total-timesteps 100000 \
+        --run-dir runs/avoid/wall/...
 
 Our Avoid model, like D3IL's code, lets the desired position go anywhere in the plane. Here every action is cut so
 that the desired x stays within the rewarded band avoid.BAND_X = [0.2, 0.8] (a wall at the band's edges; the table

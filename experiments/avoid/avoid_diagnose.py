@@ -4,7 +4,8 @@ pillar and that leave the rewarded x band 0.2-0.8 (with the median step it first
 arm first reaches row 3 (y = 0.26; mode 5 = left of 0.35, the rewarded gap), and the share that ends beyond the
 goal line.
 
-    python scripts/avoid_diagnose.py runs/avoid/a7/m1__{dppo-k10,dppo-k1,gaussian,gmm}__s{0,1,2}/checkpoint_last.pt
+    python experiments/avoid/avoid_diagnose.py \
+        runs/avoid/a7/m1__{dppo-k10,dppo-k1,gaussian,gmm}__s{0,1,2}/checkpoint_last.pt
 """
 
 import argparse

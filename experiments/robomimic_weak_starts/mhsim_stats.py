@@ -1,6 +1,6 @@
 """The table row of docs/robomimic.md for an MH-like file (scripts/make_robomimic_demos.py --operators mh).
 
-    python scripts/mhsim_stats.py can-mhsim      # a dataset name (data dir) or a path
+    python experiments/robomimic_weak_starts/mhsim_stats.py can-mhsim      # a dataset name (data dir) or a path
 
 Prints demos, attempts (controller success rate), and per proficiency: demos (of attempts when some failed), mean
 length (min-max) and demos with a regrasp; the total number of samples; the demos longer than an evaluation

@@ -6,7 +6,7 @@ Prints the three tables of docs/exact_likelihood_pg.md ("Accuracy and cost of th
       against RK4 with step 0.0125;
   (c) ms per chunk: old log-likelihood (no graph) and training forward + backward.
 
-    OMP_NUM_THREADS=1 python scripts/exact_likelihood_accuracy.py
+    OMP_NUM_THREADS=1 python experiments/speed_accuracy/exact_likelihood_accuracy.py
 """
 
 import argparse

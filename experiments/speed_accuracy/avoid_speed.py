@@ -1,6 +1,6 @@
 """Simulator speed of the Avoid task: env steps per second on one core, random actions.
 
-    OMP_NUM_THREADS=1 python scripts/avoid_speed.py --num-envs 50 --seconds 5
+    OMP_NUM_THREADS=1 python experiments/speed_accuracy/avoid_speed.py --num-envs 50 --seconds 5
 
 Two paths: the batched numpy core (avoid.step_batch over all envs at once) and the path the training scripts
 use (envs.make_vec_env, which returns avoid.AvoidVectorEnv; chunks of Ta = 4).

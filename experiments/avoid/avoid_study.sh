@@ -2,8 +2,8 @@
 # The Avoid study of the paper (section 6; Fig. 9, 10, A7, 12) on 2 CPU cores: data, pre-training, the
 # fine-tuning experiments and every figure of docs/avoid.md, in one script.
 #
-#   bash scripts/avoid_study.sh                 # all stages below, in order
-#   bash scripts/avoid_study.sh a7 figures      # only some stages
+#   bash experiments/avoid/avoid_study.sh                 # all stages below, in order
+#   bash experiments/avoid/avoid_study.sh a7 figures      # only some stages
 #
 # Stages: data, pretrain (remakes the bundled cleandppo/pretrained/avoid-m*-*.pt), a7 (Fig. A7: M1-M3,
 # DPPO with K' = 1, 4, 10, Gaussian, GMM), gmmclamp (M2 GMM with the official saturating log-prob),
@@ -19,7 +19,7 @@
 #   KPRIMES="10 4 1" fine-tuned denoising steps K' of the DPPO curves (largest first: the longest runs start first)
 #   SUBSETS="m2 m1 m3" data subsets of Fig. A7
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 ITERS=${ITERS:-51}
 SEEDS=${SEEDS:-"0 1 2"}
 WORKERS=${WORKERS:-2}
@@ -27,7 +27,8 @@ RUNS=${RUNS:-runs/avoid}
 KPRIMES=${KPRIMES:-"10 4 1"}
 SUBSETS=${SUBSETS:-"m2 m1 m3"}
 CKPT=cleandppo/pretrained
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 ITERS
+STUDY=experiments/avoid # this folder, from the repository root
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 ITERS STUDY
 stages=("$@")
 [ ${#stages[@]} -gt 0 ] || stages=(data pretrain a7 gmmclamp wall noise chunk figures)
 for s in "${stages[@]}"; do
@@ -114,7 +115,7 @@ for stage in "${stages[@]}"; do
       [ -f "$d/summary.json" ] && continue
       rm -rf "$d" && mkdir -p "$RUNS/wall"
       echo "$d $seed"
-    done | xargs -P "$WORKERS" -L 1 bash -c 'python scripts/avoid_wall_check.py --env-id avoid-m1 --ft-denoising-steps 10 \
+    done | xargs -P "$WORKERS" -L 1 bash -c 'python "$STUDY"/avoid_wall_check.py --env-id avoid-m1 --ft-denoising-steps 10 \
       --seed $1 --total-timesteps $((ITERS * 5000)) --save-freq 1000 --run-dir $0 > $0.log 2>&1 || echo "[failed] $0"'
     ;;
   noise)
@@ -147,27 +148,27 @@ for stage in "${stages[@]}"; do
     done | jobs_run
     ;;
   figures)
-    python scripts/avoid_study.py trajectories --out docs/figures/avoid_fig9.png --columns 3 \
+    python "$STUDY"/avoid_study.py trajectories --out docs/figures/avoid_fig9.png --columns 3 \
       --checkpoints $CKPT/avoid-m{1,2,3}-{diffusion,gaussian,gmm}-mlp.pt \
       --titles {M1,M2,M3}\ {DPPO,Gaussian,GMM} | tee "$RUNS/fig9.txt"
-    python scripts/avoid_study.py trajectories --out docs/figures/avoid_pretrained_eval.png --columns 3 --mode eval \
+    python "$STUDY"/avoid_study.py trajectories --out docs/figures/avoid_pretrained_eval.png --columns 3 --mode eval \
       --checkpoints $CKPT/avoid-m{1,2,3}-{diffusion,gaussian,gmm}-mlp.pt \
       --titles {M1,M2,M3}\ {diffusion,Gaussian,GMM}\ \(no\ noise\) | tee "$RUNS/pretrained_eval.txt"
     for exp in a7 noise chunk; do
       [ -d "$RUNS/$exp" ] || continue
-      python scripts/avoid_study.py curves --runs "$RUNS/$exp" --out "docs/figures/avoid_$exp.png"
-      python scripts/avoid_study.py curves --runs "$RUNS/$exp" --tag charts/success_rate \
+      python "$STUDY"/avoid_study.py curves --runs "$RUNS/$exp" --out "docs/figures/avoid_$exp.png"
+      python "$STUDY"/avoid_study.py curves --runs "$RUNS/$exp" --tag charts/success_rate \
         --out "docs/figures/avoid_${exp}_success.png"
     done
-    [ -d "$RUNS/a7x" ] && python scripts/avoid_study.py curves --runs "$RUNS/a7x" "$RUNS/a7" \
+    [ -d "$RUNS/a7x" ] && python "$STUDY"/avoid_study.py curves --runs "$RUNS/a7x" "$RUNS/a7" \
       --only m2__gmm m2__dppo-k10 --out docs/figures/avoid_gmm_official_clamp.png
-    [ -d "$RUNS/a7" ] && python scripts/avoid_study.py robustness --runs "$RUNS/a7" --subset m2 \
+    [ -d "$RUNS/a7" ] && python "$STUDY"/avoid_study.py robustness --runs "$RUNS/a7" --subset m2 \
       --out docs/figures/avoid_fig12.png
-    [ -d "$RUNS/a7" ] && python scripts/avoid_study.py trajectories --columns 3 --episodes 30 \
+    [ -d "$RUNS/a7" ] && python "$STUDY"/avoid_study.py trajectories --columns 3 --episodes 30 \
       --out docs/figures/avoid_m1_collapse.png --checkpoints "$RUNS"/a7/m1__{dppo-k10,gmm}__s{0,1,2}/checkpoint_last.pt
-    [ -d "$RUNS/wall" ] && python scripts/avoid_study.py curves --runs "$RUNS/wall" "$RUNS/a7" --only m1__dppo-k10 \
+    [ -d "$RUNS/wall" ] && python "$STUDY"/avoid_study.py curves --runs "$RUNS/wall" "$RUNS/a7" --only m1__dppo-k10 \
       --out docs/figures/avoid_m1_on_table.png
-    python scripts/avoid_study.py summaries --out docs/figures/avoid_runs.csv \
+    python "$STUDY"/avoid_study.py summaries --out docs/figures/avoid_runs.csv \
       --runs "$RUNS"/a7 "$RUNS"/a7x "$RUNS"/wall "$RUNS"/noise "$RUNS"/chunk
     ;;
   esac

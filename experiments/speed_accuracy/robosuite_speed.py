@@ -7,7 +7,7 @@ rollout: cleandppo's rollout path, envs.make_vec_env (SyncVectorEnv of ChunkedEn
 Also: time to the first env (robosuite import, numba compilation, model build) and resident
 memory per env of the vector env.
 
-    python scripts/robosuite_speed.py --task lift --steps 600 --num-envs 4
+    python experiments/speed_accuracy/robosuite_speed.py --task lift --steps 600 --num-envs 4
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """Figures of the Avoid study (paper section 6; docs/avoid.md), from checkpoints and run directories.
 
     # sampled trajectories (training noise) of checkpoints, one panel each; Fig. 9 is the pre-trained grid
-    python scripts/avoid_study.py trajectories --out docs/figures/avoid_fig9.png \
+    python experiments/avoid/avoid_study.py trajectories --out docs/figures/avoid_fig9.png \
         --checkpoints cleandppo/pretrained/avoid-m{1,2,3}-{diffusion,gaussian,gmm}-mlp.pt --columns 3
     # learning curves: mean and min-max band over seeds of each run group (<group>__s<seed> directories)
-    python scripts/avoid_study.py curves --runs runs/avoid/a7 --out docs/figures/avoid_figA7.png
+    python experiments/avoid/avoid_study.py curves --runs runs/avoid/a7 --out docs/figures/avoid_a7.png
     # robustness of fine-tuned policies (Fig. 12): added action noise, wider initial states
-    python scripts/avoid_study.py robustness --runs runs/avoid/a7 --subset m2 --out docs/figures/avoid_fig12.png
+    python experiments/avoid/avoid_study.py robustness --runs runs/avoid/a7 --subset m2 \
+        --out docs/figures/avoid_fig12.png
 
 Rollouts here call the scripts' own samplers (dppo.sample, gaussian_ppo.sample_action, gmm_ppo.sample_action)
 on the batched Avoid core (avoid.step_batch), with the same chunking and one-step-old observations as the
@@ -30,7 +31,7 @@ COLORS = {"dppo-k10": "#8b0000", "dppo-k4": "#e0301e", "dppo-k1": "#f4a582", "ga
 
 def style(method: str) -> dict:
     """One colour per method across every figure (DPPO: darker = more fine-tuned denoising steps); the diagnostic
-    variant <method>-noisy-logprob (scripts/avoid_noise_logprob_check.py) in its method's colour, dotted."""
+    variant <method>-noisy-logprob (experiments/avoid/avoid_noise_logprob_check.py) in its method's colour, dotted."""
     if method.endswith("-noisy-logprob"):
         return {"color": COLORS.get(method.removesuffix("-noisy-logprob"), "tab:gray"), "ls": ":"}
     return {"color": COLORS.get(method, "tab:gray"), "ls": "--" if method == "dppo-k1" else "-"}
@@ -315,7 +316,7 @@ def main(argv=None):
             if not os.path.isfile(path):
                 envs.fail(
                     f"checkpoint {path} does not exist; "
-                    "make the bundled ones with: bash scripts/avoid_study.sh pretrain"
+                    "make the bundled ones with: bash experiments/avoid/avoid_study.sh pretrain"
                 )
         trajectories(args)
     else:

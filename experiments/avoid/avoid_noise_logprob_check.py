@@ -1,7 +1,7 @@
 """What-if for Fig. 10 left of docs/avoid.md: the action noise of --train-action-noise also enters the PPO
 likelihood (the noisy action is stored as the action taken), instead of acting as environment noise only.
 
-    python scripts/avoid_noise_logprob_check.py gaussian_ppo --env-id avoid-m2 --train-action-noise 0.1 0.2 \
+    python experiments/avoid/avoid_noise_logprob_check.py gaussian_ppo --env-id avoid-m2 --train-action-noise 0.1 0.2 \
         --seed 0 --total-timesteps 255000 --run-dir runs/avoid/noisex/m2__gaussian-noisy-logprob__s0
 
 The scripts add the noise to a copy of the policy's chunk and store the chunk they sampled, so PPO sees the

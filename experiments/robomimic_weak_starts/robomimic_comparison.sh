@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Issue #14 (Lift and Can): the paper's robomimic comparison (Fig. 5 bottom, 6, A8) from weak policies
+# Lift and Can: the paper's robomimic comparison (Fig. 5 bottom, 6, A8) from weak policies
 # pre-trained on MH-like demonstrations: DPPO, Gaussian-PPO, GMM-PPO and DRWR at the same env-step budget.
 #
-#   bash scripts/robomimic_comparison.sh                  # all stages below, in order, on Lift
-#   bash scripts/robomimic_comparison.sh compare figure   # only some stages
-#   TASK=can bash scripts/robomimic_comparison.sh         # the same on Can
+#   bash experiments/robomimic_weak_starts/robomimic_comparison.sh                 # all stages below, in order, on Lift
+#   bash experiments/robomimic_weak_starts/robomimic_comparison.sh compare figure  # only some stages
+#   TASK=can bash experiments/robomimic_weak_starts/robomimic_comparison.sh        # the same on Can
 #
 # Stages:
 #   data      scripts/make_robomimic_demos.py --task $TASK --operators mh  -> <data dir>/$TASK-mhsim.hdf5
@@ -13,7 +13,7 @@
 #             pre-training command ends with the checkpoint's 50-episode evaluation ($RUNS/pretrain_<policy>.log)
 #   compare   4 algorithms x $SEEDS fine-tuning runs, each followed by a 50-episode evaluation of its
 #             checkpoint_last.pt ($RUNS/<algo>__s<seed>/ and $RUNS/<algo>__s<seed>_final50/)
-#   figure    docs/figures/robomimic_${TASK}_comparison.{png,csv} (scripts/robomimic_comparison_figure.py)
+#   figure    docs/figures/robomimic_${TASK}_comparison.{png,csv} (robomimic_comparison_figure.py, this folder)
 #   lane      (not in "all") one lane of compare in this process, for a caller that already holds a slot
 #   one       (not in "all") ALGO=<algo> SEED=<seed>: one run of compare in this process
 # Knobs (environment variables):
@@ -28,7 +28,7 @@
 #   RUNS=runs/robomimic_${TASK}_comparison (finished runs, those with a final50 summary.json, are skipped)
 # Everything not given below is each script's per-task table (docs/robomimic.md).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 TASK=${TASK:-lift}
 SEEDS=${SEEDS:-"0 1 2"}
 BUDGET=${BUDGET:-3000}
@@ -39,6 +39,7 @@ WORKERS=${WORKERS:-2}
 LAUNCH=${LAUNCH:-}
 RUNS=${RUNS:-runs/robomimic_${TASK}_comparison}
 CKPT=cleandppo/pretrained
+STUDY=experiments/robomimic_weak_starts # this folder, from the repository root
 export PYTHONPATH=$PWD OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 export TASK BUDGET NUM_ENVS EVAL_FREQ EVAL_EPISODES LAUNCH RUNS CKPT
 stages=("$@")
@@ -145,7 +146,7 @@ for s in "${stages[@]}"; do
     cat "$RUNS"/lane*.log
     ;;
   figure)
-    python scripts/robomimic_comparison_figure.py --task "$TASK" --runs "$RUNS" --out "docs/figures/robomimic_${TASK}_comparison"
+    python "$STUDY"/robomimic_comparison_figure.py --task "$TASK" --runs "$RUNS" --out "docs/figures/robomimic_${TASK}_comparison"
     ;;
   *)
     echo "error: unknown stage '$s'; use data, pretrain, eval, compare, figure" >&2

@@ -1,7 +1,9 @@
-"""Figure and CSV of scripts/robomimic_comparison.sh: success rate against env steps, one line per algorithm.
+"""Figure and CSV of robomimic_comparison.sh (this folder): success rate against env steps, one line per algorithm.
 
-    python scripts/robomimic_comparison_figure.py              # runs/robomimic_lift_comparison -> docs/figures/...
-    python scripts/robomimic_comparison_figure.py --task can   # runs/robomimic_can_comparison -> docs/figures/...
+    python experiments/robomimic_weak_starts/robomimic_comparison_figure.py             # runs/robomimic_lift_comparison
+    python experiments/robomimic_weak_starts/robomimic_comparison_figure.py --task can  # runs/robomimic_can_comparison
+
+write docs/figures/robomimic_<task>_comparison.{png,csv}.
 
 Lines: the in-run evaluations (TensorBoard eval/success_rate, the first point is the pre-trained policy; their
 episode count is the run's --eval-episodes), mean over seeds with a band from the lowest to the highest seed.
