@@ -1,4 +1,4 @@
-"""Where the episodes of Avoid checkpoints go (docs/avoid.md, M1 at 51 iterations): per checkpoint, from the
+"""Where the episodes of Avoid checkpoints go (README.md here, M1 at 51 iterations): per checkpoint, from the
 arm's paths of `avoid_study.rollout` (training noise, as every Avoid evaluation), the share of episodes that hit a
 pillar and that leave the rewarded x band 0.2-0.8 (with the median step it first happens), the median x where the
 arm first reaches row 3 (y = 0.26; mode 5 = left of 0.35, the rewarded gap), and the share that ends beyond the

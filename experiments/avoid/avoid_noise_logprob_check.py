@@ -1,4 +1,4 @@
-"""What-if for Fig. 10 left of docs/avoid.md: the action noise of --train-action-noise also enters the PPO
+"""What-if for Fig. 10 left (README.md here): the action noise of --train-action-noise also enters the PPO
 likelihood (the noisy action is stored as the action taken), instead of acting as environment noise only.
 
     python experiments/avoid/avoid_noise_logprob_check.py gaussian_ppo --env-id avoid-m2 --train-action-noise 0.1 0.2 \

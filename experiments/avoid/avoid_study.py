@@ -1,4 +1,4 @@
-"""Figures of the Avoid study (paper section 6; docs/avoid.md), from checkpoints and run directories.
+"""Figures of the Avoid study (paper section 6; README.md here), from checkpoints and run directories.
 
     # sampled trajectories (training noise) of checkpoints, one panel each; Fig. 9 is the pre-trained grid
     python experiments/avoid/avoid_study.py trajectories --out docs/figures/avoid_fig9.png \

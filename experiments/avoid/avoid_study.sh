@@ -11,7 +11,7 @@
 # iteration 5), chunk (Fig. 10 right: M2 with Ta = 16),
 # figures (Fig. 9, A7, 10, 12, the pre-training figure and a table of every run's summary).
 # Knobs (environment variables):
-#   ITERS=51        fine-tuning iterations (the official configs run 51; docs/avoid.md says what we ran)
+#   ITERS=51        fine-tuning iterations (the official configs run 51; README.md here says what ran)
 #   SEEDS="0 1 2"   seeds of every curve
 #   WORKERS=2       runs at a time (one torch thread each)
 #   RUNS=runs/avoid where the run directories go (<subset>__<method>__s<seed>; finished runs are skipped,

@@ -1,4 +1,4 @@
-"""What-if for the M1 collapse of docs/avoid.md: DPPO fine-tuning with the arm's desired x kept in the rewarded band.
+"""What-if for the M1 collapse (README.md here): DPPO fine-tuning with the arm's desired x kept in the rewarded band.
 
     python experiments/avoid/avoid_wall_check.py --env-id avoid-m1 --seed 0 --total-timesteps 100000 \
         --run-dir runs/avoid/wall/...
