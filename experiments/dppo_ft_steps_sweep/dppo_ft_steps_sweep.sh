@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Peak memory and time per iteration of dppo.py for several --ft-denoising-steps (docs/benchmarks.md).
+# Peak memory and time per iteration of dppo.py for several --ft-denoising-steps (README.md here).
 # One fine-tuning iteration each at the benchmark's per-iteration size (40 envs x 125 queries x 4
 # actions = 20k env steps, 12.5k pairs per minibatch), from the bundled Hopper checkpoint.
 # Usage: bash experiments/dppo_ft_steps_sweep/dppo_ft_steps_sweep.sh [K' values...]   (default: 5 10 20)
