@@ -45,7 +45,7 @@ from rliable import library as rly  # noqa: E402
 from rliable import metrics, plot_utils  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
-# one colour per algorithm, in every figure (DPPO, Gaussian and GMM as in scripts/avoid_study.py)
+# one colour per algorithm, in every figure (DPPO, Gaussian and GMM as in experiments/avoid/avoid_study.py)
 COLORS = {
     "dppo": "#8b0000",
     "gaussian_ppo": "tab:blue",

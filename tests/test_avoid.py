@@ -370,11 +370,13 @@ def test_dppo_on_avoid_kill_and_resume_is_bit_identical(tmp_path, monkeypatch):
 
 
 def test_study_rollout_success_is_a_step_with_reward_2(monkeypatch):
-    """scripts/avoid_study.rollout counts an episode a success as the env does (a step with reward 2: mode 5
+    """experiments/avoid/avoid_study.rollout counts an episode a success as the env does (a step with reward 2: mode 5
     passed, beyond the goal line, in the rewarded x band, no collision). Two scripted episodes go left, then
     straight up past the goal line, crossing row 3 left of x = 0.35 (mode 5): one at x = 0.1, outside the band the
     whole way up (never rewarded), one at x = 0.3, inside it. Returns are checked against avoid.replay_reward."""
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    sys.path.insert(
+        0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "avoid")
+    )
     import avoid_study
 
     left = np.array([-0.425, -0.225]) / 20  # per step, for 20 steps: desired x 0.525 -> 0.1 and -> 0.3

@@ -1,2 +1,0 @@
-python cleandppo/dppo.py --env-id can --checkpoint cleandppo/pretrained/can-mhsim-diffusion-mlp.pt --seed 0 --num-envs 5 --n-steps 75 --total-timesteps 3000 --n-critic-warmup-itr 0 --eval-freq 2 --eval-episodes 5 --save-freq 1000 --no-cuda --run-dir runs/robomimic_can_comparison/dppo__s0 
-python cleandppo/dppo.py --env-id can --eval-only --eval-episodes 50 --seed 0 --no-cuda --checkpoint runs/robomimic_can_comparison/dppo__s0/checkpoint_last.pt --run-dir runs/robomimic_can_comparison/dppo__s0_final50 

@@ -1,2 +1,0 @@
-python cleandppo/drwr.py --env-id can --checkpoint cleandppo/pretrained/can-mhsim-diffusion-mlp.pt --seed 1 --num-envs 5 --n-steps 75 --total-timesteps 3000 --batch-size 375 --eval-freq 2 --eval-episodes 5 --save-freq 1000 --no-cuda --run-dir runs/robomimic_can_comparison/drwr__s1 
-python cleandppo/drwr.py --env-id can --eval-only --eval-episodes 50 --seed 1 --no-cuda --checkpoint runs/robomimic_can_comparison/drwr__s1/checkpoint_last.pt --run-dir runs/robomimic_can_comparison/drwr__s1_final50 
