@@ -1,7 +1,8 @@
 """Behaviour check for refactors: tiny deterministic runs of every algorithm script, reduced to digests.
 
 Runs each script of a checkout (default: this one) for two short iterations on CPU with one thread, then prints
-one JSON line per run: the SHA-256 of every tensor in its `checkpoint_last.pt` (networks, optimizers, RNG states,
+one JSON line per run: the SHA-256 of every tensor in its `checkpoint_last.pt` (`pretrained.pt` for the
+pre-training runs) (networks, optimizers, RNG states,
 env state; run metadata such as wall times and the parsed flags are left out) and the returns in `summary.json`.
 Two checkouts behave the same when their outputs are identical:
 
@@ -44,6 +45,15 @@ RUNS = {  # name -> (script, flags); every run is two iterations or close
     "dql": ("dql", [*TINY_AVOID, *TINY_CRITIC, "--n-steps", "8", "--total-timesteps", "256"]),
     "qsm": ("qsm", [*TINY_AVOID, *TINY_CRITIC, "--n-steps", "8", "--total-timesteps", "256"]),
 }
+PRETRAIN = (
+    "--env-id avoid-m2 --dataset avoid-m2 --pretrain-only --pretrain-epochs 2 --eval-episodes 1 --no-cuda".split()
+)
+PRETRAIN_RUNS = {  # pre-training from the scripted Avoid demos (scripts/make_avoid_data.py, 2 demos per route)
+    "dppo-pretrain": ("dppo", [*PRETRAIN, "--mlp-dims", "32", "32", "32"]),
+    "gaussian_ppo-pretrain": ("gaussian_ppo", [*PRETRAIN, "--mlp-dims", "32", "32"]),
+    "gmm_ppo-pretrain": ("gmm_ppo", [*PRETRAIN, "--mlp-dims", "32", "32"]),
+}
+RUNS |= PRETRAIN_RUNS
 SKIP_KEYS = {"args", "wall_time_s", "time", "run_dir", "git", "wall", "started"}
 
 
@@ -75,11 +85,16 @@ def tensor_digests(obj, prefix="", out=None):
 def digest_run(repo: str, name: str, script: str, flags: list, workdir: str) -> dict:
     run_dir = os.path.join(workdir, name)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=repo, PYTHONWARNINGS="ignore")
+    env["CLEANDPPO_DATA"] = os.path.join(workdir, "data")
+    if name in PRETRAIN_RUNS and not os.path.isdir(env["CLEANDPPO_DATA"]):
+        make = [sys.executable, os.path.join(repo, "scripts", "make_avoid_data.py"), "--demos-per-route", "2"]
+        subprocess.run(make, cwd=repo, env=env, capture_output=True, check=True)
     cmd = [sys.executable, os.path.join(repo, "cleandppo", f"{script}.py"), *flags, "--run-dir", run_dir]
     proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"run": name, "error": proc.stderr.strip().splitlines()[-1:]}
-    ckpt = torch.load(os.path.join(run_dir, "checkpoint_last.pt"), map_location="cpu", weights_only=False)
+    last = "pretrained.pt" if name in PRETRAIN_RUNS else "checkpoint_last.pt"
+    ckpt = torch.load(os.path.join(run_dir, last), map_location="cpu", weights_only=False)
     digests = tensor_digests(ckpt)
     whole = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]
     with open(os.path.join(run_dir, "summary.json")) as f:
