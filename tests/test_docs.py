@@ -123,11 +123,9 @@ def test_flags_tables_name_only_flags_the_script_has(script):
     rows = [line for line in section(lines, "Flags") if line.lstrip().startswith("|")]
     spans = [span for row in rows for span in re.findall(r"`([^`]+)`", cells(row)[0])]
     flags = {flag for span in spans for flag in re.findall(r"--[a-z0-9-]+", span)}
-    missing = sorted(
-        flag
-        for flag in flags
-        if flag[2:].replace("-", "_") not in fields and flag[5:].replace("-", "_") not in fields  # --no-<bool>
-    )
+    names = {flag: flag[2:].replace("-", "_") for flag in flags}
+    names |= {flag: flag[5:].replace("-", "_") for flag in flags if flag.startswith("--no-")}  # tyro's --no-<bool>
+    missing = sorted(flag for flag, name in names.items() if name not in fields)
     assert not missing, (
         f"docs/{script}.md lists {missing} in a Flags table, but cleandppo/{script}.py's Args has no such field "
         f"(renamed? update docs/{script}.md)"
