@@ -130,3 +130,50 @@ def test_flags_tables_name_only_flags_the_script_has(script):
         f"docs/{script}.md lists {missing} in a Flags table, but cleandppo/{script}.py's Args has no such field "
         f"(renamed? update docs/{script}.md)"
     )
+
+
+# ---- links between pages ------------------------------------------------------------------------------
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(path: pathlib.Path) -> set:
+    found, seen, fenced = set(), {}, False
+    for line in path.read_text().splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced and re.match(r"#{1,6} ", line):
+            slug = github_anchor(line.lstrip("#"))
+            found.add(slug if slug not in seen else f"{slug}-{seen[slug]}")
+            seen[slug] = seen.get(slug, 0) + 1
+    return found
+
+
+def broken_links(page: pathlib.Path) -> list:
+    """Relative links of a markdown page (outside code blocks) whose file or #anchor does not exist."""
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    broken = []
+    for link in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+://|mailto:", link):
+            continue
+        path, _, anchor = link.partition("#")
+        target = (page.parent / path).resolve() if path else page
+        if not target.exists() or (anchor and target.suffix == ".md" and anchor not in anchors(target)):
+            broken.append(link)
+    return broken
+
+
+def test_github_anchor_matches_githubs_rule():
+    assert github_anchor(" Fig. A7: fine-tuning efficiency") == "fig-a7-fine-tuning-efficiency"
+    assert github_anchor("runs.py: run plumbing") == "runspy-run-plumbing"
+
+
+MARKDOWN = sorted(
+    p for p in ROOT.glob("**/*.md") if not {".git", "runs", ".pytest_cache"} & set(p.relative_to(ROOT).parts)
+)
+
+
+@pytest.mark.parametrize("page", MARKDOWN, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_and_anchor_resolves(page):
+    assert not broken_links(page), f"{page.relative_to(ROOT)}: broken links {broken_links(page)}"
