@@ -1,4 +1,4 @@
-"""The contract all ten scripts keep (issue #13, "one skeleton"; docs/contract.md): the ALGO constant, the common
+"""The contract all ten scripts keep (docs/contract.md): the ALGO constant, the common
 Args fields in their order, task_defaults, no command-line parsing outside runs.parse_args, and what one tiny
 fine-tuning run on avoid-m2 leaves behind (TensorBoard tags, summary.json keys). Every test runs once per script, so
 a script that breaks the contract fails under its own name.

@@ -1,8 +1,9 @@
-"""Official DPPO files (cleandppo/official.py) and the points where we follow the official code (issue #16).
+"""Official DPPO files (cleandppo/official.py) and the points where we follow the official code.
 
 Each official checkpoint here is built in the test with the official parameter names (random weights); the
 network our loader builds must reproduce a forward pass of the official architecture written below with plain
-torch ops on the same tensors (dppo-facts 1.5-1.7, 3.1-3.3).
+torch ops on the same tensors (official model/diffusion/mlp_diffusion.py `DiffusionMLP`,
+model/diffusion/unet.py `Unet1D`, model/common/mlp_gaussian.py, mlp_gmm.py and transformer.py).
 """
 
 import copy
@@ -499,7 +500,7 @@ def test_pixel_train_npz_is_refused_in_one_line(tmp_path):
     assert_one_line_error(str(e.value), "state-only")
 
 
-# ---- where we follow the official code (issue #16, part 2) -------------------------------------------------
+# ---- where we follow the official code ------------------------------------------------------------------------
 def test_ddim_x0_uses_the_official_form_accurate_near_alpha_bar_one():
     """Official DDIM: x0 = (x - sqrt(1 - a) eps) / sqrt(a). At K = 100, t = 0 (a = 0.99937) the final DDIM step's mean
     is that x0; sqrt(1/a) x - sqrt(1/a - 1) eps in float32 is off by up to 9.5e-7 there, this form by 3.4e-7."""
