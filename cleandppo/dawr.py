@@ -379,7 +379,7 @@ def pretrain_loss(net, sched, x0, obs, K, weights=None, generator=None):
 # DAWR: critic, replay buffer, TD(lambda) targets, weights (paper D.3, eqs. A2-A3)
 # ------------------------------------------------------------------------------------------------
 class Critic(nn.Module):
-    """V(s) of the environment observation (official CriticObs): residual Mish MLP; output (B,)."""
+    """V(s) of the environment observation only (paper 4.2; D.4): residual Mish MLP."""
 
     def __init__(self, obs_dim, cond_steps, dims=(256, 256, 256)):
         super().__init__()

@@ -549,10 +549,8 @@ class Critic(nn.Module):
 
 class RunningRewardScaler:
     """Divide rewards by the std of a running discounted return (official `reward_scale_running`).
-
     R <- r + 0.99 (1 - first) R per env; running variance M2/(n - 1) of all R (count init 1e-4, mean 0, var 1);
-    scaled reward = r / sqrt(var + 1e-8), clipped to +-10. No mean subtraction.
-    """
+    scaled reward = r / sqrt(var + 1e-8), clipped to +-10. No mean subtraction."""
 
     def __init__(self, num_envs, gamma=0.99):
         self.gamma, self.ret = gamma, np.zeros(num_envs)

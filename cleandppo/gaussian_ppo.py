@@ -376,7 +376,7 @@ def entropy(std):
 
 
 class Critic(nn.Module):
-    """V(s) on the observation only: residual Mish MLP [To*Do, 256, 256, 256, 1]."""
+    """V(s) of the environment observation only (paper 4.2; D.4): residual Mish MLP."""
 
     def __init__(self, obs_dim, cond_steps, dims=(256, 256, 256)):
         super().__init__()
@@ -391,17 +391,14 @@ class Critic(nn.Module):
 # ------------------------------------------------------------------------------------------------
 class RunningRewardScaler:
     """Divide rewards by the std of a running discounted return (official `reward_scale_running`).
-
-    R <- r + 0.99 * (1 - first) * R per env; running variance M2/(n - 1) of all R (count init 1e-4, mean 0,
-    var 1); scaled reward = r / sqrt(var + 1e-8), clipped to +-10. No mean subtraction.
-    """
+    R <- r + 0.99 (1 - first) R per env; running variance M2/(n - 1) of all R (count init 1e-4, mean 0, var 1);
+    scaled reward = r / sqrt(var + 1e-8), clipped to +-10. No mean subtraction."""
 
     def __init__(self, num_envs, gamma=0.99):
         self.gamma, self.ret = gamma, np.zeros(num_envs)
         self.mean, self.var, self.count = 0.0, 1.0, 1e-4
 
     def __call__(self, rewards, firsts):
-        """rewards, firsts: (N, E); firsts[n] marks that step n starts a new episode."""
         returns = np.zeros_like(rewards)
         for n in range(len(rewards)):
             self.ret = rewards[n] + self.gamma * (1 - firsts[n]) * self.ret
@@ -420,12 +417,7 @@ class RunningRewardScaler:
 
 
 def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
-    """GAE over policy queries (Schulman et al. 2016). All arrays (N, E).
-
-    next_values[n] is V of the state reached after step n (already the bootstrap at time-outs);
-    dones[n] = 1 cuts the recursion (episode ended: terminated or truncated).
-    Returns (advantages, returns = advantages + values).
-    """
+    """GAE over environment (policy-query) steps; arrays (N, E). dones cut the recursion."""
     advantages = np.zeros_like(rewards)
     last = np.zeros(rewards.shape[1])
     for n in reversed(range(len(rewards))):
