@@ -248,10 +248,11 @@ def denoising_plan(K: int, ddim_steps: Optional[int]) -> list:
 
 
 def step_mean_var(net, sched, x, obs, t, t_prev, ddim: bool, eta: float = 1.0, clip: float = 1.0):
-    """Mean and variance of x_{t_prev} given x_t for one reverse step; t, t_prev: (B,) long tensors.
-    DDPM (paper eq. 3.3; official 1.3): x0 = sqrt(1/ab) x - sqrt(1/ab - 1) eps, clamped to [-clip, clip];
+    """Mean and variance of x_{t_prev} given x_t for one reverse step (official `p_mean_var` in
+    model/diffusion/diffusion_vpg.py); t, t_prev: (B,) long tensors.
+    DDPM (paper eq. 3.3): x0 = sqrt(1/ab) x - sqrt(1/ab - 1) eps, clamped to [-clip, clip];
     mean = coef_x0 x0 + coef_xt x; variance = the posterior variance beta_t (1 - ab_prev)/(1 - ab).
-    DDIM (paper eq. 4.9; official 1.4): x0 = (x - sqrt(1 - ab) eps)/sqrt(ab) (official form), clamped, eps recomputed,
+    DDIM (paper eq. 4.9): x0 = (x - sqrt(1 - ab) eps)/sqrt(ab) (official form), clamped, eps recomputed,
     sigma = eta sqrt((1 - ab_prev)/(1 - ab) (1 - ab/ab_prev)); mean = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps
     """
     eps = net(x, t, obs)
@@ -462,7 +463,7 @@ def sample(actor, actor_ft, sched, obs, plan, ft_steps, mode, args, generator=No
     return x, chain
 
 
-def pretrain_loss(net, sched, x0, obs, K):
+def denoising_loss(net, sched, x0, obs, K):
     """Denoising loss (paper eq. 3.2): MSE between the added noise and its prediction at a random step."""
     t = torch.randint(0, K, (x0.shape[0],), device=x0.device)
     eps = torch.randn_like(x0)
@@ -663,7 +664,7 @@ def pretrain(args, data, run_dir, writer, device):
                 obs_rows, act_rows, starts, firsts, idx, args.cond_steps, args.horizon_steps
             )
             x0, o = act_t[torch.as_tensor(a_idx)], obs_t[torch.as_tensor(o_idx)]
-            loss = pretrain_loss(net, sched, x0, o, args.denoising_steps)
+            loss = denoising_loss(net, sched, x0, o, args.denoising_steps)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -171,17 +171,22 @@ def make_schedule(K: int) -> dict:
     alpha_bar = torch.cumprod(alphas, 0)
     alpha_bar_prev = torch.cat([torch.ones(1), alpha_bar[:-1]])
     sched = dict(betas=betas, alphas=alphas, alpha_bar=alpha_bar, alpha_bar_prev=alpha_bar_prev)
-    # posterior q(x_{t-1} | x_t, x_0) (Ho et al. eq. 7)
-    sched["posterior_var"] = betas * (1 - alpha_bar_prev) / (1 - alpha_bar)
+    sched["posterior_var"] = betas * (1 - alpha_bar_prev) / (1 - alpha_bar)  # q(x_{t-1} | x_t, x_0), Ho et al. eq. 7
     sched["coef_x0"] = betas * alpha_bar_prev.sqrt() / (1 - alpha_bar)
     sched["coef_xt"] = (1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar)
     return sched
 
 
-def step_mean_var(net, sched, x, obs, t, clip: float = 1.0):
-    """Mean and variance of x_{t-1} given x_t for one reverse DDPM step; t: (B,) long tensor.
+def denoising_plan(K: int) -> list:
+    """Timesteps in execution order with their predecessors: [(t, t_prev), ...], t_prev = -1 at the end.
+    DDPM runs t = K-1, ..., 0."""
+    return [(t, t - 1) for t in reversed(range(K))]
 
-    Paper eq. 3.3; official 1.3: x0 = sqrt(1/ab) x - sqrt(1/ab - 1) eps, clamped to [-clip, clip];
+
+def step_mean_var(net, sched, x, obs, t, clip: float = 1.0):
+    """Mean and variance of x_{t-1} given x_t for one reverse step (official `p_mean_var` in
+    model/diffusion/diffusion_vpg.py); t: (B,) long tensor.
+    DDPM (paper eq. 3.3): x0 = sqrt(1/ab) x - sqrt(1/ab - 1) eps, clamped to [-clip, clip];
     mean = coef_x0 x0 + coef_xt x; variance = the posterior variance beta_t (1 - ab_prev)/(1 - ab).
     """
     eps = net(x, t, obs)
@@ -343,14 +348,11 @@ def build_network(kw: dict) -> nn.Module:
 # ------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def sample(actor, actor_ft, sched, obs, plan, ft_steps, mode, args, generator=None):
-    """Run the reverse chain; return (action chunk, chain of the fine-tuned steps).
-
-    The last `ft_steps` executed steps use `actor_ft`, the earlier ones the frozen `actor`.
+    """Run the reverse chain; return (action chunk, chain (B, ft_steps + 1, Tp, Da) of the fine-tuned steps; chain[:, 0]
+    is the input of the first). The last `ft_steps` executed steps use `actor_ft`, the earlier ones the frozen `actor`.
     `mode`: "train" -> std floored at args.min_sampling_denoising_std at every step (exploration, paper 4.3);
             "eval"  -> natural std floored at 1e-3, none at the final step.
-    Every step clamps x0 to args.denoised_clip_value and the noise to args.randn_clip_value std.
-    chain: (B, ft_steps + 1, Tp, Da); chain[:, 0] is the input of the first fine-tuned step.
-    """
+    Every step clamps x0 to args.denoised_clip_value and the noise to args.randn_clip_value std."""
     B = obs.shape[0]
     shape = (B, actor.horizon_steps, actor.action_dim)
     x = torch.randn(shape, device=obs.device, generator=generator)
@@ -721,7 +723,7 @@ def main(args):
         actor_ft.load_state_dict(ckpt["model_ft"])
     sched = {k: v.to(device) for k, v in make_schedule(kw["denoising_steps"]).items()}
     sde = VPSDE(make_schedule(kw["denoising_steps"])["betas"])
-    plan = [(t, t - 1) for t in reversed(range(kw["denoising_steps"]))]  # DDPM timesteps in order, with predecessors
+    plan = denoising_plan(kw["denoising_steps"])
     K_ft = args.ft_denoising_steps
 
     if args.eval_only:

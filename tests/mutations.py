@@ -136,8 +136,8 @@ DIPO action gradient not clipped | dipo.py | tests/test_offpolicy_updates.py
 -         nn.utils.clip_grad_norm_([a], max_norm)\n
 +
 DIPO actor fit to the unmoved actions | dipo.py | tests/test_offpolicy_updates.py
-- actor_loss = pretrain_loss(actor, sched, moved, obs, K)
-+ actor_loss = pretrain_loss(actor, sched, actions, obs, K)
+- actor_loss = denoising_loss(actor, sched, moved, obs, K)
++ actor_loss = denoising_loss(actor, sched, actions, obs, K)
 DIPO target actor ignores the EMA rate | dipo.py | tests/test_offpolicy_updates.py
 - soft_update(target_actor, actor, args.target_ema_rate)
 + soft_update(target_actor, actor, 1.0)

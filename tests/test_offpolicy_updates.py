@@ -398,7 +398,7 @@ def test_dawr_updates_move_the_policy_toward_the_higher_advantage_chunk():
         generator=torch.Generator().manual_seed(0),
     )
     assert stats["actor_steps"] == 160
-    actions = dawr.sample(actor, sched, torch.zeros(200, 1, 2), 1, 1, "eval")
+    actions = dawr.sample(actor, sched, torch.zeros(200, 1, 2), 6, 1, 1, "eval")
     assert (actions > 0).float().mean().item() > 0.9  # unweighted behaviour cloning would give about half
 
 
