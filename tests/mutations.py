@@ -110,8 +110,8 @@ denoising loss noises with ab instead of sqrt(ab) (dawr) | dawr.py | tests/test_
 -     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
 +     x_t = ab * x0 + (1 - ab).sqrt() * eps
 DDPM posterior mean coefficient (idql) | idql.py | tests/test_shared_copies.py
-- coef_xt=(1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar)
-+ coef_xt=(1 - alpha_bar_prev) * alphas / (1 - alpha_bar)
+- sched["coef_xt"] = (1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar)
++ sched["coef_xt"] = (1 - alpha_bar_prev) * alphas / (1 - alpha_bar)
 
 # off-policy updates
 IDQL expectile inverted | idql.py | tests/test_offpolicy_updates.py
