@@ -370,20 +370,21 @@ def denoising_loss(net, sched, x0, obs, K):
 # Replay buffer, critic, DIPO update (paper D.3, eqs. A4-A6)
 # ------------------------------------------------------------------------------------------------
 class ReplayBuffer:
-    """FIFO ring buffer, one entry per env transition: obs, predicted chunk, scaled reward, next obs, terminated."""
+    """FIFO ring buffer, one entry per env transition: obs, the sampled chunk (Tp actions; the critic sees the first
+    Ta, the executed ones), scaled reward, next obs (the pre-reset one when the episode ended), terminated."""
 
-    def __init__(self, capacity, obs_shape, action_shape):
+    def __init__(self, capacity, obs_shape, chunk_shape):
         self.capacity, self.pos, self.size = capacity, 0, 0
         self.obs = np.zeros((capacity, *obs_shape), np.float32)
         self.next_obs = np.zeros((capacity, *obs_shape), np.float32)
-        self.actions = np.zeros((capacity, *action_shape), np.float32)
+        self.chunks = np.zeros((capacity, *chunk_shape), np.float32)
         self.rewards = np.zeros(capacity, np.float32)
         self.terminated = np.zeros(capacity, np.float32)
 
-    def add(self, obs, actions, rewards, next_obs, terminated):
+    def add(self, obs, chunks, rewards, next_obs, terminated):
         """Append a batch of transitions (one per env); the oldest ones are overwritten when full."""
         idx = (self.pos + np.arange(len(obs))) % self.capacity
-        self.obs[idx], self.actions[idx], self.rewards[idx] = obs, actions, rewards
+        self.obs[idx], self.chunks[idx], self.rewards[idx] = obs, chunks, rewards
         self.next_obs[idx], self.terminated[idx] = next_obs, terminated
         self.pos = int((self.pos + len(obs)) % self.capacity)
         self.size = min(self.capacity, self.size + len(obs))
@@ -396,7 +397,7 @@ class ReplayBuffer:
         """Transitions `idx` as torch tensors, and `idx` itself."""
         batch = {
             k: torch.as_tensor(getattr(self, k)[idx], device=device)
-            for k in ("obs", "actions", "rewards", "next_obs", "terminated")
+            for k in ("obs", "chunks", "rewards", "next_obs", "terminated")
         }
         return dict(batch, idx=idx)
 
@@ -404,8 +405,8 @@ class ReplayBuffer:
 class DoubleQCritic(nn.Module):
     """Two independent Q(s, a) nets on [flattened obs, flattened executed chunk]: residual Mish MLPs (D.3).
 
-    The official CriticObsAct misspells its residual flag, so its Q nets are plain MLPs; we build
-    the residual ones the configs ask for. Only the first `act_steps` actions of a chunk are seen.
+    The official CriticObsAct (model/common/critic.py) misspells its residual flag, so its Q nets are plain MLPs; we
+    build the residual ones the configs ask for. Only the first `act_steps` actions of a chunk are seen.
     """
 
     def __init__(self, obs_dim, cond_steps, action_dim, act_steps, dims=(256, 256, 256)):
@@ -421,7 +422,7 @@ class DoubleQCritic(nn.Module):
 
 
 def bellman_target(rewards, terminated, next_q1, next_q2, gamma):
-    """y = r + gamma (1 - terminated) min(Q1', Q2') (double Q, eq. A6); time-outs are not terminal."""
+    """y = r + gamma (1 - terminated) min(Q1', Q2') (double Q; paper eqs. A6, A11, A12); time-outs are not terminal."""
     return rewards + gamma * (1 - terminated) * torch.minimum(next_q1, next_q2)
 
 
@@ -468,7 +469,7 @@ def dipo_update(
     device,
 ):
     """One iteration of DIPO updates; returns the mean of each logged statistic."""
-    K, (Tp, Da) = args.denoising_steps, buffer.actions.shape[1:]
+    K, (Tp, Da) = args.denoising_steps, buffer.chunks.shape[1:]
     max_norm = 0.1 * Da * args.act_steps  # official action-gradient norm clip
     stats = {
         k: [] for k in ("q_loss", "q1_mean", "q2_mean", "target_q_mean", "actor_loss", "action_q_gain", "action_shift")
@@ -489,7 +490,7 @@ def dipo_update(
                 args.denoised_clip_value,
             )
             y = bellman_target(b["rewards"], b["terminated"], *target_critic(b["next_obs"], next_a), args.gamma)
-        loss, q1, q2 = critic_loss(critic, b["obs"], b["actions"], y)
+        loss, q1, q2 = critic_loss(critic, b["obs"], b["chunks"], y)
         critic_opt.zero_grad()
         loss.backward()
         critic_opt.step()
@@ -497,9 +498,9 @@ def dipo_update(
             stats[k].append(v.item())
         if update_actor:  # a fresh minibatch: move its actions, write them back, fit the actor to them
             fresh = buffer.sample(args.batch_size, device)
-            obs, actions = fresh["obs"], fresh["actions"]
+            obs, actions = fresh["obs"], fresh["chunks"]
             moved = action_gradient(critic, obs, actions, args.action_lr, args.action_gradient_steps, max_norm)
-            buffer.actions[fresh["idx"]] = moved.cpu().numpy()
+            buffer.chunks[fresh["idx"]] = moved.cpu().numpy()
             actor_loss = denoising_loss(actor, sched, moved, obs, K)
             actor_opt.zero_grad()
             actor_loss.backward()

@@ -380,32 +380,30 @@ def denoising_loss(net, sched, x0, obs, K):
 # Critic, replay buffer, Bellman targets
 # ------------------------------------------------------------------------------------------------
 class DoubleQCritic(nn.Module):
-    """Two independent Q(s, a) nets on concat(flattened obs history, flattened executed chunk).
+    """Two independent Q(s, a) nets on [flattened obs, flattened executed chunk]: residual Mish MLPs (D.3).
 
-    Residual Mish MLPs [in, 256, 256, 256, 1] as the official configs ask for (`residual_style: True`);
-    the official constructor misspells the flag, so its Q nets are silently plain MLPs (docs/dql.md).
+    The official CriticObsAct (model/common/critic.py) misspells its residual flag, so its Q nets are plain MLPs; we
+    build the residual ones the configs ask for. Only the first `act_steps` actions of a chunk are seen.
     """
 
     def __init__(self, obs_dim, cond_steps, action_dim, act_steps, dims=(256, 256, 256)):
         super().__init__()
+        self.act_steps = act_steps
         in_dim = obs_dim * cond_steps + action_dim * act_steps
         self.q1 = ResidualMLP([in_dim, *dims, 1], nn.Mish)
         self.q2 = ResidualMLP([in_dim, *dims, 1], nn.Mish)
 
-    def forward(self, obs, action):
-        x = torch.cat([obs.flatten(1), action.flatten(1)], dim=-1)
+    def forward(self, obs, actions):
+        x = torch.cat([obs.flatten(1), actions[:, : self.act_steps].flatten(1)], dim=-1)
         return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
 
 
 class ReplayBuffer:
-    """FIFO buffer of the most recent `capacity` transitions (one entry per env transition).
-
-    Stores the whole sampled chunk (Tp actions; the critic sees its first Ta, the executed ones),
-    the scaled reward of the executed chunk, the pre-reset next observation and `terminated`.
-    """
+    """FIFO ring buffer, one entry per env transition: obs, the sampled chunk (Tp actions; the critic sees the first
+    Ta, the executed ones), scaled reward, next obs (the pre-reset one when the episode ended), terminated."""
 
     def __init__(self, capacity, obs_shape, chunk_shape):
-        self.capacity, self.size, self.pos = capacity, 0, 0
+        self.capacity, self.pos, self.size = capacity, 0, 0
         self.obs = np.zeros((capacity, *obs_shape), np.float32)
         self.next_obs = np.zeros((capacity, *obs_shape), np.float32)
         self.chunks = np.zeros((capacity, *chunk_shape), np.float32)
@@ -413,38 +411,35 @@ class ReplayBuffer:
         self.terminated = np.zeros(capacity, np.float32)
 
     def add(self, obs, chunks, rewards, next_obs, terminated):
-        """Add a batch of transitions (one per env), overwriting the oldest when full."""
-        for i in range(len(obs)):
-            self.obs[self.pos], self.chunks[self.pos], self.next_obs[self.pos] = obs[i], chunks[i], next_obs[i]
-            self.rewards[self.pos], self.terminated[self.pos] = rewards[i], terminated[i]
-            self.pos = (self.pos + 1) % self.capacity
-            self.size = min(self.size + 1, self.capacity)
+        """Append a batch of transitions (one per env); the oldest ones are overwritten when full."""
+        idx = (self.pos + np.arange(len(obs))) % self.capacity
+        self.obs[idx], self.chunks[idx], self.rewards[idx] = obs, chunks, rewards
+        self.next_obs[idx], self.terminated[idx] = next_obs, terminated
+        self.pos = int((self.pos + len(obs)) % self.capacity)
+        self.size = min(self.capacity, self.size + len(obs))
 
     def sample(self, batch_size, device):
-        """Uniform minibatch drawn with replacement (official np.random.choice) as torch tensors."""
-        idx = np.random.randint(0, self.size, batch_size)
-        as_t = lambda a: torch.as_tensor(a[idx], device=device)  # noqa: E731
-        return dict(
-            obs=as_t(self.obs),
-            chunks=as_t(self.chunks),
-            rewards=as_t(self.rewards),
-            next_obs=as_t(self.next_obs),
-            terminated=as_t(self.terminated),
-        )
+        """A minibatch drawn uniformly with replacement over the stored transitions (official), as get() returns it."""
+        return self.get(np.random.randint(0, self.size, batch_size), device)
+
+    def get(self, idx, device):
+        """Transitions `idx` as torch tensors, and `idx` itself."""
+        batch = {
+            k: torch.as_tensor(getattr(self, k)[idx], device=device)
+            for k in ("obs", "chunks", "rewards", "next_obs", "terminated")
+        }
+        return dict(batch, idx=idx)
 
 
 def bellman_target(rewards, terminated, next_q1, next_q2, gamma):
-    """y = r + gamma (1 - terminated) min(Q1', Q2')(s', a') (paper A11, double-Q minimum; time-outs bootstrap)."""
-    return rewards + gamma * (1 - terminated) * torch.min(next_q1, next_q2)
+    """y = r + gamma (1 - terminated) min(Q1', Q2') (double Q; paper eqs. A6, A11, A12); time-outs are not terminal."""
+    return rewards + gamma * (1 - terminated) * torch.minimum(next_q1, next_q2)
 
 
-def critic_loss(critic, target_critic, batch, next_actions, gamma, act_steps):
-    """MSE(Q1, y) + MSE(Q2, y) on buffer chunks; returns (loss, q1, q2, y)."""
-    with torch.no_grad():
-        next_q1, next_q2 = target_critic(batch["next_obs"], next_actions[:, :act_steps])
-        y = bellman_target(batch["rewards"], batch["terminated"], next_q1, next_q2, gamma)
-    q1, q2 = critic(batch["obs"], batch["chunks"][:, :act_steps])
-    return ((q1 - y) ** 2).mean() + ((q2 - y) ** 2).mean(), q1, q2, y
+def critic_loss(critic, obs, actions, target):
+    """MSE(Q1, y) + MSE(Q2, y); also returns (Q1, Q2) for logging."""
+    q1, q2 = critic(obs, actions)
+    return ((q1 - target) ** 2).mean() + ((q2 - target) ** 2).mean(), q1, q2
 
 
 @torch.no_grad()
@@ -721,7 +716,10 @@ def main(args):
                 args.randn_clip_value,
                 args.denoised_clip_value,
             )
-            loss_q, q1, q2, y = critic_loss(critic, target_critic, batch, next_actions, args.gamma, args.act_steps)
+            with torch.no_grad():
+                next_q1, next_q2 = target_critic(batch["next_obs"], next_actions)
+                y = bellman_target(batch["rewards"], batch["terminated"], next_q1, next_q2, args.gamma)
+            loss_q, q1, q2 = critic_loss(critic, batch["obs"], batch["chunks"], y)
             critic_opt.zero_grad()
             loss_q.backward()
             critic_opt.step()

@@ -373,20 +373,21 @@ def denoising_loss(net, sched, x0, obs, K):
 # Replay buffer, critics, IDQL update and action selection (paper D.3, eqs. A7-A9)
 # ------------------------------------------------------------------------------------------------
 class ReplayBuffer:
-    """FIFO ring buffer, one entry per env transition: obs, predicted chunk, scaled reward, next obs, terminated."""
+    """FIFO ring buffer, one entry per env transition: obs, the sampled chunk (Tp actions; the critic sees the first
+    Ta, the executed ones), scaled reward, next obs (the pre-reset one when the episode ended), terminated."""
 
-    def __init__(self, capacity, obs_shape, action_shape):
+    def __init__(self, capacity, obs_shape, chunk_shape):
         self.capacity, self.pos, self.size = capacity, 0, 0
         self.obs = np.zeros((capacity, *obs_shape), np.float32)
         self.next_obs = np.zeros((capacity, *obs_shape), np.float32)
-        self.actions = np.zeros((capacity, *action_shape), np.float32)
+        self.chunks = np.zeros((capacity, *chunk_shape), np.float32)
         self.rewards = np.zeros(capacity, np.float32)
         self.terminated = np.zeros(capacity, np.float32)
 
-    def add(self, obs, actions, rewards, next_obs, terminated):
+    def add(self, obs, chunks, rewards, next_obs, terminated):
         """Append a batch of transitions (one per env); the oldest ones are overwritten when full."""
         idx = (self.pos + np.arange(len(obs))) % self.capacity
-        self.obs[idx], self.actions[idx], self.rewards[idx] = obs, actions, rewards
+        self.obs[idx], self.chunks[idx], self.rewards[idx] = obs, chunks, rewards
         self.next_obs[idx], self.terminated[idx] = next_obs, terminated
         self.pos = int((self.pos + len(obs)) % self.capacity)
         self.size = min(self.capacity, self.size + len(obs))
@@ -399,7 +400,7 @@ class ReplayBuffer:
         """Transitions `idx` as torch tensors, and `idx` itself."""
         batch = {
             k: torch.as_tensor(getattr(self, k)[idx], device=device)
-            for k in ("obs", "actions", "rewards", "next_obs", "terminated")
+            for k in ("obs", "chunks", "rewards", "next_obs", "terminated")
         }
         return dict(batch, idx=idx)
 
@@ -407,8 +408,8 @@ class ReplayBuffer:
 class DoubleQCritic(nn.Module):
     """Two independent Q(s, a) nets on [flattened obs, flattened executed chunk]: residual Mish MLPs (D.3).
 
-    The official CriticObsAct misspells its residual flag, so its Q nets are plain MLPs; we build
-    the residual ones the configs ask for. Only the first `act_steps` actions of a chunk are seen.
+    The official CriticObsAct (model/common/critic.py) misspells its residual flag, so its Q nets are plain MLPs; we
+    build the residual ones the configs ask for. Only the first `act_steps` actions of a chunk are seen.
     """
 
     def __init__(self, obs_dim, cond_steps, action_dim, act_steps, dims=(256, 256, 256)):
@@ -511,7 +512,7 @@ def idql_update(
         b = buffer.sample(args.batch_size, device)
         # V <- upper expectile of the target Q's minimum at the buffer actions (A7)
         with torch.no_grad():
-            target_q = torch.minimum(*q_target(b["obs"], b["actions"]))
+            target_q = torch.minimum(*q_target(b["obs"], b["chunks"]))
         v = v_critic(b["obs"])
         v_loss = expectile_loss(target_q - v, args.expectile)
         v_opt.zero_grad()
@@ -520,14 +521,14 @@ def idql_update(
         # Q <- r + gamma V(s') with the updated V (A8), double Q, then the target Q follows slowly
         with torch.no_grad():
             y = q_target_from_v(b["rewards"], b["terminated"], v_critic(b["next_obs"]), args.gamma)
-        q_loss, q1, q2 = critic_loss(q_critic, b["obs"], b["actions"], y)
+        q_loss, q1, q2 = critic_loss(q_critic, b["obs"], b["chunks"], y)
         q_opt.zero_grad()
         q_loss.backward()
         q_opt.step()
         soft_update(q_target, q_critic, args.critic_tau)
         # actor <- plain denoising loss on the same buffer chunks (A9), no weighting
         if update_actor:
-            actor_loss = denoising_loss(actor, sched, b["actions"], b["obs"], args.denoising_steps)
+            actor_loss = denoising_loss(actor, sched, b["chunks"], b["obs"], args.denoising_steps)
             actor_opt.zero_grad()
             actor_loss.backward()
             actor_opt.step()

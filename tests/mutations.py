@@ -104,8 +104,8 @@ EMA with 1 - tau (dipo) | dipo.py | tests/test_shared_copies.py
 -         p_t.lerp_(p, tau)
 +         p_t.lerp_(p, 1 - tau)
 Bellman target with max (qsm) | qsm.py | tests/test_shared_copies.py
-- gamma * (1 - terminated) * torch.min(next_q1, next_q2)
-+ gamma * (1 - terminated) * torch.max(next_q1, next_q2)
+- gamma * (1 - terminated) * torch.minimum(next_q1, next_q2)
++ gamma * (1 - terminated) * torch.maximum(next_q1, next_q2)
 denoising loss noises with ab instead of sqrt(ab) (dawr) | dawr.py | tests/test_shared_copies.py
 -     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
 +     x_t = ab * x0 + (1 - ab).sqrt() * eps
@@ -118,8 +118,8 @@ IDQL expectile inverted | idql.py | tests/test_offpolicy_updates.py
 - weight = torch.where(diff > 0, torch.full_like(diff, tau), torch.full_like(diff, 1 - tau))
 + weight = torch.where(diff > 0, torch.full_like(diff, 1 - tau), torch.full_like(diff, tau))
 IDQL V fit to Q1 only | idql.py | tests/test_offpolicy_updates.py
-- target_q = torch.minimum(*q_target(b["obs"], b["actions"]))
-+ target_q = q_target(b["obs"], b["actions"])[0]
+- target_q = torch.minimum(*q_target(b["obs"], b["chunks"]))
++ target_q = q_target(b["obs"], b["chunks"])[0]
 IDQL Q target ignores terminated | idql.py | tests/test_offpolicy_updates.py
 - return rewards + gamma * (1 - terminated) * next_v
 + return rewards + gamma * next_v

@@ -53,28 +53,15 @@ def test_bellman_target_with_done_masks(algo):
     assert y.tolist() == pytest.approx([8.2, 2.0, 6.6, -1.0])
 
 
-def test_critic_loss_uses_double_q_minimum_of_the_target(algo):
+def test_critic_loss_sums_the_squared_errors_of_both_heads(algo):
     class Fixed(nn.Module):
-        def __init__(self, q1, q2):
-            super().__init__()
-            self.q1, self.q2 = torch.tensor(q1), torch.tensor(q2)
-
         def forward(self, obs, a):
-            return self.q1, self.q2
+            return torch.tensor([2.0, 1.0]), torch.tensor([3.0, 0.0])
 
-    batch = dict(
-        obs=torch.zeros(2, 1, 3),
-        chunks=torch.zeros(2, 4, 3),
-        next_obs=torch.zeros(2, 1, 3),
-        rewards=torch.tensor([1.0, 0.5]),
-        terminated=torch.tensor([0.0, 0.0]),
-    )
-    critic, target = Fixed([2.0, 1.0], [3.0, 0.0]), Fixed([4.0, -2.0], [2.0, 1.0])
-    loss, q1, q2, y = algo.critic_loss(critic, target, batch, torch.zeros(2, 4, 3), 0.5, act_steps=4)
-    # y = r + 0.5 min(target) = [1 + 1, 0.5 - 1] = [2, -0.5]
-    assert y.tolist() == pytest.approx([2.0, -0.5])
+    loss, q1, q2 = algo.critic_loss(Fixed(), torch.zeros(2, 1, 3), torch.zeros(2, 4, 3), torch.tensor([2.0, -0.5]))
     # MSE(q1, y) + MSE(q2, y) = (0 + 2.25)/2 + (1 + 0.25)/2
     assert loss.item() == pytest.approx(1.125 + 0.625)
+    assert q1.tolist() == [2.0, 1.0] and q2.tolist() == [3.0, 0.0]
 
 
 def test_double_q_critic_is_residual_on_obs_and_executed_chunk(algo):
