@@ -117,7 +117,7 @@ class Args:
     """observations per critic forward pass when (re)computing V over the buffer (memory only)"""
 
 
-ROBOMIMIC = dict(  # robomimic ids (dppo-facts 4.5, ft_awr_diffusion_mlp)
+ROBOMIMIC = dict(  # robomimic ids (official cfg/robomimic/finetune/<task>/ft_awr_diffusion_mlp.yaml; paper D.5)
     gamma=0.999,
     num_envs=50,
     actor_lr=1e-5,
@@ -125,16 +125,14 @@ ROBOMIMIC = dict(  # robomimic ids (dppo-facts 4.5, ft_awr_diffusion_mlp)
     batch_size=1000,
     scale_reward_factor=1.0,
     replay_ratio=64,
-    critic_replay_ratio=16,  # official critic_update_ratio 4: critic steps = actor steps / 4, i.e. 64 / 4 (3.5)
+    critic_replay_ratio=16,  # official critic_update_ratio 4: critic steps = actor steps / 4, i.e. 64 / 4
     buffer_size=150_000,  # 3000 vector steps x 50 envs, in transitions
     beta=10.0,
     max_adv_weight=100.0,
     n_critic_warmup_itr=2,
     eval_episodes=50,
 )
-ROBOMIMIC_N_STEPS = dict(
-    lift=300, can=300, square=400, transport=400
-)  # N Ta = 4 episodes per env and iteration (dppo-facts 4.5)
+ROBOMIMIC_N_STEPS = dict(lift=300, can=300, square=400, transport=400)  # N Ta = 4 episodes per env and iteration
 
 
 def task_defaults(args) -> dict:
@@ -497,7 +495,8 @@ def buffer_targets(critic, buf, args, device):
 
 
 def dawr_update(actor, critic, actor_opt, critic_opt, sched, buf, args, device, update_actor=True, generator=None):
-    """Critic steps on the TD(lambda) targets, then actor steps weighted by exp(beta A) (official 3.5, fixed)."""
+    """Critic steps on the TD(lambda) targets, then actor steps weighted by exp(beta A) (official
+    agent/finetune/train_awr_diffusion_agent.py, its critic minibatch indexing and broadcasting fixed: docs/dawr.md)."""
     num_batch = int(args.n_steps * args.num_envs / args.batch_size * args.replay_ratio)
     num_critic = int(args.n_steps * args.num_envs / args.batch_size * args.critic_replay_ratio)
     rows, _, targets = buffer_targets(critic, buf, args, device)

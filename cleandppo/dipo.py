@@ -120,8 +120,13 @@ ROBOMIMIC = dict(
     action_lr=1e-4,
     action_gradient_steps=10,
     eval_episodes=50,
-)  # robomimic ids (official ft_dipo_diffusion_mlp configs, dppo-facts 4.5)
-ROBOMIMIC_TASK = dict(lift=(300, 5), can=(300, 2), square=(400, 2), transport=(400, 2))  # n_steps, n_critic_warmup_itr
+)  # robomimic ids (official cfg/robomimic/finetune/<task>/ft_dipo_diffusion_mlp.yaml; paper D.5)
+ROBOMIMIC_TASK = dict(
+    lift=dict(n_steps=300, n_critic_warmup_itr=5),
+    can=dict(n_steps=300, n_critic_warmup_itr=2),
+    square=dict(n_steps=400, n_critic_warmup_itr=2),
+    transport=dict(n_steps=400, n_critic_warmup_itr=2),
+)
 
 
 def task_defaults(args) -> dict:
@@ -130,9 +135,7 @@ def task_defaults(args) -> dict:
         return {}
     task = envs.resolve_env_id(args.env_id)
     ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
-    return dict(
-        ROBOMIMIC, **dict(zip(("n_steps", "n_critic_warmup_itr"), ROBOMIMIC_TASK[task])), act_steps=ta, horizon_steps=ta
-    )
+    return dict(ROBOMIMIC, **ROBOMIMIC_TASK[task], act_steps=ta, horizon_steps=ta)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -175,15 +175,19 @@ class Args:
     """weight of the BC regulariser: -log-prob under the fine-tuned network of the frozen actor's chains (D.7; 0 off)"""
 
 
-# robomimic ids (dppo-facts 4.3): every task, then per task
+# robomimic ids (official cfg/robomimic/finetune/<task>/ft_ppo_diffusion_mlp.yaml; paper D.5): every task, then per task
 ROBOMIMIC = dict(gamma=0.999, num_envs=50, activation="mish", eval_episodes=50, n_critic_warmup_itr=2)
 ROBOMIMIC |= dict(clip_ploss_coef=0.01, clip_ploss_coef_base=0.001, actor_lr=1e-4, critic_lr=1e-3)
-ROBOMIMIC_TASK = {  # n_steps, batch_size, update_epochs, mlp_dims, time_dim, cond_mlp_dims
-    "lift": (300, 7500, 10, (512,) * 3, 16, ()),
-    "can": (300, 7500, 10, (512,) * 3, 16, ()),
-    "square": (400, 10_000, 10, (1024,) * 3, 32, (512, 64)),
-    "transport": (400, 10_000, 5, (1024,) * 3, 32, ()),
-}
+ROBOMIMIC_TASK = dict(
+    lift=dict(n_steps=300, batch_size=7500, update_epochs=10, mlp_dims=(512,) * 3, time_dim=16, cond_mlp_dims=()),
+    can=dict(n_steps=300, batch_size=7500, update_epochs=10, mlp_dims=(512,) * 3, time_dim=16, cond_mlp_dims=()),
+    square=dict(
+        n_steps=400, batch_size=10_000, update_epochs=10, mlp_dims=(1024,) * 3, time_dim=32, cond_mlp_dims=(512, 64)
+    ),
+    transport=dict(
+        n_steps=400, batch_size=10_000, update_epochs=5, mlp_dims=(1024,) * 3, time_dim=32, cond_mlp_dims=()
+    ),
+)
 
 
 # Avoid ids (official cfg/d3il/*/avoid_m*, paper D.8; fewer pre-training epochs than the paper: docs/avoid.md)
@@ -208,9 +212,8 @@ def task_defaults(args) -> dict:
         iterations = SCRATCH_ITERATIONS.get(task, 501)
         return dict(SCRATCH, total_timesteps=iterations * SCRATCH["num_envs"] * SCRATCH["n_steps"])
     if envs.is_robomimic(args.env_id):
-        keys = ("n_steps", "batch_size", "update_epochs", "mlp_dims", "time_dim", "cond_mlp_dims")
         ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
-        return dict(ROBOMIMIC, **dict(zip(keys, ROBOMIMIC_TASK[task])), act_steps=ta, horizon_steps=ta)
+        return dict(ROBOMIMIC, **ROBOMIMIC_TASK[task], act_steps=ta, horizon_steps=ta)
     if avoid.is_avoid(args.env_id):  # minibatch: half of an iteration's (env step, denoising step) pairs
         return dict(AVOID, batch_size=round(AVOID["n_steps"] * AVOID["num_envs"] * args.ft_denoising_steps / 2))
     return {}
@@ -566,7 +569,8 @@ def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
 
 
 def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, args, update_actor=True, generator=None):
-    """PPO epochs over the N*E*K' (env step, denoising step) pairs (paper 4.2; official 2.5-2.6). `actor` (frozen)
+    """PPO epochs over the N*E*K' (env step, denoising step) pairs (paper 4.2; official `PPODiffusion.loss` in
+    model/diffusion/diffusion_ppo.py, the update loop in agent/finetune/train_ppo_diffusion_agent.py). `actor` (frozen)
     only samples the chains of the BC regulariser."""
     K_ft = batch["chains"].shape[1] - 1
     device = batch["obs"].device
@@ -631,7 +635,8 @@ def make_checkpoint(actor, kw, normalization, args, iteration, env_steps, **extr
 
 
 def pretrain_lr(epoch, args):
-    """Linear warm-up over 1 epoch from the min LR, then cosine decay to the min LR (official 2.7)."""
+    """Linear warm-up over 1 epoch from the min LR, then cosine decay to the min LR (official
+    `CosineAnnealingWarmupRestarts`, util/scheduler.py)."""
     lo, hi, warmup = args.pretrain_min_lr, args.pretrain_lr, 1
     if epoch < warmup:
         return lo + (hi - lo) * epoch / warmup
@@ -670,7 +675,7 @@ def pretrain(args, data, run_dir, writer, device):
             opt.step()
             step += 1
             total += loss.item()
-            if step % args.ema_freq == 0:  # EMA (official 1.8): follow the weights until ema_start_epoch
+            if step % args.ema_freq == 0:  # EMA (official agent/pretrain/train_agent.py): copy until ema_start_epoch
                 with torch.no_grad():
                     for p_ema, p in zip(ema.parameters(), net.parameters()):
                         p_ema.copy_(p) if epoch < args.ema_start_epoch else p_ema.lerp_(p, 1 - args.ema_decay)

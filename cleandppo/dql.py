@@ -124,7 +124,7 @@ ROBOMIMIC = dict(
     eta=1.0,
     n_critic_warmup_itr=5,
     eval_episodes=50,
-)  # robomimic ids (official ft_dql_diffusion_mlp configs, dppo-facts 4.5)
+)  # robomimic ids (official cfg/robomimic/finetune/<task>/ft_dql_diffusion_mlp.yaml; paper D.5)
 ROBOMIMIC_N_STEPS = dict(lift=300, can=300, square=400, transport=400)  # N Ta = 4 episodes per env and iteration
 
 

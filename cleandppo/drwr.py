@@ -106,10 +106,8 @@ ROBOMIMIC = dict(
     beta=10.0,
     max_reward_weight=100.0,
     eval_episodes=50,
-)  # robomimic ids (dppo-facts 4.5, ft_rwr_diffusion_mlp)
-ROBOMIMIC_N_STEPS = dict(
-    lift=300, can=300, square=400, transport=400
-)  # N Ta = 4 episodes per env and iteration (dppo-facts 4.5)
+)  # robomimic ids (official cfg/robomimic/finetune/<task>/ft_rwr_diffusion_mlp.yaml; paper D.5)
+ROBOMIMIC_N_STEPS = dict(lift=300, can=300, square=400, transport=400)  # N Ta = 4 episodes per env and iteration
 
 
 def task_defaults(args) -> dict:

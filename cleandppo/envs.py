@@ -554,8 +554,8 @@ def save_checkpoint(ckpt: dict, path: str):
 
 
 def upgrade_checkpoint(ckpt):
-    """Older cleandppo checkpoints in today's layout: the Gaussian/GMM std was learned as log sigma (`log_std`) before
-    issue #16, as log sigma^2 (`logvar`, the official parametrisation) since."""
+    """Older cleandppo checkpoints in today's layout: the Gaussian/GMM std was first learned as log sigma (`log_std`),
+    now as log sigma^2 (`logvar`, the official parametrisation)."""
     for key in ("model", "model_ft"):
         if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict) and "log_std" in ckpt[key]:
             ckpt[key] = {
@@ -671,7 +671,7 @@ def check_cond_mlp(path: str, ckpt: dict):
 # deltas, 20 Hz, sparse reward, no termination, truncation at max_episode_steps; obs = the obs_keys
 # concatenated. Files: robomimic's layout data/demo_<i>/{obs/<key>, actions, ...}, data.attrs["env_args"].
 # The robosuite env and the file readers are in cleandppo/robomimic_tasks.py; the table and id checks stay here.
-ROBOMIMIC_TASKS = {  # task -> robosuite env and the paper's settings (dppo-facts 4.2)
+ROBOMIMIC_TASKS = {  # task -> robosuite env and the paper's settings (paper D.5; official cfg/robomimic/finetune/*)
     "lift": dict(env_name="Lift", robots=["Panda"], obs_dim=19, action_dim=7, max_episode_steps=300, act_steps=4),
     "can": dict(
         env_name="PickPlaceCan", robots=["Panda"], obs_dim=23, action_dim=7, max_episode_steps=300, act_steps=4

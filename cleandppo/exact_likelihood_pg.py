@@ -93,11 +93,11 @@ class Args:
     sde_method: Literal["euler", "rk4"] = "rk4"
     """fixed-step ODE solver; rk4 (6 network calls per step) is accurate at step 0.05, euler (official) is not"""
     sde_eps: Optional[float] = None
-    """lower end of the ODE time interval; None: 1/K, the noise level of the first DDPM step (official 1e-4)"""
+    """lower end of the ODE time interval; None: 1/K, the noise level of the first DDPM step (official: 1e-4)"""
     logprob_min: float = -5.0
-    """clamp of the per-dimension log-likelihood (nats) before the ratio (official -5)"""
+    """clamp of the per-dimension log-likelihood (nats) before the ratio (official: -5)"""
     logprob_max: float = 2.0
-    """upper clamp of the per-dimension log-likelihood (official 2)"""
+    """upper clamp of the per-dimension log-likelihood (official: 2)"""
 
     # --- PPO (official Gym exact-likelihood config) ---
     n_steps: int = 500
@@ -134,12 +134,17 @@ class Args:
     """samples per chunk when computing the old log-likelihoods after the rollout (memory only)"""
 
 
-# robomimic ids. The one official robomimic config of this method is Can's (ft_ppo_exact_diffusion_mlp.yaml, dppo-facts
-# 3.10): DPPO's Can settings (dppo-facts 4.3) with actor LR 1e-5. Lift, square and transport take DPPO's per-task
-# values the same way: our choice, not an official config (docs/exact_likelihood_pg.md).
+# robomimic ids. The one official robomimic config of this method is Can's (cfg/robomimic/finetune/can/
+# ft_ppo_exact_diffusion_mlp.yaml): DPPO's Can settings (ft_ppo_diffusion_mlp.yaml) with actor LR 1e-5. Lift, square
+# and transport take DPPO's per-task values the same way: our choice, not an official config
+# (docs/exact_likelihood_pg.md).
 ROBOMIMIC = dict(num_envs=50, gamma=0.999, actor_lr=1e-5, critic_lr=1e-3, n_critic_warmup_itr=2, eval_episodes=50)
-# per task: n_steps, batch_size, update_epochs
-ROBOMIMIC_TASK = dict(lift=(300, 7500, 10), can=(300, 7500, 10), square=(400, 10_000, 10), transport=(400, 10_000, 5))
+ROBOMIMIC_TASK = dict(
+    lift=dict(n_steps=300, batch_size=7500, update_epochs=10),
+    can=dict(n_steps=300, batch_size=7500, update_epochs=10),
+    square=dict(n_steps=400, batch_size=10_000, update_epochs=10),
+    transport=dict(n_steps=400, batch_size=10_000, update_epochs=5),
+)
 
 
 def task_defaults(args) -> dict:
@@ -148,8 +153,7 @@ def task_defaults(args) -> dict:
         return {}
     task = envs.env_slug(args.env_id)
     ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
-    per_task = dict(zip(("n_steps", "batch_size", "update_epochs"), ROBOMIMIC_TASK[task]))
-    return dict(ROBOMIMIC, **per_task, act_steps=ta, horizon_steps=ta)
+    return dict(ROBOMIMIC, **ROBOMIMIC_TASK[task], act_steps=ta, horizon_steps=ta)
 
 
 # ------------------------------------------------------------------------------------------------

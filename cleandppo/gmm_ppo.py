@@ -151,9 +151,9 @@ class Args:
     """normalization.npz of an official DPPO --checkpoint (default: found next to it; docs/checkpoints.md)"""
 
 
-# Robomimic ids (lift, can, square, transport) get the official values (dppo-facts 4.3-4.4) for every flag not set
-# explicitly on the command line (printed at start), with act_steps = horizon_steps = the task's Ta; the Gym tasks
-# keep the defaults above. Per task: n_steps, batch_size, update_epochs, mlp_dims, transformer_dim.
+# Robomimic ids (lift, can, square, transport) get the official values (cfg/robomimic/finetune/<task>/
+# ft_ppo_gmm_{mlp,transformer}.yaml; paper D.5-D.6) for every flag not set explicitly on the command line (printed at start), with
+# act_steps = horizon_steps = the task's Ta; the Gym tasks keep the defaults above.
 ROBOMIMIC = dict(
     gamma=0.999,
     num_envs=50,
@@ -167,10 +167,10 @@ ROBOMIMIC = dict(
     std_max=0.2,
 )
 ROBOMIMIC_TASK = dict(
-    lift=(300, 7500, 10, (512,) * 3, 96),
-    can=(300, 7500, 10, (512,) * 3, 96),
-    square=(400, 10_000, 10, (1024,) * 3, 160),
-    transport=(400, 10_000, 5, (1024,) * 3, 160),
+    lift=dict(n_steps=300, batch_size=7500, update_epochs=10, mlp_dims=(512,) * 3, transformer_dim=96),
+    can=dict(n_steps=300, batch_size=7500, update_epochs=10, mlp_dims=(512,) * 3, transformer_dim=96),
+    square=dict(n_steps=400, batch_size=10_000, update_epochs=10, mlp_dims=(1024,) * 3, transformer_dim=160),
+    transport=dict(n_steps=400, batch_size=10_000, update_epochs=5, mlp_dims=(1024,) * 3, transformer_dim=160),
 )
 # Avoid ids (official cfg/d3il/*/avoid_m*, paper D.8): std fixed at 0.1 in fine-tuning too (std_min = std_max)
 AVOID = dict(
@@ -200,16 +200,13 @@ AVOID = dict(
 # Networks
 # ------------------------------------------------------------------------------------------------
 class ResidualMLP(nn.Module):
-    """Linear -> [x + L(act(L(act(x))))] per extra pair of widths -> Linear (official ResidualMLP).
+    """Linear -> one pre-activation residual block per extra pair of equal widths -> Linear. Other hidden widths (the
+    official [256, 256] MLPs) or residual=False (official residual_style False) give a plain MLP, activations between."""
 
-    With dims [d_in, h, h, h, d_out] there is exactly one residual block; with [d_in, h, h, d_out]
-    (an even number of hidden widths) the network is a plain MLP with activations between layers.
-    """
-
-    def __init__(self, dims, activation=nn.Mish):
+    def __init__(self, dims, activation=nn.ReLU, residual=None):
         super().__init__()
         hidden = dims[1:-1]
-        self.residual = len(hidden) % 2 == 1 and len(set(hidden)) == 1
+        self.residual = (len(hidden) % 2 == 1 and len(set(hidden)) == 1) if residual is None else residual
         if self.residual:
             self.inp = nn.Linear(dims[0], hidden[0])
             self.blocks = nn.ModuleList(
@@ -238,6 +235,7 @@ class ResidualMLP(nn.Module):
 class TransformerBackbone(nn.Module):
     """Decoder-only Transformer (paper D.6): one observation token as memory, Tp learned query tokens.
 
+    Query tokens are learned positional embeddings over the chunk; no dropout, no causal mask.
     Returns the final-LayerNorm token features (B, Tp, d); the GMM heads sit on top (official
     `GMM_Transformer`: per-token mode means, mode logits from all Tp token features together).
     """
@@ -253,7 +251,7 @@ class TransformerBackbone(nn.Module):
         )
         self.decoder = nn.TransformerDecoder(layer, layers)
         self.norm = nn.LayerNorm(dim)
-        for m in self.modules():  # GPT-style init (official 3.3)
+        for m in self.modules():  # GPT-style init (official `_init_weights`, model/common/transformer.py)
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0.0, 0.02)
                 nn.init.zeros_(m.bias)
@@ -350,7 +348,7 @@ def log_prob(means, std, logits, actions):
 
 
 def official_log_prob(means, std, logits, actions):
-    """The official PPO_GMM log-prob: the *summed* mixture log-density clamped to [-5, 2] (facts 3.2)."""
+    """The official PPO_GMM log-prob (model/rl/gmm_ppo.py): the *summed* mixture log-density clamped to [-5, 2]."""
     return mixture_log_prob(means, std, logits, actions).clamp(-5.0, 2.0)
 
 
@@ -634,9 +632,8 @@ def task_defaults(args) -> dict:
         return dict(AVOID)
     if not envs.is_robomimic(args.env_id):
         return {}
-    keys = ("n_steps", "batch_size", "update_epochs", "mlp_dims", "transformer_dim")
     ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
-    table = dict(ROBOMIMIC, **dict(zip(keys, ROBOMIMIC_TASK[task])), act_steps=ta, horizon_steps=ta)
+    table = dict(ROBOMIMIC, **ROBOMIMIC_TASK[task], act_steps=ta, horizon_steps=ta)
     if task == "transport" and args.backbone == "transformer":
         table["fixed_std"] = 0.08  # the Transport Transformer configs start from std 0.08
     return table

@@ -110,8 +110,8 @@ class Args:
     """Q and V hidden widths (residual, Mish; an odd number of equal widths)"""
 
 
-# robomimic ids (official ft_idql_diffusion_mlp configs, dppo-facts 4.5); their buffer of 5000 vector steps of 50 envs
-# is 250k transitions here
+# robomimic ids (official cfg/robomimic/finetune/<task>/ft_idql_diffusion_mlp.yaml; paper D.5); their buffer of 5000
+# vector steps of 50 envs is 250k transitions here
 ROBOMIMIC = dict(
     num_envs=50,
     gamma=0.999,

@@ -18,7 +18,7 @@ import numpy as np
 
 from cleandppo import avoid, envs
 
-# What the official state-input configs use where no tensor tells (dppo-facts 1.6, 1.7, 3.1, 4.x).
+# What the official state-input configs use where no tensor tells (cfg/gym/finetune/*, cfg/robomimic/finetune/*).
 TABLE = dict(denoising_steps=20, ft_denoising_steps=10, fixed_std=0.1, unet_n_groups=8)
 
 
@@ -258,7 +258,7 @@ def _gaussian(state, env_id, hints):
             "transformer",
             (512, 512, 512),
         )
-        kw["transformer_heads"] = _hint(hints, "transformer_heads", 4)  # not in the tensors: the flag (official 4)
+        kw["transformer_heads"] = _hint(hints, "transformer_heads", 4)  # not in the tensors: the flag (official: 4)
     else:
         residual = "mlp_mean.layers.0.weight" in state  # official residual_style
         model, dims = (_residual_mlp if residual else _plain_mlp)(state, "mlp_mean", "net")

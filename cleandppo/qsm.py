@@ -127,7 +127,7 @@ ROBOMIMIC = dict(
     q_grad_coeff=10.0,
     n_critic_warmup_itr=5,
     eval_episodes=50,
-)  # robomimic ids (official ft_qsm_diffusion_mlp configs, dppo-facts 4.5)
+)  # robomimic ids (official cfg/robomimic/finetune/<task>/ft_qsm_diffusion_mlp.yaml; paper D.5)
 ROBOMIMIC_N_STEPS = dict(lift=300, can=300, square=400, transport=400)  # N Ta = 4 episodes per env and iteration
 ROBOMIMIC_BUFFER_VECTOR_STEPS = 5000  # official buffer_size 5000 "* n_envs": transitions = 5000 x num_envs
 
