@@ -594,8 +594,8 @@ def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, arg
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
             adv = adv * discounts[j]  # denoising discount, after normalization (official order)
             ratio = (new_logp - old_logp).exp()
-            eps = clips[j]
-            pg_loss = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - eps, 1 + eps)).mean()
+            clip_ratio = clips[j]
+            pg_loss = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip_ratio, 1 + clip_ratio)).mean()
             v_loss = 0.5 * ((critic(obs) - batch["returns"][i]) ** 2).mean()
             loss = pg_loss + args.vf_coef * v_loss
             if args.bc_loss_coeff:  # BC regulariser (D.7, official use_bc_loss): chains of the frozen actor made
@@ -613,7 +613,7 @@ def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, arg
             critic_opt.step()
             with torch.no_grad():
                 approx_kl = ((ratio - 1) - (new_logp - old_logp)).mean().item()  # k3 estimator
-                clipfracs.append(((ratio - 1).abs() > eps).float().mean().item())
+                clipfracs.append(((ratio - 1).abs() > clip_ratio).float().mean().item())
             stats = dict(policy_loss=pg_loss.item(), value_loss=v_loss.item(), approx_kl=approx_kl)
             stats["ratio"] = ratio.mean().item()
             if args.target_kl is not None and approx_kl > args.target_kl:
@@ -869,10 +869,12 @@ def main(args):
                 old_logp[sl] = chain_log_probs(actor_ft, sched, flat_obs[sl], chains[sl], args)
         targets = dict(advantages=flat(advantages.astype(np.float32)), returns=flat(returns.astype(np.float32)))
         batch = dict(obs=flat_obs, chains=chains, logprobs=old_logp, **targets)
-        warm = iteration >= args.n_critic_warmup_itr  # critic warm-up over: the actor updates too
-        stats = ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, args, update_actor=warm)
+        update_actor = iteration >= args.n_critic_warmup_itr  # critic warm-up over: the actor updates too
+        stats = ppo_update(
+            actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, args, update_actor=update_actor
+        )
         runs.check_finite(iteration, **stats, actor_weights=actor_ft, critic_weights=critic)
-        if warm:
+        if update_actor:
             actor_sched.step()
         critic_sched.step()
         t_update = time.time() - t_update

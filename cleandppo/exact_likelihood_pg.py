@@ -601,7 +601,7 @@ def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sde, batch, args,
     """
     device = batch["obs"].device
     num, mb, gcs = batch["obs"].shape[0], args.batch_size, args.grad_chunk_size
-    lo, hi, eps = args.logprob_min, args.logprob_max, args.clip_ploss_coef
+    lo, hi, clip_ratio = args.logprob_min, args.logprob_max, args.clip_ploss_coef
     old_all = batch["logprobs"].clamp(lo, hi)
     stats, clipfracs = {}, []
     for _epoch in range(args.update_epochs):
@@ -621,7 +621,7 @@ def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sde, batch, args,
                 ).clamp(lo, hi)
                 logratio = new_logp - old_all[c]
                 ratio = logratio.exp()
-                pg_loss = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - eps, 1 + eps)).sum() / mb
+                pg_loss = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip_ratio, 1 + clip_ratio)).sum() / mb
                 v_loss = 0.5 * ((critic(batch["obs"][c]) - batch["returns"][c]) ** 2).sum() / mb
                 (pg_loss + args.vf_coef * v_loss).backward()
                 with torch.no_grad():
@@ -629,7 +629,7 @@ def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sde, batch, args,
                     sums["value_loss"] += v_loss.item()
                     sums["approx_kl"] += ((ratio - 1) - logratio).sum().item() / mb  # k3 estimator
                     sums["ratio"] += ratio.sum().item() / mb
-                    sums["clipfrac"] += ((ratio - 1).abs() > eps).float().sum().item() / mb
+                    sums["clipfrac"] += ((ratio - 1).abs() > clip_ratio).float().sum().item() / mb
             if args.max_grad_norm is not None:
                 nn.utils.clip_grad_norm_(actor_ft.parameters(), args.max_grad_norm)
                 nn.utils.clip_grad_norm_(critic.parameters(), args.max_grad_norm)
@@ -833,8 +833,8 @@ def main(args):
         adv_t = torch.as_tensor(advantages.reshape(-1), dtype=torch.float32, device=device)
         ret_t = torch.as_tensor(returns.reshape(-1), dtype=torch.float32, device=device)
         batch = dict(obs=flat_obs, chunks=chunks, logprobs=old_logp, probes=probes, advantages=adv_t, returns=ret_t)
-        warm = iteration >= args.n_critic_warmup_itr  # critic warm-up over: the actor updates too
-        stats = ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sde, batch, args, update_actor=warm)
+        update_actor = iteration >= args.n_critic_warmup_itr  # critic warm-up over: the actor updates too
+        stats = ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sde, batch, args, update_actor=update_actor)
         t_update = time.time() - t_update
         runs.check_finite(iteration, **stats, actor_weights=actor_ft, critic_weights=critic)
         iteration += 1

@@ -818,9 +818,9 @@ def main(args):
 
         # ---- update ----
         t_update = time.time()
-        warm = iteration >= args.n_critic_warmup_itr  # critic warm-up over: the actor updates too
+        update_actor = iteration >= args.n_critic_warmup_itr  # critic warm-up over: the actor updates too
         stats = ppo_update(
-            policy, critic, actor_opt, critic_opt, batch, args, update_actor=warm, base_policy=base_policy
+            policy, critic, actor_opt, critic_opt, batch, args, update_actor=update_actor, base_policy=base_policy
         )
         runs.check_finite(iteration, **stats, policy_weights=policy, critic_weights=critic)
         t_update = time.time() - t_update
