@@ -96,8 +96,8 @@ class Args:
     """replay-buffer capacity in transitions (paper Table A8; official config 25000 vector steps = 1e6 transitions)"""
     expectile: float = 0.8
     """tau of the expectile loss that fits V to the target Q (0.5 would be the mean)"""
-    critic_tau: float = 0.001
-    """EMA rate of the target Q (updated after every minibatch)"""
+    target_ema_rate: float = 0.001
+    """EMA rate of the target Q, updated after every minibatch (official config key: critic_tau)"""
     num_candidates: int = 20
     """action chunks sampled per state; the critic picks one"""
     boltzmann_temperature: float = 0.1
@@ -121,7 +121,7 @@ ROBOMIMIC = dict(
     scale_reward_factor=1.0,
     replay_ratio=128,
     buffer_size=250_000,
-    critic_tau=0.001,
+    target_ema_rate=0.001,
     num_candidates=10,
     n_critic_warmup_itr=5,
     eval_episodes=50,
@@ -525,7 +525,7 @@ def idql_update(
         q_opt.zero_grad()
         q_loss.backward()
         q_opt.step()
-        soft_update(q_target, q_critic, args.critic_tau)
+        soft_update(q_target, q_critic, args.target_ema_rate)
         # actor <- plain denoising loss on the same buffer chunks (A9), no weighting
         if update_actor:
             actor_loss = denoising_loss(actor, sched, b["chunks"], b["obs"], args.denoising_steps)

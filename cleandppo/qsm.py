@@ -99,8 +99,8 @@ class Args:
     """transitions per gradient step (code: 1000; paper Table A8: 256)"""
     replay_ratio: float = 16.0
     """gradient steps per iteration = int(N * E / batch_size * replay_ratio) (code: 16; paper Table A8: 32)"""
-    critic_tau: float = 0.005
-    """tau: soft update of the target critic after every gradient step"""
+    target_ema_rate: float = 0.005
+    """tau: soft update of the target critic after every gradient step (official config key: critic_tau)"""
     actor_lr: float = 1e-4
     """actor learning rate (constant, AdamW, no weight decay)"""
     critic_lr: float = 1e-3
@@ -123,7 +123,7 @@ ROBOMIMIC = dict(
     batch_size=1000,
     scale_reward_factor=1.0,
     replay_ratio=16.0,
-    critic_tau=0.005,
+    target_ema_rate=0.005,
     q_grad_coeff=10.0,
     n_critic_warmup_itr=5,
     eval_episodes=50,
@@ -723,7 +723,7 @@ def main(args):
                 actor_opt.step()
                 stats["actor_loss"].append(loss_a.item())
                 stats["q_grad_norm"].append(grad_q.flatten(1).norm(dim=1).mean().item())
-            soft_update(target_critic, critic, args.critic_tau)
+            soft_update(target_critic, critic, args.target_ema_rate)
             for k, v in (
                 ("q_loss", loss_q),
                 ("q1_mean", q1.mean()),

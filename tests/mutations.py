@@ -123,8 +123,8 @@ IDQL V fit to Q1 only | idql.py | tests/test_offpolicy_updates.py
 IDQL Q target ignores terminated | idql.py | tests/test_offpolicy_updates.py
 - return rewards + gamma * (1 - terminated) * next_v
 + return rewards + gamma * next_v
-IDQL target Q ignores critic_tau | idql.py | tests/test_offpolicy_updates.py
-- soft_update(q_target, q_critic, args.critic_tau)
+IDQL target Q ignores target_ema_rate | idql.py | tests/test_offpolicy_updates.py
+- soft_update(q_target, q_critic, args.target_ema_rate)
 + soft_update(q_target, q_critic, 1.0)
 DIPO next action from the online actor | dipo.py | tests/test_offpolicy_updates.py
 - next_a = sample(\n                target_actor,
@@ -200,7 +200,7 @@ target critic ignores its rate in the loop (dql) | dql.py | tests/test_dql_qsm_s
 - soft_update(target_critic, critic, args.target_ema_rate)
 + soft_update(target_critic, critic, 0.005)
 target critic not updated in the loop (qsm) | qsm.py | tests/test_dql_qsm_shared.py
--             soft_update(target_critic, critic, args.critic_tau)\n
+-             soft_update(target_critic, critic, args.target_ema_rate)\n
 +
 
 # pre-training

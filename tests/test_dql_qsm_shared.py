@@ -88,8 +88,8 @@ def test_replay_buffer_is_fifo_in_transitions(algo):
 def test_the_loop_soft_updates_the_target_critic_at_its_rate_after_every_gradient_step(
     algo, tiny_diffusion_checkpoint, tmp_path, monkeypatch
 ):
-    """The soft update itself is tested in test_shared_copies.py; here: main calls it with --target-ema-rate /
-    --critic-tau on (target critic, critic) once per gradient step."""
+    """The soft update itself is tested in test_shared_copies.py; here: main calls it with --target-ema-rate on
+    (target critic, critic) once per gradient step."""
     calls, real = [], algo.soft_update
 
     def spy(target, source, tau):
@@ -97,7 +97,6 @@ def test_the_loop_soft_updates_the_target_critic_at_its_rate_after_every_gradien
         real(target, source, tau)
 
     monkeypatch.setattr(algo, "soft_update", spy)
-    rate_flag = "--target-ema-rate" if algo.__name__.endswith("dql") else "--critic-tau"
     run_main(
         algo,
         "--checkpoint",
@@ -107,7 +106,7 @@ def test_the_loop_soft_updates_the_target_critic_at_its_rate_after_every_gradien
         "--run-dir",
         tmp_path / "r",
         *TINY_FLAGS[algo.__name__.rsplit(".", 1)[1]],
-        rate_flag,
+        "--target-ema-rate",
         "0.37",
     )
     assert calls == [("DoubleQCritic", True, 0.37)] * 4  # 8 steps x 2 envs / batch 8 x replay ratio 2

@@ -109,7 +109,7 @@ def test_idql_update_fits_v_by_expectile_then_q_on_the_updated_v_then_moves_the_
     v0, q0, qt0 = clone_params(v_critic), clone_params(q_critic), clone_params(q_target)
     start = dict(v=copy.deepcopy(v_critic), q_target=copy.deepcopy(q_target))
     actor = ConstantNoise()
-    args = SimpleNamespace(batch_size=n, gamma=gamma, expectile=expectile, critic_tau=tau, denoising_steps=4)
+    args = SimpleNamespace(batch_size=n, gamma=gamma, expectile=expectile, target_ema_rate=tau, denoising_steps=4)
     v_opt = torch.optim.SGD(v_critic.parameters(), lr=lr_v)
     sched = idql.make_schedule(4)
     stats = idql.idql_update(
@@ -171,7 +171,7 @@ def test_idql_value_fit_lands_on_the_upper_expectile():
     buf.sample = lambda batch_size, device: buf.get(np.arange(n), device)
     v_critic, q = ConstV(), TableQ()
     v_opt = torch.optim.Adam(v_critic.parameters(), lr=0.1)
-    args = SimpleNamespace(batch_size=n, gamma=0.9, expectile=tau, critic_tau=0.0, denoising_steps=2)
+    args = SimpleNamespace(batch_size=n, gamma=0.9, expectile=tau, target_ema_rate=0.0, denoising_steps=2)
     actor = ConstantNoise()
     for _ in range(400):
         idql.idql_update(
