@@ -172,7 +172,7 @@ SCRATCH = dict(
     std_max=1.0,
     mlp_dims=(512, 512, 512),
 )
-SCRATCH_ITERATIONS = {"hopper-v2": 301}  # other Gym tasks: 501
+SCRATCH_ITERATIONS = {"hopper-v2": 301}  # the budget: 501 iterations on Walker2d and HalfCheetah
 
 # Robomimic ids (lift, can, square, transport) get the official values (cfg/robomimic/finetune/<task>/
 # ft_ppo_gaussian_{mlp,transformer}.yaml; paper D.5-D.6) for every flag not set explicitly on the command line (printed at start), with

@@ -33,7 +33,7 @@ def algo(request):
 
 
 def test_schedule_matches_reference_values(algo):
-    # dppo-facts 1.1: cosine schedule, K = 20, last beta capped at 0.999
+    # cosine schedule (official cosine_beta_schedule, model/diffusion/sampling.py), K = 20, last beta capped at 0.999
     betas = algo.cosine_beta_schedule(20)
     assert betas[:4].tolist() == pytest.approx([0.008, 0.0201, 0.0323, 0.0447], abs=2e-4)
     assert betas[-1].item() == pytest.approx(0.999)

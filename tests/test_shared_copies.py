@@ -1,7 +1,8 @@
 """Building blocks that several scripts each carry a copy of, tested once against a computation written here and
 parametrised over every module that has a copy: GAE and the running reward scaler (the four PPO scripts), the
-cosine schedule, the DDPM step and the denoising loss (the eight diffusion scripts), the soft/EMA target update and
-the Bellman targets (the off-policy scripts). A copy that drifts from the others fails here under its own name."""
+cosine schedule and the DDPM step (the eight diffusion scripts), the denoising loss (the six that fit to it), the
+soft/EMA target update and the Bellman targets (the off-policy scripts). A copy that drifts from the others fails
+here under its own name; test_copy_text.py keeps the copies' source one text."""
 
 import importlib
 import math
@@ -66,7 +67,7 @@ def test_reward_scaler_divides_by_the_running_std_of_discounted_returns(name):
         for n in range(len(rewards)):
             running = rewards[n] + gamma * (1 - firsts[n]) * running
             batch.append(running.copy())
-        # the official RunningMeanStd (dppo-facts 2.4): this iteration's returns merged into the running moments,
+        # the official RunningMeanStd (util/reward_scaling.py): this iteration's returns merged into the running moments,
         # the pooled sum of squared deviations divided by (count - 1)
         batch = np.concatenate(batch)
         total = count + batch.size
@@ -187,7 +188,7 @@ def linear(n_in, n_out):
 @pytest.mark.parametrize("name", DIFFUSION)
 def test_square_diffusion_mlp_with_cond_mlp_has_the_official_parameter_count(name):
     """Official Square config (cfg/robomimic/pretrain/square/pre_diffusion_mlp.yaml): obs 23, action 7, Tp 4,
-    time_dim 32, mlp_dims [1024]*3 residual, cond_mlp_dims [512, 64], Mish; no LayerNorm. dppo-facts 1.6: about 2.31M
+    time_dim 32, mlp_dims [1024]*3 residual, cond_mlp_dims [512, 64], Mish; no LayerNorm. Paper Table A9: about 2.31M
     parameters."""
     obs_dim, action_dim, Tp, time_dim, width = 23, 7, 4, 32, 1024
     time_embedding = linear(time_dim, 2 * time_dim) + linear(2 * time_dim, time_dim)
