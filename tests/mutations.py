@@ -230,6 +230,12 @@ QSM gradient of Q1 only | qsm.py | tests/test_qsm.py
 + torch.autograd.grad(q1.sum(), a_exec)
 
 # off-policy updates (continued)
+Bellman target from the online critic (dql) | dql.py | tests/test_dql_qsm_shared.py -k bellman_target_of_the_target
+- next_q1, next_q2 = target_critic(batch["next_obs"], next_actions)
++ next_q1, next_q2 = critic(batch["next_obs"], next_actions)
+Bellman target at the current state (qsm) | qsm.py | tests/test_dql_qsm_shared.py -k bellman_target_of_the_target
+- next_q1, next_q2 = target_critic(batch["next_obs"], next_actions)
++ next_q1, next_q2 = target_critic(batch["obs"], next_actions)
 IDQL V fit to the mean (tau 0.5) | idql.py | tests/test_offpolicy_updates.py
 - v_loss = expectile_loss(target_q - v, args.expectile)
 + v_loss = expectile_loss(target_q - v, 0.5)

@@ -64,6 +64,58 @@ def test_critic_loss_sums_the_squared_errors_of_both_heads(algo):
     assert q1.tolist() == [2.0, 1.0] and q2.tolist() == [3.0, 0.0]
 
 
+def test_the_loop_fits_the_critic_to_the_bellman_target_of_the_target_critic_at_the_next_state(
+    algo, tiny_diffusion_checkpoint, tmp_path, monkeypatch
+):
+    """Per gradient step: y = bellman_target(r, terminated, Q1', Q2') with (Q1', Q2') the TARGET critic's values at the
+    sampled s' (and the actor's a'), then critic_loss of the ONLINE critic at the same minibatch's (s, a) against y."""
+    batches, forwards, targets, losses = [], [], [], []
+    real_get, real_forward = algo.ReplayBuffer.get, algo.DoubleQCritic.forward
+    real_bellman, real_loss = algo.bellman_target, algo.critic_loss
+
+    def get(self, idx, device):
+        batches.append(real_get(self, idx, device))
+        return batches[-1]
+
+    def forward(self, obs, actions):
+        forwards.append((self, obs, real_forward(self, obs, actions)))
+        return forwards[-1][2]
+
+    def bellman(rewards, terminated, next_q1, next_q2, gamma):
+        targets.append(
+            (rewards, terminated, next_q1, next_q2, real_bellman(rewards, terminated, next_q1, next_q2, gamma))
+        )
+        return targets[-1][-1]
+
+    def loss(critic, obs, actions, target):
+        losses.append((critic, obs, actions, target))
+        return real_loss(critic, obs, actions, target)
+
+    monkeypatch.setattr(algo.ReplayBuffer, "get", get)
+    monkeypatch.setattr(algo.DoubleQCritic, "forward", forward)
+    monkeypatch.setattr(algo, "bellman_target", bellman)
+    monkeypatch.setattr(algo, "critic_loss", loss)
+    name = algo.__name__.rsplit(".", 1)[1]
+    run_main(
+        algo,
+        "--checkpoint",
+        tiny_diffusion_checkpoint,
+        "--total-timesteps",
+        "64",
+        "--run-dir",
+        tmp_path / "r",
+        *TINY_FLAGS[name],
+    )
+    assert len(batches) == len(targets) == len(losses) == 4  # 8 steps x 2 envs / batch 8 x replay ratio 2
+    for batch, (rewards, terminated, next_q1, next_q2, y), (critic, obs, actions, target) in zip(
+        batches, targets, losses, strict=True
+    ):
+        ((target_critic, next_obs, _),) = [f for f in forwards if f[2][0] is next_q1 and f[2][1] is next_q2]
+        assert target_critic is not critic  # the target network, not the online one
+        assert next_obs is batch["next_obs"] and rewards is batch["rewards"] and terminated is batch["terminated"]
+        assert obs is batch["obs"] and actions is batch["chunks"] and target is y
+
+
 def test_double_q_critic_is_residual_on_obs_and_executed_chunk(algo):
     critic = algo.DoubleQCritic(obs_dim=11, cond_steps=2, action_dim=3, act_steps=4, dims=(256, 256, 256))
     assert critic.q1.inp.in_features == 11 * 2 + 3 * 4
