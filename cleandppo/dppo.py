@@ -531,7 +531,7 @@ class Critic(nn.Module):
 
 
 class RunningRewardScaler:
-    """Divide rewards by the std of a running discounted return (official `reward_scale_running`).
+    """Divide rewards by the std of a running discounted return (official util/reward_scaling.py).
     R <- r + 0.99 (1 - first) R per env; running variance M2/(n - 1) of all R (count init 1e-4, mean 0, var 1);
     scaled reward = r / sqrt(var + 1e-8), clipped to +-10. No mean subtraction."""
 
@@ -540,6 +540,7 @@ class RunningRewardScaler:
         self.mean, self.var, self.count = 0.0, 1.0, 1e-4
 
     def __call__(self, rewards, firsts):
+        """rewards, firsts: (N, E); firsts[n] marks that step n starts a new episode."""
         returns = np.zeros_like(rewards)
         for n in range(len(rewards)):
             self.ret = rewards[n] + self.gamma * (1 - firsts[n]) * self.ret
@@ -558,7 +559,9 @@ class RunningRewardScaler:
 
 
 def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
-    """GAE over environment (policy-query) steps; arrays (N, E). dones cut the recursion."""
+    """GAE over environment (policy-query) steps (Schulman et al. 2016); arrays (N, E). next_values[n] is V of the state
+    reached after step n (already the bootstrap at time-outs); dones[n] = 1 cuts the recursion (the episode ended).
+    Returns (advantages, returns = advantages + values)."""
     advantages = np.zeros_like(rewards)
     last = np.zeros(rewards.shape[1])
     for n in reversed(range(len(rewards))):

@@ -175,8 +175,8 @@ SCRATCH = dict(
 SCRATCH_ITERATIONS = {"hopper-v2": 301}  # the budget: 501 iterations on Walker2d and HalfCheetah
 
 # Robomimic ids (lift, can, square, transport) get the official values (cfg/robomimic/finetune/<task>/
-# ft_ppo_gaussian_{mlp,transformer}.yaml; paper D.5-D.6) for every flag not set explicitly on the command line (printed at start), with
-# act_steps = horizon_steps = the task's Ta; the Gym tasks keep the defaults above.
+# ft_ppo_gaussian_{mlp,transformer}.yaml; paper D.5-D.6) for every flag not set explicitly on the command line
+# (printed at start), with act_steps = horizon_steps = the task's Ta; the Gym tasks keep the defaults above.
 ROBOMIMIC = dict(
     gamma=0.999,
     num_envs=50,
@@ -224,7 +224,7 @@ AVOID = dict(
 # ------------------------------------------------------------------------------------------------
 class ResidualMLP(nn.Module):
     """Linear -> one pre-activation residual block per extra pair of equal widths -> Linear. Other hidden widths (the
-    official [256, 256] MLPs) or residual=False (official residual_style False) give a plain MLP, activations between."""
+    official [256, 256] MLPs) or residual=False (official residual_style False): a plain MLP, activations between."""
 
     def __init__(self, dims, activation=nn.ReLU, residual=None):
         super().__init__()
@@ -387,7 +387,7 @@ class Critic(nn.Module):
 # PPO pieces
 # ------------------------------------------------------------------------------------------------
 class RunningRewardScaler:
-    """Divide rewards by the std of a running discounted return (official `reward_scale_running`).
+    """Divide rewards by the std of a running discounted return (official util/reward_scaling.py).
     R <- r + 0.99 (1 - first) R per env; running variance M2/(n - 1) of all R (count init 1e-4, mean 0, var 1);
     scaled reward = r / sqrt(var + 1e-8), clipped to +-10. No mean subtraction."""
 
@@ -396,6 +396,7 @@ class RunningRewardScaler:
         self.mean, self.var, self.count = 0.0, 1.0, 1e-4
 
     def __call__(self, rewards, firsts):
+        """rewards, firsts: (N, E); firsts[n] marks that step n starts a new episode."""
         returns = np.zeros_like(rewards)
         for n in range(len(rewards)):
             self.ret = rewards[n] + self.gamma * (1 - firsts[n]) * self.ret
@@ -414,7 +415,9 @@ class RunningRewardScaler:
 
 
 def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
-    """GAE over environment (policy-query) steps; arrays (N, E). dones cut the recursion."""
+    """GAE over environment (policy-query) steps (Schulman et al. 2016); arrays (N, E). next_values[n] is V of the state
+    reached after step n (already the bootstrap at time-outs); dones[n] = 1 cuts the recursion (the episode ended).
+    Returns (advantages, returns = advantages + values)."""
     advantages = np.zeros_like(rewards)
     last = np.zeros(rewards.shape[1])
     for n in reversed(range(len(rewards))):

@@ -67,8 +67,8 @@ def test_reward_scaler_divides_by_the_running_std_of_discounted_returns(name):
         for n in range(len(rewards)):
             running = rewards[n] + gamma * (1 - firsts[n]) * running
             batch.append(running.copy())
-        # the official RunningMeanStd (util/reward_scaling.py): this iteration's returns merged into the running moments,
-        # the pooled sum of squared deviations divided by (count - 1)
+        # the official RunningMeanStd (util/reward_scaling.py): this iteration's returns merged into the running
+        # moments, the pooled sum of squared deviations divided by (count - 1)
         batch = np.concatenate(batch)
         total = count + batch.size
         new_mean = (count * mean + batch.sum()) / total
