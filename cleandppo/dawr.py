@@ -117,7 +117,7 @@ class Args:
     """observations per critic forward pass when (re)computing V over the buffer (memory only)"""
 
 
-ROBOMIMIC = dict(  # robomimic ids (dppo-facts 4.5, ft_awr_diffusion_mlp)
+ROBOMIMIC = dict(  # robomimic ids (official cfg/robomimic/finetune/<task>/ft_awr_diffusion_mlp.yaml; paper D.5)
     gamma=0.999,
     num_envs=50,
     actor_lr=1e-5,
@@ -125,16 +125,14 @@ ROBOMIMIC = dict(  # robomimic ids (dppo-facts 4.5, ft_awr_diffusion_mlp)
     batch_size=1000,
     scale_reward_factor=1.0,
     replay_ratio=64,
-    critic_replay_ratio=16,  # official critic_update_ratio 4: critic steps = actor steps / 4, i.e. 64 / 4 (3.5)
+    critic_replay_ratio=16,  # official critic_update_ratio 4: critic steps = actor steps / 4, i.e. 64 / 4
     buffer_size=150_000,  # 3000 vector steps x 50 envs, in transitions
     beta=10.0,
     max_adv_weight=100.0,
     n_critic_warmup_itr=2,
     eval_episodes=50,
 )
-ROBOMIMIC_N_STEPS = dict(
-    lift=300, can=300, square=400, transport=400
-)  # N Ta = 4 episodes per env and iteration (dppo-facts 4.5)
+ROBOMIMIC_N_STEPS = dict(lift=300, can=300, square=400, transport=400)  # N Ta = 4 episodes per env and iteration
 
 
 def task_defaults(args) -> dict:
@@ -164,28 +162,24 @@ def make_schedule(K: int) -> dict:
     alphas = 1 - betas
     alpha_bar = torch.cumprod(alphas, 0)
     alpha_bar_prev = torch.cat([torch.ones(1), alpha_bar[:-1]])
-    return dict(
-        betas=betas,
-        alphas=alphas,
-        alpha_bar=alpha_bar,
-        alpha_bar_prev=alpha_bar_prev,
-        # posterior q(x_{t-1} | x_t, x_0) (Ho et al. eq. 7)
-        posterior_var=betas * (1 - alpha_bar_prev) / (1 - alpha_bar),
-        coef_x0=betas * alpha_bar_prev.sqrt() / (1 - alpha_bar),
-        coef_xt=(1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar),
-    )
+    sched = dict(betas=betas, alphas=alphas, alpha_bar=alpha_bar, alpha_bar_prev=alpha_bar_prev)
+    sched["posterior_var"] = betas * (1 - alpha_bar_prev) / (1 - alpha_bar)  # q(x_{t-1} | x_t, x_0), Ho et al. eq. 7
+    sched["coef_x0"] = betas * alpha_bar_prev.sqrt() / (1 - alpha_bar)
+    sched["coef_xt"] = (1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar)
+    return sched
 
 
 def denoising_plan(K: int) -> list:
-    """DDPM timesteps in execution order with their predecessors: [(K-1, K-2), ..., (0, -1)]."""
+    """Timesteps in execution order with their predecessors: [(t, t_prev), ...], t_prev = -1 at the end.
+    DDPM runs t = K-1, ..., 0."""
     return [(t, t - 1) for t in reversed(range(K))]
 
 
 def step_mean_var(net, sched, x, obs, t, clip: float = 1.0):
-    """Mean and variance of x_{t-1} given x_t (DDPM; paper eq. 3.3); t: (B,) long tensor.
-
-    x0 = sqrt(1/ab) x - sqrt(1/ab - 1) eps, clamped to [-clip, clip]; mean = coef_x0 x0 + coef_xt x;
-    variance = the posterior variance beta_t (1 - ab_prev) / (1 - ab).
+    """Mean and variance of x_{t-1} given x_t for one reverse step (official `p_mean_var` in
+    model/diffusion/diffusion_vpg.py); t: (B,) long tensor.
+    DDPM (paper eq. 3.3): x0 = sqrt(1/ab) x - sqrt(1/ab - 1) eps, clamped to [-clip, clip];
+    mean = coef_x0 x0 + coef_xt x; variance = the posterior variance beta_t (1 - ab_prev)/(1 - ab).
     """
     eps = net(x, t, obs)
     ab = sched["alpha_bar"][t].view(-1, 1, 1)
@@ -343,30 +337,41 @@ def build_network(kw: dict) -> nn.Module:
 
 @torch.no_grad()
 def sample(
-    net, sched, obs, horizon_steps, action_dim, mode, min_sampling_std=0.1, randn_clip=3.0, clip=1.0, generator=None
+    actor,
+    sched,
+    obs,
+    K,
+    horizon_steps,
+    action_dim,
+    mode,
+    min_sampling_std=0.1,
+    randn_clip=3.0,
+    clip=1.0,
+    generator=None,
 ):
-    """Run the whole K-step reverse chain with one network (baselines fine-tune all steps; official 3.0).
-
+    """Run the whole K-step reverse chain with `actor` (the baselines fine-tune every step); return the action chunk.
     `mode`: "train" -> std floored at min_sampling_std at every step (exploration, paper 4.3);
-            "eval"  -> natural DDPM std floored at 1e-3, none at the final step ("without extra noise").
-    """
+            "eval"  -> natural std floored at 1e-3, none at the final step.
+    Every step clamps x0 to `clip` and the noise to `randn_clip` std."""
     B = obs.shape[0]
-    x = torch.randn(B, horizon_steps, action_dim, device=obs.device, generator=generator)
-    for t, _ in denoising_plan(len(sched["betas"])):
-        mean, var = step_mean_var(net, sched, x, obs, torch.full((B,), t, dtype=torch.long, device=x.device), clip)
+    shape = (B, horizon_steps, action_dim)
+    x = torch.randn(shape, device=obs.device, generator=generator)
+    for t, _ in denoising_plan(K):
+        t_b = torch.full((B,), t, dtype=torch.long, device=x.device)
+        mean, var = step_mean_var(actor, sched, x, obs, t_b, clip)
         std = var.sqrt()
         if mode == "train":
             std = std.clamp(min=min_sampling_std)
         else:
             std = std.clamp(min=1e-3) if t > 0 else torch.zeros_like(std)
-        noise = torch.randn(x.shape, device=x.device, generator=generator).clamp(-randn_clip, randn_clip)
-        x = mean + std * noise
+        noise = torch.randn(shape, device=x.device, generator=generator)
+        x = mean + std * noise.clamp(-randn_clip, randn_clip)
     return x
 
 
-def pretrain_loss(net, sched, x0, obs, K, weights=None, generator=None):
-    """Denoising loss (paper eq. 3.2) at a random step t per sample; with `weights` (B,) each sample's
-    mean-over-(Tp, Da) error is multiplied by its weight before the batch mean (paper eq. A1/A2)."""
+def denoising_loss(net, sched, x0, obs, K, weights=None, generator=None):
+    """Denoising loss (paper eq. 3.2): MSE between the added noise and its prediction at a random step; with `weights`
+    (B,) each sample's mean-over-(Tp, Da) error is multiplied by its weight before the batch mean (paper eq. A1/A2)."""
     t = torch.randint(0, K, (x0.shape[0],), device=x0.device, generator=generator)
     eps = torch.randn(x0.shape, device=x0.device, generator=generator)
     ab = sched["alpha_bar"][t].view(-1, 1, 1)
@@ -379,7 +384,7 @@ def pretrain_loss(net, sched, x0, obs, K, weights=None, generator=None):
 # DAWR: critic, replay buffer, TD(lambda) targets, weights (paper D.3, eqs. A2-A3)
 # ------------------------------------------------------------------------------------------------
 class Critic(nn.Module):
-    """V(s) of the environment observation (official CriticObs): residual Mish MLP; output (B,)."""
+    """V(s) of the environment observation only (paper 4.2; D.4): residual Mish MLP."""
 
     def __init__(self, obs_dim, cond_steps, dims=(256, 256, 256)):
         super().__init__()
@@ -490,7 +495,8 @@ def buffer_targets(critic, buf, args, device):
 
 
 def dawr_update(actor, critic, actor_opt, critic_opt, sched, buf, args, device, update_actor=True, generator=None):
-    """Critic steps on the TD(lambda) targets, then actor steps weighted by exp(beta A) (official 3.5, fixed)."""
+    """Critic steps on the TD(lambda) targets, then actor steps weighted by exp(beta A) (official
+    agent/finetune/train_awr_diffusion_agent.py, its critic minibatch indexing and broadcasting fixed: docs/dawr.md)."""
     num_batch = int(args.n_steps * args.num_envs / args.batch_size * args.replay_ratio)
     num_critic = int(args.n_steps * args.num_envs / args.batch_size * args.critic_replay_ratio)
     rows, _, targets = buffer_targets(critic, buf, args, device)
@@ -512,7 +518,7 @@ def dawr_update(actor, critic, actor_opt, critic_opt, sched, buf, args, device, 
     for _ in range(num_batch):
         pos, env = buf.sample(args.batch_size, generator)
         w = awr_weights(torch.as_tensor(advantages[pos, env], device=device), args.beta, args.max_adv_weight)
-        loss = pretrain_loss(
+        loss = denoising_loss(
             actor,
             sched,
             torch.as_tensor(buf.chunks[rows[pos], env], device=device),
@@ -555,6 +561,7 @@ def eval_act(actor, sched, kw, args, device):
                 actor,
                 sched,
                 torch.as_tensor(obs, device=device),
+                kw["denoising_steps"],
                 kw["horizon_steps"],
                 kw["action_dim"],
                 "eval",
@@ -703,6 +710,7 @@ def main(args):
                     actor,
                     sched,
                     torch.as_tensor(obs, device=device),
+                    kw["denoising_steps"],
                     Tp,
                     action_dim,
                     "train",

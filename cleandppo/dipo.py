@@ -120,8 +120,13 @@ ROBOMIMIC = dict(
     action_lr=1e-4,
     action_gradient_steps=10,
     eval_episodes=50,
-)  # robomimic ids (official ft_dipo_diffusion_mlp configs, dppo-facts 4.5)
-ROBOMIMIC_TASK = dict(lift=(300, 5), can=(300, 2), square=(400, 2), transport=(400, 2))  # n_steps, n_critic_warmup_itr
+)  # robomimic ids (official cfg/robomimic/finetune/<task>/ft_dipo_diffusion_mlp.yaml; paper D.5)
+ROBOMIMIC_TASK = dict(
+    lift=dict(n_steps=300, n_critic_warmup_itr=5),
+    can=dict(n_steps=300, n_critic_warmup_itr=2),
+    square=dict(n_steps=400, n_critic_warmup_itr=2),
+    transport=dict(n_steps=400, n_critic_warmup_itr=2),
+)
 
 
 def task_defaults(args) -> dict:
@@ -130,9 +135,7 @@ def task_defaults(args) -> dict:
         return {}
     task = envs.resolve_env_id(args.env_id)
     ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
-    return dict(
-        ROBOMIMIC, **dict(zip(("n_steps", "n_critic_warmup_itr"), ROBOMIMIC_TASK[task])), act_steps=ta, horizon_steps=ta
-    )
+    return dict(ROBOMIMIC, **ROBOMIMIC_TASK[task], act_steps=ta, horizon_steps=ta)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -153,27 +156,24 @@ def make_schedule(K: int) -> dict:
     alphas = 1 - betas
     alpha_bar = torch.cumprod(alphas, 0)
     alpha_bar_prev = torch.cat([torch.ones(1), alpha_bar[:-1]])
-    return dict(
-        betas=betas,
-        alphas=alphas,
-        alpha_bar=alpha_bar,
-        alpha_bar_prev=alpha_bar_prev,
-        posterior_var=betas * (1 - alpha_bar_prev) / (1 - alpha_bar),
-        coef_x0=betas * alpha_bar_prev.sqrt() / (1 - alpha_bar),
-        coef_xt=(1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar),
-    )
+    sched = dict(betas=betas, alphas=alphas, alpha_bar=alpha_bar, alpha_bar_prev=alpha_bar_prev)
+    sched["posterior_var"] = betas * (1 - alpha_bar_prev) / (1 - alpha_bar)  # q(x_{t-1} | x_t, x_0), Ho et al. eq. 7
+    sched["coef_x0"] = betas * alpha_bar_prev.sqrt() / (1 - alpha_bar)
+    sched["coef_xt"] = (1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar)
+    return sched
 
 
 def denoising_plan(K: int) -> list:
-    """DDPM timesteps in execution order with their predecessors: [(K-1, K-2), ..., (0, -1)]."""
+    """Timesteps in execution order with their predecessors: [(t, t_prev), ...], t_prev = -1 at the end.
+    DDPM runs t = K-1, ..., 0."""
     return [(t, t - 1) for t in reversed(range(K))]
 
 
 def step_mean_var(net, sched, x, obs, t, clip: float = 1.0):
-    """Mean and variance of x_{t-1} given x_t for one DDPM step (paper eq. 3.3); t: (B,) long tensor.
-
-    x0 = sqrt(1/ab) x - sqrt(1/ab - 1) eps, clamped to [-clip, clip]; mean = coef_x0 x0 + coef_xt x;
-    variance = the posterior variance beta_t (1 - ab_prev)/(1 - ab).
+    """Mean and variance of x_{t-1} given x_t for one reverse step (official `p_mean_var` in
+    model/diffusion/diffusion_vpg.py); t: (B,) long tensor.
+    DDPM (paper eq. 3.3): x0 = sqrt(1/ab) x - sqrt(1/ab - 1) eps, clamped to [-clip, clip];
+    mean = coef_x0 x0 + coef_xt x; variance = the posterior variance beta_t (1 - ab_prev)/(1 - ab).
     """
     eps = net(x, t, obs)
     ab = sched["alpha_bar"][t].view(-1, 1, 1)
@@ -328,29 +328,39 @@ def build_network(kw: dict) -> nn.Module:
 
 @torch.no_grad()
 def sample(
-    net, sched, obs, K, horizon_steps, action_dim, mode, min_sampling_std=0.1, randn_clip=3.0, clip=1.0, generator=None
+    actor,
+    sched,
+    obs,
+    K,
+    horizon_steps,
+    action_dim,
+    mode,
+    min_sampling_std=0.1,
+    randn_clip=3.0,
+    clip=1.0,
+    generator=None,
 ):
-    """Run the full K-step reverse chain with one network; return the (B, Tp, Da) chunk.
-
+    """Run the whole K-step reverse chain with `actor` (the baselines fine-tune every step); return the action chunk.
     `mode`: "train" -> std floored at min_sampling_std at every step (exploration, paper 4.3);
-            "eval"  -> natural DDPM std floored at 1e-3, none at the final step (no extra noise).
-    """
+            "eval"  -> natural std floored at 1e-3, none at the final step.
+    Every step clamps x0 to `clip` and the noise to `randn_clip` std."""
     B = obs.shape[0]
-    x = torch.randn(B, horizon_steps, action_dim, device=obs.device, generator=generator)
+    shape = (B, horizon_steps, action_dim)
+    x = torch.randn(shape, device=obs.device, generator=generator)
     for t, _ in denoising_plan(K):
         t_b = torch.full((B,), t, dtype=torch.long, device=x.device)
-        mean, var = step_mean_var(net, sched, x, obs, t_b, clip)
+        mean, var = step_mean_var(actor, sched, x, obs, t_b, clip)
         std = var.sqrt()
         if mode == "train":
             std = std.clamp(min=min_sampling_std)
         else:
             std = std.clamp(min=1e-3) if t > 0 else torch.zeros_like(std)
-        noise = torch.randn(x.shape, device=x.device, generator=generator).clamp(-randn_clip, randn_clip)
-        x = mean + std * noise
+        noise = torch.randn(shape, device=x.device, generator=generator)
+        x = mean + std * noise.clamp(-randn_clip, randn_clip)
     return x
 
 
-def pretrain_loss(net, sched, x0, obs, K):
+def denoising_loss(net, sched, x0, obs, K):
     """Denoising loss (paper eq. 3.2): MSE between the added noise and its prediction at a random step."""
     t = torch.randint(0, K, (x0.shape[0],), device=x0.device)
     eps = torch.randn_like(x0)
@@ -363,20 +373,21 @@ def pretrain_loss(net, sched, x0, obs, K):
 # Replay buffer, critic, DIPO update (paper D.3, eqs. A4-A6)
 # ------------------------------------------------------------------------------------------------
 class ReplayBuffer:
-    """FIFO ring buffer, one entry per env transition: obs, predicted chunk, scaled reward, next obs, terminated."""
+    """FIFO ring buffer, one entry per env transition: obs, the sampled chunk (Tp actions; the critic sees the first
+    Ta, the executed ones), scaled reward, next obs (the pre-reset one when the episode ended), terminated."""
 
-    def __init__(self, capacity, obs_shape, action_shape):
+    def __init__(self, capacity, obs_shape, chunk_shape):
         self.capacity, self.pos, self.size = capacity, 0, 0
         self.obs = np.zeros((capacity, *obs_shape), np.float32)
         self.next_obs = np.zeros((capacity, *obs_shape), np.float32)
-        self.actions = np.zeros((capacity, *action_shape), np.float32)
+        self.chunks = np.zeros((capacity, *chunk_shape), np.float32)
         self.rewards = np.zeros(capacity, np.float32)
         self.terminated = np.zeros(capacity, np.float32)
 
-    def add(self, obs, actions, rewards, next_obs, terminated):
+    def add(self, obs, chunks, rewards, next_obs, terminated):
         """Append a batch of transitions (one per env); the oldest ones are overwritten when full."""
         idx = (self.pos + np.arange(len(obs))) % self.capacity
-        self.obs[idx], self.actions[idx], self.rewards[idx] = obs, actions, rewards
+        self.obs[idx], self.chunks[idx], self.rewards[idx] = obs, chunks, rewards
         self.next_obs[idx], self.terminated[idx] = next_obs, terminated
         self.pos = int((self.pos + len(obs)) % self.capacity)
         self.size = min(self.capacity, self.size + len(obs))
@@ -389,7 +400,7 @@ class ReplayBuffer:
         """Transitions `idx` as torch tensors, and `idx` itself."""
         batch = {
             k: torch.as_tensor(getattr(self, k)[idx], device=device)
-            for k in ("obs", "actions", "rewards", "next_obs", "terminated")
+            for k in ("obs", "chunks", "rewards", "next_obs", "terminated")
         }
         return dict(batch, idx=idx)
 
@@ -397,8 +408,8 @@ class ReplayBuffer:
 class DoubleQCritic(nn.Module):
     """Two independent Q(s, a) nets on [flattened obs, flattened executed chunk]: residual Mish MLPs (D.3).
 
-    The official CriticObsAct misspells its residual flag, so its Q nets are plain MLPs; we build
-    the residual ones the configs ask for. Only the first `act_steps` actions of a chunk are seen.
+    The official CriticObsAct (model/common/critic.py) misspells its residual flag, so its Q nets are plain MLPs; we
+    build the residual ones the configs ask for. Only the first `act_steps` actions of a chunk are seen.
     """
 
     def __init__(self, obs_dim, cond_steps, action_dim, act_steps, dims=(256, 256, 256)):
@@ -414,7 +425,7 @@ class DoubleQCritic(nn.Module):
 
 
 def bellman_target(rewards, terminated, next_q1, next_q2, gamma):
-    """y = r + gamma (1 - terminated) min(Q1', Q2') (double Q, eq. A6); time-outs are not terminal."""
+    """y = r + gamma (1 - terminated) min(Q1', Q2') (double Q; paper eqs. A6, A11, A12); time-outs are not terminal."""
     return rewards + gamma * (1 - terminated) * torch.minimum(next_q1, next_q2)
 
 
@@ -461,7 +472,7 @@ def dipo_update(
     device,
 ):
     """One iteration of DIPO updates; returns the mean of each logged statistic."""
-    K, (Tp, Da) = args.denoising_steps, buffer.actions.shape[1:]
+    K, (Tp, Da) = args.denoising_steps, buffer.chunks.shape[1:]
     max_norm = 0.1 * Da * args.act_steps  # official action-gradient norm clip
     stats = {
         k: [] for k in ("q_loss", "q1_mean", "q2_mean", "target_q_mean", "actor_loss", "action_q_gain", "action_shift")
@@ -482,7 +493,7 @@ def dipo_update(
                 args.denoised_clip_value,
             )
             y = bellman_target(b["rewards"], b["terminated"], *target_critic(b["next_obs"], next_a), args.gamma)
-        loss, q1, q2 = critic_loss(critic, b["obs"], b["actions"], y)
+        loss, q1, q2 = critic_loss(critic, b["obs"], b["chunks"], y)
         critic_opt.zero_grad()
         loss.backward()
         critic_opt.step()
@@ -490,10 +501,10 @@ def dipo_update(
             stats[k].append(v.item())
         if update_actor:  # a fresh minibatch: move its actions, write them back, fit the actor to them
             fresh = buffer.sample(args.batch_size, device)
-            obs, actions = fresh["obs"], fresh["actions"]
+            obs, actions = fresh["obs"], fresh["chunks"]
             moved = action_gradient(critic, obs, actions, args.action_lr, args.action_gradient_steps, max_norm)
-            buffer.actions[fresh["idx"]] = moved.cpu().numpy()
-            actor_loss = pretrain_loss(actor, sched, moved, obs, K)
+            buffer.chunks[fresh["idx"]] = moved.cpu().numpy()
+            actor_loss = denoising_loss(actor, sched, moved, obs, K)
             actor_opt.zero_grad()
             actor_loss.backward()
             actor_opt.step()

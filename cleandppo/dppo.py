@@ -175,15 +175,19 @@ class Args:
     """weight of the BC regulariser: -log-prob under the fine-tuned network of the frozen actor's chains (D.7; 0 off)"""
 
 
-# robomimic ids (dppo-facts 4.3): every task, then per task
+# robomimic ids (official cfg/robomimic/finetune/<task>/ft_ppo_diffusion_mlp.yaml; paper D.5): every task, then per task
 ROBOMIMIC = dict(gamma=0.999, num_envs=50, activation="mish", eval_episodes=50, n_critic_warmup_itr=2)
 ROBOMIMIC |= dict(clip_ploss_coef=0.01, clip_ploss_coef_base=0.001, actor_lr=1e-4, critic_lr=1e-3)
-ROBOMIMIC_TASK = {  # n_steps, batch_size, update_epochs, mlp_dims, time_dim, cond_mlp_dims
-    "lift": (300, 7500, 10, (512,) * 3, 16, ()),
-    "can": (300, 7500, 10, (512,) * 3, 16, ()),
-    "square": (400, 10_000, 10, (1024,) * 3, 32, (512, 64)),
-    "transport": (400, 10_000, 5, (1024,) * 3, 32, ()),
-}
+ROBOMIMIC_TASK = dict(
+    lift=dict(n_steps=300, batch_size=7500, update_epochs=10, mlp_dims=(512,) * 3, time_dim=16, cond_mlp_dims=()),
+    can=dict(n_steps=300, batch_size=7500, update_epochs=10, mlp_dims=(512,) * 3, time_dim=16, cond_mlp_dims=()),
+    square=dict(
+        n_steps=400, batch_size=10_000, update_epochs=10, mlp_dims=(1024,) * 3, time_dim=32, cond_mlp_dims=(512, 64)
+    ),
+    transport=dict(
+        n_steps=400, batch_size=10_000, update_epochs=5, mlp_dims=(1024,) * 3, time_dim=32, cond_mlp_dims=()
+    ),
+)
 
 
 # Avoid ids (official cfg/d3il/*/avoid_m*, paper D.8; fewer pre-training epochs than the paper: docs/avoid.md)
@@ -208,9 +212,8 @@ def task_defaults(args) -> dict:
         iterations = SCRATCH_ITERATIONS.get(task, 501)
         return dict(SCRATCH, total_timesteps=iterations * SCRATCH["num_envs"] * SCRATCH["n_steps"])
     if envs.is_robomimic(args.env_id):
-        keys = ("n_steps", "batch_size", "update_epochs", "mlp_dims", "time_dim", "cond_mlp_dims")
         ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
-        return dict(ROBOMIMIC, **dict(zip(keys, ROBOMIMIC_TASK[task])), act_steps=ta, horizon_steps=ta)
+        return dict(ROBOMIMIC, **ROBOMIMIC_TASK[task], act_steps=ta, horizon_steps=ta)
     if avoid.is_avoid(args.env_id):  # minibatch: half of an iteration's (env step, denoising step) pairs
         return dict(AVOID, batch_size=round(AVOID["n_steps"] * AVOID["num_envs"] * args.ft_denoising_steps / 2))
     return {}
@@ -248,10 +251,11 @@ def denoising_plan(K: int, ddim_steps: Optional[int]) -> list:
 
 
 def step_mean_var(net, sched, x, obs, t, t_prev, ddim: bool, eta: float = 1.0, clip: float = 1.0):
-    """Mean and variance of x_{t_prev} given x_t for one reverse step; t, t_prev: (B,) long tensors.
-    DDPM (paper eq. 3.3; official 1.3): x0 = sqrt(1/ab) x - sqrt(1/ab - 1) eps, clamped to [-clip, clip];
+    """Mean and variance of x_{t_prev} given x_t for one reverse step (official `p_mean_var` in
+    model/diffusion/diffusion_vpg.py); t, t_prev: (B,) long tensors.
+    DDPM (paper eq. 3.3): x0 = sqrt(1/ab) x - sqrt(1/ab - 1) eps, clamped to [-clip, clip];
     mean = coef_x0 x0 + coef_xt x; variance = the posterior variance beta_t (1 - ab_prev)/(1 - ab).
-    DDIM (paper eq. 4.9; official 1.4): x0 = (x - sqrt(1 - ab) eps)/sqrt(ab) (official form), clamped, eps recomputed,
+    DDIM (paper eq. 4.9): x0 = (x - sqrt(1 - ab) eps)/sqrt(ab) (official form), clamped, eps recomputed,
     sigma = eta sqrt((1 - ab_prev)/(1 - ab) (1 - ab/ab_prev)); mean = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps
     """
     eps = net(x, t, obs)
@@ -462,7 +466,7 @@ def sample(actor, actor_ft, sched, obs, plan, ft_steps, mode, args, generator=No
     return x, chain
 
 
-def pretrain_loss(net, sched, x0, obs, K):
+def denoising_loss(net, sched, x0, obs, K):
     """Denoising loss (paper eq. 3.2): MSE between the added noise and its prediction at a random step."""
     t = torch.randint(0, K, (x0.shape[0],), device=x0.device)
     eps = torch.randn_like(x0)
@@ -527,7 +531,7 @@ class Critic(nn.Module):
 
 
 class RunningRewardScaler:
-    """Divide rewards by the std of a running discounted return (official `reward_scale_running`).
+    """Divide rewards by the std of a running discounted return (official util/reward_scaling.py).
     R <- r + 0.99 (1 - first) R per env; running variance M2/(n - 1) of all R (count init 1e-4, mean 0, var 1);
     scaled reward = r / sqrt(var + 1e-8), clipped to +-10. No mean subtraction."""
 
@@ -536,6 +540,7 @@ class RunningRewardScaler:
         self.mean, self.var, self.count = 0.0, 1.0, 1e-4
 
     def __call__(self, rewards, firsts):
+        """rewards, firsts: (N, E); firsts[n] marks that step n starts a new episode."""
         returns = np.zeros_like(rewards)
         for n in range(len(rewards)):
             self.ret = rewards[n] + self.gamma * (1 - firsts[n]) * self.ret
@@ -554,7 +559,9 @@ class RunningRewardScaler:
 
 
 def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
-    """GAE over environment (policy-query) steps; arrays (N, E). dones cut the recursion."""
+    """GAE over environment (policy-query) steps (Schulman et al. 2016); arrays (N, E). next_values[n] is V of the state
+    reached after step n (already the bootstrap at time-outs); dones[n] = 1 cuts the recursion (the episode ended).
+    Returns (advantages, returns = advantages + values)."""
     advantages = np.zeros_like(rewards)
     last = np.zeros(rewards.shape[1])
     for n in reversed(range(len(rewards))):
@@ -565,7 +572,8 @@ def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
 
 
 def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, args, update_actor=True, generator=None):
-    """PPO epochs over the N*E*K' (env step, denoising step) pairs (paper 4.2; official 2.5-2.6). `actor` (frozen)
+    """PPO epochs over the N*E*K' (env step, denoising step) pairs (paper 4.2; official `PPODiffusion.loss` in
+    model/diffusion/diffusion_ppo.py, the update loop in agent/finetune/train_ppo_diffusion_agent.py). `actor` (frozen)
     only samples the chains of the BC regulariser."""
     K_ft = batch["chains"].shape[1] - 1
     device = batch["obs"].device
@@ -589,8 +597,8 @@ def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, arg
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
             adv = adv * discounts[j]  # denoising discount, after normalization (official order)
             ratio = (new_logp - old_logp).exp()
-            eps = clips[j]
-            pg_loss = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - eps, 1 + eps)).mean()
+            clip_ratio = clips[j]
+            pg_loss = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip_ratio, 1 + clip_ratio)).mean()
             v_loss = 0.5 * ((critic(obs) - batch["returns"][i]) ** 2).mean()
             loss = pg_loss + args.vf_coef * v_loss
             if args.bc_loss_coeff:  # BC regulariser (D.7, official use_bc_loss): chains of the frozen actor made
@@ -608,7 +616,7 @@ def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, arg
             critic_opt.step()
             with torch.no_grad():
                 approx_kl = ((ratio - 1) - (new_logp - old_logp)).mean().item()  # k3 estimator
-                clipfracs.append(((ratio - 1).abs() > eps).float().mean().item())
+                clipfracs.append(((ratio - 1).abs() > clip_ratio).float().mean().item())
             stats = dict(policy_loss=pg_loss.item(), value_loss=v_loss.item(), approx_kl=approx_kl)
             stats["ratio"] = ratio.mean().item()
             if args.target_kl is not None and approx_kl > args.target_kl:
@@ -630,7 +638,8 @@ def make_checkpoint(actor, kw, normalization, args, iteration, env_steps, **extr
 
 
 def pretrain_lr(epoch, args):
-    """Linear warm-up over 1 epoch from the min LR, then cosine decay to the min LR (official 2.7)."""
+    """Linear warm-up over 1 epoch from the min LR, then cosine decay to the min LR (official
+    `CosineAnnealingWarmupRestarts`, util/scheduler.py)."""
     lo, hi, warmup = args.pretrain_min_lr, args.pretrain_lr, 1
     if epoch < warmup:
         return lo + (hi - lo) * epoch / warmup
@@ -663,13 +672,13 @@ def pretrain(args, data, run_dir, writer, device):
                 obs_rows, act_rows, starts, firsts, idx, args.cond_steps, args.horizon_steps
             )
             x0, o = act_t[torch.as_tensor(a_idx)], obs_t[torch.as_tensor(o_idx)]
-            loss = pretrain_loss(net, sched, x0, o, args.denoising_steps)
+            loss = denoising_loss(net, sched, x0, o, args.denoising_steps)
             opt.zero_grad()
             loss.backward()
             opt.step()
             step += 1
             total += loss.item()
-            if step % args.ema_freq == 0:  # EMA (official 1.8): follow the weights until ema_start_epoch
+            if step % args.ema_freq == 0:  # EMA (official agent/pretrain/train_agent.py): copy until ema_start_epoch
                 with torch.no_grad():
                     for p_ema, p in zip(ema.parameters(), net.parameters()):
                         p_ema.copy_(p) if epoch < args.ema_start_epoch else p_ema.lerp_(p, 1 - args.ema_decay)
@@ -863,10 +872,12 @@ def main(args):
                 old_logp[sl] = chain_log_probs(actor_ft, sched, flat_obs[sl], chains[sl], args)
         targets = dict(advantages=flat(advantages.astype(np.float32)), returns=flat(returns.astype(np.float32)))
         batch = dict(obs=flat_obs, chains=chains, logprobs=old_logp, **targets)
-        warm = iteration >= args.n_critic_warmup_itr  # critic warm-up over: the actor updates too
-        stats = ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, args, update_actor=warm)
+        update_actor = iteration >= args.n_critic_warmup_itr  # critic warm-up over: the actor updates too
+        stats = ppo_update(
+            actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, args, update_actor=update_actor
+        )
         runs.check_finite(iteration, **stats, actor_weights=actor_ft, critic_weights=critic)
-        if warm:
+        if update_actor:
             actor_sched.step()
         critic_sched.step()
         t_update = time.time() - t_update

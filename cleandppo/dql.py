@@ -124,7 +124,7 @@ ROBOMIMIC = dict(
     eta=1.0,
     n_critic_warmup_itr=5,
     eval_episodes=50,
-)  # robomimic ids (official ft_dql_diffusion_mlp configs, dppo-facts 4.5)
+)  # robomimic ids (official cfg/robomimic/finetune/<task>/ft_dql_diffusion_mlp.yaml; paper D.5)
 ROBOMIMIC_N_STEPS = dict(lift=300, can=300, square=400, transport=400)  # N Ta = 4 episodes per env and iteration
 
 
@@ -155,28 +155,24 @@ def make_schedule(K: int) -> dict:
     alphas = 1 - betas
     alpha_bar = torch.cumprod(alphas, 0)
     alpha_bar_prev = torch.cat([torch.ones(1), alpha_bar[:-1]])
-    return dict(
-        betas=betas,
-        alphas=alphas,
-        alpha_bar=alpha_bar,
-        alpha_bar_prev=alpha_bar_prev,
-        # posterior q(x_{t-1} | x_t, x_0) (Ho et al. eq. 7)
-        posterior_var=betas * (1 - alpha_bar_prev) / (1 - alpha_bar),
-        coef_x0=betas * alpha_bar_prev.sqrt() / (1 - alpha_bar),
-        coef_xt=(1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar),
-    )
+    sched = dict(betas=betas, alphas=alphas, alpha_bar=alpha_bar, alpha_bar_prev=alpha_bar_prev)
+    sched["posterior_var"] = betas * (1 - alpha_bar_prev) / (1 - alpha_bar)  # q(x_{t-1} | x_t, x_0), Ho et al. eq. 7
+    sched["coef_x0"] = betas * alpha_bar_prev.sqrt() / (1 - alpha_bar)
+    sched["coef_xt"] = (1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar)
+    return sched
 
 
 def denoising_plan(K: int) -> list:
-    """DDPM timesteps in execution order with their predecessors: [(K-1, K-2), ..., (0, -1)]."""
+    """Timesteps in execution order with their predecessors: [(t, t_prev), ...], t_prev = -1 at the end.
+    DDPM runs t = K-1, ..., 0."""
     return [(t, t - 1) for t in reversed(range(K))]
 
 
 def step_mean_var(net, sched, x, obs, t, clip: float = 1.0):
-    """Mean and variance of x_{t-1} given x_t for one DDPM reverse step; t: (B,) long tensor.
-
-    x0 = sqrt(1/ab) x - sqrt(1/ab - 1) eps, clamped to [-clip, clip]; mean = coef_x0 x0 + coef_xt x;
-    variance = the posterior variance beta_t (1 - ab_prev)/(1 - ab), floored at 1e-20.
+    """Mean and variance of x_{t-1} given x_t for one reverse step (official `p_mean_var` in
+    model/diffusion/diffusion_vpg.py); t: (B,) long tensor.
+    DDPM (paper eq. 3.3): x0 = sqrt(1/ab) x - sqrt(1/ab - 1) eps, clamped to [-clip, clip];
+    mean = coef_x0 x0 + coef_xt x; variance = the posterior variance beta_t (1 - ab_prev)/(1 - ab).
     """
     eps = net(x, t, obs)
     ab = sched["alpha_bar"][t].view(-1, 1, 1)
@@ -336,17 +332,28 @@ def build_network(kw: dict) -> nn.Module:
 # Sampling (one network for all K steps) and the denoising loss
 # ------------------------------------------------------------------------------------------------
 def sample(
-    actor, sched, obs, K, horizon_steps, action_dim, mode, min_sampling_std=0.1, randn_clip=3.0, clip=1.0, grad=False
+    actor,
+    sched,
+    obs,
+    K,
+    horizon_steps,
+    action_dim,
+    mode,
+    min_sampling_std=0.1,
+    randn_clip=3.0,
+    clip=1.0,
+    generator=None,
+    grad=False,
 ):
-    """Run the whole K-step DDPM reverse chain and return the (B, Tp, Da) chunk.
-
-    `mode`: "train" -> std floored at min_sampling_std at every step (rollouts and DQL's actor chain);
-            "eval"  -> natural std floored at 1e-3, none at the final step (no exploration floor).
-    `grad=True` keeps the graph through every step (DQL's actor loss backpropagates through the chain).
-    """
+    """Run the whole K-step reverse chain with `actor` (the baselines fine-tune every step); return the action chunk.
+    `mode`: "train" -> std floored at min_sampling_std at every step (exploration, paper 4.3);
+            "eval"  -> natural std floored at 1e-3, none at the final step.
+    Every step clamps x0 to `clip` and the noise to `randn_clip` std.
+    `grad=True` keeps the graph through every step (DQL's actor loss backpropagates through the chain)."""
     with torch.set_grad_enabled(grad):
         B = obs.shape[0]
-        x = torch.randn(B, horizon_steps, action_dim, device=obs.device)
+        shape = (B, horizon_steps, action_dim)
+        x = torch.randn(shape, device=obs.device, generator=generator)
         for t, _ in denoising_plan(K):
             t_b = torch.full((B,), t, dtype=torch.long, device=x.device)
             mean, var = step_mean_var(actor, sched, x, obs, t_b, clip)
@@ -355,12 +362,12 @@ def sample(
                 std = std.clamp(min=min_sampling_std)
             else:
                 std = std.clamp(min=1e-3) if t > 0 else torch.zeros_like(std)
-            noise = torch.randn(x.shape, device=x.device).clamp(-randn_clip, randn_clip)
-            x = mean + std * noise
+            noise = torch.randn(shape, device=x.device, generator=generator)
+            x = mean + std * noise.clamp(-randn_clip, randn_clip)
     return x
 
 
-def pretrain_loss(net, sched, x0, obs, K):
+def denoising_loss(net, sched, x0, obs, K):
     """Denoising loss (paper eq. 3.2): MSE between the added noise and its prediction at a random step."""
     t = torch.randint(0, K, (x0.shape[0],), device=x0.device)
     eps = torch.randn_like(x0)
@@ -373,32 +380,30 @@ def pretrain_loss(net, sched, x0, obs, K):
 # Critic, replay buffer, Bellman targets
 # ------------------------------------------------------------------------------------------------
 class DoubleQCritic(nn.Module):
-    """Two independent Q(s, a) nets on concat(flattened obs history, flattened executed chunk).
+    """Two independent Q(s, a) nets on [flattened obs, flattened executed chunk]: residual Mish MLPs (D.3).
 
-    Residual Mish MLPs [in, 256, 256, 256, 1] as the official configs ask for (`residual_style: True`);
-    the official constructor misspells the flag, so its Q nets are silently plain MLPs (docs/dql.md).
+    The official CriticObsAct (model/common/critic.py) misspells its residual flag, so its Q nets are plain MLPs; we
+    build the residual ones the configs ask for. Only the first `act_steps` actions of a chunk are seen.
     """
 
     def __init__(self, obs_dim, cond_steps, action_dim, act_steps, dims=(256, 256, 256)):
         super().__init__()
+        self.act_steps = act_steps
         in_dim = obs_dim * cond_steps + action_dim * act_steps
         self.q1 = ResidualMLP([in_dim, *dims, 1], nn.Mish)
         self.q2 = ResidualMLP([in_dim, *dims, 1], nn.Mish)
 
-    def forward(self, obs, action):
-        x = torch.cat([obs.flatten(1), action.flatten(1)], dim=-1)
+    def forward(self, obs, actions):
+        x = torch.cat([obs.flatten(1), actions[:, : self.act_steps].flatten(1)], dim=-1)
         return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
 
 
 class ReplayBuffer:
-    """FIFO buffer of the most recent `capacity` transitions (one entry per env transition).
-
-    Stores the whole sampled chunk (Tp actions; the critic sees its first Ta, the executed ones),
-    the scaled reward of the executed chunk, the pre-reset next observation and `terminated`.
-    """
+    """FIFO ring buffer, one entry per env transition: obs, the sampled chunk (Tp actions; the critic sees the first
+    Ta, the executed ones), scaled reward, next obs (the pre-reset one when the episode ended), terminated."""
 
     def __init__(self, capacity, obs_shape, chunk_shape):
-        self.capacity, self.size, self.pos = capacity, 0, 0
+        self.capacity, self.pos, self.size = capacity, 0, 0
         self.obs = np.zeros((capacity, *obs_shape), np.float32)
         self.next_obs = np.zeros((capacity, *obs_shape), np.float32)
         self.chunks = np.zeros((capacity, *chunk_shape), np.float32)
@@ -406,38 +411,35 @@ class ReplayBuffer:
         self.terminated = np.zeros(capacity, np.float32)
 
     def add(self, obs, chunks, rewards, next_obs, terminated):
-        """Add a batch of transitions (one per env), overwriting the oldest when full."""
-        for i in range(len(obs)):
-            self.obs[self.pos], self.chunks[self.pos], self.next_obs[self.pos] = obs[i], chunks[i], next_obs[i]
-            self.rewards[self.pos], self.terminated[self.pos] = rewards[i], terminated[i]
-            self.pos = (self.pos + 1) % self.capacity
-            self.size = min(self.size + 1, self.capacity)
+        """Append a batch of transitions (one per env); the oldest ones are overwritten when full."""
+        idx = (self.pos + np.arange(len(obs))) % self.capacity
+        self.obs[idx], self.chunks[idx], self.rewards[idx] = obs, chunks, rewards
+        self.next_obs[idx], self.terminated[idx] = next_obs, terminated
+        self.pos = int((self.pos + len(obs)) % self.capacity)
+        self.size = min(self.capacity, self.size + len(obs))
 
     def sample(self, batch_size, device):
-        """Uniform minibatch drawn with replacement (official np.random.choice) as torch tensors."""
-        idx = np.random.randint(0, self.size, batch_size)
-        as_t = lambda a: torch.as_tensor(a[idx], device=device)  # noqa: E731
-        return dict(
-            obs=as_t(self.obs),
-            chunks=as_t(self.chunks),
-            rewards=as_t(self.rewards),
-            next_obs=as_t(self.next_obs),
-            terminated=as_t(self.terminated),
-        )
+        """A minibatch drawn uniformly with replacement over the stored transitions (official), as get() returns it."""
+        return self.get(np.random.randint(0, self.size, batch_size), device)
+
+    def get(self, idx, device):
+        """Transitions `idx` as torch tensors, and `idx` itself."""
+        batch = {
+            k: torch.as_tensor(getattr(self, k)[idx], device=device)
+            for k in ("obs", "chunks", "rewards", "next_obs", "terminated")
+        }
+        return dict(batch, idx=idx)
 
 
 def bellman_target(rewards, terminated, next_q1, next_q2, gamma):
-    """y = r + gamma (1 - terminated) min(Q1', Q2')(s', a') (paper A11, double-Q minimum; time-outs bootstrap)."""
-    return rewards + gamma * (1 - terminated) * torch.min(next_q1, next_q2)
+    """y = r + gamma (1 - terminated) min(Q1', Q2') (double Q; paper eqs. A6, A11, A12); time-outs are not terminal."""
+    return rewards + gamma * (1 - terminated) * torch.minimum(next_q1, next_q2)
 
 
-def critic_loss(critic, target_critic, batch, next_actions, gamma, act_steps):
-    """MSE(Q1, y) + MSE(Q2, y) on buffer chunks; returns (loss, q1, q2, y)."""
-    with torch.no_grad():
-        next_q1, next_q2 = target_critic(batch["next_obs"], next_actions[:, :act_steps])
-        y = bellman_target(batch["rewards"], batch["terminated"], next_q1, next_q2, gamma)
-    q1, q2 = critic(batch["obs"], batch["chunks"][:, :act_steps])
-    return ((q1 - y) ** 2).mean() + ((q2 - y) ** 2).mean(), q1, q2, y
+def critic_loss(critic, obs, actions, target):
+    """MSE(Q1, y) + MSE(Q2, y); also returns (Q1, Q2) for logging."""
+    q1, q2 = critic(obs, actions)
+    return ((q1 - target) ** 2).mean() + ((q2 - target) ** 2).mean(), q1, q2
 
 
 @torch.no_grad()
@@ -479,7 +481,7 @@ def dql_actor_loss(
     )[:, :act_steps]
     q1, q2 = critic(obs, a_new)
     q_loss = normalized_q_loss(q1, q2) if use_q1 else normalized_q_loss(q2, q1)
-    bc = pretrain_loss(actor, sched, buffer_chunks, obs, K)
+    bc = denoising_loss(actor, sched, buffer_chunks, obs, K)
     return bc + eta * q_loss, bc, q_loss
 
 
@@ -714,7 +716,10 @@ def main(args):
                 args.randn_clip_value,
                 args.denoised_clip_value,
             )
-            loss_q, q1, q2, y = critic_loss(critic, target_critic, batch, next_actions, args.gamma, args.act_steps)
+            with torch.no_grad():
+                next_q1, next_q2 = target_critic(batch["next_obs"], next_actions)
+                y = bellman_target(batch["rewards"], batch["terminated"], next_q1, next_q2, args.gamma)
+            loss_q, q1, q2 = critic_loss(critic, batch["obs"], batch["chunks"], y)
             critic_opt.zero_grad()
             loss_q.backward()
             critic_opt.step()

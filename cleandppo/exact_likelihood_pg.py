@@ -93,11 +93,11 @@ class Args:
     sde_method: Literal["euler", "rk4"] = "rk4"
     """fixed-step ODE solver; rk4 (6 network calls per step) is accurate at step 0.05, euler (official) is not"""
     sde_eps: Optional[float] = None
-    """lower end of the ODE time interval; None: 1/K, the noise level of the first DDPM step (official 1e-4)"""
+    """lower end of the ODE time interval; None: 1/K, the noise level of the first DDPM step (official: 1e-4)"""
     logprob_min: float = -5.0
-    """clamp of the per-dimension log-likelihood (nats) before the ratio (official -5)"""
+    """clamp of the per-dimension log-likelihood (nats) before the ratio (official: -5)"""
     logprob_max: float = 2.0
-    """upper clamp of the per-dimension log-likelihood (official 2)"""
+    """upper clamp of the per-dimension log-likelihood (official: 2)"""
 
     # --- PPO (official Gym exact-likelihood config) ---
     n_steps: int = 500
@@ -134,12 +134,17 @@ class Args:
     """samples per chunk when computing the old log-likelihoods after the rollout (memory only)"""
 
 
-# robomimic ids. The one official robomimic config of this method is Can's (ft_ppo_exact_diffusion_mlp.yaml, dppo-facts
-# 3.10): DPPO's Can settings (dppo-facts 4.3) with actor LR 1e-5. Lift, square and transport take DPPO's per-task
-# values the same way: our choice, not an official config (docs/exact_likelihood_pg.md).
+# robomimic ids. The one official robomimic config of this method is Can's (cfg/robomimic/finetune/can/
+# ft_ppo_exact_diffusion_mlp.yaml): DPPO's Can settings (ft_ppo_diffusion_mlp.yaml) with actor LR 1e-5. Lift, square
+# and transport take DPPO's per-task values the same way: our choice, not an official config
+# (docs/exact_likelihood_pg.md).
 ROBOMIMIC = dict(num_envs=50, gamma=0.999, actor_lr=1e-5, critic_lr=1e-3, n_critic_warmup_itr=2, eval_episodes=50)
-# per task: n_steps, batch_size, update_epochs
-ROBOMIMIC_TASK = dict(lift=(300, 7500, 10), can=(300, 7500, 10), square=(400, 10_000, 10), transport=(400, 10_000, 5))
+ROBOMIMIC_TASK = dict(
+    lift=dict(n_steps=300, batch_size=7500, update_epochs=10),
+    can=dict(n_steps=300, batch_size=7500, update_epochs=10),
+    square=dict(n_steps=400, batch_size=10_000, update_epochs=10),
+    transport=dict(n_steps=400, batch_size=10_000, update_epochs=5),
+)
 
 
 def task_defaults(args) -> dict:
@@ -148,8 +153,7 @@ def task_defaults(args) -> dict:
         return {}
     task = envs.env_slug(args.env_id)
     ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
-    per_task = dict(zip(("n_steps", "batch_size", "update_epochs"), ROBOMIMIC_TASK[task]))
-    return dict(ROBOMIMIC, **per_task, act_steps=ta, horizon_steps=ta)
+    return dict(ROBOMIMIC, **ROBOMIMIC_TASK[task], act_steps=ta, horizon_steps=ta)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -171,17 +175,22 @@ def make_schedule(K: int) -> dict:
     alpha_bar = torch.cumprod(alphas, 0)
     alpha_bar_prev = torch.cat([torch.ones(1), alpha_bar[:-1]])
     sched = dict(betas=betas, alphas=alphas, alpha_bar=alpha_bar, alpha_bar_prev=alpha_bar_prev)
-    # posterior q(x_{t-1} | x_t, x_0) (Ho et al. eq. 7)
-    sched["posterior_var"] = betas * (1 - alpha_bar_prev) / (1 - alpha_bar)
+    sched["posterior_var"] = betas * (1 - alpha_bar_prev) / (1 - alpha_bar)  # q(x_{t-1} | x_t, x_0), Ho et al. eq. 7
     sched["coef_x0"] = betas * alpha_bar_prev.sqrt() / (1 - alpha_bar)
     sched["coef_xt"] = (1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar)
     return sched
 
 
-def step_mean_var(net, sched, x, obs, t, clip: float = 1.0):
-    """Mean and variance of x_{t-1} given x_t for one reverse DDPM step; t: (B,) long tensor.
+def denoising_plan(K: int) -> list:
+    """Timesteps in execution order with their predecessors: [(t, t_prev), ...], t_prev = -1 at the end.
+    DDPM runs t = K-1, ..., 0."""
+    return [(t, t - 1) for t in reversed(range(K))]
 
-    Paper eq. 3.3; official 1.3: x0 = sqrt(1/ab) x - sqrt(1/ab - 1) eps, clamped to [-clip, clip];
+
+def step_mean_var(net, sched, x, obs, t, clip: float = 1.0):
+    """Mean and variance of x_{t-1} given x_t for one reverse step (official `p_mean_var` in
+    model/diffusion/diffusion_vpg.py); t: (B,) long tensor.
+    DDPM (paper eq. 3.3): x0 = sqrt(1/ab) x - sqrt(1/ab - 1) eps, clamped to [-clip, clip];
     mean = coef_x0 x0 + coef_xt x; variance = the posterior variance beta_t (1 - ab_prev)/(1 - ab).
     """
     eps = net(x, t, obs)
@@ -343,14 +352,11 @@ def build_network(kw: dict) -> nn.Module:
 # ------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def sample(actor, actor_ft, sched, obs, plan, ft_steps, mode, args, generator=None):
-    """Run the reverse chain; return (action chunk, chain of the fine-tuned steps).
-
-    The last `ft_steps` executed steps use `actor_ft`, the earlier ones the frozen `actor`.
+    """Run the reverse chain; return (action chunk, chain (B, ft_steps + 1, Tp, Da) of the fine-tuned steps; chain[:, 0]
+    is the input of the first). The last `ft_steps` executed steps use `actor_ft`, the earlier ones the frozen `actor`.
     `mode`: "train" -> std floored at args.min_sampling_denoising_std at every step (exploration, paper 4.3);
             "eval"  -> natural std floored at 1e-3, none at the final step.
-    Every step clamps x0 to args.denoised_clip_value and the noise to args.randn_clip_value std.
-    chain: (B, ft_steps + 1, Tp, Da); chain[:, 0] is the input of the first fine-tuned step.
-    """
+    Every step clamps x0 to args.denoised_clip_value and the noise to args.randn_clip_value std."""
     B = obs.shape[0]
     shape = (B, actor.horizon_steps, actor.action_dim)
     x = torch.randn(shape, device=obs.device, generator=generator)
@@ -548,17 +554,16 @@ class Critic(nn.Module):
 
 
 class RunningRewardScaler:
-    """Divide rewards by the std of a running discounted return (official `reward_scale_running`).
-
+    """Divide rewards by the std of a running discounted return (official util/reward_scaling.py).
     R <- r + 0.99 (1 - first) R per env; running variance M2/(n - 1) of all R (count init 1e-4, mean 0, var 1);
-    scaled reward = r / sqrt(var + 1e-8), clipped to +-10. No mean subtraction.
-    """
+    scaled reward = r / sqrt(var + 1e-8), clipped to +-10. No mean subtraction."""
 
     def __init__(self, num_envs, gamma=0.99):
         self.gamma, self.ret = gamma, np.zeros(num_envs)
         self.mean, self.var, self.count = 0.0, 1.0, 1e-4
 
     def __call__(self, rewards, firsts):
+        """rewards, firsts: (N, E); firsts[n] marks that step n starts a new episode."""
         returns = np.zeros_like(rewards)
         for n in range(len(rewards)):
             self.ret = rewards[n] + self.gamma * (1 - firsts[n]) * self.ret
@@ -577,7 +582,9 @@ class RunningRewardScaler:
 
 
 def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
-    """GAE over environment (policy-query) steps; arrays (N, E). dones cut the recursion."""
+    """GAE over environment (policy-query) steps (Schulman et al. 2016); arrays (N, E). next_values[n] is V of the state
+    reached after step n (already the bootstrap at time-outs); dones[n] = 1 cuts the recursion (the episode ended).
+    Returns (advantages, returns = advantages + values)."""
     advantages = np.zeros_like(rewards)
     last = np.zeros(rewards.shape[1])
     for n in reversed(range(len(rewards))):
@@ -597,7 +604,7 @@ def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sde, batch, args,
     """
     device = batch["obs"].device
     num, mb, gcs = batch["obs"].shape[0], args.batch_size, args.grad_chunk_size
-    lo, hi, eps = args.logprob_min, args.logprob_max, args.clip_ploss_coef
+    lo, hi, clip_ratio = args.logprob_min, args.logprob_max, args.clip_ploss_coef
     old_all = batch["logprobs"].clamp(lo, hi)
     stats, clipfracs = {}, []
     for _epoch in range(args.update_epochs):
@@ -617,7 +624,7 @@ def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sde, batch, args,
                 ).clamp(lo, hi)
                 logratio = new_logp - old_all[c]
                 ratio = logratio.exp()
-                pg_loss = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - eps, 1 + eps)).sum() / mb
+                pg_loss = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip_ratio, 1 + clip_ratio)).sum() / mb
                 v_loss = 0.5 * ((critic(batch["obs"][c]) - batch["returns"][c]) ** 2).sum() / mb
                 (pg_loss + args.vf_coef * v_loss).backward()
                 with torch.no_grad():
@@ -625,7 +632,7 @@ def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sde, batch, args,
                     sums["value_loss"] += v_loss.item()
                     sums["approx_kl"] += ((ratio - 1) - logratio).sum().item() / mb  # k3 estimator
                     sums["ratio"] += ratio.sum().item() / mb
-                    sums["clipfrac"] += ((ratio - 1).abs() > eps).float().sum().item() / mb
+                    sums["clipfrac"] += ((ratio - 1).abs() > clip_ratio).float().sum().item() / mb
             if args.max_grad_norm is not None:
                 nn.utils.clip_grad_norm_(actor_ft.parameters(), args.max_grad_norm)
                 nn.utils.clip_grad_norm_(critic.parameters(), args.max_grad_norm)
@@ -723,7 +730,7 @@ def main(args):
         actor_ft.load_state_dict(ckpt["model_ft"])
     sched = {k: v.to(device) for k, v in make_schedule(kw["denoising_steps"]).items()}
     sde = VPSDE(make_schedule(kw["denoising_steps"])["betas"])
-    plan = [(t, t - 1) for t in reversed(range(kw["denoising_steps"]))]  # DDPM timesteps in order, with predecessors
+    plan = denoising_plan(kw["denoising_steps"])
     K_ft = args.ft_denoising_steps
 
     if args.eval_only:
@@ -829,8 +836,8 @@ def main(args):
         adv_t = torch.as_tensor(advantages.reshape(-1), dtype=torch.float32, device=device)
         ret_t = torch.as_tensor(returns.reshape(-1), dtype=torch.float32, device=device)
         batch = dict(obs=flat_obs, chunks=chunks, logprobs=old_logp, probes=probes, advantages=adv_t, returns=ret_t)
-        warm = iteration >= args.n_critic_warmup_itr  # critic warm-up over: the actor updates too
-        stats = ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sde, batch, args, update_actor=warm)
+        update_actor = iteration >= args.n_critic_warmup_itr  # critic warm-up over: the actor updates too
+        stats = ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sde, batch, args, update_actor=update_actor)
         t_update = time.time() - t_update
         runs.check_finite(iteration, **stats, actor_weights=actor_ft, critic_weights=critic)
         iteration += 1

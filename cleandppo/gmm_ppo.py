@@ -151,9 +151,9 @@ class Args:
     """normalization.npz of an official DPPO --checkpoint (default: found next to it; docs/checkpoints.md)"""
 
 
-# Robomimic ids (lift, can, square, transport) get the official values (dppo-facts 4.3-4.4) for every flag not set
-# explicitly on the command line (printed at start), with act_steps = horizon_steps = the task's Ta; the Gym tasks
-# keep the defaults above. Per task: n_steps, batch_size, update_epochs, mlp_dims, transformer_dim.
+# Robomimic ids (lift, can, square, transport) get the official values (cfg/robomimic/finetune/<task>/
+# ft_ppo_gmm_{mlp,transformer}.yaml; paper D.5-D.6) for every flag not set explicitly on the command line
+# (printed at start), with act_steps = horizon_steps = the task's Ta; the Gym tasks keep the defaults above.
 ROBOMIMIC = dict(
     gamma=0.999,
     num_envs=50,
@@ -167,10 +167,10 @@ ROBOMIMIC = dict(
     std_max=0.2,
 )
 ROBOMIMIC_TASK = dict(
-    lift=(300, 7500, 10, (512,) * 3, 96),
-    can=(300, 7500, 10, (512,) * 3, 96),
-    square=(400, 10_000, 10, (1024,) * 3, 160),
-    transport=(400, 10_000, 5, (1024,) * 3, 160),
+    lift=dict(n_steps=300, batch_size=7500, update_epochs=10, mlp_dims=(512,) * 3, transformer_dim=96),
+    can=dict(n_steps=300, batch_size=7500, update_epochs=10, mlp_dims=(512,) * 3, transformer_dim=96),
+    square=dict(n_steps=400, batch_size=10_000, update_epochs=10, mlp_dims=(1024,) * 3, transformer_dim=160),
+    transport=dict(n_steps=400, batch_size=10_000, update_epochs=5, mlp_dims=(1024,) * 3, transformer_dim=160),
 )
 # Avoid ids (official cfg/d3il/*/avoid_m*, paper D.8): std fixed at 0.1 in fine-tuning too (std_min = std_max)
 AVOID = dict(
@@ -200,16 +200,13 @@ AVOID = dict(
 # Networks
 # ------------------------------------------------------------------------------------------------
 class ResidualMLP(nn.Module):
-    """Linear -> [x + L(act(L(act(x))))] per extra pair of widths -> Linear (official ResidualMLP).
+    """Linear -> one pre-activation residual block per extra pair of equal widths -> Linear. Other hidden widths (the
+    official [256, 256] MLPs) or residual=False (official residual_style False): a plain MLP, activations between."""
 
-    With dims [d_in, h, h, h, d_out] there is exactly one residual block; with [d_in, h, h, d_out]
-    (an even number of hidden widths) the network is a plain MLP with activations between layers.
-    """
-
-    def __init__(self, dims, activation=nn.Mish):
+    def __init__(self, dims, activation=nn.ReLU, residual=None):
         super().__init__()
         hidden = dims[1:-1]
-        self.residual = len(hidden) % 2 == 1 and len(set(hidden)) == 1
+        self.residual = (len(hidden) % 2 == 1 and len(set(hidden)) == 1) if residual is None else residual
         if self.residual:
             self.inp = nn.Linear(dims[0], hidden[0])
             self.blocks = nn.ModuleList(
@@ -238,6 +235,7 @@ class ResidualMLP(nn.Module):
 class TransformerBackbone(nn.Module):
     """Decoder-only Transformer (paper D.6): one observation token as memory, Tp learned query tokens.
 
+    Query tokens are learned positional embeddings over the chunk; no dropout, no causal mask.
     Returns the final-LayerNorm token features (B, Tp, d); the GMM heads sit on top (official
     `GMM_Transformer`: per-token mode means, mode logits from all Tp token features together).
     """
@@ -253,7 +251,7 @@ class TransformerBackbone(nn.Module):
         )
         self.decoder = nn.TransformerDecoder(layer, layers)
         self.norm = nn.LayerNorm(dim)
-        for m in self.modules():  # GPT-style init (official 3.3)
+        for m in self.modules():  # GPT-style init (official `_init_weights`, model/common/transformer.py)
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0.0, 0.02)
                 nn.init.zeros_(m.bias)
@@ -350,7 +348,7 @@ def log_prob(means, std, logits, actions):
 
 
 def official_log_prob(means, std, logits, actions):
-    """The official PPO_GMM log-prob: the *summed* mixture log-density clamped to [-5, 2] (facts 3.2)."""
+    """The official PPO_GMM log-prob (model/rl/gmm_ppo.py): the *summed* mixture log-density clamped to [-5, 2]."""
     return mixture_log_prob(means, std, logits, actions).clamp(-5.0, 2.0)
 
 
@@ -393,7 +391,7 @@ def bc_loss(policy, obs, actions):
 
 
 class Critic(nn.Module):
-    """V(s) on the observation only: residual Mish MLP [To*Do, 256, 256, 256, 1]."""
+    """V(s) of the environment observation only (paper 4.2; D.4): residual Mish MLP."""
 
     def __init__(self, obs_dim, cond_steps, dims=(256, 256, 256)):
         super().__init__()
@@ -407,11 +405,9 @@ class Critic(nn.Module):
 # PPO pieces (same machinery as gaussian_ppo.py)
 # ------------------------------------------------------------------------------------------------
 class RunningRewardScaler:
-    """Divide rewards by the std of a running discounted return (official `reward_scale_running`).
-
-    R <- r + 0.99 * (1 - first) * R per env; running variance M2/(n - 1) of all R (count init 1e-4, mean 0,
-    var 1); scaled reward = r / sqrt(var + 1e-8), clipped to +-10. No mean subtraction.
-    """
+    """Divide rewards by the std of a running discounted return (official util/reward_scaling.py).
+    R <- r + 0.99 (1 - first) R per env; running variance M2/(n - 1) of all R (count init 1e-4, mean 0, var 1);
+    scaled reward = r / sqrt(var + 1e-8), clipped to +-10. No mean subtraction."""
 
     def __init__(self, num_envs, gamma=0.99):
         self.gamma, self.ret = gamma, np.zeros(num_envs)
@@ -437,12 +433,9 @@ class RunningRewardScaler:
 
 
 def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
-    """GAE over policy queries (Schulman et al. 2016). All arrays (N, E).
-
-    next_values[n] is V of the state reached after step n (already the bootstrap at time-outs);
-    dones[n] = 1 cuts the recursion (episode ended: terminated or truncated).
-    Returns (advantages, returns = advantages + values).
-    """
+    """GAE over environment (policy-query) steps (Schulman et al. 2016); arrays (N, E). next_values[n] is V of the state
+    reached after step n (already the bootstrap at time-outs); dones[n] = 1 cuts the recursion (the episode ended).
+    Returns (advantages, returns = advantages + values)."""
     advantages = np.zeros_like(rewards)
     last = np.zeros(rewards.shape[1])
     for n in reversed(range(len(rewards))):
@@ -642,9 +635,8 @@ def task_defaults(args) -> dict:
         return dict(AVOID)
     if not envs.is_robomimic(args.env_id):
         return {}
-    keys = ("n_steps", "batch_size", "update_epochs", "mlp_dims", "transformer_dim")
     ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
-    table = dict(ROBOMIMIC, **dict(zip(keys, ROBOMIMIC_TASK[task])), act_steps=ta, horizon_steps=ta)
+    table = dict(ROBOMIMIC, **ROBOMIMIC_TASK[task], act_steps=ta, horizon_steps=ta)
     if task == "transport" and args.backbone == "transformer":
         table["fixed_std"] = 0.08  # the Transport Transformer configs start from std 0.08
     return table
@@ -818,8 +810,8 @@ def main(args):
 
         # ---- update ----
         t_update = time.time()
-        warm = iteration >= args.n_critic_warmup_itr  # critic warm-up over: the actor updates too
-        stats = ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=warm)
+        update_actor = iteration >= args.n_critic_warmup_itr  # critic warm-up over: the actor updates too
+        stats = ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=update_actor)
         runs.check_finite(iteration, **stats, policy_weights=policy, critic_weights=critic)
         t_update = time.time() - t_update
         iteration += 1

@@ -96,8 +96,8 @@ class Args:
     """replay-buffer capacity in transitions (paper Table A8; official config 25000 vector steps = 1e6 transitions)"""
     expectile: float = 0.8
     """tau of the expectile loss that fits V to the target Q (0.5 would be the mean)"""
-    critic_tau: float = 0.001
-    """EMA rate of the target Q (updated after every minibatch)"""
+    target_ema_rate: float = 0.001
+    """EMA rate of the target Q, updated after every minibatch (official config key: critic_tau)"""
     num_candidates: int = 20
     """action chunks sampled per state; the critic picks one"""
     boltzmann_temperature: float = 0.1
@@ -110,8 +110,8 @@ class Args:
     """Q and V hidden widths (residual, Mish; an odd number of equal widths)"""
 
 
-# robomimic ids (official ft_idql_diffusion_mlp configs, dppo-facts 4.5); their buffer of 5000 vector steps of 50 envs
-# is 250k transitions here
+# robomimic ids (official cfg/robomimic/finetune/<task>/ft_idql_diffusion_mlp.yaml; paper D.5); their buffer of 5000
+# vector steps of 50 envs is 250k transitions here
 ROBOMIMIC = dict(
     num_envs=50,
     gamma=0.999,
@@ -121,7 +121,7 @@ ROBOMIMIC = dict(
     scale_reward_factor=1.0,
     replay_ratio=128,
     buffer_size=250_000,
-    critic_tau=0.001,
+    target_ema_rate=0.001,
     num_candidates=10,
     n_critic_warmup_itr=5,
     eval_episodes=50,
@@ -156,27 +156,24 @@ def make_schedule(K: int) -> dict:
     alphas = 1 - betas
     alpha_bar = torch.cumprod(alphas, 0)
     alpha_bar_prev = torch.cat([torch.ones(1), alpha_bar[:-1]])
-    return dict(
-        betas=betas,
-        alphas=alphas,
-        alpha_bar=alpha_bar,
-        alpha_bar_prev=alpha_bar_prev,
-        posterior_var=betas * (1 - alpha_bar_prev) / (1 - alpha_bar),
-        coef_x0=betas * alpha_bar_prev.sqrt() / (1 - alpha_bar),
-        coef_xt=(1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar),
-    )
+    sched = dict(betas=betas, alphas=alphas, alpha_bar=alpha_bar, alpha_bar_prev=alpha_bar_prev)
+    sched["posterior_var"] = betas * (1 - alpha_bar_prev) / (1 - alpha_bar)  # q(x_{t-1} | x_t, x_0), Ho et al. eq. 7
+    sched["coef_x0"] = betas * alpha_bar_prev.sqrt() / (1 - alpha_bar)
+    sched["coef_xt"] = (1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar)
+    return sched
 
 
 def denoising_plan(K: int) -> list:
-    """DDPM timesteps in execution order with their predecessors: [(K-1, K-2), ..., (0, -1)]."""
+    """Timesteps in execution order with their predecessors: [(t, t_prev), ...], t_prev = -1 at the end.
+    DDPM runs t = K-1, ..., 0."""
     return [(t, t - 1) for t in reversed(range(K))]
 
 
 def step_mean_var(net, sched, x, obs, t, clip: float = 1.0):
-    """Mean and variance of x_{t-1} given x_t for one DDPM step (paper eq. 3.3); t: (B,) long tensor.
-
-    x0 = sqrt(1/ab) x - sqrt(1/ab - 1) eps, clamped to [-clip, clip]; mean = coef_x0 x0 + coef_xt x;
-    variance = the posterior variance beta_t (1 - ab_prev)/(1 - ab).
+    """Mean and variance of x_{t-1} given x_t for one reverse step (official `p_mean_var` in
+    model/diffusion/diffusion_vpg.py); t: (B,) long tensor.
+    DDPM (paper eq. 3.3): x0 = sqrt(1/ab) x - sqrt(1/ab - 1) eps, clamped to [-clip, clip];
+    mean = coef_x0 x0 + coef_xt x; variance = the posterior variance beta_t (1 - ab_prev)/(1 - ab).
     """
     eps = net(x, t, obs)
     ab = sched["alpha_bar"][t].view(-1, 1, 1)
@@ -331,29 +328,39 @@ def build_network(kw: dict) -> nn.Module:
 
 @torch.no_grad()
 def sample(
-    net, sched, obs, K, horizon_steps, action_dim, mode, min_sampling_std=0.1, randn_clip=3.0, clip=1.0, generator=None
+    actor,
+    sched,
+    obs,
+    K,
+    horizon_steps,
+    action_dim,
+    mode,
+    min_sampling_std=0.1,
+    randn_clip=3.0,
+    clip=1.0,
+    generator=None,
 ):
-    """Run the full K-step reverse chain with one network; return the (B, Tp, Da) chunk.
-
+    """Run the whole K-step reverse chain with `actor` (the baselines fine-tune every step); return the action chunk.
     `mode`: "train" -> std floored at min_sampling_std at every step (exploration, paper 4.3);
-            "eval"  -> natural DDPM std floored at 1e-3, none at the final step (no extra noise).
-    """
+            "eval"  -> natural std floored at 1e-3, none at the final step.
+    Every step clamps x0 to `clip` and the noise to `randn_clip` std."""
     B = obs.shape[0]
-    x = torch.randn(B, horizon_steps, action_dim, device=obs.device, generator=generator)
+    shape = (B, horizon_steps, action_dim)
+    x = torch.randn(shape, device=obs.device, generator=generator)
     for t, _ in denoising_plan(K):
         t_b = torch.full((B,), t, dtype=torch.long, device=x.device)
-        mean, var = step_mean_var(net, sched, x, obs, t_b, clip)
+        mean, var = step_mean_var(actor, sched, x, obs, t_b, clip)
         std = var.sqrt()
         if mode == "train":
             std = std.clamp(min=min_sampling_std)
         else:
             std = std.clamp(min=1e-3) if t > 0 else torch.zeros_like(std)
-        noise = torch.randn(x.shape, device=x.device, generator=generator).clamp(-randn_clip, randn_clip)
-        x = mean + std * noise
+        noise = torch.randn(shape, device=x.device, generator=generator)
+        x = mean + std * noise.clamp(-randn_clip, randn_clip)
     return x
 
 
-def pretrain_loss(net, sched, x0, obs, K):
+def denoising_loss(net, sched, x0, obs, K):
     """Denoising loss (paper eq. 3.2): MSE between the added noise and its prediction at a random step."""
     t = torch.randint(0, K, (x0.shape[0],), device=x0.device)
     eps = torch.randn_like(x0)
@@ -366,20 +373,21 @@ def pretrain_loss(net, sched, x0, obs, K):
 # Replay buffer, critics, IDQL update and action selection (paper D.3, eqs. A7-A9)
 # ------------------------------------------------------------------------------------------------
 class ReplayBuffer:
-    """FIFO ring buffer, one entry per env transition: obs, predicted chunk, scaled reward, next obs, terminated."""
+    """FIFO ring buffer, one entry per env transition: obs, the sampled chunk (Tp actions; the critic sees the first
+    Ta, the executed ones), scaled reward, next obs (the pre-reset one when the episode ended), terminated."""
 
-    def __init__(self, capacity, obs_shape, action_shape):
+    def __init__(self, capacity, obs_shape, chunk_shape):
         self.capacity, self.pos, self.size = capacity, 0, 0
         self.obs = np.zeros((capacity, *obs_shape), np.float32)
         self.next_obs = np.zeros((capacity, *obs_shape), np.float32)
-        self.actions = np.zeros((capacity, *action_shape), np.float32)
+        self.chunks = np.zeros((capacity, *chunk_shape), np.float32)
         self.rewards = np.zeros(capacity, np.float32)
         self.terminated = np.zeros(capacity, np.float32)
 
-    def add(self, obs, actions, rewards, next_obs, terminated):
+    def add(self, obs, chunks, rewards, next_obs, terminated):
         """Append a batch of transitions (one per env); the oldest ones are overwritten when full."""
         idx = (self.pos + np.arange(len(obs))) % self.capacity
-        self.obs[idx], self.actions[idx], self.rewards[idx] = obs, actions, rewards
+        self.obs[idx], self.chunks[idx], self.rewards[idx] = obs, chunks, rewards
         self.next_obs[idx], self.terminated[idx] = next_obs, terminated
         self.pos = int((self.pos + len(obs)) % self.capacity)
         self.size = min(self.capacity, self.size + len(obs))
@@ -392,7 +400,7 @@ class ReplayBuffer:
         """Transitions `idx` as torch tensors, and `idx` itself."""
         batch = {
             k: torch.as_tensor(getattr(self, k)[idx], device=device)
-            for k in ("obs", "actions", "rewards", "next_obs", "terminated")
+            for k in ("obs", "chunks", "rewards", "next_obs", "terminated")
         }
         return dict(batch, idx=idx)
 
@@ -400,8 +408,8 @@ class ReplayBuffer:
 class DoubleQCritic(nn.Module):
     """Two independent Q(s, a) nets on [flattened obs, flattened executed chunk]: residual Mish MLPs (D.3).
 
-    The official CriticObsAct misspells its residual flag, so its Q nets are plain MLPs; we build
-    the residual ones the configs ask for. Only the first `act_steps` actions of a chunk are seen.
+    The official CriticObsAct (model/common/critic.py) misspells its residual flag, so its Q nets are plain MLPs; we
+    build the residual ones the configs ask for. Only the first `act_steps` actions of a chunk are seen.
     """
 
     def __init__(self, obs_dim, cond_steps, action_dim, act_steps, dims=(256, 256, 256)):
@@ -504,7 +512,7 @@ def idql_update(
         b = buffer.sample(args.batch_size, device)
         # V <- upper expectile of the target Q's minimum at the buffer actions (A7)
         with torch.no_grad():
-            target_q = torch.minimum(*q_target(b["obs"], b["actions"]))
+            target_q = torch.minimum(*q_target(b["obs"], b["chunks"]))
         v = v_critic(b["obs"])
         v_loss = expectile_loss(target_q - v, args.expectile)
         v_opt.zero_grad()
@@ -513,14 +521,14 @@ def idql_update(
         # Q <- r + gamma V(s') with the updated V (A8), double Q, then the target Q follows slowly
         with torch.no_grad():
             y = q_target_from_v(b["rewards"], b["terminated"], v_critic(b["next_obs"]), args.gamma)
-        q_loss, q1, q2 = critic_loss(q_critic, b["obs"], b["actions"], y)
+        q_loss, q1, q2 = critic_loss(q_critic, b["obs"], b["chunks"], y)
         q_opt.zero_grad()
         q_loss.backward()
         q_opt.step()
-        soft_update(q_target, q_critic, args.critic_tau)
+        soft_update(q_target, q_critic, args.target_ema_rate)
         # actor <- plain denoising loss on the same buffer chunks (A9), no weighting
         if update_actor:
-            actor_loss = pretrain_loss(actor, sched, b["actions"], b["obs"], args.denoising_steps)
+            actor_loss = denoising_loss(actor, sched, b["chunks"], b["obs"], args.denoising_steps)
             actor_opt.zero_grad()
             actor_loss.backward()
             actor_opt.step()

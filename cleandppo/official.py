@@ -249,7 +249,7 @@ def _gaussian(state, env_id, task_dims, hints):
             "transformer",
             (512, 512, 512),
         )
-        kw["transformer_heads"] = _hint(hints, "transformer_heads", 4)  # not in the tensors: the flag (official 4)
+        kw["transformer_heads"] = _hint(hints, "transformer_heads", 4)  # not in the tensors: the flag (official: 4)
     else:
         residual = "mlp_mean.layers.0.weight" in state  # official residual_style
         model, dims = (_residual_mlp if residual else _plain_mlp)(state, "mlp_mean", "net")

@@ -37,7 +37,7 @@ OPEN_UNIT = (0.0, False, 1.0, False)
 ANY = (None, False, None, False)
 FLOAT_RANGES = {
     **dict.fromkeys(("gae_lambda", "td_lambda", "ema_decay"), UNIT),
-    **dict.fromkeys(("gamma", "gamma_denoising", "td_alpha", "critic_tau", "target_ema_rate", "sde_step_size"), RATE),
+    **dict.fromkeys(("gamma", "gamma_denoising", "td_alpha", "target_ema_rate", "sde_step_size"), RATE),
     **dict.fromkeys(("expectile", "sde_eps"), OPEN_UNIT),
     **dict.fromkeys(
         (
@@ -347,6 +347,8 @@ def restore_buffer(buffer, resume: dict):
         print("[resume] this checkpoint holds no replay buffer (only checkpoint_last.pt does): it starts empty")
         return
     for key, value in resume["replay_buffer"].items():
+        if key == "actions" and not hasattr(buffer, "actions"):  # dipo/idql checkpoints before "chunks" was the name
+            key = "chunks"
         if isinstance(value, np.ndarray):
             getattr(buffer, key)[: len(value)] = value
         else:

@@ -51,8 +51,8 @@ dppo no denoising discount | dppo.py | tests/test_ppo_updates.py
 - adv = adv * discounts[j]
 + adv = adv
 dppo one clip ratio for every denoising step | dppo.py | tests/test_ppo_updates.py
-- eps = clips[j]
-+ eps = clips[-1]
+- clip_ratio = clips[j]
++ clip_ratio = clips[-1]
 dppo clip schedule runs the wrong way | dppo.py | tests/test_ppo_updates.py
 - torch.arange(ft_steps, dtype=torch.float64) / (ft_steps - 1)
 + torch.arange(ft_steps - 1, -1, -1, dtype=torch.float64) / (ft_steps - 1)
@@ -72,8 +72,8 @@ dppo actor stepped during critic warm-up | dppo.py | tests/test_ppo_updates.py
 -             if update_actor:\n                actor_opt.step()
 +             if True:\n                actor_opt.step()
 exact likelihood: pieces averaged instead of summed | exact_likelihood_pg.py | tests/test_ppo_updates.py
-- torch.clamp(ratio, 1 - eps, 1 + eps)).sum() / mb
-+ torch.clamp(ratio, 1 - eps, 1 + eps)).mean()
+- torch.clamp(ratio, 1 - clip_ratio, 1 + clip_ratio)).sum() / mb
++ torch.clamp(ratio, 1 - clip_ratio, 1 + clip_ratio)).mean()
 exact likelihood: new log-likelihood not clamped | exact_likelihood_pg.py | tests/test_ppo_updates.py
 - ).clamp(lo, hi)
 + )
@@ -104,27 +104,27 @@ EMA with 1 - tau (dipo) | dipo.py | tests/test_shared_copies.py
 -         p_t.lerp_(p, tau)
 +         p_t.lerp_(p, 1 - tau)
 Bellman target with max (qsm) | qsm.py | tests/test_shared_copies.py
-- gamma * (1 - terminated) * torch.min(next_q1, next_q2)
-+ gamma * (1 - terminated) * torch.max(next_q1, next_q2)
+- gamma * (1 - terminated) * torch.minimum(next_q1, next_q2)
++ gamma * (1 - terminated) * torch.maximum(next_q1, next_q2)
 denoising loss noises with ab instead of sqrt(ab) (dawr) | dawr.py | tests/test_shared_copies.py
 -     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
 +     x_t = ab * x0 + (1 - ab).sqrt() * eps
 DDPM posterior mean coefficient (idql) | idql.py | tests/test_shared_copies.py
-- coef_xt=(1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar)
-+ coef_xt=(1 - alpha_bar_prev) * alphas / (1 - alpha_bar)
+- sched["coef_xt"] = (1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar)
++ sched["coef_xt"] = (1 - alpha_bar_prev) * alphas / (1 - alpha_bar)
 
 # off-policy updates
 IDQL expectile inverted | idql.py | tests/test_offpolicy_updates.py
 - weight = torch.where(diff > 0, torch.full_like(diff, tau), torch.full_like(diff, 1 - tau))
 + weight = torch.where(diff > 0, torch.full_like(diff, 1 - tau), torch.full_like(diff, tau))
 IDQL V fit to Q1 only | idql.py | tests/test_offpolicy_updates.py
-- target_q = torch.minimum(*q_target(b["obs"], b["actions"]))
-+ target_q = q_target(b["obs"], b["actions"])[0]
+- target_q = torch.minimum(*q_target(b["obs"], b["chunks"]))
++ target_q = q_target(b["obs"], b["chunks"])[0]
 IDQL Q target ignores terminated | idql.py | tests/test_offpolicy_updates.py
 - return rewards + gamma * (1 - terminated) * next_v
 + return rewards + gamma * next_v
-IDQL target Q ignores critic_tau | idql.py | tests/test_offpolicy_updates.py
-- soft_update(q_target, q_critic, args.critic_tau)
+IDQL target Q ignores target_ema_rate | idql.py | tests/test_offpolicy_updates.py
+- soft_update(q_target, q_critic, args.target_ema_rate)
 + soft_update(q_target, q_critic, 1.0)
 DIPO next action from the online actor | dipo.py | tests/test_offpolicy_updates.py
 - next_a = sample(\n                target_actor,
@@ -136,8 +136,8 @@ DIPO action gradient not clipped | dipo.py | tests/test_offpolicy_updates.py
 -         nn.utils.clip_grad_norm_([a], max_norm)\n
 +
 DIPO actor fit to the unmoved actions | dipo.py | tests/test_offpolicy_updates.py
-- actor_loss = pretrain_loss(actor, sched, moved, obs, K)
-+ actor_loss = pretrain_loss(actor, sched, actions, obs, K)
+- actor_loss = denoising_loss(actor, sched, moved, obs, K)
++ actor_loss = denoising_loss(actor, sched, actions, obs, K)
 DIPO target actor ignores the EMA rate | dipo.py | tests/test_offpolicy_updates.py
 - soft_update(target_actor, actor, args.target_ema_rate)
 + soft_update(target_actor, actor, 1.0)
@@ -200,7 +200,7 @@ target critic ignores its rate in the loop (dql) | dql.py | tests/test_dql_qsm_s
 - soft_update(target_critic, critic, args.target_ema_rate)
 + soft_update(target_critic, critic, 0.005)
 target critic not updated in the loop (qsm) | qsm.py | tests/test_dql_qsm_shared.py
--             soft_update(target_critic, critic, args.critic_tau)\n
+-             soft_update(target_critic, critic, args.target_ema_rate)\n
 +
 
 # pre-training
@@ -230,6 +230,12 @@ QSM gradient of Q1 only | qsm.py | tests/test_qsm.py
 + torch.autograd.grad(q1.sum(), a_exec)
 
 # off-policy updates (continued)
+Bellman target from the online critic (dql) | dql.py | tests/test_dql_qsm_shared.py -k bellman_target_of_the_target
+- next_q1, next_q2 = target_critic(batch["next_obs"], next_actions)
++ next_q1, next_q2 = critic(batch["next_obs"], next_actions)
+Bellman target at the current state (qsm) | qsm.py | tests/test_dql_qsm_shared.py -k bellman_target_of_the_target
+- next_q1, next_q2 = target_critic(batch["next_obs"], next_actions)
++ next_q1, next_q2 = target_critic(batch["obs"], next_actions)
 IDQL V fit to the mean (tau 0.5) | idql.py | tests/test_offpolicy_updates.py
 - v_loss = expectile_loss(target_q - v, args.expectile)
 + v_loss = expectile_loss(target_q - v, 0.5)

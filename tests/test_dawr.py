@@ -125,7 +125,7 @@ def test_weighted_denoising_loss_closed_form():
 
     sched = dawr.make_schedule(6)
     x0, obs, w = torch.zeros(3, 4, 2), torch.zeros(3, 1, 5), torch.tensor([0.0, 1.0, 100.0])
-    loss = dawr.pretrain_loss(Zero(), sched, x0, obs, 6, w, generator=torch.Generator().manual_seed(3))
+    loss = dawr.denoising_loss(Zero(), sched, x0, obs, 6, w, generator=torch.Generator().manual_seed(3))
     g = torch.Generator().manual_seed(3)
     torch.randint(0, 6, (3,), generator=g)  # same draws: t, then eps
     eps = torch.randn(3, 4, 2, generator=g)

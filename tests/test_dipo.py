@@ -141,18 +141,18 @@ def test_dipo_update_writes_moved_actions_back():
     actor_opt = torch.optim.AdamW(actor.parameters(), lr=1e-3)
     critic_opt = torch.optim.AdamW(critic.parameters(), lr=1e-3)
 
-    before, actor_before = buf.actions.copy(), [p.clone() for p in actor.parameters()]
+    before, actor_before = buf.chunks.copy(), [p.clone() for p in actor.parameters()]
     stats = dipo.dipo_update(
         actor, target_actor, critic, target_critic, actor_opt, critic_opt, sched, buf, args, 1, False, "cpu"
     )
-    assert "actor_loss" not in stats and np.array_equal(buf.actions, before)  # critic warm-up: nothing moves
+    assert "actor_loss" not in stats and np.array_equal(buf.chunks, before)  # critic warm-up: nothing moves
     assert all(torch.equal(a, b) for a, b in zip(actor_before, actor.parameters(), strict=True))
 
     stats = dipo.dipo_update(
         actor, target_actor, critic, target_critic, actor_opt, critic_opt, sched, buf, args, 1, True, "cpu"
     )
-    rows = np.nonzero(np.any(buf.actions != before, axis=(1, 2)))[0]
-    assert len(rows) > 0 and np.abs(buf.actions[rows]).max() <= 1.0  # moved chunks written back, clamped
+    rows = np.nonzero(np.any(buf.chunks != before, axis=(1, 2)))[0]
+    assert len(rows) > 0 and np.abs(buf.chunks[rows]).max() <= 1.0  # moved chunks written back, clamped
     assert stats["action_q_gain"] > 0 and stats["action_shift"] > 0
     assert {"q_loss", "actor_loss", "q1_mean", "q2_mean", "target_q_mean"} <= set(stats)
     # target actor = EMA(0.5) of the actor after its step
@@ -196,3 +196,16 @@ def test_bad_inputs_fail_in_one_line(tiny_diffusion_checkpoint, tmp_path):
     ]
     for i, (kw, text) in enumerate(cases):
         main_fails(dipo, dipo.Args(checkpoint=tiny_diffusion_checkpoint, run_dir=str(tmp_path / f"r{i}"), **kw), text)
+
+
+def test_a_checkpoint_from_before_the_chunks_name_refills_the_buffer():
+    """dipo/idql checkpoints once stored the buffer's chunks under `actions`; a resume still refills them."""
+    from cleandppo import runs
+
+    buf = dipo.ReplayBuffer(4, (1, 1), (2, 1))
+    old = {k: v for k, v in runs.buffer_state(buf).items() if k != "chunks"}
+    old |= dict(actions=np.arange(6, dtype=np.float32).reshape(3, 2, 1), size=3, pos=3)
+    fresh = dipo.ReplayBuffer(4, (1, 1), (2, 1))
+    runs.restore_buffer(fresh, dict(replay_buffer=old))
+    assert fresh.size == 3 and not hasattr(fresh, "actions")
+    np.testing.assert_array_equal(fresh.chunks[:3, :, 0], [[0, 1], [2, 3], [4, 5]])

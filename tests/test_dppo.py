@@ -299,7 +299,7 @@ def test_pretrained_diffusion_samples_both_modes_of_a_1d_toy():
     obs = torch.zeros(256, 1, 1)
     for _ in range(800):
         x0 = (torch.randint(0, 2, (256, 1, 1)) * 2 - 1).float() * 0.6 + 0.05 * torch.randn(256, 1, 1)  # modes +-0.6
-        loss = dppo.pretrain_loss(net, sched, x0, obs, K)
+        loss = dppo.denoising_loss(net, sched, x0, obs, K)
         opt.zero_grad()
         loss.backward()
         opt.step()

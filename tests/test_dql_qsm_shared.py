@@ -33,7 +33,7 @@ def algo(request):
 
 
 def test_schedule_matches_reference_values(algo):
-    # dppo-facts 1.1: cosine schedule, K = 20, last beta capped at 0.999
+    # cosine schedule (official cosine_beta_schedule, model/diffusion/sampling.py), K = 20, last beta capped at 0.999
     betas = algo.cosine_beta_schedule(20)
     assert betas[:4].tolist() == pytest.approx([0.008, 0.0201, 0.0323, 0.0447], abs=2e-4)
     assert betas[-1].item() == pytest.approx(0.999)
@@ -53,28 +53,67 @@ def test_bellman_target_with_done_masks(algo):
     assert y.tolist() == pytest.approx([8.2, 2.0, 6.6, -1.0])
 
 
-def test_critic_loss_uses_double_q_minimum_of_the_target(algo):
+def test_critic_loss_sums_the_squared_errors_of_both_heads(algo):
     class Fixed(nn.Module):
-        def __init__(self, q1, q2):
-            super().__init__()
-            self.q1, self.q2 = torch.tensor(q1), torch.tensor(q2)
-
         def forward(self, obs, a):
-            return self.q1, self.q2
+            return torch.tensor([2.0, 1.0]), torch.tensor([3.0, 0.0])
 
-    batch = dict(
-        obs=torch.zeros(2, 1, 3),
-        chunks=torch.zeros(2, 4, 3),
-        next_obs=torch.zeros(2, 1, 3),
-        rewards=torch.tensor([1.0, 0.5]),
-        terminated=torch.tensor([0.0, 0.0]),
-    )
-    critic, target = Fixed([2.0, 1.0], [3.0, 0.0]), Fixed([4.0, -2.0], [2.0, 1.0])
-    loss, q1, q2, y = algo.critic_loss(critic, target, batch, torch.zeros(2, 4, 3), 0.5, act_steps=4)
-    # y = r + 0.5 min(target) = [1 + 1, 0.5 - 1] = [2, -0.5]
-    assert y.tolist() == pytest.approx([2.0, -0.5])
+    loss, q1, q2 = algo.critic_loss(Fixed(), torch.zeros(2, 1, 3), torch.zeros(2, 4, 3), torch.tensor([2.0, -0.5]))
     # MSE(q1, y) + MSE(q2, y) = (0 + 2.25)/2 + (1 + 0.25)/2
     assert loss.item() == pytest.approx(1.125 + 0.625)
+    assert q1.tolist() == [2.0, 1.0] and q2.tolist() == [3.0, 0.0]
+
+
+def test_the_loop_fits_the_critic_to_the_bellman_target_of_the_target_critic_at_the_next_state(
+    algo, tiny_diffusion_checkpoint, tmp_path, monkeypatch
+):
+    """Per gradient step: y = bellman_target(r, terminated, Q1', Q2') with (Q1', Q2') the TARGET critic's values at the
+    sampled s' (and the actor's a'), then critic_loss of the ONLINE critic at the same minibatch's (s, a) against y."""
+    batches, forwards, targets, losses = [], [], [], []
+    real_get, real_forward = algo.ReplayBuffer.get, algo.DoubleQCritic.forward
+    real_bellman, real_loss = algo.bellman_target, algo.critic_loss
+
+    def get(self, idx, device):
+        batches.append(real_get(self, idx, device))
+        return batches[-1]
+
+    def forward(self, obs, actions):
+        forwards.append((self, obs, real_forward(self, obs, actions)))
+        return forwards[-1][2]
+
+    def bellman(rewards, terminated, next_q1, next_q2, gamma):
+        targets.append(
+            (rewards, terminated, next_q1, next_q2, real_bellman(rewards, terminated, next_q1, next_q2, gamma))
+        )
+        return targets[-1][-1]
+
+    def loss(critic, obs, actions, target):
+        losses.append((critic, obs, actions, target))
+        return real_loss(critic, obs, actions, target)
+
+    monkeypatch.setattr(algo.ReplayBuffer, "get", get)
+    monkeypatch.setattr(algo.DoubleQCritic, "forward", forward)
+    monkeypatch.setattr(algo, "bellman_target", bellman)
+    monkeypatch.setattr(algo, "critic_loss", loss)
+    name = algo.__name__.rsplit(".", 1)[1]
+    run_main(
+        algo,
+        "--checkpoint",
+        tiny_diffusion_checkpoint,
+        "--total-timesteps",
+        "64",
+        "--run-dir",
+        tmp_path / "r",
+        *TINY_FLAGS[name],
+    )
+    assert len(batches) == len(targets) == len(losses) == 4  # 8 steps x 2 envs / batch 8 x replay ratio 2
+    for batch, (rewards, terminated, next_q1, next_q2, y), (critic, obs, actions, target) in zip(
+        batches, targets, losses, strict=True
+    ):
+        ((target_critic, next_obs, _),) = [f for f in forwards if f[2][0] is next_q1 and f[2][1] is next_q2]
+        assert target_critic is not critic  # the target network, not the online one
+        assert next_obs is batch["next_obs"] and rewards is batch["rewards"] and terminated is batch["terminated"]
+        assert obs is batch["obs"] and actions is batch["chunks"] and target is y
 
 
 def test_double_q_critic_is_residual_on_obs_and_executed_chunk(algo):
@@ -101,8 +140,8 @@ def test_replay_buffer_is_fifo_in_transitions(algo):
 def test_the_loop_soft_updates_the_target_critic_at_its_rate_after_every_gradient_step(
     algo, tiny_diffusion_checkpoint, tmp_path, monkeypatch
 ):
-    """The soft update itself is tested in test_shared_copies.py; here: main calls it with --target-ema-rate /
-    --critic-tau on (target critic, critic) once per gradient step."""
+    """The soft update itself is tested in test_shared_copies.py; here: main calls it with --target-ema-rate on
+    (target critic, critic) once per gradient step."""
     calls, real = [], algo.soft_update
 
     def spy(target, source, tau):
@@ -110,7 +149,6 @@ def test_the_loop_soft_updates_the_target_critic_at_its_rate_after_every_gradien
         real(target, source, tau)
 
     monkeypatch.setattr(algo, "soft_update", spy)
-    rate_flag = "--target-ema-rate" if algo.__name__.endswith("dql") else "--critic-tau"
     run_main(
         algo,
         "--checkpoint",
@@ -120,7 +158,7 @@ def test_the_loop_soft_updates_the_target_critic_at_its_rate_after_every_gradien
         "--run-dir",
         tmp_path / "r",
         *TINY_FLAGS[algo.__name__.rsplit(".", 1)[1]],
-        rate_flag,
+        "--target-ema-rate",
         "0.37",
     )
     assert calls == [("DoubleQCritic", True, 0.37)] * 4  # 8 steps x 2 envs / batch 8 x replay ratio 2

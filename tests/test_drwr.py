@@ -69,7 +69,7 @@ def test_weighted_update_moves_policy_to_high_weight_actions():
         net, opt, sched, obs, chunks, weights, SimpleNamespace(batch_size=16, update_epochs=40, max_grad_norm=None)
     )
     assert steps == 40 * 4  # 4 minibatches of 16 per epoch
-    actions = drwr.sample(net, sched, torch.zeros(200, 1, 2), 1, 1, "eval")
+    actions = drwr.sample(net, sched, torch.zeros(200, 1, 2), 6, 1, 1, "eval")
     assert (actions > 0).float().mean().item() > 0.9  # unweighted BC would give about half
     _, steps = drwr.drwr_update(
         net,

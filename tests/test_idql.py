@@ -106,7 +106,7 @@ def test_select_actions_greedy_uses_min_q_and_keeps_states_apart():
 def test_idql_update_soft_updates_target_q_and_respects_warmup():
     torch.manual_seed(0)
     np.random.seed(0)
-    args = SimpleNamespace(denoising_steps=4, batch_size=8, gamma=0.99, expectile=0.8, critic_tau=0.25)
+    args = SimpleNamespace(denoising_steps=4, batch_size=8, gamma=0.99, expectile=0.8, target_ema_rate=0.25)
     actor = idql.DiffusionMLP(3, 2, 2, 1, time_dim=4, mlp_dims=(8, 8, 8), activation="relu")
     q_critic, v_critic = idql.DoubleQCritic(3, 1, 2, 2, (8, 8, 8)), idql.ValueCritic(3, 1, (8, 8, 8))
     q_target = idql.DoubleQCritic(3, 1, 2, 2, (8, 8, 8))

@@ -102,14 +102,14 @@ def filled_buffer(module, n, obs_dim=3, Tp=2, Da=2, seed=0):
 def test_idql_update_fits_v_by_expectile_then_q_on_the_updated_v_then_moves_the_target_and_fits_the_actor():
     n, gamma, expectile, tau, lr_v = 8, 0.9, 0.8, 0.2, 0.5
     buf = filled_buffer(idql, n)
-    b = {k: torch.as_tensor(getattr(buf, k)) for k in ("obs", "actions", "rewards", "next_obs", "terminated")}
+    b = {k: torch.as_tensor(getattr(buf, k)) for k in ("obs", "chunks", "rewards", "next_obs", "terminated")}
     v_critic = LinearV(3)
     q_critic = TwoQuadraticQ(3, 0.1, -0.2)
     q_target = TwoQuadraticQ(3, 0.3, 0.0, c=(0.5, 0.8), w_scale=1.0)
     v0, q0, qt0 = clone_params(v_critic), clone_params(q_critic), clone_params(q_target)
     start = dict(v=copy.deepcopy(v_critic), q_target=copy.deepcopy(q_target))
     actor = ConstantNoise()
-    args = SimpleNamespace(batch_size=n, gamma=gamma, expectile=expectile, critic_tau=tau, denoising_steps=4)
+    args = SimpleNamespace(batch_size=n, gamma=gamma, expectile=expectile, target_ema_rate=tau, denoising_steps=4)
     v_opt = torch.optim.SGD(v_critic.parameters(), lr=lr_v)
     sched = idql.make_schedule(4)
     stats = idql.idql_update(
@@ -119,7 +119,7 @@ def test_idql_update_fits_v_by_expectile_then_q_on_the_updated_v_then_moves_the_
     # V: expectile regression of min(Q1', Q2')(s, a) with weight tau above V(s), 1 - tau below
     v_start, q_target_start = start["v"], start["q_target"]
     with torch.no_grad():
-        target_q = torch.minimum(*q_target_start(b["obs"], b["actions"]))
+        target_q = torch.minimum(*q_target_start(b["obs"], b["chunks"]))
     diff = target_q - v_start(b["obs"])
     assert (diff > 0).any() and (diff < 0).any()
     v_loss = (torch.where(diff > 0, expectile, 1 - expectile) * diff**2).mean()
@@ -130,12 +130,12 @@ def test_idql_update_fits_v_by_expectile_then_q_on_the_updated_v_then_moves_the_
     # Q: r + gamma (1 - terminated) V_new(s'), with the V just updated; both heads regressed on it
     with torch.no_grad():
         y = b["rewards"] + gamma * (1 - b["terminated"]) * v_critic(b["next_obs"])
-    q1, q2 = q_critic(b["obs"], b["actions"])
+    q1, q2 = q_critic(b["obs"], b["chunks"])
     q_loss = ((q1 - y) ** 2).mean() + ((q2 - y) ** 2).mean()
     assert stats["q_loss"] == pytest.approx(q_loss.item(), rel=1e-5)
     assert_grads(q_critic, q_loss)
     # actor: the plain (unweighted) denoising loss on the buffer chunks
-    per_sample = ((actor.c - recorded_noise(actor, sched, b["actions"])) ** 2).mean(dim=(1, 2))
+    per_sample = ((actor.c - recorded_noise(actor, sched, b["chunks"])) ** 2).mean(dim=(1, 2))
     assert stats["actor_loss"] == pytest.approx(per_sample.mean().item(), rel=1e-4)
     assert_grads(actor, per_sample.mean())
     # target Q: (1 - tau) target + tau Q (Q did not move: zero learning rate)
@@ -171,7 +171,7 @@ def test_idql_value_fit_lands_on_the_upper_expectile():
     buf.sample = lambda batch_size, device: buf.get(np.arange(n), device)
     v_critic, q = ConstV(), TableQ()
     v_opt = torch.optim.Adam(v_critic.parameters(), lr=0.1)
-    args = SimpleNamespace(batch_size=n, gamma=0.9, expectile=tau, critic_tau=0.0, denoising_steps=2)
+    args = SimpleNamespace(batch_size=n, gamma=0.9, expectile=tau, target_ema_rate=0.0, denoising_steps=2)
     actor = ConstantNoise()
     for _ in range(400):
         idql.idql_update(
@@ -190,7 +190,7 @@ def test_idql_value_fit_lands_on_the_upper_expectile():
 def test_dipo_update_targets_from_the_target_networks_moves_actions_uphill_and_averages_targets(monkeypatch):
     n, Tp, Da, act_steps, gamma, tau = 6, 2, 2, 2, 0.9, 0.3
     buf = filled_buffer(dipo, n, Tp=Tp, Da=Da, seed=1)
-    b = {k: torch.as_tensor(getattr(buf, k)).clone() for k in ("obs", "actions", "rewards", "next_obs", "terminated")}
+    b = {k: torch.as_tensor(getattr(buf, k)).clone() for k in ("obs", "chunks", "rewards", "next_obs", "terminated")}
     sampled = []
 
     def fake_sample(net, sched, obs, K, horizon_steps, action_dim, mode, *rest, **kw):
@@ -225,13 +225,13 @@ def test_dipo_update_targets_from_the_target_networks_moves_actions_uphill_and_a
     with torch.no_grad():
         tq1, tq2 = target_critic_start(b["next_obs"], torch.full((n, Tp, Da), -0.3))
     y = b["rewards"] + gamma * (1 - b["terminated"]) * torch.minimum(tq1, tq2)
-    q1, q2 = critic(b["obs"], b["actions"])
+    q1, q2 = critic(b["obs"], b["chunks"])
     q_loss = ((q1 - y) ** 2).mean() + ((q2 - y) ** 2).mean()
     assert stats["q_loss"] == pytest.approx(q_loss.item(), rel=1e-5)
     assert stats["target_q_mean"] == pytest.approx(y.mean().item(), rel=1e-5)
 
     # action gradient: Adam (eps 1e-5) ascent on min(Q1, Q2), batch gradient norm clipped, actions clamped to [-1, 1]
-    a = b["actions"].clone().flatten(1)
+    a = b["chunks"].clone().flatten(1)
     m, v = torch.zeros_like(a), torch.zeros_like(a)
     max_norm, beta1, beta2 = 0.1 * Da * act_steps, 0.9, 0.999
     for k in range(1, args.action_gradient_steps + 1):
@@ -241,9 +241,9 @@ def test_dipo_update_targets_from_the_target_networks_moves_actions_uphill_and_a
         m, v = beta1 * m + (1 - beta1) * g, beta2 * v + (1 - beta2) * g**2
         a = (a - args.action_lr * (m / (1 - beta1**k)) / ((v / (1 - beta2**k)).sqrt() + 1e-5)).clamp(-1, 1)
     moved = a.view(n, Tp, Da)
-    np.testing.assert_allclose(buf.actions, moved.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(buf.chunks, moved.numpy(), rtol=1e-5, atol=1e-6)
     with torch.no_grad():
-        gain = torch.minimum(*critic(b["obs"], moved)) - torch.minimum(*critic(b["obs"], b["actions"]))
+        gain = torch.minimum(*critic(b["obs"], moved)) - torch.minimum(*critic(b["obs"], b["chunks"]))
     assert gain.min() > 0 and stats["action_q_gain"] == pytest.approx(gain.mean().item(), rel=1e-4)
 
     # actor: the denoising loss on the MOVED chunks
@@ -398,7 +398,7 @@ def test_dawr_updates_move_the_policy_toward_the_higher_advantage_chunk():
         generator=torch.Generator().manual_seed(0),
     )
     assert stats["actor_steps"] == 160
-    actions = dawr.sample(actor, sched, torch.zeros(200, 1, 2), 1, 1, "eval")
+    actions = dawr.sample(actor, sched, torch.zeros(200, 1, 2), 6, 1, 1, "eval")
     assert (actions > 0).float().mean().item() > 0.9  # unweighted behaviour cloning would give about half
 
 

@@ -1,7 +1,8 @@
 """Building blocks that several scripts each carry a copy of, tested once against a computation written here and
 parametrised over every module that has a copy: GAE and the running reward scaler (the four PPO scripts), the
-cosine schedule, the DDPM step and the denoising loss (the eight diffusion scripts), the soft/EMA target update and
-the Bellman targets (the off-policy scripts). A copy that drifts from the others fails here under its own name."""
+cosine schedule and the DDPM step (the eight diffusion scripts), the denoising loss (the six that fit to it), the
+soft/EMA target update and the Bellman targets (the off-policy scripts). A copy that drifts from the others fails
+here under its own name; test_copy_text.py keeps the copies' source one text."""
 
 import importlib
 import math
@@ -66,8 +67,8 @@ def test_reward_scaler_divides_by_the_running_std_of_discounted_returns(name):
         for n in range(len(rewards)):
             running = rewards[n] + gamma * (1 - firsts[n]) * running
             batch.append(running.copy())
-        # the official RunningMeanStd (dppo-facts 2.4): this iteration's returns merged into the running moments,
-        # the pooled sum of squared deviations divided by (count - 1)
+        # the official RunningMeanStd (util/reward_scaling.py): this iteration's returns merged into the running
+        # moments, the pooled sum of squared deviations divided by (count - 1)
         batch = np.concatenate(batch)
         total = count + batch.size
         new_mean = (count * mean + batch.sum()) / total
@@ -140,7 +141,7 @@ class RecordingEps(nn.Module):
         return torch.full_like(x, self.c)
 
 
-@pytest.mark.parametrize("name", [n for n in DIFFUSION if n != "exact_likelihood_pg"])  # it fine-tunes only
+@pytest.mark.parametrize("name", [n for n in DIFFUSION if n not in ("exact_likelihood_pg", "qsm")])  # neither uses it
 def test_denoising_loss_is_the_noise_mse_at_the_forward_marginal(name):
     module = load(name)
     K, B = 10, 64
@@ -148,7 +149,7 @@ def test_denoising_loss_is_the_noise_mse_at_the_forward_marginal(name):
     x0 = torch.rand(B, 3, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
     net = RecordingEps(0.3)
     torch.manual_seed(1)
-    loss = module.pretrain_loss(net, sched, x0, torch.zeros(B, 1, 2), K)
+    loss = module.denoising_loss(net, sched, x0, torch.zeros(B, 1, 2), K)
     ((x_t, t),) = net.seen
     assert t.min() >= 0 and t.max() <= K - 1 and len(set(t.tolist())) > 3  # uniform over all K steps
     ab = sched["alpha_bar"][t].view(-1, 1, 1)
@@ -187,7 +188,7 @@ def linear(n_in, n_out):
 @pytest.mark.parametrize("name", DIFFUSION)
 def test_square_diffusion_mlp_with_cond_mlp_has_the_official_parameter_count(name):
     """Official Square config (cfg/robomimic/pretrain/square/pre_diffusion_mlp.yaml): obs 23, action 7, Tp 4,
-    time_dim 32, mlp_dims [1024]*3 residual, cond_mlp_dims [512, 64], Mish; no LayerNorm. dppo-facts 1.6: about 2.31M
+    time_dim 32, mlp_dims [1024]*3 residual, cond_mlp_dims [512, 64], Mish; no LayerNorm. Paper Table A9: about 2.31M
     parameters."""
     obs_dim, action_dim, Tp, time_dim, width = 23, 7, 4, 32, 1024
     time_embedding = linear(time_dim, 2 * time_dim) + linear(2 * time_dim, time_dim)
