@@ -267,7 +267,7 @@ an evaluation that is not recorded | runs.py | tests/test_runs_cli.py
 evaluation envs seeded like the training envs | runs.py | tests/test_runs_cli.py
 - args.seed + 10_000,
 + args.seed,
-# issue #16: official formats and the points where we follow the official code
+# official formats and the points where we follow the official code
 official diffusion checkpoint takes model, not ema | official.py | tests/test_official.py -k ema_weights
 - entry = "ema" if policy == "diffusion" and "ema" in raw else "model"
 + entry = "model"
