@@ -46,7 +46,8 @@ def gaussian_marginal_logp(sde, mu, cov, x, t):
 
 
 def test_vp_sde_reproduces_the_ddpm_schedule(sde):
-    # hand values for K = 20 (the official cosine schedule, model/diffusion/sampling.py): beta_0 = 0.008 -> beta(t) = -20 ln(1 - 0.008) = 0.1606 on [0, 1/20);
+    # hand values for K = 20 (the official cosine schedule, model/diffusion/sampling.py):
+    # beta_0 = 0.008 -> beta(t) = -20 ln(1 - 0.008) = 0.1606 on [0, 1/20);
     # the last beta is capped at 0.999 -> -20 ln(0.001) = 138.155 on [19/20, 1]
     assert sde.rates[0] == pytest.approx(-20 * math.log(1 - 0.008), rel=2e-3)
     assert sde.rates[-1] == pytest.approx(-20 * math.log(0.001), rel=1e-4)
