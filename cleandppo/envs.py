@@ -315,7 +315,8 @@ def resolve_dataset(dataset: str) -> str:
             fail(f"dataset file {dataset} does not exist")
         fail(
             f"unknown --dataset {dataset!r}: give an hdf5 path, a Minari id (e.g. mujoco/hopper/medium-v0), "
-            f"a robomimic name <lift|can|square|transport>-<mh|ph|scripted|mhsim> or one of {sorted(gym_tasks.D4RL_NAMES)}"
+            "a robomimic name <lift|can|square|transport>-<mh|ph|scripted|mhsim> "
+            f"or one of {sorted(gym_tasks.D4RL_NAMES)}"
         )
     return gym_tasks.resolve_d4rl_dataset(dataset)
 

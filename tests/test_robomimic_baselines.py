@@ -16,7 +16,8 @@ from cleandppo import dppo, envs, robomimic_tasks  # noqa: E402
 from conftest import TINY_DIFFUSION, read_checkpoint, read_summary, run_main, scalar_tags, tiny_demos  # noqa: E402
 
 # Per script: flags that make 2 envs x 2 chunks (16 env steps, one iteration) fit, and what its robomimic table must
-# set for Lift when these flags are given (official cfg/robomimic/finetune/lift/ft_*_diffusion_mlp.yaml; common: gamma 0.999, actor LR 1e-5, act_steps 4).
+# set for Lift when these flags are given (official cfg/robomimic/finetune/lift/ft_*_diffusion_mlp.yaml; common:
+# gamma 0.999, actor LR 1e-5, act_steps 4).
 SMALL = {
     "drwr": ["--batch-size", "4"],
     "dawr": ["--batch-size", "4", "--buffer-size", "8", "--n-critic-warmup-itr", "0"],
