@@ -231,7 +231,8 @@ def submit(cli, todo: list) -> str:
             f.write(job.job_id)
         print(f"  {'array task' if '_' in job.job_id else 'job'} {job.job_id}: {run_dir}")
     array_id = jobs[0].job_id.split("_")[0]
-    print(f"[slurm] submitted array {array_id}: {len(jobs)} runs; logs in {executor.folder}")
+    what = f"array {array_id}: {len(jobs)} runs" if len(jobs) > 1 else f"job {array_id}: 1 run"
+    print(f"[slurm] submitted {what}; logs in {executor.folder}")
     return array_id
 
 

@@ -163,7 +163,7 @@ def test_a_job_slurm_no_longer_knows_is_not_queued(tmp_path, slurm):
     grid = queued_run(tmp_path, slurm)
     (tmp_path / "run" / "slurm_job_id").write_text("7_0")  # purged from the controller: "Invalid job id specified"
     proc = slurm_grid(grid, "--wait", "--poll", "0.2")
-    assert "[slurm] submitted array 1000: 1 runs" in proc.stdout, proc.stdout + proc.stderr  # one run: job 1000
+    assert "[slurm] submitted job 1000: 1 run;" in proc.stdout, proc.stdout + proc.stderr  # one run: a plain job
     assert proc.returncode == 1 and "[slurm] grid done: 0 runs finished, 1 not" in proc.stdout  # `true` wrote none
     assert "[slurm] job 1000 (not an array task) on " in (tmp_path / "run" / "stdout.log").read_text()
 

@@ -203,7 +203,9 @@ def test_summary_json_is_strict_with_null_for_missing_numbers(tmp_path):
         seed: int = 0
         logprob_min: float = float("-inf")
 
-    runs.write_summary(str(tmp_path), "dppo", A(), 10, 1.5, 3.0, float("nan"), float("-inf"), (0.5, np.float32(1), None))
+    runs.write_summary(
+        str(tmp_path), "dppo", A(), 10, 1.5, 3.0, float("nan"), float("-inf"), (0.5, np.float32(1), None)
+    )
     s = strict_json(tmp_path / "summary.json")
     assert (s["pretrained_eval_return"], s["final_eval_return"], s["best_eval_return"]) == (3.0, None, None)
     assert (s["final_eval_success_rate"], s["best_eval_success_rate"], s["args"]["logprob_min"]) == (1.0, None, None)
