@@ -138,6 +138,30 @@ def test_a_full_disk_stops_in_one_line_and_keeps_the_last_checkpoint(tiny_diffus
     assert torch.load(run / "checkpoint_last.pt", weights_only=False)["iteration"] == 1
 
 
+def test_a_full_disk_at_the_summary_or_the_curves_is_one_line_too(tmp_path, monkeypatch):
+    import dataclasses
+    import errno
+
+    @dataclasses.dataclass
+    class A:
+        env_id: str = "Hopper-v2"
+        seed: int = 0
+
+    os.symlink("/dev/full", tmp_path / "summary.json.tmp")
+    with pytest.raises(SystemExit) as e:
+        runs.write_summary(str(tmp_path), "dppo", A(), 10, 1.5, 3.0, 4.0, 5.0)
+    assert_one_line_error(str(e.value), f"cannot write {tmp_path / 'summary.json'} (No space left on device")
+    assert os.listdir(tmp_path) == []
+
+    def events_on_a_full_disk():  # TensorBoard's writer raises where the script logs next
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setitem(runs._run, "dir", str(tmp_path))
+    with pytest.raises(SystemExit) as e:
+        runs.run_cli(events_on_a_full_disk)
+    assert_one_line_error(str(e.value), f"cannot write {tmp_path} (No space left on device", "free some space")
+
+
 # ---- wall time over segments; a resume with nothing left to do; strict JSON ----------------------------------------
 class Killed(BaseException):
     """kill -9: the run stops where it is."""
