@@ -2,11 +2,13 @@
 
 Nothing algorithmic lives here. Read top to bottom:
   1. flag ranges  -- one rule per flag name, the same in every script; a budget of at least one iteration
-  2. run dir      -- checked before anything is written; an existing run is resumed in place or refused
+  2. run dir      -- checked before anything is written; an existing run is resumed in place or refused;
+                     one process at a time writes it (a lock)
   3. non-finite   -- rewards, observations, losses and weights; the run stops in one line, the last
                      good checkpoint stays
-  4. checkpoints  -- the state an exact resume needs (envs, RNGs); what Ctrl-C does
-  5. summary      -- summary.json and peak memory
+  4. checkpoints  -- the state an exact resume needs (envs, RNGs), the wall time so far; what Ctrl-C and a full
+                     disk do
+  5. summary      -- summary.json (strict JSON) and peak memory
   6. command line, progress, evaluations, video -- the same calls in every script's `main`
 """
 
