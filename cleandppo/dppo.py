@@ -711,6 +711,8 @@ def eval_act(actor, actor_ft, sched, plan, ft_steps, args, device):
 
 
 def check_args(args):
+    fine_tuning = not (args.eval_only or args.pretrain_only)
+    runs.check_ranges(args, args.num_envs * args.n_steps * args.act_steps if fine_tuning else None)
     if args.act_steps > args.horizon_steps:
         envs.fail(f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use --act-steps <= it")
     if args.ddim_steps is not None:
@@ -725,8 +727,6 @@ def check_args(args):
         envs.fail(f"--ft-denoising-steps {args.ft_denoising_steps} > --denoising-steps {K}; use at most {K}")
     if args.from_scratch and (args.dataset or args.pretrain_only):
         envs.fail("--from-scratch starts from a fresh network: drop --dataset/--pretrain-only (or --from-scratch)")
-    fine_tuning = not (args.eval_only or args.pretrain_only)
-    runs.check_ranges(args, args.num_envs * args.n_steps * args.act_steps if fine_tuning else None)
 
 
 def build_actors(ckpt, ft_denoising_steps, device):

@@ -445,13 +445,41 @@ def bundled_checkpoint(env_id: str, policy: str, backbone: str = "mlp") -> str:
 
 
 def save_checkpoint(ckpt: dict, path: str):
-    """torch.save to a temporary name, then rename: a crash never leaves half a checkpoint."""
+    """torch.save to a temporary name, then rename: a crash never leaves half a checkpoint. A write that fails (a
+    full disk, a quota) removes the temporary file and stops in one line (write_failed); the file that was at
+    `path` stays as it was."""
     import torch
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:  # through a Python file: a failed write is an OSError with its errno
+            torch.save(ckpt, f)
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        fail(write_failed(path, e))
+
+
+def write_failed(path: str, error: OSError) -> str:
+    """One line for a file of a run (or a run dir's file) that could not be written: the cause, the free space, and
+    what to do, naming the checkpoint to resume from when the dir holds one."""
+    import errno
+    import shutil
+
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    cause = error.strerror or str(error) or error.__class__.__name__
+    try:
+        cause += f", {shutil.disk_usage(folder).free / 2**20:.0f} MB free there"
+    except OSError:
+        pass
+    fix = "free some space" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "make it writable"
+    last = os.path.join(folder, "checkpoint_last.pt")
+    then = f"resume with --checkpoint {last}" if os.path.isfile(last) else "start the run again"
+    return f"cannot write {path} ({cause}); the run stopped: {fix}, then {then}"
 
 
 def upgrade_checkpoint(ckpt):

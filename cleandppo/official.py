@@ -364,11 +364,26 @@ def find_normalization(path, hints=None, name="normalization.npz"):
 def read_normalization(path):
     if not os.path.isfile(path):
         fail(f"normalization file {path} does not exist; pass the official data folder's normalization.npz")
-    with np.load(path) as f:
-        missing = {"obs_min", "obs_max", "action_min", "action_max"} - set(f.files)
-        if missing:
-            fail(f"{path} lacks {sorted(missing)}; pass an official normalization.npz")
-        return {k: f[k].astype(np.float32) for k in ("obs_min", "obs_max", "action_min", "action_max")}
+    f = read_npz(path, "an official normalization.npz")
+    missing = {"obs_min", "obs_max", "action_min", "action_max"} - set(f)
+    if missing:
+        fail(f"{path} lacks {sorted(missing)}; pass an official normalization.npz")
+    return {k: f[k].astype(np.float32) for k in ("obs_min", "obs_max", "action_min", "action_max")}
+
+
+def read_npz(path, wanted: str) -> dict:
+    """The arrays of an .npz file by name; a file that is missing or no .npz archive (garbage, an .npy renamed .npz,
+    a truncated download) stops in one line asking for `wanted`."""
+    if not os.path.isfile(path):
+        fail(f"{path} does not exist; pass {wanted}")
+    try:
+        f = np.load(path, allow_pickle=False)
+        if not isinstance(f, np.lib.npyio.NpzFile):  # an .npy file: one unnamed array
+            fail(f"{path} holds one .npy array, not an .npz archive of named arrays; pass {wanted}")
+        with f:
+            return {k: f[k] for k in f.files}
+    except Exception as e:  # ValueError, OSError, zipfile.BadZipFile, EOFError: depends on how the bytes are wrong
+        fail(f"cannot read {path} as an .npz archive ({e.__class__.__name__}); pass {wanted}")
 
 
 def convert_checkpoint(raw, path, policy, env_id, task_dims, hints=None) -> dict:
@@ -440,15 +455,12 @@ def load_npz_dataset(path, env_id=None, task_dims=None) -> dict:
     `terminals`, `images`) with the `normalization.npz` of the same prefix beside it. States and actions come back
     in raw units (the official files hold them normalized to [-1, 1]); episodes are the traj_lengths slices, taken as
     they are (the official conversion already dropped the ones it drops)."""
-    with np.load(path) as f:
-        if "images" in f.files:
-            fail(
-                f"{path} holds images (a pixel dataset); these scripts are state-only: process the data without cameras"
-            )
-        missing = {"states", "actions", "traj_lengths"} - set(f.files)
-        if missing:
-            fail(f"{path} lacks {sorted(missing)}; pass an official train.npz (script/dataset/*)")
-        data = {k: f[k] for k in f.files}
+    data = read_npz(path, "an official train.npz (script/dataset/*)")
+    if "images" in data:
+        fail(f"{path} holds images (a pixel dataset); these scripts are state-only: process the data without cameras")
+    missing = {"states", "actions", "traj_lengths"} - set(data)
+    if missing:
+        fail(f"{path} lacks {sorted(missing)}; pass an official train.npz (script/dataset/*)")
     folder, base = os.path.split(os.path.abspath(path))
     norm = read_normalization(
         os.path.join(

@@ -2,11 +2,13 @@
 
 Nothing algorithmic lives here. Read top to bottom:
   1. flag ranges  -- one rule per flag name, the same in every script; a budget of at least one iteration
-  2. run dir      -- checked before anything is written; an existing run is resumed in place or refused
+  2. run dir      -- checked before anything is written; an existing run is resumed in place or refused;
+                     one process at a time writes it (a lock)
   3. non-finite   -- rewards, observations, losses and weights; the run stops in one line, the last
                      good checkpoint stays
-  4. checkpoints  -- the state an exact resume needs (envs, RNGs); what Ctrl-C does
-  5. summary      -- summary.json and peak memory
+  4. checkpoints  -- the state an exact resume needs (envs, RNGs), the wall time so far; what Ctrl-C and a full
+                     disk do
+  5. summary      -- summary.json (strict JSON) and peak memory
   6. command line, progress, evaluations, video -- the same calls in every script's `main`
 """
 
@@ -142,7 +144,11 @@ def check_ranges(args, steps_per_iter: int | None = None):
         for v in values:
             if not in_range(v, rule):
                 example = " ".join(map(str, default)) if isinstance(default, tuple) else default
-                fix = f"e.g. {flag(field.name)} {example} (the default)" if default is not None else "a value in range"
+                fix = (
+                    f"e.g. {flag(field.name)} {example} (the default)"
+                    if default is not None
+                    else f"{flag(field.name)} {range_text(rule)}, or leave it out (the default)"
+                )
                 envs.fail(f"{flag(field.name)} must be {range_text(rule)}, got {v}; pass {fix}")
     for low, high in ORDERED_PAIRS:
         a, b = getattr(args, low, None), getattr(args, high, None)
@@ -159,15 +165,93 @@ def check_ranges(args, steps_per_iter: int | None = None):
 # 2. Run dir: checked first, created only once every input is checked (open_run)
 # ------------------------------------------------------------------------------------------------
 RUN_FILES = ("checkpoint_last.pt", "summary.json", "pretrained.pt")
-_run = {"dir": None, "resume_from": None}  # what the Ctrl-C message names (run_cli)
+LOCK_FILE = ".run.lock"  # held (fcntl.lockf) by the process writing the run; see lock_run_dir
+# what the Ctrl-C message names (run_cli); the lock this process holds; this segment's clock and the earlier segments'
+# seconds (the resumed checkpoint's wall_time_s); whether this segment resumed and saved an iteration (finish_run)
+_run = {"dir": None, "resume_from": None, "lock": None, "clock": None, "wall_before": 0.0, "resumed": False}
+
+
+def is_run_file(name: str) -> bool:
+    """A file that only a run writes: a checkpoint (checkpoint_last.pt, checkpoint_<iter>.pt, pretrained.pt, and
+    their .tmp while being written), summary.json or TensorBoard events."""
+    return name in RUN_FILES or name.startswith(("checkpoint_", "events.out.tfevents"))
 
 
 def holds_run(path: str) -> bool:
-    """True when `path` holds a run's checkpoint, summary or TensorBoard events."""
-    if not os.path.isdir(path):
-        return False
-    names = os.listdir(path)
-    return any(n in RUN_FILES or n.startswith("events.out.tfevents") for n in names)
+    """True when `path` holds a run's checkpoint (any of them), summary or TensorBoard events."""
+    return os.path.isdir(path) and any(is_run_file(n) for n in os.listdir(path))
+
+
+def newest_checkpoint(run_dir: str) -> str | None:
+    """The checkpoint a run in `run_dir` resumes from: checkpoint_last.pt, else its highest checkpoint_<iter>.pt."""
+    last = os.path.join(run_dir, "checkpoint_last.pt")
+    if os.path.isfile(last):
+        return last
+    numbered = [n[len("checkpoint_") : -len(".pt")] for n in os.listdir(run_dir) if n.startswith("checkpoint_")]
+    iterations = [int(n) for n in numbered if n.isdigit()]
+    return os.path.join(run_dir, f"checkpoint_{max(iterations)}.pt") if iterations else None
+
+
+def _try_lock(fd: int) -> bool:
+    """Take the exclusive lock of the open file `fd` without waiting; False when another process holds it. A file
+    system without locks (some network mounts) says so in one line and the run goes on unlocked."""
+    import errno
+    import fcntl
+
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EAGAIN):
+            return False
+        print(f"[run] cannot lock the run dir ({e.strerror}): a second run into it would not be refused", flush=True)
+    return True
+
+
+def run_dir_user(run_dir: str) -> str | None:
+    """Who holds `run_dir`'s lock ("pid <pid> on <host>"), or None when no other process does."""
+    try:
+        fd = os.open(os.path.join(run_dir, LOCK_FILE), os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        return None if _try_lock(fd) else os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+    finally:
+        os.close(fd)  # drops the probe's own lock
+
+
+def release_run_lock():
+    """Drop the lock this process holds on a run dir (a run of this process ended; exiting drops it too)."""
+    if _run["lock"] is not None:
+        os.close(_run["lock"])
+        _run["lock"] = None
+
+
+def lock_run_dir(run_dir: str):
+    """Hold <run_dir>/.run.lock while this process writes the run, so that a second run into the same dir (two
+    starts at once, or a resume while the run still goes) is refused in one line. A POSIX record lock (fcntl.lockf):
+    the kernel drops it when the process ends however it ends (kill -9, a node lost) and forked workers do not
+    inherit it, so a killed run never leaves it stuck."""
+    release_run_lock()
+    fd = os.open(os.path.join(run_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    if not _try_lock(fd):
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        envs.fail(in_use(run_dir, holder))
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode(), 0)
+    _run["lock"] = fd
+
+
+def in_use(run_dir: str, holder: str) -> str:
+    return f"--run-dir {run_dir} is in use by another run ({holder}); wait for it to end, or pick another --run-dir"
+
+
+def refuse_run_dir(run_dir: str):
+    last = newest_checkpoint(run_dir)
+    resume = f"resume it with --checkpoint {last}, " if last else ""
+    envs.fail(
+        f"--run-dir {run_dir} already holds a run; {resume}pass --overwrite to replace it, or pick another --run-dir"
+    )
 
 
 def check_writable(run_dir: str):
@@ -196,39 +280,43 @@ def prepare_run_dir(args, algo: str, resume_path: str | None = None) -> str:
     if run_dir is None:
         run_dir = os.path.join("runs", f"{envs.env_slug(args.env_id)}__{algo}__{args.seed}__{int(time.time())}")
     check_writable(run_dir)
+    release_run_lock()  # a new run of this process: the last one (in-process callers) is over
+    holder = run_dir_user(run_dir)
+    if holder:
+        envs.fail(in_use(run_dir, holder))
     resuming_here = resume_dir is not None and os.path.abspath(run_dir) == resume_dir
-    if holds_run(run_dir) and not resuming_here and not getattr(args, "overwrite", False):
-        last = os.path.join(run_dir, "checkpoint_last.pt")
-        resume = f"resume it with --checkpoint {last}, " if os.path.isfile(last) else ""
-        envs.fail(
-            f"--run-dir {run_dir} already holds a run; {resume}pass --overwrite to replace it, "
-            "or pick another --run-dir"
-        )
+    may_hold_run = resuming_here or getattr(args, "overwrite", False)
+    if holds_run(run_dir) and not may_hold_run:
+        refuse_run_dir(run_dir)
     if getattr(args, "track", False):
         try:
             import wandb  # noqa: F401
         except ImportError:
             envs.fail("--track needs Weights & Biases: pip install -r requirements-wandb.txt (or run without --track)")
-    _run.update(dir=run_dir, resume_from=resume_path)
+    _run.update(dir=run_dir, resume_from=resume_path, may_hold_run=may_hold_run)
     return run_dir
 
 
 def open_run(run_dir: str, args, resume_step: int | None = None):
     """Create the run dir and return its TensorBoard writer. A resume (`resume_step`: the checkpoint's env steps)
     appends to the run's curves: events a killed run logged after its checkpoint are dropped (purge_step).
-    A fresh run with --overwrite first deletes the old run's files (but the --checkpoint it starts from)."""
+    A fresh run with --overwrite first deletes the old run's files (but the --checkpoint it starts from). The dir is
+    locked first (lock_run_dir): a second run started into it at the same time stops in one line."""
     from torch.utils.tensorboard import SummaryWriter
 
     resume_step = None if getattr(args, "eval_only", False) else resume_step
+    os.makedirs(run_dir, exist_ok=True)
+    lock_run_dir(run_dir)
+    if not _run.get("may_hold_run", True) and holds_run(run_dir):  # written since prepare_run_dir looked
+        refuse_run_dir(run_dir)
+    _run.update(clock=time.time(), wall_before=0.0, resumed=resume_step is not None, saved=False)
     if resume_step is None and getattr(args, "overwrite", False) and holds_run(run_dir):
         loaded = os.path.abspath(args.checkpoint) if getattr(args, "checkpoint", None) else None
         for name in os.listdir(run_dir):
             path = os.path.join(run_dir, name)
-            run_file = name in RUN_FILES or name.startswith(("events.out.tfevents", "checkpoint_"))
-            if run_file and os.path.abspath(path) != loaded:  # never the checkpoint this run starts from
+            if is_run_file(name) and os.path.abspath(path) != loaded:  # never the checkpoint this run starts from
                 os.remove(path)
         shutil.rmtree(os.path.join(run_dir, "wandb"), ignore_errors=True)
-    os.makedirs(run_dir, exist_ok=True)
     if resume_step is not None:  # TensorBoard reads event files in name order: the new one must sort last
         names = [n.split(".") for n in os.listdir(run_dir) if n.startswith("events.out.tfevents.")]
         latest = max((int(n[3]) for n in names if n[3].isdigit()), default=0)  # the file's creation second
@@ -327,6 +415,9 @@ def run_state(vec, obs, firsts, recent_returns) -> dict:
 def restore_run(resume: dict, vec, obs, firsts):
     """Continue exactly where checkpoint `resume` stopped (run_state's entries); returns (obs, firsts, recent_returns).
     A checkpoint without them (cleandppo before exact resume) restores the global RNGs and keeps the fresh envs."""
+    # the earlier segments' seconds (wall_time); this segment's clock starts here, where the scripts' own does
+    _run.update(wall_before=float(resume.get("wall_time_s") or 0.0), clock=time.time())
+    check_num_envs(resume, vec)
     if "vec_env" not in resume:
         print("[resume] this checkpoint holds no env state: the environments restart from fresh episodes")
         set_rng_state(dict(python=random.getstate(), numpy=resume["numpy_rng"], torch=resume["torch_rng"]))
@@ -334,6 +425,26 @@ def restore_run(resume: dict, vec, obs, firsts):
     restore_vec_env(vec, resume["vec_env"])
     set_rng_state(resume["rng"])
     return resume["obs"], resume["firsts"], list(resume["recent_returns"])
+
+
+def saved_num_envs(vec_state: dict) -> int:
+    """How many envs vec_env_state recorded."""
+    if "avoid" in vec_state:
+        return len(vec_state["avoid"]["episode_return"])
+    return len(vec_state["envs"])
+
+
+def check_num_envs(resume: dict, vec):
+    """A resume continues the checkpoint's envs mid-episode (and its per-env reward statistics): --num-envs must be
+    the checkpoint's, else one line naming the flag to pass."""
+    saved = (resume.get("args") or {}).get("num_envs")
+    if saved is None and "vec_env" in resume:
+        saved = saved_num_envs(resume["vec_env"])
+    if saved is not None and saved != vec.num_envs:
+        envs.fail(
+            f"this checkpoint ran {saved} envs and a resume continues them mid-episode; pass --num-envs {saved} "
+            "(and the first run's other flags)"
+        )
 
 
 def buffer_state(buffer) -> dict:
@@ -366,19 +477,38 @@ def save_iteration(
 ):
     """At an iteration boundary: flush the curves, then write checkpoint_last.pt (with `last_only` too, e.g. the replay
     buffer) and checkpoint_<iteration>.pt every `save_freq` iterations and at the end, each atomically: a kill
-    leaves the last finished iteration."""
+    leaves the last finished iteration. Both hold `wall_time_s`, the run's seconds so far over all its segments
+    (wall_time). A full disk stops the run in one line (envs.save_checkpoint); the previous checkpoint stays."""
     if writer is not None:
-        writer.flush()
+        try:
+            writer.flush()
+        except OSError as e:
+            envs.fail(envs.write_failed(run_dir, e))
+    if _run["clock"] is not None:
+        state = dict(state, wall_time_s=wall_time(time.time() - _run["clock"]))
     envs.save_checkpoint(dict(state, **(last_only or {})), os.path.join(run_dir, "checkpoint_last.pt"))
     if iteration % save_freq == 0 or iteration == num_iters:
         envs.save_checkpoint(state, os.path.join(run_dir, f"checkpoint_{iteration}.pt"))
+    _run["saved"] = True
+
+
+def wall_time(segment: float) -> float:
+    """The run's wall time: `segment` (this process's seconds) plus those of the segments before it (the resumed
+    checkpoint's wall_time_s; 0 for a fresh run). Time a killed segment spent after its last checkpoint is lost."""
+    return _run["wall_before"] + segment
 
 
 def run_cli(main, *main_args):
     """Run a script's main; Ctrl-C drops the unfinished iteration and ends in one line naming the checkpoint to
     resume from (checkpoint_last.pt holds the last finished iteration), exit code 130."""
+    import errno
+
     try:
         main(*main_args)
+    except OSError as e:  # a write that failed outside a checkpoint (TensorBoard's events): one line too
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT) or not _run["dir"]:
+            raise
+        raise SystemExit(f"error: {envs.write_failed(_run['dir'], e)}") from None
     except KeyboardInterrupt:
         last = os.path.join(_run["dir"] or ".", "checkpoint_last.pt")
         resume = last if _run["dir"] and os.path.isfile(last) else _run["resume_from"]
@@ -393,7 +523,9 @@ def run_cli(main, *main_args):
 def write_summary(
     run_dir: str, algo: str, args, env_steps: int, wall: float, pretrained, final, best, success=(), **extra
 ):
-    """summary.json of a run (read by benchmark.sh, scripts/summarize.py); `success`: robomimic's 3 success rates."""
+    """summary.json of a run (read by benchmark.sh, scripts/summarize.py); `success`: robomimic's 3 success rates.
+    Strict JSON: a number that is missing or not finite (no evaluation yet) is null. Written atomically; a failed
+    write (a full disk) is one line."""
     rates = {f"{k}_eval_success_rate": v for k, v in zip(("pretrained", "final", "best"), success or ())}
     summary = dict(
         algo=algo,
@@ -408,19 +540,50 @@ def write_summary(
         **extra,
         **rates,
     )
-    with open(os.path.join(run_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=str)
-    print(f"[done] summary in {os.path.join(run_dir, 'summary.json')}")
+    path = os.path.join(run_dir, "summary.json")
+    try:
+        with open(path + ".tmp", "w") as f:
+            json.dump(json_safe(summary), f, indent=2, default=str, allow_nan=False)
+        os.replace(path + ".tmp", path)
+    except OSError as e:
+        try:
+            os.remove(path + ".tmp")
+        except OSError:
+            pass
+        envs.fail(envs.write_failed(path, e))
+    print(f"[done] summary in {path}")
+
+
+def json_safe(value):
+    """`value` with every non-finite float (NaN, +-inf) as None, in dicts, lists and tuples; numpy scalars as
+    Python numbers."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 def finish_run(run_dir: str, algo: str, args, env_steps: int, wall: float, evals, device, writer, act, normalization):
     """End a run: summary.json first (the evaluations, peak memory), then with --capture-video one evaluation episode
     of `act` as an mp4 (a task that cannot render says so in one line and the summary is kept), then close the
-    TensorBoard writer."""
-    write_summary(run_dir, algo, args, env_steps, wall, **evals.summary(), peak_memory_mb=peak_memory_mb(device))
+    TensorBoard writer and drop the run dir's lock. `wall`: the seconds of this segment; a resumed run adds those of
+    the segments before (wall_time). A resume that had nothing left to do (its checkpoint is the final iteration)
+    keeps the summary.json it finds; without one it writes the checkpoint's (its evaluations and wall time)."""
+    path = os.path.join(run_dir, "summary.json")
+    if _run["resumed"] and not _run.get("saved") and os.path.isfile(path):
+        print(f"[done] nothing left to do: the run had finished; {path} kept")
+    else:
+        wall = wall_time(0.0 if _run["resumed"] and not _run.get("saved") else wall)
+        write_summary(run_dir, algo, args, env_steps, wall, **evals.summary(), peak_memory_mb=peak_memory_mb(device))
     if args.capture_video:
         capture_video(run_dir, args.env_id, act, args.act_steps, args.cond_steps, normalization, args.seed)
     writer.close()
+    release_run_lock()
 
 
 def peak_memory_mb(device) -> float:
@@ -542,15 +705,18 @@ class Evaluations:
         return mean, std, success
 
     def state_dict(self) -> dict:
-        state = dict(pretrained_eval_return=self.pretrained, best_eval_return=self.best)
+        state = dict(pretrained_eval_return=self.pretrained, final_eval_return=self.last, best_eval_return=self.best)
         if self.robomimic:
             state.update(pretrained_eval_success_rate=self.pretrained_success, best_eval_success_rate=self.best_success)
+            state.update(final_eval_success_rate=self.last_success)
         return state
 
     def load_state_dict(self, state: dict):
         self.pretrained, self.best = state["pretrained_eval_return"], state["best_eval_return"]
+        self.last = state.get("final_eval_return", float("nan"))  # older checkpoints: none
         self.pretrained_success = state.get("pretrained_eval_success_rate")
         self.best_success = state.get("best_eval_success_rate", -np.inf)
+        self.last_success = state.get("final_eval_success_rate", float("nan"))
 
     def summary(self) -> dict:
         """write_summary's pretrained/final/best and success arguments."""

@@ -5,12 +5,23 @@
 
 grid.tsv, written by benchmark.sh: one run a line, `<run dir><TAB><command>`. Each array task runs its command from
 the folder this script was started in, with OMP_NUM_THREADS = --cpus, appending to <run dir>/stdout.log as a local
-run does; submitit's own logs go to <grid.tsv's folder>/logs.
+run does; submitit's own logs go to <grid.tsv's folder>/logs. The nodes must see the same files as the submit host
+at the same paths: this repository, the run dirs and the Python environment (submitit starts each task with the
+Python that runs this script; --setup lines, e.g. `module load ...` or `source venv/bin/activate`, run first).
 
-Resubmitting is safe. A run with summary.json is not submitted, nor one whose last job (<run dir>/slurm_job_id) Slurm
-still lists; an interrupted run resumes from <run dir>/checkpoint_last.pt, as benchmark.sh does locally (one stopped
-before its first iteration ended starts again with --overwrite). A task that reaches its time limit is requeued by
-submitit (Checkpointable) and resumes the same way.
+Resubmitting is safe. A run with summary.json is not submitted, nor one whose last array task (<run dir>/slurm_job_id)
+Slurm still lists; an interrupted run resumes from <run dir>/checkpoint_last.pt, as benchmark.sh does locally (one
+stopped before its first iteration ended starts again with --overwrite). When squeue fails (a busy controller) it is
+retried; if it keeps failing this script stops in one line and submits nothing: a run is never taken for "not
+queued" on an squeue error.
+
+Time limits: --signal-delay seconds before a task's limit Slurm sends it USR2 (submitit's signal); the run stops
+there (its unfinished iteration is dropped) and submitit requeues the task (Checkpointable), which resumes from
+checkpoint_last.pt; after --max-timeouts such requeues the task ends unfinished. Preemptions are requeued the same way,
+without a limit.
+
+Exit status: 0 when every run finished (or, without --wait, once the unfinished ones are queued), 1 when --wait ended
+with runs unfinished (listed), 2 when Slurm could not be asked (squeue, sbatch) or an option is wrong.
 """
 
 import argparse
@@ -23,8 +34,11 @@ import time
 
 import submitit
 
+SQUEUE_TRIES = int(os.environ.get("CLEANDPPO_SQUEUE_TRIES", 5))  # attempts per squeue question
+SQUEUE_BACKOFF = float(os.environ.get("CLEANDPPO_SQUEUE_BACKOFF", 5.0))  # seconds before the 2nd try, doubling
 
-def parse_args():
+
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("grid", help="benchmark.sh's grid.tsv")
     parser.add_argument("--partition", default="", help="Slurm partition (default: the cluster's default)")
@@ -33,9 +47,50 @@ def parse_args():
     parser.add_argument("--time", type=int, default=1440, help="time limit per run, minutes (then: requeued, resumed)")
     parser.add_argument("--mem-gb", type=int, default=None, help="memory per run (default: the partition's)")
     parser.add_argument("--parallel", type=int, default=None, help="array tasks running at once (default: all)")
+    parser.add_argument("--account", default="", help="sbatch --account")
+    parser.add_argument("--qos", default="", help="sbatch --qos")
+    parser.add_argument("--constraint", default="", help="sbatch --constraint (node features, e.g. 'a100|h100')")
+    parser.add_argument("--exclude", default="", help="sbatch --exclude (nodes to avoid, e.g. node[01-03])")
+    parser.add_argument("--reservation", default="", help="sbatch --reservation")
+    parser.add_argument(
+        "--sbatch",
+        default="",
+        help="more sbatch options, each --name=value or --name, e.g. '--mail-type=END --nice=10'",
+    )
+    parser.add_argument(
+        "--setup",
+        default="",
+        help="shell lines each task runs first, one a line, e.g. 'module load cuda' or 'source venv/bin/activate'",
+    )
+    parser.add_argument("--signal-delay", type=int, default=90, help="seconds before the time limit that USR2 comes")
+    parser.add_argument("--max-timeouts", type=int, default=3, help="requeues after reaching the time limit, at most")
     parser.add_argument("--wait", action="store_true", help="wait until the array is done; exit 1 if a run failed")
     parser.add_argument("--poll", type=float, default=5.0, help="seconds between squeue checks with --wait")
-    return parser.parse_args()
+    cli = parser.parse_args(argv)
+    cli.additional = sbatch_options(cli.sbatch)
+    for name in ("gpus", "signal_delay", "max_timeouts"):
+        if getattr(cli, name) < 0:
+            fail(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cli, name)}")
+    for name in ("cpus", "time", "mem_gb", "parallel"):
+        if getattr(cli, name) is not None and getattr(cli, name) < 1:
+            fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cli, name)}")
+    return cli
+
+
+def fail(message: str):
+    print(f"[slurm] error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def sbatch_options(text: str) -> dict:
+    """'--mail-type=END --requeue' as submitit's additional_parameters: {'mail_type': 'END', 'requeue': True}."""
+    options = {}
+    for word in shlex.split(text):
+        name, has_value, value = word.partition("=")
+        if not name.startswith("--") or len(name) < 3:
+            fail(f"sbatch option {word!r} is not of the form --name=value or --name; e.g. --mail-type=END")
+        options[name[2:].replace("-", "_")] = value if has_value else True
+    return options
 
 
 class GridRun(submitit.helpers.Checkpointable):
@@ -50,18 +105,31 @@ class GridRun(submitit.helpers.Checkpointable):
         last = os.path.join(run_dir, "checkpoint_last.pt")
         if os.path.isfile(last):  # an interrupted run: resume it in place
             argv += ["--checkpoint", last]
-        elif glob.glob(os.path.join(run_dir, "events.out.tfevents.*")):  # stopped before its first iteration ended
+        elif glob.glob(os.path.join(run_dir, "events.out.tfevents.*")) and not glob.glob(
+            os.path.join(run_dir, "checkpoint_*")
+        ):  # stopped before its first iteration ended (with numbered checkpoints only, the script names them)
             argv += ["--overwrite"]
         os.makedirs(run_dir, exist_ok=True)
         log_path = os.path.join(run_dir, "stdout.log")
         with open(log_path, "a") as log:
-            log.write(f"[slurm] job {os.environ.get('SLURM_JOB_ID')} on {os.uname().nodename}: {shlex.join(argv)}\n")
+            log.write(f"[slurm] {job_ids()} on {os.uname().nodename}: {shlex.join(argv)}\n")
             log.flush()
             env = dict(os.environ, OMP_NUM_THREADS=str(threads))
             code = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
         if code != 0:
             raise RuntimeError(f"{run_dir} failed (exit {code}): {last_line(log_path)}")
         return f"{run_dir}: finished"
+
+
+def job_ids() -> str:
+    """This task's two Slurm ids, named: the array task (what squeue, scancel, <run dir>/slurm_job_id and the
+    submit console show) and the job id Slurm gave the task itself (SLURM_JOB_ID: sacct, node logs). A grid of one
+    run is one plain job: its one id."""
+    env = os.environ
+    if "SLURM_ARRAY_JOB_ID" not in env:  # a grid of one run is submitted as a plain job
+        return f"job {env.get('SLURM_JOB_ID')} (not an array task)"
+    array = f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID')}"
+    return f"array task {array} (SLURM_JOB_ID {env.get('SLURM_JOB_ID')})"
 
 
 def last_line(path: str) -> str:
@@ -71,9 +139,27 @@ def last_line(path: str) -> str:
 
 
 def queued(job_id: str) -> bool:
-    """True while Slurm lists the job (pending, running, requeued)."""
-    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%i"], capture_output=True, text=True)
-    return out.returncode == 0 and bool(out.stdout.strip())
+    """True while Slurm lists the job (pending, running, requeued); False once it is done (squeue prints nothing, or
+    says the id is no longer known). Any other squeue failure (a busy or unreachable controller) is retried
+    SQUEUE_TRIES times with a doubling pause, then stops this script in one line: it is never read as "not queued"."""
+    error = ""
+    for attempt in range(SQUEUE_TRIES):
+        if attempt:
+            time.sleep(SQUEUE_BACKOFF * 2 ** (attempt - 1))
+        try:
+            out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%i"], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            error = str(e)
+            continue
+        if out.returncode == 0:
+            return bool(out.stdout.strip())
+        error = (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1]
+        if "invalid job id" in error.lower():  # finished long enough ago that the controller forgot it
+            return False
+    fail(
+        f"squeue -j {job_id} failed {SQUEUE_TRIES} times ({error}); the Slurm controller may be busy or down: rerun "
+        "this command later (finished runs are kept; nothing was submitted twice)"
+    )
 
 
 def main():
@@ -87,7 +173,7 @@ def main():
         if os.path.isfile(os.path.join(run_dir, "summary.json")):
             print(f"  skip {run_dir} (done)")
         elif job_id and queued(job_id):
-            print(f"  skip {run_dir} (queued already: job {job_id})")
+            print(f"  skip {run_dir} (queued already: array task {job_id})")
             waiting.add(job_id)
         else:
             todo.append((run_dir, command))
@@ -109,26 +195,44 @@ def main():
 
 def submit(cli, todo: list) -> str:
     """Submit `todo` ((run dir, command) pairs) as one job array; returns its job id."""
-    executor = submitit.SlurmExecutor(folder=os.path.join(os.path.dirname(cli.grid), "logs"))
+    executor = submitit.SlurmExecutor(
+        folder=os.path.join(os.path.dirname(cli.grid), "logs"), max_num_timeout=cli.max_timeouts
+    )
+    optional = dict(
+        partition=cli.partition,
+        gpus_per_node=cli.gpus,
+        mem=f"{cli.mem_gb}G" if cli.mem_gb else None,
+        array_parallelism=cli.parallel,
+        account=cli.account,
+        qos=cli.qos,
+        constraint=cli.constraint,
+        exclude=cli.exclude,
+        setup=[line for line in cli.setup.splitlines() if line.strip()],
+    )
+    additional = dict({"reservation": cli.reservation} if cli.reservation else {}, **cli.additional)
     executor.update_parameters(
         job_name="cleandppo-grid",
         cpus_per_task=cli.cpus,
         time=cli.time,
-        **({"partition": cli.partition} if cli.partition else {}),
-        **({"gpus_per_node": cli.gpus} if cli.gpus else {}),
-        **({"mem": f"{cli.mem_gb}G"} if cli.mem_gb else {}),
-        **({"array_parallelism": cli.parallel} if cli.parallel else {}),
+        signal_delay_s=cli.signal_delay,
+        **{k: v for k, v in optional.items() if v},
+        **({"additional_parameters": additional} if additional else {}),
     )
     run_dirs, commands = zip(*todo)
     cwd = os.getcwd()
-    jobs = executor.map_array(GridRun(), run_dirs, commands, [cwd] * len(todo), [cli.cpus] * len(todo))
+    try:
+        jobs = executor.map_array(GridRun(), run_dirs, commands, [cwd] * len(todo), [cli.cpus] * len(todo))
+    except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError, OSError) as e:
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else e.__class__.__name__
+        fail(f"sbatch refused the array ({reason}); fix that option or the cluster's setting, then rerun")
     for run_dir, job in zip(run_dirs, jobs):
         os.makedirs(run_dir, exist_ok=True)
         with open(os.path.join(run_dir, "slurm_job_id"), "w") as f:
             f.write(job.job_id)
-        print(f"  job {job.job_id}: {run_dir}")
+        print(f"  {'array task' if '_' in job.job_id else 'job'} {job.job_id}: {run_dir}")
     array_id = jobs[0].job_id.split("_")[0]
-    print(f"[slurm] submitted array {array_id}: {len(jobs)} runs; logs in {executor.folder}")
+    what = f"array {array_id}: {len(jobs)} runs" if len(jobs) > 1 else f"job {array_id}: 1 run"
+    print(f"[slurm] submitted {what}; logs in {executor.folder}")
     return array_id
 
 

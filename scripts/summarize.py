@@ -11,9 +11,14 @@ wall time per 100k env steps (the run's wall time, evaluations included, over it
 import argparse
 import glob
 import json
+import logging
 import os
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+# A resumed run's event files hold the steps its killed segment logged after its last checkpoint; reading them,
+# TensorBoard drops those (as it should) with an "out of order event" warning per run: not part of the table.
+logging.getLogger("tensorboard").setLevel(logging.ERROR)
 
 parser = argparse.ArgumentParser()
 parser.add_argument("root", nargs="?", default="runs/benchmark")

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -26,7 +27,9 @@ FIGURES = ("grid.png", "grid.pdf", "curves_avoid-m2.png", "aggregate.png", "prof
 
 
 def benchmark(out, **env):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "OUT": str(out), **GRID, **env}
+    """`bash benchmark.sh` with GRID and `env`, its runs with the Python that runs the tests (not the PATH's)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHON": sys.executable, **GRID, **env}
+    env["OUT"] = str(out)
     return subprocess.run(["bash", "benchmark.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -83,7 +86,7 @@ def test_slurm_grid_resubmission_is_safe(tmp_path):
     assert "[slurm] submitted array" in first.stdout
     second = benchmark(tmp_path, SLURM="1", WAIT="1")  # both still queued or running: nothing submitted twice
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
-    assert second.stdout.count("(queued already: job") == 2 and "[slurm] nothing to submit" in second.stdout
+    assert second.stdout.count("(queued already: array task") == 2 and "[slurm] nothing to submit" in second.stdout
     for algo in ("dppo", "drwr"):
         assert summary(tmp_path, algo)["env_steps"] == 400
     assert (tmp_path / "figures" / "grid.png").exists()
