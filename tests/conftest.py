@@ -329,3 +329,22 @@ def tiny_demos(task="lift", lengths=(5, 7, 4), drop_key=None, seed=0):
             )
         )
     return demos
+
+
+def tiny_dppo_args(run_dir, checkpoint, **flags):
+    """dppo.Args for a two-iteration fine-tuning run of tiny_diffusion_checkpoint into run_dir (flags override)."""
+    from cleandppo import dppo
+
+    tiny = dict(
+        num_envs=2,
+        n_steps=4,
+        batch_size=8,
+        eval_episodes=1,
+        mlp_dims=(32, 32, 32),
+        time_dim=8,
+        denoising_steps=6,
+        ft_denoising_steps=3,
+        critic_dims=(16, 16, 16),
+        total_timesteps=32,
+    )
+    return dppo.Args(checkpoint=checkpoint, run_dir=str(run_dir), **{**tiny, **flags})

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from cleandppo import envs, runs
-from conftest import ROOT, TINY_DIFFUSION, assert_one_line_error, main_fails, read_summary, run_main
+from conftest import ROOT, TINY_DIFFUSION, assert_one_line_error, main_fails, read_summary, run_main, tiny_dppo_args
 
 torch.set_num_threads(1)
 DPPO_TINY = [
@@ -36,21 +36,7 @@ def strict_json(path):
 
 
 def dppo_args(run_dir, checkpoint, **fields):
-    from cleandppo import dppo
-
-    tiny = dict(
-        num_envs=2,
-        n_steps=4,
-        batch_size=8,
-        eval_episodes=1,
-        mlp_dims=(32, 32, 32),
-        time_dim=8,
-        denoising_steps=6,
-        ft_denoising_steps=3,
-        critic_dims=(16, 16, 16),
-        total_timesteps=64,
-    )
-    return dppo.Args(checkpoint=checkpoint, run_dir=str(run_dir), **{**tiny, **fields})
+    return tiny_dppo_args(run_dir, checkpoint, **{"total_timesteps": 64, **fields})
 
 
 # ---- a dir that holds only numbered checkpoints holds a run ---------------------------------------------------------

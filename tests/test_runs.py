@@ -13,7 +13,15 @@ import pytest
 import torch
 
 from cleandppo import envs, gym_tasks, runs
-from conftest import TINY_DIFFUSION, assert_one_line_error, cli_fails, event_accumulator, main_fails, run_main
+from conftest import (
+    TINY_DIFFUSION,
+    assert_one_line_error,
+    cli_fails,
+    event_accumulator,
+    main_fails,
+    run_main,
+    tiny_dppo_args,
+)
 
 torch.set_num_threads(1)
 SCRIPTS = ("dppo", "gaussian_ppo", "gmm_ppo", "dawr", "drwr", "dipo", "idql", "dql", "qsm", "exact_likelihood_pg")
@@ -249,24 +257,6 @@ def test_non_finite_losses_and_weights_are_named():
 
 
 # ---- item 2: a run dir that holds a run is refused unless resumed or overwritten -------------------------------
-def tiny_dppo_args(run_dir, checkpoint, **flags):
-    from cleandppo import dppo
-
-    tiny = dict(
-        num_envs=2,
-        n_steps=4,
-        batch_size=8,
-        eval_episodes=1,
-        mlp_dims=(32, 32, 32),
-        time_dim=8,
-        denoising_steps=6,
-        ft_denoising_steps=3,
-        critic_dims=(16, 16, 16),
-        total_timesteps=32,
-    )
-    return dppo.Args(checkpoint=checkpoint, run_dir=str(run_dir), **{**tiny, **flags})
-
-
 def test_a_run_dir_holding_a_run_is_refused_then_overwritten_on_request(tiny_diffusion_checkpoint, tmp_path):
     from cleandppo import dppo
 
