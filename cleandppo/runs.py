@@ -238,10 +238,12 @@ def open_run(run_dir: str, args, resume_step: int | None = None):
         import wandb
 
         # a resumed run is a new W&B run; TensorBoard's files in run_dir hold the continued curves. W&B's own files go
-        # to <run_dir>/wandb (with WANDB_MODE=offline: `wandb sync <run_dir>/wandb/offline-run-*` uploads them later)
-        wandb.init(
-            project="cleandppo", config=vars(args), name=os.path.basename(run_dir), sync_tensorboard=True, dir=run_dir
-        )
+        # where W&B puts them by default, ./wandb (or $WANDB_DIR), never under run_dir: W&B copies the event files it
+        # syncs into its folder, and inside run_dir it would sync its own copies again and again (nested folders that
+        # TensorBoard and scripts/plot_results.py would read as more runs). WANDB_MODE=offline: `wandb sync
+        # wandb/offline-run-*` uploads them later.
+        wandb.init(project="cleandppo", config=vars(args), name=os.path.basename(run_dir), sync_tensorboard=True)
+        print(f"[track] W&B run {os.path.basename(run_dir)}: W&B's files in {os.path.dirname(wandb.run.dir)}")
     writer = SummaryWriter(run_dir, purge_step=None if resume_step is None else resume_step + 1)
     table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
