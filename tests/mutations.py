@@ -246,6 +246,18 @@ every evaluation counted as the pre-trained one | runs.py | tests/test_runs_cli.
 progress rate counts resumed steps | runs.py | tests/test_runs_cli.py
 - sps = (env_steps - self.start)
 + sps = env_steps
+progress still within an iteration | runs.py | tests/test_runs_cli.py
+- progress.tick(env_steps)
++ pass
+first evaluation not marked | runs.py | tests/test_runs_cli.py
+- first = " (before training)" if evals.count == 1 else ""
++ first = ""
+resume forgets the last evaluation | runs.py | tests/test_runs_cli.py
+- self.last = state.get("last_eval_return", float("nan"))
++ self.last = float("nan")
+Ctrl-C line written onto the bar | runs.py | tests/test_runs_cli.py
+- close_bars()  # a terminal
++ pass  # a terminal
 diffusion checkpoint chunk length not checked | envs.py | tests/test_envs.py -k load_diffusion_checkpoint
 - or (same_horizon and h != args.horizon_steps)
 + or False
