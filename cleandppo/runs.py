@@ -211,6 +211,7 @@ def prepare_run_dir(args, algo: str, resume_path: str | None = None) -> str:
         except ImportError:
             envs.fail("--track needs Weights & Biases: pip install -r requirements-wandb.txt (or run without --track)")
     _run.update(dir=run_dir, resume_from=resume_path)
+    _progress["per_iter"] = getattr(args, "num_envs", 0) * getattr(args, "n_steps", 0) * getattr(args, "act_steps", 0)
     return run_dir
 
 
@@ -465,7 +466,9 @@ def _number(value) -> str:
 
 
 _bars: list = []  # the tqdm bars on the terminal now (a run's, an evaluation's); run_cli closes them on Ctrl-C
-_progress = {"run": lambda: None}  # weak reference to the run's Progress, which log_episodes moves within iterations
+# a weak reference to the run's Progress, which log_episodes moves within iterations, and the env steps of an
+# iteration (--num-envs x --n-steps x --act-steps in every script; set by prepare_run_dir): a rollout's last step
+_progress = {"run": lambda: None, "per_iter": 0}
 
 
 def close_bars():
@@ -488,6 +491,7 @@ class Progress:
 
         self.total, self.start, self.t0 = total_steps, done_steps, time.time()
         self.shown_at = self.t0 - self.interval + self.first  # when the last plain line was printed
+        self.shown = ""  # the bar's postfix: the last iteration's numbers
         self.bar = None
         if sys.stderr.isatty():
             self.bar = tqdm(
@@ -502,15 +506,21 @@ class Progress:
         return sps, (self.total - env_steps) / sps if sps > 0 else float("nan")
 
     def tick(self, env_steps: int):
-        """Within an iteration: `env_steps` done so far."""
+        """Within an iteration: `env_steps` done so far. At the rollout's last step the update follows, which can
+        take minutes: the bar says so, and so does a plain line when the last one is `first` seconds old."""
+        per_iter = _progress["per_iter"]
+        updating = per_iter > 0 and env_steps % per_iter == 0
         if self.bar is not None:
             self.bar.update(env_steps - self.bar.n)  # tqdm redraws at most every 0.1 s
+            if updating:
+                self.bar.set_postfix_str(f"{self.shown} | updating" if self.shown else "updating", refresh=True)
             return
         now = time.time()
-        if now - self.shown_at >= self.interval:
+        if now - self.shown_at >= (self.first if updating else self.interval):
             self.shown_at = now
             sps, left = self.rate(env_steps, now)
-            print(f"... steps {env_steps}/{self.total} | SPS {sps:.0f} | left {left / 60:.1f}m", flush=True)
+            what = " | rollout done, updating" if updating else ""
+            print(f"... steps {env_steps}/{self.total}{what} | SPS {sps:.0f} | left {left / 60:.1f}m", flush=True)
 
     def update(self, iteration: int, num_iters: int, env_steps: int, recent_returns, evals, successes, **numbers):
         """Report the end of `iteration`: the mean return of the last 50 training episodes, the last evaluation
@@ -525,7 +535,8 @@ class Progress:
         text = " | ".join(f"{k} {_number(v)}{first if k == 'eval' else ''}" for k, v in shown.items())
         if self.bar is not None:
             self.bar.update(env_steps - self.bar.n)
-            self.bar.set_postfix_str(f"iter {iteration}/{num_iters} | {text}", refresh=True)
+            self.shown = f"iter {iteration}/{num_iters} | {text}"
+            self.bar.set_postfix_str(self.shown, refresh=True)
             return
         self.shown_at = now = time.time()
         sps, left = self.rate(env_steps, now)

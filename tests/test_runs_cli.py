@@ -161,25 +161,31 @@ class Terminal(io.StringIO):
 
 def test_progress_moves_within_an_iteration(capsys, monkeypatch):
     """A long rollout shows life: log_episodes (called after every vector step) moves the run's Progress; in a log
-    file a line comes after Progress.first seconds, then every Progress.interval seconds."""
+    file a line comes after Progress.first seconds, then every Progress.interval seconds, and when the rollout ends
+    (its iteration's last env step) a line says the update runs, if the last line is Progress.first seconds old."""
     clock = Clock(100.0)
     monkeypatch.setattr(runs.time, "time", clock)
+    monkeypatch.setitem(runs._progress, "per_iter", 500)  # what prepare_run_dir sets: env steps per iteration
     progress = runs.Progress(total_steps=1000)
-    for t, steps in ((105.0, 100), (111.0, 200), (120.0, 300), (171.0, 900)):
+    for t, steps in ((105.0, 100), (111.0, 200), (120.0, 300), (125.0, 500), (171.0, 700), (190.0, 900)):
         clock.now = t
         runs.log_episodes(Writer(), {}, steps, [], [])
     progress.close()
     clock.now = 500.0
     runs.log_episodes(Writer(), {}, 1000, [], [])  # a closed Progress says nothing more
-    # at 111 s: 200 steps in 11 s = 18 SPS, 800 left = 44 s; at 171 s: 900 in 71 s = 12.7 SPS, 100 left = 7.9 s
+    # at 111 s: 200 steps in 11 s = 18 SPS, 800 left = 44 s; at 125 s: 500 in 25 s = 20 SPS, 500 left = 25 s;
+    # 171 s is 46 s after the last line, 190 s 65 s: 900 in 90 s = 10 SPS, 100 left = 10 s
     assert capsys.readouterr().out.splitlines() == [
         "... steps 200/1000 | SPS 18 | left 0.7m",
-        "... steps 900/1000 | SPS 13 | left 0.1m",
+        "... steps 500/1000 | rollout done, updating | SPS 20 | left 0.4m",
+        "... steps 900/1000 | SPS 10 | left 0.2m",
     ]
     monkeypatch.setattr(sys, "stderr", Terminal())  # on a terminal the bar follows every step
     progress = runs.Progress(total_steps=1000)
     runs.log_episodes(Writer(), {}, 300, [], [])
-    assert progress.bar.n == 300
+    assert progress.bar.n == 300 and "updating" not in str(progress.bar.postfix)
+    runs.log_episodes(Writer(), {}, 500, [], [])
+    assert progress.bar.n == 500 and "updating" in str(progress.bar.postfix)
     progress.close()
 
 
