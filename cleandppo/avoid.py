@@ -327,17 +327,17 @@ def draw_frame(trail: np.ndarray, desired: np.ndarray, px_per_m: int = 400) -> n
     for x, y, r in OBSTACLES:
         img[(gx - x) ** 2 + (gy - y) ** 2 < r**2] = (200, 40, 40)
 
-    def pixel(p):
-        return int((VIEW_Y[1] - p[1]) * px_per_m), int((p[0] - VIEW_X[0]) * px_per_m)
+    def box(p, rows: tuple, cols: tuple, rgb):  # paint rows/cols (offsets, end excluded) around point p, clipped
+        r, c = int((VIEW_Y[1] - p[1]) * px_per_m), int((p[0] - VIEW_X[0]) * px_per_m)
+        r0, r1 = np.clip((r + rows[0], r + rows[1]), 0, h)  # a point beyond the goal line has r < 0: a negative end
+        c0, c1 = np.clip((c + cols[0], c + cols[1]), 0, w)  # would index from the far edge (a full-height bar)
+        img[r0:r1, c0:c1] = rgb
 
     for p in trail:
-        r, c = pixel(p)
-        img[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2] = (60, 60, 60)
-    r, c = pixel(trail[-1])
-    img[max(r - 4, 0) : r + 5, max(c - 4, 0) : c + 5] = (30, 90, 200)
-    r, c = pixel(desired)
-    img[max(r - 5, 0) : r + 6, max(c, 0) : c + 1] = (0, 0, 0)
-    img[max(r, 0) : r + 1, max(c - 5, 0) : c + 6] = (0, 0, 0)
+        box(p, (-1, 2), (-1, 2), (60, 60, 60))
+    box(trail[-1], (-4, 5), (-4, 5), (30, 90, 200))
+    box(desired, (-5, 6), (0, 1), (0, 0, 0))
+    box(desired, (0, 1), (-5, 6), (0, 0, 0))
     return img
 
 

@@ -21,6 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
+import weakref
 from dataclasses import asdict, fields
 
 import numpy as np
@@ -294,6 +295,7 @@ def prepare_run_dir(args, algo: str, resume_path: str | None = None) -> str:
         except ImportError:
             envs.fail("--track needs Weights & Biases: pip install -r requirements-wandb.txt (or run without --track)")
     _run.update(dir=run_dir, resume_from=resume_path, may_hold_run=may_hold_run)
+    _progress["per_iter"] = getattr(args, "num_envs", 0) * getattr(args, "n_steps", 0) * getattr(args, "act_steps", 0)
     return run_dir
 
 
@@ -326,10 +328,12 @@ def open_run(run_dir: str, args, resume_step: int | None = None):
         import wandb
 
         # a resumed run is a new W&B run; TensorBoard's files in run_dir hold the continued curves. W&B's own files go
-        # to <run_dir>/wandb (with WANDB_MODE=offline: `wandb sync <run_dir>/wandb/offline-run-*` uploads them later)
-        wandb.init(
-            project="cleandppo", config=vars(args), name=os.path.basename(run_dir), sync_tensorboard=True, dir=run_dir
-        )
+        # where W&B puts them by default, ./wandb (or $WANDB_DIR), never under run_dir: W&B copies the event files it
+        # syncs into its folder, and inside run_dir it would sync its own copies again and again (nested folders that
+        # TensorBoard and scripts/plot_results.py would read as more runs). WANDB_MODE=offline: `wandb sync
+        # wandb/offline-run-*` uploads them later.
+        wandb.init(project="cleandppo", config=vars(args), name=os.path.basename(run_dir), sync_tensorboard=True)
+        print(f"[track] W&B run {os.path.basename(run_dir)}: W&B's files in {os.path.dirname(wandb.run.dir)}")
     writer = SummaryWriter(run_dir, purge_step=None if resume_step is None else resume_step + 1)
     table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
@@ -510,6 +514,7 @@ def run_cli(main, *main_args):
             raise
         raise SystemExit(f"error: {envs.write_failed(_run['dir'], e)}") from None
     except KeyboardInterrupt:
+        close_bars()  # a terminal's bars end their line first: the message gets its own, and nothing redraws over it
         last = os.path.join(_run["dir"] or ".", "checkpoint_last.pt")
         resume = last if _run["dir"] and os.path.isfile(last) else _run["resume_from"]
         where = f"resume with --checkpoint {resume}" if resume else "no iteration finished, nothing to resume"
@@ -625,36 +630,81 @@ def _number(value) -> str:
     return str(value)
 
 
+_bars: list = []  # the tqdm bars on the terminal now (a run's, an evaluation's); run_cli closes them on Ctrl-C
+# a weak reference to the run's Progress, which log_episodes moves within iterations, and the env steps of an
+# iteration (--num-envs x --n-steps x --act-steps in every script; set by prepare_run_dir): a rollout's last step
+_progress = {"run": lambda: None, "per_iter": 0}
+
+
+def close_bars():
+    """Close every bar still drawn, newest first (each ends its line on the terminal)."""
+    while _bars:
+        _bars.pop().close()
+
+
 class Progress:
-    """A run's progress over env steps. On a terminal: a tqdm bar with rate, ETA and the latest numbers as postfix.
-    Otherwise (log files, CI): one plain line per iteration with the same numbers and the time left."""
+    """A run's progress over env steps. On a terminal: a tqdm bar with rate, ETA and the latest numbers as postfix;
+    it moves after every vector step of a rollout (log_episodes calls tick), not only at the end of an iteration.
+    Otherwise (log files, CI): one plain line per iteration with the same numbers and the time left, and within an
+    iteration a line of the steps done and the time left every `interval` seconds (the first after `first`), so a
+    long rollout shows life early."""
+
+    first, interval = 10.0, 60.0
 
     def __init__(self, total_steps: int, done_steps: int = 0, desc: str = ""):
         from tqdm import tqdm
 
         self.total, self.start, self.t0 = total_steps, done_steps, time.time()
+        self.shown_at = self.t0 - self.interval + self.first  # when the last plain line was printed
+        self.shown = ""  # the bar's postfix: the last iteration's numbers
         self.bar = None
         if sys.stderr.isatty():
             self.bar = tqdm(
                 total=total_steps, initial=done_steps, desc=desc, unit="step", unit_scale=True, dynamic_ncols=True
             )
+            _bars.append(self.bar)
+        _progress["run"] = weakref.ref(self)
+
+    def rate(self, env_steps: int, now: float) -> tuple[float, float]:
+        """(env steps per second since this Progress started, seconds left at that rate)."""
+        sps = (env_steps - self.start) / max(now - self.t0, 1e-9)
+        return sps, (self.total - env_steps) / sps if sps > 0 else float("nan")
+
+    def tick(self, env_steps: int):
+        """Within an iteration: `env_steps` done so far. At the rollout's last step the update follows, which can
+        take minutes: the bar says so, and so does a plain line when the last one is `first` seconds old."""
+        per_iter = _progress["per_iter"]
+        updating = per_iter > 0 and env_steps % per_iter == 0
+        if self.bar is not None:
+            self.bar.update(env_steps - self.bar.n)  # tqdm redraws at most every 0.1 s
+            if updating:
+                self.bar.set_postfix_str(f"{self.shown} | updating" if self.shown else "updating", refresh=True)
+            return
+        now = time.time()
+        if now - self.shown_at >= (self.first if updating else self.interval):
+            self.shown_at = now
+            sps, left = self.rate(env_steps, now)
+            what = " | rollout done, updating" if updating else ""
+            print(f"... steps {env_steps}/{self.total}{what} | SPS {sps:.0f} | left {left / 60:.1f}m", flush=True)
 
     def update(self, iteration: int, num_iters: int, env_steps: int, recent_returns, evals, successes, **numbers):
-        """Report the end of `iteration`: the mean return of the last 50 training episodes, the last evaluation,
-        on robomimic tasks the iteration's and the last evaluation's success rates, then the script's own `numbers`
+        """Report the end of `iteration`: the mean return of the last 50 training episodes, the last evaluation
+        (marked "(before training)" while it is the first one, that of the policy the run started from), on
+        robomimic tasks the iteration's and the last evaluation's success rates, then the script's own `numbers`
         (kl, q_loss, ...) as given; NaN ones are omitted."""
         shown = {"return": np.mean(recent_returns[-50:]) if recent_returns else float("nan"), "eval": evals.last}
         if evals.robomimic:
             shown.update(success=envs.success_rate(successes), eval_success=evals.last_success)
         shown = {k: v for k, v in dict(shown, **numbers).items() if not (isinstance(v, float) and np.isnan(v))}
-        text = " | ".join(f"{k} {_number(v)}" for k, v in shown.items())
+        first = " (before training)" if evals.count == 1 else ""
+        text = " | ".join(f"{k} {_number(v)}{first if k == 'eval' else ''}" for k, v in shown.items())
         if self.bar is not None:
             self.bar.update(env_steps - self.bar.n)
-            self.bar.set_postfix_str(f"iter {iteration}/{num_iters} | {text}", refresh=True)
+            self.shown = f"iter {iteration}/{num_iters} | {text}"
+            self.bar.set_postfix_str(self.shown, refresh=True)
             return
-        elapsed = time.time() - self.t0
-        sps = (env_steps - self.start) / max(elapsed, 1e-9)
-        left = (self.total - env_steps) / sps if sps > 0 else float("nan")
+        self.shown_at = now = time.time()
+        sps, left = self.rate(env_steps, now)
         print(
             f"iter {iteration}/{num_iters} | steps {env_steps}/{self.total} | {text} | SPS {sps:.0f} | "
             f"left {left / 60:.1f}m",
@@ -664,6 +714,47 @@ class Progress:
     def close(self):
         if self.bar is not None:
             self.bar.close()
+            if self.bar in _bars:
+                _bars.remove(self.bar)
+        _progress["run"] = lambda: None
+
+
+class EvalProgress:
+    """Where an evaluation is: its policy queries so far against the most its episodes can take (each ends by the
+    task's time limit, most earlier). A tqdm bar on a terminal, removed when done; otherwise a plain line every
+    Progress.interval seconds (the first after Progress.first)."""
+
+    def __init__(self, episodes: int, most_queries: int, what: str):
+        from tqdm import tqdm
+
+        self.episodes, self.most, self.what, self.done, self.t0 = episodes, most_queries, what, 0, time.time()
+        self.shown_at = self.t0 - Progress.interval + Progress.first
+        self.bar = None
+        if sys.stderr.isatty():
+            desc = f"eval {what}, {episodes} episodes"
+            self.bar = tqdm(total=most_queries, desc=desc, unit="query", leave=False, dynamic_ncols=True)
+            _bars.append(self.bar)
+
+    def tick(self):
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            return
+        now = time.time()
+        if now - self.shown_at >= Progress.interval:
+            self.shown_at = now
+            left = (self.most - self.done) * (now - self.t0) / self.done
+            print(
+                f"... eval {self.what}: {self.done}/{self.most} policy queries per episode (at most) | "
+                f"left {left / 60:.1f}m at most",
+                flush=True,
+            )
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            if self.bar in _bars:
+                _bars.remove(self.bar)
 
 
 class Evaluations:
@@ -676,11 +767,12 @@ class Evaluations:
         self.pretrained = self.pretrained_success = None
         self.last = self.last_success = float("nan")
         self.best = self.best_success = -np.inf
+        self.count = 0  # evaluations so far (1: only that of the policy the run started from)
 
     def add(self, env_steps: int, mean_return: float, success: float):
         if self.pretrained is None:
             self.pretrained, self.pretrained_success = mean_return, success
-        self.last, self.last_success = mean_return, success
+        self.last, self.last_success, self.count = mean_return, success, self.count + 1
         self.best, self.best_success = max(self.best, mean_return), max(self.best_success, success)
         self.writer.add_scalar("eval/episodic_return", mean_return, env_steps)
         if self.robomimic:
@@ -689,23 +781,34 @@ class Evaluations:
     def run(self, env_steps: int, act, args, normalization) -> tuple[float, float, float]:
         """Evaluate the action function `act` over --eval-episodes episodes (envs.run_episodes; env i seeded with
         --seed + 10000 + i), record the result at `env_steps` and return (mean return, its std, success rate:
-        the fraction of returns > 0, meaningful on robomimic's 0/1 reward)."""
-        returns, _ = envs.run_episodes(
-            act,
-            args.env_id,
-            args.eval_episodes,
-            args.seed + 10_000,
-            args.act_steps,
-            args.cond_steps,
-            normalization,
-            args.async_envs,
-        )
+        the fraction of returns > 0, meaningful on robomimic's 0/1 reward). An EvalProgress shows where it is."""
+        what = "before training" if self.count == 0 and env_steps == 0 else f"at {env_steps} steps"
+        watch = EvalProgress(args.eval_episodes, envs.max_episode_steps(args.env_id) // args.act_steps + 1, what)
+
+        def watched(obs):
+            watch.tick()
+            return act(obs)
+
+        try:
+            returns, _ = envs.run_episodes(
+                watched,
+                args.env_id,
+                args.eval_episodes,
+                args.seed + 10_000,
+                args.act_steps,
+                args.cond_steps,
+                normalization,
+                args.async_envs,
+            )
+        finally:
+            watch.close()
         mean, std, success = float(np.mean(returns)), float(np.std(returns)), envs.success_rate(returns)
         self.add(env_steps, mean, success)
         return mean, std, success
 
     def state_dict(self) -> dict:
         state = dict(pretrained_eval_return=self.pretrained, final_eval_return=self.last, best_eval_return=self.best)
+        state.update(eval_count=self.count)
         if self.robomimic:
             state.update(pretrained_eval_success_rate=self.pretrained_success, best_eval_success_rate=self.best_success)
             state.update(final_eval_success_rate=self.last_success)
@@ -713,10 +816,12 @@ class Evaluations:
 
     def load_state_dict(self, state: dict):
         self.pretrained, self.best = state["pretrained_eval_return"], state["best_eval_return"]
+        # the last evaluation: a resumed run's progress line shows it, a resume with nothing left writes it
         self.last = state.get("final_eval_return", float("nan"))  # older checkpoints: none
         self.pretrained_success = state.get("pretrained_eval_success_rate")
         self.best_success = state.get("best_eval_success_rate", -np.inf)
         self.last_success = state.get("final_eval_success_rate", float("nan"))
+        self.count = state.get("eval_count", 2)  # older checkpoints: not only the first evaluation, nothing marked
 
     def summary(self) -> dict:
         """write_summary's pretrained/final/best and success arguments."""
@@ -750,13 +855,17 @@ def log_iteration(
 
 
 def log_episodes(writer, infos: dict, env_steps: int, recent_returns: list, successes: list):
-    """Log the episodes that ended in this vector step (charts/episodic_return and _length at `env_steps`) and
-    append their returns to `recent_returns` and, on robomimic tasks, their success flags to `successes`."""
+    """Log the episodes that ended in this vector step (charts/episodic_return and _length at `env_steps`), append
+    their returns to `recent_returns` and, on robomimic tasks, their success flags to `successes`, and move the run's
+    Progress to `env_steps`."""
     for r, length in zip(*envs.finished_episodes(infos)):
         recent_returns.append(r)
         writer.add_scalar("charts/episodic_return", r, env_steps)
         writer.add_scalar("charts/episodic_length", length, env_steps)
     successes += envs.finished_successes(infos)
+    progress = _progress["run"]()  # every rollout calls this after each vector step: the run's progress moves on
+    if progress is not None:
+        progress.tick(env_steps)
 
 
 GL_FIX = (

@@ -26,7 +26,9 @@ rate, as it is (already in [0, 1]). Otherwise the return, normalized per task to
   - else D4RL's reference returns of a random (0) and an expert (1) policy for the three Gym tasks;
   - else the lowest and highest evaluation of every run of the task, over all algorithms, seeds and steps
     (min-max: a relative scale, which changes when runs are added).
-An algorithm enters the aggregates with the seeds it has on every task (others are dropped, with a note).
+An algorithm enters the aggregates with the seeds it has on every task (others are dropped, with a note). A run whose
+score is its first evaluation (no later one, at or before --at) is scored by the policy it started from: a [warn] line
+names it, and the algorithm's [aggregate] line counts them. Curves of up to 12 evaluations have a marker at each.
 """
 
 import argparse
@@ -66,6 +68,7 @@ D4RL_REFERENCE = {
 }
 METRICS = {"return": "eval/episodic_return", "success": "eval/success_rate"}
 AGGREGATES = ("IQM", "Median", "Mean", "Optimality Gap")
+SHORT_CURVE = 12  # curves of this many evaluations or fewer are drawn with a marker at each
 
 
 def parse_args():
@@ -172,7 +175,8 @@ def plot_curve(ax, runs: dict, task: str, metric: str, algos: list):
         if not any(metric in c for c in by_seed.values()):
             continue
         steps, n, mean, low, high = aggregate_curve(by_seed, metric)
-        ax.plot(steps, mean, color=color(algo, algos), label=f"{algo} ({n.max()} seeds)")
+        marker = "o" if len(steps) <= SHORT_CURVE else None  # a line through one point draws nothing
+        ax.plot(steps, mean, color=color(algo, algos), marker=marker, ms=4, label=f"{algo} ({n.max()} seeds)")
         ax.fill_between(steps, low, high, color=color(algo, algos), alpha=0.15, lw=0)
     ax.set_xlabel("environment steps")
     ax.set_ylabel("eval success rate" if metric == "success" else "eval return")
@@ -246,8 +250,10 @@ def task_range(runs: dict, task: str, references: dict):
 
 
 def run_scores(runs: dict, tasks: list, algos: list, score_metric: dict, references: dict, at):
-    """{algo: {task: {seed: score}}} and the rows of scores.csv."""
-    scores, rows = defaultdict(lambda: defaultdict(dict)), []
+    """{algo: {task: {seed: score}}}, the rows of scores.csv and {algo: how many of its scores are a run's first
+    evaluation}. A run scored by its first evaluation (no later one, at or before --at) is scored by the policy it
+    started from, not by any training: each such run is named in a [warn] line."""
+    scores, rows, starting = defaultdict(lambda: defaultdict(dict)), [], defaultdict(int)
     for task in tasks:
         metric = score_metric[task]
         low, high, how = (0.0, 1.0, "success rate") if metric == "success" else task_range(runs, task, references)
@@ -259,7 +265,14 @@ def run_scores(runs: dict, tasks: list, algos: list, score_metric: dict, referen
                     continue
                 scores[algo][task][seed] = (raw - low) / (high - low) if high > low else 0.0
                 rows.append([task, algo, seed, metric, step, raw, scores[algo][task][seed]])
-    return scores, rows
+                if step == min(curves[metric]):
+                    starting[algo] += 1
+                    later = " at or before --at" if at is not None else ""
+                    print(
+                        f"[warn] {task} {algo} seed {seed}: scored by its first evaluation (env step {step}), the "
+                        f"policy it started from; it has no later evaluation{later}"
+                    )
+    return scores, rows, starting
 
 
 def score_matrices(scores: dict, tasks: list) -> dict:
@@ -278,8 +291,9 @@ def score_matrices(scores: dict, tasks: list) -> dict:
     return matrices
 
 
-def aggregate_figures(matrices: dict, algos: list, reps: int, seed: int, out: str):
-    """aggregate and profile figures and CSVs, with rliable's estimators and stratified bootstrap."""
+def aggregate_figures(matrices: dict, algos: list, reps: int, seed: int, out: str, starting: dict | None = None):
+    """aggregate and profile figures and CSVs, with rliable's estimators and stratified bootstrap. `starting`:
+    {algo: scores that are a run's first evaluation}, said in the printed lines."""
     algos = [a for a in algos if a in matrices]
     colors = {a: color(a, algos) for a in algos}
 
@@ -303,6 +317,8 @@ def aggregate_figures(matrices: dict, algos: list, reps: int, seed: int, out: st
         colors=colors,
         xlabel="normalized score",
         xlabel_y_coordinate=-0.6 / (0.37 * len(algos)),  # 0.6 inch below the axes (rliable: 0.37 inch per row)
+        max_ticks=3,  # rliable's 4 ticks in its xx-large font ran into the next panel's ("0.147" into "0.138")
+        wspace=0.25,
     )
     save(fig, out, "aggregate")
     with open(os.path.join(out, "aggregate.csv"), "w", newline="") as f:
@@ -337,9 +353,11 @@ def aggregate_figures(matrices: dict, algos: list, reps: int, seed: int, out: st
         ]
         csv.writer(f).writerows([["algo", "tau", "fraction", "ci_low", "ci_high"], *rows])
     for a in algos:
+        first = (starting or {}).get(a, 0)
+        note = f" ({first} of {matrices[a].size} scores are first evaluations: see [warn])" if first else ""
         print(
             f"[aggregate] {a}: IQM {point[a][0]:.3f} [{interval[a][0, 0]:.3f}, {interval[a][1, 0]:.3f}] "
-            f"over {matrices[a].shape[1]} tasks x {matrices[a].shape[0]} seeds"
+            f"over {matrices[a].shape[1]} tasks x {matrices[a].shape[0]} seeds{note}"
         )
 
 
@@ -363,12 +381,12 @@ def main():
         for t in tasks
     }
     curve_figures(runs, tasks, algos, score_metric, out)
-    scores, rows = run_scores(runs, tasks, algos, score_metric, references, cli.at)
+    scores, rows, starting = run_scores(runs, tasks, algos, score_metric, references, cli.at)
     with open(os.path.join(out, "scores.csv"), "w", newline="") as f:
         csv.writer(f).writerows([["task", "algo", "seed", "metric", "env_step", "raw", "score"], *rows])
     matrices = score_matrices(scores, tasks)
     if matrices:
-        aggregate_figures(matrices, algos, cli.reps, cli.seed, out)
+        aggregate_figures(matrices, algos, cli.reps, cli.seed, out, starting)
     print(f"[figures] {out}: " + " ".join(sorted(os.listdir(out))))
 
 

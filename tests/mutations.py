@@ -252,6 +252,18 @@ every evaluation counted as the pre-trained one | runs.py | tests/test_runs_cli.
 progress rate counts resumed steps | runs.py | tests/test_runs_cli.py
 - sps = (env_steps - self.start)
 + sps = env_steps
+progress still within an iteration | runs.py | tests/test_runs_cli.py
+- progress.tick(env_steps)
++ pass
+first evaluation not marked | runs.py | tests/test_runs_cli.py
+- first = " (before training)" if evals.count == 1 else ""
++ first = ""
+resume forgets the last evaluation | runs.py | tests/test_runs_cli.py
+- self.last = state.get("final_eval_return", float("nan"))
++ self.last = float("nan")
+Ctrl-C line written onto the bar | runs.py | tests/test_runs_cli.py
+- close_bars()  # a terminal
++ pass  # a terminal
 diffusion checkpoint chunk length not checked | envs.py | tests/test_envs.py -k load_diffusion_checkpoint
 - or (same_horizon and h != args.horizon_steps)
 + or False
@@ -284,7 +296,7 @@ official fine-tuned checkpoint: frozen net from actor_ft | official.py | tests/t
 - frozen = _strip(state, "actor.") if policy
 + frozen = _strip(state, "actor_ft.") if policy
 official train.npz left normalized | official.py | tests/test_official.py -k npz
-- states = envs.unnormalize_obs(states, norm)
+- states = unnormalize_obs(states, norm)
 + pass
 reward scaler variance M2/n (gmm) | gmm_ppo.py | tests/test_shared_copies.py -k reward_scaler
 - m2 / (total - 1), total

@@ -118,6 +118,28 @@ def test_gym_env_seeding_and_episode_length():
     assert tuple(frame[row, col]) == (200, 40, 40)
 
 
+def test_frame_draws_nothing_outside_the_window():
+    """Past the goal line the arm leaves the drawn window (y > VIEW_Y[1]: a negative pixel row). What lies outside is
+    not drawn and what lies partly inside is cut at the edge; a negative slice end would paint a full-height bar."""
+    px, top = 400, avoid.VIEW_Y[1]
+    inside = np.array([0.5, 0.0])  # the one trail point in the window: a 3 x 3 grey square
+    far = np.array([0.5, top + 0.1])  # 40 px above the top edge: its trail square and end marker fall outside
+    desired = np.array([0.3, top + 2.5 / px])  # pixel row -2: rows 0-3 of its 11 px vertical stroke show, 4 pixels
+    frame = avoid.draw_frame(np.array([inside, far]), desired, px_per_m=px)
+    assert frame.shape == (int((top - avoid.VIEW_Y[0]) * px), int((avoid.VIEW_X[1] - avoid.VIEW_X[0]) * px), 3)
+
+    def pixels(rgb):
+        return (frame == rgb).all(-1)
+
+    grey = pixels((60, 60, 60))
+    row, col = int((top - inside[1]) * px), int((inside[0] - avoid.VIEW_X[0]) * px)
+    assert grey.sum() == 9 and grey[row - 1 : row + 2, col - 1 : col + 2].all()
+    assert pixels((30, 90, 200)).sum() == 0  # the end marker, 40 px outside
+    black = pixels((0, 0, 0))
+    col = int((desired[0] - avoid.VIEW_X[0]) * px)
+    assert black.sum() == 4 and black[:4, col].all()
+
+
 def test_env_state_round_trip():
     env = avoid.AvoidEnv(action_noise=0.002)
     env.reset(seed=0)

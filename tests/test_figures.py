@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
 from conftest import ROOT
@@ -118,12 +119,17 @@ def test_plot_results_curves_scores_iqm(tmp_path):
             assert (out / f"{name}.{ext}").stat().st_size > 1000, f"{name}.{ext}"
 
 
-def test_run_identity_from_summary_or_folder_name(tmp_path):
+def load_plot_results():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("plot_results", os.path.join(ROOT, "scripts", "plot_results.py"))
     plot_results = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(plot_results)
+    return plot_results
+
+
+def test_run_identity_from_summary_or_folder_name(tmp_path):
+    plot_results = load_plot_results()
     run = tmp_path / "m2__dppo-k10__s1"
     run.mkdir()
     assert plot_results.run_identity(str(run)) == ("m2", "dppo-k10", 1)  # no summary: the folder name, s<seed> too
@@ -134,3 +140,58 @@ def test_run_identity_from_summary_or_folder_name(tmp_path):
     default_dir.mkdir()
     assert plot_results.run_identity(str(default_dir)) == ("hopper-v2", "dppo", 0)
     assert plot_results.run_identity(str(tmp_path)) is None
+
+
+def test_a_curve_of_one_evaluation_is_drawn():
+    """A line through a single point draws nothing: short curves carry a marker at each evaluation."""
+    import matplotlib.pyplot as plt
+
+    plot_results = load_plot_results()
+    runs = {("t", "dppo"): {0: {"return": {0: 5.0}}}, ("t", "drwr"): {0: {"return": {0: 4.0, 100: 6.0}}}}
+    fig, ax = plt.subplots()
+    plot_results.plot_curve(ax, runs, "t", "return", ["dppo", "drwr"])
+    assert [len(line.get_xdata()) for line in ax.lines] == [1, 2]
+    assert all(line.get_marker() not in (None, "", "None", " ") for line in ax.lines)
+    plt.close(fig)
+
+
+def test_a_score_from_the_first_evaluation_is_warned(capsys):
+    """A run with no evaluation after its first (at or before --at) is scored by the policy it started from."""
+    plot_results = load_plot_results()
+    runs = {("t", "dppo"): {0: {"return": {0: 5.0}}}, ("t", "drwr"): {0: {"return": {0: 4.0, 100: 8.0}}}}
+    algos, metric, reference = ["dppo", "drwr"], {"t": "return"}, {"t": (0.0, 10.0)}
+    scores, rows, starting = plot_results.run_scores(runs, ["t"], algos, metric, reference, None)
+    assert (scores["dppo"]["t"][0], scores["drwr"]["t"][0]) == (0.5, 0.8) and starting == {"dppo": 1}
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[warn]")]
+    assert warnings == [
+        "[warn] t dppo seed 0: scored by its first evaluation (env step 0), the policy it started from; it has no "
+        "later evaluation"
+    ]
+    _, _, starting = plot_results.run_scores(runs, ["t"], algos, metric, reference, 50)  # drwr read at <= 50 too
+    assert starting == {"dppo": 1, "drwr": 1}
+    assert "no later evaluation at or before --at" in capsys.readouterr().out
+
+
+def test_aggregate_tick_labels_do_not_overlap(tmp_path, monkeypatch):
+    """Narrow confidence intervals made rliable put 4 long tick labels per panel, which ran into the next panel's."""
+    plot_results = load_plot_results()
+    boxes = []
+
+    def measure(fig, out, name):
+        if name == "aggregate":
+            fig.canvas.draw()
+            renderer = fig.canvas.get_renderer()
+            for ax in fig.axes:
+                low, high = ax.get_xlim()
+                for tick, label in zip(ax.get_xticks(), ax.get_xticklabels(), strict=True):
+                    if low <= tick <= high and label.get_visible() and label.get_text():
+                        boxes.append((label.get_text(), label.get_window_extent(renderer)))
+        plot_results.plt.close(fig)
+
+    monkeypatch.setattr(plot_results, "save", measure)
+    matrices = {"dppo": np.array([[0.138], [0.144]]), "drwr": np.array([[0.142], [0.147]])}
+    plot_results.aggregate_figures(matrices, ["dppo", "drwr"], 50, 0, str(tmp_path))
+    assert len(boxes) >= 8  # at least two labels in each of the four panels
+    for i, (text_a, a) in enumerate(boxes):
+        for text_b, b in boxes[i + 1 :]:
+            assert not a.overlaps(b), f"tick labels {text_a} and {text_b} overlap"

@@ -2,6 +2,9 @@
 evaluation record a checkpoint carries, and episode logging. Expected values are written out by hand."""
 
 import dataclasses
+import gc
+import io
+import sys
 
 import numpy as np
 import pytest
@@ -58,8 +61,8 @@ def test_progress_plain_line_counts_steps_and_time_left(capsys, monkeypatch):
     line = capsys.readouterr().out.strip()
     # 200 steps in 10 s = 20 SPS; 600 steps left = 30 s = 0.5 min; NaN numbers are left out
     assert line == (
-        "iter 3/10 | steps 400/1000 | return 1 | eval 3 | success 0.25 | eval_success 0.25 | kl 0.00123 | SPS 20 | "
-        "left 0.5m"
+        "iter 3/10 | steps 400/1000 | return 1 | eval 3 (before training) | success 0.25 | eval_success 0.25 | "
+        "kl 0.00123 | SPS 20 | left 0.5m"
     )
 
 
@@ -141,3 +144,107 @@ def test_evaluations_run_records_mean_std_and_success(monkeypatch):
     assert calls == [("lift", 4, 10_003, 4, 1)]  # evaluation envs are seeded apart from the training envs
     assert writer.scalars == [("eval/episodic_return", 1.5, 500), ("eval/success_rate", 0.5, 500)]
     assert evals.summary()["pretrained"] == 1.5
+
+
+class Clock:
+    def __init__(self, now):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_moves_within_an_iteration(capsys, monkeypatch):
+    """A long rollout shows life: log_episodes (called after every vector step) moves the run's Progress; in a log
+    file a line comes after Progress.first seconds, then every Progress.interval seconds, and when the rollout ends
+    (its iteration's last env step) a line says the update runs, if the last line is Progress.first seconds old."""
+    clock = Clock(100.0)
+    monkeypatch.setattr(runs.time, "time", clock)
+    monkeypatch.setitem(runs._progress, "per_iter", 500)  # what prepare_run_dir sets: env steps per iteration
+    progress = runs.Progress(total_steps=1000)
+    for t, steps in ((105.0, 100), (111.0, 200), (120.0, 300), (125.0, 500), (171.0, 700), (190.0, 900)):
+        clock.now = t
+        runs.log_episodes(Writer(), {}, steps, [], [])
+    progress.close()
+    clock.now = 500.0
+    runs.log_episodes(Writer(), {}, 1000, [], [])  # a closed Progress says nothing more
+    # at 111 s: 200 steps in 11 s = 18 SPS, 800 left = 44 s; at 125 s: 500 in 25 s = 20 SPS, 500 left = 25 s;
+    # 171 s is 46 s after the last line, 190 s 65 s: 900 in 90 s = 10 SPS, 100 left = 10 s
+    assert capsys.readouterr().out.splitlines() == [
+        "... steps 200/1000 | SPS 18 | left 0.7m",
+        "... steps 500/1000 | rollout done, updating | SPS 20 | left 0.4m",
+        "... steps 900/1000 | SPS 10 | left 0.2m",
+    ]
+    monkeypatch.setattr(sys, "stderr", Terminal())  # on a terminal the bar follows every step
+    progress = runs.Progress(total_steps=1000)
+    runs.log_episodes(Writer(), {}, 300, [], [])
+    assert progress.bar.n == 300 and "updating" not in str(progress.bar.postfix)
+    runs.log_episodes(Writer(), {}, 500, [], [])
+    assert progress.bar.n == 500 and "updating" in str(progress.bar.postfix)
+    progress.close()
+
+
+def test_evaluation_shows_progress_and_the_first_is_marked(capsys, monkeypatch):
+    """An evaluation reports its policy queries against the most an episode takes (avoid: 100 steps / 4 + 1 = 26);
+    the progress line marks the evaluation of the starting policy until another one is made, across a resume."""
+    clock = Clock(0.0)
+    monkeypatch.setattr(runs.time, "time", clock)
+
+    def fake_run_episodes(act, env_id, episodes, *rest):
+        for _ in range(26):
+            clock.now += 1.0
+            act(None)
+        return [float(clock.now)], [100]
+
+    monkeypatch.setattr(runs.envs, "run_episodes", fake_run_episodes)
+    args = dataclasses.make_dataclass(
+        "A", [("env_id", str), ("eval_episodes", int), ("seed", int), ("act_steps", int), ("cond_steps", int)]
+    )("avoid-m2", 1, 0, 4, 1)
+    args.async_envs = False
+    evals = runs.Evaluations(Writer(), robomimic=False)
+    evals.run(0, lambda obs: obs, args, None)  # returns 26.0
+    # the 10th query at 10 s: 16 left at 1 s each = 0.27 min; the episode ends before the next line is due
+    assert capsys.readouterr().out.splitlines() == [
+        "... eval before training: 10/26 policy queries per episode (at most) | left 0.3m at most"
+    ]
+    progress = runs.Progress(total_steps=10)
+    progress.update(1, 2, 5, [], evals, [])
+    assert "| eval 26.0 (before training) |" in capsys.readouterr().out
+    resumed = runs.Evaluations(Writer(), robomimic=False)
+    resumed.load_state_dict(evals.state_dict())
+    progress.update(1, 2, 5, [], resumed, [])
+    assert "| eval 26.0 (before training) |" in capsys.readouterr().out
+    resumed.run(5, lambda obs: obs, args, None)  # returns 52.0
+    progress.update(2, 2, 10, [], resumed, [])
+    assert "| eval 52.0 | SPS" in capsys.readouterr().out
+    progress.close()
+
+
+def test_ctrl_c_message_on_its_own_line_after_the_bars(monkeypatch):
+    """On a terminal the Ctrl-C line used to land on the end of the bar (`...clipfrac 0.0297interrupted: ...`), which
+    tqdm then redrew over: the bars are closed first, the message is the last line written."""
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setitem(runs._run, "dir", None)
+    monkeypatch.setitem(runs._run, "resume_from", None)
+
+    def main():
+        progress = runs.Progress(total_steps=100, desc="dppo")
+        evals = runs.Evaluations(Writer(), robomimic=False)
+        evals.add(0, 5.0, float("nan"))
+        progress.update(1, 2, 50, [1.0], evals, [], clipfrac=0.0297)
+        runs.EvalProgress(10, 26, "at 50 steps").tick()  # Ctrl-C during an evaluation
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as stop:
+        runs.run_cli(main)
+    gc.collect()  # a bar left open would draw itself again when collected
+    message = "interrupted: the unfinished iteration was dropped; no iteration finished, nothing to resume\n"
+    out = terminal.getvalue()
+    assert stop.value.code == 130 and "clipfrac 0.0297" in out
+    assert out.endswith("\n" + message), repr(out[-300:])
