@@ -51,9 +51,11 @@ def test_quick_report_has_every_phase_and_numeric_ratios(tmp_path):
     for phase in ("dppo rollout", "gaussian_ppo rollout", "gmm_ppo rollout", "DPPO update", "DPPO old log-probs"):
         assert {c[1] for c in cells if c[0] == phase} == {"1", "2"}, phase
     assert all(float(c[2]) > 0 for c in cells)
+    timed = [c for c in cells if not c[0].startswith(("DPPO iteration", "dppo.main"))]  # measured round-robin
+    assert all(c[4].endswith("x") and float(c[4][:-1]) >= 1 for c in timed)  # their spread over the rounds
 
     # the ratios: one "name: number" line each, the ones the report is for among them
-    ratios = dict(re.findall(r"^  (.+): (-?\d+\.\d+)$", text.split("\nratios\n")[1], flags=re.M))
+    ratios = dict(re.findall(r"^  (.+): (-?\d+\.\d+)$", text.split("\nratios")[1], flags=re.M))
     for needle in (
         "dppo rollout / raw simulator, 1 thread",
         "gaussian_ppo rollout / raw simulator, 2 threads",
