@@ -78,6 +78,77 @@ exact likelihood: new log-likelihood not clamped | exact_likelihood_pg.py | test
 - ).clamp(lo, hi)
 + )
 
+# dppo sampler and denoising log-prob (the hot paths of an iteration)
+dppo sampler: frozen network one step into the fine-tuned part | dppo.py | tests/test_dppo_sampling.py
+- net = actor_ft if i >= n - ft_steps else actor
++ net = actor_ft if i > n - ft_steps else actor
+dppo sampler: fine-tuned network one step early | dppo.py | tests/test_dppo_sampling.py
+- net = actor_ft if i >= n - ft_steps else actor
++ net = actor_ft if i >= n - ft_steps - 1 else actor
+dppo sampler: networks swapped | dppo.py | tests/test_dppo_sampling.py
+- net = actor_ft if i >= n - ft_steps else actor
++ net = actor if i >= n - ft_steps else actor_ft
+dppo sampler: chain records the step means | dppo.py | tests/test_dppo_sampling.py
+- if i >= n - ft_steps:\n            chain.append(x)
++ if i >= n - ft_steps:\n            chain.append(mean)
+dppo sampler: training std not floored | dppo.py | tests/test_dppo_sampling.py
+- std = std.clamp(min=args.min_sampling_denoising_std)
++ std = std
+dppo sampler: noise not clipped | dppo.py | tests/test_dppo_sampling.py
+- noise.clamp(-args.randn_clip_value, args.randn_clip_value)
++ noise
+dppo sampler: eval noise at the last DDPM step | dppo.py | tests/test_dppo_sampling.py
+- std = std.clamp(min=1e-3) if t > 0 else torch.zeros_like(std)
++ std = std.clamp(min=1e-3)
+dppo sampler: eval DDPM std not floored at 1e-3 | dppo.py | tests/test_dppo_sampling.py
+- std = std.clamp(min=1e-3) if t > 0 else torch.zeros_like(std)
++ std = std if t > 0 else torch.zeros_like(std)
+dppo sampler: eval DDIM with noise | dppo.py | tests/test_dppo_sampling.py
+- elif ddim:\n            std = torch.zeros_like(std)\n        else:
++ else:
+dppo sampler: DDIM eta 1 in evaluation | dppo.py | tests/test_dppo_sampling.py
+- eta = 0.0 if (ddim and mode == "eval") else 1.0
++ eta = 1.0
+dppo sampler: DDIM eta 0 in training | dppo.py | tests/test_dppo_sampling.py
+- eta = 0.0 if (ddim and mode == "eval") else 1.0
++ eta = 0.0 if ddim else 1.0
+dppo sampler: x0 clamp ignores denoised_clip_value | dppo.py | tests/test_dppo_sampling.py
+- t_prev_b, ddim, eta, args.denoised_clip_value)
++ t_prev_b, ddim, eta)
+dppo step: x0 not clamped | dppo.py | tests/test_dppo_sampling.py
+- .clamp(\n        -clip, clip\n    )
++ .clamp(\n        -100 * clip, 100 * clip\n    )
+dppo DDIM step: eps not recomputed from the clamped x0 | dppo.py | tests/test_dppo_sampling.py
+- eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
++
+dppo DDIM step: sigma without 1 - ab/ab_prev | dppo.py | tests/test_dppo_sampling.py
+- * (1 - ab / ab_prev)).sqrt()).clamp(min=1e-10)
++ ).sqrt()).clamp(min=1e-10)
+dppo DDIM step: direction term without sigma^2 | dppo.py | tests/test_dppo_sampling.py
+- (1 - ab_prev - sigma**2).clamp(min=0).sqrt()
++ (1 - ab_prev).clamp(min=0).sqrt()
+dppo DDIM plan: trailing grid | dppo.py | tests/test_dppo_sampling.py
+- grid = list(range(0, S * r, r))[::-1]
++ grid = list(range(r - 1, S * r, r))[::-1]
+dppo log-prob: std not floored | dppo.py | tests/test_dppo_sampling.py
+- std = var.sqrt().clamp(min=args.min_logprob_denoising_std)
++ std = var.sqrt()
+dppo log-prob: density not clamped | dppo.py | tests/test_dppo_sampling.py
+- elementwise.clamp(-5.0, 2.0)[:, :rows]
++ elementwise[:, :rows]
+dppo log-prob: density clamped below only | dppo.py | tests/test_dppo_sampling.py
+- elementwise.clamp(-5.0, 2.0)[:, :rows]
++ elementwise.clamp(min=-5.0)[:, :rows]
+dppo log-prob: x0 clamp ignores denoised_clip_value | dppo.py | tests/test_dppo_sampling.py
+- ddim, 1.0, args.denoised_clip_value)
++ ddim, 1.0, 1.0)
+dppo log-prob: DDIM with eta 0 | dppo.py | tests/test_dppo_sampling.py
+- ddim, 1.0, args.denoised_clip_value)
++ ddim, 0.0, args.denoised_clip_value)
+dppo old log-probs: DDPM timesteps under DDIM | dppo.py | tests/test_dppo_sampling.py
+- fine_tuned_timesteps(denoising_plan(len(sched["betas"]), args.ddim_steps), K_ft)
++ fine_tuned_timesteps(denoising_plan(len(sched["betas"]), None), K_ft)
+
 # shared copies
 GAE without lambda (gaussian) | gaussian_ppo.py | tests/test_shared_copies.py
 - last = delta + gamma * gae_lambda * (1 - dones[n]) * last

@@ -1,0 +1,514 @@
+"""One speed report for the PPO scripts, every phase measured one after another in one process tree (docs/benchmarks.md).
+
+    python scripts/speed.py                      # the report at the benchmark sizes (a few minutes on 2 cores)
+    python scripts/speed.py --quick              # the same phases, smaller, in under a minute
+    python scripts/speed.py --json report.json   # also write the rows and ratios as JSON
+
+Phases (set up in this order: the simulator ones first, since AsyncVectorEnv forks its workers before torch starts
+its threads):
+  raw simulator   one gymnasium env (the v4 id the paper id maps to) stepped in a Python loop with random actions,
+                  and --procs envs in as many worker processes (AsyncVectorEnv, shared memory): simulator steps/s.
+  vector env      envs.make_vec_env as the scripts use it (--num-envs envs, one process, chunks of 4), random chunks.
+  rollout         each PPO script's rollout step on its bundled Hopper checkpoint: its sampler (dppo: 20 denoising
+                  steps recording K' of them; gaussian_ppo, gmm_ppo: one forward pass) then the vector-env step, in
+                  env steps/s, with the share of the time the sampler takes.
+  DPPO old log-probs  dppo.chain_log_probs over the iteration's --num-envs x --n-steps chains (forward only).
+  DPPO update     dppo.ppo_update, one epoch, on a synthetic batch of those chains: (env step, denoising step) pairs/s
+                  and achieved GFLOP/s, next to a plain torch matmul of the same shapes at the same thread count.
+  DPPO iteration  dppo.main for one iteration (rollout + advantages + old log-probs + --update-epochs epochs) from the
+                  bundled checkpoint at --iter-threads; its rollout and update times as the loop logs them
+                  (time/rollout_s, time/update_s).
+The torch phases run at 1 thread and at the default count (small-batch sampling can be much faster on one thread
+on a busy machine). All phases but the iteration are measured round-robin: --rounds rounds, each running every phase
+for --seconds / --rounds, so that each phase sees the load of every round; a row is the median over the rounds and
+its spread the largest over the smallest, a ratio the median of its per-round ratios.
+
+FLOP rule: matmuls only. An nn.Linear(in, out) costs 2 in out FLOPs per row forward and 4 in out backward (the input
+and the weight gradients), so 6 in out per row in training and 2 in out per row forward only; the update runs every
+Linear layer of the fine-tuned network (time embedding included) and of the critic once per pair, the old log-probs
+those of the network alone. Activations, the loss and the optimiser step are not counted. The matmul reference times
+exactly those GEMMs (X W^T forward; dY W and dY^T X backward) on preallocated random matrices.
+
+Rates follow the load of the machine: the ratios are what the report is for; the load average before and after and
+every row's spread are printed with them.
+"""
+
+import argparse
+import contextlib
+import datetime
+import inspect
+import io
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+import torch
+import torch.nn as nn
+
+from cleandppo import dppo, envs, gaussian_ppo, gmm_ppo, runs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICK = dict(seconds=1.0, rounds=2, n_steps=5, batch_size=2000, iter_batch_size=500)
+FULL = dict(seconds=9.0, rounds=3, n_steps=125, batch_size=50_000, iter_batch_size=12_500)
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--env-id", default="Hopper-v2")
+    p.add_argument("--quick", action="store_true", help="smaller sizes and shorter timings (under a minute)")
+    p.add_argument("--seconds", type=float, help="time per phase, all rounds together (full 9, quick 1)")
+    p.add_argument("--rounds", type=int, help="rounds of the round-robin over the phases (full 3, quick 2)")
+    p.add_argument("--procs", type=int, help="processes of the parallel raw-simulator phase (default: the cores)")
+    p.add_argument("--num-envs", type=int, default=40, help="envs of the rollouts, the update batch and the iteration")
+    p.add_argument("--n-steps", type=int, help="policy queries per env of the update batch and the iteration (125, 5)")
+    p.add_argument("--act-steps", type=int, default=4, help="actions executed per policy query")
+    p.add_argument("--ft-denoising-steps", type=int, default=10, help="K'")
+    p.add_argument("--batch-size", type=int, help="update phase: pairs per minibatch (full 50000, quick 2000)")
+    p.add_argument("--iter-batch-size", type=int, help="iteration: pairs per minibatch (benchmark.sh 12500, quick 500)")
+    p.add_argument("--update-epochs", type=int, default=5, help="iteration: epochs over the pairs")
+    p.add_argument("--threads", type=int, help="the default torch thread count (default: torch's, i.e. the cores)")
+    p.add_argument("--iter-threads", type=int, default=1, help="torch threads of the iteration (benchmark.sh's: 1)")
+    p.add_argument("--no-iteration", action="store_true", help="skip the dppo.main iteration")
+    p.add_argument("--json", help="also write the report here")
+    args = p.parse_args(argv)
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.procs = args.procs or len(os.sched_getaffinity(0))
+    args.threads = args.threads or torch.get_num_threads()
+    return args
+
+
+# ---- machine --------------------------------------------------------------------------------------------------------
+def machine(args) -> dict:
+    def git(*cmd):
+        return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        commit += " (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    cpu = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return dict(
+        date=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        commit=commit,
+        cpu=cpu,
+        cores=len(os.sched_getaffinity(0)),
+        torch=torch.__version__,
+        torch_threads=args.threads,
+        mujoco=mujoco.__version__,
+        python=platform.python_version(),
+        load_before=os.getloadavg()[0],
+    )
+
+
+# ---- phases: each a setup, then a function that does one unit of work and returns how much ----------------------
+class Phase:
+    """One measured rate: `work()` runs one unit (100 simulator steps, one rollout step, one update epoch, ...) at
+    `threads` torch threads and returns its size in `unit`s; `scale` turns the rate into a second row (GFLOP/s)."""
+
+    def __init__(self, name, threads, unit, work, note="", scale=None, warmup=None):
+        self.name, self.threads, self.unit, self.work, self.note = name, threads, unit, work, note
+        self.scale, self.warmup, self.rates, self.elapsed = scale, warmup or work, [], 0.0
+
+    def measure(self, seconds):
+        """Repeat the unit for `seconds` (at least once); append the rate."""
+        if self.threads != "-":
+            torch.set_num_threads(self.threads)
+        done, t0 = 0.0, time.perf_counter()
+        while done == 0 or time.perf_counter() - t0 < seconds:
+            done += self.work()
+        elapsed = time.perf_counter() - t0
+        self.rates.append(done / elapsed)
+        self.elapsed += elapsed
+
+
+def simulator_phases(args, closers) -> list:
+    """The raw simulator in this process and in args.procs worker processes, and the scripts' vector env."""
+    gym_id, rng = envs.resolve_env_id(args.env_id), np.random.default_rng(0)
+    env = gym.make(gym_id, max_episode_steps=1000)
+    env.reset(seed=0)
+    closers.append(env.close)
+
+    def raw_single():
+        for _ in range(100):
+            _, _, term, trunc, _ = env.step(rng.uniform(-1, 1, env.action_space.shape) * 0.1)
+            if term or trunc:
+                env.reset()
+        return 100
+
+    vec = gym.vector.AsyncVectorEnv(
+        [lambda: gym.make(gym_id, max_episode_steps=1000)] * args.procs,
+        shared_memory=True,
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    vec.reset(seed=0)
+    closers.append(vec.close)
+    actions = rng.uniform(-1, 1, (10, *vec.action_space.shape)) * 0.1
+
+    def raw_parallel():
+        for a in actions:
+            vec.step(a)
+        return 10 * args.procs
+
+    chunk = (args.num_envs, args.act_steps, envs.env_dims(args.env_id)[1])
+    vector_env = rollout_work(args, lambda obs: rng.uniform(-0.1, 0.1, chunk), None, closers, [])
+    return [
+        Phase("raw simulator, 1 process", "-", "env steps/s", raw_single, "gymnasium env, Python loop"),
+        Phase(f"raw simulator, {args.procs} worker processes", "-", "env steps/s", raw_parallel, "AsyncVectorEnv"),
+        Phase("vector env (make_vec_env)", "-", "env steps/s", vector_env, f"{args.num_envs} envs, random chunks"),
+    ]
+
+
+def rollout_work(args, act_fn, normalization, closers, sampler_time):
+    """One rollout step as the loops do it: act_fn(obs) -> chunk, then the vector-env step; returns its env steps and
+    adds the sampler's time to sampler_time[0]."""
+    vec = envs.make_vec_env(args.env_id, args.num_envs, 0, args.act_steps, 1, normalization)
+    closers.append(vec.close)
+    state = dict(obs=vec.reset(seed=0)[0])
+    sampler_time.append(0.0)
+
+    def work():
+        t = time.perf_counter()
+        chunk = act_fn(state["obs"])
+        sampler_time[0] += time.perf_counter() - t
+        state["obs"], _, _, _, infos = vec.step(chunk[:, : args.act_steps])
+        return int(np.sum(infos["env_steps"]))
+
+    return work
+
+
+def samplers(args) -> dict:
+    """{script: (act_fn, normalization)}: each PPO script's rollout sampling on its bundled checkpoint."""
+    cpu = torch.device("cpu")
+    ckpt = envs.load_checkpoint(envs.bundled_checkpoint(args.env_id, "diffusion"), "diffusion", args.env_id)
+    actor, actor_ft, _ = dppo.build_actors(ckpt, args.ft_denoising_steps, cpu)
+    K = ckpt["model_kwargs"]["denoising_steps"]
+    sched, plan, dppo_args = dppo.make_schedule(K), dppo.denoising_plan(K, None), dppo.Args()
+
+    def dppo_act(obs):
+        obs = torch.as_tensor(obs)
+        return dppo.sample(actor, actor_ft, sched, obs, plan, args.ft_denoising_steps, "train", dppo_args)[0].numpy()
+
+    out = {"dppo": (dppo_act, ckpt["normalization"])}
+    ckpt_g = envs.load_checkpoint(envs.bundled_checkpoint(args.env_id, "gaussian"), "gaussian", args.env_id)
+    gaussian = gaussian_ppo._load_policy(ckpt_g, cpu)
+    clip = gaussian_ppo.Args().randn_clip_value
+
+    @torch.no_grad()
+    def gaussian_act(obs):
+        return gaussian_ppo.sample_action(*gaussian(torch.as_tensor(obs)), clip).numpy()
+
+    out["gaussian_ppo"] = (gaussian_act, ckpt_g["normalization"])
+    ckpt_m = envs.load_checkpoint(envs.bundled_checkpoint(args.env_id, "gmm"), "gmm", args.env_id)
+    gmm = gmm_ppo._load_policy(ckpt_m, cpu)
+
+    @torch.no_grad()
+    def gmm_act(obs):
+        return gmm_ppo.sample_action(*gmm(torch.as_tensor(obs))).numpy()
+
+    out["gmm_ppo"] = (gmm_act, ckpt_m["normalization"])
+    return out
+
+
+def rollout_phases(args, closers) -> tuple[list, dict]:
+    """Each script's rollout step at each thread count (one vector env per script and thread count); also returns
+    {phase: [sampler seconds]} for the sampler's share of the time."""
+    phases, sampler_times = [], {}
+    for script, (act_fn, normalization) in samplers(args).items():
+        for threads in thread_counts(args):
+            sampler_time = []
+            work = rollout_work(args, act_fn, normalization, closers, sampler_time)
+            phases.append(Phase(f"{script} rollout", threads, "env steps/s", work))
+            sampler_times[phases[-1]] = sampler_time
+    return phases, sampler_times
+
+
+# ---- DPPO update and its FLOPs --------------------------------------------------------------------------------------
+def linear_layers(module, rows, *inputs):
+    """[(in, out), ...] of the nn.Linear layers one forward pass of `module` on `inputs` (a batch of `rows`) runs,
+    each once per row."""
+    shapes, hooks = [], []
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            hook = m.register_forward_hook(lambda mod, x, y: shapes.append((x[0].numel(), mod.in_features, mod)))
+            hooks.append(hook)
+    with torch.no_grad():
+        module(*inputs)
+    for h in hooks:
+        h.remove()
+    return [(m.in_features, m.out_features) for n, _, m in shapes for _ in range(n // m.in_features // rows)]
+
+
+def matmul_work(layers, rows, backward):
+    """One pass of the GEMMs of `layers` on `rows` rows (X W^T; with `backward` also dY W and dY^T X) on preallocated
+    random matrices; returns its GFLOP."""
+    g = torch.Generator().manual_seed(0)
+    mats = [
+        (torch.randn(rows, i, generator=g), torch.randn(o, i, generator=g), torch.randn(rows, o, generator=g))
+        for i, o in layers
+    ]
+    gflop = sum((6 if backward else 2) * rows * i * o for i, o in layers) / 1e9
+
+    def work():
+        for x, w, dy in mats:
+            torch.mm(x, w.t())
+            if backward:
+                torch.mm(dy, w)
+                torch.mm(dy.t(), x)
+        return gflop
+
+    return work
+
+
+def update_phases(args) -> list:
+    """dppo.chain_log_probs (the old log-probs) and one ppo_update epoch on a synthetic batch of num_envs x n_steps
+    chains at the benchmark shapes, and the matmul reference of each, at each thread count."""
+    cpu = torch.device("cpu")
+    ckpt = envs.load_checkpoint(envs.bundled_checkpoint(args.env_id, "diffusion"), "diffusion", args.env_id)
+    kw = ckpt["model_kwargs"]
+    actor, actor_ft, _ = dppo.build_actors(ckpt, args.ft_denoising_steps, cpu)
+    sched = dppo.make_schedule(kw["denoising_steps"])
+    K_ft, Tp, Da, obs_dim = args.ft_denoising_steps, kw["horizon_steps"], kw["action_dim"], kw["obs_dim"]
+    samples = args.num_envs * args.n_steps
+    g = torch.Generator().manual_seed(0)
+    obs = torch.randn(samples, 1, obs_dim, generator=g)
+    chains = torch.randn(samples, K_ft + 1, Tp, Da, generator=g) * 0.5
+    train_args = dppo.Args(act_steps=args.act_steps, batch_size=args.batch_size, update_epochs=1, target_kl=None)
+    critic = dppo.Critic(obs_dim, 1, train_args.critic_dims)
+    pairs, chunk = samples * K_ft, train_args.logprob_batch_size
+    mb, logp_rows = min(args.batch_size, pairs), min(pairs, chunk * K_ft)
+
+    # FLOPs per pair from the layer shapes (module docstring)
+    actor_layers = linear_layers(actor_ft, 2, torch.zeros(2, Tp, Da), torch.zeros(2, dtype=torch.long), obs[:2])
+    critic_layers = linear_layers(critic, 2, obs[:2])
+    fwd_pair = sum(2 * i * o for i, o in actor_layers) / 1e9
+    train_pair = sum(6 * i * o for i, o in actor_layers + critic_layers) / 1e9
+
+    def old_log_probs():  # forward only, in the loop's chunks of logprob_batch_size env-step samples
+        with torch.no_grad():
+            parts = [
+                dppo.chain_log_probs(actor_ft, sched, obs[s : s + chunk], chains[s : s + chunk], train_args)
+                for s in range(0, samples, chunk)
+            ]
+        return torch.cat(parts)
+
+    batch = dict(obs=obs, chains=chains, logprobs=old_log_probs(), advantages=torch.randn(samples, generator=g))
+    batch["returns"] = torch.randn(samples, generator=g)
+    actor_opt = torch.optim.AdamW(actor_ft.parameters(), lr=1e-4, weight_decay=0.0)
+    critic_opt = torch.optim.AdamW(critic.parameters(), lr=1e-3, weight_decay=0.0)
+    small = {k: v[: max(1, mb // K_ft)] for k, v in batch.items()}  # one minibatch: the warm-up
+
+    def update(b=batch):
+        dppo.ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, b, train_args, generator=g)
+        return (len(b["obs"]) * K_ft // mb) * mb
+
+    def all_old_log_probs():
+        old_log_probs()
+        return pairs
+
+    matmul_fwd = matmul_work(actor_layers, logp_rows, backward=False)
+    matmul_train = matmul_work(actor_layers + critic_layers, mb, backward=True)
+    fwd_note = f"{pairs} pairs, forward only, {fwd_pair * 1e3:.2f} MFLOP/pair"
+    train_note = f"{pairs} pairs, minibatches of {mb}, {train_pair * 1e3:.2f} MFLOP/pair"
+    phases = []
+    for t in thread_counts(args):
+        phases.append(Phase("DPPO old log-probs", t, "pairs/s", all_old_log_probs, fwd_note, fwd_pair))
+        phases.append(Phase("torch matmul, the old log-probs' GEMMs", t, "GFLOP/s", matmul_fwd, f"{logp_rows} rows"))
+        phases.append(Phase("DPPO update", t, "pairs/s", update, train_note, train_pair, lambda: update(small)))
+        phases.append(Phase("torch matmul, the update's GEMMs", t, "GFLOP/s", matmul_train, f"{mb} rows, fwd + bwd"))
+    return phases
+
+
+def thread_counts(args):
+    """The torch thread counts every torch phase but the iteration runs at: 1 and the default."""
+    return sorted({1, args.threads})
+
+
+# ---- one DPPO iteration ---------------------------------------------------------------------------------------------
+def iteration(args) -> dict:
+    """dppo.main for one iteration from the bundled checkpoint (1-episode evaluations before and after); the times of
+    the iteration as the loop passes them to runs.log_iteration, and the whole main's wall time."""
+    seen = {}
+    original = runs.log_iteration
+
+    def spy(*a, **k):
+        bound = inspect.signature(original).bind(*a, **k).arguments
+        seen.update(rollout=bound["t_rollout"], update=bound["t_update"], sps=bound["steps_per_second"])
+        return original(*a, **k)
+
+    steps = args.num_envs * args.n_steps * args.act_steps
+    run_dir = tempfile.mkdtemp(prefix="speed-")
+    flags = dict(env_id=args.env_id, num_envs=args.num_envs, n_steps=args.n_steps, act_steps=args.act_steps)
+    flags |= dict(ft_denoising_steps=args.ft_denoising_steps, batch_size=args.iter_batch_size, cuda=False)
+    flags |= dict(update_epochs=args.update_epochs, total_timesteps=steps, eval_episodes=1, save_freq=10**6)
+    flags |= dict(run_dir=run_dir, overwrite=True)
+    log = io.StringIO()
+    torch.set_num_threads(args.iter_threads)
+    runs.log_iteration = spy
+    t0 = time.perf_counter()
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            dppo.main(dppo.Args(**flags))
+    except BaseException:
+        print(log.getvalue(), file=sys.stderr)
+        raise
+    finally:
+        runs.log_iteration = original
+        torch.set_num_threads(args.threads)
+        shutil.rmtree(run_dir, ignore_errors=True)
+    wall = time.perf_counter() - t0
+    if not seen:
+        raise RuntimeError("dppo.main never called runs.log_iteration(t_rollout=..., t_update=...): update speed.py")
+    return dict(steps=steps, iteration=steps / seen["sps"], rollout=seen["rollout"], update=seen["update"], main=wall)
+
+
+# ---- report ---------------------------------------------------------------------------------------------------------
+def median(values):
+    return float(np.median(values))
+
+
+def plural(threads):
+    return f"{threads} thread{'s' * (threads != 1)}"
+
+
+def ratios(args, phases) -> dict:
+    """Each ratio per round (both rates measured in the same round, minutes apart at most), then the median."""
+    by = {(p.name, p.threads): p for p in phases}
+
+    def rate(name, threads="-", scaled=False):
+        p = by[(name, threads)]
+        return np.array(p.rates) * (p.scale if scaled else 1.0)
+
+    raw1, rawn = rate("raw simulator, 1 process"), rate(f"raw simulator, {args.procs} worker processes")
+    out = {"raw simulator: N processes / 1 process": rawn / raw1}
+    out["vector env / raw simulator"] = rate("vector env (make_vec_env)") / raw1
+    for script in ("dppo", "gaussian_ppo", "gmm_ppo"):
+        for threads in thread_counts(args):
+            out[f"{script} rollout / raw simulator, {plural(threads)}"] = rate(f"{script} rollout", threads) / raw1
+        if args.threads != 1:
+            one, many = (rate(f"{script} rollout", t) for t in (1, args.threads))
+            out[f"{script} rollout: 1 thread / {plural(args.threads)}"] = one / many
+    best = np.max([rate("dppo rollout", t) for t in thread_counts(args)], axis=0)
+    out[f"dppo rollout (faster thread count) / raw simulator in {args.procs} processes"] = best / rawn
+    for threads in thread_counts(args):
+        update = rate("DPPO update", threads, scaled=True)
+        out[f"DPPO update GFLOP/s / matmul GFLOP/s, {plural(threads)}"] = update / rate(
+            "torch matmul, the update's GEMMs", threads
+        )
+        old = rate("DPPO old log-probs", threads, scaled=True)
+        out[f"DPPO old log-probs GFLOP/s / matmul GFLOP/s, {plural(threads)}"] = old / rate(
+            "torch matmul, the old log-probs' GEMMs", threads
+        )
+    if args.threads != 1:
+        one, many = (rate("DPPO update", t) for t in (1, args.threads))
+        out[f"DPPO update: 1 thread / {plural(args.threads)}"] = one / many
+    return {name: median(values) for name, values in out.items()}
+
+
+def table_rows(phases, sampler_times) -> list:
+    """One row per phase (median over the rounds, spread = max/min), a GFLOP/s row after each scaled one."""
+    rows = []
+    for p in phases:
+        note = p.note
+        if p in sampler_times:
+            note = f"sampler {sampler_times[p][0] / p.elapsed:.0%} of the time"
+        spread = max(p.rates) / min(p.rates)
+        rows.append(row(p.name, p.threads, median(p.rates), p.unit, note, spread))
+        if p.scale:
+            rows.append(row(p.name, p.threads, median(p.rates) * p.scale, "GFLOP/s", "", spread))
+    return rows
+
+
+def row(phase, threads, value, unit, note="", spread=None):
+    return dict(phase=phase, threads=threads, value=float(value), unit=unit, spread=spread, note=note)
+
+
+def print_report(info, args, rows, ratio):
+    print(
+        f"Speed report: {args.env_id}, commit {info['commit']}, {info['date']}; {info['cores']} cores ({info['cpu']}), "
+        f"torch {info['torch']} ({info['torch_threads']} threads by default), MuJoCo {info['mujoco']}, "
+        f"Python {info['python']}; load average {info['load_before']:.2f} before, {info['load_after']:.2f} after"
+    )
+    sizes = f"{args.num_envs} envs x {args.n_steps} queries x {args.act_steps} actions, K' = {args.ft_denoising_steps}"
+    quick = " (--quick)" if args.quick else ""
+    print(f"sizes: {sizes}; every phase {args.rounds} x {args.seconds / args.rounds:.3g} s, interleaved{quick}")
+    print("value: the median over the rounds; spread: the largest over the smallest")
+    print()
+    print(f"| {'phase':40} | threads | {'value':>10} | {'unit':11} | spread | note")
+    print(f"| {'-' * 40} | ------- | {'-' * 10} | {'-' * 11} | ------ | ----")
+    for r in rows:
+        spread = "" if r["spread"] is None else f"{r['spread']:.2f}x"
+        value = f"{r['value']:10.4g}"
+        print(f"| {r['phase']:40} | {r['threads']!s:>7} | {value} | {r['unit']:11} | {spread:>6} | {r['note']}")
+    print()
+    print("ratios (each the median of its per-round ratios)")
+    for name, value in ratio.items():
+        print(f"  {name}: {value:.3f}")
+
+
+def main(argv=None):
+    """Measure every phase, print the report and return it (the --json content)."""
+    entry_threads = torch.get_num_threads()
+    try:
+        return report(parse(argv))
+    finally:
+        torch.set_num_threads(entry_threads)
+
+
+def report(args):
+    torch.set_num_threads(args.threads)
+    info, closers = machine(args), []
+    try:
+        phases = simulator_phases(args, closers)  # first: AsyncVectorEnv forks its workers before torch's threads
+        rollouts, sampler_times = rollout_phases(args, closers)
+        phases += rollouts + update_phases(args)
+        for p in phases:
+            if p.threads != "-":
+                torch.set_num_threads(p.threads)
+            p.warmup()
+        for times in sampler_times.values():
+            times[0] = 0.0
+        for _ in range(args.rounds):  # round-robin: every phase sees the machine's load of every round
+            for p in phases:
+                p.measure(args.seconds / args.rounds)
+    finally:
+        for close in closers:
+            close()
+        torch.set_num_threads(args.threads)
+    rows = table_rows(phases, sampler_times)
+    ratio = ratios(args, phases)
+    if not args.no_iteration:
+        it = iteration(args)
+        note = f"{it['steps']} env steps, {args.update_epochs} epochs of minibatches of {args.iter_batch_size} pairs"
+        rows.append(row("DPPO iteration", args.iter_threads, it["iteration"], "s", note))
+        rows.append(row("DPPO iteration: rollout", args.iter_threads, it["rollout"], "s", "time/rollout_s"))
+        rows.append(row("DPPO iteration: update", args.iter_threads, it["update"], "s", "time/update_s"))
+        note = "with two 1-episode evaluations"
+        rows.append(row("dppo.main, the whole call", args.iter_threads, it["main"], "s", note))
+        ratio["DPPO iteration: rollout share"] = it["rollout"] / it["iteration"]
+        ratio["DPPO iteration: update share"] = it["update"] / it["iteration"]
+    info["load_after"] = os.getloadavg()[0]
+    print_report(info, args, rows, ratio)
+    out = dict(machine=info, args=vars(args), rows=rows, ratios=ratio)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return out
+
+
+if __name__ == "__main__":
+    main()

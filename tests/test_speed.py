@@ -1,0 +1,74 @@
+"""scripts/speed.py --quick at tiny sizes: every phase is measured and printed, the ratios are numbers (the values
+themselves depend on the machine and its load, so only their structure is checked)."""
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+
+from conftest import ROOT
+
+PHASES = [
+    "raw simulator, 1 process",
+    "raw simulator, 2 worker processes",
+    "vector env (make_vec_env)",
+    "dppo rollout",
+    "gaussian_ppo rollout",
+    "gmm_ppo rollout",
+    "DPPO old log-probs",
+    "DPPO update",
+    "torch matmul, the update's GEMMs",
+    "torch matmul, the old log-probs' GEMMs",
+    "DPPO iteration",
+    "DPPO iteration: rollout",
+    "DPPO iteration: update",
+    "dppo.main, the whole call",
+]
+
+
+def test_quick_report_has_every_phase_and_numeric_ratios(tmp_path):
+    tiny = "--seconds 0.05 --num-envs 2 --n-steps 2 --procs 2 --batch-size 20 --iter-batch-size 8 --update-epochs 1"
+    out = tmp_path / "report.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "speed.py"), "--quick", *tiny.split(), "--threads", "2"]
+        + ["--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONWARNINGS="ignore"),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = proc.stdout
+    assert "\nSpeed report: Hopper-v2, commit " in text and "load average" in text
+
+    # the table: every phase, the torch phases at 1 and at 2 threads
+    table = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| -")][1:]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in table]
+    assert {c[0] for c in cells} == set(PHASES)
+    for phase in ("dppo rollout", "gaussian_ppo rollout", "gmm_ppo rollout", "DPPO update", "DPPO old log-probs"):
+        assert {c[1] for c in cells if c[0] == phase} == {"1", "2"}, phase
+    assert all(float(c[2]) > 0 for c in cells)
+    timed = [c for c in cells if not c[0].startswith(("DPPO iteration", "dppo.main"))]  # measured round-robin
+    assert all(c[4].endswith("x") and float(c[4][:-1]) >= 1 for c in timed)  # their spread over the rounds
+
+    # the ratios: one "name: number" line each, the ones the report is for among them
+    ratios = dict(re.findall(r"^  (.+): (-?\d+\.\d+)$", text.split("\nratios")[1], flags=re.M))
+    for needle in (
+        "dppo rollout / raw simulator, 1 thread",
+        "gaussian_ppo rollout / raw simulator, 2 threads",
+        "gmm_ppo rollout: 1 thread / 2 threads",
+        "DPPO update GFLOP/s / matmul GFLOP/s, 2 threads",
+        "DPPO old log-probs GFLOP/s / matmul GFLOP/s, 1 thread",
+        "DPPO iteration: update share",
+    ):
+        assert needle in ratios, (needle, sorted(ratios))
+    assert all(math.isfinite(float(v)) and float(v) > 0 for v in ratios.values())
+
+    report = json.loads(out.read_text())
+    assert set(report["ratios"]) == set(ratios) and len(report["rows"]) == len(cells)
+    assert {"date", "commit", "cores", "torch", "load_before", "load_after"} <= set(report["machine"])
+    it = {r["phase"]: r["value"] for r in report["rows"] if r["phase"].startswith("DPPO iteration")}
+    assert it["DPPO iteration"] >= it["DPPO iteration: rollout"] + it["DPPO iteration: update"] - 1e-6
