@@ -66,6 +66,8 @@ INTENDED = {
     **{(s, "denoising_loss"): "per-sample weights (paper eqs. A1, A2)" for s in ("dawr", "drwr")},
     **{(s, "ResidualMLP"): PLAIN_MLP for s in ("gaussian_ppo", "gmm_ppo")},
     ("gmm_ppo", "TransformerBackbone"): "no output head: the GMM heads read the token features",
+    ("gaussian_ppo", "load_start"): "a Gaussian checkpoint, --from-scratch, --record-dataset",
+    ("gmm_ppo", "load_start"): "a GMM checkpoint and its modes, --report-official-clamp",
     **{
         (s, "ReplayBuffer"): "one row per env transition; DAWR's rows are vector steps, kept in order for TD(lambda)"
         for s in ("dipo", "idql", "dql", "qsm")
