@@ -628,8 +628,9 @@ def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, arg
 
 # ---- Pre-training (paper D.1): behaviour cloning with the denoising loss, EMA weights for fine-tuning ----------------
 def make_checkpoint(actor, kw, normalization, args, iteration, env_steps, **extra):
-    """What every checkpoint of this script holds (pre-trained, from scratch, fine-tuned): the frozen network, its
-    description, the normalization and the run's flags; on robomimic the env meta in use, restored when loading."""
+    """What every checkpoint of a diffusion script holds: the network `actor` as 'model' (the one every diffusion
+    script can start from), its description, the normalization, the run's flags and the script's `extra` entries;
+    on robomimic the env meta in use, restored when loading."""
     if envs.is_robomimic(args.env_id):
         extra["robomimic_env_args"] = envs.robomimic_env_args(args.env_id)
     ckpt = dict(algo=ALGO, policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(), model_kwargs=kw)
@@ -777,9 +778,7 @@ def main(args):
     K_ft = args.ft_denoising_steps
     if args.pretrain_only or args.eval_only:
         act = eval_act(actor, actor_ft, sched, plan, eval_ft_steps, args, device)
-        return runs.evaluate_only(
-            run_dir, ALGO, args, ckpt.get("env_steps", 0), evals, device, writer, act, normalization
-        )
+        return runs.evaluate_only(run_dir, ALGO, args, ckpt.get("env_steps", 0), evals, device, act, normalization)
 
     # ---- set-up: a fresh value critic V(s) (paper eq. 4.8), AdamW with cosine-annealed learning rates ----
     obs_dim, action_dim, Tp = kw["obs_dim"], kw["action_dim"], kw["horizon_steps"]
@@ -866,8 +865,10 @@ def main(args):
         runs.log_stats(writer, env_steps, "losses", stats)
         sps = steps_per_iter / (time.time() - t_iter)
         runs.log_iteration(writer, env_steps, sps, t_rollout, t_update, device, successes)
-        writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
-        writer.add_scalar("charts/critic_learning_rate", critic_opt.param_groups[0]["lr"], env_steps)
+        charts = dict(
+            learning_rate=actor_opt.param_groups[0]["lr"], critic_learning_rate=critic_opt.param_groups[0]["lr"]
+        )
+        runs.log_stats(writer, env_steps, "charts", charts)
         if iteration % args.eval_freq == 0 or iteration == num_iters:
             evals.run(env_steps, act, args, normalization)
         shown = dict(kl=stats["approx_kl"], clipfrac=stats["clipfrac"])

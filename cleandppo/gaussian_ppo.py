@@ -710,7 +710,7 @@ def main(args):
         return record_dataset(policy, args, normalization, device)
     act = eval_act(policy, args, device)  # the policy, as it is when called
     if args.eval_only or args.pretrain_only:
-        return runs.evaluate_only(run_dir, ALGO, args, 0, evals, device, writer, act, normalization)
+        return runs.evaluate_only(run_dir, ALGO, args, 0, evals, device, act, normalization)
 
     # ---- set-up: a fresh value critic V(s), the BC teacher, AdamW ----
     obs_dim, action_dim = kwargs["obs_dim"], kwargs["action_dim"]
@@ -793,7 +793,7 @@ def main(args):
         runs.log_stats(writer, env_steps, "losses", stats)
         sps = steps_per_iter / (time.time() - t_iter)
         runs.log_iteration(writer, env_steps, sps, t_rollout, t_update, device, successes)
-        writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
+        runs.log_stats(writer, env_steps, "charts", dict(learning_rate=actor_opt.param_groups[0]["lr"]))
         if iteration % args.eval_freq == 0 or iteration == num_iters:
             evals.run(env_steps, act, args, normalization)
         shown = dict(kl=stats["approx_kl"], std=stats["std"])

@@ -704,7 +704,7 @@ def main(args):
         return report_official_clamp(policy, args, normalization, device, path, run_dir, writer)
     act = eval_act(policy, args, device)  # the policy, as it is when called
     if args.eval_only or args.pretrain_only:
-        return runs.evaluate_only(run_dir, ALGO, args, 0, evals, device, writer, act, normalization)
+        return runs.evaluate_only(run_dir, ALGO, args, 0, evals, device, act, normalization)
 
     # ---- set-up: a fresh value critic V(s), AdamW ----
     obs_dim, action_dim = kwargs["obs_dim"], kwargs["action_dim"]
@@ -779,10 +779,11 @@ def main(args):
         # ---- log, evaluate, save ----
         stats["explained_variance"] = 1 - np.var(returns - values) / (np.var(returns) + 1e-8)
         runs.log_stats(writer, env_steps, "losses", stats)
-        writer.add_scalar("charts/official_clamp_saturated", official_clamp_fraction(summed_logp), env_steps)
         sps = steps_per_iter / (time.time() - t_iter)
         runs.log_iteration(writer, env_steps, sps, t_rollout, t_update, device, successes)
-        writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
+        saturated = official_clamp_fraction(summed_logp)  # the share of samples the official clamp saturates
+        charts = dict(official_clamp_saturated=saturated, learning_rate=actor_opt.param_groups[0]["lr"])
+        runs.log_stats(writer, env_steps, "charts", charts)
         if iteration % args.eval_freq == 0 or iteration == num_iters:
             evals.run(env_steps, act, args, normalization)
         shown = dict(kl=stats["approx_kl"], std=stats["std"])

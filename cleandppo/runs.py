@@ -665,14 +665,15 @@ def open_run_dir(args, algo: str, resume: dict | None, path: str | None, load_da
     return run_dir, writer, Evaluations(writer, envs.is_robomimic(args.env_id)), data
 
 
-def evaluate_only(run_dir: str, algo: str, args, env_steps: int, evals, device, writer, act, normalization):
+def evaluate_only(run_dir: str, algo: str, args, env_steps: int, evals, device, act, normalization):
     """--eval-only (and --pretrain-only's closing evaluation): evaluate `act` once at `env_steps` (the checkpoint's),
-    print the result and end the run (finish_run: summary.json, --capture-video)."""
+    print the result and end the run (finish_run, with the writer `evals` logs to: summary.json, --capture-video)."""
     t_start = time.time()
     mean, std, success = evals.run(env_steps, act, args, normalization)
     rate = f", success rate {success:.2f}" if evals.robomimic else ""
     print(f"[eval] return {mean:.1f} +- {std:.1f} over {args.eval_episodes} episodes{rate}")
-    finish_run(run_dir, algo, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization)
+    wall = time.time() - t_start
+    finish_run(run_dir, algo, args, env_steps, wall, evals, device, evals.writer, act, normalization)
 
 
 def log_stats(writer, env_steps: int, section: str, stats: dict, keys=None):
@@ -683,10 +684,11 @@ def log_stats(writer, env_steps: int, section: str, stats: dict, keys=None):
             writer.add_scalar(f"{section}/{key}", stats[key], env_steps)
 
 
-def restore_parts(resume: dict, trained: dict):
-    """Load every part of `trained` (checkpoint key -> an object with load_state_dict: critic, optimizer, LR schedule,
-    reward scaler) from checkpoint `resume`; checkpoint_state saves them under the same keys."""
-    for key, part in trained.items():
+def restore_parts(resume: dict | None, trained: dict):
+    """Load every part of `trained` (checkpoint key -> an object with load_state_dict: network, optimizer, LR schedule,
+    reward scaler) from checkpoint `resume`; checkpoint_state saves them under the same keys. A fresh run (`resume`
+    None) keeps them as they are."""
+    for key, part in trained.items() if resume is not None else ():
         part.load_state_dict(resume[key])
 
 
