@@ -614,6 +614,7 @@ def main(args):
     target_actor = copy.deepcopy(actor).requires_grad_(False)  # acts in rollouts, Bellman targets and evaluation
     runs.restore_parts(resume, dict(target_actor=target_actor))  # on a resume, before the evaluation
     run_dir, writer, evals, _ = runs.open_run_dir(args, ALGO, resume, path)
+    t_start = time.time()  # the run's wall time: the first evaluation and the loop
     kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
     sched = {k: v.to(device) for k, v in make_schedule(kw["denoising_steps"]).items()}
     act = eval_act(target_actor, sched, kw, args, device)  # the target actor, as it is when called
@@ -631,7 +632,7 @@ def main(args):
     trained = dict(critic=critic, target_critic=target_critic, actor_optimizer=actor_opt, critic_optimizer=critic_opt)
     start_iter, env_steps = runs.resume_or_evaluate(resume, trained, evals, act, args, normalization, buffer)
     vec, obs, _, recent_returns = runs.start_envs(args, normalization, start_iter, resume, None)
-    progress, t_start = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO), time.time()
+    progress = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO)
     iteration = start_iter
 
     while iteration < num_iters:

@@ -494,6 +494,7 @@ def main(args):
     ckpt, resume, path = load_start(args)
     actor = load_actor(ckpt, path, device)  # weights that do not fit stop here, before anything is written
     run_dir, writer, evals, _ = runs.open_run_dir(args, ALGO, resume, path)
+    t_start = time.time()  # the run's wall time: the first evaluation and the loop
     kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
     sched = {k: v.to(device) for k, v in make_schedule(kw["denoising_steps"]).items()}
     act = eval_act(actor, sched, kw, args, device)  # the actor, as it is when called
@@ -508,7 +509,7 @@ def main(args):
     start_iter, env_steps = runs.resume_or_evaluate(resume, trained, evals, act, args, normalization)
     # done: whether an episode starts at the next query (one starts at the first query of the run)
     vec, obs, done, recent_returns = runs.start_envs(args, normalization, start_iter, resume, np.ones(E))
-    progress, t_start = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO), time.time()
+    progress = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO)
     iteration = start_iter
 
     while iteration < num_iters:

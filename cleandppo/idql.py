@@ -651,6 +651,7 @@ def main(args):
     critics = dict(critic=q_critic, target_critic=q_target, value_critic=v_critic)  # by checkpoint key
     runs.restore_parts(resume, critics)  # on a resume, before any evaluation: they pick its actions
     run_dir, writer, evals, _ = runs.open_run_dir(args, ALGO, resume, path)
+    t_start = time.time()  # the run's wall time: the first evaluation and the loop
     # evaluation: the actor alone while the critics are fresh (the pre-trained policy), greedy over candidates after
     act_pretrained = eval_act(actor, q_target, v_critic, sched, kw, args, device, use_critic=False)
     act = eval_act(actor, q_target, v_critic, sched, kw, args, device, use_critic=True)
@@ -667,7 +668,7 @@ def main(args):
     trained = dict(actor_optimizer=actor_opt, critic_optimizer=q_opt, value_optimizer=v_opt)
     start_iter, env_steps = runs.resume_or_evaluate(resume, trained, evals, act_pretrained, args, normalization, buffer)
     vec, obs, _, recent_returns = runs.start_envs(args, normalization, start_iter, resume, None)
-    progress, t_start = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO), time.time()
+    progress = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO)
     iteration = start_iter
 
     while iteration < num_iters:

@@ -582,6 +582,7 @@ def main(args):
     ckpt, resume, path = load_start(args)
     actor = load_actor(ckpt, path, device)  # weights that do not fit stop here, before anything is written
     run_dir, writer, evals, _ = runs.open_run_dir(args, ALGO, resume, path)
+    t_start = time.time()  # the run's wall time: the first evaluation and the loop
     kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
     K, Tp, action_dim, obs_dim = kw["denoising_steps"], kw["horizon_steps"], kw["action_dim"], kw["obs_dim"]
     sched = {k: v.to(device) for k, v in make_schedule(K).items()}
@@ -603,7 +604,7 @@ def main(args):
     trained = dict(critic=critic, target_critic=target_critic, actor_optimizer=actor_opt, critic_optimizer=critic_opt)
     start_iter, env_steps = runs.resume_or_evaluate(resume, trained, evals, act, args, normalization, buffer)
     vec, obs, _, recent_returns = runs.start_envs(args, normalization, start_iter, resume, None)
-    progress, t_start = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO), time.time()
+    progress = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO)
     iteration = start_iter
 
     while iteration < num_iters:
