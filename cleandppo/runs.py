@@ -8,6 +8,8 @@ Nothing algorithmic lives here. Read top to bottom:
   4. checkpoints  -- the state an exact resume needs (envs, RNGs); what Ctrl-C does
   5. summary      -- summary.json and peak memory
   6. command line, progress, evaluations, video -- the same calls in every script's `main`
+  7. the run around the loop -- start, open_run_dir, evaluate_only, resume_or_evaluate, start_envs,
+                     log_stats, checkpoint_state, save_run: main keeps the loop and calls these
 """
 
 from __future__ import annotations
@@ -688,7 +690,9 @@ def restore_parts(resume: dict | None, trained: dict):
     """Load every part of `trained` (checkpoint key -> an object with load_state_dict: network, optimizer, LR schedule,
     reward scaler) from checkpoint `resume`; checkpoint_state saves them under the same keys. A fresh run (`resume`
     None) keeps them as they are."""
-    for key, part in trained.items() if resume is not None else ():
+    if resume is None:
+        return
+    for key, part in trained.items():
         part.load_state_dict(resume[key])
 
 
