@@ -597,10 +597,6 @@ def check_args(args):
 def load_diffusion_checkpoint(path, args):
     """Load a diffusion checkpoint of any cleandppo script and check it against the flags (one-line errors)."""
     ckpt = envs.load_diffusion_checkpoint(path, args)
-    if ckpt.get("model_ft") is not None:
-        print(
-            f"[load] note: {path} is a DPPO fine-tuned checkpoint; DAWR starts from its base 'model' (not 'model_ft')"
-        )
     if ckpt["algo"] == ALGO and "critic" in ckpt and tuple(ckpt["args"]["critic_dims"]) != tuple(args.critic_dims):
         envs.fail(
             f"{path} has critic dims {tuple(ckpt['args']['critic_dims'])}; pass --critic-dims "
@@ -609,101 +605,74 @@ def load_diffusion_checkpoint(path, args):
     return ckpt
 
 
-def main(args):
-    robo = envs.is_robomimic(args.env_id)
-    check_args(args)
-    envs.resolve_env_id(args.env_id)
-    N, E = args.n_steps, args.num_envs
-    steps_per_iter = E * N * args.act_steps
-    num_iters = max(1, args.total_timesteps // steps_per_iter)
-    plan = "evaluation only" if args.eval_only else f"{num_iters} iterations of {steps_per_iter} env steps"
-    print(f"[start] {ALGO} on {args.env_id}: {plan}", flush=True)
-    device = runs.seed_everything(args)
+def make_checkpoint(actor, kw, normalization, args, iteration, env_steps, **extra):
+    """What every checkpoint of a diffusion script holds: the network `actor` as 'model' (the one every diffusion
+    script can start from), its description, the normalization, the run's flags and the script's `extra` entries;
+    on robomimic the env meta in use, restored when loading."""
+    if envs.is_robomimic(args.env_id):
+        extra["robomimic_env_args"] = envs.robomimic_env_args(args.env_id)
+    ckpt = dict(algo=ALGO, policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(), model_kwargs=kw)
+    ckpt |= dict(normalization=normalization, env_id=args.env_id, args=asdict(args))
+    return ckpt | dict(iteration=iteration, env_steps=env_steps, **extra)
+
+
+def load_start(args):
+    """The checkpoint this run starts from, read and checked before anything is written, and the run it resumes:
+    (ckpt, resume or None, path). The run starts from its base 'model' (a DPPO checkpoint's fine-tuned 'model_ft'
+    is not used); a checkpoint of this script with optimizer state resumes its run."""
     path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", "mlp")
     ckpt = load_diffusion_checkpoint(path, args)
-    print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
-    resume = ckpt if ckpt["algo"] == ALGO and "critic" in ckpt else None
-    run_dir = runs.prepare_run_dir(args, ALGO, resume and path)
-    writer = runs.open_run(run_dir, args, resume and resume["env_steps"])
+    resume = ckpt if ckpt["algo"] == ALGO and "actor_optimizer" in ckpt else None
+    resuming = " -> resuming" if resume and not args.eval_only else ""
+    print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']}){resuming}")
+    if ckpt.get("model_ft") is not None:
+        print(f"[load] note: {path} also holds DPPO's fine-tuned 'model_ft'; {ALGO.upper()} starts from its 'model'")
+    return ckpt, resume, path
 
-    kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
-    actor = build_network(kw).to(device)
+
+def load_actor(ckpt, path, device):
+    """The diffusion network of checkpoint `ckpt` (its base 'model'; read from `path`) on `device`; one line when the
+    weights do not fit the network its model_kwargs describe."""
+    actor = build_network(ckpt["model_kwargs"]).to(device)
     try:
         actor.load_state_dict(ckpt["model"])
     except RuntimeError:
         envs.fail(
-            "checkpoint weights do not fit the network its model_kwargs describe; "
-            "it was written by another architecture"
+            f"{path}: weights do not fit the network its model_kwargs describe; it was written by another architecture"
         )
+    return actor
+
+
+def main(args):
+    check_args(args)
+    steps_per_iter, num_iters, device = runs.start(args, ALGO)
+    ckpt, resume, path = load_start(args)
+    actor = load_actor(ckpt, path, device)  # weights that do not fit stop here, before anything is written
+    run_dir, writer, evals, _ = runs.open_run_dir(args, ALGO, resume, path)
+    t_start = time.time()  # the run's wall time: the first evaluation and the loop
+    kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
     sched = {k: v.to(device) for k, v in make_schedule(kw["denoising_steps"]).items()}
-    act = eval_act(actor, sched, kw, args, device)
-    evals, env_steps, t_start = runs.Evaluations(writer, robo), ckpt.get("env_steps", 0), time.time()
-
-    def finish():
-        runs.finish_run(
-            run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization
-        )
-
+    act = eval_act(actor, sched, kw, args, device)  # the actor, as it is when called
     if args.eval_only:
-        print(f"[eval] evaluating {path} ({args.eval_episodes} episodes)...", flush=True)
-        evals.run(env_steps, act, args, normalization)
-        print(f"[eval] return {evals.last:.1f}" + (f", success rate {evals.last_success:.2f}" if robo else ""))
-        return finish()
+        return runs.evaluate_only(run_dir, ALGO, args, ckpt.get("env_steps", 0), evals, device, act, normalization)
 
+    # ---- set-up: a fresh value critic V(s), AdamW, the FIFO replay buffer of vector steps ----
+    N, E = args.n_steps, args.num_envs
     obs_dim, action_dim, Tp = kw["obs_dim"], kw["action_dim"], kw["horizon_steps"]
     critic = Critic(obs_dim, args.cond_steps, args.critic_dims).to(device)  # fresh critic (official)
     actor_opt = torch.optim.AdamW(actor.parameters(), lr=args.actor_lr, weight_decay=args.actor_weight_decay)
     critic_opt = torch.optim.AdamW(critic.parameters(), lr=args.critic_lr, weight_decay=args.critic_weight_decay)
     buf = ReplayBuffer(args.buffer_size // E, E, (args.cond_steps, obs_dim), (Tp, action_dim))
-    start_iter, env_steps = 0, 0
-    if resume is not None:
-        critic.load_state_dict(resume["critic"])
-        actor_opt.load_state_dict(resume["actor_optimizer"])
-        critic_opt.load_state_dict(resume["critic_optimizer"])
-        start_iter, env_steps = resume["iteration"], resume["env_steps"]
-        evals.load_state_dict(resume)
-        print(f"[resume] {ALGO} run at iteration {start_iter}, {env_steps} env steps")
-    else:
-        print(f"[eval] evaluating the pre-trained policy ({args.eval_episodes} episodes)...", flush=True)
-        evals.run(env_steps, act, args, normalization)
+    # what a checkpoint saves besides the actor and a resume restores, by checkpoint key
+    trained = dict(critic=critic, actor_optimizer=actor_opt, critic_optimizer=critic_opt)
+    start_iter, env_steps = runs.resume_or_evaluate(resume, trained, evals, act, args, normalization, buf)
+    vec, obs, _, recent_returns = runs.start_envs(args, normalization, start_iter, resume, None)
+    progress = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO)
+    iteration = start_iter
 
-    vec = envs.make_vec_env(
-        args.env_id, E, args.seed + start_iter * E, args.act_steps, args.cond_steps, normalization, args.async_envs
-    )
-    obs, _ = vec.reset(seed=args.seed + start_iter * E)
-    recent_returns, iteration = [], start_iter
-    if resume is not None:  # continue exactly where the checkpoint stopped: envs mid-episode, every RNG, the buffer
-        obs, _, recent_returns = runs.restore_run(resume, vec, obs, None)
-        runs.restore_buffer(buf, resume)
-
-    def save(it):
-        state = dict(
-            algo=ALGO,
-            policy="diffusion",
-            backbone=kw["backbone"],
-            model=actor.state_dict(),
-            model_kwargs=kw,
-            normalization=normalization,
-            env_id=args.env_id,
-            args=asdict(args),
-            iteration=it,
-            env_steps=env_steps,
-            critic=critic.state_dict(),
-            actor_optimizer=actor_opt.state_dict(),
-            critic_optimizer=critic_opt.state_dict(),
-            **evals.state_dict(),
-            **runs.run_state(vec, obs, None, recent_returns),
-        )
-        if robo:
-            state["robomimic_env_args"] = envs.robomimic_env_args(args.env_id)
-        runs.save_iteration(
-            state, run_dir, it, args.save_freq, num_iters, writer, last_only=dict(replay_buffer=runs.buffer_state(buf))
-        )
-
-    progress = runs.Progress(num_iters * steps_per_iter, env_steps, ALGO)
     while iteration < num_iters:
         t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
-        # ---- rollout into the FIFO buffer (scaled rewards; time-outs keep their pre-reset next obs) ----
+        # ---- rollout into the FIFO replay buffer: scaled rewards, time-outs keep their next obs (paper D.3) ----
         for _n in range(N):
             chunk = (
                 sample(
@@ -724,19 +693,20 @@ def main(args):
             next_obs, reward, term, trunc, infos = vec.step(chunk[:, : args.act_steps])
             runs.check_finite(iteration, reward=reward, observation=next_obs)
             env_steps += E * args.act_steps  # episodes that end here are logged at this count
+            final_obs = envs.final_observations(next_obs, infos)  # the observation reached before any auto-reset
             buf.add(
                 obs,
                 chunk,
                 reward * args.scale_reward_factor,
                 term,
                 np.logical_and(trunc, np.logical_not(term)),
-                envs.final_observations(next_obs, infos),
+                final_obs,
             )
             runs.log_episodes(writer, infos, env_steps, recent_returns, successes)
             obs = next_obs
         t_rollout = time.time() - t_iter
 
-        # ---- critic on TD(lambda) targets, then advantage-weighted denoising loss ----
+        # ---- update: critic on TD(lambda) targets (paper eq. A3), actor by weighted denoising (eq. A2) ----
         t_update = time.time()
         stats = dawr_update(
             actor,
@@ -754,33 +724,27 @@ def main(args):
         runs.check_finite(iteration, actor_loss=stats["actor_loss"], actor_weights=actor, critic_weights=critic)
         iteration += 1
 
-        # ---- logging, evaluation, checkpoint ----
-        for key in ("value_loss", "actor_loss", "weight_mean", "weight_clipped_frac", "explained_variance"):
-            writer.add_scalar(f"losses/{key}", stats[key], env_steps)
-        for key in ("v_mean", "target_mean", "advantage_std"):
-            writer.add_scalar(f"values/{key}", stats[key], env_steps)
-        runs.log_iteration(
-            writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes
+        # ---- log, evaluate, save ----
+        losses = ("value_loss", "actor_loss", "weight_mean", "weight_clipped_frac", "explained_variance")
+        runs.log_stats(writer, env_steps, "losses", stats, losses)
+        runs.log_stats(writer, env_steps, "values", stats, ("v_mean", "target_mean", "advantage_std"))
+        sps = steps_per_iter / (time.time() - t_iter)
+        runs.log_iteration(writer, env_steps, sps, t_rollout, t_update, device, successes)
+        charts = dict(
+            learning_rate=actor_opt.param_groups[0]["lr"], critic_learning_rate=critic_opt.param_groups[0]["lr"]
         )
-        writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
-        writer.add_scalar("charts/critic_learning_rate", critic_opt.param_groups[0]["lr"], env_steps)
-        writer.add_scalar("charts/buffer_size", buf.size * E, env_steps)  # in transitions (buf.size: vector steps)
+        charts["buffer_size"] = buf.size * E  # in transitions (buf.size: vector steps)
+        runs.log_stats(writer, env_steps, "charts", charts)
         if iteration % args.eval_freq == 0 or iteration == num_iters:
             evals.run(env_steps, act, args, normalization)
-        progress.update(
-            iteration,
-            num_iters,
-            env_steps,
-            recent_returns,
-            evals,
-            successes,
-            v_loss=stats["value_loss"],
-            actor_loss=stats["actor_loss"],
-        )
-        save(iteration)
+        shown = dict(v_loss=stats["value_loss"], actor_loss=stats["actor_loss"])
+        progress.update(iteration, num_iters, env_steps, recent_returns, evals, successes, **shown)
+        run = runs.checkpoint_state(trained, evals, vec, obs, None, recent_returns)
+        state = make_checkpoint(actor, kw, normalization, args, iteration, env_steps, **run)
+        runs.save_run(state, run_dir, iteration, num_iters, args, writer, buf)
     progress.close()
     vec.close()
-    finish()
+    runs.finish_run(run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization)
 
 
 if __name__ == "__main__":

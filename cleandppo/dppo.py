@@ -628,8 +628,9 @@ def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, arg
 
 # ---- Pre-training (paper D.1): behaviour cloning with the denoising loss, EMA weights for fine-tuning ----------------
 def make_checkpoint(actor, kw, normalization, args, iteration, env_steps, **extra):
-    """What every checkpoint of this script holds (pre-trained, from scratch, fine-tuned): the frozen network, its
-    description, the normalization and the run's flags; on robomimic the env meta in use, restored when loading."""
+    """What every checkpoint of a diffusion script holds: the network `actor` as 'model' (the one every diffusion
+    script can start from), its description, the normalization, the run's flags and the script's `extra` entries;
+    on robomimic the env meta in use, restored when loading."""
     if envs.is_robomimic(args.env_id):
         extra["robomimic_env_args"] = envs.robomimic_env_args(args.env_id)
     ckpt = dict(algo=ALGO, policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(), model_kwargs=kw)
@@ -745,30 +746,29 @@ def build_actors(ckpt, ft_denoising_steps, device):
     return actor, actor_ft, ft_denoising_steps
 
 
-def main(args):
-    check_args(args)
-    envs.resolve_env_id(args.env_id)
-    robo = envs.is_robomimic(args.env_id)
-    steps_per_iter = args.num_envs * args.n_steps * args.act_steps
-    num_iters = max(1, args.total_timesteps // steps_per_iter)
-    print(f"[start] {ALGO} on {args.env_id}: {num_iters} iterations of {steps_per_iter} env steps", flush=True)
-    device = runs.seed_everything(args)
-    ckpt = data = resume = path = None
-    if args.from_scratch and args.checkpoint is None:  # a fresh network on identity normalization (paper B.2)
+def load_start(args):
+    """The checkpoint this run starts from, read and checked before anything is written, and the run it resumes:
+    (ckpt, resume or None, path). ckpt is None when the run pre-trains on --dataset first; with --from-scratch it is
+    a fresh network on identity normalization (paper B.2). A dppo checkpoint with a critic resumes its run."""
+    if args.from_scratch and args.checkpoint is None:
         obs_dim, action_dim = envs.env_dims(args.env_id)
         kw = model_kwargs_from(args, obs_dim, action_dim)
-        ckpt = make_checkpoint(build_network(kw), kw, envs.identity_normalization(obs_dim, action_dim), args, 0, 0)
-    elif args.dataset is None or args.checkpoint is not None:  # check the checkpoint before writing anything
-        path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", args.backbone)
-        ckpt = envs.load_diffusion_checkpoint(path, args, same_horizon=False, continues_ft=True)
-        print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
-        resume = ckpt if ckpt["algo"] == ALGO and "critic" in ckpt and not args.eval_only else None
-    run_dir = runs.prepare_run_dir(args, ALGO, resume and path)
-    if ckpt is None:
-        data = envs.load_dataset(args.dataset, args.env_id)
-    writer = runs.open_run(run_dir, args, resume and resume["env_steps"])
-    evals = runs.Evaluations(writer, robo)
+        normalization = envs.identity_normalization(obs_dim, action_dim)
+        return make_checkpoint(build_network(kw), kw, normalization, args, 0, 0), None, None
+    if args.dataset is not None and args.checkpoint is None:
+        return None, None, None
+    path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", args.backbone)
+    ckpt = envs.load_diffusion_checkpoint(path, args, same_horizon=False, continues_ft=True)
+    print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
+    resume = ckpt if ckpt["algo"] == ALGO and "critic" in ckpt and not args.eval_only else None
+    return ckpt, resume, path
 
+
+def main(args):
+    check_args(args)
+    steps_per_iter, num_iters, device = runs.start(args, ALGO)
+    ckpt, resume, path = load_start(args)
+    run_dir, writer, evals, data = runs.open_run_dir(args, ALGO, resume, path, load_data=ckpt is None)
     if ckpt is None:
         ckpt = pretrain(args, data, run_dir, writer, device)
     kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
@@ -776,15 +776,11 @@ def main(args):
     sched = {k: v.to(device) for k, v in make_schedule(kw["denoising_steps"]).items()}
     plan = denoising_plan(kw["denoising_steps"], args.ddim_steps)
     K_ft = args.ft_denoising_steps
-
     if args.pretrain_only or args.eval_only:
         act = eval_act(actor, actor_ft, sched, plan, eval_ft_steps, args, device)
-        ret, std, succ = evals.run(ckpt.get("env_steps", 0), act, args, normalization)
-        success = f", success rate {succ:.2f}" if robo else ""
-        print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes{success}")
-        runs.finish_run(run_dir, ALGO, args, ckpt.get("env_steps", 0), 0.0, evals, device, writer, act, normalization)
-        return
+        return runs.evaluate_only(run_dir, ALGO, args, ckpt.get("env_steps", 0), evals, device, act, normalization)
 
+    # ---- set-up: a fresh value critic V(s) (paper eq. 4.8), AdamW with cosine-annealed learning rates ----
     obs_dim, action_dim, Tp = kw["obs_dim"], kw["action_dim"], kw["horizon_steps"]
     critic = Critic(obs_dim, args.cond_steps, args.critic_dims).to(device)  # fresh critic (official)
     actor_opt = torch.optim.AdamW(actor_ft.parameters(), lr=args.actor_lr, weight_decay=0.0)
@@ -797,37 +793,16 @@ def main(args):
     # what a checkpoint saves besides the networks and a resume restores, by checkpoint key
     trained = dict(critic=critic, actor_optimizer=actor_opt, critic_optimizer=critic_opt, reward_scaler=scaler)
     trained |= dict(actor_lr_schedule=actor_sched, critic_lr_schedule=critic_sched)
-    start_iter, env_steps = 0, 0
-    if resume is not None:
-        for key, part in trained.items():
-            part.load_state_dict(resume[key])
-        evals.load_state_dict(resume)
-        start_iter, env_steps = resume["iteration"], resume["env_steps"]
-    else:
-        which = "initial" if args.from_scratch else "pre-trained"
-        print(f"[eval] evaluating the {which} policy ({args.eval_episodes} episodes)...", flush=True)
-        evals.run(env_steps, eval_act(actor, actor_ft, sched, plan, 0, args, device), args, normalization)
-
-    seed = args.seed + start_iter * args.num_envs
-    vec = envs.make_vec_env(
-        args.env_id, args.num_envs, seed, args.act_steps, args.cond_steps, normalization, args.async_envs
-    )
-    obs, _ = vec.reset(seed=seed)
-    firsts, recent_returns, t_start, iteration = np.ones(args.num_envs), [], time.time(), start_iter
-    if resume is not None:  # continue exactly where the checkpoint stopped: envs mid-episode, every RNG
-        obs, firsts, recent_returns = runs.restore_run(resume, vec, obs, firsts)
-    progress = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO)
-
-    def save(iteration):
-        tuned = dict(model_ft=actor_ft.state_dict(), ft_denoising_steps=K_ft)
-        state = make_checkpoint(actor, kw, normalization, args, iteration, env_steps, **tuned)
-        state |= {key: part.state_dict() for key, part in trained.items()}
-        state |= evals.state_dict() | runs.run_state(vec, obs, firsts, recent_returns)
-        runs.save_iteration(state, run_dir, iteration, args.save_freq, num_iters, writer)
+    act_pretrained = eval_act(actor, actor_ft, sched, plan, 0, args, device)  # the policy fine-tuning starts from
+    start_iter, env_steps = runs.resume_or_evaluate(resume, trained, evals, act_pretrained, args, normalization)
+    vec, obs, firsts, recent_returns = runs.start_envs(args, normalization, start_iter, resume, np.ones(args.num_envs))
+    progress, t_start = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO), time.time()
+    act = eval_act(actor, actor_ft, sched, plan, K_ft, args, device)  # the fine-tuned policy, as it is when called
+    iteration = start_iter
 
     while iteration < num_iters:
         t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
-        # ---- rollout: record the fine-tuned part of every denoising chain (paper 4.1) ----
+        # ---- rollout: record the fine-tuned part of every denoising chain (paper 4.1, eqs. 4.1-4.3) ----
         N, E = args.n_steps, args.num_envs
         buf_obs = np.zeros((N, E, args.cond_steps, obs_dim), np.float32)
         buf_final = np.zeros_like(buf_obs)  # observation reached before any auto-reset
@@ -849,7 +824,7 @@ def main(args):
             obs = next_obs
         t_rollout = time.time() - t_iter
 
-        # ---- advantages over env steps (GAE), value of the env state only ----
+        # ---- advantages over env steps: GAE on V(s) of the env state only (paper 4.2, eqs. 4.6-4.8) ----
         t_update = time.time()
         flat = lambda x: torch.as_tensor(x.reshape(-1, *x.shape[2:]), device=device)  # noqa: E731
         flat_obs = flat(buf_obs)
@@ -863,7 +838,7 @@ def main(args):
         dones = np.maximum(buf_term, buf_timeout)
         next_values = np.concatenate([values[1:], last_value[None]], 0)
         advantages, returns = compute_gae(rewards, values, next_values, dones, args.gamma, args.gae_lambda)
-        # ---- old log-probs of every (env step, denoising step) pair ----
+        # ---- old log-probs of every (env step, denoising step) pair (paper eq. 4.4) ----
         chains = buf_chain.reshape(N * E, K_ft + 1, Tp, action_dim)
         old_logp = torch.zeros(N * E, K_ft, device=device)
         with torch.no_grad():
@@ -872,6 +847,8 @@ def main(args):
                 old_logp[sl] = chain_log_probs(actor_ft, sched, flat_obs[sl], chains[sl], args)
         targets = dict(advantages=flat(advantages.astype(np.float32)), returns=flat(returns.astype(np.float32)))
         batch = dict(obs=flat_obs, chains=chains, logprobs=old_logp, **targets)
+
+        # ---- update: PPO over the denoising steps, clipped per step (paper 4.2, eq. 4.5; D.4) ----
         update_actor = iteration >= args.n_critic_warmup_itr  # critic warm-up over: the actor updates too
         stats = ppo_update(
             actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, args, update_actor=update_actor
@@ -883,23 +860,25 @@ def main(args):
         t_update = time.time() - t_update
         iteration += 1
 
-        # ---- logging, evaluation, checkpoint ----
-        for k, v in stats.items():
-            writer.add_scalar(f"losses/{k}", v, env_steps)
-        explained_var = 1 - np.var(returns - values) / (np.var(returns) + 1e-8)
-        writer.add_scalar("losses/explained_variance", explained_var, env_steps)
+        # ---- log, evaluate, save ----
+        stats["explained_variance"] = 1 - np.var(returns - values) / (np.var(returns) + 1e-8)
+        runs.log_stats(writer, env_steps, "losses", stats)
         sps = steps_per_iter / (time.time() - t_iter)
         runs.log_iteration(writer, env_steps, sps, t_rollout, t_update, device, successes)
-        writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
-        writer.add_scalar("charts/critic_learning_rate", critic_opt.param_groups[0]["lr"], env_steps)
+        charts = dict(
+            learning_rate=actor_opt.param_groups[0]["lr"], critic_learning_rate=critic_opt.param_groups[0]["lr"]
+        )
+        runs.log_stats(writer, env_steps, "charts", charts)
         if iteration % args.eval_freq == 0 or iteration == num_iters:
-            evals.run(env_steps, eval_act(actor, actor_ft, sched, plan, K_ft, args, device), args, normalization)
+            evals.run(env_steps, act, args, normalization)
         shown = dict(kl=stats["approx_kl"], clipfrac=stats["clipfrac"])
         progress.update(iteration, num_iters, env_steps, recent_returns, evals, successes, **shown)
-        save(iteration)
+        run = runs.checkpoint_state(trained, evals, vec, obs, firsts, recent_returns)
+        tuned = dict(model_ft=actor_ft.state_dict(), ft_denoising_steps=K_ft)
+        state = make_checkpoint(actor, kw, normalization, args, iteration, env_steps, **tuned, **run)
+        runs.save_run(state, run_dir, iteration, num_iters, args, writer)
     progress.close()
     vec.close()
-    act = eval_act(actor, actor_ft, sched, plan, K_ft, args, device)
     runs.finish_run(run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization)
 
 

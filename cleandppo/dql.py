@@ -541,138 +541,86 @@ def load_diffusion_checkpoint(path, args):
             f"{path} has a critic for chunks of {ckpt['critic_kwargs']['act_steps']} actions; pass --act-steps "
             f"{ckpt['critic_kwargs']['act_steps']}"
         )
+    if ckpt["algo"] == ALGO and "critic" in ckpt and tuple(ckpt["critic_kwargs"]["dims"]) != tuple(args.critic_dims):
+        dims = tuple(ckpt["critic_kwargs"]["dims"])
+        print(f"[load] using the checkpoint's critic dims {dims} (--critic-dims ignored)")
     return ckpt
 
 
-def main(args):
-    robo = envs.is_robomimic(args.env_id)
-    check_args(args)
-    envs.resolve_env_id(args.env_id)
-    steps_per_iter = args.num_envs * args.n_steps * args.act_steps
-    num_iters = max(1, args.total_timesteps // steps_per_iter)
-    n_grad = num_gradient_steps(args)
-    plan = (
-        "evaluation only"
-        if args.eval_only
-        else (
-            f"{num_iters} iterations of {steps_per_iter} env steps, "
-            f"{n_grad} gradient steps each (batch {args.batch_size}, "
-            f"buffer {args.buffer_size} transitions)"
-        )
-    )
-    print(f"[start] {ALGO} on {args.env_id}: {plan}", flush=True)
-    device = runs.seed_everything(args)
-    path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", "mlp")
-    ckpt = load_diffusion_checkpoint(path, args)  # before anything is written: bad input leaves no trace
-    resume = ckpt if ckpt["algo"] == ALGO and "critic" in ckpt else None
-    print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']}){' -> resuming' if resume else ''}")
-    if ckpt.get("model_ft") is not None:
-        print("[load] the checkpoint also holds a DPPO-fine-tuned 'model_ft'; DQL starts from the base 'model'")
-    kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
-    run_dir = runs.prepare_run_dir(args, ALGO, resume and path)
-    writer = runs.open_run(run_dir, args, resume and resume["env_steps"])
+def make_checkpoint(actor, kw, normalization, args, iteration, env_steps, **extra):
+    """What every checkpoint of a diffusion script holds: the network `actor` as 'model' (the one every diffusion
+    script can start from), its description, the normalization, the run's flags and the script's `extra` entries;
+    on robomimic the env meta in use, restored when loading."""
+    if envs.is_robomimic(args.env_id):
+        extra["robomimic_env_args"] = envs.robomimic_env_args(args.env_id)
+    ckpt = dict(algo=ALGO, policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(), model_kwargs=kw)
+    ckpt |= dict(normalization=normalization, env_id=args.env_id, args=asdict(args))
+    return ckpt | dict(iteration=iteration, env_steps=env_steps, **extra)
 
-    K, Tp, action_dim, obs_dim = kw["denoising_steps"], kw["horizon_steps"], kw["action_dim"], kw["obs_dim"]
-    actor = build_network(kw).to(device)
+
+def load_start(args):
+    """The checkpoint this run starts from, read and checked before anything is written, and the run it resumes:
+    (ckpt, resume or None, path). The run starts from its base 'model' (a DPPO checkpoint's fine-tuned 'model_ft'
+    is not used); a checkpoint of this script with optimizer state resumes its run."""
+    path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", "mlp")
+    ckpt = load_diffusion_checkpoint(path, args)
+    resume = ckpt if ckpt["algo"] == ALGO and "actor_optimizer" in ckpt else None
+    resuming = " -> resuming" if resume and not args.eval_only else ""
+    print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']}){resuming}")
+    if ckpt.get("model_ft") is not None:
+        print(f"[load] note: {path} also holds DPPO's fine-tuned 'model_ft'; {ALGO.upper()} starts from its 'model'")
+    return ckpt, resume, path
+
+
+def load_actor(ckpt, path, device):
+    """The diffusion network of checkpoint `ckpt` (its base 'model'; read from `path`) on `device`; one line when the
+    weights do not fit the network its model_kwargs describe."""
+    actor = build_network(ckpt["model_kwargs"]).to(device)
     try:
         actor.load_state_dict(ckpt["model"])
     except RuntimeError:
         envs.fail(
             f"{path}: weights do not fit the network its model_kwargs describe; it was written by another architecture"
         )
+    return actor
+
+
+def main(args):
+    check_args(args)
+    n_grad = num_gradient_steps(args)
+    detail = f", {n_grad} gradient steps each (batch {args.batch_size}, buffer {args.buffer_size} transitions)"
+    steps_per_iter, num_iters, device = runs.start(args, ALGO, detail)
+    ckpt, resume, path = load_start(args)
+    actor = load_actor(ckpt, path, device)  # weights that do not fit stop here, before anything is written
+    run_dir, writer, evals, _ = runs.open_run_dir(args, ALGO, resume, path)
+    t_start = time.time()  # the run's wall time: the first evaluation and the loop
+    kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
+    K, Tp, action_dim, obs_dim = kw["denoising_steps"], kw["horizon_steps"], kw["action_dim"], kw["obs_dim"]
     sched = {k: v.to(device) for k, v in make_schedule(K).items()}
-    act = eval_act(actor, sched, kw, args, device)
-    evals, env_steps, t_start = runs.Evaluations(writer, robo), ckpt.get("env_steps", 0), time.time()
-
-    def finish():
-        runs.finish_run(
-            run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization
-        )
-
+    act = eval_act(actor, sched, kw, args, device)  # the actor, as it is when called
     if args.eval_only:
-        print(f"[eval] evaluating {path} ({args.eval_episodes} episodes)...", flush=True)
-        evals.run(env_steps, act, args, normalization)
-        print(f"[eval] return {evals.last:.1f}" + (f", success rate {evals.last_success:.2f}" if robo else ""))
-        return finish()
+        return runs.evaluate_only(run_dir, ALGO, args, ckpt.get("env_steps", 0), evals, device, act, normalization)
 
-    critic_kwargs = dict(
-        obs_dim=obs_dim,
-        cond_steps=args.cond_steps,
-        action_dim=action_dim,
-        act_steps=args.act_steps,
-        dims=tuple(resume["critic_kwargs"]["dims"] if resume else args.critic_dims),
-    )
+    # ---- set-up: a fresh double Q critic and its target, AdamW, the replay buffer ----
+    dims = resume["critic_kwargs"]["dims"] if resume else args.critic_dims  # a resumed run keeps its critic's
+    critic_kwargs = dict(obs_dim=obs_dim, cond_steps=args.cond_steps, action_dim=action_dim, act_steps=args.act_steps)
+    critic_kwargs["dims"] = tuple(dims)
     critic = DoubleQCritic(**critic_kwargs).to(device)  # fresh critic (official: nothing is pre-trained)
     target_critic = DoubleQCritic(**critic_kwargs).to(device).requires_grad_(False)
     target_critic.load_state_dict(critic.state_dict())
     actor_opt = torch.optim.AdamW(actor.parameters(), lr=args.actor_lr, weight_decay=0.0)
     critic_opt = torch.optim.AdamW(critic.parameters(), lr=args.critic_lr, weight_decay=0.0)
-    start_iter, env_steps = 0, 0
-    if resume is not None:
-        critic.load_state_dict(resume["critic"])
-        target_critic.load_state_dict(resume["target_critic"])
-        actor_opt.load_state_dict(resume["actor_optimizer"])
-        critic_opt.load_state_dict(resume["critic_optimizer"])
-        start_iter, env_steps = resume["iteration"], resume["env_steps"]
-        evals.load_state_dict(resume)
-        if tuple(args.critic_dims) != critic_kwargs["dims"]:
-            print(f"[load] using the checkpoint's critic dims {critic_kwargs['dims']} (--critic-dims ignored)")
-    else:
-        print(f"[eval] evaluating the pre-trained policy ({args.eval_episodes} episodes)...", flush=True)
-        evals.run(env_steps, act, args, normalization)
-
     buffer = ReplayBuffer(args.buffer_size, (args.cond_steps, obs_dim), (Tp, action_dim))
-    vec = envs.make_vec_env(
-        args.env_id,
-        args.num_envs,
-        args.seed + start_iter * args.num_envs,
-        args.act_steps,
-        args.cond_steps,
-        normalization,
-        args.async_envs,
-    )
-    obs, _ = vec.reset(seed=args.seed + start_iter * args.num_envs)
-    recent_returns, iteration = [], start_iter
-    if resume is not None:  # continue exactly where the checkpoint stopped: envs mid-episode, every RNG, the buffer
-        obs, _, recent_returns = runs.restore_run(resume, vec, obs, None)
-        runs.restore_buffer(buffer, resume)
+    # what a checkpoint saves besides the actor and a resume restores, by checkpoint key
+    trained = dict(critic=critic, target_critic=target_critic, actor_optimizer=actor_opt, critic_optimizer=critic_opt)
+    start_iter, env_steps = runs.resume_or_evaluate(resume, trained, evals, act, args, normalization, buffer)
+    vec, obs, _, recent_returns = runs.start_envs(args, normalization, start_iter, resume, None)
+    progress = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO)
+    iteration = start_iter
 
-    def save(it):
-        state = dict(
-            algo=ALGO,
-            policy="diffusion",
-            backbone=kw["backbone"],
-            model=actor.state_dict(),
-            model_kwargs=kw,
-            normalization=normalization,
-            env_id=args.env_id,
-            args=asdict(args),
-            iteration=it,
-            env_steps=env_steps,
-            critic=critic.state_dict(),
-            target_critic=target_critic.state_dict(),
-            critic_kwargs=critic_kwargs,
-            actor_optimizer=actor_opt.state_dict(),
-            critic_optimizer=critic_opt.state_dict(),
-            **evals.state_dict(),
-            **runs.run_state(vec, obs, None, recent_returns),
-        )
-        if robo:
-            state["robomimic_env_args"] = envs.robomimic_env_args(args.env_id)
-        runs.save_iteration(
-            state,
-            run_dir,
-            it,
-            args.save_freq,
-            num_iters,
-            writer,
-            last_only=dict(replay_buffer=runs.buffer_state(buffer)),
-        )
-
-    progress = runs.Progress(num_iters * steps_per_iter, env_steps, ALGO)
     while iteration < num_iters:
         t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
-        # ---- rollout: whole chain with the exploration floor; store every transition ----
+        # ---- rollout: whole chain with the exploration floor, into the replay buffer (paper D.3, DQL) ----
         for _ in range(args.n_steps):
             chunk = (
                 sample(
@@ -693,12 +641,13 @@ def main(args):
             next_obs, reward, term, trunc, infos = vec.step(chunk[:, : args.act_steps])
             runs.check_finite(iteration, reward=reward, observation=next_obs)
             env_steps += args.num_envs * args.act_steps  # episodes that end here are logged at this count
-            buffer.add(obs, chunk, reward * args.scale_reward_factor, envs.final_observations(next_obs, infos), term)
+            final_obs = envs.final_observations(next_obs, infos)  # s' of a finished episode: not the reset one
+            buffer.add(obs, chunk, reward * args.scale_reward_factor, final_obs, term)
             runs.log_episodes(writer, infos, env_steps, recent_returns, successes)
             obs = next_obs
         t_rollout = time.time() - t_iter
 
-        # ---- updates: critic, actor (after warm-up), target critic, per minibatch ----
+        # ---- update per minibatch: critic to the Bellman target (paper eq. A11), actor (A10), target critic ----
         t_update = time.time()
         update_actor = iteration >= args.n_critic_warmup_itr
         stats = {k: [] for k in ("q_loss", "actor_loss", "bc_loss", "q_term", "q1_mean", "q2_mean", "target_q_mean")}
@@ -758,36 +707,30 @@ def main(args):
         t_update = time.time() - t_update
         iteration += 1
 
-        # ---- logging, evaluation, checkpoint ----
+        # ---- log, evaluate, save ----
         stats = {k: float(np.mean(v)) for k, v in stats.items() if v}
         runs.check_finite(iteration - 1, **stats, actor_weights=actor, critic_weights=critic)
-        for k in ("q_loss", "actor_loss", "bc_loss", "q_term"):
-            if k in stats:
-                writer.add_scalar(f"losses/{k}", stats[k], env_steps)
-        for k in ("q1_mean", "q2_mean", "target_q_mean"):
-            writer.add_scalar(f"values/{k}", stats[k], env_steps)
-        runs.log_iteration(
-            writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes
+        runs.log_stats(writer, env_steps, "losses", stats, ("q_loss", "actor_loss", "bc_loss", "q_term"))
+        runs.log_stats(writer, env_steps, "values", stats, ("q1_mean", "q2_mean", "target_q_mean"))
+        charts = dict(
+            learning_rate=actor_opt.param_groups[0]["lr"], critic_learning_rate=critic_opt.param_groups[0]["lr"]
         )
-        writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
-        writer.add_scalar("charts/critic_learning_rate", critic_opt.param_groups[0]["lr"], env_steps)
-        writer.add_scalar("charts/buffer_size", buffer.size, env_steps)
+        charts["buffer_size"] = buffer.size
+        runs.log_stats(writer, env_steps, "charts", charts)
+        sps = steps_per_iter / (time.time() - t_iter)
+        runs.log_iteration(writer, env_steps, sps, t_rollout, t_update, device, successes)
         if iteration % args.eval_freq == 0 or iteration == num_iters:
             evals.run(env_steps, act, args, normalization)
-        progress.update(
-            iteration,
-            num_iters,
-            env_steps,
-            recent_returns,
-            evals,
-            successes,
-            q_loss=stats["q_loss"],
-            actor_loss=stats.get("actor_loss", "- (critic warm-up)"),
+        shown = dict(q_loss=stats["q_loss"], actor_loss=stats.get("actor_loss", "- (critic warm-up)"))
+        progress.update(iteration, num_iters, env_steps, recent_returns, evals, successes, **shown)
+        run = runs.checkpoint_state(trained, evals, vec, obs, None, recent_returns)
+        state = make_checkpoint(
+            actor, kw, normalization, args, iteration, env_steps, critic_kwargs=critic_kwargs, **run
         )
-        save(iteration)
+        runs.save_run(state, run_dir, iteration, num_iters, args, writer, buffer)
     progress.close()
     vec.close()
-    finish()
+    runs.finish_run(run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization)
 
 
 if __name__ == "__main__":

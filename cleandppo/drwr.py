@@ -445,101 +445,76 @@ def check_args(args):
 
 
 def load_diffusion_checkpoint(path, args):
-    """Load a diffusion checkpoint of any cleandppo script and check it against the flags (one-line errors)."""
+    """Load a diffusion checkpoint (any cleandppo script's) and check it against the flags (one-line errors)."""
     ckpt = envs.load_diffusion_checkpoint(path, args)
-    if ckpt.get("model_ft") is not None:
-        print(
-            f"[load] note: {path} is a DPPO fine-tuned checkpoint; DRWR starts from its base 'model' (not 'model_ft')"
-        )
     return ckpt
 
 
-def main(args):
-    robo = envs.is_robomimic(args.env_id)
-    check_args(args)
-    envs.resolve_env_id(args.env_id)
-    N, E = args.n_steps, args.num_envs
-    steps_per_iter = E * N * args.act_steps
-    num_iters = max(1, args.total_timesteps // steps_per_iter)
-    plan = "evaluation only" if args.eval_only else f"{num_iters} iterations of {steps_per_iter} env steps"
-    print(f"[start] {ALGO} on {args.env_id}: {plan}", flush=True)
-    device = runs.seed_everything(args)
+def make_checkpoint(actor, kw, normalization, args, iteration, env_steps, **extra):
+    """What every checkpoint of a diffusion script holds: the network `actor` as 'model' (the one every diffusion
+    script can start from), its description, the normalization, the run's flags and the script's `extra` entries;
+    on robomimic the env meta in use, restored when loading."""
+    if envs.is_robomimic(args.env_id):
+        extra["robomimic_env_args"] = envs.robomimic_env_args(args.env_id)
+    ckpt = dict(algo=ALGO, policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(), model_kwargs=kw)
+    ckpt |= dict(normalization=normalization, env_id=args.env_id, args=asdict(args))
+    return ckpt | dict(iteration=iteration, env_steps=env_steps, **extra)
+
+
+def load_start(args):
+    """The checkpoint this run starts from, read and checked before anything is written, and the run it resumes:
+    (ckpt, resume or None, path). The run starts from its base 'model' (a DPPO checkpoint's fine-tuned 'model_ft'
+    is not used); a checkpoint of this script with optimizer state resumes its run."""
     path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", "mlp")
     ckpt = load_diffusion_checkpoint(path, args)
-    print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
     resume = ckpt if ckpt["algo"] == ALGO and "actor_optimizer" in ckpt else None
-    run_dir = runs.prepare_run_dir(args, ALGO, resume and path)
-    writer = runs.open_run(run_dir, args, resume and resume["env_steps"])
+    resuming = " -> resuming" if resume and not args.eval_only else ""
+    print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']}){resuming}")
+    if ckpt.get("model_ft") is not None:
+        print(f"[load] note: {path} also holds DPPO's fine-tuned 'model_ft'; {ALGO.upper()} starts from its 'model'")
+    return ckpt, resume, path
 
-    kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
-    actor = build_network(kw).to(device)
+
+def load_actor(ckpt, path, device):
+    """The diffusion network of checkpoint `ckpt` (its base 'model'; read from `path`) on `device`; one line when the
+    weights do not fit the network its model_kwargs describe."""
+    actor = build_network(ckpt["model_kwargs"]).to(device)
     try:
         actor.load_state_dict(ckpt["model"])
     except RuntimeError:
         envs.fail(
-            "checkpoint weights do not fit the network its model_kwargs describe; "
-            "it was written by another architecture"
+            f"{path}: weights do not fit the network its model_kwargs describe; it was written by another architecture"
         )
+    return actor
+
+
+def main(args):
+    check_args(args)
+    steps_per_iter, num_iters, device = runs.start(args, ALGO)
+    ckpt, resume, path = load_start(args)
+    actor = load_actor(ckpt, path, device)  # weights that do not fit stop here, before anything is written
+    run_dir, writer, evals, _ = runs.open_run_dir(args, ALGO, resume, path)
+    t_start = time.time()  # the run's wall time: the first evaluation and the loop
+    kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
     sched = {k: v.to(device) for k, v in make_schedule(kw["denoising_steps"]).items()}
-    act = eval_act(actor, sched, kw, args, device)
-    evals, env_steps, t_start = runs.Evaluations(writer, robo), ckpt.get("env_steps", 0), time.time()
-
-    def finish():
-        runs.finish_run(
-            run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization
-        )
-
+    act = eval_act(actor, sched, kw, args, device)  # the actor, as it is when called
     if args.eval_only:
-        print(f"[eval] evaluating {path} ({args.eval_episodes} episodes)...", flush=True)
-        evals.run(env_steps, act, args, normalization)
-        print(f"[eval] return {evals.last:.1f}" + (f", success rate {evals.last_success:.2f}" if robo else ""))
-        return finish()
+        return runs.evaluate_only(run_dir, ALGO, args, ckpt.get("env_steps", 0), evals, device, act, normalization)
 
+    # ---- set-up: AdamW on the actor; no critic and no buffer (paper D.3, DRWR) ----
+    N, E = args.n_steps, args.num_envs
     obs_dim, action_dim, Tp = kw["obs_dim"], kw["action_dim"], kw["horizon_steps"]
     opt = torch.optim.AdamW(actor.parameters(), lr=args.actor_lr, weight_decay=args.actor_weight_decay)
-    start_iter, env_steps = 0, 0
-    if resume is not None:
-        opt.load_state_dict(resume["actor_optimizer"])
-        start_iter, env_steps = resume["iteration"], resume["env_steps"]
-        evals.load_state_dict(resume)
-        print(f"[resume] {ALGO} run at iteration {start_iter}, {env_steps} env steps")
-    else:
-        print(f"[eval] evaluating the pre-trained policy ({args.eval_episodes} episodes)...", flush=True)
-        evals.run(env_steps, act, args, normalization)
+    trained = dict(actor_optimizer=opt)  # what a checkpoint saves besides the actor and a resume restores
+    start_iter, env_steps = runs.resume_or_evaluate(resume, trained, evals, act, args, normalization)
+    # done: whether an episode starts at the next query (one starts at the first query of the run)
+    vec, obs, done, recent_returns = runs.start_envs(args, normalization, start_iter, resume, np.ones(E))
+    progress = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO)
+    iteration = start_iter
 
-    vec = envs.make_vec_env(
-        args.env_id, E, args.seed + start_iter * E, args.act_steps, args.cond_steps, normalization, args.async_envs
-    )
-    obs, _ = vec.reset(seed=args.seed + start_iter * E)
-    done = np.ones(E)  # an episode starts at the first query of the run
-    recent_returns, iteration = [], start_iter
-    if resume is not None:  # continue exactly where the checkpoint stopped: envs mid-episode, every RNG
-        obs, done, recent_returns = runs.restore_run(resume, vec, obs, done)
-
-    def save(it):
-        state = dict(
-            algo=ALGO,
-            policy="diffusion",
-            backbone=kw["backbone"],
-            model=actor.state_dict(),
-            model_kwargs=kw,
-            normalization=normalization,
-            env_id=args.env_id,
-            args=asdict(args),
-            iteration=it,
-            env_steps=env_steps,
-            actor_optimizer=opt.state_dict(),
-            **evals.state_dict(),
-            **runs.run_state(vec, obs, done, recent_returns),
-        )
-        if robo:
-            state["robomimic_env_args"] = envs.robomimic_env_args(args.env_id)
-        runs.save_iteration(state, run_dir, it, args.save_freq, num_iters, writer)
-
-    progress = runs.Progress(num_iters * steps_per_iter, env_steps, ALGO)
     while iteration < num_iters:
         t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
-        # ---- rollout with the current policy (exploration floor on every denoising step) ----
+        # ---- rollout with the current policy, exploration floor on every denoising step (paper D.3, DRWR) ----
         buf_obs = np.zeros((N, E, args.cond_steps, obs_dim), np.float32)
         buf_chunk = np.zeros((N, E, Tp, action_dim), np.float32)
         buf_rew, firsts = np.zeros((N, E)), np.zeros((N + 1, E))
@@ -571,7 +546,7 @@ def main(args):
             obs = next_obs
         t_rollout = time.time() - t_iter
 
-        # ---- reward-to-go of every complete episode, standardised, exponentiated and clipped ----
+        # ---- targets: reward-to-go of every complete episode, standardised, exponentiated, clipped (eq. A1) ----
         t_update = time.time()
         episodes = complete_episodes(firsts)
         stats = dict(num_episodes=len(episodes))
@@ -580,6 +555,7 @@ def main(args):
             env_idx = np.concatenate([np.full(b - a, e) for e, a, b in episodes])
             returns = np.concatenate([discounted_returns(buf_rew[a:b, e], args.gamma) for e, a, b in episodes])
             weights = rwr_weights(returns, args.beta, args.max_reward_weight)
+            # ---- update: the denoising loss weighted by the episode's reward-to-go (paper eq. A1) ----
             loss, n_grad = drwr_update(
                 actor,
                 opt,
@@ -592,7 +568,7 @@ def main(args):
             stats.update(
                 actor_loss=loss,
                 gradient_steps=n_grad,
-                samples=len(steps),
+                update_samples=len(steps),
                 weight_mean=weights.mean(),
                 weight_max=weights.max(),
                 weight_clipped_frac=np.mean(weights >= args.max_reward_weight),
@@ -607,35 +583,26 @@ def main(args):
         t_update = time.time() - t_update
         iteration += 1
 
-        # ---- logging, evaluation, checkpoint ----
-        writer.add_scalar("charts/num_train_episodes", len(episodes), env_steps)
-        writer.add_scalar("charts/update_skipped", float(not episodes), env_steps)
-        if episodes:
-            writer.add_scalar("losses/actor_loss", stats["actor_loss"], env_steps)
-            for key in ("weight_mean", "weight_max", "weight_clipped_frac"):
-                writer.add_scalar(f"losses/{key}", stats[key], env_steps)
-            writer.add_scalar("values/return_to_go_mean", stats["return_to_go_mean"], env_steps)
-            writer.add_scalar("charts/update_samples", stats["samples"], env_steps)
-        runs.log_iteration(
-            writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes
-        )
-        writer.add_scalar("charts/learning_rate", opt.param_groups[0]["lr"], env_steps)
+        # ---- log, evaluate, save ----
+        losses = ("actor_loss", "weight_mean", "weight_max", "weight_clipped_frac")
+        runs.log_stats(writer, env_steps, "losses", stats, losses)
+        runs.log_stats(writer, env_steps, "values", stats, ("return_to_go_mean",))
+        charts = dict(stats, num_train_episodes=len(episodes), update_skipped=float(not episodes))
+        charts["learning_rate"] = opt.param_groups[0]["lr"]
+        keys = ("num_train_episodes", "update_skipped", "update_samples", "learning_rate")  # samples: of an update
+        runs.log_stats(writer, env_steps, "charts", charts, keys)
+        sps = steps_per_iter / (time.time() - t_iter)
+        runs.log_iteration(writer, env_steps, sps, t_rollout, t_update, device, successes)
         if iteration % args.eval_freq == 0 or iteration == num_iters:
             evals.run(env_steps, act, args, normalization)
-        progress.update(
-            iteration,
-            num_iters,
-            env_steps,
-            recent_returns,
-            evals,
-            successes,
-            episodes=len(episodes),
-            actor_loss=stats.get("actor_loss", "- (update skipped)"),
-        )
-        save(iteration)
+        shown = dict(episodes=len(episodes), actor_loss=stats.get("actor_loss", "- (update skipped)"))
+        progress.update(iteration, num_iters, env_steps, recent_returns, evals, successes, **shown)
+        run = runs.checkpoint_state(trained, evals, vec, obs, done, recent_returns)
+        state = make_checkpoint(actor, kw, normalization, args, iteration, env_steps, **run)
+        runs.save_run(state, run_dir, iteration, num_iters, args, writer)
     progress.close()
     vec.close()
-    finish()
+    runs.finish_run(run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization)
 
 
 if __name__ == "__main__":

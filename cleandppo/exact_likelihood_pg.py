@@ -693,54 +693,66 @@ def load_diffusion_checkpoint(path, args):
     return ckpt
 
 
-def main(args):
-    check_args(args)
-    envs.resolve_env_id(args.env_id)
-    robo = envs.is_robomimic(args.env_id)
-    steps_per_iter = args.num_envs * args.n_steps * args.act_steps
-    num_iters = max(1, args.total_timesteps // steps_per_iter)
-    print(f"[start] {ALGO} on {args.env_id}: {num_iters} iterations of {steps_per_iter} env steps", flush=True)
-    device = runs.seed_everything(args)
+def make_checkpoint(actor, kw, normalization, args, iteration, env_steps, **extra):
+    """What every checkpoint of a diffusion script holds: the network `actor` as 'model' (the one every diffusion
+    script can start from), its description, the normalization, the run's flags and the script's `extra` entries;
+    on robomimic the env meta in use, restored when loading."""
+    if envs.is_robomimic(args.env_id):
+        extra["robomimic_env_args"] = envs.robomimic_env_args(args.env_id)
+    ckpt = dict(algo=ALGO, policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(), model_kwargs=kw)
+    ckpt |= dict(normalization=normalization, env_id=args.env_id, args=asdict(args))
+    return ckpt | dict(iteration=iteration, env_steps=env_steps, **extra)
 
+
+def load_start(args):
+    """The checkpoint this run starts from, read and checked before anything is written, and the run it resumes:
+    (ckpt, resume or None, path). A checkpoint of this script goes on with its fine-tuned 'model_ft' and, with a
+    critic, resumes its run; any other starts from its base 'model'."""
     path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", args.backbone)
-    ckpt = load_diffusion_checkpoint(path, args)  # before creating the run dir: a bad input writes nothing
+    ckpt = load_diffusion_checkpoint(path, args)
     print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
     own = ckpt["algo"] == ALGO
-    resume = ckpt if own and "critic" in ckpt else None
     if ckpt.get("model_ft") is not None and not own:
         print(
             f"[note] {path} also holds a fine-tuned copy ('model_ft', {ckpt['algo']}); "
             "this run starts from the base 'model'"
         )
-    run_dir = runs.prepare_run_dir(args, ALGO, resume and path)
-    writer = runs.open_run(run_dir, args, resume and resume["env_steps"])
-    evals = runs.Evaluations(writer, robo)
+    return ckpt, ckpt if own and "critic" in ckpt else None, path
 
-    kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
-    actor = build_network(kw).to(device)
+
+def load_actor(ckpt, path, device):
+    """The diffusion network of checkpoint `ckpt` (its base 'model'; read from `path`) on `device`; one line when the
+    weights do not fit the network its model_kwargs describe."""
+    actor = build_network(ckpt["model_kwargs"]).to(device)
     try:
         actor.load_state_dict(ckpt["model"])
     except RuntimeError:
         envs.fail(
             f"{path}: weights do not fit the network its model_kwargs describe; it was written by another architecture"
         )
-    actor.requires_grad_(False)  # frozen network for the noisier steps (as DPPO)
+    return actor
+
+
+def main(args):
+    check_args(args)
+    steps_per_iter, num_iters, device = runs.start(args, ALGO)
+    ckpt, resume, path = load_start(args)
+    actor = load_actor(ckpt, path, device).requires_grad_(False)  # frozen network for the noisier steps (as DPPO)
     actor_ft = copy.deepcopy(actor).requires_grad_(True)
+    own = ckpt["algo"] == ALGO  # this script's checkpoint: its fine-tuned network goes on
     if own:
         actor_ft.load_state_dict(ckpt["model_ft"])
+    run_dir, writer, evals, _ = runs.open_run_dir(args, ALGO, resume, path)
+    kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
     sched = {k: v.to(device) for k, v in make_schedule(kw["denoising_steps"]).items()}
     sde = VPSDE(make_schedule(kw["denoising_steps"])["betas"])
     plan = denoising_plan(kw["denoising_steps"])
     K_ft = args.ft_denoising_steps
-
     if args.eval_only:
         act = eval_act(actor, actor_ft, sched, plan, K_ft if own else 0, args, device)
-        ret, std, succ = evals.run(ckpt.get("env_steps", 0), act, args, normalization)
-        success = f", success rate {succ:.2f}" if robo else ""
-        print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes{success}")
-        runs.finish_run(run_dir, ALGO, args, ckpt.get("env_steps", 0), 0.0, evals, device, writer, act, normalization)
-        return
+        return runs.evaluate_only(run_dir, ALGO, args, ckpt.get("env_steps", 0), evals, device, act, normalization)
 
+    # ---- set-up: a fresh value critic V(s) (paper eq. 4.8), AdamW ----
     obs_dim, action_dim, Tp = kw["obs_dim"], kw["action_dim"], kw["horizon_steps"]
     critic = Critic(obs_dim, args.cond_steps, args.critic_dims).to(device)  # fresh critic (official)
     actor_opt = torch.optim.AdamW(actor_ft.parameters(), lr=args.actor_lr, weight_decay=0.0)
@@ -748,46 +760,23 @@ def main(args):
     scaler = RunningRewardScaler(args.num_envs)
     # what a checkpoint saves besides the networks and a resume restores, by checkpoint key
     trained = dict(critic=critic, actor_optimizer=actor_opt, critic_optimizer=critic_opt, reward_scaler=scaler)
-    start_iter, env_steps = 0, 0
-    if resume is not None:
-        for key, part in trained.items():
-            part.load_state_dict(resume[key])
-        evals.load_state_dict(resume)
-        start_iter, env_steps = resume["iteration"], resume["env_steps"]
-    else:
-        print(f"[eval] evaluating the pre-trained policy ({args.eval_episodes} episodes)...", flush=True)
-        evals.run(env_steps, eval_act(actor, actor_ft, sched, plan, 0, args, device), args, normalization)
+    act_pretrained = eval_act(actor, actor_ft, sched, plan, 0, args, device)  # the policy fine-tuning starts from
+    start_iter, env_steps = runs.resume_or_evaluate(resume, trained, evals, act_pretrained, args, normalization)
     divergence = "exact" if args.hutchinson_probes == 0 else f"Hutchinson, {args.hutchinson_probes} Rademacher probes"
     print(
         f"[likelihood] PF-ODE {args.sde_method}, step {args.sde_step_size}, t from "
         f"{args.sde_eps if args.sde_eps is not None else 1 / sde.K:.4g} to 1, divergence {divergence}"
     )
-
-    seed = args.seed + start_iter * args.num_envs
-    vec = envs.make_vec_env(
-        args.env_id, args.num_envs, seed, args.act_steps, args.cond_steps, normalization, args.async_envs
-    )
-    obs, _ = vec.reset(seed=seed)
-    firsts, recent_returns, t_start, iteration = np.ones(args.num_envs), [], time.time(), start_iter
-    if resume is not None:  # continue exactly where the checkpoint stopped: envs mid-episode, every RNG
-        obs, firsts, recent_returns = runs.restore_run(resume, vec, obs, firsts)
-    progress = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO)
-
-    def save(iteration):
-        state = dict(algo=ALGO, policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(), model_kwargs=kw)
-        state |= dict(model_ft=actor_ft.state_dict(), ft_denoising_steps=K_ft, normalization=normalization)
-        state |= dict(env_id=args.env_id, args=asdict(args), iteration=iteration, env_steps=env_steps)
-        state |= {key: part.state_dict() for key, part in trained.items()}
-        state |= evals.state_dict() | runs.run_state(vec, obs, firsts, recent_returns)
-        if robo:
-            state.update(robomimic_env_args=envs.robomimic_env_args(args.env_id))
-        runs.save_iteration(state, run_dir, iteration, args.save_freq, num_iters, writer)
+    vec, obs, firsts, recent_returns = runs.start_envs(args, normalization, start_iter, resume, np.ones(args.num_envs))
+    progress, t_start = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO), time.time()
+    act = eval_act(actor, actor_ft, sched, plan, K_ft, args, device)  # the fine-tuned policy, as it is when called
+    iteration = start_iter
 
     while iteration < num_iters:
         t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        # ---- rollout with DPPO's sampler; only the executed-from chunk is kept (no chain) ----
+        # ---- rollout with DPPO's sampler; only the executed-from chunk is kept, no chain (paper B.5) ----
         N, E = args.n_steps, args.num_envs
         buf_obs = np.zeros((N, E, args.cond_steps, obs_dim), np.float32)
         buf_final = np.zeros_like(buf_obs)  # observation reached before any auto-reset
@@ -806,7 +795,7 @@ def main(args):
             obs = next_obs
         t_rollout = time.time() - t_iter
 
-        # ---- advantages over env steps (GAE), value of the env state only ----
+        # ---- advantages over env steps: GAE on V(s) of the env state only (paper 4.2, eq. 4.8) ----
         t_update = time.time()
         flat = lambda x: torch.as_tensor(x.reshape(-1, *x.shape[2:]), device=device)  # noqa: E731
         flat_obs = flat(buf_obs)
@@ -820,7 +809,7 @@ def main(args):
         dones = np.maximum(buf_term, buf_timeout)
         next_values = np.concatenate([values[1:], last_value[None]], 0)
         advantages, returns = compute_gae(rewards, values, next_values, dones, args.gamma, args.gae_lambda)
-        # ---- old exact log-likelihoods (no graph); Hutchinson probes are drawn once per sample ----
+        # ---- old exact log-likelihoods by the probability-flow ODE (paper B.5); probes drawn once per sample ----
         chunks = buf_chunk.reshape(N * E, Tp, action_dim)
         probes = None
         if args.hutchinson_probes > 0:
@@ -836,35 +825,35 @@ def main(args):
         adv_t = torch.as_tensor(advantages.reshape(-1), dtype=torch.float32, device=device)
         ret_t = torch.as_tensor(returns.reshape(-1), dtype=torch.float32, device=device)
         batch = dict(obs=flat_obs, chunks=chunks, logprobs=old_logp, probes=probes, advantages=adv_t, returns=ret_t)
+
+        # ---- update: PPO on the exact action likelihood (paper B.5, eq. 4.5) ----
         update_actor = iteration >= args.n_critic_warmup_itr  # critic warm-up over: the actor updates too
         stats = ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sde, batch, args, update_actor=update_actor)
         t_update = time.time() - t_update
         runs.check_finite(iteration, **stats, actor_weights=actor_ft, critic_weights=critic)
         iteration += 1
 
-        # ---- logging, evaluation, checkpoint ----
-        for k, v in stats.items():
-            writer.add_scalar(f"losses/{k}", v, env_steps)
-        explained_var = 1 - np.var(returns - values) / (np.var(returns) + 1e-8)
-        writer.add_scalar("losses/explained_variance", explained_var, env_steps)
-        writer.add_scalar("values/value_mean", float(values.mean()), env_steps)
+        # ---- log, evaluate, save ----
+        stats["explained_variance"] = 1 - np.var(returns - values) / (np.var(returns) + 1e-8)
+        runs.log_stats(writer, env_steps, "losses", stats)
         logp_mean = old_logp.mean().item()
-        writer.add_scalar("values/logprob_mean", logp_mean, env_steps)
         clamped = ((old_logp < args.logprob_min) | (old_logp > args.logprob_max)).float().mean().item()
-        writer.add_scalar("values/logprob_clamped_frac", clamped, env_steps)
+        value_stats = dict(value_mean=float(values.mean()), logprob_mean=logp_mean, logprob_clamped_frac=clamped)
+        runs.log_stats(writer, env_steps, "values", value_stats)
         sps = steps_per_iter / (time.time() - t_iter)
         runs.log_iteration(writer, env_steps, sps, t_rollout, t_update, device, successes)
-        writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
+        runs.log_stats(writer, env_steps, "charts", dict(learning_rate=actor_opt.param_groups[0]["lr"]))
         writer.add_scalar("time/old_logprob_s", t_logp, env_steps)
         if iteration % args.eval_freq == 0 or iteration == num_iters:
-            evals.run(env_steps, eval_act(actor, actor_ft, sched, plan, K_ft, args, device), args, normalization)
-        progress.update(
-            iteration, num_iters, env_steps, recent_returns, evals, successes, logp=logp_mean, kl=stats["approx_kl"]
-        )
-        save(iteration)
+            evals.run(env_steps, act, args, normalization)
+        shown = dict(logp=logp_mean, kl=stats["approx_kl"])
+        progress.update(iteration, num_iters, env_steps, recent_returns, evals, successes, **shown)
+        run = runs.checkpoint_state(trained, evals, vec, obs, firsts, recent_returns)
+        tuned = dict(model_ft=actor_ft.state_dict(), ft_denoising_steps=K_ft)
+        state = make_checkpoint(actor, kw, normalization, args, iteration, env_steps, **tuned, **run)
+        runs.save_run(state, run_dir, iteration, num_iters, args, writer)
     progress.close()
     vec.close()
-    act = eval_act(actor, actor_ft, sched, plan, K_ft, args, device)
     runs.finish_run(run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization)
 
 

@@ -660,118 +660,77 @@ def check_args(args):
 # ------------------------------------------------------------------------------------------------
 # Main
 # ------------------------------------------------------------------------------------------------
+def load_start(args):
+    """The checkpoint this run starts from, read and checked before anything is written, and the run it resumes:
+    (ckpt, resume or None, path). ckpt is None when the run pre-trains on --dataset first; with --from-scratch it
+    describes a fresh policy on identity normalization, without weights (paper B.2). Where fine-tuning starts, its
+    model_kwargs take --std-min/--std-max (fine-tuning clips the learned std, paper D.6). A checkpoint with a critic
+    resumes its run."""
+    if args.from_scratch and args.checkpoint is None:
+        obs_dim, action_dim = envs.env_dims(args.env_id)
+        kw = model_kwargs_from(args, obs_dim, action_dim, args.fixed_std, obs_norm=True)
+        return dict(model_kwargs=kw, normalization=envs.identity_normalization(obs_dim, action_dim)), None, None
+    if args.dataset is not None and args.checkpoint is None:
+        return None, None, None
+    path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "gaussian", args.backbone)
+    ckpt = envs.load_checkpoint(path, "gaussian", args.env_id, args.backbone, hints=vars(args))
+    kw = ckpt["model_kwargs"]
+    if kw["horizon_steps"] < args.act_steps or kw["cond_steps"] != args.cond_steps:
+        envs.fail(
+            f"{path} predicts chunks of {kw['horizon_steps']} with history {kw['cond_steps']}; "
+            f"pass --horizon-steps {kw['horizon_steps']} --act-steps <= {kw['horizon_steps']} "
+            f"--cond-steps {kw['cond_steps']}"
+        )
+    args.horizon_steps = kw["horizon_steps"]
+    if "critic" not in ckpt and not args.record_dataset and not args.eval_only:
+        ckpt = dict(ckpt, model_kwargs=dict(kw, std_min=args.std_min, std_max=args.std_max))
+    resume = ckpt if "critic" in ckpt and not args.eval_only and not args.record_dataset else None
+    print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
+    if envs.is_robomimic(args.env_id) and ckpt.get("robomimic_env_args"):  # the env meta the policy was trained with
+        envs.set_robomimic_env_args(args.env_id, ckpt["robomimic_env_args"])
+    if args.from_scratch and resume is None:
+        envs.fail(
+            f"--from-scratch --checkpoint resumes a from-scratch run, and {path} is none; pass that run's "
+            "checkpoint_last.pt, or drop --from-scratch to fine-tune this checkpoint"
+        )
+    return ckpt, resume, path
+
+
 def main(args):
     check_args(args)
-    envs.resolve_env_id(args.env_id)
-    robo = envs.is_robomimic(args.env_id)
-    steps_per_iter = args.num_envs * args.n_steps * args.act_steps
-    num_iters = max(1, args.total_timesteps // steps_per_iter)
-    print(f"[start] {ALGO} on {args.env_id}: {num_iters} iterations of {steps_per_iter} env steps", flush=True)
-    device = runs.seed_everything(args)
-    obs_dim, action_dim = envs.env_dims(args.env_id)
-
-    # ---- load (and check) a checkpoint before writing anything, then build the policy ----
-    start_iter, env_steps, resume, ckpt, path = 0, 0, None, None, None
-    if args.checkpoint is not None or (not args.from_scratch and args.dataset is None):
-        path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "gaussian", args.backbone)
-        ckpt = envs.load_checkpoint(path, "gaussian", args.env_id, args.backbone, hints=vars(args))
-        kw = ckpt["model_kwargs"]
-        if kw["horizon_steps"] < args.act_steps or kw["cond_steps"] != args.cond_steps:
-            envs.fail(
-                f"{path} predicts chunks of {kw['horizon_steps']} with history {kw['cond_steps']}; "
-                f"pass --horizon-steps {kw['horizon_steps']} --act-steps <= {kw['horizon_steps']} "
-                f"--cond-steps {kw['cond_steps']}"
-            )
-        args.horizon_steps = kw["horizon_steps"]
-        normalization, kwargs = ckpt["normalization"], dict(kw)
-        if "critic" not in ckpt and not args.record_dataset and not args.eval_only:
-            kwargs.update(std_min=args.std_min, std_max=args.std_max)  # fine-tuning clips the learned std
-        policy = _load_policy(dict(ckpt, model_kwargs=kwargs), device)
-        if "critic" in ckpt and not args.eval_only and not args.record_dataset:
-            resume = ckpt
-            start_iter, env_steps = ckpt["iteration"], ckpt["env_steps"]
-        print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
-        if robo and ckpt.get("robomimic_env_args"):  # the env meta the policy was trained with
-            envs.set_robomimic_env_args(args.env_id, ckpt["robomimic_env_args"])
-        if args.from_scratch and resume is None:
-            envs.fail(
-                f"--from-scratch --checkpoint resumes a from-scratch run, and {path} is none; pass that run's "
-                "checkpoint_last.pt, or drop --from-scratch to fine-tune this checkpoint"
-            )
-
-    run_dir = runs.prepare_run_dir(args, ALGO, resume and path)
-    data = envs.load_dataset(args.dataset, args.env_id) if ckpt is None and not args.from_scratch else None
-    writer = runs.open_run(run_dir, args, resume and env_steps)
-    evals = runs.Evaluations(writer, robo)
-    if args.from_scratch and resume is None:
-        normalization = envs.identity_normalization(obs_dim, action_dim)
-        kwargs = model_kwargs_from(args, obs_dim, action_dim, args.fixed_std, obs_norm=True)
-        policy = GaussianPolicy(**kwargs).to(device)
-    elif ckpt is None:
+    steps_per_iter, num_iters, device = runs.start(args, ALGO)
+    ckpt, resume, path = load_start(args)
+    policy = None if ckpt is None else _load_policy(ckpt, device)  # a checkpoint that does not fit stops here
+    run_dir, writer, evals, data = runs.open_run_dir(args, ALGO, resume, path, load_data=ckpt is None)
+    if ckpt is None:
         ckpt = pretrain(args, data, run_dir, writer, device)
-        normalization, kwargs = ckpt["normalization"], ckpt["model_kwargs"]
         policy = _load_policy(ckpt, device)
-
+    kwargs, normalization = ckpt["model_kwargs"], ckpt["normalization"]
     if args.record_dataset:
-        record_dataset(policy, args, normalization, device)
-        return
+        return record_dataset(policy, args, normalization, device)
+    act = eval_act(policy, args, device)  # the policy, as it is when called
     if args.eval_only or args.pretrain_only:
-        act = eval_act(policy, args, device)
-        ret, std, succ = evals.run(env_steps, act, args, normalization)
-        success = f", success rate {succ:.2f}" if robo else ""
-        print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes{success}")
-        runs.finish_run(run_dir, ALGO, args, env_steps, 0.0, evals, device, writer, act, normalization)
-        return
+        return runs.evaluate_only(run_dir, ALGO, args, 0, evals, device, act, normalization)
 
+    # ---- set-up: a fresh value critic V(s), the BC teacher, AdamW ----
+    obs_dim, action_dim = kwargs["obs_dim"], kwargs["action_dim"]
     critic = Critic(obs_dim, args.cond_steps, args.critic_dims).to(device)  # fresh critic (official)
     base_policy = copy.deepcopy(policy).requires_grad_(False) if args.bc_loss_coeff else None  # teacher of the BC term
     actor_opt = torch.optim.AdamW(policy.parameters(), lr=args.actor_lr, weight_decay=0.0)
     critic_opt = torch.optim.AdamW(critic.parameters(), lr=args.critic_lr, weight_decay=0.0)
     scaler = RunningRewardScaler(args.num_envs)
-    if resume is not None:
-        critic.load_state_dict(resume["critic"])
-        actor_opt.load_state_dict(resume["actor_optimizer"])
-        critic_opt.load_state_dict(resume["critic_optimizer"])
-        scaler.load_state_dict(resume["reward_scaler"])
-        evals.load_state_dict(resume)
-        if base_policy is not None:  # the BC teacher stays the policy the fine-tuning started from
-            base_policy.load_state_dict(resume.get("base_model") or base_policy.state_dict())
-    else:
-        which = "initial" if args.from_scratch else "pre-trained"
-        print(f"[eval] evaluating the {which} policy ({args.eval_episodes} episodes)...", flush=True)
-        evals.run(env_steps, eval_act(policy, args, device), args, normalization)
-
-    seed = args.seed + start_iter * args.num_envs
-    vec = envs.make_vec_env(
-        args.env_id, args.num_envs, seed, args.act_steps, args.cond_steps, normalization, args.async_envs
-    )
-    obs, _ = vec.reset(seed=seed)
-    firsts, recent_returns, t_start, iteration = np.ones(args.num_envs), [], time.time(), start_iter
-    if resume is not None:  # continue exactly where the checkpoint stopped: envs mid-episode, every RNG
-        obs, firsts, recent_returns = runs.restore_run(resume, vec, obs, firsts)
-    progress = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO)
-
-    def save(iteration):
-        state = make_checkpoint(
-            policy,
-            kwargs,
-            normalization,
-            args,
-            iteration,
-            env_steps,
-            critic=critic.state_dict(),
-            actor_optimizer=actor_opt.state_dict(),
-            critic_optimizer=critic_opt.state_dict(),
-            reward_scaler=scaler.state_dict(),
-            **evals.state_dict(),
-            **runs.run_state(vec, obs, firsts, recent_returns),
-            base_model=None if base_policy is None else base_policy.state_dict(),
-        )
-        runs.save_iteration(state, run_dir, iteration, args.save_freq, num_iters, writer)
+    # what a checkpoint saves besides the networks and a resume restores, by checkpoint key
+    trained = dict(critic=critic, actor_optimizer=actor_opt, critic_optimizer=critic_opt, reward_scaler=scaler)
+    start_iter, env_steps = runs.resume_or_evaluate(resume, trained, evals, act, args, normalization)
+    if resume is not None and base_policy is not None:  # the BC teacher stays the policy the fine-tuning started from
+        base_policy.load_state_dict(resume.get("base_model") or base_policy.state_dict())
+    vec, obs, firsts, recent_returns = runs.start_envs(args, normalization, start_iter, resume, np.ones(args.num_envs))
+    progress, t_start = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO), time.time()
+    iteration = start_iter
 
     while iteration < num_iters:
         t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
-        # ---- rollout ----
+        # ---- rollout: chunks sampled from the Gaussian, clipped to --randn-clip-value std (paper D.6) ----
         buf_obs = np.zeros((args.n_steps, args.num_envs, args.cond_steps, obs_dim), np.float32)
         buf_act = np.zeros((args.n_steps, args.num_envs, args.horizon_steps, action_dim), np.float32)
         buf_rew, buf_term, buf_timeout, buf_first = (np.zeros((args.n_steps, args.num_envs)) for _ in range(4))
@@ -796,7 +755,7 @@ def main(args):
             obs = next_obs
         t_rollout = time.time() - t_iter
 
-        # ---- advantages ----
+        # ---- advantages: GAE on the learned V(s) (paper eq. 3.2 and 4.2) ----
         with torch.no_grad():
             flat = lambda x: torch.as_tensor(x.reshape(-1, *x.shape[2:]), device=device)  # noqa: E731
             values = critic(flat(buf_obs)).cpu().numpy().reshape(args.n_steps, args.num_envs)
@@ -819,7 +778,7 @@ def main(args):
             returns=torch.as_tensor(returns.reshape(-1), dtype=torch.float32, device=device),
         )
 
-        # ---- update ----
+        # ---- update: PPO on the Gaussian likelihood, with the BC term (paper eq. 4.5, D.4, D.6) ----
         t_update = time.time()
         update_actor = iteration >= args.n_critic_warmup_itr  # critic warm-up over: the actor updates too
         stats = ppo_update(
@@ -829,33 +788,33 @@ def main(args):
         t_update = time.time() - t_update
         iteration += 1
 
-        # ---- logging, evaluation, checkpoint ----
-        for k, v in stats.items():
-            writer.add_scalar(f"losses/{k}", v, env_steps)
-        explained_var = 1 - np.var(returns - values) / (np.var(returns) + 1e-8)
-        writer.add_scalar("losses/explained_variance", explained_var, env_steps)
-        runs.log_iteration(
-            writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes
-        )
-        writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
+        # ---- log, evaluate, save ----
+        stats["explained_variance"] = 1 - np.var(returns - values) / (np.var(returns) + 1e-8)
+        runs.log_stats(writer, env_steps, "losses", stats)
+        sps = steps_per_iter / (time.time() - t_iter)
+        runs.log_iteration(writer, env_steps, sps, t_rollout, t_update, device, successes)
+        runs.log_stats(writer, env_steps, "charts", dict(learning_rate=actor_opt.param_groups[0]["lr"]))
         if iteration % args.eval_freq == 0 or iteration == num_iters:
-            evals.run(env_steps, eval_act(policy, args, device), args, normalization)
+            evals.run(env_steps, act, args, normalization)
+        shown = dict(kl=stats["approx_kl"], std=stats["std"])
+        progress.update(iteration, num_iters, env_steps, recent_returns, evals, successes, **shown)
+        run = runs.checkpoint_state(trained, evals, vec, obs, firsts, recent_returns)
+        teacher = None if base_policy is None else base_policy.state_dict()
+        state = make_checkpoint(policy, kwargs, normalization, args, iteration, env_steps, base_model=teacher, **run)
+        runs.save_run(state, run_dir, iteration, num_iters, args, writer)
         mean_ret = np.mean(recent_returns[-50:]) if recent_returns else float("nan")
-        progress.update(
-            iteration, num_iters, env_steps, recent_returns, evals, successes, kl=stats["approx_kl"], std=stats["std"]
-        )
-        save(iteration)
         if args.target_return is not None and len(recent_returns) >= 50 and mean_ret >= args.target_return:
             print(f"[stop] mean training return {mean_ret:.1f} >= --target-return {args.target_return}")
             break
     progress.close()
     vec.close()
-    act = eval_act(policy, args, device)
     runs.finish_run(run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization)
 
 
 def _load_policy(ckpt, device):
     policy = GaussianPolicy(**ckpt["model_kwargs"]).to(device)
+    if "model" not in ckpt:  # --from-scratch: the policy keeps its initialization
+        return policy
     missing, unexpected = policy.load_state_dict(ckpt["model"], strict=False)
     if unexpected or [m for m in missing if not m.startswith("obs_")]:
         envs.fail(

@@ -581,8 +581,9 @@ def pretrain(args, data, run_dir, writer, device):
     return ckpt
 
 
-def report_official_clamp(policy, args, normalization, device, checkpoint):
-    """One rollout batch as a fine-tuning iteration collects it; how many samples the official clamp saturates.
+def report_official_clamp(policy, args, normalization, device, checkpoint, run_dir, writer):
+    """One rollout batch as a fine-tuning iteration collects it; how many samples the official clamp saturates:
+    printed, written to run_dir/official_clamp.json and returned. The run ends here (its `writer` is closed).
 
     The official PPO_GMM clamps the summed mixture log-density to [-5, 2]; every sample above 2 gets
     log-prob exactly 2 before and after the update, so its ratio is 1 and its policy gradient is zero.
@@ -624,6 +625,9 @@ def report_official_clamp(policy, args, normalization, device, checkpoint):
         f"[official-clamp] per-dimension log-prob (this script) mean {report['per_dim_logprob_mean']:.3f}; "
         f"outside [-5, 2]: {100 * report['per_dim_clamped_fraction']:.1f}%"
     )
+    with open(os.path.join(run_dir, "official_clamp.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    writer.close()
     return report
 
 
@@ -658,110 +662,66 @@ def check_args(args):
 # ------------------------------------------------------------------------------------------------
 # Main
 # ------------------------------------------------------------------------------------------------
+def load_start(args):
+    """The checkpoint this run starts from, read and checked before anything is written, and the run it resumes:
+    (ckpt, resume or None, path). ckpt is None when the run pre-trains on --dataset first. The checkpoint's chunk
+    length and number of modes replace the flags'; where fine-tuning starts, its model_kwargs take --std-min/--std-max
+    (fine-tuning clips the learned std, paper D.6). A checkpoint with a critic resumes its run."""
+    if args.dataset is not None and args.checkpoint is None:
+        return None, None, None
+    path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "gmm", args.backbone)
+    ckpt = envs.load_checkpoint(path, "gmm", args.env_id, args.backbone, hints=vars(args))
+    kw = ckpt["model_kwargs"]
+    if kw["horizon_steps"] < args.act_steps or kw["cond_steps"] != args.cond_steps:
+        envs.fail(
+            f"{path} predicts chunks of {kw['horizon_steps']} with history {kw['cond_steps']}; "
+            f"pass --horizon-steps {kw['horizon_steps']} --act-steps <= {kw['horizon_steps']} "
+            f"--cond-steps {kw['cond_steps']}"
+        )
+    if kw["num_modes"] != args.num_modes:
+        print(f"[load] {path} has {kw['num_modes']} modes; using them (--num-modes {args.num_modes} ignored)")
+    args.horizon_steps, args.num_modes = kw["horizon_steps"], kw["num_modes"]
+    if "critic" not in ckpt and not args.eval_only:
+        ckpt = dict(ckpt, model_kwargs=dict(kw, std_min=args.std_min, std_max=args.std_max))
+    resume = ckpt if "critic" in ckpt and not args.eval_only and not args.report_official_clamp else None
+    print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
+    if envs.is_robomimic(args.env_id) and ckpt.get("robomimic_env_args"):  # the env meta the policy was trained with
+        envs.set_robomimic_env_args(args.env_id, ckpt["robomimic_env_args"])
+    return ckpt, resume, path
+
+
 def main(args):
     check_args(args)
-    envs.resolve_env_id(args.env_id)
-    robo = envs.is_robomimic(args.env_id)
-    steps_per_iter = args.num_envs * args.n_steps * args.act_steps
-    num_iters = max(1, args.total_timesteps // steps_per_iter)
-    print(f"[start] {ALGO} on {args.env_id}: {num_iters} iterations of {steps_per_iter} env steps", flush=True)
-    device = runs.seed_everything(args)
-    obs_dim, action_dim = envs.env_dims(args.env_id)
-
-    # ---- load (and check) the dataset or checkpoint before writing anything, then build the policy ----
-    start_iter, env_steps, resume, ckpt, data = 0, 0, None, None, None
-    if args.dataset is not None and args.checkpoint is None:
-        data = envs.load_dataset(args.dataset, args.env_id)
-    else:
-        path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "gmm", args.backbone)
-        ckpt = envs.load_checkpoint(path, "gmm", args.env_id, args.backbone, hints=vars(args))
-        kw = ckpt["model_kwargs"]
-        if kw["horizon_steps"] < args.act_steps or kw["cond_steps"] != args.cond_steps:
-            envs.fail(
-                f"{path} predicts chunks of {kw['horizon_steps']} with history {kw['cond_steps']}; "
-                f"pass --horizon-steps {kw['horizon_steps']} --act-steps <= {kw['horizon_steps']} "
-                f"--cond-steps {kw['cond_steps']}"
-            )
-        if kw["num_modes"] != args.num_modes:
-            print(f"[load] {path} has {kw['num_modes']} modes; using them (--num-modes {args.num_modes} ignored)")
-        args.horizon_steps, args.num_modes = kw["horizon_steps"], kw["num_modes"]
-        normalization, kwargs = ckpt["normalization"], dict(kw)
-        if "critic" not in ckpt and not args.eval_only:
-            kwargs.update(std_min=args.std_min, std_max=args.std_max)  # fine-tuning clips the learned std
-        policy = _load_policy(dict(ckpt, model_kwargs=kwargs), device)
-        if "critic" in ckpt and not args.eval_only and not args.report_official_clamp:
-            resume = ckpt
-            start_iter, env_steps = ckpt["iteration"], ckpt["env_steps"]
-        print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
-        if robo and ckpt.get("robomimic_env_args"):  # the env meta the policy was trained with
-            envs.set_robomimic_env_args(args.env_id, ckpt["robomimic_env_args"])
-    run_dir = runs.prepare_run_dir(args, ALGO, resume and path)
-    writer = runs.open_run(run_dir, args, resume and env_steps)
-    evals = runs.Evaluations(writer, robo)
+    steps_per_iter, num_iters, device = runs.start(args, ALGO)
+    ckpt, resume, path = load_start(args)
+    policy = None if ckpt is None else _load_policy(ckpt, device)  # a checkpoint that does not fit stops here
+    run_dir, writer, evals, data = runs.open_run_dir(args, ALGO, resume, path, load_data=ckpt is None)
     if ckpt is None:
-        ckpt = pretrain(args, data, run_dir, writer, device)
-        path = os.path.join(run_dir, "pretrained.pt")
-        normalization, kwargs = ckpt["normalization"], ckpt["model_kwargs"]
+        ckpt, path = pretrain(args, data, run_dir, writer, device), os.path.join(run_dir, "pretrained.pt")
         policy = _load_policy(ckpt, device)
-
+    kwargs, normalization = ckpt["model_kwargs"], ckpt["normalization"]
     if args.report_official_clamp:
-        report = report_official_clamp(policy, args, normalization, device, path)
-        with open(os.path.join(run_dir, "official_clamp.json"), "w") as f:
-            json.dump(report, f, indent=2)
-        writer.close()
-        return
+        return report_official_clamp(policy, args, normalization, device, path, run_dir, writer)
+    act = eval_act(policy, args, device)  # the policy, as it is when called
     if args.eval_only or args.pretrain_only:
-        act = eval_act(policy, args, device)
-        ret, std, succ = evals.run(env_steps, act, args, normalization)
-        success = f", success rate {succ:.2f}" if robo else ""
-        print(f"[eval] return {ret:.1f} +- {std:.1f} over {args.eval_episodes} episodes{success}")
-        runs.finish_run(run_dir, ALGO, args, env_steps, 0.0, evals, device, writer, act, normalization)
-        return
+        return runs.evaluate_only(run_dir, ALGO, args, 0, evals, device, act, normalization)
 
+    # ---- set-up: a fresh value critic V(s), AdamW ----
+    obs_dim, action_dim = kwargs["obs_dim"], kwargs["action_dim"]
     critic = Critic(obs_dim, args.cond_steps, args.critic_dims).to(device)  # fresh critic (official)
     actor_opt = torch.optim.AdamW(policy.parameters(), lr=args.actor_lr, weight_decay=0.0)
     critic_opt = torch.optim.AdamW(critic.parameters(), lr=args.critic_lr, weight_decay=0.0)
     scaler = RunningRewardScaler(args.num_envs)
-    if resume is not None:
-        critic.load_state_dict(resume["critic"])
-        actor_opt.load_state_dict(resume["actor_optimizer"])
-        critic_opt.load_state_dict(resume["critic_optimizer"])
-        scaler.load_state_dict(resume["reward_scaler"])
-        evals.load_state_dict(resume)
-    else:
-        print(f"[eval] evaluating the pre-trained policy ({args.eval_episodes} episodes)...", flush=True)
-        evals.run(env_steps, eval_act(policy, args, device), args, normalization)
-
-    seed = args.seed + start_iter * args.num_envs
-    vec = envs.make_vec_env(
-        args.env_id, args.num_envs, seed, args.act_steps, args.cond_steps, normalization, args.async_envs
-    )
-    obs, _ = vec.reset(seed=seed)
-    firsts, recent_returns, t_start, iteration = np.ones(args.num_envs), [], time.time(), start_iter
-    if resume is not None:  # continue exactly where the checkpoint stopped: envs mid-episode, every RNG
-        obs, firsts, recent_returns = runs.restore_run(resume, vec, obs, firsts)
-    progress = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO)
-
-    def save(iteration):
-        state = make_checkpoint(
-            policy,
-            kwargs,
-            normalization,
-            args,
-            iteration,
-            env_steps,
-            critic=critic.state_dict(),
-            actor_optimizer=actor_opt.state_dict(),
-            critic_optimizer=critic_opt.state_dict(),
-            reward_scaler=scaler.state_dict(),
-            **evals.state_dict(),
-            **runs.run_state(vec, obs, firsts, recent_returns),
-        )
-        runs.save_iteration(state, run_dir, iteration, args.save_freq, num_iters, writer)
+    # what a checkpoint saves besides the network and a resume restores, by checkpoint key
+    trained = dict(critic=critic, actor_optimizer=actor_opt, critic_optimizer=critic_opt, reward_scaler=scaler)
+    start_iter, env_steps = runs.resume_or_evaluate(resume, trained, evals, act, args, normalization)
+    vec, obs, firsts, recent_returns = runs.start_envs(args, normalization, start_iter, resume, np.ones(args.num_envs))
+    progress, t_start = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO), time.time()
+    iteration = start_iter
 
     while iteration < num_iters:
         t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
-        # ---- rollout ----
+        # ---- rollout: chunks sampled from the mixture (paper D.6) ----
         buf_obs = np.zeros((args.n_steps, args.num_envs, args.cond_steps, obs_dim), np.float32)
         buf_act = np.zeros((args.n_steps, args.num_envs, args.horizon_steps, action_dim), np.float32)
         buf_rew, buf_term, buf_timeout, buf_first = (np.zeros((args.n_steps, args.num_envs)) for _ in range(4))
@@ -783,7 +743,7 @@ def main(args):
             obs = next_obs
         t_rollout = time.time() - t_iter
 
-        # ---- advantages ----
+        # ---- advantages: GAE on the learned V(s) (paper eq. 3.2 and 4.2) ----
         with torch.no_grad():
             flat = lambda x: torch.as_tensor(x.reshape(-1, *x.shape[2:]), device=device)  # noqa: E731
             values = critic(flat(buf_obs)).cpu().numpy().reshape(args.n_steps, args.num_envs)
@@ -808,7 +768,7 @@ def main(args):
             returns=torch.as_tensor(returns.reshape(-1), dtype=torch.float32, device=device),
         )
 
-        # ---- update ----
+        # ---- update: PPO on the mixture's log-likelihood (paper eq. 4.5, D.4, D.6) ----
         t_update = time.time()
         update_actor = iteration >= args.n_critic_warmup_itr  # critic warm-up over: the actor updates too
         stats = ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=update_actor)
@@ -816,25 +776,23 @@ def main(args):
         t_update = time.time() - t_update
         iteration += 1
 
-        # ---- logging, evaluation, checkpoint ----
-        for k, v in stats.items():
-            writer.add_scalar(f"losses/{k}", v, env_steps)
-        explained_var = 1 - np.var(returns - values) / (np.var(returns) + 1e-8)
-        writer.add_scalar("losses/explained_variance", explained_var, env_steps)
-        writer.add_scalar("charts/official_clamp_saturated", official_clamp_fraction(summed_logp), env_steps)
-        runs.log_iteration(
-            writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes
-        )
-        writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
+        # ---- log, evaluate, save ----
+        stats["explained_variance"] = 1 - np.var(returns - values) / (np.var(returns) + 1e-8)
+        runs.log_stats(writer, env_steps, "losses", stats)
+        sps = steps_per_iter / (time.time() - t_iter)
+        runs.log_iteration(writer, env_steps, sps, t_rollout, t_update, device, successes)
+        saturated = official_clamp_fraction(summed_logp)  # the share of samples the official clamp saturates
+        charts = dict(official_clamp_saturated=saturated, learning_rate=actor_opt.param_groups[0]["lr"])
+        runs.log_stats(writer, env_steps, "charts", charts)
         if iteration % args.eval_freq == 0 or iteration == num_iters:
-            evals.run(env_steps, eval_act(policy, args, device), args, normalization)
-        progress.update(
-            iteration, num_iters, env_steps, recent_returns, evals, successes, kl=stats["approx_kl"], std=stats["std"]
-        )
-        save(iteration)
+            evals.run(env_steps, act, args, normalization)
+        shown = dict(kl=stats["approx_kl"], std=stats["std"])
+        progress.update(iteration, num_iters, env_steps, recent_returns, evals, successes, **shown)
+        run = runs.checkpoint_state(trained, evals, vec, obs, firsts, recent_returns)
+        state = make_checkpoint(policy, kwargs, normalization, args, iteration, env_steps, **run)
+        runs.save_run(state, run_dir, iteration, num_iters, args, writer)
     progress.close()
     vec.close()
-    act = eval_act(policy, args, device)
     runs.finish_run(run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization)
 
 

@@ -596,132 +596,84 @@ def load_diffusion_checkpoint(path, args):
     return ckpt
 
 
-def main(args):
-    robo = envs.is_robomimic(args.env_id)
-    check_args(args)
-    envs.resolve_env_id(args.env_id)
-    N, E = args.n_steps, args.num_envs
-    steps_per_iter = N * E * args.act_steps
-    num_iters = max(1, args.total_timesteps // steps_per_iter)
-    num_batch = max(1, int(N * E / args.batch_size * args.replay_ratio))
-    plan = (
-        "evaluation only"
-        if args.eval_only
-        else (
-            f"{num_iters} iterations of {steps_per_iter} env steps, {num_batch} minibatches of {args.batch_size} each"
-        )
-    )
-    print(f"[start] {ALGO} on {args.env_id}: {plan}", flush=True)
-    device = runs.seed_everything(args)
+def make_checkpoint(actor, kw, normalization, args, iteration, env_steps, **extra):
+    """What every checkpoint of a diffusion script holds: the network `actor` as 'model' (the one every diffusion
+    script can start from), its description, the normalization, the run's flags and the script's `extra` entries;
+    on robomimic the env meta in use, restored when loading."""
+    if envs.is_robomimic(args.env_id):
+        extra["robomimic_env_args"] = envs.robomimic_env_args(args.env_id)
+    ckpt = dict(algo=ALGO, policy="diffusion", backbone=kw["backbone"], model=actor.state_dict(), model_kwargs=kw)
+    ckpt |= dict(normalization=normalization, env_id=args.env_id, args=asdict(args))
+    return ckpt | dict(iteration=iteration, env_steps=env_steps, **extra)
 
+
+def load_start(args):
+    """The checkpoint this run starts from, read and checked before anything is written, and the run it resumes:
+    (ckpt, resume or None, path). The run starts from its base 'model' (a DPPO checkpoint's fine-tuned 'model_ft'
+    is not used); a checkpoint of this script with optimizer state resumes its run."""
     path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", "mlp")
     ckpt = load_diffusion_checkpoint(path, args)
-    print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']})")
-    kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
-    resume = ckpt if ckpt["algo"] == ALGO and "critic" in ckpt else None
+    resume = ckpt if ckpt["algo"] == ALGO and "actor_optimizer" in ckpt else None
+    resuming = " -> resuming" if resume and not args.eval_only else ""
+    print(f"[load] {path} ({ckpt['algo']}, iteration {ckpt['iteration']}){resuming}")
     if ckpt.get("model_ft") is not None:
-        print(
-            "[load] the checkpoint also holds a DPPO-fine-tuned network (model_ft); IDQL starts from the base 'model'"
-        )
-    actor = build_network(kw).to(device)
+        print(f"[load] note: {path} also holds DPPO's fine-tuned 'model_ft'; {ALGO.upper()} starts from its 'model'")
+    return ckpt, resume, path
+
+
+def load_actor(ckpt, path, device):
+    """The diffusion network of checkpoint `ckpt` (its base 'model'; read from `path`) on `device`; one line when the
+    weights do not fit the network its model_kwargs describe."""
+    actor = build_network(ckpt["model_kwargs"]).to(device)
     try:
         actor.load_state_dict(ckpt["model"])
     except RuntimeError:
         envs.fail(
-            "checkpoint weights do not fit the network its model_kwargs describe; "
-            "it was written by another architecture"
+            f"{path}: weights do not fit the network its model_kwargs describe; it was written by another architecture"
         )
+    return actor
+
+
+def main(args):
+    check_args(args)
+    N, E = args.n_steps, args.num_envs
+    num_batch = max(1, int(N * E / args.batch_size * args.replay_ratio))
+    detail = f", {num_batch} minibatches of {args.batch_size} each"
+    steps_per_iter, num_iters, device = runs.start(args, ALGO, detail)
+    ckpt, resume, path = load_start(args)
+    actor = load_actor(ckpt, path, device)  # weights that do not fit stop here, before anything is written
+    kw, normalization = ckpt["model_kwargs"], ckpt["normalization"]
     sched = {k: v.to(device) for k, v in make_schedule(kw["denoising_steps"]).items()}
     obs_dim, action_dim, Tp = kw["obs_dim"], kw["action_dim"], kw["horizon_steps"]
     q_critic = DoubleQCritic(obs_dim, args.cond_steps, action_dim, args.act_steps, args.critic_dims).to(device)
     q_target = copy.deepcopy(q_critic).requires_grad_(False)
     v_critic = ValueCritic(obs_dim, args.cond_steps, args.critic_dims).to(device)
-    if resume is not None:
-        q_critic.load_state_dict(resume["critic"])
-        q_target.load_state_dict(resume["target_critic"])
-        v_critic.load_state_dict(resume["value_critic"])
-
-    run_dir = runs.prepare_run_dir(args, ALGO, resume and path)
-    writer = runs.open_run(run_dir, args, resume and resume["env_steps"])
+    critics = dict(critic=q_critic, target_critic=q_target, value_critic=v_critic)  # by checkpoint key
+    runs.restore_parts(resume, critics)  # on a resume, before any evaluation: they pick its actions
+    run_dir, writer, evals, _ = runs.open_run_dir(args, ALGO, resume, path)
+    t_start = time.time()  # the run's wall time: the first evaluation and the loop
     # evaluation: the actor alone while the critics are fresh (the pre-trained policy), greedy over candidates after
     act_pretrained = eval_act(actor, q_target, v_critic, sched, kw, args, device, use_critic=False)
     act = eval_act(actor, q_target, v_critic, sched, kw, args, device, use_critic=True)
-    act = act_pretrained if args.eval_only and resume is None else act
-    evals, env_steps, t_start = runs.Evaluations(writer, robo), ckpt.get("env_steps", 0), time.time()
-
-    def finish():
-        runs.finish_run(
-            run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization
-        )
-
     if args.eval_only:
-        print(f"[eval] evaluating {path} ({args.eval_episodes} episodes)...", flush=True)
-        evals.run(env_steps, act, args, normalization)
-        print(f"[eval] return {evals.last:.1f}" + (f", success rate {evals.last_success:.2f}" if robo else ""))
-        return finish()
+        act = act_pretrained if resume is None else act
+        return runs.evaluate_only(run_dir, ALGO, args, ckpt.get("env_steps", 0), evals, device, act, normalization)
 
+    # ---- set-up: AdamW for the actor and the critics, the replay buffer ----
     actor_opt = torch.optim.AdamW(actor.parameters(), lr=args.actor_lr, weight_decay=0.0)
     q_opt = torch.optim.AdamW(q_critic.parameters(), lr=args.critic_lr, weight_decay=0.0)
     v_opt = torch.optim.AdamW(v_critic.parameters(), lr=args.critic_lr, weight_decay=0.0)
     buffer = ReplayBuffer(args.buffer_size, (args.cond_steps, obs_dim), (Tp, action_dim))
-    start_iter, env_steps = 0, 0
-    if resume is not None:
-        actor_opt.load_state_dict(resume["actor_optimizer"])
-        q_opt.load_state_dict(resume["critic_optimizer"])
-        v_opt.load_state_dict(resume["value_optimizer"])
-        start_iter, env_steps = resume["iteration"], resume["env_steps"]
-        evals.load_state_dict(resume)
-        print(f"[resume] iteration {start_iter}, {env_steps} env steps")
-    else:
-        print(f"[eval] evaluating the pre-trained policy ({args.eval_episodes} episodes)...", flush=True)
-        evals.run(env_steps, act_pretrained, args, normalization)
+    # what a checkpoint saves besides the actor and the critics and a resume restores, by checkpoint key
+    trained = dict(actor_optimizer=actor_opt, critic_optimizer=q_opt, value_optimizer=v_opt)
+    start_iter, env_steps = runs.resume_or_evaluate(resume, trained, evals, act_pretrained, args, normalization, buffer)
+    vec, obs, _, recent_returns = runs.start_envs(args, normalization, start_iter, resume, None)
+    progress = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO)
+    iteration = start_iter
 
-    vec = envs.make_vec_env(
-        args.env_id, E, args.seed + start_iter * E, args.act_steps, args.cond_steps, normalization, args.async_envs
-    )
-    obs, _ = vec.reset(seed=args.seed + start_iter * E)
-    recent_returns, iteration = [], start_iter
-    if resume is not None:  # continue exactly where the checkpoint stopped: envs mid-episode, every RNG, the buffer
-        obs, _, recent_returns = runs.restore_run(resume, vec, obs, None)
-        runs.restore_buffer(buffer, resume)
-
-    def save(it):
-        state = dict(
-            algo=ALGO,
-            policy="diffusion",
-            backbone=kw["backbone"],
-            model=actor.state_dict(),
-            model_kwargs=kw,
-            normalization=normalization,
-            env_id=args.env_id,
-            args=asdict(args),
-            iteration=it,
-            env_steps=env_steps,
-            critic=q_critic.state_dict(),
-            target_critic=q_target.state_dict(),
-            value_critic=v_critic.state_dict(),
-            actor_optimizer=actor_opt.state_dict(),
-            critic_optimizer=q_opt.state_dict(),
-            value_optimizer=v_opt.state_dict(),
-            **evals.state_dict(),
-            **runs.run_state(vec, obs, None, recent_returns),
-        )
-        if robo:
-            state["robomimic_env_args"] = envs.robomimic_env_args(args.env_id)
-        runs.save_iteration(
-            state,
-            run_dir,
-            it,
-            args.save_freq,
-            num_iters,
-            writer,
-            last_only=dict(replay_buffer=runs.buffer_state(buffer)),
-        )
-
-    progress = runs.Progress(num_iters * steps_per_iter, env_steps, ALGO)
     while iteration < num_iters:
         t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
-        # ---- rollout: Boltzmann pick among candidate chunks; store the executed transitions ----
+        # ---- rollout: Boltzmann pick among candidate chunks into the replay buffer (paper D.3, IDQL) ----
         max_probs = []
         for _ in range(N):
             chunk, max_prob = select_actions(
@@ -734,12 +686,13 @@ def main(args):
             env_steps += E * args.act_steps  # episodes that end here are logged at this count
             # next state of a finished episode: its last observation (not the reset one); only
             # termination cuts the bootstrap, a time-out does not
-            buffer.add(obs, chunk, reward * args.scale_reward_factor, envs.final_observations(next_obs, infos), term)
+            final_obs = envs.final_observations(next_obs, infos)
+            buffer.add(obs, chunk, reward * args.scale_reward_factor, final_obs, term)
             runs.log_episodes(writer, infos, env_steps, recent_returns, successes)
             obs = next_obs
         t_rollout = time.time() - t_iter
 
-        # ---- V by expectile, Q on V(s'), target Q, actor (idql_update) ----
+        # ---- update: V by expectile (paper eq. A7), Q on V(s') (A8), target Q, actor (A9) ----
         t_update = time.time()
         stats = idql_update(
             actor,
@@ -760,34 +713,24 @@ def main(args):
         runs.check_finite(iteration, **stats, actor_weights=actor, q_weights=q_critic, v_weights=v_critic)
         iteration += 1
 
-        # ---- logging, evaluation, checkpoint ----
-        for k in ("q_loss", "v_loss", "actor_loss"):
-            if k in stats:
-                writer.add_scalar(f"losses/{k}", stats[k], env_steps)
-        for k in ("q1_mean", "q2_mean", "v_mean", "target_q_mean"):
-            writer.add_scalar(f"values/{k}", stats[k], env_steps)
-        writer.add_scalar("charts/boltzmann_max_prob", float(np.mean(max_probs)), env_steps)
-        runs.log_iteration(
-            writer, env_steps, steps_per_iter / (time.time() - t_iter), t_rollout, t_update, device, successes
-        )
-        writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], env_steps)
-        writer.add_scalar("charts/buffer_size", buffer.size, env_steps)
+        # ---- log, evaluate, save ----
+        runs.log_stats(writer, env_steps, "losses", stats, ("q_loss", "v_loss", "actor_loss"))
+        runs.log_stats(writer, env_steps, "values", stats, ("q1_mean", "q2_mean", "v_mean", "target_q_mean"))
+        charts = dict(boltzmann_max_prob=float(np.mean(max_probs)), learning_rate=actor_opt.param_groups[0]["lr"])
+        charts["buffer_size"] = buffer.size
+        runs.log_stats(writer, env_steps, "charts", charts)
+        sps = steps_per_iter / (time.time() - t_iter)
+        runs.log_iteration(writer, env_steps, sps, t_rollout, t_update, device, successes)
         if iteration % args.eval_freq == 0 or iteration == num_iters:
             evals.run(env_steps, act, args, normalization)
-        progress.update(
-            iteration,
-            num_iters,
-            env_steps,
-            recent_returns,
-            evals,
-            successes,
-            q_loss=stats["q_loss"],
-            actor_loss=stats.get("actor_loss", "- (critic warm-up)"),
-        )
-        save(iteration)
+        shown = dict(q_loss=stats["q_loss"], actor_loss=stats.get("actor_loss", "- (critic warm-up)"))
+        progress.update(iteration, num_iters, env_steps, recent_returns, evals, successes, **shown)
+        run = runs.checkpoint_state(critics | trained, evals, vec, obs, None, recent_returns)
+        state = make_checkpoint(actor, kw, normalization, args, iteration, env_steps, **run)
+        runs.save_run(state, run_dir, iteration, num_iters, args, writer, buffer)
     progress.close()
     vec.close()
-    finish()
+    runs.finish_run(run_dir, ALGO, args, env_steps, time.time() - t_start, evals, device, writer, act, normalization)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ Nothing algorithmic lives here. Read top to bottom:
                      disk do
   5. summary      -- summary.json (strict JSON) and peak memory
   6. command line, progress, evaluations, video -- the same calls in every script's `main`
+  7. the run around the loop -- start, open_run_dir, evaluate_only, resume_or_evaluate, start_envs,
+                     log_stats, checkpoint_state, save_run: main keeps the loop and calls these
 """
 
 from __future__ import annotations
@@ -910,3 +912,108 @@ def capture_video(
     imageio.mimsave(path, frames, fps=fps, macro_block_size=1)
     print(f"[video] {path} ({len(frames)} frames)", flush=True)
     return path
+
+
+# ------------------------------------------------------------------------------------------------
+# 7. The run around a script's loop, in the order main calls them: start, (the script's load_start)
+#    open_run_dir, evaluate_only or resume_or_evaluate, start_envs; each iteration ends with
+#    log_stats, checkpoint_state and save_run. Plain functions: the loop itself stays in main.
+# ------------------------------------------------------------------------------------------------
+def start(args, algo: str, detail: str = "") -> tuple[int, int, object]:
+    """The first steps of every run: resolve --env-id, print the [start] line at once (the plan: iterations of
+    --num-envs x --n-steps x --act-steps env steps and `detail`, or evaluation only) and seed (seed_everything).
+    Returns (steps_per_iter, num_iters, device)."""
+    envs.resolve_env_id(args.env_id)
+    steps_per_iter = args.num_envs * args.n_steps * args.act_steps
+    num_iters = max(1, args.total_timesteps // steps_per_iter)
+    plan = "evaluation only" if args.eval_only else f"{num_iters} iterations of {steps_per_iter} env steps{detail}"
+    print(f"[start] {algo} on {args.env_id}: {plan}", flush=True)
+    return steps_per_iter, num_iters, seed_everything(args)
+
+
+def open_run_dir(args, algo: str, resume: dict | None, path: str | None, load_data: bool = False):
+    """The run dir: checked (prepare_run_dir; `resume`, read from `path`, is resumed in place), then with `load_data`
+    --dataset is loaded (a run that pre-trains first; a bad dataset still writes nothing), then the dir is created
+    with its TensorBoard writer (open_run; a resume appends to its curves). Returns (run_dir, writer, evals, data):
+    the run's Evaluations, and the dataset or None."""
+    run_dir = prepare_run_dir(args, algo, resume and path)
+    data = envs.load_dataset(args.dataset, args.env_id) if load_data else None
+    writer = open_run(run_dir, args, resume and resume["env_steps"])
+    return run_dir, writer, Evaluations(writer, envs.is_robomimic(args.env_id)), data
+
+
+def evaluate_only(run_dir: str, algo: str, args, env_steps: int, evals, device, act, normalization):
+    """--eval-only (and --pretrain-only's closing evaluation): evaluate `act` once at `env_steps` (the checkpoint's),
+    print the result and end the run (finish_run, with the writer `evals` logs to: summary.json, --capture-video)."""
+    t_start = time.time()
+    mean, std, success = evals.run(env_steps, act, args, normalization)
+    rate = f", success rate {success:.2f}" if evals.robomimic else ""
+    print(f"[eval] return {mean:.1f} +- {std:.1f} over {args.eval_episodes} episodes{rate}")
+    wall = time.time() - t_start
+    finish_run(run_dir, algo, args, env_steps, wall, evals, device, evals.writer, act, normalization)
+
+
+def log_stats(writer, env_steps: int, section: str, stats: dict, keys=None):
+    """Log the algorithm's numbers of an iteration as `section`/<key> at `env_steps`: every entry of `stats`, or
+    those of `keys` that it holds (a loss that no update computed, e.g. during critic warm-up, is left out)."""
+    for key in stats if keys is None else keys:
+        if key in stats:
+            writer.add_scalar(f"{section}/{key}", stats[key], env_steps)
+
+
+def restore_parts(resume: dict | None, trained: dict):
+    """Load every part of `trained` (checkpoint key -> an object with load_state_dict: network, optimizer, LR schedule,
+    reward scaler) from checkpoint `resume`; checkpoint_state saves them under the same keys. A fresh run (`resume`
+    None) keeps them as they are."""
+    if resume is None:
+        return
+    for key, part in trained.items():
+        part.load_state_dict(resume[key])
+
+
+def resume_or_evaluate(resume: dict | None, trained: dict, evals, act, args, normalization, buffer=None):
+    """Where the run starts; returns (start_iter, env_steps). A resume: the trained parts (restore_parts), the
+    evaluations so far and the replay `buffer` (restore_buffer) come back from checkpoint `resume`. A fresh run:
+    the policy it starts from (`act`) is evaluated first, at 0 env steps (the pre-trained, or with --from-scratch
+    the initial, return)."""
+    if resume is not None:
+        restore_parts(resume, trained)
+        evals.load_state_dict(resume)
+        if buffer is not None:
+            restore_buffer(buffer, resume)
+        print(f"[resume] {resume['algo']} run at iteration {resume['iteration']}, {resume['env_steps']} env steps")
+        return resume["iteration"], resume["env_steps"]
+    which = "initial" if getattr(args, "from_scratch", False) else "pre-trained"
+    print(f"[eval] evaluating the {which} policy ({args.eval_episodes} episodes)...", flush=True)
+    evals.run(0, act, args, normalization)
+    return 0, 0
+
+
+def start_envs(args, normalization, start_iter: int, resume: dict | None, firsts):
+    """The training envs: --num-envs of them, seeded --seed + start_iter x --num-envs (a resumed segment draws
+    new seeds) and reset; on a resume they continue exactly where checkpoint `resume` stopped (restore_run).
+    `firsts`: the rollout's episode-start flags for a fresh run (None where the script keeps none).
+    Returns (vec, obs, firsts, recent_returns)."""
+    seed = args.seed + start_iter * args.num_envs
+    vec = envs.make_vec_env(
+        args.env_id, args.num_envs, seed, args.act_steps, args.cond_steps, normalization, args.async_envs
+    )
+    obs, _ = vec.reset(seed=seed)
+    if resume is None:
+        return vec, obs, firsts, []
+    return (vec, *restore_run(resume, vec, obs, firsts))
+
+
+def checkpoint_state(trained: dict, evals, vec, obs, firsts, recent_returns) -> dict:
+    """What a checkpoint holds besides the script's networks: every trained part's state_dict under its key, the
+    evaluations and run_state (RNGs, envs mid-episode, the rollout's carry-over): what resume_or_evaluate and
+    start_envs read back."""
+    parts = {key: part.state_dict() for key, part in trained.items()}
+    return parts | evals.state_dict() | run_state(vec, obs, firsts, recent_returns)
+
+
+def save_run(state: dict, run_dir: str, iteration: int, num_iters: int, args, writer, buffer=None):
+    """Save finished iteration `iteration` (save_iteration, every --save-freq iterations and at the end); the replay
+    `buffer`, when there is one, goes into checkpoint_last.pt only."""
+    last_only = None if buffer is None else dict(replay_buffer=buffer_state(buffer))
+    save_iteration(state, run_dir, iteration, args.save_freq, num_iters, writer, last_only)

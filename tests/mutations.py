@@ -253,17 +253,17 @@ GAE not cut at a time-out (dppo) | dppo.py | tests/test_loops.py
 - dones = np.maximum(buf_term, buf_timeout)
 + dones = buf_term
 time-out stored as terminal (dql) | dql.py | tests/test_loops.py
-- envs.final_observations(next_obs, infos), term)
-+ envs.final_observations(next_obs, infos), np.logical_or(term, trunc))
+- reward * args.scale_reward_factor, final_obs, term)
++ reward * args.scale_reward_factor, final_obs, np.logical_or(term, trunc))
 time-out stored as terminal (idql) | idql.py | tests/test_loops.py
-- envs.final_observations(next_obs, infos), term)
-+ envs.final_observations(next_obs, infos), np.logical_or(term, trunc))
+- reward * args.scale_reward_factor, final_obs, term)
++ reward * args.scale_reward_factor, final_obs, np.logical_or(term, trunc))
 post-reset observation stored as s' (dipo) | dipo.py | tests/test_loops.py
-- envs.final_observations(next_obs, infos), term)
-+ next_obs, term)
+- reward * args.scale_reward_factor, final_obs, term)
++ reward * args.scale_reward_factor, next_obs, term)
 time-out stored as terminal (qsm) | qsm.py | tests/test_loops.py
-- envs.final_observations(next_obs, infos), term)
-+ envs.final_observations(next_obs, infos), np.logical_or(term, trunc))
+- reward * args.scale_reward_factor, final_obs, term)
++ reward * args.scale_reward_factor, final_obs, np.logical_or(term, trunc))
 time-out not marked truncated (dawr) | dawr.py | tests/test_loops.py
 - term,\n                np.logical_and(trunc, np.logical_not(term)),
 + np.logical_or(term, trunc),\n                np.zeros_like(trunc),

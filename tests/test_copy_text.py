@@ -45,7 +45,6 @@ PER_SCRIPT = {
     "main": "the script's loop",
     "ppo_update": "the script's policy and loss",
     "pretrain": "the script's policy and pre-training loss",
-    "make_checkpoint": "the script's policy",
     "model_kwargs_from": "the script's network description",
     "_load_policy": "Gaussian vs GMM policy",
     "sample_action": "Gaussian vs GMM policy",
@@ -55,6 +54,7 @@ PER_SCRIPT = {
 
 DDPM_ONLY = "DDPM only: DDIM sampling (--ddim-steps) is dppo.py's alone"
 ONE_NETWORK = "one network over the whole K-step chain: the baselines fine-tune every step, no chain is recorded"
+BASE_MODEL = "any diffusion checkpoint's base 'model' (never DPPO's 'model_ft'); own checkpoints resume"
 PLAIN_MLP = "also builds plain MLPs: the official Gaussian/GMM configs use [256, 256] and residual_style False ones"
 # (script, block) -> why its copy differs from the reference copy.
 INTENDED = {
@@ -66,6 +66,12 @@ INTENDED = {
     **{(s, "denoising_loss"): "per-sample weights (paper eqs. A1, A2)" for s in ("dawr", "drwr")},
     **{(s, "ResidualMLP"): PLAIN_MLP for s in ("gaussian_ppo", "gmm_ppo")},
     ("gmm_ppo", "TransformerBackbone"): "no output head: the GMM heads read the token features",
+    ("gaussian_ppo", "load_start"): "a Gaussian checkpoint, --from-scratch, --record-dataset",
+    ("gmm_ppo", "load_start"): "a GMM checkpoint and its modes, --report-official-clamp",
+    **{(s, "load_start"): BASE_MODEL for s in ("dawr", "drwr", "dipo", "idql", "dql", "qsm")},
+    ("exact_likelihood_pg", "load_start"): "its own checkpoints go on with 'model_ft'; others start from 'model'",
+    ("gaussian_ppo", "make_checkpoint"): "a Gaussian policy",
+    ("gmm_ppo", "make_checkpoint"): "a GMM policy",
     **{
         (s, "ReplayBuffer"): "one row per env transition; DAWR's rows are vector steps, kept in order for TD(lambda)"
         for s in ("dipo", "idql", "dql", "qsm")
