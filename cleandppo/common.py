@@ -5,7 +5,8 @@ It imports no other module of the project. The layers above it, each importing o
   gym_tasks.py, avoid.py, robomimic_tasks.py -- one module per task family: ids, the simulator, its data files
   official.py                             -- the official DPPO code's checkpoints and train.npz, converted
   envs.py                                 -- the env and dataset factory the scripts call (dispatches on --env-id)
-  runs.py                                 -- run plumbing: run dirs, flags, resume, logging
+  arguments.py                            -- the command line: tyro parsing, per-task defaults, flag ranges
+  runs.py                                 -- run plumbing: run dirs, resume, logging
   dppo.py, gaussian_ppo.py, ...           -- the algorithm scripts; no module imports them
 (tests/test_layers.py checks this order.)
 """

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cleandppo import avoid, envs, runs
+from cleandppo import arguments, avoid, envs, runs
 
 ALGO = "dppo"
 
@@ -713,7 +713,7 @@ def eval_act(actor, actor_ft, sched, plan, ft_steps, args, device):
 
 def check_args(args):
     fine_tuning = not (args.eval_only or args.pretrain_only)
-    runs.check_ranges(args, args.num_envs * args.n_steps * args.act_steps if fine_tuning else None)
+    arguments.check_ranges(args, args.num_envs * args.n_steps * args.act_steps if fine_tuning else None)
     if args.act_steps > args.horizon_steps:
         envs.fail(f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use --act-steps <= it")
     if args.ddim_steps is not None:
@@ -883,5 +883,5 @@ def main(args):
 
 
 if __name__ == "__main__":
-    # tyro parses Args from the command line, starting from the task_defaults values (runs.parse_args)
-    runs.run_cli(main, runs.parse_args(Args, task_defaults))
+    # tyro parses Args from the command line, starting from the task_defaults values (arguments.parse_args)
+    runs.run_cli(main, arguments.parse_args(Args, task_defaults))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cleandppo import envs, runs
+from cleandppo import arguments, envs, runs
 
 ALGO = "drwr"
 
@@ -432,7 +432,7 @@ def eval_act(actor, sched, kw, args, device):
 
 
 def check_args(args):
-    runs.check_ranges(args, None if args.eval_only else args.num_envs * args.n_steps * args.act_steps)
+    arguments.check_ranges(args, None if args.eval_only else args.num_envs * args.n_steps * args.act_steps)
     if args.act_steps > args.horizon_steps:
         envs.fail(
             f"--act-steps {args.act_steps} > --horizon-steps {args.horizon_steps}; use act_steps <= horizon_steps"
@@ -606,5 +606,5 @@ def main(args):
 
 
 if __name__ == "__main__":
-    # tyro parses Args from the command line, starting from the task_defaults values (runs.parse_args)
-    runs.run_cli(main, runs.parse_args(Args, task_defaults))
+    # tyro parses Args from the command line, starting from the task_defaults values (arguments.parse_args)
+    runs.run_cli(main, arguments.parse_args(Args, task_defaults))

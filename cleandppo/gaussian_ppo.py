@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cleandppo import avoid, envs, runs
+from cleandppo import arguments, avoid, envs, runs
 
 ALGO = "gaussian_ppo"
 
@@ -654,7 +654,7 @@ def check_args(args):
     if args.std_min <= 0:
         envs.fail(f"--std-min must be > 0, got {args.std_min}; pass e.g. --std-min 0.01")
     fine_tuning = not (args.eval_only or args.pretrain_only or args.record_dataset)
-    runs.check_ranges(args, args.num_envs * args.n_steps * args.act_steps if fine_tuning else None)
+    arguments.check_ranges(args, args.num_envs * args.n_steps * args.act_steps if fine_tuning else None)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -826,5 +826,5 @@ def _load_policy(ckpt, device):
 
 if __name__ == "__main__":
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
-    # tyro parses Args from the command line, starting from the task_defaults values (runs.parse_args)
-    runs.run_cli(main, runs.parse_args(Args, task_defaults))
+    # tyro parses Args from the command line, starting from the task_defaults values (arguments.parse_args)
+    runs.run_cli(main, arguments.parse_args(Args, task_defaults))

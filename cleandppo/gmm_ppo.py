@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cleandppo import avoid, envs, runs
+from cleandppo import arguments, avoid, envs, runs
 
 ALGO = "gmm_ppo"
 
@@ -656,7 +656,7 @@ def check_args(args):
             f"need 0 < --std-min <= --fixed-std <= --std-max, got {args.std_min}, {args.fixed_std}, {args.std_max}"
         )
     fine_tuning = not (args.eval_only or args.pretrain_only or args.report_official_clamp)
-    runs.check_ranges(args, args.num_envs * args.n_steps * args.act_steps if fine_tuning else None)
+    arguments.check_ranges(args, args.num_envs * args.n_steps * args.act_steps if fine_tuning else None)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -809,5 +809,5 @@ def _load_policy(ckpt, device):
 
 if __name__ == "__main__":
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
-    # tyro parses Args from the command line, starting from the task_defaults values (runs.parse_args)
-    runs.run_cli(main, runs.parse_args(Args, task_defaults))
+    # tyro parses Args from the command line, starting from the task_defaults values (arguments.parse_args)
+    runs.run_cli(main, arguments.parse_args(Args, task_defaults))

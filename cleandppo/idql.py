@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cleandppo import envs, runs
+from cleandppo import arguments, envs, runs
 
 ALGO = "idql"
 
@@ -576,7 +576,7 @@ def eval_act(actor, q_target, v_critic, sched, kw, args, device, use_critic):
 
 
 def check_args(args):
-    runs.check_ranges(args, None if args.eval_only else args.num_envs * args.n_steps * args.act_steps)
+    arguments.check_ranges(args, None if args.eval_only else args.num_envs * args.n_steps * args.act_steps)
     if args.buffer_size < args.batch_size:
         envs.fail(
             f"--buffer-size {args.buffer_size} is smaller than --batch-size {args.batch_size}; "
@@ -734,5 +734,5 @@ def main(args):
 
 
 if __name__ == "__main__":
-    # tyro parses Args from the command line, starting from the task_defaults values (runs.parse_args)
-    runs.run_cli(main, runs.parse_args(Args, task_defaults))
+    # tyro parses Args from the command line, starting from the task_defaults values (arguments.parse_args)
+    runs.run_cli(main, arguments.parse_args(Args, task_defaults))

@@ -1,16 +1,15 @@
-"""Run plumbing every cleandppo script shares (envs.py holds the environments and data).
+"""Run plumbing every cleandppo script shares (envs.py holds the environments and data, arguments.py the command line).
 
 Nothing algorithmic lives here. Read top to bottom:
-  1. flag ranges  -- one rule per flag name, the same in every script; a budget of at least one iteration
-  2. run dir      -- checked before anything is written; an existing run is resumed in place or refused;
+  1. run dir      -- checked before anything is written; an existing run is resumed in place or refused;
                      one process at a time writes it (a lock)
-  3. non-finite   -- rewards, observations, losses and weights; the run stops in one line, the last
+  2. non-finite   -- rewards, observations, losses and weights; the run stops in one line, the last
                      good checkpoint stays
-  4. checkpoints  -- the state an exact resume needs (envs, RNGs), the wall time so far; what Ctrl-C and a full
+  3. checkpoints  -- the state an exact resume needs (envs, RNGs), the wall time so far; what Ctrl-C and a full
                      disk do
-  5. summary      -- summary.json (strict JSON) and peak memory
-  6. command line, progress, evaluations, video -- the same calls in every script's `main`
-  7. the run around the loop -- start, open_run_dir, evaluate_only, resume_or_evaluate, start_envs,
+  4. summary      -- summary.json (strict JSON) and peak memory
+  5. progress, evaluations, video -- the same calls in every script's `main`
+  6. the run around the loop -- start, open_run_dir, evaluate_only, resume_or_evaluate, start_envs,
                      log_stats, checkpoint_state, save_run: main keeps the loop and calls these
 """
 
@@ -24,148 +23,14 @@ import sys
 import tempfile
 import time
 import weakref
-from dataclasses import asdict, fields
+from dataclasses import asdict
 
 import numpy as np
 
 from cleandppo import avoid, envs
 
 # ------------------------------------------------------------------------------------------------
-# 1. Flag ranges: (low, low included, high, high included); None = unbounded. Every int flag is
-#    >= 1 unless named in INT_FROM_ZERO; a float flag must be finite and in the range its name has.
-# ------------------------------------------------------------------------------------------------
-POSITIVE = (0.0, False, None, False)
-NON_NEGATIVE = (0.0, True, None, False)
-UNIT = (0.0, True, 1.0, True)
-RATE = (0.0, False, 1.0, True)
-OPEN_UNIT = (0.0, False, 1.0, False)
-ANY = (None, False, None, False)
-FLOAT_RANGES = {
-    **dict.fromkeys(("gae_lambda", "td_lambda", "ema_decay"), UNIT),
-    **dict.fromkeys(("gamma", "gamma_denoising", "td_alpha", "target_ema_rate", "sde_step_size"), RATE),
-    **dict.fromkeys(("expectile", "sde_eps"), OPEN_UNIT),
-    **dict.fromkeys(
-        (
-            "min_sampling_denoising_std",
-            "std_min",
-            "ent_coef",
-            "vf_coef",
-            "clip_ploss_coef_rate",
-            "train_action_noise",
-            "q_grad_coeff",
-            "eta",
-            "bc_loss_coeff",
-            "actor_weight_decay",
-            "critic_weight_decay",
-            "pretrain_weight_decay",
-            "actor_min_lr",
-            "critic_min_lr",
-            "pretrain_min_lr",
-        ),
-        NON_NEGATIVE,
-    ),
-    **dict.fromkeys(
-        (
-            "actor_lr",
-            "critic_lr",
-            "pretrain_lr",
-            "action_lr",
-            "std_max",
-            "fixed_std",
-            "min_logprob_denoising_std",
-            "denoised_clip_value",
-            "randn_clip_value",
-            "beta",
-            "boltzmann_temperature",
-            "max_adv_weight",
-            "max_reward_weight",
-            "scale_reward_factor",
-            "replay_ratio",
-            "target_kl",
-            "max_grad_norm",
-            "clip_coef",
-            "clip_ploss_coef",
-            "clip_ploss_coef_base",
-        ),
-        POSITIVE,
-    ),
-    **dict.fromkeys(("logprob_min", "logprob_max", "target_return"), ANY),
-}
-INT_FROM_ZERO = (
-    "seed",
-    "n_critic_warmup_itr",
-    "ema_start_epoch",
-    "record_transitions",
-    "hutchinson_probes",
-    "critic_replay_ratio",
-    "action_gradient_steps",
-)
-ORDERED_PAIRS = (
-    ("std_min", "std_max"),
-    ("actor_min_lr", "actor_lr"),
-    ("critic_min_lr", "critic_lr"),
-    ("pretrain_min_lr", "pretrain_lr"),
-    ("logprob_min", "logprob_max"),
-)
-
-
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def range_text(rule) -> str:
-    low, low_in, high, high_in = rule
-    if high is None:
-        return "finite" if low is None else f"{'>=' if low_in else '>'} {low:g}"
-    return f"in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
-
-
-def in_range(value: float, rule) -> bool:
-    low, low_in, high, high_in = rule
-    if not np.isfinite(value):
-        return False
-    above = low is None or value > low or (low_in and value == low)
-    below = high is None or value < high or (high_in and value == high)
-    return above and below
-
-
-def check_ranges(args, steps_per_iter: int | None = None):
-    """Check every numeric flag of `args` against its rule (one line naming the flag, its range and its
-    default); with `steps_per_iter`, --total-timesteps must cover at least one iteration."""
-    defaults = type(args)()
-    for field in fields(args):
-        value, default = getattr(args, field.name), getattr(defaults, field.name)
-        if value is None or isinstance(value, (bool, str)):
-            continue
-        values = value if isinstance(value, tuple) else (value,)
-        if not all(isinstance(v, (int, float)) for v in values):
-            continue
-        if all(isinstance(v, int) for v in values):
-            rule = NON_NEGATIVE if field.name in INT_FROM_ZERO else (1, True, None, False)
-        else:
-            rule = FLOAT_RANGES.get(field.name, ANY)
-        for v in values:
-            if not in_range(v, rule):
-                example = " ".join(map(str, default)) if isinstance(default, tuple) else default
-                fix = (
-                    f"e.g. {flag(field.name)} {example} (the default)"
-                    if default is not None
-                    else f"{flag(field.name)} {range_text(rule)}, or leave it out (the default)"
-                )
-                envs.fail(f"{flag(field.name)} must be {range_text(rule)}, got {v}; pass {fix}")
-    for low, high in ORDERED_PAIRS:
-        a, b = getattr(args, low, None), getattr(args, high, None)
-        if a is not None and b is not None and a > b:
-            envs.fail(f"{flag(low)} {a} is above {flag(high)} {b}; pass {flag(low)} <= {flag(high)}")
-    if steps_per_iter is not None and args.total_timesteps < steps_per_iter:
-        envs.fail(
-            f"--total-timesteps {args.total_timesteps} is below one iteration ({steps_per_iter} env steps = "
-            f"--num-envs x --n-steps x --act-steps); pass --total-timesteps {steps_per_iter} or more"
-        )
-
-
-# ------------------------------------------------------------------------------------------------
-# 2. Run dir: checked first, created only once every input is checked (open_run)
+# 1. Run dir: checked first, created only once every input is checked (open_run)
 # ------------------------------------------------------------------------------------------------
 RUN_FILES = ("checkpoint_last.pt", "summary.json", "pretrained.pt")
 LOCK_FILE = ".run.lock"  # held (fcntl.lockf) by the process writing the run; see lock_run_dir
@@ -343,7 +208,7 @@ def open_run(run_dir: str, args, resume_step: int | None = None):
 
 
 # ------------------------------------------------------------------------------------------------
-# 3. Non-finite values: stop where they enter, keep the last good checkpoint
+# 2. Non-finite values: stop where they enter, keep the last good checkpoint
 # ------------------------------------------------------------------------------------------------
 def all_finite(value) -> bool:
     """True when every number in `value` (array, tensor, float, module's weights, dict of these) is finite."""
@@ -373,7 +238,7 @@ def check_finite(iteration: int, **values):
 
 
 # ------------------------------------------------------------------------------------------------
-# 4. Checkpoints at iteration boundaries; Ctrl-C
+# 3. Checkpoints at iteration boundaries; Ctrl-C
 # ------------------------------------------------------------------------------------------------
 def rng_state() -> dict:
     """Every random generator a script draws from: Python, numpy's global, torch CPU (and CUDA)."""
@@ -525,7 +390,7 @@ def run_cli(main, *main_args):
 
 
 # ------------------------------------------------------------------------------------------------
-# 5. Summary
+# 4. Summary
 # ------------------------------------------------------------------------------------------------
 def write_summary(
     run_dir: str, algo: str, args, env_steps: int, wall: float, pretrained, final, best, success=(), **extra
@@ -605,27 +470,8 @@ def peak_memory_mb(device) -> float:
 
 
 # ------------------------------------------------------------------------------------------------
-# 6. Command line, progress, evaluations, video
+# 5. Progress, evaluations, video
 # ------------------------------------------------------------------------------------------------
-def parse_args(args_cls, task_defaults, argv=None):
-    """Parse the command line with tyro in two passes. The first reads the fields that choose defaults (--env-id,
-    --from-scratch, --backbone); `task_defaults(args)` returns the per-task or preset values for them; the second
-    parse starts from those values, so a flag given on the command line, in any spelling, always wins."""
-    import dataclasses
-
-    import tyro
-
-    argv = sys.argv[1:] if argv is None else list(argv)
-    first = tyro.cli(args_cls, args=[a for a in argv if a not in ("-h", "--help")])
-    table = task_defaults(first)
-    if not table:
-        return tyro.cli(args_cls, args=argv)
-    args = tyro.cli(args_cls, args=argv, default=dataclasses.replace(args_cls(), **table))
-    kept = ", ".join(f"{k}={v}" for k, v in table.items() if getattr(args, k) == v)
-    print(f"[{args.env_id}] defaults for this task: {kept}", flush=True)
-    return args
-
-
 def _number(value) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
@@ -915,7 +761,7 @@ def capture_video(
 
 
 # ------------------------------------------------------------------------------------------------
-# 7. The run around a script's loop, in the order main calls them: start, (the script's load_start)
+# 6. The run around a script's loop, in the order main calls them: start, (the script's load_start)
 #    open_run_dir, evaluate_only or resume_or_evaluate, start_envs; each iteration ends with
 #    log_stats, checkpoint_state and save_run. Plain functions: the loop itself stays in main.
 # ------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import tyro
 
-from cleandppo import envs, runs
+from cleandppo import arguments, envs
 
 torch.set_num_threads(1)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,11 +65,11 @@ TINY_FLAGS = {
 
 def tiny_args(module, *flags, **fields):
     """`module.Args` as `python cleandppo/<module>.py <TINY_FLAGS of the script> flags...` resolves it (through
-    runs.parse_args, so the script's task_defaults apply), then with `fields` set."""
+    arguments.parse_args, so the script's task_defaults apply), then with `fields` set."""
     import dataclasses
 
     name = module.__name__.rsplit(".", 1)[1]
-    args = runs.parse_args(module.Args, module.task_defaults, [*TINY_FLAGS[name], *map(str, flags)])
+    args = arguments.parse_args(module.Args, module.task_defaults, [*TINY_FLAGS[name], *map(str, flags)])
     return dataclasses.replace(args, **fields)
 
 
@@ -90,11 +90,11 @@ def run_script(script, *flags, timeout=300, check=True):
 
 
 def run_main(module, *flags):
-    """In-process `python cleandppo/<module>.py flags...`: the flags are parsed as the CLI does (runs.parse_args with
+    """In-process `python cleandppo/<module>.py flags...`: the flags are parsed as the CLI does (arguments.parse_args with
     the script's task_defaults where it has them; main takes the command line too where it still does)."""
     flags = [str(f) for f in flags]
     if hasattr(module, "task_defaults"):
-        return module.main(runs.parse_args(module.Args, module.task_defaults, argv=flags))
+        return module.main(arguments.parse_args(module.Args, module.task_defaults, argv=flags))
     args = tyro.cli(module.Args, args=flags)
     if len(inspect.signature(module.main).parameters) > 1:
         return module.main(args, flags)

@@ -310,8 +310,8 @@ Bellman target at the current state (qsm) | qsm.py | tests/test_dql_qsm_shared.p
 IDQL V fit to the mean (tau 0.5) | idql.py | tests/test_offpolicy_updates.py
 - v_loss = expectile_loss(target_q - v, args.expectile)
 + v_loss = expectile_loss(target_q - v, 0.5)
-# run plumbing shared by every script (runs.py section 6)
-presets override explicit flags | runs.py | tests/test_runs_cli.py
+# run plumbing shared by every script (runs.py section 5, arguments.py)
+presets override explicit flags | arguments.py | tests/test_runs_cli.py
 - args = tyro.cli(args_cls, args=argv, default=dataclasses.replace(args_cls(), **table))
 + args = dataclasses.replace(first, **table)
 resume forgets the best evaluation | runs.py | tests/test_runs_cli.py

@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from cleandppo import avoid, envs, runs
+from cleandppo import arguments, avoid, envs, runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -260,7 +260,7 @@ def test_avoid_bad_input_is_one_line(tmp_path, script):
     for argv, message in cases:
         argv = [*argv, "--run-dir", str(tmp_path / "run")]
         with pytest.raises(SystemExit) as stop:
-            module.main(runs.parse_args(module.Args, module.task_defaults, argv=argv))
+            module.main(arguments.parse_args(module.Args, module.task_defaults, argv=argv))
         assert str(stop.value).startswith("error: ") and message in str(stop.value) and "\n" not in str(stop.value)
         assert not os.path.exists(tmp_path / "run")
 
@@ -338,7 +338,6 @@ def test_d3il_directory_as_dataset(tmp_path):
 
 def test_a_restored_avoid_vector_env_continues_bit_identically():
     """runs.vec_env_state / restore_vec_env on the batched Avoid env, mid-episode and across a time-out."""
-    from cleandppo import runs
 
     norm = envs.identity_normalization(4, 2)
     rng = np.random.default_rng(0)  # upward drift: pillars are hit (negative rewards) before the restore

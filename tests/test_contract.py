@@ -1,5 +1,5 @@
 """The contract all ten scripts keep (docs/contract.md): the ALGO constant, the common
-Args fields in their order, task_defaults, no command-line parsing outside runs.parse_args, and what one tiny
+Args fields in their order, task_defaults, no command-line parsing outside arguments.parse_args, and what one tiny
 fine-tuning run on avoid-m2 leaves behind (TensorBoard tags, summary.json keys). Every test runs once per script, so
 a script that breaks the contract fails under its own name.
 
@@ -87,11 +87,11 @@ def test_task_defaults_return_args_fields(script):
 @pytest.mark.parametrize("script", SCRIPTS)
 @pytest.mark.parametrize("spelling", [["--num-envs=3"], ["--num-envs", "3"]])
 def test_the_task_table_fills_every_field_but_the_flags_given(script, spelling):
-    from cleandppo import runs
+    from cleandppo import arguments
 
     module = load(script)
     table = module.task_defaults(module.Args(env_id="lift", num_envs=3))  # (qsm sizes its buffer by num_envs)
-    args = runs.parse_args(module.Args, module.task_defaults, ["--env-id", "lift", *spelling])
+    args = arguments.parse_args(module.Args, module.task_defaults, ["--env-id", "lift", *spelling])
     assert args.num_envs == 3 and table.get("num_envs", 3) != 3  # given: kept (the table would set another value)
     assert {k: getattr(args, k) for k in table if k != "num_envs"} == {
         k: v for k, v in table.items() if k != "num_envs"
@@ -104,7 +104,7 @@ def test_only_runs_reads_the_command_line(script):
     source = inspect.getsource(module)
     assert "sys.argv" not in source and "tyro.cli" not in source
     assert list(inspect.signature(module.main).parameters) == ["args"]  # main takes resolved args, nothing else
-    assert source.rstrip().endswith("runs.run_cli(main, runs.parse_args(Args, task_defaults))")
+    assert source.rstrip().endswith("runs.run_cli(main, arguments.parse_args(Args, task_defaults))")
 
 
 @pytest.fixture(scope="session")

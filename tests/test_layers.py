@@ -14,6 +14,7 @@ LAYERS = [  # bottom first; a module may import modules of lower layers only (co
     ["gym_tasks", "avoid", "robomimic_tasks"],
     ["official"],
     ["envs"],
+    ["arguments"],
     ["runs"],
     ALGORITHMS,
 ]

@@ -29,6 +29,7 @@ SCRIPTS = ["dppo", "gaussian_ppo", "gmm_ppo", "dawr", "drwr", "dipo", "idql", "d
 MAX_SHARE = 0.40
 PLUMBING_NAMES = {
     "runs",
+    "arguments",
     "envs",
     "time",
     "print",

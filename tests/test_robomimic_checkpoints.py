@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from cleandppo import envs, runs
+from cleandppo import arguments, envs
 from conftest import assert_one_line_error
 
 torch.set_num_threads(1)
@@ -110,7 +110,7 @@ def test_dppo_cond_mlp_flag_that_disagrees_with_the_checkpoint_is_one_line():
     args = dppo.Args(env_id="square", cond_mlp_dims=(512, 64))  # the same widths are fine
     assert load_in(dppo, envs.bundled_checkpoint("square", "diffusion"), args)["model_kwargs"]
     # Square's task table brings the official encoder, so the bundled checkpoint loads with no flag given
-    args = runs.parse_args(dppo.Args, dppo.task_defaults, argv=["--env-id", "square"])
+    args = arguments.parse_args(dppo.Args, dppo.task_defaults, argv=["--env-id", "square"])
     assert args.cond_mlp_dims == (512, 64)
     assert load_in(dppo, envs.bundled_checkpoint("square", "diffusion"), args)["model_kwargs"]
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from cleandppo import envs, gym_tasks, runs
+from cleandppo import arguments, envs, gym_tasks, runs
 from conftest import (
     TINY_DIFFUSION,
     assert_one_line_error,
@@ -377,18 +377,18 @@ def test_every_numeric_flag_has_a_rule_and_out_of_range_values_are_one_line(scri
     for name, value in numeric_fields(module):
         floats = isinstance(value, tuple) and value and all(isinstance(v, float) for v in value)
         if isinstance(value, float) or value is None or floats:
-            assert name in runs.FLOAT_RANGES, f"{script}: --{name} has no range in runs.FLOAT_RANGES"
-            low, low_in, high, high_in = runs.FLOAT_RANGES[name]
+            assert name in arguments.FLOAT_RANGES, f"{script}: --{name} has no range in arguments.FLOAT_RANGES"
+            low, low_in, high, high_in = arguments.FLOAT_RANGES[name]
             bad = [float("nan")] + ([low - 1.0 if low_in else low] if low is not None else [])
             bad += [high + 1.0 if high_in else high] if high is not None else []
             bad = [(b,) * len(value) for b in bad] if floats else bad
         else:
-            bad = [-1] if name in runs.INT_FROM_ZERO else [0]
+            bad = [-1] if name in arguments.INT_FROM_ZERO else [0]
             bad = [tuple(bad * max(1, len(value)))] if isinstance(value, tuple) else bad  # () too: (0,)
         for v in bad:
             with pytest.raises(SystemExit) as e:
-                runs.check_ranges(module.Args(**{name: v}))
-            assert_one_line_error(str(e.value), runs.flag(name))
+                arguments.check_ranges(module.Args(**{name: v}))
+            assert_one_line_error(str(e.value), arguments.flag(name))
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -407,10 +407,10 @@ def test_every_script_checks_ranges_and_the_budget(script, flags, needle, tmp_pa
 
 
 def test_each_flag_has_one_rule():
-    names = [name for group in (runs.FLOAT_RANGES, runs.INT_FROM_ZERO) for name in group]
-    assert len(runs.FLOAT_RANGES) + len(runs.INT_FROM_ZERO) == len(set(names))
+    names = [name for group in (arguments.FLOAT_RANGES, arguments.INT_FROM_ZERO) for name in group]
+    assert len(arguments.FLOAT_RANGES) + len(arguments.INT_FROM_ZERO) == len(set(names))
     with pytest.raises(SystemExit, match="--sde-step-size must be in"):
-        runs.check_ranges(importlib.import_module("cleandppo.exact_likelihood_pg").Args(sde_step_size=2.0))
+        arguments.check_ranges(importlib.import_module("cleandppo.exact_likelihood_pg").Args(sde_step_size=2.0))
 
 
 def test_a_bad_learning_rate_is_one_line_on_the_command_line(tmp_path):
@@ -589,7 +589,7 @@ def test_a_resume_in_the_same_second_still_reads_in_order(tmp_path, monkeypatch)
     test_gaussian_ppo_from_scratch_kill_and_resume_is_bit_identical(tmp_path, monkeypatch)
 
 
-# ---- per-task defaults and presets of the PPO scripts (runs.parse_args; parsing builds no env) ------------
+# ---- per-task defaults and presets of the PPO scripts (arguments.parse_args; parsing builds no env) ------------
 PPO_SCRIPTS = ["dppo", "gaussian_ppo", "gmm_ppo", "exact_likelihood_pg"]
 
 
@@ -599,7 +599,7 @@ def test_per_task_defaults_keep_explicit_flags(module, capsys):
 
     mod = importlib.import_module(f"cleandppo.{module}")
     argv = ["--env-id", "TwoArmTransport", "--num-envs", "3", "--gamma=0.9"]
-    args = runs.parse_args(mod.Args, mod.task_defaults, argv=argv)
+    args = arguments.parse_args(mod.Args, mod.task_defaults, argv=argv)
     assert args.num_envs == 3 and args.gamma == 0.9  # given on the command line, in either spelling: kept
     assert (args.n_steps, args.batch_size, args.update_epochs, args.act_steps, args.horizon_steps) == (
         400,
@@ -617,7 +617,7 @@ def test_per_task_defaults_keep_explicit_flags(module, capsys):
     else:
         assert args.clip_coef == 0.01 and (args.std_min, args.std_max) == (0.01, 0.2) and args.actor_lr == 1e-4
     assert mod.task_defaults(mod.Args()) == {}  # the Gym tasks keep the Args defaults
-    assert runs.parse_args(mod.Args, mod.task_defaults, argv=[]) == mod.Args()
+    assert arguments.parse_args(mod.Args, mod.task_defaults, argv=[]) == mod.Args()
 
 
 @pytest.mark.parametrize("module", PPO_SCRIPTS)
@@ -627,7 +627,7 @@ def test_lift_defaults_apply_but_an_explicit_flag_wins(module, spelling):
     import importlib
 
     mod = importlib.import_module(f"cleandppo.{module}")
-    args = runs.parse_args(mod.Args, mod.task_defaults, argv=["--env-id", "lift", *spelling])
+    args = arguments.parse_args(mod.Args, mod.task_defaults, argv=["--env-id", "lift", *spelling])
     table = mod.task_defaults(mod.Args(env_id="lift"))
     assert table["n_steps"] == 300 and args.n_steps == 7
     assert {k: getattr(args, k) for k in table if k != "n_steps"} == {k: v for k, v in table.items() if k != "n_steps"}
@@ -639,7 +639,7 @@ def test_lift_defaults_apply_but_an_explicit_flag_wins(module, spelling):
 def test_from_scratch_preset_keeps_explicit_flags(module, spelling):
     """--from-scratch: the official cfg/gym/scratch values (budget per task), but an explicit --num-envs stays."""
     mod = importlib.import_module(f"cleandppo.{module}")
-    args = runs.parse_args(mod.Args, mod.task_defaults, argv=["--from-scratch", *spelling])
+    args = arguments.parse_args(mod.Args, mod.task_defaults, argv=["--from-scratch", *spelling])
     preset = mod.task_defaults(mod.Args(from_scratch=True))
     assert preset["num_envs"] == 10 and args.num_envs == 8
     assert {k: getattr(args, k) for k in preset if k != "num_envs"} == {
@@ -647,7 +647,7 @@ def test_from_scratch_preset_keeps_explicit_flags(module, spelling):
     }
     assert (args.horizon_steps, args.act_steps, args.n_steps, args.update_epochs) == (1, 1, 1000, 10)
     assert args.total_timesteps == 301 * 10 * 1000  # Hopper: 301 iterations of 10 envs x 1000 steps
-    walker = runs.parse_args(mod.Args, mod.task_defaults, argv=["--from-scratch", "--env-id", "Walker2D-v2"])
+    walker = arguments.parse_args(mod.Args, mod.task_defaults, argv=["--from-scratch", "--env-id", "Walker2D-v2"])
     assert walker.total_timesteps == 501 * 10 * 1000 and walker.num_envs == 10
     if module == "dppo":
         assert (args.denoising_steps, args.ft_denoising_steps, args.gamma_denoising) == (10, 10, 1.0)

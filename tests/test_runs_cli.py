@@ -1,4 +1,4 @@
-"""runs.py section 6: the two-pass tyro parse (explicit flags beat per-task tables), the progress line, the
+"""arguments.py and runs.py section 5: the two-pass tyro parse (explicit flags beat per-task tables), the progress line, the
 evaluation record a checkpoint carries, and episode logging. Expected values are written out by hand."""
 
 import dataclasses
@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from cleandppo import runs
+from cleandppo import arguments, runs
 
 
 @dataclasses.dataclass
@@ -40,12 +40,12 @@ def toy_defaults(args):
     ],
 )
 def test_parse_args_explicit_flags_beat_the_table(argv, num_envs, n_steps, capsys):
-    args = runs.parse_args(Toy, toy_defaults, argv=argv)
+    args = arguments.parse_args(Toy, toy_defaults, argv=argv)
     assert (args.num_envs, args.n_steps) == (num_envs, n_steps)
 
 
 def test_parse_args_prints_only_the_table_values_it_kept(capsys):
-    runs.parse_args(Toy, toy_defaults, argv=["--env-id", "lift", "--n-steps", "7"])
+    arguments.parse_args(Toy, toy_defaults, argv=["--env-id", "lift", "--n-steps", "7"])
     line = capsys.readouterr().out.strip()
     assert "num_envs=50" in line and "n_steps" not in line
 

@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from cleandppo import avoid, gaussian_ppo, gmm_ppo, runs
+from cleandppo import arguments, avoid, gaussian_ppo, gmm_ppo, runs
 
 SCRIPTS = {"gaussian_ppo": gaussian_ppo, "gmm_ppo": gmm_ppo}
 add_noise = avoid.add_action_noise
@@ -34,4 +34,4 @@ if __name__ == "__main__":
         sys.exit(f"usage: {sys.argv[0]} {{{','.join(SCRIPTS)}}} <that script's flags>")
     script = SCRIPTS[sys.argv.pop(1)]
     avoid.add_action_noise = add_noise_in_place  # the scripts look it up in the module at every call
-    runs.run_cli(script.main, runs.parse_args(script.Args, script.task_defaults))
+    runs.run_cli(script.main, arguments.parse_args(script.Args, script.task_defaults))

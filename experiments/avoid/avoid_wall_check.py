@@ -12,7 +12,7 @@ diagnostic, not a task variant: it patches avoid.step_batch. (Its run dirs and f
 
 import numpy as np
 
-from cleandppo import avoid, dppo, runs
+from cleandppo import arguments, avoid, dppo, runs
 
 free_step = avoid.step_batch
 
@@ -27,4 +27,4 @@ def step_in_band(state: dict, actions: np.ndarray):
 
 if __name__ == "__main__":
     avoid.step_batch = step_in_band  # AvoidVectorEnv.step looks the function up in the module at every call
-    runs.run_cli(dppo.main, runs.parse_args(dppo.Args, dppo.task_defaults))
+    runs.run_cli(dppo.main, arguments.parse_args(dppo.Args, dppo.task_defaults))
