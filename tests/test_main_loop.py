@@ -10,8 +10,8 @@ How a line of main is counted (read from the source with `ast`, so formatting de
   while, with, try) only the lines of its header and of its `else:`/`finally:` lines, its body's statements own
   theirs;
 - a line is plumbing when its statement
-  (a) reads one of PLUMBING_NAMES (the modules runs, arguments, envs and time, print, the run's objects, the checkpoint being
-      loaded or resumed, the scripts' own run helpers) or one of the flags that choose what a run does
+  (a) reads one of PLUMBING_NAMES (the modules runs, arguments, envs and time, print, the run's objects, the
+      checkpoint being loaded or resumed, the scripts' own run helpers) or one of the flags that choose what a run does
       (RUN_MODE_FLAGS, as args.<flag>), or
   (b) lies in the body of a compound statement whose header is plumbing (an `if resume is not None:` block), or
   (c) lies in a function defined inside main (a closure such as a local save()).
