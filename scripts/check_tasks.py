@@ -20,7 +20,8 @@ def main(tasks: str) -> int:
         from cleandppo import envs
     except Exception as e:  # ImportError, or a broken install: which one does not change the fix
         print(
-            f"PYTHON={os.environ.get('GRID_PYTHON', sys.executable)} cannot import the scripts' packages ({e.__class__.__name__}: {e}); set PYTHON to "
+            f"PYTHON={os.environ.get('GRID_PYTHON', sys.executable)} cannot import the scripts' packages "
+            f"({e.__class__.__name__}: {e}); set PYTHON to "
             "the Python of this project's environment, e.g. PYTHON=.venv/bin/python (pip install -r requirements.txt)"
         )
         return 3

@@ -1,4 +1,5 @@
-"""One speed report for the PPO scripts, every phase measured one after another in one process tree (docs/benchmarks.md).
+"""One speed report for the PPO scripts, every phase measured one after another in one process tree
+(docs/benchmarks.md).
 
     python scripts/speed.py                      # the report at the benchmark sizes (a few minutes on 2 cores)
     python scripts/speed.py --quick              # the same phases, smaller, in under a minute

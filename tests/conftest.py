@@ -90,8 +90,8 @@ def run_script(script, *flags, timeout=300, check=True):
 
 
 def run_main(module, *flags):
-    """In-process `python cleandppo/<module>.py flags...`: the flags are parsed as the CLI does (arguments.parse_args with
-    the script's task_defaults where it has them; main takes the command line too where it still does)."""
+    """In-process `python cleandppo/<module>.py flags...`: the flags are parsed as the CLI does (arguments.parse_args
+    with the script's task_defaults where it has them; main takes the command line too where it still does)."""
     flags = [str(f) for f in flags]
     if hasattr(module, "task_defaults"):
         return module.main(arguments.parse_args(module.Args, module.task_defaults, argv=flags))

@@ -222,7 +222,7 @@ def test_summary_json_is_strict_with_null_for_missing_numbers(tmp_path):
     assert os.listdir(tmp_path) == ["summary.json"]
 
 
-# ---- inputs that used to end in a traceback ---------------------------------------------------------------------------
+# ---- inputs that used to end in a traceback ------------------------------------------------------------------
 def test_ddim_steps_zero_is_one_line(tmp_path):
     from cleandppo import dppo
 

@@ -1,5 +1,5 @@
-"""arguments.py and runs.py section 5: the two-pass tyro parse (explicit flags beat per-task tables), the progress line, the
-evaluation record a checkpoint carries, and episode logging. Expected values are written out by hand."""
+"""arguments.py and runs.py section 5: the two-pass tyro parse (explicit flags beat per-task tables), the progress
+line, the evaluation record a checkpoint carries, and episode logging. Expected values are written out by hand."""
 
 import dataclasses
 import gc
