@@ -4,7 +4,8 @@ Runs each script of a checkout (default: this one) for two short iterations on C
 one JSON line per run: the SHA-256 of every tensor in its `checkpoint_last.pt` (`pretrained.pt` for the
 pre-training runs) (networks, optimizers, RNG states,
 env state; run metadata such as wall times and the parsed flags are left out) and the returns in `summary.json`.
-Two checkouts behave the same when their outputs are identical:
+Two checkouts behave the same when their outputs are identical (`arrays` alone, when a change only added checkpoint
+metadata or renamed keys):
 
     python experiments/behaviour_check/digests.py --repo /path/to/old/checkout > old.jsonl
     python experiments/behaviour_check/digests.py > new.jsonl
@@ -58,7 +59,7 @@ SKIP_KEYS = {"args", "wall_time_s", "time", "run_dir", "git", "wall", "started"}
 
 
 def tensor_digests(obj, prefix="", out=None):
-    """Flatten a checkpoint into {path: sha256 of the bytes of each tensor or array, or repr of each scalar}."""
+    """Flatten a checkpoint into {path: '#' + sha256 of the bytes of each tensor or array, or repr of each scalar}."""
     out = {} if out is None else out
     if isinstance(obj, dict):
         for key in sorted(obj, key=str):
@@ -68,9 +69,9 @@ def tensor_digests(obj, prefix="", out=None):
         for i, item in enumerate(obj):
             tensor_digests(item, f"{prefix}[{i}]", out)
     elif isinstance(obj, torch.Tensor):
-        out[prefix] = hashlib.sha256(obj.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+        out[prefix] = "#" + hashlib.sha256(obj.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
     elif isinstance(obj, np.ndarray):
-        out[prefix] = hashlib.sha256(np.ascontiguousarray(obj).tobytes()).hexdigest()[:16]
+        out[prefix] = "#" + hashlib.sha256(np.ascontiguousarray(obj).tobytes()).hexdigest()[:16]
     elif isinstance(obj, (bytes, bytearray)):
         out[prefix] = hashlib.sha256(obj).hexdigest()[:16]
     elif isinstance(obj, (int, float, str, bool)) or obj is None:
@@ -97,10 +98,13 @@ def digest_run(repo: str, name: str, script: str, flags: list, workdir: str) -> 
     ckpt = torch.load(os.path.join(run_dir, last), map_location="cpu", weights_only=False)
     digests = tensor_digests(ckpt)
     whole = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]
+    # the tensors and arrays alone, whatever their keys: equal when only metadata or key names changed
+    arrays = sorted(v for v in digests.values() if v.startswith("#"))
+    arrays = hashlib.sha256(json.dumps(arrays).encode()).hexdigest()[:16]
     with open(os.path.join(run_dir, "summary.json")) as f:
         summary = json.load(f)
     returns = {k: summary.get(k) for k in ("env_steps", "pretrained_eval_return", "final_eval_return")}
-    return {"run": name, "checkpoint": whole, "tensors": len(digests), **returns}
+    return {"run": name, "checkpoint": whole, "arrays": arrays, "entries": len(digests), **returns}
 
 
 def main():
