@@ -174,6 +174,16 @@ def simulator_phases(args, closers) -> list:
     ]
 
 
+def executed_steps(infos: dict) -> int:
+    """Env steps a vector step executed: `env_steps` of the envs that go on, and of those whose episode ended (their
+    info moved to `final_info` by the same-step auto-reset; when every env ended, there is no `env_steps` at all)."""
+    steps = 0
+    for info in (infos, infos.get("final_info", {})):
+        if "env_steps" in info:
+            steps += int(np.sum(np.where(info["_env_steps"], info["env_steps"], 0)))
+    return steps
+
+
 def rollout_work(args, act_fn, normalization, closers, sampler_time):
     """One rollout step as the loops do it: act_fn(obs) -> chunk, then the vector-env step; returns its env steps and
     adds the sampler's time to sampler_time[0]."""
@@ -187,7 +197,7 @@ def rollout_work(args, act_fn, normalization, closers, sampler_time):
         chunk = act_fn(state["obs"])
         sampler_time[0] += time.perf_counter() - t
         state["obs"], _, _, _, infos = vec.step(chunk[:, : args.act_steps])
-        return int(np.sum(infos["env_steps"]))
+        return executed_steps(infos)
 
     return work
 

@@ -72,3 +72,20 @@ def test_quick_report_has_every_phase_and_numeric_ratios(tmp_path):
     assert {"date", "commit", "cores", "torch", "load_before", "load_after"} <= set(report["machine"])
     it = {r["phase"]: r["value"] for r in report["rows"] if r["phase"].startswith("DPPO iteration")}
     assert it["DPPO iteration"] >= it["DPPO iteration: rollout"] + it["DPPO iteration: update"] - 1e-6
+
+
+def test_executed_steps_counts_the_envs_whose_episode_ended_too():
+    """A vector step where every env ended has no `env_steps` at the top level (the same-step auto-reset moved each
+    env's info to `final_info`); where some ended, both hold part of the count."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("speed", os.path.join(ROOT, "scripts", "speed.py"))
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    every_env_ended = dict(final_info=dict(env_steps=[2, 3], _env_steps=[True, True]), _final_info=[True, True])
+    assert speed.executed_steps(every_env_ended) == 5
+    one_ended = dict(
+        env_steps=[4, 0], _env_steps=[True, False], final_info=dict(env_steps=[0, 1], _env_steps=[False, True])
+    )
+    assert speed.executed_steps(one_ended) == 5
+    assert speed.executed_steps(dict(env_steps=[4, 4], _env_steps=[True, True])) == 8
