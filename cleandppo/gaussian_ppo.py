@@ -145,7 +145,9 @@ class Args:
     critic_dims: tuple[int, ...] = (256, 256, 256)
     """critic hidden widths (residual, Mish)"""
     train_action_noise: tuple[float, float] = (0.0, 0.0)
-    """[low, high] of uniform noise (random sign, normalized) on executed actions from iteration 5 (D.8, Fig. 10)"""
+    """[low, high] of uniform noise (normalized units) on executed actions from iteration 5 (D.8, Fig. 10)"""
+    train_action_noise_mode: Literal["literal", "symmetric"] = "literal"
+    """--train-action-noise as D.8 reads (literal: uniform in [low, high], positive) or with a random sign"""
     official_normalization: Optional[str] = None
     """normalization.npz of an official DPPO --checkpoint (default: found next to it; docs/checkpoints.md)"""
     bc_loss_coeff: float = 0.0
@@ -743,7 +745,9 @@ def main(args):
                 mean, std = policy(obs_t)
                 chunk = sample_action(mean, std, args.randn_clip_value)
             chunk = chunk.cpu().numpy()
-            executed = avoid.add_action_noise(chunk[:, : args.act_steps], iteration, args.train_action_noise)
+            executed = avoid.add_action_noise(
+                chunk[:, : args.act_steps], iteration, args.train_action_noise, args.train_action_noise_mode
+            )
             next_obs, reward, term, trunc, infos = vec.step(executed)
             runs.check_finite(iteration, reward=reward, observation=next_obs)
             env_steps += args.num_envs * args.act_steps  # episodes that end here are logged at this count

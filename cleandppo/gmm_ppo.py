@@ -146,7 +146,9 @@ class Args:
     critic_dims: tuple[int, ...] = (256, 256, 256)
     """critic hidden widths (residual, Mish)"""
     train_action_noise: tuple[float, float] = (0.0, 0.0)
-    """[low, high] of uniform noise (random sign, normalized) on executed actions from iteration 5 (D.8, Fig. 10)"""
+    """[low, high] of uniform noise (normalized units) on executed actions from iteration 5 (D.8, Fig. 10)"""
+    train_action_noise_mode: Literal["literal", "symmetric"] = "literal"
+    """--train-action-noise as D.8 reads (literal: uniform in [low, high], positive) or with a random sign"""
     official_normalization: Optional[str] = None
     """normalization.npz of an official DPPO --checkpoint (default: found next to it; docs/checkpoints.md)"""
 
@@ -729,8 +731,9 @@ def main(args):
         for n in range(args.n_steps):
             with torch.no_grad():
                 chunk = sample_action(*policy(torch.as_tensor(obs, device=device)))
+            executed = chunk[:, : args.act_steps].cpu().numpy()
             executed = avoid.add_action_noise(
-                chunk[:, : args.act_steps].cpu().numpy(), iteration, args.train_action_noise
+                executed, iteration, args.train_action_noise, args.train_action_noise_mode
             )
             next_obs, reward, term, trunc, infos = vec.step(executed)
             runs.check_finite(iteration, reward=reward, observation=next_obs)

@@ -437,6 +437,25 @@ cond_mlp weights and config that disagree accepted | envs.py | tests/test_robomi
 robomimic filter keys ignored | robomimic_tasks.py | tests/test_robomimic_mh.py -k filter_key
 - demos = [demo for demo in demos if keep is None or demo["name"] in keep]
 + demos = list(demos)
+# Avoid action noise (paper D.8, Fig. 10 left)
+literal action noise given a random sign | avoid.py | tests/test_avoid.py -k action_noise_schedule
+- if mode == "symmetric":
++ if mode != "none":
+symmetric action noise without its sign | avoid.py | tests/test_avoid.py -k action_noise_schedule
+- noise = noise * np.random.choice([-1.0, 1.0], actions.shape)
++ noise = noise
+action noise ramp one iteration late | avoid.py | tests/test_avoid.py -k action_noise_schedule
+- frac = min(1.0, (iteration - start_itr + 1) / ramp_itrs)
++ frac = min(1.0, (iteration - start_itr) / ramp_itrs)
+action noise mode not passed (dppo) | dppo.py | tests/test_avoid.py -k pass_the_noise_mode
+- args.train_action_noise, args.train_action_noise_mode
++ args.train_action_noise
+action noise mode not passed (gaussian) | gaussian_ppo.py | tests/test_avoid.py -k pass_the_noise_mode
+- args.train_action_noise, args.train_action_noise_mode
++ args.train_action_noise
+action noise mode not passed (gmm) | gmm_ppo.py | tests/test_avoid.py -k pass_the_noise_mode
+- args.train_action_noise, args.train_action_noise_mode
++ args.train_action_noise
 """
 
 
