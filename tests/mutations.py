@@ -437,6 +437,19 @@ cond_mlp weights and config that disagree accepted | envs.py | tests/test_robomi
 robomimic filter keys ignored | robomimic_tasks.py | tests/test_robomimic_mh.py -k filter_key
 - demos = [demo for demo in demos if keep is None or demo["name"] in keep]
 + demos = list(demos)
+# summary.json's code version (runs.code_version)
+summary commit abbreviated | runs.py | tests/test_run_faults.py -k code_version
+- return dict(git_commit=commit.strip(), git_dirty=bool(status.strip()))
++ return dict(git_commit=commit.strip()[:12], git_dirty=bool(status.strip()))
+summary never dirty | runs.py | tests/test_run_faults.py -k code_version
+- git_dirty=bool(status.strip()))
++ git_dirty=False)
+summary crashes outside a git checkout | runs.py | tests/test_run_faults.py -k code_version
+- if commit is None or status is None:\n        return dict(git_commit=None, git_dirty=None)
++ if False:\n        return None
+summary without the code version | runs.py | tests/test_run_faults.py -k code_version
+- **code_version(),
++
 # Avoid action noise (paper D.8, Fig. 10 left)
 literal action noise given a random sign | avoid.py | tests/test_avoid.py -k action_noise_schedule
 - if mode == "symmetric":
