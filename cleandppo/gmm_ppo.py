@@ -73,7 +73,7 @@ class Args:
     eval_sampling: Literal["eval", "train"] = "eval"
     """"eval": mean of the most likely mode (no exploration noise); "train": sampled as in the rollouts (Avoid, D.8)"""
     official_summed_logprob: bool = False
-    """PPO on the official PPO_GMM log-prob (summed density clamped to [-5, 2], which saturates; docs/gmm_ppo.md)"""
+    """PPO on the official PPO_GMM log-prob (summed density clamped to [-5, 2]; Avoid's default; docs/gmm_ppo.md)"""
     report_official_clamp: bool = False
     """roll out one fine-tuning batch (num-envs x n-steps queries) of --checkpoint and report the fraction
     of samples whose summed log-prob the official clamp at 2 saturates; then stop"""
@@ -192,6 +192,7 @@ AVOID = dict(
     eval_freq=5,
     eval_episodes=50,
     eval_sampling="train",
+    official_summed_logprob=True,  # the paper's Avoid baselines ran the official PPO_GMM (model/rl/gmm_ppo.py)
     pretrain_batch_size=16,
     pretrain_lr=1e-4,
     pretrain_epochs=200,

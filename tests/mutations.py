@@ -437,6 +437,16 @@ cond_mlp weights and config that disagree accepted | envs.py | tests/test_robomi
 robomimic filter keys ignored | robomimic_tasks.py | tests/test_robomimic_mh.py -k filter_key
 - demos = [demo for demo in demos if keep is None or demo["name"] in keep]
 + demos = list(demos)
+# GMM log-prob: ours per dimension, the official summed one (the Avoid default)
+official GMM log-prob not clamped | gmm_ppo.py | tests/test_gmm_ppo.py
+- return mixture_log_prob(means, std, logits, actions).clamp(-5.0, 2.0)
++ return mixture_log_prob(means, std, logits, actions)
+official GMM log-prob not used by the update | gmm_ppo.py | tests/test_ppo_updates.py -k official_summed
+- (official_log_prob if args.official_summed_logprob else log_prob)(
++ (log_prob)(
+Avoid GMM not on the official log-prob | gmm_ppo.py | tests/test_gmm_ppo.py -k logprob_defaults
+- official_summed_logprob=True,  # the paper's
++ official_summed_logprob=False,  # the paper's
 # summary.json's code version (runs.code_version)
 summary commit abbreviated | runs.py | tests/test_run_faults.py -k code_version
 - return dict(git_commit=commit.strip(), git_dirty=bool(status.strip()))
