@@ -447,6 +447,31 @@ official GMM log-prob not used by the update | gmm_ppo.py | tests/test_ppo_updat
 Avoid GMM not on the official log-prob | gmm_ppo.py | tests/test_gmm_ppo.py -k logprob_defaults
 - official_summed_logprob=True,  # the paper's
 + official_summed_logprob=False,  # the paper's
+# pre-training recipe of the official Avoid Gaussian/GMM configs (cosine LR, EMA)
+pre-training saves the live weights, not the EMA (gaussian) | gaussian_ppo.py | tests/test_gaussian_ppo.py -k pretraining_cosine
+- saved = policy if ema is None else ema
++ saved = policy
+pre-training EMA weight swapped (gaussian) | gaussian_ppo.py | tests/test_gaussian_ppo.py -k pretraining_cosine
+- p_ema.lerp_(p, 1 - args.ema_decay)
++ p_ema.lerp_(p, args.ema_decay)
+pre-training LR not decayed (gaussian) | gaussian_ppo.py | tests/test_gaussian_ppo.py -k pretraining_cosine
+- group["lr"] = pretrain_lr(epoch, args)
++ group["lr"] = args.pretrain_lr
+Avoid pre-training without the official recipe (gaussian) | gaussian_ppo.py | tests/test_gaussian_ppo.py -k recipe_defaults
+- ema_decay=0.995,  # and the EMA weights
++ ema_decay=None,
+pre-training saves the live weights, not the EMA (gmm) | gmm_ppo.py | tests/test_gaussian_ppo.py -k pretraining_cosine
+- saved = policy if ema is None else ema
++ saved = policy
+pre-training EMA weight swapped (gmm) | gmm_ppo.py | tests/test_gaussian_ppo.py -k pretraining_cosine
+- p_ema.lerp_(p, 1 - args.ema_decay)
++ p_ema.lerp_(p, args.ema_decay)
+pre-training LR not decayed (gmm) | gmm_ppo.py | tests/test_gaussian_ppo.py -k pretraining_cosine
+- group["lr"] = pretrain_lr(epoch, args)
++ group["lr"] = args.pretrain_lr
+Avoid pre-training without the official recipe (gmm) | gmm_ppo.py | tests/test_gaussian_ppo.py -k recipe_defaults
+- ema_decay=0.995,  # and the EMA weights
++ ema_decay=None,
 # summary.json's code version (runs.code_version)
 summary commit abbreviated | runs.py | tests/test_run_faults.py -k code_version
 - return dict(git_commit=commit.strip(), git_dirty=bool(status.strip()))
