@@ -485,16 +485,26 @@ def replay_reward(current: np.ndarray) -> np.ndarray:
     return rewards
 
 
-def add_action_noise(actions: np.ndarray, iteration: int, limits, start_itr: int = 5, ramp_itrs: int = 5) -> np.ndarray:
+NOISE_MODES = ("literal", "symmetric")
+
+
+def add_action_noise(
+    actions: np.ndarray, iteration: int, limits, mode: str = "literal", start_itr: int = 5, ramp_itrs: int = 5
+) -> np.ndarray:
     """Executed (normalized) actions plus the fine-tuning noise of paper D.8 (Fig. 10 left): from iteration
-    `start_itr` on, magnitude uniform in [low, high] with a random sign per entry, the limits ramping
-    linearly from limits / ramp_itrs to `limits` over `ramp_itrs` iterations; unchanged before."""
+    `start_itr` on, the limits [low, high] ramp linearly from limits / ramp_itrs to `limits` over `ramp_itrs`
+    iterations; unchanged before. `literal`: noise uniform in [low, high] as D.8 says (always positive);
+    `symmetric`: magnitude uniform in [low, high] with a random sign per entry."""
+    if mode not in NOISE_MODES:
+        fail(f"unknown action noise mode {mode!r}; use one of {', '.join(NOISE_MODES)}")
     low, high = limits
     if high <= 0 or iteration < start_itr:
         return actions
     frac = min(1.0, (iteration - start_itr + 1) / ramp_itrs)
-    magnitude = np.random.uniform(low * frac, high * frac, actions.shape)
-    return actions + magnitude * np.random.choice([-1.0, 1.0], actions.shape)
+    noise = np.random.uniform(low * frac, high * frac, actions.shape)
+    if mode == "symmetric":
+        noise = noise * np.random.choice([-1.0, 1.0], actions.shape)
+    return actions + noise
 
 
 # ------------------------------------------------------------------------------------------------

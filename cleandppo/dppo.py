@@ -168,7 +168,9 @@ class Args:
     logprob_batch_size: int = 10_000
     """env-step samples per chunk when recomputing old log-probs (memory only)"""
     train_action_noise: tuple[float, float] = (0.0, 0.0)
-    """[low, high] of uniform noise (random sign, normalized) on executed actions from iteration 5 (D.8, Fig. 10)"""
+    """[low, high] of uniform noise (normalized units) on executed actions from iteration 5 (D.8, Fig. 10)"""
+    train_action_noise_mode: Literal["literal", "symmetric"] = "literal"
+    """--train-action-noise as D.8 reads (literal: uniform in [low, high], positive) or with a random sign"""
     official_normalization: Optional[str] = None
     """normalization.npz of an official DPPO --checkpoint (default: found next to it; docs/checkpoints.md)"""
     bc_loss_coeff: float = 0.0
@@ -812,7 +814,9 @@ def main(args):
             obs_t = torch.as_tensor(obs, device=device)
             chunk, chain = sample(actor, actor_ft, sched, obs_t, plan, K_ft, "train", args)
             executed = chunk[:, : args.act_steps].cpu().numpy()
-            executed = avoid.add_action_noise(executed, iteration, args.train_action_noise)
+            executed = avoid.add_action_noise(
+                executed, iteration, args.train_action_noise, args.train_action_noise_mode
+            )
             next_obs, reward, term, trunc, infos = vec.step(executed)
             runs.check_finite(iteration, reward=reward, observation=next_obs)
             env_steps += E * args.act_steps  # episodes that end here are logged at this count

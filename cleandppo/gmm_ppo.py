@@ -15,6 +15,7 @@ and DPPO that the PPO clip ratio 0.01 assumes), then clamped to [-5, 2]. The off
 the *summed* log-density at 2, which saturates for almost every sample, so its ratio stays 1.
 """
 
+import copy
 import json
 import math
 import os
@@ -73,7 +74,7 @@ class Args:
     eval_sampling: Literal["eval", "train"] = "eval"
     """"eval": mean of the most likely mode (no exploration noise); "train": sampled as in the rollouts (Avoid, D.8)"""
     official_summed_logprob: bool = False
-    """PPO on the official PPO_GMM log-prob (summed density clamped to [-5, 2], which saturates; docs/gmm_ppo.md)"""
+    """PPO on the official PPO_GMM log-prob (summed density clamped to [-5, 2]; Avoid's default; docs/gmm_ppo.md)"""
     report_official_clamp: bool = False
     """roll out one fine-tuning batch (num-envs x n-steps queries) of --checkpoint and report the fraction
     of samples whose summed log-prob the official clamp at 2 saturates; then stop"""
@@ -110,9 +111,17 @@ class Args:
     pretrain_batch_size: int = 128
     """samples per gradient step"""
     pretrain_lr: float = 1e-4
-    """learning rate (constant, as the official Gym Gaussian config)"""
+    """learning rate (constant, as the official Gym Gaussian config, unless pretrain_min_lr is set)"""
     pretrain_weight_decay: float = 1e-6
     """AdamW weight decay"""
+    pretrain_min_lr: Optional[float] = None
+    """final LR of a cosine decay from pretrain_lr (1 warm-up epoch; official Avoid configs); None: constant"""
+    ema_decay: Optional[float] = None
+    """EMA decay of the weights saved for fine-tuning (official Avoid configs: 0.995); None: no EMA"""
+    ema_freq: int = 10
+    """EMA update every N gradient steps"""
+    ema_start_epoch: int = 20
+    """before this epoch the EMA copy just follows the live weights"""
 
     # --- PPO fine-tuning (paper Gym defaults, same as gaussian_ppo.py) ---
     n_steps: int = 500
@@ -146,7 +155,9 @@ class Args:
     critic_dims: tuple[int, ...] = (256, 256, 256)
     """critic hidden widths (residual, Mish)"""
     train_action_noise: tuple[float, float] = (0.0, 0.0)
-    """[low, high] of uniform noise (random sign, normalized) on executed actions from iteration 5 (D.8, Fig. 10)"""
+    """[low, high] of uniform noise (normalized units) on executed actions from iteration 5 (D.8, Fig. 10)"""
+    train_action_noise_mode: Literal["literal", "symmetric"] = "literal"
+    """--train-action-noise as D.8 reads (literal: uniform in [low, high], positive) or with a random sign"""
     official_normalization: Optional[str] = None
     """normalization.npz of an official DPPO --checkpoint (default: found next to it; docs/checkpoints.md)"""
 
@@ -190,8 +201,12 @@ AVOID = dict(
     eval_freq=5,
     eval_episodes=50,
     eval_sampling="train",
+    official_summed_logprob=True,  # the paper's Avoid baselines ran the official PPO_GMM (model/rl/gmm_ppo.py)
     pretrain_batch_size=16,
     pretrain_lr=1e-4,
+    pretrain_min_lr=1e-5,  # official cfg/d3il/pretrain/avoid_m*/pre_{gaussian,gmm}_mlp.yaml: cosine 1e-4 -> 1e-5
+    ema_decay=0.995,  # and the EMA weights
+    ema_start_epoch=10,  # as dppo.py's Avoid table
     pretrain_epochs=200,
 )
 
@@ -543,6 +558,16 @@ def make_checkpoint(policy, kwargs, normalization, args, iteration, env_steps, *
     )
 
 
+def pretrain_lr(epoch, args):
+    """Linear warm-up over 1 epoch from the min LR, then cosine decay to the min LR (official
+    `CosineAnnealingWarmupRestarts`, util/scheduler.py)."""
+    lo, hi, warmup = args.pretrain_min_lr, args.pretrain_lr, 1
+    if epoch < warmup:
+        return lo + (hi - lo) * epoch / warmup
+    progress = (epoch - warmup) / max(1, args.pretrain_epochs - warmup)
+    return lo + (hi - lo) * (1 + math.cos(math.pi * progress)) / 2
+
+
 def pretrain(args, data, run_dir, writer, device):
     """Behaviour cloning on `data` (envs.load_dataset), std fixed: minimize the mixture NLL of chunks (paper D.6)."""
     norm = data["normalization"]
@@ -558,9 +583,13 @@ def pretrain(args, data, run_dir, writer, device):
         lr=args.pretrain_lr,
         weight_decay=args.pretrain_weight_decay,
     )
+    ema = copy.deepcopy(policy).requires_grad_(False) if args.ema_decay is not None else None
     steps_per_epoch = math.ceil(len(starts) / args.pretrain_batch_size)
-    t0 = time.time()
+    t0, step = time.time(), 0
     for epoch in range(args.pretrain_epochs):
+        if args.pretrain_min_lr is not None:  # cosine decay (official Avoid configs)
+            for group in opt.param_groups:
+                group["lr"] = pretrain_lr(epoch, args)
         perm = np.random.permutation(len(starts))
         for k in range(steps_per_epoch):
             idx = perm[k * args.pretrain_batch_size : (k + 1) * args.pretrain_batch_size]
@@ -569,6 +598,11 @@ def pretrain(args, data, run_dir, writer, device):
             opt.zero_grad()
             loss.backward()
             opt.step()
+            step += 1
+            if ema is not None and step % args.ema_freq == 0:  # EMA (official agent/pretrain/train_agent.py)
+                with torch.no_grad():
+                    for p_ema, p in zip(ema.parameters(), policy.parameters()):
+                        p_ema.copy_(p) if epoch < args.ema_start_epoch else p_ema.lerp_(p, 1 - args.ema_decay)
         writer.add_scalar("pretrain/loss", loss.item(), epoch)
         if epoch % max(1, args.pretrain_epochs // 20) == 0 or epoch == args.pretrain_epochs - 1:
             print(
@@ -576,7 +610,8 @@ def pretrain(args, data, run_dir, writer, device):
                 f"{time.time() - t0:.0f}s"
             )
     policy.logvar.requires_grad_(True)
-    ckpt = make_checkpoint(policy, kwargs, norm, args, 0, 0, dataset=args.dataset, pretrain_epochs=args.pretrain_epochs)
+    saved = policy if ema is None else ema
+    ckpt = make_checkpoint(saved, kwargs, norm, args, 0, 0, dataset=args.dataset, pretrain_epochs=args.pretrain_epochs)
     envs.save_checkpoint(ckpt, os.path.join(run_dir, "pretrained.pt"))
     return ckpt
 
@@ -729,8 +764,9 @@ def main(args):
         for n in range(args.n_steps):
             with torch.no_grad():
                 chunk = sample_action(*policy(torch.as_tensor(obs, device=device)))
+            executed = chunk[:, : args.act_steps].cpu().numpy()
             executed = avoid.add_action_noise(
-                chunk[:, : args.act_steps].cpu().numpy(), iteration, args.train_action_noise
+                executed, iteration, args.train_action_noise, args.train_action_noise_mode
             )
             next_obs, reward, term, trunc, infos = vec.step(executed)
             runs.check_finite(iteration, reward=reward, observation=next_obs)

@@ -19,6 +19,7 @@ import json
 import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -409,6 +410,7 @@ def write_summary(
         final_eval_return=final,
         best_eval_return=best,
         args=asdict(args),
+        **code_version(),
         **extra,
         **rates,
     )
@@ -424,6 +426,25 @@ def write_summary(
             pass
         envs.fail(envs.write_failed(path, e))
     print(f"[done] summary in {path}")
+
+
+def code_version(where: str | None = None) -> dict:
+    """The code a run used, for its summary: `git_commit`, the full hash of HEAD of the git checkout holding `where`
+    (default: the cleandppo package), and `git_dirty`, whether that checkout had changes (`git status --porcelain`
+    not empty: uncommitted or untracked files). Both None outside a git checkout or without git."""
+    where = where or os.path.dirname(os.path.abspath(__file__))
+
+    def git(*command):
+        try:
+            out = subprocess.run(["git", "-C", where, *command], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout if out.returncode == 0 else None
+
+    commit, status = git("rev-parse", "HEAD"), git("status", "--porcelain")
+    if commit is None or status is None:
+        return dict(git_commit=None, git_dirty=None)
+    return dict(git_commit=commit.strip(), git_dirty=bool(status.strip()))
 
 
 def json_safe(value):

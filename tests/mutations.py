@@ -437,6 +437,73 @@ cond_mlp weights and config that disagree accepted | envs.py | tests/test_robomi
 robomimic filter keys ignored | robomimic_tasks.py | tests/test_robomimic_mh.py -k filter_key
 - demos = [demo for demo in demos if keep is None or demo["name"] in keep]
 + demos = list(demos)
+# GMM log-prob: ours per dimension, the official summed one (the Avoid default)
+official GMM log-prob not clamped | gmm_ppo.py | tests/test_gmm_ppo.py
+- return mixture_log_prob(means, std, logits, actions).clamp(-5.0, 2.0)
++ return mixture_log_prob(means, std, logits, actions)
+official GMM log-prob not used by the update | gmm_ppo.py | tests/test_ppo_updates.py -k official_summed
+- (official_log_prob if args.official_summed_logprob else log_prob)(
++ (log_prob)(
+Avoid GMM not on the official log-prob | gmm_ppo.py | tests/test_gmm_ppo.py -k logprob_defaults
+- official_summed_logprob=True,  # the paper's
++ official_summed_logprob=False,  # the paper's
+# pre-training recipe of the official Avoid Gaussian/GMM configs (cosine LR, EMA)
+pre-training saves the live weights, not the EMA (gaussian) | gaussian_ppo.py | tests/test_gaussian_ppo.py -k pretraining_cosine
+- saved = policy if ema is None else ema
++ saved = policy
+pre-training EMA weight swapped (gaussian) | gaussian_ppo.py | tests/test_gaussian_ppo.py -k pretraining_cosine
+- p_ema.lerp_(p, 1 - args.ema_decay)
++ p_ema.lerp_(p, args.ema_decay)
+pre-training LR not decayed (gaussian) | gaussian_ppo.py | tests/test_gaussian_ppo.py -k pretraining_cosine
+- group["lr"] = pretrain_lr(epoch, args)
++ group["lr"] = args.pretrain_lr
+Avoid pre-training without the official recipe (gaussian) | gaussian_ppo.py | tests/test_gaussian_ppo.py -k recipe_defaults
+- ema_decay=0.995,  # and the EMA weights
++ ema_decay=None,
+pre-training saves the live weights, not the EMA (gmm) | gmm_ppo.py | tests/test_gaussian_ppo.py -k pretraining_cosine
+- saved = policy if ema is None else ema
++ saved = policy
+pre-training EMA weight swapped (gmm) | gmm_ppo.py | tests/test_gaussian_ppo.py -k pretraining_cosine
+- p_ema.lerp_(p, 1 - args.ema_decay)
++ p_ema.lerp_(p, args.ema_decay)
+pre-training LR not decayed (gmm) | gmm_ppo.py | tests/test_gaussian_ppo.py -k pretraining_cosine
+- group["lr"] = pretrain_lr(epoch, args)
++ group["lr"] = args.pretrain_lr
+Avoid pre-training without the official recipe (gmm) | gmm_ppo.py | tests/test_gaussian_ppo.py -k recipe_defaults
+- ema_decay=0.995,  # and the EMA weights
++ ema_decay=None,
+# summary.json's code version (runs.code_version)
+summary commit abbreviated | runs.py | tests/test_run_faults.py -k code_version
+- return dict(git_commit=commit.strip(), git_dirty=bool(status.strip()))
++ return dict(git_commit=commit.strip()[:12], git_dirty=bool(status.strip()))
+summary never dirty | runs.py | tests/test_run_faults.py -k code_version
+- git_dirty=bool(status.strip()))
++ git_dirty=False)
+summary crashes outside a git checkout | runs.py | tests/test_run_faults.py -k code_version
+- if commit is None or status is None:\n        return dict(git_commit=None, git_dirty=None)
++ if False:\n        return None
+summary without the code version | runs.py | tests/test_run_faults.py -k code_version
+- **code_version(),
++
+# Avoid action noise (paper D.8, Fig. 10 left)
+literal action noise given a random sign | avoid.py | tests/test_avoid.py -k action_noise_schedule
+- if mode == "symmetric":
++ if mode != "none":
+symmetric action noise without its sign | avoid.py | tests/test_avoid.py -k action_noise_schedule
+- noise = noise * np.random.choice([-1.0, 1.0], actions.shape)
++ noise = noise
+action noise ramp one iteration late | avoid.py | tests/test_avoid.py -k action_noise_schedule
+- frac = min(1.0, (iteration - start_itr + 1) / ramp_itrs)
++ frac = min(1.0, (iteration - start_itr) / ramp_itrs)
+action noise mode not passed (dppo) | dppo.py | tests/test_avoid.py -k pass_the_noise_mode
+- args.train_action_noise, args.train_action_noise_mode
++ args.train_action_noise
+action noise mode not passed (gaussian) | gaussian_ppo.py | tests/test_avoid.py -k pass_the_noise_mode
+- args.train_action_noise, args.train_action_noise_mode
++ args.train_action_noise
+action noise mode not passed (gmm) | gmm_ppo.py | tests/test_avoid.py -k pass_the_noise_mode
+- args.train_action_noise, args.train_action_noise_mode
++ args.train_action_noise
 """
 
 

@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from cleandppo import arguments, avoid, envs, runs
+from cleandppo import arguments, avoid, dppo, envs, gaussian_ppo, gmm_ppo, runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -204,14 +204,62 @@ def test_env_ids_and_datasets(tmp_path, monkeypatch):
     np.testing.assert_allclose(data["normalization"]["obs_max"], all_obs.max(0), rtol=1e-6)
 
 
-def test_action_noise_schedule():
+# D.8: from iteration 5 the limits ramp linearly to [0.1, 0.2] in 5 iterations, 1/5 of them at iteration 5,
+# all of them from iteration 9 on; hand-computed (low, high) of each iteration, None: no noise yet.
+NOISE_BOUNDS = {4: None, 5: (0.02, 0.04), 7: (0.06, 0.12), 10: (0.1, 0.2), 30: (0.1, 0.2)}
+
+
+@pytest.mark.parametrize("iteration", sorted(NOISE_BOUNDS))
+@pytest.mark.parametrize("mode", ["literal", "symmetric"])
+def test_action_noise_schedule(iteration, mode):
     np.random.seed(0)
-    zeros = np.zeros((2000, 4, 2))
-    assert (avoid.add_action_noise(zeros, 4, (0.1, 0.2)) == 0).all()  # before iteration 5
-    first = np.abs(avoid.add_action_noise(zeros, 5, (0.1, 0.2)))  # 1/5 of the limits
-    assert first.min() >= 0.02 - 1e-12 and first.max() <= 0.04 + 1e-12 and first.max() > 0.039
-    full = avoid.add_action_noise(zeros, 30, (0.1, 0.2))
-    assert np.abs(full).min() >= 0.1 and np.abs(full).max() <= 0.2 and abs(np.mean(np.sign(full))) < 0.05
+    actions = np.full((5000, 4, 2), 0.5)
+    noise = avoid.add_action_noise(actions, iteration, (0.1, 0.2), mode) - actions
+    assert (actions == 0.5).all()  # the sampled chunk itself is left as it was
+    bounds = NOISE_BOUNDS[iteration]
+    if bounds is None:
+        assert (noise == 0).all()
+        return
+    low, high = bounds
+    size = np.abs(noise)
+    tol = 1e-3 * (high - low)  # 40000 draws come this close to both limits
+    assert low - 1e-12 <= size.min() < low + tol and high - tol < size.max() <= high + 1e-12
+    positive = np.mean(noise > 0)
+    if mode == "literal":  # U[low, high] as D.8 reads: never negative
+        assert positive == 1.0
+    else:  # a random sign per entry
+        assert 0.48 < positive < 0.52
+
+
+def test_action_noise_mode_choices(monkeypatch, capsys):
+    with pytest.raises(SystemExit, match="unknown action noise mode 'both'; use one of literal, symmetric"):
+        avoid.add_action_noise(np.zeros((1, 2)), 9, (0.1, 0.2), "both")
+    monkeypatch.setenv("COLUMNS", "200")  # tyro's message on one line
+    for script in (dppo, gaussian_ppo, gmm_ppo):
+        with pytest.raises(SystemExit):
+            arguments.parse_args(
+                script.Args, script.task_defaults, ["--env-id", "avoid-m2", "--train-action-noise-mode", "both"]
+            )
+        err = capsys.readouterr().err
+        assert "invalid choice 'both' for argument '--train-action-noise-mode'" in err
+        assert "('literal', 'symmetric')" in err
+        args = arguments.parse_args(script.Args, script.task_defaults, ["--env-id", "avoid-m2"])
+        assert args.train_action_noise_mode == "literal"  # the paper's reading is the default
+
+
+@pytest.mark.parametrize("script", ["dppo", "gaussian_ppo", "gmm_ppo"])
+def test_scripts_pass_the_noise_mode(tmp_path, monkeypatch, script):
+    """--train-action-noise and --train-action-noise-mode reach avoid.add_action_noise at every env step."""
+    import importlib
+
+    module = importlib.import_module(f"cleandppo.{script}")
+    seen, add = [], avoid.add_action_noise
+    monkeypatch.setattr(avoid, "add_action_noise", lambda *a, **kw: seen.append(a[1:] + (kw,)) or add(*a, **kw))
+    extra = ["--ft-denoising-steps", "2", "--batch-size", "6"] if script == "dppo" else ["--batch-size", "3"]
+    flags = ["--train-action-noise", "0.1", "0.2", "--train-action-noise-mode", "symmetric", "--eval-freq", "9"]
+    argv = ["--env-id", "avoid-m2", *SHORT_RUN, *extra, *flags, "--run-dir", str(tmp_path / "run")]
+    module.main(arguments.parse_args(module.Args, module.task_defaults, argv=argv))
+    assert seen == [(0, (0.1, 0.2), "symmetric", {})] * 3  # iteration 0, three env steps
 
 
 def cli(script, *args, timeout=240):

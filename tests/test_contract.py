@@ -12,6 +12,7 @@ import importlib
 import inspect
 import json
 import os
+import subprocess
 
 import imageio
 import pytest
@@ -49,7 +50,7 @@ TAGS = tuple(  # docs/contract.md item 6: every fine-tuning run
     "eval/episodic_return time/rollout_s time/update_s".split()
 )
 PPO_TAGS = ("losses/policy_loss", "losses/value_loss", "losses/approx_kl", "losses/clipfrac")  # docs/contract.md item 6
-SUMMARY_KEYS = (*conftest.SUMMARY_KEYS, "peak_memory_mb")  # docs/contract.md item 7
+SUMMARY_KEYS = (*conftest.SUMMARY_KEYS, "peak_memory_mb", "git_commit", "git_dirty")  # docs/contract.md item 7
 
 
 def load(script):
@@ -143,8 +144,20 @@ def test_a_tiny_run_writes_the_summary_and_checkpoint_under_its_algo(script, avo
     assert set(SUMMARY_KEYS) <= set(summary), sorted(set(SUMMARY_KEYS) - set(summary))
     assert summary["algo"] == f"{script}-renamed" and summary["env_id"] == "avoid-m2" and summary["env_steps"] == 200
     assert summary["peak_memory_mb"] > 0
+    assert (summary["git_commit"], summary["git_dirty"]) == git_stamp(os.path.dirname(inspect.getfile(load(script))))
     checkpoint = torch.load(os.path.join(run_dir, "checkpoint_last.pt"), weights_only=False)
     assert checkpoint["algo"] == f"{script}-renamed"
+
+
+def git_stamp(where):
+    """(HEAD's full hash, tree has changes) of the git checkout holding `where`, from git itself; (None, None)
+    outside one (the scratch copies of tests/mutations.py)."""
+    head = subprocess.run(["git", "-C", where, "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode:
+        return None, None
+    status = subprocess.run(["git", "-C", where, "status", "--porcelain"], capture_output=True, text=True, check=True)
+    assert len(head.stdout.strip()) == 40
+    return head.stdout.strip(), status.stdout != ""
 
 
 def assert_video(run_dir):

@@ -268,3 +268,71 @@ def test_transformer_backbone_predicts_a_chunk_and_fits_a_target():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.1 * losses[0]
+
+
+class _Writer:
+    def add_scalar(self, *a):
+        pass
+
+
+@pytest.mark.parametrize("script", ["gaussian_ppo", "gmm_ppo"])
+@pytest.mark.parametrize("recipe", [False, True])
+def test_pretraining_cosine_lr_and_ema(tiny_dataset, tmp_path, monkeypatch, script, recipe):
+    """--pretrain-min-lr: LR 1e-4 in the warm-up epoch, 1e-3 in epoch 1, then cosine to the min LR (3 epochs: epoch 2
+    at the midpoint 5.5e-4); --ema-decay d (0.8): the saved weights are e_k = d e_(k-1) + (1 - d) w_k over the live weights
+    w_k after every step (ema_freq 1, from epoch 0), e_0 the initial weights, recomputed here by hand. Without
+    them: a constant LR and the live weights saved."""
+    import importlib
+
+    module = importlib.import_module(f"cleandppo.{script}")
+    flags = dict(pretrain_epochs=3, pretrain_lr=1e-3, pretrain_batch_size=128, mlp_dims=(16, 16, 16))
+    if recipe:
+        flags |= dict(pretrain_min_lr=1e-4, ema_decay=0.8, ema_freq=1, ema_start_epoch=0)
+    args = module.Args(env_id="Hopper-v2", dataset=tiny_dataset, **flags)
+    lrs, live, init = [], [], []
+    step = torch.optim.AdamW.step
+
+    def record(self, *a, **kw):
+        params = self.param_groups[0]["params"]
+        if not init:
+            init.extend(p.detach().clone() for p in params)
+        out = step(self, *a, **kw)
+        lrs.append(self.param_groups[0]["lr"])
+        live.append([p.detach().clone() for p in params])
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", record)
+    ckpt = module.pretrain(args, envs.load_dataset(tiny_dataset), str(tmp_path), _Writer(), torch.device("cpu"))
+    per_epoch = len(lrs) // 3
+    assert len(lrs) == 3 * per_epoch > 3
+    expected_lrs = [1e-4, 1e-3, 5.5e-4] if recipe else [1e-3] * 3
+    for e, lr in enumerate(expected_lrs):
+        assert lrs[e * per_epoch : (e + 1) * per_epoch] == pytest.approx([lr] * per_epoch, rel=1e-9)
+    expected = live[-1]
+    if recipe:
+        expected = init
+        for w in live:
+            expected = [0.8 * e + 0.2 * x for e, x in zip(expected, w, strict=True)]
+        assert not torch.allclose(expected[0], live[-1][0])  # the EMA is not the last live weights
+    policy_cls = gp.GaussianPolicy if script == "gaussian_ppo" else module.GMMPolicy
+    saved = policy_cls(**ckpt["model_kwargs"])
+    saved.load_state_dict(ckpt["model"])
+    trained = [p for name, p in saved.named_parameters() if name != "logvar"]
+    assert len(trained) == len(expected)
+    for p, e in zip(trained, expected, strict=True):
+        torch.testing.assert_close(p, e, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("script", ["gaussian_ppo", "gmm_ppo"])
+def test_avoid_pretraining_recipe_defaults(script):
+    """Official cfg/d3il/pretrain/avoid_m*/pre_{gaussian,gmm}_mlp.yaml: cosine 1e-4 -> 1e-5 and EMA 0.995 on Avoid;
+    none on Gym (constant LR, live weights)."""
+    import importlib
+
+    from cleandppo import arguments
+
+    module = importlib.import_module(f"cleandppo.{script}")
+    avoid_args = arguments.parse_args(module.Args, module.task_defaults, ["--env-id", "avoid-m2"])
+    assert (avoid_args.pretrain_lr, avoid_args.pretrain_min_lr, avoid_args.ema_decay) == (1e-4, 1e-5, 0.995)
+    gym_args = arguments.parse_args(module.Args, module.task_defaults, ["--env-id", "Hopper-v2"])
+    assert (gym_args.pretrain_min_lr, gym_args.ema_decay) == (None, None)

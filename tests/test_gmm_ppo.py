@@ -43,6 +43,22 @@ def test_mixture_log_prob_matches_mixture_same_family():
     torch.testing.assert_close(-expected.mean(), -gmm_ppo.mixture_log_prob(means, std, logits, actions).mean())
 
 
+@pytest.mark.parametrize(
+    "argv,official",
+    [
+        (["--env-id", "Hopper-v2"], False),
+        (["--env-id", "lift"], False),
+        (["--env-id", "avoid-m2"], True),  # the paper's Avoid baselines ran the official PPO_GMM
+        (["--env-id", "avoid-m1", "--no-official-summed-logprob"], False),
+        (["--env-id", "Hopper-v2", "--official-summed-logprob"], True),
+    ],
+)
+def test_logprob_defaults_per_task(argv, official):
+    from cleandppo import arguments
+
+    assert arguments.parse_args(gmm_ppo.Args, gmm_ppo.task_defaults, argv).official_summed_logprob is official
+
+
 def test_two_mode_hand_computed():
     # weights 0.25 / 0.75; mode 0: mean (0, 0), std (0.5, 0.5); mode 1: mean (1, -1), std (1, 2); action (0.5, 0)
     means = torch.tensor([[[[0.0, 0.0]], [[1.0, -1.0]]]])  # (B=1, M=2, Tp=1, Da=2)

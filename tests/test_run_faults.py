@@ -222,6 +222,45 @@ def test_summary_json_is_strict_with_null_for_missing_numbers(tmp_path):
     assert os.listdir(tmp_path) == ["summary.json"]
 
 
+def test_summary_code_version_is_null_outside_a_git_checkout(tmp_path, monkeypatch):
+    """The package copied outside any git checkout, or no git program: git_commit and git_dirty are null."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class A:
+        env_id: str = "Hopper-v2"
+        seed: int = 0
+
+    assert subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True).returncode != 0
+    monkeypatch.setattr(runs, "__file__", str(tmp_path / "cleandppo" / "runs.py"))
+    runs.write_summary(str(tmp_path), "dppo", A(), 10, 1.5, 3.0, 4.0, 5.0)
+    s = strict_json(tmp_path / "summary.json")
+    assert (s["git_commit"], s["git_dirty"]) == (None, None) and s["final_eval_return"] == 4.0
+    monkeypatch.setattr(runs, "__file__", os.path.join(ROOT, "cleandppo", "runs.py"))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git to run
+    assert runs.code_version() == dict(git_commit=None, git_dirty=None)
+
+
+def test_summary_code_version_of_a_git_checkout(tmp_path):
+    """A checkout with one commit: its full hash, clean; then dirty with an untracked file, and with an edit."""
+
+    def git(*command):
+        user = ["-c", "user.name=t", "-c", "user.email=t@t"]
+        return subprocess.run(["git", *user, "-C", str(tmp_path), *command], capture_output=True, text=True, check=True)
+
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", "a.py")
+    git("commit", "-q", "-m", "one")
+    head = git("rev-parse", "HEAD").stdout.strip()
+    assert len(head) == 40 and runs.code_version(str(tmp_path)) == dict(git_commit=head, git_dirty=False)
+    (tmp_path / "b.py").write_text("")
+    assert runs.code_version(str(tmp_path)) == dict(git_commit=head, git_dirty=True)
+    os.remove(tmp_path / "b.py")
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert runs.code_version(str(tmp_path)) == dict(git_commit=head, git_dirty=True)
+
+
 # ---- inputs that used to end in a traceback ------------------------------------------------------------------
 def test_ddim_steps_zero_is_one_line(tmp_path):
     from cleandppo import dppo

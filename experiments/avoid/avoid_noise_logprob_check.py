@@ -23,9 +23,9 @@ SCRIPTS = {"gaussian_ppo": gaussian_ppo, "gmm_ppo": gmm_ppo}
 add_noise = avoid.add_action_noise
 
 
-def add_noise_in_place(actions: np.ndarray, iteration: int, limits, **kw) -> np.ndarray:
+def add_noise_in_place(actions: np.ndarray, *args, **kw) -> np.ndarray:
     """avoid.add_action_noise, written into `actions` (a view of the sampled chunk) and returned."""
-    actions[...] = add_noise(actions, iteration, limits, **kw)
+    actions[...] = add_noise(actions, *args, **kw)
     return actions
 
 

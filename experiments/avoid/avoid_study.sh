@@ -6,7 +6,8 @@
 #   bash experiments/avoid/avoid_study.sh a7 figures      # only some stages
 #
 # Stages: data, pretrain (remakes the bundled cleandppo/pretrained/avoid-m*-*.pt), a7 (Fig. A7: M1-M3,
-# DPPO with K' = 1, 4, 10, Gaussian, GMM), gmmclamp (M2 GMM with the official saturating log-prob),
+# DPPO with K' = 1, 4, 10, Gaussian, GMM), gmmclamp (M2 GMM with our per-dimension log-prob; the
+# Avoid default, in a7, is the official saturating one),
 # wall (M1 DPPO with the desired x kept in the rewarded band 0.2-0.8), noise (Fig. 10 left: M2 with action noise from
 # iteration 5), chunk (Fig. 10 right: M2 with Ta = 16),
 # figures (Fig. 9, A7, 10, 12, the pre-training figure and a table of every run's summary).
@@ -105,7 +106,7 @@ for stage in "${stages[@]}"; do
     ;;
   gmmclamp)
     for seed in $SEEDS; do
-      echo "$RUNS/a7x/m2__gmm-official-clamp__s$seed gmm_ppo --env-id avoid-m2 --official-summed-logprob --seed $seed" \
+      echo "$RUNS/a7x/m2__gmm-per-dim__s$seed gmm_ppo --env-id avoid-m2 --no-official-summed-logprob --seed $seed" \
         "--total-timesteps $((ITERS * 5000))"
     done | jobs_run
     ;;
