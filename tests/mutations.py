@@ -448,7 +448,7 @@ Avoid GMM not on the official log-prob | gmm_ppo.py | tests/test_gmm_ppo.py -k l
 - official_summed_logprob=True,  # the paper's
 + official_summed_logprob=False,  # the paper's
 # pre-training recipe of the official Avoid Gaussian/GMM configs (cosine LR, EMA)
-pre-training saves the live weights, not the EMA (gaussian) | gaussian_ppo.py | tests/test_gaussian_ppo.py -k pretraining_cosine
+pre-training saves live weights, not EMA (gaussian) | gaussian_ppo.py | tests/test_gaussian_ppo.py -k pretraining_cosine
 - saved = policy if ema is None else ema
 + saved = policy
 pre-training EMA weight swapped (gaussian) | gaussian_ppo.py | tests/test_gaussian_ppo.py -k pretraining_cosine
@@ -457,7 +457,7 @@ pre-training EMA weight swapped (gaussian) | gaussian_ppo.py | tests/test_gaussi
 pre-training LR not decayed (gaussian) | gaussian_ppo.py | tests/test_gaussian_ppo.py -k pretraining_cosine
 - group["lr"] = pretrain_lr(epoch, args)
 + group["lr"] = args.pretrain_lr
-Avoid pre-training without the official recipe (gaussian) | gaussian_ppo.py | tests/test_gaussian_ppo.py -k recipe_defaults
+Avoid pre-training without official recipe (gaussian) | gaussian_ppo.py | tests/test_gaussian_ppo.py -k recipe_defaults
 - ema_decay=0.995,  # and the EMA weights
 + ema_decay=None,
 pre-training saves the live weights, not the EMA (gmm) | gmm_ppo.py | tests/test_gaussian_ppo.py -k pretraining_cosine

@@ -279,9 +279,9 @@ class _Writer:
 @pytest.mark.parametrize("recipe", [False, True])
 def test_pretraining_cosine_lr_and_ema(tiny_dataset, tmp_path, monkeypatch, script, recipe):
     """--pretrain-min-lr: LR 1e-4 in the warm-up epoch, 1e-3 in epoch 1, then cosine to the min LR (3 epochs: epoch 2
-    at the midpoint 5.5e-4); --ema-decay d (0.8): the saved weights are e_k = d e_(k-1) + (1 - d) w_k over the live weights
-    w_k after every step (ema_freq 1, from epoch 0), e_0 the initial weights, recomputed here by hand. Without
-    them: a constant LR and the live weights saved."""
+    at the midpoint 5.5e-4); --ema-decay d (0.8): the saved weights are e_k = d e_(k-1) + (1 - d) w_k over the live
+    weights w_k after every step (ema_freq 1, from epoch 0), e_0 the initial weights, recomputed here by hand.
+    Without them: a constant LR and the live weights saved."""
     import importlib
 
     module = importlib.import_module(f"cleandppo.{script}")
