@@ -447,6 +447,12 @@ official GMM log-prob not used by the update | gmm_ppo.py | tests/test_ppo_updat
 Avoid GMM not on the official log-prob | gmm_ppo.py | tests/test_gmm_ppo.py -k logprob_defaults
 - official_summed_logprob=True,  # the paper's
 + official_summed_logprob=False,  # the paper's
+stored old GMM log-prob always per dimension | gmm_ppo.py | tests/test_gmm_ppo.py -k stored_old
+- scale = 1 if args.official_summed_logprob else args.horizon_steps * action_dim
++ scale = args.horizon_steps * action_dim
+stored old GMM log-prob not clamped | gmm_ppo.py | tests/test_gmm_ppo.py -k stored_old
+- old_logp = (summed_logp / scale).clamp(-5.0, 2.0)
++ old_logp = summed_logp / scale
 # pre-training recipe of the official Avoid Gaussian/GMM configs (cosine LR, EMA)
 pre-training saves live weights, not EMA (gaussian) | gaussian_ppo.py | tests/test_gaussian_ppo.py -k pretraining_cosine
 - saved = policy if ema is None else ema

@@ -216,3 +216,32 @@ def test_cli_pretrain_finetune_and_clamp_report(tiny_dataset, tmp_path):
     assert frac * 6 == pytest.approx(round(frac * 6))  # a count of the 6 samples
     assert (frac == 1.0) == (report["summed_logprob_min"] > 2.0)  # all saturated iff even the least likely is above 2
     assert report["per_dim_logprob_mean"] * 12 == pytest.approx(report["summed_logprob_mean"], rel=1e-5)
+
+
+@pytest.mark.parametrize("official", [True, False])
+def test_the_stored_old_log_prob_is_the_density_the_update_compares_against(tmp_path, monkeypatch, official):
+    """The rollout's old log-prob of every chunk (gmm_ppo.main) is the summed mixture log-density clamped to [-5, 2]
+    (official, the Avoid default) or that density / (Tp*Da) clamped (per dimension), computed here with
+    torch.distributions from the policy as it was before the update."""
+    seen = []
+    real_update = gmm_ppo.ppo_update
+
+    def recording_update(policy, critic, actor_opt, critic_opt, batch, args, **kw):
+        with torch.no_grad():
+            means, std, logits = policy(batch["obs"])
+        B, M, Tp, Da = means.shape
+        scale = std[None, :, None, :].expand(B, M, Tp, Da).reshape(B, M, Tp * Da)
+        mixture = D.MixtureSameFamily(
+            D.Categorical(logits=logits), D.Independent(D.Normal(means.reshape(B, M, Tp * Da), scale), 1)
+        )
+        density = mixture.log_prob(batch["actions"].reshape(B, Tp * Da))
+        seen.append((batch["logprobs"], (density if official else density / (Tp * Da)).clamp(-5.0, 2.0)))
+        return real_update(policy, critic, actor_opt, critic_opt, batch, args, **kw)
+
+    monkeypatch.setattr(gmm_ppo, "ppo_update", recording_update)
+    flags = "--env-id avoid-m2 --num-envs 2 --n-steps 8 --batch-size 16 --total-timesteps 64 --eval-episodes 1"
+    flags = [*flags.split(), "--run-dir", str(tmp_path / "run"), "--no-cuda"]
+    run_main(gmm_ppo, *flags, *([] if official else ["--no-official-summed-logprob"]))
+    assert seen
+    for stored, expected in seen:
+        torch.testing.assert_close(stored, expected, rtol=1e-5, atol=1e-5)
