@@ -454,6 +454,12 @@ stored old GMM log-prob not clamped | gmm_ppo.py | tests/test_gmm_ppo.py -k stor
 - old_logp = (summed_logp / scale).clamp(-5.0, 2.0)
 + old_logp = summed_logp / scale
 # pre-training recipe of the official Avoid Gaussian/GMM configs (cosine LR, EMA)
+EMA ignores its start epoch (gaussian) | gaussian_ppo.py | tests/test_gaussian_ppo.py -k pretraining_cosine
+- p_ema.copy_(p) if epoch < args.ema_start_epoch else
++ p_ema.copy_(p) if epoch < 0 else
+EMA ignores its start epoch (gmm) | gmm_ppo.py | tests/test_gaussian_ppo.py -k pretraining_cosine
+- p_ema.copy_(p) if epoch < args.ema_start_epoch else
++ p_ema.copy_(p) if epoch < 0 else
 pre-training saves live weights, not EMA (gaussian) | gaussian_ppo.py | tests/test_gaussian_ppo.py -k pretraining_cosine
 - saved = policy if ema is None else ema
 + saved = policy

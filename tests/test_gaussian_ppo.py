@@ -276,18 +276,19 @@ class _Writer:
 
 
 @pytest.mark.parametrize("script", ["gaussian_ppo", "gmm_ppo"])
-@pytest.mark.parametrize("recipe", [False, True])
-def test_pretraining_cosine_lr_and_ema(tiny_dataset, tmp_path, monkeypatch, script, recipe):
+@pytest.mark.parametrize("recipe,ema_start", [(False, 0), (True, 0), (True, 1)])
+def test_pretraining_cosine_lr_and_ema(tiny_dataset, tmp_path, monkeypatch, script, recipe, ema_start):
     """--pretrain-min-lr: LR 1e-4 in the warm-up epoch, 1e-3 in epoch 1, then cosine to the min LR (3 epochs: epoch 2
     at the midpoint 5.5e-4); --ema-decay d (0.8): the saved weights are e_k = d e_(k-1) + (1 - d) w_k over the live
-    weights w_k after every step (ema_freq 1, from epoch 0), e_0 the initial weights, recomputed here by hand.
-    Without them: a constant LR and the live weights saved."""
+    weights w_k after every step (ema_freq 1, from epoch 0), e_0 the initial weights, recomputed here by hand; with
+    --ema-start-epoch 1 the EMA copies the live weights through epoch 0 and decays from there. Without them: a
+    constant LR and the live weights saved."""
     import importlib
 
     module = importlib.import_module(f"cleandppo.{script}")
     flags = dict(pretrain_epochs=3, pretrain_lr=1e-3, pretrain_batch_size=128, mlp_dims=(16, 16, 16))
     if recipe:
-        flags |= dict(pretrain_min_lr=1e-4, ema_decay=0.8, ema_freq=1, ema_start_epoch=0)
+        flags |= dict(pretrain_min_lr=1e-4, ema_decay=0.8, ema_freq=1, ema_start_epoch=ema_start)
     args = module.Args(env_id="Hopper-v2", dataset=tiny_dataset, **flags)
     lrs, live, init = [], [], []
     step = torch.optim.AdamW.step
@@ -310,8 +311,9 @@ def test_pretraining_cosine_lr_and_ema(tiny_dataset, tmp_path, monkeypatch, scri
         assert lrs[e * per_epoch : (e + 1) * per_epoch] == pytest.approx([lr] * per_epoch, rel=1e-9)
     expected = live[-1]
     if recipe:
-        expected = init
-        for w in live:
+        copied = ema_start * per_epoch  # steps in the epochs before --ema-start-epoch: the EMA is the live weights
+        expected = live[copied - 1] if copied else init
+        for w in live[copied:]:
             expected = [0.8 * e + 0.2 * x for e, x in zip(expected, w, strict=True)]
         assert not torch.allclose(expected[0], live[-1][0])  # the EMA is not the last live weights
     policy_cls = gp.GaussianPolicy if script == "gaussian_ppo" else module.GMMPolicy
