@@ -468,10 +468,11 @@ def finish_run(run_dir: str, algo: str, args, env_steps: int, wall: float, evals
     the segments before (wall_time). A resume that had nothing left to do (its checkpoint is the final iteration)
     keeps the summary.json it finds; without one it writes the checkpoint's (its evaluations and wall time)."""
     path = os.path.join(run_dir, "summary.json")
-    if _run["resumed"] and not _run.get("saved") and os.path.isfile(path):
+    nothing_done = _run["resumed"] and not _run.get("saved")  # resumed from its final checkpoint
+    if nothing_done and os.path.isfile(path):
         print(f"[done] nothing left to do: the run had finished; {path} kept")
     else:
-        wall = wall_time(0.0 if _run["resumed"] and not _run.get("saved") else wall)
+        wall = wall_time(0.0 if nothing_done else wall)
         write_summary(run_dir, algo, args, env_steps, wall, **evals.summary(), peak_memory_mb=peak_memory_mb(device))
     if args.capture_video:
         capture_video(run_dir, args.env_id, act, args.act_steps, args.cond_steps, normalization, args.seed)
@@ -505,6 +506,24 @@ _bars: list = []  # the tqdm bars on the terminal now (a run's, an evaluation's)
 _progress = {"run": lambda: None, "per_iter": 0}
 
 
+def open_bar(**tqdm_args):
+    """A tqdm bar on a terminal (registered, so close_bars can end it), None in a log file."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    bar = tqdm(dynamic_ncols=True, **tqdm_args)
+    _bars.append(bar)
+    return bar
+
+
+def close_bar(bar):
+    if bar is not None:
+        bar.close()
+        if bar in _bars:
+            _bars.remove(bar)
+
+
 def close_bars():
     """Close every bar still drawn, newest first (each ends its line on the terminal)."""
     while _bars:
@@ -521,17 +540,10 @@ class Progress:
     first, interval = 10.0, 60.0
 
     def __init__(self, total_steps: int, done_steps: int = 0, desc: str = ""):
-        from tqdm import tqdm
-
         self.total, self.start, self.t0 = total_steps, done_steps, time.time()
         self.shown_at = self.t0 - self.interval + self.first  # when the last plain line was printed
         self.shown = ""  # the bar's postfix: the last iteration's numbers
-        self.bar = None
-        if sys.stderr.isatty():
-            self.bar = tqdm(
-                total=total_steps, initial=done_steps, desc=desc, unit="step", unit_scale=True, dynamic_ncols=True
-            )
-            _bars.append(self.bar)
+        self.bar = open_bar(total=total_steps, initial=done_steps, desc=desc, unit="step", unit_scale=True)
         _progress["run"] = weakref.ref(self)
 
     def rate(self, env_steps: int, now: float) -> tuple[float, float]:
@@ -581,10 +593,7 @@ class Progress:
         )
 
     def close(self):
-        if self.bar is not None:
-            self.bar.close()
-            if self.bar in _bars:
-                _bars.remove(self.bar)
+        close_bar(self.bar)
         _progress["run"] = lambda: None
 
 
@@ -594,15 +603,10 @@ class EvalProgress:
     Progress.interval seconds (the first after Progress.first)."""
 
     def __init__(self, episodes: int, most_queries: int, what: str):
-        from tqdm import tqdm
-
         self.episodes, self.most, self.what, self.done, self.t0 = episodes, most_queries, what, 0, time.time()
         self.shown_at = self.t0 - Progress.interval + Progress.first
-        self.bar = None
-        if sys.stderr.isatty():
-            desc = f"eval {what}, {episodes} episodes"
-            self.bar = tqdm(total=most_queries, desc=desc, unit="query", leave=False, dynamic_ncols=True)
-            _bars.append(self.bar)
+        desc = f"eval {what}, {episodes} episodes"
+        self.bar = open_bar(total=most_queries, desc=desc, unit="query", leave=False)
 
     def tick(self):
         self.done += 1
@@ -620,10 +624,7 @@ class EvalProgress:
             )
 
     def close(self):
-        if self.bar is not None:
-            self.bar.close()
-            if self.bar in _bars:
-                _bars.remove(self.bar)
+        close_bar(self.bar)
 
 
 class Evaluations:

@@ -32,6 +32,22 @@ def algo(request):
     return importlib.import_module(f"cleandppo.{request.param}")
 
 
+def tiny_run(algo, checkpoint, tmp_path, *flags):
+    """A 64-step run of `algo` from the tiny checkpoint with the script's tiny flags (conftest), then `flags`."""
+    name = algo.__name__.rsplit(".", 1)[1]
+    run_main(
+        algo,
+        "--checkpoint",
+        checkpoint,
+        "--total-timesteps",
+        64,
+        "--run-dir",
+        tmp_path / "r",
+        *TINY_FLAGS[name],
+        *flags,
+    )
+
+
 def test_schedule_matches_reference_values(algo):
     # cosine schedule (official cosine_beta_schedule, model/diffusion/sampling.py), K = 20, last beta capped at 0.999
     betas = algo.cosine_beta_schedule(20)
@@ -95,17 +111,7 @@ def test_the_loop_fits_the_critic_to_the_bellman_target_of_the_target_critic_at_
     monkeypatch.setattr(algo.DoubleQCritic, "forward", forward)
     monkeypatch.setattr(algo, "bellman_target", bellman)
     monkeypatch.setattr(algo, "critic_loss", loss)
-    name = algo.__name__.rsplit(".", 1)[1]
-    run_main(
-        algo,
-        "--checkpoint",
-        tiny_diffusion_checkpoint,
-        "--total-timesteps",
-        "64",
-        "--run-dir",
-        tmp_path / "r",
-        *TINY_FLAGS[name],
-    )
+    tiny_run(algo, tiny_diffusion_checkpoint, tmp_path)
     assert len(batches) == len(targets) == len(losses) == 4  # 8 steps x 2 envs / batch 8 x replay ratio 2
     for batch, (rewards, terminated, next_q1, next_q2, y), (critic, obs, actions, target) in zip(
         batches, targets, losses, strict=True
@@ -149,18 +155,7 @@ def test_the_loop_soft_updates_the_target_critic_at_its_rate_after_every_gradien
         real(target, source, tau)
 
     monkeypatch.setattr(algo, "soft_update", spy)
-    run_main(
-        algo,
-        "--checkpoint",
-        tiny_diffusion_checkpoint,
-        "--total-timesteps",
-        "64",
-        "--run-dir",
-        tmp_path / "r",
-        *TINY_FLAGS[algo.__name__.rsplit(".", 1)[1]],
-        "--target-ema-rate",
-        "0.37",
-    )
+    tiny_run(algo, tiny_diffusion_checkpoint, tmp_path, "--target-ema-rate", "0.37")
     assert calls == [("DoubleQCritic", True, 0.37)] * 4  # 8 steps x 2 envs / batch 8 x replay ratio 2
 
 
