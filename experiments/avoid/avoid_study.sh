@@ -4,37 +4,46 @@
 #
 #   bash experiments/avoid/avoid_study.sh                 # all stages below, in order
 #   bash experiments/avoid/avoid_study.sh a7 figures      # only some stages
+#   METHODS=dppo bash experiments/avoid/avoid_study.sh a7 noise &   # two processes side by side: DPPO runs in one,
+#   METHODS="gaussian gmm gmm-ours" bash experiments/avoid/avoid_study.sh pretrain a7 noise   # the rest in the other
 #
-# Stages: data, pretrain (remakes the bundled cleandppo/pretrained/avoid-m*-*.pt), a7 (Fig. A7: M1-M3,
-# DPPO with K' = 1, 4, 10, Gaussian, GMM), gmmclamp (M2 GMM with our per-dimension log-prob; the
-# Avoid default, in a7, is the official saturating one),
-# wall (M1 DPPO with the desired x kept in the rewarded band 0.2-0.8), noise (Fig. 10 left: M2 with action noise from
-# iteration 5), chunk (Fig. 10 right: M2 with Ta = 16),
-# figures (Fig. 9, A7, 10, 12, the pre-training figure and a table of every run's summary).
+# Stages: data, pretrain (Gaussian and GMM on M1-M3 with the official recipe, into $RUNS/pretrain; the bundled
+# diffusion policies are kept unless PRETRAIN_DIFFUSION=1), a7 (Fig. A7: M1-M3, DPPO with K' = 10, 4, 1, Gaussian,
+# GMM as the official code scores it, our per-dimension GMM beside it), noise (Fig. 10 left: M2 with the paper's
+# action noise U[0.1, 0.2] from iteration 5), chunk (Fig. 10 right: M2 with Ta = 8 and 16, own pre-trained
+# policies; Ta = 4 is a7's M2), noisesym (ablation: the noise of `noise` read as symmetric, U[-0.2, 0.2]),
+# wall (what-if: M1 DPPO with the desired x kept in the rewarded band 0.2-0.8), figures (Fig. 9, A7, 10, 12 and a
+# table of every run's summary). bundle copies the pre-trained Gaussian and GMM policies to cleandppo/pretrained.
 # Knobs (environment variables):
 #   ITERS=51        fine-tuning iterations (the official configs run 51; README.md here says what ran)
-#   SEEDS="0 1 2"   seeds of every curve
+#   SEEDS="0 1 2 3 4"   seeds of every curve
 #   WORKERS=2       runs at a time (one torch thread each)
 #   RUNS=runs/avoid where the run directories go (<subset>__<method>__s<seed>; finished runs are skipped,
 #                   interrupted ones resume from their checkpoint_last.pt)
+#   METHODS="dppo gaussian gmm gmm-ours"  methods to run (gmm-ours: gmm_ppo.py --no-official-summed-logprob)
 #   KPRIMES="10 4 1" fine-tuned denoising steps K' of the DPPO curves (largest first: the longest runs start first)
 #   SUBSETS="m2 m1 m3" data subsets of Fig. A7
+#   TAS="8 16"      action chunk sizes Ta = Tp of the chunk stage (DPPO with K' = 10, the official Avoid value)
+#   PRETRAIN_DIFFUSION=0  1: the pretrain stage also remakes the diffusion policies (300 epochs each)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ITERS=${ITERS:-51}
-SEEDS=${SEEDS:-"0 1 2"}
+SEEDS=${SEEDS:-"0 1 2 3 4"}
 WORKERS=${WORKERS:-2}
 RUNS=${RUNS:-runs/avoid}
 KPRIMES=${KPRIMES:-"10 4 1"}
 SUBSETS=${SUBSETS:-"m2 m1 m3"}
+METHODS=${METHODS:-"dppo gaussian gmm gmm-ours"}
+TAS=${TAS:-"8 16"}
+PRETRAIN_DIFFUSION=${PRETRAIN_DIFFUSION:-0}
 CKPT=cleandppo/pretrained
 STUDY=experiments/avoid # this folder, from the repository root
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 ITERS STUDY
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(data pretrain a7 gmmclamp wall noise chunk figures)
+[ ${#stages[@]} -gt 0 ] || stages=(data pretrain a7 noise chunk noisesym wall figures)
 for s in "${stages[@]}"; do
-  case "$s" in data | pretrain | a7 | gmmclamp | wall | noise | chunk | figures) ;; *)
-    echo "error: unknown stage '$s'; use data, pretrain, a7, gmmclamp, wall, noise, chunk, figures" >&2
+  case "$s" in data | pretrain | bundle | a7 | noise | chunk | noisesym | wall | figures) ;; *)
+    echo "error: unknown stage '$s'; use data, pretrain, bundle, a7, noise, chunk, noisesym, wall, figures" >&2
     exit 2
     ;;
   esac
@@ -64,15 +73,35 @@ export -f run
 # Jobs are lines "dir script args..."; run WORKERS at a time.
 jobs_run() { xargs -P "$WORKERS" -L 1 bash -c 'run "$@"' _; }
 
-# The methods of one curve set: method name, script, flags. Ta = 4 unless given.
+has() { [[ " $METHODS " == *" $1 "* ]]; }
+
+# The methods of one curve set: method name, script, flags. Ta = 4; the Gaussian and GMM policies are the
+# pretrain stage's (official recipe), the diffusion policies the bundled ones.
 methods() {
   local sub=$1 extra=$2
-  for k in $KPRIMES; do
-    echo "dppo-k$k dppo --env-id avoid-$sub --ft-denoising-steps $k $extra"
-  done
-  echo "gaussian gaussian_ppo --env-id avoid-$sub $extra"
-  echo "gmm gmm_ppo --env-id avoid-$sub $extra"
+  if has dppo; then
+    for k in $KPRIMES; do
+      echo "dppo-k$k dppo --env-id avoid-$sub --ft-denoising-steps $k $extra"
+    done
+  fi
+  has gaussian && echo "gaussian gaussian_ppo --env-id avoid-$sub --checkpoint $RUNS/pretrain/$sub-gaussian/pretrained.pt $extra"
+  has gmm && echo "gmm gmm_ppo --env-id avoid-$sub --checkpoint $RUNS/pretrain/$sub-gmm/pretrained.pt $extra"
+  has gmm-ours && echo "gmm-ours gmm_ppo --env-id avoid-$sub --checkpoint $RUNS/pretrain/$sub-gmm/pretrained.pt" \
+    "--no-official-summed-logprob $extra"
+  return 0
 }
+
+# One pre-training run: pretrain_run <dir> <script> <args...> (skipped when its pretrained.pt exists).
+pretrain_run() {
+  local dir=$1 script=$2
+  shift 2
+  [ -f "$dir/pretrained.pt" ] && return 0
+  rm -rf "$dir" && mkdir -p "$(dirname "$dir")"
+  echo "[pretrain] $dir"
+  python "cleandppo/$script.py" "$@" --pretrain-only --run-dir "$dir" >"$dir.log" 2>&1 ||
+    { echo "[failed] $dir: see $dir.log" >&2; return 1; }
+}
+export -f pretrain_run
 
 for stage in "${stages[@]}"; do
   echo "=== stage $stage ($(date +%H:%M:%S))"
@@ -81,17 +110,18 @@ for stage in "${stages[@]}"; do
     python scripts/make_avoid_data.py
     ;;
   pretrain)
-    # paper D.8 recipe (batch 16, LR 1e-4, wd 1e-6) with the epochs of the scripts' Avoid tables
+    # paper D.8 recipe (batch 16, LR 1e-4 cosine-decayed to 1e-5, wd 1e-6, EMA 0.995; the scripts' Avoid tables)
     for sub in m1 m2 m3; do
-      for pair in "dppo diffusion" "gaussian_ppo gaussian" "gmm_ppo gmm"; do
-        set -- $pair
-        echo "$RUNS/pretrain/$sub-$2 $1 --env-id avoid-$sub --dataset avoid-$sub --pretrain-only"
-      done
-    done | xargs -P "$WORKERS" -L 1 bash -c 'd=$1; s=$2; shift 2; [ -f "$d/pretrained.pt" ] && exit 0;
-      mkdir -p "$(dirname "$d")"; python "cleandppo/$s.py" "$@" --run-dir "$d" > "$d.log" 2>&1 || { echo "[failed] $d" >&2; exit 1; }' _
+      has gaussian && echo "$RUNS/pretrain/$sub-gaussian gaussian_ppo --env-id avoid-$sub --dataset avoid-$sub"
+      { has gmm || has gmm-ours; } && echo "$RUNS/pretrain/$sub-gmm gmm_ppo --env-id avoid-$sub --dataset avoid-$sub"
+      [ "$PRETRAIN_DIFFUSION" = 1 ] && echo "$RUNS/pretrain/$sub-diffusion dppo --env-id avoid-$sub --dataset avoid-$sub"
+      :
+    done | xargs -P "$WORKERS" -L 1 bash -c 'pretrain_run "$@"' _
+    ;;
+  bundle)
     for sub in m1 m2 m3; do
       for p in diffusion gaussian gmm; do
-        cp "$RUNS/pretrain/$sub-$p/pretrained.pt" "$CKPT/avoid-$sub-$p-mlp.pt"
+        [ -f "$RUNS/pretrain/$sub-$p/pretrained.pt" ] && cp "$RUNS/pretrain/$sub-$p/pretrained.pt" "$CKPT/avoid-$sub-$p-mlp.pt"
       done
     done
     ;;
@@ -102,12 +132,6 @@ for stage in "${stages[@]}"; do
           echo "$RUNS/a7/${sub}__${name}__s$seed $script $args --seed $seed --total-timesteps $((ITERS * 5000))"
         done
       done
-    done | jobs_run
-    ;;
-  gmmclamp)
-    for seed in $SEEDS; do
-      echo "$RUNS/a7x/m2__gmm-per-dim__s$seed gmm_ppo --env-id avoid-m2 --no-official-summed-logprob --seed $seed" \
-        "--total-timesteps $((ITERS * 5000))"
     done | jobs_run
     ;;
   wall)
@@ -126,25 +150,38 @@ for stage in "${stages[@]}"; do
       done
     done | jobs_run
     ;;
-  chunk)
-    # Ta = Tp = 16: own pre-trained policies (M2), 7 chunks = one 100-step episode per env and iteration
-    for pair in "dppo diffusion" "gaussian_ppo gaussian" "gmm_ppo gmm"; do
-      set -- $pair
-      d=$RUNS/pretrain/m2-ta16-$2
-      [ -f "$d/pretrained.pt" ] || python "cleandppo/$1.py" --env-id avoid-m2 --dataset avoid-m2 --pretrain-only \
-        --horizon-steps 16 --act-steps 16 --run-dir "$d" >"$d.log" 2>&1 &
-    done
-    wait
+  noisesym)
     for seed in $SEEDS; do
-      for k in $KPRIMES; do
-        echo "$RUNS/chunk/m2-ta16__dppo-k${k}__s$seed dppo --env-id avoid-m2 --ft-denoising-steps $k" \
-          "--checkpoint $RUNS/pretrain/m2-ta16-diffusion/pretrained.pt --horizon-steps 16 --act-steps 16 --n-steps 7" \
-          "--batch-size $((7 * 50 * k / 2)) --seed $seed --total-timesteps $((ITERS * 7 * 16 * 50))"
+      methods m2 "--train-action-noise 0.1 0.2 --train-action-noise-mode symmetric" | while read -r name script args; do
+        echo "$RUNS/noisesym/m2__${name}__s$seed $script $args --seed $seed --total-timesteps $((ITERS * 5000))"
       done
-      for pair in "gaussian gaussian_ppo" "gmm gmm_ppo"; do
-        set -- $pair
-        echo "$RUNS/chunk/m2-ta16__${1}__s$seed $2 --env-id avoid-m2 --checkpoint $RUNS/pretrain/m2-ta16-$1/pretrained.pt" \
-          "--horizon-steps 16 --act-steps 16 --n-steps 7 --batch-size 175 --seed $seed --total-timesteps $((ITERS * 7 * 16 * 50))"
+    done | jobs_run
+    ;;
+  chunk)
+    # Ta = Tp in TAS: own pre-trained policies (M2); ceil(100 / Ta) chunks = one 100-step episode per env and iteration
+    for ta in $TAS; do
+      n=$(((100 + ta - 1) / ta))
+      has dppo && echo "$RUNS/pretrain/m2-ta$ta-diffusion dppo --env-id avoid-m2 --dataset avoid-m2 --horizon-steps $ta --act-steps $ta"
+      has gaussian && echo "$RUNS/pretrain/m2-ta$ta-gaussian gaussian_ppo --env-id avoid-m2 --dataset avoid-m2" \
+        "--horizon-steps $ta --act-steps $ta"
+      { has gmm || has gmm-ours; } && echo "$RUNS/pretrain/m2-ta$ta-gmm gmm_ppo --env-id avoid-m2 --dataset avoid-m2" \
+        "--horizon-steps $ta --act-steps $ta"
+      :
+    done | xargs -P "$WORKERS" -L 1 bash -c 'pretrain_run "$@"' _
+    for seed in $SEEDS; do
+      for ta in $TAS; do
+        n=$(((100 + ta - 1) / ta))
+        common="--env-id avoid-m2 --horizon-steps $ta --act-steps $ta --n-steps $n --seed $seed"
+        common="$common --total-timesteps $((ITERS * n * ta * 50))"
+        has dppo && echo "$RUNS/chunk/m2-ta${ta}__dppo-k10__s$seed dppo $common --ft-denoising-steps 10" \
+          "--checkpoint $RUNS/pretrain/m2-ta$ta-diffusion/pretrained.pt --batch-size $((n * 50 * 10 / 2))"
+        has gaussian && echo "$RUNS/chunk/m2-ta${ta}__gaussian__s$seed gaussian_ppo $common" \
+          "--checkpoint $RUNS/pretrain/m2-ta$ta-gaussian/pretrained.pt --batch-size $((n * 50 / 2))"
+        has gmm && echo "$RUNS/chunk/m2-ta${ta}__gmm__s$seed gmm_ppo $common" \
+          "--checkpoint $RUNS/pretrain/m2-ta$ta-gmm/pretrained.pt --batch-size $((n * 50 / 2))"
+        has gmm-ours && echo "$RUNS/chunk/m2-ta${ta}__gmm-ours__s$seed gmm_ppo $common --no-official-summed-logprob" \
+          "--checkpoint $RUNS/pretrain/m2-ta$ta-gmm/pretrained.pt --batch-size $((n * 50 / 2))"
+        :
       done
     done | jobs_run
     ;;
@@ -161,8 +198,8 @@ for stage in "${stages[@]}"; do
       python "$STUDY"/avoid_study.py curves --runs "$RUNS/$exp" --tag charts/success_rate \
         --out "docs/figures/avoid_${exp}_success.png"
     done
-    [ -d "$RUNS/a7x" ] && python "$STUDY"/avoid_study.py curves --runs "$RUNS/a7x" "$RUNS/a7" \
-      --only m2__gmm m2__dppo-k10 --out docs/figures/avoid_gmm_official_clamp.png
+    [ -d "$RUNS/a7" ] && python "$STUDY"/avoid_study.py curves --runs "$RUNS/a7" \
+      --only m2__gmm m2__gmm-ours m2__dppo-k10 --out docs/figures/avoid_gmm_official_clamp.png
     [ -d "$RUNS/a7" ] && python "$STUDY"/avoid_study.py robustness --runs "$RUNS/a7" --subset m2 \
       --out docs/figures/avoid_fig12.png
     [ -d "$RUNS/a7" ] && python "$STUDY"/avoid_study.py trajectories --columns 3 --episodes 30 \
@@ -170,7 +207,7 @@ for stage in "${stages[@]}"; do
     [ -d "$RUNS/wall" ] && python "$STUDY"/avoid_study.py curves --runs "$RUNS/wall" "$RUNS/a7" --only m1__dppo-k10 \
       --out docs/figures/avoid_m1_on_table.png
     python "$STUDY"/avoid_study.py summaries --out docs/figures/avoid_runs.csv \
-      --runs "$RUNS"/a7 "$RUNS"/a7x "$RUNS"/wall "$RUNS"/noise "$RUNS"/chunk
+      --runs "$RUNS"/a7 "$RUNS"/noise "$RUNS"/chunk "$RUNS"/noisesym "$RUNS"/wall
     ;;
   esac
 done
