@@ -470,3 +470,42 @@ def test_study_rollout_success_is_a_step_with_reward_2(monkeypatch):
     rewards = np.stack([avoid.replay_reward(p[:-1]) for p in paths])
     np.testing.assert_allclose(out["returns"], rewards.sum(1), atol=1e-4)
     assert list(out["success"]) == [False, True] == list((rewards >= 2).any(1))
+
+
+def _avoid_study():
+    sys.path.insert(
+        0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "avoid")
+    )
+    import avoid_study
+
+    return avoid_study
+
+
+def test_study_exploration_numbers_against_hand_counts():
+    """Fig. 9's numbers on paths whose cells and distances can be counted by hand: a demonstration along x = 0.5
+    from y = 0 to y = 0.1; a sample 2 cm beside it (inside a 3 cm tube) and one 10 cm away (outside), both running
+    on to y = 0.3, past the demonstration's end, where they are cut. 1 cm cells: each sample crosses 11 cells in y
+    (0 .. 0.1 and the one it is cut in: y 0.1-0.11), in one column each."""
+    study = _avoid_study()
+    y = np.linspace(0.0, 0.3, 61)  # 0.005 per step: the cut falls at y = 0.105, in the cell 0.10-0.11
+    near = np.stack([np.full_like(y, 0.525), y], 1)
+    far = np.stack([np.full_like(y, 0.605), y], 1)
+    demo = np.stack([np.full(21, 0.505), np.linspace(0, 0.1, 21)], 1)
+    one = study.exploration_numbers(near[None], [demo], radius=0.03, cell=0.01)
+    assert one["coverage"] == pytest.approx(11 * 1e-4) and one["in_tube"] == 1.0 and one["tube_share"] == 1.0
+    both = study.exploration_numbers(np.stack([near, far]), [demo], radius=0.03, cell=0.01)
+    assert both["coverage"] == pytest.approx(22 * 1e-4)
+    assert both["in_tube"] == 0.5 and both["tube_share"] == 0.5
+    # a diagonal segment crossing a cell corner region: the cells it passes through, sampled finely
+    diag = np.array([[[0.001, 0.001], [0.029, 0.019]]])
+    assert study.visited_cells(diag, 0.01) == {(0, 0), (1, 0), (1, 1), (2, 1)}
+
+
+def test_study_bootstrap_interval_brackets_the_mean():
+    """The 95 % percentile bootstrap of a mean over seeds: around the sample mean, inside the values' range, narrower
+    than that range for five spread values; a single seed (or equal values) gives the value itself."""
+    study = _avoid_study()
+    values = [10.0, 12.0, 14.0, 30.0, 11.0]
+    lo, hi = study.bootstrap_interval(values)
+    assert min(values) < lo < np.mean(values) < hi < max(values)
+    assert study.bootstrap_interval([3.0]) == (3.0, 3.0) and study.bootstrap_interval([2.0, 2.0]) == (2.0, 2.0)

@@ -8,6 +8,11 @@
     # robustness of fine-tuned policies (Fig. 12): added action noise, wider initial states
     python experiments/avoid/avoid_study.py robustness --runs runs/avoid/a7 --subset m2 \
         --out docs/figures/avoid_fig12.png
+    # Fig. 9 as numbers: how far the first fine-tuning iteration's samples spread, and how much of it stays near the data
+    python experiments/avoid/avoid_study.py exploration --out docs/figures/avoid_fig9_exploration.csv \
+        --checkpoints cleandppo/pretrained/avoid-m{1,2,3}-{diffusion,gaussian,gmm}-mlp.pt
+    # each cell's score over seeds with a 95 % bootstrap interval, and the commits its runs came from
+    python experiments/avoid/avoid_study.py table --runs runs/avoid/a7 --out docs/figures/avoid_a7_table.csv
 
 Rollouts here call the scripts' own samplers (dppo.sample, gaussian_ppo.sample_action, gmm_ppo.sample_action)
 on the batched Avoid core (avoid.step_batch), with the same chunking and one-step-old observations as the
@@ -282,6 +287,138 @@ def summaries(args):
     print(f"table -> {args.out}")
 
 
+# ------------------------------------------------------------------------------------------------
+# Numbers: Fig. 9's exploration, each cell's score with its interval
+# ------------------------------------------------------------------------------------------------
+def visited_cells(paths: np.ndarray, cell: float) -> set:
+    """The grid cells (side `cell` metres) that the line segments of `paths` (episodes, steps, 2) pass through,
+    sampled every cell/4 along each segment so that no crossed cell is skipped."""
+    cells = set()
+    for p in paths:
+        seg = np.diff(p, axis=0)
+        n = np.maximum(1, np.ceil(np.linalg.norm(seg, axis=1) / (cell / 4))).astype(int)
+        pts = np.concatenate([p[i] + seg[i] * np.linspace(0, 1, n[i] + 1)[:, None] for i in range(len(seg))])
+        cells.update(map(tuple, np.floor(pts / cell).astype(int)))
+    return cells
+
+
+def exploration_numbers(paths: np.ndarray, data_paths: list, radius: float, cell: float) -> dict:
+    """Fig. 9 measured, for sampled paths (episodes, steps, 2) against the demonstrations' paths of the subset, each
+    sampled path cut where it first passes the farthest y the demonstrations reach (they end at the goal line):
+    coverage, the area (m^2) of the cells the samples pass through (how widely they explore); in_tube, the share of
+    that area within `radius` of a demonstrated path (how structured the exploration is: around the data, or
+    anywhere); tube_share, the share of sampled episodes whose path stays within `radius` of the data throughout."""
+    data = np.concatenate(data_paths)
+    y_end = data[:, 1].max()
+    cut = []
+    for p in paths:
+        beyond = np.flatnonzero(p[:, 1] > y_end)
+        cut.append(p[: beyond[0] + 1] if len(beyond) else p)
+    cells = np.array(sorted(visited_cells(cut, cell)), dtype=float)
+    centres = (cells + 0.5) * cell
+    near_cell = np.array([np.min(np.linalg.norm(data - c, axis=1)) <= radius for c in centres])
+    dist = np.array([np.min(np.linalg.norm(p[:, None, :] - data[None], axis=2), axis=1).max() for p in cut])
+    return dict(
+        coverage=len(cells) * cell**2, in_tube=float(near_cell.mean()), tube_share=float(np.mean(dist <= radius))
+    )
+
+
+def subset_paths(dataset: str, env_id: str) -> list:
+    """The arm's paths (current xy, observation columns 2-3) of each demonstration of an Avoid dataset."""
+    data = envs.load_dataset(dataset, env_id)
+    return [ep["observations"][:, 2:4] for ep in data["episodes"]]
+
+
+def bootstrap_interval(values, seed: int = 0) -> tuple:
+    """95 % percentile bootstrap interval of the mean of `values` (scipy.stats.bootstrap, 10,000 resamples);
+    (v, v) for a single value."""
+    from scipy.stats import bootstrap
+
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2 or np.all(values == values[0]):
+        return float(values.mean()), float(values.mean())
+    ci = bootstrap((values,), np.mean, n_resamples=10_000, method="percentile", random_state=seed).confidence_interval
+    return float(ci.low), float(ci.high)
+
+
+def exploration(args):
+    """Fig. 9 as numbers: each checkpoint sampled with the training noise, `--episodes` episodes per seed."""
+    rows = []
+    for path in args.checkpoints:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        env_id, dataset = ckpt["env_id"], ckpt.get("dataset") or ckpt["env_id"]
+        data_paths = subset_paths(dataset, env_id)
+        per_seed = [
+            exploration_numbers(rollout(path, args.episodes, seed)["paths"], data_paths, args.radius, args.cell)
+            for seed in range(args.seeds)
+        ]
+        row = dict(
+            checkpoint=os.path.basename(path), env_id=env_id, dataset=dataset, seeds=args.seeds, episodes=args.episodes
+        )
+        for key in ("coverage", "in_tube", "tube_share"):
+            values = [n[key] for n in per_seed]
+            lo, hi = bootstrap_interval(values)
+            row |= {key: float(np.mean(values)), f"{key}_lo": lo, f"{key}_hi": hi}
+        rows.append(row)
+        print(
+            f"{row['checkpoint']}: coverage {row['coverage']:.4f} m^2 [{row['coverage_lo']:.4f}, {row['coverage_hi']:.4f}]"
+            f" | in tube {row['in_tube']:.2f} [{row['in_tube_lo']:.2f}, {row['in_tube_hi']:.2f}]"
+            f" | whole path in tube {row['tube_share']:.2f} [{row['tube_share_lo']:.2f}, {row['tube_share_hi']:.2f}]"
+        )
+    write_csv(args.out, rows)
+
+
+def write_csv(out: str, rows: list):
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        f.write(",".join(rows[0]) + "\n")
+        for r in rows:
+            f.write(",".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()) + "\n")
+    print(f"table -> {out}")
+
+
+def table(args):
+    """Per run group: the mean over seeds of `--tag` over the iterations in `--window` (1-based, inclusive), with a
+    95 % bootstrap interval over seeds, the seeds counted, and the commits the runs came from (summary.json)."""
+    groups = {g: r for g, r in group_runs(args.runs).items() if not args.only or any(o in g for o in args.only)}
+    if not groups:
+        envs.fail(f"no run directories named <group>__s<seed> in {args.runs}")
+    first, last = args.window
+    rows = []
+    for group, runs in sorted(groups.items()):
+        values, commits, unfinished = [], set(), 0
+        for run in runs:
+            path = os.path.join(run, "summary.json")
+            if not os.path.isfile(path):
+                unfinished += 1
+                continue
+            summary = json.load(open(path))
+            commits.add(f"{summary.get('git_commit') or 'unknown'}{'+dirty' if summary.get('git_dirty') else ''}")
+            curve = read_curve(run, args.tag)
+            if curve is None or len(curve[1]) < last:
+                envs.fail(f"{run} has {0 if curve is None else len(curve[1])} iterations of {args.tag}, not {last}")
+            values.append(float(np.mean(curve[1][first - 1 : last])))
+        if not values:
+            continue
+        lo, hi = bootstrap_interval(values)
+        rows.append(
+            dict(
+                group=group,
+                tag=args.tag,
+                window=f"{first}-{last}",
+                mean=float(np.mean(values)),
+                lo=lo,
+                hi=hi,
+                seeds=len(values),
+                per_seed=" ".join(f"{v:.3g}" for v in values),
+                unfinished=unfinished,
+                commits=" ".join(sorted(commits)),
+            )
+        )
+        print(f"{group}: {rows[-1]['mean']:.3g} [{lo:.3g}, {hi:.3g}] over {len(values)} seeds ({rows[-1]['commits']})")
+    write_csv(args.out, rows)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -308,6 +445,19 @@ def main(argv=None):
     p.add_argument("--init-noise", type=float, nargs="+", default=[0.0, 0.02, 0.04, 0.06, 0.08])
     p.add_argument("--episodes", type=int, default=50)
     p.add_argument("--seed", type=int, default=1000)
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("exploration", help="Fig. 9 as numbers: coverage and structure of first-iteration samples")
+    p.add_argument("--checkpoints", nargs="+", required=True)
+    p.add_argument("--episodes", type=int, default=50, help="episodes per seed")
+    p.add_argument("--seeds", type=int, default=5, help="sampling seeds 0..seeds-1 (the interval is over them)")
+    p.add_argument("--radius", type=float, default=0.03, help="tube radius around the demonstrated paths (m)")
+    p.add_argument("--cell", type=float, default=0.01, help="grid cell side for the covered area (m)")
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("table", help="each run group's mean over seeds with a 95 %% bootstrap interval")
+    p.add_argument("--runs", required=True, nargs="+")
+    p.add_argument("--tag", default="charts/episodic_return")
+    p.add_argument("--window", type=int, nargs=2, default=[47, 51], help="first and last iteration (1-based)")
+    p.add_argument("--only", nargs="+", default=None, help="keep the run groups whose name contains one of these")
     p.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
