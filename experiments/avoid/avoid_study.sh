@@ -12,7 +12,8 @@
 # GMM as the official code scores it, our per-dimension GMM beside it), noise (Fig. 10 left: M2 with the paper's
 # action noise U[0.1, 0.2] from iteration 5), chunk (Fig. 10 right: M2 with Ta = 8 and 16, own pre-trained
 # policies; Ta = 4 is a7's M2), noisesym (ablation: the noise of `noise` read as symmetric, U[-0.2, 0.2]),
-# wall (what-if: M1 DPPO with the desired x kept in the rewarded band 0.2-0.8), figures (Fig. 9, A7, 10, 12 and a
+# d3il (only when named; M1 DPPO K' = 10 pre-trained on D3IL's own human demonstrations: D3IL_DIR=<allenzren/d3il's
+# data/avoiding/data> holds them; not in this repository), wall (what-if: M1 DPPO with the desired x kept in the rewarded band 0.2-0.8), figures (Fig. 9, A7, 10, 12 and a
 # table of every run's summary). bundle copies the pre-trained Gaussian and GMM policies to cleandppo/pretrained.
 # Knobs (environment variables):
 #   ITERS=51        fine-tuning iterations (the official configs run 51; README.md here says what ran)
@@ -24,6 +25,7 @@
 #   KPRIMES="10 4 1" fine-tuned denoising steps K' of the DPPO curves (largest first: the longest runs start first)
 #   SUBSETS="m2 m1 m3" data subsets of Fig. A7
 #   TAS="8 16"      action chunk sizes Ta = Tp of the chunk stage (DPPO with K' = 10, the official Avoid value)
+#   D3IL_DIR=       D3IL's per-episode pickles, for the d3il stage
 #   PRETRAIN_DIFFUSION=0  1: the pretrain stage also remakes the diffusion policies (300 epochs each)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -36,14 +38,15 @@ SUBSETS=${SUBSETS:-"m2 m1 m3"}
 METHODS=${METHODS:-"dppo gaussian gmm gmm-ours"}
 TAS=${TAS:-"8 16"}
 PRETRAIN_DIFFUSION=${PRETRAIN_DIFFUSION:-0}
+D3IL_DIR=${D3IL_DIR:-}
 CKPT=cleandppo/pretrained
 STUDY=experiments/avoid # this folder, from the repository root
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 ITERS STUDY
 stages=("$@")
 [ ${#stages[@]} -gt 0 ] || stages=(data pretrain a7 noise chunk noisesym wall figures)
 for s in "${stages[@]}"; do
-  case "$s" in data | pretrain | bundle | a7 | noise | chunk | noisesym | wall | figures) ;; *)
-    echo "error: unknown stage '$s'; use data, pretrain, bundle, a7, noise, chunk, noisesym, wall, figures" >&2
+  case "$s" in data | pretrain | bundle | a7 | noise | chunk | noisesym | d3il | wall | figures) ;; *)
+    echo "error: unknown stage '$s'; use data, pretrain, bundle, a7, noise, chunk, noisesym, d3il, wall, figures" >&2
     exit 2
     ;;
   esac
@@ -132,6 +135,17 @@ for stage in "${stages[@]}"; do
           echo "$RUNS/a7/${sub}__${name}__s$seed $script $args --seed $seed --total-timesteps $((ITERS * 5000))"
         done
       done
+    done | jobs_run
+    ;;
+  d3il)
+    # Is M1's collapse our scripted demonstrations' doing? The same fine-tuning from a diffusion policy pre-trained
+    # (300 epochs, the Avoid recipe) on D3IL's 8 human M1 demonstrations.
+    [ -n "$D3IL_DIR" ] || { echo "error: set D3IL_DIR to D3IL's data/avoiding/data directory (*.pkl)" >&2; exit 2; }
+    python scripts/make_avoid_data.py --d3il-dir "$D3IL_DIR"
+    pretrain_run "$RUNS/pretrain/m1-d3il-diffusion" dppo --env-id avoid-m1 --dataset avoid-d3il-m1
+    for seed in $SEEDS; do
+      echo "$RUNS/d3il/m1__dppo-k10-d3il__s$seed dppo --env-id avoid-m1 --ft-denoising-steps 10" \
+        "--checkpoint $RUNS/pretrain/m1-d3il-diffusion/pretrained.pt --seed $seed --total-timesteps $((ITERS * 5000))"
     done | jobs_run
     ;;
   wall)
