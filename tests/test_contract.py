@@ -25,7 +25,7 @@ torch.set_num_threads(1)
 SCRIPTS = ("dppo", "gaussian_ppo", "gmm_ppo", "exact_likelihood_pg", "dawr", "drwr", "dipo", "idql", "dql", "qsm")
 COMMON_FIELDS = tuple(  # docs/contract.md item 2, in this order
     "env_id seed num_envs total_timesteps checkpoint eval_only eval_freq eval_episodes run_dir overwrite save_freq "
-    "cuda torch_deterministic track capture_video async_envs".split()
+    "cuda torch_deterministic track capture_video env_workers sampling_threads update_threads".split()
 )
 ONE_ITERATION = "--env-id avoid-m2 --num-envs 2 --n-steps 25 --total-timesteps 200 --eval-episodes 1 --eval-freq 1"
 SMALL = {  # per script: what makes its one iteration take a second or two
