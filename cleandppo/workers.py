@@ -21,6 +21,7 @@ main process's to handle (workers ignore SIGINT).
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import traceback
@@ -156,9 +157,14 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
 
     # ---- talking to the workers ----
     def receive(self, k: int):
-        """Worker k's reply; its death stops the run in one line (died)."""
+        """Worker k's reply; its death stops the run in one line (died): its pipe reads as closed, or, should a process
+        of the env's own outlive it holding the pipe open, its process is found gone within a second."""
+        conn, process = self.conns[k], self.processes[k]
+        while not multiprocessing.connection.wait([conn], timeout=1.0):
+            if not process.is_alive():
+                self.died(k)
         try:
-            return self.conns[k].recv()
+            return conn.recv()
         except (EOFError, OSError):
             self.died(k)
 

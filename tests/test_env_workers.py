@@ -19,7 +19,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from test_runs import assert_kill_and_resume_is_exact, curves
+from test_runs import Killed, assert_kill_and_resume_is_exact, curves, kill_at_vector_step
 
 from cleandppo import arguments, dppo, envs, gaussian_ppo, gym_tasks, runs, workers
 from conftest import ROOT, TINY_DIFFUSION, assert_one_line_error, run_main
@@ -126,22 +126,36 @@ def test_a_killed_run_with_worker_processes_resumes_exactly(tiny_diffusion_check
 
 
 # ---- a worker that dies: one line, the last checkpoint kept, no hang ----------------------------------------------
-def test_a_worker_that_exits_stops_the_run_in_one_line(tiny_diffusion_checkpoint, tmp_path, monkeypatch):
-    """An env that ends its process (os._exit, as a crash in the simulator would) once iteration 1 is saved: one
-    line naming the worker, the env, the exit code, the last checkpoint and the flag that steps the envs in this
-    process; the other worker is ended too."""
+@pytest.mark.parametrize("leaves_a_process", [False, True], ids=["alone", "leaves-a-process"])
+def test_a_worker_that_exits_stops_the_run_in_one_line(
+    leaves_a_process, tiny_diffusion_checkpoint, tmp_path, monkeypatch
+):
+    """An env that ends its process (os._exit, as a crash in the simulator would) once iteration 1 is saved, alone
+    (its pipe reads as closed) or leaving behind a process of its own that holds the worker's pipe open (it never
+    does): within seconds, one line naming the worker, the env, the exit code, the last checkpoint and the flag that
+    steps the envs in this process; the other worker is ended too."""
     run = tmp_path / "run"
     last, main_pid, step = run / "checkpoint_last.pt", os.getpid(), envs.ChunkedEnv.step
 
     def exits_in_a_worker(self, chunk):
         if os.getpid() != main_pid and last.exists():
+            if leaves_a_process and os.fork() == 0:  # the env's own process: it outlives the worker for a minute
+                (tmp_path / f"left-{os.getpid()}").touch()
+                time.sleep(60)
+                os._exit(0)
             os._exit(3)
         return step(self, chunk)
 
     monkeypatch.setattr(envs.ChunkedEnv, "step", exits_in_a_worker)
     flags = ["--checkpoint", tiny_diffusion_checkpoint, *DPPO_FLAGS, "--total-timesteps", "160", "--eval-freq", "10"]
-    with pytest.raises(SystemExit) as e:
-        run_main(dppo, *flags, "--env-workers", "2", "--run-dir", run)
+    t0 = time.time()
+    try:
+        with pytest.raises(SystemExit) as e:
+            run_main(dppo, *flags, "--env-workers", "2", "--run-dir", run)
+    finally:
+        for left in tmp_path.glob("left-*"):
+            os.kill(int(left.name[5:]), signal.SIGKILL)
+    assert time.time() - t0 < 45
     assert_one_line_error(
         str(e.value), "env worker process", "of Hopper-v2) died (exit code 3)", f"{last} is the last good checkpoint"
     )
@@ -197,6 +211,7 @@ def seen(cores, load):
     [
         (Flags(), seen(2, 1.67), (1, 1, 1)),  # the busy 2-core machine: nothing free
         (Flags(), seen(2, 0.1), (2, 1, 2)),  # idle: a worker and an update thread per core
+        (Flags(), seen(2, 0.9), (1, 1, 1)),  # one core free: no worker processes
         (Flags(), seen(16, 3.0), (13, 1, 2)),  # torch was given 2 threads: the update takes no more
         (Flags(num_envs=3), seen(16, 0.0), (3, 1, 2)),  # at most one worker per env
         (Flags(num_envs=1), seen(16, 0.0), (1, 1, 2)),
@@ -259,3 +274,31 @@ def test_a_resume_keeps_the_thread_counts_its_run_chose(monkeypatch, capsys):
     monkeypatch.setitem(runs._run, "plan", runs.plan_parallel(Flags(update_threads=1), 2, seen(2, 1.9)))
     runs.resume_threads(Flags(update_threads=1), dict(sampling_threads=1, update_threads=2))
     assert runs._run["plan"]["update_threads"] == 1
+
+
+def test_a_resumed_run_updates_at_the_threads_its_run_chose(tiny_diffusion_checkpoint, tmp_path, monkeypatch):
+    """Auto update threads: the free cores when the run starts (2 here). Killed in iteration 3 and resumed on a
+    machine that is busy now (auto would take 1), the run's last update still runs at 2 threads."""
+    update_threads, update = [], dppo.ppo_update
+
+    def spy_update(*a, **k):
+        update_threads.append(torch.get_num_threads())
+        return update(*a, **k)
+
+    monkeypatch.setattr(dppo, "ppo_update", spy_update)
+    flags = [*DPPO_FLAGS, "--total-timesteps", "96", "--env-workers", "1"]  # 3 iterations of 32 env steps
+    run = tmp_path / "run"
+    try:
+        torch.set_num_threads(2)  # what torch is given: auto takes no more
+        monkeypatch.setattr(workers, "machine", lambda: seen(2, 0.0))
+        with monkeypatch.context() as patch:
+            kill_at_vector_step(patch, 2 * 4 + 2)
+            with pytest.raises(Killed):
+                run_main(dppo, "--checkpoint", tiny_diffusion_checkpoint, *flags, "--run-dir", run)
+        assert update_threads == [2, 2]
+        torch.set_num_threads(2)
+        monkeypatch.setattr(workers, "machine", lambda: seen(2, 2.0))
+        run_main(dppo, "--checkpoint", run / "checkpoint_last.pt", *flags)
+    finally:
+        torch.set_num_threads(1)
+    assert update_threads == [2, 2, 2]
