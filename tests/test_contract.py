@@ -50,7 +50,13 @@ TAGS = tuple(  # docs/contract.md item 6: every fine-tuning run
     "eval/episodic_return time/rollout_s time/update_s".split()
 )
 PPO_TAGS = ("losses/policy_loss", "losses/value_loss", "losses/approx_kl", "losses/clipfrac")  # docs/contract.md item 6
-SUMMARY_KEYS = (*conftest.SUMMARY_KEYS, "peak_memory_mb", "git_commit", "git_dirty", "parallel")  # docs/contract.md item 7
+SUMMARY_KEYS = (
+    *conftest.SUMMARY_KEYS,
+    "peak_memory_mb",
+    "git_commit",
+    "git_dirty",
+    "parallel",
+)  # docs/contract.md item 7
 
 
 def load(script):
