@@ -21,6 +21,10 @@ def parse_args(args_cls, task_defaults, argv=None):
     import tyro
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a.split("=")[0].replace("_", "-") in ("--async-envs", "--no-async-envs") for a in argv):
+        fail(
+            "--async-envs is gone: pass --env-workers N (N worker processes; 0, the default, chooses; 1: this process)"
+        )
     first = tyro.cli(args_cls, args=[a for a in argv if a not in ("-h", "--help")])
     table = task_defaults(first)
     if not table:
@@ -100,6 +104,9 @@ INT_FROM_ZERO = (
     "hutchinson_probes",
     "critic_replay_ratio",
     "action_gradient_steps",
+    "env_workers",
+    "sampling_threads",
+    "update_threads",
 )
 ORDERED_PAIRS = (
     ("std_min", "std_max"),

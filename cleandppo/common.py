@@ -3,6 +3,7 @@
 It imports no other module of the project. The layers above it, each importing only the ones below:
   common.py                               -- this file
   gym_tasks.py, avoid.py, robomimic_tasks.py -- one module per task family: ids, the simulator, its data files
+  workers.py                              -- worker processes that step a vector env's envs (--env-workers)
   official.py                             -- the official DPPO code's checkpoints and train.npz, converted
   envs.py                                 -- the env and dataset factory the scripts call (dispatches on --env-id)
   arguments.py                            -- the command line: tyro parsing, per-task defaults, flag ranges

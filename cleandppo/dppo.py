@@ -58,8 +58,12 @@ class Args:
     """also log to Weights & Biases"""
     capture_video: bool = False
     """record one evaluation episode to the run dir as an mp4 at the end (runs.capture_video)"""
-    async_envs: bool = False
-    """step environments in subprocesses (gymnasium AsyncVectorEnv)"""
+    env_workers: int = 0
+    """processes stepping the envs: 0 = auto (one per free core when 2+ are free, else this one), 1 = this process"""
+    sampling_threads: int = 0
+    """torch threads of sampling (rollouts, evaluations); 0 = auto: 1. Another count may change the last digits"""
+    update_threads: int = 0
+    """torch threads of the update; 0 = auto: the free cores (a resume: its run's). Another count may change digits"""
     dataset: Optional[str] = None
     """pre-training data: a D4RL name (hopper-medium-v2), a Minari id or an hdf5 path"""
     pretrain_only: bool = False
@@ -803,7 +807,7 @@ def main(args):
     iteration = start_iter
 
     while iteration < num_iters:
-        t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
+        t_iter, successes = runs.phase("rollout"), []  # successes: of this iteration's finished episodes (robomimic)
         # ---- rollout: record the fine-tuned part of every denoising chain (paper 4.1, eqs. 4.1-4.3) ----
         N, E = args.n_steps, args.num_envs
         buf_obs = np.zeros((N, E, args.cond_steps, obs_dim), np.float32)
@@ -829,7 +833,7 @@ def main(args):
         t_rollout = time.time() - t_iter
 
         # ---- advantages over env steps: GAE on V(s) of the env state only (paper 4.2, eqs. 4.6-4.8) ----
-        t_update = time.time()
+        t_update = runs.phase("update")  # torch at the update's threads
         flat = lambda x: torch.as_tensor(x.reshape(-1, *x.shape[2:]), device=device)  # noqa: E731
         flat_obs = flat(buf_obs)
         with torch.no_grad():

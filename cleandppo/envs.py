@@ -7,7 +7,8 @@ foundation (errors, data dir, normalization) is common.py. Scripts reach all of 
 names they use are imported here. Read top to bottom:
   1. env ids      -- which task family an id names, and its gymnasium id
   2. action chunks -- the multi-step wrapper (execute act_steps of a horizon_steps chunk), its resumable state
-  3. vector envs  -- sync or async, env i seeded with seed + i, episode statistics
+  3. vector envs  -- in this process or in worker processes (workers.py), env i seeded with seed + i, episode
+                     statistics
   4. datasets     -- --dataset resolved to a file and read, Minari, pre-training samples
   5. checkpoints  -- atomic save, load with clear errors, bundled checkpoint paths
   6. episodes     -- time limits and success accounting
@@ -22,7 +23,7 @@ import gymnasium as gym
 import numpy as np
 
 # avoid registers cleandppo/Avoid-v0 with gymnasium on import
-from cleandppo import avoid, gym_tasks, official, robomimic_tasks
+from cleandppo import avoid, gym_tasks, official, robomimic_tasks, workers
 from cleandppo.common import (  # noqa: F401 (the scripts' names for the foundation)
     D4RL_KEYS,
     compute_normalization,
@@ -216,9 +217,12 @@ def make_vec_env(
     act_steps: int = 1,
     cond_steps: int = 1,
     normalization: dict | None = None,
-    asynchronous: bool = False,
+    env_workers: int = 1,
+    stopped=None,
 ):
-    """`num_envs` chunked envs; env i is seeded with seed + i at the first reset.
+    """`num_envs` chunked envs; env i is seeded with seed + i at the first reset. `env_workers` > 1: stepped by that
+    many worker processes (workers.WorkerVectorEnv; the same numbers as in this process; `stopped()` says what a run
+    stopped by a dead worker keeps), else in this process (gymnasium's SyncVectorEnv).
 
     Same-step auto-reset: when a chunk ends an episode, the returned observation is already the
     next episode's first one and the last observation is in info["final_obs"] (official
@@ -230,8 +234,10 @@ def make_vec_env(
     if avoid.is_avoid(env_id):  # one batched numpy env, same contract, 50-100x faster
         return avoid.AvoidVectorEnv(num_envs, act_steps, cond_steps, normalization or identity_normalization(4, 2))
     fns = [lambda: make_env(env_id, act_steps, cond_steps, normalization) for _ in range(num_envs)]
-    vector_cls = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
-    envs = vector_cls(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    if env_workers > 1:
+        envs = workers.WorkerVectorEnv(fns, env_workers, env_id, stopped)
+    else:
+        envs = gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     envs.action_space.seed(seed)
     return envs
 
@@ -262,12 +268,14 @@ def run_episodes(
     act_steps: int,
     cond_steps: int,
     normalization: dict | None,
-    asynchronous: bool = False,
+    env_workers: int = 1,
+    stopped=None,
 ) -> tuple[list, list]:
     """Run `episodes` episodes, one per env (its first only: short episodes are not over-counted), bounded by the
     time limit; return their (returns, lengths). `act_fn(obs)` maps a (n, cond_steps, obs_dim) array to a
-    (n, >= act_steps, action_dim) chunk. Robomimic: an episode succeeded iff its return > 0 (success_rate)."""
-    envs = make_vec_env(env_id, episodes, seed, act_steps, cond_steps, normalization, asynchronous)
+    (n, >= act_steps, action_dim) chunk. Robomimic: an episode succeeded iff its return > 0 (success_rate).
+    `env_workers`, `stopped`: as make_vec_env."""
+    envs = make_vec_env(env_id, episodes, seed, act_steps, cond_steps, normalization, env_workers, stopped)
     obs, _ = envs.reset(seed=seed)
     returns, lengths, done = np.zeros(episodes), np.zeros(episodes, int), np.zeros(episodes, bool)
     for _ in range(max_episode_steps(env_id) // act_steps + 1):  # the time limit ends every episode by then

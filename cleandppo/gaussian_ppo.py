@@ -59,8 +59,12 @@ class Args:
     """also log to Weights & Biases"""
     capture_video: bool = False
     """record one evaluation episode to the run dir as an mp4 at the end (runs.capture_video)"""
-    async_envs: bool = False
-    """step environments in subprocesses (gymnasium AsyncVectorEnv)"""
+    env_workers: int = 0
+    """processes stepping the envs: 0 = auto (one per free core when 2+ are free, else this one), 1 = this process"""
+    sampling_threads: int = 0
+    """torch threads of sampling (rollouts, evaluations); 0 = auto: 1. Another count may change the last digits"""
+    update_threads: int = 0
+    """torch threads of the update; 0 = auto: the free cores (a resume: its run's). Another count may change digits"""
     dataset: Optional[str] = None
     """pre-training data: a D4RL name (hopper-medium-v2), a Minari id or an hdf5 path"""
     pretrain_only: bool = False
@@ -761,7 +765,7 @@ def main(args):
     iteration = start_iter
 
     while iteration < num_iters:
-        t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
+        t_iter, successes = runs.phase("rollout"), []  # successes: of this iteration's finished episodes (robomimic)
         # ---- rollout: chunks sampled from the Gaussian, clipped to --randn-clip-value std (paper D.6) ----
         buf_obs = np.zeros((args.n_steps, args.num_envs, args.cond_steps, obs_dim), np.float32)
         buf_act = np.zeros((args.n_steps, args.num_envs, args.horizon_steps, action_dim), np.float32)
@@ -813,7 +817,7 @@ def main(args):
         )
 
         # ---- update: PPO on the Gaussian likelihood, with the BC term (paper eq. 4.5, D.4, D.6) ----
-        t_update = time.time()
+        t_update = runs.phase("update")  # torch at the update's threads
         update_actor = iteration >= args.n_critic_warmup_itr  # critic warm-up over: the actor updates too
         stats = ppo_update(
             policy, critic, actor_opt, critic_opt, batch, args, update_actor=update_actor, base_policy=base_policy

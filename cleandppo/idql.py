@@ -60,8 +60,12 @@ class Args:
     """also log to Weights & Biases"""
     capture_video: bool = False
     """record one evaluation episode to the run dir as an mp4 at the end (runs.capture_video)"""
-    async_envs: bool = False
-    """step environments in subprocesses (gymnasium AsyncVectorEnv)"""
+    env_workers: int = 0
+    """processes stepping the envs: 0 = auto (one per free core when 2+ are free, else this one), 1 = this process"""
+    sampling_threads: int = 0
+    """torch threads of sampling (rollouts, evaluations); 0 = auto: 1. Another count may change the last digits"""
+    update_threads: int = 0
+    """torch threads of the update; 0 = auto: the free cores (a resume: its run's). Another count may change digits"""
 
     # --- diffusion policy (must match the checkpoint) ---
     denoising_steps: int = 20
@@ -672,7 +676,7 @@ def main(args):
     iteration = start_iter
 
     while iteration < num_iters:
-        t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
+        t_iter, successes = runs.phase("rollout"), []  # successes: of this iteration's finished episodes (robomimic)
         # ---- rollout: Boltzmann pick among candidate chunks into the replay buffer (paper D.3, IDQL) ----
         max_probs = []
         for _ in range(N):
@@ -693,7 +697,7 @@ def main(args):
         t_rollout = time.time() - t_iter
 
         # ---- update: V by expectile (paper eq. A7), Q on V(s') (A8), target Q, actor (A9) ----
-        t_update = time.time()
+        t_update = runs.phase("update")  # torch at the update's threads
         stats = idql_update(
             actor,
             q_critic,

@@ -67,8 +67,12 @@ class Args:
     """also log to Weights & Biases"""
     capture_video: bool = False
     """record one evaluation episode to the run dir as an mp4 at the end (runs.capture_video)"""
-    async_envs: bool = False
-    """step environments in subprocesses (gymnasium AsyncVectorEnv)"""
+    env_workers: int = 0
+    """processes stepping the envs: 0 = auto (one per free core when 2+ are free, else this one), 1 = this process"""
+    sampling_threads: int = 0
+    """torch threads of sampling (rollouts, evaluations); 0 = auto: 1. Another count may change the last digits"""
+    update_threads: int = 0
+    """torch threads of the update; 0 = auto: the free cores (a resume: its run's). Another count may change digits"""
 
     # --- diffusion policy (must match the checkpoint) ---
     denoising_steps: int = 20
@@ -608,7 +612,7 @@ def main(args):
     iteration = start_iter
 
     while iteration < num_iters:
-        t_iter, successes = time.time(), []  # successes: of this iteration's finished episodes (robomimic)
+        t_iter, successes = runs.phase("rollout"), []  # successes: of this iteration's finished episodes (robomimic)
         # ---- rollout: whole chain with the exploration floor, into the replay buffer (paper D.3, QSM) ----
         for _ in range(args.n_steps):
             chunk = (
@@ -637,7 +641,7 @@ def main(args):
         t_rollout = time.time() - t_iter
 
         # ---- update per minibatch: critic to the Bellman target (paper eq. A12), actor (A13), target critic ----
-        t_update = time.time()
+        t_update = runs.phase("update")  # torch at the update's threads
         update_actor = iteration >= args.n_critic_warmup_itr
         stats = {k: [] for k in ("q_loss", "actor_loss", "q_grad_norm", "q1_mean", "q2_mean", "target_q_mean")}
         for _ in range(n_grad):

@@ -11,6 +11,7 @@ Nothing algorithmic lives here. Read top to bottom:
   5. progress, evaluations, video -- the same calls in every script's `main`
   6. the run around the loop -- start, open_run_dir, evaluate_only, resume_or_evaluate, start_envs,
                      log_stats, checkpoint_state, save_run: main keeps the loop and calls these
+  7. processes and threads -- env worker processes and torch's threads per phase of the loop (phase)
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dataclasses import asdict
 
 import numpy as np
 
-from cleandppo import avoid, envs
+from cleandppo import avoid, envs, workers
 
 # ------------------------------------------------------------------------------------------------
 # 1. Run dir: checked first, created only once every input is checked (open_run)
@@ -230,12 +231,17 @@ def check_finite(iteration: int, **values):
     for name, value in values.items():
         if all_finite(value):
             continue
-        last = os.path.join(_run["dir"] or ".", "checkpoint_last.pt")
-        kept = f"{last} is the last good checkpoint" if os.path.isfile(last) else "no checkpoint was written"
         envs.fail(
-            f"non-finite {name.replace('_', ' ')} in iteration {iteration + 1}; the run stopped and {kept}; "
+            f"non-finite {name.replace('_', ' ')} in iteration {iteration + 1}; {stopped()}; "
             "check the environment's rewards and observations, or lower the learning rates"
         )
+
+
+def stopped() -> str:
+    """What a run that stops now keeps, for its one-line message: its checkpoint_last.pt, or nothing."""
+    last = os.path.join(_run["dir"] or ".", "checkpoint_last.pt")
+    kept = f"{last} is the last good checkpoint" if os.path.isfile(last) else "no checkpoint was written"
+    return f"the run stopped and {kept}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -466,18 +472,21 @@ def finish_run(run_dir: str, algo: str, args, env_steps: int, wall: float, evals
     of `act` as an mp4 (a task that cannot render says so in one line and the summary is kept), then close the
     TensorBoard writer and drop the run dir's lock. `wall`: the seconds of this segment; a resumed run adds those of
     the segments before (wall_time). A resume that had nothing left to do (its checkpoint is the final iteration)
-    keeps the summary.json it finds; without one it writes the checkpoint's (its evaluations and wall time)."""
+    keeps the summary.json it finds; without one it writes the checkpoint's (its evaluations and wall time).
+    summary.json's `parallel`: the env workers and threads the run used (plan_parallel)."""
     path = os.path.join(run_dir, "summary.json")
     nothing_done = _run["resumed"] and not _run.get("saved")  # resumed from its final checkpoint
     if nothing_done and os.path.isfile(path):
         print(f"[done] nothing left to do: the run had finished; {path} kept")
     else:
         wall = wall_time(0.0 if nothing_done else wall)
-        write_summary(run_dir, algo, args, env_steps, wall, **evals.summary(), peak_memory_mb=peak_memory_mb(device))
+        extra = dict(peak_memory_mb=peak_memory_mb(device), parallel=_run.get("plan"))
+        write_summary(run_dir, algo, args, env_steps, wall, **evals.summary(), **extra)
     if args.capture_video:
         capture_video(run_dir, args.env_id, act, args.act_steps, args.cond_steps, normalization, args.seed)
     writer.close()
     release_run_lock()
+    set_threads(_run.pop("given_threads", None))  # the process's own count again (in-process callers)
 
 
 def peak_memory_mb(device) -> float:
@@ -651,7 +660,8 @@ class Evaluations:
     def run(self, env_steps: int, act, args, normalization) -> tuple[float, float, float]:
         """Evaluate the action function `act` over --eval-episodes episodes (envs.run_episodes; env i seeded with
         --seed + 10000 + i), record the result at `env_steps` and return (mean return, its std, success rate:
-        the fraction of returns > 0, meaningful on robomimic's 0/1 reward). An EvalProgress shows where it is."""
+        the fraction of returns > 0, meaningful on robomimic's 0/1 reward). An EvalProgress shows where it is. It
+        samples at the run's sampling threads, in the run's env worker processes (section 7)."""
         what = "before training" if self.count == 0 and env_steps == 0 else f"at {env_steps} steps"
         watch = EvalProgress(args.eval_episodes, envs.max_episode_steps(args.env_id) // args.act_steps + 1, what)
 
@@ -659,6 +669,7 @@ class Evaluations:
             watch.tick()
             return act(obs)
 
+        before = set_threads(_run["plan"]["sampling_threads"]) if _run.get("plan") else None
         try:
             returns, _ = envs.run_episodes(
                 watched,
@@ -668,10 +679,12 @@ class Evaluations:
                 args.act_steps,
                 args.cond_steps,
                 normalization,
-                args.async_envs,
+                _run["plan"]["env_workers"] if _run.get("plan") else 1,
+                stopped,
             )
         finally:
             watch.close()
+            set_threads(before)
         mean, std, success = float(np.mean(returns)), float(np.std(returns)), envs.success_rate(returns)
         self.add(env_steps, mean, success)
         return mean, std, success
@@ -789,13 +802,18 @@ def capture_video(
 # ------------------------------------------------------------------------------------------------
 def start(args, algo: str, detail: str = "") -> tuple[int, int, object]:
     """The first steps of every run: resolve --env-id, print the [start] line at once (the plan: iterations of
-    --num-envs x --n-steps x --act-steps env steps and `detail`, or evaluation only) and seed (seed_everything).
-    Returns (steps_per_iter, num_iters, device)."""
+    --num-envs x --n-steps x --act-steps env steps and `detail`, or evaluation only), choose and print the env
+    workers and threads (plan_parallel) and seed (seed_everything). Returns (steps_per_iter, num_iters, device)."""
+    import torch
+
     envs.resolve_env_id(args.env_id)
     steps_per_iter = args.num_envs * args.n_steps * args.act_steps
     num_iters = max(1, args.total_timesteps // steps_per_iter)
     plan = "evaluation only" if args.eval_only else f"{num_iters} iterations of {steps_per_iter} env steps{detail}"
     print(f"[start] {algo} on {args.env_id}: {plan}", flush=True)
+    _run["given_threads"] = torch.get_num_threads()
+    _run["plan"] = plan_parallel(args, _run["given_threads"], workers.machine())
+    print_plan(_run["plan"])
     return steps_per_iter, num_iters, seed_everything(args)
 
 
@@ -860,11 +878,15 @@ def resume_or_evaluate(resume: dict | None, trained: dict, evals, act, args, nor
 def start_envs(args, normalization, start_iter: int, resume: dict | None, firsts):
     """The training envs: --num-envs of them, seeded --seed + start_iter x --num-envs (a resumed segment draws
     new seeds) and reset; on a resume they continue exactly where checkpoint `resume` stopped (restore_run).
-    `firsts`: the rollout's episode-start flags for a fresh run (None where the script keeps none).
+    `firsts`: the rollout's episode-start flags for a fresh run (None where the script keeps none). The envs step
+    in the run's env worker processes; a resume keeps the thread counts its run started with (resume_threads).
     Returns (vec, obs, firsts, recent_returns)."""
     seed = args.seed + start_iter * args.num_envs
+    plan = _run.get("plan") or dict(env_workers=1)
+    if resume is not None:
+        resume_threads(args, resume.get("parallel"))
     vec = envs.make_vec_env(
-        args.env_id, args.num_envs, seed, args.act_steps, args.cond_steps, normalization, args.async_envs
+        args.env_id, args.num_envs, seed, args.act_steps, args.cond_steps, normalization, plan["env_workers"], stopped
     )
     obs, _ = vec.reset(seed=seed)
     if resume is None:
@@ -874,10 +896,10 @@ def start_envs(args, normalization, start_iter: int, resume: dict | None, firsts
 
 def checkpoint_state(trained: dict, evals, vec, obs, firsts, recent_returns) -> dict:
     """What a checkpoint holds besides the script's networks: every trained part's state_dict under its key, the
-    evaluations and run_state (RNGs, envs mid-episode, the rollout's carry-over): what resume_or_evaluate and
-    start_envs read back."""
+    evaluations, run_state (RNGs, envs mid-episode, the rollout's carry-over) and the env workers and threads
+    (`parallel`): what resume_or_evaluate and start_envs read back."""
     parts = {key: part.state_dict() for key, part in trained.items()}
-    return parts | evals.state_dict() | run_state(vec, obs, firsts, recent_returns)
+    return parts | evals.state_dict() | run_state(vec, obs, firsts, recent_returns) | dict(parallel=_run.get("plan"))
 
 
 def save_run(state: dict, run_dir: str, iteration: int, num_iters: int, args, writer, buffer=None):
@@ -885,3 +907,69 @@ def save_run(state: dict, run_dir: str, iteration: int, num_iters: int, args, wr
     `buffer`, when there is one, goes into checkpoint_last.pt only."""
     last_only = None if buffer is None else dict(replay_buffer=buffer_state(buffer))
     save_iteration(state, run_dir, iteration, args.save_freq, num_iters, writer, last_only)
+
+
+# ------------------------------------------------------------------------------------------------
+# 7. Processes and threads: who steps the envs, and torch's threads in each phase of the loop
+# ------------------------------------------------------------------------------------------------
+def plan_parallel(args, given_threads: int, seen: dict) -> dict:
+    """The run's env worker processes and torch threads, from --env-workers, --sampling-threads and --update-threads
+    (0 = auto) on a machine `seen` (workers.machine()); `given_threads`: torch's count when the run starts
+    (OMP_NUM_THREADS, else the cores). Auto rules, each measured (docs/benchmarks.md):
+    - env workers: workers.choose_workers (processes when more than one core is free, one per free core);
+    - sampling (rollouts and evaluations): 1 thread. A policy query is one small batch (a row per env); with more
+      threads they wait for each other, and when a core is busy every operation waits for the slowest;
+    - update: the free cores, at least 1 and at most `given_threads`.
+    The env workers never change a number; the thread counts may change the last digits (floating-point sums in
+    another order), so a resume keeps its run's counts (resume_threads) and a flag fixes them across machines."""
+    env_workers, why = workers.choose_workers(args.env_workers, args.num_envs, avoid.is_avoid(args.env_id), seen)
+    plan = dict(env_workers=env_workers, env_workers_why=why, **seen, given_threads=given_threads)
+    plan["sampling_threads"] = args.sampling_threads or 1
+    plan["sampling_threads_why"] = "--sampling-threads" if args.sampling_threads else "auto: a small batch, 1 thread"
+    plan["update_threads"] = args.update_threads or max(1, min(given_threads, seen["free"]))
+    plan["update_threads_why"] = (
+        "--update-threads" if args.update_threads else f"auto: the free cores, at most torch's {given_threads}"
+    )
+    return plan
+
+
+def print_plan(plan: dict):
+    where = "this process" if plan["env_workers"] == 1 else f"{plan['env_workers']} worker processes"
+    print(f"[envs] stepped in {where}: {plan['env_workers_why']}", flush=True)
+    print(
+        f"[threads] torch: sampling {plan['sampling_threads']} ({plan['sampling_threads_why']}), update "
+        f"{plan['update_threads']} ({plan['update_threads_why']}); env workers run no torch",
+        flush=True,
+    )
+
+
+def resume_threads(args, saved: dict | None):
+    """A resume keeps the thread counts its run chose when a flag leaves them to auto (0): another count may change
+    the last digits of the numbers, and a resume continues the run exactly. Checkpoints without them: the plan's."""
+    plan = _run.get("plan")
+    if not saved or plan is None:
+        return
+    kept = [k for k in ("sampling_threads", "update_threads") if not getattr(args, k) and plan[k] != saved[k]]
+    for key in kept:
+        plan[key], plan[f"{key}_why"] = saved[key], "as the resumed run chose it"
+    if kept:
+        print_plan(plan)
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op threads (None: leave them); returns the count before."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads and threads != before:
+        torch.set_num_threads(threads)
+    return before
+
+
+def phase(name: str) -> float:
+    """Enter a phase of the loop, "rollout" (sampling) or "update": torch runs at that phase's threads (the plan
+    runs.start printed); returns the time it starts (time.time()), as the loop times its phases."""
+    plan = _run.get("plan")
+    if plan is not None:
+        set_threads(plan["sampling_threads" if name == "rollout" else "update_threads"])
+    return time.time()

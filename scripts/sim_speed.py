@@ -1,10 +1,11 @@
 """Raw simulator speed vs. the same envs inside cleandppo's wrappers (docs/benchmarks.md).
 
-    python scripts/sim_speed.py --env-id Hopper-v2 --num-envs 40 --seconds 20
+    python scripts/sim_speed.py --env-id Hopper-v2 --num-envs 40 --seconds 20 --procs 2
 
 raw:     `num_envs` gymnasium envs (the v4 id the paper id maps to) stepped one by one in a Python
          loop with random actions, resetting ended episodes: the simulator plus gymnasium's own checks.
-wrapped: envs.make_vec_env (chunking, normalization, same-step auto-reset), random chunks.
+wrapped: envs.make_vec_env (chunking, normalization, same-step auto-reset), random chunks; in this process, and
+         in --procs worker processes (--env-workers).
 dppo / gaussian: the same envs driven by the training loop's rollout step, i.e. the script's own
          sampler on the bundled checkpoint (DPPO: 20 denoising steps with chain recording, K' = 10)
          followed by the vector-env step, as in dppo.py / gaussian_ppo.py.
@@ -13,6 +14,7 @@ machine's conditions and their ratios are meaningful even on a loaded machine.
 """
 
 import argparse
+import os
 import time
 
 import gymnasium as gym
@@ -26,6 +28,7 @@ parser.add_argument("--env-id", default="Hopper-v2")
 parser.add_argument("--num-envs", type=int, default=40)
 parser.add_argument("--act-steps", type=int, default=4)
 parser.add_argument("--seconds", type=float, default=20.0)
+parser.add_argument("--procs", type=int, default=len(os.sched_getaffinity(0)), help="worker processes (the cores)")
 args = parser.parse_args()
 
 rng = np.random.default_rng(0)
@@ -42,9 +45,10 @@ while time.time() - t0 < args.seconds:
 raw_sps = steps / (time.time() - t0)
 
 
-def timed(act_fn, normalization):
-    """env steps/s of `act_fn(obs) -> chunk` plus the vector-env step, for args.seconds."""
-    vec = envs.make_vec_env(args.env_id, args.num_envs, 0, args.act_steps, 1, normalization)
+def timed(act_fn, normalization, env_workers=1):
+    """env steps/s of `act_fn(obs) -> chunk` plus the vector-env step (its envs in `env_workers` processes), for
+    args.seconds."""
+    vec = envs.make_vec_env(args.env_id, args.num_envs, 0, args.act_steps, 1, normalization, env_workers)
     obs, _ = vec.reset(seed=0)
     steps, t0 = 0, time.time()
     while time.time() - t0 < args.seconds:
@@ -56,6 +60,7 @@ def timed(act_fn, normalization):
 
 obs_dim, action_dim = envs.env_dims(args.env_id)
 wrapped_sps = timed(lambda obs: rng.uniform(-1, 1, (args.num_envs, args.act_steps, action_dim)) * 0.1, None)
+workers_sps = timed(lambda obs: rng.uniform(-1, 1, (args.num_envs, args.act_steps, action_dim)) * 0.1, None, args.procs)
 
 ckpt = envs.load_checkpoint(envs.bundled_checkpoint(args.env_id, "diffusion"), "diffusion", args.env_id)
 actor, actor_ft, _ = dppo.build_actors(ckpt, 10, torch.device("cpu"))
@@ -78,6 +83,7 @@ def gaussian_act(obs):
 gaussian_sps = timed(gaussian_act, ckpt["normalization"])
 print(
     f"{args.env_id} x {args.num_envs} envs, chunks of {args.act_steps} (env steps/s): raw simulator {raw_sps:.0f} | "
-    f"make_vec_env {wrapped_sps:.0f} ({wrapped_sps / raw_sps:.2f}x raw) | dppo rollout {dppo_sps:.0f} "
+    f"make_vec_env {wrapped_sps:.0f} ({wrapped_sps / raw_sps:.2f}x raw), in {args.procs} worker processes "
+    f"{workers_sps:.0f} ({workers_sps / wrapped_sps:.2f}x in this process) | dppo rollout {dppo_sps:.0f} "
     f"({dppo_sps / raw_sps:.2f}x) | gaussian_ppo rollout {gaussian_sps:.0f} ({gaussian_sps / raw_sps:.2f}x)"
 )

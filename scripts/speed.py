@@ -9,10 +9,12 @@ Phases (set up in this order: the simulator ones first, since AsyncVectorEnv for
 its threads):
   raw simulator   one gymnasium env (the v4 id the paper id maps to) stepped in a Python loop with random actions,
                   and --procs envs in as many worker processes (AsyncVectorEnv, shared memory): simulator steps/s.
-  vector env      envs.make_vec_env as the scripts use it (--num-envs envs, one process, chunks of 4), random chunks.
+  vector env      envs.make_vec_env as the scripts use it (--num-envs envs, chunks of 4), random chunks: the envs in
+                  this process, and in --procs worker processes (--env-workers; workers.WorkerVectorEnv).
   rollout         each PPO script's rollout step on its bundled Hopper checkpoint: its sampler (dppo: 20 denoising
                   steps recording K' of them; gaussian_ppo, gmm_ppo: one forward pass) then the vector-env step, in
-                  env steps/s, with the share of the time the sampler takes.
+                  env steps/s, with the share of the time the sampler takes; dppo's also with its envs in --procs
+                  worker processes (1 thread).
   DPPO old log-probs  dppo.chain_log_probs over the iteration's --num-envs x --n-steps chains (forward only).
   DPPO update     dppo.ppo_update, one epoch, on a synthetic batch of those chains: (env step, denoising step) pairs/s
                   and achieved GFLOP/s, next to a plain torch matmul of the same shapes at the same thread count.
@@ -67,7 +69,7 @@ def parse(argv=None):
     p.add_argument("--quick", action="store_true", help="smaller sizes and shorter timings (under a minute)")
     p.add_argument("--seconds", type=float, help="time per phase, all rounds together (full 9, quick 1)")
     p.add_argument("--rounds", type=int, help="rounds of the round-robin over the phases (full 3, quick 2)")
-    p.add_argument("--procs", type=int, help="processes of the parallel raw-simulator phase (default: the cores)")
+    p.add_argument("--procs", type=int, help="worker processes of the parallel phases (default: the cores)")
     p.add_argument("--num-envs", type=int, default=40, help="envs of the rollouts, the update batch and the iteration")
     p.add_argument("--n-steps", type=int, help="policy queries per env of the update batch and the iteration (125, 5)")
     p.add_argument("--act-steps", type=int, default=4, help="actions executed per policy query")
@@ -167,10 +169,12 @@ def simulator_phases(args, closers) -> list:
 
     chunk = (args.num_envs, args.act_steps, envs.env_dims(args.env_id)[1])
     vector_env = rollout_work(args, lambda obs: rng.uniform(-0.1, 0.1, chunk), None, closers, [])
+    workers = rollout_work(args, lambda obs: rng.uniform(-0.1, 0.1, chunk), None, closers, [], args.procs)
     return [
         Phase("raw simulator, 1 process", "-", "env steps/s", raw_single, "gymnasium env, Python loop"),
         Phase(f"raw simulator, {args.procs} worker processes", "-", "env steps/s", raw_parallel, "AsyncVectorEnv"),
         Phase("vector env (make_vec_env)", "-", "env steps/s", vector_env, f"{args.num_envs} envs, random chunks"),
+        Phase(f"vector env, {args.procs} worker processes", "-", "env steps/s", workers, "--env-workers"),
     ]
 
 
@@ -184,10 +188,10 @@ def executed_steps(infos: dict) -> int:
     return steps
 
 
-def rollout_work(args, act_fn, normalization, closers, sampler_time):
-    """One rollout step as the loops do it: act_fn(obs) -> chunk, then the vector-env step; returns its env steps and
-    adds the sampler's time to sampler_time[0]."""
-    vec = envs.make_vec_env(args.env_id, args.num_envs, 0, args.act_steps, 1, normalization)
+def rollout_work(args, act_fn, normalization, closers, sampler_time, env_workers=1):
+    """One rollout step as the loops do it: act_fn(obs) -> chunk, then the vector-env step (its envs in `env_workers`
+    processes); returns its env steps and adds the sampler's time to sampler_time[0]."""
+    vec = envs.make_vec_env(args.env_id, args.num_envs, 0, args.act_steps, 1, normalization, env_workers)
     closers.append(vec.close)
     state = dict(obs=vec.reset(seed=0)[0])
     sampler_time.append(0.0)
@@ -244,6 +248,11 @@ def rollout_phases(args, closers) -> tuple[list, dict]:
             sampler_time = []
             work = rollout_work(args, act_fn, normalization, closers, sampler_time)
             phases.append(Phase(f"{script} rollout", threads, "env steps/s", work))
+            sampler_times[phases[-1]] = sampler_time
+        if script == "dppo":  # the envs in worker processes, sampling at 1 thread
+            sampler_time = []
+            work = rollout_work(args, act_fn, normalization, closers, sampler_time, args.procs)
+            phases.append(Phase(f"dppo rollout, {args.procs} worker processes", 1, "env steps/s", work))
             sampler_times[phases[-1]] = sampler_time
     return phases, sampler_times
 
@@ -407,6 +416,12 @@ def ratios(args, phases) -> dict:
     raw1, rawn = rate("raw simulator, 1 process"), rate(f"raw simulator, {args.procs} worker processes")
     out = {"raw simulator: N processes / 1 process": rawn / raw1}
     out["vector env / raw simulator"] = rate("vector env (make_vec_env)") / raw1
+    out[f"vector env: {args.procs} worker processes / this process"] = rate(
+        f"vector env, {args.procs} worker processes"
+    ) / rate("vector env (make_vec_env)")
+    out[f"dppo rollout, 1 thread: {args.procs} worker processes / this process"] = rate(
+        f"dppo rollout, {args.procs} worker processes", 1
+    ) / rate("dppo rollout", 1)
     for script in ("dppo", "gaussian_ppo", "gmm_ppo"):
         for threads in thread_counts(args):
             out[f"{script} rollout / raw simulator, {plural(threads)}"] = rate(f"{script} rollout", threads) / raw1

@@ -516,6 +516,58 @@ action noise mode not passed (gaussian) | gaussian_ppo.py | tests/test_avoid.py 
 action noise mode not passed (gmm) | gmm_ppo.py | tests/test_avoid.py -k pass_the_noise_mode
 - args.train_action_noise, args.train_action_noise_mode
 + args.train_action_noise
+# env worker processes and torch threads per phase (workers.py, runs.py section 7, envs.make_vec_env)
+env workers: ended episode's final info dropped | workers.py | tests/test_env_workers.py -k sync_vector_env
+- if final is not None:\n                infos = self._add_info(infos, final, i)
++ if False:\n                infos = self._add_info(infos, final, i)
+env workers: no reset after an episode ends | workers.py | tests/test_env_workers.py -k sync_vector_env
+- obs, info = env.reset()
++ pass
+env workers: every env seeded alike | workers.py | tests/test_env_workers.py -k sync_vector_env
+- seed = [int(seed) + i for i in range(self.num_envs)]
++ seed = [int(seed)] * self.num_envs
+env workers: actions sent to the wrong envs of a group | workers.py | tests/test_env_workers.py -k sync_vector_env
+- [[actions[i] for i in g] for g in self.groups]
++ [[actions[i] for i in reversed(g)] for g in self.groups]
+env workers: never used | envs.py | tests/test_env_workers.py -k sync_vector_env
+- if env_workers > 1:
++ if False:
+env workers: a dead worker's closed pipe is a traceback | workers.py | tests/test_env_workers.py -k alone
+- try:\n            return conn.recv()\n        except (EOFError, OSError):\n            self.died(k)
++ return conn.recv()
+env workers: a dead worker's process not watched | workers.py | tests/test_env_workers.py -k leaves
+- if not process.is_alive():
++ if False:
+env workers: death message without the last checkpoint | workers.py | tests/test_env_workers.py -k exits
+- kept = self.stopped() if self.stopped is not None else "the run stopped"
++ kept = "the run stopped"
+env workers: auto wants three free cores | workers.py | tests/test_env_workers.py -k auto_rules
+- if seen["free"] < 2 or num_envs < 2:
++ if seen["free"] < 3 or num_envs < 2:
+env workers: auto takes more processes than envs | workers.py | tests/test_env_workers.py -k auto_rules
+- workers = min(seen["free"], num_envs)
++ workers = seen["free"]
+env workers: --async-envs silently ignored | arguments.py | tests/test_env_workers.py -k async_envs
+- ("--async-envs", "--no-async-envs")
++ ("--no-such-flag",)
+threads: the update at the sampling threads | runs.py | tests/test_env_workers.py -k each_phase
+- set_threads(plan["sampling_threads" if name == "rollout" else "update_threads"])
++ set_threads(plan["sampling_threads"])
+threads: evaluations at the update's threads | runs.py | tests/test_env_workers.py -k each_phase
+- before = set_threads(_run["plan"]["sampling_threads"]) if _run.get("plan") else None
++ before = None
+threads: auto sampling at torch's count | runs.py | tests/test_env_workers.py -k auto_rules
+- plan["sampling_threads"] = args.sampling_threads or 1
++ plan["sampling_threads"] = args.sampling_threads or given_threads
+threads: auto update ignores the load | runs.py | tests/test_env_workers.py -k auto_rules
+- plan["update_threads"] = args.update_threads or max(1, min(given_threads, seen["free"]))
++ plan["update_threads"] = args.update_threads or given_threads
+threads: a resume takes the auto counts of its own start | runs.py | tests/test_env_workers.py -k resume
+- plan[key], plan[f"{key}_why"] = saved[key], "as the resumed run chose it"
++ pass
+threads: the checkpoint keeps no thread counts | runs.py | tests/test_env_workers.py -k resumed_run
+- | dict(parallel=_run.get("plan"))
++
 """
 
 

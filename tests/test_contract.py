@@ -25,7 +25,7 @@ torch.set_num_threads(1)
 SCRIPTS = ("dppo", "gaussian_ppo", "gmm_ppo", "exact_likelihood_pg", "dawr", "drwr", "dipo", "idql", "dql", "qsm")
 COMMON_FIELDS = tuple(  # docs/contract.md item 2, in this order
     "env_id seed num_envs total_timesteps checkpoint eval_only eval_freq eval_episodes run_dir overwrite save_freq "
-    "cuda torch_deterministic track capture_video async_envs".split()
+    "cuda torch_deterministic track capture_video env_workers sampling_threads update_threads".split()
 )
 ONE_ITERATION = "--env-id avoid-m2 --num-envs 2 --n-steps 25 --total-timesteps 200 --eval-episodes 1 --eval-freq 1"
 SMALL = {  # per script: what makes its one iteration take a second or two
@@ -50,7 +50,13 @@ TAGS = tuple(  # docs/contract.md item 6: every fine-tuning run
     "eval/episodic_return time/rollout_s time/update_s".split()
 )
 PPO_TAGS = ("losses/policy_loss", "losses/value_loss", "losses/approx_kl", "losses/clipfrac")  # docs/contract.md item 6
-SUMMARY_KEYS = (*conftest.SUMMARY_KEYS, "peak_memory_mb", "git_commit", "git_dirty")  # docs/contract.md item 7
+SUMMARY_KEYS = (
+    *conftest.SUMMARY_KEYS,
+    "peak_memory_mb",
+    "git_commit",
+    "git_dirty",
+    "parallel",
+)  # docs/contract.md item 7
 
 
 def load(script):

@@ -11,7 +11,7 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 ALGORITHMS = ["dppo", "gaussian_ppo", "gmm_ppo", "dawr", "drwr", "dipo", "idql", "dql", "qsm", "exact_likelihood_pg"]
 LAYERS = [  # bottom first; a module may import modules of lower layers only (common.py's docstring explains each)
     ["common"],
-    ["gym_tasks", "avoid", "robomimic_tasks"],
+    ["gym_tasks", "avoid", "robomimic_tasks", "workers"],
     ["official"],
     ["envs"],
     ["arguments"],

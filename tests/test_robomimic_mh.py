@@ -147,7 +147,7 @@ WEAK = {"lift": "Lift", "can": "PickPlaceCan"}  # task: robosuite env name in th
 def fake_run_episodes(seen):
     """Stands in for envs.run_episodes: one policy query on the normalized obs midpoint, success counted 1."""
 
-    def run_episodes(act_fn, env_id, episodes, seed, act_steps, cond_steps, normalization, asynchronous=False):
+    def run_episodes(act_fn, env_id, episodes, seed, act_steps, cond_steps, normalization, env_workers=1, stopped=None):
         obs_dim = envs.env_dims(env_id)[0]
         chunk = np.asarray(act_fn(np.zeros((episodes, cond_steps, obs_dim), np.float32)))
         seen.append((chunk, normalization))

@@ -531,10 +531,10 @@ def test_every_rollout_stops_at_a_nan_reward(script, tiny_diffusion_checkpoint, 
 
 
 @pytest.mark.parametrize(
-    "env_id, asynchronous",
-    [("Hopper-v2", False), ("Walker2D-v2", False), ("HalfCheetah-v2", False), ("Hopper-v2", True)],
+    "env_id, env_workers",
+    [("Hopper-v2", 1), ("Walker2D-v2", 1), ("HalfCheetah-v2", 1), ("Hopper-v2", 2)],
 )
-def test_a_restored_vector_env_continues_bit_identically(env_id, asynchronous, monkeypatch):
+def test_a_restored_vector_env_continues_bit_identically(env_id, env_workers, monkeypatch):
     """Envs restored from vec_env_state (mid-episode, across terminations, time-outs and auto-resets) step exactly as
     the originals: one action per step and a 3-step history, so the history carried over is read."""
     monkeypatch.setattr(gym_tasks, "GYM_MAX_EPISODE_STEPS", 25)  # time-outs (HalfCheetah never terminates) come quickly
@@ -542,7 +542,7 @@ def test_a_restored_vector_env_continues_bit_identically(env_id, asynchronous, m
     actions = np.random.default_rng(0).uniform(-1, 1, (120, 2, 1, action_dim))
 
     def make():
-        vec = envs.make_vec_env(env_id, 2, 0, 1, 3, None, asynchronous)
+        vec = envs.make_vec_env(env_id, 2, 0, 1, 3, None, env_workers)
         vec.reset(seed=0)
         return vec
 

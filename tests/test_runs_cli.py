@@ -127,7 +127,7 @@ def test_log_episodes_logs_only_the_finished_ones():
 def test_evaluations_run_records_mean_std_and_success(monkeypatch):
     calls = []
 
-    def fake_run_episodes(act, env_id, episodes, seed, act_steps, cond_steps, normalization, asynchronous):
+    def fake_run_episodes(act, env_id, episodes, seed, act_steps, cond_steps, normalization, env_workers, stopped):
         calls.append((env_id, episodes, seed, act_steps, cond_steps))
         return [0.0, 2.0, 4.0, 0.0], [10, 10, 10, 10]
 
@@ -135,7 +135,6 @@ def test_evaluations_run_records_mean_std_and_success(monkeypatch):
     args = dataclasses.make_dataclass(
         "A", [("env_id", str), ("eval_episodes", int), ("seed", int), ("act_steps", int), ("cond_steps", int)]
     )("lift", 4, 3, 4, 1)
-    args.async_envs = False
     writer = Writer()
     evals = runs.Evaluations(writer, robomimic=True)
     mean, std, success = evals.run(500, None, args, None)
@@ -205,7 +204,6 @@ def test_evaluation_shows_progress_and_the_first_is_marked(capsys, monkeypatch):
     args = dataclasses.make_dataclass(
         "A", [("env_id", str), ("eval_episodes", int), ("seed", int), ("act_steps", int), ("cond_steps", int)]
     )("avoid-m2", 1, 0, 4, 1)
-    args.async_envs = False
     evals = runs.Evaluations(Writer(), robomimic=False)
     evals.run(0, lambda obs: obs, args, None)  # returns 26.0
     # the 10th query at 10 s: 16 left at 1 s each = 0.27 min; the episode ends before the next line is due

@@ -14,7 +14,9 @@ PHASES = [
     "raw simulator, 1 process",
     "raw simulator, 2 worker processes",
     "vector env (make_vec_env)",
+    "vector env, 2 worker processes",
     "dppo rollout",
+    "dppo rollout, 2 worker processes",
     "gaussian_ppo rollout",
     "gmm_ppo rollout",
     "DPPO old log-probs",
@@ -58,6 +60,8 @@ def test_quick_report_has_every_phase_and_numeric_ratios(tmp_path):
     ratios = dict(re.findall(r"^  (.+): (-?\d+\.\d+)$", text.split("\nratios")[1], flags=re.M))
     for needle in (
         "dppo rollout / raw simulator, 1 thread",
+        "vector env: 2 worker processes / this process",
+        "dppo rollout, 1 thread: 2 worker processes / this process",
         "gaussian_ppo rollout / raw simulator, 2 threads",
         "gmm_ppo rollout: 1 thread / 2 threads",
         "DPPO update GFLOP/s / matmul GFLOP/s, 2 threads",
