@@ -193,6 +193,29 @@ def test_pretraining_samples_carry_the_images_of_their_observations(tmp_path):
         )
 
 
+def test_official_image_train_npz_gives_per_episode_images(tmp_path):
+    """The official <task>-img train.npz (states and actions normalized, `images` (N, C, 96, 96) in [0, 255])."""
+    rng = np.random.default_rng(0)
+    states, actions = rng.normal(size=(10, 9)), rng.uniform(-1, 1, (10, 7))
+    lo, hi, alo, ahi = states.min(0), states.max(0), actions.min(0), actions.max(0)
+    np.savez(tmp_path / "normalization.npz", obs_min=lo, obs_max=hi, action_min=alo, action_max=ahi)
+    images = rng.integers(0, 256, (10, 3, 96, 96)).astype(np.uint8)
+    normalized = 2 * (states - lo) / (hi - lo + 1e-6) - 1, 2 * (actions - alo) / (ahi - alo + 1e-6) - 1
+    kw = dict(states=normalized[0], actions=normalized[1], traj_lengths=np.array([6, 4]))
+    np.savez(tmp_path / "train.npz", images=images.astype(np.float32), **kw)  # [0, 255] floats: accepted
+    data = envs.load_dataset(str(tmp_path / "train.npz"), "lift-img")
+    np.testing.assert_array_equal(data["episodes"][1]["rgb"], images[6:])
+    assert data["episodes"][1]["rgb"].dtype == np.uint8
+    np.testing.assert_allclose(data["episodes"][1]["observations"], states[6:], atol=1e-5)
+    with pytest.raises(SystemExit) as e:
+        envs.load_dataset(str(tmp_path / "train.npz"), "lift")
+    assert_one_line_error(str(e.value), "holds images", "--env-id <task>-img")
+    np.savez(tmp_path / "train.npz", **kw)
+    with pytest.raises(SystemExit) as e:
+        envs.load_dataset(str(tmp_path / "train.npz"), "lift-img")
+    assert_one_line_error(str(e.value), "holds no images", "lift-img")
+
+
 # ---- the demo recorder ---------------------------------------------------------------------------
 def test_recorder_writes_robomimic_image_layout(gl, tmp_path, monkeypatch):
     built = []
