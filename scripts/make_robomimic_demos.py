@@ -24,7 +24,7 @@ first grasp more often, after which they open, back off and regrasp. Each demo r
 uint8 (T, 96, 96, 3), upright), for the image tasks (lift-img, ...): the task's official cameras, or `--cameras`.
 They are rendered after a demo succeeded, from its recorded simulator states (robomimic's dataset_states_to_obs.py,
 with which the official image datasets were made), so the demos are the ones the same command writes without
---images. Rendering runs on the CPU (Mesa's EGL or OSMesa; docs/robomimic.md#image-tasks).
+--images. Rendering runs on the CPU (Mesa's EGL or OSMesa; docs/robomimic_images.md).
 
     python scripts/make_robomimic_demos.py --task lift --images         # -> <data dir>/lift-img.hdf5
     python scripts/make_robomimic_demos.py --task can --operators mh --images   # -> can-mhsim-img.hdf5

@@ -11,7 +11,7 @@ dppo / gaussian: the same envs driven by the training loop's rollout step, i.e. 
 All count environment (sub-)steps per second, one after another in one process, so they share the
 machine's conditions and their ratios are meaningful even on a loaded machine.
 
-    python scripts/sim_speed.py --render --seconds 10      # the image tasks (docs/robomimic.md#image-tasks)
+    python scripts/sim_speed.py --render --seconds 10      # the image tasks (docs/robomimic_images.md#speed)
 
 --render: per image task, 96x96 frames/s of its cameras on one core (Mesa's llvmpipe held to one thread,
 LP_NUM_THREADS=1, unless set), per wall and per CPU second, and env steps/s of the chunked image env (random
@@ -39,7 +39,8 @@ args = parser.parse_args()
 
 
 def render_speed(task: str, seconds: float) -> str:
-    """One line: frames/s of the task's cameras, and env steps/s with and without images."""
+    """One line: frames/s of the task's cameras, and env steps/s with and without images (per wall second, and per
+    CPU second of this process, which a loaded machine disturbs less)."""
     env = envs.make_env(task)
     env.reset(seed=0)
     base = env.unwrapped
@@ -50,18 +51,19 @@ def render_speed(task: str, seconds: float) -> str:
     wall, cpu = frames / (time.time() - t0), frames / (time.process_time() - c0)
     env.close()
     line = f"{task} ({', '.join(base.cameras)}): {wall:.1f} frames/s ({cpu:.1f} per CPU second)"
-    rates = []
+    act_steps = envs.ROBOMIMIC_TASKS[envs.robomimic_task(task)]["act_steps"]
     for env_id in (task, envs.robomimic_task(task)):
-        act_steps = envs.ROBOMIMIC_TASKS[envs.robomimic_task(task)]["act_steps"]
         env = envs.make_env(env_id, act_steps=act_steps)
         env.reset(seed=0)
-        rng, steps, t0 = np.random.default_rng(0), 0, time.time()
+        rng, steps, t0, c0 = np.random.default_rng(0), 0, time.time(), time.process_time()
         while time.time() - t0 < seconds:
             _, _, _, _, info = env.step(rng.uniform(-1, 1, env.action_space.shape))
             steps += info["env_steps"]
-        rates.append(steps / (time.time() - t0))
+        rate, cpu_rate = steps / (time.time() - t0), steps / (time.process_time() - c0)
         env.close()
-    return line + f"; env steps/s, chunks of {act_steps}: {rates[0]:.1f} with images, {rates[1]:.1f} state only"
+        kind = "with images" if env_id == task else "state only"
+        line += f"; env steps/s {kind} (chunks of {act_steps}): {rate:.1f} ({cpu_rate:.1f} per CPU second)"
+    return line
 
 
 if args.render:
