@@ -16,6 +16,7 @@ names they use are imported here. Read top to bottom:
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import deque
 
@@ -38,7 +39,9 @@ from cleandppo.common import (  # noqa: F401 (the scripts' names for the foundat
     write_d4rl_hdf5,
 )
 from cleandppo.robomimic_tasks import (  # noqa: F401 (the scripts' names for the robomimic tasks)
+    IMAGE_TASKS,
     ROBOMIMIC_TASKS,
+    is_image_task,
     is_robomimic,
     robomimic_env_args,
     robomimic_task,
@@ -50,7 +53,10 @@ from cleandppo.robomimic_tasks import (  # noqa: F401 (the scripts' names for th
 # 1. Environment ids
 # ------------------------------------------------------------------------------------------------
 def resolve_env_id(env_id: str) -> str:
-    """Return the gymnasium id for a paper or modern id (robomimic: the task, e.g. 'can'); else one-line error."""
+    """Return the gymnasium id for a paper or modern id (robomimic: the task, e.g. 'can', or its image task,
+    'can-img'); else one-line error."""
+    if is_image_task(env_id):
+        return robomimic_tasks.image_task(env_id)
     if is_robomimic(env_id):
         return robomimic_task(env_id)
     if avoid.is_avoid(env_id):
@@ -58,12 +64,16 @@ def resolve_env_id(env_id: str) -> str:
     gym_id = gym_tasks.gymnasium_id(env_id)
     if gym_id is not None:
         return gym_id
-    ids = list(gym_tasks.PAPER_GYM_IDS) + gym_tasks.MODERN_GYM_IDS + list(ROBOMIMIC_TASKS) + list(avoid.ENV_IDS)
+    ids = list(gym_tasks.PAPER_GYM_IDS) + gym_tasks.MODERN_GYM_IDS + list(ROBOMIMIC_TASKS) + list(IMAGE_TASKS)
+    ids += list(avoid.ENV_IDS)
     fail(f"unknown --env-id {env_id!r}; known ids: {', '.join(ids)}")
 
 
 def env_slug(env_id: str) -> str:
-    """Lower-case name used for file names, e.g. 'Walker2D-v2' -> 'walker2d-v2', 'PickPlaceCan' -> 'can'."""
+    """Lower-case name used for file names, e.g. 'Walker2D-v2' -> 'walker2d-v2', 'PickPlaceCan' -> 'can',
+    'Lift-img' -> 'lift-img'."""
+    if is_image_task(env_id):
+        return robomimic_tasks.image_task(env_id)
     if is_robomimic(env_id):
         return robomimic_task(env_id)
     return gym_tasks.paper_id(env_id).lower()
@@ -101,10 +111,17 @@ class ChunkedEnv(gym.Wrapper):
     def _stacked(self):
         return np.stack(self.history).astype(np.float32)
 
+    def _prepare(self, obs):
+        """One observation as the history holds it."""
+        return normalize_obs(obs, self.norm)
+
+    def _before_substep(self, i: int):
+        """Called before sub-step i of a chunk (the image tasks decide there what to render)."""
+
     def reset(self, *, seed=None, options=None):
         obs, info = self.env.reset(seed=seed, options=options)
         self.history.clear()
-        self.history.extend([normalize_obs(obs, self.norm)] * self.cond_steps)
+        self.history.extend([self._prepare(obs)] * self.cond_steps)
         self.episode_return, self.episode_length, self.episode_success = 0.0, 0, False
         return self._stacked(), info
 
@@ -113,9 +130,10 @@ class ChunkedEnv(gym.Wrapper):
         if chunk.shape[0] < self.act_steps:
             raise ValueError(f"chunk has {chunk.shape[0]} actions, act_steps is {self.act_steps}")
         total_reward, terminated, truncated, info, steps = 0.0, False, False, {}, 0
-        for action in chunk[: self.act_steps]:
+        for i, action in enumerate(chunk[: self.act_steps]):
+            self._before_substep(i)
             obs, reward, terminated, truncated, info = self.env.step(unnormalize_action(action, self.norm))
-            self.history.append(normalize_obs(obs, self.norm))
+            self.history.append(self._prepare(obs))
             total_reward += float(reward)
             steps += 1
             self.episode_success = self.episode_success or bool(info.get("success", False))
@@ -138,6 +156,47 @@ class ChunkedEnv(gym.Wrapper):
     @run_state.setter
     def run_state(self, state: dict):
         set_run_state(self, state)
+
+
+class ChunkedImageEnv(ChunkedEnv):
+    """ChunkedEnv for an image task (robomimic_tasks.RobomimicImageEnv): observations are {"state": float32
+    (cond_steps, state_dim), normalized as a state task's, "rgb": uint8 (cond_steps, 3 * cameras, 96, 96)}, oldest
+    first. Only the sub-steps whose images the returned history holds are rendered (the last cond_steps of a chunk,
+    which ends early only at the time limit); the others' images would be dropped unseen."""
+
+    def __init__(self, env: gym.Env, act_steps: int, cond_steps: int, normalization: dict):
+        gym.Wrapper.__init__(self, env)
+        self.act_steps, self.cond_steps, self.norm = act_steps, cond_steps, normalization
+        state, rgb = env.observation_space["state"], env.observation_space["rgb"]
+        self.observation_space = gym.spaces.Dict(
+            state=gym.spaces.Box(-np.inf, np.inf, (cond_steps, *state.shape), np.float32),
+            rgb=gym.spaces.Box(0, 255, (cond_steps, *rgb.shape), np.uint8),
+        )
+        self.action_space = gym.spaces.Box(-np.inf, np.inf, (act_steps, env.action_space.shape[0]), np.float32)
+        self.history = deque(maxlen=cond_steps)
+        self.episode_return, self.episode_length, self.episode_success = 0.0, 0, False
+        self.chunk_length = act_steps
+
+    def _stacked(self):
+        if any(h["rgb"] is None for h in self.history):  # _before_substep rendered too little: a bug, not user input
+            raise RuntimeError("an observation in the history has no images")
+        return {
+            "state": np.stack([h["state"] for h in self.history]).astype(np.float32),
+            "rgb": np.stack([h["rgb"] for h in self.history]),
+        }
+
+    def _prepare(self, obs):
+        return {"state": normalize_obs(obs["state"], self.norm), "rgb": obs["rgb"]}
+
+    def _before_substep(self, i: int):
+        base = self.env.unwrapped
+        if i == 0:  # the chunk's length: act_steps, or fewer where the time limit ends the episode
+            self.chunk_length = min(self.act_steps, base.max_episode_steps - base.steps)
+        base.render_images = i >= self.chunk_length - self.cond_steps
+
+    def reset(self, *, seed=None, options=None):
+        self.env.unwrapped.render_images = True
+        return super().reset(seed=seed, options=options)
 
 
 def get_run_state(env) -> dict:
@@ -203,7 +262,9 @@ def make_env(
         limit = avoid.MAX_EPISODE_STEPS if avoid.is_avoid(env_id) else gym_tasks.GYM_MAX_EPISODE_STEPS
         env = gym.make(gym_id, max_episode_steps=limit, render_mode=render_mode)
     if normalization is None:
-        normalization = identity_normalization(env.observation_space.shape[0], env.action_space.shape[0])
+        normalization = identity_normalization(*env_dims(env_id))
+    if is_image_task(env_id):
+        return ChunkedImageEnv(env, act_steps, cond_steps, normalization)
     return ChunkedEnv(env, act_steps, cond_steps, normalization)
 
 
@@ -222,7 +283,9 @@ def make_vec_env(
 ):
     """`num_envs` chunked envs; env i is seeded with seed + i at the first reset. `env_workers` > 1: stepped by that
     many worker processes (workers.WorkerVectorEnv; the same numbers as in this process; `stopped()` says what a run
-    stopped by a dead worker keeps), else in this process (gymnasium's SyncVectorEnv).
+    stopped by a dead worker keeps), else in this process (gymnasium's SyncVectorEnv). Image tasks: dict observations
+    (ChunkedImageEnv), batched per key; with workers, one spawned process per env (gymnasium's AsyncVectorEnv: a
+    forked worker hangs in the OpenGL state it inherits).
 
     Same-step auto-reset: when a chunk ends an episode, the returned observation is already the
     next episode's first one and the last observation is in info["final_obs"] (official
@@ -231,15 +294,28 @@ def make_vec_env(
     if num_envs < 1:
         fail(f"--num-envs must be >= 1, got {num_envs}")
     resolve_env_id(env_id)  # fail early, in this process, on an unknown id
+    if is_image_task(env_id):  # choose the OpenGL backend here: worker processes inherit the choice
+        robomimic_tasks.gl_backend()
     if avoid.is_avoid(env_id):  # one batched numpy env, same contract, 50-100x faster
         return avoid.AvoidVectorEnv(num_envs, act_steps, cond_steps, normalization or identity_normalization(4, 2))
     fns = [lambda: make_env(env_id, act_steps, cond_steps, normalization) for _ in range(num_envs)]
-    if env_workers > 1:
+    autoreset = gym.vector.AutoresetMode.SAME_STEP
+    if env_workers > 1 and is_image_task(env_id):  # a forked worker hangs in the OpenGL state of the parent's env
+        make = functools.partial(_make_image_env, env_id, robomimic_env_args(env_id), act_steps, cond_steps)
+        fns = [functools.partial(make, normalization) for _ in range(num_envs)]  # spawned: no module state inherited
+        envs = gym.vector.AsyncVectorEnv(fns, autoreset_mode=autoreset, context="spawn")
+    elif env_workers > 1:
         envs = workers.WorkerVectorEnv(fns, env_workers, env_id, stopped)
     else:
-        envs = gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        envs = gym.vector.SyncVectorEnv(fns, autoreset_mode=autoreset)
     envs.action_space.seed(seed)
     return envs
+
+
+def _make_image_env(env_id, env_args, act_steps, cond_steps, normalization):
+    """make_env in a spawned worker, with the env meta of the parent (a dataset's env_args)."""
+    set_robomimic_env_args(env_id, env_args)
+    return make_env(env_id, act_steps, cond_steps, normalization)
 
 
 def finished_episodes(infos: dict):
@@ -251,8 +327,15 @@ def finished_episodes(infos: dict):
     return list(np.asarray(final["episode_return"])[mask]), list(np.asarray(final["episode_length"])[mask])
 
 
-def final_observations(next_obs: np.ndarray, infos: dict) -> np.ndarray:
-    """The observation each env reached before any auto-reset (for bootstrapping at truncation)."""
+def final_observations(next_obs, infos: dict):
+    """The observation each env reached before any auto-reset (for bootstrapping at truncation); per key for the
+    image tasks' dict observations."""
+    if isinstance(next_obs, dict):
+        out = {k: np.array(v, copy=True) for k, v in next_obs.items()}
+        for i in np.nonzero(infos.get("_final_obs", []))[0]:
+            for k in out:
+                out[k][i] = infos["final_obs"][i][k]
+        return out
     out = np.array(next_obs, copy=True)
     if "final_obs" in infos:
         for i in np.nonzero(infos["_final_obs"])[0]:
@@ -280,7 +363,8 @@ def run_episodes(
     returns, lengths, done = np.zeros(episodes), np.zeros(episodes, int), np.zeros(episodes, bool)
     for _ in range(max_episode_steps(env_id) // act_steps + 1):  # the time limit ends every episode by then
         obs, reward, _, _, infos = envs.step(np.asarray(act_fn(obs))[:, :act_steps])
-        if not (np.isfinite(reward).all() and np.isfinite(obs).all()):
+        state = obs["state"] if isinstance(obs, dict) else obs
+        if not (np.isfinite(reward).all() and np.isfinite(state).all()):
             fail(f"an evaluation episode of {env_id} got a non-finite reward or observation; check the environment")
         final = infos.get("final_info", {})
         for i in np.nonzero(np.logical_and(final.get("_episode_return", False), ~done))[0]:
@@ -294,7 +378,11 @@ def run_episodes(
 
 
 def env_dims(env_id: str) -> tuple[int, int]:
-    """(obs_dim, action_dim) of a task without keeping an env around."""
+    """(obs_dim, action_dim) of a task without keeping an env around; an image task's obs_dim is its state's."""
+    if is_image_task(env_id):
+        return IMAGE_TASKS[robomimic_tasks.image_task(env_id)].state_dim, ROBOMIMIC_TASKS[robomimic_task(env_id)][
+            "action_dim"
+        ]
     if is_robomimic(env_id):
         spec = ROBOMIMIC_TASKS[robomimic_task(env_id)]
         return spec["obs_dim"], spec["action_dim"]
@@ -316,6 +404,8 @@ def resolve_dataset(dataset: str) -> str:
         return dataset
     if robomimic_tasks.robomimic_dataset_name(dataset):  # lift-mh, can-ph, square-scripted, ...
         return robomimic_tasks.resolve_robomimic_dataset(dataset)
+    if robomimic_tasks.robomimic_image_dataset_name(dataset):  # lift-img, can-mhsim-img, ...
+        return robomimic_tasks.resolve_robomimic_image_dataset(dataset)
     if dataset.lower().startswith("avoid"):  # avoid-m1, avoid-d3il-m2, ...
         return avoid.resolve_dataset(dataset)
     if dataset not in gym_tasks.D4RL_NAMES:
@@ -415,9 +505,12 @@ def make_pretraining_samples(episodes: list[dict], norm: dict, cond_steps: int, 
     Official StitchedSequenceDataset: a sample may start at step s of an episode when
     s + horizon_steps <= episode length (no padding at the end); observation history before the
     episode start repeats the episode's first observation (padding at the front).
-    Returns (obs (T, Do), actions (T, Da), starts (S,), episode_first (S,)) as numpy arrays.
+    Returns (obs (T, Do), actions (T, Da), starts (S,), episode_first (S,)) as numpy arrays. Image episodes (an
+    "rgb" entry): obs is {"state": (T, Do), "rgb": uint8 (T, C, 96, 96), as stored}, and gather_samples batches both.
     """
     obs = np.concatenate([normalize_obs(ep["observations"], norm) for ep in episodes]).astype(np.float32)
+    if episodes and "rgb" in episodes[0]:
+        obs = {"state": obs, "rgb": np.concatenate([ep["rgb"] for ep in episodes])}
     actions = np.concatenate([normalize_action(ep["actions"], norm) for ep in episodes]).astype(np.float32)
     starts, firsts, offset = [], [], 0
     for ep in episodes:
@@ -433,10 +526,13 @@ def make_pretraining_samples(episodes: list[dict], norm: dict, cond_steps: int, 
 
 
 def gather_samples(obs, actions, starts, firsts, idx, cond_steps: int, horizon_steps: int):
-    """Batch `idx` of pre-training samples: obs (B, cond_steps, Do) oldest first, actions (B, Tp, Da)."""
+    """Batch `idx` of pre-training samples: obs (B, cond_steps, Do) oldest first, actions (B, Tp, Da); image
+    samples: obs {"state": (B, cond_steps, Do), "rgb": uint8 (B, cond_steps, C, 96, 96)}."""
     s, f = starts[idx], firsts[idx]
     obs_idx = np.maximum(s[:, None] + np.arange(-cond_steps + 1, 1)[None, :], f[:, None])
     act_idx = s[:, None] + np.arange(horizon_steps)[None, :]
+    if isinstance(obs, dict):
+        return {k: v[obs_idx] for k, v in obs.items()}, actions[act_idx]
     return obs[obs_idx], actions[act_idx]
 
 
@@ -515,10 +611,13 @@ def load_checkpoint(
             encoder = (
                 " --cond-mlp-dims 512 64" if (task, policy) == ("square", "diffusion") else ""
             )  # official Square MLP
+            demos, dataset = f"--task {task}", f"{task}-scripted"
+            if is_image_task(env_id):
+                demos, dataset = f"--task {robomimic_task(env_id)} --images", task
             fail(
                 f"no bundled {policy} checkpoint for {task} ({path}); make one with: "
-                f"python scripts/make_robomimic_demos.py --task {task} && "
-                f"python cleandppo/{script}.py --env-id {task} --dataset {task}-scripted --pretrain-only"
+                f"python scripts/make_robomimic_demos.py {demos} && "
+                f"python cleandppo/{script}.py --env-id {task} --dataset {dataset} --pretrain-only"
                 f"{encoder} (then pass --checkpoint <run-dir>/pretrained.pt)"
             )
         fail(f"checkpoint {path} does not exist; pre-train one with --pretrain-only --dataset ... or pass --checkpoint")
