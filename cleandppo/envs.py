@@ -37,7 +37,9 @@ from cleandppo.common import (  # noqa: F401 (the scripts' names for the foundat
     write_d4rl_hdf5,
 )
 from cleandppo.robomimic_tasks import (  # noqa: F401 (the scripts' names for the robomimic tasks)
+    IMAGE_TASKS,
     ROBOMIMIC_TASKS,
+    is_image_task,
     is_robomimic,
     robomimic_env_args,
     robomimic_task,
@@ -49,7 +51,10 @@ from cleandppo.robomimic_tasks import (  # noqa: F401 (the scripts' names for th
 # 1. Environment ids
 # ------------------------------------------------------------------------------------------------
 def resolve_env_id(env_id: str) -> str:
-    """Return the gymnasium id for a paper or modern id (robomimic: the task, e.g. 'can'); else one-line error."""
+    """Return the gymnasium id for a paper or modern id (robomimic: the task, e.g. 'can', or its image task,
+    'can-img'); else one-line error."""
+    if is_image_task(env_id):
+        return robomimic_tasks.image_task(env_id)
     if is_robomimic(env_id):
         return robomimic_task(env_id)
     if avoid.is_avoid(env_id):
@@ -57,12 +62,16 @@ def resolve_env_id(env_id: str) -> str:
     gym_id = gym_tasks.gymnasium_id(env_id)
     if gym_id is not None:
         return gym_id
-    ids = list(gym_tasks.PAPER_GYM_IDS) + gym_tasks.MODERN_GYM_IDS + list(ROBOMIMIC_TASKS) + list(avoid.ENV_IDS)
+    ids = list(gym_tasks.PAPER_GYM_IDS) + gym_tasks.MODERN_GYM_IDS + list(ROBOMIMIC_TASKS) + list(IMAGE_TASKS)
+    ids += list(avoid.ENV_IDS)
     fail(f"unknown --env-id {env_id!r}; known ids: {', '.join(ids)}")
 
 
 def env_slug(env_id: str) -> str:
-    """Lower-case name used for file names, e.g. 'Walker2D-v2' -> 'walker2d-v2', 'PickPlaceCan' -> 'can'."""
+    """Lower-case name used for file names, e.g. 'Walker2D-v2' -> 'walker2d-v2', 'PickPlaceCan' -> 'can',
+    'Lift-img' -> 'lift-img'."""
+    if is_image_task(env_id):
+        return robomimic_tasks.image_task(env_id)
     if is_robomimic(env_id):
         return robomimic_task(env_id)
     return gym_tasks.paper_id(env_id).lower()
@@ -100,10 +109,17 @@ class ChunkedEnv(gym.Wrapper):
     def _stacked(self):
         return np.stack(self.history).astype(np.float32)
 
+    def _prepare(self, obs):
+        """One observation as the history holds it."""
+        return normalize_obs(obs, self.norm)
+
+    def _before_substep(self, i: int):
+        """Called before sub-step i of a chunk (the image tasks decide there what to render)."""
+
     def reset(self, *, seed=None, options=None):
         obs, info = self.env.reset(seed=seed, options=options)
         self.history.clear()
-        self.history.extend([normalize_obs(obs, self.norm)] * self.cond_steps)
+        self.history.extend([self._prepare(obs)] * self.cond_steps)
         self.episode_return, self.episode_length, self.episode_success = 0.0, 0, False
         return self._stacked(), info
 
@@ -112,9 +128,10 @@ class ChunkedEnv(gym.Wrapper):
         if chunk.shape[0] < self.act_steps:
             raise ValueError(f"chunk has {chunk.shape[0]} actions, act_steps is {self.act_steps}")
         total_reward, terminated, truncated, info, steps = 0.0, False, False, {}, 0
-        for action in chunk[: self.act_steps]:
+        for i, action in enumerate(chunk[: self.act_steps]):
+            self._before_substep(i)
             obs, reward, terminated, truncated, info = self.env.step(unnormalize_action(action, self.norm))
-            self.history.append(normalize_obs(obs, self.norm))
+            self.history.append(self._prepare(obs))
             total_reward += float(reward)
             steps += 1
             self.episode_success = self.episode_success or bool(info.get("success", False))
@@ -137,6 +154,47 @@ class ChunkedEnv(gym.Wrapper):
     @run_state.setter
     def run_state(self, state: dict):
         set_run_state(self, state)
+
+
+class ChunkedImageEnv(ChunkedEnv):
+    """ChunkedEnv for an image task (robomimic_tasks.RobomimicImageEnv): observations are {"state": float32
+    (cond_steps, state_dim), normalized as a state task's, "rgb": uint8 (cond_steps, 3 * cameras, 96, 96)}, oldest
+    first. Only the sub-steps whose images the returned history holds are rendered (the last cond_steps of a chunk,
+    which ends early only at the time limit); the others' images would be dropped unseen."""
+
+    def __init__(self, env: gym.Env, act_steps: int, cond_steps: int, normalization: dict):
+        gym.Wrapper.__init__(self, env)
+        self.act_steps, self.cond_steps, self.norm = act_steps, cond_steps, normalization
+        state, rgb = env.observation_space["state"], env.observation_space["rgb"]
+        self.observation_space = gym.spaces.Dict(
+            state=gym.spaces.Box(-np.inf, np.inf, (cond_steps, *state.shape), np.float32),
+            rgb=gym.spaces.Box(0, 255, (cond_steps, *rgb.shape), np.uint8),
+        )
+        self.action_space = gym.spaces.Box(-np.inf, np.inf, (act_steps, env.action_space.shape[0]), np.float32)
+        self.history = deque(maxlen=cond_steps)
+        self.episode_return, self.episode_length, self.episode_success = 0.0, 0, False
+        self.chunk_length = act_steps
+
+    def _stacked(self):
+        if any(h["rgb"] is None for h in self.history):  # _before_substep rendered too little: a bug, not user input
+            raise RuntimeError("an observation in the history has no images")
+        return {
+            "state": np.stack([h["state"] for h in self.history]).astype(np.float32),
+            "rgb": np.stack([h["rgb"] for h in self.history]),
+        }
+
+    def _prepare(self, obs):
+        return {"state": normalize_obs(obs["state"], self.norm), "rgb": obs["rgb"]}
+
+    def _before_substep(self, i: int):
+        base = self.env.unwrapped
+        if i == 0:  # the chunk's length: act_steps, or fewer where the time limit ends the episode
+            self.chunk_length = min(self.act_steps, base.max_episode_steps - base.steps)
+        base.render_images = i >= self.chunk_length - self.cond_steps
+
+    def reset(self, *, seed=None, options=None):
+        self.env.unwrapped.render_images = True
+        return super().reset(seed=seed, options=options)
 
 
 def get_run_state(env) -> dict:
@@ -202,7 +260,9 @@ def make_env(
         limit = avoid.MAX_EPISODE_STEPS if avoid.is_avoid(env_id) else gym_tasks.GYM_MAX_EPISODE_STEPS
         env = gym.make(gym_id, max_episode_steps=limit, render_mode=render_mode)
     if normalization is None:
-        normalization = identity_normalization(env.observation_space.shape[0], env.action_space.shape[0])
+        normalization = identity_normalization(*env_dims(env_id))
+    if is_image_task(env_id):
+        return ChunkedImageEnv(env, act_steps, cond_steps, normalization)
     return ChunkedEnv(env, act_steps, cond_steps, normalization)
 
 
@@ -218,7 +278,8 @@ def make_vec_env(
     normalization: dict | None = None,
     asynchronous: bool = False,
 ):
-    """`num_envs` chunked envs; env i is seeded with seed + i at the first reset.
+    """`num_envs` chunked envs; env i is seeded with seed + i at the first reset. Image tasks: dict observations
+    (ChunkedImageEnv), batched per key.
 
     Same-step auto-reset: when a chunk ends an episode, the returned observation is already the
     next episode's first one and the last observation is in info["final_obs"] (official
@@ -227,6 +288,8 @@ def make_vec_env(
     if num_envs < 1:
         fail(f"--num-envs must be >= 1, got {num_envs}")
     resolve_env_id(env_id)  # fail early, in this process, on an unknown id
+    if is_image_task(env_id):  # choose the OpenGL backend here: worker processes inherit the choice
+        robomimic_tasks.gl_backend()
     if avoid.is_avoid(env_id):  # one batched numpy env, same contract, 50-100x faster
         return avoid.AvoidVectorEnv(num_envs, act_steps, cond_steps, normalization or identity_normalization(4, 2))
     fns = [lambda: make_env(env_id, act_steps, cond_steps, normalization) for _ in range(num_envs)]
@@ -245,8 +308,15 @@ def finished_episodes(infos: dict):
     return list(np.asarray(final["episode_return"])[mask]), list(np.asarray(final["episode_length"])[mask])
 
 
-def final_observations(next_obs: np.ndarray, infos: dict) -> np.ndarray:
-    """The observation each env reached before any auto-reset (for bootstrapping at truncation)."""
+def final_observations(next_obs, infos: dict):
+    """The observation each env reached before any auto-reset (for bootstrapping at truncation); per key for the
+    image tasks' dict observations."""
+    if isinstance(next_obs, dict):
+        out = {k: np.array(v, copy=True) for k, v in next_obs.items()}
+        for i in np.nonzero(infos.get("_final_obs", []))[0]:
+            for k in out:
+                out[k][i] = infos["final_obs"][i][k]
+        return out
     out = np.array(next_obs, copy=True)
     if "final_obs" in infos:
         for i in np.nonzero(infos["_final_obs"])[0]:
@@ -272,7 +342,8 @@ def run_episodes(
     returns, lengths, done = np.zeros(episodes), np.zeros(episodes, int), np.zeros(episodes, bool)
     for _ in range(max_episode_steps(env_id) // act_steps + 1):  # the time limit ends every episode by then
         obs, reward, _, _, infos = envs.step(np.asarray(act_fn(obs))[:, :act_steps])
-        if not (np.isfinite(reward).all() and np.isfinite(obs).all()):
+        state = obs["state"] if isinstance(obs, dict) else obs
+        if not (np.isfinite(reward).all() and np.isfinite(state).all()):
             fail(f"an evaluation episode of {env_id} got a non-finite reward or observation; check the environment")
         final = infos.get("final_info", {})
         for i in np.nonzero(np.logical_and(final.get("_episode_return", False), ~done))[0]:
@@ -286,7 +357,11 @@ def run_episodes(
 
 
 def env_dims(env_id: str) -> tuple[int, int]:
-    """(obs_dim, action_dim) of a task without keeping an env around."""
+    """(obs_dim, action_dim) of a task without keeping an env around; an image task's obs_dim is its state's."""
+    if is_image_task(env_id):
+        return IMAGE_TASKS[robomimic_tasks.image_task(env_id)].state_dim, ROBOMIMIC_TASKS[robomimic_task(env_id)][
+            "action_dim"
+        ]
     if is_robomimic(env_id):
         spec = ROBOMIMIC_TASKS[robomimic_task(env_id)]
         return spec["obs_dim"], spec["action_dim"]

@@ -1,13 +1,18 @@
-"""Robomimic tasks on robosuite 1.5 (paper 5.1-5.2, D.5): lift/can/square/transport from state.
+"""Robomimic tasks on robosuite 1.5 (paper 5.1-5.2, D.5): lift/can/square/transport from state, and the same tasks
+from pixels (`lift-img`, ...: camera images plus the robots' proprioception).
 
 What envs.py asks of this task family: the task table and its ids, the robosuite env behind `envs.make_env`, and
-robomimic's hdf5 files behind `envs.load_dataset`. Read top to bottom: the task table and ids, robomimic's
-controller and env meta, importing robosuite, the gymnasium env, then the dataset files.
+robomimic's hdf5 files behind `envs.load_dataset`. Read top to bottom: the task tables and ids, robomimic's
+controller and env meta, importing robosuite, the OpenGL backend of the image tasks, the gymnasium envs, then the
+dataset files.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from typing import NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -51,30 +56,79 @@ for _task, _obj in (("can", "Can"), ("square", "SquareNut")):
 _ROBOMIMIC_ALIASES = {name.lower(): task for task, spec in ROBOMIMIC_TASKS.items() for name in (task, spec["env_name"])}
 
 
-_robomimic_env_args = {}  # task -> env_args honoured by make_env (set by load_dataset or set_robomimic_env_args)
+class ImageTask(NamedTuple):
+    """An image task: its cameras (their images concatenated along channels, in this order), the low-dim keys
+    concatenated into its "state" observation, that state's size, and the shape of one observation's images."""
+
+    cameras: tuple[str, ...]
+    low_dim_keys: tuple[str, ...]
+    state_dim: int
+    image_shape: tuple[int, int, int]
+
+
+IMAGE_SIZE = 96  # official camera_heights/widths (cfg/robomimic/env_meta/<task>-img.json)
+
+
+def _image_task(cameras: tuple, robots: int) -> ImageTask:
+    keys = tuple(f"robot{i}_{k}" for i in range(robots) for k in _ROBOT_KEYS)
+    return ImageTask(cameras, keys, 9 * robots, (3 * len(cameras), IMAGE_SIZE, IMAGE_SIZE))
+
+
+# the pixel tasks (paper 5.2; official cfg/robomimic/finetune/<task>/ft_ppo_*_img.yaml: image_keys, low_dim_keys and
+# shape_meta; env/gym_utils/wrapper/robomimic_image.py): the robots' proprioception only, no object state
+IMAGE_TASKS = {
+    "lift-img": _image_task(("robot0_eye_in_hand",), 1),
+    "can-img": _image_task(("robot0_eye_in_hand",), 1),
+    "square-img": _image_task(("agentview",), 1),
+    "transport-img": _image_task(("shouldercamera0", "shouldercamera1"), 2),
+}
+
+
+_robomimic_env_args = {}  # task key -> env_args honoured by make_env (set by load_dataset or set_robomimic_env_args)
+
+
+def is_image_task(env_id) -> bool:
+    """True for lift-img, can-img, square-img, transport-img (robomimic's env names accepted: PickPlaceCan-img), any
+    case."""
+    if not isinstance(env_id, str) or not env_id.lower().endswith("-img"):
+        return False
+    return env_id.lower()[: -len("-img")] in _ROBOMIMIC_ALIASES
 
 
 def is_robomimic(env_id) -> bool:
-    """True for lift, can, square, transport and robomimic's env names (Lift, PickPlaceCan, ...), any case."""
-    return isinstance(env_id, str) and env_id.lower() in _ROBOMIMIC_ALIASES
+    """True for lift, can, square, transport and robomimic's env names (Lift, PickPlaceCan, ...), any case, and for
+    their image tasks (lift-img, ...)."""
+    return isinstance(env_id, str) and (env_id.lower() in _ROBOMIMIC_ALIASES or is_image_task(env_id))
 
 
 def robomimic_task(env_id: str) -> str:
-    """The task name ('can') of a robomimic id in any spelling ('PickPlaceCan', 'CAN')."""
-    return _ROBOMIMIC_ALIASES[env_id.lower()]
+    """The task name ('can') of a robomimic id in any spelling ('PickPlaceCan', 'CAN', 'can-img'): the simulator
+    task, also of an image task."""
+    name = env_id.lower()
+    return _ROBOMIMIC_ALIASES[name[: -len("-img")] if is_image_task(env_id) else name]
+
+
+def image_task(env_id: str) -> str:
+    """The id of an image task in its canonical spelling ('PickPlaceCan-img' -> 'can-img')."""
+    return f"{robomimic_task(env_id)}-img"
+
+
+def _task_key(env_id: str) -> str:
+    """What env meta is kept under: the image task id for an image task, else the task."""
+    return image_task(env_id) if is_image_task(env_id) else robomimic_task(env_id)
 
 
 def robomimic_env_args(env_id: str) -> dict:
     """The env meta make_env uses for this task: a dataset's env_args once loaded, else the default."""
-    task = robomimic_task(env_id)
-    return _robomimic_env_args.get(task) or default_robomimic_env_args(task)
+    key = _task_key(env_id)
+    return _robomimic_env_args.get(key) or default_robomimic_env_args(key)
 
 
 def set_robomimic_env_args(env_id: str, env_args: dict | None):
     """Make later make_env calls of this task honour `env_args` (None: the default); load_dataset calls it."""
-    task = robomimic_task(env_id)
+    key, task = _task_key(env_id), robomimic_task(env_id)
     if env_args is None:
-        _robomimic_env_args.pop(task, None)
+        _robomimic_env_args.pop(key, None)
         return
     name = str(env_args.get("env_name", ""))
     if _ROBOMIMIC_ALIASES.get(name.lower()) != task:
@@ -82,7 +136,7 @@ def set_robomimic_env_args(env_id: str, env_args: dict | None):
             f"env_args are for env {name!r}, not the {task} task ({ROBOMIMIC_TASKS[task]['env_name']}); "
             f"pass a {task} dataset"
         )
-    _robomimic_env_args[task] = env_args
+    _robomimic_env_args[key] = env_args
 
 
 # ------------------------------------------------------------------------------------------------
@@ -123,7 +177,8 @@ _robosuite = None
 
 
 def default_robomimic_env_args(env_id: str) -> dict:
-    """robomimic's env meta (env_name, type 1 = robosuite, env_kwargs) for the low-dim setup of a task."""
+    """robomimic's env meta (env_name, type 1 = robosuite, env_kwargs) for the low-dim setup of a task; for an image
+    task that of the official cfg/robomimic/env_meta/<task>-img.json (its cameras, 96 x 96, an offscreen renderer)."""
     import json
 
     spec = ROBOMIMIC_TASKS[robomimic_task(env_id)]
@@ -142,6 +197,10 @@ def default_robomimic_env_args(env_id: str) -> dict:
     )
     if "env_configuration" in spec:
         kwargs["env_configuration"] = spec["env_configuration"]
+    if is_image_task(env_id):
+        cameras = list(IMAGE_TASKS[image_task(env_id)].cameras)
+        kwargs.update(has_offscreen_renderer=True, use_camera_obs=True, camera_names=cameras)
+        kwargs.update(camera_heights=IMAGE_SIZE, camera_widths=IMAGE_SIZE)
     return {"env_name": spec["env_name"], "type": 1, "env_kwargs": kwargs}
 
 
@@ -153,6 +212,8 @@ def import_robosuite():
     import logging
 
     logging.disable(logging.WARNING)
+    global _mujoco_gl_before_robosuite
+    _mujoco_gl_before_robosuite = os.environ.get("MUJOCO_GL")  # robosuite's import sets it to egl when unset
     try:
         import robosuite
     except ImportError as e:
@@ -178,6 +239,95 @@ def import_robosuite():
     return robosuite
 
 
+# ------------------------------------------------------------------------------------------------
+# The OpenGL backend of the image tasks: MuJoCo's EGL or OSMesa on Mesa's software renderer, headless on a CPU
+# ------------------------------------------------------------------------------------------------
+GL_PACKAGES = {"egl": "libegl1 libegl-mesa0 libgl1-mesa-dri libopengl0", "osmesa": "libosmesa6"}  # Debian/Ubuntu
+GL_INSTALL = f"apt-get install -y --no-install-recommends {GL_PACKAGES['egl']}"
+_GL_PROBE = """
+import mujoco
+model = mujoco.MjModel.from_xml_string("<mujoco><worldbody><geom size='1'/></worldbody></mujoco>")
+renderer = mujoco.Renderer(model, 8, 8)
+renderer.update_scene(mujoco.MjData(model))
+renderer.render()
+renderer.close()
+print("rendered")
+"""
+_gl_backend = None  # chosen once per process by gl_backend()
+_mujoco_gl_before_robosuite = None  # MUJOCO_GL as it was when import_robosuite imported robosuite
+
+
+def probe_gl(backend: str) -> str | None:
+    """None when MuJoCo renders offscreen with `backend` (egl, osmesa) in a fresh Python process; else why not."""
+    env = dict(os.environ, MUJOCO_GL=backend, PYOPENGL_PLATFORM=backend)
+    try:
+        out = subprocess.run([sys.executable, "-c", _GL_PROBE], env=env, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return "no image within 120 s"
+    if out.returncode == 0 and out.stdout.strip().endswith("rendered"):
+        return None
+    lines = [line.strip() for line in out.stderr.splitlines() if line.strip()]
+    return (lines[-1] if lines else f"exit code {out.returncode}")[:160]
+
+
+def _user_mujoco_gl():
+    """MUJOCO_GL as the user set it (None when unset), not the egl that robosuite's import writes when unset."""
+    if "robosuite" in sys.modules and _robosuite is not None:
+        return _mujoco_gl_before_robosuite
+    return os.environ.get("MUJOCO_GL")
+
+
+def gl_backend() -> str:
+    """The OpenGL backend the image tasks render with, chosen once per process and printed: MUJOCO_GL as the user
+    set it (egl and osmesa checked to work), else egl where it works, else osmesa. MUJOCO_GL and PYOPENGL_PLATFORM
+    are set to it for robosuite (and the vector env's worker processes, which then check nothing again). No working
+    backend stops in one line naming the Debian packages to install."""
+    global _gl_backend
+    if _gl_backend is not None:
+        return _gl_backend
+    inherited = os.environ.get("CLEANDPPO_GL")  # set by the process that chose it (a vector env's parent)
+    if inherited and inherited == os.environ.get("MUJOCO_GL"):
+        chosen, how = inherited, None
+    else:
+        user = _user_mujoco_gl()
+        candidates = [user.lower().strip()] if user else ["egl", "osmesa"]
+        reasons, chosen = {}, None
+        for backend in candidates:
+            if backend not in GL_PACKAGES:  # glfw, glx: the user's display, not checked here
+                chosen = backend
+                break
+            reasons[backend] = probe_gl(backend)
+            if reasons[backend] is None:
+                chosen = backend
+                break
+        if chosen is None:
+            why = "; ".join(f"{b}: {r}" for b, r in reasons.items())
+            if user:
+                fail(
+                    f"MUJOCO_GL={user} cannot render ({why}); image tasks need Mesa's {user.upper()}: "
+                    f"apt-get install -y --no-install-recommends {GL_PACKAGES[candidates[0]]} "
+                    "(or unset MUJOCO_GL to try egl and osmesa)"
+                )
+            fail(
+                f"image tasks need an OpenGL backend and none renders ({why}); install Mesa's software renderer: "
+                f"{GL_INSTALL} (EGL), or {GL_PACKAGES['osmesa']} (OSMesa)"
+            )
+        how = "as set in MUJOCO_GL" if user else "the first of egl, osmesa that renders"
+    platform = os.environ.get("PYOPENGL_PLATFORM")
+    if chosen in GL_PACKAGES:
+        if platform and platform.lower() != chosen:
+            fail(f"PYOPENGL_PLATFORM={platform} does not match MUJOCO_GL={chosen}: unset it or set it to {chosen}")
+        os.environ["PYOPENGL_PLATFORM"] = chosen
+    os.environ["MUJOCO_GL"] = os.environ["CLEANDPPO_GL"] = chosen
+    binding = sys.modules.get("robosuite.utils.binding_utils")
+    if binding is not None:  # robosuite read MUJOCO_GL at its import: tell it too
+        binding._MUJOCO_GL = chosen
+    if how is not None:
+        print(f"[cleandppo] rendering with MUJOCO_GL={chosen} ({how})", flush=True)
+    _gl_backend = chosen
+    return chosen
+
+
 def _controller_configs(controller_configs, robots: list):
     """robosuite 1.5 composite controller configs from robomimic's (<= 1.4) part config: old key names
     translated, deltas in the world frame unless given (as robosuite <= 1.4). Composite configs pass as is."""
@@ -201,12 +351,13 @@ def _controller_configs(controller_configs, robots: list):
     return out if len(out) > 1 else out[0]
 
 
-def _robosuite_kwargs(task: str, render: bool) -> dict:
+def _robosuite_kwargs(env_id: str, render: bool) -> dict:
     """suite.make kwargs for a task from its env meta; keys robosuite 1.5 does not take are dropped."""
     import inspect
 
     suite = import_robosuite()
-    env_args = robomimic_env_args(task)
+    task = robomimic_task(env_id)
+    env_args = robomimic_env_args(env_id)
     kwargs = dict(env_args.get("env_kwargs", {}))
     kwargs.update(_ROBOMIMIC_FORCED, has_offscreen_renderer=render)
     robots = kwargs.get("robots") or ROBOMIMIC_TASKS[task]["robots"]
@@ -227,21 +378,25 @@ class RobomimicLowDimEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
 
-    def __init__(self, env_id: str, render_mode: str | None = None):
+    def __init__(self, env_id: str, render_mode: str | None = None, offscreen: bool = False):
         self.task = robomimic_task(env_id)
         spec = ROBOMIMIC_TASKS[self.task]
         suite = import_robosuite()
         if render_mode not in (None, "rgb_array"):
             fail(f"render_mode {render_mode!r} is not supported for {self.task}; use rgb_array")
         self.render_mode = render_mode
-        kwargs = _robosuite_kwargs(self.task, render=render_mode is not None)
+        render = offscreen or render_mode is not None
+        if render:
+            gl_backend()
+        kwargs = _robosuite_kwargs(env_id, render=render)
         try:
             self.rs_env = suite.make(spec["env_name"], **kwargs)
         except Exception as e:  # renderer set-up and bad env_args surface here
             detail = str(e).splitlines()[0] if str(e) else ""
             fail(
                 f"cannot build robosuite {spec['env_name']} ({e.__class__.__name__}: {detail}); "
-                "for rendering set MUJOCO_GL=egl or osmesa, otherwise check the dataset's env_args"
+                f"for rendering install {GL_PACKAGES['egl']} (or set MUJOCO_GL=osmesa with {GL_PACKAGES['osmesa']}), "
+                "otherwise check the dataset's env_args"
             )
         self.obs_keys, self.max_episode_steps = spec["obs_keys"], spec["max_episode_steps"]
         self.object_keys = spec.get("object_keys")
@@ -263,19 +418,23 @@ class RobomimicLowDimEnv(gym.Env):
     def flat_obs(self, obs_dict) -> np.ndarray:
         return np.concatenate([np.ravel(v) for v in self.robomimic_obs(obs_dict).values()])
 
+    def observation(self):
+        """What reset and step return: the obs_keys concatenated."""
+        return self.flat_obs(self.obs_dict)
+
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
         if seed is not None:  # in place: robosuite's placement samplers hold a reference to this generator
             self.rs_env.rng.bit_generator.state = np.random.default_rng(seed).bit_generator.state
         self.obs_dict = self.rs_env.reset()
         self.steps = 0
-        return self.flat_obs(self.obs_dict), {}
+        return self.observation(), {}
 
     def step(self, action):
         self.obs_dict, reward, _, _ = self.rs_env.step(np.asarray(action, np.float64))
         self.steps += 1
         info = {"success": bool(self.rs_env._check_success())}
-        return self.flat_obs(self.obs_dict), float(reward), False, self.steps >= self.max_episode_steps, info
+        return self.observation(), float(reward), False, self.steps >= self.max_episode_steps, info
 
     def render(self):
         return self.rs_env.sim.render(camera_name="agentview", width=256, height=256)[::-1]
@@ -284,8 +443,55 @@ class RobomimicLowDimEnv(gym.Env):
         self.rs_env.close()
 
 
+class RobomimicImageEnv(RobomimicLowDimEnv):
+    """An image task (official env/gym_utils/wrapper/robomimic_image.py): obs = {"state": the task's low_dim_keys
+    concatenated (raw units), "rgb": uint8 (3 * cameras, 96, 96), the cameras' images upright (as robomimic stores
+    them) concatenated along channels in the task's camera order}. Everything else as RobomimicLowDimEnv.
+
+    The images are rendered after the step (robosuite's camera observables, which robomimic flips upright), only
+    when `render_images` is True: a chunked env turns it off for the sub-steps whose images nobody sees; their
+    "rgb" is then None."""
+
+    def __init__(self, env_id: str, render_mode: str | None = None, cameras=None):
+        super().__init__(env_id, render_mode, offscreen=True)
+        spec = IMAGE_TASKS[image_task(env_id)]
+        self.cameras = tuple(spec.cameras if cameras is None else cameras)
+        check_cameras(self.rs_env, self.cameras, image_task(env_id))
+        self.low_dim_keys, self.render_images = spec.low_dim_keys, True
+        rgb_shape = (3 * len(self.cameras), IMAGE_SIZE, IMAGE_SIZE)
+        self.observation_space = gym.spaces.Dict(
+            state=gym.spaces.Box(-np.inf, np.inf, (spec.state_dim,), np.float32),
+            rgb=gym.spaces.Box(0, 255, rgb_shape, np.uint8),
+        )
+
+    def camera_images(self) -> dict:
+        """{camera: uint8 (96, 96, 3)} of the current simulator state, upright (row 0 at the top)."""
+        sim = self.rs_env.sim
+        return {c: sim.render(camera_name=c, width=IMAGE_SIZE, height=IMAGE_SIZE)[::-1] for c in self.cameras}
+
+    def observation(self):
+        state = np.concatenate([np.ravel(self.obs_dict[k]) for k in self.low_dim_keys])
+        if not self.render_images:
+            return {"state": state, "rgb": None}
+        rgb = np.concatenate([img.transpose(2, 0, 1) for img in self.camera_images().values()])
+        return {"state": state, "rgb": np.ascontiguousarray(rgb)}
+
+
+def check_cameras(rs_env, cameras, task: str):
+    """Stop in one line when `cameras` names one the task's model does not have."""
+    have = list(rs_env.sim.model.camera_names)
+    missing = [c for c in cameras if c not in have]
+    if missing:
+        fail(
+            f"{task} has no camera {', '.join(missing)}; its cameras are {', '.join(have)} "
+            f"(official: {', '.join(IMAGE_TASKS[task].cameras)})"
+        )
+
+
 def make_robomimic_env(env_id: str, render_mode: str | None = None) -> RobomimicLowDimEnv:
-    """One raw (unchunked, unnormalized) robomimic env."""
+    """One raw (unchunked, unnormalized) robomimic env; an image task's gives dict observations."""
+    if is_image_task(env_id):
+        return RobomimicImageEnv(env_id, render_mode)
     return RobomimicLowDimEnv(env_id, render_mode)
 
 
