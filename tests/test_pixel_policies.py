@@ -229,7 +229,7 @@ def test_shift_images_moves_cameras_together_or_on_their_own(module):
     torch.manual_seed(5)
     obs = pixel_batch(B=40, cameras=2, size=16, seed=5)
     together = module.shift_images(obs)["rgb"][:, 0]
-    apart = module.shift_images(obs, cameras=2)["rgb"][:, 0]
+    apart = module.shift_images(obs, per_camera=True)["rgb"][:, 0]
     rgb = obs["rgb"][:, 0]
     same = [
         found_shift(rgb[i, :3], together[i, :3], 4) == found_shift(rgb[i, 3:], together[i, 3:], 4) for i in range(40)
