@@ -11,6 +11,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_official import lin, mish, residual_mlp, sinusoidal
+from test_ppo_updates import (  # noqa: F401 (stand_in_denoising_log_prob: a fixture)
+    _dppo_batch,
+    _gaussian_batch,
+    assert_grads_close,
+    expected_grads,
+    gaussian_logp,
+    grads,
+    normalized,
+    stand_in_denoising_log_prob,
+    surrogate,
+)
 
 from cleandppo import dppo, gaussian_ppo
 
@@ -308,3 +319,74 @@ def test_pixel_networks_have_the_official_parameter_counts(task):
     # the 512-wide MLP, the official Square configs use 768 (1.78M/1.73M)
     paper = dict(lift=(1.06, 1.03), can=(1.06, 1.03), square=(1.78, 1.73), transport=(2.05, 1.93))[name]
     assert (round(diffusion / 1e6, 2), round(gaussian / 1e6, 2)) == paper
+
+
+# ---- gradient accumulation (official grad_accumulate) -------------------------------------------------------------
+class RecordingSGD(torch.optim.SGD):
+    """SGD with learning rate 0 that records the gradients it is asked to step with."""
+
+    def __init__(self, module):
+        super().__init__(module.parameters(), lr=0.0)
+        self.module, self.steps = module, []
+
+    def step(self, closure=None):
+        self.steps.append(grads(self.module))
+        return super().step(closure)
+
+
+def test_gaussian_update_steps_with_the_summed_gradients_of_grad_accumulate_minibatches():
+    policy, critic, batch = _gaussian_batch(n=15)
+    args = gaussian_ppo.Args(batch_size=5, grad_accumulate=2, update_epochs=1, clip_coef=0.2, vf_coef=0.7)
+    args.ent_coef, args.target_kl = 0.05, None
+    actor_opt, critic_opt = RecordingSGD(policy), RecordingSGD(critic)
+    gaussian_ppo.ppo_update(
+        policy, critic, actor_opt, critic_opt, batch, args, generator=torch.Generator().manual_seed(7)
+    )
+    perm = torch.randperm(15, generator=torch.Generator().manual_seed(7))
+
+    def loss(idx):
+        obs, actions = batch["obs"][idx], batch["actions"][idx]
+        ratio = (gaussian_logp(policy, obs, actions) - batch["logprobs"][idx]).exp()
+        pg = surrogate(normalized(batch["advantages"][idx]), ratio, 0.2).mean()
+        _, std = policy(obs)
+        ent = torch.distributions.Normal(torch.zeros_like(std), std).entropy().mean()
+        return pg - 0.05 * ent + 0.7 * 0.5 * ((critic(obs) - batch["returns"][idx]) ** 2).mean()
+
+    # minibatches 0 + 1 make the first step; the epoch's last minibatch (2) steps alone
+    assert len(actor_opt.steps) == len(critic_opt.steps) == 2
+    for step, minibatches in zip(actor_opt.steps, ([0, 1], [2]), strict=True):
+        total = sum(loss(perm[5 * m : 5 * m + 5]) for m in minibatches)
+        assert_grads_close(step, expected_grads(total, policy))
+    for step, minibatches in zip(critic_opt.steps, ([0, 1], [2]), strict=True):
+        total = sum(loss(perm[5 * m : 5 * m + 5]) for m in minibatches)
+        assert_grads_close(step, expected_grads(total, critic))
+
+
+@pytest.mark.usefixtures("stand_in_denoising_log_prob")
+def test_dppo_update_steps_with_the_summed_gradients_of_grad_accumulate_minibatches():
+    n, K_ft, act_steps = 8, 3, 2
+    net, critic, batch, ft_t, _ = _dppo_batch(n=n, K_ft=K_ft, act_steps=act_steps)
+    args = dppo.Args(batch_size=6, grad_accumulate=2, update_epochs=1, act_steps=act_steps, target_kl=None)
+    args.clip_ploss_coef, args.clip_ploss_coef_base, args.gamma_denoising = 0.3, 0.3, 0.7
+    actor_opt, critic_opt = RecordingSGD(net), RecordingSGD(critic)
+    sched = dppo.make_schedule(6)
+    dppo.ppo_update(
+        net, net, critic, actor_opt, critic_opt, sched, batch, args, generator=torch.Generator().manual_seed(8)
+    )
+    perm = torch.randperm(n * K_ft, generator=torch.Generator().manual_seed(8))
+
+    def loss(pairs):
+        i, j = pairs // K_ft, pairs % K_ft
+        x_in, x_out = batch["chains"][i, j], batch["chains"][i, j + 1]
+        new = -((x_out - net.theta[ft_t[j]].view(-1, 1, 1) * x_in)[:, :act_steps] ** 2).mean(dim=(1, 2))
+        ratio = (new - batch["logprobs"][i, j]).exp()
+        adv = normalized(batch["advantages"][i]) * 0.7 ** (K_ft - 1 - j)
+        v = 0.5 * ((critic(batch["obs"][i]) - batch["returns"][i]) ** 2).mean()
+        return surrogate(adv, ratio, 0.3).mean() + 0.5 * v
+
+    groups = ([0, 1], [2, 3])  # 24 pairs: four minibatches of 6, two steps
+    assert len(actor_opt.steps) == len(critic_opt.steps) == 2
+    for step_actor, step_critic, minibatches in zip(actor_opt.steps, critic_opt.steps, groups, strict=True):
+        total = sum(loss(perm[6 * m : 6 * m + 6]) for m in minibatches)
+        assert_grads_close(step_actor, expected_grads(total, net))
+        assert_grads_close(step_critic, expected_grads(total, critic))
