@@ -5,8 +5,10 @@ RandomShiftsAug, model/diffusion/mlp_diffusion.py VisionDiffusionMLP, model/comm
 Gaussian_VisionMLP, model/common/critic.py ViTCritic); parameter counts against the count of the official modules
 computed here from the official config dims (cfg/robomimic/{pretrain,finetune}/<task>/*_img.yaml)."""
 
+import importlib
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,7 +25,8 @@ from test_ppo_updates import (  # noqa: F401 (stand_in_denoising_log_prob: a fix
     surrogate,
 )
 
-from cleandppo import dppo, gaussian_ppo
+from cleandppo import dppo, envs, gaussian_ppo
+from conftest import assert_one_line_error, run_main
 
 torch.set_num_threads(1)
 SCRIPTS = [dppo, gaussian_ppo]
@@ -390,3 +393,113 @@ def test_dppo_update_steps_with_the_summed_gradients_of_grad_accumulate_minibatc
         total = sum(loss(perm[6 * m : 6 * m + 6]) for m in minibatches)
         assert_grads_close(step_actor, expected_grads(total, net))
         assert_grads_close(step_critic, expected_grads(total, critic))
+
+
+# ---- official pixel checkpoints (cleandppo/official.py) -----------------------------------------------------------
+def prefixed(sd, prefix):
+    return {f"{prefix}{k}": v for k, v in sd.items()}
+
+
+def write_official(tmp_path, ckpt, state_dim, action_dim):
+    """An official checkpoint with the official -img data folder's normalization.npz (state and actions) beside it."""
+    lo = -1 - np.random.default_rng(0).random(state_dim)
+    np.savez(
+        tmp_path / "normalization.npz",
+        obs_min=lo,
+        obs_max=lo + 3,
+        action_min=-np.ones(action_dim),
+        action_max=np.ones(action_dim),
+    )
+    torch.save(ckpt, tmp_path / "state_10.pt")
+    return str(tmp_path / "state_10.pt")
+
+
+def official_diffusion_sd(seed, cameras=1, state_dim=9, action_dim=7, horizon=4):
+    """A VisionDiffusionMLP's weights under the official names: a randomized network of the official module tree
+    (ViT 16 wide, 2 layers; spatial embedding 8; time 8; MLP 32 x 3), renamed."""
+    vision = dict(VISION, state_dim=state_dim, image_shape=(3 * cameras, 96, 96))
+    net = randomized(dppo.VisionDiffusionMLP(vision, action_dim, horizon, 8, (32, 32, 32), "mish"), seed)
+    return official_names(net.state_dict()) | mlp_official_names(net.state_dict(), "mlp", "mlp_mean")
+
+
+def test_official_vision_diffusion_checkpoints_load_with_their_ema_or_fine_tuned_weights(tmp_path):
+    ema, live = official_diffusion_sd(0), official_diffusion_sd(1)
+    path = write_official(
+        tmp_path, dict(epoch=10, model=prefixed(live, "network."), ema=prefixed(ema, "network.")), 9, 7
+    )
+    ckpt = envs.load_checkpoint(path, "diffusion", "lift-img", hints=dict(vit_heads=4))
+    kw = ckpt["model_kwargs"]
+    assert kw["vision"] == dict(VISION, state_dim=9) and kw["denoising_steps"] == 100  # official pixel K
+    assert (kw["horizon_steps"], kw["time_dim"], kw["mlp_dims"], kw["obs_dim"]) == (4, 8, (32,) * 3, 9)
+    net = dppo.build_policy_network(kw)
+    net.load_state_dict(ckpt["model"])
+    x, t, cond = torch.randn(3, 4, 7), torch.tensor([0, 50, 99]), pixel_batch(state_dim=9, seed=3)
+    expected = official_vision_diffusion_mlp(ema, x, t, cond)  # the EMA, as official fine-tuning loads
+    torch.testing.assert_close(net(x, t, cond), expected, rtol=1e-4, atol=1e-4)
+
+    actor = official_diffusion_sd(2, cameras=2, state_dim=18, action_dim=14, horizon=8)
+    actor_ft = official_diffusion_sd(3, cameras=2, state_dim=18, action_dim=14, horizon=8)
+    fine_tuned = dict(itr=5, model=prefixed(actor, "actor.") | prefixed(actor_ft, "actor_ft."))
+    (tmp_path / "ft").mkdir()
+    path = write_official(tmp_path / "ft", fine_tuned, 18, 14)
+    ckpt = envs.load_checkpoint(path, "diffusion", "transport-img", hints=dict(ft_denoising_steps=None))
+    assert ckpt["ft_denoising_steps"] == 5 and ckpt["model_kwargs"]["vision"]["image_shape"] == (6, 96, 96)
+    frozen, tuned = dppo.build_policy_network(ckpt["model_kwargs"]), dppo.build_policy_network(ckpt["model_kwargs"])
+    frozen.load_state_dict(ckpt["model"])
+    tuned.load_state_dict(ckpt["model_ft"])
+    x, t, cond = torch.randn(2, 8, 14), torch.tensor([3, 60]), pixel_batch(B=2, state_dim=18, cameras=2, seed=4)
+    torch.testing.assert_close(
+        frozen(x, t, cond), official_vision_diffusion_mlp(actor, x, t, cond), rtol=1e-4, atol=1e-4
+    )
+    torch.testing.assert_close(
+        tuned(x, t, cond), official_vision_diffusion_mlp(actor_ft, x, t, cond), rtol=1e-4, atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("learned_std", [False, True], ids=["pre-trained", "fine-tuned"])
+def test_official_gaussian_vision_checkpoints_load(tmp_path, learned_std):
+    torch.manual_seed(4)
+    vision = dict(VISION, state_dim=9)
+    policy = randomized(gaussian_ppo.GaussianPolicy(9, 7, 4, 1, mlp_dims=(32, 32, 32), vision=vision), 5)
+    sd = official_names(policy.state_dict()) | mlp_official_names(policy.state_dict(), "net", "mlp_mean")
+    sd = {k: v for k, v in sd.items() if not k.startswith("obs_")}  # our from-scratch statistics: not official
+    sd |= dict(logvar_min=torch.tensor(math.log(0.01**2)), logvar_max=torch.tensor(math.log(0.2**2)))
+    if learned_std:  # learn_fixed_std: the official fine-tuned policy under actor_ft.
+        sd["logvar"] = torch.log(torch.linspace(0.05, 0.15, 7) ** 2)
+        raw = dict(itr=3, model=prefixed(sd, "actor_ft."))
+    else:  # pre-training: fixed_std 0.1, no logvar tensor
+        del sd["logvar"]
+        raw = dict(epoch=500, model=prefixed(sd, "network."), ema=prefixed(sd, "network."))
+    path = write_official(tmp_path, raw, 9, 7)
+    ckpt = envs.load_checkpoint(path, "gaussian", "lift-img", "mlp", hints=dict(fixed_std=0.1))
+    loaded = gaussian_ppo.GaussianPolicy(**ckpt["model_kwargs"])
+    loaded.load_state_dict(ckpt["model"], strict=False)
+    cond = pixel_batch(state_dim=9, seed=6)
+    mean, std = loaded(cond)
+    expected_sd = sd if learned_std else dict(sd, logvar=torch.full((7,), math.log(0.1**2)))
+    expected_mean, expected_std = official_gaussian_vision_mlp(expected_sd, cond, 4)
+    torch.testing.assert_close(mean, expected_mean, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(std, expected_std)
+
+
+def test_official_pixel_and_state_checkpoints_for_the_other_kind_of_task_are_one_line(tmp_path):
+    sd = official_diffusion_sd(0)
+    path = write_official(tmp_path, dict(epoch=1, model=prefixed(sd, "network."), ema=prefixed(sd, "network.")), 9, 7)
+    with pytest.raises(SystemExit) as e:
+        envs.load_checkpoint(path, "diffusion", "lift")
+    assert_one_line_error(str(e.value), "pixel policy", "--env-id lift-img")
+    state_sd = {k: v for k, v in sd.items() if not k.startswith(("backbone.", "compress"))}
+    (tmp_path / "state").mkdir()
+    path = write_official(tmp_path / "state", dict(epoch=1, model=prefixed(state_sd, "network.")), 9, 7)
+    with pytest.raises(SystemExit) as e:
+        envs.load_checkpoint(path, "diffusion", "lift-img")
+    assert_one_line_error(str(e.value), "state policy", "--env-id lift")
+
+
+@pytest.mark.parametrize("name", ["gmm_ppo", "dawr", "drwr", "dipo", "idql", "dql", "qsm", "exact_likelihood_pg"])
+def test_the_state_only_scripts_refuse_a_pixel_task_in_one_line(name, tmp_path):
+    module = importlib.import_module(f"cleandppo.{name}")
+    with pytest.raises(SystemExit) as e:
+        run_main(module, "--env-id", "can-img", "--run-dir", tmp_path / "run")
+    assert_one_line_error(str(e.value), "dppo.py and gaussian_ppo.py", "--env-id can")
+    assert not (tmp_path / "run").exists()
