@@ -25,7 +25,7 @@ from test_ppo_updates import (  # noqa: F401 (stand_in_denoising_log_prob: a fix
     surrogate,
 )
 
-from cleandppo import dppo, envs, gaussian_ppo
+from cleandppo import arguments, dppo, envs, gaussian_ppo
 from conftest import assert_one_line_error, run_main
 
 torch.set_num_threads(1)
@@ -138,10 +138,10 @@ def mlp_official_names(ours, src, dst):
     return out
 
 
-def pixel_batch(B=3, state_dim=5, cameras=1, size=96, seed=0):
+def pixel_batch(B=3, state_dim=5, cameras=1, size=96, seed=0, history=1):
     g = torch.Generator().manual_seed(seed)
-    rgb = torch.randint(0, 256, (B, 1, 3 * cameras, size, size), dtype=torch.uint8, generator=g)
-    return dict(state=torch.randn(B, 1, state_dim, generator=g), rgb=rgb)
+    rgb = torch.randint(0, 256, (B, history, 3 * cameras, size, size), dtype=torch.uint8, generator=g)
+    return dict(state=torch.randn(B, history, state_dim, generator=g), rgb=rgb)
 
 
 def randomized(module, seed=0):
@@ -157,13 +157,15 @@ VISION = dict(state_dim=5, cond_steps=1, image_shape=(3, 96, 96), embed_dim=16, 
 
 
 # ---- forward passes ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("cameras", [1, 2])
-def test_vision_diffusion_mlp_is_the_official_forward(cameras):
+@pytest.mark.parametrize("cameras, history", [(1, 1), (2, 1), (1, 2)])
+def test_vision_diffusion_mlp_is_the_official_forward(cameras, history):
+    """One camera, two (official num_img 2), and a history of two observations (the whole proprioception history,
+    the latest image: official img_cond_steps 1)."""
     torch.manual_seed(0)
-    vision = dict(VISION, image_shape=(3 * cameras, 96, 96))
+    vision = dict(VISION, image_shape=(3 * cameras, 96, 96), cond_steps=history)
     net = randomized(dppo.VisionDiffusionMLP(vision, 2, 4, 8, (32, 32, 32), "mish"))
     sd = official_names(net.state_dict()) | mlp_official_names(net.state_dict(), "mlp", "mlp_mean")
-    x, t, cond = torch.randn(3, 4, 2), torch.tensor([0, 7, 99]), pixel_batch(cameras=cameras)
+    x, t, cond = torch.randn(3, 4, 2), torch.tensor([0, 7, 99]), pixel_batch(cameras=cameras, history=history)
     expected = official_vision_diffusion_mlp(sd, x, t, cond)
     torch.testing.assert_close(net(x, t, cond), expected, rtol=1e-4, atol=1e-4)
     chunked = dppo.VisionDiffusionMLP(vision, 2, 4, 8, (32, 32, 32), "mish")
@@ -309,19 +311,62 @@ def count(module):
     return sum(p.numel() for p in module.parameters())
 
 
+def pixel_networks(task):
+    """The policies and critics the scripts build for `<task>-img` with their per-task defaults (task_defaults)."""
+    env_id = f"{task}-img"
+    state_dim, action_dim = envs.env_dims(env_id)
+    image_shape = envs.IMAGE_TASKS[env_id].image_shape
+    args = arguments.parse_args(dppo.Args, dppo.task_defaults, ["--env-id", env_id])
+    kw = dppo.model_kwargs_from(args, state_dim, action_dim, image_shape)
+    diffusion, diffusion_critic = dppo.build_policy_network(kw), dppo.build_critic(kw, args)
+    args = arguments.parse_args(gaussian_ppo.Args, gaussian_ppo.task_defaults, ["--env-id", env_id])
+    kw = gaussian_ppo.model_kwargs_from(args, state_dim, action_dim, args.fixed_std, image_shape=image_shape)
+    gaussian, gaussian_critic = gaussian_ppo.GaussianPolicy(**kw), gaussian_ppo.build_critic(kw, args)
+    return diffusion, gaussian, diffusion_critic, gaussian_critic
+
+
 @pytest.mark.parametrize("task", OFFICIAL_IMG, ids=lambda t: t[0])
 def test_pixel_networks_have_the_official_parameter_counts(task):
     name, obs_dim, action_dim, ta, num_img, diffusion_mlp, gaussian_mlp = task
-    vision = dict(state_dim=obs_dim, cond_steps=1, image_shape=(3 * num_img, 96, 96))
     diffusion, gaussian, critic = official_counts(obs_dim, action_dim, ta, num_img, diffusion_mlp, gaussian_mlp)
-    assert count(dppo.VisionDiffusionMLP(vision, action_dim, ta, 32, (diffusion_mlp,) * 3, "mish")) == diffusion
-    policy = gaussian_ppo.GaussianPolicy(obs_dim, action_dim, ta, 1, mlp_dims=(gaussian_mlp,) * 3, vision=vision)
-    assert count(policy) == gaussian
-    assert count(dppo.VisionCritic(vision)) == count(gaussian_ppo.VisionCritic(vision)) == critic
+    ours = pixel_networks(name)
+    assert [count(n) for n in ours] == [diffusion, gaussian, critic, critic]
     # paper Table A10 (1.06M/1.03M on Lift and Can, 2.05M/1.93M on Transport); its Square column (1.06M/1.03M) is
     # the 512-wide MLP, the official Square configs use 768 (1.78M/1.73M)
     paper = dict(lift=(1.06, 1.03), can=(1.06, 1.03), square=(1.78, 1.73), transport=(2.05, 1.93))[name]
     assert (round(diffusion / 1e6, 2), round(gaussian / 1e6, 2)) == paper
+
+
+# the official fine-tuning and pre-training values (cfg/robomimic/{finetune,pretrain}/<task>/*_mlp_img.yaml), per task:
+# (n_steps, Ta, DPPO actor LR, DPPO minibatch x grad_accumulate, Gaussian actor LR, Gaussian minibatch x accumulate)
+OFFICIAL_IMG_TRAINING = dict(
+    lift=(300, 4, 5e-5, (500, 15), 1e-4, (1500, 5)),
+    can=(300, 4, 5e-5, (500, 15), 1e-4, (1500, 5)),
+    square=(400, 4, 1e-5, (500, 20), 1e-5, (1000, 10)),
+    transport=(400, 8, 1e-5, (500, 20), 1e-5, (1000, 10)),
+)
+
+
+@pytest.mark.parametrize("task", list(OFFICIAL_IMG_TRAINING))
+def test_pixel_task_defaults_are_the_official_configs(task, capsys):
+    n_steps, ta, dppo_lr, dppo_batch, gaussian_lr, gaussian_batch = OFFICIAL_IMG_TRAINING[task]
+    common = dict(n_steps=n_steps, act_steps=ta, horizon_steps=ta, gamma=0.999, num_envs=50, update_epochs=10)
+    common |= dict(critic_lr=1e-3, n_critic_warmup_itr=2, target_kl=1.0, augment=True, vit_dim=128, vit_depth=1)
+    common |= dict(vit_heads=4, spatial_emb=128, pretrain_batch_size=256, pretrain_lr=1e-4, pretrain_min_lr=1e-5)
+    common |= dict(pretrain_epochs=2000, pretrain_weight_decay=1e-6)
+    args = arguments.parse_args(dppo.Args, dppo.task_defaults, ["--env-id", f"{task}-img"])
+    diffusion = dict(denoising_steps=100, ft_denoising_steps=5, ddim_steps=5, actor_lr=dppo_lr, ema_decay=0.995)
+    diffusion |= dict(clip_ploss_coef=0.01, clip_ploss_coef_base=0.001, clip_ploss_coef_rate=3.0, gamma_denoising=0.99)
+    diffusion |= dict(min_sampling_denoising_std=0.1, min_logprob_denoising_std=0.1, time_dim=32, activation="mish")
+    for key, value in (common | diffusion).items():
+        assert getattr(args, key) == value, (key, getattr(args, key), value)
+    assert (args.batch_size, args.grad_accumulate) == dppo_batch
+    assert f"[{task}-img] defaults for this task:" in capsys.readouterr().out  # shown at start, as the state tasks'
+    args = arguments.parse_args(gaussian_ppo.Args, gaussian_ppo.task_defaults, ["--env-id", f"{task}-img"])
+    gaussian = dict(actor_lr=gaussian_lr, clip_coef=0.01, fixed_std=0.1, std_min=0.01, std_max=0.2, ema_decay=None)
+    for key, value in (common | gaussian).items():
+        assert getattr(args, key) == value, (key, getattr(args, key), value)
+    assert (args.batch_size, args.grad_accumulate) == gaussian_batch
 
 
 # ---- gradient accumulation (official grad_accumulate) -------------------------------------------------------------
