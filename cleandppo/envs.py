@@ -15,6 +15,7 @@ names they use are imported here. Read top to bottom:
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import deque
 
@@ -293,10 +294,22 @@ def make_vec_env(
     if avoid.is_avoid(env_id):  # one batched numpy env, same contract, 50-100x faster
         return avoid.AvoidVectorEnv(num_envs, act_steps, cond_steps, normalization or identity_normalization(4, 2))
     fns = [lambda: make_env(env_id, act_steps, cond_steps, normalization) for _ in range(num_envs)]
-    vector_cls = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
-    envs = vector_cls(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    autoreset = gym.vector.AutoresetMode.SAME_STEP
+    if asynchronous and is_image_task(env_id):  # a forked worker hangs in the OpenGL state of the parent's env
+        make = functools.partial(_make_image_env, env_id, robomimic_env_args(env_id), act_steps, cond_steps)
+        fns = [functools.partial(make, normalization) for _ in range(num_envs)]  # spawned: no module state inherited
+        envs = gym.vector.AsyncVectorEnv(fns, autoreset_mode=autoreset, context="spawn")
+    else:
+        vector_cls = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
+        envs = vector_cls(fns, autoreset_mode=autoreset)
     envs.action_space.seed(seed)
     return envs
+
+
+def _make_image_env(env_id, env_args, act_steps, cond_steps, normalization):
+    """make_env in a spawned worker, with the env meta of the parent (a dataset's env_args)."""
+    set_robomimic_env_args(env_id, env_args)
+    return make_env(env_id, act_steps, cond_steps, normalization)
 
 
 def finished_episodes(infos: dict):
@@ -383,6 +396,8 @@ def resolve_dataset(dataset: str) -> str:
         return dataset
     if robomimic_tasks.robomimic_dataset_name(dataset):  # lift-mh, can-ph, square-scripted, ...
         return robomimic_tasks.resolve_robomimic_dataset(dataset)
+    if robomimic_tasks.robomimic_image_dataset_name(dataset):  # lift-img, can-mhsim-img, ...
+        return robomimic_tasks.resolve_robomimic_image_dataset(dataset)
     if dataset.lower().startswith("avoid"):  # avoid-m1, avoid-d3il-m2, ...
         return avoid.resolve_dataset(dataset)
     if dataset not in gym_tasks.D4RL_NAMES:
@@ -482,9 +497,12 @@ def make_pretraining_samples(episodes: list[dict], norm: dict, cond_steps: int, 
     Official StitchedSequenceDataset: a sample may start at step s of an episode when
     s + horizon_steps <= episode length (no padding at the end); observation history before the
     episode start repeats the episode's first observation (padding at the front).
-    Returns (obs (T, Do), actions (T, Da), starts (S,), episode_first (S,)) as numpy arrays.
+    Returns (obs (T, Do), actions (T, Da), starts (S,), episode_first (S,)) as numpy arrays. Image episodes (an
+    "rgb" entry): obs is {"state": (T, Do), "rgb": uint8 (T, C, 96, 96), as stored}, and gather_samples batches both.
     """
     obs = np.concatenate([normalize_obs(ep["observations"], norm) for ep in episodes]).astype(np.float32)
+    if episodes and "rgb" in episodes[0]:
+        obs = {"state": obs, "rgb": np.concatenate([ep["rgb"] for ep in episodes])}
     actions = np.concatenate([normalize_action(ep["actions"], norm) for ep in episodes]).astype(np.float32)
     starts, firsts, offset = [], [], 0
     for ep in episodes:
@@ -500,10 +518,13 @@ def make_pretraining_samples(episodes: list[dict], norm: dict, cond_steps: int, 
 
 
 def gather_samples(obs, actions, starts, firsts, idx, cond_steps: int, horizon_steps: int):
-    """Batch `idx` of pre-training samples: obs (B, cond_steps, Do) oldest first, actions (B, Tp, Da)."""
+    """Batch `idx` of pre-training samples: obs (B, cond_steps, Do) oldest first, actions (B, Tp, Da); image
+    samples: obs {"state": (B, cond_steps, Do), "rgb": uint8 (B, cond_steps, C, 96, 96)}."""
     s, f = starts[idx], firsts[idx]
     obs_idx = np.maximum(s[:, None] + np.arange(-cond_steps + 1, 1)[None, :], f[:, None])
     act_idx = s[:, None] + np.arange(horizon_steps)[None, :]
+    if isinstance(obs, dict):
+        return {k: v[obs_idx] for k, v in obs.items()}, actions[act_idx]
     return obs[obs_idx], actions[act_idx]
 
 
@@ -582,10 +603,13 @@ def load_checkpoint(
             encoder = (
                 " --cond-mlp-dims 512 64" if (task, policy) == ("square", "diffusion") else ""
             )  # official Square MLP
+            demos, dataset = f"--task {task}", f"{task}-scripted"
+            if is_image_task(env_id):
+                demos, dataset = f"--task {robomimic_task(env_id)} --images", task
             fail(
                 f"no bundled {policy} checkpoint for {task} ({path}); make one with: "
-                f"python scripts/make_robomimic_demos.py --task {task} && "
-                f"python cleandppo/{script}.py --env-id {task} --dataset {task}-scripted --pretrain-only"
+                f"python scripts/make_robomimic_demos.py {demos} && "
+                f"python cleandppo/{script}.py --env-id {task} --dataset {dataset} --pretrain-only"
                 f"{encoder} (then pass --checkpoint <run-dir>/pretrained.pt)"
             )
         fail(f"checkpoint {path} does not exist; pre-train one with --pretrain-only --dataset ... or pass --checkpoint")

@@ -569,10 +569,18 @@ def load_npz_dataset(path, env_id=None, task_dims=None) -> dict:
     """An official processed dataset (script/dataset/*: `states`, `actions`, `traj_lengths`, optional `rewards`,
     `terminals`, `images`) with the `normalization.npz` of the same prefix beside it. States and actions come back
     in raw units (the official files hold them normalized to [-1, 1]); episodes are the traj_lengths slices, taken as
-    they are (the official conversion already dropped the ones it drops)."""
+    they are (the official conversion already dropped the ones it drops). For an image task (`lift-img`, ...) the
+    official `<task>-img` train.npz: `images` (N, 3 * cameras, 96, 96) in [0, 255] become each episode's "rgb" (uint8),
+    as the official StitchedSequenceDataset (agent/dataset/sequence.py) gives them to the network, unnormalized."""
     data = read_npz(path, "an official train.npz (script/dataset/*)")
-    if "images" in data:
-        fail(f"{path} holds images (a pixel dataset); these scripts are state-only: process the data without cameras")
+    image_task = env_id is not None and robomimic_tasks.is_image_task(env_id)
+    if "images" in data and not image_task:
+        fail(
+            f"{path} holds images (a pixel dataset); {env_id or 'this'} is a state-only task: pass --env-id "
+            "<task>-img (lift-img, can-img, square-img, transport-img), or process the data without cameras"
+        )
+    if image_task and "images" not in data:
+        fail(f"{path} holds no images (a state dataset); {env_id} needs the official {env_id.lower()} train.npz")
     missing = {"states", "actions", "traj_lengths"} - set(data)
     if missing:
         fail(f"{path} lacks {sorted(missing)}; pass an official train.npz (script/dataset/*)")
@@ -621,7 +629,23 @@ def load_npz_dataset(path, env_id=None, task_dims=None) -> dict:
         for a, b in zip(bounds[:-1], bounds[1:])
         if b > a
     ]
+    if image_task:
+        images = _official_images(path, data["images"], env_id, n)
+        for episode, a, b in zip(out["episodes"], bounds[:-1][lengths > 0], bounds[1:][lengths > 0]):
+            episode["rgb"] = images[a:b]
     return out
+
+
+def _official_images(path, images, env_id, n) -> np.ndarray:
+    """An official train.npz's `images` as uint8 (n, 3 * cameras, 96, 96); other shapes or values stop in one line."""
+    shape = robomimic_tasks.IMAGE_TASKS[robomimic_tasks.image_task(env_id)].image_shape
+    if images.shape != (n, *shape):
+        fail(f"{path}: images have shape {images.shape}, {env_id} needs ({n}, {', '.join(map(str, shape))})")
+    if images.dtype != np.uint8:
+        if not (np.all(images >= 0) and np.all(images <= 255) and np.all(images == np.round(images))):
+            fail(f"{path}: images are not whole numbers in [0, 255]; pass the official {env_id.lower()} train.npz")
+        images = images.astype(np.uint8)
+    return images
 
 
 def _looks_normalized(states, lo, hi):

@@ -469,6 +469,21 @@ class RobomimicImageEnv(RobomimicLowDimEnv):
         sim = self.rs_env.sim
         return {c: sim.render(camera_name=c, width=IMAGE_SIZE, height=IMAGE_SIZE)[::-1] for c in self.cameras}
 
+    def images_of_states(self, states) -> dict:
+        """{camera: uint8 (T, 96, 96, 3)} rendered at each flattened simulator state (robomimic's
+        dataset_states_to_obs: set the state, forward, render); the simulator is put back as it was."""
+        sim = self.rs_env.sim
+        saved = sim.get_state().flatten()
+        frames = {c: [] for c in self.cameras}
+        for state in states:
+            sim.set_state_from_flattened(np.asarray(state))
+            sim.forward()
+            for camera, image in self.camera_images().items():
+                frames[camera].append(image)
+        sim.set_state_from_flattened(saved)
+        sim.forward()
+        return {c: np.stack(f) if f else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8) for c, f in frames.items()}
+
     def observation(self):
         state = np.concatenate([np.ravel(self.obs_dict[k]) for k in self.low_dim_keys])
         if not self.render_images:
@@ -503,6 +518,44 @@ def robomimic_demo_fix(task: str, kind: str = "scripted") -> str:
             f"(then --dataset {task}-{kind if kind in MADE_HERE else 'scripted'})"
         )
     return f"download --dataset {task}-mh when online or pass a {task} robomimic low_dim hdf5 path"
+
+
+def robomimic_image_demo_fix(task: str, kind: str = "scripted") -> str:
+    """How to make the image dataset of a task here: scripted demos with their cameras' images."""
+    name = f"{task}-img" if kind == "scripted" else f"{task}-{kind}-img"
+    flag = MADE_HERE.get(kind, "")
+    return f"make it with: python scripts/make_robomimic_demos.py --task {task}{flag} --images (then --dataset {name})"
+
+
+def robomimic_image_dataset_name(dataset: str):
+    """(task, kind) for the image datasets made here: lift-img (scripted), can-mhsim-img, square-scripted-img;
+    robomimic's own -mh-img/-ph-img names fail in one line (its image downloads are not the official 96 x 96)."""
+    if not dataset.lower().endswith("-img"):
+        return None
+    base, _, kind = dataset[: -len("-img")].rpartition("-")
+    if base.lower() in _ROBOMIMIC_ALIASES and kind.lower() in ROBOMIMIC_DATASET_KINDS:
+        task, kind = _ROBOMIMIC_ALIASES[base.lower()], kind.lower()
+        if kind not in MADE_HERE:
+            fail(
+                f"robomimic's {kind} image downloads are 84x84 agentview and wrist images, not the official 96x96 of "
+                f"{task}-img: render robomimic's demo.hdf5 with robomimic/scripts/dataset_states_to_obs.py "
+                f"--camera_names {' '.join(IMAGE_TASKS[task + '-img'].cameras)} --camera_height 96 --camera_width 96 "
+                f"and pass that file, or {robomimic_image_demo_fix(task)}"
+            )
+        return task, kind
+    task = dataset[: -len("-img")].lower()
+    return (_ROBOMIMIC_ALIASES[task], "scripted") if task in _ROBOMIMIC_ALIASES else None
+
+
+def resolve_robomimic_image_dataset(dataset: str) -> str:
+    """Path of an image dataset name (robomimic_image_dataset_name) in data_dir(); missing, one line naming the
+    command that makes it."""
+    task, kind = robomimic_image_dataset_name(dataset)
+    name = f"{task}-img" if kind == "scripted" else f"{task}-{kind}-img"
+    path = os.path.join(data_dir(), f"{name}.hdf5")
+    if not os.path.isfile(path):
+        fail(f"{name} is not in {data_dir()}; {robomimic_image_demo_fix(task, kind)}")
+    return path
 
 
 def robomimic_dataset_name(dataset: str):
@@ -579,8 +632,11 @@ def read_robomimic_hdf5(path: str, obs_keys=None) -> dict:
                 n = len(actions)
                 demos.append(
                     {
-                        "name": name,
-                        "obs": {k: np.asarray(obs_group[k][()]).reshape(n, -1) for k in keys},
+                        "name": name,  # low-dim keys as (n, d); camera images (<camera>_image) as stored
+                        "obs": {
+                            k: np.asarray(obs_group[k][()]) if k.endswith("_image") else obs_group[k][()].reshape(n, -1)
+                            for k in keys
+                        },
                         "actions": actions,
                         "rewards": demo["rewards"][()] if "rewards" in demo else np.zeros(n),
                         "dones": demo["dones"][()] if "dones" in demo else (np.arange(n) == n - 1).astype(int),
@@ -596,11 +652,62 @@ def read_robomimic_hdf5(path: str, obs_keys=None) -> dict:
     return {"env_args": env_args, "demos": demos}
 
 
+def file_cameras(path: str) -> dict:
+    """{camera: (shape, dtype)} of the <camera>_image observations of a robomimic file's first demo ({}: none)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        names = _demo_order(f["data"].keys())
+        obs = f["data"][names[0]]["obs"] if names and "obs" in f["data"][names[0]] else {}
+        return {k[: -len("_image")]: (obs[k].shape[1:], obs[k].dtype) for k in obs if k.endswith("_image")}
+
+
+def check_image_file(path: str, env_id: str | None, task: str) -> bool:
+    """Whether the file is read as image data: an image task needs its cameras' uint8 96 x 96 RGB images, a state
+    task takes no image file (each mismatch one line naming the fix); env_id None: whatever the file holds."""
+    have = file_cameras(path)
+    image = is_image_task(env_id) if env_id is not None else bool(have)
+    if not image:
+        if have:
+            fail(
+                f"{path} holds camera images ({', '.join(have)}): an image dataset; pass --env-id {task}-img, or a "
+                f"low_dim dataset (e.g. --dataset {task}-scripted) for the state task {task}"
+            )
+        return False
+    spec = IMAGE_TASKS[f"{task}-img"]
+    if not have:
+        fail(
+            f"{path} holds no camera images (a low_dim dataset); {task}-img needs {', '.join(spec.cameras)} images: "
+            f"pass an image dataset, or {robomimic_image_demo_fix(task)}"
+        )
+    missing = [c for c in spec.cameras if c not in have]
+    if missing:
+        fail(
+            f"{path} has images of {', '.join(have)} but not {', '.join(missing)}, which {task}-img sees (official "
+            f"image_keys); render them with robomimic's dataset_states_to_obs.py --camera_names "
+            f"{' '.join(spec.cameras)} --camera_height 96 --camera_width 96, or {robomimic_image_demo_fix(task)}"
+        )
+    for camera in spec.cameras:
+        shape, dtype = have[camera]
+        if tuple(shape) != (IMAGE_SIZE, IMAGE_SIZE, 3) or dtype != np.uint8:
+            fail(
+                f"{path}: {camera}_image frames are {dtype} {tuple(shape)}, the image tasks need uint8 "
+                f"({IMAGE_SIZE}, {IMAGE_SIZE}, 3) (official 96x96 RGB): render with --camera_height 96 "
+                f"--camera_width 96, or {robomimic_image_demo_fix(task)}"
+            )
+    return True
+
+
 def load_robomimic_dataset(path: str, env_id: str | None = None, filter_key: str | None = None) -> dict:
     """load_dataset for robomimic files (official process_robomimic_dataset): obs_keys stacked, every demo
     kept (no terminals, a timeout at each end); the file's env_args must name the task and are registered.
     `filter_key`: comma-separated names of the file's mask/<key> demo lists (robomimic's filter keys, e.g. the
-    MH operator groups `better,okay`); only the demos they list are kept."""
+    MH operator groups `better,okay`); only the demos they list are kept.
+
+    Image files (robomimic's image.hdf5 layout: obs/<camera>_image, uint8 (T, 96, 96, 3)) for an image task: the
+    observations are its low_dim_keys stacked, and each episode also has "rgb", uint8 (T, 3 * cameras, 96, 96), the
+    cameras in the task's order (official image_keys); the normalization covers observations and actions only (the
+    official code gives the images to the network in [0, 255])."""
     import json
 
     import h5py
@@ -632,16 +739,25 @@ def load_robomimic_dataset(path: str, env_id: str | None = None, filter_key: str
             f"pass a {task} dataset, e.g. --dataset {task}-mh or --dataset {task}-scripted"
         )
     spec = ROBOMIMIC_TASKS[task]
-    demos = read_robomimic_hdf5(path, spec["obs_keys"])["demos"]
+    image = check_image_file(path, env_id, task)
+    key = f"{task}-img" if image else task
+    obs_keys, obs_dim, cameras = list(spec["obs_keys"]), spec["obs_dim"], ()
+    if image:
+        obs_keys, obs_dim, cameras = (
+            list(IMAGE_TASKS[key].low_dim_keys),
+            IMAGE_TASKS[key].state_dim,
+            IMAGE_TASKS[key].cameras,
+        )
+    demos = read_robomimic_hdf5(path, obs_keys + [f"{c}_image" for c in cameras])["demos"]
     demos = [demo for demo in demos if keep is None or demo["name"] in keep]
     episodes = []
     for demo in demos:
-        obs = np.concatenate([demo["obs"][k] for k in spec["obs_keys"]], axis=1)
-        if obs.shape[1] != spec["obs_dim"] or demo["actions"].shape[1] != spec["action_dim"]:
+        obs = np.concatenate([demo["obs"][k] for k in obs_keys], axis=1)
+        if obs.shape[1] != obs_dim or demo["actions"].shape[1] != spec["action_dim"]:
             fail(
                 f"{path}:data/{demo['name']} has obs/action dims {obs.shape[1]}/{demo['actions'].shape[1]}, "
-                f"{task} needs "
-                f"{spec['obs_dim']}/{spec['action_dim']}; pass a dataset of {task}"
+                f"{key} needs "
+                f"{obs_dim}/{spec['action_dim']}; pass a dataset of {key}"
             )
         n = len(obs)
         episodes.append(
@@ -652,12 +768,15 @@ def load_robomimic_dataset(path: str, env_id: str | None = None, filter_key: str
                 "terminals": np.zeros(n, bool),
             }
         )
+        if image:  # (T, H, W, 3) per camera -> (T, 3 * cameras, H, W), cameras in the task's order
+            rgb = np.concatenate([demo["obs"].pop(f"{c}_image").transpose(0, 3, 1, 2) for c in cameras], axis=1)
+            episodes[-1]["rgb"] = np.ascontiguousarray(rgb)
     if env_args:
-        set_robomimic_env_args(task, env_args)
+        set_robomimic_env_args(key, env_args)
     data = {k: np.concatenate([ep[k] for ep in episodes]) for k in ("observations", "actions", "rewards", "terminals")}
     data["timeouts"] = np.concatenate([np.arange(len(ep["actions"])) == len(ep["actions"]) - 1 for ep in episodes])
     data["episodes"] = episodes
-    data["env_args"] = env_args or default_robomimic_env_args(task)
-    data["attrs"] = {"env_id": task}
+    data["env_args"] = env_args or default_robomimic_env_args(key)
+    data["attrs"] = {"env_id": key}
     data["normalization"] = compute_normalization(data["observations"], data["actions"])
     return data

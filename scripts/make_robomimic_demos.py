@@ -20,8 +20,17 @@ first grasp more often, after which they open, back off and regrasp. Each demo r
     python scripts/make_robomimic_demos.py --task lift --operators mh   # 120 demos -> <data dir>/lift-mhsim.hdf5
     python scripts/make_robomimic_demos.py --task can --operators mh --max-steps 600   # 120 demos -> can-mhsim.hdf5
 
+`--images` also writes each demo's camera images, as robomimic's image files hold them (data/demo_i/obs/<camera>_image,
+uint8 (T, 96, 96, 3), upright), for the image tasks (lift-img, ...): the task's official cameras, or `--cameras`.
+They are rendered after a demo succeeded, from its recorded simulator states (robomimic's dataset_states_to_obs.py,
+with which the official image datasets were made), so the demos are the ones the same command writes without
+--images. Rendering runs on the CPU (Mesa's EGL or OSMesa; docs/robomimic_images.md).
+
+    python scripts/make_robomimic_demos.py --task lift --images         # -> <data dir>/lift-img.hdf5
+    python scripts/make_robomimic_demos.py --task can --operators mh --images   # -> can-mhsim-img.hdf5
+
 The data dir is $CLEANDPPO_DATA or ~/.cache/cleandppo/datasets; train on it with --dataset lift-scripted
-(or --dataset lift-mhsim).
+(or --dataset lift-mhsim; image tasks: --env-id lift-img --dataset lift-img).
 """
 
 from __future__ import annotations
@@ -729,7 +738,19 @@ def main(argv=None):
         "--num-demos", type=int, default=None, help="successful demonstrations to write (default 100; mh: 120)"
     )
     parser.add_argument(
-        "--out", default=None, help="output hdf5 (default: <data dir>/<task>-scripted.hdf5; mh: <task>-mhsim.hdf5)"
+        "--out",
+        default=None,
+        help="output hdf5 (default: <data dir>/<task>-scripted.hdf5; mh: <task>-mhsim.hdf5; --images: <task>-img.hdf5, "
+        "<task>-mhsim-img.hdf5)",
+    )
+    parser.add_argument(
+        "--images", action="store_true", help="also write the cameras' 96x96 RGB images (obs/<camera>_image)"
+    )
+    parser.add_argument(
+        "--cameras",
+        nargs="+",
+        default=None,
+        help="with --images: these cameras (default: the image task's official ones)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seeds the operators and episode i's reset (seed + i)")
     parser.add_argument(
@@ -756,11 +777,23 @@ def main(argv=None):
         args.num_demos = 120 if mh else 100
     if args.num_demos < 1:
         envs.fail(f"--num-demos must be >= 1, got {args.num_demos}")
-    out = args.out or os.path.join(envs.data_dir(), f"{task}-{'mhsim' if mh else 'scripted'}.hdf5")
+    if args.cameras is not None and not args.images:
+        envs.fail("--cameras chooses the cameras of --images; add --images")
+    name = f"{task}-{'mhsim' if mh else 'scripted'}"
+    if args.images:
+        name = f"{task}-mhsim-img" if mh else f"{task}-img"
+    out = args.out or os.path.join(envs.data_dir(), f"{name}.hdf5")
     max_attempts = args.max_attempts or 3 * args.num_demos
     max_steps = args.max_steps or envs.ROBOMIMIC_TASKS[task]["max_episode_steps"]
 
-    env = robomimic_tasks.make_robomimic_env(task)
+    env_args = robomimic_tasks.default_robomimic_env_args(task)
+    if args.images:  # renders only for the demos that succeeded, from their states
+        env = robomimic_tasks.RobomimicImageEnv(f"{task}-img", cameras=args.cameras)
+        env.render_images = False
+        env_args = robomimic_tasks.default_robomimic_env_args(f"{task}-img")
+        env_args["env_kwargs"]["camera_names"] = list(env.cameras)
+    else:
+        env = robomimic_tasks.make_robomimic_env(task)
     rng = np.random.default_rng(args.seed)
     operators = {}  # mh: name -> habits, drawn from their own stream (the scripted stream stays as it was)
     if mh:
@@ -774,6 +807,9 @@ def main(argv=None):
         demo, steps = record_attempt(env, args.seed + attempts, rng, max_steps, operators.get(name))
         attempts += 1
         if demo is not None:
+            if args.images:
+                images = env.images_of_states(demo["states"])
+                demo["obs"].update({f"{camera}_image": frames for camera, frames in images.items()})
             demos.append(demo)
         if mh:
             tried[name] += 1
@@ -799,6 +835,8 @@ def main(argv=None):
         command=" ".join(["python", "scripts/make_robomimic_demos.py", *(argv if argv is not None else sys.argv[1:])]),
         controller=POLICIES[task].__name__,
     )
+    if args.images:
+        info["cameras"] = list(env.cameras)
     masks = None
     if mh:
         info["operators"] = {
@@ -814,7 +852,7 @@ def main(argv=None):
     write_robomimic_hdf5(
         out,
         demos,
-        robomimic_tasks.default_robomimic_env_args(task),
+        env_args,
         attrs={"cleandppo_generator": json.dumps(info)},
         masks=masks,
     )

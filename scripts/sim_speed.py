@@ -10,23 +10,69 @@ dppo / gaussian: the same envs driven by the training loop's rollout step, i.e. 
          followed by the vector-env step, as in dppo.py / gaussian_ppo.py.
 All count environment (sub-)steps per second, one after another in one process, so they share the
 machine's conditions and their ratios are meaningful even on a loaded machine.
+
+    python scripts/sim_speed.py --render --seconds 10      # the image tasks (docs/robomimic_images.md#speed)
+
+--render: per image task, 96x96 frames/s of its cameras on one core (Mesa's llvmpipe held to one thread,
+LP_NUM_THREADS=1, unless set), per wall and per CPU second, and env steps/s of the chunked image env (random
+chunks of the task's act_steps, images rendered for the last sub-step only) beside the state task's.
 """
 
 import argparse
+import os
 import time
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from cleandppo import dppo, envs, gaussian_ppo
+from cleandppo import dppo, envs, gaussian_ppo, robomimic_tasks
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--env-id", default="Hopper-v2")
 parser.add_argument("--num-envs", type=int, default=40)
 parser.add_argument("--act-steps", type=int, default=4)
 parser.add_argument("--seconds", type=float, default=20.0)
+parser.add_argument("--render", action="store_true", help="measure the image tasks' rendering instead")
+parser.add_argument("--tasks", nargs="+", default=list(robomimic_tasks.IMAGE_TASKS), help="with --render")
 args = parser.parse_args()
+
+
+def render_speed(task: str, seconds: float) -> str:
+    """One line: frames/s of the task's cameras, and env steps/s with and without images (per wall second, and per
+    CPU second of this process, which a loaded machine disturbs less)."""
+    env = envs.make_env(task)
+    env.reset(seed=0)
+    base = env.unwrapped
+    frames, t0, c0 = 0, time.time(), time.process_time()
+    while time.time() - t0 < seconds:
+        base.camera_images()
+        frames += len(base.cameras)
+    wall, cpu = frames / (time.time() - t0), frames / (time.process_time() - c0)
+    env.close()
+    line = f"{task} ({', '.join(base.cameras)}): {wall:.1f} frames/s ({cpu:.1f} per CPU second)"
+    act_steps = envs.ROBOMIMIC_TASKS[envs.robomimic_task(task)]["act_steps"]
+    for env_id in (task, envs.robomimic_task(task)):
+        env = envs.make_env(env_id, act_steps=act_steps)
+        env.reset(seed=0)
+        rng, steps, t0, c0 = np.random.default_rng(0), 0, time.time(), time.process_time()
+        while time.time() - t0 < seconds:
+            _, _, _, _, info = env.step(rng.uniform(-1, 1, env.action_space.shape))
+            steps += info["env_steps"]
+        rate, cpu_rate = steps / (time.time() - t0), steps / (time.process_time() - c0)
+        env.close()
+        kind = "with images" if env_id == task else "state only"
+        line += f"; env steps/s {kind} (chunks of {act_steps}): {rate:.1f} ({cpu_rate:.1f} per CPU second)"
+    return line
+
+
+if args.render:
+    os.environ.setdefault("LP_NUM_THREADS", "1")  # llvmpipe's threads: one core
+    robomimic_tasks.gl_backend()
+    print(f"LP_NUM_THREADS={os.environ['LP_NUM_THREADS']}")
+    for task in args.tasks:
+        print(render_speed(task, args.seconds), flush=True)
+    raise SystemExit(0)
 
 rng = np.random.default_rng(0)
 raw = [gym.make(envs.resolve_env_id(args.env_id), max_episode_steps=1000) for _ in range(args.num_envs)]
