@@ -599,6 +599,12 @@ random shift: never by +pad | gaussian_ppo.py | tests/test_pixel_policies.py -k 
 random shift: cameras never on their own | dppo.py | tests/test_pixel_policies.py -k shift_images
 - cameras = rgb.shape[-3] // 3 if per_camera else 1
 + cameras = 1
+pre-training images not shifted (dppo) | dppo.py | tests/test_pixel_runs.py
+- o = shift_images(o, per_camera=True)
++ o = o
+pre-training images not shifted (gaussian) | gaussian_ppo.py | tests/test_pixel_runs.py
+- o = shift_images(o, per_camera=True)
++ o = o
 fine-tuning images not shifted (dppo) | dppo.py | tests/test_pixel_runs.py
 - flat_obs = shift_images(flat_obs)
 + flat_obs = flat_obs
