@@ -9,13 +9,15 @@ from dataclasses import fields
 
 import numpy as np
 
+from cleandppo import robomimic_tasks
 from cleandppo.common import fail
 
 
 def parse_args(args_cls, task_defaults, argv=None):
     """Parse the command line with tyro in two passes. The first reads the fields that choose defaults (--env-id,
     --from-scratch, --backbone); `task_defaults(args)` returns the per-task or preset values for them; the second
-    parse starts from those values, so a flag given on the command line, in any spelling, always wins."""
+    parse starts from those values, so a flag given on the command line, in any spelling, always wins. A pixel task
+    (lift-img, ...) given to a script without the ViT flags stops in one line naming the state task."""
     import dataclasses
 
     import tyro
@@ -26,6 +28,11 @@ def parse_args(args_cls, task_defaults, argv=None):
             "--async-envs is gone: pass --env-workers N (N worker processes; 0, the default, chooses; 1: this process)"
         )
     first = tyro.cli(args_cls, args=[a for a in argv if a not in ("-h", "--help")])
+    if robomimic_tasks.is_image_task(first.env_id) and not hasattr(first, "vit_dim"):  # (the --vit-* flags: a ViT)
+        fail(
+            f"this script runs from state only; the pixel tasks (paper 5.2) run in dppo.py and gaussian_ppo.py: pass "
+            f"--env-id {robomimic_tasks.robomimic_task(first.env_id)}"
+        )
     table = task_defaults(first)
     if not table:
         return tyro.cli(args_cls, args=argv)

@@ -29,7 +29,8 @@ ALGO = "dppo"
 class Args:
     # --- common contract (see the README) ---
     env_id: str = "Hopper-v2"
-    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or gymnasium v4/v5 ids), lift/can/square/transport, avoid-m1/2/3"""
+    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or gymnasium v4/v5 ids), lift/can/square/transport (their pixel
+    tasks: lift-img, ...), avoid-m1/2/3"""
     seed: int = 0
     """seeds torch, numpy and every environment (env i gets seed + i)"""
     num_envs: int = 40
@@ -105,6 +106,17 @@ class Args:
     """clamp of the predicted clean chunk x0 at every step"""
     randn_clip_value: float = 3.0
     """clamp of the per-step Gaussian noise (in std units)"""
+    # --- pixel tasks (paper 5.2, D.5: a ViT encoder before the MLP; official cfg/robomimic/*/<task>/*_img.yaml) ---
+    vit_dim: int = 128
+    """pixels: ViT embedding width"""
+    vit_depth: int = 1
+    """pixels: ViT Transformer layers"""
+    vit_heads: int = 4
+    """pixels: ViT attention heads"""
+    spatial_emb: int = 128
+    """pixels: features per camera of the learned spatial embedding that compresses the ViT output"""
+    augment: bool = True
+    """pixels: random-shift the images by up to 4 pixels in pre-training and in the fine-tuning updates (official)"""
     # --- pre-training (paper D.1; official Gym config) ---
     pretrain_epochs: int = 200
     """passes over the dataset"""
@@ -157,6 +169,8 @@ class Args:
     """passes over each iteration's (env step, denoising step) pairs"""
     batch_size: int = 50_000
     """(env step, denoising step) pairs per minibatch"""
+    grad_accumulate: int = 1
+    """minibatches whose summed gradients make one optimizer step (official pixel tasks: the batch in pieces)"""
     vf_coef: float = 0.5
     """value-loss weight"""
     target_kl: Optional[float] = 1.0
@@ -196,6 +210,20 @@ ROBOMIMIC_TASK = dict(
 )
 
 
+# pixel ids lift-img, ... (paper 5.2, D.5; official cfg/robomimic/{pretrain,finetune}/<task>/*_diffusion_mlp_img.yaml):
+# K = 100 pre-trained, the last 5 DDIM steps fine-tuned; minibatches of 500 pairs, grad_accumulate of them per
+# optimizer step (the state tasks' 7500 and 10000 pairs); pre-training: batch 256, cosine 1e-4 -> 1e-5, 2000 epochs
+ROBOMIMIC_IMG = dict(ROBOMIMIC, denoising_steps=100, ft_denoising_steps=5, ddim_steps=5, time_dim=32, cond_mlp_dims=())
+ROBOMIMIC_IMG |= dict(batch_size=500, update_epochs=10, vit_dim=128, vit_depth=1, vit_heads=4, spatial_emb=128)
+ROBOMIMIC_IMG |= dict(pretrain_epochs=2000, pretrain_batch_size=256, pretrain_lr=1e-4, pretrain_min_lr=1e-5)
+ROBOMIMIC_IMG_TASK = dict(
+    lift=dict(n_steps=300, actor_lr=5e-5, grad_accumulate=15, logprob_batch_size=500, mlp_dims=(512,) * 3),
+    can=dict(n_steps=300, actor_lr=5e-5, grad_accumulate=15, logprob_batch_size=500, mlp_dims=(512,) * 3),
+    square=dict(n_steps=400, actor_lr=1e-5, grad_accumulate=20, logprob_batch_size=1000, mlp_dims=(768,) * 3),
+    transport=dict(n_steps=400, actor_lr=1e-5, grad_accumulate=20, logprob_batch_size=1000, mlp_dims=(768,) * 3),
+)
+
+
 # Avoid ids (official cfg/d3il/*/avoid_m*, paper D.8; fewer pre-training epochs than the paper: docs/avoid.md)
 AVOID = dict(num_envs=50, n_steps=25, total_timesteps=255_000, eval_freq=5, eval_episodes=50, eval_sampling="train")
 AVOID |= dict(actor_lr=1e-5, critic_lr=1e-3, n_critic_warmup_itr=1, update_epochs=10, gamma_denoising=0.95)
@@ -212,11 +240,16 @@ SCRATCH_ITERATIONS = {"hopper-v2": 301}  # the budget: 501 iterations on Walker2
 
 
 def task_defaults(args) -> dict:
-    """Defaults that differ from the Gym values above: the --from-scratch, robomimic and Avoid tables; {} on Gym."""
+    """Defaults that differ from the Gym values above: the --from-scratch, robomimic (state, pixels) and Avoid tables;
+    {} on Gym."""
     task = envs.env_slug(args.env_id)
     if args.from_scratch:
         iterations = SCRATCH_ITERATIONS.get(task, 501)
         return dict(SCRATCH, total_timesteps=iterations * SCRATCH["num_envs"] * SCRATCH["n_steps"])
+    if envs.is_image_task(args.env_id):
+        task = envs.robomimic_task(args.env_id)
+        ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
+        return dict(ROBOMIMIC_IMG, **ROBOMIMIC_IMG_TASK[task], act_steps=ta, horizon_steps=ta)
     if envs.is_robomimic(args.env_id):
         ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
         return dict(ROBOMIMIC, **ROBOMIMIC_TASK[task], act_steps=ta, horizon_steps=ta)
@@ -424,15 +457,194 @@ def build_network(kw: dict) -> nn.Module:
     return DiffusionUNet(*shape, *unet, kw["unet_step_embed_dim"])
 
 
-def model_kwargs_from(args, obs_dim, action_dim) -> dict:
-    """The network description a checkpoint stores (`model_kwargs`, the keys build_network reads)."""
+def model_kwargs_from(args, obs_dim, action_dim, image_shape=None) -> dict:
+    """The network description a checkpoint stores (`model_kwargs`, the keys build_network reads); a pixel task's
+    (`image_shape` (C, H, W) of its observations; obs_dim: the proprioception's) also has its ViT's, under "vision"."""
     keys = ["horizon_steps", "cond_steps", "denoising_steps", "backbone", "time_dim", "mlp_dims", "activation"]
     keys += ["cond_mlp_dims", "unet_dim", "unet_dim_mults", "unet_kernel_size", "unet_n_groups"]
     kw = dict(obs_dim=obs_dim, action_dim=action_dim)
     for key in [*keys, "unet_step_embed_dim"]:
         value = getattr(args, key)
         kw[key] = tuple(value) if isinstance(value, list) else value
+    if image_shape is not None:
+        kw["vision"] = vision_kwargs(args, obs_dim, image_shape)
     return kw
+
+
+# ---- Pixel observations (paper 5.2, D.5): Hu et al.'s ViT encoder, random shifts, {"state", "rgb"} batches ----------
+def random_shift(images, pad=4, generator=None):
+    """Random-shift augmentation (official RandomShiftsAug, model/common/modules.py): each image (..., C, H, W) moves
+    by a whole number of pixels drawn uniformly from [-pad, pad], per image and axis, its border rows and columns
+    repeated into the gap. The official code pads by replication and samples the shifted pixel centres bilinearly,
+    which lands on these pixels exactly. Any dtype (uint8 stays uint8); the shape is kept."""
+    *_, channels, height, width = images.shape
+    flat = images.reshape(-1, channels, height, width)
+    shift = torch.randint(-pad, pad + 1, (len(flat), 2), device=images.device, generator=generator)  # (x, y)
+    rows = (torch.arange(height, device=images.device) + shift[:, 1:]).clamp(0, height - 1)  # (n, H) source rows
+    cols = (torch.arange(width, device=images.device) + shift[:, :1]).clamp(0, width - 1)  # (n, W) source columns
+    flat = flat.gather(2, rows[:, None, :, None].expand(-1, channels, -1, width))
+    flat = flat.gather(3, cols[:, None, None, :].expand(-1, channels, height, -1))
+    return flat.reshape(images.shape)
+
+
+def shift_images(obs, per_camera=False):
+    """A pixel observation batch with its images random-shifted (random_shift): all channels of an image together
+    (official fine-tuning agents), or with `per_camera` each camera's three channels on their own (official
+    pre-training, where the network shifts each camera's image before encoding it). A state observation (no images)
+    comes back as it is, and no random number is drawn."""
+    if not isinstance(obs, dict):
+        return obs
+    rgb = obs["rgb"]
+    cameras = rgb.shape[-3] // 3 if per_camera else 1
+    return dict(obs, rgb=random_shift(rgb.unflatten(-3, (cameras, -1))).flatten(-4, -3))
+
+
+class SpatialEmbedding(nn.Module):
+    """Hu et al.'s learned spatial embedding of the ViT output (official SpatialEmb, model/common/modules.py; paper
+    D.5): each of the D channels, its values over the P patches with the proprioception appended, goes through
+    Linear -> LayerNorm -> ReLU to `out_dim` features; a learned (D, out_dim) weight then sums over the channels.
+    (B, P, D) patches and (B, Dp) proprioception -> (B, out_dim)."""
+
+    def __init__(self, num_patches, patch_dim, prop_dim, out_dim):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(num_patches + prop_dim, out_dim), nn.LayerNorm(out_dim), nn.ReLU())
+        self.weight = nn.Parameter(torch.randn(1, patch_dim, out_dim))  # N(0, 1), the official init
+
+    def forward(self, patches, prop):
+        channels = patches.transpose(1, 2)  # (B, D, P)
+        rows = torch.cat([channels, prop[:, None, :].expand(-1, channels.shape[1], -1)], dim=-1)
+        return (self.weight * self.proj(rows)).sum(dim=1)
+
+
+class VisionEncoder(nn.Module):
+    """Pixels and proprioception -> features (paper 5.2, D.5: the ViT of Hu et al.; official VitEncoder with the
+    configs' embed_style embed2 and embed_norm 0, model/common/vit.py). Per camera (3 channels of the latest image,
+    the official img_cond_steps 1): [0, 255] -> x / 255 - 0.5; patches from Conv(8x8, stride 4) -> ReLU ->
+    Conv(3x3, stride 2) (96 x 96 pixels -> 11 x 11 = 121 patches of `embed_dim`); plus a learned position per patch;
+    `depth` pre-norm Transformer layers (`heads` heads, GELU MLP of 4 x embed_dim); LayerNorm; then the camera's own
+    SpatialEmbedding with the flat proprioception appended to every channel. The cameras share the ViT (official
+    num_img 2). Output: [camera features..., proprioception], (B, cameras x spatial_dim + To x Ds)."""
+
+    chunk = 1024  # images per ViT pass (memory only: values and log-probs of a whole rollout go through in pieces)
+
+    def __init__(self, state_dim, cond_steps, image_shape, embed_dim=128, depth=1, heads=4, spatial_dim=128):
+        super().__init__()
+        channels, height, width = image_shape
+        self.patch_embed = nn.Sequential(
+            nn.Conv2d(3, embed_dim, 8, 4), nn.ReLU(), nn.Conv2d(embed_dim, embed_dim, 3, 2)
+        )
+        side = lambda n: ((n - 8) // 4 + 1 - 3) // 2 + 1  # noqa: E731 (the two convolutions' output size)
+        num_patches = side(height) * side(width)
+        self.pos_embed = nn.Parameter(nn.init.trunc_normal_(torch.zeros(1, num_patches, embed_dim), std=0.02))
+        layer = nn.TransformerEncoderLayer(
+            embed_dim, heads, 4 * embed_dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.transformer = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        for name, p in self.transformer.named_parameters():  # timm's ViT init (official init_weights_vit_timm)
+            if p.dim() == 2:
+                nn.init.trunc_normal_(p, std=0.02)  # the Linear weights (attention in/out, MLP)
+            elif "norm" not in name:
+                nn.init.zeros_(p)  # their biases
+        self.norm = nn.LayerNorm(embed_dim)
+        prop_dim = state_dim * cond_steps
+        self.compress = nn.ModuleList(
+            SpatialEmbedding(num_patches, embed_dim, prop_dim, spatial_dim) for _ in range(channels // 3)
+        )
+        self.out_dim = len(self.compress) * spatial_dim + prop_dim
+
+    def vit(self, images):
+        """(n, 3, H, W) in [0, 255] -> (n, P, embed_dim) patch features."""
+        x = self.patch_embed(images / 255.0 - 0.5).flatten(2).transpose(1, 2)
+        return self.norm(self.transformer(x + self.pos_embed))
+
+    def forward(self, obs):
+        state = obs["state"].flatten(1)
+        rgb = obs["rgb"][:, -1].float()  # (B, C, H, W), cameras along the channels
+        features = []
+        for camera, compress in enumerate(self.compress):
+            images = rgb[:, 3 * camera : 3 * camera + 3]
+            pieces = [self.vit(images[i : i + self.chunk]) for i in range(0, len(images), self.chunk)]
+            features.append(compress(torch.cat(pieces), state))
+        return torch.cat([*features, state], dim=-1)
+
+
+def vision_kwargs(args, state_dim, image_shape):
+    """A pixel task's VisionEncoder as checkpoints store it (model_kwargs["vision"]), from the --vit-* flags."""
+    vit = dict(embed_dim=args.vit_dim, depth=args.vit_depth, heads=args.vit_heads, spatial_dim=args.spatial_emb)
+    return dict(state_dim=state_dim, cond_steps=args.cond_steps, image_shape=tuple(image_shape), **vit)
+
+
+def obs_tensor(obs, device):
+    """An observation batch on `device`: the array as a tensor, or each entry of a pixel observation (rgb stays uint8:
+    the networks convert it)."""
+    if isinstance(obs, dict):
+        return {key: torch.as_tensor(value, device=device) for key, value in obs.items()}
+    return torch.as_tensor(obs, device=device)
+
+
+def take_rows(obs, rows):
+    """Rows `rows` (an index, a slice, an index array) of an observation batch, or of each entry of a pixel one."""
+    if isinstance(obs, dict):
+        return {key: value[rows] for key, value in obs.items()}
+    return obs[rows]
+
+
+def obs_dims(obs):
+    """(obs_dim, image_shape) of single observations (T, ...): a state observation's size and None, or a pixel
+    observation's proprioception size and the (C, H, W) of its images."""
+    if isinstance(obs, dict):
+        return obs["state"].shape[-1], tuple(obs["rgb"].shape[-3:])
+    return obs.shape[-1], None
+
+
+class RolloutObs:
+    """A rollout's observations, n_steps vector steps of (E, ...): float32 arrays, and for pixel observations one per
+    entry, with rgb kept uint8 (27 KB per 96 x 96 camera image, a quarter of float32). buf[n] = obs stores step n."""
+
+    def __init__(self, obs, n_steps):
+        def zeros(value):
+            return np.zeros((n_steps, *value.shape), np.uint8 if value.dtype == np.uint8 else np.float32)
+
+        self.data = {key: zeros(value) for key, value in obs.items()} if isinstance(obs, dict) else zeros(obs)
+
+    def __setitem__(self, n, obs):
+        if isinstance(obs, dict):
+            for key, value in obs.items():
+                self.data[key][n] = value
+        else:
+            self.data[n] = obs
+
+    def flat(self, device):
+        """(n_steps x E, ...) tensors on `device`, step-major."""
+        flatten = lambda x: torch.as_tensor(x.reshape(-1, *x.shape[2:]), device=device)  # noqa: E731
+        return (
+            {key: flatten(value) for key, value in self.data.items()}
+            if isinstance(self.data, dict)
+            else flatten(self.data)
+        )
+
+
+class VisionDiffusionMLP(DiffusionMLP):
+    """eps_theta(x_t, t, s) from pixels (paper 5.2, DPPO-ViT-MLP; official VisionDiffusionMLP in
+    model/diffusion/mlp_diffusion.py): DiffusionMLP on [noisy chunk, time embedding, VisionEncoder features]."""
+
+    def __init__(self, vision, action_dim, horizon_steps, time_dim, mlp_dims, activation):
+        encoder = VisionEncoder(**vision)
+        super().__init__(encoder.out_dim, action_dim, horizon_steps, 1, time_dim, mlp_dims, activation)
+        self.encoder = encoder
+
+    def forward(self, x, t, obs):
+        return super().forward(x, t, self.encoder(obs))
+
+
+def build_policy_network(kw: dict) -> nn.Module:
+    """The noise-prediction network of a checkpoint's `model_kwargs`: build_network's, or with `vision` (a pixel
+    task) the ViT one."""
+    if kw.get("vision") is None:
+        return build_network(kw)
+    return VisionDiffusionMLP(
+        kw["vision"], kw["action_dim"], kw["horizon_steps"], kw["time_dim"], tuple(kw["mlp_dims"]), kw["activation"]
+    )
 
 
 # ---- Sampling with chain recording (paper 4.1-4.2) -------------------------------------------------------------------
@@ -444,9 +656,10 @@ def sample(actor, actor_ft, sched, obs, plan, ft_steps, mode, args, generator=No
             "eval"  -> DDPM: natural std floored at 1e-3, none at the final step; DDIM: eta 0 (deterministic).
     Every step clamps x0 to args.denoised_clip_value and the noise to args.randn_clip_value std."""
     ddim = any(t_prev != t - 1 for t, t_prev in plan)
-    B = obs.shape[0]
+    state = obs["state"] if isinstance(obs, dict) else obs  # (of a pixel observation: its proprioception)
+    B = state.shape[0]
     shape = (B, actor.horizon_steps, actor.action_dim)
-    x = torch.randn(shape, device=obs.device, generator=generator)
+    x = torch.randn(shape, device=state.device, generator=generator)
     chain = []
     n = len(plan)
     for i, (t, t_prev) in enumerate(plan):
@@ -507,8 +720,9 @@ def chain_log_probs(actor_ft, sched, obs, chains, args, rows=None):
     B, K_ft = chains.shape[0], chains.shape[1] - 1
     ft_t, ft_t_prev = fine_tuned_timesteps(denoising_plan(len(sched["betas"]), args.ddim_steps), K_ft)
     x_in, x_out = chains[:, :-1].flatten(0, 1), chains[:, 1:].flatten(0, 1)  # (B K', Tp, Da), sample-major
-    t, t_prev = ft_t.repeat(B).to(obs.device), ft_t_prev.repeat(B).to(obs.device)
-    logp = denoising_log_prob(actor_ft, sched, obs.repeat_interleave(K_ft, 0), x_in, x_out, t, t_prev, args, rows)
+    t, t_prev = ft_t.repeat(B).to(chains.device), ft_t_prev.repeat(B).to(chains.device)
+    obs = take_rows(obs, torch.arange(B, device=chains.device).repeat_interleave(K_ft))  # each sample's K' times
+    logp = denoising_log_prob(actor_ft, sched, obs, x_in, x_out, t, t_prev, args, rows)
     return logp.view(B, K_ft)
 
 
@@ -534,6 +748,26 @@ class Critic(nn.Module):
 
     def forward(self, obs):
         return self.net(obs.flatten(1)).squeeze(-1)
+
+
+class VisionCritic(Critic):
+    """V(s) from pixels (official ViTCritic, model/common/critic.py): Critic's MLP on the features of a VisionEncoder
+    of its own."""
+
+    def __init__(self, vision, dims=(256, 256, 256)):
+        encoder = VisionEncoder(**vision)
+        super().__init__(encoder.out_dim, 1, dims)
+        self.encoder = encoder
+
+    def forward(self, obs):
+        return super().forward(self.encoder(obs))
+
+
+def build_critic(kw, args):
+    """The fresh value critic of fine-tuning (paper eq. 4.8): on the state, or from pixels with a ViT of its own."""
+    if kw.get("vision") is None:
+        return Critic(kw["obs_dim"], args.cond_steps, args.critic_dims)
+    return VisionCritic(kw["vision"], args.critic_dims)
 
 
 class RunningRewardScaler:
@@ -580,11 +814,13 @@ def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
 def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, args, update_actor=True, generator=None):
     """PPO epochs over the N*E*K' (env step, denoising step) pairs (paper 4.2; official `PPODiffusion.loss` in
     model/diffusion/diffusion_ppo.py, the update loop in agent/finetune/train_ppo_diffusion_agent.py). `actor` (frozen)
-    only samples the chains of the BC regulariser."""
+    only samples the chains of the BC regulariser. The gradients of --grad-accumulate minibatches sum into one
+    optimizer step (official grad_accumulate; the last minibatch of an epoch steps with what it has)."""
     K_ft = batch["chains"].shape[1] - 1
-    device = batch["obs"].device
-    num_pairs = batch["obs"].shape[0] * K_ft
+    device = batch["advantages"].device
+    num_pairs = len(batch["advantages"]) * K_ft
     mb = min(args.batch_size, num_pairs)
+    starts = range(0, num_pairs - mb + 1, mb)
     clips = clip_schedule(K_ft, args.clip_ploss_coef, args.clip_ploss_coef_base, args.clip_ploss_coef_rate).to(device)
     discounts = denoising_discount(K_ft, args.gamma_denoising).to(device)
     plan = denoising_plan(len(sched["betas"]), args.ddim_steps)
@@ -592,10 +828,10 @@ def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, arg
     stats, clipfracs = {}, []
     for _epoch in range(args.update_epochs):
         perm = torch.randperm(num_pairs, generator=generator).to(device)
-        for start in range(0, num_pairs - mb + 1, mb):
+        for k, start in enumerate(starts):
             flat = perm[start : start + mb]
             i, j = flat // K_ft, flat % K_ft  # env-step sample, fine-tuned denoising index
-            obs = batch["obs"][i]
+            obs = take_rows(batch["obs"], i)
             x_in, x_out = batch["chains"][i, j], batch["chains"][i, j + 1]
             new_logp = denoising_log_prob(actor_ft, sched, obs, x_in, x_out, ft_t[j], ft_t_prev[j], args)
             old_logp = batch["logprobs"][i, j]
@@ -611,20 +847,23 @@ def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, arg
                 _, bc_chains = sample(actor, actor, sched, obs, plan, K_ft, "train", args)  # likely under actor_ft
                 bc_logp = chain_log_probs(actor_ft, sched, obs, bc_chains, args, rows=bc_chains.shape[2])
                 loss = loss - args.bc_loss_coeff * bc_logp.mean()  # every chunk row, all K' steps (official)
-            actor_opt.zero_grad()
-            critic_opt.zero_grad()
+            if k % args.grad_accumulate == 0:  # a new sum of gradients
+                actor_opt.zero_grad()
+                critic_opt.zero_grad()
             loss.backward()
+            with torch.no_grad():
+                approx_kl = ((ratio - 1) - (new_logp - old_logp)).mean().item()  # k3 estimator
+                clipfracs.append(((ratio - 1).abs() > clip_ratio).float().mean().item())
+            stats = dict(policy_loss=pg_loss.item(), value_loss=v_loss.item(), approx_kl=approx_kl)
+            stats["ratio"] = ratio.mean().item()
+            if (k + 1) % args.grad_accumulate and k + 1 < len(starts):
+                continue  # more minibatches to sum before the step
             if args.max_grad_norm is not None:
                 nn.utils.clip_grad_norm_(actor_ft.parameters(), args.max_grad_norm)
                 nn.utils.clip_grad_norm_(critic.parameters(), args.max_grad_norm)
             if update_actor:
                 actor_opt.step()
             critic_opt.step()
-            with torch.no_grad():
-                approx_kl = ((ratio - 1) - (new_logp - old_logp)).mean().item()  # k3 estimator
-                clipfracs.append(((ratio - 1).abs() > clip_ratio).float().mean().item())
-            stats = dict(policy_loss=pg_loss.item(), value_loss=v_loss.item(), approx_kl=approx_kl)
-            stats["ratio"] = ratio.mean().item()
             if args.target_kl is not None and approx_kl > args.target_kl:
                 stats["clipfrac"] = float(np.mean(clipfracs))
                 return stats
@@ -660,13 +899,14 @@ def pretrain(args, data, run_dir, writer, device):
     samples = envs.make_pretraining_samples(data["episodes"], norm, args.cond_steps, args.horizon_steps)
     obs, actions, starts, firsts = samples
     print(f"[pretrain] {len(data['episodes'])} episodes, {len(starts)} samples from {args.dataset}")
-    kw = model_kwargs_from(args, obs.shape[1], actions.shape[1])
-    net = build_network(kw).to(device)
+    obs_dim, image_shape = obs_dims(obs)
+    kw = model_kwargs_from(args, obs_dim, actions.shape[1], image_shape)
+    net = build_policy_network(kw).to(device)
     ema = copy.deepcopy(net).requires_grad_(False)
     sched = {k: v.to(device) for k, v in make_schedule(args.denoising_steps).items()}
     opt = torch.optim.AdamW(net.parameters(), lr=args.pretrain_lr, weight_decay=args.pretrain_weight_decay)
-    obs_t, act_t = torch.as_tensor(obs, device=device), torch.as_tensor(actions, device=device)
-    obs_rows, act_rows = np.arange(len(obs)), np.arange(len(actions))  # gathered as indices, then looked up on device
+    obs_t, act_t = obs_tensor(obs, device), torch.as_tensor(actions, device=device)
+    rows = np.arange(len(actions))  # one per step of obs and actions: gathered as indices, then looked up on device
     steps_per_epoch, step, t0 = math.ceil(len(starts) / args.pretrain_batch_size), 0, time.time()
     for epoch in range(args.pretrain_epochs):
         for group in opt.param_groups:
@@ -675,10 +915,10 @@ def pretrain(args, data, run_dir, writer, device):
         total = 0.0
         for k in range(steps_per_epoch):
             idx = perm[k * args.pretrain_batch_size : (k + 1) * args.pretrain_batch_size]
-            o_idx, a_idx = envs.gather_samples(
-                obs_rows, act_rows, starts, firsts, idx, args.cond_steps, args.horizon_steps
-            )
-            x0, o = act_t[torch.as_tensor(a_idx)], obs_t[torch.as_tensor(o_idx)]
+            o_idx, a_idx = envs.gather_samples(rows, rows, starts, firsts, idx, args.cond_steps, args.horizon_steps)
+            x0, o = act_t[torch.as_tensor(a_idx)], take_rows(obs_t, torch.as_tensor(o_idx))
+            if args.augment:  # pixels: random shifts, each camera on its own (official VisionDiffusionMLP augment)
+                o = shift_images(o, per_camera=True)
             loss = denoising_loss(net, sched, x0, o, args.denoising_steps)
             opt.zero_grad()
             loss.backward()
@@ -710,7 +950,7 @@ def eval_act(actor, actor_ft, sched, plan, ft_steps, args, device):
     args.eval_sampling says; the last `ft_steps` denoising steps run the fine-tuned network."""
 
     def act(obs):
-        obs = torch.as_tensor(obs, device=device)
+        obs = obs_tensor(obs, device)
         chunk, _ = sample(actor, actor_ft, sched, obs, plan, ft_steps, args.eval_sampling, args)
         return chunk.cpu().numpy()
 
@@ -734,12 +974,17 @@ def check_args(args):
         envs.fail(f"--ft-denoising-steps {args.ft_denoising_steps} > --denoising-steps {K}; use at most {K}")
     if args.from_scratch and (args.dataset or args.pretrain_only):
         envs.fail("--from-scratch starts from a fresh network: drop --dataset/--pretrain-only (or --from-scratch)")
+    if envs.is_image_task(args.env_id) and (args.from_scratch or args.backbone != "mlp"):
+        envs.fail(
+            f"{args.env_id} is a pixel task: DPPO-ViT-MLP (--backbone mlp) from a pre-trained policy; drop "
+            "--from-scratch and --backbone unet"
+        )
 
 
 def build_actors(ckpt, ft_denoising_steps, device):
     """(frozen actor, fine-tuned actor, fine-tuned steps run in evaluation): two equal copies of a pre-trained network
     (0), or a DPPO checkpoint's `model_ft` for the last K' steps (K', the official code's later eval fix)."""
-    actor = build_network(ckpt["model_kwargs"]).to(device)
+    actor = build_policy_network(ckpt["model_kwargs"]).to(device)
     try:
         actor.load_state_dict(ckpt["model"])
     except RuntimeError:
@@ -760,7 +1005,7 @@ def load_start(args):
         obs_dim, action_dim = envs.env_dims(args.env_id)
         kw = model_kwargs_from(args, obs_dim, action_dim)
         normalization = envs.identity_normalization(obs_dim, action_dim)
-        return make_checkpoint(build_network(kw), kw, normalization, args, 0, 0), None, None
+        return make_checkpoint(build_policy_network(kw), kw, normalization, args, 0, 0), None, None
     if args.dataset is not None and args.checkpoint is None:
         return None, None, None
     path = args.checkpoint or envs.bundled_checkpoint(args.env_id, "diffusion", args.backbone)
@@ -787,8 +1032,8 @@ def main(args):
         return runs.evaluate_only(run_dir, ALGO, args, ckpt.get("env_steps", 0), evals, device, act, normalization)
 
     # ---- set-up: a fresh value critic V(s) (paper eq. 4.8), AdamW with cosine-annealed learning rates ----
-    obs_dim, action_dim, Tp = kw["obs_dim"], kw["action_dim"], kw["horizon_steps"]
-    critic = Critic(obs_dim, args.cond_steps, args.critic_dims).to(device)  # fresh critic (official)
+    action_dim, Tp = kw["action_dim"], kw["horizon_steps"]
+    critic = build_critic(kw, args).to(device)  # fresh critic (official)
     actor_opt = torch.optim.AdamW(actor_ft.parameters(), lr=args.actor_lr, weight_decay=0.0)
     critic_opt = torch.optim.AdamW(critic.parameters(), lr=args.critic_lr, weight_decay=0.0)
     actor_min_lr = args.actor_lr if args.actor_min_lr is None else args.actor_min_lr
@@ -810,12 +1055,12 @@ def main(args):
         t_iter, successes = runs.phase("rollout"), []  # successes: of this iteration's finished episodes (robomimic)
         # ---- rollout: record the fine-tuned part of every denoising chain (paper 4.1, eqs. 4.1-4.3) ----
         N, E = args.n_steps, args.num_envs
-        buf_obs = np.zeros((N, E, args.cond_steps, obs_dim), np.float32)
-        buf_final = np.zeros_like(buf_obs)  # observation reached before any auto-reset
+        buf_obs = RolloutObs(obs, N)
+        buf_final = RolloutObs(obs, N)  # observation reached before any auto-reset
         buf_chain = torch.zeros((N, E, K_ft + 1, Tp, action_dim), device=device)
         buf_rew, buf_term, buf_timeout, buf_first = (np.zeros((N, E)) for _ in range(4))
         for n in range(N):
-            obs_t = torch.as_tensor(obs, device=device)
+            obs_t = obs_tensor(obs, device)
             chunk, chain = sample(actor, actor_ft, sched, obs_t, plan, K_ft, "train", args)
             executed = chunk[:, : args.act_steps].cpu().numpy()
             executed = avoid.add_action_noise(
@@ -835,11 +1080,13 @@ def main(args):
         # ---- advantages over env steps: GAE on V(s) of the env state only (paper 4.2, eqs. 4.6-4.8) ----
         t_update = runs.phase("update")  # torch at the update's threads
         flat = lambda x: torch.as_tensor(x.reshape(-1, *x.shape[2:]), device=device)  # noqa: E731
-        flat_obs = flat(buf_obs)
+        flat_obs = buf_obs.flat(device)
+        if args.augment:  # pixels: random shifts, once per iteration (official fine-tuning agents; D.5)
+            flat_obs = shift_images(flat_obs)
         with torch.no_grad():
             values = critic(flat_obs).cpu().numpy().reshape(N, E)
-            final_values = critic(flat(buf_final)).cpu().numpy().reshape(N, E)
-            last_value = critic(torch.as_tensor(obs, device=device)).cpu().numpy()
+            final_values = critic(buf_final.flat(device)).cpu().numpy().reshape(N, E)
+            last_value = critic(obs_tensor(obs, device)).cpu().numpy()
         rewards = scaler(buf_rew, buf_first) if args.reward_scale_running else buf_rew
         # a time-out is not a failure: bootstrap it with V(last obs) (the official code treats it as terminal)
         rewards = rewards + args.gamma * final_values * buf_timeout
@@ -852,7 +1099,7 @@ def main(args):
         with torch.no_grad():
             for s0 in range(0, N * E, args.logprob_batch_size):
                 sl = slice(s0, s0 + args.logprob_batch_size)
-                old_logp[sl] = chain_log_probs(actor_ft, sched, flat_obs[sl], chains[sl], args)
+                old_logp[sl] = chain_log_probs(actor_ft, sched, take_rows(flat_obs, sl), chains[sl], args)
         targets = dict(advantages=flat(advantages.astype(np.float32)), returns=flat(returns.astype(np.float32)))
         batch = dict(obs=flat_obs, chains=chains, logprobs=old_logp, **targets)
 

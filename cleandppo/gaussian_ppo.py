@@ -30,7 +30,8 @@ ALGO = "gaussian_ppo"
 class Args:
     # --- common contract (see the README) ---
     env_id: str = "Hopper-v2"
-    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or gymnasium v4/v5 ids), lift/can/square/transport, avoid-m1/2/3"""
+    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or gymnasium v4/v5 ids), lift/can/square/transport (their pixel
+    tasks: lift-img, ...), avoid-m1/2/3"""
     seed: int = 0
     """seeds torch, numpy and every environment (env i gets seed + i)"""
     num_envs: int = 40
@@ -107,6 +108,18 @@ class Args:
     randn_clip_value: float = 3.0
     """sampled actions are clipped to mean +- randn_clip_value * std"""
 
+    # --- pixel tasks (paper 5.2, D.5: a ViT encoder before the MLP; official cfg/robomimic/*/<task>/*_img.yaml) ---
+    vit_dim: int = 128
+    """pixels: ViT embedding width"""
+    vit_depth: int = 1
+    """pixels: ViT Transformer layers"""
+    vit_heads: int = 4
+    """pixels: ViT attention heads"""
+    spatial_emb: int = 128
+    """pixels: features per camera of the learned spatial embedding that compresses the ViT output"""
+    augment: bool = True
+    """pixels: random-shift the images by up to 4 pixels in pre-training and in the fine-tuning updates (official)"""
+
     # --- pre-training ---
     pretrain_epochs: int = 200
     """passes over the dataset"""
@@ -140,6 +153,8 @@ class Args:
     """passes over each iteration's batch"""
     batch_size: int = 5000
     """policy queries per minibatch"""
+    grad_accumulate: int = 1
+    """minibatches whose summed gradients make one optimizer step (official pixel tasks: the batch in pieces)"""
     clip_coef: float = 0.01
     """PPO clip ratio epsilon"""
     vf_coef: float = 0.5
@@ -209,6 +224,18 @@ ROBOMIMIC_TASK = dict(
     square=dict(n_steps=400, batch_size=10_000, update_epochs=10, mlp_dims=(1024,) * 3, transformer_dim=160),
     transport=dict(n_steps=400, batch_size=10_000, update_epochs=5, mlp_dims=(1024,) * 3, transformer_dim=160),
 )
+# pixel ids lift-img, ... (paper 5.2, D.5; official cfg/robomimic/{pretrain,finetune}/<task>/*_gaussian_mlp_img.yaml):
+# minibatches of 1500 (Lift, Can) or 1000, grad_accumulate of them per optimizer step (the state tasks' 7500 and
+# 10000); pre-training: batch 256, cosine 1e-4 -> 1e-5, 2000 epochs, the live weights saved (the configs keep an EMA
+# copy, but the official GaussianModel fine-tunes the checkpoint's `model`)
+ROBOMIMIC_IMG = dict(ROBOMIMIC, update_epochs=10, vit_dim=128, vit_depth=1, vit_heads=4, spatial_emb=128)
+ROBOMIMIC_IMG |= dict(pretrain_epochs=2000, pretrain_batch_size=256, pretrain_lr=1e-4, pretrain_min_lr=1e-5)
+ROBOMIMIC_IMG_TASK = dict(
+    lift=dict(n_steps=300, batch_size=1500, grad_accumulate=5, actor_lr=1e-4, mlp_dims=(512,) * 3),
+    can=dict(n_steps=300, batch_size=1500, grad_accumulate=5, actor_lr=1e-4, mlp_dims=(512,) * 3),
+    square=dict(n_steps=400, batch_size=1000, grad_accumulate=10, actor_lr=1e-5, mlp_dims=(768,) * 3),
+    transport=dict(n_steps=400, batch_size=1000, grad_accumulate=10, actor_lr=1e-5, mlp_dims=(768,) * 3),
+)
 # Avoid ids (official cfg/d3il/*/avoid_m*, paper D.8): std fixed at 0.1 in fine-tuning too (std_min = std_max)
 AVOID = dict(
     num_envs=50,
@@ -234,6 +261,161 @@ AVOID = dict(
     ema_start_epoch=10,  # as dppo.py's Avoid table
     pretrain_epochs=2000,  # official 5000; 2000 costs about the CPU time of the diffusion policy's 300
 )
+
+
+# ------------------------------------------------------------------------------------------------
+# Pixel observations (paper 5.2, D.5): Hu et al.'s ViT encoder, random shifts, {"state", "rgb"} batches
+# ------------------------------------------------------------------------------------------------
+def random_shift(images, pad=4, generator=None):
+    """Random-shift augmentation (official RandomShiftsAug, model/common/modules.py): each image (..., C, H, W) moves
+    by a whole number of pixels drawn uniformly from [-pad, pad], per image and axis, its border rows and columns
+    repeated into the gap. The official code pads by replication and samples the shifted pixel centres bilinearly,
+    which lands on these pixels exactly. Any dtype (uint8 stays uint8); the shape is kept."""
+    *_, channels, height, width = images.shape
+    flat = images.reshape(-1, channels, height, width)
+    shift = torch.randint(-pad, pad + 1, (len(flat), 2), device=images.device, generator=generator)  # (x, y)
+    rows = (torch.arange(height, device=images.device) + shift[:, 1:]).clamp(0, height - 1)  # (n, H) source rows
+    cols = (torch.arange(width, device=images.device) + shift[:, :1]).clamp(0, width - 1)  # (n, W) source columns
+    flat = flat.gather(2, rows[:, None, :, None].expand(-1, channels, -1, width))
+    flat = flat.gather(3, cols[:, None, None, :].expand(-1, channels, height, -1))
+    return flat.reshape(images.shape)
+
+
+def shift_images(obs, per_camera=False):
+    """A pixel observation batch with its images random-shifted (random_shift): all channels of an image together
+    (official fine-tuning agents), or with `per_camera` each camera's three channels on their own (official
+    pre-training, where the network shifts each camera's image before encoding it). A state observation (no images)
+    comes back as it is, and no random number is drawn."""
+    if not isinstance(obs, dict):
+        return obs
+    rgb = obs["rgb"]
+    cameras = rgb.shape[-3] // 3 if per_camera else 1
+    return dict(obs, rgb=random_shift(rgb.unflatten(-3, (cameras, -1))).flatten(-4, -3))
+
+
+class SpatialEmbedding(nn.Module):
+    """Hu et al.'s learned spatial embedding of the ViT output (official SpatialEmb, model/common/modules.py; paper
+    D.5): each of the D channels, its values over the P patches with the proprioception appended, goes through
+    Linear -> LayerNorm -> ReLU to `out_dim` features; a learned (D, out_dim) weight then sums over the channels.
+    (B, P, D) patches and (B, Dp) proprioception -> (B, out_dim)."""
+
+    def __init__(self, num_patches, patch_dim, prop_dim, out_dim):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(num_patches + prop_dim, out_dim), nn.LayerNorm(out_dim), nn.ReLU())
+        self.weight = nn.Parameter(torch.randn(1, patch_dim, out_dim))  # N(0, 1), the official init
+
+    def forward(self, patches, prop):
+        channels = patches.transpose(1, 2)  # (B, D, P)
+        rows = torch.cat([channels, prop[:, None, :].expand(-1, channels.shape[1], -1)], dim=-1)
+        return (self.weight * self.proj(rows)).sum(dim=1)
+
+
+class VisionEncoder(nn.Module):
+    """Pixels and proprioception -> features (paper 5.2, D.5: the ViT of Hu et al.; official VitEncoder with the
+    configs' embed_style embed2 and embed_norm 0, model/common/vit.py). Per camera (3 channels of the latest image,
+    the official img_cond_steps 1): [0, 255] -> x / 255 - 0.5; patches from Conv(8x8, stride 4) -> ReLU ->
+    Conv(3x3, stride 2) (96 x 96 pixels -> 11 x 11 = 121 patches of `embed_dim`); plus a learned position per patch;
+    `depth` pre-norm Transformer layers (`heads` heads, GELU MLP of 4 x embed_dim); LayerNorm; then the camera's own
+    SpatialEmbedding with the flat proprioception appended to every channel. The cameras share the ViT (official
+    num_img 2). Output: [camera features..., proprioception], (B, cameras x spatial_dim + To x Ds)."""
+
+    chunk = 1024  # images per ViT pass (memory only: values and log-probs of a whole rollout go through in pieces)
+
+    def __init__(self, state_dim, cond_steps, image_shape, embed_dim=128, depth=1, heads=4, spatial_dim=128):
+        super().__init__()
+        channels, height, width = image_shape
+        self.patch_embed = nn.Sequential(
+            nn.Conv2d(3, embed_dim, 8, 4), nn.ReLU(), nn.Conv2d(embed_dim, embed_dim, 3, 2)
+        )
+        side = lambda n: ((n - 8) // 4 + 1 - 3) // 2 + 1  # noqa: E731 (the two convolutions' output size)
+        num_patches = side(height) * side(width)
+        self.pos_embed = nn.Parameter(nn.init.trunc_normal_(torch.zeros(1, num_patches, embed_dim), std=0.02))
+        layer = nn.TransformerEncoderLayer(
+            embed_dim, heads, 4 * embed_dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.transformer = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        for name, p in self.transformer.named_parameters():  # timm's ViT init (official init_weights_vit_timm)
+            if p.dim() == 2:
+                nn.init.trunc_normal_(p, std=0.02)  # the Linear weights (attention in/out, MLP)
+            elif "norm" not in name:
+                nn.init.zeros_(p)  # their biases
+        self.norm = nn.LayerNorm(embed_dim)
+        prop_dim = state_dim * cond_steps
+        self.compress = nn.ModuleList(
+            SpatialEmbedding(num_patches, embed_dim, prop_dim, spatial_dim) for _ in range(channels // 3)
+        )
+        self.out_dim = len(self.compress) * spatial_dim + prop_dim
+
+    def vit(self, images):
+        """(n, 3, H, W) in [0, 255] -> (n, P, embed_dim) patch features."""
+        x = self.patch_embed(images / 255.0 - 0.5).flatten(2).transpose(1, 2)
+        return self.norm(self.transformer(x + self.pos_embed))
+
+    def forward(self, obs):
+        state = obs["state"].flatten(1)
+        rgb = obs["rgb"][:, -1].float()  # (B, C, H, W), cameras along the channels
+        features = []
+        for camera, compress in enumerate(self.compress):
+            images = rgb[:, 3 * camera : 3 * camera + 3]
+            pieces = [self.vit(images[i : i + self.chunk]) for i in range(0, len(images), self.chunk)]
+            features.append(compress(torch.cat(pieces), state))
+        return torch.cat([*features, state], dim=-1)
+
+
+def vision_kwargs(args, state_dim, image_shape):
+    """A pixel task's VisionEncoder as checkpoints store it (model_kwargs["vision"]), from the --vit-* flags."""
+    vit = dict(embed_dim=args.vit_dim, depth=args.vit_depth, heads=args.vit_heads, spatial_dim=args.spatial_emb)
+    return dict(state_dim=state_dim, cond_steps=args.cond_steps, image_shape=tuple(image_shape), **vit)
+
+
+def obs_tensor(obs, device):
+    """An observation batch on `device`: the array as a tensor, or each entry of a pixel observation (rgb stays uint8:
+    the networks convert it)."""
+    if isinstance(obs, dict):
+        return {key: torch.as_tensor(value, device=device) for key, value in obs.items()}
+    return torch.as_tensor(obs, device=device)
+
+
+def take_rows(obs, rows):
+    """Rows `rows` (an index, a slice, an index array) of an observation batch, or of each entry of a pixel one."""
+    if isinstance(obs, dict):
+        return {key: value[rows] for key, value in obs.items()}
+    return obs[rows]
+
+
+def obs_dims(obs):
+    """(obs_dim, image_shape) of single observations (T, ...): a state observation's size and None, or a pixel
+    observation's proprioception size and the (C, H, W) of its images."""
+    if isinstance(obs, dict):
+        return obs["state"].shape[-1], tuple(obs["rgb"].shape[-3:])
+    return obs.shape[-1], None
+
+
+class RolloutObs:
+    """A rollout's observations, n_steps vector steps of (E, ...): float32 arrays, and for pixel observations one per
+    entry, with rgb kept uint8 (27 KB per 96 x 96 camera image, a quarter of float32). buf[n] = obs stores step n."""
+
+    def __init__(self, obs, n_steps):
+        def zeros(value):
+            return np.zeros((n_steps, *value.shape), np.uint8 if value.dtype == np.uint8 else np.float32)
+
+        self.data = {key: zeros(value) for key, value in obs.items()} if isinstance(obs, dict) else zeros(obs)
+
+    def __setitem__(self, n, obs):
+        if isinstance(obs, dict):
+            for key, value in obs.items():
+                self.data[key][n] = value
+        else:
+            self.data[n] = obs
+
+    def flat(self, device):
+        """(n_steps x E, ...) tensors on `device`, step-major."""
+        flatten = lambda x: torch.as_tensor(x.reshape(-1, *x.shape[2:]), device=device)  # noqa: E731
+        return (
+            {key: flatten(value) for key, value in self.data.items()}
+            if isinstance(self.data, dict)
+            else flatten(self.data)
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -308,6 +490,8 @@ class GaussianPolicy(nn.Module):
 
     The std is one learned value per action dimension, shared over the chunk, clipped to
     [std_min, std_max]; pre-training keeps it at its initial value (`learn_std=False`).
+    With `vision` (a pixel task, paper 5.2: Gaussian-ViT-MLP; official Gaussian_VisionMLP in
+    model/common/mlp_gaussian.py) the MLP reads the VisionEncoder features of {"state", "rgb"} observations.
     """
 
     def __init__(
@@ -327,11 +511,13 @@ class GaussianPolicy(nn.Module):
         activation="mish",
         obs_norm=False,
         residual=None,
+        vision=None,
     ):
         super().__init__()
         self.action_dim, self.horizon_steps = action_dim, horizon_steps
         self.std_min, self.std_max = std_min, std_max
-        obs_in = obs_dim * cond_steps
+        self.encoder = None if vision is None else VisionEncoder(**vision)
+        obs_in = obs_dim * cond_steps if vision is None else self.encoder.out_dim
         act = {"mish": nn.Mish, "relu": nn.ReLU, "tanh": nn.Tanh}[activation]
         if backbone == "mlp":
             self.net = ResidualMLP([obs_in, *mlp_dims, horizon_steps * action_dim], act, residual)
@@ -347,8 +533,8 @@ class GaussianPolicy(nn.Module):
         self.register_buffer("obs_count", torch.tensor(1e-4))
 
     def forward(self, obs):
-        """Mean (B, Tp, Da) and std (Da,) for observations (B, To, Do)."""
-        x = obs.flatten(1)
+        """Mean (B, Tp, Da) and std (Da,) for observations (B, To, Do), or pixel ones."""
+        x = obs.flatten(1) if self.encoder is None else self.encoder(obs)
         if self.obs_norm:
             x = ((x - self.obs_mean) / torch.sqrt(self.obs_var + 1e-8)).clamp(-10, 10)
         mean = torch.tanh(self.net(x).reshape(-1, self.horizon_steps, self.action_dim))
@@ -400,6 +586,26 @@ class Critic(nn.Module):
         return self.net(obs.flatten(1)).squeeze(-1)
 
 
+class VisionCritic(Critic):
+    """V(s) from pixels (official ViTCritic, model/common/critic.py): Critic's MLP on the features of a VisionEncoder
+    of its own."""
+
+    def __init__(self, vision, dims=(256, 256, 256)):
+        encoder = VisionEncoder(**vision)
+        super().__init__(encoder.out_dim, 1, dims)
+        self.encoder = encoder
+
+    def forward(self, obs):
+        return super().forward(self.encoder(obs))
+
+
+def build_critic(kw, args):
+    """The fresh value critic of fine-tuning (paper eq. 4.8): on the state, or from pixels with a ViT of its own."""
+    if kw.get("vision") is None:
+        return Critic(kw["obs_dim"], args.cond_steps, args.critic_dims)
+    return VisionCritic(kw["vision"], args.critic_dims)
+
+
 # ------------------------------------------------------------------------------------------------
 # PPO pieces
 # ------------------------------------------------------------------------------------------------
@@ -445,15 +651,18 @@ def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
 
 
 def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=True, generator=None, base_policy=None):
-    """PPO epochs over one iteration's batch (paper 4, D.6). Returns the last minibatch's stats."""
-    n = len(batch["obs"])
+    """PPO epochs over one iteration's batch (paper 4, D.6). Returns the last minibatch's stats. The gradients of
+    --grad-accumulate minibatches sum into one optimizer step (official grad_accumulate; the last minibatch of an
+    epoch steps with what it has)."""
+    n = len(batch["actions"])
     mb = min(args.batch_size, n)
+    starts = range(0, n - mb + 1, mb)
     stats, clipfracs = {}, []
     for _epoch in range(args.update_epochs):
         perm = torch.randperm(n, generator=generator)
-        for start in range(0, n - mb + 1, mb):
+        for k, start in enumerate(starts):
             idx = perm[start : start + mb]
-            obs, actions, old_logp = batch["obs"][idx], batch["actions"][idx], batch["logprobs"][idx]
+            obs, actions, old_logp = take_rows(batch["obs"], idx), batch["actions"][idx], batch["logprobs"][idx]
             adv, ret = batch["advantages"][idx], batch["returns"][idx]
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
             mean, std = policy(obs)
@@ -466,19 +675,10 @@ def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=
             if args.bc_loss_coeff:  # BC regulariser (D.7, official use_bc_loss)
                 teacher = sample_action(*base_policy(obs), args.randn_clip_value)  # the frozen policy's samples
                 loss = loss - args.bc_loss_coeff * log_prob(mean, std, teacher).mean()
-            actor_opt.zero_grad()
-            critic_opt.zero_grad()
+            if k % args.grad_accumulate == 0:  # a new sum of gradients
+                actor_opt.zero_grad()
+                critic_opt.zero_grad()
             loss.backward()
-            if args.max_grad_norm is not None:
-                nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm)
-                nn.utils.clip_grad_norm_(critic.parameters(), args.max_grad_norm)
-            if update_actor:
-                actor_opt.step()
-                # keep the learned std inside its clip range; the official code lets the parameter drift
-                # past the clamp, where its gradient is zero and it can never come back
-                with torch.no_grad():
-                    policy.logvar.clamp_(2 * math.log(policy.std_min), 2 * math.log(policy.std_max))
-            critic_opt.step()
             with torch.no_grad():
                 approx_kl = ((ratio - 1) - (new_logp - old_logp)).mean().item()  # k3 estimator
                 clipfracs.append(((ratio - 1).abs() > args.clip_coef).float().mean().item())
@@ -490,6 +690,18 @@ def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=
                 ratio=ratio.mean().item(),
                 std=std.mean().item(),
             )
+            if (k + 1) % args.grad_accumulate and k + 1 < len(starts):
+                continue  # more minibatches to sum before the step
+            if args.max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm)
+                nn.utils.clip_grad_norm_(critic.parameters(), args.max_grad_norm)
+            if update_actor:
+                actor_opt.step()
+                # keep the learned std inside its clip range; the official code lets the parameter drift
+                # past the clamp, where its gradient is zero and it can never come back
+                with torch.no_grad():
+                    policy.logvar.clamp_(2 * math.log(policy.std_min), 2 * math.log(policy.std_max))
+            critic_opt.step()
             if args.target_kl is not None and approx_kl > args.target_kl:
                 stats["clipfrac"] = float(np.mean(clipfracs))
                 return stats
@@ -500,7 +712,10 @@ def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=
 # ------------------------------------------------------------------------------------------------
 # Helpers around the loop
 # ------------------------------------------------------------------------------------------------
-def model_kwargs_from(args, obs_dim, action_dim, init_std, obs_norm=False):
+def model_kwargs_from(args, obs_dim, action_dim, init_std, obs_norm=False, image_shape=None):
+    """The policy description a checkpoint stores (GaussianPolicy's arguments); a pixel task's (`image_shape` (C, H, W)
+    of its observations; obs_dim: the proprioception's) also has its ViT's, under "vision"."""
+    vision = {} if image_shape is None else dict(vision=vision_kwargs(args, obs_dim, image_shape))
     return dict(
         obs_dim=obs_dim,
         action_dim=action_dim,
@@ -517,6 +732,7 @@ def model_kwargs_from(args, obs_dim, action_dim, init_std, obs_norm=False):
         activation="relu" if args.from_scratch else "mish",
         obs_norm=obs_norm,
         residual=False if args.from_scratch else None,
+        **vision,
     )
 
 
@@ -526,7 +742,7 @@ def eval_act(policy, args, device):
 
     def act(obs):
         with torch.no_grad():
-            mean, std = policy(torch.as_tensor(obs, device=device))
+            mean, std = policy(obs_tensor(obs, device))
             return (
                 (mean if args.eval_sampling == "eval" else sample_action(mean, std, args.randn_clip_value))
                 .cpu()
@@ -571,8 +787,8 @@ def pretrain(args, data, run_dir, writer, device):
         data["episodes"], norm, args.cond_steps, args.horizon_steps
     )
     print(f"[pretrain] {len(data['episodes'])} episodes, {len(starts)} samples from {args.dataset}")
-    obs_dim, action_dim = obs.shape[1], actions.shape[1]
-    kwargs = model_kwargs_from(args, obs_dim, action_dim, args.fixed_std)
+    (obs_dim, image_shape), action_dim = obs_dims(obs), actions.shape[1]
+    kwargs = model_kwargs_from(args, obs_dim, action_dim, args.fixed_std, image_shape=image_shape)
     policy = GaussianPolicy(**kwargs).to(device)
     policy.logvar.requires_grad_(False)  # std fixed during pre-training (paper D.6)
     opt = torch.optim.AdamW(
@@ -582,6 +798,7 @@ def pretrain(args, data, run_dir, writer, device):
     )
     ema = copy.deepcopy(policy).requires_grad_(False) if args.ema_decay is not None else None
     steps_per_epoch = math.ceil(len(starts) / args.pretrain_batch_size)
+    rows = np.arange(len(actions))  # one per step of obs and actions: gathered as indices
     t0, step = time.time(), 0
     for epoch in range(args.pretrain_epochs):
         if args.pretrain_min_lr is not None:  # cosine decay (official Avoid configs)
@@ -590,8 +807,10 @@ def pretrain(args, data, run_dir, writer, device):
         perm = np.random.permutation(len(starts))
         for k in range(steps_per_epoch):
             idx = perm[k * args.pretrain_batch_size : (k + 1) * args.pretrain_batch_size]
-            o, a = envs.gather_samples(obs, actions, starts, firsts, idx, args.cond_steps, args.horizon_steps)
-            o, a = torch.as_tensor(o, device=device), torch.as_tensor(a, device=device)
+            o_idx, a_idx = envs.gather_samples(rows, rows, starts, firsts, idx, args.cond_steps, args.horizon_steps)
+            o, a = obs_tensor(take_rows(obs, o_idx), device), torch.as_tensor(actions[a_idx], device=device)
+            if args.augment:  # pixels: random shifts, each camera on its own (official Gaussian_VisionMLP augment)
+                o = shift_images(o, per_camera=True)
             mean, std = policy(o)
             var = std**2
             nll = (((a - mean) ** 2) / (2 * var) + torch.log(std) + 0.5 * math.log(2 * math.pi)).mean()
@@ -663,12 +882,16 @@ def record_dataset(policy, args, normalization, device):
 
 
 def task_defaults(args) -> dict:
-    """Defaults that differ from the Gym fine-tuning values above: --from-scratch's preset, the robomimic and Avoid
-    tables; {} for the Gym tasks."""
+    """Defaults that differ from the Gym fine-tuning values above: --from-scratch's preset, the robomimic (state,
+    pixels) and Avoid tables; {} for the Gym tasks."""
     task = envs.env_slug(args.env_id)
     if args.from_scratch:
         iterations = SCRATCH_ITERATIONS.get(task, 501)
         return dict(SCRATCH, total_timesteps=iterations * SCRATCH["num_envs"] * SCRATCH["n_steps"])
+    if envs.is_image_task(args.env_id):
+        task = envs.robomimic_task(args.env_id)
+        ta = envs.ROBOMIMIC_TASKS[task]["act_steps"]
+        return dict(ROBOMIMIC_IMG, **ROBOMIMIC_IMG_TASK[task], act_steps=ta, horizon_steps=ta)
     if avoid.is_avoid(args.env_id):
         return dict(AVOID)
     if not envs.is_robomimic(args.env_id):
@@ -687,6 +910,11 @@ def check_args(args):
         )
     if args.backbone == "transformer" and args.from_scratch:
         envs.fail("--from-scratch supports --backbone mlp only")
+    if envs.is_image_task(args.env_id) and (args.from_scratch or args.record_dataset or args.backbone != "mlp"):
+        envs.fail(
+            f"{args.env_id} is a pixel task: Gaussian-ViT-MLP (--backbone mlp) from a pre-trained policy; drop "
+            "--from-scratch, --record-dataset and --backbone transformer"
+        )
     if args.std_min <= 0:
         envs.fail(f"--std-min must be > 0, got {args.std_min}; pass e.g. --std-min 0.01")
     fine_tuning = not (args.eval_only or args.pretrain_only or args.record_dataset)
@@ -749,8 +977,8 @@ def main(args):
         return runs.evaluate_only(run_dir, ALGO, args, 0, evals, device, act, normalization)
 
     # ---- set-up: a fresh value critic V(s), the BC teacher, AdamW ----
-    obs_dim, action_dim = kwargs["obs_dim"], kwargs["action_dim"]
-    critic = Critic(obs_dim, args.cond_steps, args.critic_dims).to(device)  # fresh critic (official)
+    action_dim = kwargs["action_dim"]
+    critic = build_critic(kwargs, args).to(device)  # fresh critic (official)
     base_policy = copy.deepcopy(policy).requires_grad_(False) if args.bc_loss_coeff else None  # teacher of the BC term
     actor_opt = torch.optim.AdamW(policy.parameters(), lr=args.actor_lr, weight_decay=0.0)
     critic_opt = torch.optim.AdamW(critic.parameters(), lr=args.critic_lr, weight_decay=0.0)
@@ -767,12 +995,12 @@ def main(args):
     while iteration < num_iters:
         t_iter, successes = runs.phase("rollout"), []  # successes: of this iteration's finished episodes (robomimic)
         # ---- rollout: chunks sampled from the Gaussian, clipped to --randn-clip-value std (paper D.6) ----
-        buf_obs = np.zeros((args.n_steps, args.num_envs, args.cond_steps, obs_dim), np.float32)
+        buf_obs = RolloutObs(obs, args.n_steps)
         buf_act = np.zeros((args.n_steps, args.num_envs, args.horizon_steps, action_dim), np.float32)
         buf_rew, buf_term, buf_timeout, buf_first = (np.zeros((args.n_steps, args.num_envs)) for _ in range(4))
-        buf_final = np.zeros_like(buf_obs)  # observation reached before any auto-reset
+        buf_final = RolloutObs(obs, args.n_steps)  # observation reached before any auto-reset
         for n in range(args.n_steps):
-            obs_t = torch.as_tensor(obs, device=device)
+            obs_t = obs_tensor(obs, device)
             if args.from_scratch:
                 policy.update_obs_stats(obs_t)
             with torch.no_grad():
@@ -794,11 +1022,14 @@ def main(args):
         t_rollout = time.time() - t_iter
 
         # ---- advantages: GAE on the learned V(s) (paper eq. 3.2 and 4.2) ----
+        flat_obs = buf_obs.flat(device)
+        if args.augment:  # pixels: random shifts, once per iteration (official fine-tuning agents; D.5)
+            flat_obs = shift_images(flat_obs)
         with torch.no_grad():
             flat = lambda x: torch.as_tensor(x.reshape(-1, *x.shape[2:]), device=device)  # noqa: E731
-            values = critic(flat(buf_obs)).cpu().numpy().reshape(args.n_steps, args.num_envs)
-            final_values = critic(flat(buf_final)).cpu().numpy().reshape(args.n_steps, args.num_envs)
-            last_value = critic(torch.as_tensor(obs, device=device)).cpu().numpy()
+            values = critic(flat_obs).cpu().numpy().reshape(args.n_steps, args.num_envs)
+            final_values = critic(buf_final.flat(device)).cpu().numpy().reshape(args.n_steps, args.num_envs)
+            last_value = critic(obs_tensor(obs, device)).cpu().numpy()
         rewards = scaler(buf_rew, buf_first) if args.reward_scale_running else buf_rew
         # a time-out is not a failure: bootstrap it with V(last obs) (the official code treats it as terminal)
         rewards = rewards + args.gamma * final_values * buf_timeout
@@ -806,10 +1037,10 @@ def main(args):
         next_values = np.concatenate([values[1:], last_value[None]], 0)
         advantages, returns = compute_gae(rewards, values, next_values, dones, args.gamma, args.gae_lambda)
         with torch.no_grad():
-            mean, std = policy(flat(buf_obs))
+            mean, std = policy(flat_obs)
             old_logp = log_prob(mean, std, flat(buf_act))
         batch = dict(
-            obs=flat(buf_obs),
+            obs=flat_obs,
             actions=flat(buf_act),
             logprobs=old_logp,
             advantages=torch.as_tensor(advantages.reshape(-1), dtype=torch.float32, device=device),

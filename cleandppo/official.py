@@ -19,9 +19,10 @@ import numpy as np
 from cleandppo import avoid, robomimic_tasks
 from cleandppo.common import fail, unnormalize_obs
 
-# What the official state-input configs use where no tensor tells (cfg/gym/finetune/*/ft_ppo_*_mlp.yaml,
-# cfg/robomimic/finetune/*/ft_ppo_*.yaml).
+# What the official configs use where no tensor tells (cfg/gym/finetune/*/ft_ppo_*_mlp.yaml,
+# cfg/robomimic/finetune/*/ft_ppo_*.yaml; the pixel policies': ft_ppo_*_img.yaml).
 TABLE = dict(denoising_steps=20, ft_denoising_steps=10, fixed_std=0.1, unet_n_groups=8)
+TABLE |= dict(pixel_denoising_steps=100, pixel_ft_denoising_steps=5)
 
 
 def is_official_checkpoint(ckpt) -> bool:
@@ -330,6 +331,111 @@ def _gmm(state, env_id, task_dims, hints):
     )
 
 
+# ---- pixel policies (paper 5.2): VisionDiffusionMLP, Gaussian_VisionMLP (model/common/vit.py, modules.py) ----------
+VIT_NAMES = {  # official VitEncoder/MinVit (under backbone.vit.) -> our VisionEncoder (under encoder.)
+    "patch_embed.embed.0": "patch_embed.0",  # Conv 8x8, stride 4 (embed.1: Identity without embed_norm, 2: ReLU)
+    "patch_embed.embed.3": "patch_embed.2",  # Conv 3x3, stride 2
+    "pos_embed": "pos_embed",
+    "norm": "norm",
+}
+LAYER_NAMES = {  # official TransformerLayer -> torch's TransformerEncoderLayer (the same pre-norm layer)
+    "layer_norm1": "norm1",
+    "mha.qkv_proj.weight": "self_attn.in_proj_weight",  # q, k, v stacked, heads contiguous: torch's layout
+    "mha.qkv_proj.bias": "self_attn.in_proj_bias",
+    "mha.out_proj": "self_attn.out_proj",
+    "layer_norm2": "norm2",
+    "linear1": "linear1",
+    "linear2": "linear2",
+}
+
+
+def _vision(state, env_id, task_dims, hints):
+    """The official ViT backbone and its SpatialEmb compression(s) -> our VisionEncoder tensors (under `encoder.`) and
+    its kwargs (model_kwargs["vision"]); the attention heads are no tensor's shape: the flag (official: 4)."""
+    if "backbone.vit.patch_embed.embed.1.weight" in state:
+        fail("the official ViT normalizes its patches (embed_norm 1); this project's ViT has the configs' embed_norm 0")
+    if "compress.weight" not in state and "compress1.weight" not in state:
+        fail(
+            "the official pixel policy compresses the ViT output linearly (spatial_emb 0); this project's uses the "
+            "configs' learned spatial embedding (spatial_emb 128)"
+        )
+    out = {}
+    for key, value in _strip(state, "backbone.vit.").items():
+        head, _, weight = key.rpartition(".")
+        if key == "pos_embed":
+            out["encoder.pos_embed"] = value
+        elif key.startswith("net."):
+            _, layer, rest = key.split(".", 2)
+            name = LAYER_NAMES.get(rest) or f"{LAYER_NAMES[rest.rpartition('.')[0]]}.{rest.rpartition('.')[2]}"
+            out[f"encoder.transformer.layers.{layer}.{name}"] = value
+        else:
+            out[f"encoder.{VIT_NAMES[head]}.{weight}"] = value
+    cameras = ["compress1", "compress2"] if "compress1.weight" in state else ["compress"]
+    for i, src in enumerate(cameras):
+        out[f"encoder.compress.{i}.weight"] = state[f"{src}.weight"]
+        for j in (0, 1):  # Linear, LayerNorm (then ReLU)
+            for w in ("weight", "bias"):
+                out[f"encoder.compress.{i}.proj.{j}.{w}"] = state[f"{src}.input_proj.{j}.{w}"]
+    conv = state["backbone.vit.patch_embed.embed.0.weight"]
+    if conv.shape[1] != 3:
+        fail(
+            f"the official ViT reads {conv.shape[1]} channels per camera (img_cond_steps > 1); this project's reads one image"
+        )
+    image_shape = robomimic_tasks.IMAGE_TASKS[robomimic_tasks.image_task(env_id)].image_shape
+    if image_shape[0] != 3 * len(cameras):
+        fail(
+            f"the official pixel policy encodes {len(cameras)} camera(s), {env_id} has {image_shape[0] // 3}; "
+            "pass the --env-id it was trained on"
+        )
+    num_patches, embed_dim = state["backbone.vit.pos_embed"].shape[1:]
+    prop = state[f"{cameras[0]}.input_proj.0.weight"].shape[1] - num_patches
+    state_dim, _, cond_steps = _split_obs(env_id, task_dims, prop, "pixel policy's proprioception")
+    depth = len({k.split(".")[3] for k in state if k.startswith("backbone.vit.net.")})
+    heads = int(_hint(hints, "vit_heads", 4))
+    spatial_dim = state[f"{cameras[0]}.weight"].shape[2]
+    kw = dict(state_dim=state_dim, cond_steps=cond_steps, image_shape=tuple(image_shape), embed_dim=int(embed_dim))
+    kw.update(depth=depth, heads=heads, spatial_dim=int(spatial_dim))
+    return out, kw, len(cameras) * spatial_dim + prop
+
+
+def _vision_diffusion_mlp(state, env_id, task_dims, hints):
+    """Official VisionDiffusionMLP -> our VisionDiffusionMLP (dppo.py): the encoder, the time embedding, the MLP."""
+    if "mlp_mean.layers.0.weight" not in state:
+        fail("the official VisionDiffusionMLP is not residual (residual_style False); this project's MLP is")
+    model, vision, features = _vision(state, env_id, task_dims, hints)
+    mlp, widths = _residual_mlp(state, "mlp_mean", "mlp")
+    model.update(mlp, **{k: v for k, v in state.items() if k.startswith("time_embedding.")})
+    time_dim, action_dim = state["time_embedding.1.weight"].shape[1], task_dims[1]
+    horizon_steps = widths[-1] // action_dim
+    if widths[0] != horizon_steps * action_dim + time_dim + features:
+        fail(f"the official VisionDiffusionMLP's MLP takes {widths[0]} inputs, not chunk + time + image features")
+    kw = dict(obs_dim=vision["state_dim"], action_dim=action_dim, horizon_steps=horizon_steps)
+    kw.update(cond_steps=vision["cond_steps"], backbone="mlp", time_dim=time_dim, mlp_dims=tuple(widths[1:-1]))
+    kw.update(activation=_hint(hints, "activation", "mish"), unet_dim=40, unet_dim_mults=(1, 2), unet_kernel_size=5)
+    return model, dict(kw, unet_n_groups=8, unet_step_embed_dim=16, vision=vision)
+
+
+def _vision_gaussian(state, env_id, task_dims, hints):
+    """Official Gaussian_VisionMLP -> our GaussianPolicy with a VisionEncoder (gaussian_ppo.py)."""
+    if any(k.startswith("mlp_logvar.") for k in state):
+        fail(
+            "the official Gaussian network predicts a state-dependent std (fixed_std null); this project's "
+            "Gaussian policy learns one std per action dimension"
+        )
+    model, vision, features = _vision(state, env_id, task_dims, hints)
+    residual = "mlp_mean.layers.0.weight" in state  # official residual_style
+    mlp, dims = (_residual_mlp if residual else _plain_mlp)(state, "mlp_mean", "net")
+    action_dim = task_dims[1]
+    if dims[0] != features:
+        fail(f"the official Gaussian_VisionMLP's MLP takes {dims[0]} inputs, not the {features} image features")
+    std_model, std_kw = _std_kwargs(state, hints, (action_dim,))
+    model.update(mlp, **std_model)
+    kw = dict(obs_dim=vision["state_dim"], action_dim=action_dim, horizon_steps=dims[-1] // action_dim)
+    kw.update(cond_steps=vision["cond_steps"], backbone="mlp", mlp_dims=tuple(dims[1:-1]), residual=residual)
+    kw.update(transformer_dim=96, transformer_heads=4, transformer_layers=4, activation="mish", obs_norm=False)
+    return model, dict(kw, **std_kw, vision=vision)
+
+
 def _network_state(raw, policy):
     """(weights of the network to start from, weights of the frozen copy or None, which entry): pre-training
     checkpoints give `ema` for diffusion (official DiffusionModel loads `ema` when present) and `model` for
@@ -400,8 +506,16 @@ def convert_checkpoint(raw, path, policy, env_id, task_dims, hints=None) -> dict
 
 def _convert(raw, path, policy, env_id, task_dims, hints):
     state, frozen, entry = _network_state(raw, policy)
-    if any(k.startswith(("backbone.", "compress")) for k in state):
-        fail(f"{path} is an official pixel (image) policy; these scripts are state-only")
+    pixels = any(k.startswith(("backbone.", "compress")) for k in state)
+    if pixels and not robomimic_tasks.is_image_task(env_id):
+        task = robomimic_tasks.robomimic_task(env_id) if robomimic_tasks.is_robomimic(env_id) else "<task>"
+        fail(f"{path} is an official pixel policy (a ViT on camera images); pass its pixel task, --env-id {task}-img")
+    if robomimic_tasks.is_image_task(env_id) and not pixels:
+        task = robomimic_tasks.robomimic_task(env_id)
+        fail(
+            f"{path} is an official state policy and {env_id} a pixel task; pass --env-id {task} or an official "
+            "pixel (*_img) checkpoint"
+        )
     if "time_embedding.1.weight" in state or "time_mlp.1.weight" in state:
         found = "diffusion"
     elif (
@@ -415,17 +529,18 @@ def _convert(raw, path, policy, env_id, task_dims, hints):
     if found != policy:
         fail(f"{path} holds an official {found} policy, this script needs a {policy} one; pass a {policy} checkpoint")
     if policy == "diffusion":
-        convert = _unet if "time_mlp.1.weight" in state else _diffusion_mlp
+        convert = _vision_diffusion_mlp if pixels else _unet if "time_mlp.1.weight" in state else _diffusion_mlp
         model, kw = convert(state, env_id, task_dims, hints)
-        kw["denoising_steps"] = int(_hint(hints, "denoising_steps", TABLE["denoising_steps"]))
+        K = TABLE["pixel_denoising_steps" if pixels else "denoising_steps"]
+        kw["denoising_steps"] = int(_hint(hints, "denoising_steps", K))
         extra = {}
         if frozen is not None:  # DPPO fine-tuned: frozen `actor` for the early steps, `actor_ft` for the last K'
-            extra = dict(
-                model_ft=model, ft_denoising_steps=int(_hint(hints, "ft_denoising_steps", TABLE["ft_denoising_steps"]))
-            )
+            K_ft = TABLE["pixel_ft_denoising_steps" if pixels else "ft_denoising_steps"]
+            extra = dict(model_ft=model, ft_denoising_steps=int(_hint(hints, "ft_denoising_steps", K_ft)))
             model, _ = convert(frozen, env_id, task_dims, hints)
     else:
-        model, kw = (_gaussian if policy == "gaussian" else _gmm)(state, env_id, task_dims, hints)
+        convert = _vision_gaussian if pixels else _gaussian if policy == "gaussian" else _gmm
+        model, kw = convert(state, env_id, task_dims, hints)
         extra = {}
     norm = read_normalization(find_normalization(path, hints))
     obs_dim, action_dim = task_dims

@@ -63,11 +63,11 @@ dppo log-prob at the wrong denoising step | dppo.py | tests/test_ppo_updates.py
 - obs, x_in, x_out, ft_t[j], ft_t_prev[j], args)
 + obs, x_in, x_out, ft_t[K_ft - 1 - j], ft_t_prev[K_ft - 1 - j], args)
 dppo old log-probs at the wrong denoising steps | dppo.py | tests/test_dppo.py -k "chain_log_probs or recorded"
-- t, t_prev = ft_t.repeat(B).to(obs.device), ft_t_prev.repeat(B).to(obs.device)
-+ t, t_prev = ft_t.flip(0).repeat(B).to(obs.device), ft_t_prev.flip(0).repeat(B).to(obs.device)
+- t, t_prev = ft_t.repeat(B).to(chains.device), ft_t_prev.repeat(B).to(chains.device)
++ t, t_prev = ft_t.flip(0).repeat(B).to(chains.device), ft_t_prev.flip(0).repeat(B).to(chains.device)
 dppo old log-probs with another sample's observation | dppo.py | tests/test_dppo.py -k chain_log_probs
-- obs.repeat_interleave(K_ft, 0), x_in
-+ obs.repeat(K_ft, 1, 1), x_in
+- torch.arange(B, device=chains.device).repeat_interleave(K_ft))
++ torch.arange(B, device=chains.device).repeat(K_ft))
 dppo actor stepped during critic warm-up | dppo.py | tests/test_ppo_updates.py
 -             if update_actor:\n                actor_opt.step()
 +             if True:\n                actor_opt.step()
@@ -620,6 +620,85 @@ threads: a resume takes the auto counts of its own start | runs.py | tests/test_
 threads: the checkpoint keeps no thread counts | runs.py | tests/test_env_workers.py -k resumed_run
 - | dict(parallel=_run.get("plan"))
 +
+# pixel tasks (paper 5.2, D.5): ViT encoder, random shifts, gradient accumulation, settings, official checkpoints
+pixels: ViT input not centred (dppo) | dppo.py | tests/test_pixel_policies.py -k official_forward
+- self.patch_embed(images / 255.0 - 0.5)
++ self.patch_embed(images / 255.0)
+pixels: ViT input not centred (gaussian) | gaussian_ppo.py | tests/test_pixel_policies.py -k gaussian_vision_policy
+- self.patch_embed(images / 255.0 - 0.5)
++ self.patch_embed(images / 255.0)
+pixels: ViT without patch positions | dppo.py | tests/test_pixel_policies.py -k official_forward
+- return self.norm(self.transformer(x + self.pos_embed))
++ return self.norm(self.transformer(x))
+pixels: spatial embedding averages its channels | dppo.py | tests/test_pixel_policies.py -k official_forward
+- return (self.weight * self.proj(rows)).sum(dim=1)
++ return (self.weight * self.proj(rows)).mean(dim=1)
+pixels: the oldest image of the history | dppo.py | tests/test_pixel_policies.py -k official_forward
+- rgb = obs["rgb"][:, -1].float()
++ rgb = obs["rgb"][:, 0].float()
+pixels: every camera reads the first one's image | dppo.py | tests/test_pixel_policies.py -k official_forward
+- images = rgb[:, 3 * camera : 3 * camera + 3]
++ images = rgb[:, :3]
+pixels: features without the proprioception (critic) | gaussian_ppo.py | tests/test_pixel_policies.py -k vit_critic
+- return torch.cat([*features, state], dim=-1)
++ return torch.cat([*features, 0 * state], dim=-1)
+random shift: rows moved by the column shift | dppo.py | tests/test_pixel_policies.py -k random_shift
+- + shift[:, 1:]).clamp(0, height - 1)
++ + shift[:, :1]).clamp(0, height - 1)
+random shift: never by +pad | gaussian_ppo.py | tests/test_pixel_policies.py -k random_shift
+- torch.randint(-pad, pad + 1,
++ torch.randint(-pad, pad,
+random shift: cameras never on their own | dppo.py | tests/test_pixel_policies.py -k shift_images
+- cameras = rgb.shape[-3] // 3 if per_camera else 1
++ cameras = 1
+pre-training images not shifted (dppo) | dppo.py | tests/test_pixel_runs.py
+- o = shift_images(o, per_camera=True)
++ o = o
+pre-training images not shifted (gaussian) | gaussian_ppo.py | tests/test_pixel_runs.py
+- o = shift_images(o, per_camera=True)
++ o = o
+fine-tuning images not shifted (dppo) | dppo.py | tests/test_pixel_runs.py
+- flat_obs = shift_images(flat_obs)
++ flat_obs = flat_obs
+fine-tuning images not shifted (gaussian) | gaussian_ppo.py | tests/test_pixel_runs.py
+- flat_obs = shift_images(flat_obs)
++ flat_obs = flat_obs
+grad accumulation never sums (dppo) | dppo.py | tests/test_pixel_policies.py -k accumulate
+- if k % args.grad_accumulate == 0:  # a new sum of gradients
++ if True:  # a new sum of gradients
+grad accumulation steps every minibatch (gaussian) | gaussian_ppo.py | tests/test_pixel_policies.py -k accumulate
+- if (k + 1) % args.grad_accumulate and k + 1 < len(starts):
++ if False:
+grad accumulation drops the epoch's last minibatches (gaussian) | gaussian_ppo.py | tests/test_pixel_policies.py -k accumulate
+- if (k + 1) % args.grad_accumulate and k + 1 < len(starts):
++ if (k + 1) % args.grad_accumulate:
+pixel Square MLP of the state task (dppo) | dppo.py | tests/test_pixel_policies.py -k parameter_counts
+- grad_accumulate=20, logprob_batch_size=1000, mlp_dims=(768,) * 3),\n    transport
++ grad_accumulate=20, logprob_batch_size=1000, mlp_dims=(1024,) * 3),\n    transport
+pixel Lift without gradient accumulation (gaussian) | gaussian_ppo.py | tests/test_pixel_policies.py -k task_defaults
+- lift=dict(n_steps=300, batch_size=1500, grad_accumulate=5,
++ lift=dict(n_steps=300, batch_size=1500, grad_accumulate=1,
+pixel tasks with the state tasks' K (dppo) | dppo.py | tests/test_pixel_policies.py -k task_defaults
+- ROBOMIMIC_IMG = dict(ROBOMIMIC, denoising_steps=100,
++ ROBOMIMIC_IMG = dict(ROBOMIMIC, denoising_steps=20,
+pixel tasks take the state tables (dppo) | dppo.py | tests/test_pixel_policies.py -k task_defaults
+- if envs.is_image_task(args.env_id):\n        task = envs.robomimic_task(args.env_id)
++ if False:\n        task = envs.robomimic_task(args.env_id)
+official ViT: layer norms swapped | official.py | tests/test_pixel_policies.py -k official_vision
+- "layer_norm1": "norm1",
++ "layer_norm1": "norm2",
+official ViT: the two cameras' compressions swapped | official.py | tests/test_pixel_policies.py -k official_vision_diffusion
+- cameras = ["compress1", "compress2"] if
++ cameras = ["compress2", "compress1"] if
+official pixel policy: the state tasks' K | official.py | tests/test_pixel_policies.py -k official_vision_diffusion
+- TABLE |= dict(pixel_denoising_steps=100,
++ TABLE |= dict(pixel_denoising_steps=20,
+official state policy taken for a pixel task | official.py | tests/test_pixel_policies.py -k other_kind
+- if robomimic_tasks.is_image_task(env_id) and not pixels:
++ if False:
+pixel task accepted by a state-only script | arguments.py | tests/test_pixel_policies.py -k state_only
+- if robomimic_tasks.is_image_task(first.env_id) and not hasattr(first, "vit_dim"):
++ if False:
 """
 
 

@@ -36,6 +36,8 @@ PER_SCRIPT = {
     "Args": "the script's flags",
     "ROBOMIMIC": "the script's robomimic table (official cfg/robomimic/finetune/<task>/ft_<algo>_*.yaml)",
     "ROBOMIMIC_TASK": "the script's per-task robomimic values",
+    "ROBOMIMIC_IMG": "the script's robomimic pixel table (official cfg/robomimic/*/<task>/*_<policy>_mlp_img.yaml)",
+    "ROBOMIMIC_IMG_TASK": "the script's per-task robomimic pixel values",
     "AVOID": "the script's Avoid table",
     "SCRATCH": "the script's --from-scratch preset",
     "task_defaults": "which of the script's tables apply",

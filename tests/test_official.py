@@ -369,7 +369,7 @@ def test_transformer_checkpoints_match_the_official_transformer(tmp_path):
         (
             "diffusion",
             {"network.backbone.x.weight": torch.zeros(1), "network.time_embedding.1.weight": torch.zeros(1)},
-            "state-only",
+            "pixel policy",
         ),
         (
             "gaussian",
