@@ -136,6 +136,12 @@ def save(fig, out: str):
     print(f"figure -> {out}")
 
 
+def checkpoint_name(path: str) -> str:
+    """A checkpoint's file name, or its run's name for a run's checkpoint_*.pt / pretrained.pt."""
+    name = os.path.basename(path).replace(".pt", "")
+    return os.path.basename(os.path.dirname(path)) if name.startswith(("checkpoint", "pretrained")) else name
+
+
 def trajectories(args):
     plt = plt_module()
     n = len(args.checkpoints)
@@ -146,8 +152,7 @@ def trajectories(args):
         ax.axis("off")
     for ax, path in zip(axes.flat, args.checkpoints):
         out = rollout(path, args.episodes, args.seed, args.mode)
-        name = os.path.basename(path).replace(".pt", "")
-        name = os.path.basename(os.path.dirname(path)) if name.startswith("checkpoint") else name  # the run's name
+        name = checkpoint_name(path)
         label = name if not args.titles else args.titles.pop(0)
         avoid.draw_scene(ax, f"{label}\nreturn {out['returns'].mean():.1f}, success {out['success'].mean():.2f}")
         for p in out["paths"]:
@@ -353,7 +358,7 @@ def exploration(args):
             for seed in range(args.seeds)
         ]
         row = dict(
-            checkpoint=os.path.basename(path), env_id=env_id, dataset=dataset, seeds=args.seeds, episodes=args.episodes
+            checkpoint=checkpoint_name(path), env_id=env_id, dataset=dataset, seeds=args.seeds, episodes=args.episodes
         )
         for key in ("coverage", "in_tube", "tube_share"):
             values = [n[key] for n in per_seed]
