@@ -830,8 +830,9 @@ def open_run_dir(args, algo: str, resume: dict | None, path: str | None, load_da
 
 def evaluate_only(run_dir: str, algo: str, args, env_steps: int, evals, device, act, normalization):
     """--eval-only (and --pretrain-only's closing evaluation): evaluate `act` once at `env_steps` (the checkpoint's),
-    print the result and end the run (finish_run, with the writer `evals` logs to: summary.json, --capture-video)."""
-    t_start = time.time()
+    print the result and end the run (finish_run, with the writer `evals` logs to: summary.json, --capture-video).
+    The wall time counts from the opening of the run dir (open_run), so --pretrain-only's includes the pre-training."""
+    t_start = _run["clock"] or time.time()
     mean, std, success = evals.run(env_steps, act, args, normalization)
     rate = f", success rate {success:.2f}" if evals.robomimic else ""
     print(f"[eval] return {mean:.1f} +- {std:.1f} over {args.eval_episodes} episodes{rate}")

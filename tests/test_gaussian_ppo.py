@@ -131,6 +131,24 @@ def test_first_minibatch_ratio_is_one():
     assert stats["ratio"] == pytest.approx(1.0, abs=1e-6) and stats["approx_kl"] == pytest.approx(0.0, abs=1e-7)
 
 
+def test_pretrain_only_wall_time_counts_the_pretraining(tiny_dataset, tmp_path, monkeypatch):
+    """--pretrain-only's summary.json: wall_time_s covers the pre-training, not only the closing evaluation (the
+    pre-training is made to last at least 0.5 s)."""
+    import json
+    import time
+
+    pretrain = gp.pretrain
+
+    def slow_pretrain(*a, **k):
+        time.sleep(0.5)
+        return pretrain(*a, **k)
+
+    monkeypatch.setattr(gp, "pretrain", slow_pretrain)
+    flags = ["--dataset", tiny_dataset, "--pretrain-only", "--pretrain-epochs", "1", "--eval-episodes", "1"]
+    run_main(gp, *flags, "--run-dir", tmp_path / "pre", *TINY_GAUSSIAN)
+    assert json.load(open(tmp_path / "pre" / "summary.json"))["wall_time_s"] >= 0.5
+
+
 def test_cli_pretrain_then_finetune(tiny_dataset, tmp_path, capsys):
     pre = tmp_path / "pre"  # pre-training in-process (tyro parses the same flags), fine-tuning through the CLI
     run_main(
