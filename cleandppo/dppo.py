@@ -576,7 +576,9 @@ def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
 def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, args, update_actor=True, generator=None):
     """PPO epochs over the N*E*K' (env step, denoising step) pairs (paper 4.2; official `PPODiffusion.loss` in
     model/diffusion/diffusion_ppo.py, the update loop in agent/finetune/train_ppo_diffusion_agent.py). `actor` (frozen)
-    only samples the chains of the BC regulariser."""
+    only samples the chains of the BC regulariser. The value loss is the official mean over the minibatch's pairs, with
+    the critic run once per env-step sample of the minibatch (its pairs share V(s)); the logged numbers are read back
+    once per minibatch."""
     K_ft = batch["chains"].shape[1] - 1
     device = batch["obs"].device
     num_pairs = batch["obs"].shape[0] * K_ft
@@ -601,7 +603,9 @@ def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, arg
             ratio = (new_logp - old_logp).exp()
             clip_ratio = clips[j]
             pg_loss = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip_ratio, 1 + clip_ratio)).mean()
-            v_loss = 0.5 * ((critic(obs) - batch["returns"][i]) ** 2).mean()
+            samples, pair_sample = torch.unique(i, return_inverse=True)  # each env-step sample once; pair -> sample
+            values = critic(batch["obs"][samples])[pair_sample]
+            v_loss = 0.5 * ((values - batch["returns"][i]) ** 2).mean()
             loss = pg_loss + args.vf_coef * v_loss
             if args.bc_loss_coeff:  # BC regulariser (D.7, official use_bc_loss): chains of the frozen actor made
                 _, bc_chains = sample(actor, actor, sched, obs, plan, K_ft, "train", args)  # likely under actor_ft
@@ -617,11 +621,12 @@ def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, arg
                 actor_opt.step()
             critic_opt.step()
             with torch.no_grad():
-                approx_kl = ((ratio - 1) - (new_logp - old_logp)).mean().item()  # k3 estimator
-                clipfracs.append(((ratio - 1).abs() > clip_ratio).float().mean().item())
-            stats = dict(policy_loss=pg_loss.item(), value_loss=v_loss.item(), approx_kl=approx_kl)
-            stats["ratio"] = ratio.mean().item()
-            if args.target_kl is not None and approx_kl > args.target_kl:
+                approx_kl = ((ratio - 1) - (new_logp - old_logp)).mean()  # k3 estimator
+                clipfrac = ((ratio - 1).abs() > clip_ratio).float().mean()
+                logged = torch.stack([pg_loss, v_loss, approx_kl, ratio.mean(), clipfrac]).tolist()  # one read-back
+            stats = dict(zip(("policy_loss", "value_loss", "approx_kl", "ratio"), logged))
+            clipfracs.append(logged[-1])
+            if args.target_kl is not None and stats["approx_kl"] > args.target_kl:
                 stats["clipfrac"] = float(np.mean(clipfracs))
                 return stats
     stats["clipfrac"] = float(np.mean(clipfracs)) if clipfracs else 0.0

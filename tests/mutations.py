@@ -78,6 +78,15 @@ exact likelihood: new log-likelihood not clamped | exact_likelihood_pg.py | test
 - ).clamp(lo, hi)
 + )
 
+dppo update: critic values matched to other pairs | dppo.py | tests/test_dppo_update.py
+- critic(batch["obs"][samples])[pair_sample]
++ critic(batch["obs"][samples])[pair_sample.flip(0)]
+dppo update: logged policy and value losses swapped | dppo.py | tests/test_dppo_update.py
+- zip(("policy_loss", "value_loss", "approx_kl", "ratio"), logged)
++ zip(("value_loss", "policy_loss", "approx_kl", "ratio"), logged)
+dppo update: clip fraction from another logged number | dppo.py | tests/test_dppo_update.py
+- clipfracs.append(logged[-1])
++ clipfracs.append(logged[-2])
 # dppo sampler and denoising log-prob (the hot paths of an iteration)
 dppo sampler: frozen network one step into the fine-tuned part | dppo.py | tests/test_dppo_sampling.py
 - net = actor_ft if i >= n - ft_steps else actor
