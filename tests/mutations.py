@@ -87,6 +87,12 @@ dppo update: logged policy and value losses swapped | dppo.py | tests/test_dppo_
 dppo update: clip fraction from another logged number | dppo.py | tests/test_dppo_update.py
 - clipfracs.append(logged[-1])
 + clipfracs.append(logged[-2])
+ppo update: logged KL and ratio swapped (gaussian) | gaussian_ppo.py | tests/test_ppo_updates.py
+- "entropy", "approx_kl", "ratio", "std"), logged)
++ "entropy", "ratio", "approx_kl", "std"), logged)
+ppo update: clip fraction from another logged number (gmm) | gmm_ppo.py | tests/test_ppo_updates.py
+- clipfracs.append(logged[-1])
++ clipfracs.append(logged[-2])
 # dppo sampler and denoising log-prob (the hot paths of an iteration)
 dppo sampler: frozen network one step into the fine-tuned part | dppo.py | tests/test_dppo_sampling.py
 - net = actor_ft if i >= n - ft_steps else actor
