@@ -15,8 +15,9 @@ its threads):
                   steps recording K' of them; gaussian_ppo, gmm_ppo: one forward pass) then the vector-env step, in
                   env steps/s, with the share of the time the sampler takes.
   DPPO old log-probs  dppo.chain_log_probs over the iteration's --num-envs x --n-steps chains (forward only).
-  DPPO update     dppo.ppo_update, one epoch, on a synthetic batch of those chains: (env step, denoising step) pairs/s
-                  and achieved GFLOP/s, next to a plain torch matmul of the same shapes at the same thread count;
+  DPPO update     dppo.ppo_update on a synthetic batch of those chains, one minibatch per call (a negative target_kl
+                  stops it after the first: short calls, close in time to the matmul's under a changing load):
+                  (env step, denoising step) pairs/s and achieved GFLOP/s, next to a plain torch matmul of the same shapes at the same thread count;
                   with --baseline COMMIT also the ppo_update of dppo.py as it was at COMMIT (read with git show), on
                   the same batch in the same rounds, and the pairs/s of this code over that one's.
   DPPO iteration  dppo.main for one iteration (rollout + advantages + old log-probs + --update-epochs epochs) from the
@@ -43,6 +44,7 @@ every row's spread are printed with them.
 import argparse
 import contextlib
 import copy
+import dataclasses
 import datetime
 import importlib.util
 import inspect
@@ -302,7 +304,7 @@ def matmul_work(layers, rows, backward, critic=((), 0)):
 
 
 def update_phases(args) -> list:
-    """dppo.chain_log_probs (the old log-probs) and one ppo_update epoch on a synthetic batch of num_envs x n_steps
+    """dppo.chain_log_probs (the old log-probs) and one ppo_update minibatch on a synthetic batch of num_envs x n_steps
     chains at the benchmark shapes, and the matmul reference of each, at each thread count; with args.baseline the
     ppo_update of that commit's dppo.py on the same batch."""
     cpu = torch.device("cpu")
@@ -337,9 +339,10 @@ def update_phases(args) -> list:
     batch = dict(obs=obs, chains=chains, logprobs=old_log_probs(), advantages=torch.randn(samples, generator=g))
     batch["returns"] = torch.randn(samples, generator=g)
     small = {k: v[: max(1, mb // K_ft)] for k, v in batch.items()}  # one minibatch: the warm-up
+    one_minibatch = dataclasses.replace(train_args, target_kl=-1.0)  # the approximate KL (k3) is never negative
 
     def update_work(module, actor_ft, critic):
-        """(work, warm-up, GFLOP per pair): one epoch of `module`.ppo_update on its own copy of the networks; the
+        """(work, warm-up, GFLOP per pair): one minibatch of `module`.ppo_update on its own copy of the networks; the
         critic's rows counted by a hook over every call (module docstring)."""
         actor_opt = torch.optim.AdamW(actor_ft.parameters(), lr=1e-4, weight_decay=0.0)
         critic_opt = torch.optim.AdamW(critic.parameters(), lr=1e-3, weight_decay=0.0)
@@ -347,9 +350,9 @@ def update_phases(args) -> list:
         critic.register_forward_hook(lambda m, x, y: count.__setitem__("rows", count["rows"] + len(x[0])))
 
         def update(b=batch):
-            module.ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, b, train_args, generator=g)
-            count["pairs"] += (len(b["obs"]) * K_ft // mb) * mb
-            return (len(b["obs"]) * K_ft // mb) * mb
+            module.ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, b, one_minibatch, generator=g)
+            count["pairs"] += mb
+            return mb
 
         return update, lambda: update(small), lambda: train_pair + critic_row * count["rows"] / count["pairs"]
 
