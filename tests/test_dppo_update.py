@@ -2,10 +2,11 @@
 step) pairs, the critic run on every pair, each logged number read on its own), written out here with its own
 denoising log-prob: the weights of both networks after one call and the logged stats agree within 1e-6.
 
-The update has been made faster (the critic once per env-step sample of a minibatch, one read-back of the logged
-numbers per minibatch); this test holds its arithmetic to the plain form. It runs eight minibatches over two epochs with
-SGD with momentum, so that every minibatch's loss, gradient and step must agree, not only the first (SGD: a step in
-proportion to the gradient, which Adam's first, normalised steps would hide).
+The update has been made faster (the policy loss back-propagated in chunks of pairs, the critic once per env-step
+sample of a minibatch, one read-back of the logged numbers per minibatch); this test holds its arithmetic to the plain
+form. It runs eight minibatches over two epochs with SGD with momentum, so that every minibatch's loss, gradient and
+step must agree, not only the first (SGD: a step in proportion to the gradient, which Adam's first, normalised steps
+would hide); in one pass per minibatch and in chunks of 3 pairs.
 """
 
 import copy
@@ -115,13 +116,15 @@ def sgd(module):
     return torch.optim.SGD(module.parameters(), lr=0.05, momentum=0.9)
 
 
+@pytest.mark.parametrize("chunk", [None, 3], ids=["one-pass", "chunks-of-3"])
 @pytest.mark.parametrize(
     "target_kl, max_grad_norm, update_actor",
     [(None, None, True), (None, 0.05, True), (3e-3, None, True), (None, None, False)],
     ids=["plain", "grad-clip", "kl-stop", "warm-up"],
 )
-def test_update_matches_the_plain_update_within_1e_6(target_kl, max_grad_norm, update_actor):
+def test_update_matches_the_plain_update_within_1e_6(target_kl, max_grad_norm, update_actor, chunk):
     args = dppo.Args(
+        update_chunk_size=chunk,  # chunks of 3 pairs: a minibatch of 8 back-propagated in passes of 3, 3 and 2
         batch_size=8,  # 36 pairs: 4 minibatches per epoch, 4 pairs left over
         update_epochs=2,
         act_steps=ACT_STEPS,
