@@ -18,8 +18,9 @@ its threads):
   DPPO update     dppo.ppo_update on a synthetic batch of those chains, one minibatch per call (a negative target_kl
                   stops it after the first: short calls, close in time to the matmul's under a changing load):
                   (env step, denoising step) pairs/s and achieved GFLOP/s, next to a plain torch matmul of the same shapes at the same thread count;
-                  with --baseline COMMIT also the ppo_update of dppo.py as it was at COMMIT (read with git show), on
-                  the same batch in the same rounds, and the pairs/s of this code over that one's.
+                  with --baseline COMMIT also the chain_log_probs (in that commit's default chunks) and ppo_update of
+                  dppo.py as it was at COMMIT (read with git show), on the same batch in the same rounds, and the
+                  pairs/s of this code over that one's.
   DPPO iteration  dppo.main for one iteration (rollout + advantages + old log-probs + --update-epochs epochs) from the
                   bundled checkpoint at --iter-threads; its rollout and update times as the loop logs them
                   (time/rollout_s, time/update_s).
@@ -328,11 +329,12 @@ def update_phases(args) -> list:
     fwd_pair = sum(2 * i * o for i, o in actor_layers) / 1e9
     train_pair, critic_row = (sum(6 * i * o for i, o in layers) / 1e9 for layers in (actor_layers, critic_layers))
 
-    def old_log_probs():  # forward only, in the loop's chunks of logprob_batch_size env-step samples
+    def old_log_probs(module=dppo):  # forward only, in the loop's chunks of logprob_batch_size env-step samples
+        n = module.Args().logprob_batch_size
         with torch.no_grad():
             parts = [
-                dppo.chain_log_probs(actor_ft, sched, obs[s : s + chunk], chains[s : s + chunk], train_args)
-                for s in range(0, samples, chunk)
+                module.chain_log_probs(actor_ft, sched, obs[s : s + n], chains[s : s + n], train_args)
+                for s in range(0, samples, n)
             ]
         return torch.cat(parts)
 
@@ -356,8 +358,8 @@ def update_phases(args) -> list:
 
         return update, lambda: update(small), lambda: train_pair + critic_row * count["rows"] / count["pairs"]
 
-    def all_old_log_probs():
-        old_log_probs()
+    def all_old_log_probs(module=dppo):
+        old_log_probs(module)
         return pairs
 
     # the critic's rows in a minibatch: its distinct samples, S (1 - P(none of a sample's K' pairs drawn))
@@ -365,17 +367,20 @@ def update_phases(args) -> list:
     critic_rows = round(samples * (1 - no_pair))
     matmul_fwd = matmul_work(actor_layers, logp_rows, backward=False)
     matmul_train = matmul_work(actor_layers, mb, backward=True, critic=(critic_layers, critic_rows))
-    fwd_note = f"{pairs} pairs, forward only, {fwd_pair * 1e3:.2f} MFLOP/pair"
+    fwd_note = f"{pairs} pairs, chunks of {chunk} samples, {fwd_pair * 1e3:.2f} MFLOP/pair"
     train_note = f"{pairs} pairs, minibatches of {mb}"
     mm_note = f"{mb} rows, critic {critic_rows}, fwd + bwd"
     if args.baseline:  # its own copies of the networks, made before any update moves them
-        base_update, base_warmup, base_scale = update_work(
-            baseline_dppo(args.baseline), copy.deepcopy(actor_ft), copy.deepcopy(critic)
-        )
+        base = baseline_dppo(args.baseline)
+        base_update, base_warmup, base_scale = update_work(base, copy.deepcopy(actor_ft), copy.deepcopy(critic))
     update, warmup, update_scale = update_work(dppo, actor_ft, critic)
     phases = []
     for t in thread_counts(args):
         phases.append(Phase("DPPO old log-probs", t, "pairs/s", all_old_log_probs, fwd_note, fwd_pair))
+        if args.baseline:
+            name, work = f"DPPO old log-probs at {args.baseline}", lambda: all_old_log_probs(base)
+            note = f"{pairs} pairs, chunks of {base.Args().logprob_batch_size} samples"
+            phases.append(Phase(name, t, "pairs/s", work, note, fwd_pair))
         phases.append(Phase("torch matmul, the old log-probs' GEMMs", t, "GFLOP/s", matmul_fwd, f"{logp_rows} rows"))
         phases.append(Phase("DPPO update", t, "pairs/s", update, train_note, update_scale, warmup))
         if args.baseline:  # right after this code's, so that both see the same load
@@ -473,10 +478,9 @@ def ratios(args, phases) -> dict:
             "torch matmul, the old log-probs' GEMMs", threads
         )
         if args.baseline:
-            base = rate(f"DPPO update at {args.baseline}", threads)
-            out[f"DPPO update pairs/s: this code / {args.baseline}, {plural(threads)}"] = (
-                rate("DPPO update", threads) / base
-            )
+            for phase in ("DPPO old log-probs", "DPPO update"):
+                base = rate(f"{phase} at {args.baseline}", threads)
+                out[f"{phase} pairs/s: this code / {args.baseline}, {plural(threads)}"] = rate(phase, threads) / base
     if args.threads != 1:
         one, many = (rate("DPPO update", t) for t in (1, args.threads))
         out[f"DPPO update: 1 thread / {plural(args.threads)}"] = one / many
