@@ -165,10 +165,11 @@ class Args:
     """first iterations update only the critic"""
     critic_dims: tuple[int, ...] = (256, 256, 256)
     """critic hidden widths (residual, Mish)"""
-    logprob_batch_size: int = 500
-    """env-step samples per chunk when recomputing old log-probs (memory and CPU speed only: docs/benchmarks.md)"""
+    logprob_batch_size: Optional[int] = None
+    """env-step samples per chunk when recomputing old log-probs (memory and speed only; default 500 on one CPU thread,
+    else 10000)"""
     update_chunk_size: Optional[int] = None
-    """pairs per forward/backward pass of a minibatch (memory and CPU speed only; default 5000 on CPU, all on a GPU)"""
+    """pairs per forward/backward pass of a minibatch (memory and speed only; default 5000 on one CPU thread, else all)"""
     train_action_noise: tuple[float, float] = (0.0, 0.0)
     """[low, high] of uniform noise (normalized units) on executed actions from iteration 5 (D.8, Fig. 10)"""
     train_action_noise_mode: Literal["literal", "symmetric"] = "literal"
@@ -575,19 +576,33 @@ def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
     return advantages, advantages + values
 
 
+def chunk_size(flag, device, one_thread, otherwise):
+    """A chunk size flag's value, or its default: `one_thread` when torch computes on one CPU thread (there, large
+    tensors are fresh memory from the kernel at each allocation, and chunks that stay small are faster), else
+    `otherwise` (on more threads, each op's threads wait for each other; chunks of the sizes above are slower on a
+    busy machine). Measured: docs/benchmarks.md#the-update."""
+    if flag is not None:
+        return flag
+    return one_thread if device.type == "cpu" and torch.get_num_threads() == 1 else otherwise
+
+
+def logprob_chunk(args, device):
+    """Env-step samples per chain_log_probs call when recomputing an iteration's old log-probs."""
+    return chunk_size(args.logprob_batch_size, device, 500, 10_000)
+
+
 def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, args, update_actor=True, generator=None):
     """PPO epochs over the N*E*K' (env step, denoising step) pairs (paper 4.2; official `PPODiffusion.loss` in
     model/diffusion/diffusion_ppo.py, the update loop in agent/finetune/train_ppo_diffusion_agent.py). `actor` (frozen)
     only samples the chains of the BC regulariser. The policy loss of a minibatch is back-propagated in chunks of
-    args.update_chunk_size pairs whose gradients add up to the minibatch mean's (on CPU, large tensors are fresh
-    memory from the kernel at each allocation: docs/benchmarks.md#the-update). The value loss is the official
-    mean over the minibatch's pairs, with the critic run once per env-step sample of the minibatch (its pairs share
-    V(s)). The logged numbers are read back once per minibatch."""
+    args.update_chunk_size pairs (chunk_size) whose gradients add up to the minibatch mean's. The value loss is the
+    official mean over the minibatch's pairs, with the critic run once per env-step sample of the minibatch (its pairs
+    share V(s)). The logged numbers are read back once per minibatch."""
     K_ft = batch["chains"].shape[1] - 1
     device = batch["obs"].device
     num_pairs = batch["obs"].shape[0] * K_ft
     mb = min(args.batch_size, num_pairs)
-    chunk = args.update_chunk_size or (mb if device.type == "cuda" else 5000)
+    chunk = chunk_size(args.update_chunk_size, device, 5000, mb)
     clips = clip_schedule(K_ft, args.clip_ploss_coef, args.clip_ploss_coef_base, args.clip_ploss_coef_rate).to(device)
     discounts = denoising_discount(K_ft, args.gamma_denoising).to(device)
     plan = denoising_plan(len(sched["betas"]), args.ddim_steps)
@@ -862,8 +877,9 @@ def main(args):
         chains = buf_chain.reshape(N * E, K_ft + 1, Tp, action_dim)
         old_logp = torch.zeros(N * E, K_ft, device=device)
         with torch.no_grad():
-            for s0 in range(0, N * E, args.logprob_batch_size):
-                sl = slice(s0, s0 + args.logprob_batch_size)
+            chunk = logprob_chunk(args, device)
+            for s0 in range(0, N * E, chunk):
+                sl = slice(s0, s0 + chunk)
                 old_logp[sl] = chain_log_probs(actor_ft, sched, flat_obs[sl], chains[sl], args)
         targets = dict(advantages=flat(advantages.astype(np.float32)), returns=flat(returns.astype(np.float32)))
         batch = dict(obs=flat_obs, chains=chains, logprobs=old_logp, **targets)

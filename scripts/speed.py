@@ -320,8 +320,7 @@ def update_phases(args) -> list:
     chains = torch.randn(samples, K_ft + 1, Tp, Da, generator=g) * 0.5
     train_args = dppo.Args(act_steps=args.act_steps, batch_size=args.batch_size, update_epochs=1, target_kl=None)
     critic = dppo.Critic(obs_dim, 1, train_args.critic_dims)
-    pairs, chunk = samples * K_ft, train_args.logprob_batch_size
-    mb, logp_rows = min(args.batch_size, pairs), min(pairs, chunk * K_ft)
+    pairs, mb = samples * K_ft, min(args.batch_size, samples * K_ft)
 
     # FLOPs per pair from the layer shapes (module docstring)
     actor_layers = linear_layers(actor_ft, 2, torch.zeros(2, Tp, Da), torch.zeros(2, dtype=torch.long), obs[:2])
@@ -329,8 +328,8 @@ def update_phases(args) -> list:
     fwd_pair = sum(2 * i * o for i, o in actor_layers) / 1e9
     train_pair, critic_row = (sum(6 * i * o for i, o in layers) / 1e9 for layers in (actor_layers, critic_layers))
 
-    def old_log_probs(module=dppo):  # forward only, in the loop's chunks of logprob_batch_size env-step samples
-        n = module.Args().logprob_batch_size
+    def old_log_probs(module=dppo):  # forward only, in the loop's chunks of env-step samples
+        n = logprob_chunk(module, cpu)
         with torch.no_grad():
             parts = [
                 module.chain_log_probs(actor_ft, sched, obs[s : s + n], chains[s : s + n], train_args)
@@ -365,9 +364,7 @@ def update_phases(args) -> list:
     # the critic's rows in a minibatch: its distinct samples, S (1 - P(none of a sample's K' pairs drawn))
     no_pair = math.prod((pairs - mb - k) / (pairs - k) for k in range(K_ft)) if pairs - mb >= K_ft else 0.0
     critic_rows = round(samples * (1 - no_pair))
-    matmul_fwd = matmul_work(actor_layers, logp_rows, backward=False)
     matmul_train = matmul_work(actor_layers, mb, backward=True, critic=(critic_layers, critic_rows))
-    fwd_note = f"{pairs} pairs, chunks of {chunk} samples, {fwd_pair * 1e3:.2f} MFLOP/pair"
     train_note = f"{pairs} pairs, minibatches of {mb}"
     mm_note = f"{mb} rows, critic {critic_rows}, fwd + bwd"
     if args.baseline:  # its own copies of the networks, made before any update moves them
@@ -376,18 +373,41 @@ def update_phases(args) -> list:
     update, warmup, update_scale = update_work(dppo, actor_ft, critic)
     phases = []
     for t in thread_counts(args):
-        phases.append(Phase("DPPO old log-probs", t, "pairs/s", all_old_log_probs, fwd_note, fwd_pair))
+        with threads(t):  # the loop's chunks of env-step samples at t threads
+            n, n_base = logprob_chunk(dppo, cpu), logprob_chunk(base, cpu) if args.baseline else None
+        note = f"{pairs} pairs, chunks of {n} samples, {fwd_pair * 1e3:.2f} MFLOP/pair"
+        phases.append(Phase("DPPO old log-probs", t, "pairs/s", all_old_log_probs, note, fwd_pair))
         if args.baseline:
             name, work = f"DPPO old log-probs at {args.baseline}", lambda: all_old_log_probs(base)
-            note = f"{pairs} pairs, chunks of {base.Args().logprob_batch_size} samples"
-            phases.append(Phase(name, t, "pairs/s", work, note, fwd_pair))
-        phases.append(Phase("torch matmul, the old log-probs' GEMMs", t, "GFLOP/s", matmul_fwd, f"{logp_rows} rows"))
+            phases.append(Phase(name, t, "pairs/s", work, f"{pairs} pairs, chunks of {n_base} samples", fwd_pair))
+        rows = min(pairs, n * K_ft)
+        matmul_fwd = matmul_work(actor_layers, rows, backward=False)
+        phases.append(Phase("torch matmul, the old log-probs' GEMMs", t, "GFLOP/s", matmul_fwd, f"{rows} rows"))
         phases.append(Phase("DPPO update", t, "pairs/s", update, train_note, update_scale, warmup))
         if args.baseline:  # right after this code's, so that both see the same load
             name = f"DPPO update at {args.baseline}"
             phases.append(Phase(name, t, "pairs/s", base_update, train_note, base_scale, base_warmup))
         phases.append(Phase("torch matmul, the update's GEMMs", t, "GFLOP/s", matmul_train, mm_note))
     return phases
+
+
+def logprob_chunk(module, device):
+    """Env-step samples per chain_log_probs call in `module`'s loop at the current thread count (older code: the
+    flag's default)."""
+    if hasattr(module, "logprob_chunk"):
+        return module.logprob_chunk(module.Args(), device)
+    return module.Args().logprob_batch_size
+
+
+@contextlib.contextmanager
+def threads(n):
+    """torch at n threads inside the block."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def baseline_dppo(commit):

@@ -96,6 +96,12 @@ ppo update: logged KL and ratio swapped (gaussian) | gaussian_ppo.py | tests/tes
 ppo update: clip fraction from another logged number (gmm) | gmm_ppo.py | tests/test_ppo_updates.py
 - clipfracs.append(logged[-1])
 + clipfracs.append(logged[-2])
+dppo update: --update-chunk-size ignored | dppo.py | tests/test_dppo_update.py
+- chunk = chunk_size(args.update_chunk_size, device, 5000, mb)
++ chunk = mb
+dppo chunk defaults: the small chunk at any thread count | dppo.py | tests/test_dppo_update.py
+- torch.get_num_threads() == 1 else otherwise
++ torch.get_num_threads() >= 1 else otherwise
 # dppo sampler and denoising log-prob (the hot paths of an iteration)
 dppo sampler: frozen network one step into the fine-tuned part | dppo.py | tests/test_dppo_sampling.py
 - net = actor_ft if i >= n - ft_steps else actor

@@ -156,3 +156,37 @@ def test_update_matches_the_plain_update_within_1e_6(target_kl, max_grad_norm, u
             torch.testing.assert_close(p, p_ref, rtol=0, atol=1e-6, msg=name)
     moved = [not torch.equal(p, p0) for p, p0 in zip(net.parameters(), net_start.parameters(), strict=True)]
     assert any(moved) == update_actor
+
+
+def test_the_policy_loss_runs_in_chunks_of_update_chunk_size(monkeypatch):
+    """Minibatches of 8 pairs with --update-chunk-size 3: the log-probs of passes of 3, 3 and 2 pairs in each of the
+    epoch's 4 minibatches (36 pairs); without the flag, on one CPU thread, chunks of 5000 (here the whole minibatch)."""
+    sizes, real = [], dppo.denoising_log_prob
+
+    def spy(actor_ft, sched, obs, x_in, *rest, **kw):
+        sizes.append(len(x_in))
+        return real(actor_ft, sched, obs, x_in, *rest, **kw)
+
+    monkeypatch.setattr(dppo, "denoising_log_prob", spy)
+    for chunk, expected in ((3, [3, 3, 2] * 4), (None, [8] * 4)):
+        args = dppo.Args(batch_size=8, update_epochs=1, act_steps=ACT_STEPS, target_kl=None, update_chunk_size=chunk)
+        net, critic, sched, batch = fixed_batch(args)
+        sizes.clear()
+        dppo.ppo_update(net, net, critic, sgd(net), sgd(critic), sched, batch, args)
+        assert sizes == expected, chunk
+
+
+def test_chunk_defaults_follow_the_thread_count():
+    """A chunk flag's default: the small chunk on one CPU thread, the other value on more threads or a GPU; a given
+    flag wins."""
+    cpu, before = torch.device("cpu"), torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert dppo.chunk_size(None, cpu, 5, 9) == 5 and dppo.chunk_size(7, cpu, 5, 9) == 7
+        assert dppo.chunk_size(None, torch.device("cuda"), 5, 9) == 9
+        assert dppo.logprob_chunk(dppo.Args(), cpu) == 500
+        torch.set_num_threads(2)
+        assert dppo.chunk_size(None, cpu, 5, 9) == 9 and dppo.chunk_size(7, cpu, 5, 9) == 7
+        assert dppo.logprob_chunk(dppo.Args(), cpu) == 10_000
+    finally:
+        torch.set_num_threads(before)
