@@ -183,8 +183,11 @@ class Args:
     """first iterations update only the critic"""
     critic_dims: tuple[int, ...] = (256, 256, 256)
     """critic hidden widths (residual, Mish)"""
-    logprob_batch_size: int = 10_000
-    """env-step samples per chunk when recomputing old log-probs (memory only)"""
+    logprob_batch_size: Optional[int] = None
+    """env-step samples per chunk when recomputing old log-probs (memory and speed only; default 500 on one CPU thread,
+    else 10000)"""
+    update_chunk_size: Optional[int] = None
+    """pairs per forward/backward pass of a minibatch (memory and speed only; default 5000 on one CPU thread, else all)"""
     train_action_noise: tuple[float, float] = (0.0, 0.0)
     """[low, high] of uniform noise (normalized units) on executed actions from iteration 5 (D.8, Fig. 10)"""
     train_action_noise_mode: Literal["literal", "symmetric"] = "literal"
@@ -811,16 +814,35 @@ def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
     return advantages, advantages + values
 
 
+def chunk_size(flag, device, one_thread, otherwise):
+    """A chunk size flag's value, or its default: `one_thread` when torch computes on one CPU thread (there, large
+    tensors are fresh memory from the kernel at each allocation, and chunks that stay small are faster), else
+    `otherwise` (on more threads, each op's threads wait for each other; chunks of the sizes above are slower on a
+    busy machine). Measured: docs/benchmarks.md#the-update."""
+    if flag is not None:
+        return flag
+    return one_thread if device.type == "cpu" and torch.get_num_threads() == 1 else otherwise
+
+
+def logprob_chunk(args, device):
+    """Env-step samples per chain_log_probs call when recomputing an iteration's old log-probs."""
+    return chunk_size(args.logprob_batch_size, device, 500, 10_000)
+
+
 def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, args, update_actor=True, generator=None):
     """PPO epochs over the N*E*K' (env step, denoising step) pairs (paper 4.2; official `PPODiffusion.loss` in
     model/diffusion/diffusion_ppo.py, the update loop in agent/finetune/train_ppo_diffusion_agent.py). `actor` (frozen)
-    only samples the chains of the BC regulariser. The gradients of --grad-accumulate minibatches sum into one
-    optimizer step (official grad_accumulate; the last minibatch of an epoch steps with what it has)."""
+    only samples the chains of the BC regulariser. The policy loss of a minibatch is back-propagated in chunks of
+    args.update_chunk_size pairs (chunk_size) whose gradients add up to the minibatch mean's. The value loss is the
+    official mean over the minibatch's pairs, with the critic run once per env-step sample of the minibatch (its pairs
+    share V(s)). The gradients of --grad-accumulate minibatches sum into one optimizer step (official grad_accumulate;
+    the last minibatch of an epoch steps with what it has). The logged numbers are read back once per minibatch."""
     K_ft = batch["chains"].shape[1] - 1
     device = batch["advantages"].device
     num_pairs = len(batch["advantages"]) * K_ft
     mb = min(args.batch_size, num_pairs)
     starts = range(0, num_pairs - mb + 1, mb)
+    chunk = chunk_size(args.update_chunk_size, device, 5000, mb)
     clips = clip_schedule(K_ft, args.clip_ploss_coef, args.clip_ploss_coef_base, args.clip_ploss_coef_rate).to(device)
     discounts = denoising_discount(K_ft, args.gamma_denoising).to(device)
     plan = denoising_plan(len(sched["betas"]), args.ddim_steps)
@@ -830,32 +852,41 @@ def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, arg
         perm = torch.randperm(num_pairs, generator=generator).to(device)
         for k, start in enumerate(starts):
             flat = perm[start : start + mb]
-            i, j = flat // K_ft, flat % K_ft  # env-step sample, fine-tuned denoising index
-            obs = take_rows(batch["obs"], i)
-            x_in, x_out = batch["chains"][i, j], batch["chains"][i, j + 1]
-            new_logp = denoising_log_prob(actor_ft, sched, obs, x_in, x_out, ft_t[j], ft_t_prev[j], args)
-            old_logp = batch["logprobs"][i, j]
-            adv = batch["advantages"][i]
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-            adv = adv * discounts[j]  # denoising discount, after normalization (official order)
-            ratio = (new_logp - old_logp).exp()
-            clip_ratio = clips[j]
-            pg_loss = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip_ratio, 1 + clip_ratio)).mean()
-            v_loss = 0.5 * ((critic(obs) - batch["returns"][i]) ** 2).mean()
-            loss = pg_loss + args.vf_coef * v_loss
-            if args.bc_loss_coeff:  # BC regulariser (D.7, official use_bc_loss): chains of the frozen actor made
-                _, bc_chains = sample(actor, actor, sched, obs, plan, K_ft, "train", args)  # likely under actor_ft
-                bc_logp = chain_log_probs(actor_ft, sched, obs, bc_chains, args, rows=bc_chains.shape[2])
-                loss = loss - args.bc_loss_coeff * bc_logp.mean()  # every chunk row, all K' steps (official)
+            pair_i, pair_j = flat // K_ft, flat % K_ft  # env-step sample, fine-tuned denoising index
+            pair_adv = batch["advantages"][pair_i]
+            pair_adv = (pair_adv - pair_adv.mean()) / (pair_adv.std() + 1e-8)
+            pair_adv = pair_adv * discounts[pair_j]  # denoising discount, after normalization (official order)
             if k % args.grad_accumulate == 0:  # a new sum of gradients
                 actor_opt.zero_grad()
                 critic_opt.zero_grad()
-            loss.backward()
-            with torch.no_grad():
-                approx_kl = ((ratio - 1) - (new_logp - old_logp)).mean().item()  # k3 estimator
-                clipfracs.append(((ratio - 1).abs() > clip_ratio).float().mean().item())
-            stats = dict(policy_loss=pg_loss.item(), value_loss=v_loss.item(), approx_kl=approx_kl)
-            stats["ratio"] = ratio.mean().item()
+            sums = torch.zeros(4, device=device)  # over the minibatch: policy loss, approximate KL, ratio, clipped
+            for c in range(0, mb, chunk):
+                i, j, adv = pair_i[c : c + chunk], pair_j[c : c + chunk], pair_adv[c : c + chunk]
+                obs = take_rows(batch["obs"], i)
+                x_in, x_out = batch["chains"][i, j], batch["chains"][i, j + 1]
+                new_logp = denoising_log_prob(actor_ft, sched, obs, x_in, x_out, ft_t[j], ft_t_prev[j], args)
+                log_ratio = new_logp - batch["logprobs"][i, j]
+                ratio = log_ratio.exp()
+                clip_ratio = clips[j]
+                pg_sum = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip_ratio, 1 + clip_ratio)).sum()
+                (pg_sum / mb).backward()  # this chunk's share of the minibatch mean
+                with torch.no_grad():
+                    kl = (ratio - 1) - log_ratio  # k3 estimator
+                    clipped = ((ratio - 1).abs() > clip_ratio).sum()
+                    sums += torch.stack([pg_sum, kl.sum(), ratio.sum(), clipped.float()])
+            samples, pair_sample = torch.unique(pair_i, return_inverse=True)  # each env-step sample once
+            values = critic(take_rows(batch["obs"], samples))[pair_sample]
+            v_loss = 0.5 * ((values - batch["returns"][pair_i]) ** 2).mean()
+            (args.vf_coef * v_loss).backward()
+            if args.bc_loss_coeff:  # BC regulariser (D.7, official use_bc_loss): chains of the frozen actor made
+                obs = take_rows(batch["obs"], pair_i)
+                _, bc_chains = sample(actor, actor, sched, obs, plan, K_ft, "train", args)  # likely under actor_ft
+                bc_logp = chain_log_probs(actor_ft, sched, obs, bc_chains, args, rows=bc_chains.shape[2])
+                (-args.bc_loss_coeff * bc_logp.mean()).backward()  # every chunk row, all K' steps (official)
+            logged = torch.cat([sums / mb, v_loss.detach().view(1)]).tolist()  # one read-back
+            policy_loss, approx_kl, mean_ratio, clipfrac, value_loss = logged
+            stats = dict(policy_loss=policy_loss, value_loss=value_loss, approx_kl=approx_kl, ratio=mean_ratio)
+            clipfracs.append(clipfrac)
             if (k + 1) % args.grad_accumulate and k + 1 < len(starts):
                 continue  # more minibatches to sum before the step
             if args.max_grad_norm is not None:
@@ -864,7 +895,7 @@ def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, arg
             if update_actor:
                 actor_opt.step()
             critic_opt.step()
-            if args.target_kl is not None and approx_kl > args.target_kl:
+            if args.target_kl is not None and stats["approx_kl"] > args.target_kl:
                 stats["clipfrac"] = float(np.mean(clipfracs))
                 return stats
     stats["clipfrac"] = float(np.mean(clipfracs)) if clipfracs else 0.0
@@ -1097,8 +1128,9 @@ def main(args):
         chains = buf_chain.reshape(N * E, K_ft + 1, Tp, action_dim)
         old_logp = torch.zeros(N * E, K_ft, device=device)
         with torch.no_grad():
-            for s0 in range(0, N * E, args.logprob_batch_size):
-                sl = slice(s0, s0 + args.logprob_batch_size)
+            chunk = logprob_chunk(args, device)
+            for s0 in range(0, N * E, chunk):
+                sl = slice(s0, s0 + chunk)
                 old_logp[sl] = chain_log_probs(actor_ft, sched, take_rows(flat_obs, sl), chains[sl], args)
         targets = dict(advantages=flat(advantages.astype(np.float32)), returns=flat(returns.astype(np.float32)))
         batch = dict(obs=flat_obs, chains=chains, logprobs=old_logp, **targets)

@@ -651,9 +651,9 @@ def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
 
 
 def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=True, generator=None, base_policy=None):
-    """PPO epochs over one iteration's batch (paper 4, D.6). Returns the last minibatch's stats. The gradients of
-    --grad-accumulate minibatches sum into one optimizer step (official grad_accumulate; the last minibatch of an
-    epoch steps with what it has)."""
+    """PPO epochs over one iteration's batch (paper 4, D.6). Returns the last minibatch's stats, read back from the
+    device once per minibatch. The gradients of --grad-accumulate minibatches sum into one optimizer step (official
+    grad_accumulate; the last minibatch of an epoch steps with what it has)."""
     n = len(batch["actions"])
     mb = min(args.batch_size, n)
     starts = range(0, n - mb + 1, mb)
@@ -680,16 +680,12 @@ def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=
                 critic_opt.zero_grad()
             loss.backward()
             with torch.no_grad():
-                approx_kl = ((ratio - 1) - (new_logp - old_logp)).mean().item()  # k3 estimator
-                clipfracs.append(((ratio - 1).abs() > args.clip_coef).float().mean().item())
-            stats = dict(
-                policy_loss=pg_loss.item(),
-                value_loss=v_loss.item(),
-                entropy=ent.item(),
-                approx_kl=approx_kl,
-                ratio=ratio.mean().item(),
-                std=std.mean().item(),
-            )
+                approx_kl = ((ratio - 1) - (new_logp - old_logp)).mean()  # k3 estimator
+                clipfrac = ((ratio - 1).abs() > args.clip_coef).float().mean()
+                logged = [pg_loss, v_loss, ent, approx_kl, ratio.mean(), std.mean(), clipfrac]
+                logged = torch.stack(logged).tolist()  # one read-back
+            stats = dict(zip(("policy_loss", "value_loss", "entropy", "approx_kl", "ratio", "std"), logged))
+            clipfracs.append(logged[-1])
             if (k + 1) % args.grad_accumulate and k + 1 < len(starts):
                 continue  # more minibatches to sum before the step
             if args.max_grad_norm is not None:
@@ -702,7 +698,7 @@ def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=
                 with torch.no_grad():
                     policy.logvar.clamp_(2 * math.log(policy.std_min), 2 * math.log(policy.std_max))
             critic_opt.step()
-            if args.target_kl is not None and approx_kl > args.target_kl:
+            if args.target_kl is not None and stats["approx_kl"] > args.target_kl:
                 stats["clipfrac"] = float(np.mean(clipfracs))
                 return stats
     stats["clipfrac"] = float(np.mean(clipfracs)) if clipfracs else 0.0

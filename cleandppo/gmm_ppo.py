@@ -465,7 +465,8 @@ def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
 
 
 def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=True, generator=None):
-    """PPO epochs over one iteration's batch (paper 4, D.6). Returns the last minibatch's stats."""
+    """PPO epochs over one iteration's batch (paper 4, D.6). Returns the last minibatch's stats, read back from the
+    device once per minibatch."""
     n = len(batch["obs"])
     mb = min(args.batch_size, n)
     stats, clipfracs = {}, []
@@ -493,17 +494,13 @@ def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=
                 actor_opt.step()
             critic_opt.step()
             with torch.no_grad():
-                approx_kl = ((ratio - 1) - (new_logp - old_logp)).mean().item()  # k3 estimator
-                clipfracs.append(((ratio - 1).abs() > args.clip_coef).float().mean().item())
-            stats = dict(
-                policy_loss=pg_loss.item(),
-                value_loss=v_loss.item(),
-                entropy=ent.item(),
-                approx_kl=approx_kl,
-                ratio=ratio.mean().item(),
-                std=mixture_std(std, logits).item(),
-            )
-            if args.target_kl is not None and approx_kl > args.target_kl:
+                approx_kl = ((ratio - 1) - (new_logp - old_logp)).mean()  # k3 estimator
+                clipfrac = ((ratio - 1).abs() > args.clip_coef).float().mean()
+                logged = [pg_loss, v_loss, ent, approx_kl, ratio.mean(), mixture_std(std, logits), clipfrac]
+                logged = torch.stack(logged).tolist()  # one read-back
+            stats = dict(zip(("policy_loss", "value_loss", "entropy", "approx_kl", "ratio", "std"), logged))
+            clipfracs.append(logged[-1])
+            if args.target_kl is not None and stats["approx_kl"] > args.target_kl:
                 stats["clipfrac"] = float(np.mean(clipfracs))
                 return stats
     stats["clipfrac"] = float(np.mean(clipfracs)) if clipfracs else 0.0

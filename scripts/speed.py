@@ -4,6 +4,7 @@
     python scripts/speed.py                      # the report at the benchmark sizes (a few minutes on 2 cores)
     python scripts/speed.py --quick              # the same phases, smaller, in under a minute
     python scripts/speed.py --json report.json   # also write the rows and ratios as JSON
+    python scripts/speed.py --update-only --baseline b3944c0   # the DPPO update alone, beside that commit's
 
 Phases (set up in this order: the simulator ones first, since AsyncVectorEnv forks its workers before torch starts
 its threads):
@@ -16,8 +17,12 @@ its threads):
                   env steps/s, with the share of the time the sampler takes; dppo's also with its envs in --procs
                   worker processes (1 thread).
   DPPO old log-probs  dppo.chain_log_probs over the iteration's --num-envs x --n-steps chains (forward only).
-  DPPO update     dppo.ppo_update, one epoch, on a synthetic batch of those chains: (env step, denoising step) pairs/s
-                  and achieved GFLOP/s, next to a plain torch matmul of the same shapes at the same thread count.
+  DPPO update     dppo.ppo_update on a synthetic batch of those chains, one minibatch per call (a negative target_kl
+                  stops it after the first: short calls, close in time to the matmul's under a changing load):
+                  (env step, denoising step) pairs/s and achieved GFLOP/s, next to a plain torch matmul of the same shapes at the same thread count;
+                  with --baseline COMMIT also the chain_log_probs (in that commit's default chunks) and ppo_update of
+                  dppo.py as it was at COMMIT (read with git show), on the same batch in the same rounds, and the
+                  pairs/s of this code over that one's.
   DPPO iteration  dppo.main for one iteration (rollout + advantages + old log-probs + --update-epochs epochs) from the
                   bundled checkpoint at --iter-threads; its rollout and update times as the loop logs them
                   (time/rollout_s, time/update_s).
@@ -29,8 +34,11 @@ its spread the largest over the smallest, a ratio the median of its per-round ra
 FLOP rule: matmuls only. An nn.Linear(in, out) costs 2 in out FLOPs per row forward and 4 in out backward (the input
 and the weight gradients), so 6 in out per row in training and 2 in out per row forward only; the update runs every
 Linear layer of the fine-tuned network (time embedding included) and of the critic once per pair, the old log-probs
-those of the network alone. Activations, the loss and the optimiser step are not counted. The matmul reference times
-exactly those GEMMs (X W^T forward; dY W and dY^T X backward) on preallocated random matrices.
+those of the network alone. Activations, the loss and the optimiser step are not counted. The critic's layers count once per row it was run
+on, as counted by a hook during the measured calls (the update runs it once per env-step sample of a minibatch; a
+--baseline may run it once per pair). The matmul reference times exactly those GEMMs (X W^T forward; dY W and dY^T X
+backward) on preallocated random matrices: the network's at a minibatch of pairs, the critic's at the expected number
+of distinct samples among them.
 
 Rates follow the load of the machine: the ratios are what the report is for; the load average before and after and
 every row's spread are printed with them.
@@ -38,10 +46,14 @@ every row's spread are printed with them.
 
 import argparse
 import contextlib
+import copy
+import dataclasses
 import datetime
+import importlib.util
 import inspect
 import io
 import json
+import math
 import os
 import platform
 import shutil
@@ -80,6 +92,8 @@ def parse(argv=None):
     p.add_argument("--threads", type=int, help="the default torch thread count (default: torch's, i.e. the cores)")
     p.add_argument("--iter-threads", type=int, default=1, help="torch threads of the iteration (benchmark.sh's: 1)")
     p.add_argument("--no-iteration", action="store_true", help="skip the dppo.main iteration")
+    p.add_argument("--update-only", action="store_true", help="only the DPPO old log-probs and update phases")
+    p.add_argument("--baseline", help="a git commit: also time the DPPO update of dppo.py as it was there")
     p.add_argument("--json", help="also write the report here")
     args = p.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():
@@ -126,6 +140,10 @@ class Phase:
     def __init__(self, name, threads, unit, work, note="", scale=None, warmup=None):
         self.name, self.threads, self.unit, self.work, self.note = name, threads, unit, work, note
         self.scale, self.warmup, self.rates, self.elapsed = scale, warmup or work, [], 0.0
+
+    def gflop(self):
+        """GFLOP per unit (None: no GFLOP row); a callable `scale` is read after the measurement."""
+        return self.scale() if callable(self.scale) else self.scale
 
     def measure(self, seconds):
         """Repeat the unit for `seconds` (at least once); append the rate."""
@@ -273,15 +291,16 @@ def linear_layers(module, rows, *inputs):
     return [(m.in_features, m.out_features) for n, _, m in shapes for _ in range(n // m.in_features // rows)]
 
 
-def matmul_work(layers, rows, backward):
+def matmul_work(layers, rows, backward, critic=((), 0)):
     """One pass of the GEMMs of `layers` on `rows` rows (X W^T; with `backward` also dY W and dY^T X) on preallocated
-    random matrices; returns its GFLOP."""
+    random matrices, and those of `critic` = (layers, rows) likewise; returns its GFLOP."""
     g = torch.Generator().manual_seed(0)
+    shapes = [(rows, i, o) for i, o in layers] + [(critic[1], i, o) for i, o in critic[0]]
     mats = [
-        (torch.randn(rows, i, generator=g), torch.randn(o, i, generator=g), torch.randn(rows, o, generator=g))
-        for i, o in layers
+        (torch.randn(n, i, generator=g), torch.randn(o, i, generator=g), torch.randn(n, o, generator=g))
+        for n, i, o in shapes
     ]
-    gflop = sum((6 if backward else 2) * rows * i * o for i, o in layers) / 1e9
+    gflop = sum((6 if backward else 2) * n * i * o for n, i, o in shapes) / 1e9
 
     def work():
         for x, w, dy in mats:
@@ -295,8 +314,9 @@ def matmul_work(layers, rows, backward):
 
 
 def update_phases(args) -> list:
-    """dppo.chain_log_probs (the old log-probs) and one ppo_update epoch on a synthetic batch of num_envs x n_steps
-    chains at the benchmark shapes, and the matmul reference of each, at each thread count."""
+    """dppo.chain_log_probs (the old log-probs) and one ppo_update minibatch on a synthetic batch of num_envs x n_steps
+    chains at the benchmark shapes, and the matmul reference of each, at each thread count; with args.baseline the
+    ppo_update of that commit's dppo.py on the same batch."""
     cpu = torch.device("cpu")
     ckpt = envs.load_checkpoint(envs.bundled_checkpoint(args.env_id, "diffusion"), "diffusion", args.env_id)
     kw = ckpt["model_kwargs"]
@@ -309,48 +329,111 @@ def update_phases(args) -> list:
     chains = torch.randn(samples, K_ft + 1, Tp, Da, generator=g) * 0.5
     train_args = dppo.Args(act_steps=args.act_steps, batch_size=args.batch_size, update_epochs=1, target_kl=None)
     critic = dppo.Critic(obs_dim, 1, train_args.critic_dims)
-    pairs, chunk = samples * K_ft, train_args.logprob_batch_size
-    mb, logp_rows = min(args.batch_size, pairs), min(pairs, chunk * K_ft)
+    pairs, mb = samples * K_ft, min(args.batch_size, samples * K_ft)
 
     # FLOPs per pair from the layer shapes (module docstring)
     actor_layers = linear_layers(actor_ft, 2, torch.zeros(2, Tp, Da), torch.zeros(2, dtype=torch.long), obs[:2])
     critic_layers = linear_layers(critic, 2, obs[:2])
     fwd_pair = sum(2 * i * o for i, o in actor_layers) / 1e9
-    train_pair = sum(6 * i * o for i, o in actor_layers + critic_layers) / 1e9
+    train_pair, critic_row = (sum(6 * i * o for i, o in layers) / 1e9 for layers in (actor_layers, critic_layers))
 
-    def old_log_probs():  # forward only, in the loop's chunks of logprob_batch_size env-step samples
+    def old_log_probs(module=dppo):  # forward only, in the loop's chunks of env-step samples
+        n = logprob_chunk(module, cpu)
         with torch.no_grad():
             parts = [
-                dppo.chain_log_probs(actor_ft, sched, obs[s : s + chunk], chains[s : s + chunk], train_args)
-                for s in range(0, samples, chunk)
+                module.chain_log_probs(actor_ft, sched, obs[s : s + n], chains[s : s + n], train_args)
+                for s in range(0, samples, n)
             ]
         return torch.cat(parts)
 
     batch = dict(obs=obs, chains=chains, logprobs=old_log_probs(), advantages=torch.randn(samples, generator=g))
     batch["returns"] = torch.randn(samples, generator=g)
-    actor_opt = torch.optim.AdamW(actor_ft.parameters(), lr=1e-4, weight_decay=0.0)
-    critic_opt = torch.optim.AdamW(critic.parameters(), lr=1e-3, weight_decay=0.0)
     small = {k: v[: max(1, mb // K_ft)] for k, v in batch.items()}  # one minibatch: the warm-up
+    one_minibatch = dataclasses.replace(train_args, target_kl=-1.0)  # the approximate KL (k3) is never negative
 
-    def update(b=batch):
-        dppo.ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, b, train_args, generator=g)
-        return (len(b["obs"]) * K_ft // mb) * mb
+    def update_work(module, actor_ft, critic):
+        """(work, warm-up, GFLOP per pair): one minibatch of `module`.ppo_update on its own copy of the networks; the
+        critic's rows counted by a hook over every call (module docstring)."""
+        actor_opt = torch.optim.AdamW(actor_ft.parameters(), lr=1e-4, weight_decay=0.0)
+        critic_opt = torch.optim.AdamW(critic.parameters(), lr=1e-3, weight_decay=0.0)
+        count = dict(pairs=0, rows=0)
+        critic.register_forward_hook(lambda m, x, y: count.__setitem__("rows", count["rows"] + len(x[0])))
 
-    def all_old_log_probs():
-        old_log_probs()
+        def update(b=batch):
+            module.ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, b, one_minibatch, generator=g)
+            count["pairs"] += mb
+            return mb
+
+        return update, lambda: update(small), lambda: train_pair + critic_row * count["rows"] / count["pairs"]
+
+    def all_old_log_probs(module=dppo):
+        old_log_probs(module)
         return pairs
 
-    matmul_fwd = matmul_work(actor_layers, logp_rows, backward=False)
-    matmul_train = matmul_work(actor_layers + critic_layers, mb, backward=True)
-    fwd_note = f"{pairs} pairs, forward only, {fwd_pair * 1e3:.2f} MFLOP/pair"
-    train_note = f"{pairs} pairs, minibatches of {mb}, {train_pair * 1e3:.2f} MFLOP/pair"
+    # the critic's rows in a minibatch: its distinct samples, S (1 - P(none of a sample's K' pairs drawn))
+    no_pair = math.prod((pairs - mb - k) / (pairs - k) for k in range(K_ft)) if pairs - mb >= K_ft else 0.0
+    critic_rows = round(samples * (1 - no_pair))
+    matmul_train = matmul_work(actor_layers, mb, backward=True, critic=(critic_layers, critic_rows))
+    train_note = f"{pairs} pairs, minibatches of {mb}"
+    mm_note = f"{mb} rows, critic {critic_rows}, fwd + bwd"
+    if args.baseline:  # its own copies of the networks, made before any update moves them
+        base = baseline_dppo(args.baseline)
+        base_update, base_warmup, base_scale = update_work(base, copy.deepcopy(actor_ft), copy.deepcopy(critic))
+    update, warmup, update_scale = update_work(dppo, actor_ft, critic)
     phases = []
     for t in thread_counts(args):
-        phases.append(Phase("DPPO old log-probs", t, "pairs/s", all_old_log_probs, fwd_note, fwd_pair))
-        phases.append(Phase("torch matmul, the old log-probs' GEMMs", t, "GFLOP/s", matmul_fwd, f"{logp_rows} rows"))
-        phases.append(Phase("DPPO update", t, "pairs/s", update, train_note, train_pair, lambda: update(small)))
-        phases.append(Phase("torch matmul, the update's GEMMs", t, "GFLOP/s", matmul_train, f"{mb} rows, fwd + bwd"))
+        with threads(t):  # the loop's chunks of env-step samples at t threads
+            n, n_base = logprob_chunk(dppo, cpu), logprob_chunk(base, cpu) if args.baseline else None
+        note = f"{pairs} pairs, chunks of {n} samples, {fwd_pair * 1e3:.2f} MFLOP/pair"
+        phases.append(Phase("DPPO old log-probs", t, "pairs/s", all_old_log_probs, note, fwd_pair))
+        if args.baseline:
+            name, work = f"DPPO old log-probs at {args.baseline}", lambda: all_old_log_probs(base)
+            phases.append(Phase(name, t, "pairs/s", work, f"{pairs} pairs, chunks of {n_base} samples", fwd_pair))
+        rows = min(pairs, n * K_ft)
+        matmul_fwd = matmul_work(actor_layers, rows, backward=False)
+        phases.append(Phase("torch matmul, the old log-probs' GEMMs", t, "GFLOP/s", matmul_fwd, f"{rows} rows"))
+        phases.append(Phase("DPPO update", t, "pairs/s", update, train_note, update_scale, warmup))
+        if args.baseline:  # right after this code's, so that both see the same load
+            name = f"DPPO update at {args.baseline}"
+            phases.append(Phase(name, t, "pairs/s", base_update, train_note, base_scale, base_warmup))
+        phases.append(Phase("torch matmul, the update's GEMMs", t, "GFLOP/s", matmul_train, mm_note))
     return phases
+
+
+def logprob_chunk(module, device):
+    """Env-step samples per chain_log_probs call in `module`'s loop at the current thread count (older code: the
+    flag's default)."""
+    if hasattr(module, "logprob_chunk"):
+        return module.logprob_chunk(module.Args(), device)
+    return module.Args().logprob_batch_size
+
+
+@contextlib.contextmanager
+def threads(n):
+    """torch at n threads inside the block."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def baseline_dppo(commit):
+    """dppo.py as it was at `commit` (git show), imported as a module of its own."""
+    try:
+        source = subprocess.run(
+            ["git", "show", f"{commit}:cleandppo/dppo.py"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise SystemExit(f"--baseline {commit}: git show {commit}:cleandppo/dppo.py failed ({e})") from None
+    path = os.path.join(tempfile.mkdtemp(prefix="speed-baseline-"), "dppo_baseline.py")
+    with open(path, "w") as f:
+        f.write(source)
+    spec = importlib.util.spec_from_file_location("dppo_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def thread_counts(args):
@@ -411,8 +494,30 @@ def ratios(args, phases) -> dict:
 
     def rate(name, threads="-", scaled=False):
         p = by[(name, threads)]
-        return np.array(p.rates) * (p.scale if scaled else 1.0)
+        return np.array(p.rates) * (p.gflop() if scaled else 1.0)
 
+    out = {} if args.update_only else rollout_ratios(args, rate)
+    for threads in thread_counts(args):
+        update = rate("DPPO update", threads, scaled=True)
+        out[f"DPPO update GFLOP/s / matmul GFLOP/s, {plural(threads)}"] = update / rate(
+            "torch matmul, the update's GEMMs", threads
+        )
+        old = rate("DPPO old log-probs", threads, scaled=True)
+        out[f"DPPO old log-probs GFLOP/s / matmul GFLOP/s, {plural(threads)}"] = old / rate(
+            "torch matmul, the old log-probs' GEMMs", threads
+        )
+        if args.baseline:
+            for phase in ("DPPO old log-probs", "DPPO update"):
+                base = rate(f"{phase} at {args.baseline}", threads)
+                out[f"{phase} pairs/s: this code / {args.baseline}, {plural(threads)}"] = rate(phase, threads) / base
+    if args.threads != 1:
+        one, many = (rate("DPPO update", t) for t in (1, args.threads))
+        out[f"DPPO update: 1 thread / {plural(args.threads)}"] = one / many
+    return {name: median(values) for name, values in out.items()}
+
+
+def rollout_ratios(args, rate) -> dict:
+    """The simulator's and the rollouts' ratios (per round); `rate(name, threads)` gives a phase's rates."""
     raw1, rawn = rate("raw simulator, 1 process"), rate(f"raw simulator, {args.procs} worker processes")
     out = {"raw simulator: N processes / 1 process": rawn / raw1}
     out["vector env / raw simulator"] = rate("vector env (make_vec_env)") / raw1
@@ -430,19 +535,7 @@ def ratios(args, phases) -> dict:
             out[f"{script} rollout: 1 thread / {plural(args.threads)}"] = one / many
     best = np.max([rate("dppo rollout", t) for t in thread_counts(args)], axis=0)
     out[f"dppo rollout (faster thread count) / raw simulator in {args.procs} processes"] = best / rawn
-    for threads in thread_counts(args):
-        update = rate("DPPO update", threads, scaled=True)
-        out[f"DPPO update GFLOP/s / matmul GFLOP/s, {plural(threads)}"] = update / rate(
-            "torch matmul, the update's GEMMs", threads
-        )
-        old = rate("DPPO old log-probs", threads, scaled=True)
-        out[f"DPPO old log-probs GFLOP/s / matmul GFLOP/s, {plural(threads)}"] = old / rate(
-            "torch matmul, the old log-probs' GEMMs", threads
-        )
-    if args.threads != 1:
-        one, many = (rate("DPPO update", t) for t in (1, args.threads))
-        out[f"DPPO update: 1 thread / {plural(args.threads)}"] = one / many
-    return {name: median(values) for name, values in out.items()}
+    return out
 
 
 def table_rows(phases, sampler_times) -> list:
@@ -455,7 +548,7 @@ def table_rows(phases, sampler_times) -> list:
         spread = max(p.rates) / min(p.rates)
         rows.append(row(p.name, p.threads, median(p.rates), p.unit, note, spread))
         if p.scale:
-            rows.append(row(p.name, p.threads, median(p.rates) * p.scale, "GFLOP/s", "", spread))
+            rows.append(row(p.name, p.threads, median(p.rates) * p.gflop(), "GFLOP/s", "", spread))
     return rows
 
 
@@ -499,9 +592,12 @@ def report(args):
     torch.set_num_threads(args.threads)
     info, closers = machine(args), []
     try:
-        phases = simulator_phases(args, closers)  # first: AsyncVectorEnv forks its workers before torch's threads
-        rollouts, sampler_times = rollout_phases(args, closers)
-        phases += rollouts + update_phases(args)
+        phases, sampler_times = [], {}
+        if not args.update_only:  # first: AsyncVectorEnv forks its workers before torch starts its threads
+            phases = simulator_phases(args, closers)
+            rollouts, sampler_times = rollout_phases(args, closers)
+            phases += rollouts
+        phases += update_phases(args)
         for p in phases:
             if p.threads != "-":
                 torch.set_num_threads(p.threads)
@@ -517,7 +613,7 @@ def report(args):
         torch.set_num_threads(args.threads)
     rows = table_rows(phases, sampler_times)
     ratio = ratios(args, phases)
-    if not args.no_iteration:
+    if not (args.no_iteration or args.update_only):
         it = iteration(args)
         note = f"{it['steps']} env steps, {args.update_epochs} epochs of minibatches of {args.iter_batch_size} pairs"
         rows.append(row("DPPO iteration", args.iter_threads, it["iteration"], "s", note))

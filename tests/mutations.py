@@ -27,8 +27,8 @@ ppo clip on the wrong side (gmm) | gmm_ppo.py | tests/test_ppo_updates.py
 - torch.max(-adv * ratio, -adv * ratio.clamp
 + torch.min(-adv * ratio, -adv * ratio.clamp
 ppo clip on the wrong side (dppo) | dppo.py | tests/test_ppo_updates.py
-- pg_loss = torch.max(-adv * ratio,
-+ pg_loss = torch.min(-adv * ratio,
+- pg_sum = torch.max(-adv * ratio,
++ pg_sum = torch.min(-adv * ratio,
 ppo clip on the wrong side (exact likelihood) | exact_likelihood_pg.py | tests/test_ppo_updates.py
 - pg_loss = torch.max(-adv * ratio,
 + pg_loss = torch.min(-adv * ratio,
@@ -48,8 +48,8 @@ ppo value loss without vf_coef (gmm) | gmm_ppo.py | tests/test_ppo_updates.py
 - + args.vf_coef * v_loss
 + + v_loss
 dppo no denoising discount | dppo.py | tests/test_ppo_updates.py
-- adv = adv * discounts[j]
-+ adv = adv
+- pair_adv = pair_adv * discounts[pair_j]
++ pair_adv = pair_adv
 dppo one clip ratio for every denoising step | dppo.py | tests/test_ppo_updates.py
 - clip_ratio = clips[j]
 + clip_ratio = clips[-1]
@@ -57,8 +57,8 @@ dppo clip schedule runs the wrong way | dppo.py | tests/test_ppo_updates.py
 - torch.arange(ft_steps, dtype=torch.float64) / (ft_steps - 1)
 + torch.arange(ft_steps - 1, -1, -1, dtype=torch.float64) / (ft_steps - 1)
 dppo discount applied before normalisation | dppo.py | tests/test_ppo_updates.py
-- adv = (adv - adv.mean()) / (adv.std() + 1e-8)\n            adv = adv * discounts[j]
-+ adv = adv * discounts[j]\n            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+- pair_adv = (pair_adv - pair_adv.mean()) / (pair_adv.std() + 1e-8)\n            pair_adv = pair_adv * discounts[pair_j]
++ pair_adv = pair_adv * discounts[pair_j]\n            pair_adv = (pair_adv - pair_adv.mean()) / (pair_adv.std() + 1e-8)
 dppo log-prob at the wrong denoising step | dppo.py | tests/test_ppo_updates.py
 - obs, x_in, x_out, ft_t[j], ft_t_prev[j], args)
 + obs, x_in, x_out, ft_t[K_ft - 1 - j], ft_t_prev[K_ft - 1 - j], args)
@@ -78,6 +78,30 @@ exact likelihood: new log-likelihood not clamped | exact_likelihood_pg.py | test
 - ).clamp(lo, hi)
 + )
 
+dppo update: critic values matched to other pairs | dppo.py | tests/test_dppo_update.py
+- critic(take_rows(batch["obs"], samples))[pair_sample]
++ critic(take_rows(batch["obs"], samples))[pair_sample.flip(0)]
+dppo update: logged policy loss and KL swapped | dppo.py | tests/test_dppo_update.py
+- policy_loss, approx_kl, mean_ratio, clipfrac, value_loss = logged
++ approx_kl, policy_loss, mean_ratio, clipfrac, value_loss = logged
+dppo update: clip fraction from another logged number | dppo.py | tests/test_dppo_update.py
+- clipfracs.append(clipfrac)
++ clipfracs.append(mean_ratio)
+dppo update: a chunk's policy loss as the minibatch mean | dppo.py | tests/test_dppo_update.py
+- (pg_sum / mb).backward()
++ (pg_sum / len(i)).backward()
+ppo update: logged KL and ratio swapped (gaussian) | gaussian_ppo.py | tests/test_ppo_updates.py
+- "entropy", "approx_kl", "ratio", "std"), logged)
++ "entropy", "ratio", "approx_kl", "std"), logged)
+ppo update: clip fraction from another logged number (gmm) | gmm_ppo.py | tests/test_ppo_updates.py
+- clipfracs.append(logged[-1])
++ clipfracs.append(logged[-2])
+dppo update: --update-chunk-size ignored | dppo.py | tests/test_dppo_update.py
+- chunk = chunk_size(args.update_chunk_size, device, 5000, mb)
++ chunk = mb
+dppo chunk defaults: the small chunk at any thread count | dppo.py | tests/test_dppo_update.py
+- torch.get_num_threads() == 1 else otherwise
++ torch.get_num_threads() >= 1 else otherwise
 # dppo sampler and denoising log-prob (the hot paths of an iteration)
 dppo sampler: frozen network one step into the fine-tuned part | dppo.py | tests/test_dppo_sampling.py
 - net = actor_ft if i >= n - ft_steps else actor
@@ -391,8 +415,8 @@ dppo BC over the executed rows only | dppo.py | tests/test_official.py -k dppo_b
 - bc_chains, args, rows=bc_chains.shape[2])
 + bc_chains, args)
 dppo BC sign | dppo.py | tests/test_official.py -k dppo_bc_term
-- loss = loss - args.bc_loss_coeff * bc_logp.mean()
-+ loss = loss + args.bc_loss_coeff * bc_logp.mean()
+- (-args.bc_loss_coeff * bc_logp.mean()).backward()
++ (args.bc_loss_coeff * bc_logp.mean()).backward()
 gaussian BC samples from the trained policy | gaussian_ppo.py | tests/test_official.py -k gaussian_bc_term
 - sample_action(*base_policy(obs), args.randn_clip_value)
 + sample_action(*policy(obs), args.randn_clip_value)

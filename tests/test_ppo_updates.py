@@ -133,6 +133,9 @@ def test_gaussian_ppo_update_matches_the_clipped_surrogate_value_loss_and_entrop
     assert stats["value_loss"] == pytest.approx(v.item(), rel=1e-5)
     assert stats["entropy"] == pytest.approx(ent.item(), rel=1e-5)
     assert stats["clipfrac"] == pytest.approx(((ratio - 1).abs() > 0.2).float().mean().item())
+    assert stats["approx_kl"] == pytest.approx(((ratio - 1) - ratio.log()).mean().item(), rel=1e-4)  # k3
+    assert stats["ratio"] == pytest.approx(ratio.mean().item(), rel=1e-6)
+    assert stats["std"] == pytest.approx(std.mean().item(), rel=1e-6)
     assert_grads_close(got_actor, expected_grads(pg - 0.05 * ent, policy))
     assert_grads_close(got_critic, expected_grads(0.7 * v, critic))
 
@@ -193,6 +196,11 @@ def test_gmm_ppo_update_matches_the_clipped_surrogate_value_loss_and_entropy():
     assert stats["policy_loss"] == pytest.approx(pg.item(), rel=1e-5)
     assert stats["value_loss"] == pytest.approx(v.item(), rel=1e-5)
     assert stats["entropy"] == pytest.approx(ent.item(), rel=1e-5)
+    assert stats["clipfrac"] == pytest.approx(((ratio - 1).abs() > 0.2).float().mean().item())
+    assert stats["approx_kl"] == pytest.approx(((ratio - 1) - ratio.log()).mean().item(), rel=1e-4)  # k3
+    assert stats["ratio"] == pytest.approx(ratio.mean().item(), rel=1e-6)
+    mixture_std = (torch.softmax(logits, -1) * std.mean(-1)).sum(-1).mean()  # mode-weighted mean sigma (official)
+    assert stats["std"] == pytest.approx(mixture_std.item(), rel=1e-6)
     assert_grads_close(got_actor, expected_grads(pg - 0.05 * ent, policy))
     assert_grads_close(got_critic, expected_grads(0.7 * v, critic))
 

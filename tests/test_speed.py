@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 PHASES = [
@@ -93,3 +95,38 @@ def test_executed_steps_counts_the_envs_whose_episode_ended_too():
     )
     assert speed.executed_steps(one_ended) == 5
     assert speed.executed_steps(dict(env_steps=[4, 4], _env_steps=[True, True])) == 8
+
+
+def plural(threads):
+    return f"{threads} thread{'s' * (threads != 1)}"
+
+
+def test_update_only_report_times_the_baseline_update_beside_this_one(tmp_path):
+    """--update-only measures only the DPPO old log-probs and update phases; --baseline COMMIT adds that commit's
+    chain_log_probs and ppo_update (git show) on the same batch in the same rounds, at each thread count, and their
+    pairs/s ratios."""
+    if not os.path.exists(os.path.join(ROOT, ".git")):
+        pytest.skip("--baseline reads a commit with git show: not a git checkout")
+    tiny = "--seconds 0.05 --num-envs 2 --n-steps 3 --batch-size 20 --threads 2"
+    out = tmp_path / "report.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "speed.py"), "--quick", "--update-only", "--baseline", "HEAD"]
+        + [*tiny.split(), "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONWARNINGS="ignore"),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    phases = {(r["phase"], r["threads"], r["unit"]) for r in report["rows"]}
+    update_phases = {"DPPO old log-probs", "DPPO update", "DPPO old log-probs at HEAD", "DPPO update at HEAD"}
+    update_phases |= {"torch matmul, the update's GEMMs", "torch matmul, the old log-probs' GEMMs"}
+    assert {p for p, _, _ in phases} == update_phases
+    for threads in (1, 2):
+        for phase in ("DPPO old log-probs", "DPPO update"):
+            assert {(f"{phase} at HEAD", threads, "pairs/s"), (f"{phase} at HEAD", threads, "GFLOP/s")} <= phases
+            assert f"{phase} pairs/s: this code / HEAD, {plural(threads)}" in report["ratios"]
+    assert all(math.isfinite(v) and v > 0 for v in report["ratios"].values())
+    assert not any(name.startswith(("raw", "dppo rollout", "DPPO iteration")) for name in report["ratios"])
