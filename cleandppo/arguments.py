@@ -5,12 +5,58 @@ name, the same in every script (a bad value stops in one line naming a value tha
 from __future__ import annotations
 
 import sys
-from dataclasses import fields
+from dataclasses import dataclass, fields
+from typing import Optional
 
 import numpy as np
 
 from cleandppo import robomimic_tasks
 from cleandppo.common import fail
+
+
+@dataclass
+class RunArgs:
+    """The flags every script accepts, in this order (docs/contract.md); each script's `Args` adds its own after them.
+    Defaults are the Gym ones; a script's task tables (task_defaults) may change them per task."""
+
+    env_id: str = "Hopper-v2"
+    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or gymnasium v4/v5 ids), robomimic lift/can/square/transport
+    (from pixels: lift-img, ..., in dppo.py and gaussian_ppo.py), avoid-m1/2/3"""
+    seed: int = 0
+    """seeds torch, numpy and every environment (env i gets seed + i)"""
+    num_envs: int = 40
+    """parallel environments (E)"""
+    total_timesteps: int = 1_000_000
+    """fine-tuning budget in environment steps"""
+    checkpoint: Optional[str] = None
+    """pre-trained policy to fine-tune (the diffusion baselines: any cleandppo diffusion script's), or a run's
+    checkpoint of this script to resume; default: the bundled one"""
+    eval_only: bool = False
+    """only evaluate --checkpoint"""
+    eval_freq: int = 10
+    """evaluate every N iterations (and after the last one)"""
+    eval_episodes: int = 10
+    """episodes per evaluation"""
+    run_dir: Optional[str] = None
+    """where logs, checkpoints and summary.json go (default runs/<env>__<algo>__<seed>__<time>; a resume: its dir)"""
+    overwrite: bool = False
+    """replace the run already in --run-dir (without it such a dir is refused unless this run resumes it)"""
+    save_freq: int = 10
+    """write checkpoint_<iter>.pt every N iterations (checkpoint_last.pt is written every iteration)"""
+    cuda: bool = True
+    """use CUDA when available"""
+    torch_deterministic: bool = True
+    """deterministic torch kernels"""
+    track: bool = False
+    """also log to Weights & Biases"""
+    capture_video: bool = False
+    """record one evaluation episode to the run dir as an mp4 at the end (envs.capture_video)"""
+    env_workers: int = 0
+    """processes stepping the envs: 0 = auto (one per free core when 2+ are free, else this one), 1 = this process"""
+    sampling_threads: int = 0
+    """torch threads of sampling (rollouts, evaluations); 0 = auto: 1. Another count may change the last digits"""
+    update_threads: int = 0
+    """torch threads of the update; 0 = auto: the free cores (a resume: its run's). Another count may change digits"""
 
 
 def parse_args(args_cls, task_defaults, argv=None):

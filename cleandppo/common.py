@@ -3,11 +3,13 @@
 It imports no other module of the project. The layers above it, each importing only the ones below:
   common.py                               -- this file
   gym_tasks.py, avoid.py, robomimic_tasks.py -- one module per task family: ids, the simulator, its data files
-  workers.py                              -- worker processes that step a vector env's envs (--env-workers)
+  workers.py                              -- worker processes that step a vector env's envs (--env-workers), threads
+  vit.py                                  -- the ViT encoder and random shifts of the pixel policies (torch only)
   official.py                             -- the official DPPO code's checkpoints and train.npz, converted
   envs.py                                 -- the env and dataset factory the scripts call (dispatches on --env-id)
   arguments.py                            -- the command line: tyro parsing, per-task defaults, flag ranges
   runs.py                                 -- run plumbing: run dirs, resume, logging
+  pretraining.py                          -- the behaviour-cloning loop of dppo.py, gaussian_ppo.py, gmm_ppo.py
   dppo.py, gaussian_ppo.py, ...           -- the algorithm scripts; no module imports them
 (tests/test_layers.py checks this order.)
 """

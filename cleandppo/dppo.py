@@ -20,51 +20,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cleandppo import arguments, avoid, envs, runs
+from cleandppo import arguments, avoid, envs, pretraining, runs, vit, workers
 
 ALGO = "dppo"
 
 
 @dataclass
-class Args:
-    # --- common contract (see the README) ---
-    env_id: str = "Hopper-v2"
-    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or gymnasium v4/v5 ids), lift/can/square/transport (their pixel
-    tasks: lift-img, ...), avoid-m1/2/3"""
-    seed: int = 0
-    """seeds torch, numpy and every environment (env i gets seed + i)"""
-    num_envs: int = 40
-    """parallel environments (E)"""
-    total_timesteps: int = 1_000_000
-    """fine-tuning budget in environment steps"""
-    checkpoint: Optional[str] = None
-    """pre-trained policy to fine-tune, or a run's checkpoint of this script to resume; default: the bundled one"""
-    eval_only: bool = False
-    """only evaluate --checkpoint"""
-    eval_freq: int = 10
-    """evaluate every N iterations (and after the last one)"""
-    eval_episodes: int = 10
-    """episodes per evaluation"""
-    run_dir: Optional[str] = None
-    """where logs, checkpoints and summary.json go (default runs/<env>__<algo>__<seed>__<time>; a resume: its dir)"""
-    overwrite: bool = False
-    """replace the run already in --run-dir (without it such a dir is refused unless this run resumes it)"""
-    save_freq: int = 10
-    """write checkpoint_<iter>.pt every N iterations (checkpoint_last.pt is written every iteration)"""
-    cuda: bool = True
-    """use CUDA when available"""
-    torch_deterministic: bool = True
-    """deterministic torch kernels"""
-    track: bool = False
-    """also log to Weights & Biases"""
-    capture_video: bool = False
-    """record one evaluation episode to the run dir as an mp4 at the end (runs.capture_video)"""
-    env_workers: int = 0
-    """processes stepping the envs: 0 = auto (one per free core when 2+ are free, else this one), 1 = this process"""
-    sampling_threads: int = 0
-    """torch threads of sampling (rollouts, evaluations); 0 = auto: 1. Another count may change the last digits"""
-    update_threads: int = 0
-    """torch threads of the update; 0 = auto: the free cores (a resume: its run's). Another count may change digits"""
+class Args(arguments.RunArgs):
+    # the flags every script shares come first: arguments.RunArgs (--env-id, --seed, --num-envs, --total-timesteps,
+    # --checkpoint, --eval-*, --run-dir, ...; docs/contract.md)
+    # --- this script's own part of the common contract ---
     dataset: Optional[str] = None
     """pre-training data: a D4RL name (hopper-medium-v2), a Minari id or an hdf5 path"""
     pretrain_only: bool = False
@@ -184,10 +149,9 @@ class Args:
     critic_dims: tuple[int, ...] = (256, 256, 256)
     """critic hidden widths (residual, Mish)"""
     logprob_batch_size: Optional[int] = None
-    """env-step samples per chunk when recomputing old log-probs (memory and speed only; default 500 on one CPU thread,
-    else 10000)"""
+    """env-step samples per pass recomputing old log-probs (memory, speed only; default 500 on 1 thread, else 10000)"""
     update_chunk_size: Optional[int] = None
-    """pairs per forward/backward pass of a minibatch (memory and speed only; default 5000 on one CPU thread, else all)"""
+    """pairs per forward/backward pass of a minibatch (memory and speed only; default 5000 on 1 CPU thread, else all)"""
     train_action_noise: tuple[float, float] = (0.0, 0.0)
     """[low, high] of uniform noise (normalized units) on executed actions from iteration 5 (D.8, Fig. 10)"""
     train_action_noise_mode: Literal["literal", "symmetric"] = "literal"
@@ -470,169 +434,17 @@ def model_kwargs_from(args, obs_dim, action_dim, image_shape=None) -> dict:
         value = getattr(args, key)
         kw[key] = tuple(value) if isinstance(value, list) else value
     if image_shape is not None:
-        kw["vision"] = vision_kwargs(args, obs_dim, image_shape)
+        kw["vision"] = vit.vision_kwargs(args, obs_dim, image_shape)
     return kw
 
 
-# ---- Pixel observations (paper 5.2, D.5): Hu et al.'s ViT encoder, random shifts, {"state", "rgb"} batches ----------
-def random_shift(images, pad=4, generator=None):
-    """Random-shift augmentation (official RandomShiftsAug, model/common/modules.py): each image (..., C, H, W) moves
-    by a whole number of pixels drawn uniformly from [-pad, pad], per image and axis, its border rows and columns
-    repeated into the gap. The official code pads by replication and samples the shifted pixel centres bilinearly,
-    which lands on these pixels exactly. Any dtype (uint8 stays uint8); the shape is kept."""
-    *_, channels, height, width = images.shape
-    flat = images.reshape(-1, channels, height, width)
-    shift = torch.randint(-pad, pad + 1, (len(flat), 2), device=images.device, generator=generator)  # (x, y)
-    rows = (torch.arange(height, device=images.device) + shift[:, 1:]).clamp(0, height - 1)  # (n, H) source rows
-    cols = (torch.arange(width, device=images.device) + shift[:, :1]).clamp(0, width - 1)  # (n, W) source columns
-    flat = flat.gather(2, rows[:, None, :, None].expand(-1, channels, -1, width))
-    flat = flat.gather(3, cols[:, None, None, :].expand(-1, channels, height, -1))
-    return flat.reshape(images.shape)
-
-
-def shift_images(obs, per_camera=False):
-    """A pixel observation batch with its images random-shifted (random_shift): all channels of an image together
-    (official fine-tuning agents), or with `per_camera` each camera's three channels on their own (official
-    pre-training, where the network shifts each camera's image before encoding it). A state observation (no images)
-    comes back as it is, and no random number is drawn."""
-    if not isinstance(obs, dict):
-        return obs
-    rgb = obs["rgb"]
-    cameras = rgb.shape[-3] // 3 if per_camera else 1
-    return dict(obs, rgb=random_shift(rgb.unflatten(-3, (cameras, -1))).flatten(-4, -3))
-
-
-class SpatialEmbedding(nn.Module):
-    """Hu et al.'s learned spatial embedding of the ViT output (official SpatialEmb, model/common/modules.py; paper
-    D.5): each of the D channels, its values over the P patches with the proprioception appended, goes through
-    Linear -> LayerNorm -> ReLU to `out_dim` features; a learned (D, out_dim) weight then sums over the channels.
-    (B, P, D) patches and (B, Dp) proprioception -> (B, out_dim)."""
-
-    def __init__(self, num_patches, patch_dim, prop_dim, out_dim):
-        super().__init__()
-        self.proj = nn.Sequential(nn.Linear(num_patches + prop_dim, out_dim), nn.LayerNorm(out_dim), nn.ReLU())
-        self.weight = nn.Parameter(torch.randn(1, patch_dim, out_dim))  # N(0, 1), the official init
-
-    def forward(self, patches, prop):
-        channels = patches.transpose(1, 2)  # (B, D, P)
-        rows = torch.cat([channels, prop[:, None, :].expand(-1, channels.shape[1], -1)], dim=-1)
-        return (self.weight * self.proj(rows)).sum(dim=1)
-
-
-class VisionEncoder(nn.Module):
-    """Pixels and proprioception -> features (paper 5.2, D.5: the ViT of Hu et al.; official VitEncoder with the
-    configs' embed_style embed2 and embed_norm 0, model/common/vit.py). Per camera (3 channels of the latest image,
-    the official img_cond_steps 1): [0, 255] -> x / 255 - 0.5; patches from Conv(8x8, stride 4) -> ReLU ->
-    Conv(3x3, stride 2) (96 x 96 pixels -> 11 x 11 = 121 patches of `embed_dim`); plus a learned position per patch;
-    `depth` pre-norm Transformer layers (`heads` heads, GELU MLP of 4 x embed_dim); LayerNorm; then the camera's own
-    SpatialEmbedding with the flat proprioception appended to every channel. The cameras share the ViT (official
-    num_img 2). Output: [camera features..., proprioception], (B, cameras x spatial_dim + To x Ds)."""
-
-    chunk = 1024  # images per ViT pass (memory only: values and log-probs of a whole rollout go through in pieces)
-
-    def __init__(self, state_dim, cond_steps, image_shape, embed_dim=128, depth=1, heads=4, spatial_dim=128):
-        super().__init__()
-        channels, height, width = image_shape
-        self.patch_embed = nn.Sequential(
-            nn.Conv2d(3, embed_dim, 8, 4), nn.ReLU(), nn.Conv2d(embed_dim, embed_dim, 3, 2)
-        )
-        side = lambda n: ((n - 8) // 4 + 1 - 3) // 2 + 1  # noqa: E731 (the two convolutions' output size)
-        num_patches = side(height) * side(width)
-        self.pos_embed = nn.Parameter(nn.init.trunc_normal_(torch.zeros(1, num_patches, embed_dim), std=0.02))
-        layer = nn.TransformerEncoderLayer(
-            embed_dim, heads, 4 * embed_dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
-        )
-        self.transformer = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
-        for name, p in self.transformer.named_parameters():  # timm's ViT init (official init_weights_vit_timm)
-            if p.dim() == 2:
-                nn.init.trunc_normal_(p, std=0.02)  # the Linear weights (attention in/out, MLP)
-            elif "norm" not in name:
-                nn.init.zeros_(p)  # their biases
-        self.norm = nn.LayerNorm(embed_dim)
-        prop_dim = state_dim * cond_steps
-        self.compress = nn.ModuleList(
-            SpatialEmbedding(num_patches, embed_dim, prop_dim, spatial_dim) for _ in range(channels // 3)
-        )
-        self.out_dim = len(self.compress) * spatial_dim + prop_dim
-
-    def vit(self, images):
-        """(n, 3, H, W) in [0, 255] -> (n, P, embed_dim) patch features."""
-        x = self.patch_embed(images / 255.0 - 0.5).flatten(2).transpose(1, 2)
-        return self.norm(self.transformer(x + self.pos_embed))
-
-    def forward(self, obs):
-        state = obs["state"].flatten(1)
-        rgb = obs["rgb"][:, -1].float()  # (B, C, H, W), cameras along the channels
-        features = []
-        for camera, compress in enumerate(self.compress):
-            images = rgb[:, 3 * camera : 3 * camera + 3]
-            pieces = [self.vit(images[i : i + self.chunk]) for i in range(0, len(images), self.chunk)]
-            features.append(compress(torch.cat(pieces), state))
-        return torch.cat([*features, state], dim=-1)
-
-
-def vision_kwargs(args, state_dim, image_shape):
-    """A pixel task's VisionEncoder as checkpoints store it (model_kwargs["vision"]), from the --vit-* flags."""
-    vit = dict(embed_dim=args.vit_dim, depth=args.vit_depth, heads=args.vit_heads, spatial_dim=args.spatial_emb)
-    return dict(state_dim=state_dim, cond_steps=args.cond_steps, image_shape=tuple(image_shape), **vit)
-
-
-def obs_tensor(obs, device):
-    """An observation batch on `device`: the array as a tensor, or each entry of a pixel observation (rgb stays uint8:
-    the networks convert it)."""
-    if isinstance(obs, dict):
-        return {key: torch.as_tensor(value, device=device) for key, value in obs.items()}
-    return torch.as_tensor(obs, device=device)
-
-
-def take_rows(obs, rows):
-    """Rows `rows` (an index, a slice, an index array) of an observation batch, or of each entry of a pixel one."""
-    if isinstance(obs, dict):
-        return {key: value[rows] for key, value in obs.items()}
-    return obs[rows]
-
-
-def obs_dims(obs):
-    """(obs_dim, image_shape) of single observations (T, ...): a state observation's size and None, or a pixel
-    observation's proprioception size and the (C, H, W) of its images."""
-    if isinstance(obs, dict):
-        return obs["state"].shape[-1], tuple(obs["rgb"].shape[-3:])
-    return obs.shape[-1], None
-
-
-class RolloutObs:
-    """A rollout's observations, n_steps vector steps of (E, ...): float32 arrays, and for pixel observations one per
-    entry, with rgb kept uint8 (27 KB per 96 x 96 camera image, a quarter of float32). buf[n] = obs stores step n."""
-
-    def __init__(self, obs, n_steps):
-        def zeros(value):
-            return np.zeros((n_steps, *value.shape), np.uint8 if value.dtype == np.uint8 else np.float32)
-
-        self.data = {key: zeros(value) for key, value in obs.items()} if isinstance(obs, dict) else zeros(obs)
-
-    def __setitem__(self, n, obs):
-        if isinstance(obs, dict):
-            for key, value in obs.items():
-                self.data[key][n] = value
-        else:
-            self.data[n] = obs
-
-    def flat(self, device):
-        """(n_steps x E, ...) tensors on `device`, step-major."""
-        flatten = lambda x: torch.as_tensor(x.reshape(-1, *x.shape[2:]), device=device)  # noqa: E731
-        return (
-            {key: flatten(value) for key, value in self.data.items()}
-            if isinstance(self.data, dict)
-            else flatten(self.data)
-        )
-
-
 class VisionDiffusionMLP(DiffusionMLP):
-    """eps_theta(x_t, t, s) from pixels (paper 5.2, DPPO-ViT-MLP; official VisionDiffusionMLP in
-    model/diffusion/mlp_diffusion.py): DiffusionMLP on [noisy chunk, time embedding, VisionEncoder features]."""
+    """eps_theta(x_t, t, s) from pixels (paper 5.2, D.5, DPPO-ViT-MLP; official VisionDiffusionMLP in
+    model/diffusion/mlp_diffusion.py): DiffusionMLP on [noisy chunk, time embedding, the features of the ViT encoder of
+    cleandppo/vit.py, random-shifted in pre-training and fine-tuning]."""
 
     def __init__(self, vision, action_dim, horizon_steps, time_dim, mlp_dims, activation):
-        encoder = VisionEncoder(**vision)
+        encoder = vit.VisionEncoder(**vision)
         super().__init__(encoder.out_dim, action_dim, horizon_steps, 1, time_dim, mlp_dims, activation)
         self.encoder = encoder
 
@@ -724,7 +536,7 @@ def chain_log_probs(actor_ft, sched, obs, chains, args, rows=None):
     ft_t, ft_t_prev = fine_tuned_timesteps(denoising_plan(len(sched["betas"]), args.ddim_steps), K_ft)
     x_in, x_out = chains[:, :-1].flatten(0, 1), chains[:, 1:].flatten(0, 1)  # (B K', Tp, Da), sample-major
     t, t_prev = ft_t.repeat(B).to(chains.device), ft_t_prev.repeat(B).to(chains.device)
-    obs = take_rows(obs, torch.arange(B, device=chains.device).repeat_interleave(K_ft))  # each sample's K' times
+    obs = envs.take_rows(obs, torch.arange(B, device=chains.device).repeat_interleave(K_ft))  # each sample's K' times
     logp = denoising_log_prob(actor_ft, sched, obs, x_in, x_out, t, t_prev, args, rows)
     return logp.view(B, K_ft)
 
@@ -758,7 +570,7 @@ class VisionCritic(Critic):
     of its own."""
 
     def __init__(self, vision, dims=(256, 256, 256)):
-        encoder = VisionEncoder(**vision)
+        encoder = vit.VisionEncoder(**vision)
         super().__init__(encoder.out_dim, 1, dims)
         self.encoder = encoder
 
@@ -771,34 +583,6 @@ def build_critic(kw, args):
     if kw.get("vision") is None:
         return Critic(kw["obs_dim"], args.cond_steps, args.critic_dims)
     return VisionCritic(kw["vision"], args.critic_dims)
-
-
-class RunningRewardScaler:
-    """Divide rewards by the std of a running discounted return (official util/reward_scaling.py).
-    R <- r + 0.99 (1 - first) R per env; running variance M2/(n - 1) of all R (count init 1e-4, mean 0, var 1);
-    scaled reward = r / sqrt(var + 1e-8), clipped to +-10. No mean subtraction."""
-
-    def __init__(self, num_envs, gamma=0.99):
-        self.gamma, self.ret = gamma, np.zeros(num_envs)
-        self.mean, self.var, self.count = 0.0, 1.0, 1e-4
-
-    def __call__(self, rewards, firsts):
-        """rewards, firsts: (N, E); firsts[n] marks that step n starts a new episode."""
-        returns = np.zeros_like(rewards)
-        for n in range(len(rewards)):
-            self.ret = rewards[n] + self.gamma * (1 - firsts[n]) * self.ret
-            returns[n] = self.ret
-        batch_mean, batch_var, batch_count = returns.mean(), returns.var(), returns.size
-        delta, total = batch_mean - self.mean, self.count + batch_count
-        m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
-        self.mean, self.var, self.count = self.mean + delta * batch_count / total, m2 / (total - 1), total
-        return np.clip(rewards / np.sqrt(self.var + 1e-8), -10, 10)
-
-    def state_dict(self):
-        return {"ret": self.ret, "mean": self.mean, "var": self.var, "count": self.count}
-
-    def load_state_dict(self, d):
-        self.ret, self.mean, self.var, self.count = d["ret"], d["mean"], d["var"], d["count"]
 
 
 def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
@@ -814,21 +598,6 @@ def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
     return advantages, advantages + values
 
 
-def chunk_size(flag, device, one_thread, otherwise):
-    """A chunk size flag's value, or its default: `one_thread` when torch computes on one CPU thread (there, large
-    tensors are fresh memory from the kernel at each allocation, and chunks that stay small are faster), else
-    `otherwise` (on more threads, each op's threads wait for each other; chunks of the sizes above are slower on a
-    busy machine). Measured: docs/benchmarks.md#the-update."""
-    if flag is not None:
-        return flag
-    return one_thread if device.type == "cpu" and torch.get_num_threads() == 1 else otherwise
-
-
-def logprob_chunk(args, device):
-    """Env-step samples per chain_log_probs call when recomputing an iteration's old log-probs."""
-    return chunk_size(args.logprob_batch_size, device, 500, 10_000)
-
-
 def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, args, update_actor=True, generator=None):
     """PPO epochs over the N*E*K' (env step, denoising step) pairs (paper 4.2; official `PPODiffusion.loss` in
     model/diffusion/diffusion_ppo.py, the update loop in agent/finetune/train_ppo_diffusion_agent.py). `actor` (frozen)
@@ -842,7 +611,7 @@ def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, arg
     num_pairs = len(batch["advantages"]) * K_ft
     mb = min(args.batch_size, num_pairs)
     starts = range(0, num_pairs - mb + 1, mb)
-    chunk = chunk_size(args.update_chunk_size, device, 5000, mb)
+    chunk = workers.chunk_size(args.update_chunk_size, device, 5000, mb)
     clips = clip_schedule(K_ft, args.clip_ploss_coef, args.clip_ploss_coef_base, args.clip_ploss_coef_rate).to(device)
     discounts = denoising_discount(K_ft, args.gamma_denoising).to(device)
     plan = denoising_plan(len(sched["betas"]), args.ddim_steps)
@@ -862,7 +631,7 @@ def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, arg
             sums = torch.zeros(4, device=device)  # over the minibatch: policy loss, approximate KL, ratio, clipped
             for c in range(0, mb, chunk):
                 i, j, adv = pair_i[c : c + chunk], pair_j[c : c + chunk], pair_adv[c : c + chunk]
-                obs = take_rows(batch["obs"], i)
+                obs = envs.take_rows(batch["obs"], i)
                 x_in, x_out = batch["chains"][i, j], batch["chains"][i, j + 1]
                 new_logp = denoising_log_prob(actor_ft, sched, obs, x_in, x_out, ft_t[j], ft_t_prev[j], args)
                 log_ratio = new_logp - batch["logprobs"][i, j]
@@ -875,11 +644,11 @@ def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, arg
                     clipped = ((ratio - 1).abs() > clip_ratio).sum()
                     sums += torch.stack([pg_sum, kl.sum(), ratio.sum(), clipped.float()])
             samples, pair_sample = torch.unique(pair_i, return_inverse=True)  # each env-step sample once
-            values = critic(take_rows(batch["obs"], samples))[pair_sample]
+            values = critic(envs.take_rows(batch["obs"], samples))[pair_sample]
             v_loss = 0.5 * ((values - batch["returns"][pair_i]) ** 2).mean()
             (args.vf_coef * v_loss).backward()
             if args.bc_loss_coeff:  # BC regulariser (D.7, official use_bc_loss): chains of the frozen actor made
-                obs = take_rows(batch["obs"], pair_i)
+                obs = envs.take_rows(batch["obs"], pair_i)
                 _, bc_chains = sample(actor, actor, sched, obs, plan, K_ft, "train", args)  # likely under actor_ft
                 bc_logp = chain_log_probs(actor_ft, sched, obs, bc_chains, args, rows=bc_chains.shape[2])
                 (-args.bc_loss_coeff * bc_logp.mean()).backward()  # every chunk row, all K' steps (official)
@@ -914,61 +683,19 @@ def make_checkpoint(actor, kw, normalization, args, iteration, env_steps, **extr
     return ckpt | dict(iteration=iteration, env_steps=env_steps, **extra)
 
 
-def pretrain_lr(epoch, args):
-    """Linear warm-up over 1 epoch from the min LR, then cosine decay to the min LR (official
-    `CosineAnnealingWarmupRestarts`, util/scheduler.py)."""
-    lo, hi, warmup = args.pretrain_min_lr, args.pretrain_lr, 1
-    if epoch < warmup:
-        return lo + (hi - lo) * epoch / warmup
-    progress = (epoch - warmup) / max(1, args.pretrain_epochs - warmup)
-    return lo + (hi - lo) * (1 + math.cos(math.pi * progress)) / 2
-
-
 def pretrain(args, data, run_dir, writer, device):
-    """Behaviour cloning on `data` (envs.load_dataset); writes run_dir/pretrained.pt and returns it."""
+    """Behaviour cloning on `data` (envs.load_dataset) with the denoising loss (pretraining.behaviour_cloning: AdamW,
+    cosine LR, EMA weights, the official loop); writes run_dir/pretrained.pt and returns it."""
     norm = data["normalization"]
     samples = envs.make_pretraining_samples(data["episodes"], norm, args.cond_steps, args.horizon_steps)
-    obs, actions, starts, firsts = samples
-    print(f"[pretrain] {len(data['episodes'])} episodes, {len(starts)} samples from {args.dataset}")
-    obs_dim, image_shape = obs_dims(obs)
-    kw = model_kwargs_from(args, obs_dim, actions.shape[1], image_shape)
+    print(f"[pretrain] {len(data['episodes'])} episodes, {len(samples[2])} samples from {args.dataset}")
+    obs_dim, image_shape = envs.obs_dims(samples[0])
+    kw = model_kwargs_from(args, obs_dim, samples[1].shape[1], image_shape)
     net = build_policy_network(kw).to(device)
-    ema = copy.deepcopy(net).requires_grad_(False)
     sched = {k: v.to(device) for k, v in make_schedule(args.denoising_steps).items()}
-    opt = torch.optim.AdamW(net.parameters(), lr=args.pretrain_lr, weight_decay=args.pretrain_weight_decay)
-    obs_t, act_t = obs_tensor(obs, device), torch.as_tensor(actions, device=device)
-    rows = np.arange(len(actions))  # one per step of obs and actions: gathered as indices, then looked up on device
-    steps_per_epoch, step, t0 = math.ceil(len(starts) / args.pretrain_batch_size), 0, time.time()
-    for epoch in range(args.pretrain_epochs):
-        for group in opt.param_groups:
-            group["lr"] = pretrain_lr(epoch, args)
-        perm = np.random.permutation(len(starts))
-        total = 0.0
-        for k in range(steps_per_epoch):
-            idx = perm[k * args.pretrain_batch_size : (k + 1) * args.pretrain_batch_size]
-            o_idx, a_idx = envs.gather_samples(rows, rows, starts, firsts, idx, args.cond_steps, args.horizon_steps)
-            x0, o = act_t[torch.as_tensor(a_idx)], take_rows(obs_t, torch.as_tensor(o_idx))
-            if args.augment:  # pixels: random shifts, each camera on its own (official VisionDiffusionMLP augment)
-                o = shift_images(o, per_camera=True)
-            loss = denoising_loss(net, sched, x0, o, args.denoising_steps)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
-            total += loss.item()
-            if step % args.ema_freq == 0:  # EMA (official agent/pretrain/train_agent.py): copy until ema_start_epoch
-                with torch.no_grad():
-                    for p_ema, p in zip(ema.parameters(), net.parameters()):
-                        p_ema.copy_(p) if epoch < args.ema_start_epoch else p_ema.lerp_(p, 1 - args.ema_decay)
-        mean_loss = total / steps_per_epoch
-        writer.add_scalar("pretrain/loss", mean_loss, epoch)
-        writer.add_scalar("pretrain/learning_rate", opt.param_groups[0]["lr"], epoch)
-        if epoch % max(1, args.pretrain_epochs // 20) == 0 or epoch == args.pretrain_epochs - 1:
-            left = (time.time() - t0) / (epoch + 1) * (args.pretrain_epochs - epoch - 1) / 60
-            lr = opt.param_groups[0]["lr"]
-            done = f"epoch {epoch + 1}/{args.pretrain_epochs}"
-            print(f"[pretrain] {done} | loss {mean_loss:.4f} | lr {lr:.2e} | left {left:.1f}m", flush=True)
-    info = dict(dataset=args.dataset, pretrain_epochs=args.pretrain_epochs, pretrain_gradient_steps=step)
+    loss_fn = lambda obs, x0: denoising_loss(net, sched, x0, obs, args.denoising_steps)  # noqa: E731
+    ema, steps = pretraining.behaviour_cloning(net, loss_fn, samples, args, device, writer)
+    info = dict(dataset=args.dataset, pretrain_epochs=args.pretrain_epochs, pretrain_gradient_steps=steps)
     ckpt = make_checkpoint(ema, kw, norm, args, 0, 0, **info)
     envs.save_checkpoint(ckpt, os.path.join(run_dir, "pretrained.pt"))
     print(f"[pretrain] wrote {os.path.join(run_dir, 'pretrained.pt')}")
@@ -977,11 +704,11 @@ def pretrain(args, data, run_dir, writer, device):
 
 # ---- Evaluation, checks, main ----------------------------------------------------------------------------------------
 def eval_act(actor, actor_ft, sched, plan, ft_steps, args, device):
-    """The evaluation action function obs -> chunk (envs.run_episodes, runs.capture_video), sampled as
+    """The evaluation action function obs -> chunk (envs.run_episodes, envs.capture_video), sampled as
     args.eval_sampling says; the last `ft_steps` denoising steps run the fine-tuned network."""
 
     def act(obs):
-        obs = obs_tensor(obs, device)
+        obs = envs.obs_tensor(obs, device)
         chunk, _ = sample(actor, actor_ft, sched, obs, plan, ft_steps, args.eval_sampling, args)
         return chunk.cpu().numpy()
 
@@ -1071,7 +798,7 @@ def main(args):
     critic_min_lr = args.critic_lr if args.critic_min_lr is None else args.critic_min_lr
     actor_sched = torch.optim.lr_scheduler.CosineAnnealingLR(actor_opt, num_iters, actor_min_lr)
     critic_sched = torch.optim.lr_scheduler.CosineAnnealingLR(critic_opt, num_iters, critic_min_lr)
-    scaler = RunningRewardScaler(args.num_envs)
+    scaler = envs.RunningRewardScaler(args.num_envs)
     # what a checkpoint saves besides the networks and a resume restores, by checkpoint key
     trained = dict(critic=critic, actor_optimizer=actor_opt, critic_optimizer=critic_opt, reward_scaler=scaler)
     trained |= dict(actor_lr_schedule=actor_sched, critic_lr_schedule=critic_sched)
@@ -1086,12 +813,12 @@ def main(args):
         t_iter, successes = runs.phase("rollout"), []  # successes: of this iteration's finished episodes (robomimic)
         # ---- rollout: record the fine-tuned part of every denoising chain (paper 4.1, eqs. 4.1-4.3) ----
         N, E = args.n_steps, args.num_envs
-        buf_obs = RolloutObs(obs, N)
-        buf_final = RolloutObs(obs, N)  # observation reached before any auto-reset
+        buf_obs = envs.RolloutObs(obs, N)
+        buf_final = envs.RolloutObs(obs, N)  # observation reached before any auto-reset
         buf_chain = torch.zeros((N, E, K_ft + 1, Tp, action_dim), device=device)
         buf_rew, buf_term, buf_timeout, buf_first = (np.zeros((N, E)) for _ in range(4))
         for n in range(N):
-            obs_t = obs_tensor(obs, device)
+            obs_t = envs.obs_tensor(obs, device)
             chunk, chain = sample(actor, actor_ft, sched, obs_t, plan, K_ft, "train", args)
             executed = chunk[:, : args.act_steps].cpu().numpy()
             executed = avoid.add_action_noise(
@@ -1113,11 +840,11 @@ def main(args):
         flat = lambda x: torch.as_tensor(x.reshape(-1, *x.shape[2:]), device=device)  # noqa: E731
         flat_obs = buf_obs.flat(device)
         if args.augment:  # pixels: random shifts, once per iteration (official fine-tuning agents; D.5)
-            flat_obs = shift_images(flat_obs)
+            flat_obs = vit.shift_images(flat_obs)
         with torch.no_grad():
             values = critic(flat_obs).cpu().numpy().reshape(N, E)
             final_values = critic(buf_final.flat(device)).cpu().numpy().reshape(N, E)
-            last_value = critic(obs_tensor(obs, device)).cpu().numpy()
+            last_value = critic(envs.obs_tensor(obs, device)).cpu().numpy()
         rewards = scaler(buf_rew, buf_first) if args.reward_scale_running else buf_rew
         # a time-out is not a failure: bootstrap it with V(last obs) (the official code treats it as terminal)
         rewards = rewards + args.gamma * final_values * buf_timeout
@@ -1128,18 +855,16 @@ def main(args):
         chains = buf_chain.reshape(N * E, K_ft + 1, Tp, action_dim)
         old_logp = torch.zeros(N * E, K_ft, device=device)
         with torch.no_grad():
-            chunk = logprob_chunk(args, device)
+            chunk = workers.chunk_size(args.logprob_batch_size, device, 500, 10_000)  # env-step samples per call
             for s0 in range(0, N * E, chunk):
                 sl = slice(s0, s0 + chunk)
-                old_logp[sl] = chain_log_probs(actor_ft, sched, take_rows(flat_obs, sl), chains[sl], args)
+                old_logp[sl] = chain_log_probs(actor_ft, sched, envs.take_rows(flat_obs, sl), chains[sl], args)
         targets = dict(advantages=flat(advantages.astype(np.float32)), returns=flat(returns.astype(np.float32)))
         batch = dict(obs=flat_obs, chains=chains, logprobs=old_logp, **targets)
 
         # ---- update: PPO over the denoising steps, clipped per step (paper 4.2, eq. 4.5; D.4) ----
         update_actor = iteration >= args.n_critic_warmup_itr  # critic warm-up over: the actor updates too
-        stats = ppo_update(
-            actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, args, update_actor=update_actor
-        )
+        stats = ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sched, batch, args, update_actor)
         runs.check_finite(iteration, **stats, actor_weights=actor_ft, critic_weights=critic)
         if update_actor:
             actor_sched.step()

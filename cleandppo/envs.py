@@ -12,16 +12,21 @@ names they use are imported here. Read top to bottom:
   4. datasets     -- --dataset resolved to a file and read, Minari, pre-training samples
   5. checkpoints  -- atomic save, load with clear errors, bundled checkpoint paths
   6. episodes     -- time limits and success accounting
+  7. observation batches -- state arrays or pixel {state, rgb} dicts: on a device, rows, sizes, a rollout's store
+  8. video        -- one evaluation episode to an mp4 (--capture-video)
+  9. reward scaling -- rewards divided by the std of a running discounted return (the PPO scripts)
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections import deque
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 # avoid registers cleandppo/Avoid-v0 with gymnasium on import
 from cleandppo import avoid, gym_tasks, official, robomimic_tasks, workers
@@ -723,3 +728,135 @@ def success_rate(returns) -> float:
     """Fraction of robomimic episodes that reached the goal (return > 0 under the sparse 0/1 reward)."""
     returns = np.asarray(returns, dtype=float)
     return float(np.mean(returns > 0)) if len(returns) else float("nan")
+
+
+# ------------------------------------------------------------------------------------------------
+# 7. Observation batches: a state observation is an array; a pixel one (robomimic -img tasks) a dict
+#    {"state": float, "rgb": uint8} whose entries are batched alike
+# ------------------------------------------------------------------------------------------------
+def obs_tensor(obs, device):
+    """An observation batch on `device`: the array as a tensor, or each entry of a pixel observation (rgb stays uint8:
+    the networks convert it)."""
+    if isinstance(obs, dict):
+        return {key: torch.as_tensor(value, device=device) for key, value in obs.items()}
+    return torch.as_tensor(obs, device=device)
+
+
+def take_rows(obs, rows):
+    """Rows `rows` (an index, a slice, an index array) of an observation batch, or of each entry of a pixel one."""
+    if isinstance(obs, dict):
+        return {key: value[rows] for key, value in obs.items()}
+    return obs[rows]
+
+
+def obs_dims(obs):
+    """(obs_dim, image_shape) of single observations (T, ...): a state observation's size and None, or a pixel
+    observation's proprioception size and the (C, H, W) of its images."""
+    if isinstance(obs, dict):
+        return obs["state"].shape[-1], tuple(obs["rgb"].shape[-3:])
+    return obs.shape[-1], None
+
+
+class RolloutObs:
+    """A rollout's observations, n_steps vector steps of (E, ...): float32 arrays, and for pixel observations one per
+    entry, with rgb kept uint8 (27 KB per 96 x 96 camera image, a quarter of float32). buf[n] = obs stores step n."""
+
+    def __init__(self, obs, n_steps):
+        def zeros(value):
+            return np.zeros((n_steps, *value.shape), np.uint8 if value.dtype == np.uint8 else np.float32)
+
+        self.data = {key: zeros(value) for key, value in obs.items()} if isinstance(obs, dict) else zeros(obs)
+
+    def __setitem__(self, n, obs):
+        if isinstance(obs, dict):
+            for key, value in obs.items():
+                self.data[key][n] = value
+        else:
+            self.data[n] = obs
+
+    def flat(self, device):
+        """(n_steps x E, ...) tensors on `device`, step-major."""
+        flatten = lambda x: torch.as_tensor(x.reshape(-1, *x.shape[2:]), device=device)  # noqa: E731
+        return (
+            {key: flatten(value) for key, value in self.data.items()}
+            if isinstance(self.data, dict)
+            else flatten(self.data)
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# 8. Video: one evaluation episode rendered to an mp4 (--capture-video)
+# ------------------------------------------------------------------------------------------------
+GL_FIX = (
+    "no OpenGL backend works here; install one and select it, e.g. apt-get install libosmesa6 and "
+    "MUJOCO_GL=osmesa (CPU), or apt-get install libegl1 and MUJOCO_GL=egl (GPU)"
+)
+
+
+def capture_video(
+    run_dir: str, env_id: str, act_fn, act_steps: int, cond_steps: int, normalization, seed: int, name: str = "eval.mp4"
+) -> str | None:
+    """Run one evaluation episode of `act_fn` (as envs.run_episodes takes it) and write it to run_dir/name as an mp4
+    (imageio-ffmpeg, no system ffmpeg needed); return the path. MuJoCo tasks render through OpenGL: where no
+    backend works this prints one line naming the fix and returns None, and the run goes on. Avoid draws with
+    numpy and records everywhere."""
+    import warnings
+
+    import imageio
+
+    try:
+        with warnings.catch_warnings():  # GLFW warns before it fails; the one line below says what to do
+            warnings.simplefilter("ignore")
+            env = make_env(env_id, act_steps, cond_steps, normalization, render_mode="rgb_array")
+            obs, _ = env.reset(seed=seed)
+            frames = [env.render()]
+    except Exception as e:  # mujoco.FatalError, GLFW/EGL/OSMesa errors: which one depends on MUJOCO_GL
+        detail = str(e).splitlines()[0][:100] if str(e) else ""
+        print(
+            f"--capture-video: {env_id} cannot render ({e.__class__.__name__}: {detail}); {GL_FIX}; no video written",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+    for _ in range(max_episode_steps(env_id) // act_steps + 1):  # the time limit ends the episode by then
+        obs, _, term, trunc, _ = env.step(np.asarray(act_fn(obs[None]))[0, :act_steps])
+        frames.append(env.render())
+        if term or trunc:
+            break
+    env.close()
+    fps = env.metadata.get("render_fps", 30) / act_steps  # one frame per executed chunk
+    path = os.path.join(run_dir, name)
+    imageio.mimsave(path, frames, fps=fps, macro_block_size=1)
+    print(f"[video] {path} ({len(frames)} frames)", flush=True)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# 9. Reward scaling of the PPO scripts (the official code's, applied to a rollout's rewards)
+# ------------------------------------------------------------------------------------------------
+class RunningRewardScaler:
+    """Divide rewards by the std of a running discounted return (official util/reward_scaling.py).
+    R <- r + 0.99 (1 - first) R per env; running variance M2/(n - 1) of all R (count init 1e-4, mean 0, var 1);
+    scaled reward = r / sqrt(var + 1e-8), clipped to +-10. No mean subtraction."""
+
+    def __init__(self, num_envs, gamma=0.99):
+        self.gamma, self.ret = gamma, np.zeros(num_envs)
+        self.mean, self.var, self.count = 0.0, 1.0, 1e-4
+
+    def __call__(self, rewards, firsts):
+        """rewards, firsts: (N, E); firsts[n] marks that step n starts a new episode."""
+        returns = np.zeros_like(rewards)
+        for n in range(len(rewards)):
+            self.ret = rewards[n] + self.gamma * (1 - firsts[n]) * self.ret
+            returns[n] = self.ret
+        batch_mean, batch_var, batch_count = returns.mean(), returns.var(), returns.size
+        delta, total = batch_mean - self.mean, self.count + batch_count
+        m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
+        self.mean, self.var, self.count = self.mean + delta * batch_count / total, m2 / (total - 1), total
+        return np.clip(rewards / np.sqrt(self.var + 1e-8), -10, 10)
+
+    def state_dict(self):
+        return {"ret": self.ret, "mean": self.mean, "var": self.var, "count": self.count}
+
+    def load_state_dict(self, d):
+        self.ret, self.mean, self.var, self.count = d["ret"], d["mean"], d["var"], d["count"]

@@ -30,45 +30,9 @@ ALGO = "exact_likelihood_pg"
 
 
 @dataclass
-class Args:
-    # --- common contract (see the README) ---
-    env_id: str = "Hopper-v2"
-    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or gymnasium v4/v5 ids), robomimic lift/can/square/transport"""
-    seed: int = 0
-    """seeds torch, numpy and every environment (env i gets seed + i)"""
-    num_envs: int = 40
-    """parallel environments (E)"""
-    total_timesteps: int = 1_000_000
-    """fine-tuning budget in environment steps"""
-    checkpoint: Optional[str] = None
-    """pre-trained policy to fine-tune, or a run's checkpoint of this script to resume; default: the bundled one"""
-    eval_only: bool = False
-    """only evaluate --checkpoint"""
-    eval_freq: int = 10
-    """evaluate every N iterations (and after the last one)"""
-    eval_episodes: int = 10
-    """episodes per evaluation"""
-    run_dir: Optional[str] = None
-    """where logs, checkpoints and summary.json go (default runs/<env>__<algo>__<seed>__<time>; a resume: its dir)"""
-    overwrite: bool = False
-    """replace the run already in --run-dir (without it such a dir is refused unless this run resumes it)"""
-    save_freq: int = 10
-    """write checkpoint_<iter>.pt every N iterations (checkpoint_last.pt is written every iteration)"""
-    cuda: bool = True
-    """use CUDA when available"""
-    torch_deterministic: bool = True
-    """deterministic torch kernels"""
-    track: bool = False
-    """also log to Weights & Biases"""
-    capture_video: bool = False
-    """record one evaluation episode to the run dir as an mp4 at the end (runs.capture_video)"""
-    env_workers: int = 0
-    """processes stepping the envs: 0 = auto (one per free core when 2+ are free, else this one), 1 = this process"""
-    sampling_threads: int = 0
-    """torch threads of sampling (rollouts, evaluations); 0 = auto: 1. Another count may change the last digits"""
-    update_threads: int = 0
-    """torch threads of the update; 0 = auto: the free cores (a resume: its run's). Another count may change digits"""
-
+class Args(arguments.RunArgs):
+    # the flags every script shares come first: arguments.RunArgs (--env-id, --seed, --num-envs, --total-timesteps,
+    # --checkpoint, --eval-*, --run-dir, ...; docs/contract.md)
     # --- diffusion policy (must match the checkpoint) ---
     backbone: Literal["mlp", "unet"] = "mlp"
     """backbone of the default bundled checkpoint (the network itself is rebuilt from the checkpoint)"""
@@ -557,34 +521,6 @@ class Critic(nn.Module):
         return self.net(obs.flatten(1)).squeeze(-1)
 
 
-class RunningRewardScaler:
-    """Divide rewards by the std of a running discounted return (official util/reward_scaling.py).
-    R <- r + 0.99 (1 - first) R per env; running variance M2/(n - 1) of all R (count init 1e-4, mean 0, var 1);
-    scaled reward = r / sqrt(var + 1e-8), clipped to +-10. No mean subtraction."""
-
-    def __init__(self, num_envs, gamma=0.99):
-        self.gamma, self.ret = gamma, np.zeros(num_envs)
-        self.mean, self.var, self.count = 0.0, 1.0, 1e-4
-
-    def __call__(self, rewards, firsts):
-        """rewards, firsts: (N, E); firsts[n] marks that step n starts a new episode."""
-        returns = np.zeros_like(rewards)
-        for n in range(len(rewards)):
-            self.ret = rewards[n] + self.gamma * (1 - firsts[n]) * self.ret
-            returns[n] = self.ret
-        batch_mean, batch_var, batch_count = returns.mean(), returns.var(), returns.size
-        delta, total = batch_mean - self.mean, self.count + batch_count
-        m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
-        self.mean, self.var, self.count = self.mean + delta * batch_count / total, m2 / (total - 1), total
-        return np.clip(rewards / np.sqrt(self.var + 1e-8), -10, 10)
-
-    def state_dict(self):
-        return {"ret": self.ret, "mean": self.mean, "var": self.var, "count": self.count}
-
-    def load_state_dict(self, d):
-        self.ret, self.mean, self.var, self.count = d["ret"], d["mean"], d["var"], d["count"]
-
-
 def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
     """GAE over environment (policy-query) steps (Schulman et al. 2016); arrays (N, E). next_values[n] is V of the state
     reached after step n (already the bootstrap at time-outs); dones[n] = 1 cuts the recursion (the episode ended).
@@ -656,7 +592,7 @@ def ppo_update(actor, actor_ft, critic, actor_opt, critic_opt, sde, batch, args,
 # Evaluation, checks, main
 # ------------------------------------------------------------------------------------------------
 def eval_act(actor, actor_ft, sched, plan, ft_steps, args, device):
-    """The evaluation action function obs -> chunk (envs.run_episodes, runs.capture_video): no exploration floor (DDPM
+    """The evaluation action function obs -> chunk (envs.run_episodes, envs.capture_video): no exploration floor (DDPM
     noise kept except at the last step); the last `ft_steps` denoising steps run the fine-tuned network."""
 
     def act(obs):
@@ -761,7 +697,7 @@ def main(args):
     critic = Critic(obs_dim, args.cond_steps, args.critic_dims).to(device)  # fresh critic (official)
     actor_opt = torch.optim.AdamW(actor_ft.parameters(), lr=args.actor_lr, weight_decay=0.0)
     critic_opt = torch.optim.AdamW(critic.parameters(), lr=args.critic_lr, weight_decay=0.0)
-    scaler = RunningRewardScaler(args.num_envs)
+    scaler = envs.RunningRewardScaler(args.num_envs)
     # what a checkpoint saves besides the networks and a resume restores, by checkpoint key
     trained = dict(critic=critic, actor_optimizer=actor_opt, critic_optimizer=critic_opt, reward_scaler=scaler)
     act_pretrained = eval_act(actor, actor_ft, sched, plan, 0, args, device)  # the policy fine-tuning starts from

@@ -21,51 +21,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cleandppo import arguments, avoid, envs, runs
+from cleandppo import arguments, avoid, envs, pretraining, runs, vit
 
 ALGO = "gaussian_ppo"
 
 
 @dataclass
-class Args:
-    # --- common contract (see the README) ---
-    env_id: str = "Hopper-v2"
-    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or gymnasium v4/v5 ids), lift/can/square/transport (their pixel
-    tasks: lift-img, ...), avoid-m1/2/3"""
-    seed: int = 0
-    """seeds torch, numpy and every environment (env i gets seed + i)"""
-    num_envs: int = 40
-    """parallel environments (E)"""
-    total_timesteps: int = 1_000_000
-    """fine-tuning budget in environment steps"""
-    checkpoint: Optional[str] = None
-    """pre-trained policy to fine-tune, or a run's checkpoint of this script to resume; default: the bundled one"""
-    eval_only: bool = False
-    """only evaluate --checkpoint"""
-    eval_freq: int = 10
-    """evaluate every N iterations (and after the last one)"""
-    eval_episodes: int = 10
-    """episodes per evaluation"""
-    run_dir: Optional[str] = None
-    """where logs, checkpoints and summary.json go (default runs/<env>__<algo>__<seed>__<time>; a resume: its dir)"""
-    overwrite: bool = False
-    """replace the run already in --run-dir (without it such a dir is refused unless this run resumes it)"""
-    save_freq: int = 10
-    """write checkpoint_<iter>.pt every N iterations (checkpoint_last.pt is written every iteration)"""
-    cuda: bool = True
-    """use CUDA when available"""
-    torch_deterministic: bool = True
-    """deterministic torch kernels"""
-    track: bool = False
-    """also log to Weights & Biases"""
-    capture_video: bool = False
-    """record one evaluation episode to the run dir as an mp4 at the end (runs.capture_video)"""
-    env_workers: int = 0
-    """processes stepping the envs: 0 = auto (one per free core when 2+ are free, else this one), 1 = this process"""
-    sampling_threads: int = 0
-    """torch threads of sampling (rollouts, evaluations); 0 = auto: 1. Another count may change the last digits"""
-    update_threads: int = 0
-    """torch threads of the update; 0 = auto: the free cores (a resume: its run's). Another count may change digits"""
+class Args(arguments.RunArgs):
+    # the flags every script shares come first: arguments.RunArgs (--env-id, --seed, --num-envs, --total-timesteps,
+    # --checkpoint, --eval-*, --run-dir, ...; docs/contract.md)
+    # --- this script's own part of the common contract ---
     dataset: Optional[str] = None
     """pre-training data: a D4RL name (hopper-medium-v2), a Minari id or an hdf5 path"""
     pretrain_only: bool = False
@@ -81,7 +46,6 @@ class Args:
     target_return: Optional[float] = None
     """stop once the stochastic policy's mean return over the last 50 training episodes reaches this
     (how the 'medium' behaviour policies are made: the recorded data then has about this return)"""
-
     # --- policy (paper D.6) ---
     backbone: Literal["mlp", "transformer"] = "mlp"
     """network producing the chunk mean: residual MLP or decoder-only Transformer"""
@@ -264,161 +228,6 @@ AVOID = dict(
 
 
 # ------------------------------------------------------------------------------------------------
-# Pixel observations (paper 5.2, D.5): Hu et al.'s ViT encoder, random shifts, {"state", "rgb"} batches
-# ------------------------------------------------------------------------------------------------
-def random_shift(images, pad=4, generator=None):
-    """Random-shift augmentation (official RandomShiftsAug, model/common/modules.py): each image (..., C, H, W) moves
-    by a whole number of pixels drawn uniformly from [-pad, pad], per image and axis, its border rows and columns
-    repeated into the gap. The official code pads by replication and samples the shifted pixel centres bilinearly,
-    which lands on these pixels exactly. Any dtype (uint8 stays uint8); the shape is kept."""
-    *_, channels, height, width = images.shape
-    flat = images.reshape(-1, channels, height, width)
-    shift = torch.randint(-pad, pad + 1, (len(flat), 2), device=images.device, generator=generator)  # (x, y)
-    rows = (torch.arange(height, device=images.device) + shift[:, 1:]).clamp(0, height - 1)  # (n, H) source rows
-    cols = (torch.arange(width, device=images.device) + shift[:, :1]).clamp(0, width - 1)  # (n, W) source columns
-    flat = flat.gather(2, rows[:, None, :, None].expand(-1, channels, -1, width))
-    flat = flat.gather(3, cols[:, None, None, :].expand(-1, channels, height, -1))
-    return flat.reshape(images.shape)
-
-
-def shift_images(obs, per_camera=False):
-    """A pixel observation batch with its images random-shifted (random_shift): all channels of an image together
-    (official fine-tuning agents), or with `per_camera` each camera's three channels on their own (official
-    pre-training, where the network shifts each camera's image before encoding it). A state observation (no images)
-    comes back as it is, and no random number is drawn."""
-    if not isinstance(obs, dict):
-        return obs
-    rgb = obs["rgb"]
-    cameras = rgb.shape[-3] // 3 if per_camera else 1
-    return dict(obs, rgb=random_shift(rgb.unflatten(-3, (cameras, -1))).flatten(-4, -3))
-
-
-class SpatialEmbedding(nn.Module):
-    """Hu et al.'s learned spatial embedding of the ViT output (official SpatialEmb, model/common/modules.py; paper
-    D.5): each of the D channels, its values over the P patches with the proprioception appended, goes through
-    Linear -> LayerNorm -> ReLU to `out_dim` features; a learned (D, out_dim) weight then sums over the channels.
-    (B, P, D) patches and (B, Dp) proprioception -> (B, out_dim)."""
-
-    def __init__(self, num_patches, patch_dim, prop_dim, out_dim):
-        super().__init__()
-        self.proj = nn.Sequential(nn.Linear(num_patches + prop_dim, out_dim), nn.LayerNorm(out_dim), nn.ReLU())
-        self.weight = nn.Parameter(torch.randn(1, patch_dim, out_dim))  # N(0, 1), the official init
-
-    def forward(self, patches, prop):
-        channels = patches.transpose(1, 2)  # (B, D, P)
-        rows = torch.cat([channels, prop[:, None, :].expand(-1, channels.shape[1], -1)], dim=-1)
-        return (self.weight * self.proj(rows)).sum(dim=1)
-
-
-class VisionEncoder(nn.Module):
-    """Pixels and proprioception -> features (paper 5.2, D.5: the ViT of Hu et al.; official VitEncoder with the
-    configs' embed_style embed2 and embed_norm 0, model/common/vit.py). Per camera (3 channels of the latest image,
-    the official img_cond_steps 1): [0, 255] -> x / 255 - 0.5; patches from Conv(8x8, stride 4) -> ReLU ->
-    Conv(3x3, stride 2) (96 x 96 pixels -> 11 x 11 = 121 patches of `embed_dim`); plus a learned position per patch;
-    `depth` pre-norm Transformer layers (`heads` heads, GELU MLP of 4 x embed_dim); LayerNorm; then the camera's own
-    SpatialEmbedding with the flat proprioception appended to every channel. The cameras share the ViT (official
-    num_img 2). Output: [camera features..., proprioception], (B, cameras x spatial_dim + To x Ds)."""
-
-    chunk = 1024  # images per ViT pass (memory only: values and log-probs of a whole rollout go through in pieces)
-
-    def __init__(self, state_dim, cond_steps, image_shape, embed_dim=128, depth=1, heads=4, spatial_dim=128):
-        super().__init__()
-        channels, height, width = image_shape
-        self.patch_embed = nn.Sequential(
-            nn.Conv2d(3, embed_dim, 8, 4), nn.ReLU(), nn.Conv2d(embed_dim, embed_dim, 3, 2)
-        )
-        side = lambda n: ((n - 8) // 4 + 1 - 3) // 2 + 1  # noqa: E731 (the two convolutions' output size)
-        num_patches = side(height) * side(width)
-        self.pos_embed = nn.Parameter(nn.init.trunc_normal_(torch.zeros(1, num_patches, embed_dim), std=0.02))
-        layer = nn.TransformerEncoderLayer(
-            embed_dim, heads, 4 * embed_dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
-        )
-        self.transformer = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
-        for name, p in self.transformer.named_parameters():  # timm's ViT init (official init_weights_vit_timm)
-            if p.dim() == 2:
-                nn.init.trunc_normal_(p, std=0.02)  # the Linear weights (attention in/out, MLP)
-            elif "norm" not in name:
-                nn.init.zeros_(p)  # their biases
-        self.norm = nn.LayerNorm(embed_dim)
-        prop_dim = state_dim * cond_steps
-        self.compress = nn.ModuleList(
-            SpatialEmbedding(num_patches, embed_dim, prop_dim, spatial_dim) for _ in range(channels // 3)
-        )
-        self.out_dim = len(self.compress) * spatial_dim + prop_dim
-
-    def vit(self, images):
-        """(n, 3, H, W) in [0, 255] -> (n, P, embed_dim) patch features."""
-        x = self.patch_embed(images / 255.0 - 0.5).flatten(2).transpose(1, 2)
-        return self.norm(self.transformer(x + self.pos_embed))
-
-    def forward(self, obs):
-        state = obs["state"].flatten(1)
-        rgb = obs["rgb"][:, -1].float()  # (B, C, H, W), cameras along the channels
-        features = []
-        for camera, compress in enumerate(self.compress):
-            images = rgb[:, 3 * camera : 3 * camera + 3]
-            pieces = [self.vit(images[i : i + self.chunk]) for i in range(0, len(images), self.chunk)]
-            features.append(compress(torch.cat(pieces), state))
-        return torch.cat([*features, state], dim=-1)
-
-
-def vision_kwargs(args, state_dim, image_shape):
-    """A pixel task's VisionEncoder as checkpoints store it (model_kwargs["vision"]), from the --vit-* flags."""
-    vit = dict(embed_dim=args.vit_dim, depth=args.vit_depth, heads=args.vit_heads, spatial_dim=args.spatial_emb)
-    return dict(state_dim=state_dim, cond_steps=args.cond_steps, image_shape=tuple(image_shape), **vit)
-
-
-def obs_tensor(obs, device):
-    """An observation batch on `device`: the array as a tensor, or each entry of a pixel observation (rgb stays uint8:
-    the networks convert it)."""
-    if isinstance(obs, dict):
-        return {key: torch.as_tensor(value, device=device) for key, value in obs.items()}
-    return torch.as_tensor(obs, device=device)
-
-
-def take_rows(obs, rows):
-    """Rows `rows` (an index, a slice, an index array) of an observation batch, or of each entry of a pixel one."""
-    if isinstance(obs, dict):
-        return {key: value[rows] for key, value in obs.items()}
-    return obs[rows]
-
-
-def obs_dims(obs):
-    """(obs_dim, image_shape) of single observations (T, ...): a state observation's size and None, or a pixel
-    observation's proprioception size and the (C, H, W) of its images."""
-    if isinstance(obs, dict):
-        return obs["state"].shape[-1], tuple(obs["rgb"].shape[-3:])
-    return obs.shape[-1], None
-
-
-class RolloutObs:
-    """A rollout's observations, n_steps vector steps of (E, ...): float32 arrays, and for pixel observations one per
-    entry, with rgb kept uint8 (27 KB per 96 x 96 camera image, a quarter of float32). buf[n] = obs stores step n."""
-
-    def __init__(self, obs, n_steps):
-        def zeros(value):
-            return np.zeros((n_steps, *value.shape), np.uint8 if value.dtype == np.uint8 else np.float32)
-
-        self.data = {key: zeros(value) for key, value in obs.items()} if isinstance(obs, dict) else zeros(obs)
-
-    def __setitem__(self, n, obs):
-        if isinstance(obs, dict):
-            for key, value in obs.items():
-                self.data[key][n] = value
-        else:
-            self.data[n] = obs
-
-    def flat(self, device):
-        """(n_steps x E, ...) tensors on `device`, step-major."""
-        flatten = lambda x: torch.as_tensor(x.reshape(-1, *x.shape[2:]), device=device)  # noqa: E731
-        return (
-            {key: flatten(value) for key, value in self.data.items()}
-            if isinstance(self.data, dict)
-            else flatten(self.data)
-        )
-
-
-# ------------------------------------------------------------------------------------------------
 # Networks
 # ------------------------------------------------------------------------------------------------
 class ResidualMLP(nn.Module):
@@ -516,7 +325,7 @@ class GaussianPolicy(nn.Module):
         super().__init__()
         self.action_dim, self.horizon_steps = action_dim, horizon_steps
         self.std_min, self.std_max = std_min, std_max
-        self.encoder = None if vision is None else VisionEncoder(**vision)
+        self.encoder = None if vision is None else vit.VisionEncoder(**vision)
         obs_in = obs_dim * cond_steps if vision is None else self.encoder.out_dim
         act = {"mish": nn.Mish, "relu": nn.ReLU, "tanh": nn.Tanh}[activation]
         if backbone == "mlp":
@@ -591,7 +400,7 @@ class VisionCritic(Critic):
     of its own."""
 
     def __init__(self, vision, dims=(256, 256, 256)):
-        encoder = VisionEncoder(**vision)
+        encoder = vit.VisionEncoder(**vision)
         super().__init__(encoder.out_dim, 1, dims)
         self.encoder = encoder
 
@@ -609,34 +418,6 @@ def build_critic(kw, args):
 # ------------------------------------------------------------------------------------------------
 # PPO pieces
 # ------------------------------------------------------------------------------------------------
-class RunningRewardScaler:
-    """Divide rewards by the std of a running discounted return (official util/reward_scaling.py).
-    R <- r + 0.99 (1 - first) R per env; running variance M2/(n - 1) of all R (count init 1e-4, mean 0, var 1);
-    scaled reward = r / sqrt(var + 1e-8), clipped to +-10. No mean subtraction."""
-
-    def __init__(self, num_envs, gamma=0.99):
-        self.gamma, self.ret = gamma, np.zeros(num_envs)
-        self.mean, self.var, self.count = 0.0, 1.0, 1e-4
-
-    def __call__(self, rewards, firsts):
-        """rewards, firsts: (N, E); firsts[n] marks that step n starts a new episode."""
-        returns = np.zeros_like(rewards)
-        for n in range(len(rewards)):
-            self.ret = rewards[n] + self.gamma * (1 - firsts[n]) * self.ret
-            returns[n] = self.ret
-        batch_mean, batch_var, batch_count = returns.mean(), returns.var(), returns.size
-        delta, total = batch_mean - self.mean, self.count + batch_count
-        m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
-        self.mean, self.var, self.count = self.mean + delta * batch_count / total, m2 / (total - 1), total
-        return np.clip(rewards / np.sqrt(self.var + 1e-8), -10, 10)
-
-    def state_dict(self):
-        return {"ret": self.ret, "mean": self.mean, "var": self.var, "count": self.count}
-
-    def load_state_dict(self, d):
-        self.ret, self.mean, self.var, self.count = d["ret"], d["mean"], d["var"], d["count"]
-
-
 def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
     """GAE over environment (policy-query) steps (Schulman et al. 2016); arrays (N, E). next_values[n] is V of the state
     reached after step n (already the bootstrap at time-outs); dones[n] = 1 cuts the recursion (the episode ended).
@@ -662,7 +443,7 @@ def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=
         perm = torch.randperm(n, generator=generator)
         for k, start in enumerate(starts):
             idx = perm[start : start + mb]
-            obs, actions, old_logp = take_rows(batch["obs"], idx), batch["actions"][idx], batch["logprobs"][idx]
+            obs, actions, old_logp = envs.take_rows(batch["obs"], idx), batch["actions"][idx], batch["logprobs"][idx]
             adv, ret = batch["advantages"][idx], batch["returns"][idx]
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
             mean, std = policy(obs)
@@ -711,7 +492,7 @@ def ppo_update(policy, critic, actor_opt, critic_opt, batch, args, update_actor=
 def model_kwargs_from(args, obs_dim, action_dim, init_std, obs_norm=False, image_shape=None):
     """The policy description a checkpoint stores (GaussianPolicy's arguments); a pixel task's (`image_shape` (C, H, W)
     of its observations; obs_dim: the proprioception's) also has its ViT's, under "vision"."""
-    vision = {} if image_shape is None else dict(vision=vision_kwargs(args, obs_dim, image_shape))
+    vision = {} if image_shape is None else dict(vision=vit.vision_kwargs(args, obs_dim, image_shape))
     return dict(
         obs_dim=obs_dim,
         action_dim=action_dim,
@@ -733,12 +514,12 @@ def model_kwargs_from(args, obs_dim, action_dim, init_std, obs_norm=False, image
 
 
 def eval_act(policy, args, device):
-    """The evaluation action function obs -> chunk (envs.run_episodes, runs.capture_video): the mean action (paper: no
+    """The evaluation action function obs -> chunk (envs.run_episodes, envs.capture_video): the mean action (paper: no
     exploration noise) or, for eval_sampling "train", sampled actions."""
 
     def act(obs):
         with torch.no_grad():
-            mean, std = policy(obs_tensor(obs, device))
+            mean, std = policy(envs.obs_tensor(obs, device))
             return (
                 (mean if args.eval_sampling == "eval" else sample_action(mean, std, args.randn_clip_value))
                 .cpu()
@@ -766,64 +547,22 @@ def make_checkpoint(policy, kwargs, normalization, args, iteration, env_steps, *
     )
 
 
-def pretrain_lr(epoch, args):
-    """Linear warm-up over 1 epoch from the min LR, then cosine decay to the min LR (official
-    `CosineAnnealingWarmupRestarts`, util/scheduler.py)."""
-    lo, hi, warmup = args.pretrain_min_lr, args.pretrain_lr, 1
-    if epoch < warmup:
-        return lo + (hi - lo) * epoch / warmup
-    progress = (epoch - warmup) / max(1, args.pretrain_epochs - warmup)
-    return lo + (hi - lo) * (1 + math.cos(math.pi * progress)) / 2
-
-
 def pretrain(args, data, run_dir, writer, device):
-    """Behaviour cloning on `data` (envs.load_dataset) with fixed std: minimize the mean elementwise Gaussian NLL."""
+    """Behaviour cloning on `data` (envs.load_dataset) with fixed std: minimize the mean elementwise Gaussian NLL
+    (pretraining.behaviour_cloning: AdamW, the LR schedule, EMA weights, the official loop)."""
     norm = data["normalization"]
-    obs, actions, starts, firsts = envs.make_pretraining_samples(
-        data["episodes"], norm, args.cond_steps, args.horizon_steps
-    )
-    print(f"[pretrain] {len(data['episodes'])} episodes, {len(starts)} samples from {args.dataset}")
-    (obs_dim, image_shape), action_dim = obs_dims(obs), actions.shape[1]
+    samples = envs.make_pretraining_samples(data["episodes"], norm, args.cond_steps, args.horizon_steps)
+    print(f"[pretrain] {len(data['episodes'])} episodes, {len(samples[2])} samples from {args.dataset}")
+    (obs_dim, image_shape), action_dim = envs.obs_dims(samples[0]), samples[1].shape[1]
     kwargs = model_kwargs_from(args, obs_dim, action_dim, args.fixed_std, image_shape=image_shape)
     policy = GaussianPolicy(**kwargs).to(device)
     policy.logvar.requires_grad_(False)  # std fixed during pre-training (paper D.6)
-    opt = torch.optim.AdamW(
-        [p for p in policy.parameters() if p.requires_grad],
-        lr=args.pretrain_lr,
-        weight_decay=args.pretrain_weight_decay,
-    )
-    ema = copy.deepcopy(policy).requires_grad_(False) if args.ema_decay is not None else None
-    steps_per_epoch = math.ceil(len(starts) / args.pretrain_batch_size)
-    rows = np.arange(len(actions))  # one per step of obs and actions: gathered as indices
-    t0, step = time.time(), 0
-    for epoch in range(args.pretrain_epochs):
-        if args.pretrain_min_lr is not None:  # cosine decay (official Avoid configs)
-            for group in opt.param_groups:
-                group["lr"] = pretrain_lr(epoch, args)
-        perm = np.random.permutation(len(starts))
-        for k in range(steps_per_epoch):
-            idx = perm[k * args.pretrain_batch_size : (k + 1) * args.pretrain_batch_size]
-            o_idx, a_idx = envs.gather_samples(rows, rows, starts, firsts, idx, args.cond_steps, args.horizon_steps)
-            o, a = obs_tensor(take_rows(obs, o_idx), device), torch.as_tensor(actions[a_idx], device=device)
-            if args.augment:  # pixels: random shifts, each camera on its own (official Gaussian_VisionMLP augment)
-                o = shift_images(o, per_camera=True)
-            mean, std = policy(o)
-            var = std**2
-            nll = (((a - mean) ** 2) / (2 * var) + torch.log(std) + 0.5 * math.log(2 * math.pi)).mean()
-            opt.zero_grad()
-            nll.backward()
-            opt.step()
-            step += 1
-            if ema is not None and step % args.ema_freq == 0:  # EMA (official agent/pretrain/train_agent.py)
-                with torch.no_grad():
-                    for p_ema, p in zip(ema.parameters(), policy.parameters()):
-                        p_ema.copy_(p) if epoch < args.ema_start_epoch else p_ema.lerp_(p, 1 - args.ema_decay)
-        writer.add_scalar("pretrain/loss", nll.item(), epoch)
-        if epoch % max(1, args.pretrain_epochs // 20) == 0 or epoch == args.pretrain_epochs - 1:
-            print(
-                f"[pretrain] epoch {epoch + 1}/{args.pretrain_epochs} | loss {nll.item():.4f} | {time.time() - t0:.0f}s"
-            )
-    saved = policy if ema is None else ema
+
+    def nll(obs, actions):
+        mean, std = policy(obs)
+        return (((actions - mean) ** 2) / (2 * std**2) + torch.log(std) + 0.5 * math.log(2 * math.pi)).mean()
+
+    saved, _ = pretraining.behaviour_cloning(policy, nll, samples, args, device, writer)
     ckpt = make_checkpoint(saved, kwargs, norm, args, 0, 0, dataset=args.dataset, pretrain_epochs=args.pretrain_epochs)
     envs.save_checkpoint(ckpt, os.path.join(run_dir, "pretrained.pt"))
     return ckpt
@@ -978,7 +717,7 @@ def main(args):
     base_policy = copy.deepcopy(policy).requires_grad_(False) if args.bc_loss_coeff else None  # teacher of the BC term
     actor_opt = torch.optim.AdamW(policy.parameters(), lr=args.actor_lr, weight_decay=0.0)
     critic_opt = torch.optim.AdamW(critic.parameters(), lr=args.critic_lr, weight_decay=0.0)
-    scaler = RunningRewardScaler(args.num_envs)
+    scaler = envs.RunningRewardScaler(args.num_envs)
     # what a checkpoint saves besides the networks and a resume restores, by checkpoint key
     trained = dict(critic=critic, actor_optimizer=actor_opt, critic_optimizer=critic_opt, reward_scaler=scaler)
     start_iter, env_steps = runs.resume_or_evaluate(resume, trained, evals, act, args, normalization)
@@ -991,12 +730,12 @@ def main(args):
     while iteration < num_iters:
         t_iter, successes = runs.phase("rollout"), []  # successes: of this iteration's finished episodes (robomimic)
         # ---- rollout: chunks sampled from the Gaussian, clipped to --randn-clip-value std (paper D.6) ----
-        buf_obs = RolloutObs(obs, args.n_steps)
+        buf_obs = envs.RolloutObs(obs, args.n_steps)
         buf_act = np.zeros((args.n_steps, args.num_envs, args.horizon_steps, action_dim), np.float32)
         buf_rew, buf_term, buf_timeout, buf_first = (np.zeros((args.n_steps, args.num_envs)) for _ in range(4))
-        buf_final = RolloutObs(obs, args.n_steps)  # observation reached before any auto-reset
+        buf_final = envs.RolloutObs(obs, args.n_steps)  # observation reached before any auto-reset
         for n in range(args.n_steps):
-            obs_t = obs_tensor(obs, device)
+            obs_t = envs.obs_tensor(obs, device)
             if args.from_scratch:
                 policy.update_obs_stats(obs_t)
             with torch.no_grad():
@@ -1020,12 +759,12 @@ def main(args):
         # ---- advantages: GAE on the learned V(s) (paper eq. 3.2 and 4.2) ----
         flat_obs = buf_obs.flat(device)
         if args.augment:  # pixels: random shifts, once per iteration (official fine-tuning agents; D.5)
-            flat_obs = shift_images(flat_obs)
+            flat_obs = vit.shift_images(flat_obs)
         with torch.no_grad():
             flat = lambda x: torch.as_tensor(x.reshape(-1, *x.shape[2:]), device=device)  # noqa: E731
             values = critic(flat_obs).cpu().numpy().reshape(args.n_steps, args.num_envs)
             final_values = critic(buf_final.flat(device)).cpu().numpy().reshape(args.n_steps, args.num_envs)
-            last_value = critic(obs_tensor(obs, device)).cpu().numpy()
+            last_value = critic(envs.obs_tensor(obs, device)).cpu().numpy()
         rewards = scaler(buf_rew, buf_first) if args.reward_scale_running else buf_rew
         # a time-out is not a failure: bootstrap it with V(last obs) (the official code treats it as terminal)
         rewards = rewards + args.gamma * final_values * buf_timeout

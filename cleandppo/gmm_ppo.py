@@ -15,7 +15,6 @@ and DPPO that the PPO clip ratio 0.01 assumes), then clamped to [-5, 2]. The off
 the *summed* log-density at 2, which saturates for almost every sample, so its ratio stays 1.
 """
 
-import copy
 import json
 import math
 import os
@@ -27,50 +26,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cleandppo import arguments, avoid, envs, runs
+from cleandppo import arguments, avoid, envs, pretraining, runs
 
 ALGO = "gmm_ppo"
 
 
 @dataclass
-class Args:
-    # --- common contract (see the README) ---
-    env_id: str = "Hopper-v2"
-    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or gymnasium v4/v5 ids), lift/can/square/transport, avoid-m1/2/3"""
-    seed: int = 0
-    """seeds torch, numpy and every environment (env i gets seed + i)"""
-    num_envs: int = 40
-    """parallel environments (E)"""
-    total_timesteps: int = 1_000_000
-    """fine-tuning budget in environment steps"""
-    checkpoint: Optional[str] = None
-    """pre-trained policy to fine-tune, or a run's checkpoint of this script to resume; default: the bundled one"""
-    eval_only: bool = False
-    """only evaluate --checkpoint"""
-    eval_freq: int = 10
-    """evaluate every N iterations (and after the last one)"""
-    eval_episodes: int = 10
-    """episodes per evaluation"""
-    run_dir: Optional[str] = None
-    """where logs, checkpoints and summary.json go (default runs/<env>__<algo>__<seed>__<time>; a resume: its dir)"""
-    overwrite: bool = False
-    """replace the run already in --run-dir (without it such a dir is refused unless this run resumes it)"""
-    save_freq: int = 10
-    """write checkpoint_<iter>.pt every N iterations (checkpoint_last.pt is written every iteration)"""
-    cuda: bool = True
-    """use CUDA when available"""
-    torch_deterministic: bool = True
-    """deterministic torch kernels"""
-    track: bool = False
-    """also log to Weights & Biases"""
-    capture_video: bool = False
-    """record one evaluation episode to the run dir as an mp4 at the end (runs.capture_video)"""
-    env_workers: int = 0
-    """processes stepping the envs: 0 = auto (one per free core when 2+ are free, else this one), 1 = this process"""
-    sampling_threads: int = 0
-    """torch threads of sampling (rollouts, evaluations); 0 = auto: 1. Another count may change the last digits"""
-    update_threads: int = 0
-    """torch threads of the update; 0 = auto: the free cores (a resume: its run's). Another count may change digits"""
+class Args(arguments.RunArgs):
+    # the flags every script shares come first: arguments.RunArgs (--env-id, --seed, --num-envs, --total-timesteps,
+    # --checkpoint, --eval-*, --run-dir, ...; docs/contract.md)
+    # --- this script's own part of the common contract ---
     dataset: Optional[str] = None
     """pre-training data: a D4RL name (hopper-medium-v2), a Minari id or an hdf5 path"""
     pretrain_only: bool = False
@@ -82,7 +47,6 @@ class Args:
     report_official_clamp: bool = False
     """roll out one fine-tuning batch (num-envs x n-steps queries) of --checkpoint and report the fraction
     of samples whose summed log-prob the official clamp at 2 saturates; then stop"""
-
     # --- policy (paper D.6) ---
     backbone: Literal["mlp", "transformer"] = "mlp"
     """network producing the mode means and weights: residual MLPs or decoder-only Transformer"""
@@ -423,34 +387,6 @@ class Critic(nn.Module):
 # ------------------------------------------------------------------------------------------------
 # PPO pieces (same machinery as gaussian_ppo.py)
 # ------------------------------------------------------------------------------------------------
-class RunningRewardScaler:
-    """Divide rewards by the std of a running discounted return (official util/reward_scaling.py).
-    R <- r + 0.99 (1 - first) R per env; running variance M2/(n - 1) of all R (count init 1e-4, mean 0, var 1);
-    scaled reward = r / sqrt(var + 1e-8), clipped to +-10. No mean subtraction."""
-
-    def __init__(self, num_envs, gamma=0.99):
-        self.gamma, self.ret = gamma, np.zeros(num_envs)
-        self.mean, self.var, self.count = 0.0, 1.0, 1e-4
-
-    def __call__(self, rewards, firsts):
-        """rewards, firsts: (N, E); firsts[n] marks that step n starts a new episode."""
-        returns = np.zeros_like(rewards)
-        for n in range(len(rewards)):
-            self.ret = rewards[n] + self.gamma * (1 - firsts[n]) * self.ret
-            returns[n] = self.ret
-        batch_mean, batch_var, batch_count = returns.mean(), returns.var(), returns.size
-        delta, total = batch_mean - self.mean, self.count + batch_count
-        m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
-        self.mean, self.var, self.count = self.mean + delta * batch_count / total, m2 / (total - 1), total
-        return np.clip(rewards / np.sqrt(self.var + 1e-8), -10, 10)
-
-    def state_dict(self):
-        return {"ret": self.ret, "mean": self.mean, "var": self.var, "count": self.count}
-
-    def load_state_dict(self, d):
-        self.ret, self.mean, self.var, self.count = d["ret"], d["mean"], d["var"], d["count"]
-
-
 def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
     """GAE over environment (policy-query) steps (Schulman et al. 2016); arrays (N, E). next_values[n] is V of the state
     reached after step n (already the bootstrap at time-outs); dones[n] = 1 cuts the recursion (the episode ended).
@@ -529,7 +465,7 @@ def model_kwargs_from(args, obs_dim, action_dim):
 
 
 def eval_act(policy, args, device):
-    """The evaluation action function obs -> chunk (envs.run_episodes, runs.capture_video): the mean of the most likely
+    """The evaluation action function obs -> chunk (envs.run_episodes, envs.capture_video): the mean of the most likely
     mode (paper: no exploration noise) or, for eval_sampling "train", sampled actions."""
 
     def act(obs):
@@ -559,59 +495,18 @@ def make_checkpoint(policy, kwargs, normalization, args, iteration, env_steps, *
     )
 
 
-def pretrain_lr(epoch, args):
-    """Linear warm-up over 1 epoch from the min LR, then cosine decay to the min LR (official
-    `CosineAnnealingWarmupRestarts`, util/scheduler.py)."""
-    lo, hi, warmup = args.pretrain_min_lr, args.pretrain_lr, 1
-    if epoch < warmup:
-        return lo + (hi - lo) * epoch / warmup
-    progress = (epoch - warmup) / max(1, args.pretrain_epochs - warmup)
-    return lo + (hi - lo) * (1 + math.cos(math.pi * progress)) / 2
-
-
 def pretrain(args, data, run_dir, writer, device):
-    """Behaviour cloning on `data` (envs.load_dataset), std fixed: minimize the mixture NLL of chunks (paper D.6)."""
+    """Behaviour cloning on `data` (envs.load_dataset), std fixed: minimize the mixture NLL of chunks (paper D.6;
+    pretraining.behaviour_cloning: AdamW, the LR schedule, EMA weights, the official loop)."""
     norm = data["normalization"]
-    obs, actions, starts, firsts = envs.make_pretraining_samples(
-        data["episodes"], norm, args.cond_steps, args.horizon_steps
-    )
-    print(f"[pretrain] {len(data['episodes'])} episodes, {len(starts)} samples from {args.dataset}")
-    kwargs = model_kwargs_from(args, obs.shape[1], actions.shape[1])
+    samples = envs.make_pretraining_samples(data["episodes"], norm, args.cond_steps, args.horizon_steps)
+    print(f"[pretrain] {len(data['episodes'])} episodes, {len(samples[2])} samples from {args.dataset}")
+    kwargs = model_kwargs_from(args, samples[0].shape[1], samples[1].shape[1])
     policy = GMMPolicy(**kwargs).to(device)
     policy.logvar.requires_grad_(False)  # std fixed during pre-training (paper D.6)
-    opt = torch.optim.AdamW(
-        [p for p in policy.parameters() if p.requires_grad],
-        lr=args.pretrain_lr,
-        weight_decay=args.pretrain_weight_decay,
-    )
-    ema = copy.deepcopy(policy).requires_grad_(False) if args.ema_decay is not None else None
-    steps_per_epoch = math.ceil(len(starts) / args.pretrain_batch_size)
-    t0, step = time.time(), 0
-    for epoch in range(args.pretrain_epochs):
-        if args.pretrain_min_lr is not None:  # cosine decay (official Avoid configs)
-            for group in opt.param_groups:
-                group["lr"] = pretrain_lr(epoch, args)
-        perm = np.random.permutation(len(starts))
-        for k in range(steps_per_epoch):
-            idx = perm[k * args.pretrain_batch_size : (k + 1) * args.pretrain_batch_size]
-            o, a = envs.gather_samples(obs, actions, starts, firsts, idx, args.cond_steps, args.horizon_steps)
-            loss = bc_loss(policy, torch.as_tensor(o, device=device), torch.as_tensor(a, device=device))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
-            if ema is not None and step % args.ema_freq == 0:  # EMA (official agent/pretrain/train_agent.py)
-                with torch.no_grad():
-                    for p_ema, p in zip(ema.parameters(), policy.parameters()):
-                        p_ema.copy_(p) if epoch < args.ema_start_epoch else p_ema.lerp_(p, 1 - args.ema_decay)
-        writer.add_scalar("pretrain/loss", loss.item(), epoch)
-        if epoch % max(1, args.pretrain_epochs // 20) == 0 or epoch == args.pretrain_epochs - 1:
-            print(
-                f"[pretrain] epoch {epoch + 1}/{args.pretrain_epochs} | loss {loss.item():.4f} | "
-                f"{time.time() - t0:.0f}s"
-            )
+    loss_fn = lambda obs, actions: bc_loss(policy, obs, actions)  # noqa: E731
+    saved, _ = pretraining.behaviour_cloning(policy, loss_fn, samples, args, device, writer)
     policy.logvar.requires_grad_(True)
-    saved = policy if ema is None else ema
     ckpt = make_checkpoint(saved, kwargs, norm, args, 0, 0, dataset=args.dataset, pretrain_epochs=args.pretrain_epochs)
     envs.save_checkpoint(ckpt, os.path.join(run_dir, "pretrained.pt"))
     return ckpt
@@ -747,7 +642,7 @@ def main(args):
     critic = Critic(obs_dim, args.cond_steps, args.critic_dims).to(device)  # fresh critic (official)
     actor_opt = torch.optim.AdamW(policy.parameters(), lr=args.actor_lr, weight_decay=0.0)
     critic_opt = torch.optim.AdamW(critic.parameters(), lr=args.critic_lr, weight_decay=0.0)
-    scaler = RunningRewardScaler(args.num_envs)
+    scaler = envs.RunningRewardScaler(args.num_envs)
     # what a checkpoint saves besides the network and a resume restores, by checkpoint key
     trained = dict(critic=critic, actor_optimizer=actor_opt, critic_optimizer=critic_opt, reward_scaler=scaler)
     start_iter, env_steps = runs.resume_or_evaluate(resume, trained, evals, act, args, normalization)

@@ -15,7 +15,6 @@ import copy
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -27,46 +26,9 @@ ALGO = "idql"
 
 
 @dataclass
-class Args:
-    # --- common contract (see the README) ---
-    env_id: str = "Hopper-v2"
-    """task: Hopper-v2, Walker2D-v2, HalfCheetah-v2 (or gymnasium v4/v5 ids), lift/can/square/transport, avoid-m1/2/3"""
-    seed: int = 0
-    """seeds torch, numpy and every environment (env i gets seed + i)"""
-    num_envs: int = 40
-    """parallel environments (E)"""
-    total_timesteps: int = 1_000_000
-    """fine-tuning budget in environment steps"""
-    checkpoint: Optional[str] = None
-    """pre-trained diffusion policy to fine-tune (any cleandppo diffusion script's), or a run's checkpoint of this
-    script to resume; default: the bundled one"""
-    eval_only: bool = False
-    """only evaluate --checkpoint"""
-    eval_freq: int = 10
-    """evaluate every N iterations (and after the last one)"""
-    eval_episodes: int = 10
-    """episodes per evaluation"""
-    run_dir: Optional[str] = None
-    """where logs, checkpoints and summary.json go (default runs/<env>__<algo>__<seed>__<time>; a resume: its dir)"""
-    overwrite: bool = False
-    """replace the run already in --run-dir (without it such a dir is refused unless this run resumes it)"""
-    save_freq: int = 10
-    """write checkpoint_<iter>.pt every N iterations (checkpoint_last.pt is written every iteration)"""
-    cuda: bool = True
-    """use CUDA when available"""
-    torch_deterministic: bool = True
-    """deterministic torch kernels"""
-    track: bool = False
-    """also log to Weights & Biases"""
-    capture_video: bool = False
-    """record one evaluation episode to the run dir as an mp4 at the end (runs.capture_video)"""
-    env_workers: int = 0
-    """processes stepping the envs: 0 = auto (one per free core when 2+ are free, else this one), 1 = this process"""
-    sampling_threads: int = 0
-    """torch threads of sampling (rollouts, evaluations); 0 = auto: 1. Another count may change the last digits"""
-    update_threads: int = 0
-    """torch threads of the update; 0 = auto: the free cores (a resume: its run's). Another count may change digits"""
-
+class Args(arguments.RunArgs):
+    # the flags every script shares come first: arguments.RunArgs (--env-id, --seed, --num-envs, --total-timesteps,
+    # --checkpoint, --eval-*, --run-dir, ...; docs/contract.md)
     # --- diffusion policy (must match the checkpoint) ---
     denoising_steps: int = 20
     """K: DDPM denoising steps (must equal the pre-trained model's)"""

@@ -8,10 +8,10 @@ Nothing algorithmic lives here. Read top to bottom:
   3. checkpoints  -- the state an exact resume needs (envs, RNGs), the wall time so far; what Ctrl-C and a full
                      disk do
   4. summary      -- summary.json (strict JSON) and peak memory
-  5. progress, evaluations, video -- the same calls in every script's `main`
+  5. progress, evaluations -- the same calls in every script's `main` (the video: envs.capture_video)
   6. the run around the loop -- start, open_run_dir, evaluate_only, resume_or_evaluate, start_envs,
                      log_stats, checkpoint_state, save_run: main keeps the loop and calls these
-  7. processes and threads -- env worker processes and torch's threads per phase of the loop (phase)
+  7. processes and threads -- the plan of workers.plan_parallel kept on a resume, torch's threads per phase (phase)
 """
 
 from __future__ import annotations
@@ -483,10 +483,10 @@ def finish_run(run_dir: str, algo: str, args, env_steps: int, wall: float, evals
         extra = dict(peak_memory_mb=peak_memory_mb(device), parallel=_run.get("plan"))
         write_summary(run_dir, algo, args, env_steps, wall, **evals.summary(), **extra)
     if args.capture_video:
-        capture_video(run_dir, args.env_id, act, args.act_steps, args.cond_steps, normalization, args.seed)
+        envs.capture_video(run_dir, args.env_id, act, args.act_steps, args.cond_steps, normalization, args.seed)
     writer.close()
     release_run_lock()
-    set_threads(_run.pop("given_threads", None))  # the process's own count again (in-process callers)
+    workers.set_threads(_run.pop("given_threads", None))  # the process's own count again (in-process callers)
 
 
 def peak_memory_mb(device) -> float:
@@ -501,7 +501,7 @@ def peak_memory_mb(device) -> float:
 
 
 # ------------------------------------------------------------------------------------------------
-# 5. Progress, evaluations, video
+# 5. Progress, evaluations
 # ------------------------------------------------------------------------------------------------
 def _number(value) -> str:
     if isinstance(value, float):
@@ -669,7 +669,7 @@ class Evaluations:
             watch.tick()
             return act(obs)
 
-        before = set_threads(_run["plan"]["sampling_threads"]) if _run.get("plan") else None
+        before = workers.set_threads(_run["plan"]["sampling_threads"]) if _run.get("plan") else None
         try:
             returns, _ = envs.run_episodes(
                 watched,
@@ -684,7 +684,7 @@ class Evaluations:
             )
         finally:
             watch.close()
-            set_threads(before)
+            workers.set_threads(before)
         mean, std, success = float(np.mean(returns)), float(np.std(returns)), envs.success_rate(returns)
         self.add(env_steps, mean, success)
         return mean, std, success
@@ -751,50 +751,6 @@ def log_episodes(writer, infos: dict, env_steps: int, recent_returns: list, succ
         progress.tick(env_steps)
 
 
-GL_FIX = (
-    "no OpenGL backend works here; install one and select it, e.g. apt-get install libosmesa6 and "
-    "MUJOCO_GL=osmesa (CPU), or apt-get install libegl1 and MUJOCO_GL=egl (GPU)"
-)
-
-
-def capture_video(
-    run_dir: str, env_id: str, act_fn, act_steps: int, cond_steps: int, normalization, seed: int, name: str = "eval.mp4"
-) -> str | None:
-    """Run one evaluation episode of `act_fn` (as envs.run_episodes takes it) and write it to run_dir/name as an mp4
-    (imageio-ffmpeg, no system ffmpeg needed); return the path. MuJoCo tasks render through OpenGL: where no
-    backend works this prints one line naming the fix and returns None, and the run goes on. Avoid draws with
-    numpy and records everywhere."""
-    import warnings
-
-    import imageio
-
-    try:
-        with warnings.catch_warnings():  # GLFW warns before it fails; the one line below says what to do
-            warnings.simplefilter("ignore")
-            env = envs.make_env(env_id, act_steps, cond_steps, normalization, render_mode="rgb_array")
-            obs, _ = env.reset(seed=seed)
-            frames = [env.render()]
-    except Exception as e:  # mujoco.FatalError, GLFW/EGL/OSMesa errors: which one depends on MUJOCO_GL
-        detail = str(e).splitlines()[0][:100] if str(e) else ""
-        print(
-            f"--capture-video: {env_id} cannot render ({e.__class__.__name__}: {detail}); {GL_FIX}; no video written",
-            file=sys.stderr,
-            flush=True,
-        )
-        return None
-    for _ in range(envs.max_episode_steps(env_id) // act_steps + 1):  # the time limit ends the episode by then
-        obs, _, term, trunc, _ = env.step(np.asarray(act_fn(obs[None]))[0, :act_steps])
-        frames.append(env.render())
-        if term or trunc:
-            break
-    env.close()
-    fps = env.metadata.get("render_fps", 30) / act_steps  # one frame per executed chunk
-    path = os.path.join(run_dir, name)
-    imageio.mimsave(path, frames, fps=fps, macro_block_size=1)
-    print(f"[video] {path} ({len(frames)} frames)", flush=True)
-    return path
-
-
 # ------------------------------------------------------------------------------------------------
 # 6. The run around a script's loop, in the order main calls them: start, (the script's load_start)
 #    open_run_dir, evaluate_only or resume_or_evaluate, start_envs; each iteration ends with
@@ -812,8 +768,8 @@ def start(args, algo: str, detail: str = "") -> tuple[int, int, object]:
     plan = "evaluation only" if args.eval_only else f"{num_iters} iterations of {steps_per_iter} env steps{detail}"
     print(f"[start] {algo} on {args.env_id}: {plan}", flush=True)
     _run["given_threads"] = torch.get_num_threads()
-    _run["plan"] = plan_parallel(args, _run["given_threads"], workers.machine())
-    print_plan(_run["plan"])
+    _run["plan"] = workers.plan_parallel(args, _run["given_threads"], workers.machine(), avoid.is_avoid(args.env_id))
+    workers.print_plan(_run["plan"])
     return steps_per_iter, num_iters, seed_everything(args)
 
 
@@ -913,37 +869,6 @@ def save_run(state: dict, run_dir: str, iteration: int, num_iters: int, args, wr
 # ------------------------------------------------------------------------------------------------
 # 7. Processes and threads: who steps the envs, and torch's threads in each phase of the loop
 # ------------------------------------------------------------------------------------------------
-def plan_parallel(args, given_threads: int, seen: dict) -> dict:
-    """The run's env worker processes and torch threads, from --env-workers, --sampling-threads and --update-threads
-    (0 = auto) on a machine `seen` (workers.machine()); `given_threads`: torch's count when the run starts
-    (OMP_NUM_THREADS, else the cores). Auto rules, each measured (docs/benchmarks.md):
-    - env workers: workers.choose_workers (processes when more than one core is free, one per free core);
-    - sampling (rollouts and evaluations): 1 thread. A policy query is one small batch (a row per env); with more
-      threads they wait for each other, and when a core is busy every operation waits for the slowest;
-    - update: the free cores, at least 1 and at most `given_threads`.
-    The env workers never change a number; the thread counts may change the last digits (floating-point sums in
-    another order), so a resume keeps its run's counts (resume_threads) and a flag fixes them across machines."""
-    env_workers, why = workers.choose_workers(args.env_workers, args.num_envs, avoid.is_avoid(args.env_id), seen)
-    plan = dict(env_workers=env_workers, env_workers_why=why, **seen, given_threads=given_threads)
-    plan["sampling_threads"] = args.sampling_threads or 1
-    plan["sampling_threads_why"] = "--sampling-threads" if args.sampling_threads else "auto: a small batch, 1 thread"
-    plan["update_threads"] = args.update_threads or max(1, min(given_threads, seen["free"]))
-    plan["update_threads_why"] = (
-        "--update-threads" if args.update_threads else f"auto: the free cores, at most torch's {given_threads}"
-    )
-    return plan
-
-
-def print_plan(plan: dict):
-    where = "this process" if plan["env_workers"] == 1 else f"{plan['env_workers']} worker processes"
-    print(f"[envs] stepped in {where}: {plan['env_workers_why']}", flush=True)
-    print(
-        f"[threads] torch: sampling {plan['sampling_threads']} ({plan['sampling_threads_why']}), update "
-        f"{plan['update_threads']} ({plan['update_threads_why']}); env workers run no torch",
-        flush=True,
-    )
-
-
 def resume_threads(args, saved: dict | None):
     """A resume keeps the thread counts its run chose when a flag leaves them to auto (0): another count may change
     the last digits of the numbers, and a resume continues the run exactly. Checkpoints without them: the plan's."""
@@ -954,17 +879,7 @@ def resume_threads(args, saved: dict | None):
     for key in kept:
         plan[key], plan[f"{key}_why"] = saved[key], "as the resumed run chose it"
     if kept:
-        print_plan(plan)
-
-
-def set_threads(threads: int | None) -> int:
-    """Set torch's intra-op threads (None: leave them); returns the count before."""
-    import torch
-
-    before = torch.get_num_threads()
-    if threads and threads != before:
-        torch.set_num_threads(threads)
-    return before
+        workers.print_plan(plan)
 
 
 def phase(name: str) -> float:
@@ -972,5 +887,5 @@ def phase(name: str) -> float:
     runs.start printed); returns the time it starts (time.time()), as the loop times its phases."""
     plan = _run.get("plan")
     if plan is not None:
-        set_threads(plan["sampling_threads" if name == "rollout" else "update_threads"])
+        workers.set_threads(plan["sampling_threads" if name == "rollout" else "update_threads"])
     return time.time()

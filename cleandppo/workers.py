@@ -292,3 +292,59 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
     def __del__(self):
         if not getattr(self, "closed", True):
             self.close(terminate=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# The run's plan: env worker processes and torch's threads in each phase of the loop (runs.start, runs.phase)
+# ------------------------------------------------------------------------------------------------
+def plan_parallel(args, given_threads: int, seen: dict, batched: bool = False) -> dict:
+    """The run's env worker processes and torch threads, from --env-workers, --sampling-threads and --update-threads
+    (0 = auto) on a machine `seen` (machine()); `batched`: one numpy env steps them all (Avoid); `given_threads`:
+    torch's count when the run starts (OMP_NUM_THREADS, else the cores). Auto rules, each measured (docs/benchmarks.md):
+    - env workers: choose_workers (processes when more than one core is free, one per free core);
+    - sampling (rollouts and evaluations): 1 thread. A policy query is one small batch (a row per env); with more
+      threads they wait for each other, and when a core is busy every operation waits for the slowest;
+    - update: the free cores, at least 1 and at most `given_threads`.
+    The env workers never change a number; the thread counts may change the last digits (floating-point sums in
+    another order), so a resume keeps its run's counts (resume_threads) and a flag fixes them across machines."""
+    env_workers, why = choose_workers(args.env_workers, args.num_envs, batched, seen)
+    plan = dict(env_workers=env_workers, env_workers_why=why, **seen, given_threads=given_threads)
+    plan["sampling_threads"] = args.sampling_threads or 1
+    plan["sampling_threads_why"] = "--sampling-threads" if args.sampling_threads else "auto: a small batch, 1 thread"
+    plan["update_threads"] = args.update_threads or max(1, min(given_threads, seen["free"]))
+    plan["update_threads_why"] = (
+        "--update-threads" if args.update_threads else f"auto: the free cores, at most torch's {given_threads}"
+    )
+    return plan
+
+
+def print_plan(plan: dict):
+    where = "this process" if plan["env_workers"] == 1 else f"{plan['env_workers']} worker processes"
+    print(f"[envs] stepped in {where}: {plan['env_workers_why']}", flush=True)
+    print(
+        f"[threads] torch: sampling {plan['sampling_threads']} ({plan['sampling_threads_why']}), update "
+        f"{plan['update_threads']} ({plan['update_threads_why']}); env workers run no torch",
+        flush=True,
+    )
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op threads (None: leave them); returns the count before."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads and threads != before:
+        torch.set_num_threads(threads)
+    return before
+
+
+def chunk_size(flag, device, one_thread, otherwise):
+    """A chunk-size flag's value (--update-chunk-size, --logprob-batch-size: memory and speed only), or its default:
+    `one_thread` when torch computes on one CPU thread (there, large tensors are fresh memory from the kernel at each
+    allocation, and chunks that stay small are faster), else `otherwise` (on more threads, each op's threads wait
+    for each other; chunks of the sizes above are slower on a busy machine). Measured: docs/benchmarks.md#the-update."""
+    import torch
+
+    if flag is not None:
+        return flag
+    return one_thread if device.type == "cpu" and torch.get_num_threads() == 1 else otherwise

@@ -79,8 +79,8 @@ exact likelihood: new log-likelihood not clamped | exact_likelihood_pg.py | test
 + )
 
 dppo update: critic values matched to other pairs | dppo.py | tests/test_dppo_update.py
-- critic(take_rows(batch["obs"], samples))[pair_sample]
-+ critic(take_rows(batch["obs"], samples))[pair_sample.flip(0)]
+- critic(envs.take_rows(batch["obs"], samples))[pair_sample]
++ critic(envs.take_rows(batch["obs"], samples))[pair_sample.flip(0)]
 dppo update: logged policy loss and KL swapped | dppo.py | tests/test_dppo_update.py
 - policy_loss, approx_kl, mean_ratio, clipfrac, value_loss = logged
 + approx_kl, policy_loss, mean_ratio, clipfrac, value_loss = logged
@@ -97,9 +97,9 @@ ppo update: clip fraction from another logged number (gmm) | gmm_ppo.py | tests/
 - clipfracs.append(logged[-1])
 + clipfracs.append(logged[-2])
 dppo update: --update-chunk-size ignored | dppo.py | tests/test_dppo_update.py
-- chunk = chunk_size(args.update_chunk_size, device, 5000, mb)
+- chunk = workers.chunk_size(args.update_chunk_size, device, 5000, mb)
 + chunk = mb
-dppo chunk defaults: the small chunk at any thread count | dppo.py | tests/test_dppo_update.py
+dppo chunk defaults: the small chunk at any thread count | workers.py | tests/test_dppo_update.py
 - torch.get_num_threads() == 1 else otherwise
 + torch.get_num_threads() >= 1 else otherwise
 # dppo sampler and denoising log-prob (the hot paths of an iteration)
@@ -180,13 +180,13 @@ GAE without lambda (gaussian) | gaussian_ppo.py | tests/test_shared_copies.py
 GAE not cut at episode ends (dppo) | dppo.py | tests/test_shared_copies.py
 - last = delta + gamma * gae_lambda * (1 - dones[n]) * last
 + last = delta + gamma * gae_lambda * last
-reward scaler subtracts the mean (dppo) | dppo.py | tests/test_shared_copies.py
+reward scaler subtracts the mean | envs.py | tests/test_shared_copies.py
 - return np.clip(rewards / np.sqrt(self.var + 1e-8), -10, 10)
 + return np.clip((rewards - self.mean) / np.sqrt(self.var + 1e-8), -10, 10)
-reward scaler without clip (gmm) | gmm_ppo.py | tests/test_shared_copies.py
+reward scaler without clip | envs.py | tests/test_shared_copies.py
 - return np.clip(rewards / np.sqrt(self.var + 1e-8), -10, 10)
 + return rewards / np.sqrt(self.var + 1e-8)
-reward scaler ignores episode starts (exact likelihood) | exact_likelihood_pg.py | tests/test_shared_copies.py
+reward scaler ignores episode starts | envs.py | tests/test_shared_copies.py
 - self.ret = rewards[n] + self.gamma * (1 - firsts[n]) * self.ret
 + self.ret = rewards[n] + self.gamma * self.ret
 soft update ignores tau (dql) | dql.py | tests/test_shared_copies.py
@@ -299,13 +299,13 @@ target critic not updated in the loop (qsm) | qsm.py | tests/test_dql_qsm_shared
 +
 
 # pre-training
-pre-training EMA that never moves (dppo) | dppo.py | tests/test_dppo.py -k ema
+pre-training EMA that never moves (dppo's tests) | pretraining.py | tests/test_dppo.py -k ema
 - else p_ema.lerp_(p, 1 - args.ema_decay)
 + else p_ema.lerp_(p, 0.0)
-pre-training EMA with decay and 1 - decay swapped (dppo) | dppo.py | tests/test_dppo.py -k ema
+pre-training EMA with decay and 1 - decay swapped (dppo's tests) | pretraining.py | tests/test_dppo.py -k ema
 - else p_ema.lerp_(p, 1 - args.ema_decay)
 + else p_ema.lerp_(p, args.ema_decay)
-pre-training EMA ignores its start epoch (dppo) | dppo.py | tests/test_dppo.py -k ema
+pre-training EMA ignores its start epoch (dppo's tests) | pretraining.py | tests/test_dppo.py -k ema
 - p_ema.copy_(p) if epoch < args.ema_start_epoch else
 + p_ema.copy_(p) if False else
 DQL actor loss without eta | dql.py | tests/test_dql.py
@@ -393,10 +393,7 @@ official fine-tuned checkpoint: frozen net from actor_ft | official.py | tests/t
 official train.npz left normalized | official.py | tests/test_official.py -k npz
 - states = unnormalize_obs(states, norm)
 + pass
-reward scaler variance M2/n (gmm) | gmm_ppo.py | tests/test_shared_copies.py -k reward_scaler
-- m2 / (total - 1), total
-+ m2 / total, total
-reward scaler variance M2/n (dppo) | dppo.py | tests/test_shared_copies.py -k reward_scaler
+reward scaler variance M2/n | envs.py | tests/test_shared_copies.py -k reward_scaler
 - m2 / (total - 1), total
 + m2 / total, total
 DDIM x0 in the DDPM form | dppo.py | tests/test_official.py -k ddim
@@ -478,33 +475,21 @@ stored old GMM log-prob not clamped | gmm_ppo.py | tests/test_gmm_ppo.py -k stor
 - old_logp = (summed_logp / scale).clamp(-5.0, 2.0)
 + old_logp = summed_logp / scale
 # pre-training recipe of the official Avoid Gaussian/GMM configs (cosine LR, EMA)
-EMA ignores its start epoch (gaussian) | gaussian_ppo.py | tests/test_gaussian_ppo.py -k pretraining_cosine
+EMA ignores its start epoch (gaussian's and gmm's tests) | pretraining.py | tests/test_gaussian_ppo.py -k pretraining_cosine
 - p_ema.copy_(p) if epoch < args.ema_start_epoch else
 + p_ema.copy_(p) if epoch < 0 else
-EMA ignores its start epoch (gmm) | gmm_ppo.py | tests/test_gaussian_ppo.py -k pretraining_cosine
-- p_ema.copy_(p) if epoch < args.ema_start_epoch else
-+ p_ema.copy_(p) if epoch < 0 else
-pre-training saves live weights, not EMA (gaussian) | gaussian_ppo.py | tests/test_gaussian_ppo.py -k pretraining_cosine
-- saved = policy if ema is None else ema
-+ saved = policy
-pre-training EMA weight swapped (gaussian) | gaussian_ppo.py | tests/test_gaussian_ppo.py -k pretraining_cosine
+pre-training saves live weights, not EMA | pretraining.py | tests/test_gaussian_ppo.py -k pretraining_cosine
+- return (net if ema is None else ema), step
++ return net, step
+pre-training EMA weight swapped (gaussian's and gmm's tests) | pretraining.py | tests/test_gaussian_ppo.py -k pretraining_cosine
 - p_ema.lerp_(p, 1 - args.ema_decay)
 + p_ema.lerp_(p, args.ema_decay)
-pre-training LR not decayed (gaussian) | gaussian_ppo.py | tests/test_gaussian_ppo.py -k pretraining_cosine
+pre-training LR not decayed | pretraining.py | tests/test_gaussian_ppo.py -k pretraining_cosine
 - group["lr"] = pretrain_lr(epoch, args)
 + group["lr"] = args.pretrain_lr
 Avoid pre-training without official recipe (gaussian) | gaussian_ppo.py | tests/test_gaussian_ppo.py -k recipe_defaults
 - ema_decay=0.995,  # and the EMA weights
 + ema_decay=None,
-pre-training saves the live weights, not the EMA (gmm) | gmm_ppo.py | tests/test_gaussian_ppo.py -k pretraining_cosine
-- saved = policy if ema is None else ema
-+ saved = policy
-pre-training EMA weight swapped (gmm) | gmm_ppo.py | tests/test_gaussian_ppo.py -k pretraining_cosine
-- p_ema.lerp_(p, 1 - args.ema_decay)
-+ p_ema.lerp_(p, args.ema_decay)
-pre-training LR not decayed (gmm) | gmm_ppo.py | tests/test_gaussian_ppo.py -k pretraining_cosine
-- group["lr"] = pretrain_lr(epoch, args)
-+ group["lr"] = args.pretrain_lr
 Avoid pre-training without the official recipe (gmm) | gmm_ppo.py | tests/test_gaussian_ppo.py -k recipe_defaults
 - ema_decay=0.995,  # and the EMA weights
 + ema_decay=None,
@@ -630,12 +615,12 @@ threads: the update at the sampling threads | runs.py | tests/test_env_workers.p
 - set_threads(plan["sampling_threads" if name == "rollout" else "update_threads"])
 + set_threads(plan["sampling_threads"])
 threads: evaluations at the update's threads | runs.py | tests/test_env_workers.py -k each_phase
-- before = set_threads(_run["plan"]["sampling_threads"]) if _run.get("plan") else None
+- before = workers.set_threads(_run["plan"]["sampling_threads"]) if _run.get("plan") else None
 + before = None
-threads: auto sampling at torch's count | runs.py | tests/test_env_workers.py -k auto_rules
+threads: auto sampling at torch's count | workers.py | tests/test_env_workers.py -k auto_rules
 - plan["sampling_threads"] = args.sampling_threads or 1
 + plan["sampling_threads"] = args.sampling_threads or given_threads
-threads: auto update ignores the load | runs.py | tests/test_env_workers.py -k auto_rules
+threads: auto update ignores the load | workers.py | tests/test_env_workers.py -k auto_rules
 - plan["update_threads"] = args.update_threads or max(1, min(given_threads, seen["free"]))
 + plan["update_threads"] = args.update_threads or given_threads
 threads: a resume takes the auto counts of its own start | runs.py | tests/test_env_workers.py -k resume
@@ -645,47 +630,44 @@ threads: the checkpoint keeps no thread counts | runs.py | tests/test_env_worker
 - | dict(parallel=_run.get("plan"))
 +
 # pixel tasks (paper 5.2, D.5): ViT encoder, random shifts, gradient accumulation, settings, official checkpoints
-pixels: ViT input not centred (dppo) | dppo.py | tests/test_pixel_policies.py -k official_forward
+pixels: ViT input not centred (dppo) | vit.py | tests/test_pixel_policies.py -k official_forward
 - self.patch_embed(images / 255.0 - 0.5)
 + self.patch_embed(images / 255.0)
-pixels: ViT input not centred (gaussian) | gaussian_ppo.py | tests/test_pixel_policies.py -k gaussian_vision_policy
+pixels: ViT input not centred (gaussian) | vit.py | tests/test_pixel_policies.py -k gaussian_vision_policy
 - self.patch_embed(images / 255.0 - 0.5)
 + self.patch_embed(images / 255.0)
-pixels: ViT without patch positions | dppo.py | tests/test_pixel_policies.py -k official_forward
+pixels: ViT without patch positions | vit.py | tests/test_pixel_policies.py -k official_forward
 - return self.norm(self.transformer(x + self.pos_embed))
 + return self.norm(self.transformer(x))
-pixels: spatial embedding averages its channels | dppo.py | tests/test_pixel_policies.py -k official_forward
+pixels: spatial embedding averages its channels | vit.py | tests/test_pixel_policies.py -k official_forward
 - return (self.weight * self.proj(rows)).sum(dim=1)
 + return (self.weight * self.proj(rows)).mean(dim=1)
-pixels: the oldest image of the history | dppo.py | tests/test_pixel_policies.py -k official_forward
+pixels: the oldest image of the history | vit.py | tests/test_pixel_policies.py -k official_forward
 - rgb = obs["rgb"][:, -1].float()
 + rgb = obs["rgb"][:, 0].float()
-pixels: every camera reads the first one's image | dppo.py | tests/test_pixel_policies.py -k official_forward
+pixels: every camera reads the first one's image | vit.py | tests/test_pixel_policies.py -k official_forward
 - images = rgb[:, 3 * camera : 3 * camera + 3]
 + images = rgb[:, :3]
-pixels: features without the proprioception (critic) | gaussian_ppo.py | tests/test_pixel_policies.py -k vit_critic
+pixels: features without the proprioception (critic) | vit.py | tests/test_pixel_policies.py -k vit_critic
 - return torch.cat([*features, state], dim=-1)
 + return torch.cat([*features, 0 * state], dim=-1)
-random shift: rows moved by the column shift | dppo.py | tests/test_pixel_policies.py -k random_shift
+random shift: rows moved by the column shift | vit.py | tests/test_pixel_policies.py -k random_shift
 - + shift[:, 1:]).clamp(0, height - 1)
 + + shift[:, :1]).clamp(0, height - 1)
-random shift: never by +pad | gaussian_ppo.py | tests/test_pixel_policies.py -k random_shift
+random shift: never by +pad | vit.py | tests/test_pixel_policies.py -k random_shift
 - torch.randint(-pad, pad + 1,
 + torch.randint(-pad, pad,
-random shift: cameras never on their own | dppo.py | tests/test_pixel_policies.py -k shift_images
+random shift: cameras never on their own | vit.py | tests/test_pixel_policies.py -k shift_images
 - cameras = rgb.shape[-3] // 3 if per_camera else 1
 + cameras = 1
-pre-training images not shifted (dppo) | dppo.py | tests/test_pixel_runs.py
-- o = shift_images(o, per_camera=True)
-+ o = o
-pre-training images not shifted (gaussian) | gaussian_ppo.py | tests/test_pixel_runs.py
-- o = shift_images(o, per_camera=True)
+pre-training images not shifted | pretraining.py | tests/test_pixel_runs.py
+- o = vit.shift_images(o, per_camera=True)
 + o = o
 fine-tuning images not shifted (dppo) | dppo.py | tests/test_pixel_runs.py
-- flat_obs = shift_images(flat_obs)
+- flat_obs = vit.shift_images(flat_obs)
 + flat_obs = flat_obs
 fine-tuning images not shifted (gaussian) | gaussian_ppo.py | tests/test_pixel_runs.py
-- flat_obs = shift_images(flat_obs)
+- flat_obs = vit.shift_images(flat_obs)
 + flat_obs = flat_obs
 grad accumulation never sums (dppo) | dppo.py | tests/test_pixel_policies.py -k accumulate
 - if k % args.grad_accumulate == 0:  # a new sum of gradients

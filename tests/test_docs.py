@@ -3,9 +3,10 @@ and classes their script defines, so a page cannot drift from its script unnotic
 
 Template: exactly these `## ` headings, in this order (`#` title above, `###` subsections inside are free). "Paper to
 code" holds a table whose `code` column names, in backticks, the script's functions (`name`, `name(arg=...)`,
-`Class`, `Class.method`); every row names at least one. The names are looked up in the script's source with `ast`
-(top-level functions and classes, and methods of top-level classes), not by importing it. Likewise every `--flag` in
-the first column of a table under "Flags" must be a field of the script's `Args`.
+`Class`, `Class.method`), or of a shared module in cleandppo/ (`vit.VisionEncoder`); every row names at least one.
+The names are looked up in the source with `ast` (top-level functions and classes, and methods of top-level classes),
+not by importing it. Likewise every `--flag` in the first column of a table under "Flags" must be a field of the
+script's `Args` (those of arguments.RunArgs included).
 """
 
 import ast
@@ -24,7 +25,8 @@ HEADINGS = (
     "Deviations from the official code",
     "Measured results",
 )
-IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
+SHARED_MODULES = {p.stem for p in (ROOT / "cleandppo").glob("*.py")} - set(SCRIPTS)
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}")
 
 
 def page_lines(script):
@@ -79,10 +81,11 @@ def defined_names(script):
 
 
 def args_fields(script):
-    """The field names of cleandppo/<script>.py's `Args` dataclass."""
-    tree = ast.parse((ROOT / "cleandppo" / f"{script}.py").read_text())
-    args = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "Args")
-    return {node.target.id for node in args.body if isinstance(node, ast.AnnAssign)}
+    """The field names of cleandppo/<script>.py's `Args` dataclass (the shared arguments.RunArgs ones included)."""
+    import dataclasses
+    import importlib
+
+    return {field.name for field in dataclasses.fields(importlib.import_module(f"cleandppo.{script}").Args)}
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -107,6 +110,10 @@ def test_paper_to_code_names_only_functions_the_script_defines(script):
             name = token.split("(", 1)[0].strip()
             if not IDENTIFIER.fullmatch(name):
                 problems.append(f"`{token}` in the code column is not a function or class name")
+            elif name.split(".")[0] in SHARED_MODULES:  # a shared module's: `vit.VisionEncoder`
+                module, _, rest = name.partition(".")
+                if rest not in defined_names(module):
+                    problems.append(f"`{name}`: cleandppo/{module}.py defines no `{rest}` (update docs/{script}.md)")
             elif name not in defined:
                 problems.append(
                     f"`{name}` is named in the Paper to code table but cleandppo/{script}.py defines no function, "

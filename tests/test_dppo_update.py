@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 
-from cleandppo import dppo
+from cleandppo import dppo, workers
 
 torch.set_num_threads(1)
 
@@ -182,11 +182,9 @@ def test_chunk_defaults_follow_the_thread_count():
     cpu, before = torch.device("cpu"), torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        assert dppo.chunk_size(None, cpu, 5, 9) == 5 and dppo.chunk_size(7, cpu, 5, 9) == 7
-        assert dppo.chunk_size(None, torch.device("cuda"), 5, 9) == 9
-        assert dppo.logprob_chunk(dppo.Args(), cpu) == 500
+        assert workers.chunk_size(None, cpu, 5, 9) == 5 and workers.chunk_size(7, cpu, 5, 9) == 7
+        assert workers.chunk_size(None, torch.device("cuda"), 5, 9) == 9
         torch.set_num_threads(2)
-        assert dppo.chunk_size(None, cpu, 5, 9) == 9 and dppo.chunk_size(7, cpu, 5, 9) == 7
-        assert dppo.logprob_chunk(dppo.Args(), cpu) == 10_000
+        assert workers.chunk_size(None, cpu, 5, 9) == 9 and workers.chunk_size(7, cpu, 5, 9) == 7
     finally:
         torch.set_num_threads(before)

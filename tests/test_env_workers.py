@@ -21,7 +21,7 @@ import pytest
 import torch
 from test_runs import FAMILIES, Killed, assert_kill_and_resume_is_exact, curves, kill_at_vector_step
 
-from cleandppo import arguments, dppo, envs, gaussian_ppo, gym_tasks, idql, runs, workers
+from cleandppo import arguments, avoid, dppo, envs, gaussian_ppo, gym_tasks, idql, runs, workers
 from conftest import ROOT, TINY_DIFFUSION, assert_one_line_error, run_main
 
 torch.set_num_threads(1)
@@ -227,7 +227,7 @@ def seen(cores, load):
     ],
 )
 def test_the_auto_rules(flags, machine, expected):
-    plan = runs.plan_parallel(flags, 2, machine)
+    plan = workers.plan_parallel(flags, 2, machine, avoid.is_avoid(flags.env_id))
     assert (plan["env_workers"], plan["sampling_threads"], plan["update_threads"]) == expected
     if flags.env_workers == 64:
         assert "at most one per env (40)" in plan["env_workers_why"]
@@ -274,10 +274,10 @@ def test_each_phase_runs_at_its_threads_and_the_start_says_so(tiny_diffusion_che
 
 def test_a_resume_keeps_the_thread_counts_its_run_chose(monkeypatch, capsys):
     """Auto counts may differ on a resume (the machine's load moved): the run's own counts are kept, a flag wins."""
-    monkeypatch.setitem(runs._run, "plan", runs.plan_parallel(Flags(), 2, seen(2, 1.9)))  # update 1
+    monkeypatch.setitem(runs._run, "plan", workers.plan_parallel(Flags(), 2, seen(2, 1.9)))  # update 1
     runs.resume_threads(Flags(), dict(sampling_threads=1, update_threads=2))
     assert runs._run["plan"]["update_threads"] == 2 and "as the resumed run chose it" in capsys.readouterr().out
-    monkeypatch.setitem(runs._run, "plan", runs.plan_parallel(Flags(update_threads=1), 2, seen(2, 1.9)))
+    monkeypatch.setitem(runs._run, "plan", workers.plan_parallel(Flags(update_threads=1), 2, seen(2, 1.9)))
     runs.resume_threads(Flags(update_threads=1), dict(sampling_threads=1, update_threads=2))
     assert runs._run["plan"]["update_threads"] == 1
 

@@ -48,7 +48,7 @@ def test_gae_matches_a_hand_worked_example():
 
 
 def test_running_reward_scaler_divides_by_the_std_of_discounted_returns():
-    scaler = gp.RunningRewardScaler(num_envs=1, gamma=0.5)
+    scaler = envs.RunningRewardScaler(num_envs=1, gamma=0.5)
     rewards, firsts = np.array([[1.0], [1.0], [1.0]]), np.array([[1.0], [0.0], [0.0]])
     out = scaler(rewards, firsts)
     returns = np.array([1.0, 1.5, 1.75])  # R = r + 0.5 R

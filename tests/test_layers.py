@@ -11,11 +11,11 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 ALGORITHMS = ["dppo", "gaussian_ppo", "gmm_ppo", "dawr", "drwr", "dipo", "idql", "dql", "qsm", "exact_likelihood_pg"]
 LAYERS = [  # bottom first; a module may import modules of lower layers only (common.py's docstring explains each)
     ["common"],
-    ["gym_tasks", "avoid", "robomimic_tasks", "workers"],
+    ["gym_tasks", "avoid", "robomimic_tasks", "workers", "vit"],
     ["official"],
     ["envs"],
     ["arguments"],
-    ["runs"],
+    ["runs", "pretraining"],
     ALGORITHMS,
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

@@ -25,7 +25,7 @@ from test_ppo_updates import (  # noqa: F401 (stand_in_denoising_log_prob: a fix
     surrogate,
 )
 
-from cleandppo import arguments, dppo, envs, gaussian_ppo
+from cleandppo import arguments, dppo, envs, gaussian_ppo, vit
 from conftest import assert_one_line_error, run_main
 
 torch.set_num_threads(1)
@@ -226,11 +226,10 @@ def found_shift(image, shifted, pad):
     return hits[0]
 
 
-@pytest.mark.parametrize("module", SCRIPTS, ids=lambda m: m.__name__.rsplit(".", 1)[1])
-def test_random_shift_moves_each_image_by_at_most_pad_pixels_as_the_official_augmentation(module):
+def test_random_shift_moves_each_image_by_at_most_pad_pixels_as_the_official_augmentation():
     pad = 4
     images = torch.randint(0, 256, (2, 20, 3, 24, 24), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
-    shifted = module.random_shift(images, pad, generator=torch.Generator().manual_seed(4))
+    shifted = vit.random_shift(images, pad, generator=torch.Generator().manual_seed(4))
     assert shifted.shape == images.shape and shifted.dtype == torch.uint8
     flat, flat_shifted = images.flatten(0, 1), shifted.flatten(0, 1)
     shifts = torch.tensor([found_shift(a, b, pad) for a, b in zip(flat, flat_shifted, strict=True)])
@@ -240,12 +239,11 @@ def test_random_shift_moves_each_image_by_at_most_pad_pixels_as_the_official_aug
     torch.testing.assert_close(flat_shifted.float(), official, atol=1e-2, rtol=0)
 
 
-@pytest.mark.parametrize("module", SCRIPTS, ids=lambda m: m.__name__.rsplit(".", 1)[1])
-def test_shift_images_moves_cameras_together_or_on_their_own(module):
+def test_shift_images_moves_cameras_together_or_on_their_own():
     torch.manual_seed(5)
     obs = pixel_batch(B=40, cameras=2, size=16, seed=5)
-    together = module.shift_images(obs)["rgb"][:, 0]
-    apart = module.shift_images(obs, per_camera=True)["rgb"][:, 0]
+    together = vit.shift_images(obs)["rgb"][:, 0]
+    apart = vit.shift_images(obs, per_camera=True)["rgb"][:, 0]
     rgb = obs["rgb"][:, 0]
     same = [
         found_shift(rgb[i, :3], together[i, :3], 4) == found_shift(rgb[i, 3:], together[i, 3:], 4) for i in range(40)
@@ -253,9 +251,9 @@ def test_shift_images_moves_cameras_together_or_on_their_own(module):
     assert all(same)
     same = [found_shift(rgb[i, :3], apart[i, :3], 4) == found_shift(rgb[i, 3:], apart[i, 3:], 4) for i in range(40)]
     assert not all(same)
-    assert torch.equal(module.shift_images(obs)["state"], obs["state"])
+    assert torch.equal(vit.shift_images(obs)["state"], obs["state"])
     state_obs = torch.randn(3, 1, 5)
-    assert module.shift_images(state_obs) is state_obs  # a state observation: nothing to shift, nothing drawn
+    assert vit.shift_images(state_obs) is state_obs  # a state observation: nothing to shift, nothing drawn
 
 
 # ---- parameter counts: ours = the official modules' (their formula, with the official config dims) --------------

@@ -81,7 +81,7 @@ def assert_shifted_copies(before, after):
 def test_pre_training_then_fine_tuning_from_pixels_on_shifted_uint8_images(module, tmp_path, short_lift, monkeypatch):
     # pre-training: every batch's images random-shifted before the loss
     with monkeypatch.context() as m:
-        gathered = spy(module, m, "take_rows")
+        gathered = spy(envs, m, "take_rows")
         if module is dppo:  # the observations the denoising loss sees
             seen = spy_inputs(dppo, "denoising_loss", m, 3)
         else:  # those the policy sees (the first calls: the pre-training batches)
@@ -97,7 +97,7 @@ def test_pre_training_then_fine_tuning_from_pixels_on_shifted_uint8_images(modul
     assert pre["model_kwargs"]["vision"]["image_shape"] == (3, 96, 96) and pre["model_kwargs"]["obs_dim"] == 9
 
     # fine-tuning from it: the update reads the stored (uint8) rollout images, shifted once
-    stored = spy(module, monkeypatch, "flat", module.RolloutObs)
+    stored = spy(envs, monkeypatch, "flat", envs.RolloutObs)
     updated = spy_inputs(module, "ppo_update", monkeypatch, 6 if module is dppo else 4)
     path = tmp_path / "pre" / "pretrained.pt"
     run_main(

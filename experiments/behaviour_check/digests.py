@@ -55,7 +55,7 @@ PRETRAIN_RUNS = {  # pre-training from the scripted Avoid demos (scripts/make_av
     "gmm_ppo-pretrain": ("gmm_ppo", [*PRETRAIN, "--mlp-dims", "32", "32"]),
 }
 RUNS |= PRETRAIN_RUNS
-SKIP_KEYS = {"args", "wall_time_s", "time", "run_dir", "git", "wall", "started"}
+SKIP_KEYS = {"args", "wall_time_s", "time", "run_dir", "git", "wall", "started", "parallel"}  # parallel: the load seen
 
 
 def tensor_digests(obj, prefix="", out=None):

@@ -1,0 +1,73 @@
+"""The behaviour-cloning loop that dppo.py, gaussian_ppo.py and gmm_ppo.py pre-train with (paper D.1, D.6; official
+agent/pretrain/train_agent.py, one loop for every policy there too). Each script keeps what is its own: the network
+and its loss, and the checkpoint it writes. This module holds the rest: minibatches of (observation history, action
+chunk), AdamW, the learning-rate schedule, the EMA copy of the weights, the logs.
+"""
+
+import copy
+import math
+import time
+
+import numpy as np
+import torch
+
+from cleandppo import envs, vit
+
+
+def pretrain_lr(epoch, args):
+    """Linear warm-up over 1 epoch from the min LR, then cosine decay to the min LR (official
+    `CosineAnnealingWarmupRestarts`, util/scheduler.py)."""
+    lo, hi, warmup = args.pretrain_min_lr, args.pretrain_lr, 1
+    if epoch < warmup:
+        return lo + (hi - lo) * epoch / warmup
+    progress = (epoch - warmup) / max(1, args.pretrain_epochs - warmup)
+    return lo + (hi - lo) * (1 + math.cos(math.pi * progress)) / 2
+
+
+def behaviour_cloning(net, loss_fn, samples, args, device, writer):
+    """Train `net` on `samples` (envs.make_pretraining_samples) for args.pretrain_epochs epochs and return
+    (the weights to save, gradient steps): the EMA copy, or `net` itself when args.ema_decay is None.
+
+    Per epoch: the learning rate of pretrain_lr (constant args.pretrain_lr when args.pretrain_min_lr is None), then
+    minibatches of args.pretrain_batch_size samples in a fresh random order (numpy's global RNG), each a
+    `loss_fn(obs, action_chunk)` step of AdamW over the parameters that require a gradient. Pixel observations are
+    random-shifted first with args.augment, each camera on its own (official pre-training). The EMA copy starts at
+    `net` and copies it every args.ema_freq steps until epoch args.ema_start_epoch, then moves towards it by
+    1 - args.ema_decay. Logs pretrain/loss (the epoch's mean) and pretrain/learning_rate per epoch."""
+    obs, actions, starts, firsts = samples
+    ema = copy.deepcopy(net).requires_grad_(False) if args.ema_decay is not None else None
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.pretrain_lr, weight_decay=args.pretrain_weight_decay)
+    obs_t, act_t = envs.obs_tensor(obs, device), torch.as_tensor(actions, device=device)
+    rows = np.arange(len(actions))  # one per step of obs and actions: gathered as indices, then looked up on device
+    steps_per_epoch, step, t0 = math.ceil(len(starts) / args.pretrain_batch_size), 0, time.time()
+    for epoch in range(args.pretrain_epochs):
+        if args.pretrain_min_lr is not None:
+            for group in opt.param_groups:
+                group["lr"] = pretrain_lr(epoch, args)
+        perm = np.random.permutation(len(starts))
+        total = 0.0
+        for k in range(steps_per_epoch):
+            idx = perm[k * args.pretrain_batch_size : (k + 1) * args.pretrain_batch_size]
+            o_idx, a_idx = envs.gather_samples(rows, rows, starts, firsts, idx, args.cond_steps, args.horizon_steps)
+            o, a = envs.take_rows(obs_t, torch.as_tensor(o_idx)), act_t[torch.as_tensor(a_idx)]
+            if getattr(args, "augment", False):  # pixels (official VisionDiffusionMLP, Gaussian_VisionMLP augment)
+                o = vit.shift_images(o, per_camera=True)
+            loss = loss_fn(o, a)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            total += loss.item()
+            if ema is not None and step % args.ema_freq == 0:
+                with torch.no_grad():
+                    for p_ema, p in zip(ema.parameters(), net.parameters()):
+                        p_ema.copy_(p) if epoch < args.ema_start_epoch else p_ema.lerp_(p, 1 - args.ema_decay)
+        mean_loss, lr = total / steps_per_epoch, opt.param_groups[0]["lr"]
+        writer.add_scalar("pretrain/loss", mean_loss, epoch)
+        writer.add_scalar("pretrain/learning_rate", lr, epoch)
+        if epoch % max(1, args.pretrain_epochs // 20) == 0 or epoch == args.pretrain_epochs - 1:
+            left = (time.time() - t0) / (epoch + 1) * (args.pretrain_epochs - epoch - 1) / 60
+            done = f"epoch {epoch + 1}/{args.pretrain_epochs}"
+            print(f"[pretrain] {done} | loss {mean_loss:.4f} | lr {lr:.2e} | left {left:.1f}m", flush=True)
+    return (net if ema is None else ema), step
