@@ -67,8 +67,9 @@ import mujoco
 import numpy as np
 import torch
 import torch.nn as nn
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cleandppo import dppo, envs, gaussian_ppo, gmm_ppo, runs
+from cleandppo import dppo, envs, gaussian_ppo, gmm_ppo, runs, workers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = dict(seconds=1.0, rounds=2, n_steps=5, batch_size=2000, iter_batch_size=500)
@@ -93,7 +94,12 @@ def parse(argv=None):
     p.add_argument("--iter-threads", type=int, default=1, help="torch threads of the iteration (benchmark.sh's: 1)")
     p.add_argument("--no-iteration", action="store_true", help="skip the dppo.main iteration")
     p.add_argument("--update-only", action="store_true", help="only the DPPO old log-probs and update phases")
-    p.add_argument("--baseline", help="a git commit: also time the DPPO update of dppo.py as it was there")
+    p.add_argument(
+        "--baseline",
+        help="a git commit: also time the DPPO update of dppo.py as it was there, and (without --update-only) one whole "
+        "iteration of that commit's dppo.py beside one of this code's, each in a process of its own",
+    )
+    p.add_argument("--iterations-only", action="store_true", help="with --baseline: only the two codes' iterations")
     p.add_argument("--json", help="also write the report here")
     args = p.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():
@@ -401,11 +407,12 @@ def update_phases(args) -> list:
 
 
 def logprob_chunk(module, device):
-    """Env-step samples per chain_log_probs call in `module`'s loop at the current thread count (older code: the
-    flag's default)."""
+    """Env-step samples per chain_log_probs call in `module`'s loop at the current thread count: as dppo.main chooses
+    them (workers.chunk_size of --logprob-batch-size: 500 on one CPU thread, else 10000); code that had its own
+    logprob_chunk, or a fixed default, as it did."""
     if hasattr(module, "logprob_chunk"):
         return module.logprob_chunk(module.Args(), device)
-    return module.Args().logprob_batch_size
+    return workers.chunk_size(module.Args().logprob_batch_size, device, 500, 10_000)
 
 
 @contextlib.contextmanager
@@ -477,6 +484,61 @@ def iteration(args) -> dict:
     if not seen:
         raise RuntimeError("dppo.main never called runs.log_iteration(t_rollout=..., t_update=...): update speed.py")
     return dict(steps=steps, iteration=steps / seen["sps"], rollout=seen["rollout"], update=seen["update"], main=wall)
+
+
+# ---- one whole DPPO iteration of this code and of --baseline's, each in a process and a checkout of its own --------
+def checkout(commit, closers) -> str:
+    """A detached git worktree of `commit` in a temporary dir, removed at the end (closers)."""
+    path = os.path.join(tempfile.mkdtemp(prefix="speed-checkout-"), "repo")
+    try:
+        subprocess.run(["git", "worktree", "add", "--detach", path, commit], cwd=ROOT, capture_output=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise SystemExit(f"--baseline {commit}: git worktree add failed ({e}); pass a commit of this repo") from None
+    remove = ["git", "worktree", "remove", "--force", path]
+    closers.append(lambda: subprocess.run(remove, cwd=ROOT, capture_output=True))
+    return path
+
+
+def iteration_process(repo, args, threads) -> dict:
+    """dppo.py of checkout `repo` for one iteration from its bundled checkpoint, as `python cleandppo/dppo.py` in a
+    process of its own (PYTHONPATH: the checkout); `threads` 1 sets OMP_NUM_THREADS=1, None leaves the code its own
+    choice. The iteration's times come from its TensorBoard scalars (time/rollout_s, time/update_s, charts/SPS)."""
+    run_dir = os.path.join(tempfile.mkdtemp(prefix="speed-iteration-"), "run")
+    steps = args.num_envs * args.n_steps * args.act_steps
+    flags = f"--env-id {args.env_id} --num-envs {args.num_envs} --n-steps {args.n_steps} --act-steps {args.act_steps}"
+    flags += f" --ft-denoising-steps {args.ft_denoising_steps} --batch-size {args.iter_batch_size}"
+    flags += f" --update-epochs {args.update_epochs} --total-timesteps {steps} --eval-episodes 1 --save-freq 1000000"
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env |= dict(PYTHONPATH=repo, PYTHONWARNINGS="ignore") | (dict(OMP_NUM_THREADS=str(threads)) if threads else {})
+    script = os.path.join(repo, "cleandppo", "dppo.py")
+    cmd = [sys.executable, script, *flags.split(), "--no-cuda", "--run-dir", run_dir]
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    acc = EventAccumulator(run_dir, size_guidance={"scalars": 0}).Reload()
+    last = {tag: acc.Scalars(tag)[-1].value for tag in ("time/rollout_s", "time/update_s", "charts/SPS")}
+    shutil.rmtree(os.path.dirname(run_dir), ignore_errors=True)
+    return dict(iteration=steps / last["charts/SPS"], rollout=last["time/rollout_s"], update=last["time/update_s"])
+
+
+def baseline_iterations(args, info, closers) -> tuple[list, dict]:
+    """One iteration of this code and one of --baseline's at 1 thread (OMP_NUM_THREADS=1), then at each code's own
+    thread choice, the two codes alternating (which runs first swaps between the settings, so that neither always
+    meets the machine first); rows of their times, and the ratios --baseline / this code."""
+    old = checkout(args.baseline, closers)
+    rows, ratio = [], {}
+    for threads, order in ((1, ("this", "baseline")), (None, ("baseline", "this"))):
+        times = {code: iteration_process(ROOT if code == "this" else old, args, threads) for code in order}
+        label = "1" if threads else "own"
+        for code in ("this", "baseline"):
+            name = info["commit"].split()[0] if code == "this" else args.baseline
+            for part in ("iteration", "rollout", "update"):
+                rows.append(row(f"DPPO {part}, {name}", label, times[code][part], "s", "a process of its own"))
+        for part in ("iteration", "rollout", "update"):
+            ratio[f"DPPO {part}, {args.baseline} / this code, threads {label}"] = (
+                times["baseline"][part] / times["this"][part]
+            )
+    return rows, ratio
 
 
 # ---- report ---------------------------------------------------------------------------------------------------------
@@ -591,6 +653,15 @@ def main(argv=None):
 def report(args):
     torch.set_num_threads(args.threads)
     info, closers = machine(args), []
+    if args.iterations_only:
+        if not args.baseline:
+            raise SystemExit("--iterations-only compares this code with --baseline COMMIT: pass --baseline")
+        try:
+            rows, ratio = baseline_iterations(args, info, closers)
+        finally:
+            for close in closers:
+                close()
+        return finish(info, args, rows, ratio)
     try:
         phases, sampler_times = [], {}
         if not args.update_only:  # first: AsyncVectorEnv forks its workers before torch starts its threads
@@ -623,6 +694,11 @@ def report(args):
         rows.append(row("dppo.main, the whole call", args.iter_threads, it["main"], "s", note))
         ratio["DPPO iteration: rollout share"] = it["rollout"] / it["iteration"]
         ratio["DPPO iteration: update share"] = it["update"] / it["iteration"]
+    return finish(info, args, rows, ratio)
+
+
+def finish(info, args, rows, ratio) -> dict:
+    """Print the report, write it to --json, return it."""
     info["load_after"] = os.getloadavg()[0]
     print_report(info, args, rows, ratio)
     out = dict(machine=info, args=vars(args), rows=rows, ratios=ratio)

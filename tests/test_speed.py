@@ -130,3 +130,38 @@ def test_update_only_report_times_the_baseline_update_beside_this_one(tmp_path):
             assert f"{phase} pairs/s: this code / HEAD, {plural(threads)}" in report["ratios"]
     assert all(math.isfinite(v) and v > 0 for v in report["ratios"].values())
     assert not any(name.startswith(("raw", "dppo rollout", "DPPO iteration")) for name in report["ratios"])
+
+
+def test_iterations_only_times_a_whole_iteration_of_the_baseline_commit_beside_this_code(tmp_path):
+    """--iterations-only --baseline COMMIT: one whole dppo.py iteration of this checkout and one of COMMIT's (a git
+    worktree, removed afterwards), each in a process of its own, at 1 thread and at each code's own choice; rows of
+    their iteration, rollout and update times and the ratios COMMIT / this code."""
+    if not os.path.exists(os.path.join(ROOT, ".git")):
+        pytest.skip("--baseline checks a commit out with git worktree: not a git checkout")
+    worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
+    tiny = "--num-envs 2 --n-steps 2 --iter-batch-size 8 --update-epochs 1"
+    out = tmp_path / "report.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "speed.py"), "--quick", "--iterations-only", "--baseline"]
+        + ["HEAD", *tiny.split(), "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONWARNINGS="ignore"),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = {(r["phase"].rsplit(", ", 1)[0], r["threads"]) for r in report["rows"]}
+    assert rows == {
+        (f"DPPO {part}", threads) for part in ("iteration", "rollout", "update") for threads in ("1", "own")
+    }
+    assert len(report["rows"]) == 12  # each of the two codes
+    expected = {
+        f"DPPO {part}, HEAD / this code, threads {t}"
+        for part in ("iteration", "rollout", "update")
+        for t in "1 own".split()
+    }
+    assert set(report["ratios"]) == expected
+    assert all(math.isfinite(v) and v > 0 for v in report["ratios"].values())
+    assert subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout == worktrees
