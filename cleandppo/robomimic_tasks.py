@@ -161,7 +161,10 @@ ROBOMIMIC_CONTROLLER = {
     "interpolation": None,
     "ramp_ratio": 0.2,
 }
-# kwargs every robomimic env gets whatever a dataset's env_args say (low-dim, sparse, no renderer)
+# kwargs every robomimic env gets whatever a dataset's env_args say (low-dim, sparse, no renderer). seed: what
+# robosuite draws when it builds the model (Lift's cube size, within [0.020, 0.022]) comes from a generator seeded
+# with 0, so every env of every run, a resumed one included, has the same model; reset(seed=s) then reseeds that
+# generator for the object placements
 _ROBOMIMIC_FORCED = dict(
     has_renderer=False,
     use_camera_obs=False,
@@ -169,6 +172,7 @@ _ROBOMIMIC_FORCED = dict(
     ignore_done=True,
     reward_shaping=False,
     hard_reset=False,
+    seed=0,
 )
 ROBOMIMIC_URL = "http://downloads.cs.stanford.edu/downloads/rt_benchmark/{task}/{kind}/low_dim_v141.hdf5"
 ROBOMIMIC_DATASET_KINDS = ("mh", "ph", "scripted", "mhsim")  # multi-human, proficient-human (downloads), made here

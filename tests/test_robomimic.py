@@ -87,6 +87,21 @@ def test_obs_is_robomimic_key_concatenation_and_seeded():
     env.close()
 
 
+def test_every_env_builds_the_same_model_so_a_resumed_run_meets_the_same_cube():
+    """robosuite draws Lift's cube size (uniform in [0.020, 0.022] per side) when it builds the model, from its own
+    generator; env i is seeded only at reset (seed + i), after the model exists. Two envs built one after the other
+    (as the original run and its resume build theirs) have the same model and, reset with one seed, the same
+    observation."""
+    first, second = (robomimic_tasks.make_robomimic_env("lift") for _ in range(2))
+    sizes = [np.asarray(env.rs_env.cube.size) for env in (first, second)]
+    assert np.all((sizes[0] >= 0.020) & (sizes[0] <= 0.022)) and len(set(sizes[0].tolist())) == 3  # drawn, per side
+    np.testing.assert_array_equal(sizes[0], sizes[1])
+    np.testing.assert_array_equal(first.rs_env.sim.model.geom_size, second.rs_env.sim.model.geom_size)
+    np.testing.assert_array_equal(first.reset(seed=5)[0], second.reset(seed=5)[0])
+    first.close()
+    second.close()
+
+
 # ---- success ------------------------------------------------------------------------------------
 def _place_object(rs, joint, pos):
     qpos = np.array(rs.sim.data.get_joint_qpos(joint))
