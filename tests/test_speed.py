@@ -32,12 +32,11 @@ PHASES = [
 ]
 
 
-def test_quick_report_has_every_phase_and_numeric_ratios(tmp_path):
-    tiny = "--seconds 0.05 --num-envs 2 --n-steps 2 --procs 2 --batch-size 20 --iter-batch-size 8 --update-epochs 1"
+def speed_report(tmp_path, flags: str) -> tuple[str, dict]:
+    """Run scripts/speed.py --quick with `flags` and --json; (its stdout, the JSON report)."""
     out = tmp_path / "report.json"
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", "speed.py"), "--quick", *tiny.split(), "--threads", "2"]
-        + ["--json", str(out)],
+        [sys.executable, os.path.join(ROOT, "scripts", "speed.py"), "--quick", *flags.split(), "--json", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -45,7 +44,12 @@ def test_quick_report_has_every_phase_and_numeric_ratios(tmp_path):
         env=dict(os.environ, PYTHONWARNINGS="ignore"),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    text = proc.stdout
+    return proc.stdout, json.loads(out.read_text())
+
+
+def test_quick_report_has_every_phase_and_numeric_ratios(tmp_path):
+    tiny = "--seconds 0.05 --num-envs 2 --n-steps 2 --procs 2 --batch-size 20 --iter-batch-size 8 --update-epochs 1"
+    text, report = speed_report(tmp_path, f"{tiny} --threads 2")
     assert "\nSpeed report: Hopper-v2, commit " in text and "load average" in text
 
     # the table: every phase, the torch phases at 1 and at 2 threads
@@ -73,7 +77,6 @@ def test_quick_report_has_every_phase_and_numeric_ratios(tmp_path):
         assert needle in ratios, (needle, sorted(ratios))
     assert all(math.isfinite(float(v)) and float(v) > 0 for v in ratios.values())
 
-    report = json.loads(out.read_text())
     assert set(report["ratios"]) == set(ratios) and len(report["rows"]) == len(cells)
     assert {"date", "commit", "cores", "torch", "load_before", "load_after"} <= set(report["machine"])
     it = {r["phase"]: r["value"] for r in report["rows"] if r["phase"].startswith("DPPO iteration")}
@@ -108,18 +111,7 @@ def test_update_only_report_times_the_baseline_update_beside_this_one(tmp_path):
     if not os.path.exists(os.path.join(ROOT, ".git")):
         pytest.skip("--baseline reads a commit with git show: not a git checkout")
     tiny = "--seconds 0.05 --num-envs 2 --n-steps 3 --batch-size 20 --threads 2"
-    out = tmp_path / "report.json"
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", "speed.py"), "--quick", "--update-only", "--baseline", "HEAD"]
-        + [*tiny.split(), "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, PYTHONWARNINGS="ignore"),
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = json.loads(out.read_text())
+    _, report = speed_report(tmp_path, f"--update-only --baseline HEAD {tiny}")
     phases = {(r["phase"], r["threads"], r["unit"]) for r in report["rows"]}
     update_phases = {"DPPO old log-probs", "DPPO update", "DPPO old log-probs at HEAD", "DPPO update at HEAD"}
     update_phases |= {"torch matmul, the update's GEMMs", "torch matmul, the old log-probs' GEMMs"}
@@ -140,18 +132,7 @@ def test_iterations_only_times_a_whole_iteration_of_the_baseline_commit_beside_t
         pytest.skip("--baseline checks a commit out with git worktree: not a git checkout")
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
     tiny = "--num-envs 2 --n-steps 2 --iter-batch-size 8 --update-epochs 1"
-    out = tmp_path / "report.json"
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", "speed.py"), "--quick", "--iterations-only", "--baseline"]
-        + ["HEAD", *tiny.split(), "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, PYTHONWARNINGS="ignore"),
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = json.loads(out.read_text())
+    _, report = speed_report(tmp_path, f"--iterations-only --baseline HEAD {tiny}")
     rows = {(r["phase"].rsplit(", ", 1)[0], r["threads"]) for r in report["rows"]}
     assert rows == {
         (f"DPPO {part}", threads) for part in ("iteration", "rollout", "update") for threads in ("1", "own")
