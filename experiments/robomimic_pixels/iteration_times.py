@@ -1,0 +1,67 @@
+"""Wall time per fine-tuning iteration of pixel_comparison.sh's runs (this folder), next to the paper's Table A4.
+
+    python experiments/robomimic_pixels/iteration_times.py --runs runs/robomimic_lift_pixels --out times.csv
+
+An iteration's time is what the loop logs for it (TensorBoard time/rollout_s + time/update_s; the update's includes
+the values, advantages and old log-probs; evaluations are not counted). The CSV holds every iteration of every run
+(algo, seed, iteration, rollout_s, update_s, iteration_s); the printed table gives each algorithm's median over
+them and the ratio DPPO / Gaussian beside Table A4's (the paper's GPU runs with 50 envs: there rendering takes much
+of the time, so the ratio is smaller than on a CPU, where the ViT passes of DPPO's K' denoising steps dominate).
+"""
+
+import argparse
+import csv
+import glob
+import os
+
+import numpy as np
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+# paper Table A4: wall-clock time of fine-tuning from pixels, Gaussian-ViT-MLP and DPPO-ViT-MLP
+TABLE_A4 = {"lift": (153.6, 194.9), "can": (173.1, 202.5), "square": (277.0, 328.5), "transport": (770.0, 871.3)}
+
+
+def iteration_times(run_dir):
+    """[(iteration, rollout_s, update_s)] of one run, from its TensorBoard scalars."""
+    acc = EventAccumulator(run_dir, size_guidance={"scalars": 0}).Reload()
+    rollout = [e.value for e in acc.Scalars("time/rollout_s")]
+    update = [e.value for e in acc.Scalars("time/update_s")]
+    return [(i + 1, r, u) for i, (r, u) in enumerate(zip(rollout, update, strict=True))]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", required=True, help="pixel_comparison.sh's RUNS")
+    parser.add_argument("--out", required=True, help="the CSV to write")
+    parser.add_argument("--task", default="lift", choices=sorted(TABLE_A4), help="the Table A4 column to compare with")
+    args = parser.parse_args()
+    rows = []
+    for algo in ("dppo", "gaussian"):
+        for run in sorted(glob.glob(os.path.join(args.runs, f"{algo}__s*"))):
+            if run.endswith("_final50") or not os.path.isfile(os.path.join(run, "summary.json")):
+                continue
+            seed = int(run.rsplit("__s", 1)[1])
+            rows += [(algo, seed, i, r, u, r + u) for i, r, u in iteration_times(run)]
+    if not rows:
+        raise SystemExit(f"error: no finished run (<algo>__s<seed>/summary.json) in {args.runs}; run the compare stage")
+    with open(args.out, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["algo", "seed", "iteration", "rollout_s", "update_s", "iteration_s"])
+        writer.writerows(rows)
+    median = {}
+    print("| algorithm | iterations | rollout s | update s | iteration s |\n| --- | --- | --- | --- | --- |")
+    for algo in ("dppo", "gaussian"):
+        mine = np.array([row[3:] for row in rows if row[0] == algo])
+        if len(mine):
+            median[algo] = np.median(mine, axis=0)
+            cells = " | ".join(f"{v:.1f}" for v in median[algo])
+            print(f"| {algo} | {len(mine)} | {cells} |")
+    gaussian, dppo = TABLE_A4[args.task]
+    if len(median) == 2:
+        ours = median["dppo"][2] / median["gaussian"][2]
+        print(f"DPPO / Gaussian per iteration: {ours:.2f} here; Table A4 ({args.task}): {dppo / gaussian:.2f}")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

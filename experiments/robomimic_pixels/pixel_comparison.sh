@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Robomimic from pixels on a CPU: DPPO-ViT-MLP against Gaussian-ViT-MLP (paper 5.2, Fig. 6, Table A4), from weak
+# policies pre-trained here on MH-like demonstrations with camera images, at the same env-step budget.
+#
+#   bash experiments/robomimic_pixels/pixel_comparison.sh                   # all stages below, in order, on Lift
+#   bash experiments/robomimic_pixels/pixel_comparison.sh pretrain          # only some stages
+#   TASK=can bash experiments/robomimic_pixels/pixel_comparison.sh          # the same on Can
+#
+# Stages:
+#   data      scripts/make_robomimic_demos.py --task $TASK --operators mh --images -> <data dir>/$TASK-mhsim-img.hdf5
+#   pretrain  dppo.py and gaussian_ppo.py pre-trained on it ($EPOCHS_DIFFUSION, $EPOCHS_GAUSSIAN epochs), each ending
+#             with a $PRE_EPISODES-episode evaluation; every budget tried is appended to $RUNS/budgets.csv
+#             (epochs, success, the commit), the checkpoints to $RUNS/pretrain_{diffusion,gaussian}/pretrained.pt
+#   bundle    (not in "all") copies them to cleandppo/pretrained/$TASK-img-{diffusion,gaussian}-mlp.pt, the default
+#             checkpoints of --env-id $TASK-img
+#   compare   2 algorithms x $SEEDS fine-tuning runs from them, each followed by a $FINAL_EPISODES-episode
+#             evaluation of its checkpoint_last.pt ($RUNS/<algo>__s<seed>/, $RUNS/<algo>__s<seed>_final50/)
+#   figure    $RUNS/figure.{png,csv} (experiments/robomimic_weak_starts/robomimic_comparison_figure.py) and the wall
+#             time per iteration of each algorithm ($RUNS/iteration_times.csv)
+# Knobs (environment variables):
+#   TASK=lift        lift or can
+#   DEMOS=100        demonstrations (the official image datasets hold 100)
+#   EPOCHS_DIFFUSION=20, EPOCHS_GAUSSIAN=20   pre-training epochs (official: 2000 on a GPU)
+#   PRE_EPISODES=50  evaluation episodes of each pre-trained policy
+#   SEEDS="0 1 2"    seeds of each algorithm
+#   NUM_ENVS=5       training envs; N_STEPS=75 queries per env and iteration (Ta = 4: one 300-step episode)
+#   BUDGET=4500      fine-tuning env steps per run (3 iterations at the sizes above)
+#   EVAL_FREQ=1, EVAL_EPISODES=5, FINAL_EPISODES=50
+#   WORKERS=2        runs at a time (one torch thread each)
+#   RUNS=runs/robomimic_${TASK}_pixels
+# Everything else is each script's -img task table (docs/robomimic_images.md): K = 100, 5 fine-tuned DDIM steps,
+# the official learning rates, clips, minibatches and gradient accumulation.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+TASK=${TASK:-lift}
+DEMOS=${DEMOS:-100}
+EPOCHS_DIFFUSION=${EPOCHS_DIFFUSION:-20}
+EPOCHS_GAUSSIAN=${EPOCHS_GAUSSIAN:-20}
+PRE_EPISODES=${PRE_EPISODES:-50}
+SEEDS=${SEEDS:-"0 1 2"}
+NUM_ENVS=${NUM_ENVS:-5}
+N_STEPS=${N_STEPS:-75}
+BUDGET=${BUDGET:-4500}
+EVAL_FREQ=${EVAL_FREQ:-1}
+EVAL_EPISODES=${EVAL_EPISODES:-5}
+FINAL_EPISODES=${FINAL_EPISODES:-50}
+WORKERS=${WORKERS:-2}
+RUNS=${RUNS:-runs/robomimic_${TASK}_pixels}
+export PYTHONPATH=$PWD OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+export TASK NUM_ENVS N_STEPS BUDGET EVAL_FREQ EVAL_EPISODES FINAL_EPISODES RUNS
+case $TASK in lift | can) ;; *)
+  echo "error: unknown TASK '$TASK'; use lift or can" >&2
+  exit 2
+  ;;
+esac
+stages=("$@")
+[ ${#stages[@]} -gt 0 ] || stages=(data pretrain compare figure)
+for s in "${stages[@]}"; do
+  case "$s" in data | pretrain | bundle | compare | figure) ;; *)
+    echo "error: unknown stage '$s'; use data, pretrain, bundle, compare, figure" >&2
+    exit 2
+    ;;
+  esac
+done
+mkdir -p "$RUNS"
+script_of() { case $1 in dppo | diffusion) echo dppo ;; gaussian) echo gaussian_ppo ;; esac; }
+export -f script_of
+
+# One pre-training: pretrain_one <policy> <epochs>; its evaluation's success goes to budgets.csv.
+pretrain_one() {
+  local policy=$1 epochs=$2 dir=$RUNS/pretrain_$1
+  rm -rf "$dir"
+  python "cleandppo/$(script_of "$policy").py" --env-id "$TASK-img" --dataset "$TASK-mhsim-img" --pretrain-only \
+    --pretrain-epochs "$epochs" --eval-episodes "$PRE_EPISODES" --no-cuda --run-dir "$dir" >"$dir.log" 2>&1 ||
+    { echo "[failed] $dir: see $dir.log" >&2; return 1; }
+  python - "$dir/summary.json" "$policy" "$epochs" "$RUNS/budgets.csv" <<'EOF'
+import csv, json, os, sys
+summary, policy, epochs, out = sys.argv[1:]
+s = json.load(open(summary))
+new = not os.path.exists(out)
+with open(out, "a", newline="") as f:
+    w = csv.writer(f)
+    if new:
+        w.writerow(["policy", "pretrain_epochs", "episodes", "success_rate", "wall_time_s", "git_commit"])
+    w.writerow([policy, epochs, s["args"]["eval_episodes"], s["final_eval_success_rate"], round(s["wall_time_s"]),
+                s["git_commit"]])
+EOF
+  echo "[pretrain] $policy, $epochs epochs: $(grep '\[eval\]' "$dir.log" | tail -1)"
+}
+export -f pretrain_one
+
+# One run: fine-tune from the pre-trained policy, then evaluate checkpoint_last.pt.
+run_one() {
+  local algo=$1 seed=$2 dir=$RUNS/$1__s$2 policy
+  policy=$([ "$algo" = dppo ] && echo diffusion || echo gaussian)
+  if [ -f "${dir}_final50/summary.json" ]; then
+    echo "[skip] $dir (finished)"
+    return 0
+  fi
+  rm -rf "$dir" "${dir}_final50"
+  python "cleandppo/$(script_of "$algo").py" --env-id "$TASK-img" --checkpoint "$RUNS/pretrain_$policy/pretrained.pt" \
+    --seed "$seed" --num-envs "$NUM_ENVS" --n-steps "$N_STEPS" --total-timesteps "$BUDGET" --n-critic-warmup-itr 0 \
+    --eval-freq "$EVAL_FREQ" --eval-episodes "$EVAL_EPISODES" --save-freq 1000 --no-cuda --run-dir "$dir" \
+    >"$dir.log" 2>&1 &&
+    python "cleandppo/$(script_of "$algo").py" --env-id "$TASK-img" --eval-only --eval-episodes "$FINAL_EPISODES" \
+      --seed "$seed" --no-cuda --checkpoint "$dir/checkpoint_last.pt" --run-dir "${dir}_final50" \
+      >"${dir}_final50.log" 2>&1 ||
+    { echo "[failed] $dir: see $dir.log / ${dir}_final50.log" >&2; return 1; }
+  echo "[done] $algo seed $seed: $(grep '\[eval\]' "${dir}_final50.log" | tail -1)"
+}
+export -f run_one
+
+for stage in "${stages[@]}"; do
+  echo "=== stage $stage ($(date +%H:%M:%S))"
+  case "$stage" in
+  data)
+    python scripts/make_robomimic_demos.py --task "$TASK" --operators mh --images --num-demos "$DEMOS"
+    ;;
+  pretrain)
+    printf '%s\n' "diffusion $EPOCHS_DIFFUSION" "gaussian $EPOCHS_GAUSSIAN" |
+      xargs -P "$WORKERS" -L 1 bash -c 'pretrain_one "$@"' _
+    ;;
+  bundle)
+    for p in diffusion gaussian; do cp "$RUNS/pretrain_$p/pretrained.pt" "cleandppo/pretrained/$TASK-img-$p-mlp.pt"; done
+    ;;
+  compare)
+    for seed in $SEEDS; do for algo in dppo gaussian; do echo "$algo $seed"; done; done |
+      xargs -P "$WORKERS" -L 1 bash -c 'run_one "$@"' _
+    ;;
+  figure)
+    start=()
+    for p in diffusion gaussian; do
+      algo=$([ $p = diffusion ] && echo dppo || echo gaussian)
+      start+=("$algo=$(python -c "import json; print(json.load(open('$RUNS/pretrain_$p/summary.json'))['final_eval_success_rate'])")")
+    done
+    python experiments/robomimic_weak_starts/robomimic_comparison_figure.py --task "$TASK" --runs "$RUNS" \
+      --out "$RUNS/figure" --title "$TASK from pixels, pre-trained on $TASK-mhsim-img" --pretrained "${start[@]}"
+    python experiments/robomimic_pixels/iteration_times.py --runs "$RUNS" --task "$TASK" --out "$RUNS/iteration_times.csv"
+    ;;
+  esac
+done
+echo "=== done ($(date +%H:%M:%S))"
