@@ -24,6 +24,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import time
 import traceback
 
 import gymnasium as gym
@@ -34,14 +35,43 @@ from cleandppo.common import fail
 
 
 # ------------------------------------------------------------------------------------------------
-# How many processes: the cores this process may use, minus the load of the others
+# How many processes: the cores this process may use, minus those other processes keep busy
 # ------------------------------------------------------------------------------------------------
-def machine() -> dict:
-    """The cores this process may run on (os.sched_getaffinity), the 1-minute load average and the cores free of it:
-    cores - load, rounded to the nearest whole core, at least 0."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def cpu_jiffies(cpus, stat: str | None = None) -> tuple[float, float] | None:
+    """(busy, total) jiffies summed over the `cpus` ids, from /proc/stat's per-core lines (`stat`: its text, else
+    read); busy = total - idle - iowait over the first 8 fields (guest time is inside user). None where the file is
+    missing (not Linux) or lists none of `cpus`."""
+    if stat is None:
+        try:
+            with open("/proc/stat") as f:
+                stat = f.read()
+        except OSError:
+            return None
+    busy = total = 0.0
+    for line in stat.splitlines():
+        name, *fields = line.split() or [""]
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            values = [float(v) for v in fields[:8]]
+            total += sum(values)
+            busy += sum(values) - values[3] - (values[4] if len(values) > 4 else 0.0)
+    return (busy, total) if total else None
+
+
+def machine(window: float = 0.1) -> dict:
+    """The cores this process may run on (os.sched_getaffinity), how many of them other processes keep busy now and
+    the cores free of them (rounded to the nearest whole core, at least 0). Busy now: the cores' busy share over the
+    next `window` seconds (/proc/stat, while this process sleeps); where that cannot be read, the 1-minute load
+    average, which lags: it still counts, for about a minute, jobs that have just stopped (measured:
+    docs/benchmarks.md#the-whole-iteration-this-code-against-the-code-before-the-speed-work)."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return dict(cores=cores, load=round(load, 2), free=max(0, int(cores - load + 0.5)))
+    busy, before = load, cpu_jiffies(cpus)
+    if before is not None:
+        time.sleep(window)
+        after = cpu_jiffies(cpus)
+        if after is not None and after[1] > before[1]:
+            busy = len(cpus) * (after[0] - before[0]) / (after[1] - before[1])
+    return dict(cores=len(cpus), load=round(load, 2), busy=round(busy, 2), free=max(0, int(len(cpus) - busy + 0.5)))
 
 
 def choose_workers(requested: int, num_envs: int, batched: bool, seen: dict) -> tuple[int, str]:
@@ -49,7 +79,7 @@ def choose_workers(requested: int, num_envs: int, batched: bool, seen: dict) -> 
     `seen` (machine()); 1 means the envs step in this process. `batched`: one numpy env steps all envs at once (Avoid),
     nothing to share out. Auto takes processes when more than one core is free: one per free core, at most one per env
     (the main process samples while they wait, and waits while they step, so it needs no core of its own)."""
-    where = f"{seen['cores']} cores, load {seen['load']:.2f}, {seen['free']} free"
+    where = f"{seen['cores']} cores, {seen['busy']:.2f} busy now, {seen['free']} free"
     if batched:
         return 1, "one batched numpy env steps them all (Avoid)"
     if requested == 0:

@@ -620,6 +620,12 @@ threads: the update at the sampling threads | runs.py | tests/test_env_workers.p
 threads: evaluations at the update's threads | runs.py | tests/test_env_workers.py -k each_phase
 - before = workers.set_threads(_run["plan"]["sampling_threads"]) if _run.get("plan") else None
 + before = None
+threads: free cores from the lagging load average | workers.py | tests/test_env_workers.py -k machine_counts
+- busy = len(cpus) * (after[0] - before[0]) / (after[1] - before[1])
++ busy = load
+threads: iowait counted as busy | workers.py | tests/test_env_workers.py -k cpu_jiffies
+- busy += sum(values) - values[3] - (values[4] if len(values) > 4 else 0.0)
++ busy += sum(values) - values[3]
 threads: auto sampling at torch's count | workers.py | tests/test_env_workers.py -k auto_rules
 - plan["sampling_threads"] = args.sampling_threads or 1
 + plan["sampling_threads"] = args.sampling_threads or given_threads

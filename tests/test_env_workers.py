@@ -208,8 +208,37 @@ class Flags:
         self.sampling_threads, self.update_threads = sampling_threads, update_threads
 
 
-def seen(cores, load):
-    return dict(cores=cores, load=load, free=max(0, int(cores - load + 0.5)))
+def seen(cores, busy):
+    return dict(cores=cores, load=busy, busy=busy, free=max(0, int(cores - busy + 0.5)))
+
+
+# /proc/stat as Linux writes it: the sum line, then one line per core (user nice system idle iowait irq softirq steal
+# guest guest_nice, in jiffies)
+STAT = """cpu  900 0 100 2000 0 0 0 0 0 0
+cpu0 300 10 40 600 50 5 5 0 7 0
+cpu1 600 0 60 1400 0 0 0 0 0 0
+
+intr 12345
+"""
+
+
+def test_cpu_jiffies_sums_the_process_cores_busy_and_total():
+    # cpu0: total 300+10+40+600+50+5+5+0 = 1010, idle 600 + iowait 50 -> busy 360 (guest's 7 is already in user)
+    assert workers.cpu_jiffies({0}, STAT) == (360.0, 1010.0)
+    assert workers.cpu_jiffies({0, 1}, STAT) == (360.0 + 660.0, 1010.0 + 2060.0)
+    assert workers.cpu_jiffies({5}, STAT) is None
+
+
+def test_machine_counts_the_cores_busy_now_not_the_lagging_load_average(monkeypatch):
+    snapshots = iter([(1000.0, 4000.0), (1160.0, 4200.0)])  # 160 of 200 jiffies busy on 2 cores: 1.6 cores busy
+    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(workers.os, "getloadavg", lambda: (1.9, 1.0, 1.0))  # just-stopped jobs still counted here
+    monkeypatch.setattr(workers, "cpu_jiffies", lambda cpus, stat=None: next(snapshots))
+    assert workers.machine(window=0.0) == dict(cores=2, load=1.9, busy=1.6, free=0)
+    snapshots = iter([(1000.0, 4000.0), (1010.0, 4200.0)])  # 0.1 core busy: both free, whatever the load average
+    assert workers.machine(window=0.0)["free"] == 2
+    monkeypatch.setattr(workers, "cpu_jiffies", lambda cpus, stat=None: None)  # no /proc/stat: the load average
+    assert workers.machine(window=0.0) == dict(cores=2, load=1.9, busy=1.9, free=0)
 
 
 @pytest.mark.parametrize(
