@@ -517,8 +517,12 @@ def iteration_process(repo, args, threads) -> dict:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
     acc = EventAccumulator(run_dir, size_guidance={"scalars": 0}).Reload()
     last = {tag: acc.Scalars(tag)[-1].value for tag in ("time/rollout_s", "time/update_s", "charts/SPS")}
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        plan = json.load(f).get("parallel")  # what the run chose (absent before the speed work)
     shutil.rmtree(os.path.dirname(run_dir), ignore_errors=True)
-    return dict(iteration=steps / last["charts/SPS"], rollout=last["time/rollout_s"], update=last["time/update_s"])
+    chose = "" if not plan else f"; {plan['env_workers']} env process(es), update at {plan['update_threads']} thread(s)"
+    times = dict(iteration=steps / last["charts/SPS"], rollout=last["time/rollout_s"], update=last["time/update_s"])
+    return times | dict(chose=chose)
 
 
 def baseline_iterations(args, info, closers) -> tuple[list, dict]:
@@ -533,7 +537,8 @@ def baseline_iterations(args, info, closers) -> tuple[list, dict]:
         for code in ("this", "baseline"):
             name = info["commit"].split()[0] if code == "this" else args.baseline
             for part in ("iteration", "rollout", "update"):
-                rows.append(row(f"DPPO {part}, {name}", label, times[code][part], "s", "a process of its own"))
+                note = "a process of its own" + (times[code]["chose"] if part == "iteration" else "")
+                rows.append(row(f"DPPO {part}, {name}", label, times[code][part], "s", note))
         for part in ("iteration", "rollout", "update"):
             ratio[f"DPPO {part}, {args.baseline} / this code, threads {label}"] = (
                 times["baseline"][part] / times["this"][part]
