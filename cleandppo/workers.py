@@ -62,7 +62,7 @@ def machine(window: float = 0.1) -> dict:
     the cores free of them (rounded to the nearest whole core, at least 0). Busy now: the cores' busy share over the
     next `window` seconds (/proc/stat, while this process sleeps); where that cannot be read, the 1-minute load
     average, which lags: it still counts, for about a minute, jobs that have just stopped (measured:
-    docs/benchmarks.md#the-whole-iteration-this-code-against-the-code-before-the-speed-work)."""
+    docs/benchmarks.md#on-the-idle-machine-122-and-why-2-is-out-of-reach-there)."""
     cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     busy, before = load, cpu_jiffies(cpus)
