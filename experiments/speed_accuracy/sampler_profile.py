@@ -41,7 +41,8 @@ def main():
         with torch.profiler.profile() as prof:  # the shares, from queries of their own (the profiler slows them)
             for _ in range(args.queries):
                 query()
-    # the matmuls of one query: every nn.Linear of both networks' passes, 2 in*out FLOP per row
+    # the matmuls of one query: each denoising step runs one network (frozen or fine-tuned, the same shapes): its
+    # nn.Linear layers, 2 in*out FLOP per row
     linears = [m for m in actor.modules() if isinstance(m, torch.nn.Linear)]
     flop = 2 * args.rows * sum(m.in_features * m.out_features for m in linears) * len(plan)
     events = prof.key_averages()
