@@ -287,10 +287,10 @@ def make_vec_env(
     stopped=None,
 ):
     """`num_envs` chunked envs; env i is seeded with seed + i at the first reset. `env_workers` > 1: stepped by that
-    many worker processes (workers.WorkerVectorEnv; the same numbers as in this process; `stopped()` says what a run
-    stopped by a dead worker keeps), else in this process (gymnasium's SyncVectorEnv). Image tasks: dict observations
-    (ChunkedImageEnv), batched per key; with workers, one spawned process per env (gymnasium's AsyncVectorEnv: a
-    forked worker hangs in the OpenGL state it inherits).
+    many worker processes, at most one per env (workers.WorkerVectorEnv; the same numbers as in this process;
+    `stopped()` says what a run stopped by a dead worker keeps), else in this process (gymnasium's SyncVectorEnv).
+    Image tasks: dict observations (ChunkedImageEnv), batched per key; with workers, one spawned process per env
+    (gymnasium's AsyncVectorEnv: a forked worker hangs in the OpenGL state it inherits).
 
     Same-step auto-reset: when a chunk ends an episode, the returned observation is already the
     next episode's first one and the last observation is in info["final_obs"] (official
@@ -304,6 +304,7 @@ def make_vec_env(
     if avoid.is_avoid(env_id):  # one batched numpy env, same contract, 50-100x faster
         return avoid.AvoidVectorEnv(num_envs, act_steps, cond_steps, normalization or identity_normalization(4, 2))
     fns = [lambda: make_env(env_id, act_steps, cond_steps, normalization) for _ in range(num_envs)]
+    env_workers = min(env_workers, num_envs)  # one env in one worker process only waits longer
     autoreset = gym.vector.AutoresetMode.SAME_STEP
     if env_workers > 1 and is_image_task(env_id):  # a forked worker hangs in the OpenGL state of the parent's env
         make = functools.partial(_make_image_env, env_id, robomimic_env_args(env_id), act_steps, cond_steps)

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import tyro
 
-from cleandppo import arguments, envs
+from cleandppo import arguments, envs, workers
 
 torch.set_num_threads(1)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,6 +61,19 @@ TINY_FLAGS = {
         "qsm": f"{TINY_CRITIC} --n-steps 8 --replay-ratio 2 --n-critic-warmup-itr 1",
     }.items()
 }
+
+
+REAL_MACHINE = workers.machine
+BUSY_MACHINE = dict(cores=2, load=1.0, busy=1.0, free=1)
+
+
+@pytest.fixture(autouse=True)
+def busy_machine(monkeypatch):
+    """Every test sees a 2-core machine with one core busy, whatever the load of the machine it runs on: the auto
+    rules (workers.plan_parallel) then step the envs in the test's own process, so its monkeypatches reach them and
+    the suite's time does not depend on the load. Tests of worker processes ask for them (--env-workers N); the test
+    of workers.machine itself takes REAL_MACHINE back."""
+    monkeypatch.setattr(workers, "machine", lambda: dict(BUSY_MACHINE))
 
 
 def tiny_args(module, *flags, **fields):

@@ -620,6 +620,9 @@ threads: the update at the sampling threads | runs.py | tests/test_env_workers.p
 threads: evaluations at the update's threads | runs.py | tests/test_env_workers.py -k each_phase
 - before = workers.set_threads(_run["plan"]["sampling_threads"]) if _run.get("plan") else None
 + before = None
+env workers: a worker process for a single env | envs.py | tests/test_env_workers.py -k one_env
+- env_workers = min(env_workers, num_envs)  # one env in one worker process only waits longer
++ pass
 threads: free cores from the lagging load average | workers.py | tests/test_env_workers.py -k machine_counts
 - busy = len(cpus) * (after[0] - before[0]) / (after[1] - before[1])
 + busy = load

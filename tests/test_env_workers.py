@@ -22,7 +22,7 @@ import torch
 from test_runs import FAMILIES, Killed, assert_kill_and_resume_is_exact, curves, kill_at_vector_step
 
 from cleandppo import arguments, avoid, dppo, envs, gaussian_ppo, gym_tasks, idql, runs, workers
-from conftest import ROOT, TINY_DIFFUSION, assert_one_line_error, run_main
+from conftest import REAL_MACHINE, ROOT, TINY_DIFFUSION, assert_one_line_error, run_main
 
 torch.set_num_threads(1)
 DPPO_FLAGS = [
@@ -87,6 +87,16 @@ def test_an_env_error_in_a_worker_is_raised_here_as_in_this_process():
         vec.step(np.zeros((3, 1, 3)))  # ChunkedEnv.step's own check
     assert any("env worker process of Hopper-v2" in note for note in e.value.__notes__)
     assert len(vec.get_attr("episode_return")) == 3
+    vec.close()
+
+
+def test_one_env_steps_in_this_process_whatever_the_workers_asked():
+    """A worker process for a single env (a one-episode evaluation) would only add a pipe to every step."""
+    vec = envs.make_vec_env("Hopper-v2", 1, 0, 2, 1, None, 2)
+    assert isinstance(vec, gym.vector.SyncVectorEnv)
+    vec.close()
+    vec = envs.make_vec_env("Hopper-v2", 2, 0, 2, 1, None, 2)
+    assert isinstance(vec, workers.WorkerVectorEnv) and len(vec.processes) == 2
     vec.close()
 
 
@@ -230,6 +240,7 @@ def test_cpu_jiffies_sums_the_process_cores_busy_and_total():
 
 
 def test_machine_counts_the_cores_busy_now_not_the_lagging_load_average(monkeypatch):
+    monkeypatch.setattr(workers, "machine", REAL_MACHINE)  # conftest.busy_machine stands in for it elsewhere
     snapshots = iter([(1000.0, 4000.0), (1160.0, 4200.0)])  # 160 of 200 jiffies busy on 2 cores: 1.6 cores busy
     monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: {0, 1})
     monkeypatch.setattr(workers.os, "getloadavg", lambda: (1.9, 1.0, 1.0))  # just-stopped jobs still counted here
