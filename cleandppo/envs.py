@@ -349,6 +349,14 @@ def final_observations(next_obs, infos: dict):
     return out
 
 
+IMAGE_EVAL_ENVS = 10  # the most envs an image task's evaluation steps at once (run_episodes)
+
+
+def eval_envs_at_once(env_id: str, episodes: int) -> int:
+    """How many of an evaluation's `episodes` run_episodes steps at once (the rest follow in further rounds)."""
+    return min(episodes, IMAGE_EVAL_ENVS) if is_image_task(env_id) else episodes
+
+
 def run_episodes(
     act_fn,
     env_id: str,
@@ -361,26 +369,35 @@ def run_episodes(
     stopped=None,
 ) -> tuple[list, list]:
     """Run `episodes` episodes, one per env (its first only: short episodes are not over-counted), bounded by the
-    time limit; return their (returns, lengths). `act_fn(obs)` maps a (n, cond_steps, obs_dim) array to a
-    (n, >= act_steps, action_dim) chunk. Robomimic: an episode succeeded iff its return > 0 (success_rate).
-    `env_workers`, `stopped`: as make_vec_env."""
-    envs = make_vec_env(env_id, episodes, seed, act_steps, cond_steps, normalization, env_workers, stopped)
-    obs, _ = envs.reset(seed=seed)
-    returns, lengths, done = np.zeros(episodes), np.zeros(episodes, int), np.zeros(episodes, bool)
-    for _ in range(max_episode_steps(env_id) // act_steps + 1):  # the time limit ends every episode by then
-        obs, reward, _, _, infos = envs.step(np.asarray(act_fn(obs))[:, :act_steps])
-        state = obs["state"] if isinstance(obs, dict) else obs
-        if not (np.isfinite(reward).all() and np.isfinite(state).all()):
-            fail(f"an evaluation episode of {env_id} got a non-finite reward or observation; check the environment")
-        final = infos.get("final_info", {})
-        for i in np.nonzero(np.logical_and(final.get("_episode_return", False), ~done))[0]:
-            returns[i], lengths[i], done[i] = final["episode_return"][i], final["episode_length"][i], True
-        if done.all():
-            break
-    envs.close()
-    if not done.all():  # only a broken time limit gets here
-        fail(f"{int((~done).sum())} evaluation episodes of {env_id} did not end within its time limit")
-    return list(returns), list(lengths)
+    time limit; return their (returns, lengths). Episode i's env is seeded with seed + i. `act_fn(obs)` maps a
+    (n, cond_steps, obs_dim) array to a (n, >= act_steps, action_dim) chunk. Robomimic: an episode succeeded iff its
+    return > 0 (success_rate). `env_workers`, `stopped`: as make_vec_env.
+
+    The image tasks run their episodes in rounds of at most IMAGE_EVAL_ENVS envs: each of their envs renders in its
+    own OpenGL context and holds about 0.4 GB (docs/robomimic_images.md#memory), so 50 at once would need 20 GB."""
+    at_once = eval_envs_at_once(env_id, episodes)
+    returns, lengths = [], []
+    for start in range(0, episodes, at_once):
+        n = min(at_once, episodes - start)
+        envs = make_vec_env(env_id, n, seed + start, act_steps, cond_steps, normalization, env_workers, stopped)
+        obs, _ = envs.reset(seed=seed + start)
+        done = np.zeros(n, bool)
+        returns, lengths = returns + [0.0] * n, lengths + [0] * n
+        for _ in range(max_episode_steps(env_id) // act_steps + 1):  # the time limit ends every episode by then
+            obs, reward, _, _, infos = envs.step(np.asarray(act_fn(obs))[:, :act_steps])
+            state = obs["state"] if isinstance(obs, dict) else obs
+            if not (np.isfinite(reward).all() and np.isfinite(state).all()):
+                fail(f"an evaluation episode of {env_id} got a non-finite reward or observation; check the environment")
+            final = infos.get("final_info", {})
+            for i in np.nonzero(np.logical_and(final.get("_episode_return", False), ~done))[0]:
+                returns[start + i], lengths[start + i] = float(final["episode_return"][i]), final["episode_length"][i]
+                done[i] = True
+            if done.all():
+                break
+        envs.close()
+        if not done.all():  # only a broken time limit gets here
+            fail(f"{int((~done).sum())} evaluation episodes of {env_id} did not end within its time limit")
+    return returns, lengths
 
 
 def env_dims(env_id: str) -> tuple[int, int]:

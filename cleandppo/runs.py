@@ -608,8 +608,9 @@ class Progress:
 
 class EvalProgress:
     """Where an evaluation is: its policy queries so far against the most its episodes can take (each ends by the
-    task's time limit, most earlier). A tqdm bar on a terminal, removed when done; otherwise a plain line every
-    Progress.interval seconds (the first after Progress.first)."""
+    task's time limit, most earlier; the image tasks' episodes in rounds, envs.run_episodes). A tqdm bar on a
+    terminal, removed when done; otherwise a plain line every Progress.interval seconds (the first after
+    Progress.first)."""
 
     def __init__(self, episodes: int, most_queries: int, what: str):
         self.episodes, self.most, self.what, self.done, self.t0 = episodes, most_queries, what, 0, time.time()
@@ -627,7 +628,7 @@ class EvalProgress:
             self.shown_at = now
             left = (self.most - self.done) * (now - self.t0) / self.done
             print(
-                f"... eval {self.what}: {self.done}/{self.most} policy queries per episode (at most) | "
+                f"... eval {self.what}: {self.done}/{self.most} policy queries (at most; one serves every env) | "
                 f"left {left / 60:.1f}m at most",
                 flush=True,
             )
@@ -663,7 +664,9 @@ class Evaluations:
         the fraction of returns > 0, meaningful on robomimic's 0/1 reward). An EvalProgress shows where it is. It
         samples at the run's sampling threads, in the run's env worker processes (section 7)."""
         what = "before training" if self.count == 0 and env_steps == 0 else f"at {env_steps} steps"
-        watch = EvalProgress(args.eval_episodes, envs.max_episode_steps(args.env_id) // args.act_steps + 1, what)
+        rounds = -(-args.eval_episodes // envs.eval_envs_at_once(args.env_id, args.eval_episodes))
+        most = rounds * (envs.max_episode_steps(args.env_id) // args.act_steps + 1)
+        watch = EvalProgress(args.eval_episodes, most, what)
 
         def watched(obs):
             watch.tick()

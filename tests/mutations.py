@@ -620,6 +620,12 @@ threads: the update at the sampling threads | runs.py | tests/test_env_workers.p
 threads: evaluations at the update's threads | runs.py | tests/test_env_workers.py -k each_phase
 - before = workers.set_threads(_run["plan"]["sampling_threads"]) if _run.get("plan") else None
 + before = None
+image evaluation: every episode's env at once | envs.py | tests/test_pixels_env.py -k rounds
+- return min(episodes, IMAGE_EVAL_ENVS) if is_image_task(env_id) else episodes
++ return episodes
+image evaluation: each round seeded from the first episode's seed | envs.py | tests/test_pixels_env.py -k rounds
+- obs, _ = envs.reset(seed=seed + start)
++ obs, _ = envs.reset(seed=seed)
 env workers: a worker process for a single env | envs.py | tests/test_env_workers.py -k one_env
 - env_workers = min(env_workers, num_envs)  # one env in one worker process only waits longer
 + pass

@@ -128,6 +128,34 @@ def test_vector_env_batches_dict_observations_and_final_observations(gl):
     vec.close()
 
 
+def test_an_image_evaluation_runs_in_rounds_each_episode_seeded_as_all_at_once(gl, monkeypatch):
+    """At most IMAGE_EVAL_ENVS image envs at once (each holds its own OpenGL context); episode i's env is still seeded
+    with seed + i: its first observation is that of a lone env reset with seed + i."""
+    monkeypatch.setattr(envs, "IMAGE_EVAL_ENVS", 2)
+    monkeypatch.setitem(robomimic_tasks.ROBOMIMIC_TASKS["lift"], "max_episode_steps", 8)  # episodes of two chunks
+    monkeypatch.setattr(robomimic_tasks, "_robomimic_env_args", {})
+    make, sizes, first = envs.make_vec_env, [], []
+
+    def counted(env_id, n, *args):
+        sizes.append(n)
+        return make(env_id, n, *args)
+
+    def act(obs):
+        if len(first) < sum(sizes):  # a round's first query: its envs' reset observations
+            first.extend(obs["state"][:, -1].copy())
+        return np.zeros((len(obs["state"]), 4, 7))
+
+    monkeypatch.setattr(envs, "make_vec_env", counted)
+    returns, lengths = envs.run_episodes(act, "lift-img", 3, 100, 4, 1, None)
+    assert sizes == [2, 1] and list(lengths) == [8, 8, 8] and list(returns) == [0.0, 0.0, 0.0]
+    assert len(first) == 3 and not np.array_equal(first[0], first[1])
+    for i, state in enumerate(first):
+        alone = make("lift-img", 1, 100 + i, 4, 1, None)
+        obs, _ = alone.reset(seed=100 + i)
+        alone.close()
+        np.testing.assert_array_equal(state, obs["state"][0, -1])
+
+
 # ---- the image reader ----------------------------------------------------------------------------
 def _image_demos(task: str, lengths=(4, 3), size=96, cameras=None, seed=0):
     """Random low-dim obs and actions plus camera images whose pixel values encode (camera, step, row, column,

@@ -208,7 +208,7 @@ def test_evaluation_shows_progress_and_the_first_is_marked(capsys, monkeypatch):
     evals.run(0, lambda obs: obs, args, None)  # returns 26.0
     # the 10th query at 10 s: 16 left at 1 s each = 0.27 min; the episode ends before the next line is due
     assert capsys.readouterr().out.splitlines() == [
-        "... eval before training: 10/26 policy queries per episode (at most) | left 0.3m at most"
+        "... eval before training: 10/26 policy queries (at most; one serves every env) | left 0.3m at most"
     ]
     progress = runs.Progress(total_steps=10)
     progress.update(1, 2, 5, [], evals, [])
