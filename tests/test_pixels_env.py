@@ -156,6 +156,25 @@ def test_an_image_evaluation_runs_in_rounds_each_episode_seeded_as_all_at_once(g
         np.testing.assert_array_equal(state, obs["state"][0, -1])
 
 
+def test_image_envs_that_cannot_fit_in_memory_are_one_line(monkeypatch):
+    def error(*call):
+        return str(pytest.raises(SystemExit, *call).value)
+
+    def no_env_built():
+        raise AssertionError("make_vec_env went on to build the envs")
+
+    monkeypatch.setattr(robomimic_tasks, "gl_backend", no_env_built)
+    monkeypatch.setattr(envs, "available_mib", lambda: 1800.0)  # 5 envs of 360 MiB fit, 6 do not
+    envs.check_image_env_memory("lift-img", 5)
+    assert_one_line_error(error(envs.check_image_env_memory, "lift-img", 6), "--num-envs 5")
+    message = error(envs.make_vec_env, "lift-img", 50, 0)  # before any env is built
+    assert_one_line_error(message, "50 lift-img envs need at least 17.6 GiB", "1.8 GiB is available", "5 or fewer")
+    monkeypatch.setattr(envs, "available_mib", lambda: 100.0)
+    assert_one_line_error(error(envs.make_vec_env, "can-img", 1, 0), "free some memory")
+    monkeypatch.setattr(envs, "available_mib", lambda: None)  # no /proc/meminfo: no check
+    envs.check_image_env_memory("lift-img", 10_000)
+
+
 # ---- the image reader ----------------------------------------------------------------------------
 def _image_demos(task: str, lengths=(4, 3), size=96, cameras=None, seed=0):
     """Random low-dim obs and actions plus camera images whose pixel values encode (camera, step, row, column,
