@@ -276,33 +276,6 @@ def make_env(
 # ------------------------------------------------------------------------------------------------
 # 3. Vector envs and episode statistics
 # ------------------------------------------------------------------------------------------------
-IMAGE_ENV_MIB = 360  # the least an image env holds: its own OpenGL context (docs/robomimic_images.md#memory)
-
-
-def available_mib() -> float | None:
-    """The memory the kernel can give without swapping (MemAvailable of /proc/meminfo), in MiB; None elsewhere."""
-    try:
-        with open("/proc/meminfo") as f:
-            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        return None
-
-
-def check_image_env_memory(env_id: str, num_envs: int):
-    """Stop in one line before building `num_envs` image envs that cannot fit in the available memory even at the
-    least one holds (IMAGE_ENV_MIB: Lift and Square measured 360-370 MiB, Transport 535), rather than being killed by
-    the kernel half-way."""
-    available = available_mib()
-    if available is None or num_envs * IMAGE_ENV_MIB <= available:
-        return
-    fits = int(available // IMAGE_ENV_MIB)
-    fail(
-        f"{num_envs} {env_id} envs need at least {num_envs * IMAGE_ENV_MIB / 1024:.1f} GiB (each renders in its own "
-        f"OpenGL context, {IMAGE_ENV_MIB} MiB or more) and {available / 1024:.1f} GiB is available: "
-        + (f"pass --num-envs {fits} or fewer" if fits else "free some memory")
-    )
-
-
 def make_vec_env(
     env_id: str,
     num_envs: int,
@@ -327,7 +300,7 @@ def make_vec_env(
         fail(f"--num-envs must be >= 1, got {num_envs}")
     resolve_env_id(env_id)  # fail early, in this process, on an unknown id
     if is_image_task(env_id):  # choose the OpenGL backend here: worker processes inherit the choice
-        check_image_env_memory(env_id, num_envs)
+        robomimic_tasks.check_image_env_memory(env_id, num_envs)
         robomimic_tasks.gl_backend()
     if avoid.is_avoid(env_id):  # one batched numpy env, same contract, 50-100x faster
         return avoid.AvoidVectorEnv(num_envs, act_steps, cond_steps, normalization or identity_normalization(4, 2))
@@ -402,7 +375,7 @@ def run_episodes(
     return > 0 (success_rate). `env_workers`, `stopped`: as make_vec_env.
 
     The image tasks run their episodes in rounds of at most IMAGE_EVAL_ENVS envs: each of their envs renders in its
-    own OpenGL context and holds about 0.4 GB (docs/robomimic_images.md#memory), so 50 at once would need 20 GB."""
+    own OpenGL context and holds 360 MiB or more (docs/robomimic_images.md#memory): 50 at once took 19.9 GiB."""
     at_once = eval_envs_at_once(env_id, episodes)
     returns, lengths = [], []
     for start in range(0, episodes, at_once):

@@ -281,6 +281,33 @@ def _user_mujoco_gl():
     return os.environ.get("MUJOCO_GL")
 
 
+IMAGE_ENV_MIB = 360  # the least an image env holds: its own OpenGL context (docs/robomimic_images.md#memory)
+
+
+def available_mib() -> float | None:
+    """The memory the kernel can give without swapping (MemAvailable of /proc/meminfo), in MiB; None elsewhere."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def check_image_env_memory(env_id: str, num_envs: int):
+    """Stop in one line before building `num_envs` image envs that cannot fit in the available memory even at the
+    least one holds (IMAGE_ENV_MIB: Lift and Square measured 360-370 MiB, Transport 535), rather than being killed by
+    the kernel half-way."""
+    available = available_mib()
+    if available is None or num_envs * IMAGE_ENV_MIB <= available:
+        return
+    fits = int(available // IMAGE_ENV_MIB)
+    fail(
+        f"{num_envs} {env_id} envs need at least {num_envs * IMAGE_ENV_MIB / 1024:.1f} GiB (each renders in its own "
+        f"OpenGL context, {IMAGE_ENV_MIB} MiB or more) and {available / 1024:.1f} GiB is available: "
+        + (f"pass --num-envs {fits} or fewer" if fits else "free some memory")
+    )
+
+
 def gl_backend() -> str:
     """The OpenGL backend the image tasks render with, chosen once per process and printed: MUJOCO_GL as the user
     set it (egl and osmesa checked to work), else egl where it works, else osmesa. MUJOCO_GL and PYOPENGL_PLATFORM

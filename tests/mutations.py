@@ -627,9 +627,9 @@ image evaluation: each round seeded from the first episode's seed | envs.py | te
 - obs, _ = envs.reset(seed=seed + start)
 + obs, _ = envs.reset(seed=seed)
 image memory: never checked | envs.py | tests/test_pixels_env.py -k memory
-- check_image_env_memory(env_id, num_envs)\n
+- robomimic_tasks.check_image_env_memory(env_id, num_envs)\n
 + \n
-image memory: the last env that fits refused | envs.py | tests/test_pixels_env.py -k memory
+image memory: the last env that fits refused | robomimic_tasks.py | tests/test_pixels_env.py -k memory
 - if available is None or num_envs * IMAGE_ENV_MIB <= available:
 + if available is None or num_envs * IMAGE_ENV_MIB < available:
 env workers: a worker process for a single env | envs.py | tests/test_env_workers.py -k one_env

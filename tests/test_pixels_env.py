@@ -164,15 +164,15 @@ def test_image_envs_that_cannot_fit_in_memory_are_one_line(monkeypatch):
         raise AssertionError("make_vec_env went on to build the envs")
 
     monkeypatch.setattr(robomimic_tasks, "gl_backend", no_env_built)
-    monkeypatch.setattr(envs, "available_mib", lambda: 1800.0)  # 5 envs of 360 MiB fit, 6 do not
-    envs.check_image_env_memory("lift-img", 5)
-    assert_one_line_error(error(envs.check_image_env_memory, "lift-img", 6), "--num-envs 5")
+    monkeypatch.setattr(robomimic_tasks, "available_mib", lambda: 1800.0)  # 5 envs of 360 MiB fit, 6 do not
+    robomimic_tasks.check_image_env_memory("lift-img", 5)
+    assert_one_line_error(error(robomimic_tasks.check_image_env_memory, "lift-img", 6), "--num-envs 5")
     message = error(envs.make_vec_env, "lift-img", 50, 0)  # before any env is built
     assert_one_line_error(message, "50 lift-img envs need at least 17.6 GiB", "1.8 GiB is available", "5 or fewer")
-    monkeypatch.setattr(envs, "available_mib", lambda: 100.0)
+    monkeypatch.setattr(robomimic_tasks, "available_mib", lambda: 100.0)
     assert_one_line_error(error(envs.make_vec_env, "can-img", 1, 0), "free some memory")
-    monkeypatch.setattr(envs, "available_mib", lambda: None)  # no /proc/meminfo: no check
-    envs.check_image_env_memory("lift-img", 10_000)
+    monkeypatch.setattr(robomimic_tasks, "available_mib", lambda: None)  # no /proc/meminfo: no check
+    robomimic_tasks.check_image_env_memory("lift-img", 10_000)
 
 
 # ---- the image reader ----------------------------------------------------------------------------
