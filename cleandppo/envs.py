@@ -377,13 +377,12 @@ def run_episodes(
     The image tasks run their episodes in rounds of at most IMAGE_EVAL_ENVS envs: each of their envs renders in its
     own OpenGL context and holds 360 MiB or more (docs/robomimic_images.md#memory): 50 at once took 19.9 GiB."""
     at_once = eval_envs_at_once(env_id, episodes)
-    returns, lengths = [], []
+    returns, lengths = [0.0] * episodes, [0] * episodes
     for start in range(0, episodes, at_once):
         n = min(at_once, episodes - start)
         envs = make_vec_env(env_id, n, seed + start, act_steps, cond_steps, normalization, env_workers, stopped)
         obs, _ = envs.reset(seed=seed + start)
         done = np.zeros(n, bool)
-        returns, lengths = returns + [0.0] * n, lengths + [0] * n
         for _ in range(max_episode_steps(env_id) // act_steps + 1):  # the time limit ends every episode by then
             obs, reward, _, _, infos = envs.step(np.asarray(act_fn(obs))[:, :act_steps])
             state = obs["state"] if isinstance(obs, dict) else obs
