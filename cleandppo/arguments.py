@@ -153,6 +153,7 @@ INT_FROM_ZERO = (
     "seed",
     "n_critic_warmup_itr",
     "ema_start_epoch",
+    "pretrain_save_freq",
     "record_transitions",
     "hutchinson_probes",
     "critic_replay_ratio",

@@ -93,6 +93,8 @@ class Args(arguments.RunArgs):
     """final learning rate"""
     pretrain_weight_decay: float = 1e-6
     """AdamW weight decay"""
+    pretrain_save_freq: int = 0
+    """also write pretrained_<epoch>.pt every N epochs (0: only pretrained.pt, at the end)"""
     ema_decay: float = 0.995
     """EMA decay of the weights saved for fine-tuning"""
     ema_freq: int = 10
@@ -685,7 +687,8 @@ def make_checkpoint(actor, kw, normalization, args, iteration, env_steps, **extr
 
 def pretrain(args, data, run_dir, writer, device):
     """Behaviour cloning on `data` (envs.load_dataset) with the denoising loss (pretraining.behaviour_cloning: AdamW,
-    cosine LR, EMA weights, the official loop); writes run_dir/pretrained.pt and returns it."""
+    cosine LR, EMA weights, the official loop); writes run_dir/pretrained.pt (and pretrained_<epoch>.pt every
+    --pretrain-save-freq epochs) and returns it."""
     norm = data["normalization"]
     samples = envs.make_pretraining_samples(data["episodes"], norm, args.cond_steps, args.horizon_steps)
     print(f"[pretrain] {len(data['episodes'])} episodes, {len(samples[2])} samples from {args.dataset}")
@@ -694,12 +697,17 @@ def pretrain(args, data, run_dir, writer, device):
     net = build_policy_network(kw).to(device)
     sched = {k: v.to(device) for k, v in make_schedule(args.denoising_steps).items()}
     loss_fn = lambda obs, x0: denoising_loss(net, sched, x0, obs, args.denoising_steps)  # noqa: E731
-    ema, steps = pretraining.behaviour_cloning(net, loss_fn, samples, args, device, writer)
-    info = dict(dataset=args.dataset, pretrain_epochs=args.pretrain_epochs, pretrain_gradient_steps=steps)
-    ckpt = make_checkpoint(ema, kw, norm, args, 0, 0, **info)
-    envs.save_checkpoint(ckpt, os.path.join(run_dir, "pretrained.pt"))
-    print(f"[pretrain] wrote {os.path.join(run_dir, 'pretrained.pt')}")
-    return ckpt
+
+    def save(weights, epochs, steps):  # pretrained.pt at the end, pretrained_<epoch>.pt every --pretrain-save-freq
+        info = dict(dataset=args.dataset, pretrain_epochs=epochs, pretrain_gradient_steps=steps)
+        ckpt = make_checkpoint(weights, kw, norm, args, 0, 0, **info)
+        path = os.path.join(run_dir, "pretrained.pt" if epochs == args.pretrain_epochs else f"pretrained_{epochs}.pt")
+        envs.save_checkpoint(ckpt, path)
+        print(f"[pretrain] wrote {path}", flush=True)
+        return ckpt
+
+    ema, steps = pretraining.behaviour_cloning(net, loss_fn, samples, args, device, writer, save)
+    return save(ema, args.pretrain_epochs, steps)
 
 
 # ---- Evaluation, checks, main ----------------------------------------------------------------------------------------

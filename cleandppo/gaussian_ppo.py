@@ -93,6 +93,8 @@ class Args(arguments.RunArgs):
     """learning rate (constant, as the official Gym Gaussian config, unless pretrain_min_lr is set)"""
     pretrain_weight_decay: float = 1e-6
     """AdamW weight decay"""
+    pretrain_save_freq: int = 0
+    """also write pretrained_<epoch>.pt every N epochs (0: only pretrained.pt, at the end)"""
     pretrain_min_lr: Optional[float] = None
     """final LR of a cosine decay from pretrain_lr (1 warm-up epoch; official Avoid configs); None: constant"""
     ema_decay: Optional[float] = None
@@ -562,10 +564,16 @@ def pretrain(args, data, run_dir, writer, device):
         mean, std = policy(obs)
         return (((actions - mean) ** 2) / (2 * std**2) + torch.log(std) + 0.5 * math.log(2 * math.pi)).mean()
 
-    saved, _ = pretraining.behaviour_cloning(policy, nll, samples, args, device, writer)
-    ckpt = make_checkpoint(saved, kwargs, norm, args, 0, 0, dataset=args.dataset, pretrain_epochs=args.pretrain_epochs)
-    envs.save_checkpoint(ckpt, os.path.join(run_dir, "pretrained.pt"))
-    return ckpt
+    def save(weights, epochs, steps):  # pretrained.pt at the end, pretrained_<epoch>.pt every --pretrain-save-freq
+        info = dict(dataset=args.dataset, pretrain_epochs=epochs, pretrain_gradient_steps=steps)
+        ckpt = make_checkpoint(weights, kwargs, norm, args, 0, 0, **info)
+        path = os.path.join(run_dir, "pretrained.pt" if epochs == args.pretrain_epochs else f"pretrained_{epochs}.pt")
+        envs.save_checkpoint(ckpt, path)
+        print(f"[pretrain] wrote {path}", flush=True)
+        return ckpt
+
+    saved, steps = pretraining.behaviour_cloning(policy, nll, samples, args, device, writer, save)
+    return save(saved, args.pretrain_epochs, steps)
 
 
 def record_dataset(policy, args, normalization, device):

@@ -82,6 +82,8 @@ class Args(arguments.RunArgs):
     """learning rate (constant, as the official Gym Gaussian config, unless pretrain_min_lr is set)"""
     pretrain_weight_decay: float = 1e-6
     """AdamW weight decay"""
+    pretrain_save_freq: int = 0
+    """also write pretrained_<epoch>.pt every N epochs (0: only pretrained.pt, at the end)"""
     pretrain_min_lr: Optional[float] = None
     """final LR of a cosine decay from pretrain_lr (1 warm-up epoch; official Avoid configs); None: constant"""
     ema_decay: Optional[float] = None
@@ -505,11 +507,18 @@ def pretrain(args, data, run_dir, writer, device):
     policy = GMMPolicy(**kwargs).to(device)
     policy.logvar.requires_grad_(False)  # std fixed during pre-training (paper D.6)
     loss_fn = lambda obs, actions: bc_loss(policy, obs, actions)  # noqa: E731
-    saved, _ = pretraining.behaviour_cloning(policy, loss_fn, samples, args, device, writer)
+
+    def save(weights, epochs, steps):  # pretrained.pt at the end, pretrained_<epoch>.pt every --pretrain-save-freq
+        info = dict(dataset=args.dataset, pretrain_epochs=epochs, pretrain_gradient_steps=steps)
+        ckpt = make_checkpoint(weights, kwargs, norm, args, 0, 0, **info)
+        path = os.path.join(run_dir, "pretrained.pt" if epochs == args.pretrain_epochs else f"pretrained_{epochs}.pt")
+        envs.save_checkpoint(ckpt, path)
+        print(f"[pretrain] wrote {path}", flush=True)
+        return ckpt
+
+    saved, steps = pretraining.behaviour_cloning(policy, loss_fn, samples, args, device, writer, save)
     policy.logvar.requires_grad_(True)
-    ckpt = make_checkpoint(saved, kwargs, norm, args, 0, 0, dataset=args.dataset, pretrain_epochs=args.pretrain_epochs)
-    envs.save_checkpoint(ckpt, os.path.join(run_dir, "pretrained.pt"))
-    return ckpt
+    return save(saved, args.pretrain_epochs, steps)
 
 
 def report_official_clamp(policy, args, normalization, device, checkpoint, run_dir, writer):

@@ -24,7 +24,7 @@ def pretrain_lr(epoch, args):
     return lo + (hi - lo) * (1 + math.cos(math.pi * progress)) / 2
 
 
-def behaviour_cloning(net, loss_fn, samples, args, device, writer):
+def behaviour_cloning(net, loss_fn, samples, args, device, writer, save=None):
     """Train `net` on `samples` (envs.make_pretraining_samples) for args.pretrain_epochs epochs and return
     (the weights to save, gradient steps): the EMA copy, or `net` itself when args.ema_decay is None.
 
@@ -33,7 +33,9 @@ def behaviour_cloning(net, loss_fn, samples, args, device, writer):
     `loss_fn(obs, action_chunk)` step of AdamW over the parameters that require a gradient. Pixel observations are
     random-shifted first with args.augment, each camera on its own (official pre-training). The EMA copy starts at
     `net` and copies it every args.ema_freq steps until epoch args.ema_start_epoch, then moves towards it by
-    1 - args.ema_decay. Logs pretrain/loss (the epoch's mean) and pretrain/learning_rate per epoch."""
+    1 - args.ema_decay. Logs pretrain/loss (the epoch's mean) and pretrain/learning_rate per epoch. With
+    args.pretrain_save_freq = N > 0, `save(weights, epochs_done, gradient_steps)` runs after every N-th epoch but the
+    last (the weights to save as they stand: a snapshot a long pre-training keeps along the way)."""
     obs, actions, starts, firsts = samples
     ema = copy.deepcopy(net).requires_grad_(False) if args.ema_decay is not None else None
     params = [p for p in net.parameters() if p.requires_grad]
@@ -63,6 +65,9 @@ def behaviour_cloning(net, loss_fn, samples, args, device, writer):
                 with torch.no_grad():
                     for p_ema, p in zip(ema.parameters(), net.parameters()):
                         p_ema.copy_(p) if epoch < args.ema_start_epoch else p_ema.lerp_(p, 1 - args.ema_decay)
+        every = getattr(args, "pretrain_save_freq", 0)
+        if save is not None and every and (epoch + 1) % every == 0 and epoch + 1 < args.pretrain_epochs:
+            save(net if ema is None else ema, epoch + 1, step)
         mean_loss, lr = total / steps_per_epoch, opt.param_groups[0]["lr"]
         writer.add_scalar("pretrain/loss", mean_loss, epoch)
         writer.add_scalar("pretrain/learning_rate", lr, epoch)

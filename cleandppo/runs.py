@@ -42,9 +42,9 @@ _run = {"dir": None, "resume_from": None, "lock": None, "clock": None, "wall_bef
 
 
 def is_run_file(name: str) -> bool:
-    """A file that only a run writes: a checkpoint (checkpoint_last.pt, checkpoint_<iter>.pt, pretrained.pt, and
-    their .tmp while being written), summary.json or TensorBoard events."""
-    return name in RUN_FILES or name.startswith(("checkpoint_", "events.out.tfevents"))
+    """A file that only a run writes: a checkpoint (checkpoint_last.pt, checkpoint_<iter>.pt, pretrained.pt,
+    pretrained_<epoch>.pt, and their .tmp while being written), summary.json or TensorBoard events."""
+    return name in RUN_FILES or name.startswith(("checkpoint_", "pretrained_", "events.out.tfevents"))
 
 
 def holds_run(path: str) -> bool:

@@ -487,6 +487,12 @@ pre-training EMA weight swapped (gaussian's and gmm's tests) | pretraining.py | 
 pre-training LR not decayed | pretraining.py | tests/test_gaussian_ppo.py -k pretraining_cosine
 - group["lr"] = pretrain_lr(epoch, args)
 + group["lr"] = args.pretrain_lr
+pre-training snapshot of the live weights, not the EMA | pretraining.py | tests/test_gaussian_ppo.py -k snapshots
+- save(net if ema is None else ema, epoch + 1, step)
++ save(net, epoch + 1, step)
+pre-training snapshot one epoch early | pretraining.py | tests/test_gaussian_ppo.py -k snapshots
+- (epoch + 1) % every == 0 and epoch + 1 < args.pretrain_epochs
++ epoch % every == 0 and epoch + 1 < args.pretrain_epochs
 Avoid pre-training without official recipe (gaussian) | gaussian_ppo.py | tests/test_gaussian_ppo.py -k recipe_defaults
 - ema_decay=0.995,  # and the EMA weights
 + ema_decay=None,

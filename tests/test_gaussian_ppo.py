@@ -1,6 +1,7 @@
 """gaussian_ppo.py: log-prob/entropy closed forms, GAE by hand, resume, CLI smoke run, bad input."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -356,3 +357,49 @@ def test_avoid_pretraining_recipe_defaults(script):
     assert (avoid_args.pretrain_lr, avoid_args.pretrain_min_lr, avoid_args.ema_decay) == (1e-4, 1e-5, 0.995)
     gym_args = arguments.parse_args(module.Args, module.task_defaults, ["--env-id", "Hopper-v2"])
     assert (gym_args.pretrain_min_lr, gym_args.ema_decay) == (None, None)
+
+
+@pytest.mark.parametrize("script", ["dppo", "gaussian_ppo", "gmm_ppo"])
+def test_pretraining_snapshots_every_save_freq_epochs(tiny_dataset, tmp_path, monkeypatch, script):
+    """--pretrain-save-freq 2 over 4 epochs: pretrained_2.pt holds the EMA weights (decay 0.8 every step from epoch 0,
+    recomputed here by hand from the live weights) as they stood after epoch 2, with the epochs and gradient steps
+    done; pretrained.pt those of the end, which gets no snapshot of its own."""
+    import importlib
+
+    module = importlib.import_module(f"cleandppo.{script}")
+    flags = dict(pretrain_epochs=4, pretrain_batch_size=256, mlp_dims=(16, 16, 16), pretrain_save_freq=2)
+    flags |= dict(ema_decay=0.8, ema_freq=1, ema_start_epoch=0)
+    args = module.Args(env_id="Hopper-v2", dataset=tiny_dataset, **flags)
+    live, init = [], []
+    step = torch.optim.AdamW.step
+
+    def record(self, *a, **kw):
+        params = self.param_groups[0]["params"]
+        if not init:
+            init.extend(p.detach().clone() for p in params)
+        out = step(self, *a, **kw)
+        live.append([p.detach().clone() for p in params])
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", record)
+    module.pretrain(args, envs.load_dataset(tiny_dataset), str(tmp_path), _Writer(), torch.device("cpu"))
+    per_epoch = len(live) // 4
+    assert len(live) == 4 * per_epoch > 4
+    assert sorted(os.listdir(tmp_path)) == ["pretrained.pt", "pretrained_2.pt"]
+    for epochs in (2, 4):
+        expected = init
+        for w in live[: epochs * per_epoch]:
+            expected = [0.8 * e + 0.2 * x for e, x in zip(expected, w, strict=True)]
+        name = "pretrained.pt" if epochs == 4 else f"pretrained_{epochs}.pt"
+        ckpt = torch.load(tmp_path / name, weights_only=False)
+        assert (ckpt["pretrain_epochs"], ckpt["pretrain_gradient_steps"]) == (epochs, epochs * per_epoch)
+        kw = ckpt["model_kwargs"]
+        if script == "dppo":
+            net = module.build_policy_network(kw)
+        else:
+            net = gp.GaussianPolicy(**kw) if script == "gaussian_ppo" else module.GMMPolicy(**kw)
+        net.load_state_dict(ckpt["model"])
+        saved = [p for name, p in net.named_parameters() if name != "logvar"]
+        assert len(saved) == len(expected)
+        for p, e in zip(saved, expected, strict=True):
+            torch.testing.assert_close(p, e, rtol=1e-5, atol=1e-7)
