@@ -160,6 +160,7 @@ INT_FROM_ZERO = (
     "action_gradient_steps",
     "env_workers",
     "sampling_threads",
+    "rollout_parts",
     "update_threads",
 )
 ORDERED_PAIRS = (

@@ -11,6 +11,7 @@ A checkpoint can also be rolled out into a D4RL-format dataset with --record-dat
 """
 
 import copy
+import functools
 import math
 import os
 import time
@@ -107,6 +108,9 @@ class Args(arguments.RunArgs):
     # --- PPO fine-tuning (paper Gym defaults) ---
     n_steps: int = 500
     """policy queries per env per iteration (N)"""
+    rollout_parts: int = 0
+    """with env worker processes: each worker's envs in N parts, one simulating while the policy samples the next
+    (1 = one batch, no overlap; 0 = auto: 1, measured in docs/benchmarks.md). Another count may change the last digits"""
     gamma: float = 0.99
     """discount per policy query"""
     gae_lambda: float = 0.95
@@ -364,10 +368,21 @@ class GaussianPolicy(nn.Module):
         self.obs_count.copy_(total)
 
 
-def sample_action(mean, std, randn_clip_value, generator=None):
-    """Gaussian sample, clipped to mean +- randn_clip_value * std (paper D.6)."""
-    noise = torch.randn(mean.shape, generator=generator, device=mean.device).clamp(-randn_clip_value, randn_clip_value)
-    return mean + std * noise
+def sample_action(mean, std, randn_clip_value, generator=None, noise=None):
+    """Gaussian sample, clipped to mean +- randn_clip_value * std (paper D.6); `noise`: the standard normal draws
+    (a rollout in parts draws them for every env at once), else drawn here."""
+    noise = torch.randn(mean.shape, generator=generator, device=mean.device) if noise is None else noise
+    return mean + std * noise.clamp(-randn_clip_value, randn_clip_value)
+
+
+@torch.no_grad()
+def rollout_chunks(policy, args, iteration, obs, noise, rows):
+    """A rollout's actions for envs `rows` (runs.rollout_step asks for all envs at once, or part by part): their chunks
+    sampled from their rows of `obs` and of `noise` (drawn for every env), and the chunks' first act_steps as
+    executed, with D.8's fine-tuning noise (avoid.add_action_noise). Returns (executed actions, chunks)."""
+    chunk = sample_action(*policy(envs.take_rows(obs, rows)), args.randn_clip_value, noise=noise[rows])
+    executed = chunk[:, : args.act_steps].cpu().numpy()
+    return avoid.add_action_noise(executed, iteration, args.train_action_noise, args.train_action_noise_mode), chunk
 
 
 def log_prob(mean, std, actions):
@@ -733,6 +748,7 @@ def main(args):
         base_policy.load_state_dict(resume.get("base_model") or base_policy.state_dict())
     vec, obs, firsts, recent_returns = runs.start_envs(args, normalization, start_iter, resume, np.ones(args.num_envs))
     progress, t_start = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO), time.time()
+
     iteration = start_iter
 
     while iteration < num_iters:
@@ -742,18 +758,14 @@ def main(args):
         buf_act = np.zeros((args.n_steps, args.num_envs, args.horizon_steps, action_dim), np.float32)
         buf_rew, buf_term, buf_timeout, buf_first = (np.zeros((args.n_steps, args.num_envs)) for _ in range(4))
         buf_final = envs.RolloutObs(obs, args.n_steps)  # observation reached before any auto-reset
+        policy_step = functools.partial(rollout_chunks, policy, args, iteration)
         for n in range(args.n_steps):
             obs_t = envs.obs_tensor(obs, device)
             if args.from_scratch:
                 policy.update_obs_stats(obs_t)
-            with torch.no_grad():
-                mean, std = policy(obs_t)
-                chunk = sample_action(mean, std, args.randn_clip_value)
+            noise = torch.randn((args.num_envs, args.horizon_steps, action_dim), device=device)
+            chunk, (next_obs, reward, term, trunc, infos) = runs.rollout_step(vec, policy_step, obs_t, noise)
             chunk = chunk.cpu().numpy()
-            executed = avoid.add_action_noise(
-                chunk[:, : args.act_steps], iteration, args.train_action_noise, args.train_action_noise_mode
-            )
-            next_obs, reward, term, trunc, infos = vec.step(executed)
             runs.check_finite(iteration, reward=reward, observation=next_obs)
             env_steps += args.num_envs * args.act_steps  # episodes that end here are logged at this count
             buf_obs[n], buf_act[n], buf_rew[n], buf_first[n] = obs, chunk, reward, firsts

@@ -15,6 +15,7 @@ and DPPO that the PPO clip ratio 0.01 assumes), then clamped to [-5, 2]. The off
 the *summed* log-density at 2, which saturates for almost every sample, so its ratio stays 1.
 """
 
+import functools
 import json
 import math
 import os
@@ -96,6 +97,9 @@ class Args(arguments.RunArgs):
     # --- PPO fine-tuning (paper Gym defaults, same as gaussian_ppo.py) ---
     n_steps: int = 500
     """policy queries per env per iteration (N)"""
+    rollout_parts: int = 0
+    """with env worker processes: each worker's envs in N parts, one simulating while the policy samples the next
+    (1 = one batch, no overlap; 0 = auto: 1, measured in docs/benchmarks.md). Another count may change the last digits"""
     gamma: float = 0.99
     """discount per policy query"""
     gae_lambda: float = 0.95
@@ -348,6 +352,17 @@ def sample_action(means, std, logits, generator=None):
     mode = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(-1)
     noise = torch.randn(means.shape[0], *means.shape[2:], generator=generator, device=means.device)
     return means[torch.arange(B, device=means.device), mode] + std[mode][:, None, :] * noise
+
+
+@torch.no_grad()
+def rollout_mixture_chunks(policy, args, iteration, obs, rows):
+    """A rollout's actions for envs `rows` (runs.rollout_step asks for all envs at once, or part by part): their chunks
+    sampled from their rows of `obs` (in parts, each part draws its own modes and noise: torch.multinomial's draws
+    depend on the batch), and the chunks' first act_steps as executed, with D.8's fine-tuning noise
+    (avoid.add_action_noise). Returns (executed actions, chunks)."""
+    chunk = sample_action(*policy(obs[rows]))
+    executed = chunk[:, : args.act_steps].cpu().numpy()
+    return avoid.add_action_noise(executed, iteration, args.train_action_noise, args.train_action_noise_mode), chunk
 
 
 def mode_action(means, logits):
@@ -657,6 +672,7 @@ def main(args):
     start_iter, env_steps = runs.resume_or_evaluate(resume, trained, evals, act, args, normalization)
     vec, obs, firsts, recent_returns = runs.start_envs(args, normalization, start_iter, resume, np.ones(args.num_envs))
     progress, t_start = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO), time.time()
+
     iteration = start_iter
 
     while iteration < num_iters:
@@ -666,14 +682,10 @@ def main(args):
         buf_act = np.zeros((args.n_steps, args.num_envs, args.horizon_steps, action_dim), np.float32)
         buf_rew, buf_term, buf_timeout, buf_first = (np.zeros((args.n_steps, args.num_envs)) for _ in range(4))
         buf_final = np.zeros_like(buf_obs)  # observation reached before any auto-reset
+        policy_step = functools.partial(rollout_mixture_chunks, policy, args, iteration)
         for n in range(args.n_steps):
-            with torch.no_grad():
-                chunk = sample_action(*policy(torch.as_tensor(obs, device=device)))
-            executed = chunk[:, : args.act_steps].cpu().numpy()
-            executed = avoid.add_action_noise(
-                executed, iteration, args.train_action_noise, args.train_action_noise_mode
-            )
-            next_obs, reward, term, trunc, infos = vec.step(executed)
+            obs_t = torch.as_tensor(obs, device=device)
+            chunk, (next_obs, reward, term, trunc, infos) = runs.rollout_step(vec, policy_step, obs_t)
             runs.check_finite(iteration, reward=reward, observation=next_obs)
             env_steps += args.num_envs * args.act_steps  # episodes that end here are logged at this count
             buf_obs[n], buf_act[n], buf_rew[n], buf_first[n] = obs, chunk.cpu().numpy(), reward, firsts

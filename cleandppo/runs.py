@@ -854,6 +854,27 @@ def start_envs(args, normalization, start_iter: int, resume: dict | None, firsts
     return (vec, *restore_run(resume, vec, obs, firsts))
 
 
+def rollout_step(vec, act, *act_args):
+    """One vector step of every env with the policy in the loop: `act(*act_args, rows)` returns (the actions to execute
+    for envs `rows` (a slice), a tensor the script records for them). Envs stepped in this process, or --rollout-parts 1: one
+    call for all envs (rows = slice(None)), then vec.step. Env worker processes and --rollout-parts P > 1: each
+    worker's envs in P parts (WorkerVectorEnv.parts), each part's actions sent to its worker as soon as they are
+    sampled, so the workers simulate one part while the policy samples the next (a rollout costs about the larger of
+    the two instead of their sum); the records are joined in env order. Returns (records, vec.step's 5-tuple)."""
+    import torch
+
+    per_worker = (_run.get("plan") or {}).get("rollout_parts", 1)
+    if per_worker <= 1 or not isinstance(vec, workers.WorkerVectorEnv):
+        actions, record = act(*act_args, slice(None))
+        return record, vec.step(actions)
+    records = []
+    for rows in vec.parts(per_worker):
+        actions, record = act(*act_args, slice(int(rows[0]), int(rows[-1]) + 1))
+        vec.step_async_part(rows, actions)
+        records.append(record)
+    return torch.cat(records), vec.step_wait()
+
+
 def checkpoint_state(trained: dict, evals, vec, obs, firsts, recent_returns) -> dict:
     """What a checkpoint holds besides the script's networks: every trained part's state_dict under its key, the
     evaluations, run_state (RNGs, envs mid-episode, the rollout's carry-over) and the env workers and threads
@@ -873,12 +894,16 @@ def save_run(state: dict, run_dir: str, iteration: int, num_iters: int, args, wr
 # 7. Processes and threads: who steps the envs, and torch's threads in each phase of the loop
 # ------------------------------------------------------------------------------------------------
 def resume_threads(args, saved: dict | None):
-    """A resume keeps the thread counts its run chose when a flag leaves them to auto (0): another count may change
-    the last digits of the numbers, and a resume continues the run exactly. Checkpoints without them: the plan's."""
+    """A resume keeps the thread counts and rollout parts its run chose when a flag leaves them to auto (0), and, when
+    its rollouts were sampled in parts, its env workers (the parts follow them): another count may change the last
+    digits of the numbers, and a resume continues the run exactly. Checkpoints without them: the plan's."""
     plan = _run.get("plan")
     if not saved or plan is None:
         return
-    kept = [k for k in ("sampling_threads", "update_threads") if not getattr(args, k) and plan[k] != saved[k]]
+    keys = [k for k in ("sampling_threads", "update_threads", "rollout_parts") if k in saved and k in plan]
+    if saved.get("rollout_parts", 1) > 1:  # the policy sampled the envs in parts: the same parts again
+        keys.append("env_workers")
+    kept = [k for k in keys if not getattr(args, k, 0) and plan[k] != saved[k]]
     for key in kept:
         plan[key], plan[f"{key}_why"] = saved[key], "as the resumed run chose it"
     if kept:

@@ -126,8 +126,9 @@ def serve(conn, env_fns, inherited):
         except (EOFError, OSError):
             return
         try:
-            if command == "step":
-                reply = [step_same_step(env, action) for env, action in zip(envs, data, strict=True)]
+            if command == "step":  # envs first, first + 1, ... of this worker's, one action each
+                first, actions = data
+                reply = [step_same_step(envs[first + i], action) for i, action in enumerate(actions)]
             elif command == "reset":
                 reply = [env.reset(seed=s, options=data["options"]) for env, s in zip(envs, data["seeds"], strict=True)]
             elif command == "get_attr":
@@ -174,7 +175,8 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
             child.close()  # the worker's end lives in the worker only: its death reads as EOF here
             self.conns.append(parent)
             self.processes.append(process)
-        self.pending = False  # a step sent whose replies are not read yet (step_async without step_wait)
+        self.sent = []  # the workers, in order, of the step messages whose replies step_wait has not read yet
+        self.sent_envs = 0  # the envs those messages step
         obs_space, act_space, metadata, render_mode = self.ask(0, "spaces", None)
         self.single_observation_space, self.single_action_space = obs_space, act_space
         self.observation_space = batch_space(obs_space, self.num_envs)
@@ -205,10 +207,10 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
             except OSError:  # its end is closed: it died
                 self.died(k)
 
-    def gather(self) -> list:
-        """Every worker's reply in env order; an env's exception is raised once all replies are in (so the workers
-        stay in step with the main process)."""
-        replies = [self.receive(k) for k in range(len(self.conns))]
+    def gather(self, order=None) -> list:
+        """The replies of workers `order` (default: one from each), concatenated in that order; an env's exception is
+        raised once all replies are in (so the workers stay in step with the main process)."""
+        replies = [self.receive(k) for k in (range(len(self.conns)) if order is None else order)]
         for status, value in replies:
             if status == "error":
                 error, trace = value
@@ -261,14 +263,36 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
     def step_async(self, actions):
         """Send every worker its envs' actions; step_wait collects the result."""
         actions = list(iterate(self.action_space, actions))
-        self.send_all("step", [[actions[i] for i in g] for g in self.groups])
-        self.pending = True
+        self.send_all("step", [(0, [actions[i] for i in g]) for g in self.groups])
+        self.sent, self.sent_envs = list(range(len(self.groups))), self.num_envs
+
+    def parts(self, per_worker: int) -> list:
+        """The envs in parts for an overlapped rollout (step_async_part): each worker's group split into `per_worker`
+        consecutive parts (np.array_split sizes, at most one per env), in env order."""
+        return [part for g in self.groups for part in np.array_split(g, min(per_worker, len(g)))]
+
+    def step_async_part(self, rows, actions):
+        """Send envs `rows` (a part of parts(): consecutive, one worker's) their actions; the worker steps them while
+        the caller samples the next part's. The parts go in env order, all of them before step_wait."""
+        first = self.sent_envs  # the parts sent so far cover envs 0 .. first - 1
+        k = next((k for k, g in enumerate(self.groups) if g[0] <= rows[0] <= g[-1]), None)
+        if k is None or rows[0] != first or rows[-1] > self.groups[k][-1]:
+            raise ValueError(f"envs {rows[0]}-{rows[-1]}: not the next part of one worker's envs (parts())")
+        try:
+            self.conns[k].send(("step", (int(rows[0] - self.groups[k][0]), list(actions))))
+        except OSError:  # its end is closed: it died
+            self.died(k)
+        self.sent.append(k)
+        self.sent_envs += len(rows)
 
     def step_wait(self):
-        self.pending = False
+        order, self.sent, self.sent_envs = self.sent, [], 0
         infos, observations = {}, []
         rewards, terminations, truncations = (np.zeros(self.num_envs, dtype) for dtype in (np.float64, bool, bool))
-        for i, (obs, reward, terminated, truncated, final, info) in enumerate(self.gather()):
+        replies = self.gather(order)
+        if len(replies) != self.num_envs:
+            raise RuntimeError(f"step_wait after the actions of {len(replies)} of the {self.num_envs} envs")
+        for i, (obs, reward, terminated, truncated, final, info) in enumerate(replies):
             observations.append(obs)
             rewards[i], terminations[i], truncations[i] = reward, terminated, truncated
             if final is not None:
@@ -286,7 +310,7 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
         return self.step_wait()
 
     def finish_pending(self):
-        if self.pending:
+        if self.sent:
             self.step_wait()
 
     def get_attr(self, name: str) -> tuple:
@@ -327,6 +351,9 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
 # ------------------------------------------------------------------------------------------------
 # The run's plan: env worker processes and torch's threads in each phase of the loop (runs.start, runs.phase)
 # ------------------------------------------------------------------------------------------------
+AUTO_ROLLOUT_PARTS = 1  # measured: docs/benchmarks.md
+
+
 def plan_parallel(args, given_threads: int, seen: dict, batched: bool = False) -> dict:
     """The run's env worker processes and torch threads, from --env-workers, --sampling-threads and --update-threads
     (0 = auto) on a machine `seen` (machine()); `batched`: one numpy env steps them all (Avoid); `given_threads`:
@@ -339,6 +366,15 @@ def plan_parallel(args, given_threads: int, seen: dict, batched: bool = False) -
     another order), so a resume keeps its run's counts (resume_threads) and a flag fixes them across machines."""
     env_workers, why = choose_workers(args.env_workers, args.num_envs, batched, seen)
     plan = dict(env_workers=env_workers, env_workers_why=why, **seen, given_threads=given_threads)
+    parts = getattr(args, "rollout_parts", 1)
+    plan["rollout_parts"] = parts or AUTO_ROLLOUT_PARTS if env_workers > 1 else 1
+    plan["rollout_parts_why"] = (
+        "envs in this process: nothing to overlap"
+        if env_workers == 1
+        else "--rollout-parts"
+        if parts
+        else f"auto: {AUTO_ROLLOUT_PARTS} per worker"
+    )
     plan["sampling_threads"] = args.sampling_threads or 1
     plan["sampling_threads_why"] = "--sampling-threads" if args.sampling_threads else "auto: a small batch, 1 thread"
     plan["update_threads"] = args.update_threads or max(1, min(given_threads, seen["free"]))
@@ -351,6 +387,8 @@ def plan_parallel(args, given_threads: int, seen: dict, batched: bool = False) -
 def print_plan(plan: dict):
     where = "this process" if plan["env_workers"] == 1 else f"{plan['env_workers']} worker processes"
     print(f"[envs] stepped in {where}: {plan['env_workers_why']}", flush=True)
+    if plan["env_workers"] > 1:
+        print(f"[envs] rollout in {plan['rollout_parts']} part(s) per worker: {plan['rollout_parts_why']}", flush=True)
     print(
         f"[threads] torch: sampling {plan['sampling_threads']} ({plan['sampling_threads_why']}), update "
         f"{plan['update_threads']} ({plan['update_threads_why']}); env workers run no torch",

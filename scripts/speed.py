@@ -83,6 +83,9 @@ def parse(argv=None):
     p.add_argument("--seconds", type=float, help="time per phase, all rounds together (full 9, quick 1)")
     p.add_argument("--rounds", type=int, help="rounds of the round-robin over the phases (full 3, quick 2)")
     p.add_argument("--procs", type=int, help="worker processes of the parallel phases (default: the cores)")
+    p.add_argument(
+        "--parts", type=int, nargs="*", default=[2, 4], help="--rollout-parts of the overlapped dppo rollouts"
+    )
     p.add_argument("--num-envs", type=int, default=40, help="envs of the rollouts, the update batch and the iteration")
     p.add_argument("--n-steps", type=int, help="policy queries per env of the update batch and the iteration (125, 5)")
     p.add_argument("--act-steps", type=int, default=4, help="actions executed per policy query")
@@ -212,19 +215,28 @@ def executed_steps(infos: dict) -> int:
     return steps
 
 
-def rollout_work(args, act_fn, normalization, closers, sampler_time, env_workers=1):
-    """One rollout step as the loops do it: act_fn(obs) -> chunk, then the vector-env step (its envs in `env_workers`
-    processes); returns its env steps and adds the sampler's time to sampler_time[0]."""
+def rollout_work(args, act_fn, normalization, closers, sampler_time, env_workers=1, parts=1):
+    """One rollout step as the loops do it (runs.rollout_step): act_fn(obs) -> chunk, then the vector-env step (its
+    envs in `env_workers` processes; with `parts` > 1 each worker's envs in that many parts, the workers simulating
+    one part while the next is sampled); returns its env steps and adds the sampler's time to sampler_time[0]."""
     vec = envs.make_vec_env(args.env_id, args.num_envs, 0, args.act_steps, 1, normalization, env_workers)
+    if parts > 1 and env_workers == 1:  # one worker process to overlap with (--env-workers 1 keeps the envs here)
+        vec.close()
+        fns = [lambda: envs.make_env(args.env_id, args.act_steps, 1, normalization)] * args.num_envs
+        vec = workers.WorkerVectorEnv(fns, 1, args.env_id)
     closers.append(vec.close)
     state = dict(obs=vec.reset(seed=0)[0])
     sampler_time.append(0.0)
 
-    def work():
+    def act(obs, rows):
         t = time.perf_counter()
-        chunk = act_fn(state["obs"])
+        chunk = act_fn(obs[rows])[:, : args.act_steps]
         sampler_time[0] += time.perf_counter() - t
-        state["obs"], _, _, _, infos = vec.step(chunk[:, : args.act_steps])
+        return chunk, torch.as_tensor(chunk)
+
+    def work():
+        runs._run["plan"] = dict(rollout_parts=parts)  # what runs.rollout_step reads (the phases take turns)
+        _, (state["obs"], _, _, _, infos) = runs.rollout_step(vec, act, state["obs"])
         return executed_steps(infos)
 
     return work
@@ -263,6 +275,11 @@ def samplers(args) -> dict:
     return out
 
 
+def rollout_name(procs, parts):
+    where = f"{procs} worker process{'es' if procs > 1 else ''}"
+    return f"dppo rollout, {where}" + (f", {parts} parts each" if parts > 1 else "")
+
+
 def rollout_phases(args, closers) -> tuple[list, dict]:
     """Each script's rollout step at each thread count (one vector env per script and thread count); also returns
     {phase: [sampler seconds]} for the sampler's share of the time."""
@@ -273,11 +290,12 @@ def rollout_phases(args, closers) -> tuple[list, dict]:
             work = rollout_work(args, act_fn, normalization, closers, sampler_time)
             phases.append(Phase(f"{script} rollout", threads, "env steps/s", work))
             sampler_times[phases[-1]] = sampler_time
-        if script == "dppo":  # the envs in worker processes, sampling at 1 thread
-            sampler_time = []
-            work = rollout_work(args, act_fn, normalization, closers, sampler_time, args.procs)
-            phases.append(Phase(f"dppo rollout, {args.procs} worker processes", 1, "env steps/s", work))
-            sampler_times[phases[-1]] = sampler_time
+        if script == "dppo":  # the envs in worker processes, sampling at 1 thread; overlapped in parts
+            for procs, parts in [(args.procs, 1)] + [(w, p) for w in sorted({1, args.procs}) for p in args.parts]:
+                sampler_time = []
+                work = rollout_work(args, act_fn, normalization, closers, sampler_time, procs, parts)
+                phases.append(Phase(rollout_name(procs, parts), 1, "env steps/s", work))
+                sampler_times[phases[-1]] = sampler_time
     return phases, sampler_times
 
 
@@ -594,6 +612,11 @@ def rollout_ratios(args, rate) -> dict:
     out[f"dppo rollout, 1 thread: {args.procs} worker processes / this process"] = rate(
         f"dppo rollout, {args.procs} worker processes", 1
     ) / rate("dppo rollout", 1)
+    plain = rate(f"dppo rollout, {args.procs} worker processes", 1)
+    for procs in sorted({1, args.procs}):
+        for parts in args.parts:
+            name = rollout_name(procs, parts)
+            out[f"{name} / {args.procs} worker processes in one part, 1 thread"] = rate(name, 1) / plain
     for script in ("dppo", "gaussian_ppo", "gmm_ppo"):
         for threads in thread_counts(args):
             out[f"{script} rollout / raw simulator, {plural(threads)}"] = rate(f"{script} rollout", threads) / raw1

@@ -119,8 +119,8 @@ dppo sampler: training std not floored | dppo.py | tests/test_dppo_sampling.py
 - std = std.clamp(min=args.min_sampling_denoising_std)
 + std = std
 dppo sampler: noise not clipped | dppo.py | tests/test_dppo_sampling.py
-- noise.clamp(-args.randn_clip_value, args.randn_clip_value)
-+ noise
+- noise[i + 1].clamp(-args.randn_clip_value, args.randn_clip_value)
++ noise[i + 1]
 dppo sampler: eval noise at the last DDPM step | dppo.py | tests/test_dppo_sampling.py
 - std = std.clamp(min=1e-3) if t > 0 else torch.zeros_like(std)
 + std = std.clamp(min=1e-3)
@@ -597,8 +597,8 @@ env workers: every env seeded alike | workers.py | tests/test_env_workers.py -k 
 - seed = [int(seed) + i for i in range(self.num_envs)]
 + seed = [int(seed)] * self.num_envs
 env workers: actions sent to the wrong envs of a group | workers.py | tests/test_env_workers.py -k sync_vector_env
-- [[actions[i] for i in g] for g in self.groups]
-+ [[actions[i] for i in reversed(g)] for g in self.groups]
+- [(0, [actions[i] for i in g]) for g in self.groups]
++ [(0, [actions[i] for i in reversed(g)]) for g in self.groups]
 env workers: never used | envs.py | tests/test_env_workers.py -k sync_vector_env
 - if env_workers > 1:
 + if False:
@@ -620,6 +620,27 @@ env workers: auto takes more processes than envs | workers.py | tests/test_env_w
 env workers: --async-envs silently ignored | arguments.py | tests/test_env_workers.py -k async_envs
 - ("--async-envs", "--no-async-envs")
 + ("--no-such-flag",)
+rollout in parts: a part's actions to the worker's first envs | workers.py | tests/test_env_workers.py -k sync_vector_env
+- step_same_step(envs[first + i], action)
++ step_same_step(envs[i], action)
+rollout in parts: dppo draws each part's own noise | dppo.py | tests/test_env_workers.py -k one_batch_samples
+- sample(actor, actor_ft, sched, obs_rows, plan, K_ft, "train", args, noise=noise_rows)
++ sample(actor, actor_ft, sched, obs_rows, plan, K_ft, "train", args)
+rollout in parts: gaussian draws each part's own noise | gaussian_ppo.py | tests/test_env_workers.py -k one_batch_samples
+- args.randn_clip_value, noise=noise[rows])
++ args.randn_clip_value)
+rollout in parts: never in parts | runs.py | tests/test_env_workers.py -k one_batch_samples
+- if per_worker <= 1 or not isinstance(vec, workers.WorkerVectorEnv):
++ if True:
+rollout in parts: the records out of env order | runs.py | tests/test_env_workers.py -k one_batch_samples
+- return torch.cat(records), vec.step_wait()
++ return torch.cat(records[::-1]), vec.step_wait()
+rollout in parts: parts with the envs in this process | workers.py | tests/test_env_workers.py -k rollout_parts_rule
+- plan["rollout_parts"] = parts or AUTO_ROLLOUT_PARTS if env_workers > 1 else 1
++ plan["rollout_parts"] = parts or AUTO_ROLLOUT_PARTS
+rollout in parts: a resume forgets the workers the parts follow | runs.py | tests/test_env_workers.py -k in_parts_keeps
+- keys.append("env_workers")
++ pass
 threads: the update at the sampling threads | runs.py | tests/test_env_workers.py -k each_phase
 - set_threads(plan["sampling_threads" if name == "rollout" else "update_threads"])
 + set_threads(plan["sampling_threads"])

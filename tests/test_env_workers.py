@@ -19,9 +19,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from test_runs import FAMILIES, Killed, assert_kill_and_resume_is_exact, curves, kill_at_vector_step
+from test_runs import FAMILIES, Killed, assert_kill_and_resume_is_exact, curves, kill_at_vector_step, pretrained
 
-from cleandppo import arguments, avoid, dppo, envs, gaussian_ppo, gym_tasks, idql, runs, workers
+from cleandppo import arguments, avoid, dppo, envs, gaussian_ppo, gmm_ppo, gym_tasks, idql, runs, workers
 from conftest import REAL_MACHINE, ROOT, TINY_DIFFUSION, assert_one_line_error, run_main
 
 torch.set_num_threads(1)
@@ -50,11 +50,13 @@ def no_hang():
 
 
 # ---- the vector env: gymnasium's SyncVectorEnv is the reference --------------------------------------------------
+@pytest.mark.parametrize("parts", [1, 2])
 @pytest.mark.parametrize("workers_count", [2, 3])
-def test_worker_processes_return_what_sync_vector_env_returns(workers_count, monkeypatch):
+def test_worker_processes_return_what_sync_vector_env_returns(workers_count, parts, monkeypatch):
     """Observations (dtype too), rewards, terminations, truncations and the infos (their keys, masks, final_obs and
     final_info at terminations and time-outs) equal gymnasium's SyncVectorEnv of the same envs, step by step; 5 envs
-    in 2 or 3 groups of unequal size."""
+    in 2 or 3 groups of unequal size; stepped whole or, as an overlapped rollout sends them, in 2 parts per worker
+    (step_async_part, then step_wait)."""
     monkeypatch.setattr(gym_tasks, "GYM_MAX_EPISODE_STEPS", 25)  # time-outs too, not only falls
     fns = [lambda: envs.make_env("Hopper-v2", 2, 3, None) for _ in range(5)]
     reference = gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
@@ -64,8 +66,21 @@ def test_worker_processes_return_what_sync_vector_env_returns(workers_count, mon
     np.testing.assert_array_equal(a[0], b[0])
     actions = np.random.default_rng(0).uniform(-1, 1, (60, 5, 2, 3))
     ended = np.zeros(2, int)
+    in_parts = parallel.parts(parts)
+    assert [list(rows) for rows in in_parts] == {
+        (2, 1): [[0, 1, 2], [3, 4]],
+        (3, 1): [[0, 1], [2, 3], [4]],
+        (2, 2): [[0, 1], [2], [3], [4]],
+        (3, 2): [[0], [1], [2], [3], [4]],
+    }[workers_count, parts]
     for chunk in actions:
-        a, b = reference.step(chunk), parallel.step(chunk)
+        a = reference.step(chunk)
+        if parts == 1:
+            b = parallel.step(chunk)
+        else:
+            for rows in in_parts:
+                parallel.step_async_part(rows, chunk[rows])
+            b = parallel.step_wait()
         for x, y in zip(a[:4], b[:4], strict=True):
             np.testing.assert_array_equal(x, y)
             assert x.dtype == y.dtype
@@ -76,6 +91,22 @@ def test_worker_processes_return_what_sync_vector_env_returns(workers_count, mon
     reference.close()
     parallel.close()
     assert not any(p.is_alive() for p in parallel.processes)
+
+
+def test_parts_out_of_order_or_missing_are_refused():
+    """An overlapped step sends every part in env order before step_wait: anything else is a bug of the caller."""
+    vec = envs.make_vec_env("Hopper-v2", 4, 0, 2, 1, None, 2)
+    vec.reset(seed=0)
+    first, second, *rest = vec.parts(2)
+    with pytest.raises(ValueError, match="not the next part"):
+        vec.step_async_part(second, np.zeros((len(second), 2, 3)))
+    with pytest.raises(ValueError, match="not the next part"):
+        vec.step_async_part(np.arange(1, 3), np.zeros((2, 2, 3)))  # across the two workers' envs
+    vec.step_async_part(first, np.zeros((len(first), 2, 3)))
+    with pytest.raises(RuntimeError, match="step_wait after the actions of 1 of the 4 envs"):
+        vec.step_wait()
+    assert len(vec.get_attr("episode_return")) == 4  # the workers are still in step
+    vec.close()
 
 
 def test_an_env_error_in_a_worker_is_raised_here_as_in_this_process():
@@ -139,6 +170,62 @@ def test_a_killed_run_with_worker_processes_resumes_exactly(tiny_diffusion_check
     is read from the workers into the checkpoint and written back into fresh workers on the resume."""
     flags = ["--checkpoint", tiny_diffusion_checkpoint, *DPPO_FLAGS, "--total-timesteps", "160", "--env-workers", "2"]
     assert_kill_and_resume_is_exact(dppo, flags, 2 * 4 + 2, tmp_path, monkeypatch)
+
+
+# ---- the overlapped rollout (--rollout-parts): the same numbers up to the last digits; exact resume ----------------
+def close_curves(a, b, rel):
+    assert a.keys() == b.keys() and len(a) >= 5
+    for tag in a:
+        steps, values = zip(*a[tag], strict=True)
+        assert [s for s, _ in b[tag]] == list(steps), tag
+        assert [v for _, v in b[tag]] == pytest.approx(values, rel=rel, abs=1e-6), tag
+
+
+@pytest.mark.parametrize("script", ["dppo", "gaussian_ppo"])
+def test_a_rollout_in_parts_samples_what_one_batch_samples(script, tiny_diffusion_checkpoint, tmp_path, capsys):
+    """2 envs in 2 worker processes, sampled as one batch (--rollout-parts 1) or env by env while the other
+    simulates (--rollout-parts 2): the noise is drawn for all envs at once and each part takes its rows, so every
+    curve and the final weights agree but for the last digits of a network run on fewer rows; the start-up line and
+    summary.json say how the rollout ran."""
+    module = {"dppo": dppo, "gaussian_ppo": gaussian_ppo}[script]
+    flags = {
+        "dppo": ["--checkpoint", tiny_diffusion_checkpoint, *DPPO_FLAGS, "--total-timesteps", "64"],
+        "gaussian_ppo": [*GAUSSIAN_FLAGS, "--horizon-steps", 8, "--total-timesteps", "32"],  # 24 draws per env
+    }[script]  # 2 iterations each
+    rollout_steps, step_async_part = [], workers.WorkerVectorEnv.step_async_part
+    for parts in (1, 2):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(
+                workers.WorkerVectorEnv, "step_async_part", lambda *a: rollout_steps.append(a[1]) or step_async_part(*a)
+            )
+            run_main(module, *flags, "--env-workers", 2, "--rollout-parts", parts, "--run-dir", tmp_path / str(parts))
+        parallel = json.loads((tmp_path / str(parts) / "summary.json").read_text())["parallel"]
+        assert (parallel["env_workers"], parallel["rollout_parts"]) == (2, parts)
+    assert "[envs] rollout in 2 part(s) per worker: --rollout-parts" in capsys.readouterr().out
+    assert len(rollout_steps) == 2 * 2 * (4 if script == "dppo" else 8)  # 2 parts a step, only with --rollout-parts 2
+    close_curves(curves(tmp_path / "1"), curves(tmp_path / "2"), rel=1e-4)
+    w1, w2 = final_weights(tmp_path / "1"), final_weights(tmp_path / "2")
+    for key in w1:
+        for name in w1[key]:
+            torch.testing.assert_close(w1[key][name], w2[key][name], rtol=1e-4, atol=1e-6)
+
+
+def test_a_killed_run_in_parts_resumes_exactly(tiny_diffusion_checkpoint, tmp_path, monkeypatch):
+    flags = ["--checkpoint", tiny_diffusion_checkpoint, *DPPO_FLAGS, "--total-timesteps", "160", "--env-workers", "2"]
+    assert_kill_and_resume_is_exact(dppo, [*flags, "--rollout-parts", "2"], 2 * 4 + 2, tmp_path, monkeypatch)
+
+
+def test_gmm_in_parts_draws_its_own_modes_and_repeats(tiny_dataset, tmp_path):
+    """GMM samples a mode per env (torch.multinomial, whose draws depend on the batch): each part draws its own, so
+    the run's numbers differ from one batch's, and repeat exactly with the same parts."""
+    tiny = ["--mlp-dims", "16", "16", "16", "--critic-dims", "16", "16", "16"]
+    ckpt = pretrained(gmm_ppo, tiny_dataset, tmp_path / "pre", *tiny)
+    flags = ["--checkpoint", ckpt, *tiny, *"--num-envs 2 --n-steps 4 --batch-size 8 --eval-episodes 1".split()]
+    flags += ["--env-workers", 2, "--total-timesteps", 32]
+    for name, parts in (("a", 2), ("b", 2), ("one", 1)):
+        run_main(gmm_ppo, *flags, "--rollout-parts", parts, "--run-dir", tmp_path / name)
+    assert curves(tmp_path / "a") == curves(tmp_path / "b")
+    assert curves(tmp_path / "a") != curves(tmp_path / "one")
 
 
 # ---- a worker that dies: one line, the last checkpoint kept, no hang ----------------------------------------------
@@ -213,9 +300,11 @@ def test_sigkill_of_a_worker_of_a_real_run_is_one_line(tiny_diffusion_checkpoint
 
 # ---- the plan: how many processes, how many threads ----------------------------------------------------------------
 class Flags:
-    def __init__(self, env_id="Hopper-v2", num_envs=40, env_workers=0, sampling_threads=0, update_threads=0):
+    def __init__(
+        self, env_id="Hopper-v2", num_envs=40, env_workers=0, sampling_threads=0, update_threads=0, rollout_parts=0
+    ):
         self.env_id, self.num_envs, self.env_workers = env_id, num_envs, env_workers
-        self.sampling_threads, self.update_threads = sampling_threads, update_threads
+        self.sampling_threads, self.update_threads, self.rollout_parts = sampling_threads, update_threads, rollout_parts
 
 
 def seen(cores, busy):
@@ -272,6 +361,35 @@ def test_the_auto_rules(flags, machine, expected):
     if flags.env_workers == 64:
         assert "at most one per env (40)" in plan["env_workers_why"]
         assert "more processes than the 2 cores" in plan["env_workers_why"]
+
+
+@pytest.mark.parametrize(
+    "flags, machine, expected, why",
+    [
+        (Flags(), seen(2, 0.1), (2, 1), "auto: 1 per worker"),  # measured: no overlap pays on 2 cores
+        (Flags(rollout_parts=4), seen(2, 0.1), (2, 4), "--rollout-parts"),
+        (Flags(rollout_parts=4), seen(2, 1.9), (1, 1), "envs in this process: nothing to overlap"),
+    ],
+)
+def test_the_rollout_parts_rule(flags, machine, expected, why):
+    plan = workers.plan_parallel(flags, 2, machine)
+    assert (plan["env_workers"], plan["rollout_parts"]) == expected and plan["rollout_parts_why"] == why
+
+
+def test_a_resume_of_a_run_in_parts_keeps_its_parts_and_workers(monkeypatch, capsys):
+    """The parts decide the batches the policy sampled, and they follow the env workers: a resume on a machine where
+    auto would choose no workers keeps both; flags win."""
+    monkeypatch.setitem(runs._run, "plan", workers.plan_parallel(Flags(), 2, seen(2, 1.9)))  # in this process
+    saved = workers.plan_parallel(Flags(rollout_parts=2), 2, seen(2, 0.0))
+    runs.resume_threads(Flags(), saved)
+    assert (runs._run["plan"]["env_workers"], runs._run["plan"]["rollout_parts"]) == (2, 2)
+    assert "rollout in 2 part(s) per worker: as the resumed run chose it" in capsys.readouterr().out
+    monkeypatch.setitem(runs._run, "plan", workers.plan_parallel(Flags(env_workers=1), 2, seen(2, 1.9)))
+    runs.resume_threads(Flags(env_workers=1), saved)
+    assert runs._run["plan"]["env_workers"] == 1
+    monkeypatch.setitem(runs._run, "plan", workers.plan_parallel(Flags(), 2, seen(2, 1.9)))
+    runs.resume_threads(Flags(), workers.plan_parallel(Flags(), 2, seen(2, 0.0)))  # saved: 2 workers, one part
+    assert runs._run["plan"]["env_workers"] == 1  # no parts: the workers change no number
 
 
 def test_async_envs_names_the_new_flag():

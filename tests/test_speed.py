@@ -19,6 +19,8 @@ PHASES = [
     "vector env, 2 worker processes",
     "dppo rollout",
     "dppo rollout, 2 worker processes",
+    "dppo rollout, 1 worker process, 2 parts each",  # the overlapped rollout (--rollout-parts)
+    "dppo rollout, 2 worker processes, 2 parts each",
     "gaussian_ppo rollout",
     "gmm_ppo rollout",
     "DPPO old log-probs",
@@ -48,7 +50,8 @@ def speed_report(tmp_path, flags: str) -> tuple[str, dict]:
 
 
 def test_quick_report_has_every_phase_and_numeric_ratios(tmp_path):
-    tiny = "--seconds 0.05 --num-envs 2 --n-steps 2 --procs 2 --batch-size 20 --iter-batch-size 8 --update-epochs 1"
+    tiny = "--seconds 0.05 --num-envs 4 --n-steps 2 --procs 2 --batch-size 20 --iter-batch-size 8 --update-epochs 1"
+    tiny += " --parts 2"
     text, report = speed_report(tmp_path, f"{tiny} --threads 2")
     assert "\nSpeed report: Hopper-v2, commit " in text and "load average" in text
 
@@ -68,6 +71,7 @@ def test_quick_report_has_every_phase_and_numeric_ratios(tmp_path):
         "dppo rollout / raw simulator, 1 thread",
         "vector env: 2 worker processes / this process",
         "dppo rollout, 1 thread: 2 worker processes / this process",
+        "dppo rollout, 1 worker process, 2 parts each / 2 worker processes in one part, 1 thread",
         "gaussian_ppo rollout / raw simulator, 2 threads",
         "gmm_ppo rollout: 1 thread / 2 threads",
         "DPPO update GFLOP/s / matmul GFLOP/s, 2 threads",
