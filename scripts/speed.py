@@ -15,7 +15,8 @@ its threads):
   rollout         each PPO script's rollout step on its bundled Hopper checkpoint: its sampler (dppo: 20 denoising
                   steps recording K' of them; gaussian_ppo, gmm_ppo: one forward pass) then the vector-env step, in
                   env steps/s, with the share of the time the sampler takes; dppo's also with its envs in --procs
-                  worker processes (1 thread).
+                  worker processes (1 thread), and overlapped (runs.rollout_step): its envs in 1 and in --procs
+                  worker processes, each worker's envs in --parts parts (--rollout-parts).
   DPPO old log-probs  dppo.chain_log_probs over the iteration's --num-envs x --n-steps chains (forward only).
   DPPO update     dppo.ppo_update on a synthetic batch of those chains, one minibatch per call (a negative target_kl
                   stops it after the first: short calls, close in time to the matmul's under a changing load):
