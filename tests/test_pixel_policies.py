@@ -7,6 +7,7 @@ computed here from the official config dims (cfg/robomimic/{pretrain,finetune}/<
 
 import importlib
 import math
+import os
 
 import numpy as np
 import pytest
@@ -546,3 +547,24 @@ def test_the_state_only_scripts_refuse_a_pixel_task_in_one_line(name, tmp_path):
         run_main(module, "--env-id", "can-img", "--run-dir", tmp_path / "run")
     assert_one_line_error(str(e.value), "dppo.py and gaussian_ppo.py", "--env-id can")
     assert not (tmp_path / "run").exists()
+
+
+# ---- the bundled pixel checkpoints: what --env-id <task>-img starts from --------------------------------------------
+BUDGETS = os.path.join(os.path.dirname(__file__), "..", "experiments/robomimic_pixels/results_53c1f22/budgets.csv")
+
+
+@pytest.mark.parametrize("task, policy", [("lift", "gaussian")])
+def test_a_bundled_pixel_checkpoint_is_the_official_network_pre_trained_on_our_image_demos(task, policy):
+    """The official network's size (counted from the official layers, Table A10: about 1.03M parameters for
+    Gaussian-ViT-MLP on Lift), the task's camera, the MH-like image demos it was pre-trained on, and a budget listed in
+    experiments/robomimic_pixels (budgets.csv: 50-episode success of each budget tried)."""
+    env_id = f"{task}-img"
+    ckpt = envs.load_checkpoint(envs.bundled_checkpoint(env_id, policy), policy, env_id)
+    assert (ckpt["env_id"], ckpt["dataset"], ckpt["iteration"]) == (env_id, f"{task}-mhsim-img", 0)
+    assert ckpt["robomimic_env_args"]["env_kwargs"]["camera_names"] == ["robot0_eye_in_hand"]
+    net = gaussian_ppo.GaussianPolicy(**ckpt["model_kwargs"])
+    net.load_state_dict(ckpt["model"])
+    official = official_counts(*next(t for t in OFFICIAL_IMG if t[0] == task)[1:])
+    assert count(net) == official[1]
+    with open(BUDGETS) as f:
+        assert f"{policy},{ckpt['pretrain_epochs']},50," in f.read()
