@@ -99,6 +99,7 @@ def sample_operator(rng: np.random.Generator) -> dict:
 # robomimic's MH files: 6 operators, 2 per proficiency. Per proficiency: (low, high) ranges of the operator's
 # fixed habits, drawn once per operator, and of the per-demo situation, drawn for every demo.
 MH_OPERATORS = [f"{p}_operator_{i}" for p in ("better", "okay", "worse") for i in (1, 2)]
+STUCK_ATTEMPTS = 20  # an MH operator with no success in this many attempts stops the run (it would keep the turn)
 MH_HABITS = {  # key: (better, okay, worse) ranges
     "speed": ((0.7, 1.0), (0.45, 0.75), (0.25, 0.45)),
     "gain": ((0.9, 1.2), (0.6, 1.0), (0.4, 0.7)),
@@ -814,6 +815,11 @@ def main(argv=None):
         if mh:
             tried[name] += 1
             made[name] += demo is not None
+            if tried[name] == STUCK_ATTEMPTS and not made[name]:  # it keeps the turn: it would never give it back
+                envs.fail(
+                    f"{name} succeeded in none of its {STUCK_ATTEMPTS} attempts of at most {max_steps} steps; pass "
+                    f"--max-steps {2 * max_steps} (slow MH operators need more steps, e.g. on Can)"
+                )
         print(
             f"[{task}] attempt {attempts}{f' ({name})' if mh else ''}: "
             f"{'success' if demo is not None else 'failure'} in {steps} steps; "

@@ -624,8 +624,8 @@ rollout in parts: a part's actions to the worker's first envs | workers.py | tes
 - step_same_step(envs[first + i], action)
 + step_same_step(envs[i], action)
 rollout in parts: dppo draws each part's own noise | dppo.py | tests/test_env_workers.py -k one_batch_samples
-- sample(actor, actor_ft, sched, obs_rows, plan, K_ft, "train", args, noise=noise_rows)
-+ sample(actor, actor_ft, sched, obs_rows, plan, K_ft, "train", args)
+- "train", args, noise=noise_rows
++ "train", args
 rollout in parts: gaussian draws each part's own noise | gaussian_ppo.py | tests/test_env_workers.py -k one_batch_samples
 - args.randn_clip_value, noise=noise[rows])
 + args.randn_clip_value)
@@ -641,6 +641,9 @@ rollout in parts: parts with the envs in this process | workers.py | tests/test_
 rollout in parts: a resume forgets the workers the parts follow | runs.py | tests/test_env_workers.py -k in_parts_keeps
 - keys.append("env_workers")
 + pass
+MH demos: an operator that never succeeds keeps the turn | ../scripts/make_robomimic_demos.py | tests/test_robomimic_mh.py -k never_succeeds
+- if tried[name] == STUCK_ATTEMPTS and not made[name]:
++ if False:
 threads: the update at the sampling threads | runs.py | tests/test_env_workers.py -k each_phase
 - set_threads(plan["sampling_threads" if name == "rollout" else "update_threads"])
 + set_threads(plan["sampling_threads"])

@@ -68,6 +68,16 @@ def test_mh_file_has_every_operator_and_robomimic_masks(mh_file):
     assert set(info["operators"]) == set(demos_script.MH_OPERATORS)
 
 
+def test_an_mh_operator_that_never_succeeds_stops_the_run_naming_max_steps(tmp_path):
+    """The operator with the fewest demos takes the next turn, so one that cannot succeed within --max-steps would
+    take every turn until --max-attempts: after 20 failures in a row it stops the run, naming a longer --max-steps."""
+    out = str(tmp_path / "can.hdf5")
+    with pytest.raises(SystemExit) as e:
+        demos_script.main(["--task", "can", "--operators", "mh", "--num-demos", "10", "--max-steps", "5", "--out", out])
+    assert_one_line_error(str(e.value), "better_operator_1 succeeded in none of its 20 attempts", "--max-steps 10")
+    assert not os.path.exists(out)
+
+
 def test_mh_file_holds_only_successful_demos(mh_file):
     """Each demo ends at its first success: reward and done 1 on the last step only."""
     with h5py.File(mh_file, "r") as f:

@@ -7,7 +7,8 @@
 #   TASK=can bash experiments/robomimic_pixels/pixel_comparison.sh          # the same on Can
 #
 # Stages:
-#   data      scripts/make_robomimic_demos.py --task $TASK --operators mh --images -> <data dir>/$TASK-mhsim-img.hdf5
+#   data      scripts/make_robomimic_demos.py --task $TASK --operators mh --images (Can: --max-steps 600, as its state
+#             demos) -> <data dir>/$TASK-mhsim-img.hdf5
 #   pretrain  dppo.py and gaussian_ppo.py pre-trained on it ($EPOCHS_DIFFUSION, $EPOCHS_GAUSSIAN epochs), each ending
 #             with a $PRE_EPISODES-episode evaluation; every budget tried is appended to $RUNS/budgets.csv
 #             (epochs, success, the commit), the checkpoints to $RUNS/pretrain_{diffusion,gaussian}/pretrained.pt
@@ -114,7 +115,9 @@ for stage in "${stages[@]}"; do
   echo "=== stage $stage ($(date +%H:%M:%S))"
   case "$stage" in
   data)
-    python scripts/make_robomimic_demos.py --task "$TASK" --operators mh --images --num-demos "$DEMOS"
+    steps=()
+    [ "$TASK" = can ] && steps=(--max-steps 600) # slow MH operators on Can (docs/robomimic.md)
+    python scripts/make_robomimic_demos.py --task "$TASK" --operators mh --images --num-demos "$DEMOS" "${steps[@]}"
     ;;
   pretrain)
     printf '%s\n' "diffusion $EPOCHS_DIFFUSION" "gaussian $EPOCHS_GAUSSIAN" |
