@@ -12,7 +12,6 @@ Gaussian policy step whose likelihood is known in closed form, so PPO applies to
 import copy
 import functools
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Literal, Optional
@@ -110,8 +109,7 @@ class Args(arguments.RunArgs):
     n_steps: int = 500
     """policy queries per env per iteration (N)"""
     rollout_parts: int = 0
-    """with env worker processes: each worker's envs in N parts, one simulating while the policy samples the next
-    (1 = one batch, no overlap; 0 = auto: 1, measured in docs/benchmarks.md). Another count may change the last digits"""
+    """env workers' envs in N parts, each simulating while the policy samples the next (0: auto, 1; docs/envs.md)"""
     gamma: float = 0.99
     """environment discount per policy query"""
     gae_lambda: float = 0.95
@@ -469,27 +467,18 @@ def build_policy_network(kw: dict) -> nn.Module:
 
 
 # ---- Sampling with chain recording (paper 4.1-4.2) -------------------------------------------------------------------
-def chain_noise(batch, actor, plan, device, generator=None):
-    """The reverse chain's standard normal draws for `batch` chunks, in the order sample uses them: x_K, then one per
-    denoising step. Drawn for every env at once, a rollout in parts takes each part's rows (runs.rollout_step)."""
-    shape = (batch, actor.horizon_steps, actor.action_dim)
-    return [torch.randn(shape, device=device, generator=generator) for _ in range(len(plan) + 1)]
-
-
 @torch.no_grad()
-def sample(actor, actor_ft, sched, obs, plan, ft_steps, mode, args, generator=None, noise=None):
+def sample(actor, actor_ft, sched, obs, plan, ft_steps, mode, args, generator=None):
     """Run the reverse chain; return (action chunk, chain (B, ft_steps + 1, Tp, Da) of the fine-tuned steps; chain[:, 0]
     is the input of the first). The last `ft_steps` executed steps use `actor_ft`, the earlier ones the frozen `actor`.
     `mode`: "train" -> std floored at args.min_sampling_denoising_std at every step (exploration, paper 4.3);
             "eval"  -> DDPM: natural std floored at 1e-3, none at the final step; DDIM: eta 0 (deterministic).
-    Every step clamps x0 to args.denoised_clip_value and the noise to args.randn_clip_value std. `noise`: the draws
-    (chain_noise), else drawn here."""
+    Every step clamps x0 to args.denoised_clip_value and the noise to args.randn_clip_value std."""
     ddim = any(t_prev != t - 1 for t, t_prev in plan)
     state = obs["state"] if isinstance(obs, dict) else obs  # (of a pixel observation: its proprioception)
     B = state.shape[0]
     shape = (B, actor.horizon_steps, actor.action_dim)
-    noise = chain_noise(B, actor, plan, state.device, generator) if noise is None else noise
-    x = noise[0]
+    x = torch.randn(shape, device=state.device, generator=generator)
     chain = []
     n = len(plan)
     for i, (t, t_prev) in enumerate(plan):
@@ -507,22 +496,19 @@ def sample(actor, actor_ft, sched, obs, plan, ft_steps, mode, args, generator=No
             std = torch.zeros_like(std)
         else:
             std = std.clamp(min=1e-3) if t > 0 else torch.zeros_like(std)
-        x = mean + std * noise[i + 1].clamp(-args.randn_clip_value, args.randn_clip_value)
+        noise = torch.randn(shape, device=x.device, generator=generator)
+        x = mean + std * noise.clamp(-args.randn_clip_value, args.randn_clip_value)
         if i >= n - ft_steps:
             chain.append(x)
     chain = torch.stack(chain, dim=1) if chain else x.new_zeros(B, 0, *shape[1:])
     return x, chain
 
 
-def rollout_chains(actor, actor_ft, sched, plan, args, iteration, obs, noise, rows):
-    """A rollout's actions for envs `rows` (runs.rollout_step asks for all envs at once, or part by part): their
-    chains sampled in training mode from their rows of `obs` and of `noise` (chain_noise, drawn for every env), and
-    the chunks' first act_steps as executed, with D.8's fine-tuning noise (avoid.add_action_noise). Returns
-    (executed actions, chains)."""
-    obs_rows, noise_rows = envs.take_rows(obs, rows), [z[rows] for z in noise]
-    chunk, chain = sample(
-        actor, actor_ft, sched, obs_rows, plan, args.ft_denoising_steps, "train", args, noise=noise_rows
-    )
+def rollout_chains(actor, actor_ft, sched, plan, args, iteration, obs, rows):
+    """The rollout's (executed actions, chains) of envs `rows` (workers.rollout_step): chains sampled in training mode,
+    the chunks' first act_steps executed with D.8's fine-tuning noise (avoid.add_action_noise)."""
+    obs_rows, K_ft = envs.take_rows(obs, rows), args.ft_denoising_steps
+    chunk, chain = sample(actor, actor_ft, sched, obs_rows, plan, K_ft, "train", args)
     executed = chunk[:, : args.act_steps].cpu().numpy()
     return avoid.add_action_noise(executed, iteration, args.train_action_noise, args.train_action_noise_mode), chain
 
@@ -712,27 +698,15 @@ def make_checkpoint(actor, kw, normalization, args, iteration, env_steps, **extr
 
 def pretrain(args, data, run_dir, writer, device):
     """Behaviour cloning on `data` (envs.load_dataset) with the denoising loss (pretraining.behaviour_cloning: AdamW,
-    cosine LR, EMA weights, the official loop); writes run_dir/pretrained.pt (and pretrained_<epoch>.pt every
-    --pretrain-save-freq epochs) and returns it."""
-    norm = data["normalization"]
-    samples = envs.make_pretraining_samples(data["episodes"], norm, args.cond_steps, args.horizon_steps)
-    print(f"[pretrain] {len(data['episodes'])} episodes, {len(samples[2])} samples from {args.dataset}")
+    cosine LR, EMA weights, the official loop); writes run_dir/pretrained.pt and returns it."""
+    samples = pretraining.make_samples(data, args)
     obs_dim, image_shape = envs.obs_dims(samples[0])
     kw = model_kwargs_from(args, obs_dim, samples[1].shape[1], image_shape)
     net = build_policy_network(kw).to(device)
     sched = {k: v.to(device) for k, v in make_schedule(args.denoising_steps).items()}
     loss_fn = lambda obs, x0: denoising_loss(net, sched, x0, obs, args.denoising_steps)  # noqa: E731
-
-    def save(weights, epochs, steps):  # pretrained.pt at the end, pretrained_<epoch>.pt every --pretrain-save-freq
-        info = dict(dataset=args.dataset, pretrain_epochs=epochs, pretrain_gradient_steps=steps)
-        ckpt = make_checkpoint(weights, kw, norm, args, 0, 0, **info)
-        path = os.path.join(run_dir, "pretrained.pt" if epochs == args.pretrain_epochs else f"pretrained_{epochs}.pt")
-        envs.save_checkpoint(ckpt, path)
-        print(f"[pretrain] wrote {path}", flush=True)
-        return ckpt
-
-    ema, steps = pretraining.behaviour_cloning(net, loss_fn, samples, args, device, writer, save)
-    return save(ema, args.pretrain_epochs, steps)
+    checkpoint = lambda weights: make_checkpoint(weights, kw, data["normalization"], args, 0, 0)  # noqa: E731
+    return pretraining.behaviour_cloning(net, loss_fn, samples, args, device, writer, checkpoint, run_dir)
 
 
 # ---- Evaluation, checks, main ----------------------------------------------------------------------------------------
@@ -840,7 +814,6 @@ def main(args):
     vec, obs, firsts, recent_returns = runs.start_envs(args, normalization, start_iter, resume, np.ones(args.num_envs))
     progress, t_start = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO), time.time()
     act = eval_act(actor, actor_ft, sched, plan, K_ft, args, device)  # the fine-tuned policy, as it is when called
-
     iteration = start_iter
 
     while iteration < num_iters:
@@ -853,8 +826,8 @@ def main(args):
         buf_rew, buf_term, buf_timeout, buf_first = (np.zeros((N, E)) for _ in range(4))
         policy_step = functools.partial(rollout_chains, actor, actor_ft, sched, plan, args, iteration)
         for n in range(N):
-            obs_t, noise = envs.obs_tensor(obs, device), chain_noise(E, actor, plan, device)
-            chain, (next_obs, reward, term, trunc, infos) = runs.rollout_step(vec, policy_step, obs_t, noise)
+            obs_t = envs.obs_tensor(obs, device)
+            chain, (next_obs, reward, term, trunc, infos) = workers.rollout_step(vec, policy_step, obs_t)
             runs.check_finite(iteration, reward=reward, observation=next_obs)
             env_steps += E * args.act_steps  # episodes that end here are logged at this count
             buf_obs[n], buf_chain[n], buf_rew[n], buf_first[n] = obs, chain, reward, firsts
@@ -907,10 +880,8 @@ def main(args):
         runs.log_stats(writer, env_steps, "losses", stats)
         sps = steps_per_iter / (time.time() - t_iter)
         runs.log_iteration(writer, env_steps, sps, t_rollout, t_update, device, successes)
-        charts = dict(
-            learning_rate=actor_opt.param_groups[0]["lr"], critic_learning_rate=critic_opt.param_groups[0]["lr"]
-        )
-        runs.log_stats(writer, env_steps, "charts", charts)
+        lrs = dict(learning_rate=actor_opt.param_groups[0]["lr"], critic_learning_rate=critic_opt.param_groups[0]["lr"])
+        runs.log_stats(writer, env_steps, "charts", lrs)
         if iteration % args.eval_freq == 0 or iteration == num_iters:
             evals.run(env_steps, act, args, normalization)
         shown = dict(kl=stats["approx_kl"], clipfrac=stats["clipfrac"])

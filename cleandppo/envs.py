@@ -285,10 +285,12 @@ def make_vec_env(
     normalization: dict | None = None,
     env_workers: int = 1,
     stopped=None,
+    rollout_parts: int = 1,
 ):
     """`num_envs` chunked envs; env i is seeded with seed + i at the first reset. `env_workers` > 1: stepped by that
     many worker processes, at most one per env (workers.WorkerVectorEnv; the same numbers as in this process;
-    `stopped()` says what a run stopped by a dead worker keeps), else in this process (gymnasium's SyncVectorEnv).
+    `stopped()` says what a run stopped by a dead worker keeps; the rollouts send each worker's envs in
+    `rollout_parts` parts, workers.rollout_step), else in this process (gymnasium's SyncVectorEnv).
     Image tasks: dict observations (ChunkedImageEnv), batched per key; with workers, one spawned process per env
     (gymnasium's AsyncVectorEnv: a forked worker hangs in the OpenGL state it inherits).
 
@@ -312,7 +314,7 @@ def make_vec_env(
         fns = [functools.partial(make, normalization) for _ in range(num_envs)]  # spawned: no module state inherited
         envs = gym.vector.AsyncVectorEnv(fns, autoreset_mode=autoreset, context="spawn")
     elif env_workers > 1:
-        envs = workers.WorkerVectorEnv(fns, env_workers, env_id, stopped)
+        envs = workers.WorkerVectorEnv(fns, env_workers, env_id, stopped, rollout_parts)
     else:
         envs = gym.vector.SyncVectorEnv(fns, autoreset_mode=autoreset)
     envs.action_space.seed(seed)

@@ -13,7 +13,6 @@ A checkpoint can also be rolled out into a D4RL-format dataset with --record-dat
 import copy
 import functools
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Literal, Optional
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cleandppo import arguments, avoid, envs, pretraining, runs, vit
+from cleandppo import arguments, avoid, envs, pretraining, runs, vit, workers
 
 ALGO = "gaussian_ppo"
 
@@ -109,8 +108,7 @@ class Args(arguments.RunArgs):
     n_steps: int = 500
     """policy queries per env per iteration (N)"""
     rollout_parts: int = 0
-    """with env worker processes: each worker's envs in N parts, one simulating while the policy samples the next
-    (1 = one batch, no overlap; 0 = auto: 1, measured in docs/benchmarks.md). Another count may change the last digits"""
+    """env workers' envs in N parts, each simulating while the policy samples the next (0: auto, 1; docs/envs.md)"""
     gamma: float = 0.99
     """discount per policy query"""
     gae_lambda: float = 0.95
@@ -368,19 +366,17 @@ class GaussianPolicy(nn.Module):
         self.obs_count.copy_(total)
 
 
-def sample_action(mean, std, randn_clip_value, generator=None, noise=None):
-    """Gaussian sample, clipped to mean +- randn_clip_value * std (paper D.6); `noise`: the standard normal draws
-    (a rollout in parts draws them for every env at once), else drawn here."""
-    noise = torch.randn(mean.shape, generator=generator, device=mean.device) if noise is None else noise
-    return mean + std * noise.clamp(-randn_clip_value, randn_clip_value)
+def sample_action(mean, std, randn_clip_value, generator=None):
+    """Gaussian sample, clipped to mean +- randn_clip_value * std (paper D.6)."""
+    noise = torch.randn(mean.shape, generator=generator, device=mean.device).clamp(-randn_clip_value, randn_clip_value)
+    return mean + std * noise
 
 
 @torch.no_grad()
-def rollout_chunks(policy, args, iteration, obs, noise, rows):
-    """A rollout's actions for envs `rows` (runs.rollout_step asks for all envs at once, or part by part): their chunks
-    sampled from their rows of `obs` and of `noise` (drawn for every env), and the chunks' first act_steps as
-    executed, with D.8's fine-tuning noise (avoid.add_action_noise). Returns (executed actions, chunks)."""
-    chunk = sample_action(*policy(envs.take_rows(obs, rows)), args.randn_clip_value, noise=noise[rows])
+def rollout_chunks(policy, args, iteration, obs, rows):
+    """The rollout's (executed actions, chunks) of envs `rows` (workers.rollout_step): chunks sampled from the policy,
+    their first act_steps executed with D.8's fine-tuning noise (avoid.add_action_noise)."""
+    chunk = sample_action(*policy(envs.take_rows(obs, rows)), args.randn_clip_value)
     executed = chunk[:, : args.act_steps].cpu().numpy()
     return avoid.add_action_noise(executed, iteration, args.train_action_noise, args.train_action_noise_mode), chunk
 
@@ -567,9 +563,7 @@ def make_checkpoint(policy, kwargs, normalization, args, iteration, env_steps, *
 def pretrain(args, data, run_dir, writer, device):
     """Behaviour cloning on `data` (envs.load_dataset) with fixed std: minimize the mean elementwise Gaussian NLL
     (pretraining.behaviour_cloning: AdamW, the LR schedule, EMA weights, the official loop)."""
-    norm = data["normalization"]
-    samples = envs.make_pretraining_samples(data["episodes"], norm, args.cond_steps, args.horizon_steps)
-    print(f"[pretrain] {len(data['episodes'])} episodes, {len(samples[2])} samples from {args.dataset}")
+    samples = pretraining.make_samples(data, args)
     (obs_dim, image_shape), action_dim = envs.obs_dims(samples[0]), samples[1].shape[1]
     kwargs = model_kwargs_from(args, obs_dim, action_dim, args.fixed_std, image_shape=image_shape)
     policy = GaussianPolicy(**kwargs).to(device)
@@ -579,16 +573,8 @@ def pretrain(args, data, run_dir, writer, device):
         mean, std = policy(obs)
         return (((actions - mean) ** 2) / (2 * std**2) + torch.log(std) + 0.5 * math.log(2 * math.pi)).mean()
 
-    def save(weights, epochs, steps):  # pretrained.pt at the end, pretrained_<epoch>.pt every --pretrain-save-freq
-        info = dict(dataset=args.dataset, pretrain_epochs=epochs, pretrain_gradient_steps=steps)
-        ckpt = make_checkpoint(weights, kwargs, norm, args, 0, 0, **info)
-        path = os.path.join(run_dir, "pretrained.pt" if epochs == args.pretrain_epochs else f"pretrained_{epochs}.pt")
-        envs.save_checkpoint(ckpt, path)
-        print(f"[pretrain] wrote {path}", flush=True)
-        return ckpt
-
-    saved, steps = pretraining.behaviour_cloning(policy, nll, samples, args, device, writer, save)
-    return save(saved, args.pretrain_epochs, steps)
+    checkpoint = lambda weights: make_checkpoint(weights, kwargs, data["normalization"], args, 0, 0)  # noqa: E731
+    return pretraining.behaviour_cloning(policy, nll, samples, args, device, writer, checkpoint, run_dir)
 
 
 def record_dataset(policy, args, normalization, device):
@@ -763,8 +749,7 @@ def main(args):
             obs_t = envs.obs_tensor(obs, device)
             if args.from_scratch:
                 policy.update_obs_stats(obs_t)
-            noise = torch.randn((args.num_envs, args.horizon_steps, action_dim), device=device)
-            chunk, (next_obs, reward, term, trunc, infos) = runs.rollout_step(vec, policy_step, obs_t, noise)
+            chunk, (next_obs, reward, term, trunc, infos) = workers.rollout_step(vec, policy_step, obs_t)
             chunk = chunk.cpu().numpy()
             runs.check_finite(iteration, reward=reward, observation=next_obs)
             env_steps += args.num_envs * args.act_steps  # episodes that end here are logged at this count

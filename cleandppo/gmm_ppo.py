@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cleandppo import arguments, avoid, envs, pretraining, runs
+from cleandppo import arguments, avoid, envs, pretraining, runs, workers
 
 ALGO = "gmm_ppo"
 
@@ -98,8 +98,7 @@ class Args(arguments.RunArgs):
     n_steps: int = 500
     """policy queries per env per iteration (N)"""
     rollout_parts: int = 0
-    """with env worker processes: each worker's envs in N parts, one simulating while the policy samples the next
-    (1 = one batch, no overlap; 0 = auto: 1, measured in docs/benchmarks.md). Another count may change the last digits"""
+    """env workers' envs in N parts, each simulating while the policy samples the next (0: auto, 1; docs/envs.md)"""
     gamma: float = 0.99
     """discount per policy query"""
     gae_lambda: float = 0.95
@@ -356,10 +355,8 @@ def sample_action(means, std, logits, generator=None):
 
 @torch.no_grad()
 def rollout_mixture_chunks(policy, args, iteration, obs, rows):
-    """A rollout's actions for envs `rows` (runs.rollout_step asks for all envs at once, or part by part): their chunks
-    sampled from their rows of `obs` (in parts, each part draws its own modes and noise: torch.multinomial's draws
-    depend on the batch), and the chunks' first act_steps as executed, with D.8's fine-tuning noise
-    (avoid.add_action_noise). Returns (executed actions, chunks)."""
+    """The rollout's (executed actions, chunks) of envs `rows` (workers.rollout_step): chunks sampled from the
+    mixture, their first act_steps executed with D.8's fine-tuning noise (avoid.add_action_noise)."""
     chunk = sample_action(*policy(obs[rows]))
     executed = chunk[:, : args.act_steps].cpu().numpy()
     return avoid.add_action_noise(executed, iteration, args.train_action_noise, args.train_action_noise_mode), chunk
@@ -515,25 +512,15 @@ def make_checkpoint(policy, kwargs, normalization, args, iteration, env_steps, *
 def pretrain(args, data, run_dir, writer, device):
     """Behaviour cloning on `data` (envs.load_dataset), std fixed: minimize the mixture NLL of chunks (paper D.6;
     pretraining.behaviour_cloning: AdamW, the LR schedule, EMA weights, the official loop)."""
-    norm = data["normalization"]
-    samples = envs.make_pretraining_samples(data["episodes"], norm, args.cond_steps, args.horizon_steps)
-    print(f"[pretrain] {len(data['episodes'])} episodes, {len(samples[2])} samples from {args.dataset}")
+    samples = pretraining.make_samples(data, args)
     kwargs = model_kwargs_from(args, samples[0].shape[1], samples[1].shape[1])
     policy = GMMPolicy(**kwargs).to(device)
     policy.logvar.requires_grad_(False)  # std fixed during pre-training (paper D.6)
     loss_fn = lambda obs, actions: bc_loss(policy, obs, actions)  # noqa: E731
-
-    def save(weights, epochs, steps):  # pretrained.pt at the end, pretrained_<epoch>.pt every --pretrain-save-freq
-        info = dict(dataset=args.dataset, pretrain_epochs=epochs, pretrain_gradient_steps=steps)
-        ckpt = make_checkpoint(weights, kwargs, norm, args, 0, 0, **info)
-        path = os.path.join(run_dir, "pretrained.pt" if epochs == args.pretrain_epochs else f"pretrained_{epochs}.pt")
-        envs.save_checkpoint(ckpt, path)
-        print(f"[pretrain] wrote {path}", flush=True)
-        return ckpt
-
-    saved, steps = pretraining.behaviour_cloning(policy, loss_fn, samples, args, device, writer, save)
+    checkpoint = lambda weights: make_checkpoint(weights, kwargs, data["normalization"], args, 0, 0)  # noqa: E731
+    ckpt = pretraining.behaviour_cloning(policy, loss_fn, samples, args, device, writer, checkpoint, run_dir)
     policy.logvar.requires_grad_(True)
-    return save(saved, args.pretrain_epochs, steps)
+    return ckpt
 
 
 def report_official_clamp(policy, args, normalization, device, checkpoint, run_dir, writer):
@@ -685,7 +672,7 @@ def main(args):
         policy_step = functools.partial(rollout_mixture_chunks, policy, args, iteration)
         for n in range(args.n_steps):
             obs_t = torch.as_tensor(obs, device=device)
-            chunk, (next_obs, reward, term, trunc, infos) = runs.rollout_step(vec, policy_step, obs_t)
+            chunk, (next_obs, reward, term, trunc, infos) = workers.rollout_step(vec, policy_step, obs_t)
             runs.check_finite(iteration, reward=reward, observation=next_obs)
             env_steps += args.num_envs * args.act_steps  # episodes that end here are logged at this count
             buf_obs[n], buf_act[n], buf_rew[n], buf_first[n] = obs, chunk.cpu().numpy(), reward, firsts

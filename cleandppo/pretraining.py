@@ -6,6 +6,7 @@ chunk), AdamW, the learning-rate schedule, the EMA copy of the weights, the logs
 
 import copy
 import math
+import os
 import time
 
 import numpy as np
@@ -24,9 +25,27 @@ def pretrain_lr(epoch, args):
     return lo + (hi - lo) * (1 + math.cos(math.pi * progress)) / 2
 
 
-def behaviour_cloning(net, loss_fn, samples, args, device, writer, save=None):
-    """Train `net` on `samples` (envs.make_pretraining_samples) for args.pretrain_epochs epochs and return
-    (the weights to save, gradient steps): the EMA copy, or `net` itself when args.ema_decay is None.
+def make_samples(data, args):
+    """The (observation history, action chunk) samples of dataset `data` (envs.make_pretraining_samples)."""
+    out = envs.make_pretraining_samples(data["episodes"], data["normalization"], args.cond_steps, args.horizon_steps)
+    print(f"[pretrain] {len(data['episodes'])} episodes, {len(out[2])} samples from {args.dataset}")
+    return out
+
+
+def save_pretrained(checkpoint, weights, epochs: int, steps: int, args, run_dir: str) -> dict:
+    """The script's `checkpoint(weights)` with the dataset, epochs and gradient steps done, written to
+    run_dir/pretrained.pt at the end, pretrained_<epochs>.pt before (a snapshot); returns it."""
+    ckpt = checkpoint(weights) | dict(dataset=args.dataset, pretrain_epochs=epochs, pretrain_gradient_steps=steps)
+    path = os.path.join(run_dir, "pretrained.pt" if epochs == args.pretrain_epochs else f"pretrained_{epochs}.pt")
+    envs.save_checkpoint(ckpt, path)
+    print(f"[pretrain] wrote {path}", flush=True)
+    return ckpt
+
+
+def behaviour_cloning(net, loss_fn, samples, args, device, writer, checkpoint, run_dir):
+    """Train `net` on `samples` (envs.make_pretraining_samples) for args.pretrain_epochs epochs; save the weights
+    (the EMA copy, or `net` itself when args.ema_decay is None) as the script's `checkpoint(weights)` to
+    run_dir/pretrained.pt (save_pretrained) and return that checkpoint.
 
     Per epoch: the learning rate of pretrain_lr (constant args.pretrain_lr when args.pretrain_min_lr is None), then
     minibatches of args.pretrain_batch_size samples in a fresh random order (numpy's global RNG), each a
@@ -34,8 +53,8 @@ def behaviour_cloning(net, loss_fn, samples, args, device, writer, save=None):
     random-shifted first with args.augment, each camera on its own (official pre-training). The EMA copy starts at
     `net` and copies it every args.ema_freq steps until epoch args.ema_start_epoch, then moves towards it by
     1 - args.ema_decay. Logs pretrain/loss (the epoch's mean) and pretrain/learning_rate per epoch. With
-    args.pretrain_save_freq = N > 0, `save(weights, epochs_done, gradient_steps)` runs after every N-th epoch but the
-    last (the weights to save as they stand: a snapshot a long pre-training keeps along the way)."""
+    args.pretrain_save_freq = N > 0 the weights as they stand after every N-th epoch but the last are saved too
+    (pretrained_<epoch>.pt: snapshots of a long pre-training)."""
     obs, actions, starts, firsts = samples
     ema = copy.deepcopy(net).requires_grad_(False) if args.ema_decay is not None else None
     params = [p for p in net.parameters() if p.requires_grad]
@@ -66,8 +85,8 @@ def behaviour_cloning(net, loss_fn, samples, args, device, writer, save=None):
                     for p_ema, p in zip(ema.parameters(), net.parameters()):
                         p_ema.copy_(p) if epoch < args.ema_start_epoch else p_ema.lerp_(p, 1 - args.ema_decay)
         every = getattr(args, "pretrain_save_freq", 0)
-        if save is not None and every and (epoch + 1) % every == 0 and epoch + 1 < args.pretrain_epochs:
-            save(net if ema is None else ema, epoch + 1, step)
+        if every and (epoch + 1) % every == 0 and epoch + 1 < args.pretrain_epochs:
+            save_pretrained(checkpoint, net if ema is None else ema, epoch + 1, step, args, run_dir)
         mean_loss, lr = total / steps_per_epoch, opt.param_groups[0]["lr"]
         writer.add_scalar("pretrain/loss", mean_loss, epoch)
         writer.add_scalar("pretrain/learning_rate", lr, epoch)
@@ -75,4 +94,4 @@ def behaviour_cloning(net, loss_fn, samples, args, device, writer, save=None):
             left = (time.time() - t0) / (epoch + 1) * (args.pretrain_epochs - epoch - 1) / 60
             done = f"epoch {epoch + 1}/{args.pretrain_epochs}"
             print(f"[pretrain] {done} | loss {mean_loss:.4f} | lr {lr:.2e} | left {left:.1f}m", flush=True)
-    return (net if ema is None else ema), step
+    return save_pretrained(checkpoint, net if ema is None else ema, args.pretrain_epochs, step, args, run_dir)

@@ -842,37 +842,15 @@ def start_envs(args, normalization, start_iter: int, resume: dict | None, firsts
     in the run's env worker processes; a resume keeps the thread counts its run started with (resume_threads).
     Returns (vec, obs, firsts, recent_returns)."""
     seed = args.seed + start_iter * args.num_envs
-    plan = _run.get("plan") or dict(env_workers=1)
+    plan = _run.get("plan") or dict(env_workers=1, rollout_parts=1)
     if resume is not None:
         resume_threads(args, resume.get("parallel"))
-    vec = envs.make_vec_env(
-        args.env_id, args.num_envs, seed, args.act_steps, args.cond_steps, normalization, plan["env_workers"], stopped
-    )
+    parallel = plan["env_workers"], stopped, plan["rollout_parts"]
+    vec = envs.make_vec_env(args.env_id, args.num_envs, seed, args.act_steps, args.cond_steps, normalization, *parallel)
     obs, _ = vec.reset(seed=seed)
     if resume is None:
         return vec, obs, firsts, []
     return (vec, *restore_run(resume, vec, obs, firsts))
-
-
-def rollout_step(vec, act, *act_args):
-    """One vector step of every env with the policy in the loop: `act(*act_args, rows)` returns (the actions to execute
-    for envs `rows` (a slice), a tensor the script records for them). Envs stepped in this process, or --rollout-parts 1: one
-    call for all envs (rows = slice(None)), then vec.step. Env worker processes and --rollout-parts P > 1: each
-    worker's envs in P parts (WorkerVectorEnv.parts), each part's actions sent to its worker as soon as they are
-    sampled, so the workers simulate one part while the policy samples the next (a rollout costs about the larger of
-    the two instead of their sum); the records are joined in env order. Returns (records, vec.step's 5-tuple)."""
-    import torch
-
-    per_worker = (_run.get("plan") or {}).get("rollout_parts", 1)
-    if per_worker <= 1 or not isinstance(vec, workers.WorkerVectorEnv):
-        actions, record = act(*act_args, slice(None))
-        return record, vec.step(actions)
-    records = []
-    for rows in vec.parts(per_worker):
-        actions, record = act(*act_args, slice(int(rows[0]), int(rows[-1]) + 1))
-        vec.step_async_part(rows, actions)
-        records.append(record)
-    return torch.cat(records), vec.step_wait()
 
 
 def checkpoint_state(trained: dict, evals, vec, obs, firsts, recent_returns) -> dict:
@@ -895,8 +873,8 @@ def save_run(state: dict, run_dir: str, iteration: int, num_iters: int, args, wr
 # ------------------------------------------------------------------------------------------------
 def resume_threads(args, saved: dict | None):
     """A resume keeps the thread counts and rollout parts its run chose when a flag leaves them to auto (0), and, when
-    its rollouts were sampled in parts, its env workers (the parts follow them): another count may change the last
-    digits of the numbers, and a resume continues the run exactly. Checkpoints without them: the plan's."""
+    its rollouts were sampled in parts, its env workers (the parts follow them): other counts change the numbers (the
+    last digits, or the noise each part draws), and a resume continues the run exactly. Without them: the plan's."""
     plan = _run.get("plan")
     if not saved or plan is None:
         return

@@ -162,8 +162,8 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
     id); `stopped()`, when given, says what the stopped run keeps (its last checkpoint), for the one-line message of
     a worker that died."""
 
-    def __init__(self, env_fns, workers: int, what: str, stopped=None):
-        self.num_envs, self.what, self.stopped = len(env_fns), what, stopped
+    def __init__(self, env_fns, workers: int, what: str, stopped=None, rollout_parts: int = 1):
+        self.num_envs, self.what, self.stopped, self.rollout_parts = len(env_fns), what, stopped, rollout_parts
         self.groups = np.array_split(np.arange(self.num_envs), min(workers, self.num_envs))
         ctx = multiprocessing.get_context("fork")
         self.conns, self.processes, self.closed = [], [], False
@@ -266,10 +266,10 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
         self.send_all("step", [(0, [actions[i] for i in g]) for g in self.groups])
         self.sent, self.sent_envs = list(range(len(self.groups))), self.num_envs
 
-    def parts(self, per_worker: int) -> list:
-        """The envs in parts for an overlapped rollout (step_async_part): each worker's group split into `per_worker`
+    def parts(self) -> list:
+        """The envs in parts for an overlapped rollout (rollout_step): each worker's group split into `rollout_parts`
         consecutive parts (np.array_split sizes, at most one per env), in env order."""
-        return [part for g in self.groups for part in np.array_split(g, min(per_worker, len(g)))]
+        return [part for g in self.groups for part in np.array_split(g, min(self.rollout_parts, len(g)))]
 
     def step_async_part(self, rows, actions):
         """Send envs `rows` (a part of parts(): consecutive, one worker's) their actions; the worker steps them while
@@ -346,6 +346,26 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
     def __del__(self):
         if not getattr(self, "closed", True):
             self.close(terminate=True)
+
+
+def rollout_step(vec, act, *act_args):
+    """One vector step of every env with the policy in the loop: `act(*act_args, rows)` returns the actions to execute
+    for envs `rows` (a slice) and a tensor the script records for them. One call for all envs, then vec.step; a
+    WorkerVectorEnv with rollout_parts P > 1 (--rollout-parts): each worker's envs in P parts, each sent to its worker
+    as soon as it is sampled, so the workers simulate one part while the policy samples the next, and the records
+    joined in env order. Each part draws its own noise: a run repeats with the same parts, not one batch's numbers.
+    Returns (records, vec.step's 5-tuple)."""
+    import torch
+
+    if getattr(vec, "rollout_parts", 1) <= 1:
+        actions, record = act(*act_args, slice(None))
+        return record, vec.step(actions)
+    records = []
+    for rows in vec.parts():
+        actions, record = act(*act_args, slice(int(rows[0]), int(rows[-1]) + 1))
+        vec.step_async_part(rows, actions)
+        records.append(record)
+    return torch.cat(records), vec.step_wait()
 
 
 # ------------------------------------------------------------------------------------------------

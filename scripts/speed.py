@@ -15,7 +15,7 @@ its threads):
   rollout         each PPO script's rollout step on its bundled Hopper checkpoint: its sampler (dppo: 20 denoising
                   steps recording K' of them; gaussian_ppo, gmm_ppo: one forward pass) then the vector-env step, in
                   env steps/s, with the share of the time the sampler takes; dppo's also with its envs in --procs
-                  worker processes (1 thread), and overlapped (runs.rollout_step): its envs in 1 and in --procs
+                  worker processes (1 thread), and overlapped (workers.rollout_step): its envs in 1 and in --procs
                   worker processes, each worker's envs in --parts parts (--rollout-parts).
   DPPO old log-probs  dppo.chain_log_probs over the iteration's --num-envs x --n-steps chains (forward only).
   DPPO update     dppo.ppo_update on a synthetic batch of those chains, one minibatch per call (a negative target_kl
@@ -217,14 +217,14 @@ def executed_steps(infos: dict) -> int:
 
 
 def rollout_work(args, act_fn, normalization, closers, sampler_time, env_workers=1, parts=1):
-    """One rollout step as the loops do it (runs.rollout_step): act_fn(obs) -> chunk, then the vector-env step (its
+    """One rollout step as the loops do it (workers.rollout_step): act_fn(obs) -> chunk, then the vector-env step (its
     envs in `env_workers` processes; with `parts` > 1 each worker's envs in that many parts, the workers simulating
     one part while the next is sampled); returns its env steps and adds the sampler's time to sampler_time[0]."""
-    vec = envs.make_vec_env(args.env_id, args.num_envs, 0, args.act_steps, 1, normalization, env_workers)
+    vec = envs.make_vec_env(args.env_id, args.num_envs, 0, args.act_steps, 1, normalization, env_workers, None, parts)
     if parts > 1 and env_workers == 1:  # one worker process to overlap with (--env-workers 1 keeps the envs here)
         vec.close()
         fns = [lambda: envs.make_env(args.env_id, args.act_steps, 1, normalization)] * args.num_envs
-        vec = workers.WorkerVectorEnv(fns, 1, args.env_id)
+        vec = workers.WorkerVectorEnv(fns, 1, args.env_id, None, parts)
     closers.append(vec.close)
     state = dict(obs=vec.reset(seed=0)[0])
     sampler_time.append(0.0)
@@ -236,8 +236,7 @@ def rollout_work(args, act_fn, normalization, closers, sampler_time, env_workers
         return chunk, torch.as_tensor(chunk)
 
     def work():
-        runs._run["plan"] = dict(rollout_parts=parts)  # what runs.rollout_step reads (the phases take turns)
-        _, (state["obs"], _, _, _, infos) = runs.rollout_step(vec, act, state["obs"])
+        _, (state["obs"], _, _, _, infos) = workers.rollout_step(vec, act, state["obs"])
         return executed_steps(infos)
 
     return work

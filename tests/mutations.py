@@ -119,8 +119,8 @@ dppo sampler: training std not floored | dppo.py | tests/test_dppo_sampling.py
 - std = std.clamp(min=args.min_sampling_denoising_std)
 + std = std
 dppo sampler: noise not clipped | dppo.py | tests/test_dppo_sampling.py
-- noise[i + 1].clamp(-args.randn_clip_value, args.randn_clip_value)
-+ noise[i + 1]
+- noise.clamp(-args.randn_clip_value, args.randn_clip_value)
++ noise
 dppo sampler: eval noise at the last DDPM step | dppo.py | tests/test_dppo_sampling.py
 - std = std.clamp(min=1e-3) if t > 0 else torch.zeros_like(std)
 + std = std.clamp(min=1e-3)
@@ -479,8 +479,8 @@ EMA ignores its start epoch (gaussian's and gmm's tests) | pretraining.py | test
 - p_ema.copy_(p) if epoch < args.ema_start_epoch else
 + p_ema.copy_(p) if epoch < 0 else
 pre-training saves live weights, not EMA | pretraining.py | tests/test_gaussian_ppo.py -k pretraining_cosine
-- return (net if ema is None else ema), step
-+ return net, step
+- net if ema is None else ema, args.pretrain_epochs
++ net, args.pretrain_epochs
 pre-training EMA weight swapped (gaussian's and gmm's tests) | pretraining.py | tests/test_gaussian_ppo.py -k pretraining_cosine
 - p_ema.lerp_(p, 1 - args.ema_decay)
 + p_ema.lerp_(p, args.ema_decay)
@@ -488,8 +488,8 @@ pre-training LR not decayed | pretraining.py | tests/test_gaussian_ppo.py -k pre
 - group["lr"] = pretrain_lr(epoch, args)
 + group["lr"] = args.pretrain_lr
 pre-training snapshot of the live weights, not the EMA | pretraining.py | tests/test_gaussian_ppo.py -k snapshots
-- save(net if ema is None else ema, epoch + 1, step)
-+ save(net, epoch + 1, step)
+- net if ema is None else ema, epoch + 1
++ net, epoch + 1
 pre-training snapshot one epoch early | pretraining.py | tests/test_gaussian_ppo.py -k snapshots
 - (epoch + 1) % every == 0 and epoch + 1 < args.pretrain_epochs
 + epoch % every == 0 and epoch + 1 < args.pretrain_epochs
@@ -623,18 +623,21 @@ env workers: --async-envs silently ignored | arguments.py | tests/test_env_worke
 rollout in parts: a part's actions to the worker's first envs | workers.py | tests/test_env_workers.py -k sync_vector_env
 - step_same_step(envs[first + i], action)
 + step_same_step(envs[i], action)
-rollout in parts: dppo draws each part's own noise | dppo.py | tests/test_env_workers.py -k one_batch_samples
-- "train", args, noise=noise_rows
-+ "train", args
-rollout in parts: gaussian draws each part's own noise | gaussian_ppo.py | tests/test_env_workers.py -k one_batch_samples
-- args.randn_clip_value, noise=noise[rows])
-+ args.randn_clip_value)
-rollout in parts: never in parts | runs.py | tests/test_env_workers.py -k one_batch_samples
-- if per_worker <= 1 or not isinstance(vec, workers.WorkerVectorEnv):
+rollout in parts: never in parts | workers.py | tests/test_env_workers.py -k rollout_step_samples
+- if getattr(vec, "rollout_parts", 1) <= 1:
 + if True:
-rollout in parts: the records out of env order | runs.py | tests/test_env_workers.py -k one_batch_samples
+rollout in parts: the records out of env order | workers.py | tests/test_env_workers.py -k rollout_step_samples
 - return torch.cat(records), vec.step_wait()
 + return torch.cat(records[::-1]), vec.step_wait()
+rollout in parts: a part sent after the next is sampled | workers.py | tests/test_env_workers.py -k rollout_step_samples
+- vec.step_async_part(rows, actions)\n        records.append(record)
++ records.append((rows, actions, record))\n    for rows, actions, _ in records:\n        vec.step_async_part(rows, actions)\n    records = [r for _, _, r in records]
+rollout in parts: dppo ignores the parts | dppo.py | tests/test_env_workers.py -k repeats_itself
+- obs_rows, K_ft = envs.take_rows(obs, rows), args.ft_denoising_steps
++ obs_rows, K_ft = obs, args.ft_denoising_steps
+rollout in parts: the parts not passed to the vector env | runs.py | tests/test_env_workers.py -k repeats_itself
+- parallel = plan["env_workers"], stopped, plan["rollout_parts"]
++ parallel = plan["env_workers"], stopped, 1
 rollout in parts: parts with the envs in this process | workers.py | tests/test_env_workers.py -k rollout_parts_rule
 - plan["rollout_parts"] = parts or AUTO_ROLLOUT_PARTS if env_workers > 1 else 1
 + plan["rollout_parts"] = parts or AUTO_ROLLOUT_PARTS
