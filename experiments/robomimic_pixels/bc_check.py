@@ -44,7 +44,8 @@ def main():
     obs, target = envs.obs_tensor(obs, "cpu"), torch.as_tensor(target)
     actor, actor_ft, _ = dppo.build_actors(ckpt, 0, "cpu")
     sched = dppo.make_schedule(kw["denoising_steps"])
-    print(f"{len(rows)} samples of {cli.dataset}; zeros: MSE {float((target**2).mean()):.3f}")
+    zeros = (target**2).mean((0, 1)).numpy().round(3)
+    print(f"{len(rows)} samples of {cli.dataset}; zeros: MSE {float((target**2).mean()):.3f}, per dimension {zeros}")
     with torch.no_grad():
         for name, ddim in [(f"DDIM {cli.ddim_steps} steps", cli.ddim_steps), (f"DDPM {kw['denoising_steps']}", None)]:
             chunk, _ = dppo.sample(
