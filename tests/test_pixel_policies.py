@@ -553,18 +553,37 @@ def test_the_state_only_scripts_refuse_a_pixel_task_in_one_line(name, tmp_path):
 BUDGETS = os.path.join(os.path.dirname(__file__), "..", "experiments/robomimic_pixels/results_53c1f22/budgets.csv")
 
 
-@pytest.mark.parametrize("task, policy", [("lift", "gaussian")])
+# what each bundled pixel checkpoint's recipe was, and its row in budgets.csv (policy, epochs, episodes, success)
+BUNDLED_PIXELS = {
+    ("lift", "diffusion"): (
+        dict(pretrain_epochs=40, pretrain_lr=1e-3, pretrain_min_lr=1e-4),
+        "diffusion lr 1e-3,40,50,0.28",
+    ),
+    ("lift", "gaussian"): (dict(pretrain_epochs=10, pretrain_lr=1e-4, pretrain_min_lr=1e-5), "gaussian,10,50,0.48"),
+}
+
+
+@pytest.mark.parametrize("task, policy", list(BUNDLED_PIXELS))
 def test_a_bundled_pixel_checkpoint_is_the_official_network_pre_trained_on_our_image_demos(task, policy):
-    """The official network's size (counted from the official layers, Table A10: about 1.03M parameters for
-    Gaussian-ViT-MLP on Lift), the task's camera, the MH-like image demos it was pre-trained on, and a budget listed in
-    experiments/robomimic_pixels (budgets.csv: 50-episode success of each budget tried)."""
+    """The official network's size (counted from the official layers, Table A10: about 1.06M parameters for
+    DPPO-ViT-MLP and 1.03M for Gaussian-ViT-MLP on Lift), the task's camera, the MH-like image demos it was
+    pre-trained on, and its recipe, whose 50-episode success budgets.csv lists (every budget tried is there)."""
     env_id = f"{task}-img"
     ckpt = envs.load_checkpoint(envs.bundled_checkpoint(env_id, policy), policy, env_id)
     assert (ckpt["env_id"], ckpt["dataset"], ckpt["iteration"]) == (env_id, f"{task}-mhsim-img", 0)
     assert ckpt["robomimic_env_args"]["env_kwargs"]["camera_names"] == ["robot0_eye_in_hand"]
-    net = gaussian_ppo.GaussianPolicy(**ckpt["model_kwargs"])
+    recipe, budget = BUNDLED_PIXELS[task, policy]
+    assert ckpt["pretrain_epochs"] == recipe["pretrain_epochs"]
+    assert (ckpt["args"]["pretrain_lr"], ckpt["args"]["pretrain_min_lr"]) == (
+        recipe["pretrain_lr"],
+        recipe["pretrain_min_lr"],
+    )
+    if policy == "diffusion":
+        net = dppo.build_policy_network(ckpt["model_kwargs"])
+    else:
+        net = gaussian_ppo.GaussianPolicy(**ckpt["model_kwargs"])
     net.load_state_dict(ckpt["model"])
     official = official_counts(*next(t for t in OFFICIAL_IMG if t[0] == task)[1:])
-    assert count(net) == official[1]
+    assert count(net) == official[0 if policy == "diffusion" else 1]
     with open(BUDGETS) as f:
-        assert f"{policy},{ckpt['pretrain_epochs']},50," in f.read()
+        assert budget in f.read().replace('"', "")
