@@ -294,6 +294,24 @@ class _Writer:
         pass
 
 
+def record_adamw_steps(monkeypatch):
+    """(learning rates, live weights, initial weights) of every AdamW step from now on: lists filled as steps run."""
+    lrs, live, init = [], [], []
+    step = torch.optim.AdamW.step
+
+    def record(self, *a, **kw):
+        params = self.param_groups[0]["params"]
+        if not init:
+            init.extend(p.detach().clone() for p in params)
+        out = step(self, *a, **kw)
+        lrs.append(self.param_groups[0]["lr"])
+        live.append([p.detach().clone() for p in params])
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", record)
+    return lrs, live, init
+
+
 @pytest.mark.parametrize("script", ["gaussian_ppo", "gmm_ppo"])
 @pytest.mark.parametrize("recipe,ema_start", [(False, 0), (True, 0), (True, 1)])
 def test_pretraining_cosine_lr_and_ema(tiny_dataset, tmp_path, monkeypatch, script, recipe, ema_start):
@@ -309,19 +327,7 @@ def test_pretraining_cosine_lr_and_ema(tiny_dataset, tmp_path, monkeypatch, scri
     if recipe:
         flags |= dict(pretrain_min_lr=1e-4, ema_decay=0.8, ema_freq=1, ema_start_epoch=ema_start)
     args = module.Args(env_id="Hopper-v2", dataset=tiny_dataset, **flags)
-    lrs, live, init = [], [], []
-    step = torch.optim.AdamW.step
-
-    def record(self, *a, **kw):
-        params = self.param_groups[0]["params"]
-        if not init:
-            init.extend(p.detach().clone() for p in params)
-        out = step(self, *a, **kw)
-        lrs.append(self.param_groups[0]["lr"])
-        live.append([p.detach().clone() for p in params])
-        return out
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", record)
+    lrs, live, init = record_adamw_steps(monkeypatch)
     ckpt = module.pretrain(args, envs.load_dataset(tiny_dataset), str(tmp_path), _Writer(), torch.device("cpu"))
     per_epoch = len(lrs) // 3
     assert len(lrs) == 3 * per_epoch > 3
@@ -370,18 +376,7 @@ def test_pretraining_snapshots_every_save_freq_epochs(tiny_dataset, tmp_path, mo
     flags = dict(pretrain_epochs=4, pretrain_batch_size=256, mlp_dims=(16, 16, 16), pretrain_save_freq=2)
     flags |= dict(ema_decay=0.8, ema_freq=1, ema_start_epoch=0)
     args = module.Args(env_id="Hopper-v2", dataset=tiny_dataset, **flags)
-    live, init = [], []
-    step = torch.optim.AdamW.step
-
-    def record(self, *a, **kw):
-        params = self.param_groups[0]["params"]
-        if not init:
-            init.extend(p.detach().clone() for p in params)
-        out = step(self, *a, **kw)
-        live.append([p.detach().clone() for p in params])
-        return out
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", record)
+    _, live, init = record_adamw_steps(monkeypatch)
     module.pretrain(args, envs.load_dataset(tiny_dataset), str(tmp_path), _Writer(), torch.device("cpu"))
     per_epoch = len(live) // 4
     assert len(live) == 4 * per_epoch > 4
