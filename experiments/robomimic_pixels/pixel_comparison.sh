@@ -14,8 +14,9 @@
 #             (epochs, success, the commit), the checkpoints to $RUNS/pretrain_{diffusion,gaussian}/pretrained.pt
 #   bundle    (not in "all") copies them to cleandppo/pretrained/$TASK-img-{diffusion,gaussian}-mlp.pt, the default
 #             checkpoints of --env-id $TASK-img
-#   compare   2 algorithms x $SEEDS fine-tuning runs from them, each followed by a $FINAL_EPISODES-episode
-#             evaluation of its checkpoint_last.pt ($RUNS/<algo>__s<seed>/, $RUNS/<algo>__s<seed>_final50/)
+#   compare   2 algorithms x $SEEDS fine-tuning runs from them (without a pretrain stage in $RUNS: from the bundled
+#             cleandppo/pretrained/$TASK-img-*-mlp.pt), each followed by a $FINAL_EPISODES-episode evaluation of its
+#             checkpoint_last.pt ($RUNS/<algo>__s<seed>/, $RUNS/<algo>__s<seed>_final50/)
 #   figure    $RUNS/figure.{png,csv} (experiments/robomimic_weak_starts/robomimic_comparison_figure.py) and the wall
 #             time per iteration of each algorithm ($RUNS/iteration_times.csv)
 # Knobs (environment variables):
@@ -99,7 +100,9 @@ run_one() {
     return 0
   fi
   rm -rf "$dir" "${dir}_final50"
-  python "cleandppo/$(script_of "$algo").py" --env-id "$TASK-img" --checkpoint "$RUNS/pretrain_$policy/pretrained.pt" \
+  local start=$RUNS/pretrain_$policy/pretrained.pt
+  [ -f "$start" ] || start=cleandppo/pretrained/$TASK-img-$policy-mlp.pt # no pretrain stage run: the bundled one
+  python "cleandppo/$(script_of "$algo").py" --env-id "$TASK-img" --checkpoint "$start" \
     --seed "$seed" --num-envs "$NUM_ENVS" --n-steps "$N_STEPS" --total-timesteps "$BUDGET" --n-critic-warmup-itr 0 \
     --eval-freq "$EVAL_FREQ" --eval-episodes "$EVAL_EPISODES" --save-freq 1000 --no-cuda --run-dir "$dir" \
     >"$dir.log" 2>&1 &&
