@@ -386,15 +386,14 @@ def plan_parallel(args, given_threads: int, seen: dict, batched: bool = False) -
     another order), so a resume keeps its run's counts (resume_threads) and a flag fixes them across machines."""
     env_workers, why = choose_workers(args.env_workers, args.num_envs, batched, seen)
     plan = dict(env_workers=env_workers, env_workers_why=why, **seen, given_threads=given_threads)
-    parts = getattr(args, "rollout_parts", 1)
-    plan["rollout_parts"] = parts or AUTO_ROLLOUT_PARTS if env_workers > 1 else 1
-    plan["rollout_parts_why"] = (
-        "envs in this process: nothing to overlap"
-        if env_workers == 1
-        else "--rollout-parts"
-        if parts
-        else f"auto: {AUTO_ROLLOUT_PARTS} per worker"
-    )
+    parts = getattr(args, "rollout_parts", None)  # the PPO scripts' flag; the others never split their rollouts
+    plan["rollout_parts"] = (parts or AUTO_ROLLOUT_PARTS) if env_workers > 1 and parts is not None else 1
+    if parts is None:
+        plan["rollout_parts_why"] = "this script samples every env at once"
+    elif env_workers == 1:
+        plan["rollout_parts_why"] = "envs in this process: nothing to overlap"
+    else:
+        plan["rollout_parts_why"] = "--rollout-parts" if parts else f"auto: {AUTO_ROLLOUT_PARTS} per worker"
     plan["sampling_threads"] = args.sampling_threads or 1
     plan["sampling_threads_why"] = "--sampling-threads" if args.sampling_threads else "auto: a small batch, 1 thread"
     plan["update_threads"] = args.update_threads or max(1, min(given_threads, seen["free"]))
@@ -407,7 +406,7 @@ def plan_parallel(args, given_threads: int, seen: dict, batched: bool = False) -
 def print_plan(plan: dict):
     where = "this process" if plan["env_workers"] == 1 else f"{plan['env_workers']} worker processes"
     print(f"[envs] stepped in {where}: {plan['env_workers_why']}", flush=True)
-    if plan["env_workers"] > 1:
+    if plan["env_workers"] > 1 and plan["rollout_parts_why"] != "this script samples every env at once":
         print(f"[envs] rollout in {plan['rollout_parts']} part(s) per worker: {plan['rollout_parts_why']}", flush=True)
     print(
         f"[threads] torch: sampling {plan['sampling_threads']} ({plan['sampling_threads_why']}), update "

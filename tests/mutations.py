@@ -639,8 +639,8 @@ rollout in parts: the parts not passed to the vector env | runs.py | tests/test_
 - parallel = plan["env_workers"], stopped, plan["rollout_parts"]
 + parallel = plan["env_workers"], stopped, 1
 rollout in parts: parts with the envs in this process | workers.py | tests/test_env_workers.py -k rollout_parts_rule
-- plan["rollout_parts"] = parts or AUTO_ROLLOUT_PARTS if env_workers > 1 else 1
-+ plan["rollout_parts"] = parts or AUTO_ROLLOUT_PARTS
+- if env_workers > 1 and parts is not None else 1
++ if parts is not None else 1
 rollout in parts: a resume forgets the workers the parts follow | runs.py | tests/test_env_workers.py -k in_parts_keeps
 - keys.append("env_workers")
 + pass

@@ -193,11 +193,10 @@ class RecordingEnv:
         return "stepped"
 
 
-def test_rollout_step_samples_and_sends_each_part_in_env_order(monkeypatch):
+def test_rollout_step_samples_and_sends_each_part_in_env_order():
     """Envs 0-4 in 2 workers ([0, 1, 2], [3, 4]) and 2 parts each: the policy samples rows 0-1, 2, 3, 4 in turn, each
     part's actions go to its worker before the next part is sampled, step_wait comes after the last; the records come
     back joined in env order. One part: one call for all envs, then vec.step."""
-    monkeypatch.setattr(workers, "WorkerVectorEnv", RecordingEnv)  # rollout_step's isinstance check
     calls, obs, groups = [], np.arange(5), [np.arange(3), np.arange(3, 5)]
 
     def act(obs, rows):
@@ -405,6 +404,7 @@ def test_the_auto_rules(flags, machine, expected):
         (Flags(), seen(2, 0.1), (2, 1), "auto: 1 per worker"),  # measured: no overlap pays on 2 cores
         (Flags(rollout_parts=4), seen(2, 0.1), (2, 4), "--rollout-parts"),
         (Flags(rollout_parts=4), seen(2, 1.9), (1, 1), "envs in this process: nothing to overlap"),
+        (Flags(rollout_parts=None), seen(2, 0.1), (2, 1), "this script samples every env at once"),  # off-policy
     ],
 )
 def test_the_rollout_parts_rule(flags, machine, expected, why):
