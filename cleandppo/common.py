@@ -8,6 +8,7 @@ It imports no other module of the project. The layers above it, each importing o
   official.py                             -- the official DPPO code's checkpoints and train.npz, converted
   envs.py                                 -- the env and dataset factory the scripts call (dispatches on --env-id)
   arguments.py                            -- the command line: tyro parsing, per-task defaults, flag ranges
+  console.py                              -- what a run prints as it goes: progress bars and lines
   runs.py                                 -- run plumbing: run dirs, resume, logging
   pretraining.py                          -- the behaviour-cloning loop of dppo.py, gaussian_ppo.py, gmm_ppo.py
   dppo.py, gaussian_ppo.py, ...           -- the algorithm scripts; no module imports them

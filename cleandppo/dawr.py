@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cleandppo import arguments, envs, runs
+from cleandppo import arguments, console, envs, runs
 
 ALGO = "dawr"
 
@@ -634,7 +634,7 @@ def main(args):
     trained = dict(critic=critic, actor_optimizer=actor_opt, critic_optimizer=critic_opt)
     start_iter, env_steps = runs.resume_or_evaluate(resume, trained, evals, act, args, normalization, buf)
     vec, obs, _, recent_returns = runs.start_envs(args, normalization, start_iter, resume, None)
-    progress = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO)
+    progress = console.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO)
     iteration = start_iter
 
     while iteration < num_iters:

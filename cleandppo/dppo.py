@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cleandppo import arguments, avoid, envs, pretraining, runs, vit, workers
+from cleandppo import arguments, avoid, console, envs, pretraining, runs, vit, workers
 
 ALGO = "dppo"
 
@@ -812,7 +812,7 @@ def main(args):
     act_pretrained = eval_act(actor, actor_ft, sched, plan, 0, args, device)  # the policy fine-tuning starts from
     start_iter, env_steps = runs.resume_or_evaluate(resume, trained, evals, act_pretrained, args, normalization)
     vec, obs, firsts, recent_returns = runs.start_envs(args, normalization, start_iter, resume, np.ones(args.num_envs))
-    progress, t_start = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO), time.time()
+    progress, t_start = console.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO), time.time()
     act = eval_act(actor, actor_ft, sched, plan, K_ft, args, device)  # the fine-tuned policy, as it is when called
     iteration = start_iter
 

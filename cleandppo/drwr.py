@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cleandppo import arguments, envs, runs
+from cleandppo import arguments, console, envs, runs
 
 ALGO = "drwr"
 
@@ -476,7 +476,7 @@ def main(args):
     start_iter, env_steps = runs.resume_or_evaluate(resume, trained, evals, act, args, normalization)
     # done: whether an episode starts at the next query (one starts at the first query of the run)
     vec, obs, done, recent_returns = runs.start_envs(args, normalization, start_iter, resume, np.ones(E))
-    progress = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO)
+    progress = console.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO)
     iteration = start_iter
 
     while iteration < num_iters:

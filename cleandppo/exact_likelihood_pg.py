@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cleandppo import arguments, envs, runs
+from cleandppo import arguments, console, envs, runs
 
 ALGO = "exact_likelihood_pg"
 
@@ -708,7 +708,7 @@ def main(args):
         f"{args.sde_eps if args.sde_eps is not None else 1 / sde.K:.4g} to 1, divergence {divergence}"
     )
     vec, obs, firsts, recent_returns = runs.start_envs(args, normalization, start_iter, resume, np.ones(args.num_envs))
-    progress, t_start = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO), time.time()
+    progress, t_start = console.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO), time.time()
     act = eval_act(actor, actor_ft, sched, plan, K_ft, args, device)  # the fine-tuned policy, as it is when called
     iteration = start_iter
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cleandppo import arguments, avoid, envs, pretraining, runs, vit, workers
+from cleandppo import arguments, avoid, console, envs, pretraining, runs, vit, workers
 
 ALGO = "gaussian_ppo"
 
@@ -733,7 +733,7 @@ def main(args):
     if resume is not None and base_policy is not None:  # the BC teacher stays the policy the fine-tuning started from
         base_policy.load_state_dict(resume.get("base_model") or base_policy.state_dict())
     vec, obs, firsts, recent_returns = runs.start_envs(args, normalization, start_iter, resume, np.ones(args.num_envs))
-    progress, t_start = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO), time.time()
+    progress, t_start = console.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO), time.time()
 
     iteration = start_iter
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cleandppo import arguments, avoid, envs, pretraining, runs, workers
+from cleandppo import arguments, avoid, console, envs, pretraining, runs, workers
 
 ALGO = "gmm_ppo"
 
@@ -658,7 +658,7 @@ def main(args):
     trained = dict(critic=critic, actor_optimizer=actor_opt, critic_optimizer=critic_opt, reward_scaler=scaler)
     start_iter, env_steps = runs.resume_or_evaluate(resume, trained, evals, act, args, normalization)
     vec, obs, firsts, recent_returns = runs.start_envs(args, normalization, start_iter, resume, np.ones(args.num_envs))
-    progress, t_start = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO), time.time()
+    progress, t_start = console.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO), time.time()
 
     iteration = start_iter
 

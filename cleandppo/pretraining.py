@@ -12,7 +12,9 @@ import time
 import numpy as np
 import torch
 
-from cleandppo import envs, vit
+from cleandppo import envs, runs, vit
+
+STATE_EVERY_S = 60.0  # how often the state to continue from (runs.PRETRAIN_STATE) is written: a kill loses at most this
 
 
 def pretrain_lr(epoch, args):
@@ -54,7 +56,12 @@ def behaviour_cloning(net, loss_fn, samples, args, device, writer, checkpoint, r
     `net` and copies it every args.ema_freq steps until epoch args.ema_start_epoch, then moves towards it by
     1 - args.ema_decay. Logs pretrain/loss (the epoch's mean) and pretrain/learning_rate per epoch. With
     args.pretrain_save_freq = N > 0 the weights as they stand after every N-th epoch but the last are saved too
-    (pretrained_<epoch>.pt: snapshots of a long pre-training)."""
+    (pretrained_<epoch>.pt: snapshots of a long pre-training).
+
+    At most every STATE_EVERY_S seconds, at the end of an epoch, run_dir/runs.PRETRAIN_STATE also holds what
+    continuing needs: the live and EMA weights, AdamW's moments, the RNGs, the epochs done. A run dir that holds one
+    when this starts is an interrupted pre-training rerun with its command (runs.open_run_dir checked it): it
+    continues from there and ends as the uninterrupted run would have; the file goes once pretrained.pt is written."""
     obs, actions, starts, firsts = samples
     ema = copy.deepcopy(net).requires_grad_(False) if args.ema_decay is not None else None
     params = [p for p in net.parameters() if p.requires_grad]
@@ -62,7 +69,10 @@ def behaviour_cloning(net, loss_fn, samples, args, device, writer, checkpoint, r
     obs_t, act_t = envs.obs_tensor(obs, device), torch.as_tensor(actions, device=device)
     rows = np.arange(len(actions))  # one per step of obs and actions: gathered as indices, then looked up on device
     steps_per_epoch, step, t0 = math.ceil(len(starts) / args.pretrain_batch_size), 0, time.time()
-    for epoch in range(args.pretrain_epochs):
+    state_path, first, saved_at = os.path.join(run_dir, runs.PRETRAIN_STATE), 0, t0
+    if os.path.isfile(state_path):
+        first, step = load_state(state_path, net, ema, opt)
+    for epoch in range(first, args.pretrain_epochs):
         if args.pretrain_min_lr is not None:
             for group in opt.param_groups:
                 group["lr"] = pretrain_lr(epoch, args)
@@ -87,11 +97,36 @@ def behaviour_cloning(net, loss_fn, samples, args, device, writer, checkpoint, r
         every = getattr(args, "pretrain_save_freq", 0)
         if every and (epoch + 1) % every == 0 and epoch + 1 < args.pretrain_epochs:
             save_pretrained(checkpoint, net if ema is None else ema, epoch + 1, step, args, run_dir)
+        if time.time() - saved_at >= STATE_EVERY_S and epoch + 1 < args.pretrain_epochs:
+            save_state(state_path, checkpoint(net if ema is None else ema), net, ema, opt, epoch + 1, step)
+            saved_at = time.time()
         mean_loss, lr = total / steps_per_epoch, opt.param_groups[0]["lr"]
         writer.add_scalar("pretrain/loss", mean_loss, epoch)
         writer.add_scalar("pretrain/learning_rate", lr, epoch)
         if epoch % max(1, args.pretrain_epochs // 20) == 0 or epoch == args.pretrain_epochs - 1:
-            left = (time.time() - t0) / (epoch + 1) * (args.pretrain_epochs - epoch - 1) / 60
+            left = (time.time() - t0) / (epoch + 1 - first) * (args.pretrain_epochs - epoch - 1) / 60
             done = f"epoch {epoch + 1}/{args.pretrain_epochs}"
             print(f"[pretrain] {done} | loss {mean_loss:.4f} | lr {lr:.2e} | left {left:.1f}m", flush=True)
-    return save_pretrained(checkpoint, net if ema is None else ema, args.pretrain_epochs, step, args, run_dir)
+    ckpt = save_pretrained(checkpoint, net if ema is None else ema, args.pretrain_epochs, step, args, run_dir)
+    if os.path.isfile(state_path):
+        os.remove(state_path)
+    return ckpt
+
+
+def save_state(path, ckpt, net, ema, opt, epochs: int, steps: int):
+    """runs.PRETRAIN_STATE: the script's checkpoint `ckpt` of the weights as they stand (loadable like a snapshot),
+    with the epochs and gradient steps done and what load_state needs to continue exactly."""
+    state = dict(live=net.state_dict(), ema=None if ema is None else ema.state_dict(), optimizer=opt.state_dict())
+    state |= dict(rng=runs.rng_state(), wall_time_s=runs.elapsed())
+    envs.save_checkpoint(ckpt | state | dict(pretrain_epochs=epochs, pretrain_gradient_steps=steps), path)
+
+
+def load_state(path, net, ema, opt) -> tuple[int, int]:
+    """Put `net`, `ema`, `opt` and the RNGs back as save_state wrote them; returns (epochs, gradient steps) done."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    net.load_state_dict(state["live"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
+    opt.load_state_dict(state["optimizer"])
+    runs.set_rng_state(state["rng"])
+    return state["pretrain_epochs"], state["pretrain_gradient_steps"]

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cleandppo import arguments, envs, runs
+from cleandppo import arguments, console, envs, runs
 
 ALGO = "qsm"
 
@@ -571,7 +571,7 @@ def main(args):
     trained = dict(critic=critic, target_critic=target_critic, actor_optimizer=actor_opt, critic_optimizer=critic_opt)
     start_iter, env_steps = runs.resume_or_evaluate(resume, trained, evals, act, args, normalization, buffer)
     vec, obs, _, recent_returns = runs.start_envs(args, normalization, start_iter, resume, None)
-    progress = runs.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO)
+    progress = console.Progress(num_iters * steps_per_iter, env_steps, desc=ALGO)
     iteration = start_iter
 
     while iteration < num_iters:

@@ -8,7 +8,8 @@ Nothing algorithmic lives here. Read top to bottom:
   3. checkpoints  -- the state an exact resume needs (envs, RNGs), the wall time so far; what Ctrl-C and a full
                      disk do
   4. summary      -- summary.json (strict JSON) and peak memory
-  5. progress, evaluations -- the same calls in every script's `main` (the video: envs.capture_video)
+  5. evaluations  -- the same calls in every script's `main` (the video: envs.capture_video; the progress
+                     lines and bars: console.py)
   6. the run around the loop -- start, open_run_dir, evaluate_only, resume_or_evaluate, start_envs,
                      log_stats, checkpoint_state, save_run: main keeps the loop and calls these
   7. processes and threads -- the plan of workers.plan_parallel kept on a resume, torch's threads per phase (phase)
@@ -24,18 +25,21 @@ import subprocess
 import sys
 import tempfile
 import time
-import weakref
 from dataclasses import asdict
 
 import numpy as np
 
-from cleandppo import avoid, envs, workers
+from cleandppo import avoid, console, envs, workers
 
 # ------------------------------------------------------------------------------------------------
 # 1. Run dir: checked first, created only once every input is checked (open_run)
 # ------------------------------------------------------------------------------------------------
 RUN_FILES = ("checkpoint_last.pt", "summary.json", "pretrained.pt")
 LOCK_FILE = ".run.lock"  # held (fcntl.lockf) by the process writing the run; see lock_run_dir
+PRETRAIN_STATE = "pretrained_last.pt"  # what an interrupted pre-training continues from (pretraining.py)
+# settings a continued pre-training may change: where it writes and logs, and how it uses the machine
+CONTINUE_FREE = ("run_dir", "overwrite", "track", "capture_video", "eval_episodes", "eval_freq", "save_freq")
+CONTINUE_FREE += ("pretrain_save_freq", "env_workers", "sampling_threads", "update_threads", "rollout_parts")
 # what the Ctrl-C message names (run_cli); the lock this process holds; this segment's clock and the earlier segments'
 # seconds (the resumed checkpoint's wall_time_s); whether this segment resumed and saved an iteration (finish_run)
 _run = {"dir": None, "resume_from": None, "lock": None, "clock": None, "wall_before": 0.0, "resumed": False}
@@ -140,9 +144,29 @@ def check_writable(run_dir: str):
         envs.fail(f"cannot write under {parent} ({e.strerror}); pass a writable --run-dir, e.g. --run-dir {fallback}")
 
 
-def prepare_run_dir(args, algo: str, resume_path: str | None = None) -> str:
+def interrupted_pretraining(run_dir: str, args) -> dict | None:
+    """The PRETRAIN_STATE an interrupted pre-training left in `run_dir`, which this pre-training run continues (the
+    same command rerun: other settings but CONTINUE_FREE stop it in one line); None when there is none."""
+    path = os.path.join(run_dir, PRETRAIN_STATE)
+    if not os.path.isfile(path):
+        return None
+    import torch
+
+    state, ours = torch.load(path, map_location="cpu", weights_only=False), asdict(args)
+    for key, value in state["args"].items():
+        if key not in CONTINUE_FREE and ours.get(key) != value:
+            envs.fail(
+                f"{path} is a pre-training interrupted with --{key.replace('_', '-')} {value}, not {ours.get(key)}; "
+                "rerun its command to continue it, or pass --overwrite to start over"
+            )
+    print(f"[resume] pre-training continues from {path} (epoch {state['pretrain_epochs']}/{args.pretrain_epochs})")
+    return dict(epochs=state["pretrain_epochs"], wall_time_s=state["wall_time_s"])
+
+
+def prepare_run_dir(args, algo: str, resume_path: str | None = None, pretrains: bool = False) -> str:
     """The run dir of this run, checked but not created. `resume_path`: the checkpoint this run resumes (its own
-    algo's, with training state); its dir is the default run dir and may hold a run. Any other dir that holds a
+    algo's, with training state); its dir is the default run dir and may hold a run. A run that `pretrains` into
+    the dir of an interrupted pre-training continues it (interrupted_pretraining). Any other dir that holds a
     run is refused unless --overwrite. --track needs wandb. Call before loading data; open_run creates the dir."""
     resume_path = None if getattr(args, "eval_only", False) else resume_path  # an evaluation writes a run of its own
     resume_dir = os.path.dirname(os.path.abspath(resume_path)) if resume_path else None
@@ -155,7 +179,9 @@ def prepare_run_dir(args, algo: str, resume_path: str | None = None) -> str:
     if holder:
         envs.fail(in_use(run_dir, holder))
     resuming_here = resume_dir is not None and os.path.abspath(run_dir) == resume_dir
-    may_hold_run = resuming_here or getattr(args, "overwrite", False)
+    overwrite = getattr(args, "overwrite", False)
+    _run["pretrain_state"] = interrupted_pretraining(run_dir, args) if pretrains and not overwrite else None
+    may_hold_run = resuming_here or overwrite or _run["pretrain_state"] is not None
     if holds_run(run_dir) and not may_hold_run:
         refuse_run_dir(run_dir)
     if getattr(args, "track", False):
@@ -164,7 +190,9 @@ def prepare_run_dir(args, algo: str, resume_path: str | None = None) -> str:
         except ImportError:
             envs.fail("--track needs Weights & Biases: pip install -r requirements-wandb.txt (or run without --track)")
     _run.update(dir=run_dir, resume_from=resume_path, may_hold_run=may_hold_run)
-    _progress["per_iter"] = getattr(args, "num_envs", 0) * getattr(args, "n_steps", 0) * getattr(args, "act_steps", 0)
+    console.current["per_iter"] = (
+        getattr(args, "num_envs", 0) * getattr(args, "n_steps", 0) * getattr(args, "act_steps", 0)
+    )
     return run_dir
 
 
@@ -181,6 +209,9 @@ def open_run(run_dir: str, args, resume_step: int | None = None):
     if not _run.get("may_hold_run", True) and holds_run(run_dir):  # written since prepare_run_dir looked
         refuse_run_dir(run_dir)
     _run.update(clock=time.time(), wall_before=0.0, resumed=resume_step is not None, saved=False)
+    if _run.get("pretrain_state"):  # a continued pre-training: its time so far, its curves from its last state on
+        _run["wall_before"] = _run["pretrain_state"]["wall_time_s"]
+        resume_step = _run["pretrain_state"]["epochs"] - 1  # pretrain/* scalars are logged at the 0-based epoch
     if resume_step is None and getattr(args, "overwrite", False) and holds_run(run_dir):
         loaded = os.path.abspath(args.checkpoint) if getattr(args, "checkpoint", None) else None
         for name in os.listdir(run_dir):
@@ -376,6 +407,11 @@ def wall_time(segment: float) -> float:
     return _run["wall_before"] + segment
 
 
+def elapsed() -> float:
+    """The run's wall time so far: this segment's, from open_run, plus the segments' before it (wall_time)."""
+    return wall_time(time.time() - _run["clock"]) if _run["clock"] is not None else 0.0
+
+
 def run_cli(main, *main_args):
     """Run a script's main; Ctrl-C drops the unfinished iteration and ends in one line naming the checkpoint to
     resume from (checkpoint_last.pt holds the last finished iteration), exit code 130."""
@@ -388,11 +424,15 @@ def run_cli(main, *main_args):
             raise
         raise SystemExit(f"error: {envs.write_failed(_run['dir'], e)}") from None
     except KeyboardInterrupt:
-        close_bars()  # a terminal's bars end their line first: the message gets its own, and nothing redraws over it
+        console.close_bars()  # a terminal's bars end their line first: the message gets its own, and nothing redraws over it
         last = os.path.join(_run["dir"] or ".", "checkpoint_last.pt")
         resume = last if _run["dir"] and os.path.isfile(last) else _run["resume_from"]
         where = f"resume with --checkpoint {resume}" if resume else "no iteration finished, nothing to resume"
-        print(f"interrupted: the unfinished iteration was dropped; {where}", file=sys.stderr)
+        where = f"the unfinished iteration was dropped; {where}"
+        state = os.path.join(_run["dir"] or ".", PRETRAIN_STATE)
+        if os.path.isfile(state) and not resume:  # a pre-training (runs that pre-train resume from no checkpoint)
+            where = f"the pre-training goes on from {state} when the same command is run again"
+        print(f"interrupted: {where}", file=sys.stderr)
         raise SystemExit(130) from None
 
 
@@ -501,142 +541,8 @@ def peak_memory_mb(device) -> float:
 
 
 # ------------------------------------------------------------------------------------------------
-# 5. Progress, evaluations
+# 5. Evaluations (their progress lines: console.py)
 # ------------------------------------------------------------------------------------------------
-def _number(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
-    return str(value)
-
-
-_bars: list = []  # the tqdm bars on the terminal now (a run's, an evaluation's); run_cli closes them on Ctrl-C
-# a weak reference to the run's Progress, which log_episodes moves within iterations, and the env steps of an
-# iteration (--num-envs x --n-steps x --act-steps in every script; set by prepare_run_dir): a rollout's last step
-_progress = {"run": lambda: None, "per_iter": 0}
-
-
-def open_bar(**tqdm_args):
-    """A tqdm bar on a terminal (registered, so close_bars can end it), None in a log file."""
-    if not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    bar = tqdm(dynamic_ncols=True, **tqdm_args)
-    _bars.append(bar)
-    return bar
-
-
-def close_bar(bar):
-    if bar is not None:
-        bar.close()
-        if bar in _bars:
-            _bars.remove(bar)
-
-
-def close_bars():
-    """Close every bar still drawn, newest first (each ends its line on the terminal)."""
-    while _bars:
-        _bars.pop().close()
-
-
-class Progress:
-    """A run's progress over env steps. On a terminal: a tqdm bar with rate, ETA and the latest numbers as postfix;
-    it moves after every vector step of a rollout (log_episodes calls tick), not only at the end of an iteration.
-    Otherwise (log files, CI): one plain line per iteration with the same numbers and the time left, and within an
-    iteration a line of the steps done and the time left every `interval` seconds (the first after `first`), so a
-    long rollout shows life early."""
-
-    first, interval = 10.0, 60.0
-
-    def __init__(self, total_steps: int, done_steps: int = 0, desc: str = ""):
-        self.total, self.start, self.t0 = total_steps, done_steps, time.time()
-        self.shown_at = self.t0 - self.interval + self.first  # when the last plain line was printed
-        self.shown = ""  # the bar's postfix: the last iteration's numbers
-        self.bar = open_bar(total=total_steps, initial=done_steps, desc=desc, unit="step", unit_scale=True)
-        _progress["run"] = weakref.ref(self)
-
-    def rate(self, env_steps: int, now: float) -> tuple[float, float]:
-        """(env steps per second since this Progress started, seconds left at that rate)."""
-        sps = (env_steps - self.start) / max(now - self.t0, 1e-9)
-        return sps, (self.total - env_steps) / sps if sps > 0 else float("nan")
-
-    def tick(self, env_steps: int):
-        """Within an iteration: `env_steps` done so far. At the rollout's last step the update follows, which can
-        take minutes: the bar says so, and so does a plain line when the last one is `first` seconds old."""
-        per_iter = _progress["per_iter"]
-        updating = per_iter > 0 and env_steps % per_iter == 0
-        if self.bar is not None:
-            self.bar.update(env_steps - self.bar.n)  # tqdm redraws at most every 0.1 s
-            if updating:
-                self.bar.set_postfix_str(f"{self.shown} | updating" if self.shown else "updating", refresh=True)
-            return
-        now = time.time()
-        if now - self.shown_at >= (self.first if updating else self.interval):
-            self.shown_at = now
-            sps, left = self.rate(env_steps, now)
-            what = " | rollout done, updating" if updating else ""
-            print(f"... steps {env_steps}/{self.total}{what} | SPS {sps:.0f} | left {left / 60:.1f}m", flush=True)
-
-    def update(self, iteration: int, num_iters: int, env_steps: int, recent_returns, evals, successes, **numbers):
-        """Report the end of `iteration`: the mean return of the last 50 training episodes, the last evaluation
-        (marked "(before training)" while it is the first one, that of the policy the run started from), on
-        robomimic tasks the iteration's and the last evaluation's success rates, then the script's own `numbers`
-        (kl, q_loss, ...) as given; NaN ones are omitted."""
-        shown = {"return": np.mean(recent_returns[-50:]) if recent_returns else float("nan"), "eval": evals.last}
-        if evals.robomimic:
-            shown.update(success=envs.success_rate(successes), eval_success=evals.last_success)
-        shown = {k: v for k, v in dict(shown, **numbers).items() if not (isinstance(v, float) and np.isnan(v))}
-        first = " (before training)" if evals.count == 1 else ""
-        text = " | ".join(f"{k} {_number(v)}{first if k == 'eval' else ''}" for k, v in shown.items())
-        if self.bar is not None:
-            self.bar.update(env_steps - self.bar.n)
-            self.shown = f"iter {iteration}/{num_iters} | {text}"
-            self.bar.set_postfix_str(self.shown, refresh=True)
-            return
-        self.shown_at = now = time.time()
-        sps, left = self.rate(env_steps, now)
-        print(
-            f"iter {iteration}/{num_iters} | steps {env_steps}/{self.total} | {text} | SPS {sps:.0f} | "
-            f"left {left / 60:.1f}m",
-            flush=True,
-        )
-
-    def close(self):
-        close_bar(self.bar)
-        _progress["run"] = lambda: None
-
-
-class EvalProgress:
-    """Where an evaluation is: its policy queries so far against the most its episodes can take (each ends by the
-    task's time limit, most earlier; the image tasks' episodes in rounds, envs.run_episodes). A tqdm bar on a
-    terminal, removed when done; otherwise a plain line every Progress.interval seconds (the first after
-    Progress.first)."""
-
-    def __init__(self, episodes: int, most_queries: int, what: str):
-        self.episodes, self.most, self.what, self.done, self.t0 = episodes, most_queries, what, 0, time.time()
-        self.shown_at = self.t0 - Progress.interval + Progress.first
-        desc = f"eval {what}, {episodes} episodes"
-        self.bar = open_bar(total=most_queries, desc=desc, unit="query", leave=False)
-
-    def tick(self):
-        self.done += 1
-        if self.bar is not None:
-            self.bar.update(1)
-            return
-        now = time.time()
-        if now - self.shown_at >= Progress.interval:
-            self.shown_at = now
-            left = (self.most - self.done) * (now - self.t0) / self.done
-            print(
-                f"... eval {self.what}: {self.done}/{self.most} policy queries (at most; one serves every env) | "
-                f"left {left / 60:.1f}m at most",
-                flush=True,
-            )
-
-    def close(self):
-        close_bar(self.bar)
-
-
 class Evaluations:
     """The evaluations of a run: the pre-trained policy's (first), the last and the best, of the return and, on
     robomimic tasks, of the success rate. Logged as eval/episodic_return and eval/success_rate at env steps; kept
@@ -666,7 +572,7 @@ class Evaluations:
         what = "before training" if self.count == 0 and env_steps == 0 else f"at {env_steps} steps"
         rounds = -(-args.eval_episodes // envs.eval_envs_at_once(args.env_id, args.eval_episodes))
         most = rounds * (envs.max_episode_steps(args.env_id) // args.act_steps + 1)
-        watch = EvalProgress(args.eval_episodes, most, what)
+        watch = console.EvalProgress(args.eval_episodes, most, what)
 
         def watched(obs):
             watch.tick()
@@ -749,7 +655,7 @@ def log_episodes(writer, infos: dict, env_steps: int, recent_returns: list, succ
         writer.add_scalar("charts/episodic_return", r, env_steps)
         writer.add_scalar("charts/episodic_length", length, env_steps)
     successes += envs.finished_successes(infos)
-    progress = _progress["run"]()  # every rollout calls this after each vector step: the run's progress moves on
+    progress = console.current["run"]()  # every rollout calls this after each vector step: the run's progress moves on
     if progress is not None:
         progress.tick(env_steps)
 
@@ -781,7 +687,7 @@ def open_run_dir(args, algo: str, resume: dict | None, path: str | None, load_da
     --dataset is loaded (a run that pre-trains first; a bad dataset still writes nothing), then the dir is created
     with its TensorBoard writer (open_run; a resume appends to its curves). Returns (run_dir, writer, evals, data):
     the run's Evaluations, and the dataset or None."""
-    run_dir = prepare_run_dir(args, algo, resume and path)
+    run_dir = prepare_run_dir(args, algo, resume and path, pretrains=load_data)
     data = envs.load_dataset(args.dataset, args.env_id) if load_data else None
     writer = open_run(run_dir, args, resume and resume["env_steps"])
     return run_dir, writer, Evaluations(writer, envs.is_robomimic(args.env_id)), data

@@ -398,3 +398,57 @@ def test_pretraining_snapshots_every_save_freq_epochs(tiny_dataset, tmp_path, mo
         assert len(saved) == len(expected)
         for p, e in zip(saved, expected, strict=True):
             torch.testing.assert_close(p, e, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("script", ["dppo", "gaussian_ppo", "gmm_ppo"])
+def test_a_killed_pretraining_rerun_into_its_dir_continues_exactly(tiny_dataset, tmp_path, monkeypatch, script):
+    """A pre-training killed in its 3rd of 4 epochs (its state written after every epoch here) and rerun with the same
+    command into its run dir continues from the state of epoch 2: its pretrained.pt equals that of a run never
+    killed, weight for weight (cosine LR, EMA, AdamW's moments and the RNGs all carried over), and the state file is
+    gone. A rerun with another setting stops in one line naming it."""
+    import importlib
+    import shutil
+
+    from cleandppo import pretraining, runs
+
+    module = importlib.import_module(f"cleandppo.{script}")
+    monkeypatch.setattr(pretraining, "STATE_EVERY_S", 0.0)
+    flags = dict(pretrain_epochs=4, pretrain_batch_size=256, mlp_dims=(16, 16, 16), pretrain_min_lr=1e-4, seed=3)
+    flags |= dict(ema_decay=0.8, ema_freq=1, ema_start_epoch=1)
+
+    def pretrain(run_dir, **changed):
+        args = module.Args(env_id="Hopper-v2", dataset=tiny_dataset, run_dir=str(run_dir), **(flags | changed))
+        runs.seed_everything(args)  # as every start does
+        run_dir, writer, _, data = runs.open_run_dir(args, module.ALGO, None, None, load_data=True)
+        try:
+            return module.pretrain(args, data, run_dir, writer, torch.device("cpu"))
+        finally:
+            writer.close()
+            runs.release_run_lock()
+
+    whole = pretrain(tmp_path / "whole")
+    per_epoch = whole["pretrain_gradient_steps"] // 4
+    gather, calls = envs.gather_samples, []
+
+    def killed_in_epoch_3(*a):
+        calls.append(1)
+        if len(calls) == 2 * per_epoch + 1:
+            raise KeyboardInterrupt
+        return gather(*a)
+
+    monkeypatch.setattr(envs, "gather_samples", killed_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(tmp_path / "cut")
+    monkeypatch.setattr(envs, "gather_samples", gather)
+    state = tmp_path / "cut" / runs.PRETRAIN_STATE
+    assert torch.load(state, weights_only=False)["pretrain_epochs"] == 2
+    (tmp_path / "other").mkdir()
+    shutil.copy(state, tmp_path / "other" / runs.PRETRAIN_STATE)
+    with pytest.raises(SystemExit, match="interrupted with --pretrain-lr"):
+        pretrain(tmp_path / "other", pretrain_lr=5e-4)
+    continued = pretrain(tmp_path / "cut")
+    assert continued["pretrain_gradient_steps"] == whole["pretrain_gradient_steps"] == 4 * per_epoch > 4
+    assert not state.exists()
+    saved = torch.load(tmp_path / "cut" / "pretrained.pt", weights_only=False)
+    for name, weight in whole["model"].items():
+        assert torch.equal(saved["model"][name], weight), name

@@ -14,8 +14,9 @@ LAYERS = [  # bottom first; a module may import modules of lower layers only (co
     ["gym_tasks", "avoid", "robomimic_tasks", "workers", "vit"],
     ["official"],
     ["envs"],
-    ["arguments"],
-    ["runs", "pretraining"],
+    ["arguments", "console"],
+    ["runs"],
+    ["pretraining"],
     ALGORITHMS,
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

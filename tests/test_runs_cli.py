@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from cleandppo import arguments, runs
+from cleandppo import arguments, console, runs
 
 
 @dataclasses.dataclass
@@ -53,7 +53,7 @@ def test_parse_args_prints_only_the_table_values_it_kept(capsys):
 def test_progress_plain_line_counts_steps_and_time_left(capsys, monkeypatch):
     clock = iter([100.0, 110.0])  # started at t=100, first report at t=110
     monkeypatch.setattr(runs.time, "time", lambda: next(clock))
-    progress = runs.Progress(total_steps=1000, done_steps=200)  # pytest's stderr is not a terminal: plain lines
+    progress = console.Progress(total_steps=1000, done_steps=200)  # pytest's stderr is not a terminal: plain lines
     evals = runs.Evaluations(Writer(), robomimic=True)
     evals.add(0, 3.0, 0.25)
     recent = [100.0] * 10 + [1.0] * 50  # only the last 50 episodes count
@@ -68,7 +68,7 @@ def test_progress_plain_line_counts_steps_and_time_left(capsys, monkeypatch):
 
 def test_progress_line_has_no_success_outside_robomimic(capsys):
     evals = runs.Evaluations(Writer(), robomimic=False)
-    runs.Progress(total_steps=10).update(1, 1, 10, [], evals, [])
+    console.Progress(total_steps=10).update(1, 1, 10, [], evals, [])
     assert "success" not in capsys.readouterr().out
 
 
@@ -164,8 +164,8 @@ def test_progress_moves_within_an_iteration(capsys, monkeypatch):
     (its iteration's last env step) a line says the update runs, if the last line is Progress.first seconds old."""
     clock = Clock(100.0)
     monkeypatch.setattr(runs.time, "time", clock)
-    monkeypatch.setitem(runs._progress, "per_iter", 500)  # what prepare_run_dir sets: env steps per iteration
-    progress = runs.Progress(total_steps=1000)
+    monkeypatch.setitem(console.current, "per_iter", 500)  # what prepare_run_dir sets: env steps per iteration
+    progress = console.Progress(total_steps=1000)
     for t, steps in ((105.0, 100), (111.0, 200), (120.0, 300), (125.0, 500), (171.0, 700), (190.0, 900)):
         clock.now = t
         runs.log_episodes(Writer(), {}, steps, [], [])
@@ -180,7 +180,7 @@ def test_progress_moves_within_an_iteration(capsys, monkeypatch):
         "... steps 900/1000 | SPS 10 | left 0.2m",
     ]
     monkeypatch.setattr(sys, "stderr", Terminal())  # on a terminal the bar follows every step
-    progress = runs.Progress(total_steps=1000)
+    progress = console.Progress(total_steps=1000)
     runs.log_episodes(Writer(), {}, 300, [], [])
     assert progress.bar.n == 300 and "updating" not in str(progress.bar.postfix)
     runs.log_episodes(Writer(), {}, 500, [], [])
@@ -210,7 +210,7 @@ def test_evaluation_shows_progress_and_the_first_is_marked(capsys, monkeypatch):
     assert capsys.readouterr().out.splitlines() == [
         "... eval before training: 10/26 policy queries (at most; one serves every env) | left 0.3m at most"
     ]
-    progress = runs.Progress(total_steps=10)
+    progress = console.Progress(total_steps=10)
     progress.update(1, 2, 5, [], evals, [])
     assert "| eval 26.0 (before training) |" in capsys.readouterr().out
     resumed = runs.Evaluations(Writer(), robomimic=False)
@@ -232,11 +232,11 @@ def test_ctrl_c_message_on_its_own_line_after_the_bars(monkeypatch):
     monkeypatch.setitem(runs._run, "resume_from", None)
 
     def main():
-        progress = runs.Progress(total_steps=100, desc="dppo")
+        progress = console.Progress(total_steps=100, desc="dppo")
         evals = runs.Evaluations(Writer(), robomimic=False)
         evals.add(0, 5.0, float("nan"))
         progress.update(1, 2, 50, [1.0], evals, [], clipfrac=0.0297)
-        runs.EvalProgress(10, 26, "at 50 steps").tick()  # Ctrl-C during an evaluation
+        console.EvalProgress(10, 26, "at 50 steps").tick()  # Ctrl-C during an evaluation
         raise KeyboardInterrupt
 
     with pytest.raises(SystemExit) as stop:
