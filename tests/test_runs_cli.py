@@ -246,3 +246,25 @@ def test_ctrl_c_message_on_its_own_line_after_the_bars(monkeypatch):
     out = terminal.getvalue()
     assert stop.value.code == 130 and "clipfrac 0.0297" in out
     assert out.endswith("\n" + message), repr(out[-300:])
+
+
+def test_ctrl_c_in_a_pretraining_names_its_continuation(tmp_path, monkeypatch, capsys):
+    """A pre-training stopped by Ctrl-C after it wrote its state says that the same command continues it (it has no
+    checkpoint to resume with --checkpoint); without the state, the usual line."""
+    monkeypatch.setitem(runs._run, "dir", str(tmp_path))
+    monkeypatch.setitem(runs._run, "resume_from", None)
+
+    def main():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit):
+        runs.run_cli(main)
+    assert "no iteration finished, nothing to resume" in capsys.readouterr().err
+    (tmp_path / runs.PRETRAIN_STATE).write_bytes(b"")
+    with pytest.raises(SystemExit):
+        runs.run_cli(main)
+    state = tmp_path / runs.PRETRAIN_STATE
+    assert (
+        f"interrupted: the pre-training goes on from {state} when the same command is run again"
+        in capsys.readouterr().err
+    )
