@@ -68,12 +68,17 @@ mkdir -p "$RUNS"
 script_of() { case $1 in dppo | diffusion) echo dppo ;; gaussian) echo gaussian_ppo ;; esac; }
 export -f script_of
 
-# One pre-training: pretrain_one <policy> <epochs>; its evaluation's success goes to budgets.csv.
+# One pre-training: pretrain_one <policy> <epochs>; its evaluation's success goes to budgets.csv. A finished one is
+# kept; an interrupted one continues from its pretrained_last.pt (the same command run again), else starts over.
 pretrain_one() {
   local policy=$1 epochs=$2 dir=$RUNS/pretrain_$1
-  rm -rf "$dir"
+  if [ -f "$dir/summary.json" ]; then
+    echo "[skip] $dir (finished)"
+    return 0
+  fi
+  [ -f "$dir/pretrained_last.pt" ] || rm -rf "$dir"
   python "cleandppo/$(script_of "$policy").py" --env-id "$TASK-img" --dataset "$TASK-mhsim-img" --pretrain-only \
-    --pretrain-epochs "$epochs" --eval-episodes "$PRE_EPISODES" --no-cuda --run-dir "$dir" >"$dir.log" 2>&1 ||
+    --pretrain-epochs "$epochs" --eval-episodes "$PRE_EPISODES" --no-cuda --run-dir "$dir" >>"$dir.log" 2>&1 ||
     { echo "[failed] $dir: see $dir.log" >&2; return 1; }
   python - "$dir/summary.json" "$policy" "$epochs" "$RUNS/budgets.csv" <<'EOF'
 import csv, json, os, sys
@@ -91,21 +96,29 @@ EOF
 }
 export -f pretrain_one
 
-# One run: fine-tune from the pre-trained policy, then evaluate checkpoint_last.pt.
+# One run: fine-tune from the pre-trained policy, then evaluate checkpoint_last.pt. A finished run is kept, an
+# interrupted one resumes from its checkpoint_last.pt (one that died before its first checkpoint starts over).
 run_one() {
-  local algo=$1 seed=$2 dir=$RUNS/$1__s$2 policy
+  local algo=$1 seed=$2 dir=$RUNS/$1__s$2 policy start
   policy=$([ "$algo" = dppo ] && echo diffusion || echo gaussian)
   if [ -f "${dir}_final50/summary.json" ]; then
     echo "[skip] $dir (finished)"
     return 0
   fi
-  rm -rf "$dir" "${dir}_final50"
-  local start=$RUNS/pretrain_$policy/pretrained.pt
+  rm -rf "${dir}_final50"
+  start=$RUNS/pretrain_$policy/pretrained.pt
   [ -f "$start" ] || start=cleandppo/pretrained/$TASK-img-$policy-mlp.pt # no pretrain stage run: the bundled one
-  python "cleandppo/$(script_of "$algo").py" --env-id "$TASK-img" --checkpoint "$start" \
+  if [ -f "$dir/summary.json" ]; then
+    start= # fine-tuned already: only its evaluation is left
+  elif [ -f "$dir/checkpoint_last.pt" ]; then
+    start=$dir/checkpoint_last.pt
+  else
+    rm -rf "$dir"
+  fi
+  [ -z "$start" ] || python "cleandppo/$(script_of "$algo").py" --env-id "$TASK-img" --checkpoint "$start" \
     --seed "$seed" --num-envs "$NUM_ENVS" --n-steps "$N_STEPS" --total-timesteps "$BUDGET" --n-critic-warmup-itr 0 \
     --eval-freq "$EVAL_FREQ" --eval-episodes "$EVAL_EPISODES" --save-freq 1000 --no-cuda --run-dir "$dir" \
-    >"$dir.log" 2>&1 &&
+    >>"$dir.log" 2>&1 &&
     python "cleandppo/$(script_of "$algo").py" --env-id "$TASK-img" --eval-only --eval-episodes "$FINAL_EPISODES" \
       --seed "$seed" --no-cuda --checkpoint "$dir/checkpoint_last.pt" --run-dir "${dir}_final50" \
       >"${dir}_final50.log" 2>&1 ||
