@@ -1,7 +1,8 @@
 """The behaviour-cloning loop that dppo.py, gaussian_ppo.py and gmm_ppo.py pre-train with (paper D.1, D.6; official
 agent/pretrain/train_agent.py, one loop for every policy there too). Each script keeps what is its own: the network
 and its loss, and the checkpoint it writes. This module holds the rest: minibatches of (observation history, action
-chunk), AdamW, the learning-rate schedule, the EMA copy of the weights, the logs.
+chunk), AdamW, the learning-rate schedule, the EMA copy of the weights, the logs, and the state a killed
+pre-training continues from (save_state, load_state).
 """
 
 import copy
