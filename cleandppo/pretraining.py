@@ -39,6 +39,7 @@ def save_pretrained(checkpoint, weights, epochs: int, steps: int, args, run_dir:
     """The script's `checkpoint(weights)` with the dataset, epochs and gradient steps done, written to
     run_dir/pretrained.pt at the end, pretrained_<epochs>.pt before (a snapshot); returns it."""
     ckpt = checkpoint(weights) | dict(dataset=args.dataset, pretrain_epochs=epochs, pretrain_gradient_steps=steps)
+    ckpt["wall_time_s"] = runs.elapsed()  # what a run killed in its closing evaluation adds up when rerun
     path = os.path.join(run_dir, "pretrained.pt" if epochs == args.pretrain_epochs else f"pretrained_{epochs}.pt")
     envs.save_checkpoint(ckpt, path)
     print(f"[pretrain] wrote {path}", flush=True)
@@ -62,7 +63,8 @@ def behaviour_cloning(net, loss_fn, samples, args, device, writer, checkpoint, r
     At most every STATE_EVERY_S seconds, at the end of an epoch, run_dir/runs.PRETRAIN_STATE also holds what
     continuing needs: the live and EMA weights, AdamW's moments, the RNGs, the epochs done. A run dir that holds one
     when this starts is an interrupted pre-training rerun with its command (runs.open_run_dir checked it): it
-    continues from there and ends as the uninterrupted run would have; the file goes once pretrained.pt is written."""
+    continues from there and ends as the uninterrupted run would have; the file goes once pretrained.pt is written.
+    One that holds pretrained.pt alone had finished (killed in the closing evaluation): that is returned as it is."""
     obs, actions, starts, firsts = samples
     ema = copy.deepcopy(net).requires_grad_(False) if args.ema_decay is not None else None
     params = [p for p in net.parameters() if p.requires_grad]
@@ -71,6 +73,9 @@ def behaviour_cloning(net, loss_fn, samples, args, device, writer, checkpoint, r
     rows = np.arange(len(actions))  # one per step of obs and actions: gathered as indices, then looked up on device
     steps_per_epoch, step, t0 = math.ceil(len(starts) / args.pretrain_batch_size), 0, time.time()
     state_path, first, saved_at = os.path.join(run_dir, runs.PRETRAIN_STATE), 0, t0
+    done = os.path.join(run_dir, "pretrained.pt")
+    if os.path.isfile(done) and not os.path.isfile(state_path):  # finished, then killed in its closing evaluation
+        return torch.load(done, map_location="cpu", weights_only=False)
     if os.path.isfile(state_path):
         first, step = load_state(state_path, net, ema, opt)
     for epoch in range(first, args.pretrain_epochs):

@@ -145,11 +145,14 @@ def check_writable(run_dir: str):
 
 
 def interrupted_pretraining(run_dir: str, args) -> dict | None:
-    """The PRETRAIN_STATE an interrupted pre-training left in `run_dir`, which this pre-training run continues (the
-    same command rerun: other settings but CONTINUE_FREE stop it in one line); None when there is none."""
+    """The PRETRAIN_STATE an interrupted pre-training left in `run_dir`, or its pretrained.pt when it was killed in
+    its closing evaluation (no summary.json), which this pre-training run continues (the same command rerun: other
+    settings but CONTINUE_FREE stop it in one line); None when there is neither."""
     path = os.path.join(run_dir, PRETRAIN_STATE)
     if not os.path.isfile(path):
-        return None
+        path = os.path.join(run_dir, "pretrained.pt")
+        if not os.path.isfile(path) or os.path.isfile(os.path.join(run_dir, "summary.json")):
+            return None
     import torch
 
     state, ours = torch.load(path, map_location="cpu", weights_only=False), asdict(args)
@@ -160,7 +163,7 @@ def interrupted_pretraining(run_dir: str, args) -> dict | None:
                 "rerun its command to continue it, or pass --overwrite to start over"
             )
     print(f"[resume] pre-training continues from {path} (epoch {state['pretrain_epochs']}/{args.pretrain_epochs})")
-    return dict(epochs=state["pretrain_epochs"], wall_time_s=state["wall_time_s"])
+    return dict(epochs=state["pretrain_epochs"], wall_time_s=state.get("wall_time_s", 0.0))
 
 
 def prepare_run_dir(args, algo: str, resume_path: str | None = None, pretrains: bool = False) -> str:
@@ -189,7 +192,7 @@ def prepare_run_dir(args, algo: str, resume_path: str | None = None, pretrains: 
             import wandb  # noqa: F401
         except ImportError:
             envs.fail("--track needs Weights & Biases: pip install -r requirements-wandb.txt (or run without --track)")
-    _run.update(dir=run_dir, resume_from=resume_path, may_hold_run=may_hold_run)
+    _run.update(dir=run_dir, resume_from=resume_path, may_hold_run=may_hold_run, pretrains=pretrains)
     console.current["per_iter"] = (
         getattr(args, "num_envs", 0) * getattr(args, "n_steps", 0) * getattr(args, "act_steps", 0)
     )
@@ -429,9 +432,10 @@ def run_cli(main, *main_args):
         resume = last if _run["dir"] and os.path.isfile(last) else _run["resume_from"]
         where = f"resume with --checkpoint {resume}" if resume else "no iteration finished, nothing to resume"
         where = f"the unfinished iteration was dropped; {where}"
-        state = os.path.join(_run["dir"] or ".", PRETRAIN_STATE)
-        if os.path.isfile(state) and not resume:  # a pre-training (runs that pre-train resume from no checkpoint)
-            where = f"the pre-training goes on from {state} when the same command is run again"
+        kept = [os.path.join(_run["dir"] or ".", name) for name in (PRETRAIN_STATE, "pretrained.pt")]
+        kept = [path for path in kept if os.path.isfile(path)]
+        if _run.get("pretrains") and kept:  # (interrupted_pretraining)
+            where = f"the pre-training goes on from {kept[0]} when the same command is run again"
         print(f"interrupted: {where}", file=sys.stderr)
         raise SystemExit(130) from None
 

@@ -405,7 +405,8 @@ def test_a_killed_pretraining_rerun_into_its_dir_continues_exactly(tiny_dataset,
     """A pre-training killed in its 3rd of 4 epochs (its state written after every epoch here) and rerun with the same
     command into its run dir continues from the state of epoch 2: its pretrained.pt equals that of a run never
     killed, weight for weight (cosine LR, EMA, AdamW's moments and the RNGs all carried over), and the state file is
-    gone. A rerun with another setting stops in one line naming it."""
+    gone. A rerun with another setting stops in one line naming it. Rerun once more (as if killed in the closing
+    evaluation, before summary.json), it trains nothing and gives the same pretrained.pt."""
     import importlib
     import shutil
 
@@ -452,3 +453,6 @@ def test_a_killed_pretraining_rerun_into_its_dir_continues_exactly(tiny_dataset,
     saved = torch.load(tmp_path / "cut" / "pretrained.pt", weights_only=False)
     for name, weight in whole["model"].items():
         assert torch.equal(saved["model"][name], weight), name
+    monkeypatch.setattr(envs, "gather_samples", None)  # no training left: a minibatch would fail
+    again = pretrain(tmp_path / "cut")  # killed in the closing evaluation (no summary.json), rerun: nothing to train
+    assert again["pretrain_epochs"] == 4 and all(torch.equal(again["model"][n], w) for n, w in whole["model"].items())

@@ -249,22 +249,26 @@ def test_ctrl_c_message_on_its_own_line_after_the_bars(monkeypatch):
 
 
 def test_ctrl_c_in_a_pretraining_names_its_continuation(tmp_path, monkeypatch, capsys):
-    """A pre-training stopped by Ctrl-C after it wrote its state says that the same command continues it (it has no
-    checkpoint to resume with --checkpoint); without the state, the usual line."""
+    """A pre-training stopped by Ctrl-C after it wrote its state (or its pretrained.pt, in the closing evaluation)
+    says that the same command continues it (it has no checkpoint to resume with --checkpoint); without either, or
+    in a run that does not pre-train, the usual line."""
     monkeypatch.setitem(runs._run, "dir", str(tmp_path))
     monkeypatch.setitem(runs._run, "resume_from", None)
+    monkeypatch.setitem(runs._run, "pretrains", True)
 
     def main():
         raise KeyboardInterrupt
 
-    with pytest.raises(SystemExit):
-        runs.run_cli(main)
-    assert "no iteration finished, nothing to resume" in capsys.readouterr().err
+    def message():
+        with pytest.raises(SystemExit):
+            runs.run_cli(main)
+        return capsys.readouterr().err
+
+    assert "no iteration finished, nothing to resume" in message()
+    (tmp_path / "pretrained.pt").write_bytes(b"")  # killed in its closing evaluation
+    goes_on = "interrupted: the pre-training goes on from {} when the same command is run again"
+    assert goes_on.format(tmp_path / "pretrained.pt") in message()
     (tmp_path / runs.PRETRAIN_STATE).write_bytes(b"")
-    with pytest.raises(SystemExit):
-        runs.run_cli(main)
-    state = tmp_path / runs.PRETRAIN_STATE
-    assert (
-        f"interrupted: the pre-training goes on from {state} when the same command is run again"
-        in capsys.readouterr().err
-    )
+    assert goes_on.format(tmp_path / runs.PRETRAIN_STATE) in message()
+    monkeypatch.setitem(runs._run, "pretrains", False)  # a fine-tuning run started from a pretrained.pt in its dir
+    assert "no iteration finished, nothing to resume" in message()

@@ -2,6 +2,8 @@
 
     python experiments/robomimic_pixels/first_step_kl.py                     # the bundled lift-img Gaussian
     python experiments/robomimic_pixels/first_step_kl.py --rows 375 1500 --lr 1e-4 1e-5
+    python experiments/robomimic_pixels/first_step_kl.py --checkpoint cleandppo/pretrained/lift-mhsim-gaussian-mlp.pt \
+        --dataset lift-mhsim                                                 # the state policy, for comparison
 
 In the comparison the Gaussian's first update ended with approx. KL 4.4 (target 1) and its success went from 5/5 to
 0. This checks the size of that step apart from the run: rows of the policy's image demos (random-shifted once, as
@@ -46,7 +48,8 @@ def main():
             o_idx, _ = envs.gather_samples(
                 steps, steps, starts, firsts, idx, run_args.cond_steps, run_args.horizon_steps
             )
-            obs = vit.shift_images(envs.take_rows(envs.obs_tensor(obs_all, "cpu"), torch.as_tensor(o_idx)))
+            obs = envs.take_rows(envs.obs_tensor(obs_all, "cpu"), torch.as_tensor(o_idx))
+            obs = vit.shift_images(obs) if isinstance(obs, dict) else obs  # pixels: shifted once, as a batch is
             policy = gp._load_policy(ckpt, "cpu")
             opt = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.0)
             with torch.no_grad():

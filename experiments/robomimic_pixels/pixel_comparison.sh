@@ -69,14 +69,15 @@ script_of() { case $1 in dppo | diffusion) echo dppo ;; gaussian) echo gaussian_
 export -f script_of
 
 # One pre-training: pretrain_one <policy> <epochs>; its evaluation's success goes to budgets.csv. A finished one is
-# kept; an interrupted one continues from its pretrained_last.pt (the same command run again), else starts over.
+# kept; an interrupted one continues from its pretrained_last.pt, or only evaluates its pretrained.pt when it was
+# killed in that evaluation (the same command run again), else starts over.
 pretrain_one() {
   local policy=$1 epochs=$2 dir=$RUNS/pretrain_$1
   if [ -f "$dir/summary.json" ]; then
     echo "[skip] $dir (finished)"
     return 0
   fi
-  [ -f "$dir/pretrained_last.pt" ] || rm -rf "$dir"
+  [ -f "$dir/pretrained_last.pt" ] || [ -f "$dir/pretrained.pt" ] || rm -rf "$dir"
   python "cleandppo/$(script_of "$policy").py" --env-id "$TASK-img" --dataset "$TASK-mhsim-img" --pretrain-only \
     --pretrain-epochs "$epochs" --eval-episodes "$PRE_EPISODES" --no-cuda --run-dir "$dir" >>"$dir.log" 2>&1 ||
     { echo "[failed] $dir: see $dir.log" >&2; return 1; }
