@@ -33,7 +33,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    ckpt = envs.upgrade_checkpoint(torch.load(args.checkpoint, map_location="cpu", weights_only=False))
     run_args = gp.Args(**{k: v for k, v in ckpt["args"].items() if k in gp.Args.__dataclass_fields__})
     run_args.dataset = args.dataset
     data = envs.load_dataset(args.dataset, ckpt["env_id"])
