@@ -31,6 +31,13 @@ def main():
     parser.add_argument("--rows", type=int, nargs="+", default=[375], help="batch sizes (375: an iteration here)")
     parser.add_argument("--lr", type=float, nargs="+", default=[1e-4, 1e-5])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--step",
+        choices=["all", "encoder", "head"],
+        default="all",
+        help="the weights the step moves (pixels: the ViT "
+        "encoder with its spatial embedding, or the MLP head with the std; the rest stays)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     ckpt = envs.upgrade_checkpoint(torch.load(args.checkpoint, map_location="cpu", weights_only=False))
@@ -39,7 +46,7 @@ def main():
     data = envs.load_dataset(args.dataset, ckpt["env_id"])
     obs_all, actions_all, starts, firsts = pretraining.make_samples(data, run_args)
     steps = np.arange(len(actions_all))
-    print(f"{'rows':>5} {'lr':>7} {'approx_kl':>10} {'ratio':>8} {'mean shift (RMS)':>17}")
+    print(f"step: {args.step}\n{'rows':>5} {'lr':>7} {'approx_kl':>10} {'ratio':>8} {'mean shift (RMS)':>17}")
     for rows in args.rows:
         for lr in args.lr:
             torch.manual_seed(args.seed)
@@ -51,7 +58,12 @@ def main():
             obs = envs.take_rows(envs.obs_tensor(obs_all, "cpu"), torch.as_tensor(o_idx))
             obs = vit.shift_images(obs) if isinstance(obs, dict) else obs  # pixels: shifted once, as a batch is
             policy = gp._load_policy(ckpt, "cpu")
-            opt = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.0)
+            moved = [
+                p
+                for n, p in policy.named_parameters()
+                if args.step == "all" or n.startswith("encoder.") == (args.step == "encoder")
+            ]
+            opt = torch.optim.AdamW(moved, lr=lr, weight_decay=0.0)
             with torch.no_grad():
                 mean0, std = policy(obs)
                 actions = gp.sample_action(mean0, std, run_args.randn_clip_value)
