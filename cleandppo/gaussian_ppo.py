@@ -718,7 +718,7 @@ def main(args):
         return record_dataset(policy, args, normalization, device)
     act = eval_act(policy, args, device)  # the policy, as it is when called
     if args.eval_only or args.pretrain_only:
-        return runs.evaluate_only(run_dir, ALGO, args, 0, evals, device, act, normalization)
+        return runs.evaluate_only(run_dir, ALGO, args, ckpt.get("env_steps", 0), evals, device, act, normalization)
 
     # ---- set-up: a fresh value critic V(s), the BC teacher, AdamW ----
     action_dim = kwargs["action_dim"]

@@ -646,7 +646,7 @@ def main(args):
         return report_official_clamp(policy, args, normalization, device, path, run_dir, writer)
     act = eval_act(policy, args, device)  # the policy, as it is when called
     if args.eval_only or args.pretrain_only:
-        return runs.evaluate_only(run_dir, ALGO, args, 0, evals, device, act, normalization)
+        return runs.evaluate_only(run_dir, ALGO, args, ckpt.get("env_steps", 0), evals, device, act, normalization)
 
     # ---- set-up: a fresh value critic V(s), AdamW ----
     obs_dim, action_dim = kwargs["obs_dim"], kwargs["action_dim"]

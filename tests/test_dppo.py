@@ -500,6 +500,7 @@ def test_cli_finetune_smoke_run(tiny_diffusion_checkpoint, tmp_path, capsys, mon
         *TINY_DIFFUSION,
     )
     assert "[eval] return" in capsys.readouterr().out
+    read_summary(tmp_path / "ev", env_steps=64)  # at the env steps the checkpoint was trained for
 
 
 def test_bad_flags_are_one_line_on_stderr(tmp_path):

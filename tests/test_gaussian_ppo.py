@@ -228,6 +228,19 @@ def test_cli_pretrain_then_finetune(tiny_dataset, tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert "iter 3/3" in out and "iter 1/3" not in out
+    # --eval-only of the fine-tuned checkpoint reports it at the env steps it was trained for
+    run_main(
+        gp,
+        "--checkpoint",
+        ft / "checkpoint_last.pt",
+        "--eval-only",
+        "--eval-episodes",
+        "1",
+        "--run-dir",
+        tmp_path / "ev",
+        *TINY_GAUSSIAN,
+    )
+    read_summary(tmp_path / "ev", env_steps=64)
 
 
 def test_bad_input_is_one_line_on_stderr(tmp_path):

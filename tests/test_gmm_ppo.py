@@ -187,6 +187,11 @@ def test_cli_pretrain_finetune_and_clamp_report(tiny_dataset, tmp_path):
     )
     assert "iter 1/1" in proc.stdout
     read_summary(ft, algo="gmm_ppo", env_steps=32)
+    ev = tmp_path / "ev"  # --eval-only of the fine-tuned checkpoint reports it at the env steps it was trained for
+    gmm_ppo.main(
+        gmm_ppo.Args(checkpoint=str(ft / "checkpoint_last.pt"), eval_only=True, eval_episodes=1, run_dir=str(ev))
+    )
+    read_summary(ev, env_steps=32)
     assert os.path.isfile(ft / "checkpoint_last.pt") and os.path.isfile(ft / "checkpoint_1.pt")
     tags = scalar_tags(ft)
     assert {"charts/episodic_return", "eval/episodic_return"} & tags
