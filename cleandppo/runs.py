@@ -147,8 +147,11 @@ def check_writable(run_dir: str):
 def interrupted_pretraining(run_dir: str, args) -> dict | None:
     """The PRETRAIN_STATE an interrupted pre-training left in `run_dir`, or its pretrained.pt when it was killed in
     its closing evaluation (no summary.json), which this pre-training run continues (the same command rerun: other
-    settings but CONTINUE_FREE stop it in one line); None when there is neither."""
+    settings but CONTINUE_FREE stop it in one line); None when there is neither, or when fine-tuning had begun (that
+    run resumes from its checkpoint instead)."""
     path = os.path.join(run_dir, PRETRAIN_STATE)
+    if os.path.isdir(run_dir) and newest_checkpoint(run_dir):
+        return None
     if not os.path.isfile(path):
         path = os.path.join(run_dir, "pretrained.pt")
         if not os.path.isfile(path) or os.path.isfile(os.path.join(run_dir, "summary.json")):
@@ -427,7 +430,7 @@ def run_cli(main, *main_args):
             raise
         raise SystemExit(f"error: {envs.write_failed(_run['dir'], e)}") from None
     except KeyboardInterrupt:
-        console.close_bars()  # a terminal's bars end their line first: the message gets its own, and nothing redraws over it
+        console.close_bars()  # the bars end their line first: the message gets its own, and nothing redraws over it
         last = os.path.join(_run["dir"] or ".", "checkpoint_last.pt")
         resume = last if _run["dir"] and os.path.isfile(last) else _run["resume_from"]
         where = f"resume with --checkpoint {resume}" if resume else "no iteration finished, nothing to resume"

@@ -505,6 +505,9 @@ continued pre-training restarts its EMA | pretraining.py | tests/test_gaussian_p
 continued pre-training with other settings | runs.py | tests/test_gaussian_ppo.py -k killed_pretraining
 - if key not in CONTINUE_FREE and ours.get(key) != value:
 + if False:
+a rerun pre-training overwrites a fine-tuning that had begun | runs.py | tests/test_gaussian_ppo.py -k killed_pretraining
+- if os.path.isdir(run_dir) and newest_checkpoint(run_dir):
++ if False:
 eval-only of a fine-tuned Gaussian at env step 0 | gaussian_ppo.py | tests/test_gaussian_ppo.py -k cli_pretrain_then_finetune
 - runs.evaluate_only(run_dir, ALGO, args, ckpt.get("env_steps", 0), evals
 + runs.evaluate_only(run_dir, ALGO, args, 0, evals

@@ -419,7 +419,8 @@ def test_a_killed_pretraining_rerun_into_its_dir_continues_exactly(tiny_dataset,
     command into its run dir continues from the state of epoch 2: its pretrained.pt equals that of a run never
     killed, weight for weight (cosine LR, EMA, AdamW's moments and the RNGs all carried over), and the state file is
     gone. A rerun with another setting stops in one line naming it. Rerun once more (as if killed in the closing
-    evaluation, before summary.json), it trains nothing and gives the same pretrained.pt."""
+    evaluation, before summary.json), it trains nothing and gives the same pretrained.pt; once fine-tuning has
+    written a checkpoint, the rerun is refused and names that checkpoint."""
     import importlib
     import shutil
 
@@ -469,3 +470,6 @@ def test_a_killed_pretraining_rerun_into_its_dir_continues_exactly(tiny_dataset,
     monkeypatch.setattr(envs, "gather_samples", None)  # no training left: a minibatch would fail
     again = pretrain(tmp_path / "cut")  # killed in the closing evaluation (no summary.json), rerun: nothing to train
     assert again["pretrain_epochs"] == 4 and all(torch.equal(again["model"][n], w) for n, w in whole["model"].items())
+    (tmp_path / "cut" / "checkpoint_last.pt").write_bytes(b"")  # fine-tuning had begun: that is resumed, not this
+    with pytest.raises(SystemExit, match="already holds a run; resume it with --checkpoint"):
+        pretrain(tmp_path / "cut")
