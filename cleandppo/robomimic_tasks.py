@@ -468,9 +468,25 @@ class RobomimicLowDimEnv(gym.Env):
         return self.observation(), float(reward), False, self.steps >= self.max_episode_steps, info
 
     def render(self):
-        return self.rs_env.sim.render(camera_name="agentview", width=256, height=256)[::-1]
+        return self.camera_image("agentview", 256)
+
+    def camera_image(self, camera: str, size: int) -> np.ndarray:
+        """uint8 (size, size, 3) from `camera` at the current simulator state, upright (row 0 at the top), rendered
+        in this env's own OpenGL context. robosuite renders in whichever context is current, and an env of the same
+        process that closes leaves none (its EGL or OSMesa context's free releases the thread's), after which every
+        other env's frames came out wrong: each render makes its own context current first."""
+        sim = self.rs_env.sim
+        sim._render_context_offscreen.gl_ctx.make_current()
+        return sim.render(camera_name=camera, width=size, height=size)[::-1]
 
     def close(self):
+        """Free the renderer in its own OpenGL context first: robosuite frees it whenever the sim is collected, in
+        whichever context is current then, which deleted another env's buffers of the same ids."""
+        context = getattr(self.rs_env.sim, "_render_context_offscreen", None)
+        if context is not None:
+            context.gl_ctx.make_current()
+            context.con.free()
+            context.gl_ctx.free()  # its context goes, and none is current: each render makes its own current
         self.rs_env.close()
 
 
@@ -497,8 +513,7 @@ class RobomimicImageEnv(RobomimicLowDimEnv):
 
     def camera_images(self) -> dict:
         """{camera: uint8 (96, 96, 3)} of the current simulator state, upright (row 0 at the top)."""
-        sim = self.rs_env.sim
-        return {c: sim.render(camera_name=c, width=IMAGE_SIZE, height=IMAGE_SIZE)[::-1] for c in self.cameras}
+        return {c: self.camera_image(c, IMAGE_SIZE) for c in self.cameras}
 
     def images_of_states(self, states) -> dict:
         """{camera: uint8 (T, 96, 96, 3)} rendered at each flattened simulator state (robomimic's

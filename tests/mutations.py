@@ -735,6 +735,12 @@ random shift: never by +pad | vit.py | tests/test_pixel_policies.py -k random_sh
 random shift: cameras never on their own | vit.py | tests/test_pixel_policies.py -k shift_images
 - cameras = rgb.shape[-3] // 3 if per_camera else 1
 + cameras = 1
+an image env renders in whichever GL context is current | robomimic_tasks.py | tests/test_pixels_env.py -k renders_the_same_after
+- sim._render_context_offscreen.gl_ctx.make_current()
++ pass
+a closing image env frees its renderer in another env's GL context | robomimic_tasks.py | tests/test_pixels_env.py -k renders_the_same_after
+- context.gl_ctx.make_current()
++ pass
 pre-training images not shifted | pretraining.py | tests/test_pixel_runs.py
 - o = vit.shift_images(o, per_camera=True)
 + o = o
