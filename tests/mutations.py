@@ -528,8 +528,8 @@ image task resolved to its state task | envs.py | tests/test_pixels_env.py -k of
 - return robomimic_tasks.image_task(env_id)\n    if is_robomimic(env_id):\n        return robomimic_task(env_id)\n    if avoid
 + return robomimic_task(env_id)\n    if is_robomimic(env_id):\n        return robomimic_task(env_id)\n    if avoid
 images not flipped upright | robomimic_tasks.py | tests/test_pixels_env.py -k upright
-- sim.render(camera_name=c, width=IMAGE_SIZE, height=IMAGE_SIZE)[::-1]
-+ sim.render(camera_name=c, width=IMAGE_SIZE, height=IMAGE_SIZE)
+- return sim.render(camera_name=camera, width=size, height=size)[::-1]
++ return sim.render(camera_name=camera, width=size, height=size)
 image chunk cut short by the time limit renders too late | envs.py | tests/test_pixels_env.py -k chunk_renders
 - base.render_images = i >= self.chunk_length - self.cond_steps
 + base.render_images = i >= self.act_steps - self.cond_steps
