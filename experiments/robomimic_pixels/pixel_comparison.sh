@@ -14,7 +14,7 @@
 #             (epochs, success, the commit), the checkpoints to $RUNS/pretrain_{diffusion,gaussian}/pretrained.pt
 #   bundle    (not in "all") copies them to cleandppo/pretrained/$TASK-img-{diffusion,gaussian}-mlp.pt, the default
 #             checkpoints of --env-id $TASK-img
-#   compare   2 algorithms x $SEEDS fine-tuning runs from them (without a pretrain stage in $RUNS: from the bundled
+#   compare   $ALGOS x $SEEDS fine-tuning runs from them (without a pretrain stage in $RUNS: from the bundled
 #             cleandppo/pretrained/$TASK-img-*-mlp.pt), each followed by a $FINAL_EPISODES-episode evaluation of its
 #             checkpoint_last.pt ($RUNS/<algo>__s<seed>/, $RUNS/<algo>__s<seed>_final50/)
 #   figure    $RUNS/figure.{png,csv} (experiments/robomimic_weak_starts/robomimic_comparison_figure.py) and the wall
@@ -25,6 +25,9 @@
 #   EPOCHS_DIFFUSION=20, EPOCHS_GAUSSIAN=20   pre-training epochs (official: 2000 on a GPU)
 #   PRE_EPISODES=50  evaluation episodes of each pre-trained policy
 #   SEEDS="0 1 2"    seeds of each algorithm
+#   ALGOS="dppo gaussian gaussian-lr1e-5"   gaussian-lr1e-5: the Gaussian at actor LR 1e-5 instead of the official
+#                    1e-4, a variant reported beside it (one AdamW step at 1e-4 moves this pixel policy's mean action
+#                    by 0.4; first_step_kl.py)
 #   NUM_ENVS=5       training envs; N_STEPS=75 queries per env and iteration (Ta = 4: one 300-step episode)
 #   BUDGET=4500      fine-tuning env steps per run (3 iterations at the sizes above)
 #   EVAL_FREQ=1, EVAL_EPISODES=5, FINAL_EPISODES=50
@@ -40,6 +43,7 @@ EPOCHS_DIFFUSION=${EPOCHS_DIFFUSION:-20}
 EPOCHS_GAUSSIAN=${EPOCHS_GAUSSIAN:-20}
 PRE_EPISODES=${PRE_EPISODES:-50}
 SEEDS=${SEEDS:-"0 1 2"}
+ALGOS=${ALGOS:-"dppo gaussian gaussian-lr1e-5"}
 NUM_ENVS=${NUM_ENVS:-5}
 N_STEPS=${N_STEPS:-75}
 BUDGET=${BUDGET:-4500}
@@ -65,10 +69,11 @@ for s in "${stages[@]}"; do
   esac
 done
 mkdir -p "$RUNS"
-script_of() { case $1 in dppo | diffusion) echo dppo ;; gaussian) echo gaussian_ppo ;; esac; }
+script_of() { case $1 in dppo | diffusion) echo dppo ;; gaussian*) echo gaussian_ppo ;; esac; }
+variant_of() { case $1 in gaussian-lr1e-5) echo "--actor-lr 1e-5" ;; esac; } # the flags a variant adds
 # the 50-episode success of the bundled checkpoints (README.md here, results_53c1f22/budgets.csv)
 bundled_success() { case $TASK-$1 in lift-diffusion) echo 0.28 ;; lift-gaussian) echo 0.48 ;; *) echo nan ;; esac; }
-export -f script_of
+export -f script_of variant_of
 
 # One pre-training: pretrain_one <policy> <epochs>; its evaluation's success goes to budgets.csv. A finished one is
 # kept; an interrupted one continues from its pretrained_last.pt, or only evaluates its pretrained.pt when it was
@@ -118,8 +123,9 @@ run_one() {
   else
     rm -rf "$dir"
   fi
+  # shellcheck disable=SC2046 # a variant's flags are words
   [ -z "$start" ] || python "cleandppo/$(script_of "$algo").py" --env-id "$TASK-img" --checkpoint "$start" \
-    --seed "$seed" --num-envs "$NUM_ENVS" --n-steps "$N_STEPS" --total-timesteps "$BUDGET" --n-critic-warmup-itr 0 \
+    $(variant_of "$algo") --seed "$seed" --num-envs "$NUM_ENVS" --n-steps "$N_STEPS" --total-timesteps "$BUDGET" --n-critic-warmup-itr 0 \
     --eval-freq "$EVAL_FREQ" --eval-episodes "$EVAL_EPISODES" --save-freq 1000 --no-cuda --run-dir "$dir" \
     >>"$dir.log" 2>&1 &&
     python "cleandppo/$(script_of "$algo").py" --env-id "$TASK-img" --eval-only --eval-episodes "$FINAL_EPISODES" \
@@ -146,7 +152,7 @@ for stage in "${stages[@]}"; do
     for p in diffusion gaussian; do cp "$RUNS/pretrain_$p/pretrained.pt" "cleandppo/pretrained/$TASK-img-$p-mlp.pt"; done
     ;;
   compare)
-    for seed in $SEEDS; do for algo in dppo gaussian; do echo "$algo $seed"; done; done |
+    for seed in $SEEDS; do for algo in $ALGOS; do echo "$algo $seed"; done; done |
       xargs -P "$WORKERS" -L 1 bash -c 'run_one "$@"' _
     ;;
   figure)
@@ -162,6 +168,10 @@ for stage in "${stages[@]}"; do
     python experiments/robomimic_weak_starts/robomimic_comparison_figure.py --task "$TASK" --runs "$RUNS" \
       --out "$RUNS/figure" --title "$TASK from pixels, pre-trained on $TASK-mhsim-img" --pretrained "${start[@]}"
     python experiments/robomimic_pixels/iteration_times.py --runs "$RUNS" --task "$TASK" --out "$RUNS/iteration_times.csv"
+    for run in "$RUNS"/gaussian-lr1e-5__s*_final50; do # the variant, beside the figure's official Gaussian
+      [ -f "$run/summary.json" ] && echo "$(basename "$run"): $(python -c "import json; \
+print(json.load(open('$run/summary.json'))['final_eval_success_rate'])")"
+    done
     ;;
   esac
 done
