@@ -112,7 +112,7 @@ def test_a_chunk_renders_the_images_its_history_keeps(lift_img):
 def test_an_env_renders_the_same_after_other_image_envs_of_its_process_close(lift_img):
     """A fine-tuning run keeps its training envs while each evaluation opens and closes envs of its own. Closing an
     env used to free its renderer in whichever OpenGL context was current, another env's, whose frames then came
-    out wrong (a mean error of 76 of 255 per pixel): every later iteration's rollout saw broken images."""
+    out wrong: every later iteration's rollout saw broken images. Both halves of the fix are needed here."""
     before, _ = lift_img.reset(seed=3)
     others = envs.make_vec_env("lift-img", 2, 100, 4, 2, lift_img.norm)
     others.reset(seed=100)
