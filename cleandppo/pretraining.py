@@ -67,15 +67,16 @@ def behaviour_cloning(net, loss_fn, samples, args, device, writer, checkpoint, r
     One that holds pretrained.pt alone had finished (killed in the closing evaluation): that is returned as it is."""
     obs, actions, starts, firsts = samples
     ema = copy.deepcopy(net).requires_grad_(False) if args.ema_decay is not None else None
+    saved = net if ema is None else ema  # the weights every checkpoint holds
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.pretrain_lr, weight_decay=args.pretrain_weight_decay)
     obs_t, act_t = envs.obs_tensor(obs, device), torch.as_tensor(actions, device=device)
     rows = np.arange(len(actions))  # one per step of obs and actions: gathered as indices, then looked up on device
     steps_per_epoch, step, t0 = math.ceil(len(starts) / args.pretrain_batch_size), 0, time.time()
     state_path, first, saved_at = os.path.join(run_dir, runs.PRETRAIN_STATE), 0, t0
-    done = os.path.join(run_dir, "pretrained.pt")
-    if os.path.isfile(done) and not os.path.isfile(state_path):  # finished, then killed in its closing evaluation
-        return torch.load(done, map_location="cpu", weights_only=False)
+    finished = os.path.join(run_dir, "pretrained.pt")
+    if os.path.isfile(finished) and not os.path.isfile(state_path):  # finished, then killed in its closing evaluation
+        return torch.load(finished, map_location="cpu", weights_only=False)
     if os.path.isfile(state_path):
         first, step = load_state(state_path, net, ema, opt)
     for epoch in range(first, args.pretrain_epochs):
@@ -102,9 +103,9 @@ def behaviour_cloning(net, loss_fn, samples, args, device, writer, checkpoint, r
                         p_ema.copy_(p) if epoch < args.ema_start_epoch else p_ema.lerp_(p, 1 - args.ema_decay)
         every = getattr(args, "pretrain_save_freq", 0)
         if every and (epoch + 1) % every == 0 and epoch + 1 < args.pretrain_epochs:
-            save_pretrained(checkpoint, net if ema is None else ema, epoch + 1, step, args, run_dir)
+            save_pretrained(checkpoint, saved, epoch + 1, step, args, run_dir)
         if time.time() - saved_at >= STATE_EVERY_S and epoch + 1 < args.pretrain_epochs:
-            save_state(state_path, checkpoint(net if ema is None else ema), net, ema, opt, epoch + 1, step)
+            save_state(state_path, checkpoint(saved), net, ema, opt, epoch + 1, step)
             saved_at = time.time()
         mean_loss, lr = total / steps_per_epoch, opt.param_groups[0]["lr"]
         writer.add_scalar("pretrain/loss", mean_loss, epoch)
@@ -113,7 +114,7 @@ def behaviour_cloning(net, loss_fn, samples, args, device, writer, checkpoint, r
             left = (time.time() - t0) / (epoch + 1 - first) * (args.pretrain_epochs - epoch - 1) / 60
             done = f"epoch {epoch + 1}/{args.pretrain_epochs}"
             print(f"[pretrain] {done} | loss {mean_loss:.4f} | lr {lr:.2e} | left {left:.1f}m", flush=True)
-    ckpt = save_pretrained(checkpoint, net if ema is None else ema, args.pretrain_epochs, step, args, run_dir)
+    ckpt = save_pretrained(checkpoint, saved, args.pretrain_epochs, step, args, run_dir)
     if os.path.isfile(state_path):
         os.remove(state_path)
     return ckpt

@@ -479,8 +479,8 @@ EMA ignores its start epoch (gaussian's and gmm's tests) | pretraining.py | test
 - p_ema.copy_(p) if epoch < args.ema_start_epoch else
 + p_ema.copy_(p) if epoch < 0 else
 pre-training saves live weights, not EMA | pretraining.py | tests/test_gaussian_ppo.py -k pretraining_cosine
-- net if ema is None else ema, args.pretrain_epochs
-+ net, args.pretrain_epochs
+- checkpoint, saved, args.pretrain_epochs
++ checkpoint, net, args.pretrain_epochs
 pre-training EMA weight swapped (gaussian's and gmm's tests) | pretraining.py | tests/test_gaussian_ppo.py -k pretraining_cosine
 - p_ema.lerp_(p, 1 - args.ema_decay)
 + p_ema.lerp_(p, args.ema_decay)
@@ -488,8 +488,8 @@ pre-training LR not decayed | pretraining.py | tests/test_gaussian_ppo.py -k pre
 - group["lr"] = pretrain_lr(epoch, args)
 + group["lr"] = args.pretrain_lr
 pre-training snapshot of the live weights, not the EMA | pretraining.py | tests/test_gaussian_ppo.py -k snapshots
-- net if ema is None else ema, epoch + 1
-+ net, epoch + 1
+- save_pretrained(checkpoint, saved, epoch + 1
++ save_pretrained(checkpoint, net, epoch + 1
 pre-training snapshot one epoch early | pretraining.py | tests/test_gaussian_ppo.py -k snapshots
 - (epoch + 1) % every == 0 and epoch + 1 < args.pretrain_epochs
 + epoch % every == 0 and epoch + 1 < args.pretrain_epochs
