@@ -9,9 +9,11 @@
 # Stages:
 #   data      scripts/make_robomimic_demos.py --task $TASK --operators mh --images (Can: --max-steps 600, as its state
 #             demos) -> <data dir>/$TASK-mhsim-img.hdf5
-#   pretrain  dppo.py and gaussian_ppo.py pre-trained on it ($EPOCHS_DIFFUSION, $EPOCHS_GAUSSIAN epochs), each ending
-#             with a $PRE_EPISODES-episode evaluation; every budget tried is appended to $RUNS/budgets.csv
-#             (epochs, success, the commit), the checkpoints to $RUNS/pretrain_{diffusion,gaussian}/pretrained.pt
+#   pretrain  dppo.py and gaussian_ppo.py pre-trained on it ($EPOCHS_DIFFUSION, $EPOCHS_GAUSSIAN epochs; the
+#             recipe of the bundled lift-img checkpoints by default), each ending with a $PRE_EPISODES-episode
+#             evaluation; every budget tried is appended to $RUNS/budgets.csv (epochs, LR, success, the commit), the
+#             checkpoints to $RUNS/pretrain_{diffusion,gaussian}/pretrained.pt, with a snapshot every
+#             $SAVE_FREQ epochs (pretrained_<epoch>.pt; evaluate one with --eval-only --checkpoint)
 #   bundle    (not in "all") copies them to cleandppo/pretrained/$TASK-img-{diffusion,gaussian}-mlp.pt, the default
 #             checkpoints of --env-id $TASK-img
 #   compare   $ALGOS x $SEEDS fine-tuning runs from them (without a pretrain stage in $RUNS: from the bundled
@@ -22,7 +24,10 @@
 # Knobs (environment variables):
 #   TASK=lift        lift or can
 #   DEMOS=100        demonstrations (the official image datasets hold 100)
-#   EPOCHS_DIFFUSION=20, EPOCHS_GAUSSIAN=20   pre-training epochs (official: 2000 on a GPU)
+#   EPOCHS_DIFFUSION=40, EPOCHS_GAUSSIAN=10   pre-training epochs (official: 2000 on a GPU)
+#   LR_DIFFUSION=1e-3  the diffusion policy's pre-training LR, cosine-decayed to a tenth; "official" for the
+#                    official 1e-4 -> 1e-5, too slow for a CPU budget (README.md here: 0.02 after 40 epochs)
+#   SAVE_FREQ=10     a pre-training snapshot every SAVE_FREQ epochs
 #   PRE_EPISODES=50  evaluation episodes of each pre-trained policy
 #   SEEDS="0 1 2"    seeds of each algorithm
 #   ALGOS="dppo gaussian gaussian-lr1e-5"   gaussian-lr1e-5: the Gaussian at actor LR 1e-5 instead of the official
@@ -39,8 +44,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 TASK=${TASK:-lift}
 DEMOS=${DEMOS:-100}
-EPOCHS_DIFFUSION=${EPOCHS_DIFFUSION:-20}
-EPOCHS_GAUSSIAN=${EPOCHS_GAUSSIAN:-20}
+EPOCHS_DIFFUSION=${EPOCHS_DIFFUSION:-40}
+EPOCHS_GAUSSIAN=${EPOCHS_GAUSSIAN:-10}
+LR_DIFFUSION=${LR_DIFFUSION:-1e-3}
+SAVE_FREQ=${SAVE_FREQ:-10}
 PRE_EPISODES=${PRE_EPISODES:-50}
 SEEDS=${SEEDS:-"0 1 2"}
 ALGOS=${ALGOS:-"dppo gaussian gaussian-lr1e-5"}
@@ -53,7 +60,12 @@ FINAL_EPISODES=${FINAL_EPISODES:-50}
 WORKERS=${WORKERS:-2}
 RUNS=${RUNS:-runs/robomimic_${TASK}_pixels}
 export PYTHONPATH=$PWD OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-export TASK PRE_EPISODES NUM_ENVS N_STEPS BUDGET EVAL_FREQ EVAL_EPISODES FINAL_EPISODES RUNS
+export TASK PRE_EPISODES SAVE_FREQ LR_DIFFUSION NUM_ENVS N_STEPS BUDGET EVAL_FREQ EVAL_EPISODES FINAL_EPISODES RUNS
+case $LR_DIFFUSION in official | [0-9]*) ;; *)
+  echo "error: LR_DIFFUSION '$LR_DIFFUSION' is not a number; use e.g. 1e-3, or official (1e-4 -> 1e-5)" >&2
+  exit 2
+  ;;
+esac
 case $TASK in lift | can) ;; *)
   echo "error: unknown TASK '$TASK'; use lift or can" >&2
   exit 2
@@ -79,14 +91,17 @@ export -f script_of variant_of
 # kept; an interrupted one continues from its pretrained_last.pt, or only evaluates its pretrained.pt when it was
 # killed in that evaluation (the same command run again), else starts over.
 pretrain_one() {
-  local policy=$1 epochs=$2 dir=$RUNS/pretrain_$1
+  local policy=$1 epochs=$2 dir=$RUNS/pretrain_$1 lr=()
   if [ -f "$dir/summary.json" ]; then
     echo "[skip] $dir (finished)"
     return 0
   fi
+  [ "$policy" = diffusion ] && [ "$LR_DIFFUSION" != official ] &&
+    lr=(--pretrain-lr "$LR_DIFFUSION" --pretrain-min-lr "$(python -c "print($LR_DIFFUSION / 10)")")
   [ -f "$dir/pretrained_last.pt" ] || [ -f "$dir/pretrained.pt" ] || rm -rf "$dir"
   python "cleandppo/$(script_of "$policy").py" --env-id "$TASK-img" --dataset "$TASK-mhsim-img" --pretrain-only \
-    --pretrain-epochs "$epochs" --eval-episodes "$PRE_EPISODES" --no-cuda --run-dir "$dir" >>"$dir.log" 2>&1 ||
+    --pretrain-epochs "$epochs" "${lr[@]}" --pretrain-save-freq "$SAVE_FREQ" --eval-episodes "$PRE_EPISODES" \
+    --no-cuda --run-dir "$dir" >>"$dir.log" 2>&1 ||
     { echo "[failed] $dir: see $dir.log" >&2; return 1; }
   python - "$dir/summary.json" "$policy" "$epochs" "$RUNS/budgets.csv" <<'EOF'
 import csv, json, os, sys
@@ -96,9 +111,11 @@ new = not os.path.exists(out)
 with open(out, "a", newline="") as f:
     w = csv.writer(f)
     if new:
-        w.writerow(["policy", "pretrain_epochs", "episodes", "success_rate", "wall_time_s", "git_commit"])
-    w.writerow([policy, epochs, s["args"]["eval_episodes"], s["final_eval_success_rate"], round(s["wall_time_s"]),
-                s["git_commit"]])
+        w.writerow(["policy", "pretrain_epochs", "pretrain_lr", "episodes", "success_rate", "wall_time_s",
+                    "git_commit"])
+    lr, min_lr = s["args"]["pretrain_lr"], s["args"]["pretrain_min_lr"]
+    w.writerow([policy, epochs, f"{lr:g}" if min_lr is None else f"{lr:g} -> {min_lr:g}",
+                s["args"]["eval_episodes"], s["final_eval_success_rate"], round(s["wall_time_s"]), s["git_commit"]])
 EOF
   echo "[pretrain] $policy, $epochs epochs: $(grep '\[eval\]' "$dir.log" | tail -1)"
 }
