@@ -19,8 +19,9 @@
 #   compare   $ALGOS x $SEEDS fine-tuning runs from them (without a pretrain stage in $RUNS: from the bundled
 #             cleandppo/pretrained/$TASK-img-*-mlp.pt), each followed by a $FINAL_EPISODES-episode evaluation of its
 #             checkpoint_last.pt ($RUNS/<algo>__s<seed>/, $RUNS/<algo>__s<seed>_final50/)
-#   figure    $RUNS/figure.{png,csv} (experiments/robomimic_weak_starts/robomimic_comparison_figure.py) and the wall
-#             time per iteration of each algorithm ($RUNS/iteration_times.csv)
+#   figure    $RUNS/figure.{png,csv} (experiments/robomimic_weak_starts/robomimic_comparison_figure.py; a variant is
+#             drawn dashed beside its algorithm) and the wall time per iteration of each algorithm
+#             ($RUNS/iteration_times.csv)
 # Knobs (environment variables):
 #   TASK=lift        lift or can
 #   DEMOS=100        demonstrations (the official image datasets hold 100)
@@ -185,10 +186,6 @@ for stage in "${stages[@]}"; do
     python experiments/robomimic_weak_starts/robomimic_comparison_figure.py --task "$TASK" --runs "$RUNS" \
       --out "$RUNS/figure" --title "$TASK from pixels, pre-trained on $TASK-mhsim-img" --pretrained "${start[@]}"
     python experiments/robomimic_pixels/iteration_times.py --runs "$RUNS" --task "$TASK" --out "$RUNS/iteration_times.csv"
-    for run in "$RUNS"/gaussian-lr1e-5__s*_final50; do # the variant, beside the figure's official Gaussian
-      [ -f "$run/summary.json" ] && echo "$(basename "$run"): $(python -c "import json; \
-print(json.load(open('$run/summary.json'))['final_eval_success_rate'])")"
-    done
     ;;
   esac
 done

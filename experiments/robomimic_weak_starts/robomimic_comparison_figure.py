@@ -31,6 +31,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 ALGOS = {"dppo": "DPPO", "gaussian": "Gaussian-PPO", "gmm": "GMM-PPO", "drwr": "DRWR"}
 COLORS = {"dppo": "tab:red", "gaussian": "tab:blue", "gmm": "tab:green", "drwr": "tab:purple"}
+# variants run beside an algorithm (robomimic_pixels/pixel_comparison.sh), drawn dashed; each starts from its base's
+# checkpoint
+VARIANTS = {"gaussian-lr1e-5": ("gaussian", "Gaussian-PPO at actor LR 1e-5 (variant)", "tab:cyan")}
+for variant, (_, label, color) in VARIANTS.items():
+    ALGOS[variant], COLORS[variant] = label, color
 # task -> the starting checkpoints' 50-episode success (docs/checkpoints.md, weak Lift / weak Can checkpoints)
 PRETRAINED = {
     "lift": ["dppo=0.32", "drwr=0.32", "gaussian=0.38", "gmm=0.60"],
@@ -98,7 +103,7 @@ for i, (algo, by_seed) in enumerate(curves.items()):
     steps = np.array([s for s, _ in list(by_seed.values())[0][:n]])
     values = np.array([[v for _, v in p[:n]] for p in by_seed.values()])
     label = f"{ALGOS[algo]} ({len(by_seed)} seeds)"
-    ax.plot(steps, values.mean(0), color=COLORS[algo], label=label)
+    ax.plot(steps, values.mean(0), "--" if algo in VARIANTS else "-", color=COLORS[algo], label=label)
     ax.fill_between(steps, values.min(0), values.max(0), color=COLORS[algo], alpha=0.15)
     if algo in finals:
         f_steps = np.array([s for s, _ in finals[algo].values()])
@@ -128,6 +133,7 @@ fig.savefig(cli.out + ".png", dpi=120)
 
 # change from the start: two-sided Fisher exact test of the pooled final episodes (50 per seed) against the start's 50
 start = {algo: float(value) for algo, value in (item.split("=") for item in cli.pretrained)}
+start |= {variant: start[base] for variant, (base, _, _) in VARIANTS.items() if base in start}
 seeds = sorted({s for f in finals.values() for s in f})
 print("| algorithm | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | change from start (p) |")
 for algo, by_seed in finals.items():
