@@ -550,16 +550,22 @@ def test_the_state_only_scripts_refuse_a_pixel_task_in_one_line(name, tmp_path):
 
 
 # ---- the bundled pixel checkpoints: what --env-id <task>-img starts from --------------------------------------------
-BUDGETS = os.path.join(os.path.dirname(__file__), "..", "experiments/robomimic_pixels/results_53c1f22/budgets.csv")
+RESULTS = os.path.join(os.path.dirname(__file__), "..", "experiments/robomimic_pixels")
+BUDGETS = {"lift": f"{RESULTS}/results_53c1f22/budgets.csv", "can": f"{RESULTS}/results_65f69c4/budgets.csv"}
 
 
-# what each bundled pixel checkpoint's recipe was, and its row in budgets.csv (policy, epochs, episodes, success)
+# what each bundled pixel checkpoint's recipe was, and its row in the task's budgets.csv (policy, epochs, episodes,
+# success)
 BUNDLED_PIXELS = {
     ("lift", "diffusion"): (
         dict(pretrain_epochs=40, pretrain_lr=1e-3, pretrain_min_lr=1e-4),
         "diffusion lr 1e-3,40,50,0.28",
     ),
     ("lift", "gaussian"): (dict(pretrain_epochs=10, pretrain_lr=1e-4, pretrain_min_lr=1e-5), "gaussian,10,50,0.48"),
+    ("can", "diffusion"): (
+        dict(pretrain_epochs=40, pretrain_lr=1e-3, pretrain_min_lr=1e-4),
+        "diffusion lr 1e-3,40,50,0.2,",
+    ),
 }
 
 
@@ -585,5 +591,5 @@ def test_a_bundled_pixel_checkpoint_is_the_official_network_pre_trained_on_our_i
     net.load_state_dict(ckpt["model"])
     official = official_counts(*next(t for t in OFFICIAL_IMG if t[0] == task)[1:])
     assert count(net) == official[0 if policy == "diffusion" else 1]
-    with open(BUDGETS) as f:
+    with open(BUDGETS[task]) as f:
         assert budget in f.read().replace('"', "")
