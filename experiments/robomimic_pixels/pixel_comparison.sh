@@ -62,11 +62,10 @@ WORKERS=${WORKERS:-2}
 RUNS=${RUNS:-runs/robomimic_${TASK}_pixels}
 export PYTHONPATH=$PWD OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 export TASK PRE_EPISODES SAVE_FREQ LR_DIFFUSION NUM_ENVS N_STEPS BUDGET EVAL_FREQ EVAL_EPISODES FINAL_EPISODES RUNS
-case $LR_DIFFUSION in official | [0-9]*) ;; *)
-  echo "error: LR_DIFFUSION '$LR_DIFFUSION' is not a number; use e.g. 1e-3, or official (1e-4 -> 1e-5)" >&2
+if [ "$LR_DIFFUSION" != official ] && ! python -c "assert float('$LR_DIFFUSION') > 0" 2>/dev/null; then
+  echo "error: LR_DIFFUSION '$LR_DIFFUSION' is not a positive number; use e.g. 1e-3, or official (1e-4 -> 1e-5)" >&2
   exit 2
-  ;;
-esac
+fi
 case $TASK in lift | can) ;; *)
   echo "error: unknown TASK '$TASK'; use lift or can" >&2
   exit 2
