@@ -418,9 +418,9 @@ def test_a_killed_pretraining_rerun_into_its_dir_continues_exactly(tiny_dataset,
     """A pre-training killed in its 3rd of 4 epochs (its state written after every epoch here) and rerun with the same
     command into its run dir continues from the state of epoch 2: its pretrained.pt equals that of a run never
     killed, weight for weight (cosine LR, EMA, AdamW's moments and the RNGs all carried over), and the state file is
-    gone. A rerun with another setting stops in one line naming it (the evaluation's episodes may change). Rerun once more (as if killed in the closing
-    evaluation, before summary.json), it trains nothing and gives the same pretrained.pt; once fine-tuning has
-    written a checkpoint, the rerun is refused and names that checkpoint."""
+    gone. A rerun with another setting stops in one line naming it (the evaluation's episodes may change). Rerun
+    once more (as if killed in the closing evaluation, before summary.json), it trains nothing and gives the same
+    pretrained.pt; once fine-tuning has written a checkpoint, the rerun is refused and names that checkpoint."""
     import importlib
     import shutil
 

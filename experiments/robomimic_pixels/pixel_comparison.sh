@@ -83,8 +83,15 @@ done
 mkdir -p "$RUNS"
 script_of() { case $1 in dppo | diffusion) echo dppo ;; gaussian*) echo gaussian_ppo ;; esac; }
 variant_of() { case $1 in gaussian-lr1e-5) echo "--actor-lr 1e-5" ;; esac; } # the flags a variant adds
-# the 50-episode success of the bundled checkpoints (README.md here, results_53c1f22/budgets.csv)
-bundled_success() { case $TASK-$1 in lift-diffusion) echo 0.28 ;; lift-gaussian) echo 0.48 ;; *) echo nan ;; esac; }
+# the 50-episode success of the bundled checkpoints (README.md here; results_53c1f22/ and results_65f69c4/budgets.csv)
+bundled_success() {
+  case $TASK-$1 in
+  lift-diffusion) echo 0.28 ;;
+  lift-gaussian) echo 0.48 ;;
+  can-diffusion) echo 0.20 ;;
+  *) echo nan ;; # not bundled
+  esac
+}
 export -f script_of variant_of
 
 # One pre-training: pretrain_one <policy> <epochs>; its evaluation's success goes to budgets.csv. A finished one is
@@ -142,7 +149,8 @@ run_one() {
   fi
   # shellcheck disable=SC2046 # a variant's flags are words
   [ -z "$start" ] || python "cleandppo/$(script_of "$algo").py" --env-id "$TASK-img" --checkpoint "$start" \
-    $(variant_of "$algo") --seed "$seed" --num-envs "$NUM_ENVS" --n-steps "$N_STEPS" --total-timesteps "$BUDGET" --n-critic-warmup-itr 0 \
+    $(variant_of "$algo") --seed "$seed" --num-envs "$NUM_ENVS" --n-steps "$N_STEPS" --total-timesteps "$BUDGET" \
+    --n-critic-warmup-itr 0 \
     --eval-freq "$EVAL_FREQ" --eval-episodes "$EVAL_EPISODES" --save-freq 1000 --no-cuda --run-dir "$dir" \
     >>"$dir.log" 2>&1 &&
     python "cleandppo/$(script_of "$algo").py" --env-id "$TASK-img" --eval-only --eval-episodes "$FINAL_EPISODES" \
@@ -166,7 +174,9 @@ for stage in "${stages[@]}"; do
       xargs -P "$WORKERS" -L 1 bash -c 'pretrain_one "$@"' _
     ;;
   bundle)
-    for p in diffusion gaussian; do cp "$RUNS/pretrain_$p/pretrained.pt" "cleandppo/pretrained/$TASK-img-$p-mlp.pt"; done
+    for p in diffusion gaussian; do
+      cp "$RUNS/pretrain_$p/pretrained.pt" "cleandppo/pretrained/$TASK-img-$p-mlp.pt"
+    done
     ;;
   compare)
     for seed in $SEEDS; do for algo in $ALGOS; do echo "$algo $seed"; done; done |
@@ -177,14 +187,16 @@ for stage in "${stages[@]}"; do
     for p in diffusion gaussian; do
       algo=$([ $p = diffusion ] && echo dppo || echo gaussian)
       if [ -f "$RUNS/pretrain_$p/summary.json" ]; then
-        start+=("$algo=$(python -c "import json; print(json.load(open('$RUNS/pretrain_$p/summary.json'))['final_eval_success_rate'])")")
+        start+=("$algo=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['final_eval_success_rate'])" \
+          "$RUNS/pretrain_$p/summary.json")")
       else # the runs started from the bundled checkpoint: its 50-episode success (README, budgets tried)
         start+=("$algo=$(bundled_success "$p")")
       fi
     done
     python experiments/robomimic_weak_starts/robomimic_comparison_figure.py --task "$TASK" --runs "$RUNS" \
       --out "$RUNS/figure" --title "$TASK from pixels, pre-trained on $TASK-mhsim-img" --pretrained "${start[@]}"
-    python experiments/robomimic_pixels/iteration_times.py --runs "$RUNS" --task "$TASK" --out "$RUNS/iteration_times.csv"
+    python experiments/robomimic_pixels/iteration_times.py --runs "$RUNS" --task "$TASK" \
+      --out "$RUNS/iteration_times.csv"
     ;;
   esac
 done
