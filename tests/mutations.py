@@ -786,6 +786,19 @@ official state policy taken for a pixel task | official.py | tests/test_pixel_po
 pixel task accepted by a state-only script | arguments.py | tests/test_pixel_policies.py -k state_only
 - if robomimic_tasks.is_image_task(first.env_id) and not hasattr(first, "vit_dim"):
 + if False:
+# the comparison studies' tables (experiments/)
+comparison table: a variant's runs counted as its base's | ../experiments/robomimic_weak_starts/robomimic_comparison_figure.py | tests/test_figures.py -k variant
+- glob.glob(os.path.join(cli.runs, f"{algo}__s*"))
++ glob.glob(os.path.join(cli.runs, f"{algo}*__s*"))
+comparison table: Fisher test of one seed's episodes | ../experiments/robomimic_weak_starts/robomimic_comparison_figure.py | tests/test_figures.py -k variant
+- [[wins, 50 * len(vals) - wins], [start_wins
++ [[wins, 50 - wins], [start_wins
+iteration times: mean instead of median | ../experiments/robomimic_pixels/iteration_times.py | tests/test_figures.py -k iteration_times
+- median[algo] = np.median(mine, axis=0)
++ median[algo] = np.mean(mine, axis=0)
+iteration times: DPPO against the official Gaussian only | ../experiments/robomimic_pixels/iteration_times.py | tests/test_figures.py -k iteration_times
+- for base in ALGOS[1:]:
++ for base in ALGOS[1:2]:
 """
 
 
@@ -810,7 +823,7 @@ def parse(text):
 def run(name, script, edits, test):
     scratch = tempfile.mkdtemp(prefix="mutation-")
     try:
-        for sub in ("cleandppo", "tests", "scripts"):  # tests import scripts/ (make_robomimic_demos)
+        for sub in ("cleandppo", "tests", "scripts", "experiments"):  # tests run scripts/ and experiments/ too
             shutil.copytree(
                 os.path.join(ROOT, sub), os.path.join(scratch, sub), ignore=shutil.ignore_patterns("__pycache__")
             )

@@ -195,3 +195,101 @@ def test_aggregate_tick_labels_do_not_overlap(tmp_path, monkeypatch):
     for i, (text_a, a) in enumerate(boxes):
         for text_b, b in boxes[i + 1 :]:
             assert not a.overlaps(b), f"tick labels {text_a} and {text_b} overlap"
+
+
+# ---- the robomimic comparison studies' tables: robomimic_comparison_figure.py and iteration_times.py ----------------
+def fisher_two_sided(a, b, c, d):
+    """Two-sided Fisher exact p of [[a, b], [c, d]], summed here from the hypergeometric law: the tables with the same
+    margins that are at most as likely as the observed one."""
+    from math import comb
+
+    rows, col, n = a + b, a + c, a + b + c + d
+    pmf = {
+        x: comb(col, x) * comb(n - col, rows - x) / comb(n, rows)
+        for x in range(max(0, rows - (n - col)), min(rows, col) + 1)
+    }
+    return sum(p for p in pmf.values() if p <= pmf[a] * (1 + 1e-9))
+
+
+def write_comparison_run(runs, name, evals, final=None, times=None):
+    """<runs>/<name>/ as dppo.py and gaussian_ppo.py leave it (eval/success_rate at 0, 1500, 3000, TensorBoard timings,
+    summary.json), and <name>_final50/summary.json with the 50-episode success of its last checkpoint."""
+    writer = SummaryWriter(os.path.join(runs, name))
+    for i, rate in enumerate(evals):
+        writer.add_scalar("eval/success_rate", rate, 1500 * i)
+    for i, (rollout, update) in enumerate(times or []):
+        writer.add_scalar("time/rollout_s", rollout, 1500 * (i + 1))
+        writer.add_scalar("time/update_s", update, 1500 * (i + 1))
+    writer.close()
+    with open(os.path.join(runs, name, "summary.json"), "w") as f:
+        json.dump(dict(args=dict(eval_episodes=5), env_steps=1500 * (len(evals) - 1)), f)
+    if final is not None:
+        os.makedirs(os.path.join(runs, f"{name}_final50"))
+        with open(os.path.join(runs, f"{name}_final50", "summary.json"), "w") as f:
+            json.dump(dict(final_eval_success_rate=final), f)
+
+
+def test_the_comparison_table_tests_each_algorithm_and_variant_against_its_start(tmp_path):
+    """The pixel study's table: per seed the 50-episode final success, the mean, its change from the start and a
+    two-sided Fisher test of the pooled 50 x seeds final episodes against the start's 50. A variant (the Gaussian at
+    actor LR 1e-5) gets its base's start, its own row and line, and its runs never mix with the base's."""
+    runs, out = tmp_path / "runs", tmp_path / "figure"
+    write_comparison_run(runs, "dppo__s0", (0.2, 0.4, 0.6), final=0.44)
+    write_comparison_run(runs, "dppo__s1", (0.0, 0.2, 0.2), final=0.16)
+    write_comparison_run(runs, "gaussian__s0", (1.0, 0.0, 0.0), final=0.0)
+    write_comparison_run(runs, "gaussian-lr1e-5__s0", (1.0, 0.8, 0.8), final=0.58)
+    write_comparison_run(runs, "gaussian-lr1e-5__s1", (1.0, 0.6, 0.4), final=0.14)
+    write_comparison_run(runs, "gaussian__s2", (1.0,))  # unfinished: no summary.json, never read
+    os.remove(runs / "gaussian__s2" / "summary.json")
+    script = os.path.join(ROOT, "experiments", "robomimic_weak_starts", "robomimic_comparison_figure.py")
+    args = ["--task", "lift", "--runs", str(runs), "--out", str(out), "--pretrained", "dppo=0.28", "gaussian=0.48"]
+    done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, check=True)
+    table = {line.split(" | ")[0].strip("| "): line.strip("| ").split(" | ")[1:] for line in done.stdout.splitlines()}
+    p_dppo = fisher_two_sided(22 + 8, 100 - 30, 14, 36)  # 0.44 + 0.16 of 2 x 50 against 0.28 of 50
+    p_gaussian = fisher_two_sided(0, 50, 24, 26)
+    p_variant = fisher_two_sided(29 + 7, 100 - 36, 24, 26)  # against the Gaussian's start, 0.48
+    assert table["DPPO"] == ["0.44", "0.16", "0.300", f"+0.02 (p = {p_dppo:.2g})"]
+    assert table["Gaussian-PPO"] == ["0.00", "–", "0.000", f"-0.48 (p = {p_gaussian:.2g})"]
+    assert table["Gaussian-PPO at actor LR 1e-5 (variant)"] == ["0.58", "0.14", "0.360", f"-0.12 (p = {p_variant:.2g})"]
+    rows = read_csv(str(out) + ".csv")
+    finals = {(r["algo"], r["seed"]): float(r["success_rate"]) for r in rows if r["kind"] == "final50"}
+    assert finals == {
+        ("dppo", "0"): 0.44,
+        ("dppo", "1"): 0.16,
+        ("gaussian", "0"): 0.0,
+        ("gaussian-lr1e-5", "0"): 0.58,
+        ("gaussian-lr1e-5", "1"): 0.14,
+    }
+    in_run = [(r["algo"], r["seed"], r["env_steps"]) for r in rows if r["kind"] == "in-run"]
+    assert len(in_run) == 15 and ("gaussian", "0", "3000") in in_run
+    assert os.path.getsize(str(out) + ".png") > 10_000
+
+
+def test_iteration_times_median_over_iterations_and_dppo_over_each_gaussian(tmp_path):
+    """iteration_times.py: each iteration's rollout + update, the median per algorithm over every run's iterations,
+    and DPPO's median over each Gaussian's beside Table A4's Lift ratio (194.9 / 153.6)."""
+    runs, out = tmp_path / "runs", tmp_path / "times.csv"
+    write_comparison_run(runs, "dppo__s0", (0, 0, 0), times=[(40, 200), (50, 230), (45, 250)])
+    write_comparison_run(runs, "dppo__s1", (0, 0, 0), times=[(44, 220), (46, 240), (48, 210)])
+    write_comparison_run(runs, "gaussian__s0", (0, 0, 0), times=[(30, 10), (35, 60), (40, 20)])
+    write_comparison_run(runs, "gaussian-lr1e-5__s0", (0, 0, 0), times=[(40, 50), (42, 60), (44, 55)])
+    script = os.path.join(ROOT, "experiments", "robomimic_pixels", "iteration_times.py")
+    done = subprocess.run(
+        [sys.executable, script, "--runs", str(runs), "--out", str(out)], capture_output=True, text=True, check=True
+    )
+    dppo = np.median([240, 280, 295, 264, 286, 258])  # rollout + update of its 6 iterations: 272
+    gaussian, variant = np.median([40, 95, 60]), np.median([90, 102, 99])
+    lines = done.stdout.splitlines()
+    assert "| dppo | 6 | 45.5 | 225.0 | 272.0 |" in lines
+    assert "| gaussian | 3 | 35.0 | 20.0 | 60.0 |" in lines
+    assert "| gaussian-lr1e-5 | 3 | 42.0 | 55.0 | 99.0 |" in lines
+    assert f"DPPO / gaussian per iteration: {dppo / gaussian:.2f} here; Table A4 (lift): 1.27" in lines
+    assert f"DPPO / gaussian-lr1e-5 per iteration: {dppo / variant:.2f} here; Table A4 (lift): 1.27" in lines
+    rows = read_csv(str(out))
+    assert len(rows) == 12 and {r["algo"] for r in rows} == {"dppo", "gaussian", "gaussian-lr1e-5"}
+    assert (
+        float(
+            next(r for r in rows if r["algo"] == "dppo" and r["seed"] == "1" and r["iteration"] == "3")["iteration_s"]
+        )
+        == 258
+    )
