@@ -62,72 +62,15 @@ def capture_critic(monkeypatch, module):
     return made
 
 
+PPO_SIZE = "--num-envs 2 --n-steps 4 --batch-size 8 --update-epochs 1 --total-timesteps 32".split()
+EXACT_LIKELIHOOD = (
+    "--grad-chunk-size 8 --denoising-steps 6 --ft-denoising-steps 3 --sde-step-size 0.17 --sde-method euler"
+)
 PPO_RUNS = {
-    dppo: [
-        "--num-envs",
-        "2",
-        "--n-steps",
-        "4",
-        "--batch-size",
-        "8",
-        "--update-epochs",
-        "1",
-        "--total-timesteps",
-        "32",
-        *TINY_DIFFUSION,
-    ],
-    exact_likelihood_pg: [
-        "--num-envs",
-        "2",
-        "--n-steps",
-        "4",
-        "--batch-size",
-        "8",
-        "--grad-chunk-size",
-        "8",
-        "--update-epochs",
-        "1",
-        "--total-timesteps",
-        "32",
-        "--denoising-steps",
-        "6",
-        "--ft-denoising-steps",
-        "3",
-        "--sde-step-size",
-        "0.17",
-        "--sde-method",
-        "euler",
-        "--hutchinson-probes",
-        "1",
-        "--critic-dims",
-        "8",
-        "8",
-        "8",
-    ],
-    gaussian_ppo: [
-        "--num-envs",
-        "2",
-        "--n-steps",
-        "4",
-        "--batch-size",
-        "8",
-        "--update-epochs",
-        "1",
-        "--total-timesteps",
-        "32",
-    ],  # the bundled Hopper checkpoint
-    gmm_ppo: [
-        "--num-envs",
-        "2",
-        "--n-steps",
-        "4",
-        "--batch-size",
-        "8",
-        "--update-epochs",
-        "1",
-        "--total-timesteps",
-        "32",
-    ],
+    dppo: [*PPO_SIZE, *TINY_DIFFUSION],
+    exact_likelihood_pg: [*PPO_SIZE, *f"{EXACT_LIKELIHOOD} --hutchinson-probes 1 --critic-dims 8 8 8".split()],
+    gaussian_ppo: PPO_SIZE,  # the bundled Hopper checkpoint
+    gmm_ppo: PPO_SIZE,
 }
 
 
