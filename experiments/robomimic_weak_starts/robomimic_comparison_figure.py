@@ -97,7 +97,7 @@ with open(cli.out + ".csv", "w", newline="") as f:
     writer.writeheader()
     writer.writerows(rows)
 
-fig, ax = plt.subplots(figsize=(6.4, 4.2))
+fig, ax = plt.subplots(figsize=(6.4, 5.0))
 for i, (algo, by_seed) in enumerate(curves.items()):
     n = min(len(p) for p in by_seed.values())  # runs cut short (none in a finished study) are trimmed
     steps = np.array([s for s, _ in list(by_seed.values())[0][:n]])
@@ -127,7 +127,7 @@ ax.set_title(
     fontsize=9,
 )
 ax.grid(alpha=0.3)
-ax.legend(fontsize=7, loc="lower left")
+ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)  # below the axes: over no curve
 fig.tight_layout()
 fig.savefig(cli.out + ".png", dpi=120)
 
