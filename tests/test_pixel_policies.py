@@ -566,6 +566,7 @@ BUNDLED_PIXELS = {
         dict(pretrain_epochs=40, pretrain_lr=1e-3, pretrain_min_lr=1e-4),
         "diffusion lr 1e-3,40,50,0.2,",
     ),
+    ("can", "gaussian"): (dict(pretrain_epochs=30, pretrain_lr=1e-4, pretrain_min_lr=1e-5), "gaussian,30,50,0.34"),
 }
 
 

@@ -10,7 +10,7 @@
 #   data      scripts/make_robomimic_demos.py --task $TASK --operators mh --images (Can: --max-steps 600, as its state
 #             demos) -> <data dir>/$TASK-mhsim-img.hdf5
 #   pretrain  dppo.py and gaussian_ppo.py pre-trained on it ($EPOCHS_DIFFUSION, $EPOCHS_GAUSSIAN epochs; the
-#             recipe of the bundled lift-img checkpoints by default), each ending with a $PRE_EPISODES-episode
+#             recipe of the bundled $TASK-img checkpoints by default), each ending with a $PRE_EPISODES-episode
 #             evaluation; every budget tried is appended to $RUNS/budgets.csv (epochs, LR, success, the commit), the
 #             checkpoints to $RUNS/pretrain_{diffusion,gaussian}/pretrained.pt, with a snapshot every
 #             $SAVE_FREQ epochs (pretrained_<epoch>.pt; evaluate one with --eval-only --checkpoint)
@@ -25,7 +25,7 @@
 # Knobs (environment variables):
 #   TASK=lift        lift or can
 #   DEMOS=100        demonstrations (the official image datasets hold 100)
-#   EPOCHS_DIFFUSION=40, EPOCHS_GAUSSIAN=10   pre-training epochs (official: 2000 on a GPU)
+#   EPOCHS_DIFFUSION=40, EPOCHS_GAUSSIAN=10 (Can: 30)   pre-training epochs (official: 2000 on a GPU)
 #   LR_DIFFUSION=1e-3  the diffusion policy's pre-training LR, cosine-decayed to a tenth; "official" for the
 #                    official 1e-4 -> 1e-5, too slow for a CPU budget (README.md here: 0.02 after 40 epochs)
 #   SAVE_FREQ=10     a pre-training snapshot every SAVE_FREQ epochs
@@ -46,7 +46,7 @@ cd "$(dirname "$0")/../.."
 TASK=${TASK:-lift}
 DEMOS=${DEMOS:-100}
 EPOCHS_DIFFUSION=${EPOCHS_DIFFUSION:-40}
-EPOCHS_GAUSSIAN=${EPOCHS_GAUSSIAN:-10}
+EPOCHS_GAUSSIAN=${EPOCHS_GAUSSIAN:-$([ "$TASK" = can ] && echo 30 || echo 10)}
 LR_DIFFUSION=${LR_DIFFUSION:-1e-3}
 SAVE_FREQ=${SAVE_FREQ:-10}
 PRE_EPISODES=${PRE_EPISODES:-50}
@@ -89,6 +89,7 @@ bundled_success() {
   lift-diffusion) echo 0.28 ;;
   lift-gaussian) echo 0.48 ;;
   can-diffusion) echo 0.20 ;;
+  can-gaussian) echo 0.34 ;;
   *) echo nan ;; # not bundled
   esac
 }
