@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from torch.utils.tensorboard import SummaryWriter
 
 from conftest import ROOT
@@ -212,14 +213,17 @@ def fisher_two_sided(a, b, c, d):
 
 
 def write_comparison_run(runs, name, evals, final=None, times=None):
-    """<runs>/<name>/ as dppo.py and gaussian_ppo.py leave it (eval/success_rate at 0, 1500, 3000, TensorBoard timings,
-    summary.json), and <name>_final50/summary.json with the 50-episode success of its last checkpoint."""
+    """<runs>/<name>/ as dppo.py and gaussian_ppo.py leave it (eval/success_rate at 0, 1500, 3000, each iteration's
+    timings and approx. KL (None: a critic warm-up iteration, which logs none), summary.json), and
+    <name>_final50/summary.json with the 50-episode success of its last checkpoint."""
     writer = SummaryWriter(os.path.join(runs, name))
     for i, rate in enumerate(evals):
         writer.add_scalar("eval/success_rate", rate, 1500 * i)
-    for i, (rollout, update) in enumerate(times or []):
+    for i, (rollout, update, kl) in enumerate(times or []):
         writer.add_scalar("time/rollout_s", rollout, 1500 * (i + 1))
         writer.add_scalar("time/update_s", update, 1500 * (i + 1))
+        if kl is not None:
+            writer.add_scalar("losses/approx_kl", kl, 1500 * (i + 1))
     writer.close()
     with open(os.path.join(runs, name, "summary.json"), "w") as f:
         json.dump(dict(args=dict(eval_episodes=5), env_steps=1500 * (len(evals) - 1)), f)
@@ -266,13 +270,13 @@ def test_the_comparison_table_tests_each_algorithm_and_variant_against_its_start
 
 
 def test_iteration_times_median_over_iterations_and_dppo_over_each_gaussian(tmp_path):
-    """iteration_times.py: each iteration's rollout + update, the median per algorithm over every run's iterations,
-    and DPPO's median over each Gaussian's beside Table A4's Lift ratio (194.9 / 153.6)."""
+    """iteration_times.py: each iteration's rollout + update and its update's approx. KL, the median per algorithm
+    over every run's iterations, and DPPO's median over each Gaussian's beside Table A4's Lift ratio (194.9 / 153.6)."""
     runs, out = tmp_path / "runs", tmp_path / "times.csv"
-    write_comparison_run(runs, "dppo__s0", (0, 0, 0), times=[(40, 200), (50, 230), (45, 250)])
-    write_comparison_run(runs, "dppo__s1", (0, 0, 0), times=[(44, 220), (46, 240), (48, 210)])
-    write_comparison_run(runs, "gaussian__s0", (0, 0, 0), times=[(30, 10), (35, 60), (40, 20)])
-    write_comparison_run(runs, "gaussian-lr1e-5__s0", (0, 0, 0), times=[(40, 50), (42, 60), (44, 55)])
+    write_comparison_run(runs, "dppo__s0", (0, 0, 0), times=[(40, 200, None), (50, 230, 1e-4), (45, 250, 2e-4)])
+    write_comparison_run(runs, "dppo__s1", (0, 0, 0), times=[(44, 220, 3e-4), (46, 240, 4e-4), (48, 210, 5e-4)])
+    write_comparison_run(runs, "gaussian__s0", (0, 0, 0), times=[(30, 10, 4.4), (35, 60, 0.9), (40, 20, 1.7)])
+    write_comparison_run(runs, "gaussian-lr1e-5__s0", (0, 0, 0), times=[(40, 50, 0.01), (42, 60, 0.02), (44, 55, 0.0)])
     script = os.path.join(ROOT, "experiments", "robomimic_pixels", "iteration_times.py")
     done = subprocess.run(
         [sys.executable, script, "--runs", str(runs), "--out", str(out)], capture_output=True, text=True, check=True
@@ -287,9 +291,8 @@ def test_iteration_times_median_over_iterations_and_dppo_over_each_gaussian(tmp_
     assert f"DPPO / gaussian-lr1e-5 per iteration: {dppo / variant:.2f} here; Table A4 (lift): 1.27" in lines
     rows = read_csv(str(out))
     assert len(rows) == 12 and {r["algo"] for r in rows} == {"dppo", "gaussian", "gaussian-lr1e-5"}
-    assert (
-        float(
-            next(r for r in rows if r["algo"] == "dppo" and r["seed"] == "1" and r["iteration"] == "3")["iteration_s"]
-        )
-        == 258
-    )
+    by_iteration = {(r["algo"], r["seed"], r["iteration"]): r for r in rows}
+    assert float(by_iteration["dppo", "1", "3"]["iteration_s"]) == 258
+    assert float(by_iteration["gaussian", "0", "1"]["approx_kl"]) == pytest.approx(4.4)
+    assert float(by_iteration["dppo", "0", "2"]["approx_kl"]) == pytest.approx(1e-4)
+    assert by_iteration["dppo", "0", "1"]["approx_kl"] == "nan"  # the warm-up iteration's update logs none

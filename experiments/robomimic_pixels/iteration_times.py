@@ -4,7 +4,8 @@
 
 An iteration's time is what the loop logs for it (TensorBoard time/rollout_s + time/update_s; the update's includes
 the values, advantages and old log-probs; evaluations are not counted). The CSV holds every iteration of every run
-(algo, seed, iteration, rollout_s, update_s, iteration_s); the printed table gives each algorithm's median over
+(algo, seed, iteration, rollout_s, update_s, iteration_s, and the update's approx_kl: its last minibatch's, above
+the target KL of 1 where the update stopped early); the printed table gives each algorithm's median over
 them and the ratio DPPO / Gaussian beside Table A4's (the paper's GPU runs with 50 envs: there rendering takes much
 of the time, so the ratio is smaller than on a CPU, where the ViT passes of DPPO's K' denoising steps dominate).
 """
@@ -23,11 +24,12 @@ TABLE_A4 = {"lift": (153.6, 194.9), "can": (173.1, 202.5), "square": (277.0, 328
 
 
 def iteration_times(run_dir):
-    """[(iteration, rollout_s, update_s)] of one run, from its TensorBoard scalars."""
+    """[(iteration, rollout_s, update_s, approx_kl)] of one run, from its TensorBoard scalars."""
     acc = EventAccumulator(run_dir, size_guidance={"scalars": 0}).Reload()
-    rollout = [e.value for e in acc.Scalars("time/rollout_s")]
-    update = [e.value for e in acc.Scalars("time/update_s")]
-    return [(i + 1, r, u) for i, (r, u) in enumerate(zip(rollout, update, strict=True))]
+    rollout, update = ([e.value for e in acc.Scalars(tag)] for tag in ("time/rollout_s", "time/update_s"))
+    steps = [e.step for e in acc.Scalars("time/rollout_s")]
+    kl = {e.step: e.value for e in acc.Scalars("losses/approx_kl")}  # none in a critic warm-up iteration
+    return [(i + 1, r, u, kl.get(s, np.nan)) for i, (r, u, s) in enumerate(zip(rollout, update, steps, strict=True))]
 
 
 def main():
@@ -42,17 +44,17 @@ def main():
             if run.endswith("_final50") or not os.path.isfile(os.path.join(run, "summary.json")):
                 continue
             seed = int(run.rsplit("__s", 1)[1])
-            rows += [(algo, seed, i, r, u, r + u) for i, r, u in iteration_times(run)]
+            rows += [(algo, seed, i, r, u, r + u, kl) for i, r, u, kl in iteration_times(run)]
     if not rows:
         raise SystemExit(f"error: no finished run (<algo>__s<seed>/summary.json) in {args.runs}; run the compare stage")
     with open(args.out, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["algo", "seed", "iteration", "rollout_s", "update_s", "iteration_s"])
+        writer.writerow(["algo", "seed", "iteration", "rollout_s", "update_s", "iteration_s", "approx_kl"])
         writer.writerows(rows)
     median = {}
     print("| algorithm | iterations | rollout s | update s | iteration s |\n| --- | --- | --- | --- | --- |")
     for algo in ALGOS:
-        mine = np.array([row[3:] for row in rows if row[0] == algo])
+        mine = np.array([row[3:6] for row in rows if row[0] == algo])
         if len(mine):
             median[algo] = np.median(mine, axis=0)
             cells = " | ".join(f"{v:.1f}" for v in median[algo])
