@@ -301,13 +301,13 @@ def make_vec_env(
     if num_envs < 1:
         fail(f"--num-envs must be >= 1, got {num_envs}")
     resolve_env_id(env_id)  # fail early, in this process, on an unknown id
+    env_workers = min(env_workers, num_envs)  # one env in one worker process only waits longer
     if is_image_task(env_id):  # choose the OpenGL backend here: worker processes inherit the choice
-        robomimic_tasks.check_image_env_memory(env_id, num_envs)
+        robomimic_tasks.check_image_env_memory(env_id, num_envs, workers=env_workers > 1)
         robomimic_tasks.gl_backend()
     if avoid.is_avoid(env_id):  # one batched numpy env, same contract, 50-100x faster
         return avoid.AvoidVectorEnv(num_envs, act_steps, cond_steps, normalization or identity_normalization(4, 2))
     fns = [lambda: make_env(env_id, act_steps, cond_steps, normalization) for _ in range(num_envs)]
-    env_workers = min(env_workers, num_envs)  # one env in one worker process only waits longer
     autoreset = gym.vector.AutoresetMode.SAME_STEP
     if env_workers > 1 and is_image_task(env_id):  # a forked worker hangs in the OpenGL state of the parent's env
         make = functools.partial(_make_image_env, env_id, robomimic_env_args(env_id), act_steps, cond_steps)

@@ -282,6 +282,7 @@ def _user_mujoco_gl():
 
 
 IMAGE_ENV_MIB = 360  # the least an image env holds: its own OpenGL context (docs/robomimic_images.md#memory)
+IMAGE_WORKER_MIB = 900  # the least one in a worker process of its own holds: that process's robosuite and GL too
 
 
 def available_mib() -> float | None:
@@ -293,18 +294,22 @@ def available_mib() -> float | None:
         return None
 
 
-def check_image_env_memory(env_id: str, num_envs: int):
+def check_image_env_memory(env_id: str, num_envs: int, workers: bool = False):
     """Stop in one line before building `num_envs` image envs that cannot fit in the available memory even at the
-    least one holds (IMAGE_ENV_MIB: Lift and Square measured 360-370 MiB, Transport 535), rather than being killed by
-    the kernel half-way."""
-    available = available_mib()
-    if available is None or num_envs * IMAGE_ENV_MIB <= available:
+    least one holds (IMAGE_ENV_MIB: Lift and Square measured 360-370 MiB, Transport 535; `workers`: each in a
+    spawned process of its own, IMAGE_WORKER_MIB: Lift measured 926 MiB), rather than being killed by the kernel
+    half-way."""
+    available, each = available_mib(), IMAGE_WORKER_MIB if workers else IMAGE_ENV_MIB
+    if available is None or num_envs * each <= available:
         return
-    fits = int(available // IMAGE_ENV_MIB)
+    fits = int(available // each)
+    fix = f"pass --num-envs {fits} or fewer" if fits else "free some memory"
+    if workers and num_envs * IMAGE_ENV_MIB <= available:
+        fix = f"pass --env-workers 1 (the envs in this process, {IMAGE_ENV_MIB} MiB each) or --num-envs {fits} or fewer"
+    where = " in a worker process of its own" if workers else ""
     fail(
-        f"{num_envs} {env_id} envs need at least {num_envs * IMAGE_ENV_MIB / 1024:.1f} GiB (each renders in its own "
-        f"OpenGL context, {IMAGE_ENV_MIB} MiB or more) and {available / 1024:.1f} GiB is available: "
-        + (f"pass --num-envs {fits} or fewer" if fits else "free some memory")
+        f"{num_envs} {env_id} envs need at least {num_envs * each / 1024:.1f} GiB (each renders in its own OpenGL "
+        f"context, {each} MiB or more{where}) and {available / 1024:.1f} GiB is available: {fix}"
     )
 
 

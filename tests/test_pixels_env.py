@@ -187,6 +187,13 @@ def test_image_envs_that_cannot_fit_in_memory_are_one_line(monkeypatch):
     assert_one_line_error(error(robomimic_tasks.check_image_env_memory, "lift-img", 6), "--num-envs 5")
     message = error(envs.make_vec_env, "lift-img", 50, 0)  # before any env is built
     assert_one_line_error(message, "50 lift-img envs need at least 17.6 GiB", "1.8 GiB is available", "5 or fewer")
+    # each env in a spawned worker process of its own holds 900 MiB or more (Lift measured 926): 2 fit in 1.8 GiB
+    message = error(envs.make_vec_env, "lift-img", 5, 0, 4, 2, None, 5)
+    assert_one_line_error(message, "5 lift-img envs need at least 4.4 GiB", "worker process", "--env-workers 1")
+    assert "--num-envs 2 or fewer" in message
+    message = error(envs.make_vec_env, "lift-img", 6, 0, 4, 2, None, 3)  # 3 workers: its envs would not fit either
+    assert "--num-envs 2 or fewer" in message and "--env-workers" not in message
+    robomimic_tasks.check_image_env_memory("lift-img", 2, workers=True)
     monkeypatch.setattr(robomimic_tasks, "available_mib", lambda: 100.0)
     assert_one_line_error(error(envs.make_vec_env, "can-img", 1, 0), "free some memory")
     monkeypatch.setattr(robomimic_tasks, "available_mib", lambda: None)  # no /proc/meminfo: no check

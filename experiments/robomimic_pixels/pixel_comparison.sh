@@ -38,6 +38,9 @@
 #   BUDGET=4500      fine-tuning env steps per run (3 iterations at the sizes above)
 #   EVAL_FREQ=1, EVAL_EPISODES=5, FINAL_EPISODES=50
 #   WORKERS=2        runs at a time (one torch thread each)
+#   ENV_WORKERS=1    env worker processes per run (--env-workers; 1: its envs step in the run's own process). Each
+#                    image env in a worker process holds 0.9 GiB instead of 0.36: two runs choosing 5 each on
+#                    their own (0, auto, on the 2-core machine) overran its 24 GiB once both evaluated.
 #   RUNS=runs/robomimic_${TASK}_pixels
 # Everything else is each script's -img task table (docs/robomimic_images.md): K = 100, 5 fine-tuned DDIM steps,
 # the official learning rates, clips, minibatches and gradient accumulation.
@@ -59,9 +62,11 @@ EVAL_FREQ=${EVAL_FREQ:-1}
 EVAL_EPISODES=${EVAL_EPISODES:-5}
 FINAL_EPISODES=${FINAL_EPISODES:-50}
 WORKERS=${WORKERS:-2}
+ENV_WORKERS=${ENV_WORKERS:-1}
 RUNS=${RUNS:-runs/robomimic_${TASK}_pixels}
 export PYTHONPATH=$PWD OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-export TASK PRE_EPISODES SAVE_FREQ LR_DIFFUSION NUM_ENVS N_STEPS BUDGET EVAL_FREQ EVAL_EPISODES FINAL_EPISODES RUNS
+export TASK PRE_EPISODES ENV_WORKERS SAVE_FREQ LR_DIFFUSION NUM_ENVS N_STEPS BUDGET EVAL_FREQ EVAL_EPISODES \
+  FINAL_EPISODES RUNS
 if [ "$LR_DIFFUSION" != official ] && ! python -c "assert float('$LR_DIFFUSION') > 0" 2>/dev/null; then
   echo "error: LR_DIFFUSION '$LR_DIFFUSION' is not a positive number; use e.g. 1e-3, or official (1e-4 -> 1e-5)" >&2
   exit 2
@@ -109,7 +114,7 @@ pretrain_one() {
   [ -f "$dir/pretrained_last.pt" ] || [ -f "$dir/pretrained.pt" ] || rm -rf "$dir"
   python "cleandppo/$(script_of "$policy").py" --env-id "$TASK-img" --dataset "$TASK-mhsim-img" --pretrain-only \
     --pretrain-epochs "$epochs" "${lr[@]}" --pretrain-save-freq "$SAVE_FREQ" --eval-episodes "$PRE_EPISODES" \
-    --no-cuda --run-dir "$dir" >>"$dir.log" 2>&1 ||
+    --env-workers "$ENV_WORKERS" --no-cuda --run-dir "$dir" >>"$dir.log" 2>&1 ||
     { echo "[failed] $dir: see $dir.log" >&2; return 1; }
   python - "$dir/summary.json" "$policy" "$epochs" "$RUNS/budgets.csv" <<'EOF'
 import csv, json, os, sys
@@ -153,9 +158,10 @@ run_one() {
     $(variant_of "$algo") --seed "$seed" --num-envs "$NUM_ENVS" --n-steps "$N_STEPS" --total-timesteps "$BUDGET" \
     --n-critic-warmup-itr 0 \
     --eval-freq "$EVAL_FREQ" --eval-episodes "$EVAL_EPISODES" --save-freq 1000 --no-cuda --run-dir "$dir" \
-    >>"$dir.log" 2>&1 &&
+    --env-workers "$ENV_WORKERS" >>"$dir.log" 2>&1 &&
     python "cleandppo/$(script_of "$algo").py" --env-id "$TASK-img" --eval-only --eval-episodes "$FINAL_EPISODES" \
-      --seed "$seed" --no-cuda --checkpoint "$dir/checkpoint_last.pt" --run-dir "${dir}_final50" \
+      --seed "$seed" --env-workers "$ENV_WORKERS" --no-cuda --checkpoint "$dir/checkpoint_last.pt" \
+      --run-dir "${dir}_final50" \
       >"${dir}_final50.log" 2>&1 ||
     { echo "[failed] $dir: see $dir.log / ${dir}_final50.log" >&2; return 1; }
   echo "[done] $algo seed $seed: $(grep '\[eval\]' "${dir}_final50.log" | tail -1)"
