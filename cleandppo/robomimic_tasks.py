@@ -305,7 +305,9 @@ def check_image_env_memory(env_id: str, num_envs: int, workers: bool = False):
     fits = int(available // each)
     fix = f"pass --num-envs {fits} or fewer" if fits else "free some memory"
     if workers and num_envs * IMAGE_ENV_MIB <= available:
-        fix = f"pass --env-workers 1 (the envs in this process, {IMAGE_ENV_MIB} MiB each) or --num-envs {fits} or fewer"
+        fix = f"pass --env-workers 1 (the envs in this process, {IMAGE_ENV_MIB} MiB each)" + (
+            f" or --num-envs {fits} or fewer" if fits else ""
+        )
     where = " in a worker process of its own" if workers else ""
     fail(
         f"{num_envs} {env_id} envs need at least {num_envs * each / 1024:.1f} GiB (each renders in its own OpenGL "

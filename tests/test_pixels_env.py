@@ -194,6 +194,10 @@ def test_image_envs_that_cannot_fit_in_memory_are_one_line(monkeypatch):
     message = error(envs.make_vec_env, "lift-img", 6, 0, 4, 2, None, 3)  # 3 workers: its envs would not fit either
     assert "--num-envs 2 or fewer" in message and "--env-workers" not in message
     robomimic_tasks.check_image_env_memory("lift-img", 2, workers=True)
+    monkeypatch.setattr(robomimic_tasks, "available_mib", lambda: 800.0)  # not one worker, but 2 envs in this process
+    message = error(robomimic_tasks.check_image_env_memory, "lift-img", 2, True)
+    assert_one_line_error(message, "--env-workers 1")
+    assert "--num-envs" not in message
     monkeypatch.setattr(robomimic_tasks, "available_mib", lambda: 100.0)
     assert_one_line_error(error(envs.make_vec_env, "can-img", 1, 0), "free some memory")
     monkeypatch.setattr(robomimic_tasks, "available_mib", lambda: None)  # no /proc/meminfo: no check
