@@ -803,8 +803,8 @@ iteration times: mean instead of median | ../experiments/robomimic_pixels/iterat
 - median[algo] = np.median(mine, axis=0)
 + median[algo] = np.mean(mine, axis=0)
 iteration times: each update's KL read one iteration late | ../experiments/robomimic_pixels/iteration_times.py | tests/test_figures.py -k iteration_times
-- kl.get(s, np.nan)
-+ kl.get(s + 1500, np.nan)
+- kl.get(r.step, np.nan)
++ kl.get(r.step + 1500, np.nan)
 iteration times: DPPO against the official Gaussian only | ../experiments/robomimic_pixels/iteration_times.py | tests/test_figures.py -k iteration_times
 - for base in ALGOS[1:]:
 + for base in ALGOS[1:2]:

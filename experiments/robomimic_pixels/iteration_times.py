@@ -26,10 +26,11 @@ TABLE_A4 = {"lift": (153.6, 194.9), "can": (173.1, 202.5), "square": (277.0, 328
 def iteration_times(run_dir):
     """[(iteration, rollout_s, update_s, approx_kl)] of one run, from its TensorBoard scalars."""
     acc = EventAccumulator(run_dir, size_guidance={"scalars": 0}).Reload()
-    rollout, update = ([e.value for e in acc.Scalars(tag)] for tag in ("time/rollout_s", "time/update_s"))
-    steps = [e.step for e in acc.Scalars("time/rollout_s")]
+    rollout, update = acc.Scalars("time/rollout_s"), acc.Scalars("time/update_s")
     kl = {e.step: e.value for e in acc.Scalars("losses/approx_kl")}  # none in a critic warm-up iteration
-    return [(i + 1, r, u, kl.get(s, np.nan)) for i, (r, u, s) in enumerate(zip(rollout, update, steps, strict=True))]
+    return [
+        (i + 1, r.value, u.value, kl.get(r.step, np.nan)) for i, (r, u) in enumerate(zip(rollout, update, strict=True))
+    ]
 
 
 def main():
